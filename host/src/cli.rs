@@ -1,0 +1,55 @@
+//! Command-line types (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  wpod run examples/demo.yaml            run a pod in the foreground (Ctrl-C stops it)
+  wpod run --output json pod.yaml        the same, with events as JSON lines
+  wpod validate examples/*.yaml          report every problem in these manifests
+  wpod inspect sidecar.wasm              show a component's imports and the grants they need";
+
+#[derive(Debug, Parser)]
+#[command(name = "wpod", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such as `wpod=debug`.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pod of a manifest in the foreground; exits with the main container's code.
+    Run {
+        /// Pod manifest (Kubernetes v1 Pod YAML).
+        file: PathBuf,
+        /// How to print pod events.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Check manifests and print every problem as file:line:col: field: message.
+    Validate {
+        /// Pod manifests.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show a Wasm component's imports and exports, and the Pod field that grants each import.
+    Inspect {
+        /// A Wasm component (.wasm).
+        component: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}

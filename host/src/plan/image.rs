@@ -1,0 +1,121 @@
+//! Image resolution, decided in one place: what a container's `image` means to wpod.
+//!
+//! - absent: a program already on the host; its `command` runs on the host filesystem inside the
+//!   pod's namespaces (wpod's one departure from Kubernetes);
+//! - a path ending in `.wasm` (relative to the manifest): a Wasm component, run as a sandboxed
+//!   sidecar in wasmtime;
+//! - a path to a directory (relative to the manifest): a rootfs the native container runs on.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// What a container runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "camelCase")]
+pub enum Image {
+    /// A native process on the host filesystem.
+    Host,
+    /// A native process on this root directory.
+    Rootfs(PathBuf),
+    /// A Wasm component run by wasmtime.
+    Wasm(PathBuf),
+}
+
+impl Image {
+    pub fn is_wasm(&self) -> bool {
+        matches!(self, Image::Wasm(_))
+    }
+}
+
+/// The first bytes of a Wasm component (a core module has version 1, layer 0).
+const COMPONENT_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+const MODULE_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// Resolves `image` against the manifest's directory; the error says where wpod looked.
+pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, String> {
+    let Some(image) = image else {
+        return Ok(Image::Host);
+    };
+    if image.is_empty() {
+        return Err("must not be empty; omit image to run a program from the host".to_string());
+    }
+    // Messages show the path as the user can find it from where they ran wpod.
+    let shown = manifest_dir.join(image);
+    let path = absolute(&shown);
+    if image.ends_with(".wasm") {
+        return check_component(image, &shown).map(|()| Image::Wasm(path));
+    }
+    if path.is_dir() {
+        return Ok(Image::Rootfs(path));
+    }
+    Err(format!(
+        "image \"{image}\" resolves to nothing: no rootfs directory at {}. An image is a Wasm \
+         component file (*.wasm) or a rootfs directory, relative to the manifest; omit image to \
+         run a program from the host (pulling container images from a registry is not supported)",
+        shown.display()
+    ))
+}
+
+fn check_component(image: &str, path: &Path) -> Result<(), String> {
+    let mut head = [0u8; 8];
+    let read =
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "Wasm component \"{image}\" not found at {} (paths are relative to the manifest)",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot read Wasm component {}: {e}",
+            path.display()
+        )),
+        Ok(()) if head == COMPONENT_PREAMBLE => Ok(()),
+        Ok(()) if head == MODULE_PREAMBLE => Err(format!(
+            "{} is a core Wasm module, not a component: build the sidecar for wasm32-wasip2 \
+             (or wrap it with `wasm-tools component new`)",
+            path.display()
+        )),
+        Ok(()) => Err(format!(
+            "{} is not a Wasm component (bad header)",
+            path.display()
+        )),
+    }
+}
+
+/// `path` made absolute without resolving symlinks (so messages show what the user wrote).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_each_kind() {
+        let dir = std::env::temp_dir().join(format!("wpod-image-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::write(dir.join("c.wasm"), COMPONENT_PREAMBLE).unwrap();
+        std::fs::write(dir.join("m.wasm"), MODULE_PREAMBLE).unwrap();
+        assert_eq!(resolve(None, &dir), Ok(Image::Host));
+        assert_eq!(
+            resolve(Some("root"), &dir),
+            Ok(Image::Rootfs(dir.join("root")))
+        );
+        assert_eq!(
+            resolve(Some("c.wasm"), &dir),
+            Ok(Image::Wasm(dir.join("c.wasm")))
+        );
+        assert!(resolve(Some("m.wasm"), &dir)
+            .unwrap_err()
+            .contains("core Wasm module"));
+        assert!(resolve(Some("gone.wasm"), &dir)
+            .unwrap_err()
+            .contains("not found"));
+        assert!(resolve(Some("nginx:1.25"), &dir)
+            .unwrap_err()
+            .contains("resolves to nothing"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

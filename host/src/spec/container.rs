@@ -1,0 +1,434 @@
+//! A container of a Pod, with the Kubernetes field names and meanings.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::decode::{loc_of, Decode, Decoder, IntOrString, Node};
+use super::quantity;
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    /// Absent: a program already on the host (wpod's one departure from Kubernetes).
+    pub image: Option<String>,
+    pub image_pull_policy: Option<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<String>,
+    pub env: Vec<EnvVar>,
+    pub ports: Vec<ContainerPort>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub resources: Resources,
+    pub liveness_probe: Option<Probe>,
+    pub readiness_probe: Option<Probe>,
+    pub startup_probe: Option<Probe>,
+    pub lifecycle: Option<Lifecycle>,
+    pub security_context: Option<SecurityContext>,
+    /// Only on init containers, and only `Always`: makes it a native sidecar.
+    pub restart_policy: Option<String>,
+}
+
+impl Decode for Container {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&[
+                "envFrom",
+                "resizePolicy",
+                "stdin",
+                "stdinOnce",
+                "terminationMessagePath",
+                "terminationMessagePolicy",
+                "tty",
+                "volumeDevices",
+            ]);
+            Container {
+                name: f.req("name").unwrap_or_default(),
+                image: f.opt("image"),
+                image_pull_policy: f.opt("imagePullPolicy"),
+                command: f.list("command"),
+                args: f.list("args"),
+                working_dir: f.opt("workingDir"),
+                env: f.list("env"),
+                ports: f.list("ports"),
+                volume_mounts: f.list("volumeMounts"),
+                resources: f.opt("resources").unwrap_or_default(),
+                liveness_probe: f.opt("livenessProbe"),
+                readiness_probe: f.opt("readinessProbe"),
+                startup_probe: f.opt("startupProbe"),
+                lifecycle: f.opt("lifecycle"),
+                security_context: f.opt("securityContext"),
+                restart_policy: f.opt("restartPolicy"),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+impl Decode for EnvVar {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&["valueFrom"]);
+            EnvVar {
+                name: f.req("name").unwrap_or_default(),
+                value: f.opt("value").unwrap_or_default(),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+    pub host_ip: Option<String>,
+    /// TCP (default) or UDP.
+    pub protocol: String,
+}
+
+impl Decode for ContainerPort {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ContainerPort {
+            name: f.opt("name"),
+            container_port: f.req("containerPort").unwrap_or_default(),
+            host_port: f.opt("hostPort"),
+            host_ip: f.opt("hostIP"),
+            protocol: f.opt("protocol").unwrap_or_else(|| "TCP".to_string()),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+impl Decode for VolumeMount {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&[
+                "mountPropagation",
+                "recursiveReadOnly",
+                "subPath",
+                "subPathExpr",
+            ]);
+            VolumeMount {
+                name: f.req("name").unwrap_or_default(),
+                mount_path: f.req("mountPath").unwrap_or_default(),
+                read_only: f.opt("readOnly").unwrap_or(false),
+            }
+        })
+    }
+}
+
+/// `resources.limits` / `resources.requests`, parsed. wpod knows `cpu` and `memory`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Resources {
+    pub limits: ResourceList,
+    pub requests: ResourceList,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResourceList {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl Decode for Resources {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&["claims"]);
+            Resources {
+                limits: f.opt("limits").unwrap_or_default(),
+                requests: f.opt("requests").unwrap_or_default(),
+            }
+        })
+    }
+}
+
+impl Decode for ResourceList {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let raw = BTreeMap::<String, String>::decode(d, node, path)?;
+        let mut list = ResourceList::default();
+        for (name, text) in raw {
+            let field = format!("{path}.{name}");
+            let loc = d.map.locate(&field);
+            match name.as_str() {
+                "cpu" => match quantity::cpu_millis(&text) {
+                    Ok(v) => list.cpu_millis = Some(v),
+                    Err(e) => d.error_at(loc, &field, e),
+                },
+                "memory" => match quantity::bytes(&text) {
+                    Ok(v) => list.memory_bytes = Some(v),
+                    Err(e) => d.error_at(loc, &field, e),
+                },
+                other => d.error_at(
+                    loc,
+                    &field,
+                    format!("resource \"{other}\" is not supported by wpod; supported resources: cpu, memory"),
+                ),
+            }
+        }
+        Some(list)
+    }
+}
+
+/// A startup, readiness or liveness probe.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub handler: Handler,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Decode for Probe {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let loc = loc_of(node);
+        let mut handlers = Vec::new();
+        let probe = d.object(node, path, |f| {
+            f.unsupported(&["grpc", "terminationGracePeriodSeconds"]);
+            handlers = read_handlers(f);
+            // Kubernetes' defaults.
+            Probe {
+                handler: Handler::TcpSocket(TcpSocketAction {
+                    port: IntOrString::Int(0),
+                    host: None,
+                }),
+                initial_delay_seconds: f.opt("initialDelaySeconds").unwrap_or(0),
+                period_seconds: f.opt("periodSeconds").unwrap_or(10),
+                timeout_seconds: f.opt("timeoutSeconds").unwrap_or(1),
+                success_threshold: f.opt("successThreshold").unwrap_or(1),
+                failure_threshold: f.opt("failureThreshold").unwrap_or(3),
+            }
+        })?;
+        let handler = one_handler(d, loc, path, handlers, "exec, httpGet or tcpSocket")?;
+        Some(Probe { handler, ..probe })
+    }
+}
+
+/// What a probe or a lifecycle hook does.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Handler {
+    Exec(ExecAction),
+    HttpGet(HttpGetAction),
+    TcpSocket(TcpSocketAction),
+    Sleep(SleepAction),
+}
+
+fn read_handlers(f: &mut super::decode::Fields<'_, '_>) -> Vec<Handler> {
+    let mut found = Vec::new();
+    if let Some(h) = f.opt("exec") {
+        found.push(Handler::Exec(h));
+    }
+    if let Some(h) = f.opt("httpGet") {
+        found.push(Handler::HttpGet(h));
+    }
+    if let Some(h) = f.opt("tcpSocket") {
+        found.push(Handler::TcpSocket(h));
+    }
+    found
+}
+
+fn one_handler(
+    d: &mut Decoder,
+    loc: super::diag::Loc,
+    path: &str,
+    mut handlers: Vec<Handler>,
+    choices: &str,
+) -> Option<Handler> {
+    if handlers.len() == 1 {
+        return handlers.pop();
+    }
+    let what = if handlers.is_empty() {
+        "no action"
+    } else {
+        "more than one action"
+    };
+    d.error_at(
+        loc,
+        path,
+        format!("has {what}; give exactly one of {choices}"),
+    );
+    None
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+impl Decode for ExecAction {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ExecAction {
+            command: f.req("command").unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    pub path: String,
+    pub port: IntOrString,
+    pub host: Option<String>,
+    /// HTTP or HTTPS.
+    pub scheme: String,
+    pub http_headers: Vec<HttpHeader>,
+}
+
+impl Decode for HttpGetAction {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| HttpGetAction {
+            path: f.opt("path").unwrap_or_else(|| "/".to_string()),
+            port: f.req("port").unwrap_or(IntOrString::Int(0)),
+            host: f.opt("host"),
+            scheme: f.opt("scheme").unwrap_or_else(|| "HTTP".to_string()),
+            http_headers: f.list("httpHeaders"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl Decode for HttpHeader {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| HttpHeader {
+            name: f.req("name").unwrap_or_default(),
+            value: f.req("value").unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpSocketAction {
+    pub port: IntOrString,
+    pub host: Option<String>,
+}
+
+impl Decode for TcpSocketAction {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| TcpSocketAction {
+            port: f.req("port").unwrap_or(IntOrString::Int(0)),
+            host: f.opt("host"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SleepAction {
+    pub seconds: u32,
+}
+
+impl Decode for SleepAction {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| SleepAction {
+            seconds: f.req("seconds").unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub post_start: Option<Handler>,
+    pub pre_stop: Option<Handler>,
+}
+
+impl Decode for Lifecycle {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&["stopSignal"]);
+            Lifecycle {
+                post_start: f.opt::<Hook>("postStart").map(|h| h.0),
+                pre_stop: f.opt::<Hook>("preStop").map(|h| h.0),
+            }
+        })
+    }
+}
+
+/// A lifecycle hook: like a probe's action, plus `sleep`.
+struct Hook(Handler);
+
+impl Decode for Hook {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let loc = loc_of(node);
+        let mut handlers = Vec::new();
+        d.object(node, path, |f| {
+            handlers = read_handlers(f);
+            if let Some(s) = f.opt("sleep") {
+                handlers.push(Handler::Sleep(s));
+            }
+        })?;
+        one_handler(d, loc, path, handlers, "exec, httpGet, tcpSocket or sleep").map(Hook)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    pub capabilities: Capabilities,
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: Option<bool>,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    pub allow_privilege_escalation: Option<bool>,
+}
+
+impl Decode for SecurityContext {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&[
+                "appArmorProfile",
+                "procMount",
+                "seLinuxOptions",
+                "seccompProfile",
+                "windowsOptions",
+            ]);
+            SecurityContext {
+                capabilities: f.opt("capabilities").unwrap_or_default(),
+                run_as_user: f.opt("runAsUser"),
+                run_as_group: f.opt("runAsGroup"),
+                run_as_non_root: f.opt("runAsNonRoot"),
+                read_only_root_filesystem: f.opt("readOnlyRootFilesystem").unwrap_or(false),
+                privileged: f.opt("privileged").unwrap_or(false),
+                allow_privilege_escalation: f.opt("allowPrivilegeEscalation"),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Capabilities {
+    pub add: Vec<String>,
+    pub drop: Vec<String>,
+}
+
+impl Decode for Capabilities {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| Capabilities {
+            add: f.list("add"),
+            drop: f.list("drop"),
+        })
+    }
+}

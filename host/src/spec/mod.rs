@@ -1,0 +1,150 @@
+//! Pod manifests: Kubernetes `v1 Pod` YAML read into typed values, with every problem located.
+//!
+//! `load` is the single entry point: it parses, decodes and validates a file and returns either
+//! its pods or all of its problems as `file:line:col: field.path: message` diagnostics.
+
+mod container;
+mod decode;
+mod diag;
+mod pod;
+pub mod quantity;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+
+pub use container::{
+    Capabilities, Container, ContainerPort, EnvVar, ExecAction, Handler, HttpGetAction, HttpHeader,
+    Lifecycle, Probe, ResourceList, Resources, SecurityContext, SleepAction, TcpSocketAction,
+    VolumeMount,
+};
+pub use decode::IntOrString;
+pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
+pub use pod::{EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource};
+
+use decode::{loc_of, Decoder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Reads, decodes and validates every document of a manifest file.
+pub fn load(path: &Path) -> Result<Vec<Pod>, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Like [`load`], for manifest text that claims to come from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, SpecError> {
+    let (pods, diags) = parse_all(path, text);
+    if diags.is_empty() {
+        Ok(pods)
+    } else {
+        Err(SpecError::Invalid(Diagnostics(diags)))
+    }
+}
+
+/// Every Pod document that could be decoded (even with problems, so later checks such as image
+/// resolution can still run and report theirs) and every problem found, in file order.
+pub(crate) fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
+    let docs = match MarkedYaml::load_from_str(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            let m = e.marker();
+            let diag = Diagnostic {
+                file: path.to_path_buf(),
+                loc: Loc {
+                    line: m.line(),
+                    col: m.col() + 1,
+                },
+                path: String::new(),
+                message: format!("invalid YAML: {}", e.info()),
+            };
+            return (Vec::new(), vec![diag]);
+        }
+    };
+    let mut pods = Vec::new();
+    let mut diags = Vec::new();
+    let is_empty = |d: &MarkedYaml| matches!(d.data, YamlData::Value(Scalar::Null));
+    for doc in docs.iter().filter(|d| !is_empty(d)) {
+        let mut d = Decoder::new(SourceMap::new(path, loc_of(doc)));
+        if let Some(pod) = decode_document(&mut d, doc) {
+            validate::check(&pod, &mut d.diags);
+            pods.push(pod);
+        }
+        diags.append(&mut d.diags);
+    }
+    if docs.iter().all(is_empty) {
+        diags.push(Diagnostic {
+            file: path.to_path_buf(),
+            loc: Loc { line: 1, col: 1 },
+            path: String::new(),
+            message: "the file holds no manifest; write a `kind: Pod` document".to_string(),
+        });
+    }
+    sort_diagnostics(&mut diags);
+    (pods, diags)
+}
+
+/// File order; the same problem found twice is reported once.
+pub(crate) fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
+    diags.sort_by(|a, b| a.loc.cmp(&b.loc));
+    diags.dedup();
+}
+
+/// Decodes one YAML document; only `apiVersion: v1`, `kind: Pod` is a pod.
+fn decode_document(d: &mut Decoder, doc: &MarkedYaml) -> Option<Pod> {
+    let pod = d.object(doc, "", |f| {
+        f.unsupported(&["status"]);
+        let api_version: Option<String> = f.req("apiVersion");
+        let kind: Option<String> = f.req("kind");
+        if kind.as_deref().is_some_and(|k| k != "Pod") {
+            let k = kind.unwrap_or_default();
+            let loc = f.d.map.locate("kind");
+            f.d.error_at(
+                loc,
+                "kind",
+                format!("kind \"{k}\" is not supported: wpod runs `kind: Pod` documents only"),
+            );
+            f.skip_rest();
+            return None;
+        }
+        if let Some(v) = api_version.filter(|v| v != "v1") {
+            let loc = f.d.map.locate("apiVersion");
+            f.d.error_at(
+                loc,
+                "apiVersion",
+                format!("\"{v}\" is not a Pod API version; write apiVersion: v1"),
+            );
+        }
+        let metadata = f.req("metadata");
+        let spec = f.req("spec");
+        Some((metadata?, spec?))
+    })??;
+    Some(Pod {
+        metadata: pod.0,
+        spec: pod.1,
+        source: d.map.clone(),
+    })
+}
+
+impl Pod {
+    /// The manifest's directory, against which relative image paths resolve.
+    pub fn manifest_dir(&self) -> &Path {
+        self.source.file.parent().unwrap_or(Path::new("."))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,553 @@
+//! Semantic checks on a decoded Pod: the rules the Kubernetes API server applies, plus wpod's own.
+
+use std::collections::{HashMap, HashSet};
+
+use super::container::{Container, Handler, Probe};
+use super::decode::{did_you_mean, IntOrString};
+use super::diag::Diagnostic;
+use super::pod::{Pod, VolumeSource};
+
+/// Adds one diagnostic per broken rule; never stops at the first.
+pub(super) fn check(pod: &Pod, out: &mut Vec<Diagnostic>) {
+    let mut c = Checker { pod, out };
+    c.metadata();
+    c.pod_spec();
+    c.volumes();
+    c.containers();
+    c.ports();
+}
+
+struct Checker<'a> {
+    pod: &'a Pod,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    /// Whether decoding already reported a problem at or under `path` (then a second complaint
+    /// about the same field, e.g. "empty" after "expected a string", would only be noise).
+    fn reported(&self, path: &str) -> bool {
+        self.out.iter().any(|d| {
+            d.path == path
+                || d.path.starts_with(&format!("{path}["))
+                || d.path.starts_with(&format!("{path}."))
+        })
+    }
+
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let d = self.pod.source.diag(path, message);
+        self.out.push(d);
+    }
+
+    fn metadata(&mut self) {
+        let name = &self.pod.metadata.name;
+        if !name.is_empty() {
+            if let Err(e) = dns1123_subdomain(name) {
+                self.err("metadata.name", e);
+            }
+        }
+    }
+
+    fn pod_spec(&mut self) {
+        let spec = &self.pod.spec;
+        if let Some(h) = &spec.hostname {
+            if let Err(e) = dns1123_label(h) {
+                self.err("spec.hostname", e);
+            }
+        }
+        if !["Always", "OnFailure", "Never"].contains(&spec.restart_policy.as_str()) {
+            self.err(
+                "spec.restartPolicy",
+                format!(
+                    "unsupported value \"{}\": use Always, OnFailure or Never",
+                    spec.restart_policy
+                ),
+            );
+        }
+        if spec.termination_grace_period_seconds < 0 {
+            self.err(
+                "spec.terminationGracePeriodSeconds",
+                "must be zero or more seconds",
+            );
+        }
+        // A missing `containers` is reported by the decoder; this catches `containers: []`.
+        if spec.containers.is_empty() && self.pod.source.has("spec.containers") {
+            self.err("spec.containers", "at least one container is required");
+        }
+    }
+
+    fn volumes(&mut self) {
+        let mut seen = HashSet::new();
+        for (i, v) in self.pod.spec.volumes.iter().enumerate() {
+            let path = format!("spec.volumes[{i}]");
+            if let Err(e) = dns1123_label(&v.name) {
+                self.err(format!("{path}.name"), e);
+            } else if !seen.insert(v.name.as_str()) {
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate volume name \"{}\"", v.name),
+                );
+            }
+            match &v.source {
+                VolumeSource::EmptyDir(e) => {
+                    if !["", "Memory"].contains(&e.medium.as_str()) {
+                        self.err(
+                            format!("{path}.emptyDir.medium"),
+                            format!(
+                                "unsupported value \"{}\": use \"\" (disk) or Memory (tmpfs)",
+                                e.medium
+                            ),
+                        );
+                    }
+                }
+                VolumeSource::HostPath(h) => {
+                    if !h.path.starts_with('/') {
+                        self.err(format!("{path}.hostPath.path"), "must be an absolute path");
+                    }
+                    const TYPES: &[&str] = &[
+                        "",
+                        "DirectoryOrCreate",
+                        "Directory",
+                        "FileOrCreate",
+                        "File",
+                        "Socket",
+                        "CharDevice",
+                        "BlockDevice",
+                    ];
+                    if !TYPES.contains(&h.kind.as_str()) {
+                        let hint = did_you_mean(&h.kind, &TYPES[1..])
+                            .map(|s| format!("did you mean \"{s}\"? "))
+                            .unwrap_or_default();
+                        self.err(
+                            format!("{path}.hostPath.type"),
+                            format!(
+                                "unsupported value \"{}\": {hint}use one of {}",
+                                h.kind,
+                                TYPES[1..].join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn containers(&mut self) {
+        let mut names: HashMap<&str, String> = HashMap::new();
+        let pod = self.pod;
+        for (path, c) in pod.all_containers() {
+            let is_init = path.starts_with("spec.initContainers");
+            if !c.name.is_empty() {
+                if let Err(e) = dns1123_label(&c.name) {
+                    self.err(format!("{path}.name"), e);
+                } else if let Some(first) = names.get(c.name.as_str()) {
+                    self.err(
+                        format!("{path}.name"),
+                        format!("duplicate container name \"{}\" (first used at {first}); names must be unique across containers and initContainers", c.name),
+                    );
+                } else {
+                    names.insert(&c.name, path.clone());
+                }
+            }
+            self.container(&path, c, is_init);
+        }
+    }
+
+    fn container(&mut self, path: &str, c: &Container, is_init: bool) {
+        if c.image.is_none() && c.command.is_empty() && !self.reported(&format!("{path}.command")) {
+            self.err(
+                format!("{path}.command"),
+                "required when image is omitted: a container without an image runs its command on the host filesystem",
+            );
+        }
+        if let Some(p) = &c.image_pull_policy {
+            if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
+                self.err(
+                    format!("{path}.imagePullPolicy"),
+                    format!("unsupported value \"{p}\": use Always, IfNotPresent or Never"),
+                );
+            }
+        }
+        if let Some(w) = &c.working_dir {
+            if !w.starts_with('/') {
+                self.err(format!("{path}.workingDir"), "must be an absolute path");
+            }
+        }
+        let sidecar = match (&c.restart_policy, is_init) {
+            (None, _) => false,
+            (Some(p), true) if p == "Always" => true,
+            (Some(p), true) => {
+                self.err(format!("{path}.restartPolicy"), format!("unsupported value \"{p}\": an init container takes only Always (which makes it a native sidecar)"));
+                false
+            }
+            (Some(_), false) => {
+                self.err(format!("{path}.restartPolicy"), "only init containers take restartPolicy (Always makes a native sidecar); set spec.restartPolicy for regular containers");
+                false
+            }
+        };
+        if is_init && !sidecar {
+            for (field, set) in [
+                ("lifecycle", c.lifecycle.is_some()),
+                ("livenessProbe", c.liveness_probe.is_some()),
+                ("readinessProbe", c.readiness_probe.is_some()),
+                ("startupProbe", c.startup_probe.is_some()),
+            ] {
+                if set {
+                    self.err(format!("{path}.{field}"), "init containers run to completion and take no probes or lifecycle hooks; add restartPolicy: Always to make this a native sidecar");
+                }
+            }
+        }
+        for (i, e) in c.env.iter().enumerate() {
+            if e.name.is_empty()
+                || e.name.contains('=')
+                || !e.name.chars().all(|ch| ch.is_ascii_graphic())
+            {
+                self.err(format!("{path}.env[{i}].name"), format!("invalid environment variable name \"{}\": use printable characters without '='", e.name));
+            }
+        }
+        self.mounts(path, c);
+        self.resources(path, c);
+        self.security(path, c);
+        for (field, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if let Some(p) = probe {
+                self.probe(&format!("{path}.{field}"), field, p, c);
+            }
+        }
+        if let Some(l) = &c.lifecycle {
+            for (field, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+                if let Some(h) = h {
+                    self.handler(&format!("{path}.lifecycle.{field}"), h, c);
+                }
+            }
+        }
+    }
+
+    fn mounts(&mut self, path: &str, c: &Container) {
+        let volumes: Vec<&str> = self
+            .pod
+            .spec
+            .volumes
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        let mut paths = HashSet::new();
+        for (i, m) in c.volume_mounts.iter().enumerate() {
+            let mpath = format!("{path}.volumeMounts[{i}]");
+            if !m.name.is_empty() && !volumes.contains(&m.name.as_str()) {
+                let hint = match did_you_mean(&m.name, &volumes) {
+                    Some(s) => format!("; did you mean \"{s}\"?"),
+                    None if volumes.is_empty() => "; define it under spec.volumes".to_string(),
+                    None => format!("; defined volumes: {}", volumes.join(", ")),
+                };
+                self.err(
+                    format!("{mpath}.name"),
+                    format!("volume \"{}\" is not defined in spec.volumes{hint}", m.name),
+                );
+            }
+            if !m.mount_path.is_empty() {
+                if !m.mount_path.starts_with('/') {
+                    self.err(format!("{mpath}.mountPath"), "must be an absolute path");
+                } else if !paths.insert(m.mount_path.trim_end_matches('/')) {
+                    self.err(
+                        format!("{mpath}.mountPath"),
+                        format!("\"{}\" is mounted twice in this container", m.mount_path),
+                    );
+                }
+                if m.mount_path.split('/').any(|seg| seg == "..") {
+                    self.err(format!("{mpath}.mountPath"), "must not contain '..'");
+                }
+            }
+        }
+    }
+
+    fn resources(&mut self, path: &str, c: &Container) {
+        let (l, r) = (&c.resources.limits, &c.resources.requests);
+        if let (Some(lim), Some(req)) = (l.cpu_millis, r.cpu_millis) {
+            if req > lim {
+                self.err(
+                    format!("{path}.resources.requests.cpu"),
+                    "must be less than or equal to the cpu limit",
+                );
+            }
+        }
+        if let (Some(lim), Some(req)) = (l.memory_bytes, r.memory_bytes) {
+            if req > lim {
+                self.err(
+                    format!("{path}.resources.requests.memory"),
+                    "must be less than or equal to the memory limit",
+                );
+            }
+        }
+        if l.memory_bytes == Some(0) {
+            self.err(
+                format!("{path}.resources.limits.memory"),
+                "must be greater than zero",
+            );
+        }
+    }
+
+    fn security(&mut self, path: &str, c: &Container) {
+        let Some(sc) = &c.security_context else {
+            return;
+        };
+        if sc.privileged {
+            self.err(format!("{path}.securityContext.privileged"), "privileged containers are not supported by wpod; add the capabilities the container needs instead");
+        }
+        for (field, caps) in [
+            ("add", &sc.capabilities.add),
+            ("drop", &sc.capabilities.drop),
+        ] {
+            for (i, cap) in caps.iter().enumerate() {
+                let name = cap.strip_prefix("CAP_").unwrap_or(cap);
+                let ok = CAPABILITIES.contains(&name) || (field == "drop" && name == "ALL");
+                if !ok {
+                    let hint = did_you_mean(name, CAPABILITIES)
+                        .map(|s| format!("; did you mean \"{s}\"?"))
+                        .unwrap_or_default();
+                    self.err(
+                        format!("{path}.securityContext.capabilities.{field}[{i}]"),
+                        format!("unknown capability \"{cap}\"{hint}"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn probe(&mut self, path: &str, field: &str, p: &Probe, c: &Container) {
+        for (name, v) in [
+            ("periodSeconds", p.period_seconds),
+            ("timeoutSeconds", p.timeout_seconds),
+            ("successThreshold", p.success_threshold),
+            ("failureThreshold", p.failure_threshold),
+        ] {
+            if v == 0 {
+                self.err(format!("{path}.{name}"), "must be at least 1");
+            }
+        }
+        if field != "readinessProbe" && p.success_threshold > 1 {
+            self.err(
+                format!("{path}.successThreshold"),
+                format!("must be 1 for a {field}"),
+            );
+        }
+        self.handler(path, &p.handler, c);
+    }
+
+    fn handler(&mut self, path: &str, h: &Handler, c: &Container) {
+        match h {
+            Handler::HttpGet(g) => {
+                self.port_ref(&format!("{path}.httpGet.port"), &g.port, c);
+                if !["HTTP", "HTTPS"].contains(&g.scheme.as_str()) {
+                    self.err(
+                        format!("{path}.httpGet.scheme"),
+                        format!("unsupported value \"{}\": use HTTP or HTTPS", g.scheme),
+                    );
+                }
+            }
+            Handler::TcpSocket(t) => self.port_ref(&format!("{path}.tcpSocket.port"), &t.port, c),
+            Handler::Exec(e)
+                if e.command.is_empty() && !self.reported(&format!("{path}.exec.command")) =>
+            {
+                self.err(format!("{path}.exec.command"), "must name a command to run");
+            }
+            Handler::Exec(_) | Handler::Sleep(_) => {}
+        }
+    }
+
+    /// A probe's port: a number, or the name of one of the container's ports.
+    fn port_ref(&mut self, path: &str, port: &IntOrString, c: &Container) {
+        match port {
+            IntOrString::Int(n) if !(1..=65535).contains(n) => {
+                self.err(
+                    path,
+                    format!("{n} is not a valid port: use 1-65535 or a port name"),
+                );
+            }
+            IntOrString::String(name)
+                if !c.ports.iter().any(|p| p.name.as_deref() == Some(name)) =>
+            {
+                self.err(
+                    path,
+                    format!("no port named \"{name}\" in this container's ports"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// All containers share the pod's network namespace, so ports are unique across the pod.
+    fn ports(&mut self) {
+        let mut container_ports: HashMap<(u16, &str), String> = HashMap::new();
+        let mut host_ports: HashMap<(u16, &str), String> = HashMap::new();
+        let pod = self.pod;
+        for (cpath, c) in pod.all_containers() {
+            let mut names = HashSet::new();
+            for (i, p) in c.ports.iter().enumerate() {
+                let path = format!("{cpath}.ports[{i}]");
+                if p.container_port == 0 && !self.reported(&format!("{path}.containerPort")) {
+                    self.err(
+                        format!("{path}.containerPort"),
+                        "must be between 1 and 65535",
+                    );
+                }
+                if let Some(name) = &p.name {
+                    if let Err(e) = port_name(name) {
+                        self.err(format!("{path}.name"), e);
+                    } else if !names.insert(name.as_str()) {
+                        self.err(
+                            format!("{path}.name"),
+                            format!("duplicate port name \"{name}\""),
+                        );
+                    }
+                }
+                match p.protocol.as_str() {
+                    "TCP" | "UDP" => {}
+                    "SCTP" => self.err(
+                        format!("{path}.protocol"),
+                        "SCTP is not supported by wpod; use TCP or UDP",
+                    ),
+                    other => self.err(
+                        format!("{path}.protocol"),
+                        format!("unsupported value \"{other}\": use TCP or UDP"),
+                    ),
+                }
+                if p.container_port != 0 {
+                    let key = (p.container_port, p.protocol.as_str());
+                    if let Some(first) = container_ports.get(&key) {
+                        self.err(
+                            format!("{path}.containerPort"),
+                            format!("port {}/{} is already declared at {first}; containers of a pod share one network namespace", key.0, key.1),
+                        );
+                    } else {
+                        container_ports.insert(key, path.clone());
+                    }
+                }
+                if let Some(hp) = p.host_port {
+                    let key = (hp, p.protocol.as_str());
+                    if hp == 0 && !self.reported(&format!("{path}.hostPort")) {
+                        self.err(format!("{path}.hostPort"), "must be between 1 and 65535");
+                    } else if let Some(first) = host_ports.get(&key) {
+                        self.err(
+                            format!("{path}.hostPort"),
+                            format!("host port {hp}/{} is already published at {first}", key.1),
+                        );
+                    } else {
+                        host_ports.insert(key, path.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// RFC 1123 label: what Kubernetes requires of container, volume and host names.
+pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name \"{s}\": a DNS-1123 label has at most 63 lowercase letters, digits and '-', \
+             starting and ending with a letter or digit (e.g. \"{}\")",
+            suggest_name(s)
+        ))
+    }
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of object names.
+fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    let ok = s.len() <= 253 && s.split('.').all(|l| dns1123_label(l).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name \"{s}\": a DNS-1123 subdomain has lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (e.g. \"{}\")",
+            suggest_name(s)
+        ))
+    }
+}
+
+fn suggest_name(s: &str) -> String {
+    let mapped: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "my-name".to_string()
+    } else {
+        trimmed.chars().take(63).collect()
+    }
+}
+
+/// IANA service name: what Kubernetes requires of port names.
+fn port_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid port name \"{s}\": at most 15 lowercase letters, digits and '-', with at least one letter"))
+    }
+}
+
+/// Linux capability names as Kubernetes writes them (without `CAP_`).
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
