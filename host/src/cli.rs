@@ -46,6 +46,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Internal: the pod's namespace holder (started by `wpod run`).
+    #[command(name = "__holder", hide = true)]
+    Holder {
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        share_pid: bool,
+    },
+    /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
+    #[command(name = "__cleanup", hide = true)]
+    Cleanup { pod: String },
+    /// Internal: a native container's shim (started by `wpod run`).
+    #[command(name = "__container", hide = true)]
+    ContainerShim { launch_spec: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

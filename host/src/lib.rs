@@ -5,9 +5,14 @@
 //! create, in which order, with which grants) → `sandbox` (namespaces, volumes, cgroups) →
 //! `containers` (native processes) / `sidecars` (Wasm components) → `supervisor` (lifecycle).
 
+pub mod containers;
+pub mod helper;
+pub mod logs;
 pub mod plan;
+pub mod sandbox;
 pub mod sidecars;
 pub mod spec;
+pub mod supervisor;
 
 use std::path::Path;
 

@@ -6,14 +6,29 @@ mod cli;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
 use clap::Parser;
 
 use cli::{Cli, Command};
+use wpod::logs::{Logs, OutputFormat};
+use wpod::sandbox::PodSandbox;
 use wpod::spec::SpecError;
+use wpod::supervisor::events::{print_summary, Event, Events};
+use wpod::supervisor::Supervisor;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Helper processes: fresh single-threaded processes that never return.
+    match &cli.command {
+        Command::Holder {
+            hostname,
+            share_pid,
+        } => wpod::sandbox::holder::main(hostname, *share_pid),
+        Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
+        _ => {}
+    }
     init_tracing(&cli.log_level);
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -43,6 +58,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => validate(&files),
         Command::Inspect { component, json } => inspect(&component, json),
         Command::Run { file, output } => run(&file, output),
+        Command::Cleanup { pod } => {
+            // Taking the pod's lock clears whatever an earlier run left; releasing it removes the rest.
+            drop(wpod::sandbox::state::StateDir::acquire(&pod)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Holder { .. } | Command::ContainerShim { .. } => unreachable!("handled in main"),
     }
 }
 
@@ -88,7 +109,7 @@ fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(file: &Path, _output: cli::Output) -> anyhow::Result<ExitCode> {
+fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
     let mut plans = wpod::load_plan(file)?;
     if plans.len() != 1 {
         bail!(
@@ -97,6 +118,41 @@ fn run(file: &Path, _output: cli::Output) -> anyhow::Result<ExitCode> {
             plans.len()
         );
     }
-    let _plan = plans.remove(0);
-    bail!("running pods is not implemented yet")
+    let plan = plans.remove(0);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "wpod run needs root: it creates namespaces, mounts and cgroups for the pod (try sudo)"
+        );
+    }
+    let format = match output {
+        cli::Output::Text => OutputFormat::Text,
+        cli::Output::Json => OutputFormat::Json,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wpod-runtime")
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(async {
+        let name = plan.name().to_string();
+        let sandbox =
+            PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?;
+        let events = Arc::new(Events::new(&name, format));
+        events.emit(
+            None,
+            Event::PodStarted {
+                hostname: sandbox.hostname.clone(),
+            },
+        );
+        for w in &sandbox.warnings {
+            events.emit(None, Event::Warning { message: w.clone() });
+        }
+        let logs = Logs::new(sandbox.log_dir(), format);
+        let result = Supervisor::new(&plan, &sandbox, logs, events).run().await;
+        print_summary(format, &name, &result.summary);
+        drop(sandbox);
+        anyhow::Ok(result.exit_code)
+    })?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -2,6 +2,8 @@
 //! Each module says what it needs (root, Debian packages); CI runs them all as root.
 
 mod manifests;
+mod pods;
+mod sandbox;
 
 use std::path::Path;
 use std::process::{Command, Output};

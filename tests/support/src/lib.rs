@@ -11,6 +11,11 @@ pub fn repo_root() -> PathBuf {
         .expect("repository root")
 }
 
+/// Where this crate's build script put the built guests.
+pub fn sidecars_dir() -> PathBuf {
+    PathBuf::from(env!("WPOD_SIDECARS_DIR"))
+}
+
 /// A guest built by this crate's build script: `target/sidecars/NAME.wasm`.
 pub fn sidecar(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("WPOD_SIDECARS_DIR")).join(format!("{name}.wasm"));

@@ -1,0 +1,77 @@
+//! What `wpod` tells a container shim to set up: written as JSON by the runtime, read by the shim
+//! (`wpod __container FILE`). Everything is decided by the runtime; the shim only applies it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// File descriptor numbers a shim inherits besides stdio.
+pub const LIFELINE_FD: i32 = 3;
+pub const REPORT_FD: i32 = 4;
+
+/// Exit code of a shim that could not set the container up (as in podman/crun).
+pub const EXIT_SETUP_FAILED: i32 = 125;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub pod: String,
+    pub container: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub namespaces: NamespacePaths,
+    pub rootfs: RootfsSpec,
+    pub mounts: Vec<BindMount>,
+    pub security: SecuritySpec,
+    /// `cgroup.procs` files the shim joins before anything else, so the container is counted
+    /// and limited from its first instruction.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// The pod's namespaces, as /proc paths of processes that hold them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamespacePaths {
+    pub net: PathBuf,
+    pub uts: PathBuf,
+    pub ipc: PathBuf,
+    /// The pod's shared PID namespace (`shareProcessNamespace: true`); otherwise the container
+    /// gets a PID namespace of its own.
+    pub pid: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// The read-only lower layer: `/` for a host container, else the image directory.
+    pub lower: PathBuf,
+    /// A directory the shim may mount over (a tmpfs holding the writable layer and the root).
+    pub scratch: PathBuf,
+    pub read_only: bool,
+}
+
+/// A volume bind-mounted into the container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SecuritySpec {
+    pub uid: u32,
+    pub gid: u32,
+    /// The capability bounding set, e.g. `CAP_CHOWN`; everything else is dropped.
+    pub capabilities: Vec<String>,
+    pub no_new_privs: bool,
+}
+
+/// What a shim tells the runtime, one JSON object per line on [`REPORT_FD`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Report {
+    /// The container's program was exec'ed; `pid` as seen from the host.
+    Started { pid: i32 },
+    /// Setting the container up failed at `step`.
+    Failed { step: String, error: String },
+}

@@ -1,0 +1,329 @@
+//! Native containers: processes started inside the pod sandbox through a shim (`shim.rs`), with
+//! their root filesystem (`rootfs.rs`) and privileges (`security.rs`) set up as a container
+//! runtime does.
+
+pub mod launch;
+pub mod rootfs;
+pub mod security;
+pub mod shim;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::task::JoinHandle;
+
+use crate::helper::{helper_command, inherit_fds};
+use crate::logs::{Logs, Stream};
+use crate::plan::{ContainerPlan, Image};
+use crate::sandbox::cgroups::ContainerCgroup;
+use crate::sandbox::PodSandbox;
+use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, LIFELINE_FD, REPORT_FD};
+
+/// Processes per container unless the pod says otherwise (annotation `wpod.dev/pids-limit`).
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {container}: {step}: {error}")]
+    Setup {
+        container: String,
+        step: String,
+        error: String,
+    },
+    #[error("container {container}: cannot create its cgroup: {source}")]
+    Cgroup {
+        container: String,
+        source: crate::sandbox::cgroups::CgroupError,
+    },
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitInfo {
+    /// Exit code; 128 + signal number when killed by a signal (as a shell reports it).
+    pub code: i32,
+    pub signal: Option<i32>,
+    /// Kubernetes' reason: Completed, Error or OOMKilled.
+    pub reason: &'static str,
+}
+
+impl ExitInfo {
+    pub fn from_status(status: std::process::ExitStatus, oom_killed: bool) -> Self {
+        let signal = status.signal();
+        let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
+        let reason = if oom_killed {
+            "OOMKilled"
+        } else if code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        ExitInfo {
+            code,
+            signal,
+            reason,
+        }
+    }
+}
+
+/// A running native container.
+pub struct NativeContainer {
+    name: String,
+    shim: tokio::process::Child,
+    /// Host PID of the container's process.
+    pub pid: i32,
+    cgroup: ContainerCgroup,
+    output: Vec<JoinHandle<()>>,
+}
+
+/// The environment every container starts with, before its own `env`.
+fn base_env(hostname: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOSTNAME".into(), hostname.into()),
+        ("HOME".into(), "/root".into()),
+    ]
+}
+
+fn launch_spec(
+    plan: &ContainerPlan,
+    sandbox: &PodSandbox,
+    cgroup: &ContainerCgroup,
+    scratch: PathBuf,
+) -> Result<LaunchSpec, ContainerError> {
+    let c = &plan.spec;
+    let setup_err = |step: &str, error: String| ContainerError::Setup {
+        container: c.name.clone(),
+        step: step.into(),
+        error,
+    };
+    let lower = match &plan.image {
+        Image::Host => PathBuf::from("/"),
+        Image::Rootfs(dir) => dir.clone(),
+        Image::Wasm(_) => {
+            return Err(setup_err(
+                "start",
+                "a Wasm component is not a native container".into(),
+            ))
+        }
+    };
+    let mut mounts = Vec::new();
+    for m in &c.volume_mounts {
+        let source = sandbox.volumes.host_path(&m.name).ok_or_else(|| {
+            setup_err(
+                "mount volumes",
+                format!("volume {} was not created", m.name),
+            )
+        })?;
+        mounts.push(BindMount {
+            source: source.to_path_buf(),
+            target: m.mount_path.clone(),
+            read_only: m.read_only,
+        });
+    }
+    let sc = c.security_context.clone().unwrap_or_default();
+    let mut env = base_env(&sandbox.hostname);
+    for e in &c.env {
+        env.retain(|(k, _)| k != &e.name);
+        env.push((e.name.clone(), e.value.clone()));
+    }
+    Ok(LaunchSpec {
+        pod: sandbox.pod.clone(),
+        container: c.name.clone(),
+        argv: c.command.iter().chain(&c.args).cloned().collect(),
+        env,
+        cwd: c.working_dir.clone(),
+        namespaces: sandbox.namespaces.paths(),
+        rootfs: RootfsSpec {
+            lower,
+            scratch,
+            read_only: sc.read_only_root_filesystem,
+        },
+        mounts,
+        security: SecuritySpec {
+            uid: sc.run_as_user.unwrap_or(0),
+            gid: sc.run_as_group.unwrap_or(0),
+            capabilities: security::capability_set(&sc.capabilities.add, &sc.capabilities.drop),
+            // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
+            no_new_privs: sc.allow_privilege_escalation != Some(true),
+        },
+        cgroup_procs: cgroup.procs_files(),
+    })
+}
+
+impl NativeContainer {
+    /// Starts the container and returns once its program was exec'ed (or setup failed, with
+    /// the step and the OS error).
+    pub async fn start(
+        plan: &ContainerPlan,
+        sandbox: &PodSandbox,
+        logs: &Arc<Logs>,
+        pids_limit: u64,
+    ) -> Result<Self, ContainerError> {
+        let name = plan.name().to_string();
+        let setup_err = |step: &str, error: String| ContainerError::Setup {
+            container: name.clone(),
+            step: step.into(),
+            error,
+        };
+        let (cgroup, warnings) = sandbox
+            .cgroups
+            .container(&name, &plan.spec.resources.limits, pids_limit)
+            .map_err(|source| ContainerError::Cgroup {
+                container: name.clone(),
+                source,
+            })?;
+        for w in warnings {
+            tracing::warn!(container = %name, "{w}");
+        }
+        let dir = sandbox.container_dir(&name);
+        let scratch = dir.join("scratch");
+        std::fs::create_dir_all(&scratch).map_err(|e| {
+            setup_err(
+                "create the container directory",
+                format!("{e} ({})", scratch.display()),
+            )
+        })?;
+        let spec = launch_spec(plan, sandbox, &cgroup, scratch)?;
+        let spec_path = dir.join("launch.json");
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| setup_err("write the launch spec", e.to_string()))?;
+        std::fs::write(&spec_path, json).map_err(|e| {
+            setup_err(
+                "write the launch spec",
+                format!("{e} ({})", spec_path.display()),
+            )
+        })?;
+
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| setup_err("create the report pipe", e.to_string()))?;
+        let mut cmd = helper_command("__container")
+            .map_err(|e| setup_err("find the wpod binary", e.to_string()))?;
+        cmd.arg(&spec_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        inherit_fds(
+            &mut cmd,
+            &[
+                (sandbox.lifeline.read_fd(), LIFELINE_FD),
+                (report_write.as_raw_fd(), REPORT_FD),
+            ],
+        );
+        let mut shim = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|e| setup_err("start the container shim", e.to_string()))?;
+        drop(report_write);
+
+        let mut output = Vec::new();
+        if let Some(out) = shim.stdout.take() {
+            output.push(logs.follow(&name, Stream::Stdout, out));
+        }
+        if let Some(err) = shim.stderr.take() {
+            output.push(logs.follow(&name, Stream::Stderr, err));
+        }
+        let report = read_report(report_read).await;
+        let mut container = NativeContainer {
+            name: name.clone(),
+            shim,
+            pid: 0,
+            cgroup,
+            output,
+        };
+        match report {
+            Some(Report::Started { pid }) => {
+                container.pid = pid;
+                Ok(container)
+            }
+            Some(Report::Failed { step, error }) => {
+                let _ = container.wait().await;
+                Err(ContainerError::Setup {
+                    container: name,
+                    step,
+                    error,
+                })
+            }
+            None => {
+                let exit = container.wait().await;
+                Err(setup_err(
+                    "start",
+                    format!(
+                        "the shim exited without reporting (exit code {})",
+                        exit.code
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for the container's process to end. Cancel-safe: use it in `select!`, then
+    /// [`Self::finish`].
+    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.shim.wait().await
+    }
+
+    /// After [`Self::exited`]: empties the cgroup, drains the output, tells how it ended.
+    pub async fn finish(&mut self, status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+        // Whatever the container wrote before exiting is still in the pipes; a process it left
+        // behind could hold them open, so the cgroup is emptied first.
+        self.cgroup.kill_all();
+        for task in self.output.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        let oom = self.cgroup.oom_kills() > 0;
+        match status {
+            Ok(s) => ExitInfo::from_status(s, oom),
+            Err(_) => ExitInfo {
+                code: 128 + libc::SIGKILL,
+                signal: Some(libc::SIGKILL),
+                reason: "Error",
+            },
+        }
+    }
+
+    /// Waits until the container has exited and its output is drained.
+    pub async fn wait(&mut self) -> ExitInfo {
+        let status = self.exited().await;
+        self.finish(status).await
+    }
+
+    /// Sends `signal` to the container's process (through the shim, which forwards it).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.shim.id() {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    /// SIGKILLs every process of the container (the end of a grace period).
+    pub fn kill_all(&self) {
+        self.cgroup.kill_all();
+    }
+
+    /// PIDs of every process in the container (host view).
+    pub fn pids(&self) -> Vec<i32> {
+        self.cgroup.pids()
+    }
+}
+
+async fn read_report(fd: std::os::fd::OwnedFd) -> Option<Report> {
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(receiver);
+    reader.read_line(&mut line).await.ok()?;
+    serde_json::from_str(line.trim()).ok()
+}

@@ -1,0 +1,406 @@
+//! The container's root filesystem, built by the shim inside the container's own mount
+//! namespace: an overlay whose lower layer is the host's `/` (no image) or the image directory,
+//! and whose upper layer lives on a private tmpfs, so a container never writes to the host or to
+//! its image except through its volumes. Then `/dev` basics, `/sys`, `/tmp`, the volumes, and
+//! (in the container process, inside its PID namespace) a fresh `/proc` and `pivot_root`.
+//!
+//! Every path inside the new root is resolved with `openat2(RESOLVE_IN_ROOT)`: a symlink in an
+//! image or a volume cannot redirect a mount to a place outside the container's root.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mkdirat, Mode};
+
+use super::launch::{BindMount, RootfsSpec};
+use super::shim::StepError;
+
+/// The assembled root, open so that paths inside it can be resolved safely.
+pub(super) struct Rootfs {
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+fn none() -> Option<&'static str> {
+    None
+}
+
+fn do_mount(
+    step: &str,
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), StepError> {
+    mount(source, target, fstype, flags, data).map_err(|e| StepError::sys(step, target, e))
+}
+
+/// Builds the root filesystem under `spec.scratch`; the shim must already be in a new mount
+/// namespace.
+pub(super) fn prepare(spec: &RootfsSpec, mounts: &[BindMount]) -> Result<Rootfs, StepError> {
+    // Nothing mounted from here on may propagate back to the host.
+    do_mount(
+        "make / private",
+        none(),
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+
+    let scratch = &spec.scratch;
+    do_mount(
+        "mount scratch tmpfs",
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=700"),
+    )?;
+    let (upper, work, root) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("root"),
+    );
+    for dir in [&upper, &work, &root] {
+        std::fs::create_dir(dir)
+            .map_err(|e| StepError::io("create overlay directories", dir, e))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        escape_overlay(&spec.lower),
+        escape_overlay(&upper),
+        escape_overlay(&work)
+    );
+    do_mount(
+        "mount overlay root",
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&options),
+    )?;
+
+    let fd = nix::fcntl::open(
+        &root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StepError::sys("open root", &root, e))?;
+    let rootfs = Rootfs { path: root, fd };
+    rootfs.mount_dev()?;
+    rootfs.mount_sys()?;
+    if !spec.read_only {
+        let tmp = rootfs.mountpoint("/tmp", Kind::Dir)?;
+        do_mount(
+            "mount /tmp",
+            Some("tmpfs"),
+            &fd_path(&tmp),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        )?;
+    }
+    for m in mounts {
+        rootfs.bind_volume(m)?;
+    }
+    if spec.read_only {
+        // Only the root itself: /dev and the volumes keep their own modes.
+        do_mount(
+            "make the root filesystem read-only",
+            none(),
+            &rootfs.path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(rootfs)
+}
+
+/// overlayfs splits options at `,` and layers at `:`; escape them in paths.
+fn escape_overlay(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:")
+}
+
+/// A path through which the kernel reaches exactly the file `fd` refers to.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+impl Rootfs {
+    /// Opens `path` (absolute, inside the container) without leaving the root, creating it and
+    /// its missing parents as directories (or the last one as a file).
+    fn mountpoint(&self, path: &str, kind: Kind) -> Result<OwnedFd, StepError> {
+        let step = format!("create mount point {path}");
+        let rel: Vec<_> = Path::new(path)
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_owned()),
+                _ => None,
+            })
+            .collect();
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let mut current = PathBuf::from(".");
+        let mut fd = None;
+        for (i, name) in rel.iter().enumerate() {
+            let parent = current.clone();
+            current.push(name);
+            match openat2(&self.fd, &current, how) {
+                Ok(opened) => fd = Some(opened),
+                Err(Errno::ENOENT) => {
+                    let parent_fd = openat2(&self.fd, &parent, how)
+                        .map_err(|e| StepError::sys(&step, &parent, e))?;
+                    let last = i + 1 == rel.len();
+                    if last && kind == Kind::File {
+                        let flags =
+                            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+                        openat(
+                            &parent_fd,
+                            name.as_os_str(),
+                            flags,
+                            Mode::from_bits_truncate(0o644),
+                        )
+                        .map_err(|e| StepError::sys(&step, &current, e))?;
+                    } else {
+                        match mkdirat(
+                            &parent_fd,
+                            name.as_os_str(),
+                            Mode::from_bits_truncate(0o755),
+                        ) {
+                            Ok(()) | Err(Errno::EEXIST) => {}
+                            Err(e) => return Err(StepError::sys(&step, &current, e)),
+                        }
+                    }
+                    fd = Some(
+                        openat2(&self.fd, &current, how)
+                            .map_err(|e| StepError::sys(&step, &current, e))?,
+                    );
+                }
+                Err(e) => return Err(StepError::sys(&step, &current, e)),
+            }
+        }
+        match fd {
+            Some(fd) => Ok(fd),
+            None => Err(StepError::msg(
+                step,
+                "the root itself cannot be a mount point",
+            )),
+        }
+    }
+
+    fn mount_dev(&self) -> Result<(), StepError> {
+        let dev = self.mountpoint("/dev", Kind::Dir)?;
+        do_mount(
+            "mount /dev",
+            Some("tmpfs"),
+            &fd_path(&dev),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )?;
+        drop(dev);
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let target = self.mountpoint(&format!("/dev/{name}"), Kind::File)?;
+            let source = format!("/dev/{name}");
+            do_mount(
+                &format!("bind {source}"),
+                Some(&source),
+                &fd_path(&target),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+        let dev_dir = self.path.join("dev");
+        for (link, to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            // /dev is our fresh tmpfs, so plain paths under it cannot be redirected.
+            std::os::unix::fs::symlink(to, dev_dir.join(link))
+                .map_err(|e| StepError::io("create /dev links", &dev_dir.join(link), e))?;
+        }
+        let pts = self.mountpoint("/dev/pts", Kind::Dir)?;
+        do_mount(
+            "mount /dev/pts",
+            Some("devpts"),
+            &fd_path(&pts),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )?;
+        let shm = self.mountpoint("/dev/shm", Kind::Dir)?;
+        do_mount(
+            "mount /dev/shm",
+            Some("shm"),
+            &fd_path(&shm),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )?;
+        let mq = self.mountpoint("/dev/mqueue", Kind::Dir)?;
+        // POSIX message queues of the pod's IPC namespace; not every kernel has them.
+        let _ = mount(
+            Some("mqueue"),
+            &fd_path(&mq),
+            Some("mqueue"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none(),
+        );
+        Ok(())
+    }
+
+    /// A sysfs of the pod's network namespace, read-only.
+    fn mount_sys(&self) -> Result<(), StepError> {
+        let sys = self.mountpoint("/sys", Kind::Dir)?;
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if mount(Some("sysfs"), &fd_path(&sys), Some("sysfs"), flags, none()).is_ok() {
+            return Ok(());
+        }
+        // Some kernels refuse a new sysfs here; fall back to the host's, read-only.
+        do_mount(
+            "bind /sys",
+            Some("/sys"),
+            &fd_path(&sys),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        let mounted = self.mountpoint("/sys", Kind::Dir)?;
+        do_mount(
+            "make /sys read-only",
+            none(),
+            &fd_path(&mounted),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )
+    }
+
+    fn bind_volume(&self, m: &BindMount) -> Result<(), StepError> {
+        let kind = if m.source.is_dir() {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        let target = self.mountpoint(&m.target, kind)?;
+        let step = format!("mount volume at {}", m.target);
+        let source = m.source.to_string_lossy();
+        do_mount(
+            &step,
+            Some(&source),
+            &fd_path(&target),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if m.read_only {
+            // A bind mount only becomes read-only on a remount of the bind itself, reached
+            // through a fresh open (the old descriptor still names the directory underneath).
+            drop(target);
+            let mounted = self.mountpoint(&m.target, kind)?;
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV;
+            do_mount(
+                &format!("make {} read-only", m.target),
+                none(),
+                &fd_path(&mounted),
+                None,
+                flags,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// In the container process (already in its PID namespace): a fresh `/proc` showing only the
+    /// container's (or the pod's shared) processes, then `pivot_root` into the new root.
+    pub(super) fn enter(&self) -> Result<(), StepError> {
+        let proc_fd = self.mountpoint("/proc", Kind::Dir)?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        do_mount(
+            "mount /proc",
+            Some("proc"),
+            &fd_path(&proc_fd),
+            Some("proc"),
+            flags,
+            None,
+        )?;
+        drop(proc_fd);
+        self.mask_proc();
+
+        std::env::set_current_dir(&self.path)
+            .map_err(|e| StepError::io("chdir to the new root", &self.path, e))?;
+        // pivot_root(".", ".") stacks the old root on top of the new one; unmounting it leaves
+        // only the new root, with no directory needed for the old one.
+        nix::unistd::pivot_root(".", ".")
+            .map_err(|e| StepError::sys("pivot_root", &self.path, e))?;
+        umount2(".", MntFlags::MNT_DETACH)
+            .map_err(|e| StepError::sys("detach the old root", Path::new("/"), e))?;
+        std::env::set_current_dir("/").map_err(|e| StepError::io("chdir /", Path::new("/"), e))?;
+        Ok(())
+    }
+
+    /// Hides the kernel interfaces container runtimes hide (runc's defaults), best effort.
+    fn mask_proc(&self) {
+        let proc = self.path.join("proc");
+        for name in [
+            "kcore",
+            "keys",
+            "timer_list",
+            "sched_debug",
+            "sysrq-trigger",
+        ] {
+            let _ = mount(
+                Some("/dev/null"),
+                &proc.join(name),
+                none(),
+                MsFlags::MS_BIND,
+                none(),
+            );
+        }
+        for name in ["sys", "irq", "bus", "fs"] {
+            let p = proc.join(name);
+            if mount(
+                Some(&p),
+                &p,
+                none(),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none(),
+            )
+            .is_ok()
+            {
+                let flags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC;
+                let _ = mount(none(), &p, none(), flags, none());
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Privileges of a container process, applied in the container just before exec: the
+//! capability bounding set of a container runtime, user and group, `no_new_privs`.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use caps::{CapSet, Capability};
+use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+
+use super::launch::SecuritySpec;
+use super::shim::StepError;
+
+/// The capabilities container runtimes (containerd, CRI-O, podman) grant by default.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The bounding set for a container: the defaults, minus `drop` (`ALL` drops all), plus `add`;
+/// names as the kernel spells them (`CAP_KILL`).
+pub fn capability_set(add: &[String], drop: &[String]) -> Vec<String> {
+    let norm = |c: &String| c.strip_prefix("CAP_").unwrap_or(c).to_string();
+    let drop: HashSet<String> = drop.iter().map(norm).collect();
+    let mut set: Vec<String> = if drop.contains("ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    for c in add.iter().map(norm) {
+        if !set.contains(&c) {
+            set.push(c);
+        }
+    }
+    set.sort();
+    set.into_iter().map(|c| format!("CAP_{c}")).collect()
+}
+
+/// Applies `sec` to the calling process (the container, about to exec).
+pub(super) fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
+    let mut keep = HashSet::new();
+    for name in &sec.capabilities {
+        let cap = Capability::from_str(name)
+            .map_err(|e| StepError::msg("parse capabilities", format!("{name}: {e}")))?;
+        keep.insert(cap);
+    }
+    // The bounding set limits what any later exec can ever hold; dropping needs CAP_SETPCAP,
+    // so it comes before changing user.
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| StepError::msg("drop capabilities", e.to_string()))?;
+        }
+    }
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| StepError::msg("clear inheritable capabilities", e.to_string()))?;
+    let _ = caps::clear(None, CapSet::Ambient); // absent on old kernels
+
+    setgroups(&[]).map_err(|e| StepError::msg("setgroups", e.to_string()))?;
+    setgid(Gid::from_raw(sec.gid))
+        .map_err(|e| StepError::msg(format!("setgid {}", sec.gid), e.to_string()))?;
+    // For a non-root user the kernel clears the permitted and effective sets here.
+    setuid(Uid::from_raw(sec.uid))
+        .map_err(|e| StepError::msg(format!("setuid {}", sec.uid), e.to_string()))?;
+    if sec.uid == 0 {
+        caps::set(None, CapSet::Effective, &keep)
+            .map_err(|e| StepError::msg("set effective capabilities", e.to_string()))?;
+        caps::set(None, CapSet::Permitted, &keep)
+            .map_err(|e| StepError::msg("set permitted capabilities", e.to_string()))?;
+    }
+    if sec.no_new_privs {
+        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(StepError::msg(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_set_follows_add_and_drop() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let all_dropped = capability_set(&s(&["NET_ADMIN"]), &s(&["ALL"]));
+        assert_eq!(all_dropped, ["CAP_NET_ADMIN"]);
+        let defaults = capability_set(&[], &s(&["KILL", "CAP_NET_RAW"]));
+        assert!(defaults.contains(&"CAP_CHOWN".to_string()));
+        assert!(!defaults.contains(&"CAP_KILL".to_string()));
+        assert!(!defaults.contains(&"CAP_NET_RAW".to_string()));
+        assert!(!defaults.contains(&"CAP_SYS_ADMIN".to_string()));
+    }
+}

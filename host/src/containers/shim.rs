@@ -1,0 +1,289 @@
+//! The container shim (`wpod __container LAUNCH.json`), one per native container, like conmon.
+//!
+//! It is a fresh single-threaded process (the runtime is multi-threaded, where forking into
+//! namespace setup is unsafe). It joins the container's cgroups and the pod's namespaces, builds
+//! the root filesystem in a private mount namespace, forks the container process (which enters
+//! its PID namespace, mounts /proc, pivots, drops privileges and execs), reports the result on
+//! fd 4, forwards signals, and exits the way the container exited. If the runtime dies, the
+//! lifeline (fd 3) reaches EOF and the shim kills the container.
+
+use std::fmt::Display;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, raise, signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+
+use super::launch::{LaunchSpec, Report, EXIT_SETUP_FAILED, LIFELINE_FD, REPORT_FD};
+use super::{rootfs, security};
+
+/// A setup step that failed, with the OS error: what `wpod run` reports for a pod that fails to
+/// start.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error}")]
+pub struct StepError {
+    pub step: String,
+    pub error: String,
+}
+
+impl StepError {
+    pub fn sys(step: impl Display, path: &Path, e: nix::Error) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: format!("{} ({})", e.desc(), path.display()),
+        }
+    }
+    pub fn io(step: impl Display, path: &Path, e: std::io::Error) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: format!("{e} ({})", path.display()),
+        }
+    }
+    pub fn msg(step: impl Display, error: impl Display) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Signals the shim passes on to the container.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Entry point of `wpod __container`; never returns.
+pub fn main(spec_path: &Path) -> ! {
+    // SAFETY: the runtime passes these descriptors to every shim; nothing else owns them.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
+    let outcome = read_spec(spec_path).and_then(|spec| setup_and_fork(&spec));
+    let child = match outcome {
+        Ok(child) => child,
+        Err(e) => {
+            send(
+                &mut report,
+                &Report::Failed {
+                    step: e.step.clone(),
+                    error: e.error.clone(),
+                },
+            );
+            eprintln!("wpod: cannot start container: {e}");
+            std::process::exit(EXIT_SETUP_FAILED);
+        }
+    };
+    send(
+        &mut report,
+        &Report::Started {
+            pid: child.pid.as_raw(),
+        },
+    );
+    drop(report);
+    let status = supervise(child.pid, &child.signals, lifeline.as_fd());
+    exit_like(status)
+}
+
+fn send(report: &mut File, r: &Report) {
+    if let Ok(line) = serde_json::to_string(r) {
+        let _ = writeln!(report, "{line}");
+    }
+}
+
+fn read_spec(path: &Path) -> Result<LaunchSpec, StepError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| StepError::io("read launch spec", path, e))?;
+    serde_json::from_str(&text).map_err(|e| StepError::msg("parse launch spec", e))
+}
+
+struct Child {
+    pid: Pid,
+    signals: SignalFd,
+}
+
+fn join_namespace(path: &Path, kind: CloneFlags, what: &str) -> Result<(), StepError> {
+    let file =
+        File::open(path).map_err(|e| StepError::io(format!("open {what} namespace"), path, e))?;
+    setns(file.as_fd(), kind).map_err(|e| StepError::sys(format!("setns({what})"), path, e))
+}
+
+fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
+    let me = std::process::id().to_string();
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, &me).map_err(|e| StepError::io("join cgroup", procs, e))?;
+    }
+    let ns = &spec.namespaces;
+    join_namespace(&ns.net, CloneFlags::CLONE_NEWNET, "network")?;
+    join_namespace(&ns.uts, CloneFlags::CLONE_NEWUTS, "uts")?;
+    join_namespace(&ns.ipc, CloneFlags::CLONE_NEWIPC, "ipc")?;
+    // Both only affect children: the container process forked below lands in it.
+    match &ns.pid {
+        Some(pid_ns) => join_namespace(pid_ns, CloneFlags::CLONE_NEWPID, "pid")?,
+        None => unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| StepError::sys("unshare(CLONE_NEWPID)", Path::new("-"), e))?,
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
+    let root = rootfs::prepare(&spec.rootfs, &spec.mounts)?;
+
+    // Signals are blocked from here and read through a signalfd; the child unblocks them.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    FORWARDED.iter().for_each(|s| mask.add(*s));
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| StepError::msg("block signals", e))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| StepError::msg("signalfd", e))?;
+
+    // Reports a failure between fork and exec; closed (empty) by a successful exec.
+    let (err_read, err_write) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StepError::msg("pipe", e))?;
+    // SAFETY: the shim is single-threaded, so the child may run ordinary code before exec.
+    match unsafe { fork() }.map_err(|e| StepError::msg("fork", e))? {
+        ForkResult::Child => {
+            drop(err_read);
+            let e = container_main(spec, &root);
+            let mut w = File::from(err_write);
+            let _ = write!(w, "{}\n{}\n{}", e.0, e.1.step, e.1.error);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(e.0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(err_write);
+            let mut msg = String::new();
+            let _ = File::from(err_read).read_to_string(&mut msg);
+            if msg.is_empty() {
+                return Ok(Child {
+                    pid: child,
+                    signals,
+                });
+            }
+            let _ = waitpid(child, None);
+            let mut parts = msg.splitn(3, '\n');
+            let _code = parts.next();
+            let step = parts.next().unwrap_or("start container").to_string();
+            let error = parts.next().unwrap_or_default().to_string();
+            Err(StepError { step, error })
+        }
+    }
+}
+
+/// In the forked container process: returns only on failure, with the exit code to use.
+fn container_main(spec: &LaunchSpec, root: &rootfs::Rootfs) -> (i32, StepError) {
+    let setup = || -> Result<(), StepError> {
+        // SAFETY: prctl with integer arguments. The container dies with its shim.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        setsid().map_err(|e| StepError::msg("setsid", e))?;
+        root.enter()?;
+        security::apply(&spec.security)?;
+        let cwd = spec.cwd.as_deref().unwrap_or("/");
+        std::env::set_current_dir(cwd)
+            .map_err(|e| StepError::io("chdir to workingDir", Path::new(cwd), e))?;
+        // The container sees no descriptor of the host beyond its stdio.
+        // SAFETY: close_range only marks descriptors close-on-exec.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(|e| StepError::msg("unblock signals", e))?;
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        return (EXIT_SETUP_FAILED, e);
+    }
+    let Some((program, args)) = spec.argv.split_first() else {
+        return (EXIT_SETUP_FAILED, StepError::msg("exec", "empty command"));
+    };
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().cloned())
+        .exec();
+    // Shell conventions: 127 for a missing program, 126 for one that cannot run.
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    (code, StepError::msg(format!("exec {program}"), err))
+}
+
+/// Waits for the container, forwarding signals; kills it if the runtime goes away.
+fn supervise(child: Pid, signals: &SignalFd, lifeline: BorrowedFd<'_>) -> WaitStatus {
+    let mut lifeline_open = true;
+    loop {
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if lifeline_open {
+            fds.push(PollFd::new(lifeline, PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue; // EINTR
+        }
+        let lifeline_event = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        if lifeline_event {
+            // The runtime never writes: readable or hung up means it is gone.
+            lifeline_open = false;
+            let _ = kill(child, Signal::SIGKILL);
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            let sig = Signal::try_from(info.ssi_signo as i32);
+            match sig {
+                Ok(Signal::SIGCHLD) => {}
+                Ok(s) => {
+                    let _ = kill(child, s);
+                }
+                Err(_) => {}
+            }
+            if sig == Ok(Signal::SIGCHLD) {
+                break;
+            }
+        }
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return status,
+            Ok(_) => {}
+            Err(_) => return WaitStatus::Exited(child, EXIT_SETUP_FAILED),
+        }
+    }
+}
+
+/// Ends the shim the way the container ended, so the runtime sees the container's status.
+fn exit_like(status: WaitStatus) -> ! {
+    match status {
+        WaitStatus::Signaled(_, sig, _) => {
+            // No core file of the shim itself.
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            // SAFETY: restoring the default disposition of a signal.
+            unsafe {
+                let _ = signal(sig, SigHandler::SigDfl);
+            }
+            let mut set = SigSet::empty();
+            set.add(sig);
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+            let _ = raise(sig);
+            std::process::exit(128 + sig as i32)
+        }
+        WaitStatus::Exited(_, code) => std::process::exit(code),
+        _ => std::process::exit(EXIT_SETUP_FAILED),
+    }
+}

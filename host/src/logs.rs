@@ -1,0 +1,129 @@
+//! Container output: every line a container writes is printed with the container's name and
+//! appended to its log file (CRI format: `TIMESTAMP STREAM F LINE`) under the pod's state
+//! directory. Lines are read until the pipes close, so output of a process that exits at once
+//! is never lost.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How `wpod run` prints what happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `[container] line` for output, human-readable events on stderr.
+    Text,
+    /// One JSON object per line on stdout, for output and events alike.
+    Json,
+}
+
+/// Where container output goes.
+pub struct Logs {
+    dir: PathBuf,
+    format: OutputFormat,
+    /// One writer at a time, so lines of different containers never interleave mid-line.
+    out: Mutex<()>,
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    container: &'a str,
+    stream: Stream,
+    line: &'a str,
+}
+
+impl Logs {
+    pub fn new(dir: PathBuf, format: OutputFormat) -> Arc<Self> {
+        Arc::new(Logs {
+            dir,
+            format,
+            out: Mutex::new(()),
+        })
+    }
+
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+
+    pub fn file(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.log"))
+    }
+
+    /// Reads a container's stream until EOF; the task ends when the stream does.
+    pub fn follow(
+        self: &Arc<Self>,
+        container: &str,
+        stream: Stream,
+        pipe: impl AsyncRead + Unpin + Send + 'static,
+    ) -> JoinHandle<()> {
+        let logs = self.clone();
+        let container = container.to_string();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        logs.line(&container, stream, line.trim_end_matches(['\n', '\r']));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Records one line of a container's output.
+    pub fn line(&self, container: &str, stream: Stream, line: &str) {
+        let now = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        let tag = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file(container))
+        {
+            let _ = writeln!(f, "{now} {tag} F {line}");
+        }
+        let _guard = self.out.lock();
+        match self.format {
+            OutputFormat::Json => {
+                let record = JsonLine {
+                    time: now,
+                    kind: "log",
+                    container,
+                    stream,
+                    line,
+                };
+                if let Ok(json) = serde_json::to_string(&record) {
+                    let _ = writeln!(std::io::stdout().lock(), "{json}");
+                }
+            }
+            OutputFormat::Text => match stream {
+                Stream::Stdout => {
+                    let _ = writeln!(std::io::stdout().lock(), "[{container}] {line}");
+                }
+                Stream::Stderr => {
+                    let _ = writeln!(std::io::stderr().lock(), "[{container}] {line}");
+                }
+            },
+        }
+    }
+}

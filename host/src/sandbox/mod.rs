@@ -1,0 +1,120 @@
+//! The pod sandbox: everything created on the host for one pod, torn down by `Drop` in reverse
+//! order of creation (so an error half-way through setup, a panic, Ctrl-C or SIGTERM all leave
+//! nothing behind).
+
+pub mod cgroups;
+pub mod holder;
+pub mod namespaces;
+pub mod ports;
+pub mod state;
+pub mod volumes;
+
+use std::path::{Path, PathBuf};
+
+use crate::helper::Lifeline;
+use crate::plan::PodPlan;
+use cgroups::PodCgroups;
+use namespaces::PodNamespaces;
+use ports::{PortForwards, PortMapping};
+use state::StateDir;
+use volumes::PodVolumes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{step}: {error}")]
+    Step { step: String, error: String },
+    #[error("pod \"{pod}\" is already running on this host (another wpod holds its lock)")]
+    AlreadyRunning { pod: String },
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+}
+
+impl SandboxError {
+    pub fn io(step: impl Into<String>, path: &Path, e: std::io::Error) -> Self {
+        SandboxError::Step {
+            step: step.into(),
+            error: format!("{e} ({})", path.display()),
+        }
+    }
+    pub fn sys(step: impl Into<String>, path: &Path, e: nix::Error) -> Self {
+        SandboxError::Step {
+            step: step.into(),
+            error: format!("{} ({})", e.desc(), path.display()),
+        }
+    }
+}
+
+/// Fields drop in declaration order: port forwards, cgroups, volumes, namespaces, the lifeline,
+/// and last the state directory.
+pub struct PodSandbox {
+    pub pod: String,
+    pub hostname: String,
+    ports: Option<PortForwards>,
+    pub cgroups: PodCgroups,
+    pub volumes: PodVolumes,
+    pub namespaces: PodNamespaces,
+    pub lifeline: Lifeline,
+    pub state: StateDir,
+    /// Things the host could not do as asked (e.g. a limit without a controller), said once.
+    pub warnings: Vec<String>,
+}
+
+impl PodSandbox {
+    /// Creates the pod's namespaces, volumes, cgroups and published ports. Must run inside a
+    /// tokio runtime (the port forwarders live on it).
+    pub fn create(plan: &PodPlan) -> Result<Self, SandboxError> {
+        let pod = &plan.pod;
+        let name = plan.name();
+        let state = StateDir::acquire(name)?;
+        let lifeline = Lifeline::new().map_err(|e| SandboxError::Step {
+            step: "create the lifeline pipe".into(),
+            error: e.to_string(),
+        })?;
+        let namespaces =
+            PodNamespaces::create(pod.hostname(), pod.spec.share_process_namespace, &lifeline)?;
+        let (volumes, warnings) = PodVolumes::create(pod, &state.path.join("volumes"))?;
+        let cgroups = PodCgroups::create(name)?;
+        let mut sandbox = PodSandbox {
+            pod: name.to_string(),
+            hostname: pod.hostname().to_string(),
+            ports: None,
+            cgroups,
+            volumes,
+            namespaces,
+            lifeline,
+            state,
+            warnings,
+        };
+        sandbox.ports = Some(PortForwards::publish(
+            &port_mappings(plan),
+            sandbox.namespaces.net_handle(),
+        )?);
+        Ok(sandbox)
+    }
+
+    /// Where a container keeps its launch spec and scratch space.
+    pub fn container_dir(&self, container: &str) -> PathBuf {
+        self.state.path.join("containers").join(container)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.state.path.join("logs")
+    }
+}
+
+fn port_mappings(plan: &PodPlan) -> Vec<PortMapping> {
+    let mut out = Vec::new();
+    for c in &plan.containers {
+        for p in &c.spec.ports {
+            if let Some(host_port) = p.host_port {
+                out.push(PortMapping {
+                    container: c.name().to_string(),
+                    host_ip: p.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                    host_port,
+                    container_port: p.container_port,
+                });
+            }
+        }
+    }
+    out
+}

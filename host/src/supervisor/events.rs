@@ -1,0 +1,162 @@
+//! What `wpod run` reports about the pod: state changes with timestamps, as text on stderr or as
+//! JSON lines on stdout (`--output json`), and the final per-container table.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::containers::ExitInfo;
+use crate::logs::OutputFormat;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Event {
+    /// The pod's sandbox exists; containers are about to start.
+    PodStarted {
+        hostname: String,
+    },
+    Started {
+        pid: Option<i32>,
+    },
+    Ready,
+    Exited(ExitInfo),
+    FailedToStart {
+        error: String,
+    },
+    /// The pod is stopping; containers have this long to exit.
+    PodStopping {
+        reason: String,
+        grace_seconds: i64,
+    },
+    Killed,
+    Warning {
+        message: String,
+    },
+    PodFinished {
+        exit_code: i32,
+    },
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    pod: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+pub struct Events {
+    pod: String,
+    format: OutputFormat,
+}
+
+impl Events {
+    pub fn new(pod: &str, format: OutputFormat) -> Self {
+        Events {
+            pod: pod.to_string(),
+            format,
+        }
+    }
+
+    pub fn emit(&self, container: Option<&str>, event: Event) {
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        match self.format {
+            OutputFormat::Json => {
+                let record = Record {
+                    time,
+                    kind: "event",
+                    pod: &self.pod,
+                    container,
+                    event: &event,
+                };
+                if let Ok(json) = serde_json::to_string(&record) {
+                    let _ = writeln!(std::io::stdout().lock(), "{json}");
+                }
+            }
+            OutputFormat::Text => {
+                let who = container
+                    .map_or_else(|| format!("pod/{}", self.pod), |c| format!("container/{c}"));
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "{time} {who} {}",
+                    describe(&event)
+                );
+            }
+        }
+    }
+}
+
+fn describe(e: &Event) -> String {
+    match e {
+        Event::PodStarted { hostname } => format!("sandbox ready (hostname {hostname})"),
+        Event::Started { pid: Some(pid) } => format!("started (pid {pid})"),
+        Event::Started { pid: None } => "started".to_string(),
+        Event::Ready => "ready".to_string(),
+        Event::Exited(x) => match x.signal {
+            Some(sig) => format!("exited with code {} (signal {sig}, {})", x.code, x.reason),
+            None => format!("exited with code {} ({})", x.code, x.reason),
+        },
+        Event::FailedToStart { error } => format!("failed to start: {error}"),
+        Event::PodStopping {
+            reason,
+            grace_seconds,
+        } => format!("stopping ({reason}; grace period {grace_seconds}s)"),
+        Event::Killed => "killed at the end of the grace period".to_string(),
+        Event::Warning { message } => format!("warning: {message}"),
+        Event::PodFinished { exit_code } => format!("finished with exit code {exit_code}"),
+    }
+}
+
+/// One row of the final table.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    pub name: String,
+    pub restarts: u32,
+    pub exit: Option<ExitInfo>,
+}
+
+pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary]) {
+    match format {
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Summary<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                pod: &'a str,
+                containers: &'a [ContainerSummary],
+            }
+            if let Ok(json) = serde_json::to_string(&Summary {
+                kind: "summary",
+                pod,
+                containers: rows,
+            }) {
+                let _ = writeln!(std::io::stdout().lock(), "{json}");
+            }
+        }
+        OutputFormat::Text => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "{:<24} {:>8} {:>9}  REASON",
+                "CONTAINER", "RESTARTS", "EXIT CODE"
+            );
+            for r in rows {
+                let (code, reason) = match &r.exit {
+                    Some(x) => (x.code.to_string(), x.reason),
+                    None => ("-".to_string(), "NotStarted"),
+                };
+                let _ = writeln!(
+                    err,
+                    "{:<24} {:>8} {:>9}  {reason}",
+                    r.name, r.restarts, code
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Running real pods from tests: a manifest in a temp dir, `wpod run --output json`, the events
+//! and logs parsed, and a check that nothing of the pod is left on the host afterwards. A guard
+//! stops and clears a pod even when the test fails half-way.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::text;
+
+/// A pod manifest written for one test.
+pub struct TestPod {
+    pub name: String,
+    pub manifest: PathBuf,
+}
+
+impl TestPod {
+    /// Writes `yaml` (whose `metadata.name` must be `name`) into a fresh directory. Image paths
+    /// may use `SIDECARS/x.wasm` for the built guests.
+    pub fn new(name: &str, yaml: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wpod-e2e-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let sidecars = wpod_test_support::sidecars_dir();
+        let yaml = yaml.replace("SIDECARS/", &format!("{}/", sidecars.display()));
+        let manifest = dir.join("pod.yaml");
+        std::fs::write(&manifest, yaml).expect("write manifest");
+        TestPod {
+            name: name.to_string(),
+            manifest,
+        }
+    }
+
+    /// A pod from an existing manifest (an example).
+    pub fn from_file(name: &str, manifest: &Path) -> Self {
+        TestPod {
+            name: name.to_string(),
+            manifest: manifest.to_path_buf(),
+        }
+    }
+
+    /// Runs the pod to its end (at most `limit`).
+    pub fn run(&self, limit: Duration) -> PodRun {
+        self.spawn().wait(limit)
+    }
+
+    /// Starts the pod in the background.
+    pub fn spawn(&self) -> RunningPod {
+        let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
+        let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
+        let child = Command::new(env!("CARGO_BIN_EXE_wpod"))
+            .args(["run", "--output", "json"])
+            .arg(&self.manifest)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("start wpod run");
+        RunningPod {
+            name: self.name.clone(),
+            child: Some(child),
+            out,
+            err,
+        }
+    }
+}
+
+/// A `wpod run` in the background; dropping it stops the pod and clears what is left.
+pub struct RunningPod {
+    pub name: String,
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl RunningPod {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// What the pod printed so far.
+    pub fn output(&self) -> PodRun {
+        PodRun::parse(None, read(&self.out), read(&self.err))
+    }
+
+    /// Waits until `pred` holds for the output so far.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&PodRun) -> bool) -> PodRun {
+        let start = Instant::now();
+        loop {
+            let run = self.output();
+            if pred(&run) {
+                return run;
+            }
+            if start.elapsed() > limit {
+                panic!("pod {}: timed out after {limit:?} waiting for {what}\nstdout:\n{}\nstderr:\n{}", self.name, run.stdout, run.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to `wpod run` itself.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on the PID of our own child process.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for `wpod run` to exit (killing it after `limit`, which fails the test).
+    pub fn wait(mut self, limit: Duration) -> PodRun {
+        let mut child = self.child.take().expect("pod already waited for");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for wpod") {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let run = PodRun::parse(None, read(&self.out), read(&self.err));
+                panic!(
+                    "pod {}: wpod run did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name, run.stdout, run.stderr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        PodRun::parse(status.code(), read(&self.out), read(&self.err))
+    }
+}
+
+impl Drop for RunningPod {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none()
+                && start.elapsed() < Duration::from_secs(15)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = Command::new(env!("CARGO_BIN_EXE_wpod"))
+                .args(["__cleanup", &self.name])
+                .output();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// What a pod run printed, parsed.
+pub struct PodRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub records: Vec<Value>,
+}
+
+impl PodRun {
+    fn parse(code: Option<i32>, stdout: String, stderr: String) -> Self {
+        let records = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        PodRun {
+            code,
+            stdout,
+            stderr,
+            records,
+        }
+    }
+
+    /// Lines a container wrote (stdout and stderr), in order.
+    pub fn logs(&self, container: &str) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "log" && r["container"] == container)
+            .filter_map(|r| r["line"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn has_line(&self, container: &str, needle: &str) -> bool {
+        self.logs(container).iter().any(|l| l.contains(needle))
+    }
+
+    /// Events about a container (or the pod, with `None`), in order.
+    pub fn events(&self, container: Option<&str>) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "event")
+            .filter(|r| match container {
+                Some(c) => r["container"] == c,
+                None => r.get("container").is_none(),
+            })
+            .collect()
+    }
+
+    /// The last `exited` event of a container.
+    pub fn exit(&self, container: &str) -> Value {
+        self.events(Some(container))
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == "exited")
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no exit event for {container}\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// Diagnostics for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit code {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.stdout,
+            text(self.stderr.as_bytes())
+        )
+    }
+}
+
+/// Nothing of the pod is left: no state directory, cgroup, mount, namespace holder or shim.
+pub fn assert_no_leftovers(pod: &str) {
+    let state = Path::new("/var/lib/wpod/pods").join(pod);
+    assert!(
+        !state.exists(),
+        "state directory {} is left",
+        state.display()
+    );
+    for hierarchy in ["memory", "cpu", "pids", ""] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("wpod")
+            .join(pod);
+        assert!(!dir.exists(), "cgroup {} is left", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let marker = format!("/pods/{pod}/");
+    assert!(
+        !mounts.contains(&marker),
+        "mounts of pod {pod} are left:\n{mounts}"
+    );
+    let procs = processes_mentioning(&[&marker, &format!("--hostname\0{pod}\0")]);
+    assert!(
+        procs.is_empty(),
+        "processes of pod {pod} are left: {procs:?}"
+    );
+}
+
+/// PIDs whose command line contains any of `needles` (NUL-separated arguments).
+pub fn processes_mentioning(needles: &[&str]) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmdline).into_owned();
+        if needles.iter().any(|n| cmd.contains(n)) {
+            found.push((pid, cmd.replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Whether something accepts TCP connections at `addr` from the host.
+pub fn host_can_connect(addr: &str) -> bool {
+    let addr = addr.parse().expect("socket address");
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// `curl -s URL` from the host, retrying until it answers or `limit` passes.
+pub fn curl(url: &str, limit: Duration) -> Option<String> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "2", "-f", url])
+            .output()
+            .ok()?;
+        if out.status.success() {
+            return Some(text(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}

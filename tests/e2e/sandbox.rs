@@ -1,0 +1,389 @@
+//! The pod sandbox with real namespaces, volumes, cgroups and port publishing (issue 3).
+//! Needs root, and Debian's curl, python3, procps and nginx (installed by .ci/setup).
+
+use std::time::Duration;
+
+use crate::pods::{assert_no_leftovers, curl, host_can_connect, TestPod};
+use wpod_test_support::require_root;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn containers_share_the_pod_loopback_and_hostname_but_the_host_only_sees_host_ports() {
+    require_root("containers_share_the_pod_loopback");
+    let pod = TestPod::new(
+        "net-share",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: net-share}
+spec:
+  hostname: shared-host
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: server
+    restartPolicy: Always
+    command: [python3, -m, http.server, "18181", --bind, 127.0.0.1]
+    workingDir: /srv/www
+    ports: [{containerPort: 18181}]
+    volumeMounts: [{name: www, mountPath: /srv/www}]
+  containers:
+  - name: client
+    command: [sh, -c]
+    args:
+    - |
+      echo hello-over-loopback > /srv/www/index.html
+      until curl -sf http://127.0.0.1:18181/index.html; do sleep 0.1; done
+      echo "hostname=$(hostname)"
+      exec sleep 300
+    volumeMounts: [{name: www, mountPath: /srv/www}]
+  - name: proxy
+    command: [python3, -c]
+    args:
+    - |
+      import socket, threading
+      srv = socket.create_server(("0.0.0.0", 18183))
+      while True:
+          c, _ = srv.accept()
+          c.sendall(b"via-host-port\n"); c.close()
+    ports: [{containerPort: 18183, hostPort: 18182}]
+  volumes:
+  - {name: www, emptyDir: {}}
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the client to reach the server", LONG, |r| {
+        r.has_line("client", "hostname=")
+    });
+    assert!(
+        run.has_line("client", "hello-over-loopback"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.has_line("client", "hostname=shared-host"),
+        "{}",
+        run.dump()
+    );
+    // The pod's loopback is not the host's: nothing answers there on the host.
+    assert!(
+        !host_can_connect("127.0.0.1:18181"),
+        "the pod's localhost server is reachable from the host"
+    );
+    assert!(
+        !host_can_connect("127.0.0.1:18183"),
+        "a container port without hostPort is reachable from the host"
+    );
+    // A hostPort is, and the host forwards to the container port.
+    let mut got = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18182") {
+            use std::io::Read;
+            let _ = s.read_to_string(&mut got);
+            if !got.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got, "via-host-port\n");
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    // `sleep` as PID 1 of its namespace ignores SIGTERM: killed when the 2s grace period ends.
+    assert_eq!(run.code, Some(137), "{}", run.dump());
+    assert!(
+        run.events(Some("client"))
+            .iter()
+            .any(|e| e["event"] == "killed"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.events(None).iter().any(|e| e["event"] == "podStopping"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        !host_can_connect("127.0.0.1:18182"),
+        "the host port is still published after the pod ended"
+    );
+    assert_no_leftovers("net-share");
+}
+
+fn ps_pod(name: &str, share: bool) -> Vec<String> {
+    let pod = TestPod::new(
+        name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  shareProcessNamespace: {share}
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: napper
+    restartPolicy: Always
+    command: [sleep, "301"]
+  containers:
+  - name: looker
+    command: [sh, -c, "sleep 0.5; ps -e -o pid=,args="]
+"#
+        ),
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers(name);
+    run.logs("looker")
+}
+
+#[test]
+fn processes_of_other_containers_are_visible_only_with_share_process_namespace() {
+    require_root("processes_are_visible_only_with_shareProcessNamespace");
+    let shared = ps_pod("ps-shared", true);
+    assert!(
+        shared.iter().any(|l| l.contains("sleep 301")),
+        "with shareProcessNamespace, ps must see the sidecar: {shared:?}"
+    );
+    // PID 1 is the pod's reaper, not a container.
+    assert!(
+        !shared
+            .iter()
+            .any(|l| l.trim_start().starts_with("1 sleep") || l.trim_start().starts_with("1 sh")),
+        "{shared:?}"
+    );
+
+    let private = ps_pod("ps-private", false);
+    assert!(
+        !private.iter().any(|l| l.contains("sleep 301")),
+        "without it, ps must not see the sidecar: {private:?}"
+    );
+    // The container is PID 1 of its own namespace.
+    assert!(
+        private.iter().any(|l| l.trim_start().starts_with("1 sh")),
+        "{private:?}"
+    );
+}
+
+#[test]
+fn volumes_are_shared_read_only_honoured_and_memory_size_limited() {
+    require_root("volumes_are_shared");
+    let pod = TestPod::new(
+        "volumes",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: volumes}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: writer
+    command: [sh, -c, "echo written-by-init > /data/note"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: reader
+    command: [sh, -c]
+    args:
+    - |
+      echo "read: $(cat /data/note)"
+      if echo x > /data/other 2>/dev/null; then echo ro-write-succeeded; else echo ro-write-refused; fi
+      if dd if=/dev/zero of=/mem/fill bs=1M count=8 2>/dev/null; then echo size-limit-ignored; else echo size-limit-hit; fi
+      echo "tmpfs size: $(df -k /mem | tail -1 | tr -s ' ' | cut -d' ' -f2)k"
+    volumeMounts:
+    - {name: data, mountPath: /data, readOnly: true}
+    - {name: mem, mountPath: /mem}
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: mem, emptyDir: {medium: Memory, sizeLimit: 4Mi}}
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.has_line("reader", "read: written-by-init"),
+        "{}",
+        run.dump()
+    );
+    assert!(run.has_line("reader", "ro-write-refused"), "{}", run.dump());
+    assert!(run.has_line("reader", "size-limit-hit"), "{}", run.dump());
+    assert!(
+        run.has_line("reader", "tmpfs size: 4096k"),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("volumes");
+}
+
+#[test]
+fn a_memory_limit_oom_kills_and_the_pod_reports_it() {
+    require_root("a_memory_limit_oom_kills");
+    let pod = TestPod::new(
+        "oom",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: oom}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    command: [python3, -c, "b = bytearray(256 * 1024 * 1024); print('survived')"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+    );
+    let run = pod.run(LONG);
+    let exit = run.exit("hog");
+    assert_eq!(exit["reason"], "OOMKilled", "{}", run.dump());
+    assert_eq!(exit["code"], 137, "{}", run.dump());
+    assert_eq!(run.code, Some(137));
+    assert!(!run.has_line("hog", "survived"));
+    assert_no_leftovers("oom");
+}
+
+#[test]
+fn nginx_example_serves_through_its_host_port_and_stops_within_the_grace_period() {
+    require_root("nginx_example_serves");
+    let manifest = wpod_test_support::repo_root().join("examples/nginx.yaml");
+    let pod = TestPod::from_file("nginx", &manifest);
+    let running = pod.spawn();
+    let page = curl("http://127.0.0.1:8080/", LONG);
+    assert!(
+        page.as_deref()
+            .is_some_and(|p| p.contains("Welcome to nginx")),
+        "no nginx page: {}",
+        running.output().dump()
+    );
+    assert!(
+        !host_can_connect("127.0.0.1:80"),
+        "nginx's own port 80 must not be reachable from the host"
+    );
+    let stop = std::time::Instant::now();
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    assert!(
+        stop.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stop.elapsed()
+    );
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("nginx");
+}
+
+#[test]
+fn a_container_that_cannot_start_fails_the_pod_with_the_step_and_leaves_nothing() {
+    require_root("a_container_that_cannot_start");
+    let pod = TestPod::new(
+        "bad-start",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-start}
+spec:
+  containers:
+  - name: main
+    command: [sleep, "5"]
+    workingDir: /no/such/dir
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let failed: Vec<_> = run
+        .events(Some("main"))
+        .into_iter()
+        .filter(|e| e["event"] == "failedToStart")
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.dump());
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("chdir to workingDir") && error.contains("No such file or directory"),
+        "{error}"
+    );
+    assert_no_leftovers("bad-start");
+
+    let missing = TestPod::new(
+        "missing-cmd",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: missing-cmd}
+spec:
+  containers:
+  - name: main
+    command: [no-such-program-wpod]
+"#,
+    );
+    let run = missing.run(LONG);
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let error = run
+        .events(Some("main"))
+        .iter()
+        .find(|e| e["event"] == "failedToStart")
+        .map(|e| e["error"].to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("exec no-such-program-wpod"),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("missing-cmd");
+}
+
+fn sigkill_pod(name: &str, share: bool) {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  shareProcessNamespace: {share}
+  initContainers:
+  - name: side
+    restartPolicy: Always
+    command: [sleep, "3001"]
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 3002 & exec sleep 3003"]
+"#
+    );
+    let pod = TestPod::new(name, &yaml);
+    let running = pod.spawn();
+    running.wait_for("main to start", LONG, |r| {
+        r.events(Some("main"))
+            .iter()
+            .any(|e| e["event"] == "started")
+    });
+    let sleeps =
+        || crate::pods::processes_mentioning(&["sleep\03001", "sleep\03002", "sleep\03003"]);
+    assert_eq!(sleeps().len(), 3, "{:?}", sleeps());
+    running.signal(libc::SIGKILL);
+    let _ = running.wait(LONG);
+    let start = std::time::Instant::now();
+    while !sleeps().is_empty() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        sleeps().is_empty(),
+        "processes outlived wpod (shareProcessNamespace: {share}): {:?}",
+        sleeps()
+    );
+    // The same pod starts again cleanly (and clears what the killed run left).
+    let again = TestPod::new(
+        name,
+        &yaml.replace("sleep 3002 & exec sleep 3003", "echo second run"),
+    );
+    let run = again.spawn();
+    let out = run.wait_for("the second run", LONG, |r| r.has_line("main", "second run"));
+    assert!(out.has_line("main", "second run"));
+    run.signal(libc::SIGINT);
+    let _ = run.wait(LONG);
+    assert_no_leftovers(name);
+}
+
+#[test]
+fn killing_wpod_with_sigkill_takes_every_process_of_the_pod_along() {
+    require_root("killing_wpod_with_sigkill");
+    // Without a shared PID namespace only the lifeline can tell the shims; with one, the pod's
+    // PID 1 dying also ends every process in it. Both must hold. (Serial: same sleep markers.)
+    sigkill_pod("sigkill-private", false);
+    sigkill_pod("sigkill-shared", true);
+}
