@@ -387,3 +387,150 @@ fn killing_wpod_with_sigkill_takes_every_process_of_the_pod_along() {
     sigkill_pod("sigkill-private", false);
     sigkill_pod("sigkill-shared", true);
 }
+
+/// Capability bit numbers (linux/capability.h) for reading /proc/self/status masks.
+const CAP_KILL: u32 = 5;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn status_field(lines: &[String], field: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {field} in {lines:?}"))
+}
+
+fn cap_mask(lines: &[String]) -> u64 {
+    u64::from_str_radix(&status_field(lines, "CapBnd"), 16).expect("hex mask")
+}
+
+#[test]
+fn security_context_is_honoured_and_nothing_else_is_granted() {
+    require_root("security_context_is_honoured");
+    let pod = TestPod::new(
+        "security",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: security}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: default
+    command: [sh, -c, "grep -E '^(CapBnd|CapEff|NoNewPrivs|Uid|Gid):' /proc/self/status; ls /proc/self/fd | tr '\n' ' '; echo; touch /rootfs-write && echo root-writable"]
+  - name: locked
+    command: [sh, -c, "grep -E '^(CapBnd|CapEff|NoNewPrivs|Uid|Gid):' /proc/self/status; touch /rootfs-write 2>/dev/null || echo root-read-only; touch /tmp/x 2>/dev/null || echo tmp-read-only"]
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 1000
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL], add: [NET_ADMIN]}
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+
+    let default = run.logs("default");
+    let caps = cap_mask(&default);
+    assert_ne!(
+        caps & (1 << CAP_KILL),
+        0,
+        "KILL is in the default set: {default:?}"
+    );
+    assert_eq!(
+        caps & (1 << CAP_SYS_ADMIN),
+        0,
+        "SYS_ADMIN must not be granted: {default:?}"
+    );
+    assert_eq!(
+        caps & (1 << CAP_NET_ADMIN),
+        0,
+        "NET_ADMIN must not be granted by default: {default:?}"
+    );
+    assert_eq!(status_field(&default, "NoNewPrivs"), "1");
+    assert!(
+        status_field(&default, "Uid").starts_with("0\t"),
+        "{default:?}"
+    );
+    // Only stdio, plus the directory `ls` itself opened.
+    assert!(
+        default.iter().any(|l| l.trim() == "0 1 2 3"),
+        "descriptors beyond stdio: {default:?}"
+    );
+    assert!(default.iter().any(|l| l == "root-writable"), "{default:?}");
+
+    let locked = run.logs("locked");
+    assert_eq!(cap_mask(&locked), 1 << CAP_NET_ADMIN, "{locked:?}");
+    assert_eq!(
+        u64::from_str_radix(&status_field(&locked, "CapEff"), 16).unwrap(),
+        0,
+        "a non-root user has no effective capabilities"
+    );
+    assert!(
+        status_field(&locked, "Uid").starts_with("1000\t"),
+        "{locked:?}"
+    );
+    assert!(
+        status_field(&locked, "Gid").starts_with("1000\t"),
+        "{locked:?}"
+    );
+    assert!(locked.iter().any(|l| l == "root-read-only"), "{locked:?}");
+    assert!(locked.iter().any(|l| l == "tmp-read-only"), "{locked:?}");
+    // The host's root was not written through the container's layer.
+    assert!(
+        !std::path::Path::new("/rootfs-write").exists(),
+        "a container wrote to the host's root"
+    );
+    assert_no_leftovers("security");
+}
+
+#[test]
+fn an_image_directory_becomes_the_container_root() {
+    require_root("an_image_directory_becomes_the_container_root");
+    // A minimal rootfs: a static busybox and nothing else of the host.
+    let pod = TestPod::new(
+        "rootfs",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rootfs}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: rootfs
+    command: [/bin/busybox, sh, -c]
+    args: ["/bin/busybox ls /; /bin/busybox cat /etc/marker; /bin/busybox ls /usr/bin/curl 2>&1; /bin/busybox touch /new-file && echo wrote"]
+"#,
+    );
+    let root = pod.manifest.parent().unwrap().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::write(root.join("etc/marker"), "inside-the-image\n").unwrap();
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let logs = run.logs("main");
+    assert!(logs.iter().any(|l| l == "inside-the-image"), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("/usr/bin/curl") && l.contains("No such file")),
+        "the host leaks into the image: {logs:?}"
+    );
+    for dir in ["bin", "dev", "etc", "proc", "sys", "tmp"] {
+        assert!(
+            logs.iter().any(|l| l == dir),
+            "{dir} missing from /: {logs:?}"
+        );
+    }
+    assert!(logs.iter().any(|l| l == "wrote"), "{logs:?}");
+    // Writes go to the container's layer, never into the image.
+    assert!(
+        !root.join("new-file").exists(),
+        "the container wrote into its image"
+    );
+    assert_no_leftovers("rootfs");
+}

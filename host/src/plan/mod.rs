@@ -69,6 +69,8 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
             Ok(image) => {
                 if image.is_wasm() {
                     check_wasm_container(pod, &path, c, &mut diags);
+                } else {
+                    check_native_container(pod, &path, c, &image, &mut diags);
                 }
                 containers.push(ContainerPlan {
                     path,
@@ -131,6 +133,46 @@ fn check_wasm_container(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Di
                 format!("{path}.workingDir"),
                 "a Wasm sidecar sees only its volumeMounts; workingDir must be inside one of them",
             ));
+        }
+    }
+}
+
+/// What a native container needs that validation alone cannot tell.
+fn check_native_container(
+    pod: &Pod,
+    path: &str,
+    c: &Container,
+    image: &Image,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if matches!(image, Image::Rootfs(_)) && c.command.is_empty() {
+        diags.push(pod.source.diag(
+            format!("{path}.command"),
+            "a rootfs directory has no entrypoint: give the command to run",
+        ));
+    }
+    if let Some(sc) = &c.security_context {
+        if sc.run_as_non_root == Some(true) && sc.run_as_user.unwrap_or(0) == 0 {
+            diags.push(pod.source.diag(
+                format!("{path}.securityContext.runAsNonRoot"),
+                "the container would run as root (uid 0); set securityContext.runAsUser to a non-zero uid",
+            ));
+        }
+    }
+    for (i, p) in c.ports.iter().enumerate() {
+        if p.host_port.is_some() && p.protocol == "UDP" {
+            diags.push(pod.source.diag(
+                format!("{path}.ports[{i}].hostPort"),
+                "publishing UDP ports is not supported by wpod yet; use TCP",
+            ));
+        }
+        if let Some(ip) = &p.host_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                diags.push(pod.source.diag(
+                    format!("{path}.ports[{i}].hostIP"),
+                    format!("\"{ip}\" is not an IP address"),
+                ));
+            }
         }
     }
 }
