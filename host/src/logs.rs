@@ -3,14 +3,42 @@
 //! directory. Lines are read until the pipes close, so output of a process that exits at once
 //! is never lost.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+
+/// Lines kept per container for subscribers that start from the beginning.
+pub const HISTORY_LINES: usize = 10_000;
+
+/// One line a container wrote.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub stream: Stream,
+    pub text: String,
+    pub timestamp_ns: u64,
+}
+
+/// A container's recent lines and its live feed.
+struct Feed {
+    history: VecDeque<Line>,
+    live: broadcast::Sender<Line>,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Feed {
+            history: VecDeque::new(),
+            live: broadcast::channel(1024).0,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +62,7 @@ pub struct Logs {
     format: OutputFormat,
     /// One writer at a time, so lines of different containers never interleave mid-line.
     out: Mutex<()>,
+    feeds: Mutex<HashMap<String, Feed>>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +81,7 @@ impl Logs {
             dir,
             format,
             out: Mutex::new(()),
+            feeds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -88,9 +118,48 @@ impl Logs {
         })
     }
 
+    /// Lines of `container` already written (if `from_start`) and a receiver for the next ones,
+    /// taken together so that no line is missed or seen twice.
+    pub fn subscribe(
+        &self,
+        container: &str,
+        from_start: bool,
+    ) -> (Vec<Line>, broadcast::Receiver<Line>) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let feed = feeds.entry(container.to_string()).or_insert_with(Feed::new);
+        let past = if from_start {
+            feed.history.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (past, feed.live.subscribe())
+    }
+
+    fn publish(&self, container: &str, line: Line) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let feed = feeds.entry(container.to_string()).or_insert_with(Feed::new);
+        if feed.history.len() == HISTORY_LINES {
+            feed.history.pop_front();
+        }
+        feed.history.push_back(line.clone());
+        let _ = feed.live.send(line);
+    }
+
     /// Records one line of a container's output.
     pub fn line(&self, container: &str, stream: Stream, line: &str) {
-        let now = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        let time = SystemTime::now();
+        let timestamp_ns = time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.publish(
+            container,
+            Line {
+                stream,
+                text: line.to_string(),
+                timestamp_ns,
+            },
+        );
+        let now = humantime::format_rfc3339_nanos(time).to_string();
         let tag = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",

@@ -16,7 +16,7 @@ use wpod::logs::{Logs, OutputFormat};
 use wpod::sandbox::PodSandbox;
 use wpod::spec::SpecError;
 use wpod::supervisor::events::{print_summary, Event, Events};
-use wpod::supervisor::Supervisor;
+use wpod::supervisor::{prepare_sidecars, Supervisor};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -99,8 +99,7 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let engine = wpod::sidecars::engine::new_engine()?;
-    let report = wpod::sidecars::inspect::inspect(&engine, component)?;
+    let report = wpod::sidecars::inspect::inspect(component)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -134,8 +133,12 @@ fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
         .thread_name("wpod-runtime")
         .build()
         .context("cannot start the async runtime")?;
+    let name = plan.name().to_string();
+    // Compiling and linking the sidecars comes first: a component that cannot run fails the pod
+    // before anything of it exists.
+    let prepared =
+        prepare_sidecars(&plan).with_context(|| format!("pod {name} failed to start"))?;
     let code = runtime.block_on(async {
-        let name = plan.name().to_string();
         let sandbox =
             PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?;
         let events = Arc::new(Events::new(&name, format));
@@ -149,7 +152,9 @@ fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
             events.emit(None, Event::Warning { message: w.clone() });
         }
         let logs = Logs::new(sandbox.log_dir(), format);
-        let result = Supervisor::new(&plan, &sandbox, logs, events).run().await;
+        let supervisor = Supervisor::new(&plan, &sandbox, prepared, logs, events)
+            .with_context(|| format!("pod {name} failed to start"))?;
+        let result = supervisor.run().await;
         print_summary(format, &name, &result.summary);
         drop(sandbox);
         anyhow::Ok(result.exit_code)

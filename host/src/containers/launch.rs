@@ -55,6 +55,9 @@ pub struct BindMount {
     /// Absolute path inside the container.
     pub target: String,
     pub read_only: bool,
+    /// Symlinks inside are not followed: the volume is shared with a Wasm sidecar that may
+    /// write links pointing out of it.
+    pub no_follow_symlinks: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

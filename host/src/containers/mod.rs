@@ -130,6 +130,7 @@ fn launch_spec(
             source: source.to_path_buf(),
             target: m.mount_path.clone(),
             read_only: m.read_only,
+            no_follow_symlinks: sandbox.nosymfollow_volumes.contains(&m.name),
         });
     }
     let sc = c.security_context.clone().unwrap_or_default();

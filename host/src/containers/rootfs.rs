@@ -314,18 +314,21 @@ impl Rootfs {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None,
         )?;
-        if m.read_only {
-            // A bind mount only becomes read-only on a remount of the bind itself, reached
-            // through a fresh open (the old descriptor still names the directory underneath).
+        if m.read_only || m.no_follow_symlinks {
+            // Per-mount flags apply on a remount of the bind itself, reached through a fresh
+            // open (the old descriptor still names the directory underneath).
             drop(target);
             let mounted = self.mountpoint(&m.target, kind)?;
-            let flags = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV;
+            let mut flags =
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if m.read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            if m.no_follow_symlinks {
+                flags |= MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+            }
             do_mount(
-                &format!("make {} read-only", m.target),
+                &format!("set mount flags of {}", m.target),
                 none(),
                 &fd_path(&mounted),
                 None,

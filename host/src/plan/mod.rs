@@ -67,8 +67,20 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
         };
         match image::resolve(c.image.as_deref(), pod.manifest_dir()) {
             Ok(image) => {
-                if image.is_wasm() {
+                if let Image::Wasm(component) = &image {
                     check_wasm_container(pod, &path, c, &mut diags);
+                    check_component_grants(
+                        pod,
+                        &path,
+                        component,
+                        &ContainerPlan {
+                            path: path.clone(),
+                            role,
+                            image: image.clone(),
+                            spec: c.clone(),
+                        },
+                        &mut diags,
+                    );
                 } else {
                     check_native_container(pod, &path, c, &image, &mut diags);
                 }
@@ -91,6 +103,37 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     } else {
         diags.sort_by(|a, b| a.loc.cmp(&b.loc));
         Err(Diagnostics(diags))
+    }
+}
+
+/// A component may import only what the pod grants it, and must be a runnable sidecar.
+fn check_component_grants(
+    pod: &Pod,
+    path: &str,
+    component: &Path,
+    plan: &ContainerPlan,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let field = format!("{path}.image");
+    match crate::sidecars::inspect::inspect(component) {
+        Err(e) => diags.push(pod.source.diag(field, e.to_string())),
+        Ok(report) => {
+            for import in &report.imports {
+                if let Some(why) = crate::sidecars::grants::refusal(pod, plan, &import.name) {
+                    diags.push(pod.source.diag(field.clone(), why));
+                }
+            }
+            if !report
+                .exports
+                .iter()
+                .any(|e| e.starts_with("wasi:cli/run@0.2"))
+            {
+                diags.push(pod.source.diag(
+                    field,
+                    format!("{} does not export wasi:cli/run: a sidecar is a command component (a wasm32-wasip2 program with a main)", component.display()),
+                ));
+            }
+        }
     }
 }
 

@@ -55,6 +55,8 @@ pub struct PodSandbox {
     pub namespaces: PodNamespaces,
     pub lifeline: Lifeline,
     pub state: StateDir,
+    /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
+    pub nosymfollow_volumes: std::collections::HashSet<String>,
     /// Things the host could not do as asked (e.g. a limit without a controller), said once.
     pub warnings: Vec<String>,
 }
@@ -84,6 +86,7 @@ impl PodSandbox {
             lifeline,
             state,
             warnings,
+            nosymfollow_volumes: crate::sidecars::grants::fs::shared_writable_volumes(plan),
         };
         sandbox.ports = Some(PortForwards::publish(
             &port_mappings(plan),

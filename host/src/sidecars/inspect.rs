@@ -1,20 +1,22 @@
-//! `wpod inspect`: what a component imports and exports, and which Pod field grants each import.
+//! What a component imports and exports, read from its binary with wasmparser (no compilation,
+//! so `wpod validate` can check grants cheaply), and `wpod inspect`'s report of it.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use wasmtime::component::Component;
-use wasmtime::Engine;
+use wasmparser::{Parser, Payload};
 
 use super::grants::{self, ImportRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("cannot load Wasm component {}: {source:#}", path.display())]
-    Load {
+    #[error("cannot read Wasm component {}: {source}", path.display())]
+    Read {
         path: PathBuf,
-        source: wasmtime::Error,
+        source: std::io::Error,
     },
+    #[error("cannot load Wasm component {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -31,30 +33,53 @@ pub struct ComponentReport {
     pub exports: Vec<String>,
 }
 
-impl ComponentReport {
-    /// Imports that no Pod field can grant.
-    pub fn ungrantable(&self) -> impl Iterator<Item = &Import> {
-        self.imports.iter().filter(|i| i.rule == ImportRule::Never)
-    }
-}
-
-pub fn inspect(engine: &Engine, path: &Path) -> Result<ComponentReport, InspectError> {
-    let component = Component::from_file(engine, path).map_err(|source| InspectError::Load {
+/// The top-level imports and exports of the component at `path`.
+pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
+    let bytes = std::fs::read(path).map_err(|source| InspectError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let ty = component.component_type();
-    let imports = ty
-        .imports(engine)
-        .map(|(name, _)| Import {
-            name: name.to_string(),
-            rule: grants::for_import(name),
-        })
-        .collect();
-    let exports = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let parse_err = |message: String| InspectError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !wasmparser::Parser::is_component(&bytes) {
+        return Err(parse_err(
+            "not a Wasm component (a core module or another file)".to_string(),
+        ));
+    }
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    // Nested modules and components have their own imports; only the outermost count.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(&bytes) {
+        match payload.map_err(|e| parse_err(e.to_string()))? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let name = import
+                        .map_err(|e| parse_err(e.to_string()))?
+                        .name
+                        .name
+                        .to_string();
+                    let rule = grants::for_import(&name);
+                    imports.push(Import { name, rule });
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    exports.push(
+                        export
+                            .map_err(|e| parse_err(e.to_string()))?
+                            .name
+                            .name
+                            .to_string(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
     Ok(ComponentReport { imports, exports })
 }
 
@@ -64,7 +89,8 @@ impl std::fmt::Display for ComponentReport {
         for i in &self.imports {
             let grant = match i.rule {
                 ImportRule::Always { what } => format!("always granted: {what}"),
-                ImportRule::ByField { field, what } => format!("granted by {field}: {what}"),
+                ImportRule::Scoped { field, what } => format!("scoped by {field}: {what}"),
+                ImportRule::Requires { field, what } => format!("needs {field}: {what}"),
                 ImportRule::Never => {
                     "not granted by any Pod field: wpod refuses this component".to_string()
                 }

@@ -7,6 +7,7 @@
 //! the supervisor only sends commands and collects outcomes.
 
 pub mod events;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,10 @@ use crate::containers::{ExitInfo, NativeContainer, DEFAULT_PIDS_LIMIT};
 use crate::logs::Logs;
 use crate::plan::{ContainerPlan, PodPlan, Role};
 use crate::sandbox::PodSandbox;
+use crate::sidecars::runtime::PodRuntime;
+use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
 use events::{ContainerSummary, Event, Events};
+use state::PodState;
 
 /// How the pod ended.
 pub struct PodResult {
@@ -63,22 +67,68 @@ impl StopSignals {
     }
 }
 
+/// A running container of either kind.
+enum Running {
+    Native(NativeContainer),
+    Wasm(WasmSidecar),
+}
+
+impl Running {
+    fn name(&self) -> &str {
+        match self {
+            Running::Native(c) => c.name(),
+            Running::Wasm(s) => s.name(),
+        }
+    }
+
+    /// Waits for the end (cancel-safe), then collects how it ended.
+    async fn exited(&mut self) -> ExitInfo {
+        match self {
+            Running::Native(c) => {
+                let status = c.exited().await;
+                c.finish(status).await
+            }
+            Running::Wasm(s) => s.exited().await,
+        }
+    }
+
+    /// The polite request to stop. A Wasm sidecar got it already, as the pod-wide `stopping`
+    /// lifecycle event.
+    fn terminate(&self) {
+        if let Running::Native(c) = self {
+            c.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    fn kill(&self) {
+        match self {
+            Running::Native(c) => c.kill_all(),
+            Running::Wasm(s) => s.kill(),
+        }
+    }
+}
+
 pub struct Supervisor<'a> {
     plan: &'a PodPlan,
     sandbox: &'a PodSandbox,
     logs: Arc<Logs>,
     events: Arc<Events>,
+    state: Arc<PodState>,
+    prepared: Vec<Option<PreparedSidecar>>,
+    runtime: Option<PodRuntime>,
     summary: Vec<ContainerSummary>,
     pids_limit: u64,
 }
 
 impl<'a> Supervisor<'a> {
+    /// `prepared` holds the prepared Wasm sidecars (see [`prepare_sidecars`]).
     pub fn new(
         plan: &'a PodPlan,
         sandbox: &'a PodSandbox,
+        prepared: Vec<Option<PreparedSidecar>>,
         logs: Arc<Logs>,
         events: Arc<Events>,
-    ) -> Self {
+    ) -> Result<Self, crate::sidecars::runtime::RuntimeError> {
         let summary = plan
             .containers
             .iter()
@@ -95,14 +145,36 @@ impl<'a> Supervisor<'a> {
             .get("wpod.dev/pids-limit")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_PIDS_LIMIT);
-        Supervisor {
+        // The main containers a sidecar's `main-process` sees: the regular native ones.
+        let mains = plan
+            .containers
+            .iter()
+            .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
+            .map(|c| c.name().to_string());
+        let state = PodState::new(mains);
+        let runtime = match prepared.iter().any(Option::is_some) {
+            true => Some(PodRuntime::new(
+                plan.name(),
+                sandbox.namespaces.net_handle(),
+            )?),
+            false => None,
+        };
+        Ok(Supervisor {
             plan,
             sandbox,
             logs,
             events,
+            state,
+            prepared,
+            runtime,
             summary,
             pids_limit,
-        }
+        })
+    }
+
+    /// The pod's shared state (main containers, readiness, lifecycle events).
+    pub fn state(&self) -> Arc<PodState> {
+        self.state.clone()
     }
 
     fn grace(&self) -> Duration {
@@ -113,41 +185,68 @@ impl<'a> Supervisor<'a> {
     async fn start(&mut self, index: usize) -> Option<Driver> {
         let plan: &ContainerPlan = &self.plan.containers[index];
         let name = plan.name().to_string();
-        if plan.image.is_wasm() {
-            self.events.emit(
-                Some(&name),
-                Event::FailedToStart {
-                    error: "Wasm sidecars are not supported by this build".into(),
-                },
-            );
-            return None;
-        }
-        match NativeContainer::start(plan, self.sandbox, &self.logs, self.pids_limit).await {
-            Ok(container) => {
-                self.events.emit(
-                    Some(&name),
-                    Event::Started {
-                        pid: Some(container.pid),
-                    },
-                );
+        let started = match &self.prepared[index] {
+            Some(prepared) => self
+                .start_wasm(prepared)
+                .map(Running::Wasm)
+                .map_err(|e| e.to_string()),
+            None => NativeContainer::start(plan, self.sandbox, &self.logs, self.pids_limit)
+                .await
+                .map(Running::Native)
+                .map_err(|e| e.to_string()),
+        };
+        match started {
+            Ok(running) => {
+                let pid = match &running {
+                    Running::Native(c) => Some(c.pid),
+                    Running::Wasm(_) => None,
+                };
+                self.events.emit(Some(&name), Event::Started { pid });
+                self.state.started(&name, pid.unwrap_or(0));
                 let (tx, rx) = mpsc::unbounded_channel();
-                let done = tokio::spawn(drive(container, rx, self.events.clone()));
+                let done =
+                    tokio::spawn(drive(running, rx, self.events.clone(), self.state.clone()));
                 Some(Driver {
                     index,
                     commands: tx,
                     done,
                 })
             }
-            Err(e) => {
-                self.events.emit(
-                    Some(&name),
-                    Event::FailedToStart {
-                        error: e.to_string(),
-                    },
-                );
+            Err(error) => {
+                self.events
+                    .emit(Some(&name), Event::FailedToStart { error });
                 None
             }
         }
+    }
+
+    fn start_wasm(
+        &self,
+        prepared: &PreparedSidecar,
+    ) -> Result<WasmSidecar, crate::sidecars::SidecarError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .map(|r| r.handle())
+            .transpose()
+            .map_err(|e| crate::sidecars::SidecarError::Start {
+                container: prepared.name().to_string(),
+                message: e.to_string(),
+            })?;
+        let Some(runtime) = runtime else {
+            return Err(crate::sidecars::SidecarError::Start {
+                container: prepared.name().into(),
+                message: "no sidecar runtime".into(),
+            });
+        };
+        let ctx = PodContext {
+            pod: &self.plan.pod,
+            runtime,
+            state: self.state.clone(),
+            logs: self.logs.clone(),
+            volumes: &self.sandbox.volumes,
+        };
+        WasmSidecar::start(prepared, &ctx)
     }
 
     fn record(&mut self, index: usize, exit: ExitInfo) {
@@ -285,6 +384,8 @@ impl<'a> Supervisor<'a> {
             );
         }
         let deadline = Instant::now() + grace;
+        // Wasm sidecars learn it through their lifecycle interface.
+        self.state.stopping(deadline);
         for c in &regular_commands {
             let _ = c.send(Command::Stop { deadline });
         }
@@ -338,42 +439,60 @@ impl<'a> Supervisor<'a> {
     }
 }
 
-/// Owns one running native container until it ends.
+/// Owns one running container until it ends.
 async fn drive(
-    mut container: NativeContainer,
+    mut running: Running,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: Arc<Events>,
+    state: Arc<PodState>,
 ) -> ExitInfo {
-    let name = container.name().to_string();
+    let name = running.name().to_string();
     let mut deadline: Option<Instant> = None;
     let mut killed = false;
-    let status = loop {
+    let exit = loop {
         tokio::select! {
-            status = container.exited() => break status,
+            exit = running.exited() => break exit,
             command = commands.recv() => match command {
                 Some(Command::Stop { deadline: d }) => {
                     if deadline.is_none() {
-                        container.signal(nix::sys::signal::Signal::SIGTERM);
+                        running.terminate();
                     }
                     // A second Ctrl-C brings the deadline forward, never back.
                     deadline = Some(deadline.map_or(d, |old| old.min(d)));
                 }
-                None => break container.exited().await,
+                None => break running.exited().await,
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !killed => {
-                container.kill_all();
+                running.kill();
                 killed = true;
             }
         }
     };
-    let exit = container.finish(status).await;
     if killed {
         events.emit(Some(&name), Event::Killed);
     }
+    state.exited(&name, exit.code);
     events.emit(Some(&name), Event::Exited(exit.clone()));
     exit
 }
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
+/// pod, before anything of the pod exists: a component that cannot run fails here.
+pub fn prepare_sidecars(
+    plan: &PodPlan,
+) -> Result<Vec<Option<PreparedSidecar>>, crate::sidecars::SidecarError> {
+    plan.containers
+        .iter()
+        .map(|c| {
+            if c.image.is_wasm() {
+                PreparedSidecar::prepare(c).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect()
 }

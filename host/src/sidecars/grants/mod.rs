@@ -1,7 +1,18 @@
-//! Which Pod field grants each interface a sidecar may import: the single table that the
-//! runtime's refusal check and `wpod inspect` both read.
+//! Grants: what a Wasm sidecar may touch, decided from the Pod's own fields, deny by default.
+//! One module per capability (network, filesystem, main process, lifecycle), each reading its
+//! part of the manifest and configuring the sidecar's store; this file holds the table of which
+//! Pod field grants each interface a component may import, read by the pre-start refusal check
+//! and by `wpod inspect` alike.
+
+pub mod fs;
+pub mod lifecycle;
+pub mod net;
+pub mod process;
 
 use serde::Serialize;
+
+use crate::plan::ContainerPlan;
+use crate::spec::Pod;
 
 /// How an imported interface is granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -9,8 +20,14 @@ use serde::Serialize;
 pub enum ImportRule {
     /// Every sidecar has it (clocks, random, I/O streams, its own stdio, env and lifecycle).
     Always { what: &'static str },
-    /// Granted by a Pod field; `field` is where to write it.
-    ByField {
+    /// Every sidecar may import it; what it can reach is scoped by a Pod field (a sidecar
+    /// without volumeMounts has no directory, without ports can listen nowhere).
+    Scoped {
+        field: &'static str,
+        what: &'static str,
+    },
+    /// A component that imports it is refused unless the Pod field grants it.
+    Requires {
         field: &'static str,
         what: &'static str,
     },
@@ -34,21 +51,39 @@ pub fn for_import(name: &str) -> ImportRule {
         (_, "wasi:cli/stdin") => ImportRule::Always { what: "stdin (always closed)" },
         (_, "wasi:cli/stdout" | "wasi:cli/stderr") => ImportRule::Always { what: "stdout/stderr into the pod's logs" },
         ("wasi:cli", _) => ImportRule::Always { what: "no terminal (never a tty)" },
-        ("wasi:filesystem", _) => ImportRule::ByField {
+        ("wasi:filesystem", _) => ImportRule::Scoped {
             field: "volumeMounts",
-            what: "each volumeMount as a preopened directory (readOnly honoured); no mounts, no files",
+            what: "each volumeMount as a preopened directory (readOnly honoured); nothing else of the host",
         },
-        (_, "wasi:sockets/ip-name-lookup") => ImportRule::Always { what: "name lookups (always refused: the pod has no DNS)" },
-        ("wasi:sockets", _) => ImportRule::ByField {
+        (_, "wasi:sockets/ip-name-lookup") => ImportRule::Always { what: "name lookups (always refused: nothing to resolve)" },
+        ("wasi:sockets", _) => ImportRule::Scoped {
             field: "ports",
-            what: "sockets in the pod's network namespace: connect to the pod's loopback; listen only on declared ports",
+            what: "TCP in the pod's network namespace: connect to the pod's loopback; listen only on declared ports",
         },
         (_, "wpod:sidecar/lifecycle") => ImportRule::Always { what: "ready() and pod lifecycle events" },
-        (_, "wpod:sidecar/main-process") => ImportRule::ByField {
+        (_, "wpod:sidecar/main-process") => ImportRule::Requires {
             field: "spec.shareProcessNamespace: true",
-            what: "the main container's state, stats and output; signals also need securityContext.capabilities.add: [KILL]",
+            what: "the main containers' state, stats and output; signals also need securityContext.capabilities.add: [KILL]",
         },
         _ => ImportRule::Never,
+    }
+}
+
+/// Why a component cannot run in this pod: an import the pod does not grant.
+pub fn refusal(pod: &Pod, container: &ContainerPlan, import: &str) -> Option<String> {
+    let name = container.name();
+    match for_import(import) {
+        ImportRule::Always { .. } | ImportRule::Scoped { .. } => None,
+        ImportRule::Requires { field, .. } if field.starts_with("spec.shareProcessNamespace") => {
+            (!pod.spec.share_process_namespace).then(|| {
+                format!("sidecar \"{name}\" imports {import}, which this pod does not grant: set {field} to grant it")
+            })
+        }
+        ImportRule::Requires { field, .. } => Some(format!("sidecar \"{name}\" imports {import}, granted by {field}")),
+        ImportRule::Never => Some(format!(
+            "sidecar \"{name}\" imports {import}, which no Pod field grants: wpod cannot run this component \
+             (see `wpod inspect` for what it imports)"
+        )),
     }
 }
 
@@ -64,14 +99,14 @@ mod tests {
         ));
         assert!(matches!(
             for_import("wasi:filesystem/preopens@0.2.0"),
-            ImportRule::ByField {
+            ImportRule::Scoped {
                 field: "volumeMounts",
                 ..
             }
         ));
         assert!(matches!(
             for_import("wpod:sidecar/main-process@0.1.0"),
-            ImportRule::ByField { .. }
+            ImportRule::Requires { .. }
         ));
         assert_eq!(
             for_import("wasi:http/outgoing-handler@0.2.0"),

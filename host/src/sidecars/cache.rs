@@ -1,0 +1,123 @@
+//! Precompiled components on disk (`$WPOD_ROOT/cache`), so a sidecar starts without compiling.
+//!
+//! An entry is named by the sha256 of the component and of the engine's compilation settings
+//! (and wpod's version), so a component compiled for another configuration is never loaded.
+//! Each entry carries the sha256 of its own bytes, checked before wasmtime deserializes them:
+//! a truncated or tampered entry is recompiled, never executed. Entries are written to a
+//! temporary file and renamed into place.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot read Wasm component {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot compile Wasm component {}: {message}", path.display())]
+    Compile { path: PathBuf, message: String },
+}
+
+/// Where compiled components are kept.
+pub fn dir() -> PathBuf {
+    crate::sandbox::state::root().join("cache")
+}
+
+/// How a component was obtained, for benchmarks and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Compiled,
+}
+
+/// Loads `path` as a component, from the cache when a valid entry exists.
+pub fn load(engine: &Engine, path: &Path) -> Result<(Component, Source), CacheError> {
+    let wasm = std::fs::read(path).map_err(|source| CacheError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let entry = dir().join(format!("{}.cwasm", key(engine, &wasm)));
+    if let Some(component) = load_entry(engine, &entry) {
+        return Ok((component, Source::Cache));
+    }
+    let component = Component::new(engine, &wasm).map_err(|e| CacheError::Compile {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    if let Err(e) = store_entry(&component, &entry) {
+        tracing::warn!(entry = %entry.display(), error = %e, "cannot cache the compiled component");
+    }
+    Ok((component, Source::Compiled))
+}
+
+fn key(engine: &Engine, wasm: &[u8]) -> String {
+    // The compatibility hash is stable within one wpod binary; the version keeps binaries apart.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let mut sha = Sha256::new();
+    sha.update(Sha256::digest(wasm));
+    sha.update(h.finish().to_le_bytes());
+    sha.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hex::encode(sha.finalize())
+}
+
+fn digest_path(entry: &Path) -> PathBuf {
+    entry.with_extension("sha256")
+}
+
+fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
+    let bytes = std::fs::read(entry).ok()?;
+    let expected = std::fs::read_to_string(digest_path(entry)).ok()?;
+    if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
+        tracing::warn!(entry = %entry.display(), "cache entry does not match its digest; recompiling");
+        return None;
+    }
+    // SAFETY: the bytes are exactly what `store_entry` wrote from `Component::serialize` of an
+    // engine with this configuration (the digest and the key prove it); wasmtime checks its
+    // own header and settings again.
+    match unsafe { Component::deserialize(engine, &bytes) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");
+            None
+        }
+    }
+}
+
+fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = entry.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::write(digest_path(entry), hex::encode(Sha256::digest(&bytes)))?;
+    std::fs::rename(&tmp, entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_content_and_engine_settings() {
+        let a = Engine::default();
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true);
+        let b = Engine::new(&cfg).unwrap();
+        assert_ne!(key(&a, b"one"), key(&a, b"two"));
+        assert_ne!(key(&a, b"one"), key(&b, b"one"));
+        assert_eq!(key(&a, b"one"), key(&a, b"one"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Filesystem grant: each `volumeMount` of the sidecar is a preopened directory at its
+//! `mountPath` (read-only when `readOnly: true`), opened through cap-std so that `..` and
+//! symlinks cannot leave it; nothing else of the host is visible.
+//!
+//! A read-write sidecar can still *create* a symlink whose target points out of the volume.
+//! It cannot follow it itself, and native containers mount such shared volumes with
+//! `nosymfollow` (see [`shared_writable_volumes`]), so the link leads nobody out.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::plan::PodPlan;
+use crate::sandbox::volumes::PodVolumes;
+use crate::spec::Container;
+
+#[derive(Clone, Debug)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FsGrant {
+    pub preopens: Vec<Preopen>,
+    pub cwd: Option<String>,
+}
+
+impl FsGrant {
+    pub fn from_container(c: &Container, volumes: &PodVolumes) -> Result<Self, String> {
+        let mut preopens = Vec::new();
+        for m in &c.volume_mounts {
+            let host = volumes
+                .host_path(&m.name)
+                .ok_or_else(|| format!("volume {} was not created", m.name))?;
+            preopens.push(Preopen {
+                host: host.to_path_buf(),
+                guest: m.mount_path.clone(),
+                read_only: m.read_only,
+            });
+        }
+        Ok(FsGrant {
+            preopens,
+            cwd: c.working_dir.clone(),
+        })
+    }
+
+    pub fn apply(&self, builder: &mut WasiCtxBuilder) -> Result<(), String> {
+        for p in &self.preopens {
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            builder
+                .preopened_dir(&p.host, &p.guest, perms)
+                .map_err(|e| {
+                    format!(
+                        "cannot open volume {} for {}: {e:#}",
+                        p.host.display(),
+                        p.guest
+                    )
+                })?;
+        }
+        if let Some(cwd) = &self.cwd {
+            builder.initial_cwd(cwd);
+        }
+        Ok(())
+    }
+}
+
+/// Volumes some Wasm sidecar mounts read-write: native containers mount them `nosymfollow`.
+pub fn shared_writable_volumes(plan: &PodPlan) -> HashSet<String> {
+    plan.containers
+        .iter()
+        .filter(|c| c.image.is_wasm())
+        .flat_map(|c| c.spec.volume_mounts.iter())
+        .filter(|m| !m.read_only)
+        .map(|m| m.name.clone())
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! Network grant: a sidecar's sockets live in the pod's network namespace (they are created on
+//! the pod runtime's threads, which all joined it). It may connect over TCP to any port on the
+//! pod's loopback and listen only on the ports it declares in its own `ports`; UDP, name
+//! lookups and every other address are refused.
+
+use std::net::SocketAddr;
+
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::spec::Container;
+
+#[derive(Clone, Debug, Default)]
+pub struct NetGrant {
+    /// TCP ports the sidecar declared and may listen on.
+    pub listen_ports: Vec<u16>,
+}
+
+impl NetGrant {
+    pub fn from_container(c: &Container) -> Self {
+        NetGrant {
+            listen_ports: c
+                .ports
+                .iter()
+                .filter(|p| p.protocol == "TCP")
+                .map(|p| p.container_port)
+                .collect(),
+        }
+    }
+
+    pub fn apply(&self, builder: &mut WasiCtxBuilder) {
+        builder
+            .allow_tcp(true)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let grant = self.clone();
+        builder.socket_addr_check(move |addr, use_| {
+            let ok = grant.allows(addr, use_);
+            Box::pin(async move { ok })
+        });
+    }
+
+    /// The whole policy, as one pure function.
+    pub fn allows(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+        let local = addr.ip().is_loopback() || addr.ip().is_unspecified();
+        let declared = self.listen_ports.contains(&addr.port());
+        match use_ {
+            SocketAddrUse::TcpConnect => addr.ip().is_loopback(),
+            // Port 0 is the implicit bind before a connect (and an ephemeral port, which can
+            // only be listened on if it happens to be declared: see TcpListen).
+            SocketAddrUse::TcpBind => local && (addr.port() == 0 || declared),
+            SocketAddrUse::TcpListen => local && declared,
+            SocketAddrUse::TcpAccept => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_connects_and_declared_listens_only() {
+        let g = NetGrant {
+            listen_ports: vec![9121],
+        };
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(g.allows(a("127.0.0.1:6379"), SocketAddrUse::TcpConnect));
+        assert!(g.allows(a("[::1]:80"), SocketAddrUse::TcpConnect));
+        assert!(!g.allows(a("10.0.0.1:80"), SocketAddrUse::TcpConnect));
+        assert!(!g.allows(a("0.0.0.0:80"), SocketAddrUse::TcpConnect));
+        assert!(g.allows(a("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(g.allows(a("0.0.0.0:9121"), SocketAddrUse::TcpBind));
+        assert!(g.allows(a("0.0.0.0:9121"), SocketAddrUse::TcpListen));
+        assert!(!g.allows(a("0.0.0.0:8080"), SocketAddrUse::TcpBind));
+        assert!(!g.allows(a("127.0.0.1:40000"), SocketAddrUse::TcpListen));
+        assert!(!g.allows(a("127.0.0.1:53"), SocketAddrUse::UdpBind));
+    }
+}

@@ -1,0 +1,241 @@
+//! Main-process grant: with `shareProcessNamespace: true` a sidecar may read the pod's main
+//! containers (state, live stats from /proc, their stdout/stderr); with
+//! `securityContext.capabilities.add: [KILL]` as well it may signal them, and only them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::broadcast;
+use wasmtime::component::Resource;
+
+use crate::logs::{self, Logs};
+use crate::sidecars::bindings::main_process::{
+    self, Error, Info, LogLine, LogStart, ProcessStats as Stats, State, StreamKind,
+};
+use crate::sidecars::SidecarState;
+use crate::spec::{Container, Pod};
+use crate::supervisor::state::{MainState, PodState};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessGrant {
+    pub read: bool,
+    pub signal: bool,
+}
+
+impl ProcessGrant {
+    pub fn from_pod(pod: &Pod, c: &Container) -> Self {
+        let read = pod.spec.share_process_namespace;
+        let kill_cap = c.security_context.as_ref().is_some_and(|sc| {
+            sc.capabilities
+                .add
+                .iter()
+                .any(|cap| cap == "KILL" || cap == "CAP_KILL")
+        });
+        ProcessGrant {
+            read,
+            signal: read && kill_cap,
+        }
+    }
+}
+
+/// What the `main-process` functions reach.
+pub struct ProcessHost {
+    pub grant: ProcessGrant,
+    pub pod: Arc<PodState>,
+    pub logs: Arc<Logs>,
+}
+
+/// An open subscription to a container's output.
+pub struct LogStream {
+    container: String,
+    backlog: std::collections::VecDeque<logs::Line>,
+    live: broadcast::Receiver<logs::Line>,
+}
+
+fn denied(what: &str) -> Error {
+    Error::Denied(format!(
+        "{what}: set spec.shareProcessNamespace: true to grant it"
+    ))
+}
+
+fn info(m: &crate::supervisor::state::MainStatus) -> Info {
+    Info {
+        name: m.name.clone(),
+        pid: pod_pid(m.pid),
+        state: match m.state {
+            MainState::Waiting => State::Waiting,
+            MainState::Running => State::Running,
+            MainState::Exited => State::Exited,
+        },
+        exit_code: m.exit_code,
+        restarts: m.restarts,
+    }
+}
+
+/// The PID as the pod's PID namespace sees it (last field of NSpid).
+fn pod_pid(host_pid: i32) -> u32 {
+    if host_pid <= 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("NSpid:")
+                    .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+impl ProcessHost {
+    fn running_pid(&self, name: &str) -> Result<i32, Error> {
+        if !self.grant.read {
+            return Err(denied("reading the main process"));
+        }
+        let m = self
+            .pod
+            .main(name)
+            .ok_or_else(|| Error::NoSuchContainer(name.to_string()))?;
+        if m.state != MainState::Running || m.pid <= 0 {
+            return Err(Error::NotRunning);
+        }
+        Ok(m.pid)
+    }
+}
+
+fn to_wit(l: logs::Line) -> LogLine {
+    LogLine {
+        source: match l.stream {
+            logs::Stream::Stdout => StreamKind::Stdout,
+            logs::Stream::Stderr => StreamKind::Stderr,
+        },
+        text: l.text,
+        timestamp_ns: l.timestamp_ns,
+    }
+}
+
+impl main_process::Host for SidecarState {
+    async fn containers(&mut self) -> wasmtime::Result<Vec<Info>> {
+        if !self.process.grant.read {
+            return Ok(Vec::new());
+        }
+        Ok(self.process.pod.mains().iter().map(info).collect())
+    }
+
+    async fn get(&mut self, name: String) -> wasmtime::Result<Result<Info, Error>> {
+        if !self.process.grant.read {
+            return Ok(Err(denied("reading the main process")));
+        }
+        Ok(self
+            .process
+            .pod
+            .main(&name)
+            .map(|m| info(&m))
+            .ok_or(Error::NoSuchContainer(name)))
+    }
+
+    async fn stats(&mut self, name: String) -> wasmtime::Result<Result<Stats, Error>> {
+        let pid = match self.process.running_pid(&name) {
+            Ok(pid) => pid,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(crate::sidecars::procstat::read(pid).map_err(|e| Error::Io(e.to_string())))
+    }
+
+    async fn logs(
+        &mut self,
+        name: String,
+        start: LogStart,
+    ) -> wasmtime::Result<Result<Resource<LogStream>, Error>> {
+        if !self.process.grant.read {
+            return Ok(Err(denied("reading the main process's output")));
+        }
+        if self.process.pod.main(&name).is_none() {
+            return Ok(Err(Error::NoSuchContainer(name)));
+        }
+        let (past, live) = self
+            .process
+            .logs
+            .subscribe(&name, start == LogStart::Beginning);
+        let stream = LogStream {
+            container: name,
+            backlog: past.into(),
+            live,
+        };
+        Ok(Ok(self.table.push(stream)?))
+    }
+
+    async fn signal(&mut self, name: String, signal: u32) -> wasmtime::Result<Result<(), Error>> {
+        let pid = match self.process.running_pid(&name) {
+            Ok(pid) => pid,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !self.process.grant.signal {
+            return Ok(Err(Error::Denied(
+                "signals need securityContext.capabilities.add: [KILL] on this sidecar".into(),
+            )));
+        }
+        let sig = match i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+        {
+            Some(s) => s,
+            None => return Ok(Err(Error::Io(format!("{signal} is not a signal number")))),
+        };
+        Ok(kill(Pid::from_raw(pid), sig).map_err(|e| Error::Io(e.desc().to_string())))
+    }
+}
+
+impl main_process::HostLogStream for SidecarState {
+    async fn next(
+        &mut self,
+        stream: Resource<LogStream>,
+        max: u32,
+    ) -> wasmtime::Result<Vec<LogLine>> {
+        let pod = self.process.pod.clone();
+        let s = self.table.get_mut(&stream)?;
+        loop {
+            let lines = drain(s, max);
+            if !lines.is_empty() {
+                return Ok(lines);
+            }
+            let exited = pod
+                .main(&s.container)
+                .is_none_or(|m| m.state == MainState::Exited);
+            if exited {
+                return Ok(Vec::new());
+            }
+            // Wake up for a line, or now and then to notice that the container ended.
+            match tokio::time::timeout(Duration::from_millis(200), s.live.recv()).await {
+                Ok(Ok(line)) => s.backlog.push_back(line),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn try_next(
+        &mut self,
+        stream: Resource<LogStream>,
+        max: u32,
+    ) -> wasmtime::Result<Vec<LogLine>> {
+        let s = self.table.get_mut(&stream)?;
+        Ok(drain(s, max))
+    }
+
+    async fn drop(&mut self, stream: Resource<LogStream>) -> wasmtime::Result<()> {
+        self.table.delete(stream)?;
+        Ok(())
+    }
+}
+
+fn drain(s: &mut LogStream, max: u32) -> Vec<LogLine> {
+    while let Ok(line) = s.live.try_recv() {
+        s.backlog.push_back(line);
+    }
+    let n = (max as usize).min(s.backlog.len());
+    s.backlog.drain(..n).map(to_wit).collect()
+}

@@ -1,0 +1,80 @@
+//! Live statistics of a process, read from its /proc entries.
+
+use std::io;
+
+use super::bindings::main_process::ProcessStats as Stats;
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Reads `/proc/PID/{stat,status,io,fd}`.
+pub fn read(pid: i32) -> io::Result<Stats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field N is f[N - 3].
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = clock_ticks();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    };
+    let io_text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let io_field = |key: &str| {
+        io_text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u32;
+    let uptime_host = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let started = field(22) as f64 / ticks as f64;
+    Ok(Stats {
+        cpu_user_us: field(14) * 1_000_000 / ticks,
+        cpu_system_us: field(15) * 1_000_000 / ticks,
+        rss_bytes: kb("VmRSS:"),
+        vm_bytes: kb("VmSize:"),
+        threads: field(20) as u32,
+        open_fds,
+        read_bytes: io_field("read_bytes:"),
+        write_bytes: io_field("write_bytes:"),
+        uptime_seconds: (uptime_host - started).max(0.0) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_our_own_process() {
+        let s = super::read(std::process::id() as i32).unwrap();
+        assert!(s.rss_bytes > 0 && s.threads >= 1 && s.open_fds >= 3);
+    }
+}

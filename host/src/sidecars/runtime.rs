@@ -1,0 +1,81 @@
+//! A pod's own async runtime for its Wasm sidecars. `setns` is per thread and wasmtime-wasi
+//! creates sockets on whichever thread runs the guest at that moment (name lookups and file I/O
+//! on the blocking pool), so every thread of this runtime, workers and blocking pool alike,
+//! joins the pod's network namespace when it starts. Two pods never share one.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::sandbox::namespaces::join_net;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the pod's sidecar runtime: {0}")]
+    Build(std::io::Error),
+    #[error("a sidecar runtime thread could not join the pod's network namespace")]
+    NotInPod,
+}
+
+pub struct PodRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    net_inode: u64,
+    join_failed: Arc<AtomicBool>,
+}
+
+impl PodRuntime {
+    pub fn new(pod: &str, net: Arc<OwnedFd>) -> Result<Self, RuntimeError> {
+        let net_inode = std::fs::File::from(
+            net.as_fd()
+                .try_clone_to_owned()
+                .map_err(RuntimeError::Build)?,
+        )
+        .metadata()
+        .map_err(RuntimeError::Build)?
+        .ino();
+        let join_failed = Arc::new(AtomicBool::new(false));
+        let failed = join_failed.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("wpod-pod-{pod}"))
+            .enable_all()
+            .on_thread_start(move || {
+                if let Err(e) = join_net(net.as_fd()) {
+                    tracing::error!(error = %e, "sidecar thread cannot join the pod's network namespace");
+                    failed.store(true, Ordering::SeqCst);
+                }
+            })
+            .build()
+            .map_err(RuntimeError::Build)?;
+        Ok(PodRuntime {
+            runtime: Some(runtime),
+            net_inode,
+            join_failed,
+        })
+    }
+
+    pub fn handle(&self) -> Result<tokio::runtime::Handle, RuntimeError> {
+        if self.join_failed.load(Ordering::SeqCst) {
+            return Err(RuntimeError::NotInPod);
+        }
+        match &self.runtime {
+            Some(rt) => Ok(rt.handle().clone()),
+            None => Err(RuntimeError::NotInPod),
+        }
+    }
+
+    /// Whether the calling thread is in the pod's network namespace (for checks and tests).
+    pub fn thread_in_pod(&self) -> bool {
+        std::fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| m.ino() == self.net_inode)
+    }
+}
+
+impl Drop for PodRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime may not block inside another; its tasks were stopped already.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What the pod knows about itself while it runs: its main containers' state, readiness, and the
+//! lifecycle events Wasm sidecars can wait on. Written by the supervisor, read by the sidecars'
+//! `main-process` and `lifecycle` interfaces.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MainState {
+    Waiting,
+    Running,
+    Exited,
+}
+
+/// One main (regular) container.
+#[derive(Clone, Debug)]
+pub struct MainStatus {
+    pub name: String,
+    /// Host PID of its process; 0 when not running.
+    pub pid: i32,
+    pub state: MainState,
+    pub exit_code: Option<i32>,
+    pub restarts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum PodEvent {
+    MainStarted(String),
+    MainExited(String, i32),
+    /// The pod is stopping; sidecars must be gone by the deadline.
+    Stopping {
+        deadline: Instant,
+    },
+}
+
+pub struct PodState {
+    mains: Mutex<Vec<MainStatus>>,
+    events: broadcast::Sender<PodEvent>,
+    ready: watch::Sender<HashSet<String>>,
+}
+
+impl PodState {
+    pub fn new(main_names: impl IntoIterator<Item = String>) -> Arc<Self> {
+        let mains = main_names
+            .into_iter()
+            .map(|name| MainStatus {
+                name,
+                pid: 0,
+                state: MainState::Waiting,
+                exit_code: None,
+                restarts: 0,
+            })
+            .collect();
+        Arc::new(PodState {
+            mains: Mutex::new(mains),
+            events: broadcast::channel(256).0,
+            ready: watch::channel(HashSet::new()).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<MainStatus>> {
+        self.mains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn mains(&self) -> Vec<MainStatus> {
+        self.lock().clone()
+    }
+
+    pub fn main(&self, name: &str) -> Option<MainStatus> {
+        self.lock().iter().find(|m| m.name == name).cloned()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut MainStatus)) -> bool {
+        match self.lock().iter_mut().find(|m| m.name == name) {
+            Some(m) => {
+                f(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A container started; only main containers are tracked and announced.
+    pub fn started(&self, name: &str, pid: i32) {
+        let restarted = |m: &mut MainStatus| {
+            if m.state == MainState::Exited {
+                m.restarts += 1;
+            }
+            m.pid = pid;
+            m.state = MainState::Running;
+            m.exit_code = None;
+        };
+        if self.update(name, restarted) {
+            let _ = self.events.send(PodEvent::MainStarted(name.to_string()));
+        }
+    }
+
+    pub fn exited(&self, name: &str, code: i32) {
+        let done = |m: &mut MainStatus| {
+            m.pid = 0;
+            m.state = MainState::Exited;
+            m.exit_code = Some(code);
+        };
+        if self.update(name, done) {
+            let _ = self
+                .events
+                .send(PodEvent::MainExited(name.to_string(), code));
+        }
+    }
+
+    pub fn stopping(&self, deadline: Instant) {
+        let _ = self.events.send(PodEvent::Stopping { deadline });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PodEvent> {
+        self.events.subscribe()
+    }
+
+    /// A sidecar called `lifecycle.ready()`.
+    pub fn set_ready(&self, name: &str) {
+        self.ready.send_modify(|r| {
+            r.insert(name.to_string());
+        });
+    }
+
+    pub fn watch_ready(&self) -> watch::Receiver<HashSet<String>> {
+        self.ready.subscribe()
+    }
+}
