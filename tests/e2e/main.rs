@@ -4,6 +4,7 @@
 mod manifests;
 mod pods;
 mod sandbox;
+mod sidecars;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -15,6 +15,8 @@ use crate::text;
 pub struct TestPod {
     pub name: String,
     pub manifest: PathBuf,
+    /// Extra environment for `wpod run` (e.g. WPOD_ROOT).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestPod {
@@ -31,6 +33,7 @@ impl TestPod {
         TestPod {
             name: name.to_string(),
             manifest,
+            env: Vec::new(),
         }
     }
 
@@ -39,6 +42,7 @@ impl TestPod {
         TestPod {
             name: name.to_string(),
             manifest: manifest.to_path_buf(),
+            env: Vec::new(),
         }
     }
 
@@ -54,6 +58,7 @@ impl TestPod {
         let child = Command::new(env!("CARGO_BIN_EXE_wpod"))
             .args(["run", "--output", "json"])
             .arg(&self.manifest)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))
@@ -64,6 +69,7 @@ impl TestPod {
             child: Some(child),
             out,
             err,
+            env: self.env.clone(),
         }
     }
 }
@@ -74,6 +80,7 @@ pub struct RunningPod {
     child: Option<Child>,
     out: PathBuf,
     err: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl RunningPod {
@@ -145,6 +152,7 @@ impl Drop for RunningPod {
             let _ = child.wait();
             let _ = Command::new(env!("CARGO_BIN_EXE_wpod"))
                 .args(["__cleanup", &self.name])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .output();
         }
     }
@@ -187,6 +195,15 @@ impl PodRun {
             .filter(|r| r["type"] == "log" && r["container"] == container)
             .filter_map(|r| r["line"].as_str().map(str::to_string))
             .collect()
+    }
+
+    /// What a probe sidecar printed for `action`: `ok: …` or `err: …`.
+    pub fn outcome(&self, container: &str, action: &str) -> String {
+        let prefix = format!("{action} ");
+        self.logs(container)
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("{container} printed nothing for {action}\n{}", self.dump()))
     }
 
     pub fn has_line(&self, container: &str, needle: &str) -> bool {

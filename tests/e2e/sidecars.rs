@@ -1,0 +1,509 @@
+//! Wasm sidecars with capability handles to the pod (issue 4). Every capability has a test that
+//! shows the grant works beside one that shows its absence is enforced. The sidecars are the
+//! `probe` and `main-probe` guests (guests/probe), which run the actions named in their args.
+//! Needs root and Debian's python3.
+
+use std::time::Duration;
+
+use crate::pods::{assert_no_leftovers, TestPod};
+use crate::{text, wpod_output};
+use wpod_test_support::require_root;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A python main container answering `reply` to every connection on 127.0.0.1:`port`.
+fn replier(port: u16, reply: &str) -> String {
+    format!(
+        r#"  - name: main
+    command: [python3, -u, -c]
+    args:
+    - |
+      import socket
+      s = socket.create_server(("127.0.0.1", {port}))
+      print("listening", flush=True)
+      while True:
+          c, _ = s.accept(); c.recv(100); c.sendall(b"{reply}\n"); c.close()
+"#
+    )
+}
+
+fn assert_ok(run: &crate::pods::PodRun, container: &str, action: &str, expect: &str) {
+    let got = run.outcome(container, action);
+    assert!(
+        got.starts_with("ok: ") && got.contains(expect),
+        "{action}: expected ok with {expect:?}, got {got:?}\n{}",
+        run.dump()
+    );
+}
+
+fn assert_err(run: &crate::pods::PodRun, container: &str, action: &str) {
+    let got = run.outcome(container, action);
+    assert!(
+        got.starts_with("err: "),
+        "{action} must be refused, got {got:?}\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn network_reaches_the_pod_loopback_only_and_listens_only_on_declared_ports() {
+    require_root("network_reaches_the_pod_loopback_only");
+    // A server on the host's own loopback: a sidecar must not reach it.
+    let host_server = std::net::TcpListener::bind("127.0.0.1:18411").expect("bind host port");
+    let pod = TestPod::new(
+        "wasm-net",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: wasm-net}}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: probe
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:localhost, exit:0]
+    ports: [{{containerPort: 18412}}]
+  containers:
+{}"#,
+            replier(18410, "pong-from-the-pod")
+        ),
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the probe to finish", LONG, |r| {
+        r.logs("probe").iter().any(|l| l.starts_with("resolve:"))
+    });
+    assert_ok(
+        &run,
+        "probe",
+        "connect:127.0.0.1:18410",
+        "pong-from-the-pod",
+    );
+    assert_err(&run, "probe", "connect:127.0.0.1:18411"); // the host's loopback is not the pod's
+    assert_err(&run, "probe", "connect:10.1.2.3:80");
+    assert_err(&run, "probe", "connect:[2001:db8::1]:80");
+    assert_ok(&run, "probe", "listen:18412", "bound"); // declared in its ports
+    assert_err(&run, "probe", "listen:18413"); // not declared
+    assert_err(&run, "probe", "resolve:localhost"); // no name lookups
+    drop(host_server);
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("wasm-net");
+}
+
+#[test]
+fn two_pods_on_the_same_port_each_reach_their_own_server() {
+    require_root("two_pods_on_the_same_port");
+    let pod = |name: &str, reply: &str| {
+        TestPod::new(
+            name,
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: probe
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [sleep:300, connect:127.0.0.1:18420, sleep:200, connect:127.0.0.1:18420]
+  containers:
+{}"#,
+                replier(18420, reply)
+            ),
+        )
+    };
+    let (a, b) = (pod("same-port-a", "i-am-a"), pod("same-port-b", "i-am-b"));
+    let (ra, rb) = (a.spawn(), b.spawn());
+    let done = |r: &crate::pods::PodRun| {
+        r.logs("probe")
+            .iter()
+            .filter(|l| l.starts_with("connect:"))
+            .count()
+            == 2
+    };
+    let (oa, ob) = (
+        ra.wait_for("pod a's probe", LONG, done),
+        rb.wait_for("pod b's probe", LONG, done),
+    );
+    for line in oa
+        .logs("probe")
+        .iter()
+        .filter(|l| l.starts_with("connect:"))
+    {
+        assert!(line.ends_with("ok: i-am-a"), "pod a reached {line}");
+    }
+    for line in ob
+        .logs("probe")
+        .iter()
+        .filter(|l| l.starts_with("connect:"))
+    {
+        assert!(line.ends_with("ok: i-am-b"), "pod b reached {line}");
+    }
+    ra.signal(libc::SIGINT);
+    rb.signal(libc::SIGINT);
+    let _ = (ra.wait(LONG), rb.wait(LONG));
+    assert_no_leftovers("same-port-a");
+    assert_no_leftovers("same-port-b");
+}
+
+#[test]
+fn files_are_the_volumes_only_read_only_honoured_and_symlinks_lead_nowhere() {
+    require_root("files_are_the_volumes_only");
+    let pod = TestPod::new(
+        "wasm-fs",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-fs}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: planter
+    command: [sh, -c, "echo from-host > /data/seed; echo config > /conf/app.conf; ln -s /etc/passwd /data/planted-abs; ln -s ../../../../../../etc/passwd /data/planted-rel"]
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: conf, mountPath: /conf}
+  - name: probe
+    image: SIDECARS/probe.wasm
+    args:
+    - read:/data/seed
+    - write:/data/by-wasm:wasm-wrote-this
+    - read:/conf/app.conf
+    - write:/conf/app.conf:overwritten
+    - read:/etc/passwd
+    - read:/data/../../etc/passwd
+    - read:/data/planted-abs
+    - read:/data/planted-rel
+    - ls:/
+    - symlink:/etc/passwd:/data/evil-abs
+    - symlink:../../../../../../etc/passwd:/data/evil-rel
+    - symlink:by-wasm:/data/inside-link
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: conf, mountPath: /conf, readOnly: true}
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      echo "main read: $(cat /data/by-wasm)"
+      for f in evil-abs evil-rel inside-link; do
+        if out=$(cat /data/$f 2>&1); then echo "$f followed: $(echo "$out" | head -c 20)"; else echo "$f not followed"; fi
+      done
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: conf, emptyDir: {}}
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // The grant: its volumes, read-write where not readOnly.
+    assert_ok(&run, "probe", "read:/data/seed", "from-host");
+    assert_ok(
+        &run,
+        "probe",
+        "write:/data/by-wasm:wasm-wrote-this",
+        "written",
+    );
+    assert_ok(&run, "probe", "read:/conf/app.conf", "config");
+    assert!(
+        run.has_line("main", "main read: wasm-wrote-this"),
+        "{}",
+        run.dump()
+    );
+    // Its absence: nothing else, no writes to a readOnly volume, no way out.
+    assert_err(&run, "probe", "write:/conf/app.conf:overwritten");
+    assert_err(&run, "probe", "read:/etc/passwd");
+    assert_err(&run, "probe", "read:/data/../../etc/passwd");
+    assert_err(&run, "probe", "read:/data/planted-abs");
+    assert_err(&run, "probe", "read:/data/planted-rel");
+    assert_err(&run, "probe", "ls:/");
+    // Links the sidecar plants lead the native container nowhere either (nosymfollow).
+    assert!(
+        run.has_line("main", "evil-abs not followed"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.has_line("main", "evil-rel not followed"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.has_line("main", "inside-link not followed"),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("wasm-fs");
+}
+
+#[test]
+fn main_process_is_readable_with_shared_pid_namespace_and_signalable_with_kill() {
+    require_root("main_process_is_readable");
+    let pod = TestPod::new(
+        "wasm-proc",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-proc}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: watcher
+    restartPolicy: Always
+    image: SIDECARS/main-probe.wasm
+    args: [sleep:500, procs, stats:main, logs:main:2, signal:main:10, stats:nobody]
+  - name: killer
+    restartPolicy: Always
+    image: SIDECARS/main-probe.wasm
+    args: [sleep:700, signal:main:10]
+    securityContext:
+      capabilities: {add: [KILL]}
+  containers:
+  - name: main
+    command: [python3, -u, -c]
+    args:
+    - |
+      import signal, time
+      signal.signal(signal.SIGUSR1, lambda *a: print("main got SIGUSR1", flush=True))
+      print("first line", flush=True)
+      print("second line", flush=True)
+      while True: time.sleep(0.1)
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the signal to arrive", LONG, |r| {
+        r.has_line("main", "main got SIGUSR1") && r.logs("watcher").len() >= 5
+    });
+    assert_ok(&run, "watcher", "procs", "main=State::Running");
+    let stats = run.outcome("watcher", "stats:main");
+    let rss: u64 = stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("rss="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        rss > 1 << 20,
+        "rss of a python process should be over 1 MiB: {stats}"
+    );
+    assert_ok(&run, "watcher", "logs:main:2", "first line|second line");
+    // Without KILL the same call is refused; with it the main container sees the signal.
+    let denied = run.outcome("watcher", "signal:main:10");
+    assert!(
+        denied.starts_with("err: ") && denied.contains("KILL"),
+        "{denied}"
+    );
+    assert_ok(&run, "killer", "signal:main:10", "sent");
+    assert_eq!(
+        run.logs("main")
+            .iter()
+            .filter(|l| l.contains("got SIGUSR1"))
+            .count(),
+        1,
+        "{}",
+        run.dump()
+    );
+    // Only the pod's own containers.
+    assert!(run
+        .outcome("watcher", "stats:nobody")
+        .contains("NoSuchContainer"));
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("wasm-proc");
+}
+
+#[test]
+fn a_component_importing_main_process_is_refused_without_share_process_namespace() {
+    let dir = std::env::temp_dir().join("wpod-e2e-refused");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("pod.yaml");
+    let sidecar = wpod_test_support::sidecar("main-probe");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: refused}}\nspec:\n  containers:\n  - name: main\n    command: [sleep, \"1\"]\n  - name: watcher\n    image: {}\n",
+            sidecar.display()
+        ),
+    )
+    .unwrap();
+    let expected = format!(
+        "{}:9:12: spec.containers[1].image: sidecar \"watcher\" imports wpod:sidecar/main-process@0.1.0, which this pod does not grant: set spec.shareProcessNamespace: true to grant it\n",
+        manifest.display()
+    );
+    for cmd in ["validate", "run"] {
+        let out = wpod_output(&[cmd, manifest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert_eq!(text(&out.stderr), expected, "{cmd}");
+    }
+    // `run` refused before creating anything.
+    assert!(!std::path::Path::new("/var/lib/wpod/pods/refused").exists());
+}
+
+#[test]
+fn memory_limit_fails_allocations_and_a_trap_ends_only_its_sidecar() {
+    require_root("memory_limit_fails_allocations");
+    let pod = TestPod::new(
+        "wasm-limits",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-limits}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: hungry
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [alloc:4, alloc:64, ready]
+    resources: {limits: {memory: 16Mi}}
+  - name: crasher
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [trap]
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 1; echo main finished"]
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "a trapping sidecar must not fail the pod\n{}",
+        run.dump()
+    );
+    assert_ok(&run, "hungry", "alloc:4", "4 MiB");
+    assert_err(&run, "hungry", "alloc:64");
+    assert_ok(&run, "hungry", "ready", "told");
+    assert!(run.has_line("crasher", "wasm trap:"), "{}", run.dump());
+    assert_eq!(run.exit("crasher")["reason"], "Trapped", "{}", run.dump());
+    assert!(run.has_line("main", "main finished"));
+    assert_no_leftovers("wasm-limits");
+}
+
+#[test]
+fn a_spinning_sidecar_blocks_nobody_and_is_stopped_at_termination() {
+    require_root("a_spinning_sidecar_blocks_nobody");
+    let pod = TestPod::new(
+        "wasm-spin",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-spin}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: spinner
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [spin]
+  - name: other
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [sleep:300, env:MARK, sleep:300, env:MARK]
+    env: [{name: MARK, value: still-running}]
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 1.5; echo main done"]
+"#,
+    );
+    let started = std::time::Instant::now();
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(run.has_line("spinner", "spin started"));
+    // Two sidecars on a 2-thread runtime, one spinning forever: the other still ran to its end.
+    assert_eq!(
+        run.logs("other")
+            .iter()
+            .filter(|l| l.ends_with("ok: still-running"))
+            .count(),
+        2,
+        "{}",
+        run.dump()
+    );
+    let spinner = run.exit("spinner");
+    assert_eq!(spinner["code"], 137, "{}", run.dump());
+    assert!(
+        run.events(Some("spinner"))
+            .iter()
+            .any(|e| e["event"] == "killed"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the pod took {:?}",
+        started.elapsed()
+    );
+    assert_no_leftovers("wasm-spin");
+}
+
+#[test]
+fn compiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
+    require_root("compiled_components_are_cached");
+    let root = std::env::temp_dir().join("wpod-e2e-cache-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let mut pod = TestPod::new(
+        "wasm-cache",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-cache}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: probe
+    image: SIDECARS/probe.wasm
+    args: [env:X]
+    env: [{name: X, value: from-the-pod}]
+"#,
+    );
+    pod.env
+        .push(("WPOD_ROOT".into(), root.display().to_string()));
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(root.join("cache"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = pod.run(LONG);
+    assert_ok(&first, "probe", "env:X", "from-the-pod");
+    let cached = entries();
+    assert_eq!(cached.len(), 1, "one compiled component cached: {cached:?}");
+    let compiled = std::fs::read(&cached[0]).unwrap();
+
+    // Tampered bytes are never deserialized: the entry is recompiled and the pod still runs.
+    let mut bad = compiled.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&cached[0], &bad).unwrap();
+    let second = pod.run(LONG);
+    assert_ok(&second, "probe", "env:X", "from-the-pod");
+    assert!(
+        second.stderr.contains("does not match its digest"),
+        "{}",
+        second.dump()
+    );
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        compiled,
+        "the entry was rewritten"
+    );
+
+    // A valid entry is used as it is.
+    let third = pod.run(LONG);
+    assert_ok(&third, "probe", "env:X", "from-the-pod");
+    assert!(!third.stderr.contains("recompiling"), "{}", third.dump());
+    let _ = std::fs::remove_dir_all(&root);
+}
