@@ -84,7 +84,8 @@ fn inspect_lists_the_hello_guests_imports_and_their_grants() {
         "{stdout}"
     );
     assert!(stdout.contains("wasi:filesystem/preopens@0.2"), "{stdout}");
-    assert!(stdout.contains("granted by volumeMounts"), "{stdout}");
+    assert!(stdout.contains("scoped by volumeMounts"), "{stdout}");
+    assert!(!stdout.contains("wpod:sidecar/main-process"), "hello does not use main-process: {stdout}");
     assert!(stdout.contains("exports:\n  wasi:cli/run@0.2"), "{stdout}");
 
     let json = wpod_output(&["inspect", "--json", hello.to_str().unwrap()]);
