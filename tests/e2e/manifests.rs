@@ -85,7 +85,10 @@ fn inspect_lists_the_hello_guests_imports_and_their_grants() {
     );
     assert!(stdout.contains("wasi:filesystem/preopens@0.2"), "{stdout}");
     assert!(stdout.contains("scoped by volumeMounts"), "{stdout}");
-    assert!(!stdout.contains("wpod:sidecar/main-process"), "hello does not use main-process: {stdout}");
+    assert!(
+        !stdout.contains("wpod:sidecar/main-process"),
+        "hello does not use main-process: {stdout}"
+    );
     assert!(stdout.contains("exports:\n  wasi:cli/run@0.2"), "{stdout}");
 
     let json = wpod_output(&["inspect", "--json", hello.to_str().unwrap()]);
@@ -93,7 +96,17 @@ fn inspect_lists_the_hello_guests_imports_and_their_grants() {
         serde_json::from_slice(&json.stdout).expect("inspect --json prints JSON");
     assert!(v["imports"]
         .as_array()
-        .is_some_and(|a| a.iter().any(|i| i["grant"] == "byField")));
+        .is_some_and(|a| a.iter().any(|i| i["grant"] == "scoped")));
+
+    let probe = wpod_test_support::sidecar("main-probe");
+    let out = wpod_output(&["inspect", probe.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "wpod:sidecar/main-process@0.1.0             needs spec.shareProcessNamespace: true"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
