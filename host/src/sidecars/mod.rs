@@ -17,7 +17,7 @@ pub mod stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -54,6 +54,8 @@ pub struct SidecarState {
     limits: StoreLimits,
     pub process: ProcessHost,
     pub events: broadcast::Receiver<PodEvent>,
+    /// Set when this sidecar's turn to stop comes: the deadline it has.
+    pub stopping: watch::Receiver<Option<tokio::time::Instant>>,
 }
 
 impl WasiView for SidecarState {
@@ -85,6 +87,9 @@ pub struct PreparedSidecar {
     pre: CommandPre<SidecarState>,
     /// Whether the compiled component came from the cache.
     pub cached: bool,
+    /// It imports `wpod:sidecar/lifecycle`: as a native sidecar it counts as started only once
+    /// it calls `ready()`.
+    pub signals_readiness: bool,
 }
 
 impl PreparedSidecar {
@@ -110,10 +115,17 @@ impl PreparedSidecar {
                 "not a command component (no wasi:cli/run export): {e:#}"
             ))
         })?;
+        let imports = inspect::inspect(path)
+            .map_err(|e| link_err(e.to_string()))?
+            .imports;
+        let signals_readiness = imports
+            .iter()
+            .any(|i| i.name.starts_with("wpod:sidecar/lifecycle@"));
         Ok(PreparedSidecar {
             plan: plan.clone(),
             pre,
             cached: source == cache::Source::Cache,
+            signals_readiness,
         })
     }
 
@@ -136,6 +148,7 @@ pub struct WasmSidecar {
     name: String,
     task: JoinHandle<ExitInfo>,
     stop: Arc<AtomicBool>,
+    stopping: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// argv: `command` + `args`; with no `command`, the container's name stands as argv[0].
@@ -178,6 +191,7 @@ impl WasmSidecar {
             .and_then(|g| g.apply(&mut builder))
             .map_err(start_err)?;
 
+        let (stopping, stopping_rx) = watch::channel(None);
         let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(false);
         if let Some(bytes) = c.resources.limits.memory_bytes {
             limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
@@ -193,6 +207,7 @@ impl WasmSidecar {
                 logs: ctx.logs.clone(),
             },
             events: ctx.state.subscribe(),
+            stopping: stopping_rx,
         };
         let engine = engine::shared()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -220,7 +235,12 @@ impl WasmSidecar {
             .await;
             exit_info(result, &logs, &task_name, stopped.load(Ordering::SeqCst))
         });
-        Ok(WasmSidecar { name, task, stop })
+        Ok(WasmSidecar {
+            name,
+            task,
+            stop,
+            stopping,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -238,6 +258,11 @@ impl WasmSidecar {
                 reason: "Error",
             },
         }
+    }
+
+    /// Asks the sidecar to stop by `deadline` (its `lifecycle` `stopping` event).
+    pub fn stopping(&self, deadline: tokio::time::Instant) {
+        self.stopping.send_replace(Some(deadline));
     }
 
     /// Forced stop: a guest computing is interrupted at its next epoch, one waiting in the

@@ -33,6 +33,12 @@ pub struct PodResult {
     pub summary: Vec<ContainerSummary>,
 }
 
+enum Started {
+    Yes,
+    Failed,
+    Interrupted(&'static str),
+}
+
 enum Command {
     /// Stop gracefully; kill at the deadline.
     Stop { deadline: Instant },
@@ -92,11 +98,12 @@ impl Running {
         }
     }
 
-    /// The polite request to stop. A Wasm sidecar got it already, as the pod-wide `stopping`
-    /// lifecycle event.
-    fn terminate(&self) {
-        if let Running::Native(c) = self {
-            c.signal(nix::sys::signal::Signal::SIGTERM);
+    /// The polite request to stop: SIGTERM for a process, the `stopping` lifecycle event (with
+    /// the time left) for a Wasm sidecar.
+    fn terminate(&self, deadline: Instant) {
+        match self {
+            Running::Native(c) => c.signal(nix::sys::signal::Signal::SIGTERM),
+            Running::Wasm(s) => s.stopping(deadline),
         }
     }
 
@@ -249,6 +256,30 @@ impl<'a> Supervisor<'a> {
         WasmSidecar::start(prepared, &ctx)
     }
 
+    /// Waits until a native sidecar counts as started: a Wasm sidecar that imports `lifecycle`
+    /// once it calls `ready()`; any other as soon as it runs.
+    async fn wait_started(&mut self, index: usize, signals: &mut StopSignals) -> Started {
+        let Some(prepared) = &self.prepared[index] else {
+            return Started::Yes;
+        };
+        if !prepared.signals_readiness {
+            return Started::Yes;
+        }
+        let name = prepared.name().to_string();
+        let mut ready = self.state.watch_ready();
+        let became_ready = ready.wait_for(|r| r.contains(&name));
+        tokio::select! {
+            result = became_ready => match result {
+                Ok(_) => {
+                    self.events.emit(Some(&name), Event::Ready);
+                    Started::Yes
+                }
+                Err(_) => Started::Failed,
+            },
+            reason = signals.recv() => Started::Interrupted(reason),
+        }
+    }
+
     fn record(&mut self, index: usize, exit: ExitInfo) {
         self.summary[index].exit = Some(exit);
     }
@@ -290,8 +321,15 @@ impl<'a> Supervisor<'a> {
                 break;
             };
             if role == Role::NativeSidecar {
+                // The next container starts once this one has started (Kubernetes' rule).
+                let ready = self.wait_started(index, &mut signals).await;
                 sidecars.push(driver);
-                continue;
+                match ready {
+                    Started::Yes => continue,
+                    Started::Failed => failed = true,
+                    Started::Interrupted(reason) => stop_reason = Some(reason),
+                }
+                break;
             }
             let Driver {
                 commands, mut done, ..
@@ -384,8 +422,6 @@ impl<'a> Supervisor<'a> {
             );
         }
         let deadline = Instant::now() + grace;
-        // Wasm sidecars learn it through their lifecycle interface.
-        self.state.stopping(deadline);
         for c in &regular_commands {
             let _ = c.send(Command::Stop { deadline });
         }
@@ -455,7 +491,7 @@ async fn drive(
             command = commands.recv() => match command {
                 Some(Command::Stop { deadline: d }) => {
                     if deadline.is_none() {
-                        running.terminate();
+                        running.terminate(d);
                     }
                     // A second Ctrl-C brings the deadline forward, never back.
                     deadline = Some(deadline.map_or(d, |old| old.min(d)));

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch};
-use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MainState {
@@ -30,10 +29,6 @@ pub struct MainStatus {
 pub enum PodEvent {
     MainStarted(String),
     MainExited(String, i32),
-    /// The pod is stopping; sidecars must be gone by the deadline.
-    Stopping {
-        deadline: Instant,
-    },
 }
 
 pub struct PodState {
@@ -109,10 +104,6 @@ impl PodState {
                 .events
                 .send(PodEvent::MainExited(name.to_string(), code));
         }
-    }
-
-    pub fn stopping(&self, deadline: Instant) {
-        let _ = self.events.send(PodEvent::Stopping { deadline });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<PodEvent> {
