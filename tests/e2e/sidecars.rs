@@ -63,7 +63,7 @@ spec:
   - name: probe
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:localhost, exit:0]
+    args: [ready, sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:localhost, exit:0]
     ports: [{{containerPort: 18412}}]
   containers:
 {}"#,
@@ -109,7 +109,7 @@ spec:
   - name: probe
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [sleep:300, connect:127.0.0.1:18420, sleep:200, connect:127.0.0.1:18420]
+    args: [ready, sleep:300, connect:127.0.0.1:18420, sleep:200, connect:127.0.0.1:18420]
   containers:
 {}"#,
                 replier(18420, reply)
@@ -258,11 +258,11 @@ spec:
   - name: watcher
     restartPolicy: Always
     image: SIDECARS/main-probe.wasm
-    args: [sleep:500, procs, stats:main, logs:main:2, signal:main:10, stats:nobody]
+    args: [ready, sleep:500, procs, stats:main, logs:main:2, signal:main:10, stats:nobody]
   - name: killer
     restartPolicy: Always
     image: SIDECARS/main-probe.wasm
-    args: [sleep:700, signal:main:10]
+    args: [ready, sleep:700, signal:main:10]
     securityContext:
       capabilities: {add: [KILL]}
   containers:
@@ -360,12 +360,12 @@ spec:
   - name: hungry
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [alloc:4, alloc:64, ready]
+    args: [ready, alloc:4, alloc:64]
     resources: {limits: {memory: 16Mi}}
   - name: crasher
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [trap]
+    args: [ready, trap]
   containers:
   - name: main
     command: [sh, -c, "sleep 1; echo main finished"]
@@ -381,6 +381,13 @@ spec:
     assert_ok(&run, "hungry", "alloc:4", "4 MiB");
     assert_err(&run, "hungry", "alloc:64");
     assert_ok(&run, "hungry", "ready", "told");
+    assert!(
+        run.events(Some("hungry"))
+            .iter()
+            .any(|e| e["event"] == "ready"),
+        "{}",
+        run.dump()
+    );
     assert!(run.has_line("crasher", "wasm trap:"), "{}", run.dump());
     assert_eq!(run.exit("crasher")["reason"], "Trapped", "{}", run.dump());
     assert!(run.has_line("main", "main finished"));
@@ -403,11 +410,11 @@ spec:
   - name: spinner
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [spin]
+    args: [ready, spin]
   - name: other
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [sleep:300, env:MARK, sleep:300, env:MARK]
+    args: [ready, sleep:300, env:MARK, sleep:300, env:MARK]
     env: [{name: MARK, value: still-running}]
   containers:
   - name: main

@@ -87,8 +87,8 @@ pub struct PreparedSidecar {
     pre: CommandPre<SidecarState>,
     /// Whether the compiled component came from the cache.
     pub cached: bool,
-    /// It imports `wpod:sidecar/lifecycle`: as a native sidecar it counts as started only once
-    /// it calls `ready()`.
+    /// It imports `lifecycle.ready`: as a native sidecar it counts as started only once it
+    /// calls it.
     pub signals_readiness: bool,
 }
 
@@ -115,12 +115,7 @@ impl PreparedSidecar {
                 "not a command component (no wasi:cli/run export): {e:#}"
             ))
         })?;
-        let imports = inspect::inspect(path)
-            .map_err(|e| link_err(e.to_string()))?
-            .imports;
-        let signals_readiness = imports
-            .iter()
-            .any(|i| i.name.starts_with("wpod:sidecar/lifecycle@"));
+        let signals_readiness = imports_ready(engine, &component);
         Ok(PreparedSidecar {
             plan: plan.clone(),
             pre,
@@ -131,6 +126,25 @@ impl PreparedSidecar {
 
     pub fn name(&self) -> &str {
         self.plan.name()
+    }
+}
+
+/// Whether the component imports `lifecycle.ready` (an imported instance lists only the
+/// functions the guest actually uses).
+fn imports_ready(engine: &Engine, component: &wasmtime::component::Component) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    let found = ty
+        .imports(engine)
+        .find(|(name, _)| name.starts_with("wpod:sidecar/lifecycle@"));
+    match found {
+        Some((_, ext)) => match ext.ty {
+            ComponentItem::ComponentInstance(instance) => {
+                instance.exports(engine).any(|(name, _)| name == "ready")
+            }
+            _ => false,
+        },
+        None => false,
     }
 }
 

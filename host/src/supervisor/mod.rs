@@ -49,6 +49,8 @@ struct Driver {
     index: usize,
     commands: mpsc::UnboundedSender<Command>,
     done: JoinHandle<ExitInfo>,
+    /// `done` was already awaited.
+    finished: bool,
 }
 
 /// Ctrl-C and SIGTERM to `wpod run`.
@@ -217,6 +219,7 @@ impl<'a> Supervisor<'a> {
                     index,
                     commands: tx,
                     done,
+                    finished: false,
                 })
             }
             Err(error) => {
@@ -256,9 +259,15 @@ impl<'a> Supervisor<'a> {
         WasmSidecar::start(prepared, &ctx)
     }
 
-    /// Waits until a native sidecar counts as started: a Wasm sidecar that imports `lifecycle`
-    /// once it calls `ready()`; any other as soon as it runs.
-    async fn wait_started(&mut self, index: usize, signals: &mut StopSignals) -> Started {
+    /// Waits until a native sidecar counts as started: a Wasm sidecar that imports
+    /// `lifecycle.ready` once it calls it; any other as soon as it runs. One that exits first
+    /// has failed to start.
+    async fn wait_started(
+        &mut self,
+        index: usize,
+        driver: &mut Driver,
+        signals: &mut StopSignals,
+    ) -> Started {
         let Some(prepared) = &self.prepared[index] else {
             return Started::Yes;
         };
@@ -276,6 +285,14 @@ impl<'a> Supervisor<'a> {
                 }
                 Err(_) => Started::Failed,
             },
+            exit = &mut driver.done => {
+                if let Ok(exit) = exit {
+                    self.record(index, exit);
+                }
+                self.events.emit(Some(&name), Event::FailedToStart { error: "exited before calling lifecycle.ready()".into() });
+                driver.finished = true;
+                Started::Failed
+            }
             reason = signals.recv() => Started::Interrupted(reason),
         }
     }
@@ -322,7 +339,8 @@ impl<'a> Supervisor<'a> {
             };
             if role == Role::NativeSidecar {
                 // The next container starts once this one has started (Kubernetes' rule).
-                let ready = self.wait_started(index, &mut signals).await;
+                let mut driver = driver;
+                let ready = self.wait_started(index, &mut driver, &mut signals).await;
                 sidecars.push(driver);
                 match ready {
                     Started::Yes => continue,
@@ -366,6 +384,7 @@ impl<'a> Supervisor<'a> {
                         index,
                         commands,
                         done,
+                        ..
                     }) => {
                         regular_commands.push(commands);
                         regular.spawn(async move {
@@ -443,8 +462,12 @@ impl<'a> Supervisor<'a> {
             index,
             commands,
             mut done,
+            finished,
         }) = sidecars.pop()
         {
+            if finished {
+                continue;
+            }
             let _ = commands.send(Command::Stop { deadline });
             let exit = tokio::select! {
                 exit = &mut done => exit,
