@@ -46,6 +46,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure Wasm sidecar start (cold, warm, restart) and idle memory on a real pod (root).
+    Bench {
+        /// The guest to start: the `probe` sidecar (target/sidecars/probe.wasm).
+        #[arg(long, default_value = "target/sidecars/probe.wasm")]
+        component: PathBuf,
+        /// Starts of each kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Idle sidecars for the memory figure.
+        #[arg(long, default_value_t = 50)]
+        density: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: the pod's namespace holder (started by `wpod run`).
     #[command(name = "__holder", hide = true)]
     Holder {

@@ -5,6 +5,7 @@
 //! create, in which order, with which grants) → `sandbox` (namespaces, volumes, cgroups) →
 //! `containers` (native processes) / `sidecars` (Wasm components) → `supervisor` (lifecycle).
 
+pub mod bench;
 pub mod containers;
 pub mod helper;
 pub mod logs;

@@ -54,6 +54,8 @@ pub enum OutputFormat {
     Text,
     /// One JSON object per line on stdout, for output and events alike.
     Json,
+    /// Nothing printed (log files and feeds only): for benchmarks.
+    Silent,
 }
 
 /// Where container output goes.
@@ -173,6 +175,7 @@ impl Logs {
         }
         let _guard = self.out.lock();
         match self.format {
+            OutputFormat::Silent => {}
             OutputFormat::Json => {
                 let record = JsonLine {
                     time: now,

@@ -58,6 +58,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => validate(&files),
         Command::Inspect { component, json } => inspect(&component, json),
         Command::Run { file, output } => run(&file, output),
+        Command::Bench {
+            component,
+            runs,
+            density,
+            json,
+        } => {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("wpod bench needs root: it creates a real pod sandbox");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(wpod::bench::run(&component, runs, density))?;
+            wpod::bench::print(&report, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup { pod } => {
             // Taking the pod's lock clears whatever an earlier run left; releasing it removes the rest.
             drop(wpod::sandbox::state::StateDir::acquire(&pod)?);

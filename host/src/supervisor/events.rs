@@ -66,6 +66,7 @@ impl Events {
     pub fn emit(&self, container: Option<&str>, event: Event) {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         match self.format {
+            OutputFormat::Silent => {}
             OutputFormat::Json => {
                 let record = Record {
                     time,
@@ -123,6 +124,7 @@ pub struct ContainerSummary {
 
 pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary]) {
     match format {
+        OutputFormat::Silent => {}
         OutputFormat::Json => {
             #[derive(Serialize)]
             struct Summary<'a> {

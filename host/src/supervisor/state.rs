@@ -117,6 +117,13 @@ impl PodState {
         });
     }
 
+    /// Forgets that a container was ready (it is starting again).
+    pub fn clear_ready(&self, name: &str) {
+        self.ready.send_modify(|r| {
+            r.remove(name);
+        });
+    }
+
     pub fn watch_ready(&self) -> watch::Receiver<HashSet<String>> {
         self.ready.subscribe()
     }

@@ -1,0 +1,331 @@
+//! `wpod bench`: how fast a Wasm sidecar starts and how little an idle one costs, measured on a
+//! real pod (namespaces, the pod's sidecar runtime) with the `probe` guest.
+//!
+//! Method: the guest's first action is `lifecycle.ready()`, so "first instruction" is the time
+//! from asking for the start until that host call arrives (instantiation and std's startup
+//! included); its second action connects to a listener on the pod's loopback, so "first
+//! connect" is the time until that listener accepts. Each start is measured
+//! - cold: compiling the component (empty cache), linking, pre-instantiating, starting;
+//! - warm: loading the precompiled component from the on-disk cache, linking, starting;
+//! - restart: starting again from the kept `InstancePre` (what a sidecar restart costs).
+//!
+//! Density: N idle sidecars (waiting for their stopping event) are started, and the runtime's
+//! resident memory before and after is compared.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::logs::{Logs, OutputFormat};
+use crate::plan::PodPlan;
+use crate::sandbox::namespaces::join_net;
+use crate::sandbox::PodSandbox;
+use crate::sidecars::runtime::PodRuntime;
+use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
+use crate::supervisor::state::PodState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench: {0}")]
+    Failed(String),
+}
+
+fn fail(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Failed(e.to_string())
+}
+
+/// Milliseconds of one kind of start, over the runs.
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    pub kind: &'static str,
+    pub runs: usize,
+    pub prepare_ms: Summary,
+    pub first_instruction_ms: Summary,
+    pub first_connect_ms: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = if v.is_empty() { 0.0 } else { v[v.len() / 2] };
+        Summary {
+            median,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Density {
+    pub sidecars: usize,
+    pub rss_before_mib: f64,
+    pub rss_after_mib: f64,
+    pub per_sidecar_kib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub component: String,
+    pub component_kib: u64,
+    pub timings: Vec<Timing>,
+    pub density: Density,
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A listener on the pod's loopback, created inside its network namespace.
+fn pod_listener(sandbox: &PodSandbox) -> Result<TcpListener, BenchError> {
+    let net = sandbox.namespaces.net_handle();
+    std::thread::spawn(move || {
+        join_net(net.as_fd()).map_err(fail)?;
+        TcpListener::bind("127.0.0.1:0").map_err(fail)
+    })
+    .join()
+    .map_err(|_| fail("listener thread panicked"))?
+}
+
+fn bench_plan(component: &Path, port: u16, args: &[String]) -> Result<PodPlan, BenchError> {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: wpod-bench}}\nspec:\n  containers:\n  - name: main\n    command: [sleep, \"1\"]\n  - name: sidecar\n    image: {}\n    args: [{}]\n",
+        component.display(),
+        args.iter().map(|a| format!("\"{}\"", a.replace("PORT", &port.to_string()))).collect::<Vec<_>>().join(", ")
+    );
+    let pods = crate::spec::parse(Path::new("<bench>"), &manifest).map_err(fail)?;
+    let pod = pods.into_iter().next().ok_or_else(|| fail("no pod"))?;
+    crate::plan::plan(&pod).map_err(fail)
+}
+
+/// Runs the benchmark; `runs` starts of each kind, `density` idle sidecars.
+pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
+    // A private state root: the cache starts empty, and nothing of the host's wpod is touched.
+    let root = std::env::temp_dir().join(format!("wpod-bench-{}", std::process::id()));
+    std::env::set_var("WPOD_ROOT", &root);
+    let result = measure(component, runs, density).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn measure(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
+    let probe_args = ["ready", "connect:127.0.0.1:PORT", "exit:0"].map(String::from);
+    // The sandbox comes from a plan with the real port once the listener exists.
+    let sandbox_plan = bench_plan(component, 1, &probe_args)?;
+    let sandbox = PodSandbox::create(&sandbox_plan).map_err(fail)?;
+    let listener = pod_listener(&sandbox)?;
+    let port = listener.local_addr().map_err(fail)?.port();
+    listener.set_nonblocking(true).map_err(fail)?;
+    let plan = bench_plan(component, port, &probe_args)?;
+    let sidecar_plan = plan
+        .containers
+        .iter()
+        .find(|c| c.image.is_wasm())
+        .cloned()
+        .ok_or_else(|| fail("no sidecar"))?;
+
+    let state = PodState::new(Vec::<String>::new());
+    let logs_dir = sandbox.log_dir();
+    let logs = Logs::new(logs_dir, OutputFormat::Silent);
+    let runtime = PodRuntime::new("wpod-bench", sandbox.namespaces.net_handle()).map_err(fail)?;
+    let ctx = PodContext {
+        pod: &plan.pod,
+        runtime: runtime.handle().map_err(fail)?,
+        state: state.clone(),
+        logs: logs.clone(),
+        volumes: &sandbox.volumes,
+    };
+
+    let mut timings = Vec::new();
+    let mut kept: Option<PreparedSidecar> = None;
+    for kind in ["cold", "warm", "restart"] {
+        let (mut prep, mut first, mut connect) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            if kind == "cold" {
+                let _ = std::fs::remove_dir_all(crate::sidecars::cache::dir());
+            }
+            let t0 = Instant::now();
+            let prepared = match (kind, &kept) {
+                ("restart", Some(p)) => p.clone(),
+                _ => PreparedSidecar::prepare(&sidecar_plan).map_err(fail)?,
+            };
+            let t_prepared = t0.elapsed();
+            let (t_ready, t_connect) = start_once(&prepared, &ctx, &state, &listener).await?;
+            prep.push(ms(t_prepared));
+            first.push(ms(t_prepared + t_ready));
+            connect.push(ms(t_prepared + t_connect));
+            kept = Some(prepared);
+        }
+        timings.push(Timing {
+            kind,
+            runs,
+            prepare_ms: Summary::of(prep),
+            first_instruction_ms: Summary::of(first),
+            first_connect_ms: Summary::of(connect),
+        });
+    }
+
+    // Density: idle sidecars waiting for their stopping event.
+    let idle_plan = bench_plan(component, port, &["ready".into(), "wait-stopping".into()])?;
+    let idle = PreparedSidecar::prepare(
+        idle_plan
+            .containers
+            .iter()
+            .find(|c| c.image.is_wasm())
+            .ok_or_else(|| fail("no sidecar"))?,
+    )
+    .map_err(fail)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_bytes();
+    let mut running = Vec::new();
+    for _ in 0..density {
+        running.push(WasmSidecar::start(&idle, &ctx).map_err(fail)?);
+    }
+    let mut ready = state.watch_ready();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        ready.wait_for(|r| r.contains("sidecar")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes();
+    for s in &running {
+        s.kill();
+    }
+    for mut s in running {
+        let _ = s.exited().await;
+    }
+    let density = Density {
+        sidecars: density,
+        rss_before_mib: before as f64 / 1048576.0,
+        rss_after_mib: after as f64 / 1048576.0,
+        per_sidecar_kib: if density == 0 {
+            0.0
+        } else {
+            after.saturating_sub(before) as f64 / 1024.0 / density as f64
+        },
+    };
+    drop(runtime);
+    drop(sandbox);
+    let component_kib = std::fs::metadata(component)
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
+    Ok(Report {
+        component: component.display().to_string(),
+        component_kib,
+        timings,
+        density,
+    })
+}
+
+/// Starts the sidecar once; returns the times to its `ready()` call and to its connection.
+async fn start_once(
+    prepared: &PreparedSidecar,
+    ctx: &PodContext<'_>,
+    state: &Arc<PodState>,
+    listener: &TcpListener,
+) -> Result<(Duration, Duration), BenchError> {
+    state.clear_ready("sidecar");
+    let mut ready = state.watch_ready();
+    let t0 = Instant::now();
+    let mut sidecar = WasmSidecar::start(prepared, ctx).map_err(fail)?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        ready.wait_for(|r| r.contains("sidecar")),
+    )
+    .await
+    .map_err(|_| fail("the guest never called ready()"))?
+    .map_err(fail)?;
+    let t_ready = t0.elapsed();
+    let t_connect = loop {
+        match listener.accept() {
+            Ok(_) => break t0.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    return Err(fail("the guest never connected"));
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    let exit = sidecar.exited().await;
+    if exit.code != 0 {
+        return Err(fail(format!("the bench guest exited with {}", exit.code)));
+    }
+    Ok((t_ready, t_connect))
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "component: {} ({} KiB)",
+            self.component, self.component_kib
+        )?;
+        writeln!(
+            f,
+            "{:<8} {:>5} {:>22} {:>26} {:>26}",
+            "start", "runs", "prepare ms (median)", "first instruction ms", "first connect ms"
+        )?;
+        for t in &self.timings {
+            writeln!(
+                f,
+                "{:<8} {:>5} {:>22.2} {:>16.2} [{:.2}-{:.2}] {:>16.2} [{:.2}-{:.2}]",
+                t.kind,
+                t.runs,
+                t.prepare_ms.median,
+                t.first_instruction_ms.median,
+                t.first_instruction_ms.min,
+                t.first_instruction_ms.max,
+                t.first_connect_ms.median,
+                t.first_connect_ms.min,
+                t.first_connect_ms.max
+            )?;
+        }
+        let d = &self.density;
+        writeln!(
+            f,
+            "density: {} idle sidecars: RSS {:.1} MiB -> {:.1} MiB, {:.0} KiB per sidecar",
+            d.sidecars, d.rss_before_mib, d.rss_after_mib, d.per_sidecar_kib
+        )
+    }
+}
+
+pub fn print(report: &Report, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        let _ = write!(out, "{report}");
+    }
+}
