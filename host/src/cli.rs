@@ -31,6 +31,10 @@ pub enum Command {
         /// How to print pod events.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// First restart delay of kubelet's back-off (doubling up to 30x, reset after 60x of
+        /// running): lower it to see restarts sooner, e.g. `1s`.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        backoff_base: humantime::Duration,
     },
     /// Check manifests and print every problem as file:line:col: field: message.
     Validate {
@@ -72,6 +76,14 @@ pub enum Command {
     /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
     #[command(name = "__cleanup", hide = true)]
     Cleanup { pod: String },
+    /// Internal: run a command inside a running container (probes and hooks).
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        launch_spec: PathBuf,
+        pid: i32,
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },

@@ -27,6 +27,11 @@ fn main() -> ExitCode {
             share_pid,
         } => wpod::sandbox::holder::main(hostname, *share_pid),
         Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
+        Command::Exec {
+            launch_spec,
+            pid,
+            argv,
+        } => wpod::containers::exec::main(launch_spec, *pid, argv),
         _ => {}
     }
     init_tracing(&cli.log_level);
@@ -57,7 +62,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { files } => validate(&files),
         Command::Inspect { component, json } => inspect(&component, json),
-        Command::Run { file, output } => run(&file, output),
+        Command::Run {
+            file,
+            output,
+            backoff_base,
+        } => run(&file, output, backoff_base.into()),
         Command::Bench {
             component,
             runs,
@@ -80,7 +89,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             drop(wpod::sandbox::state::StateDir::acquire(&pod)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Holder { .. } | Command::ContainerShim { .. } => unreachable!("handled in main"),
+        Command::Holder { .. } | Command::ContainerShim { .. } | Command::Exec { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -125,7 +136,7 @@ fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
+fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow::Result<ExitCode> {
     let mut plans = wpod::load_plan(file)?;
     if plans.len() != 1 {
         bail!(
@@ -156,8 +167,9 @@ fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
     let prepared =
         prepare_sidecars(&plan).with_context(|| format!("pod {name} failed to start"))?;
     let code = runtime.block_on(async {
-        let sandbox =
-            PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?;
+        let sandbox = Arc::new(
+            PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,
+        );
         let events = Arc::new(Events::new(&name, format));
         events.emit(
             None,
@@ -169,10 +181,12 @@ fn run(file: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
             events.emit(None, Event::Warning { message: w.clone() });
         }
         let logs = Logs::new(sandbox.log_dir(), format);
-        let supervisor = Supervisor::new(&plan, &sandbox, prepared, logs, events)
+        let plan = Arc::new(plan);
+        let supervisor = Supervisor::new(plan, sandbox.clone(), prepared, logs, events, backoff)
             .with_context(|| format!("pod {name} failed to start"))?;
         let result = supervisor.run().await;
         print_summary(format, &name, &result.summary);
+        // Everything that shared the sandbox has ended; tear it down now, inside the runtime.
         drop(sandbox);
         anyhow::Ok(result.exit_code)
     })?;

@@ -120,6 +120,7 @@ kind: Pod
 metadata: {{name: {name}}}
 spec:
   shareProcessNamespace: {share}
+  restartPolicy: Never
   terminationGracePeriodSeconds: 1
   initContainers:
   - name: napper
@@ -279,6 +280,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: bad-start}
 spec:
+  restartPolicy: Never
   containers:
   - name: main
     command: [sleep, "5"]
@@ -286,7 +288,9 @@ spec:
 "#,
     );
     let run = pod.run(LONG);
-    assert_eq!(run.code, Some(1), "{}", run.dump());
+    // As containerd reports a container that could not start: exit code 128, StartError.
+    assert_eq!(run.code, Some(128), "{}", run.dump());
+    assert_eq!(run.exit("main")["reason"], "StartError", "{}", run.dump());
     let failed: Vec<_> = run
         .events(Some("main"))
         .into_iter()
@@ -307,13 +311,14 @@ apiVersion: v1
 kind: Pod
 metadata: {name: missing-cmd}
 spec:
+  restartPolicy: Never
   containers:
   - name: main
     command: [no-such-program-wpod]
 "#,
     );
     let run = missing.run(LONG);
-    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_eq!(run.code, Some(128), "{}", run.dump());
     let error = run
         .events(Some("main"))
         .iter()

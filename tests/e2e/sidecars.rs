@@ -258,11 +258,11 @@ spec:
   - name: watcher
     restartPolicy: Always
     image: SIDECARS/main-probe.wasm
-    args: [ready, sleep:500, procs, stats:main, logs:main:2, signal:main:10, stats:nobody]
+    args: [ready, wait-main-started, logs:main:2, procs, stats:main, signal:main:10, stats:nobody]
   - name: killer
     restartPolicy: Always
     image: SIDECARS/main-probe.wasm
-    args: [ready, sleep:700, signal:main:10]
+    args: [ready, wait-main-started, sleep:300, signal:main:10]
     securityContext:
       capabilities: {add: [KILL]}
   containers:
@@ -418,7 +418,7 @@ spec:
     env: [{name: MARK, value: still-running}]
   containers:
   - name: main
-    command: [sh, -c, "sleep 1.5; echo main done"]
+    command: [sh, -c, "sleep 3; echo main done"]
 "#,
     );
     let started = std::time::Instant::now();

@@ -18,7 +18,7 @@ pub use wpod::sidecar::{lifecycle, main_process};
 
 pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT listen:PORT serve:PORT:TEXT read:PATH \
      write:PATH:TEXT symlink:TARGET:LINK ls:DIR resolve:HOST alloc:MIB spin trap ready sleep:MS \
-     wait-stopping exit:CODE env:NAME; main-probe adds procs stats:NAME logs:NAME:N signal:NAME:SIG";
+     wait-main-started wait-stopping exit:CODE env:NAME; main-probe adds procs stats:NAME logs:NAME:N signal:NAME:SIG";
 
 /// An action a binary adds to the common ones; `None` when it does not know the verb.
 pub type Extra = fn(verb: &str, rest: &str) -> Option<Result<String, String>>;
@@ -103,6 +103,11 @@ fn run(verb: &str, rest: &str) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(rest.parse().map_err(|_| "bad ms")?));
             Ok("slept".into())
         }
+        "wait-main-started" => loop {
+            if let Some(lifecycle::Event::MainStarted(name)) = lifecycle::next_event(60_000) {
+                return Ok(name);
+            }
+        },
         "wait-stopping" => loop {
             if let Some(lifecycle::Event::Stopping(ms)) = lifecycle::next_event(60_000) {
                 return Ok(format!("stopping with {ms} ms left"));

@@ -2,6 +2,7 @@
 //! their root filesystem (`rootfs.rs`) and privileges (`security.rs`) set up as a container
 //! runtime does.
 
+pub mod exec;
 pub mod launch;
 pub mod rootfs;
 pub mod security;
@@ -77,6 +78,7 @@ impl ExitInfo {
 /// A running native container.
 pub struct NativeContainer {
     name: String,
+    spec_path: PathBuf,
     shim: tokio::process::Child,
     /// Host PID of the container's process.
     pub pid: i32,
@@ -237,6 +239,7 @@ impl NativeContainer {
         let report = read_report(report_read).await;
         let mut container = NativeContainer {
             name: name.clone(),
+            spec_path: spec_path.clone(),
             shim,
             pid: 0,
             cgroup,
@@ -315,9 +318,42 @@ impl NativeContainer {
         self.cgroup.kill_all();
     }
 
+    /// What it takes to run commands inside this container, detached from it (probes run
+    /// beside the task that owns the container).
+    pub fn exec_target(&self) -> ExecTarget {
+        ExecTarget {
+            spec_path: self.spec_path.clone(),
+            pid: self.pid,
+        }
+    }
+
     /// PIDs of every process in the container (host view).
     pub fn pids(&self) -> Vec<i32> {
         self.cgroup.pids()
+    }
+}
+
+/// A running container commands can be executed in.
+#[derive(Clone, Debug)]
+pub struct ExecTarget {
+    spec_path: PathBuf,
+    pid: i32,
+}
+
+impl ExecTarget {
+    /// A command that runs `argv` inside the container (`wpod __exec`); killed when dropped.
+    pub fn command(&self, argv: &[String]) -> std::io::Result<tokio::process::Command> {
+        let mut cmd = helper_command("__exec")?;
+        cmd.arg(&self.spec_path)
+            .arg(self.pid.to_string())
+            .arg("--")
+            .args(argv);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        Ok(cmd)
     }
 }
 

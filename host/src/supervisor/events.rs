@@ -16,15 +16,38 @@ pub enum Event {
     PodStarted {
         hostname: String,
     },
+    #[serde(rename_all = "camelCase")]
     Started {
         pid: Option<i32>,
+        restarts: u32,
     },
     Ready,
+    NotReady,
+    /// One failed probe attempt.
+    ProbeFailed {
+        probe: &'static str,
+        message: String,
+    },
+    /// A startup or liveness probe gave up: the container is killed and restarted per policy.
+    Unhealthy {
+        message: String,
+    },
+    HookFailed {
+        hook: &'static str,
+        message: String,
+    },
+    /// The container will be restarted after this delay (kubelet's back-off).
+    #[serde(rename_all = "camelCase")]
+    BackOff {
+        restart_in_ms: u64,
+        restarts: u32,
+    },
     Exited(ExitInfo),
     FailedToStart {
         error: String,
     },
     /// The pod is stopping; containers have this long to exit.
+    #[serde(rename_all = "camelCase")]
     PodStopping {
         reason: String,
         grace_seconds: i64,
@@ -33,6 +56,7 @@ pub enum Event {
     Warning {
         message: String,
     },
+    #[serde(rename_all = "camelCase")]
     PodFinished {
         exit_code: i32,
     },
@@ -95,9 +119,29 @@ impl Events {
 fn describe(e: &Event) -> String {
     match e {
         Event::PodStarted { hostname } => format!("sandbox ready (hostname {hostname})"),
-        Event::Started { pid: Some(pid) } => format!("started (pid {pid})"),
-        Event::Started { pid: None } => "started".to_string(),
+        Event::Started { pid, restarts } => {
+            let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            let again = if *restarts > 0 {
+                format!(", restart {restarts}")
+            } else {
+                String::new()
+            };
+            format!("started{pid}{again}")
+        }
         Event::Ready => "ready".to_string(),
+        Event::NotReady => "not ready".to_string(),
+        Event::ProbeFailed { probe, message } => format!("{probe} probe failed: {message}"),
+        Event::Unhealthy { message } => format!("unhealthy, restarting: {message}"),
+        Event::HookFailed { hook, message } => format!("{hook} hook failed: {message}"),
+        Event::BackOff {
+            restart_in_ms,
+            restarts,
+        } => {
+            format!(
+                "back-off: restart {restarts} in {:.1}s",
+                *restart_in_ms as f64 / 1000.0
+            )
+        }
         Event::Exited(x) => match x.signal {
             Some(sig) => format!("exited with code {} (signal {sig}, {})", x.code, x.reason),
             None => format!("exited with code {} ({})", x.code, x.reason),
@@ -120,6 +164,8 @@ pub struct ContainerSummary {
     pub name: String,
     pub restarts: u32,
     pub exit: Option<ExitInfo>,
+    /// Set when it ended waiting to be restarted (CrashLoopBackOff).
+    pub waiting: Option<&'static str>,
 }
 
 pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary]) {
@@ -150,7 +196,7 @@ pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary])
             );
             for r in rows {
                 let (code, reason) = match &r.exit {
-                    Some(x) => (x.code.to_string(), x.reason),
+                    Some(x) => (x.code.to_string(), r.waiting.unwrap_or(x.reason)),
                     None => ("-".to_string(), "NotStarted"),
                 };
                 let _ = writeln!(

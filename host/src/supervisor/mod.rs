@@ -1,29 +1,36 @@
-//! The supervisor drives a pod's containers through their lives with Kubernetes' ordering: init
-//! containers one by one, native sidecars started in their place and kept running, then all
-//! regular containers together; on completion or on Ctrl-C/SIGTERM, regular containers stop
-//! first and sidecars after them in reverse start order, all within the grace period.
+//! The supervisor drives a pod's containers with Kubernetes' ordering: init containers one by
+//! one, each to success; native sidecars (init containers with `restartPolicy: Always`) started
+//! in their place, the next container waiting until they have started; then all regular
+//! containers together. The pod ends when every regular container is done (per the restart
+//! policy) or on Ctrl-C/SIGTERM: regular containers stop first, then native sidecars in reverse
+//! start order, all by one deadline (`terminationGracePeriodSeconds`); a second Ctrl-C kills at
+//! once.
 //!
-//! Each running container is owned by a driver task that waits for it and obeys stop commands;
-//! the supervisor only sends commands and collects outcomes.
+//! Each container lives in its own runner task (`runner.rs`: start, hooks, probes, restarts);
+//! the supervisor sends commands and collects outcomes.
 
+pub mod actions;
+pub mod backoff;
 pub mod events;
+pub mod probes;
+pub mod runner;
 pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::containers::{ExitInfo, NativeContainer, DEFAULT_PIDS_LIMIT};
 use crate::logs::Logs;
-use crate::plan::{ContainerPlan, PodPlan, Role};
+use crate::plan::{PodPlan, Role};
 use crate::sandbox::PodSandbox;
-use crate::sidecars::runtime::PodRuntime;
-use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
+use crate::sidecars::runtime::{PodRuntime, RuntimeError};
+use crate::sidecars::{PreparedSidecar, SidecarError};
 use events::{ContainerSummary, Event, Events};
+use runner::{Command, Outcome, PodRun, Progress};
 use state::PodState;
 
 /// How the pod ended.
@@ -31,26 +38,6 @@ pub struct PodResult {
     /// The main (first regular) container's exit code, or 1 if the pod failed before it ran.
     pub exit_code: i32,
     pub summary: Vec<ContainerSummary>,
-}
-
-enum Started {
-    Yes,
-    Failed,
-    Interrupted(&'static str),
-}
-
-enum Command {
-    /// Stop gracefully; kill at the deadline.
-    Stop { deadline: Instant },
-}
-
-/// A container owned by its driver task.
-struct Driver {
-    index: usize,
-    commands: mpsc::UnboundedSender<Command>,
-    done: JoinHandle<ExitInfo>,
-    /// `done` was already awaited.
-    finished: bool,
 }
 
 /// Ctrl-C and SIGTERM to `wpod run`.
@@ -75,69 +62,49 @@ impl StopSignals {
     }
 }
 
-/// A running container of either kind.
-enum Running {
-    Native(NativeContainer),
-    Wasm(WasmSidecar),
+/// A container's runner, seen from the supervisor.
+struct Handle {
+    index: usize,
+    commands: mpsc::UnboundedSender<Command>,
+    progress: watch::Receiver<Progress>,
+    done: JoinHandle<Outcome>,
 }
 
-impl Running {
-    fn name(&self) -> &str {
-        match self {
-            Running::Native(c) => c.name(),
-            Running::Wasm(s) => s.name(),
-        }
-    }
-
-    /// Waits for the end (cancel-safe), then collects how it ended.
-    async fn exited(&mut self) -> ExitInfo {
-        match self {
-            Running::Native(c) => {
-                let status = c.exited().await;
-                c.finish(status).await
-            }
-            Running::Wasm(s) => s.exited().await,
-        }
-    }
-
-    /// The polite request to stop: SIGTERM for a process, the `stopping` lifecycle event (with
-    /// the time left) for a Wasm sidecar.
-    fn terminate(&self, deadline: Instant) {
-        match self {
-            Running::Native(c) => c.signal(nix::sys::signal::Signal::SIGTERM),
-            Running::Wasm(s) => s.stopping(deadline),
-        }
-    }
-
-    fn kill(&self) {
-        match self {
-            Running::Native(c) => c.kill_all(),
-            Running::Wasm(s) => s.kill(),
-        }
+impl Handle {
+    fn stop(&self, deadline: Instant) {
+        let _ = self.commands.send(Command::Stop { deadline });
     }
 }
 
-pub struct Supervisor<'a> {
-    plan: &'a PodPlan,
-    sandbox: &'a PodSandbox,
-    logs: Arc<Logs>,
-    events: Arc<Events>,
-    state: Arc<PodState>,
-    prepared: Vec<Option<PreparedSidecar>>,
-    runtime: Option<PodRuntime>,
+pub struct Supervisor {
+    run: Arc<PodRun>,
     summary: Vec<ContainerSummary>,
-    pids_limit: u64,
 }
 
-impl<'a> Supervisor<'a> {
-    /// `prepared` holds the prepared Wasm sidecars (see [`prepare_sidecars`]).
+/// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
+/// pod, before anything of the pod exists: a component that cannot run fails here.
+pub fn prepare_sidecars(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
+    plan.containers
+        .iter()
+        .map(|c| {
+            if c.image.is_wasm() {
+                PreparedSidecar::prepare(c).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect()
+}
+
+impl Supervisor {
     pub fn new(
-        plan: &'a PodPlan,
-        sandbox: &'a PodSandbox,
+        plan: Arc<PodPlan>,
+        sandbox: Arc<PodSandbox>,
         prepared: Vec<Option<PreparedSidecar>>,
         logs: Arc<Logs>,
         events: Arc<Events>,
-    ) -> Result<Self, crate::sidecars::runtime::RuntimeError> {
+        backoff_base: Duration,
+    ) -> Result<Self, RuntimeError> {
         let summary = plan
             .containers
             .iter()
@@ -145,15 +112,9 @@ impl<'a> Supervisor<'a> {
                 name: c.name().to_string(),
                 restarts: 0,
                 exit: None,
+                waiting: None,
             })
             .collect();
-        let pids_limit = plan
-            .pod
-            .metadata
-            .annotations
-            .get("wpod.dev/pids-limit")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_PIDS_LIMIT);
         // The main containers a sidecar's `main-process` sees: the regular native ones.
         let mains = plan
             .containers
@@ -168,7 +129,8 @@ impl<'a> Supervisor<'a> {
             )?),
             false => None,
         };
-        Ok(Supervisor {
+        let pids_limit = PodRun::pids_limit(&plan);
+        let run = PodRun {
             plan,
             sandbox,
             logs,
@@ -176,137 +138,40 @@ impl<'a> Supervisor<'a> {
             state,
             prepared,
             runtime,
-            summary,
+            backoff_base,
             pids_limit,
+        };
+        Ok(Supervisor {
+            run: Arc::new(run),
+            summary,
         })
     }
 
-    /// The pod's shared state (main containers, readiness, lifecycle events).
-    pub fn state(&self) -> Arc<PodState> {
-        self.state.clone()
-    }
-
-    fn grace(&self) -> Duration {
-        Duration::from_secs(self.plan.pod.spec.termination_grace_period_seconds.max(0) as u64)
-    }
-
-    /// Starts a container and hands it to a driver task.
-    async fn start(&mut self, index: usize) -> Option<Driver> {
-        let plan: &ContainerPlan = &self.plan.containers[index];
-        let name = plan.name().to_string();
-        let started = match &self.prepared[index] {
-            Some(prepared) => self
-                .start_wasm(prepared)
-                .map(Running::Wasm)
-                .map_err(|e| e.to_string()),
-            None => NativeContainer::start(plan, self.sandbox, &self.logs, self.pids_limit)
-                .await
-                .map(Running::Native)
-                .map_err(|e| e.to_string()),
-        };
-        match started {
-            Ok(running) => {
-                let pid = match &running {
-                    Running::Native(c) => Some(c.pid),
-                    Running::Wasm(_) => None,
-                };
-                self.events.emit(Some(&name), Event::Started { pid });
-                self.state.started(&name, pid.unwrap_or(0));
-                let (tx, rx) = mpsc::unbounded_channel();
-                let done =
-                    tokio::spawn(drive(running, rx, self.events.clone(), self.state.clone()));
-                Some(Driver {
-                    index,
-                    commands: tx,
-                    done,
-                    finished: false,
-                })
-            }
-            Err(error) => {
-                self.events
-                    .emit(Some(&name), Event::FailedToStart { error });
-                None
-            }
+    fn spawn(&self, index: usize) -> Handle {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = watch::channel(Progress::Starting);
+        let done = tokio::spawn(runner::run(self.run.clone(), index, rx, progress_tx));
+        Handle {
+            index,
+            commands,
+            progress,
+            done,
         }
     }
 
-    fn start_wasm(
-        &self,
-        prepared: &PreparedSidecar,
-    ) -> Result<WasmSidecar, crate::sidecars::SidecarError> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .map(|r| r.handle())
-            .transpose()
-            .map_err(|e| crate::sidecars::SidecarError::Start {
-                container: prepared.name().to_string(),
-                message: e.to_string(),
-            })?;
-        let Some(runtime) = runtime else {
-            return Err(crate::sidecars::SidecarError::Start {
-                container: prepared.name().into(),
-                message: "no sidecar runtime".into(),
-            });
-        };
-        let ctx = PodContext {
-            pod: &self.plan.pod,
-            runtime,
-            state: self.state.clone(),
-            logs: self.logs.clone(),
-            volumes: &self.sandbox.volumes,
-        };
-        WasmSidecar::start(prepared, &ctx)
+    fn record(&mut self, index: usize, outcome: Outcome) {
+        let row = &mut self.summary[index];
+        row.restarts = outcome.restarts;
+        row.exit = outcome.exit;
+        row.waiting = outcome.waiting;
     }
 
-    /// Waits until a native sidecar counts as started: a Wasm sidecar that imports
-    /// `lifecycle.ready` once it calls it; any other as soon as it runs. One that exits first
-    /// has failed to start.
-    async fn wait_started(
-        &mut self,
-        index: usize,
-        driver: &mut Driver,
-        signals: &mut StopSignals,
-    ) -> Started {
-        let Some(prepared) = &self.prepared[index] else {
-            return Started::Yes;
-        };
-        if !prepared.signals_readiness {
-            return Started::Yes;
-        }
-        let name = prepared.name().to_string();
-        let mut ready = self.state.watch_ready();
-        let became_ready = ready.wait_for(|r| r.contains(&name));
-        tokio::select! {
-            result = became_ready => match result {
-                Ok(_) => {
-                    self.events.emit(Some(&name), Event::Ready);
-                    Started::Yes
-                }
-                Err(_) => Started::Failed,
-            },
-            exit = &mut driver.done => {
-                if let Ok(exit) = exit {
-                    self.record(index, exit);
-                }
-                self.events.emit(Some(&name), Event::FailedToStart { error: "exited before calling lifecycle.ready()".into() });
-                driver.finished = true;
-                Started::Failed
-            }
-            reason = signals.recv() => Started::Interrupted(reason),
-        }
-    }
-
-    fn record(&mut self, index: usize, exit: ExitInfo) {
-        self.summary[index].exit = Some(exit);
-    }
-
-    /// Runs the pod to its end; the sandbox is torn down by the caller.
+    /// Runs the pod to its end; the caller tears the sandbox down afterwards.
     pub async fn run(mut self) -> PodResult {
         let mut signals = match StopSignals::install() {
             Ok(s) => s,
             Err(e) => {
-                self.events.emit(
+                self.run.events.emit(
                     None,
                     Event::Warning {
                         message: format!("cannot catch Ctrl-C/SIGTERM: {e}"),
@@ -318,55 +183,52 @@ impl<'a> Supervisor<'a> {
                 };
             }
         };
-        let mut sidecars: Vec<Driver> = Vec::new();
-        let mut regular: JoinSet<(usize, ExitInfo)> = JoinSet::new();
-        let mut regular_commands = Vec::new();
-        let mut failed = false;
-        let mut stop_reason: Option<&'static str> = None;
-
-        // Init containers in order; native sidecars start in their place and keep running.
+        let grace = self.run.grace();
         let order: Vec<(usize, Role)> = self
+            .run
             .plan
             .containers
             .iter()
             .enumerate()
             .map(|(i, c)| (i, c.role))
             .collect();
+        let mut sidecars: Vec<Handle> = Vec::new();
+        let mut failed = false;
+        let mut stop_reason: Option<&'static str> = None;
+
+        // Init containers in order; native sidecars start in their place and keep running.
         for &(index, role) in order.iter().filter(|(_, r)| *r != Role::Regular) {
-            let Some(driver) = self.start(index).await else {
-                failed = true;
-                break;
-            };
+            let mut handle = self.spawn(index);
             if role == Role::NativeSidecar {
-                // The next container starts once this one has started (Kubernetes' rule).
-                let mut driver = driver;
-                let ready = self.wait_started(index, &mut driver, &mut signals).await;
-                sidecars.push(driver);
-                match ready {
-                    Started::Yes => continue,
-                    Started::Failed => failed = true,
-                    Started::Interrupted(reason) => stop_reason = Some(reason),
+                let started = tokio::select! {
+                    p = handle.progress.wait_for(|p| *p != Progress::Starting) => p.map(|p| *p == Progress::Started).unwrap_or(false),
+                    reason = signals.recv() => {
+                        stop_reason = Some(reason);
+                        false
+                    }
+                };
+                sidecars.push(handle);
+                if started {
+                    continue;
                 }
+                failed = stop_reason.is_none();
                 break;
             }
-            let Driver {
-                commands, mut done, ..
-            } = driver;
-            let exit = tokio::select! {
-                exit = &mut done => exit,
+            let outcome = tokio::select! {
+                outcome = &mut handle.done => outcome.ok(),
                 reason = signals.recv() => {
                     stop_reason = Some(reason);
-                    let _ = commands.send(Command::Stop { deadline: Instant::now() + self.grace() });
-                    done.await
+                    handle.stop(Instant::now() + grace);
+                    (&mut handle.done).await.ok()
                 }
             };
-            let exit = exit.unwrap_or_else(|_| ExitInfo {
-                code: 1,
-                signal: None,
-                reason: "Error",
-            });
-            let ok = exit.code == 0;
-            self.record(index, exit);
+            let ok = outcome
+                .as_ref()
+                .and_then(|o| o.exit.as_ref())
+                .is_some_and(|x| x.code == 0);
+            if let Some(outcome) = outcome {
+                self.record(index, outcome);
+            }
             if stop_reason.is_some() {
                 break;
             }
@@ -376,43 +238,25 @@ impl<'a> Supervisor<'a> {
             }
         }
 
-        // Then all regular containers together.
+        // Then all regular containers together, until each is done or the pod is told to stop.
+        let mut regular: JoinSet<(usize, Option<Outcome>)> = JoinSet::new();
+        let mut regular_commands = Vec::new();
         if !failed && stop_reason.is_none() {
             for &(index, _) in order.iter().filter(|(_, r)| *r == Role::Regular) {
-                match self.start(index).await {
-                    Some(Driver {
-                        index,
-                        commands,
-                        done,
-                        ..
-                    }) => {
-                        regular_commands.push(commands);
-                        regular.spawn(async move {
-                            (
-                                index,
-                                done.await.unwrap_or(ExitInfo {
-                                    code: 1,
-                                    signal: None,
-                                    reason: "Error",
-                                }),
-                            )
-                        });
-                    }
-                    None => {
-                        failed = true;
-                        break;
-                    }
-                }
+                let Handle {
+                    index,
+                    commands,
+                    done,
+                    ..
+                } = self.spawn(index);
+                regular_commands.push(commands);
+                regular.spawn(async move { (index, done.await.ok()) });
             }
-        }
-
-        // Until every regular container has exited, or the pod is asked to stop.
-        if !failed && stop_reason.is_none() {
             loop {
                 tokio::select! {
                     next = regular.join_next() => match next {
-                        Some(Ok((index, exit))) => self.record(index, exit),
-                        Some(Err(_)) => {}
+                        Some(Ok((index, Some(outcome)))) => self.record(index, outcome),
+                        Some(_) => {}
                         None => break,
                     },
                     reason = signals.recv() => {
@@ -423,16 +267,14 @@ impl<'a> Supervisor<'a> {
             }
         }
 
-        // Termination: regular containers first, then sidecars in reverse start order, all
-        // by one deadline; a second Ctrl-C kills at once.
-        let grace = self.grace();
+        // Termination: regular containers first, then native sidecars in reverse start order.
         let reason = match (stop_reason, failed) {
             (Some(r), _) => r,
             (None, true) => "a container failed",
             (None, false) => "all containers completed",
         };
         if !regular.is_empty() || !sidecars.is_empty() {
-            self.events.emit(
+            self.run.events.emit(
                 None,
                 Event::PodStopping {
                     reason: reason.to_string(),
@@ -447,8 +289,8 @@ impl<'a> Supervisor<'a> {
         while !regular.is_empty() {
             tokio::select! {
                 next = regular.join_next() => {
-                    if let Some(Ok((index, exit))) = next {
-                        self.record(index, exit);
+                    if let Some(Ok((index, Some(outcome)))) = next {
+                        self.record(index, outcome);
                     }
                 }
                 _ = signals.recv() => {
@@ -458,26 +300,17 @@ impl<'a> Supervisor<'a> {
                 }
             }
         }
-        while let Some(Driver {
-            index,
-            commands,
-            mut done,
-            finished,
-        }) = sidecars.pop()
-        {
-            if finished {
-                continue;
-            }
-            let _ = commands.send(Command::Stop { deadline });
-            let exit = tokio::select! {
-                exit = &mut done => exit,
+        while let Some(mut handle) = sidecars.pop() {
+            handle.stop(deadline);
+            let outcome = tokio::select! {
+                outcome = &mut handle.done => outcome.ok(),
                 _ = signals.recv() => {
-                    let _ = commands.send(Command::Stop { deadline: Instant::now() });
-                    done.await
+                    handle.stop(Instant::now());
+                    (&mut handle.done).await.ok()
                 }
             };
-            if let Ok(exit) = exit {
-                self.record(index, exit);
+            if let Some(outcome) = outcome {
+                self.record(handle.index, outcome);
             }
         }
 
@@ -490,68 +323,10 @@ impl<'a> Supervisor<'a> {
             Some(x) if x.code != 0 => x.code,
             _ => 1,
         };
-        self.events.emit(None, Event::PodFinished { exit_code });
+        self.run.events.emit(None, Event::PodFinished { exit_code });
         PodResult {
             exit_code,
             summary: self.summary,
         }
     }
-}
-
-/// Owns one running container until it ends.
-async fn drive(
-    mut running: Running,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    events: Arc<Events>,
-    state: Arc<PodState>,
-) -> ExitInfo {
-    let name = running.name().to_string();
-    let mut deadline: Option<Instant> = None;
-    let mut killed = false;
-    let exit = loop {
-        tokio::select! {
-            exit = running.exited() => break exit,
-            command = commands.recv() => match command {
-                Some(Command::Stop { deadline: d }) => {
-                    if deadline.is_none() {
-                        running.terminate(d);
-                    }
-                    // A second Ctrl-C brings the deadline forward, never back.
-                    deadline = Some(deadline.map_or(d, |old| old.min(d)));
-                }
-                None => break running.exited().await,
-            },
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !killed => {
-                running.kill();
-                killed = true;
-            }
-        }
-    };
-    if killed {
-        events.emit(Some(&name), Event::Killed);
-    }
-    state.exited(&name, exit.code);
-    events.emit(Some(&name), Event::Exited(exit.clone()));
-    exit
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
-}
-
-/// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
-/// pod, before anything of the pod exists: a component that cannot run fails here.
-pub fn prepare_sidecars(
-    plan: &PodPlan,
-) -> Result<Vec<Option<PreparedSidecar>>, crate::sidecars::SidecarError> {
-    plan.containers
-        .iter()
-        .map(|c| {
-            if c.image.is_wasm() {
-                PreparedSidecar::prepare(c).map(Some)
-            } else {
-                Ok(None)
-            }
-        })
-        .collect()
 }

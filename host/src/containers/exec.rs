@@ -1,0 +1,98 @@
+//! `wpod __exec LAUNCH.json PID -- COMMAND...`: runs a command inside a running native container
+//! (for exec probes and lifecycle hooks), as `kubectl exec` would: in the container's cgroup and
+//! namespaces (its mount namespace gives its root), with its environment and privileges.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use super::launch::{LaunchSpec, EXIT_SETUP_FAILED};
+use super::security;
+
+/// Entry point of `wpod __exec`; never returns.
+pub fn main(spec_path: &Path, pid: i32, argv: &[String]) -> ! {
+    match enter(spec_path, pid) {
+        Ok(spec) => run(&spec, argv),
+        Err(e) => {
+            eprintln!("wpod exec: {e}");
+            std::process::exit(EXIT_SETUP_FAILED)
+        }
+    }
+}
+
+fn enter(spec_path: &Path, pid: i32) -> Result<LaunchSpec, String> {
+    let text = std::fs::read_to_string(spec_path)
+        .map_err(|e| format!("read {}: {e}", spec_path.display()))?;
+    let spec: LaunchSpec =
+        serde_json::from_str(&text).map_err(|e| format!("parse {}: {e}", spec_path.display()))?;
+    let me = std::process::id().to_string();
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    // Open every namespace first: after joining the mount namespace, /proc is the container's.
+    let kinds = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut files = Vec::new();
+    for (name, flag) in kinds {
+        let path = format!("/proc/{pid}/ns/{name}");
+        files.push((
+            File::open(&path)
+                .map_err(|e| format!("open {path}: {e} (is the container running?)"))?,
+            flag,
+            path,
+        ));
+    }
+    for (file, flag, path) in &files {
+        setns(file.as_fd(), *flag).map_err(|e| format!("setns {path}: {}", e.desc()))?;
+    }
+    Ok(spec)
+}
+
+fn run(spec: &LaunchSpec, argv: &[String]) -> ! {
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("wpod exec: no command");
+        std::process::exit(EXIT_SETUP_FAILED)
+    };
+    // SAFETY: this helper is single-threaded; the child only sets itself up and execs.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            if let Err(e) = security::apply(&spec.security) {
+                eprintln!("wpod exec: {e}");
+                std::process::exit(EXIT_SETUP_FAILED);
+            }
+            let _ = std::env::set_current_dir(spec.cwd.as_deref().unwrap_or("/"));
+            let err = std::process::Command::new(program)
+                .args(args)
+                .env_clear()
+                .envs(spec.env.iter().cloned())
+                .exec();
+            eprintln!("wpod exec: {program}: {err}");
+            std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => std::process::exit(128 + sig as i32),
+            _ => std::process::exit(EXIT_SETUP_FAILED),
+        },
+        Err(e) => {
+            eprintln!("wpod exec: fork: {e}");
+            std::process::exit(EXIT_SETUP_FAILED)
+        }
+    }
+}

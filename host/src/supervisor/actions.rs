@@ -1,0 +1,142 @@
+//! The actions probes and lifecycle hooks perform (`httpGet`, `tcpSocket`, `exec`, `sleep`),
+//! each bounded by a timeout. Network actions connect from inside the pod's network namespace
+//! to the pod's loopback (wpod's pod has no other address), as the kubelet connects to the pod.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::containers::ExecTarget;
+use crate::sandbox::ports::connect_in_netns;
+use crate::spec::{ContainerPort, Handler, HttpGetAction, IntOrString};
+
+/// Where an action reaches its container.
+#[derive(Clone)]
+pub struct ActionTarget {
+    pub net: Arc<OwnedFd>,
+    /// The container's ports, for ports given by name.
+    pub ports: Vec<ContainerPort>,
+    /// A native container's exec entry; `None` for a Wasm sidecar.
+    pub exec: Option<ExecTarget>,
+}
+
+impl ActionTarget {
+    fn port(&self, port: &IntOrString) -> Result<u16, String> {
+        match port {
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+            IntOrString::String(name) => self
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+                .ok_or_else(|| format!("no port named {name}")),
+        }
+    }
+
+    fn addr(&self, host: Option<&str>, port: &IntOrString) -> Result<SocketAddr, String> {
+        let ip = match host {
+            None | Some("") | Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) => h
+                .parse()
+                .map_err(|_| format!("host {h} is not an IP address (the pod has no DNS)"))?,
+        };
+        Ok(SocketAddr::new(ip, self.port(port)?))
+    }
+}
+
+/// Runs `action`; `Ok` with a short note on success, `Err` with why it failed.
+pub async fn run(
+    action: &Handler,
+    target: &ActionTarget,
+    timeout: Duration,
+) -> Result<String, String> {
+    let work = async {
+        match action {
+            Handler::HttpGet(get) => http_get(get, target).await,
+            Handler::TcpSocket(t) => {
+                let addr = target.addr(t.host.as_deref(), &t.port)?;
+                connect_in_netns(target.net.clone(), addr)
+                    .await
+                    .map(|_| format!("connected to {addr}"))
+                    .map_err(|e| format!("dial {addr}: {e}"))
+            }
+            Handler::Exec(e) => exec(&e.command, target).await,
+            Handler::Sleep(s) => {
+                tokio::time::sleep(Duration::from_secs(s.seconds.into())).await;
+                Ok(format!("slept {}s", s.seconds))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn http_get(get: &HttpGetAction, target: &ActionTarget) -> Result<String, String> {
+    if get.scheme != "HTTP" {
+        return Err(format!("scheme {} is not supported", get.scheme));
+    }
+    let addr = target.addr(get.host.as_deref(), &get.port)?;
+    let mut stream = connect_in_netns(target.net.clone(), addr)
+        .await
+        .map_err(|e| format!("dial {addr}: {e}"))?;
+    let mut request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wpod-probe/1.0\r\nAccept: */*\r\nConnection: close\r\n", get.path);
+    for h in &get.http_headers {
+        request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut head = vec![0u8; 256];
+    let n = stream
+        .read(&mut head)
+        .await
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    let code: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
+    // Kubernetes: 200 <= code < 400 is success.
+    if (200..400).contains(&code) {
+        Ok(format!("HTTP {code}"))
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, String> {
+    let Some(exec) = &target.exec else {
+        return Err("exec needs a process (a native container)".into());
+    };
+    let mut cmd = exec.command(argv).map_err(|e| e.to_string())?;
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("exec {argv:?}: {e}"))?;
+    let output = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let errors = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    match out.status.code() {
+        Some(0) => Ok(output),
+        Some(code) => Err(format!(
+            "command {argv:?} exited with {code}: {}",
+            if errors.is_empty() { output } else { errors }
+        )),
+        None => Err(format!("command {argv:?} was killed")),
+    }
+}

@@ -1,0 +1,168 @@
+//! Startup, readiness and liveness probes of one container instance, with Kubernetes' settings
+//! (initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold, failureThreshold). The
+//! startup probe runs first; readiness and liveness start once it passed. Results go to the
+//! container's runner as [`ProbeEvent`]s.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::actions::{self, ActionTarget};
+use crate::spec::{Container, Probe};
+
+#[derive(Debug)]
+pub enum ProbeEvent {
+    StartupPassed,
+    /// The startup probe failed `failureThreshold` times: the container is restarted.
+    StartupFailed(String),
+    Ready(bool),
+    /// The liveness probe failed `failureThreshold` times: the container is restarted.
+    LivenessFailed(String),
+    /// One failed attempt, for the record.
+    Failed {
+        probe: &'static str,
+        message: String,
+    },
+}
+
+/// The probe tasks of one container instance; dropping it stops them.
+pub struct Probes {
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+fn secs(n: u32) -> Duration {
+    Duration::from_secs(n.into())
+}
+
+/// Starts the container's probes; `None` if it has none.
+pub fn start(
+    c: &Container,
+    target: ActionTarget,
+    events: mpsc::UnboundedSender<ProbeEvent>,
+) -> Option<Probes> {
+    if c.startup_probe.is_none() && c.readiness_probe.is_none() && c.liveness_probe.is_none() {
+        return None;
+    }
+    let (startup, readiness, liveness) = (
+        c.startup_probe.clone(),
+        c.readiness_probe.clone(),
+        c.liveness_probe.clone(),
+    );
+    let task = tokio::spawn(async move {
+        if let Some(p) = startup {
+            match until_success(&p, &target, &events).await {
+                Ok(()) => {
+                    let _ = events.send(ProbeEvent::StartupPassed);
+                }
+                Err(msg) => {
+                    let _ = events.send(ProbeEvent::StartupFailed(msg));
+                    return;
+                }
+            }
+        }
+        let ready =
+            readiness.map(|p| tokio::spawn(readiness_loop(p, target.clone(), events.clone())));
+        if let Some(p) = liveness {
+            if let Err(msg) = until_failure(&p, &target, &events).await {
+                let _ = events.send(ProbeEvent::LivenessFailed(msg));
+            }
+        }
+        if let Some(r) = ready {
+            let _ = r.await;
+        }
+    });
+    Some(Probes { task: Some(task) })
+}
+
+/// Probes until it succeeds; fails after `failureThreshold` failures in a row.
+async fn until_success(
+    p: &Probe,
+    target: &ActionTarget,
+    events: &mpsc::UnboundedSender<ProbeEvent>,
+) -> Result<(), String> {
+    tokio::time::sleep(secs(p.initial_delay_seconds)).await;
+    let mut failures = 0;
+    loop {
+        match actions::run(&p.handler, target, secs(p.timeout_seconds)).await {
+            Ok(_) => return Ok(()),
+            Err(msg) => {
+                failures += 1;
+                let _ = events.send(ProbeEvent::Failed {
+                    probe: "startup",
+                    message: msg.clone(),
+                });
+                if failures >= p.failure_threshold {
+                    return Err(format!("startup probe failed {failures} times: {msg}"));
+                }
+            }
+        }
+        tokio::time::sleep(secs(p.period_seconds)).await;
+    }
+}
+
+/// Probes forever; returns when `failureThreshold` failures came in a row.
+async fn until_failure(
+    p: &Probe,
+    target: &ActionTarget,
+    events: &mpsc::UnboundedSender<ProbeEvent>,
+) -> Result<(), String> {
+    tokio::time::sleep(secs(p.initial_delay_seconds)).await;
+    let mut failures = 0;
+    loop {
+        match actions::run(&p.handler, target, secs(p.timeout_seconds)).await {
+            Ok(_) => failures = 0,
+            Err(msg) => {
+                failures += 1;
+                let _ = events.send(ProbeEvent::Failed {
+                    probe: "liveness",
+                    message: msg.clone(),
+                });
+                if failures >= p.failure_threshold {
+                    return Err(format!("liveness probe failed {failures} times: {msg}"));
+                }
+            }
+        }
+        tokio::time::sleep(secs(p.period_seconds)).await;
+    }
+}
+
+/// Reports readiness changes: ready after `successThreshold` successes in a row, not ready after
+/// `failureThreshold` failures in a row. A container starts not ready.
+async fn readiness_loop(p: Probe, target: ActionTarget, events: mpsc::UnboundedSender<ProbeEvent>) {
+    tokio::time::sleep(secs(p.initial_delay_seconds)).await;
+    let (mut ready, mut successes, mut failures) = (false, 0, 0);
+    loop {
+        match actions::run(&p.handler, &target, secs(p.timeout_seconds)).await {
+            Ok(_) => {
+                successes += 1;
+                failures = 0;
+                if !ready && successes >= p.success_threshold {
+                    ready = true;
+                    let _ = events.send(ProbeEvent::Ready(true));
+                }
+            }
+            Err(msg) => {
+                failures += 1;
+                successes = 0;
+                let _ = events.send(ProbeEvent::Failed {
+                    probe: "readiness",
+                    message: msg,
+                });
+                if ready && failures >= p.failure_threshold {
+                    ready = false;
+                    let _ = events.send(ProbeEvent::Ready(false));
+                }
+            }
+        }
+        tokio::time::sleep(secs(p.period_seconds)).await;
+    }
+}

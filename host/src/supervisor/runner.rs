@@ -1,0 +1,412 @@
+//! One container's whole life, in its own task: start, `postStart`, probes, wait, restart with
+//! back-off per its restart policy, and on request `preStop`, the polite stop (SIGTERM or the
+//! `stopping` event) and the kill at the deadline. The supervisor only sends [`Command`]s and
+//! watches [`Progress`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::actions::{self, ActionTarget};
+use super::backoff::BackOff;
+use super::events::{Event, Events};
+use super::probes::{self, ProbeEvent};
+use super::state::PodState;
+use crate::containers::{ExitInfo, NativeContainer, DEFAULT_PIDS_LIMIT};
+use crate::logs::Logs;
+use crate::plan::{ContainerPlan, PodPlan, Role};
+use crate::sandbox::PodSandbox;
+use crate::sidecars::runtime::PodRuntime;
+use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
+
+/// What every runner of a pod shares.
+pub struct PodRun {
+    pub plan: Arc<PodPlan>,
+    pub sandbox: Arc<PodSandbox>,
+    pub logs: Arc<Logs>,
+    pub events: Arc<Events>,
+    pub state: Arc<PodState>,
+    pub prepared: Vec<Option<PreparedSidecar>>,
+    pub runtime: Option<PodRuntime>,
+    pub backoff_base: Duration,
+    pub pids_limit: u64,
+}
+
+impl PodRun {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.plan.pod.spec.termination_grace_period_seconds.max(0) as u64)
+    }
+
+    pub fn pids_limit(plan: &PodPlan) -> u64 {
+        plan.pod
+            .metadata
+            .annotations
+            .get("wpod.dev/pids-limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_PIDS_LIMIT)
+    }
+}
+
+pub enum Command {
+    /// Stop gracefully (preStop, then SIGTERM or `stopping`); kill at the deadline. A later
+    /// command with an earlier deadline (a second Ctrl-C) brings the kill forward.
+    Stop { deadline: Instant },
+}
+
+/// How far a container got, for the start order of init containers and native sidecars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Starting,
+    /// Started in Kubernetes' sense: its startup probe passed, or (a Wasm sidecar that imports
+    /// `ready`) it called `lifecycle.ready()`, or it simply runs.
+    Started,
+    /// It ended for good (no more restarts).
+    Ended,
+}
+
+/// How a container's life ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub exit: Option<ExitInfo>,
+    pub restarts: u32,
+    /// Kubernetes' waiting reason when it ended between restarts (CrashLoopBackOff).
+    pub waiting: Option<&'static str>,
+}
+
+/// A running container of either kind.
+enum Running {
+    Native(NativeContainer),
+    Wasm(WasmSidecar),
+}
+
+impl Running {
+    async fn exited(&mut self) -> ExitInfo {
+        match self {
+            Running::Native(c) => {
+                let status = c.exited().await;
+                c.finish(status).await
+            }
+            Running::Wasm(s) => s.exited().await,
+        }
+    }
+
+    /// The polite request to stop: SIGTERM for a process, the `stopping` lifecycle event (with
+    /// the time left) for a Wasm sidecar.
+    fn terminate(&self, deadline: Instant) {
+        match self {
+            Running::Native(c) => c.signal(nix::sys::signal::Signal::SIGTERM),
+            Running::Wasm(s) => s.stopping(deadline),
+        }
+    }
+
+    fn kill(&self) {
+        match self {
+            Running::Native(c) => c.kill_all(),
+            Running::Wasm(s) => s.kill(),
+        }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Running::Native(c) => Some(c.pid),
+            Running::Wasm(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Kubernetes' restart rules: native sidecars always restart; init containers restart on
+/// failure unless the pod says Never; regular containers follow the pod.
+fn policy(run: &PodRun, c: &ContainerPlan) -> Policy {
+    let pod = run.plan.pod.spec.restart_policy.as_str();
+    match (c.role, pod) {
+        (Role::NativeSidecar, _) => Policy::Always,
+        (_, "Never") => Policy::Never,
+        (Role::Init, _) | (_, "OnFailure") => Policy::OnFailure,
+        _ => Policy::Always,
+    }
+}
+
+/// The runner task of container `index`.
+pub async fn run(
+    run: Arc<PodRun>,
+    index: usize,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    progress: watch::Sender<Progress>,
+) -> Outcome {
+    let plan = &run.plan.containers[index];
+    let name = plan.name().to_string();
+    let policy = policy(&run, plan);
+    let mut backoff = BackOff::new(run.backoff_base);
+    let mut outcome = Outcome {
+        exit: None,
+        restarts: 0,
+        waiting: None,
+    };
+    loop {
+        let started_at = Instant::now();
+        // Before starting: a sidecar may call ready() the moment it runs.
+        run.state.clear_ready(&name);
+        let (exit, stopped) = match start(&run, index).await {
+            Ok(running) => {
+                live(
+                    &run,
+                    index,
+                    running,
+                    &mut commands,
+                    &progress,
+                    outcome.restarts,
+                )
+                .await
+            }
+            Err(error) => {
+                run.events.emit(Some(&name), Event::FailedToStart { error });
+                // What containerd reports for a container that could not start.
+                let exit = ExitInfo {
+                    code: 128,
+                    signal: None,
+                    reason: "StartError",
+                };
+                run.events.emit(Some(&name), Event::Exited(exit.clone()));
+                (exit, false)
+            }
+        };
+        run.state.exited(&name, exit.code);
+        outcome.exit = Some(exit.clone());
+        let again = match policy {
+            Policy::Always => true,
+            Policy::OnFailure => exit.code != 0,
+            Policy::Never => false,
+        };
+        if stopped || !again {
+            break;
+        }
+        let delay = backoff.next_delay(started_at.elapsed());
+        run.events.emit(
+            Some(&name),
+            Event::BackOff {
+                restart_in_ms: delay.as_millis() as u64,
+                restarts: outcome.restarts + 1,
+            },
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            command = commands.recv() => {
+                // Asked to stop while waiting to restart: it stays down.
+                let _ = command;
+                outcome.waiting = Some("CrashLoopBackOff");
+                break;
+            }
+        }
+        outcome.restarts += 1;
+    }
+    progress.send_replace(Progress::Ended);
+    outcome
+}
+
+async fn start(run: &PodRun, index: usize) -> Result<Running, String> {
+    let plan = &run.plan.containers[index];
+    match &run.prepared[index] {
+        Some(prepared) => {
+            let handle = run
+                .runtime
+                .as_ref()
+                .ok_or("no sidecar runtime")?
+                .handle()
+                .map_err(|e| e.to_string())?;
+            let ctx = PodContext {
+                pod: &run.plan.pod,
+                runtime: handle,
+                state: run.state.clone(),
+                logs: run.logs.clone(),
+                volumes: &run.sandbox.volumes,
+            };
+            WasmSidecar::start(prepared, &ctx)
+                .map(Running::Wasm)
+                .map_err(|e| e.to_string())
+        }
+        None => NativeContainer::start(plan, &run.sandbox, &run.logs, run.pids_limit)
+            .await
+            .map(Running::Native)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn action_target(run: &PodRun, plan: &ContainerPlan, running: &Running) -> ActionTarget {
+    ActionTarget {
+        net: run.sandbox.namespaces.net_handle(),
+        ports: plan.spec.ports.clone(),
+        exec: match running {
+            Running::Native(c) => Some(c.exec_target()),
+            Running::Wasm(_) => None,
+        },
+    }
+}
+
+/// One life of a started container: until it exits (or is stopped). Returns how it ended and
+/// whether a stop command ended it.
+async fn live(
+    run: &PodRun,
+    index: usize,
+    mut running: Running,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    progress: &watch::Sender<Progress>,
+    restarts: u32,
+) -> (ExitInfo, bool) {
+    let plan = &run.plan.containers[index];
+    let name = plan.name();
+    run.events.emit(
+        Some(name),
+        Event::Started {
+            pid: running.pid(),
+            restarts,
+        },
+    );
+    run.state.started(name, running.pid().unwrap_or(0));
+    let target = action_target(run, plan, &running);
+
+    if let Some(hook) = plan
+        .spec
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+    {
+        if let Err(message) =
+            actions::run(hook, &target, run.grace().max(Duration::from_secs(1))).await
+        {
+            run.events.emit(
+                Some(name),
+                Event::HookFailed {
+                    hook: "postStart",
+                    message,
+                },
+            );
+            running.kill();
+            let mut exit = running.exited().await;
+            exit.reason = "FailedPostStartHook";
+            run.events.emit(Some(name), Event::Exited(exit.clone()));
+            return (exit, false);
+        }
+    }
+
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let _probes = probes::start(&plan.spec, target.clone(), probe_tx);
+    // What makes this container "started" for the ones ordered after it.
+    let waits_for_ready = run.prepared[index]
+        .as_ref()
+        .is_some_and(|p| p.signals_readiness);
+    let has_startup_probe = plan.spec.startup_probe.is_some();
+    let has_readiness_probe = plan.spec.readiness_probe.is_some();
+    let mark_started = |progress: &watch::Sender<Progress>| {
+        if *progress.borrow() == Progress::Starting {
+            progress.send_replace(Progress::Started);
+        }
+    };
+    let mut ready_watch = run.state.watch_ready();
+    let already_ready = ready_watch.borrow_and_update().contains(name);
+    if (waits_for_ready && already_ready) || (!waits_for_ready && !has_startup_probe) {
+        mark_started(progress);
+        if !has_readiness_probe {
+            run.events.emit(Some(name), Event::Ready);
+        }
+    }
+
+    let mut deadline: Option<Instant> = None;
+    let mut killed = false;
+    let mut reason: Option<&'static str> = None;
+    let exit = loop {
+        tokio::select! {
+            exit = running.exited() => break exit,
+            command = commands.recv() => match command {
+                Some(Command::Stop { deadline: d }) => {
+                    if deadline.is_none() {
+                        deadline = Some(d);
+                        pre_stop(run, plan, &target, d).await;
+                        running.terminate(d);
+                    }
+                    // A second Ctrl-C brings the deadline forward, never back.
+                    deadline = deadline.map(|old| old.min(d));
+                }
+                None => break running.exited().await,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !killed => {
+                running.kill();
+                killed = true;
+            }
+            changed = ready_watch.changed(), if waits_for_ready && *progress.borrow() == Progress::Starting => {
+                if changed.is_ok() && ready_watch.borrow().contains(name) {
+                    mark_started(progress);
+                    if !has_readiness_probe {
+                        run.events.emit(Some(name), Event::Ready);
+                    }
+                }
+            }
+            Some(event) = probe_rx.recv() => match event {
+                ProbeEvent::StartupPassed => {
+                    mark_started(progress);
+                    if !has_readiness_probe {
+                        run.events.emit(Some(name), Event::Ready);
+                    }
+                }
+                ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
+                ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
+                ProbeEvent::Failed { probe, message } => run.events.emit(Some(name), Event::ProbeFailed { probe, message }),
+                ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
+                    // Kubernetes kills the container and restarts it per its policy.
+                    run.events.emit(Some(name), Event::Unhealthy { message });
+                    reason = Some("Unhealthy");
+                    if deadline.is_none() {
+                        let d = Instant::now() + run.grace();
+                        deadline = Some(d);
+                        running.terminate(d);
+                    }
+                }
+            },
+        }
+    };
+    let mut exit = exit;
+    if let Some(r) = reason {
+        exit.reason = r;
+    }
+    if killed {
+        run.events.emit(Some(name), Event::Killed);
+    }
+    run.events.emit(Some(name), Event::Exited(exit.clone()));
+    // Stopped by a command, not by a probe: the container stays down.
+    let stopped = deadline.is_some() && reason.is_none();
+    (exit, stopped)
+}
+
+/// Runs the container's preStop hook, bounded by the stop deadline.
+async fn pre_stop(run: &PodRun, plan: &ContainerPlan, target: &ActionTarget, deadline: Instant) {
+    let Some(hook) = plan
+        .spec
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    else {
+        return;
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if let Err(message) = actions::run(hook, target, left).await {
+        run.events.emit(
+            Some(plan.name()),
+            Event::HookFailed {
+                hook: "preStop",
+                message,
+            },
+        );
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
