@@ -17,6 +17,8 @@ pub struct TestPod {
     pub manifest: PathBuf,
     /// Extra environment for `wpod run` (e.g. WPOD_ROOT).
     pub env: Vec<(String, String)>,
+    /// Extra options for `wpod run` (e.g. --backoff-base).
+    pub args: Vec<String>,
 }
 
 impl TestPod {
@@ -34,6 +36,7 @@ impl TestPod {
             name: name.to_string(),
             manifest,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -43,6 +46,7 @@ impl TestPod {
             name: name.to_string(),
             manifest: manifest.to_path_buf(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -57,6 +61,7 @@ impl TestPod {
         let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
         let child = Command::new(env!("CARGO_BIN_EXE_wpod"))
             .args(["run", "--output", "json"])
+            .args(&self.args)
             .arg(&self.manifest)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -340,11 +340,10 @@ impl Checker<'_> {
         match h {
             Handler::HttpGet(g) => {
                 self.port_ref(&format!("{path}.httpGet.port"), &g.port, c);
-                if !["HTTP", "HTTPS"].contains(&g.scheme.as_str()) {
-                    self.err(
-                        format!("{path}.httpGet.scheme"),
-                        format!("unsupported value \"{}\": use HTTP or HTTPS", g.scheme),
-                    );
+                match g.scheme.as_str() {
+                    "HTTP" => {}
+                    "HTTPS" => self.err(format!("{path}.httpGet.scheme"), "HTTPS probes and hooks are not supported by wpod yet; use HTTP or tcpSocket"),
+                    other => self.err(format!("{path}.httpGet.scheme"), format!("unsupported value \"{other}\": use HTTP")),
                 }
             }
             Handler::TcpSocket(t) => self.port_ref(&format!("{path}.tcpSocket.port"), &t.port, c),

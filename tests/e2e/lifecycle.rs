@@ -1,0 +1,530 @@
+//! Pod lifecycle with Kubernetes semantics (issue 5): start order and native sidecars, probes,
+//! restarts with back-off, hooks, termination order and grace period. The order is proven by the
+//! timestamps of the events and log lines (RFC 3339 with fixed precision, so they compare as
+//! strings). Needs root and Debian's python3.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::pods::{assert_no_leftovers, PodRun, TestPod};
+use wpod_test_support::require_root;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The time of the first event `kind` of `container`.
+fn event_time(run: &PodRun, container: &str, kind: &str) -> String {
+    run.events(Some(container))
+        .iter()
+        .find(|e| e["event"] == kind)
+        .and_then(|e| e["time"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no {kind} event for {container}\n{}", run.dump()))
+}
+
+/// The time of the first log line of `container` containing `needle`.
+fn line_time(run: &PodRun, container: &str, needle: &str) -> String {
+    run.records
+        .iter()
+        .find(|r| {
+            r["type"] == "log"
+                && r["container"] == container
+                && r["line"].as_str().is_some_and(|l| l.contains(needle))
+        })
+        .and_then(|r| r["time"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{container} never printed {needle}\n{}", run.dump()))
+}
+
+fn events_of(run: &PodRun, container: &str, kind: &str) -> Vec<Value> {
+    run.events(Some(container))
+        .into_iter()
+        .filter(|e| e["event"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn init_containers_then_sidecars_that_gate_then_main() {
+    require_root("init_containers_then_sidecars_that_gate_then_main");
+    let pod = TestPod::new(
+        "order",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: order}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: setup
+    command: [sh, -c, "echo from-init > /work/config"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: slow-native
+    restartPolicy: Always
+    command: [sh, -c, "sleep 1; touch /tmp/up; exec sleep 300"]
+    startupProbe:
+      exec: {command: [test, -f, /tmp/up]}
+      periodSeconds: 1
+      failureThreshold: 10
+  - name: slow-wasm
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [sleep:1000, ready, wait-stopping]
+  containers:
+  - name: main
+    command: [sh, -c, "echo main read $(cat /work/config)"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  volumes:
+  - {name: work, emptyDir: {}}
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.has_line("main", "main read from-init"),
+        "{}",
+        run.dump()
+    );
+    // setup done -> slow-native started, held back by its startup probe -> slow-wasm started,
+    // held back until ready() -> main started.
+    let setup_done = event_time(&run, "setup", "exited");
+    let native_started = event_time(&run, "slow-native", "started");
+    let native_ready = event_time(&run, "slow-native", "ready");
+    let wasm_started = event_time(&run, "slow-wasm", "started");
+    let wasm_ready = event_time(&run, "slow-wasm", "ready");
+    let main_started = event_time(&run, "main", "started");
+    assert!(setup_done <= native_started, "{}", run.dump());
+    assert!(
+        native_ready <= wasm_started,
+        "the wasm sidecar started before the native one passed its startup probe\n{}",
+        run.dump()
+    );
+    assert!(
+        wasm_ready <= main_started,
+        "main started before the wasm sidecar called ready()\n{}",
+        run.dump()
+    );
+    // The gates held for real: about a second each.
+    let secs = |t: &str| humantime::parse_rfc3339(t).expect("rfc3339");
+    let held = secs(&main_started)
+        .duration_since(secs(&native_started))
+        .unwrap_or_default();
+    assert!(
+        held >= Duration::from_millis(1800),
+        "main was held back only {held:?}\n{}",
+        run.dump()
+    );
+    // Job-style: main done under Never, the sidecars (which would run forever) were stopped
+    // right away, in reverse order, and the Wasm one saw its stopping event.
+    assert!(
+        event_time(&run, "slow-wasm", "exited") <= event_time(&run, "slow-native", "exited"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.has_line("slow-wasm", "wait-stopping ok: stopping with"),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("order");
+}
+
+#[test]
+fn ctrl_c_stops_main_first_then_sidecars_in_reverse_and_kills_at_the_grace_period() {
+    require_root("ctrl_c_stops_main_first");
+    let trapper = |name: &str| {
+        format!(
+            r#"trap 'echo {name} got TERM; exit 0' TERM; echo {name} up; while true; do sleep 0.1; done"#
+        )
+    };
+    let pod = TestPod::new(
+        "termination",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: termination}}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: first-sidecar
+    restartPolicy: Always
+    # Notes the SIGTERM but does not exit: killed when the grace period ends.
+    command: [sh, -c, "trap 'echo first-sidecar got TERM' TERM; echo first-sidecar up; while true; do sleep 0.1; done"]
+  - name: second-sidecar
+    restartPolicy: Always
+    command: [sh, -c, "{}"]
+  containers:
+  - name: main
+    command: [sh, -c, "{}"]
+"#,
+            trapper("second-sidecar"),
+            trapper("main")
+        ),
+    );
+    let running = pod.spawn();
+    running.wait_for("everything up", LONG, |r| {
+        r.has_line("main", "main up") && r.has_line("first-sidecar", "first-sidecar up")
+    });
+    let interrupted = std::time::Instant::now();
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    let took = interrupted.elapsed();
+    // main got SIGTERM before any sidecar; the sidecars after it, in reverse start order.
+    let main_term = line_time(&run, "main", "main got TERM");
+    let second_term = line_time(&run, "second-sidecar", "second-sidecar got TERM");
+    let first_term = line_time(&run, "first-sidecar", "first-sidecar got TERM");
+    assert!(
+        event_time(&run, "main", "exited") <= second_term,
+        "{}",
+        run.dump()
+    );
+    assert!(
+        main_term < second_term,
+        "{main_term} !< {second_term}\n{}",
+        run.dump()
+    );
+    assert!(
+        second_term < first_term,
+        "{second_term} !< {first_term}\n{}",
+        run.dump()
+    );
+    // The one ignoring SIGTERM was killed when the 2 s grace period (counted from Ctrl-C) ended.
+    assert_eq!(
+        events_of(&run, "first-sidecar", "killed").len(),
+        1,
+        "{}",
+        run.dump()
+    );
+    assert!(
+        events_of(&run, "second-sidecar", "killed").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "termination took {took:?}"
+    );
+    // The main container's own exit code (it exited 0 on TERM) is wpod's.
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("termination");
+}
+
+#[test]
+fn a_second_ctrl_c_kills_at_once() {
+    require_root("a_second_ctrl_c_kills_at_once");
+    let pod = TestPod::new(
+        "double-ctrl-c",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: double-ctrl-c}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: stubborn
+    command: [sh, -c, "trap '' TERM; echo up; while true; do sleep 0.1; done"]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the container", LONG, |r| r.has_line("stubborn", "up"));
+    let t = std::time::Instant::now();
+    running.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a second Ctrl-C must not wait for the 30 s grace period: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        events_of(&run, "stubborn", "killed").len(),
+        1,
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("double-ctrl-c");
+}
+
+#[test]
+fn a_crashing_container_restarts_with_growing_back_off_and_never_means_never() {
+    require_root("a_crashing_container_restarts_with_growing_back_off");
+    let mut pod = TestPod::new(
+        "crashloop",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crashloop}
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sh, -c, "echo crashing; exit 3"]
+"#,
+    );
+    pod.args = vec!["--backoff-base".into(), "200ms".into()];
+    let running = pod.spawn();
+    let run = running.wait_for("four back-offs", LONG, |r| {
+        r.events(Some("main"))
+            .iter()
+            .filter(|e| e["event"] == "backOff")
+            .count()
+            >= 4
+    });
+    let delays: Vec<u64> = events_of(&run, "main", "backOff")
+        .iter()
+        .filter_map(|e| e["restartInMs"].as_u64())
+        .collect();
+    assert_eq!(
+        &delays[..4],
+        &[200, 400, 800, 1600],
+        "kubelet's doubling back-off: {delays:?}"
+    );
+    // The gaps between starts grow like the back-off.
+    let starts: Vec<std::time::SystemTime> = events_of(&run, "main", "started")
+        .iter()
+        .filter_map(|e| humantime::parse_rfc3339(e["time"].as_str()?).ok())
+        .collect();
+    assert!(starts.len() >= 4, "{}", run.dump());
+    let gap = |i: usize| starts[i + 1].duration_since(starts[i]).unwrap_or_default();
+    assert!(
+        gap(2) > gap(0),
+        "gaps must grow: {:?} then {:?}",
+        gap(0),
+        gap(2)
+    );
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    let summary = run
+        .records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .cloned()
+        .expect("summary");
+    let main = &summary["containers"][0];
+    assert!(main["restarts"].as_u64().unwrap_or(0) >= 3, "{summary}");
+    assert_eq!(main["exit"]["code"], 3, "{summary}");
+    assert_eq!(main["waiting"], "CrashLoopBackOff", "{summary}");
+    assert_eq!(run.code, Some(3));
+    assert_no_leftovers("crashloop");
+
+    // restartPolicy: Never does not restart.
+    let never = TestPod::new(
+        "no-restart",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: no-restart}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c, "echo once; exit 4"]
+"#,
+    );
+    let run = never.run(LONG);
+    assert_eq!(run.code, Some(4), "{}", run.dump());
+    assert_eq!(
+        events_of(&run, "main", "started").len(),
+        1,
+        "{}",
+        run.dump()
+    );
+    assert!(
+        events_of(&run, "main", "backOff").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("no-restart");
+}
+
+#[test]
+fn liveness_failure_restarts_and_readiness_is_reported() {
+    require_root("liveness_failure_restarts");
+    let mut pod = TestPod::new(
+        "probes",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probes}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    # Serves /healthz for about two seconds, then stops answering it (but keeps running).
+    command: [python3, -u, -c]
+    args:
+    - |
+      import http.server, threading, time
+      born = time.time()
+      class H(http.server.BaseHTTPRequestHandler):
+          def do_GET(self):
+              healthy = time.time() - born < 2
+              self.send_response(200 if healthy else 500); self.end_headers()
+          def log_message(self, *a): pass
+      print("serving", flush=True)
+      http.server.ThreadingHTTPServer(("127.0.0.1", 18610), H).serve_forever()
+    ports: [{name: http, containerPort: 18610}]
+    readinessProbe:
+      httpGet: {path: /healthz, port: http}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      httpGet: {path: /healthz, port: 18610}
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    pod.args = vec!["--backoff-base".into(), "100ms".into()];
+    let running = pod.spawn();
+    let run = running.wait_for("a liveness restart", LONG, |r| {
+        r.events(Some("web"))
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count()
+            >= 2
+    });
+    let web = run.events(Some("web"));
+    let kinds: Vec<&str> = web.iter().filter_map(|e| e["event"].as_str()).collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
+    assert!(pos("ready") < pos("notReady"), "{kinds:?}");
+    assert!(pos("notReady") < pos("unhealthy"), "{kinds:?}");
+    assert!(pos("unhealthy") < pos("exited"), "{kinds:?}");
+    let exit = events_of(&run, "web", "exited");
+    assert_eq!(exit[0]["reason"], "Unhealthy", "{}", run.dump());
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("probes");
+}
+
+#[test]
+fn post_start_and_pre_stop_hooks_run_in_the_container() {
+    require_root("post_start_and_pre_stop_hooks");
+    let pod = TestPod::new(
+        "hooks",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooks}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      trap 'echo "TERM after preStop wrote: $(cat /shared/pre-stop 2>/dev/null)"; exit 0' TERM
+      while [ ! -f /tmp/post-start ]; do sleep 0.05; done
+      echo "postStart wrote: $(cat /tmp/post-start)"
+      while true; do sleep 0.1; done
+    volumeMounts: [{name: shared, mountPath: /shared}]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo hello-from-post-start > /tmp/post-start"]}
+      preStop:
+        exec: {command: [sh, -c, "echo bye-from-pre-stop > /shared/pre-stop"]}
+  volumes:
+  - {name: shared, emptyDir: {}}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("postStart", LONG, |r| r.has_line("main", "postStart wrote"));
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    // postStart ran inside the container (its /tmp), preStop before the SIGTERM.
+    assert!(
+        run.has_line("main", "postStart wrote: hello-from-post-start"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.has_line("main", "TERM after preStop wrote: bye-from-pre-stop"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("hooks");
+}
+
+#[test]
+fn a_wasm_sidecar_has_network_probes_and_http_hooks() {
+    require_root("a_wasm_sidecar_has_network_probes_and_http_hooks");
+    let pod = TestPod::new(
+        "wasm-probes",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-probes}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  # The hooks' HTTP target: a native sidecar, so it outlives the regular containers' stop.
+  - name: main
+    restartPolicy: Always
+    command: [python3, -u, -c]
+    args:
+    - |
+      import http.server
+      class H(http.server.BaseHTTPRequestHandler):
+          def do_GET(self):
+              print("main saw GET " + self.path, flush=True)
+              self.send_response(200); self.end_headers()
+          def log_message(self, *a): pass
+      http.server.ThreadingHTTPServer(("127.0.0.1", 18640), H).serve_forever()
+    # Started (for the order) once it listens.
+    startupProbe:
+      tcpSocket: {port: 18640}
+      periodSeconds: 1
+  containers:
+  - name: server
+    image: SIDECARS/probe.wasm
+    args: ["serve:18641:hello"]
+    ports: [{containerPort: 18641}]
+    readinessProbe:
+      tcpSocket: {port: 18641}
+      periodSeconds: 1
+    lifecycle:
+      postStart:
+        httpGet: {path: /post-start-of-wasm, port: 18640}
+      preStop:
+        httpGet: {path: /pre-stop-of-wasm, port: 18640}
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the wasm sidecar to be ready", LONG, |r| {
+        r.events(Some("server"))
+            .iter()
+            .any(|e| e["event"] == "ready")
+    });
+    assert!(
+        run.has_line("main", "main saw GET /post-start-of-wasm"),
+        "{}",
+        run.dump()
+    );
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    assert!(
+        run.has_line("main", "main saw GET /pre-stop-of-wasm"),
+        "{}",
+        run.dump()
+    );
+    // preStop came before the sidecar was told to stop (it was then stopped, in place of SIGTERM).
+    assert!(
+        line_time(&run, "main", "pre-stop-of-wasm") <= event_time(&run, "server", "exited"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        events_of(&run, "server", "hookFailed").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("wasm-probes");
+}
