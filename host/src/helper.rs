@@ -26,11 +26,14 @@ impl Lifeline {
     }
 }
 
-/// A command that runs this same `wpod` binary with a hidden subcommand.
+/// A command that runs this same `wpod` binary with a hidden subcommand, in a process group of
+/// its own: a Ctrl-C at the terminal (or any signal to wpod's group) reaches `wpod run` alone,
+/// which then stops the pod in order. Were the holder signalled with it, a shared PID
+/// namespace would lose its PID 1, and the kernel would SIGKILL every container in it.
 pub fn helper_command(subcommand: &str) -> std::io::Result<Command> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.arg(subcommand);
+    cmd.arg(subcommand).process_group(0);
     Ok(cmd)
 }
 

@@ -79,11 +79,7 @@ spec:
     );
     let run = pod.run(LONG);
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert!(
-        run.has_line("main", "main read from-init"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "main read from-init");
     // setup done -> slow-native started, held back by its startup probe -> slow-wasm started,
     // held back until ready() -> main started.
     let setup_done = event_time(&run, "setup", "exited");
@@ -120,11 +116,7 @@ spec:
         "{}",
         run.dump()
     );
-    assert!(
-        run.has_line("slow-wasm", "wait-stopping ok: stopping with"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("slow-wasm", "wait-stopping ok: stopping with");
     assert_no_leftovers("order");
 }
 
@@ -439,16 +431,8 @@ spec:
     running.signal(libc::SIGINT);
     let run = running.wait(LONG);
     // postStart ran inside the container (its /tmp), preStop before the SIGTERM.
-    assert!(
-        run.has_line("main", "postStart wrote: hello-from-post-start"),
-        "{}",
-        run.dump()
-    );
-    assert!(
-        run.has_line("main", "TERM after preStop wrote: bye-from-pre-stop"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "postStart wrote: hello-from-post-start");
+    run.assert_line("main", "TERM after preStop wrote: bye-from-pre-stop");
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert_no_leftovers("hooks");
 }
@@ -503,18 +487,10 @@ spec:
             .iter()
             .any(|e| e["event"] == "ready")
     });
-    assert!(
-        run.has_line("main", "main saw GET /post-start-of-wasm"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "main saw GET /post-start-of-wasm");
     running.signal(libc::SIGINT);
     let run = running.wait(LONG);
-    assert!(
-        run.has_line("main", "main saw GET /pre-stop-of-wasm"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "main saw GET /pre-stop-of-wasm");
     // preStop came before the sidecar was told to stop (it was then stopped, in place of SIGTERM).
     assert!(
         line_time(&run, "main", "pre-stop-of-wasm") <= event_time(&run, "server", "exited"),
@@ -527,4 +503,51 @@ spec:
         run.dump()
     );
     assert_no_leftovers("wasm-probes");
+}
+
+#[test]
+fn a_terminal_ctrl_c_reaches_wpod_alone_even_with_a_shared_pid_namespace() {
+    require_root("a_terminal_ctrl_c_reaches_wpod_alone");
+    let pod = TestPod::new(
+        "terminal-ctrl-c",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: terminal-ctrl-c}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: side
+    restartPolicy: Always
+    command: [sh, -c, "trap 'echo side got TERM; exit 0' TERM; echo side up; while true; do sleep 0.1; done"]
+  containers:
+  - name: main
+    command: [sh, -c, "trap 'echo main got TERM; exit 0' TERM; echo main up; while true; do sleep 0.1; done"]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("both up", LONG, |r| {
+        r.has_line("main", "main up") && r.has_line("side", "side up")
+    });
+    // Ctrl-C at a terminal signals the whole foreground process group.
+    running.signal_group(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line("main", "main got TERM");
+    run.assert_line("side", "side got TERM");
+    assert!(
+        line_time(&run, "main", "got TERM") < line_time(&run, "side", "got TERM"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.events(None)
+            .iter()
+            .chain(run.events(Some("main")).iter())
+            .all(|e| e["event"] != "killed"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("terminal-ctrl-c");
 }

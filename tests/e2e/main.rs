@@ -6,6 +6,7 @@ mod manifests;
 mod pods;
 mod sandbox;
 mod sidecars;
+mod use_cases;
 
 use std::path::Path;
 use std::process::{Command, Output};

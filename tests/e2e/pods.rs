@@ -3,6 +3,7 @@
 //! stops and clears a pod even when the test fails half-way.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,8 @@ impl TestPod {
             .args(&self.args)
             .arg(&self.manifest)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // Its own process group, so a test can signal it as a terminal would.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))
@@ -111,6 +114,12 @@ impl RunningPod {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends a signal to `wpod run`'s whole process group, as a terminal's Ctrl-C does.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill on the process group our own child leads.
+        unsafe { libc::kill(-self.pid(), sig) };
     }
 
     /// Sends a signal to `wpod run` itself.
@@ -209,6 +218,16 @@ impl PodRun {
             .iter()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
             .unwrap_or_else(|| panic!("{container} printed nothing for {action}\n{}", self.dump()))
+    }
+
+    /// Fails the test, showing everything, unless `container` printed a line with `needle`.
+    #[track_caller]
+    pub fn assert_line(&self, container: &str, needle: &str) {
+        assert!(
+            self.has_line(container, needle),
+            "{container} never printed {needle:?}\n{}",
+            self.dump()
+        );
     }
 
     pub fn has_line(&self, container: &str, needle: &str) -> bool {

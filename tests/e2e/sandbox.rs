@@ -55,16 +55,8 @@ spec:
     let run = running.wait_for("the client to reach the server", LONG, |r| {
         r.has_line("client", "hostname=")
     });
-    assert!(
-        run.has_line("client", "hello-over-loopback"),
-        "{}",
-        run.dump()
-    );
-    assert!(
-        run.has_line("client", "hostname=shared-host"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("client", "hello-over-loopback");
+    run.assert_line("client", "hostname=shared-host");
     // The pod's loopback is not the host's: nothing answers there on the host.
     assert!(
         !host_can_connect("127.0.0.1:18181"),
@@ -200,18 +192,10 @@ spec:
     );
     let run = pod.run(LONG);
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert!(
-        run.has_line("reader", "read: written-by-init"),
-        "{}",
-        run.dump()
-    );
-    assert!(run.has_line("reader", "ro-write-refused"), "{}", run.dump());
-    assert!(run.has_line("reader", "size-limit-hit"), "{}", run.dump());
-    assert!(
-        run.has_line("reader", "tmpfs size: 4096k"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("reader", "read: written-by-init");
+    run.assert_line("reader", "ro-write-refused");
+    run.assert_line("reader", "size-limit-hit");
+    run.assert_line("reader", "tmpfs size: 4096k");
     assert_no_leftovers("volumes");
 }
 

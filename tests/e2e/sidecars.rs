@@ -211,11 +211,7 @@ spec:
         "written",
     );
     assert_ok(&run, "probe", "read:/conf/app.conf", "config");
-    assert!(
-        run.has_line("main", "main read: wasm-wrote-this"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "main read: wasm-wrote-this");
     // Its absence: nothing else, no writes to a readOnly volume, no way out.
     assert_err(&run, "probe", "write:/conf/app.conf:overwritten");
     assert_err(&run, "probe", "read:/etc/passwd");
@@ -224,21 +220,9 @@ spec:
     assert_err(&run, "probe", "read:/data/planted-rel");
     assert_err(&run, "probe", "ls:/");
     // Links the sidecar plants lead the native container nowhere either (nosymfollow).
-    assert!(
-        run.has_line("main", "evil-abs not followed"),
-        "{}",
-        run.dump()
-    );
-    assert!(
-        run.has_line("main", "evil-rel not followed"),
-        "{}",
-        run.dump()
-    );
-    assert!(
-        run.has_line("main", "inside-link not followed"),
-        "{}",
-        run.dump()
-    );
+    run.assert_line("main", "evil-abs not followed");
+    run.assert_line("main", "evil-rel not followed");
+    run.assert_line("main", "inside-link not followed");
     assert_no_leftovers("wasm-fs");
 }
 
@@ -388,7 +372,7 @@ spec:
         "{}",
         run.dump()
     );
-    assert!(run.has_line("crasher", "wasm trap:"), "{}", run.dump());
+    run.assert_line("crasher", "wasm trap:");
     assert_eq!(run.exit("crasher")["reason"], "Trapped", "{}", run.dump());
     assert!(run.has_line("main", "main finished"));
     assert_no_leftovers("wasm-limits");

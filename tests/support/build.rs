@@ -49,7 +49,47 @@ fn main() {
             copy_if_changed(&path, &out_dir.join(path.file_name().unwrap()));
         }
     }
+    build_python_guest(
+        &guests.join("health-check-py"),
+        &root.join("wit"),
+        &out_dir.join("health-check-py.wasm"),
+    );
     println!("cargo:rustc-env=WPOD_SIDECARS_DIR={}", out_dir.display());
+}
+
+/// The Python sidecar, with componentize-py (installed by .ci/setup); rebuilt only when its
+/// sources or the WIT changed (it takes a quarter of a minute).
+fn build_python_guest(dir: &Path, wit: &Path, out: &Path) {
+    let newest_input = [dir.join("app.py"), wit.join("sidecar.wit")]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max();
+    let built = std::fs::metadata(out).and_then(|m| m.modified()).ok();
+    if let (Some(input), Some(built)) = (newest_input, built) {
+        if built > input {
+            return;
+        }
+    }
+    let status = Command::new("componentize-py")
+        .arg("-d")
+        .arg(wit)
+        .args([
+            "-w",
+            "wpod:sidecar/sidecar-basic",
+            "componentize",
+            "app",
+            "-o",
+        ])
+        .arg(out)
+        .current_dir(dir)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("componentize-py failed ({s}) building {}", dir.display()),
+        Err(e) => panic!(
+            "cannot run componentize-py ({e}): install it with `python3 -m pip install componentize-py==0.25.1` (bash .ci/setup does)"
+        ),
+    }
 }
 
 fn copy_if_changed(from: &Path, to: &Path) {

@@ -59,7 +59,7 @@ pub fn start(
     );
     let task = tokio::spawn(async move {
         if let Some(p) = startup {
-            match until_success(&p, &target, &events).await {
+            match probe_until(&p, "startup", &target, &events).await {
                 Ok(()) => {
                     let _ = events.send(ProbeEvent::StartupPassed);
                 }
@@ -72,7 +72,7 @@ pub fn start(
         let ready =
             readiness.map(|p| tokio::spawn(readiness_loop(p, target.clone(), events.clone())));
         if let Some(p) = liveness {
-            if let Err(msg) = until_failure(&p, &target, &events).await {
+            if let Err(msg) = probe_until(&p, "liveness", &target, &events).await {
                 let _ = events.send(ProbeEvent::LivenessFailed(msg));
             }
         }
@@ -83,9 +83,11 @@ pub fn start(
     Some(Probes { task: Some(task) })
 }
 
-/// Probes until it succeeds; fails after `failureThreshold` failures in a row.
-async fn until_success(
+/// Probes every period until `failureThreshold` failures in a row (`Err`), or, for a startup
+/// probe, until the first success (`Ok`). A liveness probe forgets failures on success.
+async fn probe_until(
     p: &Probe,
+    probe: &'static str,
     target: &ActionTarget,
     events: &mpsc::UnboundedSender<ProbeEvent>,
 ) -> Result<(), String> {
@@ -93,41 +95,16 @@ async fn until_success(
     let mut failures = 0;
     loop {
         match actions::run(&p.handler, target, secs(p.timeout_seconds)).await {
-            Ok(_) => return Ok(()),
-            Err(msg) => {
-                failures += 1;
-                let _ = events.send(ProbeEvent::Failed {
-                    probe: "startup",
-                    message: msg.clone(),
-                });
-                if failures >= p.failure_threshold {
-                    return Err(format!("startup probe failed {failures} times: {msg}"));
-                }
-            }
-        }
-        tokio::time::sleep(secs(p.period_seconds)).await;
-    }
-}
-
-/// Probes forever; returns when `failureThreshold` failures came in a row.
-async fn until_failure(
-    p: &Probe,
-    target: &ActionTarget,
-    events: &mpsc::UnboundedSender<ProbeEvent>,
-) -> Result<(), String> {
-    tokio::time::sleep(secs(p.initial_delay_seconds)).await;
-    let mut failures = 0;
-    loop {
-        match actions::run(&p.handler, target, secs(p.timeout_seconds)).await {
+            Ok(_) if probe == "startup" => return Ok(()),
             Ok(_) => failures = 0,
             Err(msg) => {
                 failures += 1;
                 let _ = events.send(ProbeEvent::Failed {
-                    probe: "liveness",
+                    probe,
                     message: msg.clone(),
                 });
                 if failures >= p.failure_threshold {
-                    return Err(format!("liveness probe failed {failures} times: {msg}"));
+                    return Err(format!("{probe} probe failed {failures} times: {msg}"));
                 }
             }
         }

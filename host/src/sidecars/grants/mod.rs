@@ -55,6 +55,7 @@ pub fn for_import(name: &str) -> ImportRule {
             field: "volumeMounts",
             what: "each volumeMount as a preopened directory (readOnly honoured); nothing else of the host",
         },
+        (_, "wasi:sockets/udp" | "wasi:sockets/udp-create-socket") => ImportRule::Always { what: "UDP sockets (always refused)" },
         (_, "wasi:sockets/ip-name-lookup") => ImportRule::Always { what: "name lookups (always refused: nothing to resolve)" },
         ("wasi:sockets", _) => ImportRule::Scoped {
             field: "ports",

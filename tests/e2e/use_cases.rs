@@ -1,0 +1,464 @@
+//! The sidecars people run (issue 6), each on its example pod or a pod like it, checked with real
+//! clients: promtool and a real Prometheus scrape, curl, nginx reloading, log lines counted.
+//! Needs root and Debian's nginx, redis-server, prometheus (promtool), python3 and curl.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pods::{assert_no_leftovers, curl, TestPod};
+use wpod_test_support::{repo_root, require_root};
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn example(name: &str, file: &str) -> TestPod {
+    TestPod::from_file(name, &repo_root().join("examples").join(file))
+}
+
+/// `promtool check metrics` on `text`; its complaints, if any.
+fn promtool(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool (Debian's prometheus package): {e}"))?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Samples of the text format: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// A real Prometheus scraping `target` every second, killed (by PID) when dropped.
+struct Prometheus {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn scraping(target: &str, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("wpod-e2e-prometheus-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n- job_name: wpod\n  static_configs:\n  - targets: ['{target}']\n")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's prometheus package)");
+        Prometheus { child, dir }
+    }
+
+    /// The value of an instant query, once Prometheus has one.
+    fn query(&self, port: u16, expr: &str, limit: Duration) -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(body) = curl(
+                &format!("http://127.0.0.1:{port}/api/v1/query?query={expr}"),
+                Duration::from_secs(2),
+            ) {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
+                    return Some(value.to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        None
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
+    require_root("redis_exporter_serves_valid_metrics");
+    let pod = example("redis", "redis-exporter.yaml");
+    let running = pod.spawn();
+    running.wait_for("the exporter to be ready", LONG, |r| {
+        r.events(Some("exporter"))
+            .iter()
+            .any(|e| e["event"] == "ready")
+    });
+    let text = curl("http://127.0.0.1:9121/metrics", LONG).expect("metrics through the hostPort");
+    promtool(&text).unwrap_or_else(|e| panic!("promtool rejects the metrics: {e}\n{text}"));
+    let s = samples(&text);
+    assert_eq!(s.get("redis_up"), Some(&1.0), "{text}");
+    assert!(
+        s.get("redis_memory_used_bytes").is_some_and(|v| *v > 0.0),
+        "{text}"
+    );
+    assert!(
+        s.keys()
+            .any(|k| k.starts_with("redis_instance_info{redis_version=\"7.")),
+        "{text}"
+    );
+    // Redis itself is not reachable from the host, only the exporter's declared port.
+    assert!(!crate::pods::host_can_connect("127.0.0.1:6379"));
+
+    let prometheus = Prometheus::scraping("127.0.0.1:9121", 19090);
+    let up = prometheus.query(19090, "redis_up", LONG);
+    assert_eq!(
+        up.as_deref(),
+        Some("1"),
+        "a real Prometheus scrape of the exporter"
+    );
+    let target_up = prometheus.query(19090, "up%7Bjob%3D%22wpod%22%7D", LONG);
+    assert_eq!(target_up.as_deref(), Some("1"));
+    drop(prometheus);
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("redis");
+}
+
+#[test]
+fn proc_monitor_reports_the_main_process_as_proc_sees_it() {
+    require_root("proc_monitor_reports_the_main_process");
+    let pod = example("legacy-app", "proc-monitor.yaml");
+    let running = pod.spawn();
+    // Once the app serves, its memory and threads settle.
+    let run = running.wait_for("the app to serve", LONG, |r| {
+        r.events(Some("app")).iter().any(|e| e["event"] == "ready")
+    });
+    let pid = run
+        .events(Some("app"))
+        .iter()
+        .find_map(|e| e["pid"].as_i64())
+        .expect("app pid");
+    let proc_status = || -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("app is running");
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        (field("VmRSS:") * 1024.0, field("Threads:"))
+    };
+    let before = proc_status();
+    let text = curl("http://127.0.0.1:9256/metrics", LONG).expect("metrics through the hostPort");
+    let after = proc_status();
+    promtool(&text).unwrap_or_else(|e| panic!("promtool rejects the metrics: {e}\n{text}"));
+    let s = samples(&text);
+    let get = |name: &str| {
+        *s.get(&format!("{name}{{container=\"app\"}}"))
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+    };
+    // Within 10% of what /proc said just before and just after the scrape.
+    let rss = get("process_resident_memory_bytes");
+    let (low, high) = (before.0.min(after.0) * 0.9, before.0.max(after.0) * 1.1);
+    assert!(
+        rss >= low && rss <= high,
+        "rss {rss} outside /proc's [{low}, {high}]"
+    );
+    assert_eq!(get("process_threads"), after.1, "{text}");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(
+        (get("process_open_fds") - fds).abs() <= 1.0,
+        "fds {} vs /proc {fds}",
+        get("process_open_fds")
+    );
+    assert!(get("process_cpu_seconds_total") > 0.0, "{text}");
+    assert_eq!(
+        s.get("wpod_container_up{container=\"app\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("legacy-app");
+}
+
+/// The PIDs of a process's children.
+fn children(pid: i64) -> Vec<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn config_reloader_makes_nginx_reload_without_a_restart() {
+    require_root("config_reloader_makes_nginx_reload");
+    let source = std::path::Path::new("/tmp/wpod-config-source");
+    let _ = std::fs::remove_dir_all(source);
+    std::fs::create_dir_all(source).unwrap();
+    let site =
+        |v: &str| format!("server {{ listen 8090; location / {{ return 200 \"{v}\\n\"; }} }}\n");
+    std::fs::write(source.join("site.conf"), site("version 1")).unwrap();
+    let pod = example("config-reload", "config-reload.yaml");
+    let running = pod.spawn();
+    let first = curl("http://127.0.0.1:8090/", LONG);
+    assert_eq!(
+        first.as_deref(),
+        Some("version 1\n"),
+        "{}",
+        running.output().dump()
+    );
+    let run = running.output();
+    let master = run
+        .events(Some("nginx"))
+        .iter()
+        .find_map(|e| e["pid"].as_i64())
+        .expect("nginx pid");
+    let workers_before = children(master);
+    assert!(!workers_before.is_empty());
+
+    std::fs::write(source.join("site.conf"), site("version 2")).unwrap();
+    let start = Instant::now();
+    let mut served = String::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        served = curl("http://127.0.0.1:8090/", Duration::from_secs(2)).unwrap_or_default();
+        if served == "version 2\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served, "version 2\n", "{}", running.output().dump());
+    // Reloaded, not restarted: same master, new workers, no restart event.
+    std::thread::sleep(Duration::from_millis(500));
+    let run = running.output();
+    assert!(
+        std::path::Path::new(&format!("/proc/{master}")).exists(),
+        "nginx's master is gone"
+    );
+    let workers_after = children(master);
+    assert!(
+        !workers_after.is_empty() && workers_after.iter().all(|w| !workers_before.contains(w)),
+        "{workers_before:?} -> {workers_after:?}"
+    );
+    assert_eq!(
+        run.events(Some("nginx"))
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count(),
+        1,
+        "{}",
+        run.dump()
+    );
+    run.assert_line("reloader", "sent signal 1 to nginx");
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("config-reload");
+}
+
+#[test]
+fn sample_logs_pod_ships_access_and_error_lines_apart() {
+    require_root("sample_logs_pod_ships_access_and_error_lines_apart");
+    let pod = example("sample-logs", "sample-logs.yaml");
+    let running = pod.spawn();
+    let run = running.wait_for("access and error lines", LONG, |r| {
+        r.logs("log-tail").iter().any(|l| l.starts_with("access "))
+            && r.logs("log-tail").iter().any(|l| l.starts_with("error "))
+    });
+    let lines = run.logs("log-tail");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("access ") && l.contains("\"GET / HTTP/1.1\" 200")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("access ") && l.contains("\"GET /empty/ HTTP/1.1\" 403")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("error ")
+            && l.contains("directory index of \"/var/www/html/empty/\" is forbidden")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("access ") && l.contains("open()")),
+        "error lines among access lines: {lines:#?}"
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("sample-logs");
+}
+
+#[test]
+fn log_shipper_survives_rotation_without_losing_or_repeating_a_line() {
+    require_root("log_shipper_survives_rotation");
+    let pod = TestPod::new(
+        "rotation",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rotation}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: collector
+    restartPolicy: Always
+    command: [python3, -u, -c]
+    args:
+    - |
+      import socketserver
+      class H(socketserver.StreamRequestHandler):
+          def handle(self):
+              for line in self.rfile:
+                  print("got " + line.decode().rstrip("\n"), flush=True)
+      socketserver.ThreadingTCPServer(("127.0.0.1", 18700), H).serve_forever()
+    startupProbe:
+      tcpSocket: {port: 18700}
+      periodSeconds: 1
+  - name: shipper
+    restartPolicy: Always
+    image: SIDECARS/log-shipper.wasm
+    env:
+    - {name: FILES, value: "app=/logs/app.log"}
+    - {name: SINK, value: "tcp://127.0.0.1:18700"}
+    - {name: EXCLUDE, value: noise}
+    - {name: INTERVAL_MS, value: "50"}
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  containers:
+  - name: writer
+    command: [python3, -u, -c]
+    args:
+    - |
+      import os, shutil, time
+      path = "/logs/app.log"
+      f = open(path, "a")
+      for n in range(1, 901):
+          f.write(f"line {n}\n")
+          if n % 7 == 0:
+              f.write(f"noise {n}\n")
+          f.flush()
+          if n == 300:  # rename + create
+              f.close(); os.rename(path, path + ".1"); f = open(path, "a")
+          if n == 600:  # copytruncate
+              shutil.copyfile(path, path + ".1"); f.truncate(0); f.seek(0)
+          time.sleep(0.002)
+      f.close()
+      print("wrote 900 lines", flush=True)
+      time.sleep(1)
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  volumes:
+  - {name: logs, emptyDir: {}}
+"#,
+    );
+    let run = pod.run(LONG);
+    run.assert_line("writer", "wrote 900 lines");
+    let got: Vec<String> = run
+        .logs("collector")
+        .iter()
+        .filter_map(|l| l.strip_prefix("got ").map(str::to_string))
+        .collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &got {
+        *counts.entry(l.clone()).or_default() += 1;
+    }
+    let missing: Vec<usize> = (1..=900)
+        .filter(|n| !counts.contains_key(&format!("app line {n}")))
+        .collect();
+    let repeated: Vec<&String> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(l, _)| l)
+        .collect();
+    assert!(missing.is_empty(), "lost across rotation: {missing:?}");
+    assert!(repeated.is_empty(), "shipped twice: {repeated:?}");
+    assert!(
+        !got.iter().any(|l| l.contains("noise")),
+        "EXCLUDE=noise was not applied"
+    );
+    assert_eq!(got.len(), 900, "{}", run.dump());
+    assert_no_leftovers("rotation");
+}
+
+#[test]
+fn a_python_sidecar_gates_the_main_container_on_health() {
+    require_root("a_python_sidecar_gates_the_main_container");
+    let pod = TestPod::new(
+        "python-health",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: python-health}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 3
+  initContainers:
+  - name: web
+    restartPolicy: Always
+    # Comes up slowly: a second before it serves.
+    command: [sh, -c, "sleep 1; exec python3 -m http.server 18720 --bind 127.0.0.1"]
+    workingDir: /tmp
+  - name: health
+    restartPolicy: Always
+    image: SIDECARS/health-check-py.wasm
+    env:
+    - {name: TARGET, value: "127.0.0.1:18720"}
+    - {name: INTERVAL_MS, value: "200"}
+  containers:
+  - name: main
+    command: [sh, -c, "echo main runs"]
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("health", "main container is unhealthy");
+    run.assert_line("health", "main container is healthy");
+    let time_of = |c: &str, kind: &str| {
+        run.events(Some(c))
+            .iter()
+            .find(|e| e["event"] == kind)
+            .and_then(|e| e["time"].as_str().map(str::to_string))
+            .expect("event")
+    };
+    assert!(
+        time_of("health", "ready") <= time_of("main", "started"),
+        "{}",
+        run.dump()
+    );
+    run.assert_line("health", "stopping with");
+    assert_no_leftovers("python-health");
+}
