@@ -462,3 +462,74 @@ spec:
     run.assert_line("health", "stopping with");
     assert_no_leftovers("python-health");
 }
+
+#[test]
+fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
+    require_root("tls_proxy_terminates_tls");
+    // A fresh Secret-like hostPath: the example's init container writes a self-signed pair.
+    let _ = std::fs::remove_dir_all("/tmp/wpod-tls");
+    let pod = example("tls-proxy", "tls-proxy.yaml");
+    let running = pod.spawn();
+    running.wait_for("the legacy service", LONG, |r| {
+        r.events(Some("legacy"))
+            .iter()
+            .any(|e| e["event"] == "ready")
+    });
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "--cacert",
+            "/tmp/wpod-tls/tls.crt",
+            "https://localhost:8443/",
+        ])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && page.contains("Directory listing for /"),
+        "curl --cacert: {page} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // openssl s_client verifies the chain and speaks HTTP through it.
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            "127.0.0.1:8443",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            "/tmp/wpod-tls/tls.crt",
+            "-quiet",
+            "-verify_return_error",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    {
+        use std::io::Write;
+        let mut stdin = s_client.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        // Keep stdin open until the answer is in: s_client stops reading at EOF.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let out = s_client.wait_with_output().expect("openssl output");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    let diag = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "s_client got {answer:?}\n{diag}"
+    );
+    assert!(diag.contains("verify return:1"), "{diag}");
+    // The legacy service's plain HTTP is not reachable from outside the pod.
+    assert!(!crate::pods::host_can_connect("127.0.0.1:8000"));
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("tls-proxy");
+}

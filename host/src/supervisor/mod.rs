@@ -44,20 +44,36 @@ pub struct PodResult {
 struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
+    last: Option<Instant>,
 }
+
+/// Two stop signals closer than this are one request (`timeout` and service managers signal
+/// both the process and its group); a person's second Ctrl-C comes later.
+const SAME_REQUEST: Duration = Duration::from_millis(250);
 
 impl StopSignals {
     fn install() -> std::io::Result<Self> {
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            last: None,
         })
     }
 
     async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "interrupted",
-            _ = self.terminate.recv() => "terminated",
+        loop {
+            let reason = tokio::select! {
+                _ = self.interrupt.recv() => "interrupted",
+                _ = self.terminate.recv() => "terminated",
+            };
+            let now = Instant::now();
+            let repeat = self
+                .last
+                .is_some_and(|t| now.duration_since(t) < SAME_REQUEST);
+            self.last = Some(now);
+            if !repeat {
+                return reason;
+            }
         }
     }
 }
