@@ -123,17 +123,14 @@ fn bench_plan(component: &Path, port: u16, args: &[String]) -> Result<PodPlan, B
     crate::plan::plan(&pod).map_err(fail)
 }
 
-/// Runs the benchmark; `runs` starts of each kind, `density` idle sidecars.
-pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
-    // A private state root: the cache starts empty, and nothing of the host's wpod is touched.
-    let root = std::env::temp_dir().join(format!("wpod-bench-{}", std::process::id()));
-    std::env::set_var("WPOD_ROOT", &root);
-    let result = measure(component, runs, density).await;
-    let _ = std::fs::remove_dir_all(&root);
-    result
+/// A private state root for a benchmark (the cache starts empty, nothing of the host's wpod is
+/// touched); set it as `WPOD_ROOT` before any thread starts, remove it afterwards.
+pub fn private_root() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wpod-bench-{}", std::process::id()))
 }
 
-async fn measure(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
+/// Runs the benchmark; `runs` starts of each kind, `density` idle sidecars.
+pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
     let probe_args = ["ready", "connect:127.0.0.1:PORT", "exit:0"].map(String::from);
     // The sandbox comes from a plan with the real port once the listener exists.
     let sandbox_plan = bench_plan(component, 1, &probe_args)?;

@@ -77,11 +77,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if unsafe { libc::geteuid() } != 0 {
                 bail!("wpod bench needs root: it creates a real pod sandbox");
             }
+            // Before any thread exists: setting the environment is only safe then.
+            let root = wpod::bench::private_root();
+            std::env::set_var("WPOD_ROOT", &root);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(wpod::bench::run(&component, runs, density))?;
-            wpod::bench::print(&report, json);
+            let report = runtime.block_on(wpod::bench::run(&component, runs, density));
+            drop(runtime);
+            let _ = std::fs::remove_dir_all(&root);
+            wpod::bench::print(&report?, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { pod } => {

@@ -498,3 +498,37 @@ spec:
     assert!(!third.stderr.contains("recompiling"), "{}", third.dump());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn the_bench_command_measures_every_kind_of_start() {
+    require_root("the_bench_command_measures_every_kind_of_start");
+    let probe = wpod_test_support::sidecar("probe");
+    let out = wpod_output(&[
+        "bench",
+        "--runs",
+        "1",
+        "--density",
+        "3",
+        "--json",
+        "--component",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    let kinds: Vec<&str> = report["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["cold", "warm", "restart"]);
+    // Shape only (speed is for BENCHMARKS.md, not for tests): every start reached the guest.
+    for t in report["timings"].as_array().unwrap() {
+        assert!(
+            t["first_connect_ms"]["median"].as_f64().unwrap() > 0.0,
+            "{t}"
+        );
+    }
+    assert_eq!(report["density"]["sidecars"], 3);
+}
