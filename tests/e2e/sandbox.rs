@@ -342,7 +342,7 @@ spec:
             .any(|e| e["event"] == "started")
     });
     let sleeps =
-        || crate::pods::processes_mentioning(&["sleep\03001", "sleep\03002", "sleep\03003"]);
+        || crate::pods::processes_mentioning(&["sleep\x003001", "sleep\x003002", "sleep\x003003"]);
     assert_eq!(sleeps().len(), 3, "{:?}", sleeps());
     running.signal(libc::SIGKILL);
     let _ = running.wait(LONG);

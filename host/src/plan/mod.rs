@@ -101,7 +101,7 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
             containers,
         })
     } else {
-        diags.sort_by(|a, b| a.loc.cmp(&b.loc));
+        diags.sort_by_key(|d| d.loc);
         Err(Diagnostics(diags))
     }
 }

@@ -99,7 +99,7 @@ pub(crate) fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) 
 
 /// File order; the same problem found twice is reported once.
 pub(crate) fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
-    diags.sort_by(|a, b| a.loc.cmp(&b.loc));
+    diags.sort_by_key(|d| d.loc);
     diags.dedup();
 }
 

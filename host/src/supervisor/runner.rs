@@ -77,7 +77,7 @@ pub struct Outcome {
 
 /// A running container of either kind.
 enum Running {
-    Native(NativeContainer),
+    Native(Box<NativeContainer>),
     Wasm(WasmSidecar),
 }
 
@@ -235,7 +235,7 @@ async fn start(run: &PodRun, index: usize) -> Result<Running, String> {
         }
         None => NativeContainer::start(plan, &run.sandbox, &run.logs, run.pids_limit)
             .await
-            .map(Running::Native)
+            .map(|c| Running::Native(Box::new(c)))
             .map_err(|e| e.to_string()),
     }
 }
