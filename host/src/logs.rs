@@ -26,16 +26,26 @@ pub struct Line {
 }
 
 /// A container's recent lines and its live feed.
+/// A container's recent lines, its live feed, and its log file (opened once).
 struct Feed {
     history: VecDeque<Line>,
     live: broadcast::Sender<Line>,
+    file: Option<std::fs::File>,
 }
 
 impl Feed {
-    fn new() -> Self {
+    fn new(path: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Err(e) = &file {
+            tracing::warn!(file = %path.display(), error = %e, "cannot open the container's log file");
+        }
         Feed {
             history: VecDeque::new(),
             live: broadcast::channel(1024).0,
+            file: file.ok(),
         }
     }
 }
@@ -87,10 +97,6 @@ impl Logs {
         })
     }
 
-    pub fn format(&self) -> OutputFormat {
-        self.format
-    }
-
     pub fn file(&self, container: &str) -> PathBuf {
         self.dir.join(format!("{container}.log"))
     }
@@ -128,7 +134,7 @@ impl Logs {
         from_start: bool,
     ) -> (Vec<Line>, broadcast::Receiver<Line>) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
-        let feed = feeds.entry(container.to_string()).or_insert_with(Feed::new);
+        let feed = self.feed(&mut feeds, container);
         let past = if from_start {
             feed.history.iter().cloned().collect()
         } else {
@@ -137,9 +143,20 @@ impl Logs {
         (past, feed.live.subscribe())
     }
 
-    fn publish(&self, container: &str, line: Line) {
+    /// The container's feed, made (and its log file opened) on first use.
+    fn feed<'a>(&self, feeds: &'a mut HashMap<String, Feed>, container: &str) -> &'a mut Feed {
+        feeds
+            .entry(container.to_string())
+            .or_insert_with(|| Feed::new(self.file(container)))
+    }
+
+    /// Adds a line to the container's history, feed and log file (in CRI format).
+    fn publish(&self, container: &str, line: Line, record: &str) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
-        let feed = feeds.entry(container.to_string()).or_insert_with(Feed::new);
+        let feed = self.feed(&mut feeds, container);
+        if let Some(f) = &mut feed.file {
+            let _ = writeln!(f, "{record}");
+        }
         if feed.history.len() == HISTORY_LINES {
             feed.history.pop_front();
         }
@@ -153,6 +170,12 @@ impl Logs {
         let timestamp_ns = time
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let now = humantime::format_rfc3339_nanos(time).to_string();
+        let tag = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        let record = format!("{now} {tag} F {line}");
         self.publish(
             container,
             Line {
@@ -160,19 +183,8 @@ impl Logs {
                 text: line.to_string(),
                 timestamp_ns,
             },
+            &record,
         );
-        let now = humantime::format_rfc3339_nanos(time).to_string();
-        let tag = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.file(container))
-        {
-            let _ = writeln!(f, "{now} {tag} F {line}");
-        }
         let _guard = self.out.lock();
         match self.format {
             OutputFormat::Silent => {}

@@ -145,7 +145,7 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
     let mut plans = wpod::load_plan(file)?;
     if plans.len() != 1 {
         bail!(
-            "{}: wpod run runs one pod, but the file holds {} Pod documents",
+            "{}: wpod run runs one pod, but the file holds {} Pod documents; put each pod in a file of its own",
             file.display(),
             plans.len()
         );

@@ -523,3 +523,75 @@ spec:
     );
     assert_no_leftovers("rootfs");
 }
+
+#[test]
+fn cpu_and_process_runaways_are_held_by_their_limits() {
+    require_root("cpu_and_process_runaways_are_held");
+    let pod = TestPod::new(
+        "runaway",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: runaway
+  annotations: {wpod.dev/pids-limit: "30"}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: spinner
+    # Two seconds of busy loop under a 200m limit buy at most ~0.4 s of CPU.
+    command: [python3, -c]
+    args:
+    - |
+      import os, time
+      end = time.time() + 2
+      while time.time() < end:
+          pass
+      t = os.times()
+      print(f"cpu {t.user + t.system:.2f}", flush=True)
+    resources: {limits: {cpu: 200m}}
+  - name: forker
+    command: [python3, -c]
+    args:
+    - |
+      import subprocess
+      kids, error = [], None
+      for _ in range(100):
+          try:
+              kids.append(subprocess.Popen(["sleep", "30"]))
+          except OSError as e:
+              error = e
+              break
+      print(f"started {len(kids)}: {error}", flush=True)
+      for k in kids:
+          k.kill()
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let cpu: f64 = run
+        .logs("spinner")
+        .iter()
+        .find_map(|l| l.strip_prefix("cpu ").and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    assert!(
+        cpu > 0.1 && cpu < 0.7,
+        "a 200m limit over 2 s allows ~0.4 s of CPU, got {cpu}"
+    );
+    let line = run
+        .logs("forker")
+        .into_iter()
+        .find(|l| l.starts_with("started "))
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    let started: usize = line["started ".len()..]
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(
+        (5..30).contains(&started),
+        "pids limit 30 must stop the forker: {line}"
+    );
+    assert!(line.contains("Resource temporarily unavailable"), "{line}");
+    assert_no_leftovers("runaway");
+}

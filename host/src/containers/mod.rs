@@ -326,11 +326,6 @@ impl NativeContainer {
             pid: self.pid,
         }
     }
-
-    /// PIDs of every process in the container (host view).
-    pub fn pids(&self) -> Vec<i32> {
-        self.cgroup.pids()
-    }
 }
 
 /// A running container commands can be executed in.

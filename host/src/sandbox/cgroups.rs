@@ -70,17 +70,21 @@ pub struct ContainerCgroup {
     memory_dir: Option<PathBuf>,
 }
 
+/// The hierarchies wpod uses on this host.
+fn roots(layout: &Layout) -> Vec<PathBuf> {
+    match layout {
+        Layout::V2 => vec![PathBuf::from(CGROUP_ROOT)],
+        Layout::V1 { memory, cpu, pids } => {
+            [memory, cpu, pids].into_iter().flatten().cloned().collect()
+        }
+    }
+}
+
 impl PodCgroups {
     pub fn create(pod: &str) -> Result<Self, CgroupError> {
         let layout = detect();
-        let roots: Vec<PathBuf> = match &layout {
-            Layout::V2 => vec![PathBuf::from(CGROUP_ROOT)],
-            Layout::V1 { memory, cpu, pids } => {
-                [memory, cpu, pids].into_iter().flatten().cloned().collect()
-            }
-        };
         let mut pod_dirs = Vec::new();
-        for root in roots {
+        for root in roots(&layout) {
             let wpod = root.join("wpod");
             let dir = wpod.join(pod);
             std::fs::create_dir_all(&dir).map_err(io("create cgroup", &dir))?;
@@ -305,7 +309,12 @@ impl Drop for PodCgroups {
 
 /// Removes the cgroups of a pod left behind by a runtime that was killed.
 pub fn remove_stale(pod: &str) {
-    if let Ok(c) = PodCgroups::create(pod) {
-        drop(c);
-    }
+    let layout = detect();
+    let pod_dirs = roots(&layout)
+        .into_iter()
+        .map(|r| r.join("wpod").join(pod))
+        .filter(|d| d.exists())
+        .collect();
+    // Dropping removes what is there: containers' cgroups, then the pod's.
+    drop(PodCgroups { layout, pod_dirs });
 }

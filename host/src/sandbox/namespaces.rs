@@ -1,7 +1,7 @@
 //! The pod's namespaces, held by the holder process for the pod's whole life.
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -86,19 +86,9 @@ impl PodNamespaces {
         }
     }
 
-    /// The pod's network namespace.
-    pub fn net(&self) -> BorrowedFd<'_> {
-        self.net.as_fd()
-    }
-
     /// A shared handle on the pod's network namespace, for threads that must join it later.
     pub fn net_handle(&self) -> Arc<OwnedFd> {
         self.net.clone()
-    }
-
-    /// Host PID of the shared PID namespace's PID 1, if the pod shares one.
-    pub fn init_pid(&self) -> Option<i32> {
-        self.init_pid
     }
 }
 

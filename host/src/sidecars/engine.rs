@@ -39,7 +39,7 @@ fn config(pooling: bool) -> Config {
 }
 
 /// Creates an engine (pooling when the host allows its reservations) and starts its epoch ticker.
-pub fn new_engine() -> Result<Engine, EngineError> {
+fn new_engine() -> Result<Engine, EngineError> {
     let engine = match Engine::new(&config(true)) {
         Ok(e) => e,
         Err(e) => {

@@ -4,7 +4,6 @@
 //! joins the pod's network namespace when it starts. Two pods never share one.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,20 +19,11 @@ pub enum RuntimeError {
 
 pub struct PodRuntime {
     runtime: Option<tokio::runtime::Runtime>,
-    net_inode: u64,
     join_failed: Arc<AtomicBool>,
 }
 
 impl PodRuntime {
     pub fn new(pod: &str, net: Arc<OwnedFd>) -> Result<Self, RuntimeError> {
-        let net_inode = std::fs::File::from(
-            net.as_fd()
-                .try_clone_to_owned()
-                .map_err(RuntimeError::Build)?,
-        )
-        .metadata()
-        .map_err(RuntimeError::Build)?
-        .ino();
         let join_failed = Arc::new(AtomicBool::new(false));
         let failed = join_failed.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -50,7 +40,6 @@ impl PodRuntime {
             .map_err(RuntimeError::Build)?;
         Ok(PodRuntime {
             runtime: Some(runtime),
-            net_inode,
             join_failed,
         })
     }
@@ -63,11 +52,6 @@ impl PodRuntime {
             Some(rt) => Ok(rt.handle().clone()),
             None => Err(RuntimeError::NotInPod),
         }
-    }
-
-    /// Whether the calling thread is in the pod's network namespace (for checks and tests).
-    pub fn thread_in_pod(&self) -> bool {
-        std::fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| m.ino() == self.net_inode)
     }
 }
 

@@ -36,15 +36,6 @@ pub enum SpecError {
     Invalid(Diagnostics),
 }
 
-/// Reads, decodes and validates every document of a manifest file.
-pub fn load(path: &Path) -> Result<Vec<Pod>, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
-}
-
 /// Like [`load`], for manifest text that claims to come from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, SpecError> {
     let (pods, diags) = parse_all(path, text);

@@ -9,6 +9,9 @@ use super::decode::{loc_of, Decode, Decoder, Node};
 use super::diag::SourceMap;
 use super::quantity;
 
+/// wpod's own annotation: the pids limit of each container of the pod.
+pub const PIDS_LIMIT_ANNOTATION: &str = "wpod.dev/pids-limit";
+
 /// A validated `v1 Pod`, with where each of its fields was written.
 #[derive(Clone, Debug, Serialize)]
 pub struct Pod {
@@ -22,6 +25,15 @@ impl Pod {
     /// The pod's hostname: `spec.hostname`, else `metadata.name` (as in Kubernetes).
     pub fn hostname(&self) -> &str {
         self.spec.hostname.as_deref().unwrap_or(&self.metadata.name)
+    }
+
+    /// Processes per container, from the `wpod.dev/pids-limit` annotation (validated to be a
+    /// positive integer).
+    pub fn pids_limit(&self) -> Option<u64> {
+        self.metadata
+            .annotations
+            .get(PIDS_LIMIT_ANNOTATION)
+            .and_then(|v| v.parse().ok())
     }
 
     /// Every container with the field path that defines it, init containers first.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::container::{Container, Handler, Probe};
 use super::decode::{did_you_mean, IntOrString};
 use super::diag::Diagnostic;
-use super::pod::{Pod, VolumeSource};
+use super::pod::{Pod, VolumeSource, PIDS_LIMIT_ANNOTATION};
 
 /// Adds one diagnostic per broken rule; never stops at the first.
 pub(super) fn check(pod: &Pod, out: &mut Vec<Diagnostic>) {
@@ -39,6 +39,16 @@ impl Checker<'_> {
     }
 
     fn metadata(&mut self) {
+        if let Some(v) = self.pod.metadata.annotations.get(PIDS_LIMIT_ANNOTATION) {
+            if !v.parse::<u64>().is_ok_and(|n| n > 0) {
+                self.err(
+                    format!("metadata.annotations.{PIDS_LIMIT_ANNOTATION}"),
+                    format!(
+                        "\"{v}\" is not a process count: write a positive integer such as \"512\""
+                    ),
+                );
+            }
+        }
         let name = &self.pod.metadata.name;
         if !name.is_empty() {
             if let Err(e) = dns1123_subdomain(name) {

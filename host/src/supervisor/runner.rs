@@ -40,12 +40,7 @@ impl PodRun {
     }
 
     pub fn pids_limit(plan: &PodPlan) -> u64 {
-        plan.pod
-            .metadata
-            .annotations
-            .get("wpod.dev/pids-limit")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_PIDS_LIMIT)
+        plan.pod.pids_limit().unwrap_or(DEFAULT_PIDS_LIMIT)
     }
 }
 
