@@ -7,8 +7,10 @@
 
 pub mod bench;
 pub mod containers;
+pub mod files;
 pub mod helper;
 pub mod logs;
+pub mod mounts;
 pub mod plan;
 pub mod sandbox;
 pub mod sidecars;
@@ -20,9 +22,14 @@ use std::path::Path;
 /// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
 /// anything, and what `wpod validate` checks. All problems of the file come back at once.
 pub fn load_plan(path: &Path) -> Result<Vec<plan::PodPlan>, spec::SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| spec::SpecError::Read {
-        path: path.to_path_buf(),
-        source,
+    let bytes = files::read_regular(path, files::MAX_MANIFEST_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        spec::SpecError::Invalid(spec::Diagnostics(vec![spec::Diagnostic {
+            file: path.to_path_buf(),
+            loc: spec::Loc { line: 1, col: 1 },
+            path: String::new(),
+            message: "the file is not UTF-8 text; a manifest is YAML in UTF-8".to_string(),
+        }]))
     })?;
     let (pods, mut diags) = spec::parse_all(path, &text);
     let mut plans = Vec::new();

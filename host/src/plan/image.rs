@@ -59,17 +59,19 @@ pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, String
 
 fn check_component(image: &str, path: &Path) -> Result<(), String> {
     let mut head = [0u8; 8];
-    let read =
-        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    // Only a regular file: a FIFO or a device named as an image must not hang validation.
+    let read = crate::files::open_regular(path).and_then(|mut f| {
+        std::io::Read::read_exact(&mut f, &mut head).map_err(|source| crate::files::ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    });
     match read {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+        Err(e) if e.is_not_found() => Err(format!(
             "Wasm component \"{image}\" not found at {} (paths are relative to the manifest)",
             path.display()
         )),
-        Err(e) => Err(format!(
-            "cannot read Wasm component {}: {e}",
-            path.display()
-        )),
+        Err(e) => Err(format!("cannot read Wasm component: {e}")),
         Ok(()) if head == COMPONENT_PREAMBLE => Ok(()),
         Ok(()) if head == MODULE_PREAMBLE => Err(format!(
             "{} is a core Wasm module, not a component: build the sidecar for wasm32-wasip2 \

@@ -5,11 +5,15 @@
 
 pub mod image;
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::spec::{Container, Diagnostic, Diagnostics, Handler, Pod, VolumeSource};
+use crate::spec::{
+    Annotations, Container, Diagnostic, Diagnostics, Handler, Pod, PodName, VolumeSource,
+};
 pub use image::Image;
 
 /// A container's place in the pod's start order (Kubernetes semantics).
@@ -39,17 +43,46 @@ impl ContainerPlan {
     }
 }
 
-/// A pod ready to be created: containers in start order.
+/// A pod ready to be created: containers in start order, and what the sandbox must set up.
 #[derive(Clone, Debug, Serialize)]
 pub struct PodPlan {
     pub pod: Pod,
+    /// The pod's name, checked: it names the pod's state directory and cgroups.
+    pub name: PodName,
     pub containers: Vec<ContainerPlan>,
+    /// wpod's settings from the pod's annotations, defaults applied.
+    pub settings: Annotations,
+    /// The hostPorts to publish.
+    pub port_mappings: Vec<PortMapping>,
+    /// The size of each `medium: Memory` emptyDir's tmpfs, by volume name; `None` leaves the
+    /// kernel's default (half of the host's memory).
+    pub tmpfs_sizes: BTreeMap<String, Option<u64>>,
+    /// The memory limit of the wpod process while it runs this pod (see
+    /// [`runtime_memory_limit`]); `None`: not bounded.
+    pub runtime_memory_limit: Option<u64>,
 }
+
+/// What wpod itself needs while it runs a pod, Wasm sidecars aside: its runtimes, its port
+/// forwarders, buffers. Measured idle at ~40 MiB; the rest is headroom.
+pub const RUNTIME_BASE_MEMORY: u64 = 256 << 20;
+/// What wpod keeps per container: its recent output (`logs::HISTORY_BYTES`) and its tasks.
+pub const RUNTIME_MEMORY_PER_CONTAINER: u64 = 4 << 20;
 
 impl PodPlan {
     pub fn name(&self) -> &str {
-        &self.pod.metadata.name
+        self.name.as_str()
     }
+}
+
+/// One published port: the host listens on `host_ip:host_port` and forwards to the pod's
+/// loopback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub container: String,
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
 }
 
 /// Resolves images and checks what depends on them and on the host.
@@ -95,15 +128,131 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
         }
     }
     check_host_paths(pod, &mut diags);
-    if diags.is_empty() {
-        Ok(PodPlan {
-            pod: pod.clone(),
-            containers,
-        })
-    } else {
-        diags.sort_by_key(|d| d.loc);
-        Err(Diagnostics(diags))
+    let port_mappings = port_mappings(pod, &mut diags);
+    let name = PodName::new(&pod.metadata.name)
+        .map_err(|e| diags.push(pod.source.diag("metadata.name", e)));
+    match name {
+        Ok(name) if diags.is_empty() => {
+            let tmpfs_sizes = tmpfs_sizes(pod);
+            Ok(PodPlan {
+                name,
+                runtime_memory_limit: runtime_memory_limit(&containers, &tmpfs_sizes),
+                containers,
+                settings: pod.annotations(),
+                port_mappings,
+                tmpfs_sizes,
+                pod: pod.clone(),
+            })
+        }
+        _ => {
+            diags.sort_by_key(|d| d.loc);
+            Err(Diagnostics(diags))
+        }
     }
+}
+
+/// Every hostPort of the pod (validation made sure each hostIP is an address and each port is
+/// unique); UDP cannot be published yet.
+fn port_mappings(pod: &Pod, diags: &mut Vec<Diagnostic>) -> Vec<PortMapping> {
+    let mut out = Vec::new();
+    for (path, c) in pod.all_containers() {
+        for (i, p) in c.ports.iter().enumerate() {
+            let Some(host_port) = p.host_port else {
+                continue;
+            };
+            if p.protocol == "UDP" {
+                diags.push(pod.source.diag(
+                    format!("{path}.ports[{i}].hostPort"),
+                    "publishing UDP ports is not supported by wpod yet; use TCP",
+                ));
+                continue;
+            }
+            let host_ip = match p.host_ip.as_deref().map(str::parse::<IpAddr>) {
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                Some(Ok(ip)) => ip,
+                Some(Err(_)) => continue, // reported by validation; never published
+            };
+            out.push(PortMapping {
+                container: c.name.clone(),
+                host_ip,
+                host_port,
+                container_port: p.container_port,
+            });
+        }
+    }
+    out
+}
+
+/// The pod's memory limit as the kubelet computes it, when every container has one: the larger
+/// of the regular containers plus native sidecars, and of each init container plus the native
+/// sidecars started before it.
+fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    let mut sidecars = 0u64;
+    let mut peak = 0u64;
+    for c in &pod.spec.init_containers {
+        let limit = c.resources.limits.memory_bytes?;
+        if c.restart_policy.as_deref() == Some("Always") {
+            sidecars = sidecars.saturating_add(limit);
+        } else {
+            peak = peak.max(sidecars.saturating_add(limit));
+        }
+    }
+    let mut regular = sidecars;
+    for c in &pod.spec.containers {
+        regular = regular.saturating_add(c.resources.limits.memory_bytes?);
+    }
+    Some(peak.max(regular))
+}
+
+/// The wpod process hosts the Wasm sidecars: their memory is its memory, and what they write to
+/// a memory-backed volume is charged to it. It is bounded when they are: its own need, plus each
+/// sidecar's limit, plus each memory-backed volume a sidecar may write. `None` when a Wasm
+/// sidecar has no memory limit (or writes to an unbounded tmpfs), like a container without one.
+fn runtime_memory_limit(
+    containers: &[ContainerPlan],
+    tmpfs_sizes: &BTreeMap<String, Option<u64>>,
+) -> Option<u64> {
+    let mut limit = RUNTIME_BASE_MEMORY
+        .saturating_add(RUNTIME_MEMORY_PER_CONTAINER.saturating_mul(containers.len() as u64));
+    let mut written = std::collections::BTreeSet::new();
+    for c in containers.iter().filter(|c| c.image.is_wasm()) {
+        limit = limit.saturating_add(c.spec.resources.limits.memory_bytes?);
+        written.extend(
+            c.spec
+                .volume_mounts
+                .iter()
+                .filter(|m| !m.read_only)
+                .map(|m| m.name.as_str()),
+        );
+    }
+    for name in written {
+        if let Some(size) = tmpfs_sizes.get(name) {
+            limit = limit.saturating_add((*size)?);
+        }
+    }
+    Some(limit)
+}
+
+/// Each `medium: Memory` emptyDir is sized as the kubelet sizes it: its `sizeLimit` when above
+/// zero, but never above the pod's memory limit (`sizeLimit: 0` means "not set", as in
+/// Kubernetes; a tmpfs of size 0 would be unlimited).
+fn tmpfs_sizes(pod: &Pod) -> BTreeMap<String, Option<u64>> {
+    let pod_limit = pod_memory_limit(pod);
+    pod.spec
+        .volumes
+        .iter()
+        .filter_map(|v| match &v.source {
+            VolumeSource::EmptyDir(e) if e.medium == "Memory" => {
+                let own = e.size_limit_bytes.filter(|n| *n > 0);
+                let size = match (own, pod_limit) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                Some((v.name.clone(), size))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// A component may import only what the pod grants it, and must be a runnable sidecar.
@@ -137,8 +286,85 @@ fn check_component_grants(
     }
 }
 
+/// A Wasm sidecar runs inside the wpod process and gets each volume as a preopened directory.
+/// A host directory that is, or holds, a kernel filesystem would hand it wpod's own memory
+/// (`/proc/self`) and the host's devices and settings, even read-only: refused. (The sandbox
+/// checks the opened directory again when the sidecar starts.)
+fn check_wasm_volumes(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnostic>) {
+    let table = crate::mounts::table().unwrap_or_default();
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let source = pod.spec.volumes.iter().find(|v| v.name == m.name);
+        let Some(VolumeSource::HostPath(h)) = source.map(|v| &v.source) else {
+            continue;
+        };
+        let field = format!("{path}.volumeMounts[{i}].name");
+        if !matches!(h.kind.as_str(), "" | "Directory" | "DirectoryOrCreate") {
+            diags.push(pod.source.diag(
+                field,
+                format!(
+                    "volume \"{}\" is a hostPath of type {}: a Wasm sidecar gets each volume as a \
+                     directory; mount the directory that holds it",
+                    m.name, h.kind
+                ),
+            ));
+            continue;
+        }
+        let real = resolve_existing(Path::new(&h.path));
+        if real.exists() && !real.is_dir() {
+            diags.push(pod.source.diag(
+                field,
+                format!(
+                    "volume \"{}\" ({}) is not a directory: a Wasm sidecar gets each volume as a \
+                     directory; mount the directory that holds it",
+                    m.name, h.path
+                ),
+            ));
+            continue;
+        }
+        if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, None).first() {
+            let how = if real.starts_with(&k.mount_point) {
+                "is on"
+            } else {
+                "holds"
+            };
+            diags.push(pod.source.diag(
+                field,
+                format!(
+                    "volume \"{}\" (hostPath {}) {how} the kernel filesystem {} at {}: a Wasm sidecar \
+                     runs inside the wpod process, and such a mount would expose wpod's memory and \
+                     the host's processes, devices or settings to it; mount a directory without \
+                     kernel filesystems, such as /var/log",
+                    m.name,
+                    h.path,
+                    k.fstype,
+                    k.mount_point.display()
+                ),
+            ));
+        }
+    }
+}
+
+/// `path` with symlinks resolved as far as it exists (a `DirectoryOrCreate` path may not yet).
+fn resolve_existing(path: &Path) -> std::path::PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 /// Fields that need a process make no sense for a Wasm sidecar; say so instead of ignoring them.
 fn check_wasm_container(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnostic>) {
+    check_wasm_volumes(pod, path, c, diags);
     let handlers = [
         (
             "livenessProbe",
@@ -200,22 +426,6 @@ fn check_native_container(
                 format!("{path}.securityContext.runAsNonRoot"),
                 "the container would run as root (uid 0); set securityContext.runAsUser to a non-zero uid",
             ));
-        }
-    }
-    for (i, p) in c.ports.iter().enumerate() {
-        if p.host_port.is_some() && p.protocol == "UDP" {
-            diags.push(pod.source.diag(
-                format!("{path}.ports[{i}].hostPort"),
-                "publishing UDP ports is not supported by wpod yet; use TCP",
-            ));
-        }
-        if let Some(ip) = &p.host_ip {
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                diags.push(pod.source.diag(
-                    format!("{path}.ports[{i}].hostIP"),
-                    format!("\"{ip}\" is not an IP address"),
-                ));
-            }
         }
     }
 }

@@ -393,6 +393,8 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: bool,
     pub privileged: bool,
     pub allow_privilege_escalation: Option<bool>,
+    /// `seccompProfile.type`: RuntimeDefault (wpod's default) or Unconfined.
+    pub seccomp_profile: Option<String>,
 }
 
 impl Decode for SecurityContext {
@@ -402,7 +404,6 @@ impl Decode for SecurityContext {
                 "appArmorProfile",
                 "procMount",
                 "seLinuxOptions",
-                "seccompProfile",
                 "windowsOptions",
             ]);
             SecurityContext {
@@ -413,6 +414,23 @@ impl Decode for SecurityContext {
                 read_only_root_filesystem: f.opt("readOnlyRootFilesystem").unwrap_or(false),
                 privileged: f.opt("privileged").unwrap_or(false),
                 allow_privilege_escalation: f.opt("allowPrivilegeEscalation"),
+                seccomp_profile: f.opt::<SeccompProfile>("seccompProfile").map(|p| p.kind),
+            }
+        })
+    }
+}
+
+/// `securityContext.seccompProfile`.
+struct SeccompProfile {
+    kind: String,
+}
+
+impl Decode for SeccompProfile {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&["localhostProfile"]);
+            SeccompProfile {
+                kind: f.req("type").unwrap_or_default(),
             }
         })
     }

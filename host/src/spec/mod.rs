@@ -6,11 +6,12 @@
 mod container;
 mod decode;
 mod diag;
+mod names;
 mod pod;
 pub mod quantity;
 mod validate;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
@@ -21,19 +22,27 @@ pub use container::{
 };
 pub use decode::IntOrString;
 pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
-pub use pod::{EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource};
+pub use names::PodName;
+pub use pod::{Annotations, EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource};
 
 use decode::{loc_of, Decoder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read manifest {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{}", read_message(.0))]
+    Read(#[from] crate::files::ReadError),
     #[error("{0}")]
     Invalid(Diagnostics),
+}
+
+fn read_message(e: &crate::files::ReadError) -> String {
+    use crate::files::ReadError;
+    match e {
+        ReadError::Io { path, source } => {
+            format!("cannot read manifest {}: {source}", path.display())
+        }
+        other => format!("cannot read the manifest: {other}"),
+    }
 }
 
 /// Like [`load`], for manifest text that claims to come from `path`.
@@ -49,6 +58,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, SpecError> {
 /// Every Pod document that could be decoded (even with problems, so later checks such as image
 /// resolution can still run and report theirs) and every problem found, in file order.
 pub(crate) fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
+    if let Some(diag) = too_deep(path, text) {
+        return (Vec::new(), vec![diag]);
+    }
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(docs) => docs,
         Err(e) => {
@@ -86,6 +98,45 @@ pub(crate) fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) 
     }
     sort_diagnostics(&mut diags);
     (pods, diags)
+}
+
+/// How deeply collections may nest. A Pod nests about ten levels; the YAML tree is built and
+/// dropped recursively, so thousands of levels (`- - - - ...`) would overflow the stack.
+const MAX_DEPTH: usize = 64;
+
+/// Checks nesting with the event parser (which keeps its own stack on the heap) before the tree
+/// is built: the first collection nested too deeply is the error.
+fn too_deep(path: &Path, text: &str) -> Option<Diagnostic> {
+    use saphyr_parser::{Event, Parser};
+    let mut depth = 0usize;
+    for item in Parser::new_from_str(text) {
+        // Syntax errors are left to the loader, which reports them with the same words.
+        let Ok((event, span)) = item else {
+            return None;
+        };
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(Diagnostic {
+                        file: path.to_path_buf(),
+                        loc: Loc {
+                            line: span.start.line(),
+                            col: span.start.col() + 1,
+                        },
+                        path: String::new(),
+                        message: format!(
+                            "collections nest more than {MAX_DEPTH} levels deep here; a Pod \
+                             manifest needs far fewer: check the indentation"
+                        ),
+                    });
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// File order; the same problem found twice is reported once.

@@ -9,8 +9,125 @@ use super::decode::{loc_of, Decode, Decoder, Node};
 use super::diag::SourceMap;
 use super::quantity;
 
-/// wpod's own annotation: the pids limit of each container of the pod.
-pub const PIDS_LIMIT_ANNOTATION: &str = "wpod.dev/pids-limit";
+/// wpod's own settings, written as pod annotations (a Kubernetes Pod has no field for them),
+/// each with its default. Every `wpod.dev/` annotation is checked: a typo is an error, not a
+/// silently ignored setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Annotations {
+    /// `wpod.dev/pids-limit`: processes per native container (its cgroup's pids.max).
+    pub pids_limit: u64,
+    /// `wpod.dev/sidecar-max-handles`: open handles per Wasm sidecar (sockets, files, streams,
+    /// pollables: its resource table), like a process's `ulimit -n`.
+    pub sidecar_max_handles: u64,
+    /// `wpod.dev/log-max-size`: a container's log file is rotated past this size (kubelet's
+    /// containerLogMaxSize).
+    pub log_max_bytes: u64,
+    /// `wpod.dev/log-max-files`: log files kept per container, the current one included
+    /// (kubelet's containerLogMaxFiles).
+    pub log_max_files: u64,
+    /// `wpod.dev/log-rate-limit`: bytes per second a container may write to stdout/stderr;
+    /// a faster writer waits.
+    pub log_rate_bytes: u64,
+}
+
+impl Default for Annotations {
+    fn default() -> Self {
+        Annotations {
+            pids_limit: 4096,
+            sidecar_max_handles: 1024,
+            log_max_bytes: 10 << 20,
+            log_max_files: 5,
+            log_rate_bytes: 16 << 20,
+        }
+    }
+}
+
+/// How one annotation is read: its key, its parser (with the smallest value that makes sense)
+/// and where the value goes.
+struct Setting {
+    key: &'static str,
+    parse: fn(&str) -> Result<u64, String>,
+    set: fn(&mut Annotations, u64),
+}
+
+fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v: &str| match v.parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "\"{v}\" is not a count: write an integer of at least {min}, such as \"512\""
+        )),
+    }
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "wpod.dev/pids-limit",
+        parse: |v| count_at_least(1)(v),
+        set: |a, n| a.pids_limit = n,
+    },
+    Setting {
+        key: "wpod.dev/sidecar-max-handles",
+        // A std guest needs a few handles for its stdio and preopens before doing anything.
+        parse: |v| count_at_least(32)(v),
+        set: |a, n| a.sidecar_max_handles = n,
+    },
+    Setting {
+        key: "wpod.dev/log-max-size",
+        parse: |v| match quantity::bytes(v) {
+            Ok(n) if n >= 64 << 10 => Ok(n),
+            Ok(_) => Err(format!("\"{v}\" is too small: use at least 64Ki")),
+            Err(e) => Err(e),
+        },
+        set: |a, n| a.log_max_bytes = n,
+    },
+    Setting {
+        key: "wpod.dev/log-max-files",
+        // As the kubelet: the current file and at least one rotated one.
+        parse: |v| count_at_least(2)(v),
+        set: |a, n| a.log_max_files = n,
+    },
+    Setting {
+        key: "wpod.dev/log-rate-limit",
+        parse: |v| match quantity::bytes(v) {
+            Ok(n) if n >= 4 << 10 => Ok(n),
+            Ok(_) => Err(format!(
+                "\"{v}\" is too small: use at least 4Ki (bytes per second)"
+            )),
+            Err(e) => Err(e),
+        },
+        set: |a, n| a.log_rate_bytes = n,
+    },
+];
+
+impl Annotations {
+    /// The settings of `annotations` with defaults for the absent ones, and a problem (key,
+    /// message) for each `wpod.dev/` annotation that is unknown or has a bad value.
+    pub fn read(annotations: &BTreeMap<String, String>) -> (Self, Vec<(String, String)>) {
+        let mut out = Annotations::default();
+        let mut problems = Vec::new();
+        for (key, value) in annotations {
+            if !key.starts_with("wpod.dev/") {
+                continue;
+            }
+            match SETTINGS.iter().find(|s| s.key == key) {
+                Some(s) => match (s.parse)(value) {
+                    Ok(n) => (s.set)(&mut out, n),
+                    Err(e) => problems.push((key.clone(), e)),
+                },
+                None => {
+                    let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                    let hint = match super::decode::did_you_mean(key, &keys) {
+                        Some(k) => format!("did you mean \"{k}\"?"),
+                        None => format!("wpod reads {}", keys.join(", ")),
+                    };
+                    problems.push((key.clone(), format!("unknown wpod annotation; {hint}")));
+                }
+            }
+        }
+        (out, problems)
+    }
+}
 
 /// A validated `v1 Pod`, with where each of its fields was written.
 #[derive(Clone, Debug, Serialize)]
@@ -27,13 +144,9 @@ impl Pod {
         self.spec.hostname.as_deref().unwrap_or(&self.metadata.name)
     }
 
-    /// Processes per container, from the `wpod.dev/pids-limit` annotation (validated to be a
-    /// positive integer).
-    pub fn pids_limit(&self) -> Option<u64> {
-        self.metadata
-            .annotations
-            .get(PIDS_LIMIT_ANNOTATION)
-            .and_then(|v| v.parse().ok())
+    /// wpod's settings from the pod's annotations (validated), defaults for the rest.
+    pub fn annotations(&self) -> Annotations {
+        Annotations::read(&self.metadata.annotations).0
     }
 
     /// Every container with the field path that defines it, init containers first.

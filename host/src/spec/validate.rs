@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use super::container::{Container, Handler, Probe};
 use super::decode::{did_you_mean, IntOrString};
 use super::diag::Diagnostic;
-use super::pod::{Pod, VolumeSource, PIDS_LIMIT_ANNOTATION};
+use super::names::{dns1123_label, port_name, PodName};
+use super::pod::{Annotations, Pod, VolumeSource};
 
 /// Adds one diagnostic per broken rule; never stops at the first.
 pub(super) fn check(pod: &Pod, out: &mut Vec<Diagnostic>) {
@@ -39,21 +40,26 @@ impl Checker<'_> {
     }
 
     fn metadata(&mut self) {
-        if let Some(v) = self.pod.metadata.annotations.get(PIDS_LIMIT_ANNOTATION) {
-            if !v.parse::<u64>().is_ok_and(|n| n > 0) {
-                self.err(
-                    format!("metadata.annotations.{PIDS_LIMIT_ANNOTATION}"),
-                    format!(
-                        "\"{v}\" is not a process count: write a positive integer such as \"512\""
-                    ),
-                );
-            }
+        for (key, message) in Annotations::read(&self.pod.metadata.annotations).1 {
+            self.err(format!("metadata.annotations.{key}"), message);
         }
         let name = &self.pod.metadata.name;
-        if !name.is_empty() {
-            if let Err(e) = dns1123_subdomain(name) {
-                self.err("metadata.name", e);
-            }
+        if self.reported("metadata.name") {
+            return;
+        }
+        if let Err(e) = PodName::new(name) {
+            self.err("metadata.name", e);
+        } else if self.pod.spec.hostname.is_none() && name.len() > 63 {
+            // The pod's hostname is its name unless spec.hostname says otherwise, and a hostname
+            // has at most 63 characters.
+            self.err(
+                "metadata.name",
+                format!(
+                    "a name of {} characters cannot be the pod's hostname (at most 63): set \
+                     spec.hostname, or use a shorter name",
+                    name.len()
+                ),
+            );
         }
     }
 
@@ -113,6 +119,10 @@ impl Checker<'_> {
                     if !h.path.starts_with('/') {
                         self.err(format!("{path}.hostPath.path"), "must be an absolute path");
                     }
+                    if h.path.split('/').any(|seg| seg == "..") {
+                        self.err(format!("{path}.hostPath.path"), "must not contain '..'");
+                    }
+                    self.c_string(&format!("{path}.hostPath.path"), &h.path);
                     const TYPES: &[&str] = &[
                         "",
                         "DirectoryOrCreate",
@@ -181,6 +191,15 @@ impl Checker<'_> {
             if !w.starts_with('/') {
                 self.err(format!("{path}.workingDir"), "must be an absolute path");
             }
+            self.c_string(&format!("{path}.workingDir"), w);
+        }
+        for (field, values) in [("command", &c.command), ("args", &c.args)] {
+            for (i, v) in values.iter().enumerate() {
+                self.c_string(&format!("{path}.{field}[{i}]"), v);
+            }
+        }
+        for (i, e) in c.env.iter().enumerate() {
+            self.c_string(&format!("{path}.env[{i}].value"), &e.value);
         }
         let sidecar = match (&c.restart_policy, is_init) {
             (None, _) => false,
@@ -235,6 +254,17 @@ impl Checker<'_> {
         }
     }
 
+    /// Arguments, environment and paths reach the kernel as C strings, which end at a NUL.
+    fn c_string(&mut self, path: &str, value: &str) {
+        if value.contains('\0') {
+            self.err(
+                path,
+                "must not contain a NUL character (\\0): programs receive their arguments, \
+                 environment and paths as C strings",
+            );
+        }
+    }
+
     fn mounts(&mut self, path: &str, c: &Container) {
         let volumes: Vec<&str> = self
             .pod
@@ -258,8 +288,15 @@ impl Checker<'_> {
                 );
             }
             if !m.mount_path.is_empty() {
+                self.c_string(&format!("{mpath}.mountPath"), &m.mount_path);
                 if !m.mount_path.starts_with('/') {
                     self.err(format!("{mpath}.mountPath"), "must be an absolute path");
+                } else if m.mount_path.trim_matches('/').is_empty() {
+                    self.err(
+                        format!("{mpath}.mountPath"),
+                        "must not be /: a volume cannot replace the container's root; mount it \
+                         at a directory such as /data",
+                    );
                 } else if !paths.insert(m.mount_path.trim_end_matches('/')) {
                     self.err(
                         format!("{mpath}.mountPath"),
@@ -303,6 +340,17 @@ impl Checker<'_> {
         let Some(sc) = &c.security_context else {
             return;
         };
+        match sc.seccomp_profile.as_deref() {
+            None | Some("RuntimeDefault") | Some("Unconfined") => {}
+            Some("Localhost") => self.err(
+                format!("{path}.securityContext.seccompProfile.type"),
+                "Localhost profiles are not supported by wpod; use RuntimeDefault (the default) or Unconfined",
+            ),
+            Some(other) => self.err(
+                format!("{path}.securityContext.seccompProfile.type"),
+                format!("unsupported value \"{other}\": use RuntimeDefault or Unconfined"),
+            ),
+        }
         if sc.privileged {
             self.err(format!("{path}.securityContext.privileged"), "privileged containers are not supported by wpod; add the capabilities the container needs instead");
         }
@@ -350,6 +398,17 @@ impl Checker<'_> {
         match h {
             Handler::HttpGet(g) => {
                 self.port_ref(&format!("{path}.httpGet.port"), &g.port, c);
+                // The request is written as text: a line break would smuggle in headers.
+                let mut texts = vec![(format!("{path}.httpGet.path"), &g.path)];
+                for (i, h) in g.http_headers.iter().enumerate() {
+                    texts.push((format!("{path}.httpGet.httpHeaders[{i}].name"), &h.name));
+                    texts.push((format!("{path}.httpGet.httpHeaders[{i}].value"), &h.value));
+                }
+                for (field, text) in texts {
+                    if text.contains(['\r', '\n', '\0']) {
+                        self.err(field, "must not contain line breaks or NUL characters");
+                    }
+                }
                 match g.scheme.as_str() {
                     "HTTP" => {}
                     "HTTPS" => self.err(format!("{path}.httpGet.scheme"), "HTTPS probes and hooks are not supported by wpod yet; use HTTP or tcpSocket"),
@@ -362,7 +421,12 @@ impl Checker<'_> {
             {
                 self.err(format!("{path}.exec.command"), "must name a command to run");
             }
-            Handler::Exec(_) | Handler::Sleep(_) => {}
+            Handler::Exec(e) => {
+                for (i, arg) in e.command.iter().enumerate() {
+                    self.c_string(&format!("{path}.exec.command[{i}]"), arg);
+                }
+            }
+            Handler::Sleep(_) => {}
         }
     }
 
@@ -434,6 +498,15 @@ impl Checker<'_> {
                         container_ports.insert(key, path.clone());
                     }
                 }
+                if let Some(ip) = &p.host_ip {
+                    // Fail closed: a hostIP that is not an address must not become 0.0.0.0.
+                    if ip.parse::<std::net::IpAddr>().is_err() {
+                        self.err(
+                            format!("{path}.hostIP"),
+                            format!("\"{ip}\" is not an IP address: write one such as 127.0.0.1 (names such as localhost are not resolved)"),
+                        );
+                    }
+                }
                 if let Some(hp) = p.host_port {
                     let key = (hp, p.protocol.as_str());
                     if hp == 0 && !self.reported(&format!("{path}.hostPort")) {
@@ -449,70 +522,6 @@ impl Checker<'_> {
                 }
             }
         }
-    }
-}
-
-/// RFC 1123 label: what Kubernetes requires of container, volume and host names.
-pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name \"{s}\": a DNS-1123 label has at most 63 lowercase letters, digits and '-', \
-             starting and ending with a letter or digit (e.g. \"{}\")",
-            suggest_name(s)
-        ))
-    }
-}
-
-/// RFC 1123 subdomain: what Kubernetes requires of object names.
-fn dns1123_subdomain(s: &str) -> Result<(), String> {
-    let ok = s.len() <= 253 && s.split('.').all(|l| dns1123_label(l).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name \"{s}\": a DNS-1123 subdomain has lowercase letters, digits, '-' and '.', \
-             starting and ending with a letter or digit (e.g. \"{}\")",
-            suggest_name(s)
-        ))
-    }
-}
-
-fn suggest_name(s: &str) -> String {
-    let mapped: String = s
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let trimmed = mapped.trim_matches('-');
-    if trimmed.is_empty() {
-        "my-name".to_string()
-    } else {
-        trimmed.chars().take(63).collect()
-    }
-}
-
-/// IANA service name: what Kubernetes requires of port names.
-fn port_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid port name \"{s}\": at most 15 lowercase letters, digits and '-', with at least one letter"))
     }
 }
 

@@ -1,0 +1,120 @@
+//! Reading files a manifest names (the manifest itself, Wasm components): only regular files,
+//! never more than a cap, never blocking. A FIFO, a device or `/dev/zero` named as a manifest or a
+//! `.wasm` image is refused at once instead of hanging `wpod validate` or filling its memory.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The largest manifest wpod reads (the Kubernetes API server refuses objects over ~1.5 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest Wasm component wpod reads (a Python sidecar is ~20-40 MiB).
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{} is larger than {max} bytes", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+}
+
+impl ReadError {
+    /// Whether the file does not exist (callers say where they looked).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Opens `path` for reading if it is a regular file. `O_NONBLOCK` makes opening a FIFO return at
+/// once (it has no effect on a regular file), so the type check below can refuse it.
+pub fn open_regular(path: &Path) -> Result<File, ReadError> {
+    let io = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let ft = file.metadata().map_err(io)?.file_type();
+    let kind = if ft.is_file() {
+        return Ok(file);
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    };
+    Err(ReadError::NotRegular {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// Reads a regular file of at most `max` bytes.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells a file that is too large (or still growing).
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_small_regular_file() {
+        let dir = std::env::temp_dir().join(format!("wpod-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.wasm");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            read_regular(&fifo, 100),
+            Err(ReadError::NotRegular { kind: "a FIFO", .. })
+        ));
+        assert!(matches!(
+            read_regular(Path::new("/dev/zero"), 100),
+            Err(ReadError::NotRegular { .. })
+        ));
+        let big = dir.join("big");
+        std::fs::write(&big, [0u8; 101]).unwrap();
+        assert!(matches!(
+            read_regular(&big, 100),
+            Err(ReadError::TooLarge { .. })
+        ));
+        assert_eq!(read_regular(&big, 101).unwrap().len(), 101);
+        assert!(read_regular(&dir.join("gone"), 1)
+            .unwrap_err()
+            .is_not_found());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
