@@ -90,6 +90,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { pod } => {
+            // Only a valid pod name becomes a path: `__cleanup ..` must not clear anything.
+            let pod = wpod::spec::PodName::new(&pod).map_err(anyhow::Error::msg)?;
             // Taking the pod's lock clears whatever an earlier run left; releasing it removes the rest.
             drop(wpod::sandbox::state::StateDir::acquire(&pod)?);
             Ok(ExitCode::SUCCESS)
@@ -141,6 +143,31 @@ fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raises the soft limit on open files to the hard one, as container engines do: wpod holds the
+/// pod's sockets, log files and every sidecar's handles. Each sidecar is held to its own quota
+/// (`wpod.dev/sidecar-max-handles`); if the quotas together exceed what the process may open,
+/// one sidecar could still starve another, which is said.
+fn raise_fd_limit(plan: &wpod::plan::PodPlan) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+    }
+    let sidecars = plan.containers.iter().filter(|c| c.image.is_wasm()).count() as u64;
+    let quotas = sidecars.saturating_mul(plan.settings.sidecar_max_handles);
+    // Room for wpod itself and its native containers' pipes and log files.
+    let reserve = 1024;
+    if quotas.saturating_add(reserve) > hard {
+        tracing::warn!(
+            "the pod's {sidecars} sidecars may hold {quotas} handles together, more than the {hard} files wpod may open (ulimit -Hn); lower wpod.dev/sidecar-max-handles or raise the limit"
+        );
+    }
+}
+
 fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow::Result<ExitCode> {
     let mut plans = wpod::load_plan(file)?;
     if plans.len() != 1 {
@@ -157,6 +184,7 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
             "wpod run needs root: it creates namespaces, mounts and cgroups for the pod (try sudo)"
         );
     }
+    raise_fd_limit(&plan);
     let format = match output {
         cli::Output::Text => OutputFormat::Text,
         cli::Output::Json => OutputFormat::Json,
@@ -185,7 +213,7 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         for w in &sandbox.warnings {
             events.emit(None, Event::Warning { message: w.clone() });
         }
-        let logs = Logs::new(sandbox.log_dir(), format);
+        let logs = Logs::new(sandbox.log_dir(), format, (&plan.settings).into());
         let plan = Arc::new(plan);
         let supervisor = Supervisor::new(plan, sandbox.clone(), prepared, logs, events, backoff)
             .with_context(|| format!("pod {name} failed to start"))?;

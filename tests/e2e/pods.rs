@@ -280,12 +280,13 @@ pub fn assert_no_leftovers(pod: &str) {
         "state directory {} is left",
         state.display()
     );
-    for hierarchy in ["memory", "cpu", "pids", ""] {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join("wpod")
-            .join(pod);
-        assert!(!dir.exists(), "cgroup {} is left", dir.display());
+    // Cgroups live at wpod/<root-id>/<pod> in each hierarchy.
+    for hierarchy in ["memory", "cpu", "pids", "unified", ""] {
+        let wpod = Path::new("/sys/fs/cgroup").join(hierarchy).join("wpod");
+        for root in std::fs::read_dir(&wpod).into_iter().flatten().flatten() {
+            let dir = root.path().join(pod);
+            assert!(!dir.exists(), "cgroup {} is left", dir.display());
+        }
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let marker = format!("/pods/{pod}/");

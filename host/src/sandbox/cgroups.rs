@@ -1,6 +1,9 @@
-//! A cgroup per container under `wpod/<pod>/`, for limits (memory, cpu, pids), for OOM
-//! reporting, and to find and kill every process of a container. Pure cgroup v2 hosts and hybrid
-//! v1/v2 hosts (controllers on v1) are both supported; a limit that cannot be applied is said.
+//! A cgroup per container under `wpod/<root-id>/<pod>/`, for limits (memory, cpu, pids), for OOM
+//! reporting, and to find and kill every process of a container; and `_runtime` beside them for
+//! the `wpod` process itself, which hosts the pod's Wasm sidecars, so that what they cost the
+//! host is charged and bounded too. `<root-id>` names the state root (`$WPOD_ROOT`): two roots
+//! never touch each other's pods. Pure cgroup v2 hosts and hybrid v1/v2 hosts (controllers on
+//! v1) are both supported; a limit that cannot be applied is said.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::spec::ResourceList;
+use crate::spec::{PodName, ResourceList};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// CFS period for CPU limits, as the kubelet uses.
@@ -57,10 +60,23 @@ fn detect() -> Layout {
     }
 }
 
-/// The pod's cgroups: `wpod/<pod>` in every hierarchy used.
+/// The cgroup of the `wpod` process while it runs a pod (container names are DNS labels, so
+/// none can be called this).
+const RUNTIME: &str = "_runtime";
+
+/// The pod's cgroups: `wpod/<root-id>/<pod>` in every hierarchy used.
 pub struct PodCgroups {
     layout: Layout,
     pod_dirs: Vec<PathBuf>,
+    /// Where the wpod process was before it joined `_runtime`, to go back before removing it.
+    runtime_origin: Vec<PathBuf>,
+}
+
+/// The pod's directory in hierarchy `root`.
+fn pod_dir(root: &Path, pod: &PodName) -> PathBuf {
+    root.join("wpod")
+        .join(super::state::root_id())
+        .join(pod.as_str())
 }
 
 /// A container's cgroup (one directory per hierarchy on v1).
@@ -81,22 +97,65 @@ fn roots(layout: &Layout) -> Vec<PathBuf> {
 }
 
 impl PodCgroups {
-    pub fn create(pod: &str) -> Result<Self, CgroupError> {
+    pub fn create(pod: &PodName) -> Result<Self, CgroupError> {
         let layout = detect();
-        let mut pod_dirs = Vec::new();
+        let mut cgroups = PodCgroups {
+            layout: layout.clone(),
+            pod_dirs: Vec::new(),
+            runtime_origin: Vec::new(),
+        };
         for root in roots(&layout) {
-            let wpod = root.join("wpod");
-            let dir = wpod.join(pod);
+            let dir = pod_dir(&root, pod);
             std::fs::create_dir_all(&dir).map_err(io("create cgroup", &dir))?;
             if matches!(layout, Layout::V2) {
                 // Limits in a child need the controllers enabled on every level above it.
-                for level in [&root, &wpod, &dir] {
+                for level in dir
+                    .ancestors()
+                    .filter(|l| l.starts_with(&root))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
                     enable_v2_controllers(level);
                 }
             }
-            pod_dirs.push(dir);
+            cgroups.pod_dirs.push(dir);
         }
-        Ok(PodCgroups { layout, pod_dirs })
+        Ok(cgroups)
+    }
+
+    /// Moves the calling process (wpod, with the Wasm sidecars it hosts) into the pod's
+    /// `_runtime` cgroup, limited to `memory` bytes when given. Its threads, the sidecars' memory
+    /// and what they write to a memory-backed volume are then charged there; past the limit the
+    /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
+    pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
+        let me = std::process::id().to_string();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut warnings = Vec::new();
+        for (root, pod_dir) in roots(&self.layout).iter().zip(&self.pod_dirs) {
+            let dir = pod_dir.join(RUNTIME);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
+            }
+            if let Some(bytes) = memory {
+                let file = match self.layout {
+                    Layout::V2 => "memory.max",
+                    Layout::V1 { .. } => "memory.limit_in_bytes",
+                };
+                if dir.join(file).exists() {
+                    if let Err(e) = std::fs::write(dir.join(file), bytes.to_string()) {
+                        warnings.push(format!(
+                            "cannot limit wpod's own memory ({file} = {bytes}): {e}"
+                        ));
+                    }
+                }
+            }
+            let origin = current_cgroup(&own, root, &self.layout);
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, &me).map_err(io("join cgroup", &procs))?;
+            self.runtime_origin.push(origin);
+        }
+        Ok(warnings)
     }
 
     /// Creates the container's cgroup with `limits` applied. Returns warnings for limits that
@@ -165,8 +224,7 @@ impl PodCgroups {
                 }
             }
         }
-        if let Some(millis) = limits.cpu_millis {
-            let quota = (millis * CPU_PERIOD_US / 1000).max(1000);
+        if let Some(quota) = limits.cpu_millis.and_then(cfs_quota_us) {
             if v2 {
                 apply(&cpu, "cpu", "cpu.max", format!("{quota} {CPU_PERIOD_US}"));
             } else {
@@ -184,6 +242,35 @@ impl PodCgroups {
             warnings,
         ))
     }
+}
+
+/// The CFS quota for a CPU limit, or `None` when the limit is at least every CPU of the host
+/// (it could hold nothing back, and `1e12` cores must not overflow into a small quota).
+fn cfs_quota_us(millis: u64) -> Option<u64> {
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    if millis >= host_cpus.saturating_mul(1000) {
+        return None;
+    }
+    // The kernel's smallest quota is 1 ms.
+    Some((millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000))
+}
+
+/// The calling process's cgroup in hierarchy `root`, from `/proc/self/cgroup`.
+fn current_cgroup(own: &str, root: &Path, layout: &Layout) -> PathBuf {
+    let controller = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let relative = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match layout {
+            Layout::V2 => names.is_empty(),
+            Layout::V1 { .. } => names.split(',').any(|n| n == controller),
+        };
+        matches.then(|| path.trim_start_matches('/').to_string())
+    });
+    root.join(relative.unwrap_or_default())
 }
 
 fn enable_v2_controllers(dir: &Path) {
@@ -260,7 +347,9 @@ fn read_pids(dir: &Path) -> Vec<i32> {
 }
 
 fn kill_procs(dir: &Path) {
-    for pid in read_pids(dir) {
+    // Never wpod itself, should it still be in a cgroup being removed.
+    let me = std::process::id() as i32;
+    for pid in read_pids(dir).into_iter().filter(|p| *p != me) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
@@ -291,6 +380,13 @@ impl Drop for ContainerCgroup {
 
 impl Drop for PodCgroups {
     fn drop(&mut self) {
+        // wpod leaves its `_runtime` cgroup first (a cgroup with a process in it cannot go).
+        let me = std::process::id().to_string();
+        for origin in &self.runtime_origin {
+            if let Err(e) = std::fs::write(origin.join("cgroup.procs"), &me) {
+                tracing::warn!(cgroup = %origin.display(), error = %e, "cannot move wpod back to its cgroup");
+            }
+        }
         for d in &self.pod_dirs {
             // Containers remove their own; anything left here is a leftover to clear.
             if let Ok(entries) = std::fs::read_dir(d) {
@@ -299,22 +395,65 @@ impl Drop for PodCgroups {
                 }
             }
             remove_dir(d);
-            // The shared `wpod` parent goes too once no other pod uses it.
-            if let Some(parent) = d.parent() {
+            // The shared parents (`wpod/<root-id>`, `wpod`) go too once no other pod uses them.
+            for parent in d.ancestors().skip(1).take(2) {
                 let _ = std::fs::remove_dir(parent);
             }
         }
     }
 }
 
-/// Removes the cgroups of a pod left behind by a runtime that was killed.
-pub fn remove_stale(pod: &str) {
+/// Removes the cgroups of this pod (of this state root) left behind by a runtime that was
+/// killed. The caller holds the pod's lock, so no live run of it can own them.
+pub fn remove_stale(pod: &PodName) {
     let layout = detect();
-    let pod_dirs = roots(&layout)
-        .into_iter()
-        .map(|r| r.join("wpod").join(pod))
+    let pod_dirs: Vec<PathBuf> = roots(&layout)
+        .iter()
+        .map(|r| pod_dir(r, pod))
         .filter(|d| d.exists())
         .collect();
+    if pod_dirs.is_empty() {
+        return;
+    }
     // Dropping removes what is there: containers' cgroups, then the pod's.
-    drop(PodCgroups { layout, pod_dirs });
+    drop(PodCgroups {
+        layout,
+        pod_dirs,
+        runtime_origin: Vec::new(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quota_never_overflows() {
+        assert_eq!(cfs_quota_us(500), Some(50_000));
+        assert_eq!(cfs_quota_us(1), Some(1000));
+        assert_eq!(cfs_quota_us(u64::MAX), None);
+        assert_eq!(cfs_quota_us(1_000_000_000_000_000), None);
+    }
+
+    #[test]
+    fn finds_own_cgroup_per_hierarchy() {
+        let own = "4:memory:/session/a\n1:cpu,cpuacct:/\n0::/user.slice\n";
+        let v1 = Layout::V1 {
+            memory: None,
+            cpu: None,
+            pids: None,
+        };
+        assert_eq!(
+            current_cgroup(own, Path::new("/sys/fs/cgroup/memory"), &v1),
+            Path::new("/sys/fs/cgroup/memory/session/a")
+        );
+        assert_eq!(
+            current_cgroup(own, Path::new("/sys/fs/cgroup/cpu"), &v1),
+            Path::new("/sys/fs/cgroup/cpu/")
+        );
+        assert_eq!(
+            current_cgroup(own, Path::new("/sys/fs/cgroup"), &Layout::V2),
+            Path::new("/sys/fs/cgroup/user.slice")
+        );
+    }
 }

@@ -3,17 +3,31 @@
 //! `lo` up and then just waits, keeping the namespaces alive. With a shared PID namespace it
 //! forks the pod's PID 1, which reaps orphans. It exits when the runtime's lifeline (fd 3)
 //! closes, and its PID 1 dies with it (taking every process of the PID namespace along).
+//!
+//! With `shareProcessNamespace: true` the pod's containers see PID 1, and one granted
+//! `SYS_PTRACE` can reach it through `/proc/1/root`, `/proc/1/cwd`, `/proc/1/fd` or by attaching
+//! to it. So, as Kubernetes' pause container does, the holder and its PID 1 keep nothing worth
+//! reaching once the namespaces exist: their own mount namespace whose root is an empty
+//! read-only tmpfs, no open descriptor but the lifeline, the unprivileged pause user, no
+//! capabilities at all, `no_new_privs`, and not dumpable. Their executable is wpod's sealed
+//! copy (`helper.rs`), so even `/proc/1/exe` leads to nothing writable.
 
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
+use caps::CapSet;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::{fork, sethostname, ForkResult, Pid};
+use nix::unistd::{fork, sethostname, ForkResult, Gid, Pid, Uid};
 
 use crate::containers::launch::LIFELINE_FD;
+
+/// The user the holder and its PID 1 become, as Kubernetes' pause image runs (65535:65535).
+pub const PAUSE_ID: u32 = 65535;
 
 /// Entry point of `wpod __holder`. Prints `ready <pid-1 host pid or 0>` or `error <message>`.
 pub fn main(hostname: &str, share_pid: bool) -> ! {
@@ -26,8 +40,18 @@ pub fn main(hostname: &str, share_pid: bool) -> ! {
             std::process::exit(1);
         }
     };
+    if let Err(e) = drop_everything() {
+        println!("error {e}");
+        std::process::exit(1);
+    }
     println!("ready {}", init.map_or(0, |p| p.as_raw()));
     let _ = std::io::stdout().flush();
+    // Nothing more to say: stdin and stdout go (stderr stays for a panic message).
+    // SAFETY: closing our own standard descriptors; nothing uses them after this.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+    }
     // Wait for the runtime to go away (it never writes to the lifeline).
     loop {
         let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
@@ -37,9 +61,7 @@ pub fn main(hostname: &str, share_pid: bool) -> ! {
             Err(_) => break,
         }
     }
-    if let Some(init) = init {
-        let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
-    }
+    // PID 1 has the holder as parent-death signal source: it is SIGKILLed as the holder exits.
     std::process::exit(0)
 }
 
@@ -53,6 +75,7 @@ fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, Str
         })?;
     sethostname(hostname).map_err(|e| format!("sethostname({hostname}): {}", e.desc()))?;
     loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
+    enter_empty_root()?;
     if !share_pid {
         return Ok(None);
     }
@@ -65,8 +88,99 @@ fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, Str
     }
 }
 
+/// A private mount namespace whose root is an empty, read-only tmpfs: `/proc/1/root` of the pod
+/// then shows nothing of the host.
+fn enter_empty_root() -> Result<(), String> {
+    let sys = |step: &'static str| move |e: nix::Error| format!("{step}: {}", e.desc());
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make / private"))?;
+    // Any directory that surely exists will do as the mount point: /proc is one, and this
+    // private namespace needs no /proc of its own.
+    let empty = Path::new("/proc");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        empty,
+        Some("tmpfs"),
+        flags,
+        Some("size=4k,mode=0555"),
+    )
+    .map_err(sys("mount the empty root"))?;
+    std::env::set_current_dir(empty).map_err(|e| format!("chdir to the empty root: {e}"))?;
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new.
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root to the empty root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's root"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(sys("make the empty root read-only"))
+}
+
+/// The pause user, no capability in any set, `no_new_privs`, not dumpable.
+fn drop_everything() -> Result<(), String> {
+    let cap = |step: &'static str| move |e: caps::errors::CapsError| format!("{step}: {e}");
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes last.
+    for c in caps::all() {
+        caps::drop(None, CapSet::Bounding, c).map_err(cap("drop the bounding set"))?;
+    }
+    caps::clear(None, CapSet::Inheritable).map_err(cap("clear inheritable capabilities"))?;
+    let _ = caps::clear(None, CapSet::Ambient); // absent on old kernels
+    let id = |e: nix::Error| format!("become the pause user {PAUSE_ID}: {}", e.desc());
+    nix::unistd::setgroups(&[]).map_err(id)?;
+    nix::unistd::setresgid(
+        Gid::from_raw(PAUSE_ID),
+        Gid::from_raw(PAUSE_ID),
+        Gid::from_raw(PAUSE_ID),
+    )
+    .map_err(id)?;
+    // For a non-root user the kernel clears the permitted and effective sets here.
+    nix::unistd::setresuid(
+        Uid::from_raw(PAUSE_ID),
+        Uid::from_raw(PAUSE_ID),
+        Uid::from_raw(PAUSE_ID),
+    )
+    .map_err(id)?;
+    caps::clear(None, CapSet::Permitted).map_err(cap("clear permitted capabilities"))?;
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(format!(
+                "prctl(PR_SET_NO_NEW_PRIVS): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(format!(
+                "prctl(PR_SET_DUMPABLE): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The pod's PID 1: reaps every orphan of the shared PID namespace until the holder dies.
 fn pid1() -> ! {
+    // It holds no descriptor at all: nothing of the host through /proc/1/fd.
+    // SAFETY: close_range on our own descriptor table; nothing below uses them.
+    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    if drop_everything().is_err() {
+        // Never run as PID 1 with more than nothing.
+        std::process::exit(1);
+    }
+    // After the change of user (which clears it): die with the holder.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     let mut set = SigSet::empty();

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::helper::Lifeline;
 use crate::plan::PodPlan;
 use cgroups::PodCgroups;
-use namespaces::PodNamespaces;
-use ports::{PortForwards, PortMapping};
+use namespaces::{Dialer, PodNamespaces};
+use ports::PortForwards;
 use state::StateDir;
 use volumes::PodVolumes;
 
@@ -53,6 +53,8 @@ pub struct PodSandbox {
     pub cgroups: PodCgroups,
     pub volumes: PodVolumes,
     pub namespaces: PodNamespaces,
+    /// Makes sockets in the pod's network namespace (hostPorts, probes).
+    pub dialer: Dialer,
     pub lifeline: Lifeline,
     pub state: StateDir,
     /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
@@ -67,15 +69,20 @@ impl PodSandbox {
     pub fn create(plan: &PodPlan) -> Result<Self, SandboxError> {
         let pod = &plan.pod;
         let name = plan.name();
-        let state = StateDir::acquire(name)?;
+        let state = StateDir::acquire(&plan.name)?;
         let lifeline = Lifeline::new().map_err(|e| SandboxError::Step {
             step: "create the lifeline pipe".into(),
             error: e.to_string(),
         })?;
         let namespaces =
             PodNamespaces::create(pod.hostname(), pod.spec.share_process_namespace, &lifeline)?;
-        let (volumes, warnings) = PodVolumes::create(pod, &state.path.join("volumes"))?;
-        let cgroups = PodCgroups::create(name)?;
+        let dialer = Dialer::new(namespaces.net_handle()).map_err(|e| SandboxError::Step {
+            step: "start the pod's dialer".into(),
+            error: e.to_string(),
+        })?;
+        let (volumes, mut warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
+        let mut cgroups = PodCgroups::create(&plan.name)?;
+        warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),
             hostname: pod.hostname().to_string(),
@@ -83,15 +90,13 @@ impl PodSandbox {
             cgroups,
             volumes,
             namespaces,
+            dialer,
             lifeline,
             state,
             warnings,
             nosymfollow_volumes: crate::sidecars::grants::fs::shared_writable_volumes(plan),
         };
-        sandbox.ports = Some(PortForwards::publish(
-            &port_mappings(plan),
-            sandbox.namespaces.net_handle(),
-        )?);
+        sandbox.ports = Some(PortForwards::publish(&plan.port_mappings, &sandbox.dialer)?);
         Ok(sandbox)
     }
 
@@ -103,21 +108,4 @@ impl PodSandbox {
     pub fn log_dir(&self) -> PathBuf {
         self.state.path.join("logs")
     }
-}
-
-fn port_mappings(plan: &PodPlan) -> Vec<PortMapping> {
-    let mut out = Vec::new();
-    for c in &plan.containers {
-        for p in &c.spec.ports {
-            if let Some(host_port) = p.host_port {
-                out.push(PortMapping {
-                    container: c.name().to_string(),
-                    host_ip: p.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
-                    host_port,
-                    container_port: p.container_port,
-                });
-            }
-        }
-    }
-    out
 }

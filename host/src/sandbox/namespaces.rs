@@ -1,10 +1,15 @@
-//! The pod's namespaces, held by the holder process for the pod's whole life.
+//! The pod's namespaces, held by the holder process for the pod's whole life, and the pod's
+//! dialer: one thread that joined the pod's network namespace and makes sockets there for
+//! hostPort forwarding and network probes (sockets keep the namespace they were made in, so the
+//! connecting itself is asynchronous, on any thread).
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
 
@@ -90,6 +95,89 @@ impl PodNamespaces {
     pub fn net_handle(&self) -> Arc<OwnedFd> {
         self.net.clone()
     }
+}
+
+type SocketRequest = (
+    libc::c_int,
+    tokio::sync::oneshot::Sender<std::io::Result<OwnedFd>>,
+);
+
+/// Makes TCP sockets inside the pod's network namespace. One thread per pod, whatever the number
+/// of connections: it only creates sockets (which never blocks); connecting is async. Cloning
+/// shares the thread; it ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Dialer {
+    requests: mpsc::Sender<SocketRequest>,
+}
+
+impl Dialer {
+    pub fn new(net: Arc<OwnedFd>) -> std::io::Result<Self> {
+        let (requests, rx) = mpsc::channel::<SocketRequest>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wpod-dialer".into())
+            .spawn(move || {
+                let joined = join_net(net.as_fd()).map_err(std::io::Error::from);
+                let failed = joined.as_ref().err().map(|e| e.to_string());
+                let _ = ready_tx.send(joined);
+                for (domain, reply) in rx {
+                    let result = match &failed {
+                        Some(e) => Err(std::io::Error::other(e.clone())),
+                        None => tcp_socket(domain),
+                    };
+                    let _ = reply.send(result);
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the dialer thread vanished"))??;
+        Ok(Dialer { requests })
+    }
+
+    /// Connects to `addr` from inside the pod, giving up after `timeout`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((domain, tx))
+            .map_err(|_| std::io::Error::other("the pod's dialer has stopped"))?;
+        let fd = rx
+            .await
+            .map_err(|_| std::io::Error::other("the pod's dialer has stopped"))??;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        match tokio::time::timeout(timeout, socket.connect(addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )),
+        }
+    }
+}
+
+/// A non-blocking TCP socket of `domain` in the calling thread's network namespace.
+fn tcp_socket(domain: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket() with constant arguments; the descriptor is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Moves the calling thread into the network namespace `net`. Only for threads that belong to

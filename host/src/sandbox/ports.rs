@@ -1,28 +1,29 @@
 //! hostPort publishing: the host listens on each `hostPort` and forwards every connection to the
-//! container port on the pod's loopback, through a socket created inside the pod's network
-//! namespace. The container sees an ordinary local client.
+//! container port on the pod's loopback, through a socket the pod's [`Dialer`] made inside the
+//! pod's network namespace. The container sees an ordinary local client.
+//!
+//! Forwarding is bounded: all of it runs on the async runtime (no thread per connection), each
+//! port serves at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), and when
+//! the process runs out of descriptors the accept loop backs off instead of spinning.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 
-use super::namespaces::join_net;
+use super::namespaces::Dialer;
 use super::SandboxError;
+use crate::plan::PortMapping;
 
-/// One published port.
-#[derive(Clone, Debug)]
-pub struct PortMapping {
-    pub container: String,
-    pub host_ip: Option<IpAddr>,
-    pub host_port: u16,
-    pub container_port: u16,
-}
+/// Connections forwarded at once per published port.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a connection to the container port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The forwarders; dropping them stops listening.
+/// The forwarders; dropping them stops listening and closes every forwarded connection.
 pub struct PortForwards {
     tasks: Vec<JoinHandle<()>>,
 }
@@ -30,13 +31,10 @@ pub struct PortForwards {
 impl PortForwards {
     /// Binds every host port now (so a port in use fails the pod before it starts) and serves
     /// them on the current tokio runtime.
-    pub fn publish(mappings: &[PortMapping], net: Arc<OwnedFd>) -> Result<Self, SandboxError> {
+    pub fn publish(mappings: &[PortMapping], dialer: &Dialer) -> Result<Self, SandboxError> {
         let mut tasks = Vec::new();
         for m in mappings {
-            let addr = SocketAddr::new(
-                m.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                m.host_port,
-            );
+            let addr = SocketAddr::new(m.host_ip, m.host_port);
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(TcpListener::from_std)
@@ -48,21 +46,49 @@ impl PortForwards {
                     error: format!("bind {addr}: {e}"),
                 })?;
             let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), m.container_port);
-            let net = net.clone();
-            tasks.push(tokio::spawn(serve(listener, target, net)));
+            tasks.push(tokio::spawn(serve(listener, target, dialer.clone())));
         }
         Ok(PortForwards { tasks })
     }
 }
 
-async fn serve(listener: TcpListener, target: SocketAddr, net: Arc<OwnedFd>) {
+/// The delay after a failed accept: EMFILE/ENFILE last until descriptors are freed, so retrying
+/// at once would only spin (the standard library servers back off the same way).
+fn accept_backoff(previous: Option<Duration>) -> Duration {
+    match previous {
+        None => Duration::from_millis(5),
+        Some(d) => (d * 2).min(Duration::from_secs(1)),
+    }
+}
+
+async fn serve(listener: TcpListener, target: SocketAddr, dialer: Dialer) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Owned here, so stopping the forwarder (aborting this task) ends every connection too.
+    let mut connections = JoinSet::new();
+    let mut backoff = None;
     loop {
-        let Ok((mut client, peer)) = listener.accept().await else {
-            continue;
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
-        let net = net.clone();
-        tokio::spawn(async move {
-            match connect_in_netns(net, target).await {
+        let (mut client, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = None;
+                accepted
+            }
+            Err(e) => {
+                let delay = accept_backoff(backoff);
+                backoff = Some(delay);
+                tracing::warn!(%target, error = %e, "hostPort accept failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let dialer = dialer.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            match dialer.connect(target, CONNECT_TIMEOUT).await {
                 Ok(mut upstream) => {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 }
@@ -74,32 +100,29 @@ async fn serve(listener: TcpListener, target: SocketAddr, net: Arc<OwnedFd>) {
     }
 }
 
-/// Connects to `addr` from inside the pod's network namespace. The socket is created on a
-/// short-lived thread that joined the namespace (setns is per thread); a socket keeps its
-/// namespace wherever it is used afterwards.
-pub async fn connect_in_netns(net: Arc<OwnedFd>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("wpod-netns-connect".into())
-        .spawn(move || {
-            let result = join_net(net.as_fd())
-                .map_err(std::io::Error::from)
-                .and_then(|()| {
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                });
-            let _ = tx.send(result);
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| std::io::Error::other("connect thread vanished"))??;
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
-}
-
 impl Drop for PortForwards {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_grows_to_a_second() {
+        let mut d = None;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            let next = accept_backoff(d);
+            seen.push(next);
+            d = Some(next);
+        }
+        assert_eq!(seen[0], Duration::from_millis(5));
+        assert_eq!(seen[1], Duration::from_millis(10));
+        assert_eq!(*seen.last().unwrap(), Duration::from_secs(1));
     }
 }

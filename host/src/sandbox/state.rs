@@ -1,36 +1,53 @@
-//! The pod's directory on the host (`/var/lib/wpod/pods/<pod>`, or under `$WPOD_ROOT`): launch
-//! specs, container scratch space, emptyDir volumes and logs. A lock file beside it keeps two
-//! runs of the same pod apart; a directory found without its lock held is what a killed runtime
-//! left, and is cleared before the pod starts again.
+//! The pod's directory on the host: `$WPOD_ROOT/pods/<pod>/` (default root `/var/lib/wpod`)
+//! holds launch specs, container scratch space, emptyDir volumes and logs. A lock file in
+//! `$WPOD_ROOT/locks/` keeps two runs of the same pod apart (in its own directory, so no pod's
+//! state can collide with another pod's lock: pod names may contain dots); a state directory
+//! found without its lock held is what a killed runtime left, and is cleared before the pod
+//! starts again.
+//!
+//! Only a checked [`PodName`] becomes a path here: an empty name or one with `/` or `..` can
+//! never make wpod clear anything but that one pod's directory.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
+use sha2::{Digest, Sha256};
 
 use super::{cgroups, SandboxError};
+use crate::spec::PodName;
 
 pub struct StateDir {
     pub path: PathBuf,
-    lock_path: PathBuf,
     _lock: File,
 }
 
-/// Where wpod keeps its pods' state.
+/// Where wpod keeps its pods' state (always an absolute path).
 pub fn root() -> PathBuf {
-    std::env::var_os("WPOD_ROOT")
+    let root = std::env::var_os("WPOD_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/wpod"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/wpod"));
+    std::path::absolute(&root).unwrap_or(root)
+}
+
+/// A short name for the state root, so that pods of two roots never share a cgroup: two wpod
+/// installations (or a test and a real pod) may run pods of the same name side by side.
+pub fn root_id() -> String {
+    let digest = Sha256::digest(root().as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
 }
 
 impl StateDir {
-    pub fn acquire(pod: &str) -> Result<Self, SandboxError> {
-        let pods = root().join("pods");
-        std::fs::create_dir_all(&pods)
-            .map_err(|e| SandboxError::io("create the state directory", &pods, e))?;
-        let path = pods.join(pod);
-        let lock_path = pods.join(format!("{pod}.lock"));
+    pub fn acquire(pod: &PodName) -> Result<Self, SandboxError> {
+        let root = root();
+        let (pods, locks) = (root.join("pods"), root.join("locks"));
+        for dir in [&pods, &locks] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SandboxError::io("create the state directory", dir, e))?;
+        }
+        let path = pods.join(pod.as_str());
+        let lock_path = locks.join(format!("{pod}.lock"));
         let lock = File::create(&lock_path)
             .map_err(|e| SandboxError::io("create the pod lock", &lock_path, e))?;
         // SAFETY: flock on a descriptor we own.
@@ -40,26 +57,22 @@ impl StateDir {
             });
         }
         if path.exists() {
-            tracing::warn!(pod, "clearing what an earlier run of this pod left behind");
+            tracing::warn!(pod = %pod, "clearing what an earlier run of this pod left behind");
             clear(&path);
-            cgroups::remove_stale(pod);
         }
+        cgroups::remove_stale(pod);
         for sub in ["volumes", "containers", "logs"] {
             let d = path.join(sub);
             std::fs::create_dir_all(&d)
                 .map_err(|e| SandboxError::io("create the state directory", &d, e))?;
         }
-        Ok(StateDir {
-            path,
-            lock_path,
-            _lock: lock,
-        })
+        Ok(StateDir { path, _lock: lock })
     }
 }
 
 /// Unmounts whatever is mounted under `dir` (deepest first), then removes it.
 fn clear(dir: &Path) {
-    for m in mounts_under(dir) {
+    for m in crate::mounts::mounts_under(dir) {
         let _ = umount2(&m, MntFlags::MNT_DETACH);
     }
     if let Err(e) = std::fs::remove_dir_all(dir) {
@@ -69,45 +82,10 @@ fn clear(dir: &Path) {
     }
 }
 
-/// Mount points at or below `dir` in this mount namespace, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&code, 8) {
-                Ok(b) => out.push(b as char),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&code);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl Drop for StateDir {
     fn drop(&mut self) {
         clear(&self.path);
-        let _ = std::fs::remove_file(&self.lock_path);
+        // The lock file stays (removing it while another run waits on it would let two runs
+        // hold "the" lock at once); it is empty, and releasing the flock is what matters.
     }
 }

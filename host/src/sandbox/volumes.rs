@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::SandboxError;
-use crate::spec::{Pod, VolumeSource};
+use crate::plan::PodPlan;
+use crate::spec::VolumeSource;
 
 pub struct PodVolumes {
     dirs: HashMap<String, PathBuf>,
@@ -17,7 +18,8 @@ pub struct PodVolumes {
 }
 
 impl PodVolumes {
-    pub fn create(pod: &Pod, root: &Path) -> Result<(Self, Vec<String>), SandboxError> {
+    pub fn create(plan: &PodPlan, root: &Path) -> Result<(Self, Vec<String>), SandboxError> {
+        let pod = &plan.pod;
         let mut vols = PodVolumes {
             dirs: HashMap::new(),
             tmpfs: Vec::new(),
@@ -32,7 +34,8 @@ impl PodVolumes {
                         .map_err(|e| SandboxError::io(step("create emptyDir"), &dir, e))?;
                     if e.medium == "Memory" {
                         let mut data = "mode=0777".to_string();
-                        if let Some(size) = e.size_limit_bytes {
+                        // Sized by the plan (sizeLimit, bounded by the pod's memory limit).
+                        if let Some(Some(size)) = plan.tmpfs_sizes.get(&v.name) {
                             data.push_str(&format!(",size={size}"));
                         }
                         mount(
