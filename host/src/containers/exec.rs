@@ -63,12 +63,19 @@ fn run(spec: &LaunchSpec, argv: &[String]) -> ! {
         eprintln!("wpod exec: no command");
         std::process::exit(EXIT_SETUP_FAILED)
     };
+    let seccomp = match security::seccomp_program(&spec.security) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("wpod exec: {e}");
+            std::process::exit(EXIT_SETUP_FAILED)
+        }
+    };
     // SAFETY: this helper is single-threaded; the child only sets itself up and execs.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-            if let Err(e) = security::apply(&spec.security) {
+            if let Err(e) = security::confine(&spec.security, seccomp.as_ref()) {
                 eprintln!("wpod exec: {e}");
                 std::process::exit(EXIT_SETUP_FAILED);
             }

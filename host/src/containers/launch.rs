@@ -67,6 +67,8 @@ pub struct SecuritySpec {
     /// The capability bounding set, e.g. `CAP_CHOWN`; everything else is dropped.
     pub capabilities: Vec<String>,
     pub no_new_privs: bool,
+    /// The RuntimeDefault seccomp filter (`securityContext.seccompProfile`, default on).
+    pub seccomp: bool,
 }
 
 /// What a shim tells the runtime, one JSON object per line on [`REPORT_FD`].

@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod launch;
 pub mod rootfs;
+pub mod seccomp;
 pub mod security;
 pub mod shim;
 
@@ -26,9 +27,6 @@ use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
 use crate::sandbox::PodSandbox;
 use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, LIFELINE_FD, REPORT_FD};
-
-/// Processes per container unless the pod says otherwise (annotation `wpod.dev/pids-limit`).
-pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -160,6 +158,8 @@ fn launch_spec(
             capabilities: security::capability_set(&sc.capabilities.add, &sc.capabilities.drop),
             // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
             no_new_privs: sc.allow_privilege_escalation != Some(true),
+            // RuntimeDefault unless the container asks to run unconfined.
+            seccomp: sc.seccomp_profile.as_deref() != Some("Unconfined"),
         },
         cgroup_procs: cgroup.procs_files(),
     })

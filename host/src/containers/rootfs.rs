@@ -128,6 +128,50 @@ pub(super) fn prepare(spec: &RootfsSpec, mounts: &[BindMount]) -> Result<Rootfs,
     Ok(rootfs)
 }
 
+// mount_setattr(2) attributes (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets `attrs` on the mount `fd` is the root of and on every mount below it, atomically
+/// (Linux 5.12). Without the call the container does not start: wpod never falls back to a
+/// read-only flag that covers only the top mount.
+fn set_attrs_recursively(fd: &OwnedFd, attrs: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr on a descriptor we own, with an empty path (AT_EMPTY_PATH) and a
+    // struct of the size we pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
 /// overlayfs splits options at `,` and layers at `:`; escape them in paths.
 fn escape_overlay(path: &Path) -> String {
     let s = path.to_string_lossy();
@@ -269,8 +313,17 @@ impl Rootfs {
         Ok(())
     }
 
-    /// A sysfs of the pod's network namespace, read-only.
+    /// A sysfs of the pod's network namespace, read-only, with the firmware and power-capping
+    /// interfaces masked.
     fn mount_sys(&self) -> Result<(), StepError> {
+        self.mount_sysfs()?;
+        for path in MASKED_SYS_PATHS {
+            self.mask(path)?;
+        }
+        Ok(())
+    }
+
+    fn mount_sysfs(&self) -> Result<(), StepError> {
         let sys = self.mountpoint("/sys", Kind::Dir)?;
         let flags =
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -315,26 +368,26 @@ impl Rootfs {
             None,
         )?;
         if m.read_only || m.no_follow_symlinks {
-            // Per-mount flags apply on a remount of the bind itself, reached through a fresh
-            // open (the old descriptor still names the directory underneath).
+            // The flags go on the bind and on every mount below it (Kubernetes'
+            // recursiveReadOnly): a read-only hostPath `/` must not leave the host's /proc, /sys
+            // or cgroupfs writable underneath. They are set through a fresh open of the mount
+            // (the old descriptor still names the directory underneath).
             drop(target);
             let mounted = self.mountpoint(&m.target, kind)?;
-            let mut flags =
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
             if m.read_only {
-                flags |= MsFlags::MS_RDONLY;
+                attrs |= MOUNT_ATTR_RDONLY;
             }
             if m.no_follow_symlinks {
-                flags |= MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+                attrs |= MOUNT_ATTR_NOSYMFOLLOW;
             }
-            do_mount(
-                &format!("set mount flags of {}", m.target),
-                none(),
-                &fd_path(&mounted),
-                None,
-                flags,
-                None,
-            )?;
+            set_attrs_recursively(&mounted, attrs).map_err(|e| {
+                StepError::sys(
+                    format!("set mount flags of {} (mount_setattr)", m.target),
+                    &m.source,
+                    e,
+                )
+            })?;
         }
         Ok(())
     }
@@ -353,7 +406,7 @@ impl Rootfs {
             None,
         )?;
         drop(proc_fd);
-        self.mask_proc();
+        self.mask_proc()?;
 
         std::env::set_current_dir(&self.path)
             .map_err(|e| StepError::io("chdir to the new root", &self.path, e))?;
@@ -367,43 +420,88 @@ impl Rootfs {
         Ok(())
     }
 
-    /// Hides the kernel interfaces container runtimes hide (runc's defaults), best effort.
-    fn mask_proc(&self) {
-        let proc = self.path.join("proc");
-        for name in [
-            "kcore",
-            "keys",
-            "timer_list",
-            "sched_debug",
-            "sysrq-trigger",
-        ] {
-            let _ = mount(
-                Some("/dev/null"),
-                &proc.join(name),
-                none(),
-                MsFlags::MS_BIND,
-                none(),
-            );
+    /// Hides the kernel interfaces container runtimes hide (runc's and containerd's defaults):
+    /// masked paths get an empty read-only tmpfs (directories) or `/dev/null` (files), the
+    /// read-only ones a read-only bind of themselves. A path this kernel lacks is skipped; any
+    /// other failure stops the container.
+    fn mask_proc(&self) -> Result<(), StepError> {
+        for path in MASKED_PROC_PATHS {
+            self.mask(path)?;
         }
-        for name in ["sys", "irq", "bus", "fs"] {
-            let p = proc.join(name);
-            if mount(
-                Some(&p),
-                &p,
-                none(),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none(),
-            )
-            .is_ok()
-            {
-                let flags = MsFlags::MS_BIND
-                    | MsFlags::MS_REMOUNT
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC;
-                let _ = mount(none(), &p, none(), flags, none());
-            }
+        for path in READ_ONLY_PROC_PATHS {
+            self.read_only(path)?;
+        }
+        Ok(())
+    }
+
+    fn mask(&self, path: &str) -> Result<(), StepError> {
+        let target = self.path.join(path.trim_start_matches('/'));
+        let result = match std::fs::symlink_metadata(&target) {
+            Err(_) => return Ok(()),
+            Ok(meta) if meta.is_dir() => mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,mode=0555"),
+            ),
+            Ok(_) => mount(Some("/dev/null"), &target, none(), MsFlags::MS_BIND, none()),
+        };
+        match result {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(StepError::sys(format!("mask {path}"), &target, e)),
         }
     }
+
+    fn read_only(&self, path: &str) -> Result<(), StepError> {
+        let target = self.path.join(path.trim_start_matches('/'));
+        if std::fs::symlink_metadata(&target).is_err() {
+            return Ok(());
+        }
+        let step = format!("make {path} read-only");
+        match mount(
+            Some(&target),
+            &target,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(StepError::sys(&step, &target, e)),
+        }
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mount(none(), &target, none(), flags, none()).map_err(|e| StepError::sys(&step, &target, e))
+    }
 }
+
+/// Paths of /proc and /sys a container never sees (runc's and containerd's masked paths).
+const MASKED_PROC_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+];
+
+/// The same for /sys (masked when /sys is mounted, in the shim).
+const MASKED_SYS_PATHS: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
+
+/// Paths of /proc a container sees read-only.
+const READ_ONLY_PROC_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];

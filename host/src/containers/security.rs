@@ -51,8 +51,34 @@ pub fn capability_set(add: &[String], drop: &[String]) -> Vec<String> {
     set.into_iter().map(|c| format!("CAP_{c}")).collect()
 }
 
+/// The container's seccomp program, built before forking (it allocates), or `None` when the
+/// container runs unconfined.
+pub(super) fn seccomp_program(
+    sec: &SecuritySpec,
+) -> Result<Option<seccompiler::BpfProgram>, StepError> {
+    if !sec.seccomp {
+        return Ok(None);
+    }
+    super::seccomp::runtime_default(&sec.capabilities)
+        .map(Some)
+        .map_err(|e| StepError::msg("build the seccomp filter", e))
+}
+
+/// Installs the seccomp filter, then applies the rest of `sec`. The filter goes first, while
+/// the process still holds CAP_SYS_ADMIN (so it needs no `no_new_privs`); everything after it
+/// (dropping capabilities, changing user, exec) is allowed by the filter.
+pub(super) fn confine(
+    sec: &SecuritySpec,
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> Result<(), StepError> {
+    if let Some(program) = seccomp {
+        super::seccomp::install(program).map_err(|e| StepError::msg("install seccomp", e))?;
+    }
+    apply(sec)
+}
+
 /// Applies `sec` to the calling process (the container, about to exec).
-pub(super) fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
+fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
     let mut keep = HashSet::new();
     for name in &sec.capabilities {
         let cap = Capability::from_str(name)

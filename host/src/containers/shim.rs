@@ -137,6 +137,7 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
     let root = rootfs::prepare(&spec.rootfs, &spec.mounts)?;
+    let seccomp = security::seccomp_program(&spec.security)?;
 
     // Signals are blocked from here and read through a signalfd; the child unblocks them.
     let mut mask = SigSet::empty();
@@ -154,7 +155,7 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     match unsafe { fork() }.map_err(|e| StepError::msg("fork", e))? {
         ForkResult::Child => {
             drop(err_read);
-            let e = container_main(spec, &root);
+            let e = container_main(spec, &root, seccomp.as_ref());
             let mut w = File::from(err_write);
             let _ = write!(w, "{}\n{}\n{}", e.0, e.1.step, e.1.error);
             // SAFETY: leaving the forked child without running the parent's destructors.
@@ -181,13 +182,17 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
 }
 
 /// In the forked container process: returns only on failure, with the exit code to use.
-fn container_main(spec: &LaunchSpec, root: &rootfs::Rootfs) -> (i32, StepError) {
+fn container_main(
+    spec: &LaunchSpec,
+    root: &rootfs::Rootfs,
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> (i32, StepError) {
     let setup = || -> Result<(), StepError> {
         // SAFETY: prctl with integer arguments. The container dies with its shim.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         setsid().map_err(|e| StepError::msg("setsid", e))?;
         root.enter()?;
-        security::apply(&spec.security)?;
+        security::confine(&spec.security, seccomp)?;
         let cwd = spec.cwd.as_deref().unwrap_or("/");
         std::env::set_current_dir(cwd)
             .map_err(|e| StepError::io("chdir to workingDir", Path::new(cwd), e))?;
