@@ -148,7 +148,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
 
     let state = PodState::new(Vec::<String>::new());
     let logs_dir = sandbox.log_dir();
-    let logs = Logs::new(logs_dir, OutputFormat::Silent);
+    let logs = Logs::new(logs_dir, OutputFormat::Silent, (&plan.settings).into());
     let runtime = PodRuntime::new("wpod-bench", sandbox.namespaces.net_handle()).map_err(fail)?;
     let ctx = PodContext {
         pod: &plan.pod,
@@ -156,6 +156,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         state: state.clone(),
         logs: logs.clone(),
         volumes: &sandbox.volumes,
+        max_handles: plan.settings.sidecar_max_handles,
     };
 
     let mut timings = Vec::new();

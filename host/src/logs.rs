@@ -1,53 +1,52 @@
 //! Container output: every line a container writes is printed with the container's name and
-//! appended to its log file (CRI format: `TIMESTAMP STREAM F LINE`) under the pod's state
+//! appended to its log file (CRI format: `TIMESTAMP STREAM P|F LINE`) under the pod's state
 //! directory. Lines are read until the pipes close, so output of a process that exits at once
 //! is never lost.
+//!
+//! Everything here is bounded, whatever a container writes: a line longer than
+//! [`MAX_LINE_BYTES`] is split into chunks (CRI partial lines, tagged `P`, as containerd does);
+//! the history kept for `main-process.logs` holds at most [`HISTORY_LINES`] lines and
+//! [`HISTORY_BYTES`] bytes, shared (not copied) with every reader; output beyond the pod's rate
+//! (`wpod.dev/log-rate-limit`) waits, which makes the writer wait (a full pipe for a process, a
+//! pending write for a Wasm sidecar); log files rotate by size like the kubelet's
+//! (`wpod.dev/log-max-size`, `wpod.dev/log-max-files`). Control characters are escaped where
+//! output reaches a terminal, so a container cannot rewrite what wpod prints.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-/// Lines kept per container for subscribers that start from the beginning.
+/// The longest line kept whole (containerd's `max_container_log_line_size`).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Recent lines kept per container for readers that start from the beginning...
 pub const HISTORY_LINES: usize = 10_000;
+/// ...and at most this many bytes of them.
+pub const HISTORY_BYTES: usize = 1 << 20;
+/// Lines a live reader may fall behind before it skips ahead.
+const LIVE_LINES: usize = 256;
 
-/// One line a container wrote.
-#[derive(Clone, Debug)]
+/// One line (or, when `partial`, one chunk of a longer line) a container wrote. Shared by the
+/// history and every reader.
+#[derive(Debug)]
 pub struct Line {
     pub stream: Stream,
     pub text: String,
     pub timestamp_ns: u64,
-}
-
-/// A container's recent lines and its live feed.
-/// A container's recent lines, its live feed, and its log file (opened once).
-struct Feed {
-    history: VecDeque<Line>,
-    live: broadcast::Sender<Line>,
-    file: Option<std::fs::File>,
-}
-
-impl Feed {
-    fn new(path: PathBuf) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path);
-        if let Err(e) = &file {
-            tracing::warn!(file = %path.display(), error = %e, "cannot open the container's log file");
-        }
-        Feed {
-            history: VecDeque::new(),
-            live: broadcast::channel(1024).0,
-            file: file.ok(),
-        }
-    }
+    /// More of the same line follows (CRI `P`).
+    pub partial: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -68,10 +67,208 @@ pub enum OutputFormat {
     Silent,
 }
 
+/// Limits on a pod's output (from its annotations).
+#[derive(Clone, Copy, Debug)]
+pub struct LogLimits {
+    /// A log file is rotated once it is this large.
+    pub max_file_bytes: u64,
+    /// Files kept per container, the current one included.
+    pub max_files: u64,
+    /// Bytes per second a container may write; more waits.
+    pub rate_bytes: u64,
+}
+
+impl From<&crate::spec::Annotations> for LogLimits {
+    fn from(a: &crate::spec::Annotations) -> Self {
+        LogLimits {
+            max_file_bytes: a.log_max_bytes,
+            max_files: a.log_max_files,
+            rate_bytes: a.log_rate_bytes,
+        }
+    }
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE_BYTES`], looking at each byte once. A
+/// longer line comes out as chunks, cut at a UTF-8 character boundary when there is one.
+#[derive(Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feeds `bytes`; calls `emit(line, partial)` for each complete line or full chunk.
+    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&[u8], bool)) {
+        while !bytes.is_empty() {
+            let room = MAX_LINE_BYTES - self.pending.len();
+            let window = &bytes[..bytes.len().min(room)];
+            match window.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    if self.pending.is_empty() {
+                        emit(&window[..i], false);
+                    } else {
+                        self.pending.extend_from_slice(&window[..i]);
+                        emit(&self.pending, false);
+                        self.pending.clear();
+                    }
+                    bytes = &bytes[i + 1..];
+                }
+                None => {
+                    self.pending.extend_from_slice(window);
+                    bytes = &bytes[window.len()..];
+                    if self.pending.len() == MAX_LINE_BYTES {
+                        let cut = utf8_cut(&self.pending);
+                        emit(&self.pending[..cut], true);
+                        self.pending.drain(..cut);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last line, if it had no newline.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8], bool)) {
+        if !self.pending.is_empty() {
+            emit(&self.pending, false);
+            self.pending.clear();
+        }
+    }
+}
+
+/// Where to cut a full chunk: before a character split at its end, else at the end.
+fn utf8_cut(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        _ => bytes.len(),
+    }
+}
+
+/// A token bucket over bytes: the rate a container may write at, with a burst of one second.
+pub struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    pub fn new(bytes_per_second: u64) -> Self {
+        RateLimit {
+            rate: bytes_per_second as f64,
+            tokens: bytes_per_second as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Spends `n` bytes; how long the writer must wait before the next write, if at all.
+    pub fn spend(&mut self, n: usize) -> Option<Duration> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        self.tokens -= n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// A container's log file, rotated by size.
+struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    written: u64,
+}
+
+impl LogFile {
+    fn open(path: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        let written = file
+            .as_ref()
+            .ok()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        if let Err(e) = &file {
+            tracing::warn!(file = %path.display(), error = %e, "cannot open the container's log file");
+        }
+        LogFile {
+            path,
+            file: file.ok(),
+            written,
+        }
+    }
+
+    fn write(&mut self, record: &str, limits: &LogLimits) {
+        let Some(f) = &mut self.file else {
+            return;
+        };
+        if writeln!(f, "{record}").is_ok() {
+            self.written += record.len() as u64 + 1;
+        }
+        if self.written >= limits.max_file_bytes {
+            self.rotate(limits.max_files);
+        }
+    }
+
+    /// `NAME.log` becomes `NAME.log.1`, `.1` becomes `.2`, ...; the oldest beyond `max_files`
+    /// goes.
+    fn rotate(&mut self, max_files: u64) {
+        self.file = None;
+        let numbered = |n: u64| rotated(&self.path, n);
+        let _ = std::fs::remove_file(numbered(max_files.saturating_sub(1)));
+        for n in (1..max_files.saturating_sub(1)).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if max_files > 1 {
+            let _ = std::fs::rename(&self.path, numbered(1));
+        } else {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        *self = LogFile::open(self.path.clone());
+    }
+}
+
+/// The `n`th rotated file of a log.
+pub fn rotated(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// A container's recent lines, its live feed, and its log file.
+struct Feed {
+    history: VecDeque<Arc<Line>>,
+    history_bytes: usize,
+    live: broadcast::Sender<Arc<Line>>,
+    file: LogFile,
+}
+
+impl Feed {
+    fn new(path: PathBuf) -> Self {
+        Feed {
+            history: VecDeque::new(),
+            history_bytes: 0,
+            live: broadcast::channel(LIVE_LINES).0,
+            file: LogFile::open(path),
+        }
+    }
+
+    fn remember(&mut self, line: Arc<Line>) {
+        self.history_bytes += line.text.len();
+        self.history.push_back(line);
+        while self.history.len() > HISTORY_LINES || self.history_bytes > HISTORY_BYTES {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.text.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Where container output goes.
 pub struct Logs {
     dir: PathBuf,
     format: OutputFormat,
+    limits: LogLimits,
     /// One writer at a time, so lines of different containers never interleave mid-line.
     out: Mutex<()>,
     feeds: Mutex<HashMap<String, Feed>>,
@@ -85,13 +282,16 @@ struct JsonLine<'a> {
     container: &'a str,
     stream: Stream,
     line: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
 }
 
 impl Logs {
-    pub fn new(dir: PathBuf, format: OutputFormat) -> Arc<Self> {
+    pub fn new(dir: PathBuf, format: OutputFormat, limits: LogLimits) -> Arc<Self> {
         Arc::new(Logs {
             dir,
             format,
+            limits,
             out: Mutex::new(()),
             feeds: Mutex::new(HashMap::new()),
         })
@@ -101,38 +301,50 @@ impl Logs {
         self.dir.join(format!("{container}.log"))
     }
 
+    /// A rate limit for one of a container's streams.
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit::new(self.limits.rate_bytes)
+    }
+
     /// Reads a container's stream until EOF; the task ends when the stream does.
     pub fn follow(
         self: &Arc<Self>,
         container: &str,
         stream: Stream,
-        pipe: impl AsyncRead + Unpin + Send + 'static,
+        mut pipe: impl AsyncRead + Unpin + Send + 'static,
     ) -> JoinHandle<()> {
         let logs = self.clone();
         let container = container.to_string();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(pipe);
-            let mut buf = Vec::new();
+            let mut splitter = LineSplitter::default();
+            let mut rate = logs.rate_limit();
+            let mut buf = vec![0u8; 64 * 1024];
             loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf).await {
+                match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
-                        logs.line(&container, stream, line.trim_end_matches(['\n', '\r']));
+                    Ok(n) => {
+                        splitter.push(&buf[..n], |line, partial| {
+                            logs.record(&container, stream, line, partial)
+                        });
+                        // Reading no faster than the rate leaves the rest in the pipe, where
+                        // it makes the container wait.
+                        if let Some(wait) = rate.spend(n) {
+                            tokio::time::sleep(wait).await;
+                        }
                     }
                 }
             }
+            splitter.finish(|line, partial| logs.record(&container, stream, line, partial));
         })
     }
 
     /// Lines of `container` already written (if `from_start`) and a receiver for the next ones,
-    /// taken together so that no line is missed or seen twice.
+    /// taken together so that no line is missed or seen twice. The lines are shared, not copied.
     pub fn subscribe(
         &self,
         container: &str,
         from_start: bool,
-    ) -> (Vec<Line>, broadcast::Receiver<Line>) {
+    ) -> (Vec<Arc<Line>>, broadcast::Receiver<Arc<Line>>) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         let feed = self.feed(&mut feeds, container);
         let past = if from_start {
@@ -150,22 +362,18 @@ impl Logs {
             .or_insert_with(|| Feed::new(self.file(container)))
     }
 
-    /// Adds a line to the container's history, feed and log file (in CRI format).
-    fn publish(&self, container: &str, line: Line, record: &str) {
-        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
-        let feed = self.feed(&mut feeds, container);
-        if let Some(f) = &mut feed.file {
-            let _ = writeln!(f, "{record}");
-        }
-        if feed.history.len() == HISTORY_LINES {
-            feed.history.pop_front();
-        }
-        feed.history.push_back(line.clone());
-        let _ = feed.live.send(line);
+    /// Records a message of wpod's about a container (e.g. a trap), split like output.
+    pub fn line(&self, container: &str, stream: Stream, text: &str) {
+        let mut splitter = LineSplitter::default();
+        let mut emit = |line: &[u8], partial| self.record(container, stream, line, partial);
+        splitter.push(text.as_bytes(), &mut emit);
+        splitter.finish(&mut emit);
     }
 
-    /// Records one line of a container's output.
-    pub fn line(&self, container: &str, stream: Stream, line: &str) {
+    /// Records one line (or chunk) of a container's output: history, feed, log file, screen.
+    pub fn record(&self, container: &str, stream: Stream, bytes: &[u8], partial: bool) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
         let time = SystemTime::now();
         let timestamp_ns = time
             .duration_since(UNIX_EPOCH)
@@ -175,16 +383,20 @@ impl Logs {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
         };
-        let record = format!("{now} {tag} F {line}");
-        self.publish(
-            container,
-            Line {
-                stream,
-                text: line.to_string(),
-                timestamp_ns,
-            },
-            &record,
-        );
+        let record = format!("{now} {tag} {} {text}", if partial { "P" } else { "F" });
+        let line = Arc::new(Line {
+            stream,
+            text: text.to_string(),
+            timestamp_ns,
+            partial,
+        });
+        {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+            let feed = self.feed(&mut feeds, container);
+            feed.file.write(&record, &self.limits);
+            feed.remember(line.clone());
+            let _ = feed.live.send(line);
+        }
         let _guard = self.out.lock();
         match self.format {
             OutputFormat::Silent => {}
@@ -194,20 +406,228 @@ impl Logs {
                     kind: "log",
                     container,
                     stream,
-                    line,
+                    line: text,
+                    partial,
                 };
                 if let Ok(json) = serde_json::to_string(&record) {
                     let _ = writeln!(std::io::stdout().lock(), "{json}");
                 }
             }
-            OutputFormat::Text => match stream {
-                Stream::Stdout => {
-                    let _ = writeln!(std::io::stdout().lock(), "[{container}] {line}");
-                }
-                Stream::Stderr => {
-                    let _ = writeln!(std::io::stderr().lock(), "[{container}] {line}");
-                }
-            },
+            OutputFormat::Text => {
+                let text = escape_controls(text);
+                let more = if partial { " [...]" } else { "" };
+                let _ = match stream {
+                    Stream::Stdout => {
+                        writeln!(std::io::stdout().lock(), "[{container}] {text}{more}")
+                    }
+                    Stream::Stderr => {
+                        writeln!(std::io::stderr().lock(), "[{container}] {text}{more}")
+                    }
+                };
+            }
         }
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1) and bidirectional override written as an
+/// escape (`\r`, `\x1b`, `\u{202e}`), tabs aside: what a container prints cannot move the
+/// cursor, recolour the terminal or disguise itself as one of wpod's own lines.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let harmful = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(harmful) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if harmful(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if harmful(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A sidecar's stdout or stderr: an async writer that splits what the guest writes into lines
+/// (see [`Logs::record`]) and holds the guest back once it writes faster than the pod's rate.
+pub struct LogWriter {
+    logs: Arc<Logs>,
+    container: String,
+    stream: Stream,
+    splitter: LineSplitter,
+    rate: RateLimit,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LogWriter {
+    pub fn new(logs: Arc<Logs>, container: &str, stream: Stream) -> Self {
+        LogWriter {
+            rate: logs.rate_limit(),
+            logs,
+            container: container.to_string(),
+            stream,
+            splitter: LineSplitter::default(),
+            wait: None,
+        }
+    }
+
+    fn flush_partial(&mut self) {
+        let (logs, container, stream) = (&self.logs, &self.container, self.stream);
+        self.splitter
+            .finish(|line, partial| logs.record(container, stream, line, partial));
+    }
+}
+
+impl tokio::io::AsyncWrite for LogWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(wait) = &mut self.wait {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
+        let this = &mut *self;
+        let (logs, container, stream) = (&this.logs, &this.container, this.stream);
+        this.splitter.push(buf, |line, partial| {
+            logs.record(container, stream, line, partial)
+        });
+        if let Some(wait) = this.rate.spend(buf.len()) {
+            this.wait = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_partial();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // A last line without a newline is still a line.
+        self.flush_partial();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(input: &[&[u8]]) -> Vec<(usize, bool)> {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for chunk in input {
+            s.push(chunk, |l, p| out.push((l.len(), p)));
+        }
+        s.finish(|l, p| out.push((l.len(), p)));
+        out
+    }
+
+    #[test]
+    fn long_lines_are_split_into_bounded_chunks() {
+        assert_eq!(split(&[b"ab\ncd", b"e\n"]), [(2, false), (3, false)]);
+        let long = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+        assert_eq!(
+            split(&[&long, b"\n"]),
+            [(MAX_LINE_BYTES, true), (MAX_LINE_BYTES, true), (10, false)]
+        );
+        // No newline at all: still bounded.
+        let endless = vec![b'y'; MAX_LINE_BYTES * 3];
+        let chunks = split(&[&endless]);
+        assert!(chunks.iter().all(|(n, _)| *n <= MAX_LINE_BYTES));
+        assert_eq!(chunks.iter().map(|(n, _)| n).sum::<usize>(), endless.len());
+    }
+
+    #[test]
+    fn chunks_do_not_split_characters() {
+        let mut text = vec![b'a'; MAX_LINE_BYTES - 1];
+        text.extend("é".as_bytes()); // 2 bytes across the boundary
+        text.push(b'\n');
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        s.push(&text, |l, p| {
+            out.push((String::from_utf8(l.to_vec()).unwrap(), p))
+        });
+        assert_eq!(out[0].0.len(), MAX_LINE_BYTES - 1);
+        assert_eq!(out[1].0, "é");
+    }
+
+    #[test]
+    fn controls_are_escaped() {
+        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            escape_controls("a\rb\x1b[2Jc\u{202e}d\u{85}"),
+            "a\\rb\\x1b[2Jc\\u{202e}d\\x85"
+        );
+    }
+
+    #[test]
+    fn rate_limit_asks_to_wait_past_the_burst() {
+        let mut r = RateLimit::new(1000);
+        assert_eq!(r.spend(1000), None);
+        let wait = r.spend(500).unwrap();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_and_lines() {
+        let dir = std::env::temp_dir().join(format!("wpod-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut feed = Feed::new(dir.join("c.log"));
+        for _ in 0..200 {
+            feed.remember(Arc::new(Line {
+                stream: Stream::Stdout,
+                text: "z".repeat(MAX_LINE_BYTES),
+                timestamp_ns: 0,
+                partial: false,
+            }));
+        }
+        assert!(feed.history_bytes <= HISTORY_BYTES);
+        for _ in 0..HISTORY_LINES * 2 {
+            feed.remember(Arc::new(Line {
+                stream: Stream::Stdout,
+                text: String::new(),
+                timestamp_ns: 0,
+                partial: false,
+            }));
+        }
+        assert_eq!(feed.history.len(), HISTORY_LINES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn log_files_rotate_by_size() {
+        let dir = std::env::temp_dir().join(format!("wpod-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = LogLimits {
+            max_file_bytes: 1000,
+            max_files: 3,
+            rate_bytes: u64::MAX,
+        };
+        let path = dir.join("c.log");
+        let mut file = LogFile::open(path.clone());
+        for i in 0..100 {
+            file.write(&format!("{i:0>99}"), &limits);
+        }
+        assert!(path.exists() && rotated(&path, 1).exists() && rotated(&path, 2).exists());
+        assert!(!rotated(&path, 3).exists(), "only max_files files are kept");
+        for p in [path.clone(), rotated(&path, 1)] {
+            assert!(std::fs::metadata(&p).unwrap().len() <= 1000);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -111,10 +111,11 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
     require_root("redis_exporter_serves_valid_metrics");
     let pod = example("redis", "redis-exporter.yaml");
     let running = pod.spawn();
-    running.wait_for("the exporter to be ready", LONG, |r| {
-        r.events(Some("exporter"))
+    // Both ready: the exporter answers (its readiness) before Redis may (Redis's readiness).
+    running.wait_for("the exporter and redis to be ready", LONG, |r| {
+        ["exporter", "redis"]
             .iter()
-            .any(|e| e["event"] == "ready")
+            .all(|c| r.events(Some(c)).iter().any(|e| e["event"] == "ready"))
     });
     let text = curl("http://127.0.0.1:9121/metrics", LONG).expect("metrics through the hostPort");
     promtool(&text).unwrap_or_else(|e| panic!("promtool rejects the metrics: {e}\n{text}"));

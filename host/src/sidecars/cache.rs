@@ -15,11 +15,8 @@ use wasmtime::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot read Wasm component {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read Wasm component: {0}")]
+    Read(#[from] crate::files::ReadError),
     #[error("cannot compile Wasm component {}: {message}", path.display())]
     Compile { path: PathBuf, message: String },
 }
@@ -38,10 +35,7 @@ pub enum Source {
 
 /// Loads `path` as a component, from the cache when a valid entry exists.
 pub fn load(engine: &Engine, path: &Path) -> Result<(Component, Source), CacheError> {
-    let wasm = std::fs::read(path).map_err(|source| CacheError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
     let entry = dir().join(format!("{}.cwasm", key(engine, &wasm)));
     if let Some(component) = load_entry(engine, &entry) {
         return Ok((component, Source::Cache));

@@ -10,11 +10,8 @@ use super::grants::{self, ImportRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("cannot read Wasm component {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read Wasm component: {0}")]
+    Read(#[from] crate::files::ReadError),
     #[error("cannot load Wasm component {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
 }
@@ -35,10 +32,7 @@ pub struct ComponentReport {
 
 /// The top-level imports and exports of the component at `path`.
 pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
-    let bytes = std::fs::read(path).map_err(|source| InspectError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
     let parse_err = |message: String| InspectError::Parse {
         path: path.to_path_buf(),
         message,

@@ -155,6 +155,8 @@ pub struct PodContext<'a> {
     pub state: Arc<PodState>,
     pub logs: Arc<Logs>,
     pub volumes: &'a PodVolumes,
+    /// Entries each sidecar's resource table may hold (its handles quota).
+    pub max_handles: u64,
 }
 
 /// A running sidecar.
@@ -210,15 +212,20 @@ impl WasmSidecar {
         if let Some(bytes) = c.resources.limits.memory_bytes {
             limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
         }
+        // Every socket, file, stream and pollable the guest holds is an entry of its table:
+        // bounding the table bounds the host resources it can hold (`wpod.dev/sidecar-max-handles`).
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(usize::try_from(ctx.max_handles).unwrap_or(usize::MAX));
         let state = SidecarState {
             name: name.clone(),
             wasi: builder.build(),
-            table: ResourceTable::new(),
+            table,
             limits: limits.build(),
             process: ProcessHost {
                 grant: ProcessGrant::from_pod(ctx.pod, c),
                 pod: ctx.state.clone(),
                 logs: ctx.logs.clone(),
+                open_streams: 0,
             },
             events: ctx.state.subscribe(),
             stopping: stopping_rx,

@@ -17,6 +17,9 @@ pub enum RuntimeError {
     NotInPod,
 }
 
+/// Threads a pod's sidecars may keep busy with blocking work (file I/O) at once.
+pub const MAX_BLOCKING_THREADS: usize = 16;
+
 pub struct PodRuntime {
     runtime: Option<tokio::runtime::Runtime>,
     join_failed: Arc<AtomicBool>,
@@ -28,6 +31,8 @@ impl PodRuntime {
         let failed = join_failed.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Guests' file I/O runs here: bounded, so sidecars cannot multiply wpod's threads.
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .thread_name(format!("wpod-pod-{pod}"))
             .enable_all()
             .on_thread_start(move || {

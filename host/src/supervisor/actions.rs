@@ -3,20 +3,19 @@
 //! to the pod's loopback (wpod's pod has no other address), as the kubelet connects to the pod.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::containers::ExecTarget;
-use crate::sandbox::ports::connect_in_netns;
+use crate::sandbox::namespaces::Dialer;
 use crate::spec::{ContainerPort, Handler, HttpGetAction, IntOrString};
 
 /// Where an action reaches its container.
 #[derive(Clone)]
 pub struct ActionTarget {
-    pub net: Arc<OwnedFd>,
+    /// Makes sockets inside the pod's network namespace.
+    pub dialer: Dialer,
     /// The container's ports, for ports given by name.
     pub ports: Vec<ContainerPort>,
     /// A native container's exec entry; `None` for a Wasm sidecar.
@@ -55,10 +54,12 @@ pub async fn run(
 ) -> Result<String, String> {
     let work = async {
         match action {
-            Handler::HttpGet(get) => http_get(get, target).await,
+            Handler::HttpGet(get) => http_get(get, target, timeout).await,
             Handler::TcpSocket(t) => {
                 let addr = target.addr(t.host.as_deref(), &t.port)?;
-                connect_in_netns(target.net.clone(), addr)
+                target
+                    .dialer
+                    .connect(addr, timeout)
                     .await
                     .map(|_| format!("connected to {addr}"))
                     .map_err(|e| format!("dial {addr}: {e}"))
@@ -76,12 +77,18 @@ pub async fn run(
     }
 }
 
-async fn http_get(get: &HttpGetAction, target: &ActionTarget) -> Result<String, String> {
+async fn http_get(
+    get: &HttpGetAction,
+    target: &ActionTarget,
+    timeout: Duration,
+) -> Result<String, String> {
     if get.scheme != "HTTP" {
         return Err(format!("scheme {} is not supported", get.scheme));
     }
     let addr = target.addr(get.host.as_deref(), &get.port)?;
-    let mut stream = connect_in_netns(target.net.clone(), addr)
+    let mut stream = target
+        .dialer
+        .connect(addr, timeout)
         .await
         .map_err(|e| format!("dial {addr}: {e}"))?;
     let mut request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wpod-probe/1.0\r\nAccept: */*\r\nConnection: close\r\n", get.path);
@@ -93,12 +100,23 @@ async fn http_get(get: &HttpGetAction, target: &ActionTarget) -> Result<String, 
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut head = vec![0u8; 256];
-    let n = stream
-        .read(&mut head)
-        .await
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&head[..n]);
+    // The response may come in several segments (a server writing it piece by piece): read
+    // the whole head, then a short body to its end (the kubelet reads up to 10 KiB), so the
+    // server is not cut off mid-write.
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        head.extend_from_slice(&chunk[..n]);
+        if n == 0 || head.len() >= 10 * 1024 || response_complete(&head) {
+            break;
+        }
+    }
+    let status_line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let text = String::from_utf8_lossy(status_line);
     let code: u16 = text
         .split_whitespace()
         .nth(1)
@@ -110,6 +128,20 @@ async fn http_get(get: &HttpGetAction, target: &ActionTarget) -> Result<String, 
     } else {
         Err(format!("HTTP probe failed with statuscode: {code}"))
     }
+}
+
+/// Whether `bytes` hold a whole HTTP response head and the body its Content-Length announces
+/// (a response without one ends when the server closes).
+fn response_complete(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    length.is_some_and(|n| bytes.len() >= end + 4 + n)
 }
 
 async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, String> {
@@ -138,5 +170,22 @@ async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, String> 
             if errors.is_empty() { output } else { errors }
         )),
         None => Err(format!("command {argv:?} was killed")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_complete;
+
+    #[test]
+    fn knows_when_a_response_is_whole() {
+        assert!(!response_complete(b"HTTP/1.1 "));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd"
+        ));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\n\r\nno length"));
     }
 }

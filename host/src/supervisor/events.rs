@@ -106,10 +106,11 @@ impl Events {
             OutputFormat::Text => {
                 let who = container
                     .map_or_else(|| format!("pod/{}", self.pod), |c| format!("container/{c}"));
+                // Messages can carry a container's words (an exec probe's output): escaped.
                 let _ = writeln!(
                     std::io::stderr().lock(),
                     "{time} {who} {}",
-                    describe(&event)
+                    crate::logs::escape_controls(&describe(&event))
                 );
             }
         }

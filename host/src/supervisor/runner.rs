@@ -14,7 +14,7 @@ use super::backoff::BackOff;
 use super::events::{Event, Events};
 use super::probes::{self, ProbeEvent};
 use super::state::PodState;
-use crate::containers::{ExitInfo, NativeContainer, DEFAULT_PIDS_LIMIT};
+use crate::containers::{ExitInfo, NativeContainer};
 use crate::logs::Logs;
 use crate::plan::{ContainerPlan, PodPlan, Role};
 use crate::sandbox::PodSandbox;
@@ -34,13 +34,18 @@ pub struct PodRun {
     pub pids_limit: u64,
 }
 
+/// The longest grace period wpod waits: a year (Kubernetes sets no bound, but a deadline past
+/// the clock's range would overflow).
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl PodRun {
     pub fn grace(&self) -> Duration {
-        Duration::from_secs(self.plan.pod.spec.termination_grace_period_seconds.max(0) as u64)
+        let seconds = self.plan.pod.spec.termination_grace_period_seconds.max(0) as u64;
+        Duration::from_secs(seconds).min(MAX_GRACE)
     }
 
     pub fn pids_limit(plan: &PodPlan) -> u64 {
-        plan.pod.pids_limit().unwrap_or(DEFAULT_PIDS_LIMIT)
+        plan.settings.pids_limit
     }
 }
 
@@ -223,6 +228,7 @@ async fn start(run: &PodRun, index: usize) -> Result<Running, String> {
                 state: run.state.clone(),
                 logs: run.logs.clone(),
                 volumes: &run.sandbox.volumes,
+                max_handles: run.plan.settings.sidecar_max_handles,
             };
             WasmSidecar::start(prepared, &ctx)
                 .map(Running::Wasm)
@@ -237,7 +243,7 @@ async fn start(run: &PodRun, index: usize) -> Result<Running, String> {
 
 fn action_target(run: &PodRun, plan: &ContainerPlan, running: &Running) -> ActionTarget {
     ActionTarget {
-        net: run.sandbox.namespaces.net_handle(),
+        dialer: run.sandbox.dialer.clone(),
         ports: plan.spec.ports.clone(),
         exec: match running {
             Running::Native(c) => Some(c.exec_target()),

@@ -7,7 +7,8 @@
 //! `nosymfollow` (see [`shared_writable_volumes`]), so the link leads nobody out.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -54,21 +55,48 @@ impl FsGrant {
             } else {
                 FsPerms::ReadWrite
             };
+            let fail = |e: String| {
+                format!(
+                    "cannot open volume {} for {}: {e}",
+                    p.host.display(),
+                    p.guest
+                )
+            };
+            // The directory is opened once and checked; wasmtime then opens that same directory
+            // through its descriptor, so a path swapped in between changes nothing.
+            let dir = open_checked_dir(&p.host).map_err(fail)?;
+            let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
             builder
-                .preopened_dir(&p.host, &p.guest, perms)
-                .map_err(|e| {
-                    format!(
-                        "cannot open volume {} for {}: {e:#}",
-                        p.host.display(),
-                        p.guest
-                    )
-                })?;
+                .preopened_dir(&by_fd, &p.guest, perms)
+                .map_err(|e| fail(format!("{e:#}")))?;
         }
         if let Some(cwd) = &self.cwd {
             builder.initial_cwd(cwd);
         }
         Ok(())
     }
+}
+
+/// Opens a volume's host directory and makes sure it is not, and holds no, kernel filesystem
+/// (the plan refused such volumes already; this is the check at the moment of use).
+fn open_checked_dir(path: &Path) -> Result<OwnedFd, String> {
+    let dir: OwnedFd = std::fs::File::open(path).map_err(|e| e.to_string())?.into();
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|e| format!("resolve it: {e}"))?;
+    let mount = crate::mounts::mount_id(dir.as_fd()).map_err(|e| format!("statx: {e}"))?;
+    let table = crate::mounts::table().map_err(|e| format!("read the mount table: {e}"))?;
+    if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, Some(mount)).first() {
+        return Err(format!(
+            "{} is or holds the kernel filesystem {} (at {}), which a Wasm sidecar must never see",
+            real.display(),
+            k.fstype,
+            k.mount_point.display()
+        ));
+    }
+    if !std::fs::metadata(&real).is_ok_and(|m| m.is_dir()) {
+        return Err("not a directory".into());
+    }
+    Ok(dir)
 }
 
 /// Volumes some Wasm sidecar mounts read-write: native containers mount them `nosymfollow`.

@@ -40,18 +40,24 @@ impl ProcessGrant {
     }
 }
 
+/// Log streams a sidecar may hold open at once: each shares the container's history (bounded
+/// by `logs::HISTORY_BYTES`) rather than copying it, and this bounds the rest.
+pub const MAX_LOG_STREAMS: usize = 16;
+
 /// What the `main-process` functions reach.
 pub struct ProcessHost {
     pub grant: ProcessGrant,
     pub pod: Arc<PodState>,
     pub logs: Arc<Logs>,
+    /// Log streams open now.
+    pub open_streams: usize,
 }
 
 /// An open subscription to a container's output.
 pub struct LogStream {
     container: String,
-    backlog: std::collections::VecDeque<logs::Line>,
-    live: broadcast::Receiver<logs::Line>,
+    backlog: std::collections::VecDeque<Arc<logs::Line>>,
+    live: broadcast::Receiver<Arc<logs::Line>>,
 }
 
 fn denied(what: &str) -> Error {
@@ -106,13 +112,13 @@ impl ProcessHost {
     }
 }
 
-fn to_wit(l: logs::Line) -> LogLine {
+fn to_wit(l: &logs::Line) -> LogLine {
     LogLine {
         source: match l.stream {
             logs::Stream::Stdout => StreamKind::Stdout,
             logs::Stream::Stderr => StreamKind::Stderr,
         },
-        text: l.text,
+        text: l.text.clone(),
         timestamp_ns: l.timestamp_ns,
     }
 }
@@ -156,6 +162,11 @@ impl main_process::Host for SidecarState {
         if self.process.pod.main(&name).is_none() {
             return Ok(Err(Error::NoSuchContainer(name)));
         }
+        if self.process.open_streams >= MAX_LOG_STREAMS {
+            return Ok(Err(Error::Io(format!(
+                "at most {MAX_LOG_STREAMS} log streams may be open at once; drop one first"
+            ))));
+        }
         let (past, live) = self
             .process
             .logs
@@ -165,7 +176,9 @@ impl main_process::Host for SidecarState {
             backlog: past.into(),
             live,
         };
-        Ok(Ok(self.table.push(stream)?))
+        let handle = self.table.push(stream)?;
+        self.process.open_streams += 1;
+        Ok(Ok(handle))
     }
 
     async fn signal(&mut self, name: String, signal: u32) -> wasmtime::Result<Result<(), Error>> {
@@ -228,6 +241,7 @@ impl main_process::HostLogStream for SidecarState {
 
     async fn drop(&mut self, stream: Resource<LogStream>) -> wasmtime::Result<()> {
         self.table.delete(stream)?;
+        self.process.open_streams = self.process.open_streams.saturating_sub(1);
         Ok(())
     }
 }
@@ -237,5 +251,5 @@ fn drain(s: &mut LogStream, max: u32) -> Vec<LogLine> {
         s.backlog.push_back(line);
     }
     let n = (max as usize).min(s.backlog.len());
-    s.backlog.drain(..n).map(to_wit).collect()
+    s.backlog.drain(..n).map(|l| to_wit(&l)).collect()
 }
