@@ -33,11 +33,16 @@ pub struct ComponentReport {
 /// The top-level imports and exports of the component at `path`.
 pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
     let bytes = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
+    inspect_bytes(path, &bytes)
+}
+
+/// The same for a component already in memory (`path` names it in errors).
+pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<ComponentReport, InspectError> {
     let parse_err = |message: String| InspectError::Parse {
         path: path.to_path_buf(),
         message,
     };
-    if !wasmparser::Parser::is_component(&bytes) {
+    if !wasmparser::Parser::is_component(bytes) {
         return Err(parse_err(
             "not a Wasm component (a core module or another file)".to_string(),
         ));
@@ -45,7 +50,7 @@ pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
     // Nested modules and components have their own imports; only the outermost count.
     let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(&bytes) {
+    for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| parse_err(e.to_string()))? {
             Payload::Version { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),

@@ -129,6 +129,29 @@ impl PreparedSidecar {
     }
 }
 
+/// Everything wpod does with a component's bytes before a pod may run it, without the pod:
+/// read its imports and exports, compile it, link it against WASI and wpod's interfaces and
+/// check that it is a command. The component loader the fuzzer drives; `Ok` means "would run".
+pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
+    let report = inspect::inspect_bytes(std::path::Path::new("component.wasm"), bytes)
+        .map_err(|e| e.to_string())?;
+    if report
+        .imports
+        .iter()
+        .any(|i| i.rule == grants::ImportRule::Never)
+    {
+        return Err("imports something no Pod field grants".into());
+    }
+    let engine = engine::shared().map_err(|e| e.to_string())?;
+    let component =
+        wasmtime::component::Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
+    let pre = linker(engine)?
+        .instantiate_pre(&component)
+        .map_err(|e| format!("{e:#}"))?;
+    CommandPre::new(pre).map_err(|e| format!("{e:#}"))?;
+    Ok(())
+}
+
 /// Whether the component imports `lifecycle.ready` (an imported instance lists only the
 /// functions the guest actually uses).
 fn imports_ready(engine: &Engine, component: &wasmtime::component::Component) -> bool {
