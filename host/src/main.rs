@@ -218,6 +218,7 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         let supervisor = Supervisor::new(plan, sandbox.clone(), prepared, logs, events, backoff)
             .with_context(|| format!("pod {name} failed to start"))?;
         let result = supervisor.run().await;
+        sandbox.close_ports().await;
         print_summary(format, &name, &result.summary);
         // Everything that shared the sandbox has ended; tear it down now, inside the runtime.
         drop(sandbox);

@@ -84,6 +84,10 @@ pub struct ContainerCgroup {
     layout: Layout,
     dirs: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
+    /// Each directory's `cgroup.procs` (and, on v2, `cgroup.kill`), opened when the cgroup is
+    /// made: killing the container must work even when wpod can open no more files.
+    procs: Vec<std::fs::File>,
+    kill: Vec<std::fs::File>,
 }
 
 /// The hierarchies wpod uses on this host.
@@ -233,11 +237,25 @@ impl PodCgroups {
             }
         }
         apply(&pids, "pids", "pids.max", pids_max.to_string());
+        let mut procs = Vec::new();
+        let mut kill = Vec::new();
+        for d in &dirs {
+            let path = d.join("cgroup.procs");
+            procs.push(std::fs::File::open(&path).map_err(io("open", &path))?);
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.kill"))
+            {
+                kill.push(f);
+            }
+        }
         Ok((
             ContainerCgroup {
                 layout: self.layout.clone(),
                 dirs,
                 memory_dir: mem,
+                procs,
+                kill,
             },
             warnings,
         ))
@@ -292,7 +310,19 @@ impl ContainerCgroup {
 
     /// Every process in the container.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = self.dirs.iter().flat_map(|d| read_pids(d)).collect();
+        // A fresh read where possible: cgroup v1 caches a file's PID list for a second after
+        // each read. The descriptor opened earlier serves when no file can be opened.
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .zip(&self.procs)
+            .flat_map(
+                |(d, held)| match std::fs::read_to_string(d.join("cgroup.procs")) {
+                    Ok(text) => parse_pids(&text),
+                    Err(_) => read_pids_from(held),
+                },
+            )
+            .collect();
         pids.sort_unstable();
         pids.dedup();
         pids
@@ -320,24 +350,46 @@ impl ContainerCgroup {
 
     /// SIGKILLs every process of the container and waits (briefly) until none is left.
     pub fn kill_all(&self) {
-        for d in &self.dirs {
-            if d.join("cgroup.kill").exists() && std::fs::write(d.join("cgroup.kill"), "1").is_ok()
-            {
-                continue;
-            }
-            kill_procs(d);
+        use std::io::Write;
+        let killed_by_kernel =
+            !self.kill.is_empty() && self.kill.iter().all(|mut f| f.write_all(b"1").is_ok());
+        if !killed_by_kernel {
+            self.kill_listed();
         }
         for _ in 0..200 {
             if self.pids().is_empty() {
                 return;
             }
-            for d in &self.dirs {
-                kill_procs(d);
-            }
+            self.kill_listed();
             std::thread::sleep(Duration::from_millis(5));
         }
         tracing::warn!(dirs = ?self.dirs, "processes survived SIGKILL in the container's cgroup");
     }
+}
+
+impl ContainerCgroup {
+    fn kill_listed(&self) {
+        let me = std::process::id() as i32;
+        for pid in self.pids().into_iter().filter(|p| *p != me) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The PIDs in an open `cgroup.procs`, read again from its start (on cgroup v1 possibly up to a
+/// second old).
+fn read_pids_from(file: &std::fs::File) -> Vec<i32> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    let mut text = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    parse_pids(&text)
+}
+
+fn parse_pids(text: &str) -> Vec<i32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 fn read_pids(dir: &Path) -> Vec<i32> {
@@ -372,6 +424,8 @@ fn remove_dir(dir: &Path) {
 impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         self.kill_all();
+        self.procs.clear();
+        self.kill.clear();
         for d in &self.dirs {
             remove_dir(d);
         }

@@ -100,6 +100,14 @@ impl PodSandbox {
         Ok(sandbox)
     }
 
+    /// Stops publishing the pod's hostPorts and waits until every forwarded connection is
+    /// closed (their descriptors are free again for the teardown).
+    pub async fn close_ports(&self) {
+        if let Some(ports) = &self.ports {
+            ports.close().await;
+        }
+    }
+
     /// Where a container keeps its launch spec and scratch space.
     pub fn container_dir(&self, container: &str) -> PathBuf {
         self.state.path.join("containers").join(container)

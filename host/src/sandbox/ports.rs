@@ -23,9 +23,12 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a connection to the container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The forwarders; dropping them stops listening and closes every forwarded connection.
+/// The forwarders. [`PortForwards::close`] stops listening and closes every forwarded
+/// connection, and returns once their descriptors are closed; dropping does the same without
+/// waiting.
 pub struct PortForwards {
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl PortForwards {
@@ -33,6 +36,7 @@ impl PortForwards {
     /// them on the current tokio runtime.
     pub fn publish(mappings: &[PortMapping], dialer: &Dialer) -> Result<Self, SandboxError> {
         let mut tasks = Vec::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         for m in mappings {
             let addr = SocketAddr::new(m.host_ip, m.host_port);
             let listener = std::net::TcpListener::bind(addr)
@@ -46,9 +50,26 @@ impl PortForwards {
                     error: format!("bind {addr}: {e}"),
                 })?;
             let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), m.container_port);
-            tasks.push(tokio::spawn(serve(listener, target, dialer.clone())));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                target,
+                dialer.clone(),
+                stopped.clone(),
+            )));
         }
-        Ok(PortForwards { tasks })
+        Ok(PortForwards {
+            tasks: std::sync::Mutex::new(tasks),
+            stop,
+        })
+    }
+
+    /// Stops every forwarder and waits until its listener and connections are closed.
+    pub async fn close(&self) {
+        self.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 }
 
@@ -61,18 +82,31 @@ fn accept_backoff(previous: Option<Duration>) -> Duration {
     }
 }
 
-async fn serve(listener: TcpListener, target: SocketAddr, dialer: Dialer) {
+async fn serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    dialer: Dialer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Owned here, so stopping the forwarder (aborting this task) ends every connection too.
+    // Owned here, so stopping the forwarder ends every connection too.
     let mut connections = JoinSet::new();
     let mut backoff = None;
     loop {
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let next = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, listener.accept().await)
         };
-        let (mut client, peer) = match listener.accept().await {
+        let (slot, accepted) = tokio::select! {
+            next = next => next,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok(slot) = slot else {
+            break;
+        };
+        let (mut client, peer) = match accepted {
             Ok(accepted) => {
                 backoff = None;
                 accepted
@@ -81,8 +115,10 @@ async fn serve(listener: TcpListener, target: SocketAddr, dialer: Dialer) {
                 let delay = accept_backoff(backoff);
                 backoff = Some(delay);
                 tracing::warn!(%target, error = %e, "hostPort accept failed; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
             }
         };
         let dialer = dialer.clone();
@@ -98,11 +134,14 @@ async fn serve(listener: TcpListener, target: SocketAddr, dialer: Dialer) {
             }
         });
     }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 impl Drop for PortForwards {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        self.stop.send_replace(true);
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
     }
