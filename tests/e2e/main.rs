@@ -4,6 +4,7 @@
 mod lifecycle;
 mod manifests;
 mod pods;
+mod redteam;
 mod sandbox;
 mod sidecars;
 mod use_cases;
@@ -11,9 +12,17 @@ mod use_cases;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// The `wpod` binary cargo built for these tests.
+/// The `wpod` binary under test: the one cargo built, or `$WPOD_BIN` (to run the suite against
+/// another build, e.g. to show that a red-team test fails on an older wpod).
+pub fn wpod_bin() -> std::path::PathBuf {
+    std::env::var_os("WPOD_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_wpod").into())
+}
+
+/// A command running the wpod under test from the repository root.
 pub fn wpod() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wpod"));
+    let mut cmd = Command::new(wpod_bin());
     cmd.current_dir(wpod_test_support::repo_root());
     cmd
 }

@@ -20,6 +20,8 @@ pub struct TestPod {
     pub env: Vec<(String, String)>,
     /// Extra options for `wpod run` (e.g. --backoff-base).
     pub args: Vec<String>,
+    /// Soft and hard limit on open files for `wpod run` (RLIMIT_NOFILE).
+    pub nofile: Option<u64>,
 }
 
 impl TestPod {
@@ -38,6 +40,7 @@ impl TestPod {
             manifest,
             env: Vec::new(),
             args: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl TestPod {
             manifest: manifest.to_path_buf(),
             env: Vec::new(),
             args: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -60,13 +64,29 @@ impl TestPod {
     pub fn spawn(&self) -> RunningPod {
         let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
         let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
-        let child = Command::new(env!("CARGO_BIN_EXE_wpod"))
-            .args(["run", "--output", "json"])
+        let mut cmd = Command::new(crate::wpod_bin());
+        cmd.args(["run", "--output", "json"])
             .args(&self.args)
             .arg(&self.manifest)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // Its own process group, so a test can signal it as a terminal would.
-            .process_group(0)
+            .process_group(0);
+        if let Some(n) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))
@@ -164,7 +184,7 @@ impl Drop for RunningPod {
             }
             let _ = child.kill();
             let _ = child.wait();
-            let _ = Command::new(env!("CARGO_BIN_EXE_wpod"))
+            let _ = Command::new(crate::wpod_bin())
                 .args(["__cleanup", &self.name])
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .output();

@@ -291,9 +291,16 @@ fn sample_logs_pod_ships_access_and_error_lines_apart() {
     require_root("sample_logs_pod_ships_access_and_error_lines_apart");
     let pod = example("sample-logs", "sample-logs.yaml");
     let running = pod.spawn();
+    // Wait for every line asserted below: the tail ships them one by one.
     let run = running.wait_for("access and error lines", LONG, |r| {
-        r.logs("log-tail").iter().any(|l| l.starts_with("access "))
-            && r.logs("log-tail").iter().any(|l| l.starts_with("error "))
+        let lines = r.logs("log-tail");
+        lines
+            .iter()
+            .any(|l| l.starts_with("access ") && l.contains("/empty/"))
+            && lines
+                .iter()
+                .any(|l| l.starts_with("access ") && l.contains("\"GET / "))
+            && lines.iter().any(|l| l.starts_with("error "))
     });
     let lines = run.logs("log-tail");
     assert!(
