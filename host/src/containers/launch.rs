@@ -51,6 +51,8 @@ pub struct RootfsSpec {
 /// A volume bind-mounted into the container.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BindMount {
+    /// The volume, by descriptor: `/proc/<wpod>/fd/N` of the directory (or file) wpod opened
+    /// when the pod started, so a path swapped for a symlink since leads nowhere new.
     pub source: PathBuf,
     /// Absolute path inside the container.
     pub target: String,
@@ -58,6 +60,8 @@ pub struct BindMount {
     /// Symlinks inside are not followed: the volume is shared with a Wasm sidecar that may
     /// write links pointing out of it.
     pub no_follow_symlinks: bool,
+    /// A hostPath of type CharDevice or BlockDevice: its device node must open (no `nodev`).
+    pub device: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -73,6 +73,19 @@ impl ExitInfo {
     }
 }
 
+/// Writes a file only its owner (root) may read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 /// A running native container.
 pub struct NativeContainer {
     name: String,
@@ -120,17 +133,18 @@ fn launch_spec(
     };
     let mut mounts = Vec::new();
     for m in &c.volume_mounts {
-        let source = sandbox.volumes.host_path(&m.name).ok_or_else(|| {
+        let source = sandbox.volumes.source_for_helpers(&m.name).ok_or_else(|| {
             setup_err(
                 "mount volumes",
                 format!("volume {} was not created", m.name),
             )
         })?;
         mounts.push(BindMount {
-            source: source.to_path_buf(),
+            source,
             target: m.mount_path.clone(),
             read_only: m.read_only,
             no_follow_symlinks: sandbox.nosymfollow_volumes.contains(&m.name),
+            device: sandbox.volumes.is_device(&m.name),
         });
     }
     let sc = c.security_context.clone().unwrap_or_default();
@@ -202,7 +216,8 @@ impl NativeContainer {
         let spec_path = dir.join("launch.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| setup_err("write the launch spec", e.to_string()))?;
-        std::fs::write(&spec_path, json).map_err(|e| {
+        // It holds the container's environment: root's alone.
+        write_private(&spec_path, &json).map_err(|e| {
             setup_err(
                 "write the launch spec",
                 format!("{e} ({})", spec_path.display()),

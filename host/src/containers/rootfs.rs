@@ -47,7 +47,57 @@ fn do_mount(
 
 /// Builds the root filesystem under `spec.scratch`; the shim must already be in a new mount
 /// namespace.
-pub(super) fn prepare(spec: &RootfsSpec, mounts: &[BindMount]) -> Result<Rootfs, StepError> {
+/// A volume cloned from the host's mount namespace, ready to be attached in the container's.
+pub(super) struct VolumeTree {
+    fd: OwnedFd,
+    is_dir: bool,
+}
+
+/// Clones each volume's mount tree, from the directory (or file) wpod opened when the pod
+/// started, through `/proc/<wpod>/fd/N`. Called in the host's mount namespace: a bind from a
+/// mount of another namespace is refused, a detached clone can be attached anywhere.
+pub(super) fn clone_volumes(mounts: &[BindMount]) -> Result<Vec<VolumeTree>, StepError> {
+    mounts
+        .iter()
+        .map(|m| {
+            let step = format!("open volume for {}", m.target);
+            let is_dir = m.source.is_dir();
+            let path = std::ffi::CString::new(m.source.as_os_str().as_encoded_bytes())
+                .map_err(|e| StepError::msg(&step, e))?;
+            // SAFETY: open_tree with a valid C string; the descriptor is owned below.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    (OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_RECURSIVE as u32)
+                        as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                return Err(StepError::sys(
+                    format!("{step} (open_tree)"),
+                    &m.source,
+                    Errno::last(),
+                ));
+            }
+            // SAFETY: a descriptor open_tree just returned.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            Ok(VolumeTree { fd, is_dir })
+        })
+        .collect()
+}
+
+/// open_tree(2) and move_mount(2) flags (linux/mount.h).
+const OPEN_TREE_CLONE: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+pub(super) fn prepare(
+    spec: &RootfsSpec,
+    mounts: &[BindMount],
+    trees: Vec<VolumeTree>,
+) -> Result<Rootfs, StepError> {
     // Nothing mounted from here on may propagate back to the host.
     do_mount(
         "make / private",
@@ -82,12 +132,15 @@ pub(super) fn prepare(spec: &RootfsSpec, mounts: &[BindMount]) -> Result<Rootfs,
         escape_overlay(&upper),
         escape_overlay(&work)
     );
+    // nodev: a container may hold CAP_MKNOD (as with every container runtime), but a device
+    // node it makes must not open. wpod has no device cgroup; no filesystem a container can write
+    // to honours device nodes instead (the root, /dev, /tmp, /dev/shm and every volume).
     do_mount(
         "mount overlay root",
         Some("overlay"),
         &root,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(&options),
     )?;
 
@@ -111,8 +164,8 @@ pub(super) fn prepare(spec: &RootfsSpec, mounts: &[BindMount]) -> Result<Rootfs,
             Some("mode=1777"),
         )?;
     }
-    for m in mounts {
-        rootfs.bind_volume(m)?;
+    for (m, tree) in mounts.iter().zip(trees) {
+        rootfs.attach_volume(m, tree)?;
     }
     if spec.read_only {
         // Only the root itself: /dev and the volumes keep their own modes.
@@ -255,7 +308,8 @@ impl Rootfs {
             Some("tmpfs"),
             &fd_path(&dev),
             Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            // The device nodes below are binds of the host's, with the host's mount flags.
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
             Some("mode=755,size=65536k"),
         )?;
         drop(dev);
@@ -350,37 +404,42 @@ impl Rootfs {
         )
     }
 
-    fn bind_volume(&self, m: &BindMount) -> Result<(), StepError> {
-        let kind = if m.source.is_dir() {
-            Kind::Dir
-        } else {
-            Kind::File
-        };
+    fn attach_volume(&self, m: &BindMount, tree: VolumeTree) -> Result<(), StepError> {
+        let kind = if tree.is_dir { Kind::Dir } else { Kind::File };
         let target = self.mountpoint(&m.target, kind)?;
-        let step = format!("mount volume at {}", m.target);
-        let source = m.source.to_string_lossy();
-        do_mount(
-            &step,
-            Some(&source),
-            &fd_path(&target),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        if m.read_only || m.no_follow_symlinks {
-            // The flags go on the bind and on every mount below it (Kubernetes'
-            // recursiveReadOnly): a read-only hostPath `/` must not leave the host's /proc, /sys
-            // or cgroupfs writable underneath. They are set through a fresh open of the mount
-            // (the old descriptor still names the directory underneath).
-            drop(target);
-            let mounted = self.mountpoint(&m.target, kind)?;
-            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-            if m.read_only {
-                attrs |= MOUNT_ATTR_RDONLY;
-            }
-            if m.no_follow_symlinks {
-                attrs |= MOUNT_ATTR_NOSYMFOLLOW;
-            }
+        let step = format!("mount volume at {} (move_mount)", m.target);
+        // SAFETY: move_mount between two descriptors we own, with empty paths.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.fd.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_raw_fd(),
+                c"".as_ptr(),
+                (MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) as libc::c_uint,
+            )
+        };
+        if rc != 0 {
+            return Err(StepError::sys(&step, &m.source, Errno::last()));
+        }
+        // The flags go on the bind and on every mount below it (Kubernetes' recursiveReadOnly:
+        // a read-only hostPath `/` must not leave the host's /proc, /sys or cgroupfs writable
+        // underneath). nosuid and nodev always, unless the volume is a device the pod asked for.
+        // They are set through a fresh open of the mount (the old descriptor still names the
+        // directory underneath).
+        drop(target);
+        let mounted = self.mountpoint(&m.target, kind)?;
+        let mut attrs = 0;
+        if !m.device {
+            attrs |= MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        }
+        if m.read_only {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        if m.no_follow_symlinks {
+            attrs |= MOUNT_ATTR_NOSYMFOLLOW;
+        }
+        if attrs != 0 {
             set_attrs_recursively(&mounted, attrs).map_err(|e| {
                 StepError::sys(
                     format!("set mount flags of {} (mount_setattr)", m.target),

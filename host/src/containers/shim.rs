@@ -134,9 +134,12 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
         None => unshare(CloneFlags::CLONE_NEWPID)
             .map_err(|e| StepError::sys("unshare(CLONE_NEWPID)", Path::new("-"), e))?,
     }
+    // The volumes are cloned while still in the host's mount namespace (where wpod opened
+    // them), then attached in the container's own.
+    let volumes = rootfs::clone_volumes(&spec.mounts)?;
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
-    let root = rootfs::prepare(&spec.rootfs, &spec.mounts)?;
+    let root = rootfs::prepare(&spec.rootfs, &spec.mounts, volumes)?;
     let seccomp = security::seccomp_program(&spec.security)?;
 
     // Signals are blocked from here and read through a signalfd; the child unblocks them.

@@ -2,18 +2,35 @@
 //! with `medium: Memory`), a `hostPath` is the host path itself. Native containers get them as
 //! bind mounts and Wasm sidecars as preopened directories: the same host directory, so what one
 //! writes the other sees at once.
+//!
+//! Each volume is opened once, when the pod starts (a hostPath's symlinks are followed then, as
+//! Kubernetes does), and every container start, first or restart, native or Wasm, uses that
+//! open directory: a container that replaces a volume's path (or a directory on the way to it)
+//! with a symlink changes nothing for the pod's later starts.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 
 use super::SandboxError;
 use crate::plan::PodPlan;
 use crate::spec::VolumeSource;
 
+/// One volume, open.
+struct Volume {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// A hostPath of type CharDevice or BlockDevice.
+    device: bool,
+}
+
 pub struct PodVolumes {
-    dirs: HashMap<String, PathBuf>,
+    volumes: HashMap<String, Volume>,
     tmpfs: Vec<PathBuf>,
 }
 
@@ -21,12 +38,13 @@ impl PodVolumes {
     pub fn create(plan: &PodPlan, root: &Path) -> Result<(Self, Vec<String>), SandboxError> {
         let pod = &plan.pod;
         let mut vols = PodVolumes {
-            dirs: HashMap::new(),
+            volumes: HashMap::new(),
             tmpfs: Vec::new(),
         };
         let mut warnings = Vec::new();
         for v in &pod.spec.volumes {
             let step = |what: &str| format!("volume {}: {what}", v.name);
+            let mut device = false;
             let path = match &v.source {
                 VolumeSource::EmptyDir(e) => {
                     let dir = root.join(&v.name);
@@ -48,7 +66,8 @@ impl PodVolumes {
                         .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
                         vols.tmpfs.push(dir.clone());
                     } else {
-                        // Kubernetes' own emptyDir is world-writable, so any container user can use it.
+                        // Kubernetes' own emptyDir is world-writable, so any container user can
+                        // use it (the pod's directory above it is root's alone).
                         use std::os::unix::fs::PermissionsExt;
                         let _ =
                             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
@@ -63,20 +82,13 @@ impl PodVolumes {
                 }
                 VolumeSource::HostPath(h) => {
                     let p = PathBuf::from(&h.path);
+                    device = matches!(h.kind.as_str(), "CharDevice" | "BlockDevice");
                     match h.kind.as_str() {
                         "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| {
                             SandboxError::io(step("create hostPath directory"), &p, e)
                         })?,
-                        "FileOrCreate" if !p.exists() => {
-                            if let Some(parent) = p.parent() {
-                                std::fs::create_dir_all(parent).map_err(|e| {
-                                    SandboxError::io(step("create hostPath parent"), parent, e)
-                                })?;
-                            }
-                            std::fs::File::create(&p).map_err(|e| {
-                                SandboxError::io(step("create hostPath file"), &p, e)
-                            })?;
-                        }
+                        "FileOrCreate" => create_file(&p)
+                            .map_err(|e| SandboxError::io(step("create hostPath file"), &p, e))?,
                         "" if !p.exists() => {
                             return Err(SandboxError::Step {
                                 step: step("hostPath"),
@@ -91,19 +103,69 @@ impl PodVolumes {
                     p
                 }
             };
-            vols.dirs.insert(v.name.clone(), path);
+            let fd = open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| SandboxError::sys(step("open"), &path, e))?;
+            vols.volumes
+                .insert(v.name.clone(), Volume { path, fd, device });
         }
         Ok((vols, warnings))
     }
 
-    /// The host path of a volume.
+    /// The host path of a volume, as the manifest named it (for messages).
     pub fn host_path(&self, name: &str) -> Option<&Path> {
-        self.dirs.get(name).map(|p| p.as_path())
+        self.volumes.get(name).map(|v| v.path.as_path())
     }
+
+    /// The volume as wpod opened it when the pod started.
+    pub fn fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        self.volumes.get(name).map(|v| v.fd.as_fd())
+    }
+
+    /// A path through which another process (a container's shim) reaches exactly the volume
+    /// wpod opened: `/proc/<wpod>/fd/N`.
+    pub fn source_for_helpers(&self, name: &str) -> Option<PathBuf> {
+        self.volumes.get(name).map(|v| {
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                v.fd.as_raw_fd()
+            ))
+        })
+    }
+
+    /// Whether the volume is a device the pod asked for (its node must open).
+    pub fn is_device(&self, name: &str) -> bool {
+        self.volumes.get(name).is_some_and(|v| v.device)
+    }
+}
+
+/// `FileOrCreate`: creates the file unless something is there, never through a symlink (a
+/// dangling link planted there would make wpod, as root, create a file wherever it points).
+fn create_file(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map(drop)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other(
+                "a symlink is there (pointing nowhere): refusing to create a file through it",
+            ),
+            _ => e,
+        })
 }
 
 impl Drop for PodVolumes {
     fn drop(&mut self) {
+        self.volumes.clear();
         for dir in &self.tmpfs {
             if let Err(e) = umount2(dir, MntFlags::MNT_DETACH) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount emptyDir tmpfs");

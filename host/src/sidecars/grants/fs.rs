@@ -8,7 +8,8 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -18,6 +19,9 @@ use crate::spec::Container;
 
 #[derive(Clone, Debug)]
 pub struct Preopen {
+    /// The volume as wpod opened it when the pod started.
+    pub dir: Arc<OwnedFd>,
+    /// Its host path, for messages.
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
@@ -33,10 +37,16 @@ impl FsGrant {
     pub fn from_container(c: &Container, volumes: &PodVolumes) -> Result<Self, String> {
         let mut preopens = Vec::new();
         for m in &c.volume_mounts {
-            let host = volumes
+            let missing = || format!("volume {} was not created", m.name);
+            let (host, fd) = volumes
                 .host_path(&m.name)
-                .ok_or_else(|| format!("volume {} was not created", m.name))?;
+                .zip(volumes.fd(&m.name))
+                .ok_or_else(missing)?;
+            let dir = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("volume {}: {e}", m.name))?;
             preopens.push(Preopen {
+                dir: Arc::new(dir),
                 host: host.to_path_buf(),
                 guest: m.mount_path.clone(),
                 read_only: m.read_only,
@@ -62,9 +72,9 @@ impl FsGrant {
                     p.guest
                 )
             };
-            // The directory is opened once and checked; wasmtime then opens that same directory
-            // through its descriptor, so a path swapped in between changes nothing.
-            let dir = open_checked_dir(&p.host).map_err(fail)?;
+            // The directory wpod opened when the pod started, opened for reading and checked;
+            // wasmtime then opens that same directory through its descriptor.
+            let dir = open_checked_dir(&p.dir).map_err(fail)?;
             let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
             builder
                 .preopened_dir(&by_fd, &p.guest, perms)
@@ -77,10 +87,13 @@ impl FsGrant {
     }
 }
 
-/// Opens a volume's host directory and makes sure it is not, and holds no, kernel filesystem
-/// (the plan refused such volumes already; this is the check at the moment of use).
-fn open_checked_dir(path: &Path) -> Result<OwnedFd, String> {
-    let dir: OwnedFd = std::fs::File::open(path).map_err(|e| e.to_string())?.into();
+/// Opens a volume's directory for reading (through the descriptor wpod holds) and makes sure it
+/// is not, and holds no, kernel filesystem (the plan refused such volumes already; this is the
+/// check at the moment of use).
+fn open_checked_dir(held: &OwnedFd) -> Result<OwnedFd, String> {
+    let dir: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", held.as_raw_fd()))
+        .map_err(|e| e.to_string())?
+        .into();
     let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
         .map_err(|e| format!("resolve it: {e}"))?;
     let mount = crate::mounts::mount_id(dir.as_fd()).map_err(|e| format!("statx: {e}"))?;
@@ -93,7 +106,10 @@ fn open_checked_dir(path: &Path) -> Result<OwnedFd, String> {
             k.mount_point.display()
         ));
     }
-    if !std::fs::metadata(&real).is_ok_and(|m| m.is_dir()) {
+    let is_dir = std::fs::File::from(dir.try_clone().map_err(|e| e.to_string())?)
+        .metadata()
+        .is_ok_and(|m| m.is_dir());
+    if !is_dir {
         return Err("not a directory".into());
     }
     Ok(dir)
