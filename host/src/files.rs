@@ -7,6 +7,14 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Where wpod keeps its state (`$WPOD_ROOT`, default `/var/lib/wpod`), always absolute.
+pub fn state_root() -> PathBuf {
+    let root = std::env::var_os("WPOD_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/wpod"));
+    std::path::absolute(&root).unwrap_or(root)
+}
+
 /// The largest manifest wpod reads (the Kubernetes API server refuses objects over ~1.5 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// The largest Wasm component wpod reads (a Python sidecar is ~20-40 MiB).

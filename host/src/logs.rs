@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -101,7 +102,7 @@ impl LineSplitter {
         while !bytes.is_empty() {
             let room = MAX_LINE_BYTES - self.pending.len();
             let window = &bytes[..bytes.len().min(room)];
-            match window.iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', window) {
                 Some(i) => {
                     if self.pending.is_empty() {
                         emit(&window[..i], false);
@@ -181,6 +182,7 @@ impl LogFile {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path);
         let written = file
             .as_ref()
@@ -437,7 +439,11 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
         (c.is_control() && c != '\t')
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     };
-    if !text.chars().any(harmful) {
+    // The common case, printable ASCII, is decided on bytes; anything else char by char.
+    let plain = text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
+    if plain || !text.chars().any(harmful) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

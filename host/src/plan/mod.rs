@@ -128,6 +128,7 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
         }
     }
     check_host_paths(pod, &mut diags);
+    check_volume_nesting(pod, &mut diags);
     let port_mappings = port_mappings(pod, &mut diags);
     let name = PodName::new(&pod.metadata.name)
         .map_err(|e| diags.push(pod.source.diag("metadata.name", e)));
@@ -426,6 +427,67 @@ fn check_native_container(
                 format!("{path}.securityContext.runAsNonRoot"),
                 "the container would run as root (uid 0); set securityContext.runAsUser to a non-zero uid",
             ));
+        }
+    }
+}
+
+/// hostPath volumes whose directories a container could swap under the pod: one inside another
+/// hostPath volume that a container may write (the writer can replace the inner directory with
+/// a symlink before the next start), or inside wpod's own state (launch specs, other pods'
+/// volumes and logs).
+fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
+    let host_paths: Vec<(usize, &str, std::path::PathBuf)> = pod
+        .spec
+        .volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| match &v.source {
+            VolumeSource::HostPath(h) if h.path.starts_with('/') => {
+                Some((i, v.name.as_str(), resolve_existing(Path::new(&h.path))))
+            }
+            _ => None,
+        })
+        .collect();
+    let writer = |volume: &str| {
+        pod.all_containers().find_map(|(_, c)| {
+            c.volume_mounts
+                .iter()
+                .any(|m| m.name == volume && !m.read_only)
+                .then(|| c.name.clone())
+        })
+    };
+    let state = resolve_existing(&crate::files::state_root());
+    for (i, _, inner) in &host_paths {
+        let field = format!("spec.volumes[{i}].hostPath.path");
+        if inner.starts_with(&state) {
+            diags.push(pod.source.diag(
+                field,
+                format!(
+                    "{} is inside wpod's own state ({}); use a directory of your own",
+                    inner.display(),
+                    state.display()
+                ),
+            ));
+            continue;
+        }
+        for (_, outer_name, outer) in &host_paths {
+            if inner == outer || !inner.starts_with(outer) {
+                continue;
+            }
+            if let Some(container) = writer(outer_name) {
+                diags.push(pod.source.diag(
+                    field.clone(),
+                    format!(
+                        "{} lies inside volume \"{outer_name}\" ({}), which container \"{container}\" \
+                         may write: it could replace this directory with a symlink before the next \
+                         start; mount \"{outer_name}\" readOnly in every container, or use directories \
+                         that do not nest",
+                        inner.display(),
+                        outer.display()
+                    ),
+                ));
+                break;
+            }
         }
     }
 }

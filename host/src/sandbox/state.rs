@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
@@ -25,10 +26,7 @@ pub struct StateDir {
 
 /// Where wpod keeps its pods' state (always an absolute path).
 pub fn root() -> PathBuf {
-    let root = std::env::var_os("WPOD_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/wpod"));
-    std::path::absolute(&root).unwrap_or(root)
+    crate::files::state_root()
 }
 
 /// A short name for the state root, so that pods of two roots never share a cgroup: two wpod
@@ -42,8 +40,13 @@ impl StateDir {
     pub fn acquire(pod: &PodName) -> Result<Self, SandboxError> {
         let root = root();
         let (pods, locks) = (root.join("pods"), root.join("locks"));
+        // Root's alone: pods hold their containers' environment (launch specs), their logs and
+        // their volumes, where a container may leave a setuid binary or a device node.
         for dir in [&pods, &locks] {
             std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                })
                 .map_err(|e| SandboxError::io("create the state directory", dir, e))?;
         }
         let path = pods.join(pod.as_str());
