@@ -10,6 +10,7 @@ pub mod cache;
 pub mod engine;
 pub mod grants;
 pub mod inspect;
+pub mod limits;
 pub mod procstat;
 pub mod runtime;
 pub mod stdio;
@@ -20,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -51,7 +52,7 @@ pub struct SidecarState {
     pub name: String,
     wasi: WasiCtx,
     pub table: ResourceTable,
-    limits: StoreLimits,
+    limits: limits::SidecarLimits,
     pub process: ProcessHost,
     pub events: broadcast::Receiver<PodEvent>,
     /// Set when this sidecar's turn to stop comes: the deadline it has.
@@ -231,10 +232,7 @@ impl WasmSidecar {
             .map_err(start_err)?;
 
         let (stopping, stopping_rx) = watch::channel(None);
-        let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(false);
-        if let Some(bytes) = c.resources.limits.memory_bytes {
-            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
+        let limits = limits::SidecarLimits::new(c.resources.limits.memory_bytes);
         // Every socket, file, stream and pollable the guest holds is an entry of its table:
         // bounding the table bounds the host resources it can hold (`wpod.dev/sidecar-max-handles`).
         let mut table = ResourceTable::new();
@@ -243,7 +241,7 @@ impl WasmSidecar {
             name: name.clone(),
             wasi: builder.build(),
             table,
-            limits: limits.build(),
+            limits,
             process: ProcessHost {
                 grant: ProcessGrant::from_pod(ctx.pod, c),
                 pod: ctx.state.clone(),

@@ -210,6 +210,9 @@ impl main_process::HostLogStream for SidecarState {
     ) -> wasmtime::Result<Vec<LogLine>> {
         let pod = self.process.pod.clone();
         let s = self.table.get_mut(&stream)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         loop {
             let lines = drain(s, max);
             if !lines.is_empty() {
@@ -246,10 +249,27 @@ impl main_process::HostLogStream for SidecarState {
     }
 }
 
+/// Lines one `next`/`try-next` call returns at most, whatever `max` asks.
+const MAX_LINES_PER_CALL: usize = 1024;
+
+/// Up to `max` lines: the history first, then what came live. Nothing is moved anywhere to
+/// wait: lines a reader does not take stay in the feed, where a slow reader skips ahead rather
+/// than making wpod hold them.
 fn drain(s: &mut LogStream, max: u32) -> Vec<LogLine> {
-    while let Ok(line) = s.live.try_recv() {
-        s.backlog.push_back(line);
+    let want = (max as usize).min(MAX_LINES_PER_CALL);
+    let mut out = Vec::new();
+    while out.len() < want {
+        let Some(line) = s.backlog.pop_front() else {
+            break;
+        };
+        out.push(to_wit(&line));
     }
-    let n = (max as usize).min(s.backlog.len());
-    s.backlog.drain(..n).map(|l| to_wit(&l)).collect()
+    while out.len() < want {
+        match s.live.try_recv() {
+            Ok(line) => out.push(to_wit(&line)),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    out
 }
