@@ -1,4 +1,4 @@
-//! A cgroup per container under `wpod/<root-id>/<pod>/`, for limits (memory, cpu, pids), for OOM
+//! A cgroup per container under `wpod/<root-id>/pod-<pod>/ctr-<container>`, for limits (memory, cpu, pids), for OOM
 //! reporting, and to find and kill every process of a container; and `_runtime` beside them for
 //! the `wpod` process itself, which hosts the pod's Wasm sidecars, so that what they cost the
 //! host is charged and bounded too. `<root-id>` names the state root (`$WPOD_ROOT`): two roots
@@ -72,11 +72,12 @@ pub struct PodCgroups {
     runtime_origin: Vec<PathBuf>,
 }
 
-/// The pod's directory in hierarchy `root`.
+/// The pod's directory in hierarchy `root`. Pod and container names are prefixed: a name can
+/// be that of a cgroup control file (`tasks`, `cpu.shares` are valid Kubernetes names).
 fn pod_dir(root: &Path, pod: &PodName) -> PathBuf {
     root.join("wpod")
         .join(super::state::root_id())
-        .join(pod.as_str())
+        .join(format!("pod-{pod}"))
 }
 
 /// A container's cgroup (one directory per hierarchy on v1).
@@ -171,7 +172,11 @@ impl PodCgroups {
         pids_max: u64,
     ) -> Result<(ContainerCgroup, Vec<String>), CgroupError> {
         let mut warnings = Vec::new();
-        let dirs: Vec<PathBuf> = self.pod_dirs.iter().map(|d| d.join(name)).collect();
+        let dirs: Vec<PathBuf> = self
+            .pod_dirs
+            .iter()
+            .map(|d| d.join(format!("ctr-{name}")))
+            .collect();
         for d in &dirs {
             if d.exists() {
                 // Left by an earlier start of the same container: empty it and start afresh.

@@ -51,11 +51,11 @@ struct Setting {
     set: fn(&mut Annotations, u64),
 }
 
-fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u64, String> {
+fn count_between(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
     move |v: &str| match v.parse::<u64>() {
-        Ok(n) if n >= min => Ok(n),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!(
-            "\"{v}\" is not a count: write an integer of at least {min}, such as \"512\""
+            "\"{v}\" is not a count from {min} to {max}: write an integer such as \"512\""
         )),
     }
 }
@@ -63,13 +63,15 @@ fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u64, String> {
 const SETTINGS: &[Setting] = &[
     Setting {
         key: "wpod.dev/pids-limit",
-        parse: |v| count_at_least(1)(v),
+        // The kernel's own bound on PIDs.
+        parse: |v| count_between(1, 4_194_304)(v),
         set: |a, n| a.pids_limit = n,
     },
     Setting {
         key: "wpod.dev/sidecar-max-handles",
-        // A std guest needs a few handles for its stdio and preopens before doing anything.
-        parse: |v| count_at_least(32)(v),
+        // A std guest needs a few handles for its stdio and preopens before doing anything;
+        // wasmtime's own bound on a resource table is a million.
+        parse: |v| count_between(32, 1_000_000)(v),
         set: |a, n| a.sidecar_max_handles = n,
     },
     Setting {
@@ -83,8 +85,9 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "wpod.dev/log-max-files",
-        // As the kubelet: the current file and at least one rotated one.
-        parse: |v| count_at_least(2)(v),
+        // As the kubelet: the current file and at least one rotated one; each rotation renames
+        // every file, so a bound keeps it cheap.
+        parse: |v| count_between(2, 100)(v),
         set: |a, n| a.log_max_files = n,
     },
     Setting {

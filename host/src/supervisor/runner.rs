@@ -314,10 +314,11 @@ async fn live(
     let mut ready_watch = run.state.watch_ready();
     let already_ready = ready_watch.borrow_and_update().contains(name);
     if (waits_for_ready && already_ready) || (!waits_for_ready && !has_startup_probe) {
-        mark_started(progress);
+        // Said before the next container may start, so the events keep their order.
         if !has_readiness_probe {
             run.events.emit(Some(name), Event::Ready);
         }
+        mark_started(progress);
     }
 
     let mut deadline: Option<Instant> = None;
@@ -344,18 +345,20 @@ async fn live(
             }
             changed = ready_watch.changed(), if waits_for_ready && *progress.borrow() == Progress::Starting => {
                 if changed.is_ok() && ready_watch.borrow().contains(name) {
-                    mark_started(progress);
+                    // Said before the next container may start, so the events keep their order.
                     if !has_readiness_probe {
                         run.events.emit(Some(name), Event::Ready);
                     }
+                    mark_started(progress);
                 }
             }
             Some(event) = probe_rx.recv() => match event {
                 ProbeEvent::StartupPassed => {
-                    mark_started(progress);
+                    // Said before the next container may start, so the events keep their order.
                     if !has_readiness_probe {
                         run.events.emit(Some(name), Event::Ready);
                     }
+                    mark_started(progress);
                 }
                 ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
                 ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
