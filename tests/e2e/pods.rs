@@ -300,11 +300,11 @@ pub fn assert_no_leftovers(pod: &str) {
         "state directory {} is left",
         state.display()
     );
-    // Cgroups live at wpod/<root-id>/<pod> in each hierarchy.
+    // Cgroups live at wpod/<root-id>/pod-<pod> in each hierarchy.
     for hierarchy in ["memory", "cpu", "pids", "unified", ""] {
         let wpod = Path::new("/sys/fs/cgroup").join(hierarchy).join("wpod");
         for root in std::fs::read_dir(&wpod).into_iter().flatten().flatten() {
-            let dir = root.path().join(pod);
+            let dir = root.path().join(format!("pod-{pod}"));
             assert!(!dir.exists(), "cgroup {} is left", dir.display());
         }
     }

@@ -544,7 +544,7 @@ spec:
             (names.split(',').any(|n| n == "memory") || names.is_empty()).then(|| path.to_string())
         })
         .expect("wpod's memory cgroup");
-    assert!(memory.ends_with("/rt-tmpfs/_runtime"), "{cgroups}");
+    assert!(memory.ends_with("/pod-rt-tmpfs/_runtime"), "{cgroups}");
     let dir = if Path::new("/sys/fs/cgroup/memory").exists() {
         Path::new("/sys/fs/cgroup/memory").join(memory.trim_start_matches('/'))
     } else {
@@ -884,6 +884,283 @@ spec:
     }
     let _ = stop(running);
     assert_no_leftovers("rt-confine");
+}
+
+/// Second round (a red-team review of the fixes): a container with CAP_MKNOD (a default of every
+/// container runtime) makes device nodes, but none of them opens: every filesystem it can write
+/// to is `nodev` (wpod has no device cgroup).
+#[test]
+fn device_nodes_a_container_makes_do_not_open() {
+    require_root("device_nodes_do_not_open");
+    let pod = TestPod::new(
+        "rt-mknod",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-mknod}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      for dir in / /tmp /dev /scratch /mem; do
+        # 1:3 is /dev/null: harmless even if it opened.
+        if mknod "$dir/devnode" c 1 3 2>/dev/null; then
+          if echo x > "$dir/devnode" 2>/dev/null; then echo "$dir: opened"; else echo "$dir: refused"; fi
+        else
+          echo "$dir: no mknod"
+        fi
+      done
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: mem, mountPath: /mem}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: mem, emptyDir: {medium: Memory}}
+"#,
+    );
+    let run = pod.run(LONG);
+    for dir in ["/", "/tmp", "/dev", "/scratch", "/mem"] {
+        let line = run
+            .logs("main")
+            .into_iter()
+            .find(|l| l.starts_with(&format!("{dir}: ")))
+            .unwrap_or_else(|| panic!("nothing about {dir}\n{}", run.dump()));
+        assert!(!line.ends_with("opened"), "a device node opened: {line}");
+    }
+    assert_no_leftovers("rt-mknod");
+}
+
+/// Second round: every start (first or restart, native or Wasm) uses the volume wpod opened when
+/// the pod started. Its path swapped for a symlink in between leads nowhere new.
+#[test]
+fn a_volume_path_swapped_for_a_symlink_changes_nothing() {
+    require_root("a_volume_path_swapped");
+    let base = std::env::temp_dir().join("wpod-rt-swap");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("vol")).unwrap();
+    std::fs::create_dir_all(base.join("secret")).unwrap();
+    std::fs::write(base.join("vol/marker"), "original").unwrap();
+    std::fs::write(base.join("secret/marker"), "secret").unwrap();
+    let mut pod = TestPod::new(
+        "rt-swap",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: rt-swap}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: native
+    command: [sh, -c, 'echo "read $(cat /v/marker)"; sleep 1; exit 1']
+    volumeMounts: [{{name: v, mountPath: /v}}]
+  - name: wasm
+    image: SIDECARS/probe.wasm
+    args: [read:/v/marker, sleep:1000, exit:1]
+    volumeMounts: [{{name: v, mountPath: /v}}]
+  volumes:
+  - {{name: v, hostPath: {{path: {}/vol}}}}
+"#,
+            base.display()
+        ),
+    );
+    pod.args = vec!["--backoff-base".into(), "1s".into()];
+    let running = pod.spawn();
+    let reads = |r: &PodRun| {
+        let native: Vec<String> = r
+            .logs("native")
+            .into_iter()
+            .filter(|l| l.starts_with("read "))
+            .collect();
+        let wasm: Vec<String> = r
+            .logs("wasm")
+            .into_iter()
+            .filter(|l| l.starts_with("read:/v/marker "))
+            .collect();
+        (native, wasm)
+    };
+    running.wait_for("the first reads", LONG, |r| {
+        let (n, w) = reads(r);
+        !n.is_empty() && !w.is_empty()
+    });
+    std::fs::rename(base.join("vol"), base.join("vol.old")).unwrap();
+    std::os::unix::fs::symlink(base.join("secret"), base.join("vol")).unwrap();
+    let run = running.wait_for("reads after the swap", LONG, |r| {
+        let (n, w) = reads(r);
+        n.len() >= 3 && w.len() >= 3
+    });
+    let (native, wasm) = reads(&run);
+    assert!(
+        native.iter().all(|l| l == "read original"),
+        "a native restart followed the swapped path: {native:?}"
+    );
+    assert!(
+        wasm.iter().all(|l| l.ends_with("ok: original")),
+        "a Wasm restart followed the swapped path: {wasm:?}"
+    );
+    let _ = stop(running);
+    assert_no_leftovers("rt-swap");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Second round: the pods' state is root's alone: a local user cannot reach a pod's volumes
+/// (where a container can leave a setuid binary) or its launch specs (its environment).
+#[test]
+fn pod_state_is_readable_by_root_only() {
+    require_root("pod_state_is_readable_by_root_only");
+    use std::os::unix::fs::PermissionsExt;
+    let pod = TestPod::new(
+        "rt-perms",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-perms}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sh, -c, 'echo "a line for the log"; exec sleep 300']
+    env: [{name: DB_PASSWORD, value: hunter2}]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("main's line", LONG, |r| {
+        r.has_line("main", "a line for the log")
+    });
+    let mode = |p: &str| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("/var/lib/wpod/pods"), 0o700);
+    assert_eq!(mode("/var/lib/wpod/locks"), 0o700);
+    assert_eq!(
+        mode("/var/lib/wpod/pods/rt-perms/containers/main/launch.json"),
+        0o600
+    );
+    assert_eq!(mode("/var/lib/wpod/pods/rt-perms/logs/main.log"), 0o600);
+    let _ = stop(running);
+    assert_no_leftovers("rt-perms");
+}
+
+/// Second round: a sidecar that never takes the lines of a stream it holds (`next(0)`) while
+/// the main container floods its output cannot make wpod keep them.
+#[test]
+fn a_stream_nobody_reads_does_not_grow_wpod() {
+    require_root("a_stream_nobody_reads");
+    let pod = TestPod::new(
+        "rt-hoard",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-hoard}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sh, -c, 'exec yes "a line the sidecar holds but never takes"']
+  - name: hoarder
+    image: SIDECARS/hostile-main.wasm
+    args: [sleep:1000, logs-hoard:main:8, sleep:300000]
+    resources:
+      limits: {memory: 32Mi}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the hoarder to start", LONG, |r| {
+        r.events(Some("hoarder"))
+            .iter()
+            .any(|e| e["event"] == "started")
+    });
+    let growth_kib = peak_growth_kib(running.pid(), || {
+        running.wait_for("the hoard", LONG, |r| {
+            r.logs("hoarder")
+                .iter()
+                .any(|l| l.starts_with("logs-hoard:"))
+        });
+    });
+    assert!(
+        growth_kib < 32 * 1024,
+        "wpod grew by {} MiB holding lines nobody read",
+        growth_kib / 1024
+    );
+    let _ = stop(running);
+    assert_no_leftovers("rt-hoard");
+}
+
+/// Second round: a sidecar's memory limit holds for all its memories together. This component
+/// has five core instances, each growing its own memory by 30 MiB; under a 64 MiB limit it
+/// cannot have them all.
+#[test]
+fn a_memory_limit_holds_across_a_components_memories() {
+    require_root("a_memory_limit_holds_across_memories");
+    let pod = TestPod::new(
+        "rt-memories",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-memories}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, "300"]
+  - name: hog
+    image: SIDECARS/memory-hog.wasm
+    resources:
+      limits: {memory: 64Mi}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the hog to start", LONG, |r| {
+        r.events(Some("hog"))
+            .iter()
+            .any(|e| e["event"] == "started")
+    });
+    let mut run = None;
+    let growth_kib = peak_growth_kib(running.pid(), || {
+        run = Some(running.wait_for("the hog to end", LONG, |r| {
+            r.events(Some("hog")).iter().any(|e| e["event"] == "exited")
+        }));
+    });
+    let run = run.expect("output");
+    assert_eq!(run.exit("hog")["reason"], "Trapped", "{}", run.dump());
+    assert!(
+        growth_kib < 80 * 1024,
+        "wpod grew by {} MiB for a sidecar limited to 64 MiB",
+        growth_kib / 1024
+    );
+    let _ = stop(running);
+    assert_no_leftovers("rt-memories");
+}
+
+/// Second round: pod and container names that are also cgroup control files (`tasks`) run.
+#[test]
+fn names_of_cgroup_files_are_fine_pod_names() {
+    require_root("names_of_cgroup_files");
+    let pod = TestPod::new(
+        "tasks",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tasks}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: tasks
+    command: [echo, ran]
+"#,
+    );
+    let run = pod.run(LONG);
+    run.assert_line("tasks", "ran");
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("tasks");
 }
 
 /// A soak test, not in the default run (`cargo test --test e2e soak -- --ignored`): thousands of

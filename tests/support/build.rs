@@ -49,6 +49,8 @@ fn main() {
             copy_if_changed(&path, &out_dir.join(path.file_name().unwrap()));
         }
     }
+    // Five core instances, each growing its own memory by 30 MiB and touching all of it.
+    write_if_changed(&out_dir.join("memory-hog.wasm"), &memory_hog(5, 480));
     build_python_guest(
         &guests.join("health-check-py"),
         &root.join("wit"),
@@ -93,8 +95,125 @@ fn build_python_guest(dir: &Path, wit: &Path, out: &Path) {
 }
 
 fn copy_if_changed(from: &Path, to: &Path) {
-    let new = std::fs::read(from).unwrap();
-    if std::fs::read(to).ok().as_deref() != Some(&new[..]) {
+    write_if_changed(to, &std::fs::read(from).unwrap());
+}
+
+fn write_if_changed(to: &Path, new: &[u8]) {
+    if std::fs::read(to).ok().as_deref() != Some(new) {
         std::fs::write(to, new).unwrap();
     }
+}
+
+/// A command component (it exports `wasi:cli/run`) made of `instances` core instances, each
+/// with a memory of its own that it grows by `pages` (64 KiB each) and fills, one after the
+/// other. No language toolchain makes such a component; a hostile author can, and a memory
+/// limit that counted each memory on its own let it take `instances` times the limit.
+fn memory_hog(instances: u32, pages: u32) -> Vec<u8> {
+    use wasm_encoder::*;
+    let run_type = |m: &mut Module| {
+        let mut types = TypeSection::new();
+        types.ty().function([], [ValType::I32]);
+        m.section(&types);
+    };
+    // The module each instance runs: grow, fill, return 0.
+    let mut hog = Module::new();
+    run_type(&mut hog);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    hog.section(&funcs);
+    let mut mems = MemorySection::new();
+    mems.memory(MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    hog.section(&mems);
+    let mut exports = ExportSection::new();
+    exports.export("run", ExportKind::Func, 0);
+    hog.section(&exports);
+    let mut code = CodeSection::new();
+    let mut f = Function::new([]);
+    f.instruction(&Instruction::I32Const(pages as i32));
+    f.instruction(&Instruction::MemoryGrow(0));
+    f.instruction(&Instruction::Drop);
+    f.instruction(&Instruction::I32Const(0));
+    f.instruction(&Instruction::I32Const(1));
+    f.instruction(&Instruction::I32Const((pages * 65536) as i32));
+    f.instruction(&Instruction::MemoryFill(0));
+    f.instruction(&Instruction::I32Const(0));
+    f.instruction(&Instruction::End);
+    code.function(&f);
+    hog.section(&code);
+    // The driver calls every instance's `run`.
+    let mut driver = Module::new();
+    run_type(&mut driver);
+    let mut imports = ImportSection::new();
+    for k in 0..instances {
+        imports.import(&format!("i{k}"), "run", EntityType::Function(0));
+    }
+    driver.section(&imports);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    driver.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("run", ExportKind::Func, instances);
+    driver.section(&exports);
+    let mut code = CodeSection::new();
+    let mut f = Function::new([]);
+    for k in 0..instances {
+        f.instruction(&Instruction::Call(k));
+        f.instruction(&Instruction::Drop);
+    }
+    f.instruction(&Instruction::I32Const(0));
+    f.instruction(&Instruction::End);
+    code.function(&f);
+    driver.section(&code);
+
+    let mut c = Component::new();
+    c.section(&ModuleSection(&hog));
+    c.section(&ModuleSection(&driver));
+    let mut ci = InstanceSection::new();
+    for _ in 0..instances {
+        ci.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    }
+    let names: Vec<String> = (0..instances).map(|k| format!("i{k}")).collect();
+    ci.instantiate(
+        1,
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.as_str(), ModuleArg::Instance(k as u32))),
+    );
+    c.section(&ci);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(Alias::CoreInstanceExport {
+        instance: instances,
+        kind: ExportKind::Func,
+        name: "run",
+    });
+    c.section(&aliases);
+    let mut types = ComponentTypeSection::new();
+    types.defined_type().result(None, None);
+    types
+        .function()
+        .params(Vec::<(&str, ComponentValType)>::new())
+        .result(Some(ComponentValType::Type(0)));
+    c.section(&types);
+    let mut canon = CanonicalFunctionSection::new();
+    canon.lift(0, 1, Vec::<CanonicalOption>::new());
+    c.section(&canon);
+    let mut inst = ComponentInstanceSection::new();
+    inst.export_items([("run", ComponentExportKind::Func, 0)]);
+    c.section(&inst);
+    let mut exports = ComponentExportSection::new();
+    exports.export(
+        "wasi:cli/run@0.2.12",
+        ComponentExportKind::Instance,
+        0,
+        None,
+    );
+    c.section(&exports);
+    c.finish()
 }

@@ -8,7 +8,7 @@
 use std::io::Write;
 
 pub const USAGE: &str = "attacks: sockets:N files:PATH:N line:MIB flood:MIB fill:PATH; \
-     hostile-main adds logs-open:NAME:N logs-churn:NAME:N";
+     hostile-main adds logs-open:NAME:N logs-churn:NAME:N logs-hoard:NAME:SECONDS";
 
 /// The attacks every hostile guest knows; `None` when `verb` is not one of them.
 pub fn attack(verb: &str, rest: &str) -> Option<Result<String, String>> {

@@ -7,6 +7,7 @@ fn main() {
         hostile::attack(verb, rest).or_else(|| match verb {
             "logs-open" => Some(logs_open(rest)),
             "logs-churn" => Some(logs_churn(rest)),
+            "logs-hoard" => Some(logs_hoard(rest)),
             _ => None,
         })
     });
@@ -35,4 +36,20 @@ fn logs_churn(rest: &str) -> Result<String, String> {
         let _ = s.try_next(1);
     }
     Ok(format!("opened {n} streams"))
+}
+
+/// Holds a stream open for SECONDS asking for no lines at all (`next(0)`, `try-next(0)`), while
+/// the container writes: lines it never takes must not pile up in wpod.
+fn logs_hoard(rest: &str) -> Result<String, String> {
+    let (name, secs) = split2(rest)?;
+    let secs: u64 = secs.parse().map_err(|_| "bad seconds")?;
+    let s = main_process::logs(name, main_process::LogStart::Now).map_err(|e| format!("{e:?}"))?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut calls = 0u64;
+    while std::time::Instant::now() < end {
+        let _ = s.try_next(0);
+        let _ = s.next(0);
+        calls += 2;
+    }
+    Ok(format!("{calls} calls taking nothing"))
 }
