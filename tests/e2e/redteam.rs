@@ -1215,6 +1215,10 @@ spec:
     }
     let run = running.output();
     let (w, n) = (restarts(&run, "wasm"), restarts(&run, "native"));
+    let _ = std::io::stderr().write_all(
+        format!("soak: {w} Wasm and {n} native starts; first {first:?}, last {last:?}\n")
+            .as_bytes(),
+    );
     assert!(w > 2000 && n > 500, "only {w} Wasm and {n} native restarts");
     assert!(
         last.0 <= first.0 + 8,

@@ -137,7 +137,20 @@ impl PodCgroups {
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
+        // What is charged is the point: on a v1 host only the memory hierarchy is joined. (wpod
+        // has no CPU limit of its own, and a nested cpu cgroup would cost group scheduling on
+        // every one of its many thread switches.)
+        let memory_root = match &self.layout {
+            Layout::V2 => None,
+            Layout::V1 { memory, .. } => Some(memory.clone()),
+        };
         for (root, pod_dir) in roots(&self.layout).iter().zip(&self.pod_dirs) {
+            if memory_root
+                .as_ref()
+                .is_some_and(|m| m.as_ref() != Some(root))
+            {
+                continue;
+            }
             let dir = pod_dir.join(RUNTIME);
             if !dir.exists() {
                 std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
