@@ -54,6 +54,13 @@ fn peak_growth_kib(pid: i32, done: impl FnOnce()) -> u64 {
     status_field(pid, "VmHWM:").saturating_sub(base)
 }
 
+/// Whether `container` has started (at least once).
+fn started(run: &PodRun, container: &str) -> bool {
+    run.events(Some(container))
+        .iter()
+        .any(|e| e["event"] == "started")
+}
+
 fn stop(running: RunningPod) -> PodRun {
     running.signal(libc::SIGINT);
     running.wait(LONG)
@@ -173,16 +180,15 @@ fn pods_named_like_another_pods_lock_run_side_by_side() {
         !r.events(Some("main")).is_empty()
     });
     let rb = b.spawn();
-    let started = |r: &PodRun| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    };
     let ob = rb.wait_for("rt-a.lock to start or fail", LONG, |r| {
-        started(r) || r.code.is_some() || r.stderr.contains("error")
+        started(r, "main") || r.code.is_some() || r.stderr.contains("error")
     });
-    assert!(started(&ob), "rt-a.lock did not start\n{}", ob.dump());
-    assert!(started(&ra.output()), "rt-a did not start");
+    assert!(
+        started(&ob, "main"),
+        "rt-a.lock did not start\n{}",
+        ob.dump()
+    );
+    assert!(started(&ra.output(), "main"), "rt-a did not start");
     let (oa, ob) = (stop(ra), stop(rb));
     for (name, run) in [("rt-a", oa), ("rt-a.lock", ob)] {
         assert!(!run.stderr.contains("panicked"), "{name}\n{}", run.dump());
@@ -203,18 +209,10 @@ fn two_state_roots_do_not_kill_each_others_pods() {
         other_root.to_string_lossy().into_owned(),
     ));
     let r1 = first.spawn();
-    let o1 = r1.wait_for("the first pod to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    let o1 = r1.wait_for("the first pod to start", LONG, |r| started(r, "main"));
     let pid = started_pid(&o1, "main");
     let r2 = second.spawn();
-    r2.wait_for("the second pod to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    r2.wait_for("the second pod to start", LONG, |r| started(r, "main"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -413,11 +411,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the talker to start", LONG, |r| {
-        r.events(Some("talker"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_for("the talker to start", LONG, |r| started(r, "talker"));
     let growth_kib = peak_growth_kib(running.pid(), || {
         running.wait_for("the long line", LONG, |r| {
             r.has_line("talker", "line:48 ok")
@@ -1073,11 +1067,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the hoarder to start", LONG, |r| {
-        r.events(Some("hoarder"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_for("the hoarder to start", LONG, |r| started(r, "hoarder"));
     let growth_kib = peak_growth_kib(running.pid(), || {
         running.wait_for("the hoard", LONG, |r| {
             r.logs("hoarder")
@@ -1118,11 +1108,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the hog to start", LONG, |r| {
-        r.events(Some("hog"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_for("the hog to start", LONG, |r| started(r, "hog"));
     let mut run = None;
     let growth_kib = peak_growth_kib(running.pid(), || {
         run = Some(running.wait_for("the hog to end", LONG, |r| {

@@ -60,6 +60,14 @@ fn count_between(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
     }
 }
 
+fn bytes_at_least(min: u64, shown: &'static str) -> impl Fn(&str) -> Result<u64, String> {
+    move |v: &str| match quantity::bytes(v) {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(format!("\"{v}\" is too small: use at least {shown}")),
+        Err(e) => Err(e),
+    }
+}
+
 const SETTINGS: &[Setting] = &[
     Setting {
         key: "wpod.dev/pids-limit",
@@ -76,11 +84,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "wpod.dev/log-max-size",
-        parse: |v| match quantity::bytes(v) {
-            Ok(n) if n >= 64 << 10 => Ok(n),
-            Ok(_) => Err(format!("\"{v}\" is too small: use at least 64Ki")),
-            Err(e) => Err(e),
-        },
+        parse: |v| bytes_at_least(64 << 10, "64Ki")(v),
         set: |a, n| a.log_max_bytes = n,
     },
     Setting {
@@ -92,13 +96,8 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "wpod.dev/log-rate-limit",
-        parse: |v| match quantity::bytes(v) {
-            Ok(n) if n >= 4 << 10 => Ok(n),
-            Ok(_) => Err(format!(
-                "\"{v}\" is too small: use at least 4Ki (bytes per second)"
-            )),
-            Err(e) => Err(e),
-        },
+        // Bytes per second.
+        parse: |v| bytes_at_least(4 << 10, "4Ki")(v),
         set: |a, n| a.log_rate_bytes = n,
     },
 ];
