@@ -12,13 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wpod:sidecar/imports",
-    generate_all,
-});
-
-use wpod::sidecar::{lifecycle, main_process};
+use wpod_sidecar::{lifecycle, main_process};
 
 fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())

@@ -21,13 +21,7 @@ use std::time::Duration;
 
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, MetadataHashValue, OpenFlags, PathFlags};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wpod:sidecar/imports",
-    generate_all,
-});
-
-pub use wpod::sidecar::{lifecycle, main_process};
+pub use wpod_sidecar::{lifecycle, main_process};
 
 pub fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())

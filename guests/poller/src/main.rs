@@ -10,13 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wpod:sidecar/imports",
-    generate_all,
-});
-
-use wpod::sidecar::lifecycle;
+use wpod_sidecar::lifecycle;
 
 fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())

@@ -8,13 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wpod:sidecar/imports",
-    generate_all,
-});
-
-pub use wpod::sidecar::{lifecycle, main_process};
+pub use wpod_sidecar::{lifecycle, main_process};
 
 pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT listen:PORT serve:PORT:TEXT read:PATH \
      write:PATH:TEXT symlink:TARGET:LINK ls:DIR resolve:HOST alloc:MIB spin trap ready sleep:MS \

@@ -8,13 +8,7 @@
 
 use promtext::Exposition;
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wpod:sidecar/imports",
-    generate_all,
-});
-
-use wpod::sidecar::main_process::{self, ProcessStats, State};
+use wpod_sidecar::main_process::{self, ProcessStats, State};
 
 struct Row {
     name: String,
