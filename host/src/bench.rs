@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::logs::{Logs, OutputFormat};
-use crate::plan::PodPlan;
-use crate::sandbox::namespaces::join_net;
-use crate::sandbox::PodSandbox;
-use crate::sidecars::runtime::PodRuntime;
-use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
-use crate::supervisor::state::PodState;
+use wpod::logs::{Logs, OutputFormat};
+use wpod::plan::PodPlan;
+use wpod::sandbox::namespaces::join_net;
+use wpod::sandbox::PodSandbox;
+use wpod::sidecars::runtime::PodRuntime;
+use wpod::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
+use wpod::status::PodState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -118,9 +118,9 @@ fn bench_plan(component: &Path, port: u16, args: &[String]) -> Result<PodPlan, B
         component.display(),
         args.iter().map(|a| format!("\"{}\"", a.replace("PORT", &port.to_string()))).collect::<Vec<_>>().join(", ")
     );
-    let pods = crate::spec::parse(Path::new("<bench>"), &manifest).map_err(fail)?;
+    let pods = wpod::spec::parse(Path::new("<bench>"), &manifest).map_err(fail)?;
     let pod = pods.into_iter().next().ok_or_else(|| fail("no pod"))?;
-    crate::plan::plan(&pod).map_err(fail)
+    wpod::plan::plan(&pod).map_err(fail)
 }
 
 /// A private state root for a benchmark (the cache starts empty, nothing of the host's wpod is
@@ -151,7 +151,6 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
     let logs = Logs::new(logs_dir, OutputFormat::Silent, (&plan.settings).into());
     let runtime = PodRuntime::new("wpod-bench", sandbox.namespaces.net_handle()).map_err(fail)?;
     let ctx = PodContext {
-        pod: &plan.pod,
         runtime: runtime.handle().map_err(fail)?,
         state: state.clone(),
         logs: logs.clone(),
@@ -165,7 +164,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         let (mut prep, mut first, mut connect) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             if kind == "cold" {
-                let _ = std::fs::remove_dir_all(crate::sidecars::cache::dir());
+                let _ = std::fs::remove_dir_all(wpod::sidecars::cache::dir());
             }
             let t0 = Instant::now();
             let prepared = match (kind, &kept) {

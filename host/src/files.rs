@@ -22,11 +22,12 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("cannot read {}: {source}", path.display())]
+    /// Its message says the OS error, so the error is not also given as the source (printing
+    /// the chain would repeat it).
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
@@ -37,16 +38,16 @@ pub enum ReadError {
 impl ReadError {
     /// Whether the file does not exist (callers say where they looked).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, ReadError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
 /// Opens `path` for reading if it is a regular file. `O_NONBLOCK` makes opening a FIFO return at
 /// once (it has no effect on a regular file), so the type check below can refuse it.
 pub fn open_regular(path: &Path) -> Result<File, ReadError> {
-    let io = |source| ReadError::Io {
+    let io = |error| ReadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -82,9 +83,9 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     // One byte more than allowed tells a file that is too large (or still growing).
     file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| ReadError::Io {
+        .map_err(|error| ReadError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
     if bytes.len() as u64 > max {
         return Err(ReadError::TooLarge {
@@ -124,5 +125,23 @@ mod tests {
             .unwrap_err()
             .is_not_found());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// `path` with symlinks resolved as far as it exists (a `DirectoryOrCreate` path may not yet).
+pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }

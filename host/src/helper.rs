@@ -7,12 +7,55 @@
 //! process there must not lead to the host's wpod binary, which a container could otherwise open
 //! and overwrite. The copy is made once per wpod process and cannot be written, grown or shrunk.
 
+use std::fmt::Display;
 use std::fs::File;
 use std::io::Seek;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
+
+/// File descriptor number at which every helper inherits the lifeline's read end.
+pub const LIFELINE_FD: i32 = 3;
+
+/// A setup step of a helper that failed, with the OS error: what `wpod run` reports for a pod
+/// that fails to start (`step: error`). The holder and the container shims both report these.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error}")]
+pub struct StepError {
+    pub step: String,
+    pub error: String,
+}
+
+impl StepError {
+    /// A system call that failed on `path`.
+    pub fn sys(step: impl Display, path: &Path, e: nix::Error) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: format!("{} ({})", e.desc(), path.display()),
+        }
+    }
+    pub fn io(step: impl Display, path: &Path, e: std::io::Error) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: format!("{e} ({})", path.display()),
+        }
+    }
+    /// A system call that failed, where no path tells more.
+    pub fn errno(step: impl Display, e: nix::Error) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: e.desc().to_string(),
+        }
+    }
+    pub fn msg(step: impl Display, error: impl Display) -> Self {
+        StepError {
+            step: step.to_string(),
+            error: error.to_string(),
+        }
+    }
+}
 
 /// A pipe whose write end only the runtime holds. Every helper gets the read end: when the
 /// runtime dies, even by SIGKILL, the helpers see EOF and take their processes down.

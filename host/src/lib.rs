@@ -1,13 +1,21 @@
 //! wpod: run a Kubernetes Pod on one Linux host; the main container is a native process in real
 //! pod namespaces, its sidecars are WebAssembly components that get only what the pod grants.
 //!
-//! The modules follow the data flow: `spec` (manifest → typed, validated Pod) → `plan` (what to
-//! create, in which order, with which grants) → `sandbox` (namespaces, volumes, cgroups) →
-//! `containers` (native processes) / `sidecars` (Wasm components) → `supervisor` (lifecycle).
+//! The modules are layers, and a module imports only lower ones (the `layering` test checks):
+//!
+//! 1. `files`, `mounts`, `helper`, `status`: vocabulary with no wpod dependencies (reading
+//!    files, the mount table, helper processes and their step errors, the live pod status).
+//! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
+//! 3. `logs`: container output.
+//! 4. `grants`: one module per capability a Wasm sidecar can be granted.
+//! 5. `plan`: Pod → PodPlan, every decision made once (roles, restart policies, grants, ports).
+//! 6. `sandbox`: namespaces, volumes, cgroups, ports, the state directory.
+//! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.
+//! 8. `supervisor`: the pod's lifecycle; then the CLI (`main.rs`).
 
-pub mod bench;
 pub mod containers;
 pub mod files;
+pub mod grants;
 pub mod helper;
 pub mod logs;
 pub mod mounts;
@@ -15,6 +23,7 @@ pub mod plan;
 pub mod sandbox;
 pub mod sidecars;
 pub mod spec;
+pub mod status;
 pub mod supervisor;
 
 use std::path::Path;
@@ -44,5 +53,79 @@ pub fn load_plan(path: &Path) -> Result<Vec<plan::PodPlan>, spec::SpecError> {
     } else {
         spec::sort_diagnostics(&mut diags);
         Err(spec::SpecError::Invalid(spec::Diagnostics(diags)))
+    }
+}
+
+#[cfg(test)]
+mod layering {
+    //! The layers point one way: a module may import only modules of lower layers. This reads
+    //! the sources, so a new upward import fails here with the file that makes it.
+
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
+    const LAYERS: &[&[&str]] = &[
+        &["files", "mounts", "helper", "status"],
+        &["spec"],
+        &["logs"],
+        &["grants"],
+        &["plan"],
+        &["sandbox"],
+        &["containers", "sidecars"],
+        &["supervisor"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn modules_import_only_lower_layers() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut wrong = BTreeSet::new();
+        for file in files {
+            let rel = file.strip_prefix(&src).expect("under src");
+            let top = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|s| s.trim_end_matches(".rs").to_string())
+                .expect("a name");
+            let Some(from) = layer(&top) else {
+                continue; // lib.rs, main.rs and the CLI sit above everything
+            };
+            let text = std::fs::read_to_string(&file).expect("read source");
+            for (i, _) in text.match_indices("crate::") {
+                let name: String = text[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if name == top {
+                    continue;
+                }
+                match layer(&name) {
+                    Some(to) if to < from => {}
+                    Some(_) => {
+                        wrong.insert(format!("{} imports crate::{name}", rel.display()));
+                    }
+                    None => {}
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports against the layers: {wrong:#?}");
     }
 }

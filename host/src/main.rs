@@ -1,6 +1,7 @@
 //! The `wpod` command: parses arguments, sets up logging, runs a subcommand, maps the outcome to
 //! an exit code. Errors are printed with their whole chain.
 
+mod bench;
 mod cli;
 
 use std::path::Path;
@@ -16,7 +17,7 @@ use wpod::logs::{Logs, OutputFormat};
 use wpod::sandbox::PodSandbox;
 use wpod::spec::SpecError;
 use wpod::supervisor::events::{print_summary, Event, Events};
-use wpod::supervisor::{prepare_sidecars, Supervisor};
+use wpod::supervisor::Supervisor;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,22 +79,22 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 bail!("wpod bench needs root: it creates a real pod sandbox");
             }
             // Before any thread exists: setting the environment is only safe then.
-            let root = wpod::bench::private_root();
+            let root = bench::private_root();
             std::env::set_var("WPOD_ROOT", &root);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(wpod::bench::run(&component, runs, density));
+            let report = runtime.block_on(bench::run(&component, runs, density));
             drop(runtime);
             let _ = std::fs::remove_dir_all(&root);
-            wpod::bench::print(&report?, json);
+            bench::print(&report?, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { pod } => {
             // Only a valid pod name becomes a path: `__cleanup ..` must not clear anything.
             let pod = wpod::spec::PodName::new(&pod).map_err(anyhow::Error::msg)?;
             // Taking the pod's lock clears whatever an earlier run left; releasing it removes the rest.
-            drop(wpod::sandbox::state::StateDir::acquire(&pod)?);
+            drop(wpod::sandbox::state_dir::StateDir::acquire(&pod)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Holder { .. } | Command::ContainerShim { .. } | Command::Exec { .. } => {
@@ -134,7 +135,7 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let report = wpod::sidecars::inspect::inspect(component)?;
+    let report = wpod::grants::inspect::inspect(component)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -197,8 +198,8 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
     let name = plan.name().to_string();
     // Compiling and linking the sidecars comes first: a component that cannot run fails the pod
     // before anything of it exists.
-    let prepared =
-        prepare_sidecars(&plan).with_context(|| format!("pod {name} failed to start"))?;
+    let prepared = wpod::sidecars::prepare_all(&plan)
+        .with_context(|| format!("pod {name} failed to start"))?;
     let code = runtime.block_on(async {
         let sandbox = Arc::new(
             PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,

@@ -1,8 +1,10 @@
-//! What the pod knows about itself while it runs: its main containers' state, readiness, and the
-//! lifecycle events Wasm sidecars can wait on. Written by the supervisor, read by the sidecars'
-//! `main-process` and `lifecycle` interfaces.
+//! What a running pod knows about itself: its main containers' state, readiness, the lifecycle
+//! events Wasm sidecars can wait on, and how each container ended. Written by the supervisor and
+//! the container runners, read by the sidecars' `main-process` and `lifecycle` grants; it sits
+//! below all of them and depends on none.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch};
@@ -126,5 +128,93 @@ impl PodState {
 
     pub fn watch_ready(&self) -> watch::Receiver<HashSet<String>> {
         self.ready.subscribe()
+    }
+}
+
+/// Why a container ended, in Kubernetes' words (`kubectl get pod` shows them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ExitReason {
+    Completed,
+    Error,
+    OOMKilled,
+    /// A Wasm sidecar trapped.
+    Trapped,
+    /// The container could not be started.
+    StartError,
+    /// Its postStart hook failed, so it was killed.
+    FailedPostStartHook,
+    /// Its liveness probe failed, so it was restarted.
+    Unhealthy,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Completed => "Completed",
+            ExitReason::Error => "Error",
+            ExitReason::OOMKilled => "OOMKilled",
+            ExitReason::Trapped => "Trapped",
+            ExitReason::StartError => "StartError",
+            ExitReason::FailedPostStartHook => "FailedPostStartHook",
+            ExitReason::Unhealthy => "Unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a container (a process or a Wasm sidecar) ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitInfo {
+    /// Exit code; 128 + signal number when killed by a signal (as a shell reports it).
+    pub code: i32,
+    pub signal: Option<i32>,
+    pub reason: ExitReason,
+}
+
+impl ExitInfo {
+    /// A program that returned `code`.
+    pub fn exited(code: i32) -> Self {
+        ExitInfo {
+            code,
+            signal: None,
+            reason: if code == 0 {
+                ExitReason::Completed
+            } else {
+                ExitReason::Error
+            },
+        }
+    }
+
+    /// Killed with SIGKILL (a forced stop).
+    pub fn killed() -> Self {
+        ExitInfo {
+            code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+            reason: ExitReason::Error,
+        }
+    }
+
+    pub fn from_status(status: std::process::ExitStatus, oom_killed: bool) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        let signal = status.signal();
+        let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
+        let reason = if oom_killed {
+            ExitReason::OOMKilled
+        } else if code == 0 {
+            ExitReason::Completed
+        } else {
+            ExitReason::Error
+        };
+        ExitInfo {
+            code,
+            signal,
+            reason,
+        }
     }
 }

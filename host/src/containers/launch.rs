@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// File descriptor numbers a shim inherits besides stdio.
-pub const LIFELINE_FD: i32 = 3;
+use crate::sandbox::namespaces::NamespacePaths;
+
+/// File descriptor number of the shim's report pipe (the lifeline is `helper::LIFELINE_FD`).
 pub const REPORT_FD: i32 = 4;
 
 /// Exit code of a shim that could not set the container up (as in podman/crun).
@@ -26,17 +27,6 @@ pub struct LaunchSpec {
     /// `cgroup.procs` files the shim joins before anything else, so the container is counted
     /// and limited from its first instruction.
     pub cgroup_procs: Vec<PathBuf>,
-}
-
-/// The pod's namespaces, as /proc paths of processes that hold them.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NamespacePaths {
-    pub net: PathBuf,
-    pub uts: PathBuf,
-    pub ipc: PathBuf,
-    /// The pod's shared PID namespace (`shareProcessNamespace: true`); otherwise the container
-    /// gets a PID namespace of its own.
-    pub pid: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

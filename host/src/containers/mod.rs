@@ -10,7 +10,6 @@ pub mod security;
 pub mod shim;
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -21,12 +20,14 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 
-use crate::helper::{helper_command, inherit_fds};
+use crate::helper::{helper_command, inherit_fds, LIFELINE_FD};
 use crate::logs::{Logs, Stream};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
 use crate::sandbox::PodSandbox;
-use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, LIFELINE_FD, REPORT_FD};
+use crate::spec::SeccompProfile;
+use crate::status::ExitInfo;
+use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, REPORT_FD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -41,36 +42,6 @@ pub enum ContainerError {
         container: String,
         source: crate::sandbox::cgroups::CgroupError,
     },
-}
-
-/// How a container ended.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitInfo {
-    /// Exit code; 128 + signal number when killed by a signal (as a shell reports it).
-    pub code: i32,
-    pub signal: Option<i32>,
-    /// Kubernetes' reason: Completed, Error or OOMKilled.
-    pub reason: &'static str,
-}
-
-impl ExitInfo {
-    pub fn from_status(status: std::process::ExitStatus, oom_killed: bool) -> Self {
-        let signal = status.signal();
-        let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
-        let reason = if oom_killed {
-            "OOMKilled"
-        } else if code == 0 {
-            "Completed"
-        } else {
-            "Error"
-        };
-        ExitInfo {
-            code,
-            signal,
-            reason,
-        }
-    }
 }
 
 /// Writes a file only its owner (root) may read.
@@ -169,11 +140,11 @@ fn launch_spec(
         security: SecuritySpec {
             uid: sc.run_as_user.unwrap_or(0),
             gid: sc.run_as_group.unwrap_or(0),
-            capabilities: security::capability_set(&sc.capabilities.add, &sc.capabilities.drop),
+            capabilities: security::capability_set(&sc.capabilities),
             // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
             no_new_privs: sc.allow_privilege_escalation != Some(true),
             // RuntimeDefault unless the container asks to run unconfined.
-            seccomp: sc.seccomp_profile.as_deref() != Some("Unconfined"),
+            seccomp: sc.seccomp_profile != Some(SeccompProfile::Unconfined),
         },
         cgroup_procs: cgroup.procs_files(),
     })
@@ -307,11 +278,7 @@ impl NativeContainer {
         let oom = self.cgroup.oom_kills() > 0;
         match status {
             Ok(s) => ExitInfo::from_status(s, oom),
-            Err(_) => ExitInfo {
-                code: 128 + libc::SIGKILL,
-                signal: Some(libc::SIGKILL),
-                reason: "Error",
-            },
+            Err(_) => ExitInfo::killed(),
         }
     }
 

@@ -16,7 +16,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mkdirat, Mode};
 
 use super::launch::{BindMount, RootfsSpec};
-use super::shim::StepError;
+use crate::helper::StepError;
 
 /// The assembled root, open so that paths inside it can be resolved safely.
 pub(super) struct Rootfs {

@@ -8,47 +8,47 @@ use caps::{CapSet, Capability};
 use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
 
 use super::launch::SecuritySpec;
-use super::shim::StepError;
+use crate::helper::StepError;
+use crate::spec::{Capabilities, Capability as Cap};
 
 /// The capabilities container runtimes (containerd, CRI-O, podman) grant by default.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
+pub const DEFAULT_CAPABILITIES: &[Cap] = &[
+    Cap::Named("CHOWN"),
+    Cap::Named("DAC_OVERRIDE"),
+    Cap::Named("FSETID"),
+    Cap::Named("FOWNER"),
+    Cap::Named("MKNOD"),
+    Cap::Named("NET_RAW"),
+    Cap::Named("SETGID"),
+    Cap::Named("SETUID"),
+    Cap::Named("SETFCAP"),
+    Cap::Named("SETPCAP"),
+    Cap::Named("NET_BIND_SERVICE"),
+    Cap::Named("SYS_CHROOT"),
+    Cap::KILL,
+    Cap::Named("AUDIT_WRITE"),
 ];
 
 /// The bounding set for a container: the defaults, minus `drop` (`ALL` drops all), plus `add`;
 /// names as the kernel spells them (`CAP_KILL`).
-pub fn capability_set(add: &[String], drop: &[String]) -> Vec<String> {
-    let norm = |c: &String| c.strip_prefix("CAP_").unwrap_or(c).to_string();
-    let drop: HashSet<String> = drop.iter().map(norm).collect();
-    let mut set: Vec<String> = if drop.contains("ALL") {
+pub fn capability_set(caps: &Capabilities) -> Vec<String> {
+    let mut set: Vec<Cap> = if caps.drop.contains(&Cap::All) {
         Vec::new()
     } else {
         DEFAULT_CAPABILITIES
             .iter()
-            .map(|c| c.to_string())
-            .filter(|c| !drop.contains(c))
+            .copied()
+            .filter(|c| !caps.drop.contains(c))
             .collect()
     };
-    for c in add.iter().map(norm) {
-        if !set.contains(&c) {
-            set.push(c);
+    for c in &caps.add {
+        if !set.contains(c) {
+            set.push(*c);
         }
     }
-    set.sort();
-    set.into_iter().map(|c| format!("CAP_{c}")).collect()
+    let mut names: Vec<String> = set.into_iter().map(Cap::kernel_name).collect();
+    names.sort();
+    names
 }
 
 /// The container's seccomp program, built before forking (it allocates), or `None` when the
@@ -128,10 +128,16 @@ mod tests {
 
     #[test]
     fn capability_set_follows_add_and_drop() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let all_dropped = capability_set(&s(&["NET_ADMIN"]), &s(&["ALL"]));
+        let caps = |add: &[&str], drop: &[&str]| {
+            let parse = |v: &[&str]| v.iter().filter_map(|x| Cap::parse(x)).collect::<Vec<_>>();
+            Capabilities {
+                add: parse(add),
+                drop: parse(drop),
+            }
+        };
+        let all_dropped = capability_set(&caps(&["NET_ADMIN"], &["ALL"]));
         assert_eq!(all_dropped, ["CAP_NET_ADMIN"]);
-        let defaults = capability_set(&[], &s(&["KILL", "CAP_NET_RAW"]));
+        let defaults = capability_set(&caps(&[], &["KILL", "CAP_NET_RAW"]));
         assert!(defaults.contains(&"CAP_CHOWN".to_string()));
         assert!(!defaults.contains(&"CAP_KILL".to_string()));
         assert!(!defaults.contains(&"CAP_NET_RAW".to_string()));

@@ -7,7 +7,6 @@
 //! fd 4, forwards signals, and exits the way the container exited. If the runtime dies, the
 //! lifeline (fd 3) reaches EOF and the shim kills the container.
 
-use std::fmt::Display;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -21,38 +20,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
 
-use super::launch::{LaunchSpec, Report, EXIT_SETUP_FAILED, LIFELINE_FD, REPORT_FD};
+use super::launch::{LaunchSpec, Report, EXIT_SETUP_FAILED, REPORT_FD};
 use super::{rootfs, security};
-
-/// A setup step that failed, with the OS error: what `wpod run` reports for a pod that fails to
-/// start.
-#[derive(Debug, thiserror::Error)]
-#[error("{step}: {error}")]
-pub struct StepError {
-    pub step: String,
-    pub error: String,
-}
-
-impl StepError {
-    pub fn sys(step: impl Display, path: &Path, e: nix::Error) -> Self {
-        StepError {
-            step: step.to_string(),
-            error: format!("{} ({})", e.desc(), path.display()),
-        }
-    }
-    pub fn io(step: impl Display, path: &Path, e: std::io::Error) -> Self {
-        StepError {
-            step: step.to_string(),
-            error: format!("{e} ({})", path.display()),
-        }
-    }
-    pub fn msg(step: impl Display, error: impl Display) -> Self {
-        StepError {
-            step: step.to_string(),
-            error: error.to_string(),
-        }
-    }
-}
+use crate::helper::{StepError, LIFELINE_FD};
 
 /// Signals the shim passes on to the container.
 const FORWARDED: &[Signal] = &[

@@ -6,7 +6,7 @@ wasmtime::component::bindgen!({
     world: "wpod:sidecar/imports",
     imports: { default: async | trappable },
     with: {
-        "wpod:sidecar/main-process.log-stream": crate::sidecars::grants::process::LogStream,
+        "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
     },
 });
 

@@ -6,91 +6,177 @@
 //! It cannot follow it itself, and native containers mount such shared volumes with
 //! `nosymfollow` (see [`shared_writable_volumes`]), so the link leads nobody out.
 
-use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::component::Linker;
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem;
+use wasmtime_wasi::FsPerms;
 
-use crate::plan::PodPlan;
-use crate::sandbox::volumes::PodVolumes;
-use crate::spec::Container;
+use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
+use crate::spec::{Diagnostic, VolumeSource};
 
+pub struct Filesystem;
+
+/// One volumeMount of the sidecar.
 #[derive(Clone, Debug)]
-pub struct Preopen {
-    /// The volume as wpod opened it when the pod started.
-    pub dir: Arc<OwnedFd>,
-    /// Its host path, for messages.
-    pub host: PathBuf,
+pub struct FsMount {
+    pub volume: String,
+    /// Where the guest sees it.
     pub guest: String,
     pub read_only: bool,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct FsGrant {
-    pub preopens: Vec<Preopen>,
+    pub mounts: Vec<FsMount>,
     pub cwd: Option<String>,
 }
 
-impl FsGrant {
-    pub fn from_container(c: &Container, volumes: &PodVolumes) -> Result<Self, String> {
-        let mut preopens = Vec::new();
-        for m in &c.volume_mounts {
-            let missing = || format!("volume {} was not created", m.name);
-            let (host, fd) = volumes
-                .host_path(&m.name)
-                .zip(volumes.fd(&m.name))
-                .ok_or_else(missing)?;
-            let dir = fd
-                .try_clone_to_owned()
-                .map_err(|e| format!("volume {}: {e}", m.name))?;
-            preopens.push(Preopen {
-                dir: Arc::new(dir),
-                host: host.to_path_buf(),
-                guest: m.mount_path.clone(),
-                read_only: m.read_only,
-            });
+impl Capability for Filesystem {
+    type Grant = FsGrant;
+    type State = ();
+
+    const IMPORTS: &'static [Import] = &[Import {
+        interface: "wasi:filesystem",
+        rule: ImportRule::Scoped {
+            field: "volumeMounts",
+            what: "each volumeMount as a preopened directory (readOnly honoured); nothing else of the host",
+        },
+    }];
+
+    fn resolve(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) -> FsGrant {
+        let c = sidecar.container;
+        check_volumes(sidecar, diags);
+        if let Some(w) = &c.working_dir {
+            let mounted = c
+                .volume_mounts
+                .iter()
+                .any(|m| Path::new(w).starts_with(&m.mount_path));
+            if !mounted {
+                diags.push(sidecar.diag(
+                    "workingDir",
+                    "a Wasm sidecar sees only its volumeMounts; workingDir must be inside one of them",
+                ));
+            }
         }
-        Ok(FsGrant {
-            preopens,
+        FsGrant {
+            mounts: c
+                .volume_mounts
+                .iter()
+                .map(|m| FsMount {
+                    volume: m.name.clone(),
+                    guest: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
             cwd: c.working_dir.clone(),
-        })
+        }
     }
 
-    pub fn apply(&self, builder: &mut WasiCtxBuilder) -> Result<(), String> {
-        for p in &self.preopens {
-            let perms = if p.read_only {
+    fn add_to_linker<T: GrantHost>(l: &mut Linker<T>) -> wasmtime::Result<()> {
+        filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+        filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+        Ok(())
+    }
+
+    fn prepare(grant: &FsGrant, setup: &mut InstanceSetup<'_>) -> Result<(), GrantError> {
+        for m in &grant.mounts {
+            let (host, held) = setup
+                .volumes
+                .volume(&m.volume)
+                .ok_or_else(|| GrantError(format!("volume {} was not created", m.volume)))?;
+            let fail = |e: String| {
+                GrantError(format!(
+                    "cannot open volume {} for {}: {e}",
+                    host.display(),
+                    m.guest
+                ))
+            };
+            let perms = if m.read_only {
                 FsPerms::ReadOnly
             } else {
                 FsPerms::ReadWrite
             };
-            let fail = |e: String| {
-                format!(
-                    "cannot open volume {} for {}: {e}",
-                    p.host.display(),
-                    p.guest
-                )
-            };
             // The directory wpod opened when the pod started, opened for reading and checked;
             // wasmtime then opens that same directory through its descriptor.
-            let dir = open_checked_dir(&p.dir).map_err(fail)?;
+            let dir = open_checked_dir(held).map_err(fail)?;
             let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
-            builder
-                .preopened_dir(&by_fd, &p.guest, perms)
+            setup
+                .wasi
+                .preopened_dir(&by_fd, &m.guest, perms)
                 .map_err(|e| fail(format!("{e:#}")))?;
         }
-        if let Some(cwd) = &self.cwd {
-            builder.initial_cwd(cwd);
+        if let Some(cwd) = &grant.cwd {
+            setup.wasi.initial_cwd(cwd);
         }
         Ok(())
+    }
+}
+
+/// A Wasm sidecar runs inside the wpod process and gets each volume as a preopened directory.
+/// A host directory that is, or holds, a kernel filesystem would hand it wpod's own memory
+/// (`/proc/self`) and the host's devices and settings, even read-only: refused. (The check is
+/// made again on the opened directory when the sidecar starts.)
+fn check_volumes(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
+    let table = crate::mounts::table().unwrap_or_default();
+    for (i, m) in sidecar.container.volume_mounts.iter().enumerate() {
+        let source = sidecar.pod.spec.volumes.iter().find(|v| v.name == m.name);
+        let Some(VolumeSource::HostPath(h)) = source.map(|v| &v.source) else {
+            continue;
+        };
+        let field = format!("volumeMounts[{i}].name");
+        if !h.kind.may_be_directory() {
+            diags.push(sidecar.diag(
+                &field,
+                format!(
+                    "volume \"{}\" is a hostPath of type {}: a Wasm sidecar gets each volume as a \
+                     directory; mount the directory that holds it",
+                    m.name, h.kind
+                ),
+            ));
+            continue;
+        }
+        let real = crate::files::resolve_existing(Path::new(&h.path));
+        if real.exists() && !real.is_dir() {
+            diags.push(sidecar.diag(
+                &field,
+                format!(
+                    "volume \"{}\" ({}) is not a directory: a Wasm sidecar gets each volume as a \
+                     directory; mount the directory that holds it",
+                    m.name, h.path
+                ),
+            ));
+            continue;
+        }
+        if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, None).first() {
+            let how = if real.starts_with(&k.mount_point) {
+                "is on"
+            } else {
+                "holds"
+            };
+            diags.push(sidecar.diag(
+                &field,
+                format!(
+                    "volume \"{}\" (hostPath {}) {how} the kernel filesystem {} at {}: a Wasm sidecar \
+                     runs inside the wpod process, and such a mount would expose wpod's memory and \
+                     the host's processes, devices or settings to it; mount a directory without \
+                     kernel filesystems, such as /var/log",
+                    m.name,
+                    h.path,
+                    k.fstype,
+                    k.mount_point.display()
+                ),
+            ));
+        }
     }
 }
 
 /// Opens a volume's directory for reading (through the descriptor wpod holds) and makes sure it
 /// is not, and holds no, kernel filesystem (the plan refused such volumes already; this is the
 /// check at the moment of use).
-fn open_checked_dir(held: &OwnedFd) -> Result<OwnedFd, String> {
+fn open_checked_dir(held: BorrowedFd<'_>) -> Result<OwnedFd, String> {
     let dir: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", held.as_raw_fd()))
         .map_err(|e| e.to_string())?
         .into();
@@ -113,15 +199,4 @@ fn open_checked_dir(held: &OwnedFd) -> Result<OwnedFd, String> {
         return Err("not a directory".into());
     }
     Ok(dir)
-}
-
-/// Volumes some Wasm sidecar mounts read-write: native containers mount them `nosymfollow`.
-pub fn shared_writable_volumes(plan: &PodPlan) -> HashSet<String> {
-    plan.containers
-        .iter()
-        .filter(|c| c.image.is_wasm())
-        .flat_map(|c| c.spec.volume_mounts.iter())
-        .filter(|m| !m.read_only)
-        .map(|m| m.name.clone())
-        .collect()
 }

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
 
-use super::grants::{self, ImportRule};
+use super::ImportRule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
+    /// The message includes the OS error: no source, so the chain says it once.
     #[error("cannot read Wasm component: {0}")]
-    Read(#[from] crate::files::ReadError),
+    Read(crate::files::ReadError),
     #[error("cannot load Wasm component {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
 }
@@ -61,7 +62,7 @@ pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<ComponentReport, Inspe
                         .name
                         .name
                         .to_string();
-                    let rule = grants::for_import(&name);
+                    let rule = super::for_import(&name);
                     imports.push(Import { name, rule });
                 }
             }
@@ -101,5 +102,11 @@ impl std::fmt::Display for ComponentReport {
             writeln!(f, "  {e}")?;
         }
         Ok(())
+    }
+}
+
+impl From<crate::files::ReadError> for InspectError {
+    fn from(e: crate::files::ReadError) -> Self {
+        InspectError::Read(e)
     }
 }

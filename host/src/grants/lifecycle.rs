@@ -1,16 +1,81 @@
 //! Lifecycle (always granted): a sidecar says when it is ready, and waits for pod events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::sidecars::bindings::lifecycle::{self, Event};
-use crate::sidecars::SidecarState;
-use crate::supervisor::state::PodEvent;
+use super::bindings::lifecycle::{self, Event};
+use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
+use crate::spec::Diagnostic;
+use crate::status::{PodEvent, PodState};
 
-impl lifecycle::Host for SidecarState {
+pub struct Lifecycle;
+
+/// What `ready` and `next-event` reach in one instance.
+pub struct LifecycleCtx {
+    name: String,
+    pod: Arc<PodState>,
+    events: broadcast::Receiver<PodEvent>,
+    stopping: watch::Receiver<Option<tokio::time::Instant>>,
+}
+
+impl Capability for Lifecycle {
+    type Grant = ();
+    type State = LifecycleCtx;
+
+    const IMPORTS: &'static [Import] = &[Import {
+        interface: "wpod:sidecar/lifecycle",
+        rule: ImportRule::Always {
+            what: "ready() and pod lifecycle events",
+        },
+    }];
+
+    fn resolve(_sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) {}
+
+    fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        lifecycle::add_to_linker::<T, HasSelf<LifecycleCtx>>(linker, |t| {
+            &mut t.grant_states().0.lifecycle
+        })
+    }
+
+    fn prepare(_grant: &(), setup: &mut InstanceSetup<'_>) -> Result<LifecycleCtx, GrantError> {
+        Ok(LifecycleCtx {
+            name: setup.name.to_string(),
+            pod: setup.status.clone(),
+            events: setup.status.subscribe(),
+            stopping: setup.stopping.clone(),
+        })
+    }
+}
+
+/// Whether a component imports `lifecycle.ready` (an imported instance lists only the
+/// functions the guest actually uses): as a native sidecar it then counts as started only once
+/// it calls it.
+pub fn signals_readiness(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    let found = ty
+        .imports(engine)
+        .find(|(name, _)| name.starts_with("wpod:sidecar/lifecycle@"));
+    match found {
+        Some((_, ext)) => match ext.ty {
+            ComponentItem::ComponentInstance(instance) => {
+                instance.exports(engine).any(|(name, _)| name == "ready")
+            }
+            _ => false,
+        },
+        None => false,
+    }
+}
+
+impl lifecycle::Host for LifecycleCtx {
     async fn ready(&mut self) -> wasmtime::Result<()> {
-        self.process.pod.set_ready(&self.name);
+        self.pod.set_ready(&self.name);
         Ok(())
     }
 

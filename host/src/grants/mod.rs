@@ -1,18 +1,38 @@
 //! Grants: what a Wasm sidecar may touch, decided from the Pod's own fields, deny by default.
-//! One module per capability (network, filesystem, main process, lifecycle), each reading its
-//! part of the manifest and configuring the sidecar's store; this file holds the table of which
-//! Pod field grants each interface a component may import, read by the pre-start refusal check
-//! and by `wpod inspect` alike.
+//!
+//! One module per capability, each self-contained as Spin's factors are: the WIT interfaces it
+//! provides and the rule for each ([`Capability::IMPORTS`]), how it reads its part of the
+//! manifest into a grant with located diagnostics ([`Capability::resolve`], run once by the
+//! plan), how it adds its host functions to the linker, and how it prepares each instance (its
+//! own host state, reached through a view of the store rather than host traits on the whole
+//! store). The [`capabilities!`] list below is the one place that names them all: adding a
+//! capability is one new file and one line there (see `docs/architecture.md`).
+//!
+//! The import table that `wpod inspect` prints and that refuses a component before the pod
+//! starts is built from the same modules that enforce it, so the two cannot drift.
 
+pub mod bindings;
 pub mod fs;
+pub mod inspect;
 pub mod lifecycle;
 pub mod net;
 pub mod process;
+pub mod procstat;
+pub mod wasi;
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::watch;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtxBuilder, WasiView};
 
-use crate::plan::ContainerPlan;
-use crate::spec::Pod;
+use crate::logs::Logs;
+use crate::spec::{Container, Diagnostic, Pod};
+use crate::status::PodState;
 
 /// How an imported interface is granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -35,52 +55,188 @@ pub enum ImportRule {
     Never,
 }
 
+/// One row of a capability's import table: a WIT interface (`wasi:cli/environment`) or a whole
+/// package (`wasi:sockets`, any interface without a row of its own), and its rule.
+#[derive(Clone, Copy, Debug)]
+pub struct Import {
+    pub interface: &'static str,
+    pub rule: ImportRule,
+}
+
+/// The sidecar a capability reads its grant for.
+pub struct Sidecar<'a> {
+    pub pod: &'a Pod,
+    /// Field path of the container, e.g. `spec.containers[1]`.
+    pub path: &'a str,
+    pub container: &'a Container,
+}
+
+impl Sidecar<'_> {
+    pub fn name(&self) -> &str {
+        &self.container.name
+    }
+
+    /// A located problem with `field` of this container (`volumeMounts[0].name`).
+    pub fn diag(&self, field: &str, message: impl Into<String>) -> Diagnostic {
+        self.pod
+            .source
+            .diag(format!("{}.{field}", self.path), message)
+    }
+}
+
+/// The pod's volumes as wpod opened them when the pod started (the sandbox implements it).
+pub trait OpenVolumes {
+    /// The volume's host path (for messages) and the descriptor wpod holds for it.
+    fn volume(&self, name: &str) -> Option<(&Path, BorrowedFd<'_>)>;
+}
+
+/// What preparing one instance of a sidecar is given: values, never ambient authority.
+pub struct InstanceSetup<'a> {
+    pub name: &'a str,
+    pub wasi: &'a mut WasiCtxBuilder,
+    pub volumes: &'a dyn OpenVolumes,
+    pub status: &'a Arc<PodState>,
+    pub logs: &'a Arc<Logs>,
+    /// Set when this sidecar's turn to stop comes: the deadline it has.
+    pub stopping: watch::Receiver<Option<tokio::time::Instant>>,
+}
+
+/// A capability could not be set up for an instance.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GrantError(pub String);
+
+/// The store data of a sidecar, as the capabilities see it: WASI's view, and their own states
+/// with the resource table they share.
+pub trait GrantHost: WasiView + Send + 'static {
+    fn grant_states(&mut self) -> (&mut GrantStates, &mut ResourceTable);
+}
+
+/// One capability a sidecar can be granted.
+pub trait Capability {
+    /// What the plan decides for one sidecar, once (restarts reuse it).
+    type Grant: Clone + fmt::Debug + Send + Sync + 'static;
+    /// Its host state in one instance's store.
+    type State: Send + 'static;
+    /// The interfaces it provides and how each is granted.
+    const IMPORTS: &'static [Import];
+    /// Reads its part of the manifest for `sidecar`; problems go to `diags`, located.
+    fn resolve(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) -> Self::Grant;
+    /// Whether `grant` grants its [`ImportRule::Requires`] interfaces.
+    fn grants_required(_grant: &Self::Grant) -> bool {
+        false
+    }
+    /// Adds its host functions to the linker shared by all sidecars.
+    fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()>;
+    /// Configures one starting instance and returns its host state.
+    fn prepare(
+        grant: &Self::Grant,
+        setup: &mut InstanceSetup<'_>,
+    ) -> Result<Self::State, GrantError>;
+}
+
+/// The list of capabilities: generates the plan's [`Grants`], the store's [`GrantStates`], the
+/// import table, and the calls that resolve, link and prepare them all.
+macro_rules! capabilities {
+    ($($field:ident: $cap:ty),+ $(,)?) => {
+        /// Every capability's grant for one sidecar: what the plan carries.
+        #[derive(Clone, Debug)]
+        pub struct Grants {
+            $(pub $field: <$cap as Capability>::Grant),+
+        }
+
+        /// Every capability's host state in one instance's store.
+        pub struct GrantStates {
+            $(pub $field: <$cap as Capability>::State),+
+        }
+
+        /// Each capability's import table.
+        const TABLES: &[&[Import]] = &[$(<$cap as Capability>::IMPORTS),+];
+
+        impl Grants {
+            /// Reads every capability's grant for `sidecar`.
+            pub fn resolve(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) -> Self {
+                Grants {
+                    $($field: <$cap as Capability>::resolve(sidecar, diags)),+
+                }
+            }
+
+            /// Prepares every capability for one starting instance.
+            pub fn prepare(&self, setup: &mut InstanceSetup<'_>) -> Result<GrantStates, GrantError> {
+                Ok(GrantStates {
+                    $($field: <$cap as Capability>::prepare(&self.$field, setup)?),+
+                })
+            }
+
+            /// Whether the capability providing `import` grants its required interfaces.
+            fn grants_required(&self, import: &str) -> bool {
+                $(
+                    if provides(<$cap as Capability>::IMPORTS, import) {
+                        return <$cap as Capability>::grants_required(&self.$field);
+                    }
+                )+
+                false
+            }
+        }
+
+        /// Adds every capability's host functions to `linker`.
+        pub fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+            $(<$cap as Capability>::add_to_linker(linker)?;)+
+            Ok(())
+        }
+    };
+}
+
+capabilities! {
+    wasi: wasi::Wasi,
+    net: net::Network,
+    fs: fs::Filesystem,
+    process: process::MainProcess,
+    lifecycle: lifecycle::Lifecycle,
+}
+
 /// `wasi:sockets/tcp@0.2.3` → `wasi:sockets/tcp`.
 fn unversioned(name: &str) -> &str {
     name.split_once('@').map_or(name, |(n, _)| n)
 }
 
-/// The rule for an import, by its WIT interface name.
-pub fn for_import(name: &str) -> ImportRule {
-    let iface = unversioned(name);
-    let (package, _) = iface.split_once('/').unwrap_or((iface, ""));
-    match (package, iface) {
-        ("wasi:io" | "wasi:clocks" | "wasi:random", _) => ImportRule::Always { what: "I/O streams, clocks and randomness" },
-        (_, "wasi:cli/environment") => ImportRule::Always { what: "env, and command/args as argv" },
-        (_, "wasi:cli/exit") => ImportRule::Always { what: "exit with a code" },
-        (_, "wasi:cli/stdin") => ImportRule::Always { what: "stdin (always closed)" },
-        (_, "wasi:cli/stdout" | "wasi:cli/stderr") => ImportRule::Always { what: "stdout/stderr into the pod's logs" },
-        ("wasi:cli", _) => ImportRule::Always { what: "no terminal (never a tty)" },
-        ("wasi:filesystem", _) => ImportRule::Scoped {
-            field: "volumeMounts",
-            what: "each volumeMount as a preopened directory (readOnly honoured); nothing else of the host",
-        },
-        (_, "wasi:sockets/udp" | "wasi:sockets/udp-create-socket") => ImportRule::Always { what: "UDP sockets (always refused)" },
-        (_, "wasi:sockets/ip-name-lookup") => ImportRule::Always { what: "name lookups (always refused: nothing to resolve)" },
-        ("wasi:sockets", _) => ImportRule::Scoped {
-            field: "ports",
-            what: "TCP in the pod's network namespace: connect to the pod's loopback; listen only on declared ports",
-        },
-        (_, "wpod:sidecar/lifecycle") => ImportRule::Always { what: "ready() and pod lifecycle events" },
-        (_, "wpod:sidecar/main-process") => ImportRule::Requires {
-            field: "spec.shareProcessNamespace: true",
-            what: "the main containers' state, stats and output; signals also need securityContext.capabilities.add: [KILL]",
-        },
-        _ => ImportRule::Never,
-    }
+/// The row of `table` for `import`: its own interface's, else its package's.
+fn row(table: &[Import], import: &str) -> Option<ImportRule> {
+    let iface = unversioned(import);
+    let package = iface.split_once('/').map_or(iface, |(p, _)| p);
+    table
+        .iter()
+        .find(|i| i.interface == iface)
+        .or_else(|| table.iter().find(|i| i.interface == package))
+        .map(|i| i.rule)
 }
 
-/// Why a component cannot run in this pod: an import the pod does not grant.
-pub fn refusal(pod: &Pod, container: &ContainerPlan, import: &str) -> Option<String> {
-    let name = container.name();
+fn provides(table: &[Import], import: &str) -> bool {
+    row(table, import).is_some()
+}
+
+/// The rule for an import, by its WIT interface name: an interface's own row anywhere wins
+/// over a package row.
+pub fn for_import(name: &str) -> ImportRule {
+    let iface = unversioned(name);
+    let exact = TABLES
+        .iter()
+        .flat_map(|t| t.iter())
+        .find(|i| i.interface == iface)
+        .map(|i| i.rule);
+    exact
+        .or_else(|| TABLES.iter().find_map(|t| row(t, name)))
+        .unwrap_or(ImportRule::Never)
+}
+
+/// Why a component cannot run as `sidecar` with `grants`: an import the pod does not grant.
+pub fn refusal(sidecar: &Sidecar<'_>, grants: &Grants, import: &str) -> Option<String> {
+    let name = sidecar.name();
     match for_import(import) {
         ImportRule::Always { .. } | ImportRule::Scoped { .. } => None,
-        ImportRule::Requires { field, .. } if field.starts_with("spec.shareProcessNamespace") => {
-            (!pod.spec.share_process_namespace).then(|| {
-                format!("sidecar \"{name}\" imports {import}, which this pod does not grant: set {field} to grant it")
-            })
-        }
-        ImportRule::Requires { field, .. } => Some(format!("sidecar \"{name}\" imports {import}, granted by {field}")),
+        ImportRule::Requires { field, .. } => (!grants.grants_required(import)).then(|| {
+            format!("sidecar \"{name}\" imports {import}, which this pod does not grant: set {field} to grant it")
+        }),
         ImportRule::Never => Some(format!(
             "sidecar \"{name}\" imports {import}, which no Pod field grants: wpod cannot run this component \
              (see `wpod inspect` for what it imports)"
@@ -104,6 +260,18 @@ mod tests {
                 field: "volumeMounts",
                 ..
             }
+        ));
+        assert!(matches!(
+            for_import("wasi:sockets/tcp@0.2.0"),
+            ImportRule::Scoped { field: "ports", .. }
+        ));
+        assert!(matches!(
+            for_import("wasi:sockets/udp@0.2.0"),
+            ImportRule::Always { .. }
+        ));
+        assert!(matches!(
+            for_import("wasi:cli/terminal-input@0.2.0"),
+            ImportRule::Always { .. }
         ));
         assert!(matches!(
             for_import("wpod:sidecar/main-process@0.1.0"),

@@ -5,10 +5,14 @@
 
 use std::net::SocketAddr;
 
-use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime::component::Linker;
+use wasmtime_wasi::p2::bindings::sockets;
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSockets, WasiSocketsView};
 
-use crate::spec::Container;
+use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
+use crate::spec::{Diagnostic, Protocol};
+
+pub struct Network;
 
 #[derive(Clone, Debug, Default)]
 pub struct NetGrant {
@@ -16,30 +20,65 @@ pub struct NetGrant {
     pub listen_ports: Vec<u16>,
 }
 
-impl NetGrant {
-    pub fn from_container(c: &Container) -> Self {
+impl Capability for Network {
+    type Grant = NetGrant;
+    type State = ();
+
+    const IMPORTS: &'static [Import] = &[
+        Import { interface: "wasi:sockets/udp", rule: ImportRule::Always { what: "UDP sockets (always refused)" } },
+        Import { interface: "wasi:sockets/udp-create-socket", rule: ImportRule::Always { what: "UDP sockets (always refused)" } },
+        Import { interface: "wasi:sockets/ip-name-lookup", rule: ImportRule::Always { what: "name lookups (always refused: nothing to resolve)" } },
+        Import {
+            interface: "wasi:sockets",
+            rule: ImportRule::Scoped {
+                field: "ports",
+                what: "TCP in the pod's network namespace: connect to the pod's loopback; listen only on declared ports",
+            },
+        },
+    ];
+
+    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> NetGrant {
         NetGrant {
-            listen_ports: c
+            listen_ports: sidecar
+                .container
                 .ports
                 .iter()
-                .filter(|p| p.protocol == "TCP")
+                .filter(|p| p.protocol == Protocol::Tcp)
                 .map(|p| p.container_port)
                 .collect(),
         }
     }
 
-    pub fn apply(&self, builder: &mut WasiCtxBuilder) {
-        builder
+    fn add_to_linker<T: GrantHost>(l: &mut Linker<T>) -> wasmtime::Result<()> {
+        let options = sockets::network::LinkOptions::default();
+        sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::network::add_to_linker::<T, WasiSockets>(l, &options, T::sockets)?;
+        sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        Ok(())
+    }
+
+    /// The sockets are created on the pod runtime's threads, which all joined the pod's
+    /// network namespace; this decides what they may do there.
+    fn prepare(grant: &NetGrant, setup: &mut InstanceSetup<'_>) -> Result<(), GrantError> {
+        setup
+            .wasi
             .allow_tcp(true)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let grant = self.clone();
-        builder.socket_addr_check(move |addr, use_| {
+        let grant = grant.clone();
+        setup.wasi.socket_addr_check(move |addr, use_| {
             let ok = grant.allows(addr, use_);
             Box::pin(async move { ok })
         });
+        Ok(())
     }
+}
 
+impl NetGrant {
     /// The whole policy, as one pure function.
     pub fn allows(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let local = addr.ip().is_loopback() || addr.ip().is_unspecified();

@@ -8,15 +8,17 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::broadcast;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::logs::{self, Logs};
-use crate::sidecars::bindings::main_process::{
+use super::bindings::main_process::{
     self, Error, Info, LogLine, LogStart, ProcessStats as Stats, State, StreamKind,
 };
-use crate::sidecars::SidecarState;
-use crate::spec::{Container, Pod};
-use crate::supervisor::state::{MainState, PodState};
+use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
+use crate::logs::{self, Logs};
+use crate::spec::{Capability as LinuxCapability, Diagnostic};
+use crate::status::{MainState, MainStatus, PodState};
+
+pub struct MainProcess;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessGrant {
@@ -24,19 +26,55 @@ pub struct ProcessGrant {
     pub signal: bool,
 }
 
-impl ProcessGrant {
-    pub fn from_pod(pod: &Pod, c: &Container) -> Self {
-        let read = pod.spec.share_process_namespace;
-        let kill_cap = c.security_context.as_ref().is_some_and(|sc| {
-            sc.capabilities
-                .add
-                .iter()
-                .any(|cap| cap == "KILL" || cap == "CAP_KILL")
-        });
+impl Capability for MainProcess {
+    type Grant = ProcessGrant;
+    type State = ProcessCtx;
+
+    const IMPORTS: &'static [Import] = &[Import {
+        interface: "wpod:sidecar/main-process",
+        rule: ImportRule::Requires {
+            field: "spec.shareProcessNamespace: true",
+            what: "the main containers' state, stats and output; signals also need securityContext.capabilities.add: [KILL]",
+        },
+    }];
+
+    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> ProcessGrant {
+        let read = sidecar.pod.spec.share_process_namespace;
+        let kill_cap = sidecar
+            .container
+            .security_context
+            .as_ref()
+            .is_some_and(|sc| sc.capabilities.add.contains(&LinuxCapability::KILL));
         ProcessGrant {
             read,
             signal: read && kill_cap,
         }
+    }
+
+    fn grants_required(grant: &ProcessGrant) -> bool {
+        grant.read
+    }
+
+    fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        main_process::add_to_linker::<T, HasProcess>(linker, |t| {
+            let (states, table) = t.grant_states();
+            ProcessView {
+                ctx: &mut states.process,
+                table,
+            }
+        })
+    }
+
+    fn prepare(
+        grant: &ProcessGrant,
+        setup: &mut InstanceSetup<'_>,
+    ) -> Result<ProcessCtx, GrantError> {
+        Ok(ProcessCtx {
+            grant: *grant,
+            pod: setup.status.clone(),
+            logs: setup.logs.clone(),
+            open_streams: 0,
+        })
     }
 }
 
@@ -44,13 +82,25 @@ impl ProcessGrant {
 /// by `logs::HISTORY_BYTES`) rather than copying it, and this bounds the rest.
 pub const MAX_LOG_STREAMS: usize = 16;
 
-/// What the `main-process` functions reach.
-pub struct ProcessHost {
+/// What the `main-process` functions reach in one instance.
+pub struct ProcessCtx {
     pub grant: ProcessGrant,
     pub pod: Arc<PodState>,
     pub logs: Arc<Logs>,
     /// Log streams open now.
     pub open_streams: usize,
+}
+
+/// The `main-process` host: this capability's state and the instance's resource table.
+pub struct ProcessView<'a> {
+    ctx: &'a mut ProcessCtx,
+    table: &'a mut ResourceTable,
+}
+
+struct HasProcess;
+
+impl HasData for HasProcess {
+    type Data<'a> = ProcessView<'a>;
 }
 
 /// An open subscription to a container's output.
@@ -66,7 +116,7 @@ fn denied(what: &str) -> Error {
     ))
 }
 
-fn info(m: &crate::supervisor::state::MainStatus) -> Info {
+fn info(m: &MainStatus) -> Info {
     Info {
         name: m.name.clone(),
         pid: pod_pid(m.pid),
@@ -96,7 +146,7 @@ fn pod_pid(host_pid: i32) -> u32 {
         .unwrap_or(0)
 }
 
-impl ProcessHost {
+impl ProcessCtx {
     fn running_pid(&self, name: &str) -> Result<i32, Error> {
         if !self.grant.read {
             return Err(denied("reading the main process"));
@@ -123,20 +173,20 @@ fn to_wit(l: &logs::Line) -> LogLine {
     }
 }
 
-impl main_process::Host for SidecarState {
+impl main_process::Host for ProcessView<'_> {
     async fn containers(&mut self) -> wasmtime::Result<Vec<Info>> {
-        if !self.process.grant.read {
+        if !self.ctx.grant.read {
             return Ok(Vec::new());
         }
-        Ok(self.process.pod.mains().iter().map(info).collect())
+        Ok(self.ctx.pod.mains().iter().map(info).collect())
     }
 
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<Info, Error>> {
-        if !self.process.grant.read {
+        if !self.ctx.grant.read {
             return Ok(Err(denied("reading the main process")));
         }
         Ok(self
-            .process
+            .ctx
             .pod
             .main(&name)
             .map(|m| info(&m))
@@ -144,11 +194,11 @@ impl main_process::Host for SidecarState {
     }
 
     async fn stats(&mut self, name: String) -> wasmtime::Result<Result<Stats, Error>> {
-        let pid = match self.process.running_pid(&name) {
+        let pid = match self.ctx.running_pid(&name) {
             Ok(pid) => pid,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(crate::sidecars::procstat::read(pid).map_err(|e| Error::Io(e.to_string())))
+        Ok(super::procstat::read(pid).map_err(|e| Error::Io(e.to_string())))
     }
 
     async fn logs(
@@ -156,37 +206,34 @@ impl main_process::Host for SidecarState {
         name: String,
         start: LogStart,
     ) -> wasmtime::Result<Result<Resource<LogStream>, Error>> {
-        if !self.process.grant.read {
+        if !self.ctx.grant.read {
             return Ok(Err(denied("reading the main process's output")));
         }
-        if self.process.pod.main(&name).is_none() {
+        if self.ctx.pod.main(&name).is_none() {
             return Ok(Err(Error::NoSuchContainer(name)));
         }
-        if self.process.open_streams >= MAX_LOG_STREAMS {
+        if self.ctx.open_streams >= MAX_LOG_STREAMS {
             return Ok(Err(Error::Io(format!(
                 "at most {MAX_LOG_STREAMS} log streams may be open at once; drop one first"
             ))));
         }
-        let (past, live) = self
-            .process
-            .logs
-            .subscribe(&name, start == LogStart::Beginning);
+        let (past, live) = self.ctx.logs.subscribe(&name, start == LogStart::Beginning);
         let stream = LogStream {
             container: name,
             backlog: past.into(),
             live,
         };
         let handle = self.table.push(stream)?;
-        self.process.open_streams += 1;
+        self.ctx.open_streams += 1;
         Ok(Ok(handle))
     }
 
     async fn signal(&mut self, name: String, signal: u32) -> wasmtime::Result<Result<(), Error>> {
-        let pid = match self.process.running_pid(&name) {
+        let pid = match self.ctx.running_pid(&name) {
             Ok(pid) => pid,
             Err(e) => return Ok(Err(e)),
         };
-        if !self.process.grant.signal {
+        if !self.ctx.grant.signal {
             return Ok(Err(Error::Denied(
                 "signals need securityContext.capabilities.add: [KILL] on this sidecar".into(),
             )));
@@ -202,13 +249,13 @@ impl main_process::Host for SidecarState {
     }
 }
 
-impl main_process::HostLogStream for SidecarState {
+impl main_process::HostLogStream for ProcessView<'_> {
     async fn next(
         &mut self,
         stream: Resource<LogStream>,
         max: u32,
     ) -> wasmtime::Result<Vec<LogLine>> {
-        let pod = self.process.pod.clone();
+        let pod = self.ctx.pod.clone();
         let s = self.table.get_mut(&stream)?;
         if max == 0 {
             return Ok(Vec::new());
@@ -244,7 +291,7 @@ impl main_process::HostLogStream for SidecarState {
 
     async fn drop(&mut self, stream: Resource<LogStream>) -> wasmtime::Result<()> {
         self.table.delete(stream)?;
-        self.process.open_streams = self.process.open_streams.saturating_sub(1);
+        self.ctx.open_streams = self.ctx.open_streams.saturating_sub(1);
         Ok(())
     }
 }

@@ -61,9 +61,9 @@ fn check_component(image: &str, path: &Path) -> Result<(), String> {
     let mut head = [0u8; 8];
     // Only a regular file: a FIFO or a device named as an image must not hang validation.
     let read = crate::files::open_regular(path).and_then(|mut f| {
-        std::io::Read::read_exact(&mut f, &mut head).map_err(|source| crate::files::ReadError::Io {
+        std::io::Read::read_exact(&mut f, &mut head).map_err(|error| crate::files::ReadError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     });
     match read {

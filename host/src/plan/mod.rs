@@ -5,36 +5,30 @@
 
 pub mod image;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Serialize;
-
+use crate::grants::{self, Grants, Sidecar};
+pub use crate::spec::Role;
 use crate::spec::{
-    Annotations, Container, Diagnostic, Diagnostics, Handler, Pod, PodName, VolumeSource,
+    Annotations, Container, Diagnostic, Diagnostics, Handler, HostPathType, Pod, PodName, Protocol,
+    RestartPolicy, StorageMedium, VolumeSource,
 };
 pub use image::Image;
 
-/// A container's place in the pod's start order (Kubernetes semantics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Role {
-    /// An init container: runs to completion before the next one starts.
-    Init,
-    /// An init container with `restartPolicy: Always`: starts in its place and keeps running.
-    NativeSidecar,
-    /// A regular container; the first one is the pod's main container.
-    Regular,
-}
-
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ContainerPlan {
     /// Field path of the container in the manifest, e.g. `spec.containers[0]`.
     pub path: String,
     pub role: Role,
+    /// When it starts again after it ends (Kubernetes' rules: see [`restart_policy`]).
+    pub restart_policy: RestartPolicy,
     pub image: Image,
     pub spec: Container,
+    /// What a Wasm sidecar is granted, decided once; `None` for a native container.
+    pub grants: Option<Grants>,
 }
 
 impl ContainerPlan {
@@ -44,7 +38,7 @@ impl ContainerPlan {
 }
 
 /// A pod ready to be created: containers in start order, and what the sandbox must set up.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct PodPlan {
     pub pod: Pod,
     /// The pod's name, checked: it names the pod's state directory and cgroups.
@@ -52,8 +46,17 @@ pub struct PodPlan {
     pub containers: Vec<ContainerPlan>,
     /// wpod's settings from the pod's annotations, defaults applied.
     pub settings: Annotations,
+    /// The pod's `restartPolicy`.
+    pub restart_policy: RestartPolicy,
+    /// `terminationGracePeriodSeconds`, at most [`MAX_GRACE`].
+    pub grace_period: Duration,
+    /// Processes per native container (`wpod.dev/pids-limit`, 4096 by default).
+    pub pids_limit: u64,
     /// The hostPorts to publish.
     pub port_mappings: Vec<PortMapping>,
+    /// Volumes some Wasm sidecar may write: native containers mount them `nosymfollow`, so a
+    /// symlink a sidecar writes there leads nobody out of the volume.
+    pub nosymfollow_volumes: BTreeSet<String>,
     /// The size of each `medium: Memory` emptyDir's tmpfs, by volume name; `None` leaves the
     /// kernel's default (half of the host's memory).
     pub tmpfs_sizes: BTreeMap<String, Option<u64>>,
@@ -68,6 +71,10 @@ pub const RUNTIME_BASE_MEMORY: u64 = 256 << 20;
 /// What wpod keeps per container: its recent output (`logs::HISTORY_BYTES`) and its tasks.
 pub const RUNTIME_MEMORY_PER_CONTAINER: u64 = 4 << 20;
 
+/// The longest grace period wpod waits: a year (Kubernetes sets no bound, but a deadline past
+/// the clock's range would overflow).
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl PodPlan {
     pub fn name(&self) -> &str {
         self.name.as_str()
@@ -76,8 +83,7 @@ impl PodPlan {
 
 /// One published port: the host listens on `host_ip:host_port` and forwards to the pod's
 /// loopback.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortMapping {
     pub container: String,
     pub host_ip: IpAddr,
@@ -85,47 +91,54 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
-/// Resolves images and checks what depends on them and on the host.
+/// Kubernetes' restart rules: native sidecars always restart; init containers restart on
+/// failure unless the pod says Never; regular containers follow the pod.
+pub fn restart_policy(role: Role, pod: RestartPolicy) -> RestartPolicy {
+    match (role, pod) {
+        (Role::NativeSidecar, _) => RestartPolicy::Always,
+        (_, RestartPolicy::Never) => RestartPolicy::Never,
+        (Role::Init, _) | (_, RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+        (Role::Regular, RestartPolicy::Always) => RestartPolicy::Always,
+    }
+}
+
+/// Resolves images and grants, and checks what depends on them and on the host.
 pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
     let mut containers = Vec::new();
-    for (path, c) in pod.all_containers() {
-        let role = match (
-            path.starts_with("spec.initContainers"),
-            c.restart_policy.as_deref(),
-        ) {
-            (true, Some("Always")) => Role::NativeSidecar,
-            (true, _) => Role::Init,
-            (false, _) => Role::Regular,
-        };
-        match image::resolve(c.image.as_deref(), pod.manifest_dir()) {
-            Ok(image) => {
-                if let Image::Wasm(component) = &image {
-                    check_wasm_container(pod, &path, c, &mut diags);
-                    check_component_grants(
-                        pod,
-                        &path,
-                        component,
-                        &ContainerPlan {
-                            path: path.clone(),
-                            role,
-                            image: image.clone(),
-                            spec: c.clone(),
-                        },
-                        &mut diags,
-                    );
-                } else {
-                    check_native_container(pod, &path, c, &image, &mut diags);
-                }
-                containers.push(ContainerPlan {
-                    path,
-                    role,
-                    image,
-                    spec: c.clone(),
-                });
+    for (path, role, c) in pod.containers_in_order() {
+        let image = match image::resolve(c.image.as_deref(), pod.manifest_dir()) {
+            Ok(image) => image,
+            Err(message) => {
+                diags.push(pod.source.diag(format!("{path}.image"), message));
+                continue;
             }
-            Err(message) => diags.push(pod.source.diag(format!("{path}.image"), message)),
-        }
+        };
+        let grants = match &image {
+            Image::Wasm(component) => {
+                let sidecar = Sidecar {
+                    pod,
+                    path: &path,
+                    container: c,
+                };
+                check_wasm_container(&sidecar, &mut diags);
+                let grants = Grants::resolve(&sidecar, &mut diags);
+                check_component_grants(&sidecar, component, &grants, &mut diags);
+                Some(grants)
+            }
+            _ => {
+                check_native_container(pod, &path, c, &image, &mut diags);
+                None
+            }
+        };
+        containers.push(ContainerPlan {
+            restart_policy: restart_policy(role, pod.spec.restart_policy),
+            path,
+            role,
+            image,
+            spec: c.clone(),
+            grants,
+        });
     }
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &mut diags);
@@ -135,11 +148,17 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     match name {
         Ok(name) if diags.is_empty() => {
             let tmpfs_sizes = tmpfs_sizes(pod);
+            let settings = pod.annotations();
+            let grace_seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
             Ok(PodPlan {
                 name,
                 runtime_memory_limit: runtime_memory_limit(&containers, &tmpfs_sizes),
+                nosymfollow_volumes: sidecar_writable_volumes(&containers),
+                restart_policy: pod.spec.restart_policy,
+                grace_period: Duration::from_secs(grace_seconds).min(MAX_GRACE),
+                pids_limit: settings.pids_limit,
                 containers,
-                settings: pod.annotations(),
+                settings,
                 port_mappings,
                 tmpfs_sizes,
                 pod: pod.clone(),
@@ -152,6 +171,17 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     }
 }
 
+/// Volumes some Wasm sidecar mounts read-write.
+fn sidecar_writable_volumes(containers: &[ContainerPlan]) -> BTreeSet<String> {
+    containers
+        .iter()
+        .filter_map(|c| c.grants.as_ref())
+        .flat_map(|g| g.fs.mounts.iter())
+        .filter(|m| !m.read_only)
+        .map(|m| m.volume.clone())
+        .collect()
+}
+
 /// Every hostPort of the pod (validation made sure each hostIP is an address and each port is
 /// unique); UDP cannot be published yet.
 fn port_mappings(pod: &Pod, diags: &mut Vec<Diagnostic>) -> Vec<PortMapping> {
@@ -161,7 +191,7 @@ fn port_mappings(pod: &Pod, diags: &mut Vec<Diagnostic>) -> Vec<PortMapping> {
             let Some(host_port) = p.host_port else {
                 continue;
             };
-            if p.protocol == "UDP" {
+            if p.protocol == Protocol::Udp {
                 diags.push(pod.source.diag(
                     format!("{path}.ports[{i}].hostPort"),
                     "publishing UDP ports is not supported by wpod yet; use TCP",
@@ -192,7 +222,7 @@ fn pod_memory_limit(pod: &Pod) -> Option<u64> {
     let mut peak = 0u64;
     for c in &pod.spec.init_containers {
         let limit = c.resources.limits.memory_bytes?;
-        if c.restart_policy.as_deref() == Some("Always") {
+        if c.restart_policy == Some(RestartPolicy::Always) {
             sidecars = sidecars.saturating_add(limit);
         } else {
             peak = peak.max(sidecars.saturating_add(limit));
@@ -243,7 +273,7 @@ fn tmpfs_sizes(pod: &Pod) -> BTreeMap<String, Option<u64>> {
         .volumes
         .iter()
         .filter_map(|v| match &v.source {
-            VolumeSource::EmptyDir(e) if e.medium == "Memory" => {
+            VolumeSource::EmptyDir(e) if e.medium == StorageMedium::Memory => {
                 let own = e.size_limit_bytes.filter(|n| *n > 0);
                 let size = match (own, pod_limit) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -258,19 +288,18 @@ fn tmpfs_sizes(pod: &Pod) -> BTreeMap<String, Option<u64>> {
 
 /// A component may import only what the pod grants it, and must be a runnable sidecar.
 fn check_component_grants(
-    pod: &Pod,
-    path: &str,
+    sidecar: &Sidecar<'_>,
     component: &Path,
-    plan: &ContainerPlan,
+    grants: &Grants,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let field = format!("{path}.image");
-    match crate::sidecars::inspect::inspect(component) {
-        Err(e) => diags.push(pod.source.diag(field, e.to_string())),
+    let field = "image";
+    match grants::inspect::inspect(component) {
+        Err(e) => diags.push(sidecar.diag(field, e.to_string())),
         Ok(report) => {
             for import in &report.imports {
-                if let Some(why) = crate::sidecars::grants::refusal(pod, plan, &import.name) {
-                    diags.push(pod.source.diag(field.clone(), why));
+                if let Some(why) = grants::refusal(sidecar, grants, &import.name) {
+                    diags.push(sidecar.diag(field, why));
                 }
             }
             if !report
@@ -278,7 +307,7 @@ fn check_component_grants(
                 .iter()
                 .any(|e| e.starts_with("wasi:cli/run@0.2"))
             {
-                diags.push(pod.source.diag(
+                diags.push(sidecar.diag(
                     field,
                     format!("{} does not export wasi:cli/run: a sidecar is a command component (a wasm32-wasip2 program with a main)", component.display()),
                 ));
@@ -287,85 +316,9 @@ fn check_component_grants(
     }
 }
 
-/// A Wasm sidecar runs inside the wpod process and gets each volume as a preopened directory.
-/// A host directory that is, or holds, a kernel filesystem would hand it wpod's own memory
-/// (`/proc/self`) and the host's devices and settings, even read-only: refused. (The sandbox
-/// checks the opened directory again when the sidecar starts.)
-fn check_wasm_volumes(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnostic>) {
-    let table = crate::mounts::table().unwrap_or_default();
-    for (i, m) in c.volume_mounts.iter().enumerate() {
-        let source = pod.spec.volumes.iter().find(|v| v.name == m.name);
-        let Some(VolumeSource::HostPath(h)) = source.map(|v| &v.source) else {
-            continue;
-        };
-        let field = format!("{path}.volumeMounts[{i}].name");
-        if !matches!(h.kind.as_str(), "" | "Directory" | "DirectoryOrCreate") {
-            diags.push(pod.source.diag(
-                field,
-                format!(
-                    "volume \"{}\" is a hostPath of type {}: a Wasm sidecar gets each volume as a \
-                     directory; mount the directory that holds it",
-                    m.name, h.kind
-                ),
-            ));
-            continue;
-        }
-        let real = resolve_existing(Path::new(&h.path));
-        if real.exists() && !real.is_dir() {
-            diags.push(pod.source.diag(
-                field,
-                format!(
-                    "volume \"{}\" ({}) is not a directory: a Wasm sidecar gets each volume as a \
-                     directory; mount the directory that holds it",
-                    m.name, h.path
-                ),
-            ));
-            continue;
-        }
-        if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, None).first() {
-            let how = if real.starts_with(&k.mount_point) {
-                "is on"
-            } else {
-                "holds"
-            };
-            diags.push(pod.source.diag(
-                field,
-                format!(
-                    "volume \"{}\" (hostPath {}) {how} the kernel filesystem {} at {}: a Wasm sidecar \
-                     runs inside the wpod process, and such a mount would expose wpod's memory and \
-                     the host's processes, devices or settings to it; mount a directory without \
-                     kernel filesystems, such as /var/log",
-                    m.name,
-                    h.path,
-                    k.fstype,
-                    k.mount_point.display()
-                ),
-            ));
-        }
-    }
-}
-
-/// `path` with symlinks resolved as far as it exists (a `DirectoryOrCreate` path may not yet).
-fn resolve_existing(path: &Path) -> std::path::PathBuf {
-    let mut existing = path;
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(existing) {
-            return rest.iter().rev().fold(real, |p, c| p.join(c));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
-}
-
 /// Fields that need a process make no sense for a Wasm sidecar; say so instead of ignoring them.
-fn check_wasm_container(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnostic>) {
-    check_wasm_volumes(pod, path, c, diags);
+fn check_wasm_container(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
+    let c = sidecar.container;
     let handlers = [
         (
             "livenessProbe",
@@ -387,21 +340,9 @@ fn check_wasm_container(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Di
     ];
     for (field, h) in handlers {
         if let Some(Handler::Exec(_)) = h {
-            diags.push(pod.source.diag(
-                format!("{path}.{field}.exec"),
+            diags.push(sidecar.diag(
+                &format!("{field}.exec"),
                 "a Wasm sidecar has no process to exec in; use httpGet or tcpSocket",
-            ));
-        }
-    }
-    if let Some(w) = &c.working_dir {
-        let mounted = c
-            .volume_mounts
-            .iter()
-            .any(|m| Path::new(w).starts_with(&m.mount_path));
-        if !mounted {
-            diags.push(pod.source.diag(
-                format!("{path}.workingDir"),
-                "a Wasm sidecar sees only its volumeMounts; workingDir must be inside one of them",
             ));
         }
     }
@@ -442,9 +383,11 @@ fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
         .iter()
         .enumerate()
         .filter_map(|(i, v)| match &v.source {
-            VolumeSource::HostPath(h) if h.path.starts_with('/') => {
-                Some((i, v.name.as_str(), resolve_existing(Path::new(&h.path))))
-            }
+            VolumeSource::HostPath(h) if h.path.starts_with('/') => Some((
+                i,
+                v.name.as_str(),
+                crate::files::resolve_existing(Path::new(&h.path)),
+            )),
             _ => None,
         })
         .collect();
@@ -456,7 +399,7 @@ fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
                 .then(|| c.name.clone())
         })
     };
-    let state = resolve_existing(&crate::files::state_root());
+    let state = crate::files::resolve_existing(&crate::files::state_root());
     for (i, _, inner) in &host_paths {
         let field = format!("spec.volumes[{i}].hostPath.path");
         if inner.starts_with(&state) {
@@ -504,14 +447,19 @@ fn check_host_paths(pod: &Pod, diags: &mut Vec<Diagnostic>) {
         }
         let meta = std::fs::metadata(&h.path);
         let ft = meta.as_ref().ok().map(|m| m.file_type());
-        let (ok, want) = match h.kind.as_str() {
-            "" | "DirectoryOrCreate" | "FileOrCreate" => (true, ""),
-            "Directory" => (ft.is_some_and(|t| t.is_dir()), "a directory"),
-            "File" => (ft.is_some_and(|t| t.is_file()), "a file"),
-            "Socket" => (ft.is_some_and(|t| t.is_socket()), "a unix socket"),
-            "CharDevice" => (ft.is_some_and(|t| t.is_char_device()), "a character device"),
-            "BlockDevice" => (ft.is_some_and(|t| t.is_block_device()), "a block device"),
-            _ => (true, ""), // unknown types are reported by validation
+        let (ok, want) = match h.kind {
+            HostPathType::Unset | HostPathType::DirectoryOrCreate | HostPathType::FileOrCreate => {
+                (true, "")
+            }
+            HostPathType::Directory => (ft.is_some_and(|t| t.is_dir()), "a directory"),
+            HostPathType::File => (ft.is_some_and(|t| t.is_file()), "a file"),
+            HostPathType::Socket => (ft.is_some_and(|t| t.is_socket()), "a unix socket"),
+            HostPathType::CharDevice => {
+                (ft.is_some_and(|t| t.is_char_device()), "a character device")
+            }
+            HostPathType::BlockDevice => {
+                (ft.is_some_and(|t| t.is_block_device()), "a block device")
+            }
         };
         if !ok {
             let found = match &meta {
@@ -521,9 +469,9 @@ fn check_host_paths(pod: &Pod, diags: &mut Vec<Diagnostic>) {
                 Err(e) => format!("cannot stat it: {e}"),
                 Ok(_) => "something else is there".to_string(),
             };
-            let fix = match h.kind.as_str() {
-                "Directory" => "create it or use type DirectoryOrCreate",
-                "File" => "create it or use type FileOrCreate",
+            let fix = match h.kind {
+                HostPathType::Directory => "create it or use type DirectoryOrCreate",
+                HostPathType::File => "create it or use type FileOrCreate",
                 _ => "create it first",
             };
             diags.push(pod.source.diag(

@@ -76,7 +76,7 @@ pub struct PodCgroups {
 /// be that of a cgroup control file (`tasks`, `cpu.shares` are valid Kubernetes names).
 fn pod_dir(root: &Path, pod: &PodName) -> PathBuf {
     root.join("wpod")
-        .join(super::state::root_id())
+        .join(super::state_dir::root_id())
         .join(format!("pod-{pod}"))
 }
 

@@ -24,7 +24,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{fork, sethostname, ForkResult, Gid, Pid, Uid};
 
-use crate::containers::launch::LIFELINE_FD;
+use crate::helper::{StepError, LIFELINE_FD};
 
 /// The user the holder and its PID 1 become, as Kubernetes' pause image runs (65535:65535).
 pub const PAUSE_ID: u32 = 65535;
@@ -65,24 +65,18 @@ pub fn main(hostname: &str, share_pid: bool) -> ! {
     std::process::exit(0)
 }
 
-fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, String> {
+fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, StepError> {
     unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-        .map_err(|e| {
-            format!(
-                "unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC): {}",
-                e.desc()
-            )
-        })?;
-    sethostname(hostname).map_err(|e| format!("sethostname({hostname}): {}", e.desc()))?;
-    loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
+        .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
+    sethostname(hostname).map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
+    loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
     enter_empty_root()?;
     if !share_pid {
         return Ok(None);
     }
-    unshare(CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("unshare(CLONE_NEWPID): {}", e.desc()))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| StepError::errno("unshare(CLONE_NEWPID)", e))?;
     // SAFETY: the holder is single-threaded.
-    match unsafe { fork() }.map_err(|e| format!("fork the pod's PID 1: {}", e.desc()))? {
+    match unsafe { fork() }.map_err(|e| StepError::errno("fork the pod's PID 1", e))? {
         ForkResult::Child => pid1(),
         ForkResult::Parent { child } => Ok(Some(child)),
     }
@@ -90,8 +84,8 @@ fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, Str
 
 /// A private mount namespace whose root is an empty, read-only tmpfs: `/proc/1/root` of the pod
 /// then shows nothing of the host.
-fn enter_empty_root() -> Result<(), String> {
-    let sys = |step: &'static str| move |e: nix::Error| format!("{step}: {}", e.desc());
+fn enter_empty_root() -> Result<(), StepError> {
+    let sys = |step: &'static str| move |e: nix::Error| StepError::errno(step, e);
     unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
     mount(
         None::<&str>,
@@ -113,11 +107,11 @@ fn enter_empty_root() -> Result<(), String> {
         Some("size=4k,mode=0555"),
     )
     .map_err(sys("mount the empty root"))?;
-    std::env::set_current_dir(empty).map_err(|e| format!("chdir to the empty root: {e}"))?;
+    std::env::set_current_dir(empty).map_err(|e| StepError::msg("chdir to the empty root", e))?;
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new.
     nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root to the empty root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's root"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| StepError::msg("chdir /", e))?;
     mount(
         None::<&str>,
         "/",
@@ -129,15 +123,15 @@ fn enter_empty_root() -> Result<(), String> {
 }
 
 /// The pause user, no capability in any set, `no_new_privs`, not dumpable.
-fn drop_everything() -> Result<(), String> {
-    let cap = |step: &'static str| move |e: caps::errors::CapsError| format!("{step}: {e}");
+fn drop_everything() -> Result<(), StepError> {
+    let cap = |step: &'static str| move |e: caps::errors::CapsError| StepError::msg(step, e);
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes last.
     for c in caps::all() {
         caps::drop(None, CapSet::Bounding, c).map_err(cap("drop the bounding set"))?;
     }
     caps::clear(None, CapSet::Inheritable).map_err(cap("clear inheritable capabilities"))?;
     let _ = caps::clear(None, CapSet::Ambient); // absent on old kernels
-    let id = |e: nix::Error| format!("become the pause user {PAUSE_ID}: {}", e.desc());
+    let id = |e: nix::Error| StepError::errno(format!("become the pause user {PAUSE_ID}"), e);
     nix::unistd::setgroups(&[]).map_err(id)?;
     nix::unistd::setresgid(
         Gid::from_raw(PAUSE_ID),
@@ -156,15 +150,15 @@ fn drop_everything() -> Result<(), String> {
     // SAFETY: prctl with integer arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!(
-                "prctl(PR_SET_NO_NEW_PRIVS): {}",
-                std::io::Error::last_os_error()
+            return Err(StepError::msg(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                std::io::Error::last_os_error(),
             ));
         }
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(format!(
-                "prctl(PR_SET_DUMPABLE): {}",
-                std::io::Error::last_os_error()
+            return Err(StepError::msg(
+                "prctl(PR_SET_DUMPABLE)",
+                std::io::Error::last_os_error(),
             ));
         }
     }

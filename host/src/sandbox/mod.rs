@@ -6,7 +6,7 @@ pub mod cgroups;
 pub mod holder;
 pub mod namespaces;
 pub mod ports;
-pub mod state;
+pub mod state_dir;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use crate::plan::PodPlan;
 use cgroups::PodCgroups;
 use namespaces::{Dialer, PodNamespaces};
 use ports::PortForwards;
-use state::StateDir;
+use state_dir::StateDir;
 use volumes::PodVolumes;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub struct PodSandbox {
     pub lifeline: Lifeline,
     pub state: StateDir,
     /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
-    pub nosymfollow_volumes: std::collections::HashSet<String>,
+    pub nosymfollow_volumes: std::collections::BTreeSet<String>,
     /// Things the host could not do as asked (e.g. a limit without a controller), said once.
     pub warnings: Vec<String>,
 }
@@ -94,7 +94,7 @@ impl PodSandbox {
             lifeline,
             state,
             warnings,
-            nosymfollow_volumes: crate::sidecars::grants::fs::shared_writable_volumes(plan),
+            nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
         sandbox.ports = Some(PortForwards::publish(&plan.port_mappings, &sandbox.dialer)?);
         Ok(sandbox)

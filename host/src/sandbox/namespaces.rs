@@ -14,8 +14,19 @@ use std::time::Duration;
 use nix::sched::{setns, CloneFlags};
 
 use super::SandboxError;
-use crate::containers::launch::{NamespacePaths, LIFELINE_FD};
+use crate::helper::LIFELINE_FD;
 use crate::helper::{helper_command, inherit_fds, Lifeline};
+
+/// The pod's namespaces, as /proc paths of processes that hold them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NamespacePaths {
+    pub net: PathBuf,
+    pub uts: PathBuf,
+    pub ipc: PathBuf,
+    /// The pod's shared PID namespace (`shareProcessNamespace: true`); otherwise the container
+    /// gets a PID namespace of its own.
+    pub pid: Option<PathBuf>,
+}
 
 pub struct PodNamespaces {
     holder: Child,

@@ -19,7 +19,7 @@ use nix::sys::stat::Mode;
 
 use super::SandboxError;
 use crate::plan::PodPlan;
-use crate::spec::VolumeSource;
+use crate::spec::{HostPathType, StorageMedium, VolumeSource};
 
 /// One volume, open.
 struct Volume {
@@ -50,7 +50,7 @@ impl PodVolumes {
                     let dir = root.join(&v.name);
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| SandboxError::io(step("create emptyDir"), &dir, e))?;
-                    if e.medium == "Memory" {
+                    if e.medium == StorageMedium::Memory {
                         let mut data = "mode=0777".to_string();
                         // Sized by the plan (sizeLimit, bounded by the pod's memory limit).
                         if let Some(Some(size)) = plan.tmpfs_sizes.get(&v.name) {
@@ -82,14 +82,16 @@ impl PodVolumes {
                 }
                 VolumeSource::HostPath(h) => {
                     let p = PathBuf::from(&h.path);
-                    device = matches!(h.kind.as_str(), "CharDevice" | "BlockDevice");
-                    match h.kind.as_str() {
-                        "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| {
-                            SandboxError::io(step("create hostPath directory"), &p, e)
-                        })?,
-                        "FileOrCreate" => create_file(&p)
+                    device = h.kind.is_device();
+                    match h.kind {
+                        HostPathType::DirectoryOrCreate => {
+                            std::fs::create_dir_all(&p).map_err(|e| {
+                                SandboxError::io(step("create hostPath directory"), &p, e)
+                            })?
+                        }
+                        HostPathType::FileOrCreate => create_file(&p)
                             .map_err(|e| SandboxError::io(step("create hostPath file"), &p, e))?,
-                        "" if !p.exists() => {
+                        HostPathType::Unset if !p.exists() => {
                             return Err(SandboxError::Step {
                                 step: step("hostPath"),
                                 error: format!(
@@ -171,5 +173,11 @@ impl Drop for PodVolumes {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount emptyDir tmpfs");
             }
         }
+    }
+}
+
+impl crate::grants::OpenVolumes for PodVolumes {
+    fn volume(&self, name: &str) -> Option<(&Path, BorrowedFd<'_>)> {
+        self.host_path(name).zip(self.fd(name))
     }
 }

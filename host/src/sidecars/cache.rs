@@ -15,15 +15,16 @@ use wasmtime::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The message includes the OS error: no source, so the chain says it once.
     #[error("cannot read Wasm component: {0}")]
-    Read(#[from] crate::files::ReadError),
+    Read(crate::files::ReadError),
     #[error("cannot compile Wasm component {}: {message}", path.display())]
     Compile { path: PathBuf, message: String },
 }
 
 /// Where compiled components are kept.
 pub fn dir() -> PathBuf {
-    crate::sandbox::state::root().join("cache")
+    crate::files::state_root().join("cache")
 }
 
 /// How a component was obtained, for benchmarks and logs.
@@ -113,5 +114,11 @@ mod tests {
         assert_ne!(key(&a, b"one"), key(&a, b"two"));
         assert_ne!(key(&a, b"one"), key(&b, b"one"));
         assert_eq!(key(&a, b"one"), key(&a, b"one"));
+    }
+}
+
+impl From<crate::files::ReadError> for CacheError {
+    fn from(e: crate::files::ReadError) -> Self {
+        CacheError::Read(e)
     }
 }

@@ -2,38 +2,29 @@
 //!
 //! Before the pod starts, each sidecar is *prepared* (compiled or loaded from the cache, linked,
 //! pre-instantiated: a refused import fails here). Each start then builds a fresh store whose
-//! WASI context is assembled from the grants (`grants/`), and runs `wasi:cli/run` on the pod's
-//! own runtime (`runtime.rs`), so that its sockets live in the pod's network namespace.
+//! host state each capability prepares from the grants the plan resolved (`crate::grants`), and
+//! runs `wasi:cli/run` on the pod's own runtime (`runtime.rs`), so that its sockets live in the
+//! pod's network namespace.
 
-pub mod bindings;
 pub mod cache;
 pub mod engine;
-pub mod grants;
-pub mod inspect;
 pub mod limits;
-pub mod procstat;
 pub mod runtime;
-pub mod stdio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::containers::ExitInfo;
+use crate::grants::{self, GrantHost, GrantStates, Grants, InstanceSetup, OpenVolumes};
 use crate::logs::{Logs, Stream};
-use crate::plan::{ContainerPlan, Image};
-use crate::sandbox::volumes::PodVolumes;
-use crate::spec::Pod;
-use crate::supervisor::state::{PodEvent, PodState};
-use grants::fs::FsGrant;
-use grants::net::NetGrant;
-use grants::process::{ProcessGrant, ProcessHost};
+use crate::plan::{ContainerPlan, Image, PodPlan};
+use crate::status::{ExitInfo, ExitReason, PodState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -47,16 +38,19 @@ pub enum SidecarError {
     Start { container: String, message: String },
 }
 
-/// Everything a running sidecar's host functions reach: its store's data.
+/// A running sidecar's store data: WASI's context, the resource table every capability shares,
+/// each capability's own state, and the memory limits.
 pub struct SidecarState {
-    pub name: String,
     wasi: WasiCtx,
-    pub table: ResourceTable,
+    table: ResourceTable,
+    grants: GrantStates,
     limits: limits::SidecarLimits,
-    pub process: ProcessHost,
-    pub events: broadcast::Receiver<PodEvent>,
-    /// Set when this sidecar's turn to stop comes: the deadline it has.
-    pub stopping: watch::Receiver<Option<tokio::time::Instant>>,
+}
+
+impl GrantHost for SidecarState {
+    fn grant_states(&mut self) -> (&mut GrantStates, &mut ResourceTable) {
+        (&mut self.grants, &mut self.table)
+    }
 }
 
 impl WasiView for SidecarState {
@@ -75,9 +69,7 @@ fn linker(engine: &Engine) -> Result<&'static Linker<SidecarState>, String> {
         return Ok(l);
     }
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-    bindings::Imports::add_to_linker::<SidecarState, HasSelf<SidecarState>>(&mut linker, |s| s)
-        .map_err(|e| format!("{e:#}"))?;
+    grants::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(LINKER.get_or_init(|| linker))
 }
 
@@ -85,6 +77,8 @@ fn linker(engine: &Engine) -> Result<&'static Linker<SidecarState>, String> {
 #[derive(Clone)]
 pub struct PreparedSidecar {
     pub plan: ContainerPlan,
+    /// What the plan granted it.
+    grants: Grants,
     pre: CommandPre<SidecarState>,
     /// Whether the compiled component came from the cache.
     pub cached: bool,
@@ -95,7 +89,7 @@ pub struct PreparedSidecar {
 
 impl PreparedSidecar {
     pub fn prepare(plan: &ContainerPlan) -> Result<Self, SidecarError> {
-        let Image::Wasm(path) = &plan.image else {
+        let (Image::Wasm(path), Some(grants)) = (&plan.image, &plan.grants) else {
             return Err(SidecarError::Link {
                 container: plan.name().into(),
                 message: "not a Wasm component".into(),
@@ -116,9 +110,10 @@ impl PreparedSidecar {
                 "not a command component (no wasi:cli/run export): {e:#}"
             ))
         })?;
-        let signals_readiness = imports_ready(engine, &component);
+        let signals_readiness = grants::lifecycle::signals_readiness(engine, &component);
         Ok(PreparedSidecar {
             plan: plan.clone(),
+            grants: grants.clone(),
             pre,
             cached: source == cache::Source::Cache,
             signals_readiness,
@@ -134,7 +129,7 @@ impl PreparedSidecar {
 /// read its imports and exports, compile it, link it against WASI and wpod's interfaces and
 /// check that it is a command. The component loader the fuzzer drives; `Ok` means "would run".
 pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
-    let report = inspect::inspect_bytes(std::path::Path::new("component.wasm"), bytes)
+    let report = grants::inspect::inspect_bytes(std::path::Path::new("component.wasm"), bytes)
         .map_err(|e| e.to_string())?;
     if report
         .imports
@@ -153,32 +148,25 @@ pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the component imports `lifecycle.ready` (an imported instance lists only the
-/// functions the guest actually uses).
-fn imports_ready(engine: &Engine, component: &wasmtime::component::Component) -> bool {
-    use wasmtime::component::types::ComponentItem;
-    let ty = component.component_type();
-    let found = ty
-        .imports(engine)
-        .find(|(name, _)| name.starts_with("wpod:sidecar/lifecycle@"));
-    match found {
-        Some((_, ext)) => match ext.ty {
-            ComponentItem::ComponentInstance(instance) => {
-                instance.exports(engine).any(|(name, _)| name == "ready")
-            }
-            _ => false,
-        },
-        None => false,
-    }
+/// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
+/// pod, before anything of the pod exists: a component that cannot run fails here. By
+/// container index; `None` for native containers.
+pub fn prepare_all(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
+    plan.containers
+        .iter()
+        .map(|c| match c.grants {
+            Some(_) => PreparedSidecar::prepare(c).map(Some),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// What a starting sidecar needs from its pod.
 pub struct PodContext<'a> {
-    pub pod: &'a Pod,
     pub runtime: tokio::runtime::Handle,
     pub state: Arc<PodState>,
     pub logs: Arc<Logs>,
-    pub volumes: &'a PodVolumes,
+    pub volumes: &'a dyn OpenVolumes,
     /// Entries each sidecar's resource table may hold (its handles quota).
     pub max_handles: u64,
 }
@@ -191,17 +179,6 @@ pub struct WasmSidecar {
     stopping: watch::Sender<Option<tokio::time::Instant>>,
 }
 
-/// argv: `command` + `args`; with no `command`, the container's name stands as argv[0].
-fn argv(plan: &ContainerPlan) -> Vec<String> {
-    let c = &plan.spec;
-    let head = if c.command.is_empty() {
-        vec![c.name.clone()]
-    } else {
-        c.command.clone()
-    };
-    head.into_iter().chain(c.args.iter().cloned()).collect()
-}
-
 impl WasmSidecar {
     pub fn start(prepared: &PreparedSidecar, ctx: &PodContext<'_>) -> Result<Self, SidecarError> {
         let c = &prepared.plan.spec;
@@ -211,45 +188,29 @@ impl WasmSidecar {
             message,
         };
 
-        let mut builder = WasiCtxBuilder::new();
-        builder.args(&argv(&prepared.plan));
-        for e in &c.env {
-            builder.env(&e.name, &e.value);
-        }
-        builder.stdout(stdio::LogOutput {
-            logs: ctx.logs.clone(),
-            container: name.clone(),
-            stream: Stream::Stdout,
-        });
-        builder.stderr(stdio::LogOutput {
-            logs: ctx.logs.clone(),
-            container: name.clone(),
-            stream: Stream::Stderr,
-        });
-        NetGrant::from_container(c).apply(&mut builder);
-        FsGrant::from_container(c, ctx.volumes)
-            .and_then(|g| g.apply(&mut builder))
-            .map_err(start_err)?;
-
         let (stopping, stopping_rx) = watch::channel(None);
-        let limits = limits::SidecarLimits::new(c.resources.limits.memory_bytes);
+        let mut builder = WasiCtxBuilder::new();
+        let mut setup = InstanceSetup {
+            name: &name,
+            wasi: &mut builder,
+            volumes: ctx.volumes,
+            status: &ctx.state,
+            logs: &ctx.logs,
+            stopping: stopping_rx,
+        };
+        let grants = prepared
+            .grants
+            .prepare(&mut setup)
+            .map_err(|e| start_err(e.0))?;
         // Every socket, file, stream and pollable the guest holds is an entry of its table:
         // bounding the table bounds the host resources it can hold (`wpod.dev/sidecar-max-handles`).
         let mut table = ResourceTable::new();
         table.set_max_capacity(usize::try_from(ctx.max_handles).unwrap_or(usize::MAX));
         let state = SidecarState {
-            name: name.clone(),
             wasi: builder.build(),
             table,
-            limits,
-            process: ProcessHost {
-                grant: ProcessGrant::from_pod(ctx.pod, c),
-                pod: ctx.state.clone(),
-                logs: ctx.logs.clone(),
-                open_streams: 0,
-            },
-            events: ctx.state.subscribe(),
-            stopping: stopping_rx,
+            grants,
+            limits: limits::SidecarLimits::new(c.resources.limits.memory_bytes),
         };
         let engine = engine::shared()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -294,11 +255,7 @@ impl WasmSidecar {
         match (&mut self.task).await {
             Ok(exit) => exit,
             // Aborted: stopped by force while waiting in the host.
-            Err(_) => ExitInfo {
-                code: 137,
-                signal: Some(libc::SIGKILL),
-                reason: "Error",
-            },
+            Err(_) => ExitInfo::killed(),
         }
     }
 
@@ -322,38 +279,21 @@ fn exit_info(
     stopped: bool,
 ) -> ExitInfo {
     match result {
-        Ok(Ok(())) => ExitInfo {
-            code: 0,
-            signal: None,
-            reason: "Completed",
-        },
-        Ok(Err(())) => ExitInfo {
-            code: 1,
-            signal: None,
-            reason: "Error",
-        },
+        Ok(Ok(())) => ExitInfo::exited(0),
+        Ok(Err(())) => ExitInfo::exited(1),
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                let code = exit.0;
-                return ExitInfo {
-                    code,
-                    signal: None,
-                    reason: if code == 0 { "Completed" } else { "Error" },
-                };
+                return ExitInfo::exited(exit.0);
             }
             if stopped {
-                return ExitInfo {
-                    code: 137,
-                    signal: Some(libc::SIGKILL),
-                    reason: "Error",
-                };
+                return ExitInfo::killed();
             }
             // A trap ends this sidecar only; its message goes where its output goes.
             logs.line(name, Stream::Stderr, &format!("wasm trap: {e:#}"));
             ExitInfo {
                 code: 1,
                 signal: None,
-                reason: "Trapped",
+                reason: ExitReason::Trapped,
             }
         }
     }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::decode::{loc_of, Decode, Decoder, IntOrString, Node};
+use super::decode::{did_you_mean, loc_of, Decode, Decoder, IntOrString, Node};
+use super::enums::{Capability, Protocol, PullPolicy, RestartPolicy, SeccompProfile, CAPABILITIES};
 use super::quantity;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -13,7 +14,7 @@ pub struct Container {
     pub name: String,
     /// Absent: a program already on the host (wpod's one departure from Kubernetes).
     pub image: Option<String>,
-    pub image_pull_policy: Option<String>,
+    pub image_pull_policy: Option<PullPolicy>,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: Option<String>,
@@ -27,7 +28,7 @@ pub struct Container {
     pub lifecycle: Option<Lifecycle>,
     pub security_context: Option<SecurityContext>,
     /// Only on init containers, and only `Always`: makes it a native sidecar.
-    pub restart_policy: Option<String>,
+    pub restart_policy: Option<RestartPolicy>,
 }
 
 impl Decode for Container {
@@ -91,7 +92,7 @@ pub struct ContainerPort {
     pub host_port: Option<u16>,
     pub host_ip: Option<String>,
     /// TCP (default) or UDP.
-    pub protocol: String,
+    pub protocol: Protocol,
 }
 
 impl Decode for ContainerPort {
@@ -101,7 +102,7 @@ impl Decode for ContainerPort {
             container_port: f.req("containerPort").unwrap_or_default(),
             host_port: f.opt("hostPort"),
             host_ip: f.opt("hostIP"),
-            protocol: f.opt("protocol").unwrap_or_else(|| "TCP".to_string()),
+            protocol: f.opt("protocol").unwrap_or(Protocol::Tcp),
         })
     }
 }
@@ -394,7 +395,7 @@ pub struct SecurityContext {
     pub privileged: bool,
     pub allow_privilege_escalation: Option<bool>,
     /// `seccompProfile.type`: RuntimeDefault (wpod's default) or Unconfined.
-    pub seccomp_profile: Option<String>,
+    pub seccomp_profile: Option<SeccompProfile>,
 }
 
 impl Decode for SecurityContext {
@@ -414,23 +415,25 @@ impl Decode for SecurityContext {
                 read_only_root_filesystem: f.opt("readOnlyRootFilesystem").unwrap_or(false),
                 privileged: f.opt("privileged").unwrap_or(false),
                 allow_privilege_escalation: f.opt("allowPrivilegeEscalation"),
-                seccomp_profile: f.opt::<SeccompProfile>("seccompProfile").map(|p| p.kind),
+                seccomp_profile: f
+                    .opt::<SeccompProfileField>("seccompProfile")
+                    .and_then(|p| p.kind),
             }
         })
     }
 }
 
 /// `securityContext.seccompProfile`.
-struct SeccompProfile {
-    kind: String,
+struct SeccompProfileField {
+    kind: Option<SeccompProfile>,
 }
 
-impl Decode for SeccompProfile {
+impl Decode for SeccompProfileField {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
             f.unsupported(&["localhostProfile"]);
-            SeccompProfile {
-                kind: f.req("type").unwrap_or_default(),
+            SeccompProfileField {
+                kind: f.req("type"),
             }
         })
     }
@@ -438,15 +441,42 @@ impl Decode for SeccompProfile {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Capabilities {
-    pub add: Vec<String>,
-    pub drop: Vec<String>,
+    pub add: Vec<Capability>,
+    pub drop: Vec<Capability>,
 }
 
 impl Decode for Capabilities {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
-        d.object(node, path, |f| Capabilities {
-            add: f.list("add"),
-            drop: f.list("drop"),
+        let (add, drop) = d.object(node, path, |f| {
+            (f.list::<String>("add"), f.list::<String>("drop"))
+        })?;
+        Some(Capabilities {
+            add: capability_names(d, &format!("{path}.add"), &add, false),
+            drop: capability_names(d, &format!("{path}.drop"), &drop, true),
         })
     }
+}
+
+/// The capabilities of an `add` or `drop` list; an unknown name is reported (with a "did you
+/// mean") and left out. `ALL` is a capability only where it may be dropped.
+fn capability_names(d: &mut Decoder, path: &str, names: &[String], drop: bool) -> Vec<Capability> {
+    let mut out = Vec::new();
+    for (i, text) in names.iter().enumerate() {
+        match Capability::parse(text) {
+            Some(Capability::All) if !drop => {}
+            Some(cap) => {
+                out.push(cap);
+                continue;
+            }
+            None => {}
+        }
+        let name = text.strip_prefix("CAP_").unwrap_or(text);
+        let hint = did_you_mean(name, CAPABILITIES)
+            .map(|s| format!("; did you mean \"{s}\"?"))
+            .unwrap_or_default();
+        let field = format!("{path}[{i}]");
+        let loc = d.map.locate(&field);
+        d.error_at(loc, &field, format!("unknown capability \"{text}\"{hint}"));
+    }
+    out
 }

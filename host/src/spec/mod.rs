@@ -6,6 +6,7 @@
 mod container;
 mod decode;
 mod diag;
+mod enums;
 mod names;
 mod pod;
 pub mod quantity;
@@ -22,6 +23,10 @@ pub use container::{
 };
 pub use decode::IntOrString;
 pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
+pub use enums::{
+    Capability, HostPathType, Protocol, PullPolicy, RestartPolicy, Role, SeccompProfile,
+    StorageMedium, CAPABILITIES,
+};
 pub use names::PodName;
 pub use pod::{Annotations, EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource};
 
@@ -30,16 +35,23 @@ use decode::{loc_of, Decoder};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("{}", read_message(.0))]
-    Read(#[from] crate::files::ReadError),
+    /// The message includes the OS error: no source, so the chain says it once.
+    Read(crate::files::ReadError),
     #[error("{0}")]
     Invalid(Diagnostics),
+}
+
+impl From<crate::files::ReadError> for SpecError {
+    fn from(e: crate::files::ReadError) -> Self {
+        SpecError::Read(e)
+    }
 }
 
 fn read_message(e: &crate::files::ReadError) -> String {
     use crate::files::ReadError;
     match e {
-        ReadError::Io { path, source } => {
-            format!("cannot read manifest {}: {source}", path.display())
+        ReadError::Io { path, error } => {
+            format!("cannot read manifest {}: {error}", path.display())
         }
         other => format!("cannot read the manifest: {other}"),
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::container::Container;
 use super::decode::{loc_of, Decode, Decoder, Node};
 use super::diag::SourceMap;
+use super::enums::{HostPathType, RestartPolicy, Role, StorageMedium};
 use super::quantity;
 
 /// wpod's own settings, written as pod annotations (a Kubernetes Pod has no field for them),
@@ -153,10 +154,23 @@ impl Pod {
 
     /// Every container with the field path that defines it, init containers first.
     pub fn all_containers(&self) -> impl Iterator<Item = (String, &Container)> {
+        self.containers_in_order().map(|(path, _, c)| (path, c))
+    }
+
+    /// Every container with its field path and its role, in start order. The one place that
+    /// decides what a container is: an init container with `restartPolicy: Always` is a
+    /// native sidecar.
+    pub fn containers_in_order(&self) -> impl Iterator<Item = (String, Role, &Container)> {
         let init = self.spec.init_containers.iter().enumerate();
         let regular = self.spec.containers.iter().enumerate();
-        init.map(|(i, c)| (format!("spec.initContainers[{i}]"), c))
-            .chain(regular.map(|(i, c)| (format!("spec.containers[{i}]"), c)))
+        init.map(|(i, c)| {
+            let role = match c.restart_policy {
+                Some(RestartPolicy::Always) => Role::NativeSidecar,
+                _ => Role::Init,
+            };
+            (format!("spec.initContainers[{i}]"), role, c)
+        })
+        .chain(regular.map(|(i, c)| (format!("spec.containers[{i}]"), Role::Regular, c)))
     }
 }
 
@@ -200,8 +214,8 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     pub init_containers: Vec<Container>,
     pub volumes: Vec<Volume>,
-    /// Always (default), OnFailure or Never.
-    pub restart_policy: String,
+    /// Always by default.
+    pub restart_policy: RestartPolicy,
     pub termination_grace_period_seconds: i64,
     pub share_process_namespace: bool,
     pub hostname: Option<String>,
@@ -250,9 +264,7 @@ impl Decode for PodSpec {
                 containers: f.req("containers").unwrap_or_default(),
                 init_containers: f.list("initContainers"),
                 volumes: f.list("volumes"),
-                restart_policy: f
-                    .opt("restartPolicy")
-                    .unwrap_or_else(|| "Always".to_string()),
+                restart_policy: f.opt("restartPolicy").unwrap_or(RestartPolicy::Always),
                 termination_grace_period_seconds: f
                     .opt("terminationGracePeriodSeconds")
                     .unwrap_or(30),
@@ -342,8 +354,7 @@ impl Decode for Volume {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDir {
-    /// "" (node disk) or "Memory" (tmpfs).
-    pub medium: String,
+    pub medium: StorageMedium,
     pub size_limit_bytes: Option<u64>,
 }
 
@@ -351,7 +362,7 @@ impl Decode for EmptyDir {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         // `emptyDir: {}` is the common spelling; an empty mapping decodes to the defaults.
         d.object(node, path, |f| {
-            let medium = f.opt("medium").unwrap_or_default();
+            let medium = f.opt("medium").unwrap_or(StorageMedium::Default);
             let limit: Option<String> = f.opt("sizeLimit");
             let limit_path = f.child("sizeLimit");
             let size_limit_bytes = limit.and_then(|text| match quantity::bytes(&text) {
@@ -374,16 +385,15 @@ impl Decode for EmptyDir {
 #[serde(rename_all = "camelCase")]
 pub struct HostPath {
     pub path: String,
-    /// "", DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice or BlockDevice.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: HostPathType,
 }
 
 impl Decode for HostPath {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| HostPath {
             path: f.req("path").unwrap_or_default(),
-            kind: f.opt("type").unwrap_or_default(),
+            kind: f.opt("type").unwrap_or(HostPathType::Unset),
         })
     }
 }

@@ -50,11 +50,11 @@ fn parses_a_full_pod() {
     assert_eq!(pod.metadata.name, "web");
     assert_eq!(pod.hostname(), "web");
     assert!(pod.spec.share_process_namespace);
-    assert_eq!(pod.spec.restart_policy, "Always");
+    assert_eq!(pod.spec.restart_policy, RestartPolicy::Always);
     let c = &pod.spec.containers[0];
     assert_eq!(c.command, ["nginx", "-g", "daemon off;"]);
     assert_eq!(c.ports[0].host_port, Some(8080));
-    assert_eq!(c.ports[0].protocol, "TCP");
+    assert_eq!(c.ports[0].protocol, Protocol::Tcp);
     assert_eq!(c.resources.limits.memory_bytes, Some(128 << 20));
     assert_eq!(c.resources.limits.cpu_millis, Some(500));
     assert_eq!(c.readiness_probe.as_ref().unwrap().period_seconds, 10);
@@ -62,12 +62,12 @@ fn parses_a_full_pod() {
         panic!("not emptyDir")
     };
     assert_eq!(
-        (e.medium.as_str(), e.size_limit_bytes),
-        ("Memory", Some(64 << 20))
+        (e.medium, e.size_limit_bytes),
+        (StorageMedium::Memory, Some(64 << 20))
     );
     assert_eq!(
-        pod.spec.init_containers[0].restart_policy.as_deref(),
-        Some("Always")
+        pod.spec.init_containers[0].restart_policy,
+        Some(RestartPolicy::Always)
     );
     // Locations are kept for checks made after decoding.
     assert_eq!(

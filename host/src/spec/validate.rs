@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::container::{Container, Handler, Probe};
 use super::decode::{did_you_mean, IntOrString};
 use super::diag::Diagnostic;
+use super::enums::{Protocol, Role};
 use super::names::{dns1123_label, port_name, PodName};
 use super::pod::{Annotations, Pod, VolumeSource};
 
@@ -70,15 +71,6 @@ impl Checker<'_> {
                 self.err("spec.hostname", e);
             }
         }
-        if !["Always", "OnFailure", "Never"].contains(&spec.restart_policy.as_str()) {
-            self.err(
-                "spec.restartPolicy",
-                format!(
-                    "unsupported value \"{}\": use Always, OnFailure or Never",
-                    spec.restart_policy
-                ),
-            );
-        }
         if spec.termination_grace_period_seconds < 0 {
             self.err(
                 "spec.terminationGracePeriodSeconds",
@@ -104,17 +96,7 @@ impl Checker<'_> {
                 );
             }
             match &v.source {
-                VolumeSource::EmptyDir(e) => {
-                    if !["", "Memory"].contains(&e.medium.as_str()) {
-                        self.err(
-                            format!("{path}.emptyDir.medium"),
-                            format!(
-                                "unsupported value \"{}\": use \"\" (disk) or Memory (tmpfs)",
-                                e.medium
-                            ),
-                        );
-                    }
-                }
+                VolumeSource::EmptyDir(_) => {}
                 VolumeSource::HostPath(h) => {
                     if !h.path.starts_with('/') {
                         self.err(format!("{path}.hostPath.path"), "must be an absolute path");
@@ -123,29 +105,6 @@ impl Checker<'_> {
                         self.err(format!("{path}.hostPath.path"), "must not contain '..'");
                     }
                     self.c_string(&format!("{path}.hostPath.path"), &h.path);
-                    const TYPES: &[&str] = &[
-                        "",
-                        "DirectoryOrCreate",
-                        "Directory",
-                        "FileOrCreate",
-                        "File",
-                        "Socket",
-                        "CharDevice",
-                        "BlockDevice",
-                    ];
-                    if !TYPES.contains(&h.kind.as_str()) {
-                        let hint = did_you_mean(&h.kind, &TYPES[1..])
-                            .map(|s| format!("did you mean \"{s}\"? "))
-                            .unwrap_or_default();
-                        self.err(
-                            format!("{path}.hostPath.type"),
-                            format!(
-                                "unsupported value \"{}\": {hint}use one of {}",
-                                h.kind,
-                                TYPES[1..].join(", ")
-                            ),
-                        );
-                    }
                 }
             }
         }
@@ -154,8 +113,7 @@ impl Checker<'_> {
     fn containers(&mut self) {
         let mut names: HashMap<&str, String> = HashMap::new();
         let pod = self.pod;
-        for (path, c) in pod.all_containers() {
-            let is_init = path.starts_with("spec.initContainers");
+        for (path, role, c) in pod.containers_in_order() {
             if !c.name.is_empty() {
                 if let Err(e) = dns1123_label(&c.name) {
                     self.err(format!("{path}.name"), e);
@@ -168,24 +126,16 @@ impl Checker<'_> {
                     names.insert(&c.name, path.clone());
                 }
             }
-            self.container(&path, c, is_init);
+            self.container(&path, c, role);
         }
     }
 
-    fn container(&mut self, path: &str, c: &Container, is_init: bool) {
+    fn container(&mut self, path: &str, c: &Container, role: Role) {
         if c.image.is_none() && c.command.is_empty() && !self.reported(&format!("{path}.command")) {
             self.err(
                 format!("{path}.command"),
                 "required when image is omitted: a container without an image runs its command on the host filesystem",
             );
-        }
-        if let Some(p) = &c.image_pull_policy {
-            if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
-                self.err(
-                    format!("{path}.imagePullPolicy"),
-                    format!("unsupported value \"{p}\": use Always, IfNotPresent or Never"),
-                );
-            }
         }
         if let Some(w) = &c.working_dir {
             if !w.starts_with('/') {
@@ -201,19 +151,16 @@ impl Checker<'_> {
         for (i, e) in c.env.iter().enumerate() {
             self.c_string(&format!("{path}.env[{i}].value"), &e.value);
         }
-        let sidecar = match (&c.restart_policy, is_init) {
-            (None, _) => false,
-            (Some(p), true) if p == "Always" => true,
-            (Some(p), true) => {
+        match (c.restart_policy, role) {
+            (None, _) | (Some(_), Role::NativeSidecar) => {}
+            (Some(p), Role::Init) => {
                 self.err(format!("{path}.restartPolicy"), format!("unsupported value \"{p}\": an init container takes only Always (which makes it a native sidecar)"));
-                false
             }
-            (Some(_), false) => {
+            (Some(_), Role::Regular) => {
                 self.err(format!("{path}.restartPolicy"), "only init containers take restartPolicy (Always makes a native sidecar); set spec.restartPolicy for regular containers");
-                false
             }
-        };
-        if is_init && !sidecar {
+        }
+        if role == Role::Init {
             for (field, set) in [
                 ("lifecycle", c.lifecycle.is_some()),
                 ("livenessProbe", c.liveness_probe.is_some()),
@@ -340,37 +287,8 @@ impl Checker<'_> {
         let Some(sc) = &c.security_context else {
             return;
         };
-        match sc.seccomp_profile.as_deref() {
-            None | Some("RuntimeDefault") | Some("Unconfined") => {}
-            Some("Localhost") => self.err(
-                format!("{path}.securityContext.seccompProfile.type"),
-                "Localhost profiles are not supported by wpod; use RuntimeDefault (the default) or Unconfined",
-            ),
-            Some(other) => self.err(
-                format!("{path}.securityContext.seccompProfile.type"),
-                format!("unsupported value \"{other}\": use RuntimeDefault or Unconfined"),
-            ),
-        }
         if sc.privileged {
             self.err(format!("{path}.securityContext.privileged"), "privileged containers are not supported by wpod; add the capabilities the container needs instead");
-        }
-        for (field, caps) in [
-            ("add", &sc.capabilities.add),
-            ("drop", &sc.capabilities.drop),
-        ] {
-            for (i, cap) in caps.iter().enumerate() {
-                let name = cap.strip_prefix("CAP_").unwrap_or(cap);
-                let ok = CAPABILITIES.contains(&name) || (field == "drop" && name == "ALL");
-                if !ok {
-                    let hint = did_you_mean(name, CAPABILITIES)
-                        .map(|s| format!("; did you mean \"{s}\"?"))
-                        .unwrap_or_default();
-                    self.err(
-                        format!("{path}.securityContext.capabilities.{field}[{i}]"),
-                        format!("unknown capability \"{cap}\"{hint}"),
-                    );
-                }
-            }
         }
     }
 
@@ -453,8 +371,8 @@ impl Checker<'_> {
 
     /// All containers share the pod's network namespace, so ports are unique across the pod.
     fn ports(&mut self) {
-        let mut container_ports: HashMap<(u16, &str), String> = HashMap::new();
-        let mut host_ports: HashMap<(u16, &str), String> = HashMap::new();
+        let mut container_ports: HashMap<(u16, Protocol), String> = HashMap::new();
+        let mut host_ports: HashMap<(u16, Protocol), String> = HashMap::new();
         let pod = self.pod;
         for (cpath, c) in pod.all_containers() {
             let mut names = HashSet::new();
@@ -476,19 +394,10 @@ impl Checker<'_> {
                         );
                     }
                 }
-                match p.protocol.as_str() {
-                    "TCP" | "UDP" => {}
-                    "SCTP" => self.err(
-                        format!("{path}.protocol"),
-                        "SCTP is not supported by wpod; use TCP or UDP",
-                    ),
-                    other => self.err(
-                        format!("{path}.protocol"),
-                        format!("unsupported value \"{other}\": use TCP or UDP"),
-                    ),
-                }
-                if p.container_port != 0 {
-                    let key = (p.container_port, p.protocol.as_str());
+                // A protocol the decoder refused would only make false duplicates.
+                let refused = self.reported(&format!("{path}.protocol"));
+                if p.container_port != 0 && !refused {
+                    let key = (p.container_port, p.protocol);
                     if let Some(first) = container_ports.get(&key) {
                         self.err(
                             format!("{path}.containerPort"),
@@ -508,9 +417,10 @@ impl Checker<'_> {
                     }
                 }
                 if let Some(hp) = p.host_port {
-                    let key = (hp, p.protocol.as_str());
+                    let key = (hp, p.protocol);
                     if hp == 0 && !self.reported(&format!("{path}.hostPort")) {
                         self.err(format!("{path}.hostPort"), "must be between 1 and 65535");
+                    } else if refused {
                     } else if let Some(first) = host_ports.get(&key) {
                         self.err(
                             format!("{path}.hostPort"),
@@ -524,48 +434,3 @@ impl Checker<'_> {
         }
     }
 }
-
-/// Linux capability names as Kubernetes writes them (without `CAP_`).
-pub const CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];

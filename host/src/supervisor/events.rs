@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::containers::ExitInfo;
 use crate::logs::OutputFormat;
+use crate::status::ExitInfo;
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
@@ -197,7 +197,7 @@ pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary])
             );
             for r in rows {
                 let (code, reason) = match &r.exit {
-                    Some(x) => (x.code.to_string(), r.waiting.unwrap_or(x.reason)),
+                    Some(x) => (x.code.to_string(), r.waiting.unwrap_or(x.reason.as_str())),
                     None => ("-".to_string(), "NotStarted"),
                 };
                 let _ = writeln!(

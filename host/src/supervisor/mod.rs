@@ -14,7 +14,9 @@ pub mod backoff;
 pub mod events;
 pub mod probes;
 pub mod runner;
-pub mod state;
+#[cfg(test)]
+mod tests;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +30,11 @@ use crate::logs::Logs;
 use crate::plan::{PodPlan, Role};
 use crate::sandbox::PodSandbox;
 use crate::sidecars::runtime::{PodRuntime, RuntimeError};
-use crate::sidecars::{PreparedSidecar, SidecarError};
+use crate::sidecars::PreparedSidecar;
+use crate::status::PodState;
 use events::{ContainerSummary, Event, Events};
 use runner::{Command, Outcome, PodRun, Progress};
-use state::PodState;
+use workload::{BoxFuture, Launcher, PodLauncher};
 
 /// How the pod ended.
 pub struct PodResult {
@@ -50,6 +53,18 @@ struct StopSignals {
 /// Two stop signals closer than this are one request (`timeout` and service managers signal
 /// both the process and its group); a person's second Ctrl-C comes later.
 const SAME_REQUEST: Duration = Duration::from_millis(250);
+
+/// Requests to stop the pod: Ctrl-C and SIGTERM in `wpod run`, a script in the tests.
+pub trait StopRequests: Send {
+    /// The next request, with what to call it ("interrupted").
+    fn recv(&mut self) -> BoxFuture<'_, &'static str>;
+}
+
+impl StopRequests for StopSignals {
+    fn recv(&mut self) -> BoxFuture<'_, &'static str> {
+        Box::pin(StopSignals::recv(self))
+    }
+}
 
 impl StopSignals {
     fn install() -> std::io::Result<Self> {
@@ -97,21 +112,6 @@ pub struct Supervisor {
     summary: Vec<ContainerSummary>,
 }
 
-/// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
-/// pod, before anything of the pod exists: a component that cannot run fails here.
-pub fn prepare_sidecars(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
-    plan.containers
-        .iter()
-        .map(|c| {
-            if c.image.is_wasm() {
-                PreparedSidecar::prepare(c).map(Some)
-            } else {
-                Ok(None)
-            }
-        })
-        .collect()
-}
-
 impl Supervisor {
     pub fn new(
         plan: Arc<PodPlan>,
@@ -121,6 +121,39 @@ impl Supervisor {
         events: Arc<Events>,
         backoff_base: Duration,
     ) -> Result<Self, RuntimeError> {
+        let state = main_containers(&plan);
+        let runtime = match prepared.iter().any(Option::is_some) {
+            true => Some(PodRuntime::new(
+                plan.name(),
+                sandbox.namespaces.net_handle(),
+            )?),
+            false => None,
+        };
+        let launcher = PodLauncher {
+            plan: plan.clone(),
+            sandbox,
+            logs,
+            state: state.clone(),
+            prepared,
+            runtime,
+        };
+        Ok(Self::with_launcher(
+            plan,
+            Box::new(launcher),
+            state,
+            events,
+            backoff_base,
+        ))
+    }
+
+    /// A supervisor for `plan` whose containers `launcher` starts.
+    pub fn with_launcher(
+        plan: Arc<PodPlan>,
+        launcher: Box<dyn Launcher>,
+        state: Arc<PodState>,
+        events: Arc<Events>,
+        backoff_base: Duration,
+    ) -> Self {
         let summary = plan
             .containers
             .iter()
@@ -131,36 +164,17 @@ impl Supervisor {
                 waiting: None,
             })
             .collect();
-        // The main containers a sidecar's `main-process` sees: the regular native ones.
-        let mains = plan
-            .containers
-            .iter()
-            .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
-            .map(|c| c.name().to_string());
-        let state = PodState::new(mains);
-        let runtime = match prepared.iter().any(Option::is_some) {
-            true => Some(PodRuntime::new(
-                plan.name(),
-                sandbox.namespaces.net_handle(),
-            )?),
-            false => None,
-        };
-        let pids_limit = PodRun::pids_limit(&plan);
         let run = PodRun {
             plan,
-            sandbox,
-            logs,
+            launcher,
             events,
             state,
-            prepared,
-            runtime,
             backoff_base,
-            pids_limit,
         };
-        Ok(Supervisor {
+        Supervisor {
             run: Arc::new(run),
             summary,
-        })
+        }
     }
 
     fn spawn(&self, index: usize) -> Handle {
@@ -182,10 +196,11 @@ impl Supervisor {
         row.waiting = outcome.waiting;
     }
 
-    /// Runs the pod to its end; the caller tears the sandbox down afterwards.
-    pub async fn run(mut self) -> PodResult {
-        let mut signals = match StopSignals::install() {
-            Ok(s) => s,
+    /// Runs the pod to its end, stopping it on Ctrl-C or SIGTERM; the caller tears the sandbox
+    /// down afterwards.
+    pub async fn run(self) -> PodResult {
+        match StopSignals::install() {
+            Ok(signals) => self.run_until(signals).await,
             Err(e) => {
                 self.run.events.emit(
                     None,
@@ -193,13 +208,17 @@ impl Supervisor {
                         message: format!("cannot catch Ctrl-C/SIGTERM: {e}"),
                     },
                 );
-                return PodResult {
+                PodResult {
                     exit_code: 1,
                     summary: self.summary,
-                };
+                }
             }
-        };
-        let grace = self.run.grace();
+        }
+    }
+
+    /// Runs the pod to its end, stopping it when `signals` asks.
+    pub async fn run_until(mut self, mut signals: impl StopRequests) -> PodResult {
+        let grace = self.run.plan.grace_period;
         let order: Vec<(usize, Role)> = self
             .run
             .plan
@@ -345,4 +364,15 @@ impl Supervisor {
             summary: self.summary,
         }
     }
+}
+
+/// The pod's status, tracking the main containers a sidecar's `main-process` sees: the
+/// regular native ones.
+fn main_containers(plan: &PodPlan) -> Arc<PodState> {
+    PodState::new(
+        plan.containers
+            .iter()
+            .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
+            .map(|c| c.name().to_string()),
+    )
 }

@@ -13,40 +13,17 @@ use super::actions::{self, ActionTarget};
 use super::backoff::BackOff;
 use super::events::{Event, Events};
 use super::probes::{self, ProbeEvent};
-use super::state::PodState;
-use crate::containers::{ExitInfo, NativeContainer};
-use crate::logs::Logs;
-use crate::plan::{ContainerPlan, PodPlan, Role};
-use crate::sandbox::PodSandbox;
-use crate::sidecars::runtime::PodRuntime;
-use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
+use super::workload::{Launcher, Workload};
+use crate::plan::{ContainerPlan, PodPlan};
+use crate::status::{ExitInfo, ExitReason, PodState};
 
 /// What every runner of a pod shares.
 pub struct PodRun {
     pub plan: Arc<PodPlan>,
-    pub sandbox: Arc<PodSandbox>,
-    pub logs: Arc<Logs>,
+    pub launcher: Box<dyn Launcher>,
     pub events: Arc<Events>,
     pub state: Arc<PodState>,
-    pub prepared: Vec<Option<PreparedSidecar>>,
-    pub runtime: Option<PodRuntime>,
     pub backoff_base: Duration,
-    pub pids_limit: u64,
-}
-
-/// The longest grace period wpod waits: a year (Kubernetes sets no bound, but a deadline past
-/// the clock's range would overflow).
-pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
-
-impl PodRun {
-    pub fn grace(&self) -> Duration {
-        let seconds = self.plan.pod.spec.termination_grace_period_seconds.max(0) as u64;
-        Duration::from_secs(seconds).min(MAX_GRACE)
-    }
-
-    pub fn pids_limit(plan: &PodPlan) -> u64 {
-        plan.settings.pids_limit
-    }
 }
 
 pub enum Command {
@@ -75,66 +52,6 @@ pub struct Outcome {
     pub waiting: Option<&'static str>,
 }
 
-/// A running container of either kind.
-enum Running {
-    Native(Box<NativeContainer>),
-    Wasm(WasmSidecar),
-}
-
-impl Running {
-    async fn exited(&mut self) -> ExitInfo {
-        match self {
-            Running::Native(c) => {
-                let status = c.exited().await;
-                c.finish(status).await
-            }
-            Running::Wasm(s) => s.exited().await,
-        }
-    }
-
-    /// The polite request to stop: SIGTERM for a process, the `stopping` lifecycle event (with
-    /// the time left) for a Wasm sidecar.
-    fn terminate(&self, deadline: Instant) {
-        match self {
-            Running::Native(c) => c.signal(nix::sys::signal::Signal::SIGTERM),
-            Running::Wasm(s) => s.stopping(deadline),
-        }
-    }
-
-    fn kill(&self) {
-        match self {
-            Running::Native(c) => c.kill_all(),
-            Running::Wasm(s) => s.kill(),
-        }
-    }
-
-    fn pid(&self) -> Option<i32> {
-        match self {
-            Running::Native(c) => Some(c.pid),
-            Running::Wasm(_) => None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Policy {
-    Always,
-    OnFailure,
-    Never,
-}
-
-/// Kubernetes' restart rules: native sidecars always restart; init containers restart on
-/// failure unless the pod says Never; regular containers follow the pod.
-fn policy(run: &PodRun, c: &ContainerPlan) -> Policy {
-    let pod = run.plan.pod.spec.restart_policy.as_str();
-    match (c.role, pod) {
-        (Role::NativeSidecar, _) => Policy::Always,
-        (_, "Never") => Policy::Never,
-        (Role::Init, _) | (_, "OnFailure") => Policy::OnFailure,
-        _ => Policy::Always,
-    }
-}
-
 /// The runner task of container `index`.
 pub async fn run(
     run: Arc<PodRun>,
@@ -144,7 +61,7 @@ pub async fn run(
 ) -> Outcome {
     let plan = &run.plan.containers[index];
     let name = plan.name().to_string();
-    let policy = policy(&run, plan);
+    let policy = plan.restart_policy;
     let mut backoff = BackOff::new(run.backoff_base);
     let mut outcome = Outcome {
         exit: None,
@@ -155,7 +72,7 @@ pub async fn run(
         let started_at = Instant::now();
         // Before starting: a sidecar may call ready() the moment it runs.
         run.state.clear_ready(&name);
-        let (exit, stopped) = match start(&run, index).await {
+        let (exit, stopped) = match run.launcher.start(index).await {
             Ok(running) => {
                 live(
                     &run,
@@ -173,7 +90,7 @@ pub async fn run(
                 let exit = ExitInfo {
                     code: 128,
                     signal: None,
-                    reason: "StartError",
+                    reason: ExitReason::StartError,
                 };
                 run.events.emit(Some(&name), Event::Exited(exit.clone()));
                 (exit, false)
@@ -181,12 +98,7 @@ pub async fn run(
         };
         run.state.exited(&name, exit.code);
         outcome.exit = Some(exit.clone());
-        let again = match policy {
-            Policy::Always => true,
-            Policy::OnFailure => exit.code != 0,
-            Policy::Never => false,
-        };
-        if stopped || !again {
+        if stopped || !policy.restarts(exit.code) {
             break;
         }
         let delay = backoff.next_delay(started_at.elapsed());
@@ -212,52 +124,12 @@ pub async fn run(
     outcome
 }
 
-async fn start(run: &PodRun, index: usize) -> Result<Running, String> {
-    let plan = &run.plan.containers[index];
-    match &run.prepared[index] {
-        Some(prepared) => {
-            let handle = run
-                .runtime
-                .as_ref()
-                .ok_or("no sidecar runtime")?
-                .handle()
-                .map_err(|e| e.to_string())?;
-            let ctx = PodContext {
-                pod: &run.plan.pod,
-                runtime: handle,
-                state: run.state.clone(),
-                logs: run.logs.clone(),
-                volumes: &run.sandbox.volumes,
-                max_handles: run.plan.settings.sidecar_max_handles,
-            };
-            WasmSidecar::start(prepared, &ctx)
-                .map(Running::Wasm)
-                .map_err(|e| e.to_string())
-        }
-        None => NativeContainer::start(plan, &run.sandbox, &run.logs, run.pids_limit)
-            .await
-            .map(|c| Running::Native(Box::new(c)))
-            .map_err(|e| e.to_string()),
-    }
-}
-
-fn action_target(run: &PodRun, plan: &ContainerPlan, running: &Running) -> ActionTarget {
-    ActionTarget {
-        dialer: run.sandbox.dialer.clone(),
-        ports: plan.spec.ports.clone(),
-        exec: match running {
-            Running::Native(c) => Some(c.exec_target()),
-            Running::Wasm(_) => None,
-        },
-    }
-}
-
 /// One life of a started container: until it exits (or is stopped). Returns how it ended and
 /// whether a stop command ended it.
 async fn live(
     run: &PodRun,
     index: usize,
-    mut running: Running,
+    mut running: Box<dyn Workload>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     progress: &watch::Sender<Progress>,
     restarts: u32,
@@ -272,17 +144,16 @@ async fn live(
         },
     );
     run.state.started(name, running.pid().unwrap_or(0));
-    let target = action_target(run, plan, &running);
-
-    if let Some(hook) = plan
+    let target = run.launcher.action_target(index, running.as_ref());
+    let post_start = plan
         .spec
         .lifecycle
         .as_ref()
         .and_then(|l| l.post_start.as_ref())
-    {
-        if let Err(message) =
-            actions::run(hook, &target, run.grace().max(Duration::from_secs(1))).await
-        {
+        .zip(target.as_ref());
+    if let Some((hook, target)) = post_start {
+        let limit = run.plan.grace_period.max(Duration::from_secs(1));
+        if let Err(message) = actions::run(hook, target, limit).await {
             run.events.emit(
                 Some(name),
                 Event::HookFailed {
@@ -292,18 +163,18 @@ async fn live(
             );
             running.kill();
             let mut exit = running.exited().await;
-            exit.reason = "FailedPostStartHook";
+            exit.reason = ExitReason::FailedPostStartHook;
             run.events.emit(Some(name), Event::Exited(exit.clone()));
             return (exit, false);
         }
     }
 
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-    let _probes = probes::start(&plan.spec, target.clone(), probe_tx);
+    let _probes = target
+        .clone()
+        .map(|target| probes::start(&plan.spec, target, probe_tx));
     // What makes this container "started" for the ones ordered after it.
-    let waits_for_ready = run.prepared[index]
-        .as_ref()
-        .is_some_and(|p| p.signals_readiness);
+    let waits_for_ready = run.launcher.waits_for_ready(index);
     let has_startup_probe = plan.spec.startup_probe.is_some();
     let has_readiness_probe = plan.spec.readiness_probe.is_some();
     let mark_started = |progress: &watch::Sender<Progress>| {
@@ -323,7 +194,7 @@ async fn live(
 
     let mut deadline: Option<Instant> = None;
     let mut killed = false;
-    let mut reason: Option<&'static str> = None;
+    let mut reason: Option<ExitReason> = None;
     let exit = loop {
         tokio::select! {
             exit = running.exited() => break exit,
@@ -331,7 +202,9 @@ async fn live(
                 Some(Command::Stop { deadline: d }) => {
                     if deadline.is_none() {
                         deadline = Some(d);
-                        pre_stop(run, plan, &target, d).await;
+                        if let Some(target) = &target {
+                            pre_stop(run, plan, target, d).await;
+                        }
                         running.terminate(d);
                     }
                     // A second Ctrl-C brings the deadline forward, never back.
@@ -366,9 +239,9 @@ async fn live(
                 ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
                     // Kubernetes kills the container and restarts it per its policy.
                     run.events.emit(Some(name), Event::Unhealthy { message });
-                    reason = Some("Unhealthy");
+                    reason = Some(ExitReason::Unhealthy);
                     if deadline.is_none() {
-                        let d = Instant::now() + run.grace();
+                        let d = Instant::now() + run.plan.grace_period;
                         deadline = Some(d);
                         running.terminate(d);
                     }
