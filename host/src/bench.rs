@@ -85,14 +85,9 @@ pub struct Report {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    wpod::grants::procstat::Status::read("self")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-        })
+        .and_then(|s| s.number("VmRSS:"))
         .unwrap_or(0)
         * 1024
 }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
-  wpod run examples/demo.yaml            run a pod in the foreground (Ctrl-C stops it)
+  wpod run examples/hello.yaml           run a pod in the foreground (Ctrl-C stops it)
   wpod run --output json pod.yaml        the same, with events as JSON lines
   wpod validate examples/*.yaml          report every problem in these manifests
   wpod inspect sidecar.wasm              show a component's imports and the grants they need";

@@ -135,14 +135,9 @@ fn pod_pid(host_pid: i32) -> u32 {
     if host_pid <= 0 {
         return 0;
     }
-    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+    super::procstat::Status::read(&host_pid.to_string())
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("NSpid:")
-                    .and_then(|v| v.split_whitespace().last()?.parse().ok())
-            })
-        })
+        .and_then(|s| s.fields("NSpid:")?.last()?.parse().ok())
         .unwrap_or(0)
 }
 

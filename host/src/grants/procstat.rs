@@ -30,17 +30,8 @@ pub fn read(pid: i32) -> io::Result<Stats> {
             .unwrap_or(0)
     };
     let ticks = clock_ticks();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024
-    };
+    let status = Status::read(&pid.to_string())?;
+    let kb = |key: &str| status.number(key).unwrap_or(0) * 1024;
     let io_text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     let io_field = |key: &str| {
         io_text
@@ -76,5 +67,27 @@ mod tests {
     fn reads_our_own_process() {
         let s = super::read(std::process::id() as i32).unwrap();
         assert!(s.rss_bytes > 0 && s.threads >= 1 && s.open_fds >= 3);
+    }
+}
+
+/// `/proc/PID/status` of one process (`self` for wpod): the one reader of that file.
+pub struct Status(String);
+
+impl Status {
+    pub fn read(pid: &str) -> std::io::Result<Self> {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map(Status)
+    }
+
+    /// The fields of line `key` (`"NSpid:"`), split on whitespace.
+    pub fn fields<'a>(&'a self, key: &str) -> Option<impl Iterator<Item = &'a str>> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::split_whitespace)
+    }
+
+    /// The first number of line `key` (`"VmRSS:"` gives kB).
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.fields(key)?.next()?.parse().ok()
     }
 }
