@@ -3,8 +3,9 @@
 //!
 //! The modules are layers, and a module imports only lower ones (the `layering` test checks):
 //!
-//! 1. `files`, `mounts`, `helper`, `status`: vocabulary with no wpod dependencies (reading
-//!    files, the mount table, helper processes and their step errors, the live pod status).
+//! 1. `error`, `files`, `mounts`, `helper`, `status`: vocabulary with no wpod dependencies
+//!    (printing error chains, reading files, the mount table, helper processes and their step
+//!    errors, the live pod status).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output.
 //! 4. `grants`: one module per capability a Wasm sidecar can be granted.
@@ -14,6 +15,7 @@
 //! 8. `supervisor`: the pod's lifecycle; then the CLI (`main.rs`).
 
 pub mod containers;
+pub mod error;
 pub mod files;
 pub mod grants;
 pub mod helper;
@@ -66,7 +68,7 @@ mod layering {
 
     /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
     const LAYERS: &[&[&str]] = &[
-        &["files", "mounts", "helper", "status"],
+        &["error", "files", "mounts", "helper", "status"],
         &["spec"],
         &["logs"],
         &["grants"],

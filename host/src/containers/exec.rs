@@ -4,15 +4,15 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-use super::launch::{LaunchSpec, EXIT_SETUP_FAILED};
+use super::launch::{self, LaunchSpec, EXIT_SETUP_FAILED};
 use super::security;
+use crate::helper::StepError;
 
 /// Entry point of `wpod __exec`; never returns.
 pub fn main(spec_path: &Path, pid: i32, argv: &[String]) -> ! {
@@ -25,15 +25,9 @@ pub fn main(spec_path: &Path, pid: i32, argv: &[String]) -> ! {
     }
 }
 
-fn enter(spec_path: &Path, pid: i32) -> Result<LaunchSpec, String> {
-    let text = std::fs::read_to_string(spec_path)
-        .map_err(|e| format!("read {}: {e}", spec_path.display()))?;
-    let spec: LaunchSpec =
-        serde_json::from_str(&text).map_err(|e| format!("parse {}: {e}", spec_path.display()))?;
-    let me = std::process::id().to_string();
-    for procs in &spec.cgroup_procs {
-        std::fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
-    }
+fn enter(spec_path: &Path, pid: i32) -> Result<LaunchSpec, StepError> {
+    let spec = LaunchSpec::read(spec_path)?;
+    spec.join_cgroups()?;
     // Open every namespace first: after joining the mount namespace, /proc is the container's.
     let kinds = [
         ("ipc", CloneFlags::CLONE_NEWIPC),
@@ -44,25 +38,19 @@ fn enter(spec_path: &Path, pid: i32) -> Result<LaunchSpec, String> {
     ];
     let mut files = Vec::new();
     for (name, flag) in kinds {
-        let path = format!("/proc/{pid}/ns/{name}");
-        files.push((
-            File::open(&path)
-                .map_err(|e| format!("open {path}: {e} (is the container running?)"))?,
-            flag,
-            path,
-        ));
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        let file = File::open(&path).map_err(|e| {
+            StepError::io("open the container's namespace (is it running?)", &path, e)
+        })?;
+        files.push((file, flag, path));
     }
     for (file, flag, path) in &files {
-        setns(file.as_fd(), *flag).map_err(|e| format!("setns {path}: {}", e.desc()))?;
+        setns(file.as_fd(), *flag).map_err(|e| StepError::sys("setns", path, e))?;
     }
     Ok(spec)
 }
 
 fn run(spec: &LaunchSpec, argv: &[String]) -> ! {
-    let Some((program, args)) = argv.split_first() else {
-        eprintln!("wpod exec: no command");
-        std::process::exit(EXIT_SETUP_FAILED)
-    };
     let seccomp = match security::seccomp_program(&spec.security) {
         Ok(p) => p,
         Err(e) => {
@@ -80,17 +68,9 @@ fn run(spec: &LaunchSpec, argv: &[String]) -> ! {
                 std::process::exit(EXIT_SETUP_FAILED);
             }
             let _ = std::env::set_current_dir(spec.cwd.as_deref().unwrap_or("/"));
-            let err = std::process::Command::new(program)
-                .args(args)
-                .env_clear()
-                .envs(spec.env.iter().cloned())
-                .exec();
-            eprintln!("wpod exec: {program}: {err}");
-            std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            })
+            let (code, err) = launch::exec(argv, &spec.env);
+            eprintln!("wpod exec: {err}");
+            std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),

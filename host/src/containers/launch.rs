@@ -3,7 +3,12 @@
 
 use std::path::PathBuf;
 
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+use crate::helper::StepError;
 
 use crate::sandbox::namespaces::NamespacePaths;
 
@@ -73,4 +78,43 @@ pub enum Report {
     Started { pid: i32 },
     /// Setting the container up failed at `step`.
     Failed { step: String, error: String },
+}
+
+impl LaunchSpec {
+    /// The launch spec the runtime wrote for a helper (the shim, or `__exec`).
+    pub fn read(path: &Path) -> Result<Self, StepError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StepError::io("read launch spec", path, e))?;
+        serde_json::from_str(&text).map_err(|e| StepError::msg("parse launch spec", e))
+    }
+
+    /// Moves the calling process into the container's cgroups, so it is counted and limited
+    /// from its next instruction.
+    pub fn join_cgroups(&self) -> Result<(), StepError> {
+        let me = std::process::id().to_string();
+        for procs in &self.cgroup_procs {
+            std::fs::write(procs, &me).map_err(|e| StepError::io("join cgroup", procs, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the calling process with `argv` in the container's environment. Returns only on
+/// failure, with the exit code a shell would give (127 for a missing program, 126 for one that
+/// cannot run) and the error.
+pub fn exec(argv: &[String], env: &[(String, String)]) -> (i32, StepError) {
+    let Some((program, args)) = argv.split_first() else {
+        return (EXIT_SETUP_FAILED, StepError::msg("exec", "empty command"));
+    };
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    (code, StepError::msg(format!("exec {program}"), err))
 }

@@ -10,7 +10,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -20,7 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
 
-use super::launch::{LaunchSpec, Report, EXIT_SETUP_FAILED, REPORT_FD};
+use super::launch::{self, LaunchSpec, Report, EXIT_SETUP_FAILED, REPORT_FD};
 use super::{rootfs, security};
 use crate::helper::{StepError, LIFELINE_FD};
 
@@ -40,7 +39,7 @@ pub fn main(spec_path: &Path) -> ! {
     // SAFETY: the runtime passes these descriptors to every shim; nothing else owns them.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
-    let outcome = read_spec(spec_path).and_then(|spec| setup_and_fork(&spec));
+    let outcome = LaunchSpec::read(spec_path).and_then(|spec| setup_and_fork(&spec));
     let child = match outcome {
         Ok(child) => child,
         Err(e) => {
@@ -72,12 +71,6 @@ fn send(report: &mut File, r: &Report) {
     }
 }
 
-fn read_spec(path: &Path) -> Result<LaunchSpec, StepError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| StepError::io("read launch spec", path, e))?;
-    serde_json::from_str(&text).map_err(|e| StepError::msg("parse launch spec", e))
-}
-
 struct Child {
     pid: Pid,
     signals: SignalFd,
@@ -90,10 +83,7 @@ fn join_namespace(path: &Path, kind: CloneFlags, what: &str) -> Result<(), StepE
 }
 
 fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
-    let me = std::process::id().to_string();
-    for procs in &spec.cgroup_procs {
-        std::fs::write(procs, &me).map_err(|e| StepError::io("join cgroup", procs, e))?;
-    }
+    spec.join_cgroups()?;
     let ns = &spec.namespaces;
     join_namespace(&ns.net, CloneFlags::CLONE_NEWNET, "network")?;
     join_namespace(&ns.uts, CloneFlags::CLONE_NEWUTS, "uts")?;
@@ -186,21 +176,7 @@ fn container_main(
     if let Err(e) = setup() {
         return (EXIT_SETUP_FAILED, e);
     }
-    let Some((program, args)) = spec.argv.split_first() else {
-        return (EXIT_SETUP_FAILED, StepError::msg("exec", "empty command"));
-    };
-    let err = std::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(spec.env.iter().cloned())
-        .exec();
-    // Shell conventions: 127 for a missing program, 126 for one that cannot run.
-    let code = if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    };
-    (code, StepError::msg(format!("exec {program}"), err))
+    launch::exec(&spec.argv, &spec.env)
 }
 
 /// Waits for the container, forwarding signals; kills it if the runtime goes away.

@@ -101,7 +101,7 @@ impl Capability for Filesystem {
             };
             // The directory wpod opened when the pod started, opened for reading and checked;
             // wasmtime then opens that same directory through its descriptor.
-            let dir = open_checked_dir(held).map_err(fail)?;
+            let dir = open_checked_dir(held).map_err(|e| fail(crate::error::chain(&e)))?;
             let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
             setup
                 .wasi
@@ -173,30 +173,50 @@ fn check_volumes(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Why a volume's directory cannot be handed to a sidecar.
+#[derive(Debug, thiserror::Error)]
+enum VolumeError {
+    #[error(transparent)]
+    Open(std::io::Error),
+    #[error("resolve it")]
+    Resolve(#[source] std::io::Error),
+    #[error("statx")]
+    Statx(#[source] std::io::Error),
+    #[error("read the mount table")]
+    MountTable(#[source] std::io::Error),
+    #[error("{} is or holds the kernel filesystem {fstype} (at {}), which a Wasm sidecar must never see", path.display(), mount_point.display())]
+    KernelFilesystem {
+        path: std::path::PathBuf,
+        fstype: String,
+        mount_point: std::path::PathBuf,
+    },
+    #[error("not a directory")]
+    NotADirectory,
+}
+
 /// Opens a volume's directory for reading (through the descriptor wpod holds) and makes sure it
 /// is not, and holds no, kernel filesystem (the plan refused such volumes already; this is the
 /// check at the moment of use).
-fn open_checked_dir(held: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+fn open_checked_dir(held: BorrowedFd<'_>) -> Result<OwnedFd, VolumeError> {
     let dir: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", held.as_raw_fd()))
-        .map_err(|e| e.to_string())?
+        .map_err(VolumeError::Open)?
         .into();
     let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .map_err(|e| format!("resolve it: {e}"))?;
-    let mount = crate::mounts::mount_id(dir.as_fd()).map_err(|e| format!("statx: {e}"))?;
-    let table = crate::mounts::table().map_err(|e| format!("read the mount table: {e}"))?;
+        .map_err(VolumeError::Resolve)?;
+    let mount = crate::mounts::mount_id(dir.as_fd()).map_err(VolumeError::Statx)?;
+    let table = crate::mounts::table().map_err(VolumeError::MountTable)?;
     if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, Some(mount)).first() {
-        return Err(format!(
-            "{} is or holds the kernel filesystem {} (at {}), which a Wasm sidecar must never see",
-            real.display(),
-            k.fstype,
-            k.mount_point.display()
-        ));
+        return Err(VolumeError::KernelFilesystem {
+            fstype: k.fstype.to_string(),
+            mount_point: k.mount_point.clone(),
+            path: real,
+        });
     }
-    let is_dir = std::fs::File::from(dir.try_clone().map_err(|e| e.to_string())?)
+    let is_dir = std::fs::File::from(dir.try_clone().map_err(VolumeError::Open)?)
         .metadata()
         .is_ok_and(|m| m.is_dir());
     if !is_dir {
-        return Err("not a directory".into());
+        return Err(VolumeError::NotADirectory);
     }
     Ok(dir)
 }

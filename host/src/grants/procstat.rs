@@ -61,15 +61,6 @@ pub fn read(pid: i32) -> io::Result<Stats> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_our_own_process() {
-        let s = super::read(std::process::id() as i32).unwrap();
-        assert!(s.rss_bytes > 0 && s.threads >= 1 && s.open_fds >= 3);
-    }
-}
-
 /// `/proc/PID/status` of one process (`self` for wpod): the one reader of that file.
 pub struct Status(String);
 
@@ -89,5 +80,14 @@ impl Status {
     /// The first number of line `key` (`"VmRSS:"` gives kB).
     pub fn number(&self, key: &str) -> Option<u64> {
         self.fields(key)?.next()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_our_own_process() {
+        let s = super::read(std::process::id() as i32).unwrap();
+        assert!(s.rss_bytes > 0 && s.threads >= 1 && s.open_fds >= 3);
     }
 }

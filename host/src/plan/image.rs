@@ -32,13 +32,40 @@ impl Image {
 const COMPONENT_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 const MODULE_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
+/// Why an `image` names nothing wpod can run; each message says where wpod looked and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("must not be empty; omit image to run a program from the host")]
+    Empty,
+    #[error(
+        "image \"{image}\" resolves to nothing: no rootfs directory at {}. An image is a Wasm \
+         component file (*.wasm) or a rootfs directory, relative to the manifest; omit image to \
+         run a program from the host (pulling container images from a registry is not supported)",
+        looked.display()
+    )]
+    Nothing { image: String, looked: PathBuf },
+    #[error("Wasm component \"{image}\" not found at {} (paths are relative to the manifest)", path.display())]
+    ComponentMissing { image: String, path: PathBuf },
+    /// The message includes the OS error: no source, so the chain says it once.
+    #[error("cannot read Wasm component: {0}")]
+    Read(crate::files::ReadError),
+    #[error(
+        "{} is a core Wasm module, not a component: build the sidecar for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)",
+        .0.display()
+    )]
+    CoreModule(PathBuf),
+    #[error("{} is not a Wasm component (bad header)", .0.display())]
+    NotComponent(PathBuf),
+}
+
 /// Resolves `image` against the manifest's directory; the error says where wpod looked.
-pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, String> {
+pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, ImageError> {
     let Some(image) = image else {
         return Ok(Image::Host);
     };
     if image.is_empty() {
-        return Err("must not be empty; omit image to run a program from the host".to_string());
+        return Err(ImageError::Empty);
     }
     // Messages show the path as the user can find it from where they ran wpod.
     let shown = manifest_dir.join(image);
@@ -49,15 +76,13 @@ pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, String
     if path.is_dir() {
         return Ok(Image::Rootfs(path));
     }
-    Err(format!(
-        "image \"{image}\" resolves to nothing: no rootfs directory at {}. An image is a Wasm \
-         component file (*.wasm) or a rootfs directory, relative to the manifest; omit image to \
-         run a program from the host (pulling container images from a registry is not supported)",
-        shown.display()
-    ))
+    Err(ImageError::Nothing {
+        image: image.to_string(),
+        looked: shown,
+    })
 }
 
-fn check_component(image: &str, path: &Path) -> Result<(), String> {
+fn check_component(image: &str, path: &Path) -> Result<(), ImageError> {
     let mut head = [0u8; 8];
     // Only a regular file: a FIFO or a device named as an image must not hang validation.
     let read = crate::files::open_regular(path).and_then(|mut f| {
@@ -67,21 +92,14 @@ fn check_component(image: &str, path: &Path) -> Result<(), String> {
         })
     });
     match read {
-        Err(e) if e.is_not_found() => Err(format!(
-            "Wasm component \"{image}\" not found at {} (paths are relative to the manifest)",
-            path.display()
-        )),
-        Err(e) => Err(format!("cannot read Wasm component: {e}")),
+        Err(e) if e.is_not_found() => Err(ImageError::ComponentMissing {
+            image: image.to_string(),
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(ImageError::Read(e)),
         Ok(()) if head == COMPONENT_PREAMBLE => Ok(()),
-        Ok(()) if head == MODULE_PREAMBLE => Err(format!(
-            "{} is a core Wasm module, not a component: build the sidecar for wasm32-wasip2 \
-             (or wrap it with `wasm-tools component new`)",
-            path.display()
-        )),
-        Ok(()) => Err(format!(
-            "{} is not a Wasm component (bad header)",
-            path.display()
-        )),
+        Ok(()) if head == MODULE_PREAMBLE => Err(ImageError::CoreModule(path.to_path_buf())),
+        Ok(()) => Err(ImageError::NotComponent(path.to_path_buf())),
     }
 }
 
@@ -100,24 +118,19 @@ mod tests {
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::fs::write(dir.join("c.wasm"), COMPONENT_PREAMBLE).unwrap();
         std::fs::write(dir.join("m.wasm"), MODULE_PREAMBLE).unwrap();
-        assert_eq!(resolve(None, &dir), Ok(Image::Host));
+        let err = |image: &str| resolve(Some(image), &dir).unwrap_err().to_string();
+        assert_eq!(resolve(None, &dir).ok(), Some(Image::Host));
         assert_eq!(
-            resolve(Some("root"), &dir),
-            Ok(Image::Rootfs(dir.join("root")))
+            resolve(Some("root"), &dir).ok(),
+            Some(Image::Rootfs(dir.join("root")))
         );
         assert_eq!(
-            resolve(Some("c.wasm"), &dir),
-            Ok(Image::Wasm(dir.join("c.wasm")))
+            resolve(Some("c.wasm"), &dir).ok(),
+            Some(Image::Wasm(dir.join("c.wasm")))
         );
-        assert!(resolve(Some("m.wasm"), &dir)
-            .unwrap_err()
-            .contains("core Wasm module"));
-        assert!(resolve(Some("gone.wasm"), &dir)
-            .unwrap_err()
-            .contains("not found"));
-        assert!(resolve(Some("nginx:1.25"), &dir)
-            .unwrap_err()
-            .contains("resolves to nothing"));
+        assert!(err("m.wasm").contains("core Wasm module"));
+        assert!(err("gone.wasm").contains("not found"));
+        assert!(err("nginx:1.25").contains("resolves to nothing"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use crate::spec::{
     Annotations, Container, Diagnostic, Diagnostics, Handler, HostPathType, Pod, PodName, Protocol,
     RestartPolicy, StorageMedium, VolumeSource,
 };
-pub use image::Image;
+pub use image::{Image, ImageError};
 
 #[derive(Clone, Debug)]
 pub struct ContainerPlan {
@@ -109,8 +109,8 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     for (path, role, c) in pod.containers_in_order() {
         let image = match image::resolve(c.image.as_deref(), pod.manifest_dir()) {
             Ok(image) => image,
-            Err(message) => {
-                diags.push(pod.source.diag(format!("{path}.image"), message));
+            Err(e) => {
+                diags.push(pod.source.diag(format!("{path}.image"), e.to_string()));
                 continue;
             }
         };

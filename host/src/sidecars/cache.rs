@@ -101,6 +101,12 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, entry)
 }
 
+impl From<crate::files::ReadError> for CacheError {
+    fn from(e: crate::files::ReadError) -> Self {
+        CacheError::Read(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,11 +120,5 @@ mod tests {
         assert_ne!(key(&a, b"one"), key(&a, b"two"));
         assert_ne!(key(&a, b"one"), key(&b, b"one"));
         assert_eq!(key(&a, b"one"), key(&a, b"one"));
-    }
-}
-
-impl From<crate::files::ReadError> for CacheError {
-    fn from(e: crate::files::ReadError) -> Self {
-        CacheError::Read(e)
     }
 }

@@ -63,13 +63,13 @@ impl WasiView for SidecarState {
 }
 
 /// WASI and wpod's interfaces, linked once per process.
-fn linker(engine: &Engine) -> Result<&'static Linker<SidecarState>, String> {
+fn linker(engine: &Engine) -> wasmtime::Result<&'static Linker<SidecarState>> {
     static LINKER: OnceLock<Linker<SidecarState>> = OnceLock::new();
     if let Some(l) = LINKER.get() {
         return Ok(l);
     }
     let mut linker = Linker::new(engine);
-    grants::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
+    grants::add_to_linker(&mut linker)?;
     Ok(LINKER.get_or_init(|| linker))
 }
 
@@ -101,7 +101,7 @@ impl PreparedSidecar {
             container: plan.name().to_string(),
             message,
         };
-        let linker = linker(engine).map_err(link_err)?;
+        let linker = linker(engine).map_err(|e| link_err(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| link_err(format!("cannot link the component: {e:#}")))?;
@@ -128,24 +128,40 @@ impl PreparedSidecar {
 /// Everything wpod does with a component's bytes before a pod may run it, without the pod:
 /// read its imports and exports, compile it, link it against WASI and wpod's interfaces and
 /// check that it is a command. The component loader the fuzzer drives; `Ok` means "would run".
-pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
-    let report = grants::inspect::inspect_bytes(std::path::Path::new("component.wasm"), bytes)
-        .map_err(|e| e.to_string())?;
+pub fn check_component_bytes(bytes: &[u8]) -> Result<(), ComponentError> {
+    let report = grants::inspect::inspect_bytes(std::path::Path::new("component.wasm"), bytes)?;
     if report
         .imports
         .iter()
         .any(|i| i.rule == grants::ImportRule::Never)
     {
-        return Err("imports something no Pod field grants".into());
+        return Err(ComponentError::Ungranted);
     }
-    let engine = engine::shared().map_err(|e| e.to_string())?;
-    let component =
-        wasmtime::component::Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
-    let pre = linker(engine)?
-        .instantiate_pre(&component)
-        .map_err(|e| format!("{e:#}"))?;
-    CommandPre::new(pre).map_err(|e| format!("{e:#}"))?;
+    let engine = engine::shared()?;
+    let component = wasmtime::component::Component::new(engine, bytes)?;
+    let pre = linker(engine)?.instantiate_pre(&component)?;
+    CommandPre::new(pre)?;
     Ok(())
+}
+
+/// Why a component would not run (`check_component_bytes`).
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error(transparent)]
+    Inspect(#[from] grants::inspect::InspectError),
+    #[error("imports something no Pod field grants")]
+    Ungranted,
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// Compiling, linking or the command check failed (wasmtime's error, with its context).
+    #[error("{0:#}")]
+    Wasmtime(wasmtime::Error),
+}
+
+impl From<wasmtime::Error> for ComponentError {
+    fn from(e: wasmtime::Error) -> Self {
+        ComponentError::Wasmtime(e)
+    }
 }
 
 /// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the

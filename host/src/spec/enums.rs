@@ -109,6 +109,8 @@ spelled_enum! {
     }
 }
 
+// (Written out: the variants come from `spelled_enum!`, which cannot mark a `#[default]`.)
+#[allow(clippy::derivable_impls)]
 impl Default for StorageMedium {
     fn default() -> Self {
         StorageMedium::Default

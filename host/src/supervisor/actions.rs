@@ -8,8 +8,69 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::containers::ExecTarget;
+use crate::error::chain;
 use crate::sandbox::namespaces::Dialer;
 use crate::spec::{ContainerPort, Handler, HttpGetAction, IntOrString};
+
+/// Why an action failed; shown to the user as its whole chain ([`chain`]), as the kubelet
+/// words probe failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("invalid port {0}")]
+    InvalidPort(i64),
+    #[error("no port named {0}")]
+    NoSuchPort(String),
+    #[error("host {0} is not an IP address (the pod has no DNS)")]
+    NotAnAddress(String),
+    #[error("scheme {0} is not supported")]
+    Scheme(String),
+    #[error("dial {addr}")]
+    Dial {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("send to {addr}")]
+    Send {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("read from {addr}")]
+    Read {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0} did not answer HTTP")]
+    NotHttp(SocketAddr),
+    #[error("HTTP probe failed with statuscode: {0}")]
+    HttpStatus(u16),
+    #[error("exec needs a process (a native container)")]
+    ExecNeedsProcess,
+    /// The exec helper could not be prepared.
+    #[error(transparent)]
+    Helper(std::io::Error),
+    #[error("exec {argv:?}")]
+    Exec {
+        argv: Vec<String>,
+        source: std::io::Error,
+    },
+    #[error("command {argv:?} exited with {code}: {output}")]
+    ExitCode {
+        argv: Vec<String>,
+        code: i32,
+        output: String,
+    },
+    #[error("command {argv:?} was killed")]
+    Killed { argv: Vec<String> },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl ActionError {
+    /// What the user reads: the error and its cause.
+    pub fn message(&self) -> String {
+        chain(self)
+    }
+}
 
 /// Where an action reaches its container.
 #[derive(Clone)]
@@ -23,24 +84,24 @@ pub struct ActionTarget {
 }
 
 impl ActionTarget {
-    fn port(&self, port: &IntOrString) -> Result<u16, String> {
+    fn port(&self, port: &IntOrString) -> Result<u16, ActionError> {
         match port {
-            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| ActionError::InvalidPort(*n)),
             IntOrString::String(name) => self
                 .ports
                 .iter()
                 .find(|p| p.name.as_deref() == Some(name))
                 .map(|p| p.container_port)
-                .ok_or_else(|| format!("no port named {name}")),
+                .ok_or_else(|| ActionError::NoSuchPort(name.clone())),
         }
     }
 
-    fn addr(&self, host: Option<&str>, port: &IntOrString) -> Result<SocketAddr, String> {
+    fn addr(&self, host: Option<&str>, port: &IntOrString) -> Result<SocketAddr, ActionError> {
         let ip = match host {
             None | Some("") | Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Some(h) => h
                 .parse()
-                .map_err(|_| format!("host {h} is not an IP address (the pod has no DNS)"))?,
+                .map_err(|_| ActionError::NotAnAddress(h.to_string()))?,
         };
         Ok(SocketAddr::new(ip, self.port(port)?))
     }
@@ -51,7 +112,7 @@ pub async fn run(
     action: &Handler,
     target: &ActionTarget,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ActionError> {
     let work = async {
         match action {
             Handler::HttpGet(get) => http_get(get, target, timeout).await,
@@ -62,7 +123,7 @@ pub async fn run(
                     .connect(addr, timeout)
                     .await
                     .map(|_| format!("connected to {addr}"))
-                    .map_err(|e| format!("dial {addr}: {e}"))
+                    .map_err(|source| ActionError::Dial { addr, source })
             }
             Handler::Exec(e) => exec(&e.command, target).await,
             Handler::Sleep(s) => {
@@ -73,7 +134,7 @@ pub async fn run(
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(_) => Err(ActionError::Timeout(timeout)),
     }
 }
 
@@ -81,16 +142,16 @@ async fn http_get(
     get: &HttpGetAction,
     target: &ActionTarget,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ActionError> {
     if get.scheme != "HTTP" {
-        return Err(format!("scheme {} is not supported", get.scheme));
+        return Err(ActionError::Scheme(get.scheme.clone()));
     }
     let addr = target.addr(get.host.as_deref(), &get.port)?;
     let mut stream = target
         .dialer
         .connect(addr, timeout)
         .await
-        .map_err(|e| format!("dial {addr}: {e}"))?;
+        .map_err(|source| ActionError::Dial { addr, source })?;
     let mut request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wpod-probe/1.0\r\nAccept: */*\r\nConnection: close\r\n", get.path);
     for h in &get.http_headers {
         request.push_str(&format!("{}: {}\r\n", h.name, h.value));
@@ -99,7 +160,7 @@ async fn http_get(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+        .map_err(|source| ActionError::Send { addr, source })?;
     // The response may come in several segments (a server writing it piece by piece): read
     // the whole head, then a short body to its end (the kubelet reads up to 10 KiB), so the
     // server is not cut off mid-write.
@@ -109,7 +170,7 @@ async fn http_get(
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("read from {addr}: {e}"))?;
+            .map_err(|source| ActionError::Read { addr, source })?;
         head.extend_from_slice(&chunk[..n]);
         if n == 0 || head.len() >= 10 * 1024 || response_complete(&head) {
             break;
@@ -121,12 +182,12 @@ async fn http_get(
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
+        .ok_or(ActionError::NotHttp(addr))?;
     // Kubernetes: 200 <= code < 400 is success.
     if (200..400).contains(&code) {
         Ok(format!("HTTP {code}"))
     } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        Err(ActionError::HttpStatus(code))
     }
 }
 
@@ -144,15 +205,15 @@ fn response_complete(bytes: &[u8]) -> bool {
     length.is_some_and(|n| bytes.len() >= end + 4 + n)
 }
 
-async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, String> {
+async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, ActionError> {
     let Some(exec) = &target.exec else {
-        return Err("exec needs a process (a native container)".into());
+        return Err(ActionError::ExecNeedsProcess);
     };
-    let mut cmd = exec.command(argv).map_err(|e| e.to_string())?;
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| format!("exec {argv:?}: {e}"))?;
+    let mut cmd = exec.command(argv).map_err(ActionError::Helper)?;
+    let out = cmd.output().await.map_err(|source| ActionError::Exec {
+        argv: argv.to_vec(),
+        source,
+    })?;
     let output = String::from_utf8_lossy(&out.stdout)
         .trim()
         .chars()
@@ -165,11 +226,14 @@ async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, String> 
         .collect::<String>();
     match out.status.code() {
         Some(0) => Ok(output),
-        Some(code) => Err(format!(
-            "command {argv:?} exited with {code}: {}",
-            if errors.is_empty() { output } else { errors }
-        )),
-        None => Err(format!("command {argv:?} was killed")),
+        Some(code) => Err(ActionError::ExitCode {
+            argv: argv.to_vec(),
+            code,
+            output: if errors.is_empty() { output } else { errors },
+        }),
+        None => Err(ActionError::Killed {
+            argv: argv.to_vec(),
+        }),
     }
 }
 

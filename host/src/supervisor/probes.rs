@@ -97,7 +97,8 @@ async fn probe_until(
         match actions::run(&p.handler, target, secs(p.timeout_seconds)).await {
             Ok(_) if probe == "startup" => return Ok(()),
             Ok(_) => failures = 0,
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.message();
                 failures += 1;
                 let _ = events.send(ProbeEvent::Failed {
                     probe,
@@ -127,12 +128,12 @@ async fn readiness_loop(p: Probe, target: ActionTarget, events: mpsc::UnboundedS
                     let _ = events.send(ProbeEvent::Ready(true));
                 }
             }
-            Err(msg) => {
+            Err(e) => {
                 failures += 1;
                 successes = 0;
                 let _ = events.send(ProbeEvent::Failed {
                     probe: "readiness",
-                    message: msg,
+                    message: e.message(),
                 });
                 if ready && failures >= p.failure_threshold {
                     ready = false;

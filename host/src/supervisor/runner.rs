@@ -153,12 +153,12 @@ async fn live(
         .zip(target.as_ref());
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
-        if let Err(message) = actions::run(hook, target, limit).await {
+        if let Err(e) = actions::run(hook, target, limit).await {
             run.events.emit(
                 Some(name),
                 Event::HookFailed {
                     hook: "postStart",
-                    message,
+                    message: e.message(),
                 },
             );
             running.kill();
@@ -273,12 +273,12 @@ async fn pre_stop(run: &PodRun, plan: &ContainerPlan, target: &ActionTarget, dea
         return;
     };
     let left = deadline.saturating_duration_since(Instant::now());
-    if let Err(message) = actions::run(hook, target, left).await {
+    if let Err(e) = actions::run(hook, target, left).await {
         run.events.emit(
             Some(plan.name()),
             Event::HookFailed {
                 hook: "preStop",
-                message,
+                message: e.message(),
             },
         );
     }
