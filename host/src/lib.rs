@@ -8,7 +8,8 @@
 //!    errors, the live pod status).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output.
-//! 4. `grants`: one module per capability a Wasm sidecar can be granted.
+//! 4. `grants`: one module per capability a Wasm sidecar can be granted; `oci`: images from
+//!    registries (their names, layers, and process rules).
 //! 5. `plan`: Pod → PodPlan, every decision made once (roles, restart policies, grants, ports).
 //! 6. `sandbox`: namespaces, volumes, cgroups, ports, the state directory.
 //! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.
@@ -21,6 +22,7 @@ pub mod grants;
 pub mod helper;
 pub mod logs;
 pub mod mounts;
+pub mod oci;
 pub mod plan;
 pub mod sandbox;
 pub mod sidecars;
@@ -71,7 +73,7 @@ mod layering {
         &["error", "files", "mounts", "helper", "status"],
         &["spec"],
         &["logs"],
-        &["grants"],
+        &["grants", "oci"],
         &["plan"],
         &["sandbox"],
         &["containers", "sidecars"],

@@ -1,0 +1,8 @@
+//! Container images from OCI registries (in progress: see the container-images issue). So far:
+//! where an image comes from (`registries`: podman's registries.conf), how its layers are
+//! unpacked safely (`unpack`), and Kubernetes' rules for the process of a container from an
+//! image (`process`). The registry client, the content store and the overlay root come next.
+
+pub mod process;
+pub mod registries;
+pub mod unpack;
