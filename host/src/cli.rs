@@ -50,6 +50,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pull an image from its registry (or the mirror registries.conf names) into the store.
+    Pull {
+        /// An image reference: nginx, nginx:1.25, registry.example:5000/team/app@sha256:...
+        image: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the images in the store: name, digest, size, last use.
+    Images {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove images from the store (their layers go once no image uses them).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Image housekeeping.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Measure Wasm sidecar start (cold, warm, restart) and idle memory on a real pod (root).
     Bench {
         /// The guest to start: the `probe` sidecar (target/sidecars/probe.wasm).
@@ -87,6 +109,12 @@ pub enum Command {
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Remove every blob and layer no stored image uses, and what killed pulls left.
+    Prune,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod images;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -62,6 +63,12 @@ fn init_tracing(level: &str) {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { files } => validate(&files),
+        Command::Pull { image, output } => images::pull(&image, output),
+        Command::Images { output } => images::list(output),
+        Command::Rmi { images: names } => images::remove(&names),
+        Command::Image {
+            command: cli::ImageCommand::Prune,
+        } => images::prune(),
         Command::Inspect { component, json } => inspect(&component, json),
         Command::Run {
             file,
@@ -201,10 +208,14 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
     let prepared = wpod::sidecars::prepare_all(&plan)
         .with_context(|| format!("pod {name} failed to start"))?;
     let code = runtime.block_on(async {
+        let events = Arc::new(Events::new(&name, format));
+        // Images next, still before the pod exists: a pull that fails leaves nothing behind.
+        let images = wpod::supervisor::pull_images(&plan, &events)
+            .await
+            .with_context(|| format!("pod {name} failed to start"))?;
         let sandbox = Arc::new(
             PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,
         );
-        let events = Arc::new(Events::new(&name, format));
         events.emit(
             None,
             Event::PodStarted {
@@ -216,8 +227,16 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         }
         let logs = Logs::new(sandbox.log_dir(), format, (&plan.settings).into());
         let plan = Arc::new(plan);
-        let supervisor = Supervisor::new(plan, sandbox.clone(), prepared, logs, events, backoff)
-            .with_context(|| format!("pod {name} failed to start"))?;
+        let supervisor = Supervisor::new(
+            plan,
+            sandbox.clone(),
+            prepared,
+            images,
+            logs,
+            events,
+            backoff,
+        )
+        .with_context(|| format!("pod {name} failed to start"))?;
         let result = supervisor.run().await;
         sandbox.close_ports().await;
         print_summary(format, &name, &result.summary);

@@ -36,8 +36,9 @@ pub struct LaunchSpec {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RootfsSpec {
-    /// The read-only lower layer: `/` for a host container, else the image directory.
-    pub lower: PathBuf,
+    /// The read-only lower layers, topmost first: `/` for a host container, the directory of a
+    /// rootfs image, or an OCI image's unpacked layers.
+    pub lowers: Vec<PathBuf>,
     /// A directory the shim may mount over (a tmpfs holding the writable layer and the root).
     pub scratch: PathBuf,
     pub read_only: bool,

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::helper::{helper_command, inherit_fds, LIFELINE_FD};
 use crate::logs::{Logs, Stream};
+use crate::oci::{self, pull::StoredImage};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
 use crate::sandbox::PodSandbox;
@@ -82,6 +83,7 @@ fn base_env(hostname: &str) -> Vec<(String, String)> {
 
 fn launch_spec(
     plan: &ContainerPlan,
+    image: Option<&StoredImage>,
     sandbox: &PodSandbox,
     cgroup: &ContainerCgroup,
     scratch: PathBuf,
@@ -92,10 +94,17 @@ fn launch_spec(
         step: step.into(),
         error,
     };
-    let lower = match &plan.image {
-        Image::Host => PathBuf::from("/"),
-        Image::Rootfs(dir) => dir.clone(),
-        Image::Wasm(_) => {
+    let lowers = match (&plan.image, image) {
+        (Image::Host, _) => vec![PathBuf::from("/")],
+        (Image::Rootfs(dir), _) => vec![dir.clone()],
+        (Image::Registry { .. }, Some(image)) => image.layers.clone(),
+        (Image::Registry { name, .. }, None) => {
+            return Err(setup_err(
+                "start",
+                format!("image {} was not pulled", name.canonical()),
+            ))
+        }
+        (Image::Wasm(_), _) => {
             return Err(setup_err(
                 "start",
                 "a Wasm component is not a native container".into(),
@@ -119,27 +128,72 @@ fn launch_spec(
         });
     }
     let sc = c.security_context.clone().unwrap_or_default();
+    let pod_env: Vec<(String, String)> = c
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let image_process = image.map(|i| &i.process);
+    // Kubernetes' order: the runtime's defaults, the image's Env over them, the Pod's over all.
     let mut env = base_env(&sandbox.hostname);
-    for e in &c.env {
-        env.retain(|(k, _)| k != &e.name);
-        env.push((e.name.clone(), e.value.clone()));
+    let layered = oci::process::env(
+        image_process.map(|p| p.env.as_slice()).unwrap_or_default(),
+        &pod_env,
+    );
+    for (k, v) in layered {
+        match env.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
+    let (argv, cwd) = match image_process {
+        Some(p) => (
+            oci::process::argv(&c.command, &c.args, p)
+                .map_err(|e| setup_err("start", e.to_string()))?,
+            Some(oci::process::working_dir(c.working_dir.as_deref(), p)),
+        ),
+        None => (
+            c.command.iter().chain(&c.args).cloned().collect(),
+            c.working_dir.clone(),
+        ),
+    };
+    // runAsUser wins; else the image's User; else root.
+    let (uid, image_gid) = match (sc.run_as_user, image) {
+        (Some(uid), _) => (uid, None),
+        (None, Some(img)) => match &img.process.user {
+            Some(user) => {
+                let (uid, gid) = oci::process::resolve_user(user, &img.layers)
+                    .map_err(|e| setup_err("resolve the image's user", e.to_string()))?;
+                (uid, Some(gid))
+            }
+            None => (0, None),
+        },
+        (None, None) => (0, None),
+    };
+    if sc.run_as_non_root == Some(true) && uid == 0 {
+        return Err(setup_err(
+            "check runAsNonRoot",
+            "the container would run as root (uid 0): the image's user is root or unset; set \
+             securityContext.runAsUser to a non-zero uid"
+                .into(),
+        ));
     }
     Ok(LaunchSpec {
         pod: sandbox.pod.clone(),
         container: c.name.clone(),
-        argv: c.command.iter().chain(&c.args).cloned().collect(),
+        argv,
         env,
-        cwd: c.working_dir.clone(),
+        cwd,
         namespaces: sandbox.namespaces.paths(),
         rootfs: RootfsSpec {
-            lower,
+            lowers,
             scratch,
             read_only: sc.read_only_root_filesystem,
         },
         mounts,
         security: SecuritySpec {
-            uid: sc.run_as_user.unwrap_or(0),
-            gid: sc.run_as_group.unwrap_or(0),
+            uid,
+            gid: sc.run_as_group.or(image_gid).unwrap_or(0),
             capabilities: security::capability_set(&sc.capabilities),
             // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
             no_new_privs: sc.allow_privilege_escalation != Some(true),
@@ -155,6 +209,7 @@ impl NativeContainer {
     /// the step and the OS error).
     pub async fn start(
         plan: &ContainerPlan,
+        image: Option<&StoredImage>,
         sandbox: &PodSandbox,
         logs: &Arc<Logs>,
         pids_limit: u64,
@@ -183,7 +238,7 @@ impl NativeContainer {
                 format!("{e} ({})", scratch.display()),
             )
         })?;
-        let spec = launch_spec(plan, sandbox, &cgroup, scratch)?;
+        let spec = launch_spec(plan, image, sandbox, &cgroup, scratch)?;
         let spec_path = dir.join("launch.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| setup_err("write the launch spec", e.to_string()))?;

@@ -128,7 +128,7 @@ pub(super) fn prepare(
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        escape_overlay(&spec.lower),
+        lowerdir(&spec.lowers)?,
         escape_overlay(&upper),
         escape_overlay(&work)
     );
@@ -226,6 +226,30 @@ fn set_attrs_recursively(fd: &OwnedFd, attrs: u64) -> Result<(), Errno> {
 }
 
 /// overlayfs splits options at `,` and layers at `:`; escape them in paths.
+/// overlayfs' `lowerdir`, topmost first. Mount options must fit in one page, so layers that
+/// share a directory (the image store's) are named relative to it after a chdir there, as
+/// containerd does: an image of ~60 layers then still fits.
+fn lowerdir(lowers: &[PathBuf]) -> Result<String, StepError> {
+    let parent = lowers.first().and_then(|l| l.parent());
+    let shared = lowers.len() > 1 && lowers.iter().all(|l| l.parent() == parent);
+    match parent {
+        Some(dir) if shared => {
+            std::env::set_current_dir(dir)
+                .map_err(|e| StepError::io("chdir to the image layers", dir, e))?;
+            let names: Vec<String> = lowers
+                .iter()
+                .map(|l| escape_overlay(Path::new(l.file_name().unwrap_or_default())))
+                .collect();
+            Ok(names.join(":"))
+        }
+        _ => Ok(lowers
+            .iter()
+            .map(|l| escape_overlay(l))
+            .collect::<Vec<_>>()
+            .join(":")),
+    }
+}
+
 fn escape_overlay(path: &Path) -> String {
     let s = path.to_string_lossy();
     s.replace('\\', "\\\\")

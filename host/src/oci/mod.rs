@@ -4,5 +4,8 @@
 //! image (`process`). The registry client, the content store and the overlay root come next.
 
 pub mod process;
+pub mod pull;
+pub mod reference;
 pub mod registries;
+pub mod store;
 pub mod unpack;

@@ -79,6 +79,91 @@ pub fn working_dir(pod: Option<&str>, image: &ImageProcess) -> String {
         .to_string()
 }
 
+/// The image's `User` could not be turned into ids.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("the image's user \"{0}\" is not in its /etc/passwd")]
+    UnknownUser(String),
+    #[error("the image's group \"{0}\" is not in its /etc/group")]
+    UnknownGroup(String),
+}
+
+/// The uid and gid of an image's `User` (`uid`, `uid:gid`, `name`, `name:group`), names looked
+/// up in the image's own `/etc/passwd` and `/etc/group` (read from its layers, topmost first,
+/// resolved inside each layer). A user without a group gets its passwd entry's group, or 0.
+pub fn resolve_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, u32), UserError> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = image_file(layers, "etc/passwd");
+    let entry = |name: &str| -> Option<(u32, u32)> {
+        passwd.as_deref()?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    };
+    let (uid, passwd_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, passwd_gid_of(passwd.as_deref(), uid)),
+        Err(_) => {
+            let (uid, gid) = entry(u).ok_or_else(|| UserError::UnknownUser(u.to_string()))?;
+            (uid, Some(gid))
+        }
+    };
+    let gid = match g {
+        None => passwd_gid.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => image_file(layers, "etc/group")
+                .and_then(|group| {
+                    group.lines().find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok())?
+                    })
+                })
+                .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn passwd_gid_of(passwd: Option<&str>, uid: u32) -> Option<u32> {
+    passwd?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
+    })
+}
+
+/// A small text file of the image (`etc/passwd`): from the topmost layer that has it, opened
+/// inside that layer (a symlink in the image cannot lead to the host's file).
+fn image_file(layers: &[std::path::PathBuf], path: &str) -> Option<String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    for layer in layers {
+        let Ok(root) = nix::fcntl::open(
+            layer.as_path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            continue;
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        if let Ok(fd) = openat2(&root, path, how) {
+            let file = std::fs::File::from(fd);
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                return None;
+            }
+            let mut text = String::new();
+            file.take(1 << 20).read_to_string(&mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +233,29 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn image_users_resolve_through_the_images_own_files() {
+        let layer = std::env::temp_dir().join(format!("wpod-user-{}", std::process::id()));
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(
+            layer.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nnginx:x:101:102::/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(layer.join("etc/group"), "root:x:0:\nweb:x:300:\n").unwrap();
+        let layers = [layer.clone()];
+        assert_eq!(resolve_user("nginx", &layers), Ok((101, 102)));
+        assert_eq!(resolve_user("nginx:web", &layers), Ok((101, 300)));
+        assert_eq!(resolve_user("1000", &layers), Ok((1000, 0)));
+        assert_eq!(resolve_user("101", &layers), Ok((101, 102)));
+        assert_eq!(resolve_user("1000:5", &layers), Ok((1000, 5)));
+        assert_eq!(
+            resolve_user("nobody", &layers),
+            Err(UserError::UnknownUser("nobody".into()))
+        );
+        std::fs::remove_dir_all(&layer).unwrap();
     }
 
     #[test]

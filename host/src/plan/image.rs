@@ -4,11 +4,17 @@
 //!   pod's namespaces (wpod's one departure from Kubernetes);
 //! - a path ending in `.wasm` (relative to the manifest): a Wasm component, run as a sandboxed
 //!   sidecar in wasmtime;
-//! - a path to a directory (relative to the manifest): a rootfs the native container runs on.
+//! - a directory beside the manifest, or a path starting with `.` or `/`: a rootfs the native
+//!   container runs on;
+//! - anything else: an image in an OCI registry (`nginx`, `registry.example:5000/team/app:v2`),
+//!   pulled into wpod's store before the pod starts.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::oci::reference::{BadReference, ImageName};
+use crate::spec::PullPolicy;
 
 /// What a container runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -20,6 +26,16 @@ pub enum Image {
     Rootfs(PathBuf),
     /// A Wasm component run by wasmtime.
     Wasm(PathBuf),
+    /// An image from a registry, and when to pull it.
+    Registry {
+        #[serde(serialize_with = "canonical")]
+        name: ImageName,
+        policy: PullPolicy,
+    },
+}
+
+fn canonical<S: serde::Serializer>(name: &ImageName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&name.canonical())
 }
 
 impl Image {
@@ -38,12 +54,14 @@ pub enum ImageError {
     #[error("must not be empty; omit image to run a program from the host")]
     Empty,
     #[error(
-        "image \"{image}\" resolves to nothing: no rootfs directory at {}. An image is a Wasm \
-         component file (*.wasm) or a rootfs directory, relative to the manifest; omit image to \
-         run a program from the host (pulling container images from a registry is not supported)",
+        "image \"{image}\" resolves to nothing: no rootfs directory at {}. A path is a rootfs \
+         directory relative to the manifest; write an image name (such as nginx:1.25) for an \
+         image from a registry",
         looked.display()
     )]
     Nothing { image: String, looked: PathBuf },
+    #[error(transparent)]
+    Reference(#[from] BadReference),
     #[error("Wasm component \"{image}\" not found at {} (paths are relative to the manifest)", path.display())]
     ComponentMissing { image: String, path: PathBuf },
     /// The message includes the OS error: no source, so the chain says it once.
@@ -60,7 +78,12 @@ pub enum ImageError {
 }
 
 /// Resolves `image` against the manifest's directory; the error says where wpod looked.
-pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, ImageError> {
+/// `pull_policy` is the container's `imagePullPolicy` (Kubernetes' default when absent).
+pub fn resolve(
+    image: Option<&str>,
+    pull_policy: Option<PullPolicy>,
+    manifest_dir: &Path,
+) -> Result<Image, ImageError> {
     let Some(image) = image else {
         return Ok(Image::Host);
     };
@@ -76,9 +99,16 @@ pub fn resolve(image: Option<&str>, manifest_dir: &Path) -> Result<Image, ImageE
     if path.is_dir() {
         return Ok(Image::Rootfs(path));
     }
-    Err(ImageError::Nothing {
-        image: image.to_string(),
-        looked: shown,
+    if image.starts_with('.') || image.starts_with('/') {
+        return Err(ImageError::Nothing {
+            image: image.to_string(),
+            looked: shown,
+        });
+    }
+    let name = ImageName::parse(image)?;
+    Ok(Image::Registry {
+        policy: pull_policy.unwrap_or_else(|| name.default_pull_policy()),
+        name,
     })
 }
 
@@ -118,19 +148,29 @@ mod tests {
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::fs::write(dir.join("c.wasm"), COMPONENT_PREAMBLE).unwrap();
         std::fs::write(dir.join("m.wasm"), MODULE_PREAMBLE).unwrap();
-        let err = |image: &str| resolve(Some(image), &dir).unwrap_err().to_string();
-        assert_eq!(resolve(None, &dir).ok(), Some(Image::Host));
-        assert_eq!(
-            resolve(Some("root"), &dir).ok(),
-            Some(Image::Rootfs(dir.join("root")))
-        );
-        assert_eq!(
-            resolve(Some("c.wasm"), &dir).ok(),
-            Some(Image::Wasm(dir.join("c.wasm")))
-        );
+        let ok = |image: &str| resolve(Some(image), None, &dir).ok();
+        let err = |image: &str| resolve(Some(image), None, &dir).unwrap_err().to_string();
+        assert_eq!(resolve(None, None, &dir).ok(), Some(Image::Host));
+        assert_eq!(ok("root"), Some(Image::Rootfs(dir.join("root"))));
+        assert_eq!(ok("./root"), Some(Image::Rootfs(dir.join("./root"))));
+        assert_eq!(ok("c.wasm"), Some(Image::Wasm(dir.join("c.wasm"))));
         assert!(err("m.wasm").contains("core Wasm module"));
         assert!(err("gone.wasm").contains("not found"));
-        assert!(err("nginx:1.25").contains("resolves to nothing"));
+        assert!(err("./gone").contains("resolves to nothing"));
+        assert!(err("Not An Image!").contains("not an image reference"));
+        let Some(Image::Registry { name, policy }) = ok("nginx:1.25") else {
+            panic!("a registry image")
+        };
+        assert_eq!(name.canonical(), "docker.io/library/nginx:1.25");
+        assert_eq!(policy, PullPolicy::IfNotPresent);
+        let pinned = resolve(Some("nginx"), Some(PullPolicy::Never), &dir).unwrap();
+        assert!(matches!(
+            pinned,
+            Image::Registry {
+                policy: PullPolicy::Never,
+                ..
+            }
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

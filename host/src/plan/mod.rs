@@ -107,13 +107,14 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
     let mut containers = Vec::new();
     for (path, role, c) in pod.containers_in_order() {
-        let image = match image::resolve(c.image.as_deref(), pod.manifest_dir()) {
-            Ok(image) => image,
-            Err(e) => {
-                diags.push(pod.source.diag(format!("{path}.image"), e.to_string()));
-                continue;
-            }
-        };
+        let image =
+            match image::resolve(c.image.as_deref(), c.image_pull_policy, pod.manifest_dir()) {
+                Ok(image) => image,
+                Err(e) => {
+                    diags.push(pod.source.diag(format!("{path}.image"), e.to_string()));
+                    continue;
+                }
+            };
         let grants = match &image {
             Image::Wasm(component) => {
                 let sidecar = Sidecar {
@@ -362,7 +363,9 @@ fn check_native_container(
             "a rootfs directory has no entrypoint: give the command to run",
         ));
     }
-    if let Some(sc) = &c.security_context {
+    // With a registry image and no runAsUser, the image's user decides: checked at start.
+    let user_from_image = matches!(image, Image::Registry { .. });
+    if let Some(sc) = c.security_context.as_ref().filter(|_| !user_from_image) {
         if sc.run_as_non_root == Some(true) && sc.run_as_user.unwrap_or(0) == 0 {
             diags.push(pod.source.diag(
                 format!("{path}.securityContext.runAsNonRoot"),

@@ -53,6 +53,33 @@ pub enum Event {
         grace_seconds: i64,
     },
     Killed,
+    /// Pulling the container's image (kubelet's `Pulling`).
+    Pulling {
+        image: String,
+        from: String,
+    },
+    /// kubelet's `Pulled`.
+    Pulled {
+        image: String,
+        digest: String,
+        size: u64,
+        seconds: f64,
+    },
+    /// The stored image is used (`IfNotPresent`, `Never`).
+    #[serde(rename_all = "camelCase")]
+    AlreadyPresent {
+        image: String,
+    },
+    /// A mirror failed; the next source is tried.
+    MirrorFailed {
+        mirror: String,
+        message: String,
+    },
+    /// kubelet's `ErrImagePull`: the pod does not start.
+    ErrImagePull {
+        image: String,
+        message: String,
+    },
     Warning {
         message: String,
     },
@@ -153,6 +180,24 @@ fn describe(e: &Event) -> String {
             grace_seconds,
         } => format!("stopping ({reason}; grace period {grace_seconds}s)"),
         Event::Killed => "killed at the end of the grace period".to_string(),
+        Event::Pulling { image, from } => format!("pulling image \"{image}\" from {from}"),
+        Event::Pulled {
+            image,
+            digest,
+            size,
+            seconds,
+        } => format!(
+            "successfully pulled image \"{image}\" ({digest}) in {seconds:.1}s; image size {size} bytes"
+        ),
+        Event::AlreadyPresent { image } => {
+            format!("container image \"{image}\" already present on machine")
+        }
+        Event::MirrorFailed { mirror, message } => {
+            format!("mirror {mirror} failed, trying the next source: {message}")
+        }
+        Event::ErrImagePull { image, message } => {
+            format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
+        }
         Event::Warning { message } => format!("warning: {message}"),
         Event::PodFinished { exit_code } => format!("finished with exit code {exit_code}"),
     }

@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::logs::Logs;
+use crate::oci::pull::StoredImage;
 use crate::plan::{PodPlan, Role};
 use crate::sandbox::PodSandbox;
 use crate::sidecars::runtime::{PodRuntime, RuntimeError};
@@ -117,6 +118,7 @@ impl Supervisor {
         plan: Arc<PodPlan>,
         sandbox: Arc<PodSandbox>,
         prepared: Vec<Option<PreparedSidecar>>,
+        images: Vec<Option<StoredImage>>,
         logs: Arc<Logs>,
         events: Arc<Events>,
         backoff_base: Duration,
@@ -135,6 +137,7 @@ impl Supervisor {
             logs,
             state: state.clone(),
             prepared,
+            images,
             runtime,
         };
         Ok(Self::with_launcher(
@@ -375,4 +378,64 @@ fn main_containers(plan: &PodPlan) -> Arc<PodState> {
             .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
             .map(|c| c.name().to_string()),
     )
+}
+
+/// Pulls (or finds in the store) every registry image of the pod, per each container's pull
+/// policy, before anything of the pod exists: a pod whose image cannot be had never starts.
+/// By container index; `None` for containers without a registry image.
+pub async fn pull_images(
+    plan: &PodPlan,
+    events: &Events,
+) -> Result<Vec<Option<StoredImage>>, crate::oci::pull::PullError> {
+    use crate::oci::pull::{PullEvent, Puller};
+    use crate::plan::Image;
+    let mut out = Vec::new();
+    let mut puller = None;
+    for c in &plan.containers {
+        let Image::Registry { name, policy } = &c.image else {
+            out.push(None);
+            continue;
+        };
+        let puller = match &mut puller {
+            Some(p) => p,
+            None => puller.insert(Puller::new(Arc::new(crate::oci::store::Store::open()?))?),
+        };
+        let container = c.name();
+        let report = |e: PullEvent| {
+            let event = match e {
+                PullEvent::Pulling { image, from } => Event::Pulling { image, from },
+                PullEvent::Pulled {
+                    image,
+                    digest,
+                    size,
+                    took,
+                } => Event::Pulled {
+                    image,
+                    digest,
+                    size,
+                    seconds: took.as_secs_f64(),
+                },
+                PullEvent::AlreadyPresent { image } => Event::AlreadyPresent { image },
+                PullEvent::MirrorFailed { mirror, message } => {
+                    Event::MirrorFailed { mirror, message }
+                }
+                PullEvent::Layer { .. } => return,
+            };
+            events.emit(Some(container), event);
+        };
+        match puller.ensure(name, *policy, &report).await {
+            Ok(image) => out.push(Some(image)),
+            Err(e) => {
+                events.emit(
+                    Some(container),
+                    Event::ErrImagePull {
+                        image: name.canonical(),
+                        message: crate::error::chain(&e),
+                    },
+                );
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
 }

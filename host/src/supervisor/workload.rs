@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::actions::ActionTarget;
 use crate::containers::{ExecTarget, NativeContainer};
 use crate::logs::Logs;
+use crate::oci::pull::StoredImage;
 use crate::plan::PodPlan;
 use crate::sandbox::PodSandbox;
 use crate::sidecars::runtime::PodRuntime;
@@ -56,6 +57,8 @@ pub struct PodLauncher {
     pub logs: Arc<Logs>,
     pub state: Arc<PodState>,
     pub prepared: Vec<Option<PreparedSidecar>>,
+    /// Pulled images, by container index (`None`: not from a registry).
+    pub images: Vec<Option<StoredImage>>,
     pub runtime: Option<PodRuntime>,
 }
 
@@ -125,12 +128,16 @@ impl Launcher for PodLauncher {
                         .map(|s| Box::new(s) as Box<dyn Workload>)
                         .map_err(|e| e.to_string())
                 }
-                None => {
-                    NativeContainer::start(plan, &self.sandbox, &self.logs, self.plan.pids_limit)
-                        .await
-                        .map(|c| Box::new(c) as Box<dyn Workload>)
-                        .map_err(|e| e.to_string())
-                }
+                None => NativeContainer::start(
+                    plan,
+                    self.images.get(index).and_then(Option::as_ref),
+                    &self.sandbox,
+                    &self.logs,
+                    self.plan.pids_limit,
+                )
+                .await
+                .map(|c| Box::new(c) as Box<dyn Workload>)
+                .map_err(|e| e.to_string()),
             }
         })
     }

@@ -1,0 +1,153 @@
+//! `wpod pull`, `wpod images`, `wpod rmi`, `wpod image prune`: the image store from the command
+//! line, as podman's commands of the same names.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use wpod::oci::pull::{PullEvent, Puller};
+use wpod::oci::reference::ImageName;
+use wpod::oci::store::Store;
+
+use crate::cli::Output;
+
+fn store() -> anyhow::Result<Store> {
+    Store::open().context("cannot open the image store")
+}
+
+pub fn pull(image: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let name = ImageName::parse(image)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let puller = Puller::new(Arc::new(store()?))?;
+    let report = |e: PullEvent| match output {
+        Output::Json => {
+            let (kind, fields) = match &e {
+                PullEvent::Pulling { image, from } => {
+                    ("Pulling", serde_json::json!({"image": image, "from": from}))
+                }
+                PullEvent::Layer {
+                    digest,
+                    size,
+                    cached,
+                } => (
+                    "Layer",
+                    serde_json::json!({"digest": digest, "size": size, "cached": cached}),
+                ),
+                PullEvent::Pulled {
+                    image,
+                    digest,
+                    size,
+                    took,
+                } => (
+                    "Pulled",
+                    serde_json::json!({"image": image, "digest": digest, "size": size, "seconds": took.as_secs_f64()}),
+                ),
+                PullEvent::AlreadyPresent { image } => {
+                    ("AlreadyPresent", serde_json::json!({"image": image}))
+                }
+                PullEvent::MirrorFailed { mirror, message } => (
+                    "MirrorFailed",
+                    serde_json::json!({"mirror": mirror, "message": message}),
+                ),
+            };
+            let mut record = fields;
+            record["type"] = serde_json::Value::from(kind);
+            println!("{record}");
+        }
+        Output::Text => match e {
+            PullEvent::Pulling { image, from } => eprintln!("pulling {image} from {from}"),
+            PullEvent::Layer {
+                digest,
+                size,
+                cached,
+            } => {
+                let what = if cached { "already stored" } else { "done" };
+                eprintln!(
+                    "  layer {} {:>10} bytes  {what}",
+                    &digest[..19.min(digest.len())],
+                    size
+                );
+            }
+            PullEvent::Pulled {
+                image,
+                digest,
+                size,
+                took,
+            } => {
+                eprintln!(
+                    "pulled {image} ({size} bytes) in {:.1}s",
+                    took.as_secs_f64()
+                );
+                println!("{image}@{digest}");
+            }
+            PullEvent::AlreadyPresent { image } => eprintln!("{image} already present"),
+            PullEvent::MirrorFailed { mirror, message } => {
+                eprintln!("mirror {mirror} failed ({message}); trying the next source")
+            }
+        },
+    };
+    runtime
+        .block_on(puller.pull(&name, &report))
+        .with_context(|| format!("cannot pull {}", name.canonical()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(output: Output) -> anyhow::Result<ExitCode> {
+    let images = store()?.images()?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&images)?),
+        Output::Text => {
+            println!("{:<50} {:<19} {:>12}  LAST USED", "IMAGE", "DIGEST", "SIZE");
+            for i in images {
+                let used = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.last_used),
+                );
+                println!(
+                    "{:<50} {:<19} {:>12}  {used}",
+                    i.name,
+                    &i.digest.as_str()[..19],
+                    i.size
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove(names: &[String]) -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let locked = store.lock()?;
+    let mut missing = Vec::new();
+    for n in names {
+        let canonical = ImageName::parse(n)
+            .map(|i| i.canonical())
+            .unwrap_or_else(|_| n.clone());
+        match locked.forget(&canonical)? {
+            Some(image) => println!("untagged {}", image.name),
+            None => missing.push(n.clone()),
+        }
+    }
+    let report = locked.prune(&[])?;
+    println!(
+        "removed {} blobs and {} layers ({} bytes)",
+        report.blobs, report.layers, report.bytes
+    );
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("no such image in the store: {}", missing.join(", "))
+    }
+}
+
+pub fn prune() -> anyhow::Result<ExitCode> {
+    let store = store()?;
+    let report = store.lock()?.prune(&[])?;
+    println!(
+        "removed {} blobs and {} layers ({} bytes)",
+        report.blobs, report.layers, report.bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,485 @@
+//! The content store under `$WPOD_ROOT/images/` (containerd's layout, by digest):
+//!
+//! ```text
+//! blobs/sha256/<hex>     manifests, configs, compressed layers: verified, immutable
+//! ingest/<random>        downloads in progress; renamed into blobs/ only once verified
+//! layers/<chain-id>/     each layer unpacked once, in overlayfs' format, shared by every image,
+//!                        container and pod that uses it (keyed by ChainID: a layer's content
+//!                        depends on the layers below it)
+//! images.json            image name -> manifest digest, config, layers, size, last use
+//! lock                   held while the store is changed (pulls, removals)
+//! ```
+//!
+//! A pull that is killed leaves at most a file in `ingest/` or a `layers/.tmp-*` directory,
+//! which nothing trusts and the next pull clears; a blob or layer is visible only after it was
+//! verified and renamed into place.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{step} {}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a sha256 digest (sha256:<64 hex digits>)")]
+    BadDigest(String),
+    #[error("content of {expected} does not match its digest (got {actual})")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("{}: {source}", path.display())]
+    Index {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A checked `sha256:<hex>` digest: safe to use in a path (the CVE-2024-3727 class).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| StoreError::BadDigest(s.to_string()))?;
+        let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(Digest(s.to_string()))
+        } else {
+            Err(StoreError::BadDigest(s.to_string()))
+        }
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The ChainID of a layer over `parent`: `sha256(parent + " " + diff_id)` (OCI image spec).
+    pub fn chain(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+        match parent {
+            None => diff_id.clone(),
+            Some(p) => Digest::of(format!("{} {}", p.0, diff_id.0).as_bytes()),
+        }
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self, StoreError> {
+        Digest::parse(&s)
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the store knows about one image name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// `docker.io/library/nginx:latest` (or `...@sha256:...`).
+    pub name: String,
+    /// The manifest's digest at the registry (what a tag resolved to).
+    pub digest: Digest,
+    /// The manifest blob as stored (by which prune finds the layer blobs).
+    pub manifest: Digest,
+    pub config: Digest,
+    /// ChainIDs of its layers, bottom first.
+    pub layers: Vec<Digest>,
+    /// Compressed bytes of its layers.
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub last_used: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    images: BTreeMap<String, ImageRecord>,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The store, locked for changes; unlocked when dropped.
+pub struct Locked<'a> {
+    pub store: &'a Store,
+    _lock: File,
+}
+
+impl Store {
+    /// The store of this wpod root (`$WPOD_ROOT/images`), created if missing.
+    pub fn open() -> Result<Self, StoreError> {
+        Self::at(crate::files::state_root().join("images"))
+    }
+
+    pub fn at(root: PathBuf) -> Result<Self, StoreError> {
+        for d in ["blobs/sha256", "ingest", "layers"] {
+            let dir = root.join(d);
+            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the store's lock (waits for another pull or removal to finish).
+    pub fn lock(&self) -> Result<Locked<'_>, StoreError> {
+        let path = self.root.join("lock");
+        let file = File::create(&path).map_err(io("create", &path))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(Locked {
+            store: self,
+            _lock: file,
+        })
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path).map_err(io("read", &path))
+    }
+
+    pub fn layer_path(&self, chain_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(chain_id.hex())
+    }
+
+    pub fn has_layer(&self, chain_id: &Digest) -> bool {
+        self.layer_path(chain_id).is_dir()
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    fn read_index(&self) -> Result<Index, StoreError> {
+        let path = self.index_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Index { path, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// The images stored, by name.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        Ok(self.read_index()?.images.into_values().collect())
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        Ok(self.read_index()?.images.remove(name))
+    }
+}
+
+impl Locked<'_> {
+    fn write_index(&self, index: &Index) -> Result<(), StoreError> {
+        let path = self.store.index_path();
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(index).map_err(|source| StoreError::Index {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("replace", &path))
+    }
+
+    /// Records (or replaces) an image.
+    pub fn record(&self, image: ImageRecord) -> Result<(), StoreError> {
+        let mut index = self.store.read_index()?;
+        index.images.insert(image.name.clone(), image);
+        self.write_index(&index)
+    }
+
+    /// Removes an image's name; its content stays until [`Locked::prune`].
+    pub fn forget(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let mut index = self.store.read_index()?;
+        let gone = index.images.remove(name);
+        self.write_index(&index)?;
+        Ok(gone)
+    }
+
+    /// Stores `bytes` as the blob `digest` after checking them.
+    pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = Digest::of(bytes);
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let mut ingest = self.ingest()?;
+        ingest.write(bytes)?;
+        ingest.commit(digest)
+    }
+
+    /// A new download, hashed as it is written.
+    pub fn ingest(&self) -> Result<Ingest<'_>, StoreError> {
+        let path = self.store.root.join("ingest").join(format!(
+            "{}-{}",
+            std::process::id(),
+            random_suffix()
+        ));
+        let file = File::create(&path).map_err(io("create", &path))?;
+        Ok(Ingest {
+            store: self.store,
+            path,
+            file,
+            hash: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// A staging directory for unpacking a layer; renamed into place by [`Locked::commit_layer`].
+    pub fn layer_staging(&self) -> Result<PathBuf, StoreError> {
+        let path = self.store.root.join("layers").join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            random_suffix()
+        ));
+        std::fs::create_dir(&path).map_err(io("create", &path))?;
+        Ok(path)
+    }
+
+    pub fn commit_layer(&self, staging: &Path, chain_id: &Digest) -> Result<PathBuf, StoreError> {
+        let dest = self.store.layer_path(chain_id);
+        std::fs::rename(staging, &dest).map_err(io("store layer", &dest))?;
+        Ok(dest)
+    }
+
+    /// Clears what killed pulls left, and removes blobs and layers no stored image uses (and
+    /// that `keep` does not name: layers of running pods).
+    pub fn prune(&self, keep: &[Digest]) -> Result<PruneReport, StoreError> {
+        let index = self.store.read_index()?;
+        let mut used: std::collections::BTreeSet<String> =
+            keep.iter().map(|d| d.hex().to_string()).collect();
+        for image in index.images.values() {
+            used.insert(image.manifest.hex().to_string());
+            used.insert(image.config.hex().to_string());
+            used.extend(image.layers.iter().map(|d| d.hex().to_string()));
+            // The compressed layer blobs are named in the manifest.
+            if let Ok(bytes) = self.store.read_blob(&image.manifest) {
+                if let Ok(m) =
+                    serde_json::from_slice::<oci_client::manifest::OciImageManifest>(&bytes)
+                {
+                    used.extend(
+                        m.layers
+                            .iter()
+                            .filter_map(|l| Digest::parse(&l.digest).ok())
+                            .map(|d| d.hex().to_string()),
+                    );
+                }
+            }
+        }
+        let mut report = PruneReport::default();
+        let ingest = self.store.root.join("ingest");
+        for e in std::fs::read_dir(&ingest)
+            .map_err(io("read", &ingest))?
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+        for (dir, is_layer) in [("blobs/sha256", false), ("layers", true)] {
+            let dir = self.store.root.join(dir);
+            for e in std::fs::read_dir(&dir).map_err(io("read", &dir))?.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if used.contains(&name) {
+                    continue;
+                }
+                let path = e.path();
+                report.bytes += du(&path);
+                if is_layer {
+                    remove_tree(&path);
+                    if !name.starts_with(".tmp-") {
+                        report.layers += 1;
+                    }
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                    report.blobs += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What a prune removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub blobs: u64,
+    pub layers: u64,
+    pub bytes: u64,
+}
+
+/// A download in progress.
+pub struct Ingest<'a> {
+    store: &'a Store,
+    path: PathBuf,
+    file: File,
+    hash: Sha256,
+    pub size: u64,
+}
+
+impl Ingest<'_> {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hash.update(bytes);
+        self.size += bytes.len() as u64;
+        self.file.write_all(bytes).map_err(io("write", &self.path))
+    }
+
+    /// Checks the content against `digest` and moves it into the store.
+    pub fn commit(self, digest: &Digest) -> Result<(), StoreError> {
+        let actual = format!("sha256:{}", hex::encode(self.hash.clone().finalize()));
+        if actual != digest.as_str() {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(StoreError::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        self.file.sync_all().map_err(io("sync", &self.path))?;
+        let dest = self.store.blob_path(digest);
+        std::fs::rename(&self.path, &dest).map_err(io("store blob", &dest))
+    }
+}
+
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
+        // Committed: the path is gone already. Abandoned: nothing keeps half a blob.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom(&mut b);
+    hex::encode(b)
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: getrandom into a buffer we own.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes under `path`, not following symlinks.
+pub fn du(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// Removes a layer directory. Layers may hold read-only directories and immutable modes; as root
+/// `remove_dir_all` removes them all, and it never follows symlinks.
+fn remove_tree(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored layer");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_checked_before_they_become_paths() {
+        assert!(Digest::parse("sha256:../../etc/passwd").is_err());
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(Digest::parse(&format!("sha512:{}", "a".repeat(64))).is_err());
+        let d = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        assert_eq!(d.hex().len(), 64);
+    }
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        assert_eq!(Digest::chain(None, &a), a);
+        let ab = Digest::chain(Some(&a), &b);
+        assert_eq!(ab, Digest::of(format!("{a} {b}").as_bytes()));
+    }
+
+    #[test]
+    fn blobs_are_verified_and_abandoned_downloads_leave_nothing() {
+        let root = std::env::temp_dir().join(format!("wpod-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = Store::at(root.clone()).unwrap();
+        let locked = store.lock().unwrap();
+        let good = Digest::of(b"content");
+        locked.put_blob(&good, b"content").unwrap();
+        assert!(store.has_blob(&good));
+        assert!(matches!(
+            locked.put_blob(&Digest::of(b"other"), b"content"),
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        {
+            let mut half = locked.ingest().unwrap();
+            half.write(b"half a blo").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(root.join("ingest")).unwrap().count(), 0);
+        let report = locked.prune(&[]).unwrap();
+        assert_eq!(report.blobs, 1, "an unused blob is pruned");
+        assert!(!store.has_blob(&good));
+        drop(locked);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
