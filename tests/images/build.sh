@@ -9,7 +9,7 @@
 #   library/busybox:latest      one layer: busybox and its applets, /etc/passwd; Cmd [sh]
 #   library/nginx:latest        busybox's layer + a layer with Debian's nginx and its libraries;
 #                               logs to stdout/stderr like the official image; StopSignal SIGQUIT
-#   library/nginx:zstd          the same, layers compressed with zstd
+#   wpod-test/nginx-zstd:latest the same, layers compressed with zstd
 #   wpod-test/entry:latest      Entrypoint [echo, from-entrypoint], Cmd [from-cmd]
 #   wpod-test/user:latest       User app (uid 1234, gid 1234 in its /etc/passwd)
 #   wpod-test/whiteout:latest   a layer adding /data/{keep,gone,dir/x}, then one removing
@@ -77,7 +77,8 @@ umoci repack --image "$oci:nginx" "$work/ng" >/dev/null
 umoci config --image "$oci:nginx" --config.cmd=nginx --config.cmd=-g --config.cmd='daemon off;' \
   --config.stopsignal=SIGQUIT --config.exposedports=80/tcp
 push nginx library/nginx:latest
-push nginx library/nginx:zstd --dest-compress-format zstd
+# Another repository, so that skopeo compresses anew instead of reusing the gzip blobs.
+push nginx wpod-test/nginx-zstd:latest --dest-compress-format zstd
 
 # --- entrypoint and cmd -------------------------------------------------------------------
 umoci unpack --image "$oci:busybox" "$work/en" >/dev/null

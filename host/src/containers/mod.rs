@@ -127,6 +127,22 @@ fn launch_spec(
             device: sandbox.volumes.is_device(&m.name),
         });
     }
+    // A container with an image of its own gets the pod's /etc/hosts and /etc/hostname (a
+    // host container sees the host's, as it sees the rest of the host's files).
+    if !matches!(plan.image, Image::Host) {
+        for (source, target) in &sandbox.etc_files {
+            if c.volume_mounts.iter().any(|m| m.mount_path == *target) {
+                continue;
+            }
+            mounts.push(BindMount {
+                source: source.clone(),
+                target: target.to_string(),
+                read_only: true,
+                no_follow_symlinks: false,
+                device: false,
+            });
+        }
+    }
     let sc = c.security_context.clone().unwrap_or_default();
     let pod_env: Vec<(String, String)> = c
         .env

@@ -57,6 +57,9 @@ pub struct PodSandbox {
     pub dialer: Dialer,
     pub lifeline: Lifeline,
     pub state: StateDir,
+    /// The pod's `/etc/hosts` and `/etc/hostname`, as the kubelet writes them for every
+    /// container with an image of its own (see [`PodSandbox::etc_files`]).
+    pub etc_files: Vec<(PathBuf, &'static str)>,
     /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
     pub nosymfollow_volumes: std::collections::BTreeSet<String>,
     /// Things the host could not do as asked (e.g. a limit without a controller), said once.
@@ -81,6 +84,7 @@ impl PodSandbox {
             error: e.to_string(),
         })?;
         let (volumes, mut warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
+        let etc_files = write_etc_files(&state.path, pod.hostname())?;
         let mut cgroups = PodCgroups::create(&plan.name)?;
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
@@ -93,6 +97,7 @@ impl PodSandbox {
             dialer,
             lifeline,
             state,
+            etc_files,
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
@@ -116,4 +121,29 @@ impl PodSandbox {
     pub fn log_dir(&self) -> PathBuf {
         self.state.path.join("logs")
     }
+}
+
+/// The kubelet gives every container a `/etc/hosts` naming localhost and the pod, and an
+/// `/etc/hostname`: an image has neither (busybox's `wget localhost` needs the first).
+fn write_etc_files(state: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>, SandboxError> {
+    let hosts = format!(
+        "# Kubernetes-managed hosts file (written by wpod).\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\n\
+         fe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n\
+         127.0.0.1\t{hostname}\n"
+    );
+    let mut out = Vec::new();
+    for (name, target, content) in [
+        ("etc-hosts", "/etc/hosts", hosts),
+        ("etc-hostname", "/etc/hostname", format!("{hostname}\n")),
+    ] {
+        let path = state.join(name);
+        std::fs::write(&path, content).map_err(|e| SandboxError::io("write", &path, e))?;
+        out.push((path, target));
+    }
+    Ok(out)
 }
