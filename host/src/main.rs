@@ -216,6 +216,11 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         let sandbox = Arc::new(
             PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,
         );
+        wpod::oci::store::pin_layers(
+            &sandbox.state.path,
+            images.iter().flatten().map(|i| &i.record),
+        )
+        .with_context(|| format!("pod {name} failed to start"))?;
         events.emit(
             None,
             Event::PodStarted {

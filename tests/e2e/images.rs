@@ -31,7 +31,10 @@ fn start_registry() -> Registry {
             .args(["-c", &format!("command -v {tool}")])
             .output()
             .is_ok_and(|o| o.status.success());
-        assert!(found, "{tool} is missing: install the Debian packages of .ci/setup");
+        assert!(
+            found,
+            "{tool} is missing: install the Debian packages of .ci/setup"
+        );
     }
     let dir = std::env::temp_dir().join(format!("wpod-e2e-registry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -150,7 +153,11 @@ impl ImageEnv {
     fn assert_no_leftovers(&self, pod: &str) {
         assert_no_leftovers(pod);
         let state = self.root().join("pods").join(pod);
-        assert!(!state.exists(), "state directory {} is left", state.display());
+        assert!(
+            !state.exists(),
+            "state directory {} is left",
+            state.display()
+        );
     }
 
     fn layers(&self) -> Vec<String> {
@@ -202,11 +209,7 @@ spec:
         r.has_line("client", "Welcome to nginx")
     });
     // nginx logs its access to stdout, as the official image does.
-    assert!(
-        page.has_line("nginx", "GET / HTTP/1.1"),
-        "{}",
-        page.dump()
-    );
+    assert!(page.has_line("nginx", "GET / HTTP/1.1"), "{}", page.dump());
     // And the hostPort reaches it from the host.
     let body = curl("http://127.0.0.1:18481/", Duration::from_secs(5));
     assert!(body.is_some_and(|b| b.contains("Welcome to nginx")));
@@ -218,8 +221,16 @@ spec:
         .filter(|r| r["event"] == "pulled")
         .map(|r| r["image"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert!(pulled.contains(&"docker.io/library/nginx:latest".to_string()), "{}", run.dump());
-    assert!(pulled.contains(&"docker.io/library/busybox:latest".to_string()), "{}", run.dump());
+    assert!(
+        pulled.contains(&"docker.io/library/nginx:latest".to_string()),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        pulled.contains(&"docker.io/library/busybox:latest".to_string()),
+        "{}",
+        run.dump()
+    );
     env.assert_no_leftovers("img-seed");
 }
 
@@ -294,8 +305,16 @@ spec:
         )
         .run(Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert!(logs_of(&run, "image-user").starts_with("uid=1234(app) gid=1234(app)"), "{}", run.dump());
-    assert!(logs_of(&run, "pod-user").starts_with("uid=2000 gid=3000"), "{}", run.dump());
+    assert!(
+        logs_of(&run, "image-user").starts_with("uid=1234(app) gid=1234(app)"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        logs_of(&run, "pod-user").starts_with("uid=2000 gid=3000"),
+        "{}",
+        run.dump()
+    );
 
     // runAsNonRoot against an image whose user is root: refused at start, clearly.
     let run = env
@@ -329,10 +348,20 @@ fn pull_policies_follow_kubernetes() {
         )
     };
     // Never, with nothing stored: ErrImageNeverPull, and the pod never starts.
-    let run = env.pod("img-policy", &yaml("Never")).run(Duration::from_secs(60));
+    let run = env
+        .pod("img-policy", &yaml("Never"))
+        .run(Duration::from_secs(60));
     assert_ne!(run.code, Some(0));
-    assert!(run.stderr.contains("imagePullPolicy is Never"), "{}", run.dump());
-    assert!(!run.records.iter().any(|r| r["event"] == "podStarted"), "{}", run.dump());
+    assert!(
+        run.stderr.contains("imagePullPolicy is Never"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        !run.records.iter().any(|r| r["event"] == "podStarted"),
+        "{}",
+        run.dump()
+    );
     env.assert_no_leftovers("img-policy");
     // Pulled once...
     let out = env.wpod(&["pull", "busybox"]);
@@ -357,7 +386,11 @@ fn pull_policies_follow_kubernetes() {
     pod.env = vars;
     let run = pod.run(Duration::from_secs(60));
     assert_ne!(run.code, Some(0));
-    assert!(run.records.iter().any(|r| r["event"] == "errImagePull"), "{}", run.dump());
+    assert!(
+        run.records.iter().any(|r| r["event"] == "errImagePull"),
+        "{}",
+        run.dump()
+    );
     env.assert_no_leftovers("img-policy");
 }
 
@@ -377,7 +410,12 @@ fn an_unknown_image_or_an_unreachable_registry_is_a_clear_error_and_leaves_nothi
     env.assert_no_leftovers("img-unknown");
 
     let dead = ImageEnv::with_registry("unreachable", &format!("127.0.0.1:{}", free_port()));
-    let run = dead.pod("img-unreachable", &yaml.replace("img-unknown", "img-unreachable")).run(Duration::from_secs(60));
+    let run = dead
+        .pod(
+            "img-unreachable",
+            &yaml.replace("img-unknown", "img-unreachable"),
+        )
+        .run(Duration::from_secs(60));
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("failed to start"), "{}", run.dump());
     let event = run.records.iter().find(|r| r["event"] == "errImagePull");
@@ -422,13 +460,22 @@ fn pods_share_stored_layers_and_rmi_removes_what_no_image_uses() {
     // nginx is busybox's layer plus one: three layers stored, not three plus one.
     assert_eq!(env.layers().len(), 2, "{:?}", env.layers());
     let listed = text(&env.wpod(&["images"]).stdout);
-    assert!(listed.contains("docker.io/library/nginx:latest") && listed.contains("docker.io/library/busybox:latest"), "{listed}");
+    assert!(
+        listed.contains("docker.io/library/nginx:latest")
+            && listed.contains("docker.io/library/busybox:latest"),
+        "{listed}"
+    );
 
     // Two pods from one image at once, on the same stored layers.
-    let yaml = |name: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo $HOSTNAME > /tmp/me; sleep 1; cat /tmp/me']\n");
+    let yaml = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo $HOSTNAME > /tmp/me; sleep 1; cat /tmp/me']\n")
+    };
     let a = env.pod("img-share-a", &yaml("img-share-a")).spawn();
     let b = env.pod("img-share-b", &yaml("img-share-b")).spawn();
-    let (a, b) = (a.wait(Duration::from_secs(60)), b.wait(Duration::from_secs(60)));
+    let (a, b) = (
+        a.wait(Duration::from_secs(60)),
+        b.wait(Duration::from_secs(60)),
+    );
     // Each wrote to its own upper layer.
     assert_eq!(logs_of(&a, "main"), "img-share-a", "{}", a.dump());
     assert_eq!(logs_of(&b, "main"), "img-share-b", "{}", b.dump());
@@ -436,7 +483,12 @@ fn pods_share_stored_layers_and_rmi_removes_what_no_image_uses() {
 
     let out = env.wpod(&["rmi", "nginx"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(env.layers().len(), 1, "busybox's layer stays: {:?}", env.layers());
+    assert_eq!(
+        env.layers().len(),
+        1,
+        "busybox's layer stays: {:?}",
+        env.layers()
+    );
     let out = env.wpod(&["rmi", "busybox"]);
     assert!(out.status.success());
     assert!(env.layers().is_empty());
@@ -482,4 +534,52 @@ fn zstd_layers_are_pulled_and_run() {
         .run(Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert!(run.stdout.contains("nginx version"), "{}", run.dump());
+}
+
+#[test]
+fn the_images_stop_signal_stops_it() {
+    let env = ImageEnv::new("stopsignal");
+    let pod = env.pod(
+        "img-stopsignal",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: img-stopsignal}
+spec:
+  containers:
+  - name: main
+    image: wpod-test/stopsignal
+    command: [sh, -c, 'trap "echo got USR1; exit 0" USR1; trap "echo got TERM; exit 0" TERM; echo up; while true; do sleep 0.1; done']
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the container", Duration::from_secs(60), |r| {
+        r.has_line("main", "up")
+    });
+    running.signal(libc::SIGTERM);
+    let run = running.wait(Duration::from_secs(30));
+    assert!(run.has_line("main", "got USR1"), "{}", run.dump());
+    env.assert_no_leftovers("img-stopsignal");
+}
+
+#[test]
+fn layers_under_a_running_pod_are_never_pruned() {
+    let env = ImageEnv::new("pinned");
+    let pod = env.pod(
+        "img-pinned",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: img-pinned}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'echo up; while true; do sleep 0.2; done']\n",
+    );
+    let running = pod.spawn();
+    running.wait_for("the container", Duration::from_secs(60), |r| {
+        r.has_line("main", "up")
+    });
+    let out = env.wpod(&["rmi", "busybox"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(env.layers().len(), 1, "the running pod's layer stays");
+    running.signal(libc::SIGTERM);
+    running.wait(Duration::from_secs(30));
+    let out = env.wpod(&["image", "prune"]);
+    assert!(out.status.success());
+    assert!(env.layers().is_empty(), "{:?}", env.layers());
+    env.assert_no_leftovers("img-pinned");
 }

@@ -11,6 +11,7 @@
 #                               logs to stdout/stderr like the official image; StopSignal SIGQUIT
 #   wpod-test/nginx-zstd:latest the same, layers compressed with zstd
 #   wpod-test/entry:latest      Entrypoint [echo, from-entrypoint], Cmd [from-cmd]
+#   wpod-test/stopsignal:latest StopSignal SIGUSR1
 #   wpod-test/user:latest       User app (uid 1234, gid 1234 in its /etc/passwd)
 #   wpod-test/whiteout:latest   a layer adding /data/{keep,gone,dir/x}, then one removing
 #                               /data/gone (whiteout) and making /data/dir opaque with /data/dir/y
@@ -87,6 +88,12 @@ umoci config --image "$oci:entry" --config.entrypoint=echo --config.entrypoint=f
   --config.cmd=from-cmd --config.env=FROM_IMAGE=image --config.env=SHARED=image \
   --config.workingdir=/tmp
 push entry wpod-test/entry:latest
+
+# --- a StopSignal ---------------------------------------------------------------------------
+umoci unpack --image "$oci:busybox" "$work/ss" >/dev/null
+umoci repack --image "$oci:stopsignal" "$work/ss" >/dev/null
+umoci config --image "$oci:stopsignal" --config.stopsignal=SIGUSR1 --config.cmd=sh
+push stopsignal wpod-test/stopsignal:latest
 
 # --- a user -------------------------------------------------------------------------------
 umoci unpack --image "$oci:busybox" "$work/us" >/dev/null

@@ -67,6 +67,22 @@ pub struct NativeContainer {
     pub pid: i32,
     cgroup: ContainerCgroup,
     output: Vec<JoinHandle<()>>,
+    /// The polite stop: SIGTERM, or the image's `StopSignal` (nginx's is SIGQUIT).
+    pub stop_signal: Signal,
+}
+
+/// A signal as an image config writes it: `SIGQUIT`, `QUIT` or `3`.
+fn parse_signal(text: &str) -> Option<Signal> {
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let name = text.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse().ok()
 }
 
 /// The environment every container starts with, before its own `env`.
@@ -301,6 +317,10 @@ impl NativeContainer {
             pid: 0,
             cgroup,
             output,
+            stop_signal: image
+                .and_then(|i| i.process.stop_signal.as_deref())
+                .and_then(parse_signal)
+                .unwrap_or(Signal::SIGTERM),
         };
         match report {
             Some(Report::Started { pid }) => {

@@ -133,6 +133,23 @@ struct Index {
     images: BTreeMap<String, ImageRecord>,
 }
 
+/// The file in a pod's state directory that lists the layers its containers run on.
+pub const PINNED_LAYERS: &str = "image-layers";
+
+/// Records in `pod_state` the layers of `images`, so that no prune removes them while the pod
+/// runs (the state directory goes with the pod).
+pub fn pin_layers<'a>(
+    pod_state: &Path,
+    images: impl IntoIterator<Item = &'a ImageRecord>,
+) -> Result<(), StoreError> {
+    let lines: Vec<String> = images
+        .into_iter()
+        .flat_map(|i| i.layers.iter().map(|d| d.to_string()))
+        .collect();
+    let path = pod_state.join(PINNED_LAYERS);
+    std::fs::write(&path, lines.join("\n")).map_err(io("write", &path))
+}
+
 pub struct Store {
     root: PathBuf,
 }
@@ -194,6 +211,26 @@ impl Store {
 
     pub fn has_layer(&self, chain_id: &Digest) -> bool {
         self.layer_path(chain_id).is_dir()
+    }
+
+    /// Layers the pods of this wpod root run on (each pod's state directory lists them while
+    /// it exists): never pruned under a running container.
+    fn pinned_layers(&self) -> Vec<String> {
+        let Some(pods) = self.root.parent().map(|r| r.join("pods")) else {
+            return Vec::new();
+        };
+        std::fs::read_dir(pods)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|pod| std::fs::read_to_string(pod.path().join(PINNED_LAYERS)).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| Digest::parse(l.trim()).ok())
+                    .map(|d| d.hex().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     fn index_path(&self) -> PathBuf {
@@ -302,6 +339,7 @@ impl Locked<'_> {
         let index = self.store.read_index()?;
         let mut used: std::collections::BTreeSet<String> =
             keep.iter().map(|d| d.hex().to_string()).collect();
+        used.extend(self.store.pinned_layers());
         for image in index.images.values() {
             used.insert(image.manifest.hex().to_string());
             used.insert(image.config.hex().to_string());

@@ -125,7 +125,10 @@ impl PodSandbox {
 
 /// The kubelet gives every container a `/etc/hosts` naming localhost and the pod, and an
 /// `/etc/hostname`: an image has neither (busybox's `wget localhost` needs the first).
-fn write_etc_files(state: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>, SandboxError> {
+fn write_etc_files(
+    state: &Path,
+    hostname: &str,
+) -> Result<Vec<(PathBuf, &'static str)>, SandboxError> {
     let hosts = format!(
         "# Kubernetes-managed hosts file (written by wpod).\n\
          127.0.0.1\tlocalhost\n\

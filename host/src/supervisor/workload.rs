@@ -75,7 +75,7 @@ impl Workload for NativeContainer {
     }
 
     fn terminate(&self, _deadline: Instant) {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.signal(self.stop_signal);
     }
 
     fn kill(&self) {
