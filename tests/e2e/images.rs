@@ -583,3 +583,28 @@ fn layers_under_a_running_pod_are_never_pruned() {
     assert!(env.layers().is_empty(), "{:?}", env.layers());
     env.assert_no_leftovers("img-pinned");
 }
+
+#[test]
+fn the_images_example_runs_and_its_sidecar_follows_nginx() {
+    let env = ImageEnv::new("example");
+    let mut pod = TestPod::from_file(
+        "images",
+        &wpod_test_support::repo_root().join("examples/images.yaml"),
+    );
+    pod.env = env.vars();
+    let running = pod.spawn();
+    // The Wasm sidecar follows nginx's stdout: the busybox client's requests, labelled.
+    let run = running.wait_for(
+        "nginx's access lines in the sidecar",
+        Duration::from_secs(60),
+        |r| {
+            r.logs("log-tail")
+                .iter()
+                .any(|l| l.starts_with("nginx ") && l.contains("\"GET / HTTP/1.1\" 200"))
+        },
+    );
+    assert!(run.has_line("nginx", "GET / HTTP/1.1"), "{}", run.dump());
+    running.signal(libc::SIGINT);
+    let _ = running.wait(Duration::from_secs(30));
+    env.assert_no_leftovers("images");
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# A local registry with wpod's test images, for trying image pods on a machine without the
+# internet (as root):
+#
+#   bash tests/images/serve.sh            # registry on 127.0.0.1:5000, images built and pushed
+#   export WPOD_REGISTRIES_CONF=/tmp/wpod-test-registry/registries.conf
+#   wpod run examples/images.yaml
+#   bash tests/images/serve.sh stop
+#
+# registries.conf maps docker.io to it, so `image: nginx` and `image: busybox` come from here.
+set -euo pipefail
+dir=/tmp/wpod-test-registry
+addr=${WPOD_TEST_REGISTRY:-127.0.0.1:5000}
+if [ "${1:-}" = stop ]; then
+  [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null || true
+  rm -rf "$dir"
+  exit 0
+fi
+mkdir -p "$dir/data"
+cat > "$dir/config.yml" <<YAML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $dir/data}}
+http: {addr: $addr}
+YAML
+if ! curl -fs "http://$addr/v2/" >/dev/null 2>&1; then
+  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  echo $! > "$dir/pid"
+  for _ in $(seq 50); do curl -fs "http://$addr/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+bash "$(dirname "$0")/build.sh" "$addr"
+cat > "$dir/registries.conf" <<CONF
+[[registry]]
+prefix = "docker.io"
+location = "$addr"
+insecure = true
+CONF
+echo "registry on $addr; export WPOD_REGISTRIES_CONF=$dir/registries.conf"
