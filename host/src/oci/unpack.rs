@@ -195,34 +195,15 @@ pub fn unpack(
                 set_mtime(out.as_fd(), mtime);
             }
             tar::EntryType::Symlink => {
-                let target = header
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Entry {
-                        path: path.clone(),
-                        what: "a symlink without a target".into(),
-                    })?;
+                let target = link_target(&header, &path, "a symlink without a target")?;
                 remove_existing(parent.as_fd(), &name).map_err(sys("replace"))?;
                 // Verbatim, never followed: it points wherever it points inside the container.
                 symlinkat(target.as_os_str(), parent.as_fd(), name.as_os_str())
                     .map_err(sys("create symlink"))?;
-                fchownat(
-                    parent.as_fd(),
-                    name.as_os_str(),
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(sys("set the owner of"))?;
+                chown_entry(parent.as_fd(), &name, uid, gid).map_err(sys("set the owner of"))?;
             }
             tar::EntryType::Link => {
-                let target = header
-                    .link_name()
-                    .map_err(UnpackError::Read)?
-                    .ok_or_else(|| UnpackError::Entry {
-                        path: path.clone(),
-                        what: "a hard link without a target".into(),
-                    })?;
+                let target = link_target(&header, &path, "a hard link without a target")?;
                 let Some(target) = inside(&target)? else {
                     return Err(UnpackError::Entry {
                         path,
@@ -259,14 +240,7 @@ pub fn unpack(
                 remove_existing(parent.as_fd(), &name).map_err(sys("replace"))?;
                 mknodat(parent.as_fd(), name.as_os_str(), SFlag::S_IFIFO, mode, 0)
                     .map_err(sys("create fifo"))?;
-                fchownat(
-                    parent.as_fd(),
-                    name.as_os_str(),
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(sys("set the owner of"))?;
+                chown_entry(parent.as_fd(), &name, uid, gid).map_err(sys("set the owner of"))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 done.skipped_devices += 1;
@@ -355,6 +329,29 @@ impl Layer<'_> {
             let _ = own_and_mode(dir.as_fd(), st.st_uid, st.st_gid, mode);
         }
     }
+}
+
+/// Sets the owner of the entry `name` itself, never what it points to.
+fn chown_entry(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+/// The target of a link entry; `missing` says what the entry is without one.
+fn link_target(header: &tar::Header, path: &Path, missing: &str) -> Result<PathBuf, UnpackError> {
+    header
+        .link_name()
+        .map_err(UnpackError::Read)?
+        .map(|t| t.into_owned())
+        .ok_or_else(|| UnpackError::Entry {
+            path: path.to_path_buf(),
+            what: missing.to_string(),
+        })
 }
 
 /// The entry's path as a relative path inside the layer: leading `/` and `.` dropped, `..`
