@@ -22,77 +22,148 @@ pub fn pull(image: &str, output: Output) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let puller = Puller::new(Arc::new(store()?))?;
-    let report = |e: PullEvent| match output {
-        Output::Json => {
-            let (kind, fields) = match &e {
-                PullEvent::Pulling { image, from } => {
-                    ("Pulling", serde_json::json!({"image": image, "from": from}))
-                }
-                PullEvent::Layer {
-                    digest,
-                    size,
-                    cached,
-                } => (
-                    "Layer",
-                    serde_json::json!({"digest": digest, "size": size, "cached": cached}),
-                ),
-                PullEvent::Pulled {
-                    image,
-                    digest,
-                    size,
-                    took,
-                } => (
-                    "Pulled",
-                    serde_json::json!({"image": image, "digest": digest, "size": size, "seconds": took.as_secs_f64()}),
-                ),
-                PullEvent::AlreadyPresent { image } => {
-                    ("AlreadyPresent", serde_json::json!({"image": image}))
-                }
-                PullEvent::MirrorFailed { mirror, message } => (
-                    "MirrorFailed",
-                    serde_json::json!({"mirror": mirror, "message": message}),
-                ),
-            };
-            let mut record = fields;
-            record["type"] = serde_json::Value::from(kind);
-            println!("{record}");
-        }
-        Output::Text => match e {
-            PullEvent::Pulling { image, from } => eprintln!("pulling {image} from {from}"),
-            PullEvent::Layer {
-                digest,
-                size,
-                cached,
-            } => {
-                let what = if cached { "already stored" } else { "done" };
-                eprintln!(
-                    "  layer {} {:>10} bytes  {what}",
-                    &digest[..19.min(digest.len())],
-                    size
-                );
-            }
-            PullEvent::Pulled {
-                image,
-                digest,
-                size,
-                took,
-            } => {
-                eprintln!(
-                    "pulled {image} ({size} bytes) in {:.1}s",
-                    took.as_secs_f64()
-                );
-                println!("{image}@{digest}");
-            }
-            PullEvent::AlreadyPresent { image } => eprintln!("{image} already present"),
-            PullEvent::MirrorFailed { mirror, message } => {
-                eprintln!("mirror {mirror} failed ({message}); trying the next source")
-            }
-        },
-    };
+    let progress = Progress::new(output);
+    let report = |e: PullEvent| progress.show(e);
     runtime
         .block_on(puller.pull(&name, &report))
         .with_context(|| format!("cannot pull {}", name.canonical()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a pull shows its progress: bars per layer on a terminal (as podman), a line per layer
+/// otherwise, JSON events with `--output json`.
+enum Progress {
+    Json,
+    Lines,
+    Bars {
+        bars: indicatif::MultiProgress,
+        layers: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+    },
+}
+
+impl Progress {
+    fn new(output: Output) -> Self {
+        use std::io::IsTerminal;
+        match output {
+            Output::Json => Progress::Json,
+            Output::Text if std::io::stderr().is_terminal() => Progress::Bars {
+                bars: indicatif::MultiProgress::new(),
+                layers: Default::default(),
+            },
+            Output::Text => Progress::Lines,
+        }
+    }
+
+    fn show(&self, e: PullEvent) {
+        match self {
+            Progress::Json => json(&e),
+            Progress::Lines => line(e),
+            Progress::Bars { bars, layers } => match e {
+                PullEvent::Progress {
+                    digest,
+                    done,
+                    total,
+                } => {
+                    let mut layers = layers.lock().unwrap_or_else(|p| p.into_inner());
+                    let bar = layers.entry(digest.clone()).or_insert_with(|| {
+                        let bar = bars.add(indicatif::ProgressBar::new(total));
+                        let style = indicatif::ProgressStyle::with_template(
+                            "  layer {msg} {bar:30} {bytes}/{total_bytes}",
+                        );
+                        if let Ok(style) = style {
+                            bar.set_style(style);
+                        }
+                        bar.set_message(short(&digest).to_string());
+                        bar
+                    });
+                    bar.set_position(done);
+                }
+                PullEvent::Layer { digest, .. } => {
+                    let layers = layers.lock().unwrap_or_else(|p| p.into_inner());
+                    match layers.get(&digest) {
+                        Some(bar) => bar.finish(),
+                        None => {
+                            let _ =
+                                bars.println(format!("  layer {} already stored", short(&digest)));
+                        }
+                    }
+                }
+                other => {
+                    let _ = bars.suspend(|| line(other));
+                }
+            },
+        }
+    }
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..19.min(digest.len())]
+}
+
+fn line(e: PullEvent) {
+    match e {
+        PullEvent::Pulling { image, from } => eprintln!("pulling {image} from {from}"),
+        PullEvent::Progress { .. } => {}
+        PullEvent::Layer {
+            digest,
+            size,
+            cached,
+        } => {
+            let what = if cached { "already stored" } else { "done" };
+            eprintln!("  layer {} {:>10} bytes  {what}", short(&digest), size);
+        }
+        PullEvent::Pulled {
+            image,
+            digest,
+            size,
+            took,
+        } => {
+            eprintln!(
+                "pulled {image} ({size} bytes) in {:.1}s",
+                took.as_secs_f64()
+            );
+            println!("{image}@{digest}");
+        }
+        PullEvent::AlreadyPresent { image } => eprintln!("{image} already present"),
+        PullEvent::MirrorFailed { mirror, message } => {
+            eprintln!("mirror {mirror} failed ({message}); trying the next source")
+        }
+    }
+}
+
+fn json(e: &PullEvent) {
+    let (kind, mut record) = match e {
+        PullEvent::Pulling { image, from } => {
+            ("pulling", serde_json::json!({"image": image, "from": from}))
+        }
+        PullEvent::Progress { .. } => return,
+        PullEvent::Layer {
+            digest,
+            size,
+            cached,
+        } => (
+            "layer",
+            serde_json::json!({"digest": digest, "size": size, "cached": cached}),
+        ),
+        PullEvent::Pulled {
+            image,
+            digest,
+            size,
+            took,
+        } => (
+            "pulled",
+            serde_json::json!({"image": image, "digest": digest, "size": size, "seconds": took.as_secs_f64()}),
+        ),
+        PullEvent::AlreadyPresent { image } => {
+            ("alreadyPresent", serde_json::json!({"image": image}))
+        }
+        PullEvent::MirrorFailed { mirror, message } => (
+            "mirrorFailed",
+            serde_json::json!({"mirror": mirror, "message": message}),
+        ),
+    };
+    record["event"] = serde_json::Value::from(kind);
+    println!("{record}");
 }
 
 pub fn list(output: Output) -> anyhow::Result<ExitCode> {

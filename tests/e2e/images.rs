@@ -608,3 +608,74 @@ fn the_images_example_runs_and_its_sidecar_follows_nginx() {
     let _ = running.wait(Duration::from_secs(30));
     env.assert_no_leftovers("images");
 }
+
+#[test]
+fn an_image_index_resolves_to_linux_amd64() {
+    let env = ImageEnv::new("multiarch");
+    // The index lists arm64 first (the refused evil image): the amd64 entry must be chosen.
+    let run = env
+        .pod(
+            "img-multiarch",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: img-multiarch}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: wpod-test/multiarch\n    command: [echo, amd64]\n",
+        )
+        .run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(logs_of(&run, "main"), "amd64");
+}
+
+#[test]
+fn a_pull_killed_at_any_point_is_retried_cleanly() {
+    let env = ImageEnv::new("kill9");
+    // Kill pulls at different moments; whatever each leaves, the next pull must succeed and run.
+    for delay_ms in [5u64, 40, 120] {
+        let mut child = Command::new(crate::wpod_bin())
+            .args(["pull", "nginx"])
+            .envs(env.vars())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wpod pull");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = env.wpod(&["pull", "nginx"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = env
+        .pod(
+            "img-kill9",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: img-kill9}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: nginx\n    imagePullPolicy: Never\n    command: [nginx, -t]\n",
+        )
+        .run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // Only whole layers are in the store.
+    assert!(
+        env.layers().iter().all(|l| !l.starts_with(".tmp-")),
+        "{:?}",
+        env.layers()
+    );
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_share_the_store_safely() {
+    let env = ImageEnv::new("concurrent");
+    let pulls: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(crate::wpod_bin())
+                .args(["pull", "nginx"])
+                .envs(env.vars())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start wpod pull")
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().expect("wait for wpod pull");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(env.layers().len(), 2, "{:?}", env.layers());
+    let listed = text(&env.wpod(&["images", "--output", "json"]).stdout);
+    let images: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{listed}");
+}

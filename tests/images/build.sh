@@ -16,6 +16,8 @@
 #   wpod-test/whiteout:latest   a layer adding /data/{keep,gone,dir/x}, then one removing
 #                               /data/gone (whiteout) and making /data/dir opaque with /data/dir/y
 #   wpod-test/evil:latest       a layer with a `../` entry (must be refused)
+#   wpod-test/multiarch:latest  an image index: linux/arm64 (the evil image, listed first) and
+#                               linux/amd64 (busybox); an amd64 host must run busybox
 set -euo pipefail
 reg=${1:?usage: $0 HOST:PORT}
 work=$(mktemp -d /tmp/wpod-test-images.XXXXXX)
@@ -133,3 +135,24 @@ umoci new --image "$oci:evil"
 umoci raw add-layer --image "$oci:evil" "$work/evil.tar"
 umoci config --image "$oci:evil" --config.cmd=sh
 push evil wpod-test/evil:latest
+
+# --- a multi-platform index ---------------------------------------------------------------
+push busybox wpod-test/multiarch:amd64
+push evil wpod-test/multiarch:arm64
+python3 - "$reg" <<'PY'
+import json, sys, urllib.request
+reg = sys.argv[1]
+accept = "application/vnd.oci.image.manifest.v1+json"
+def describe(tag, arch):
+    req = urllib.request.Request(f"http://{reg}/v2/wpod-test/multiarch/manifests/{tag}", headers={"Accept": accept})
+    with urllib.request.urlopen(req) as r:
+        body = r.read()
+        return {"mediaType": r.headers["Content-Type"], "digest": r.headers["Docker-Content-Digest"],
+                "size": len(body), "platform": {"architecture": arch, "os": "linux"}}
+index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+         "manifests": [describe("arm64", "arm64"), describe("amd64", "amd64")]}
+req = urllib.request.Request(f"http://{reg}/v2/wpod-test/multiarch/manifests/latest", method="PUT",
+                             data=json.dumps(index).encode(),
+                             headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+urllib.request.urlopen(req).read()
+PY

@@ -56,6 +56,12 @@ pub enum PullEvent {
         image: String,
         from: String,
     },
+    /// Bytes of a layer downloaded so far.
+    Progress {
+        digest: String,
+        done: u64,
+        total: u64,
+    },
     Layer {
         digest: String,
         size: u64,
@@ -127,6 +133,7 @@ impl Puller {
         let sources = self.registries.sources(&name.repository_name())?;
         let store = self.store.clone();
         let locked = tokio::task::block_in_place(|| store.lock())?;
+        locked.clear_leftovers();
         let mut last = None;
         for source in &sources {
             match self.pull_from(name, source, &locked, events).await {
@@ -209,7 +216,10 @@ impl Puller {
             let cached = self.store.has_layer(&chain_id);
             if !cached {
                 if !self.store.has_blob(&blob) {
-                    download(&client, &reference, layer, &blob, locked, &canonical).await?;
+                    download(
+                        &client, &reference, layer, &blob, locked, &canonical, events,
+                    )
+                    .await?;
                 }
                 let lowers: Vec<PathBuf> = chain
                     .iter()
@@ -373,6 +383,7 @@ async fn download(
     digest: &Digest,
     locked: &Locked<'_>,
     image: &str,
+    events: &(dyn Fn(PullEvent) + Sync),
 ) -> Result<(), PullError> {
     let registry_err = |message: String| PullError::Registry {
         image: image.to_string(),
@@ -386,6 +397,11 @@ async fn download(
     while let Some(chunk) = stream.stream.next().await {
         let chunk = chunk.map_err(|e| registry_err(format!("download {digest}: {e}")))?;
         ingest.write(&chunk)?;
+        events(PullEvent::Progress {
+            digest: digest.to_string(),
+            done: ingest.size,
+            total: layer.size.max(0) as u64,
+        });
         if layer.size >= 0 && ingest.size > layer.size as u64 {
             return Err(registry_err(format!(
                 "blob {digest} is larger than the {} bytes its manifest says",

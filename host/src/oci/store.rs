@@ -285,6 +285,24 @@ impl Locked<'_> {
         Ok(gone)
     }
 
+    /// Removes what killed pulls left: partial downloads and half-unpacked layers. Safe while
+    /// the lock is held: no pull is writing them.
+    pub fn clear_leftovers(&self) {
+        for e in std::fs::read_dir(self.store.root.join("ingest"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let layers = self.store.root.join("layers");
+        for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                remove_tree(&e.path());
+            }
+        }
+    }
+
     /// Stores `bytes` as the blob `digest` after checking them.
     pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         let actual = Digest::of(bytes);

@@ -419,7 +419,7 @@ pub async fn pull_images(
                 PullEvent::MirrorFailed { mirror, message } => {
                     Event::MirrorFailed { mirror, message }
                 }
-                PullEvent::Layer { .. } => return,
+                PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
             };
             events.emit(Some(container), event);
         };
