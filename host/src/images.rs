@@ -89,7 +89,7 @@ impl Progress {
                     }
                 }
                 other => {
-                    let _ = bars.suspend(|| line(other));
+                    bars.suspend(|| line(other));
                 }
             },
         }

@@ -61,6 +61,8 @@ fn start_registry() -> Registry {
         me = std::process::id(),
         dir = dir.display(),
     );
+    // Never waited for: it outlives this process by design (and is reaped by init).
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
