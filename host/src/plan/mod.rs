@@ -357,7 +357,7 @@ fn check_native_container(
     image: &Image,
     diags: &mut Vec<Diagnostic>,
 ) {
-    if matches!(image, Image::Rootfs(_)) && c.command.is_empty() {
+    if matches!(image, Image::Rootfs(_)) && c.command.is_empty() && c.args.is_empty() {
         diags.push(pod.source.diag(
             format!("{path}.command"),
             "a rootfs directory has no entrypoint: give the command to run",

@@ -197,3 +197,10 @@ fn probes_and_ports_are_checked() {
     assert!(e[1].contains("readinessProbe.httpGet.port: no port named \"web\""));
     assert!(e[2].contains("readinessProbe.periodSeconds: must be at least 1"));
 }
+
+#[test]
+fn args_alone_are_a_host_containers_argv() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  containers:\n  - name: client\n    args: [sh, -c, 'echo hi']\n";
+    let pods = parse(Path::new("pod.yaml"), text).expect("args alone are enough");
+    assert_eq!(pods[0].spec.containers[0].args, ["sh", "-c", "echo hi"]);
+}

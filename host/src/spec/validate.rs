@@ -131,7 +131,12 @@ impl Checker<'_> {
     }
 
     fn container(&mut self, path: &str, c: &Container, role: Role) {
-        if c.image.is_none() && c.command.is_empty() && !self.reported(&format!("{path}.command")) {
+        // `args` alone is the argv, as for an image without an Entrypoint.
+        if c.image.is_none()
+            && c.command.is_empty()
+            && c.args.is_empty()
+            && !self.reported(&format!("{path}.command"))
+        {
             self.err(
                 format!("{path}.command"),
                 "required when image is omitted: a container without an image runs its command on the host filesystem",
