@@ -7,5 +7,6 @@ pub mod process;
 pub mod pull;
 pub mod reference;
 pub mod registries;
+pub mod signature;
 pub mod store;
 pub mod unpack;
