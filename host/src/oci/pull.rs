@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use oci_client::client::{linux_amd64_resolver, ClientConfig, ClientProtocol};
 use oci_client::config::ConfigFile;
-use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use sha2::{Digest as _, Sha256};
@@ -495,9 +494,4 @@ impl<R: Read> Read for HashingReader<R> {
         self.hash.update(&buf[..n]);
         Ok(n)
     }
-}
-
-/// The manifest as stored, for tools that list the layers.
-pub fn stored_manifest(store: &Store, record: &ImageRecord) -> Option<OciImageManifest> {
-    serde_json::from_slice(&store.read_blob(&record.manifest).ok()?).ok()
 }

@@ -377,13 +377,7 @@ impl Locked<'_> {
             }
         }
         let mut report = PruneReport::default();
-        let ingest = self.store.root.join("ingest");
-        for e in std::fs::read_dir(&ingest)
-            .map_err(io("read", &ingest))?
-            .flatten()
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
+        self.clear_leftovers();
         for (dir, is_layer) in [("blobs/sha256", false), ("layers", true)] {
             let dir = self.store.root.join(dir);
             for e in std::fs::read_dir(&dir).map_err(io("read", &dir))?.flatten() {
@@ -395,9 +389,7 @@ impl Locked<'_> {
                 report.bytes += du(&path);
                 if is_layer {
                     remove_tree(&path);
-                    if !name.starts_with(".tmp-") {
-                        report.layers += 1;
-                    }
+                    report.layers += 1;
                 } else {
                     let _ = std::fs::remove_file(&path);
                     report.blobs += 1;

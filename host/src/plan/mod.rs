@@ -46,12 +46,8 @@ pub struct PodPlan {
     pub containers: Vec<ContainerPlan>,
     /// wpod's settings from the pod's annotations, defaults applied.
     pub settings: Annotations,
-    /// The pod's `restartPolicy`.
-    pub restart_policy: RestartPolicy,
     /// `terminationGracePeriodSeconds`, at most [`MAX_GRACE`].
     pub grace_period: Duration,
-    /// Processes per native container (`wpod.dev/pids-limit`, 4096 by default).
-    pub pids_limit: u64,
     /// The hostPorts to publish.
     pub port_mappings: Vec<PortMapping>,
     /// Volumes some Wasm sidecar may write: native containers mount them `nosymfollow`, so a
@@ -155,9 +151,7 @@ pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
                 name,
                 runtime_memory_limit: runtime_memory_limit(&containers, &tmpfs_sizes),
                 nosymfollow_volumes: sidecar_writable_volumes(&containers),
-                restart_policy: pod.spec.restart_policy,
                 grace_period: Duration::from_secs(grace_seconds).min(MAX_GRACE),
-                pids_limit: settings.pids_limit,
                 containers,
                 settings,
                 port_mappings,

@@ -133,7 +133,7 @@ impl Launcher for PodLauncher {
                     self.images.get(index).and_then(Option::as_ref),
                     &self.sandbox,
                     &self.logs,
-                    self.plan.pids_limit,
+                    self.plan.settings.pids_limit,
                 )
                 .await
                 .map(|c| Box::new(c) as Box<dyn Workload>)
