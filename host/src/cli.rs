@@ -9,7 +9,9 @@ Examples:
   wpod run examples/hello.yaml           run a pod in the foreground (Ctrl-C stops it)
   wpod run --output json pod.yaml        the same, with events as JSON lines
   wpod validate examples/*.yaml          report every problem in these manifests
-  wpod inspect sidecar.wasm              show a component's imports and the grants they need";
+  wpod inspect sidecar.wasm              show a component's imports and the grants they need
+  wpod push exporter.wasm reg:5000/team/exporter:1.0
+                                         publish a sidecar; `wpod sign`, `wpod search`, `wpod pull` it";
 
 #[derive(Debug, Parser)]
 #[command(name = "wpod", version, about, long_about = None, after_help = EXAMPLES)]
@@ -42,18 +44,63 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show a Wasm component's imports and exports, and the Pod field that grants each import.
+    /// Show a Wasm sidecar's imports and exports, and the Pod field that grants each import:
+    /// of a component file, or of a sidecar on a registry (from its config, before download).
     Inspect {
-        /// A Wasm component (.wasm).
-        component: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// A Wasm component (a path) or a sidecar reference (registry.example:5000/team/app:1.0).
+        target: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// The same as --output json.
+        #[arg(long, hide = true)]
         json: bool,
     },
-    /// Pull an image from its registry (or the mirror registries.conf names) into the store.
+    /// Pull an image or a Wasm sidecar from its registry (or the mirror registries.conf names)
+    /// into the store. For a sidecar, show what it may do and ask to approve it.
     Pull {
         /// An image reference: nginx, nginx:1.25, registry.example:5000/team/app@sha256:...
         image: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Approve the sidecar without asking (for scripts and CI).
+        #[arg(long, short)]
+        yes: bool,
+        /// Approve a sidecar even if it imports what no Pod field grants (no pod can run it).
+        #[arg(long)]
+        allow_ungrantable: bool,
+    },
+    /// Publish a Wasm component to a registry as an OCI artifact; prints REF@sha256:...
+    Push {
+        /// The component (.wasm, built for wasm32-wasip2).
+        component: PathBuf,
+        /// Where to publish it: registry.example:5000/team/exporter:1.0
+        image: String,
+        /// An annotation on the manifest, e.g. org.opencontainers.image.description="Redis metrics".
+        #[arg(long = "annotation", value_name = "KEY=VALUE")]
+        annotations: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Sign an image or sidecar on its registry (cosign-compatible; the signature is stored at
+    /// tag sha256-<digest>.sig). The key's password comes from WPOD_KEY_PASSWORD or COSIGN_PASSWORD.
+    Sign {
+        image: String,
+        /// The private key (from `wpod key generate`, or cosign's).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Signing keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Find Wasm sidecars on a registry: name, latest version, description, signature, the Pod
+    /// fields each needs.
+    Search {
+        /// REGISTRY/TERM, e.g. 127.0.0.1:5000/exporter (REGISTRY/ lists all).
+        query: String,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -109,6 +156,17 @@ pub enum Command {
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write NAME.key (cosign's encrypted format; password from WPOD_KEY_PASSWORD or
+    /// COSIGN_PASSWORD) and NAME.pub (for policy.json's keyPath).
+    Generate {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use wpod::oci::pull::{PullEvent, Puller};
+use wpod::oci::pull::{PullEvent, Pulled, Puller};
 use wpod::oci::reference::ImageName;
 use wpod::oci::store::Store;
 
@@ -15,19 +15,23 @@ fn store() -> anyhow::Result<Store> {
     Store::open().context("cannot open the image store")
 }
 
-pub fn pull(image: &str, output: Output) -> anyhow::Result<ExitCode> {
+pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Result<ExitCode> {
     let name = ImageName::parse(image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let puller = Puller::new(Arc::new(store()?))?;
-    let progress = Progress::new(output);
+    let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
-    runtime
+    let pulled = runtime
         .block_on(puller.pull(&name, &report))
         .with_context(|| format!("cannot pull {}", name.canonical()))?;
-    Ok(ExitCode::SUCCESS)
+    drop(progress);
+    match pulled {
+        Pulled::Container(_) => Ok(ExitCode::SUCCESS),
+        Pulled::Sidecar(s) => crate::market::review(&name, &s, review),
+    }
 }
 
 /// How a pull shows its progress: bars per layer on a terminal (as podman), a line per layer

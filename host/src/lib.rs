@@ -15,6 +15,7 @@
 //! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.
 //! 8. `supervisor`: the pod's lifecycle; then the CLI (`main.rs`).
 
+pub mod component;
 pub mod containers;
 pub mod error;
 pub mod files;
@@ -70,7 +71,7 @@ mod layering {
 
     /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
     const LAYERS: &[&[&str]] = &[
-        &["error", "files", "mounts", "helper", "status"],
+        &["component", "error", "files", "mounts", "helper", "status"],
         &["spec"],
         &["logs"],
         &["grants", "oci"],

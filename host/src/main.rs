@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod images;
+mod market;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -63,13 +64,49 @@ fn init_tracing(level: &str) {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { files } => validate(&files),
-        Command::Pull { image, output } => images::pull(&image, output),
+        Command::Pull {
+            image,
+            output,
+            yes,
+            allow_ungrantable,
+        } => images::pull(
+            &image,
+            &market::ReviewOptions {
+                yes,
+                allow_ungrantable,
+                output,
+            },
+        ),
+        Command::Push {
+            component,
+            image,
+            annotations,
+            output,
+        } => market::push(&component, &image, &annotations, output),
+        Command::Sign { image, key, output } => market::sign(&image, &key, output),
+        Command::Key {
+            command: cli::KeyCommand::Generate { name, output },
+        } => market::key_generate(&name, output),
+        Command::Search { query, output } => market::search(&query, output),
         Command::Images { output } => images::list(output),
         Command::Rmi { images: names } => images::remove(&names),
         Command::Image {
             command: cli::ImageCommand::Prune,
         } => images::prune(),
-        Command::Inspect { component, json } => inspect(&component, json),
+        Command::Inspect {
+            target,
+            output,
+            json,
+        } => {
+            let output = if json { cli::Output::Json } else { output };
+            // A path (or a .wasm name) is a file; anything else a reference on a registry.
+            let path = Path::new(&target);
+            if target.ends_with(".wasm") || path.exists() {
+                inspect(path, output)
+            } else {
+                market::inspect_remote(&target, output)
+            }
+        }
         Command::Run {
             file,
             output,
@@ -141,9 +178,9 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
+fn inspect(component: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
     let report = wpod::grants::inspect::inspect(component)?;
-    if json {
+    if output == cli::Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
@@ -192,7 +229,6 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
             "wpod run needs root: it creates namespaces, mounts and cgroups for the pod (try sudo)"
         );
     }
-    raise_fd_limit(&plan);
     let format = match output {
         cli::Output::Text => OutputFormat::Text,
         cli::Output::Json => OutputFormat::Json,
@@ -203,24 +239,29 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         .build()
         .context("cannot start the async runtime")?;
     let name = plan.name().to_string();
-    // Compiling and linking the sidecars comes first: a component that cannot run fails the pod
-    // before anything of it exists.
-    let prepared = wpod::sidecars::prepare_all(&plan)
-        .with_context(|| format!("pod {name} failed to start"))?;
     let code = runtime.block_on(async {
         let events = Arc::new(Events::new(&name, format));
-        // Images next, still before the pod exists: a pull that fails leaves nothing behind.
-        let images = wpod::supervisor::pull_images(&plan, &events)
+        // Images first, before anything of the pod exists: a pull that fails leaves nothing
+        // behind.
+        let images = wpod::supervisor::images::pull_images(&plan, &events)
             .await
+            .with_context(|| format!("pod {name} failed to start"))?;
+        // A registry image that is a Wasm sidecar runs as one, its grants checked as for a
+        // `.wasm` file (located errors, like `wpod validate`'s).
+        let plan = plan
+            .with_pulled_sidecars(&images.sidecar_components(&plan))
+            .map_err(SpecError::Invalid)?;
+        raise_fd_limit(&plan);
+        // Compiling and linking the sidecars comes next: a component that cannot run fails the
+        // pod before anything of it exists.
+        let prepared = tokio::task::block_in_place(|| wpod::sidecars::prepare_all(&plan))
             .with_context(|| format!("pod {name} failed to start"))?;
         let sandbox = Arc::new(
             PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,
         );
-        wpod::oci::store::pin_layers(
-            &sandbox.state.path,
-            images.iter().flatten().map(|i| &i.record),
-        )
-        .with_context(|| format!("pod {name} failed to start"))?;
+        wpod::oci::store::pin_layers(&sandbox.state.path, images.records())
+            .with_context(|| format!("pod {name} failed to start"))?;
+        let images = images.container_images();
         events.emit(
             None,
             Event::PodStarted {

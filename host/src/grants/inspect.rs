@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use wasmparser::{Parser, Payload};
-
 use super::ImportRule;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -39,69 +37,82 @@ pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
 
 /// The same for a component already in memory (`path` names it in errors).
 pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<ComponentReport, InspectError> {
-    let parse_err = |message: String| InspectError::Parse {
+    let interface = crate::component::interface(bytes).map_err(|e| InspectError::Parse {
         path: path.to_path_buf(),
-        message,
-    };
-    if !wasmparser::Parser::is_component(bytes) {
-        return Err(parse_err(
-            "not a Wasm component (a core module or another file)".to_string(),
-        ));
-    }
-    let (mut imports, mut exports) = (Vec::new(), Vec::new());
-    // Nested modules and components have their own imports; only the outermost count.
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| parse_err(e.to_string()))? {
-            Payload::Version { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(reader) if depth == 1 => {
-                for import in reader {
-                    let name = import
-                        .map_err(|e| parse_err(e.to_string()))?
-                        .name
-                        .name
-                        .to_string();
-                    let rule = super::for_import(&name);
-                    imports.push(Import { name, rule });
-                }
-            }
-            Payload::ComponentExportSection(reader) if depth == 1 => {
-                for export in reader {
-                    exports.push(
-                        export
-                            .map_err(|e| parse_err(e.to_string()))?
-                            .name
-                            .name
-                            .to_string(),
-                    );
-                }
-            }
-            _ => {}
+        message: e.to_string(),
+    })?;
+    Ok(ComponentReport::of(interface))
+}
+
+impl ComponentReport {
+    /// Each import with the rule that grants it.
+    pub fn of(interface: crate::component::Interface) -> Self {
+        ComponentReport {
+            imports: interface
+                .imports
+                .into_iter()
+                .map(|name| Import {
+                    rule: super::for_import(&name),
+                    name,
+                })
+                .collect(),
+            exports: interface.exports,
         }
     }
-    Ok(ComponentReport { imports, exports })
 }
 
 impl std::fmt::Display for ComponentReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "imports:")?;
         for i in &self.imports {
-            let grant = match i.rule {
-                ImportRule::Always { what } => format!("always granted: {what}"),
-                ImportRule::Scoped { field, what } => format!("scoped by {field}: {what}"),
-                ImportRule::Requires { field, what } => format!("needs {field}: {what}"),
-                ImportRule::Never => {
-                    "not granted by any Pod field: wpod refuses this component".to_string()
-                }
-            };
-            writeln!(f, "  {:<40} {grant}", i.name)?;
+            writeln!(f, "  {:<40} {}", i.name, i.rule)?;
         }
         writeln!(f, "exports:")?;
         for e in &self.exports {
             writeln!(f, "  {e}")?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for ImportRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportRule::Always { what } => write!(f, "always granted: {what}"),
+            ImportRule::Scoped { field, what } => write!(f, "scoped by {field}: {what}"),
+            ImportRule::Requires { field, what } => write!(f, "needs {field}: {what}"),
+            ImportRule::Never => {
+                f.write_str("not granted by any Pod field: wpod refuses this component")
+            }
+        }
+    }
+}
+
+impl ComponentReport {
+    /// The imports no Pod field can grant.
+    pub fn ungrantable(&self) -> Vec<&str> {
+        self.imports
+            .iter()
+            .filter(|i| i.rule == ImportRule::Never)
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
+    /// What an upgrade changes, one line per import, with the Pod field each added import needs.
+    pub fn diff_lines(diff: &crate::component::ImportDiff) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &diff.added {
+            out.push(format!("  + {a:<40} {}", super::for_import(a)));
+        }
+        for r in &diff.removed {
+            out.push(format!("  - {r}"));
+        }
+        for (old, new) in &diff.version_changed {
+            out.push(format!(
+                "  ~ {old} -> {new} (the same interface, another version)"
+            ));
+        }
+        out
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtxBuilder, WasiView};
 
+use crate::component::unversioned;
 use crate::logs::Logs;
 use crate::spec::{Container, Diagnostic, Pod};
 use crate::status::PodState;
@@ -193,11 +194,6 @@ capabilities! {
     fs: fs::Filesystem,
     process: process::MainProcess,
     lifecycle: lifecycle::Lifecycle,
-}
-
-/// `wasi:sockets/tcp@0.2.3` → `wasi:sockets/tcp`.
-fn unversioned(name: &str) -> &str {
-    name.split_once('@').map_or(name, |(n, _)| n)
 }
 
 /// The row of `table` for `import`: its own interface's, else its package's.

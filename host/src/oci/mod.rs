@@ -1,12 +1,18 @@
-//! Container images from OCI registries (in progress: see the container-images issue). So far:
-//! where an image comes from (`registries`: podman's registries.conf), how its layers are
-//! unpacked safely (`unpack`), and Kubernetes' rules for the process of a container from an
-//! image (`process`). The registry client, the content store and the overlay root come next.
+//! Images and sidecars from OCI registries: where an image comes from (`registries`:
+//! podman's registries.conf), how to talk to a registry (`client`), the trust policy and the
+//! signatures it checks (`trust`, `signature`), the content store (`store`), pulling
+//! (`pull`), what else is done on a registry (`remote`: push, sign, inspect, search), container images' layers (`unpack`, `process`), Wasm
+//! sidecars as artifacts (`artifact`) and the approvals of what they may do (`approvals`).
 
+pub mod approvals;
+pub mod artifact;
+pub mod client;
 pub mod process;
 pub mod pull;
 pub mod reference;
 pub mod registries;
+pub mod remote;
 pub mod signature;
 pub mod store;
+pub mod trust;
 pub mod unpack;

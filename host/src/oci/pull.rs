@@ -1,8 +1,13 @@
-//! Pulling an image into the store: resolve the name through registries.conf (mirrors first),
-//! fetch the manifest (an index resolves to linux/amd64) and config, download each missing layer
-//! blob hashing it as it streams, and unpack each missing layer once (its uncompressed digest
-//! checked against the config's `diff_ids`). The whole pull holds the store's lock, so two pulls
-//! of one image never write the same content at once.
+//! Pulling an image or a Wasm sidecar into the store: resolve the name through registries.conf
+//! (mirrors first), resolve the tag to a digest once, check the trust policy for exactly that
+//! digest, then fetch by digest only (an index resolves to linux/amd64).
+//!
+//! A container image's missing layer blobs are downloaded, hashed as they stream, and unpacked
+//! once (their uncompressed digest checked against the config's `diff_ids`). A Wasm sidecar's
+//! one layer is downloaded within a size cap, refused if it is precompiled native code, and its
+//! imports are recomputed from its bytes (a config that says otherwise is refused). The whole
+//! pull holds the store's lock, so two pulls of one image never write the same content at once,
+//! and an image is recorded only once all of it is stored.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -10,18 +15,24 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use oci_client::client::{linux_amd64_resolver, ClientConfig, ClientProtocol};
+use oci_client::client::linux_amd64_resolver;
 use oci_client::config::ConfigFile;
-use oci_client::secrets::RegistryAuth;
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::Client;
 use sha2::{Digest as _, Sha256};
 
+use super::artifact::{self, ArtifactError};
+use super::client::{auth_for, client, small_blob, FetchError};
 use super::process::ImageProcess;
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
-use super::store::{Digest, ImageRecord, Locked, Store, StoreError};
+use super::store::{Digest, ImageRecord, Locked, SidecarRecord, Store, StoreError};
+use super::trust::{self, Policy, PolicyError, TrustError, Verified};
 use super::unpack::{self, Limits, UnpackError};
 use crate::spec::PullPolicy;
+
+/// The biggest manifest or container config wpod reads.
+const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -40,6 +51,16 @@ pub enum PullError {
     Invalid { image: String, what: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("{image}: {source}")]
+    Sidecar {
+        image: String,
+        #[source]
+        source: ArtifactError,
+    },
     #[error("layer {layer}")]
     Unpack {
         layer: String,
@@ -81,7 +102,7 @@ pub enum PullEvent {
     },
 }
 
-/// An image ready to run: its record, its process settings, its layers.
+/// A container image ready to run: its record, its process settings, its layers.
 #[derive(Clone, Debug)]
 pub struct StoredImage {
     pub record: ImageRecord,
@@ -90,9 +111,35 @@ pub struct StoredImage {
     pub layers: Vec<PathBuf>,
 }
 
+/// A Wasm sidecar in the store: its record and where its component is.
+#[derive(Clone, Debug)]
+pub struct StoredSidecar {
+    pub record: ImageRecord,
+    pub sidecar: SidecarRecord,
+    /// The component's blob in the store.
+    pub component: PathBuf,
+}
+
+/// What a pull stored: the media types of the manifest decide.
+#[derive(Clone, Debug)]
+pub enum Pulled {
+    Container(StoredImage),
+    Sidecar(StoredSidecar),
+}
+
+impl Pulled {
+    pub fn record(&self) -> &ImageRecord {
+        match self {
+            Pulled::Container(i) => &i.record,
+            Pulled::Sidecar(s) => &s.record,
+        }
+    }
+}
+
 pub struct Puller {
     store: Arc<Store>,
     registries: Registries,
+    policy: Policy,
 }
 
 impl Puller {
@@ -100,6 +147,7 @@ impl Puller {
         Ok(Puller {
             store,
             registries: Registries::load()?,
+            policy: Policy::load()?,
         })
     }
 
@@ -109,7 +157,7 @@ impl Puller {
         name: &ImageName,
         policy: PullPolicy,
         events: &(dyn Fn(PullEvent) + Sync),
-    ) -> Result<StoredImage, PullError> {
+    ) -> Result<Pulled, PullError> {
         let canonical = name.canonical();
         let stored = self.store.image(&canonical)?;
         match (policy, stored) {
@@ -127,7 +175,7 @@ impl Puller {
         &self,
         name: &ImageName,
         events: &(dyn Fn(PullEvent) + Sync),
-    ) -> Result<StoredImage, PullError> {
+    ) -> Result<Pulled, PullError> {
         let canonical = name.canonical();
         let sources = self.registries.sources(&name.repository_name())?;
         let store = self.store.clone();
@@ -159,7 +207,7 @@ impl Puller {
         source: &Source,
         locked: &Locked<'_>,
         events: &(dyn Fn(PullEvent) + Sync),
-    ) -> Result<StoredImage, PullError> {
+    ) -> Result<Pulled, PullError> {
         let started = std::time::Instant::now();
         let canonical = name.canonical();
         let reference = name.at(&source.name);
@@ -171,28 +219,101 @@ impl Puller {
             image: canonical.clone(),
             message: crate::error::chain(&e),
         };
-        let client = client(source);
-        let auth = auth_for(reference.registry());
-        let (manifest, manifest_digest, config_text) = client
-            .pull_manifest_and_config(&reference, &auth)
-            .await
-            .map_err(registry_err)?;
         let invalid = |what: String| PullError::Invalid {
             image: canonical.clone(),
             what,
         };
-        let manifest_digest = Digest::parse(&manifest_digest)?;
+        let client = client(source);
+        let auth = auth_for(reference.registry());
+        // The one resolution of the tag: everything after is fetched by this digest.
+        let (top, top_digest) = client
+            .pull_manifest_raw(&reference, &auth, MANIFEST_TYPES)
+            .await
+            .map_err(registry_err)?;
+        let top_digest = Digest::parse(&top_digest)?;
+        let pinned = reference.clone_with_digest(top_digest.to_string());
+        let scope = self.policy.scope_for(&name.repository_name());
+        let verified =
+            trust::check(&client, &auth, &pinned, &top_digest, &canonical, &scope).await?;
+        let (manifest_bytes, manifest_digest) = match platform_manifest(&top)? {
+            None => (top.to_vec(), top_digest.clone()),
+            Some(platform) => {
+                let at = pinned.clone_with_digest(platform.clone());
+                let (bytes, digest) = client
+                    .pull_manifest_raw(&at, &auth, MANIFEST_TYPES)
+                    .await
+                    .map_err(registry_err)?;
+                (bytes.to_vec(), Digest::parse(&digest)?)
+            }
+        };
+        let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| invalid(format!("manifest: {e}")))?;
         let config_digest = Digest::parse(&manifest.config.digest)?;
-        locked.put_blob(&config_digest, config_text.as_bytes())?;
-        // Stored as wpod re-serialised it (oci-client gives no raw bytes); the record keeps the
-        // registry's digest beside it.
-        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| invalid(e.to_string()))?;
-        let stored_manifest = Digest::of(&manifest_bytes);
-        if !self.store.has_blob(&stored_manifest) {
-            locked.put_blob(&stored_manifest, &manifest_bytes)?;
+        let config = small_blob(&client, &pinned, &config_digest, MAX_METADATA_BYTES)
+            .await
+            .map_err(|e| fetch_err(&canonical, e))?;
+        let fetched = Fetched {
+            client: &client,
+            reference: &pinned,
+            canonical: &canonical,
+            locked,
+            events,
+        };
+        let (content, layers, size, sidecar) = if artifact::is_wasm(&manifest) {
+            let (sidecar, size) = self.fetch_sidecar(&fetched, &manifest, &config).await?;
+            (None, Vec::new(), size, Some(sidecar))
+        } else {
+            let (config_file, chain, size) =
+                self.fetch_layers(&fetched, &manifest, &config).await?;
+            (Some(config_file), chain, size, None)
+        };
+        locked.put_blob(&config_digest, &config)?;
+        locked.put_blob(&manifest_digest, &manifest_bytes)?;
+        let record = ImageRecord {
+            name: canonical.clone(),
+            digest: top_digest,
+            manifest: manifest_digest,
+            config: config_digest,
+            layers,
+            size,
+            last_used: now(),
+            sidecar,
+            signed_by: match verified {
+                Verified::SignedBy(key) => Some(key),
+                Verified::NotRequired => None,
+            },
+        };
+        locked.record(record.clone())?;
+        events(PullEvent::Pulled {
+            image: canonical,
+            digest: record.digest.to_string(),
+            size,
+            took: started.elapsed(),
+        });
+        match content {
+            Some(config) => Ok(Pulled::Container(StoredImage {
+                process: process_of(&config),
+                layers: self.layer_paths(&record),
+                record,
+            })),
+            None => self.load(record),
         }
+    }
+
+    /// A container image's layers: each missing one downloaded and unpacked. Returns the
+    /// config, the layers' ChainIDs (bottom first) and their compressed size.
+    async fn fetch_layers(
+        &self,
+        f: &Fetched<'_>,
+        manifest: &OciImageManifest,
+        config_bytes: &[u8],
+    ) -> Result<(ConfigFile, Vec<Digest>, u64), PullError> {
+        let invalid = |what: String| PullError::Invalid {
+            image: f.canonical.to_string(),
+            what,
+        };
         let config: ConfigFile =
-            serde_json::from_str(&config_text).map_err(|e| invalid(format!("config: {e}")))?;
+            serde_json::from_slice(config_bytes).map_err(|e| invalid(format!("config: {e}")))?;
         let diff_ids = config
             .rootfs
             .diff_ids
@@ -215,10 +336,7 @@ impl Puller {
             let cached = self.store.has_layer(&chain_id);
             if !cached {
                 if !self.store.has_blob(&blob) {
-                    download(
-                        &client, &reference, layer, &blob, locked, &canonical, events,
-                    )
-                    .await?;
+                    download(f, layer, &blob).await?;
                 }
                 let lowers: Vec<PathBuf> = chain
                     .iter()
@@ -227,7 +345,7 @@ impl Puller {
                     .collect();
                 tokio::task::block_in_place(|| {
                     unpack_layer(
-                        locked,
+                        f.locked,
                         &blob,
                         &layer.media_type,
                         diff_id,
@@ -236,57 +354,98 @@ impl Puller {
                     )
                 })?;
             }
-            events(PullEvent::Layer {
+            (f.events)(PullEvent::Layer {
                 digest: blob.to_string(),
                 size: layer.size.max(0) as u64,
                 cached,
             });
             chain.push(chain_id);
         }
-        let record = ImageRecord {
-            name: canonical.clone(),
-            digest: manifest_digest,
-            manifest: stored_manifest,
-            config: config_digest,
-            layers: chain,
-            size,
-            last_used: now(),
+        Ok((config, chain, size))
+    }
+
+    /// A Wasm sidecar's one layer: its size checked before and while it downloads, then its
+    /// bytes checked (a component, not precompiled code) and its imports recomputed from them.
+    async fn fetch_sidecar(
+        &self,
+        f: &Fetched<'_>,
+        manifest: &OciImageManifest,
+        config_bytes: &[u8],
+    ) -> Result<(SidecarRecord, u64), PullError> {
+        let sidecar_err = |source: ArtifactError| PullError::Sidecar {
+            image: f.canonical.to_string(),
+            source,
         };
-        locked.record(record.clone())?;
-        events(PullEvent::Pulled {
-            image: canonical,
-            digest: record.digest.to_string(),
-            size,
-            took: started.elapsed(),
+        let (layer, config) =
+            artifact::layer_and_config(manifest, config_bytes, crate::files::MAX_COMPONENT_BYTES)
+                .map_err(sidecar_err)?;
+        let blob = Digest::parse(&layer.digest)?;
+        let cached = self.store.has_blob(&blob);
+        if !cached {
+            download(f, layer, &blob).await?;
+        }
+        let check = || -> Result<SidecarRecord, PullError> {
+            let bytes = self.store.read_blob(&blob)?;
+            let interface = artifact::check_component(&bytes).map_err(sidecar_err)?;
+            artifact::check_declared(&config, &interface).map_err(sidecar_err)?;
+            Ok(SidecarRecord {
+                component: blob.clone(),
+                imports: interface.imports,
+                exports: interface.exports,
+                annotations: manifest.annotations.clone().unwrap_or_default(),
+            })
+        };
+        let sidecar = match tokio::task::block_in_place(check) {
+            Ok(s) => s,
+            Err(e) => {
+                // Refused bytes are not kept: nothing in the store looks like a usable sidecar.
+                let _ = std::fs::remove_file(self.store.blob_path(&blob));
+                return Err(e);
+            }
+        };
+        (f.events)(PullEvent::Layer {
+            digest: blob.to_string(),
+            size: layer.size.max(0) as u64,
+            cached,
         });
-        Ok(StoredImage {
-            process: process_of(&config),
-            layers: self.layer_paths(&record),
-            record,
-        })
+        Ok((sidecar, layer.size.max(0) as u64))
     }
 
     /// A stored image, as recorded.
-    fn load(&self, record: ImageRecord) -> Result<StoredImage, PullError> {
+    fn load(&self, record: ImageRecord) -> Result<Pulled, PullError> {
+        let invalid = |what: String| PullError::Invalid {
+            image: record.name.clone(),
+            what,
+        };
+        if let Some(sidecar) = &record.sidecar {
+            let component = self.store.blob_path(&sidecar.component);
+            if !component.is_file() {
+                return Err(invalid(format!(
+                    "its component {} is missing from the store; pull it again",
+                    sidecar.component
+                )));
+            }
+            return Ok(Pulled::Sidecar(StoredSidecar {
+                sidecar: sidecar.clone(),
+                component,
+                record,
+            }));
+        }
         let config_text = self.store.read_blob(&record.config)?;
         let config: ConfigFile =
-            serde_json::from_slice(&config_text).map_err(|e| PullError::Invalid {
-                image: record.name.clone(),
-                what: format!("config: {e}"),
-            })?;
+            serde_json::from_slice(&config_text).map_err(|e| invalid(format!("config: {e}")))?;
         for l in &record.layers {
             if !self.store.has_layer(l) {
-                return Err(PullError::Invalid {
-                    image: record.name.clone(),
-                    what: format!("layer {l} is missing from the store; pull the image again"),
-                });
+                return Err(invalid(format!(
+                    "layer {l} is missing from the store; pull the image again"
+                )));
             }
         }
-        Ok(StoredImage {
+        Ok(Pulled::Container(StoredImage {
             process: process_of(&config),
             layers: self.layer_paths(&record),
             record,
-        })
+        }))
     }
 
     fn layer_paths(&self, record: &ImageRecord) -> Vec<PathBuf> {
@@ -297,6 +456,57 @@ impl Puller {
             .map(|c| self.store.layer_path(c))
             .collect()
     }
+}
+
+/// The manifest media types wpod reads.
+const MANIFEST_TYPES: &[&str] = &[
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+/// For an index (or a Docker manifest list), the digest of its linux/amd64 manifest; `None`
+/// for an image manifest.
+fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, PullError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| PullError::Invalid {
+        image: String::new(),
+        what: format!("manifest: {e}"),
+    })?;
+    if probe.manifests.is_none() {
+        return Ok(None);
+    }
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| PullError::Invalid {
+        image: String::new(),
+        what: format!("index: {e}"),
+    })?;
+    linux_amd64_resolver(&index.manifests)
+        .map(Some)
+        .ok_or_else(|| PullError::Invalid {
+            image: String::new(),
+            what: "the index has no linux/amd64 image".into(),
+        })
+}
+
+fn fetch_err(image: &str, e: FetchError) -> PullError {
+    PullError::Registry {
+        image: image.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// What one pull's downloads share.
+struct Fetched<'a> {
+    client: &'a Client,
+    reference: &'a oci_client::Reference,
+    canonical: &'a str,
+    locked: &'a Locked<'a>,
+    events: &'a (dyn Fn(PullEvent) + Sync),
 }
 
 fn now() -> u64 {
@@ -318,85 +528,26 @@ fn process_of(config: &ConfigFile) -> ImageProcess {
     }
 }
 
-fn client(source: &Source) -> Client {
-    // rustls without aws-lc: ring is the provider (installed once per process).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if source.insecure {
-        ClientProtocol::Http
-    } else {
-        ClientProtocol::Https
-    };
-    Client::new(ClientConfig {
-        protocol,
-        accept_invalid_certificates: source.insecure,
-        platform_resolver: Some(Box::new(linux_amd64_resolver)),
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    })
-}
-
-/// Credentials for `registry` as podman and docker keep them: `$REGISTRY_AUTH_FILE`, then
-/// `$XDG_RUNTIME_DIR/containers/auth.json`, then `~/.docker/config.json`; anonymous otherwise.
-fn auth_for(registry: &str) -> RegistryAuth {
-    let mut files = Vec::new();
-    if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
-        files.push(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR") {
-        files.push(PathBuf::from(p).join("containers/auth.json"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        files.push(PathBuf::from(home).join(".docker/config.json"));
-    }
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
-            tracing::warn!(file = %f.display(), "cannot parse registry credentials; ignoring them");
-            continue;
-        };
-        let Some(entry) = json.get("auths").and_then(|a| a.get(registry)) else {
-            continue;
-        };
-        let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) else {
-            continue;
-        };
-        use base64::Engine as _;
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
-            continue;
-        };
-        if let Some((user, pass)) = String::from_utf8_lossy(&decoded).split_once(':') {
-            return RegistryAuth::Basic(user.to_string(), pass.to_string());
-        }
-    }
-    RegistryAuth::Anonymous
-}
-
 /// Downloads one blob into the store, hashing it as it streams.
 async fn download(
-    client: &Client,
-    reference: &oci_client::Reference,
+    f: &Fetched<'_>,
     layer: &oci_client::manifest::OciDescriptor,
     digest: &Digest,
-    locked: &Locked<'_>,
-    image: &str,
-    events: &(dyn Fn(PullEvent) + Sync),
 ) -> Result<(), PullError> {
     let registry_err = |message: String| PullError::Registry {
-        image: image.to_string(),
+        image: f.canonical.to_string(),
         message,
     };
-    let mut stream = client
-        .pull_blob_stream(reference, layer)
+    let mut stream = f
+        .client
+        .pull_blob_stream(f.reference, layer)
         .await
         .map_err(|e| registry_err(crate::error::chain(&e)))?;
-    let mut ingest = locked.ingest()?;
+    let mut ingest = f.locked.ingest()?;
     while let Some(chunk) = stream.stream.next().await {
         let chunk = chunk.map_err(|e| registry_err(format!("download {digest}: {e}")))?;
         ingest.write(&chunk)?;
-        events(PullEvent::Progress {
+        (f.events)(PullEvent::Progress {
             digest: digest.to_string(),
             done: ingest.size,
             total: layer.size.max(0) as u64,

@@ -26,8 +26,12 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("not a P-256 private key in PKCS#8 PEM ({0})")]
+    #[error("not a P-256 private key wpod can read: {0} (wpod reads cosign's encrypted keys, PKCS#8 and SEC1 PEM)")]
     PrivateKey(String),
+    #[error(
+        "the password does not open this private key (set WPOD_KEY_PASSWORD or COSIGN_PASSWORD)"
+    )]
+    Password,
     #[error("not a P-256 public key in PEM ({0})")]
     PublicKey(String),
     #[error("the signature does not verify with this key")]
@@ -38,18 +42,157 @@ pub enum SignatureError {
     OtherDigest { signed: String, wanted: String },
 }
 
-/// A new key pair: (private key PEM, public key PEM), as `wpod key generate` writes them.
-pub fn generate_key() -> Result<(String, String), SignatureError> {
+/// PEM labels of cosign's password-encrypted private keys (the newer label first).
+const ENCRYPTED_LABELS: [&str; 2] = [
+    "ENCRYPTED SIGSTORE PRIVATE KEY",
+    "ENCRYPTED COSIGN PRIVATE KEY",
+];
+
+/// A new key pair: (private key PEM, public key PEM), as `wpod key generate` writes them. The
+/// private key is in cosign's encrypted format (scrypt + NaCl secretbox over PKCS#8), so cosign
+/// and skopeo (`--sign-by-sigstore-private-key`) sign with it too; the public key is the SPKI
+/// PEM that cosign and policy.json's `keyPath` read.
+pub fn generate_key(password: &[u8]) -> Result<(String, String), SignatureError> {
     let key = SigningKey::random(&mut rand_core::OsRng);
-    let private = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| SignatureError::PrivateKey(e.to_string()))?
-        .to_string();
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| SignatureError::PrivateKey(e.to_string()))?;
+    let private = encrypt_key(der.as_bytes(), password)?;
     let public = key
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
         .map_err(|e| SignatureError::PublicKey(e.to_string()))?;
     Ok((private, public))
+}
+
+/// The JSON inside cosign's encrypted key PEM (go-securesystemslib's `encrypted` format; Go
+/// writes byte strings as base64).
+#[derive(Serialize, Deserialize)]
+struct EncryptedKey {
+    kdf: Kdf,
+    cipher: CipherParams,
+    ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Kdf {
+    name: String,
+    params: ScryptParams,
+    salt: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScryptParams {
+    #[serde(rename = "N")]
+    n: u64,
+    r: u32,
+    p: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CipherParams {
+    name: String,
+    nonce: String,
+}
+
+fn secretbox_key(
+    password: &[u8],
+    salt: &[u8],
+    p: &ScryptParams,
+) -> Result<[u8; 32], SignatureError> {
+    let bad = |what: &str| SignatureError::PrivateKey(format!("bad scrypt parameters: {what}"));
+    if !p.n.is_power_of_two() || p.n < 2 || p.n > 1 << 20 {
+        return Err(bad("N"));
+    }
+    let params =
+        scrypt::Params::new(p.n.trailing_zeros() as u8, p.r, p.p, 32).map_err(|_| bad("r or p"))?;
+    let mut key = [0u8; 32];
+    scrypt::scrypt(password, salt, &params, &mut key).map_err(|_| bad("length"))?;
+    Ok(key)
+}
+
+fn encrypt_key(pkcs8: &[u8], password: &[u8]) -> Result<String, SignatureError> {
+    use crypto_secretbox::aead::{Aead, KeyInit};
+    let mut salt = [0u8; 32];
+    let mut nonce = [0u8; 24];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    // go-securesystemslib's legacy (default) cost: N = 2^15, r = 8, p = 1.
+    let params = ScryptParams {
+        n: 1 << 15,
+        r: 8,
+        p: 1,
+    };
+    let key = secretbox_key(password, &salt, &params)?;
+    let cipher = crypto_secretbox::XSalsa20Poly1305::new(&key.into());
+    let sealed = cipher
+        .encrypt(&nonce.into(), pkcs8)
+        .map_err(|_| SignatureError::PrivateKey("cannot encrypt the key".into()))?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let json = serde_json::to_vec(&EncryptedKey {
+        kdf: Kdf {
+            name: "scrypt".into(),
+            params,
+            salt: b64(&salt),
+        },
+        cipher: CipherParams {
+            name: "nacl/secretbox".into(),
+            nonce: b64(&nonce),
+        },
+        ciphertext: b64(&sealed),
+    })
+    .unwrap_or_default();
+    p256::pkcs8::der::pem::encode_string(ENCRYPTED_LABELS[0], LineEnding::LF, &json)
+        .map_err(|e| SignatureError::PrivateKey(e.to_string()))
+}
+
+fn decrypt_key(json: &[u8], password: &[u8]) -> Result<SigningKey, SignatureError> {
+    use crypto_secretbox::aead::{Aead, KeyInit};
+    let bad = |what: String| SignatureError::PrivateKey(what);
+    let e: EncryptedKey = serde_json::from_slice(json)
+        .map_err(|e| bad(format!("not cosign's encrypted key format: {e}")))?;
+    if e.kdf.name != "scrypt" || e.cipher.name != "nacl/secretbox" {
+        return Err(bad(format!(
+            "encrypted with {} and {}; wpod reads scrypt and nacl/secretbox",
+            e.kdf.name, e.cipher.name
+        )));
+    }
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| bad("bad base64 in the encrypted key".into()))
+    };
+    let salt = b64(&e.kdf.salt)?;
+    let nonce: [u8; 24] = b64(&e.cipher.nonce)?
+        .try_into()
+        .map_err(|_| bad("the nonce is not 24 bytes".into()))?;
+    let key = secretbox_key(password, &salt, &e.kdf.params)?;
+    let cipher = crypto_secretbox::XSalsa20Poly1305::new(&key.into());
+    let pkcs8 = cipher
+        .decrypt(&nonce.into(), b64(&e.ciphertext)?.as_slice())
+        .map_err(|_| SignatureError::Password)?;
+    SigningKey::from_pkcs8_der(&pkcs8).map_err(|e| bad(e.to_string()))
+}
+
+/// A private key from PEM: cosign's encrypted format (with `password`), PKCS#8 or SEC1.
+fn signing_key(pem: &str, password: &[u8]) -> Result<SigningKey, SignatureError> {
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
+        .map_err(|e| SignatureError::PrivateKey(format!("not a PEM file ({e})")))?;
+    match label {
+        l if ENCRYPTED_LABELS.contains(&l) => decrypt_key(&der, password),
+        "PRIVATE KEY" => {
+            SigningKey::from_pkcs8_der(&der).map_err(|e| SignatureError::PrivateKey(e.to_string()))
+        }
+        "EC PRIVATE KEY" => {
+            use p256::elliptic_curve::SecretKey;
+            SecretKey::<p256::NistP256>::from_sec1_der(&der)
+                .map(SigningKey::from)
+                .map_err(|e| SignatureError::PrivateKey(e.to_string()))
+        }
+        other => Err(SignatureError::PrivateKey(format!(
+            "a PEM \"{other}\", not a private key"
+        ))),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,10 +239,17 @@ pub fn payload(reference: &str, digest: &Digest) -> Vec<u8> {
     serde_json::to_vec(&p).unwrap_or_default()
 }
 
-/// Signs `payload` with the PEM private key: the base64 DER signature cosign stores.
-pub fn sign(private_pem: &str, payload: &[u8]) -> Result<String, SignatureError> {
-    let key = SigningKey::from_pkcs8_pem(private_pem)
-        .map_err(|e| SignatureError::PrivateKey(e.to_string()))?;
+/// Checks that `pem` is a P-256 public key wpod can verify with.
+pub fn check_public_key(pem: &str) -> Result<(), SignatureError> {
+    VerifyingKey::from_public_key_pem(pem)
+        .map(|_| ())
+        .map_err(|e| SignatureError::PublicKey(e.to_string()))
+}
+
+/// Signs `payload` with the PEM private key (`password` opens an encrypted one): the base64
+/// DER signature cosign stores.
+pub fn sign(private_pem: &str, password: &[u8], payload: &[u8]) -> Result<String, SignatureError> {
+    let key = signing_key(private_pem, password)?;
     let sig: DerSignature = key.sign(payload);
     Ok(base64::engine::general_purpose::STANDARD.encode(sig.as_bytes()))
 }
@@ -154,12 +304,16 @@ mod tests {
 
     #[test]
     fn a_signature_verifies_for_its_key_and_its_digest_only() {
-        let (private, public) = generate_key().unwrap();
-        let (_, other_public) = generate_key().unwrap();
+        let (private, public) = generate_key(b"pw").unwrap();
+        let (_, other_public) = generate_key(b"").unwrap();
         let d = digest(b"manifest");
         let p = payload("127.0.0.1:5000/sidecars/probe", &d);
-        let sig = sign(&private, &p).unwrap();
+        let sig = sign(&private, b"pw", &p).unwrap();
         verify(&public, &p, &sig, &d).unwrap();
+        assert!(matches!(
+            sign(&private, b"wrong", &p),
+            Err(SignatureError::Password)
+        ));
         assert!(matches!(
             verify(&other_public, &p, &sig, &d),
             Err(SignatureError::BadSignature)
@@ -188,10 +342,24 @@ mod tests {
     #[test]
     fn a_trusted_reference_is_not_required_only_the_digest() {
         // A mirror re-homes the image: the reference in the payload differs, the digest holds.
-        let (private, public) = generate_key().unwrap();
+        let (private, public) = generate_key(b"").unwrap();
         let d = digest(b"manifest");
         let p = payload("docker.io/team/sidecar", &d);
-        let sig = sign(&private, &p).unwrap();
+        let sig = sign(&private, b"", &p).unwrap();
         verify(&public, &p, &sig, &d).unwrap();
+    }
+
+    #[test]
+    fn plain_pkcs8_keys_sign_too() {
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let public = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let d = digest(b"m");
+        let p = payload("r/x", &d);
+        verify(&public, &p, &sign(&pem, b"", &p).unwrap(), &d).unwrap();
+        assert!(sign(&public, b"", &p).is_err(), "a public key cannot sign");
     }
 }

@@ -115,9 +115,11 @@ impl std::fmt::Display for Digest {
 pub struct ImageRecord {
     /// `docker.io/library/nginx:latest` (or `...@sha256:...`).
     pub name: String,
-    /// The manifest's digest at the registry (what a tag resolved to).
+    /// The manifest's digest at the registry (what a tag resolved to: for a multi-platform
+    /// image, its index), the digest signatures and approvals name.
     pub digest: Digest,
-    /// The manifest blob as stored (by which prune finds the layer blobs).
+    /// The (platform) manifest blob, stored as the registry served it (by which prune finds
+    /// the layer blobs).
     pub manifest: Digest,
     pub config: Digest,
     /// ChainIDs of its layers, bottom first.
@@ -126,6 +128,25 @@ pub struct ImageRecord {
     pub size: u64,
     /// Seconds since the epoch.
     pub last_used: u64,
+    /// A Wasm sidecar rather than a container image (`layers` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarRecord>,
+    /// The key whose signature the trust policy accepted, when it asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+}
+
+/// What the store knows about a Wasm sidecar: its component's blob and what the component's
+/// own bytes import and export (recomputed at pull, never taken from the config).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarRecord {
+    pub component: Digest,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// The manifest's annotations (title, description, version, ...).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -144,7 +165,12 @@ pub fn pin_layers<'a>(
 ) -> Result<(), StoreError> {
     let lines: Vec<String> = images
         .into_iter()
-        .flat_map(|i| i.layers.iter().map(|d| d.to_string()))
+        .flat_map(|i| {
+            i.layers
+                .iter()
+                .chain(i.sidecar.as_ref().map(|s| &s.component))
+                .map(|d| d.to_string())
+        })
         .collect();
     let path = pod_state.join(PINNED_LAYERS);
     std::fs::write(&path, lines.join("\n")).map_err(io("write", &path))

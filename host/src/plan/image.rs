@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::component::{COMPONENT_PREAMBLE, MODULE_PREAMBLE};
 use crate::oci::reference::{BadReference, ImageName};
 use crate::spec::PullPolicy;
 
@@ -43,10 +44,6 @@ impl Image {
         matches!(self, Image::Wasm(_))
     }
 }
-
-/// The first bytes of a Wasm component (a core module has version 1, layer 0).
-const COMPONENT_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
-const MODULE_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
 /// Why an `image` names nothing wpod can run; each message says where wpod looked and what to do.
 #[derive(Debug, thiserror::Error)]

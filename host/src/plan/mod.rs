@@ -100,17 +100,44 @@ pub fn restart_policy(role: Role, pod: RestartPolicy) -> RestartPolicy {
 
 /// Resolves images and grants, and checks what depends on them and on the host.
 pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
+    plan_with(pod, &BTreeMap::new())
+}
+
+impl PodPlan {
+    /// The plan once its registry images are pulled: each that turned out to be a Wasm sidecar
+    /// (`sidecars`: its component in the store, by container path) runs as one, its grants
+    /// resolved and checked exactly as for a `.wasm` file beside the manifest.
+    pub fn with_pulled_sidecars(
+        &self,
+        sidecars: &BTreeMap<String, std::path::PathBuf>,
+    ) -> Result<PodPlan, Diagnostics> {
+        if sidecars.is_empty() {
+            return Ok(self.clone());
+        }
+        let images = sidecars
+            .iter()
+            .map(|(path, component)| (path.clone(), Image::Wasm(component.clone())))
+            .collect();
+        plan_with(&self.pod, &images)
+    }
+}
+
+/// `plan`, with the images of some containers (by path) already decided.
+fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
     let mut containers = Vec::new();
     for (path, role, c) in pod.containers_in_order() {
-        let image =
-            match image::resolve(c.image.as_deref(), c.image_pull_policy, pod.manifest_dir()) {
-                Ok(image) => image,
-                Err(e) => {
-                    diags.push(pod.source.diag(format!("{path}.image"), e.to_string()));
-                    continue;
-                }
-            };
+        let resolved = match decided.get(&path) {
+            Some(image) => Ok(image.clone()),
+            None => image::resolve(c.image.as_deref(), c.image_pull_policy, pod.manifest_dir()),
+        };
+        let image = match resolved {
+            Ok(image) => image,
+            Err(e) => {
+                diags.push(pod.source.diag(format!("{path}.image"), e.to_string()));
+                continue;
+            }
+        };
         let grants = match &image {
             Image::Wasm(component) => {
                 let sidecar = Sidecar {

@@ -51,15 +51,28 @@ pub fn load(engine: &Engine, path: &Path) -> Result<(Component, Source), CacheEr
     Ok((component, Source::Compiled))
 }
 
+/// The entry's name: sha256 over the component's sha256 (for a pulled sidecar, its layer
+/// digest), the engine's compatibility hash and wpod's version.
 fn key(engine: &Engine, wasm: &[u8]) -> String {
-    // The compatibility hash is stable within one wpod binary; the version keeps binaries apart.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    let mut sha = Sha256::new();
-    sha.update(Sha256::digest(wasm));
-    sha.update(h.finish().to_le_bytes());
-    sha.update(env!("CARGO_PKG_VERSION").as_bytes());
-    hex::encode(sha.finalize())
+    let mut sha = ShaHasher(Sha256::new());
+    sha.0.update(Sha256::digest(wasm));
+    // Fed into sha256 itself, not through `DefaultHasher`, whose output Rust may change.
+    engine.precompile_compatibility_hash().hash(&mut sha);
+    sha.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hex::encode(sha.0.finalize())
+}
+
+/// A `Hasher` that feeds sha256.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
 }
 
 fn digest_path(entry: &Path) -> PathBuf {

@@ -12,6 +12,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod events;
+pub mod images;
 pub mod probes;
 pub mod runner;
 #[cfg(test)]
@@ -378,64 +379,4 @@ fn main_containers(plan: &PodPlan) -> Arc<PodState> {
             .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
             .map(|c| c.name().to_string()),
     )
-}
-
-/// Pulls (or finds in the store) every registry image of the pod, per each container's pull
-/// policy, before anything of the pod exists: a pod whose image cannot be had never starts.
-/// By container index; `None` for containers without a registry image.
-pub async fn pull_images(
-    plan: &PodPlan,
-    events: &Events,
-) -> Result<Vec<Option<StoredImage>>, crate::oci::pull::PullError> {
-    use crate::oci::pull::{PullEvent, Puller};
-    use crate::plan::Image;
-    let mut out = Vec::new();
-    let mut puller = None;
-    for c in &plan.containers {
-        let Image::Registry { name, policy } = &c.image else {
-            out.push(None);
-            continue;
-        };
-        let puller = match &mut puller {
-            Some(p) => p,
-            None => puller.insert(Puller::new(Arc::new(crate::oci::store::Store::open()?))?),
-        };
-        let container = c.name();
-        let report = |e: PullEvent| {
-            let event = match e {
-                PullEvent::Pulling { image, from } => Event::Pulling { image, from },
-                PullEvent::Pulled {
-                    image,
-                    digest,
-                    size,
-                    took,
-                } => Event::Pulled {
-                    image,
-                    digest,
-                    size,
-                    seconds: took.as_secs_f64(),
-                },
-                PullEvent::AlreadyPresent { image } => Event::AlreadyPresent { image },
-                PullEvent::MirrorFailed { mirror, message } => {
-                    Event::MirrorFailed { mirror, message }
-                }
-                PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
-            };
-            events.emit(Some(container), event);
-        };
-        match puller.ensure(name, *policy, &report).await {
-            Ok(image) => out.push(Some(image)),
-            Err(e) => {
-                events.emit(
-                    Some(container),
-                    Event::ErrImagePull {
-                        image: name.canonical(),
-                        message: crate::error::chain(&e),
-                    },
-                );
-                return Err(e);
-            }
-        }
-    }
-    Ok(out)
 }

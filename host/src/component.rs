@@ -1,0 +1,158 @@
+//! What a Wasm component's binary says about itself, read with wasmparser without compiling it:
+//! its top-level imports (exactly its permissions) and exports. Shared by `grants` (which maps
+//! each import to the Pod field that grants it) and `oci` (which recomputes a downloaded
+//! sidecar's imports instead of trusting the artifact's config).
+
+use std::collections::BTreeSet;
+
+use wasmparser::{Parser, Payload};
+
+/// The first bytes of a Wasm component (a core module has version 1, layer 0).
+pub const COMPONENT_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+/// The first bytes of a core Wasm module.
+pub const MODULE_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// A component's outermost imports and exports, in binary order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    #[error("not a Wasm component (a core module or another file)")]
+    NotComponent,
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Reads the outermost imports and exports of the component `bytes`. Nested modules and
+/// components have their own imports; only the outermost ones are what the host must provide.
+pub fn interface(bytes: &[u8]) -> Result<Interface, InterfaceError> {
+    if !Parser::is_component(bytes) {
+        return Err(InterfaceError::NotComponent);
+    }
+    let parse = |e: wasmparser::BinaryReaderError| InterfaceError::Parse(e.to_string());
+    let mut out = Interface::default();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(parse)? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    out.imports
+                        .push(import.map_err(parse)?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    out.exports
+                        .push(export.map_err(parse)?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `wasi:http/types@0.2.0` without its version: `wasi:http/types`.
+pub fn unversioned(import: &str) -> &str {
+    import.split_once('@').map_or(import, |(name, _)| name)
+}
+
+/// What an upgrade changes in a sidecar's imports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// (old, new): the same interface at another version.
+    pub version_changed: Vec<(String, String)>,
+}
+
+impl ImportDiff {
+    pub fn between(old: &[String], new: &[String]) -> ImportDiff {
+        let old_set: BTreeSet<&str> = old.iter().map(String::as_str).collect();
+        let new_set: BTreeSet<&str> = new.iter().map(String::as_str).collect();
+        let mut diff = ImportDiff::default();
+        let old_only: Vec<&str> = old_set.difference(&new_set).copied().collect();
+        for n in new_set.difference(&old_set) {
+            match old_only.iter().find(|o| unversioned(o) == unversioned(n)) {
+                Some(o) => diff.version_changed.push((o.to_string(), n.to_string())),
+                None => diff.added.push(n.to_string()),
+            }
+        }
+        for o in old_only {
+            if !diff.version_changed.iter().any(|(old, _)| old == o) {
+                diff.removed.push(o.to_string());
+            }
+        }
+        diff
+    }
+
+    /// The new version may do something the old one could not.
+    pub fn increases(&self) -> bool {
+        !self.added.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.version_changed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_module_is_not_a_component() {
+        assert!(matches!(
+            interface(&MODULE_PREAMBLE),
+            Err(InterfaceError::NotComponent)
+        ));
+        assert!(matches!(
+            interface(b"hello"),
+            Err(InterfaceError::NotComponent)
+        ));
+        assert_eq!(unversioned("wasi:io/streams@0.2.6"), "wasi:io/streams");
+        assert_eq!(unversioned("env"), "env");
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn a_diff_tells_added_removed_and_version_changes_apart() {
+        let old = s(&[
+            "wasi:io/streams@0.2.0",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:clocks/wall-clock@0.2.0",
+        ]);
+        let new = s(&[
+            "wasi:io/streams@0.2.3",
+            "wasi:clocks/wall-clock@0.2.0",
+            "wpod:sidecar/main-process@0.1.0",
+        ]);
+        let d = ImportDiff::between(&old, &new);
+        assert_eq!(d.added, s(&["wpod:sidecar/main-process@0.1.0"]));
+        assert_eq!(d.removed, s(&["wasi:sockets/tcp@0.2.0"]));
+        assert_eq!(
+            d.version_changed,
+            vec![(
+                "wasi:io/streams@0.2.0".into(),
+                "wasi:io/streams@0.2.3".into()
+            )]
+        );
+        assert!(d.increases());
+        let back = ImportDiff::between(&new, &new[..2]);
+        assert!(
+            !back.increases(),
+            "removing an import needs no new approval"
+        );
+        assert!(ImportDiff::between(&old, &old).is_empty());
+    }
+}

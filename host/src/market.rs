@@ -1,0 +1,499 @@
+//! The sidecar marketplace from the command line: `wpod push`, `wpod sign`, `wpod key
+//! generate`, `wpod search`, `wpod inspect REF`, and the permission review `wpod pull` shows for
+//! a Wasm sidecar (with its approval and its compilation into the cache).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use wpod::component::{ImportDiff, Interface};
+use wpod::grants::inspect::ComponentReport;
+use wpod::oci::approvals::{Approval, Approvals};
+use wpod::oci::artifact::{self, DESCRIPTION, TITLE, VERSION};
+use wpod::oci::pull::StoredSidecar;
+use wpod::oci::reference::ImageName;
+use wpod::oci::remote::{self, Remote};
+use wpod::oci::signature;
+
+use crate::cli::Output;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The password of a private key: `$WPOD_KEY_PASSWORD`, else cosign's `$COSIGN_PASSWORD`, else
+/// none.
+fn key_password() -> Vec<u8> {
+    std::env::var_os("WPOD_KEY_PASSWORD")
+        .or_else(|| std::env::var_os("COSIGN_PASSWORD"))
+        .map(|p| p.into_encoded_bytes())
+        .unwrap_or_default()
+}
+
+pub fn push(
+    component: &Path,
+    image: &str,
+    annotations: &[String],
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let name = ImageName::parse(image)?;
+    if name.digest.is_some() {
+        bail!(
+            "push to a tag ({}:TAG), not to a digest: the digest is the content's",
+            name.repository_name()
+        );
+    }
+    let bytes = wpod::files::read_regular(component, wpod::files::MAX_COMPONENT_BYTES)?;
+    let mut notes = BTreeMap::new();
+    if let Some(stem) = component.file_stem() {
+        notes.insert(TITLE.to_string(), stem.to_string_lossy().to_string());
+    }
+    if let Some(tag) = name.tag.as_deref().filter(|t| *t != "latest") {
+        notes.insert(VERSION.to_string(), tag.to_string());
+    }
+    for a in annotations {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("--annotation {a:?}: write KEY=VALUE, e.g. --annotation {DESCRIPTION}=\"Exports redis metrics\"");
+        };
+        notes.insert(k.to_string(), v.to_string());
+    }
+    let artifact = artifact::build(&bytes, notes, &artifact::created_now())
+        .with_context(|| format!("cannot publish {}", component.display()))?;
+    let remote = Remote::new(&name)?;
+    runtime()?
+        .block_on(remote.push_artifact(&artifact, bytes))
+        .with_context(|| format!("cannot push {}", name.canonical()))?;
+    let pinned = format!("{}@{}", name.canonical(), artifact.digest);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": "pushed", "image": name.canonical(), "digest": artifact.digest, "reference": pinned, "imports": artifact.interface.imports})
+        ),
+        Output::Text => println!("{pinned}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode> {
+    let name = ImageName::parse(image)?;
+    let pem = std::fs::read_to_string(key)
+        .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let remote = Remote::new(&name)?;
+    let rt = runtime()?;
+    let (digest, tag) = rt
+        .block_on(async {
+            let digest = remote.resolve().await?;
+            let tag = remote.sign(&digest, &pem, &key_password()).await?;
+            anyhow::Ok((digest, tag))
+        })
+        .with_context(|| format!("cannot sign {} with {}", name.canonical(), key.display()))?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": "signed", "image": name.canonical(), "digest": digest, "signatureTag": tag})
+        ),
+        Output::Text => println!(
+            "signed {}@{digest} (signature at tag {tag})",
+            name.repository_name()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn key_generate(name: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let private = format!("{name}.key");
+    let public = format!("{name}.pub");
+    for p in [&private, &public] {
+        if Path::new(p).exists() {
+            bail!("{p} exists; remove it or choose another name (wpod never overwrites a key)");
+        }
+    }
+    let password = key_password();
+    let (key, pubkey) = signature::generate_key(&password)?;
+    write_new(&private, &key, 0o600)?;
+    write_new(&public, &pubkey, 0o644)?;
+    if password.is_empty() {
+        eprintln!("warning: {private} is not protected by a password; set WPOD_KEY_PASSWORD (or COSIGN_PASSWORD) to encrypt it");
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": "keyGenerated", "privateKey": private, "publicKey": public})
+        ),
+        Output::Text => {
+            println!("wrote {private} (keep it secret) and {public} (for policy.json's keyPath)")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_new(path: &str, text: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {path}"))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {path}"))
+}
+
+/// `wpod inspect REF`: a sidecar on its registry, from its manifest and config (nothing is
+/// downloaded, so nothing here is checked against the component's bytes: `wpod pull` does that).
+pub fn inspect_remote(image: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let name = ImageName::parse(image)?;
+    let remote = Remote::new(&name)?;
+    let described = runtime()?
+        .block_on(remote.describe())
+        .with_context(|| format!("cannot inspect {}", name.canonical()))?;
+    let Some(d) = described else {
+        bail!(
+            "{} is a container image, not a Wasm sidecar; `wpod pull` it to run it",
+            name.canonical()
+        );
+    };
+    let interface = Interface {
+        imports: d
+            .config
+            .component
+            .as_ref()
+            .map(|c| c.imports.clone())
+            .unwrap_or_default(),
+        exports: d
+            .config
+            .component
+            .as_ref()
+            .map(|c| c.exports.clone())
+            .unwrap_or_default(),
+    };
+    let report = ComponentReport::of(interface);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": d.image, "digest": d.digest, "annotations": d.annotations,
+                "signed": d.signed, "source": "config", "imports": report.imports, "exports": report.exports,
+            }))?
+        ),
+        Output::Text => {
+            println!("{}@{}", d.image, d.digest);
+            for (k, v) in &d.annotations {
+                println!("  {k}: {v}");
+            }
+            println!(
+                "  signed: {}",
+                if d.signed {
+                    "yes (verified at pull against the trust policy)"
+                } else {
+                    "no"
+                }
+            );
+            println!("(from the artifact's config, before download: `wpod pull` recomputes the imports from the component itself)");
+            print!("{report}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One search result.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Found {
+    name: String,
+    version: String,
+    digest: String,
+    description: String,
+    signed: bool,
+    /// The Pod fields it needs (its `Requires` imports).
+    needs: Vec<String>,
+}
+
+pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let (registry, term) = match query.split_once('/') {
+        Some((r, t)) => (r.to_string(), t.to_string()),
+        None => bail!("name the registry to search: wpod search REGISTRY/TERM (e.g. 127.0.0.1:5000/exporter); registries without a catalog API cannot be searched"),
+    };
+    let rt = runtime()?;
+    let repositories = rt
+        .block_on(remote::catalog(&registry, ""))
+        .with_context(|| format!("cannot search {registry}"))?;
+    let mut found = Vec::new();
+    let mut skipped = 0usize;
+    for repo in repositories {
+        let name = ImageName::parse(&format!("{registry}/{repo}"))?;
+        let remote = Remote::new(&name)?;
+        let tags = rt.block_on(remote.tags()).unwrap_or_default();
+        let Some(version) = latest_version(&tags) else {
+            continue;
+        };
+        let tagged = ImageName::parse(&format!("{registry}/{repo}:{version}"))?;
+        let described = match rt.block_on(Remote::new(&tagged)?.describe()) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(repository = %repo, error = %e, "cannot describe; skipping it");
+                continue;
+            }
+        };
+        let description = described
+            .annotations
+            .get(DESCRIPTION)
+            .cloned()
+            .unwrap_or_default();
+        let title = described
+            .annotations
+            .get(TITLE)
+            .cloned()
+            .unwrap_or_default();
+        let t = term.to_lowercase();
+        if !(repo.to_lowercase().contains(&t)
+            || title.to_lowercase().contains(&t)
+            || description.to_lowercase().contains(&t))
+        {
+            continue;
+        }
+        let imports = described
+            .config
+            .component
+            .map(|c| c.imports)
+            .unwrap_or_default();
+        let mut needs: Vec<String> = imports
+            .iter()
+            .filter_map(|i| match wpod::grants::for_import(i) {
+                wpod::grants::ImportRule::Requires { field, .. } => Some(field.to_string()),
+                wpod::grants::ImportRule::Never => Some(format!("(ungrantable: {i})")),
+                _ => None,
+            })
+            .collect();
+        needs.sort();
+        needs.dedup();
+        found.push(Found {
+            name: format!("{registry}/{repo}"),
+            version,
+            digest: described.digest.to_string(),
+            description,
+            signed: described.signed,
+            needs,
+        });
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&found)?),
+        Output::Text => {
+            println!(
+                "{:<40} {:<10} {:<7} {:<30} DESCRIPTION",
+                "NAME", "VERSION", "SIGNED", "NEEDS"
+            );
+            for f in &found {
+                let needs = if f.needs.is_empty() {
+                    "-".to_string()
+                } else {
+                    f.needs.join(",")
+                };
+                println!(
+                    "{:<40} {:<10} {:<7} {:<30} {}",
+                    f.name,
+                    f.version,
+                    if f.signed { "yes" } else { "no" },
+                    needs,
+                    f.description
+                );
+            }
+            if skipped > 0 {
+                eprintln!(
+                    "({skipped} container images on {registry} are not sidecars and not listed)"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The newest version among `tags`: the highest `v`-optional dotted number, else `latest`, else
+/// the last tag.
+fn latest_version(tags: &[String]) -> Option<String> {
+    let numeric = |t: &str| -> Option<Vec<u64>> {
+        t.trim_start_matches('v')
+            .split(['.', '-'])
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    tags.iter()
+        .filter_map(|t| numeric(t).map(|n| (n, t)))
+        .max()
+        .map(|(_, t)| t.clone())
+        .or_else(|| tags.iter().find(|t| *t == "latest").cloned())
+        .or_else(|| tags.last().cloned())
+}
+
+/// How `wpod pull` approves a sidecar.
+pub struct ReviewOptions {
+    pub yes: bool,
+    pub allow_ungrantable: bool,
+    pub output: Output,
+}
+
+/// The permission review of a pulled sidecar: what each import lets it do and the Pod field
+/// that grants it, the diff against the repository's last approval, then the approval itself
+/// (interactive on a terminal, `--yes` otherwise) and compilation into the cache.
+pub fn review(
+    name: &ImageName,
+    s: &StoredSidecar,
+    opts: &ReviewOptions,
+) -> anyhow::Result<ExitCode> {
+    let repository = name.repository_name();
+    let digest = &s.record.digest;
+    let mut approvals = Approvals::load()?;
+    let report = ComponentReport::of(Interface {
+        imports: s.sidecar.imports.clone(),
+        exports: s.sidecar.exports.clone(),
+    });
+    let previous = approvals.of(&repository, digest).cloned();
+    let last = approvals.latest(&repository).cloned();
+    let diff = last.as_ref().filter(|l| &l.digest != digest).map(|l| {
+        (
+            l.digest.clone(),
+            ImportDiff::between(&l.imports, &s.sidecar.imports),
+        )
+    });
+    let ungrantable = report.ungrantable();
+    let needs_approval = previous.is_none()
+        && match &diff {
+            Some((_, d)) => d.increases(),
+            None => true,
+        };
+    match opts.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "event": "review", "image": name.canonical(), "digest": digest,
+                "signedBy": s.record.signed_by, "annotations": s.sidecar.annotations,
+                "imports": report.imports, "ungrantable": ungrantable,
+                "approvedBefore": previous.is_some(),
+                "diff": diff.as_ref().map(|(from, d)| serde_json::json!({"from": from, "added": d.added, "removed": d.removed, "versionChanged": d.version_changed})),
+                "needsApproval": needs_approval,
+            })
+        ),
+        Output::Text => {
+            eprintln!("sidecar {}@{digest}", name.canonical());
+            for key in [TITLE, VERSION, DESCRIPTION] {
+                if let Some(v) = s.sidecar.annotations.get(key) {
+                    eprintln!("  {:<12} {v}", key.rsplit('.').next().unwrap_or(key));
+                }
+            }
+            eprintln!(
+                "  {:<12} {}",
+                "signed by",
+                s.record
+                    .signed_by
+                    .as_deref()
+                    .unwrap_or("(the trust policy asks for no signature)")
+            );
+            eprintln!("what it may do (from the component's own bytes):");
+            for i in &report.imports {
+                eprintln!("  {:<40} {}", i.name, i.rule);
+            }
+            if let Some((from, d)) = &diff {
+                eprintln!("compared with the approved {from}:");
+                if d.is_empty() {
+                    eprintln!("  the same imports");
+                }
+                for line in ComponentReport::diff_lines(d) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+    if !ungrantable.is_empty() && !opts.allow_ungrantable {
+        bail!(
+            "{} imports {}, which no Pod field grants: no pod can run it. Not approved; pass --allow-ungrantable to approve it anyway",
+            name.canonical(),
+            ungrantable.join(", ")
+        );
+    }
+    if let Some(p) = &previous {
+        say(
+            opts.output,
+            "approved",
+            &format!(
+                "already approved on {} ({})",
+                p.approved_at,
+                approvals.path.display()
+            ),
+        );
+    } else {
+        if needs_approval && !opts.yes {
+            let what = match &diff {
+                Some(_) => "it imports more than the approved version",
+                None => "it has not been reviewed before",
+            };
+            if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+                bail!(
+                    "{} needs approval ({what}); nobody can answer a prompt here: rerun with --yes to approve it, \
+                     or approve it into a checked-in file with WPOD_APPROVALS=FILE wpod pull --yes {}",
+                    name.canonical(),
+                    name.canonical()
+                );
+            }
+            eprint!(
+                "approve {} to do the above ({what})? [y/N] ",
+                name.canonical()
+            );
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                bail!(
+                    "not approved: pods will not run {}@{digest}",
+                    name.canonical()
+                );
+            }
+        }
+        approvals.approve(Approval {
+            repository: repository.clone(),
+            digest: digest.clone(),
+            tag: name.tag.clone(),
+            imports: s.sidecar.imports.clone(),
+            approved_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+        })?;
+        let how = if needs_approval {
+            "approved"
+        } else {
+            "approved: it imports nothing more than the approved version"
+        };
+        say(
+            opts.output,
+            "approved",
+            &format!("{how} ({})", approvals.path.display()),
+        );
+    }
+    let started = std::time::Instant::now();
+    let engine = wpod::sidecars::engine::shared()?;
+    let (_, source) = wpod::sidecars::cache::load(engine, &s.component)
+        .with_context(|| format!("cannot compile {}", name.canonical()))?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let message = match source {
+        wpod::sidecars::cache::Source::Cache => "already compiled in the cache".to_string(),
+        wpod::sidecars::cache::Source::Compiled => format!("compiled into the cache in {ms:.0} ms"),
+    };
+    say(opts.output, "compiled", &message);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn say(output: Output, event: &str, message: &str) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": event, "message": message})
+        ),
+        Output::Text => eprintln!("{message}"),
+    }
+}

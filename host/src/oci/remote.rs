@@ -1,0 +1,350 @@
+//! A repository on its registry, for everything but pulls: publishing a Wasm sidecar
+//! (`wpod push`) and cosign signatures (`wpod sign`), describing a sidecar from its config
+//! before download (`wpod inspect REF`), and finding sidecars (`wpod search`). These go to the
+//! registry the reference names (registries.conf decides only whether it speaks plain HTTP),
+//! never to a mirror.
+
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+
+use super::artifact::{self, Artifact, WasmConfig};
+use super::client::{auth_for, client, small_blob};
+use super::reference::ImageName;
+use super::registries::{Registries, RegistriesError, Source};
+use super::signature::{self, SignatureError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use super::store::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Registries(#[from] RegistriesError),
+    #[error(transparent)]
+    Blocked(#[from] super::registries::Blocked),
+    #[error("{image}: {message}")]
+    Registry { image: String, message: String },
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+}
+
+/// A connection to the repository of one image name.
+pub struct Remote {
+    pub name: ImageName,
+    pub reference: Reference,
+    client: Client,
+    auth: RegistryAuth,
+}
+
+impl Remote {
+    /// The registry `name` lives at (its own location; registries.conf may make it plain HTTP).
+    pub fn new(name: &ImageName) -> Result<Self, RemoteError> {
+        let registries = Registries::load()?;
+        let sources = registries.sources(&name.repository_name())?;
+        let source = sources
+            .into_iter()
+            .find(|s| !s.mirror)
+            .unwrap_or_else(|| Source {
+                name: name.repository_name(),
+                insecure: false,
+                mirror: false,
+            });
+        Ok(Remote {
+            reference: name.at(&source.name),
+            client: client(&source),
+            auth: auth_for(&name.registry),
+            name: name.clone(),
+        })
+    }
+
+    fn err(&self, e: oci_client::errors::OciDistributionError) -> RemoteError {
+        RemoteError::Registry {
+            image: self.name.canonical(),
+            message: crate::error::chain(&e),
+        }
+    }
+
+    async fn login(&self, op: RegistryOperation) -> Result<(), RemoteError> {
+        self.client
+            .auth(&self.reference, &self.auth, op)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    async fn put_blob(&self, bytes: Vec<u8>, digest: &Digest) -> Result<(), RemoteError> {
+        let present = self
+            .client
+            .blob_exists(&self.reference, digest.as_str())
+            .await
+            .unwrap_or(false);
+        if !present {
+            self.client
+                .push_blob(&self.reference, bytes, digest.as_str())
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn put_manifest(&self, at: &Reference, manifest: Vec<u8>) -> Result<(), RemoteError> {
+        let content_type = OCI_IMAGE_MEDIA_TYPE
+            .parse()
+            .map_err(|_| RemoteError::Registry {
+                image: self.name.canonical(),
+                message: "bad content type".into(),
+            })?;
+        self.client
+            .push_manifest_raw(at, manifest, content_type)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Publishes `artifact` (built from `component`) under the name's tag (or digest).
+    pub async fn push_artifact(
+        &self,
+        artifact: &Artifact,
+        component: Vec<u8>,
+    ) -> Result<(), RemoteError> {
+        self.login(RegistryOperation::Push).await?;
+        self.put_blob(component, &artifact.layer_digest).await?;
+        self.put_blob(artifact.config.clone(), &artifact.config_digest)
+            .await?;
+        self.put_manifest(&self.reference, artifact.manifest.clone())
+            .await
+    }
+
+    /// What the name's tag points to now (or its digest, when it has one).
+    pub async fn resolve(&self) -> Result<Digest, RemoteError> {
+        self.login(RegistryOperation::Pull).await?;
+        let digest = self
+            .client
+            .fetch_manifest_digest(&self.reference, &self.auth)
+            .await
+            .map_err(|e| self.err(e))?;
+        let digest = Digest::parse(&digest).map_err(|e| RemoteError::Registry {
+            image: self.name.canonical(),
+            message: e.to_string(),
+        })?;
+        if let Some(pinned) = &self.name.digest {
+            if pinned != digest.as_str() {
+                return Err(RemoteError::Registry {
+                    image: self.name.canonical(),
+                    message: format!("the registry serves {digest} for this digest"),
+                });
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Signs the manifest `digest` with the private key `private_pem` (opened with `password`
+    /// when encrypted) and stores the signature
+    /// where cosign and containers/image look: a layer of the manifest at tag
+    /// `sha256-<hex>.sig`, added beside the signatures already there.
+    pub async fn sign(
+        &self,
+        digest: &Digest,
+        private_pem: &str,
+        password: &[u8],
+    ) -> Result<String, RemoteError> {
+        let payload = signature::payload(&self.name.repository_name(), digest);
+        let sig = signature::sign(private_pem, password, &payload)?;
+        self.login(RegistryOperation::Push).await?;
+        let tag = signature::signature_tag(digest);
+        let at = Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            tag.clone(),
+        );
+        let mut layers = match self
+            .client
+            .pull_manifest_raw(&at, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
+            .await
+        {
+            Ok((bytes, _)) => serde_json::from_slice::<OciImageManifest>(&bytes)
+                .map(|m| m.layers)
+                .unwrap_or_default(),
+            Err(e) if super::trust::is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(self.err(e)),
+        };
+        let payload_digest = Digest::of(&payload);
+        layers.retain(|l| {
+            // The same payload signed again (by this key or another) replaces nothing else.
+            l.annotations
+                .as_ref()
+                .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+                != Some(&sig)
+        });
+        layers.push(OciDescriptor {
+            media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(),
+            digest: payload_digest.to_string(),
+            size: payload.len() as i64,
+            annotations: Some([(SIGNATURE_ANNOTATION.to_string(), sig)].into()),
+            ..Default::default()
+        });
+        self.put_blob(payload, &payload_digest).await?;
+        // cosign's config for a signature image: one diff_id per signature layer.
+        let config = serde_json::json!({
+            "architecture": "",
+            "config": {},
+            "created": "0001-01-01T00:00:00Z",
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "os": "",
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
+        });
+        let config = serde_json::to_vec(&config).unwrap_or_default();
+        let config_digest = Digest::of(&config);
+        let config_size = config.len();
+        self.put_blob(config, &config_digest).await?;
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(OCI_IMAGE_MEDIA_TYPE.into()),
+            config: OciDescriptor {
+                media_type: oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.into(),
+                digest: config_digest.to_string(),
+                size: config_size as i64,
+                ..Default::default()
+            },
+            layers,
+            ..Default::default()
+        };
+        self.put_manifest(&at, serde_json::to_vec(&manifest).unwrap_or_default())
+            .await?;
+        Ok(tag)
+    }
+}
+
+/// What a registry says about a Wasm sidecar before it is downloaded.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Described {
+    pub image: String,
+    pub digest: Digest,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// From the artifact's config: what its author says it imports (checked at pull).
+    pub config: WasmConfig,
+    /// Whether a cosign signature is stored for this digest (not verified here).
+    pub signed: bool,
+}
+
+impl Remote {
+    /// The sidecar the name points to now, from its manifest and config alone.
+    pub async fn describe(&self) -> Result<Option<Described>, RemoteError> {
+        self.login(RegistryOperation::Pull).await?;
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&self.reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
+            .await
+            .map_err(|e| self.err(e))?;
+        let digest = Digest::parse(&digest).map_err(|e| self.invalid(e.to_string()))?;
+        let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&bytes) else {
+            return Ok(None);
+        };
+        if !artifact::is_wasm(&manifest) {
+            return Ok(None);
+        }
+        let pinned = self.reference.clone_with_digest(digest.to_string());
+        let config_digest =
+            Digest::parse(&manifest.config.digest).map_err(|e| self.invalid(e.to_string()))?;
+        let config = small_blob(
+            &self.client,
+            &pinned,
+            &config_digest,
+            artifact::MAX_CONFIG_BYTES,
+        )
+        .await
+        .map_err(|e| self.invalid(e.to_string()))?;
+        let (_, config) = artifact::layer_and_config(&manifest, &config, u64::MAX)
+            .map_err(|e| self.invalid(e.to_string()))?;
+        let signed = super::trust::signatures(
+            &self.client,
+            &self.auth,
+            &self.reference,
+            &digest,
+            &self.name.canonical(),
+        )
+        .await
+        .map(|s| s.is_some_and(|s| !s.is_empty()))
+        .unwrap_or(false);
+        Ok(Some(Described {
+            image: self.name.canonical(),
+            digest,
+            annotations: manifest.annotations.unwrap_or_default(),
+            config,
+            signed,
+        }))
+    }
+
+    /// The repository's tags (signature tags left out).
+    pub async fn tags(&self) -> Result<Vec<String>, RemoteError> {
+        self.login(RegistryOperation::Pull).await?;
+        let mut tags = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_tags(&self.reference, &self.auth, Some(PAGE), last.as_deref())
+                .await
+                .map_err(|e| self.err(e))?;
+            let n = page.tags.len();
+            last = page.tags.last().cloned();
+            tags.extend(page.tags.into_iter().filter(|t| !t.starts_with("sha256-")));
+            if n < PAGE || tags.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        Ok(tags)
+    }
+
+    fn invalid(&self, message: String) -> RemoteError {
+        RemoteError::Registry {
+            image: self.name.canonical(),
+            message,
+        }
+    }
+}
+
+/// Entries asked for per page of a catalog or tag list.
+const PAGE: usize = 100;
+/// The most repositories or tags wpod lists.
+const MAX_LISTED: usize = 1000;
+
+/// The repositories of `registry` whose name contains `term`, from its catalog API. A registry
+/// without one (most public registries) says so: then only a named repository can be inspected.
+pub async fn catalog(registry: &str, term: &str) -> Result<Vec<String>, RemoteError> {
+    let name = ImageName::parse(&format!("{registry}/catalog-probe")).map_err(|e| {
+        RemoteError::Registry {
+            image: registry.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    let remote = Remote::new(&name)?;
+    remote.login(RegistryOperation::Pull).await?;
+    let mut out = Vec::new();
+    let mut last: Option<String> = None;
+    loop {
+        let page = remote
+            .client
+            .catalog(&remote.reference, &remote.auth, Some(PAGE), last.as_deref())
+            .await
+            .map_err(|e| RemoteError::Registry {
+                image: registry.to_string(),
+                message: format!(
+                    "its catalog API answered: {}. Registries without a catalog (most public ones) \
+                     cannot be searched; inspect a repository you know by name: wpod inspect {registry}/REPOSITORY:TAG",
+                    crate::error::chain(&e)
+                ),
+            })?;
+        let n = page.repositories.len();
+        last = page.repositories.last().cloned();
+        out.extend(
+            page.repositories
+                .into_iter()
+                .filter(|r| r.to_lowercase().contains(&term.to_lowercase())),
+        );
+        if n < PAGE || out.len() >= MAX_LISTED {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,193 @@
+//! A pod's registry images, before anything of the pod exists: each pulled (or found in the
+//! store) per its container's pull policy, and each Wasm sidecar among them checked against the
+//! user's approvals. A pod whose image cannot be had, or whose sidecar's digest was never
+//! reviewed, never starts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::component::ImportDiff;
+use crate::grants::inspect::ComponentReport;
+use crate::oci::approvals::{Approvals, ApprovalsError};
+use crate::oci::pull::{PullError, PullEvent, Pulled, Puller, StoredImage, StoredSidecar};
+use crate::oci::reference::ImageName;
+use crate::oci::store::{ImageRecord, Store};
+use crate::plan::{Image, PodPlan};
+
+use super::events::{Event, Events};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Approvals(#[from] ApprovalsError),
+    #[error(
+        "sidecar image {image} is {digest}, which has not been reviewed: see what it may do and \
+         approve it with `wpod pull {image}`"
+    )]
+    NeverReviewed { image: String, digest: String },
+    #[error(
+        "sidecar image {image} now points to {digest}, which is not approved: compared with the \
+         approved {approved} it imports more:\n{}\nreview and approve it with `wpod pull {image}`, \
+         or pin the approved digest ({repository}@{approved})",
+        lines.join("\n")
+    )]
+    NotApproved {
+        image: String,
+        repository: String,
+        digest: String,
+        approved: String,
+        lines: Vec<String>,
+    },
+}
+
+/// What the pull found for each container, by container index.
+pub struct PulledImages(Vec<Option<Pulled>>);
+
+impl PulledImages {
+    /// The component of each container whose registry image is a Wasm sidecar, by container
+    /// path: what `PodPlan::with_pulled_sidecars` runs.
+    pub fn sidecar_components(&self, plan: &PodPlan) -> BTreeMap<String, PathBuf> {
+        plan.containers
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(c, p)| match p {
+                Some(Pulled::Sidecar(s)) => Some((c.path.clone(), s.component.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &ImageRecord> {
+        self.0.iter().flatten().map(Pulled::record)
+    }
+
+    /// The container images, by container index (native containers run on them).
+    pub fn container_images(self) -> Vec<Option<StoredImage>> {
+        self.0
+            .into_iter()
+            .map(|p| match p {
+                Some(Pulled::Container(i)) => Some(i),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Pulls (or finds in the store) every registry image of the pod, per each container's pull
+/// policy, and refuses a Wasm sidecar at a digest the user has not approved.
+pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages, ImagesError> {
+    let mut out = Vec::new();
+    let mut puller = None;
+    let mut approvals = None;
+    for c in &plan.containers {
+        let Image::Registry { name, policy } = &c.image else {
+            out.push(None);
+            continue;
+        };
+        let puller = match &mut puller {
+            Some(p) => p,
+            None => puller.insert(Puller::new(Arc::new(
+                Store::open().map_err(PullError::from)?,
+            ))?),
+        };
+        let container = c.name();
+        let report = |e: PullEvent| {
+            let event = match e {
+                PullEvent::Pulling { image, from } => Event::Pulling { image, from },
+                PullEvent::Pulled {
+                    image,
+                    digest,
+                    size,
+                    took,
+                } => Event::Pulled {
+                    image,
+                    digest,
+                    size,
+                    seconds: took.as_secs_f64(),
+                },
+                PullEvent::AlreadyPresent { image } => Event::AlreadyPresent { image },
+                PullEvent::MirrorFailed { mirror, message } => {
+                    Event::MirrorFailed { mirror, message }
+                }
+                PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
+            };
+            events.emit(Some(container), event);
+        };
+        let pulled = puller
+            .ensure(name, *policy, &report)
+            .await
+            .map_err(ImagesError::from)
+            .and_then(|p| {
+                if let Pulled::Sidecar(s) = &p {
+                    let approvals = match &approvals {
+                        Some(a) => a,
+                        None => approvals.insert(Approvals::load()?),
+                    };
+                    if let Some(message) = check_approved(name, s, approvals)? {
+                        events.emit(Some(container), Event::Warning { message });
+                    }
+                }
+                Ok(p)
+            });
+        match pulled {
+            Ok(p) => out.push(Some(p)),
+            Err(e) => {
+                events.emit(
+                    Some(container),
+                    Event::ErrImagePull {
+                        image: name.canonical(),
+                        message: crate::error::chain(&e),
+                    },
+                );
+                return Err(e);
+            }
+        }
+    }
+    Ok(PulledImages(out))
+}
+
+/// A sidecar runs only at a digest the user approved; a tag that moved is never run silently:
+/// to a digest that imports more it is refused, to one that imports nothing more it runs with
+/// a warning (returned) saying what changed.
+fn check_approved(
+    name: &ImageName,
+    sidecar: &StoredSidecar,
+    approvals: &Approvals,
+) -> Result<Option<String>, ImagesError> {
+    let repository = name.repository_name();
+    let digest = &sidecar.record.digest;
+    if approvals.of(&repository, digest).is_some() {
+        return Ok(None);
+    }
+    let Some(last) = approvals.latest(&repository) else {
+        return Err(ImagesError::NeverReviewed {
+            image: name.canonical(),
+            digest: digest.to_string(),
+        });
+    };
+    let diff = ImportDiff::between(&last.imports, &sidecar.sidecar.imports);
+    if diff.increases() {
+        return Err(ImagesError::NotApproved {
+            image: name.canonical(),
+            repository,
+            digest: digest.to_string(),
+            approved: last.digest.to_string(),
+            lines: ComponentReport::diff_lines(&diff),
+        });
+    }
+    // The same permissions or fewer: as Kubernetes runs a new digest of an image, wpod does,
+    // and says what changed.
+    let mut message = format!(
+        "sidecar image {} moved from the approved {} to {digest}, which imports nothing more",
+        name.canonical(),
+        last.digest
+    );
+    for line in ComponentReport::diff_lines(&diff) {
+        message.push('\n');
+        message.push_str(&line);
+    }
+    Ok(Some(message))
+}
