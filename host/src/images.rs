@@ -24,9 +24,19 @@ pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Resul
     let puller = Puller::new(Arc::new(store()?))?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
+    let canonical = name.canonical();
     let pulled = runtime
         .block_on(puller.pull(&name, &report))
-        .with_context(|| format!("cannot pull {}", name.canonical()))?;
+        .map_err(|e| {
+            // Most pull errors name the image already; say it once.
+            let named = e.to_string().contains(&canonical);
+            let e = anyhow::Error::new(e);
+            if named {
+                e
+            } else {
+                e.context(format!("cannot pull {canonical}"))
+            }
+        })?;
     drop(progress);
     match pulled {
         Pulled::Container(_) => Ok(ExitCode::SUCCESS),

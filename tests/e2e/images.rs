@@ -12,11 +12,13 @@ use crate::pods::{assert_no_leftovers, curl, TestPod};
 use crate::text;
 
 /// The test registry: started once per test process, gone when the process ends.
-struct Registry {
-    addr: String,
+pub struct Registry {
+    pub addr: String,
+    /// The registry's storage (its blobs, for tests that tamper with them).
+    pub data: PathBuf,
 }
 
-fn registry() -> &'static Registry {
+pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(start_registry)
 }
@@ -86,7 +88,10 @@ fn start_registry() -> Registry {
         "building the test images failed:\n{}",
         text(&out.stderr)
     );
-    Registry { addr }
+    Registry {
+        addr,
+        data: dir.join("data"),
+    }
 }
 
 fn nix_is_root() -> bool {
@@ -103,12 +108,12 @@ fn free_port() -> u16 {
 
 /// A wpod root of its own (its own image store) and a registries.conf, for one test; removed
 /// when dropped.
-struct ImageEnv {
-    dir: PathBuf,
+pub struct ImageEnv {
+    pub dir: PathBuf,
 }
 
 impl ImageEnv {
-    fn new(test: &str) -> Self {
+    pub fn new(test: &str) -> Self {
         Self::with_registry(test, &registry().addr)
     }
 
@@ -119,17 +124,20 @@ impl ImageEnv {
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::fs::write(
             dir.join("registries.conf"),
-            format!("[[registry]]\nprefix = \"docker.io\"\nlocation = \"{location}\"\ninsecure = true\n"),
+            format!(
+                "[[registry]]\nprefix = \"docker.io\"\nlocation = \"{location}\"\ninsecure = true\n\n\
+                 [[registry]]\nlocation = \"{location}\"\ninsecure = true\n"
+            ),
         )
         .unwrap();
         ImageEnv { dir }
     }
 
-    fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
 
-    fn vars(&self) -> Vec<(String, String)> {
+    pub fn vars(&self) -> Vec<(String, String)> {
         vec![
             ("WPOD_ROOT".into(), self.root().display().to_string()),
             (
@@ -139,20 +147,20 @@ impl ImageEnv {
         ]
     }
 
-    fn pod(&self, name: &str, yaml: &str) -> TestPod {
+    pub fn pod(&self, name: &str, yaml: &str) -> TestPod {
         let mut pod = TestPod::new(name, yaml);
         pod.env = self.vars();
         pod
     }
 
-    fn wpod(&self, args: &[&str]) -> std::process::Output {
+    pub fn wpod(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(crate::wpod_bin());
         cmd.args(args).envs(self.vars());
         cmd.output().expect("run wpod")
     }
 
     /// Nothing of the pod is left, in this root too.
-    fn assert_no_leftovers(&self, pod: &str) {
+    pub fn assert_no_leftovers(&self, pod: &str) {
         assert_no_leftovers(pod);
         let state = self.root().join("pods").join(pod);
         assert!(

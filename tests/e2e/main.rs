@@ -4,6 +4,7 @@
 mod images;
 mod lifecycle;
 mod manifests;
+mod market;
 mod pods;
 mod redteam;
 mod sandbox;

@@ -1,0 +1,733 @@
+//! The sidecar marketplace end to end, against the same real registry as the image tests
+//! (Debian's `docker-registry` on loopback): a sidecar author pushes and signs, a user searches,
+//! reviews, approves and runs; upgrades show a permission diff; and every way an artifact can
+//! be wrong is refused with a clear error before anything runs. Needs root (pods) and the
+//! packages of `.ci/setup`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::images::{registry, ImageEnv};
+use crate::text;
+
+/// An image env with a trust policy and keys of its own.
+struct Market {
+    env: ImageEnv,
+    addr: String,
+}
+
+impl Market {
+    fn new(test: &str) -> Self {
+        let env = ImageEnv::new(&format!("market-{test}"));
+        let addr = registry().addr.clone();
+        Market { env, addr }
+    }
+
+    fn dir(&self) -> &Path {
+        &self.env.dir
+    }
+
+    /// `REGISTRY/wpod-test/NAME`
+    fn repo(&self, name: &str) -> String {
+        format!("{}/wpod-test/{name}", self.addr)
+    }
+
+    fn policy_path(&self) -> PathBuf {
+        self.dir().join("policy.json")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(crate::wpod_bin());
+        cmd.args(args)
+            .envs(self.env.vars())
+            .env("WPOD_POLICY", self.policy_path())
+            .current_dir(self.dir())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn wpod(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run wpod")
+    }
+
+    /// `wpod ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.wpod(args);
+        assert!(
+            out.status.success(),
+            "wpod {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `wpod ARGS`, which must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.wpod(args);
+        assert!(
+            !out.status.success(),
+            "wpod {args:?} succeeded:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    }
+
+    /// A policy: anything goes, except that `scope` needs a signature by `key` (a .pub path).
+    fn require_signature(&self, scope: &str, key: &Path) {
+        std::fs::write(
+            self.policy_path(),
+            format!(
+                r#"{{"default": [{{"type": "insecureAcceptAnything"}}],
+                    "transports": {{"docker": {{"{scope}": [{{"type": "sigstoreSigned", "keyPath": "{}"}}]}}}}}}"#,
+                key.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn accept_anything(&self) {
+        std::fs::write(
+            self.policy_path(),
+            r#"{"default": [{"type": "insecureAcceptAnything"}]}"#,
+        )
+        .unwrap();
+    }
+
+    /// `wpod key generate NAME` in the test's directory: (private, public) paths.
+    fn key(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.ok(&["key", "generate", name]);
+        (
+            self.dir().join(format!("{name}.key")),
+            self.dir().join(format!("{name}.pub")),
+        )
+    }
+
+    /// `wpod push SIDECAR REF`: the digest it printed.
+    fn push(&self, sidecar: &str, reference: &str, annotations: &[&str]) -> String {
+        let component = wpod_test_support::sidecar(sidecar);
+        let mut args = vec!["push", component.to_str().unwrap(), reference];
+        for a in annotations {
+            args.extend(["--annotation", a]);
+        }
+        let out = self.ok(&args);
+        let pinned = out.trim();
+        let digest = pinned
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_else(|| panic!("push printed {pinned:?}, not REF@sha256:..."));
+        assert!(pinned.starts_with(reference), "{pinned}");
+        digest
+    }
+
+    fn pod(&self, name: &str, yaml: &str) -> crate::pods::TestPod {
+        let mut pod = self.env.pod(name, yaml);
+        pod.env.push((
+            "WPOD_POLICY".into(),
+            self.policy_path().display().to_string(),
+        ));
+        pod
+    }
+
+    fn cache_entries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.env.root().join("cache"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn stored_images(&self) -> String {
+        std::fs::read_to_string(self.env.root().join("images/images.json")).unwrap_or_default()
+    }
+
+    fn ingest_is_empty(&self) -> bool {
+        std::fs::read_dir(self.env.root().join("images/ingest"))
+            .map(|mut rd| rd.next().is_none())
+            .unwrap_or(true)
+    }
+}
+
+fn hello_pod(name: &str, image: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 1"]
+  - name: hello
+    image: {image}
+    args: [from-the-registry]
+"#
+    )
+}
+
+/// Low-level registry writes, for artifacts `wpod push` would never produce.
+fn put_blob(addr: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(bytes));
+    let file = std::env::temp_dir().join(format!("wpod-e2e-blob-{}", &digest[7..23]));
+    std::fs::write(&file, bytes).unwrap();
+    let started = Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null", "-D", "-", "-X", "POST"])
+        .arg(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .expect("curl");
+    let headers = text(&started.stdout);
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap_or_else(|| panic!("no upload location: {headers}"))
+        .trim()
+        .to_string();
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{addr}{location}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let done = Command::new("curl")
+        .args([
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{url}{sep}digest={digest}"))
+        .output()
+        .expect("curl");
+    let _ = std::fs::remove_file(&file);
+    assert!(done.status.success(), "blob upload: {}", text(&done.stderr));
+    digest
+}
+
+fn put_manifest(addr: &str, repo: &str, tag: &str, manifest: &[u8]) {
+    let file =
+        std::env::temp_dir().join(format!("wpod-e2e-manifest-{repo}-{tag}").replace('/', "_"));
+    std::fs::write(&file, manifest).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .expect("curl");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "manifest upload: {}",
+        text(&out.stderr)
+    );
+}
+
+fn get(url: &str, accept: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-fsS", "-H", &format!("Accept: {accept}"), url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "GET {url}: {}", text(&out.stderr));
+    out.stdout
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// An artifact in the CNCF layout with a chosen config and layer, pushed as `repo:tag`.
+fn push_artifact(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layer: &[u8],
+    layer_size: Option<u64>,
+) {
+    let config_digest = put_blob(addr, repo, config);
+    let layer_digest = put_blob(addr, repo, layer);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/wasm", "digest": layer_digest, "size": layer_size.unwrap_or(layer.len() as u64)}],
+    });
+    put_manifest(addr, repo, tag, manifest.to_string().as_bytes());
+}
+
+fn wasm_config(layer: &[u8], imports: &[String]) -> Vec<u8> {
+    serde_json::json!({
+        "architecture": "wasm", "os": "wasip2",
+        "layerDigests": [format!("sha256:{}", sha256_hex(layer))],
+        "component": {"imports": imports, "exports": ["wasi:cli/run@0.2.0"]},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn imports_of(sidecar: &str) -> Vec<String> {
+    let out = crate::wpod_output(&[
+        "inspect",
+        "--output",
+        "json",
+        wpod_test_support::sidecar(sidecar).to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
+    v["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_author_publishes_and_signs_and_a_user_finds_reviews_and_runs_the_sidecar() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("path");
+    let (key, public) = m.key("team");
+    let repo = m.repo("hello");
+    let reference = format!("{repo}:1.0");
+    // The author: push with a description, sign.
+    let digest = m.push(
+        "hello",
+        &reference,
+        &["org.opencontainers.image.description=Says hello from the registry"],
+    );
+    let signed = m.ok(&["sign", &reference, "--key", key.to_str().unwrap()]);
+    assert!(signed.contains(&digest), "{signed}");
+    // The bytes are what the CNCF layout says, at the digest push printed (an independent client).
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo");
+    assert!(raw.status.success(), "{}", text(&raw.stderr));
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.version"],
+        "1.0"
+    );
+    // The user: search finds it with its description and signature; inspect shows its needs
+    // from the config, before download.
+    let found = m.ok(&["search", "--output", "json", &format!("{}/hello", m.addr)]);
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+    let entry = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == repo.as_str())
+        .unwrap_or_else(|| panic!("search did not find {repo}: {found}"));
+    assert_eq!(entry["version"], "1.0");
+    assert_eq!(entry["description"], "Says hello from the registry");
+    assert_eq!(entry["signed"], true);
+    let inspected = m.ok(&["inspect", &reference]);
+    assert!(
+        inspected.contains("from the artifact's config"),
+        "{inspected}"
+    );
+    assert!(inspected.contains("wasi:cli/environment"), "{inspected}");
+    // Pull under a policy that requires the team's signature: the review, then approval.
+    m.require_signature(&format!("{}/wpod-test", m.addr), &public);
+    let refused = m.fails(&["pull", &reference]);
+    assert!(
+        refused.contains("needs approval") && refused.contains("--yes"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("what it may do"),
+        "the review is shown first: {refused}"
+    );
+    assert!(
+        refused.contains(public.to_str().unwrap()),
+        "the signer is shown: {refused}"
+    );
+    let pulled = m.wpod(&["pull", "--yes", &reference]);
+    let review = text(&pulled.stderr);
+    assert!(pulled.status.success(), "{review}");
+    assert!(
+        review.contains("approved") && review.contains("compiled into the cache"),
+        "{review}"
+    );
+    assert_eq!(
+        m.cache_entries().len(),
+        1,
+        "compiled ahead of time: {review}"
+    );
+    // A pod names the sidecar by its registry reference and runs it.
+    let pod = m.pod("mkt-path", &hello_pod("mkt-path", &reference));
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("hello", "from-the-registry");
+    m.env.assert_no_leftovers("mkt-path");
+}
+
+#[test]
+fn an_upgrade_that_adds_main_process_shows_the_diff_and_is_refused_until_approved() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("upgrade");
+    m.accept_anything();
+    let reference = format!("{}:stable", m.repo("watcher"));
+    let v1 = m.push("hello", &reference, &[]);
+    m.ok(&["pull", "--yes", &reference]);
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: mkt-upgrade}}
+spec:
+  restartPolicy: Never
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sh, -c, "echo main says hi; sleep 2"]
+  - name: watcher
+    image: {reference}
+    imagePullPolicy: Always
+"#
+    );
+    let pod = m.pod("mkt-upgrade", &yaml);
+    assert_eq!(pod.run(Duration::from_secs(60)).code, Some(0));
+    // The author publishes a version that reads the main process; the tag moves.
+    let v2 = m.push("main-probe", &reference, &[]);
+    assert_ne!(v1, v2);
+    let run = pod.run(Duration::from_secs(60));
+    assert_ne!(
+        run.code,
+        Some(0),
+        "an unapproved upgrade must not run: {}",
+        run.dump()
+    );
+    for needle in [
+        v2.as_str(),
+        v1.as_str(),
+        "+ wpod:sidecar/main-process",
+        "shareProcessNamespace",
+        "wpod pull",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} missing: {}",
+            run.stderr
+        );
+    }
+    assert!(run.logs("main").is_empty(), "nothing ran: {}", run.dump());
+    m.env.assert_no_leftovers("mkt-upgrade");
+    // `wpod pull` shows the same diff and waits for an approval.
+    let refused = m.fails(&["pull", &reference]);
+    assert!(refused.contains("+ wpod:sidecar/main-process"), "{refused}");
+    assert!(
+        refused.contains("imports more than the approved version"),
+        "{refused}"
+    );
+    m.ok(&["pull", "--yes", &reference]);
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // A downgrade back to fewer imports needs no new approval; it runs with a warning.
+    m.push("hello", &reference, &[]);
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let warned = run.records.iter().any(|r| {
+        r["event"] == "warning"
+            && r["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("imports nothing more")
+    });
+    assert!(warned, "{}", run.dump());
+}
+
+#[test]
+fn what_wpod_signs_verifies_independently_and_what_others_sign_verifies_in_wpod() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("interop");
+    let (key, public) = m.key("team");
+    let reference = format!("{}:1.0", m.repo("interop"));
+    let digest = m.push("hello", &reference, &[]);
+    m.ok(&["sign", &reference, "--key", key.to_str().unwrap()]);
+    // Python's `cryptography` (OpenSSL) verifies the stored signature the way cosign does.
+    let verify = Command::new("python3")
+        .arg(wpod_test_support::repo_root().join("tests/market/cosign.py"))
+        .args(["verify", &m.addr, "wpod-test/interop", &digest])
+        .arg(&public)
+        .output()
+        .expect("python3");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    // And a signature made by that independent implementation, with its own key, is what
+    // wpod's policy accepts.
+    let other = Command::new("python3")
+        .arg(wpod_test_support::repo_root().join("tests/market/cosign.py"))
+        .args(["sign", &m.addr, "wpod-test/interop", &digest])
+        .arg(m.dir().join("py"))
+        .output()
+        .expect("python3");
+    assert!(
+        other.status.success(),
+        "{}{}",
+        text(&other.stdout),
+        text(&other.stderr)
+    );
+    m.require_signature(
+        &format!("{}/wpod-test/interop", m.addr),
+        &m.dir().join("py.pub"),
+    );
+    let pulled = m.wpod(&["pull", "--yes", &reference]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert!(
+        text(&pulled.stderr).contains("py.pub"),
+        "{}",
+        text(&pulled.stderr)
+    );
+}
+
+#[test]
+fn bad_artifacts_and_bad_signatures_are_refused_and_nothing_runs() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("negative");
+    let (key, public) = m.key("team");
+    let (other_key, _) = m.key("other");
+    let addr = m.addr.clone();
+    m.require_signature(&format!("{addr}/wpod-test"), &public);
+    let pull = |reference: &str| m.fails(&["pull", "--yes", reference]);
+    let mut cases: BTreeMap<&str, (String, &str)> = BTreeMap::new();
+
+    // Unsigned under a requiring policy.
+    let unsigned = format!("{}:1", m.repo("unsigned"));
+    m.push("hello", &unsigned, &[]);
+    cases.insert("unsigned", (pull(&unsigned), "is not signed"));
+
+    // Signed by a key the policy does not name.
+    let wrong_key = format!("{}:1", m.repo("wrong-key"));
+    m.push("hello", &wrong_key, &[]);
+    m.ok(&["sign", &wrong_key, "--key", other_key.to_str().unwrap()]);
+    cases.insert(
+        "another key",
+        (pull(&wrong_key), "does not verify with this key"),
+    );
+
+    // A valid signature of another digest, copied to this digest's signature tag.
+    let a = format!("{}:a", m.repo("other-digest"));
+    let b = format!("{}:b", m.repo("other-digest"));
+    let da = m.push("hello", &a, &[]);
+    let db = m.push("probe", &b, &[]);
+    m.ok(&["sign", &a, "--key", key.to_str().unwrap()]);
+    let sig = get(
+        &format!(
+            "http://{addr}/v2/wpod-test/other-digest/manifests/sha256-{}.sig",
+            &da[7..]
+        ),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    put_manifest(
+        &addr,
+        "wpod-test/other-digest",
+        &format!("sha256-{}.sig", &db[7..]),
+        &sig,
+    );
+    cases.insert("another digest", (pull(&b), "it signs another image"));
+
+    // The tag moved after signing: the new digest has no signature.
+    let moved = format!("{}:stable", m.repo("moved"));
+    m.push("hello", &moved, &[]);
+    m.ok(&["sign", &moved, "--key", key.to_str().unwrap()]);
+    m.push("probe", &moved, &[]);
+    cases.insert("tag moved", (pull(&moved), "is not signed"));
+
+    // Everything below is signed by the right key: what is wrong is the artifact.
+    let sign = |reference: &str| m.ok(&["sign", reference, "--key", key.to_str().unwrap()]);
+    let hello = std::fs::read(wpod_test_support::sidecar("hello")).unwrap();
+
+    // A config that hides an import.
+    let hidden = format!("{}:1", m.repo("hidden-imports"));
+    let mut fewer = imports_of("main-probe");
+    fewer.retain(|i| !i.contains("main-process"));
+    let main_probe = std::fs::read(wpod_test_support::sidecar("main-probe")).unwrap();
+    push_artifact(
+        &addr,
+        "wpod-test/hidden-imports",
+        "1",
+        &wasm_config(&main_probe, &fewer),
+        &main_probe,
+        None,
+    );
+    sign(&hidden);
+    cases.insert(
+        "config hides imports",
+        (pull(&hidden), "does not say what the component imports"),
+    );
+
+    // Precompiled native code as the layer.
+    let cwasm_path = m.dir().join("hello.cwasm");
+    let precompiled = precompile(&hello, &cwasm_path);
+    let cwasm = format!("{}:1", m.repo("precompiled"));
+    push_artifact(
+        &addr,
+        "wpod-test/precompiled",
+        "1",
+        &wasm_config(&precompiled, &[]),
+        &precompiled,
+        None,
+    );
+    sign(&cwasm);
+    cases.insert(
+        "precompiled layer",
+        (pull(&cwasm), "precompiled native code"),
+    );
+
+    // A layer bigger than wpod accepts (the manifest says so before any download).
+    let oversize = format!("{}:1", m.repo("oversize"));
+    push_artifact(
+        &addr,
+        "wpod-test/oversize",
+        "1",
+        &wasm_config(&hello, &imports_of("hello")),
+        &hello,
+        Some(300 << 20),
+    );
+    sign(&oversize);
+    cases.insert("oversize", (pull(&oversize), "more than the"));
+
+    // A tampered layer: the registry serves other bytes than the digest names.
+    let tampered = format!("{}:1", m.repo("tampered"));
+    m.push("hello", &tampered, &[]);
+    sign(&tampered);
+    let layer = sha256_hex(&hello);
+    let blob = registry().data.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{layer}/data",
+        &layer[..2]
+    ));
+    let original = std::fs::read(&blob).unwrap();
+    let mut evil = original.clone();
+    let n = evil.len();
+    evil[n / 2] ^= 0xff;
+    std::fs::write(&blob, &evil).unwrap();
+    cases.insert("tampered layer", (pull(&tampered), "Invalid digest"));
+    std::fs::write(&blob, &original).unwrap();
+
+    // The registry loses the layer mid-pull (after the manifest and config were read).
+    let gone = format!("{}:1", m.repo("gone"));
+    let probe = std::fs::read(wpod_test_support::sidecar("log-tail")).unwrap();
+    push_artifact(
+        &addr,
+        "wpod-test/gone",
+        "1",
+        &wasm_config(&probe, &imports_of("log-tail")),
+        &probe,
+        None,
+    );
+    sign(&gone);
+    let layer = sha256_hex(&probe);
+    let blob_dir = registry().data.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{layer}",
+        &layer[..2]
+    ));
+    std::fs::remove_dir_all(&blob_dir).unwrap();
+    cases.insert("registry loses the layer", (pull(&gone), "blob unknown"));
+
+    let mut failures = Vec::new();
+    for (case, (stderr, needle)) in &cases {
+        if !stderr.contains(needle) {
+            failures.push(format!("{case}: expected {needle:?} in:\n{stderr}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Nothing refused was recorded or approved, and no download was left half-stored.
+    let stored = m.stored_images();
+    for repo in [
+        "unsigned",
+        "wrong-key",
+        "other-digest",
+        "moved",
+        "hidden-imports",
+        "precompiled",
+        "oversize",
+        "tampered",
+        "gone",
+    ] {
+        assert!(
+            !stored.contains(&format!("wpod-test/{repo}")),
+            "{repo} was stored: {stored}"
+        );
+    }
+    assert!(
+        m.ingest_is_empty(),
+        "a refused download left bytes in ingest/"
+    );
+    assert!(
+        !m.env.root().join("approvals.json").exists(),
+        "nothing was approved"
+    );
+    // And a pod naming a refused sidecar never starts.
+    let pod = m.pod("mkt-negative", &hello_pod("mkt-negative", &unsigned));
+    let run = pod.run(Duration::from_secs(60));
+    assert_ne!(run.code, Some(0));
+    assert!(run.stderr.contains("is not signed"), "{}", run.stderr);
+    m.env.assert_no_leftovers("mkt-negative");
+}
+
+/// `bytes` compiled by wasmtime into a `.cwasm` (what a hostile publisher might push).
+fn precompile(bytes: &[u8], out: &Path) -> Vec<u8> {
+    let engine = wasmtime::Engine::default();
+    let cwasm = engine.precompile_component(bytes).expect("precompile");
+    std::fs::write(out, &cwasm).unwrap();
+    cwasm
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled_never_run() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("cache");
+    m.accept_anything();
+    let reference = format!("{}:1", m.repo("cached"));
+    m.push("hello", &reference, &[]);
+    m.ok(&["pull", "--yes", &reference]);
+    let entries = m.cache_entries();
+    assert_eq!(entries.len(), 1);
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let n = bytes.len();
+    bytes[n / 3] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).unwrap();
+    let pod = m.pod("mkt-cache", &hello_pod("mkt-cache", &reference));
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("hello", "from-the-registry");
+    assert!(
+        run.stderr.contains("does not match its digest"),
+        "{}",
+        run.stderr
+    );
+}
