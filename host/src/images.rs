@@ -25,18 +25,16 @@ pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Resul
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
     let canonical = name.canonical();
-    let pulled = runtime
-        .block_on(puller.pull(&name, &report))
-        .map_err(|e| {
-            // Most pull errors name the image already; say it once.
-            let named = e.to_string().contains(&canonical);
-            let e = anyhow::Error::new(e);
-            if named {
-                e
-            } else {
-                e.context(format!("cannot pull {canonical}"))
-            }
-        })?;
+    let pulled = runtime.block_on(puller.pull(&name, &report)).map_err(|e| {
+        // Most pull errors name the image already; say it once.
+        let named = e.to_string().contains(&canonical);
+        let e = anyhow::Error::new(e);
+        if named {
+            e
+        } else {
+            e.context(format!("cannot pull {canonical}"))
+        }
+    })?;
     drop(progress);
     match pulled {
         Pulled::Container(_) => Ok(ExitCode::SUCCESS),

@@ -731,3 +731,81 @@ fn a_corrupt_cache_entry_is_recompiled_never_run() {
         run.stderr
     );
 }
+
+#[test]
+fn an_independent_client_pulls_what_wpod_pushes_and_wpod_pulls_what_it_pushes() {
+    wpod_test_support::require_root("marketplace tests");
+    let script = wpod_test_support::repo_root().join("tests/market/oras_interop.py");
+    let has_oras = Command::new("python3")
+        .args(["-c", "import oras.provider"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_oras,
+        "PyPI's oras is missing: run .ci/setup (pip install oras)"
+    );
+    let m = Market::new("oras");
+    m.accept_anything();
+    // wpod pushes, oras pulls the component back byte for byte.
+    let reference = format!("{}:1.0", m.repo("to-oras"));
+    m.push("probe", &reference, &[]);
+    let out = m.dir().join("oras-out");
+    let pulled = Command::new("python3")
+        .arg(&script)
+        .args(["pull", &reference])
+        .arg(&out)
+        .output()
+        .expect("python3");
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert_eq!(
+        std::fs::read(out.join("probe.wasm")).expect("oras wrote probe.wasm"),
+        std::fs::read(wpod_test_support::sidecar("probe")).unwrap()
+    );
+    // oras pushes a sidecar in the CNCF layout (its config lists no imports); wpod pulls it,
+    // recomputes the imports from the bytes, and a pod runs it.
+    let hello = m.dir().join("hello.wasm");
+    std::fs::copy(wpod_test_support::sidecar("hello"), &hello).unwrap();
+    let bytes = std::fs::read(&hello).unwrap();
+    let config = m.dir().join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"architecture": "wasm", "os": "wasip2", "layerDigests": [format!("sha256:{}", sha256_hex(&bytes))]})
+            .to_string(),
+    )
+    .unwrap();
+    let reference = format!("{}:1.0", m.repo("from-oras"));
+    let pushed = Command::new("python3")
+        .arg(&script)
+        .args(["push", &reference])
+        .arg(&hello)
+        .arg(&config)
+        .output()
+        .expect("python3");
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    let review = m.wpod(&["pull", "--yes", "--output", "json", &reference]);
+    assert!(review.status.success(), "{}", text(&review.stderr));
+    let records: Vec<serde_json::Value> = text(&review.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let review = records
+        .iter()
+        .find(|r| r["event"] == "review")
+        .expect("a review record");
+    let imports: Vec<&str> = review["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(
+        imports
+            .iter()
+            .any(|i| i.starts_with("wasi:cli/environment")),
+        "{imports:?}"
+    );
+    let pod = m.pod("mkt-oras", &hello_pod("mkt-oras", &reference));
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("hello", "from-the-registry");
+}

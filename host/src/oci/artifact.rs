@@ -117,11 +117,19 @@ pub fn build(
     if !wit.is_empty() {
         annotations.entry(WIT_ANNOTATION.into()).or_insert(wit);
     }
+    // A file name on the layer, as oras names pulled files by it (and skips layers without).
+    let file = match annotations.get(TITLE) {
+        Some(t) if t.ends_with(".wasm") => t.clone(),
+        Some(t) => format!("{t}.wasm"),
+        None => "component.wasm".to_string(),
+    };
+    let mut layer = descriptor(LAYER_MEDIA_TYPE, &layer_digest, component.len());
+    layer.annotations = Some([(TITLE.to_string(), file)].into());
     let manifest = OciImageManifest {
         schema_version: 2,
         media_type: Some(OCI_IMAGE_MEDIA_TYPE.into()),
         config: descriptor(CONFIG_MEDIA_TYPE, &config_digest, config_bytes.len()),
-        layers: vec![descriptor(LAYER_MEDIA_TYPE, &layer_digest, component.len())],
+        layers: vec![layer],
         subject: None,
         artifact_type: None,
         annotations: Some(annotations),
