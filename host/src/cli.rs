@@ -91,6 +91,29 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Copy images and sidecars with their signatures from their registries into an OCI
+    /// layout directory, for a host no registry reaches (`wpod load` reads it there).
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The directory to write (new or empty).
+        #[arg(short, long)]
+        output_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Load what `wpod save` wrote into the store, checked as a pull (trust policy, digests,
+    /// each sidecar's review and approval).
+    Load {
+        dir: PathBuf,
+        /// Approve the sidecars without asking.
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        allow_ungrantable: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Signing keys.
     Key {
         #[command(subcommand)]

@@ -24,17 +24,11 @@ pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Resul
     let puller = Puller::new(Arc::new(store()?))?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
-    let canonical = name.canonical();
-    let pulled = runtime.block_on(puller.pull(&name, &report)).map_err(|e| {
-        // Most pull errors name the image already; say it once.
-        let named = e.to_string().contains(&canonical);
-        let e = anyhow::Error::new(e);
-        if named {
-            e
-        } else {
-            e.context(format!("cannot pull {canonical}"))
-        }
-    })?;
+    let pulled = crate::market::about_image(
+        runtime.block_on(puller.pull(&name, &report)),
+        "pull",
+        &name.canonical(),
+    )?;
     drop(progress);
     match pulled {
         Pulled::Container(_) => Ok(ExitCode::SUCCESS),
@@ -176,6 +170,56 @@ fn json(e: &PullEvent) {
     };
     record["event"] = serde_json::Value::from(kind);
     println!("{record}");
+}
+
+pub fn save(names: &[String], dir: &std::path::Path, output: Output) -> anyhow::Result<ExitCode> {
+    let names = names
+        .iter()
+        .map(|n| ImageName::parse(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let saved = runtime
+        .block_on(wpod::oci::layout::save(&names, dir))
+        .with_context(|| format!("cannot save into {}", dir.display()))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&saved)?),
+        Output::Text => {
+            for s in &saved {
+                println!(
+                    "saved {}@{} ({} signatures)",
+                    s.image, s.digest, s.signatures
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn load(
+    dir: &std::path::Path,
+    review: &crate::market::ReviewOptions,
+) -> anyhow::Result<ExitCode> {
+    let layout = wpod::oci::layout::Layout::open(dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let puller = Puller::new(Arc::new(store()?))?;
+    let progress = Progress::new(review.output);
+    let report = |e: PullEvent| progress.show(e);
+    let loaded = runtime
+        .block_on(puller.load_layout(layout, &dir.display().to_string(), &report))
+        .with_context(|| format!("cannot load {}", dir.display()))?;
+    drop(progress);
+    for (name, pulled) in loaded {
+        if let Pulled::Sidecar(s) = pulled {
+            crate::market::review(&name, &s, review)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(output: Output) -> anyhow::Result<ExitCode> {

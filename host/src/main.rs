@@ -88,6 +88,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: cli::KeyCommand::Generate { name, output },
         } => market::key_generate(&name, output),
         Command::Search { query, output } => market::search(&query, output),
+        Command::Save {
+            images: names,
+            output_dir,
+            output,
+        } => images::save(&names, &output_dir, output),
+        Command::Load {
+            dir,
+            yes,
+            allow_ungrantable,
+            output,
+        } => images::load(
+            &dir,
+            &market::ReviewOptions {
+                yes,
+                allow_ungrantable,
+                output,
+            },
+        ),
         Command::Images { output } => images::list(output),
         Command::Rmi { images: names } => images::remove(&names),
         Command::Image {

@@ -19,6 +19,23 @@ use wpod::oci::signature;
 
 use crate::cli::Output;
 
+/// `result` with "cannot VERB IMAGE" in front of its error, unless the error names the image
+/// already (most registry errors do): the image is said once.
+pub fn about_image<T, E>(result: Result<T, E>, verb: &str, image: &str) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    result.map_err(|e| {
+        let named = e.to_string().contains(image);
+        let e = anyhow::Error::new(e);
+        if named {
+            e
+        } else {
+            e.context(format!("cannot {verb} {image}"))
+        }
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,9 +82,11 @@ pub fn push(
     let artifact = artifact::build(&bytes, notes, &artifact::created_now())
         .with_context(|| format!("cannot publish {}", component.display()))?;
     let remote = Remote::new(&name)?;
-    runtime()?
-        .block_on(remote.push_artifact(&artifact, bytes))
-        .with_context(|| format!("cannot push {}", name.canonical()))?;
+    about_image(
+        runtime()?.block_on(remote.push_artifact(&artifact, bytes)),
+        "push",
+        &name.canonical(),
+    )?;
     let pinned = format!("{}@{}", name.canonical(), artifact.digest);
     match output {
         Output::Json => println!(
@@ -85,13 +104,15 @@ pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode>
         .with_context(|| format!("cannot read the private key {}", key.display()))?;
     let remote = Remote::new(&name)?;
     let rt = runtime()?;
-    let (digest, tag) = rt
-        .block_on(async {
+    let (digest, tag) = about_image(
+        rt.block_on(async {
             let digest = remote.resolve().await?;
             let tag = remote.sign(&digest, &pem, &key_password()).await?;
-            anyhow::Ok((digest, tag))
-        })
-        .with_context(|| format!("cannot sign {} with {}", name.canonical(), key.display()))?;
+            Ok::<_, wpod::oci::remote::RemoteError>((digest, tag))
+        }),
+        "sign",
+        &name.canonical(),
+    )?;
     match output {
         Output::Json => println!(
             "{}",
@@ -149,9 +170,11 @@ fn write_new(path: &str, text: &str, mode: u32) -> anyhow::Result<()> {
 pub fn inspect_remote(image: &str, output: Output) -> anyhow::Result<ExitCode> {
     let name = ImageName::parse(image)?;
     let remote = Remote::new(&name)?;
-    let described = runtime()?
-        .block_on(remote.describe())
-        .with_context(|| format!("cannot inspect {}", name.canonical()))?;
+    let described = about_image(
+        runtime()?.block_on(remote.describe()),
+        "inspect",
+        &name.canonical(),
+    )?;
     let Some(d) = described else {
         bail!(
             "{} is a container image, not a Wasm sidecar; `wpod pull` it to run it",

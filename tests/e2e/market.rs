@@ -809,3 +809,152 @@ fn an_independent_client_pulls_what_wpod_pushes_and_wpod_pulls_what_it_pushes() 
     assert_eq!(run.code, Some(0), "{}", run.dump());
     run.assert_line("hello", "from-the-registry");
 }
+
+/// Copies `tags` of `src` to `dst` on the test registry (blobs mounted across repositories,
+/// manifests byte for byte), as a mirror would hold them.
+fn copy_repo(addr: &str, src: &str, dst: &str, tags: &[String]) {
+    const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+    for tag in tags {
+        let manifest = get(&format!("http://{addr}/v2/{src}/manifests/{tag}"), ACCEPT);
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        for l in m["layers"].as_array().unwrap() {
+            blobs.push(l["digest"].as_str().unwrap().to_string());
+        }
+        for b in blobs {
+            let out = Command::new("curl")
+                .args(["-fsS", "-o", "/dev/null", "-X", "POST"])
+                .arg(format!(
+                    "http://{addr}/v2/{dst}/blobs/uploads/?mount={b}&from={src}"
+                ))
+                .output()
+                .expect("curl");
+            assert!(out.status.success(), "mount {b}: {}", text(&out.stderr));
+        }
+        put_manifest(addr, dst, tag, &manifest);
+    }
+}
+
+#[test]
+fn signatures_verify_on_a_mirror_because_the_digest_not_the_name_is_trusted() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("mirror");
+    let addr = m.addr.clone();
+    // `sidecars.example.invalid/team` lives at REGISTRY/upstream/team, mirrored at
+    // REGISTRY/mirror/team: the mirror is asked first.
+    std::fs::write(
+        m.dir().join("registries.conf"),
+        format!(
+            "[[registry]]\nprefix = \"sidecars.example.invalid/team\"\nlocation = \"{addr}/upstream/team\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{addr}/mirror/team\"\ninsecure = true\n\n\
+             [[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    let (key, public) = m.key("team");
+    let reference = "sidecars.example.invalid/team/hello:1.0";
+    let digest = m.push("hello", reference, &[]);
+    m.ok(&["sign", reference, "--key", key.to_str().unwrap()]);
+    copy_repo(
+        &addr,
+        "upstream/team/hello",
+        "mirror/team/hello",
+        &["1.0".to_string(), format!("sha256-{}.sig", &digest[7..])],
+    );
+    m.require_signature("sidecars.example.invalid/team", &public);
+    let pulled = m.wpod(&["pull", "--yes", "--output", "json", reference]);
+    let out = text(&pulled.stdout);
+    assert!(pulled.status.success(), "{out}{}", text(&pulled.stderr));
+    assert!(
+        out.contains(&format!("\"from\":\"{addr}/mirror/team/hello\"")),
+        "{out}"
+    );
+    assert!(
+        out.contains(public.to_str().unwrap()),
+        "verified with the team key: {out}"
+    );
+    // A mirror that serves an unsigned digest under the same tag is refused.
+    let evil = m.push("probe", &format!("{addr}/mirror/team/hello:1.0"), &[]);
+    assert_ne!(evil, digest);
+    let refused = m.fails(&["pull", "--yes", reference]);
+    assert!(refused.contains("is not signed"), "{refused}");
+}
+
+#[test]
+fn save_and_load_move_signed_sidecars_to_a_host_no_registry_reaches() {
+    wpod_test_support::require_root("marketplace tests");
+    let online = Market::new("save");
+    let (key, public) = online.key("team");
+    let reference = format!("{}:1.0", online.repo("carried"));
+    online.push("hello", &reference, &[]);
+    online.ok(&["sign", &reference, "--key", key.to_str().unwrap()]);
+    let dir = online.dir().join("layout");
+    let saved = online.ok(&["save", &reference, "-o", dir.to_str().unwrap()]);
+    assert!(saved.contains("1 signatures"), "{saved}");
+    // The air-gapped host: its registries.conf points at nothing, its approvals file is the
+    // team's checked-in one.
+    let offline = Market::new("load");
+    std::fs::write(
+        offline.dir().join("registries.conf"),
+        format!(
+            "[[registry]]\nlocation = \"{}\"\nblocked = true\n",
+            online.addr
+        ),
+    )
+    .unwrap();
+    offline.require_signature(&format!("{}/wpod-test", online.addr), &public);
+    let approvals = offline.dir().join("team-approvals.json");
+    let mut load = offline.cmd(&["load", "--yes", dir.to_str().unwrap()]);
+    load.env("WPOD_APPROVALS", &approvals);
+    let out = load.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(approvals.is_file(), "the approval went to $WPOD_APPROVALS");
+    let mut pod = offline.pod(
+        "mkt-load",
+        &hello_pod("mkt-load", &reference).replace(
+            &format!("image: {reference}"),
+            &format!("image: {reference}\n    imagePullPolicy: IfNotPresent"),
+        ),
+    );
+    pod.env
+        .push(("WPOD_APPROVALS".into(), approvals.display().to_string()));
+    let run = pod.run(Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("hello", "from-the-registry");
+    // A layout whose component was altered is refused, and nothing is stored.
+    let tampered = Market::new("load-tampered");
+    tampered.require_signature(&format!("{}/wpod-test", online.addr), &public);
+    let layer = sha256_hex(&std::fs::read(wpod_test_support::sidecar("hello")).unwrap());
+    let blob = dir.join("blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let refused = tampered.fails(&["load", "--yes", dir.to_str().unwrap()]);
+    assert!(
+        refused.contains("other bytes") || refused.contains("sha256"),
+        "{refused}"
+    );
+    assert!(
+        !tampered.stored_images().contains("carried"),
+        "{}",
+        tampered.stored_images()
+    );
+}
+
+#[test]
+fn the_trust_policy_applies_to_container_images_too() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("images");
+    let (key, public) = m.key("team");
+    m.require_signature("docker.io/library/busybox", &public);
+    let refused = m.fails(&["pull", "busybox"]);
+    assert!(refused.contains("is not signed"), "{refused}");
+    m.ok(&["sign", "busybox", "--key", key.to_str().unwrap()]);
+    let pulled = m.wpod(&["pull", "busybox"]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert!(
+        m.stored_images().contains(public.to_str().unwrap()),
+        "the signer is recorded"
+    );
+}

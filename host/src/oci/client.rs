@@ -1,6 +1,7 @@
-//! One way to talk to a registry, shared by pull, push, sign and search: the client for a
+//! One way to read from a registry, shared by pull, push, sign and search: the client for a
 //! source (TLS or plain HTTP as registries.conf says), the credentials podman and docker keep,
-//! and small reads with a size cap.
+//! and an `Origin` that reads manifests and blobs from a registry or an OCI layout directory
+//! alike, with digests checked and small reads capped.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,9 +71,12 @@ pub fn auth_for(registry: &str) -> RegistryAuth {
     RegistryAuth::Anonymous
 }
 
-/// Why a small read failed.
+/// Why a read from an origin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The registry (or layout) has no such manifest or blob.
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Registry(String),
     #[error("blob {digest} is larger than the {cap} bytes wpod reads for it")]
@@ -81,39 +85,132 @@ pub enum FetchError {
     Mismatch { expected: String, actual: String },
 }
 
-/// A blob of at most `cap` bytes (a config, a signature payload) read into memory and checked
-/// against its digest. The cap holds while the bytes arrive, whatever the registry claims.
-pub async fn small_blob(
-    client: &Client,
-    reference: &Reference,
-    digest: &Digest,
-    cap: u64,
-) -> Result<Vec<u8>, FetchError> {
-    let descriptor = oci_client::manifest::OciDescriptor {
-        digest: digest.to_string(),
-        ..Default::default()
-    };
-    let mut stream = client
-        .pull_blob_stream(reference, &descriptor)
-        .await
-        .map_err(|e| FetchError::Registry(crate::error::chain(&e)))?;
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.stream.next().await {
-        let chunk = chunk.map_err(|e| FetchError::Registry(e.to_string()))?;
-        if (out.len() + chunk.len()) as u64 > cap {
-            return Err(FetchError::TooLarge {
-                digest: digest.to_string(),
-                cap,
+impl From<oci_client::errors::OciDistributionError> for FetchError {
+    fn from(e: oci_client::errors::OciDistributionError) -> Self {
+        if is_not_found(&e) {
+            FetchError::NotFound(crate::error::chain(&e))
+        } else {
+            FetchError::Registry(crate::error::chain(&e))
+        }
+    }
+}
+
+/// A registry's "no such manifest".
+fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::ImageManifestNotFoundError(_) => true,
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                oci_client::errors::OciErrorCode::ManifestUnknown
+                    | oci_client::errors::OciErrorCode::NameUnknown
+            )
+        }),
+        E::ServerError { code: 404, .. } => true,
+        _ => false,
+    }
+}
+
+/// A blob's bytes as they arrive.
+pub type BlobStream = futures_util::stream::BoxStream<'static, std::io::Result<Vec<u8>>>;
+
+/// Where manifests and blobs are read from: a registry, or an OCI image layout directory
+/// (`wpod load`). A pull reads both the same way, so what it checks (trust policy, digests,
+/// sizes, a sidecar's bytes) holds whichever it is.
+pub enum Origin {
+    Registry { client: Client, auth: RegistryAuth },
+    Layout(super::layout::Layout),
+}
+
+/// The manifest media types wpod reads.
+pub const MANIFEST_TYPES: &[&str] = &[
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+impl Origin {
+    /// The registry at `source`, with the credentials for `registry`.
+    pub fn registry(source: &Source, registry: &str) -> Self {
+        Origin::Registry {
+            client: client(source),
+            auth: auth_for(registry),
+        }
+    }
+
+    /// The manifest `reference` names (by tag or digest), as served, with its digest checked
+    /// when the reference pins one.
+    pub async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), FetchError> {
+        let (bytes, digest) = match self {
+            Origin::Registry { client, auth } => {
+                let (bytes, digest) = client
+                    .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
+                    .await?;
+                (bytes.to_vec(), digest)
+            }
+            Origin::Layout(layout) => layout.manifest(reference)?,
+        };
+        let digest = Digest::parse(&digest).map_err(|e| FetchError::Registry(e.to_string()))?;
+        if Digest::of(&bytes) != digest {
+            return Err(FetchError::Mismatch {
+                expected: digest.to_string(),
+                actual: Digest::of(&bytes).to_string(),
             });
         }
-        out.extend_from_slice(&chunk);
+        Ok((bytes, digest))
     }
-    let actual = Digest::of(&out);
-    if &actual != digest {
-        return Err(FetchError::Mismatch {
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
+
+    /// The blob `digest` of `reference`'s repository, as it streams.
+    pub async fn blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<BlobStream, FetchError> {
+        match self {
+            Origin::Registry { client, .. } => {
+                let descriptor = oci_client::manifest::OciDescriptor {
+                    digest: digest.to_string(),
+                    ..Default::default()
+                };
+                let stream = client.pull_blob_stream(reference, &descriptor).await?;
+                Ok(Box::pin(
+                    stream.stream.map(|chunk| chunk.map(|b| b.to_vec())),
+                ))
+            }
+            Origin::Layout(layout) => layout.blob(digest),
+        }
     }
-    Ok(out)
+
+    /// A blob of at most `cap` bytes (a config, a signature payload) read into memory and
+    /// checked against its digest. The cap holds while the bytes arrive, whatever the origin
+    /// claims.
+    pub async fn small_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        cap: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let mut stream = self.blob(reference, digest).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| FetchError::Registry(e.to_string()))?;
+            if (out.len() + chunk.len()) as u64 > cap {
+                return Err(FetchError::TooLarge {
+                    digest: digest.to_string(),
+                    cap,
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        let actual = Digest::of(&out);
+        if &actual != digest {
+            return Err(FetchError::Mismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(out)
+    }
 }

@@ -2,11 +2,13 @@
 //! podman's registries.conf), how to talk to a registry (`client`), the trust policy and the
 //! signatures it checks (`trust`, `signature`), the content store (`store`), pulling
 //! (`pull`), what else is done on a registry (`remote`: push, sign, inspect, search), container images' layers (`unpack`, `process`), Wasm
-//! sidecars as artifacts (`artifact`) and the approvals of what they may do (`approvals`).
+//! sidecars as artifacts (`artifact`), the approvals of what they may do (`approvals`), and
+//! OCI layout directories for air-gapped hosts (`layout`: `wpod save` / `wpod load`).
 
 pub mod approvals;
 pub mod artifact;
 pub mod client;
+pub mod layout;
 pub mod process;
 pub mod pull;
 pub mod reference;

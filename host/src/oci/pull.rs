@@ -18,11 +18,10 @@ use futures_util::StreamExt;
 use oci_client::client::linux_amd64_resolver;
 use oci_client::config::ConfigFile;
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
-use oci_client::Client;
 use sha2::{Digest as _, Sha256};
 
 use super::artifact::{self, ArtifactError};
-use super::client::{auth_for, client, small_blob, FetchError};
+use super::client::{FetchError, Origin};
 use super::process::ImageProcess;
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
@@ -201,6 +200,34 @@ impl Puller {
         }))
     }
 
+    /// Reads every image and sidecar of an OCI layout directory into the store, each checked
+    /// exactly as a pull from a registry (`wpod load`).
+    pub async fn load_layout(
+        &self,
+        layout: super::layout::Layout,
+        from: &str,
+        events: &(dyn Fn(PullEvent) + Sync),
+    ) -> Result<Vec<(ImageName, Pulled)>, PullError> {
+        let names = layout.names();
+        let origin = Origin::Layout(layout);
+        let store = self.store.clone();
+        let locked = tokio::task::block_in_place(|| store.lock())?;
+        locked.clear_leftovers();
+        let mut out = Vec::new();
+        for n in names {
+            let name = ImageName::parse(&n).map_err(|e| PullError::Invalid {
+                image: n.clone(),
+                what: e.to_string(),
+            })?;
+            let reference = name.at(&name.repository_name());
+            let pulled = self
+                .fetch(&name, &origin, &reference, from, &locked, events)
+                .await?;
+            out.push((name, pulled));
+        }
+        Ok(out)
+    }
+
     async fn pull_from(
         &self,
         name: &ImageName,
@@ -208,52 +235,55 @@ impl Puller {
         locked: &Locked<'_>,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
+        let origin = Origin::registry(source, &name.registry);
+        let reference = name.at(&source.name);
+        self.fetch(name, &origin, &reference, &source.name, locked, events)
+            .await
+    }
+
+    /// Reads `name` (at `reference`) from `origin` into the store: the one resolution of its
+    /// tag, the trust policy for that digest, then its content by digest.
+    async fn fetch(
+        &self,
+        name: &ImageName,
+        origin: &Origin,
+        reference: &oci_client::Reference,
+        from: &str,
+        locked: &Locked<'_>,
+        events: &(dyn Fn(PullEvent) + Sync),
+    ) -> Result<Pulled, PullError> {
         let started = std::time::Instant::now();
         let canonical = name.canonical();
-        let reference = name.at(&source.name);
         events(PullEvent::Pulling {
             image: canonical.clone(),
-            from: source.name.clone(),
+            from: from.to_string(),
         });
-        let registry_err = |e: oci_client::errors::OciDistributionError| PullError::Registry {
-            image: canonical.clone(),
-            message: crate::error::chain(&e),
-        };
+        let fetch_err = |e: FetchError| fetch_err(&canonical, e);
         let invalid = |what: String| PullError::Invalid {
             image: canonical.clone(),
             what,
         };
-        let client = client(source);
-        let auth = auth_for(reference.registry());
         // The one resolution of the tag: everything after is fetched by this digest.
-        let (top, top_digest) = client
-            .pull_manifest_raw(&reference, &auth, MANIFEST_TYPES)
-            .await
-            .map_err(registry_err)?;
-        let top_digest = Digest::parse(&top_digest)?;
+        let (top, top_digest) = origin.manifest(reference).await.map_err(fetch_err)?;
         let pinned = reference.clone_with_digest(top_digest.to_string());
         let scope = self.policy.scope_for(&name.repository_name());
-        let verified =
-            trust::check(&client, &auth, &pinned, &top_digest, &canonical, &scope).await?;
-        let (manifest_bytes, manifest_digest) = match platform_manifest(&top)? {
-            None => (top.to_vec(), top_digest.clone()),
-            Some(platform) => {
-                let at = pinned.clone_with_digest(platform.clone());
-                let (bytes, digest) = client
-                    .pull_manifest_raw(&at, &auth, MANIFEST_TYPES)
-                    .await
-                    .map_err(registry_err)?;
-                (bytes.to_vec(), Digest::parse(&digest)?)
-            }
+        let verified = trust::check(origin, &pinned, &top_digest, &canonical, &scope).await?;
+        let (manifest_bytes, manifest_digest) = match platform_manifest(&top).map_err(&invalid)? {
+            None => (top, top_digest.clone()),
+            Some(platform) => origin
+                .manifest(&pinned.clone_with_digest(platform))
+                .await
+                .map_err(fetch_err)?,
         };
         let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| invalid(format!("manifest: {e}")))?;
         let config_digest = Digest::parse(&manifest.config.digest)?;
-        let config = small_blob(&client, &pinned, &config_digest, MAX_METADATA_BYTES)
+        let config = origin
+            .small_blob(&pinned, &config_digest, MAX_METADATA_BYTES)
             .await
-            .map_err(|e| fetch_err(&canonical, e))?;
+            .map_err(fetch_err)?;
         let fetched = Fetched {
-            client: &client,
+            origin,
             reference: &pinned,
             canonical: &canonical,
             locked,
@@ -458,39 +488,22 @@ impl Puller {
     }
 }
 
-/// The manifest media types wpod reads.
-const MANIFEST_TYPES: &[&str] = &[
-    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
-    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-];
-
 /// For an index (or a Docker manifest list), the digest of its linux/amd64 manifest; `None`
 /// for an image manifest.
-fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, PullError> {
+fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(default)]
         manifests: Option<serde_json::Value>,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| PullError::Invalid {
-        image: String::new(),
-        what: format!("manifest: {e}"),
-    })?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| format!("manifest: {e}"))?;
     if probe.manifests.is_none() {
         return Ok(None);
     }
-    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| PullError::Invalid {
-        image: String::new(),
-        what: format!("index: {e}"),
-    })?;
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| format!("index: {e}"))?;
     linux_amd64_resolver(&index.manifests)
         .map(Some)
-        .ok_or_else(|| PullError::Invalid {
-            image: String::new(),
-            what: "the index has no linux/amd64 image".into(),
-        })
+        .ok_or_else(|| "the index has no linux/amd64 image".to_string())
 }
 
 fn fetch_err(image: &str, e: FetchError) -> PullError {
@@ -502,7 +515,7 @@ fn fetch_err(image: &str, e: FetchError) -> PullError {
 
 /// What one pull's downloads share.
 struct Fetched<'a> {
-    client: &'a Client,
+    origin: &'a Origin,
     reference: &'a oci_client::Reference,
     canonical: &'a str,
     locked: &'a Locked<'a>,
@@ -539,12 +552,12 @@ async fn download(
         message,
     };
     let mut stream = f
-        .client
-        .pull_blob_stream(f.reference, layer)
+        .origin
+        .blob(f.reference, digest)
         .await
-        .map_err(|e| registry_err(crate::error::chain(&e)))?;
+        .map_err(|e| fetch_err(f.canonical, e))?;
     let mut ingest = f.locked.ingest()?;
-    while let Some(chunk) = stream.stream.next().await {
+    while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| registry_err(format!("download {digest}: {e}")))?;
         ingest.write(&chunk)?;
         (f.events)(PullEvent::Progress {

@@ -9,7 +9,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
 use super::artifact::{self, Artifact, WasmConfig};
-use super::client::{auth_for, client, small_blob};
+use super::client::{auth_for, client, FetchError, Origin};
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
 use super::signature::{self, SignatureError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
@@ -54,6 +54,14 @@ impl Remote {
             auth: auth_for(&name.registry),
             name: name.clone(),
         })
+    }
+
+    /// Reads from this registry as a pull does.
+    fn origin(&self) -> Origin {
+        Origin::Registry {
+            client: self.client.clone(),
+            auth: self.auth.clone(),
+        }
     }
 
     fn err(&self, e: oci_client::errors::OciDistributionError) -> RemoteError {
@@ -156,16 +164,17 @@ impl Remote {
             self.reference.repository().to_string(),
             tag.clone(),
         );
-        let mut layers = match self
-            .client
-            .pull_manifest_raw(&at, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-        {
+        let mut layers = match self.origin().manifest(&at).await {
             Ok((bytes, _)) => serde_json::from_slice::<OciImageManifest>(&bytes)
                 .map(|m| m.layers)
                 .unwrap_or_default(),
-            Err(e) if super::trust::is_not_found(&e) => Vec::new(),
-            Err(e) => return Err(self.err(e)),
+            Err(FetchError::NotFound(_)) => Vec::new(),
+            Err(e) => {
+                return Err(RemoteError::Registry {
+                    image: self.name.canonical(),
+                    message: e.to_string(),
+                })
+            }
         };
         let payload_digest = Digest::of(&payload);
         layers.retain(|l| {
@@ -246,26 +255,18 @@ impl Remote {
         let pinned = self.reference.clone_with_digest(digest.to_string());
         let config_digest =
             Digest::parse(&manifest.config.digest).map_err(|e| self.invalid(e.to_string()))?;
-        let config = small_blob(
-            &self.client,
-            &pinned,
-            &config_digest,
-            artifact::MAX_CONFIG_BYTES,
-        )
-        .await
-        .map_err(|e| self.invalid(e.to_string()))?;
+        let origin = self.origin();
+        let config = origin
+            .small_blob(&pinned, &config_digest, artifact::MAX_CONFIG_BYTES)
+            .await
+            .map_err(|e| self.invalid(e.to_string()))?;
         let (_, config) = artifact::layer_and_config(&manifest, &config, u64::MAX)
             .map_err(|e| self.invalid(e.to_string()))?;
-        let signed = super::trust::signatures(
-            &self.client,
-            &self.auth,
-            &self.reference,
-            &digest,
-            &self.name.canonical(),
-        )
-        .await
-        .map(|s| s.is_some_and(|s| !s.is_empty()))
-        .unwrap_or(false);
+        let signed =
+            super::trust::signatures(&origin, &self.reference, &digest, &self.name.canonical())
+                .await
+                .map(|s| s.is_some_and(|s| !s.is_empty()))
+                .unwrap_or(false);
         Ok(Some(Described {
             image: self.name.canonical(),
             digest,

@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::manifest::OciImageManifest;
+use oci_client::Reference;
 use serde::Deserialize;
 
+use super::client::{FetchError, Origin};
 use super::signature::{self, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::store::Digest;
 
@@ -306,8 +306,7 @@ pub enum Verified {
 /// Checks `scope` for the image `image` whose manifest resolved to `digest` at `reference`
 /// (its repository at the source it is pulled from).
 pub async fn check(
-    client: &Client,
-    auth: &RegistryAuth,
+    origin: &Origin,
     reference: &Reference,
     digest: &Digest,
     image: &str,
@@ -325,8 +324,7 @@ pub async fn check(
                 })
             }
             Requirement::Sigstore { keys } => {
-                let key =
-                    verify_signatures(client, auth, reference, digest, image, scope, keys).await?;
+                let key = verify_signatures(origin, reference, digest, image, scope, keys).await?;
                 verified = Verified::SignedBy(key);
             }
         }
@@ -335,15 +333,14 @@ pub async fn check(
 }
 
 async fn verify_signatures(
-    client: &Client,
-    auth: &RegistryAuth,
+    origin: &Origin,
     reference: &Reference,
     digest: &Digest,
     image: &str,
     scope: &Scope<'_>,
     keys: &[(String, String)],
 ) -> Result<String, TrustError> {
-    let signatures = signatures(client, auth, reference, digest, image)
+    let signatures = signatures(origin, reference, digest, image)
         .await?
         .ok_or_else(|| TrustError::Unsigned {
             image: image.into(),
@@ -375,8 +372,7 @@ async fn verify_signatures(
 /// The cosign signatures stored for `digest`: (payload, base64 signature) pairs; `None` when
 /// there is no signature tag at all.
 pub async fn signatures(
-    client: &Client,
-    auth: &RegistryAuth,
+    origin: &Origin,
     reference: &Reference,
     digest: &Digest,
     image: &str,
@@ -390,13 +386,10 @@ pub async fn signatures(
         reference.repository().to_string(),
         signature::signature_tag(digest),
     );
-    let manifest = match client
-        .pull_manifest_raw(&tag, auth, &[OCI_IMAGE_MEDIA_TYPE])
-        .await
-    {
+    let manifest = match origin.manifest(&tag).await {
         Ok((bytes, _)) => bytes,
-        Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(registry_err(crate::error::chain(&e))),
+        Err(FetchError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(registry_err(e.to_string())),
     };
     let manifest: OciImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
         registry_err(format!(
@@ -418,29 +411,13 @@ pub async fn signatures(
             continue;
         };
         let blob = Digest::parse(&layer.digest).map_err(|e| registry_err(e.to_string()))?;
-        let payload = super::client::small_blob(client, &tag, &blob, MAX_PAYLOAD_BYTES)
+        let payload = origin
+            .small_blob(&tag, &blob, MAX_PAYLOAD_BYTES)
             .await
             .map_err(|e| registry_err(e.to_string()))?;
         out.push((payload, sig.clone()));
     }
     Ok(Some(out))
-}
-
-/// A registry's "no such manifest".
-pub fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::ImageManifestNotFoundError(_) => true,
-        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                oci_client::errors::OciErrorCode::ManifestUnknown
-                    | oci_client::errors::OciErrorCode::NameUnknown
-            )
-        }),
-        E::ServerError { code: 404, .. } => true,
-        _ => false,
-    }
 }
 
 #[cfg(test)]
