@@ -227,13 +227,17 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&images)?),
         Output::Text => {
-            println!("{:<50} {:<19} {:>12}  LAST USED", "IMAGE", "DIGEST", "SIZE");
+            println!(
+                "{:<50} {:<7} {:<19} {:>12}  LAST USED",
+                "IMAGE", "KIND", "DIGEST", "SIZE"
+            );
             for i in images {
+                let kind = if i.sidecar.is_some() { "sidecar" } else { "image" };
                 let used = humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.last_used),
                 );
                 println!(
-                    "{:<50} {:<19} {:>12}  {used}",
+                    "{:<50} {kind:<7} {:<19} {:>12}  {used}",
                     i.name,
                     &i.digest.as_str()[..19],
                     i.size

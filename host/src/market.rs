@@ -390,7 +390,7 @@ pub fn review(
     let ungrantable = report.ungrantable();
     let needs_approval = previous.is_none()
         && match &diff {
-            Some((_, d)) => d.increases(),
+            Some((_, d)) => d.increases(wpod::grants::always_granted),
             None => true,
         };
     match opts.output {

@@ -225,6 +225,12 @@ pub fn for_import(name: &str) -> ImportRule {
         .unwrap_or(ImportRule::Never)
 }
 
+/// Whether every sidecar has `import` anyway, whatever its pod says: adding it to a new
+/// version needs no new approval.
+pub fn always_granted(import: &str) -> bool {
+    matches!(for_import(import), ImportRule::Always { .. })
+}
+
 /// Why a component cannot run as `sidecar` with `grants`: an import the pod does not grant.
 pub fn refusal(sidecar: &Sidecar<'_>, grants: &Grants, import: &str) -> Option<String> {
     let name = sidecar.name();
