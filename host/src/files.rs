@@ -15,6 +15,24 @@ pub fn state_root() -> PathBuf {
     std::path::absolute(&root).unwrap_or(root)
 }
 
+/// A configuration file as podman's are found: the file `$VAR` names (which must exist), else
+/// `default`, whose absence means "no configuration" (`Ok(None)`). The path comes back with
+/// the text, for messages.
+pub fn read_config(
+    var: &str,
+    default: &str,
+) -> Result<Option<(PathBuf, String)>, (PathBuf, std::io::Error)> {
+    let (path, explicit) = match std::env::var_os(var) {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from(default), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some((path, text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(None),
+        Err(error) => Err((path, error)),
+    }
+}
+
 /// The largest manifest wpod reads (the Kubernetes API server refuses objects over ~1.5 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// The largest Wasm component wpod reads (a Python sidecar is ~20-40 MiB).

@@ -17,10 +17,7 @@ fn store() -> anyhow::Result<Store> {
 
 pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Result<ExitCode> {
     let name = ImageName::parse(image)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::market::runtime()?;
     let puller = Puller::new(Arc::new(store()?))?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
@@ -177,10 +174,7 @@ pub fn save(names: &[String], dir: &std::path::Path, output: Output) -> anyhow::
         .iter()
         .map(|n| ImageName::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::market::runtime()?;
     let saved = runtime
         .block_on(wpod::oci::layout::save(&names, dir))
         .with_context(|| format!("cannot save into {}", dir.display()))?;
@@ -203,10 +197,7 @@ pub fn load(
     review: &crate::market::ReviewOptions,
 ) -> anyhow::Result<ExitCode> {
     let layout = wpod::oci::layout::Layout::open(dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::market::runtime()?;
     let puller = Puller::new(Arc::new(store()?))?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
@@ -232,7 +223,11 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
                 "IMAGE", "KIND", "DIGEST", "SIZE"
             );
             for i in images {
-                let kind = if i.sidecar.is_some() { "sidecar" } else { "image" };
+                let kind = if i.sidecar.is_some() {
+                    "sidecar"
+                } else {
+                    "image"
+                };
                 let used = humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.last_used),
                 );

@@ -873,9 +873,29 @@ fn signatures_verify_on_a_mirror_because_the_digest_not_the_name_is_trusted() {
         out.contains(public.to_str().unwrap()),
         "verified with the team key: {out}"
     );
-    // A mirror that serves an unsigned digest under the same tag is refused.
+    // A mirror that serves an unsigned digest under the same tag is passed over: the upstream
+    // registry's signed one is pulled.
     let evil = m.push("probe", &format!("{addr}/mirror/team/hello:1.0"), &[]);
     assert_ne!(evil, digest);
+    let pulled = m.wpod(&["pull", "--yes", "--output", "json", reference]);
+    let out = text(&pulled.stdout);
+    assert!(pulled.status.success(), "{out}{}", text(&pulled.stderr));
+    assert!(
+        out.contains("mirrorFailed") && out.contains("is not signed"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("\"from\":\"{addr}/upstream/team/hello\"")),
+        "{out}"
+    );
+    assert!(out.contains(&digest), "the signed digest: {out}");
+    // With the upstream gone too, nothing unsigned is ever taken.
+    copy_repo(
+        &addr,
+        "mirror/team/hello",
+        "upstream/team/hello",
+        &["1.0".to_string()],
+    );
     let refused = m.fails(&["pull", "--yes", reference]);
     assert!(refused.contains("is not signed"), "{refused}");
 }

@@ -184,7 +184,15 @@ impl Puller {
         for source in &sources {
             match self.pull_from(name, source, &locked, events).await {
                 Ok(image) => return Ok(image),
-                Err(e @ PullError::Registry { .. }) if source.mirror => {
+                // A mirror that fails, or serves what the policy or the checks refuse (an
+                // unsigned copy: mirrors often drop signatures), is passed over: the next source
+                // is held to the same checks.
+                Err(
+                    e @ (PullError::Registry { .. }
+                    | PullError::Trust(_)
+                    | PullError::Sidecar { .. }
+                    | PullError::Store(StoreError::DigestMismatch { .. })),
+                ) if source.mirror => {
                     events(PullEvent::MirrorFailed {
                         mirror: source.name.clone(),
                         message: e.to_string(),

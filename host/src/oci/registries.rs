@@ -110,14 +110,10 @@ impl Registries {
     /// The configuration at `$WPOD_REGISTRIES_CONF`, else `/etc/wpod/registries.conf`; no file
     /// there means no rules.
     pub fn load() -> Result<Self, RegistriesError> {
-        let (path, explicit) = match std::env::var_os("WPOD_REGISTRIES_CONF") {
-            Some(p) => (PathBuf::from(p), true),
-            None => (PathBuf::from(DEFAULT_PATH), false),
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
-            Err(error) => Err(RegistriesError::Read { path, error }),
+        match crate::files::read_config("WPOD_REGISTRIES_CONF", DEFAULT_PATH) {
+            Ok(Some((path, text))) => Self::parse(&path, &text),
+            Ok(None) => Ok(Self::default()),
+            Err((path, error)) => Err(RegistriesError::Read { path, error }),
         }
     }
 

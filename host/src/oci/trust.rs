@@ -158,14 +158,10 @@ impl Policy {
     /// `$WPOD_POLICY`, else `/etc/wpod/policy.json`; no file at the default path accepts every
     /// image (a named file must exist).
     pub fn load() -> Result<Self, PolicyError> {
-        let (path, explicit) = match std::env::var_os("WPOD_POLICY") {
-            Some(p) => (PathBuf::from(p), true),
-            None => (PathBuf::from(DEFAULT_PATH), false),
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
-            Err(error) => Err(PolicyError::Read { path, error }),
+        match crate::files::read_config("WPOD_POLICY", DEFAULT_PATH) {
+            Ok(Some((path, text))) => Self::parse(&path, &text),
+            Ok(None) => Ok(Self::default()),
+            Err((path, error)) => Err(PolicyError::Read { path, error }),
         }
     }
 
