@@ -26,7 +26,10 @@ python3 -c "import oras.provider" 2>/dev/null || { echo "oras-py is needed: pyth
 addr=127.0.0.1:5078
 work=$(mktemp -d /tmp/wpod-marketbench.XXXXXX)
 cleanup() {
-  [[ -n "${registry_pid:-}" ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  if [[ -n "${registry_pid:-}" ]]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -22,7 +22,10 @@ addr="127.0.0.1:${MARKET_PORT:-5055}"
 reg="$addr/wpod"
 work=$(mktemp -d /tmp/wpod-market.XXXXXX)
 cleanup() {
-  [[ -n "${registry_pid:-}" ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  if [[ -n "${registry_pid:-}" ]]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

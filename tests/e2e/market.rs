@@ -978,3 +978,76 @@ fn the_trust_policy_applies_to_container_images_too() {
         "the signer is recorded"
     );
 }
+
+/// `wpod ARGS` on a pseudo-terminal (util-linux `script`), answering `answer` to any prompt.
+fn on_a_terminal(m: &Market, args: &[&str], answer: &str) -> (bool, String) {
+    let command = std::iter::once(crate::wpod_bin().display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .envs(m.env.vars())
+        .env("WPOD_POLICY", m.policy_path())
+        .current_dir(m.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    // Answer once the question is on the terminal (a slow first compile may take a while).
+    std::thread::sleep(Duration::from_millis(1500));
+    use std::io::Write;
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
+/// A component that imports `import` (an empty instance) and nothing else.
+fn component_importing(import: &str) -> Vec<u8> {
+    use wasm_encoder::{
+        Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
+    };
+    let mut component = Component::new();
+    let mut types = ComponentTypeSection::new();
+    types.instance(&InstanceType::new());
+    component.section(&types);
+    let mut imports = ComponentImportSection::new();
+    imports.import(import, ComponentTypeRef::Instance(0));
+    component.section(&imports);
+    component.finish()
+}
+
+#[test]
+fn approval_is_asked_on_a_terminal_and_ungrantable_imports_are_refused() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("prompt");
+    m.accept_anything();
+    let reference = format!("{}:1", m.repo("asked"));
+    let digest = m.push("hello", &reference, &[]);
+    let (ok, out) = on_a_terminal(&m, &["pull", &reference], "n\n");
+    assert!(!ok, "{out}");
+    assert!(out.contains("[y/N]") && out.contains("not approved"), "{out}");
+    let approvals = m.env.root().join("approvals.json");
+    assert!(!approvals.exists(), "a no approves nothing");
+    let (ok, out) = on_a_terminal(&m, &["pull", &reference], "y\n");
+    assert!(ok, "{out}");
+    let recorded = std::fs::read_to_string(&approvals).unwrap();
+    assert!(recorded.contains(&digest), "{recorded}");
+    // A component importing what no Pod field grants is not approved unless asked for.
+    let odd = m.dir().join("http-client.wasm");
+    std::fs::write(&odd, component_importing("wasi:http/outgoing-handler@0.2.0")).unwrap();
+    let reference = format!("{}:1", m.repo("ungrantable"));
+    m.ok(&["push", odd.to_str().unwrap(), &reference]);
+    let refused = m.fails(&["pull", "--yes", &reference]);
+    assert!(
+        refused.contains("wasi:http/outgoing-handler@0.2.0") && refused.contains("no Pod field grants"),
+        "{refused}"
+    );
+    assert!(refused.contains("--allow-ungrantable"), "{refused}");
+    m.ok(&["pull", "--yes", "--allow-ungrantable", &reference]);
+}
