@@ -998,11 +998,7 @@ fn on_a_terminal(m: &Market, args: &[&str], answer: &str) -> (bool, String) {
     // Answer once the question is on the terminal (a slow first compile may take a while).
     std::thread::sleep(Duration::from_millis(1500));
     use std::io::Write;
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(answer.as_bytes());
+    let _ = child.stdin.take().unwrap().write_all(answer.as_bytes());
     let out = child.wait_with_output().unwrap();
     (out.status.success(), text(&out.stdout) + &text(&out.stderr))
 }
@@ -1031,7 +1027,10 @@ fn approval_is_asked_on_a_terminal_and_ungrantable_imports_are_refused() {
     let digest = m.push("hello", &reference, &[]);
     let (ok, out) = on_a_terminal(&m, &["pull", &reference], "n\n");
     assert!(!ok, "{out}");
-    assert!(out.contains("[y/N]") && out.contains("not approved"), "{out}");
+    assert!(
+        out.contains("[y/N]") && out.contains("not approved"),
+        "{out}"
+    );
     let approvals = m.env.root().join("approvals.json");
     assert!(!approvals.exists(), "a no approves nothing");
     let (ok, out) = on_a_terminal(&m, &["pull", &reference], "y\n");
@@ -1040,12 +1039,17 @@ fn approval_is_asked_on_a_terminal_and_ungrantable_imports_are_refused() {
     assert!(recorded.contains(&digest), "{recorded}");
     // A component importing what no Pod field grants is not approved unless asked for.
     let odd = m.dir().join("http-client.wasm");
-    std::fs::write(&odd, component_importing("wasi:http/outgoing-handler@0.2.0")).unwrap();
+    std::fs::write(
+        &odd,
+        component_importing("wasi:http/outgoing-handler@0.2.0"),
+    )
+    .unwrap();
     let reference = format!("{}:1", m.repo("ungrantable"));
     m.ok(&["push", odd.to_str().unwrap(), &reference]);
     let refused = m.fails(&["pull", "--yes", &reference]);
     assert!(
-        refused.contains("wasi:http/outgoing-handler@0.2.0") && refused.contains("no Pod field grants"),
+        refused.contains("wasi:http/outgoing-handler@0.2.0")
+            && refused.contains("no Pod field grants"),
         "{refused}"
     );
     assert!(refused.contains("--allow-ungrantable"), "{refused}");
