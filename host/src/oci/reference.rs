@@ -170,7 +170,7 @@ fn check_tag(t: &str) -> Result<(), &'static str> {
         {
             Ok(())
         }
-        _ => Err("the tag is not letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-')"),
+        _ => Err("a tag holds only letters, digits, '_', '.' and '-', at most 128 of them, and does not start with '.' or '-'"),
     }
 }
 
