@@ -18,7 +18,9 @@ fn store() -> anyhow::Result<Store> {
 pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Result<ExitCode> {
     let name = ImageName::parse(image)?;
     let runtime = crate::market::runtime()?;
-    let puller = Puller::new(Arc::new(store()?))?;
+    let store = Arc::new(store()?);
+    let previous = store.image(&name.canonical())?;
+    let puller = Puller::new(store.clone())?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
     let pulled = crate::market::about_image(
@@ -29,8 +31,31 @@ pub fn pull(image: &str, review: &crate::market::ReviewOptions) -> anyhow::Resul
     drop(progress);
     match pulled {
         Pulled::Container(_) => Ok(ExitCode::SUCCESS),
-        Pulled::Sidecar(s) => crate::market::review(&name, &s, review),
+        Pulled::Sidecar(s) => reviewed(&store, &name, previous, &s, review),
     }
+}
+
+/// The review of a sidecar just pulled; if it is not approved, the name goes back to what it
+/// was stored as before (so `repo:tag` keeps resolving to the approved digest), or is
+/// forgotten.
+fn reviewed(
+    store: &Store,
+    name: &ImageName,
+    previous: Option<wpod::oci::store::ImageRecord>,
+    sidecar: &wpod::oci::pull::StoredSidecar,
+    review: &crate::market::ReviewOptions,
+) -> anyhow::Result<ExitCode> {
+    let outcome = crate::market::review(name, sidecar, review);
+    if outcome.is_err() && previous.as_ref() != Some(&sidecar.record) {
+        let locked = store.lock()?;
+        match previous {
+            Some(p) => locked.record(p)?,
+            None => {
+                locked.forget(&name.canonical())?;
+            }
+        }
+    }
+    outcome
 }
 
 /// How a pull shows its progress: bars per layer on a terminal (as podman), a line per layer
@@ -198,7 +223,14 @@ pub fn load(
 ) -> anyhow::Result<ExitCode> {
     let layout = wpod::oci::layout::Layout::open(dir)?;
     let runtime = crate::market::runtime()?;
-    let puller = Puller::new(Arc::new(store()?))?;
+    let store = Arc::new(store()?);
+    let mut previous = std::collections::BTreeMap::new();
+    for n in layout.names() {
+        if let Ok(name) = ImageName::parse(&n) {
+            previous.insert(name.canonical(), store.image(&name.canonical())?);
+        }
+    }
+    let puller = Puller::new(store.clone())?;
     let progress = Progress::new(review.output);
     let report = |e: PullEvent| progress.show(e);
     let loaded = runtime
@@ -207,7 +239,8 @@ pub fn load(
     drop(progress);
     for (name, pulled) in loaded {
         if let Pulled::Sidecar(s) = pulled {
-            crate::market::review(&name, &s, review)?;
+            let before = previous.remove(&name.canonical()).flatten();
+            reviewed(&store, &name, before, &s, review)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,13 +3,14 @@
 //!
 //! The modules are layers, and a module imports only lower ones (the `layering` test checks):
 //!
-//! 1. `error`, `files`, `mounts`, `helper`, `status`: vocabulary with no wpod dependencies
-//!    (printing error chains, reading files, the mount table, helper processes and their step
-//!    errors, the live pod status).
+//! 1. `component`, `error`, `files`, `mounts`, `helper`, `status`: vocabulary with no wpod
+//!    dependencies (a component's imports and exports, printing error chains, reading files,
+//!    the mount table, helper processes and their step errors, the live pod status).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output.
-//! 4. `grants`: one module per capability a Wasm sidecar can be granted; `oci`: images from
-//!    registries (their names, layers, and process rules).
+//! 4. `grants`: one module per capability a Wasm sidecar can be granted; `oci`: images and
+//!    sidecars on registries (names, the store, pulls, signatures and the trust policy,
+//!    approvals, push/search, layout directories).
 //! 5. `plan`: Pod → PodPlan, every decision made once (roles, restart policies, grants, ports).
 //! 6. `sandbox`: namespaces, volumes, cgroups, ports, the state directory.
 //! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.

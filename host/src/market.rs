@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use wpod::component::{ImportDiff, Interface};
+use wpod::component::Interface;
 use wpod::grants::inspect::ComponentReport;
-use wpod::oci::approvals::{Approval, Approvals};
+use wpod::oci::approvals::{Approval, Approvals, Decision};
 use wpod::oci::artifact::{self, DESCRIPTION, TITLE, VERSION};
 use wpod::oci::pull::StoredSidecar;
 use wpod::oci::reference::ImageName;
@@ -202,7 +202,7 @@ pub fn inspect_remote(image: &str, output: Output) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "image": d.image, "digest": d.digest, "annotations": d.annotations,
-                "signed": d.signed, "source": "config", "imports": report.imports, "exports": report.exports,
+                "signer": d.signer.to_string(), "source": "config", "imports": report.imports, "exports": report.exports,
             }))?
         ),
         Output::Text => {
@@ -210,14 +210,7 @@ pub fn inspect_remote(image: &str, output: Output) -> anyhow::Result<ExitCode> {
             for (k, v) in &d.annotations {
                 println!("  {k}: {v}");
             }
-            println!(
-                "  signed: {}",
-                if d.signed {
-                    "yes (verified at pull against the trust policy)"
-                } else {
-                    "no"
-                }
-            );
+            println!("  signer: {}", d.signer);
             println!("(from the artifact's config, before download: `wpod pull` recomputes the imports from the component itself)");
             print!("{report}");
         }
@@ -233,88 +226,55 @@ struct Found {
     version: String,
     digest: String,
     description: String,
-    signed: bool,
-    /// The Pod fields it needs (its `Requires` imports).
+    /// The key of the trust policy a signature verifies with, "unsigned", or "signed (by no
+    /// key of the trust policy)".
+    signer: String,
+    /// The Pod fields it needs (its `Requires` imports), and what no field grants.
     needs: Vec<String>,
 }
 
+/// `wpod search [REGISTRY/]TERM`: the catalog of each registry (the one named, else
+/// registries.conf's `unqualified-search-registries`), each repository's newest version, its
+/// config and annotations, and its signer under the trust policy.
 pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
-    let (registry, term) = match query.split_once('/') {
-        Some((r, t)) => (r.to_string(), t.to_string()),
-        None => bail!("name the registry to search: wpod search REGISTRY/TERM (e.g. 127.0.0.1:5000/exporter); registries without a catalog API cannot be searched"),
+    let looks_like_registry = |r: &str| r.contains('.') || r.contains(':') || r == "localhost";
+    let (registries, term) = match query.split_once('/') {
+        Some((r, t)) if looks_like_registry(r) => (vec![r.to_string()], t.to_string()),
+        _ => {
+            let conf = wpod::oci::registries::Registries::load()?;
+            if conf.search.is_empty() {
+                bail!(
+                    "name the registry to search (wpod search REGISTRY/TERM, e.g. 127.0.0.1:5000/exporter), \
+                     or list registries in unqualified-search-registries of registries.conf"
+                );
+            }
+            (conf.search, query.to_string())
+        }
     };
     let rt = runtime()?;
-    let repositories = rt
-        .block_on(remote::catalog(&registry, ""))
-        .with_context(|| format!("cannot search {registry}"))?;
     let mut found = Vec::new();
     let mut skipped = 0usize;
-    for repo in repositories {
-        let name = ImageName::parse(&format!("{registry}/{repo}"))?;
-        let remote = Remote::new(&name)?;
-        let tags = rt.block_on(remote.tags()).unwrap_or_default();
-        let Some(version) = latest_version(&tags) else {
-            continue;
-        };
-        let tagged = ImageName::parse(&format!("{registry}/{repo}:{version}"))?;
-        let described = match rt.block_on(Remote::new(&tagged)?.describe()) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                skipped += 1;
-                continue;
+    for registry in &registries {
+        let repositories = about_image(rt.block_on(remote::catalog(registry)), "search", registry)?;
+        for repo in repositories {
+            match rt.block_on(describe_newest(registry, &repo)) {
+                Ok(Some(f)) if matches(&f, &repo, &term) => found.push(f),
+                Ok(Some(_)) => {}
+                Ok(None) => skipped += 1,
+                Err(e) => eprintln!("warning: {registry}/{repo} skipped: {e:#}"),
             }
-            Err(e) => {
-                tracing::warn!(repository = %repo, error = %e, "cannot describe; skipping it");
-                continue;
-            }
-        };
-        let description = described
-            .annotations
-            .get(DESCRIPTION)
-            .cloned()
-            .unwrap_or_default();
-        let title = described
-            .annotations
-            .get(TITLE)
-            .cloned()
-            .unwrap_or_default();
-        let t = term.to_lowercase();
-        if !(repo.to_lowercase().contains(&t)
-            || title.to_lowercase().contains(&t)
-            || description.to_lowercase().contains(&t))
-        {
-            continue;
         }
-        let imports = described
-            .config
-            .component
-            .map(|c| c.imports)
-            .unwrap_or_default();
-        let mut needs: Vec<String> = imports
-            .iter()
-            .filter_map(|i| match wpod::grants::for_import(i) {
-                wpod::grants::ImportRule::Requires { field, .. } => Some(field.to_string()),
-                wpod::grants::ImportRule::Never => Some(format!("(ungrantable: {i})")),
-                _ => None,
-            })
-            .collect();
-        needs.sort();
-        needs.dedup();
-        found.push(Found {
-            name: format!("{registry}/{repo}"),
-            version,
-            digest: described.digest.to_string(),
-            description,
-            signed: described.signed,
-            needs,
-        });
+        if skipped > 0 {
+            eprintln!("({skipped} repositories on {registry} hold container images or no tags: not listed)");
+            skipped = 0;
+        }
     }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&found)?),
         Output::Text => {
             println!(
-                "{:<40} {:<10} {:<7} {:<30} DESCRIPTION",
-                "NAME", "VERSION", "SIGNED", "NEEDS"
+                "{:<40} {:<10} {:<30} {:<24} DESCRIPTION",
+                "NAME", "VERSION", "SIGNER", "NEEDS"
             );
             for f in &found {
                 let needs = if f.needs.is_empty() {
@@ -323,22 +283,52 @@ pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
                     f.needs.join(",")
                 };
                 println!(
-                    "{:<40} {:<10} {:<7} {:<30} {}",
-                    f.name,
-                    f.version,
-                    if f.signed { "yes" } else { "no" },
-                    needs,
-                    f.description
-                );
-            }
-            if skipped > 0 {
-                eprintln!(
-                    "({skipped} container images on {registry} are not sidecars and not listed)"
+                    "{:<40} {:<10} {:<30} {:<24} {}",
+                    f.name, f.version, f.signer, needs, f.description
                 );
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn matches(f: &Found, repo: &str, term: &str) -> bool {
+    let t = term.to_lowercase();
+    [repo, &f.description]
+        .iter()
+        .any(|s| s.to_lowercase().contains(&t))
+}
+
+/// The newest version of `registry/repo` as a search result; `None` when it is not a sidecar or
+/// has no tags.
+async fn describe_newest(registry: &str, repo: &str) -> anyhow::Result<Option<Found>> {
+    let name = ImageName::parse(&format!("{registry}/{repo}"))?;
+    let Some(version) = latest_version(&Remote::new(&name)?.tags().await?) else {
+        return Ok(None);
+    };
+    let tagged = ImageName::parse(&format!("{registry}/{repo}:{version}"))?;
+    let Some(d) = Remote::new(&tagged)?.describe().await? else {
+        return Ok(None);
+    };
+    let imports = d.config.component.map(|c| c.imports).unwrap_or_default();
+    let mut needs: Vec<String> = imports
+        .iter()
+        .filter_map(|i| match wpod::grants::for_import(i) {
+            wpod::grants::ImportRule::Requires { field, .. } => Some(field.to_string()),
+            wpod::grants::ImportRule::Never => Some(format!("(ungrantable: {i})")),
+            _ => None,
+        })
+        .collect();
+    needs.sort();
+    needs.dedup();
+    Ok(Some(Found {
+        name: format!("{registry}/{repo}"),
+        version,
+        digest: d.digest.to_string(),
+        description: d.annotations.get(DESCRIPTION).cloned().unwrap_or_default(),
+        signer: d.signer.to_string(),
+        needs,
+    }))
 }
 
 /// The newest version among `tags`: the highest `v`-optional dotted number, else `latest`, else
@@ -380,26 +370,26 @@ pub fn review(
         imports: s.sidecar.imports.clone(),
         exports: s.sidecar.exports.clone(),
     });
-    let previous = approvals.of(&repository, digest).cloned();
-    let last = approvals.latest(&repository).cloned();
-    let diff = last.as_ref().filter(|l| &l.digest != digest).map(|l| {
-        (
-            l.digest.clone(),
-            ImportDiff::between(&l.imports, &s.sidecar.imports),
-        )
-    });
+    let decision = approvals.decide(
+        &repository,
+        name.tag.as_deref(),
+        digest,
+        &s.sidecar.imports,
+        wpod::grants::always_granted,
+    );
+    let needs_approval = decision.needs_approval();
+    let (previous, diff) = match decision {
+        Decision::Approved(a) => (Some(a.clone()), None),
+        Decision::New => (None, None),
+        Decision::Upgrade { from, diff, .. } => (None, Some((from.digest.clone(), diff))),
+    };
     let ungrantable = report.ungrantable();
-    let needs_approval = previous.is_none()
-        && match &diff {
-            Some((_, d)) => d.increases(wpod::grants::always_granted),
-            None => true,
-        };
     match opts.output {
         Output::Json => println!(
             "{}",
             serde_json::json!({
                 "event": "review", "image": name.canonical(), "digest": digest,
-                "signedBy": s.record.signed_by, "annotations": s.sidecar.annotations,
+                "signedBy": s.record.signed_by, "annotations": s.annotations,
                 "imports": report.imports, "ungrantable": ungrantable,
                 "approvedBefore": previous.is_some(),
                 "diff": diff.as_ref().map(|(from, d)| serde_json::json!({"from": from, "added": d.added, "removed": d.removed, "versionChanged": d.version_changed})),
@@ -409,7 +399,7 @@ pub fn review(
         Output::Text => {
             eprintln!("sidecar {}@{digest}", name.canonical());
             for key in [TITLE, VERSION, DESCRIPTION] {
-                if let Some(v) = s.sidecar.annotations.get(key) {
+                if let Some(v) = s.annotations.get(key) {
                     eprintln!("  {:<12} {v}", key.rsplit('.').next().unwrap_or(key));
                 }
             }
@@ -436,7 +426,7 @@ pub fn review(
             }
         }
     }
-    if !ungrantable.is_empty() && !opts.allow_ungrantable {
+    if previous.is_none() && !ungrantable.is_empty() && !opts.allow_ungrantable {
         bail!(
             "{} imports {}, which no Pod field grants: no pod can run it. Not approved; pass --allow-ungrantable to approve it anyway",
             name.canonical(),

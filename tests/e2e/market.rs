@@ -22,7 +22,9 @@ impl Market {
     fn new(test: &str) -> Self {
         let env = ImageEnv::new(&format!("market-{test}"));
         let addr = registry().addr.clone();
-        Market { env, addr }
+        let m = Market { env, addr };
+        m.accept_anything();
+        m
     }
 
     fn dir(&self) -> &Path {
@@ -336,8 +338,9 @@ fn an_author_publishes_and_signs_and_a_user_finds_reviews_and_runs_the_sidecar()
         manifest["annotations"]["org.opencontainers.image.version"],
         "1.0"
     );
-    // The user: search finds it with its description and signature; inspect shows its needs
-    // from the config, before download.
+    // The user, under a policy that requires the team's signature: search finds it with its
+    // description and signer; inspect shows its needs from the config, before download.
+    m.require_signature(&format!("{}/wpod-test", m.addr), &public);
     let found = m.ok(&["search", "--output", "json", &format!("{}/hello", m.addr)]);
     let found: serde_json::Value = serde_json::from_str(&found).unwrap();
     let entry = found
@@ -348,15 +351,21 @@ fn an_author_publishes_and_signs_and_a_user_finds_reviews_and_runs_the_sidecar()
         .unwrap_or_else(|| panic!("search did not find {repo}: {found}"));
     assert_eq!(entry["version"], "1.0");
     assert_eq!(entry["description"], "Says hello from the registry");
-    assert_eq!(entry["signed"], true);
+    assert_eq!(entry["signer"], public.to_str().unwrap());
+    m.push("probe", &format!("{}:0.1", m.repo("helloless")), &[]);
+    let listed = m.ok(&["search", &format!("{}/helloless", m.addr)]);
+    assert!(listed.contains("unsigned"), "{listed}");
     let inspected = m.ok(&["inspect", &reference]);
     assert!(
         inspected.contains("from the artifact's config"),
         "{inspected}"
     );
     assert!(inspected.contains("wasi:cli/environment"), "{inspected}");
-    // Pull under a policy that requires the team's signature: the review, then approval.
-    m.require_signature(&format!("{}/wpod-test", m.addr), &public);
+    assert!(
+        inspected.contains(&format!("signer: {}", public.display())),
+        "{inspected}"
+    );
+    // Pull: the review, then approval.
     let refused = m.fails(&["pull", &reference]);
     assert!(
         refused.contains("needs approval") && refused.contains("--yes"),
@@ -621,6 +630,45 @@ fn bad_artifacts_and_bad_signatures_are_refused_and_nothing_runs() {
     sign(&oversize);
     cases.insert("oversize", (pull(&oversize), "more than the"));
 
+    // A negative size in the manifest (no "unknown size" loophole around the cap).
+    let negative = format!("{}:1", m.repo("negative-size"));
+    let config = wasm_config(&hello, &imports_of("hello"));
+    let config_digest = put_blob(&addr, "wpod-test/negative-size", &config);
+    let layer_digest = put_blob(&addr, "wpod-test/negative-size", &hello);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/wasm", "digest": layer_digest, "size": -1}],
+    });
+    put_manifest(
+        &addr,
+        "wpod-test/negative-size",
+        "1",
+        manifest.to_string().as_bytes(),
+    );
+    sign(&negative);
+    cases.insert("negative size", (pull(&negative), "a layer of size -1"));
+
+    // A size that understates the layer: the download stops at the declared size.
+    let understated = format!("{}:1", m.repo("understated"));
+    push_artifact(
+        &addr,
+        "wpod-test/understated",
+        "1",
+        &wasm_config(&hello, &imports_of("hello")),
+        &hello,
+        Some(1000),
+    );
+    sign(&understated);
+    cases.insert(
+        "understated size",
+        (
+            pull(&understated),
+            "larger than the 1000 bytes its manifest says",
+        ),
+    );
+
     // A tampered layer: the registry serves other bytes than the digest names.
     let tampered = format!("{}:1", m.repo("tampered"));
     m.push("hello", &tampered, &[]);
@@ -675,6 +723,8 @@ fn bad_artifacts_and_bad_signatures_are_refused_and_nothing_runs() {
         "hidden-imports",
         "precompiled",
         "oversize",
+        "negative-size",
+        "understated",
         "tampered",
         "gone",
     ] {
@@ -729,6 +779,83 @@ fn a_corrupt_cache_entry_is_recompiled_never_run() {
         run.stderr.contains("does not match its digest"),
         "{}",
         run.stderr
+    );
+    // The component in the store altered after its review: the pod refuses it.
+    let layer = sha256_hex(&std::fs::read(wpod_test_support::sidecar("hello")).unwrap());
+    let blob = m.env.root().join("images/blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let run = pod.run(Duration::from_secs(60));
+    assert_ne!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr.contains("the store was altered"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.logs("hello").is_empty(), "nothing ran: {}", run.dump());
+    m.env.assert_no_leftovers("mkt-cache");
+}
+
+/// A child process killed and reaped when dropped (the test's proxy).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_registry_that_goes_down_mid_download_leaves_nothing_half_stored() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("cut");
+    let addr = m.addr.clone();
+    let reference = format!("{}:1", m.repo("cut"));
+    m.push("tls-proxy", &reference, &[]);
+    let layer = format!(
+        "sha256:{}",
+        sha256_hex(&std::fs::read(wpod_test_support::sidecar("tls-proxy")).unwrap())
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let _proxy = Killed(
+        Command::new("python3")
+            .arg(wpod_test_support::repo_root().join("tests/market/cutting_proxy.py"))
+            .args([&port.to_string(), &addr, &layer])
+            .spawn()
+            .expect("python3"),
+    );
+    let up = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        crate::pods::host_can_connect(&format!("127.0.0.1:{port}"))
+    });
+    assert!(up, "the proxy did not come up");
+    std::fs::write(
+        m.dir().join("registries.conf"),
+        format!("[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n\n[[registry]]\nlocation = \"127.0.0.1:{port}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let via = format!("127.0.0.1:{port}/wpod-test/cut:1");
+    let refused = m.fails(&["pull", "--yes", &via]);
+    assert!(refused.contains(&format!("download {layer}")), "{refused}");
+    assert!(
+        !m.stored_images().contains("wpod-test/cut"),
+        "{}",
+        m.stored_images()
+    );
+    assert!(m.ingest_is_empty(), "half a download is left in ingest/");
+    assert!(
+        !m.env
+            .root()
+            .join("images/blobs/sha256")
+            .join(&layer[7..])
+            .exists(),
+        "half a blob is stored"
     );
 }
 
@@ -951,10 +1078,7 @@ fn save_and_load_move_signed_sidecars_to_a_host_no_registry_reaches() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
     let refused = tampered.fails(&["load", "--yes", dir.to_str().unwrap()]);
-    assert!(
-        refused.contains("other bytes") || refused.contains("sha256"),
-        "{refused}"
-    );
+    assert!(refused.contains("does not match its digest"), "{refused}");
     assert!(
         !tampered.stored_images().contains("carried"),
         "{}",

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::store::Digest;
+use crate::component::ImportDiff;
 
 const VERSION: u32 = 1;
 
@@ -56,7 +57,66 @@ pub struct Approvals {
     file: File,
 }
 
+/// What the approvals say about one digest of a repository.
+#[derive(Clone, Debug)]
+pub enum Decision<'a> {
+    /// This very digest was approved.
+    Approved(&'a Approval),
+    /// Nothing of the repository was ever reviewed.
+    New,
+    /// Another digest was: compared with the approval of the same tag (else the repository's
+    /// latest), the imports changed this way; `increases` when it may do more.
+    Upgrade {
+        from: &'a Approval,
+        diff: ImportDiff,
+        increases: bool,
+    },
+}
+
+impl Decision<'_> {
+    /// Whether someone must approve it before a pod runs it.
+    pub fn needs_approval(&self) -> bool {
+        match self {
+            Decision::Approved(_) => false,
+            Decision::New => true,
+            Decision::Upgrade { increases, .. } => *increases,
+        }
+    }
+}
+
 impl Approvals {
+    /// The decision for `digest` of `repository` (pulled by `tag`), which imports `imports`;
+    /// `harmless` names the imports every sidecar has anyway (adding them is no increase).
+    pub fn decide(
+        &self,
+        repository: &str,
+        tag: Option<&str>,
+        digest: &Digest,
+        imports: &[String],
+        harmless: impl Fn(&str) -> bool,
+    ) -> Decision<'_> {
+        if let Some(a) = self.of(repository, digest) {
+            return Decision::Approved(a);
+        }
+        let same_tag = self
+            .file
+            .approvals
+            .iter()
+            .rev()
+            .find(|a| a.repository == repository && tag.is_some() && a.tag.as_deref() == tag);
+        match same_tag.or_else(|| self.latest(repository)) {
+            None => Decision::New,
+            Some(from) => {
+                let diff = ImportDiff::between(&from.imports, imports);
+                Decision::Upgrade {
+                    increases: diff.increases(harmless),
+                    from,
+                    diff,
+                }
+            }
+        }
+    }
+
     /// Where approvals are kept: `$WPOD_APPROVALS`, else `$WPOD_ROOT/approvals.json`.
     pub fn default_path() -> PathBuf {
         std::env::var_os("WPOD_APPROVALS")
@@ -123,31 +183,39 @@ impl Approvals {
     }
 
     /// Records `approval` (moving an earlier approval of the same digest to the end) and saves.
+    /// The file is read again under a lock first, so concurrent pulls lose no approval.
     pub fn approve(&mut self, approval: Approval) -> Result<(), ApprovalsError> {
-        self.file
-            .approvals
-            .retain(|a| !(a.repository == approval.repository && a.digest == approval.digest));
-        self.file.approvals.push(approval);
-        self.save()
-    }
-
-    fn save(&self) -> Result<(), ApprovalsError> {
         let io = |step, error| ApprovalsError::Io {
             step,
             path: self.path.clone(),
             error,
         };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // A checked-in file is often a symlink: write where it points, keep the link.
+        let target = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         }
+        // The lock lives in wpod's root, not beside a file checked into someone's repository.
+        let root = crate::files::state_root();
+        std::fs::create_dir_all(&root).map_err(|e| io("lock", e))?;
+        let lock = std::fs::File::create(root.join("approvals.lock")).map_err(|e| io("lock", e))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(io("lock", std::io::Error::last_os_error()));
+        }
+        self.file = Self::load_from(target.clone())?.file;
+        self.file
+            .approvals
+            .retain(|a| !(a.repository == approval.repository && a.digest == approval.digest));
+        self.file.approvals.push(approval);
         let mut text = serde_json::to_string_pretty(&self.file).unwrap_or_default();
         text.push('\n');
         // Written beside and renamed: a crash never leaves half a file.
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = target.with_extension(format!("tmp-{}", std::process::id()));
         std::fs::write(&tmp, text).map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("replace", e))
+        std::fs::rename(&tmp, &target).map_err(|e| io("replace", e))?;
+        drop(lock);
+        Ok(())
     }
 }
 

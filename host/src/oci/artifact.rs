@@ -23,8 +23,6 @@ pub const TITLE: &str = "org.opencontainers.image.title";
 pub const DESCRIPTION: &str = "org.opencontainers.image.description";
 pub const VERSION: &str = "org.opencontainers.image.version";
 pub const CREATED: &str = "org.opencontainers.image.created";
-/// The biggest config wpod reads (a component's import list is a few KiB).
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -212,7 +210,8 @@ pub fn layer_and_config<'m>(
             }));
         }
     };
-    let size = layer.size.max(0) as u64;
+    let size = u64::try_from(layer.size)
+        .map_err(|_| ArtifactError::Layers(format!("a layer of size {}", layer.size)))?;
     if size > cap {
         return Err(ArtifactError::TooLarge { size, cap });
     }

@@ -123,6 +123,10 @@ pub enum Origin {
     Layout(super::layout::Layout),
 }
 
+/// The biggest config or signature payload wpod reads into memory (oci-client reads
+/// manifests, tag lists and catalogs whole: those are bounded by its read timeout only).
+pub const MAX_METADATA_BYTES: u64 = 4 << 20;
+
 /// The manifest media types wpod reads.
 pub const MANIFEST_TYPES: &[&str] = &[
     oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
@@ -132,11 +136,12 @@ pub const MANIFEST_TYPES: &[&str] = &[
 ];
 
 impl Origin {
-    /// The registry at `source`, with the credentials for `registry`.
-    pub fn registry(source: &Source, registry: &str) -> Self {
+    /// The registry at `source`, with the credentials kept for that host (never another's: a
+    /// mirror does not get the upstream registry's password).
+    pub fn registry(source: &Source) -> Self {
         Origin::Registry {
             client: client(source),
-            auth: auth_for(registry),
+            auth: auth_for(source.host()),
         }
     }
 

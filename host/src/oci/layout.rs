@@ -18,6 +18,7 @@ use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError};
 use super::signature::signature_tag;
 use super::store::Digest;
+use super::trust::{self, Policy, PolicyError};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -35,6 +36,8 @@ pub enum LayoutError {
     Registries(#[from] RegistriesError),
     #[error(transparent)]
     Blocked(#[from] super::registries::Blocked),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("{image}: {message}")]
     Fetch { image: String, message: String },
 }
@@ -191,13 +194,17 @@ impl Layout {
         self.blob_path(digest).is_file()
     }
 
-    /// Copies the blob `digest` from `origin` (checked against its digest as it arrives).
+    /// Copies the blob `digest` from `origin`: checked against its digest as it arrives, and
+    /// never more than the `declared` size its manifest gives.
     async fn copy_blob(
         &self,
         origin: &Origin,
         reference: &Reference,
         digest: &Digest,
+        declared: i64,
     ) -> Result<(), FetchError> {
+        let declared = u64::try_from(declared)
+            .map_err(|_| FetchError::Registry(format!("blob {digest} has the size {declared}")))?;
         if self.has_blob(digest) {
             return Ok(());
         }
@@ -207,8 +214,17 @@ impl Layout {
         let write = |e: std::io::Error| FetchError::Registry(format!("{}: {e}", tmp.display()));
         let mut file = std::fs::File::create(&tmp).map_err(write)?;
         let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+        let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| FetchError::Registry(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > declared {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(FetchError::TooLarge {
+                    digest: digest.to_string(),
+                    cap: declared,
+                });
+            }
             sha2::Digest::update(&mut hash, &chunk);
             std::io::Write::write_all(&mut file, &chunk).map_err(write)?;
         }
@@ -259,9 +275,11 @@ pub struct Saved {
 }
 
 /// Copies each of `names` from its registry (registries.conf applies: mirrors first) into a
-/// new layout at `dir`, with its signatures. An index keeps only its linux/amd64 image.
+/// new layout at `dir`, with its signatures, once the trust policy accepts it (as `skopeo copy`
+/// checks it). An index keeps only its linux/amd64 image.
 pub async fn save(names: &[ImageName], dir: &Path) -> Result<Vec<Saved>, LayoutError> {
     let registries = Registries::load()?;
+    let policy = Policy::load()?;
     let mut layout = Layout::create(dir)?;
     let mut out = Vec::new();
     for name in names {
@@ -274,9 +292,9 @@ pub async fn save(names: &[ImageName], dir: &Path) -> Result<Vec<Saved>, LayoutE
         let mut last = None;
         let mut done = None;
         for source in &sources {
-            let origin = Origin::registry(source, &name.registry);
+            let origin = Origin::registry(source);
             let reference = name.at(&source.name);
-            match save_one(&mut layout, &origin, name, &reference).await {
+            match save_one(&mut layout, &origin, name, &reference, &policy).await {
                 Ok(saved) => {
                     done = Some(saved);
                     break;
@@ -302,9 +320,19 @@ async fn save_one(
     origin: &Origin,
     name: &ImageName,
     reference: &Reference,
+    policy: &Policy,
 ) -> Result<Saved, FetchError> {
     let (top, digest) = origin.manifest(reference).await?;
     let pinned = reference.clone_with_digest(digest.to_string());
+    trust::check(
+        origin,
+        &pinned,
+        &digest,
+        &name.canonical(),
+        &policy.scope_for(name),
+    )
+    .await
+    .map_err(|e| FetchError::Registry(e.to_string()))?;
     let media_type = media_type_of(&top);
     let put = |layout: &Layout, bytes: &[u8]| {
         layout
@@ -326,12 +354,13 @@ async fn save_one(
         .map_err(|e| FetchError::Registry(format!("manifest: {e}")))?;
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
         let blob = Digest::parse(&d.digest).map_err(|e| FetchError::Registry(e.to_string()))?;
-        layout.copy_blob(origin, &pinned, &blob).await?;
+        layout.copy_blob(origin, &pinned, &blob, d.size).await?;
     }
     let repository = name.repository_name();
+    // Named as it was asked for: `repo:tag`, or `repo@digest` for a pinned reference.
     let tag_name = match (&name.tag, &name.digest) {
         (Some(t), _) => format!("{repository}:{t}"),
-        (None, Some(_)) => format!("{repository}:latest"),
+        (None, Some(d)) => format!("{repository}@{d}"),
         (None, None) => format!("{repository}:latest"),
     };
     layout.name(&tag_name, &media_type, &digest, top.len());
@@ -350,7 +379,7 @@ async fn save_one(
             for d in std::iter::once(&sig.config).chain(&sig.layers) {
                 let blob =
                     Digest::parse(&d.digest).map_err(|e| FetchError::Registry(e.to_string()))?;
-                layout.copy_blob(origin, &sig_tag, &blob).await?;
+                layout.copy_blob(origin, &sig_tag, &blob, d.size).await?;
             }
             signatures = sig.layers.len();
             layout.name(

@@ -21,7 +21,7 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use sha2::{Digest as _, Sha256};
 
 use super::artifact::{self, ArtifactError};
-use super::client::{FetchError, Origin};
+use super::client::{FetchError, Origin, MAX_METADATA_BYTES};
 use super::process::ImageProcess;
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
@@ -29,9 +29,6 @@ use super::store::{Digest, ImageRecord, Locked, SidecarRecord, Store, StoreError
 use super::trust::{self, Policy, PolicyError, TrustError, Verified};
 use super::unpack::{self, Limits, UnpackError};
 use crate::spec::PullPolicy;
-
-/// The biggest manifest or container config wpod reads.
-const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -117,6 +114,8 @@ pub struct StoredSidecar {
     pub sidecar: SidecarRecord,
     /// The component's blob in the store.
     pub component: PathBuf,
+    /// The manifest's annotations (title, description, version, ...).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// What a pull stored: the media types of the manifest decide.
@@ -176,6 +175,13 @@ impl Puller {
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
         let canonical = name.canonical();
+        if let Some(d) = &name.digest {
+            // The reference grammar allows sha384 and sha512; the store keeps sha256.
+            Digest::parse(d).map_err(|_| PullError::Invalid {
+                image: canonical.clone(),
+                what: "wpod pins images by sha256 digests only".into(),
+            })?;
+        }
         let sources = self.registries.sources(&name.repository_name())?;
         let store = self.store.clone();
         let locked = tokio::task::block_in_place(|| store.lock())?;
@@ -191,7 +197,11 @@ impl Puller {
                     e @ (PullError::Registry { .. }
                     | PullError::Trust(_)
                     | PullError::Sidecar { .. }
-                    | PullError::Store(StoreError::DigestMismatch { .. })),
+                    | PullError::Invalid { .. }
+                    | PullError::Unpack { .. }
+                    | PullError::Store(
+                        StoreError::DigestMismatch { .. } | StoreError::BadDigest(_),
+                    )),
                 ) if source.mirror => {
                     events(PullEvent::MirrorFailed {
                         mirror: source.name.clone(),
@@ -243,7 +253,7 @@ impl Puller {
         locked: &Locked<'_>,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
-        let origin = Origin::registry(source, &name.registry);
+        let origin = Origin::registry(source);
         let reference = name.at(&source.name);
         self.fetch(name, &origin, &reference, &source.name, locked, events)
             .await
@@ -274,7 +284,7 @@ impl Puller {
         // The one resolution of the tag: everything after is fetched by this digest.
         let (top, top_digest) = origin.manifest(reference).await.map_err(fetch_err)?;
         let pinned = reference.clone_with_digest(top_digest.to_string());
-        let scope = self.policy.scope_for(&name.repository_name());
+        let scope = self.policy.scope_for(name);
         let verified = trust::check(origin, &pinned, &top_digest, &canonical, &scope).await?;
         let (manifest_bytes, manifest_digest) = match platform_manifest(&top).map_err(&invalid)? {
             None => (top, top_digest.clone()),
@@ -285,7 +295,8 @@ impl Puller {
         };
         let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| invalid(format!("manifest: {e}")))?;
-        let config_digest = Digest::parse(&manifest.config.digest)?;
+        let config_digest =
+            Digest::parse(&manifest.config.digest).map_err(|e| invalid(e.to_string()))?;
         let config = origin
             .small_blob(&pinned, &config_digest, MAX_METADATA_BYTES)
             .await
@@ -368,7 +379,7 @@ impl Puller {
         let mut size = 0u64;
         let mut chain: Vec<Digest> = Vec::new();
         for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-            let blob = Digest::parse(&layer.digest)?;
+            let blob = Digest::parse(&layer.digest).map_err(|e| invalid(e.to_string()))?;
             size += layer.size.max(0) as u64;
             let chain_id = Digest::chain(chain.last(), diff_id);
             let cached = self.store.has_layer(&chain_id);
@@ -417,7 +428,10 @@ impl Puller {
         let (layer, config) =
             artifact::layer_and_config(manifest, config_bytes, crate::files::MAX_COMPONENT_BYTES)
                 .map_err(sidecar_err)?;
-        let blob = Digest::parse(&layer.digest)?;
+        let blob = Digest::parse(&layer.digest).map_err(|e| PullError::Invalid {
+            image: f.canonical.to_string(),
+            what: e.to_string(),
+        })?;
         let cached = self.store.has_blob(&blob);
         if !cached {
             download(f, layer, &blob).await?;
@@ -430,14 +444,17 @@ impl Puller {
                 component: blob.clone(),
                 imports: interface.imports,
                 exports: interface.exports,
-                annotations: manifest.annotations.clone().unwrap_or_default(),
             })
         };
         let sidecar = match tokio::task::block_in_place(check) {
             Ok(s) => s,
             Err(e) => {
-                // Refused bytes are not kept: nothing in the store looks like a usable sidecar.
-                let _ = std::fs::remove_file(self.store.blob_path(&blob));
+                // Refused bytes just downloaded are not kept. A blob that was here already
+                // belongs to a sidecar stored before, whose checks it passed: this manifest is
+                // what is wrong (its config, say), and the blob stays.
+                if !cached {
+                    let _ = std::fs::remove_file(self.store.blob_path(&blob));
+                }
                 return Err(e);
             }
         };
@@ -456,16 +473,33 @@ impl Puller {
             what,
         };
         if let Some(sidecar) = &record.sidecar {
+            // The component is checked against its digest each time it is used: what runs is
+            // what was verified and reviewed, whatever happened to the store since.
             let component = self.store.blob_path(&sidecar.component);
-            if !component.is_file() {
+            let bytes = self.store.read_blob(&sidecar.component).map_err(|e| {
+                invalid(format!(
+                    "its component is missing from the store ({e}); pull it again"
+                ))
+            })?;
+            let actual = Digest::of(&bytes);
+            if actual != sidecar.component {
                 return Err(invalid(format!(
-                    "its component {} is missing from the store; pull it again",
+                    "its component in the store is {actual}, not the {} that was pulled and \
+                     reviewed: the store was altered; pull it again",
                     sidecar.component
                 )));
             }
+            let annotations = self
+                .store
+                .read_blob(&record.manifest)
+                .ok()
+                .and_then(|m| serde_json::from_slice::<OciImageManifest>(&m).ok())
+                .and_then(|m| m.annotations)
+                .unwrap_or_default();
             return Ok(Pulled::Sidecar(StoredSidecar {
                 sidecar: sidecar.clone(),
                 component,
+                annotations,
                 record,
             }));
         }
@@ -549,7 +583,8 @@ fn process_of(config: &ConfigFile) -> ImageProcess {
     }
 }
 
-/// Downloads one blob into the store, hashing it as it streams.
+/// Downloads one blob into the store, hashing it as it streams; never more bytes than its
+/// manifest declares (a negative size is refused, not taken as "unknown").
 async fn download(
     f: &Fetched<'_>,
     layer: &oci_client::manifest::OciDescriptor,
@@ -559,6 +594,10 @@ async fn download(
         image: f.canonical.to_string(),
         message,
     };
+    let declared = u64::try_from(layer.size).map_err(|_| PullError::Invalid {
+        image: f.canonical.to_string(),
+        what: format!("blob {digest} has the size {} in its manifest", layer.size),
+    })?;
     let mut stream = f
         .origin
         .blob(f.reference, digest)
@@ -571,12 +610,11 @@ async fn download(
         (f.events)(PullEvent::Progress {
             digest: digest.to_string(),
             done: ingest.size,
-            total: layer.size.max(0) as u64,
+            total: declared,
         });
-        if layer.size >= 0 && ingest.size > layer.size as u64 {
+        if ingest.size > declared {
             return Err(registry_err(format!(
-                "blob {digest} is larger than the {} bytes its manifest says",
-                layer.size
+                "blob {digest} is larger than the {declared} bytes its manifest says"
             )));
         }
     }

@@ -44,10 +44,10 @@ pub enum RegistriesError {
 struct File {
     #[serde(default)]
     registry: Vec<Entry>,
-    /// Accepted (podman's files carry them) and not used: wpod never searches registries for a
-    /// short name; `nginx` means `docker.io/library/nginx` as in Kubernetes.
+    /// Where `wpod search TERM` (no registry named) looks, as `podman search` does. Pulls never
+    /// use them: `nginx` means `docker.io/library/nginx`, as in Kubernetes.
     #[serde(default, rename = "unqualified-search-registries")]
-    _unqualified_search_registries: Vec<String>,
+    unqualified_search_registries: Vec<String>,
     #[serde(default, rename = "short-name-mode")]
     _short_name_mode: Option<String>,
 }
@@ -84,10 +84,19 @@ pub struct Source {
     pub mirror: bool,
 }
 
+impl Source {
+    /// The registry host (and port) this source is at.
+    pub fn host(&self) -> &str {
+        self.name.split('/').next().unwrap_or(&self.name)
+    }
+}
+
 /// The registries configuration, read once per command.
 #[derive(Debug, Default)]
 pub struct Registries {
     entries: Vec<Rule>,
+    /// `unqualified-search-registries`, for `wpod search` without a registry.
+    pub search: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -147,7 +156,10 @@ impl Registries {
                     .collect(),
             });
         }
-        Ok(Registries { entries })
+        Ok(Registries {
+            entries,
+            search: file.unqualified_search_registries,
+        })
     }
 
     /// Where to pull `name` (a fully qualified image name without tag or digest, such as

@@ -9,11 +9,12 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
 use super::artifact::{self, Artifact, WasmConfig};
-use super::client::{auth_for, client, FetchError, Origin};
+use super::client::{auth_for, client, FetchError, Origin, MAX_METADATA_BYTES};
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
 use super::signature::{self, SignatureError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::store::Digest;
+use super::trust::{Policy, Signer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -51,7 +52,7 @@ impl Remote {
         Ok(Remote {
             reference: name.at(&source.name),
             client: client(&source),
-            auth: auth_for(&name.registry),
+            auth: auth_for(source.host()),
             name: name.clone(),
         })
     }
@@ -95,12 +96,10 @@ impl Remote {
     }
 
     async fn put_manifest(&self, at: &Reference, manifest: Vec<u8>) -> Result<(), RemoteError> {
+        // A constant that is a valid header value; the error cannot happen.
         let content_type = OCI_IMAGE_MEDIA_TYPE
             .parse()
-            .map_err(|_| RemoteError::Registry {
-                image: self.name.canonical(),
-                message: "bad content type".into(),
-            })?;
+            .map_err(|_| self.invalid(format!("{OCI_IMAGE_MEDIA_TYPE} is not a header value")))?;
         self.client
             .push_manifest_raw(at, manifest, content_type)
             .await
@@ -123,17 +122,15 @@ impl Remote {
     }
 
     /// What the name's tag points to now (or its digest, when it has one).
+    /// The manifest is read and hashed, not only asked for its digest: what is signed is the
+    /// digest of the content the registry serves.
     pub async fn resolve(&self) -> Result<Digest, RemoteError> {
         self.login(RegistryOperation::Pull).await?;
-        let digest = self
-            .client
-            .fetch_manifest_digest(&self.reference, &self.auth)
+        let (_, digest) = self
+            .origin()
+            .manifest(&self.reference)
             .await
-            .map_err(|e| self.err(e))?;
-        let digest = Digest::parse(&digest).map_err(|e| RemoteError::Registry {
-            image: self.name.canonical(),
-            message: e.to_string(),
-        })?;
+            .map_err(|e| self.invalid(e.to_string()))?;
         if let Some(pinned) = &self.name.digest {
             if pinned != digest.as_str() {
                 return Err(RemoteError::Registry {
@@ -167,7 +164,12 @@ impl Remote {
         let mut layers = match self.origin().manifest(&at).await {
             Ok((bytes, _)) => serde_json::from_slice::<OciImageManifest>(&bytes)
                 .map(|m| m.layers)
-                .unwrap_or_default(),
+                .map_err(|e| {
+                    self.invalid(format!(
+                        "tag {tag} holds something that is not a signature manifest ({e}); \
+                         wpod will not replace it: remove the tag first"
+                    ))
+                })?,
             Err(FetchError::NotFound(_)) => Vec::new(),
             Err(e) => {
                 return Err(RemoteError::Registry {
@@ -232,20 +234,20 @@ pub struct Described {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// From the artifact's config: what its author says it imports (checked at pull).
     pub config: WasmConfig,
-    /// Whether a cosign signature is stored for this digest (not verified here).
-    pub signed: bool,
+    /// Who signed it, checked with the keys the trust policy names for it.
+    #[serde(serialize_with = "display")]
+    pub signer: Signer,
 }
 
 impl Remote {
     /// The sidecar the name points to now, from its manifest and config alone.
     pub async fn describe(&self) -> Result<Option<Described>, RemoteError> {
         self.login(RegistryOperation::Pull).await?;
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&self.reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
+        let origin = self.origin();
+        let (bytes, digest) = origin
+            .manifest(&self.reference)
             .await
-            .map_err(|e| self.err(e))?;
-        let digest = Digest::parse(&digest).map_err(|e| self.invalid(e.to_string()))?;
+            .map_err(|e| self.invalid(e.to_string()))?;
         let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&bytes) else {
             return Ok(None);
         };
@@ -255,24 +257,28 @@ impl Remote {
         let pinned = self.reference.clone_with_digest(digest.to_string());
         let config_digest =
             Digest::parse(&manifest.config.digest).map_err(|e| self.invalid(e.to_string()))?;
-        let origin = self.origin();
         let config = origin
-            .small_blob(&pinned, &config_digest, artifact::MAX_CONFIG_BYTES)
+            .small_blob(&pinned, &config_digest, MAX_METADATA_BYTES)
             .await
             .map_err(|e| self.invalid(e.to_string()))?;
         let (_, config) = artifact::layer_and_config(&manifest, &config, u64::MAX)
             .map_err(|e| self.invalid(e.to_string()))?;
-        let signed =
-            super::trust::signatures(&origin, &self.reference, &digest, &self.name.canonical())
-                .await
-                .map(|s| s.is_some_and(|s| !s.is_empty()))
-                .unwrap_or(false);
+        let policy = Policy::load().map_err(|e| self.invalid(e.to_string()))?;
+        let signer = super::trust::signer(
+            &origin,
+            &self.reference,
+            &digest,
+            &self.name.canonical(),
+            &policy.scope_for(&self.name),
+        )
+        .await
+        .map_err(|e| self.invalid(e.to_string()))?;
         Ok(Some(Described {
             image: self.name.canonical(),
             digest,
             annotations: manifest.annotations.unwrap_or_default(),
             config,
-            signed,
+            signer,
         }))
     }
 
@@ -281,18 +287,20 @@ impl Remote {
         self.login(RegistryOperation::Pull).await?;
         let mut tags = Vec::new();
         let mut last: Option<String> = None;
-        loop {
+        // A bounded number of pages, whatever the registry keeps answering.
+        for _ in 0..MAX_LISTED / PAGE {
             let page = self
                 .client
                 .list_tags(&self.reference, &self.auth, Some(PAGE), last.as_deref())
                 .await
                 .map_err(|e| self.err(e))?;
             let n = page.tags.len();
-            last = page.tags.last().cloned();
+            let next = page.tags.last().cloned();
             tags.extend(page.tags.into_iter().filter(|t| !t.starts_with("sha256-")));
-            if n < PAGE || tags.len() >= MAX_LISTED {
+            if n < PAGE || next == last {
                 break;
             }
+            last = next;
         }
         Ok(tags)
     }
@@ -305,14 +313,18 @@ impl Remote {
     }
 }
 
+fn display<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// Entries asked for per page of a catalog or tag list.
 const PAGE: usize = 100;
 /// The most repositories or tags wpod lists.
 const MAX_LISTED: usize = 1000;
 
-/// The repositories of `registry` whose name contains `term`, from its catalog API. A registry
-/// without one (most public registries) says so: then only a named repository can be inspected.
-pub async fn catalog(registry: &str, term: &str) -> Result<Vec<String>, RemoteError> {
+/// The repositories of `registry`, from its catalog API (at most a thousand). A registry without
+/// one (most public registries) says so: then only a named repository can be inspected.
+pub async fn catalog(registry: &str) -> Result<Vec<String>, RemoteError> {
     let name = ImageName::parse(&format!("{registry}/catalog-probe")).map_err(|e| {
         RemoteError::Registry {
             image: registry.to_string(),
@@ -323,7 +335,7 @@ pub async fn catalog(registry: &str, term: &str) -> Result<Vec<String>, RemoteEr
     remote.login(RegistryOperation::Pull).await?;
     let mut out = Vec::new();
     let mut last: Option<String> = None;
-    loop {
+    for _ in 0..MAX_LISTED / PAGE {
         let page = remote
             .client
             .catalog(&remote.reference, &remote.auth, Some(PAGE), last.as_deref())
@@ -337,15 +349,12 @@ pub async fn catalog(registry: &str, term: &str) -> Result<Vec<String>, RemoteEr
                 ),
             })?;
         let n = page.repositories.len();
-        last = page.repositories.last().cloned();
-        out.extend(
-            page.repositories
-                .into_iter()
-                .filter(|r| r.to_lowercase().contains(&term.to_lowercase())),
-        );
-        if n < PAGE || out.len() >= MAX_LISTED {
+        let next = page.repositories.last().cloned();
+        out.extend(page.repositories);
+        if n < PAGE || next == last {
             break;
         }
+        last = next;
     }
     Ok(out)
 }

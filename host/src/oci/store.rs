@@ -144,9 +144,6 @@ pub struct SidecarRecord {
     pub component: Digest,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
-    /// The manifest's annotations (title, description, version, ...).
-    #[serde(default)]
-    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

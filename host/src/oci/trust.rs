@@ -25,6 +25,7 @@ use oci_client::Reference;
 use serde::Deserialize;
 
 use super::client::{FetchError, Origin};
+use super::reference::ImageName;
 use super::signature::{self, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::store::Digest;
 
@@ -135,6 +136,8 @@ struct File {
     transports: BTreeMap<String, BTreeMap<String, Vec<RawRequirement>>>,
 }
 
+// Parsed once per command and dropped: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 enum RawRequirement {
@@ -150,6 +153,11 @@ enum RawRequirement {
         #[allow(dead_code)]
         signed_identity: Option<serde_json::Value>,
         fulcio: Option<serde_json::Value>,
+        /// Rekor and PKI checks wpod does not make: refused rather than ignored, so a policy
+        /// never means less in wpod than in podman.
+        rekor_public_key_path: Option<serde_json::Value>,
+        rekor_public_key_data: Option<serde_json::Value>,
+        pki: Option<serde_json::Value>,
     },
     SignedBy {},
 }
@@ -205,9 +213,21 @@ impl Policy {
         }
     }
 
-    /// The scope that applies to the image `repository` (`registry.example:5000/team/app`).
-    pub fn scope_for(&self, repository: &str) -> Scope<'_> {
+    /// The scope that applies to the image `name`: its full reference with tag or digest,
+    /// then its repository (`registry.example:5000/team/app`), and so on out.
+    pub fn scope_for(&self, name: &ImageName) -> Scope<'_> {
         let scope = |name: &str, requirements| self.scope(name, requirements);
+        let repository = name.repository_name();
+        let exact = [
+            name.tag.as_ref().map(|t| format!("{repository}:{t}")),
+            name.digest.as_ref().map(|d| format!("{repository}@{d}")),
+        ];
+        for candidate in exact.iter().flatten() {
+            if let Some(r) = self.docker.get(candidate) {
+                return scope(candidate, r);
+            }
+        }
+        let repository = repository.as_str();
         let mut candidate = repository;
         loop {
             if let Some(r) = self.docker.get(candidate) {
@@ -218,7 +238,7 @@ impl Policy {
                 None => break,
             }
         }
-        // `*.example.com` matches the registry host and its subdomains.
+        // `*.example.com` matches the subdomains of example.com (not example.com itself).
         let host = repository.split('/').next().unwrap_or("");
         let host = host.split(':').next().unwrap_or(host);
         let mut domain = host;
@@ -253,6 +273,14 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
                 fulcio: Some(_), ..
             } => Err(format!(
                 "{at}: sigstoreSigned with fulcio (keyless) needs Fulcio and Rekor online; wpod verifies keyed signatures offline: use keyPath"
+            )),
+            RawRequirement::SigstoreSigned {
+                rekor_public_key_path,
+                rekor_public_key_data,
+                pki,
+                ..
+            } if rekor_public_key_path.is_some() || rekor_public_key_data.is_some() || pki.is_some() => Err(format!(
+                "{at}: sigstoreSigned with rekorPublicKeyPath, rekorPublicKeyData or pki is not supported by wpod (it checks keyed signatures offline); remove them to require the keyed signature alone"
             )),
             RawRequirement::SigstoreSigned {
                 key_path,
@@ -365,6 +393,53 @@ async fn verify_signatures(
     })
 }
 
+/// Who signed a digest, as far as a scope's keys can tell (for `wpod search` and `inspect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signer {
+    Unsigned,
+    /// A signature verifies with this key of the policy.
+    Key(String),
+    /// Signatures are stored, and none verifies with a key the policy names for this image.
+    Unverified,
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signer::Unsigned => f.write_str("unsigned"),
+            Signer::Key(k) => f.write_str(k),
+            Signer::Unverified => f.write_str("signed (by no key of the trust policy)"),
+        }
+    }
+}
+
+/// Whether `digest` is signed, and by which key of `scope`.
+pub async fn signer(
+    origin: &Origin,
+    reference: &Reference,
+    digest: &Digest,
+    image: &str,
+    scope: &Scope<'_>,
+) -> Result<Signer, TrustError> {
+    let signatures = match signatures(origin, reference, digest, image).await? {
+        Some(s) if !s.is_empty() => s,
+        _ => return Ok(Signer::Unsigned),
+    };
+    for req in scope.requirements {
+        let Requirement::Sigstore { keys } = req else {
+            continue;
+        };
+        for (payload, sig) in &signatures {
+            for (name, pem) in keys {
+                if signature::verify(pem, payload, sig, digest).is_ok() {
+                    return Ok(Signer::Key(name.clone()));
+                }
+            }
+        }
+    }
+    Ok(Signer::Unverified)
+}
+
 /// The cosign signatures stored for `digest`: (payload, base64 signature) pairs; `None` when
 /// there is no signature tag at all.
 pub async fn signatures(
@@ -433,17 +508,28 @@ mod tests {
                 "transports": {{"docker": {{
                   "reg:5000/team": [{{"type": "sigstoreSigned", "keyData": "{data}"}}],
                   "reg:5000/team/open": [{{"type": "insecureAcceptAnything"}}],
+                  "reg:5000/team/open:bad": [{{"type": "reject"}}],
                   "*.example.com": [{{"type": "insecureAcceptAnything"}}]
                 }}}}}}"#
         ))
         .unwrap();
-        assert!(p.scope_for("reg:5000/team/app").needs_signature());
-        assert_eq!(p.scope_for("reg:5000/team/app").name, "reg:5000/team");
-        assert_eq!(p.scope_for("reg:5000/team/open").name, "reg:5000/team/open");
-        assert_eq!(p.scope_for("registry.example.com/x").name, "*.example.com");
-        assert_eq!(p.scope_for("docker.io/library/nginx").name, "default");
+        let scope = |n: &str| p.scope_for(&ImageName::parse(n).unwrap());
+        assert!(scope("reg:5000/team/app").needs_signature());
+        assert_eq!(scope("reg:5000/team/app").name, "reg:5000/team");
+        assert_eq!(scope("reg:5000/team/open").name, "reg:5000/team/open");
+        assert_eq!(
+            scope("reg:5000/team/open:bad").name,
+            "reg:5000/team/open:bad"
+        );
         assert!(matches!(
-            p.scope_for("docker.io/library/nginx").requirements,
+            scope("reg:5000/team/open:bad").requirements,
+            [Requirement::Reject]
+        ));
+        assert_eq!(scope("registry.example.com/x").name, "*.example.com");
+        assert_eq!(scope("example.com/x").name, "default");
+        assert_eq!(scope("docker.io/library/nginx").name, "default");
+        assert!(matches!(
+            scope("docker.io/library/nginx").requirements,
             [Requirement::Reject]
         ));
     }
@@ -466,6 +552,12 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("/nonexistent.pub"), "{e}");
+        let e = policy(
+            r#"{"default": [{"type": "sigstoreSigned", "keyData": "eA==", "rekorPublicKeyPath": "/r.pub"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rekorPublicKeyPath"), "{e}");
         let e = policy(r#"{"default": []}"#).unwrap_err().to_string();
         assert!(e.contains("empty list"), "{e}");
         let e = policy(r#"{"defaults": []}"#).unwrap_err().to_string();

@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::component::ImportDiff;
 use crate::grants::inspect::ComponentReport;
-use crate::oci::approvals::{Approvals, ApprovalsError};
+use crate::oci::approvals::{Approvals, ApprovalsError, Decision};
 use crate::oci::pull::{PullError, PullEvent, Pulled, Puller, StoredImage, StoredSidecar};
 use crate::oci::reference::ImageName;
 use crate::oci::store::{ImageRecord, Store};
@@ -159,25 +158,36 @@ fn check_approved(
 ) -> Result<Option<String>, ImagesError> {
     let repository = name.repository_name();
     let digest = &sidecar.record.digest;
-    if approvals.of(&repository, digest).is_some() {
-        return Ok(None);
-    }
-    let Some(last) = approvals.latest(&repository) else {
-        return Err(ImagesError::NeverReviewed {
-            image: name.canonical(),
-            digest: digest.to_string(),
-        });
+    let decision = approvals.decide(
+        &repository,
+        name.tag.as_deref(),
+        digest,
+        &sidecar.sidecar.imports,
+        crate::grants::always_granted,
+    );
+    let (last, diff) = match decision {
+        Decision::Approved(_) => return Ok(None),
+        Decision::New => {
+            return Err(ImagesError::NeverReviewed {
+                image: name.canonical(),
+                digest: digest.to_string(),
+            })
+        }
+        Decision::Upgrade {
+            from,
+            diff,
+            increases: true,
+        } => {
+            return Err(ImagesError::NotApproved {
+                image: name.canonical(),
+                repository,
+                digest: digest.to_string(),
+                approved: from.digest.to_string(),
+                lines: ComponentReport::diff_lines(&diff),
+            })
+        }
+        Decision::Upgrade { from, diff, .. } => (from, diff),
     };
-    let diff = ImportDiff::between(&last.imports, &sidecar.sidecar.imports);
-    if diff.increases(crate::grants::always_granted) {
-        return Err(ImagesError::NotApproved {
-            image: name.canonical(),
-            repository,
-            digest: digest.to_string(),
-            approved: last.digest.to_string(),
-            lines: ComponentReport::diff_lines(&diff),
-        });
-    }
     // The same permissions or fewer: as Kubernetes runs a new digest of an image, wpod does,
     // and says what changed.
     let mut message = format!(
