@@ -215,10 +215,13 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    let page = running.wait_for("the client's page", Duration::from_secs(60), |r| {
-        r.has_line("client", "Welcome to nginx")
-    });
-    // nginx logs its access to stdout, as the official image does.
+    // The client gets the page, and nginx logs the access to stdout as the official image does
+    // (the two lines arrive through different pipes, in either order).
+    let page = running.wait_for(
+        "the page and its access line",
+        Duration::from_secs(60),
+        |r| r.has_line("client", "Welcome to nginx") && r.has_line("nginx", "GET / HTTP/1.1"),
+    );
     assert!(page.has_line("nginx", "GET / HTTP/1.1"), "{}", page.dump());
     // And the hostPort reaches it from the host.
     let body = curl("http://127.0.0.1:18481/", Duration::from_secs(5));
