@@ -114,6 +114,31 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// List the pods on this host and their containers: state, ready, restarts, image.
+    Ps {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop a running pod from another shell: the same ordered termination as Ctrl-C.
+    Stop {
+        pod: String,
+        /// Seconds to wait before killing what is left (a second stop request), as podman stop
+        /// -t; without it, the pod's terminationGracePeriodSeconds applies.
+        #[arg(short, long, value_name = "SECONDS")]
+        time: Option<u64>,
+    },
+    /// Print a container's output (from its log file): -f follows it while the pod runs.
+    Logs {
+        pod: String,
+        /// The container (needed when the pod has more than one).
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Signing keys.
     Key {
         #[command(subcommand)]

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod images;
+mod manage;
 mod market;
 
 use std::path::Path;
@@ -88,6 +89,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: cli::KeyCommand::Generate { name, output },
         } => market::key_generate(&name, output),
         Command::Search { query, output } => market::search(&query, output),
+        Command::Ps { output } => manage::ps(output),
+        Command::Stop { pod, time } => manage::stop(&pod, time),
+        Command::Logs {
+            pod,
+            container,
+            follow,
+            tail,
+        } => manage::logs(&pod, container.as_deref(), follow, tail),
         Command::Save {
             images: names,
             output_dir,
@@ -279,6 +288,15 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         );
         wpod::oci::store::pin_layers(&sandbox.state.path, images.records())
             .with_context(|| format!("pod {name} failed to start"))?;
+        // Who holds the pod, for `wpod stop` from another shell.
+        let pid_file = sandbox.state.path.join(manage::PID_FILE);
+        if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+            tracing::warn!(path = %pid_file.display(), error = %e, "cannot record wpod's pid; wpod stop will not find this pod");
+        }
+        let journal = sandbox.state.path.join(wpod::supervisor::events::JOURNAL);
+        if let Err(e) = events.journal_to(&journal) {
+            tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
+        }
         let images = images.container_images();
         events.emit(
             None,

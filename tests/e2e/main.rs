@@ -3,6 +3,7 @@
 
 mod images;
 mod lifecycle;
+mod manage;
 mod manifests;
 mod market;
 mod pods;

@@ -73,6 +73,31 @@ impl StateDir {
     }
 }
 
+/// Whether a `wpod run` holds `pod` now (its lock is taken). Probed with a shared lock, taken
+/// and dropped at once, so a run starting meanwhile never finds it held by the probe.
+pub fn in_use(pod: &str) -> bool {
+    let lock_path = root().join("locks").join(format!("{pod}.lock"));
+    let Ok(lock) = File::open(&lock_path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; closing it releases a lock we got.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// The pods that have a state directory now: running, or left by a killed run.
+pub fn pods() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("pods"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Unmounts whatever is mounted under `dir` (deepest first), then removes it.
 fn clear(dir: &Path) {
     for m in crate::mounts::mounts_under(dir) {

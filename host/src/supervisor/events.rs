@@ -89,6 +89,31 @@ pub enum Event {
     },
 }
 
+impl Events {
+    fn journal_write(&self, time: &str, container: Option<&str>, event: &Event) {
+        let record = Record {
+            time: time.to_string(),
+            kind: "event",
+            pod: &self.pod,
+            container,
+            event,
+        };
+        let Ok(line) = serde_json::to_string(&record) else {
+            return;
+        };
+        let mut guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let j = &mut *guard;
+        match &mut j.file {
+            Some(f) => {
+                let _ = writeln!(f, "{line}");
+            }
+            // Bounded: only what happens before the sandbox exists (pulls) waits here.
+            None if j.early.len() < 1000 => j.early.push(line),
+            None => {}
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Record<'a> {
     time: String,
@@ -104,18 +129,46 @@ struct Record<'a> {
 pub struct Events {
     pod: String,
     format: OutputFormat,
+    /// The pod's event journal (`events.jsonl` in its state directory), once it exists: what
+    /// `wpod ps` reads. Events before it (the pulls) are kept and written first.
+    journal: std::sync::Mutex<Journal>,
 }
+
+#[derive(Default)]
+struct Journal {
+    file: Option<std::fs::File>,
+    early: Vec<String>,
+}
+
+/// The name of a pod's event journal in its state directory.
+pub const JOURNAL: &str = "events.jsonl";
 
 impl Events {
     pub fn new(pod: &str, format: OutputFormat) -> Self {
         Events {
             pod: pod.to_string(),
             format,
+            journal: Default::default(),
         }
+    }
+
+    /// From now on every event is also appended, as a JSON line, to `path`.
+    pub fn journal_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        for line in j.early.drain(..) {
+            writeln!(file, "{line}")?;
+        }
+        j.file = Some(file);
+        Ok(())
     }
 
     pub fn emit(&self, container: Option<&str>, event: Event) {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.journal_write(&time, container, &event);
         match self.format {
             OutputFormat::Silent => {}
             OutputFormat::Json => {

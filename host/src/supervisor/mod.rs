@@ -13,6 +13,7 @@ pub mod actions;
 pub mod backoff;
 pub mod events;
 pub mod images;
+pub mod journal;
 pub mod probes;
 pub mod runner;
 #[cfg(test)]

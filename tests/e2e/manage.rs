@@ -1,0 +1,164 @@
+//! Pods from another shell: `wpod ps` and `wpod logs` on a pod that `wpod run` holds, and on
+//! one whose `wpod run` was killed. Needs root.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pods::TestPod;
+use crate::text;
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mgmt-ps}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sh, -c, "echo line-1; sleep 1; echo line-2; sleep 2; echo line-3; sleep 60"]
+  - name: hello
+    image: SIDECARS/hello.wasm
+"#;
+
+/// `wpod ps --output json`'s entry for `pod` (null when it is not listed).
+fn ps(pod: &str) -> serde_json::Value {
+    let out = crate::wpod_output(&["ps", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn ps_and_logs_see_a_running_pod_from_another_shell() {
+    wpod_test_support::require_root("wpod ps / wpod logs");
+    let pod = TestPod::new("mgmt-ps", POD);
+    let running = pod.spawn();
+    running.wait_for("line-1", Duration::from_secs(30), |r| {
+        r.has_line("main", "line-1")
+    });
+    // ps: the pod, running, with its containers' states.
+    let p = ps("mgmt-ps");
+    assert_eq!(p["phase"], "Running", "{p}");
+    assert_eq!(p["supervised"], true, "{p}");
+    let main = p["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "main")
+        .cloned()
+        .unwrap();
+    assert_eq!(main["state"], "running", "{p}");
+    assert!(main["pid"].as_i64().is_some(), "{p}");
+    // logs -c: what the container wrote so far; a pod of two containers needs -c.
+    let out = crate::wpod_output(&["logs", "mgmt-ps", "-c", "main"]);
+    assert!(
+        text(&out.stdout).contains("line-1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = crate::wpod_output(&["logs", "mgmt-ps"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("choose one with -c"),
+        "{}",
+        text(&out.stderr)
+    );
+    // logs -f: follows a live container.
+    let mut follow = Command::new(crate::wpod_bin())
+        .args(["logs", "-f", "mgmt-ps", "-c", "main"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wpod logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "line-3") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "logs -f saw only {seen:?}"
+        );
+        match lines.next() {
+            Some(Ok(l)) => seen.push(l),
+            _ => break,
+        }
+    }
+    assert!(seen.contains(&"line-3".to_string()), "{seen:?}");
+    // SAFETY: kill on the PID of our own child.
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    let _ = follow.wait();
+    // A killed wpod run: ps says no wpod holds it.
+    running.signal(libc::SIGKILL);
+    let gone = Instant::now();
+    loop {
+        let p = ps("mgmt-ps");
+        if p["supervised"] == false {
+            assert_eq!(p["phase"], "Lost", "{p}");
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "ps still shows it supervised: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text_ps = text(&crate::wpod_output(&["ps"]).stdout);
+    assert!(text_ps.contains("no wpod holds this pod"), "{text_ps}");
+    drop(running);
+    // Once cleared, it is not listed.
+    let out = crate::wpod_output(&["__cleanup", "mgmt-ps"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(ps("mgmt-ps").is_null(), "{}", ps("mgmt-ps"));
+}
+
+#[test]
+fn stop_terminates_a_pod_in_order_from_another_shell() {
+    wpod_test_support::require_root("wpod stop");
+    // The main container ignores SIGTERM: only `-t` (a second request) ends it before its
+    // 60-second grace period.
+    let pod = TestPod::new(
+        "mgmt-stop",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mgmt-stop}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: main
+    command: [sh, -c, "trap '' TERM; echo up; while true; do sleep 0.2; done"]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("up", Duration::from_secs(30), |r| r.has_line("main", "up"));
+    let start = Instant::now();
+    let out = crate::wpod_output(&["stop", "-t", "1", "mgmt-stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        start.elapsed()
+    );
+    let run = running.wait(Duration::from_secs(30));
+    let stopping = run
+        .records
+        .iter()
+        .any(|r| r["event"] == "podStopping" && r["reason"] == "terminated");
+    assert!(stopping, "{}", run.dump());
+    assert!(ps("mgmt-stop").is_null(), "{}", ps("mgmt-stop"));
+    let out = crate::wpod_output(&["stop", "mgmt-stop"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    crate::pods::assert_no_leftovers("mgmt-stop");
+}
