@@ -37,6 +37,14 @@ pub enum Command {
         /// running): lower it to see restarts sooner, e.g. `1s`.
         #[arg(long, value_name = "DURATION", default_value = "10s")]
         backoff_base: humantime::Duration,
+        /// Run the pod in the background (its own supervisor process, no daemon): prints the
+        /// pod's name once it has started; `wpod ps`, `logs` and `stop` manage it.
+        #[arg(short, long)]
+        detach: bool,
+        /// Internal: the supervisor of a detached pod, telling its parent on this fd when the
+        /// pod has started.
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
     },
     /// Check manifests and print every problem as file:line:col: field: message.
     Validate {
@@ -116,8 +124,16 @@ pub enum Command {
     },
     /// List the pods on this host and their containers: state, ready, restarts, image.
     Ps {
+        /// Also the pods that have ended (their logs are kept until `wpod rm`).
+        #[arg(short, long)]
+        all: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Remove ended pods: their kept logs and journal, and what a killed run left.
+    Rm {
+        #[arg(required = true)]
+        pods: Vec<String>,
     },
     /// Stop a running pod from another shell: the same ordered termination as Ctrl-C.
     Stop {

@@ -89,7 +89,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: cli::KeyCommand::Generate { name, output },
         } => market::key_generate(&name, output),
         Command::Search { query, output } => market::search(&query, output),
-        Command::Ps { output } => manage::ps(output),
+        Command::Ps { all, output } => manage::ps(all, output),
+        Command::Rm { pods } => manage::rm(&pods),
         Command::Stop { pod, time } => manage::stop(&pod, time),
         Command::Logs {
             pod,
@@ -136,9 +137,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run {
             file,
+            backoff_base,
+            detach: true,
+            ..
+        } => manage::run_detached(&file, backoff_base),
+        Command::Run {
+            file,
             output,
             backoff_base,
-        } => run(&file, output, backoff_base.into()),
+            ready_fd,
+            ..
+        } => run(&file, output, backoff_base.into(), ready_fd),
         Command::Bench {
             component,
             runs,
@@ -164,8 +173,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cleanup { pod } => {
             // Only a valid pod name becomes a path: `__cleanup ..` must not clear anything.
             let pod = wpod::spec::PodName::new(&pod).map_err(anyhow::Error::msg)?;
-            // Taking the pod's lock clears whatever an earlier run left; releasing it removes the rest.
-            drop(wpod::sandbox::state_dir::StateDir::acquire(&pod)?);
+            // Taking the pod's lock clears whatever an earlier run left; releasing it removes the
+            // rest. Its kept logs go too: this is the cleanup of a run that cannot be shown.
+            let state = wpod::sandbox::state_dir::StateDir::acquire(&pod)?;
+            let _ = std::fs::remove_dir_all(&state.logs);
+            drop(state);
             Ok(ExitCode::SUCCESS)
         }
         Command::Holder { .. } | Command::ContainerShim { .. } | Command::Exec { .. } => {
@@ -240,7 +252,12 @@ fn raise_fd_limit(plan: &wpod::plan::PodPlan) {
     }
 }
 
-fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow::Result<ExitCode> {
+fn run(
+    file: &Path,
+    output: cli::Output,
+    backoff: std::time::Duration,
+    ready_fd: Option<i32>,
+) -> anyhow::Result<ExitCode> {
     let mut plans = wpod::load_plan(file)?;
     if plans.len() != 1 {
         bail!(
@@ -256,9 +273,11 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
             "wpod run needs root: it creates namespaces, mounts and cgroups for the pod (try sudo)"
         );
     }
-    let format = match output {
-        cli::Output::Text => OutputFormat::Text,
-        cli::Output::Json => OutputFormat::Json,
+    let format = match (output, ready_fd) {
+        // A detached pod prints nothing: its events go to its journal, its output to log files.
+        (_, Some(_)) => OutputFormat::Silent,
+        (cli::Output::Text, None) => OutputFormat::Text,
+        (cli::Output::Json, None) => OutputFormat::Json,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -293,7 +312,7 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
         if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
             tracing::warn!(path = %pid_file.display(), error = %e, "cannot record wpod's pid; wpod stop will not find this pod");
         }
-        let journal = sandbox.state.path.join(wpod::supervisor::events::JOURNAL);
+        let journal = sandbox.log_dir().join(wpod::supervisor::events::JOURNAL);
         if let Err(e) = events.journal_to(&journal) {
             tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
         }
@@ -319,6 +338,9 @@ fn run(file: &Path, output: cli::Output, backoff: std::time::Duration) -> anyhow
             backoff,
         )
         .with_context(|| format!("pod {name} failed to start"))?;
+        if let Some(fd) = ready_fd {
+            manage::tell_started(fd);
+        }
         let result = supervisor.run().await;
         sandbox.close_ports().await;
         print_summary(format, &name, &result.summary);

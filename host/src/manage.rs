@@ -1,5 +1,10 @@
-//! Pods from another shell, as podman's commands of the same names: `wpod ps` (each pod with a
-//! state directory, from its event journal) and `wpod logs` (a container's CRI log file).
+//! Pods from another shell, as podman's commands of the same names: `wpod run -d`, `wpod ps`
+//! (each pod's state, folded from its event journal), `wpod logs` (a container's CRI log file),
+//! `wpod stop` and `wpod rm`.
+//!
+//! A pod is *running* while a `wpod run` holds its lock, *lost* when its state directory is
+//! there but nobody holds it (a killed run), and *exited* when only its kept logs and journal
+//! are left (`$WPOD_ROOT/logs/POD`, until `wpod rm` or its next run).
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -19,24 +24,47 @@ fn pod_dir(pod: &str) -> PathBuf {
     state_dir::root().join("pods").join(pod)
 }
 
-/// A pod's view, and whether a supervisor holds it now.
-fn view(pod: &str) -> (PodView, bool) {
-    let v = journal::read(pod, &pod_dir(pod).join(wpod::supervisor::events::JOURNAL));
-    (v, state_dir::in_use(pod))
+/// Where a pod stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    Running,
+    Lost,
+    Exited,
 }
 
-pub fn ps(output: Output) -> anyhow::Result<ExitCode> {
-    let pods: Vec<(PodView, bool)> = state_dir::pods().iter().map(|p| view(p)).collect();
+/// A pod's view (from its journal) and where it stands.
+fn view(pod: &str) -> (PodView, Standing) {
+    let mut v = journal::read(
+        pod,
+        &state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL),
+    );
+    let standing = if state_dir::in_use(pod) {
+        Standing::Running
+    } else if pod_dir(pod).is_dir() {
+        v.phase = "Lost".into();
+        Standing::Lost
+    } else {
+        v.phase = "Exited".into();
+        Standing::Exited
+    };
+    (v, standing)
+}
+
+pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
+    let mut names = state_dir::pods();
+    if all {
+        names.extend(state_dir::logged_pods());
+        names.sort();
+        names.dedup();
+    }
+    let pods: Vec<(PodView, Standing)> = names.iter().map(|p| view(p)).collect();
     match output {
         Output::Json => {
             let list: Vec<serde_json::Value> = pods
                 .iter()
-                .map(|(v, alive)| {
+                .map(|(v, standing)| {
                     let mut j = serde_json::to_value(v).unwrap_or_default();
-                    j["supervised"] = (*alive).into();
-                    if !alive {
-                        j["phase"] = "Lost".into();
-                    }
+                    j["supervised"] = (*standing == Standing::Running).into();
                     j
                 })
                 .collect();
@@ -47,8 +75,11 @@ pub fn ps(output: Output) -> anyhow::Result<ExitCode> {
                 "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} STARTED",
                 "POD", "CONTAINER", "STATE", "READY", "RESTARTS", "IMAGE"
             );
-            for (v, alive) in &pods {
-                let phase = if *alive { v.phase.as_str() } else { "Lost" };
+            for (v, standing) in &pods {
+                let phase = match (standing, v.exit_code) {
+                    (Standing::Exited, Some(code)) => format!("Exited({code})"),
+                    _ => v.phase.clone(),
+                };
                 println!(
                     "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} {}",
                     v.name,
@@ -74,8 +105,11 @@ pub fn ps(output: Output) -> anyhow::Result<ExitCode> {
                         c.image.as_deref().unwrap_or("-")
                     );
                 }
-                if !alive {
-                    println!("  (no wpod holds this pod: its run was killed; `wpod __cleanup {}` clears what it left)", v.name);
+                if *standing == Standing::Lost {
+                    println!(
+                        "  (no wpod holds this pod: its run was killed; `wpod rm {}` clears what it left)",
+                        v.name
+                    );
                 }
             }
         }
@@ -92,9 +126,9 @@ pub fn logs(
     tail: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
-    let dir = pod_dir(pod.as_str());
+    let dir = state_dir::log_dir(pod.as_str());
     if !dir.is_dir() {
-        bail!("no pod \"{pod}\" on this host (wpod ps lists them)");
+        bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
     let (v, _) = view(pod.as_str());
     let container = match container {
@@ -112,7 +146,7 @@ pub fn logs(
             ),
         },
     };
-    let file = dir.join("logs").join(format!("{container}.log"));
+    let file = dir.join(format!("{container}.log"));
     if !file.exists() && !v.containers.iter().any(|c| c.name == container) {
         bail!("pod {pod} has no container \"{container}\"");
     }
@@ -127,7 +161,7 @@ pub fn logs(
         writeln!(out, "{l}")?;
     }
     out.flush()?;
-    while follow && dir.is_dir() && state_dir::in_use(pod.as_str()) {
+    while follow && state_dir::in_use(pod.as_str()) {
         std::thread::sleep(Duration::from_millis(200));
         let mut more = Vec::new();
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
@@ -224,4 +258,121 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
     }
     println!("{pod}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wpod run -d FILE`: checks the manifest here (its errors as in the foreground), then starts
+/// the pod's supervisor as a process of its own, in its own session (no terminal, no daemon),
+/// and returns once it says the pod has started, or with its errors once it has failed. Its
+/// stdout and stderr go to `$WPOD_ROOT/detached/POD.log`.
+pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let plans = wpod::load_plan(file)?;
+    let [plan] = plans.as_slice() else {
+        bail!(
+            "{}: wpod run runs one pod, but the file holds {} Pod documents; put each pod in a file of its own",
+            file.display(),
+            plans.len()
+        );
+    };
+    let name = plan.name().to_string();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "wpod run needs root: it creates namespaces, mounts and cgroups for the pod (try sudo)"
+        );
+    }
+    if state_dir::in_use(&name) {
+        bail!("pod {name} is already running (wpod ps lists it; wpod stop {name} stops it)");
+    }
+    let dir = state_dir::root().join("detached");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let write_fd = ready_write.as_raw_fd();
+    let file = std::path::absolute(file)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("run")
+        .arg("--ready-fd")
+        .arg("3")
+        .arg("--backoff-base")
+        .arg(backoff.to_string())
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid, dup2, fcntl.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // fd 3 is the ready pipe in the supervisor, without close-on-exec.
+            if write_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(write_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(ready_write);
+    let mut said = String::new();
+    let _ = std::fs::File::from(ready_read).read_to_string(&mut said);
+    if said.trim() == "started" {
+        println!("{name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // It failed before the pod started: its errors are what the foreground would print.
+    let _ = child.wait();
+    let errors = std::fs::read_to_string(&log_path).unwrap_or_default();
+    eprint!("{errors}");
+    Ok(ExitCode::FAILURE)
+}
+
+/// In a detached pod's supervisor: tells `wpod run -d` that the pod has started.
+pub fn tell_started(fd: i32) {
+    // SAFETY: the fd was handed to this process by its parent for this one message.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = f.write_all(b"started\n");
+}
+
+/// `wpod rm POD...`: a stopped pod's kept logs and journal, and whatever a killed run left
+/// (its state directory, mounts and cgroups). A running pod is refused: stop it first.
+pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for pod in pods {
+        let name = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
+        if state_dir::in_use(name.as_str()) {
+            eprintln!("wpod: error: pod {name} is running; stop it first (wpod stop {name})");
+            failed = true;
+            continue;
+        }
+        let logs = state_dir::log_dir(name.as_str());
+        let lost = pod_dir(name.as_str()).is_dir();
+        if !logs.is_dir() && !lost {
+            eprintln!("wpod: error: no pod \"{name}\" on this host (wpod ps -a lists them)");
+            failed = true;
+            continue;
+        }
+        if lost {
+            // Taking the pod's lock clears what a killed run left; releasing it removes the rest.
+            drop(state_dir::StateDir::acquire(&name)?);
+        }
+        let _ = std::fs::remove_dir_all(&logs);
+        let _ = std::fs::remove_file(
+            state_dir::root()
+                .join("detached")
+                .join(format!("{name}.log")),
+        );
+        println!("{name}");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

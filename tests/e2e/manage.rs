@@ -109,12 +109,34 @@ fn ps_and_logs_see_a_running_pod_from_another_shell() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let text_ps = text(&crate::wpod_output(&["ps"]).stdout);
-    assert!(text_ps.contains("no wpod holds this pod"), "{text_ps}");
-    drop(running);
-    // Once cleared, it is not listed.
-    let out = crate::wpod_output(&["__cleanup", "mgmt-ps"]);
+    assert!(
+        text_ps.contains("no wpod holds this pod") && text_ps.contains("wpod rm mgmt-ps"),
+        "{text_ps}"
+    );
+    // Its logs are still there to read; `wpod rm` clears what the killed run left.
+    let out = crate::wpod_output(&["logs", "mgmt-ps", "-c", "main"]);
+    assert!(
+        text(&out.stdout).contains("line-3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = crate::wpod_output(&["rm", "mgmt-ps"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(ps("mgmt-ps").is_null(), "{}", ps("mgmt-ps"));
+    crate::pods::assert_no_leftovers("mgmt-ps");
+    assert!(ps_all("mgmt-ps").is_null(), "{}", ps_all("mgmt-ps"));
+    drop(running);
+}
+
+/// `wpod ps -a --output json`'s entry for `pod`.
+fn ps_all(pod: &str) -> serde_json::Value {
+    let out = crate::wpod_output(&["ps", "-a", "--output", "json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[test]
@@ -161,4 +183,122 @@ spec:
         text(&out.stderr)
     );
     crate::pods::assert_no_leftovers("mgmt-stop");
+}
+
+fn detached_pod(name: &str) -> TestPod {
+    TestPod::new(
+        name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sh, -c, "echo hello from {name}; while true; do sleep 0.2; done"]
+  - name: hello
+    image: SIDECARS/hello.wasm
+"#
+        ),
+    )
+}
+
+/// `wpod logs` of a container, waiting until `needle` shows up.
+fn wait_for_log(pod: &str, container: &str, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let out = text(&crate::wpod_output(&["logs", pod, "-c", container]).stdout);
+        if out.contains(needle) {
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{pod}/{container} never wrote {needle:?}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn detached_pods_outlive_the_command_and_are_managed_from_another_shell() {
+    wpod_test_support::require_root("wpod run -d");
+    let a = detached_pod("mgmt-det-a");
+    let b = detached_pod("mgmt-det-b");
+    // Two detached pods at once; each `run -d` returns with the pod's name once it started.
+    for (pod, name) in [(&a, "mgmt-det-a"), (&b, "mgmt-det-b")] {
+        let out = crate::wpod_output(&["run", "-d", pod.manifest.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), name);
+        assert_eq!(ps(name)["supervised"], true, "{}", ps(name));
+    }
+    for name in ["mgmt-det-a", "mgmt-det-b"] {
+        wait_for_log(name, "main", &format!("hello from {name}"));
+        wait_for_log(name, "hello", "hello from a Wasm sidecar");
+        assert_eq!(ps(name)["phase"], "Running", "{}", ps(name));
+    }
+    // The same pod twice is refused, naming what to do.
+    let again = crate::wpod_output(&["run", "-d", a.manifest.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
+    for name in ["mgmt-det-a", "mgmt-det-b"] {
+        // A running pod is not removed.
+        let out = crate::wpod_output(&["rm", name]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("stop it first"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = crate::wpod_output(&["stop", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(ps(name).is_null(), "{}", ps(name));
+        crate::pods::assert_no_leftovers(name);
+        // Stopped, it is listed by `ps -a` with its containers' exit codes, and its logs stay
+        // readable until `wpod rm`.
+        let p = ps_all(name);
+        assert_eq!(p["phase"], "Exited", "{p}");
+        let main = p["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "main")
+            .cloned()
+            .unwrap();
+        assert_eq!(main["state"], "exited", "{p}");
+        wait_for_log(name, "main", &format!("hello from {name}"));
+        let out = crate::wpod_output(&["rm", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(ps_all(name).is_null(), "{}", ps_all(name));
+        let out = crate::wpod_output(&["logs", name, "-c", "main"]);
+        assert!(!out.status.success());
+    }
+    // A pod that cannot start: `run -d` fails with the foreground's error, and nothing is left.
+    let bad = TestPod::new(
+        "mgmt-det-bad",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mgmt-det-bad}
+spec:
+  containers:
+  - name: main
+    image: 127.0.0.1:1/nothing:1
+"#,
+    );
+    let out = crate::wpod_output(&["run", "-d", bad.manifest.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pod mgmt-det-bad failed to start"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ps("mgmt-det-bad").is_null());
+    crate::pods::assert_no_leftovers("mgmt-det-bad");
 }

@@ -102,6 +102,18 @@ impl TestPod {
     }
 }
 
+impl Drop for TestPod {
+    /// What the pod's runs kept (logs, journal) goes with the test.
+    fn drop(&mut self) {
+        let _ = Command::new(crate::wpod_bin())
+            .args(["rm", &self.name])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A `wpod run` in the background; dropping it stops the pod and clears what is left.
 pub struct RunningPod {
     pub name: String,

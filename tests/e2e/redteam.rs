@@ -581,7 +581,7 @@ spec:
     let run = running.wait_for("both writers", LONG, |r| {
         r.has_line("main", "printed") && r.logs("flooder").iter().any(|l| l.starts_with("flood:"))
     });
-    let logs = Path::new("/var/lib/wpod/pods/rt-rotate/logs");
+    let logs = Path::new("/var/lib/wpod/logs/rt-rotate");
     let mut files: Vec<String> = std::fs::read_dir(logs)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -1037,7 +1037,8 @@ spec:
         mode("/var/lib/wpod/pods/rt-perms/containers/main/launch.json"),
         0o600
     );
-    assert_eq!(mode("/var/lib/wpod/pods/rt-perms/logs/main.log"), 0o600);
+    assert_eq!(mode("/var/lib/wpod/logs"), 0o700);
+    assert_eq!(mode("/var/lib/wpod/logs/rt-perms/main.log"), 0o600);
     let _ = stop(running);
     assert_no_leftovers("rt-perms");
 }

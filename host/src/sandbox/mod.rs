@@ -119,7 +119,7 @@ impl PodSandbox {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.state.path.join("logs")
+        self.state.logs.clone()
     }
 }
 

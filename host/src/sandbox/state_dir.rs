@@ -21,7 +21,20 @@ use crate::spec::PodName;
 
 pub struct StateDir {
     pub path: PathBuf,
+    /// The pod's logs and event journal: kept after the pod ends (for `wpod logs` and `wpod ps
+    /// -a`) until `wpod rm` or the pod's next run.
+    pub logs: PathBuf,
     _lock: File,
+}
+
+/// Where the logs and event journal of `pod` are kept.
+pub fn log_dir(pod: &str) -> PathBuf {
+    root().join("logs").join(pod)
+}
+
+/// The pods that have kept logs (ended or running).
+pub fn logged_pods() -> Vec<String> {
+    list(&root().join("logs"))
 }
 
 /// Where wpod keeps its pods' state (always an absolute path).
@@ -39,10 +52,10 @@ pub fn root_id() -> String {
 impl StateDir {
     pub fn acquire(pod: &PodName) -> Result<Self, SandboxError> {
         let root = root();
-        let (pods, locks) = (root.join("pods"), root.join("locks"));
+        let (pods, locks, logs) = (root.join("pods"), root.join("locks"), root.join("logs"));
         // Root's alone: pods hold their containers' environment (launch specs), their logs and
         // their volumes, where a container may leave a setuid binary or a device node.
-        for dir in [&pods, &locks] {
+        for dir in [&pods, &locks, &logs] {
             std::fs::create_dir_all(dir)
                 .and_then(|()| {
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -64,12 +77,21 @@ impl StateDir {
             clear(&path);
         }
         cgroups::remove_stale(pod);
-        for sub in ["volumes", "containers", "logs"] {
+        for sub in ["volumes", "containers"] {
             let d = path.join(sub);
             std::fs::create_dir_all(&d)
                 .map_err(|e| SandboxError::io("create the state directory", &d, e))?;
         }
-        Ok(StateDir { path, _lock: lock })
+        // A new run of the pod replaces what the last one kept.
+        let logs = log_dir(pod.as_str());
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| SandboxError::io("create the log directory", &logs, e))?;
+        Ok(StateDir {
+            path,
+            logs,
+            _lock: lock,
+        })
     }
 }
 
@@ -86,7 +108,11 @@ pub fn in_use(pod: &str) -> bool {
 
 /// The pods that have a state directory now: running, or left by a killed run.
 pub fn pods() -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(root().join("pods"))
+    list(&root().join("pods"))
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .filter(|e| e.path().is_dir())
