@@ -130,6 +130,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print a pod's events (the same as `wpod run` prints): -f follows them while it runs.
+    Events {
+        pod: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// podman's names: `kube play FILE` runs the pod detached, `kube down FILE` stops and
+    /// removes it.
+    Kube {
+        #[command(subcommand)]
+        command: KubeCommand,
+    },
     /// Remove ended pods: their kept logs and journal, and what a killed run left.
     Rm {
         #[arg(required = true)]
@@ -220,6 +234,14 @@ pub enum Command {
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// The same as `wpod run -d FILE`.
+    Play { file: PathBuf },
+    /// Stop the file's pods and remove what they kept.
+    Down { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

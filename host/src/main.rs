@@ -91,6 +91,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Search { query, output } => market::search(&query, output),
         Command::Ps { all, output } => manage::ps(all, output),
         Command::Rm { pods } => manage::rm(&pods),
+        Command::Events {
+            pod,
+            follow,
+            output,
+        } => manage::events(&pod, follow, output),
+        Command::Kube {
+            command: cli::KubeCommand::Play { file },
+        } => manage::run_detached(&file, "10s".parse()?),
+        Command::Kube {
+            command: cli::KubeCommand::Down { file },
+        } => manage::kube_down(&file),
         Command::Stop { pod, time } => manage::stop(&pod, time),
         Command::Logs {
             pod,

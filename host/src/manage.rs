@@ -161,7 +161,12 @@ pub fn logs(
         writeln!(out, "{l}")?;
     }
     out.flush()?;
-    while follow && state_dir::in_use(pod.as_str()) {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        // Whether the pod was still held before this read: if not, this read is the last.
+        let running = state_dir::in_use(pod.as_str());
         std::thread::sleep(Duration::from_millis(200));
         let mut more = Vec::new();
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
@@ -173,6 +178,9 @@ pub fn logs(
             writeln!(out, "{l}")?;
         }
         out.flush()?;
+        if !running {
+            break;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -375,4 +383,80 @@ pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `wpod events [-f] POD`: the pod's event journal, as `wpod run` printed it (`--output json`:
+/// the same JSON lines); `-f` follows it while the pod runs.
+pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCode> {
+    let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
+    let path = state_dir::log_dir(pod.as_str()).join(wpod::supervisor::events::JOURNAL);
+    if !path.exists() {
+        bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
+    }
+    let print = |line: &str, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+        match output {
+            Output::Json => writeln!(out, "{line}"),
+            Output::Text => {
+                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return Ok(());
+                };
+                let who = match v["container"].as_str() {
+                    Some(c) => format!("container/{c}"),
+                    None => format!("pod/{pod}"),
+                };
+                let time = v["time"].as_str().unwrap_or_default().to_string();
+                let event = v["event"].as_str().unwrap_or_default().to_string();
+                if let Some(o) = v.as_object_mut() {
+                    for k in ["time", "type", "pod", "container", "event"] {
+                        o.remove(k);
+                    }
+                }
+                let rest = match v.as_object() {
+                    Some(o) if !o.is_empty() => format!(" {v}"),
+                    _ => String::new(),
+                };
+                writeln!(out, "{time} {who} {event}{rest}")
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // Opened once: the journal stays readable even if `wpod rm` unlinks it meanwhile.
+    let mut f = std::fs::File::open(&path)?;
+    let mut pending = Vec::new();
+    loop {
+        // Whether the pod was still held before this read: if not, this read is the last.
+        let running = follow && state_dir::in_use(pod.as_str());
+        f.read_to_end(&mut pending)?;
+        let whole = pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&pending[..whole]).lines() {
+            print(line, &mut out)?;
+        }
+        out.flush()?;
+        pending.drain(..whole);
+        if !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wpod kube down FILE`: stops the file's pods and removes what they kept, as `podman kube
+/// down` does.
+pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
+    let plans = wpod::load_plan(file)?;
+    let mut code = ExitCode::SUCCESS;
+    for plan in &plans {
+        let name = plan.name();
+        if state_dir::in_use(name) && stop(name, None)? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+        if state_dir::log_dir(name).is_dir() || pod_dir(name).is_dir() {
+            rm(&[name.to_string()])?;
+        }
+    }
+    Ok(code)
 }

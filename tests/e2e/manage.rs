@@ -302,3 +302,51 @@ spec:
     assert!(ps("mgmt-det-bad").is_null());
     crate::pods::assert_no_leftovers("mgmt-det-bad");
 }
+
+#[test]
+fn kube_play_events_and_kube_down_as_podman_users_type_them() {
+    wpod_test_support::require_root("wpod kube play");
+    let pod = detached_pod("mgmt-kube");
+    let file = pod.manifest.to_str().unwrap().to_string();
+    let out = crate::wpod_output(&["kube", "play", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for_log("mgmt-kube", "main", "hello from mgmt-kube");
+    // The pod's events: the same JSON records `wpod run --output json` prints.
+    let out = crate::wpod_output(&["events", "--output", "json", "mgmt-kube"]);
+    let records: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        records.iter().any(|r| r["event"] == "podStarted"),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "started" && r["container"] == "main"),
+        "{records:?}"
+    );
+    let out = crate::wpod_output(&["events", "mgmt-kube"]);
+    assert!(
+        text(&out.stdout).contains("container/main started"),
+        "{}",
+        text(&out.stdout)
+    );
+    // `events -f` follows until the pod ends: it sees the stop.
+    let follow = Command::new(crate::wpod_bin())
+        .args(["events", "-f", "mgmt-kube"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wpod events -f");
+    let out = crate::wpod_output(&["kube", "down", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let followed = follow.wait_with_output().unwrap();
+    assert!(
+        text(&followed.stdout).contains("podFinished"),
+        "{}",
+        text(&followed.stdout)
+    );
+    assert!(ps_all("mgmt-kube").is_null(), "{}", ps_all("mgmt-kube"));
+    crate::pods::assert_no_leftovers("mgmt-kube");
+}
