@@ -25,19 +25,13 @@ sidecars="$root/target/sidecars"
 python3 -c "import oras.provider" 2>/dev/null || { echo "oras-py is needed: python3 -m pip install oras" >&2; exit 2; }
 addr=127.0.0.1:5078
 work=$(mktemp -d /tmp/wpod-marketbench.XXXXXX)
+source "$root/tests/images/registry.sh"
 cleanup() {
-  if [[ -n "${registry_pid:-}" ]]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
+  stop_registry
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/data"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: %s}\n' "$work/data" "$addr" > "$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 50); do curl -fs "http://$addr/v2/" >/dev/null && break; sleep 0.1; done
+start_registry "$work" "$addr"
 export WPOD_REGISTRIES_CONF="$work/registries.conf" WPOD_POLICY="$work/policy.json"
 printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$addr" > "$WPOD_REGISTRIES_CONF"
 cd "$work"

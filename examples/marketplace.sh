@@ -21,27 +21,16 @@ sidecars="$repo/target/sidecars"
 addr="127.0.0.1:${MARKET_PORT:-5055}"
 reg="$addr/wpod"
 work=$(mktemp -d /tmp/wpod-market.XXXXXX)
+source "$repo/tests/images/registry.sh"
 cleanup() {
-  if [[ -n "${registry_pid:-}" ]]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
+  stop_registry
   rm -rf "$work"
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
 # A registry of our own on loopback (Debian's docker-registry, its own storage).
-mkdir -p "$work/data"
-cat > "$work/registry.yml" <<YAML
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $work/data}}
-http: {addr: $addr}
-YAML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 50); do curl -fs "http://$addr/v2/" >/dev/null && break; sleep 0.1; done
+start_registry "$work" "$addr"
 # wpod's configuration for this session: plain HTTP to the loopback registry, a private root,
 # the trust policy and the approvals file.
 export WPOD_ROOT="$work/root" WPOD_REGISTRIES_CONF="$work/registries.conf" \

@@ -13,6 +13,9 @@ Examples:
   wpod push exporter.wasm reg:5000/team/exporter:1.0
                                          publish a sidecar; `wpod sign`, `wpod search`, `wpod pull` it";
 
+/// kubelet's first restart delay.
+pub const DEFAULT_BACKOFF: &str = "10s";
+
 #[derive(Debug, Parser)]
 #[command(name = "wpod", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
@@ -35,7 +38,7 @@ pub enum Command {
         output: Output,
         /// First restart delay of kubelet's back-off (doubling up to 30x, reset after 60x of
         /// running): lower it to see restarts sooner, e.g. `1s`.
-        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        #[arg(long, value_name = "DURATION", default_value = DEFAULT_BACKOFF)]
         backoff_base: humantime::Duration,
         /// Run the pod in the background (its own supervisor process, no daemon): prints the
         /// pod's name once it has started; `wpod ps`, `logs` and `stop` manage it.

@@ -98,7 +98,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => manage::events(&pod, follow, output),
         Command::Kube {
             command: cli::KubeCommand::Play { file },
-        } => manage::run_detached(&file, "10s".parse()?),
+        } => manage::run_detached(&file, cli::DEFAULT_BACKOFF.parse()?),
         Command::Kube {
             command: cli::KubeCommand::Down { file },
         } => manage::kube_down(&file),

@@ -24,7 +24,16 @@ spec:
 
 /// `wpod ps --output json`'s entry for `pod` (null when it is not listed).
 fn ps(pod: &str) -> serde_json::Value {
-    let out = crate::wpod_output(&["ps", "--output", "json"]);
+    ps_entry(&["ps", "--output", "json"], pod)
+}
+
+/// `wpod ps -a --output json`'s entry for `pod`: ended pods too.
+fn ps_all(pod: &str) -> serde_json::Value {
+    ps_entry(&["ps", "-a", "--output", "json"], pod)
+}
+
+fn ps_entry(args: &[&str], pod: &str) -> serde_json::Value {
+    let out = crate::wpod_output(args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
     all.as_array()
@@ -125,18 +134,6 @@ fn ps_and_logs_see_a_running_pod_from_another_shell() {
     crate::pods::assert_no_leftovers("mgmt-ps");
     assert!(ps_all("mgmt-ps").is_null(), "{}", ps_all("mgmt-ps"));
     drop(running);
-}
-
-/// `wpod ps -a --output json`'s entry for `pod`.
-fn ps_all(pod: &str) -> serde_json::Value {
-    let out = crate::wpod_output(&["ps", "-a", "--output", "json"]);
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pod)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
 }
 
 #[test]

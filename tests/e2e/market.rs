@@ -461,6 +461,23 @@ spec:
     m.ok(&["pull", "--yes", &reference]);
     let run = pod.run(Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{}", run.dump());
+    // Approved is not granted: in a pod without shareProcessNamespace the same sidecar is
+    // refused, with the manifest's location and the field that would grant it.
+    let ungranted = m.pod(
+        "mkt-ungranted",
+        &yaml
+            .replace("mkt-upgrade", "mkt-ungranted")
+            .replace("  shareProcessNamespace: true\n", ""),
+    );
+    let run = ungranted.run(Duration::from_secs(60));
+    assert_ne!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr.contains("pod.yaml:") && run.stderr.contains("set spec.shareProcessNamespace"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.logs("main").is_empty(), "nothing ran: {}", run.dump());
+    m.env.assert_no_leftovers("mkt-ungranted");
     // A downgrade back to fewer imports needs no new approval; it runs with a warning.
     m.push("hello", &reference, &[]);
     let run = pod.run(Duration::from_secs(60));

@@ -16,17 +16,11 @@ if [ "${1:-}" = stop ]; then
   rm -rf "$dir"
   exit 0
 fi
-mkdir -p "$dir/data"
-cat > "$dir/config.yml" <<YAML
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $dir/data}}
-http: {addr: $addr}
-YAML
+source "$(dirname "$0")/registry.sh"
 if ! curl -fs "http://$addr/v2/" >/dev/null 2>&1; then
-  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
-  echo $! > "$dir/pid"
-  for _ in $(seq 50); do curl -fs "http://$addr/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  # Left running after this script (stopped by `serve.sh stop`).
+  start_registry "$dir" "$addr"
+  echo "$registry_pid" > "$dir/pid"
 fi
 bash "$(dirname "$0")/build.sh" "$addr"
 cat > "$dir/registries.conf" <<CONF

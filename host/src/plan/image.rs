@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::component::{COMPONENT_PREAMBLE, MODULE_PREAMBLE};
 use crate::oci::reference::{BadReference, ImageName};
+use crate::oci::store::Digest;
 use crate::spec::PullPolicy;
 
 /// What a container runs.
@@ -26,13 +27,29 @@ pub enum Image {
     /// A native process on this root directory.
     Rootfs(PathBuf),
     /// A Wasm component run by wasmtime.
-    Wasm(PathBuf),
+    Wasm(WasmComponent),
     /// An image from a registry, and when to pull it.
     Registry {
         #[serde(serialize_with = "canonical")]
         name: ImageName,
         policy: PullPolicy,
     },
+}
+
+/// A Wasm sidecar's component: a file, and the digest it must have when it was pulled and
+/// reviewed (checked as it is loaded, with the hash loading computes anyway).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WasmComponent {
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+}
+
+impl WasmComponent {
+    /// A component file beside the manifest: whatever it holds is what the user named.
+    pub fn file(path: PathBuf) -> Self {
+        WasmComponent { path, digest: None }
+    }
 }
 
 fn canonical<S: serde::Serializer>(name: &ImageName, s: S) -> Result<S::Ok, S::Error> {
@@ -91,7 +108,7 @@ pub fn resolve(
     let shown = manifest_dir.join(image);
     let path = absolute(&shown);
     if image.ends_with(".wasm") {
-        return check_component(image, &shown).map(|()| Image::Wasm(path));
+        return check_component(image, &shown).map(|()| Image::Wasm(WasmComponent::file(path)));
     }
     if path.is_dir() {
         return Ok(Image::Rootfs(path));
@@ -150,7 +167,10 @@ mod tests {
         assert_eq!(resolve(None, None, &dir).ok(), Some(Image::Host));
         assert_eq!(ok("root"), Some(Image::Rootfs(dir.join("root"))));
         assert_eq!(ok("./root"), Some(Image::Rootfs(dir.join("./root"))));
-        assert_eq!(ok("c.wasm"), Some(Image::Wasm(dir.join("c.wasm"))));
+        assert_eq!(
+            ok("c.wasm"),
+            Some(Image::Wasm(WasmComponent::file(dir.join("c.wasm"))))
+        );
         assert!(err("m.wasm").contains("core Wasm module"));
         assert!(err("gone.wasm").contains("not found"));
         assert!(err("./gone").contains("resolves to nothing"));

@@ -16,7 +16,7 @@ use crate::spec::{
     Annotations, Container, Diagnostic, Diagnostics, Handler, HostPathType, Pod, PodName, Protocol,
     RestartPolicy, StorageMedium, VolumeSource,
 };
-pub use image::{Image, ImageError};
+pub use image::{Image, ImageError, WasmComponent};
 
 #[derive(Clone, Debug)]
 pub struct ContainerPlan {
@@ -109,7 +109,7 @@ impl PodPlan {
     /// resolved and checked exactly as for a `.wasm` file beside the manifest.
     pub fn with_pulled_sidecars(
         &self,
-        sidecars: &BTreeMap<String, std::path::PathBuf>,
+        sidecars: &BTreeMap<String, WasmComponent>,
     ) -> Result<PodPlan, Diagnostics> {
         if sidecars.is_empty() {
             return Ok(self.clone());
@@ -147,7 +147,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 };
                 check_wasm_container(&sidecar, &mut diags);
                 let grants = Grants::resolve(&sidecar, &mut diags);
-                check_component_grants(&sidecar, component, &grants, &mut diags);
+                check_component_grants(&sidecar, &component.path, &grants, &mut diags);
                 Some(grants)
             }
             _ => {

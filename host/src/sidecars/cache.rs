@@ -9,7 +9,9 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+use crate::oci::store::Digest;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -20,6 +22,16 @@ pub enum CacheError {
     Read(crate::files::ReadError),
     #[error("cannot compile Wasm component {}: {message}", path.display())]
     Compile { path: PathBuf, message: String },
+    #[error(
+        "Wasm component {} is {actual}, not the {expected} that was pulled and reviewed: the \
+         store was altered; pull the sidecar again",
+        path.display()
+    )]
+    Altered {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Where compiled components are kept.
@@ -34,10 +46,27 @@ pub enum Source {
     Compiled,
 }
 
-/// Loads `path` as a component, from the cache when a valid entry exists.
-pub fn load(engine: &Engine, path: &Path) -> Result<(Component, Source), CacheError> {
+/// Loads `path` as a component, from the cache when a valid entry exists. A component pulled
+/// and reviewed at `expected` must still be those bytes: checked with the hash the cache key
+/// takes anyway, before anything is compiled or loaded.
+pub fn load(
+    engine: &Engine,
+    path: &Path,
+    expected: Option<&Digest>,
+) -> Result<(Component, Source), CacheError> {
     let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
-    let entry = dir().join(format!("{}.cwasm", key(engine, &wasm)));
+    let digest = Sha256::digest(&wasm);
+    if let Some(expected) = expected {
+        let actual = format!("sha256:{}", hex::encode(digest));
+        if actual != expected.as_str() {
+            return Err(CacheError::Altered {
+                path: path.to_path_buf(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    let entry = dir().join(format!("{}.cwasm", key(engine, &digest)));
     if let Some(component) = load_entry(engine, &entry) {
         return Ok((component, Source::Cache));
     }
@@ -53,9 +82,9 @@ pub fn load(engine: &Engine, path: &Path) -> Result<(Component, Source), CacheEr
 
 /// The entry's name: sha256 over the component's sha256 (for a pulled sidecar, its layer
 /// digest), the engine's compatibility hash and wpod's version.
-fn key(engine: &Engine, wasm: &[u8]) -> String {
+fn key(engine: &Engine, wasm_sha256: &[u8]) -> String {
     let mut sha = ShaHasher(Sha256::new());
-    sha.0.update(Sha256::digest(wasm));
+    sha.0.update(wasm_sha256);
     // Fed into sha256 itself, not through `DefaultHasher`, whose output Rust may change.
     engine.precompile_compatibility_hash().hash(&mut sha);
     sha.0.update(env!("CARGO_PKG_VERSION").as_bytes());

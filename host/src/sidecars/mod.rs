@@ -89,14 +89,14 @@ pub struct PreparedSidecar {
 
 impl PreparedSidecar {
     pub fn prepare(plan: &ContainerPlan) -> Result<Self, SidecarError> {
-        let (Image::Wasm(path), Some(grants)) = (&plan.image, &plan.grants) else {
+        let (Image::Wasm(wasm), Some(grants)) = (&plan.image, &plan.grants) else {
             return Err(SidecarError::Link {
                 container: plan.name().into(),
                 message: "not a Wasm component".into(),
             });
         };
         let engine = engine::shared()?;
-        let (component, source) = cache::load(engine, path)?;
+        let (component, source) = cache::load(engine, &wasm.path, wasm.digest.as_ref())?;
         let link_err = |message: String| SidecarError::Link {
             container: plan.name().to_string(),
             message,

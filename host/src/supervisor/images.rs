@@ -4,7 +4,6 @@
 //! reviewed, never starts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::grants::inspect::ComponentReport;
@@ -12,7 +11,7 @@ use crate::oci::approvals::{Approvals, ApprovalsError, Decision};
 use crate::oci::pull::{PullError, PullEvent, Pulled, Puller, StoredImage, StoredSidecar};
 use crate::oci::reference::ImageName;
 use crate::oci::store::{ImageRecord, Store};
-use crate::plan::{Image, PodPlan};
+use crate::plan::{Image, PodPlan, WasmComponent};
 
 use super::events::{Event, Events};
 
@@ -48,12 +47,18 @@ pub struct PulledImages(Vec<Option<Pulled>>);
 impl PulledImages {
     /// The component of each container whose registry image is a Wasm sidecar, by container
     /// path: what `PodPlan::with_pulled_sidecars` runs.
-    pub fn sidecar_components(&self, plan: &PodPlan) -> BTreeMap<String, PathBuf> {
+    pub fn sidecar_components(&self, plan: &PodPlan) -> BTreeMap<String, WasmComponent> {
         plan.containers
             .iter()
             .zip(&self.0)
             .filter_map(|(c, p)| match p {
-                Some(Pulled::Sidecar(s)) => Some((c.path.clone(), s.component.clone())),
+                Some(Pulled::Sidecar(s)) => Some((
+                    c.path.clone(),
+                    WasmComponent {
+                        path: s.component.clone(),
+                        digest: Some(s.sidecar.component.clone()),
+                    },
+                )),
                 _ => None,
             })
             .collect()
