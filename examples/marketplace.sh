@@ -68,7 +68,7 @@ step "wpod search $addr/exporter"
 "$wpod" search "$addr/exporter"
 
 step "wpod inspect $reg/redis-exporter:0.1.0   (from the registry, before download)"
-"$wpod" inspect "$reg/redis-exporter:0.1.0" | head -12
+"$wpod" inspect "$reg/redis-exporter:0.1.0" | sed -n '1,12p'
 
 step "wpod pull --yes $reg/redis-exporter:0.1.0   (verify, review, approve, compile)"
 "$wpod" pull --yes "$reg/redis-exporter:0.1.0"

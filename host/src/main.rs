@@ -36,7 +36,15 @@ fn main() -> ExitCode {
             pid,
             argv,
         } => wpod::containers::exec::main(launch_spec, *pid, argv),
-        _ => {}
+        // `wpod run` hosts sockets and pipes of its pod: a peer going away must be an error
+        // there, never a signal that kills the pod's supervisor (Rust's default: ignored).
+        Command::Run { .. } | Command::Bench { .. } | Command::Kube { .. } => {}
+        // The other commands print and end, as Unix tools do: `wpod ps | head` stops quietly
+        // when head has read enough, instead of panicking on a closed stdout.
+        _ => {
+            // SAFETY: restoring a signal's default disposition, before any thread exists.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        }
     }
     init_tracing(&cli.log_level);
     match dispatch(cli.command) {

@@ -119,3 +119,21 @@ fn inspect_refuses_a_file_that_is_not_a_component() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_wpod_quietly_as_any_unix_tool() {
+    // The reader closes the pipe at once, so wpod's first write fails: it must end as `cat`
+    // would (by SIGPIPE), not panic on the closed stdout.
+    let probe = wpod_test_support::sidecar("probe");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} inspect {} | (exec 0<&-; sleep 0.3)",
+            crate::wpod_bin().display(),
+            probe.display()
+        ))
+        .output()
+        .expect("sh");
+    let stderr = crate::text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
