@@ -133,6 +133,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Change a running pod's Wasm sidecars to match the manifest (add, replace, remove) without
+    /// touching its main container; a pod that is not running is started detached.
+    Apply {
+        /// Pod manifest (Kubernetes v1 Pod YAML).
+        file: PathBuf,
+        /// Check and prepare everything, say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show a pod in detail: its containers' states, each sidecar's grants, its recent events.
+    #[command(alias = "inspect-pod")]
+    Describe {
+        pod: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Print a pod's events (the same as `wpod run` prints): -f follows them while it runs.
     Events {
         pod: String,
@@ -171,6 +189,9 @@ pub enum Command {
         /// Only the last N lines.
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
+        /// Only lines written since this long ago (`10m`, `1h 30m`) or this RFC 3339 time.
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
     },
     /// Signing keys.
     Key {

@@ -19,6 +19,7 @@ use cli::{Cli, Command};
 use wpod::logs::{Logs, OutputFormat};
 use wpod::sandbox::PodSandbox;
 use wpod::spec::SpecError;
+use wpod::supervisor::control::Control;
 use wpod::supervisor::events::{print_summary, Event, Events};
 use wpod::supervisor::Supervisor;
 
@@ -116,7 +117,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             container,
             follow,
             tail,
-        } => manage::logs(&pod, container.as_deref(), follow, tail),
+            since,
+        } => manage::logs(
+            &pod,
+            container.as_deref(),
+            follow,
+            tail,
+            since.as_deref().map(manage::since).transpose()?,
+        ),
+        Command::Apply {
+            file,
+            dry_run,
+            output,
+        } => manage::apply(&file, dry_run, output),
+        Command::Describe { pod, output } => manage::describe(&pod, output),
         Command::Save {
             images: names,
             output_dir,
@@ -347,16 +361,32 @@ fn run(
         }
         let logs = Logs::new(sandbox.log_dir(), format, (&plan.settings).into());
         let plan = Arc::new(plan);
-        let supervisor = Supervisor::new(
-            plan,
+        let digests = prepared
+            .iter()
+            .flatten()
+            .map(|p| (p.name().to_string(), p.digest.clone()))
+            .collect();
+        let mut supervisor = Supervisor::new(
+            plan.clone(),
             sandbox.clone(),
             prepared,
             images,
             logs,
-            events,
+            events.clone(),
             backoff,
         )
         .with_context(|| format!("pod {name} failed to start"))?;
+        // `wpod describe` and `wpod apply` from another shell.
+        let control = Control::new(plan, digests, events, sandbox.clone(), supervisor.control());
+        let socket = sandbox.state.path.join(wpod::supervisor::control::SOCKET);
+        match Control::bind(&socket) {
+            Ok(listener) => {
+                tokio::spawn(control.serve(listener));
+            }
+            Err(e) => {
+                tracing::warn!(path = %socket.display(), error = %e, "cannot open the control socket; wpod apply and describe will not reach this pod")
+            }
+        }
         if let Some(fd) = ready_fd {
             manage::tell_started(fd);
         }

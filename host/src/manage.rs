@@ -9,10 +9,11 @@
 use std::io::{BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use wpod::sandbox::state_dir;
+use wpod::supervisor::control;
 use wpod::supervisor::journal::{self, PodView};
 
 use crate::cli::Output;
@@ -119,11 +120,24 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
 
 /// `wpod logs [-f] [--tail N] [-c CONTAINER] POD`: the lines of a container's log file (the
 /// rotated files first), each as the container wrote it.
+/// `--since`: a duration before now (`10m`), or an RFC 3339 time, as podman logs takes.
+pub fn since(text: &str) -> anyhow::Result<SystemTime> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(SystemTime::now() - d);
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        anyhow::anyhow!(
+            "--since {text}: give a duration (10m, 1h 30m) or an RFC 3339 time (2026-11-28T16:00:00Z)"
+        )
+    })
+}
+
 pub fn logs(
     pod: &str,
     container: Option<&str>,
     follow: bool,
     tail: Option<usize>,
+    since: Option<SystemTime>,
 ) -> anyhow::Result<ExitCode> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = state_dir::log_dir(pod.as_str());
@@ -152,9 +166,9 @@ pub fn logs(
     }
     let mut lines = Vec::new();
     for n in (1..=9).rev() {
-        read_lines(&wpod::logs::rotated(&file, n), &mut lines);
+        read_from(&wpod::logs::rotated(&file, n), 0, &mut lines, since);
     }
-    let mut offset = read_lines(&file, &mut lines);
+    let mut offset = read_from(&file, 0, &mut lines, since);
     let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
     let mut out = std::io::stdout().lock();
     for l in &lines[skip..] {
@@ -173,7 +187,7 @@ pub fn logs(
         if size < offset {
             offset = 0; // rotated: the new file from its start
         }
-        offset = read_from(&file, offset, &mut more);
+        offset = read_from(&file, offset, &mut more, None);
         for l in more {
             writeln!(out, "{l}")?;
         }
@@ -185,12 +199,9 @@ pub fn logs(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Appends the text of each CRI record of `path` to `out`; returns the bytes read.
-fn read_lines(path: &Path, out: &mut Vec<String>) -> u64 {
-    read_from(path, 0, out)
-}
-
-fn read_from(path: &Path, offset: u64, out: &mut Vec<String>) -> u64 {
+/// Appends the text of each CRI record of `path` from `offset` on to `out` (only those written
+/// at or after `since`, if given); returns the offset after the last whole record read.
+fn read_from(path: &Path, offset: u64, out: &mut Vec<String>, since: Option<SystemTime>) -> u64 {
     let Ok(mut f) = std::fs::File::open(path) else {
         return offset;
     };
@@ -207,14 +218,20 @@ fn read_from(path: &Path, offset: u64, out: &mut Vec<String>) -> u64 {
     for line in buf[..whole].lines().map_while(Result::ok) {
         // TIMESTAMP STREAM P|F TEXT
         let mut parts = line.splitn(4, ' ');
-        let (_, _, tag, text) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (time, _, tag, text) = (parts.next(), parts.next(), parts.next(), parts.next());
         let text = text.unwrap_or_default();
+        partial.push_str(text);
         if tag == Some("P") {
-            partial.push_str(text);
             continue;
         }
-        partial.push_str(text);
-        out.push(std::mem::take(&mut partial));
+        let line = std::mem::take(&mut partial);
+        let before = since.is_some_and(|since| {
+            time.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .is_some_and(|t| t < since)
+        });
+        if !before {
+            out.push(line);
+        }
     }
     offset + whole as u64
 }
@@ -459,4 +476,263 @@ pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// The largest answer read from a control socket.
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// Sends `request` to the control socket of the running pod `pod`; its result, or its error.
+fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::Value> {
+    use std::os::unix::net::UnixStream;
+    let path = pod_dir(pod).join(control::SOCKET);
+    let mut stream = UnixStream::connect(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach pod {pod} at {}: {e} (is it running? wpod ps lists the pods)",
+            path.display()
+        )
+    })?;
+    stream.write_all(control::request_line(request).as_bytes())?;
+    let mut answer = Vec::new();
+    (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer)?;
+    let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+        anyhow::anyhow!(
+            "pod {pod} answered something that is not JSON ({e}); is this the same wpod version?"
+        )
+    })?;
+    if v["version"].as_u64() != Some(control::VERSION) {
+        bail!(
+            "pod {pod} speaks control protocol version {}, this wpod {}: use the wpod that started it",
+            v["version"],
+            control::VERSION
+        );
+    }
+    match v["ok"].as_bool() {
+        Some(true) => Ok(v["result"].clone()),
+        _ => bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("the pod refused the request")
+        ),
+    }
+}
+
+/// `wpod apply FILE`: the running pod's Wasm sidecars changed to match the manifest (the pod's
+/// own `wpod run` does it: `supervisor::control`); a pod that is not running is started
+/// detached, as `kubectl apply` creates what is missing.
+pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
+    let plans = wpod::load_plan(file)?;
+    let [plan] = plans.as_slice() else {
+        bail!(
+            "{}: wpod apply applies one pod, but the file holds {} Pod documents; put each pod in a file of its own",
+            file.display(),
+            plans.len()
+        );
+    };
+    let name = plan.name().to_string();
+    if !state_dir::in_use(&name) {
+        if dry_run {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"pod": name, "dryRun": true, "created": true})
+                ),
+                Output::Text => {
+                    println!("pod/{name} created (dry run: not running; wpod apply would start it)")
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        return run_detached(file, crate::cli::DEFAULT_BACKOFF.parse()?);
+    }
+    let file =
+        std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let result = control(
+        &name,
+        &control::Request::Apply {
+            file: file.clone(),
+            dry_run,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{}: pod {name} unchanged: {e:#}", file.display()))?;
+    let not_started: Vec<String> = ["added", "replaced"]
+        .iter()
+        .flat_map(|k| result[*k].as_array().cloned().unwrap_or_default())
+        .filter(|c| !dry_run && c["state"] != "started")
+        .map(|c| {
+            format!(
+                "{} ({})",
+                c["name"].as_str().unwrap_or("?"),
+                c["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Text => {
+            let dry = if dry_run { " (dry run)" } else { "" };
+            if result["unchanged"] == true {
+                println!("pod/{name} unchanged{dry}");
+            } else {
+                println!("pod/{name} configured{dry}");
+            }
+            let (verb_add, verb_rep, verb_rm) = match dry_run {
+                true => ("would add", "would replace", "would remove"),
+                false => ("added", "replaced", "removed"),
+            };
+            for c in result["added"].as_array().into_iter().flatten() {
+                println!(
+                    "  {verb_add} sidecar {}{}",
+                    c["name"].as_str().unwrap_or("?"),
+                    state_note(c)
+                );
+            }
+            for c in result["replaced"].as_array().into_iter().flatten() {
+                let fields: Vec<&str> = c["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str())
+                    .collect();
+                println!(
+                    "  {verb_rep} sidecar {} ({} changed){}",
+                    c["name"].as_str().unwrap_or("?"),
+                    fields.join(", "),
+                    state_note(c)
+                );
+            }
+            for n in result["removed"].as_array().into_iter().flatten() {
+                println!("  {verb_rm} sidecar {}", n.as_str().unwrap_or("?"));
+            }
+        }
+    }
+    if !not_started.is_empty() {
+        bail!(
+            "pod {name}: not started within {}s: {} (see wpod events {name} and wpod logs {name} -c NAME)",
+            control::START_TIMEOUT.as_secs(),
+            not_started.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_note(c: &serde_json::Value) -> String {
+    c["state"]
+        .as_str()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
+}
+
+/// `wpod describe POD`: as `kubectl describe pod`, from the pod's journal and, while it runs,
+/// its control socket (the plan it runs now and each sidecar's grants).
+pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
+    let pod = pod.as_str();
+    let (v, standing) = view(pod);
+    if standing == Standing::Exited && !state_dir::log_dir(pod).is_dir() {
+        bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
+    }
+    let plan = match standing {
+        Standing::Running => Some(control(pod, &control::Request::Describe {})?),
+        _ => None,
+    };
+    let journal = state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL);
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if output == Output::Json {
+        let j = serde_json::json!({"pod": v, "plan": plan, "events": events});
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Name:        {pod}")?;
+    writeln!(out, "Status:      {}", v.phase)?;
+    if let Some(s) = &v.started {
+        writeln!(out, "Started:     {s}")?;
+    }
+    if let Some(p) = &plan {
+        writeln!(out, "Supervisor:  wpod run, pid {}", p["pid"])?;
+        writeln!(out, "Grace:       {}s", p["gracePeriodSeconds"])?;
+        for port in p["hostPorts"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "HostPort:    {}:{} -> {} ({})",
+                port["hostIP"].as_str().unwrap_or("?"),
+                port["hostPort"],
+                port["containerPort"],
+                port["container"].as_str().unwrap_or("?")
+            )?;
+        }
+    }
+    writeln!(out, "Containers:")?;
+    let planned: Vec<serde_json::Value> = plan
+        .as_ref()
+        .and_then(|p| p["containers"].as_array().cloned())
+        .unwrap_or_default();
+    let mut names: Vec<String> = planned
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    for c in &v.containers {
+        if !names.contains(&c.name) {
+            names.push(c.name.clone());
+        }
+    }
+    for name in names {
+        writeln!(out, "  {name}:")?;
+        let p = planned.iter().find(|c| c["name"] == name.as_str());
+        if let Some(p) = p {
+            writeln!(
+                out,
+                "    Role:      {} ({})",
+                p["role"].as_str().unwrap_or("?"),
+                p["path"].as_str().unwrap_or("?")
+            )?;
+            writeln!(out, "    Image:     {}", p["image"].as_str().unwrap_or("?"))?;
+            if let Some(d) = p["component"].as_str() {
+                writeln!(out, "    Component: {d}")?;
+            }
+        }
+        if let Some(c) = v.containers.iter().find(|c| c.name == name) {
+            let pid = c.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            let code = c
+                .exit_code
+                .map(|x| format!(" (exit code {x})"))
+                .unwrap_or_default();
+            writeln!(out, "    State:     {}{pid}{code}", c.state)?;
+            writeln!(out, "    Ready:     {}", c.ready)?;
+            writeln!(out, "    Restarts:  {}", c.restarts)?;
+        }
+        if let Some(grants) = p.and_then(|p| p["grants"].as_array()) {
+            writeln!(out, "    Grants:")?;
+            for g in grants {
+                writeln!(out, "      {}", g.as_str().unwrap_or("?"))?;
+            }
+        }
+    }
+    writeln!(out, "Events:")?;
+    let skip = events.len().saturating_sub(30);
+    for e in &events[skip..] {
+        let who = e["container"]
+            .as_str()
+            .map_or_else(|| "pod".to_string(), |c| format!("container/{c}"));
+        let mut rest = e.clone();
+        if let Some(o) = rest.as_object_mut() {
+            for k in ["time", "type", "pod", "container", "event"] {
+                o.remove(k);
+            }
+        }
+        let rest = match rest.as_object() {
+            Some(o) if !o.is_empty() => format!(" {rest}"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  {} {who} {}{rest}",
+            e["time"].as_str().unwrap_or("?"),
+            e["event"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! wpod's end-to-end tests: they run the real `wpod` binary on real manifests and pods.
 //! Each module says what it needs (root, Debian packages); CI runs them all as root.
 
+mod apply;
 mod images;
 mod lifecycle;
 mod manage;

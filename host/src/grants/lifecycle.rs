@@ -57,6 +57,24 @@ pub fn signals_readiness(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
 ) -> bool {
+    imports_lifecycle_function(engine, component, "ready")
+}
+
+/// Whether the component can hear the `stopping` event (it imports `lifecycle.next-event`). One
+/// that cannot has no way to stop politely, as a process without a SIGTERM handler: it is
+/// stopped at once rather than at the end of the grace period.
+pub fn hears_stopping(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> bool {
+    imports_lifecycle_function(engine, component, "next-event")
+}
+
+fn imports_lifecycle_function(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+    function: &str,
+) -> bool {
     use wasmtime::component::types::ComponentItem;
     let ty = component.component_type();
     let found = ty
@@ -65,7 +83,7 @@ pub fn signals_readiness(
     match found {
         Some((_, ext)) => match ext.ty {
             ComponentItem::ComponentInstance(instance) => {
-                instance.exports(engine).any(|(name, _)| name == "ready")
+                instance.exports(engine).any(|(name, _)| name == function)
             }
             _ => false,
         },

@@ -196,6 +196,47 @@ capabilities! {
     lifecycle: lifecycle::Lifecycle,
 }
 
+impl Grants {
+    /// What the sidecar may touch, in the manifest's terms, one line per grant (`wpod
+    /// describe`). Environment values are not shown: they may be secrets.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .fs
+            .mounts
+            .iter()
+            .map(|m| {
+                let mode = if m.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                };
+                format!("volume \"{}\" at {} ({mode})", m.volume, m.guest)
+            })
+            .collect();
+        let ports: Vec<String> = self.net.listen_ports.iter().map(u16::to_string).collect();
+        out.push(match ports.is_empty() {
+            true => "network: TCP to the pod's loopback; listens nowhere".to_string(),
+            false => format!(
+                "network: TCP to the pod's loopback; listens on {}",
+                ports.join(", ")
+            ),
+        });
+        out.push(
+            match (self.process.read, self.process.signal) {
+                (true, true) => "main-process: read and signal (shareProcessNamespace, capabilities.add: [KILL])",
+                (true, false) => "main-process: read (shareProcessNamespace)",
+                _ => "main-process: none",
+            }
+            .to_string(),
+        );
+        if !self.wasi.env.is_empty() {
+            let names: Vec<&str> = self.wasi.env.iter().map(|(k, _)| k.as_str()).collect();
+            out.push(format!("environment: {}", names.join(", ")));
+        }
+        out
+    }
+}
+
 /// The row of `table` for `import`: its own interface's, else its package's.
 fn row(table: &[Import], import: &str) -> Option<ImportRule> {
     let iface = unversioned(import);

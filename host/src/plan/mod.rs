@@ -3,6 +3,7 @@
 //! Everything that can be checked without touching the system is checked here, so `wpod
 //! validate` and `wpod run` refuse the same manifests with the same located errors.
 
+pub mod change;
 pub mod image;
 
 use std::collections::{BTreeMap, BTreeSet};

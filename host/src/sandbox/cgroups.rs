@@ -133,6 +133,38 @@ impl PodCgroups {
     /// `_runtime` cgroup, limited to `memory` bytes when given. Its threads, the sidecars' memory
     /// and what they write to a memory-backed volume are then charged there; past the limit the
     /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
+    /// Sets the memory limit of the wpod process's own cgroup (`None`: unbounded), when the pod's
+    /// Wasm sidecars change live: their memory is wpod's.
+    pub fn limit_runtime_memory(&self, memory: Option<u64>) -> Result<(), String> {
+        let memory_root = match &self.layout {
+            Layout::V2 => None,
+            Layout::V1 { memory, .. } => Some(memory.clone()),
+        };
+        for (root, pod_dir) in roots(&self.layout).iter().zip(&self.pod_dirs) {
+            if memory_root
+                .as_ref()
+                .is_some_and(|m| m.as_ref() != Some(root))
+            {
+                continue;
+            }
+            self.write_memory_limit(&pod_dir.join(RUNTIME), memory)?;
+        }
+        Ok(())
+    }
+
+    fn write_memory_limit(&self, dir: &Path, memory: Option<u64>) -> Result<(), String> {
+        let (file, unbounded) = match self.layout {
+            Layout::V2 => ("memory.max", "max"),
+            Layout::V1 { .. } => ("memory.limit_in_bytes", "-1"),
+        };
+        let value = memory.map_or_else(|| unbounded.to_string(), |b| b.to_string());
+        if dir.join(file).exists() {
+            std::fs::write(dir.join(file), &value)
+                .map_err(|e| format!("cannot limit wpod's own memory ({file} = {value}): {e}"))?;
+        }
+        Ok(())
+    }
+
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -156,16 +188,8 @@ impl PodCgroups {
                 std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
             }
             if let Some(bytes) = memory {
-                let file = match self.layout {
-                    Layout::V2 => "memory.max",
-                    Layout::V1 { .. } => "memory.limit_in_bytes",
-                };
-                if dir.join(file).exists() {
-                    if let Err(e) = std::fs::write(dir.join(file), bytes.to_string()) {
-                        warnings.push(format!(
-                            "cannot limit wpod's own memory ({file} = {bytes}): {e}"
-                        ));
-                    }
+                if let Err(e) = self.write_memory_limit(&dir, Some(bytes)) {
+                    warnings.push(e);
                 }
             }
             let origin = current_cgroup(&own, root, &self.layout);

@@ -48,27 +48,28 @@ pub enum Source {
 
 /// Loads `path` as a component, from the cache when a valid entry exists. A component pulled
 /// and reviewed at `expected` must still be those bytes: checked with the hash the cache key
-/// takes anyway, before anything is compiled or loaded.
+/// takes anyway, before anything is compiled or loaded. Also returns that hash
+/// (`sha256:<hex>`): what `wpod apply` compares to tell a rebuilt component.
 pub fn load(
     engine: &Engine,
     path: &Path,
     expected: Option<&Digest>,
-) -> Result<(Component, Source), CacheError> {
+) -> Result<(Component, Source, String), CacheError> {
     let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
     let digest = Sha256::digest(&wasm);
+    let actual = format!("sha256:{}", hex::encode(digest));
     if let Some(expected) = expected {
-        let actual = format!("sha256:{}", hex::encode(digest));
         if actual != expected.as_str() {
             return Err(CacheError::Altered {
                 path: path.to_path_buf(),
                 expected: expected.to_string(),
-                actual,
+                actual: actual.clone(),
             });
         }
     }
     let entry = dir().join(format!("{}.cwasm", key(engine, &digest)));
     if let Some(component) = load_entry(engine, &entry) {
-        return Ok((component, Source::Cache));
+        return Ok((component, Source::Cache, actual));
     }
     let component = Component::new(engine, &wasm).map_err(|e| CacheError::Compile {
         path: path.to_path_buf(),
@@ -77,7 +78,7 @@ pub fn load(
     if let Err(e) = store_entry(&component, &entry) {
         tracing::warn!(entry = %entry.display(), error = %e, "cannot cache the compiled component");
     }
-    Ok((component, Source::Compiled))
+    Ok((component, Source::Compiled, actual))
 }
 
 /// The entry's name: sha256 over the component's sha256 (for a pulled sidecar, its layer

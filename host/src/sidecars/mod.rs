@@ -82,9 +82,14 @@ pub struct PreparedSidecar {
     pre: CommandPre<SidecarState>,
     /// Whether the compiled component came from the cache.
     pub cached: bool,
+    /// The sha256 of the component's bytes (`sha256:<hex>`).
+    pub digest: String,
     /// It imports `lifecycle.ready`: as a native sidecar it counts as started only once it
     /// calls it.
     pub signals_readiness: bool,
+    /// It imports `lifecycle.next-event`: it can hear `stopping` (see
+    /// `grants::lifecycle::hears_stopping`).
+    pub hears_stopping: bool,
 }
 
 impl PreparedSidecar {
@@ -96,7 +101,7 @@ impl PreparedSidecar {
             });
         };
         let engine = engine::shared()?;
-        let (component, source) = cache::load(engine, &wasm.path, wasm.digest.as_ref())?;
+        let (component, source, digest) = cache::load(engine, &wasm.path, wasm.digest.as_ref())?;
         let link_err = |message: String| SidecarError::Link {
             container: plan.name().to_string(),
             message,
@@ -111,12 +116,15 @@ impl PreparedSidecar {
             ))
         })?;
         let signals_readiness = grants::lifecycle::signals_readiness(engine, &component);
+        let hears_stopping = grants::lifecycle::hears_stopping(engine, &component);
         Ok(PreparedSidecar {
             plan: plan.clone(),
             grants: grants.clone(),
             pre,
             cached: source == cache::Source::Cache,
+            digest,
             signals_readiness,
+            hears_stopping,
         })
     }
 
@@ -193,6 +201,7 @@ pub struct WasmSidecar {
     task: JoinHandle<ExitInfo>,
     stop: Arc<AtomicBool>,
     stopping: watch::Sender<Option<tokio::time::Instant>>,
+    hears_stopping: bool,
 }
 
 impl WasmSidecar {
@@ -259,6 +268,7 @@ impl WasmSidecar {
             task,
             stop,
             stopping,
+            hears_stopping: prepared.hears_stopping,
         })
     }
 
@@ -275,9 +285,16 @@ impl WasmSidecar {
         }
     }
 
-    /// Asks the sidecar to stop by `deadline` (its `lifecycle` `stopping` event).
-    pub fn stopping(&self, deadline: tokio::time::Instant) {
+    /// Asks the sidecar to stop by `deadline` (its `lifecycle` `stopping` event); one that
+    /// cannot hear it is stopped at once, as SIGTERM ends a process that does not handle it.
+    /// Whether it was stopped by force.
+    pub fn stopping(&self, deadline: tokio::time::Instant) -> bool {
+        if !self.hears_stopping {
+            self.kill();
+            return true;
+        }
         self.stopping.send_replace(Some(deadline));
+        false
     }
 
     /// Forced stop: a guest computing is interrupted at its next epoch, one waiting in the

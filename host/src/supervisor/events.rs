@@ -83,6 +83,13 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// `wpod apply` changed the pod's Wasm sidecars live: the replaced ones have stopped and
+    /// their successors started; the removed ones are gone from the pod.
+    PodChanged {
+        added: Vec<String>,
+        replaced: Vec<String>,
+        removed: Vec<String>,
+    },
     #[serde(rename_all = "camelCase")]
     PodFinished {
         exit_code: i32,
@@ -252,6 +259,24 @@ fn describe(e: &Event) -> String {
             format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
         }
         Event::Warning { message } => format!("warning: {message}"),
+        Event::PodChanged {
+            added,
+            replaced,
+            removed,
+        } => {
+            let part = |verb: &str, names: &[String]| {
+                (!names.is_empty()).then(|| format!("{verb} {}", names.join(", ")))
+            };
+            let parts: Vec<String> = [
+                part("added", added),
+                part("replaced", replaced),
+                part("removed", removed),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            format!("applied: {}", parts.join("; "))
+        }
         Event::PodFinished { exit_code } => format!("finished with exit code {exit_code}"),
     }
 }
@@ -265,6 +290,17 @@ pub struct ContainerSummary {
     pub exit: Option<ExitInfo>,
     /// Set when it ended waiting to be restarted (CrashLoopBackOff).
     pub waiting: Option<&'static str>,
+}
+
+impl ContainerSummary {
+    pub fn new(name: &str) -> Self {
+        ContainerSummary {
+            name: name.to_string(),
+            restarts: 0,
+            exit: None,
+            waiting: None,
+        }
+    }
 }
 
 pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary]) {

@@ -55,6 +55,15 @@ pub fn read(name: &str, path: &Path) -> PodView {
                     pod.phase = "Running".into();
                 }
                 "podStopping" => pod.phase = "Stopping".into(),
+                // A removed sidecar is gone from the pod (its log stays, for `wpod logs`).
+                "podChanged" => {
+                    for name in v["removed"].as_array().into_iter().flatten() {
+                        if let Some(name) = name.as_str() {
+                            containers.remove(name);
+                            order.retain(|n| n != name);
+                        }
+                    }
+                }
                 "podFinished" => {
                     pod.phase = "Finished".into();
                     pod.exit_code = v["exitCode"].as_i64();

@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod backoff;
+pub mod control;
 pub mod events;
 pub mod images;
 pub mod journal;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -36,7 +37,9 @@ use crate::sidecars::runtime::{PodRuntime, RuntimeError};
 use crate::sidecars::PreparedSidecar;
 use crate::status::PodState;
 use events::{ContainerSummary, Event, Events};
-use runner::{Command, Outcome, PodRun, Progress};
+pub use runner::Progress;
+use runner::{Command, Outcome, PodRun};
+pub use workload::Member;
 use workload::{BoxFuture, Launcher, PodLauncher};
 
 /// How the pod ended.
@@ -98,7 +101,7 @@ impl StopSignals {
 
 /// A container's runner, seen from the supervisor.
 struct Handle {
-    index: usize,
+    name: String,
     commands: mpsc::UnboundedSender<Command>,
     progress: watch::Receiver<Progress>,
     done: JoinHandle<Outcome>,
@@ -110,9 +113,50 @@ impl Handle {
     }
 }
 
+/// A regular container's runner: its outcome arrives through the supervisor's `JoinSet`.
+struct Regular {
+    name: String,
+    commands: mpsc::UnboundedSender<Command>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// Where the pod is, for requests from outside (`wpod apply`): containers can change only
+/// while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Init containers and native sidecars are starting.
+    Starting,
+    /// The regular containers have started.
+    Running,
+    /// Termination has begun.
+    Stopping,
+}
+
+/// A live change of the pod's Wasm sidecars (`wpod apply`), decided and prepared by the control
+/// socket: the supervisor only stops and starts runners, in Kubernetes' order.
+pub struct Change {
+    /// Containers to stop for good (removed, or replaced by one in `start`), by name: each has
+    /// the pod's grace period, as at termination.
+    pub stop: Vec<String>,
+    /// Containers to start once those have ended (their ports are free again then).
+    pub start: Vec<Arc<Member>>,
+    /// The native sidecars' names in start order after the change: termination stops them in
+    /// reverse.
+    pub sidecar_order: Vec<String>,
+    /// How each started container progresses (to wait for it to be started or ready), or why
+    /// nothing was started.
+    pub reply: oneshot::Sender<Result<Started, String>>,
+}
+
+/// The containers a change started, by name, and how each progresses.
+pub type Started = Vec<(String, watch::Receiver<Progress>)>;
+
 pub struct Supervisor {
     run: Arc<PodRun>,
+    members: Vec<Arc<Member>>,
     summary: Vec<ContainerSummary>,
+    control: Option<mpsc::Receiver<Change>>,
+    phase: watch::Sender<Phase>,
 }
 
 impl Supervisor {
@@ -133,17 +177,17 @@ impl Supervisor {
             )?),
             false => None,
         };
+        let members = workload::members(&plan, prepared, images);
         let launcher = PodLauncher {
             plan: plan.clone(),
             sandbox,
             logs,
             state: state.clone(),
-            prepared,
-            images,
-            runtime,
+            runtime: std::sync::Mutex::new(runtime),
         };
-        Ok(Self::with_launcher(
+        Ok(Self::build(
             plan,
+            members,
             Box::new(launcher),
             state,
             events,
@@ -159,15 +203,21 @@ impl Supervisor {
         events: Arc<Events>,
         backoff_base: Duration,
     ) -> Self {
-        let summary = plan
-            .containers
+        let members = workload::members(&plan, Vec::new(), Vec::new());
+        Self::build(plan, members, launcher, state, events, backoff_base)
+    }
+
+    fn build(
+        plan: Arc<PodPlan>,
+        members: Vec<Arc<Member>>,
+        launcher: Box<dyn Launcher>,
+        state: Arc<PodState>,
+        events: Arc<Events>,
+        backoff_base: Duration,
+    ) -> Self {
+        let summary = members
             .iter()
-            .map(|c| ContainerSummary {
-                name: c.name().to_string(),
-                restarts: 0,
-                exit: None,
-                waiting: None,
-            })
+            .map(|m| ContainerSummary::new(m.name()))
             .collect();
         let run = PodRun {
             plan,
@@ -178,24 +228,62 @@ impl Supervisor {
         };
         Supervisor {
             run: Arc::new(run),
+            members,
             summary,
+            control: None,
+            phase: watch::channel(Phase::Starting).0,
         }
     }
 
-    fn spawn(&self, index: usize) -> Handle {
+    /// Where live changes to the pod are sent (the control socket), and where the pod is.
+    pub fn control(&mut self) -> (mpsc::Sender<Change>, watch::Receiver<Phase>) {
+        let (tx, rx) = mpsc::channel(1);
+        self.control = Some(rx);
+        (tx, self.phase.subscribe())
+    }
+
+    fn spawn(&self, member: Arc<Member>) -> Handle {
         let (commands, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(Progress::Starting);
-        let done = tokio::spawn(runner::run(self.run.clone(), index, rx, progress_tx));
+        let name = member.name().to_string();
+        let done = tokio::spawn(runner::run(self.run.clone(), member, rx, progress_tx));
         Handle {
-            index,
+            name,
             commands,
             progress,
             done,
         }
     }
 
-    fn record(&mut self, index: usize, outcome: Outcome) {
-        let row = &mut self.summary[index];
+    /// Starts a regular container: its outcome arrives through `set`.
+    fn spawn_regular(
+        &self,
+        member: Arc<Member>,
+        set: &mut JoinSet<(String, Option<Outcome>)>,
+    ) -> Regular {
+        let Handle {
+            name,
+            commands,
+            progress,
+            done,
+        } = self.spawn(member);
+        let key = name.clone();
+        set.spawn(async move { (key, done.await.ok()) });
+        Regular {
+            name,
+            commands,
+            progress,
+        }
+    }
+
+    fn record(&mut self, name: &str, outcome: Outcome) {
+        let row = match self.summary.iter().position(|r| r.name == name) {
+            Some(i) => &mut self.summary[i],
+            None => {
+                self.summary.push(ContainerSummary::new(name));
+                self.summary.last_mut().expect("just pushed")
+            }
+        };
         row.restarts = outcome.restarts;
         row.exit = outcome.exit;
         row.waiting = outcome.waiting;
@@ -224,22 +312,19 @@ impl Supervisor {
     /// Runs the pod to its end, stopping it when `signals` asks.
     pub async fn run_until(mut self, mut signals: impl StopRequests) -> PodResult {
         let grace = self.run.plan.grace_period;
-        let order: Vec<(usize, Role)> = self
-            .run
-            .plan
-            .containers
+        let members = self.members.clone();
+        let main = members
             .iter()
-            .enumerate()
-            .map(|(i, c)| (i, c.role))
-            .collect();
+            .find(|m| m.plan.role == Role::Regular)
+            .map(|m| m.name().to_string());
         let mut sidecars: Vec<Handle> = Vec::new();
         let mut failed = false;
         let mut stop_reason: Option<&'static str> = None;
 
         // Init containers in order; native sidecars start in their place and keep running.
-        for &(index, role) in order.iter().filter(|(_, r)| *r != Role::Regular) {
-            let mut handle = self.spawn(index);
-            if role == Role::NativeSidecar {
+        for member in members.iter().filter(|m| m.plan.role != Role::Regular) {
+            let mut handle = self.spawn(member.clone());
+            if member.plan.role == Role::NativeSidecar {
                 let started = tokio::select! {
                     p = handle.progress.wait_for(|p| *p != Progress::Starting) => p.map(|p| *p == Progress::Started).unwrap_or(false),
                     reason = signals.recv() => {
@@ -267,7 +352,7 @@ impl Supervisor {
                 .and_then(|o| o.exit.as_ref())
                 .is_some_and(|x| x.code == 0);
             if let Some(outcome) = outcome {
-                self.record(index, outcome);
+                self.record(&handle.name, outcome);
             }
             if stop_reason.is_some() {
                 break;
@@ -278,24 +363,20 @@ impl Supervisor {
             }
         }
 
-        // Then all regular containers together, until each is done or the pod is told to stop.
-        let mut regular: JoinSet<(usize, Option<Outcome>)> = JoinSet::new();
-        let mut regular_commands = Vec::new();
+        // Then all regular containers together, until each is done or the pod is told to stop;
+        // meanwhile `wpod apply` may change the Wasm sidecars.
+        let mut regular: JoinSet<(String, Option<Outcome>)> = JoinSet::new();
+        let mut live: Vec<Regular> = Vec::new();
         if !failed && stop_reason.is_none() {
-            for &(index, _) in order.iter().filter(|(_, r)| *r == Role::Regular) {
-                let Handle {
-                    index,
-                    commands,
-                    done,
-                    ..
-                } = self.spawn(index);
-                regular_commands.push(commands);
-                regular.spawn(async move { (index, done.await.ok()) });
+            for member in members.iter().filter(|m| m.plan.role == Role::Regular) {
+                live.push(self.spawn_regular(member.clone(), &mut regular));
             }
+            self.phase.send_replace(Phase::Running);
+            let mut control = self.control.take();
             loop {
                 tokio::select! {
                     next = regular.join_next() => match next {
-                        Some(Ok((index, Some(outcome)))) => self.record(index, outcome),
+                        Some(Ok((name, Some(outcome)))) => self.record(&name, outcome),
                         Some(_) => {}
                         None => break,
                     },
@@ -303,9 +384,19 @@ impl Supervisor {
                         stop_reason = Some(reason);
                         break;
                     }
+                    Some(change) = recv(&mut control) => {
+                        let mut pods = Containers { live: &mut live, regular: &mut regular, sidecars: &mut sidecars };
+                        if let Some(reason) = self.change(change, &mut pods, &mut signals).await {
+                            stop_reason = Some(reason);
+                            break;
+                        }
+                    }
                 }
             }
         }
+        self.phase.send_replace(Phase::Stopping);
+        // Requests still queued are refused: their senders see the channel closed.
+        self.control = None;
 
         // Termination: regular containers first, then native sidecars in reverse start order.
         let reason = match (stop_reason, failed) {
@@ -323,19 +414,19 @@ impl Supervisor {
             );
         }
         let deadline = Instant::now() + grace;
-        for c in &regular_commands {
-            let _ = c.send(Command::Stop { deadline });
+        for c in &live {
+            let _ = c.commands.send(Command::Stop { deadline });
         }
         while !regular.is_empty() {
             tokio::select! {
                 next = regular.join_next() => {
-                    if let Some(Ok((index, Some(outcome)))) = next {
-                        self.record(index, outcome);
+                    if let Some(Ok((name, Some(outcome)))) = next {
+                        self.record(&name, outcome);
                     }
                 }
                 _ = signals.recv() => {
-                    for c in &regular_commands {
-                        let _ = c.send(Command::Stop { deadline: Instant::now() });
+                    for c in &live {
+                        let _ = c.commands.send(Command::Stop { deadline: Instant::now() });
                     }
                 }
             }
@@ -350,15 +441,15 @@ impl Supervisor {
                 }
             };
             if let Some(outcome) = outcome {
-                self.record(handle.index, outcome);
+                self.record(&handle.name, outcome);
             }
         }
 
-        let main = order
-            .iter()
-            .find(|(_, r)| *r == Role::Regular)
-            .map(|(i, _)| *i);
-        let exit_code = match main.and_then(|i| self.summary[i].exit.as_ref()) {
+        let main_exit = main
+            .as_deref()
+            .and_then(|m| self.summary.iter().find(|r| r.name == m))
+            .and_then(|r| r.exit.as_ref());
+        let exit_code = match main_exit {
             Some(x) if !failed => x.code,
             Some(x) if x.code != 0 => x.code,
             _ => 1,
@@ -368,6 +459,97 @@ impl Supervisor {
             exit_code,
             summary: self.summary,
         }
+    }
+
+    /// Applies a live change: stops the containers it replaces or removes (each with the pod's
+    /// grace period, as at termination) and waits until they have ended, then starts the new
+    /// ones. A stop request meanwhile wins: it is returned, and every runner is left where
+    /// termination finds it.
+    async fn change(
+        &mut self,
+        change: Change,
+        pod: &mut Containers<'_>,
+        signals: &mut impl StopRequests,
+    ) -> Option<&'static str> {
+        let deadline = Instant::now() + self.run.plan.grace_period;
+        // Kept until they have ended: a runner whose command channel closes stops listening
+        // for the kill at its deadline.
+        let mut ending: Vec<Regular> = Vec::new();
+        let mut retiring: Vec<Handle> = Vec::new();
+        for name in &change.stop {
+            if let Some(i) = pod.live.iter().position(|r| &r.name == name) {
+                let r = pod.live.remove(i);
+                let _ = r.commands.send(Command::Stop { deadline });
+                ending.push(r);
+            } else if let Some(i) = pod.sidecars.iter().position(|h| &h.name == name) {
+                let h = pod.sidecars.remove(i);
+                h.stop(deadline);
+                retiring.push(h);
+            }
+        }
+        let ended = async {
+            for r in &mut ending {
+                let _ = r.progress.wait_for(|p| *p == Progress::Ended).await;
+            }
+            let mut outcomes = Vec::new();
+            for h in &mut retiring {
+                outcomes.push((h.name.clone(), (&mut h.done).await.ok()));
+            }
+            outcomes
+        };
+        let outcomes = tokio::select! {
+            outcomes = ended => outcomes,
+            reason = signals.recv() => {
+                // Termination stops and waits for these too.
+                pod.live.extend(ending);
+                pod.sidecars.extend(retiring.into_iter().filter(|h| !h.done.is_finished()));
+                let _ = change.reply.send(Err(format!("the pod was {reason} during the change")));
+                return Some(reason);
+            }
+        };
+        for (name, outcome) in outcomes {
+            if let Some(outcome) = outcome {
+                self.record(&name, outcome);
+            }
+        }
+        let mut started = Vec::new();
+        for member in change.start {
+            let name = member.name().to_string();
+            if member.plan.role == Role::Regular {
+                let r = self.spawn_regular(member, pod.regular);
+                started.push((name, r.progress.clone()));
+                pod.live.push(r);
+            } else {
+                let h = self.spawn(member);
+                started.push((name, h.progress.clone()));
+                pod.sidecars.push(h);
+            }
+        }
+        let order = |name: &str| {
+            change
+                .sidecar_order
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or(usize::MAX)
+        };
+        pod.sidecars.sort_by_key(|h| order(&h.name));
+        let _ = change.reply.send(Ok(started));
+        None
+    }
+}
+
+/// The running containers a change works on.
+struct Containers<'a> {
+    live: &'a mut Vec<Regular>,
+    regular: &'a mut JoinSet<(String, Option<Outcome>)>,
+    sidecars: &'a mut Vec<Handle>,
+}
+
+/// The next change, or never when nobody can send one.
+async fn recv(control: &mut Option<mpsc::Receiver<Change>>) -> Option<Change> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

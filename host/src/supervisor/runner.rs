@@ -13,7 +13,7 @@ use super::actions::{self, ActionTarget};
 use super::backoff::BackOff;
 use super::events::{Event, Events};
 use super::probes::{self, ProbeEvent};
-use super::workload::{Launcher, Workload};
+use super::workload::{Launcher, Member, Workload};
 use crate::plan::{ContainerPlan, PodPlan};
 use crate::status::{ExitInfo, ExitReason, PodState};
 
@@ -52,14 +52,14 @@ pub struct Outcome {
     pub waiting: Option<&'static str>,
 }
 
-/// The runner task of container `index`.
+/// The runner task of one container.
 pub async fn run(
     run: Arc<PodRun>,
-    index: usize,
+    member: Arc<Member>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     progress: watch::Sender<Progress>,
 ) -> Outcome {
-    let plan = &run.plan.containers[index];
+    let plan = &member.plan;
     let name = plan.name().to_string();
     let policy = plan.restart_policy;
     let mut backoff = BackOff::new(run.backoff_base);
@@ -72,11 +72,11 @@ pub async fn run(
         let started_at = Instant::now();
         // Before starting: a sidecar may call ready() the moment it runs.
         run.state.clear_ready(&name);
-        let (exit, stopped) = match run.launcher.start(index).await {
+        let (exit, stopped) = match run.launcher.start(&member).await {
             Ok(running) => {
                 live(
                     &run,
-                    index,
+                    &member,
                     running,
                     &mut commands,
                     &progress,
@@ -128,13 +128,13 @@ pub async fn run(
 /// whether a stop command ended it.
 async fn live(
     run: &PodRun,
-    index: usize,
+    member: &Member,
     mut running: Box<dyn Workload>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     progress: &watch::Sender<Progress>,
     restarts: u32,
 ) -> (ExitInfo, bool) {
-    let plan = &run.plan.containers[index];
+    let plan = &member.plan;
     let name = plan.name();
     run.events.emit(
         Some(name),
@@ -144,7 +144,7 @@ async fn live(
         },
     );
     run.state.started(name, running.pid().unwrap_or(0));
-    let target = run.launcher.action_target(index, running.as_ref());
+    let target = run.launcher.action_target(member, running.as_ref());
     let post_start = plan
         .spec
         .lifecycle
@@ -174,7 +174,7 @@ async fn live(
         .clone()
         .map(|target| probes::start(&plan.spec, target, probe_tx));
     // What makes this container "started" for the ones ordered after it.
-    let waits_for_ready = run.launcher.waits_for_ready(index);
+    let waits_for_ready = run.launcher.waits_for_ready(member);
     let has_startup_probe = plan.spec.startup_probe.is_some();
     let has_readiness_probe = plan.spec.readiness_probe.is_some();
     let mark_started = |progress: &watch::Sender<Progress>| {
@@ -205,7 +205,7 @@ async fn live(
                         if let Some(target) = &target {
                             pre_stop(run, plan, target, d).await;
                         }
-                        running.terminate(d);
+                        killed |= running.terminate(d);
                     }
                     // A second Ctrl-C brings the deadline forward, never back.
                     deadline = deadline.map(|old| old.min(d));
@@ -243,7 +243,7 @@ async fn live(
                     if deadline.is_none() {
                         let d = Instant::now() + run.plan.grace_period;
                         deadline = Some(d);
-                        running.terminate(d);
+                        killed |= running.terminate(d);
                     }
                 }
             },

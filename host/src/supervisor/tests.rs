@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::actions::ActionTarget;
 use super::events::Events;
-use super::workload::{BoxFuture, Launcher, Workload};
+use super::workload::{BoxFuture, Launcher, Member, Workload};
 use super::{StopRequests, Supervisor};
 use crate::logs::OutputFormat;
 use crate::status::{ExitInfo, PodState};
@@ -45,7 +45,6 @@ fn exits(after_secs: u64, code: i32) -> Script {
 type Log = Arc<Mutex<Vec<(u64, String)>>>;
 
 struct FakeLauncher {
-    names: Vec<String>,
     /// Per container, the script of each start in turn (the last one repeats).
     scripts: HashMap<String, Vec<Script>>,
     starts: Mutex<HashMap<String, usize>>,
@@ -92,7 +91,7 @@ impl Workload for FakeWorkload {
         })
     }
 
-    fn terminate(&self, _deadline: Instant) {
+    fn terminate(&self, _deadline: Instant) -> bool {
         note(&self.log, self.t0, format!("term {}", self.name));
         if self.script.honours_term {
             self.ended.send_replace(Some(ExitInfo {
@@ -101,6 +100,7 @@ impl Workload for FakeWorkload {
                 reason: crate::status::ExitReason::Error,
             }));
         }
+        false
     }
 
     fn kill(&self) {
@@ -110,8 +110,8 @@ impl Workload for FakeWorkload {
 }
 
 impl Launcher for FakeLauncher {
-    fn start(&self, index: usize) -> BoxFuture<'_, Result<Box<dyn Workload>, String>> {
-        let name = self.names[index].clone();
+    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>> {
+        let name = member.name().to_string();
         let n = {
             let mut starts = self.starts.lock().unwrap();
             let n = starts.entry(name.clone()).or_insert(0);
@@ -131,11 +131,7 @@ impl Launcher for FakeLauncher {
         Box::pin(async move { Ok(Box::new(workload) as Box<dyn Workload>) })
     }
 
-    fn waits_for_ready(&self, _index: usize) -> bool {
-        false
-    }
-
-    fn action_target(&self, _index: usize, _workload: &dyn Workload) -> Option<ActionTarget> {
+    fn action_target(&self, _member: &Member, _workload: &dyn Workload) -> Option<ActionTarget> {
         None
     }
 }
@@ -166,11 +162,6 @@ fn pod(manifest: &str, scripts: &[(&str, Vec<Script>)]) -> Pod {
     let plan = Arc::new(crate::plan::plan(&pods[0]).expect("manifest plans"));
     let log: Log = Arc::default();
     let launcher = FakeLauncher {
-        names: plan
-            .containers
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect(),
         scripts: scripts
             .iter()
             .map(|(n, s)| (n.to_string(), s.clone()))
@@ -391,4 +382,101 @@ async fn a_second_stop_request_kills_at_once() {
         ]
     );
     assert_ne!(result.exit_code, 0);
+}
+
+/// Containers the fake launcher starts that ignore SIGTERM until the kill: what a replaced
+/// sidecar's grace period looks like.
+fn stubborn() -> Script {
+    Script {
+        exits_after: None,
+        code: 0,
+        honours_term: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_change_stops_the_old_sidecars_before_starting_the_new_and_spares_the_rest() {
+    let mut p = pod(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  terminationGracePeriodSeconds: 4
+  initContainers:
+  - {name: agent, command: [agent], restartPolicy: Always}
+  containers:
+  - {name: main, command: [main]}
+  - {name: side, command: [side]}
+"#,
+        &[
+            ("agent", vec![RUNS]),
+            ("main", vec![RUNS]),
+            ("side", vec![stubborn()]),
+            ("extra", vec![RUNS]),
+        ],
+    );
+    let plan = p.supervisor.run.plan.clone();
+    let (changes, phase) = p.supervisor.control();
+    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+    let pod = tokio::spawn(p.supervisor.run_until(Stops(stop_rx)));
+    let mut phase = phase;
+    phase
+        .wait_for(|p| *p == super::Phase::Running)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Replace `side` (it ignores SIGTERM: killed when the pod's 4 s grace period ends) and add
+    // `extra` as a native sidecar.
+    let side = plan.containers.iter().find(|c| c.name() == "side").unwrap();
+    let mut extra = plan.containers[0].clone();
+    extra.spec.name = "extra".into();
+    let member = |plan: crate::plan::ContainerPlan| {
+        Arc::new(Member {
+            plan,
+            prepared: None,
+            image: None,
+        })
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    changes
+        .send(super::Change {
+            stop: vec!["side".into()],
+            start: vec![member(side.clone()), member(extra)],
+            sidecar_order: vec!["agent".into(), "extra".into()],
+            reply,
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the supervisor takes changes while running"));
+    let started = answer.await.unwrap().unwrap();
+    let names: Vec<&str> = started.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["side", "extra"]);
+
+    // Then the pod stops: `extra`, started after `agent`, stops before it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send("interrupted").unwrap();
+    let result = pod.await.unwrap();
+    assert_eq!(
+        entries(&p.log),
+        [
+            (0, "start agent".to_string()),
+            (0, "start main".to_string()),
+            (0, "start side".to_string()),
+            (1, "term side".to_string()),
+            (5, "kill side".to_string()),
+            // The new `side` only once the old one has ended; `main` untouched throughout.
+            (5, "start side".to_string()),
+            (5, "start extra".to_string()),
+            (6, "term main".to_string()),
+            (6, "term side".to_string()),
+            (10, "kill side".to_string()),
+            // One deadline for the whole pod: by then it has passed.
+            (10, "term extra".to_string()),
+            (10, "kill extra".to_string()),
+            (10, "term agent".to_string()),
+            (10, "kill agent".to_string()),
+        ]
+    );
+    assert!(result.summary.iter().any(|r| r.name == "extra"));
 }

@@ -14,7 +14,7 @@ use super::actions::ActionTarget;
 use crate::containers::{ExecTarget, NativeContainer};
 use crate::logs::Logs;
 use crate::oci::pull::StoredImage;
-use crate::plan::PodPlan;
+use crate::plan::{ContainerPlan, PodPlan};
 use crate::sandbox::PodSandbox;
 use crate::sidecars::runtime::PodRuntime;
 use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
@@ -30,8 +30,9 @@ pub trait Workload: Send {
     /// Waits for it to end. Cancel-safe: used in `select!`.
     fn exited(&mut self) -> BoxFuture<'_, ExitInfo>;
     /// The polite request to stop by `deadline`: SIGTERM for a process, the `stopping`
-    /// lifecycle event for a Wasm sidecar.
-    fn terminate(&self, deadline: Instant);
+    /// lifecycle event for a Wasm sidecar. Returns whether it was stopped by force instead (a
+    /// sidecar that cannot hear `stopping`).
+    fn terminate(&self, deadline: Instant) -> bool;
     /// The forced stop.
     fn kill(&self);
     /// How to run commands inside it (exec probes and hooks), if it is a process.
@@ -40,13 +41,56 @@ pub trait Workload: Send {
     }
 }
 
-/// Starts the pod's containers, by index into the plan.
+/// One container of the pod as the supervisor runs it: its plan, and what was made ready for
+/// it before it starts (a Wasm sidecar's compiled and linked component, a registry image). A
+/// live `wpod apply` adds and replaces members while the pod runs; the plan of the pod itself
+/// (its pod-level fields) never changes.
+pub struct Member {
+    pub plan: ContainerPlan,
+    /// A Wasm sidecar's component, prepared; `None` for a native container.
+    pub prepared: Option<PreparedSidecar>,
+    /// The pulled image of a native container from a registry.
+    pub image: Option<StoredImage>,
+}
+
+impl Member {
+    pub fn name(&self) -> &str {
+        self.plan.name()
+    }
+}
+
+/// The members of `plan`, in start order, from what was prepared and pulled for each container
+/// (by index).
+pub fn members(
+    plan: &PodPlan,
+    mut prepared: Vec<Option<PreparedSidecar>>,
+    mut images: Vec<Option<StoredImage>>,
+) -> Vec<Arc<Member>> {
+    plan.containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Arc::new(Member {
+                plan: c.clone(),
+                prepared: prepared.get_mut(i).and_then(Option::take),
+                image: images.get_mut(i).and_then(Option::take),
+            })
+        })
+        .collect()
+}
+
+/// Starts the pod's containers.
 pub trait Launcher: Send + Sync {
-    fn start(&self, index: usize) -> BoxFuture<'_, Result<Box<dyn Workload>, String>>;
-    /// Whether container `index` counts as started only once it calls `lifecycle.ready()`.
-    fn waits_for_ready(&self, index: usize) -> bool;
+    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>>;
+    /// Whether `member` counts as started only once it calls `lifecycle.ready()`.
+    fn waits_for_ready(&self, member: &Member) -> bool {
+        member
+            .prepared
+            .as_ref()
+            .is_some_and(|p| p.signals_readiness)
+    }
     /// Where its hooks and probes act; `None` when it takes none.
-    fn action_target(&self, index: usize, workload: &dyn Workload) -> Option<ActionTarget>;
+    fn action_target(&self, member: &Member, workload: &dyn Workload) -> Option<ActionTarget>;
 }
 
 /// The pod's real launcher: native containers in the sandbox, Wasm sidecars on the pod's
@@ -56,10 +100,26 @@ pub struct PodLauncher {
     pub sandbox: Arc<PodSandbox>,
     pub logs: Arc<Logs>,
     pub state: Arc<PodState>,
-    pub prepared: Vec<Option<PreparedSidecar>>,
-    /// Pulled images, by container index (`None`: not from a registry).
-    pub images: Vec<Option<StoredImage>>,
-    pub runtime: Option<PodRuntime>,
+    /// The runtime Wasm sidecars run on, made with the first one (at the start, or at the
+    /// first `wpod apply` that adds one to a pod that had none).
+    pub runtime: std::sync::Mutex<Option<PodRuntime>>,
+}
+
+impl PodLauncher {
+    /// A handle on the pod's sidecar runtime, made on first use.
+    fn runtime(&self) -> Result<tokio::runtime::Handle, String> {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if runtime.is_none() {
+            *runtime = Some(
+                PodRuntime::new(self.plan.name(), self.sandbox.namespaces.net_handle())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        match runtime.as_ref() {
+            Some(r) => r.handle().map_err(|e| e.to_string()),
+            None => Err("no sidecar runtime".into()),
+        }
+    }
 }
 
 impl Workload for NativeContainer {
@@ -74,8 +134,9 @@ impl Workload for NativeContainer {
         })
     }
 
-    fn terminate(&self, _deadline: Instant) {
+    fn terminate(&self, _deadline: Instant) -> bool {
         self.signal(self.stop_signal);
+        false
     }
 
     fn kill(&self) {
@@ -96,8 +157,8 @@ impl Workload for WasmSidecar {
         Box::pin(WasmSidecar::exited(self))
     }
 
-    fn terminate(&self, deadline: Instant) {
-        self.stopping(deadline);
+    fn terminate(&self, deadline: Instant) -> bool {
+        self.stopping(deadline)
     }
 
     fn kill(&self) {
@@ -106,17 +167,11 @@ impl Workload for WasmSidecar {
 }
 
 impl Launcher for PodLauncher {
-    fn start(&self, index: usize) -> BoxFuture<'_, Result<Box<dyn Workload>, String>> {
+    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>> {
         Box::pin(async move {
-            let plan = &self.plan.containers[index];
-            match &self.prepared[index] {
+            match &member.prepared {
                 Some(prepared) => {
-                    let handle = self
-                        .runtime
-                        .as_ref()
-                        .ok_or("no sidecar runtime")?
-                        .handle()
-                        .map_err(|e| e.to_string())?;
+                    let handle = self.runtime()?;
                     let ctx = PodContext {
                         runtime: handle,
                         state: self.state.clone(),
@@ -129,8 +184,8 @@ impl Launcher for PodLauncher {
                         .map_err(|e| e.to_string())
                 }
                 None => NativeContainer::start(
-                    plan,
-                    self.images.get(index).and_then(Option::as_ref),
+                    &member.plan,
+                    member.image.as_ref(),
                     &self.sandbox,
                     &self.logs,
                     self.plan.settings.pids_limit,
@@ -142,16 +197,10 @@ impl Launcher for PodLauncher {
         })
     }
 
-    fn waits_for_ready(&self, index: usize) -> bool {
-        self.prepared[index]
-            .as_ref()
-            .is_some_and(|p| p.signals_readiness)
-    }
-
-    fn action_target(&self, index: usize, workload: &dyn Workload) -> Option<ActionTarget> {
+    fn action_target(&self, member: &Member, workload: &dyn Workload) -> Option<ActionTarget> {
         Some(ActionTarget {
             dialer: self.sandbox.dialer.clone(),
-            ports: self.plan.containers[index].spec.ports.clone(),
+            ports: member.plan.spec.ports.clone(),
             exec: workload.exec_target(),
         })
     }

@@ -1,0 +1,517 @@
+//! The pod's control socket (`control.sock` in its state directory): how `wpod describe` and
+//! `wpod apply` reach the `wpod run` that holds a pod, detached or not. Daemonless, as podman's
+//! conmon: one socket per pod, served by the process that owns the pod.
+//!
+//! The protocol is one request per connection, one JSON line each way, versioned:
+//! `{"version":1,"op":"describe"}` or `{"version":1,"op":"apply","file":"/abs/pod.yaml",
+//! "dryRun":false}`; the answer is `{"version":1,"ok":true,"result":...}` or
+//! `{"version":1,"ok":false,"error":"..."}`. The socket is root's alone (mode 0600 in a 0700
+//! directory, and the peer's uid is checked); a request larger than [`MAX_REQUEST`], slower
+//! than [`REQUEST_TIMEOUT`], or not understood gets an error answer, never a crash.
+//!
+//! `apply` changes the pod's Wasm sidecars live (`plan::change` decides what may change): the
+//! new manifest is planned, its images pulled and approved, and each new or replacing sidecar
+//! compiled and linked, all before anything running is touched; a sidecar that cannot be
+//! prepared leaves the pod as it was. Then the supervisor stops the replaced and removed ones
+//! (grace period and `stopping` event, as at termination) and starts the new ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+
+use super::events::{Event, Events};
+use super::workload::Member;
+use super::{Change, Phase, Progress};
+use crate::plan::change::{self, PodChange};
+use crate::plan::{Image, PodPlan, Role};
+use crate::sandbox::PodSandbox;
+use crate::sidecars::PreparedSidecar;
+
+/// The socket's name in the pod's state directory.
+pub const SOCKET: &str = "control.sock";
+/// The protocol version this wpod speaks.
+pub const VERSION: u64 = 1;
+/// The largest request read: a path and a few flags fit many times over.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this much of what follows a request is read before the connection is closed.
+const DRAIN_BYTES: u64 = 1 << 20;
+/// Requests served at once; more wait for the kernel's backlog.
+const MAX_CONNECTIONS: usize = 8;
+/// How long `apply` waits for a new sidecar to start (its readiness, or its startup probe)
+/// before answering that it is still starting.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request, after its version was checked.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Request {
+    Describe {},
+    Apply {
+        file: PathBuf,
+        #[serde(default, rename = "dryRun")]
+        dry_run: bool,
+    },
+}
+
+/// The request line a client sends.
+pub fn request_line(request: &Request) -> String {
+    let mut v = serde_json::to_value(request).unwrap_or_default();
+    v["version"] = VERSION.into();
+    format!("{v}\n")
+}
+
+/// The running pod as the control socket knows it: the plan it runs now, and each Wasm
+/// sidecar's component digest (a rebuilt `.wasm` under the same path is a new version).
+struct Live {
+    plan: Arc<PodPlan>,
+    /// The hostPorts published when the pod started (they stay until it ends).
+    published: Vec<crate::plan::PortMapping>,
+    digests: BTreeMap<String, String>,
+}
+
+/// What serves a pod's control socket.
+pub struct Control {
+    /// Held for a whole `apply`: changes are made one at a time.
+    live: Mutex<Live>,
+    events: Arc<Events>,
+    sandbox: Arc<PodSandbox>,
+    changes: mpsc::Sender<Change>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Control {
+    /// `digests`: the component digest of each Wasm sidecar as it was prepared.
+    pub fn new(
+        plan: Arc<PodPlan>,
+        digests: BTreeMap<String, String>,
+        events: Arc<Events>,
+        sandbox: Arc<PodSandbox>,
+        (changes, phase): (mpsc::Sender<Change>, watch::Receiver<Phase>),
+    ) -> Arc<Self> {
+        Arc::new(Control {
+            live: Mutex::new(Live {
+                published: plan.port_mappings.clone(),
+                plan,
+                digests,
+            }),
+            events,
+            sandbox,
+            changes,
+            phase,
+        })
+    }
+
+    /// Binds the socket at `path`, root's alone.
+    pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    }
+
+    /// Serves requests until the task is dropped with the pod.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let control = self.clone();
+            tokio::spawn(async move {
+                control.answer(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn answer(&self, mut stream: UnixStream) {
+        let answer = match self.request(&mut stream).await {
+            Ok(result) => json!({"version": VERSION, "ok": true, "result": result}),
+            Err(error) => json!({"version": VERSION, "ok": false, "error": error}),
+        };
+        let _ = stream.write_all(format!("{answer}\n").as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // What the client sent past the request (an oversized one) is read and dropped, a
+        // little, so that closing does not reset the connection before it reads the answer.
+        let mut rest = stream.take(DRAIN_BYTES);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+        )
+        .await;
+    }
+
+    async fn request(&self, stream: &mut UnixStream) -> Result<Value, String> {
+        let peer = stream
+            .peer_cred()
+            .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if peer.uid() != 0 && peer.uid() != me {
+            return Err("only root may control a pod".into());
+        }
+        let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(stream))
+            .await
+            .map_err(|_| format!("no request within {}s", REQUEST_TIMEOUT.as_secs()))??;
+        let request = parse(&line)?;
+        tracing::debug!(?request, "control request");
+        match request {
+            Request::Describe {} => Ok(self.describe().await),
+            Request::Apply { file, dry_run } => self.apply(&file, dry_run).await,
+        }
+    }
+
+    /// The running pod's plan: each container's place, image and, for a Wasm sidecar, what it
+    /// is granted.
+    async fn describe(&self) -> Value {
+        let live = self.live.lock().await;
+        let phase = *self.phase.borrow();
+        let containers: Vec<Value> = live
+            .plan
+            .containers
+            .iter()
+            .map(|c| {
+                let mut v = json!({
+                    "name": c.name(),
+                    "path": c.path,
+                    "role": role(c.role),
+                    "image": image(&c.image),
+                    "restartPolicy": c.restart_policy,
+                });
+                if let Some(digest) = live.digests.get(c.name()) {
+                    v["component"] = digest.clone().into();
+                }
+                if let Some(grants) = &c.grants {
+                    v["grants"] = grants.describe().into();
+                }
+                v
+            })
+            .collect();
+        json!({
+            "pod": live.plan.name(),
+            "phase": format!("{phase:?}"),
+            "pid": std::process::id(),
+            "gracePeriodSeconds": live.plan.grace_period.as_secs(),
+            "shareProcessNamespace": live.plan.pod.spec.share_process_namespace,
+            "hostPorts": live.published.iter().map(|p| json!({
+                "container": p.container,
+                "hostIP": p.host_ip.to_string(),
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+            })).collect::<Vec<_>>(),
+            "containers": containers,
+        })
+    }
+
+    /// `wpod apply`: see the module's documentation.
+    async fn apply(&self, file: &Path, dry_run: bool) -> Result<Value, String> {
+        let mut live = self.live.lock().await;
+        match *self.phase.borrow() {
+            Phase::Running => {}
+            Phase::Starting => {
+                return Err("the pod is still starting (init containers and native sidecars); apply once it runs".into())
+            }
+            Phase::Stopping => return Err("the pod is stopping".into()),
+        }
+        let plan = self.new_plan(file).await?;
+        let mut change =
+            change::compare(&live.plan, &plan, &live.published).map_err(|d| d.to_string())?;
+        let digests = component_digests(&plan, &change).await?;
+        // A component rebuilt under the same path (or a tag that moved) is a new version.
+        for (name, digest) in &digests {
+            let known = change.to_start().contains(name);
+            if !known && live.digests.get(name).is_some_and(|d| d != digest) {
+                change
+                    .replaced
+                    .push((name.clone(), vec![format!("image (component {digest})")]));
+            }
+        }
+        if change.is_empty() {
+            return Ok(report(&plan, &change, dry_run, &[]));
+        }
+        // Everything that can fail is done before anything running is touched.
+        let mut members = Vec::new();
+        for name in change.to_start() {
+            let Some(c) = plan.containers.iter().find(|c| c.name() == name) else {
+                continue;
+            };
+            let c = c.clone();
+            let prepared = tokio::task::spawn_blocking(move || PreparedSidecar::prepare(&c))
+                .await
+                .map_err(|e| format!("preparing sidecar {name}: {e}"))?
+                .map_err(|e| format!("{e}; the pod is unchanged"))?;
+            members.push(Arc::new(Member {
+                plan: prepared.plan.clone(),
+                prepared: Some(prepared),
+                image: None,
+            }));
+        }
+        if dry_run {
+            return Ok(report(&plan, &change, true, &[]));
+        }
+
+        // The runtime's memory holds the old and the new sidecars for a moment: the larger
+        // limit until the change is done.
+        let during = match (live.plan.runtime_memory_limit, plan.runtime_memory_limit) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        if let Err(e) = self.sandbox.cgroups.limit_runtime_memory(during) {
+            tracing::warn!("{e}");
+        }
+        let (reply, answer) = oneshot::channel();
+        let sidecar_order = plan
+            .containers
+            .iter()
+            .filter(|c| c.role == Role::NativeSidecar)
+            .map(|c| c.name().to_string())
+            .collect();
+        let request = Change {
+            stop: change.to_stop(),
+            start: members.clone(),
+            sidecar_order,
+            reply,
+        };
+        self.changes
+            .send(request)
+            .await
+            .map_err(|_| "the pod is stopping".to_string())?;
+        let started = answer
+            .await
+            .map_err(|_| "the pod is stopping".to_string())??;
+        if let Err(e) = self
+            .sandbox
+            .cgroups
+            .limit_runtime_memory(plan.runtime_memory_limit)
+        {
+            tracing::warn!("{e}");
+        }
+        for name in &change.removed {
+            live.digests.remove(name);
+        }
+        for m in &members {
+            if let Some(p) = &m.prepared {
+                live.digests.insert(m.name().to_string(), p.digest.clone());
+            }
+        }
+        live.plan = Arc::new(plan);
+        self.events.emit(
+            None,
+            Event::PodChanged {
+                added: change.added.clone(),
+                replaced: change.replaced.iter().map(|(n, _)| n.clone()).collect(),
+                removed: change.removed.clone(),
+            },
+        );
+        drop(live);
+        let outcomes = wait_started(started).await;
+        Ok(report(
+            &self.live.lock().await.plan,
+            &change,
+            false,
+            &outcomes,
+        ))
+    }
+
+    /// The manifest at `file`, planned, its registry images pulled and approved exactly as
+    /// `wpod run` does.
+    async fn new_plan(&self, file: &Path) -> Result<PodPlan, String> {
+        let file_owned = file.to_path_buf();
+        let mut plans = tokio::task::spawn_blocking(move || crate::load_plan(&file_owned))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if plans.len() != 1 {
+            return Err(format!(
+                "{}: holds {} Pod documents; apply one pod's manifest",
+                file.display(),
+                plans.len()
+            ));
+        }
+        let plan = plans.remove(0);
+        let images = super::images::pull_images(&plan, &self.events)
+            .await
+            .map_err(|e| format!("{e}; the pod is unchanged"))?;
+        plan.with_pulled_sidecars(&images.sidecar_components(&plan))
+            .map_err(|d| d.to_string())
+    }
+}
+
+/// The sha256 of each Wasm sidecar's component in `plan` that the change does not already
+/// start: a pulled one's is its digest; a file's is read.
+async fn component_digests(
+    plan: &PodPlan,
+    change: &PodChange,
+) -> Result<BTreeMap<String, String>, String> {
+    let starting = change.to_start();
+    let files: Vec<(String, Image)> = plan
+        .containers
+        .iter()
+        .filter(|c| c.image.is_wasm() && !starting.iter().any(|n| n == c.name()))
+        .map(|c| (c.name().to_string(), c.image.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut out = BTreeMap::new();
+        for (name, image) in files {
+            let Image::Wasm(w) = image else { continue };
+            let digest = match &w.digest {
+                Some(d) => d.to_string(),
+                None => {
+                    use sha2::Digest as _;
+                    let bytes =
+                        crate::files::read_regular(&w.path, crate::files::MAX_COMPONENT_BYTES)
+                            .map_err(|e| e.to_string())?;
+                    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+                }
+            };
+            out.insert(name, digest);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Waits (at most [`START_TIMEOUT`] in all) for each started sidecar to count as started.
+async fn wait_started(
+    started: Vec<(String, watch::Receiver<Progress>)>,
+) -> Vec<(String, &'static str)> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut out = Vec::new();
+    for (name, mut progress) in started {
+        let state =
+            tokio::time::timeout_at(deadline, progress.wait_for(|p| *p != Progress::Starting))
+                .await;
+        let state = match state {
+            Ok(Ok(p)) if *p == Progress::Started => "started",
+            Ok(_) => "ended",
+            Err(_) => "starting",
+        };
+        out.push((name, state));
+    }
+    out
+}
+
+/// What `apply` answers: each change and, once applied, where each started sidecar is.
+fn report(
+    plan: &PodPlan,
+    change: &PodChange,
+    dry_run: bool,
+    started: &[(String, &'static str)],
+) -> Value {
+    let state = |name: &str| started.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+    json!({
+        "pod": plan.name(),
+        "dryRun": dry_run,
+        "unchanged": change.is_empty(),
+        "added": change.added.iter().map(|n| json!({"name": n, "state": state(n)})).collect::<Vec<_>>(),
+        "replaced": change.replaced.iter().map(|(n, f)| json!({"name": n, "fields": f, "state": state(n)})).collect::<Vec<_>>(),
+        "removed": change.removed,
+    })
+}
+
+/// Reads one request line, at most [`MAX_REQUEST`] bytes.
+async fn read_line(stream: &mut UnixStream) -> Result<String, String> {
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if line.len() > MAX_REQUEST {
+        return Err(format!(
+            "the request is larger than {} KiB",
+            MAX_REQUEST / 1024
+        ));
+    }
+    String::from_utf8(line).map_err(|_| "the request is not UTF-8".into())
+}
+
+/// A request line: JSON with the version this wpod speaks, and a known operation.
+pub fn parse(line: &str) -> Result<Request, String> {
+    let mut v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let Some(object) = v.as_object_mut() else {
+        return Err("the request is not a JSON object".into());
+    };
+    match object.remove("version").and_then(|v| v.as_u64()) {
+        Some(VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "protocol version {other} is not spoken here; this wpod speaks version {VERSION}"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "the request has no \"version\" (this wpod speaks {VERSION})"
+            ))
+        }
+    }
+    serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
+}
+
+fn role(role: Role) -> &'static str {
+    match role {
+        Role::Init => "init",
+        Role::NativeSidecar => "sidecar",
+        Role::Regular => "regular",
+    }
+}
+
+fn image(image: &Image) -> String {
+    match image {
+        Image::Host => "host".into(),
+        Image::Rootfs(p) => p.display().to_string(),
+        Image::Wasm(w) => w.path.display().to_string(),
+        Image::Registry { name, .. } => name.canonical(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_and_checked() {
+        assert!(matches!(
+            parse(r#"{"version":1,"op":"describe"}"#),
+            Ok(Request::Describe {})
+        ));
+        assert!(matches!(
+            parse(r#"{"version":1,"op":"apply","file":"/p.yaml","dryRun":true}"#),
+            Ok(Request::Apply { dry_run: true, .. })
+        ));
+        for (bad, says) in [
+            ("nonsense", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"op":"describe"}"#, "no \"version\""),
+            (r#"{"version":2,"op":"describe"}"#, "version 2"),
+            (r#"{"version":1,"op":"format-disk"}"#, "bad request"),
+            (r#"{"version":1,"op":"describe","x":1}"#, "bad request"),
+            (r#"{"version":1,"op":"apply"}"#, "bad request"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let line = request_line(&Request::Describe {});
+        assert!(matches!(parse(&line), Ok(Request::Describe {})));
+    }
+}
