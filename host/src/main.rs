@@ -377,7 +377,7 @@ fn run(
         )
         .with_context(|| format!("pod {name} failed to start"))?;
         // `wpod describe` and `wpod apply` from another shell.
-        let control = Control::new(plan, digests, events, sandbox.clone(), supervisor.control());
+        let control = Control::new(plan, digests, events, &sandbox, supervisor.control());
         let socket = sandbox.state.path.join(wpod::supervisor::control::SOCKET);
         match Control::bind(&socket) {
             Ok(listener) => {

@@ -123,7 +123,9 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
 /// `--since`: a duration before now (`10m`), or an RFC 3339 time, as podman logs takes.
 pub fn since(text: &str) -> anyhow::Result<SystemTime> {
     if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(SystemTime::now() - d);
+        return Ok(SystemTime::now()
+            .checked_sub(d)
+            .unwrap_or(SystemTime::UNIX_EPOCH));
     }
     humantime::parse_rfc3339_weak(text).map_err(|_| {
         anyhow::anyhow!(
@@ -491,6 +493,12 @@ fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::
             path.display()
         )
     })?;
+    // An apply pulls, compiles and waits for the new sidecars to start; the rest is quick.
+    let limit = match request {
+        control::Request::Apply { .. } => Duration::from_secs(30 * 60),
+        control::Request::Describe {} => Duration::from_secs(30),
+    };
+    stream.set_read_timeout(Some(limit))?;
     stream.write_all(control::request_line(request).as_bytes())?;
     let mut answer = Vec::new();
     (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer)?;

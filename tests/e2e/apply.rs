@@ -347,3 +347,27 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     crate::pods::assert_no_leftovers("mgmt-apply");
 }
+
+#[test]
+fn a_container_cannot_control_its_own_pod() {
+    wpod_test_support::require_root("the control socket from inside a container");
+    let root = std::env::var("WPOD_ROOT").unwrap_or_else(|_| "/var/lib/wpod".into());
+    let script = format!(
+        "import socket, time\ntime.sleep(0.3)\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{root}/pods/mgmt-peer/control.sock')\n    s.sendall(b'{{\"version\":1,\"op\":\"describe\"}}\\n')\n    print('answer', s.recv(100000).decode())\nexcept OSError as e:\n    print('refused', e)\n"
+    );
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mgmt-peer}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    command: [python3, -c, {}]\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    let pod = TestPod::new("mgmt-peer", &yaml);
+    let run = pod.run(Duration::from_secs(60));
+    let out = run.logs("main").join("\n");
+    // Root in a container that shares the host's files reaches no control: the socket is
+    // not there for it, or wpod refuses a peer outside its own mount namespace.
+    assert!(
+        out.starts_with("refused") || out.contains("not from inside a container"),
+        "{}",
+        run.dump()
+    );
+    assert!(!out.contains("\"ok\":true"), "{}", run.dump());
+}

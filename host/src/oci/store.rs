@@ -173,6 +173,33 @@ pub fn pin_layers<'a>(
     std::fs::write(&path, lines.join("\n")).map_err(io("write", &path))
 }
 
+/// Adds the layers of `images` to what `pin_layers` recorded (a sidecar added to a running
+/// pod).
+pub fn pin_more_layers<'a>(
+    pod_state: &Path,
+    images: impl IntoIterator<Item = &'a ImageRecord>,
+) -> Result<(), StoreError> {
+    use std::io::Write;
+    let path = pod_state.join(PINNED_LAYERS);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    for image in images {
+        for d in image
+            .layers
+            .iter()
+            .chain(image.sidecar.as_ref().map(|s| &s.component))
+        {
+            writeln!(file)
+                .and_then(|()| write!(file, "{d}"))
+                .map_err(io("write", &path))?;
+        }
+    }
+    Ok(())
+}
+
 pub struct Store {
     root: PathBuf,
 }

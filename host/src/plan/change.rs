@@ -46,13 +46,32 @@ impl PodChange {
     }
 }
 
-/// Compares the running pod's plan with a new one; `published` are the hostPorts the pod
-/// published when it started. Every refused change is reported, located in the new manifest.
+/// What the pod's sandbox fixed when it started, which no live change can alter.
+#[derive(Clone, Debug, Default)]
+pub struct StartedWith {
+    /// The hostPorts it publishes (until the pod ends).
+    pub published: Vec<PortMapping>,
+    /// The volumes its native containers mount `nosymfollow` (some sidecar could write them).
+    pub nosymfollow: BTreeSet<String>,
+}
+
+impl StartedWith {
+    pub fn of(plan: &PodPlan) -> Self {
+        StartedWith {
+            published: plan.port_mappings.clone(),
+            nosymfollow: plan.nosymfollow_volumes.clone(),
+        }
+    }
+}
+
+/// Compares the running pod's plan with a new one. Every refused change is reported, located
+/// in the new manifest.
 pub fn compare(
     old: &PodPlan,
     new: &PodPlan,
-    published: &[PortMapping],
+    started_with: &StartedWith,
 ) -> Result<PodChange, Diagnostics> {
+    let published = &started_with.published;
     let mut diags = Vec::new();
     let refuse = |diags: &mut Vec<Diagnostic>, field: String, why: &str| {
         diags.push(new.pod.source.diag(field, why.to_string()));
@@ -94,6 +113,24 @@ pub fn compare(
         );
     }
 
+    // The main container (the first regular one) is the pod's: its exit code is the pod's.
+    let main = |p: &PodPlan| {
+        p.containers
+            .iter()
+            .find(|c| c.role == Role::Regular)
+            .map(|c| c.name().to_string())
+    };
+    let old_main = main(old);
+    if old_main != main(new) {
+        refuse(
+            &mut diags,
+            "spec.containers[0]".into(),
+            &format!(
+                "the main container \"{}\" must stay the first in spec.containers while the pod runs",
+                old_main.as_deref().unwrap_or("")
+            ),
+        );
+    }
     let mut change = PodChange::default();
     for c in &new.containers {
         match old.containers.iter().find(|o| o.name() == c.name()) {
@@ -207,11 +244,19 @@ fn compare_container(
     if fields.is_empty() {
         return;
     }
-    if !(old.image.is_wasm() && new.image.is_wasm()) || new.role == Role::Init {
+    let is_main = new.role == Role::Regular
+        && new_plan
+            .containers
+            .iter()
+            .find(|c| c.role == Role::Regular)
+            .is_some_and(|m| m.name() == new.name());
+    if !(old.image.is_wasm() && new.image.is_wasm()) || new.role == Role::Init || is_main {
         let what = if new.role == Role::Init {
             "an init container"
-        } else {
+        } else if !(old.image.is_wasm() && new.image.is_wasm()) {
             "a native container"
+        } else {
+            "the pod's main container"
         };
         for field in fields {
             refuse(
@@ -311,7 +356,7 @@ spec:
             "[sleep, \"60\"]",
             "[sleep, \"61\"]}\n  - {name: extra, command: [\"true\"]",
         ));
-        let err = compare(&old, &new, &old.port_mappings)
+        let err = compare(&old, &new, &StartedWith::of(&old))
             .unwrap_err()
             .to_string();
         assert!(err.contains("spec.containers[0].command"), "{err}");
@@ -323,12 +368,18 @@ spec:
     fn pod_level_fields_and_another_pod_are_refused() {
         let old = plan(BASE);
         let grace = plan(&BASE.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: 3\n"));
-        let err = compare(&old, &grace, &[]).unwrap_err().to_string();
+        let err = compare(&old, &grace, &StartedWith::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("spec.terminationGracePeriodSeconds"), "{err}");
         let other = plan(&BASE.replace("name: p}", "name: q}"));
-        let err = compare(&old, &other, &[]).unwrap_err().to_string();
+        let err = compare(&old, &other, &StartedWith::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("metadata.name"), "{err}");
-        assert!(compare(&old, &plan(BASE), &[]).unwrap().is_empty());
+        assert!(compare(&old, &plan(BASE), &StartedWith::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

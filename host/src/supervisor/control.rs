@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,19 +71,24 @@ pub fn request_line(request: &Request) -> String {
 
 /// The running pod as the control socket knows it: the plan it runs now, and each Wasm
 /// sidecar's component digest (a rebuilt `.wasm` under the same path is a new version).
+#[derive(Clone)]
 struct Live {
     plan: Arc<PodPlan>,
-    /// The hostPorts published when the pod started (they stay until it ends).
-    published: Vec<crate::plan::PortMapping>,
     digests: BTreeMap<String, String>,
 }
 
 /// What serves a pod's control socket.
 pub struct Control {
-    /// Held for a whole `apply`: changes are made one at a time.
-    live: Mutex<Live>,
+    /// What `describe` shows and `apply` starts from; replaced when an apply succeeds.
+    live: std::sync::Mutex<Arc<Live>>,
+    /// Held for a whole `apply`: changes are made one at a time (`describe` does not wait).
+    applying: Mutex<()>,
+    /// What the sandbox fixed when the pod started: the hostPorts it publishes and the volumes
+    /// native containers mount `nosymfollow`.
+    started_with: change::StartedWith,
     events: Arc<Events>,
-    sandbox: Arc<PodSandbox>,
+    /// Weak: the pod's teardown must not wait for a request in flight.
+    sandbox: Weak<PodSandbox>,
     changes: mpsc::Sender<Change>,
     phase: watch::Receiver<Phase>,
 }
@@ -94,20 +99,25 @@ impl Control {
         plan: Arc<PodPlan>,
         digests: BTreeMap<String, String>,
         events: Arc<Events>,
-        sandbox: Arc<PodSandbox>,
+        sandbox: &Arc<PodSandbox>,
         (changes, phase): (mpsc::Sender<Change>, watch::Receiver<Phase>),
     ) -> Arc<Self> {
         Arc::new(Control {
-            live: Mutex::new(Live {
+            started_with: change::StartedWith {
                 published: plan.port_mappings.clone(),
-                plan,
-                digests,
-            }),
+                nosymfollow: sandbox.nosymfollow_volumes.clone(),
+            },
+            live: std::sync::Mutex::new(Arc::new(Live { plan, digests })),
+            applying: Mutex::new(()),
             events,
-            sandbox,
+            sandbox: Arc::downgrade(sandbox),
             changes,
             phase,
         })
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Binds the socket at `path`, root's alone.
@@ -160,29 +170,22 @@ impl Control {
     }
 
     async fn request(&self, stream: &mut UnixStream) -> Result<Value, String> {
-        let peer = stream
-            .peer_cred()
-            .map_err(|e| format!("SO_PEERCRED: {e}"))?;
-        // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if peer.uid() != 0 && peer.uid() != me {
-            return Err("only root may control a pod".into());
-        }
+        check_peer(stream)?;
         let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(stream))
             .await
             .map_err(|_| format!("no request within {}s", REQUEST_TIMEOUT.as_secs()))??;
         let request = parse(&line)?;
         tracing::debug!(?request, "control request");
         match request {
-            Request::Describe {} => Ok(self.describe().await),
+            Request::Describe {} => Ok(self.describe()),
             Request::Apply { file, dry_run } => self.apply(&file, dry_run).await,
         }
     }
 
     /// The running pod's plan: each container's place, image and, for a Wasm sidecar, what it
     /// is granted.
-    async fn describe(&self) -> Value {
-        let live = self.live.lock().await;
+    fn describe(&self) -> Value {
+        let live = self.live();
         let phase = *self.phase.borrow();
         let containers: Vec<Value> = live
             .plan
@@ -211,7 +214,7 @@ impl Control {
             "pid": std::process::id(),
             "gracePeriodSeconds": live.plan.grace_period.as_secs(),
             "shareProcessNamespace": live.plan.pod.spec.share_process_namespace,
-            "hostPorts": live.published.iter().map(|p| json!({
+            "hostPorts": self.started_with.published.iter().map(|p| json!({
                 "container": p.container,
                 "hostIP": p.host_ip.to_string(),
                 "hostPort": p.host_port,
@@ -223,7 +226,13 @@ impl Control {
 
     /// `wpod apply`: see the module's documentation.
     async fn apply(&self, file: &Path, dry_run: bool) -> Result<Value, String> {
-        let mut live = self.live.lock().await;
+        if !file.is_absolute() {
+            return Err(format!(
+                "{}: give the manifest's absolute path",
+                file.display()
+            ));
+        }
+        let _one_at_a_time = self.applying.lock().await;
         match *self.phase.borrow() {
             Phase::Running => {}
             Phase::Starting => {
@@ -231,11 +240,20 @@ impl Control {
             }
             Phase::Stopping => return Err("the pod is stopping".into()),
         }
-        let plan = self.new_plan(file).await?;
+        let live = self.live();
+        // A dry run's pulls are not the pod's events.
+        let events = match dry_run {
+            true => Arc::new(Events::new(
+                live.plan.name(),
+                crate::logs::OutputFormat::Silent,
+            )),
+            false => self.events.clone(),
+        };
+        let (plan, records) = new_plan(file, &live.plan, &events).await?;
         let mut change =
-            change::compare(&live.plan, &plan, &live.published).map_err(|d| d.to_string())?;
+            change::compare(&live.plan, &plan, &self.started_with).map_err(|d| d.to_string())?;
         let digests = component_digests(&plan, &change).await?;
-        // A component rebuilt under the same path (or a tag that moved) is a new version.
+        // A component rebuilt under the same path is a new version.
         for (name, digest) in &digests {
             let known = change.to_start().contains(name);
             if !known && live.digests.get(name).is_some_and(|d| d != digest) {
@@ -257,7 +275,7 @@ impl Control {
             let prepared = tokio::task::spawn_blocking(move || PreparedSidecar::prepare(&c))
                 .await
                 .map_err(|e| format!("preparing sidecar {name}: {e}"))?
-                .map_err(|e| format!("{e}; the pod is unchanged"))?;
+                .map_err(|e| e.to_string())?;
             members.push(Arc::new(Member {
                 plan: prepared.plan.clone(),
                 prepared: Some(prepared),
@@ -267,16 +285,23 @@ impl Control {
         if dry_run {
             return Ok(report(&plan, &change, true, &[]));
         }
+        let sandbox = self.sandbox.upgrade().ok_or("the pod is stopping")?;
+        // What a new sidecar runs is kept from `wpod image prune` while the pod runs.
+        crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
+            .map_err(|e| e.to_string())?;
 
         // The runtime's memory holds the old and the new sidecars for a moment: the larger
         // limit until the change is done.
+        let limit = |bytes: Option<u64>| {
+            if let Err(e) = sandbox.cgroups.limit_runtime_memory(bytes) {
+                tracing::warn!("{e}");
+            }
+        };
         let during = match (live.plan.runtime_memory_limit, plan.runtime_memory_limit) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
-        if let Err(e) = self.sandbox.cgroups.limit_runtime_memory(during) {
-            tracing::warn!("{e}");
-        }
+        limit(during);
         let (reply, answer) = oneshot::channel();
         let sidecar_order = plan
             .containers
@@ -290,29 +315,34 @@ impl Control {
             sidecar_order,
             reply,
         };
-        self.changes
-            .send(request)
-            .await
-            .map_err(|_| "the pod is stopping".to_string())?;
-        let started = answer
-            .await
-            .map_err(|_| "the pod is stopping".to_string())??;
-        if let Err(e) = self
-            .sandbox
-            .cgroups
-            .limit_runtime_memory(plan.runtime_memory_limit)
-        {
-            tracing::warn!("{e}");
-        }
+        let started = match self.changes.send(request).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err("the pod is stopping".to_string())),
+            Err(_) => Err("the pod is stopping".to_string()),
+        };
+        let started = match started {
+            Ok(started) => started,
+            Err(e) => {
+                limit(live.plan.runtime_memory_limit);
+                return Err(e);
+            }
+        };
+        limit(plan.runtime_memory_limit);
+        let mut now = Live {
+            plan: Arc::new(plan),
+            digests: live.digests.clone(),
+        };
         for name in &change.removed {
-            live.digests.remove(name);
+            now.digests.remove(name);
         }
         for m in &members {
             if let Some(p) = &m.prepared {
-                live.digests.insert(m.name().to_string(), p.digest.clone());
+                now.digests.insert(m.name().to_string(), p.digest.clone());
             }
         }
-        live.plan = Arc::new(plan);
+        let now = Arc::new(now);
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = now.clone();
         self.events.emit(
             None,
             Event::PodChanged {
@@ -321,38 +351,81 @@ impl Control {
                 removed: change.removed.clone(),
             },
         );
-        drop(live);
         let outcomes = wait_started(started).await;
-        Ok(report(
-            &self.live.lock().await.plan,
-            &change,
-            false,
-            &outcomes,
-        ))
+        Ok(report(&now.plan, &change, false, &outcomes))
     }
+}
 
-    /// The manifest at `file`, planned, its registry images pulled and approved exactly as
-    /// `wpod run` does.
-    async fn new_plan(&self, file: &Path) -> Result<PodPlan, String> {
-        let file_owned = file.to_path_buf();
-        let mut plans = tokio::task::spawn_blocking(move || crate::load_plan(&file_owned))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if plans.len() != 1 {
-            return Err(format!(
-                "{}: holds {} Pod documents; apply one pod's manifest",
-                file.display(),
-                plans.len()
-            ));
-        }
-        let plan = plans.remove(0);
-        let images = super::images::pull_images(&plan, &self.events)
-            .await
-            .map_err(|e| format!("{e}; the pod is unchanged"))?;
-        plan.with_pulled_sidecars(&images.sidecar_components(&plan))
-            .map_err(|d| d.to_string())
+/// Only root on the host controls a pod: the peer is uid 0 (or wpod's own uid) and in wpod's
+/// own mount namespace, so root inside a container that shares the host's files cannot.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if peer.uid() != 0 && peer.uid() != me {
+        return Err("only root may control a pod".into());
     }
+    let ours = std::fs::read_link("/proc/self/ns/mnt").map_err(|e| e.to_string())?;
+    let theirs = peer
+        .pid()
+        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok());
+    if theirs.as_ref() != Some(&ours) {
+        return Err("only root on the host may control a pod (not from inside a container)".into());
+    }
+    Ok(())
+}
+
+/// The manifest at `file`, planned, and the images of the containers it adds or changes
+/// pulled and approved exactly as `wpod run` pulls them (an unchanged container keeps what it
+/// runs, as Kubernetes does not pull again for an unchanged Pod). Also the records of what was
+/// pulled.
+async fn new_plan(
+    file: &Path,
+    running: &PodPlan,
+    events: &Arc<Events>,
+) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), String> {
+    let file_owned = file.to_path_buf();
+    let mut plans = tokio::task::spawn_blocking(move || crate::load_plan(&file_owned))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if plans.len() != 1 {
+        return Err(format!(
+            "{}: holds {} Pod documents; apply one pod's manifest",
+            file.display(),
+            plans.len()
+        ));
+    }
+    let plan = plans.remove(0);
+    let unchanged = |c: &crate::plan::ContainerPlan| {
+        running.containers.iter().any(|o| {
+            o.name() == c.name()
+                && serde_json::to_value(&o.spec).ok() == serde_json::to_value(&c.spec).ok()
+        })
+    };
+    // Unchanged registry sidecars run what they ran.
+    let mut components: BTreeMap<String, crate::plan::WasmComponent> = BTreeMap::new();
+    for c in plan.containers.iter().filter(|c| unchanged(c)) {
+        let running = running.containers.iter().find(|o| o.name() == c.name());
+        if let (Image::Registry { .. }, Some(Image::Wasm(w))) =
+            (&c.image, running.map(|o| &o.image))
+        {
+            components.insert(c.path.clone(), w.clone());
+        }
+    }
+    let mut to_pull = plan.clone();
+    to_pull.containers.retain(|c| !unchanged(c));
+    let images = super::images::pull_images(&to_pull, events)
+        .await
+        .map_err(|e| e.to_string())?;
+    components.extend(images.sidecar_components(&to_pull));
+    let records = images.records().cloned().collect();
+    let plan = plan
+        .with_pulled_sidecars(&components)
+        .map_err(|d| d.to_string())?;
+    Ok((plan, records))
 }
 
 /// The sha256 of each Wasm sidecar's component in `plan` that the change does not already

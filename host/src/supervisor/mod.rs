@@ -487,30 +487,59 @@ impl Supervisor {
                 retiring.push(h);
             }
         }
-        let ended = async {
-            for r in &mut ending {
-                let _ = r.progress.wait_for(|p| *p == Progress::Ended).await;
+        // Containers that end meanwhile (the main one, say) are recorded as in the main loop.
+        let mut finished: Vec<(String, Outcome)> = Vec::new();
+        let waited = {
+            let ended = async {
+                for r in &mut ending {
+                    let _ = r.progress.wait_for(|p| *p == Progress::Ended).await;
+                }
+                let mut outcomes = Vec::new();
+                for h in &mut retiring {
+                    if let Ok(outcome) = (&mut h.done).await {
+                        outcomes.push((h.name.clone(), outcome));
+                    }
+                }
+                outcomes
+            };
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    outcomes = &mut ended => break Ok(outcomes),
+                    reason = signals.recv() => break Err(reason),
+                    Some(next) = pod.regular.join_next() => {
+                        if let Ok((name, Some(outcome))) = next {
+                            finished.push((name, outcome));
+                        }
+                    }
+                }
             }
-            let mut outcomes = Vec::new();
-            for h in &mut retiring {
-                outcomes.push((h.name.clone(), (&mut h.done).await.ok()));
-            }
-            outcomes
         };
-        let outcomes = tokio::select! {
-            outcomes = ended => outcomes,
-            reason = signals.recv() => {
-                // Termination stops and waits for these too.
+        for (name, outcome) in finished {
+            self.record(&name, outcome);
+        }
+        let outcomes = match waited {
+            Ok(outcomes) => outcomes,
+            Err(reason) => {
+                // Termination stops and waits for what has not ended yet.
                 pod.live.extend(ending);
-                pod.sidecars.extend(retiring.into_iter().filter(|h| !h.done.is_finished()));
-                let _ = change.reply.send(Err(format!("the pod was {reason} during the change")));
+                for mut h in retiring {
+                    if h.done.is_finished() {
+                        if let Ok(outcome) = (&mut h.done).await {
+                            self.record(&h.name, outcome);
+                        }
+                    } else {
+                        pod.sidecars.push(h);
+                    }
+                }
+                let _ = change
+                    .reply
+                    .send(Err(format!("the pod was {reason} during the change")));
                 return Some(reason);
             }
         };
         for (name, outcome) in outcomes {
-            if let Some(outcome) = outcome {
-                self.record(&name, outcome);
-            }
+            self.record(&name, outcome);
         }
         let mut started = Vec::new();
         for member in change.start {

@@ -194,12 +194,16 @@ async fn live(
 
     let mut deadline: Option<Instant> = None;
     let mut killed = false;
+    // Asked to stop (Ctrl-C, `wpod stop`, a live change): it stays down, even when a failed
+    // probe had already begun stopping it for a restart.
+    let mut stop_requested = false;
     let mut reason: Option<ExitReason> = None;
     let exit = loop {
         tokio::select! {
             exit = running.exited() => break exit,
             command = commands.recv() => match command {
                 Some(Command::Stop { deadline: d }) => {
+                    stop_requested = true;
                     if deadline.is_none() {
                         deadline = Some(d);
                         if let Some(target) = &target {
@@ -257,8 +261,8 @@ async fn live(
         run.events.emit(Some(name), Event::Killed);
     }
     run.events.emit(Some(name), Event::Exited(exit.clone()));
-    // Stopped by a command, not by a probe: the container stays down.
-    let stopped = deadline.is_some() && reason.is_none();
+    // Stopped by a command, not by a probe alone: the container stays down.
+    let stopped = stop_requested;
     (exit, stopped)
 }
 
