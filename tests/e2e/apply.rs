@@ -288,6 +288,20 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
         "{}",
         text(&kept.stderr)
     );
+    // --since: what was written since then, as a duration or a time.
+    let since =
+        |when: &str| crate::wpod_output(&["logs", "--since", when, "mgmt-apply", "-c", "extra"]);
+    assert!(text(&since("1h").stdout).contains("hello from a Wasm sidecar"));
+    let later = since("2099-01-01T00:00:00Z");
+    assert!(later.status.success(), "{}", text(&later.stderr));
+    assert_eq!(text(&later.stdout), "");
+    let bad = since("yesterday-ish");
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("RFC 3339"),
+        "{}",
+        text(&bad.stderr)
+    );
 
     // A new version that cannot run leaves the old one serving.
     std::fs::write(dir.join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
