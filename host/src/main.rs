@@ -291,15 +291,7 @@ fn run(
     backoff: std::time::Duration,
     ready_fd: Option<i32>,
 ) -> anyhow::Result<ExitCode> {
-    let mut plans = wpod::load_plan(file)?;
-    if plans.len() != 1 {
-        bail!(
-            "{}: wpod run runs one pod, but the file holds {} Pod documents; put each pod in a file of its own",
-            file.display(),
-            plans.len()
-        );
-    }
-    let plan = plans.remove(0);
+    let plan = manage::one_pod(file, "wpod run runs")?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

@@ -291,18 +291,23 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
 /// the pod's supervisor as a process of its own, in its own session (no terminal, no daemon),
 /// and returns once it says the pod has started, or with its errors once it has failed. Its
 /// stdout and stderr go to `$WPOD_ROOT/detached/POD.log`.
-pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result<ExitCode> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let plans = wpod::load_plan(file)?;
-    let [plan] = plans.as_slice() else {
+/// The one pod of `file`, checked and planned; `doing` says who wants one ("wpod run runs").
+pub fn one_pod(file: &Path, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> {
+    let mut plans = wpod::load_plan(file)?;
+    if plans.len() != 1 {
         bail!(
-            "{}: wpod run runs one pod, but the file holds {} Pod documents; put each pod in a file of its own",
+            "{}: {doing} one pod, but the file holds {} Pod documents; put each pod in a file of its own",
             file.display(),
             plans.len()
         );
-    };
-    let name = plan.name().to_string();
+    }
+    Ok(plans.remove(0))
+}
+
+pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let name = one_pod(file, "wpod run runs")?.name().to_string();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -527,15 +532,7 @@ fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::
 /// own `wpod run` does it: `supervisor::control`); a pod that is not running is started
 /// detached, as `kubectl apply` creates what is missing.
 pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
-    let plans = wpod::load_plan(file)?;
-    let [plan] = plans.as_slice() else {
-        bail!(
-            "{}: wpod apply applies one pod, but the file holds {} Pod documents; put each pod in a file of its own",
-            file.display(),
-            plans.len()
-        );
-    };
-    let name = plan.name().to_string();
+    let name = one_pod(file, "wpod apply applies")?.name().to_string();
     if !state_dir::in_use(&name) {
         if dry_run {
             match output {

@@ -129,27 +129,33 @@ impl PodCgroups {
         Ok(cgroups)
     }
 
-    /// Moves the calling process (wpod, with the Wasm sidecars it hosts) into the pod's
-    /// `_runtime` cgroup, limited to `memory` bytes when given. Its threads, the sidecars' memory
-    /// and what they write to a memory-backed volume are then charged there; past the limit the
-    /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
     /// Sets the memory limit of the wpod process's own cgroup (`None`: unbounded), when the pod's
     /// Wasm sidecars change live: their memory is wpod's.
     pub fn limit_runtime_memory(&self, memory: Option<u64>) -> Result<(), String> {
+        for (_, pod_dir) in self.runtime_hierarchies() {
+            self.write_memory_limit(&pod_dir.join(RUNTIME), memory)?;
+        }
+        Ok(())
+    }
+
+    /// The hierarchies wpod's own cgroup is in (root, the pod's directory there). What is
+    /// charged is the point: on a v1 host only the memory hierarchy is joined. (wpod has no
+    /// CPU limit of its own, and a nested cpu cgroup would cost group scheduling on every one
+    /// of its many thread switches.)
+    fn runtime_hierarchies(&self) -> Vec<(PathBuf, PathBuf)> {
         let memory_root = match &self.layout {
             Layout::V2 => None,
             Layout::V1 { memory, .. } => Some(memory.clone()),
         };
-        for (root, pod_dir) in roots(&self.layout).iter().zip(&self.pod_dirs) {
-            if memory_root
-                .as_ref()
-                .is_some_and(|m| m.as_ref() != Some(root))
-            {
-                continue;
-            }
-            self.write_memory_limit(&pod_dir.join(RUNTIME), memory)?;
-        }
-        Ok(())
+        roots(&self.layout)
+            .into_iter()
+            .zip(self.pod_dirs.iter().cloned())
+            .filter(|(root, _)| {
+                memory_root
+                    .as_ref()
+                    .is_none_or(|m| m.as_ref() == Some(root))
+            })
+            .collect()
     }
 
     fn write_memory_limit(&self, dir: &Path, memory: Option<u64>) -> Result<(), String> {
@@ -165,24 +171,15 @@ impl PodCgroups {
         Ok(())
     }
 
+    /// Moves the calling process (wpod, with the Wasm sidecars it hosts) into the pod's
+    /// `_runtime` cgroup, limited to `memory` bytes when given. Its threads, the sidecars' memory
+    /// and what they write to a memory-backed volume are then charged there; past the limit the
+    /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
-        // What is charged is the point: on a v1 host only the memory hierarchy is joined. (wpod
-        // has no CPU limit of its own, and a nested cpu cgroup would cost group scheduling on
-        // every one of its many thread switches.)
-        let memory_root = match &self.layout {
-            Layout::V2 => None,
-            Layout::V1 { memory, .. } => Some(memory.clone()),
-        };
-        for (root, pod_dir) in roots(&self.layout).iter().zip(&self.pod_dirs) {
-            if memory_root
-                .as_ref()
-                .is_some_and(|m| m.as_ref() != Some(root))
-            {
-                continue;
-            }
+        for (root, pod_dir) in self.runtime_hierarchies() {
             let dir = pod_dir.join(RUNTIME);
             if !dir.exists() {
                 std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
@@ -192,7 +189,7 @@ impl PodCgroups {
                     warnings.push(e);
                 }
             }
-            let origin = current_cgroup(&own, root, &self.layout);
+            let origin = current_cgroup(&own, &root, &self.layout);
             let procs = dir.join("cgroup.procs");
             std::fs::write(&procs, &me).map_err(io("join cgroup", &procs))?;
             self.runtime_origin.push(origin);
