@@ -144,6 +144,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Make a sidecar project that builds with one command into a component wpod runs.
+    New {
+        /// The sidecar's name (its directory, crate and container name).
+        name: String,
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+    },
     /// Show a pod in detail: its containers' states, each sidecar's grants, its recent events.
     #[command(alias = "inspect-pod")]
     Describe {
@@ -258,6 +265,22 @@ pub enum Command {
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },
+}
+
+/// The languages `wpod new` scaffolds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+}
+
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ mod cli;
 mod images;
 mod manage;
 mod market;
+mod scaffold;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -131,6 +132,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
         } => manage::apply(&file, dry_run, output),
         Command::Describe { pod, output } => manage::describe(&pod, output),
+        Command::New { name, lang } => scaffold::new(&name, lang),
         Command::Save {
             images: names,
             output_dir,

@@ -10,6 +10,7 @@ mod market;
 mod pods;
 mod redteam;
 mod sandbox;
+mod sdk;
 mod sidecars;
 mod use_cases;
 

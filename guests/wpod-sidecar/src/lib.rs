@@ -1,20 +1,137 @@
-//! wpod-sidecar: Rust bindings of wpod's own sidecar interfaces (`wit/sidecar.wit`, world
-//! `wpod:sidecar/imports`), generated once here for the Rust guests of this workspace instead of
-//! by a `wit_bindgen::generate!` in each of them: [`lifecycle`] (`ready()`, `next_event()`) and
-//! [`main_process`] (the main containers' state, stats, logs and signals).
+//! wpod-sidecar: write wpod sidecars in Rust.
 //!
-//! Depending on it adds no imports by itself: a guest's component imports only the functions
-//! that guest calls (the host tells from its imports whether it calls `lifecycle.ready`, and a
-//! guest that never calls `main_process` runs in a pod that does not grant it).
+//! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.0`):
 //!
-//! A guest that only uses WASI through std (`std::net`, `std::fs`, env, args) does not need this
-//! crate: std already supplies the WASI imports and the `wasi:cli/run` export.
+//! - [`ready`]: tell the pod this sidecar is ready (a native sidecar counts as started then);
+//! - [`containers`], [`stats`]: the main containers and their live statistics (the pod grants
+//!   them with `shareProcessNamespace: true`);
+//! - [`main_logs`]: follow a main container's output;
+//! - [`signal`]: signal a main container (also needs `capabilities.add: [KILL]`);
+//! - [`next_event`], [`try_next_event`]: the pod's events, `stopping` among them.
+//!
+//! With the `async` feature, on [wstd](https://docs.rs/wstd)'s reactor, [`events`] and
+//! [`MainLogs::next`] wait in the same poll as wstd's sockets and timers, so one sidecar serves
+//! many connections while it follows the pod (see `guests/log-peek`).
+//!
+//! The raw bindings stay available as [`lifecycle`] and [`main_process`]. A component imports
+//! only the functions its guest calls; a guest that uses only std (WASI) needs none of this.
 
-// The `imports` world has only wpod's interfaces; std brings WASI and `run`.
+// The `imports` world has only wpod's interfaces; std brings WASI and `run`. Pollables are
+// wasip2's, the crate wstd is built on.
 wit_bindgen::generate!({
     path: "../../wit",
     world: "wpod:sidecar/imports",
-    generate_all,
+    with: {
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+    },
 });
 
 pub use wpod::sidecar::{lifecycle, main_process};
+
+pub use lifecycle::Event;
+pub use main_process::{Error, Info, LogLine, LogStart, ProcessStats, State, StreamKind};
+
+/// Tells the pod this sidecar is ready: containers ordered after it may start.
+pub fn ready() {
+    lifecycle::ready()
+}
+
+/// The pod's main containers, in manifest order.
+pub fn containers() -> Vec<Info> {
+    main_process::containers()
+}
+
+/// Live statistics of main container `name`'s process.
+pub fn stats(name: &str) -> Result<ProcessStats, Error> {
+    main_process::stats(name)
+}
+
+/// Sends signal `signal` (a Linux signal number, 1 for SIGHUP) to main container `name`.
+pub fn signal(name: &str, signal: u32) -> Result<(), Error> {
+    main_process::signal(name, signal)
+}
+
+/// Waits up to `timeout` for the pod's next event.
+pub fn next_event(timeout: std::time::Duration) -> Option<Event> {
+    lifecycle::next_event(timeout.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// The pod's next event if one has happened, without waiting.
+pub fn try_next_event() -> Option<Event> {
+    lifecycle::try_next_event()
+}
+
+/// A main container's output, line by line.
+pub struct MainLogs {
+    stream: main_process::LogStream,
+}
+
+/// Follows main container `name`'s stdout and stderr, from its first line (`LogStart::Beginning`)
+/// or from now on.
+pub fn main_logs(name: &str, from: LogStart) -> Result<MainLogs, Error> {
+    main_process::logs(name, from).map(|stream| MainLogs { stream })
+}
+
+impl MainLogs {
+    /// The next lines (at most `max`), waiting for them; none once the container has exited and
+    /// every line was delivered.
+    pub fn next_blocking(&self, max: u32) -> Vec<LogLine> {
+        self.stream.next(max)
+    }
+
+    /// The lines waiting now (at most `max`), possibly none.
+    pub fn try_next(&self, max: u32) -> Vec<LogLine> {
+        self.stream.try_next(max)
+    }
+
+    /// A pollable ready when [`MainLogs::try_next`] has lines, or the output has ended.
+    pub fn subscribe(&self) -> wasip2::io::poll::Pollable {
+        self.stream.subscribe()
+    }
+
+    /// The next lines (at most `max`), waiting on wstd's reactor; none once the container has
+    /// exited and every line was delivered.
+    #[cfg(feature = "async")]
+    pub async fn next(&self, max: u32) -> Vec<LogLine> {
+        let lines = self.stream.try_next(max);
+        if !lines.is_empty() {
+            return lines;
+        }
+        wstd::runtime::AsyncPollable::new(self.stream.subscribe())
+            .wait_for()
+            .await;
+        self.stream.try_next(max)
+    }
+}
+
+/// A pollable ready when [`try_next_event`] has an event (once the pod stops, always).
+pub fn subscribe_events() -> wasip2::io::poll::Pollable {
+    lifecycle::subscribe()
+}
+
+/// The pod's events, awaited on wstd's reactor.
+#[cfg(feature = "async")]
+pub struct Events {
+    ready: wstd::runtime::AsyncPollable,
+}
+
+/// The pod's events, from now on.
+#[cfg(feature = "async")]
+pub fn events() -> Events {
+    Events {
+        ready: wstd::runtime::AsyncPollable::new(lifecycle::subscribe()),
+    }
+}
+
+#[cfg(feature = "async")]
+impl Events {
+    /// Waits for the pod's next event.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            if let Some(e) = lifecycle::try_next_event() {
+                return e;
+            }
+            self.ready.wait_for().await;
+        }
+    }
+}

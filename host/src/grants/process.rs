@@ -56,13 +56,15 @@ impl Capability for MainProcess {
     }
 
     fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        main_process::add_to_linker::<T, HasProcess>(linker, |t| {
+        fn view<T: GrantHost>(t: &mut T) -> ProcessView<'_> {
             let (states, table) = t.grant_states();
             ProcessView {
                 ctx: &mut states.process,
                 table,
             }
-        })
+        }
+        main_process::add_to_linker::<T, HasProcess>(linker, view)?;
+        super::bindings::v0_1::main_process::add_to_linker::<T, HasProcess>(linker, view)
     }
 
     fn prepare(
@@ -108,6 +110,39 @@ pub struct LogStream {
     container: String,
     backlog: std::collections::VecDeque<Arc<logs::Line>>,
     live: broadcast::Receiver<Arc<logs::Line>>,
+    pod: Arc<PodState>,
+}
+
+impl LogStream {
+    /// Waits until a line is waiting in the backlog, or the container has exited (or its feed
+    /// closed) with none left: what `next` blocks on and what `subscribe`'s pollable means.
+    async fn wait(&mut self) {
+        loop {
+            if !self.backlog.is_empty() {
+                return;
+            }
+            let exited = self
+                .pod
+                .main(&self.container)
+                .is_none_or(|m| m.state == MainState::Exited);
+            if exited {
+                return;
+            }
+            // Wake up for a line, or now and then to notice that the container ended.
+            match tokio::time::timeout(Duration::from_millis(200), self.live.recv()).await {
+                Ok(Ok(line)) => self.backlog.push_back(line),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+            }
+        }
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for LogStream {
+    async fn ready(&mut self) {
+        self.wait().await
+    }
 }
 
 fn denied(what: &str) -> Error {
@@ -217,6 +252,7 @@ impl main_process::Host for ProcessView<'_> {
             container: name,
             backlog: past.into(),
             live,
+            pod: self.ctx.pod.clone(),
         };
         let handle = self.table.push(stream)?;
         self.ctx.open_streams += 1;
@@ -250,29 +286,16 @@ impl main_process::HostLogStream for ProcessView<'_> {
         stream: Resource<LogStream>,
         max: u32,
     ) -> wasmtime::Result<Vec<LogLine>> {
-        let pod = self.ctx.pod.clone();
         let s = self.table.get_mut(&stream)?;
         if max == 0 {
             return Ok(Vec::new());
         }
-        loop {
-            let lines = drain(s, max);
-            if !lines.is_empty() {
-                return Ok(lines);
-            }
-            let exited = pod
-                .main(&s.container)
-                .is_none_or(|m| m.state == MainState::Exited);
-            if exited {
-                return Ok(Vec::new());
-            }
-            // Wake up for a line, or now and then to notice that the container ended.
-            match tokio::time::timeout(Duration::from_millis(200), s.live.recv()).await {
-                Ok(Ok(line)) => s.backlog.push_back(line),
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(Vec::new()),
-            }
+        let lines = drain(s, max);
+        if !lines.is_empty() {
+            return Ok(lines);
         }
+        s.wait().await;
+        Ok(drain(s, max))
     }
 
     async fn try_next(
@@ -284,10 +307,104 @@ impl main_process::HostLogStream for ProcessView<'_> {
         Ok(drain(s, max))
     }
 
+    async fn subscribe(
+        &mut self,
+        stream: Resource<LogStream>,
+    ) -> wasmtime::Result<Resource<wasmtime_wasi_io::poll::DynPollable>> {
+        wasmtime_wasi_io::poll::subscribe(self.table, stream)
+    }
+
     async fn drop(&mut self, stream: Resource<LogStream>) -> wasmtime::Result<()> {
         self.table.delete(stream)?;
         self.ctx.open_streams = self.ctx.open_streams.saturating_sub(1);
         Ok(())
+    }
+}
+
+/// wpod:sidecar@0.1.0's `main-process`: the same functions, in 0.1.0's types.
+mod v0_1 {
+    use wasmtime::component::Resource;
+
+    use super::{LogStream, ProcessView};
+    use crate::grants::bindings::v0_1::main_process::{self as old, Error, Info, LogLine};
+
+    fn result<T, U: Into<T>>(
+        r: Result<U, crate::grants::bindings::main_process::Error>,
+    ) -> Result<T, Error> {
+        r.map(Into::into).map_err(Into::into)
+    }
+
+    impl old::Host for ProcessView<'_> {
+        async fn containers(&mut self) -> wasmtime::Result<Vec<Info>> {
+            Ok(super::main_process::Host::containers(self)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        }
+
+        async fn get(&mut self, name: String) -> wasmtime::Result<Result<Info, Error>> {
+            Ok(result(super::main_process::Host::get(self, name).await?))
+        }
+
+        async fn stats(
+            &mut self,
+            name: String,
+        ) -> wasmtime::Result<Result<old::ProcessStats, Error>> {
+            Ok(result(super::main_process::Host::stats(self, name).await?))
+        }
+
+        async fn logs(
+            &mut self,
+            name: String,
+            start: old::LogStart,
+        ) -> wasmtime::Result<Result<Resource<LogStream>, Error>> {
+            Ok(super::main_process::Host::logs(self, name, start.into())
+                .await?
+                .map_err(Into::into))
+        }
+
+        async fn signal(
+            &mut self,
+            name: String,
+            signal: u32,
+        ) -> wasmtime::Result<Result<(), Error>> {
+            Ok(super::main_process::Host::signal(self, name, signal)
+                .await?
+                .map_err(Into::into))
+        }
+    }
+
+    impl old::HostLogStream for ProcessView<'_> {
+        async fn next(
+            &mut self,
+            stream: Resource<LogStream>,
+            max: u32,
+        ) -> wasmtime::Result<Vec<LogLine>> {
+            Ok(super::main_process::HostLogStream::next(self, stream, max)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        }
+
+        async fn try_next(
+            &mut self,
+            stream: Resource<LogStream>,
+            max: u32,
+        ) -> wasmtime::Result<Vec<LogLine>> {
+            Ok(
+                super::main_process::HostLogStream::try_next(self, stream, max)
+                    .await?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            )
+        }
+
+        async fn drop(&mut self, stream: Resource<LogStream>) -> wasmtime::Result<()> {
+            super::main_process::HostLogStream::drop(self, stream).await
+        }
     }
 }
 

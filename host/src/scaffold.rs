@@ -1,0 +1,166 @@
+//! `wpod new NAME --lang rust|python`: a sidecar project that builds with one command into a
+//! component wpod runs, as `cargo new` or `spin new` make one. Each project carries what it
+//! needs to build offline: wpod's interfaces (`wit/`, the version this wpod links) and the
+//! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python); the
+//! templates live in `templates/`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use crate::cli::Lang;
+
+/// wpod's interfaces, as every project gets them.
+const WIT: &[(&str, &str)] = &[
+    ("wit/sidecar.wit", include_str!("../../wit/sidecar.wit")),
+    ("wit/deps/cli.wit", include_str!("../../wit/deps/cli.wit")),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../../wit/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../../wit/deps/filesystem.wit"),
+    ),
+    ("wit/deps/io.wit", include_str!("../../wit/deps/io.wit")),
+    (
+        "wit/deps/random.wit",
+        include_str!("../../wit/deps/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../../wit/deps/sockets.wit"),
+    ),
+];
+
+const RUST: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../templates/rust/Cargo.toml"),
+    ),
+    (
+        "src/main.rs",
+        include_str!("../../templates/rust/src/main.rs"),
+    ),
+    ("pod.yaml", include_str!("../../templates/rust/pod.yaml")),
+    ("README.md", include_str!("../../templates/rust/README.md")),
+    (".gitignore", "/target\n"),
+    ("wpod-sidecar/Cargo.toml", RUST_SDK_MANIFEST),
+    (
+        "wpod-sidecar/src/lib.rs",
+        include_str!("../../guests/wpod-sidecar/src/lib.rs"),
+    ),
+];
+
+/// The Rust SDK's manifest outside wpod's guests workspace.
+const RUST_SDK_MANIFEST: &str = r#"[package]
+name = "wpod-sidecar"
+description = "Write wpod sidecars in Rust (copied from wpod's guests/wpod-sidecar by wpod new)"
+version = "{{wit_version}}"
+edition = "2021"
+
+[lib]
+path = "src/lib.rs"
+
+[features]
+async = ["dep:wstd"]
+
+[dependencies]
+wit-bindgen = "0.63"
+wasip2 = "1.0.4"
+wstd = { version = "0.5.6", optional = true }
+"#;
+
+const PYTHON: &[(&str, &str)] = &[
+    ("app.py", include_str!("../../templates/python/app.py")),
+    (
+        "wpod_sidecar.py",
+        include_str!("../../templates/python/wpod_sidecar.py"),
+    ),
+    ("pod.yaml", include_str!("../../templates/python/pod.yaml")),
+    (
+        "README.md",
+        include_str!("../../templates/python/README.md"),
+    ),
+    (".gitignore", "*.wasm\n__pycache__/\n"),
+];
+
+/// The version of wpod's interfaces this wpod links (and links 0.1.0 beside).
+fn wit_version() -> &'static str {
+    WIT[0]
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("package wpod:sidecar@"))
+        .and_then(|v| v.strip_suffix(';'))
+        .unwrap_or("0.2.0")
+}
+
+pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
+    check_name(name)?;
+    let dir = Path::new(name);
+    if dir.exists() {
+        bail!("{name} already exists; choose another name or remove it");
+    }
+    let files: Vec<(&str, &str)> = match lang {
+        Lang::Rust => RUST.iter().chain(WIT).copied().collect(),
+        Lang::Python => PYTHON.iter().chain(WIT).copied().collect(),
+    };
+    for (path, text) in files {
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{wit_version}}", wit_version())
+            // The SDK's bindings, one directory up from the project's wit/.
+            .replace("path: \"../../wit\"", "path: \"../wit\"");
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let build = match lang {
+        Lang::Rust => "cargo build --release --target wasm32-wasip2".to_string(),
+        Lang::Python => {
+            format!(
+                "componentize-py -d wit -w wpod:sidecar/sidecar componentize app -o {name}.wasm"
+            )
+        }
+    };
+    println!("Created sidecar {name} ({lang}) in ./{name}");
+    println!("  build: cd {name} && {build}");
+    println!("  run:   wpod run {name}/pod.yaml   (as root)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A sidecar's name is its container's: a DNS label (lowercase letters, digits and '-'), which
+/// is also a valid crate name.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && !name.ends_with('-');
+    if !ok {
+        bail!(
+            "{name:?} is not a valid sidecar name: use lowercase letters, digits and '-', starting with a letter (it names the container in the pod)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_version() {
+        assert!(check_name("log-peek").is_ok());
+        for bad in ["", "Peek", "9lives", "a_b", "x-", "../x"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(wit_version().starts_with("0."), "{}", wit_version());
+    }
+}
