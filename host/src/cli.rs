@@ -272,6 +272,7 @@ pub enum Command {
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 impl std::fmt::Display for Lang {
@@ -279,6 +280,7 @@ impl std::fmt::Display for Lang {
         f.write_str(match self {
             Lang::Rust => "rust",
             Lang::Python => "python",
+            Lang::Js => "js",
         })
     }
 }

@@ -1,7 +1,8 @@
-//! `wpod new NAME --lang rust|python`: a sidecar project that builds with one command into a
+//! `wpod new NAME --lang rust|python|js`: a sidecar project that builds with one command into a
 //! component wpod runs, as `cargo new` or `spin new` make one. Each project carries what it
 //! needs to build offline: wpod's interfaces (`wit/`, the version this wpod links) and the
-//! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python); the
+//! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python,
+//! `wpod-sidecar.js` for JavaScript); the
 //! templates live in `templates/`.
 
 use std::path::Path;
@@ -72,6 +73,21 @@ wasip2 = "1.0.4"
 wstd = { version = "0.5.6", optional = true }
 "#;
 
+const JS: &[(&str, &str)] = &[
+    ("app.js", include_str!("../../templates/js/app.js")),
+    (
+        "wpod-sidecar.js",
+        include_str!("../../templates/js/wpod-sidecar.js"),
+    ),
+    (
+        "package.json",
+        include_str!("../../templates/js/package.json"),
+    ),
+    ("pod.yaml", include_str!("../../templates/js/pod.yaml")),
+    ("README.md", include_str!("../../templates/js/README.md")),
+    (".gitignore", "*.wasm\nnode_modules/\n"),
+];
+
 const PYTHON: &[(&str, &str)] = &[
     ("app.py", include_str!("../../templates/python/app.py")),
     (
@@ -105,6 +121,7 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
     let files: Vec<(&str, &str)> = match lang {
         Lang::Rust => RUST.iter().chain(WIT).copied().collect(),
         Lang::Python => PYTHON.iter().chain(WIT).copied().collect(),
+        Lang::Js => JS.iter().chain(WIT).copied().collect(),
     };
     for (path, text) in files {
         let text = text
@@ -126,6 +143,7 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
                 "componentize-py -d wit -w wpod:sidecar/sidecar componentize app -o {name}.wasm"
             )
         }
+        Lang::Js => "npm install && npm run build".to_string(),
     };
     println!("Created sidecar {name} ({lang}) in ./{name}");
     println!("  build: cd {name} && {build}");

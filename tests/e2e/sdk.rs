@@ -203,3 +203,18 @@ fn wpod_new_python_builds_with_one_command_and_runs() {
         &[],
     );
 }
+
+#[test]
+fn wpod_new_js_builds_with_one_command_and_runs() {
+    wpod_test_support::require_root("a scaffolded JavaScript sidecar");
+    scaffold_builds_and_runs(
+        "new-js",
+        "js",
+        &[
+            "sh",
+            "-c",
+            "npm install --no-audit --no-fund && npm run build",
+        ],
+        &[],
+    );
+}
