@@ -40,6 +40,11 @@ const RUST: &[(&str, &str)] = &[
         "Cargo.toml",
         include_str!("../../templates/rust/Cargo.toml"),
     ),
+    // The versions the tests built: the first build needs no crates.io index to resolve.
+    (
+        "Cargo.lock",
+        include_str!("../../templates/rust/Cargo.lock"),
+    ),
     (
         "src/main.rs",
         include_str!("../../templates/rust/src/main.rs"),
@@ -113,11 +118,36 @@ fn wit_version() -> &'static str {
 }
 
 pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
-    check_name(name)?;
+    check_name(name, lang)?;
     let dir = Path::new(name);
-    if dir.exists() {
-        bail!("{name} already exists; choose another name or remove it");
+    // Made here, or refused: never into a directory that was already there.
+    if let Err(e) = std::fs::create_dir(dir) {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            bail!("{name} already exists; choose another name or remove it");
+        }
+        return Err(e).with_context(|| format!("cannot create {name}"));
     }
+    if let Err(e) = write_project(dir, name, lang) {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e);
+    }
+    let build = match lang {
+        Lang::Rust => "cargo build --release --target wasm32-wasip2".to_string(),
+        Lang::Python => {
+            format!(
+                "componentize-py -d wit -w wpod:sidecar/sidecar componentize app -o {name}.wasm"
+            )
+        }
+        Lang::Js => "npm install && npm run build".to_string(),
+    };
+    println!("Created sidecar {name} ({lang}) in ./{name}");
+    println!("  build: cd {name} && {build}");
+    println!("  run:   wpod run {name}/pod.yaml   (as root)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the project's files into `dir` (just made, empty).
+fn write_project(dir: &Path, name: &str, lang: Lang) -> anyhow::Result<()> {
     let files: Vec<(&str, &str)> = match lang {
         Lang::Rust => RUST.iter().chain(WIT).copied().collect(),
         Lang::Python => PYTHON.iter().chain(WIT).copied().collect(),
@@ -136,24 +166,66 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let build = match lang {
-        Lang::Rust => "cargo build --release --target wasm32-wasip2".to_string(),
-        Lang::Python => {
-            format!(
-                "componentize-py -d wit -w wpod:sidecar/sidecar componentize app -o {name}.wasm"
-            )
-        }
-        Lang::Js => "npm install && npm run build".to_string(),
-    };
-    println!("Created sidecar {name} ({lang}) in ./{name}");
-    println!("  build: cd {name} && {build}");
-    println!("  run:   wpod run {name}/pod.yaml   (as root)");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
+/// Names Cargo refuses for a package or a binary, or that the project's own SDK takes.
+const RESERVED_RUST: &[&str] = &[
+    "build",
+    "deps",
+    "examples",
+    "incremental",
+    "test",
+    "std",
+    "core",
+    "alloc",
+    "proc-macro",
+    "wpod-sidecar",
+    "self",
+    "super",
+    "crate",
+    "fn",
+    "mod",
+    "use",
+    "impl",
+    "let",
+    "loop",
+    "match",
+    "type",
+    "where",
+    "while",
+    "async",
+    "await",
+    "dyn",
+    "for",
+    "if",
+    "in",
+    "ref",
+    "return",
+    "static",
+    "struct",
+    "trait",
+    "true",
+    "false",
+    "unsafe",
+    "enum",
+    "extern",
+    "const",
+    "else",
+    "break",
+    "continue",
+    "move",
+    "mut",
+    "pub",
+    "as",
+];
+
 /// A sidecar's name is its container's: a DNS label (lowercase letters, digits and '-'), which
-/// is also a valid crate name.
-fn check_name(name: &str) -> anyhow::Result<()> {
+/// is also a valid crate name unless Cargo reserves it.
+fn check_name(name: &str, lang: Lang) -> anyhow::Result<()> {
+    if lang == Lang::Rust && RESERVED_RUST.contains(&name) {
+        bail!("{name:?} is reserved for a Rust package (by Cargo, or by the project's own wpod-sidecar); choose another name");
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -175,10 +247,32 @@ mod tests {
 
     #[test]
     fn names_and_version() {
-        assert!(check_name("log-peek").is_ok());
+        assert!(check_name("log-peek", Lang::Rust).is_ok());
         for bad in ["", "Peek", "9lives", "a_b", "x-", "../x"] {
-            assert!(check_name(bad).is_err(), "{bad}");
+            assert!(check_name(bad, Lang::Python).is_err(), "{bad}");
+        }
+        for reserved in ["build", "wpod-sidecar", "fn"] {
+            assert!(check_name(reserved, Lang::Rust).is_err(), "{reserved}");
+            assert!(check_name(reserved, Lang::Js).is_ok(), "{reserved}");
         }
         assert!(wit_version().starts_with("0."), "{}", wit_version());
+    }
+
+    /// Every file of wit/ goes into a project (a new WASI deps file would otherwise be missing).
+    #[test]
+    fn every_wit_file_is_copied() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut on_disk: Vec<String> = ["", "deps"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(root.join(sub)).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wit"))
+            .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+            .map(|p| format!("wit/{p}"))
+            .collect();
+        on_disk.sort();
+        let mut copied: Vec<String> = WIT.iter().map(|(p, _)| p.to_string()).collect();
+        copied.sort();
+        assert_eq!(on_disk, copied);
     }
 }

@@ -17,6 +17,7 @@ export const run = {
       console.log(`{{name}}: ${main} said ${JSON.stringify(line.text)}`);
       break;
     }
+    wpod.waitRunning(main);
     try {
       const s = wpod.stats(main);
       console.log(`{{name}}: ${main} uses ${s.rssBytes / 1024n} KiB of memory and ${s.threads} threads`);

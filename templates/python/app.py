@@ -18,6 +18,7 @@ class Run(exports.Run):
         for line in wpod_sidecar.main_logs(main, from_beginning=True):
             print(f"{{name}}: {main} said {line.text!r}", flush=True)
             break
+        wpod_sidecar.wait_running(main)
         try:
             s = wpod_sidecar.stats(main)
             print(f"{{name}}: {main} uses {s.rss_bytes // 1024} KiB of memory and {s.threads} threads", flush=True)

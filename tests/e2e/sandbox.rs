@@ -343,6 +343,11 @@ spec:
     });
     let sleeps =
         || crate::pods::processes_mentioning(&["sleep\x003001", "sleep\x003002", "sleep\x003003"]);
+    // `started` is said once the shell runs; its sleeps follow a moment later.
+    let start = std::time::Instant::now();
+    while sleeps().len() < 3 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(sleeps().len(), 3, "{:?}", sleeps());
     running.signal(libc::SIGKILL);
     let _ = running.wait(LONG);

@@ -3,7 +3,7 @@
 //! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.0`):
 //!
 //! - [`ready`]: tell the pod this sidecar is ready (a native sidecar counts as started then);
-//! - [`containers`], [`stats`]: the main containers and their live statistics (the pod grants
+//! - [`containers`], [`stats`], [`wait_running`]: the main containers and their live statistics (the pod grants
 //!   them with `shareProcessNamespace: true`);
 //! - [`main_logs`]: follow a main container's output;
 //! - [`signal`]: signal a main container (also needs `capabilities.add: [KILL]`);
@@ -39,6 +39,24 @@ pub fn ready() {
 /// The pod's main containers, in manifest order.
 pub fn containers() -> Vec<Info> {
     main_process::containers()
+}
+
+/// Waits up to `timeout` until main container `name` runs (its output can come a moment before
+/// the pod records it as running). Whether it does. Consumes the pod events that come
+/// meanwhile (`stopping` stays: every later call returns it again).
+pub fn wait_running(name: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if main_process::get(name).is_ok_and(|c| c.state == State::Running) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Wakes up on the pod's next event (MainStarted), or in 100 ms at most.
+        let _ = lifecycle::next_event(left.min(std::time::Duration::from_millis(100)).as_millis() as u64);
+    }
 }
 
 /// Live statistics of main container `name`'s process.
@@ -84,7 +102,8 @@ impl MainLogs {
         self.stream.try_next(max)
     }
 
-    /// A pollable ready when [`MainLogs::try_next`] has lines, or the output has ended.
+    /// A pollable ready when [`MainLogs::try_next`] has lines, or the output has ended. It is
+    /// the stream's child: drop it before this `MainLogs` (dropping the stream first traps).
     pub fn subscribe(&self) -> wasip2::io::poll::Pollable {
         self.stream.subscribe()
     }

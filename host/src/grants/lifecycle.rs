@@ -86,19 +86,18 @@ fn imports_lifecycle_function(
     function: &str,
 ) -> bool {
     use wasmtime::component::types::ComponentItem;
+    // Any version's: a component may import 0.1.0's and 0.2.0's side by side.
     let ty = component.component_type();
     let found = ty
         .imports(engine)
-        .find(|(name, _)| name.starts_with("wpod:sidecar/lifecycle@"));
-    match found {
-        Some((_, ext)) => match ext.ty {
+        .filter(|(name, _)| name.starts_with("wpod:sidecar/lifecycle@"))
+        .any(|(_, ext)| match ext.ty {
             ComponentItem::ComponentInstance(instance) => {
                 instance.exports(engine).any(|(name, _)| name == function)
             }
             _ => false,
-        },
-        None => false,
-    }
+        });
+    found
 }
 
 /// The events an instance has not taken yet, shared by its `lifecycle` functions and the
@@ -170,7 +169,9 @@ fn to_wit(e: PodEvent) -> Event {
     }
 }
 
-/// The pollable of `subscribe`: ready when the queue has an event.
+/// The pollable of `subscribe`: ready when the queue has an event. It waits holding the queue,
+/// so of two such pollables in one `poll` only the first can report ready (one subscription
+/// at a time is what the SDKs keep).
 struct EventsReady(Arc<tokio::sync::Mutex<EventQueue>>);
 
 #[wasmtime_wasi_io::async_trait]

@@ -22,6 +22,7 @@ async fn main() {
         }
         Err(e) => println!("{{name}}: cannot read {main}'s output: {e:?}"),
     }
+    wpod_sidecar::wait_running(&main, std::time::Duration::from_secs(5));
     match wpod_sidecar::stats(&main) {
         Ok(s) => println!(
             "{{name}}: {main} uses {} KiB of memory and {} threads",
