@@ -218,3 +218,53 @@ fn wpod_new_js_builds_with_one_command_and_runs() {
         &[],
     );
 }
+
+#[test]
+fn an_exporter_answers_while_another_client_holds_its_connection_idle() {
+    wpod_test_support::require_root("an exporter serving concurrently");
+    let pod = TestPod::new(
+        "sdk-exporter",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sdk-exporter}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sleep, "60"]
+  - name: exporter
+    image: SIDECARS/proc-monitor.wasm
+    env: [{name: LISTEN, value: "0.0.0.0:9256"}]
+    ports: [{containerPort: 9256, hostPort: 19621, hostIP: 127.0.0.1}]
+"#,
+    );
+    let running = pod.spawn();
+    assert!(
+        crate::pods::curl("http://127.0.0.1:19621/metrics", LONG).is_some(),
+        "{}",
+        running.output().dump()
+    );
+    // Idle clients that never send a request (the exporter gives each 5 s) hold up nobody:
+    // a scrape meanwhile is answered at once.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", 19621)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "2", "-f", "http://127.0.0.1:19621/metrics"])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "no answer within 2 s while clients idled"
+    );
+    assert!(crate::text(&out.stdout).contains("process_resident_memory_bytes"));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    drop(idle);
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+}

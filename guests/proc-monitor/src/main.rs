@@ -69,7 +69,7 @@ fn main() {
     let only: Vec<String> = std::env::var("CONTAINERS")
         .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    if let Err(e) = promtext::serve(&listen, || render(&only)) {
+    if let Err(e) = promtext::serve(&listen, move || render(&only)) {
         eprintln!("cannot serve on {listen}: {e}");
         std::process::exit(1);
     }

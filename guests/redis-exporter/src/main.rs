@@ -99,7 +99,7 @@ fn render(addr: &str) -> String {
 fn main() {
     let addr = std::env::var("REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into());
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "0.0.0.0:9121".into());
-    if let Err(e) = promtext::serve(&listen, || render(&addr)) {
+    if let Err(e) = promtext::serve(&listen, move || render(&addr)) {
         eprintln!("cannot serve on {listen}: {e}");
         std::process::exit(1);
     }
