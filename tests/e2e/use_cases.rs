@@ -500,6 +500,35 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
         "curl --cacert: {page} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Clients that connect and say nothing hold up nobody: each connection is a task of its
+    // own (the proxy gives each 60 s), so a request meanwhile is answered at once.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect("127.0.0.1:8443").expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "3",
+            "--cacert",
+            "/tmp/wpod-tls/tls.crt",
+            "https://localhost:8443/",
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Directory listing"),
+        "a request while clients idle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(idle);
     // openssl s_client verifies the chain and speaks HTTP through it.
     let mut s_client = Command::new("openssl")
         .args([
