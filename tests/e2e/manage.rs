@@ -32,6 +32,15 @@ fn ps_all(pod: &str) -> serde_json::Value {
     ps_entry(&["ps", "-a", "--output", "json"], pod)
 }
 
+/// Container `name` of a `ps` entry (panics, showing the entry, when it is not listed).
+fn container(p: &serde_json::Value, name: &str) -> serde_json::Value {
+    p["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no container {name} in {p}"))
+}
+
 fn ps_entry(args: &[&str], pod: &str) -> serde_json::Value {
     let out = crate::wpod_output(args);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -56,13 +65,7 @@ fn ps_and_logs_see_a_running_pod_from_another_shell() {
     let p = ps("mgmt-ps");
     assert_eq!(p["phase"], "Running", "{p}");
     assert_eq!(p["supervised"], true, "{p}");
-    let main = p["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "main")
-        .cloned()
-        .unwrap();
+    let main = container(&p, "main");
     assert_eq!(main["state"], "running", "{p}");
     assert!(main["pid"].as_i64().is_some(), "{p}");
     // logs -c: what the container wrote so far; a pod of two containers needs -c.
@@ -261,13 +264,7 @@ fn detached_pods_outlive_the_command_and_are_managed_from_another_shell() {
         // readable until `wpod rm`.
         let p = ps_all(name);
         assert_eq!(p["phase"], "Exited", "{p}");
-        let main = p["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "main")
-            .cloned()
-            .unwrap();
+        let main = container(&p, "main");
         assert_eq!(main["state"], "exited", "{p}");
         wait_for_log(name, "main", &format!("hello from {name}"));
         let out = crate::wpod_output(&["rm", name]);
