@@ -12,6 +12,7 @@ mod redteam;
 mod sandbox;
 mod sdk;
 mod sidecars;
+mod tls;
 mod use_cases;
 
 use std::path::Path;

@@ -1,14 +1,25 @@
-//! tls-proxy: terminates TLS (rustls, pure-Rust RustCrypto provider) on a port the sidecar
-//! declares, and forwards each HTTP request to a legacy service that listens only on the pod's
-//! localhost; the certificate and key come from a volume (a Secret-like hostPath, or an init
-//! container that writes them).
+//! tls-proxy: terminates TLS on a port the sidecar declares and passes the plaintext to a
+//! legacy service that listens only on the pod's localhost; the certificate and key come from
+//! a volume (a Secret-like hostPath, or an init container that writes them).
 //!
-//! One request per connection (the upstream request gets `Connection: close`). Each connection
-//! is a task on wstd's reactor (sockets polled together, no threads), so many are served at once
-//! and a slow client holds up nobody; each has 60 s in all.
+//! Two TLS engines (`TLS_ENGINE`):
+//! - `host` (the default): the host runs the handshakes and records at native speed through
+//!   `wpod:sidecar/tls`; the sidecar only relays bytes both ways between the client's plaintext
+//!   and a backend connection, each direction spliced in the host (no copy through Wasm
+//!   memory). Like stunnel or a TCP-mode proxy: HTTP keep-alive and anything else the backend
+//!   speaks pass through. A direction idle for 60 s ends the connection.
+//! - `guest`: rustls with a pure-Rust (RustCrypto) provider inside Wasm, one HTTP request per
+//!   connection (sent upstream with `Connection: close`), each connection 60 s in all: a
+//!   sidecar that brings its own TLS, as any component may.
+//!
+//! Each connection is a task on wstd's reactor (sockets polled together, no threads), so many
+//! are served at once and a slow client holds up nobody.
+//! On the pod's `stopping` event it stops accepting and gives the open connections until its
+//! deadline to finish, as nginx's graceful quit does, then exits 0.
 //!
 //! Configuration (env): `LISTEN` (default 0.0.0.0:8443), `BACKEND` (default 127.0.0.1:8000),
-//! `CERT` (PEM chain, default /tls/tls.crt), `KEY` (PEM key, default /tls/tls.key).
+//! `CERT` (PEM chain, default /tls/tls.crt), `KEY` (PEM key, default /tls/tls.key),
+//! `TLS_ENGINE` (`host` or `guest`).
 
 use std::io::{BufReader, Read, Write};
 use std::rc::Rc;
@@ -18,23 +29,36 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 use wstd::future::FutureExt as _;
-use wstd::io::{AsyncRead as _, AsyncWrite as _};
-use wstd::iter::AsyncIterator as _;
+use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncWrite as _};
+use wstd::runtime::AsyncPollable;
+use wstd::wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use wstd::wasip2::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+};
+use wstd::wasip2::sockets::tcp::{ShutdownType, TcpSocket};
+use wstd::wasip2::sockets::{instance_network, tcp_create_socket};
 
 fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 
+fn read(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The guest engine's rustls configuration.
 fn load_config(cert: &str, key: &str) -> Result<Arc<ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(std::fs::File::open(cert).map_err(|e| format!("{cert}: {e}"))?))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{cert}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut BufReader::new(&read(cert)?[..]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{cert}: {e}"))?;
     if certs.is_empty() {
         return Err(format!("{cert}: no certificate"));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(std::fs::File::open(key).map_err(|e| format!("{key}: {e}"))?))
-        .map_err(|e| format!("{key}: {e}"))?
-        .ok_or_else(|| format!("{key}: no private key"))?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut BufReader::new(&read(key)?[..]))
+            .map_err(|e| format!("{key}: {e}"))?
+            .ok_or_else(|| format!("{key}: no private key"))?;
     let config = ServerConfig::builder_with_provider(Arc::new(rustls_rustcrypto::provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -60,9 +84,10 @@ fn rewrite_connection(head: &[u8], body: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// A TLS session over a wstd socket: rustls does the protocol, this moves its records.
+/// A TLS session in Wasm over a client connection: rustls does the protocol, this moves its
+/// records.
 struct Tls {
-    tcp: wstd::net::TcpStream,
+    tcp: Connection,
     conn: ServerConnection,
 }
 
@@ -72,7 +97,11 @@ impl Tls {
         while self.conn.wants_write() {
             let mut out = Vec::new();
             self.conn.write_tls(&mut out).map_err(|e| e.to_string())?;
-            self.tcp.write_all(&out).await.map_err(|e| format!("write to client: {e}"))?;
+            self.tcp
+                .output
+                .write_all(&out)
+                .await
+                .map_err(|e| format!("write to client: {e}"))?;
         }
         Ok(())
     }
@@ -80,14 +109,21 @@ impl Tls {
     /// Reads more records from the client into rustls; false at the client's EOF.
     async fn fill(&mut self) -> Result<bool, String> {
         let mut buf = [0u8; 16384];
-        let n = self.tcp.read(&mut buf).await.map_err(|e| format!("read from client: {e}"))?;
+        let n = self
+            .tcp
+            .input
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read from client: {e}"))?;
         if n == 0 {
             return Ok(false);
         }
         let mut data = &buf[..n];
         while !data.is_empty() {
             self.conn.read_tls(&mut data).map_err(|e| e.to_string())?;
-            self.conn.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+            self.conn
+                .process_new_packets()
+                .map_err(|e| format!("TLS: {e}"))?;
         }
         Ok(true)
     }
@@ -110,7 +146,10 @@ impl Tls {
 
     /// Plaintext to the client.
     async fn write_all(&mut self, data: &[u8]) -> Result<(), String> {
-        self.conn.writer().write_all(data).map_err(|e| e.to_string())?;
+        self.conn
+            .writer()
+            .write_all(data)
+            .map_err(|e| e.to_string())?;
         self.flush().await
     }
 }
@@ -133,7 +172,13 @@ async fn read_request_async(tls: &mut Tls) -> Result<Vec<u8>, String> {
         req.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&req[..head_end]).to_ascii_lowercase();
-    let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok())).unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
     while req.len() < head_end + length {
         let n = tls.read(&mut buf).await?;
         if n == 0 {
@@ -144,29 +189,44 @@ async fn read_request_async(tls: &mut Tls) -> Result<Vec<u8>, String> {
     Ok(rewrite_connection(&req[..head_end], &req[head_end..]))
 }
 
-/// A connection to the backend (wstd 0.5 has no client sockets): streams first, so they are
-/// dropped before their socket.
-struct Upstream {
-    input: wstd::io::AsyncInputStream,
-    output: wstd::io::AsyncOutputStream,
-    _socket: wstd::wasip2::sockets::tcp::TcpSocket,
+/// A TCP connection as wasip2 gives it: streams first, so they are dropped before their
+/// socket (wstd 0.5 has no client sockets, and its server sockets hide their streams).
+struct Raw {
+    input: InputStream,
+    output: OutputStream,
+    socket: TcpSocket,
 }
 
-/// Connects to `addr` (an IP address and port: the pod's loopback) without blocking the others.
-async fn connect(addr: &str) -> Result<Upstream, String> {
-    use wstd::wasip2::sockets::network::{
-        ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
-    };
-    use wstd::wasip2::sockets::{instance_network, tcp_create_socket};
+/// A connection with wstd's async streams (the guest engine reads and writes through them).
+struct Connection {
+    input: AsyncInputStream,
+    output: AsyncOutputStream,
+    _socket: TcpSocket,
+}
+
+impl From<Raw> for Connection {
+    fn from(raw: Raw) -> Self {
+        Connection {
+            input: AsyncInputStream::new(raw.input),
+            output: AsyncOutputStream::new(raw.output),
+            _socket: raw.socket,
+        }
+    }
+}
+
+fn socket_address(addr: &str) -> Result<(IpAddressFamily, IpSocketAddress), String> {
     let parsed: std::net::SocketAddr = addr
         .parse()
         .map_err(|_| format!("{addr} is not an IP address and port"))?;
-    let (family, target) = match parsed {
+    Ok(match parsed {
         std::net::SocketAddr::V4(a) => {
             let [x, y, z, w] = a.ip().octets();
             (
                 IpAddressFamily::Ipv4,
-                IpSocketAddress::Ipv4(Ipv4SocketAddress { port: a.port(), address: (x, y, z, w) }),
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: a.port(),
+                    address: (x, y, z, w),
+                }),
             )
         }
         std::net::SocketAddr::V6(a) => {
@@ -181,20 +241,26 @@ async fn connect(addr: &str) -> Result<Upstream, String> {
                 }),
             )
         }
-    };
+    })
+}
+
+/// Connects to `addr` (an IP address and port: the pod's loopback) without blocking the others.
+async fn connect(addr: &str) -> Result<Raw, String> {
+    let (family, target) = socket_address(addr)?;
     let socket = tcp_create_socket::create_tcp_socket(family).map_err(|e| format!("{e:?}"))?;
     socket
         .start_connect(&instance_network::instance_network(), target)
         .map_err(|e| format!("{e:?}"))?;
-    let ready = wstd::runtime::AsyncPollable::new(socket.subscribe());
+    let ready = AsyncPollable::new(socket.subscribe());
     loop {
         match socket.finish_connect() {
             Ok((input, output)) => {
-                return Ok(Upstream {
-                    input: wstd::io::AsyncInputStream::new(input),
-                    output: wstd::io::AsyncOutputStream::new(output),
-                    _socket: socket,
-                })
+                drop(ready);
+                return Ok(Raw {
+                    input,
+                    output,
+                    socket,
+                });
             }
             Err(ErrorCode::WouldBlock) => ready.wait_for().await,
             Err(e) => return Err(format!("{e:?}")),
@@ -202,20 +268,120 @@ async fn connect(addr: &str) -> Result<Upstream, String> {
     }
 }
 
+/// Listens on `addr` (the port must be among the sidecar's declared ports).
+fn listen(addr: &str) -> Result<TcpSocket, String> {
+    let (family, local) = socket_address(addr)?;
+    let socket = tcp_create_socket::create_tcp_socket(family).map_err(|e| format!("{e:?}"))?;
+    let network = instance_network::instance_network();
+    socket
+        .start_bind(&network, local)
+        .map_err(|e| format!("bind: {e:?}"))?;
+    socket.subscribe().block();
+    socket.finish_bind().map_err(|e| format!("bind: {e:?}"))?;
+    // Room for a burst of clients, as nginx's default backlog gives.
+    let _ = socket.set_listen_backlog_size(511);
+    socket
+        .start_listen()
+        .map_err(|e| format!("listen: {e:?}"))?;
+    socket.subscribe().block();
+    socket
+        .finish_listen()
+        .map_err(|e| format!("listen: {e:?}"))?;
+    Ok(socket)
+}
+
+/// How long one direction of a relayed connection may stay idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Copies `from` to `to` until `from` ends, each chunk spliced in the host; an error after
+/// `IDLE_TIMEOUT` with nothing to copy. What was written is flushed before it returns.
+async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
+    let readable = AsyncPollable::new(from.subscribe());
+    let writable = AsyncPollable::new(to.subscribe());
+    let mut copied = 0;
+    let outcome = loop {
+        if readable
+            .wait_for()
+            .timeout(wstd::time::Duration::from(IDLE_TIMEOUT))
+            .await
+            .is_err()
+        {
+            break Err(format!("idle for {}s", IDLE_TIMEOUT.as_secs()));
+        }
+        writable.wait_for().await;
+        match to.splice(from, 1 << 20) {
+            Ok(n) => copied += n,
+            Err(StreamError::Closed) => break Ok(copied),
+            Err(StreamError::LastOperationFailed(e)) => break Err(e.to_debug_string()),
+        }
+    };
+    // Written is not sent until flushed: wait for it, or the host may drop the tail.
+    if to.flush().is_ok() {
+        writable.wait_for().await;
+    }
+    outcome
+}
+
+/// One connection with the host engine: the handshake in the host, then the plaintext relayed
+/// to the backend and back until the backend is done (or a direction idles out). The client's
+/// end of input is passed on as a half-close, so a backend reading to EOF still answers.
+async fn relay(
+    client: Raw,
+    identity: Rc<wpod_sidecar::tls::ServerIdentity>,
+    backend: Rc<String>,
+) -> Result<(), String> {
+    let Raw {
+        input,
+        output,
+        socket: client_socket,
+    } = client;
+    let (plain_in, plain_out) = wpod_sidecar::tls::accept(&identity, input, output).await?;
+    let upstream = Rc::new(
+        connect(&backend)
+            .await
+            .map_err(|e| format!("backend {backend}: {e}"))?,
+    );
+    let plain_in = Rc::new(plain_in);
+    let up = {
+        let (upstream, plain_in) = (upstream.clone(), plain_in.clone());
+        wstd::runtime::spawn(async move {
+            let _ = pump(&plain_in, &upstream.output).await;
+            let _ = upstream.socket.shutdown(ShutdownType::Send);
+        })
+    };
+    let down = pump(&upstream.input, &plain_out).await;
+    // Dropping the task cancels the other direction; the plaintext streams, dropped next, end
+    // the TLS session with close_notify.
+    drop(up);
+    drop((plain_out, plain_in));
+    drop(client_socket);
+    down.map(drop)
+        .map_err(|e| format!("backend {backend}: {e}"))
+}
+
 /// One connection: the request read through TLS, forwarded, the answer streamed back.
-async fn serve(tcp: wstd::net::TcpStream, config: Arc<ServerConfig>, backend: Rc<String>) -> Result<(), String> {
+async fn serve(
+    tcp: Connection,
+    config: Arc<ServerConfig>,
+    backend: Rc<String>,
+) -> Result<(), String> {
     let conn = ServerConnection::new(config).map_err(|e| e.to_string())?;
     let mut tls = Tls { tcp, conn };
     let request = read_request_async(&mut tls).await?;
-    let mut upstream = connect(&backend)
+    let mut upstream: Connection = connect(&backend)
         .await
-        .map_err(|e| format!("backend {backend}: {e}"))?;
+        .map_err(|e| format!("backend {backend}: {e}"))?
+        .into();
     upstream
         .output
         .write_all(&request)
         .await
         .map_err(|e| format!("backend {backend}: {e}"))?;
-    upstream.output.flush().await.map_err(|e| format!("backend {backend}: {e}"))?;
+    upstream
+        .output
+        .flush()
+        .await
+        .map_err(|e| format!("backend {backend}: {e}"))?;
     let mut buf = [0u8; 16384];
     loop {
         let n = upstream
@@ -235,45 +401,133 @@ async fn serve(tcp: wstd::net::TcpStream, config: Arc<ServerConfig>, backend: Rc
 /// How long one connection may take in all (handshake, request, the backend's answer).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which TLS engine serves the connections.
+enum Engine {
+    Host(Rc<wpod_sidecar::tls::ServerIdentity>),
+    Guest(Arc<ServerConfig>),
+}
+
+fn engine(cert: &str, key: &str) -> Result<Engine, String> {
+    match env("TLS_ENGINE", "host").as_str() {
+        "host" => wpod_sidecar::tls::identity(&read(cert)?, &read(key)?)
+            .map(|id| Engine::Host(Rc::new(id)))
+            .map_err(|e| format!("CERT={cert} KEY={key}: {e}")),
+        "guest" => load_config(cert, key).map(Engine::Guest),
+        other => Err(format!("TLS_ENGINE={other}: use host or guest")),
+    }
+}
+
 fn main() {
-    let listen = env("LISTEN", "0.0.0.0:8443");
+    let listen_on = env("LISTEN", "0.0.0.0:8443");
     let backend = Rc::new(env("BACKEND", "127.0.0.1:8000"));
-    let config = match load_config(&env("CERT", "/tls/tls.crt"), &env("KEY", "/tls/tls.key")) {
-        Ok(c) => c,
+    let engine = match engine(&env("CERT", "/tls/tls.crt"), &env("KEY", "/tls/tls.key")) {
+        Ok(e) => Rc::new(e),
         Err(e) => {
             eprintln!("cannot load TLS configuration: {e}");
             std::process::exit(1);
         }
     };
+    let listener = match listen(&listen_on) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "cannot listen on {listen_on}: {e} (declare the port in the sidecar's ports)"
+            );
+            std::process::exit(1);
+        }
+    };
+    let which = match *engine {
+        Engine::Host(_) => "in the host",
+        Engine::Guest(_) => "in Wasm",
+    };
+    println!("terminating TLS ({which}) on {listen_on}, forwarding to {backend}");
+    let active = Rc::new(std::cell::Cell::new(0usize));
     wstd::runtime::block_on(async move {
-        let listener = match wstd::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on {listen}: {e} (declare the port in the sidecar's ports)");
-                std::process::exit(1);
-            }
-        };
-        println!("terminating TLS on {listen}, forwarding to http://{backend}");
-        let mut incoming = listener.incoming();
-        while let Some(conn) = incoming.next().await {
-            match conn {
-                Ok(tcp) => {
-                    let (config, backend) = (config.clone(), backend.clone());
-                    // A task per connection: a slow client holds up nobody else.
-                    wstd::runtime::spawn(async move {
-                        let served = serve(tcp, config, backend)
-                            .timeout(wstd::time::Duration::from(CONNECTION_TIMEOUT))
-                            .await;
-                        match served {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => eprintln!("connection: {e}"),
-                            Err(_) => eprintln!("connection: no end within {}s", CONNECTION_TIMEOUT.as_secs()),
-                        }
-                    })
-                    .detach();
-                }
-                Err(e) => eprintln!("accept: {e}"),
-            }
+        let accepting = wstd::runtime::spawn(serve_all(listener, engine, backend, active.clone()));
+        // Stopping, as nginx's graceful quit: no new connections, the open ones finish.
+        let left = stopping().await;
+        drop(accepting);
+        println!(
+            "stopping: {} connection(s) to finish within {left:?}",
+            active.get()
+        );
+        let deadline = std::time::Instant::now() + left;
+        while active.get() > 0 && std::time::Instant::now() < deadline {
+            wstd::task::sleep(wstd::time::Duration::from_millis(20)).await;
         }
     })
+}
+
+/// Waits for the pod's `stopping` event: the time left before the sidecar is stopped.
+async fn stopping() -> Duration {
+    let mut events = wpod_sidecar::events();
+    loop {
+        if let wpod_sidecar::Event::Stopping(ms) = events.next().await {
+            // A little margin: the host stops the sidecar at the deadline itself.
+            return Duration::from_millis(ms).saturating_sub(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Counts a connection while it is served.
+struct Active(Rc<std::cell::Cell<usize>>);
+
+impl Active {
+    fn new(count: &Rc<std::cell::Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Active(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Accepts connections for ever, each served by a task of its own.
+async fn serve_all(
+    listener: TcpSocket,
+    engine: Rc<Engine>,
+    backend: Rc<String>,
+    active: Rc<std::cell::Cell<usize>>,
+) {
+    let incoming = AsyncPollable::new(listener.subscribe());
+    loop {
+        let (socket, input, output) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(ErrorCode::WouldBlock) => {
+                incoming.wait_for().await;
+                continue;
+            }
+            Err(e) => {
+                eprintln!("accept: {e:?}");
+                continue;
+            }
+        };
+        let client = Raw {
+            input,
+            output,
+            socket,
+        };
+        let (engine, backend) = (engine.clone(), backend.clone());
+        let counted = Active::new(&active);
+        // A task per connection: a slow client holds up nobody else.
+        wstd::runtime::spawn(async move {
+            let _counted = counted;
+            let served = match &*engine {
+                Engine::Host(identity) => relay(client, identity.clone(), backend).await,
+                Engine::Guest(config) => serve(client.into(), config.clone(), backend)
+                    .timeout(wstd::time::Duration::from(CONNECTION_TIMEOUT))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no end within {}s", CONNECTION_TIMEOUT.as_secs()))
+                    }),
+            };
+            if let Err(e) = served {
+                eprintln!("connection: {e}");
+            }
+        })
+        .detach();
+    }
 }

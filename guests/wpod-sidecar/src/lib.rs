@@ -8,6 +8,7 @@
 //! - [`main_logs`]: follow a main container's output;
 //! - [`signal`]: signal a main container (also needs `capabilities.add: [KILL]`);
 //! - [`next_event`], [`try_next_event`]: the pod's events, `stopping` among them.
+//! - [`tls`]: TLS run by the host at native speed on a connection the sidecar accepted.
 //!
 //! With the `async` feature, on [wstd](https://docs.rs/wstd)'s reactor, [`events`] and
 //! [`MainLogs::next`] wait in the same poll as wstd's sockets and timers, so one sidecar serves
@@ -23,6 +24,8 @@ wit_bindgen::generate!({
     world: "wpod:sidecar/imports",
     with: {
         "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:io/error@0.2.12": wasip2::io::error,
     },
 });
 
@@ -55,7 +58,9 @@ pub fn wait_running(name: &str, timeout: std::time::Duration) -> bool {
             return false;
         }
         // Wakes up on the pod's next event (MainStarted), or in 100 ms at most.
-        let _ = lifecycle::next_event(left.min(std::time::Duration::from_millis(100)).as_millis() as u64);
+        let _ = lifecycle::next_event(
+            left.min(std::time::Duration::from_millis(100)).as_millis() as u64
+        );
     }
 }
 
@@ -152,5 +157,55 @@ impl Events {
             }
             self.ready.wait_for().await;
         }
+    }
+}
+
+/// TLS run by the host at native speed (ring, AES-NI) on a connection the sidecar accepted:
+/// the sidecar hands over its certificate and key (read from its own volume) and the
+/// connection's streams, and gets plaintext streams back. Always granted; it reaches nothing
+/// new. A sidecar may equally bring its own TLS library.
+pub mod tls {
+    pub use crate::wpod::sidecar::tls::{accept as start, FutureServerStreams, ServerIdentity};
+    use wasip2::io::streams::{InputStream, OutputStream};
+
+    /// A server identity from a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn identity(
+        certificate_chain: &[u8],
+        private_key: &[u8],
+    ) -> Result<ServerIdentity, String> {
+        ServerIdentity::from_pem(certificate_chain, private_key)
+    }
+
+    /// The server side of a TLS handshake on a connection's streams (the host takes them
+    /// over): the plaintext streams from and to the client, once the handshake is done. The
+    /// host gives a client 10 s for it. Blocks the whole component; see [`accept`] for async.
+    pub fn accept_blocking(
+        identity: &ServerIdentity,
+        input: InputStream,
+        output: OutputStream,
+    ) -> Result<(InputStream, OutputStream), String> {
+        let future = start(identity, input, output);
+        future.subscribe().block();
+        outcome(&future)
+    }
+
+    /// As [`accept_blocking`], waiting on wstd's reactor: other connections go on meanwhile.
+    #[cfg(feature = "async")]
+    pub async fn accept(
+        identity: &ServerIdentity,
+        input: InputStream,
+        output: OutputStream,
+    ) -> Result<(InputStream, OutputStream), String> {
+        let future = start(identity, input, output);
+        wstd::runtime::AsyncPollable::new(future.subscribe())
+            .wait_for()
+            .await;
+        outcome(&future)
+    }
+
+    fn outcome(future: &FutureServerStreams) -> Result<(InputStream, OutputStream), String> {
+        future
+            .get()
+            .unwrap_or_else(|| Err("the TLS handshake is still running".into()))
     }
 }

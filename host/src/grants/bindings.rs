@@ -12,10 +12,13 @@ wasmtime::component::bindgen!({
     with: {
         "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
         "wasi:io/poll": wasmtime_wasi_io::bindings::wasi::io::poll,
+        "wasi:io/streams": wasmtime_wasi_io::bindings::wasi::io::streams,
+        "wpod:sidecar/tls.server-identity": crate::grants::tls::ServerIdentity,
+        "wpod:sidecar/tls.future-server-streams": crate::grants::tls::FutureServerStreams,
     },
 });
 
-pub use self::wpod::sidecar::{lifecycle, main_process};
+pub use self::wpod::sidecar::{lifecycle, main_process, tls};
 
 /// wpod:sidecar@0.1.0, linked beside 0.2.0 for the components built against it.
 pub mod v0_1 {

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod procstat;
+pub mod tls;
 pub mod wasi;
 
 use std::fmt;
@@ -194,6 +195,7 @@ capabilities! {
     fs: fs::Filesystem,
     process: process::MainProcess,
     lifecycle: lifecycle::Lifecycle,
+    tls: tls::Tls,
 }
 
 impl Grants {

@@ -1,0 +1,414 @@
+//! TLS (always granted): the host runs the handshake and the record layer at native speed on
+//! streams the sidecar already holds, so a TLS-terminating sidecar does no crypto in Wasm.
+//!
+//! It reaches nothing new: the sidecar hands over its certificate and key as bytes (read from
+//! its own volume) and the streams of a connection it accepted; the host opens no file and no
+//! socket for it. What it can cost the host is bounded: PEM input size, and sessions open at once
+//! per instance ([`MAX_SESSIONS`]).
+//!
+//! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),
+//! tokio-rustls accepts on it, and a task relays between the TLS stream and an in-memory
+//! duplex pipe whose other end the guest gets back as a plaintext input and output stream.
+//! When the guest drops both, the relay sends close_notify and ends.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
+use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
+
+use super::bindings::tls;
+use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
+use crate::spec::Diagnostic;
+
+/// Sessions (handshaking or open) one instance may have at once.
+pub const MAX_SESSIONS: usize = 4096;
+/// The largest certificate chain or key `from-pem` reads.
+const MAX_PEM: usize = 1 << 20;
+/// How long a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer of the plaintext pipe, each way.
+const PIPE: usize = 64 * 1024;
+
+pub struct Tls;
+
+/// One instance's TLS state: how many more sessions it may open.
+pub struct TlsCtx {
+    sessions: Arc<Semaphore>,
+}
+
+impl Capability for Tls {
+    type Grant = ();
+    type State = TlsCtx;
+
+    const IMPORTS: &'static [Import] = &[Import {
+        interface: "wpod:sidecar/tls",
+        rule: ImportRule::Always {
+            what: "TLS done by the host on the sidecar's own streams, with the keys it passes",
+        },
+    }];
+
+    fn resolve(_sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) {}
+
+    fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        fn view<T: GrantHost>(t: &mut T) -> TlsView<'_> {
+            let (states, table) = t.grant_states();
+            TlsView {
+                ctx: &mut states.tls,
+                table,
+            }
+        }
+        tls::add_to_linker::<T, HasTls>(linker, view)
+    }
+
+    fn prepare(_grant: &(), _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
+        Ok(TlsCtx {
+            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+        })
+    }
+}
+
+/// A parsed certificate chain and key, ready to accept with.
+pub struct ServerIdentity(Arc<ServerConfig>);
+
+impl ServerIdentity {
+    fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, String> {
+        if chain.len() > MAX_PEM || key.len() > MAX_PEM {
+            return Err(format!(
+                "certificate chain or key over {} KiB",
+                MAX_PEM / 1024
+            ));
+        }
+        let certs = CertificateDer::pem_slice_iter(chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+        if certs.is_empty() {
+            return Err("certificate chain: no PEM certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "private key: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                    .to_string()
+            }
+            other => format!("private key: {other}"),
+        })?;
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|e| format!("certificate and key: {e}"))?;
+        Ok(ServerIdentity(Arc::new(config)))
+    }
+}
+
+/// A handshake under way, then its outcome until the guest takes it.
+pub enum FutureServerStreams {
+    Handshaking(AbortOnDropJoinHandle<Result<DuplexStream, String>>),
+    Done(Result<DuplexStream, String>),
+    Taken,
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for FutureServerStreams {
+    async fn ready(&mut self) {
+        if let FutureServerStreams::Handshaking(task) = self {
+            let outcome = task.await;
+            *self = FutureServerStreams::Done(outcome);
+        }
+    }
+}
+
+/// Runs the handshake on the guest's streams and, once done, relays between TLS and a pipe
+/// whose other end it returns.
+async fn handshake(
+    config: Arc<ServerConfig>,
+    transport: GuestTransport,
+    permit: OwnedSemaphorePermit,
+) -> Result<DuplexStream, String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake: not done within {}s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let (guest, host) = tokio::io::duplex(PIPE);
+    // Detached: it ends when the guest drops its end, or the client goes away.
+    tokio::spawn(relay(tls, host, permit));
+    Ok(guest)
+}
+
+/// Moves plaintext between the TLS session and the guest's pipe. The client's end of input
+/// shows up as the guest's; the guest dropping its streams ends the session with close_notify.
+async fn relay<S>(tls: S, pipe: DuplexStream, _permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut tls_read, mut tls_write) = tokio::io::split(tls);
+    let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
+    let to_guest = async {
+        let _ = tokio::io::copy(&mut tls_read, &mut pipe_write).await;
+        let _ = pipe_write.shutdown().await;
+        // The guest may still be answering: the session lasts until it is done.
+        std::future::pending::<()>().await
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; PIPE];
+        loop {
+            match pipe_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tls_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    // The guest's write is a message to the client now, not when more comes.
+                    if tls_write.flush().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tls_write.shutdown().await;
+    };
+    tokio::select! {
+        () = to_guest => {}
+        () = to_client => {}
+    }
+}
+
+/// The guest's input and output streams (the ciphertext side: usually a TCP connection) as one
+/// tokio transport for tokio-rustls.
+struct GuestTransport {
+    input: Waiting<DynInputStream>,
+    output: Waiting<DynOutputStream>,
+}
+
+/// A stream, or the future that waits for it to become ready and gives it back.
+enum Waiting<S> {
+    Idle(S),
+    Waiting(Pin<Box<dyn Future<Output = S> + Send>>),
+}
+
+/// Polls until `slot` holds the stream, ready or not: a pending readiness wait first.
+fn idle<'a, S>(slot: &'a mut Waiting<Box<S>>, cx: &mut Context<'_>) -> Poll<&'a mut Box<S>>
+where
+    S: wasmtime_wasi_io::poll::Pollable + ?Sized + Send + 'static,
+{
+    if let Waiting::Waiting(wait) = slot {
+        let stream = ready!(wait.as_mut().poll(cx));
+        *slot = Waiting::Idle(stream);
+    }
+    match slot {
+        Waiting::Idle(stream) => Poll::Ready(stream),
+        Waiting::Waiting(_) => unreachable!("set just above"),
+    }
+}
+
+/// Starts waiting for the stream in `slot` to become ready.
+fn wait_ready<S>(slot: &mut Waiting<Box<S>>)
+where
+    S: wasmtime_wasi_io::poll::Pollable + ?Sized + Send + 'static,
+{
+    let placeholder = Waiting::Waiting(Box::pin(std::future::pending()));
+    if let Waiting::Idle(mut stream) = std::mem::replace(slot, placeholder) {
+        *slot = Waiting::Waiting(Box::pin(async move {
+            stream.ready().await;
+            stream
+        }));
+    }
+}
+
+fn stream_error(e: StreamError) -> io::Error {
+    match e {
+        StreamError::Closed => io::ErrorKind::BrokenPipe.into(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl AsyncRead for GuestTransport {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let stream = ready!(idle(&mut self.input, cx));
+            match stream.read(buf.remaining()) {
+                Ok(bytes) if bytes.is_empty() => wait_ready(&mut self.input),
+                Ok(bytes) => {
+                    buf.put_slice(&bytes);
+                    return Poll::Ready(Ok(()));
+                }
+                // End of input: a read of nothing.
+                Err(StreamError::Closed) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuestTransport {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let stream = ready!(idle(&mut self.output, cx));
+            match stream.check_write() {
+                Ok(0) => wait_ready(&mut self.output),
+                Ok(permit) => {
+                    let n = permit.min(buf.len());
+                    return Poll::Ready(
+                        stream
+                            .write(Bytes::copy_from_slice(&buf[..n]))
+                            .map(|()| n)
+                            .map_err(stream_error),
+                    );
+                }
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Flushed once a write may start again (the contract of `flush`, then `check-write`).
+        loop {
+            let stream = ready!(idle(&mut self.output, cx));
+            match stream.check_write() {
+                Ok(0) => wait_ready(&mut self.output),
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// The `tls` host: this capability's state and the instance's resource table.
+pub struct TlsView<'a> {
+    ctx: &'a mut TlsCtx,
+    table: &'a mut ResourceTable,
+}
+
+struct HasTls;
+
+impl HasData for HasTls {
+    type Data<'a> = TlsView<'a>;
+}
+
+impl tls::Host for TlsView<'_> {
+    async fn accept(
+        &mut self,
+        identity: Resource<ServerIdentity>,
+        input: Resource<DynInputStream>,
+        output: Resource<DynOutputStream>,
+    ) -> wasmtime::Result<Resource<FutureServerStreams>> {
+        let config = self.table.get(&identity)?.0.clone();
+        let input = self.table.delete(input)?;
+        let output = self.table.delete(output)?;
+        let outcome = match self.ctx.sessions.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let transport = GuestTransport {
+                    input: Waiting::Idle(input),
+                    output: Waiting::Idle(output),
+                };
+                FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(handshake(
+                    config, transport, permit,
+                )))
+            }
+            Err(_) => FutureServerStreams::Done(Err(format!(
+                "{MAX_SESSIONS} TLS sessions are open already"
+            ))),
+        };
+        Ok(self.table.push(outcome)?)
+    }
+}
+
+impl tls::HostServerIdentity for TlsView<'_> {
+    async fn from_pem(
+        &mut self,
+        certificate_chain: Vec<u8>,
+        private_key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Resource<ServerIdentity>, String>> {
+        Ok(
+            match ServerIdentity::from_pem(&certificate_chain, &private_key) {
+                Ok(identity) => Ok(self.table.push(identity)?),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    async fn drop(&mut self, identity: Resource<ServerIdentity>) -> wasmtime::Result<()> {
+        self.table.delete(identity)?;
+        Ok(())
+    }
+}
+
+impl tls::HostFutureServerStreams for TlsView<'_> {
+    async fn subscribe(
+        &mut self,
+        this: Resource<FutureServerStreams>,
+    ) -> wasmtime::Result<Resource<wasmtime_wasi_io::poll::DynPollable>> {
+        wasmtime_wasi_io::poll::subscribe(self.table, this)
+    }
+
+    async fn get(
+        &mut self,
+        this: Resource<FutureServerStreams>,
+    ) -> wasmtime::Result<
+        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
+    > {
+        let future = self.table.get_mut(&this)?;
+        // Finished but not yet seen by a `ready`: take the outcome without waiting.
+        if let FutureServerStreams::Handshaking(task) = future {
+            if !task.is_finished() {
+                return Ok(None);
+            }
+            let outcome = task.await;
+            *future = FutureServerStreams::Done(outcome);
+        }
+        let pipe = match std::mem::replace(future, FutureServerStreams::Taken) {
+            FutureServerStreams::Done(Ok(pipe)) => pipe,
+            FutureServerStreams::Done(Err(e)) => return Ok(Some(Err(e))),
+            FutureServerStreams::Taken => {
+                return Ok(Some(Err("the handshake's result was taken already".into())));
+            }
+            FutureServerStreams::Handshaking(_) => unreachable!("finished just above"),
+        };
+        let (read, write) = tokio::io::split(pipe);
+        let input: DynInputStream = Box::new(AsyncReadStream::new(read));
+        let output: DynOutputStream = Box::new(AsyncWriteStream::new(PIPE, write));
+        Ok(Some(Ok((
+            self.table.push(input)?,
+            self.table.push(output)?,
+        ))))
+    }
+
+    async fn drop(&mut self, this: Resource<FutureServerStreams>) -> wasmtime::Result<()> {
+        // A handshake still running is aborted with its task.
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
