@@ -151,6 +151,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
     },
+    /// What `wasm-tools component` does for a sidecar built with clang (`wpod new --lang c`).
+    Component {
+        #[command(subcommand)]
+        command: ComponentCommand,
+    },
     /// Show a pod in detail: its containers' states, each sidecar's grants, its recent events.
     #[command(alias = "inspect-pod")]
     Describe {
@@ -273,6 +278,7 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    C,
 }
 
 impl std::fmt::Display for Lang {
@@ -281,8 +287,23 @@ impl std::fmt::Display for Lang {
             Lang::Rust => "rust",
             Lang::Python => "python",
             Lang::Js => "js",
+            Lang::C => "c",
         })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComponentCommand {
+    /// Make a core module (clang --target=wasm32-wasi -mexec-model=reactor, with the C
+    /// bindings' component-type object linked in) a component, adapting its WASI preview1
+    /// imports to WASI 0.2.
+    New {
+        /// The core module.
+        module: PathBuf,
+        /// Where to write the component.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

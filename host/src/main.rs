@@ -7,6 +7,7 @@ mod images;
 mod manage;
 mod market;
 mod scaffold;
+mod wasm_tools;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -112,6 +113,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Kube {
             command: cli::KubeCommand::Down { file },
         } => manage::kube_down(&file),
+        Command::Component {
+            command: cli::ComponentCommand::New { module, output },
+        } => scaffold::component_new(&module, &output),
         Command::Stop { pod, time } => manage::stop(&pod, time),
         Command::Logs {
             pod,

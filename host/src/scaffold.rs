@@ -1,8 +1,8 @@
-//! `wpod new NAME --lang rust|python|js`: a sidecar project that builds with one command into a
+//! `wpod new NAME --lang rust|python|js|c`: a sidecar project that builds with one command into a
 //! component wpod runs, as `cargo new` or `spin new` make one. Each project carries what it
 //! needs to build offline: wpod's interfaces (`wit/`, the version this wpod links) and the
 //! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python,
-//! `wpod-sidecar.js` for JavaScript); the
+//! `wpod-sidecar.js` for JavaScript, `wpod_sidecar.{h,c}` and the generated bindings for C); the
 //! templates live in `templates/`.
 
 use std::path::Path;
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use crate::cli::Lang;
+use crate::wasm_tools;
 
 /// wpod's interfaces, as every project gets them.
 const WIT: &[(&str, &str)] = &[
@@ -93,6 +94,22 @@ const JS: &[(&str, &str)] = &[
     (".gitignore", "*.wasm\nnode_modules/\n"),
 ];
 
+const C: &[(&str, &str)] = &[
+    ("main.c", include_str!("../../templates/c/main.c")),
+    (
+        "wpod_sidecar.h",
+        include_str!("../../templates/c/wpod_sidecar.h"),
+    ),
+    (
+        "wpod_sidecar.c",
+        include_str!("../../templates/c/wpod_sidecar.c"),
+    ),
+    ("Makefile", include_str!("../../templates/c/Makefile")),
+    ("pod.yaml", include_str!("../../templates/c/pod.yaml")),
+    ("README.md", include_str!("../../templates/c/README.md")),
+    (".gitignore", "*.wasm\n"),
+];
+
 const PYTHON: &[(&str, &str)] = &[
     ("app.py", include_str!("../../templates/python/app.py")),
     (
@@ -139,6 +156,7 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
             )
         }
         Lang::Js => "npm install && npm run build".to_string(),
+        Lang::C => "make".to_string(),
     };
     println!("Created sidecar {name} ({lang}) in ./{name}");
     println!("  build: cd {name} && {build}");
@@ -152,6 +170,7 @@ fn write_project(dir: &Path, name: &str, lang: Lang) -> anyhow::Result<()> {
         Lang::Rust => RUST.iter().chain(WIT).copied().collect(),
         Lang::Python => PYTHON.iter().chain(WIT).copied().collect(),
         Lang::Js => JS.iter().chain(WIT).copied().collect(),
+        Lang::C => C.iter().chain(WIT).copied().collect(),
     };
     for (path, text) in files {
         let text = text
@@ -166,7 +185,29 @@ fn write_project(dir: &Path, name: &str, lang: Lang) -> anyhow::Result<()> {
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
+    if lang == Lang::C {
+        // What `wit-bindgen c --world sidecar wit/` writes, from the same WIT.
+        let bindings = dir.join("bindings");
+        std::fs::create_dir_all(&bindings)
+            .with_context(|| format!("cannot create {}", bindings.display()))?;
+        for (name, bytes) in wasm_tools::c_bindings(WIT)? {
+            let path = bindings.join(name);
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
     Ok(())
+}
+
+/// `wpod component new MODULE -o OUTPUT`.
+pub fn component_new(module: &Path, output: &Path) -> anyhow::Result<ExitCode> {
+    let core =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let component =
+        wasm_tools::component_new(&core).with_context(|| format!("{}", module.display()))?;
+    std::fs::write(output, component)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Names Cargo refuses for a package or a binary, or that the project's own SDK takes.
@@ -256,6 +297,35 @@ mod tests {
             assert!(check_name(reserved, Lang::Js).is_ok(), "{reserved}");
         }
         assert!(wit_version().starts_with("0."), "{}", wit_version());
+    }
+
+    #[test]
+    fn c_bindings_of_wpods_world() {
+        let files = wasm_tools::c_bindings(WIT).expect("bindings");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sidecar.c", "sidecar.h", "sidecar_component_type.o"],
+            "{names:?}"
+        );
+        let header = String::from_utf8_lossy(&files[1].1);
+        // What the C SDK (templates/c/wpod_sidecar.c) calls.
+        for f in [
+            "wpod_sidecar_lifecycle_ready(void)",
+            "bool wpod_sidecar_main_process_stats(sidecar_string_t *name",
+            "wpod_sidecar_main_process_method_log_stream_next(",
+            "bool exports_wasi_cli_run_run(void)",
+        ] {
+            assert!(header.contains(f), "sidecar.h lacks {f}");
+        }
+    }
+
+    #[test]
+    fn component_new_wants_a_core_module() {
+        for not_module in [&b"not wasm"[..], &wpod::component::COMPONENT_PREAMBLE[..]] {
+            let e = wasm_tools::component_new(not_module).unwrap_err();
+            assert!(e.to_string().contains("not a core Wasm module"), "{e}");
+        }
     }
 
     /// Every file of wit/ goes into a project (a new WASI deps file would otherwise be missing).

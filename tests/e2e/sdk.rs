@@ -205,6 +205,18 @@ fn wpod_new_python_builds_with_one_command_and_runs() {
 }
 
 #[test]
+fn wpod_new_c_builds_with_one_command_and_runs() {
+    wpod_test_support::require_root("a scaffolded C sidecar");
+    // Debian's clang and wasi-libc; `wpod component new` is the wpod under test.
+    scaffold_builds_and_runs(
+        "new-c",
+        "c",
+        &["make", &format!("WPOD={}", crate::wpod_bin().display())],
+        &[],
+    );
+}
+
+#[test]
 fn wpod_new_js_builds_with_one_command_and_runs() {
     wpod_test_support::require_root("a scaffolded JavaScript sidecar");
     scaffold_builds_and_runs(
