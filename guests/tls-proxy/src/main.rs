@@ -7,7 +7,7 @@
 //!   `wpod:sidecar/tls`; the sidecar only relays bytes both ways between the client's plaintext
 //!   and a backend connection, each direction spliced in the host (no copy through Wasm
 //!   memory). Like stunnel or a TCP-mode proxy: HTTP keep-alive and anything else the backend
-//!   speaks pass through. A direction idle for 60 s ends the connection.
+//!   speaks pass through. A connection idle for 60 s ends (the host's session timeout).
 //! - `guest`: rustls with a pure-Rust (RustCrypto) provider inside Wasm, one HTTP request per
 //!   connection (sent upstream with `Connection: close`), each connection 60 s in all: a
 //!   sidecar that brings its own TLS, as any component may.
@@ -290,24 +290,19 @@ fn listen(addr: &str) -> Result<TcpSocket, String> {
     Ok(socket)
 }
 
-/// How long one direction of a relayed connection may stay idle.
+/// How long a relayed connection may stay idle: the host ends the TLS session after it (so no
+/// timer per connection runs in the sidecar: each would be polled on every wake-up), and a
+/// backend gets as long to finish once the client has sent all it will.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Copies `from` to `to` until `from` ends, each chunk spliced in the host; an error after
-/// `IDLE_TIMEOUT` with nothing to copy. What was written is flushed before it returns.
+/// Copies `from` to `to` until `from` ends, each chunk spliced in the host (the bytes never
+/// enter Wasm memory). What was written is flushed before it returns.
 async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
     let readable = AsyncPollable::new(from.subscribe());
     let writable = AsyncPollable::new(to.subscribe());
     let mut copied = 0;
     let outcome = loop {
-        if readable
-            .wait_for()
-            .timeout(wstd::time::Duration::from(IDLE_TIMEOUT))
-            .await
-            .is_err()
-        {
-            break Err(format!("idle for {}s", IDLE_TIMEOUT.as_secs()));
-        }
+        readable.wait_for().await;
         writable.wait_for().await;
         match to.splice(from, 1 << 20) {
             Ok(n) => copied += n,
@@ -323,8 +318,8 @@ async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
 }
 
 /// One connection with the host engine: the handshake in the host, then the plaintext relayed
-/// to the backend and back until the backend is done (or a direction idles out). The client's
-/// end of input is passed on as a half-close, so a backend reading to EOF still answers.
+/// to the backend and back until the backend is done. The client's end of input is passed on
+/// as a half-close, so a backend reading to EOF still answers, within `IDLE_TIMEOUT`.
 async fn relay(
     client: Raw,
     identity: Rc<wpod_sidecar::tls::ServerIdentity>,
@@ -335,7 +330,8 @@ async fn relay(
         output,
         socket: client_socket,
     } = client;
-    let (plain_in, plain_out) = wpod_sidecar::tls::accept(&identity, input, output).await?;
+    let (plain_in, plain_out) =
+        wpod_sidecar::tls::accept(&identity, input, output, Some(IDLE_TIMEOUT)).await?;
     let upstream = Rc::new(
         connect(&backend)
             .await
@@ -347,6 +343,9 @@ async fn relay(
         wstd::runtime::spawn(async move {
             let _ = pump(&plain_in, &upstream.output).await;
             let _ = upstream.socket.shutdown(ShutdownType::Send);
+            // The client is done (or idled out): the backend's answer gets IDLE_TIMEOUT.
+            wstd::task::sleep(wstd::time::Duration::from(IDLE_TIMEOUT)).await;
+            let _ = upstream.socket.shutdown(ShutdownType::Both);
         })
     };
     let down = pump(&upstream.input, &plain_out).await;

@@ -178,13 +178,15 @@ pub mod tls {
 
     /// The server side of a TLS handshake on a connection's streams (the host takes them
     /// over): the plaintext streams from and to the client, once the handshake is done. The
-    /// host gives a client 10 s for it. Blocks the whole component; see [`accept`] for async.
+    /// host gives a client 10 s for it, and ends the session after `idle` with nothing moved
+    /// either way (`None`: never). Blocks the whole component; see [`accept`] for async.
     pub fn accept_blocking(
         identity: &ServerIdentity,
         input: InputStream,
         output: OutputStream,
+        idle: Option<std::time::Duration>,
     ) -> Result<(InputStream, OutputStream), String> {
-        let future = start(identity, input, output);
+        let future = start(identity, input, output, idle_ms(idle));
         future.subscribe().block();
         outcome(&future)
     }
@@ -195,12 +197,17 @@ pub mod tls {
         identity: &ServerIdentity,
         input: InputStream,
         output: OutputStream,
+        idle: Option<std::time::Duration>,
     ) -> Result<(InputStream, OutputStream), String> {
-        let future = start(identity, input, output);
+        let future = start(identity, input, output, idle_ms(idle));
         wstd::runtime::AsyncPollable::new(future.subscribe())
             .wait_for()
             .await;
         outcome(&future)
+    }
+
+    fn idle_ms(idle: Option<std::time::Duration>) -> u64 {
+        idle.map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64)
     }
 
     fn outcome(future: &FutureServerStreams) -> Result<(InputStream, OutputStream), String> {

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ impl wasmtime_wasi_io::poll::Pollable for FutureServerStreams {
 async fn handshake(
     config: Arc<ServerConfig>,
     transport: GuestTransport,
+    idle: Option<Duration>,
     permit: OwnedSemaphorePermit,
 ) -> Result<DuplexStream, String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -152,20 +154,40 @@ async fn handshake(
     };
     let (guest, host) = tokio::io::duplex(PIPE);
     // Detached: it ends when the guest drops its end, or the client goes away.
-    tokio::spawn(relay(tls, host, permit));
+    tokio::spawn(relay(tls, host, idle, permit));
     Ok(guest)
 }
 
 /// Moves plaintext between the TLS session and the guest's pipe. The client's end of input
-/// shows up as the guest's; the guest dropping its streams ends the session with close_notify.
-async fn relay<S>(tls: S, pipe: DuplexStream, _permit: OwnedSemaphorePermit)
-where
+/// shows up as the guest's; the guest dropping its streams ends the session with close_notify,
+/// as does `idle` with nothing moved either way.
+async fn relay<S>(
+    tls: S,
+    pipe: DuplexStream,
+    idle: Option<Duration>,
+    _permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut tls_read, mut tls_write) = tokio::io::split(tls);
     let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
+    let start = tokio::time::Instant::now();
+    // When something last moved, in ms since `start` (both directions run in this task).
+    let moved = AtomicU64::new(0);
+    let touch = || moved.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let to_guest = async {
-        let _ = tokio::io::copy(&mut tls_read, &mut pipe_write).await;
+        let mut buf = vec![0u8; PIPE];
+        loop {
+            match tls_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    touch();
+                    if pipe_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = pipe_write.shutdown().await;
         // The guest may still be answering: the session lasts until it is done.
         std::future::pending::<()>().await
@@ -176,6 +198,7 @@ where
             match pipe_read.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    touch();
                     if tls_write.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
@@ -188,9 +211,22 @@ where
         }
         let _ = tls_write.shutdown().await;
     };
+    let idle_out = async {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = start + Duration::from_millis(moved.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
     tokio::select! {
         () = to_guest => {}
         () = to_client => {}
+        () = idle_out => {}
     }
 }
 
@@ -324,7 +360,9 @@ impl tls::Host for TlsView<'_> {
         identity: Resource<ServerIdentity>,
         input: Resource<DynInputStream>,
         output: Resource<DynOutputStream>,
+        idle_timeout_ms: u64,
     ) -> wasmtime::Result<Resource<FutureServerStreams>> {
+        let idle = (idle_timeout_ms > 0).then(|| Duration::from_millis(idle_timeout_ms));
         let config = self.table.get(&identity)?.0.clone();
         let input = self.table.delete(input)?;
         let output = self.table.delete(output)?;
@@ -335,7 +373,7 @@ impl tls::Host for TlsView<'_> {
                     output: Waiting::Idle(output),
                 };
                 FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(handshake(
-                    config, transport, permit,
+                    config, transport, idle, permit,
                 )))
             }
             Err(_) => FutureServerStreams::Done(Err(format!(
