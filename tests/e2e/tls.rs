@@ -163,6 +163,31 @@ spec:
         "the second request should reuse the connection: {answer:?}"
     );
 
+    // 120 clients at once, past the proxy's MAX_CONNECTIONS (64) and what its handle budget
+    // would hold: the rest wait in the listen backlog until a connection ends, none fails, the
+    // sidecar never traps. (`Connection: close`: curl keeps idle connections, and their slots,
+    // until all its transfers are done.)
+    let mut many = vec![
+        "--parallel",
+        "--parallel-max",
+        "120",
+        "-H",
+        "Connection: close",
+        "-w",
+        "%{http_code}\n",
+    ];
+    for _ in 0..120 {
+        many.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = curl(&fixture.dir, HOST_TLS, &many);
+    let codes = text(&out.stdout);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        120,
+        "{codes} {}",
+        text(&out.stderr)
+    );
+
     // A client that does not speak TLS gets its connection closed; the proxy serves on.
     let mut plain = std::net::TcpStream::connect(("127.0.0.1", HOST_TLS)).expect("connect");
     plain
@@ -204,6 +229,13 @@ spec:
     let run = running.wait(LONG);
     for proxy in ["tls", "tls-guest"] {
         assert_eq!(run.exit(proxy)["code"], 0, "{proxy}: {}", run.dump());
+        // Started once: it never trapped (out of handles) and restarted.
+        let starts = run
+            .events(Some(proxy))
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count();
+        assert_eq!(starts, 1, "{proxy}: {}", run.dump());
     }
     crate::pods::assert_no_leftovers("tls-host");
 }

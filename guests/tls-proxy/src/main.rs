@@ -19,7 +19,8 @@
 //!
 //! Configuration (env): `LISTEN` (default 0.0.0.0:8443), `BACKEND` (default 127.0.0.1:8000),
 //! `CERT` (PEM chain, default /tls/tls.crt), `KEY` (PEM key, default /tls/tls.key),
-//! `TLS_ENGINE` (`host` or `guest`).
+//! `TLS_ENGINE` (`host` or `guest`), `MAX_CONNECTIONS` (default 64; each takes about 10 of the
+//! sidecar's handles: past 64, raise `wpod.dev/sidecar-max-handles`).
 
 use std::io::{BufReader, Read, Write};
 use std::rc::Rc;
@@ -299,12 +300,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// enter Wasm memory). What was written is flushed before it returns.
 async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
     let readable = AsyncPollable::new(from.subscribe());
-    let writable = AsyncPollable::new(to.subscribe());
+    // Made when first needed: most connections never wait to write, and every pollable is a
+    // handle (the sidecar's budget, `wpod.dev/sidecar-max-handles`) polled on each wake-up.
+    let mut writable: Option<AsyncPollable> = None;
     let mut copied = 0;
     let outcome = loop {
         readable.wait_for().await;
-        writable.wait_for().await;
         match to.splice(from, 1 << 20) {
+            Ok(0) => {
+                // Nothing moved: the output had no room (or the wake-up was early).
+                writable
+                    .get_or_insert_with(|| AsyncPollable::new(to.subscribe()))
+                    .wait_for()
+                    .await
+            }
             Ok(n) => copied += n,
             Err(StreamError::Closed) => break Ok(copied),
             Err(StreamError::LastOperationFailed(e)) => break Err(e.to_debug_string()),
@@ -312,7 +321,10 @@ async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
     };
     // Written is not sent until flushed: wait for it, or the host may drop the tail.
     if to.flush().is_ok() {
-        writable.wait_for().await;
+        writable
+            .get_or_insert_with(|| AsyncPollable::new(to.subscribe()))
+            .wait_for()
+            .await;
     }
     outcome
 }
@@ -400,6 +412,13 @@ async fn serve(
 /// How long one connection may take in all (handshake, request, the backend's answer).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Connections served at once (`MAX_CONNECTIONS`, default 64). Each takes about 10 of the
+/// sidecar's handles (sockets, streams, pollables): past 64, raise the pod's
+/// `wpod.dev/sidecar-max-handles` annotation (1024) by 16 per connection.
+fn max_connections() -> usize {
+    env("MAX_CONNECTIONS", "64").parse().unwrap_or(64).max(1)
+}
+
 /// Which TLS engine serves the connections.
 enum Engine {
     Host(Rc<wpod_sidecar::tls::ServerIdentity>),
@@ -454,7 +473,9 @@ fn main() {
         while active.get() > 0 && std::time::Instant::now() < deadline {
             wstd::task::sleep(wstd::time::Duration::from_millis(20)).await;
         }
-    })
+    });
+    // block_on would wait for connections still open (idle keep-alive clients): they end now.
+    std::process::exit(0)
 }
 
 /// Waits for the pod's `stopping` event: the time left before the sidecar is stopped.
@@ -492,7 +513,13 @@ async fn serve_all(
     active: Rc<std::cell::Cell<usize>>,
 ) {
     let incoming = AsyncPollable::new(listener.subscribe());
+    let max = max_connections();
     loop {
+        // At the limit, new clients wait in the listen backlog, as with nginx's
+        // worker_connections.
+        while active.get() >= max {
+            wstd::task::sleep(wstd::time::Duration::from_millis(5)).await;
+        }
         let (socket, input, output) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(ErrorCode::WouldBlock) => {
@@ -501,6 +528,8 @@ async fn serve_all(
             }
             Err(e) => {
                 eprintln!("accept: {e:?}");
+                // Out of descriptors, say: let the open connections finish some first.
+                wstd::task::sleep(wstd::time::Duration::from_millis(50)).await;
                 continue;
             }
         };

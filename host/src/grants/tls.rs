@@ -3,8 +3,10 @@
 //!
 //! It reaches nothing new: the sidecar hands over its certificate and key as bytes (read from
 //! its own volume) and the streams of a connection it accepted; the host opens no file and no
-//! socket for it. What it can cost the host is bounded: PEM input size, and sessions open at once
-//! per instance ([`MAX_SESSIONS`]).
+//! socket for it. What it can cost the host is bounded: PEM input size, identities per instance
+//! ([`MAX_IDENTITIES`]), and sessions open at once: [`SESSION_COST`] of the sidecar's memory limit
+//! each, at most [`MAX_SESSIONS`], so the pod's runtime cgroup budget (which adds the sidecars'
+//! limits) covers them. Sessions end with the instance that opened them.
 //!
 //! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),
 //! tokio-rustls accepts on it, and a task relays between the TLS stream and an in-memory
@@ -14,44 +16,58 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf,
+};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
+use wasmtime_wasi::p2::pipe::AsyncWriteStream;
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, StreamError, StreamResult};
 use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 
 use super::bindings::tls;
 use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
 use crate::spec::Diagnostic;
 
-/// Sessions (handshaking or open) one instance may have at once.
+/// Sessions (handshaking or open) one instance may have at once, whatever its memory limit.
 pub const MAX_SESSIONS: usize = 4096;
+/// What a session may hold in the host at most (buffers each way, rustls' state), counted
+/// against the sidecar's memory limit to cap its sessions.
+pub const SESSION_COST: u64 = 128 * 1024;
+/// Server identities one instance may hold at once (each up to 2 MiB of PEM).
+pub const MAX_IDENTITIES: usize = 16;
+/// How long the close_notify of an ending session may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest certificate chain or key `from-pem` reads.
 const MAX_PEM: usize = 1 << 20;
 /// How long a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Buffer of the plaintext pipe, each way.
-const PIPE: usize = 64 * 1024;
+/// Buffer of the plaintext pipe each way, and the largest chunk moved at once (a TLS record).
+const PIPE: usize = 16 * 1024;
 
 pub struct Tls;
 
-/// One instance's TLS state: how many more sessions it may open.
+/// One instance's TLS state: how many more sessions it may open, and the signal that ends
+/// them with the instance (dropped with its store).
 pub struct TlsCtx {
     sessions: Arc<Semaphore>,
+    limit: usize,
+    identities: usize,
+    ended: watch::Sender<()>,
 }
 
 impl Capability for Tls {
-    type Grant = ();
+    /// Sessions it may have open at once.
+    type Grant = usize;
     type State = TlsCtx;
 
     const IMPORTS: &'static [Import] = &[Import {
@@ -61,7 +77,12 @@ impl Capability for Tls {
         },
     }];
 
-    fn resolve(_sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) {}
+    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> usize {
+        match sidecar.container.resources.limits.memory_bytes {
+            Some(limit) => ((limit / SESSION_COST) as usize).clamp(16, MAX_SESSIONS),
+            None => MAX_SESSIONS,
+        }
+    }
 
     fn add_to_linker<T: GrantHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
         fn view<T: GrantHost>(t: &mut T) -> TlsView<'_> {
@@ -74,9 +95,12 @@ impl Capability for Tls {
         tls::add_to_linker::<T, HasTls>(linker, view)
     }
 
-    fn prepare(_grant: &(), _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
+    fn prepare(limit: &usize, _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
         Ok(TlsCtx {
-            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            sessions: Arc::new(Semaphore::new(*limit)),
+            limit: *limit,
+            identities: 0,
+            ended: watch::channel(()).0,
         })
     }
 }
@@ -139,7 +163,7 @@ async fn handshake(
     config: Arc<ServerConfig>,
     transport: GuestTransport,
     idle: Option<Duration>,
-    permit: OwnedSemaphorePermit,
+    session: Session,
 ) -> Result<DuplexStream, String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await {
@@ -154,19 +178,22 @@ async fn handshake(
     };
     let (guest, host) = tokio::io::duplex(PIPE);
     // Detached: it ends when the guest drops its end, or the client goes away.
-    tokio::spawn(relay(tls, host, idle, permit));
+    tokio::spawn(relay(tls, host, idle, session));
     Ok(guest)
 }
 
-/// Moves plaintext between the TLS session and the guest's pipe. The client's end of input
-/// shows up as the guest's; the guest dropping its streams ends the session with close_notify,
-/// as does `idle` with nothing moved either way.
-async fn relay<S>(
-    tls: S,
-    pipe: DuplexStream,
-    idle: Option<Duration>,
+/// What a session holds of its instance: its place among the sessions, and the signal that
+/// the instance has ended.
+struct Session {
     _permit: OwnedSemaphorePermit,
-) where
+    ended: watch::Receiver<()>,
+}
+
+/// Moves plaintext between the TLS session and the guest's pipe. The client's end of input
+/// shows up as the guest's; the guest dropping its streams ends the session with close_notify.
+/// `idle` with nothing moved either way, or the end of the instance, ends it at once.
+async fn relay<S>(tls: S, pipe: DuplexStream, idle: Option<Duration>, mut session: Session)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut tls_read, mut tls_write) = tokio::io::split(tls);
@@ -206,10 +233,12 @@ async fn relay<S>(
                     if tls_write.flush().await.is_err() {
                         return;
                     }
+                    // A client still taking a large answer in is not idle.
+                    touch();
                 }
             }
         }
-        let _ = tls_write.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tls_write.shutdown()).await;
     };
     let idle_out = async {
         let Some(idle) = idle else {
@@ -227,6 +256,8 @@ async fn relay<S>(
         () = to_guest => {}
         () = to_client => {}
         () = idle_out => {}
+        // Only errs: the instance's store, and with it the sender, is gone.
+        _ = session.ended.changed() => {}
     }
 }
 
@@ -235,6 +266,8 @@ async fn relay<S>(
 struct GuestTransport {
     input: Waiting<DynInputStream>,
     output: Waiting<DynOutputStream>,
+    /// A flush was asked of the output and has not completed yet.
+    flushing: bool,
 }
 
 /// A stream, or the future that waits for it to become ready and gives it back.
@@ -326,19 +359,82 @@ impl AsyncWrite for GuestTransport {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Flushed once a write may start again (the contract of `flush`, then `check-write`).
+        // WASI's contract: `flush`, then the flush is done once `check-write` is ready again.
         loop {
+            let flushing = self.flushing;
+            let stream = ready!(idle(&mut self.output, cx));
+            if !flushing {
+                if let Err(e) = stream.flush() {
+                    return Poll::Ready(Err(stream_error(e)));
+                }
+                self.flushing = true;
+            }
             let stream = ready!(idle(&mut self.output, cx));
             match stream.check_write() {
                 Ok(0) => wait_ready(&mut self.output),
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(e) => return Poll::Ready(Err(stream_error(e))),
+                Ok(_) => {
+                    self.flushing = false;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => {
+                    self.flushing = false;
+                    return Poll::Ready(Err(stream_error(e)));
+                }
             }
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_flush(cx)
+    }
+}
+
+/// The guest's plaintext input: the session's pipe, read when the guest asks (no task of its
+/// own), holding at most one chunk.
+struct PlainInput {
+    pipe: ReadHalf<DuplexStream>,
+    held: BytesMut,
+    closed: bool,
+}
+
+impl PlainInput {
+    /// Reads what the pipe has into `held` (empty: nothing held, not closed).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.held.is_empty() || self.closed {
+            return Poll::Ready(());
+        }
+        let mut chunk = [0u8; PIPE];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.pipe).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => self.closed = true,
+            Poll::Ready(Ok(())) => self.held.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(_)) => self.closed = true,
+            Poll::Pending => return Poll::Pending,
+        }
+        Poll::Ready(())
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl InputStream for PlainInput {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        // Whatever the pipe holds now, without waiting.
+        let _ = self.poll_fill(&mut Context::from_waker(std::task::Waker::noop()));
+        if !self.held.is_empty() {
+            let n = size.min(self.held.len());
+            return Ok(self.held.split_to(n).freeze());
+        }
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        Ok(Bytes::new())
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for PlainInput {
+    async fn ready(&mut self) {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 }
 
@@ -371,13 +467,21 @@ impl tls::Host for TlsView<'_> {
                 let transport = GuestTransport {
                     input: Waiting::Idle(input),
                     output: Waiting::Idle(output),
+                    flushing: false,
+                };
+                let session = Session {
+                    _permit: permit,
+                    ended: self.ctx.ended.subscribe(),
                 };
                 FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(handshake(
-                    config, transport, idle, permit,
+                    config, transport, idle, session,
                 )))
             }
             Err(_) => FutureServerStreams::Done(Err(format!(
-                "{MAX_SESSIONS} TLS sessions are open already"
+                "{} TLS sessions are open already (the sidecar's memory limit allows that many: \
+                 one per {} KiB)",
+                self.ctx.limit,
+                SESSION_COST / 1024
             ))),
         };
         Ok(self.table.push(outcome)?)
@@ -390,9 +494,17 @@ impl tls::HostServerIdentity for TlsView<'_> {
         certificate_chain: Vec<u8>,
         private_key: Vec<u8>,
     ) -> wasmtime::Result<Result<Resource<ServerIdentity>, String>> {
+        if self.ctx.identities >= MAX_IDENTITIES {
+            return Ok(Err(format!(
+                "{MAX_IDENTITIES} server identities are held already: drop one first"
+            )));
+        }
         Ok(
             match ServerIdentity::from_pem(&certificate_chain, &private_key) {
-                Ok(identity) => Ok(self.table.push(identity)?),
+                Ok(identity) => {
+                    self.ctx.identities += 1;
+                    Ok(self.table.push(identity)?)
+                }
                 Err(e) => Err(e),
             },
         )
@@ -400,6 +512,7 @@ impl tls::HostServerIdentity for TlsView<'_> {
 
     async fn drop(&mut self, identity: Resource<ServerIdentity>) -> wasmtime::Result<()> {
         self.table.delete(identity)?;
+        self.ctx.identities -= 1;
         Ok(())
     }
 }
@@ -436,7 +549,11 @@ impl tls::HostFutureServerStreams for TlsView<'_> {
             FutureServerStreams::Handshaking(_) => unreachable!("finished just above"),
         };
         let (read, write) = tokio::io::split(pipe);
-        let input: DynInputStream = Box::new(AsyncReadStream::new(read));
+        let input: DynInputStream = Box::new(PlainInput {
+            pipe: read,
+            held: BytesMut::new(),
+            closed: false,
+        });
         let output: DynOutputStream = Box::new(AsyncWriteStream::new(PIPE, write));
         Ok(Some(Ok((
             self.table.push(input)?,
