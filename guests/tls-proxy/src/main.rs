@@ -22,6 +22,8 @@
 //! `TLS_ENGINE` (`host` or `guest`), `MAX_CONNECTIONS` (default 64; each takes about 10 of the
 //! sidecar's handles: past 64, raise `wpod.dev/sidecar-max-handles`).
 
+mod event_loop;
+
 use std::io::{BufReader, Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,11 +34,11 @@ use rustls::{ServerConfig, ServerConnection};
 use wstd::future::FutureExt as _;
 use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncWrite as _};
 use wstd::runtime::AsyncPollable;
-use wstd::wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use wstd::wasip2::io::streams::{InputStream, OutputStream};
 use wstd::wasip2::sockets::network::{
     ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
 };
-use wstd::wasip2::sockets::tcp::{ShutdownType, TcpSocket};
+use wstd::wasip2::sockets::tcp::TcpSocket;
 use wstd::wasip2::sockets::{instance_network, tcp_create_socket};
 
 fn env(key: &str, default: &str) -> String {
@@ -291,85 +293,6 @@ fn listen(addr: &str) -> Result<TcpSocket, String> {
     Ok(socket)
 }
 
-/// How long a relayed connection may stay idle: the host ends the TLS session after it (so no
-/// timer per connection runs in the sidecar: each would be polled on every wake-up), and a
-/// backend gets as long to finish once the client has sent all it will.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Copies `from` to `to` until `from` ends, each chunk spliced in the host (the bytes never
-/// enter Wasm memory). What was written is flushed before it returns.
-async fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
-    let readable = AsyncPollable::new(from.subscribe());
-    // Made when first needed: most connections never wait to write, and every pollable is a
-    // handle (the sidecar's budget, `wpod.dev/sidecar-max-handles`) polled on each wake-up.
-    let mut writable: Option<AsyncPollable> = None;
-    let mut copied = 0;
-    let outcome = loop {
-        readable.wait_for().await;
-        match to.splice(from, 1 << 20) {
-            Ok(0) => {
-                // Nothing moved: the output had no room (or the wake-up was early).
-                writable
-                    .get_or_insert_with(|| AsyncPollable::new(to.subscribe()))
-                    .wait_for()
-                    .await
-            }
-            Ok(n) => copied += n,
-            Err(StreamError::Closed) => break Ok(copied),
-            Err(StreamError::LastOperationFailed(e)) => break Err(e.to_debug_string()),
-        }
-    };
-    // Written is not sent until flushed: wait for it, or the host may drop the tail.
-    if to.flush().is_ok() {
-        writable
-            .get_or_insert_with(|| AsyncPollable::new(to.subscribe()))
-            .wait_for()
-            .await;
-    }
-    outcome
-}
-
-/// One connection with the host engine: the handshake in the host, then the plaintext relayed
-/// to the backend and back until the backend is done. The client's end of input is passed on
-/// as a half-close, so a backend reading to EOF still answers, within `IDLE_TIMEOUT`.
-async fn relay(
-    client: Raw,
-    identity: Rc<wpod_sidecar::tls::ServerIdentity>,
-    backend: Rc<String>,
-) -> Result<(), String> {
-    let Raw {
-        input,
-        output,
-        socket: client_socket,
-    } = client;
-    let (plain_in, plain_out) =
-        wpod_sidecar::tls::accept(&identity, input, output, Some(IDLE_TIMEOUT)).await?;
-    let upstream = Rc::new(
-        connect(&backend)
-            .await
-            .map_err(|e| format!("backend {backend}: {e}"))?,
-    );
-    let plain_in = Rc::new(plain_in);
-    let up = {
-        let (upstream, plain_in) = (upstream.clone(), plain_in.clone());
-        wstd::runtime::spawn(async move {
-            let _ = pump(&plain_in, &upstream.output).await;
-            let _ = upstream.socket.shutdown(ShutdownType::Send);
-            // The client is done (or idled out): the backend's answer gets IDLE_TIMEOUT.
-            wstd::task::sleep(wstd::time::Duration::from(IDLE_TIMEOUT)).await;
-            let _ = upstream.socket.shutdown(ShutdownType::Both);
-        })
-    };
-    let down = pump(&upstream.input, &plain_out).await;
-    // Dropping the task cancels the other direction; the plaintext streams, dropped next, end
-    // the TLS session with close_notify.
-    drop(up);
-    drop((plain_out, plain_in));
-    drop(client_socket);
-    down.map(drop)
-        .map_err(|e| format!("backend {backend}: {e}"))
-}
-
 /// One connection: the request read through TLS, forwarded, the answer streamed back.
 async fn serve(
     tcp: Connection,
@@ -421,14 +344,14 @@ fn max_connections() -> usize {
 
 /// Which TLS engine serves the connections.
 enum Engine {
-    Host(Rc<wpod_sidecar::tls::ServerIdentity>),
+    Host(wpod_sidecar::tls::ServerIdentity),
     Guest(Arc<ServerConfig>),
 }
 
 fn engine(cert: &str, key: &str) -> Result<Engine, String> {
     match env("TLS_ENGINE", "host").as_str() {
         "host" => wpod_sidecar::tls::identity(&read(cert)?, &read(key)?)
-            .map(|id| Engine::Host(Rc::new(id)))
+            .map(Engine::Host)
             .map_err(|e| format!("CERT={cert} KEY={key}: {e}")),
         "guest" => load_config(cert, key).map(Engine::Guest),
         other => Err(format!("TLS_ENGINE={other}: use host or guest")),
@@ -437,11 +360,18 @@ fn engine(cert: &str, key: &str) -> Result<Engine, String> {
 
 fn main() {
     let listen_on = env("LISTEN", "0.0.0.0:8443");
-    let backend = Rc::new(env("BACKEND", "127.0.0.1:8000"));
+    let backend = env("BACKEND", "127.0.0.1:8000");
     let engine = match engine(&env("CERT", "/tls/tls.crt"), &env("KEY", "/tls/tls.key")) {
-        Ok(e) => Rc::new(e),
+        Ok(e) => e,
         Err(e) => {
             eprintln!("cannot load TLS configuration: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (family, address) = match socket_address(&backend) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("BACKEND: {e}");
             std::process::exit(1);
         }
     };
@@ -454,14 +384,26 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let which = match *engine {
+    let which = match engine {
         Engine::Host(_) => "in the host",
         Engine::Guest(_) => "in Wasm",
     };
     println!("terminating TLS ({which}) on {listen_on}, forwarding to {backend}");
+    let config = match engine {
+        Engine::Host(identity) => {
+            let backend = event_loop::Backend {
+                name: backend,
+                family,
+                address,
+            };
+            event_loop::run(listener, identity, backend, max_connections())
+        }
+        Engine::Guest(config) => config,
+    };
+    let backend = Rc::new(backend);
     let active = Rc::new(std::cell::Cell::new(0usize));
     wstd::runtime::block_on(async move {
-        let accepting = wstd::runtime::spawn(serve_all(listener, engine, backend, active.clone()));
+        let accepting = wstd::runtime::spawn(serve_all(listener, config, backend, active.clone()));
         // Stopping, as nginx's graceful quit: no new connections, the open ones finish.
         let left = stopping().await;
         drop(accepting);
@@ -508,7 +450,7 @@ impl Drop for Active {
 /// Accepts connections for ever, each served by a task of its own.
 async fn serve_all(
     listener: TcpSocket,
-    engine: Rc<Engine>,
+    config: Arc<ServerConfig>,
     backend: Rc<String>,
     active: Rc<std::cell::Cell<usize>>,
 ) {
@@ -538,20 +480,17 @@ async fn serve_all(
             output,
             socket,
         };
-        let (engine, backend) = (engine.clone(), backend.clone());
+        let (config, backend) = (config.clone(), backend.clone());
         let counted = Active::new(&active);
         // A task per connection: a slow client holds up nobody else.
         wstd::runtime::spawn(async move {
             let _counted = counted;
-            let served = match &*engine {
-                Engine::Host(identity) => relay(client, identity.clone(), backend).await,
-                Engine::Guest(config) => serve(client.into(), config.clone(), backend)
-                    .timeout(wstd::time::Duration::from(CONNECTION_TIMEOUT))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("no end within {}s", CONNECTION_TIMEOUT.as_secs()))
-                    }),
-            };
+            let served = serve(client.into(), config, backend)
+                .timeout(wstd::time::Duration::from(CONNECTION_TIMEOUT))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("no end within {}s", CONNECTION_TIMEOUT.as_secs()))
+                });
             if let Err(e) = served {
                 eprintln!("connection: {e}");
             }
