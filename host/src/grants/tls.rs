@@ -403,8 +403,10 @@ impl PlainInput {
         if !self.held.is_empty() || self.closed {
             return Poll::Ready(());
         }
-        let mut chunk = [0u8; PIPE];
-        let mut buf = ReadBuf::new(&mut chunk);
+        // Not zeroed: this runs on every poll of the guest's pollable (16 KiB of memset was 7%
+        // of the proxy's CPU at 100 connections).
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); PIPE];
+        let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut self.pipe).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if buf.filled().is_empty() => self.closed = true,
             Poll::Ready(Ok(())) => self.held.extend_from_slice(buf.filled()),
