@@ -279,6 +279,7 @@ pub enum Lang {
     Python,
     Js,
     C,
+    Go,
 }
 
 impl std::fmt::Display for Lang {
@@ -288,6 +289,7 @@ impl std::fmt::Display for Lang {
             Lang::Python => "python",
             Lang::Js => "js",
             Lang::C => "c",
+            Lang::Go => "go",
         })
     }
 }

@@ -1,8 +1,8 @@
-//! `wpod new NAME --lang rust|python|js|c`: a sidecar project that builds with one command into a
+//! `wpod new NAME --lang rust|python|js|c|go`: a sidecar project that builds with one command into a
 //! component wpod runs, as `cargo new` or `spin new` make one. Each project carries what it
 //! needs to build offline: wpod's interfaces (`wit/`, the version this wpod links) and the
 //! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python,
-//! `wpod-sidecar.js` for JavaScript, `wpod_sidecar.{h,c}` and the generated bindings for C); the
+//! `wpod-sidecar.js` for JavaScript, `wpod_sidecar.{h,c}` and the generated bindings for C, `wpod/wpod.go` for Go); the
 //! templates live in `templates/`.
 
 use std::path::Path;
@@ -110,6 +110,19 @@ const C: &[(&str, &str)] = &[
     (".gitignore", "*.wasm\n"),
 ];
 
+const GO: &[(&str, &str)] = &[
+    ("main.go", include_str!("../../templates/go/main.go")),
+    (
+        "wpod/wpod.go",
+        include_str!("../../templates/go/wpod/wpod.go"),
+    ),
+    ("go.mod", include_str!("../../templates/go/go.mod")),
+    ("Makefile", include_str!("../../templates/go/Makefile")),
+    ("pod.yaml", include_str!("../../templates/go/pod.yaml")),
+    ("README.md", include_str!("../../templates/go/README.md")),
+    (".gitignore", "*.wasm\n"),
+];
+
 const PYTHON: &[(&str, &str)] = &[
     ("app.py", include_str!("../../templates/python/app.py")),
     (
@@ -156,7 +169,7 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
             )
         }
         Lang::Js => "npm install && npm run build".to_string(),
-        Lang::C => "make".to_string(),
+        Lang::C | Lang::Go => "make".to_string(),
     };
     println!("Created sidecar {name} ({lang}) in ./{name}");
     println!("  build: cd {name} && {build}");
@@ -171,6 +184,7 @@ fn write_project(dir: &Path, name: &str, lang: Lang) -> anyhow::Result<()> {
         Lang::Python => PYTHON.iter().chain(WIT).copied().collect(),
         Lang::Js => JS.iter().chain(WIT).copied().collect(),
         Lang::C => C.iter().chain(WIT).copied().collect(),
+        Lang::Go => GO.iter().chain(WIT).copied().collect(),
     };
     for (path, text) in files {
         let text = text
@@ -204,7 +218,7 @@ pub fn component_new(module: &Path, output: &Path) -> anyhow::Result<ExitCode> {
     let core =
         std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     let component =
-        wasm_tools::component_new(&core).with_context(|| format!("{}", module.display()))?;
+        wasm_tools::component_new(&core, WIT).with_context(|| format!("{}", module.display()))?;
     std::fs::write(output, component)
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(ExitCode::SUCCESS)
@@ -323,7 +337,7 @@ mod tests {
     #[test]
     fn component_new_wants_a_core_module() {
         for not_module in [&b"not wasm"[..], &wpod::component::COMPONENT_PREAMBLE[..]] {
-            let e = wasm_tools::component_new(not_module).unwrap_err();
+            let e = wasm_tools::component_new(not_module, WIT).unwrap_err();
             assert!(e.to_string().contains("not a core Wasm module"), "{e}");
         }
     }

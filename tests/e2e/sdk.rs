@@ -109,6 +109,36 @@ spec:
 /// gives (`build`), then its own pod.yaml run until the sidecar has done what the template
 /// does: ready, a line of the main container's output, its statistics, and `stopping`.
 fn scaffold_builds_and_runs(name: &str, lang: &str, build: &[&str], env: &[(&str, String)]) {
+    let (parent, dir) = scaffold_and_build(name, lang, build, env);
+    let pod = TestPod::from_file(name, &dir.join("pod.yaml"));
+    let running = pod.spawn();
+    let tag = format!("{name}: ");
+    running.wait_for(
+        "the scaffolded sidecar's work",
+        Duration::from_secs(120),
+        |r| {
+            r.has_line(name, &format!("{tag}ready"))
+                && r.has_line(name, "main said")
+                && r.has_line(name, "KiB of memory")
+        },
+    );
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line(name, &format!("{tag}main said"));
+    run.assert_line(name, "hello from main");
+    run.assert_line(name, &format!("{tag}stopping ("));
+    assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+/// `wpod new NAME --lang LANG` in a fresh directory, built with `build`: the temporary parent
+/// and the project's directory.
+fn scaffold_and_build(
+    name: &str,
+    lang: &str,
+    build: &[&str],
+    env: &[(&str, String)],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let parent = std::env::temp_dir().join(format!("wpod-e2e-new-{name}"));
     let _ = std::fs::remove_dir_all(&parent);
     std::fs::create_dir_all(&parent).unwrap();
@@ -141,25 +171,7 @@ fn scaffold_builds_and_runs(name: &str, lang: &str, build: &[&str], env: &[(&str
         crate::text(&built.stdout),
         crate::text(&built.stderr)
     );
-    let pod = TestPod::from_file(name, &dir.join("pod.yaml"));
-    let running = pod.spawn();
-    let tag = format!("{name}: ");
-    running.wait_for(
-        "the scaffolded sidecar's work",
-        Duration::from_secs(120),
-        |r| {
-            r.has_line(name, &format!("{tag}ready"))
-                && r.has_line(name, "main said")
-                && r.has_line(name, "KiB of memory")
-        },
-    );
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
-    run.assert_line(name, &format!("{tag}main said"));
-    run.assert_line(name, "hello from main");
-    run.assert_line(name, &format!("{tag}stopping ("));
-    assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
-    let _ = std::fs::remove_dir_all(&parent);
+    (parent, dir)
 }
 
 #[test]
@@ -214,6 +226,44 @@ fn wpod_new_c_builds_with_one_command_and_runs() {
         &["make", &format!("WPOD={}", crate::wpod_bin().display())],
         &[],
     );
+}
+
+#[test]
+fn wpod_new_go_builds_with_one_command_and_runs() {
+    wpod_test_support::require_root("a scaffolded Go sidecar");
+    let go = ["/usr/bin/go", "/usr/lib/go-1.23/bin/go"];
+    assert!(
+        go.iter().any(|g| std::path::Path::new(g).exists()),
+        "Go 1.23 is needed: apt install -t bookworm-backports golang-1.23-go (.ci/setup does)"
+    );
+    let name = "new-go";
+    let (parent, dir) = scaffold_and_build(
+        name,
+        "go",
+        &["make", &format!("WPOD={}", crate::wpod_bin().display())],
+        &[],
+    );
+    // A native sidecar: main starts only once the Go sidecar has called Ready(), and reads
+    // what it writes into their shared volume.
+    let pod = TestPod::from_file(name, &dir.join("pod.yaml"));
+    let running = pod.spawn();
+    running.wait_for("main reading the Go sidecar's file", LONG, |r| {
+        r.logs("main").iter().any(|l| l.contains("main read 20"))
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line(name, &format!("{name}: ready"));
+    // The journal's times are RFC 3339 in one format: they sort as strings.
+    let at = |container: &str, event: &str| {
+        run.events(Some(container))
+            .iter()
+            .find(|e| e["event"] == event)
+            .and_then(|e| e["time"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no {event} of {container}: {}", run.dump()))
+    };
+    assert!(at(name, "ready") <= at("main", "started"), "{}", run.dump());
+    assert_eq!(run.exit("main")["code"], 0, "{}", run.dump());
+    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]

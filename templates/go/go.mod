@@ -1,0 +1,3 @@
+module sidecar
+
+go 1.23
