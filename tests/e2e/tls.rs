@@ -1,8 +1,8 @@
 //! TLS done by the host for a sidecar (`wpod:sidecar/tls`): tls-proxy with its default engine
 //! hands its connections to the host and relays plaintext; bodies arrive byte-exact, keep-alive
-//! passes through, a client that does not speak TLS is dropped without harm, and a sidecar
-//! that brings its own TLS (the proxy's `guest` engine, rustls in Wasm) keeps working beside
-//! it. A key that does not parse stops the sidecar with an error naming the file. Needs root,
+//! passes through, 120 clients at once queue past its connection limit instead of exhausting
+//! its handles, a client that does not speak TLS is dropped without harm, and a sidecar that
+//! brings its own TLS (the proxy's `guest` engine, rustls in Wasm) keeps working beside it. A key that does not parse stops the sidecar with an error naming the file. Needs root,
 //! curl and openssl.
 
 use std::io::{Read, Write};
