@@ -150,6 +150,21 @@ backend backend
   server backend 127.0.0.1:8080
 EOF
 mount_bench="volumeMounts: [{name: bench, mountPath: /bench, readOnly: true}]"
+# The Wasm sidecar, as container NAME on PORT with one more env entry (its engine's setting).
+tls_proxy() {
+  cat <<YAML
+  - name: $1
+    image: $wasm
+    env:
+    - {name: LISTEN, value: "0.0.0.0:$2"}
+    - {name: BACKEND, value: "127.0.0.1:8080"}
+    - {name: CERT, value: /bench/tls/tls.crt}
+    - {name: KEY, value: /bench/tls/tls.key}
+    - $3
+    ports: [{containerPort: $2}]
+    $mount_bench
+YAML
+}
 cat > "$work/pod.yaml" <<YAML
 apiVersion: v1
 kind: Pod
@@ -164,26 +179,8 @@ spec:
     command: [nginx, -c, /bench/conf/backend.conf, -g, "daemon off;"]
     ports: [{containerPort: 8080}]
     $mount_bench
-  - name: tls-proxy
-    image: $wasm
-    env:
-    - {name: LISTEN, value: "0.0.0.0:8443"}
-    - {name: BACKEND, value: "127.0.0.1:8080"}
-    - {name: CERT, value: /bench/tls/tls.crt}
-    - {name: KEY, value: /bench/tls/tls.key}
-    - {name: MAX_CONNECTIONS, value: "1000"}
-    ports: [{containerPort: 8443}]
-    $mount_bench
-  - name: tls-proxy-wasm
-    image: $wasm
-    env:
-    - {name: LISTEN, value: "0.0.0.0:8446"}
-    - {name: BACKEND, value: "127.0.0.1:8080"}
-    - {name: CERT, value: /bench/tls/tls.crt}
-    - {name: KEY, value: /bench/tls/tls.key}
-    - {name: TLS_ENGINE, value: guest}
-    ports: [{containerPort: 8446}]
-    $mount_bench
+$(tls_proxy tls-proxy 8443 "{name: MAX_CONNECTIONS, value: \"1000\"}")
+$(tls_proxy tls-proxy-wasm 8446 "{name: TLS_ENGINE, value: guest}")
   - name: nginx
     command: [nginx, -c, /bench/conf/nginx-tls.conf, -g, "daemon off;"]
     ports: [{containerPort: 8444}]
