@@ -263,6 +263,12 @@ spec:
     - {{name: LISTEN, value: "0.0.0.0:8443"}}
     - {{name: KEY, value: /tls/tls.crt}}
     volumeMounts: [{{name: tls, mountPath: /tls, readOnly: true}}]
+  - name: tls-badmax
+    image: SIDECARS/tls-proxy.wasm
+    env:
+    - {{name: LISTEN, value: "0.0.0.0:8444"}}
+    - {{name: MAX_CONNECTIONS, value: "lots"}}
+    volumeMounts: [{{name: tls, mountPath: /tls, readOnly: true}}]
   volumes:
   - name: tls
     hostPath: {{path: {dir}, type: Directory}}
@@ -276,4 +282,10 @@ spec:
         "cannot load TLS configuration: CERT=/tls/tls.crt KEY=/tls/tls.crt: private key: no PEM private key",
     );
     assert_eq!(run.exit("tls")["code"], 1, "{}", run.dump());
+    // A setting that does not parse is named with its fix, not replaced by a default.
+    run.assert_line(
+        "tls-badmax",
+        "MAX_CONNECTIONS=\"lots\": set the sidecar's env MAX_CONNECTIONS",
+    );
+    assert_eq!(run.exit("tls-badmax")["code"], 1, "{}", run.dump());
 }

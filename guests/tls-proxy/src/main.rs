@@ -338,8 +338,14 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once (`MAX_CONNECTIONS`, default 64). Each takes about 10 of the
 /// sidecar's handles (sockets, streams, pollables): past 64, raise the pod's
 /// `wpod.dev/sidecar-max-handles` annotation (1024) by 16 per connection.
-fn max_connections() -> usize {
-    env("MAX_CONNECTIONS", "64").parse().unwrap_or(64).max(1)
+fn max_connections() -> Result<usize, String> {
+    let value = env("MAX_CONNECTIONS", "64");
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "MAX_CONNECTIONS={value:?}: set the sidecar's env MAX_CONNECTIONS to a whole number above 0"
+        )),
+    }
 }
 
 /// Which TLS engine serves the connections.
@@ -365,6 +371,13 @@ fn main() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("cannot load TLS configuration: {e}");
+            std::process::exit(1);
+        }
+    };
+    let max = match max_connections() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{e}");
             std::process::exit(1);
         }
     };
@@ -396,14 +409,15 @@ fn main() {
                 family,
                 address,
             };
-            event_loop::run(listener, identity, backend, max_connections())
+            event_loop::run(listener, identity, backend, max)
         }
         Engine::Guest(config) => config,
     };
     let backend = Rc::new(backend);
     let active = Rc::new(std::cell::Cell::new(0usize));
     wstd::runtime::block_on(async move {
-        let accepting = wstd::runtime::spawn(serve_all(listener, config, backend, active.clone()));
+        let accepting =
+            wstd::runtime::spawn(serve_all(listener, config, backend, max, active.clone()));
         // Stopping, as nginx's graceful quit: no new connections, the open ones finish.
         let left = stopping().await;
         drop(accepting);
@@ -452,10 +466,10 @@ async fn serve_all(
     listener: TcpSocket,
     config: Arc<ServerConfig>,
     backend: Rc<String>,
+    max: usize,
     active: Rc<std::cell::Cell<usize>>,
 ) {
     let incoming = AsyncPollable::new(listener.subscribe());
-    let max = max_connections();
     loop {
         // At the limit, new clients wait in the listen backlog, as with nginx's
         // worker_connections.
