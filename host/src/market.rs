@@ -491,8 +491,9 @@ pub fn review(
     }
     let started = std::time::Instant::now();
     let engine = wpod::sidecars::engine::shared()?;
-    let (_, source, _) =
-        wpod::sidecars::cache::load(engine, &s.component, Some(&s.sidecar.component))
+    let (_, source) =
+        wpod::sidecars::cache::locate(engine, &s.component, Some(&s.sidecar.component))
+            .and_then(|located| located.load(engine))
             .with_context(|| format!("cannot compile {}", name.canonical()))?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let message = match source {

@@ -2,9 +2,15 @@
 //!
 //! An entry is named by the sha256 of the component and of the engine's compilation settings
 //! (and wpod's version), so a component compiled for another configuration is never loaded.
-//! Each entry carries the sha256 of its own bytes, checked before wasmtime deserializes them:
-//! a truncated or tampered entry is recompiled, never executed. Entries are written to a
-//! temporary file and renamed into place.
+//! Each entry carries its length and CRC-32, checked before wasmtime deserializes it: a
+//! truncated or corrupted entry is recompiled, never executed. (A checksum, not a digest: the
+//! cache directory is root's alone, and whoever could rewrite an entry could rewrite a digest
+//! beside it too. CRC-32 runs at memory speed; a software sha256 of a ~0.6 MiB entry took
+//! longer than the rest of a warm start.) Entries are written to a temporary file and renamed
+//! into place.
+//!
+//! The component itself is hashed once, with sha256: its digest names the entry, and for a
+//! pulled sidecar it must equal the digest that was reviewed.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -46,39 +52,65 @@ pub enum Source {
     Compiled,
 }
 
-/// Loads `path` as a component, from the cache when a valid entry exists. A component pulled
-/// and reviewed at `expected` must still be those bytes: checked with the hash the cache key
-/// takes anyway, before anything is compiled or loaded. Also returns that hash
-/// (`sha256:<hex>`): what `wpod apply` compares to tell a rebuilt component.
-pub fn load(
+/// A component read and hashed, with the cache entry its digest names.
+pub struct Located {
+    path: PathBuf,
+    wasm: Vec<u8>,
+    /// `sha256:<hex>` of the component's bytes: what `wpod apply` compares to tell a rebuilt
+    /// component.
+    pub digest: String,
+    entry: PathBuf,
+}
+
+/// Reads and hashes `path`. A component pulled and reviewed at `expected` must still be those
+/// bytes: checked here, before anything is compiled or loaded.
+pub fn locate(
     engine: &Engine,
     path: &Path,
     expected: Option<&Digest>,
-) -> Result<(Component, Source, String), CacheError> {
+) -> Result<Located, CacheError> {
     let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
-    let digest = Sha256::digest(&wasm);
-    let actual = format!("sha256:{}", hex::encode(digest));
+    let sha = Sha256::digest(&wasm);
+    let digest = format!("sha256:{}", hex::encode(sha));
     if let Some(expected) = expected {
-        if actual != expected.as_str() {
+        if digest != expected.as_str() {
             return Err(CacheError::Altered {
                 path: path.to_path_buf(),
                 expected: expected.to_string(),
-                actual: actual.clone(),
+                actual: digest,
             });
         }
     }
-    let entry = dir().join(format!("{}.cwasm", key(engine, &digest)));
-    if let Some(component) = load_entry(engine, &entry) {
-        return Ok((component, Source::Cache, actual));
-    }
-    let component = Component::new(engine, &wasm).map_err(|e| CacheError::Compile {
+    let entry = dir().join(format!("{}.cwasm", key(engine, &sha)));
+    Ok(Located {
         path: path.to_path_buf(),
-        message: format!("{e:#}"),
-    })?;
-    if let Err(e) = store_entry(&component, &entry) {
-        tracing::warn!(entry = %entry.display(), error = %e, "cannot cache the compiled component");
+        wasm,
+        digest,
+        entry,
+    })
+}
+
+impl Located {
+    /// Whether a compiled entry exists (loading it may still find it damaged and recompile).
+    pub fn is_cached(&self) -> bool {
+        self.entry.is_file()
     }
-    Ok((component, Source::Compiled, actual))
+
+    /// The compiled component: from the cache when its entry is sound, else compiled now and
+    /// cached.
+    pub fn load(&self, engine: &Engine) -> Result<(Component, Source), CacheError> {
+        if let Some(component) = load_entry(engine, &self.entry) {
+            return Ok((component, Source::Cache));
+        }
+        let component = Component::new(engine, &self.wasm).map_err(|e| CacheError::Compile {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
+        })?;
+        if let Err(e) = store_entry(&component, &self.entry) {
+            tracing::warn!(entry = %self.entry.display(), error = %e, "cannot cache the compiled component");
+        }
+        Ok((component, Source::Compiled))
+    }
 }
 
 /// The entry's name: sha256 over the component's sha256 (for a pulled sidecar, its layer
@@ -105,19 +137,25 @@ impl Hasher for ShaHasher {
     }
 }
 
-fn digest_path(entry: &Path) -> PathBuf {
-    entry.with_extension("sha256")
+/// The file beside an entry holding its length and CRC-32.
+fn checksum_path(entry: &Path) -> PathBuf {
+    entry.with_extension("crc32")
+}
+
+/// `LENGTH CRC32` of an entry's bytes, as its checksum file holds it.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{} {:08x}", bytes.len(), crc32fast::hash(bytes))
 }
 
 fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     let bytes = std::fs::read(entry).ok()?;
-    let expected = std::fs::read_to_string(digest_path(entry)).ok()?;
-    if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
-        tracing::warn!(entry = %entry.display(), "cache entry does not match its digest; recompiling");
+    let expected = std::fs::read_to_string(checksum_path(entry)).ok()?;
+    if checksum(&bytes) != expected.trim() {
+        tracing::warn!(entry = %entry.display(), "cache entry does not match its checksum; recompiling");
         return None;
     }
     // SAFETY: the bytes are exactly what `store_entry` wrote from `Component::serialize` of an
-    // engine with this configuration (the digest and the key prove it); wasmtime checks its
+    // engine with this configuration (the checksum and the key say so); wasmtime checks its
     // own header and settings again.
     match unsafe { Component::deserialize(engine, &bytes) } {
         Ok(c) => Some(c),
@@ -140,7 +178,7 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
-    std::fs::write(digest_path(entry), hex::encode(Sha256::digest(&bytes)))?;
+    std::fs::write(checksum_path(entry), checksum(&bytes))?;
     std::fs::rename(&tmp, entry)
 }
 
@@ -163,5 +201,24 @@ mod tests {
         assert_ne!(key(&a, b"one"), key(&a, b"two"));
         assert_ne!(key(&a, b"one"), key(&b, b"one"));
         assert_eq!(key(&a, b"one"), key(&a, b"one"));
+    }
+
+    #[test]
+    fn a_damaged_entry_is_not_loaded() {
+        let dir = std::env::temp_dir().join(format!("wpod-cache-test-{}", std::process::id()));
+        let engine = Engine::default();
+        let component = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
+        let entry = dir.join("e.cwasm");
+        store_entry(&component, &entry).unwrap();
+        assert!(load_entry(&engine, &entry).is_some());
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&entry, &bytes).unwrap();
+        assert!(load_entry(&engine, &entry).is_none(), "a flipped bit");
+        bytes.truncate(last);
+        std::fs::write(&entry, &bytes).unwrap();
+        assert!(load_entry(&engine, &entry).is_none(), "a truncated entry");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
