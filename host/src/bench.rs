@@ -6,11 +6,15 @@
 //! included); its second action connects to a listener on the pod's loopback, so "first
 //! connect" is the time until that listener accepts. Each start is measured
 //! - cold: compiling the component (empty cache), linking, pre-instantiating, starting;
-//! - warm: loading the precompiled component from the on-disk cache, linking, starting;
 //! - restart: starting again from the kept `InstancePre` (what a sidecar restart costs).
 //!
-//! Density: N idle sidecars (waiting for their stopping event) are started, and the runtime's
-//! resident memory before and after is compared.
+//! - warm: loading the precompiled component from the on-disk cache, linking, starting (nothing
+//!   of it loaded in the process yet, as in a new `wpod run`);
+//!
+//! Density: a pod of N sidecar containers running the component, prepared as `wpod run`
+//! prepares a pod (the component loaded once and shared), is started idle (each waits for its
+//! stopping event). The process's proportional set size after they all called `ready()`, minus
+//! before they started, divided by the number actually running, is one idle sidecar's cost.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -70,10 +74,18 @@ impl Summary {
 
 #[derive(Debug, Serialize)]
 pub struct Density {
+    /// Sidecars asked for.
     pub sidecars: usize,
-    pub rss_before_mib: f64,
-    pub rss_after_mib: f64,
+    /// Of them, those that started (called `ready()`) and were still running when measured:
+    /// the figures per sidecar divide by this.
+    pub running: usize,
+    /// The process's proportional set size with the component loaded, before any starts.
+    pub pss_before_mib: f64,
+    pub pss_after_mib: f64,
     pub per_sidecar_kib: f64,
+    /// What loading the component cost, once for all of them.
+    pub component_pss_kib: f64,
+    pub rss_after_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +104,78 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
+/// This process's proportional set size (shared pages divided among their sharers), in bytes.
+fn pss_bytes() -> Result<u64, BenchError> {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .map_err(|e| fail(format!("cannot read /proc/self/smaps_rollup: {e}")))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| fail("no Pss line in /proc/self/smaps_rollup"))
+}
+
+/// `n` idle sidecars of one pod (each its own container, prepared as `wpod run` prepares a
+/// pod), waiting for their stopping event: what each costs beyond the shared component.
+async fn density_of(
+    component: &Path,
+    port: u16,
+    n: usize,
+    ctx: &PodContext<'_>,
+    state: &Arc<PodState>,
+) -> Result<Density, BenchError> {
+    let idle = ["ready".to_string(), "wait-stopping".to_string()];
+    let plan = pod_plan(component, port, &idle, n)?;
+    let empty = pss_bytes()?;
+    let prepared = wpod::sidecars::prepare_all(&plan).map_err(fail)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = pss_bytes()?;
+    let mut running = Vec::new();
+    for p in prepared.iter().flatten() {
+        running.push(WasmSidecar::start(p, ctx).map_err(fail)?);
+    }
+    let names: Vec<String> = prepared
+        .iter()
+        .flatten()
+        .map(|p| p.name().to_string())
+        .collect();
+    let mut ready = state.watch_ready();
+    // Those that cannot start (a full pool) never call ready: wait for the rest, then count.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        ready.wait_for(|r| names.iter().all(|n| r.contains(n))),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = pss_bytes()?;
+    let rss_after = rss_bytes();
+    let started = state.watch_ready().borrow().clone();
+    let alive = running
+        .iter()
+        .filter(|s| s.is_running() && started.contains(s.name()))
+        .count();
+    for s in &running {
+        s.kill();
+    }
+    for mut s in running {
+        let _ = s.exited().await;
+    }
+    Ok(Density {
+        sidecars: n,
+        running: alive,
+        pss_before_mib: before as f64 / 1048576.0,
+        pss_after_mib: after as f64 / 1048576.0,
+        per_sidecar_kib: if alive == 0 {
+            0.0
+        } else {
+            after.saturating_sub(before) as f64 / 1024.0 / alive as f64
+        },
+        component_pss_kib: before.saturating_sub(empty) as f64 / 1024.0,
+        rss_after_mib: rss_after as f64 / 1048576.0,
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -108,11 +192,31 @@ fn pod_listener(sandbox: &PodSandbox) -> Result<TcpListener, BenchError> {
 }
 
 fn bench_plan(component: &Path, port: u16, args: &[String]) -> Result<PodPlan, BenchError> {
-    let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: wpod-bench}}\nspec:\n  containers:\n  - name: main\n    command: [sleep, \"1\"]\n  - name: sidecar\n    image: {}\n    args: [{}]\n",
-        component.display(),
-        args.iter().map(|a| format!("\"{}\"", a.replace("PORT", &port.to_string()))).collect::<Vec<_>>().join(", ")
+    pod_plan(component, port, args, 1)
+}
+
+/// A pod whose native main container is never started, and `n` sidecars running `component`
+/// with `args` (`PORT` replaced): `sidecar` when alone, else `sidecar-0`...
+fn pod_plan(component: &Path, port: u16, args: &[String], n: usize) -> Result<PodPlan, BenchError> {
+    let args = args
+        .iter()
+        .map(|a| format!("\"{}\"", a.replace("PORT", &port.to_string())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut manifest = String::from(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: wpod-bench}\nspec:\n  containers:\n  - name: main\n    command: [sleep, \"1\"]\n",
     );
+    for i in 0..n {
+        let name = if n == 1 {
+            "sidecar".to_string()
+        } else {
+            format!("sidecar-{i}")
+        };
+        manifest.push_str(&format!(
+            "  - name: {name}\n    image: {}\n    args: [{args}]\n",
+            component.display()
+        ));
+    }
     let pods = wpod::spec::parse(Path::new("<bench>"), &manifest).map_err(fail)?;
     let pod = pods.into_iter().next().ok_or_else(|| fail("no pod"))?;
     wpod::plan::plan(&pod).map_err(fail)
@@ -162,9 +266,14 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
                 let _ = std::fs::remove_dir_all(wpod::sidecars::cache::dir());
             }
             let t0 = Instant::now();
-            let prepared = match (kind, &kept) {
-                ("restart", Some(p)) => p.clone(),
-                _ => PreparedSidecar::prepare(&sidecar_plan).map_err(fail)?,
+            // A warm start is a new process's: nothing of this component loaded yet (the
+            // process-wide map holds components only while a container uses them).
+            if kind != "restart" {
+                kept = None;
+            }
+            let prepared = match &kept {
+                Some(p) => p.clone(),
+                None => PreparedSidecar::prepare(&sidecar_plan).map_err(fail)?,
             };
             let t_prepared = t0.elapsed();
             let (t_ready, t_connect) = start_once(&prepared, &ctx, &state, &listener).await?;
@@ -182,46 +291,8 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         });
     }
 
-    // Density: idle sidecars waiting for their stopping event.
-    let idle_plan = bench_plan(component, port, &["ready".into(), "wait-stopping".into()])?;
-    let idle = PreparedSidecar::prepare(
-        idle_plan
-            .containers
-            .iter()
-            .find(|c| c.image.is_wasm())
-            .ok_or_else(|| fail("no sidecar"))?,
-    )
-    .map_err(fail)?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_bytes();
-    let mut running = Vec::new();
-    for _ in 0..density {
-        running.push(WasmSidecar::start(&idle, &ctx).map_err(fail)?);
-    }
-    let mut ready = state.watch_ready();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        ready.wait_for(|r| r.contains("sidecar")),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_bytes();
-    for s in &running {
-        s.kill();
-    }
-    for mut s in running {
-        let _ = s.exited().await;
-    }
-    let density = Density {
-        sidecars: density,
-        rss_before_mib: before as f64 / 1048576.0,
-        rss_after_mib: after as f64 / 1048576.0,
-        per_sidecar_kib: if density == 0 {
-            0.0
-        } else {
-            after.saturating_sub(before) as f64 / 1024.0 / density as f64
-        },
-    };
+    drop(kept);
+    let density = density_of(component, port, density, &ctx, &state).await?;
     drop(runtime);
     drop(sandbox);
     let component_kib = std::fs::metadata(component)
@@ -303,8 +374,14 @@ impl std::fmt::Display for Report {
         let d = &self.density;
         writeln!(
             f,
-            "density: {} idle sidecars: RSS {:.1} MiB -> {:.1} MiB, {:.0} KiB per sidecar",
-            d.sidecars, d.rss_before_mib, d.rss_after_mib, d.per_sidecar_kib
+            "density: {} idle sidecars asked, {} running: PSS {:.1} MiB -> {:.1} MiB, {:.0} KiB per \
+             running sidecar (the component, loaded once: {:.0} KiB)",
+            d.sidecars,
+            d.running,
+            d.pss_before_mib,
+            d.pss_after_mib,
+            d.per_sidecar_kib,
+            d.component_pss_kib
         )
     }
 }

@@ -329,13 +329,24 @@ fn run(
             .with_pulled_sidecars(&images.sidecar_components(&plan))
             .map_err(SpecError::Invalid)?;
         raise_fd_limit(&plan);
-        // Compiling and linking the sidecars comes next: a component that cannot run fails the
-        // pod before anything of it exists.
-        let prepared = tokio::task::block_in_place(|| wpod::sidecars::prepare_all(&plan))
-            .with_context(|| format!("pod {name} failed to start"))?;
-        let sandbox = Arc::new(
-            PodSandbox::create(&plan).with_context(|| format!("pod {name} failed to start"))?,
-        );
+        // The sidecars' components come next: read, hashed and, when the cache lacks them,
+        // compiled before anything of the pod exists (one that cannot compile fails the pod
+        // here). Loading their cached code and linking it overlaps the sandbox's creation; if
+        // it fails, the sandbox is dropped, which tears it down.
+        let (sandbox, prepared) = tokio::task::block_in_place(|| {
+            let preparation = wpod::sidecars::Preparation::begin(&plan)?;
+            Ok::<_, anyhow::Error>(std::thread::scope(|s| {
+                let finishing = s.spawn(|| preparation.finish());
+                let sandbox = PodSandbox::create(&plan);
+                let prepared = finishing
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (sandbox, prepared)
+            }))
+        })
+        .with_context(|| format!("pod {name} failed to start"))?;
+        let sandbox = Arc::new(sandbox.with_context(|| format!("pod {name} failed to start"))?);
+        let prepared = prepared.with_context(|| format!("pod {name} failed to start"))?;
         wpod::oci::store::pin_layers(&sandbox.state.path, images.records())
             .with_context(|| format!("pod {name} failed to start"))?;
         // Who holds the pod, for `wpod stop` from another shell.
@@ -362,7 +373,7 @@ fn run(
         let digests = prepared
             .iter()
             .flatten()
-            .map(|p| (p.name().to_string(), p.digest.clone()))
+            .map(|p| (p.name().to_string(), p.digest().to_string()))
             .collect();
         let mut supervisor = Supervisor::new(
             plan.clone(),

@@ -482,7 +482,7 @@ spec:
     let second = pod.run(LONG);
     assert_ok(&second, "probe", "env:X", "from-the-pod");
     assert!(
-        second.stderr.contains("does not match its digest"),
+        second.stderr.contains("does not match its checksum"),
         "{}",
         second.dump()
     );
@@ -531,4 +531,67 @@ fn the_bench_command_measures_every_kind_of_start() {
         );
     }
     assert_eq!(report["density"]["sidecars"], 3);
+    assert_eq!(
+        report["density"]["running"], 3,
+        "every idle sidecar counted started"
+    );
+}
+
+/// A pod of `n` native sidecars (each the probe, ready then idle until stopped) before a main
+/// container that exits at once: the main container starts only once every sidecar is ready.
+fn many_sidecars_pod(name: &str, n: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  initContainers:\n"
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - {{name: s{i}, image: SIDECARS/probe.wasm, restartPolicy: Always, args: [ready, wait-stopping]}}\n"
+        ));
+    }
+    yaml.push_str("  containers:\n  - {name: main, command: [\"true\"]}\n");
+    yaml
+}
+
+#[test]
+fn a_pod_holds_hundreds_of_sidecars_at_once() {
+    require_root("a_pod_holds_hundreds_of_sidecars_at_once");
+    // Past the 100 one wpod process used to host: all 300 run at once (each is ready and idle
+    // before the main container starts), share one loaded component, and stop cleanly.
+    let n = 300;
+    let pod = TestPod::new("many-sidecars", &many_sidecars_pod("many-sidecars", n));
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(run.exit("main")["code"], 0, "{}", run.dump());
+    for i in 0..n {
+        let name = format!("s{i}");
+        assert!(
+            run.events(Some(&name))
+                .iter()
+                .any(|e| e["event"] == "ready"),
+            "sidecar {name} never became ready\n{}",
+            run.dump()
+        );
+    }
+    assert!(!run.stdout.contains("wasm trap"), "{}", run.dump());
+    assert_no_leftovers("many-sidecars");
+}
+
+#[test]
+fn validate_names_the_sidecar_past_the_pool() {
+    // Past 1024 Wasm containers at once a sidecar would fail at every start: validation refuses
+    // the pod and names the first one over, with the fix.
+    let pod = TestPod::new("too-many", &many_sidecars_pod("too-many", 1025));
+    let out = wpod_output(&["validate", pod.manifest.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("spec.initContainers[1024].image")
+            && stderr.contains("at most 1024 Wasm containers at once")
+            && stderr.contains("move sidecars to another pod"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("at most 1024").count(), 1, "{stderr}");
+    let fits = TestPod::new("fits", &many_sidecars_pod("fits", 1024));
+    let out = wpod_output(&["validate", fits.manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -165,6 +165,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
             grants,
         });
     }
+    check_sidecar_count(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &mut diags);
     let port_mappings = port_mappings(pod, &mut diags);
@@ -191,6 +192,28 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
             diags.sort_by_key(|d| d.loc);
             Err(Diagnostics(diags))
         }
+    }
+}
+
+/// Wasm containers one pod may run at once: the size of the instance pool of the wpod process
+/// that hosts it (`sidecars::engine`). Its slots are reserved address space, not memory.
+pub const MAX_WASM_CONTAINERS: usize = 1024;
+
+/// The Wasm containers that run at once (the regular ones, the native sidecars, and one init
+/// container at a time) must fit in the pool: past it one would fail at every start.
+fn check_sidecar_count(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<Diagnostic>) {
+    let wasm = || containers.iter().filter(|c| c.image.is_wasm());
+    let init = usize::from(wasm().any(|c| c.role == Role::Init));
+    let mut at_once = wasm().filter(|c| c.role != Role::Init);
+    if let Some(first_over) = at_once.nth(MAX_WASM_CONTAINERS - init) {
+        diags.push(pod.source.diag(
+            format!("{}.image", first_over.path),
+            format!(
+                "a pod runs at most {MAX_WASM_CONTAINERS} Wasm containers at once (the sidecar \
+                 pool of the wpod process that hosts it), and this one is past it: move \
+                 sidecars to another pod"
+            ),
+        ));
     }
 }
 

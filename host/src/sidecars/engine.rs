@@ -11,8 +11,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances: the longest a guest runs without yielding to others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Sidecars alive at once in one wpod process (the pool's size).
-pub const MAX_SIDECARS: u32 = 100;
+/// Sidecars alive at once in one wpod process (the pool's size): a pod's limit, which planning
+/// checks. Half again for `wpod apply`, whose new sidecars start before the ones they replace
+/// have stopped. A slot is reserved address space (its linear memories', tables' and stack's),
+/// so an unused one costs no memory.
+pub const MAX_SIDECARS: u32 = (crate::plan::MAX_WASM_CONTAINERS as u32) * 3 / 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -7,6 +7,7 @@
 //! pod's network namespace.
 
 pub mod cache;
+pub mod components;
 pub mod engine;
 pub mod limits;
 pub mod runtime;
@@ -23,8 +24,9 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::grants::{self, GrantHost, GrantStates, Grants, InstanceSetup, OpenVolumes};
 use crate::logs::{Logs, Stream};
-use crate::plan::{ContainerPlan, Image, PodPlan};
+use crate::plan::{ContainerPlan, Image, PodPlan, WasmComponent};
 use crate::status::{ExitInfo, ExitReason, PodState};
+use components::LoadedComponent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -73,63 +75,61 @@ fn linker(engine: &Engine) -> wasmtime::Result<&'static Linker<SidecarState>> {
     Ok(LINKER.get_or_init(|| linker))
 }
 
-/// A sidecar compiled, linked and pre-instantiated, ready to start (and restart) quickly.
+/// A sidecar ready to start (and restart) quickly: its plan and grants, and its component
+/// compiled, linked and pre-instantiated (shared with every container that runs the same file).
 #[derive(Clone)]
 pub struct PreparedSidecar {
     pub plan: ContainerPlan,
     /// What the plan granted it.
     grants: Grants,
-    pre: CommandPre<SidecarState>,
-    /// Whether the compiled component came from the cache.
-    pub cached: bool,
-    /// The sha256 of the component's bytes (`sha256:<hex>`).
-    pub digest: String,
-    /// It imports `lifecycle.ready`: as a native sidecar it counts as started only once it
-    /// calls it.
-    pub signals_readiness: bool,
-    /// It imports `lifecycle.next-event`: it can hear `stopping` (see
-    /// `grants::lifecycle::hears_stopping`).
-    pub hears_stopping: bool,
+    pub component: Arc<LoadedComponent>,
 }
 
 impl PreparedSidecar {
     pub fn prepare(plan: &ContainerPlan) -> Result<Self, SidecarError> {
-        let (Image::Wasm(wasm), Some(grants)) = (&plan.image, &plan.grants) else {
-            return Err(SidecarError::Link {
-                container: plan.name().into(),
-                message: "not a Wasm component".into(),
-            });
-        };
-        let engine = engine::shared()?;
-        let (component, source, digest) = cache::load(engine, &wasm.path, wasm.digest.as_ref())?;
-        let link_err = |message: String| SidecarError::Link {
-            container: plan.name().to_string(),
-            message,
-        };
-        let linker = linker(engine).map_err(|e| link_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| link_err(format!("cannot link the component: {e:#}")))?;
-        let pre = CommandPre::new(pre).map_err(|e| {
-            link_err(format!(
-                "not a command component (no wasi:cli/run export): {e:#}"
-            ))
-        })?;
-        let signals_readiness = grants::lifecycle::signals_readiness(engine, &component);
-        let hears_stopping = grants::lifecycle::hears_stopping(engine, &component);
+        let wasm = wasm_image(plan)?;
+        let component = components::load(
+            engine::shared()?,
+            &wasm.path,
+            wasm.digest.as_ref(),
+            plan.name(),
+        )?;
+        Self::with_component(plan, component)
+    }
+
+    fn with_component(
+        plan: &ContainerPlan,
+        component: Arc<LoadedComponent>,
+    ) -> Result<Self, SidecarError> {
+        let grants = plan.grants.clone().ok_or_else(|| not_wasm(plan))?;
         Ok(PreparedSidecar {
             plan: plan.clone(),
-            grants: grants.clone(),
-            pre,
-            cached: source == cache::Source::Cache,
-            digest,
-            signals_readiness,
-            hears_stopping,
+            grants,
+            component,
         })
     }
 
     pub fn name(&self) -> &str {
         self.plan.name()
+    }
+
+    /// The sha256 of the component's bytes (`sha256:<hex>`).
+    pub fn digest(&self) -> &str {
+        &self.component.digest
+    }
+}
+
+fn not_wasm(plan: &ContainerPlan) -> SidecarError {
+    SidecarError::Link {
+        container: plan.name().into(),
+        message: "not a Wasm component".into(),
+    }
+}
+
+fn wasm_image(plan: &ContainerPlan) -> Result<&crate::plan::WasmComponent, SidecarError> {
+    match (&plan.image, &plan.grants) {
+        (Image::Wasm(wasm), Some(_)) => Ok(wasm),
+        _ => Err(not_wasm(plan)),
     }
 }
 
@@ -176,13 +176,94 @@ impl From<wasmtime::Error> for ComponentError {
 /// pod, before anything of the pod exists: a component that cannot run fails here. By
 /// container index; `None` for native containers.
 pub fn prepare_all(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
-    plan.containers
-        .iter()
-        .map(|c| match c.grants {
-            Some(_) => PreparedSidecar::prepare(c).map(Some),
-            None => Ok(None),
+    Preparation::begin(plan)?.finish()
+}
+
+/// The pod's sidecars on their way to being prepared, in two steps so that the second can
+/// overlap the sandbox's creation. Each distinct component (file and reviewed digest) is
+/// loaded once, distinct ones on threads of their own.
+pub struct Preparation<'a> {
+    plan: &'a PodPlan,
+    /// Per distinct component: the containers (by index) that run it, and its loading.
+    components: Vec<(Vec<usize>, components::Loading)>,
+}
+
+impl<'a> Preparation<'a> {
+    /// Reads and hashes every component, and compiles those the cache lacks: before anything
+    /// of the pod exists, so that a component that does not compile leaves nothing behind and
+    /// the compiler's memory is not charged to the pod's cgroup.
+    pub fn begin(plan: &'a PodPlan) -> Result<Self, SidecarError> {
+        let engine = engine::shared()?;
+        let mut groups: Vec<(&WasmComponent, Vec<usize>)> = Vec::new();
+        for (i, c) in plan.containers.iter().enumerate() {
+            if c.grants.is_none() {
+                continue;
+            }
+            let wasm = wasm_image(c)?;
+            match groups.iter_mut().find(|(w, _)| *w == wasm) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((wasm, vec![i])),
+            }
+        }
+        let loadings = on_threads(groups.iter().collect(), |(wasm, members)| {
+            let container = plan.containers[members[0]].name();
+            let loading = components::locate(engine, &wasm.path, wasm.digest.as_ref())?;
+            if loading.is_cached() {
+                Ok(loading)
+            } else {
+                loading
+                    .finish(engine, container)
+                    .map(components::Loading::Done)
+            }
+        })?;
+        Ok(Preparation {
+            plan,
+            components: groups.into_iter().map(|(_, m)| m).zip(loadings).collect(),
         })
-        .collect()
+    }
+
+    /// Loads the cached code, links and pre-instantiates; by container index, `None` for
+    /// native containers.
+    pub fn finish(self) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
+        let engine = engine::shared()?;
+        let plan = self.plan;
+        let (members, loadings): (Vec<_>, Vec<_>) = self.components.into_iter().unzip();
+        let work: Vec<_> = members.iter().zip(loadings).collect();
+        let loaded = on_threads(work, |(members, loading)| {
+            loading.finish(engine, plan.containers[members[0]].name())
+        })?;
+        let mut prepared: Vec<Option<PreparedSidecar>> = vec![None; plan.containers.len()];
+        for (members, component) in members.iter().zip(loaded) {
+            for &i in members {
+                prepared[i] = Some(PreparedSidecar::with_component(
+                    &plan.containers[i],
+                    component.clone(),
+                )?);
+            }
+        }
+        Ok(prepared)
+    }
+}
+
+/// `f` over `items`, each on a thread of its own when there are several; the first error wins.
+fn on_threads<T: Send, R: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, SidecarError> + Sync,
+) -> Result<Vec<R>, SidecarError> {
+    if items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| s.spawn(move || f(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// What a starting sidecar needs from its pod.
@@ -239,7 +320,7 @@ impl WasmSidecar {
         };
         let engine = engine::shared()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let pre = prepared.pre.clone();
+        let pre = prepared.component.pre.clone();
         let logs = ctx.logs.clone();
         let task_name = name.clone();
         let stopped = stop.clone();
@@ -268,12 +349,17 @@ impl WasmSidecar {
             task,
             stop,
             stopping,
-            hears_stopping: prepared.hears_stopping,
+            hears_stopping: prepared.component.hears_stopping,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether it has not ended yet.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Waits for the sidecar to end. Cancel-safe.
@@ -320,6 +406,19 @@ fn exit_info(
             }
             if stopped {
                 return ExitInfo::killed();
+            }
+            if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                // Planning keeps a pod within the pool; only an apply that replaces hundreds
+                // of sidecars at once can meet this.
+                logs.line(
+                    name,
+                    Stream::Stderr,
+                    &format!(
+                        "cannot start: every slot of wpod's sidecar pool ({} sidecars) is taken: {full}",
+                        engine::MAX_SIDECARS
+                    ),
+                );
+                return ExitInfo::exited(1);
             }
             // A trap ends this sidecar only; its message goes where its output goes.
             logs.line(name, Stream::Stderr, &format!("wasm trap: {e:#}"));

@@ -338,7 +338,8 @@ impl Control {
         }
         for m in &members {
             if let Some(p) = &m.prepared {
-                now.digests.insert(m.name().to_string(), p.digest.clone());
+                now.digests
+                    .insert(m.name().to_string(), p.digest().to_string());
             }
         }
         let now = Arc::new(now);

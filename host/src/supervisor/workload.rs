@@ -87,7 +87,7 @@ pub trait Launcher: Send + Sync {
         member
             .prepared
             .as_ref()
-            .is_some_and(|p| p.signals_readiness)
+            .is_some_and(|p| p.component.signals_readiness)
     }
     /// Where its hooks and probes act; `None` when it takes none.
     fn action_target(&self, member: &Member, workload: &dyn Workload) -> Option<ActionTarget>;

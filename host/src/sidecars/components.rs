@@ -1,0 +1,200 @@
+//! Each distinct component is loaded once per process: the containers that run the same file,
+//! and every restart of them, share its compiled code and its pre-instantiation. The compiled
+//! code is most of an idle sidecar's memory (each deserialized copy is ~0.6 MiB for a small
+//! Rust guest), and loading it (read, hash, deserialize, link) is most of a warm start.
+//!
+//! A file is known by its identity: device, inode, size, and modification and change times. A
+//! rebuilt or replaced file is another file and is loaded again, so `wpod apply` sees it. The
+//! map holds its components weakly: one that no container uses any more is freed.
+//!
+//! A file changed within the clock tick it was read in could keep the same times (the kernel's
+//! file timestamps are coarse). As git does with its index, a file changed in the last
+//! [`SETTLE`] is loaded but not remembered.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use wasmtime::Engine;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use super::{cache, linker, SidecarError, SidecarState};
+use crate::grants;
+use crate::oci::store::Digest;
+
+/// How long a file must have been unchanged before its identity stands for its content.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A component compiled, linked and pre-instantiated, shared by every container that runs it.
+pub struct LoadedComponent {
+    pub(super) pre: CommandPre<SidecarState>,
+    /// The sha256 of the component's bytes (`sha256:<hex>`).
+    pub digest: String,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+    /// It imports `lifecycle.ready`: as a native sidecar it counts as started only once it
+    /// calls it.
+    pub signals_readiness: bool,
+    /// It imports `lifecycle.next-event`: it can hear `stopping` (see
+    /// `grants::lifecycle::hears_stopping`).
+    pub hears_stopping: bool,
+}
+
+/// What tells one file from another, and a changed file from what it was.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file was last changed long enough ago that a later change gets other times.
+    fn settled(&self) -> bool {
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(self.ctime.0).unwrap_or(0),
+                u32::try_from(self.ctime.1).unwrap_or(0),
+            );
+        SystemTime::now()
+            .duration_since(changed)
+            .is_ok_and(|age| age >= SETTLE)
+    }
+}
+
+type Loaded = Mutex<HashMap<FileId, Weak<LoadedComponent>>>;
+
+fn loaded() -> &'static Loaded {
+    static LOADED: std::sync::OnceLock<Loaded> = std::sync::OnceLock::new();
+    LOADED.get_or_init(Default::default)
+}
+
+/// The file's identity, or `None` when it cannot be had (reading it then says why).
+fn identity(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| FileId::of(&m))
+}
+
+/// The component already loaded from this very file, if any.
+fn remembered(id: Option<FileId>) -> Option<Arc<LoadedComponent>> {
+    let id = id?;
+    let map = loaded().lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&id).and_then(Weak::upgrade)
+}
+
+fn remember(id: Option<FileId>, component: &Arc<LoadedComponent>) {
+    let Some(id) = id.filter(FileId::settled) else {
+        return;
+    };
+    let mut map = loaded().lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, c| c.strong_count() > 0);
+    map.insert(id, Arc::downgrade(component));
+}
+
+/// Where loading a component stands: done (this process had it already), or read and hashed
+/// with its compiled code still to load.
+pub enum Loading {
+    Done(Arc<LoadedComponent>),
+    Located {
+        id: Option<FileId>,
+        located: Box<cache::Located>,
+    },
+}
+
+impl Loading {
+    /// Whether finishing needs no compilation (an entry of the cache, or already loaded).
+    pub fn is_cached(&self) -> bool {
+        match self {
+            Loading::Done(_) => true,
+            Loading::Located { located, .. } => located.is_cached(),
+        }
+    }
+
+    /// Loads the compiled code, links and pre-instantiates it, and remembers the result.
+    /// `container` is named in errors.
+    pub fn finish(
+        self,
+        engine: &Engine,
+        container: &str,
+    ) -> Result<Arc<LoadedComponent>, SidecarError> {
+        let (id, located) = match self {
+            Loading::Done(c) => return Ok(c),
+            Loading::Located { id, located } => (id, located),
+        };
+        let (component, source) = located.load(engine)?;
+        let link_err = |message: String| SidecarError::Link {
+            container: container.to_string(),
+            message,
+        };
+        let linker = linker(engine).map_err(|e| link_err(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| link_err(format!("cannot link the component: {e:#}")))?;
+        let pre = CommandPre::new(pre).map_err(|e| {
+            link_err(format!(
+                "not a command component (no wasi:cli/run export): {e:#}"
+            ))
+        })?;
+        let loaded = Arc::new(LoadedComponent {
+            pre,
+            digest: located.digest.clone(),
+            cached: source == cache::Source::Cache,
+            signals_readiness: grants::lifecycle::signals_readiness(engine, &component),
+            hears_stopping: grants::lifecycle::hears_stopping(engine, &component),
+        });
+        remember(id, &loaded);
+        Ok(loaded)
+    }
+}
+
+/// Starts loading `path`: nothing to do when this process has it already; else the file is
+/// read and hashed (and checked against `expected`, the digest a pulled sidecar was reviewed at).
+pub fn locate(
+    engine: &Engine,
+    path: &Path,
+    expected: Option<&Digest>,
+) -> Result<Loading, SidecarError> {
+    let id = identity(path);
+    if let Some(component) = remembered(id) {
+        if let Some(expected) = expected {
+            if component.digest != expected.as_str() {
+                return Err(cache::CacheError::Altered {
+                    path: path.to_path_buf(),
+                    expected: expected.to_string(),
+                    actual: component.digest.clone(),
+                }
+                .into());
+            }
+        }
+        return Ok(Loading::Done(component));
+    }
+    let located = cache::locate(engine, path, expected)?;
+    // Identity taken before reading: a change made while reading gives the file new times.
+    Ok(Loading::Located {
+        id,
+        located: Box::new(located),
+    })
+}
+
+/// Loads `path` for `container` (see [`locate`] and [`Loading::finish`]).
+pub fn load(
+    engine: &Engine,
+    path: &Path,
+    expected: Option<&Digest>,
+    container: &str,
+) -> Result<Arc<LoadedComponent>, SidecarError> {
+    locate(engine, path, expected)?.finish(engine, container)
+}
