@@ -28,8 +28,8 @@ use serde::Serialize;
 use wpod::logs::{Logs, OutputFormat};
 use wpod::plan::PodPlan;
 use wpod::sandbox::namespaces::join_net;
+use wpod::sandbox::runtime::PodRuntime;
 use wpod::sandbox::PodSandbox;
-use wpod::sidecars::runtime::PodRuntime;
 use wpod::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
 use wpod::status::PodState;
 
@@ -248,7 +248,12 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
     let state = PodState::new(Vec::<String>::new());
     let logs_dir = sandbox.log_dir();
     let logs = Logs::new(logs_dir, OutputFormat::Silent, (&plan.settings).into());
-    let runtime = PodRuntime::new("wpod-bench", sandbox.namespaces.net_handle()).map_err(fail)?;
+    let runtime = PodRuntime::new(
+        "wpod-bench",
+        sandbox.namespaces.net_handle(),
+        wpod::sandbox::runtime::SIDECAR_WORKERS,
+    )
+    .map_err(fail)?;
     let ctx = PodContext {
         runtime: runtime.handle().map_err(fail)?,
         state: state.clone(),

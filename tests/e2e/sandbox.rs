@@ -600,3 +600,71 @@ spec:
     assert!(line.contains("Resource temporarily unavailable"), "{line}");
     assert_no_leftovers("runaway");
 }
+
+#[test]
+fn a_host_port_forwards_bytes_exactly_both_ways_and_passes_half_close_on() {
+    require_root("a_host_port_forwards_bytes_exactly");
+    // The main container echoes everything it receives until the client's half-close, then
+    // closes: 8 MiB must come back byte for byte through the forwarder (splice, both ways),
+    // and the client's shutdown must reach the container (or the echo would never end).
+    let pod = TestPod::new(
+        "port-echo",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: port-echo}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [python3, -u, -c]
+    args:
+    - |
+      import socket
+      srv = socket.create_server(("127.0.0.1", 18190))
+      print("listening", flush=True)
+      while True:
+          c, _ = srv.accept()
+          n = 0
+          while True:
+              b = c.recv(65536)
+              if not b:
+                  break
+              c.sendall(b)
+              n += len(b)
+          print(f"echoed {n}", flush=True)
+          c.close()
+    ports: [{containerPort: 18190, hostPort: 18191, hostIP: 127.0.0.1}]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the echo server", LONG, |r| r.has_line("main", "listening"));
+    let sent: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:18191").expect("connect hostPort");
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let received = std::thread::scope(|s| {
+        let reading = s.spawn(move || {
+            use std::io::Read;
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).map(|_| got)
+        });
+        use std::io::Write;
+        stream.write_all(&sent).expect("send");
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        reading.join().unwrap().expect("read the echo")
+    });
+    assert_eq!(received.len(), sent.len(), "echo length");
+    assert!(received == sent, "the echo differs from what was sent");
+    let run = running.wait_for("the server's count", LONG, |r| {
+        r.has_line("main", "echoed ")
+    });
+    run.assert_line("main", &format!("echoed {}", sent.len()));
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("port-echo");
+}

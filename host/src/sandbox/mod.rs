@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod holder;
 pub mod namespaces;
 pub mod ports;
+pub mod runtime;
 pub mod state_dir;
 pub mod volumes;
 
@@ -101,7 +102,11 @@ impl PodSandbox {
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
-        sandbox.ports = Some(PortForwards::publish(&plan.port_mappings, &sandbox.dialer)?);
+        sandbox.ports = Some(PortForwards::publish(
+            name,
+            &plan.port_mappings,
+            sandbox.namespaces.net_handle(),
+        )?);
         Ok(sandbox)
     }
 

@@ -1,20 +1,30 @@
 //! hostPort publishing: the host listens on each `hostPort` and forwards every connection to the
-//! container port on the pod's loopback, through a socket the pod's [`Dialer`] made inside the
-//! pod's network namespace. The container sees an ordinary local client.
+//! container port on the pod's loopback. The container sees an ordinary local client.
 //!
-//! Forwarding is bounded: all of it runs on the async runtime (no thread per connection), each
-//! port serves at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), and when
-//! the process runs out of descriptors the accept loop backs off instead of spinning.
+//! The forwarders run on a runtime of their own whose threads joined the pod's network
+//! namespace ([`PodRuntime`]): a listener bound on the host before keeps accepting host
+//! connections, and a connect from those threads is already inside the pod. Bytes move with
+//! `splice(2)` through a pipe, never through userspace; both sockets have Nagle's delay off, as
+//! a proxy's must (a relay that holds back a response's last segment waits out the client's
+//! delayed ACK).
+//!
+//! Forwarding is bounded: all of it is async (no thread per connection), each port serves at
+//! most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), and when the process
+//! runs out of descriptors the accept loop backs off instead of spinning.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::namespaces::Dialer;
+use super::runtime::PodRuntime;
 use super::SandboxError;
 use crate::plan::PortMapping;
 
@@ -22,6 +32,12 @@ use crate::plan::PortMapping;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a connection to the container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads that forward: one keeps a connection's both directions on one core, without
+/// handing work across cores for every small message.
+const FORWARDER_THREADS: usize = 1;
+/// Each direction's pipe capacity, and so the most one splice moves: fewer, larger splices
+/// for bulk transfers. A pipe holds pages only while bytes are in flight.
+const PIPE_BYTES: usize = 256 * 1024;
 
 /// The forwarders. [`PortForwards::close`] stops listening and closes every forwarded
 /// connection, and returns once their descriptors are closed; dropping does the same without
@@ -29,19 +45,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PortForwards {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Dropped last: the forwarders' tasks run on it.
+    runtime: Option<PodRuntime>,
 }
 
 impl PortForwards {
     /// Binds every host port now (so a port in use fails the pod before it starts) and serves
-    /// them on the current tokio runtime.
-    pub fn publish(mappings: &[PortMapping], dialer: &Dialer) -> Result<Self, SandboxError> {
-        let mut tasks = Vec::new();
+    /// them from inside the pod's network namespace `net`.
+    pub fn publish(
+        pod: &str,
+        mappings: &[PortMapping],
+        net: Arc<OwnedFd>,
+    ) -> Result<Self, SandboxError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        if mappings.is_empty() {
+            return Ok(PortForwards {
+                tasks: Default::default(),
+                stop,
+                runtime: None,
+            });
+        }
+        let mut listeners = Vec::new();
         for m in mappings {
             let addr = SocketAddr::new(m.host_ip, m.host_port);
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(TcpListener::from_std)
                 .map_err(|e| SandboxError::Step {
                     step: format!(
                         "publish hostPort {} of container {}",
@@ -50,16 +78,33 @@ impl PortForwards {
                     error: format!("bind {addr}: {e}"),
                 })?;
             let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), m.container_port);
-            tasks.push(tokio::spawn(serve(
-                listener,
-                target,
-                dialer.clone(),
-                stopped.clone(),
-            )));
+            listeners.push((listener, target));
         }
+        let runtime =
+            PodRuntime::new(pod, net, FORWARDER_THREADS).map_err(|e| SandboxError::Step {
+                step: "start the hostPort forwarders".into(),
+                error: e.to_string(),
+            })?;
+        let handle = runtime.handle().map_err(|e| SandboxError::Step {
+            step: "start the hostPort forwarders".into(),
+            error: e.to_string(),
+        })?;
+        let tasks = listeners
+            .into_iter()
+            .map(|(listener, target)| {
+                let stopped = stopped.clone();
+                handle.spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, target, stopped).await,
+                        Err(e) => tracing::error!(%target, error = %e, "cannot serve a hostPort"),
+                    }
+                })
+            })
+            .collect();
         Ok(PortForwards {
             tasks: std::sync::Mutex::new(tasks),
             stop,
+            runtime: Some(runtime),
         })
     }
 
@@ -85,7 +130,6 @@ fn accept_backoff(previous: Option<Duration>) -> Duration {
 async fn serve(
     listener: TcpListener,
     target: SocketAddr,
-    dialer: Dialer,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -106,7 +150,7 @@ async fn serve(
         let Ok(slot) = slot else {
             break;
         };
-        let (mut client, peer) = match accepted {
+        let (client, peer) = match accepted {
             Ok(accepted) => {
                 backoff = None;
                 accepted
@@ -121,21 +165,110 @@ async fn serve(
                 }
             }
         };
-        let dialer = dialer.clone();
         connections.spawn(async move {
             let _slot = slot;
-            match dialer.connect(target, CONNECT_TIMEOUT).await {
-                Ok(mut upstream) => {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            // This thread is in the pod's network namespace: the connect reaches its loopback.
+            let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
+                .await
+            {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, %target, error = %e, "hostPort connection refused in the pod");
+                    return;
                 }
-                Err(e) => {
-                    tracing::debug!(%peer, %target, error = %e, "hostPort connection refused in the pod")
+                Err(_) => {
+                    tracing::debug!(%peer, %target, "hostPort connection timed out in the pod");
+                    return;
                 }
+            };
+            if let Err(e) = relay(&client, &upstream).await {
+                tracing::debug!(%peer, %target, error = %e, "hostPort connection ended");
             }
         });
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Forwards both ways until both sides have ended (each end's close is passed on as a
+/// shutdown of the other's write side, so half-closed protocols work), or either fails.
+async fn relay(client: &TcpStream, upstream: &TcpStream) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    tokio::try_join!(
+        splice_one_way(client, upstream),
+        splice_one_way(upstream, client)
+    )?;
+    Ok(())
+}
+
+/// Moves what `from` receives to `to` through a pipe, until `from` ends; then shuts `to`'s
+/// write side.
+async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    // Best effort: a smaller pipe (the system's pipe-max-size) only means more splices.
+    let chunk = nix::fcntl::fcntl(
+        &pipe_in,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32),
+    )
+    .ok()
+    .and_then(|n| usize::try_from(n).ok())
+    .unwrap_or(64 * 1024);
+    loop {
+        let received = splice_when_ready(from, Interest::READABLE, || {
+            splice_step(from.as_fd(), &pipe_in, chunk)
+        })
+        .await?;
+        if received == 0 {
+            return nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(to),
+                nix::sys::socket::Shutdown::Write,
+            )
+            .or_else(|e| match e {
+                // The other side is gone already: nothing left to tell it.
+                nix::errno::Errno::ENOTCONN => Ok(()),
+                e => Err(e),
+            })
+            .map_err(io::Error::from);
+        }
+        // Everything in the pipe goes out before more comes in: the pipe never fills.
+        let mut left = received;
+        while left > 0 {
+            left -= splice_when_ready(to, Interest::WRITABLE, || {
+                splice_step(&pipe_out, to.as_fd(), left)
+            })
+            .await?;
+        }
+    }
+}
+
+/// One non-blocking `splice` of at most `len` bytes.
+fn splice_step(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Runs `op` once `socket` is ready for `interest`, until it does not find the socket empty
+/// (read) or full (write); tokio's readiness is cleared when it does.
+async fn splice_when_ready(
+    socket: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        socket.ready(interest).await?;
+        match socket.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
+    }
 }
 
 impl Drop for PortForwards {
@@ -144,6 +277,8 @@ impl Drop for PortForwards {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
+        // Its threads end in the background; the connections' sockets close with their tasks.
+        drop(self.runtime.take());
     }
 }
 

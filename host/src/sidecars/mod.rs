@@ -3,14 +3,13 @@
 //! Before the pod starts, each sidecar is *prepared* (compiled or loaded from the cache, linked,
 //! pre-instantiated: a refused import fails here). Each start then builds a fresh store whose
 //! host state each capability prepares from the grants the plan resolved (`crate::grants`), and
-//! runs `wasi:cli/run` on the pod's own runtime (`runtime.rs`), so that its sockets live in the
+//! runs `wasi:cli/run` on the pod's own runtime (`sandbox::runtime`), so that its sockets live in the
 //! pod's network namespace.
 
 pub mod cache;
 pub mod components;
 pub mod engine;
 pub mod limits;
-pub mod runtime;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use crate::logs::Logs;
 use crate::oci::pull::StoredImage;
 use crate::plan::{PodPlan, Role};
+use crate::sandbox::runtime::{PodRuntime, RuntimeError, SIDECAR_WORKERS};
 use crate::sandbox::PodSandbox;
-use crate::sidecars::runtime::{PodRuntime, RuntimeError};
 use crate::sidecars::PreparedSidecar;
 use crate::status::PodState;
 use events::{ContainerSummary, Event, Events};
@@ -174,6 +174,7 @@ impl Supervisor {
             true => Some(PodRuntime::new(
                 plan.name(),
                 sandbox.namespaces.net_handle(),
+                SIDECAR_WORKERS,
             )?),
             false => None,
         };

@@ -15,8 +15,8 @@ use crate::containers::{ExecTarget, NativeContainer};
 use crate::logs::Logs;
 use crate::oci::pull::StoredImage;
 use crate::plan::{ContainerPlan, PodPlan};
+use crate::sandbox::runtime::PodRuntime;
 use crate::sandbox::PodSandbox;
-use crate::sidecars::runtime::PodRuntime;
 use crate::sidecars::{PodContext, PreparedSidecar, WasmSidecar};
 use crate::status::{ExitInfo, PodState};
 
@@ -111,8 +111,12 @@ impl PodLauncher {
         let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
         if runtime.is_none() {
             *runtime = Some(
-                PodRuntime::new(self.plan.name(), self.sandbox.namespaces.net_handle())
-                    .map_err(|e| e.to_string())?,
+                PodRuntime::new(
+                    self.plan.name(),
+                    self.sandbox.namespaces.net_handle(),
+                    crate::sandbox::runtime::SIDECAR_WORKERS,
+                )
+                .map_err(|e| e.to_string())?,
             );
         }
         match runtime.as_ref() {

@@ -1,21 +1,26 @@
-//! A pod's own async runtime for its Wasm sidecars. `setns` is per thread and wasmtime-wasi
-//! creates sockets on whichever thread runs the guest at that moment (name lookups and file I/O
-//! on the blocking pool), so every thread of this runtime, workers and blocking pool alike,
-//! joins the pod's network namespace when it starts. Two pods never share one.
+//! An async runtime inside a pod's network namespace: for its Wasm sidecars, and for its
+//! hostPort forwarders (`ports.rs`), whose connections to the pod are then plain connects.
+//! `setns` is per thread and wasmtime-wasi creates sockets on whichever thread runs the guest
+//! at that moment (name lookups and file I/O on the blocking pool), so every thread of this
+//! runtime, workers and blocking pool alike, joins the pod's network namespace when it starts.
+//! Two pods never share one.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::sandbox::namespaces::join_net;
+use super::namespaces::join_net;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot start the pod's sidecar runtime: {0}")]
+    #[error("cannot start the pod's runtime: {0}")]
     Build(std::io::Error),
-    #[error("a sidecar runtime thread could not join the pod's network namespace")]
+    #[error("a thread of the pod's runtime could not join the pod's network namespace")]
     NotInPod,
 }
+
+/// Worker threads of a pod's sidecar runtime.
+pub const SIDECAR_WORKERS: usize = 2;
 
 /// Threads a pod's sidecars may keep busy with blocking work (file I/O) at once.
 pub const MAX_BLOCKING_THREADS: usize = 16;
@@ -26,11 +31,13 @@ pub struct PodRuntime {
 }
 
 impl PodRuntime {
-    pub fn new(pod: &str, net: Arc<OwnedFd>) -> Result<Self, RuntimeError> {
+    /// A runtime of `workers` threads (and a bounded blocking pool) in the pod's network
+    /// namespace `net`.
+    pub fn new(pod: &str, net: Arc<OwnedFd>, workers: usize) -> Result<Self, RuntimeError> {
         let join_failed = Arc::new(AtomicBool::new(false));
         let failed = join_failed.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             // Guests' file I/O runs here: bounded, so sidecars cannot multiply wpod's threads.
             .max_blocking_threads(MAX_BLOCKING_THREADS)
             .thread_name(format!("wpod-pod-{pod}"))
