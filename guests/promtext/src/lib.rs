@@ -2,6 +2,8 @@
 //! HTTP/1.x server that answers `GET /metrics` on the port the sidecar declares, each
 //! connection a task on wstd's reactor (many scrapers at once; a slow one holds up nobody).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -21,9 +23,45 @@ impl Default for Exposition {
     }
 }
 
-/// Escapes a label value as the text format requires.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// Appends a label value escaped as the text format requires.
+fn push_escaped(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends `{k="v",...}` (nothing for no labels).
+fn push_labels(out: &mut String, labels: &[(&str, &str)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        push_escaped(out, v);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Appends a sample value as the text format spells it (`NaN`, `+Inf`, `-Inf`, else decimal).
+fn push_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
 }
 
 impl Exposition {
@@ -41,11 +79,10 @@ impl Exposition {
     /// One sample of the current family.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         self.text.push_str(name);
-        if !labels.is_empty() {
-            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-            let _ = write!(self.text, "{{{}}}", inner.join(","));
-        }
-        let _ = writeln!(self.text, " {value}");
+        push_labels(&mut self.text, labels);
+        self.text.push(' ');
+        push_value(&mut self.text, value);
+        self.text.push('\n');
         self
     }
 
@@ -56,6 +93,86 @@ impl Exposition {
 
     pub fn finish(self) -> String {
         self.text
+    }
+}
+
+/// Metric families gathered in any order (a family's samples may come from several places) and
+/// written sorted by name, each family once with its samples together, as the text format
+/// requires. The first `add` of a name fixes its type and help.
+#[derive(Default)]
+pub struct Families {
+    map: BTreeMap<Cow<'static, str>, Family>,
+}
+
+struct Family {
+    kind: &'static str,
+    help: Cow<'static, str>,
+    samples: String,
+}
+
+impl Families {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One sample of family `name`.
+    pub fn add(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        kind: &'static str,
+        help: impl Into<Cow<'static, str>>,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.add_suffixed(name, "", kind, help, labels, value)
+    }
+
+    /// One sample of family `name` whose sample name has `suffix` (`_sum`, `_count` of a
+    /// summary; "" for the family's own name).
+    pub fn add_suffixed(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        suffix: &str,
+        kind: &'static str,
+        help: impl Into<Cow<'static, str>>,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let name = name.into();
+        let mut line = String::with_capacity(name.len() + suffix.len() + 24);
+        line.push_str(&name);
+        line.push_str(suffix);
+        push_labels(&mut line, labels);
+        line.push(' ');
+        push_value(&mut line, value);
+        line.push('\n');
+        match self.map.get_mut(name.as_ref()) {
+            Some(f) => f.samples.push_str(&line),
+            None => {
+                self.map.insert(name, Family { kind, help: help.into(), samples: line });
+            }
+        }
+    }
+
+    /// How many families there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The exposition text.
+    pub fn finish(self) -> String {
+        let size: usize = self.map.iter().map(|(k, f)| 2 * k.len() + f.help.len() + f.samples.len() + 24).sum();
+        let mut text = String::with_capacity(size);
+        for (name, f) in self.map {
+            let _ = writeln!(text, "# HELP {name} {}", f.help.replace('\\', "\\\\").replace('\n', "\\n"));
+            let _ = writeln!(text, "# TYPE {name} {}", f.kind);
+            text.push_str(&f.samples);
+        }
+        text
     }
 }
 
