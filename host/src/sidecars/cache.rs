@@ -154,10 +154,16 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
         tracing::warn!(entry = %entry.display(), "cache entry does not match its checksum; recompiling");
         return None;
     }
-    // SAFETY: the bytes are exactly what `store_entry` wrote from `Component::serialize` of an
-    // engine with this configuration (the checksum and the key say so); wasmtime checks its
-    // own header and settings again.
-    match unsafe { Component::deserialize(engine, &bytes) } {
+    drop(bytes);
+    // Mapped from the file rather than copied: the compiled code and the initial memory images
+    // are then pages of the page cache, shared by every wpod process that runs this component
+    // (not a private copy per process), and the first instantiation need not build a memfd.
+    // SAFETY: the file holds exactly what `store_entry` wrote from `Component::serialize` of
+    // an engine with this configuration (the checksum and the key say so); wasmtime checks its
+    // own header and settings again. Entries are only ever replaced by rename, never rewritten
+    // in place, so the mapped file does not change under the mapping (the directory is
+    // root's alone).
+    match unsafe { Component::deserialize_file(engine, entry) } {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");

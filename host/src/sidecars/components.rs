@@ -135,6 +135,11 @@ impl Loading {
             Loading::Located { id, located } => (id, located),
         };
         let (component, source) = located.load(engine)?;
+        // The initial memory images now, not at the first start: this runs before the pod (or
+        // beside the sandbox's creation), a start is what the pod waits for.
+        if let Err(e) = component.initialize_copy_on_write_image() {
+            tracing::debug!(container, error = %e, "no copy-on-write memory image");
+        }
         let link_err = |message: String| SidecarError::Link {
             container: container.to_string(),
             message,
