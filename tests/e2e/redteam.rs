@@ -105,13 +105,19 @@ spec:
         "CapPrm: 0000000000000000",
         "CapBnd: 0000000000000000",
         "NoNewPrivs: 1",
-        "exe=/memfd:wpod (deleted)",
         "fds=0",
         "write=refused",
         "host-files=none",
     ] {
         run.assert_line("debug", expected);
     }
+    // wpod seen through its detached read-only overlay (or, without one, its sealed copy):
+    // nothing that names or leads to the host's binary.
+    assert!(
+        run.has_line("debug", "exe=/wpod") || run.has_line("debug", "exe=/memfd:wpod (deleted)"),
+        "{}",
+        run.dump()
+    );
     assert_no_leftovers("rt-holder");
 }
 
@@ -865,15 +871,30 @@ spec:
     run.assert_line("confined", "userns=refused");
     run.assert_line("unconfined", "Seccomp: 0");
     run.assert_line("unconfined", "userns=allowed");
-    // The holder (and every helper) runs from a sealed in-memory copy of wpod.
+    // The holder (and every helper) runs from a sealed view of wpod: not the binary's inode,
+    // and on a read-only mount (the overlay) or a sealed memfd (the fallback).
     let holders = processes_mentioning(&["--hostname\0rt-confine\0"]);
     assert!(!holders.is_empty(), "no holder found");
+    let binary = std::fs::metadata(crate::wpod_bin()).unwrap();
     for (pid, _) in holders {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let exe_path = format!("/proc/{pid}/exe");
+        let exe = std::fs::metadata(&exe_path).unwrap();
         assert!(
-            exe.to_string_lossy().starts_with("/memfd:wpod"),
-            "helper {pid} runs {}",
-            exe.display()
+            (exe.dev(), exe.ino()) != (binary.dev(), binary.ino()),
+            "helper {pid} runs the wpod binary itself"
+        );
+        let file = std::fs::File::open(&exe_path).unwrap();
+        let read_only = nix::sys::statvfs::fstatvfs(&file)
+            .unwrap()
+            .flags()
+            .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+        let sealed = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GET_SEALS)
+            .is_ok_and(|s| s & libc::F_SEAL_WRITE != 0);
+        assert!(
+            read_only || sealed,
+            "helper {pid} runs a writable {}",
+            std::fs::read_link(&exe_path).unwrap().display()
         );
     }
     let _ = stop(running);

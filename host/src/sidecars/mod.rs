@@ -192,7 +192,6 @@ impl<'a> Preparation<'a> {
     /// of the pod exists, so that a component that does not compile leaves nothing behind and
     /// the compiler's memory is not charged to the pod's cgroup.
     pub fn begin(plan: &'a PodPlan) -> Result<Self, SidecarError> {
-        let engine = engine::shared()?;
         let mut groups: Vec<(&WasmComponent, Vec<usize>)> = Vec::new();
         for (i, c) in plan.containers.iter().enumerate() {
             if c.grants.is_none() {
@@ -204,6 +203,14 @@ impl<'a> Preparation<'a> {
                 None => groups.push((wasm, vec![i])),
             }
         }
+        if groups.is_empty() {
+            // No engine (its instance pool and epoch thread) for a pod without sidecars.
+            return Ok(Preparation {
+                plan,
+                components: Vec::new(),
+            });
+        }
+        let engine = engine::shared()?;
         let loadings = on_threads(groups.iter().collect(), |(wasm, members)| {
             let container = plan.containers[members[0]].name();
             let loading = components::locate(engine, &wasm.path, wasm.digest.as_ref())?;
@@ -224,8 +231,11 @@ impl<'a> Preparation<'a> {
     /// Loads the cached code, links and pre-instantiates; by container index, `None` for
     /// native containers.
     pub fn finish(self) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
-        let engine = engine::shared()?;
         let plan = self.plan;
+        if self.components.is_empty() {
+            return Ok(vec![None; plan.containers.len()]);
+        }
+        let engine = engine::shared()?;
         let (members, loadings): (Vec<_>, Vec<_>) = self.components.into_iter().unzip();
         let work: Vec<_> = members.iter().zip(loadings).collect();
         let loaded = on_threads(work, |(members, loading)| {
