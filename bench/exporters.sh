@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exporter sidecars against the exporters Prometheus users run today (as root):
 #
-#   bench/exporters.sh [-n SCRAPES] [-w WARMUP] WPOD
+#   bench/exporters.sh [-r ROUNDS] [-n SCRAPES] [-w WARMUP] WPOD
 #
 #   wpod redis-exporter   guests/redis-exporter in a pod with redis-server (the main container)
 #   redis_exporter        Debian's prometheus-redis-exporter (oliver006, v1.45), against the same
@@ -11,11 +11,12 @@
 #   process-exporter      Debian's prometheus-process-exporter (ncabatoff, v0.7.10), one group
 #                         matching that same redis-server by its command line
 #
-# Each pair is scraped alternately (one of each per round, a new connection each, as a
+# Each pair is scraped alternately (one of each per iteration, a new connection each, as a
 # Prometheus scrape after its keep-alive lapsed), from inside the pod's network namespace so
-# that both go the same way; WARMUP rounds first, then SCRAPES measured ones. Before, Redis
+# that both go the same way; WARMUP iterations first, then SCRAPES measured ones. Before, Redis
 # gets a little traffic (redis-benchmark, 16 commands, 3 databases), so per-command and
-# per-database families have samples.
+# per-database families have samples. ROUNDS rounds (default 3), each with a new pod and a new
+# peer process for each pair, the redis pair then the process pair.
 #
 # rss_kib: a peer's own VmRSS after the scrapes. A sidecar has no process of its own (it runs in
 # the pod's wpod process): its figure is the wpod process's VmRSS after the scrapes minus that
@@ -29,17 +30,19 @@
 # Go process (go_*, process_*, promhttp_*). scrape_hostport_p50_ms: a sidecar scraped through its
 # hostPort from the host, as a Prometheus on the host does.
 #
-# Prints one JSON line per tool on stdout and a table on stderr.
+# Prints one JSON line per tool and round on stdout (run: the round; its scrape percentiles, RSS
+# and families; bench/report.py adapts them to the suite's rows) and a table on stderr.
 # Sidecars: $SIDECARS, else the newer build of guests/target/wasm32-wasip2/release and
 # target/sidecars; the idle one: $PROBE, else target/sidecars/probe.wasm.
 set -euo pipefail
+rounds=3
 scrapes=200
 warmup=20
-while getopts "n:w:" opt; do
-  case $opt in n) scrapes=$OPTARG ;; w) warmup=$OPTARG ;; *) exit 2 ;; esac
+while getopts "r:n:w:" opt; do
+  case $opt in r) rounds=$OPTARG ;; n) scrapes=$OPTARG ;; w) warmup=$OPTARG ;; *) exit 2 ;; esac
 done
 shift $((OPTIND - 1))
-wpod=$(realpath "${1:?usage: $0 [-n SCRAPES] [-w WARMUP] WPOD}")
+wpod=$(realpath "${1:?usage: $0 [-r ROUNDS] [-n SCRAPES] [-w WARMUP] WPOD}")
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "run as root (pods, nsenter)" >&2; exit 2; }
 # The suite's helper installs missing peers (Debian packages) when it is there.
@@ -209,78 +212,64 @@ base_rss=$(rss_kib "$run_pid")
 stop exbench-idle
 runtime_rss=$((base_rss - none_rss))
 
-# redis-exporter against redis_exporter.
-start exbench-redis redis-exporter 19491
-traffic
-nsenter -t "$redis_pid" -n prometheus-redis-exporter -redis.addr "redis://127.0.0.1:$PORT" \
-  -web.listen-address 127.0.0.1:9121 > "$work/redis_exporter.log" 2>&1 &
-peer=$!
-pids+=("$peer")
-for _ in $(seq 100); do nsenter -t "$redis_pid" -n curl -sf -o /dev/null http://127.0.0.1:9121/metrics && break; sleep 0.1; done
-nsenter -t "$redis_pid" -n python3 "$work/scrape.py" "$scrapes" "$warmup" \
-  "wpod redis-exporter=http://127.0.0.1:9400/metrics" "redis_exporter=http://127.0.0.1:9121/metrics" > "$work/redis.jsonl"
-settle
-sidecar_rss=$(( $(rss_kib "$run_pid") - base_rss ))
-peer_rss=$(rss_kib "$peer")
-via_host=$(python3 "$work/scrape.py" "$scrapes" "$warmup" "wpod redis-exporter=http://127.0.0.1:19491/metrics")
-kill "$peer"; wait "$peer" 2>/dev/null || true
-stop exbench-redis
-python3 - "$work/redis.jsonl" "$via_host" "$sidecar_rss" "$peer_rss" "$runtime_rss" >> "$results" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-host = json.loads(sys.argv[2])
-for r in rows:
-    if r["tool"].startswith("wpod"):
-        r["rss_kib"] = int(sys.argv[3]); r["runtime_rss_kib"] = int(sys.argv[5])
-        r["scrape_hostport_p50_ms"] = host["scrape_p50_ms"]
-    else:
-        r["rss_kib"] = int(sys.argv[4])
-    print(json.dumps(r))
-PY
-
-# proc-monitor against process-exporter.
-start exbench-proc proc-monitor 19492
-traffic
+# process-exporter's configuration: one group, the pod's redis-server by its command line.
 cat > "$work/process-exporter.yaml" <<YAML
 process_names:
   - name: "{{.Comm}}"
     cmdline: ['127\\.0\\.0\\.1:$PORT']
 YAML
-nsenter -t "$redis_pid" -n prometheus-process-exporter -config.path "$work/process-exporter.yaml" \
-  -web.listen-address 127.0.0.1:9256 > "$work/process-exporter.log" 2>&1 &
-peer=$!
-pids+=("$peer")
-for _ in $(seq 100); do nsenter -t "$redis_pid" -n curl -sf -o /dev/null http://127.0.0.1:9256/metrics && break; sleep 0.1; done
-nsenter -t "$redis_pid" -n python3 "$work/scrape.py" "$scrapes" "$warmup" \
-  "wpod proc-monitor=http://127.0.0.1:9400/metrics" "process-exporter=http://127.0.0.1:9256/metrics" > "$work/proc.jsonl"
-settle
-sidecar_rss=$(( $(rss_kib "$run_pid") - base_rss ))
-peer_rss=$(rss_kib "$peer")
-via_host=$(python3 "$work/scrape.py" "$scrapes" "$warmup" "wpod proc-monitor=http://127.0.0.1:19492/metrics")
-kill "$peer"; wait "$peer" 2>/dev/null || true
-stop exbench-proc
-python3 - "$work/proc.jsonl" "$via_host" "$sidecar_rss" "$peer_rss" "$runtime_rss" >> "$results" <<'PY'
+
+# compare POD SIDECAR HOSTPORT PEER PEERPORT ROUND PEER_ARGV...: one round of a sidecar against
+# its peer (run in the pod's network namespace, listening on 127.0.0.1:PEERPORT); its two rows
+# go to stdout and $results.
+compare() {
+  local name=$1 sidecar=$2 hostport=$3 peername=$4 peerport=$5 rnd=$6
+  shift 6
+  start "$name" "$sidecar" "$hostport"
+  traffic
+  nsenter -t "$redis_pid" -n "$@" > "$work/$peername.log" 2>&1 &
+  peer=$!
+  pids+=("$peer")
+  for _ in $(seq 100); do nsenter -t "$redis_pid" -n curl -sf -o /dev/null "http://127.0.0.1:$peerport/metrics" && break; sleep 0.1; done
+  nsenter -t "$redis_pid" -n python3 "$work/scrape.py" "$scrapes" "$warmup" \
+    "wpod $sidecar=http://127.0.0.1:9400/metrics" "$peername=http://127.0.0.1:$peerport/metrics" > "$work/pair.jsonl"
+  settle
+  sidecar_rss=$(( $(rss_kib "$run_pid") - base_rss ))
+  peer_rss=$(rss_kib "$peer")
+  via_host=$(python3 "$work/scrape.py" "$scrapes" "$warmup" "wpod $sidecar=http://127.0.0.1:$hostport/metrics")
+  kill "$peer"; wait "$peer" 2>/dev/null || true
+  stop "$name"
+  python3 - "$work/pair.jsonl" "$via_host" "$sidecar_rss" "$peer_rss" "$runtime_rss" "$rnd" <<'PY' | tee -a "$results"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 host = json.loads(sys.argv[2])
 for r in rows:
+    r["run"] = int(sys.argv[6])
     if r["tool"].startswith("wpod"):
         r["rss_kib"] = int(sys.argv[3]); r["runtime_rss_kib"] = int(sys.argv[5])
         r["scrape_hostport_p50_ms"] = host["scrape_p50_ms"]
     else:
         r["rss_kib"] = int(sys.argv[4])
-    print(json.dumps(r))
+    print(json.dumps(r), flush=True)
 PY
+}
 
-cat "$results"
+for ((rnd = 0; rnd < rounds; rnd++)); do
+  echo "exporters: round $rnd" >&2
+  compare exbench-redis redis-exporter 19491 redis_exporter 9121 "$rnd" \
+    prometheus-redis-exporter -redis.addr "redis://127.0.0.1:$PORT" -web.listen-address 127.0.0.1:9121
+  compare exbench-proc proc-monitor 19492 process-exporter 9256 "$rnd" \
+    prometheus-process-exporter -config.path "$work/process-exporter.yaml" -web.listen-address 127.0.0.1:9256
+done
+
 python3 - "$results" "$scrapes" >&2 <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"\n{sys.argv[2]} scrapes each, alternating, from the pod's network namespace")
-print(f"{'tool':<22}{'families':>9}{'(target)':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS KiB':>9}{'bytes':>8}{'  via hostPort p50':>19}")
+print(f"\n{sys.argv[2]} scrapes each per round, alternating, from the pod's network namespace")
+print(f"{'round':<6}{'tool':<22}{'families':>9}{'(target)':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS KiB':>9}{'bytes':>8}{'  via hostPort p50':>19}")
 rt = next((r["runtime_rss_kib"] for r in rows if "runtime_rss_kib" in r), None)
 for r in rows:
     hp = r.get("scrape_hostport_p50_ms")
-    print(f"{r['tool']:<22}{r['families']:>9}{r['families_target']:>9}{r['scrape_p50_ms']:>9.3f}{r['scrape_p99_ms']:>9.3f}{r['rss_kib']:>9}{r['bytes']:>8}{(f'{hp:.3f}' if hp is not None else '-'):>19}")
+    print(f"{r['run']:<6}{r['tool']:<22}{r['families']:>9}{r['families_target']:>9}{r['scrape_p50_ms']:>9.3f}{r['scrape_p99_ms']:>9.3f}{r['rss_kib']:>9}{r['bytes']:>8}{(f'{hp:.3f}' if hp is not None else '-'):>19}")
 print(f"sidecar RSS: the pod's wpod process with it minus without; the Wasm runtime itself: {rt} KiB per pod, once for all its sidecars")
 PY

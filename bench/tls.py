@@ -15,6 +15,10 @@ from collections import Counter
 
 cfg = json.loads(sys.argv[1])
 ROUNDS, DURATION, PERF = int(cfg["rounds"]), int(cfg["duration"]), cfg["perf"] == "1"
+# --json: rows for bench/run.sh on stdout, the markdown on stderr.
+JSON_ROWS = sys.stdout if cfg.get("json") == "1" else None
+if JSON_ROWS:
+    sys.stdout = sys.stderr
 WORK, WPOD, POD = cfg["work"], cfg["wpod"], cfg["pod"]
 NETNS = cfg["backend"]  # any process of the pod's network namespace
 LUA = f"{WORK}/report.lua"
@@ -154,6 +158,17 @@ def run_one(name, port, body, conns, mode, duration=DURATION):
     }
 
 
+def emit_row(r):
+    """One run as a bench/run.sh row: req/s for 1 KiB bodies, MiB/s for 1 MiB ones."""
+    unit, key = ("req/s", "req_s") if r["body"] == "1k" else ("MiB/s", "mib_s")
+    mode = "keep-alive" if r["mode"] == "keep-alive" else "new conn"
+    row = {"tool": r["proxy"], "measure": f"tls: {BODY_NAMES[r['body']]}, {mode}, {r['conns']} conns",
+           "value": round(r[key], 2), "unit": unit, "run": r["round"], "better": "higher",
+           "ref": r["proxy"] == "tls-proxy", "cpu_us_per_req": r["cpu_us_per_req"],
+           "errors": sum(r["errors"].values())}
+    print(json.dumps(row), file=JSON_ROWS, flush=True)
+
+
 def tls_params(port):
     """What the proxy negotiates with OpenSSL's defaults (as wrk's), and whether it resumes."""
     sess = f"{WORK}/sess-{port}.pem"
@@ -234,6 +249,8 @@ def main():
                 r = run_one(name, port, body, conns, mode)
                 r["round"] = rnd
                 runs.append(r)
+                if JSON_ROWS:
+                    emit_row(r)
                 print(f"[{len(runs)}/{total}] round {rnd + 1} {BODY_NAMES[body]} {mode} c={conns} {name}: "
                       f"{r['req_s']:.0f} req/s, {r['mib_s']:.1f} MiB/s", file=sys.stderr, flush=True)
     perf = [perf_cell("1k"), perf_cell("1m")] if PERF else []

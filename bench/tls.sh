@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TLS termination: the tls-proxy Wasm sidecar against nginx and haproxy, side by side (as root):
 #
-#   bench/tls.sh [-r ROUNDS] [-d SECONDS] [-p] [-o FILE] WPOD
+#   bench/tls.sh [-r ROUNDS] [-d SECONDS] [-p] [-o FILE] [-j|--json] WPOD
 #
 # One pod (private $WPOD_ROOT): its main container is an nginx backend on 127.0.0.1:8080 (plain
 # HTTP, one worker) serving a 1 KiB and a 1 MiB file; in front of it, on the pod's loopback, three
@@ -28,13 +28,18 @@
 # FILE (default /tmp/wpod-tlsbench-TIME.json), a markdown table to stdout (bench/tls.py).
 # -p: `perf record -g` on the supervisor during one 100-connection keep-alive 1 KiB run and one
 # 1 MiB run of tls-proxy, and the top of `perf report --no-children --sort symbol` for each.
+# -j (--json): for bench/run.sh, one JSON object per run on stdout (tool, measure, value, unit,
+# run: req/s for 1 KiB cells, MiB/s for 1 MiB ones), and the markdown above on stderr instead.
 set -euo pipefail
-rounds=3 duration=5 perf=0 out=
-while getopts "r:d:po:" opt; do
-  case $opt in r) rounds=$OPTARG ;; d) duration=$OPTARG ;; p) perf=1 ;; o) out=$OPTARG ;; *) exit 2 ;; esac
+rounds=3 duration=5 perf=0 out= json=0
+args=()
+for a in "$@"; do [ "$a" = --json ] && args+=(-j) || args+=("$a"); done
+set -- ${args[@]+"${args[@]}"}
+while getopts "r:d:po:j" opt; do
+  case $opt in r) rounds=$OPTARG ;; d) duration=$OPTARG ;; p) perf=1 ;; o) out=$OPTARG ;; j) json=1 ;; *) exit 2 ;; esac
 done
 shift $((OPTIND - 1))
-usage="usage: $0 [-r ROUNDS] [-d SECONDS] [-p] [-o FILE] WPOD"
+usage="usage: $0 [-r ROUNDS] [-d SECONDS] [-p] [-o FILE] [-j|--json] WPOD"
 (($# == 1)) || { echo "$usage" >&2; exit 2; }
 wpod=$(realpath "$1")
 [[ $rounds =~ ^[1-9][0-9]*$ && $duration =~ ^[1-9][0-9]*$ ]] || { echo "$usage (ROUNDS and SECONDS: whole numbers)" >&2; exit 2; }
@@ -230,6 +235,6 @@ EOF
 
 python3 "$root/bench/tls.py" "$(python3 -c '
 import json, sys
-k = ["wpod", "pod", "work", "out", "rounds", "duration", "perf", "sup", "backend", "nginx", "haproxy"]
+k = ["wpod", "pod", "work", "out", "rounds", "duration", "perf", "sup", "backend", "nginx", "haproxy", "json"]
 print(json.dumps(dict(zip(k, sys.argv[1:]))))' \
-  "$wpod" "$pod" "$work" "$out" "$rounds" "$duration" "$perf" "$sup" "$backend_pid" "$nginx_pid" "$haproxy_pid")"
+  "$wpod" "$pod" "$work" "$out" "$rounds" "$duration" "$perf" "$sup" "$backend_pid" "$nginx_pid" "$haproxy_pid" "$json")"

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The benchmark suite: every comparison of wpod against the same peers, in one command (as root,
+# from anywhere):
+#
+#   bench/run.sh [-q] [-o OUTDIR] [-s SCRIPTS] [WPOD]
+#
+#   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
+#   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
+#               (comma-separated: start-peers,pod-ready,density,ports,tls,logship,exporters)
+#   WPOD        the wpod binary (default target/release/wpod of this repository)
+#
+# Installs the Debian packages of the peers that are missing (crun runc podman nginx-light
+# haproxy wrk rsyslog socat prometheus-redis-exporter prometheus-process-exporter busybox-static:
+# bench/lib.sh, services kept from starting), notes the machine, then runs each per-measure
+# script in turn (each interleaves its tools round by round; methods in their headers and
+# bench/SUITE.md):
+#   start-peers.sh  spawn to first connect: process, runc, crun, podman, wpod apply/run/bench
+#   pod-ready.sh    pod start to all 4 containers ready: 3 Wasm vs 3 native sidecars, unshare floor
+#   density.sh      PSS per idle sidecar (N = 1, 10, 100): wpod vs crun vs podman
+#   ports.sh        hostPort forwarding vs direct vs haproxy in the pod, wrk against nginx
+#   tls.sh          the tls-proxy sidecar vs nginx and haproxy terminating TLS
+#   logship.sh      the log-shipper sidecar vs `tail -F | socat` and rsyslog     (when present)
+#   exporters.sh    the exporter sidecars vs prometheus-*-exporter               (when present)
+# Each script's JSON lines go to OUTDIR/NAME.jsonl and its human output to OUTDIR/NAME.log;
+# bench/report.py turns them into OUTDIR/results.json (every run, medians, ranges, ratios),
+# OUTDIR/*.svg (one bar chart per measure) and OUTDIR/summary.md, and prints the table.
+# A script that fails, or runs past 10 min (quick) / 30 min (full), is reported and the others
+# still run; the exit code is then 1.
+set -euo pipefail
+quick=0 outdir= only=
+while getopts "qo:s:" opt; do
+  case $opt in q) quick=1 ;; o) outdir=$OPTARG ;; s) only=$OPTARG ;; *) exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/lib.sh"
+wpod=$(realpath "${1:-$root/target/release/wpod}")
+((EUID == 0)) || { echo "$0: needs root (namespaces, cgroups, containers)" >&2; exit 2; }
+[ -x "$wpod" ] || { echo "$wpod: not an executable (cargo build --release -p wpod)" >&2; exit 2; }
+[ -d "$root/target/sidecars" ] || { echo "target/sidecars is missing: cargo build -p wpod-test-support" >&2; exit 2; }
+outdir=${outdir:-/tmp/wpod-bench-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$outdir"
+outdir=$(realpath "$outdir")
+
+install_peers crun runc podman nginx haproxy wrk rsyslogd socat prometheus-redis-exporter \
+  prometheus-process-exporter busybox nsenter unshare curl openssl python3
+
+# What is machine-specific, recorded with the results.
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]] && echo yes || echo no; }
+cgroups=v1
+[ -e /sys/fs/cgroup/cgroup.controllers ] && cgroups=v2
+mountpoint -q /sys/fs/cgroup/unified 2>/dev/null && cgroups="hybrid (v1 controllers, cgroup2 at /sys/fs/cgroup/unified)"
+meta=(
+  "host=$(uname -n)" "kernel=$(uname -r)" "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
+  "cpus=$(nproc)" "mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)"
+  "aes_ni=$(has aes)" "sha_ni=$(has sha_ni)" "avx2=$(has avx2)" "cgroups=$cgroups"
+  "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)" "wpod=$wpod" "wpod_sha256=$(sha256sum "$wpod" | cut -c1-16)"
+  "repo_commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" "mode=$( ((quick)) && echo quick || echo full)"
+  "crun=$(crun --version | head -1)" "runc=$(runc --version | head -1)" "podman=$(podman --version)"
+  "nginx=$(nginx -v 2>&1)" "haproxy=$(haproxy -v | head -1)" "wrk=$(wrk -v 2>&1 | head -1 || true)"
+)
+say "bench/run.sh: $( ((quick)) && echo quick || echo full) run of $wpod into $outdir"
+printf '%s\n' "${meta[@]}" | sed 's/^/  /' >&2
+
+# name, then the arguments of each mode.
+if ((quick)); then
+  declare -A args=(
+    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1"
+    [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [exporters]="-r 2 -n 50 -w 5"
+  )
+else
+  declare -A args=(
+    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3"
+    [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [exporters]="-r 3"
+  )
+fi
+# The sidecars measured: the built guests of target/sidecars (cargo build -p wpod-test-support),
+# unless $SIDECARS names another directory (bench/exporters.sh reads it too).
+export SIDECARS=${SIDECARS:-$root/target/sidecars}
+meta+=("sidecars=$SIDECARS")
+limit=$( ((quick)) && echo 600 || echo 1800)
+failed=()
+run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
+  local name=$1 script=$root/bench/$1.sh t0
+  if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then return 0; fi
+  if [ ! -f "$script" ]; then
+    say "== $name: bench/$name.sh is not there, skipped"
+    return 0
+  fi
+  local a=${args[$name]}
+  case $name in
+    logship) a="$a -w $wpod -s wpod=$SIDECARS/log-shipper.wasm" ;;  # -w WPOD, no positional argument
+    tls) a="$a -o $outdir/tls-full.json $wpod" ;;                     # its own JSON (every figure)
+    *) a="$a $wpod" ;;
+  esac
+  say "== $name: bench/$name.sh $a"
+  t0=$(date +%s)
+  local rc=0
+  # A script that hangs is stopped (SIGTERM: its traps clean up) after $limit seconds.
+  eval timeout -k 30 "$limit" bash "$script" "$a" > "$outdir/$name.jsonl" 2> "$outdir/$name.log" || rc=$?
+  if ((rc == 0)); then
+    say "   done in $(($(date +%s) - t0)) s, $(grep -c '^{' "$outdir/$name.jsonl") rows"
+  else
+    say "   FAILED after $(($(date +%s) - t0)) s (exit $rc$( ((rc == 124)) && echo ": timed out")); the end of $outdir/$name.log:"
+    tail -5 "$outdir/$name.log" | sed 's/^/     /' >&2
+    failed+=("$name")
+  fi
+}
+for m in start-peers pod-ready density ports tls logship exporters; do run_measure "$m"; done
+
+meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}")
+meta_args=()
+for kv in "${meta[@]}"; do meta_args+=(--meta "$kv"); done
+shopt -s nullglob
+rows=("$outdir"/*.jsonl)
+((${#rows[@]})) || { echo "no results" >&2; exit 1; }
+python3 "$root/bench/report.py" -o "$outdir" --markdown "${meta_args[@]}" "${rows[@]}" > "$outdir/summary.md"
+python3 "$root/bench/report.py" -o "$outdir" "${meta_args[@]}" "${rows[@]}"
+say "results: $outdir/results.json, $outdir/summary.md, $(ls "$outdir"/*.svg | wc -l) SVG plots"
+((${#failed[@]} == 0)) || { say "failed: ${failed[*]}"; exit 1; }
