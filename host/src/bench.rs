@@ -231,6 +231,8 @@ pub fn private_root() -> std::path::PathBuf {
 /// Runs the benchmark; `runs` starts of each kind, `density` idle sidecars.
 pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report, BenchError> {
     let probe_args = ["ready", "connect:127.0.0.1:PORT", "exit:0"].map(String::from);
+    // The pool sized for the density pod, as `wpod run` sizes it for its pod.
+    wpod::sidecars::engine::shared_for(density + 1).map_err(fail)?;
     // The sandbox comes from a plan with the real port once the listener exists.
     let sandbox_plan = bench_plan(component, 1, &probe_args)?;
     let sandbox = PodSandbox::create(&sandbox_plan).map_err(fail)?;

@@ -167,7 +167,7 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
     })?;
     let name = std::ffi::CString::new(name.as_encoded_bytes())
         .map_err(|_| std::io::Error::other("wpod's file name holds a NUL"))?;
-    syscall_fd("open wpod through the overlay", || {
+    let view = syscall_fd("open wpod through the overlay", || {
         // SAFETY: openat relative to the mount we own, with a valid C string.
         unsafe {
             libc::openat(
@@ -177,7 +177,27 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
             )
             .into()
         }
-    })
+    })?;
+    // The name may lead to another binary than the one running (wpod upgraded since it
+    // started): helpers must be this same wpod. Overlayfs shows the file's own size and times.
+    let seen = nix::sys::stat::fstat(&view).map_err(std::io::Error::from)?;
+    let running = nix::sys::stat::stat("/proc/self/exe").map_err(std::io::Error::from)?;
+    let same = |s: &libc::stat| {
+        (
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_ctime,
+            s.st_ctime_nsec,
+        )
+    };
+    if same(&seen) != same(&running) {
+        return Err(std::io::Error::other(format!(
+            "{} is no longer the binary this process runs",
+            exe.display()
+        )));
+    }
+    Ok(view)
 }
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;

@@ -3,9 +3,10 @@
 //!
 //! The modules are layers, and a module imports only lower ones (the `layering` test checks):
 //!
-//! 1. `component`, `error`, `files`, `mounts`, `helper`, `status`: vocabulary with no wpod
-//!    dependencies (a component's imports and exports, printing error chains, reading files,
-//!    the mount table, helper processes and their step errors, the live pod status).
+//! 1. `component`, `error`, `files`, `mounts`, `status`: vocabulary with no wpod dependencies
+//!    (a component's imports and exports, printing error chains, reading files and where wpod
+//!    keeps its state, the mount table, the live pod status); above them `helper`: helper
+//!    processes and their step errors (wpod runs them from a view made in its state directory).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output.
 //! 4. `grants`: one module per capability a Wasm sidecar can be granted; `oci`: images and
@@ -72,7 +73,8 @@ mod layering {
 
     /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
     const LAYERS: &[&[&str]] = &[
-        &["component", "error", "files", "mounts", "helper", "status"],
+        &["component", "error", "files", "mounts", "status"],
+        &["helper"],
         &["spec"],
         &["logs"],
         &["grants", "oci"],

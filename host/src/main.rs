@@ -282,11 +282,15 @@ fn raise_fd_limit(plan: &wpod::plan::PodPlan) {
     }
     let sidecars = plan.containers.iter().filter(|c| c.image.is_wasm()).count() as u64;
     let quotas = sidecars.saturating_mul(plan.settings.sidecar_max_handles);
+    // Each forwarded connection holds two sockets and two pipes.
+    let forwarding = (plan.port_mappings.len() as u64).saturating_mul(
+        wpod::sandbox::ports::MAX_CONNECTIONS as u64 * wpod::sandbox::ports::FDS_PER_CONNECTION,
+    );
     // Room for wpod itself and its native containers' pipes and log files.
     let reserve = 1024;
-    if quotas.saturating_add(reserve) > hard {
+    if quotas.saturating_add(forwarding).saturating_add(reserve) > hard {
         tracing::warn!(
-            "the pod's {sidecars} sidecars may hold {quotas} handles together, more than the {hard} files wpod may open (ulimit -Hn); lower wpod.dev/sidecar-max-handles or raise the limit"
+            "the pod's {sidecars} sidecars may hold {quotas} handles together and its hostPorts {forwarding} descriptors at full load, more than the {hard} files wpod may open (ulimit -Hn); lower wpod.dev/sidecar-max-handles or raise the limit"
         );
     }
 }

@@ -199,6 +199,16 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
 /// that hosts it (`sidecars::engine`). Its slots are reserved address space, not memory.
 pub const MAX_WASM_CONTAINERS: usize = 1024;
 
+impl PodPlan {
+    /// The Wasm containers of the pod that run at once (what its sidecar pool must hold): the
+    /// regular ones, the native sidecars, and one init container at a time.
+    pub fn wasm_containers_at_once(&self) -> usize {
+        let wasm = || self.containers.iter().filter(|c| c.image.is_wasm());
+        let init = usize::from(wasm().any(|c| c.role == Role::Init));
+        wasm().filter(|c| c.role != Role::Init).count() + init
+    }
+}
+
 /// The Wasm containers that run at once (the regular ones, the native sidecars, and one init
 /// container at a time) must fit in the pool: past it one would fail at every start.
 fn check_sidecar_count(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<Diagnostic>) {

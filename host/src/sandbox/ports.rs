@@ -30,6 +30,8 @@ use crate::plan::PortMapping;
 
 /// Connections forwarded at once per published port.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Descriptors one forwarded connection holds: its two sockets and a pipe (two ends) each way.
+pub const FDS_PER_CONNECTION: u64 = 6;
 /// How long a connection to the container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Threads that forward: one keeps a connection's both directions on one core, without

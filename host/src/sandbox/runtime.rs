@@ -44,8 +44,12 @@ impl PodRuntime {
             .enable_all()
             .on_thread_start(move || {
                 if let Err(e) = join_net(net.as_fd()) {
-                    tracing::error!(error = %e, "sidecar thread cannot join the pod's network namespace");
+                    // A thread of this runtime outside the pod would give a sidecar (or a
+                    // forwarded connection) the host's network: never run on. Aborting ends
+                    // wpod, and its helpers, seeing their lifeline close, take the pod down.
+                    tracing::error!(error = %e, "a thread of the pod's runtime cannot join the pod's network namespace; stopping");
                     failed.store(true, Ordering::SeqCst);
+                    std::process::abort();
                 }
             })
             .build()

@@ -93,7 +93,7 @@ pub fn locate(
 impl Located {
     /// Whether a compiled entry exists (loading it may still find it damaged and recompile).
     pub fn is_cached(&self) -> bool {
-        self.entry.is_file()
+        self.entry.is_file() && checksum_path(&self.entry).is_file()
     }
 
     /// The compiled component: from the cache when its entry is sound, else compiled now and
@@ -148,13 +148,20 @@ fn checksum(bytes: &[u8]) -> String {
 }
 
 fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
-    let bytes = std::fs::read(entry).ok()?;
+    // One open file for the check and the mapping, so what is mapped is what was checked.
+    let mut file = std::fs::File::open(entry).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
     let expected = std::fs::read_to_string(checksum_path(entry)).ok()?;
     if checksum(&bytes) != expected.trim() {
         tracing::warn!(entry = %entry.display(), "cache entry does not match its checksum; recompiling");
         return None;
     }
     drop(bytes);
+    let checked = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ));
     // Mapped from the file rather than copied: the compiled code and the initial memory images
     // are then pages of the page cache, shared by every wpod process that runs this component
     // (not a private copy per process), and the first instantiation need not build a memfd.
@@ -163,7 +170,7 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     // own header and settings again. Entries are only ever replaced by rename, never rewritten
     // in place, so the mapped file does not change under the mapping (the directory is
     // root's alone).
-    match unsafe { Component::deserialize_file(engine, entry) } {
+    match unsafe { Component::deserialize_file(engine, &checked) } {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");

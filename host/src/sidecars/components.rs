@@ -95,8 +95,9 @@ fn remembered(id: Option<FileId>) -> Option<Arc<LoadedComponent>> {
     map.get(&id).and_then(Weak::upgrade)
 }
 
+/// `id` is `None` unless the file had settled when it was read.
 fn remember(id: Option<FileId>, component: &Arc<LoadedComponent>) {
-    let Some(id) = id.filter(FileId::settled) else {
+    let Some(id) = id else {
         return;
     };
     let mut map = loaded().lock().unwrap_or_else(|p| p.into_inner());
@@ -187,9 +188,10 @@ pub fn locate(
         return Ok(Loading::Done(component));
     }
     let located = cache::locate(engine, path, expected)?;
-    // Identity taken before reading: a change made while reading gives the file new times.
+    // Identity taken before reading, and kept only if the file had settled by then: a change
+    // made while or after reading gives the file new times.
     Ok(Loading::Located {
-        id,
+        id: id.filter(FileId::settled),
         located: Box::new(located),
     })
 }

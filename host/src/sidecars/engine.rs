@@ -11,11 +11,20 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances: the longest a guest runs without yielding to others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Sidecars alive at once in one wpod process (the pool's size): a pod's limit, which planning
-/// checks. Half again for `wpod apply`, whose new sidecars start before the ones they replace
-/// have stopped. A slot is reserved address space (its linear memories', tables' and stack's),
-/// so an unused one costs no memory.
-pub const MAX_SIDECARS: u32 = (crate::plan::MAX_WASM_CONTAINERS as u32) * 3 / 2;
+/// The largest pool: a pod's limit (planning checks it), and half again for `wpod apply`,
+/// whose new sidecars start before the ones they replace have stopped.
+pub const MAX_SIDECARS: usize = crate::plan::MAX_WASM_CONTAINERS * 3 / 2;
+/// The smallest pool: room for `wpod apply` to add sidecars to a pod that started with few.
+pub const MIN_SIDECARS: usize = 128;
+
+/// Slots for a pod that runs `sidecars` Wasm containers at once: twice that (room to add and
+/// replace), at least [`MIN_SIDECARS`], at most [`MAX_SIDECARS`]. A slot reserves address space
+/// for its linear memories (4 GiB each, never committed) and maps its tables and its stack (about
+/// 2.6 MiB, touched only as used but counted by a host that does not overcommit), so the pool is
+/// sized to the pod rather than to the largest pod.
+pub fn capacity_for(sidecars: usize) -> usize {
+    sidecars.saturating_mul(2).clamp(MIN_SIDECARS, MAX_SIDECARS)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -23,31 +32,35 @@ pub enum EngineError {
     Create(String),
 }
 
-fn config(pooling: bool) -> Config {
+fn config(pool_slots: Option<u32>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    if pooling {
+    if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_SIDECARS);
+        pool.total_component_instances(slots);
         // A std guest has one core instance and memory, adapters and runtimes a few more.
-        pool.total_core_instances(MAX_SIDECARS * 10);
-        pool.total_memories(MAX_SIDECARS * 4);
-        pool.total_tables(MAX_SIDECARS * 10);
-        pool.total_stacks(MAX_SIDECARS);
+        pool.total_core_instances(slots * 10);
+        pool.total_memories(slots * 4);
+        pool.total_tables(slots * 10);
+        pool.total_stacks(slots);
         pool.max_memories_per_component(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
 }
 
-/// Creates an engine (pooling when the host allows its reservations) and starts its epoch ticker.
-fn new_engine() -> Result<Engine, EngineError> {
-    let engine = match Engine::new(&config(true)) {
-        Ok(e) => e,
+/// Creates an engine (pooling with `slots` when the host allows its reservations, else
+/// allocating on demand, unbounded) and starts its epoch ticker.
+fn new_engine(slots: usize) -> Result<(Engine, Option<usize>), EngineError> {
+    let slots32 = u32::try_from(slots).unwrap_or(u32::MAX);
+    let (engine, capacity) = match Engine::new(&config(Some(slots32))) {
+        Ok(e) => (e, Some(slots)),
         Err(e) => {
             tracing::warn!(error = %e, "the pooling allocator is unavailable here; allocating sidecars on demand");
-            Engine::new(&config(false)).map_err(|e| EngineError::Create(format!("{e:#}")))?
+            let engine =
+                Engine::new(&config(None)).map_err(|e| EngineError::Create(format!("{e:#}")))?;
+            (engine, None)
         }
     };
     let ticker = engine.weak();
@@ -61,15 +74,29 @@ fn new_engine() -> Result<Engine, EngineError> {
             }
         })
         .map_err(|e| EngineError::Create(format!("cannot start the epoch ticker: {e}")))?;
-    Ok(engine)
+    Ok((engine, capacity))
 }
 
-/// The process-wide engine, created on first use.
-pub fn shared() -> Result<&'static Engine, EngineError> {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    if let Some(e) = ENGINE.get() {
+/// The engine, and its pool's size (`None`: allocating on demand).
+static ENGINE: OnceLock<(Engine, Option<usize>)> = OnceLock::new();
+
+/// The process-wide engine, created on first use with a pool for a pod of `sidecars` Wasm
+/// containers at once ([`capacity_for`]); later calls get the same engine.
+pub fn shared_for(sidecars: usize) -> Result<&'static Engine, EngineError> {
+    if let Some((e, _)) = ENGINE.get() {
         return Ok(e);
     }
-    let engine = new_engine()?;
-    Ok(ENGINE.get_or_init(|| engine))
+    let created = new_engine(capacity_for(sidecars))?;
+    Ok(&ENGINE.get_or_init(|| created).0)
+}
+
+/// The process-wide engine (a pool of [`MIN_SIDECARS`] if it is created here).
+pub fn shared() -> Result<&'static Engine, EngineError> {
+    shared_for(0)
+}
+
+/// How many sidecars the process's pool holds at once; `None` when there is no engine yet or it
+/// allocates on demand.
+pub fn capacity() -> Option<usize> {
+    ENGINE.get().and_then(|(_, c)| *c)
 }

@@ -210,7 +210,7 @@ impl<'a> Preparation<'a> {
                 components: Vec::new(),
             });
         }
-        let engine = engine::shared()?;
+        let engine = engine::shared_for(plan.wasm_containers_at_once())?;
         let loadings = on_threads(groups.iter().collect(), |(wasm, members)| {
             let container = plan.containers[members[0]].name();
             let loading = components::locate(engine, &wasm.path, wasm.digest.as_ref())?;
@@ -254,23 +254,33 @@ impl<'a> Preparation<'a> {
     }
 }
 
-/// `f` over `items`, each on a thread of its own when there are several; the first error wins.
+/// `f` over `items`, on as many threads as the host has cores (results in order; the first
+/// error wins). Each may compile with Cranelift, itself parallel: more threads would only queue.
 fn on_threads<T: Send, R: Send>(
     items: Vec<T>,
     f: impl Fn(T) -> Result<R, SidecarError> + Sync,
 ) -> Result<Vec<R>, SidecarError> {
-    if items.len() <= 1 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() <= 1 || threads <= 1 {
         return items.into_iter().map(f).collect();
     }
     let f = &f;
+    let per_thread = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() < per_thread => chunk.push(item),
+            _ => chunks.push(vec![item]),
+        }
+    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = items
+        let handles: Vec<_> = chunks
             .into_iter()
-            .map(|item| s.spawn(move || f(item)))
+            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     })
 }
@@ -417,14 +427,13 @@ fn exit_info(
                 return ExitInfo::killed();
             }
             if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-                // Planning keeps a pod within the pool; only an apply that replaces hundreds
-                // of sidecars at once can meet this.
+                // Planning and `wpod apply` keep a pod within its pool: this is the last line.
                 logs.line(
                     name,
                     Stream::Stderr,
                     &format!(
-                        "cannot start: every slot of wpod's sidecar pool ({} sidecars) is taken: {full}",
-                        engine::MAX_SIDECARS
+                        "cannot start: every slot of this pod's sidecar pool is taken ({full}); \
+                         it was sized for the pod as it started: restart the pod to grow it"
                     ),
                 );
                 return ExitInfo::exited(1);

@@ -265,6 +265,20 @@ impl Control {
         if change.is_empty() {
             return Ok(report(&plan, &change, dry_run, &[]));
         }
+        // The new sidecars start before the ones they replace stop: all must fit the pool that
+        // was sized for the pod when it started.
+        let at_once = plan.wasm_containers_at_once() + change.replaced.len();
+        if let Some(capacity) = crate::sidecars::engine::capacity() {
+            if at_once > capacity {
+                return Err(format!(
+                    "this change needs {at_once} Wasm sidecars at once (replacements start before \
+                     the old ones stop), and this pod's sidecar pool holds {capacity} (twice what \
+                     it started with, at least {}): apply fewer changes at a time, or restart the \
+                     pod with the new manifest",
+                    crate::sidecars::engine::MIN_SIDECARS
+                ));
+            }
+        }
         // Everything that can fail is done before anything running is touched.
         let mut members = Vec::new();
         for name in change.to_start() {
