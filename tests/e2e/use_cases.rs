@@ -812,3 +812,93 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
     let _ = running.wait(LONG);
     assert_no_leftovers("tls-proxy");
 }
+
+/// wpod's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn log_shipper_streams_a_backlog_its_sink_cannot_take_and_loses_nothing() {
+    require_root("log_shipper_streams_a_backlog");
+    // 120 MB of lines are written while nothing listens, the file renamed away and recreated
+    // half-way with its last line unfinished. The shipper must keep its place in the file, not
+    // the backlog in memory (wpod's peak stays far below the backlog), then, once the collector
+    // is up, deliver every line once, in order, the unfinished one as a line of its own.
+    let pod = TestPod::new(
+        "sink-down",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sink-down}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: shipper
+    restartPolicy: Always
+    image: SIDECARS/log-shipper.wasm
+    env:
+    - {name: FILES, value: "app=/logs/app.log"}
+    - {name: SINK, value: "tcp://127.0.0.1:18701"}
+    - {name: INTERVAL_MS, value: "50"}
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  containers:
+  - name: main
+    command: [python3, -u, -c]
+    args:
+    - |
+      import os, socket, time
+      path = "/logs/app.log"
+      pad = "x" * 90
+      half = 600000
+      f = open(path, "a")
+      def write(a, b):
+          for s in range(a, b + 1, 10000):
+              f.write("".join(f"line {n} {pad}\n" for n in range(s, min(s + 10000, b + 1))))
+          f.flush()
+      write(1, 100)
+      time.sleep(0.5)  # the shipper has opened the file
+      write(101, half)
+      f.write("unfinished"); f.flush()
+      f.close(); os.rename(path, path + ".1"); f = open(path, "a")
+      write(half + 1, 2 * half)
+      f.write("end\n"); f.flush()
+      print("backlog written", flush=True)
+      time.sleep(4)  # the test reads wpod's peak memory meanwhile
+      srv = socket.create_server(("127.0.0.1", 18701))
+      conn, _ = srv.accept()
+      chunks, tail = [], b""
+      while not tail.endswith(b"app end\n"):
+          b = conn.recv(1 << 20)
+          if not b:
+              break
+          chunks.append(b)
+          tail = (tail + b)[-16:]
+      got = b"".join(chunks).decode().splitlines()
+      want = [f"app line {n} {pad}" for n in range(1, half + 1)] + ["app unfinished"]
+      want += [f"app line {n} {pad}" for n in range(half + 1, 2 * half + 1)] + ["app end"]
+      print("in order" if got == want else f"got {len(got)} lines of {len(want)}, {len(set(want) - set(got))} missing")
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  volumes:
+  - {name: logs, emptyDir: {}}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the backlog", LONG, |r| r.has_line("main", "backlog written"));
+    std::thread::sleep(Duration::from_secs(2));
+    let peak = peak_kib(running.pid());
+    let run = running.wait(LONG);
+    run.assert_line("main", "in order");
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "wpod peaked at {peak} KiB while the shipper held back a 120 MB backlog\n{}",
+        run.dump()
+    );
+    assert_no_leftovers("sink-down");
+}

@@ -1,6 +1,7 @@
-//! The log shipper's parts: files followed through rotation ([`Follower`]), line filters, and
-//! sinks (stdout, TCP, HTTP on the pod's loopback). `log-shipper` ships files; `log-tail` adds
-//! the main container's stdout/stderr through `main-process`.
+//! The log shipper's parts: files followed through rotation ([`Follower`]), line filters
+//! ([`Filter`]), and what lines are shipped to ([`Outbox`] over a [`Sink`]: stdout, TCP, HTTP on
+//! the pod's loopback). `log-shipper` ships files; `log-tail` adds the main container's
+//! stdout/stderr through `main-process`.
 //!
 //! Configuration (env):
 //! - `FILES`: `label=/path,label=/path` (paths inside the sidecar's volume mounts);
@@ -8,51 +9,81 @@
 //! - `INCLUDE` / `EXCLUDE`: comma-separated substrings a line must / must not contain;
 //! - `SINK`: `stdout` (default), `tcp://127.0.0.1:PORT` (one line per line) or
 //!   `http://127.0.0.1:PORT/PATH` (a POST per batch, one line per line);
-//! - `INTERVAL_MS`: how often files are polled (default 250).
+//! - `INTERVAL_MS`: how often files are polled once caught up (default 250).
 //!
 //! Each shipped line is `LABEL LINE`. Rotation by rename+create: the old file is read to its
 //! end before the new one is followed from its start (nothing lost, nothing twice).
-//! Copytruncate: when a file is shorter than what was read, the rest is read from its copy
-//! `PATH.1` (logrotate's name), then the file from its start.
+//! Copytruncate: when a file is shorter than it was (or than what was read), the rest is read
+//! from its copy `PATH.1` (logrotate's name), then the file from its start.
+//!
+//! Memory stays bounded whatever the backlog: files are read in chunks, lines are cut in place
+//! and written, labelled, into one output buffer, and reading stops while that buffer holds a
+//! batch the sink has not taken. A file is its own buffer: when the sink is slow or down, the
+//! shipper simply stays behind in the file (it keeps the file open, so a rename loses nothing)
+//! and catches up when the sink takes lines again.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use memchr::memmem::Finder;
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, MetadataHashValue, OpenFlags, PathFlags};
 
 pub use wpod_sidecar::{lifecycle, main_process};
 
+/// How much one file read asks for: large enough that the cost of a call into the host is
+/// spread over ~1000 lines, small enough to stay in cache.
+const CHUNK: u64 = 128 * 1024;
+/// Shipped bytes held for the sink: files are read until the output holds this much, then it
+/// is delivered in one write (or one POST). While the sink does not take it, files are not read.
+const BATCH: usize = 256 * 1024;
+/// Main containers' lines are not in a file we could come back to: while the sink is down they
+/// are held up to this much (beyond it they wait in wpod's buffer, which drops the oldest).
+const STREAM_HOLD: usize = 4 << 20;
+/// A line with no newline within this many bytes is shipped in pieces of this size: without a
+/// limit one endless line would have to be held whole.
+const MAX_LINE: usize = 1 << 20;
+
 pub fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
-}
-
-/// Line filters: every INCLUDE substring (if any) must match one, no EXCLUDE may.
-pub struct Filter {
-    include: Vec<String>,
-    exclude: Vec<String>,
 }
 
 fn list(key: &str) -> Vec<String> {
     env(key, "").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
+/// Line filters: every INCLUDE substring (if any) must match one, no EXCLUDE may.
+pub struct Filter {
+    include: Vec<Finder<'static>>,
+    exclude: Vec<Finder<'static>>,
+}
+
 impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Self {
+        // Searchers built once: each line is then one fast substring search per pattern.
+        let finders = |l: &[String]| l.iter().map(|s| Finder::new(s.as_bytes()).into_owned()).collect();
+        Filter { include: finders(include), exclude: finders(exclude) }
+    }
+
     pub fn from_env() -> Self {
-        Filter { include: list("INCLUDE"), exclude: list("EXCLUDE") }
+        Filter::new(&list("INCLUDE"), &list("EXCLUDE"))
     }
 
     pub fn keeps(&self, line: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|s| line.contains(s.as_str())))
-            && !self.exclude.iter().any(|s| line.contains(s.as_str()))
+        self.keeps_bytes(line.as_bytes())
+    }
+
+    fn keeps_bytes(&self, line: &[u8]) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|f| f.find(line).is_some()))
+            && !self.exclude.iter().any(|f| f.find(line).is_some())
     }
 }
 
-/// Where shipped lines go. Lines that could not be delivered are kept and retried.
+/// Where shipped lines go.
 pub enum Sink {
     Stdout,
-    Tcp { addr: String, conn: Option<TcpStream>, pending: Vec<String> },
-    Http { addr: String, path: String, pending: Vec<String> },
+    Tcp { addr: String, conn: Option<TcpStream> },
+    Http { addr: String, path: String },
 }
 
 impl Sink {
@@ -62,65 +93,57 @@ impl Sink {
             return Ok(Sink::Stdout);
         }
         if let Some(addr) = spec.strip_prefix("tcp://") {
-            return Ok(Sink::Tcp { addr: addr.to_string(), conn: None, pending: Vec::new() });
+            return Ok(Sink::Tcp { addr: addr.to_string(), conn: None });
         }
         if let Some(rest) = spec.strip_prefix("http://") {
             let (addr, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
-            return Ok(Sink::Http { addr: addr.to_string(), path, pending: Vec::new() });
+            return Ok(Sink::Http { addr: addr.to_string(), path });
         }
         Err(format!("SINK={spec}: use stdout, tcp://HOST:PORT or http://HOST:PORT/PATH"))
     }
 
-    pub fn push(&mut self, line: String) {
-        match self {
-            Sink::Stdout => println!("{line}"),
-            Sink::Tcp { pending, .. } | Sink::Http { pending, .. } => pending.push(line),
-        }
-    }
-
-    /// Delivers what is pending; keeps it on failure (a later flush retries).
-    pub fn flush(&mut self) {
+    /// Delivers `data` (whole lines); false when the sink failed (the batch is retried later).
+    fn deliver(&mut self, data: &[u8]) -> bool {
         match self {
             Sink::Stdout => {
-                let _ = std::io::stdout().flush();
-            }
-            Sink::Tcp { addr, conn, pending } => {
-                if pending.is_empty() {
-                    return;
+                let mut out = std::io::stdout().lock();
+                if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
+                    eprintln!("stdout: {e}");
                 }
+                true
+            }
+            Sink::Tcp { addr, conn } => {
                 if conn.is_none() {
                     *conn = TcpStream::connect(addr.as_str()).map_err(|e| eprintln!("sink {addr}: {e}")).ok();
                 }
-                if let Some(c) = conn {
-                    let body: String = pending.iter().map(|l| format!("{l}\n")).collect();
-                    match c.write_all(body.as_bytes()) {
-                        Ok(()) => pending.clear(),
-                        Err(e) => {
-                            eprintln!("sink {addr}: {e}");
-                            *conn = None;
-                        }
+                let Some(c) = conn else { return false };
+                match c.write_all(data) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Part of the batch may be lost with the connection: all of it is sent
+                        // again on the next one (lines may then arrive twice, none is missing).
+                        eprintln!("sink {addr}: {e}");
+                        *conn = None;
+                        false
                     }
                 }
             }
-            Sink::Http { addr, path, pending } => {
-                if pending.is_empty() {
-                    return;
+            Sink::Http { addr, path } => match post(addr, path, data) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("sink http://{addr}{path}: {e}");
+                    false
                 }
-                let body: String = pending.iter().map(|l| format!("{l}\n")).collect();
-                match post(addr, path, &body) {
-                    Ok(()) => pending.clear(),
-                    Err(e) => eprintln!("sink http://{addr}{path}: {e}"),
-                }
-            }
+            },
         }
     }
 }
 
-fn post(addr: &str, path: &str, body: &str) -> Result<(), String> {
+fn post(addr: &str, path: &str, body: &[u8]) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-        .map_err(|e| e.to_string())?;
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(|e| e.to_string())?;
     let mut head = [0u8; 32];
     let n = s.read(&mut head).map_err(|e| e.to_string())?;
     let status = String::from_utf8_lossy(&head[..n]);
@@ -130,15 +153,128 @@ fn post(addr: &str, path: &str, body: &str) -> Result<(), String> {
     }
 }
 
+/// Filtered, labelled lines on their way to the sink: one buffer, reused, of at most about
+/// [`BATCH`] bytes from files ([`STREAM_HOLD`] from main containers while the sink is down).
+pub struct Outbox {
+    filter: Filter,
+    sink: Sink,
+    pending: Vec<u8>,
+}
+
+impl Outbox {
+    pub fn new(filter: Filter, sink: Sink) -> Self {
+        Outbox { filter, sink, pending: Vec::with_capacity(BATCH + 4096) }
+    }
+
+    /// Whether sources should add lines; false while a full batch waits for the sink.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < BATCH
+    }
+
+    /// Like [`has_room`](Self::has_room) for lines that cannot be left where they are (a main
+    /// container's output): they are taken up to a larger bound.
+    pub fn has_room_for_stream(&self) -> bool {
+        self.pending.len() < STREAM_HOLD
+    }
+
+    /// Queues `LABEL LINE\n` if the filters keep `line`.
+    pub fn ship(&mut self, label: &str, line: &str) {
+        self.ship_text(label, line.as_bytes());
+    }
+
+    /// `ship` for a line known to be UTF-8.
+    fn ship_text(&mut self, label: &str, line: &[u8]) {
+        if self.filter.keeps_bytes(line) {
+            self.pending.reserve(label.len() + line.len() + 2);
+            self.pending.extend_from_slice(label.as_bytes());
+            self.pending.push(b' ');
+            self.pending.extend_from_slice(line);
+            self.pending.push(b'\n');
+        }
+    }
+
+    /// A line of a file, without its `\n`: trailing `\r`s go, invalid UTF-8 is replaced (the
+    /// filters and the sink see text). `ascii`: the scan found only ASCII, so UTF-8 as it is.
+    fn ship_file_line(&mut self, label: &str, raw: &[u8], ascii: bool) {
+        let line = &raw[..raw.iter().rposition(|b| *b != b'\r').map_or(0, |i| i + 1)];
+        if ascii {
+            return self.ship_text(label, line);
+        }
+        // `from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte, so it is
+        // only for the lines that need it.
+        match std::str::from_utf8(line) {
+            Ok(_) => self.ship_text(label, line),
+            Err(_) => self.ship(label, &String::from_utf8_lossy(line)),
+        }
+    }
+
+    /// Delivers what is pending; what the sink did not take stays for a later flush. Returns
+    /// whether everything was delivered.
+    pub fn flush(&mut self) -> bool {
+        if !self.pending.is_empty() && self.sink.deliver(&self.pending) {
+            self.pending.clear();
+        }
+        self.pending.is_empty()
+    }
+}
+
+/// Where the first `\n` of `hay` is, if any, and whether every byte before it is ASCII (then
+/// the line is UTF-8 without another look). The shipper's inner loop: with wasm SIMD (which
+/// wasmtime runs natively) it takes 16 bytes a step, where `memchr` built for plain wasm takes 4
+/// and a UTF-8 check would read the line once more.
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+fn line_end(hay: &[u8]) -> (Option<usize>, bool) {
+    use std::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_load};
+    let newline = u8x16_splat(b'\n');
+    let mut high = 0u32; // the high bits seen so far: none means ASCII
+    let mut i = 0;
+    while i + 16 <= hay.len() {
+        // SAFETY: the 16 bytes at `i` are inside `hay`; v128_load needs no alignment.
+        let v = unsafe { v128_load(hay.as_ptr().add(i) as *const v128) };
+        let newlines = u32::from(u8x16_bitmask(u8x16_eq(v, newline)));
+        let highs = u32::from(u8x16_bitmask(v));
+        if newlines != 0 {
+            let at = newlines.trailing_zeros();
+            return (Some(i + at as usize), high | (highs & ((1 << at) - 1)) == 0);
+        }
+        high |= highs;
+        i += 16;
+    }
+    for (j, &b) in hay[i..].iter().enumerate() {
+        if b == b'\n' {
+            return (Some(i + j), high == 0);
+        }
+        high |= u32::from(b >> 7);
+    }
+    (None, high == 0)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn line_end(hay: &[u8]) -> (Option<usize>, bool) {
+    let end = memchr::memchr(b'\n', hay);
+    (end, hay[..end.unwrap_or(hay.len())].is_ascii())
+}
+
 /// A file followed through rotation.
 pub struct Follower {
     pub label: String,
     path: String,
     dir: Descriptor,
     rel: String,
+    /// What is being read: the file at `path`, or after a copytruncate its copy `PATH.1`.
     file: Option<(Descriptor, MetadataHashValue)>,
+    /// Where the next read of `file` starts.
     offset: u64,
-    partial: Vec<u8>,
+    /// The file's size when last looked at. Smaller later means truncated, even when it has
+    /// grown past `offset` again meanwhile (we may be far behind while the sink is down).
+    seen_size: u64,
+    /// While the copy is read: the truncated file, to be read from its start afterwards.
+    after_copy: Option<(Descriptor, MetadataHashValue)>,
+    /// Bytes read and not shipped yet are `buf[start..]`: lines the outbox had no room for,
+    /// then a last line still waiting for its newline.
+    buf: Vec<u8>,
+    start: usize,
 }
 
 fn same(a: &MetadataHashValue, b: &MetadataHashValue) -> bool {
@@ -154,7 +290,18 @@ impl Follower {
             .max_by_key(|(_, m)| m.len())
             .ok_or_else(|| format!("{path} is not inside a volume mount of this sidecar"))?;
         let rel = path[mount.trim_end_matches('/').len() + 1..].to_string();
-        let mut f = Follower { label: label.to_string(), path: path.to_string(), dir, rel, file: None, offset: 0, partial: Vec::new() };
+        let mut f = Follower {
+            label: label.to_string(),
+            path: path.to_string(),
+            dir,
+            rel,
+            file: None,
+            offset: 0,
+            seen_size: 0,
+            after_copy: None,
+            buf: Vec::with_capacity(CHUNK as usize + 4096),
+            start: 0,
+        };
         f.open();
         if !from_start {
             if let Some((d, _)) = &f.file {
@@ -168,81 +315,139 @@ impl Follower {
         let opened = self.dir.open_at(PathFlags::SYMLINK_FOLLOW, &self.rel, OpenFlags::empty(), DescriptorFlags::READ);
         self.file = opened.ok().and_then(|d| d.metadata_hash().ok().map(|h| (d, h)));
         self.offset = 0;
-        self.partial.clear();
+        self.seen_size = 0;
+        self.clear_buf();
     }
 
-    /// Reads what is new; returns complete lines. Handles rotation.
-    pub fn poll(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
+    fn clear_buf(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// Ships what is new while the outbox has room, following rotation. Returns whether it
+    /// read or shipped anything (then there may be more: call again once the outbox is flushed).
+    pub fn pump(&mut self, out: &mut Outbox) -> bool {
         if self.file.is_none() {
-            self.open();
+            self.open(); // not there yet, or gone at the last rotation
         }
-        self.read_to_end(&mut lines);
+        // Looked at on every call, not only at the end of the file: while we are behind, a
+        // truncated file can grow past `offset` before we get there.
+        if self.truncated() {
+            self.read_copy_next();
+        }
+        let mut progressed = false;
+        loop {
+            progressed |= self.ship_lines(out);
+            if !out.has_room() {
+                return progressed;
+            }
+            match self.read_chunk() {
+                Some(true) => progressed = true,
+                Some(false) if self.at_end(out) => {}
+                _ => return progressed,
+            }
+        }
+    }
+
+    /// Ships the complete lines in `buf` while the outbox has room; returns whether it did.
+    fn ship_lines(&mut self, out: &mut Outbox) -> bool {
+        let before = self.start;
+        while out.has_room() {
+            let rest = &self.buf[self.start..];
+            let (len, used, ascii) = match line_end(rest) {
+                (Some(nl), ascii) => (nl, nl + 1, ascii),
+                (None, _) if rest.len() >= MAX_LINE => (MAX_LINE, MAX_LINE, false),
+                (None, _) => break, // the last line waits for its newline
+            };
+            out.ship_file_line(&self.label, &rest[..len], ascii);
+            self.start += used;
+        }
+        self.start != before
+    }
+
+    /// Appends the next chunk of the file to `buf`: `Some(true)` if bytes came, `Some(false)`
+    /// at its end, `None` with no file or on an error (retried next round).
+    fn read_chunk(&mut self) -> Option<bool> {
+        // Only the unfinished last line is left before `start`'s move to 0: a short copy.
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let (d, _) = self.file.as_ref()?;
+        match d.read(CHUNK, self.offset) {
+            Ok((bytes, _)) if bytes.is_empty() => Some(false),
+            Ok((bytes, _)) => {
+                self.offset += bytes.len() as u64;
+                self.buf.extend_from_slice(&bytes);
+                Some(true)
+            }
+            Err(e) => {
+                eprintln!("{}: read: {e:?}", self.path);
+                None
+            }
+        }
+    }
+
+    /// At the end of what is being read: moves on if the file was rotated (then returns true:
+    /// read on), else there is nothing more for now.
+    fn at_end(&mut self, out: &mut Outbox) -> bool {
+        if let Some(truncated) = self.after_copy.take() {
+            // The copy is read to its end; the file was truncated, so its next line starts at 0.
+            // An unfinished last line of the copy is dropped (it never got its newline).
+            self.file = Some(truncated);
+            self.restart_truncated();
+            return true;
+        }
+        let Some((_, hash)) = &self.file else { return false };
         let at_path = self.dir.metadata_hash_at(PathFlags::SYMLINK_FOLLOW, &self.rel).ok();
-        let rotated = match (&self.file, &at_path) {
-            (Some((_, h)), Some(p)) => !same(h, p),
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if rotated {
+        if at_path.is_some_and(|p| !same(hash, &p)) {
             // Renamed away and recreated: the old file was read to its end just now; a last
             // line without its newline still counts.
-            if !self.partial.is_empty() {
-                lines.push(String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned());
+            let rest = &self.buf[self.start..];
+            if !rest.is_empty() {
+                out.ship_file_line(&self.label, rest, false);
             }
             self.open();
-            self.read_to_end(&mut lines);
-        } else if let Some((d, _)) = &self.file {
-            // Copied and truncated in place (logrotate's copytruncate): what was written since our
-            // last read is only in the copy, `PATH.1`; read it there, then the file from its start.
-            if d.stat().map(|s| s.size).unwrap_or(0) < self.offset {
-                self.read_rotated_copy(&mut lines);
-                self.offset = 0;
-                self.partial.clear();
-                self.read_to_end(&mut lines);
-            }
+            return self.file.is_some();
         }
-        lines
+        if self.truncated() {
+            self.read_copy_next();
+            return true;
+        }
+        false
     }
 
-    /// Reads `PATH.1` (the copy copytruncate made) from where the file was read up to.
-    fn read_rotated_copy(&mut self, lines: &mut Vec<String>) {
+    /// Whether the file being followed is smaller than when last looked at, or than what was
+    /// read of it. Not asked of the copy being read (nothing truncates it).
+    fn truncated(&mut self) -> bool {
+        let Some((d, _)) = &self.file else { return false };
+        if self.after_copy.is_some() {
+            return false;
+        }
+        let Ok(size) = d.stat().map(|s| s.size) else { return false }; // unknown is not smaller
+        let truncated = size < self.seen_size.max(self.offset);
+        self.seen_size = size;
+        truncated
+    }
+
+    /// Copied and truncated in place (logrotate's copytruncate): what was written since our
+    /// last read is only in the copy, `PATH.1`; read it there from the same offset (the line in
+    /// `buf` continues in it), then the file from its start.
+    fn read_copy_next(&mut self) {
         let copy = format!("{}.1", self.rel);
         let opened = self.dir.open_at(PathFlags::empty(), &copy, OpenFlags::empty(), DescriptorFlags::READ);
-        let Ok(copy) = opened else {
-            eprintln!("{}: truncated and no {}.1 to read the rest from; lines may be missing", self.path, self.path);
-            return;
-        };
-        let Ok(hash) = copy.metadata_hash() else { return };
-        let original = self.file.replace((copy, hash));
-        self.read_to_end(lines);
-        self.file = original;
-    }
-
-    fn read_to_end(&mut self, lines: &mut Vec<String>) {
-        let Some((d, _)) = &self.file else { return };
-        loop {
-            match d.read(65536, self.offset) {
-                Ok((bytes, eof)) => {
-                    if bytes.is_empty() {
-                        break;
-                    }
-                    self.offset += bytes.len() as u64;
-                    self.partial.extend_from_slice(&bytes);
-                    while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = self.partial.drain(..=pos).collect();
-                        lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string());
-                    }
-                    if eof {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    eprintln!("{}: read: {e:?}", self.path);
-                    break;
-                }
+        match opened.map(|c| c.metadata_hash().map(|h| (c, h))) {
+            Ok(Ok(copy)) => self.after_copy = self.file.replace(copy),
+            Ok(Err(_)) => self.restart_truncated(),
+            Err(_) => {
+                eprintln!("{}: truncated and no {}.1 to read the rest from; lines may be missing", self.path, self.path);
+                self.restart_truncated();
             }
         }
+    }
+
+    fn restart_truncated(&mut self) {
+        self.offset = 0;
+        self.seen_size = 0;
+        self.clear_buf();
     }
 }
 
@@ -258,9 +463,38 @@ pub fn followers_from_env() -> Result<Vec<Follower>, String> {
         .collect()
 }
 
-/// The shipping loop: poll the files (and `extra`, e.g. a container's output) every interval,
-/// filter, ship; until the pod stops this sidecar (then a last round).
-pub fn run(mut extra: impl FnMut() -> Vec<(String, String)>) {
+fn is_stopping(e: Option<lifecycle::Event>) -> bool {
+    matches!(e, Some(lifecycle::Event::Stopping(_)))
+}
+
+/// Ships until every source is caught up or the sink takes no more (the files keep the rest for
+/// the next round). Each pass gives each file up to a batch, so a long backlog in one does not
+/// hold up the others. Returns whether the pod said it is stopping meanwhile.
+fn ship_round(followers: &mut [Follower], extra: &mut impl FnMut(&mut Outbox) -> bool, out: &mut Outbox) -> bool {
+    let mut stopping = false;
+    loop {
+        let mut progressed = false;
+        for f in followers.iter_mut() {
+            progressed |= f.pump(out);
+            if !out.has_room() && !out.flush() {
+                return stopping;
+            }
+        }
+        progressed |= extra(out);
+        if !out.flush() || !progressed {
+            return stopping;
+        }
+        // Still catching up: note a stop now (the round goes on to the end of the files, as the
+        // last round after a stop always did).
+        stopping |= is_stopping(lifecycle::try_next_event());
+    }
+}
+
+/// The shipping loop: ship what the files (and `extra`, e.g. a container's output, which adds
+/// lines with [`Outbox::ship`] while [`Outbox::has_room_for_stream`] and returns whether it
+/// added any) have, then again every interval; until the pod stops this sidecar (then a last
+/// round).
+pub fn run(mut extra: impl FnMut(&mut Outbox) -> bool) {
     let mut followers = match followers_from_env() {
         Ok(f) => f,
         Err(e) => {
@@ -268,33 +502,22 @@ pub fn run(mut extra: impl FnMut() -> Vec<(String, String)>) {
             std::process::exit(1);
         }
     };
-    let mut sink = match Sink::from_env() {
+    let sink = match Sink::from_env() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);
         }
     };
-    let filter = Filter::from_env();
+    let mut out = Outbox::new(Filter::from_env(), sink);
     let interval: u64 = env("INTERVAL_MS", "250").parse().unwrap_or(250);
     lifecycle::ready();
+    let mut stopping = false;
     loop {
-        let stopping = matches!(lifecycle::next_event(interval), Some(lifecycle::Event::Stopping(_)));
-        for f in &mut followers {
-            for line in f.poll() {
-                if filter.keeps(&line) {
-                    sink.push(format!("{} {line}", f.label));
-                }
-            }
-        }
-        for (label, line) in extra() {
-            if filter.keeps(&line) {
-                sink.push(format!("{label} {line}"));
-            }
-        }
-        sink.flush();
+        stopping |= ship_round(&mut followers, &mut extra, &mut out);
         if stopping {
             return;
         }
+        stopping = is_stopping(lifecycle::next_event(interval));
     }
 }

@@ -14,11 +14,22 @@ fn main() {
             Err(e) => eprintln!("cannot follow {name}: {e:?}"),
         }
     }
-    log_shipper::run(move || {
-        let mut out = Vec::new();
+    log_shipper::run(move |out| {
+        // Take what each container has written while the outbox can hold it; what is left
+        // waits in wpod's buffer for the next pass (these lines have no file to come back to).
+        let mut shipped = false;
         for (name, s) in &streams {
-            out.extend(s.try_next(256).into_iter().map(|l| (name.clone(), l.text)));
+            while out.has_room_for_stream() {
+                let lines = s.try_next(256);
+                if lines.is_empty() {
+                    break;
+                }
+                shipped = true;
+                for l in lines {
+                    out.ship(name, &l.text);
+                }
+            }
         }
-        out
+        shipped
     });
 }
