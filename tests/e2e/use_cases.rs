@@ -890,7 +890,9 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the backlog", LONG, |r| r.has_line("main", "backlog written"));
+    running.wait_for("the backlog", LONG, |r| {
+        r.has_line("main", "backlog written")
+    });
     std::thread::sleep(Duration::from_secs(2));
     let peak = peak_kib(running.pid());
     let run = running.wait(LONG);
