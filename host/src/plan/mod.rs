@@ -199,23 +199,30 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
 /// that hosts it (`sidecars::engine`). Its slots are reserved address space, not memory.
 pub const MAX_WASM_CONTAINERS: usize = 1024;
 
+/// The Wasm containers that hold a slot of the sidecar pool at once: the regular ones, the
+/// native sidecars, and one init container at a time (counted as the first).
+fn pool_slots(containers: &[ContainerPlan]) -> impl Iterator<Item = &ContainerPlan> {
+    let first_init = containers
+        .iter()
+        .position(|c| c.image.is_wasm() && c.role == Role::Init);
+    containers
+        .iter()
+        .enumerate()
+        .filter(move |(i, c)| c.image.is_wasm() && (c.role != Role::Init || Some(*i) == first_init))
+        .map(|(_, c)| c)
+}
+
 impl PodPlan {
-    /// The Wasm containers of the pod that run at once (what its sidecar pool must hold): the
-    /// regular ones, the native sidecars, and one init container at a time.
+    /// The Wasm containers of the pod that run at once (what its sidecar pool must hold).
     pub fn wasm_containers_at_once(&self) -> usize {
-        let wasm = || self.containers.iter().filter(|c| c.image.is_wasm());
-        let init = usize::from(wasm().any(|c| c.role == Role::Init));
-        wasm().filter(|c| c.role != Role::Init).count() + init
+        pool_slots(&self.containers).count()
     }
 }
 
-/// The Wasm containers that run at once (the regular ones, the native sidecars, and one init
-/// container at a time) must fit in the pool: past it one would fail at every start.
+/// The Wasm containers that run at once must fit in the pool: past it one would fail at every
+/// start.
 fn check_sidecar_count(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<Diagnostic>) {
-    let wasm = || containers.iter().filter(|c| c.image.is_wasm());
-    let init = usize::from(wasm().any(|c| c.role == Role::Init));
-    let mut at_once = wasm().filter(|c| c.role != Role::Init);
-    if let Some(first_over) = at_once.nth(MAX_WASM_CONTAINERS - init) {
+    if let Some(first_over) = pool_slots(containers).nth(MAX_WASM_CONTAINERS) {
         diags.push(pod.source.diag(
             format!("{}.image", first_over.path),
             format!(
