@@ -204,6 +204,11 @@ pub enum Command {
         /// Only lines written since this long ago (`10m`, `1h 30m`) or this RFC 3339 time.
         #[arg(long, value_name = "DURATION|TIME")]
         since: Option<String>,
+        /// Print the bytes as the container wrote them, control characters and escape
+        /// sequences too (on a terminal they are shown escaped otherwise; into a pipe or a file
+        /// they always go as stored).
+        #[arg(long)]
+        raw: bool,
     },
     /// Signing keys.
     Key {
@@ -253,8 +258,9 @@ pub enum Command {
     Holder {
         #[arg(long)]
         hostname: String,
+        /// Share one PID namespace among the pod's containers, its procfs mounted here.
         #[arg(long)]
-        share_pid: bool,
+        pod_proc: Option<PathBuf>,
     },
     /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
     #[command(name = "__cleanup", hide = true)]

@@ -93,8 +93,23 @@ pub fn helper_command(subcommand: &str) -> std::io::Result<Command> {
     // The copy is close-on-exec: the kernel opens it before the exec closes it, so the helper
     // runs it without inheriting the descriptor.
     let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
-    cmd.arg0("wpod").arg(subcommand).process_group(0);
+    // No environment: a helper's is readable through /proc/PID/environ by a container granted
+    // SYS_PTRACE (the pod's PID 1 is a helper, and the others are briefly in the pod's PID
+    // namespace), and the `wpod run` caller's may hold registry tokens or signing passwords.
+    // Helpers take everything they need as arguments and launch specs.
+    cmd.arg0("wpod")
+        .arg(subcommand)
+        .env_clear()
+        .process_group(0);
     Ok(cmd)
+}
+
+/// Makes the calling helper non-dumpable: no core file of it, and `/proc/PID/{mem,environ,fd}`
+/// and ptrace need CAP_SYS_PTRACE. (What it holds must still never be visible from a pod's PID
+/// namespace: a container may be granted that capability.)
+pub fn set_undumpable() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
 
 /// The sealed view of this process's executable, made on first use.
@@ -125,8 +140,7 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
             exe.display()
         )));
     };
-    let empty = crate::files::state_root().join("empty");
-    std::fs::create_dir_all(&empty)?;
+    let empty = crate::files::private_state_dir("empty").map_err(std::io::Error::other)?;
     if std::fs::read_dir(&empty)?.next().is_some() {
         return Err(std::io::Error::other(format!(
             "{} is not empty",

@@ -29,10 +29,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Helper processes: fresh single-threaded processes that never return.
     match &cli.command {
-        Command::Holder {
-            hostname,
-            share_pid,
-        } => wpod::sandbox::holder::main(hostname, *share_pid),
+        Command::Holder { hostname, pod_proc } => {
+            wpod::sandbox::holder::main(hostname, pod_proc.as_deref())
+        }
         Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
         Command::Exec {
             launch_spec,
@@ -53,10 +52,11 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            // Manifest problems are already in `file:line:col: field: message` form.
+            // Manifest problems are already in `file:line:col: field: message` form. Errors
+            // carry registries' and containers' words (and a manifest's): each line escaped.
             match e.downcast_ref::<SpecError>() {
-                Some(SpecError::Invalid(d)) => eprintln!("{d}"),
-                _ => eprintln!("wpod: error: {e:#}"),
+                Some(SpecError::Invalid(d)) => eprintln!("{}", market::safe_lines(&d.to_string())),
+                _ => eprintln!("wpod: error: {}", market::safe_lines(&format!("{e:#}"))),
             }
             ExitCode::FAILURE
         }
@@ -123,12 +123,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             follow,
             tail,
             since,
+            raw,
         } => manage::logs(
             &pod,
             container.as_deref(),
             follow,
             tail,
             since.as_deref().map(manage::since).transpose()?,
+            raw,
         ),
         Command::Apply {
             file,
@@ -231,20 +233,21 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
         match wpod::load_plan(file) {
             Ok(plans) => {
                 for p in &plans {
-                    println!(
+                    let line = format!(
                         "{}: pod \"{}\" is valid ({} containers)",
                         file.display(),
                         p.name(),
                         p.containers.len()
                     );
+                    println!("{}", market::safe(&line));
                 }
             }
             Err(SpecError::Invalid(d)) => {
-                eprintln!("{d}");
+                eprintln!("{}", market::safe_lines(&d.to_string()));
                 failed = true;
             }
             Err(e) => {
-                eprintln!("wpod: error: {e}");
+                eprintln!("wpod: error: {}", market::safe_lines(&e.to_string()));
                 failed = true;
             }
         }
@@ -261,7 +264,8 @@ fn inspect(component: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
     if output == cli::Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
+        // Import and export names are the component's (its publisher's): escaped.
+        print!("{}", market::report_text(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ pub mod seccomp;
 pub mod security;
 pub mod shim;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -65,6 +65,9 @@ pub struct NativeContainer {
     shim: tokio::process::Child,
     /// Host PID of the container's process.
     pub pid: i32,
+    /// The container's process, by pidfd: exec probes and hooks join its namespaces through
+    /// it, so a reused PID never leads them into another process's.
+    pidfd: Option<Arc<OwnedFd>>,
     cgroup: ContainerCgroup,
     output: Vec<JoinHandle<()>>,
     /// The polite stop: SIGTERM, or the image's `StopSignal` (nginx's is SIGQUIT).
@@ -315,6 +318,7 @@ impl NativeContainer {
             spec_path: spec_path.clone(),
             shim,
             pid: 0,
+            pidfd: None,
             cgroup,
             output,
             stop_signal: image
@@ -324,8 +328,19 @@ impl NativeContainer {
         };
         match report {
             Some(Report::Started { pid }) => {
-                container.pid = pid;
-                Ok(container)
+                let shim_pid = container.shim.id().map_or(0, |p| p as i32);
+                match open_child(pid, shim_pid) {
+                    Ok(pidfd) => {
+                        container.pid = pid;
+                        container.pidfd = pidfd.map(Arc::new);
+                        Ok(container)
+                    }
+                    Err(error) => {
+                        container.kill_all();
+                        let _ = container.wait().await;
+                        Err(setup_err("check the container's process", error))
+                    }
+                }
             }
             Some(Report::Failed { step, error }) => {
                 let _ = container.wait().await;
@@ -397,6 +412,7 @@ impl NativeContainer {
         ExecTarget {
             spec_path: self.spec_path.clone(),
             pid: self.pid,
+            pidfd: self.pidfd.clone(),
         }
     }
 }
@@ -406,16 +422,22 @@ impl NativeContainer {
 pub struct ExecTarget {
     spec_path: PathBuf,
     pid: i32,
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl ExecTarget {
     /// A command that runs `argv` inside the container (`wpod __exec`); killed when dropped.
     pub fn command(&self, argv: &[String]) -> std::io::Result<tokio::process::Command> {
+        let pidfd = self
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the container has no process"))?;
         let mut cmd = helper_command("__exec")?;
         cmd.arg(&self.spec_path)
             .arg(self.pid.to_string())
             .arg("--")
             .args(argv);
+        inherit_fds(&mut cmd, &[(pidfd.as_raw_fd(), exec::PIDFD_FD)]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -425,10 +447,68 @@ impl ExecTarget {
     }
 }
 
+/// A pidfd for `pid`, which the shim `shim_pid` reported as the container's process, once it
+/// is sure to be the shim's child. The report pipe is the shim's, but the container process
+/// held a copy of it for an instant after the fork (it closes it first thing), and a PID taken
+/// on trust would lead exec probes into whatever process it names. `None`: the process has
+/// already ended and been reaped (a quick command), so there is nothing to exec into.
+fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, String> {
+    if pid <= 0 {
+        return Err(format!("the shim (pid {shim_pid}) reported pid {pid}"));
+    }
+    // SAFETY: pidfd_open with plain integers; the descriptor is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(None);
+        }
+        return Err(format!("pidfd_open({pid}): {e}"));
+    }
+    // SAFETY: a descriptor pidfd_open just returned.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // Read after the pidfd exists: were `pid` reused in between, this is the new process's
+    // parent, not the shim.
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parent_pid(&stat));
+    if parent != Some(shim_pid) {
+        return Err(format!(
+            "the shim (pid {shim_pid}) reported pid {pid}, which is not its child"
+        ));
+    }
+    Ok(Some(pidfd))
+}
+
+/// The parent PID in a `/proc/PID/stat` line (the field after the command name, which may
+/// itself hold spaces and parentheses: the last `)` ends it).
+fn parent_pid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 async fn read_report(fd: std::os::fd::OwnedFd) -> Option<Report> {
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(receiver);
     reader.read_line(&mut line).await.ok()?;
     serde_json::from_str(line.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_survives_hostile_command_names() {
+        assert_eq!(parent_pid("42 (nginx) S 7 42 42 0"), Some(7));
+        // A process may name itself ") R 1 " to pose as a child of PID 1.
+        assert_eq!(parent_pid("42 (x) R 1 (y) S 9 42 42 0"), Some(9));
+        assert_eq!(parent_pid("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(
+            parent_pid(&own),
+            Some(std::os::unix::process::parent_id() as i32)
+        );
+    }
 }

@@ -185,6 +185,7 @@ pub(super) fn prepare(
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
 
 /// `struct mount_attr` of mount_setattr(2).
@@ -475,9 +476,9 @@ impl Rootfs {
         Ok(())
     }
 
-    /// In the container process (already in its PID namespace): a fresh `/proc` showing only the
-    /// container's (or the pod's shared) processes, then `pivot_root` into the new root.
-    pub(super) fn enter(&self) -> Result<(), StepError> {
+    /// In the container process, alone in a PID namespace of its own: a fresh `/proc` showing
+    /// only the container's processes, with runc's masks.
+    pub(super) fn mount_own_proc(&self) -> Result<(), StepError> {
         let proc_fd = self.mountpoint("/proc", Kind::Dir)?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         do_mount(
@@ -489,8 +490,33 @@ impl Rootfs {
             None,
         )?;
         drop(proc_fd);
-        self.mask_proc()?;
+        self.mask_proc()
+    }
 
+    /// In the shim, outside the pod's shared PID namespace: the pod's procfs (mounted by the
+    /// pod's PID 1 on `pod_proc`) as `/proc`, with runc's masks. A procfs shows the PID
+    /// namespace of whoever mounted it, so nothing privileged needs to enter the pod's.
+    pub(super) fn bind_pod_proc(&self, pod_proc: &Path) -> Result<(), StepError> {
+        let proc_fd = self.mountpoint("/proc", Kind::Dir)?;
+        // Not recursive: the masks of other containers are not under the pod's procfs (they
+        // live in their own mount namespaces), and nothing else is.
+        let target = fd_path(&proc_fd);
+        mount(Some(pod_proc), &target, none(), MsFlags::MS_BIND, none())
+            .map_err(|e| StepError::sys("bind the pod's /proc", pod_proc, e))?;
+        drop(proc_fd);
+        let mounted = self.mountpoint("/proc", Kind::Dir)?;
+        set_attrs_recursively(
+            &mounted,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(|e| StepError::sys("set mount flags of /proc (mount_setattr)", pod_proc, e))?;
+        drop(mounted);
+        self.mask_proc()
+    }
+
+    /// `pivot_root` into the new root, the old one detached: from here on the calling process
+    /// sees only the container's files.
+    pub(super) fn pivot(&self) -> Result<(), StepError> {
         std::env::set_current_dir(&self.path)
             .map_err(|e| StepError::io("chdir to the new root", &self.path, e))?;
         // pivot_root(".", ".") stacks the old root on top of the new one; unmounting it leaves

@@ -2,10 +2,20 @@
 //!
 //! It is a fresh single-threaded process (the runtime is multi-threaded, where forking into
 //! namespace setup is unsafe). It joins the container's cgroups and the pod's namespaces, builds
-//! the root filesystem in a private mount namespace, forks the container process (which enters
-//! its PID namespace, mounts /proc, pivots, drops privileges and execs), reports the result on
-//! fd 4, forwards signals, and exits the way the container exited. If the runtime dies, the
-//! lifeline (fd 3) reaches EOF and the shim kills the container.
+//! the root filesystem in a private mount namespace, forks the container process, reports the
+//! result on fd 4, forwards signals, and exits the way the container exited. If the runtime
+//! dies, the lifeline (fd 3) reaches EOF and the shim kills the container.
+//!
+//! The container process is in the container's PID namespace from the moment it is forked, so
+//! what it holds before exec is what another process of that namespace can reach (`ptrace`,
+//! `/proc/N/root`, `/proc/N/mem`) if it was granted `SYS_PTRACE`, which no dumpable flag stops.
+//! Hence two orders:
+//! - **the pod's shared PID namespace** (other containers are there): the shim does every
+//!   privileged step itself, outside that namespace (the pod's `/proc` bound from the procfs the
+//!   pod's PID 1 mounted, `pivot_root`, seccomp, capabilities, user, `no_new_privs`), then forks
+//!   a child that only execs. It is born holding no more than the container will.
+//! - **a PID namespace of its own**: the child is that namespace's only process until it execs,
+//!   so it mounts a fresh `/proc`, pivots and confines itself there, as runc's init does.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,6 +46,7 @@ const FORWARDED: &[Signal] = &[
 
 /// Entry point of `wpod __container`; never returns.
 pub fn main(spec_path: &Path) -> ! {
+    crate::helper::set_undumpable();
     // SAFETY: the runtime passes these descriptors to every shim; nothing else owns them.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
@@ -76,6 +87,14 @@ struct Child {
     signals: SignalFd,
 }
 
+/// Who confines the container process: see the module's comment.
+enum Confinement {
+    /// The shim did, before forking (the pod's shared PID namespace).
+    Done,
+    /// The child does, alone in its PID namespace: /proc, pivot_root, then privileges.
+    InChild(rootfs::Rootfs),
+}
+
 fn join_namespace(path: &Path, kind: CloneFlags, what: &str) -> Result<(), StepError> {
     let file =
         File::open(path).map_err(|e| StepError::io(format!("open {what} namespace"), path, e))?;
@@ -90,7 +109,7 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     join_namespace(&ns.ipc, CloneFlags::CLONE_NEWIPC, "ipc")?;
     // Both only affect children: the container process forked below lands in it.
     match &ns.pid {
-        Some(pid_ns) => join_namespace(pid_ns, CloneFlags::CLONE_NEWPID, "pid")?,
+        Some(shared) => join_namespace(&shared.ns, CloneFlags::CLONE_NEWPID, "pid")?,
         None => unshare(CloneFlags::CLONE_NEWPID)
             .map_err(|e| StepError::sys("unshare(CLONE_NEWPID)", Path::new("-"), e))?,
     }
@@ -101,6 +120,19 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
     let root = rootfs::prepare(&spec.rootfs, &spec.mounts, volumes)?;
     let seccomp = security::seccomp_program(&spec.security)?;
+    let confinement = match &ns.pid {
+        Some(shared) => {
+            root.bind_pod_proc(&shared.proc)?;
+            root.pivot()?;
+            drop(root);
+            security::confine(&spec.security, seccomp.as_ref())?;
+            // A change of user makes the shim non-dumpable again; dropping capabilities alone
+            // would not.
+            crate::helper::set_undumpable();
+            Confinement::Done
+        }
+        None => Confinement::InChild(root),
+    };
 
     // Signals are blocked from here and read through a signalfd; the child unblocks them.
     let mut mask = SigSet::empty();
@@ -118,7 +150,7 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     match unsafe { fork() }.map_err(|e| StepError::msg("fork", e))? {
         ForkResult::Child => {
             drop(err_read);
-            let e = container_main(spec, &root, seccomp.as_ref());
+            let e = container_main(spec, &confinement, seccomp.as_ref());
             let mut w = File::from(err_write);
             let _ = write!(w, "{}\n{}\n{}", e.0, e.1.step, e.1.error);
             // SAFETY: leaving the forked child without running the parent's destructors.
@@ -147,15 +179,25 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
 /// In the forked container process: returns only on failure, with the exit code to use.
 fn container_main(
     spec: &LaunchSpec,
-    root: &rootfs::Rootfs,
+    confinement: &Confinement,
     seccomp: Option<&seccompiler::BpfProgram>,
 ) -> (i32, StepError) {
     let setup = || -> Result<(), StepError> {
+        // The shim's report pipe and lifeline are the shim's alone: closed before anything
+        // else, so no process that reaches this one before exec finds them.
+        // SAFETY: closing descriptors this process inherited and never uses.
+        unsafe {
+            libc::close(REPORT_FD);
+            libc::close(LIFELINE_FD);
+        }
         // SAFETY: prctl with integer arguments. The container dies with its shim.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         setsid().map_err(|e| StepError::msg("setsid", e))?;
-        root.enter()?;
-        security::confine(&spec.security, seccomp)?;
+        if let Confinement::InChild(root) = confinement {
+            root.mount_own_proc()?;
+            root.pivot()?;
+            security::confine(&spec.security, seccomp)?;
+        }
         let cwd = spec.cwd.as_deref().unwrap_or("/");
         std::env::set_current_dir(cwd)
             .map_err(|e| StepError::io("chdir to workingDir", Path::new(cwd), e))?;

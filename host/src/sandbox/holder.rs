@@ -11,6 +11,12 @@
 //! read-only tmpfs, no open descriptor but the lifeline, the unprivileged pause user, no
 //! capabilities at all, `no_new_privs`, and not dumpable. Their executable is wpod's sealed
 //! copy (`helper.rs`), so even `/proc/1/exe` leads to nothing writable.
+//!
+//! PID 1 also mounts the pod's `/proc` (a procfs of the shared PID namespace) on a directory of
+//! the pod's state, before any container exists. Containers of the pod get a bind of it, made by
+//! their shim outside the PID namespace: no process of wpod's ever has to be privileged inside
+//! a PID namespace where another container could reach it (CVE-2016-9962's class: a container
+//! granted `SYS_PTRACE` attaching to, or opening `/proc/N/root` of, a helper still setting up).
 
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -30,10 +36,12 @@ use crate::helper::{StepError, LIFELINE_FD};
 pub const PAUSE_ID: u32 = 65535;
 
 /// Entry point of `wpod __holder`. Prints `ready <pid-1 host pid or 0>` or `error <message>`.
-pub fn main(hostname: &str, share_pid: bool) -> ! {
+/// With `pod_proc`, the pod shares one PID namespace, whose procfs is mounted there.
+pub fn main(hostname: &str, pod_proc: Option<&Path>) -> ! {
+    crate::helper::set_undumpable();
     // SAFETY: the runtime passes the lifeline as fd 3 to every holder.
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
-    let init = match create_namespaces(hostname, share_pid) {
+    let init = match create_namespaces(hostname, pod_proc) {
         Ok(init) => init,
         Err(e) => {
             println!("error {e}");
@@ -65,20 +73,45 @@ pub fn main(hostname: &str, share_pid: bool) -> ! {
     std::process::exit(0)
 }
 
-fn create_namespaces(hostname: &str, share_pid: bool) -> Result<Option<Pid>, StepError> {
+fn create_namespaces(hostname: &str, pod_proc: Option<&Path>) -> Result<Option<Pid>, StepError> {
     unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
         .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
     sethostname(hostname).map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
     loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
+    // PID 1 first, while the holder is still in the host's mount namespace: PID 1 mounts the
+    // pod's /proc there before it leaves.
+    let init = pod_proc.map(start_pid1).transpose()?;
     enter_empty_root()?;
-    if !share_pid {
-        return Ok(None);
-    }
+    Ok(init)
+}
+
+/// Creates the pod's PID namespace and its PID 1, and returns once PID 1 has mounted the pod's
+/// procfs on `pod_proc` and given up everything (or with the step that failed).
+fn start_pid1(pod_proc: &Path) -> Result<Pid, StepError> {
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| StepError::errno("unshare(CLONE_NEWPID)", e))?;
+    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StepError::errno("pipe", e))?;
     // SAFETY: the holder is single-threaded.
     match unsafe { fork() }.map_err(|e| StepError::errno("fork the pod's PID 1", e))? {
-        ForkResult::Child => pid1(),
-        ForkResult::Parent { child } => Ok(Some(child)),
+        ForkResult::Child => {
+            drop(report_read);
+            pid1(pod_proc, report_write)
+        }
+        ForkResult::Parent { child } => {
+            drop(report_write);
+            let mut failure = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut std::fs::File::from(report_read), &mut failure);
+            if failure.is_empty() {
+                return Ok(child);
+            }
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            let (step, error) = failure
+                .split_once('\n')
+                .unwrap_or(("start the pod's PID 1", ""));
+            Err(StepError::msg(step, error))
+        }
     }
 }
 
@@ -165,15 +198,36 @@ fn drop_everything() -> Result<(), StepError> {
     Ok(())
 }
 
-/// The pod's PID 1: reaps every orphan of the shared PID namespace until the holder dies.
-fn pid1() -> ! {
+/// Mounts the procfs of the calling process's PID namespace on `dir` (in the host's mount
+/// namespace, where the calling process still is).
+fn mount_pod_proc(dir: &Path) -> Result<(), StepError> {
+    mount(
+        Some("proc"),
+        dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| StepError::sys("mount the pod's /proc", dir, e))
+}
+
+/// The pod's PID 1: mounts the pod's procfs, gives up everything, then reaps every orphan of
+/// the shared PID namespace until the holder dies. `report` gets the failed step, or closes.
+fn pid1(pod_proc: &Path, report: OwnedFd) -> ! {
+    let setup = || -> Result<(), StepError> {
+        mount_pod_proc(pod_proc)?;
+        enter_empty_root()?;
+        drop_everything()
+    };
+    if let Err(e) = setup() {
+        // Never run as PID 1 with more than nothing.
+        let _ = write!(std::fs::File::from(report), "{}\n{}", e.step, e.error);
+        std::process::exit(1);
+    }
+    drop(report);
     // It holds no descriptor at all: nothing of the host through /proc/1/fd.
     // SAFETY: close_range on our own descriptor table; nothing below uses them.
     unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
-    if drop_everything().is_err() {
-        // Never run as PID 1 with more than nothing.
-        std::process::exit(1);
-    }
     // After the change of user (which clears it): die with the holder.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };

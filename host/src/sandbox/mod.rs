@@ -78,8 +78,11 @@ impl PodSandbox {
             step: "create the lifeline pipe".into(),
             error: e.to_string(),
         })?;
-        let namespaces =
-            PodNamespaces::create(pod.hostname(), pod.spec.share_process_namespace, &lifeline)?;
+        let pod_proc = match pod.spec.share_process_namespace {
+            true => Some(state.pod_proc_dir()?),
+            false => None,
+        };
+        let namespaces = PodNamespaces::create(pod.hostname(), pod_proc.as_deref(), &lifeline)?;
         let dialer = Dialer::new(namespaces.net_handle()).map_err(|e| SandboxError::Step {
             step: "start the pod's dialer".into(),
             error: e.to_string(),

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -23,23 +23,35 @@ pub struct NamespacePaths {
     pub net: PathBuf,
     pub uts: PathBuf,
     pub ipc: PathBuf,
-    /// The pod's shared PID namespace (`shareProcessNamespace: true`); otherwise the container
-    /// gets a PID namespace of its own.
-    pub pid: Option<PathBuf>,
+    /// The pod's shared PID namespace (`shareProcessNamespace: true`) and the procfs of it that
+    /// the pod's PID 1 mounted; otherwise the container gets a PID namespace of its own.
+    pub pid: Option<SharedPid>,
+}
+
+/// The pod's shared PID namespace, as a shim joins it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SharedPid {
+    /// `/proc/<PID 1>/ns/pid`.
+    pub ns: PathBuf,
+    /// Where the pod's procfs is mounted (in the pod's state directory, on the host): a shim
+    /// binds it as the container's `/proc` from outside the PID namespace.
+    pub proc: PathBuf,
 }
 
 pub struct PodNamespaces {
     holder: Child,
-    /// Host PID of the pod's PID 1 with `shareProcessNamespace: true`.
-    init_pid: Option<i32>,
+    /// Host PID of the pod's PID 1 with `shareProcessNamespace: true`, and where it mounted
+    /// the pod's procfs.
+    init: Option<(i32, PathBuf)>,
     net: Arc<OwnedFd>,
 }
 
 impl PodNamespaces {
-    /// Starts the holder and waits until the namespaces exist.
+    /// Starts the holder and waits until the namespaces exist. With `pod_proc` (an empty
+    /// directory), the pod's containers share one PID namespace whose procfs is mounted there.
     pub fn create(
         hostname: &str,
-        share_pid: bool,
+        pod_proc: Option<&Path>,
         lifeline: &Lifeline,
     ) -> Result<Self, SandboxError> {
         let fail = |e: std::io::Error| SandboxError::Step {
@@ -48,8 +60,8 @@ impl PodNamespaces {
         };
         let mut cmd = helper_command("__holder").map_err(fail)?;
         cmd.args(["--hostname", hostname]);
-        if share_pid {
-            cmd.arg("--share-pid");
+        if let Some(dir) = pod_proc {
+            cmd.arg("--pod-proc").arg(dir);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -82,11 +94,11 @@ impl PodNamespaces {
             error: e.to_string(),
         })?;
         let net = Arc::new(OwnedFd::from(net));
-        Ok(PodNamespaces {
-            holder,
-            init_pid,
-            net,
-        })
+        let init = match (init_pid, pod_proc) {
+            (Some(pid), Some(dir)) => Some((pid, dir.to_path_buf())),
+            _ => None,
+        };
+        Ok(PodNamespaces { holder, init, net })
     }
 
     /// Where the shims find the namespaces to join.
@@ -96,9 +108,10 @@ impl PodNamespaces {
             net: ns("net"),
             uts: ns("uts"),
             ipc: ns("ipc"),
-            pid: self
-                .init_pid
-                .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid"))),
+            pid: self.init.as_ref().map(|(pid, proc)| SharedPid {
+                ns: PathBuf::from(format!("/proc/{pid}/ns/pid")),
+                proc: proc.clone(),
+            }),
         }
     }
 
