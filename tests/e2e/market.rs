@@ -793,7 +793,7 @@ fn a_corrupt_cache_entry_is_recompiled_never_run() {
     assert_eq!(run.code, Some(0), "{}", run.dump());
     run.assert_line("hello", "from-the-registry");
     assert!(
-        run.stderr.contains("does not match its checksum"),
+        run.stderr.contains("does not carry wpod's MAC"),
         "{}",
         run.stderr
     );

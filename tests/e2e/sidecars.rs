@@ -482,7 +482,7 @@ spec:
     let second = pod.run(LONG);
     assert_ok(&second, "probe", "env:X", "from-the-pod");
     assert!(
-        second.stderr.contains("does not match its checksum"),
+        second.stderr.contains("does not carry wpod's MAC"),
         "{}",
         second.dump()
     );

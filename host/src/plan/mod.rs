@@ -167,7 +167,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     }
     check_sidecar_count(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
-    check_volume_nesting(pod, &mut diags);
+    check_volume_nesting(pod, &containers, &mut diags);
     let port_mappings = port_mappings(pod, &mut diags);
     let name = PodName::new(&pod.metadata.name)
         .map_err(|e| diags.push(pod.source.diag("metadata.name", e)));
@@ -437,11 +437,37 @@ fn check_native_container(
     }
 }
 
+/// wpod's own files on this host, as a hostPath must not reach them: its state (the image
+/// store, compiled code, other pods' volumes, launch specs and logs), its configuration (trust
+/// policy, registries, approvals) and its binary (helpers run it as root).
+fn own_paths() -> Vec<(&'static str, std::path::PathBuf)> {
+    let resolve = |p: &Path| crate::files::resolve_existing(p);
+    let mut out = vec![
+        ("state", resolve(&crate::files::state_root())),
+        (
+            "configuration",
+            resolve(Path::new(crate::files::CONFIG_DIR)),
+        ),
+    ];
+    for var in ["WPOD_POLICY", "WPOD_REGISTRIES_CONF", "WPOD_APPROVALS"] {
+        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            out.push(("configuration", resolve(Path::new(&p))));
+        }
+    }
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        out.push(("binary", exe));
+    }
+    out
+}
+
 /// hostPath volumes whose directories a container could swap under the pod: one inside another
 /// hostPath volume that a container may write (the writer can replace the inner directory with
 /// a symlink before the next start), or inside wpod's own state (launch specs, other pods'
-/// volumes and logs).
-fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
+/// volumes and logs). And hostPath volumes that hold wpod's own files (its state, configuration
+/// or binary): refused when any container may write them (a sidecar once swapped two entries of
+/// the compiled cache through a writable `/var/lib`, and the next pod ran the other's code), and
+/// for Wasm sidecars even read-only (they would read other pods' secrets and the cache's key).
+fn check_volume_nesting(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<Diagnostic>) {
     let host_paths: Vec<(usize, &str, std::path::PathBuf)> = pod
         .spec
         .volumes
@@ -464,8 +490,15 @@ fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
                 .then(|| c.name.clone())
         })
     };
-    let state = crate::files::resolve_existing(&crate::files::state_root());
-    for (i, _, inner) in &host_paths {
+    let sidecar = |volume: &str| {
+        containers.iter().find_map(|c| {
+            (c.image.is_wasm() && c.spec.volume_mounts.iter().any(|m| m.name == volume))
+                .then(|| c.name().to_string())
+        })
+    };
+    let own = own_paths();
+    let state = own[0].1.clone();
+    for (i, name, inner) in &host_paths {
         let field = format!("spec.volumes[{i}].hostPath.path");
         if inner.starts_with(&state) {
             diags.push(pod.source.diag(
@@ -477,6 +510,28 @@ fn check_volume_nesting(pod: &Pod, diags: &mut Vec<Diagnostic>) {
                 ),
             ));
             continue;
+        }
+        let held = own.iter().find(|(_, p)| p.starts_with(inner));
+        if let Some((what, path)) = held {
+            let reason = match (writer(name), sidecar(name)) {
+                (Some(c), _) => Some(format!("container \"{c}\" may write it")),
+                (None, Some(c)) => Some(format!("Wasm sidecar \"{c}\" mounts it")),
+                (None, None) => None,
+            };
+            if let Some(reason) = reason {
+                diags.push(pod.source.diag(
+                    field,
+                    format!(
+                        "{} holds wpod's own {what} ({}) and {reason}: a container could rewrite \
+                         what wpod runs or trusts, and a sidecar read other pods' secrets; \
+                         mount a directory that does not hold it (native containers may mount \
+                         it readOnly)",
+                        inner.display(),
+                        path.display()
+                    ),
+                ));
+                continue;
+            }
         }
         for (_, outer_name, outer) in &host_paths {
             if inner == outer || !inner.starts_with(outer) {

@@ -2,12 +2,15 @@
 //!
 //! An entry is named by the sha256 of the component and of the engine's compilation settings
 //! (and wpod's version), so a component compiled for another configuration is never loaded.
-//! Each entry carries its length and CRC-32, checked before wasmtime deserializes it: a
-//! truncated or corrupted entry is recompiled, never executed. (A checksum, not a digest: the
-//! cache directory is root's alone, and whoever could rewrite an entry could rewrite a digest
-//! beside it too. CRC-32 runs at memory speed; a software sha256 of a ~0.6 MiB entry took
-//! longer than the rest of a warm start.) Entries are written to a temporary file and renamed
-//! into place.
+//! An entry is native code that wasmtime maps and runs without checking it (its deserialize is
+//! `unsafe` for that reason), so each entry carries a MAC: keyed BLAKE3 over its name and its
+//! bytes, with a key only wpod reads (`cache/mac.key`, 0600, made on first use), checked before
+//! wasmtime sees the file. A damaged entry, an entry written by anything else, or two entries
+//! swapped under each other's names are recompiled, never executed. (A checksum was not
+//! enough: a sidecar that could write the cache once swapped two entries with their checksums,
+//! and the next pod ran the other component's code. BLAKE3 runs at several GB/s; a software
+//! sha256 of a ~0.6 MiB entry took longer than the rest of a warm start.) Entries are written
+//! to a temporary file and renamed into place.
 //!
 //! The component itself is hashed once, with sha256: its digest names the entry, and for a
 //! pulled sidecar it must equal the digest that was reviewed.
@@ -93,7 +96,7 @@ pub fn locate(
 impl Located {
     /// Whether a compiled entry exists (loading it may still find it damaged and recompile).
     pub fn is_cached(&self) -> bool {
-        self.entry.is_file() && checksum_path(&self.entry).is_file()
+        self.entry.is_file() && mac_path(&self.entry).is_file()
     }
 
     /// The compiled component: from the cache when its entry is sound, else compiled now and
@@ -137,24 +140,96 @@ impl Hasher for ShaHasher {
     }
 }
 
-/// The file beside an entry holding its length and CRC-32.
-fn checksum_path(entry: &Path) -> PathBuf {
-    entry.with_extension("crc32")
+/// The file beside an entry holding its length and MAC.
+fn mac_path(entry: &Path) -> PathBuf {
+    entry.with_extension("mac")
 }
 
-/// `LENGTH CRC32` of an entry's bytes, as its checksum file holds it.
-fn checksum(bytes: &[u8]) -> String {
-    format!("{} {:08x}", bytes.len(), crc32fast::hash(bytes))
+/// The cache's MAC key: 32 random bytes in `cache/mac.key`, made on first use, readable by
+/// wpod alone. Read once per process.
+fn mac_key(dir: &Path) -> std::io::Result<[u8; 32]> {
+    static KEY: std::sync::Mutex<Option<(PathBuf, [u8; 32])>> = std::sync::Mutex::new(None);
+    let mut held = KEY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, key)) = held.as_ref().filter(|(d, _)| d == dir) {
+        return Ok(*key);
+    }
+    let path = dir.join("mac.key");
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| std::io::Error::other(format!("{} is not 32 bytes", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_key(dir, &path)?,
+        Err(e) => return Err(e),
+    };
+    *held = Some((dir.to_path_buf(), key));
+    Ok(key)
+}
+
+/// Writes a fresh key, unless another wpod process won the race (then reads theirs).
+fn new_key(dir: &Path, path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut key = [0u8; 32];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut key)
+        .map_err(std::io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    // A hard link fails if the key exists: the first writer's key is everyone's.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path)?
+            .try_into()
+            .map_err(|_| std::io::Error::other(format!("{} is not 32 bytes", path.display()))),
+        Err(e) => Err(e),
+    }
+}
+
+/// `LENGTH MAC` of an entry: keyed BLAKE3 over the entry's file name and its bytes, so an
+/// entry is only ever valid under its own name.
+fn mac(key: &[u8; 32], entry: &Path, bytes: &[u8]) -> String {
+    let name = entry
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(&(name.len() as u64).to_le_bytes());
+    hasher.update(name);
+    hasher.update(bytes);
+    format!("{} {}", bytes.len(), hasher.finalize().to_hex())
 }
 
 fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
+    let key = mac_key(entry.parent()?).ok()?;
     // One open file for the check and the mapping, so what is mapped is what was checked.
     let mut file = std::fs::File::open(entry).ok()?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
-    let expected = std::fs::read_to_string(checksum_path(entry)).ok()?;
-    if checksum(&bytes) != expected.trim() {
-        tracing::warn!(entry = %entry.display(), "cache entry does not match its checksum; recompiling");
+    let expected = std::fs::read_to_string(mac_path(entry)).ok()?;
+    // Compared as BLAKE3 hashes compare: in constant time.
+    let sound = match (
+        mac(&key, entry, &bytes).split_once(' '),
+        expected.trim().split_once(' '),
+    ) {
+        (Some((len, ours)), Some((their_len, theirs))) => {
+            let parse = |h: &str| blake3::Hash::from_hex(h).ok();
+            len == their_len && parse(ours).is_some() && parse(ours) == parse(theirs)
+        }
+        _ => false,
+    };
+    if !sound {
+        tracing::warn!(entry = %entry.display(), "cache entry does not carry wpod's MAC; recompiling");
         return None;
     }
     drop(bytes);
@@ -166,10 +241,11 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     // are then pages of the page cache, shared by every wpod process that runs this component
     // (not a private copy per process), and the first instantiation need not build a memfd.
     // SAFETY: the file holds exactly what `store_entry` wrote from `Component::serialize` of
-    // an engine with this configuration (the checksum and the key say so); wasmtime checks its
-    // own header and settings again. Entries are only ever replaced by rename, never rewritten
-    // in place, so the mapped file does not change under the mapping (the directory is
-    // root's alone).
+    // an engine with this configuration: its MAC, under wpod's key and this entry's name, says
+    // so, and the key says this name is for this component and configuration; wasmtime checks
+    // its own header and settings again. Entries are only ever replaced by rename, never
+    // rewritten in place, so the mapped file does not change under the mapping (the directory
+    // is root's alone).
     match unsafe { Component::deserialize_file(engine, &checked) } {
         Ok(c) => Some(c),
         Err(e) => {
@@ -189,9 +265,10 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
     let bytes = component
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let key = mac_key(dir)?;
     let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
-    std::fs::write(checksum_path(entry), checksum(&bytes))?;
+    std::fs::write(mac_path(entry), mac(&key, entry, &bytes))?;
     std::fs::rename(&tmp, entry)
 }
 
@@ -232,6 +309,49 @@ mod tests {
         bytes.truncate(last);
         std::fs::write(&entry, &bytes).unwrap();
         assert!(load_entry(&engine, &entry).is_none(), "a truncated entry");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two sound entries swapped, each with its MAC file (what a sidecar that could write the
+    /// cache did): neither loads under the other's name.
+    #[test]
+    fn swapped_entries_are_not_loaded() {
+        let dir = std::env::temp_dir().join(format!("wpod-cache-swap-{}", std::process::id()));
+        let engine = Engine::default();
+        let one = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
+        let mut two = wasm_encoder::Component::new();
+        two.section(&wasm_encoder::CustomSection {
+            name: "two".into(),
+            data: b"2".into(),
+        });
+        let two = Component::new(&engine, two.finish()).unwrap();
+        let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
+        store_entry(&one, &a).unwrap();
+        store_entry(&two, &b).unwrap();
+        assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
+        for ext in ["cwasm", "mac"] {
+            let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
+            let tmp = dir.join("swap");
+            std::fs::rename(&pa, &tmp).unwrap();
+            std::fs::rename(&pb, &pa).unwrap();
+            std::fs::rename(&tmp, &pb).unwrap();
+        }
+        assert!(
+            load_entry(&engine, &a).is_none(),
+            "b's entry under a's name"
+        );
+        assert!(
+            load_entry(&engine, &b).is_none(),
+            "a's entry under b's name"
+        );
+        // An entry whose MAC was computed with another key (written by anything but wpod).
+        store_entry(&one, &a).unwrap();
+        std::fs::write(
+            a.with_extension("mac"),
+            mac(&[7; 32], &a, &std::fs::read(&a).unwrap()),
+        )
+        .unwrap();
+        assert!(load_entry(&engine, &a).is_none(), "a MAC under another key");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
