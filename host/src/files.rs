@@ -15,6 +15,113 @@ pub fn state_root() -> PathBuf {
     std::path::absolute(&root).unwrap_or(root)
 }
 
+/// The file that marks a directory as a wpod state root (see [`private_state_dir`]).
+pub const ROOT_MARKER: &str = ".wpod-root";
+
+/// Why wpod will not keep its state somewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRootError {
+    #[error("cannot create {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "wpod's state root {} is owned by uid {owner}, not by this user (uid {me}): whoever owns \
+         it controls what wpod runs; use a directory this user owns (WPOD_ROOT)",
+        path.display()
+    )]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "wpod's state root {} lies inside another one, {}: a pod of that root named like a \
+         directory here would remove this root with its state; use a directory outside it \
+         (WPOD_ROOT)",
+        root.display(),
+        outer.display()
+    )]
+    Nested { root: PathBuf, outer: PathBuf },
+}
+
+/// `$WPOD_ROOT/sub` (the root itself for `""`), created if missing, readable and writable by
+/// wpod alone: the state root and every directory in it are 0700 whatever they were, so no
+/// local user reads a pulled image, runs its setuid binaries, lists pods or takes a lock that
+/// blocks wpod (the class of moby's CVE-2021-41091). The root must be this user's, and must not
+/// lie inside another root (whose pods could then clear it).
+pub fn private_state_dir(sub: &str) -> Result<PathBuf, StateRootError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let root = state_root();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateRootError::Io { path, source }
+    };
+    let fresh = !root.exists();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .map_err(io(&root))?;
+    let meta = std::fs::metadata(&root).map_err(io(&root))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(StateRootError::Owner {
+            path: root,
+            owner: meta.uid(),
+            me,
+        });
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&root))?;
+    }
+    let real = std::fs::canonicalize(&root).map_err(io(&root))?;
+    if let Some(outer) = real
+        .ancestors()
+        .skip(1)
+        .find(|a| a.join(ROOT_MARKER).exists())
+    {
+        return Err(StateRootError::Nested {
+            root: real.clone(),
+            outer: outer.to_path_buf(),
+        });
+    }
+    let marker = root.join(ROOT_MARKER);
+    if fresh || !marker.exists() {
+        std::fs::write(&marker, b"").map_err(io(&marker))?;
+    }
+    if sub.is_empty() {
+        return Ok(root);
+    }
+    let dir = root.join(sub);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    let meta = std::fs::metadata(&dir).map_err(io(&dir))?;
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    }
+    Ok(dir)
+}
+
+/// Opens (creating it 0600) a lock file in one of wpod's private directories.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Where wpod's host-wide configuration lives by default (`registries.conf`, `policy.json`).
+pub const CONFIG_DIR: &str = "/etc/wpod";
+
 /// A configuration file as podman's are found: the file `$VAR` names (which must exist), else
 /// `default`, whose absence means "no configuration" (`Ok(None)`). The path comes back with
 /// the text, for messages.

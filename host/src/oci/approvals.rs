@@ -30,6 +30,28 @@ pub enum ApprovalsError {
     Parse { path: PathBuf, message: String },
 }
 
+/// What a reviewed artifact was: a pod entry whose reference later resolves to another kind is
+/// refused (a publisher repointing an approved sidecar's tag at a container image would
+/// otherwise get a root process with the pod's volumes, unreviewed).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ArtifactKind {
+    /// A Wasm sidecar (every approval before kinds were recorded was one).
+    #[default]
+    Sidecar,
+    /// A container image, run as a native process.
+    Container,
+}
+
+impl std::fmt::Display for ArtifactKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArtifactKind::Sidecar => "a Wasm sidecar",
+            ArtifactKind::Container => "a container image",
+        })
+    }
+}
+
 /// One reviewed digest of a repository.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -37,6 +59,9 @@ pub struct Approval {
     /// `registry.example:5000/team/exporter`
     pub repository: String,
     pub digest: Digest,
+    /// What was reviewed.
+    #[serde(default)]
+    pub kind: ArtifactKind,
     /// The tag it was pulled by, for people reading the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
@@ -196,9 +221,10 @@ impl Approvals {
             std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         }
         // The lock lives in wpod's root, not beside a file checked into someone's repository.
-        let root = crate::files::state_root();
-        std::fs::create_dir_all(&root).map_err(|e| io("lock", e))?;
-        let lock = std::fs::File::create(root.join("approvals.lock")).map_err(|e| io("lock", e))?;
+        let root = crate::files::private_state_dir("")
+            .map_err(|e| io("lock", std::io::Error::other(e.to_string())))?;
+        let lock =
+            crate::files::open_lock(&root.join("approvals.lock")).map_err(|e| io("lock", e))?;
         // SAFETY: flock on a descriptor we own; released when `lock` is closed.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
             return Err(io("lock", std::io::Error::last_os_error()));
@@ -234,6 +260,7 @@ mod tests {
             a.approve(Approval {
                 repository: "reg/x".into(),
                 digest: d.clone(),
+                kind: ArtifactKind::Sidecar,
                 tag: None,
                 imports: vec![],
                 approved_at: "2026-01-01T00:00:00Z".into(),

@@ -41,6 +41,8 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Root(#[from] crate::files::StateRootError),
 }
 
 fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -213,13 +215,23 @@ pub struct Locked<'a> {
 impl Store {
     /// The store of this wpod root (`$WPOD_ROOT/images`), created if missing.
     pub fn open() -> Result<Self, StoreError> {
-        Self::at(crate::files::state_root().join("images"))
+        Self::at(crate::files::private_state_dir("images")?)
     }
 
+    /// The store at `root`: it and everything in it root's alone (0700), so no local user
+    /// reads an image or runs a setuid binary of one straight from its layers.
     pub fn at(root: PathBuf) -> Result<Self, StoreError> {
-        for d in ["blobs/sha256", "ingest", "layers"] {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for d in ["", "blobs", "blobs/sha256", "ingest", "layers"] {
             let dir = root.join(d);
-            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(io("create", &dir))?;
         }
         Ok(Store { root })
     }
@@ -231,7 +243,7 @@ impl Store {
     /// Takes the store's lock (waits for another pull or removal to finish).
     pub fn lock(&self) -> Result<Locked<'_>, StoreError> {
         let path = self.root.join("lock");
-        let file = File::create(&path).map_err(io("create", &path))?;
+        let file = crate::files::open_lock(&path).map_err(io("create", &path))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io("lock", &path)(std::io::Error::last_os_error()));

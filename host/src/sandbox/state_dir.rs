@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
@@ -51,20 +50,19 @@ pub fn root_id() -> String {
 
 impl StateDir {
     pub fn acquire(pod: &PodName) -> Result<Self, SandboxError> {
-        let root = root();
-        let (pods, locks, logs) = (root.join("pods"), root.join("locks"), root.join("logs"));
         // Root's alone: pods hold their containers' environment (launch specs), their logs and
         // their volumes, where a container may leave a setuid binary or a device node.
-        for dir in [&pods, &locks, &logs] {
-            std::fs::create_dir_all(dir)
-                .and_then(|()| {
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                })
-                .map_err(|e| SandboxError::io("create the state directory", dir, e))?;
-        }
+        let private = |sub| {
+            crate::files::private_state_dir(sub).map_err(|e| SandboxError::Step {
+                step: "create the state directory".into(),
+                error: e.to_string(),
+            })
+        };
+        let (pods, locks) = (private("pods")?, private("locks")?);
+        private("logs")?;
         let path = pods.join(pod.as_str());
         let lock_path = locks.join(format!("{pod}.lock"));
-        let lock = File::create(&lock_path)
+        let lock = crate::files::open_lock(&lock_path)
             .map_err(|e| SandboxError::io("create the pod lock", &lock_path, e))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -92,6 +90,17 @@ impl StateDir {
             logs,
             _lock: lock,
         })
+    }
+}
+
+impl StateDir {
+    /// An empty directory for the procfs of the pod's shared PID namespace (unmounted with the
+    /// state directory, as every mount under it).
+    pub fn pod_proc_dir(&self) -> Result<PathBuf, SandboxError> {
+        let dir = self.path.join("proc");
+        std::fs::create_dir(&dir)
+            .map_err(|e| SandboxError::io("create the pod's /proc directory", &dir, e))?;
+        Ok(dir)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::grants::inspect::ComponentReport;
-use crate::oci::approvals::{Approvals, ApprovalsError, Decision};
+use crate::oci::approvals::{Approvals, ApprovalsError, ArtifactKind, Decision};
 use crate::oci::pull::{PullError, PullEvent, Pulled, Puller, StoredImage, StoredSidecar};
 use crate::oci::reference::ImageName;
 use crate::oci::store::{ImageRecord, Store};
@@ -38,6 +38,21 @@ pub enum ImagesError {
         digest: String,
         approved: String,
         lines: Vec<String>,
+    },
+    #[error(
+        "image {image} was reviewed as {reviewed} ({repository}@{approved}), but it now \
+         resolves to {now} ({digest}), which would run with what that kind gets and was never \
+         reviewed: pin the reviewed digest ({repository}@{approved}), or, if the repository now \
+         holds another kind on purpose, remove its entries from {approvals}"
+    )]
+    KindChanged {
+        image: String,
+        repository: String,
+        reviewed: ArtifactKind,
+        approved: String,
+        now: ArtifactKind,
+        digest: String,
+        approvals: String,
     },
 }
 
@@ -125,14 +140,17 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
             .await
             .map_err(ImagesError::from)
             .and_then(|p| {
-                if let Pulled::Sidecar(s) = &p {
-                    let approvals = match &approvals {
-                        Some(a) => a,
-                        None => approvals.insert(Approvals::load()?),
-                    };
-                    if let Some(message) = check_approved(name, s, approvals)? {
-                        events.emit(Some(container), Event::Warning { message });
+                let approvals = match &approvals {
+                    Some(a) => a,
+                    None => approvals.insert(Approvals::load()?),
+                };
+                match &p {
+                    Pulled::Sidecar(s) => {
+                        if let Some(message) = check_approved(name, s, approvals)? {
+                            events.emit(Some(container), Event::Warning { message });
+                        }
                     }
+                    Pulled::Container(_) => check_kind(name, &p, approvals)?,
                 }
                 Ok(p)
             });
@@ -151,6 +169,28 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
         }
     }
     Ok(PulledImages(out))
+}
+
+/// A container image from a repository whose reviews were of another kind (a sidecar's tag
+/// repointed at a container image) is refused, naming both.
+fn check_kind(name: &ImageName, pulled: &Pulled, approvals: &Approvals) -> Result<(), ImagesError> {
+    let now = match pulled {
+        Pulled::Sidecar(_) => ArtifactKind::Sidecar,
+        Pulled::Container(_) => ArtifactKind::Container,
+    };
+    let repository = name.repository_name();
+    match approvals.latest(&repository) {
+        Some(reviewed) if reviewed.kind != now => Err(ImagesError::KindChanged {
+            image: name.canonical(),
+            reviewed: reviewed.kind,
+            approved: reviewed.digest.to_string(),
+            now,
+            digest: pulled.record().digest.to_string(),
+            approvals: approvals.path.display().to_string(),
+            repository,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A sidecar runs only at a digest the user approved; a tag that moved is never run silently:
