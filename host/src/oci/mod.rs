@@ -16,5 +16,6 @@ pub mod registries;
 pub mod remote;
 pub mod signature;
 pub mod store;
+pub mod tar_stream;
 pub mod trust;
 pub mod unpack;

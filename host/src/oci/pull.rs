@@ -631,6 +631,9 @@ fn unpack_layer(
         path: path.clone(),
         source,
     })?;
+    // The blob was verified against its digest: its length is exact, and bounds what its
+    // stream may expand to.
+    let compressed = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     let reader: Box<dyn Read> = if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
         Box::new(
             zstd::stream::read::Decoder::new(file).map_err(|source| StoreError::Io {
@@ -649,20 +652,14 @@ fn unpack_layer(
         hash: Sha256::new(),
     };
     let staging = locked.layer_staging()?;
-    let result = unpack::unpack(&mut hashed, &staging, lowers, Limits::default());
-    // Whatever the tar parser left unread (padding, a trailer) is part of the diff.
-    let drained = std::io::copy(&mut hashed, &mut std::io::sink());
+    // `unpack` reads the stream to its end (bounded zero padding after the archive), so the
+    // hash covers all of it, as the layer's diff ID does.
+    let result = unpack::unpack(&mut hashed, &staging, lowers, Limits::for_blob(compressed));
     let layer = chain_id.to_string();
     let outcome = result
         .map_err(|source| PullError::Unpack {
             layer: layer.clone(),
             source,
-        })
-        .and_then(|_| {
-            drained.map_err(|e| PullError::Unpack {
-                layer: layer.clone(),
-                source: UnpackError::Read(e),
-            })
         })
         .and_then(|_| {
             let actual = format!("sha256:{}", hex::encode(hashed.hash.clone().finalize()));

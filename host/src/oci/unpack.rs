@@ -11,6 +11,13 @@
 //! `.wh.NAME`, `trusted.overlay.opaque=y` for `.wh..wh..opq`). Device nodes from images are
 //! skipped (a container gets its `/dev` from wpod). Entries, bytes and path lengths are capped.
 //!
+//! The tar framing is read by `tar_stream.rs` (extension headers capped before they are read,
+//! full link names, PAX sizes and owners applied). The whole decompressed stream is bounded
+//! (`Limits::max_stream`, which the puller derives from the compressed size: no 67 KB blob
+//! becomes a 2 GiB file), and past the archive's end only zero padding may follow, at most
+//! `Limits::max_trailing` bytes: the layer's digest covers the whole stream, so wpod reads it
+//! to its end, but never gigabytes of hidden data.
+//!
 //! Implicit parent directories (a layer that writes `tmp/x` without a `tmp/` entry) take their
 //! owner and mode from the layers below, so that `/tmp`'s 1777 is not masked by a 0755 directory
 //! in the upper layer.
@@ -27,6 +34,8 @@ use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, fstatat, mkdirat, mknodat, Mode, SFlag};
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use super::tar_stream::{Member, Record, TarStream};
+
 /// What a layer may hold at most.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -34,6 +43,10 @@ pub struct Limits {
     /// Bytes of file content, all files together.
     pub max_bytes: u64,
     pub max_path: usize,
+    /// Bytes of the whole (decompressed) stream: headers, data, padding and trailing bytes.
+    pub max_stream: u64,
+    /// Bytes after the end-of-archive marker (zeros only).
+    pub max_trailing: u64,
 }
 
 impl Default for Limits {
@@ -42,9 +55,33 @@ impl Default for Limits {
             max_entries: 1_000_000,
             max_bytes: 64 << 30,
             max_path: 4096,
+            max_stream: (64 << 30) + (1 << 30),
+            max_trailing: 1 << 20,
         }
     }
 }
+
+impl Limits {
+    /// The limits for a layer whose compressed blob is `compressed` bytes: its stream may
+    /// expand to at most `MAX_RATIO` times that, or 1 GiB, whichever is more (deflate cannot
+    /// pass ~1032:1, so no gzip layer is ever refused; a zstd layer of mostly zeros past 1 GiB
+    /// is), and never past the absolute caps.
+    pub fn for_blob(compressed: u64) -> Self {
+        let d = Limits::default();
+        Limits {
+            max_stream: compressed
+                .saturating_mul(MAX_RATIO)
+                .max(EXPANSION_FLOOR)
+                .min(d.max_stream),
+            ..d
+        }
+    }
+}
+
+/// How much a layer's stream may expand over its compressed blob (above 1 GiB).
+pub const MAX_RATIO: u64 = 1100;
+/// What any layer may expand to, whatever its compressed size.
+pub const EXPANSION_FLOOR: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -67,6 +104,54 @@ pub enum UnpackError {
     TooLarge(u64),
     #[error("entry path longer than {0} bytes")]
     PathTooLong(usize),
+    #[error(
+        "the layer decompresses to more than {0} bytes (at most {MAX_RATIO} times its \
+         compressed size, and at least 1 GiB, are allowed)"
+    )]
+    Expands(u64),
+    #[error("after the archive's end the layer holds data, or more than {0} bytes of padding")]
+    Trailing(u64),
+}
+
+/// A reader that fails once more than its budget was read (the stream expands too much).
+struct Budget<R> {
+    r: R,
+    left: u64,
+}
+
+#[derive(Debug)]
+struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("over the layer's expansion budget")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the budget is asked for, so a stream ending exactly at it passes.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left + 1).unwrap_or(usize::MAX));
+        let n = self.r.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(OverBudget));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A read error, or the budget's.
+fn read_error(e: std::io::Error, max: u64) -> UnpackError {
+    if e.get_ref().is_some_and(|inner| inner.is::<OverBudget>()) {
+        UnpackError::Expands(max)
+    } else {
+        UnpackError::Read(e)
+    }
 }
 
 /// What an unpacked layer held.
@@ -95,7 +180,12 @@ pub fn unpack(
         source,
     })?;
     let lowers: Vec<OwnedFd> = lowers.iter().filter_map(|l| open_dir(l).ok()).collect();
-    let mut archive = tar::Archive::new(layer);
+    let budget = Budget {
+        r: layer,
+        left: limits.max_stream,
+    };
+    let mut tar = TarStream::new(budget);
+    let read = |e| read_error(e, limits.max_stream);
     let mut done = Unpacked::default();
     // Directory times are set last: creating entries inside would change them again.
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
@@ -103,25 +193,30 @@ pub fn unpack(
         root: root.as_fd(),
         lowers: &lowers,
     };
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
+    while let Some(member) = tar.next().map_err(read)? {
         done.entries += 1;
-        if done.entries > limits.max_entries {
+        if done.entries + tar.extension_headers > limits.max_entries {
             return Err(UnpackError::TooManyEntries(limits.max_entries));
         }
-        let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
-        if raw.as_os_str().len() > limits.max_path {
+        let too_long = |b: &[u8]| b.len() > limits.max_path;
+        if too_long(&member.path) || member.link.as_deref().is_some_and(too_long) {
             return Err(UnpackError::PathTooLong(limits.max_path));
+        }
+        if member.path.contains(&0) || member.link.as_ref().is_some_and(|l| l.contains(&0)) {
+            return Err(UnpackError::Entry {
+                path: PathBuf::from(OsStr::from_bytes(&member.path)),
+                what: "a NUL byte in its path or link".into(),
+            });
+        }
+        let raw = PathBuf::from(OsStr::from_bytes(&member.path));
+        done.bytes += member.size;
+        if done.bytes > limits.max_bytes {
+            return Err(UnpackError::TooLarge(limits.max_bytes));
         }
         let Some(path) = inside(&raw)? else {
             continue; // the layer's root itself: its metadata is the lower layers' business
         };
-        done.bytes += entry.size();
-        if done.bytes > limits.max_bytes {
-            return Err(UnpackError::TooLarge(limits.max_bytes));
-        }
-        let header = entry.header().clone();
-        let kind = header.entry_type();
+        let kind = member.kind;
         let name = path.file_name().unwrap_or_default().to_owned();
         let parent_path = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let sys = |step: &'static str| {
@@ -143,10 +238,8 @@ pub fn unpack(
                 .map_err(sys("create the whiteout of"))?;
             continue;
         }
-        let mode = Mode::from_bits_truncate(header.mode().map_err(UnpackError::Read)? & 0o7777);
-        let uid = header.uid().map_err(UnpackError::Read)? as u32;
-        let gid = header.gid().map_err(UnpackError::Read)? as u32;
-        let mtime = header.mtime().unwrap_or(0);
+        let mode = Mode::from_bits_truncate(member.mode & 0o7777);
+        let (uid, gid, mtime) = (member.uid, member.gid, member.mtime);
         match kind {
             tar::EntryType::Directory => {
                 let exists = fstatat(
@@ -168,7 +261,7 @@ pub fn unpack(
                 let dir = open_at(parent.as_fd(), &name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                     .map_err(sys("open directory"))?;
                 own_and_mode(dir.as_fd(), uid, gid, mode).map_err(sys("set the owner of"))?;
-                set_xattrs(&mut entry, dir.as_fd()).map_err(sys("set the xattrs of"))?;
+                set_xattrs(&member.records, dir.as_fd()).map_err(sys("set the xattrs of"))?;
                 dir_times.push((path.clone(), mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -189,13 +282,13 @@ pub fn unpack(
                 )
                 .map_err(sys("create file"))?;
                 let mut out = File::from(file);
-                std::io::copy(&mut entry, &mut out).map_err(UnpackError::Read)?;
+                std::io::copy(&mut tar.data(), &mut out).map_err(read)?;
                 own_and_mode(out.as_fd(), uid, gid, mode).map_err(sys("set the owner of"))?;
-                set_xattrs(&mut entry, out.as_fd()).map_err(sys("set the xattrs of"))?;
+                set_xattrs(&member.records, out.as_fd()).map_err(sys("set the xattrs of"))?;
                 set_mtime(out.as_fd(), mtime);
             }
             tar::EntryType::Symlink => {
-                let target = link_target(&header, &path, "a symlink without a target")?;
+                let target = link_target(&member, &path, "a symlink without a target")?;
                 remove_existing(parent.as_fd(), &name).map_err(sys("replace"))?;
                 // Verbatim, never followed: it points wherever it points inside the container.
                 symlinkat(target.as_os_str(), parent.as_fd(), name.as_os_str())
@@ -203,7 +296,7 @@ pub fn unpack(
                 chown_entry(parent.as_fd(), &name, uid, gid).map_err(sys("set the owner of"))?;
             }
             tar::EntryType::Link => {
-                let target = link_target(&header, &path, "a hard link without a target")?;
+                let target = link_target(&member, &path, "a hard link without a target")?;
                 let Some(target) = inside(&target)? else {
                     return Err(UnpackError::Entry {
                         path,
@@ -245,8 +338,8 @@ pub fn unpack(
             tar::EntryType::Char | tar::EntryType::Block => {
                 done.skipped_devices += 1;
             }
-            // PAX and GNU extension headers are consumed by the tar crate; anything else (a
-            // sparse file, a volume label) is not something a container image needs.
+            // GNU and PAX extension headers are consumed by the reader, which refuses sparse
+            // files; anything else (a volume label) is not something a container image needs.
             other => {
                 return Err(UnpackError::Entry {
                     path,
@@ -260,7 +353,30 @@ pub fn unpack(
             set_mtime(dir.as_fd(), *mtime);
         }
     }
+    trailing(tar.into_inner(), limits)?;
     Ok(done)
+}
+
+/// Reads what follows the archive's end to the end of the stream (the layer's digest covers
+/// it): zero padding only, at most `max_trailing` bytes (Go's writer pads 1 KiB, GNU tar to
+/// 10 KiB). Anything else is refused, as Go refuses a zero block followed by a header.
+fn trailing(mut r: impl Read, limits: Limits) -> Result<(), UnpackError> {
+    let mut buf = [0u8; 8192];
+    let mut seen = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, limits.max_stream)),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        seen += n as u64;
+        if seen > limits.max_trailing || buf[..n].iter().any(|&b| b != 0) {
+            return Err(UnpackError::Trailing(limits.max_trailing));
+        }
+    }
 }
 
 /// A layer being unpacked: its directory and the layers below.
@@ -342,12 +458,13 @@ fn chown_entry(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<
     )
 }
 
-/// The target of a link entry; `missing` says what the entry is without one.
-fn link_target(header: &tar::Header, path: &Path, missing: &str) -> Result<PathBuf, UnpackError> {
-    header
-        .link_name()
-        .map_err(UnpackError::Read)?
-        .map(|t| t.into_owned())
+/// The full target of a link entry; `missing` says what the entry is without one.
+fn link_target(member: &Member, path: &Path, missing: &str) -> Result<PathBuf, UnpackError> {
+    member
+        .link
+        .as_ref()
+        .filter(|l| !l.is_empty())
+        .map(|l| PathBuf::from(OsStr::from_bytes(l)))
         .ok_or_else(|| UnpackError::Entry {
             path: path.to_path_buf(),
             what: missing.to_string(),
@@ -453,22 +570,17 @@ fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> Result<(), Errno> 
 /// The entry's PAX extended attributes that a container may keep: `user.*` and file
 /// capabilities. `trusted.*` (overlayfs' own, among others) never comes from an image; a
 /// filesystem without xattrs just loses them.
-fn set_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let Ok(Some(extensions)) = entry.pax_extensions() else {
-        return Ok(());
-    };
-    for ext in extensions.flatten() {
-        let Ok(key) = ext.key() else { continue };
-        let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+fn set_xattrs(records: &[Record], fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    for (key, value) in records {
+        let Some(name) = key.strip_prefix(b"SCHILY.xattr.") else {
             continue;
         };
-        if !(name.starts_with("user.") || name == "security.capability") {
+        if !(name.starts_with(b"user.") || name == b"security.capability") {
             continue;
         }
         let Ok(cname) = CString::new(name) else {
             continue;
         };
-        let value = ext.value_bytes();
         // SAFETY: fsetxattr on a descriptor we hold open, with a NUL-terminated name.
         let rc = unsafe {
             libc::fsetxattr(
@@ -738,5 +850,72 @@ mod tests {
             unpack(&layer[..], &d.layer(), &[], small),
             Err(UnpackError::TooLarge(25))
         ));
+        let tight = Limits {
+            max_stream: 2048,
+            ..Limits::default()
+        };
+        let d = Dirs::new("limits-stream");
+        assert!(matches!(
+            unpack(&layer[..], &d.layer(), &[], tight),
+            Err(UnpackError::Expands(2048))
+        ));
+        // Exactly the stream's length passes.
+        let exact = Limits {
+            max_stream: layer.len() as u64,
+            ..Limits::default()
+        };
+        let d = Dirs::new("limits-exact");
+        unpack(&layer[..], &d.layer(), &[], exact).unwrap();
+    }
+
+    #[test]
+    fn only_bounded_zero_padding_may_follow_the_end() {
+        require_root();
+        let layer = tar(|b| entry(b, F, "f", 0o644, b"x", None));
+        let mut padded = layer.clone();
+        padded.extend(vec![0u8; 10 << 10]);
+        let d = Dirs::new("tail-ok");
+        unpack(&padded[..], &d.layer(), &[], Limits::default()).unwrap();
+        let mut hidden = layer.clone();
+        hidden.extend(b"a second archive");
+        let d = Dirs::new("tail-data");
+        assert!(matches!(
+            unpack(&hidden[..], &d.layer(), &[], Limits::default()),
+            Err(UnpackError::Trailing(_))
+        ));
+        let mut long = layer;
+        long.extend(vec![0u8; 2 << 20]);
+        let d = Dirs::new("tail-long");
+        assert!(matches!(
+            unpack(&long[..], &d.layer(), &[], Limits::default()),
+            Err(UnpackError::Trailing(_))
+        ));
+    }
+
+    #[test]
+    fn long_link_targets_are_kept_whole() {
+        require_root();
+        let d = Dirs::new("longlink");
+        let dir = "d/".repeat(80);
+        let target = format!("{dir}file");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(F);
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, &target, &b"hi"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(S);
+        b.append_link(&mut h, "sym", &target).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(H);
+        b.append_link(&mut h, "hard", &target).unwrap();
+        let layer = b.into_inner().unwrap();
+        unpack(&layer[..], &d.layer(), &[], Limits::default()).unwrap();
+        assert_eq!(
+            std::fs::read_link(d.layer().join("sym")).unwrap(),
+            Path::new(&target)
+        );
+        assert_eq!(std::fs::read(d.layer().join("hard")).unwrap(), b"hi");
     }
 }
