@@ -10,6 +10,7 @@ use wpod::oci::reference::ImageName;
 use wpod::oci::store::Store;
 
 use crate::cli::Output;
+use crate::market::safe;
 
 fn store() -> anyhow::Result<Store> {
     Store::open().context("cannot open the image store")
@@ -130,7 +131,9 @@ fn short(digest: &str) -> &str {
 
 fn line(e: PullEvent) {
     match e {
-        PullEvent::Pulling { image, from } => eprintln!("pulling {image} from {from}"),
+        PullEvent::Pulling { image, from } => {
+            eprintln!("pulling {} from {}", safe(&image), safe(&from))
+        }
         PullEvent::Progress { .. } => {}
         PullEvent::Layer {
             digest,
@@ -146,16 +149,20 @@ fn line(e: PullEvent) {
             size,
             took,
         } => {
+            let image = safe(&image);
             eprintln!(
                 "pulled {image} ({size} bytes) in {:.1}s",
                 took.as_secs_f64()
             );
-            println!("{image}@{digest}");
+            println!("{image}@{}", safe(&digest));
         }
-        PullEvent::AlreadyPresent { image } => eprintln!("{image} already present"),
-        PullEvent::MirrorFailed { mirror, message } => {
-            eprintln!("mirror {mirror} failed ({message}); trying the next source")
-        }
+        PullEvent::AlreadyPresent { image } => eprintln!("{} already present", safe(&image)),
+        // The message is the registry's (or the mirror's) error: escaped.
+        PullEvent::MirrorFailed { mirror, message } => eprintln!(
+            "mirror {} failed ({}); trying the next source",
+            safe(&mirror),
+            safe(&message)
+        ),
     }
 }
 
@@ -209,7 +216,9 @@ pub fn save(names: &[String], dir: &std::path::Path, output: Output) -> anyhow::
             for s in &saved {
                 println!(
                     "saved {}@{} ({} signatures)",
-                    s.image, s.digest, s.signatures
+                    safe(&s.image),
+                    safe(&s.digest),
+                    s.signatures
                 );
             }
         }
@@ -266,7 +275,7 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
                 );
                 println!(
                     "{:<50} {kind:<7} {:<19} {:>12}  {used}",
-                    i.name,
+                    safe(&i.name),
                     &i.digest.as_str()[..19],
                     i.size
                 );
@@ -285,7 +294,7 @@ pub fn remove(names: &[String]) -> anyhow::Result<ExitCode> {
             .map(|i| i.canonical())
             .unwrap_or_else(|_| n.clone());
         match locked.forget(&canonical)? {
-            Some(image) => println!("untagged {}", image.name),
+            Some(image) => println!("untagged {}", safe(&image.name)),
             None => missing.push(n.clone()),
         }
     }

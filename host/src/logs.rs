@@ -431,13 +431,24 @@ impl Logs {
     }
 }
 
-/// `text` with every control character (C0, DEL, C1) and bidirectional override written as an
-/// escape (`\r`, `\x1b`, `\u{202e}`), tabs aside: what a container prints cannot move the
-/// cursor, recolour the terminal or disguise itself as one of wpod's own lines.
+/// `text` with every control character (C0, DEL, C1), bidirectional override, isolate or mark
+/// (U+202A-202E, U+2066-2069, U+200E, U+200F, U+061C) and line or paragraph separator
+/// (U+2028, U+2029) written as an escape (`\r`, `\x1b`, `\u{202e}`), tabs aside: what a
+/// container, a registry or a publisher wrote cannot move the cursor, recolour the terminal,
+/// reorder what is shown or disguise itself as one of wpod's own lines.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
     let harmful = |c: char| {
         (c.is_control() && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{061c}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+            )
     };
     // The common case, printable ASCII, is decided on bytes; anything else char by char.
     let plain = text
@@ -579,6 +590,27 @@ mod tests {
             escape_controls("a\rb\x1b[2Jc\u{202e}d\u{85}"),
             "a\\rb\\x1b[2Jc\\u{202e}d\\x85"
         );
+    }
+
+    #[test]
+    fn bidi_marks_and_separators_are_escaped() {
+        assert_eq!(
+            escape_controls("a\u{200e}b\u{200f}c\u{61c}d"),
+            "a\\u{200e}b\\u{200f}c\\u{61c}d"
+        );
+        assert_eq!(
+            escape_controls("one\u{2028}two\u{2029}three"),
+            "one\\u{2028}two\\u{2029}three"
+        );
+        assert_eq!(
+            escape_controls("\u{2066}x\u{2069}\u{202a}y\u{202c}"),
+            "\\u{2066}x\\u{2069}\\u{202a}y\\u{202c}"
+        );
+        assert_eq!(escape_controls("a\nb\x7f"), "a\\nb\\x7f");
+        // Other non-ASCII text is kept as it is, and borrowed.
+        assert!(matches!(escape_controls("café ✓ 日本"), Cow::Borrowed(_)));
+        // Zero-width joiner and no-break space are not directional: kept.
+        assert_eq!(escape_controls("a\u{200d}b\u{a0}c"), "a\u{200d}b\u{a0}c");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! there but nobody holds it (a killed run), and *exited* when only its kept logs and journal
 //! are left (`$WPOD_ROOT/logs/POD`, until `wpod rm` or its next run).
 
-use std::io::{BufRead, Read, Seek, Write};
+use std::borrow::Cow;
+use std::io::{BufRead, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,15 @@ use wpod::supervisor::control;
 use wpod::supervisor::journal::{self, PodView};
 
 use crate::cli::Output;
+use crate::market::{safe, safe_lines};
+
+/// `writeln!` of one line made of what containers, a pod's journal or its control socket said:
+/// the whole line is escaped ([`safe`]), so none of it reaches the terminal as a control.
+macro_rules! safe_writeln {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, "{}", safe(&format!($($arg)*)))
+    };
+}
 
 /// The file in a pod's state directory that names the `wpod run` holding it.
 pub const PID_FILE: &str = "wpod.pid";
@@ -76,6 +86,8 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                 "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} STARTED",
                 "POD", "CONTAINER", "STATE", "READY", "RESTARTS", "IMAGE"
             );
+            // Names, states and images are read from disk (the pod's directory and journal):
+            // each escaped, then padded.
             for (v, standing) in &pods {
                 let phase = match (standing, v.exit_code) {
                     (Standing::Exited, Some(code)) => format!("Exited({code})"),
@@ -83,13 +95,13 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                 };
                 println!(
                     "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} {}",
-                    v.name,
+                    safe(&v.name),
                     "",
-                    phase,
+                    safe(&phase),
                     "",
                     "",
                     "",
-                    v.started.as_deref().unwrap_or("-")
+                    safe(v.started.as_deref().unwrap_or("-"))
                 );
                 for c in &v.containers {
                     let state = match c.exit_code {
@@ -99,17 +111,17 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                     println!(
                         "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30}",
                         "",
-                        c.name,
-                        state,
+                        safe(&c.name),
+                        safe(&state),
                         if c.ready { "yes" } else { "no" },
                         c.restarts,
-                        c.image.as_deref().unwrap_or("-")
+                        safe(c.image.as_deref().unwrap_or("-"))
                     );
                 }
                 if *standing == Standing::Lost {
                     println!(
                         "  (no wpod holds this pod: its run was killed; `wpod rm {}` clears what it left)",
-                        v.name
+                        safe(&v.name)
                     );
                 }
             }
@@ -118,8 +130,6 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `wpod logs [-f] [--tail N] [-c CONTAINER] POD`: the lines of a container's log file (the
-/// rotated files first), each as the container wrote it.
 /// `--since`: a duration before now (`10m`), or an RFC 3339 time, as podman logs takes.
 pub fn since(text: &str) -> anyhow::Result<SystemTime> {
     if let Ok(d) = humantime::parse_duration(text) {
@@ -134,12 +144,17 @@ pub fn since(text: &str) -> anyhow::Result<SystemTime> {
     })
 }
 
+/// `wpod logs [-f] [--tail N] [-c CONTAINER] [--raw] POD`: the lines of a container's log file
+/// (the rotated files first). The files keep the bytes the container wrote; on a terminal each
+/// line is printed escaped ([`safe`]: a container's output cannot drive the terminal), unless
+/// `raw`; into a pipe or a file, as stored.
 pub fn logs(
     pod: &str,
     container: Option<&str>,
     follow: bool,
     tail: Option<usize>,
     since: Option<SystemTime>,
+    raw: bool,
 ) -> anyhow::Result<ExitCode> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = state_dir::log_dir(pod.as_str());
@@ -172,9 +187,10 @@ pub fn logs(
     }
     let mut offset = read_from(&file, 0, &mut lines, since);
     let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+    let escape = !raw && std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     for l in &lines[skip..] {
-        writeln!(out, "{l}")?;
+        log_line(&mut out, l, escape)?;
     }
     out.flush()?;
     if !follow {
@@ -190,8 +206,8 @@ pub fn logs(
             offset = 0; // rotated: the new file from its start
         }
         offset = read_from(&file, offset, &mut more, None);
-        for l in more {
-            writeln!(out, "{l}")?;
+        for l in &more {
+            log_line(&mut out, l, escape)?;
         }
         out.flush()?;
         if !running {
@@ -199,6 +215,15 @@ pub fn logs(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `wpod logs`: escaped when `escape` (on a terminal), else as stored.
+fn log_line(out: &mut impl Write, line: &str, escape: bool) -> std::io::Result<()> {
+    if escape {
+        writeln!(out, "{}", safe(line))
+    } else {
+        writeln!(out, "{line}")
+    }
 }
 
 /// Appends the text of each CRI record of `path` from `offset` on to `out` (only those written
@@ -317,9 +342,7 @@ pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result
     if state_dir::in_use(&name) {
         bail!("pod {name} is already running (wpod ps lists it; wpod stop {name} stops it)");
     }
-    let dir = state_dir::root().join("detached");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let dir = wpod::files::private_state_dir("detached")?;
     let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -361,8 +384,41 @@ pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result
     // It failed before the pod started: its errors are what the foreground would print.
     let _ = child.wait();
     let errors = std::fs::read_to_string(&log_path).unwrap_or_default();
-    eprint!("{errors}");
+    // Its errors can carry a registry's or a container's words: escaped line by line (the
+    // colours of its own log lines taken out first, so they do not show as escapes).
+    eprint!("{}", safe_lines(&without_colours(&errors)));
     Ok(ExitCode::FAILURE)
+}
+
+/// `text` without the SGR sequences (`ESC [ digits ; m`: colours and styles) that wpod's own log
+/// lines carry; every other escape sequence stays, for [`safe_lines`] to escape.
+fn without_colours(text: &str) -> Cow<'_, str> {
+    if !text.contains('\x1b') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\x1b') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        // What follows a colour (`[`, parameters, `m`), if this is one.
+        let colour = after.strip_prefix('[').and_then(|p| {
+            let n = p
+                .bytes()
+                .take_while(|b| b.is_ascii_digit() || *b == b';')
+                .count();
+            p[n..].strip_prefix('m')
+        });
+        match colour {
+            Some(next) => rest = next,
+            None => {
+                out.push('\x1b');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// In a detached pod's supervisor: tells `wpod run -d` that the pod has started.
@@ -439,7 +495,9 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
                     Some(o) if !o.is_empty() => format!(" {v}"),
                     _ => String::new(),
                 };
-                writeln!(out, "{time} {who} {event}{rest}")
+                // JSON escapes C0 controls but neither C1 controls nor bidi overrides, and the
+                // names and times are the journal's: the whole line is escaped.
+                safe_writeln!(out, "{time} {who} {event}{rest}")
             }
         }
     };
@@ -583,12 +641,14 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
                 true => ("would add", "would replace", "would remove"),
                 false => ("added", "replaced", "removed"),
             };
+            // The pod's answer (names, fields, states): escaped.
             for c in result["added"].as_array().into_iter().flatten() {
-                println!(
+                let line = format!(
                     "  {verb_add} sidecar {}{}",
                     c["name"].as_str().unwrap_or("?"),
                     state_note(c)
                 );
+                println!("{}", safe(&line));
             }
             for c in result["replaced"].as_array().into_iter().flatten() {
                 let fields: Vec<&str> = c["fields"]
@@ -597,15 +657,16 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
                     .flatten()
                     .filter_map(|f| f.as_str())
                     .collect();
-                println!(
+                let line = format!(
                     "  {verb_rep} sidecar {} ({} changed){}",
                     c["name"].as_str().unwrap_or("?"),
                     fields.join(", "),
                     state_note(c)
                 );
+                println!("{}", safe(&line));
             }
             for n in result["removed"].as_array().into_iter().flatten() {
-                println!("  {verb_rm} sidecar {}", n.as_str().unwrap_or("?"));
+                println!("  {verb_rm} sidecar {}", safe(n.as_str().unwrap_or("?")));
             }
         }
     }
@@ -651,16 +712,16 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "Name:        {pod}")?;
-    writeln!(out, "Status:      {}", v.phase)?;
+    safe_writeln!(out, "Name:        {pod}")?;
+    safe_writeln!(out, "Status:      {}", v.phase)?;
     if let Some(s) = &v.started {
-        writeln!(out, "Started:     {s}")?;
+        safe_writeln!(out, "Started:     {s}")?;
     }
     if let Some(p) = &plan {
-        writeln!(out, "Supervisor:  wpod run, pid {}", p["pid"])?;
-        writeln!(out, "Grace:       {}s", p["gracePeriodSeconds"])?;
+        safe_writeln!(out, "Supervisor:  wpod run, pid {}", p["pid"])?;
+        safe_writeln!(out, "Grace:       {}s", p["gracePeriodSeconds"])?;
         for port in p["hostPorts"].as_array().into_iter().flatten() {
-            writeln!(
+            safe_writeln!(
                 out,
                 "HostPort:    {}:{} -> {} ({})",
                 port["hostIP"].as_str().unwrap_or("?"),
@@ -685,18 +746,18 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
         }
     }
     for name in names {
-        writeln!(out, "  {name}:")?;
+        safe_writeln!(out, "  {name}:")?;
         let p = planned.iter().find(|c| c["name"] == name.as_str());
         if let Some(p) = p {
-            writeln!(
+            safe_writeln!(
                 out,
                 "    Role:      {} ({})",
                 p["role"].as_str().unwrap_or("?"),
                 p["path"].as_str().unwrap_or("?")
             )?;
-            writeln!(out, "    Image:     {}", p["image"].as_str().unwrap_or("?"))?;
+            safe_writeln!(out, "    Image:     {}", p["image"].as_str().unwrap_or("?"))?;
             if let Some(d) = p["component"].as_str() {
-                writeln!(out, "    Component: {d}")?;
+                safe_writeln!(out, "    Component: {d}")?;
             }
         }
         if let Some(c) = v.containers.iter().find(|c| c.name == name) {
@@ -705,14 +766,14 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
                 .exit_code
                 .map(|x| format!(" (exit code {x})"))
                 .unwrap_or_default();
-            writeln!(out, "    State:     {}{pid}{code}", c.state)?;
-            writeln!(out, "    Ready:     {}", c.ready)?;
-            writeln!(out, "    Restarts:  {}", c.restarts)?;
+            safe_writeln!(out, "    State:     {}{pid}{code}", c.state)?;
+            safe_writeln!(out, "    Ready:     {}", c.ready)?;
+            safe_writeln!(out, "    Restarts:  {}", c.restarts)?;
         }
         if let Some(grants) = p.and_then(|p| p["grants"].as_array()) {
             writeln!(out, "    Grants:")?;
             for g in grants {
-                writeln!(out, "      {}", g.as_str().unwrap_or("?"))?;
+                safe_writeln!(out, "      {}", g.as_str().unwrap_or("?"))?;
             }
         }
     }
@@ -732,7 +793,7 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
             Some(o) if !o.is_empty() => format!(" {rest}"),
             _ => String::new(),
         };
-        writeln!(
+        safe_writeln!(
             out,
             "  {} {who} {}{rest}",
             e["time"].as_str().unwrap_or("?"),
@@ -740,4 +801,33 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_errors_lose_their_colours_and_keep_other_escapes() {
+        assert_eq!(without_colours("plain\nerror"), "plain\nerror");
+        assert_eq!(
+            without_colours("\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m cannot\n"),
+            "2026  WARN cannot\n"
+        );
+        // Anything but a colour stays, for safe_lines to escape.
+        let text = without_colours("a\x1b[2Jb\x1b]0;title\x07c\x1b");
+        assert_eq!(text, "a\x1b[2Jb\x1b]0;title\x07c\x1b");
+        assert_eq!(safe_lines(&text), "a\\x1b[2Jb\\x1b]0;title\\x07c\\x1b");
+    }
+
+    #[test]
+    fn log_lines_are_escaped_on_a_terminal_only() {
+        let mut out = Vec::new();
+        log_line(&mut out, "a\x1b[2Jb\u{202e}", true).unwrap();
+        log_line(&mut out, "a\x1b[2Jb", false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\x1b[2Jb\\u{202e}\na\x1b[2Jb\n"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! generate`, `wpod search`, `wpod inspect REF`, and the permission review `wpod pull` shows for
 //! a Wasm sidecar (with its approval and its compilation into the cache).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -34,6 +35,35 @@ where
             e.context(format!("cannot {verb} {image}"))
         }
     })
+}
+
+/// `text` made safe for a terminal: what a registry, a publisher, a container or a pod's journal
+/// wrote, its control characters (ESC, CR, C1 and the rest), bidi overrides, isolates and marks
+/// and line separators written as escapes ([`wpod::logs::escape_controls`]). Every such string
+/// goes through it before it is printed as text (JSON output is escaped by serde); a table pads
+/// what this returns, so its widths are those of what is printed.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    wpod::logs::escape_controls(text)
+}
+
+/// The same for text of several lines (an error and its causes, a report): each line escaped,
+/// the newlines between them kept so that it stays readable.
+pub fn safe_lines(text: &str) -> String {
+    text.split('\n').map(safe).collect::<Vec<_>>().join("\n")
+}
+
+/// `wpod inspect`'s report of a component, as text: every name escaped before it is padded (the
+/// names of `wpod inspect REF` come from the registry's config, unchecked).
+pub fn report_text(report: &ComponentReport) -> String {
+    let mut out = String::from("imports:\n");
+    for i in &report.imports {
+        out.push_str(&format!("  {:<40} {}\n", safe(&i.name), i.rule));
+    }
+    out.push_str("exports:\n");
+    for e in &report.exports {
+        out.push_str(&format!("  {}\n", safe(e)));
+    }
+    out
 }
 
 /// A runtime for one command's registry work.
@@ -206,13 +236,14 @@ pub fn inspect_remote(image: &str, output: Output) -> anyhow::Result<ExitCode> {
             }))?
         ),
         Output::Text => {
-            println!("{}@{}", d.image, d.digest);
+            // Everything here is the registry's or the publisher's word: escaped.
+            println!("{}@{}", safe(&d.image), d.digest);
             for (k, v) in &d.annotations {
-                println!("  {k}: {v}");
+                println!("  {}: {}", safe(k), safe(v));
             }
-            println!("  signer: {}", d.signer);
+            println!("  signer: {}", safe(&d.signer.to_string()));
             println!("(from the artifact's config, before download: `wpod pull` recomputes the imports from the component itself)");
-            print!("{report}");
+            print!("{}", report_text(&report));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -261,11 +292,19 @@ pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
                 Ok(Some(f)) if matches(&f, &repo, &term) => found.push(f),
                 Ok(Some(_)) => {}
                 Ok(None) => skipped += 1,
-                Err(e) => eprintln!("warning: {registry}/{repo} skipped: {e:#}"),
+                Err(e) => eprintln!(
+                    "warning: {}/{} skipped: {}",
+                    safe(registry),
+                    safe(&repo),
+                    safe_lines(&format!("{e:#}"))
+                ),
             }
         }
         if skipped > 0 {
-            eprintln!("({skipped} repositories on {registry} hold container images or no tags: not listed)");
+            eprintln!(
+                "({skipped} repositories on {} hold container images or no tags: not listed)",
+                safe(registry)
+            );
             skipped = 0;
         }
     }
@@ -282,9 +321,15 @@ pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
                 } else {
                     f.needs.join(",")
                 };
+                // Names, tags, descriptions and the imports in `needs` are the registry's:
+                // escaped first, then padded.
                 println!(
                     "{:<40} {:<10} {:<30} {:<24} {}",
-                    f.name, f.version, f.signer, needs, f.description
+                    safe(&f.name),
+                    safe(&f.version),
+                    safe(&f.signer),
+                    safe(&needs),
+                    safe(&f.description)
                 );
             }
         }
@@ -397,23 +442,32 @@ pub fn review(
             })
         ),
         Output::Text => {
-            eprintln!("sidecar {}@{digest}", name.canonical());
+            // The publisher writes the annotations (title, version, description) and the
+            // registry the rest: every string of theirs is escaped, so none can move the cursor
+            // and draw over the import list the user approves.
+            eprintln!("sidecar {}@{digest}", safe(&name.canonical()));
             for key in [TITLE, VERSION, DESCRIPTION] {
                 if let Some(v) = s.annotations.get(key) {
-                    eprintln!("  {:<12} {v}", key.rsplit('.').next().unwrap_or(key));
+                    eprintln!(
+                        "  {:<12} {}",
+                        key.rsplit('.').next().unwrap_or(key),
+                        safe(v)
+                    );
                 }
             }
             eprintln!(
                 "  {:<12} {}",
                 "signed by",
-                s.record
-                    .signed_by
-                    .as_deref()
-                    .unwrap_or("(the trust policy asks for no signature)")
+                safe(
+                    s.record
+                        .signed_by
+                        .as_deref()
+                        .unwrap_or("(the trust policy asks for no signature)")
+                )
             );
             eprintln!("what it may do (from the component's own bytes):");
             for i in &report.imports {
-                eprintln!("  {:<40} {}", i.name, i.rule);
+                eprintln!("  {:<40} {}", safe(&i.name), i.rule);
             }
             if let Some((from, d)) = &diff {
                 eprintln!("compared with the approved {from}:");
@@ -421,7 +475,7 @@ pub fn review(
                     eprintln!("  the same imports");
                 }
                 for line in ComponentReport::diff_lines(d) {
-                    eprintln!("{line}");
+                    eprintln!("{}", safe(&line));
                 }
             }
         }
@@ -459,7 +513,7 @@ pub fn review(
             }
             eprint!(
                 "approve {} to do the above ({what})? [y/N] ",
-                name.canonical()
+                safe(&name.canonical())
             );
             let mut answer = String::new();
             std::io::stdin().read_line(&mut answer)?;
@@ -473,6 +527,7 @@ pub fn review(
         approvals.approve(Approval {
             repository: repository.clone(),
             digest: digest.clone(),
+            kind: wpod::oci::approvals::ArtifactKind::Sidecar,
             tag: name.tag.clone(),
             imports: s.sidecar.imports.clone(),
             approved_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
@@ -510,6 +565,6 @@ fn say(output: Output, event: &str, message: &str) {
             "{}",
             serde_json::json!({"event": event, "message": message})
         ),
-        Output::Text => eprintln!("{message}"),
+        Output::Text => eprintln!("{}", safe(message)),
     }
 }

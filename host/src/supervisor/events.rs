@@ -193,11 +193,13 @@ impl Events {
             OutputFormat::Text => {
                 let who = container
                     .map_or_else(|| format!("pod/{}", self.pod), |c| format!("container/{c}"));
-                // Messages can carry a container's words (an exec probe's output): escaped.
+                // Messages carry a container's words (an exec probe's output) and a registry's
+                // (pull errors): the whole line is escaped.
+                let line = format!("{time} {who} {}", describe(&event));
                 let _ = writeln!(
                     std::io::stderr().lock(),
-                    "{time} {who} {}",
-                    crate::logs::escape_controls(&describe(&event))
+                    "{}",
+                    crate::logs::escape_controls(&line)
                 );
             }
         }
@@ -336,8 +338,11 @@ pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary])
                 };
                 let _ = writeln!(
                     err,
-                    "{:<24} {:>8} {:>9}  {reason}",
-                    r.name, r.restarts, code
+                    "{:<24} {:>8} {:>9}  {}",
+                    crate::logs::escape_controls(&r.name),
+                    r.restarts,
+                    code,
+                    crate::logs::escape_controls(reason)
                 );
             }
         }
