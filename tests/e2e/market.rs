@@ -527,10 +527,26 @@ fn what_wpod_signs_verifies_independently_and_what_others_sign_verifies_in_wpod(
         text(&other.stdout),
         text(&other.stderr)
     );
-    m.require_signature(
-        &format!("{}/wpod-test/interop", m.addr),
-        &m.dir().join("py.pub"),
+    // It names the repository alone, as cosign does: the default signedIdentity
+    // (matchRepoDigestOrExact) refuses that, as podman does, and says what would accept it.
+    let scope = format!("{}/wpod-test/interop", m.addr);
+    m.require_signature(&scope, &m.dir().join("py.pub"));
+    let refused = m.fails(&["pull", "--yes", &reference]);
+    assert!(
+        refused.contains(&format!("it is for \"{}/wpod-test/interop\"", m.addr))
+            && refused.contains("matchRepository"),
+        "{refused}"
     );
+    std::fs::write(
+        m.policy_path(),
+        format!(
+            r#"{{"default": [{{"type": "insecureAcceptAnything"}}],
+                "transports": {{"docker": {{"{scope}": [{{"type": "sigstoreSigned", "keyPath": "{}",
+                  "signedIdentity": {{"type": "matchRepository"}}}}]}}}}}}"#,
+            m.dir().join("py.pub").display()
+        ),
+    )
+    .unwrap();
     let pulled = m.wpod(&["pull", "--yes", &reference]);
     assert!(pulled.status.success(), "{}", text(&pulled.stderr));
     assert!(

@@ -6,6 +6,11 @@ what this signs must verify in wpod.
 
     cosign.py verify REGISTRY REPOSITORY DIGEST KEY.pub
     cosign.py sign   REGISTRY REPOSITORY DIGEST KEYBASE   (writes KEYBASE.pub, signs with a new key)
+
+`sign` writes the identity cosign writes: the repository alone (`REGISTRY/REPOSITORY`, no tag or
+digest). containers-policy.json(5)'s default signedIdentity (matchRepoDigestOrExact) refuses
+such an identity, as podman does; a policy that accepts cosign's signatures says
+`"signedIdentity": {"type": "matchRepository"}`. wpod itself signs `REPOSITORY:TAG`.
 """
 
 import base64
@@ -72,6 +77,7 @@ def sign(registry, repo, digest, keybase):
                                               serialization.PublicFormat.SubjectPublicKeyInfo))
     payload = json.dumps({
         "critical": {
+            # Repository-only, as cosign writes it (see the module docstring).
             "identity": {"docker-reference": f"{registry}/{repo}"},
             "image": {"docker-manifest-digest": digest},
             "type": "cosign container image signature",

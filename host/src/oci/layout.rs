@@ -324,15 +324,9 @@ async fn save_one(
 ) -> Result<Saved, FetchError> {
     let (top, digest) = origin.manifest(reference).await?;
     let pinned = reference.clone_with_digest(digest.to_string());
-    trust::check(
-        origin,
-        &pinned,
-        &digest,
-        &name.canonical(),
-        &policy.scope_for(name),
-    )
-    .await
-    .map_err(|e| FetchError::Registry(e.to_string()))?;
+    trust::check(origin, &pinned, &digest, name, &policy.scope_for(name))
+        .await
+        .map_err(|e| FetchError::Registry(e.to_string()))?;
     let media_type = media_type_of(&top);
     let put = |layout: &Layout, bytes: &[u8]| {
         layout

@@ -285,7 +285,7 @@ impl Puller {
         let (top, top_digest) = origin.manifest(reference).await.map_err(fetch_err)?;
         let pinned = reference.clone_with_digest(top_digest.to_string());
         let scope = self.policy.scope_for(name);
-        let verified = trust::check(origin, &pinned, &top_digest, &canonical, &scope).await?;
+        let verified = trust::check(origin, &pinned, &top_digest, name, &scope).await?;
         let (manifest_bytes, manifest_digest) = match platform_manifest(&top).map_err(&invalid)? {
             None => (top, top_digest.clone()),
             Some(platform) => origin

@@ -1,6 +1,12 @@
 //! Image names, normalised as Docker and Kubernetes do: `nginx` is
 //! `docker.io/library/nginx:latest`, `host:5000/team/app` keeps its registry, a digest pins
 //! the content.
+//!
+//! A registry is accepted only as the HTTP client spells it (`127.0.0.1:5000`, not `127.1:5000`,
+//! `LOCALHOST:5000` or `127.0.0.1:05000`): the trust policy's scopes and registries.conf compare
+//! registries as written, as podman does, so two spellings of one server would be two names to
+//! them and one to the connection (a `reject` scope or a `blocked` registry passed by writing
+//! the address another way).
 
 use crate::spec::PullPolicy;
 
@@ -22,15 +28,104 @@ pub struct BadReference {
     pub reason: String,
 }
 
-impl ImageName {
-    /// Parses `image` by the distribution reference grammar, normalised as Docker does. Written
-    /// out rather than through `oci_client::Reference`'s parser, whose regex costs ~90 ms to
-    /// compile in every wpod process that names an image (the tests check both agree).
-    pub fn parse(image: &str) -> Result<Self, BadReference> {
-        parse(image).map_err(|reason| BadReference {
-            image: image.to_string(),
+/// A reference as containers/image's `ParseNormalizedNamed` leaves it: Docker Hub names
+/// normalised, **no default tag** (a name-only reference stays name-only), a tag and a digest
+/// both kept. This is what a signature's `docker-reference` and the trust policy's
+/// `signedIdentity` fields are compared as; its `Display` is the reference's `String()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    /// `docker.io`, `127.0.0.1:5000`: as written (a signature's is not held to the spelling
+    /// rule, so that a non-canonical one simply fails the comparison, as in containers/image).
+    pub domain: String,
+    /// `library/nginx`
+    pub path: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl Named {
+    /// Parses `reference` by the distribution grammar, normalised, without adding a tag.
+    pub fn parse(reference: &str) -> Result<Self, BadReference> {
+        parse(reference).map_err(|reason| BadReference {
+            image: reference.to_string(),
             reason: reason.to_string(),
         })
+    }
+
+    /// `domain/path`: the repository, without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+
+    /// Neither tag nor digest: what cosign writes, and what only `matchRepository` and
+    /// `exactRepository` accept.
+    pub fn is_name_only(&self) -> bool {
+        self.tag.is_none() && self.digest.is_none()
+    }
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ImageName {
+    /// Parses `image` by the distribution reference grammar, normalised as Docker does, with its
+    /// registry spelled as the HTTP client spells it (see the module comment). Written out
+    /// rather than through `oci_client::Reference`'s parser, whose regex costs ~90 ms to
+    /// compile in every wpod process that names an image (the tests check both agree).
+    pub fn parse(image: &str) -> Result<Self, BadReference> {
+        let bad = |reason: String| BadReference {
+            image: image.to_string(),
+            reason,
+        };
+        let named = parse(image).map_err(|r| bad(r.to_string()))?;
+        check_spelling(&named.domain).map_err(bad)?;
+        Ok(ImageName {
+            tag: match (&named.tag, &named.digest) {
+                (None, None) => Some("latest".to_string()),
+                (t, _) => t.clone(),
+            },
+            registry: named.domain,
+            repository: named.path,
+            digest: named.digest,
+        })
+    }
+
+    /// The image's identity for the trust policy's `signedIdentity`: `name@digest` when it is
+    /// pinned (a tag beside the digest is dropped, as podman drops it: the digest is what is
+    /// pulled), else `name:tag`.
+    pub fn identity(&self) -> Named {
+        Named {
+            domain: self.registry.clone(),
+            path: self.repository.clone(),
+            tag: if self.digest.is_some() {
+                None
+            } else {
+                self.tag.clone()
+            },
+            digest: self.digest.clone(),
+        }
+    }
+
+    /// What `wpod sign` writes as the signature's `docker-reference`: `name:tag`, or
+    /// `name@digest` for a digest-only name. A fully specified reference, as skopeo and podman
+    /// sign, so the default `matchRepoDigestOrExact` accepts it for exactly this tag (a
+    /// repository-only identity, cosign's, would need `matchRepository`).
+    pub fn signed_reference(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (Some(t), _) => format!("{}:{t}", self.repository_name()),
+            (None, Some(d)) => format!("{}@{d}", self.repository_name()),
+            (None, None) => format!("{}:latest", self.repository_name()),
+        }
     }
 
     /// `docker.io/library/nginx`: what registries.conf prefixes match.
@@ -88,9 +183,14 @@ impl ImageName {
 
 const DOCKER_HUB: &str = "docker.io";
 
-fn parse(s: &str) -> Result<ImageName, &'static str> {
+/// containers/image's `ParseNormalizedNamed`: the grammar and Docker's normalisation, no
+/// default tag, and no spelling rule (the callers that need it add it).
+fn parse(s: &str) -> Result<Named, &'static str> {
     if s.is_empty() {
         return Err("it is empty");
+    }
+    if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("64 hexadecimal characters are an image ID, not a name");
     }
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
@@ -130,16 +230,14 @@ fn parse(s: &str) -> Result<ImageName, &'static str> {
     } else {
         path.to_string()
     };
-    if repository.len() > 255 {
-        return Err("the repository name is longer than 255 characters");
+    // containers/image bounds the whole normalised name, registry included.
+    if registry.len() + 1 + repository.len() > 255 {
+        return Err("the repository name, registry included, is longer than 255 characters");
     }
-    Ok(ImageName {
-        registry: registry.to_string(),
-        repository,
-        tag: match (tag, digest) {
-            (None, None) => Some("latest".to_string()),
-            (t, _) => t.map(str::to_string),
-        },
+    Ok(Named {
+        domain: registry.to_string(),
+        path: repository,
+        tag: tag.map(str::to_string),
         digest: digest.map(str::to_string),
     })
 }
@@ -197,6 +295,86 @@ fn check_registry(r: &str) -> Result<(), &'static str> {
     } else {
         Err("the registry is not a host name")
     }
+}
+
+/// Checks that `registry` (`host[:port]`) is written by the reference grammar and spelled as
+/// wpod's HTTP client spells it; the error says which spelling to write. For registries.conf
+/// entries and the trust policy's scopes and identities, which name registries outside an image
+/// reference.
+pub fn check_registry_name(registry: &str) -> Result<(), String> {
+    check_registry(registry).map_err(|e| format!("\"{registry}\": {e}"))?;
+    check_spelling(registry)
+}
+
+/// The spelling rule (see the module comment). reqwest hands the URL to the `url` crate
+/// (WHATWG), so its host parser decides where a connection goes: it lowercases, reads
+/// `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` as 127.0.0.1, ignores a port's leading
+/// zeros and drops the scheme's default port. A registry is accepted only if that changes
+/// nothing; it is refused, not rewritten, so that wpod's names stay podman's for the same text.
+/// `registry` has passed `check_registry` (no IPv6, which the grammar refuses).
+fn check_spelling(registry: &str) -> Result<(), String> {
+    let (host, port) = match registry.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (registry, None),
+    };
+    let parsed = url::Host::<String>::parse(host).map_err(|e| {
+        format!(
+            "the registry \"{registry}\" is not a host name or IPv4 address the HTTP client can \
+             connect to ({e}); write a dotted-quad address or a host name whose last label is \
+             not a number"
+        )
+    })?;
+    if matches!(parsed, url::Host::Ipv4(a) if a.is_unspecified()) {
+        return Err(format!(
+            "the registry \"{registry}\" is the unspecified address 0.0.0.0; write 127.0.0.1 \
+             or the registry's own address"
+        ));
+    }
+    let host_spelled = parsed.to_string();
+    let port_spelled = match port {
+        None => None,
+        Some(p) => {
+            let digits = p.trim_start_matches('0');
+            let number = if digits.len() > 5 {
+                None
+            } else {
+                digits.parse::<u16>().ok().filter(|n| *n != 0)
+            };
+            let Some(number) = number else {
+                return Err(format!(
+                    "the registry \"{registry}\" has port {p}, which is not between 1 and 65535"
+                ));
+            };
+            // 443 is https's default, so the client drops it; 80 is http's, and a
+            // registries.conf entry covering `reg` makes `reg:80` plain HTTP to the same
+            // port: both are the bare host to the client, and another name to the policy.
+            if number == 443 || number == 80 {
+                return Err(format!(
+                    "the registry \"{registry}\" names port {number}, the default port of https \
+                     (443) or plain HTTP (80), so the HTTP client reaches it as \"{host_spelled}\" \
+                     too; write \"{host_spelled}\" (the trust policy and registries.conf compare \
+                     registries as written)"
+                ));
+            }
+            Some(number.to_string())
+        }
+    };
+    let spelled = match &port_spelled {
+        Some(p) => format!("{host_spelled}:{p}"),
+        None => host_spelled,
+    };
+    if spelled != registry {
+        return Err(format!(
+            "the registry \"{registry}\" is spelled \"{spelled}\" by the HTTP client; write \
+             that (the trust policy and registries.conf compare registries as written)"
+        ));
+    }
+    Ok(())
+}
+
+/// A repository path (`library/nginx`): components by the grammar, no tag or digest.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    path.split('/').try_for_each(check_component)
 }
 
 /// `[a-z0-9]+` runs joined by '.', '_', '__' or dashes.
@@ -318,7 +496,7 @@ mod tests {
             "".into(),
         ];
         for input in inputs {
-            let ours = parse(&input).ok();
+            let ours = ImageName::parse(&input).ok();
             let theirs = oci_client::Reference::try_from(input.as_str()).ok();
             match (&ours, &theirs) {
                 (Some(o), Some(t)) => {
@@ -331,5 +509,135 @@ mod tests {
                 _ => panic!("{input:?}: wpod says {ours:?}, the grammar says {theirs:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_named_reference_keeps_what_was_written_and_adds_no_tag() {
+        let d = format!("sha256:{}", "d".repeat(64));
+        let n = |s: &str| Named::parse(s).unwrap();
+        assert!(n("busybox").is_name_only());
+        assert_eq!(n("busybox").to_string(), "docker.io/library/busybox");
+        assert_eq!(n("busybox").name(), "docker.io/library/busybox");
+        assert_eq!(
+            n(&format!("busybox:1@{d}")).to_string(),
+            format!("docker.io/library/busybox:1@{d}")
+        );
+        assert_eq!(
+            n("index.docker.io/team/app:1").to_string(),
+            "docker.io/team/app:1"
+        );
+        // A signature's reference is held to the grammar only, not to the spelling rule.
+        assert_eq!(n("127.1:5000/x:1").domain, "127.1:5000");
+        assert!(Named::parse(&"a".repeat(64)).is_err(), "an image ID");
+        assert!(ImageName::parse(&"a".repeat(64)).is_err(), "an image ID");
+        assert!(Named::parse("UPPER").is_err());
+        // The whole name, registry included, is at most 255 characters.
+        let long = format!("reg.example/{}", "a".repeat(243));
+        assert_eq!(long.len(), 255);
+        assert!(Named::parse(&long).is_ok());
+        assert!(Named::parse(&format!("{long}a")).is_err());
+    }
+
+    #[test]
+    fn the_identity_is_the_tag_or_else_the_digest_and_sign_prefers_the_tag() {
+        let d = format!("sha256:{}", "e".repeat(64));
+        let i = |s: &str| ImageName::parse(s).unwrap().identity().to_string();
+        assert_eq!(i("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(i("reg:5000/x:1"), "reg:5000/x:1");
+        assert_eq!(i(&format!("x@{d}")), format!("docker.io/library/x@{d}"));
+        assert_eq!(i(&format!("x:1@{d}")), format!("docker.io/library/x@{d}"));
+        let s = |s: &str| ImageName::parse(s).unwrap().signed_reference();
+        assert_eq!(s("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(s(&format!("x@{d}")), format!("docker.io/library/x@{d}"));
+        assert_eq!(s(&format!("x:1@{d}")), "docker.io/library/x:1");
+    }
+
+    #[test]
+    fn registries_are_accepted_only_as_the_http_client_spells_them() {
+        for ok in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "reg.example:5000",
+            "reg.example",
+            "123.example.com",
+            "1e100.net",
+            "a-b.example",
+            "localhost",
+            "reg.example:65535",
+        ] {
+            check_registry_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            ImageName::parse(&format!("{ok}/x")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let refused = |r: &str| {
+            let e = check_registry_name(r).expect_err(r);
+            let image = ImageName::parse(&format!("{r}/x"))
+                .expect_err(r)
+                .to_string();
+            assert!(image.contains(&e), "{image} / {e}");
+            e
+        };
+        let spelled = |r: &str, canonical: &str| {
+            let e = refused(r);
+            assert!(
+                e.contains(&format!("write \"{canonical}\""))
+                    || e.contains(&format!("is spelled \"{canonical}\"")),
+                "{r}: {e}"
+            );
+        };
+        for r in [
+            "127.1:5000",
+            "2130706433:5000",
+            "0x7f.1:5000",
+            "0X7F.1:5000",
+            "0177.0.0.1:5000",
+            "127.0.0.01:5000",
+            "127.000.000.001:5000",
+            "0x7f000001:5000",
+            "127.0.1:5000",
+        ] {
+            spelled(r, "127.0.0.1:5000");
+        }
+        spelled("LOCALHOST:5000", "localhost:5000");
+        spelled("Localhost:5000", "localhost:5000");
+        spelled("Reg.Example.COM", "reg.example.com");
+        spelled("localhost:029204", "localhost:29204");
+        spelled("localhost:05000", "localhost:5000");
+        for r in ["reg.example:443", "reg.example:0443", "reg.example:80"] {
+            let e = refused(r);
+            assert!(
+                e.contains("write \"reg.example\"") && e.contains("default port"),
+                "{e}"
+            );
+        }
+        for r in [
+            "localhost:0",
+            "localhost:65536",
+            "localhost:99999",
+            "localhost:000000000000000000000005000",
+        ] {
+            let e = refused(r);
+            assert!(
+                e.contains("not between 1 and 65535") || e.contains("\"localhost:5000\""),
+                "{r}: {e}"
+            );
+        }
+        for r in ["0:5000", "0.0.0.0:5000"] {
+            assert!(refused(r).contains("unspecified"), "{r}");
+        }
+        for r in ["1.2.3.09:5000", "999.1.1.1", "example.123", "example.0x1"] {
+            assert!(
+                refused(r).contains("not a host name or IPv4 address"),
+                "{r}"
+            );
+        }
+        // IPv6 is refused by the grammar itself, as in containers/image.
+        assert!(check_registry_name("[::1]:5000").is_err());
+        assert!(ImageName::parse("[::1]:5000/x").is_err());
+        // The exact message, naming the spelling to write.
+        assert_eq!(
+            check_registry_name("127.1:5000").unwrap_err(),
+            "the registry \"127.1:5000\" is spelled \"127.0.0.1:5000\" by the HTTP client; \
+             write that (the trust policy and registries.conf compare registries as written)"
+        );
     }
 }

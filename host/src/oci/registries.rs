@@ -16,6 +16,10 @@
 //! applies; the matched prefix is replaced by each source's location. An image no entry covers is
 //! pulled from its own registry over HTTPS. This is how an air-gapped host points `docker.io` at
 //! its own registry, and how the tests point it at one on loopback.
+//!
+//! Prefixes and locations are compared as written, so their registries must be spelled as image
+//! names are (`127.0.0.1:5000`, not `127.1:5000`; see oci/reference.rs), and a URI scheme is
+//! refused as containers/image refuses it (`insecure = true` is what says plain HTTP).
 
 use std::path::{Path, PathBuf};
 
@@ -131,9 +135,24 @@ impl Registries {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
+        let place = |at: String, field: &str, value: &str| {
+            parse_place(value).map_err(|why| RegistriesError::Parse {
+                path: path.to_path_buf(),
+                message: format!("{at}: {field} \"{value}\": {why}"),
+            })
+        };
         let mut entries = Vec::new();
         for (index, e) in file.registry.into_iter().enumerate() {
-            let (prefix, location) = match (e.prefix, e.location) {
+            let at = format!("[[registry]] entry {index}");
+            let prefix = e
+                .prefix
+                .map(|p| place(at.clone(), "prefix", &p))
+                .transpose()?;
+            let location = e
+                .location
+                .map(|l| place(at.clone(), "location", &l))
+                .transpose()?;
+            let (prefix, location) = match (prefix, location) {
                 (Some(p), Some(l)) => (p, l),
                 (Some(p), None) => (p.clone(), p),
                 (None, Some(l)) => (l.clone(), l),
@@ -144,16 +163,21 @@ impl Registries {
                     })
                 }
             };
+            let mut mirrors = Vec::new();
+            for (m, mirror) in e.mirror.into_iter().enumerate() {
+                let location = place(
+                    format!("{at}, [[registry.mirror]] {m}"),
+                    "location",
+                    &mirror.location,
+                )?;
+                mirrors.push((location, mirror.insecure));
+            }
             entries.push(Rule {
-                prefix: trim_scheme(&prefix),
-                location: trim_scheme(&location),
+                prefix,
+                location,
                 insecure: e.insecure,
                 blocked: e.blocked,
-                mirrors: e
-                    .mirror
-                    .into_iter()
-                    .map(|m| (trim_scheme(&m.location), m.insecure))
-                    .collect(),
+                mirrors,
             });
         }
         Ok(Registries {
@@ -209,13 +233,25 @@ fn covers(prefix: &str, name: &str) -> bool {
     }
 }
 
-/// podman accepts (and ignores) a scheme in locations; so does wpod.
-fn trim_scheme(s: &str) -> String {
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
-    s.trim_end_matches('/').to_string()
+/// A prefix or location, trailing `/` trimmed as containers/image trims it. A scheme is refused
+/// as containers/image refuses it ("URI schemes are not supported"): stripping it would make
+/// `http://` mean nothing while the user thinks it means plain HTTP. The registry part must be
+/// spelled as in image names, else the literal comparisons with image names (`covers`, the
+/// policy's scopes) miss it. A `*.domain` wildcard prefix checks its domain.
+fn parse_place(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    if let Some(rest) = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+    {
+        return Err(format!(
+            "URI schemes are not supported; write \"{rest}\" (with insecure = true for plain HTTP)"
+        ));
+    }
+    let registry = trimmed.split('/').next().unwrap_or(trimmed);
+    let registry = registry.strip_prefix("*.").unwrap_or(registry);
+    super::reference::check_registry_name(registry)?;
+    Ok(trimmed.to_string())
 }
 
 #[cfg(test)]
@@ -314,5 +350,55 @@ blocked = true
             .unwrap_err()
             .to_string();
         assert!(e.contains("neither prefix nor location"), "{e}");
+    }
+
+    #[test]
+    fn schemes_and_other_spellings_of_a_registry_are_refused() {
+        let parse = |toml: &str| {
+            Registries::parse(Path::new("/etc/wpod/registries.conf"), toml)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = parse("[[registry]]\nlocation = \"http://reg:5000\"\n").unwrap_err();
+        assert!(
+            e.contains("entry 0: location \"http://reg:5000\"")
+                && e.contains("URI schemes are not supported")
+                && e.contains("write \"reg:5000\""),
+            "{e}"
+        );
+        let e = parse("[[registry]]\nprefix = \"https://docker.io\"\nlocation = \"reg.example\"\n")
+            .unwrap_err();
+        assert!(e.contains("prefix") && e.contains("URI schemes"), "{e}");
+        let e = parse(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"reg.example\"\n\
+             [[registry.mirror]]\nlocation = \"127.1:5000/hub\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/wpod/registries.conf: [[registry]] entry 0, [[registry.mirror]] 0: location"
+            ) && e.contains("\"127.0.0.1:5000\""),
+            "{e}"
+        );
+        for (prefix, canonical) in [
+            ("LOCALHOST:5000", "localhost:5000"),
+            ("quay.io:443", "quay.io"),
+            ("localhost:05000/x", "localhost:5000"),
+            ("0x7f.1:5000", "127.0.0.1:5000"),
+        ] {
+            let e = parse(&format!(
+                "[[registry]]\nprefix = \"{prefix}\"\nblocked = true\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(&format!("\"{canonical}\"")), "{prefix}: {e}");
+        }
+        let e = parse("[[registry]]\nlocation = \"*.Example.com\"\n").unwrap_err();
+        assert!(e.contains("\"example.com\""), "{e}");
+        // The canonical spellings, a trailing slash and a wildcard prefix are fine.
+        parse(
+            "[[registry]]\nprefix = \"*.example.com\"\nlocation = \"127.0.0.1:5000/\"\n\
+             [[registry]]\nlocation = \"localhost:5000/team\"\nblocked = true\n",
+        )
+        .unwrap();
     }
 }

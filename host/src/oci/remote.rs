@@ -152,7 +152,7 @@ impl Remote {
         private_pem: &str,
         password: &[u8],
     ) -> Result<String, RemoteError> {
-        let payload = signature::payload(&self.name.repository_name(), digest);
+        let payload = signature::payload(&self.name.signed_reference(), digest);
         let sig = signature::sign(private_pem, password, &payload)?;
         self.login(RegistryOperation::Push).await?;
         let tag = signature::signature_tag(digest);
@@ -268,7 +268,7 @@ impl Remote {
             &origin,
             &self.reference,
             &digest,
-            &self.name.canonical(),
+            &self.name,
             &policy.scope_for(&self.name),
         )
         .await

@@ -3,9 +3,10 @@
 //! ECDSA P-256 over SHA-256, stored under the tag `sha256-<hex>.sig`, verified offline against a
 //! public key (no Fulcio, no Rekor).
 //!
-//! What is trusted is the digest in the payload, never the reference in it (a mirror re-homes an
-//! image but keeps its digest): a signature verifies for exactly the manifest digest that was
-//! resolved and will be pulled.
+//! A signature verifies for exactly the manifest digest that was resolved and will be pulled,
+//! and for a `docker-reference` the trust policy's `signedIdentity` accepts (trust.rs decides
+//! which; by default the reference the user asked for, so a mirror, which keeps that name, still
+//! verifies). The payload is parsed as strictly as containers/image parses it.
 
 use base64::Engine as _;
 use p256::ecdsa::signature::{Signer, Verifier};
@@ -40,6 +41,11 @@ pub enum SignatureError {
     Payload(String),
     #[error("the signature is for {signed}, not for {wanted}: it signs another image")]
     OtherDigest { signed: String, wanted: String },
+    /// The payload's `docker-reference`, which the policy's `signedIdentity` does not accept.
+    #[error(
+        "the signature is for the identity \"{signed}\", which the trust policy does not accept"
+    )]
+    Identity { signed: String },
 }
 
 /// PEM labels of cosign's password-encrypted private keys (the newer label first).
@@ -195,13 +201,18 @@ fn signing_key(pem: &str, password: &[u8]) -> Result<SigningKey, SignatureError>
     }
 }
 
+// Every struct refuses unknown keys, and every key is required, as containers/image's
+// `ParanoidUnmarshalJSONObjectExactFields` requires: a payload wpod accepts means the same to
+// podman. `optional` must be present; `null` is what cosign writes.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Payload {
     critical: Critical,
-    optional: Option<serde_json::Value>,
+    optional: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Critical {
     identity: Identity,
     image: ImageId,
@@ -210,18 +221,22 @@ struct Critical {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Identity {
     #[serde(rename = "docker-reference")]
     docker_reference: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImageId {
     #[serde(rename = "docker-manifest-digest")]
     docker_manifest_digest: String,
 }
 
-/// The simple-signing payload for the manifest `digest` of `reference` (repository name).
+/// The simple-signing payload for the manifest `digest` of `reference`: a fully specified
+/// reference (`repo:tag` or `repo@digest`, see `ImageName::signed_reference`), which the
+/// default `signedIdentity` requires.
 pub fn payload(reference: &str, digest: &Digest) -> Vec<u8> {
     let p = Payload {
         critical: Critical {
@@ -233,7 +248,7 @@ pub fn payload(reference: &str, digest: &Digest) -> Vec<u8> {
             },
             kind: PAYLOAD_TYPE.to_string(),
         },
-        optional: None,
+        optional: serde_json::Value::Null,
     };
     // Serialising these plain structs cannot fail.
     serde_json::to_vec(&p).unwrap_or_default()
@@ -255,12 +270,15 @@ pub fn sign(private_pem: &str, password: &[u8], payload: &[u8]) -> Result<String
 }
 
 /// Checks that `signature` (base64, DER or fixed-size) over `payload` verifies with the PEM
-/// public key, and that the payload signs exactly the manifest `wanted`.
+/// public key, that the payload signs exactly the manifest `wanted`, and that `accept` (the
+/// policy's `signedIdentity`) accepts its `docker-reference`. In containers/image's order:
+/// crypto, strict parse, type, digest, identity.
 pub fn verify(
     public_pem: &str,
     payload: &[u8],
     signature: &str,
     wanted: &Digest,
+    accept: &dyn Fn(&str) -> bool,
 ) -> Result<(), SignatureError> {
     let key = VerifyingKey::from_public_key_pem(public_pem)
         .map_err(|e| SignatureError::PublicKey(e.to_string()))?;
@@ -276,14 +294,42 @@ pub fn verify(
         serde_json::from_slice(payload).map_err(|e| SignatureError::Payload(e.to_string()))?;
     if p.critical.kind != PAYLOAD_TYPE {
         return Err(SignatureError::Payload(format!(
-            "type is {:?}",
+            "unrecognized signature type {:?}",
             p.critical.kind
         )));
+    }
+    match &p.optional {
+        serde_json::Value::Null => {}
+        // Other keys are free-form annotations; these two have types containers/image checks.
+        serde_json::Value::Object(o) => {
+            if o.get("creator").is_some_and(|c| !c.is_string()) {
+                return Err(SignatureError::Payload(
+                    "optional.creator is not a string".into(),
+                ));
+            }
+            if o.get("timestamp")
+                .is_some_and(|t| t.as_f64().is_none_or(|f| f.fract() != 0.0))
+            {
+                return Err(SignatureError::Payload(
+                    "optional.timestamp is not an integer".into(),
+                ));
+            }
+        }
+        _ => {
+            return Err(SignatureError::Payload(
+                "optional is neither an object nor null".into(),
+            ))
+        }
     }
     if p.critical.image.docker_manifest_digest != wanted.as_str() {
         return Err(SignatureError::OtherDigest {
             signed: p.critical.image.docker_manifest_digest,
             wanted: wanted.to_string(),
+        });
+    }
+    if !accept(&p.critical.identity.docker_reference) {
+        return Err(SignatureError::Identity {
+            signed: p.critical.identity.docker_reference,
         });
     }
     Ok(())
@@ -302,6 +348,11 @@ mod tests {
         Digest::of(b)
     }
 
+    /// A `signedIdentity` that accepts any reference: these tests are about the rest.
+    fn any(_: &str) -> bool {
+        true
+    }
+
     #[test]
     fn a_signature_verifies_for_its_key_and_its_digest_only() {
         let (private, public) = generate_key(b"pw").unwrap();
@@ -309,23 +360,23 @@ mod tests {
         let d = digest(b"manifest");
         let p = payload("127.0.0.1:5000/sidecars/probe", &d);
         let sig = sign(&private, b"pw", &p).unwrap();
-        verify(&public, &p, &sig, &d).unwrap();
+        verify(&public, &p, &sig, &d, &any).unwrap();
         assert!(matches!(
             sign(&private, b"wrong", &p),
             Err(SignatureError::Password)
         ));
         assert!(matches!(
-            verify(&other_public, &p, &sig, &d),
+            verify(&other_public, &p, &sig, &d, &any),
             Err(SignatureError::BadSignature)
         ));
         assert!(matches!(
-            verify(&public, &p, &sig, &digest(b"another manifest")),
+            verify(&public, &p, &sig, &digest(b"another manifest"), &any),
             Err(SignatureError::OtherDigest { .. })
         ));
         let mut tampered = p.clone();
         let last = tampered.len() - 2;
         tampered[last] ^= 1;
-        assert!(verify(&public, &tampered, &sig, &d).is_err());
+        assert!(verify(&public, &tampered, &sig, &d, &any).is_err());
     }
 
     #[test]
@@ -340,13 +391,99 @@ mod tests {
     }
 
     #[test]
-    fn a_trusted_reference_is_not_required_only_the_digest() {
-        // A mirror re-homes the image: the reference in the payload differs, the digest holds.
+    fn the_reference_is_what_the_identity_predicate_accepts_after_the_digest() {
         let (private, public) = generate_key(b"").unwrap();
         let d = digest(b"manifest");
-        let p = payload("docker.io/team/sidecar", &d);
+        let p = payload("docker.io/team/sidecar:1.0", &d);
         let sig = sign(&private, b"", &p).unwrap();
-        verify(&public, &p, &sig, &d).unwrap();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let only_1_0 = |r: &str| {
+            seen.borrow_mut().push(r.to_string());
+            r == "docker.io/team/sidecar:1.0"
+        };
+        verify(&public, &p, &sig, &d, &only_1_0).unwrap();
+        assert_eq!(*seen.borrow(), ["docker.io/team/sidecar:1.0"]);
+        let e = verify(&public, &p, &sig, &d, &|r: &str| r.ends_with(":2.0")).unwrap_err();
+        assert!(
+            matches!(&e, SignatureError::Identity { signed } if signed == "docker.io/team/sidecar:1.0"),
+            "{e}"
+        );
+        // The digest is checked first: another digest is reported as such, whatever the name.
+        assert!(matches!(
+            verify(&public, &p, &sig, &digest(b"other"), &|_: &str| false),
+            Err(SignatureError::OtherDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn the_payload_is_parsed_as_strictly_as_containers_image_parses_it() {
+        let (private, public) = generate_key(b"").unwrap();
+        let d = digest(b"manifest");
+        let check = |json: serde_json::Value| {
+            let p = serde_json::to_vec(&json).unwrap();
+            verify(&public, &p, &sign(&private, b"", &p).unwrap(), &d, &any)
+        };
+        let good = || {
+            serde_json::json!({
+                "critical": {
+                    "identity": {"docker-reference": "reg.example/x:1"},
+                    "image": {"docker-manifest-digest": d.as_str()},
+                    "type": PAYLOAD_TYPE,
+                },
+                "optional": null,
+            })
+        };
+        check(good()).unwrap();
+        let mut with_notes = good();
+        with_notes["optional"] =
+            serde_json::json!({"creator": "cosign", "timestamp": 1700000000, "any": [1]});
+        check(with_notes).unwrap();
+        let refused = |edit: &dyn Fn(&mut serde_json::Value), why: &str| {
+            let mut v = good();
+            edit(&mut v);
+            match check(v) {
+                Err(SignatureError::Payload(m)) => assert!(m.contains(why), "{why}: {m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        };
+        refused(
+            &|v| {
+                v.as_object_mut().unwrap().remove("optional");
+            },
+            "missing field `optional`",
+        );
+        refused(&|v| v["extra"] = 1.into(), "unknown field `extra`");
+        refused(
+            &|v| v["critical"]["extra"] = 1.into(),
+            "unknown field `extra`",
+        );
+        refused(
+            &|v| v["critical"]["identity"]["extra"] = 1.into(),
+            "unknown field `extra`",
+        );
+        refused(
+            &|v| v["critical"]["image"]["extra"] = 1.into(),
+            "unknown field `extra`",
+        );
+        refused(
+            &|v| {
+                v["critical"].as_object_mut().unwrap().remove("identity");
+            },
+            "missing field `identity`",
+        );
+        refused(
+            &|v| v["critical"]["type"] = "atomic container signature".into(),
+            "unrecognized signature type",
+        );
+        refused(
+            &|v| v["optional"] = serde_json::json!({"timestamp": 1.5}),
+            "timestamp is not an integer",
+        );
+        refused(
+            &|v| v["optional"] = serde_json::json!({"creator": 1}),
+            "creator is not a string",
+        );
+        refused(&|v| v["optional"] = 1.into(), "neither an object nor null");
     }
 
     #[test]
@@ -359,7 +496,7 @@ mod tests {
             .unwrap();
         let d = digest(b"m");
         let p = payload("r/x", &d);
-        verify(&public, &p, &sign(&pem, b"", &p).unwrap(), &d).unwrap();
+        verify(&public, &p, &sign(&pem, b"", &p).unwrap(), &d, &any).unwrap();
         assert!(sign(&public, b"", &p).is_err(), "a public key cannot sign");
     }
 }

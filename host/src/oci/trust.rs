@@ -12,9 +12,19 @@
 //! registry, `*.domain` wildcards, then the transport's `""` entry, then `default`), and every
 //! requirement of it must hold. `sigstoreSigned` accepts an image when one of its cosign
 //! signatures (the `sha256-<hex>.sig` tag) verifies with one of the keys for exactly the digest
-//! that was resolved and will be pulled. The reference inside the signature is not checked: a
-//! mirror re-homes an image, its digest stays. With no policy file every image is accepted, as
-//! podman's shipped default does.
+//! that was resolved and will be pulled, and names an identity (the payload's
+//! `docker-reference`) its `signedIdentity` accepts, as containers-policy.json(5) defines them:
+//! by default (`matchRepoDigestOrExact`) the very `repo:tag` the user asked for, or any
+//! reference of the repository when the user pinned a digest. The identity compared is the name
+//! the user asked for, never a registries.conf mirror's, so a mirror still verifies; cosign's
+//! repository-only identities need `matchRepository`. With no policy file every image is
+//! accepted, as podman's shipped default does.
+//!
+//! Scopes match image *names*, as in podman, not addresses: `localhost` and `127.0.0.1`, or a
+//! DNS alias of a registry, are different names for one server. Image names and scopes must
+//! spell a registry as the HTTP client does (oci/reference.rs), which closes the spellings the
+//! parser itself would alias (`127.1`, `LOCALHOST`, `:05000`), but a policy that must keep
+//! images out should still be `default: reject` with allowed scopes, not a list of rejects.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,8 +35,8 @@ use oci_client::Reference;
 use serde::Deserialize;
 
 use super::client::{FetchError, Origin};
-use super::reference::ImageName;
-use super::signature::{self, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use super::reference::{check_path, check_registry_name, ImageName, Named};
+use super::signature::{self, SignatureError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::store::Digest;
 
 pub const DEFAULT_PATH: &str = "/etc/wpod/policy.json";
@@ -89,10 +99,115 @@ pub enum TrustError {
 pub enum Requirement {
     AcceptAnything,
     Reject,
-    /// One of these public keys (PEM), each with where it came from.
+    /// One of these public keys (PEM), each with where it came from, for an identity that
+    /// `identity` accepts.
     Sigstore {
         keys: Vec<(String, String)>,
+        identity: Identity,
     },
+}
+
+/// `signedIdentity`: which `docker-reference` in a signature is accepted for the image the user
+/// asked for (the *intended* identity, `ImageName::identity`), as containers/image's
+/// signature/policy_reference_match.go decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The signature names exactly the intended `repo:tag` or `repo@digest`.
+    MatchExact,
+    /// The default: as `MatchExact` for a tag; for a pinned digest, any tag or digest of the
+    /// same repository (the digest itself is checked against the manifest either way).
+    MatchRepoDigestOrExact,
+    /// Any reference of the intended repository, a repository-only one (cosign's) included.
+    MatchRepository,
+    /// Exactly this reference (tagged or digested), whatever the user asked for.
+    ExactReference(Named),
+    /// Any reference of this repository, whatever the user asked for.
+    ExactRepository(Named),
+    /// `MatchRepoDigestOrExact` once an intended name under `prefix` is rewritten to start with
+    /// `signed_prefix` (images copied from elsewhere keep their signer's names).
+    Remap {
+        prefix: String,
+        signed_prefix: String,
+    },
+}
+
+impl Identity {
+    /// Whether a signature whose payload names `signed` is accepted for `intended`. A `signed`
+    /// that does not parse is not accepted (no error: another signature may still verify).
+    pub fn accepts(&self, intended: &Named, signed: &str) -> bool {
+        let Ok(signed) = Named::parse(signed) else {
+            return false;
+        };
+        match self {
+            Identity::MatchExact => {
+                !signed.is_name_only() && signed.to_string() == intended.to_string()
+            }
+            Identity::MatchRepoDigestOrExact => repo_digest_or_exact(intended, &signed),
+            Identity::MatchRepository => signed.name() == intended.name(),
+            Identity::ExactReference(r) => {
+                !signed.is_name_only() && signed.to_string() == r.to_string()
+            }
+            Identity::ExactRepository(r) => signed.name() == r.name(),
+            Identity::Remap {
+                prefix,
+                signed_prefix,
+            } => match remap(intended, prefix, signed_prefix) {
+                Some(remapped) => repo_digest_or_exact(&remapped, &signed),
+                None => false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::MatchExact => f.write_str("matchExact"),
+            Identity::MatchRepoDigestOrExact => f.write_str("matchRepoDigestOrExact (the default)"),
+            Identity::MatchRepository => f.write_str("matchRepository"),
+            Identity::ExactReference(r) => write!(f, "exactReference \"{r}\""),
+            Identity::ExactRepository(r) => write!(f, "exactRepository \"{}\"", r.name()),
+            Identity::Remap {
+                prefix,
+                signed_prefix,
+            } => write!(f, "remapIdentity \"{prefix}\" -> \"{signed_prefix}\""),
+        }
+    }
+}
+
+/// `matchRepoDigestOrExact`: the signature must name a tag or digest; a tagged intended
+/// identity needs the same reference, a pinned one only the same repository (the signature's
+/// digest has been checked against the manifest, and so has the intended one).
+fn repo_digest_or_exact(intended: &Named, signed: &Named) -> bool {
+    if signed.is_name_only() {
+        return false;
+    }
+    if intended.tag.is_some() {
+        signed.to_string() == intended.to_string()
+    } else if intended.digest.is_some() {
+        signed.name() == intended.name()
+    } else {
+        false
+    }
+}
+
+/// `remapIdentity`'s rewrite of `intended`: unchanged unless its repository is `prefix` or
+/// under it (at a `/`: `example.com` does not cover `example.com:5000`); then the prefix is
+/// replaced and the result must parse back to itself (containers/image's `ParseNamed`), else
+/// `None`, which matches nothing.
+fn remap(intended: &Named, prefix: &str, signed_prefix: &str) -> Option<Named> {
+    let name = intended.name();
+    let under = match name.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    };
+    if !under {
+        return Some(intended.clone());
+    }
+    let rewritten = format!("{signed_prefix}{}", &intended.to_string()[prefix.len()..]);
+    Named::parse(&rewritten)
+        .ok()
+        .filter(|n| n.to_string() == rewritten)
 }
 
 /// The requirements that apply to one image, and where they come from.
@@ -136,30 +251,185 @@ struct File {
     transports: BTreeMap<String, BTreeMap<String, Vec<RawRequirement>>>,
 }
 
-// Parsed once per command and dropped: its size does not matter.
+// Parsed once per command and dropped: its size does not matter. Unknown keys are refused, as
+// containers/image refuses them: a misspelt `signedIdentty` ignored would quietly mean the
+// default. The unit-like variants are `{}` structs because serde ignores extra keys beside the
+// tag of a unit variant.
 #[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 enum RawRequirement {
-    InsecureAcceptAnything,
-    Reject,
+    InsecureAcceptAnything {},
+    Reject {},
     #[serde(rename_all = "camelCase")]
     SigstoreSigned {
         key_path: Option<PathBuf>,
-        #[serde(default)]
-        key_paths: Vec<PathBuf>,
+        key_paths: Option<Vec<PathBuf>>,
         key_data: Option<String>,
-        /// Accepted and not checked: the digest is what is trusted (see the module comment).
-        #[allow(dead_code)]
-        signed_identity: Option<serde_json::Value>,
+        key_datas: Option<Vec<String>>,
+        #[serde(default)]
+        signed_identity: RawIdentity,
         fulcio: Option<serde_json::Value>,
         /// Rekor and PKI checks wpod does not make: refused rather than ignored, so a policy
         /// never means less in wpod than in podman.
         rekor_public_key_path: Option<serde_json::Value>,
+        rekor_public_key_paths: Option<serde_json::Value>,
         rekor_public_key_data: Option<serde_json::Value>,
+        rekor_public_key_datas: Option<serde_json::Value>,
         pki: Option<serde_json::Value>,
     },
-    SignedBy {},
+    /// Refused with a message of its own, whatever its keys.
+    SignedBy(serde::de::IgnoredAny),
+}
+
+/// `signedIdentity` as written: absent, `null` (which containers/image refuses, and serde's
+/// `Option` would silently read as absent), or an object's entries in order, a repeated key
+/// kept so that it can be refused as containers/image refuses it.
+#[derive(Default)]
+enum RawIdentity {
+    #[default]
+    Absent,
+    Null,
+    Object(Vec<(String, serde_json::Value)>),
+}
+
+impl<'de> Deserialize<'de> for RawIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawIdentity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a signedIdentity object such as {\"type\": \"matchRepository\"}")
+            }
+            fn visit_unit<E>(self) -> Result<RawIdentity, E> {
+                Ok(RawIdentity::Null)
+            }
+            fn visit_none<E>(self) -> Result<RawIdentity, E> {
+                Ok(RawIdentity::Null)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawIdentity, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(RawIdentity::Object(entries))
+            }
+        }
+        d.deserialize_any(Entries)
+    }
+}
+
+/// The match types of containers-policy.json(5), for messages.
+const IDENTITY_TYPES: &str =
+    "matchExact, matchRepoDigestOrExact, matchRepository, exactReference, exactRepository or remapIdentity";
+
+/// Validates `signedIdentity` as containers/image does (signature/policy_config.go): exactly
+/// the fields of its type, each a string, references that parse, and (wpod's own rule) their
+/// registries spelled as image names spell them, since they are compared as written.
+fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
+    let at = format!("{at}.signedIdentity");
+    let entries = match raw {
+        RawIdentity::Absent => return Ok(Identity::MatchRepoDigestOrExact),
+        RawIdentity::Null => {
+            return Err(format!(
+                "{at} is null (containers/image reads it as the unknown match type \"\"); omit it \
+                 for the default matchRepoDigestOrExact, or write {{\"type\": \"...\"}} with one of \
+                 {IDENTITY_TYPES}"
+            ))
+        }
+        RawIdentity::Object(entries) => entries,
+    };
+    let mut fields = BTreeMap::new();
+    for (key, value) in entries {
+        if fields.insert(key.as_str(), value).is_some() {
+            return Err(format!("{at}: Duplicate key \"{key}\""));
+        }
+    }
+    let text = |key: &str| -> Result<String, String> {
+        match fields.get(key) {
+            None => Err(format!("{at}: Key \"{key}\" missing in a JSON object")),
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!("{at}.{key} is {other}, not a string")),
+        }
+    };
+    let kind = text("type")?;
+    let expected: &[&str] = match kind.as_str() {
+        "matchExact" | "matchRepoDigestOrExact" | "matchRepository" => &["type"],
+        "exactReference" => &["type", "dockerReference"],
+        "exactRepository" => &["type", "dockerRepository"],
+        "remapIdentity" => &["type", "prefix", "signedPrefix"],
+        _ => {
+            return Err(format!(
+            "{at}: Unknown policy reference match type \"{kind}\"; write one of {IDENTITY_TYPES}"
+        ))
+        }
+    };
+    if let Some(unknown) = fields.keys().find(|k| !expected.contains(k)) {
+        return Err(format!(
+            "{at}: Unknown key \"{unknown}\" ({kind} has only {})",
+            expected.join(", ")
+        ));
+    }
+    let reference = |key: &str| -> Result<Named, String> {
+        let value = text(key)?;
+        let named = Named::parse(&value)
+            .map_err(|e| format!("{at}: Invalid format of {key} \"{value}\": {}", e.reason))?;
+        check_registry_name(&named.domain).map_err(|e| format!("{at}.{key}: {e}"))?;
+        Ok(named)
+    };
+    Ok(match kind.as_str() {
+        "matchExact" => Identity::MatchExact,
+        "matchRepoDigestOrExact" => Identity::MatchRepoDigestOrExact,
+        "matchRepository" => Identity::MatchRepository,
+        "exactReference" => {
+            let r = reference("dockerReference")?;
+            if r.is_name_only() {
+                return Err(format!(
+                    "{at}: dockerReference \"{}\" contains neither a tag nor digest; write \
+                     REPOSITORY:TAG or REPOSITORY@DIGEST, or use exactRepository",
+                    text("dockerReference")?
+                ));
+            }
+            Identity::ExactReference(r)
+        }
+        // A tag or digest in it is accepted and ignored, as containers/image does.
+        "exactRepository" => Identity::ExactRepository(reference("dockerRepository")?),
+        _ => {
+            let prefix = text("prefix")?;
+            let signed_prefix = text("signedPrefix")?;
+            for (key, value) in [("prefix", &prefix), ("signedPrefix", &signed_prefix)] {
+                check_remap_prefix(value)
+                    .map_err(|why| format!("{at}: {key} \"{value}\" is not valid: {why}"))?;
+            }
+            Identity::Remap {
+                prefix,
+                signed_prefix,
+            }
+        }
+    })
+}
+
+/// A `remapIdentity` prefix: a registry (`reg.example`, `reg.example:5000`), optionally followed
+/// by repository path components (`docker.io/library`), without tag or digest. containers/image
+/// also accepts a first component that is not a registry (`busybox`), which can never match a
+/// normalised name; wpod refuses it rather than let the rule silently do nothing.
+fn check_remap_prefix(prefix: &str) -> Result<(), String> {
+    const FORM: &str = "write a registry (reg.example, reg.example:5000) or a registry and \
+                        namespace (docker.io/library), without tag or digest";
+    let (registry, path) = match prefix.split_once('/') {
+        Some((r, p)) => (r, Some(p)),
+        None => (prefix, None),
+    };
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+        return Err(format!("it does not start with a registry; {FORM}"));
+    }
+    if let Some(path) = path {
+        check_path(path).map_err(|e| format!("{e}; {FORM}"))?;
+    }
+    check_registry_name(registry)
 }
 
 impl Policy {
@@ -193,8 +463,9 @@ impl Policy {
                 continue;
             }
             for (scope, raw) in scopes {
-                let reqs = requirements(&raw, &format!("transports.docker.\"{scope}\""), dir)
-                    .map_err(&err)?;
+                let at = format!("transports.docker.\"{scope}\"");
+                check_scope(&scope).map_err(|e| err(format!("{at}: {e}")))?;
+                let reqs = requirements(&raw, &at, dir).map_err(&err)?;
                 docker.insert(scope, reqs);
             }
         }
@@ -256,6 +527,25 @@ impl Policy {
     }
 }
 
+/// A scope's registry must be spelled as image names spell it: `scope_for` looks scopes up by
+/// the image's name, literally, so a `reject` under `127.1:5000` would never apply (and
+/// `127.1:5000/x` is refused as an image name).
+fn check_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty() {
+        return Ok(());
+    }
+    let registry = match scope.strip_prefix("*.") {
+        Some(domain) => domain,
+        None => scope.split('/').next().unwrap_or(scope),
+    };
+    check_registry_name(registry).map_err(|e| {
+        format!(
+            "a scope is a registry, a repository under it (reg.example:5000/team/app, with \
+             :TAG or @DIGEST for one image), *.DOMAIN or \"\"; {e}"
+        )
+    })
+}
+
 fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requirement>, String> {
     if raw.is_empty() {
         return Err(format!(
@@ -264,9 +554,9 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
     }
     raw.iter()
         .map(|r| match r {
-            RawRequirement::InsecureAcceptAnything => Ok(Requirement::AcceptAnything),
-            RawRequirement::Reject => Ok(Requirement::Reject),
-            RawRequirement::SignedBy {} => Err(format!(
+            RawRequirement::InsecureAcceptAnything {} => Ok(Requirement::AcceptAnything),
+            RawRequirement::Reject {} => Ok(Requirement::Reject),
+            RawRequirement::SignedBy(_) => Err(format!(
                 "{at}: signedBy (GPG signatures) is not supported by wpod; use sigstoreSigned with keyPath"
             )),
             RawRequirement::SigstoreSigned {
@@ -276,43 +566,74 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
             )),
             RawRequirement::SigstoreSigned {
                 rekor_public_key_path,
+                rekor_public_key_paths,
                 rekor_public_key_data,
+                rekor_public_key_datas,
                 pki,
                 ..
-            } if rekor_public_key_path.is_some() || rekor_public_key_data.is_some() || pki.is_some() => Err(format!(
-                "{at}: sigstoreSigned with rekorPublicKeyPath, rekorPublicKeyData or pki is not supported by wpod (it checks keyed signatures offline); remove them to require the keyed signature alone"
+            } if rekor_public_key_path.is_some()
+                || rekor_public_key_paths.is_some()
+                || rekor_public_key_data.is_some()
+                || rekor_public_key_datas.is_some()
+                || pki.is_some() => Err(format!(
+                "{at}: sigstoreSigned with rekorPublicKeyPath(s), rekorPublicKeyData(s) or pki is not supported by wpod (it checks keyed signatures offline); remove them to require the keyed signature alone"
             )),
             RawRequirement::SigstoreSigned {
                 key_path,
                 key_paths,
                 key_data,
+                key_datas,
+                signed_identity,
                 ..
             } => {
+                // containers/image takes exactly one source of keys.
+                let sources = [
+                    key_path.is_some(),
+                    key_paths.is_some(),
+                    key_data.is_some(),
+                    key_datas.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    return Err(format!(
+                        "{at}: sigstoreSigned needs exactly one of keyPath, keyPaths, keyData and keyDatas (several are refused, as containers/image refuses them: put every key in keyPaths or keyDatas)"
+                    ));
+                }
+                for (list, name) in [
+                    (key_paths.as_ref().map(Vec::len), "keyPaths"),
+                    (key_datas.as_ref().map(Vec::len), "keyDatas"),
+                ] {
+                    if list == Some(0) {
+                        return Err(format!("{at}: \"{name}\" contains no entries"));
+                    }
+                }
                 let mut keys = Vec::new();
-                for p in key_path.iter().chain(key_paths) {
+                for p in key_path.iter().chain(key_paths.iter().flatten()) {
                     let p = dir.join(p);
                     let pem = std::fs::read_to_string(&p)
                         .map_err(|e| format!("{at}: keyPath {}: {e}", p.display()))?;
                     keys.push((p.display().to_string(), pem));
                 }
-                if let Some(data) = key_data {
+                let datas = key_data.iter().map(|d| (d, "keyData".to_string())).chain(
+                    key_datas
+                        .iter()
+                        .flatten()
+                        .enumerate()
+                        .map(|(i, d)| (d, format!("keyDatas[{i}]"))),
+                );
+                for (data, field) in datas {
                     let pem = base64::engine::general_purpose::STANDARD
                         .decode(data.trim())
                         .ok()
                         .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| format!("{at}: keyData is not base64 of a PEM public key"))?;
-                    keys.push((format!("{at}.keyData"), pem));
-                }
-                if keys.is_empty() {
-                    return Err(format!(
-                        "{at}: sigstoreSigned needs keyPath, keyPaths or keyData"
-                    ));
+                        .ok_or_else(|| format!("{at}: {field} is not base64 of a PEM public key"))?;
+                    keys.push((format!("{at}.{field}"), pem));
                 }
                 for (name, pem) in &keys {
                     signature::check_public_key(pem)
                         .map_err(|e| format!("{at}: {name}: {e}"))?;
                 }
-                Ok(Requirement::Sigstore { keys })
+                let identity = identity(signed_identity, at)?;
+                Ok(Requirement::Sigstore { keys, identity })
             }
         })
         .collect()
@@ -327,15 +648,19 @@ pub enum Verified {
     SignedBy(String),
 }
 
-/// Checks `scope` for the image `image` whose manifest resolved to `digest` at `reference`
-/// (its repository at the source it is pulled from).
+/// Checks `scope` for the image `name` (as the user asked for it: its identity for
+/// `signedIdentity`, never a mirror's name) whose manifest resolved to `digest` at `reference`
+/// (its repository at the source it is pulled from, where its signatures are read).
 pub async fn check(
     origin: &Origin,
     reference: &Reference,
     digest: &Digest,
-    image: &str,
+    name: &ImageName,
     scope: &Scope<'_>,
 ) -> Result<Verified, TrustError> {
+    let image = name.canonical();
+    let image = image.as_str();
+    let intended = name.identity();
     let mut verified = Verified::NotRequired;
     for req in scope.requirements {
         match req {
@@ -347,8 +672,13 @@ pub async fn check(
                     scope: scope.name.clone(),
                 })
             }
-            Requirement::Sigstore { keys } => {
-                let key = verify_signatures(origin, reference, digest, image, scope, keys).await?;
+            Requirement::Sigstore { keys, identity } => {
+                let wanted = Wanted {
+                    digest,
+                    intended: &intended,
+                    identity,
+                };
+                let key = verify_signatures(origin, reference, &wanted, image, scope, keys).await?;
                 verified = Verified::SignedBy(key);
             }
         }
@@ -356,14 +686,51 @@ pub async fn check(
     Ok(verified)
 }
 
+/// What a signature must sign: the digest, and an identity `identity` accepts for `intended`.
+struct Wanted<'a> {
+    digest: &'a Digest,
+    intended: &'a Named,
+    identity: &'a Identity,
+}
+
+impl Wanted<'_> {
+    fn verify(&self, pem: &str, payload: &[u8], sig: &str) -> Result<(), SignatureError> {
+        let accept = |signed: &str| self.identity.accepts(self.intended, signed);
+        signature::verify(pem, payload, sig, self.digest, &accept)
+    }
+
+    /// Why a signature failed, the identity's failure told with the rule and the intended name.
+    fn reason(&self, e: &SignatureError) -> String {
+        let SignatureError::Identity { signed } = e else {
+            return e.to_string();
+        };
+        let mut reason = format!(
+            "it is for \"{signed}\", which signedIdentity {} does not accept for {}",
+            self.identity, self.intended
+        );
+        let default = matches!(
+            self.identity,
+            Identity::MatchRepoDigestOrExact | Identity::MatchExact
+        );
+        if default && Named::parse(signed).is_ok_and(|s| s.is_name_only()) {
+            reason.push_str(
+                " (a repository-only identity is cosign's: accept it with \
+                 \"signedIdentity\": {\"type\": \"matchRepository\"}, or sign with `wpod sign`)",
+            );
+        }
+        reason
+    }
+}
+
 async fn verify_signatures(
     origin: &Origin,
     reference: &Reference,
-    digest: &Digest,
+    wanted: &Wanted<'_>,
     image: &str,
     scope: &Scope<'_>,
     keys: &[(String, String)],
 ) -> Result<String, TrustError> {
+    let digest = wanted.digest;
     let signatures = signatures(origin, reference, digest, image)
         .await?
         .ok_or_else(|| TrustError::Unsigned {
@@ -375,9 +742,13 @@ async fn verify_signatures(
     let mut reasons = Vec::new();
     for (i, (payload, sig)) in signatures.iter().enumerate() {
         for (name, pem) in keys {
-            match signature::verify(pem, payload, sig, digest) {
+            match wanted.verify(pem, payload, sig) {
                 Ok(()) => return Ok(name.clone()),
-                Err(e) => reasons.push(format!("signature {} with {name}: {e}", i + 1)),
+                Err(e) => reasons.push(format!(
+                    "signature {} with {name}: {}",
+                    i + 1,
+                    wanted.reason(&e)
+                )),
             }
         }
     }
@@ -399,7 +770,8 @@ pub enum Signer {
     Unsigned,
     /// A signature verifies with this key of the policy.
     Key(String),
-    /// Signatures are stored, and none verifies with a key the policy names for this image.
+    /// Signatures are stored, and none verifies with a key the policy names for this image, for
+    /// an identity it accepts.
     Unverified,
 }
 
@@ -408,31 +780,39 @@ impl std::fmt::Display for Signer {
         match self {
             Signer::Unsigned => f.write_str("unsigned"),
             Signer::Key(k) => f.write_str(k),
-            Signer::Unverified => f.write_str("signed (by no key of the trust policy)"),
+            Signer::Unverified => {
+                f.write_str("signed (by no key of the trust policy, or for another identity)")
+            }
         }
     }
 }
 
-/// Whether `digest` is signed, and by which key of `scope`.
+/// Whether `digest` is signed, and by which key of `scope`, for `name` (as `check` reads it).
 pub async fn signer(
     origin: &Origin,
     reference: &Reference,
     digest: &Digest,
-    image: &str,
+    name: &ImageName,
     scope: &Scope<'_>,
 ) -> Result<Signer, TrustError> {
-    let signatures = match signatures(origin, reference, digest, image).await? {
+    let signatures = match signatures(origin, reference, digest, &name.canonical()).await? {
         Some(s) if !s.is_empty() => s,
         _ => return Ok(Signer::Unsigned),
     };
+    let intended = name.identity();
     for req in scope.requirements {
-        let Requirement::Sigstore { keys } = req else {
+        let Requirement::Sigstore { keys, identity } = req else {
             continue;
         };
+        let wanted = Wanted {
+            digest,
+            intended: &intended,
+            identity,
+        };
         for (payload, sig) in &signatures {
-            for (name, pem) in keys {
-                if signature::verify(pem, payload, sig, digest).is_ok() {
-                    return Ok(Signer::Key(name.clone()));
+            for (key, pem) in keys {
+                if wanted.verify(pem, payload, sig).is_ok() {
+                    return Ok(Signer::Key(key.clone()));
                 }
             }
         }
@@ -546,7 +926,7 @@ mod tests {
         let e = policy(r#"{"default": [{"type": "sigstoreSigned"}]}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("needs keyPath"), "{e}");
+        assert!(e.contains("needs exactly one of keyPath"), "{e}");
         let e =
             policy(r#"{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent.pub"}]}"#)
                 .unwrap_err()
@@ -562,5 +942,508 @@ mod tests {
         assert!(e.contains("empty list"), "{e}");
         let e = policy(r#"{"defaults": []}"#).unwrap_err().to_string();
         assert!(e.contains("/etc/wpod/policy.json"), "{e}");
+    }
+
+    fn key_data() -> String {
+        let (_, public) = signature::generate_key(b"").unwrap();
+        base64::engine::general_purpose::STANDARD.encode(&public)
+    }
+
+    /// The policy error for a `sigstoreSigned` requirement with these extra fields (JSON text).
+    fn sigstore_error(extra: &str) -> String {
+        let data = key_data();
+        policy(&format!(
+            r#"{{"default": [{{"type": "sigstoreSigned", "keyData": "{data}"{extra}}}]}}"#
+        ))
+        .unwrap_err()
+        .to_string()
+    }
+
+    /// The identity a policy with `signedIdentity: identity` (JSON text) parses to.
+    fn parsed_identity(identity: &str) -> Result<Identity, String> {
+        let data = key_data();
+        let p = policy(&format!(
+            r#"{{"default": [{{"type": "sigstoreSigned", "keyData": "{data}", "signedIdentity": {identity}}}]}}"#
+        ))
+        .map_err(|e| e.to_string())?;
+        match &p.default[..] {
+            [Requirement::Sigstore { identity, .. }] => Ok(identity.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn signed_identity_matches_as_containers_image_matches() {
+        let d = format!("@sha256:{}", "0123456789abcdef".repeat(4));
+        let d2 = format!("@sha256:{}", "a".repeat(64));
+        let rhel = "registry.access.redhat.com/rhel7/rhel";
+        let exact_ref = r#"{"type": "exactReference", "dockerReference": "busybox:latest"}"#;
+        let exact_repo =
+            |r: &str| format!(r#"{{"type": "exactRepository", "dockerRepository": "{r}"}}"#);
+        let remap = |p: &str, sp: &str| {
+            format!(r#"{{"type": "remapIdentity", "prefix": "{p}", "signedPrefix": "{sp}"}}"#)
+        };
+        let default = r#"{"type": "matchRepoDigestOrExact"}"#.to_string();
+        let exact = r#"{"type": "matchExact"}"#.to_string();
+        let repository = r#"{"type": "matchRepository"}"#.to_string();
+        // (identity, image the user names, the signature's docker-reference, accepted)
+        let vectors: Vec<(String, String, String, bool)> = vec![
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                default.clone(),
+                "docker.io/library/busybox:latest".into(),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                "busybox:notlatest".into(),
+                false,
+            ),
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                "busybox".into(),
+                false,
+            ),
+            (
+                default.clone(),
+                format!("busybox{d}"),
+                "busybox".into(),
+                false,
+            ),
+            (
+                default.clone(),
+                format!("busybox{d}"),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                default.clone(),
+                format!("busybox{d}"),
+                format!("busybox{d2}"),
+                true,
+            ),
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                format!("busybox{d}"),
+                false,
+            ),
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                format!("busybox:latest{d}"),
+                false,
+            ),
+            (default.clone(), format!("{rhel}:7.2.3"), rhel.into(), false),
+            (
+                default.clone(),
+                "hostname/library/busybox:latest".into(),
+                "busybox:notlatest".into(),
+                false,
+            ),
+            (
+                default.clone(),
+                "busybox:latest".into(),
+                "UPPERCASE_IS_INVALID_IN_DOCKER_REFERENCES".into(),
+                false,
+            ),
+            (
+                exact.clone(),
+                "busybox:latest".into(),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                exact.clone(),
+                format!("library/busybox{d}"),
+                format!("busybox{d}"),
+                true,
+            ),
+            (
+                exact.clone(),
+                format!("busybox{d}"),
+                "busybox:latest".into(),
+                false,
+            ),
+            (
+                exact.clone(),
+                format!("busybox{d}"),
+                format!("busybox{d2}"),
+                false,
+            ),
+            (
+                exact.clone(),
+                "busybox:latest".into(),
+                "busybox".into(),
+                false,
+            ),
+            (
+                repository.clone(),
+                "busybox:latest".into(),
+                "busybox:notlatest".into(),
+                true,
+            ),
+            (
+                repository.clone(),
+                format!("{rhel}:7.2.3"),
+                rhel.into(),
+                true,
+            ),
+            (
+                repository.clone(),
+                "busybox:latest".into(),
+                format!("busybox{d}"),
+                true,
+            ),
+            (
+                repository.clone(),
+                "busybox:latest".into(),
+                "notbusybox:latest".into(),
+                false,
+            ),
+            (
+                repository.clone(),
+                "busybox:latest".into(),
+                format!("{rhel}:7.2.3"),
+                false,
+            ),
+            (
+                exact_ref.into(),
+                "other:1".into(),
+                "docker.io/library/busybox:latest".into(),
+                true,
+            ),
+            (
+                exact_ref.into(),
+                "busybox:latest".into(),
+                "busybox:notlatest".into(),
+                false,
+            ),
+            (
+                exact_ref.into(),
+                "busybox:latest".into(),
+                "busybox".into(),
+                false,
+            ),
+            (
+                exact_repo("busybox"),
+                "other:1".into(),
+                "busybox:notlatest".into(),
+                true,
+            ),
+            (
+                exact_repo("library/busybox"),
+                "other:1".into(),
+                "busybox".into(),
+                true,
+            ),
+            (
+                exact_repo("busybox:latest"),
+                "busybox:latest".into(),
+                "hostname/library/busybox:notlatest".into(),
+                false,
+            ),
+            (
+                remap("mirror.example", "public.com"),
+                "mirror.example/busybox:1".into(),
+                "public.com/busybox:1".into(),
+                true,
+            ),
+            (
+                remap("mirror.example", "public.com"),
+                "mirror.example/busybox:1".into(),
+                "public.com/busybox:not1".into(),
+                false,
+            ),
+            (
+                remap("mirror.example", "docker.io/library"),
+                "mirror.example/busybox:latest".into(),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                remap("docker.io/library", "original.com"),
+                "copied:latest".into(),
+                "original.com/copied:latest".into(),
+                true,
+            ),
+            (
+                remap("docker.io/library", "original.com"),
+                "copied:latest".into(),
+                "original.com/ns/copied:latest".into(),
+                false,
+            ),
+            (
+                remap("does-not-match.com", "x.rewritten"),
+                "busybox:latest".into(),
+                "busybox:latest".into(),
+                true,
+            ),
+            (
+                remap("mirror.example/ns/image", "vendor.example:5000"),
+                format!("mirror.example/ns/image{d}"),
+                format!("vendor.example:5000{d}"),
+                false,
+            ),
+            (
+                remap("example.com:5000", "x.example"),
+                "example.com:50000/image:t".into(),
+                "x.example/image:t".into(),
+                false,
+            ),
+        ];
+        assert_eq!(vectors.len(), 36);
+        for (n, (identity, image, signed, want)) in vectors.iter().enumerate() {
+            let rule = parsed_identity(identity).unwrap_or_else(|e| panic!("#{}: {e}", n + 1));
+            let intended = ImageName::parse(image).unwrap().identity();
+            assert_eq!(
+                rule.accepts(&intended, signed),
+                *want,
+                "#{}: {identity} for {image}, signed {signed}",
+                n + 1
+            );
+        }
+        // No signedIdentity is the default.
+        let data = key_data();
+        let p = policy(&format!(
+            r#"{{"default": [{{"type": "sigstoreSigned", "keyData": "{data}"}}]}}"#
+        ))
+        .unwrap();
+        assert!(matches!(
+            &p.default[..],
+            [Requirement::Sigstore {
+                identity: Identity::MatchRepoDigestOrExact,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn the_identity_is_the_name_asked_for_not_the_mirrors() {
+        // registries.conf sends docker.io to a mirror at 127.0.0.1:5000; the user pulls
+        // busybox:1.36 from it. The intended identity is the user's name.
+        let intended = ImageName::parse("busybox:1.36").unwrap().identity();
+        let default = Identity::MatchRepoDigestOrExact;
+        assert!(default.accepts(&intended, "docker.io/library/busybox:1.36"));
+        assert!(!default.accepts(&intended, "127.0.0.1:5000/library/busybox:1.36"));
+        let remap = parsed_identity(
+            r#"{"type": "remapIdentity", "prefix": "docker.io", "signedPrefix": "127.0.0.1:5000"}"#,
+        )
+        .unwrap();
+        assert!(remap.accepts(&intended, "127.0.0.1:5000/library/busybox:1.36"));
+        assert!(!remap.accepts(&intended, "docker.io/library/busybox:1.36"));
+        // What `wpod sign` writes verifies under the default, for a tag and for a digest.
+        let d = format!("sha256:{}", "b".repeat(64));
+        for image in [
+            "reg.example:5000/team/app:1.0".to_string(),
+            format!("app@{d}"),
+        ] {
+            let name = ImageName::parse(&image).unwrap();
+            assert!(
+                default.accepts(&name.identity(), &name.signed_reference()),
+                "{image}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_identity_is_validated_as_containers_image_validates_it() {
+        let refused = |identity: &str, want: &str| {
+            let e = parsed_identity(identity).unwrap_err();
+            assert!(
+                e.contains(want) && e.contains("default.signedIdentity"),
+                "{identity}: {e}"
+            );
+        };
+        refused(
+            r#"{"type": "exactReference", "dockerReference": "busybox"}"#,
+            r#"dockerReference "busybox" contains neither a tag nor digest"#,
+        );
+        refused(
+            r#"{"type": "exactReference"}"#,
+            r#"Key "dockerReference" missing in a JSON object"#,
+        );
+        refused(
+            r#"{"type": "matchRepository", "x": 1}"#,
+            r#"Unknown key "x""#,
+        );
+        refused(
+            r#"{"type": "matchExact", "dockerReference": "x"}"#,
+            r#"Unknown key "dockerReference""#,
+        );
+        refused(
+            r#"{"type": "remapIdentity", "prefix": "busybox", "signedPrefix": "docker.io"}"#,
+            r#"prefix "busybox" is not valid"#,
+        );
+        refused(
+            r#"{"type": "remapIdentity", "prefix": "docker.io", "signedPrefix": ""}"#,
+            r#"signedPrefix "" is not valid"#,
+        );
+        refused(
+            r#"{"type": "remapIdentity", "prefix": "example.com/ns:tag", "signedPrefix": "docker.io"}"#,
+            r#"prefix "example.com/ns:tag" is not valid"#,
+        );
+        refused(
+            r#"{"type": "remapIdentity", "prefix": "docker.io"}"#,
+            r#"Key "signedPrefix" missing"#,
+        );
+        refused(
+            r#"{"type": "exactRepository", "dockerRepository": "UPPER/x"}"#,
+            r#"Invalid format of dockerRepository "UPPER/x""#,
+        );
+        refused(
+            r#"{"type": "exactReference", "dockerReference": "NOT VALID"}"#,
+            r#"Invalid format of dockerReference "NOT VALID""#,
+        );
+        refused(
+            r#"{"type": "foo"}"#,
+            r#"Unknown policy reference match type "foo""#,
+        );
+        refused(r#"{}"#, r#"Key "type" missing in a JSON object"#);
+        refused(r#"{"type": 1}"#, "not a string");
+        refused("null", "is null");
+        refused(
+            r#"{"type": "matchExact", "type": "matchRepository"}"#,
+            r#"Duplicate key "type""#,
+        );
+        // The registries of identity fields are spelled as image names spell them.
+        refused(
+            r#"{"type": "exactReference", "dockerReference": "127.1:5000/x:1"}"#,
+            r#"is spelled "127.0.0.1:5000""#,
+        );
+        refused(
+            r#"{"type": "exactRepository", "dockerRepository": "LOCALHOST:5000/x"}"#,
+            r#""localhost:5000""#,
+        );
+        refused(
+            r#"{"type": "remapIdentity", "prefix": "docker.io", "signedPrefix": "reg.example:0443"}"#,
+            "default port",
+        );
+        // Valid forms.
+        for ok in [
+            r#"{"type": "matchExact"}"#,
+            r#"{"type": "matchRepoDigestOrExact"}"#,
+            r#"{"type": "exactRepository", "dockerRepository": "busybox:latest"}"#,
+            r#"{"type": "remapIdentity", "prefix": "docker.io", "signedPrefix": "docker.io/library"}"#,
+            r#"{"type": "remapIdentity", "prefix": "example.com:5000/ns/repo", "signedPrefix": "localhost"}"#,
+        ] {
+            parsed_identity(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let both = format!(
+            r#"{{"type": "exactReference", "dockerReference": "busybox:1@sha256:{}"}}"#,
+            "c".repeat(64)
+        );
+        parsed_identity(&both).unwrap();
+    }
+
+    #[test]
+    fn requirements_refuse_unknown_keys_and_take_exactly_one_key_source() {
+        assert!(sigstore_error(r#", "bogus": 1"#).contains("unknown field `bogus`"));
+        assert!(
+            sigstore_error(r#", "signedIdentty": {"type": "matchRepository"}"#)
+                .contains("unknown field `signedIdentty`")
+        );
+        let e = policy(r#"{"default": [{"type": "reject", "x": 1}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+        let e = policy(r#"{"default": [{"type": "insecureAcceptAnything", "x": 1}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `x`"), "{e}");
+        let e = sigstore_error(r#", "keyPath": "/etc/wpod/team.pub""#);
+        assert!(
+            e.contains("exactly one of keyPath, keyPaths, keyData and keyDatas"),
+            "{e}"
+        );
+        let e = policy(r#"{"default": [{"type": "sigstoreSigned", "keyPaths": []}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#""keyPaths" contains no entries"#), "{e}");
+        let e = sigstore_error(r#", "rekorPublicKeyDatas": ["eA=="]"#);
+        assert!(e.contains("rekorPublicKeyData"), "{e}");
+        // keyDatas: several keys inline.
+        let (a, b) = (key_data(), key_data());
+        let p = policy(&format!(
+            r#"{{"default": [{{"type": "sigstoreSigned", "keyDatas": ["{a}", "{b}"]}}]}}"#
+        ))
+        .unwrap();
+        match &p.default[..] {
+            [Requirement::Sigstore { keys, .. }] => {
+                assert_eq!(keys.len(), 2);
+                assert_eq!(keys[1].0, "default.keyDatas[1]");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scopes_spell_registries_as_image_names_do() {
+        let scoped = |scope: &str| {
+            policy(&format!(
+                r#"{{"default": [{{"type": "insecureAcceptAnything"}}],
+                    "transports": {{"docker": {{"{scope}": [{{"type": "reject"}}]}}}}}}"#
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        for ok in [
+            "",
+            "127.0.0.1:5000",
+            "127.0.0.1:5000/team/app:1",
+            "docker.io/library/busybox",
+            "*.example.com",
+            "localhost:5000/x",
+        ] {
+            scoped(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (scope, canonical) in [
+            ("127.1:5000", "127.0.0.1:5000"),
+            ("2130706433:5000/x", "127.0.0.1:5000"),
+            ("LOCALHOST:5000/x", "localhost:5000"),
+            ("localhost:029204", "localhost:29204"),
+            ("*.Example.com", "example.com"),
+            ("quay.io:443/org", "quay.io"),
+        ] {
+            let e = scoped(scope).unwrap_err();
+            assert!(
+                e.contains(&format!("transports.docker.\"{scope}\""))
+                    && e.contains(&format!("\"{canonical}\"")),
+                "{scope}: {e}"
+            );
+        }
+        assert!(scoped("0.0.0.0:5000").unwrap_err().contains("unspecified"));
+    }
+
+    #[test]
+    fn an_identity_failure_says_what_was_signed_and_what_would_accept_it() {
+        let intended = ImageName::parse("reg.example/x:1.0").unwrap().identity();
+        let digest = Digest::of(b"m");
+        let wanted = Wanted {
+            digest: &digest,
+            intended: &intended,
+            identity: &Identity::MatchRepoDigestOrExact,
+        };
+        let e = SignatureError::Identity {
+            signed: "reg.example/x".into(),
+        };
+        let reason = wanted.reason(&e);
+        assert!(
+            reason.contains("it is for \"reg.example/x\", which signedIdentity matchRepoDigestOrExact (the default) does not accept for reg.example/x:1.0")
+                && reason.contains("matchRepository"),
+            "{reason}"
+        );
+        let reason = wanted.reason(&SignatureError::Identity {
+            signed: "reg.example/x:2.0".into(),
+        });
+        assert!(!reason.contains("cosign"), "{reason}");
     }
 }
