@@ -66,11 +66,39 @@ fn main() -> ExitCode {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // wpod's own log lines carry strings from registries and containers (errors, names): no
+    // colour codes of ours, and every control character in them escaped, so none reaches the
+    // terminal (or a log file someone `cat`s) as a sequence.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| EscapingStderr)
+        .with_ansi(false)
         .with_target(false)
         .init();
+}
+
+/// stderr for log lines: each event arrives as one write ending in a newline; everything in
+/// it but that newline is escaped.
+struct EscapingStderr;
+
+impl std::io::Write for EscapingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (body, newline) = match text.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (&*text, ""),
+        };
+        let escaped = wpod::logs::escape_controls(body);
+        std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            format!("{escaped}{newline}").as_bytes(),
+        )?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -211,6 +239,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             bench::print(&report?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::PullForPod { request } => {
+            let request: wpod::supervisor::images::PullRequest =
+                serde_json::from_str(&request).context("read the pull request")?;
+            let events = Events::new(&request.pod, OutputFormat::Json);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(wpod::supervisor::images::pull_only(&request, &events))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup { pod } => {
             // Only a valid pod name becomes a path: `__cleanup ..` must not clear anything.
             let pod = wpod::spec::PodName::new(&pod).map_err(anyhow::Error::msg)?;
@@ -271,10 +310,9 @@ fn inspect(component: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {
 }
 
 /// Raises the soft limit on open files to the hard one, as container engines do: wpod holds the
-/// pod's sockets, log files and every sidecar's handles. Each sidecar is held to its own quota
-/// (`wpod.dev/sidecar-max-handles`); if the quotas together exceed what the process may open,
-/// one sidecar could still starve another, which is said.
-fn raise_fd_limit(plan: &wpod::plan::PodPlan) {
+/// pod's sockets, log files and every sidecar's handles, within the budget the plan shared
+/// out of that hard limit (`plan::FdBudget`).
+fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
@@ -283,19 +321,6 @@ fn raise_fd_limit(plan: &wpod::plan::PodPlan) {
         if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             tracing::warn!(error = %e, "cannot raise the open files limit");
         }
-    }
-    let sidecars = plan.containers.iter().filter(|c| c.image.is_wasm()).count() as u64;
-    let quotas = sidecars.saturating_mul(plan.settings.sidecar_max_handles);
-    // Each forwarded connection holds two sockets and two pipes.
-    let forwarding = (plan.port_mappings.len() as u64).saturating_mul(
-        wpod::sandbox::ports::MAX_CONNECTIONS as u64 * wpod::sandbox::ports::FDS_PER_CONNECTION,
-    );
-    // Room for wpod itself and its native containers' pipes and log files.
-    let reserve = 1024;
-    if quotas.saturating_add(forwarding).saturating_add(reserve) > hard {
-        tracing::warn!(
-            "the pod's {sidecars} sidecars may hold {quotas} handles together and its hostPorts {forwarding} descriptors at full load, more than the {hard} files wpod may open (ulimit -Hn); lower wpod.dev/sidecar-max-handles or raise the limit"
-        );
     }
 }
 
@@ -336,7 +361,7 @@ fn run(
         let plan = plan
             .with_pulled_sidecars(&images.sidecar_components(&plan))
             .map_err(SpecError::Invalid)?;
-        raise_fd_limit(&plan);
+        raise_fd_limit();
         // The sidecars' components come next: read, hashed and, when the cache lacks them,
         // compiled before anything of the pod exists (one that cannot compile fails the pod
         // here). Loading their cached code and linking it overlaps the sandbox's creation; if

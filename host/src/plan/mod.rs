@@ -60,6 +60,40 @@ pub struct PodPlan {
     /// The memory limit of the wpod process while it runs this pod (see
     /// [`runtime_memory_limit`]); `None`: not bounded.
     pub runtime_memory_limit: Option<u64>,
+    /// How the descriptors wpod may open are shared (see [`fd_budget`]).
+    pub fd_budget: FdBudget,
+}
+
+/// The descriptors of the wpod process that runs a pod, shared out so that nothing the pod
+/// does from inside (sidecars holding handles) or outside (clients holding hostPort
+/// connections) can take the ones wpod needs to restart a container or open a log file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdBudget {
+    /// What wpod may open: the hard `RLIMIT_NOFILE`, to which `wpod run` raises its soft limit.
+    pub limit: u64,
+    /// Connections the pod's hostPorts forward at once, all ports together (more wait in the
+    /// kernel's backlog).
+    pub forwarded_connections: u64,
+}
+
+/// Descriptors wpod keeps for itself whatever the pod: its runtimes, the control socket, the
+/// journal, the lifeline, the compiled code it maps (measured idle: about 60).
+pub const RESERVED_FDS: u64 = 256;
+/// Descriptors wpod holds per container: output pipes, log files, a shim's report pipe and
+/// pidfd, cgroup files while it starts.
+pub const FDS_PER_CONTAINER: u64 = 8;
+/// Connections one hostPort forwards at once, at most.
+pub const MAX_FORWARDED_PER_PORT: u64 = 1024;
+/// Descriptors one forwarded connection holds: its two sockets and a pipe (two ends) each way.
+pub const FDS_PER_FORWARDED: u64 = 6;
+/// The fewest connections a pod with hostPorts must be able to forward at once.
+pub const MIN_FORWARDED: u64 = 64;
+
+/// The hard limit on open files of this process (what `wpod run` raises its soft limit to).
+pub fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024)
 }
 
 /// What wpod itself needs while it runs a pod, Wasm sidecars aside: its runtimes, its port
@@ -169,11 +203,18 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
     let port_mappings = port_mappings(pod, &mut diags);
+    let fd_budget = fd_budget(
+        pod,
+        &containers,
+        port_mappings.len() as u64,
+        open_files_limit(),
+        &mut diags,
+    );
     let name = PodName::new(&pod.metadata.name)
         .map_err(|e| diags.push(pod.source.diag("metadata.name", e)));
     match name {
         Ok(name) if diags.is_empty() => {
-            let tmpfs_sizes = tmpfs_sizes(pod);
+            let tmpfs_sizes = tmpfs_sizes(pod, &containers);
             let settings = pod.annotations();
             let grace_seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
             Ok(PodPlan {
@@ -185,6 +226,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 settings,
                 port_mappings,
                 tmpfs_sizes,
+                fd_budget,
                 pod: pod.clone(),
             })
         }
@@ -231,6 +273,64 @@ fn check_sidecar_count(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<
                  sidecars to another pod"
             ),
         ));
+    }
+}
+
+/// Shares out the `limit` descriptors wpod may open: its own reserve and each container's
+/// first, then every Wasm sidecar's handle quota (`wpod.dev/sidecar-max-handles`, for the
+/// sidecars that run at once), and what is left to hostPort connections (at most
+/// [`MAX_FORWARDED_PER_PORT`] per port). A pod whose quotas leave hostPorts less than
+/// [`MIN_FORWARDED`] connections, or leave wpod less than its reserve, is refused with the
+/// arithmetic: twenty sidecars within their own quotas once took every descriptor wpod had.
+fn fd_budget(
+    pod: &Pod,
+    containers: &[ContainerPlan],
+    ports: u64,
+    limit: u64,
+    diags: &mut Vec<Diagnostic>,
+) -> FdBudget {
+    let per_sidecar = pod.annotations().sidecar_max_handles;
+    let sidecars = pool_slots(containers).count() as u64;
+    let quotas = sidecars.saturating_mul(per_sidecar);
+    let fixed =
+        RESERVED_FDS.saturating_add(FDS_PER_CONTAINER.saturating_mul(containers.len() as u64));
+    let min_forwarded = if ports > 0 {
+        MIN_FORWARDED * FDS_PER_FORWARDED
+    } else {
+        0
+    };
+    let needed = fixed.saturating_add(quotas).saturating_add(min_forwarded);
+    if needed > limit {
+        let room = limit.saturating_sub(fixed + min_forwarded);
+        let fix = match (sidecars, room / sidecars.max(1)) {
+            (0, _) | (_, 0) => {
+                "raise the hard limit on open files (ulimit -Hn, LimitNOFILE=)".to_string()
+            }
+            (_, most) => format!(
+                "set wpod.dev/sidecar-max-handles to at most {most}, or raise the hard limit on \
+                 open files (ulimit -Hn, LimitNOFILE=)"
+            ),
+        };
+        let hostports = match ports {
+            0 => String::new(),
+            _ => format!(" + {min_forwarded} for at least {MIN_FORWARDED} hostPort connections"),
+        };
+        diags.push(pod.source.diag(
+            "metadata.annotations[wpod.dev/sidecar-max-handles]",
+            format!(
+                "the pod needs more descriptors than wpod may open: {sidecars} Wasm sidecars x \
+                 {per_sidecar} handles = {quotas}, + {fixed} for wpod and its {} containers{hostports} \
+                 = {needed}, over the limit of {limit}; {fix}",
+                containers.len()
+            ),
+        ));
+    }
+    let spare = limit.saturating_sub(fixed.saturating_add(quotas));
+    FdBudget {
+        limit,
+        forwarded_connections: (spare / FDS_PER_FORWARDED)
+            .min(ports.saturating_mul(MAX_FORWARDED_PER_PORT))
+            .max(MIN_FORWARDED.min(ports * MAX_FORWARDED_PER_PORT)),
     }
 }
 
@@ -330,23 +430,63 @@ fn runtime_memory_limit(
 /// Each `medium: Memory` emptyDir is sized as the kubelet sizes it: its `sizeLimit` when above
 /// zero, but never above the pod's memory limit (`sizeLimit: 0` means "not set", as in
 /// Kubernetes; a tmpfs of size 0 would be unlimited).
-fn tmpfs_sizes(pod: &Pod) -> BTreeMap<String, Option<u64>> {
+///
+/// One a Wasm sidecar may write, and that has no size that way, is sized by its writers: the
+/// sum of the memory limits of the containers that mount it writable, or, when one of them has
+/// no limit, the kernel's default for a tmpfs (half of the host's memory). Kubernetes charges
+/// tmpfs pages to the writer's cgroup, so a 16Mi container can put at most 16Mi there; a
+/// sidecar writes through wpod, whose cgroup would be charged instead (a 16Mi sidecar once
+/// filled a volume with 2 GiB, charged to nobody). So the volume holds no more than its
+/// writers may, and wpod's own limit counts it ([`runtime_memory_limit`]).
+fn tmpfs_sizes(pod: &Pod, containers: &[ContainerPlan]) -> BTreeMap<String, Option<u64>> {
     let pod_limit = pod_memory_limit(pod);
+    let writers = |volume: &str| -> Vec<&ContainerPlan> {
+        containers
+            .iter()
+            .filter(|c| {
+                c.spec
+                    .volume_mounts
+                    .iter()
+                    .any(|m| m.name == volume && !m.read_only)
+            })
+            .collect()
+    };
     pod.spec
         .volumes
         .iter()
         .filter_map(|v| match &v.source {
             VolumeSource::EmptyDir(e) if e.medium == StorageMedium::Memory => {
                 let own = e.size_limit_bytes.filter(|n| *n > 0);
-                let size = match (own, pod_limit) {
+                let mut size = match (own, pod_limit) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                let writers = writers(&v.name);
+                if size.is_none() && writers.iter().any(|c| c.image.is_wasm()) {
+                    let limits: Option<u64> = writers
+                        .iter()
+                        .map(|c| c.spec.resources.limits.memory_bytes)
+                        .try_fold(0u64, |sum, l| Some(sum.saturating_add(l?)));
+                    size = Some(limits.unwrap_or_else(default_tmpfs_size).max(1 << 20));
+                }
                 Some((v.name.clone(), size))
             }
             _ => None,
         })
         .collect()
+}
+
+/// The size the kernel gives a tmpfs mounted without one: half of the host's memory.
+fn default_tmpfs_size() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(1 << 20);
+    total_kib.saturating_mul(1024) / 2
 }
 
 /// A component may import only what the pod grants it, and must be a runnable sidecar.

@@ -108,6 +108,7 @@ impl PodSandbox {
         sandbox.ports = Some(PortForwards::publish(
             name,
             &plan.port_mappings,
+            plan.fd_budget.forwarded_connections,
             sandbox.namespaces.net_handle(),
         )?);
         Ok(sandbox)

@@ -8,9 +8,12 @@
 //! a proxy's must (a relay that holds back a response's last segment waits out the client's
 //! delayed ACK).
 //!
-//! Forwarding is bounded: all of it is async (no thread per connection), each port serves at
-//! most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), and when the process
-//! runs out of descriptors the accept loop backs off instead of spinning.
+//! Forwarding is bounded: all of it is async (no thread per connection), the pod's ports
+//! together serve at most the connections the plan's descriptor budget left them
+//! (`FdBudget::forwarded_connections`; more wait in the kernel's backlog), so clients holding
+//! connections never take the descriptors wpod needs for the pod itself; and if the process
+//! still runs out of descriptors, the accept loop backs off instead of spinning, saying so once
+//! per interval.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,10 +31,6 @@ use super::runtime::PodRuntime;
 use super::SandboxError;
 use crate::plan::PortMapping;
 
-/// Connections forwarded at once per published port.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Descriptors one forwarded connection holds: its two sockets and a pipe (two ends) each way.
-pub const FDS_PER_CONNECTION: u64 = 6;
 /// How long a connection to the container port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Threads that forward: one keeps a connection's both directions on one core, without
@@ -57,6 +56,7 @@ impl PortForwards {
     pub fn publish(
         pod: &str,
         mappings: &[PortMapping],
+        max_connections: u64,
         net: Arc<OwnedFd>,
     ) -> Result<Self, SandboxError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -91,13 +91,20 @@ impl PortForwards {
             step: "start the hostPort forwarders".into(),
             error: e.to_string(),
         })?;
+        // One budget for all the pod's ports.
+        let slots = Arc::new(Semaphore::new(
+            usize::try_from(max_connections)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+        ));
         let tasks = listeners
             .into_iter()
             .map(|(listener, target)| {
                 let stopped = stopped.clone();
+                let slots = slots.clone();
                 handle.spawn(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, target, stopped).await,
+                        Ok(listener) => serve(listener, target, slots, stopped).await,
                         Err(e) => tracing::error!(%target, error = %e, "cannot serve a hostPort"),
                     }
                 })
@@ -129,15 +136,20 @@ fn accept_backoff(previous: Option<Duration>) -> Duration {
     }
 }
 
+/// How often a failing accept is reported (it may fail every few milliseconds).
+const ACCEPT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 async fn serve(
     listener: TcpListener,
     target: SocketAddr,
+    slots: Arc<Semaphore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Owned here, so stopping the forwarder ends every connection too.
     let mut connections = JoinSet::new();
     let mut backoff = None;
+    let mut failures = 0u64;
+    let mut reported: Option<tokio::time::Instant> = None;
     loop {
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
@@ -160,7 +172,13 @@ async fn serve(
             Err(e) => {
                 let delay = accept_backoff(backoff);
                 backoff = Some(delay);
-                tracing::warn!(%target, error = %e, "hostPort accept failed; retrying in {delay:?}");
+                failures += 1;
+                let due = reported.is_none_or(|at| at.elapsed() >= ACCEPT_REPORT_INTERVAL);
+                if due {
+                    tracing::warn!(%target, error = %e, failures, "hostPort accept failed; backing off (said at most every {ACCEPT_REPORT_INTERVAL:?})");
+                    reported = Some(tokio::time::Instant::now());
+                    failures = 0;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
                     _ = stop.wait_for(|s| *s) => break,
