@@ -3,10 +3,19 @@
 //!
 //! It reaches nothing new: the sidecar hands over its certificate and key as bytes (read from
 //! its own volume) and the streams of a connection it accepted; the host opens no file and no
-//! socket for it. What it can cost the host is bounded: PEM input size, identities per instance
-//! ([`MAX_IDENTITIES`]), and sessions open at once: [`SESSION_COST`] of the sidecar's memory limit
-//! each, at most [`MAX_SESSIONS`], so the pod's runtime cgroup budget (which adds the sidecars'
-//! limits) covers them. Sessions end with the instance that opened them.
+//! socket for it. What it can cost the host is bounded:
+//! - memory: PEM input size, a certificate chain of at most [`MAX_CHAIN`] bytes (a handshake
+//!   sends it whole: a 1 MiB chain once answered each 517-byte ClientHello with 714 KB),
+//!   identities per instance ([`MAX_IDENTITIES`]); sessions open at once, [`SESSION_COST`] of
+//!   three quarters of the sidecar's memory limit each (at most [`MAX_SESSIONS`]), and
+//!   handshakes under way, [`HANDSHAKE_COST`] of the last quarter each, so the pod's runtime
+//!   cgroup budget (which adds the sidecars' limits) covers both. Handshakes have their own,
+//!   smaller slots and must hear from the client within [`SILENCE_TIMEOUT`]: silent clients
+//!   cannot hold the slots of established sessions.
+//! - CPU: the host's time in a sidecar's handshakes is metered ([`HandshakeCpu`]) against the
+//!   sidecar's CPU limit (one core without one): a sidecar replaying ClientHellos with an
+//!   RSA-4096 key once cost 17 CPU-seconds for 4,000 of them; now its handshakes wait.
+//! Sessions end with the instance that opened them.
 //!
 //! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),
 //! tokio-rustls accepts on it, and a task relays between the TLS stream and an in-memory
@@ -38,11 +47,17 @@ use super::bindings::tls;
 use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
 use crate::spec::Diagnostic;
 
-/// Sessions (handshaking or open) one instance may have at once, whatever its memory limit.
+/// Sessions one instance may have open at once, whatever its memory limit.
 pub const MAX_SESSIONS: usize = 4096;
 /// What a session may hold in the host at most (buffers each way, rustls' state), counted
 /// against the sidecar's memory limit to cap its sessions.
 pub const SESSION_COST: u64 = 128 * 1024;
+/// What a handshake under way may hold (rustls' state, one flight of records).
+pub const HANDSHAKE_COST: u64 = 64 * 1024;
+/// How long a client may stay silent before its first bytes.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest certificate chain an identity may have, in DER bytes (real ones are 2-10 KB).
+pub const MAX_CHAIN: usize = 64 * 1024;
 /// Server identities one instance may hold at once (each up to 2 MiB of PEM).
 pub const MAX_IDENTITIES: usize = 16;
 /// How long the close_notify of an ending session may take to leave.
@@ -56,18 +71,109 @@ const PIPE: usize = 16 * 1024;
 
 pub struct Tls;
 
-/// One instance's TLS state: how many more sessions it may open, and the signal that ends
-/// them with the instance (dropped with its store).
+/// One instance's TLS state: how many more sessions and handshakes it may have, its handshake
+/// CPU budget, and the signal that ends them with the instance (dropped with its store).
 pub struct TlsCtx {
     sessions: Arc<Semaphore>,
-    limit: usize,
+    handshakes: Arc<Semaphore>,
+    grant: TlsGrant,
+    cpu: Arc<HandshakeCpu>,
     identities: usize,
     ended: watch::Sender<()>,
 }
 
+/// What one sidecar's TLS may hold, decided from its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsGrant {
+    /// Sessions open at once.
+    pub sessions: usize,
+    /// Handshakes under way at once.
+    pub handshakes: usize,
+    /// Host CPU its handshakes may use, in millicores (its `limits.cpu`, else one core).
+    pub cpu_millis: u64,
+}
+
+/// The host CPU time one instance's handshakes use, as a token bucket that refills at the
+/// sidecar's CPU limit and holds at most one second of it: a handshake in debt waits.
+pub struct HandshakeCpu {
+    /// Nanoseconds of CPU available (negative: owed), and when it was last refilled.
+    state: std::sync::Mutex<(f64, tokio::time::Instant)>,
+    /// Nanoseconds of CPU per second of time.
+    rate: f64,
+}
+
+impl HandshakeCpu {
+    pub fn new(cpu_millis: u64) -> Self {
+        let rate = cpu_millis.max(1) as f64 * 1e6;
+        HandshakeCpu {
+            state: std::sync::Mutex::new((rate, tokio::time::Instant::now())),
+            rate,
+        }
+    }
+
+    fn refill(&self) -> std::sync::MutexGuard<'_, (f64, tokio::time::Instant)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(state.1).as_secs_f64();
+        state.0 = (state.0 + elapsed * self.rate).min(self.rate);
+        state.1 = now;
+        state
+    }
+
+    /// Charges `nanos` of CPU spent.
+    pub fn charge(&self, nanos: u64) {
+        self.refill().0 -= nanos as f64;
+    }
+
+    /// How long until the bucket is out of debt (`None`: it is not in debt).
+    pub fn wait(&self) -> Option<Duration> {
+        let tokens = self.refill().0;
+        (tokens < 0.0).then(|| Duration::from_secs_f64(-tokens / self.rate))
+    }
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// A handshake future whose polls are charged to its instance's [`HandshakeCpu`], and which
+/// waits while that is in debt.
+struct Metered<F> {
+    inner: Pin<Box<F>>,
+    cpu: Arc<HandshakeCpu>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        loop {
+            if let Some(pause) = self.pause.as_mut() {
+                ready!(pause.as_mut().poll(cx));
+                self.pause = None;
+            }
+            match self.cpu.wait() {
+                Some(d) => self.pause = Some(Box::pin(tokio::time::sleep(d))),
+                None => break,
+            }
+        }
+        let start = thread_cpu_nanos();
+        let out = self.inner.as_mut().poll(cx);
+        self.cpu.charge(thread_cpu_nanos().saturating_sub(start));
+        out
+    }
+}
+
 impl Capability for Tls {
-    /// Sessions it may have open at once.
-    type Grant = usize;
+    type Grant = TlsGrant;
     type State = TlsCtx;
 
     const IMPORTS: &'static [Import] = &[Import {
@@ -77,10 +183,19 @@ impl Capability for Tls {
         },
     }];
 
-    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> usize {
-        match sidecar.container.resources.limits.memory_bytes {
-            Some(limit) => ((limit / SESSION_COST) as usize).clamp(16, MAX_SESSIONS),
-            None => MAX_SESSIONS,
+    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> TlsGrant {
+        let limits = &sidecar.container.resources.limits;
+        let (sessions, handshakes) = match limits.memory_bytes {
+            Some(limit) => (
+                ((limit / 4 * 3 / SESSION_COST) as usize).clamp(16, MAX_SESSIONS),
+                ((limit / 4 / HANDSHAKE_COST) as usize).clamp(4, MAX_SESSIONS),
+            ),
+            None => (MAX_SESSIONS, MAX_SESSIONS / 4),
+        };
+        TlsGrant {
+            sessions,
+            handshakes,
+            cpu_millis: limits.cpu_millis.unwrap_or(1000).max(1),
         }
     }
 
@@ -95,10 +210,12 @@ impl Capability for Tls {
         tls::add_to_linker::<T, HasTls>(linker, view)
     }
 
-    fn prepare(limit: &usize, _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
+    fn prepare(grant: &TlsGrant, _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
         Ok(TlsCtx {
-            sessions: Arc::new(Semaphore::new(*limit)),
-            limit: *limit,
+            sessions: Arc::new(Semaphore::new(grant.sessions)),
+            handshakes: Arc::new(Semaphore::new(grant.handshakes)),
+            grant: *grant,
+            cpu: Arc::new(HandshakeCpu::new(grant.cpu_millis)),
             identities: 0,
             ended: watch::channel(()).0,
         })
@@ -121,6 +238,14 @@ impl ServerIdentity {
             .map_err(|e| format!("certificate chain: {e}"))?;
         if certs.is_empty() {
             return Err("certificate chain: no PEM certificate".into());
+        }
+        let chain_bytes: usize = certs.iter().map(|c| c.len()).sum();
+        if chain_bytes > MAX_CHAIN {
+            return Err(format!(
+                "certificate chain: {chain_bytes} bytes of certificates, over {} KiB (every \
+                 handshake sends the chain whole; real ones are a few KiB)",
+                MAX_CHAIN / 1024
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
@@ -157,16 +282,41 @@ impl wasmtime_wasi_io::poll::Pollable for FutureServerStreams {
     }
 }
 
-/// Runs the handshake on the guest's streams and, once done, relays between TLS and a pipe
-/// whose other end it returns.
+/// Runs the handshake on the guest's streams (holding a handshake slot, metered against the
+/// instance's CPU budget) and, once done, takes a session slot and relays between TLS and a
+/// pipe whose other end it returns.
 async fn handshake(
     config: Arc<ServerConfig>,
-    transport: GuestTransport,
+    mut transport: GuestTransport,
     idle: Option<Duration>,
-    session: Session,
+    start: Handshake,
 ) -> Result<DuplexStream, String> {
+    let Handshake {
+        slot,
+        sessions,
+        limit,
+        cpu,
+        ended,
+    } = start;
+    // The client's first bytes must come soon: a silent client holds a handshake slot only
+    // briefly.
+    match tokio::time::timeout(SILENCE_TIMEOUT, transport.first_bytes()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake: the client said nothing within {}s",
+                SILENCE_TIMEOUT.as_secs()
+            ))
+        }
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(transport)).await {
+    let accept = Metered {
+        inner: Box::pin(acceptor.accept(transport)),
+        cpu,
+        pause: None,
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
         Err(_) => {
@@ -176,10 +326,32 @@ async fn handshake(
             ));
         }
     };
+    drop(slot);
+    let Ok(permit) = sessions.try_acquire_owned() else {
+        return Err(format!(
+            "{limit} TLS sessions are open already (three quarters of the sidecar's memory limit \
+             allows that many: one per {} KiB)",
+            SESSION_COST / 1024
+        ));
+    };
     let (guest, host) = tokio::io::duplex(PIPE);
+    let session = Session {
+        _permit: permit,
+        ended,
+    };
     // Detached: it ends when the guest drops its end, or the client goes away.
     tokio::spawn(relay(tls, host, idle, session));
     Ok(guest)
+}
+
+/// What a handshake holds of its instance: its handshake slot, the session slots it will take
+/// one of, the CPU budget it is charged to, and the signal that the instance has ended.
+struct Handshake {
+    slot: OwnedSemaphorePermit,
+    sessions: Arc<Semaphore>,
+    limit: usize,
+    cpu: Arc<HandshakeCpu>,
+    ended: watch::Receiver<()>,
 }
 
 /// What a session holds of its instance: its place among the sessions, and the signal that
@@ -268,6 +440,32 @@ struct GuestTransport {
     output: Waiting<DynOutputStream>,
     /// A flush was asked of the output and has not completed yet.
     flushing: bool,
+    /// Bytes read ahead by [`GuestTransport::first_bytes`], given out first.
+    peeked: Option<Bytes>,
+}
+
+impl GuestTransport {
+    /// Waits for the client's first bytes (kept for the handshake to read), or its end.
+    async fn first_bytes(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| loop {
+            let stream = ready!(idle(&mut self.input, cx));
+            match stream.read(PIPE) {
+                Ok(bytes) if bytes.is_empty() => wait_ready(&mut self.input),
+                Ok(bytes) => {
+                    self.peeked = Some(bytes);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(StreamError::Closed) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection before its hello",
+                    )))
+                }
+                Err(e) => return Poll::Ready(Err(stream_error(e))),
+            }
+        })
+        .await
+    }
 }
 
 /// A stream, or the future that waits for it to become ready and gives it back.
@@ -318,6 +516,14 @@ impl AsyncRead for GuestTransport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(mut peeked) = self.peeked.take() {
+            let n = peeked.len().min(buf.remaining());
+            buf.put_slice(&peeked.split_to(n));
+            if !peeked.is_empty() {
+                self.peeked = Some(peeked);
+            }
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let stream = ready!(idle(&mut self.input, cx));
             match stream.read(buf.remaining()) {
@@ -464,26 +670,30 @@ impl tls::Host for TlsView<'_> {
         let config = self.table.get(&identity)?.0.clone();
         let input = self.table.delete(input)?;
         let output = self.table.delete(output)?;
-        let outcome = match self.ctx.sessions.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let outcome = match self.ctx.handshakes.clone().try_acquire_owned() {
+            Ok(slot) => {
                 let transport = GuestTransport {
                     input: Waiting::Idle(input),
                     output: Waiting::Idle(output),
                     flushing: false,
+                    peeked: None,
                 };
-                let session = Session {
-                    _permit: permit,
+                let start = Handshake {
+                    slot,
+                    sessions: self.ctx.sessions.clone(),
+                    limit: self.ctx.grant.sessions,
+                    cpu: self.ctx.cpu.clone(),
                     ended: self.ctx.ended.subscribe(),
                 };
                 FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(handshake(
-                    config, transport, idle, session,
+                    config, transport, idle, start,
                 )))
             }
             Err(_) => FutureServerStreams::Done(Err(format!(
-                "{} TLS sessions are open already (the sidecar's memory limit allows that many: \
-                 one per {} KiB)",
-                self.ctx.limit,
-                SESSION_COST / 1024
+                "{} TLS handshakes are under way already (a quarter of the sidecar's memory \
+                 limit allows that many: one per {} KiB)",
+                self.ctx.grant.handshakes,
+                HANDSHAKE_COST / 1024
             ))),
         };
         Ok(self.table.push(outcome)?)
