@@ -221,6 +221,90 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     Ok(bytes)
 }
 
+/// What [`remove_tree`] does on meeting another wpod state root inside the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherRoots {
+    /// Remove it too (an image layer may hold any file name).
+    Remove,
+    /// Keep it and fail: a pod's state never holds another root, unless roots nest.
+    Spare,
+}
+
+/// Removes the tree at `path` without following a symlink, however deep: it holds one
+/// directory descriptor at a time (a parent is reached again through `..`), so a layer 2,442
+/// directories deep goes at `ulimit -n 1024`, where `remove_dir_all` (a descriptor per level)
+/// stopped half-way. Names still to visit are kept per level, so each directory is listed once.
+pub fn remove_tree(path: &Path, roots: OtherRoots) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStrExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let list = |dir: &std::os::fd::OwnedFd| -> std::io::Result<Vec<(OsString, bool)>> {
+        let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir)?)?;
+        let mut names = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if roots == OtherRoots::Spare && name == ROOT_MARKER.as_bytes() {
+                return Err(std::io::Error::other(format!(
+                    "a directory under {} holds another wpod state root; it was kept",
+                    path.display()
+                )));
+            }
+            let is_dir = match entry.file_type() {
+                Some(t) => t == nix::dir::Type::Directory,
+                None => nix::sys::stat::fstatat(
+                    dir,
+                    entry.file_name(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+            };
+            names.push((std::ffi::OsStr::from_bytes(name).to_os_string(), is_dir));
+        }
+        Ok(names)
+    };
+    let mut dir = nix::fcntl::open(path, flags, Mode::empty())?;
+    // Per level from the top: the directory's name in its parent, and what is left to visit.
+    let mut stack: Vec<(OsString, Vec<(OsString, bool)>)> = vec![(OsString::new(), list(&dir)?)];
+    loop {
+        let next = stack.last_mut().and_then(|(_, left)| left.pop());
+        match next {
+            Some((name, true)) => {
+                let child = openat(&dir, name.as_os_str(), flags, Mode::empty())?;
+                let children = list(&child)?;
+                dir = child;
+                stack.push((name, children));
+            }
+            Some((name, false)) => unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?,
+            None => {
+                let Some((name, _)) = stack.pop() else { break };
+                if stack.is_empty() {
+                    break;
+                }
+                let parent = openat(&dir, "..", flags, Mode::empty())?;
+                dir = parent;
+                unlinkat(&dir, name.as_os_str(), UnlinkatFlags::RemoveDir)?;
+            }
+        }
+    }
+    drop(dir);
+    std::fs::remove_dir(path)
+}
+
 /// `path` with symlinks resolved as far as it exists (a `DirectoryOrCreate` path may not yet).
 pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
     let mut existing = path;
@@ -242,6 +326,49 @@ pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_the_descriptor_limit_is_removed() {
+        let base = std::env::temp_dir().join(format!("wpod-deep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        // 3,000 levels, built through descriptors (the path would pass PATH_MAX).
+        let mut dir = std::fs::File::open(&base).unwrap();
+        for i in 0..3000 {
+            let fd = std::os::fd::AsFd::as_fd(&dir);
+            nix::sys::stat::mkdirat(fd, "d", nix::sys::stat::Mode::from_bits_truncate(0o755))
+                .unwrap();
+            if i % 500 == 0 {
+                let f = nix::fcntl::openat(
+                    fd,
+                    "f",
+                    nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )
+                .unwrap();
+                drop(f);
+            }
+            let next = nix::fcntl::openat(
+                fd,
+                "d",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            dir = std::fs::File::from(next);
+        }
+        drop(dir);
+        // (At `ulimit -n 1024` too: the e2e test `image prune` of such a layer checks that.)
+        remove_tree(&base, OtherRoots::Remove).unwrap();
+        assert!(!base.exists());
+        // Another root inside a tree that spares them is kept, and said.
+        let base = std::env::temp_dir().join(format!("wpod-spare-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("pods/x/inner")).unwrap();
+        std::fs::write(base.join("pods/x/inner").join(ROOT_MARKER), b"").unwrap();
+        assert!(remove_tree(&base, OtherRoots::Spare).is_err());
+        assert!(base.join("pods/x/inner").join(ROOT_MARKER).exists());
+        remove_tree(&base, OtherRoots::Remove).unwrap();
+    }
 
     #[test]
     fn refuses_what_is_not_a_small_regular_file() {

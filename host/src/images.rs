@@ -303,6 +303,15 @@ pub fn remove(names: &[String]) -> anyhow::Result<ExitCode> {
         "removed {} blobs and {} layers ({} bytes)",
         report.blobs, report.layers, report.bytes
     );
+    if !report.failed.is_empty() {
+        for f in &report.failed {
+            eprintln!("wpod: cannot remove {}", safe(f));
+        }
+        anyhow::bail!(
+            "{} blobs or layers could not be removed",
+            report.failed.len()
+        );
+    }
     if missing.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -317,5 +326,14 @@ pub fn prune() -> anyhow::Result<ExitCode> {
         "removed {} blobs and {} layers ({} bytes)",
         report.blobs, report.layers, report.bytes
     );
+    if !report.failed.is_empty() {
+        for f in &report.failed {
+            eprintln!("wpod: cannot remove {}", safe(f));
+        }
+        anyhow::bail!(
+            "{} blobs or layers could not be removed",
+            report.failed.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

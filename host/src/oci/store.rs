@@ -360,7 +360,9 @@ impl Locked<'_> {
         let layers = self.store.root.join("layers");
         for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                remove_tree(&e.path());
+                if let Err(err) = remove_tree(&e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove what a killed pull left");
+                }
             }
         }
     }
@@ -448,26 +450,34 @@ impl Locked<'_> {
                     continue;
                 }
                 let path = e.path();
-                report.bytes += du(&path);
-                if is_layer {
-                    remove_tree(&path);
-                    report.layers += 1;
-                } else {
-                    let _ = std::fs::remove_file(&path);
-                    report.blobs += 1;
+                let bytes = du(&path);
+                let removed = match is_layer {
+                    true => remove_tree(&path),
+                    false => std::fs::remove_file(&path),
+                };
+                match removed {
+                    Ok(()) if is_layer => report.layers += 1,
+                    Ok(()) => report.blobs += 1,
+                    Err(e) => {
+                        report.failed.push(format!("{}: {e}", path.display()));
+                        continue;
+                    }
                 }
+                report.bytes += bytes;
             }
         }
         Ok(report)
     }
 }
 
-/// What a prune removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a prune removed, and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneReport {
     pub blobs: u64,
     pub layers: u64,
     pub bytes: u64,
+    /// Each blob or layer that could not be removed, with why.
+    pub failed: Vec<String>,
 }
 
 /// A download in progress.
@@ -525,25 +535,34 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     }
 }
 
-/// Bytes under `path`, not following symlinks.
+/// Bytes under `path`, not following symlinks (a walk by path, without recursion: a layer may be
+/// thousands of directories deep).
 pub fn du(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else {
+            total += meta.len();
+        }
     }
-    std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
-        .unwrap_or(0)
+    total
 }
 
-/// Removes a layer directory. Layers may hold read-only directories and immutable modes; as root
-/// `remove_dir_all` removes them all, and it never follows symlinks.
-fn remove_tree(path: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(path) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored layer");
-    }
+/// Removes a layer directory, however deep, never following a symlink. Layers may hold
+/// read-only directories; as root wpod removes them anyway.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    crate::files::remove_tree(path, crate::files::OtherRoots::Remove)
 }
 
 #[cfg(test)]

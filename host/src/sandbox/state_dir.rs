@@ -138,10 +138,10 @@ fn clear(dir: &Path) {
     for m in crate::mounts::mounts_under(dir) {
         let _ = umount2(&m, MntFlags::MNT_DETACH);
     }
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod's state directory");
-        }
+    // Another wpod root inside a pod's directory (roots nested on purpose or by mistake) is
+    // kept: clearing a pod never removes another root's state.
+    if let Err(e) = crate::files::remove_tree(dir, crate::files::OtherRoots::Spare) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pod's state directory");
     }
 }
 
