@@ -276,6 +276,10 @@ pub enum Command {
     /// Internal: a native container's shim (started by `wpod run`).
     #[command(name = "__container", hide = true)]
     ContainerShim { launch_spec: PathBuf },
+    /// Internal: `wpod apply`'s pulls, run by the pod's wpod as a process of their own outside
+    /// the pod's cgroup (a JSON `PullRequest`); events as JSON lines on stdout.
+    #[command(name = "__pull", hide = true)]
+    PullForPod { request: String },
 }
 
 /// The languages `wpod new` scaffolds.

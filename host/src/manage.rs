@@ -502,22 +502,41 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
         }
     };
     let mut out = std::io::stdout().lock();
+    // The rotated part first (the journal is bounded: `supervisor::journal`).
+    let older = std::fs::read_to_string(journal::rotated(&path)).unwrap_or_default();
+    for line in older.lines().filter(|l| !journal::is_snapshot(l)) {
+        print(line, &mut out)?;
+    }
     // Opened once: the journal stays readable even if `wpod rm` unlinks it meanwhile.
     let mut f = std::fs::File::open(&path)?;
     let mut pending = Vec::new();
     loop {
         // Whether the pod was still held before this read: if not, this read is the last.
         let running = follow && state_dir::in_use(pod.as_str());
+        // Rotated since it was opened: what the old file still held, then the new one.
+        let moved = {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            running && now.is_some() && now != f.metadata().map(|m| m.ino()).ok()
+        };
         f.read_to_end(&mut pending)?;
         let whole = pending
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
-        for line in String::from_utf8_lossy(&pending[..whole]).lines() {
+        for line in String::from_utf8_lossy(&pending[..whole])
+            .lines()
+            .filter(|l| !journal::is_snapshot(l))
+        {
             print(line, &mut out)?;
         }
         out.flush()?;
         pending.drain(..whole);
+        if moved {
+            f = std::fs::File::open(&path)?;
+            pending.clear();
+            continue;
+        }
         if !running {
             break;
         }
@@ -550,12 +569,14 @@ const MAX_ANSWER: u64 = 16 << 20;
 fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::Value> {
     use std::os::unix::net::UnixStream;
     let path = pod_dir(pod).join(control::SOCKET);
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach pod {pod} at {}: {e} (is it running? wpod ps lists the pods)",
-            path.display()
-        )
-    })?;
+    let mut stream = control::short_socket_path(&path)
+        .and_then(|(_dir, short)| UnixStream::connect(short))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach pod {pod} at {}: {e} (is it running? wpod ps lists the pods)",
+                path.display()
+            )
+        })?;
     // An apply pulls, compiles and waits for the new sidecars to start; the rest is quick.
     let limit = match request {
         control::Request::Apply { .. } => Duration::from_secs(30 * 60),
@@ -701,9 +722,8 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let journal = state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL);
-    let events: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .lines()
+    let events: Vec<serde_json::Value> = journal::lines(&journal)
+        .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     if output == Output::Json {

@@ -197,6 +197,15 @@ impl PodCgroups {
         Ok(warnings)
     }
 
+    /// The `cgroup.procs` files of the cgroups wpod was in before it joined the pod's
+    /// `_runtime`: where work that must not be charged to the pod (an apply's pulls) runs.
+    pub fn outside_procs(&self) -> Vec<PathBuf> {
+        self.runtime_origin
+            .iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
     /// Creates the container's cgroup with `limits` applied. Returns warnings for limits that
     /// could not be applied here.
     pub fn container(

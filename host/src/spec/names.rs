@@ -19,6 +19,14 @@ impl PodName {
             );
         }
         dns1123_subdomain(name)?;
+        if name.len() > MAX_POD_NAME {
+            return Err(format!(
+                "a pod name may have at most {MAX_POD_NAME} characters on wpod (this one has {}): \
+                 wpod names files and cgroups after the pod (NAME.lock, pod-NAME), and a file \
+                 name holds 255; shorten it",
+                name.len()
+            ));
+        }
         Ok(PodName(name.to_string()))
     }
 
@@ -26,6 +34,9 @@ impl PodName {
         &self.0
     }
 }
+
+/// The longest pod name: Kubernetes allows 253, but `NAME.lock` must fit in a file name.
+pub const MAX_POD_NAME: usize = 250;
 
 impl fmt::Display for PodName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -124,7 +124,8 @@ impl Control {
     pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let (_dir, short) = short_socket_path(path)?;
+        let listener = UnixListener::bind(&short)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(listener)
     }
@@ -141,6 +142,14 @@ impl Control {
                     continue;
                 }
             };
+            // A peer that may not control the pod is refused before it takes one of the
+            // slots (refused peers once held them for a second each, delaying root's
+            // requests by seconds): one short answer, written if it fits, and closed.
+            if let Err(error) = check_peer(&stream) {
+                let answer = json!({"version": VERSION, "ok": false, "error": error});
+                let _ = stream.try_write(format!("{answer}\n").as_bytes());
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
@@ -170,7 +179,6 @@ impl Control {
     }
 
     async fn request(&self, stream: &mut UnixStream) -> Result<Value, String> {
-        check_peer(stream)?;
         let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(stream))
             .await
             .map_err(|_| format!("no request within {}s", REQUEST_TIMEOUT.as_secs()))??;
@@ -241,15 +249,16 @@ impl Control {
             Phase::Stopping => return Err("the pod is stopping".into()),
         }
         let live = self.live();
-        // A dry run's pulls are not the pod's events.
-        let events = match dry_run {
-            true => Arc::new(Events::new(
-                live.plan.name(),
-                crate::logs::OutputFormat::Silent,
-            )),
-            false => self.events.clone(),
-        };
-        let (plan, records) = new_plan(file, &live.plan, &events).await?;
+        // Held until the change is made: a refused apply (or a dry run) leaves no event of its
+        // containers in the pod's journal, so no phantom container in `wpod ps`.
+        let events = Arc::new(Events::capturing(live.plan.name()));
+        let outside = self
+            .sandbox
+            .upgrade()
+            .map(|s| s.cgroups.outside_procs())
+            .unwrap_or_default();
+        let (plan, records) =
+            new_plan(file, &live.plan, &self.started_with, &events, &outside).await?;
         let mut change =
             change::compare(&live.plan, &plan, &self.started_with).map_err(|d| d.to_string())?;
         let digests = component_digests(&plan, &change).await?;
@@ -358,6 +367,7 @@ impl Control {
         }
         let now = Arc::new(now);
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = now.clone();
+        self.events.replay(events.take_captured());
         self.events.emit(
             None,
             Event::PodChanged {
@@ -373,6 +383,22 @@ impl Control {
 
 /// Only root on the host controls a pod: the peer is uid 0 (or wpod's own uid) and in wpod's
 /// own mount namespace, so root inside a container that shares the host's files cannot.
+/// A path to the socket `path` short enough for `sockaddr_un` (108 bytes) however long the
+/// state root and the pod's name: through the open directory, `/proc/self/fd/N/control.sock`.
+/// The directory must stay open while the path is used.
+pub fn short_socket_path(path: &Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other(format!(
+            "{} is not a socket path",
+            path.display()
+        )));
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    Ok((dir, short))
+}
+
 fn check_peer(stream: &UnixStream) -> Result<(), String> {
     let peer = stream
         .peer_cred()
@@ -396,10 +422,17 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
 /// pulled and approved exactly as `wpod run` pulls them (an unchanged container keeps what it
 /// runs, as Kubernetes does not pull again for an unchanged Pod). Also the records of what was
 /// pulled.
+///
+/// The change is checked before anything is pulled (with every new registry image presumed a
+/// sidecar, as only sidecars may be added); then the pulls run in a `wpod __pull` process moved
+/// into `outside`, the cgroups wpod came from, so that nothing a registry sends is charged to
+/// the running pod's wpod; the pod then reads what was pulled from the store.
 async fn new_plan(
     file: &Path,
     running: &PodPlan,
+    started_with: &change::StartedWith,
     events: &Arc<Events>,
+    outside: &[std::path::PathBuf],
 ) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), String> {
     let file_owned = file.to_path_buf();
     let mut plans = tokio::task::spawn_blocking(move || crate::load_plan(&file_owned))
@@ -430,9 +463,34 @@ async fn new_plan(
             components.insert(c.path.clone(), w.clone());
         }
     }
+    // Checked before anything is pulled: new registry images as sidecars, unchanged
+    // containers as they run.
+    let mut presumed = plan.clone();
+    for c in presumed.containers.iter_mut() {
+        match running.containers.iter().find(|o| o.name() == c.name()) {
+            Some(o) if unchanged(c) => c.image = o.image.clone(),
+            _ if matches!(c.image, Image::Registry { .. }) => {
+                c.image = Image::Wasm(crate::plan::WasmComponent {
+                    path: std::path::PathBuf::from("(not pulled yet)"),
+                    digest: None,
+                })
+            }
+            _ => {}
+        }
+    }
+    change::compare(running, &presumed, started_with).map_err(|d| d.to_string())?;
+
     let mut to_pull = plan.clone();
     to_pull.containers.retain(|c| !unchanged(c));
-    let images = super::images::pull_images(&to_pull, events)
+    pull_outside(&to_pull, events, outside).await?;
+    // What the helper pulled, from the store (approvals checked here, nothing fetched).
+    for c in to_pull.containers.iter_mut() {
+        if let Image::Registry { policy, .. } = &mut c.image {
+            *policy = crate::spec::PullPolicy::Never;
+        }
+    }
+    let quiet = Events::new(plan.name(), crate::logs::OutputFormat::Silent);
+    let images = super::images::pull_images(&to_pull, &quiet)
         .await
         .map_err(|e| e.to_string())?;
     components.extend(images.sidecar_components(&to_pull));
@@ -441,6 +499,86 @@ async fn new_plan(
         .with_pulled_sidecars(&components)
         .map_err(|d| d.to_string())?;
     Ok((plan, records))
+}
+
+/// Runs `wpod __pull` for the registry images of `plan`, in the cgroups `outside` (joined
+/// before it execs), reporting what it says as events.
+async fn pull_outside(
+    plan: &PodPlan,
+    events: &Events,
+    outside: &[std::path::PathBuf],
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncBufReadExt;
+    let request = super::images::PullRequest::of(plan);
+    if request.images.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("find the wpod binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__pull")
+        .arg(json)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let procs: Vec<std::ffi::CString> = outside
+        .iter()
+        .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok())
+        .collect();
+    // SAFETY: between fork and exec only open, write and close, with buffers made before.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start the pull outside the pod: {e}"))?;
+    let stdout = child.stdout.take().ok_or("the pull's output")?;
+    let mut stderr = child.stderr.take().ok_or("the pull's errors")?;
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(
+            &mut tokio::io::AsyncReadExt::take(&mut stderr, 64 << 10),
+            &mut text,
+        )
+        .await;
+        text
+    });
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some((container, event)) = super::images::pull_event_from_json(&v) {
+                events.emit(Some(&container), event);
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    let errors = errors.await.unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        let message = errors
+            .lines()
+            .filter_map(|l| l.strip_prefix("wpod: error: "))
+            .next_back()
+            .unwrap_or(errors.trim());
+        Err(message.to_string())
+    }
 }
 
 /// The sha256 of each Wasm sidecar's component in `plan` that the change does not already

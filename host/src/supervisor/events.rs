@@ -112,7 +112,15 @@ impl Events {
         let j = &mut *guard;
         match &mut j.file {
             Some(f) => {
-                let _ = writeln!(f, "{line}");
+                if writeln!(f, "{line}").is_ok() {
+                    j.written += line.len() as u64 + 1;
+                }
+                if j.written > super::journal::MAX_JOURNAL_BYTES {
+                    if let Err(e) = j.rotate(&self.pod, time) {
+                        tracing::warn!(error = %e, "cannot rotate the event journal");
+                        j.written = 0;
+                    }
+                }
             }
             // Bounded: only what happens before the sandbox exists (pulls) waits here.
             None if j.early.len() < 1000 => j.early.push(line),
@@ -136,6 +144,8 @@ struct Record<'a> {
 pub struct Events {
     pod: String,
     format: OutputFormat,
+    /// Held back instead of reported (an apply's events until the change is accepted).
+    captured: Option<std::sync::Mutex<Vec<(Option<String>, Event)>>>,
     /// The pod's event journal (`events.jsonl` in its state directory), once it exists: what
     /// `wpod ps` reads. Events before it (the pulls) are kept and written first.
     journal: std::sync::Mutex<Journal>,
@@ -144,7 +154,48 @@ pub struct Events {
 #[derive(Default)]
 struct Journal {
     file: Option<std::fs::File>,
+    path: Option<std::path::PathBuf>,
+    /// Bytes in the current file.
+    written: u64,
     early: Vec<String>,
+}
+
+impl Journal {
+    /// Moves the journal to `events.jsonl.1` and starts a new one with the state folded so
+    /// far (see `journal.rs`).
+    fn rotate(&mut self, pod: &str, time: &str) -> std::io::Result<()> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let old = super::journal::rotated(&path);
+        std::fs::rename(&path, &old)?;
+        let view = super::journal::read(pod, &old);
+        #[derive(Serialize)]
+        struct Snapshot<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            time: &'a str,
+            pod: &'a str,
+            view: super::journal::PodView,
+        }
+        let snapshot = serde_json::to_string(&Snapshot {
+            kind: "snapshot",
+            time,
+            pod,
+            view,
+        })
+        .map_err(std::io::Error::other)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let line = format!("{snapshot}\n");
+        debug_assert!(super::journal::is_snapshot(&line));
+        file.write_all(line.as_bytes())?;
+        self.written = line.len() as u64;
+        self.file = Some(file);
+        Ok(())
+    }
 }
 
 /// The name of a pod's event journal in its state directory.
@@ -155,7 +206,32 @@ impl Events {
         Events {
             pod: pod.to_string(),
             format,
+            captured: None,
             journal: Default::default(),
+        }
+    }
+
+    /// Events that are only held, to be [`Events::replay`]ed into the pod's once what they
+    /// belong to happens (a refused `wpod apply` leaves no trace of its containers).
+    pub fn capturing(pod: &str) -> Self {
+        Events {
+            captured: Some(Default::default()),
+            ..Events::new(pod, OutputFormat::Silent)
+        }
+    }
+
+    /// What a capturing `Events` held.
+    pub fn take_captured(&self) -> Vec<(Option<String>, Event)> {
+        match &self.captured {
+            Some(c) => std::mem::take(&mut *c.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Vec::new(),
+        }
+    }
+
+    /// Reports events another `Events` held.
+    pub fn replay(&self, events: Vec<(Option<String>, Event)>) {
+        for (container, event) in events {
+            self.emit(container.as_deref(), event);
         }
     }
 
@@ -166,14 +242,26 @@ impl Events {
             .append(true)
             .open(path)?;
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let mut written = file.metadata().map(|m| m.len()).unwrap_or(0);
         for line in j.early.drain(..) {
             writeln!(file, "{line}")?;
+            written += line.len() as u64 + 1;
         }
+        j.written = written;
         j.file = Some(file);
+        j.path = Some(path.to_path_buf());
         Ok(())
     }
 
     pub fn emit(&self, container: Option<&str>, event: Event) {
+        if let Some(c) = &self.captured {
+            let mut held = c.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: an apply's pulls say a few things per container.
+            if held.len() < 10_000 {
+                held.push((container.map(str::to_string), event));
+            }
+            return;
+        }
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         self.journal_write(&time, container, &event);
         match self.format {

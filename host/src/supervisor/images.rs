@@ -113,28 +113,7 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
             ))?),
         };
         let container = c.name();
-        let report = |e: PullEvent| {
-            let event = match e {
-                PullEvent::Pulling { image, from } => Event::Pulling { image, from },
-                PullEvent::Pulled {
-                    image,
-                    digest,
-                    size,
-                    took,
-                } => Event::Pulled {
-                    image,
-                    digest,
-                    size,
-                    seconds: took.as_secs_f64(),
-                },
-                PullEvent::AlreadyPresent { image } => Event::AlreadyPresent { image },
-                PullEvent::MirrorFailed { mirror, message } => {
-                    Event::MirrorFailed { mirror, message }
-                }
-                PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
-            };
-            events.emit(Some(container), event);
-        };
+        let report = |e: PullEvent| report_pull(events, container, e);
         let pulled = puller
             .ensure(name, *policy, &report)
             .await
@@ -191,6 +170,123 @@ fn check_kind(name: &ImageName, pulled: &Pulled, approvals: &Approvals) -> Resul
         }),
         _ => Ok(()),
     }
+}
+
+/// A pull's progress as the pod's event (kubelet's `Pulling`, `Pulled`, ...).
+fn report_pull(events: &Events, container: &str, e: PullEvent) {
+    let event = match e {
+        PullEvent::Pulling { image, from } => Event::Pulling { image, from },
+        PullEvent::Pulled {
+            image,
+            digest,
+            size,
+            took,
+        } => Event::Pulled {
+            image,
+            digest,
+            size,
+            seconds: took.as_secs_f64(),
+        },
+        PullEvent::AlreadyPresent { image } => Event::AlreadyPresent { image },
+        PullEvent::MirrorFailed { mirror, message } => Event::MirrorFailed { mirror, message },
+        PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
+    };
+    events.emit(Some(container), event);
+}
+
+/// What a `wpod __pull` helper is asked to pull: `wpod apply`'s images, pulled by a process of
+/// their own outside the pod's cgroup, so that no pull can take the memory of the running pod's
+/// wpod (whose end would be the pod's).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PullRequest {
+    pub pod: String,
+    /// Container name, canonical image reference, pull policy.
+    pub images: Vec<(String, String, String)>,
+}
+
+impl PullRequest {
+    /// The registry images of `plan`'s containers.
+    pub fn of(plan: &PodPlan) -> Self {
+        PullRequest {
+            pod: plan.name().to_string(),
+            images: plan
+                .containers
+                .iter()
+                .filter_map(|c| match &c.image {
+                    Image::Registry { name, policy } => Some((
+                        c.name().to_string(),
+                        name.canonical(),
+                        policy.as_str().to_string(),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Pulls what `request` names (per its pull policies), reporting to `events`: the work of the
+/// `wpod __pull` helper. Approvals are checked by the pod when it plans with what was pulled.
+pub async fn pull_only(request: &PullRequest, events: &Events) -> Result<(), ImagesError> {
+    use crate::spec::PullPolicy;
+    let puller = Puller::new(Arc::new(Store::open().map_err(PullError::from)?))?;
+    for (container, image, policy) in &request.images {
+        let name = ImageName::parse(image).map_err(|e| {
+            ImagesError::Pull(PullError::Invalid {
+                image: image.clone(),
+                what: e.to_string(),
+            })
+        })?;
+        let policy = match policy.as_str() {
+            "Always" => PullPolicy::Always,
+            "Never" => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
+        };
+        let report = |e: PullEvent| report_pull(events, container, e);
+        if let Err(e) = puller.ensure(&name, policy, &report).await {
+            events.emit(
+                Some(container),
+                Event::ErrImagePull {
+                    image: name.canonical(),
+                    message: crate::error::chain(&e),
+                },
+            );
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// A pull event a `wpod __pull` helper printed (one of its JSON lines), as the pod's event.
+pub fn pull_event_from_json(v: &serde_json::Value) -> Option<(String, Event)> {
+    let s = |k: &str| v[k].as_str().map(str::to_string);
+    let container = s("container")?;
+    let event = match v["event"].as_str()? {
+        "pulling" => Event::Pulling {
+            image: s("image")?,
+            from: s("from")?,
+        },
+        "pulled" => Event::Pulled {
+            image: s("image")?,
+            digest: s("digest")?,
+            size: v["size"].as_u64()?,
+            seconds: v["seconds"].as_f64()?,
+        },
+        "alreadyPresent" => Event::AlreadyPresent { image: s("image")? },
+        "mirrorFailed" => Event::MirrorFailed {
+            mirror: s("mirror")?,
+            message: s("message")?,
+        },
+        "errImagePull" => Event::ErrImagePull {
+            image: s("image")?,
+            message: s("message")?,
+        },
+        "warning" => Event::Warning {
+            message: s("message")?,
+        },
+        _ => return None,
+    };
+    Some((container, event))
 }
 
 /// A sidecar runs only at a digest the user approved; a tag that moved is never run silently:

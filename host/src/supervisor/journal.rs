@@ -1,13 +1,48 @@
 //! Reading a pod's event journal (`events.jsonl`, written by [`super::events::Events`]): the
 //! pod's and each container's current state, folded from the events alone, for `wpod ps`.
+//!
+//! The journal is bounded: past [`MAX_JOURNAL_BYTES`] the writer moves it to `events.jsonl.1`
+//! (the one before is dropped) and starts the new file with a `snapshot` record, the state
+//! folded so far, from which reading starts. A crash loop once grew it by 7.8 MB in ten minutes.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// The size past which the journal is rotated.
+pub const MAX_JOURNAL_BYTES: u64 = 1 << 20;
+
+/// The rotated journal beside `path`.
+pub fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".1");
+    path.with_file_name(name)
+}
+
+/// The journal's events, oldest first: the rotated file's, then the current one's (snapshot
+/// records left out).
+pub fn lines(path: &Path) -> Vec<String> {
+    [rotated(path), path.to_path_buf()]
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !is_snapshot(l))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether a journal line is a snapshot record rather than an event.
+pub fn is_snapshot(line: &str) -> bool {
+    line.starts_with("{\"type\":\"snapshot\"")
+}
 
 /// A container as its events tell it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView {
     pub name: String,
@@ -21,7 +56,7 @@ pub struct ContainerView {
 }
 
 /// A pod as its events tell it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     pub name: String,
@@ -47,6 +82,18 @@ pub fn read(name: &str, path: &Path) -> PodView {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if v["type"] == "snapshot" {
+            if let Ok(view) = serde_json::from_value::<PodView>(v["view"].clone()) {
+                containers.clear();
+                order = view.containers.iter().map(|c| c.name.clone()).collect();
+                containers.extend(view.containers.into_iter().map(|c| (c.name.clone(), c)));
+                pod = PodView {
+                    containers: Vec::new(),
+                    ..view
+                };
+            }
+            continue;
+        }
         let event = v["event"].as_str().unwrap_or_default();
         let Some(container) = v["container"].as_str() else {
             match event {
