@@ -9,6 +9,7 @@ mod manifests;
 mod market;
 mod pods;
 mod redteam;
+mod redteam2;
 mod sandbox;
 mod sdk;
 mod sidecars;
