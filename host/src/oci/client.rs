@@ -1,7 +1,7 @@
 //! One way to read from a registry, shared by pull, push, sign and search: the client for a
 //! source (TLS or plain HTTP as registries.conf says), the credentials podman and docker keep,
-//! and an `Origin` that reads manifests and blobs from a registry or an OCI layout directory
-//! alike, with digests checked and small reads capped.
+//! and an `Origin` that reads manifests and blobs from a registry (`http.rs`: every read capped
+//! and under a deadline) or an OCI layout directory alike, with digests checked.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use oci_client::{Client, Reference};
 use super::registries::Source;
 use super::store::Digest;
 
-/// The client for `source`.
+/// The oci-client client for `source`: pushes only (reads go through `http::Registry`).
 pub fn client(source: &Source) -> Client {
     // rustls without aws-lc: ring is the provider (installed once per process).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -119,12 +119,12 @@ pub type BlobStream = futures_util::stream::BoxStream<'static, std::io::Result<V
 /// (`wpod load`). A pull reads both the same way, so what it checks (trust policy, digests,
 /// sizes, a sidecar's bytes) holds whichever it is.
 pub enum Origin {
-    Registry { client: Client, auth: RegistryAuth },
+    Registry(super::http::Registry),
     Layout(super::layout::Layout),
 }
 
-/// The biggest config or signature payload wpod reads into memory (oci-client reads
-/// manifests, tag lists and catalogs whole: those are bounded by its read timeout only).
+/// The biggest config or signature payload wpod reads into memory (manifests: 4 MiB too,
+/// `http::MAX_MANIFEST_BYTES`).
 pub const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 /// The manifest media types wpod reads.
@@ -138,23 +138,15 @@ pub const MANIFEST_TYPES: &[&str] = &[
 impl Origin {
     /// The registry at `source`, with the credentials kept for that host (never another's: a
     /// mirror does not get the upstream registry's password).
-    pub fn registry(source: &Source) -> Self {
-        Origin::Registry {
-            client: client(source),
-            auth: auth_for(source.host()),
-        }
+    pub fn registry(source: &Source) -> Result<Self, FetchError> {
+        super::http::Registry::new(source, auth_for(source.host())).map(Origin::Registry)
     }
 
     /// The manifest `reference` names (by tag or digest), as served, with its digest checked
     /// when the reference pins one.
     pub async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), FetchError> {
         let (bytes, digest) = match self {
-            Origin::Registry { client, auth } => {
-                let (bytes, digest) = client
-                    .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
-                    .await?;
-                (bytes.to_vec(), digest)
-            }
+            Origin::Registry(registry) => registry.manifest(reference, MANIFEST_TYPES).await?,
             Origin::Layout(layout) => layout.manifest(reference)?,
         };
         let digest = Digest::parse(&digest).map_err(|e| FetchError::Registry(e.to_string()))?;
@@ -167,23 +159,16 @@ impl Origin {
         Ok((bytes, digest))
     }
 
-    /// The blob `digest` of `reference`'s repository, as it streams.
+    /// The blob `digest` of `reference`'s repository, as it streams; `size` is what its
+    /// descriptor declares (its download's deadline grows with it; the caller caps the bytes).
     pub async fn blob(
         &self,
         reference: &Reference,
         digest: &Digest,
+        size: u64,
     ) -> Result<BlobStream, FetchError> {
         match self {
-            Origin::Registry { client, .. } => {
-                let descriptor = oci_client::manifest::OciDescriptor {
-                    digest: digest.to_string(),
-                    ..Default::default()
-                };
-                let stream = client.pull_blob_stream(reference, &descriptor).await?;
-                Ok(Box::pin(
-                    stream.stream.map(|chunk| chunk.map(|b| b.to_vec())),
-                ))
-            }
+            Origin::Registry(registry) => registry.blob(reference, digest.as_str(), size).await,
             Origin::Layout(layout) => layout.blob(digest),
         }
     }
@@ -197,7 +182,7 @@ impl Origin {
         digest: &Digest,
         cap: u64,
     ) -> Result<Vec<u8>, FetchError> {
-        let mut stream = self.blob(reference, digest).await?;
+        let mut stream = self.blob(reference, digest, cap).await?;
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| FetchError::Registry(e.to_string()))?;

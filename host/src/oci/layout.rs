@@ -4,6 +4,11 @@
 //! makes (trust policy, digests, a sidecar's bytes). Each manifest is named in `index.json` by
 //! `org.opencontainers.image.ref.name` = its full reference (`registry/repository:tag`), its
 //! signatures by `registry/repository:sha256-<hex>.sig`, as the registry would hold them.
+//!
+//! A layout to load is untrusted input: every file of it is opened beneath its directory
+//! (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`), must be a regular file (a FIFO would
+//! hang the load, `/dev/zero` through a symlink fill memory), and is read within a cap:
+//! `index.json` and manifests 4 MiB, blobs their declared size (by the caller).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -65,7 +70,55 @@ struct Index {
 #[derive(Clone, Debug)]
 pub struct Layout {
     dir: PathBuf,
+    /// The directory, open: its files are opened beneath it.
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
     index: Index,
+}
+
+/// The largest `index.json` or manifest read from a layout.
+const MAX_LAYOUT_JSON: u64 = super::http::MAX_MANIFEST_BYTES as u64;
+
+/// Opens `rel` beneath the directory `dir`: no symlink, no `..` out of it, a regular file only
+/// (opened without blocking, so a FIFO is refused rather than waited on).
+fn open_beneath(dir: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = nix::fcntl::openat2(dir, rel, how).map_err(|e| match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => std::io::Error::other(format!(
+            "{} is a symlink or leaves the layout: a layout's files are its own",
+            rel.display()
+        )),
+        other => std::io::Error::from(other),
+    })?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            rel.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Reads `rel` beneath `dir`, at most `cap` bytes.
+fn read_beneath(dir: &std::os::fd::OwnedFd, rel: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let file = open_beneath(dir, rel)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {} KiB",
+            rel.display(),
+            cap >> 10
+        )));
+    }
+    Ok(bytes)
 }
 
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError {
@@ -80,17 +133,27 @@ impl Layout {
             path: dir.to_path_buf(),
             message,
         };
-        if !dir.join("oci-layout").is_file() {
+        let fd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| io("open", dir)(e.into()))?;
+        if open_beneath(&fd, Path::new("oci-layout")).is_err() {
             return Err(invalid(
                 "not an OCI image layout (no oci-layout file); write one with `wpod save`".into(),
             ));
         }
         let path = dir.join("index.json");
-        let text = std::fs::read(&path).map_err(io("read", &path))?;
+        let text = read_beneath(&fd, Path::new("index.json"), MAX_LAYOUT_JSON)
+            .map_err(io("read", &path))?;
         let index: Index =
             serde_json::from_slice(&text).map_err(|e| invalid(format!("index.json: {e}")))?;
         Ok(Layout {
             dir: dir.to_path_buf(),
+            fd: std::sync::Arc::new(fd),
             index,
         })
     }
@@ -113,8 +176,17 @@ impl Layout {
         let marker = dir.join("oci-layout");
         std::fs::write(&marker, r#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(io("write", &marker))?;
+        let fd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| io("open", dir)(e.into()))?;
         let layout = Layout {
             dir: dir.to_path_buf(),
+            fd: std::sync::Arc::new(fd),
             index: Index {
                 schema_version: 2,
                 media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.into()),
@@ -127,6 +199,11 @@ impl Layout {
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// A blob's path inside the layout, for [`open_beneath`].
+    fn blob_rel(digest: &Digest) -> PathBuf {
+        Path::new("blobs/sha256").join(digest.hex())
     }
 
     /// The images and sidecars the layout holds (their full references), signatures aside.
@@ -165,15 +242,15 @@ impl Layout {
         };
         let parsed = Digest::parse(&digest).map_err(|e| FetchError::Registry(e.to_string()))?;
         let path = self.blob_path(&parsed);
-        let bytes = std::fs::read(&path)
+        let bytes = read_beneath(&self.fd, &Self::blob_rel(&parsed), MAX_LAYOUT_JSON)
             .map_err(|e| FetchError::NotFound(format!("{}: {e}", path.display())))?;
         Ok((bytes, digest))
     }
 
-    /// The blob `digest`, read in chunks.
+    /// The blob `digest`, read in chunks (the caller caps how many).
     pub fn blob(&self, digest: &Digest) -> Result<BlobStream, FetchError> {
         let path = self.blob_path(digest);
-        let file = std::fs::File::open(&path)
+        let file = open_beneath(&self.fd, &Self::blob_rel(digest))
             .map_err(|e| FetchError::NotFound(format!("{}: {e}", path.display())))?;
         let chunks = futures_util::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
@@ -208,7 +285,7 @@ impl Layout {
         if self.has_blob(digest) {
             return Ok(());
         }
-        let mut stream = origin.blob(reference, digest).await?;
+        let mut stream = origin.blob(reference, digest, declared).await?;
         let dest = self.blob_path(digest);
         let tmp = dest.with_extension("partial");
         let write = |e: std::io::Error| FetchError::Registry(format!("{}: {e}", tmp.display()));
@@ -292,7 +369,10 @@ pub async fn save(names: &[ImageName], dir: &Path) -> Result<Vec<Saved>, LayoutE
         let mut last = None;
         let mut done = None;
         for source in &sources {
-            let origin = Origin::registry(source);
+            let origin = Origin::registry(source).map_err(|e| LayoutError::Fetch {
+                image: source.name.clone(),
+                message: e.to_string(),
+            })?;
             let reference = name.at(&source.name);
             match save_one(&mut layout, &origin, name, &reference, &policy).await {
                 Ok(saved) => {

@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod artifact;
 pub mod client;
+pub mod http;
 pub mod layout;
 pub mod process;
 pub mod pull;

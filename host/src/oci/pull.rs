@@ -5,9 +5,12 @@
 //! A container image's missing layer blobs are downloaded, hashed as they stream, and unpacked
 //! once (their uncompressed digest checked against the config's `diff_ids`). A Wasm sidecar's
 //! one layer is downloaded within a size cap, refused if it is precompiled native code, and its
-//! imports are recomputed from its bytes (a config that says otherwise is refused). The whole
-//! pull holds the store's lock, so two pulls of one image never write the same content at once,
-//! and an image is recorded only once all of it is stored.
+//! imports are recomputed from its bytes (a config that says otherwise is refused).
+//!
+//! Everything from the network is fetched without the store's lock (blobs are verified and
+//! content-addressed, and pinned so that no prune removes them meanwhile); the lock is taken
+//! only to unpack and record, which is local work. An image is recorded only once all of it is
+//! stored.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use super::client::{FetchError, Origin, MAX_METADATA_BYTES};
 use super::process::ImageProcess;
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
-use super::store::{Digest, ImageRecord, Locked, SidecarRecord, Store, StoreError};
+use super::store::{Digest, ImageRecord, Locked, Pin, SidecarRecord, Store, StoreError};
 use super::trust::{self, Policy, PolicyError, TrustError, Verified};
 use super::unpack::{self, Limits, UnpackError};
 use crate::spec::PullPolicy;
@@ -183,12 +186,10 @@ impl Puller {
             })?;
         }
         let sources = self.registries.sources(&name.repository_name())?;
-        let store = self.store.clone();
-        let locked = tokio::task::block_in_place(|| store.lock())?;
-        locked.clear_leftovers();
+        let pin = std::sync::Mutex::new(self.store.pin()?);
         let mut last = None;
         for source in &sources {
-            match self.pull_from(name, source, &locked, events).await {
+            match self.pull_from(name, source, &pin, events).await {
                 Ok(image) => return Ok(image),
                 // A mirror that fails, or serves what the policy or the checks refuse (an
                 // unsigned copy: mirrors often drop signatures), is passed over: the next source
@@ -228,9 +229,7 @@ impl Puller {
     ) -> Result<Vec<(ImageName, Pulled)>, PullError> {
         let names = layout.names();
         let origin = Origin::Layout(layout);
-        let store = self.store.clone();
-        let locked = tokio::task::block_in_place(|| store.lock())?;
-        locked.clear_leftovers();
+        let pin = std::sync::Mutex::new(self.store.pin()?);
         let mut out = Vec::new();
         for n in names {
             let name = ImageName::parse(&n).map_err(|e| PullError::Invalid {
@@ -239,7 +238,7 @@ impl Puller {
             })?;
             let reference = name.at(&name.repository_name());
             let pulled = self
-                .fetch(&name, &origin, &reference, from, &locked, events)
+                .fetch(&name, &origin, &reference, from, &pin, events)
                 .await?;
             out.push((name, pulled));
         }
@@ -250,12 +249,12 @@ impl Puller {
         &self,
         name: &ImageName,
         source: &Source,
-        locked: &Locked<'_>,
+        pin: &std::sync::Mutex<Pin>,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
-        let origin = Origin::registry(source);
+        let origin = Origin::registry(source).map_err(|e| fetch_err(&name.canonical(), e))?;
         let reference = name.at(&source.name);
-        self.fetch(name, &origin, &reference, &source.name, locked, events)
+        self.fetch(name, &origin, &reference, &source.name, pin, events)
             .await
     }
 
@@ -267,7 +266,7 @@ impl Puller {
         origin: &Origin,
         reference: &oci_client::Reference,
         from: &str,
-        locked: &Locked<'_>,
+        pin: &std::sync::Mutex<Pin>,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
         let started = std::time::Instant::now();
@@ -305,17 +304,41 @@ impl Puller {
             origin,
             reference: &pinned,
             canonical: &canonical,
-            locked,
+            store: &self.store,
+            pin,
             events,
         };
-        let (content, layers, size, sidecar) = if artifact::is_wasm(&manifest) {
+        for d in [&top_digest, &manifest_digest, &config_digest] {
+            fetched.pin(d)?;
+        }
+        let (content, layers, size, sidecar, to_unpack) = if artifact::is_wasm(&manifest) {
             let (sidecar, size) = self.fetch_sidecar(&fetched, &manifest, &config).await?;
-            (None, Vec::new(), size, Some(sidecar))
+            (None, Vec::new(), size, Some(sidecar), Vec::new())
         } else {
-            let (config_file, chain, size) =
+            let (config_file, chain, size, to_unpack) =
                 self.fetch_layers(&fetched, &manifest, &config).await?;
-            (Some(config_file), chain, size, None)
+            (Some(config_file), chain, size, None, to_unpack)
         };
+        // Local work from here: under the lock, briefly.
+        let store = self.store.clone();
+        let locked = tokio::task::block_in_place(|| store.lock())?;
+        tokio::task::block_in_place(|| {
+            locked.clear_leftovers();
+            for u in &to_unpack {
+                if self.store.has_layer(&u.chain_id) {
+                    continue; // another pull unpacked it meanwhile
+                }
+                unpack_layer(
+                    &locked,
+                    &u.blob,
+                    &u.media_type,
+                    &u.diff_id,
+                    &u.chain_id,
+                    &u.lowers,
+                )?;
+            }
+            Ok::<_, PullError>(())
+        })?;
         locked.put_blob(&config_digest, &config)?;
         locked.put_blob(&manifest_digest, &manifest_bytes)?;
         let record = ImageRecord {
@@ -349,14 +372,15 @@ impl Puller {
         }
     }
 
-    /// A container image's layers: each missing one downloaded and unpacked. Returns the
-    /// config, the layers' ChainIDs (bottom first) and their compressed size.
+    /// A container image's layers: each missing one's blob downloaded (and pinned). Returns
+    /// the config, the layers' ChainIDs (bottom first), their compressed size, and the layers
+    /// to unpack (under the lock, by the caller).
     async fn fetch_layers(
         &self,
         f: &Fetched<'_>,
         manifest: &OciImageManifest,
         config_bytes: &[u8],
-    ) -> Result<(ConfigFile, Vec<Digest>, u64), PullError> {
+    ) -> Result<(ConfigFile, Vec<Digest>, u64, Vec<ToUnpack>), PullError> {
         let invalid = |what: String| PullError::Invalid {
             image: f.canonical.to_string(),
             what,
@@ -378,30 +402,31 @@ impl Puller {
         }
         let mut size = 0u64;
         let mut chain: Vec<Digest> = Vec::new();
+        let mut to_unpack = Vec::new();
         for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
             let blob = Digest::parse(&layer.digest).map_err(|e| invalid(e.to_string()))?;
             size += layer.size.max(0) as u64;
             let chain_id = Digest::chain(chain.last(), diff_id);
+            // Pinned before it is looked at: a prune cannot take it between the look and the
+            // use.
+            f.pin(&chain_id)?;
+            f.pin(&blob)?;
             let cached = self.store.has_layer(&chain_id);
             if !cached {
                 if !self.store.has_blob(&blob) {
                     download(f, layer, &blob).await?;
                 }
-                let lowers: Vec<PathBuf> = chain
-                    .iter()
-                    .rev()
-                    .map(|c| self.store.layer_path(c))
-                    .collect();
-                tokio::task::block_in_place(|| {
-                    unpack_layer(
-                        f.locked,
-                        &blob,
-                        &layer.media_type,
-                        diff_id,
-                        &chain_id,
-                        &lowers,
-                    )
-                })?;
+                to_unpack.push(ToUnpack {
+                    blob: blob.clone(),
+                    media_type: layer.media_type.clone(),
+                    diff_id: diff_id.clone(),
+                    chain_id: chain_id.clone(),
+                    lowers: chain
+                        .iter()
+                        .rev()
+                        .map(|c| self.store.layer_path(c))
+                        .collect(),
+                });
             }
             (f.events)(PullEvent::Layer {
                 digest: blob.to_string(),
@@ -410,7 +435,7 @@ impl Puller {
             });
             chain.push(chain_id);
         }
-        Ok((config, chain, size))
+        Ok((config, chain, size, to_unpack))
     }
 
     /// A Wasm sidecar's one layer: its size checked before and while it downloads, then its
@@ -432,6 +457,7 @@ impl Puller {
             image: f.canonical.to_string(),
             what: e.to_string(),
         })?;
+        f.pin(&blob)?;
         let cached = self.store.has_blob(&blob);
         if !cached {
             download(f, layer, &blob).await?;
@@ -554,8 +580,27 @@ struct Fetched<'a> {
     origin: &'a Origin,
     reference: &'a oci_client::Reference,
     canonical: &'a str,
-    locked: &'a Locked<'a>,
+    store: &'a Store,
+    pin: &'a std::sync::Mutex<Pin>,
     events: &'a (dyn Fn(PullEvent) + Sync),
+}
+
+impl Fetched<'_> {
+    /// Keeps `digest` from prune until the pull ends.
+    fn pin(&self, digest: &Digest) -> Result<(), PullError> {
+        let mut pin = self.pin.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(pin.add(digest)?)
+    }
+}
+
+/// A layer to unpack once its blob is stored.
+struct ToUnpack {
+    blob: Digest,
+    media_type: String,
+    diff_id: Digest,
+    chain_id: Digest,
+    /// The unpacked layers below it, topmost first.
+    lowers: Vec<PathBuf>,
 }
 
 fn now() -> u64 {
@@ -594,10 +639,10 @@ async fn download(
     })?;
     let mut stream = f
         .origin
-        .blob(f.reference, digest)
+        .blob(f.reference, digest, declared)
         .await
         .map_err(|e| fetch_err(f.canonical, e))?;
-    let mut ingest = f.locked.ingest()?;
+    let mut ingest = f.store.ingest()?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| registry_err(format!("download {digest}: {e}")))?;
         ingest.write(&chunk)?;

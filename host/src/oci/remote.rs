@@ -5,11 +5,10 @@
 //! never to a mirror.
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
 use super::artifact::{self, Artifact, WasmConfig};
-use super::client::{auth_for, client, FetchError, Origin, MAX_METADATA_BYTES};
+use super::client::{client, FetchError, Origin, MAX_METADATA_BYTES};
 use super::reference::ImageName;
 use super::registries::{Registries, RegistriesError, Source};
 use super::signature::{self, SignatureError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
@@ -28,13 +27,17 @@ pub enum RemoteError {
     Signature(#[from] SignatureError),
 }
 
-/// A connection to the repository of one image name.
+/// A connection to the repository of one image name: reads through `http::Registry` (capped,
+/// under deadlines), pushes through oci-client with a token made by it.
 pub struct Remote {
     pub name: ImageName,
     pub reference: Reference,
     client: Client,
-    auth: RegistryAuth,
+    origin: Origin,
 }
+
+/// How long a push's call to the registry may take (a component is at most 256 MiB).
+const PUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 impl Remote {
     /// The registry `name` lives at (its own location; registries.conf may make it plain HTTP).
@@ -49,19 +52,27 @@ impl Remote {
                 insecure: false,
                 mirror: false,
             });
+        let origin = Origin::registry(&source).map_err(|e| RemoteError::Registry {
+            image: name.canonical(),
+            message: e.to_string(),
+        })?;
         Ok(Remote {
             reference: name.at(&source.name),
             client: client(&source),
-            auth: auth_for(source.host()),
+            origin,
             name: name.clone(),
         })
     }
 
     /// Reads from this registry as a pull does.
-    fn origin(&self) -> Origin {
-        Origin::Registry {
-            client: self.client.clone(),
-            auth: self.auth.clone(),
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn registry(&self) -> Option<&super::http::Registry> {
+        match &self.origin {
+            Origin::Registry(r) => Some(r),
+            Origin::Layout(_) => None,
         }
     }
 
@@ -72,25 +83,51 @@ impl Remote {
         }
     }
 
+    /// Gives oci-client what it needs for `op`: a bearer token made by `http::Registry` (so
+    /// oci-client never talks to a token service itself), or the registry's own Basic
+    /// credentials when it asks for Basic. Reads need nothing here: they authenticate
+    /// themselves.
     async fn login(&self, op: RegistryOperation) -> Result<(), RemoteError> {
-        self.client
-            .auth(&self.reference, &self.auth, op)
+        let Some(registry) = self.registry() else {
+            return Ok(());
+        };
+        if op == RegistryOperation::Pull {
+            return Ok(());
+        }
+        let auth = registry
+            .oci_auth(&self.reference, true)
+            .await
+            .map_err(|e| self.invalid(e.to_string()))?;
+        self.within(self.client.auth(&self.reference, &auth, op))
             .await
             .map(|_| ())
-            .map_err(|e| self.err(e))
+    }
+
+    /// An oci-client call, within [`PUSH_DEADLINE`].
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    ) -> Result<T, RemoteError> {
+        match tokio::time::timeout(PUSH_DEADLINE, call).await {
+            Ok(result) => result.map_err(|e| self.err(e)),
+            Err(_) => Err(self.invalid(format!(
+                "the registry did not answer within {} minutes",
+                PUSH_DEADLINE.as_secs() / 60
+            ))),
+        }
     }
 
     async fn put_blob(&self, bytes: Vec<u8>, digest: &Digest) -> Result<(), RemoteError> {
         let present = self
-            .client
-            .blob_exists(&self.reference, digest.as_str())
+            .within(self.client.blob_exists(&self.reference, digest.as_str()))
             .await
             .unwrap_or(false);
         if !present {
-            self.client
-                .push_blob(&self.reference, bytes, digest.as_str())
-                .await
-                .map_err(|e| self.err(e))?;
+            self.within(
+                self.client
+                    .push_blob(&self.reference, bytes, digest.as_str()),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -100,11 +137,9 @@ impl Remote {
         let content_type = OCI_IMAGE_MEDIA_TYPE
             .parse()
             .map_err(|_| self.invalid(format!("{OCI_IMAGE_MEDIA_TYPE} is not a header value")))?;
-        self.client
-            .push_manifest_raw(at, manifest, content_type)
+        self.within(self.client.push_manifest_raw(at, manifest, content_type))
             .await
             .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// Publishes `artifact` (built from `component`) under the name's tag (or digest).
@@ -265,7 +300,7 @@ impl Remote {
             .map_err(|e| self.invalid(e.to_string()))?;
         let policy = Policy::load().map_err(|e| self.invalid(e.to_string()))?;
         let signer = super::trust::signer(
-            &origin,
+            origin,
             &self.reference,
             &digest,
             &self.name,
@@ -285,18 +320,20 @@ impl Remote {
     /// The repository's tags (signature tags left out).
     pub async fn tags(&self) -> Result<Vec<String>, RemoteError> {
         self.login(RegistryOperation::Pull).await?;
+        let registry = self
+            .registry()
+            .ok_or_else(|| self.invalid("not a registry".into()))?;
         let mut tags = Vec::new();
         let mut last: Option<String> = None;
         // A bounded number of pages, whatever the registry keeps answering.
         for _ in 0..MAX_LISTED / PAGE {
-            let page = self
-                .client
-                .list_tags(&self.reference, &self.auth, Some(PAGE), last.as_deref())
+            let page = registry
+                .tags_page(&self.reference, last.as_deref())
                 .await
-                .map_err(|e| self.err(e))?;
-            let n = page.tags.len();
-            let next = page.tags.last().cloned();
-            tags.extend(page.tags.into_iter().filter(|t| !t.starts_with("sha256-")));
+                .map_err(|e| self.invalid(e.to_string()))?;
+            let n = page.len();
+            let next = page.last().cloned();
+            tags.extend(page.into_iter().filter(|t| !t.starts_with("sha256-")));
             if n < PAGE || next == last {
                 break;
             }
@@ -318,7 +355,7 @@ fn display<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::
 }
 
 /// Entries asked for per page of a catalog or tag list.
-const PAGE: usize = 100;
+const PAGE: usize = super::http::PAGE;
 /// The most repositories or tags wpod lists.
 const MAX_LISTED: usize = 1000;
 
@@ -332,25 +369,27 @@ pub async fn catalog(registry: &str) -> Result<Vec<String>, RemoteError> {
         }
     })?;
     let remote = Remote::new(&name)?;
-    remote.login(RegistryOperation::Pull).await?;
+    let reader = remote.registry().ok_or_else(|| RemoteError::Registry {
+        image: registry.to_string(),
+        message: "not a registry".into(),
+    })?;
     let mut out = Vec::new();
     let mut last: Option<String> = None;
     for _ in 0..MAX_LISTED / PAGE {
-        let page = remote
-            .client
-            .catalog(&remote.reference, &remote.auth, Some(PAGE), last.as_deref())
+        let page = reader
+            .catalog_page(&remote.reference, last.as_deref())
             .await
             .map_err(|e| RemoteError::Registry {
                 image: registry.to_string(),
                 message: format!(
-                    "its catalog API answered: {}. Registries without a catalog (most public ones) \
-                     cannot be searched; inspect a repository you know by name: wpod inspect {registry}/REPOSITORY:TAG",
-                    crate::error::chain(&e)
+                    "its catalog API answered: {e}. Registries without a catalog (most public \
+                     ones) cannot be searched; inspect a repository you know by name: wpod \
+                     inspect {registry}/REPOSITORY:TAG"
                 ),
             })?;
-        let n = page.repositories.len();
-        let next = page.repositories.last().cloned();
-        out.extend(page.repositories);
+        let n = page.len();
+        let next = page.last().cloned();
+        out.extend(page);
         if n < PAGE || next == last {
             break;
         }

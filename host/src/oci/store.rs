@@ -2,17 +2,23 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>     manifests, configs, compressed layers: verified, immutable
-//! ingest/<random>        downloads in progress; renamed into blobs/ only once verified
+//! ingest/                downloads in progress: unnamed files (O_TMPFILE) linked into blobs/
+//!                        only once verified, so a killed download leaves nothing
 //! layers/<chain-id>/     each layer unpacked once, in overlayfs' format, shared by every image,
 //!                        container and pod that uses it (keyed by ChainID: a layer's content
 //!                        depends on the layers below it)
+//! pins/<pid>-<random>    what a pull in progress uses (blobs, layers), kept from prune while
+//!                        its owner holds the file's lock
 //! images.json            image name -> manifest digest, config, layers, size, last use
-//! lock                   held while the store is changed (pulls, removals)
+//! lock                   held while the store is changed (unpacking, recording, removals)
 //! ```
 //!
-//! A pull that is killed leaves at most a file in `ingest/` or a `layers/.tmp-*` directory,
-//! which nothing trusts and the next pull clears; a blob or layer is visible only after it was
-//! verified and renamed into place.
+//! No lock is held across the network: a pull downloads and verifies its blobs unlocked (a
+//! verified blob is content-addressed: linking it in twice is harmless), pinned so that no
+//! prune removes them meanwhile, and takes the lock only to unpack and record. A slow registry
+//! once held the lock for as long as it liked, and every other pull, `rmi` and `prune` waited.
+//! A pull that is killed leaves at most a `layers/.tmp-*` directory, which nothing trusts and
+//! the next pull clears.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -222,7 +228,7 @@ impl Store {
     /// reads an image or runs a setuid binary of one straight from its layers.
     pub fn at(root: PathBuf) -> Result<Self, StoreError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        for d in ["", "blobs", "blobs/sha256", "ingest", "layers"] {
+        for d in ["", "blobs", "blobs/sha256", "ingest", "layers", "pins"] {
             let dir = root.join(d);
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -252,6 +258,93 @@ impl Store {
             store: self,
             _lock: file,
         })
+    }
+
+    /// A new download, hashed as it is written; no lock needed (see the module's comment).
+    pub fn ingest(&self) -> Result<Ingest<'_>, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.root.join("ingest");
+        // Unnamed: the kernel frees it with the process, however the process ends.
+        let unnamed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&dir);
+        let (file, path) = match unnamed {
+            Ok(file) => (file, None),
+            // A filesystem without O_TMPFILE: a named file, cleared by the next pull.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                let path = dir.join(format!("{}-{}", std::process::id(), random_suffix()));
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io("create", &path))?;
+                // Held while the download lasts: `clear_leftovers` leaves it alone.
+                // SAFETY: flock on a descriptor we own.
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+                (file, Some(path))
+            }
+            Err(e) => return Err(io("create a file in", &dir)(e)),
+        };
+        Ok(Ingest {
+            store: self,
+            path,
+            file,
+            hash: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// A pin for what one pull in progress uses: no prune removes it while the pin is held.
+    pub fn pin(&self) -> Result<Pin, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.root.join("pins");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = dir.join(format!("{}-{}", std::process::id(), random_suffix()));
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        // SAFETY: flock on a descriptor we own; held until the pin is dropped.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(Pin { path, file })
+    }
+
+    /// What live pulls pin (a pin whose owner is gone is removed).
+    fn pulls_pinned(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.root.join("pins"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(file) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            // SAFETY: flock on a descriptor we own; released when `file` closes.
+            let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+            if free {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                out.extend(text.lines().map(str::to_string));
+            }
+        }
+        out
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -347,15 +440,22 @@ impl Locked<'_> {
         Ok(gone)
     }
 
-    /// Removes what killed pulls left: partial downloads and half-unpacked layers. Safe while
-    /// the lock is held: no pull is writing them.
+    /// Removes what killed pulls left: named partial downloads of dead processes (on a
+    /// filesystem without O_TMPFILE) and half-unpacked layers (unpacking holds the lock).
     pub fn clear_leftovers(&self) {
         for e in std::fs::read_dir(self.store.root.join("ingest"))
             .into_iter()
             .flatten()
             .flatten()
         {
-            let _ = std::fs::remove_file(e.path());
+            // A download in progress holds its file's lock; one nobody holds is a dead one's.
+            let Ok(file) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            // SAFETY: flock on a descriptor we own; released when `file` closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         let layers = self.store.root.join("layers");
         for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
@@ -376,26 +476,9 @@ impl Locked<'_> {
                 actual: actual.to_string(),
             });
         }
-        let mut ingest = self.ingest()?;
+        let mut ingest = self.store.ingest()?;
         ingest.write(bytes)?;
         ingest.commit(digest)
-    }
-
-    /// A new download, hashed as it is written.
-    pub fn ingest(&self) -> Result<Ingest<'_>, StoreError> {
-        let path = self.store.root.join("ingest").join(format!(
-            "{}-{}",
-            std::process::id(),
-            random_suffix()
-        ));
-        let file = File::create(&path).map_err(io("create", &path))?;
-        Ok(Ingest {
-            store: self.store,
-            path,
-            file,
-            hash: Sha256::new(),
-            size: 0,
-        })
     }
 
     /// A staging directory for unpacking a layer; renamed into place by [`Locked::commit_layer`].
@@ -422,6 +505,7 @@ impl Locked<'_> {
         let mut used: std::collections::BTreeSet<String> =
             keep.iter().map(|d| d.hex().to_string()).collect();
         used.extend(self.store.pinned_layers());
+        used.extend(self.store.pulls_pinned());
         for image in index.images.values() {
             used.insert(image.manifest.hex().to_string());
             used.insert(image.config.hex().to_string());
@@ -480,42 +564,114 @@ pub struct PruneReport {
     pub failed: Vec<String>,
 }
 
+/// What one pull in progress uses, kept from prune (see [`Store::pin`]); dropped when the
+/// pull ends, and worthless once its owner is gone (its lock then is free).
+pub struct Pin {
+    path: PathBuf,
+    file: File,
+}
+
+impl Pin {
+    /// Keeps `digest` (a blob's or a layer's ChainID) from prune.
+    pub fn add(&mut self, digest: &Digest) -> Result<(), StoreError> {
+        writeln!(self.file, "{}", digest.hex()).map_err(io("write", &self.path))
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A download in progress.
 pub struct Ingest<'a> {
     store: &'a Store,
-    path: PathBuf,
+    /// Only on a filesystem without O_TMPFILE: the file's name.
+    path: Option<PathBuf>,
     file: File,
     hash: Sha256,
     pub size: u64,
 }
 
 impl Ingest<'_> {
+    fn where_(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| self.store.root.join("ingest"))
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.hash.update(bytes);
         self.size += bytes.len() as u64;
-        self.file.write_all(bytes).map_err(io("write", &self.path))
+        let at = self.where_();
+        self.file.write_all(bytes).map_err(io("write", &at))
     }
 
-    /// Checks the content against `digest` and moves it into the store.
-    pub fn commit(self, digest: &Digest) -> Result<(), StoreError> {
+    /// A reader of what was written so far (for checks before it is committed).
+    pub fn reader(&self) -> Result<File, StoreError> {
+        use std::io::Seek;
+        let at = self.where_();
+        let mut file = self.file.try_clone().map_err(io("read", &at))?;
+        file.rewind().map_err(io("read", &at))?;
+        Ok(file)
+    }
+
+    /// Checks the content against `digest` and puts it into the store under that name. Another
+    /// pull that stored the same digest first wins: the content is the same.
+    pub fn commit(mut self, digest: &Digest) -> Result<(), StoreError> {
         let actual = format!("sha256:{}", hex::encode(self.hash.clone().finalize()));
         if actual != digest.as_str() {
-            let _ = std::fs::remove_file(&self.path);
             return Err(StoreError::DigestMismatch {
                 expected: digest.to_string(),
                 actual,
             });
         }
-        self.file.sync_all().map_err(io("sync", &self.path))?;
+        let at = self.where_();
+        self.file.sync_all().map_err(io("sync", &at))?;
         let dest = self.store.blob_path(digest);
-        std::fs::rename(&self.path, &dest).map_err(io("store blob", &dest))
+        let linked = match self.path.take() {
+            Some(path) => std::fs::rename(&path, &dest),
+            None => {
+                // An unnamed file gets its name through /proc (AT_EMPTY_PATH would need
+                // CAP_DAC_READ_SEARCH).
+                let from =
+                    std::ffi::CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                        .map_err(|e| io("store blob", &dest)(std::io::Error::other(e)))?;
+                let to = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
+                    .map_err(|e| io("store blob", &dest)(std::io::Error::other(e)))?;
+                // SAFETY: linkat with valid C strings.
+                let rc = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        };
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io("store blob", &dest)(e)),
+        }
     }
 }
 
 impl Drop for Ingest<'_> {
     fn drop(&mut self) {
-        // Committed: the path is gone already. Abandoned: nothing keeps half a blob.
-        let _ = std::fs::remove_file(&self.path);
+        // Committed or unnamed: nothing to remove. A named file abandoned: nothing keeps half
+        // a blob.
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -601,10 +757,15 @@ mod tests {
             Err(StoreError::DigestMismatch { .. })
         ));
         {
-            let mut half = locked.ingest().unwrap();
+            let mut half = store.ingest().unwrap();
             half.write(b"half a blo").unwrap();
         }
         assert_eq!(std::fs::read_dir(root.join("ingest")).unwrap().count(), 0);
+        // A pin keeps a blob from prune while it is held.
+        let mut pin = store.pin().unwrap();
+        pin.add(&good).unwrap();
+        assert_eq!(locked.prune(&[]).unwrap().blobs, 0, "a pinned blob is kept");
+        drop(pin);
         let report = locked.prune(&[]).unwrap();
         assert_eq!(report.blobs, 1, "an unused blob is pruned");
         assert!(!store.has_blob(&good));
