@@ -278,6 +278,19 @@ fn push_artifact(
     put_manifest(addr, repo, tag, manifest.to_string().as_bytes());
 }
 
+/// `component` with a custom section naming `tag` appended: the same component, another
+/// digest (a blob no other test shares).
+fn unique_component(component: &[u8], tag: &str) -> Vec<u8> {
+    let name = format!("wpod-test-{tag}-{}", std::process::id());
+    let mut section = vec![name.len() as u8];
+    section.extend(name.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push(section.len() as u8);
+    out.extend(section);
+    out
+}
+
 fn wasm_config(layer: &[u8], imports: &[String]) -> Vec<u8> {
     serde_json::json!({
         "architecture": "wasm", "os": "wasip2",
@@ -702,11 +715,21 @@ fn bad_artifacts_and_bad_signatures_are_refused_and_nothing_runs() {
         ),
     );
 
-    // A tampered layer: the registry serves other bytes than the digest names.
+    // A tampered layer: the registry serves other bytes than the digest names. The component
+    // is made unique first: the registry keeps blobs by digest for every repository, and
+    // tampering with hello's own blob once broke another test pulling hello at that moment.
     let tampered = format!("{}:1", m.repo("tampered"));
-    m.push("hello", &tampered, &[]);
+    let unique_hello = unique_component(&hello, "tampered");
+    push_artifact(
+        &addr,
+        "wpod-test/tampered",
+        "1",
+        &wasm_config(&unique_hello, &imports_of("hello")),
+        &unique_hello,
+        None,
+    );
     sign(&tampered);
-    let layer = sha256_hex(&hello);
+    let layer = sha256_hex(&unique_hello);
     let blob = registry().data.join(format!(
         "docker/registry/v2/blobs/sha256/{}/{layer}/data",
         &layer[..2]
@@ -716,12 +739,19 @@ fn bad_artifacts_and_bad_signatures_are_refused_and_nothing_runs() {
     let n = evil.len();
     evil[n / 2] ^= 0xff;
     std::fs::write(&blob, &evil).unwrap();
-    cases.insert("tampered layer", (pull(&tampered), "Invalid digest"));
+    cases.insert(
+        "tampered layer",
+        (pull(&tampered), "does not match its digest"),
+    );
     std::fs::write(&blob, &original).unwrap();
 
     // The registry loses the layer mid-pull (after the manifest and config were read).
     let gone = format!("{}:1", m.repo("gone"));
-    let probe = std::fs::read(wpod_test_support::sidecar("log-tail")).unwrap();
+    // Unique, as above: the blob is deleted from the registry for good.
+    let probe = unique_component(
+        &std::fs::read(wpod_test_support::sidecar("log-tail")).unwrap(),
+        "gone",
+    );
     push_artifact(
         &addr,
         "wpod-test/gone",
