@@ -10,6 +10,7 @@ mod market;
 mod pods;
 mod redteam;
 mod redteam2;
+mod redteam_registry;
 mod sandbox;
 mod sdk;
 mod sidecars;

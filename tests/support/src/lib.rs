@@ -1,7 +1,10 @@
 //! Helpers shared by wpod's end-to-end tests: where the built guests are, the repository root,
-//! and the root check that privileged tests make before touching namespaces.
+//! the root check that privileged tests make before touching namespaces, and a registry that
+//! misbehaves on cue (`hostile_registry`).
 
 use std::path::PathBuf;
+
+pub mod hostile_registry;
 
 /// The repository root (tests run with their package directory as cwd).
 pub fn repo_root() -> PathBuf {
