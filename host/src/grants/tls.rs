@@ -670,32 +670,41 @@ impl tls::Host for TlsView<'_> {
         let config = self.table.get(&identity)?.0.clone();
         let input = self.table.delete(input)?;
         let output = self.table.delete(output)?;
-        let outcome = match self.ctx.handshakes.clone().try_acquire_owned() {
-            Ok(slot) => {
-                let transport = GuestTransport {
-                    input: Waiting::Idle(input),
-                    output: Waiting::Idle(output),
-                    flushing: false,
-                    peeked: None,
-                };
-                let start = Handshake {
-                    slot,
-                    sessions: self.ctx.sessions.clone(),
-                    limit: self.ctx.grant.sessions,
-                    cpu: self.ctx.cpu.clone(),
-                    ended: self.ctx.ended.subscribe(),
-                };
-                FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(handshake(
-                    config, transport, idle, start,
-                )))
-            }
-            Err(_) => FutureServerStreams::Done(Err(format!(
-                "{} TLS handshakes are under way already (a quarter of the sidecar's memory \
-                 limit allows that many: one per {} KiB)",
-                self.ctx.grant.handshakes,
-                HANDSHAKE_COST / 1024
-            ))),
+        let transport = GuestTransport {
+            input: Waiting::Idle(input),
+            output: Waiting::Idle(output),
+            flushing: false,
+            peeked: None,
         };
+        let slots = self.ctx.handshakes.clone();
+        let most = self.ctx.grant.handshakes;
+        let sessions = self.ctx.sessions.clone();
+        let limit = self.ctx.grant.sessions;
+        let cpu = self.ctx.cpu.clone();
+        let ended = self.ctx.ended.subscribe();
+        // A handshake waits for a slot (the ones under way end within seconds: silent clients
+        // after SILENCE_TIMEOUT), holding nothing but the connection's streams meanwhile.
+        let outcome = FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
+            let slot = match tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    return Err(format!(
+                        "no TLS handshake slot within {}s: {most} are under way (a quarter of \
+                         the sidecar's memory limit allows that many: one per {} KiB)",
+                        HANDSHAKE_TIMEOUT.as_secs(),
+                        HANDSHAKE_COST / 1024
+                    ))
+                }
+            };
+            let start = Handshake {
+                slot,
+                sessions,
+                limit,
+                cpu,
+                ended,
+            };
+            handshake(config, transport, idle, start).await
+        }));
         Ok(self.table.push(outcome)?)
     }
 }
