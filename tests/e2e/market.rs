@@ -1242,3 +1242,48 @@ fn approval_is_asked_on_a_terminal_and_ungrantable_imports_are_refused() {
     assert!(refused.contains("--allow-ungrantable"), "{refused}");
     m.ok(&["pull", "--yes", "--allow-ungrantable", &reference]);
 }
+
+/// Issue 23, finding 3: a publisher's strings (title, version, description) with terminal
+/// escape sequences and bidi overrides once redrew the permission review: the user's `y`
+/// approved what the screen did not show. Every such string is escaped before it reaches a
+/// terminal: the review, `inspect` and `search`.
+#[test]
+fn a_publishers_escape_sequences_never_reach_the_terminal() {
+    wpod_test_support::require_root("marketplace tests");
+    let m = Market::new("escapes");
+    m.accept_anything();
+    let reference = format!("{}:1", m.repo("spoofed"));
+    let clear = "\u{1b}[2J\u{1b}[H";
+    let title = format!("org.opencontainers.image.title=nice{clear}imports: nothing\u{202e}");
+    let description =
+        format!("org.opencontainers.image.description=harmless\u{9b}31m\rhidden\u{2066}");
+    m.push("hello", &reference, &[&title, &description]);
+    let raw = |out: &str| {
+        out.contains('\u{1b}')
+            && (out.contains(clear) || out.contains("\u{202e}") || out.contains("\u{2066}"))
+            || out.contains('\u{9b}')
+            || out.contains("harmless\rhidden")
+    };
+    let inspected = m.ok(&["inspect", &reference]);
+    assert!(
+        !raw(&inspected),
+        "inspect printed the raw bytes: {inspected:?}"
+    );
+    assert!(inspected.contains("\\x1b[2J"), "{inspected}");
+    let registry = reference.split('/').next().unwrap().to_string();
+    let searched = m.wpod(&["search", &format!("{registry}/spoofed")]);
+    let searched = text(&searched.stdout) + &text(&searched.stderr);
+    assert!(
+        !raw(&searched),
+        "search printed the raw bytes: {searched:?}"
+    );
+    let (_, review) = on_a_terminal(&m, &["pull", &reference], "n\n");
+    assert!(
+        !raw(&review),
+        "the review printed the raw bytes: {review:?}"
+    );
+    assert!(
+        review.contains("\\u{202e}") || review.contains("\\x1b"),
+        "{review}"
+    );
+}

@@ -792,3 +792,185 @@ spec:
     );
     assert_no_leftovers("rt2-journal");
 }
+
+/// Finding 8: `wpod apply` checks the change before it pulls anything, pulls outside the pod's
+/// cgroup (a process of its own), and a refused apply leaves no trace of its containers in
+/// `wpod ps`.
+#[test]
+fn a_refused_apply_pulls_nothing_and_leaves_no_phantom() {
+    require_root("a_refused_apply_pulls_nothing_and_leaves_no_phantom");
+    let dir = std::env::temp_dir().join("wpod-rt2-apply");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let registries = dir.join("registries.conf");
+    // A registry nobody listens on: any pull would fail (and take its time).
+    std::fs::write(
+        &registries,
+        "[[registry]]\nlocation = \"127.0.0.1:9\"\ninsecure = true\n",
+    )
+    .unwrap();
+    let base = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt2-apply}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, "3600"]
+"#;
+    let mut pod = TestPod::new("rt2-apply", base);
+    pod.env = vec![(
+        "WPOD_REGISTRIES_CONF".into(),
+        registries.display().to_string(),
+    )];
+    let running = pod.spawn();
+    running.wait_for("main to start", LONG, |r| {
+        r.events(Some("main"))
+            .iter()
+            .any(|e| e["event"] == "started")
+    });
+    let apply = |yaml: &str| {
+        let file = dir.join("change.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let start = Instant::now();
+        let out = Command::new(crate::wpod_bin())
+            .args(["apply", file.to_str().unwrap()])
+            .envs(pod.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (out, start.elapsed())
+    };
+    // A change the running pod cannot take (a native container added, with an image): refused
+    // before its image is pulled.
+    let (out, took) = apply(&format!(
+        "{base}  - name: added\n    image: 127.0.0.1:9/team/native:1\n    command: [sleep, \"1\"]\n  - name: changed\n    command: [sleep, \"2\"]\n"
+    ));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("only Wasm sidecars can be added"), "{err}");
+    assert!(
+        !err.contains("127.0.0.1:9"),
+        "it tried to pull first: {err}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A sidecar whose image cannot be pulled: refused, and nothing of it in the pod's journal.
+    let (out, _) = apply(&format!(
+        "{base}  - name: phantom\n    image: 127.0.0.1:9/team/sidecar:1\n"
+    ));
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    let ps = crate::wpod_output(&["ps", "--output", "json"]);
+    let ps = text(&ps.stdout);
+    let journal = std::fs::read_to_string("/var/lib/wpod/logs/rt2-apply/events.jsonl").unwrap();
+    let _ = stop(running);
+    assert!(
+        !ps.contains("phantom"),
+        "a refused apply left a container in ps: {ps}"
+    );
+    assert!(!journal.contains("phantom"), "{journal}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_no_leftovers("rt2-apply");
+}
+
+/// Finding 9: `wpod load` reads a layout's files beneath its directory, regular files only,
+/// within caps: an `index.json` that is a symlink to /dev/zero, or a FIFO, is refused at once
+/// (it once read until memory ran out, or hung).
+#[test]
+fn a_hostile_layout_is_refused_without_reading_it() {
+    require_root("a_hostile_layout_is_refused_without_reading_it");
+    let root = Root::new("layout");
+    let layout = root.0.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+    let load = || {
+        let start = Instant::now();
+        let mut child = Command::new(crate::wpod_bin())
+            .args(["load", "--yes", layout.to_str().unwrap()])
+            .envs(root.vars())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (out, start.elapsed())
+    };
+    let (out, took) = load();
+    assert!(
+        took < Duration::from_secs(10),
+        "load took {took:?} on /dev/zero"
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("symlink"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(layout.join("index.json")).unwrap();
+    nix::unistd::mkfifo(
+        &layout.join("index.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let (out, took) = load();
+    assert!(
+        took < Duration::from_secs(10),
+        "load hung on a FIFO ({took:?})"
+    );
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Finding 3: `wpod logs` keeps a container's bytes in its files, but what it prints on a
+/// terminal is escaped (`--raw` prints the bytes).
+#[test]
+fn logs_are_escaped_on_a_terminal_and_raw_on_request() {
+    require_root("logs_are_escaped_on_a_terminal_and_raw_on_request");
+    let pod = TestPod::new(
+        "rt2-logs",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt2-logs}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [printf, "before\u001b[2Jafter\n"]
+"#,
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let on_terminal = |args: &str| {
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} logs {args} rt2-logs", crate::wpod_bin().display()),
+                "/dev/null",
+            ])
+            .output()
+            .expect("script (util-linux)");
+        text(&out.stdout)
+    };
+    let shown = on_terminal("-c main");
+    assert!(
+        shown.contains("before\\x1b[2Jafter") && !shown.contains('\u{1b}'),
+        "{shown:?}"
+    );
+    let raw = on_terminal("--raw -c main");
+    assert!(raw.contains("before\u{1b}[2Jafter"), "{raw:?}");
+    let piped = crate::wpod_output(&["logs", "-c", "main", "rt2-logs"]);
+    assert!(text(&piped.stdout).contains("before\u{1b}[2Jafter"));
+    assert_no_leftovers("rt2-logs");
+}
