@@ -788,3 +788,56 @@ impl tls::HostFutureServerStreams for TlsView<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    /// A PEM block of `n` bytes of DER (not a real certificate: the size is checked first).
+    fn pem(kind: &str, n: usize) -> String {
+        let body = base64::engine::general_purpose::STANDARD.encode(vec![0x30u8; n]);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {kind}-----\n{}\n-----END {kind}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn a_chain_over_64_kib_is_refused() {
+        // A handshake sends the chain whole: a 1 MiB one once answered each 517-byte hello with
+        // 714 KB.
+        let chain = pem("CERTIFICATE", 40 << 10) + &pem("CERTIFICATE", 40 << 10);
+        let Err(e) = ServerIdentity::from_pem(chain.as_bytes(), b"") else {
+            panic!("an 80 KiB chain was accepted");
+        };
+        assert!(e.contains("over 64 KiB"), "{e}");
+    }
+
+    #[test]
+    fn handshake_cpu_is_a_bucket_of_the_cpu_limit() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(async {
+                // 100m: 100 ms of CPU per second, at most one second's worth held.
+                let cpu = HandshakeCpu::new(100);
+                assert_eq!(cpu.wait(), None, "a full bucket");
+                cpu.charge(300_000_000);
+                let wait = cpu.wait().expect("in debt after 300 ms of CPU");
+                assert!(
+                    (Duration::from_secs(1)..=Duration::from_secs(3)).contains(&wait),
+                    "{wait:?}"
+                );
+                tokio::time::advance(wait).await;
+                assert_eq!(cpu.wait(), None, "paid back by waiting");
+            });
+    }
+}

@@ -303,9 +303,12 @@ fn fd_budget(
     if needed > limit {
         let room = limit.saturating_sub(fixed + min_forwarded);
         let fix = match (sidecars, room / sidecars.max(1)) {
-            (0, _) | (_, 0) => {
-                "raise the hard limit on open files (ulimit -Hn, LimitNOFILE=)".to_string()
-            }
+            (0, _) => "raise the hard limit on open files (ulimit -Hn, LimitNOFILE=)".to_string(),
+            (_, most) if most < crate::spec::MIN_SIDECAR_HANDLES => format!(
+                "move sidecars to another pod (each needs at least {} handles), or raise the hard \
+                 limit on open files (ulimit -Hn, LimitNOFILE=)",
+                crate::spec::MIN_SIDECAR_HANDLES
+            ),
             (_, most) => format!(
                 "set wpod.dev/sidecar-max-handles to at most {most}, or raise the hard limit on \
                  open files (ulimit -Hn, LimitNOFILE=)"

@@ -28,7 +28,10 @@ pub use enums::{
     StorageMedium, CAPABILITIES,
 };
 pub use names::PodName;
-pub use pod::{Annotations, EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource};
+pub use pod::{
+    Annotations, EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource,
+    MIN_SIDECAR_HANDLES,
+};
 
 use decode::{loc_of, Decoder};
 

@@ -69,6 +69,9 @@ fn bytes_at_least(min: u64, shown: &'static str) -> impl Fn(&str) -> Result<u64,
     }
 }
 
+/// The fewest handles a Wasm sidecar may be given (`wpod.dev/sidecar-max-handles`).
+pub const MIN_SIDECAR_HANDLES: u64 = 32;
+
 const SETTINGS: &[Setting] = &[
     Setting {
         key: "wpod.dev/pids-limit",
@@ -80,7 +83,7 @@ const SETTINGS: &[Setting] = &[
         key: "wpod.dev/sidecar-max-handles",
         // A std guest needs a few handles for its stdio and preopens before doing anything;
         // wasmtime's own bound on a resource table is a million.
-        parse: |v| count_between(32, 1_000_000)(v),
+        parse: |v| count_between(MIN_SIDECAR_HANDLES, 1_000_000)(v),
         set: |a, n| a.sidecar_max_handles = n,
     },
     Setting {
