@@ -238,6 +238,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Pod housekeeping.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
     /// Measure Wasm sidecar start (cold, warm, restart) and idle memory on a real pod (root).
     Bench {
         /// The guest to start: the `probe` sidecar (target/sidecars/probe.wasm).
@@ -261,6 +266,9 @@ pub enum Command {
         /// Share one PID namespace among the pod's containers, its procfs mounted here.
         #[arg(long)]
         pod_proc: Option<PathBuf>,
+        /// Stay in the host's network and UTS namespaces (`hostNetwork: true`).
+        #[arg(long)]
+        host_network: bool,
     },
     /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
     #[command(name = "__cleanup", hide = true)]
@@ -335,6 +343,13 @@ pub enum KeyCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Remove every pod that is not running: ended pods' kept logs and journal, and everything
+    /// a killed run left (its network, mounts, cgroups, state).
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]

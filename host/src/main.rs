@@ -29,9 +29,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Helper processes: fresh single-threaded processes that never return.
     match &cli.command {
-        Command::Holder { hostname, pod_proc } => {
-            wpod::sandbox::holder::main(hostname, pod_proc.as_deref())
-        }
+        Command::Holder {
+            hostname,
+            pod_proc,
+            host_network,
+        } => wpod::sandbox::holder::main(hostname, pod_proc.as_deref(), *host_network),
         Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
         Command::Exec {
             launch_spec,
@@ -190,6 +192,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: cli::ImageCommand::Prune,
         } => images::prune(),
+        Command::Pod {
+            command: cli::PodCommand::Prune,
+        } => manage::pod_prune(),
         Command::Inspect {
             target,
             output,
@@ -396,6 +401,8 @@ fn run(
             None,
             Event::PodStarted {
                 hostname: sandbox.hostname.clone(),
+                network: sandbox.network_mode,
+                ip: sandbox.ip.map(|ip| ip.to_string()),
             },
         );
         for w in &sandbox.warnings {

@@ -83,8 +83,8 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
         }
         Output::Text => {
             println!(
-                "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} STARTED",
-                "POD", "CONTAINER", "STATE", "READY", "RESTARTS", "IMAGE"
+                "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30} STARTED",
+                "POD", "CONTAINER", "STATE", "READY", "RESTARTS", "IP", "IMAGE"
             );
             // Names, states and images are read from disk (the pod's directory and journal):
             // each escaped, then padded.
@@ -93,13 +93,19 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                     (Standing::Exited, Some(code)) => format!("Exited({code})"),
                     _ => v.phase.clone(),
                 };
+                let ip = match (v.ip.as_deref(), v.network.as_deref()) {
+                    (Some(ip), _) => ip,
+                    (None, Some("host")) => "host",
+                    _ => "-",
+                };
                 println!(
-                    "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30} {}",
+                    "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30} {}",
                     safe(&v.name),
                     "",
                     safe(&phase),
                     "",
                     "",
+                    safe(ip),
                     "",
                     safe(v.started.as_deref().unwrap_or("-"))
                 );
@@ -109,12 +115,13 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                         _ => c.state.clone(),
                     };
                     println!(
-                        "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<30}",
+                        "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30}",
                         "",
                         safe(&c.name),
                         safe(&state),
                         if c.ready { "yes" } else { "no" },
                         c.restarts,
+                        "",
                         safe(c.image.as_deref().unwrap_or("-"))
                     );
                 }
@@ -440,7 +447,8 @@ pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
             continue;
         }
         let logs = state_dir::log_dir(name.as_str());
-        let lost = pod_dir(name.as_str()).is_dir();
+        let lost = pod_dir(name.as_str()).is_dir()
+            || wpod::sandbox::network::recorded_pods().contains(&name.to_string());
         if !logs.is_dir() && !lost {
             eprintln!("wpod: error: no pod \"{name}\" on this host (wpod ps -a lists them)");
             failed = true;
@@ -463,6 +471,24 @@ pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `wpod pod prune`: every pod that is not running goes, as `wpod rm` removes one (podman's
+/// `pod prune`): ended pods' kept logs, and what killed runs left, their networks included.
+pub fn pod_prune() -> anyhow::Result<ExitCode> {
+    let mut names = state_dir::pods();
+    names.extend(state_dir::logged_pods());
+    names.extend(wpod::sandbox::network::recorded_pods());
+    names.sort();
+    names.dedup();
+    let idle: Vec<String> = names
+        .into_iter()
+        .filter(|n| wpod::spec::PodName::new(n).is_ok() && !state_dir::in_use(n))
+        .collect();
+    if idle.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    rm(&idle)
 }
 
 /// `wpod events [-f] POD`: the pod's event journal, as `wpod run` printed it (`--output json`:
@@ -734,6 +760,12 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     safe_writeln!(out, "Name:        {pod}")?;
     safe_writeln!(out, "Status:      {}", v.phase)?;
+    match (v.ip.as_deref(), v.network.as_deref()) {
+        (Some(ip), _) => safe_writeln!(out, "IP:          {ip}")?,
+        (None, Some("host")) => safe_writeln!(out, "IP:          (the host's network)")?,
+        (None, Some("loopback")) => safe_writeln!(out, "IP:          (none: loopback only)")?,
+        _ => {}
+    }
     if let Some(s) = &v.started {
         safe_writeln!(out, "Started:     {s}")?;
     }

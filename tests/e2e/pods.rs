@@ -62,6 +62,8 @@ impl TestPod {
 
     /// Starts the pod in the background.
     pub fn spawn(&self) -> RunningPod {
+        // Pods get networks: never where their traffic could reach the real network.
+        wpod_test_support::require_isolated_network();
         let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
         let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
         let mut cmd = Command::new(crate::wpod_bin());
@@ -325,6 +327,11 @@ pub fn assert_no_leftovers(pod: &str) {
     assert!(
         !mounts.contains(&marker),
         "mounts of pod {pod} are left:\n{mounts}"
+    );
+    let pin = format!("/net/{pod}.netns ");
+    assert!(
+        !mounts.contains(&pin),
+        "the network namespace of pod {pod} is still pinned:\n{mounts}"
     );
     let procs = processes_mentioning(&[&marker, &format!("--hostname\0{pod}\0")]);
     assert!(

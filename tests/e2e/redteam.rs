@@ -648,7 +648,9 @@ fn hanging_forwarded_connections_cost_no_threads() {
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: rt-threads}
+metadata:
+  name: rt-threads
+  annotations: {wpod.dev/network: none}
 spec:
   terminationGracePeriodSeconds: 1
   containers:

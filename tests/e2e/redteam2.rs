@@ -549,7 +549,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: rt2-fdflood
-  annotations: {wpod.dev/sidecar-max-handles: "1000"}
+  annotations: {wpod.dev/sidecar-max-handles: "1000", wpod.dev/network: none}
 spec:
   restartPolicy: Always
   terminationGracePeriodSeconds: 1

@@ -606,13 +606,16 @@ fn a_host_port_forwards_bytes_exactly_both_ways_and_passes_half_close_on() {
     require_root("a_host_port_forwards_bytes_exactly");
     // The main container echoes everything it receives until the client's half-close, then
     // closes: 8 MiB must come back byte for byte through the forwarder (splice, both ways),
-    // and the client's shutdown must reach the container (or the echo would never end).
+    // and the client's shutdown must reach the container (or the echo would never end). The
+    // forwarder is a pod off the network's (a pod on one has its hostPorts in the kernel).
     let pod = TestPod::new(
         "port-echo",
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: port-echo}
+metadata:
+  name: port-echo
+  annotations: {wpod.dev/network: none}
 spec:
   terminationGracePeriodSeconds: 1
   containers:

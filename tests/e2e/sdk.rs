@@ -159,6 +159,8 @@ fn scaffold_and_build(
             cmd.env_remove(key);
         }
     }
+    // Builds fetch packages (npm's registry): the host's network, not the tests' isolated one.
+    wpod_test_support::in_host_network(&mut cmd);
     let built = cmd
         .args(&build[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -62,6 +62,38 @@ pub struct PodPlan {
     pub runtime_memory_limit: Option<u64>,
     /// How the descriptors wpod may open are shared (see [`fd_budget`]).
     pub fd_budget: FdBudget,
+    /// How the pod reaches the network.
+    pub network: Network,
+    /// The pod's resolv.conf, before the host's part (`dnsPolicy`, `dnsConfig`).
+    pub dns: DnsPlan,
+    /// `spec.hostAliases`, for the pod's /etc/hosts.
+    pub host_aliases: Vec<(IpAddr, Vec<String>)>,
+}
+
+/// How a pod reaches the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Network {
+    /// Its own network namespace joined to a network by CNI: an address, a default route;
+    /// hostPorts by the portmap plugin (in the kernel).
+    Cni,
+    /// Its own network namespace with `lo` only (`wpod.dev/network: none`); hostPorts forwarded
+    /// by wpod to the pod's loopback.
+    Loopback,
+    /// The host's network (and UTS) namespace (`spec.hostNetwork`): containers listen on the
+    /// host itself.
+    Host,
+}
+
+/// What the pod's resolv.conf holds: the host's resolvers (`dnsPolicy` Default, and
+/// ClusterFirst, as the kubelet without cluster DNS), then `dnsConfig`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsPlan {
+    pub from_host: bool,
+    pub nameservers: Vec<IpAddr>,
+    pub searches: Vec<String>,
+    /// `name` or `name:value`.
+    pub options: Vec<String>,
 }
 
 /// The descriptors of the wpod process that runs a pod, shared out so that nothing the pod
@@ -202,7 +234,16 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_sidecar_count(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
-    let port_mappings = port_mappings(pod, &mut diags);
+    let network = match (pod.spec.host_network, pod.annotations().network_none) {
+        (true, _) => Network::Host,
+        (false, true) => Network::Loopback,
+        (false, false) => Network::Cni,
+    };
+    // On the host's network a container listens on the host itself: nothing is published.
+    let port_mappings = match network {
+        Network::Host => Vec::new(),
+        _ => port_mappings(pod, &mut diags),
+    };
     let fd_budget = fd_budget(
         pod,
         &containers,
@@ -227,6 +268,14 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 port_mappings,
                 tmpfs_sizes,
                 fd_budget,
+                network,
+                dns: dns_plan(pod),
+                host_aliases: pod
+                    .spec
+                    .host_aliases
+                    .iter()
+                    .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
+                    .collect(),
                 pod: pod.clone(),
             })
         }
@@ -378,6 +427,29 @@ fn port_mappings(pod: &Pod, diags: &mut Vec<Diagnostic>) -> Vec<PortMapping> {
         }
     }
     out
+}
+
+/// The pod's resolv.conf as the kubelet forms it (`dnsPolicy`, then `dnsConfig` merged in).
+fn dns_plan(pod: &Pod) -> DnsPlan {
+    use crate::spec::DnsPolicy;
+    let config = pod.spec.dns_config.clone().unwrap_or_default();
+    DnsPlan {
+        from_host: pod.spec.dns_policy != DnsPolicy::None,
+        nameservers: config
+            .nameservers
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        searches: config.searches.clone(),
+        options: config
+            .options
+            .iter()
+            .map(|o| match &o.value {
+                Some(v) => format!("{}:{v}", o.name),
+                None => o.name.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The pod's memory limit as the kubelet computes it, when every container has one: the larger

@@ -37,11 +37,11 @@ pub const PAUSE_ID: u32 = 65535;
 
 /// Entry point of `wpod __holder`. Prints `ready <pid-1 host pid or 0>` or `error <message>`.
 /// With `pod_proc`, the pod shares one PID namespace, whose procfs is mounted there.
-pub fn main(hostname: &str, pod_proc: Option<&Path>) -> ! {
+pub fn main(hostname: &str, pod_proc: Option<&Path>, host_network: bool) -> ! {
     crate::helper::set_undumpable();
     // SAFETY: the runtime passes the lifeline as fd 3 to every holder.
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
-    let init = match create_namespaces(hostname, pod_proc) {
+    let init = match create_namespaces(hostname, pod_proc, host_network) {
         Ok(init) => init,
         Err(e) => {
             println!("error {e}");
@@ -73,11 +73,23 @@ pub fn main(hostname: &str, pod_proc: Option<&Path>) -> ! {
     std::process::exit(0)
 }
 
-fn create_namespaces(hostname: &str, pod_proc: Option<&Path>) -> Result<Option<Pid>, StepError> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-        .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
-    sethostname(hostname).map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
-    loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
+fn create_namespaces(
+    hostname: &str,
+    pod_proc: Option<&Path>,
+    host_network: bool,
+) -> Result<Option<Pid>, StepError> {
+    if host_network {
+        // The host's network and UTS namespaces (its hostname), as the kubelet gives a
+        // hostNetwork pod; an IPC namespace of its own.
+        unshare(CloneFlags::CLONE_NEWIPC)
+            .map_err(|e| StepError::errno("unshare(CLONE_NEWIPC)", e))?;
+    } else {
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+            .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
+        sethostname(hostname)
+            .map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
+        loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
+    }
     // PID 1 first, while the holder is still in the host's mount namespace: PID 1 mounts the
     // pod's /proc there before it leaves.
     let init = pod_proc.map(start_pid1).transpose()?;

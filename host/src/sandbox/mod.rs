@@ -3,8 +3,10 @@
 //! nothing behind).
 
 pub mod cgroups;
+pub mod dns;
 pub mod holder;
 pub mod namespaces;
+pub mod network;
 pub mod ports;
 pub mod runtime;
 pub mod state_dir;
@@ -45,12 +47,18 @@ impl SandboxError {
     }
 }
 
-/// Fields drop in declaration order: port forwards, cgroups, volumes, namespaces, the lifeline,
-/// and last the state directory.
+/// Fields drop in declaration order: port forwards, the network, cgroups, volumes, namespaces,
+/// the lifeline, and last the state directory.
 pub struct PodSandbox {
     pub pod: String,
     pub hostname: String,
     ports: Option<PortForwards>,
+    /// The pod on its CNI network (DEL when dropped).
+    _network: Option<network::PodNetwork>,
+    /// How the pod reaches the network.
+    pub network_mode: crate::plan::Network,
+    /// The pod's address on its network (a CNI network's).
+    pub ip: Option<std::net::IpAddr>,
     pub cgroups: PodCgroups,
     pub volumes: PodVolumes,
     pub namespaces: PodNamespaces,
@@ -74,6 +82,7 @@ impl PodSandbox {
         let pod = &plan.pod;
         let name = plan.name();
         let state = StateDir::acquire(&plan.name)?;
+        let mut warnings = Vec::new();
         let lifeline = Lifeline::new().map_err(|e| SandboxError::Step {
             step: "create the lifeline pipe".into(),
             error: e.to_string(),
@@ -82,19 +91,46 @@ impl PodSandbox {
             true => Some(state.pod_proc_dir()?),
             false => None,
         };
-        let namespaces = PodNamespaces::create(pod.hostname(), pod_proc.as_deref(), &lifeline)?;
+        let host_network = plan.network == crate::plan::Network::Host;
+        let namespaces =
+            PodNamespaces::create(pod.hostname(), pod_proc.as_deref(), host_network, &lifeline)?;
+        // hostPorts first (a port in use fails the pod before anything is on the network),
+        // then the network, whose portmap forwards them.
+        let (ports, network) = match plan.network {
+            crate::plan::Network::Cni => {
+                let ports = PortForwards::reserve(&plan.port_mappings)?;
+                let network = network::PodNetwork::attach(
+                    name,
+                    pod.metadata.namespace.as_deref(),
+                    &namespaces.net_path(),
+                    &plan.port_mappings,
+                )
+                .map_err(|e| SandboxError::Step {
+                    step: "attach the pod to its network (CNI ADD)".into(),
+                    error: crate::error::chain(&e),
+                })?;
+                (Some(ports), Some(network))
+            }
+            _ => (None, None),
+        };
+        let ip = network.as_ref().and_then(|n| n.ip);
         let dialer = Dialer::new(namespaces.net_handle()).map_err(|e| SandboxError::Step {
             step: "start the pod's dialer".into(),
             error: e.to_string(),
         })?;
-        let (volumes, mut warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
-        let etc_files = write_etc_files(&state.path, pod.hostname())?;
+        let (volumes, volume_warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
+        warnings.extend(volume_warnings);
+        let (etc_files, dns_warnings) = dns::write_etc_files(&state.path, plan, ip)?;
+        warnings.extend(dns_warnings);
         let mut cgroups = PodCgroups::create(&plan.name)?;
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),
             hostname: pod.hostname().to_string(),
-            ports: None,
+            ports,
+            _network: network,
+            network_mode: plan.network,
+            ip,
             cgroups,
             volumes,
             namespaces,
@@ -105,12 +141,14 @@ impl PodSandbox {
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
-        sandbox.ports = Some(PortForwards::publish(
-            name,
-            &plan.port_mappings,
-            plan.fd_budget.forwarded_connections,
-            sandbox.namespaces.net_handle(),
-        )?);
+        if plan.network == crate::plan::Network::Loopback {
+            sandbox.ports = Some(PortForwards::publish(
+                name,
+                &plan.port_mappings,
+                plan.fd_budget.forwarded_connections,
+                sandbox.namespaces.net_handle(),
+            )?);
+        }
         Ok(sandbox)
     }
 
@@ -130,32 +168,4 @@ impl PodSandbox {
     pub fn log_dir(&self) -> PathBuf {
         self.state.logs.clone()
     }
-}
-
-/// The kubelet gives every container a `/etc/hosts` naming localhost and the pod, and an
-/// `/etc/hostname`: an image has neither (busybox's `wget localhost` needs the first).
-fn write_etc_files(
-    state: &Path,
-    hostname: &str,
-) -> Result<Vec<(PathBuf, &'static str)>, SandboxError> {
-    let hosts = format!(
-        "# Kubernetes-managed hosts file (written by wpod).\n\
-         127.0.0.1\tlocalhost\n\
-         ::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\n\
-         fe00::0\tip6-mcastprefix\n\
-         fe00::1\tip6-allnodes\n\
-         fe00::2\tip6-allrouters\n\
-         127.0.0.1\t{hostname}\n"
-    );
-    let mut out = Vec::new();
-    for (name, target, content) in [
-        ("etc-hosts", "/etc/hosts", hosts),
-        ("etc-hostname", "/etc/hostname", format!("{hostname}\n")),
-    ] {
-        let path = state.join(name);
-        std::fs::write(&path, content).map_err(|e| SandboxError::io("write", &path, e))?;
-        out.push((path, target));
-    }
-    Ok(out)
 }

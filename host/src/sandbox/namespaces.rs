@@ -52,6 +52,7 @@ impl PodNamespaces {
     pub fn create(
         hostname: &str,
         pod_proc: Option<&Path>,
+        host_network: bool,
         lifeline: &Lifeline,
     ) -> Result<Self, SandboxError> {
         let fail = |e: std::io::Error| SandboxError::Step {
@@ -62,6 +63,9 @@ impl PodNamespaces {
         cmd.args(["--hostname", hostname]);
         if let Some(dir) = pod_proc {
             cmd.arg("--pod-proc").arg(dir);
+        }
+        if host_network {
+            cmd.arg("--host-network");
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -118,6 +122,11 @@ impl PodNamespaces {
     /// A shared handle on the pod's network namespace, for threads that must join it later.
     pub fn net_handle(&self) -> Arc<OwnedFd> {
         self.net.clone()
+    }
+
+    /// The pod's network namespace as a path (the holder's).
+    pub fn net_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 }
 

@@ -1,5 +1,9 @@
-//! hostPort publishing: the host listens on each `hostPort` and forwards every connection to the
-//! container port on the pod's loopback. The container sees an ordinary local client.
+//! hostPort publishing for a pod off the network (`wpod.dev/network: none`): the host listens on
+//! each `hostPort` and forwards every connection to the container port on the pod's loopback.
+//! The container sees an ordinary local client. (A pod on a CNI network gets its hostPorts in
+//! the kernel, from the portmap plugin's DNAT: here each is only reserved, bound and never
+//! listened on, so a port in use still fails the pod before it starts, and no other process
+//! takes it while the pod runs.)
 //!
 //! The forwarders run on a runtime of their own whose threads joined the pod's network
 //! namespace ([`PodRuntime`]): a listener bound on the host before keeps accepting host
@@ -46,6 +50,8 @@ const PIPE_BYTES: usize = 256 * 1024;
 pub struct PortForwards {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Ports only reserved (bound, not listening): the kernel forwards them.
+    _reserved: Vec<OwnedFd>,
     /// Dropped last: the forwarders' tasks run on it.
     runtime: Option<PodRuntime>,
 }
@@ -64,6 +70,7 @@ impl PortForwards {
             return Ok(PortForwards {
                 tasks: Default::default(),
                 stop,
+                _reserved: Vec::new(),
                 runtime: None,
             });
         }
@@ -113,7 +120,44 @@ impl PortForwards {
         Ok(PortForwards {
             tasks: std::sync::Mutex::new(tasks),
             stop,
+            _reserved: Vec::new(),
             runtime: Some(runtime),
+        })
+    }
+
+    /// Reserves each host port (a socket bound to it that never listens), for a pod whose
+    /// hostPorts the kernel forwards: a port in use fails the pod now, and no process can take
+    /// one while the pod runs (DNAT happens before a socket could see the connection).
+    pub fn reserve(mappings: &[PortMapping]) -> Result<Self, SandboxError> {
+        use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+        let mut reserved = Vec::new();
+        for m in mappings {
+            let addr = SocketAddr::new(m.host_ip, m.host_port);
+            let family = match m.host_ip {
+                IpAddr::V4(_) => AddressFamily::Inet,
+                IpAddr::V6(_) => AddressFamily::Inet6,
+            };
+            let fail = |e: nix::Error| SandboxError::Step {
+                step: format!(
+                    "publish hostPort {} of container {}",
+                    m.host_port, m.container
+                ),
+                error: format!("bind {addr}: {}", std::io::Error::from(e)),
+            };
+            let fd =
+                socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+            bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrStorage::from(addr),
+            )
+            .map_err(fail)?;
+            reserved.push(fd);
+        }
+        Ok(PortForwards {
+            tasks: Default::default(),
+            stop: tokio::sync::watch::channel(false).0,
+            _reserved: reserved,
+            runtime: None,
         })
     }
 

@@ -70,6 +70,14 @@ impl StateDir {
                 pod: pod.to_string(),
             });
         }
+        // A killed run's network goes first (its record names the pinned namespace and what
+        // its plugins made), then its state.
+        match super::network::recover(pod.as_str()) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(pod = %pod, error = %e, "cannot delete the network a killed run of this pod left")
+            }
+        }
         if path.exists() {
             tracing::warn!(pod = %pod, "clearing what an earlier run of this pod left behind");
             clear(&path);

@@ -82,6 +82,32 @@ impl RestartPolicy {
 }
 
 spelled_enum! {
+    /// `spec.dnsPolicy`. There is no cluster DNS on one host: `ClusterFirst` (Kubernetes'
+    /// default) and `ClusterFirstWithHostNet` behave as `Default`, as the kubelet does without
+    /// cluster DNS.
+    pub enum DnsPolicy {
+        ClusterFirst = "ClusterFirst",
+        ClusterFirstWithHostNet = "ClusterFirstWithHostNet",
+        Default = "Default",
+        None = "None",
+    }
+}
+
+impl Default for DnsPolicy {
+    fn default() -> Self {
+        DnsPolicy::ClusterFirst
+    }
+}
+
+impl DnsPolicy {
+    fn unsupported(text: &str) -> String {
+        format!(
+            "unsupported value \"{text}\": use ClusterFirst, ClusterFirstWithHostNet, Default or None"
+        )
+    }
+}
+
+spelled_enum! {
     /// A container port's `protocol`. (SCTP is refused by name.)
     pub enum Protocol {
         Tcp = "TCP",

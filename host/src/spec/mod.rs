@@ -24,13 +24,13 @@ pub use container::{
 pub use decode::IntOrString;
 pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
 pub use enums::{
-    Capability, HostPathType, Protocol, PullPolicy, RestartPolicy, Role, SeccompProfile,
+    Capability, DnsPolicy, HostPathType, Protocol, PullPolicy, RestartPolicy, Role, SeccompProfile,
     StorageMedium, CAPABILITIES,
 };
 pub use names::PodName;
 pub use pod::{
-    Annotations, EmptyDir, HostPath, ObjectMeta, Pod, PodSpec, Volume, VolumeSource,
-    MIN_SIDECAR_HANDLES,
+    Annotations, EmptyDir, HostAlias, HostPath, ObjectMeta, Pod, PodDnsConfig, PodDnsOption,
+    PodSpec, Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION, OUTBOUND_PREFIX,
 };
 
 use decode::{loc_of, Decoder};

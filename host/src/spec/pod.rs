@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::container::Container;
 use super::decode::{loc_of, Decode, Decoder, Node};
 use super::diag::SourceMap;
-use super::enums::{HostPathType, RestartPolicy, Role, StorageMedium};
+use super::enums::{DnsPolicy, HostPathType, RestartPolicy, Role, StorageMedium};
 use super::quantity;
 
 /// wpod's own settings, written as pod annotations (a Kubernetes Pod has no field for them),
@@ -30,7 +30,14 @@ pub struct Annotations {
     /// `wpod.dev/log-rate-limit`: bytes per second a container may write to stdout/stderr;
     /// a faster writer waits.
     pub log_rate_bytes: u64,
+    /// `wpod.dev/network: none`: the pod's network namespace holds only `lo` (no CNI).
+    pub network_none: bool,
 }
+
+/// The annotation that keeps a pod off the network (loopback only).
+pub const NETWORK_ANNOTATION: &str = "wpod.dev/network";
+/// The prefix of the per-sidecar outbound rules, `wpod.dev/allowed-outbound.<container>`.
+pub const OUTBOUND_PREFIX: &str = "wpod.dev/allowed-outbound.";
 
 impl Default for Annotations {
     fn default() -> Self {
@@ -40,6 +47,7 @@ impl Default for Annotations {
             log_max_bytes: 10 << 20,
             log_max_files: 5,
             log_rate_bytes: 16 << 20,
+            network_none: false,
         }
     }
 }
@@ -116,13 +124,31 @@ impl Annotations {
             if !key.starts_with("wpod.dev/") {
                 continue;
             }
+            if key == NETWORK_ANNOTATION {
+                match value.as_str() {
+                    "none" => out.network_none = true,
+                    other => problems.push((
+                        key.clone(),
+                        format!(
+                            "\"{other}\" is not a network setting: write \"none\" to keep the pod \
+                             on its loopback, or leave the annotation out to give it the network"
+                        ),
+                    )),
+                }
+                continue;
+            }
+            // Read by the network capability, which checks them (plan).
+            if key.starts_with(OUTBOUND_PREFIX) {
+                continue;
+            }
             match SETTINGS.iter().find(|s| s.key == key) {
                 Some(s) => match (s.parse)(value) {
                     Ok(n) => (s.set)(&mut out, n),
                     Err(e) => problems.push((key.clone(), e)),
                 },
                 None => {
-                    let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                    let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                    keys.push(NETWORK_ANNOTATION);
                     let hint = match super::decode::did_you_mean(key, &keys) {
                         Some(k) => format!("did you mean \"{k}\"?"),
                         None => format!("wpod reads {}", keys.join(", ")),
@@ -222,6 +248,62 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: i64,
     pub share_process_namespace: bool,
     pub hostname: Option<String>,
+    /// The host's network (and UTS) namespace instead of the pod's own.
+    pub host_network: bool,
+    pub dns_policy: DnsPolicy,
+    pub dns_config: Option<PodDnsConfig>,
+    pub host_aliases: Vec<HostAlias>,
+}
+
+/// `spec.dnsConfig`: added to (or, with `dnsPolicy: None`, making) the pod's resolv.conf.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfig {
+    pub nameservers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<PodDnsOption>,
+}
+
+impl Decode for PodDnsConfig {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| PodDnsConfig {
+            nameservers: f.list("nameservers"),
+            searches: f.list("searches"),
+            options: f.list("options"),
+        })
+    }
+}
+
+/// One resolver option: `ndots: "2"`, `edns0`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PodDnsOption {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl Decode for PodDnsOption {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| PodDnsOption {
+            name: f.req("name").unwrap_or_default(),
+            value: f.opt("value"),
+        })
+    }
+}
+
+/// `spec.hostAliases[]`: lines the kubelet adds to the pod's /etc/hosts.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostAlias {
+    pub ip: String,
+    pub hostnames: Vec<String>,
+}
+
+impl Decode for HostAlias {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| HostAlias {
+            ip: f.req("ip").unwrap_or_default(),
+            hostnames: f.list("hostnames"),
+        })
+    }
 }
 
 impl Decode for PodSpec {
@@ -231,13 +313,9 @@ impl Decode for PodSpec {
                 "activeDeadlineSeconds",
                 "affinity",
                 "automountServiceAccountToken",
-                "dnsConfig",
-                "dnsPolicy",
                 "enableServiceLinks",
                 "ephemeralContainers",
-                "hostAliases",
                 "hostIPC",
-                "hostNetwork",
                 "hostPID",
                 "hostUsers",
                 "hostnameOverride",
@@ -273,6 +351,10 @@ impl Decode for PodSpec {
                     .unwrap_or(30),
                 share_process_namespace: f.opt("shareProcessNamespace").unwrap_or(false),
                 hostname: f.opt("hostname"),
+                host_network: f.opt("hostNetwork").unwrap_or(false),
+                dns_policy: f.opt("dnsPolicy").unwrap_or(DnsPolicy::ClusterFirst),
+                dns_config: f.opt("dnsConfig"),
+                host_aliases: f.list("hostAliases"),
             }
         })
     }

@@ -81,6 +81,98 @@ impl Checker<'_> {
         if spec.containers.is_empty() && self.pod.source.has("spec.containers") {
             self.err("spec.containers", "at least one container is required");
         }
+        self.dns();
+        self.host_aliases();
+        if spec.host_network && self.pod.annotations().network_none {
+            self.err(
+                "spec.hostNetwork",
+                format!(
+                    "a pod on the host's network cannot also be kept off the network \
+                     ({}: none); remove one of them",
+                    super::pod::NETWORK_ANNOTATION
+                ),
+            );
+        }
+    }
+
+    /// `dnsPolicy` and `dnsConfig`, with the API server's limits.
+    fn dns(&mut self) {
+        let spec = &self.pod.spec;
+        let config = spec.dns_config.clone().unwrap_or_default();
+        if spec.dns_policy == super::enums::DnsPolicy::None && config.nameservers.is_empty() {
+            self.err(
+                "spec.dnsConfig.nameservers",
+                "dnsPolicy None needs at least one nameserver in dnsConfig: add one, or use \
+                 dnsPolicy Default",
+            );
+        }
+        if config.nameservers.len() > 3 {
+            self.err(
+                "spec.dnsConfig.nameservers",
+                "at most 3 nameservers (the resolver reads no more)",
+            );
+        }
+        for (i, ns) in config.nameservers.iter().enumerate() {
+            if ns.parse::<std::net::IpAddr>().is_err() {
+                self.err(
+                    format!("spec.dnsConfig.nameservers[{i}]"),
+                    format!("\"{ns}\" is not an IP address"),
+                );
+            }
+        }
+        if config.searches.len() > 32 {
+            self.err("spec.dnsConfig.searches", "at most 32 search domains");
+        }
+        let total: usize = config.searches.iter().map(|s| s.len() + 1).sum();
+        if total > 2048 {
+            self.err(
+                "spec.dnsConfig.searches",
+                "the search domains may have at most 2048 characters together",
+            );
+        }
+        for (i, s) in config.searches.iter().enumerate() {
+            if let Err(e) = super::names::dns1123_subdomain(s.trim_end_matches('.')) {
+                self.err(format!("spec.dnsConfig.searches[{i}]"), e);
+            }
+        }
+        for (i, o) in config.options.iter().enumerate() {
+            if o.name.is_empty() || o.name.contains(char::is_whitespace) {
+                self.err(
+                    format!("spec.dnsConfig.options[{i}].name"),
+                    "an option's name is one word, such as ndots",
+                );
+            }
+            if o.value
+                .as_deref()
+                .is_some_and(|v| v.contains(char::is_whitespace))
+            {
+                self.err(
+                    format!("spec.dnsConfig.options[{i}].value"),
+                    "an option's value is one word",
+                );
+            }
+        }
+    }
+
+    /// `hostAliases`: an IP address and DNS names each.
+    fn host_aliases(&mut self) {
+        for (i, a) in self.pod.spec.host_aliases.iter().enumerate() {
+            let path = format!("spec.hostAliases[{i}]");
+            if a.ip.parse::<std::net::IpAddr>().is_err() {
+                self.err(
+                    format!("{path}.ip"),
+                    format!("\"{}\" is not an IP address", a.ip),
+                );
+            }
+            if a.hostnames.is_empty() {
+                self.err(format!("{path}.hostnames"), "at least one hostname");
+            }
+            for (j, h) in a.hostnames.iter().enumerate() {
+                if let Err(e) = super::names::dns1123_subdomain(h) {
+                    self.err(format!("{path}.hostnames[{j}]"), e);
+                }
+            }
+        }
     }
 
     fn volumes(&mut self) {
@@ -418,6 +510,18 @@ impl Checker<'_> {
                         self.err(
                             format!("{path}.hostIP"),
                             format!("\"{ip}\" is not an IP address: write one such as 127.0.0.1 (names such as localhost are not resolved)"),
+                        );
+                    }
+                }
+                if let (true, Some(hp)) = (pod.spec.host_network, p.host_port) {
+                    if hp != p.container_port {
+                        self.err(
+                            format!("{path}.hostPort"),
+                            format!(
+                                "must match containerPort ({}) on the host's network \
+                                 (spec.hostNetwork: the container listens on the host itself)",
+                                p.container_port
+                            ),
                         );
                     }
                 }

@@ -15,6 +15,11 @@ pub enum Event {
     /// The pod's sandbox exists; containers are about to start.
     PodStarted {
         hostname: String,
+        /// `cni`, `loopback` (`wpod.dev/network: none`) or `host` (`hostNetwork`).
+        network: crate::plan::Network,
+        /// Its address on its network.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Started {
@@ -296,7 +301,17 @@ impl Events {
 
 fn describe(e: &Event) -> String {
     match e {
-        Event::PodStarted { hostname } => format!("sandbox ready (hostname {hostname})"),
+        Event::PodStarted {
+            hostname,
+            network,
+            ip,
+        } => match (network, ip) {
+            (_, Some(ip)) => format!("sandbox ready (hostname {hostname}, IP {ip})"),
+            (crate::plan::Network::Host, None) => {
+                format!("sandbox ready (on the host's network)")
+            }
+            (_, None) => format!("sandbox ready (hostname {hostname}, loopback only)"),
+        },
         Event::Started { pid, restarts } => {
             let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
             let again = if *restarts > 0 {

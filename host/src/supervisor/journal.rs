@@ -62,6 +62,12 @@ pub struct PodView {
     pub name: String,
     /// RFC 3339 time of its `podStarted` event.
     pub started: Option<String>,
+    /// Its address on its network, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// `cni`, `loopback` or `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// Starting, Running, Stopping, Finished
     pub phase: String,
     pub exit_code: Option<i64>,
@@ -99,6 +105,8 @@ pub fn read(name: &str, path: &Path) -> PodView {
             match event {
                 "podStarted" => {
                     pod.started = v["time"].as_str().map(str::to_string);
+                    pod.ip = v["ip"].as_str().map(str::to_string);
+                    pod.network = v["network"].as_str().map(str::to_string);
                     pod.phase = "Running".into();
                 }
                 "podStopping" => pod.phase = "Stopping".into(),

@@ -31,8 +31,55 @@ pub fn sidecar(name: &str) -> PathBuf {
 }
 
 /// Fails the test, saying why, unless it runs as root: privileged tests never skip silently.
+/// Pods get networks (CNI), so it also requires a network namespace without a way out.
 pub fn require_root(test: &str) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "{test} needs root (it creates namespaces, mounts and cgroups): run the tests as root, e.g. `sudo -E cargo test`");
+    require_isolated_network();
+}
+
+/// Runs `cmd` in the host's network namespace (the one `.ci/test` pinned at
+/// `$WPOD_TEST_HOST_NETNS`), outside the tests' isolated one: only for a build step that fetches
+/// packages from their registries (npm), never for a pod. Without the variable, where it runs.
+pub fn in_host_network(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let Some(path) = std::env::var_os("WPOD_TEST_HOST_NETNS")
+        .and_then(|p| std::ffi::CString::new(p.into_encoded_bytes()).ok())
+    else {
+        return;
+    };
+    // SAFETY: between fork and exec only open, setns and close, with a path made before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::setns(fd, libc::CLONE_NEWNET);
+            libc::close(fd);
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Fails the test unless the calling thread's network namespace has no default route (so no
+/// pod's egress can reach this machine's real network, whatever the pod's own route says).
+/// `bash .ci/test` runs the tests that way (`unshare --net`).
+pub fn require_isolated_network() {
+    let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
+    let default = routes
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some("00000000"));
+    assert!(
+        !default,
+        "the end-to-end tests run pods on networks (CNI: a bridge, NAT), and this network \
+         namespace has a default route: a pod's traffic could reach the real network. Run them \
+         in a namespace without a way out: `bash .ci/test` (or `unshare --net`, then \
+         `ip link set lo up`)"
+    );
 }
