@@ -7,6 +7,7 @@ mod lifecycle;
 mod manage;
 mod manifests;
 mod market;
+mod network;
 mod pods;
 mod redteam;
 mod redteam2;

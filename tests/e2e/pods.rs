@@ -22,6 +22,8 @@ pub struct TestPod {
     pub args: Vec<String>,
     /// Soft and hard limit on open files for `wpod run` (RLIMIT_NOFILE).
     pub nofile: Option<u64>,
+    /// A network namespace (a test's own "host") to run `wpod run` in.
+    pub netns: Option<PathBuf>,
 }
 
 impl TestPod {
@@ -41,6 +43,7 @@ impl TestPod {
             env: Vec::new(),
             args: Vec::new(),
             nofile: None,
+            netns: None,
         }
     }
 
@@ -52,6 +55,7 @@ impl TestPod {
             env: Vec::new(),
             args: Vec::new(),
             nofile: None,
+            netns: None,
         }
     }
 
@@ -88,6 +92,9 @@ impl TestPod {
                 });
             }
         }
+        if let Some(ns) = &self.netns {
+            wpod_test_support::netns::enter(ns, &mut cmd);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
@@ -100,6 +107,7 @@ impl TestPod {
             out,
             err,
             env: self.env.clone(),
+            netns: self.netns.clone(),
         }
     }
 }
@@ -107,12 +115,16 @@ impl TestPod {
 impl Drop for TestPod {
     /// What the pod's runs kept (logs, journal) goes with the test.
     fn drop(&mut self) {
-        let _ = Command::new(crate::wpod_bin())
-            .args(["rm", &self.name])
+        let mut cmd = Command::new(crate::wpod_bin());
+        cmd.args(["rm", &self.name])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .stderr(Stdio::null());
+        // A pod's network lives in the namespace it was run in: deleted from there.
+        if let Some(ns) = &self.netns {
+            wpod_test_support::netns::enter(ns, &mut cmd);
+        }
+        let _ = cmd.status();
     }
 }
 
@@ -123,6 +135,7 @@ pub struct RunningPod {
     out: PathBuf,
     err: PathBuf,
     env: Vec<(String, String)>,
+    netns: Option<PathBuf>,
 }
 
 impl RunningPod {
@@ -198,10 +211,13 @@ impl Drop for RunningPod {
             }
             let _ = child.kill();
             let _ = child.wait();
-            let _ = Command::new(crate::wpod_bin())
-                .args(["__cleanup", &self.name])
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .output();
+            let mut cmd = Command::new(crate::wpod_bin());
+            cmd.args(["__cleanup", &self.name])
+                .envs(self.env.iter().map(|(k, v)| (k, v)));
+            if let Some(ns) = &self.netns {
+                wpod_test_support::netns::enter(ns, &mut cmd);
+            }
+            let _ = cmd.output();
         }
     }
 }

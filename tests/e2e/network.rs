@@ -1,0 +1,584 @@
+//! Pod networking (issue 24): pods on a CNI bridge with their own IPs, egress through NAT,
+//! hostPorts in the kernel, `wpod.dev/network: none`, hostNetwork, the pod's DNS files, and
+//! nothing left behind by killed runs or by many pods.
+//!
+//! Each test runs its pods in a "node" of its own: a network namespace with no default route,
+//! so that its bridge, iptables rules and routes are its own and its pods' traffic has nowhere
+//! to go but the node and the test hosts joined to it (198.51.100.0/24). The tests check that
+//! before they send anything.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wpod_test_support::netns::{NetNs, RemoteHost};
+use wpod_test_support::require_root;
+
+use crate::pods::{assert_no_leftovers, PodRun, RunningPod, TestPod};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A test's own node: a network namespace without a way out.
+struct Node {
+    ns: NetNs,
+}
+
+impl Node {
+    fn new(tag: &str) -> Self {
+        let node = Node {
+            ns: NetNs::new(tag),
+        };
+        node.assert_no_way_out();
+        node
+    }
+
+    /// Fails the test if the node could send anything past the hosts the test joined to it.
+    fn assert_no_way_out(&self) {
+        let out = self.ns.ip(&["route", "show", "default"]);
+        assert!(
+            out.stdout.is_empty(),
+            "the test node {} has a default route: {}",
+            self.ns.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    fn pod(&self, name: &str, yaml: &str) -> TestPod {
+        let mut pod = TestPod::new(name, yaml);
+        pod.netns = Some(self.ns.path());
+        pod
+    }
+
+    /// `wpod ARGS` run in the node.
+    fn wpod(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(crate::wpod_bin());
+        cmd.args(args);
+        self.ns.enter(&mut cmd);
+        cmd.output().expect("run wpod")
+    }
+
+    /// What of the node's network state pods could leave: links, iptables rules (without
+    /// counters) and the leases of `wpod` pods (those whose container id names one of `pods`).
+    fn snapshot(&self, pods: &[&str]) -> Snapshot {
+        let links = text(&self.ns.ip(&["-o", "link", "show"]).stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .collect();
+        let rules = text(&self.ns.sh("iptables-save && ip6tables-save").stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.strip_prefix(':') {
+                // ":CHAIN POLICY [packets:bytes]": the chain and its policy.
+                Some(chain) => chain.split(" [").next().unwrap_or(chain).to_string(),
+                None => l.to_string(),
+            })
+            .collect();
+        Snapshot {
+            links,
+            rules,
+            leases: leases_of(pods),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    links: BTreeSet<String>,
+    rules: BTreeSet<String>,
+    leases: BTreeSet<String>,
+}
+
+impl Snapshot {
+    #[track_caller]
+    fn assert_same(&self, after: &Snapshot, what: &str) {
+        for (name, before, now) in [
+            ("links", &self.links, &after.links),
+            ("iptables rules", &self.rules, &after.rules),
+            ("IPAM leases", &self.leases, &after.leases),
+        ] {
+            let gone: Vec<&String> = before.difference(now).collect();
+            let new: Vec<&String> = now.difference(before).collect();
+            assert!(
+                gone.is_empty() && new.is_empty(),
+                "{what}: {name} differ\n  left behind: {new:?}\n  gone: {gone:?}"
+            );
+        }
+    }
+}
+
+/// The IPAM leases (host-local's files, named by IP) held by containers of `pods`.
+fn leases_of(pods: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for dir in std::fs::read_dir("/var/lib/cni/networks")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for lease in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = std::fs::read_to_string(lease.path()).unwrap_or_default();
+            let id = id.lines().next().unwrap_or("");
+            if pods.iter().any(|p| id.contains(&format!("-{p}-"))) {
+                out.insert(format!("{} {id}", lease.path().display()));
+            }
+        }
+    }
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A TCP server answering every connection with the address it came from, run by python3 in
+/// a namespace; killed (by PID) when dropped.
+struct EchoPeer {
+    child: Child,
+}
+
+impl EchoPeer {
+    fn start(ns: &NetNs, port: u16) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &echo_peer_script(port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ns.enter(&mut cmd);
+        let child = cmd.spawn().expect("start the echo server");
+        let peer = EchoPeer { child };
+        // Listening before the test goes on.
+        let start = Instant::now();
+        while !ns
+            .sh(&format!("ss -Htln 'sport = :{port}' | grep -q ."))
+            .status
+            .success()
+        {
+            assert!(start.elapsed() < LONG, "the echo server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peer
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python that answers each connection to PORT (on every address) with the peer's address.
+fn echo_peer_script(port: u16) -> String {
+    format!(
+        "import socket\n\
+         s = socket.create_server(('0.0.0.0', {port}))\n\
+         while True:\n\
+         \x20   c, a = s.accept()\n\
+         \x20   c.sendall((a[0] + '\\n').encode())\n\
+         \x20   c.close()\n"
+    )
+}
+
+/// Shell that connects to HOST PORT until it answers, printing `peer-saw <address>` (what the
+/// echo server saw) or `unreachable` after `tries` attempts.
+fn dial_script(host: &str, port: u16, tries: u32) -> String {
+    format!(
+        "for i in $(seq {tries}); do \
+           if out=$(python3 -c 'import socket; s = socket.create_connection((\"{host}\", {port}), timeout=2); print(s.recv(100).decode().strip())' 2>/dev/null); then \
+             echo \"peer-saw $out\"; exit 0; fi; sleep 0.2; done; echo unreachable"
+    )
+}
+
+/// The IP a pod reported in its `podStarted` event.
+fn pod_ip(run: &PodRun) -> Option<String> {
+    run.records
+        .iter()
+        .find(|r| r["event"] == "podStarted")
+        .and_then(|r| r["ip"].as_str())
+        .map(str::to_string)
+}
+
+fn wait_started(pod: &RunningPod) -> PodRun {
+    pod.wait_for("the sandbox", LONG, |r| {
+        r.records.iter().any(|e| e["event"] == "podStarted")
+    })
+}
+
+fn echo_pod_yaml(name: &str, port: u16, ports: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{{annotations}}}\n\
+         spec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: server\n    \
+         command: [python3, -c, {script:?}]\n    ports: {ports}\n",
+        script = echo_peer_script(port)
+    )
+}
+
+#[test]
+fn two_pods_reach_each_other_by_ip_and_ps_shows_both() {
+    require_root("two_pods_reach_each_other_by_ip");
+    let node = Node::new("p2p");
+    let server = node.pod(
+        "net-p2p-a",
+        &echo_pod_yaml("net-p2p-a", 8080, "[{containerPort: 8080}]", ""),
+    );
+    let a = server.spawn();
+    let a_ip = pod_ip(&wait_started(&a)).expect("pod a has an IP");
+    let client = node.pod(
+        "net-p2p-b",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: net-p2p-b}}\nspec:\n  containers:\n  \
+             - name: client\n    command: [sh, -c, {script:?}]\n",
+            script = format!(
+                "ip -4 -o addr show dev eth0; ip route; {}; exec sleep 300",
+                dial_script(&a_ip, 8080, 100)
+            )
+        ),
+    );
+    let b = client.spawn();
+    let run = b.wait_for("b to dial a", LONG, |r| {
+        r.has_line("client", "peer-saw") || r.has_line("client", "unreachable")
+    });
+    let b_ip = pod_ip(&run).expect("pod b has an IP");
+    assert_ne!(a_ip, b_ip);
+    // b's own eth0 carries its IP, with a default route to the bridge (and the node has none).
+    run.assert_line("client", &format!("inet {b_ip}/"));
+    run.assert_line("client", "default via");
+    node.assert_no_way_out();
+    // On one bridge: a sees b's own address, no NAT between pods.
+    run.assert_line("client", &format!("peer-saw {b_ip}"));
+
+    let ps = node.wpod(&["ps", "--output", "json"]);
+    let list: Value = serde_json::from_slice(&ps.stdout).expect("ps JSON");
+    let ip_of = |name: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["ip"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        ip_of("net-p2p-a").as_deref(),
+        Some(a_ip.as_str()),
+        "{list:#}"
+    );
+    assert_eq!(
+        ip_of("net-p2p-b").as_deref(),
+        Some(b_ip.as_str()),
+        "{list:#}"
+    );
+    let text_ps = text(&node.wpod(&["ps"]).stdout);
+    assert!(
+        text_ps.contains(&a_ip) && text_ps.contains(&b_ip),
+        "{text_ps}"
+    );
+    let describe = text(&node.wpod(&["describe", "net-p2p-a"]).stdout);
+    assert!(
+        describe.contains(&format!("IP:          {a_ip}")),
+        "{describe}"
+    );
+    drop(a);
+    drop(b);
+    assert_no_leftovers("net-p2p-a");
+    assert_no_leftovers("net-p2p-b");
+}
+
+#[test]
+fn a_native_container_reaches_a_remote_host_masqueraded() {
+    require_root("a_native_container_reaches_a_remote_host");
+    let node = Node::new("egress");
+    let remote = RemoteHost::new(Some(&node.ns));
+    remote.assert_routed();
+    node.assert_no_way_out();
+    let _peer = EchoPeer::start(&remote.ns, 9000);
+    let pod = node.pod(
+        "net-egress",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: net-egress}}\nspec:\n  restartPolicy: Never\n  \
+             containers:\n  - name: main\n    command: [sh, -c, {script:?}]\n",
+            script = dial_script(&remote.addr.to_string(), 9000, 50)
+        ),
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // The remote host saw the node's address on its link, not the pod's.
+    run.assert_line("main", &format!("peer-saw {}", remote.near));
+    assert_no_leftovers("net-egress");
+}
+
+#[test]
+fn host_ports_are_kernel_dnat_from_loopback_the_hosts_addresses_and_host_ip() {
+    require_root("host_ports_are_kernel_dnat");
+    let node = Node::new("dnat");
+    let remote = RemoteHost::new(Some(&node.ns));
+    let near = remote.near.to_string();
+    let pod = node.pod(
+        "net-dnat",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: net-dnat}}\nspec:\n  \
+             terminationGracePeriodSeconds: 2\n  containers:\n  - name: any\n    \
+             command: [python3, -c, {any:?}]\n    ports: [{{containerPort: 8080, hostPort: 18580}}]\n  \
+             - name: one\n    command: [python3, -c, {one:?}]\n    \
+             ports: [{{containerPort: 8081, hostPort: 18581, hostIP: {near}}}]\n",
+            any = echo_peer_script(8080),
+            one = echo_peer_script(8081),
+        ),
+    );
+    let running = pod.spawn();
+    wait_started(&running);
+    let dial = |ns: &NetNs, host: &str, port: u16, tries: u32| {
+        text(&ns.sh(&dial_script(host, port, tries)).stdout)
+            .trim()
+            .to_string()
+    };
+    // From the node's loopback and from its own address, and from another host.
+    for (from, host) in [
+        (&node.ns, "127.0.0.1"),
+        (&node.ns, near.as_str()),
+        (&remote.ns, near.as_str()),
+    ] {
+        let got = dial(from, host, 18580, 100);
+        assert!(
+            got.starts_with("peer-saw "),
+            "hostPort 18580 at {host} from {}: {got}",
+            from.name
+        );
+    }
+    // hostIP: only there.
+    assert!(dial(&remote.ns, &near, 18581, 100).starts_with("peer-saw "));
+    assert_eq!(dial(&node.ns, "127.0.0.1", 18581, 3), "unreachable");
+    // In the kernel: no process listens on the host ports (wpod only holds them bound).
+    let listeners = text(
+        &node
+            .ns
+            .sh("ss -Htln 'sport = :18580 or sport = :18581'")
+            .stdout,
+    );
+    assert!(
+        listeners.trim().is_empty(),
+        "something listens: {listeners}"
+    );
+    drop(running);
+    assert_no_leftovers("net-dnat");
+    // The DNAT rules went with the pod.
+    let rules = text(&node.ns.sh("iptables-save -t nat").stdout);
+    assert!(!rules.contains("18580"), "{rules}");
+}
+
+#[test]
+fn network_none_keeps_a_pod_on_its_loopback() {
+    require_root("network_none_keeps_a_pod_on_its_loopback");
+    let node = Node::new("none");
+    let remote = RemoteHost::new(Some(&node.ns));
+    let _peer = EchoPeer::start(&remote.ns, 9000);
+    let pod = node.pod(
+        "net-none",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: net-none\n  \
+             annotations: {{wpod.dev/network: none}}\nspec:\n  restartPolicy: Never\n  \
+             containers:\n  - name: main\n    command: [sh, -c, {script:?}]\n",
+            script = format!(
+                "ip -o link | cut -d: -f2 | tr -d ' ' | tr '\\n' ' '; echo; {}",
+                dial_script(&remote.addr.to_string(), 9000, 3)
+            )
+        ),
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(run.logs("main").first().map(String::as_str), Some("lo "));
+    run.assert_line("main", "unreachable");
+    assert_eq!(pod_ip(&run), None);
+    let started = run
+        .records
+        .iter()
+        .find(|r| r["event"] == "podStarted")
+        .expect("podStarted");
+    assert_eq!(started["network"], "loopback");
+    assert_no_leftovers("net-none");
+}
+
+#[test]
+fn host_network_pods_share_the_nodes_network() {
+    require_root("host_network_pods_share_the_nodes_network");
+    let node = Node::new("hostnet");
+    let remote = RemoteHost::new(Some(&node.ns));
+    let pod = node.pod(
+        "net-hostnet",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: net-hostnet}\nspec:\n  hostNetwork: true\n  \
+         restartPolicy: Never\n  containers:\n  - name: main\n    command: [ip, '-4', '-o', addr]\n",
+    );
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // The node's address on the link to the test host: the node's own namespace.
+    run.assert_line("main", &format!("inet {}/30", remote.near));
+    let started = run
+        .records
+        .iter()
+        .find(|r| r["event"] == "podStarted")
+        .expect("podStarted");
+    assert_eq!(started["network"], "host");
+    assert_no_leftovers("net-hostnet");
+}
+
+#[test]
+fn a_pods_dns_files_follow_dns_policy_dns_config_and_host_aliases() {
+    require_root("a_pods_dns_files_follow_dns_policy");
+    let env = crate::images::ImageEnv::new("netdns");
+    let pod = env.pod(
+        "net-dns",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: net-dns}
+spec:
+  restartPolicy: Never
+  hostname: web
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [198.51.100.53]
+    searches: [svc.example.test]
+    options: [{name: ndots, value: "2"}, {name: edns0}]
+  hostAliases:
+  - ip: 198.51.100.7
+    hostnames: [collector.example.test, collector]
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'cat /etc/resolv.conf /etc/hosts; echo "hostname $(hostname)"']
+"#,
+    );
+    // Pulled from the test's registry on its loopback: run where it is.
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let ip = pod_ip(&run).expect("an IP");
+    let logs = run.logs("main");
+    for want in [
+        "nameserver 198.51.100.53".to_string(),
+        "search svc.example.test".to_string(),
+        "options ndots:2 edns0".to_string(),
+        format!("{ip}\tweb"),
+        "198.51.100.7\tcollector.example.test\tcollector".to_string(),
+        "hostname web".to_string(),
+    ] {
+        assert!(
+            logs.contains(&want),
+            "no line {want:?} in\n{}",
+            logs.join("\n")
+        );
+    }
+    env.assert_no_leftovers("net-dns");
+}
+
+#[test]
+fn a_killed_run_leaves_nothing_once_the_pod_runs_again() {
+    require_root("a_killed_run_leaves_nothing");
+    let node = Node::new("killed");
+    let name = "net-killed";
+    let yaml = |cmd: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  \
+             terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    command: {cmd}\n    \
+             ports: [{{containerPort: 8080, hostPort: 18590}}]\n"
+        )
+    };
+    // A first pod makes the bridge and the plugins' chains, which stay as a node's do.
+    let warm = node.pod(
+        "net-killed-warm",
+        &yaml("['true']").replace(name, "net-killed-warm"),
+    );
+    let run = warm.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let before = node.snapshot(&[name]);
+
+    let pod = node.pod(name, &yaml("[sleep, '300']"));
+    let running = pod.spawn();
+    wait_started(&running);
+    running.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let during = node.snapshot(&[name]);
+    assert_ne!(
+        during, before,
+        "the killed run left nothing to clean (no network?)"
+    );
+
+    // The next run of the pod deletes what the killed one left, then runs.
+    let again = node.pod(name, &yaml("['true']"));
+    let run = again.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(
+        run.stderr.contains("killed run"),
+        "no word of the recovery:\n{}",
+        run.dump()
+    );
+    before.assert_same(&node.snapshot(&[name]), "after the next run");
+    drop(running);
+    assert_no_leftovers(name);
+
+    // And wpod pod prune, for a pod that will not run again.
+    let running = node.pod(name, &yaml("[sleep, '300']")).spawn();
+    wait_started(&running);
+    running.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = node.wpod(&["pod", "prune"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(name), "{}", text(&out.stdout));
+    before.assert_same(&node.snapshot(&[name]), "after wpod pod prune");
+    drop(running);
+    assert_no_leftovers(name);
+}
+
+#[test]
+fn fifty_pods_in_a_loop_leave_the_tables_as_they_were() {
+    require_root("fifty_pods_in_a_loop");
+    let node = Node::new("loop");
+    let names: Vec<String> = (0..50).map(|i| format!("net-loop-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pod = |i: usize| {
+        let name = &names[i];
+        node.pod(
+            name,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  \
+                 containers:\n  - name: main\n    command: [ip, '-4', '-o', addr, show, dev, eth0]\n    \
+                 ports: [{{containerPort: 8080, hostPort: {}}}]\n",
+                18600 + i
+            ),
+        )
+    };
+    let warm = node.pod(
+        "net-loop-warm",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: net-loop-warm}\nspec:\n  restartPolicy: Never\n  \
+         containers:\n  - name: main\n    command: ['true']\n    ports: [{containerPort: 8080, hostPort: 18599}]\n",
+    );
+    let run = warm.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let before = node.snapshot(&refs);
+    // Five at a time: the plugins' locks and the tables see concurrent pods too.
+    let mut ips = BTreeSet::new();
+    for batch in (0..50).collect::<Vec<_>>().chunks(5) {
+        let pods: Vec<TestPod> = batch.iter().map(|&i| pod(i)).collect();
+        let running: Vec<RunningPod> = pods.iter().map(TestPod::spawn).collect();
+        for r in running {
+            let run = r.wait(LONG);
+            assert_eq!(run.code, Some(0), "{}", run.dump());
+            let ip = pod_ip(&run).expect("an IP");
+            assert!(
+                run.logs("main")
+                    .iter()
+                    .any(|l| l.contains(&format!("inet {ip}/"))),
+                "{}",
+                run.dump()
+            );
+            ips.insert(ip);
+        }
+    }
+    assert!(ips.len() >= 5, "{ips:?}");
+    before.assert_same(&node.snapshot(&refs), "after 50 pods");
+    for name in &names {
+        assert_no_leftovers(name);
+    }
+}
