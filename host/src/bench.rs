@@ -262,6 +262,8 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         logs: logs.clone(),
         volumes: &sandbox.volumes,
         max_handles: plan.settings.sidecar_max_handles,
+        network: sandbox.pod_net.clone(),
+        reports: wpod::grants::report::Reporter::discard(),
     };
 
     let mut timings = Vec::new();

@@ -44,6 +44,11 @@ pub enum Command {
         /// pod's name once it has started; `wpod ps`, `logs` and `stop` manage it.
         #[arg(short, long)]
         detach: bool,
+        /// Record what each Wasm sidecar uses (connects, listens, lookups) as events, and end
+        /// with the narrowest grant that allows it: write a sidecar's outbound rules from one
+        /// trial run. Refusals are reported either way.
+        #[arg(long)]
+        audit: bool,
         /// Internal: the supervisor of a detached pod, telling its parent on this fd when the
         /// pod has started.
         #[arg(long, hide = true)]

@@ -139,7 +139,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => manage::events(&pod, follow, output),
         Command::Kube {
             command: cli::KubeCommand::Play { file },
-        } => manage::run_detached(&file, cli::DEFAULT_BACKOFF.parse()?),
+        } => manage::run_detached(&file, cli::DEFAULT_BACKOFF.parse()?, false),
         Command::Kube {
             command: cli::KubeCommand::Down { file },
         } => manage::kube_down(&file),
@@ -213,15 +213,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             backoff_base,
             detach: true,
+            audit,
             ..
-        } => manage::run_detached(&file, backoff_base),
+        } => manage::run_detached(&file, backoff_base, audit),
         Command::Run {
             file,
             output,
             backoff_base,
             ready_fd,
+            audit,
             ..
-        } => run(&file, output, backoff_base.into(), ready_fd),
+        } => run(&file, output, backoff_base.into(), ready_fd, audit),
         Command::Bench {
             component,
             runs,
@@ -334,6 +336,7 @@ fn run(
     output: cli::Output,
     backoff: std::time::Duration,
     ready_fd: Option<i32>,
+    audit: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = manage::one_pod(file, "wpod run runs")?;
     // SAFETY: geteuid cannot fail.
@@ -415,6 +418,11 @@ fn run(
             .flatten()
             .map(|p| (p.name().to_string(), p.digest().to_string()))
             .collect();
+        // Sidecars' refusals (and, under --audit, their uses) become pod events.
+        let reports = wpod::grants::report::Reporter::new(
+            Arc::new(wpod::supervisor::events::ReportEvents(events.clone())),
+            audit,
+        );
         let mut supervisor = Supervisor::new(
             plan.clone(),
             sandbox.clone(),
@@ -422,10 +430,12 @@ fn run(
             images,
             logs,
             events.clone(),
+            reports.clone(),
             backoff,
         )
         .with_context(|| format!("pod {name} failed to start"))?;
         // `wpod describe` and `wpod apply` from another shell.
+        let (audit_events, plan_for_audit) = (events.clone(), plan.clone());
         let control = Control::new(plan, digests, events, &sandbox, supervisor.control());
         let socket = sandbox.state.path.join(wpod::supervisor::control::SOCKET);
         match Control::bind(&socket) {
@@ -440,6 +450,9 @@ fn run(
             manage::tell_started(fd);
         }
         let result = supervisor.run().await;
+        if audit {
+            wpod::supervisor::events::audit_summary(&audit_events, &plan_for_audit, &reports);
+        }
         sandbox.close_ports().await;
         print_summary(format, &name, &result.summary);
         // Everything that shared the sandbox has ended; tear it down now, inside the runtime.

@@ -336,7 +336,11 @@ pub fn one_pod(file: &Path, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> 
     Ok(plans.remove(0))
 }
 
-pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result<ExitCode> {
+pub fn run_detached(
+    file: &Path,
+    backoff: humantime::Duration,
+    audit: bool,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let name = one_pod(file, "wpod run runs")?.name().to_string();
@@ -361,6 +365,7 @@ pub fn run_detached(file: &Path, backoff: humantime::Duration) -> anyhow::Result
         .arg("3")
         .arg("--backoff-base")
         .arg(backoff.to_string())
+        .args(audit.then_some("--audit"))
         .arg(&file)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -651,7 +656,7 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
             }
             return Ok(ExitCode::SUCCESS);
         }
-        return run_detached(file, crate::cli::DEFAULT_BACKOFF.parse()?);
+        return run_detached(file, crate::cli::DEFAULT_BACKOFF.parse()?, false);
     }
     let file =
         std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -827,6 +832,37 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
             for g in grants {
                 safe_writeln!(out, "      {}", g.as_str().unwrap_or("?"))?;
             }
+        }
+        // Refusals carry the container's running total: the last one counts them all.
+        let mine = |kind: &str| {
+            events
+                .iter()
+                .rev()
+                .find(|e| e["container"] == name.as_str() && e["event"] == kind)
+        };
+        if let Some(d) = mine("denied") {
+            safe_writeln!(
+                out,
+                "    Denied:    {} (last: {})",
+                d["total"],
+                d["message"].as_str().unwrap_or("?")
+            )?;
+        }
+        if let Some(a) = mine("auditSummary") {
+            let list = |k: &str| -> Vec<String> {
+                a[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .collect()
+            };
+            safe_writeln!(
+                out,
+                "    Audit:     {}: \"{}\"; ports {:?}",
+                a["annotation"].as_str().unwrap_or("?"),
+                list("outbound").join(","),
+                list("listens")
+            )?;
         }
     }
     writeln!(out, "Events:")?;

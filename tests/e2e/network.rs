@@ -582,3 +582,303 @@ fn fifty_pods_in_a_loop_leave_the_tables_as_they_were() {
         assert_no_leftovers(name);
     }
 }
+
+/// A DNS server for one test host: answers A queries for `api.example.test` (with `addr`) and
+/// `loop.example.test` (with 127.0.0.1), no data for other types, NXDOMAIN for other names;
+/// every question it gets is appended to `log`.
+struct DnsServer {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl DnsServer {
+    fn start(ns: &NetNs, addr: std::net::Ipv4Addr, log: std::path::PathBuf) -> Self {
+        let script = r#"
+import socket, struct, sys
+table = {"api.example.test": sys.argv[2], "loop.example.test": "127.0.0.1"}
+log = open(sys.argv[1], "a", buffering=1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+while True:
+    data, peer = s.recvfrom(512)
+    tid = struct.unpack(">H", data[:2])[0]
+    i, labels = 12, []
+    while data[i]:
+        n = data[i]; labels.append(data[i + 1:i + 1 + n].decode()); i += n + 1
+    qtype = struct.unpack(">H", data[i + 1:i + 3])[0]
+    question = data[12:i + 5]
+    name = ".".join(labels).lower()
+    log.write(f"{name} {qtype}\n")
+    ip = table.get(name)
+    if ip is None:
+        s.sendto(struct.pack(">HHHHHH", tid, 0x8183, 1, 0, 0, 0) + question, peer)
+    elif qtype == 1:
+        answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(ip)
+        s.sendto(struct.pack(">HHHHHH", tid, 0x8180, 1, 1, 0, 0) + question + answer, peer)
+    else:
+        s.sendto(struct.pack(">HHHHHH", tid, 0x8180, 1, 0, 0, 0) + question, peer)
+"#;
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, &log.display().to_string(), &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ns.enter(&mut cmd);
+        let child = cmd.spawn().expect("start the DNS server");
+        let start = Instant::now();
+        while !ns.sh("ss -Huln 'sport = :53' | grep -q .").status.success() {
+            assert!(start.elapsed() < LONG, "the DNS server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        DnsServer { child, log }
+    }
+
+    fn questions(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn denials(run: &PodRun, container: &str) -> Vec<String> {
+    run.events(Some(container))
+        .iter()
+        .filter(|e| e["event"] == "denied")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_sidecar_reaches_what_its_outbound_rules_allow_and_every_refusal_is_an_event() {
+    require_root("a_sidecar_reaches_what_its_outbound_rules_allow");
+    let node = Node::new("outbound");
+    let remote = RemoteHost::new(Some(&node.ns));
+    remote.assert_routed();
+    let _peer = EchoPeer::start(&remote.ns, 9000);
+    let _other = EchoPeer::start(&remote.ns, 9001);
+    let dns = DnsServer::start(
+        &remote.ns,
+        remote.addr,
+        std::env::temp_dir().join(format!("wpod-e2e-dns-{}.log", std::process::id())),
+    );
+    let r = remote.addr;
+    let actions = [
+        "ready".to_string(),
+        "wait-main-started".into(),
+        "sleep:300".into(),
+        // By hostAliases, and by DNS: allowed names, masqueraded to the test host.
+        "connect:collector.example.test:9000".into(),
+        "connect:api.example.test:9000".into(),
+        // A name no rule allows is never asked for.
+        "resolve:secret.attacker.test".into(),
+        // DNS may not lead an allowed name to the pod's loopback.
+        "resolve:loop.example.test".into(),
+        // The address a lookup gave, on the rule's port only.
+        format!("connect:{r}:9000"),
+        format!("connect:{r}:9001"),
+        // The loopback is narrowed to the loopback entry.
+        "connect:127.0.0.1:18700".into(),
+        "connect:127.0.0.1:18701".into(),
+        // Listening on an undeclared port is refused, and reported.
+        "listen:18702".into(),
+        "sleep:300000".into(),
+    ];
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: net-outbound
+  annotations:
+    wpod.dev/allowed-outbound.probe: "collector.example.test:9000, api.example.test:9000, loop.example.test:9000, localhost:18700"
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: ["{r}"]
+  hostAliases:
+  - ip: "{r}"
+    hostnames: [collector.example.test]
+  initContainers:
+  - name: probe
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: {args}
+  containers:
+  - name: main
+    command: [python3, -u, -c]
+    args:
+    - |
+      import socket, threading
+      def serve(port):
+          s = socket.create_server(("127.0.0.1", port))
+          while True:
+              c, _ = s.accept(); c.recv(100); c.sendall(b"pod-%d\n" % port); c.close()
+      threading.Thread(target=serve, args=(18701,), daemon=True).start()
+      serve(18700)
+"#,
+        args = serde_json::to_string(&actions).unwrap(),
+    );
+    let mut pod = node.pod("net-outbound", &yaml);
+    pod.args = vec!["--audit".into()];
+    let running = pod.spawn();
+    let run = running.wait_for("the probe's actions", LONG, |r| {
+        r.logs("probe")
+            .iter()
+            .any(|l| l.starts_with("listen:18702"))
+    });
+    let near = remote.near.to_string();
+    let ok = |action: &str, want: &str| {
+        let got = run.outcome("probe", action);
+        assert!(
+            got.starts_with("ok: ") && got.contains(want),
+            "{action}: expected ok with {want:?}, got {got:?}\n{}",
+            run.dump()
+        );
+    };
+    let refused = |action: &str| {
+        let got = run.outcome("probe", action);
+        assert!(
+            got.starts_with("err: "),
+            "{action} must be refused, got {got:?}\n{}",
+            run.dump()
+        );
+    };
+    ok("connect:collector.example.test:9000", &near);
+    ok("connect:api.example.test:9000", &near);
+    refused("resolve:secret.attacker.test");
+    refused("resolve:loop.example.test");
+    ok(&format!("connect:{r}:9000"), &near);
+    refused(&format!("connect:{r}:9001"));
+    ok("connect:127.0.0.1:18700", "pod-18700");
+    refused("connect:127.0.0.1:18701");
+    refused("listen:18702");
+
+    // The DNS server was asked for the allowed name, never for the refused one.
+    let questions = dns.questions();
+    assert!(questions.contains("api.example.test 1"), "{questions}");
+    assert!(!questions.contains("attacker"), "{questions}");
+    assert!(
+        !questions.contains("collector"),
+        "hostAliases answer without DNS: {questions}"
+    );
+
+    let field = "metadata.annotations[wpod.dev/allowed-outbound.probe]";
+    let denied = denials(&run, "probe");
+    for want in [
+        format!("denied lookup of secret.attacker.test: not in {field}"),
+        format!("denied connect to {r}:9001: not in {field}"),
+        format!("denied connect to 127.0.0.1:18701: not in {field}"),
+        "denied listen on 0.0.0.0:18702: not in spec.initContainers[0].ports".to_string(),
+    ] {
+        assert!(denied.contains(&want), "no event {want:?} in {denied:#?}");
+    }
+    assert!(
+        denied
+            .iter()
+            .any(|d| d
+                .starts_with("denied lookup of loop.example.test: DNS answered only 127.0.0.1")),
+        "{denied:#?}"
+    );
+    // `wpod describe` counts them and shows the grant.
+    let describe = text(&node.wpod(&["describe", "net-outbound"]).stdout);
+    assert!(
+        describe.contains("outbound: collector.example.test:9000, api.example.test:9000"),
+        "{describe}"
+    );
+    assert!(describe.contains("Denied:    "), "{describe}");
+
+    // --audit: the uses, then the narrowest grant when the pod ends.
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    let audited: Vec<String> = run
+        .events(Some("probe"))
+        .iter()
+        .filter(|e| e["event"] == "audited")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["class"].as_str().unwrap_or(""),
+                e["target"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        audited.contains(&format!("connect {r}:9000")),
+        "{audited:#?}"
+    );
+    assert!(
+        audited.contains(&"lookup api.example.test".to_string()),
+        "{audited:#?}"
+    );
+    let summary = run
+        .events(Some("probe"))
+        .into_iter()
+        .find(|e| e["event"] == "auditSummary")
+        .cloned()
+        .unwrap_or_else(|| panic!("no audit summary\n{}", run.dump()));
+    assert_eq!(
+        summary["outbound"],
+        serde_json::json!([
+            "api.example.test:9000",
+            "collector.example.test:9000",
+            "localhost:18700"
+        ]),
+        "{summary}"
+    );
+    assert_eq!(summary["annotation"], "wpod.dev/allowed-outbound.probe");
+    assert_no_leftovers("net-outbound");
+}
+
+#[test]
+fn a_sidecar_without_outbound_rules_reaches_nothing_past_the_pod() {
+    require_root("a_sidecar_without_outbound_rules");
+    let node = Node::new("nooutbound");
+    let remote = RemoteHost::new(Some(&node.ns));
+    let _peer = EchoPeer::start(&remote.ns, 9000);
+    let r = remote.addr;
+    let pod = node.pod(
+        "net-no-outbound",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: net-no-outbound}}
+spec:
+  restartPolicy: Never
+  hostAliases:
+  - ip: "{r}"
+    hostnames: [collector.example.test]
+  containers:
+  - name: probe
+    image: SIDECARS/probe.wasm
+    args: ["connect:{r}:9000", "connect:collector.example.test:9000", "exit:0"]
+"#
+        ),
+    );
+    let run = pod.run(LONG);
+    for action in [
+        format!("connect:{r}:9000"),
+        "connect:collector.example.test:9000".into(),
+    ] {
+        let got = run.outcome("probe", &action);
+        assert!(got.starts_with("err: "), "{action}: {got}\n{}", run.dump());
+    }
+    let denied = denials(&run, "probe");
+    let field = "metadata.annotations[wpod.dev/allowed-outbound.probe]";
+    assert!(
+        denied.contains(&format!("denied connect to {r}:9000: not in {field}")),
+        "{denied:#?}"
+    );
+    assert!(
+        denied.contains(&format!(
+            "denied lookup of collector.example.test: not in {field}"
+        )),
+        "{denied:#?}"
+    );
+    assert_no_leftovers("net-no-outbound");
+}

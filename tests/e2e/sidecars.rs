@@ -63,7 +63,7 @@ spec:
   - name: probe
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [ready, sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:localhost, exit:0]
+    args: [ready, sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:db.example.test, resolve:localhost, exit:0]
     ports: [{{containerPort: 18412}}]
   containers:
 {}"#,
@@ -72,7 +72,9 @@ spec:
     );
     let running = pod.spawn();
     let run = running.wait_for("the probe to finish", LONG, |r| {
-        r.logs("probe").iter().any(|l| l.starts_with("resolve:"))
+        r.logs("probe")
+            .iter()
+            .any(|l| l.starts_with("resolve:localhost"))
     });
     assert_ok(
         &run,
@@ -85,7 +87,9 @@ spec:
     assert_err(&run, "probe", "connect:[2001:db8::1]:80");
     assert_ok(&run, "probe", "listen:18412", "bound"); // declared in its ports
     assert_err(&run, "probe", "listen:18413"); // not declared
-    assert_err(&run, "probe", "resolve:localhost"); // no name lookups
+                                               // Without outbound rules no name is looked up; the pod's own names need none.
+    assert_err(&run, "probe", "resolve:db.example.test");
+    assert_ok(&run, "probe", "resolve:localhost", "127.0.0.1:80");
     drop(host_server);
     running.signal(libc::SIGINT);
     let _ = running.wait(LONG);

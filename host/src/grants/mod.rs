@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod procstat;
+pub mod report;
 pub mod tls;
 pub mod wasi;
 
@@ -101,6 +102,10 @@ pub struct InstanceSetup<'a> {
     pub logs: &'a Arc<Logs>,
     /// Set when this sidecar's turn to stop comes: the deadline it has.
     pub stopping: watch::Receiver<Option<tokio::time::Instant>>,
+    /// The pod's addresses and resolver, once its network exists.
+    pub network: &'a Arc<net::PodNet>,
+    /// Where refusals (and, under `--audit`, uses) are reported.
+    pub reports: &'a Arc<report::Reporter>,
 }
 
 /// A capability could not be set up for an instance.
@@ -216,12 +221,20 @@ impl Grants {
             })
             .collect();
         let ports: Vec<String> = self.net.listen_ports.iter().map(u16::to_string).collect();
+        let loopback = match &self.net.outbound {
+            Some(o) if o.narrows_loopback() => "TCP to the pod's loopback as the rules say",
+            _ => "TCP to the pod's loopback",
+        };
         out.push(match ports.is_empty() {
-            true => "network: TCP to the pod's loopback; listens nowhere".to_string(),
-            false => format!(
-                "network: TCP to the pod's loopback; listens on {}",
-                ports.join(", ")
-            ),
+            true => format!("network: {loopback}; listens nowhere"),
+            false => format!("network: {loopback}; listens on {}", ports.join(", ")),
+        });
+        out.push(match &self.net.outbound {
+            Some(o) => {
+                let rules: Vec<String> = o.rules.iter().map(|r| r.to_string()).collect();
+                format!("outbound: {} ({})", rules.join(", "), o.field)
+            }
+            None => format!("outbound: none (grant with {})", self.net.outbound_field),
         });
         out.push(
             match (self.process.read, self.process.signal) {
@@ -308,8 +321,17 @@ mod tests {
         ));
         assert!(matches!(
             for_import("wasi:sockets/tcp@0.2.0"),
-            ImportRule::Scoped { field: "ports", .. }
+            ImportRule::Scoped {
+                field: "ports, metadata.annotations[wpod.dev/allowed-outbound.<container>]",
+                ..
+            }
         ));
+        // A name lookup reaches the network: a new version that adds it needs approval.
+        assert!(matches!(
+            for_import("wasi:sockets/ip-name-lookup@0.2.0"),
+            ImportRule::Scoped { .. }
+        ));
+        assert!(!always_granted("wasi:sockets/ip-name-lookup@0.2.3"));
         assert!(matches!(
             for_import("wasi:sockets/udp@0.2.0"),
             ImportRule::Always { .. }

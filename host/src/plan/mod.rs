@@ -232,6 +232,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
         });
     }
     check_sidecar_count(pod, &containers, &mut diags);
+    check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
     let network = match (pod.spec.host_network, pod.annotations().network_none) {
@@ -282,6 +283,44 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
         _ => {
             diags.sort_by_key(|d| d.loc);
             Err(Diagnostics(diags))
+        }
+    }
+}
+
+/// Each `wpod.dev/allowed-outbound.<container>` must name a Wasm container of the pod (a
+/// registry image may turn out to be one once pulled): a typo would otherwise grant nothing
+/// and say nothing, and a native container's traffic is the pod network's to govern.
+fn check_outbound_keys(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<Diagnostic>) {
+    for key in pod.metadata.annotations.keys() {
+        let Some(name) = key.strip_prefix(crate::spec::OUTBOUND_PREFIX) else {
+            continue;
+        };
+        let field = format!("metadata.annotations.{key}");
+        match containers.iter().find(|c| c.name() == name) {
+            Some(c) if matches!(c.image, Image::Wasm(_) | Image::Registry { .. }) => {}
+            Some(_) => diags.push(pod.source.diag(
+                field,
+                format!(
+                    "container \"{name}\" is a native container: outbound rules are for Wasm \
+                     sidecars (a native container reaches whatever the pod's network reaches)"
+                ),
+            )),
+            None => {
+                let names: Vec<&str> = containers
+                    .iter()
+                    .filter(|c| c.image.is_wasm())
+                    .map(|c| c.name())
+                    .collect();
+                let hint = match crate::spec::did_you_mean(name, &names) {
+                    Some(n) => format!("did you mean \"{n}\"?"),
+                    None if names.is_empty() => "the pod has no Wasm sidecar".to_string(),
+                    None => format!("its Wasm sidecars are {}", names.join(", ")),
+                };
+                diags.push(pod.source.diag(
+                    field,
+                    format!("no container \"{name}\" in this pod: {hint}"),
+                ));
+            }
         }
     }
 }

@@ -12,19 +12,28 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::SandboxError;
+use crate::grants::net::dns::{parse_resolv, Resolv};
+use crate::grants::net::PodNet;
 use crate::plan::{DnsPlan, Network, PodPlan};
 
 /// The host's resolver configuration, and systemd-resolved's list of upstreams.
 const HOST_RESOLV: &str = "/etc/resolv.conf";
 const SYSTEMD_RESOLV: &str = "/run/systemd/resolve/resolv.conf";
 
-/// Writes the files into the pod's state directory; returns each with the path it is mounted
-/// at in a container, and warnings.
+/// The pod's files, written into its state directory, each with the path it is mounted at
+/// in a container; what the sidecars' resolver needs; warnings.
+pub struct EtcFiles {
+    pub files: Vec<(PathBuf, &'static str)>,
+    pub net: PodNet,
+    pub warnings: Vec<String>,
+}
+
+/// Writes the files into the pod's state directory.
 pub fn write_etc_files(
     state: &Path,
     plan: &PodPlan,
     ip: Option<IpAddr>,
-) -> Result<(Vec<(PathBuf, &'static str)>, Vec<String>), SandboxError> {
+) -> Result<EtcFiles, SandboxError> {
     let hostname = plan.pod.hostname();
     let mut warnings = Vec::new();
     let hosts = match plan.network {
@@ -48,13 +57,23 @@ pub fn write_etc_files(
     for (name, target, content) in [
         ("etc-hosts", "/etc/hosts", hosts),
         ("etc-hostname", "/etc/hostname", format!("{hostname}\n")),
-        ("etc-resolv.conf", "/etc/resolv.conf", resolv),
+        ("etc-resolv.conf", "/etc/resolv.conf", resolv.render()),
     ] {
         let path = state.join(name);
         std::fs::write(&path, content).map_err(|e| SandboxError::io("write", &path, e))?;
         out.push((path, target));
     }
-    Ok((out, warnings))
+    let net = PodNet {
+        ips: ip.into_iter().collect(),
+        resolv,
+        aliases: plan.host_aliases.clone(),
+        hostname: hostname.to_string(),
+    };
+    Ok(EtcFiles {
+        files: out,
+        net,
+        warnings,
+    })
 }
 
 /// The kubelet's hosts file: localhost, the pod's name at its address (its loopback without
@@ -89,44 +108,13 @@ fn aliases(host_aliases: &[(IpAddr, Vec<String>)]) -> String {
     out
 }
 
-/// What a resolv.conf says.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Resolv {
-    pub nameservers: Vec<IpAddr>,
-    pub searches: Vec<String>,
-    pub options: Vec<String>,
-}
-
-/// Parses a resolv.conf as glibc reads it: every `nameserver`, the last `search` (or
-/// `domain`), the last `options` line's words.
-pub fn parse_resolv(text: &str) -> Resolv {
-    let mut out = Resolv::default();
-    for line in text.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or_default();
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => {
-                if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
-                    out.nameservers.push(ip);
-                }
-            }
-            Some("search") | Some("domain") => {
-                out.searches = words.map(|w| w.trim_end_matches('.').to_string()).collect();
-            }
-            Some("options") => out.options = words.map(str::to_string).collect(),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// The pod's resolv.conf from the plan and the host's files (`host`: /etc/resolv.conf,
 /// `systemd`: systemd-resolved's upstream list); with warnings.
 pub fn resolv_conf(
     dns: &DnsPlan,
     host: Option<&str>,
     systemd: Option<&str>,
-) -> (String, Vec<String>) {
+) -> (Resolv, Vec<String>) {
     let mut warnings = Vec::new();
     let mut merged = Resolv::default();
     if dns.from_host {
@@ -182,17 +170,7 @@ pub fn resolv_conf(
             .retain(|existing| existing.split(':').next() != Some(name));
         merged.options.push(o.clone());
     }
-    let mut text = String::from("# Written by wpod for the pod (dnsPolicy, dnsConfig).\n");
-    for n in &merged.nameservers {
-        text.push_str(&format!("nameserver {n}\n"));
-    }
-    if !merged.searches.is_empty() {
-        text.push_str(&format!("search {}\n", merged.searches.join(" ")));
-    }
-    if !merged.options.is_empty() {
-        text.push_str(&format!("options {}\n", merged.options.join(" ")));
-    }
-    (text, warnings)
+    (merged, warnings)
 }
 
 #[cfg(test)]
@@ -211,11 +189,12 @@ mod tests {
     #[test]
     fn default_takes_the_hosts_then_dns_config() {
         let host = "nameserver 10.255.255.53\nsearch corp.example.\noptions ndots:2 edns0\n";
-        let (text, warnings) = resolv_conf(
+        let (resolv, warnings) = resolv_conf(
             &plan(true, &["198.51.100.53"], &["svc.example"], &["ndots:5"]),
             Some(host),
             None,
         );
+        let text = resolv.render();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(
             text.lines().skip(1).collect::<Vec<_>>(),
@@ -230,32 +209,36 @@ mod tests {
 
     #[test]
     fn none_is_dns_config_alone_and_loopback_resolvers_never_reach_a_pod() {
-        let (text, _) = resolv_conf(
+        let text = resolv_conf(
             &plan(false, &["198.51.100.53"], &[], &[]),
             Some("nameserver 10.0.0.1\n"),
             None,
-        );
+        )
+        .0
+        .render();
         assert!(
             !text.contains("10.0.0.1") && text.contains("198.51.100.53"),
             "{text}"
         );
         // systemd-resolved's stub: its upstreams instead.
-        let (text, warnings) = resolv_conf(
+        let (resolv, warnings) = resolv_conf(
             &plan(true, &[], &[], &[]),
             Some("nameserver 127.0.0.53\n"),
             Some("nameserver 192.0.2.53\n"),
         );
+        let text = resolv.render();
         assert!(
             text.contains("192.0.2.53") && !text.contains("127.0.0.53"),
             "{text}"
         );
         assert!(warnings.is_empty());
         // A loopback resolver and no upstream list: left out, said.
-        let (text, warnings) = resolv_conf(
+        let (resolv, warnings) = resolv_conf(
             &plan(true, &[], &[], &[]),
             Some("nameserver 127.0.0.1\n"),
             None,
         );
+        let text = resolv.render();
         assert!(!text.contains("127.0.0.1"), "{text}");
         assert_eq!(warnings.len(), 1);
     }

@@ -69,6 +69,8 @@ pub struct PodSandbox {
     /// The pod's `/etc/hosts` and `/etc/hostname`, as the kubelet writes them for every
     /// container with an image of its own (see [`PodSandbox::etc_files`]).
     pub etc_files: Vec<(PathBuf, &'static str)>,
+    /// The pod's addresses and resolver, as its sidecars' network capability sees them.
+    pub pod_net: std::sync::Arc<crate::grants::net::PodNet>,
     /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
     pub nosymfollow_volumes: std::collections::BTreeSet<String>,
     /// Things the host could not do as asked (e.g. a limit without a controller), said once.
@@ -120,8 +122,8 @@ impl PodSandbox {
         })?;
         let (volumes, volume_warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
         warnings.extend(volume_warnings);
-        let (etc_files, dns_warnings) = dns::write_etc_files(&state.path, plan, ip)?;
-        warnings.extend(dns_warnings);
+        let etc = dns::write_etc_files(&state.path, plan, ip)?;
+        warnings.extend(etc.warnings);
         let mut cgroups = PodCgroups::create(&plan.name)?;
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
@@ -137,7 +139,8 @@ impl PodSandbox {
             dialer,
             lifeline,
             state,
-            etc_files,
+            etc_files: etc.files,
+            pod_net: std::sync::Arc::new(etc.net),
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };

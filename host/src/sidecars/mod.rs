@@ -293,6 +293,10 @@ pub struct PodContext<'a> {
     pub volumes: &'a dyn OpenVolumes,
     /// Entries each sidecar's resource table may hold (its handles quota).
     pub max_handles: u64,
+    /// The pod's addresses and resolver.
+    pub network: Arc<grants::net::PodNet>,
+    /// Where refusals and audited uses go.
+    pub reports: Arc<grants::report::Reporter>,
 }
 
 /// A running sidecar.
@@ -322,6 +326,8 @@ impl WasmSidecar {
             status: &ctx.state,
             logs: &ctx.logs,
             stopping: stopping_rx,
+            network: &ctx.network,
+            reports: &ctx.reports,
         };
         let grants = prepared
             .grants

@@ -21,6 +21,7 @@ pub use container::{
     Lifecycle, Probe, ResourceList, Resources, SecurityContext, SleepAction, TcpSocketAction,
     VolumeMount,
 };
+pub(crate) use decode::did_you_mean;
 pub use decode::IntOrString;
 pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
 pub use enums::{

@@ -88,6 +88,31 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// A Wasm sidecar was refused a connect, listen or lookup its grants do not allow
+    /// (rate-limited: `total` counts every refusal of the container so far).
+    Denied {
+        action: crate::grants::report::Action,
+        target: String,
+        field: String,
+        message: String,
+        total: u64,
+        suppressed: u64,
+    },
+    /// Under `--audit`: a sidecar used this for the first time.
+    Audited {
+        class: String,
+        target: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
+    /// Under `--audit`, when the pod ends: the narrowest grant for what the sidecar did.
+    AuditSummary {
+        outbound: Vec<String>,
+        listens: Vec<u16>,
+        /// The annotation to write (`wpod.dev/allowed-outbound.<container>`).
+        annotation: String,
+        denied: u64,
+    },
     /// `wpod apply` changed the pod's Wasm sidecars live: the replaced ones have stopped and
     /// their successors started; the removed ones are gone from the pod.
     PodChanged {
@@ -364,6 +389,42 @@ fn describe(e: &Event) -> String {
             format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
         }
         Event::Warning { message } => format!("warning: {message}"),
+        Event::Denied {
+            message,
+            total,
+            suppressed,
+            ..
+        } => match suppressed {
+            0 => message.clone(),
+            n => format!("{message} ({n} more refusals not shown; {total} in all)"),
+        },
+        Event::Audited { class, target, via } => match via {
+            Some(v) => format!("audit: {class} {target} (as {v})"),
+            None => format!("audit: {class} {target}"),
+        },
+        Event::AuditSummary {
+            outbound,
+            listens,
+            annotation,
+            denied,
+        } => {
+            let outbound = match outbound.is_empty() {
+                true => "no outbound connection".to_string(),
+                false => format!("{annotation}: \"{}\"", outbound.join(",")),
+            };
+            let listens = match listens.is_empty() {
+                true => "no listening port".to_string(),
+                false => format!(
+                    "ports: [{}]",
+                    listens
+                        .iter()
+                        .map(|p| format!("{{containerPort: {p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            format!("audit: the narrowest grant for this run: {outbound}; {listens}; {denied} refusals")
+        }
         Event::PodChanged {
             added,
             replaced,
@@ -383,6 +444,66 @@ fn describe(e: &Event) -> String {
             format!("applied: {}", parts.join("; "))
         }
         Event::PodFinished { exit_code } => format!("finished with exit code {exit_code}"),
+    }
+}
+
+/// Sidecars' refusals and audited uses (`grants::report`), as pod events.
+pub struct ReportEvents(pub std::sync::Arc<Events>);
+
+impl crate::grants::report::ReportSink for ReportEvents {
+    fn denied(
+        &self,
+        container: &str,
+        d: &crate::grants::report::Denial,
+        total: u64,
+        suppressed: u64,
+    ) {
+        self.0.emit(
+            Some(container),
+            Event::Denied {
+                action: d.action,
+                target: d.target.clone(),
+                field: d.field.clone(),
+                message: d.message(),
+                total,
+                suppressed,
+            },
+        );
+    }
+
+    fn used(&self, container: &str, u: &crate::grants::report::Use) {
+        self.0.emit(
+            Some(container),
+            Event::Audited {
+                class: u.class.clone(),
+                target: u.target.clone(),
+                via: u.via.clone(),
+            },
+        );
+    }
+}
+
+/// Under `--audit`, when the pod ends: one event per Wasm sidecar with the narrowest grant
+/// for what it did.
+pub fn audit_summary(
+    events: &Events,
+    plan: &crate::plan::PodPlan,
+    reports: &crate::grants::report::Reporter,
+) {
+    let seen = reports.summary();
+    for c in plan.containers.iter().filter(|c| c.grants.is_some()) {
+        let name = c.name();
+        let (uses, denied) = seen.get(name).cloned().unwrap_or_default();
+        let (outbound, listens) = crate::grants::report::suggest(&uses);
+        events.emit(
+            Some(name),
+            Event::AuditSummary {
+                outbound,
+                listens,
+                annotation: format!("{}{name}", crate::spec::OUTBOUND_PREFIX),
+                denied,
+            },
+        );
     }
 }
 

@@ -167,6 +167,7 @@ impl Supervisor {
         images: Vec<Option<StoredImage>>,
         logs: Arc<Logs>,
         events: Arc<Events>,
+        reports: Arc<crate::grants::report::Reporter>,
         backoff_base: Duration,
     ) -> Result<Self, RuntimeError> {
         let state = main_containers(&plan);
@@ -185,6 +186,7 @@ impl Supervisor {
             logs,
             state: state.clone(),
             runtime: std::sync::Mutex::new(runtime),
+            reports,
         };
         Ok(Self::build(
             plan,

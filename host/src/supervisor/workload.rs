@@ -103,6 +103,8 @@ pub struct PodLauncher {
     /// The runtime Wasm sidecars run on, made with the first one (at the start, or at the
     /// first `wpod apply` that adds one to a pod that had none).
     pub runtime: std::sync::Mutex<Option<PodRuntime>>,
+    /// Where sidecars' refusals and audited uses go.
+    pub reports: Arc<crate::grants::report::Reporter>,
 }
 
 impl PodLauncher {
@@ -182,6 +184,8 @@ impl Launcher for PodLauncher {
                         logs: self.logs.clone(),
                         volumes: &self.sandbox.volumes,
                         max_handles: self.plan.settings.sidecar_max_handles,
+                        network: self.sandbox.pod_net.clone(),
+                        reports: self.reports.clone(),
                     };
                     WasmSidecar::start(prepared, &ctx)
                         .map(|s| Box::new(s) as Box<dyn Workload>)
