@@ -11,8 +11,8 @@
 // subscribeEvents() and a log stream's subscribe() return wasi:io/poll pollables: pass them with
 // sockets' and timers' to one poll([...]) to wait on all at once.
 
-import * as lifecycle from 'wpod:sidecar/lifecycle@0.2.0';
-import * as mainProcess from 'wpod:sidecar/main-process@0.2.0';
+import * as lifecycle from 'wpod:sidecar/lifecycle@0.2.1';
+import * as mainProcess from 'wpod:sidecar/main-process@0.2.1';
 import { poll } from 'wasi:io/poll@0.2.12';
 
 export function ready() { lifecycle.ready(); }

@@ -882,3 +882,164 @@ spec:
     );
     assert_no_leftovers("net-no-outbound");
 }
+
+/// A TLS server on a test host that appends every line it receives to a file (python3's ssl).
+struct TlsCollector {
+    child: Child,
+    received: std::path::PathBuf,
+}
+
+impl TlsCollector {
+    fn start(ns: &NetNs, port: u16, ca: &wpod_test_support::tlsca::TestCa) -> Self {
+        let received = ca.dir.join("received.txt");
+        let script = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+out = open(sys.argv[3], "a", buffering=1)
+s = socket.create_server(("0.0.0.0", int(sys.argv[4])))
+def serve(c):
+    try:
+        with ctx.wrap_socket(c, server_side=True) as t:
+            for line in t.makefile("r"):
+                out.write(line)
+    except Exception as e:
+        out.write(f"! {e}\n")
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script])
+            .arg(ca.leaf_cert())
+            .arg(ca.leaf_key())
+            .arg(&received)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ns.enter(&mut cmd);
+        let child = cmd.spawn().expect("start the TLS collector");
+        let start = Instant::now();
+        while !ns
+            .sh(&format!("ss -Htln 'sport = :{port}' | grep -q ."))
+            .status
+            .success()
+        {
+            assert!(start.elapsed() < LONG, "the TLS collector never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsCollector { child, received }
+    }
+
+    fn received(&self) -> String {
+        std::fs::read_to_string(&self.received).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_log_shipper_ships_over_tls_to_a_remote_collector_only_when_allowed() {
+    require_root("the_log_shipper_ships_over_tls");
+    let node = Node::new("tlsship");
+    let remote = RemoteHost::new(Some(&node.ns));
+    remote.assert_routed();
+    let dir = std::env::temp_dir().join(format!("wpod-e2e-tlsship-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = wpod_test_support::tlsca::TestCa::new(&dir, &["DNS:collector.example.test"]);
+    let collector = TlsCollector::start(&remote.ns, 8443, &ca);
+    // Another CA, which did not sign the collector's certificate.
+    let other = wpod_test_support::tlsca::TestCa::new(&dir.join("other"), &["DNS:other.test"]);
+    std::fs::copy(other.bundle(), dir.join("other-ca.crt")).expect("copy the other CA");
+    let r = remote.addr;
+    let shipper = |name: &str, ca_file: &str| {
+        format!(
+            r#"  - name: {name}
+    restartPolicy: Always
+    image: SIDECARS/log-shipper.wasm
+    env:
+    - {{name: FILES, value: "app=/logs/app.log"}}
+    - {{name: SINK, value: "tls://collector.example.test:8443"}}
+    - {{name: TLS_CA, value: /ca/{ca_file}}}
+    - {{name: INTERVAL_MS, value: "50"}}
+    volumeMounts:
+    - {{name: logs, mountPath: /logs}}
+    - {{name: ca, mountPath: /ca, readOnly: true}}
+"#
+        )
+    };
+    let pod = node.pod(
+        "net-tlsship",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: net-tlsship
+  annotations:
+    wpod.dev/allowed-outbound.shipper: "collector.example.test:8443"
+    wpod.dev/allowed-outbound.mistrusting: "collector.example.test:8443"
+spec:
+  terminationGracePeriodSeconds: 2
+  hostAliases:
+  - ip: "{r}"
+    hostnames: [collector.example.test]
+  initContainers:
+{allowed}{denied}{mistrusting}  containers:
+  - name: main
+    command: [sh, -c, 'for i in 1 2 3; do echo "shipped-over-tls-$i" >> /logs/app.log; done; exec sleep 300']
+    volumeMounts: [{{name: logs, mountPath: /logs}}]
+  volumes:
+  - {{name: logs, emptyDir: {{}}}}
+  - name: ca
+    hostPath: {{path: "{ca_dir}", type: Directory}}
+"#,
+            allowed = shipper("shipper", "ca.crt"),
+            denied = shipper("unlisted", "ca.crt"),
+            mistrusting = shipper("mistrusting", "other-ca.crt"),
+            ca_dir = dir.display(),
+        ),
+    );
+    let running = pod.spawn();
+    let start = Instant::now();
+    while !collector.received().contains("app shipped-over-tls-3") {
+        if start.elapsed() > LONG {
+            panic!(
+                "the collector got {:?}\n{}",
+                collector.received(),
+                running.output().dump()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = collector.received();
+    for i in 1..=3 {
+        // Once each: the shipper without outbound rules delivered nothing.
+        assert_eq!(
+            got.matches(&format!("app shipped-over-tls-{i}\n")).count(),
+            1,
+            "{got}"
+        );
+    }
+    let run = running.wait_for("the unlisted shipper's denial", LONG, |r| {
+        !denials(r, "unlisted").is_empty()
+    });
+    assert_eq!(
+        denials(&run, "unlisted")[0],
+        "denied lookup of collector.example.test: not in metadata.annotations[wpod.dev/allowed-outbound.unlisted]"
+    );
+    assert!(denials(&run, "shipper").is_empty(), "{}", run.dump());
+    // The host verified the collector's certificate: a CA that did not sign it is refused.
+    // (Both CAs are named alike: the signature is what fails.)
+    running.wait_for("the mistrusting shipper's refusal", LONG, |r| {
+        r.has_line("mistrusting", "TLS handshake: invalid peer certificate")
+    });
+    drop(running);
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_no_leftovers("net-tlsship");
+}

@@ -793,98 +793,27 @@ fn f14_a_pull_killed_mid_download_leaves_nothing_in_ingest() {
 // ---- finding 15: credentials and the token realm ----
 
 /// A CA and a certificate for 127.0.0.1 it signed (openssl), for a registry that speaks TLS.
-struct TestCa {
-    dir: PathBuf,
-}
+struct TestCa(wpod_test_support::tlsca::TestCa);
 
 impl TestCa {
     fn new(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("CA dir");
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl (install it: .ci/setup)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                text(&out.stderr)
-            );
-        };
-        let key = "ec_paramgen_curve:prime256v1";
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            key,
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=wpod-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            key,
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-        ]);
-        std::fs::write(
-            dir.join("leaf.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("leaf.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.crt",
-        ]);
-        TestCa {
-            dir: dir.to_path_buf(),
-        }
+        TestCa(wpod_test_support::tlsca::TestCa::new(
+            dir,
+            &["IP:127.0.0.1", "DNS:localhost"],
+        ))
     }
 
     /// The CA bundle a client is told to trust (`SSL_CERT_FILE`).
     fn bundle(&self) -> PathBuf {
-        self.dir.join("ca.crt")
+        self.0.bundle()
     }
 
     /// Makes each accepted connection a TLS server session with the leaf certificate.
     fn wrap(&self) -> Wrap {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs =
-            vec![CertificateDer::from_pem_file(self.dir.join("leaf.crt")).expect("leaf.crt")];
-        let key = PrivateKeyDer::from_pem_file(self.dir.join("leaf.key")).expect("leaf.key");
+        let certs = vec![CertificateDer::from_pem_file(self.0.leaf_cert()).expect("leaf.crt")];
+        let key = PrivateKeyDer::from_pem_file(self.0.leaf_key()).expect("leaf.key");
         let config = Arc::new(
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),

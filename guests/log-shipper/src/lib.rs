@@ -7,8 +7,13 @@
 //! - `FILES`: `label=/path,label=/path` (paths inside the sidecar's volume mounts);
 //! - `START_AT`: `beginning` (default: every line already in the files) or `end`;
 //! - `INCLUDE` / `EXCLUDE`: comma-separated substrings a line must / must not contain;
-//! - `SINK`: `stdout` (default), `tcp://127.0.0.1:PORT` (one line per line) or
-//!   `http://127.0.0.1:PORT/PATH` (a POST per batch, one line per line);
+//! - `SINK`: `stdout` (default), `tcp://HOST:PORT` (one line per line),
+//!   `tls://HOST:PORT` (the same over TLS, run by the host: `wpod:sidecar/tls`) or
+//!   `http://HOST:PORT/PATH` (a POST per batch, one line per line). A HOST other than the pod's
+//!   loopback must be allowed by the sidecar's `wpod.dev/allowed-outbound.<container>`;
+//! - `TLS_CA`: for `tls://`, a PEM CA bundle to trust (a path in the sidecar's volumes) instead
+//!   of the host's roots; `TLS_SERVER_NAME`: the name the server's certificate must carry
+//!   (default: HOST);
 //! - `INTERVAL_MS`: how often files are polled once caught up (default 250).
 //!
 //! Each shipped line is `LABEL LINE`. Rotation by rename+create: the old file is read to its
@@ -83,6 +88,7 @@ impl Filter {
 pub enum Sink {
     Stdout,
     Tcp { addr: String, conn: Option<TcpStream> },
+    Tls { addr: String, server_name: Option<String>, config: wpod_sidecar::tls::ClientConfig, conn: Option<wpod_sidecar::tls::TlsStream> },
     Http { addr: String, path: String },
 }
 
@@ -95,11 +101,21 @@ impl Sink {
         if let Some(addr) = spec.strip_prefix("tcp://") {
             return Ok(Sink::Tcp { addr: addr.to_string(), conn: None });
         }
+        if let Some(addr) = spec.strip_prefix("tls://") {
+            use wpod_sidecar::tls::Trust;
+            let trust = match std::env::var("TLS_CA") {
+                Ok(path) => Trust::Bundle(std::fs::read(&path).map_err(|e| format!("TLS_CA={path}: {e}"))?),
+                Err(_) => Trust::System,
+            };
+            let config = wpod_sidecar::tls::client_config(trust).map_err(|e| format!("SINK={spec}: {e}"))?;
+            let server_name = std::env::var("TLS_SERVER_NAME").ok();
+            return Ok(Sink::Tls { addr: addr.to_string(), server_name, config, conn: None });
+        }
         if let Some(rest) = spec.strip_prefix("http://") {
             let (addr, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
             return Ok(Sink::Http { addr: addr.to_string(), path });
         }
-        Err(format!("SINK={spec}: use stdout, tcp://HOST:PORT or http://HOST:PORT/PATH"))
+        Err(format!("SINK={spec}: use stdout, tcp://HOST:PORT, tls://HOST:PORT or http://HOST:PORT/PATH"))
     }
 
     /// Delivers `data` (whole lines); false when the sink failed (the batch is retried later).
@@ -123,6 +139,22 @@ impl Sink {
                         // Part of the batch may be lost with the connection: all of it is sent
                         // again on the next one (lines may then arrive twice, none is missing).
                         eprintln!("sink {addr}: {e}");
+                        *conn = None;
+                        false
+                    }
+                }
+            }
+            Sink::Tls { addr, server_name, config, conn } => {
+                if conn.is_none() {
+                    *conn = wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None)
+                        .map_err(|e| eprintln!("sink tls://{addr}: {e}"))
+                        .ok();
+                }
+                let Some(c) = conn else { return false };
+                match c.write_all(data).and_then(|()| c.flush()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("sink tls://{addr}: {e}");
                         *conn = None;
                         false
                     }
@@ -159,11 +191,19 @@ pub struct Outbox {
     filter: Filter,
     sink: Sink,
     pending: Vec<u8>,
+    /// After a failed delivery the sink is tried again after this long (doubling up to
+    /// [`MAX_BACKOFF`]), not at every poll: a sink that is down or refused costs a line of
+    /// log and a connection attempt now and then, not twenty a second.
+    backoff: Duration,
+    retry_at: Option<std::time::Instant>,
 }
+
+/// The longest wait between two delivery attempts to a failing sink.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Outbox {
     pub fn new(filter: Filter, sink: Sink) -> Self {
-        Outbox { filter, sink, pending: Vec::with_capacity(BATCH + 4096) }
+        Outbox { filter, sink, pending: Vec::with_capacity(BATCH + 4096), backoff: Duration::ZERO, retry_at: None }
     }
 
     /// Whether sources should add lines; false while a full batch waits for the sink.
@@ -211,8 +251,19 @@ impl Outbox {
     /// Delivers what is pending; what the sink did not take stays for a later flush. Returns
     /// whether everything was delivered.
     pub fn flush(&mut self) -> bool {
-        if !self.pending.is_empty() && self.sink.deliver(&self.pending) {
+        if self.pending.is_empty() {
+            return true;
+        }
+        if self.retry_at.is_some_and(|at| std::time::Instant::now() < at) {
+            return false;
+        }
+        if self.sink.deliver(&self.pending) {
             self.pending.clear();
+            self.backoff = Duration::ZERO;
+            self.retry_at = None;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+            self.retry_at = Some(std::time::Instant::now() + self.backoff);
         }
         self.pending.is_empty()
     }

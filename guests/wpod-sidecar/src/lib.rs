@@ -1,6 +1,6 @@
 //! wpod-sidecar: write wpod sidecars in Rust.
 //!
-//! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.0`):
+//! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.1`):
 //!
 //! - [`ready`]: tell the pod this sidecar is ready (a native sidecar counts as started then);
 //! - [`containers`], [`stats`], [`wait_running`]: the main containers and their live statistics (the pod grants
@@ -8,7 +8,8 @@
 //! - [`main_logs`]: follow a main container's output;
 //! - [`signal`]: signal a main container (also needs `capabilities.add: [KILL]`);
 //! - [`next_event`], [`try_next_event`]: the pod's events, `stopping` among them.
-//! - [`tls`]: TLS run by the host at native speed on a connection the sidecar accepted.
+//! - [`tls`]: TLS run by the host at native speed, as a server on a connection the sidecar
+//!   accepted or as a client ([`tls::connect`]) to a server its outbound rules allow.
 //!
 //! With the `async` feature, on [wstd](https://docs.rs/wstd)'s reactor, [`events`] and
 //! [`MainLogs::next`] wait in the same poll as wstd's sockets and timers, so one sidecar serves
@@ -165,8 +166,14 @@ impl Events {
 /// connection's streams, and gets plaintext streams back. Always granted; it reaches nothing
 /// new. A sidecar may equally bring its own TLS library.
 pub mod tls {
-    pub use crate::wpod::sidecar::tls::{accept as start, FutureServerStreams, ServerIdentity};
-    use wasip2::io::streams::{InputStream, OutputStream};
+    pub use crate::wpod::sidecar::tls::{
+        accept as start, connect as start_connect, ClientConfig, FutureClientStreams,
+        FutureServerStreams, ServerIdentity, Trust,
+    };
+    use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+    use wasip2::sockets::network::{ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress};
+    use wasip2::sockets::tcp::TcpSocket;
+    use wasip2::sockets::{instance_network, ip_name_lookup, tcp_create_socket};
 
     /// A server identity from a PEM certificate chain (leaf first) and a PEM private key.
     pub fn identity(
@@ -204,6 +211,127 @@ pub mod tls {
             .wait_for()
             .await;
         outcome(&future)
+    }
+
+    /// How this client connects: whom it trusts (the host's roots, or a PEM CA bundle read
+    /// from the sidecar's volume, or both), with no client certificate and no ALPN. See
+    /// [`ClientConfig::create`] for those.
+    pub fn client_config(trust: Trust) -> Result<ClientConfig, String> {
+        ClientConfig::create(&trust, None, None, &[])
+    }
+
+    /// A TLS connection whose crypto the host runs: plaintext `Read` and `Write`.
+    pub struct TlsStream {
+        input: InputStream,
+        output: OutputStream,
+        // The TCP connection under it, closed after the TLS session's streams.
+        _socket: TcpSocket,
+    }
+
+    /// Connects over TCP to `host:port` (a name is looked up through the pod: the sidecar's
+    /// outbound rules must allow it) and runs the client side of TLS there, verifying the
+    /// server's certificate for `server_name` (`None`: `host`). Blocks the whole component.
+    pub fn connect(
+        addr: &str,
+        server_name: Option<&str>,
+        config: &ClientConfig,
+        idle: Option<std::time::Duration>,
+    ) -> Result<TlsStream, String> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{addr}: expected HOST:PORT"))?;
+        let port: u16 = port.parse().map_err(|_| format!("{addr}: bad port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (socket, input, output) = tcp_connect(host, port)?;
+        let future = start_connect(config, server_name.unwrap_or(host), input, output, idle_ms(idle));
+        future.subscribe().block();
+        let (input, output) = future
+            .get()
+            .unwrap_or_else(|| Err("the TLS handshake is still running".into()))?;
+        Ok(TlsStream { input, output, _socket: socket })
+    }
+
+    /// A TCP connection to the first address of `host` that answers.
+    fn tcp_connect(host: &str, port: u16) -> Result<(TcpSocket, InputStream, OutputStream), String> {
+        let network = instance_network::instance_network();
+        let lookup = ip_name_lookup::resolve_addresses(&network, host)
+            .map_err(|e| format!("look up {host}: {e:?}"))?;
+        let mut addrs = Vec::new();
+        loop {
+            match lookup.resolve_next_address() {
+                Ok(Some(a)) => addrs.push(a),
+                Ok(None) => break,
+                Err(ErrorCode::WouldBlock) => lookup.subscribe().block(),
+                Err(e) => return Err(format!("look up {host}: {e:?}")),
+            }
+        }
+        let mut last = format!("{host}: no address");
+        for ip in addrs {
+            let (family, target) = match ip {
+                IpAddress::Ipv4(a) => (
+                    IpAddressFamily::Ipv4,
+                    IpSocketAddress::Ipv4(wasip2::sockets::network::Ipv4SocketAddress { port, address: a }),
+                ),
+                IpAddress::Ipv6(a) => (
+                    IpAddressFamily::Ipv6,
+                    IpSocketAddress::Ipv6(wasip2::sockets::network::Ipv6SocketAddress {
+                        port,
+                        address: a,
+                        flow_info: 0,
+                        scope_id: 0,
+                    }),
+                ),
+            };
+            let socket = tcp_create_socket::create_tcp_socket(family).map_err(|e| format!("{e:?}"))?;
+            if let Err(e) = socket.start_connect(&network, target) {
+                last = format!("connect to {host}:{port}: {e:?}");
+                continue;
+            }
+            loop {
+                match socket.finish_connect() {
+                    Ok((input, output)) => return Ok((socket, input, output)),
+                    Err(ErrorCode::WouldBlock) => socket.subscribe().block(),
+                    Err(e) => {
+                        last = format!("connect to {host}:{port}: {e:?}");
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    impl std::io::Read for TlsStream {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.input.blocking_read(buf.len() as u64) {
+                Ok(bytes) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    Ok(bytes.len())
+                }
+                Err(StreamError::Closed) => Ok(0),
+                Err(StreamError::LastOperationFailed(e)) => Err(std::io::Error::other(e.to_debug_string())),
+            }
+        }
+    }
+
+    impl std::io::Write for TlsStream {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            // WASI's blocking write takes at most 4096 bytes at once.
+            let n = buf.len().min(4096);
+            match self.output.blocking_write_and_flush(&buf[..n]) {
+                Ok(()) => Ok(n),
+                Err(StreamError::Closed) => Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(StreamError::LastOperationFailed(e)) => Err(std::io::Error::other(e.to_debug_string())),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            match self.output.blocking_flush() {
+                Ok(()) => Ok(()),
+                Err(StreamError::Closed) => Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(StreamError::LastOperationFailed(e)) => Err(std::io::Error::other(e.to_debug_string())),
+            }
+        }
     }
 
     fn idle_ms(idle: Option<std::time::Duration>) -> u64 {

@@ -1,6 +1,7 @@
 //! The `bindgen!`s of wpod's own interfaces; WASI comes from wasmtime-wasi.
 //!
-//! `wit/sidecar.wit` is `wpod:sidecar@0.2.0`, what the capabilities implement. A component
+//! `wit/sidecar.wit` is `wpod:sidecar@0.2.1`, what the capabilities implement (0.2.0 guests
+//! link to it: a minor version adds, as the TLS client did). A component
 //! built against 0.1.0 (`wit/v0.1.0`) keeps running: its version is linked too, each function
 //! a conversion of the 0.1.0 types around its 0.2.0 twin (`v0_1`). (0.1 and 0.2 are different
 //! versions to the component model, which links a 0.x import only to the same minor version.)
@@ -8,24 +9,26 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "wpod:sidecar/imports",
-    imports: { default: async | trappable },
+    imports: { default: async | trappable | tracing },
     with: {
         "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
         "wasi:io/poll": wasmtime_wasi_io::bindings::wasi::io::poll,
         "wasi:io/streams": wasmtime_wasi_io::bindings::wasi::io::streams,
         "wpod:sidecar/tls.server-identity": crate::grants::tls::ServerIdentity,
         "wpod:sidecar/tls.future-server-streams": crate::grants::tls::FutureServerStreams,
+        "wpod:sidecar/tls.client-config": crate::grants::tls::ClientConfig,
+        "wpod:sidecar/tls.future-client-streams": crate::grants::tls::FutureClientStreams,
     },
 });
 
 pub use self::wpod::sidecar::{lifecycle, main_process, tls};
 
-/// wpod:sidecar@0.1.0, linked beside 0.2.0 for the components built against it.
+/// wpod:sidecar@0.1.0, linked beside 0.2 for the components built against it.
 pub mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../wit/v0.1.0",
         world: "wpod:sidecar/imports",
-        imports: { default: async | trappable },
+        imports: { default: async | trappable | tracing },
         with: {
             "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
         },

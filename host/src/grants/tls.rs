@@ -78,8 +78,12 @@ pub struct TlsCtx {
     handshakes: Arc<Semaphore>,
     grant: TlsGrant,
     cpu: Arc<HandshakeCpu>,
+    /// Server identities and client configurations held.
     identities: usize,
     ended: watch::Sender<()>,
+    /// Where `--audit` records the servers it connects to.
+    reports: Arc<crate::grants::report::Reporter>,
+    container: String,
 }
 
 /// What one sidecar's TLS may hold, decided from its limits.
@@ -179,7 +183,7 @@ impl Capability for Tls {
     const IMPORTS: &'static [Import] = &[Import {
         interface: "wpod:sidecar/tls",
         rule: ImportRule::Always {
-            what: "TLS done by the host on the sidecar's own streams, with the keys it passes",
+            what: "TLS done by the host on the sidecar's own streams (server and client), with the keys and roots it passes",
         },
     }];
 
@@ -210,7 +214,7 @@ impl Capability for Tls {
         tls::add_to_linker::<T, HasTls>(linker, view)
     }
 
-    fn prepare(grant: &TlsGrant, _setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
+    fn prepare(grant: &TlsGrant, setup: &mut InstanceSetup<'_>) -> Result<TlsCtx, GrantError> {
         Ok(TlsCtx {
             sessions: Arc::new(Semaphore::new(grant.sessions)),
             handshakes: Arc::new(Semaphore::new(grant.handshakes)),
@@ -218,6 +222,8 @@ impl Capability for Tls {
             cpu: Arc::new(HandshakeCpu::new(grant.cpu_millis)),
             identities: 0,
             ended: watch::channel(()).0,
+            reports: setup.reports.clone(),
+            container: setup.name.to_string(),
         })
     }
 }
@@ -227,33 +233,7 @@ pub struct ServerIdentity(Arc<ServerConfig>);
 
 impl ServerIdentity {
     fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, String> {
-        if chain.len() > MAX_PEM || key.len() > MAX_PEM {
-            return Err(format!(
-                "certificate chain or key over {} KiB",
-                MAX_PEM / 1024
-            ));
-        }
-        let certs = CertificateDer::pem_slice_iter(chain)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("certificate chain: {e}"))?;
-        if certs.is_empty() {
-            return Err("certificate chain: no PEM certificate".into());
-        }
-        let chain_bytes: usize = certs.iter().map(|c| c.len()).sum();
-        if chain_bytes > MAX_CHAIN {
-            return Err(format!(
-                "certificate chain: {chain_bytes} bytes of certificates, over {} KiB (every \
-                 handshake sends the chain whole; real ones are a few KiB)",
-                MAX_CHAIN / 1024
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "private key: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
-                    .to_string()
-            }
-            other => format!("private key: {other}"),
-        })?;
+        let (certs, key) = parse_identity(chain, key)?;
         let config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -265,20 +245,107 @@ impl ServerIdentity {
     }
 }
 
+/// A PEM certificate chain (leaf first, at most [`MAX_CHAIN`] bytes of DER) and private key.
+fn parse_identity(
+    chain: &[u8],
+    key: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    if chain.len() > MAX_PEM || key.len() > MAX_PEM {
+        return Err(format!(
+            "certificate chain or key over {} KiB",
+            MAX_PEM / 1024
+        ));
+    }
+    let certs = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("certificate chain: no PEM certificate".into());
+    }
+    let chain_bytes: usize = certs.iter().map(|c| c.len()).sum();
+    if chain_bytes > MAX_CHAIN {
+        return Err(format!(
+            "certificate chain: {chain_bytes} bytes of certificates, over {} KiB (every \
+             handshake sends the chain whole; real ones are a few KiB)",
+            MAX_CHAIN / 1024
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "private key: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                .to_string()
+        }
+        other => format!("private key: {other}"),
+    })?;
+    Ok((certs, key))
+}
+
 /// A handshake under way, then its outcome until the guest takes it.
-pub enum FutureServerStreams {
+pub enum FutureStreams {
     Handshaking(AbortOnDropJoinHandle<Result<DuplexStream, String>>),
     Done(Result<DuplexStream, String>),
     Taken,
 }
 
+impl FutureStreams {
+    async fn ready(&mut self) {
+        if let FutureStreams::Handshaking(task) = self {
+            let outcome = task.await;
+            *self = FutureStreams::Done(outcome);
+        }
+    }
+
+    /// The plaintext streams once the handshake is done (`None` before), once.
+    async fn get(
+        &mut self,
+        table: &mut ResourceTable,
+    ) -> wasmtime::Result<
+        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
+    > {
+        // Finished but not yet seen by a `ready`: take the outcome without waiting.
+        if let FutureStreams::Handshaking(task) = self {
+            if !task.is_finished() {
+                return Ok(None);
+            }
+            let outcome = task.await;
+            *self = FutureStreams::Done(outcome);
+        }
+        let pipe = match std::mem::replace(self, FutureStreams::Taken) {
+            FutureStreams::Done(Ok(pipe)) => pipe,
+            FutureStreams::Done(Err(e)) => return Ok(Some(Err(e))),
+            FutureStreams::Taken => {
+                return Ok(Some(Err("the handshake's result was taken already".into())));
+            }
+            FutureStreams::Handshaking(_) => unreachable!("finished just above"),
+        };
+        let (read, write) = tokio::io::split(pipe);
+        let input: DynInputStream = Box::new(PlainInput {
+            pipe: read,
+            held: BytesMut::new(),
+            closed: false,
+        });
+        let output: DynOutputStream = Box::new(AsyncWriteStream::new(PIPE, write));
+        Ok(Some(Ok((table.push(input)?, table.push(output)?))))
+    }
+}
+
+/// A server handshake (`accept`) and its outcome.
+pub struct FutureServerStreams(FutureStreams);
+
+/// A client handshake (`connect`) and its outcome.
+pub struct FutureClientStreams(FutureStreams);
+
 #[wasmtime_wasi_io::async_trait]
 impl wasmtime_wasi_io::poll::Pollable for FutureServerStreams {
     async fn ready(&mut self) {
-        if let FutureServerStreams::Handshaking(task) = self {
-            let outcome = task.await;
-            *self = FutureServerStreams::Done(outcome);
-        }
+        self.0.ready().await
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for FutureClientStreams {
+    async fn ready(&mut self) {
+        self.0.ready().await
     }
 }
 
@@ -327,7 +394,22 @@ async fn handshake(
         }
     };
     drop(slot);
-    let Ok(permit) = sessions.try_acquire_owned() else {
+    open_session(tls, &sessions, limit, idle, ended)
+}
+
+/// Takes a session slot and relays between the TLS stream and a pipe whose other end it
+/// returns for the guest.
+fn open_session<S>(
+    tls: S,
+    sessions: &Arc<Semaphore>,
+    limit: usize,
+    idle: Option<Duration>,
+    ended: watch::Receiver<()>,
+) -> Result<DuplexStream, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = sessions.clone().try_acquire_owned() else {
         return Err(format!(
             "{limit} TLS sessions are open already (three quarters of the sidecar's memory limit \
              allows that many: one per {} KiB)",
@@ -339,9 +421,133 @@ async fn handshake(
         _permit: permit,
         ended,
     };
-    // Detached: it ends when the guest drops its end, or the client goes away.
+    // Detached: it ends when the guest drops its end, or the peer goes away.
     tokio::spawn(relay(tls, host, idle, session));
     Ok(guest)
+}
+
+/// The client side: the handshake (holding a handshake slot, metered against the instance's
+/// CPU budget: verifying a server's chain costs too), then a session as for a server.
+async fn client_handshake(
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    transport: GuestTransport,
+    idle: Option<Duration>,
+    start: Handshake,
+) -> Result<DuplexStream, String> {
+    let Handshake {
+        slot,
+        sessions,
+        limit,
+        cpu,
+        ended,
+    } = start;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let connect = Metered {
+        inner: Box::pin(connector.connect(name, transport)),
+        cpu,
+        pause: None,
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake: not done within {}s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    drop(slot);
+    open_session(tls, &sessions, limit, idle, ended)
+}
+
+/// A client configuration: roots to trust, an optional client certificate, ALPN.
+pub struct ClientConfig(Arc<rustls::ClientConfig>);
+
+/// ALPN protocols a client may offer, and their longest name (the protocol's limit).
+const MAX_ALPN: usize = 16;
+
+impl ClientConfig {
+    fn create(
+        trust: tls::Trust,
+        chain: Option<Vec<u8>>,
+        key: Option<Vec<u8>>,
+        alpn: Vec<String>,
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let (system, bundle) = match trust {
+            tls::Trust::System => (true, None),
+            tls::Trust::Bundle(b) => (false, Some(b)),
+            tls::Trust::SystemAndBundle(b) => (true, Some(b)),
+        };
+        if system {
+            let (certs, error) = system_roots();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            if roots.is_empty() {
+                return Err(format!(
+                    "the host has no trust roots ({error}): pass a CA bundle (trust bundle)"
+                ));
+            }
+        }
+        if let Some(bundle) = bundle {
+            if bundle.len() > MAX_PEM {
+                return Err(format!("CA bundle over {} KiB", MAX_PEM / 1024));
+            }
+            let certs = CertificateDer::pem_slice_iter(&bundle)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("CA bundle: {e}"))?;
+            if certs.is_empty() {
+                return Err("CA bundle: no PEM certificate".into());
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("CA bundle: a certificate that is not a CA: {e}"))?;
+            }
+        }
+        if alpn.len() > MAX_ALPN || alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
+            return Err(format!(
+                "ALPN: at most {MAX_ALPN} protocols of 1 to 255 bytes each"
+            ));
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        let mut config = match (chain, key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(chain), Some(key)) => {
+                let (certs, key) = parse_identity(&chain, &key)?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("client certificate and key: {e}"))?
+            }
+            _ => {
+                return Err("a client certificate needs both its chain and its private key".into())
+            }
+        };
+        config.alpn_protocols = alpn.into_iter().map(String::into_bytes).collect();
+        Ok(ClientConfig(Arc::new(config)))
+    }
+}
+
+/// The host's trust roots, read once per process (the system bundle, as openssl finds it:
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`, else Debian's /etc/ssl/certs), and what went wrong reading.
+fn system_roots() -> &'static (Vec<CertificateDer<'static>>, String) {
+    static ROOTS: std::sync::OnceLock<(Vec<CertificateDer<'static>>, String)> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        let summary = match errors.is_empty() {
+            true => "none found".to_string(),
+            false => errors.join("; "),
+        };
+        (found.certs, summary)
+    })
 }
 
 /// What a handshake holds of its instance: its handshake slot, the session slots it will take
@@ -684,18 +890,8 @@ impl tls::Host for TlsView<'_> {
         let ended = self.ctx.ended.subscribe();
         // A handshake waits for a slot (the ones under way end within seconds: silent clients
         // after SILENCE_TIMEOUT), holding nothing but the connection's streams meanwhile.
-        let outcome = FutureServerStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
-            let slot = match tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.acquire_owned()).await {
-                Ok(Ok(slot)) => slot,
-                _ => {
-                    return Err(format!(
-                        "no TLS handshake slot within {}s: {most} are under way (a quarter of \
-                         the sidecar's memory limit allows that many: one per {} KiB)",
-                        HANDSHAKE_TIMEOUT.as_secs(),
-                        HANDSHAKE_COST / 1024
-                    ))
-                }
-            };
+        let outcome = FutureStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
+            let slot = handshake_slot(slots, most).await?;
             let start = Handshake {
                 slot,
                 sessions,
@@ -705,7 +901,138 @@ impl tls::Host for TlsView<'_> {
             };
             handshake(config, transport, idle, start).await
         }));
-        Ok(self.table.push(outcome)?)
+        Ok(self.table.push(FutureServerStreams(outcome))?)
+    }
+
+    async fn connect(
+        &mut self,
+        config: Resource<ClientConfig>,
+        server_name: String,
+        input: Resource<DynInputStream>,
+        output: Resource<DynOutputStream>,
+        idle_timeout_ms: u64,
+    ) -> wasmtime::Result<Resource<FutureClientStreams>> {
+        let idle = (idle_timeout_ms > 0).then(|| Duration::from_millis(idle_timeout_ms));
+        let config = self.table.get(&config)?.0.clone();
+        let input = self.table.delete(input)?;
+        let output = self.table.delete(output)?;
+        let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
+            Ok(name) => name,
+            Err(_) => {
+                let failed = FutureStreams::Done(Err(format!(
+                    "\"{server_name}\" is neither a DNS name nor an IP address"
+                )));
+                return Ok(self.table.push(FutureClientStreams(failed))?);
+            }
+        };
+        self.ctx.reports.used(
+            &self.ctx.container,
+            crate::grants::report::Use {
+                class: "tls-connect".into(),
+                target: server_name,
+                via: None,
+            },
+        );
+        let transport = GuestTransport {
+            input: Waiting::Idle(input),
+            output: Waiting::Idle(output),
+            flushing: false,
+            peeked: None,
+        };
+        let slots = self.ctx.handshakes.clone();
+        let most = self.ctx.grant.handshakes;
+        let sessions = self.ctx.sessions.clone();
+        let limit = self.ctx.grant.sessions;
+        let cpu = self.ctx.cpu.clone();
+        let ended = self.ctx.ended.subscribe();
+        let outcome = FutureStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
+            let slot = handshake_slot(slots, most).await?;
+            let start = Handshake {
+                slot,
+                sessions,
+                limit,
+                cpu,
+                ended,
+            };
+            client_handshake(config, name, transport, idle, start).await
+        }));
+        Ok(self.table.push(FutureClientStreams(outcome))?)
+    }
+}
+
+/// A handshake waits for a slot (the ones under way end within seconds: silent clients after
+/// SILENCE_TIMEOUT), holding nothing but the connection's streams meanwhile.
+async fn handshake_slot(
+    slots: Arc<Semaphore>,
+    most: usize,
+) -> Result<OwnedSemaphorePermit, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        _ => Err(format!(
+            "no TLS handshake slot within {}s: {most} are under way (a quarter of the \
+             sidecar's memory limit allows that many: one per {} KiB)",
+            HANDSHAKE_TIMEOUT.as_secs(),
+            HANDSHAKE_COST / 1024
+        )),
+    }
+}
+
+impl tls::HostClientConfig for TlsView<'_> {
+    async fn create(
+        &mut self,
+        trust: tls::Trust,
+        client_certificate_chain: Option<Vec<u8>>,
+        client_private_key: Option<Vec<u8>>,
+        alpn: Vec<String>,
+    ) -> wasmtime::Result<Result<Resource<ClientConfig>, String>> {
+        if self.ctx.identities >= MAX_IDENTITIES {
+            return Ok(Err(format!(
+                "{MAX_IDENTITIES} server identities and client configurations are held already: drop one first"
+            )));
+        }
+        Ok(
+            match ClientConfig::create(trust, client_certificate_chain, client_private_key, alpn) {
+                Ok(config) => {
+                    self.ctx.identities += 1;
+                    Ok(self.table.push(config)?)
+                }
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    async fn drop(&mut self, config: Resource<ClientConfig>) -> wasmtime::Result<()> {
+        self.table.delete(config)?;
+        self.ctx.identities -= 1;
+        Ok(())
+    }
+}
+
+impl tls::HostFutureClientStreams for TlsView<'_> {
+    async fn subscribe(
+        &mut self,
+        this: Resource<FutureClientStreams>,
+    ) -> wasmtime::Result<Resource<wasmtime_wasi_io::poll::DynPollable>> {
+        wasmtime_wasi_io::poll::subscribe(self.table, this)
+    }
+
+    async fn get(
+        &mut self,
+        this: Resource<FutureClientStreams>,
+    ) -> wasmtime::Result<
+        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
+    > {
+        // The future leaves the table while it is read: `get` pushes the streams into it.
+        let mut future = std::mem::replace(&mut self.table.get_mut(&this)?.0, FutureStreams::Taken);
+        let out = future.get(self.table).await;
+        self.table.get_mut(&this)?.0 = future;
+        out
+    }
+
+    async fn drop(&mut self, this: Resource<FutureClientStreams>) -> wasmtime::Result<()> {
+        // A handshake still running is aborted with its task.
+        self.table.delete(this)?;
+        Ok(())
     }
 }
 
@@ -752,34 +1079,10 @@ impl tls::HostFutureServerStreams for TlsView<'_> {
     ) -> wasmtime::Result<
         Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
     > {
-        let future = self.table.get_mut(&this)?;
-        // Finished but not yet seen by a `ready`: take the outcome without waiting.
-        if let FutureServerStreams::Handshaking(task) = future {
-            if !task.is_finished() {
-                return Ok(None);
-            }
-            let outcome = task.await;
-            *future = FutureServerStreams::Done(outcome);
-        }
-        let pipe = match std::mem::replace(future, FutureServerStreams::Taken) {
-            FutureServerStreams::Done(Ok(pipe)) => pipe,
-            FutureServerStreams::Done(Err(e)) => return Ok(Some(Err(e))),
-            FutureServerStreams::Taken => {
-                return Ok(Some(Err("the handshake's result was taken already".into())));
-            }
-            FutureServerStreams::Handshaking(_) => unreachable!("finished just above"),
-        };
-        let (read, write) = tokio::io::split(pipe);
-        let input: DynInputStream = Box::new(PlainInput {
-            pipe: read,
-            held: BytesMut::new(),
-            closed: false,
-        });
-        let output: DynOutputStream = Box::new(AsyncWriteStream::new(PIPE, write));
-        Ok(Some(Ok((
-            self.table.push(input)?,
-            self.table.push(output)?,
-        ))))
+        let mut future = std::mem::replace(&mut self.table.get_mut(&this)?.0, FutureStreams::Taken);
+        let out = future.get(self.table).await;
+        self.table.get_mut(&this)?.0 = future;
+        out
     }
 
     async fn drop(&mut self, this: Resource<FutureServerStreams>) -> wasmtime::Result<()> {

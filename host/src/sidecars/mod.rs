@@ -454,3 +454,49 @@ fn exit_info(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component that imports `interface` as an instance exporting `ready: func()`.
+    fn importing_ready(interface: &str) -> Vec<u8> {
+        use wasm_encoder::{
+            Component, ComponentFuncTypeEncoder, ComponentImportSection, ComponentTypeRef,
+            ComponentTypeSection, InstanceType,
+        };
+        let mut instance = InstanceType::new();
+        {
+            let mut f: ComponentFuncTypeEncoder<'_> = instance.ty().function();
+            f.params(std::iter::empty::<(&str, wasm_encoder::ComponentValType)>())
+                .result(None);
+        }
+        instance.export("ready", ComponentTypeRef::Func(0));
+        let mut types = ComponentTypeSection::new();
+        types.instance(&instance);
+        let mut imports = ComponentImportSection::new();
+        imports.import(interface, ComponentTypeRef::Instance(0));
+        let mut component = Component::new();
+        component.section(&types);
+        component.section(&imports);
+        component.finish()
+    }
+
+    #[test]
+    fn components_built_against_an_earlier_0_2_link_to_0_2_1() {
+        let engine = engine::shared().unwrap();
+        let linker = linker(engine).unwrap();
+        let link = |interface: &str| {
+            let bytes = importing_ready(interface);
+            let component = wasmtime::component::Component::new(engine, &bytes).unwrap();
+            linker.instantiate_pre(&component).map(|_| ())
+        };
+        link("wpod:sidecar/lifecycle@0.2.0").expect("0.2.0 links to 0.2.1");
+        link("wpod:sidecar/lifecycle@0.2.1").expect("0.2.1");
+        link("wpod:sidecar/lifecycle@0.1.0").expect("0.1.0 has its own bindings");
+        assert!(
+            link("wpod:sidecar/lifecycle@0.3.0").is_err(),
+            "0.3 is not 0.2"
+        );
+    }
+}

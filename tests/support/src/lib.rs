@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 pub mod hostile_registry;
 pub mod netns;
+pub mod tlsca;
 
 /// The repository root (tests run with their package directory as cwd).
 pub fn repo_root() -> PathBuf {
