@@ -50,7 +50,8 @@ fn main() -> ExitCode {
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
         }
     }
-    init_tracing(&cli.log_level);
+    let audit = matches!(cli.command, Command::Run { audit: true, .. });
+    init_tracing(&cli.log_level, audit);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -65,18 +66,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, audit: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // wpod's own log lines carry strings from registries and containers (errors, names): no
     // colour codes of ours, and every control character in them escaped, so none reaches the
     // terminal (or a log file someone `cat`s) as a sequence.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(|| EscapingStderr)
         .with_ansi(false)
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    // `--audit`: which host interfaces each sidecar calls (the bindings' spans).
+    let calls = audit.then(wpod::grants::calls::layer);
+    tracing_subscriber::registry().with(log).with(calls).init();
 }
 
 /// stderr for log lines: each event arrives as one write ending in a newline; everything in
@@ -423,6 +429,9 @@ fn run(
             Arc::new(wpod::supervisor::events::ReportEvents(events.clone())),
             audit,
         );
+        if audit {
+            wpod::grants::calls::report_to(reports.clone());
+        }
         let mut supervisor = Supervisor::new(
             plan.clone(),
             sandbox.clone(),

@@ -685,6 +685,8 @@ fn a_sidecar_reaches_what_its_outbound_rules_allow_and_every_refusal_is_an_event
         // The loopback is narrowed to the loopback entry.
         "connect:127.0.0.1:18700".into(),
         "connect:127.0.0.1:18701".into(),
+        // Read from a writable volume, never written: --audit suggests readOnly.
+        "read:/scratch/seed".into(),
         // Listening on an undeclared port is refused, and reported.
         "listen:18702".into(),
         "sleep:300000".into(),
@@ -709,18 +711,23 @@ spec:
     restartPolicy: Always
     image: SIDECARS/probe.wasm
     args: {args}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
   containers:
   - name: main
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
     command: [python3, -u, -c]
     args:
     - |
       import socket, threading
+      open("/scratch/seed", "w").write("seed")
       def serve(port):
           s = socket.create_server(("127.0.0.1", port))
           while True:
               c, _ = s.accept(); c.recv(100); c.sendall(b"pod-%d\n" % port); c.close()
       threading.Thread(target=serve, args=(18701,), daemon=True).start()
       serve(18700)
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
 "#,
         args = serde_json::to_string(&actions).unwrap(),
     );
@@ -832,6 +839,30 @@ spec:
         "{summary}"
     );
     assert_eq!(summary["annotation"], "wpod.dev/allowed-outbound.probe");
+    assert_eq!(
+        summary["readOnly"],
+        serde_json::json!(["scratch"]),
+        "{summary}"
+    );
+    // Every host interface it called, from the bindings' own record of each call.
+    let calls: Vec<&str> = summary["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for want in [
+        "wasi:sockets/tcp",
+        "wasi:sockets/ip-name-lookup",
+        "wasi:filesystem/types",
+        "wpod:sidecar/lifecycle",
+    ] {
+        assert!(calls.contains(&want), "no {want} in {calls:?}");
+    }
+    assert!(
+        !calls.contains(&"wasi:filesystem/types (writes)"),
+        "{calls:?}"
+    );
     assert_no_leftovers("net-outbound");
 }
 

@@ -227,6 +227,22 @@ spec:
     run.assert_line("main", "evil-abs not followed");
     run.assert_line("main", "evil-rel not followed");
     run.assert_line("main", "inside-link not followed");
+    // Each refusal the host saw is an event naming the mount and the field.
+    let denied: Vec<String> = run
+        .events(Some("probe"))
+        .iter()
+        .filter(|e| e["event"] == "denied")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let mounts = "spec.initContainers[1].volumeMounts";
+    for want in [
+        format!("denied write to /conf/app.conf: volume \"conf\" is mounted read-only ({mounts}[1].readOnly)"),
+        format!("denied open of /data/../../etc/passwd: the path leads out of volume \"data\" (mounted at /data) ({mounts}[0])"),
+        format!("denied open of /data/planted-abs: the path leads out of volume \"data\" (mounted at /data) ({mounts}[0])"),
+        format!("denied open of /data/planted-rel: the path leads out of volume \"data\" (mounted at /data) ({mounts}[0])"),
+    ] {
+        assert!(denied.contains(&want), "no event {want:?} in {denied:#?}");
+    }
     assert_no_leftovers("wasm-fs");
 }
 

@@ -10,10 +10,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use wasmtime::component::Linker;
-use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem;
 use wasmtime_wasi::FsPerms;
 
+use super::fs_view::{FsState, FsView, HasFs};
 use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
 use crate::spec::{Diagnostic, VolumeSource};
 
@@ -32,11 +32,13 @@ pub struct FsMount {
 pub struct FsGrant {
     pub mounts: Vec<FsMount>,
     pub cwd: Option<String>,
+    /// `spec.containers[i].volumeMounts`, for refusals.
+    pub field: String,
 }
 
 impl Capability for Filesystem {
     type Grant = FsGrant;
-    type State = ();
+    type State = super::fs_view::FsState;
 
     const IMPORTS: &'static [Import] = &[Import {
         interface: "wasi:filesystem",
@@ -72,16 +74,25 @@ impl Capability for Filesystem {
                 })
                 .collect(),
             cwd: c.working_dir.clone(),
+            field: format!("{}.volumeMounts", sidecar.path),
         }
     }
 
+    /// wasmtime-wasi's filesystem, watched for refusals (`fs_view`).
     fn add_to_linker<T: GrantHost>(l: &mut Linker<T>) -> wasmtime::Result<()> {
-        filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
-        filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+        fn view<T: GrantHost>(t: &mut T) -> FsView<'_> {
+            let (inner, states) = t.fs_parts();
+            FsView {
+                inner,
+                state: &mut states.fs,
+            }
+        }
+        filesystem::types::add_to_linker::<T, HasFs>(l, view)?;
+        filesystem::preopens::add_to_linker::<T, HasFs>(l, view)?;
         Ok(())
     }
 
-    fn prepare(grant: &FsGrant, setup: &mut InstanceSetup<'_>) -> Result<(), GrantError> {
+    fn prepare(grant: &FsGrant, setup: &mut InstanceSetup<'_>) -> Result<FsState, GrantError> {
         for m in &grant.mounts {
             let (host, held) = setup
                 .volumes
@@ -111,7 +122,12 @@ impl Capability for Filesystem {
         if let Some(cwd) = &grant.cwd {
             setup.wasi.initial_cwd(cwd);
         }
-        Ok(())
+        Ok(FsState::new(
+            setup.name,
+            grant.mounts.clone(),
+            grant.field.clone(),
+            setup.reports.clone(),
+        ))
     }
 }
 

@@ -12,7 +12,9 @@
 //! starts is built from the same modules that enforce it, so the two cannot drift.
 
 pub mod bindings;
+pub mod calls;
 pub mod fs;
+pub mod fs_view;
 pub mod inspect;
 pub mod lifecycle;
 pub mod net;
@@ -117,6 +119,14 @@ pub struct GrantError(pub String);
 /// with the resource table they share.
 pub trait GrantHost: WasiView + Send + 'static {
     fn grant_states(&mut self) -> (&mut GrantStates, &mut ResourceTable);
+    /// wasmtime-wasi's filesystem host and the capabilities' states at once (the filesystem
+    /// capability wraps the one with the other).
+    fn fs_parts(
+        &mut self,
+    ) -> (
+        wasmtime_wasi::filesystem::WasiFilesystemCtxView<'_>,
+        &mut GrantStates,
+    );
 }
 
 /// One capability a sidecar can be granted.

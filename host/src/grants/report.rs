@@ -20,6 +20,10 @@ pub enum Action {
     Connect,
     Listen,
     Lookup,
+    /// A path that leads out of a volume.
+    Open,
+    /// A write to a read-only volume.
+    Write,
 }
 
 impl Action {
@@ -28,6 +32,8 @@ impl Action {
             Action::Connect => "connect",
             Action::Listen => "listen",
             Action::Lookup => "lookup",
+            Action::Open => "open",
+            Action::Write => "write",
         }
     }
 }
@@ -50,6 +56,8 @@ impl Denial {
             Action::Connect => ("connect", "to"),
             Action::Listen => ("listen", "on"),
             Action::Lookup => ("lookup", "of"),
+            Action::Open => ("open", "of"),
+            Action::Write => ("write", "to"),
         };
         match &self.reason {
             Some(r) => format!("denied {verb} {prep} {}: {r} ({})", self.target, self.field),
@@ -210,12 +218,25 @@ impl Reporter {
     }
 }
 
-/// The narrowest grant that allows `uses`: outbound entries (a name when a lookup led to the
-/// address, `localhost` for the pod's own addresses, else the address) and the ports listened
-/// on.
-pub fn suggest(uses: &[Use]) -> (Vec<String>, Vec<u16>) {
+/// The narrowest grant for what an audit saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Suggestion {
+    /// Outbound entries: a name when a lookup led to the address, `localhost` for the pod's
+    /// own addresses, else the address.
+    pub outbound: Vec<String>,
+    /// Ports listened on.
+    pub listens: Vec<u16>,
+    /// The host interfaces called.
+    pub calls: Vec<String>,
+    /// Volumes read and never written.
+    pub read_only: Vec<String>,
+}
+
+pub fn suggest(uses: &[Use]) -> Suggestion {
     let mut outbound = BTreeSet::new();
     let mut listens = BTreeSet::new();
+    let mut calls = BTreeSet::new();
+    let (mut read, mut written) = (BTreeSet::new(), BTreeSet::new());
     for u in uses {
         match u.class.as_str() {
             "connect" => {
@@ -234,13 +255,24 @@ pub fn suggest(uses: &[Use]) -> (Vec<String>, Vec<u16>) {
                     listens.insert(p);
                 }
             }
+            "call" => {
+                calls.insert(u.target.clone());
+            }
+            "read" => {
+                read.insert(u.target.clone());
+            }
+            "write" => {
+                written.insert(u.target.clone());
+            }
             _ => {}
         }
     }
-    (
-        outbound.into_iter().collect(),
-        listens.into_iter().collect(),
-    )
+    Suggestion {
+        outbound: outbound.into_iter().collect(),
+        listens: listens.into_iter().collect(),
+        calls: calls.into_iter().collect(),
+        read_only: read.difference(&written).cloned().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -321,7 +353,7 @@ mod tests {
             target: target.into(),
             via: via.map(str::to_string),
         };
-        let (outbound, listens) = suggest(&[
+        let s = suggest(&[
             u(
                 "connect",
                 "198.51.100.7:9000",
@@ -332,9 +364,13 @@ mod tests {
             u("connect", "[2001:db8::1]:443", None),
             u("lookup", "collector.example.test", None),
             u("listen", "9121", None),
+            u("read", "config", None),
+            u("read", "data", None),
+            u("write", "data", None),
+            u("call", "wasi:sockets/tcp", None),
         ]);
         assert_eq!(
-            outbound,
+            s.outbound,
             [
                 "198.51.100.9:5432",
                 "[2001:db8::1]:443",
@@ -342,7 +378,9 @@ mod tests {
                 "localhost:6379"
             ]
         );
-        assert_eq!(listens, [9121]);
+        assert_eq!(s.listens, [9121]);
+        assert_eq!(s.read_only, ["config"]);
+        assert_eq!(s.calls, ["wasi:sockets/tcp"]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -51,6 +52,21 @@ pub struct SidecarState {
 impl GrantHost for SidecarState {
     fn grant_states(&mut self) -> (&mut GrantStates, &mut ResourceTable) {
         (&mut self.grants, &mut self.table)
+    }
+
+    fn fs_parts(
+        &mut self,
+    ) -> (
+        wasmtime_wasi::filesystem::WasiFilesystemCtxView<'_>,
+        &mut GrantStates,
+    ) {
+        (
+            wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            &mut self.grants,
+        )
     }
 }
 
@@ -349,26 +365,33 @@ impl WasmSidecar {
         let logs = ctx.logs.clone();
         let task_name = name.clone();
         let stopped = stop.clone();
-        let task = ctx.runtime.spawn(async move {
-            let mut store = Store::new(engine, state);
-            store.limiter(|s| &mut s.limits);
-            // Every tick a computing guest yields to the others, or stops if asked to.
-            let interrupted = stopped.clone();
-            store.epoch_deadline_callback(move |_| {
-                Ok(if interrupted.load(Ordering::SeqCst) {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::Yield(1)
-                })
-            });
-            store.set_epoch_deadline(1);
-            let result = async {
-                let command = pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
+        let task = ctx.runtime.spawn(
+            async move {
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limits);
+                // Every tick a computing guest yields to the others, or stops if asked to.
+                let interrupted = stopped.clone();
+                store.epoch_deadline_callback(move |_| {
+                    Ok(if interrupted.load(Ordering::SeqCst) {
+                        UpdateDeadline::Interrupt
+                    } else {
+                        UpdateDeadline::Yield(1)
+                    })
+                });
+                store.set_epoch_deadline(1);
+                let result = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }
+                .await;
+                exit_info(result, &logs, &task_name, stopped.load(Ordering::SeqCst))
             }
-            .await;
-            exit_info(result, &logs, &task_name, stopped.load(Ordering::SeqCst))
-        });
+            // Under --audit, host calls are attributed to the sidecar by this span.
+            .instrument(tracing::trace_span!(
+                crate::grants::calls::SIDECAR_SPAN,
+                container = %name
+            )),
+        );
         Ok(WasmSidecar {
             name,
             task,

@@ -106,11 +106,16 @@ pub enum Event {
         via: Option<String>,
     },
     /// Under `--audit`, when the pod ends: the narrowest grant for what the sidecar did.
+    #[serde(rename_all = "camelCase")]
     AuditSummary {
         outbound: Vec<String>,
         listens: Vec<u16>,
         /// The annotation to write (`wpod.dev/allowed-outbound.<container>`).
         annotation: String,
+        /// The host interfaces it called.
+        calls: Vec<String>,
+        /// Its volumes it read and never wrote: they could be mounted `readOnly: true`.
+        read_only: Vec<String>,
         denied: u64,
     },
     /// `wpod apply` changed the pod's Wasm sidecars live: the replaced ones have stopped and
@@ -406,6 +411,8 @@ fn describe(e: &Event) -> String {
             outbound,
             listens,
             annotation,
+            calls,
+            read_only,
             denied,
         } => {
             let outbound = match outbound.is_empty() {
@@ -423,7 +430,14 @@ fn describe(e: &Event) -> String {
                         .join(", ")
                 ),
             };
-            format!("audit: the narrowest grant for this run: {outbound}; {listens}; {denied} refusals")
+            let read_only = match read_only.is_empty() {
+                true => String::new(),
+                false => format!("; readOnly: true would do for {}", read_only.join(", ")),
+            };
+            format!(
+                "audit: the narrowest grant for this run: {outbound}; {listens}{read_only}; {denied} refusals; called {}",
+                calls.join(", ")
+            )
         }
         Event::PodChanged {
             added,
@@ -494,13 +508,31 @@ pub fn audit_summary(
     for c in plan.containers.iter().filter(|c| c.grants.is_some()) {
         let name = c.name();
         let (uses, denied) = seen.get(name).cloned().unwrap_or_default();
-        let (outbound, listens) = crate::grants::report::suggest(&uses);
+        let s = crate::grants::report::suggest(&uses);
+        // Only volumes it may write are worth a readOnly.
+        let writable: Vec<&str> = c
+            .grants
+            .as_ref()
+            .map(|g| {
+                g.fs.mounts
+                    .iter()
+                    .filter(|m| !m.read_only)
+                    .map(|m| m.volume.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
         events.emit(
             Some(name),
             Event::AuditSummary {
-                outbound,
-                listens,
+                outbound: s.outbound,
+                listens: s.listens,
                 annotation: format!("{}{name}", crate::spec::OUTBOUND_PREFIX),
+                calls: s.calls,
+                read_only: s
+                    .read_only
+                    .into_iter()
+                    .filter(|v| writable.contains(&v.as_str()))
+                    .collect(),
                 denied,
             },
         );
