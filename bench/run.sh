@@ -6,7 +6,7 @@
 #
 #   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
 #   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
-#               (comma-separated: start-peers,pod-ready,density,ports,tls,logship,exporters)
+#               (comma-separated: start-peers,pod-ready,density,ports,net,tls,logship,exporters)
 #   WPOD        the wpod binary (default target/release/wpod of this repository)
 #
 # Installs the Debian packages of the peers that are missing (crun runc podman nginx-light
@@ -17,7 +17,8 @@
 #   start-peers.sh  spawn to first connect: process, runc, crun, podman, wpod apply/run/bench
 #   pod-ready.sh    pod start to all 4 containers ready: 3 Wasm vs 3 native sidecars, unshare floor
 #   density.sh      PSS per idle sidecar (N = 1, 10, 100): wpod vs crun vs podman
-#   ports.sh        hostPort forwarding vs direct vs haproxy in the pod, wrk against nginx
+#   ports.sh        hostPort (kernel DNAT) vs direct to the pod IP vs the userspace forwarder
+#   net.sh          pod to pod vs a bare veth pair, network setup vs podman, sidecar egress
 #   tls.sh          the tls-proxy sidecar vs nginx and haproxy terminating TLS
 #   logship.sh      the log-shipper sidecar vs `tail -F | socat` and rsyslog     (when present)
 #   exporters.sh    the exporter sidecars vs prometheus-*-exporter               (when present)
@@ -45,6 +46,17 @@ outdir=$(realpath "$outdir")
 install_peers crun runc podman nginx haproxy wrk rsyslogd socat prometheus-redis-exporter \
   prometheus-process-exporter busybox nsenter unshare curl openssl python3
 
+# Every measure runs in a network namespace of its own (loopback only, no route out): the pods'
+# CNI bridge, NAT rules and test hosts go with it, and wpod writes its network configuration
+# into the results directory, not /etc/wpod/net.d.
+if [ -z "${WPOD_BENCH_ISOLATED:-}" ]; then
+  export WPOD_BENCH_ISOLATED=1 WPOD_CNI_CONF_DIR=$outdir/net.d
+  again=(-o "$outdir")
+  ((quick)) && again+=(-q)
+  [ -n "$only" ] && again+=(-s "$only")
+  exec unshare --net -- sh -c 'ip link set lo up && exec "$@"' sh bash "$0" "${again[@]}" "$wpod"
+fi
+
 # What is machine-specific, recorded with the results.
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 has() { [[ " $flags " == *" $1 "* ]] && echo yes || echo no; }
@@ -66,12 +78,12 @@ printf '%s\n' "${meta[@]}" | sed 's/^/  /' >&2
 # name, then the arguments of each mode.
 if ((quick)); then
   declare -A args=(
-    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1"
+    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
     [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [exporters]="-r 2 -n 50 -w 5"
   )
 else
   declare -A args=(
-    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3"
+    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
     [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [exporters]="-r 3"
   )
 fi
@@ -107,7 +119,7 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
     failed+=("$name")
   fi
 }
-for m in start-peers pod-ready density ports tls logship exporters; do run_measure "$m"; done
+for m in start-peers pod-ready density ports net tls logship exporters; do run_measure "$m"; done
 
 meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}")
 meta_args=()

@@ -551,3 +551,26 @@ spec:
     assert_eq!(run.code, Some(0), "{}", run.dump());
     assert_no_leftovers("terminal-ctrl-c");
 }
+
+#[test]
+fn a_command_that_ends_at_once_is_never_a_start_error() {
+    require_root("a_command_that_ends_at_once");
+    // `true` may exit and be reaped between wpod's two looks at the pid its shim reported;
+    // that is a quick command, not a shim lying about its child (it once failed 1 run in 20
+    // with "reported pid N, which is not its child").
+    let pod = TestPod::new(
+        "quick-true",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: quick-true\n  annotations: {wpod.dev/network: none}\n\
+         spec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    command: ['true']\n",
+    );
+    for i in 0..60 {
+        let run = pod.run(Duration::from_secs(30));
+        assert_eq!(run.code, Some(0), "run {i}:\n{}", run.dump());
+        assert_eq!(
+            run.exit("main")["reason"],
+            "Completed",
+            "run {i}:\n{}",
+            run.dump()
+        );
+    }
+}

@@ -1074,3 +1074,117 @@ spec:
     let _ = std::fs::remove_dir_all(&dir);
     assert_no_leftovers("net-tlsship");
 }
+
+/// Sends a TCP SYN from the pod's eth0 to 127.0.0.1:PORT through the gateway, as raw frames
+/// (CAP_NET_RAW, which containers have by default), and reports whether a SYN-ACK came back:
+/// CVE-2020-8558's way to the node's loopback services once `route_localnet` is on.
+const LOCALNET_PROBE: &str = r#"
+import json, os, socket, struct, subprocess, sys, time
+port = int(sys.argv[1])
+gw = json.loads(subprocess.check_output(["ip", "-j", "route", "show", "default"]))[0]["gateway"]
+# A datagram to the gateway makes the kernel resolve its MAC (ARP).
+for _ in range(50):
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (gw, 9))
+    time.sleep(0.1)
+    neigh = [n for n in json.loads(subprocess.check_output(["ip", "-j", "neigh", "show", gw])) if n.get("lladdr")]
+    if neigh:
+        break
+gw_mac = bytes.fromhex(neigh[0]["lladdr"].replace(":", ""))
+me = json.loads(subprocess.check_output(["ip", "-j", "-4", "addr", "show", "dev", "eth0"]))[0]["addr_info"][0]["local"]
+my_mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+src, dst = socket.inet_aton(me), socket.inet_aton("127.0.0.1")
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+raw.bind(("eth0", 0))
+raw.settimeout(0.1)
+def attempt(sport):
+    tcp = struct.pack("!HHIIBBHHH", sport, port, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    for _ in range(5):
+        raw.send(gw_mac + my_mac + b"\x08\x00" + ip + tcp)
+        end = time.time() + 0.4
+        while time.time() < end:
+            try:
+                f = raw.recv(2048)
+            except socket.timeout:
+                continue
+            if f[23] == 6 and f[26:30] == dst:
+                fs, fd = struct.unpack("!HH", f[34:38])
+                if fs == port and fd == sport and f[47] & 0x12 == 0x12:
+                    return "synack"
+    return "nothing"
+print("first:", attempt(41001), flush=True)
+while not os.path.exists("/ctl/go"):
+    time.sleep(0.1)
+print("second:", attempt(41002), flush=True)
+time.sleep(300)
+"#;
+
+#[test]
+fn a_pod_never_reaches_the_nodes_loopback_services() {
+    require_root("a_pod_never_reaches_the_nodes_loopback_services");
+    let node = Node::new("localnet");
+    // A service on the node's loopback only.
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import socket\ns = socket.create_server(('127.0.0.1', 18800))\nwhile True:\n    c, _ = s.accept(); c.close()\n",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    node.ns.enter(&mut cmd);
+    let mut service = cmd.spawn().expect("the node's loopback service");
+    let ctl = std::env::temp_dir().join(format!("wpod-e2e-localnet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ctl);
+    std::fs::create_dir_all(&ctl).expect("control dir");
+    // A hostPort: portmap's snat turns route_localnet on for the bridge.
+    let pod = node.pod(
+        "net-localnet",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: net-localnet}}\nspec:\n  \
+             terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    \
+             command: [python3, -c, {script:?}, '18800']\n    \
+             ports: [{{containerPort: 8080, hostPort: 18801}}]\n    \
+             volumeMounts: [{{name: ctl, mountPath: /ctl}}]\n  volumes:\n  - name: ctl\n    \
+             hostPath: {{path: {ctl:?}, type: Directory}}\n",
+            script = LOCALNET_PROBE,
+            ctl = ctl.display().to_string(),
+        ),
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the first attempt", LONG, |r| r.has_line("main", "first:"));
+    let route_localnet = text(
+        &node
+            .ns
+            .sh("cat /proc/sys/net/ipv4/conf/wpod0/route_localnet")
+            .stdout,
+    );
+    assert_eq!(
+        route_localnet.trim(),
+        "1",
+        "portmap did not turn route_localnet on"
+    );
+    run.assert_line("main", "first: nothing");
+    // Without wpod's rule the same frames get an answer: the probe is real.
+    node.ns.sh(
+        "iptables -D INPUT -i wpod0 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    );
+    std::fs::write(ctl.join("go"), "").expect("go");
+    let run = running.wait_for("the second attempt", LONG, |r| {
+        r.has_line("main", "second:")
+    });
+    run.assert_line("main", "second: synack");
+    drop(running);
+    let _ = service.kill();
+    let _ = service.wait();
+    let _ = std::fs::remove_dir_all(&ctl);
+    assert_no_leftovers("net-localnet");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use wpod_sidecar::{lifecycle, main_process};
 
-pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT listen:PORT serve:PORT:TEXT read:PATH \
+pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT blast:ADDR:MIB listen:PORT serve:PORT:TEXT read:PATH \
      write:PATH:TEXT symlink:TARGET:LINK ls:DIR resolve:HOST alloc:MIB spin trap ready sleep:MS \
      wait-main-started wait-stopping exit:CODE env:NAME; main-probe adds procs stats:NAME logs:NAME:N signal:NAME:SIG";
 
@@ -41,6 +41,21 @@ fn run(verb: &str, rest: &str) -> Result<String, String> {
     let e = |e: std::io::Error| e.to_string();
     match verb {
         "connect" => send(rest, "ping\n"),
+        "blast" => {
+            // blast:ADDR:MIB: connect and write MIB MiB (the egress benchmark's sender).
+            let (addr, mib) = split2(rest)?;
+            let mib: usize = mib.parse().map_err(|_| "bad size")?;
+            let start = std::time::Instant::now();
+            let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            let chunk = vec![0x5au8; 256 * 1024];
+            for _ in 0..mib * 4 {
+                s.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            s.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
+            let mut end = [0u8; 1];
+            let _ = s.read(&mut end);
+            Ok(format!("sent {mib} MiB in {} ms", start.elapsed().as_millis()))
+        }
         "send" => {
             let (addr, text) = split2(rest)?;
             send(addr, &format!("{text}\n"))

@@ -473,11 +473,32 @@ fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, String> {
         .ok()
         .and_then(|stat| parent_pid(&stat));
     if parent != Some(shim_pid) {
+        // A quick command may have ended and been reaped between the two reads (then its
+        // /proc entry is gone, or belongs to a process that reused the pid): the pidfd still
+        // names the process it was opened for, and says whether that one is gone.
+        if exited(&pidfd) {
+            return Ok(None);
+        }
         return Err(format!(
             "the shim (pid {shim_pid}) reported pid {pid}, which is not its child"
         ));
     }
     Ok(Some(pidfd))
+}
+
+/// Whether the process a pidfd names has ended (`pidfd_send_signal` with no signal: ESRCH).
+fn exited(pidfd: &OwnedFd) -> bool {
+    // SAFETY: a pidfd we own, signal 0 (only the existence check), no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// The parent PID in a `/proc/PID/stat` line (the field after the command name, which may
