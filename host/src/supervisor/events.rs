@@ -197,14 +197,14 @@ struct Journal {
 
 impl Journal {
     /// Moves the journal to `events.jsonl.1` and starts a new one with the state folded so
-    /// far (see `journal.rs`).
+    /// far (see `journal.rs`). A reader (`wpod ps` from another shell) always finds a whole
+    /// journal at the path: the new file is written aside and renamed over it.
     fn rotate(&mut self, pod: &str, time: &str) -> std::io::Result<()> {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
         let old = super::journal::rotated(&path);
-        std::fs::rename(&path, &old)?;
-        let view = super::journal::read(pod, &old);
+        let view = super::journal::read(pod, &path);
         #[derive(Serialize)]
         struct Snapshot<'a> {
             #[serde(rename = "type")]
@@ -220,13 +220,22 @@ impl Journal {
             view,
         })
         .map_err(std::io::Error::other)?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
         let line = format!("{snapshot}\n");
         debug_assert!(super::journal::is_snapshot(&line));
+        let fresh = path.with_extension("jsonl.new");
+        let linked = path.with_extension("jsonl.old");
+        let _ = std::fs::remove_file(&fresh);
+        let _ = std::fs::remove_file(&linked);
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&fresh)?;
         file.write_all(line.as_bytes())?;
+        // The full journal becomes the rotated one while it is still at its path, then the
+        // new one takes its place.
+        std::fs::hard_link(&path, &linked)?;
+        std::fs::rename(&linked, &old)?;
+        std::fs::rename(&fresh, &path)?;
         self.written = line.len() as u64;
         self.file = Some(file);
         Ok(())
@@ -602,5 +611,60 @@ pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary])
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_never_finds_the_journal_half_rotated() {
+        let dir = std::env::temp_dir().join(format!("wpod-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(JOURNAL);
+        let events = Events::new("p", OutputFormat::Silent);
+        events.journal_to(&path).unwrap();
+        events.emit(
+            Some("steady"),
+            Event::Started {
+                pid: Some(1),
+                restarts: 0,
+            },
+        );
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (reads, lost) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let (mut reads, mut lost) = (0u64, 0u64);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let view = super::super::journal::read("p", &path);
+                    reads += 1;
+                    if !view.containers.iter().any(|c| c.name == "steady") {
+                        lost += 1;
+                    }
+                }
+                (reads, lost)
+            });
+            // About 8 rotations' worth of a crash loop's events.
+            for i in 0..60_000u32 {
+                events.emit(
+                    Some("crasher"),
+                    Event::BackOff {
+                        restart_in_ms: 1,
+                        restarts: i,
+                    },
+                );
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(
+            super::super::journal::rotated(&path).exists(),
+            "no rotation"
+        );
+        assert!(reads > 10, "the reader hardly ran ({reads} reads)");
+        assert_eq!(lost, 0, "{lost} of {reads} reads found no steady container");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
