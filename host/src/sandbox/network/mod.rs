@@ -14,6 +14,10 @@
 //! - DEL runs every plugin in reverse with the final (or last partial) ADD result, and is tried
 //!   twice (an nft-backed iptables reports a missing chain as an error once).
 //!
+//! What the plugins make for every pod of the host (the bridge, their iptables chains) and
+//! wpod's own rule go with the last pod that used them (`node.rs`): a host without wpod pods
+//! holds nothing of wpod's network.
+//!
 //! When no configuration exists, wpod writes a documented default on first use (bridge `wpod0`
 //! on a /24 of 10.87.0.0/16 no route or address of the host's touches, host-local IPAM,
 //! portmap with SNAT so hostPorts answer on 127.0.0.1, firewall).
@@ -29,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::plan::PortMapping;
+
+mod node;
 
 /// Where CNI configuration is read (and the default written): `$WPOD_CNI_CONF_DIR`.
 pub const CONF_DIR: &str = "/etc/wpod/net.d";
@@ -390,6 +396,9 @@ impl PodNetwork {
             bridge: conflist.bridge(),
         };
         network.save()?;
+        // Declared after `network`, so a failed ADD lets go of the lock before the drop of
+        // `network` runs DEL (which takes it).
+        let _node = node::lock()?;
         let mut previous: Option<Value> = None;
         for plugin in &conflist.plugins {
             match network.run(plugin, &conflist, "ADD", previous.as_ref()) {
@@ -406,7 +415,7 @@ impl PodNetwork {
         network.save()?;
         network.ip = previous.as_ref().and_then(|r| pod_ip(r, &pin));
         if let Some(bridge) = &network.bridge {
-            guard_localnet(bridge);
+            node::guard_localnet(bridge);
         }
         Ok(network)
     }
@@ -482,6 +491,7 @@ pub fn recorded_pods() -> Vec<String> {
 
 fn delete(record: &Record) -> Result<(), NetworkError> {
     let conflist = Conflist::parse(&record.conflist_path, &record.conflist)?;
+    let _node = node::lock()?;
     let once = || -> Result<(), NetworkError> {
         let mut first_error = None;
         for plugin in conflist.plugins.iter().rev() {
@@ -491,7 +501,10 @@ fn delete(record: &Record) -> Result<(), NetworkError> {
         }
         first_error.map_or(Ok(()), Err)
     };
-    once().or_else(|_| once())
+    once().or_else(|_| once())?;
+    // The last pod on the bridge takes what the plugins left for all of them.
+    node::release(&conflist);
+    Ok(())
 }
 
 fn write_record(path: &Path, record: &Record) -> Result<(), NetworkError> {
@@ -720,40 +733,6 @@ fn pod_ip(result: &Value, netns: &Path) -> Option<IpAddr> {
         .and_then(|ip| ip["address"].as_str())
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
-}
-
-/// portmap's SNAT turns on `route_localnet` on the bridge, so the host would accept packets to
-/// 127.0.0.1 that come from pods (CVE-2020-8558's class: a pod reaching a service the host
-/// binds to its loopback). Kubernetes' guard: drop them, unless they belong to a connection the
-/// host made (a hostPort connection to 127.0.0.1, DNATed to the pod, answered through it).
-fn guard_localnet(bridge: &str) {
-    let rule = [
-        "INPUT",
-        "-i",
-        bridge,
-        "-d",
-        "127.0.0.0/8",
-        "-m",
-        "conntrack",
-        "!",
-        "--ctstate",
-        "RELATED,ESTABLISHED,DNAT",
-        "-j",
-        "DROP",
-    ];
-    let iptables = |op: &str| {
-        Command::new("iptables")
-            .env("PATH", PLUGIN_PATH)
-            .args(["-w", op])
-            .args(rule)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !iptables("-C") && !iptables("-I") {
-        tracing::warn!(bridge, "cannot add the rule that keeps pods off the host's 127.0.0.1 (iptables -I INPUT -i {bridge} -d 127.0.0.0/8 ...)");
-    }
 }
 
 fn random_hex() -> String {
