@@ -119,6 +119,35 @@ pub fn open_lock(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Where CNI configuration is read (and the default written): `$WPOD_CNI_CONF_DIR`, else
+/// `/etc/wpod/net.d`. (Here, beside wpod's other configuration, because the plan keeps
+/// hostPaths away from it.)
+pub fn cni_conf_dir() -> PathBuf {
+    std::env::var_os("WPOD_CNI_CONF_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/wpod/net.d"))
+}
+
+/// Where CNI plugins are looked for: `$WPOD_CNI_PATH` (colon-separated), else Debian's
+/// `/usr/lib/cni` and the reference `/opt/cni/bin`. wpod runs them as root.
+pub fn cni_plugin_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("WPOD_CNI_PATH").filter(|v| !v.is_empty()) {
+        Some(v) => std::env::split_paths(&v).collect(),
+        None => ["/usr/lib/cni", "/opt/cni/bin"]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+    }
+}
+
+/// `bytes` random bytes in hex: names no other process picks (temporary files, container ids).
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
 /// Where wpod's host-wide configuration lives by default (`registries.conf`, `policy.json`).
 pub const CONFIG_DIR: &str = "/etc/wpod";
 

@@ -410,8 +410,8 @@ fn run(
             None,
             Event::PodStarted {
                 hostname: sandbox.hostname.clone(),
-                network: sandbox.network_mode,
-                ip: sandbox.ip.map(|ip| ip.to_string()),
+                network: plan.network,
+                ip: sandbox.pod_net.ips.first().map(|ip| ip.to_string()),
             },
         );
         for w in &sandbox.warnings {

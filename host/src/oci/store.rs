@@ -280,7 +280,11 @@ impl Store {
                     Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
                 ) =>
             {
-                let path = dir.join(format!("{}-{}", std::process::id(), random_suffix()));
+                let path = dir.join(format!(
+                    "{}-{}",
+                    std::process::id(),
+                    crate::files::random_hex(8)
+                ));
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -309,7 +313,11 @@ impl Store {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.root.join("pins");
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let path = dir.join(format!("{}-{}", std::process::id(), random_suffix()));
+        let path = dir.join(format!(
+            "{}-{}",
+            std::process::id(),
+            crate::files::random_hex(8)
+        ));
         let file = std::fs::OpenOptions::new()
             .append(true)
             .create_new(true)
@@ -486,7 +494,7 @@ impl Locked<'_> {
         let path = self.store.root.join("layers").join(format!(
             ".tmp-{}-{}",
             std::process::id(),
-            random_suffix()
+            crate::files::random_hex(8)
         ));
         std::fs::create_dir(&path).map_err(io("create", &path))?;
         Ok(path)
@@ -672,22 +680,6 @@ impl Drop for Ingest<'_> {
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
-    }
-}
-
-fn random_suffix() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom(&mut b);
-    hex::encode(b)
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    // SAFETY: getrandom into a buffer we own.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

@@ -101,8 +101,6 @@ pub struct DnsPlan {
 /// connections) can take the ones wpod needs to restart a container or open a log file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdBudget {
-    /// What wpod may open: the hard `RLIMIT_NOFILE`, to which `wpod run` raises its soft limit.
-    pub limit: u64,
     /// Connections the pod's hostPorts forward at once, all ports together (more wait in the
     /// kernel's backlog).
     pub forwarded_connections: u64,
@@ -235,7 +233,8 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
-    let network = match (pod.spec.host_network, pod.annotations().network_none) {
+    let settings = pod.annotations();
+    let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,
         (false, true) => Network::Loopback,
         (false, false) => Network::Cni,
@@ -245,10 +244,17 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
         Network::Host => Vec::new(),
         _ => port_mappings(pod, &mut diags),
     };
+    // Each hostPort holds a socket; only wpod's own forwarder (a pod off the network) holds
+    // descriptors per connection too: portmap's are the kernel's.
+    let forwarded = match network {
+        Network::Loopback => port_mappings.len() as u64,
+        _ => 0,
+    };
     let fd_budget = fd_budget(
         pod,
         &containers,
-        port_mappings.len() as u64,
+        settings.sidecar_max_handles,
+        (port_mappings.len() as u64, forwarded),
         open_files_limit(),
         &mut diags,
     );
@@ -257,7 +263,6 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     match name {
         Ok(name) if diags.is_empty() => {
             let tmpfs_sizes = tmpfs_sizes(pod, &containers);
-            let settings = pod.annotations();
             let grace_seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
             Ok(PodPlan {
                 name,
@@ -364,24 +369,26 @@ fn check_sidecar_count(pod: &Pod, containers: &[ContainerPlan], diags: &mut Vec<
     }
 }
 
-/// Shares out the `limit` descriptors wpod may open: its own reserve and each container's
-/// first, then every Wasm sidecar's handle quota (`wpod.dev/sidecar-max-handles`, for the
-/// sidecars that run at once), and what is left to hostPort connections (at most
-/// [`MAX_FORWARDED_PER_PORT`] per port). A pod whose quotas leave hostPorts less than
+/// Shares out the `limit` descriptors wpod may open: its own reserve, each container's and a
+/// socket per hostPort first, then every Wasm sidecar's handle quota
+/// (`wpod.dev/sidecar-max-handles`, for the sidecars that run at once), and what is left to
+/// the connections wpod forwards itself (`ports`: the hostPorts of a pod off the network; at
+/// most [`MAX_FORWARDED_PER_PORT`] per port; portmap's are the kernel's). A pod whose quotas leave hostPorts less than
 /// [`MIN_FORWARDED`] connections, or leave wpod less than its reserve, is refused with the
 /// arithmetic: twenty sidecars within their own quotas once took every descriptor wpod had.
 fn fd_budget(
     pod: &Pod,
     containers: &[ContainerPlan],
-    ports: u64,
+    per_sidecar: u64,
+    (host_ports, ports): (u64, u64),
     limit: u64,
     diags: &mut Vec<Diagnostic>,
 ) -> FdBudget {
-    let per_sidecar = pod.annotations().sidecar_max_handles;
     let sidecars = pool_slots(containers).count() as u64;
     let quotas = sidecars.saturating_mul(per_sidecar);
-    let fixed =
-        RESERVED_FDS.saturating_add(FDS_PER_CONTAINER.saturating_mul(containers.len() as u64));
+    let fixed = RESERVED_FDS
+        .saturating_add(FDS_PER_CONTAINER.saturating_mul(containers.len() as u64))
+        .saturating_add(host_ports);
     let min_forwarded = if ports > 0 {
         MIN_FORWARDED * FDS_PER_FORWARDED
     } else {
@@ -418,7 +425,6 @@ fn fd_budget(
     }
     let spare = limit.saturating_sub(fixed.saturating_add(quotas));
     FdBudget {
-        limit,
         forwarded_connections: (spare / FDS_PER_FORWARDED)
             .min(ports.saturating_mul(MAX_FORWARDED_PER_PORT))
             .max(MIN_FORWARDED.min(ports * MAX_FORWARDED_PER_PORT)),
@@ -693,7 +699,8 @@ fn check_native_container(
 
 /// wpod's own files on this host, as a hostPath must not reach them: its state (the image
 /// store, compiled code, other pods' volumes, launch specs and logs), its configuration (trust
-/// policy, registries, approvals) and its binary (helpers run it as root).
+/// policy, registries, approvals, the CNI network), its binary and the CNI plugins (both run
+/// as root).
 fn own_paths() -> Vec<(&'static str, std::path::PathBuf)> {
     let resolve = |p: &Path| crate::files::resolve_existing(p);
     let mut out = vec![
@@ -702,7 +709,13 @@ fn own_paths() -> Vec<(&'static str, std::path::PathBuf)> {
             "configuration",
             resolve(Path::new(crate::files::CONFIG_DIR)),
         ),
+        ("configuration", resolve(&crate::files::cni_conf_dir())),
     ];
+    out.extend(
+        crate::files::cni_plugin_dirs()
+            .iter()
+            .map(|d| ("CNI plugins", resolve(d))),
+    );
     for var in ["WPOD_POLICY", "WPOD_REGISTRIES_CONF", "WPOD_APPROVALS"] {
         if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
             out.push(("configuration", resolve(Path::new(&p))));

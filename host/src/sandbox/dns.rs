@@ -51,6 +51,7 @@ pub fn write_etc_files(
         &plan.dns,
         std::fs::read_to_string(HOST_RESOLV).ok().as_deref(),
         std::fs::read_to_string(SYSTEMD_RESOLV).ok().as_deref(),
+        plan.network == Network::Host,
     );
     warnings.append(&mut dns_warnings);
     let mut out = Vec::new();
@@ -109,15 +110,19 @@ fn aliases(host_aliases: &[(IpAddr, Vec<String>)]) -> String {
 }
 
 /// The pod's resolv.conf from the plan and the host's files (`host`: /etc/resolv.conf,
-/// `systemd`: systemd-resolved's upstream list); with warnings.
+/// `systemd`: systemd-resolved's upstream list); with warnings. A pod on the host's network
+/// (`host_network`) shares the host's loopback, so its resolvers there stay.
 pub fn resolv_conf(
     dns: &DnsPlan,
     host: Option<&str>,
     systemd: Option<&str>,
+    host_network: bool,
 ) -> (Resolv, Vec<String>) {
     let mut warnings = Vec::new();
     let mut merged = Resolv::default();
-    if dns.from_host {
+    if dns.from_host && host_network {
+        merged = parse_resolv(host.unwrap_or_default());
+    } else if dns.from_host {
         let mut from = parse_resolv(host.unwrap_or_default());
         let all_loopback =
             !from.nameservers.is_empty() && from.nameservers.iter().all(|n| n.is_loopback());
@@ -193,6 +198,7 @@ mod tests {
             &plan(true, &["198.51.100.53"], &["svc.example"], &["ndots:5"]),
             Some(host),
             None,
+            false,
         );
         let text = resolv.render();
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -213,6 +219,7 @@ mod tests {
             &plan(false, &["198.51.100.53"], &[], &[]),
             Some("nameserver 10.0.0.1\n"),
             None,
+            false,
         )
         .0
         .render();
@@ -225,6 +232,7 @@ mod tests {
             &plan(true, &[], &[], &[]),
             Some("nameserver 127.0.0.53\n"),
             Some("nameserver 192.0.2.53\n"),
+            false,
         );
         let text = resolv.render();
         assert!(
@@ -237,10 +245,20 @@ mod tests {
             &plan(true, &[], &[], &[]),
             Some("nameserver 127.0.0.1\n"),
             None,
+            false,
         );
         let text = resolv.render();
         assert!(!text.contains("127.0.0.1"), "{text}");
         assert_eq!(warnings.len(), 1);
+        // On the host's network the host's loopback is the pod's: kept, nothing to say.
+        let (resolv, warnings) = resolv_conf(
+            &plan(true, &[], &[], &[]),
+            Some("nameserver 127.0.0.1\n"),
+            None,
+            true,
+        );
+        assert!(resolv.render().contains("nameserver 127.0.0.1"));
+        assert!(warnings.is_empty());
     }
 
     #[test]

@@ -55,10 +55,6 @@ pub struct PodSandbox {
     ports: Option<PortForwards>,
     /// The pod on its CNI network (DEL when dropped).
     _network: Option<network::PodNetwork>,
-    /// How the pod reaches the network.
-    pub network_mode: crate::plan::Network,
-    /// The pod's address on its network (a CNI network's).
-    pub ip: Option<std::net::IpAddr>,
     pub cgroups: PodCgroups,
     pub volumes: PodVolumes,
     pub namespaces: PodNamespaces,
@@ -131,8 +127,6 @@ impl PodSandbox {
             hostname: pod.hostname().to_string(),
             ports,
             _network: network,
-            network_mode: plan.network,
-            ip,
             cgroups,
             volumes,
             namespaces,

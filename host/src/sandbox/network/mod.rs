@@ -36,10 +36,8 @@ use crate::plan::PortMapping;
 
 mod node;
 
-/// Where CNI configuration is read (and the default written): `$WPOD_CNI_CONF_DIR`.
-pub const CONF_DIR: &str = "/etc/wpod/net.d";
-/// Where plugins are looked for: `$WPOD_CNI_PATH` (colon-separated).
-pub const PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+pub use crate::files::{cni_conf_dir as conf_dir, cni_plugin_dirs as plugin_dirs};
+
 /// The default configuration's file name.
 pub const DEFAULT_CONFLIST: &str = "10-wpod.conflist";
 /// The default network's bridge.
@@ -64,8 +62,14 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
-    #[error("CNI plugin {plugin} ({command}): {message}")]
+    #[error(
+        "{}: CNI plugin {plugin} ({command}): {message}; fix its entry in that configuration, \
+         or keep the pod off the network (metadata.annotations[wpod.dev/network]: none)",
+        conf.display()
+    )]
     Plugin {
+        /// The configuration list the plugin's entry is in.
+        conf: PathBuf,
         plugin: String,
         command: &'static str,
         message: String,
@@ -77,22 +81,6 @@ pub enum NetworkError {
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError {
     let path = path.to_path_buf();
     move |source| NetworkError::Io { step, path, source }
-}
-
-/// The directory of CNI configuration.
-pub fn conf_dir() -> PathBuf {
-    std::env::var_os("WPOD_CNI_CONF_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(CONF_DIR))
-}
-
-/// The directories plugins are looked for in.
-pub fn plugin_dirs() -> Vec<PathBuf> {
-    match std::env::var_os("WPOD_CNI_PATH").filter(|v| !v.is_empty()) {
-        Some(v) => std::env::split_paths(&v).collect(),
-        None => PLUGIN_DIRS.iter().map(PathBuf::from).collect(),
-    }
 }
 
 /// A network configuration list, as read.
@@ -254,26 +242,13 @@ fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
 /// IPv4 routes (all tables, the default route aside) and addresses of this host, as
 /// (network, prefix length).
 fn host_networks() -> Vec<(u32, u8)> {
-    let run = |args: &[&str]| -> Value {
-        Command::new("ip")
-            .args(args)
-            .env("PATH", PLUGIN_PATH)
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or(Value::Null)
-    };
     let mut out = Vec::new();
-    for r in run(&["-j", "-4", "route", "show", "table", "all"])
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for r in ip_json(&["-4", "route", "show", "table", "all"]) {
         if let Some(dst) = r["dst"].as_str().filter(|d| *d != "default") {
             out.extend(parse_cidr(dst));
         }
     }
-    for link in run(&["-j", "-4", "addr"]).as_array().into_iter().flatten() {
+    for link in ip_json(&["-4", "addr"]) {
         for a in link["addr_info"].as_array().into_iter().flatten() {
             if let (Some(ip), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
                 out.extend(parse_cidr(&format!("{ip}/{len}")));
@@ -281,6 +256,47 @@ fn host_networks() -> Vec<(u32, u8)> {
         }
     }
     out
+}
+
+/// Runs one of the host's network tools (`ip`, `iptables`...) with the plugins' PATH, `stdin`
+/// as its input: its output, or why it failed (its own words).
+fn tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .env("PATH", PLUGIN_PATH)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(input);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// `ip -j ARGS`'s objects (none when it fails).
+fn ip_json(args: &[&str]) -> Vec<Value> {
+    let args: Vec<&str> = std::iter::once("-j").chain(args.iter().copied()).collect();
+    tool("ip", &args, None)
+        .ok()
+        .and_then(|out| serde_json::from_str::<Value>(&out).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
 }
 
 fn parse_cidr(text: &str) -> Option<(u32, u8)> {
@@ -321,8 +337,6 @@ pub struct PodNetwork {
     record: Record,
     /// The pod's address on the network.
     pub ip: Option<IpAddr>,
-    /// The bridge of the configuration, if it makes one.
-    pub bridge: Option<String>,
 }
 
 /// Where a pod's record and pin live.
@@ -354,11 +368,23 @@ impl PodNetwork {
             )?;
         }
         let (record_path, pin) = paths(pod)?;
+        // The record of a network a killed run left is what its DEL needs: never written over
+        // (starting the sandbox tried that DEL, and it failed).
+        if record_path.exists() {
+            return Err(NetworkError::Config {
+                path: record_path,
+                message: format!(
+                    "the network a killed run of pod {pod} left could not be deleted (the \
+                     warning above says why); `wpod rm {pod}` tries again, or remove this \
+                     record once its veth, IPAM lease and iptables rules are gone"
+                ),
+            });
+        }
         pin_netns(netns, &pin)?;
         let container_id = format!(
             "wpod-{}-{pod}-{}",
             super::state_dir::root_id(),
-            random_hex()
+            crate::files::random_hex(4)
         );
         let record = Record {
             version: RECORD_VERSION,
@@ -393,7 +419,6 @@ impl PodNetwork {
             record_path,
             record,
             ip: None,
-            bridge: conflist.bridge(),
         };
         network.save()?;
         // Declared after `network`, so a failed ADD lets go of the lock before the drop of
@@ -401,7 +426,7 @@ impl PodNetwork {
         let _node = node::lock()?;
         let mut previous: Option<Value> = None;
         for plugin in &conflist.plugins {
-            match network.run(plugin, &conflist, "ADD", previous.as_ref()) {
+            match exec_plugin(&network.record, plugin, &conflist, "ADD", previous.as_ref()) {
                 Ok(result) => {
                     previous = Some(result);
                     network.record.result = previous.clone();
@@ -414,8 +439,8 @@ impl PodNetwork {
         network.record.finished = true;
         network.save()?;
         network.ip = previous.as_ref().and_then(|r| pod_ip(r, &pin));
-        if let Some(bridge) = &network.bridge {
-            node::guard_localnet(bridge);
+        if let Some(bridge) = conflist.bridge() {
+            node::guard_localnet(&bridge);
         }
         Ok(network)
     }
@@ -423,31 +448,11 @@ impl PodNetwork {
     fn save(&self) -> Result<(), NetworkError> {
         write_record(&self.record_path, &self.record)
     }
-
-    /// Runs `command` of one plugin of `conflist` for this pod.
-    fn run(
-        &self,
-        plugin: &Value,
-        conflist: &Conflist,
-        command: &'static str,
-        previous: Option<&Value>,
-    ) -> Result<Value, NetworkError> {
-        exec_plugin(&self.record, plugin, conflist, command, previous)
-    }
-
-    /// DEL through every plugin in reverse (twice if it fails once); the pin and the record
-    /// go once it succeeded.
-    fn delete(&mut self) -> Result<(), NetworkError> {
-        delete(&self.record)?;
-        unpin(&self.record.netns);
-        let _ = std::fs::remove_file(&self.record_path);
-        Ok(())
-    }
 }
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
-        if let Err(e) = self.delete() {
+        if let Err(e) = delete(&self.record, &self.record_path) {
             tracing::warn!(pod = %self.record.pod, error = %e, "cannot delete the pod's network; the next run of the pod, wpod rm or wpod pod prune will try again");
         }
     }
@@ -466,10 +471,18 @@ pub fn recover(pod: &str) -> Result<bool, NetworkError> {
         path: record_path.clone(),
         message: format!("not a wpod network record ({e}); remove it once the network is gone"),
     })?;
+    if record.version != RECORD_VERSION {
+        return Err(NetworkError::Config {
+            path: record_path,
+            message: format!(
+                "a network record of version {} (this wpod reads {RECORD_VERSION}): delete the \
+                 network with the wpod that wrote it, then remove the record",
+                record.version
+            ),
+        });
+    }
     tracing::warn!(pod, "deleting the network a killed run of the pod left");
-    delete(&record)?;
-    unpin(&record.netns);
-    let _ = std::fs::remove_file(&record_path);
+    delete(&record, &record_path)?;
     Ok(true)
 }
 
@@ -489,7 +502,9 @@ pub fn recorded_pods() -> Vec<String> {
     out
 }
 
-fn delete(record: &Record) -> Result<(), NetworkError> {
+/// DEL through every plugin in reverse (twice if it fails once); then the pin and the record
+/// go, and, with the last pod on the bridge, what the plugins made for all pods.
+fn delete(record: &Record, record_path: &Path) -> Result<(), NetworkError> {
     let conflist = Conflist::parse(&record.conflist_path, &record.conflist)?;
     let _node = node::lock()?;
     let once = || -> Result<(), NetworkError> {
@@ -502,7 +517,8 @@ fn delete(record: &Record) -> Result<(), NetworkError> {
         first_error.map_or(Ok(()), Err)
     };
     once().or_else(|_| once())?;
-    // The last pod on the bridge takes what the plugins left for all of them.
+    unpin(&record.netns);
+    let _ = std::fs::remove_file(record_path);
     node::release(&conflist);
     Ok(())
 }
@@ -525,9 +541,8 @@ fn write_record(path: &Path, record: &Record) -> Result<(), NetworkError> {
 /// Keeps the network namespace `netns` alive at `pin` (a bind mount), whatever happens to the
 /// processes in it.
 fn pin_netns(netns: &Path, pin: &Path) -> Result<(), NetworkError> {
-    if crate::mounts::mounts_under(pin).iter().any(|m| m == pin) {
-        unpin(pin);
-    }
+    // Without a record nothing needs an old pin: a stale one is detached, not stacked on.
+    let _ = nix::mount::umount2(pin, nix::mount::MntFlags::MNT_DETACH);
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -568,8 +583,11 @@ fn find_plugin(kind: &str, dirs: &[PathBuf], conf: &Path) -> Result<PathBuf, Net
         if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
             return Err(NetworkError::Config {
                 path: path.clone(),
-                message: "a CNI plugin must be root's and writable by root alone (it runs as root)"
-                    .into(),
+                message: format!(
+                    "a CNI plugin must be root's and writable by root alone (it runs as root): \
+                     chown root: {0}; chmod go-w {0}",
+                    path.display()
+                ),
             });
         }
         return Ok(path);
@@ -599,6 +617,7 @@ fn exec_plugin(
 ) -> Result<Value, NetworkError> {
     let kind = plugin["type"].as_str().unwrap_or_default().to_string();
     let fail = |message: String| NetworkError::Plugin {
+        conf: record.conflist_path.clone(),
         plugin: kind.clone(),
         command,
         message,
@@ -673,24 +692,28 @@ fn exec_plugin(
     Err(fail(crate::logs::escape_controls(&message).into_owned()))
 }
 
-/// Waits for `child` at most `limit`, killing it past that; its output, capped.
+/// Waits for `child` at most `limit`, killing it past that; its output, capped. stdout and
+/// stderr are read on threads of their own, so a plugin that writes much of one before
+/// closing the other never waits on wpod.
 fn wait_within(
     mut child: std::process::Child,
     limit: Duration,
 ) -> std::io::Result<std::process::Output> {
-    use std::io::Read;
-    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
-    let readers = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.take(MAX_ANSWER).read_to_end(&mut out);
-        }
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.take(MAX_ANSWER).read_to_end(&mut err);
-        }
-        (out, err)
-    });
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut kept = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.by_ref().take(MAX_ANSWER).read_to_end(&mut kept);
+                // Past the cap, read and dropped.
+                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+            }
+            kept
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -706,7 +729,10 @@ fn wait_within(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let (stdout, stderr) = readers.join().unwrap_or_default();
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
     Ok(std::process::Output {
         status,
         stdout,
@@ -733,13 +759,6 @@ fn pod_ip(result: &Value, netns: &Path) -> Option<IpAddr> {
         .and_then(|ip| ip["address"].as_str())
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom into a buffer we own.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -9,13 +9,9 @@
 //! release of the bridge it is joining. The shared chains go only when nothing but the
 //! plugins' own static rules is in them: another runtime's pods (podman's, say) keep them.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use serde_json::Value;
-
-use super::{io, Conflist, NetworkError, PLUGIN_PATH};
+use super::{io, ip_json, tool, Conflist, NetworkError};
 
 /// The host-wide lock of wpod's CNI operations (every state root's: they share the bridge).
 const LOCK: &str = "/run/wpod/cni.lock";
@@ -29,13 +25,7 @@ pub fn lock() -> Result<NodeLock, NetworkError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("open", path))?;
+    let file = crate::files::open_lock(path).map_err(io("open", path))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map(NodeLock)
         .map_err(|(_, e)| io("lock", path)(e.into()))
@@ -53,20 +43,13 @@ fn guard_rule(bridge: &str) -> String {
 pub fn guard_localnet(bridge: &str) {
     let rule = guard_rule(bridge);
     let iptables = |op: &str| {
-        Command::new("iptables")
-            .env("PATH", PLUGIN_PATH)
-            .args(["-w", op])
-            .args(rule.split(' '))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let args: Vec<&str> = ["-w", op].into_iter().chain(rule.split(' ')).collect();
+        tool("iptables", &args, None)
     };
-    if !iptables("-C") && !iptables("-I") {
-        tracing::warn!(
-            bridge,
-            "cannot add the rule that keeps pods off the host's 127.0.0.1 (iptables -I {rule})"
-        );
+    if iptables("-C").is_err() {
+        if let Err(e) = iptables("-I") {
+            tracing::warn!(bridge, error = %e, "cannot add the rule that keeps pods off the host's 127.0.0.1");
+        }
     }
 }
 
@@ -80,16 +63,21 @@ pub fn release(conflist: &Conflist) {
     if !ports(&bridge).is_empty() {
         return;
     }
-    let saved = run("iptables-save", &[]).unwrap_or_default();
+    let saved = tool("iptables-save", &[], None).unwrap_or_default();
     let script = release_script(&saved, &bridge);
     if !script.is_empty() {
-        if let Err(e) = restore(&script) {
+        let restored = tool(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            Some(script.as_bytes()),
+        );
+        if let Err(e) = restored {
             tracing::warn!(error = %e, "cannot remove the pod network's iptables rules");
         }
     }
-    if run("ip", &["link", "show", &bridge]).is_some() {
-        if run("ip", &["link", "del", &bridge]).is_none() {
-            tracing::warn!(bridge, "cannot remove the pods' bridge");
+    if !ip_json(&["link", "show", &bridge]).is_empty() {
+        if let Err(e) = tool("ip", &["link", "del", &bridge], None) {
+            tracing::warn!(bridge, error = %e, "cannot remove the pods' bridge");
         }
     }
     release_leases(conflist);
@@ -98,11 +86,7 @@ pub fn release(conflist: &Conflist) {
 /// The interfaces attached to `bridge` in this network namespace (none when it does not
 /// exist). Asked of the kernel (netlink), not /sys, which shows the namespace it was mounted in.
 fn ports(bridge: &str) -> Vec<String> {
-    let out = run("ip", &["-j", "link", "show", "master", bridge]).unwrap_or_default();
-    serde_json::from_str::<Value>(&out)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+    ip_json(&["link", "show", "master", bridge])
         .iter()
         .filter_map(|l| l["ifname"].as_str().map(str::to_string))
         .collect()
@@ -195,31 +179,6 @@ fn same_rule(line: &str, rule: &str) -> bool {
     words(line) == words(rule)
 }
 
-fn restore(script: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("iptables-restore")
-        .env("PATH", PLUGIN_PATH)
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(format!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
-}
-
 /// host-local keeps a directory per network (`dataDir/NAME`, one file per leased address): it
 /// goes when only its lock and its last-reserved markers are left.
 fn release_leases(conflist: &Conflist) {
@@ -244,19 +203,6 @@ fn release_leases(conflist: &Conflist) {
     {
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// A command's stdout when it succeeds.
-fn run(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .env("PATH", PLUGIN_PATH)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
