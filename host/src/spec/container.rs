@@ -168,11 +168,11 @@ impl Decode for ResourceList {
             match name.as_str() {
                 "cpu" => match quantity::cpu_millis(&text) {
                     Ok(v) => list.cpu_millis = Some(v),
-                    Err(e) => d.error_at(loc, &field, e),
+                    Err(e) => d.error_at(loc, &field, e.to_string()),
                 },
                 "memory" => match quantity::bytes(&text) {
                     Ok(v) => list.memory_bytes = Some(v),
-                    Err(e) => d.error_at(loc, &field, e),
+                    Err(e) => d.error_at(loc, &field, e.to_string()),
                 },
                 other => d.error_at(
                     loc,

@@ -73,7 +73,7 @@ fn bytes_at_least(min: u64, shown: &'static str) -> impl Fn(&str) -> Result<u64,
     move |v: &str| match quantity::bytes(v) {
         Ok(n) if n >= min => Ok(n),
         Ok(_) => Err(format!("\"{v}\" is too small: use at least {shown}")),
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -454,7 +454,7 @@ impl Decode for EmptyDir {
                 Ok(v) => Some(v),
                 Err(e) => {
                     let loc = f.d.map.locate(&limit_path);
-                    f.d.error_at(loc, &limit_path, e);
+                    f.d.error_at(loc, &limit_path, e.to_string());
                     None
                 }
             });
