@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::pods::{assert_no_leftovers, curl, TestPod};
-use crate::text;
+use crate::{free_port, text};
 
 /// The test registry: started once per test process, gone when the process ends.
 pub struct Registry {
@@ -97,13 +97,6 @@ fn start_registry() -> Registry {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A wpod root of its own (its own image store) and a registries.conf, for one test; removed
@@ -194,13 +187,15 @@ fn logs_of(run: &crate::pods::PodRun, container: &str) -> String {
 #[test]
 fn a_kubernetes_pod_with_nginx_and_busybox_runs_unchanged() {
     let env = ImageEnv::new("seed");
+    let port = free_port();
     // As Kubernetes' tutorials write it: images by name, the client with args only.
     let pod = env.pod(
         "img-seed",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: img-seed}
+metadata: {{name: img-seed}}
 spec:
   restartPolicy: Never
   containers:
@@ -208,11 +203,12 @@ spec:
     image: nginx
     ports:
     - containerPort: 80
-      hostPort: 18481
+      hostPort: {port}
   - name: client
     image: busybox
-    args: [/bin/sh, -c, "sleep 1; wget -qO- http://localhost:80/"]
-"#,
+    args: [/bin/sh, -c, "until wget -qO- http://localhost:80/; do sleep 0.1; done"]
+"#
+        ),
     );
     let running = pod.spawn();
     // The client gets the page, and nginx logs the access to stdout as the official image does
@@ -224,7 +220,7 @@ spec:
     );
     assert!(page.has_line("nginx", "GET / HTTP/1.1"), "{}", page.dump());
     // And the hostPort reaches it from the host.
-    let body = curl("http://127.0.0.1:18481/", Duration::from_secs(5));
+    let body = curl(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5));
     assert!(body.is_some_and(|b| b.contains("Welcome to nginx")));
     running.signal(libc::SIGTERM);
     let run = running.wait(Duration::from_secs(30));
@@ -600,10 +596,7 @@ fn layers_under_a_running_pod_are_never_pruned() {
 #[test]
 fn the_images_example_runs_and_its_sidecar_follows_nginx() {
     let env = ImageEnv::new("example");
-    let mut pod = TestPod::from_file(
-        "images",
-        &wpod_test_support::repo_root().join("examples/images.yaml"),
-    );
+    let (mut pod, _port) = TestPod::example("images", "images.yaml");
     pod.env = env.vars();
     let running = pod.spawn();
     // The Wasm sidecar follows nginx's stdout: the busybox client's requests, labelled.

@@ -221,8 +221,7 @@ spec:
     running.wait_for("the container", LONG, |r| r.has_line("stubborn", "up"));
     let t = std::time::Instant::now();
     running.signal(libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(300));
-    running.signal(libc::SIGINT);
+    running.second_ctrl_c(LONG);
     let run = running.wait(LONG);
     assert!(
         t.elapsed() < Duration::from_secs(5),

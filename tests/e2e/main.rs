@@ -41,6 +41,33 @@ pub fn wpod_output(args: &[&str]) -> Output {
     wpod().args(args).output().expect("cannot run wpod")
 }
 
+/// A TCP port for the host's side of a test (a hostPort, a server the test runs): free now, and
+/// never handed to another test of this process, so tests running at once never share one (all
+/// pods publish their hostPorts on the one host). Taken below the kernel's ephemeral range,
+/// where connections pick their source ports, so it stays free until the test binds it; and
+/// above 20000, clear of the fixed ports pods use on their own loopback.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_536);
+    let span = ephemeral - LOW;
+    // Test processes running at once (another binary, another checkout) start apart.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::SeqCst);
+        let port = (LOW + (offset + n) % span) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}..{ephemeral}");
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

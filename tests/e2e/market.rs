@@ -882,10 +882,7 @@ fn a_registry_that_goes_down_mid_download_leaves_nothing_half_stored() {
         "sha256:{}",
         sha256_hex(&std::fs::read(wpod_test_support::sidecar("tls-proxy")).unwrap())
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = crate::free_port();
     let _proxy = Killed(
         Command::new("python3")
             .arg(wpod_test_support::repo_root().join("tests/market/cutting_proxy.py"))
@@ -1182,12 +1179,27 @@ fn on_a_terminal(m: &Market, args: &[&str], answer: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("script (util-linux)");
-    // Answer once the question is on the terminal (a slow first compile may take a while).
-    std::thread::sleep(Duration::from_millis(1500));
-    use std::io::Write;
+    // Answer once the question is on the terminal (a slow first compile may take a while), or
+    // at once if wpod ended without asking.
+    use std::io::{Read, Write};
+    let mut stdout = child.stdout.take().unwrap();
+    let (asked, question) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(5).any(|w| w == b"[y/N]") {
+                let _ = asked.send(());
+            }
+        }
+        got
+    });
+    let _ = question.recv_timeout(Duration::from_secs(120));
     let _ = child.stdin.take().unwrap().write_all(answer.as_bytes());
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    let stdout = reader.join().expect("the terminal's output");
+    (out.status.success(), text(&stdout) + &text(&out.stderr))
 }
 
 /// A component that imports `import` (an empty instance) and nothing else.

@@ -208,6 +208,32 @@ fn pod_ip(run: &PodRun) -> Option<String> {
         .map(str::to_string)
 }
 
+/// SIGKILLs the pod's `wpod run`, then waits until `wpod ps` in the node says no wpod holds the
+/// pod any more: what the next run and `wpod pod prune` go by.
+fn kill_run(node: &Node, pod: &RunningPod) {
+    pod.signal(libc::SIGKILL);
+    let start = Instant::now();
+    loop {
+        let ps = node.wpod(&["ps", "--output", "json"]);
+        let list: Value = serde_json::from_slice(&ps.stdout).unwrap_or_default();
+        let held = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == pod.name.as_str())
+            .cloned();
+        if held.as_ref().is_some_and(|p| p["supervised"] == false) {
+            return;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "wpod ps still shows {} supervised: {held:?}",
+            pod.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_started(pod: &RunningPod) -> PodRun {
     pod.wait_for("the sandbox", LONG, |r| {
         r.records.iter().any(|e| e["event"] == "podStarted")
@@ -498,8 +524,7 @@ fn a_killed_run_leaves_nothing_once_the_pod_runs_again() {
     let pod = node.pod(name, &yaml("[sleep, '300']"));
     let running = pod.spawn();
     wait_started(&running);
-    running.signal(libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(200));
+    kill_run(&node, &running);
     let during = node.snapshot(&[name]);
     assert_ne!(
         during, before,
@@ -522,8 +547,7 @@ fn a_killed_run_leaves_nothing_once_the_pod_runs_again() {
     // And wpod pod prune, for a pod that will not run again.
     let running = node.pod(name, &yaml("[sleep, '300']")).spawn();
     wait_started(&running);
-    running.signal(libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(200));
+    kill_run(&node, &running);
     let out = node.wpod(&["pod", "prune"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(name), "{}", text(&out.stdout));

@@ -59,6 +59,32 @@ impl TestPod {
         }
     }
 
+    /// An example pod (`examples/FILE`, with one hostPort) as a test runs it: a copy whose
+    /// hostPort is a free port of its own (`crate::free_port`), so tests running at once never
+    /// publish the same one, and whose guests are the built ones the example names
+    /// (`../target/sidecars/`). Returns the pod and its host port.
+    pub fn example(name: &str, file: &str) -> (Self, u16) {
+        let path = wpod_test_support::repo_root().join("examples").join(file);
+        let yaml = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let port = crate::free_port();
+        let mut parts = yaml.split("hostPort: ");
+        let mut moved = parts.next().unwrap_or_default().to_string();
+        let mut found = 0;
+        for part in parts {
+            let rest = part.trim_start_matches(|c: char| c.is_ascii_digit());
+            assert!(
+                rest.len() < part.len(),
+                "{file}: a hostPort without a number"
+            );
+            moved.push_str(&format!("hostPort: {port}{rest}"));
+            found += 1;
+        }
+        assert_eq!(found, 1, "{file} must publish exactly one hostPort");
+        let moved = moved.replace("../target/sidecars/", "SIDECARS/");
+        (TestPod::new(name, &moved), port)
+    }
+
     /// Runs the pod to its end (at most `limit`).
     pub fn run(&self, limit: Duration) -> PodRun {
         self.spawn().wait(limit)
@@ -173,6 +199,31 @@ impl RunningPod {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill on the PID of our own child process.
         unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// A person's second Ctrl-C (SIGINT to `wpod run`), after a first one: sent once wpod took
+    /// the first (its `podStopping` event is out) and more than its window for one request
+    /// (250 ms, `SAME_REQUEST` in host/src/supervisor/mod.rs, which merges the signals
+    /// `timeout` sends to the process and its group) has passed since then, so it is never
+    /// merged into the first. The window opens before the event is stamped: counted from the
+    /// event's time, it is over.
+    pub fn second_ctrl_c(&self, limit: Duration) {
+        const SAME_REQUEST: Duration = Duration::from_millis(250);
+        let run = self.wait_for("the first Ctrl-C to be taken", limit, |r| {
+            r.events(None).iter().any(|e| e["event"] == "podStopping")
+        });
+        let stopping = run
+            .events(None)
+            .into_iter()
+            .find(|e| e["event"] == "podStopping")
+            .and_then(|e| humantime::parse_rfc3339(e["time"].as_str()?).ok())
+            .unwrap_or_else(|| panic!("podStopping without a time\n{}", run.dump()));
+        // The stamp is in whole milliseconds; a little more for the clocks.
+        let after = stopping + SAME_REQUEST + Duration::from_millis(50);
+        if let Ok(wait) = after.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait);
+        }
+        self.signal(libc::SIGINT);
     }
 
     /// Waits for `wpod run` to exit (killing it after `limit`, which fails the test).

@@ -578,11 +578,7 @@ spec:
     // `sleep` is PID 1 of its container and ignores SIGTERM: with this grace period only a
     // second Ctrl-C ends it (which must not overflow the deadline either).
     running.signal(libc::SIGINT);
-    running.wait_for("the pod to stop", LONG, |r| {
-        r.events(None).iter().any(|e| e["event"] == "podStopping")
-    });
-    std::thread::sleep(Duration::from_millis(400));
-    running.signal(libc::SIGINT);
+    running.second_ctrl_c(LONG);
     let run = running.wait(LONG);
     assert!(!run.stderr.contains("panicked"), "{}", run.dump());
     assert!(
@@ -643,9 +639,10 @@ spec:
 #[test]
 fn hanging_forwarded_connections_cost_no_threads() {
     require_root("hanging_forwarded_connections");
+    let host_port = crate::free_port();
     let pod = TestPod::new(
         "rt-threads",
-        r#"
+        &r#"
 apiVersion: v1
 kind: Pod
 metadata:
@@ -662,14 +659,15 @@ spec:
       s = socket.create_server(("127.0.0.1", 18470), backlog=0)
       print("listening, never accepting", flush=True)
       time.sleep(300)
-    ports: [{containerPort: 18470, hostPort: 18471, hostIP: 127.0.0.1}]
-"#,
+    ports: [{containerPort: 18470, hostPort: HOST_PORT, hostIP: 127.0.0.1}]
+"#
+        .replace("HOST_PORT", &host_port.to_string()),
     );
     let running = pod.spawn();
     running.wait_for("the server", LONG, |r| r.has_line("main", "listening"));
     let before = status_field(running.pid(), "Threads:");
     let clients: Vec<TcpStream> = (0..600)
-        .filter_map(|_| TcpStream::connect("127.0.0.1:18471").ok())
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", host_port)).ok())
         .collect();
     assert!(clients.len() > 500, "the host port refused connections");
     std::thread::sleep(Duration::from_secs(2));

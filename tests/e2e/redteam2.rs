@@ -542,14 +542,16 @@ fn sidecar_quotas_must_fit_what_wpod_may_open() {
 #[test]
 fn hoarders_inside_and_outside_leave_wpod_its_descriptors() {
     require_root("hoarders_inside_and_outside_leave_wpod_its_descriptors");
+    let [p0, p1, p2, p3, p4] = [(); 5].map(|_| crate::free_port());
     let mut pod = TestPod::new(
         "rt2-fdflood",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata:
   name: rt2-fdflood
-  annotations: {wpod.dev/sidecar-max-handles: "1000", wpod.dev/network: none}
+  annotations: {{wpod.dev/sidecar-max-handles: "1000", wpod.dev/network: none}}
 spec:
   restartPolicy: Always
   terminationGracePeriodSeconds: 1
@@ -575,15 +577,16 @@ spec:
                   pass
       raise SystemExit(1)
     ports:
-    - {containerPort: 18470, hostPort: 18480, hostIP: 127.0.0.1}
-    - {containerPort: 18471, hostPort: 18481, hostIP: 127.0.0.1}
-    - {containerPort: 18472, hostPort: 18482, hostIP: 127.0.0.1}
-    - {containerPort: 18473, hostPort: 18483, hostIP: 127.0.0.1}
-    - {containerPort: 18474, hostPort: 18484, hostIP: 127.0.0.1}
+    - {{containerPort: 18470, hostPort: {p0}, hostIP: 127.0.0.1}}
+    - {{containerPort: 18471, hostPort: {p1}, hostIP: 127.0.0.1}}
+    - {{containerPort: 18472, hostPort: {p2}, hostIP: 127.0.0.1}}
+    - {{containerPort: 18473, hostPort: {p3}, hostIP: 127.0.0.1}}
+    - {{containerPort: 18474, hostPort: {p4}, hostIP: 127.0.0.1}}
   - name: hoarder
     image: SIDECARS/hostile.wasm
     args: [sockets:100000, sleep:300000]
-"#,
+"#
+        ),
     );
     pod.nofile = Some(4096);
     pod.args = vec!["--backoff-base".into(), "100ms".into()];
@@ -592,7 +595,7 @@ spec:
     // A thousand connections on each of five hostPorts, far more than the budget left them:
     // the rest wait in the kernel's backlog.
     let mut clients = Vec::new();
-    for port in 18480..18485 {
+    for port in [p0, p1, p2, p3, p4] {
         for _ in 0..1000 {
             match std::net::TcpStream::connect_timeout(
                 &format!("127.0.0.1:{port}").parse().unwrap(),

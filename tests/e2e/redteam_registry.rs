@@ -739,6 +739,20 @@ fn f14_bombs_and_trailing_data_are_refused_and_leave_nothing() {
     assert!(env.ingest().is_empty(), "{:?}", env.ingest());
 }
 
+/// Whether process `pid` holds a file of a store's ingest with bytes in it: a download under
+/// way (its file is unnamed, O_TMPFILE, so only the process's descriptors show it).
+fn ingesting(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.to_string_lossy().contains("/images/ingest/"))
+                && std::fs::metadata(fd.path()).is_ok_and(|m| m.len() > 0)
+        })
+}
+
 #[test]
 fn f14_a_pull_killed_mid_download_leaves_nothing_in_ingest() {
     wpod_test_support::require_root("registry red-team tests");
@@ -767,9 +781,18 @@ fn f14_a_pull_killed_mid_download_leaves_nothing_in_ingest() {
         reg.log(),
         pull.output()
     );
-    // A hundred-odd bytes of the layer are on their way into the store.
-    std::thread::sleep(Duration::from_secs(2));
+    // Some of the layer's bytes are on their way into the store.
+    let pid = pull.child.as_ref().expect("the pull").id();
+    let start = Instant::now();
+    while !ingesting(pid) && pull.running() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(pull.running(), "the pull ended early:\n{}", pull.output());
+    assert!(
+        ingesting(pid),
+        "the pull wrote nothing into ingest:\n{}",
+        pull.output()
+    );
     pull.kill();
 
     let listed = env.run(&["images"], Duration::from_secs(15));

@@ -11,9 +11,10 @@ const LONG: Duration = Duration::from_secs(60);
 #[test]
 fn containers_share_the_pod_loopback_and_hostname_but_the_host_only_sees_host_ports() {
     require_root("containers_share_the_pod_loopback");
+    let host_port = crate::free_port();
     let pod = TestPod::new(
         "net-share",
-        r#"
+        &r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: net-share}
@@ -46,10 +47,11 @@ spec:
       while True:
           c, _ = srv.accept()
           c.sendall(b"via-host-port\n"); c.close()
-    ports: [{containerPort: 18183, hostPort: 18182}]
+    ports: [{containerPort: 18183, hostPort: HOST_PORT}]
   volumes:
   - {name: www, emptyDir: {}}
-"#,
+"#
+        .replace("HOST_PORT", &host_port.to_string()),
     );
     let running = pod.spawn();
     let run = running.wait_for("the client to reach the server", LONG, |r| {
@@ -69,7 +71,7 @@ spec:
     // A hostPort is, and the host forwards to the container port.
     let mut got = String::new();
     for _ in 0..50 {
-        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18182") {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", host_port)) {
             use std::io::Read;
             let _ = s.read_to_string(&mut got);
             if !got.is_empty() {
@@ -96,7 +98,7 @@ spec:
         run.dump()
     );
     assert!(
-        !host_can_connect("127.0.0.1:18182"),
+        !host_can_connect(&format!("127.0.0.1:{host_port}")),
         "the host port is still published after the pod ended"
     );
     assert_no_leftovers("net-share");
@@ -228,10 +230,9 @@ spec:
 #[test]
 fn nginx_example_serves_through_its_host_port_and_stops_within_the_grace_period() {
     require_root("nginx_example_serves");
-    let manifest = wpod_test_support::repo_root().join("examples/nginx.yaml");
-    let pod = TestPod::from_file("nginx", &manifest);
+    let (pod, port) = TestPod::example("nginx", "nginx.yaml");
     let running = pod.spawn();
-    let page = curl("http://127.0.0.1:8080/", LONG);
+    let page = curl(&format!("http://127.0.0.1:{port}/"), LONG);
     assert!(
         page.as_deref()
             .is_some_and(|p| p.contains("Welcome to nginx")),
@@ -608,9 +609,10 @@ fn a_host_port_forwards_bytes_exactly_both_ways_and_passes_half_close_on() {
     // closes: 8 MiB must come back byte for byte through the forwarder (splice, both ways),
     // and the client's shutdown must reach the container (or the echo would never end). The
     // forwarder is a pod off the network's (a pod on one has its hostPorts in the kernel).
+    let host_port = crate::free_port();
     let pod = TestPod::new(
         "port-echo",
-        r#"
+        &r#"
 apiVersion: v1
 kind: Pod
 metadata:
@@ -637,15 +639,17 @@ spec:
               n += len(b)
           print(f"echoed {n}", flush=True)
           c.close()
-    ports: [{containerPort: 18190, hostPort: 18191, hostIP: 127.0.0.1}]
-"#,
+    ports: [{containerPort: 18190, hostPort: HOST_PORT, hostIP: 127.0.0.1}]
+"#
+        .replace("HOST_PORT", &host_port.to_string()),
     );
     let running = pod.spawn();
     running.wait_for("the echo server", LONG, |r| r.has_line("main", "listening"));
     let sent: Vec<u8> = (0..8u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let mut stream = std::net::TcpStream::connect("127.0.0.1:18191").expect("connect hostPort");
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", host_port)).expect("connect hostPort");
     stream.set_read_timeout(Some(LONG)).unwrap();
     let mut reader = stream.try_clone().unwrap();
     let received = std::thread::scope(|s| {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use crate::pods::TestPod;
 
 const LONG: Duration = Duration::from_secs(60);
-const PEEK_PORT: u16 = 19611;
 
 #[test]
 fn an_async_sidecar_serves_many_clients_while_it_follows_the_main_container() {
     wpod_test_support::require_root("an async sidecar");
+    let peek_port = crate::free_port();
     let pod = TestPod::new(
         "sdk-peek",
         &format!(
@@ -30,7 +30,7 @@ spec:
   - name: peek
     image: SIDECARS/log-peek.wasm
     env: [{{name: LISTEN, value: "0.0.0.0:9500"}}]
-    ports: [{{containerPort: 9500, hostPort: {PEEK_PORT}, hostIP: 127.0.0.1}}]
+    ports: [{{containerPort: 9500, hostPort: {peek_port}, hostIP: 127.0.0.1}}]
 "#
         ),
     );
@@ -41,8 +41,8 @@ spec:
     // Many clients at once, each answered while the sidecar keeps following the output.
     let clients: Vec<_> = (0..24)
         .map(|_| {
-            std::thread::spawn(|| {
-                let mut s = std::net::TcpStream::connect(("127.0.0.1", PEEK_PORT))?;
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", peek_port))?;
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
                 let mut answer = String::new();
                 s.read_to_string(&mut answer)?;
@@ -286,12 +286,14 @@ fn wpod_new_js_builds_with_one_command_and_runs() {
 #[test]
 fn an_exporter_answers_while_another_client_holds_its_connection_idle() {
     wpod_test_support::require_root("an exporter serving concurrently");
+    let port = crate::free_port();
     let pod = TestPod::new(
         "sdk-exporter",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: sdk-exporter}
+metadata: {{name: sdk-exporter}}
 spec:
   shareProcessNamespace: true
   terminationGracePeriodSeconds: 2
@@ -300,25 +302,32 @@ spec:
     command: [sleep, "60"]
   - name: exporter
     image: SIDECARS/proc-monitor.wasm
-    env: [{name: LISTEN, value: "0.0.0.0:9256"}]
-    ports: [{containerPort: 9256, hostPort: 19621, hostIP: 127.0.0.1}]
-"#,
+    env: [{{name: LISTEN, value: "0.0.0.0:9256"}}]
+    ports: [{{containerPort: 9256, hostPort: {port}, hostIP: 127.0.0.1}}]
+"#
+        ),
     );
     let running = pod.spawn();
     assert!(
-        crate::pods::curl("http://127.0.0.1:19621/metrics", LONG).is_some(),
+        crate::pods::curl(&format!("http://127.0.0.1:{port}/metrics"), LONG).is_some(),
         "{}",
         running.output().dump()
     );
     // Idle clients that never send a request (the exporter gives each 5 s) hold up nobody:
     // a scrape meanwhile is answered at once.
     let idle: Vec<_> = (0..3)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", 19621)).expect("connect"))
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let start = std::time::Instant::now();
     let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "2", "-f", "http://127.0.0.1:19621/metrics"])
+        .args([
+            "-s",
+            "-m",
+            "2",
+            "-f",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
         .output()
         .unwrap();
     let took = start.elapsed();

@@ -49,7 +49,9 @@ fn assert_err(run: &crate::pods::PodRun, container: &str, action: &str) {
 fn network_reaches_the_pod_loopback_only_and_listens_only_on_declared_ports() {
     require_root("network_reaches_the_pod_loopback_only");
     // A server on the host's own loopback: a sidecar must not reach it.
-    let host_server = std::net::TcpListener::bind("127.0.0.1:18411").expect("bind host port");
+    let host_port = crate::free_port();
+    let host_server =
+        std::net::TcpListener::bind(("127.0.0.1", host_port)).expect("bind host port");
     let pod = TestPod::new(
         "wasm-net",
         &format!(
@@ -63,7 +65,7 @@ spec:
   - name: probe
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [ready, sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:18411, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:db.example.test, resolve:localhost, exit:0]
+    args: [ready, sleep:300, connect:127.0.0.1:18410, connect:127.0.0.1:{host_port}, connect:10.1.2.3:80, "connect:[2001:db8::1]:80", listen:18412, listen:18413, resolve:db.example.test, resolve:localhost, exit:0]
     ports: [{{containerPort: 18412}}]
   containers:
 {}"#,
@@ -82,7 +84,8 @@ spec:
         "connect:127.0.0.1:18410",
         "pong-from-the-pod",
     );
-    assert_err(&run, "probe", "connect:127.0.0.1:18411"); // the host's loopback is not the pod's
+    // The host's loopback is not the pod's.
+    assert_err(&run, "probe", &format!("connect:127.0.0.1:{host_port}"));
     assert_err(&run, "probe", "connect:10.1.2.3:80");
     assert_err(&run, "probe", "connect:[2001:db8::1]:80");
     assert_ok(&run, "probe", "listen:18412", "bound"); // declared in its ports

@@ -14,8 +14,6 @@ use crate::pods::TestPod;
 use crate::text;
 
 const LONG: Duration = Duration::from_secs(60);
-const HOST_TLS: u16 = 19621;
-const GUEST_TLS: u16 = 19622;
 
 /// A directory with a self-signed P-256 certificate for localhost (`tls.crt`, `tls.key`) and a
 /// site (`site/`) holding a 1 MiB file of random bytes.
@@ -81,6 +79,7 @@ fn curl(fixture: &Path, port: u16, args: &[&str]) -> std::process::Output {
 fn the_host_terminates_tls_for_a_sidecar_and_one_that_brings_its_own_still_works() {
     wpod_test_support::require_root("host-side TLS");
     let fixture = Fixture::new("tls-host");
+    let (host_tls, guest_tls) = (crate::free_port(), crate::free_port());
     let pod = TestPod::new(
         "tls-host",
         &format!(
@@ -103,7 +102,7 @@ spec:
     env:
     - {{name: LISTEN, value: "0.0.0.0:8443"}}
     - {{name: BACKEND, value: "127.0.0.1:8000"}}
-    ports: [{{containerPort: 8443, hostPort: {HOST_TLS}, hostIP: 127.0.0.1}}]
+    ports: [{{containerPort: 8443, hostPort: {host_tls}, hostIP: 127.0.0.1}}]
     volumeMounts: [{{name: tls, mountPath: /tls, readOnly: true}}]
     resources: {{limits: {{memory: 32Mi}}}}
   - name: tls-guest
@@ -112,7 +111,7 @@ spec:
     - {{name: LISTEN, value: "0.0.0.0:8444"}}
     - {{name: BACKEND, value: "127.0.0.1:8000"}}
     - {{name: TLS_ENGINE, value: guest}}
-    ports: [{{containerPort: 8444, hostPort: {GUEST_TLS}, hostIP: 127.0.0.1}}]
+    ports: [{{containerPort: 8444, hostPort: {guest_tls}, hostIP: 127.0.0.1}}]
     volumeMounts: [{{name: tls, mountPath: /tls, readOnly: true}}]
     resources: {{limits: {{memory: 32Mi}}}}
   volumes:
@@ -135,9 +134,9 @@ spec:
     let got = fixture.path("got.bin");
     let out = curl(
         &fixture.dir,
-        HOST_TLS,
+        host_tls,
         &[
-            &format!("https://localhost:{HOST_TLS}/big.bin"),
+            &format!("https://localhost:{host_tls}/big.bin"),
             "-o",
             got.to_str().unwrap(),
         ],
@@ -149,10 +148,10 @@ spec:
     );
 
     // Keep-alive passes through: the second request reuses the first one's connection.
-    let url = format!("https://localhost:{HOST_TLS}/small.txt");
+    let url = format!("https://localhost:{host_tls}/small.txt");
     let out = curl(
         &fixture.dir,
-        HOST_TLS,
+        host_tls,
         &["-w", " connects=%{num_connects}\n", &url, &url],
     );
     let answer = text(&out.stdout);
@@ -179,7 +178,7 @@ spec:
     for _ in 0..120 {
         many.extend(["-o", "/dev/null", url.as_str()]);
     }
-    let out = curl(&fixture.dir, HOST_TLS, &many);
+    let out = curl(&fixture.dir, host_tls, &many);
     let codes = text(&out.stdout);
     assert_eq!(
         codes.lines().filter(|c| *c == "200").count(),
@@ -189,7 +188,7 @@ spec:
     );
 
     // A client that does not speak TLS gets its connection closed; the proxy serves on.
-    let mut plain = std::net::TcpStream::connect(("127.0.0.1", HOST_TLS)).expect("connect");
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", host_tls)).expect("connect");
     plain
         .set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
@@ -206,7 +205,7 @@ spec:
     running.wait_for("the failed handshake logged", LONG, |r| {
         r.has_line("tls", "TLS handshake")
     });
-    let out = curl(&fixture.dir, HOST_TLS, &[&url]);
+    let out = curl(&fixture.dir, host_tls, &[&url]);
     assert!(
         out.status.success() && text(&out.stdout).contains("small and plain"),
         "after a bad client: {}",
@@ -216,8 +215,8 @@ spec:
     // The sidecar that brings its own TLS (rustls in Wasm) answers as well.
     let out = curl(
         &fixture.dir,
-        GUEST_TLS,
-        &[&format!("https://localhost:{GUEST_TLS}/small.txt")],
+        guest_tls,
+        &[&format!("https://localhost:{guest_tls}/small.txt")],
     );
     assert!(
         out.status.success() && text(&out.stdout).contains("small and plain"),
@@ -327,7 +326,7 @@ fn handshake_cpu_is_held_to_the_sidecars_cpu_limit_and_silence_to_seconds() {
         .output()
         .expect("openssl");
     assert!(made.status.success(), "openssl: {}", text(&made.stderr));
-    let port = 19631;
+    let port = crate::free_port();
     let pod = TestPod::new(
         "tls-cpu",
         &format!(
@@ -342,6 +341,9 @@ spec:
     command: [python3, -m, http.server, "8000", --bind, 127.0.0.1]
     workingDir: /srv
     volumeMounts: [{{name: site, mountPath: /srv}}]
+    readinessProbe:
+      tcpSocket: {{port: 8000}}
+      periodSeconds: 1
   - name: tls
     image: SIDECARS/tls-proxy.wasm
     env:
@@ -358,12 +360,11 @@ spec:
         ),
     );
     let running = pod.spawn();
-    running.wait_for("the proxy", LONG, |r| {
-        r.events(Some("tls"))
-            .iter()
-            .any(|e| e["event"] == "started")
+    // Serving: the backend answers (its readiness) and the proxy listens (it says so once bound).
+    running.wait_for("the web server and the proxy", LONG, |r| {
+        r.events(Some("web")).iter().any(|e| e["event"] == "ready")
+            && r.has_line("tls", "terminating TLS (in the host)")
     });
-    std::thread::sleep(Duration::from_secs(1));
     // A session that works, made before the silent clients come.
     let session = format!(
         "import socket, ssl, sys\n\

@@ -7,13 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pods::{assert_no_leftovers, curl, TestPod};
-use wpod_test_support::{repo_root, require_root};
+use wpod_test_support::require_root;
 
 const LONG: Duration = Duration::from_secs(90);
-
-fn example(name: &str, file: &str) -> TestPod {
-    TestPod::from_file(name, &repo_root().join("examples").join(file))
-}
 
 /// `promtool check metrics` on `text`; its complaints, if any.
 fn promtool(text: &str) -> Result<(), String> {
@@ -230,7 +226,8 @@ impl Drop for Prometheus {
 #[test]
 fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
     require_root("redis_exporter_serves_valid_metrics");
-    let pod = example("redis", "redis-exporter.yaml");
+    let (pod, port) = TestPod::example("redis", "redis-exporter.yaml");
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
     let running = pod.spawn();
     // Both ready: the exporter answers (its readiness) before Redis may (Redis's readiness).
     running.wait_for("the exporter and redis to be ready", LONG, |r| {
@@ -239,8 +236,8 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
             .all(|c| r.events(Some(c)).iter().any(|e| e["event"] == "ready"))
     });
     // Two scrapes: `INFO`'s per-command statistics count the commands before this one.
-    let _ = curl("http://127.0.0.1:9121/metrics", LONG).expect("metrics through the hostPort");
-    let text = curl("http://127.0.0.1:9121/metrics", LONG).expect("metrics through the hostPort");
+    let _ = curl(&metrics, LONG).expect("metrics through the hostPort");
+    let text = curl(&metrics, LONG).expect("metrics through the hostPort");
     promtool_allowing(&text, REDIS_EXPORTER_LINT)
         .unwrap_or_else(|e| panic!("promtool rejects the metrics: {e}\n{text}"));
     let s = samples(&text);
@@ -274,7 +271,7 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
         .expect("redis's pid");
     let reference = reference_redis_exporter(pid, "127.0.0.1:6379");
     // Ours after theirs: whatever its scrape made Redis show, ours shows too.
-    let text = curl("http://127.0.0.1:9121/metrics", LONG).expect("metrics through the hostPort");
+    let text = curl(&metrics, LONG).expect("metrics through the hostPort");
     let (ours, theirs) = (types(&text), types(&reference));
     // Its Go process, its build, its /scrape endpoint's errors, its opt-in key groups.
     let not_redis = |n: &str| {
@@ -316,14 +313,15 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
     // Redis itself is not reachable from the host, only the exporter's declared port.
     assert!(!crate::pods::host_can_connect("127.0.0.1:6379"));
 
-    let prometheus = Prometheus::scraping("127.0.0.1:9121", 19090);
-    let up = prometheus.query(19090, "redis_up", LONG);
+    let web = crate::free_port();
+    let prometheus = Prometheus::scraping(&format!("127.0.0.1:{port}"), web);
+    let up = prometheus.query(web, "redis_up", LONG);
     assert_eq!(
         up.as_deref(),
         Some("1"),
         "a real Prometheus scrape of the exporter"
     );
-    let target_up = prometheus.query(19090, "up%7Bjob%3D%22wpod%22%7D", LONG);
+    let target_up = prometheus.query(web, "up%7Bjob%3D%22wpod%22%7D", LONG);
     assert_eq!(target_up.as_deref(), Some("1"));
     drop(prometheus);
     running.signal(libc::SIGINT);
@@ -334,7 +332,7 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
 #[test]
 fn proc_monitor_reports_the_main_process_as_proc_sees_it() {
     require_root("proc_monitor_reports_the_main_process");
-    let pod = example("legacy-app", "proc-monitor.yaml");
+    let (pod, port) = TestPod::example("legacy-app", "proc-monitor.yaml");
     let running = pod.spawn();
     // Once the app serves, its memory and threads settle.
     let run = running.wait_for("the app to serve", LONG, |r| {
@@ -358,7 +356,8 @@ fn proc_monitor_reports_the_main_process_as_proc_sees_it() {
         (field("VmRSS:") * 1024.0, field("Threads:"))
     };
     let before = proc_status();
-    let text = curl("http://127.0.0.1:9256/metrics", LONG).expect("metrics through the hostPort");
+    let text = curl(&format!("http://127.0.0.1:{port}/metrics"), LONG)
+        .expect("metrics through the hostPort");
     let after = proc_status();
     promtool(&text).unwrap_or_else(|e| panic!("promtool rejects the metrics: {e}\n{text}"));
     let s = samples(&text);
@@ -472,9 +471,10 @@ fn config_reloader_makes_nginx_reload_without_a_restart() {
     let site =
         |v: &str| format!("server {{ listen 8090; location / {{ return 200 \"{v}\\n\"; }} }}\n");
     std::fs::write(source.join("site.conf"), site("version 1")).unwrap();
-    let pod = example("config-reload", "config-reload.yaml");
+    let (pod, port) = TestPod::example("config-reload", "config-reload.yaml");
+    let page = format!("http://127.0.0.1:{port}/");
     let running = pod.spawn();
-    let first = curl("http://127.0.0.1:8090/", LONG);
+    let first = curl(&page, LONG);
     assert_eq!(
         first.as_deref(),
         Some("version 1\n"),
@@ -494,15 +494,22 @@ fn config_reloader_makes_nginx_reload_without_a_restart() {
     let start = Instant::now();
     let mut served = String::new();
     while start.elapsed() < Duration::from_secs(15) {
-        served = curl("http://127.0.0.1:8090/", Duration::from_secs(2)).unwrap_or_default();
+        served = curl(&page, Duration::from_secs(2)).unwrap_or_default();
         if served == "version 2\n" {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(served, "version 2\n", "{}", running.output().dump());
-    // Reloaded, not restarted: same master, new workers, no restart event.
-    std::thread::sleep(Duration::from_millis(500));
+    // Reloaded, not restarted: same master, new workers, no restart event. (The old workers
+    // finish their connections before they exit.)
+    let replaced = |workers: &[i64]| {
+        !workers.is_empty() && workers.iter().all(|w| !workers_before.contains(w))
+    };
+    let start = Instant::now();
+    while !replaced(&children(master)) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let run = running.output();
     assert!(
         std::path::Path::new(&format!("/proc/{master}")).exists(),
@@ -510,7 +517,7 @@ fn config_reloader_makes_nginx_reload_without_a_restart() {
     );
     let workers_after = children(master);
     assert!(
-        !workers_after.is_empty() && workers_after.iter().all(|w| !workers_before.contains(w)),
+        replaced(&workers_after),
         "{workers_before:?} -> {workers_after:?}"
     );
     assert_eq!(
@@ -531,7 +538,7 @@ fn config_reloader_makes_nginx_reload_without_a_restart() {
 #[test]
 fn sample_logs_pod_ships_access_and_error_lines_apart() {
     require_root("sample_logs_pod_ships_access_and_error_lines_apart");
-    let pod = example("sample-logs", "sample-logs.yaml");
+    let (pod, _port) = TestPod::example("sample-logs", "sample-logs.yaml");
     let running = pod.spawn();
     // Wait for every line asserted below: the tail ships them one by one.
     let run = running.wait_for("access and error lines", LONG, |r| {
@@ -718,7 +725,8 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
     require_root("tls_proxy_terminates_tls");
     // A fresh Secret-like hostPath: the example's init container writes a self-signed pair.
     let _ = std::fs::remove_dir_all("/tmp/wpod-tls");
-    let pod = example("tls-proxy", "tls-proxy.yaml");
+    let (pod, port) = TestPod::example("tls-proxy", "tls-proxy.yaml");
+    let url = format!("https://localhost:{port}/");
     let running = pod.spawn();
     running.wait_for("the legacy service", LONG, |r| {
         r.events(Some("legacy"))
@@ -726,14 +734,7 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
             .any(|e| e["event"] == "ready")
     });
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "5",
-            "--cacert",
-            "/tmp/wpod-tls/tls.crt",
-            "https://localhost:8443/",
-        ])
+        .args(["-s", "-m", "5", "--cacert", "/tmp/wpod-tls/tls.crt", &url])
         .output()
         .expect("curl");
     let page = String::from_utf8_lossy(&out.stdout);
@@ -745,19 +746,12 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
     // Clients that connect and say nothing hold up nobody: each connection is a task of its
     // own (the proxy gives each 60 s), so a request meanwhile is answered at once.
     let idle: Vec<_> = (0..3)
-        .map(|_| std::net::TcpStream::connect("127.0.0.1:8443").expect("connect"))
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "3",
-            "--cacert",
-            "/tmp/wpod-tls/tls.crt",
-            "https://localhost:8443/",
-        ])
+        .args(["-s", "-m", "3", "--cacert", "/tmp/wpod-tls/tls.crt", &url])
         .output()
         .expect("curl");
     assert!(
@@ -776,7 +770,7 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
         .args([
             "s_client",
             "-connect",
-            "127.0.0.1:8443",
+            &format!("127.0.0.1:{port}"),
             "-servername",
             "localhost",
             "-CAfile",
@@ -789,17 +783,33 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("openssl");
-    {
-        use std::io::Write;
+    let answer = {
+        use std::io::{Read, Write};
         let mut stdin = s_client.stdin.take().expect("stdin");
         stdin
             .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .unwrap();
-        // Keep stdin open until the answer is in: s_client stops reading at EOF.
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+        // Keep stdin open until the answer is in (s_client stops reading at EOF): the whole
+        // page, or s_client done.
+        let mut stdout = s_client.stdout.take().expect("stdout");
+        let (done, answered) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(7).any(|w| w == b"</html>") {
+                    let _ = done.send(());
+                }
+            }
+            got
+        });
+        let _ = answered.recv_timeout(LONG);
+        drop(stdin);
+        reader.join().expect("s_client's output")
+    };
     let out = s_client.wait_with_output().expect("openssl output");
-    let answer = String::from_utf8_lossy(&out.stdout);
+    let answer = String::from_utf8_lossy(&answer);
     let diag = String::from_utf8_lossy(&out.stderr);
     assert!(
         answer.starts_with("HTTP/1.0 200"),
