@@ -33,36 +33,6 @@ pub mod spec;
 pub mod status;
 pub mod supervisor;
 
-use std::path::Path;
-
-/// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
-/// anything, and what `wpod validate` checks. All problems of the file come back at once.
-pub fn load_plan(path: &Path) -> Result<Vec<plan::PodPlan>, spec::SpecError> {
-    let bytes = files::read_regular(path, files::MAX_MANIFEST_BYTES)?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        spec::SpecError::Invalid(spec::Diagnostics(vec![spec::Diagnostic {
-            file: path.to_path_buf(),
-            loc: spec::Loc { line: 1, col: 1 },
-            path: String::new(),
-            message: "the file is not UTF-8 text; a manifest is YAML in UTF-8".to_string(),
-        }]))
-    })?;
-    let (pods, mut diags) = spec::parse_all(path, &text);
-    let mut plans = Vec::new();
-    for pod in &pods {
-        match plan::plan(pod) {
-            Ok(p) => plans.push(p),
-            Err(mut d) => diags.append(&mut d.0),
-        }
-    }
-    if diags.is_empty() {
-        Ok(plans)
-    } else {
-        spec::sort_diagnostics(&mut diags);
-        Err(spec::SpecError::Invalid(spec::Diagnostics(diags)))
-    }
-}
-
 #[cfg(test)]
 mod layering {
     //! The layers point one way: a module may import only modules of lower layers. This reads
@@ -99,6 +69,50 @@ mod layering {
         }
     }
 
+    /// The top-level names a path after `crate::` reaches: `plan::X` → `plan`; `{plan::X,
+    /// spec::{Y, Z}}` → `plan`, `spec`.
+    fn imported(after: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let Some(group) = after.strip_prefix('{') else {
+            return vec![ident(after)];
+        };
+        let mut names = Vec::new();
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    names.push(ident(&group[start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.push(ident(&group[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        names.retain(|n| !n.is_empty());
+        names
+    }
+
+    #[test]
+    fn grouped_and_item_imports_are_seen() {
+        assert_eq!(imported("plan::PodPlan;"), ["plan"]);
+        assert_eq!(
+            imported("{plan::X, spec::{Y, Z},\n  logs};"),
+            ["plan", "spec", "logs"]
+        );
+        assert_eq!(imported("load_plan(&f)"), ["load_plan"]);
+        assert_eq!(layer("load_plan"), None);
+    }
+
     #[test]
     fn modules_import_only_lower_layers() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -118,19 +132,18 @@ mod layering {
             };
             let text = std::fs::read_to_string(&file).expect("read source");
             for (i, _) in text.match_indices("crate::") {
-                let name: String = text[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if name == top {
-                    continue;
-                }
-                match layer(&name) {
-                    Some(to) if to < from => {}
-                    Some(_) => {
-                        wrong.insert(format!("{} imports crate::{name}", rel.display()));
+                for name in imported(&text[i + 7..]) {
+                    if name == top {
+                        continue;
                     }
-                    None => {}
+                    match layer(&name) {
+                        Some(to) if to < from => {}
+                        // Anything else under `crate::` is of a layer above (lib.rs's own
+                        // items sit above every module).
+                        _ => {
+                            wrong.insert(format!("{} imports crate::{name}", rel.display()));
+                        }
+                    }
                 }
             }
         }

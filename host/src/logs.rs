@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -50,11 +50,21 @@ pub struct Line {
     pub partial: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
     Stderr,
+}
+
+impl Stream {
+    /// Its name in a CRI log record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
 }
 
 /// How `wpod run` prints what happens.
@@ -170,14 +180,37 @@ impl RateLimit {
     }
 }
 
-/// A container's log file, rotated by size.
-struct LogFile {
+/// A container's log files: `NAME.log` and its rotated predecessors `NAME.log.1` (the newest)
+/// to `NAME.log.N`, in the CRI format (`TIMESTAMP STREAM P|F TEXT`, as the kubelet and
+/// containerd write them). The one type that writes, rotates and reads them: `wpod run`
+/// writes through it, `wpod logs` reads through it.
+pub struct LogFiles {
     path: PathBuf,
+    /// Open for appending while a pod writes; `None` for a reader.
     file: Option<File>,
+    /// Bytes in the current file.
     written: u64,
 }
 
-impl LogFile {
+/// One record of a log file, whole lines joined from their partial chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriLine {
+    pub time: Option<SystemTime>,
+    pub stream: Option<Stream>,
+    pub text: String,
+}
+
+impl LogFiles {
+    /// The files of the log at `path` (`NAME.log`), to read.
+    pub fn at(path: PathBuf) -> Self {
+        LogFiles {
+            path,
+            file: None,
+            written: 0,
+        }
+    }
+
+    /// Opens the log at `path` to append to it.
     fn open(path: PathBuf) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -192,19 +225,27 @@ impl LogFile {
         if let Err(e) = &file {
             tracing::warn!(file = %path.display(), error = %e, "cannot open the container's log file");
         }
-        LogFile {
+        LogFiles {
             path,
             file: file.ok(),
             written,
         }
     }
 
-    fn write(&mut self, record: &str, limits: &LogLimits) {
+    /// The current file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record.
+    fn write(&mut self, time: &str, stream: Stream, partial: bool, text: &str, limits: &LogLimits) {
         let Some(f) = &mut self.file else {
             return;
         };
-        if writeln!(f, "{record}").is_ok() {
-            self.written += record.len() as u64 + 1;
+        let tag = if partial { "P" } else { "F" };
+        let record = format!("{time} {} {tag} {text}\n", stream.as_str());
+        if f.write_all(record.as_bytes()).is_ok() {
+            self.written += record.len() as u64;
         }
         if self.written >= limits.max_file_bytes {
             self.rotate(limits.max_files);
@@ -225,12 +266,103 @@ impl LogFile {
         } else {
             let _ = std::fs::remove_file(&self.path);
         }
-        *self = LogFile::open(self.path.clone());
+        *self = LogFiles::open(self.path.clone());
+    }
+
+    /// The rotated files there are, oldest first (however many the pod kept: up to
+    /// `wpod.dev/log-max-files`).
+    pub fn rotated_files(&self) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut numbered: Vec<u64> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name();
+                n.to_str()?.strip_prefix(&prefix)?.parse::<u64>().ok()
+            })
+            .collect();
+        numbered.sort_unstable_by(|a, b| b.cmp(a));
+        numbered
+            .into_iter()
+            .map(|n| rotated(&self.path, n))
+            .collect()
+    }
+
+    /// Every line of the log, the rotated files first (only those written at or after
+    /// `since`, if given), and the offset in the current file after the last whole record.
+    pub fn read_all(&self, since: Option<SystemTime>) -> (Vec<CriLine>, u64) {
+        let mut lines = Vec::new();
+        // A line cut into chunks may span a rotation.
+        let mut partial = String::new();
+        for file in self.rotated_files() {
+            read_records(&file, 0, &mut lines, since, &mut partial);
+        }
+        let offset = read_records(&self.path, 0, &mut lines, since, &mut partial);
+        (lines, offset)
+    }
+
+    /// The lines of the current file from `offset` on (from its start if it was rotated
+    /// meanwhile), and the offset after them.
+    pub fn read_new(&self, offset: u64) -> (Vec<CriLine>, u64) {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let offset = if size < offset { 0 } else { offset };
+        let mut lines = Vec::new();
+        let offset = read_records(&self.path, offset, &mut lines, None, &mut String::new());
+        (lines, offset)
     }
 }
 
+/// Appends the lines of `path`'s records from `offset` on to `out` (only those written at or
+/// after `since`, if given); returns the offset after the last whole record read. `partial`
+/// holds the chunks of a line not yet ended (`P` records), before and after.
+fn read_records(
+    path: &Path,
+    offset: u64,
+    out: &mut Vec<CriLine>,
+    since: Option<SystemTime>,
+    partial: &mut String,
+) -> u64 {
+    use std::io::{BufRead, Read, Seek};
+    let Ok(mut f) = File::open(path) else {
+        return offset;
+    };
+    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return offset;
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return offset;
+    }
+    // Only whole records: a line being written is read next time.
+    let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for line in buf[..whole].lines().map_while(Result::ok) {
+        let mut parts = line.splitn(4, ' ');
+        let (time, stream, tag, text) = (parts.next(), parts.next(), parts.next(), parts.next());
+        partial.push_str(text.unwrap_or_default());
+        if tag == Some("P") {
+            continue;
+        }
+        let time = time.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let text = std::mem::take(partial);
+        if since.is_some_and(|since| time.is_some_and(|t| t < since)) {
+            continue;
+        }
+        let stream = match stream {
+            Some("stdout") => Some(Stream::Stdout),
+            Some("stderr") => Some(Stream::Stderr),
+            _ => None,
+        };
+        out.push(CriLine { time, stream, text });
+    }
+    offset + whole as u64
+}
+
 /// The `n`th rotated file of a log.
-pub fn rotated(path: &Path, n: u64) -> PathBuf {
+fn rotated(path: &Path, n: u64) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)
@@ -241,7 +373,7 @@ struct Feed {
     history: VecDeque<Arc<Line>>,
     history_bytes: usize,
     live: broadcast::Sender<Arc<Line>>,
-    file: LogFile,
+    file: LogFiles,
 }
 
 impl Feed {
@@ -250,7 +382,7 @@ impl Feed {
             history: VecDeque::new(),
             history_bytes: 0,
             live: broadcast::channel(LIVE_LINES).0,
-            file: LogFile::open(path),
+            file: LogFiles::open(path),
         }
     }
 
@@ -276,16 +408,23 @@ pub struct Logs {
     feeds: Mutex<HashMap<String, Feed>>,
 }
 
+/// A line of container output in `wpod run --output json` (`"type": "log"`; read back as
+/// `supervisor::api::Record::Log`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub time: String,
+    pub container: String,
+    pub stream: Stream,
+    pub line: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+/// How a [`LogRecord`] is printed: tagged as `supervisor::api::Record` tags it.
 #[derive(Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    container: &'a str,
-    stream: Stream,
-    line: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    partial: bool,
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Output<'a> {
+    Log(&'a LogRecord),
 }
 
 impl Logs {
@@ -381,11 +520,6 @@ impl Logs {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let now = humantime::format_rfc3339_nanos(time).to_string();
-        let tag = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        let record = format!("{now} {tag} {} {text}", if partial { "P" } else { "F" });
         let line = Arc::new(Line {
             stream,
             text: text.to_string(),
@@ -395,7 +529,7 @@ impl Logs {
         {
             let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
             let feed = self.feed(&mut feeds, container);
-            feed.file.write(&record, &self.limits);
+            feed.file.write(&now, stream, partial, text, &self.limits);
             feed.remember(line.clone());
             let _ = feed.live.send(line);
         }
@@ -403,15 +537,14 @@ impl Logs {
         match self.format {
             OutputFormat::Silent => {}
             OutputFormat::Json => {
-                let record = JsonLine {
+                let record = LogRecord {
                     time: now,
-                    kind: "log",
-                    container,
+                    container: container.to_string(),
                     stream,
-                    line: text,
+                    line: text.to_string(),
                     partial,
                 };
-                if let Ok(json) = serde_json::to_string(&record) {
+                if let Ok(json) = serde_json::to_string(&Output::Log(&record)) {
                     let _ = writeln!(std::io::stdout().lock(), "{json}");
                 }
             }
@@ -657,14 +790,69 @@ mod tests {
             rate_bytes: u64::MAX,
         };
         let path = dir.join("c.log");
-        let mut file = LogFile::open(path.clone());
+        let mut file = LogFiles::open(path.clone());
         for i in 0..100 {
-            file.write(&format!("{i:0>99}"), &limits);
+            // 31 + 7 + 2 + 60 bytes a record, with its newline.
+            file.write(
+                "2026-12-05T10:00:00.000000000Z",
+                Stream::Stdout,
+                false,
+                &format!("{i:0>59}"),
+                &limits,
+            );
         }
         assert!(path.exists() && rotated(&path, 1).exists() && rotated(&path, 2).exists());
         assert!(!rotated(&path, 3).exists(), "only max_files files are kept");
         for p in [path.clone(), rotated(&path, 1)] {
             assert!(std::fs::metadata(&p).unwrap().len() <= 1000);
+        }
+        // Read back, oldest first, whatever number of files were kept.
+        let reader = LogFiles::at(path.clone());
+        assert_eq!(
+            reader.rotated_files(),
+            [rotated(&path, 2), rotated(&path, 1)]
+        );
+        let (lines, offset) = reader.read_all(None);
+        let numbers: Vec<u64> = lines.iter().map(|l| l.text.parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+        assert_eq!(numbers.last(), Some(&99));
+        assert_eq!(offset, std::fs::metadata(&path).unwrap().len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `wpod logs` once read `.1` to `.9` only, though a pod may keep up to 100 files.
+    #[test]
+    fn every_rotated_file_is_read_and_partial_lines_are_joined() {
+        let dir = std::env::temp_dir().join(format!("wpod-rotate12-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = LogLimits {
+            max_file_bytes: 160,
+            max_files: 30,
+            rate_bytes: u64::MAX,
+        };
+        let path = dir.join("c.log");
+        let mut file = LogFiles::open(path.clone());
+        let t = "2026-12-05T10:00:00.000000000Z";
+        for i in 0..15u32 {
+            // Chunks of one line may be written on either side of a rotation.
+            file.write(t, Stream::Stderr, true, &format!("{i}-"), &limits);
+            file.write(t, Stream::Stderr, false, &format!("{i:0>59}"), &limits);
+        }
+        let reader = LogFiles::at(path.clone());
+        let rotated = reader.rotated_files();
+        assert!(rotated.len() >= 9, "{rotated:?}");
+        let ends_partial = |p: &PathBuf| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.lines()
+                .last()
+                .is_some_and(|l| l.contains(" stderr P "))
+        };
+        assert!(rotated.iter().any(ends_partial), "no line spans a rotation");
+        let (lines, _) = reader.read_all(None);
+        assert_eq!(lines.len(), 15);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l.text, format!("{i}-{i:0>59}"));
+            assert_eq!(l.stream, Some(Stream::Stderr));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

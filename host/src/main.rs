@@ -18,12 +18,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use cli::{Cli, Command};
-use wpod::logs::{Logs, OutputFormat};
-use wpod::sandbox::PodSandbox;
+use wpod::logs::OutputFormat;
 use wpod::spec::SpecError;
-use wpod::supervisor::control::Control;
-use wpod::supervisor::events::{print_summary, Event, Events};
-use wpod::supervisor::Supervisor;
+use wpod::supervisor::events::{print_summary, Events};
+use wpod::supervisor::pod::{Pod, PodError, PodOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -282,7 +280,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for file in files {
-        match wpod::load_plan(file) {
+        match wpod::plan::load(file) {
             Ok(plans) => {
                 for p in &plans {
                     let line = format!(
@@ -363,109 +361,26 @@ fn run(
         .build()
         .context("cannot start the async runtime")?;
     let name = plan.name().to_string();
+    let options = PodOptions {
+        format,
+        backoff,
+        audit,
+    };
     let code = runtime.block_on(async {
-        let events = Arc::new(Events::new(&name, format));
-        // Images first, before anything of the pod exists: a pull that fails leaves nothing
-        // behind.
-        let images = wpod::supervisor::images::pull_images(&plan, &events)
-            .await
-            .with_context(|| format!("pod {name} failed to start"))?;
-        // A registry image that is a Wasm sidecar runs as one, its grants checked as for a
-        // `.wasm` file (located errors, like `wpod validate`'s).
-        let plan = plan
-            .with_pulled_sidecars(&images.sidecar_components(&plan))
-            .map_err(SpecError::Invalid)?;
         raise_fd_limit();
-        // The sidecars' components come next: read, hashed and, when the cache lacks them,
-        // compiled before anything of the pod exists (one that cannot compile fails the pod
-        // here). Loading their cached code and linking it overlaps the sandbox's creation; if
-        // it fails, the sandbox is dropped, which tears it down.
-        let (sandbox, prepared) = tokio::task::block_in_place(|| {
-            let preparation = wpod::sidecars::Preparation::begin(&plan)?;
-            Ok::<_, anyhow::Error>(std::thread::scope(|s| {
-                let finishing = s.spawn(|| preparation.finish());
-                let sandbox = PodSandbox::create(&plan);
-                let prepared = finishing
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
-                (sandbox, prepared)
-            }))
-        })
-        .with_context(|| format!("pod {name} failed to start"))?;
-        let sandbox = Arc::new(sandbox.with_context(|| format!("pod {name} failed to start"))?);
-        let prepared = prepared.with_context(|| format!("pod {name} failed to start"))?;
-        wpod::oci::store::pin_layers(&sandbox.state.path, images.records())
-            .with_context(|| format!("pod {name} failed to start"))?;
-        // Who holds the pod, for `wpod stop` from another shell.
-        let pid_file = sandbox.state.path.join(manage::PID_FILE);
-        if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
-            tracing::warn!(path = %pid_file.display(), error = %e, "cannot record wpod's pid; wpod stop will not find this pod");
-        }
-        let journal = sandbox.log_dir().join(wpod::supervisor::events::JOURNAL);
-        if let Err(e) = events.journal_to(&journal) {
-            tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
-        }
-        let images = images.container_images();
-        events.emit(
-            None,
-            Event::PodStarted {
-                hostname: sandbox.hostname.clone(),
-                network: plan.network,
-                ip: sandbox.pod_net.ips.first().map(|ip| ip.to_string()),
-            },
-        );
-        for w in &sandbox.warnings {
-            events.emit(None, Event::Warning { message: w.clone() });
-        }
-        let logs = Logs::new(sandbox.log_dir(), format, (&plan.settings).into());
-        let plan = Arc::new(plan);
-        let digests = prepared
-            .iter()
-            .flatten()
-            .map(|p| (p.name().to_string(), p.digest().to_string()))
-            .collect();
-        // Sidecars' refusals (and, under --audit, their uses) become pod events.
-        let reports = wpod::grants::report::Reporter::new(
-            Arc::new(wpod::supervisor::events::ReportEvents(events.clone())),
-            audit,
-        );
-        if audit {
-            wpod::grants::calls::report_to(reports.clone());
-        }
-        let mut supervisor = Supervisor::new(
-            plan.clone(),
-            sandbox.clone(),
-            prepared,
-            images,
-            logs,
-            events.clone(),
-            reports.clone(),
-            backoff,
-        )
-        .with_context(|| format!("pod {name} failed to start"))?;
-        // `wpod describe` and `wpod apply` from another shell.
-        let (audit_events, plan_for_audit) = (events.clone(), plan.clone());
-        let control = Control::new(plan, digests, events, &sandbox, supervisor.control());
-        let socket = sandbox.state.path.join(wpod::supervisor::control::SOCKET);
-        match Control::bind(&socket) {
-            Ok(listener) => {
-                tokio::spawn(control.serve(listener));
-            }
-            Err(e) => {
-                tracing::warn!(path = %socket.display(), error = %e, "cannot open the control socket; wpod apply and describe will not reach this pod")
-            }
-        }
+        let events = Arc::new(Events::new(&name, format));
+        let pod = Pod::start(plan, options, events)
+            .await
+            .map_err(|e| match e {
+                // Located diagnostics print as `wpod validate` prints them.
+                PodError::Invalid(d) => anyhow::Error::new(SpecError::Invalid(d)),
+                e => anyhow::Error::new(e).context(format!("pod {name} failed to start")),
+            })?;
         if let Some(fd) = ready_fd {
             manage::tell_started(fd);
         }
-        let result = supervisor.run().await;
-        if audit {
-            wpod::supervisor::events::audit_summary(&audit_events, &plan_for_audit, &reports);
-        }
-        sandbox.close_ports().await;
+        let result = pod.wait().await;
         print_summary(format, &name, &result.summary);
-        // Everything that shared the sandbox has ended; tear it down now, inside the runtime.
-        drop(sandbox);
         anyhow::Ok(result.exit_code)
     })?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

@@ -7,15 +7,19 @@
 //! are left (`$WPOD_ROOT/logs/POD`, until `wpod rm` or its next run).
 
 use std::borrow::Cow;
-use std::io::{BufRead, IsTerminal, Read, Seek, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use wpod::sandbox::state_dir;
+use wpod::supervisor::api::{
+    Answer, ApplyReport, ContainerState, Event, EventRecord, PodDescription, PodPhase, PodView,
+    StartState, Versioned,
+};
 use wpod::supervisor::control;
-use wpod::supervisor::journal::{self, PodView};
+use wpod::supervisor::journal;
 
 use crate::cli::Output;
 use crate::market::{safe, safe_lines};
@@ -28,8 +32,7 @@ macro_rules! safe_writeln {
     };
 }
 
-/// The file in a pod's state directory that names the `wpod run` holding it.
-pub const PID_FILE: &str = "wpod.pid";
+use wpod::sandbox::state_dir::PID_FILE;
 
 fn pod_dir(pod: &str) -> PathBuf {
     state_dir::root().join("pods").join(pod)
@@ -44,21 +47,30 @@ enum Standing {
 }
 
 /// A pod's view (from its journal) and where it stands.
-fn view(pod: &str) -> (PodView, Standing) {
-    let mut v = journal::read(
-        pod,
-        &state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL),
-    );
+fn view(pod: &str) -> anyhow::Result<(PodView, Standing)> {
+    let mut v = journal::read(pod, &journal_path(pod))?;
     let standing = if state_dir::in_use(pod) {
         Standing::Running
     } else if pod_dir(pod).is_dir() {
-        v.phase = "Lost".into();
+        v.phase = PodPhase::Lost;
         Standing::Lost
     } else {
-        v.phase = "Exited".into();
+        v.phase = PodPhase::Exited;
         Standing::Exited
     };
-    (v, standing)
+    Ok((v, standing))
+}
+
+fn journal_path(pod: &str) -> PathBuf {
+    state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL)
+}
+
+/// A pod in `wpod ps --output json`: its view and whether a `wpod run` holds it.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    view: &'a PodView,
+    supervised: bool,
 }
 
 pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
@@ -68,15 +80,17 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
         names.sort();
         names.dedup();
     }
-    let pods: Vec<(PodView, Standing)> = names.iter().map(|p| view(p)).collect();
+    let pods = names
+        .iter()
+        .map(|p| view(p))
+        .collect::<anyhow::Result<Vec<(PodView, Standing)>>>()?;
     match output {
         Output::Json => {
-            let list: Vec<serde_json::Value> = pods
+            let list: Vec<Listed> = pods
                 .iter()
-                .map(|(v, standing)| {
-                    let mut j = serde_json::to_value(v).unwrap_or_default();
-                    j["supervised"] = (*standing == Standing::Running).into();
-                    j
+                .map(|(view, standing)| Listed {
+                    view,
+                    supervised: *standing == Standing::Running,
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&list)?);
@@ -91,11 +105,11 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
             for (v, standing) in &pods {
                 let phase = match (standing, v.exit_code) {
                     (Standing::Exited, Some(code)) => format!("Exited({code})"),
-                    _ => v.phase.clone(),
+                    _ => v.phase.to_string(),
                 };
-                let ip = match (v.ip.as_deref(), v.network.as_deref()) {
+                let ip = match (v.ip.as_deref(), v.network) {
                     (Some(ip), _) => ip,
-                    (None, Some("host")) => "host",
+                    (None, Some(wpod::plan::Network::Host)) => "host",
                     _ => "-",
                 };
                 println!(
@@ -111,8 +125,10 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                 );
                 for c in &v.containers {
                     let state = match c.exit_code {
-                        Some(code) if c.state == "exited" => format!("exited({code})"),
-                        _ => c.state.clone(),
+                        Some(code) if c.state == ContainerState::Exited => {
+                            format!("exited({code})")
+                        }
+                        _ => c.state.to_string(),
                     };
                     println!(
                         "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30}",
@@ -168,7 +184,7 @@ pub fn logs(
     if !dir.is_dir() {
         bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
-    let (v, _) = view(pod.as_str());
+    let (v, _) = view(pod.as_str())?;
     let container = match container {
         Some(c) => c.to_string(),
         None => match v.containers.as_slice() {
@@ -188,16 +204,13 @@ pub fn logs(
     if !file.exists() && !v.containers.iter().any(|c| c.name == container) {
         bail!("pod {pod} has no container \"{container}\"");
     }
-    let mut lines = Vec::new();
-    for n in (1..=9).rev() {
-        read_from(&wpod::logs::rotated(&file, n), 0, &mut lines, since);
-    }
-    let mut offset = read_from(&file, 0, &mut lines, since);
+    let files = wpod::logs::LogFiles::at(file);
+    let (lines, mut offset) = files.read_all(since);
     let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
     let escape = !raw && std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     for l in &lines[skip..] {
-        log_line(&mut out, l, escape)?;
+        log_line(&mut out, &l.text, escape)?;
     }
     out.flush()?;
     if !follow {
@@ -207,14 +220,10 @@ pub fn logs(
         // Whether the pod was still held before this read: if not, this read is the last.
         let running = state_dir::in_use(pod.as_str());
         std::thread::sleep(Duration::from_millis(200));
-        let mut more = Vec::new();
-        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        if size < offset {
-            offset = 0; // rotated: the new file from its start
-        }
-        offset = read_from(&file, offset, &mut more, None);
+        let (more, next) = files.read_new(offset);
+        offset = next;
         for l in &more {
-            log_line(&mut out, l, escape)?;
+            log_line(&mut out, &l.text, escape)?;
         }
         out.flush()?;
         if !running {
@@ -231,43 +240,6 @@ fn log_line(out: &mut impl Write, line: &str, escape: bool) -> std::io::Result<(
     } else {
         writeln!(out, "{line}")
     }
-}
-
-/// Appends the text of each CRI record of `path` from `offset` on to `out` (only those written
-/// at or after `since`, if given); returns the offset after the last whole record read.
-fn read_from(path: &Path, offset: u64, out: &mut Vec<String>, since: Option<SystemTime>) -> u64 {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return offset;
-    };
-    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
-        return offset;
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return offset;
-    }
-    // Only whole records: a line being written is read next time.
-    let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut partial = String::new();
-    for line in buf[..whole].lines().map_while(Result::ok) {
-        // TIMESTAMP STREAM P|F TEXT
-        let mut parts = line.splitn(4, ' ');
-        let (time, _, tag, text) = (parts.next(), parts.next(), parts.next(), parts.next());
-        let text = text.unwrap_or_default();
-        partial.push_str(text);
-        if tag == Some("P") {
-            continue;
-        }
-        let line = std::mem::take(&mut partial);
-        let before = since.is_some_and(|since| {
-            time.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                .is_some_and(|t| t < since)
-        });
-        if !before {
-            out.push(line);
-        }
-    }
-    offset + whole as u64
 }
 
 /// `wpod stop [-t SECONDS] POD`: SIGTERM to the `wpod run` that holds the pod (its ordered
@@ -325,7 +297,7 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
 /// stdout and stderr go to `$WPOD_ROOT/detached/POD.log`.
 /// The one pod of `file`, checked and planned; `doing` says who wants one ("wpod run runs").
 pub fn one_pod(file: &Path, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> {
-    let mut plans = wpod::load_plan(file)?;
+    let mut plans = wpod::plan::load(file)?;
     if plans.len() != 1 {
         bail!(
             "{}: {doing} one pod, but the file holds {} Pod documents; put each pod in a file of its own",
@@ -504,39 +476,22 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
     if !path.exists() {
         bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
-    let print = |line: &str, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+    let print = |e: &EventRecord, out: &mut std::io::StdoutLock<'_>| -> anyhow::Result<()> {
         match output {
-            Output::Json => writeln!(out, "{line}"),
-            Output::Text => {
-                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
-                    return Ok(());
-                };
-                let who = match v["container"].as_str() {
-                    Some(c) => format!("container/{c}"),
-                    None => format!("pod/{pod}"),
-                };
-                let time = v["time"].as_str().unwrap_or_default().to_string();
-                let event = v["event"].as_str().unwrap_or_default().to_string();
-                if let Some(o) = v.as_object_mut() {
-                    for k in ["time", "type", "pod", "container", "event"] {
-                        o.remove(k);
-                    }
-                }
-                let rest = match v.as_object() {
-                    Some(o) if !o.is_empty() => format!(" {v}"),
-                    _ => String::new(),
-                };
-                // JSON escapes C0 controls but neither C1 controls nor bidi overrides, and the
-                // names and times are the journal's: the whole line is escaped.
-                safe_writeln!(out, "{time} {who} {event}{rest}")
-            }
+            Output::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&wpod::supervisor::api::Record::Event(e.clone()))?
+            )?,
+            // As `wpod run` printed it (escaped there).
+            Output::Text => writeln!(out, "{}", e.text())?,
         }
+        Ok(())
     };
     let mut out = std::io::stdout().lock();
     // The rotated part first (the journal is bounded: `supervisor::journal`).
-    let older = std::fs::read_to_string(journal::rotated(&path)).unwrap_or_default();
-    for line in older.lines().filter(|l| !journal::is_snapshot(l)) {
-        print(line, &mut out)?;
+    for e in journal::events(&journal::rotated(&path))? {
+        print(&e, &mut out)?;
     }
     // Opened once: the journal stays readable even if `wpod rm` unlinks it meanwhile.
     let mut f = std::fs::File::open(&path)?;
@@ -555,11 +510,8 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
-        for line in String::from_utf8_lossy(&pending[..whole])
-            .lines()
-            .filter(|l| !journal::is_snapshot(l))
-        {
-            print(line, &mut out)?;
+        for e in journal::parse_events(&String::from_utf8_lossy(&pending[..whole]))? {
+            print(&e, &mut out)?;
         }
         out.flush()?;
         pending.drain(..whole);
@@ -579,7 +531,7 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
 /// `wpod kube down FILE`: stops the file's pods and removes what they kept, as `podman kube
 /// down` does.
 pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
-    let plans = wpod::load_plan(file)?;
+    let plans = wpod::plan::load(file)?;
     let mut code = ExitCode::SUCCESS;
     for plan in &plans {
         let name = plan.name();
@@ -597,7 +549,10 @@ pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
 const MAX_ANSWER: u64 = 16 << 20;
 
 /// Sends `request` to the control socket of the running pod `pod`; its result, or its error.
-fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::Value> {
+fn control<T: serde::de::DeserializeOwned>(
+    pod: &str,
+    request: &control::Request,
+) -> anyhow::Result<T> {
     use std::os::unix::net::UnixStream;
     let path = pod_dir(pod).join(control::SOCKET);
     let mut stream = control::short_socket_path(&path)
@@ -617,23 +572,29 @@ fn control(pod: &str, request: &control::Request) -> anyhow::Result<serde_json::
     stream.write_all(control::request_line(request).as_bytes())?;
     let mut answer = Vec::new();
     (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer)?;
-    let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+    // The version first: another version is named, not misread.
+    let versioned: Versioned = serde_json::from_slice(&answer).map_err(|e| {
         anyhow::anyhow!(
             "pod {pod} answered something that is not JSON ({e}); is this the same wpod version?"
         )
     })?;
-    if v["version"].as_u64() != Some(control::VERSION) {
+    let ours = u64::from(wpod::supervisor::api::VERSION);
+    if versioned.version != Some(ours) {
         bail!(
-            "pod {pod} speaks control protocol version {}, this wpod {}: use the wpod that started it",
-            v["version"],
-            control::VERSION
+            "pod {pod} speaks control protocol version {}, this wpod {ours}: use the wpod that started it",
+            versioned.version.map_or("(none)".to_string(), |v| v.to_string()),
         );
     }
-    match v["ok"].as_bool() {
-        Some(true) => Ok(v["result"].clone()),
+    let answer: Answer<T> = serde_json::from_slice(&answer)
+        .map_err(|e| anyhow::anyhow!("pod {pod} answered what this wpod cannot read: {e}"))?;
+    match (answer.ok, answer.result) {
+        (true, Some(result)) => Ok(result),
         _ => bail!(
             "{}",
-            v["error"].as_str().unwrap_or("the pod refused the request")
+            answer
+                .error
+                .as_deref()
+                .unwrap_or("the pod refused the request")
         ),
     }
 }
@@ -648,7 +609,12 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
             match output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({"pod": name, "dryRun": true, "created": true})
+                    serde_json::to_string_pretty(&ApplyReport {
+                        pod: name,
+                        dry_run: true,
+                        created: true,
+                        ..Default::default()
+                    })?
                 ),
                 Output::Text => {
                     println!("pod/{name} created (dry run: not running; wpod apply would start it)")
@@ -660,7 +626,7 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
     }
     let file =
         std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let result = control(
+    let result: ApplyReport = control(
         &name,
         &control::Request::Apply {
             file: file.clone(),
@@ -668,23 +634,18 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
         },
     )
     .map_err(|e| anyhow::anyhow!("{}: pod {name} unchanged: {e:#}", file.display()))?;
-    let not_started: Vec<String> = ["added", "replaced"]
+    let not_started: Vec<String> = result
+        .added
         .iter()
-        .flat_map(|k| result[*k].as_array().cloned().unwrap_or_default())
-        .filter(|c| !dry_run && c["state"] != "started")
-        .map(|c| {
-            format!(
-                "{} ({})",
-                c["name"].as_str().unwrap_or("?"),
-                c["state"].as_str().unwrap_or("?")
-            )
-        })
+        .chain(&result.replaced)
+        .filter(|c| !dry_run && c.state != Some(StartState::Started))
+        .map(|c| format!("{} ({})", c.name, state_word(c.state)))
         .collect();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => {
             let dry = if dry_run { " (dry run)" } else { "" };
-            if result["unchanged"] == true {
+            if result.unchanged {
                 println!("pod/{name} unchanged{dry}");
             } else {
                 println!("pod/{name} configured{dry}");
@@ -693,32 +654,23 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
                 true => ("would add", "would replace", "would remove"),
                 false => ("added", "replaced", "removed"),
             };
+            let note = |s: Option<StartState>| s.map(|s| format!(": {s}")).unwrap_or_default();
             // The pod's answer (names, fields, states): escaped.
-            for c in result["added"].as_array().into_iter().flatten() {
-                let line = format!(
-                    "  {verb_add} sidecar {}{}",
-                    c["name"].as_str().unwrap_or("?"),
-                    state_note(c)
-                );
+            for c in &result.added {
+                let line = format!("  {verb_add} sidecar {}{}", c.name, note(c.state));
                 println!("{}", safe(&line));
             }
-            for c in result["replaced"].as_array().into_iter().flatten() {
-                let fields: Vec<&str> = c["fields"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|f| f.as_str())
-                    .collect();
+            for c in &result.replaced {
                 let line = format!(
                     "  {verb_rep} sidecar {} ({} changed){}",
-                    c["name"].as_str().unwrap_or("?"),
-                    fields.join(", "),
-                    state_note(c)
+                    c.name,
+                    c.fields.join(", "),
+                    note(c.state)
                 );
                 println!("{}", safe(&line));
             }
-            for n in result["removed"].as_array().into_iter().flatten() {
-                println!("  {verb_rm} sidecar {}", safe(n.as_str().unwrap_or("?")));
+            for n in &result.removed {
+                println!("  {verb_rm} sidecar {}", safe(n));
             }
         }
     }
@@ -732,11 +684,8 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_note(c: &serde_json::Value) -> String {
-    c["state"]
-        .as_str()
-        .map(|s| format!(": {s}"))
-        .unwrap_or_default()
+fn state_word(state: Option<StartState>) -> String {
+    state.map_or_else(|| "?".to_string(), |s| s.to_string())
 }
 
 /// `wpod describe POD`: as `kubectl describe pod`, from the pod's journal and, while it runs,
@@ -744,59 +693,67 @@ fn state_note(c: &serde_json::Value) -> String {
 pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let pod = pod.as_str();
-    let (v, standing) = view(pod);
+    let (v, standing) = view(pod)?;
     if standing == Standing::Exited && !state_dir::log_dir(pod).is_dir() {
         bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
-    let plan = match standing {
+    let plan: Option<PodDescription> = match standing {
         Standing::Running => Some(control(pod, &control::Request::Describe {})?),
         _ => None,
     };
-    let journal = state_dir::log_dir(pod).join(wpod::supervisor::events::JOURNAL);
-    let events: Vec<serde_json::Value> = journal::lines(&journal)
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = journal::events(&journal_path(pod))?;
     if output == Output::Json {
-        let j = serde_json::json!({"pod": v, "plan": plan, "events": events});
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        #[derive(serde::Serialize)]
+        struct Described<'a> {
+            pod: &'a PodView,
+            plan: &'a Option<PodDescription>,
+            events: Vec<wpod::supervisor::api::Record>,
+        }
+        let described = Described {
+            pod: &v,
+            plan: &plan,
+            events: events
+                .iter()
+                .cloned()
+                .map(wpod::supervisor::api::Record::Event)
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&described)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
     safe_writeln!(out, "Name:        {pod}")?;
     safe_writeln!(out, "Status:      {}", v.phase)?;
-    match (v.ip.as_deref(), v.network.as_deref()) {
+    match (v.ip.as_deref(), v.network) {
         (Some(ip), _) => safe_writeln!(out, "IP:          {ip}")?,
-        (None, Some("host")) => safe_writeln!(out, "IP:          (the host's network)")?,
-        (None, Some("loopback")) => safe_writeln!(out, "IP:          (none: loopback only)")?,
+        (None, Some(wpod::plan::Network::Host)) => {
+            safe_writeln!(out, "IP:          (the host's network)")?
+        }
+        (None, Some(wpod::plan::Network::Loopback)) => {
+            safe_writeln!(out, "IP:          (none: loopback only)")?
+        }
         _ => {}
     }
     if let Some(s) = &v.started {
         safe_writeln!(out, "Started:     {s}")?;
     }
     if let Some(p) = &plan {
-        safe_writeln!(out, "Supervisor:  wpod run, pid {}", p["pid"])?;
-        safe_writeln!(out, "Grace:       {}s", p["gracePeriodSeconds"])?;
-        for port in p["hostPorts"].as_array().into_iter().flatten() {
+        safe_writeln!(out, "Supervisor:  wpod run, pid {}", p.pid)?;
+        safe_writeln!(out, "Grace:       {}s", p.grace_period_seconds)?;
+        for port in &p.host_ports {
             safe_writeln!(
                 out,
                 "HostPort:    {}:{} -> {} ({})",
-                port["hostIP"].as_str().unwrap_or("?"),
-                port["hostPort"],
-                port["containerPort"],
-                port["container"].as_str().unwrap_or("?")
+                port.host_ip,
+                port.host_port,
+                port.container_port,
+                port.container
             )?;
         }
     }
     writeln!(out, "Containers:")?;
-    let planned: Vec<serde_json::Value> = plan
-        .as_ref()
-        .and_then(|p| p["containers"].as_array().cloned())
-        .unwrap_or_default();
-    let mut names: Vec<String> = planned
-        .iter()
-        .filter_map(|c| c["name"].as_str().map(str::to_string))
-        .collect();
+    let planned = plan.as_ref().map_or(&[][..], |p| &p.containers[..]);
+    let mut names: Vec<String> = planned.iter().map(|c| c.name.clone()).collect();
     for c in &v.containers {
         if !names.contains(&c.name) {
             names.push(c.name.clone());
@@ -804,16 +761,16 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
     }
     for name in names {
         safe_writeln!(out, "  {name}:")?;
-        let p = planned.iter().find(|c| c["name"] == name.as_str());
+        let p = planned.iter().find(|c| c.name == name);
         if let Some(p) = p {
-            safe_writeln!(
-                out,
-                "    Role:      {} ({})",
-                p["role"].as_str().unwrap_or("?"),
-                p["path"].as_str().unwrap_or("?")
-            )?;
-            safe_writeln!(out, "    Image:     {}", p["image"].as_str().unwrap_or("?"))?;
-            if let Some(d) = p["component"].as_str() {
+            let role = match p.role {
+                wpod::plan::Role::Init => "init",
+                wpod::plan::Role::NativeSidecar => "sidecar",
+                wpod::plan::Role::Regular => "regular",
+            };
+            safe_writeln!(out, "    Role:      {role} ({})", p.path)?;
+            safe_writeln!(out, "    Image:     {}", p.image)?;
+            if let Some(d) = &p.component {
                 safe_writeln!(out, "    Component: {d}")?;
             }
         }
@@ -827,66 +784,44 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
             safe_writeln!(out, "    Ready:     {}", c.ready)?;
             safe_writeln!(out, "    Restarts:  {}", c.restarts)?;
         }
-        if let Some(grants) = p.and_then(|p| p["grants"].as_array()) {
+        if let Some(grants) = p.and_then(|p| p.grants.as_ref()) {
             writeln!(out, "    Grants:")?;
             for g in grants {
-                safe_writeln!(out, "      {}", g.as_str().unwrap_or("?"))?;
+                safe_writeln!(out, "      {g}")?;
             }
         }
         // Refusals carry the container's running total: the last one counts them all.
-        let mine = |kind: &str| {
-            events
-                .iter()
-                .rev()
-                .find(|e| e["container"] == name.as_str() && e["event"] == kind)
-        };
-        if let Some(d) = mine("denied") {
-            safe_writeln!(
-                out,
-                "    Denied:    {} (last: {})",
-                d["total"],
-                d["message"].as_str().unwrap_or("?")
-            )?;
+        let mine = events
+            .iter()
+            .rev()
+            .filter(|e| e.container.as_deref() == Some(name.as_str()));
+        if let Some((total, message)) = mine.clone().find_map(|e| match &e.event {
+            Event::Denied { total, message, .. } => Some((total, message)),
+            _ => None,
+        }) {
+            safe_writeln!(out, "    Denied:    {total} (last: {message})")?;
         }
-        if let Some(a) = mine("auditSummary") {
-            let list = |k: &str| -> Vec<String> {
-                a[k].as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|v| v.to_string().trim_matches('"').to_string())
-                    .collect()
-            };
+        if let Some((annotation, outbound, listens)) = mine.clone().find_map(|e| match &e.event {
+            Event::AuditSummary {
+                annotation,
+                outbound,
+                listens,
+                ..
+            } => Some((annotation, outbound, listens)),
+            _ => None,
+        }) {
             safe_writeln!(
                 out,
-                "    Audit:     {}: \"{}\"; ports {:?}",
-                a["annotation"].as_str().unwrap_or("?"),
-                list("outbound").join(","),
-                list("listens")
+                "    Audit:     {annotation}: \"{}\"; ports {listens:?}",
+                outbound.join(",")
             )?;
         }
     }
     writeln!(out, "Events:")?;
     let skip = events.len().saturating_sub(30);
     for e in &events[skip..] {
-        let who = e["container"]
-            .as_str()
-            .map_or_else(|| "pod".to_string(), |c| format!("container/{c}"));
-        let mut rest = e.clone();
-        if let Some(o) = rest.as_object_mut() {
-            for k in ["time", "type", "pod", "container", "event"] {
-                o.remove(k);
-            }
-        }
-        let rest = match rest.as_object() {
-            Some(o) if !o.is_empty() => format!(" {rest}"),
-            _ => String::new(),
-        };
-        safe_writeln!(
-            out,
-            "  {} {who} {}{rest}",
-            e["time"].as_str().unwrap_or("?"),
-            e["event"].as_str().unwrap_or("?")
-        )?;
+        // As `wpod run` printed it (escaped there).
+        writeln!(out, "  {}", e.text())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -132,7 +132,7 @@ impl PodState {
 }
 
 /// Why a container ended, in Kubernetes' words (`kubectl get pod` shows them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitReason {
     Completed,
     Error,
@@ -168,7 +168,7 @@ impl fmt::Display for ExitReason {
 }
 
 /// How a container (a process or a Wasm sidecar) ended.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitInfo {
     /// Exit code; 128 + signal number when killed by a signal (as a shell reports it).

@@ -11,8 +11,17 @@ use std::time::{Duration, Instant};
 use crate::pods::{curl, TestPod};
 use crate::text;
 
-const NGINX_PORT: u16 = 18481;
-const METRICS_PORT: u16 = 19481;
+/// nginx's hostPort and the exporter's: free ports (`crate::free_port`), the same for every
+/// version of the pod this test applies.
+fn nginx_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(crate::free_port)
+}
+
+fn metrics_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(crate::free_port)
+}
 
 /// The pod with `exporter` running `component` and, when given, an extra sidecar.
 fn manifest(exporter: &str, extra: Option<&str>, nginx_args: &str) -> String {
@@ -23,6 +32,7 @@ fn manifest(exporter: &str, extra: Option<&str>, nginx_args: &str) -> String {
             )
         })
         .unwrap_or_default();
+    let (nginx_port, metrics_port) = (nginx_port(), metrics_port());
     format!(
         r#"
 apiVersion: v1
@@ -35,13 +45,13 @@ spec:
   - name: web
     command: [nginx, -g, "daemon off;{nginx_args}"]
     ports:
-    - {{containerPort: 80, hostPort: {NGINX_PORT}, hostIP: 127.0.0.1}}
+    - {{containerPort: 80, hostPort: {nginx_port}, hostIP: 127.0.0.1}}
   - name: exporter
     image: {exporter}
     env:
     - {{name: LISTEN, value: "0.0.0.0:9400"}}
     ports:
-    - {{containerPort: 9400, hostPort: {METRICS_PORT}, hostIP: 127.0.0.1}}
+    - {{containerPort: 9400, hostPort: {metrics_port}, hostIP: 127.0.0.1}}
     resources:
       limits: {{memory: 32Mi}}
 {extra}"#
@@ -101,7 +111,7 @@ impl Drop for Client {
 }
 
 fn get_page() -> Result<(), String> {
-    let addr = format!("127.0.0.1:{NGINX_PORT}").parse().unwrap();
+    let addr = format!("127.0.0.1:{}", nginx_port()).parse().unwrap();
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok();
@@ -128,7 +138,7 @@ impl Drop for Stopper {
 
 fn metrics() -> String {
     curl(
-        &format!("http://127.0.0.1:{METRICS_PORT}/metrics"),
+        &format!("http://127.0.0.1:{}/metrics", metrics_port()),
         Duration::from_secs(20),
     )
     .unwrap_or_default()
@@ -181,7 +191,7 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
         metrics()
     );
     assert!(curl(
-        &format!("http://127.0.0.1:{NGINX_PORT}/"),
+        &format!("http://127.0.0.1:{}/", nginx_port()),
         Duration::from_secs(20)
     )
     .is_some());
@@ -270,7 +280,10 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
     let described = crate::wpod_output(&["describe", "mgmt-apply"]);
     let described = text(&described.stdout);
     assert!(described.contains("listens on 9400"), "{described}");
-    assert!(described.contains("podChanged"), "{described}");
+    assert!(
+        described.contains("pod/mgmt-apply applied: added extra"),
+        "{described}"
+    );
     assert!(described.contains("extra:"), "{described}");
 
     // Remove it: gone from the pod, its log kept.

@@ -337,7 +337,7 @@ fn kube_play_events_and_kube_down_as_podman_users_type_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let followed = follow.wait_with_output().unwrap();
     assert!(
-        text(&followed.stdout).contains("podFinished"),
+        text(&followed.stdout).contains("pod/mgmt-kube finished with exit code"),
         "{}",
         text(&followed.stdout)
     );

@@ -314,6 +314,13 @@ fn check_ports(
     }
 }
 
+/// Whether `new` is `old` unchanged (the same name and manifest fields): what `wpod apply`
+/// leaves running as it runs, without pulling its image again (as the kubelet does).
+pub fn unchanged(old: &ContainerPlan, new: &ContainerPlan) -> bool {
+    old.name() == new.name()
+        && serde_json::to_value(&old.spec).ok() == serde_json::to_value(&new.spec).ok()
+}
+
 /// The fields under `path` that differ between `a` and `b`: an object's keys one by one (a
 /// key missing on one side is a change), anything else as a whole.
 fn changed_fields(path: &str, a: &Value, b: &Value) -> Vec<String> {

@@ -71,7 +71,7 @@ pub struct PodPlan {
 }
 
 /// How a pod reaches the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Network {
     /// Its own network namespace joined to a network by CNI: an address, a default route;
@@ -869,5 +869,34 @@ fn check_host_paths(pod: &Pod, diags: &mut Vec<Diagnostic>) {
                 ),
             ));
         }
+    }
+}
+
+/// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
+/// anything, and what `wpod validate` checks. All problems of the file come back at once.
+pub fn load(path: &std::path::Path) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
+    use crate::spec::{Diagnostic, Diagnostics, Loc, SpecError};
+    let bytes = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        SpecError::Invalid(Diagnostics(vec![Diagnostic {
+            file: path.to_path_buf(),
+            loc: Loc { line: 1, col: 1 },
+            path: String::new(),
+            message: "the file is not UTF-8 text; a manifest is YAML in UTF-8".to_string(),
+        }]))
+    })?;
+    let (pods, mut diags) = crate::spec::parse_all(path, &text);
+    let mut plans = Vec::new();
+    for pod in &pods {
+        match plan(pod) {
+            Ok(p) => plans.push(p),
+            Err(mut d) => diags.append(&mut d.0),
+        }
+    }
+    if diags.is_empty() {
+        Ok(plans)
+    } else {
+        crate::spec::sort_diagnostics(&mut diags);
+        Err(SpecError::Invalid(Diagnostics(diags)))
     }
 }

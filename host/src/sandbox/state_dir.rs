@@ -26,6 +26,10 @@ pub struct StateDir {
     _lock: File,
 }
 
+/// The file in a pod's state directory that names the `wpod run` holding it (`wpod stop`
+/// signals it).
+pub const PID_FILE: &str = "wpod.pid";
+
 /// Where the logs and event journal of `pod` are kept.
 pub fn log_dir(pod: &str) -> PathBuf {
     root().join("logs").join(pod)

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decode::{did_you_mean, loc_of, Decode, Decoder, Node};
 
@@ -13,7 +13,7 @@ use super::decode::{did_you_mean, loc_of, Decode, Decoder, Node};
 macro_rules! spelled_enum {
     ($(#[$doc:meta])* pub enum $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name {
             $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
         }
@@ -226,7 +226,7 @@ impl SeccompProfile {
 
 /// A container's place in the pod's start order (Kubernetes semantics), decided by where it is
 /// declared and its `restartPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Role {
     /// An init container: runs to completion before the next one starts.

@@ -16,16 +16,20 @@
 //! (grace period and `stopping` event, as at termination) and starts the new ones.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 
+pub use super::api::Request;
+use super::api::{
+    Answer, Applied, ApplyReport, ContainerDescription, HostPortView, PodDescription, RequestLine,
+    StartState, SupervisorPhase, Versioned, VERSION,
+};
 use super::events::{Event, Events};
 use super::workload::Member;
 use super::{Change, Phase, Progress};
@@ -36,8 +40,6 @@ use crate::sidecars::PreparedSidecar;
 
 /// The socket's name in the pod's state directory.
 pub const SOCKET: &str = "control.sock";
-/// The protocol version this wpod speaks.
-pub const VERSION: u64 = 1;
 /// The largest request read: a path and a few flags fit many times over.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
@@ -50,23 +52,33 @@ const MAX_CONNECTIONS: usize = 8;
 /// before answering that it is still starting.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A request, after its version was checked.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
-pub enum Request {
-    Describe {},
-    Apply {
-        file: PathBuf,
-        #[serde(default, rename = "dryRun")]
-        dry_run: bool,
-    },
-}
-
 /// The request line a client sends.
 pub fn request_line(request: &Request) -> String {
-    let mut v = serde_json::to_value(request).unwrap_or_default();
-    v["version"] = VERSION.into();
-    format!("{v}\n")
+    let line = RequestLine {
+        version: VERSION,
+        request: request.clone(),
+    };
+    // A request is paths and flags: it always serialises.
+    let json = serde_json::to_string(&line).unwrap_or_default();
+    format!("{json}\n")
+}
+
+/// What a request gives back.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Reply {
+    Describe(PodDescription),
+    Apply(ApplyReport),
+}
+
+/// An answer line.
+fn answer_line<T: Serialize>(result: Result<T, String>) -> String {
+    match serde_json::to_string(&Answer::of(result)) {
+        Ok(json) => format!("{json}\n"),
+        Err(e) => format!(
+            "{{\"version\":{VERSION},\"ok\":false,\"error\":\"the answer did not serialise: {e}\"}}\n"
+        ),
+    }
 }
 
 /// The running pod as the control socket knows it: the plan it runs now, and each Wasm
@@ -146,8 +158,7 @@ impl Control {
             // slots (refused peers once held them for a second each, delaying root's
             // requests by seconds): one short answer, written if it fits, and closed.
             if let Err(error) = check_peer(&stream) {
-                let answer = json!({"version": VERSION, "ok": false, "error": error});
-                let _ = stream.try_write(format!("{answer}\n").as_bytes());
+                let _ = stream.try_write(answer_line::<()>(Err(error)).as_bytes());
                 continue;
             }
             let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -162,11 +173,8 @@ impl Control {
     }
 
     async fn answer(&self, mut stream: UnixStream) {
-        let answer = match self.request(&mut stream).await {
-            Ok(result) => json!({"version": VERSION, "ok": true, "result": result}),
-            Err(error) => json!({"version": VERSION, "ok": false, "error": error}),
-        };
-        let _ = stream.write_all(format!("{answer}\n").as_bytes()).await;
+        let answer = answer_line(self.request(&mut stream).await);
+        let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
         // What the client sent past the request (an oversized one) is read and dropped, a
         // little, so that closing does not reset the connection before it reads the answer.
@@ -178,62 +186,63 @@ impl Control {
         .await;
     }
 
-    async fn request(&self, stream: &mut UnixStream) -> Result<Value, String> {
+    async fn request(&self, stream: &mut UnixStream) -> Result<Reply, String> {
         let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(stream))
             .await
             .map_err(|_| format!("no request within {}s", REQUEST_TIMEOUT.as_secs()))??;
         let request = parse(&line)?;
         tracing::debug!(?request, "control request");
         match request {
-            Request::Describe {} => Ok(self.describe()),
-            Request::Apply { file, dry_run } => self.apply(&file, dry_run).await,
+            Request::Describe {} => Ok(Reply::Describe(self.describe())),
+            Request::Apply { file, dry_run } => self.apply(&file, dry_run).await.map(Reply::Apply),
         }
     }
 
     /// The running pod's plan: each container's place, image and, for a Wasm sidecar, what it
     /// is granted.
-    fn describe(&self) -> Value {
+    fn describe(&self) -> PodDescription {
         let live = self.live();
-        let phase = *self.phase.borrow();
-        let containers: Vec<Value> = live
-            .plan
-            .containers
-            .iter()
-            .map(|c| {
-                let mut v = json!({
-                    "name": c.name(),
-                    "path": c.path,
-                    "role": role(c.role),
-                    "image": image(&c.image),
-                    "restartPolicy": c.restart_policy,
-                });
-                if let Some(digest) = live.digests.get(c.name()) {
-                    v["component"] = digest.clone().into();
-                }
-                if let Some(grants) = &c.grants {
-                    v["grants"] = grants.describe().into();
-                }
-                v
-            })
-            .collect();
-        json!({
-            "pod": live.plan.name(),
-            "phase": format!("{phase:?}"),
-            "pid": std::process::id(),
-            "gracePeriodSeconds": live.plan.grace_period.as_secs(),
-            "shareProcessNamespace": live.plan.pod.spec.share_process_namespace,
-            "hostPorts": self.started_with.published.iter().map(|p| json!({
-                "container": p.container,
-                "hostIP": p.host_ip.to_string(),
-                "hostPort": p.host_port,
-                "containerPort": p.container_port,
-            })).collect::<Vec<_>>(),
-            "containers": containers,
-        })
+        let phase = match *self.phase.borrow() {
+            Phase::Starting => SupervisorPhase::Starting,
+            Phase::Running => SupervisorPhase::Running,
+            Phase::Stopping => SupervisorPhase::Stopping,
+        };
+        PodDescription {
+            pod: live.plan.name().to_string(),
+            phase,
+            pid: std::process::id(),
+            grace_period_seconds: live.plan.grace_period.as_secs(),
+            share_process_namespace: live.plan.pod.spec.share_process_namespace,
+            host_ports: self
+                .started_with
+                .published
+                .iter()
+                .map(|p| HostPortView {
+                    container: p.container.clone(),
+                    host_ip: p.host_ip,
+                    host_port: p.host_port,
+                    container_port: p.container_port,
+                })
+                .collect(),
+            containers: live
+                .plan
+                .containers
+                .iter()
+                .map(|c| ContainerDescription {
+                    name: c.name().to_string(),
+                    path: c.path.clone(),
+                    role: c.role,
+                    image: image(&c.image),
+                    restart_policy: c.restart_policy,
+                    component: live.digests.get(c.name()).cloned(),
+                    grants: c.grants.as_ref().map(|g| g.describe()),
+                })
+                .collect(),
+        }
     }
 
     /// `wpod apply`: see the module's documentation.
-    async fn apply(&self, file: &Path, dry_run: bool) -> Result<Value, String> {
+    async fn apply(&self, file: &Path, dry_run: bool) -> Result<ApplyReport, String> {
         if !file.is_absolute() {
             return Err(format!(
                 "{}: give the manifest's absolute path",
@@ -435,7 +444,7 @@ async fn new_plan(
     outside: &[std::path::PathBuf],
 ) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), String> {
     let file_owned = file.to_path_buf();
-    let mut plans = tokio::task::spawn_blocking(move || crate::load_plan(&file_owned))
+    let mut plans = tokio::task::spawn_blocking(move || crate::plan::load(&file_owned))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -447,12 +456,8 @@ async fn new_plan(
         ));
     }
     let plan = plans.remove(0);
-    let unchanged = |c: &crate::plan::ContainerPlan| {
-        running.containers.iter().any(|o| {
-            o.name() == c.name()
-                && serde_json::to_value(&o.spec).ok() == serde_json::to_value(&c.spec).ok()
-        })
-    };
+    let unchanged =
+        |c: &crate::plan::ContainerPlan| running.containers.iter().any(|o| change::unchanged(o, c));
     // Unchanged registry sidecars run what they ran.
     let mut components: BTreeMap<String, crate::plan::WasmComponent> = BTreeMap::new();
     for c in plan.containers.iter().filter(|c| unchanged(c)) {
@@ -490,14 +495,10 @@ async fn new_plan(
         }
     }
     let quiet = Events::new(plan.name(), crate::logs::OutputFormat::Silent);
-    let images = super::images::pull_images(&to_pull, &quiet)
+    let (plan, images) = super::pod::pull(&plan, &to_pull, components, &quiet)
         .await
         .map_err(|e| e.to_string())?;
-    components.extend(images.sidecar_components(&to_pull));
     let records = images.records().cloned().collect();
-    let plan = plan
-        .with_pulled_sidecars(&components)
-        .map_err(|d| d.to_string())?;
     Ok((plan, records))
 }
 
@@ -561,9 +562,10 @@ async fn pull_outside(
     });
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if let Some((container, event)) = super::images::pull_event_from_json(&v) {
-                events.emit(Some(&container), event);
+        // The helper's pull events, and nothing else of what it prints.
+        if let Ok(super::api::Record::Event(e)) = serde_json::from_str(&line) {
+            if let (Some(container), true) = (&e.container, e.event.is_pull()) {
+                events.emit(Some(container), e.event);
             }
         }
     }
@@ -619,7 +621,7 @@ async fn component_digests(
 /// Waits (at most [`START_TIMEOUT`] in all) for each started sidecar to count as started.
 async fn wait_started(
     started: Vec<(String, watch::Receiver<Progress>)>,
-) -> Vec<(String, &'static str)> {
+) -> Vec<(String, StartState)> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let mut out = Vec::new();
     for (name, mut progress) in started {
@@ -627,9 +629,9 @@ async fn wait_started(
             tokio::time::timeout_at(deadline, progress.wait_for(|p| *p != Progress::Starting))
                 .await;
         let state = match state {
-            Ok(Ok(p)) if *p == Progress::Started => "started",
-            Ok(_) => "ended",
-            Err(_) => "starting",
+            Ok(Ok(p)) if *p == Progress::Started => StartState::Started,
+            Ok(_) => StartState::Ended,
+            Err(_) => StartState::Starting,
         };
         out.push((name, state));
     }
@@ -641,17 +643,34 @@ fn report(
     plan: &PodPlan,
     change: &PodChange,
     dry_run: bool,
-    started: &[(String, &'static str)],
-) -> Value {
+    started: &[(String, StartState)],
+) -> ApplyReport {
     let state = |name: &str| started.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
-    json!({
-        "pod": plan.name(),
-        "dryRun": dry_run,
-        "unchanged": change.is_empty(),
-        "added": change.added.iter().map(|n| json!({"name": n, "state": state(n)})).collect::<Vec<_>>(),
-        "replaced": change.replaced.iter().map(|(n, f)| json!({"name": n, "fields": f, "state": state(n)})).collect::<Vec<_>>(),
-        "removed": change.removed,
-    })
+    ApplyReport {
+        pod: plan.name().to_string(),
+        dry_run,
+        unchanged: change.is_empty(),
+        created: false,
+        added: change
+            .added
+            .iter()
+            .map(|n| Applied {
+                name: n.clone(),
+                fields: Vec::new(),
+                state: state(n),
+            })
+            .collect(),
+        replaced: change
+            .replaced
+            .iter()
+            .map(|(n, f)| Applied {
+                name: n.clone(),
+                fields: f.clone(),
+                state: state(n),
+            })
+            .collect(),
+        removed: change.removed.clone(),
+    }
 }
 
 /// Reads one request line, at most [`MAX_REQUEST`] bytes.
@@ -673,13 +692,16 @@ async fn read_line(stream: &mut UnixStream) -> Result<String, String> {
 
 /// A request line: JSON with the version this wpod speaks, and a known operation.
 pub fn parse(line: &str) -> Result<Request, String> {
-    let mut v: Value =
-        serde_json::from_str(line.trim()).map_err(|e| format!("the request is not JSON: {e}"))?;
-    let Some(object) = v.as_object_mut() else {
-        return Err("the request is not a JSON object".into());
-    };
-    match object.remove("version").and_then(|v| v.as_u64()) {
-        Some(VERSION) => {}
+    let line = line.trim();
+    // Each check on its own, so that the answer says which one failed.
+    serde_json::from_str::<serde::de::IgnoredAny>(line)
+        .map_err(|e| format!("the request is not JSON: {e}"))?;
+    serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(line)
+        .map_err(|_| "the request is not a JSON object".to_string())?;
+    let versioned: Versioned =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    match versioned.version {
+        Some(v) if v == u64::from(VERSION) => {}
         Some(other) => {
             return Err(format!(
                 "protocol version {other} is not spoken here; this wpod speaks version {VERSION}"
@@ -691,15 +713,9 @@ pub fn parse(line: &str) -> Result<Request, String> {
             ))
         }
     }
-    serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
-}
-
-fn role(role: Role) -> &'static str {
-    match role {
-        Role::Init => "init",
-        Role::NativeSidecar => "sidecar",
-        Role::Regular => "regular",
-    }
+    serde_json::from_str::<RequestLine>(line)
+        .map(|l| l.request)
+        .map_err(|e| format!("bad request: {e}"))
 }
 
 fn image(image: &Image) -> String {

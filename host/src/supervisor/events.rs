@@ -4,145 +4,12 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
+pub use super::api::{ContainerSummary, Event};
+use super::api::{EventRecord, Record, Snapshot, Summary, VERSION};
 use crate::logs::OutputFormat;
-use crate::status::ExitInfo;
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "event", rename_all = "camelCase")]
-pub enum Event {
-    /// The pod's sandbox exists; containers are about to start.
-    PodStarted {
-        hostname: String,
-        /// `cni`, `loopback` (`wpod.dev/network: none`) or `host` (`hostNetwork`).
-        network: crate::plan::Network,
-        /// Its address on its network.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ip: Option<String>,
-    },
-    #[serde(rename_all = "camelCase")]
-    Started {
-        pid: Option<i32>,
-        restarts: u32,
-    },
-    Ready,
-    NotReady,
-    /// One failed probe attempt.
-    ProbeFailed {
-        probe: &'static str,
-        message: String,
-    },
-    /// A startup or liveness probe gave up: the container is killed and restarted per policy.
-    Unhealthy {
-        message: String,
-    },
-    HookFailed {
-        hook: &'static str,
-        message: String,
-    },
-    /// The container will be restarted after this delay (kubelet's back-off).
-    #[serde(rename_all = "camelCase")]
-    BackOff {
-        restart_in_ms: u64,
-        restarts: u32,
-    },
-    Exited(ExitInfo),
-    FailedToStart {
-        error: String,
-    },
-    /// The pod is stopping; containers have this long to exit.
-    #[serde(rename_all = "camelCase")]
-    PodStopping {
-        reason: String,
-        grace_seconds: i64,
-    },
-    Killed,
-    /// Pulling the container's image (kubelet's `Pulling`).
-    Pulling {
-        image: String,
-        from: String,
-    },
-    /// kubelet's `Pulled`.
-    Pulled {
-        image: String,
-        digest: String,
-        size: u64,
-        seconds: f64,
-    },
-    /// The stored image is used (`IfNotPresent`, `Never`).
-    #[serde(rename_all = "camelCase")]
-    AlreadyPresent {
-        image: String,
-    },
-    /// A mirror failed; the next source is tried.
-    MirrorFailed {
-        mirror: String,
-        message: String,
-    },
-    /// kubelet's `ErrImagePull`: the pod does not start.
-    ErrImagePull {
-        image: String,
-        message: String,
-    },
-    Warning {
-        message: String,
-    },
-    /// A Wasm sidecar was refused a connect, listen or lookup its grants do not allow
-    /// (rate-limited: `total` counts every refusal of the container so far).
-    Denied {
-        action: crate::grants::report::Action,
-        target: String,
-        field: String,
-        message: String,
-        total: u64,
-        suppressed: u64,
-    },
-    /// Under `--audit`: a sidecar used this for the first time.
-    Audited {
-        class: String,
-        target: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        via: Option<String>,
-    },
-    /// Under `--audit`, when the pod ends: the narrowest grant for what the sidecar did.
-    #[serde(rename_all = "camelCase")]
-    AuditSummary {
-        outbound: Vec<String>,
-        listens: Vec<u16>,
-        /// The annotation to write (`wpod.dev/allowed-outbound.<container>`).
-        annotation: String,
-        /// The host interfaces it called.
-        calls: Vec<String>,
-        /// Its volumes it read and never wrote: they could be mounted `readOnly: true`.
-        read_only: Vec<String>,
-        denied: u64,
-    },
-    /// `wpod apply` changed the pod's Wasm sidecars live: the replaced ones have stopped and
-    /// their successors started; the removed ones are gone from the pod.
-    PodChanged {
-        added: Vec<String>,
-        replaced: Vec<String>,
-        removed: Vec<String>,
-    },
-    #[serde(rename_all = "camelCase")]
-    PodFinished {
-        exit_code: i32,
-    },
-}
 
 impl Events {
-    fn journal_write(&self, time: &str, container: Option<&str>, event: &Event) {
-        let record = Record {
-            time: time.to_string(),
-            kind: "event",
-            pod: &self.pod,
-            container,
-            event,
-        };
-        let Ok(line) = serde_json::to_string(&record) else {
-            return;
-        };
+    fn journal_write(&self, time: &str, line: String) {
         let mut guard = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let j = &mut *guard;
         match &mut j.file {
@@ -162,18 +29,6 @@ impl Events {
             None => {}
         }
     }
-}
-
-#[derive(Serialize)]
-struct Record<'a> {
-    time: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    pod: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<&'a str>,
-    #[serde(flatten)]
-    event: &'a Event,
 }
 
 pub struct Events {
@@ -204,24 +59,15 @@ impl Journal {
             return Ok(());
         };
         let old = super::journal::rotated(&path);
-        let view = super::journal::read(pod, &path);
-        #[derive(Serialize)]
-        struct Snapshot<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            time: &'a str,
-            pod: &'a str,
-            view: super::journal::PodView,
-        }
-        let snapshot = serde_json::to_string(&Snapshot {
-            kind: "snapshot",
-            time,
-            pod,
+        let view = super::journal::read(pod, &path).map_err(std::io::Error::other)?;
+        let snapshot = serde_json::to_string(&Record::Snapshot(Snapshot {
+            version: VERSION,
+            time: time.to_string(),
+            pod: pod.to_string(),
             view,
-        })
+        }))
         .map_err(std::io::Error::other)?;
         let line = format!("{snapshot}\n");
-        debug_assert!(super::journal::is_snapshot(&line));
         let fresh = path.with_extension("jsonl.new");
         let linked = path.with_extension("jsonl.old");
         let _ = std::fs::remove_file(&fresh);
@@ -307,166 +153,28 @@ impl Events {
             return;
         }
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        self.journal_write(&time, container, &event);
+        let record = Record::Event(EventRecord {
+            version: VERSION,
+            time: time.clone(),
+            pod: self.pod.clone(),
+            container: container.map(str::to_string),
+            event,
+        });
+        let Ok(json) = serde_json::to_string(&record) else {
+            return;
+        };
         match self.format {
             OutputFormat::Silent => {}
             OutputFormat::Json => {
-                let record = Record {
-                    time,
-                    kind: "event",
-                    pod: &self.pod,
-                    container,
-                    event: &event,
-                };
-                if let Ok(json) = serde_json::to_string(&record) {
-                    let _ = writeln!(std::io::stdout().lock(), "{json}");
-                }
+                let _ = writeln!(std::io::stdout().lock(), "{json}");
             }
             OutputFormat::Text => {
-                let who = container
-                    .map_or_else(|| format!("pod/{}", self.pod), |c| format!("container/{c}"));
-                // Messages carry a container's words (an exec probe's output) and a registry's
-                // (pull errors): the whole line is escaped.
-                let line = format!("{time} {who} {}", describe(&event));
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "{}",
-                    crate::logs::escape_controls(&line)
-                );
+                if let Record::Event(e) = &record {
+                    let _ = writeln!(std::io::stderr().lock(), "{}", e.text());
+                }
             }
         }
-    }
-}
-
-fn describe(e: &Event) -> String {
-    match e {
-        Event::PodStarted {
-            hostname,
-            network,
-            ip,
-        } => match (network, ip) {
-            (_, Some(ip)) => format!("sandbox ready (hostname {hostname}, IP {ip})"),
-            (crate::plan::Network::Host, None) => {
-                format!("sandbox ready (on the host's network)")
-            }
-            (_, None) => format!("sandbox ready (hostname {hostname}, loopback only)"),
-        },
-        Event::Started { pid, restarts } => {
-            let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            let again = if *restarts > 0 {
-                format!(", restart {restarts}")
-            } else {
-                String::new()
-            };
-            format!("started{pid}{again}")
-        }
-        Event::Ready => "ready".to_string(),
-        Event::NotReady => "not ready".to_string(),
-        Event::ProbeFailed { probe, message } => format!("{probe} probe failed: {message}"),
-        Event::Unhealthy { message } => format!("unhealthy, restarting: {message}"),
-        Event::HookFailed { hook, message } => format!("{hook} hook failed: {message}"),
-        Event::BackOff {
-            restart_in_ms,
-            restarts,
-        } => {
-            format!(
-                "back-off: restart {restarts} in {:.1}s",
-                *restart_in_ms as f64 / 1000.0
-            )
-        }
-        Event::Exited(x) => match x.signal {
-            Some(sig) => format!("exited with code {} (signal {sig}, {})", x.code, x.reason),
-            None => format!("exited with code {} ({})", x.code, x.reason),
-        },
-        Event::FailedToStart { error } => format!("failed to start: {error}"),
-        Event::PodStopping {
-            reason,
-            grace_seconds,
-        } => format!("stopping ({reason}; grace period {grace_seconds}s)"),
-        Event::Killed => "killed at the end of the grace period".to_string(),
-        Event::Pulling { image, from } => format!("pulling image \"{image}\" from {from}"),
-        Event::Pulled {
-            image,
-            digest,
-            size,
-            seconds,
-        } => format!(
-            "successfully pulled image \"{image}\" ({digest}) in {seconds:.1}s; image size {size} bytes"
-        ),
-        Event::AlreadyPresent { image } => {
-            format!("container image \"{image}\" already present on machine")
-        }
-        Event::MirrorFailed { mirror, message } => {
-            format!("mirror {mirror} failed, trying the next source: {message}")
-        }
-        Event::ErrImagePull { image, message } => {
-            format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
-        }
-        Event::Warning { message } => format!("warning: {message}"),
-        Event::Denied {
-            message,
-            total,
-            suppressed,
-            ..
-        } => match suppressed {
-            0 => message.clone(),
-            n => format!("{message} ({n} more refusals not shown; {total} in all)"),
-        },
-        Event::Audited { class, target, via } => match via {
-            Some(v) => format!("audit: {class} {target} (as {v})"),
-            None => format!("audit: {class} {target}"),
-        },
-        Event::AuditSummary {
-            outbound,
-            listens,
-            annotation,
-            calls,
-            read_only,
-            denied,
-        } => {
-            let outbound = match outbound.is_empty() {
-                true => "no outbound connection".to_string(),
-                false => format!("{annotation}: \"{}\"", outbound.join(",")),
-            };
-            let listens = match listens.is_empty() {
-                true => "no listening port".to_string(),
-                false => format!(
-                    "ports: [{}]",
-                    listens
-                        .iter()
-                        .map(|p| format!("{{containerPort: {p}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            let read_only = match read_only.is_empty() {
-                true => String::new(),
-                false => format!("; readOnly: true would do for {}", read_only.join(", ")),
-            };
-            format!(
-                "audit: the narrowest grant for this run: {outbound}; {listens}{read_only}; {denied} refusals; called {}",
-                calls.join(", ")
-            )
-        }
-        Event::PodChanged {
-            added,
-            replaced,
-            removed,
-        } => {
-            let part = |verb: &str, names: &[String]| {
-                (!names.is_empty()).then(|| format!("{verb} {}", names.join(", ")))
-            };
-            let parts: Vec<String> = [
-                part("added", added),
-                part("replaced", replaced),
-                part("removed", removed),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            format!("applied: {}", parts.join("; "))
-        }
-        Event::PodFinished { exit_code } => format!("finished with exit code {exit_code}"),
+        self.journal_write(&time, json);
     }
 }
 
@@ -548,44 +256,15 @@ pub fn audit_summary(
     }
 }
 
-/// One row of the final table.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerSummary {
-    pub name: String,
-    pub restarts: u32,
-    pub exit: Option<ExitInfo>,
-    /// Set when it ended waiting to be restarted (CrashLoopBackOff).
-    pub waiting: Option<&'static str>,
-}
-
-impl ContainerSummary {
-    pub fn new(name: &str) -> Self {
-        ContainerSummary {
-            name: name.to_string(),
-            restarts: 0,
-            exit: None,
-            waiting: None,
-        }
-    }
-}
-
 pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary]) {
     match format {
         OutputFormat::Silent => {}
         OutputFormat::Json => {
-            #[derive(Serialize)]
-            struct Summary<'a> {
-                #[serde(rename = "type")]
-                kind: &'static str,
-                pod: &'a str,
-                containers: &'a [ContainerSummary],
-            }
-            if let Ok(json) = serde_json::to_string(&Summary {
-                kind: "summary",
-                pod,
-                containers: rows,
-            }) {
+            if let Ok(json) = serde_json::to_string(&Record::Summary(Summary {
+                version: VERSION,
+                pod: pod.to_string(),
+                containers: rows.to_vec(),
+            })) {
                 let _ = writeln!(std::io::stdout().lock(), "{json}");
             }
         }
@@ -598,7 +277,10 @@ pub fn print_summary(format: OutputFormat, pod: &str, rows: &[ContainerSummary])
             );
             for r in rows {
                 let (code, reason) = match &r.exit {
-                    Some(x) => (x.code.to_string(), r.waiting.unwrap_or(x.reason.as_str())),
+                    Some(x) => (
+                        x.code.to_string(),
+                        r.waiting.as_deref().unwrap_or(x.reason.as_str()),
+                    ),
                     None => ("-".to_string(), "NotStarted"),
                 };
                 let _ = writeln!(
@@ -638,7 +320,7 @@ mod tests {
             let reader = s.spawn(|| {
                 let (mut reads, mut lost) = (0u64, 0u64);
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let view = super::super::journal::read("p", &path);
+                    let view = super::super::journal::read("p", &path).unwrap();
                     reads += 1;
                     if !view.containers.iter().any(|c| c.name == "steady") {
                         lost += 1;

@@ -257,38 +257,6 @@ pub async fn pull_only(request: &PullRequest, events: &Events) -> Result<(), Ima
     Ok(())
 }
 
-/// A pull event a `wpod __pull` helper printed (one of its JSON lines), as the pod's event.
-pub fn pull_event_from_json(v: &serde_json::Value) -> Option<(String, Event)> {
-    let s = |k: &str| v[k].as_str().map(str::to_string);
-    let container = s("container")?;
-    let event = match v["event"].as_str()? {
-        "pulling" => Event::Pulling {
-            image: s("image")?,
-            from: s("from")?,
-        },
-        "pulled" => Event::Pulled {
-            image: s("image")?,
-            digest: s("digest")?,
-            size: v["size"].as_u64()?,
-            seconds: v["seconds"].as_f64()?,
-        },
-        "alreadyPresent" => Event::AlreadyPresent { image: s("image")? },
-        "mirrorFailed" => Event::MirrorFailed {
-            mirror: s("mirror")?,
-            message: s("message")?,
-        },
-        "errImagePull" => Event::ErrImagePull {
-            image: s("image")?,
-            message: s("message")?,
-        },
-        "warning" => Event::Warning {
-            message: s("message")?,
-        },
-        _ => return None,
-    };
-    Some((container, event))
-}
-
 /// A sidecar runs only at a digest the user approved; a tag that moved is never run silently:
 /// to a digest that imports more it is refused, to one that imports nothing more it runs with
 /// a warning (returned) saying what changed.

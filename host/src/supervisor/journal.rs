@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use super::api::{ContainerState, ContainerView, PodPhase, PodView};
+use super::api::{Event, EventRecord, Record, VERSION};
 
 /// The size past which the journal is rotated.
 pub const MAX_JOURNAL_BYTES: u64 = 1 << 20;
@@ -20,76 +21,76 @@ pub fn rotated(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The journal's events, oldest first: the rotated file's, then the current one's (snapshot
-/// records left out).
-pub fn lines(path: &Path) -> Vec<String> {
-    [rotated(path), path.to_path_buf()]
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !is_snapshot(l))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// Why a journal cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: written by a newer wpod (record version {version}; this wpod reads {VERSION}): use the wpod that runs the pod")]
+    Newer { path: PathBuf, version: u32 },
 }
 
-/// Whether a journal line is a snapshot record rather than an event.
-pub fn is_snapshot(line: &str) -> bool {
-    line.starts_with("{\"type\":\"snapshot\"")
-}
-
-/// A container as its events tell it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerView {
-    pub name: String,
-    /// waiting, running, exited
-    pub state: String,
-    pub ready: bool,
-    pub restarts: u32,
-    pub pid: Option<i32>,
-    pub exit_code: Option<i64>,
-    pub image: Option<String>,
-}
-
-/// A pod as its events tell it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodView {
-    pub name: String,
-    /// RFC 3339 time of its `podStarted` event.
-    pub started: Option<String>,
-    /// Its address on its network, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    /// `cni`, `loopback` or `host`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-    /// Starting, Running, Stopping, Finished
-    pub phase: String,
-    pub exit_code: Option<i64>,
-    pub containers: Vec<ContainerView>,
-}
-
-/// The view of the pod `name` from the journal at `path` (lines it cannot read are skipped).
-pub fn read(name: &str, path: &Path) -> PodView {
+/// The records of a journal file (lines that are not records are skipped: a line being
+/// written, or a file cut short by a full disk).
+fn records(path: &Path) -> Result<Vec<Record>, JournalError> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<Record>(line) else {
+            continue;
+        };
+        if record.version() > VERSION {
+            return Err(JournalError::Newer {
+                path: path.to_path_buf(),
+                version: record.version(),
+            });
+        }
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// The journal's events, oldest first: the rotated file's, then the current one's.
+pub fn events(path: &Path) -> Result<Vec<EventRecord>, JournalError> {
+    let mut out = Vec::new();
+    for file in [rotated(path), path.to_path_buf()] {
+        out.extend(records(&file)?.into_iter().filter_map(|r| match r {
+            Record::Event(e) => Some(e),
+            _ => None,
+        }));
+    }
+    Ok(out)
+}
+
+/// The events among journal lines (what `wpod events -f` reads as the journal grows).
+pub fn parse_events(text: &str) -> Result<Vec<EventRecord>, JournalError> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        match serde_json::from_str::<Record>(line) {
+            Ok(r) if r.version() > VERSION => {
+                return Err(JournalError::Newer {
+                    path: PathBuf::from("the journal"),
+                    version: r.version(),
+                })
+            }
+            Ok(Record::Event(e)) => out.push(e),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The view of the pod `name` from the journal at `path`.
+pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
     let mut pod = PodView {
         name: name.to_string(),
-        phase: "Starting".into(),
+        phase: PodPhase::Starting,
         ..Default::default()
     };
     let mut containers: BTreeMap<String, ContainerView> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["type"] == "snapshot" {
-            if let Ok(view) = serde_json::from_value::<PodView>(v["view"].clone()) {
+    for record in records(path)? {
+        let e = match record {
+            Record::Snapshot(s) => {
+                let view = s.view;
                 containers.clear();
                 order = view.containers.iter().map(|c| c.name.clone()).collect();
                 containers.extend(view.containers.into_iter().map(|c| (c.name.clone(), c)));
@@ -97,63 +98,62 @@ pub fn read(name: &str, path: &Path) -> PodView {
                     containers: Vec::new(),
                     ..view
                 };
+                continue;
             }
-            continue;
-        }
-        let event = v["event"].as_str().unwrap_or_default();
-        let Some(container) = v["container"].as_str() else {
-            match event {
-                "podStarted" => {
-                    pod.started = v["time"].as_str().map(str::to_string);
-                    pod.ip = v["ip"].as_str().map(str::to_string);
-                    pod.network = v["network"].as_str().map(str::to_string);
-                    pod.phase = "Running".into();
+            Record::Event(e) => e,
+            Record::Summary(_) | Record::Log(_) => continue,
+        };
+        let Some(container) = e.container else {
+            match e.event {
+                Event::PodStarted { network, ip, .. } => {
+                    pod.started = Some(e.time);
+                    pod.ip = ip;
+                    pod.network = Some(network);
+                    pod.phase = PodPhase::Running;
                 }
-                "podStopping" => pod.phase = "Stopping".into(),
+                Event::PodStopping { .. } => pod.phase = PodPhase::Stopping,
                 // A removed sidecar is gone from the pod (its log stays, for `wpod logs`).
-                "podChanged" => {
-                    for name in v["removed"].as_array().into_iter().flatten() {
-                        if let Some(name) = name.as_str() {
-                            containers.remove(name);
-                            order.retain(|n| n != name);
-                        }
+                Event::PodChanged { removed, .. } => {
+                    for name in removed {
+                        containers.remove(&name);
+                        order.retain(|n| *n != name);
                     }
                 }
-                "podFinished" => {
-                    pod.phase = "Finished".into();
-                    pod.exit_code = v["exitCode"].as_i64();
+                Event::PodFinished { exit_code } => {
+                    pod.phase = PodPhase::Finished;
+                    pod.exit_code = Some(exit_code.into());
                 }
                 _ => {}
             }
             continue;
         };
-        let c = containers.entry(container.to_string()).or_insert_with(|| {
-            order.push(container.to_string());
+        let c = containers.entry(container.clone()).or_insert_with(|| {
+            order.push(container.clone());
             ContainerView {
-                name: container.to_string(),
-                state: "waiting".into(),
+                name: container,
+                state: ContainerState::Waiting,
                 ..Default::default()
             }
         });
-        match event {
-            "pulled" | "alreadyPresent" | "pulling" => {
-                c.image = v["image"].as_str().map(str::to_string);
-            }
-            "started" => {
-                c.state = "running".into();
-                c.pid = v["pid"].as_i64().map(|p| p as i32);
-                c.restarts = v["restarts"].as_u64().unwrap_or(0) as u32;
+        match e.event {
+            Event::Pulled { image, .. }
+            | Event::AlreadyPresent { image }
+            | Event::Pulling { image, .. } => c.image = Some(image),
+            Event::Started { pid, restarts } => {
+                c.state = ContainerState::Running;
+                c.pid = pid;
+                c.restarts = restarts;
                 c.exit_code = None;
             }
-            "ready" => c.ready = true,
-            "notReady" => c.ready = false,
-            "exited" => {
-                c.state = "exited".into();
+            Event::Ready => c.ready = true,
+            Event::NotReady => c.ready = false,
+            Event::Exited(x) => {
+                c.state = ContainerState::Exited;
                 c.ready = false;
                 c.pid = None;
-                c.exit_code = v["code"].as_i64().or_else(|| v["exitCode"].as_i64());
+                c.exit_code = Some(x.code.into());
             }
-            "backOff" => c.state = "waiting".into(),
+            Event::BackOff { .. } => c.state = ContainerState::Waiting,
             _ => {}
         }
     }
@@ -161,5 +161,5 @@ pub fn read(name: &str, path: &Path) -> PodView {
         .into_iter()
         .filter_map(|n| containers.remove(&n))
         .collect();
-    pod
+    Ok(pod)
 }

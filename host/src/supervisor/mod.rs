@@ -10,11 +10,13 @@
 //! the supervisor sends commands and collects outcomes.
 
 pub mod actions;
+pub mod api;
 pub mod backoff;
 pub mod control;
 pub mod events;
 pub mod images;
 pub mod journal;
+pub mod pod;
 pub mod probes;
 pub mod runner;
 #[cfg(test)]
@@ -289,7 +291,7 @@ impl Supervisor {
         };
         row.restarts = outcome.restarts;
         row.exit = outcome.exit;
-        row.waiting = outcome.waiting;
+        row.waiting = outcome.waiting.map(str::to_string);
     }
 
     /// Runs the pod to its end, stopping it on Ctrl-C or SIGTERM; the caller tears the sandbox

@@ -157,7 +157,7 @@ async fn live(
             run.events.emit(
                 Some(name),
                 Event::HookFailed {
-                    hook: "postStart",
+                    hook: "postStart".into(),
                     message: e.message(),
                 },
             );
@@ -239,7 +239,7 @@ async fn live(
                 }
                 ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
                 ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
-                ProbeEvent::Failed { probe, message } => run.events.emit(Some(name), Event::ProbeFailed { probe, message }),
+                ProbeEvent::Failed { probe, message } => run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message }),
                 ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
                     // Kubernetes kills the container and restarts it per its policy.
                     run.events.emit(Some(name), Event::Unhealthy { message });
@@ -281,7 +281,7 @@ async fn pre_stop(run: &PodRun, plan: &ContainerPlan, target: &ActionTarget, dea
         run.events.emit(
             Some(plan.name()),
             Event::HookFailed {
-                hook: "preStop",
+                hook: "preStop".into(),
                 message: e.message(),
             },
         );
