@@ -1268,7 +1268,7 @@ fn a_publishers_escape_sequences_never_reach_the_terminal() {
     let clear = "\u{1b}[2J\u{1b}[H";
     let title = format!("org.opencontainers.image.title=nice{clear}imports: nothing\u{202e}");
     let description =
-        format!("org.opencontainers.image.description=harmless\u{9b}31m\rhidden\u{2066}");
+        "org.opencontainers.image.description=harmless\u{9b}31m\rhidden\u{2066}".to_string();
     m.push("hello", &reference, &[&title, &description]);
     let raw = |out: &str| {
         out.contains('\u{1b}')

@@ -324,9 +324,9 @@ spec:
     assert_no_leftovers("rt-fds");
 }
 
-/// Item 4's second half (a sidecar whose quota is set above what the process may hold) is now
-/// refused before the pod starts: the quotas must fit what wpod may open (issue 23, finding D,
-/// `redteam2::sidecar_quotas_must_fit_what_wpod_may_open`).
+// Item 4's second half (a sidecar whose quota is set above what the process may hold) is now
+// refused before the pod starts: the quotas must fit what wpod may open (issue 23, finding D,
+// `redteam2::sidecar_quotas_must_fit_what_wpod_may_open`).
 
 /// Item 5: a sidecar printing one endless line, or lines of any length, cannot make wpod hold
 /// them whole: lines are cut into 16 KiB CRI partial records.

@@ -63,7 +63,7 @@ impl Visit for Fields {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.record_str(field, &format!("{value:?}").trim_matches('"').to_string());
+        self.record_str(field, format!("{value:?}").trim_matches('"'));
     }
 }
 

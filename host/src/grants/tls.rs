@@ -15,6 +15,7 @@
 //! - CPU: the host's time in a sidecar's handshakes is metered ([`HandshakeCpu`]) against the
 //!   sidecar's CPU limit (one core without one): a sidecar replaying ClientHellos with an
 //!   RSA-4096 key once cost 17 CPU-seconds for 4,000 of them; now its handshakes wait.
+//!
 //! Sessions end with the instance that opened them.
 //!
 //! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),

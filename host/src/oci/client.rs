@@ -118,6 +118,8 @@ pub type BlobStream = futures_util::stream::BoxStream<'static, std::io::Result<V
 /// Where manifests and blobs are read from: a registry, or an OCI image layout directory
 /// (`wpod load`). A pull reads both the same way, so what it checks (trust policy, digests,
 /// sizes, a sidecar's bytes) holds whichever it is.
+// One per pull: boxing the larger variant would save nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum Origin {
     Registry(super::http::Registry),
     Layout(super::layout::Layout),

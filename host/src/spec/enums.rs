@@ -93,6 +93,8 @@ spelled_enum! {
     }
 }
 
+// `spelled_enum!` declares the type; a derive cannot mark its default variant.
+#[allow(clippy::derivable_impls)]
 impl Default for DnsPolicy {
     fn default() -> Self {
         DnsPolicy::ClusterFirst

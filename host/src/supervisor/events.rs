@@ -31,11 +31,14 @@ impl Events {
     }
 }
 
+/// Events held back, with the container each is about.
+type Held = Vec<(Option<String>, Event)>;
+
 pub struct Events {
     pod: String,
     format: OutputFormat,
     /// Held back instead of reported (an apply's events until the change is accepted).
-    captured: Option<std::sync::Mutex<Vec<(Option<String>, Event)>>>,
+    captured: Option<std::sync::Mutex<Held>>,
     /// The pod's event journal (`events.jsonl` in its state directory), once it exists: what
     /// `wpod ps` reads. Events before it (the pulls) are kept and written first.
     journal: std::sync::Mutex<Journal>,

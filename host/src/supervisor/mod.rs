@@ -162,6 +162,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    // What a pod is made of, each passed once by `Pod::start`: a struct of them would only
+    // be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         plan: Arc<PodPlan>,
         sandbox: Arc<PodSandbox>,

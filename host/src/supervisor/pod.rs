@@ -97,7 +97,7 @@ impl Pod {
         // it fails, the sandbox is dropped, which tears it down.
         let (sandbox, prepared) = tokio::task::block_in_place(|| {
             let preparation = Preparation::begin(&plan)?;
-            Ok::<_, PodError>(std::thread::scope(|s| {
+            Ok::<_, SidecarError>(std::thread::scope(|s| {
                 let finishing = s.spawn(|| preparation.finish());
                 let sandbox = PodSandbox::create(&plan);
                 let prepared = finishing

@@ -92,9 +92,12 @@ fn ports(bridge: &str) -> Vec<String> {
         .collect()
 }
 
+/// A chain and the rules a plugin puts in it.
+type Chain = (&'static str, &'static [&'static str]);
+
 /// The chains the plugins share, by table, with the rules they put in them themselves: a rule
 /// matching none of these belongs to some pod (of any runtime), and the table's chains stay.
-const SHARED: &[(&str, &[(&str, &[&str])])] = &[
+const SHARED: &[(&str, &[Chain])] = &[
     (
         "filter",
         &[("CNI-FORWARD", &["-j CNI-ADMIN"]), ("CNI-ADMIN", &[])],
