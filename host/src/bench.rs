@@ -39,8 +39,9 @@ pub enum BenchError {
     Failed(String),
 }
 
-fn fail(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Failed(e.to_string())
+/// `e` with its causes (a sandbox step's, a sidecar's trap).
+fn fail(e: impl std::error::Error) -> BenchError {
+    BenchError::Failed(wpod::error::chain(&e))
 }
 
 /// Milliseconds of one kind of start, over the runs.
@@ -107,13 +108,13 @@ fn rss_bytes() -> u64 {
 /// This process's proportional set size (shared pages divided among their sharers), in bytes.
 fn pss_bytes() -> Result<u64, BenchError> {
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")
-        .map_err(|e| fail(format!("cannot read /proc/self/smaps_rollup: {e}")))?;
+        .map_err(|e| BenchError::Failed(format!("cannot read /proc/self/smaps_rollup: {e}")))?;
     rollup
         .lines()
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .ok_or_else(|| fail("no Pss line in /proc/self/smaps_rollup"))
+        .ok_or_else(|| BenchError::Failed("no Pss line in /proc/self/smaps_rollup".into()))
 }
 
 /// `n` idle sidecars of one pod (each its own container, prepared as `wpod run` prepares a
@@ -188,7 +189,7 @@ fn pod_listener(sandbox: &PodSandbox) -> Result<TcpListener, BenchError> {
         TcpListener::bind("127.0.0.1:0").map_err(fail)
     })
     .join()
-    .map_err(|_| fail("listener thread panicked"))?
+    .map_err(|_| BenchError::Failed("listener thread panicked".into()))?
 }
 
 fn bench_plan(component: &Path, port: u16, args: &[String]) -> Result<PodPlan, BenchError> {
@@ -218,7 +219,10 @@ fn pod_plan(component: &Path, port: u16, args: &[String], n: usize) -> Result<Po
         ));
     }
     let pods = wpod::spec::parse(Path::new("<bench>"), &manifest).map_err(fail)?;
-    let pod = pods.into_iter().next().ok_or_else(|| fail("no pod"))?;
+    let pod = pods
+        .into_iter()
+        .next()
+        .ok_or_else(|| BenchError::Failed("no pod".into()))?;
     wpod::plan::plan(&pod).map_err(fail)
 }
 
@@ -245,7 +249,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         .iter()
         .find(|c| c.image.is_wasm())
         .cloned()
-        .ok_or_else(|| fail("no sidecar"))?;
+        .ok_or_else(|| BenchError::Failed("no sidecar".into()))?;
 
     let state = PodState::new(Vec::<String>::new());
     let logs_dir = sandbox.log_dir();
@@ -331,7 +335,7 @@ async fn start_once(
         ready.wait_for(|r| r.contains("sidecar")),
     )
     .await
-    .map_err(|_| fail("the guest never called ready()"))?
+    .map_err(|_| BenchError::Failed("the guest never called ready()".into()))?
     .map_err(fail)?;
     let t_ready = t0.elapsed();
     let t_connect = loop {
@@ -339,7 +343,7 @@ async fn start_once(
             Ok(_) => break t0.elapsed(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if t0.elapsed() > Duration::from_secs(60) {
-                    return Err(fail("the guest never connected"));
+                    return Err(BenchError::Failed("the guest never connected".into()));
                 }
                 tokio::task::yield_now().await;
             }
@@ -348,7 +352,10 @@ async fn start_once(
     };
     let exit = sidecar.exited().await;
     if exit.code != 0 {
-        return Err(fail(format!("the bench guest exited with {}", exit.code)));
+        return Err(BenchError::Failed(format!(
+            "the bench guest exited with {}",
+            exit.code
+        )));
     }
     Ok((t_ready, t_connect))
 }

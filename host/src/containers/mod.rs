@@ -30,13 +30,29 @@ use crate::spec::SeccompProfile;
 use crate::status::ExitInfo;
 use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, REPORT_FD};
 
+/// What made a setup step fail: a typed error (its `source`), or the words of a helper's report.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn setup_error(
+    container: &str,
+    step: impl std::fmt::Display,
+    source: impl Into<Cause>,
+) -> ContainerError {
+    ContainerError::Setup {
+        container: container.to_string(),
+        step: step.to_string(),
+        source: source.into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("container {container}: {step}: {error}")]
+    #[error("container {container}: {step}")]
     Setup {
         container: String,
         step: String,
-        error: String,
+        #[source]
+        source: Cause,
     },
     #[error("container {container}: cannot create its cgroup: {source}")]
     Cgroup {
@@ -108,11 +124,7 @@ fn launch_spec(
     scratch: PathBuf,
 ) -> Result<LaunchSpec, ContainerError> {
     let c = &plan.spec;
-    let setup_err = |step: &str, error: String| ContainerError::Setup {
-        container: c.name.clone(),
-        step: step.into(),
-        error,
-    };
+    let setup_err = |step: &str, source: Cause| setup_error(&c.name, step, source);
     let lowers = match (&plan.image, image) {
         (Image::Host, _) => vec![PathBuf::from("/")],
         (Image::Rootfs(dir), _) => vec![dir.clone()],
@@ -120,7 +132,7 @@ fn launch_spec(
         (Image::Registry { name, .. }, None) => {
             return Err(setup_err(
                 "start",
-                format!("image {} was not pulled", name.canonical()),
+                format!("image {} was not pulled", name.canonical()).into(),
             ))
         }
         (Image::Wasm(_), _) => {
@@ -135,7 +147,7 @@ fn launch_spec(
         let source = sandbox.volumes.source_for_helpers(&m.name).ok_or_else(|| {
             setup_err(
                 "mount volumes",
-                format!("volume {} was not created", m.name),
+                format!("volume {} was not created", m.name).into(),
             )
         })?;
         mounts.push(BindMount {
@@ -183,8 +195,7 @@ fn launch_spec(
     }
     let (argv, cwd) = match image_process {
         Some(p) => (
-            oci::process::argv(&c.command, &c.args, p)
-                .map_err(|e| setup_err("start", e.to_string()))?,
+            oci::process::argv(&c.command, &c.args, p).map_err(|e| setup_err("start", e.into()))?,
             Some(oci::process::working_dir(c.working_dir.as_deref(), p)),
         ),
         None => (
@@ -198,7 +209,7 @@ fn launch_spec(
         (None, Some(img)) => match &img.process.user {
             Some(user) => {
                 let (uid, gid) = oci::process::resolve_user(user, &img.layers)
-                    .map_err(|e| setup_err("resolve the image's user", e.to_string()))?;
+                    .map_err(|e| setup_err("resolve the image's user", e.into()))?;
                 (uid, Some(gid))
             }
             None => (0, None),
@@ -250,11 +261,7 @@ impl NativeContainer {
         pids_limit: u64,
     ) -> Result<Self, ContainerError> {
         let name = plan.name().to_string();
-        let setup_err = |step: &str, error: String| ContainerError::Setup {
-            container: name.clone(),
-            step: step.into(),
-            error,
-        };
+        let setup_err = |step: &str, source: Cause| setup_error(&name, step, source);
         let (cgroup, warnings) = sandbox
             .cgroups
             .container(&name, &plan.spec.resources.limits, pids_limit)
@@ -268,27 +275,29 @@ impl NativeContainer {
         let dir = sandbox.container_dir(&name);
         let scratch = dir.join("scratch");
         std::fs::create_dir_all(&scratch).map_err(|e| {
-            setup_err(
-                "create the container directory",
-                format!("{e} ({})", scratch.display()),
+            setup_error(
+                &name,
+                format!("create the container directory ({})", scratch.display()),
+                e,
             )
         })?;
         let spec = launch_spec(plan, image, sandbox, &cgroup, scratch)?;
         let spec_path = dir.join("launch.json");
         let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| setup_err("write the launch spec", e.to_string()))?;
+            .map_err(|e| setup_err("write the launch spec", e.into()))?;
         // It holds the container's environment: root's alone.
         write_private(&spec_path, &json).map_err(|e| {
-            setup_err(
-                "write the launch spec",
-                format!("{e} ({})", spec_path.display()),
+            setup_error(
+                &name,
+                format!("write the launch spec ({})", spec_path.display()),
+                e,
             )
         })?;
 
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| setup_err("create the report pipe", e.to_string()))?;
+            .map_err(|e| setup_err("create the report pipe", e.into()))?;
         let mut cmd = helper_command("__container")
-            .map_err(|e| setup_err("find the wpod binary", e.to_string()))?;
+            .map_err(|e| setup_err("find the wpod binary", e.into()))?;
         cmd.arg(&spec_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -302,7 +311,7 @@ impl NativeContainer {
         );
         let mut shim = tokio::process::Command::from(cmd)
             .spawn()
-            .map_err(|e| setup_err("start the container shim", e.to_string()))?;
+            .map_err(|e| setup_err("start the container shim", e.into()))?;
         drop(report_write);
 
         let mut output = Vec::new();
@@ -338,17 +347,15 @@ impl NativeContainer {
                     Err(error) => {
                         container.kill_all();
                         let _ = container.wait().await;
-                        Err(setup_err("check the container's process", error))
+                        Err(setup_err("check the container's process", error.into()))
                     }
                 }
             }
             Some(Report::Failed { step, error }) => {
                 let _ = container.wait().await;
-                Err(ContainerError::Setup {
-                    container: name,
-                    step,
-                    error,
-                })
+                // The shim's report: its step, and the error it met, in words (it crossed a
+                // process boundary).
+                Err(setup_error(&name, step, error))
             }
             None => {
                 let exit = container.wait().await;
@@ -357,7 +364,8 @@ impl NativeContainer {
                     format!(
                         "the shim exited without reporting (exit code {})",
                         exit.code
-                    ),
+                    )
+                    .into(),
                 ))
             }
         }

@@ -97,13 +97,11 @@ impl Capability for Filesystem {
             let (host, held) = setup
                 .volumes
                 .volume(&m.volume)
-                .ok_or_else(|| GrantError(format!("volume {} was not created", m.volume)))?;
-            let fail = |e: String| {
-                GrantError(format!(
-                    "cannot open volume {} for {}: {e}",
-                    host.display(),
-                    m.guest
-                ))
+                .ok_or_else(|| GrantError::NoVolume(m.volume.clone()))?;
+            let fail = |source: Box<dyn std::error::Error + Send + Sync>| GrantError::Volume {
+                host: host.to_path_buf(),
+                guest: m.guest.clone(),
+                source,
             };
             let perms = if m.read_only {
                 FsPerms::ReadOnly
@@ -112,12 +110,12 @@ impl Capability for Filesystem {
             };
             // The directory wpod opened when the pod started, opened for reading and checked;
             // wasmtime then opens that same directory through its descriptor.
-            let dir = open_checked_dir(held).map_err(|e| fail(crate::error::chain(&e)))?;
+            let dir = open_checked_dir(held).map_err(|e| fail(e.into()))?;
             let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
             setup
                 .wasi
                 .preopened_dir(&by_fd, &m.guest, perms)
-                .map_err(|e| fail(format!("{e:#}")))?;
+                .map_err(|e| fail(e.into()))?;
         }
         if let Some(cwd) = &grant.cwd {
             setup.wasi.initial_cwd(cwd);

@@ -112,8 +112,18 @@ pub struct InstanceSetup<'a> {
 
 /// A capability could not be set up for an instance.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GrantError(pub String);
+pub enum GrantError {
+    /// The plan granted a volume the sandbox did not make (a bug, never a manifest's fault).
+    #[error("volume {0} was not created")]
+    NoVolume(String),
+    #[error("cannot open volume {host} for {guest}")]
+    Volume {
+        host: std::path::PathBuf,
+        guest: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
 
 /// The store data of a sidecar, as the capabilities see it: WASI's view, and their own states
 /// with the resource table they share.

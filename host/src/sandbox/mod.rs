@@ -22,10 +22,19 @@ use ports::PortForwards;
 use state_dir::StateDir;
 use volumes::PodVolumes;
 
+/// What caused a step to fail: a typed error, kept as the step's `source` (printed after it by
+/// `error::chain` and anyhow), or a message when the cause is one (a helper's report).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("{step}: {error}")]
-    Step { step: String, error: String },
+    /// A step of making the sandbox (`create emptyDir (/path)`), and why it failed.
+    #[error("{step}")]
+    Step {
+        step: String,
+        #[source]
+        source: Cause,
+    },
     #[error("pod \"{pod}\" is already running on this host (another wpod holds its lock)")]
     AlreadyRunning { pod: String },
     #[error(transparent)]
@@ -33,17 +42,17 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    pub fn io(step: impl Into<String>, path: &Path, e: std::io::Error) -> Self {
+    pub fn step(step: impl Into<String>, source: impl Into<Cause>) -> Self {
         SandboxError::Step {
             step: step.into(),
-            error: format!("{e} ({})", path.display()),
+            source: source.into(),
         }
     }
-    pub fn sys(step: impl Into<String>, path: &Path, e: nix::Error) -> Self {
-        SandboxError::Step {
-            step: step.into(),
-            error: format!("{} ({})", e.desc(), path.display()),
-        }
+    pub fn io(step: impl std::fmt::Display, path: &Path, e: std::io::Error) -> Self {
+        Self::step(format!("{step} ({})", path.display()), e)
+    }
+    pub fn sys(step: impl std::fmt::Display, path: &Path, e: nix::Error) -> Self {
+        Self::step(format!("{step} ({})", path.display()), e)
     }
 }
 
@@ -81,10 +90,8 @@ impl PodSandbox {
         let name = plan.name();
         let state = StateDir::acquire(&plan.name)?;
         let mut warnings = Vec::new();
-        let lifeline = Lifeline::new().map_err(|e| SandboxError::Step {
-            step: "create the lifeline pipe".into(),
-            error: e.to_string(),
-        })?;
+        let lifeline =
+            Lifeline::new().map_err(|e| SandboxError::step("create the lifeline pipe", e))?;
         let pod_proc = match pod.spec.share_process_namespace {
             true => Some(state.pod_proc_dir()?),
             false => None,
@@ -103,19 +110,14 @@ impl PodSandbox {
                     &namespaces.net_path(),
                     &plan.port_mappings,
                 )
-                .map_err(|e| SandboxError::Step {
-                    step: "attach the pod to its network (CNI ADD)".into(),
-                    error: crate::error::chain(&e),
-                })?;
+                .map_err(|e| SandboxError::step("attach the pod to its network (CNI ADD)", e))?;
                 (Some(ports), Some(network))
             }
             _ => (None, None),
         };
         let ip = network.as_ref().and_then(|n| n.ip);
-        let dialer = Dialer::new(namespaces.net_handle()).map_err(|e| SandboxError::Step {
-            step: "start the pod's dialer".into(),
-            error: e.to_string(),
-        })?;
+        let dialer = Dialer::new(namespaces.net_handle())
+            .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
         let (volumes, volume_warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;

@@ -55,10 +55,7 @@ impl PodNamespaces {
         host_network: bool,
         lifeline: &Lifeline,
     ) -> Result<Self, SandboxError> {
-        let fail = |e: std::io::Error| SandboxError::Step {
-            step: "start the namespace holder".into(),
-            error: e.to_string(),
-        };
+        let fail = |e: std::io::Error| SandboxError::step("start the namespace holder", e);
         let mut cmd = helper_command("__holder").map_err(fail)?;
         cmd.args(["--hostname", hostname]);
         if let Some(dir) = pod_proc {
@@ -86,17 +83,12 @@ impl PodNamespaces {
                     Some(("error", msg)) => msg.to_string(),
                     _ => "the holder exited without a word".to_string(),
                 };
-                return Err(SandboxError::Step {
-                    step: "create the pod namespaces".into(),
-                    error,
-                });
+                return Err(SandboxError::step("create the pod namespaces", error));
             }
         };
         let net_path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
-        let net = std::fs::File::open(&net_path).map_err(|e| SandboxError::Step {
-            step: format!("open {}", net_path.display()),
-            error: e.to_string(),
-        })?;
+        let net = std::fs::File::open(&net_path)
+            .map_err(|e| SandboxError::io("open the pod's network namespace", &net_path, e))?;
         let net = Arc::new(OwnedFd::from(net));
         let init = match (init_pid, pod_proc) {
             (Some(pid), Some(dir)) => Some((pid, dir.to_path_buf())),

@@ -79,25 +79,21 @@ impl PortForwards {
             let addr = SocketAddr::new(m.host_ip, m.host_port);
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| SandboxError::Step {
-                    step: format!(
-                        "publish hostPort {} of container {}",
-                        m.host_port, m.container
-                    ),
-                    error: format!("bind {addr}: {e}"),
+                .map_err(|e| {
+                    SandboxError::step(
+                        format!(
+                            "publish hostPort {} of container {}: bind {addr}",
+                            m.host_port, m.container
+                        ),
+                        e,
+                    )
                 })?;
             let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), m.container_port);
             listeners.push((listener, target));
         }
-        let runtime =
-            PodRuntime::new(pod, net, FORWARDER_THREADS).map_err(|e| SandboxError::Step {
-                step: "start the hostPort forwarders".into(),
-                error: e.to_string(),
-            })?;
-        let handle = runtime.handle().map_err(|e| SandboxError::Step {
-            step: "start the hostPort forwarders".into(),
-            error: e.to_string(),
-        })?;
+        let forwarders = |e| SandboxError::step("start the hostPort forwarders", e);
+        let runtime = PodRuntime::new(pod, net, FORWARDER_THREADS).map_err(forwarders)?;
+        let handle = runtime.handle().map_err(forwarders)?;
         // One budget for all the pod's ports.
         let slots = Arc::new(Semaphore::new(
             usize::try_from(max_connections)
@@ -137,12 +133,14 @@ impl PortForwards {
                 IpAddr::V4(_) => AddressFamily::Inet,
                 IpAddr::V6(_) => AddressFamily::Inet6,
             };
-            let fail = |e: nix::Error| SandboxError::Step {
-                step: format!(
-                    "publish hostPort {} of container {}",
-                    m.host_port, m.container
-                ),
-                error: format!("bind {addr}: {}", std::io::Error::from(e)),
+            let fail = |e: nix::Error| {
+                SandboxError::step(
+                    format!(
+                        "publish hostPort {} of container {}: bind {addr}",
+                        m.host_port, m.container
+                    ),
+                    std::io::Error::from(e),
+                )
             };
             let fd =
                 socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;

@@ -57,10 +57,8 @@ impl StateDir {
         // Root's alone: pods hold their containers' environment (launch specs), their logs and
         // their volumes, where a container may leave a setuid binary or a device node.
         let private = |sub| {
-            crate::files::private_state_dir(sub).map_err(|e| SandboxError::Step {
-                step: "create the state directory".into(),
-                error: e.to_string(),
-            })
+            crate::files::private_state_dir(sub)
+                .map_err(|e| SandboxError::step("create the state directory", e))
         };
         let (pods, locks) = (private("pods")?, private("locks")?);
         private("logs")?;

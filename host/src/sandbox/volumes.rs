@@ -92,13 +92,13 @@ impl PodVolumes {
                         HostPathType::FileOrCreate => create_file(&p)
                             .map_err(|e| SandboxError::io(step("create hostPath file"), &p, e))?,
                         HostPathType::Unset if !p.exists() => {
-                            return Err(SandboxError::Step {
-                                step: step("hostPath"),
-                                error: format!(
+                            return Err(SandboxError::step(
+                                step("hostPath"),
+                                format!(
                                     "{} does not exist (set type: DirectoryOrCreate to create it)",
                                     p.display()
                                 ),
-                            });
+                            ));
                         }
                         _ => {}
                     }

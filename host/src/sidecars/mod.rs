@@ -36,8 +36,12 @@ pub enum SidecarError {
     Cache(#[from] cache::CacheError),
     #[error("sidecar {container}: {message}")]
     Link { container: String, message: String },
-    #[error("sidecar {container}: {message}")]
-    Start { container: String, message: String },
+    #[error("sidecar {container}")]
+    Grant {
+        container: String,
+        #[source]
+        source: crate::grants::GrantError,
+    },
 }
 
 /// A running sidecar's store data: WASI's context, the resource table every capability shares,
@@ -328,11 +332,6 @@ impl WasmSidecar {
     pub fn start(prepared: &PreparedSidecar, ctx: &PodContext<'_>) -> Result<Self, SidecarError> {
         let c = &prepared.plan.spec;
         let name = c.name.clone();
-        let start_err = |message: String| SidecarError::Start {
-            container: name.clone(),
-            message,
-        };
-
         let (stopping, stopping_rx) = watch::channel(None);
         let mut builder = WasiCtxBuilder::new();
         let mut setup = InstanceSetup {
@@ -348,7 +347,10 @@ impl WasmSidecar {
         let grants = prepared
             .grants
             .prepare(&mut setup)
-            .map_err(|e| start_err(e.0))?;
+            .map_err(|source| SidecarError::Grant {
+                container: name.clone(),
+                source,
+            })?;
         // Every socket, file, stream and pollable the guest holds is an entry of its table:
         // bounding the table bounds the host resources it can hold (`wpod.dev/sidecar-max-handles`).
         let mut table = ResourceTable::new();

@@ -16,7 +16,7 @@
 //! (grace period and `stopping` event, as at termination) and starts the new ones.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -63,6 +63,83 @@ pub fn request_line(request: &Request) -> String {
     format!("{json}\n")
 }
 
+/// Why a request was refused or failed: its words (with its causes) are the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no request within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("reading the request")]
+    Read(#[source] std::io::Error),
+    #[error("the request is larger than {} KiB", MAX_REQUEST / 1024)]
+    TooLarge,
+    #[error("the request is not UTF-8")]
+    NotUtf8,
+    #[error("the request is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the request is not a JSON object")]
+    NotObject,
+    #[error("the request has no \"version\" (this wpod speaks {VERSION})")]
+    NoVersion,
+    #[error("protocol version {0} is not spoken here; this wpod speaks version {VERSION}")]
+    Version(u64),
+    #[error("bad request")]
+    BadRequest(#[source] serde_json::Error),
+    #[error("SO_PEERCRED")]
+    PeerCred(#[source] std::io::Error),
+    #[error("only root may control a pod")]
+    NotRoot,
+    #[error("only root on the host may control a pod (not from inside a container)")]
+    NotOnHost,
+    #[error("cannot read wpod's own mount namespace")]
+    OwnNamespace(#[source] std::io::Error),
+    #[error("{0}: give the manifest's absolute path")]
+    NotAbsolute(PathBuf),
+    #[error("the pod is still starting (init containers and native sidecars); apply once it runs")]
+    Starting,
+    #[error(transparent)]
+    Change(#[from] super::ChangeError),
+    #[error("{file}: holds {count} Pod documents; apply one pod's manifest")]
+    Documents { file: PathBuf, count: usize },
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// What `plan::change` refuses, located in the manifest.
+    #[error("{0}")]
+    Refused(crate::spec::Diagnostics),
+    /// (Boxed: a pull's errors are large, and every answer would carry their size.)
+    #[error(transparent)]
+    Pod(Box<super::pod::PodError>),
+    #[error(
+        "this change needs {at_once} Wasm sidecars at once (replacements start before the old \
+         ones stop), and this pod's sidecar pool holds {capacity} (twice what it started with, at \
+         least {min}): apply fewer changes at a time, or restart the pod with the new manifest",
+        min = crate::sidecars::engine::MIN_SIDECARS
+    )]
+    Pool { at_once: usize, capacity: usize },
+    #[error(transparent)]
+    Sidecar(#[from] crate::sidecars::SidecarError),
+    #[error("cannot keep the new sidecars' layers from `wpod image prune`")]
+    Pin(#[source] crate::oci::store::StoreError),
+    #[error("cannot start the pull outside the pod")]
+    PullHelper(#[source] std::io::Error),
+    /// The pull helper's own error, in its words (it is another process).
+    #[error("{0}")]
+    Pulled(String),
+    #[error("cannot read the component {path}")]
+    Component {
+        path: PathBuf,
+        #[source]
+        source: crate::files::ReadError,
+    },
+    #[error("a task of the request failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<super::pod::PodError> for ControlError {
+    fn from(e: super::pod::PodError) -> Self {
+        ControlError::Pod(Box::new(e))
+    }
+}
+
 /// What a request gives back.
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -72,7 +149,8 @@ enum Reply {
 }
 
 /// An answer line.
-fn answer_line<T: Serialize>(result: Result<T, String>) -> String {
+fn answer_line<T: Serialize>(result: Result<T, ControlError>) -> String {
+    let result = result.map_err(|e| crate::error::chain(&e));
     match serde_json::to_string(&Answer::of(result)) {
         Ok(json) => format!("{json}\n"),
         Err(e) => format!(
@@ -186,10 +264,10 @@ impl Control {
         .await;
     }
 
-    async fn request(&self, stream: &mut UnixStream) -> Result<Reply, String> {
+    async fn request(&self, stream: &mut UnixStream) -> Result<Reply, ControlError> {
         let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(stream))
             .await
-            .map_err(|_| format!("no request within {}s", REQUEST_TIMEOUT.as_secs()))??;
+            .map_err(|_| ControlError::Timeout)??;
         let request = parse(&line)?;
         tracing::debug!(?request, "control request");
         match request {
@@ -242,20 +320,15 @@ impl Control {
     }
 
     /// `wpod apply`: see the module's documentation.
-    async fn apply(&self, file: &Path, dry_run: bool) -> Result<ApplyReport, String> {
+    async fn apply(&self, file: &Path, dry_run: bool) -> Result<ApplyReport, ControlError> {
         if !file.is_absolute() {
-            return Err(format!(
-                "{}: give the manifest's absolute path",
-                file.display()
-            ));
+            return Err(ControlError::NotAbsolute(file.to_path_buf()));
         }
         let _one_at_a_time = self.applying.lock().await;
         match *self.phase.borrow() {
             Phase::Running => {}
-            Phase::Starting => {
-                return Err("the pod is still starting (init containers and native sidecars); apply once it runs".into())
-            }
-            Phase::Stopping => return Err("the pod is stopping".into()),
+            Phase::Starting => return Err(ControlError::Starting),
+            Phase::Stopping => return Err(super::ChangeError::Stopping.into()),
         }
         let live = self.live();
         // Held until the change is made: a refused apply (or a dry run) leaves no event of its
@@ -268,8 +341,8 @@ impl Control {
             .unwrap_or_default();
         let (plan, records) =
             new_plan(file, &live.plan, &self.started_with, &events, &outside).await?;
-        let mut change =
-            change::compare(&live.plan, &plan, &self.started_with).map_err(|d| d.to_string())?;
+        let mut change = change::compare(&live.plan, &plan, &self.started_with)
+            .map_err(ControlError::Refused)?;
         let digests = component_digests(&plan, &change).await?;
         // A component rebuilt under the same path is a new version.
         for (name, digest) in &digests {
@@ -288,13 +361,7 @@ impl Control {
         let at_once = plan.wasm_containers_at_once() + change.replaced.len();
         if let Some(capacity) = crate::sidecars::engine::capacity() {
             if at_once > capacity {
-                return Err(format!(
-                    "this change needs {at_once} Wasm sidecars at once (replacements start before \
-                     the old ones stop), and this pod's sidecar pool holds {capacity} (twice what \
-                     it started with, at least {}): apply fewer changes at a time, or restart the \
-                     pod with the new manifest",
-                    crate::sidecars::engine::MIN_SIDECARS
-                ));
+                return Err(ControlError::Pool { at_once, capacity });
             }
         }
         // Everything that can fail is done before anything running is touched.
@@ -304,10 +371,8 @@ impl Control {
                 continue;
             };
             let c = c.clone();
-            let prepared = tokio::task::spawn_blocking(move || PreparedSidecar::prepare(&c))
-                .await
-                .map_err(|e| format!("preparing sidecar {name}: {e}"))?
-                .map_err(|e| e.to_string())?;
+            let prepared =
+                tokio::task::spawn_blocking(move || PreparedSidecar::prepare(&c)).await??;
             members.push(Arc::new(Member {
                 plan: prepared.plan.clone(),
                 prepared: Some(prepared),
@@ -317,10 +382,10 @@ impl Control {
         if dry_run {
             return Ok(report(&plan, &change, true, &[]));
         }
-        let sandbox = self.sandbox.upgrade().ok_or("the pod is stopping")?;
+        let sandbox = self.sandbox.upgrade().ok_or(super::ChangeError::Stopping)?;
         // What a new sidecar runs is kept from `wpod image prune` while the pod runs.
         crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
-            .map_err(|e| e.to_string())?;
+            .map_err(ControlError::Pin)?;
 
         // The runtime's memory holds the old and the new sidecars for a moment: the larger
         // limit until the change is done.
@@ -348,16 +413,14 @@ impl Control {
             reply,
         };
         let started = match self.changes.send(request).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err("the pod is stopping".to_string())),
-            Err(_) => Err("the pod is stopping".to_string()),
+            Ok(()) => answer.await.unwrap_or(Err(super::ChangeError::Stopping)),
+            Err(_) => Err(super::ChangeError::Stopping),
         };
         let started = match started {
             Ok(started) => started,
             Err(e) => {
                 limit(live.plan.runtime_memory_limit);
-                return Err(e);
+                return Err(e.into());
             }
         };
         limit(plan.runtime_memory_limit);
@@ -408,21 +471,19 @@ pub fn short_socket_path(path: &Path) -> std::io::Result<(std::fs::File, std::pa
     Ok((dir, short))
 }
 
-fn check_peer(stream: &UnixStream) -> Result<(), String> {
-    let peer = stream
-        .peer_cred()
-        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
+    let peer = stream.peer_cred().map_err(ControlError::PeerCred)?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     if peer.uid() != 0 && peer.uid() != me {
-        return Err("only root may control a pod".into());
+        return Err(ControlError::NotRoot);
     }
-    let ours = std::fs::read_link("/proc/self/ns/mnt").map_err(|e| e.to_string())?;
+    let ours = std::fs::read_link("/proc/self/ns/mnt").map_err(ControlError::OwnNamespace)?;
     let theirs = peer
         .pid()
         .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok());
     if theirs.as_ref() != Some(&ours) {
-        return Err("only root on the host may control a pod (not from inside a container)".into());
+        return Err(ControlError::NotOnHost);
     }
     Ok(())
 }
@@ -442,18 +503,14 @@ async fn new_plan(
     started_with: &change::StartedWith,
     events: &Arc<Events>,
     outside: &[std::path::PathBuf],
-) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), String> {
+) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), ControlError> {
     let file_owned = file.to_path_buf();
-    let mut plans = tokio::task::spawn_blocking(move || crate::plan::load(&file_owned))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let mut plans = tokio::task::spawn_blocking(move || crate::plan::load(&file_owned)).await??;
     if plans.len() != 1 {
-        return Err(format!(
-            "{}: holds {} Pod documents; apply one pod's manifest",
-            file.display(),
-            plans.len()
-        ));
+        return Err(ControlError::Documents {
+            file: file.to_path_buf(),
+            count: plans.len(),
+        });
     }
     let plan = plans.remove(0);
     let unchanged =
@@ -483,7 +540,7 @@ async fn new_plan(
             _ => {}
         }
     }
-    change::compare(running, &presumed, started_with).map_err(|d| d.to_string())?;
+    change::compare(running, &presumed, started_with).map_err(ControlError::Refused)?;
 
     let mut to_pull = plan.clone();
     to_pull.containers.retain(|c| !unchanged(c));
@@ -495,9 +552,7 @@ async fn new_plan(
         }
     }
     let quiet = Events::new(plan.name(), crate::logs::OutputFormat::Silent);
-    let (plan, images) = super::pod::pull(&plan, &to_pull, components, &quiet)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (plan, images) = super::pod::pull(&plan, &to_pull, components, &quiet).await?;
     let records = images.records().cloned().collect();
     Ok((plan, records))
 }
@@ -508,15 +563,16 @@ async fn pull_outside(
     plan: &PodPlan,
     events: &Events,
     outside: &[std::path::PathBuf],
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     use std::os::unix::process::CommandExt;
     use tokio::io::AsyncBufReadExt;
     let request = super::images::PullRequest::of(plan);
     if request.images.is_empty() {
         return Ok(());
     }
-    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| format!("find the wpod binary: {e}"))?;
+    // Names and paths: it always serialises.
+    let json = serde_json::to_string(&request).unwrap_or_default();
+    let exe = std::env::current_exe().map_err(ControlError::PullHelper)?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("__pull")
         .arg(json)
@@ -548,9 +604,10 @@ async fn pull_outside(
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("start the pull outside the pod: {e}"))?;
-    let stdout = child.stdout.take().ok_or("the pull's output")?;
-    let mut stderr = child.stderr.take().ok_or("the pull's errors")?;
+        .map_err(ControlError::PullHelper)?;
+    let piped = || ControlError::PullHelper(std::io::Error::other("its output was not piped"));
+    let stdout = child.stdout.take().ok_or_else(piped)?;
+    let mut stderr = child.stderr.take().ok_or_else(piped)?;
     let errors = tokio::spawn(async move {
         let mut text = String::new();
         let _ = tokio::io::AsyncReadExt::read_to_string(
@@ -569,7 +626,7 @@ async fn pull_outside(
             }
         }
     }
-    let status = child.wait().await.map_err(|e| e.to_string())?;
+    let status = child.wait().await.map_err(ControlError::PullHelper)?;
     let errors = errors.await.unwrap_or_default();
     if status.success() {
         Ok(())
@@ -579,7 +636,7 @@ async fn pull_outside(
             .filter_map(|l| l.strip_prefix("wpod: error: "))
             .next_back()
             .unwrap_or(errors.trim());
-        Err(message.to_string())
+        Err(ControlError::Pulled(message.to_string()))
     }
 }
 
@@ -588,7 +645,7 @@ async fn pull_outside(
 async fn component_digests(
     plan: &PodPlan,
     change: &PodChange,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, ControlError> {
     let starting = change.to_start();
     let files: Vec<(String, Image)> = plan
         .containers
@@ -606,7 +663,10 @@ async fn component_digests(
                     use sha2::Digest as _;
                     let bytes =
                         crate::files::read_regular(&w.path, crate::files::MAX_COMPONENT_BYTES)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|source| ControlError::Component {
+                                path: w.path.clone(),
+                                source,
+                            })?;
                     format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
                 }
             };
@@ -614,8 +674,7 @@ async fn component_digests(
         }
         Ok(out)
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// Waits (at most [`START_TIMEOUT`] in all) for each started sidecar to count as started.
@@ -674,48 +733,35 @@ fn report(
 }
 
 /// Reads one request line, at most [`MAX_REQUEST`] bytes.
-async fn read_line(stream: &mut UnixStream) -> Result<String, String> {
+async fn read_line(stream: &mut UnixStream) -> Result<String, ControlError> {
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
     let mut line = Vec::new();
     reader
         .read_until(b'\n', &mut line)
         .await
-        .map_err(|e| format!("reading the request: {e}"))?;
+        .map_err(ControlError::Read)?;
     if line.len() > MAX_REQUEST {
-        return Err(format!(
-            "the request is larger than {} KiB",
-            MAX_REQUEST / 1024
-        ));
+        return Err(ControlError::TooLarge);
     }
-    String::from_utf8(line).map_err(|_| "the request is not UTF-8".into())
+    String::from_utf8(line).map_err(|_| ControlError::NotUtf8)
 }
 
 /// A request line: JSON with the version this wpod speaks, and a known operation.
-pub fn parse(line: &str) -> Result<Request, String> {
+pub fn parse(line: &str) -> Result<Request, ControlError> {
     let line = line.trim();
     // Each check on its own, so that the answer says which one failed.
-    serde_json::from_str::<serde::de::IgnoredAny>(line)
-        .map_err(|e| format!("the request is not JSON: {e}"))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(line).map_err(ControlError::NotJson)?;
     serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(line)
-        .map_err(|_| "the request is not a JSON object".to_string())?;
-    let versioned: Versioned =
-        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+        .map_err(|_| ControlError::NotObject)?;
+    let versioned: Versioned = serde_json::from_str(line).map_err(ControlError::BadRequest)?;
     match versioned.version {
         Some(v) if v == u64::from(VERSION) => {}
-        Some(other) => {
-            return Err(format!(
-                "protocol version {other} is not spoken here; this wpod speaks version {VERSION}"
-            ))
-        }
-        None => {
-            return Err(format!(
-                "the request has no \"version\" (this wpod speaks {VERSION})"
-            ))
-        }
+        Some(other) => return Err(ControlError::Version(other)),
+        None => return Err(ControlError::NoVersion),
     }
     serde_json::from_str::<RequestLine>(line)
         .map(|l| l.request)
-        .map_err(|e| format!("bad request: {e}"))
+        .map_err(ControlError::BadRequest)
 }
 
 fn image(image: &Image) -> String {
@@ -750,7 +796,7 @@ mod tests {
             (r#"{"version":1,"op":"describe","x":1}"#, "bad request"),
             (r#"{"version":1,"op":"apply"}"#, "bad request"),
         ] {
-            let e = parse(bad).unwrap_err();
+            let e = crate::error::chain(&parse(bad).unwrap_err());
             assert!(e.contains(says), "{bad}: {e}");
         }
         let line = request_line(&Request::Describe {});

@@ -134,6 +134,16 @@ pub enum Phase {
     Stopping,
 }
 
+/// Why a live change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Termination began (a stop request, the main container's end) while it was being made.
+    #[error("the pod was {0} during the change")]
+    Interrupted(&'static str),
+    #[error("the pod is stopping")]
+    Stopping,
+}
+
 /// A live change of the pod's Wasm sidecars (`wpod apply`), decided and prepared by the control
 /// socket: the supervisor only stops and starts runners, in Kubernetes' order.
 pub struct Change {
@@ -147,7 +157,7 @@ pub struct Change {
     pub sidecar_order: Vec<String>,
     /// How each started container progresses (to wait for it to be started or ready), or why
     /// nothing was started.
-    pub reply: oneshot::Sender<Result<Started, String>>,
+    pub reply: oneshot::Sender<Result<Started, ChangeError>>,
 }
 
 /// The containers a change started, by name, and how each progresses.
@@ -540,9 +550,7 @@ impl Supervisor {
                         pod.sidecars.push(h);
                     }
                 }
-                let _ = change
-                    .reply
-                    .send(Err(format!("the pod was {reason} during the change")));
+                let _ = change.reply.send(Err(ChangeError::Interrupted(reason)));
                 return Some(reason);
             }
         };

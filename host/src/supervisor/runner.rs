@@ -85,6 +85,7 @@ pub async fn run(
                 .await
             }
             Err(error) => {
+                let error = crate::error::chain(&error);
                 run.events.emit(Some(&name), Event::FailedToStart { error });
                 // What containerd reports for a container that could not start.
                 let exit = ExitInfo {

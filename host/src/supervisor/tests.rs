@@ -2,6 +2,7 @@
 //! supervisor and runners, and scripted workloads in place of processes. Time is tokio's paused
 //! clock, so back-off and grace periods take no wall time and every instant is exact.
 
+use crate::supervisor::workload::StartError;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -110,7 +111,10 @@ impl Workload for FakeWorkload {
 }
 
 impl Launcher for FakeLauncher {
-    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>> {
+    fn start<'a>(
+        &'a self,
+        member: &'a Member,
+    ) -> BoxFuture<'a, Result<Box<dyn Workload>, StartError>> {
         let name = member.name().to_string();
         let n = {
             let mut starts = self.starts.lock().unwrap();

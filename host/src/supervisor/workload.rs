@@ -79,9 +79,23 @@ pub fn members(
         .collect()
 }
 
+/// Why a container did not start (its `failedToStart` event, then exit code 128).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Container(#[from] crate::containers::ContainerError),
+    #[error(transparent)]
+    Sidecar(#[from] crate::sidecars::SidecarError),
+    #[error("cannot start the pod's sidecar runtime")]
+    Runtime(#[from] crate::sandbox::runtime::RuntimeError),
+}
+
 /// Starts the pod's containers.
 pub trait Launcher: Send + Sync {
-    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>>;
+    fn start<'a>(
+        &'a self,
+        member: &'a Member,
+    ) -> BoxFuture<'a, Result<Box<dyn Workload>, StartError>>;
     /// Whether `member` counts as started only once it calls `lifecycle.ready()`.
     fn waits_for_ready(&self, member: &Member) -> bool {
         member
@@ -109,22 +123,17 @@ pub struct PodLauncher {
 
 impl PodLauncher {
     /// A handle on the pod's sidecar runtime, made on first use.
-    fn runtime(&self) -> Result<tokio::runtime::Handle, String> {
+    fn runtime(&self) -> Result<tokio::runtime::Handle, StartError> {
         let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-        if runtime.is_none() {
-            *runtime = Some(
-                PodRuntime::new(
-                    self.plan.name(),
-                    self.sandbox.namespaces.net_handle(),
-                    crate::sandbox::runtime::SIDECAR_WORKERS,
-                )
-                .map_err(|e| e.to_string())?,
-            );
-        }
-        match runtime.as_ref() {
-            Some(r) => r.handle().map_err(|e| e.to_string()),
-            None => Err("no sidecar runtime".into()),
-        }
+        let runtime = match &mut *runtime {
+            Some(r) => r,
+            none => none.insert(PodRuntime::new(
+                self.plan.name(),
+                self.sandbox.namespaces.net_handle(),
+                crate::sandbox::runtime::SIDECAR_WORKERS,
+            )?),
+        };
+        Ok(runtime.handle()?)
     }
 }
 
@@ -173,7 +182,10 @@ impl Workload for WasmSidecar {
 }
 
 impl Launcher for PodLauncher {
-    fn start<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Box<dyn Workload>, String>> {
+    fn start<'a>(
+        &'a self,
+        member: &'a Member,
+    ) -> BoxFuture<'a, Result<Box<dyn Workload>, StartError>> {
         Box::pin(async move {
             match &member.prepared {
                 Some(prepared) => {
@@ -187,9 +199,7 @@ impl Launcher for PodLauncher {
                         network: self.sandbox.pod_net.clone(),
                         reports: self.reports.clone(),
                     };
-                    WasmSidecar::start(prepared, &ctx)
-                        .map(|s| Box::new(s) as Box<dyn Workload>)
-                        .map_err(|e| e.to_string())
+                    Ok(Box::new(WasmSidecar::start(prepared, &ctx)?) as Box<dyn Workload>)
                 }
                 None => NativeContainer::start(
                     &member.plan,
@@ -200,7 +210,7 @@ impl Launcher for PodLauncher {
                 )
                 .await
                 .map(|c| Box::new(c) as Box<dyn Workload>)
-                .map_err(|e| e.to_string()),
+                .map_err(StartError::from),
             }
         })
     }
