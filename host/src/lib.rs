@@ -32,6 +32,7 @@ pub mod sidecars;
 pub mod spec;
 pub mod status;
 pub mod supervisor;
+pub mod sys;
 
 #[cfg(test)]
 mod layering {
@@ -43,7 +44,7 @@ mod layering {
 
     /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
     const LAYERS: &[&[&str]] = &[
-        &["component", "error", "files", "mounts", "status"],
+        &["component", "error", "files", "mounts", "status", "sys"],
         &["helper"],
         &["spec"],
         &["logs"],

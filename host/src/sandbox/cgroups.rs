@@ -8,18 +8,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
 
 use crate::spec::{PodName, ResourceList};
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+use crate::sys::{Host, Syscall};
 /// CFS period for CPU limits, as the kubelet uses.
 const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -38,7 +38,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Cg
 #[derive(Clone, Debug)]
 enum Layout {
     /// Unified hierarchy with controllers at its root.
-    V2,
+    V2 { root: PathBuf },
     /// Controllers on v1 hierarchies (hybrid hosts); any may be missing.
     V1 {
         memory: Option<PathBuf>,
@@ -47,10 +47,11 @@ enum Layout {
     },
 }
 
-fn detect() -> Layout {
-    let root = Path::new(CGROUP_ROOT);
+fn detect(root: &Path) -> Layout {
     if root.join("cgroup.controllers").exists() {
-        return Layout::V2;
+        return Layout::V2 {
+            root: root.to_path_buf(),
+        };
     }
     let hierarchy = |name: &str| Some(root.join(name)).filter(|p| p.join("cgroup.procs").exists());
     Layout::V1 {
@@ -66,6 +67,7 @@ const RUNTIME: &str = "_runtime";
 
 /// The pod's cgroups: `wpod/<root-id>/<pod>` in every hierarchy used.
 pub struct PodCgroups {
+    sys: Arc<dyn Syscall>,
     layout: Layout,
     pod_dirs: Vec<PathBuf>,
     /// Where the wpod process was before it joined `_runtime`, to go back before removing it.
@@ -82,6 +84,7 @@ fn pod_dir(root: &Path, pod: &PodName) -> PathBuf {
 
 /// A container's cgroup (one directory per hierarchy on v1).
 pub struct ContainerCgroup {
+    sys: Arc<dyn Syscall>,
     layout: Layout,
     dirs: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
@@ -94,7 +97,7 @@ pub struct ContainerCgroup {
 /// The hierarchies wpod uses on this host.
 fn roots(layout: &Layout) -> Vec<PathBuf> {
     match layout {
-        Layout::V2 => vec![PathBuf::from(CGROUP_ROOT)],
+        Layout::V2 { root } => vec![root.clone()],
         Layout::V1 { memory, cpu, pids } => {
             [memory, cpu, pids].into_iter().flatten().cloned().collect()
         }
@@ -103,16 +106,23 @@ fn roots(layout: &Layout) -> Vec<PathBuf> {
 
 impl PodCgroups {
     pub fn create(pod: &PodName) -> Result<Self, CgroupError> {
-        let layout = detect();
+        Self::create_in(&Host::real(), pod)
+    }
+
+    /// The pod's cgroups under `host`'s cgroup root, made with its syscalls.
+    pub fn create_in(host: &Host, pod: &PodName) -> Result<Self, CgroupError> {
+        let layout = detect(&host.cgroup_root);
+        let sys = host.sys.clone();
         let mut cgroups = PodCgroups {
+            sys: sys.clone(),
             layout: layout.clone(),
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
         };
         for root in roots(&layout) {
             let dir = pod_dir(&root, pod);
-            std::fs::create_dir_all(&dir).map_err(io("create cgroup", &dir))?;
-            if matches!(layout, Layout::V2) {
+            sys.mkdir_all(&dir).map_err(io("create cgroup", &dir))?;
+            if matches!(layout, Layout::V2 { .. }) {
                 // Limits in a child need the controllers enabled on every level above it.
                 for level in dir
                     .ancestors()
@@ -121,7 +131,7 @@ impl PodCgroups {
                     .into_iter()
                     .rev()
                 {
-                    enable_v2_controllers(level);
+                    enable_v2_controllers(&*sys, level);
                 }
             }
             cgroups.pod_dirs.push(dir);
@@ -131,7 +141,7 @@ impl PodCgroups {
 
     /// Sets the memory limit of the wpod process's own cgroup (`None`: unbounded), when the pod's
     /// Wasm sidecars change live: their memory is wpod's.
-    pub fn limit_runtime_memory(&self, memory: Option<u64>) -> Result<(), String> {
+    pub fn limit_runtime_memory(&self, memory: Option<u64>) -> Result<(), CgroupError> {
         for (_, pod_dir) in self.runtime_hierarchies() {
             self.write_memory_limit(&pod_dir.join(RUNTIME), memory)?;
         }
@@ -144,7 +154,7 @@ impl PodCgroups {
     /// of its many thread switches.)
     fn runtime_hierarchies(&self) -> Vec<(PathBuf, PathBuf)> {
         let memory_root = match &self.layout {
-            Layout::V2 => None,
+            Layout::V2 { .. } => None,
             Layout::V1 { memory, .. } => Some(memory.clone()),
         };
         roots(&self.layout)
@@ -158,15 +168,17 @@ impl PodCgroups {
             .collect()
     }
 
-    fn write_memory_limit(&self, dir: &Path, memory: Option<u64>) -> Result<(), String> {
+    fn write_memory_limit(&self, dir: &Path, memory: Option<u64>) -> Result<(), CgroupError> {
         let (file, unbounded) = match self.layout {
-            Layout::V2 => ("memory.max", "max"),
+            Layout::V2 { .. } => ("memory.max", "max"),
             Layout::V1 { .. } => ("memory.limit_in_bytes", "-1"),
         };
         let value = memory.map_or_else(|| unbounded.to_string(), |b| b.to_string());
-        if dir.join(file).exists() {
-            std::fs::write(dir.join(file), &value)
-                .map_err(|e| format!("cannot limit wpod's own memory ({file} = {value}): {e}"))?;
+        let path = dir.join(file);
+        if path.exists() {
+            self.sys
+                .write(&path, &value)
+                .map_err(io("limit wpod's own memory through", &path))?;
         }
         Ok(())
     }
@@ -182,16 +194,18 @@ impl PodCgroups {
         for (root, pod_dir) in self.runtime_hierarchies() {
             let dir = pod_dir.join(RUNTIME);
             if !dir.exists() {
-                std::fs::create_dir(&dir).map_err(io("create cgroup", &dir))?;
+                self.sys.mkdir(&dir).map_err(io("create cgroup", &dir))?;
             }
             if let Some(bytes) = memory {
                 if let Err(e) = self.write_memory_limit(&dir, Some(bytes)) {
-                    warnings.push(e);
+                    warnings.push(crate::error::chain(&e));
                 }
             }
             let origin = current_cgroup(&own, &root, &self.layout);
             let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, &me).map_err(io("join cgroup", &procs))?;
+            self.sys
+                .write(&procs, &me)
+                .map_err(io("join cgroup", &procs))?;
             self.runtime_origin.push(origin);
         }
         Ok(warnings)
@@ -223,28 +237,29 @@ impl PodCgroups {
         for d in &dirs {
             if d.exists() {
                 // Left by an earlier start of the same container: empty it and start afresh.
-                kill_procs(d);
-                let _ = std::fs::remove_dir(d);
+                kill_procs(&*self.sys, d);
+                let _ = self.sys.rmdir(d);
             }
-            std::fs::create_dir(d).map_err(io("create cgroup", d))?;
+            self.sys.mkdir(d).map_err(io("create cgroup", d))?;
         }
         let find = |hier: &Option<PathBuf>| -> Option<PathBuf> {
             let h = hier.as_ref()?;
             dirs.iter().find(|d| d.starts_with(h)).cloned()
         };
         let (mem, cpu, pids) = match &self.layout {
-            Layout::V2 => (
+            Layout::V2 { .. } => (
                 dirs.first().cloned(),
                 dirs.first().cloned(),
                 dirs.first().cloned(),
             ),
             Layout::V1 { memory, cpu, pids } => (find(memory), find(cpu), find(pids)),
         };
-        let v2 = matches!(self.layout, Layout::V2);
+        let v2 = matches!(self.layout, Layout::V2 { .. });
+        let sys = &*self.sys;
         let mut apply = |dir: &Option<PathBuf>, what: &str, file: &str, value: String| {
             match dir {
             Some(d) if d.join(file).exists() => {
-                if let Err(e) = std::fs::write(d.join(file), &value) {
+                if let Err(e) = sys.write(&d.join(file), &value) {
                     warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
                 }
             }
@@ -299,6 +314,7 @@ impl PodCgroups {
         }
         Ok((
             ContainerCgroup {
+                sys: self.sys.clone(),
                 layout: self.layout.clone(),
                 dirs,
                 memory_dir: mem,
@@ -331,7 +347,7 @@ fn current_cgroup(own: &str, root: &Path, layout: &Layout) -> PathBuf {
         let mut parts = l.splitn(3, ':');
         let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
         let matches = match layout {
-            Layout::V2 => names.is_empty(),
+            Layout::V2 { .. } => names.is_empty(),
             Layout::V1 { .. } => names.split(',').any(|n| n == controller),
         };
         matches.then(|| path.trim_start_matches('/').to_string())
@@ -339,13 +355,13 @@ fn current_cgroup(own: &str, root: &Path, layout: &Layout) -> PathBuf {
     root.join(relative.unwrap_or_default())
 }
 
-fn enable_v2_controllers(dir: &Path) {
+fn enable_v2_controllers(sys: &dyn Syscall, dir: &Path) {
     let Ok(available) = std::fs::read_to_string(dir.join("cgroup.controllers")) else {
         return;
     };
     for c in ["memory", "cpu", "pids"] {
         if available.split_whitespace().any(|a| a == c) {
-            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+            let _ = sys.write(&dir.join("cgroup.subtree_control"), &format!("+{c}"));
         }
     }
 }
@@ -382,7 +398,7 @@ impl ContainerCgroup {
             return 0;
         };
         let file = match self.layout {
-            Layout::V2 => "memory.events",
+            Layout::V2 { .. } => "memory.events",
             Layout::V1 { .. } => "memory.oom_control",
         };
         std::fs::read_to_string(dir.join(file))
@@ -419,7 +435,7 @@ impl ContainerCgroup {
     fn kill_listed(&self) {
         let me = std::process::id() as i32;
         for pid in self.pids().into_iter().filter(|p| *p != me) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = self.sys.kill(pid, Signal::SIGKILL);
         }
     }
 }
@@ -446,22 +462,22 @@ fn read_pids(dir: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-fn kill_procs(dir: &Path) {
+fn kill_procs(sys: &dyn Syscall, dir: &Path) {
     // Never wpod itself, should it still be in a cgroup being removed.
     let me = std::process::id() as i32;
     for pid in read_pids(dir).into_iter().filter(|p| *p != me) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = sys.kill(pid, Signal::SIGKILL);
     }
 }
 
 /// Removes a cgroup directory once its processes are gone (rmdir fails while any is left).
-fn remove_dir(dir: &Path) {
+fn remove_dir(sys: &dyn Syscall, dir: &Path) {
     for _ in 0..100 {
-        match std::fs::remove_dir(dir) {
+        match sys.rmdir(dir) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(_) => {
-                kill_procs(dir);
+                kill_procs(sys, dir);
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -475,7 +491,7 @@ impl Drop for ContainerCgroup {
         self.procs.clear();
         self.kill.clear();
         for d in &self.dirs {
-            remove_dir(d);
+            remove_dir(&*self.sys, d);
         }
     }
 }
@@ -485,7 +501,7 @@ impl Drop for PodCgroups {
         // wpod leaves its `_runtime` cgroup first (a cgroup with a process in it cannot go).
         let me = std::process::id().to_string();
         for origin in &self.runtime_origin {
-            if let Err(e) = std::fs::write(origin.join("cgroup.procs"), &me) {
+            if let Err(e) = self.sys.write(&origin.join("cgroup.procs"), &me) {
                 tracing::warn!(cgroup = %origin.display(), error = %e, "cannot move wpod back to its cgroup");
             }
         }
@@ -493,13 +509,13 @@ impl Drop for PodCgroups {
             // Containers remove their own; anything left here is a leftover to clear.
             if let Ok(entries) = std::fs::read_dir(d) {
                 for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    remove_dir(&e.path());
+                    remove_dir(&*self.sys, &e.path());
                 }
             }
-            remove_dir(d);
+            remove_dir(&*self.sys, d);
             // The shared parents (`wpod/<root-id>`, `wpod`) go too once no other pod uses them.
             for parent in d.ancestors().skip(1).take(2) {
-                let _ = std::fs::remove_dir(parent);
+                let _ = self.sys.rmdir(parent);
             }
         }
     }
@@ -508,7 +524,11 @@ impl Drop for PodCgroups {
 /// Removes the cgroups of this pod (of this state root) left behind by a runtime that was
 /// killed. The caller holds the pod's lock, so no live run of it can own them.
 pub fn remove_stale(pod: &PodName) {
-    let layout = detect();
+    remove_stale_in(&Host::real(), pod)
+}
+
+fn remove_stale_in(host: &Host, pod: &PodName) {
+    let layout = detect(&host.cgroup_root);
     let pod_dirs: Vec<PathBuf> = roots(&layout)
         .iter()
         .map(|r| pod_dir(r, pod))
@@ -519,6 +539,7 @@ pub fn remove_stale(pod: &PodName) {
     }
     // Dropping removes what is there: containers' cgroups, then the pod's.
     drop(PodCgroups {
+        sys: host.sys.clone(),
         layout,
         pod_dirs,
         runtime_origin: Vec::new(),
@@ -553,9 +574,211 @@ mod tests {
             current_cgroup(own, Path::new("/sys/fs/cgroup/cpu"), &v1),
             Path::new("/sys/fs/cgroup/cpu/")
         );
+        let v2 = Layout::V2 {
+            root: PathBuf::from("/sys/fs/cgroup"),
+        };
         assert_eq!(
-            current_cgroup(own, Path::new("/sys/fs/cgroup"), &Layout::V2),
+            current_cgroup(own, Path::new("/sys/fs/cgroup"), &v2),
             Path::new("/sys/fs/cgroup/user.slice")
         );
+    }
+
+    /// The cgroup code run against the recording fake and a directory of fixture files: what
+    /// it writes, where, in which order, and what it removes, without root.
+    mod seam {
+        use super::*;
+        use crate::sys::fake::{Call, RecordingSyscall};
+        use nix::errno::Errno;
+
+        /// What the kernel gives a new cgroup on a v2 host (the files wpod reads or writes).
+        const V2_FILES: &[(&str, &str)] = &[
+            ("cgroup.procs", ""),
+            ("cgroup.controllers", "cpu memory pids"),
+            ("cgroup.subtree_control", ""),
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("memory.events", "oom_kill 0"),
+            ("cpu.max", "max 100000"),
+            ("pids.max", "max"),
+        ];
+
+        /// A hybrid host's v1 hierarchies' files (both hierarchies get all of them).
+        const V1_FILES: &[(&str, &str)] = &[
+            ("cgroup.procs", ""),
+            ("memory.limit_in_bytes", "-1"),
+            ("memory.oom_control", "oom_kill 0"),
+            ("cpu.cfs_period_us", "100000"),
+            ("cpu.cfs_quota_us", "-1"),
+        ];
+
+        fn host(fake: &Arc<RecordingSyscall>) -> Host {
+            Host {
+                sys: fake.clone(),
+                cgroup_root: fake.root.clone(),
+            }
+        }
+
+        fn read(path: PathBuf) -> String {
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        }
+
+        fn limits() -> ResourceList {
+            ResourceList {
+                cpu_millis: Some(500),
+                memory_bytes: Some(512 << 20),
+            }
+        }
+
+        fn v2() -> Arc<RecordingSyscall> {
+            let fake = Arc::new(RecordingSyscall::new("cgroup-v2", V2_FILES));
+            std::fs::write(fake.path("cgroup.controllers"), "cpu io memory pids").unwrap();
+            fake
+        }
+
+        #[test]
+        fn v2_limits_are_written_and_controllers_enabled_from_the_top() {
+            let fake = v2();
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let pod_dir = pod_dir(&fake.root, &pod);
+            let shared = pod_dir.parent().unwrap().to_path_buf();
+            // Each level, root first, enables the controllers for the one below.
+            let enabled: Vec<PathBuf> = fake
+                .calls()
+                .iter()
+                .filter_map(|c| match c {
+                    Call::Write(p, v) if v == "+memory" => Some(p.parent().unwrap().into()),
+                    _ => None,
+                })
+                .collect();
+            let levels = [
+                fake.root.clone(),
+                fake.path("wpod"),
+                shared.clone(),
+                pod_dir.clone(),
+            ];
+            assert_eq!(enabled, levels);
+
+            let (ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let dir = pod_dir.join("ctr-main");
+            assert_eq!(read(dir.join("memory.max")), "536870912");
+            assert_eq!(
+                read(dir.join("memory.swap.max")),
+                "0",
+                "no swap past the limit"
+            );
+            assert_eq!(read(dir.join("cpu.max")), "50000 100000");
+            assert_eq!(read(dir.join("pids.max")), "1024");
+
+            // Torn down: the container, the pod, then the shared levels nobody else uses.
+            drop(ctr);
+            drop(cgroups);
+            let removed: Vec<PathBuf> = fake
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Rmdir(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(removed, [dir, pod_dir, shared, fake.path("wpod")]);
+            assert!(!fake.path("wpod").exists());
+        }
+
+        #[test]
+        fn a_hybrid_host_gets_v1_limits_and_a_warning_for_the_missing_controller() {
+            let fake = Arc::new(RecordingSyscall::new("cgroup-v1", V1_FILES));
+            for hierarchy in ["memory", "cpu"] {
+                std::fs::create_dir(fake.path(hierarchy)).unwrap();
+                std::fs::write(fake.path(hierarchy).join("cgroup.procs"), "").unwrap();
+            }
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let (_ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
+            assert!(
+                warnings.len() == 1 && warnings[0].contains("no pids cgroup controller"),
+                "{warnings:?}"
+            );
+            let memory = pod_dir(&fake.path("memory"), &pod).join("ctr-main");
+            let cpu = pod_dir(&fake.path("cpu"), &pod).join("ctr-main");
+            assert_eq!(read(memory.join("memory.limit_in_bytes")), "536870912");
+            // The period before the quota: a quota is checked against the period in force.
+            let writes: Vec<Call> = fake
+                .calls()
+                .into_iter()
+                .filter(|c| matches!(c, Call::Write(p, _) if p.starts_with(&cpu)))
+                .collect();
+            assert_eq!(
+                writes,
+                [
+                    Call::Write(cpu.join("cpu.cfs_period_us"), "100000".into()),
+                    Call::Write(cpu.join("cpu.cfs_quota_us"), "50000".into()),
+                ]
+            );
+        }
+
+        #[test]
+        fn every_process_is_killed_and_ooms_are_counted() {
+            let fake = v2();
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let (ctr, _) = cgroups.container("main", &limits(), 1024).unwrap();
+            let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+            // (Fake PIDs: only the fake is ever asked to signal them.)
+            std::fs::write(dir.join("cgroup.procs"), "4000012\n4000007\n4000012\n").unwrap();
+            std::fs::write(dir.join("memory.events"), "low 0\noom 3\noom_kill 3\n").unwrap();
+            assert_eq!(ctr.pids(), [4000007, 4000012]);
+            assert_eq!(ctr.oom_kills(), 3);
+            ctr.kill_all();
+            let kills: Vec<Call> = fake
+                .calls()
+                .into_iter()
+                .filter(|c| matches!(c, Call::Kill(..)))
+                .collect();
+            assert_eq!(
+                kills,
+                [
+                    Call::Kill(4000007, Signal::SIGKILL),
+                    Call::Kill(4000012, Signal::SIGKILL)
+                ]
+            );
+            assert!(ctr.pids().is_empty());
+        }
+
+        #[test]
+        fn a_limit_the_kernel_refuses_is_a_warning_naming_it() {
+            let fake = v2();
+            fake.fail_when(
+                |c| matches!(c, Call::Write(p, _) if p.ends_with("cpu.max")),
+                Errno::EINVAL,
+            );
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let (_ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(
+                warnings[0].starts_with("cannot apply the cpu limit (cpu.max = 50000 100000)"),
+                "{warnings:?}"
+            );
+        }
+
+        #[test]
+        fn a_cgroup_left_by_an_earlier_start_is_emptied_and_made_afresh() {
+            let fake = v2();
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("cgroup.procs"), "4000099\n").unwrap();
+            let (_ctr, _) = cgroups.container("main", &limits(), 1024).unwrap();
+            let calls = fake.calls();
+            let at = |wanted: &Call| calls.iter().position(|c| c == wanted).unwrap();
+            assert!(
+                at(&Call::Kill(4000099, Signal::SIGKILL)) < at(&Call::Rmdir(dir.clone()))
+                    && at(&Call::Rmdir(dir.clone())) < at(&Call::Mkdir(dir.clone())),
+                "{calls:#?}"
+            );
+        }
     }
 }

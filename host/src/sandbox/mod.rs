@@ -118,11 +118,13 @@ impl PodSandbox {
         let ip = network.as_ref().and_then(|n| n.ip);
         let dialer = Dialer::new(namespaces.net_handle())
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
-        let (volumes, volume_warnings) = PodVolumes::create(plan, &state.path.join("volumes"))?;
+        let host = crate::sys::Host::real();
+        let (volumes, volume_warnings) =
+            PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"))?;
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
-        let mut cgroups = PodCgroups::create(&plan.name)?;
+        let mut cgroups = PodCgroups::create_in(&host, &plan.name)?;
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),

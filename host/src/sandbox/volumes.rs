@@ -14,12 +14,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::sync::Arc;
+
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
 use super::SandboxError;
 use crate::plan::PodPlan;
 use crate::spec::{HostPathType, StorageMedium, VolumeSource};
+use crate::sys::Syscall;
 
 /// One volume, open.
 struct Volume {
@@ -30,14 +33,21 @@ struct Volume {
 }
 
 pub struct PodVolumes {
+    sys: Arc<dyn Syscall>,
     volumes: HashMap<String, Volume>,
     tmpfs: Vec<PathBuf>,
 }
 
 impl PodVolumes {
-    pub fn create(plan: &PodPlan, root: &Path) -> Result<(Self, Vec<String>), SandboxError> {
+    /// The pod's volumes, under `root` (emptyDirs) and where hostPaths say, mounted with `sys`.
+    pub fn create(
+        sys: Arc<dyn Syscall>,
+        plan: &PodPlan,
+        root: &Path,
+    ) -> Result<(Self, Vec<String>), SandboxError> {
         let pod = &plan.pod;
         let mut vols = PodVolumes {
+            sys,
             volumes: HashMap::new(),
             tmpfs: Vec::new(),
         };
@@ -56,14 +66,15 @@ impl PodVolumes {
                         if let Some(Some(size)) = plan.tmpfs_sizes.get(&v.name) {
                             data.push_str(&format!(",size={size}"));
                         }
-                        mount(
-                            Some("tmpfs"),
-                            &dir,
-                            Some("tmpfs"),
-                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                            Some(data.as_str()),
-                        )
-                        .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
+                        vols.sys
+                            .mount(
+                                Some(Path::new("tmpfs")),
+                                &dir,
+                                Some("tmpfs"),
+                                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                                Some(data.as_str()),
+                            )
+                            .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
                         vols.tmpfs.push(dir.clone());
                     } else {
                         // Kubernetes' own emptyDir is world-writable, so any container user can
@@ -169,7 +180,7 @@ impl Drop for PodVolumes {
     fn drop(&mut self) {
         self.volumes.clear();
         for dir in &self.tmpfs {
-            if let Err(e) = umount2(dir, MntFlags::MNT_DETACH) {
+            if let Err(e) = self.sys.umount2(dir, MntFlags::MNT_DETACH) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount emptyDir tmpfs");
             }
         }
@@ -179,5 +190,103 @@ impl Drop for PodVolumes {
 impl crate::grants::OpenVolumes for PodVolumes {
     fn volume(&self, name: &str) -> Option<(&Path, BorrowedFd<'_>)> {
         self.host_path(name).zip(self.fd(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, RecordingSyscall};
+
+    fn plan(yaml: &str) -> PodPlan {
+        let (pods, diags) = crate::spec::parse_all(Path::new("pod.yaml"), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        crate::plan::plan(&pods[0]).expect("a valid pod")
+    }
+
+    /// A memory emptyDir is a tmpfs sized by the plan, mounted nosuid and nodev, and unmounted
+    /// with the pod; a disk one with a sizeLimit is said to be unlimited.
+    #[test]
+    fn emptydirs_are_mounted_as_planned_and_unmounted_with_the_pod() {
+        let fake = Arc::new(RecordingSyscall::new("volumes", &[]));
+        let plan = plan(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: main
+    image: /
+    command: [sleep, "1"]
+    resources: {limits: {memory: 64Mi}}
+    volumeMounts:
+    - {name: cache, mountPath: /cache}
+    - {name: scratch, mountPath: /scratch}
+  volumes:
+  - name: cache
+    emptyDir: {medium: Memory, sizeLimit: 16Mi}
+  - name: scratch
+    emptyDir: {sizeLimit: 1Gi}
+"#,
+        );
+        let root = fake.path("volumes");
+        let (volumes, warnings) = PodVolumes::create(fake.clone(), &plan, &root).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0]
+            .starts_with("volume scratch: sizeLimit is enforced only for medium: Memory"));
+        let cache = root.join("cache");
+        assert_eq!(
+            fake.calls(),
+            [Call::Mount {
+                source: Some("tmpfs".into()),
+                target: cache.clone(),
+                fstype: Some("tmpfs".into()),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data: Some(format!("mode=0777,size={}", 16 << 20)),
+            }]
+        );
+        assert!(volumes.host_path("scratch").is_some_and(|p| p.is_dir()));
+        drop(volumes);
+        assert_eq!(
+            fake.calls().last(),
+            Some(&Call::Umount2 {
+                target: cache,
+                flags: MntFlags::MNT_DETACH
+            })
+        );
+    }
+
+    /// A hostPath of no type that does not exist fails the pod, naming the fix.
+    #[test]
+    fn a_missing_host_path_is_refused_with_the_fix() {
+        let fake = Arc::new(RecordingSyscall::new("volumes-missing", &[]));
+        let missing = fake.path("not-there");
+        let plan = plan(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: main
+    image: /
+    command: [sleep, "1"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    hostPath: {{path: {}}}
+"#,
+            missing.display()
+        ));
+        let e = match PodVolumes::create(fake.clone(), &plan, &fake.path("volumes")) {
+            Ok(_) => panic!("a missing hostPath was accepted"),
+            Err(e) => crate::error::chain(&e),
+        };
+        assert!(
+            e.contains("does not exist (set type: DirectoryOrCreate to create it)"),
+            "{e}"
+        );
+        assert!(fake.calls().is_empty());
     }
 }

@@ -391,7 +391,7 @@ impl Control {
         // limit until the change is done.
         let limit = |bytes: Option<u64>| {
             if let Err(e) = sandbox.cgroups.limit_runtime_memory(bytes) {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::error::chain(&e));
             }
         };
         let during = match (live.plan.runtime_memory_limit, plan.runtime_memory_limit) {

@@ -1,0 +1,271 @@
+//! The system calls the sandbox makes from wpod's own process, behind one trait (as youki's
+//! `Syscall`): mounts, cgroup directories and control files, signals. The real one
+//! ([`LinuxSyscall`]) makes them; the recording fake (`fake::RecordingSyscall`, tests only)
+//! writes down each call in order and acts on a temporary directory, so the decisions around
+//! the calls (which limits, which files, which order, what is torn down) are unit-tested
+//! without root.
+//!
+//! [`Host`] carries the syscalls and the cgroup root together: tests pass a fake and a
+//! directory of fixture files where the real host passes `/sys/fs/cgroup`.
+//!
+//! What runs in the helper processes (the holder, the container shim) after their own fork is
+//! not behind this seam: what a fake recorded there would stay in the child.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+
+/// The system calls of the sandbox's setup and teardown.
+pub trait Syscall: Send + Sync + Debug {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    /// Creates a directory and its missing parents (a cgroup and the levels above it).
+    fn mkdir_all(&self, dir: &Path) -> std::io::Result<()>;
+    /// Creates one directory (a cgroup), failing if it exists.
+    fn mkdir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Removes an empty directory (a cgroup: the kernel refuses while processes are in it).
+    fn rmdir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Writes a control file (`memory.max`, `cgroup.procs`, `cgroup.subtree_control`).
+    fn write(&self, file: &Path, value: &str) -> std::io::Result<()>;
+    fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()>;
+}
+
+/// The host's own system calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+    fn mkdir_all(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn mkdir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(dir)
+    }
+    fn rmdir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir(dir)
+    }
+    fn write(&self, file: &Path, value: &str) -> std::io::Result<()> {
+        std::fs::write(file, value)
+    }
+    fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+    }
+}
+
+/// The cgroup filesystem's mount point on a host.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What the sandbox acts on: the system calls, and where the cgroup hierarchies are.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub sys: Arc<dyn Syscall>,
+    pub cgroup_root: PathBuf,
+}
+
+impl Host {
+    /// This machine.
+    pub fn real() -> Self {
+        Host {
+            sys: Arc::new(LinuxSyscall),
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A `Syscall` that records every call in order and acts on a temporary directory.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use nix::errno::Errno;
+    use nix::mount::{MntFlags, MsFlags};
+    use nix::sys::signal::Signal;
+
+    /// Picks the calls that fail.
+    type Matcher = fn(&Call) -> bool;
+
+    /// One recorded call.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        Mount {
+            source: Option<PathBuf>,
+            target: PathBuf,
+            fstype: Option<String>,
+            flags: MsFlags,
+            data: Option<String>,
+        },
+        Umount2 {
+            target: PathBuf,
+            flags: MntFlags,
+        },
+        Mkdir(PathBuf),
+        Rmdir(PathBuf),
+        Write(PathBuf, String),
+        Kill(i32, Signal),
+    }
+
+    /// Records calls; directories it makes get `control_files` (as the kernel gives a new
+    /// cgroup its files), written with their contents; a killed PID leaves every
+    /// `cgroup.procs` under `root`.
+    #[derive(Debug)]
+    pub struct RecordingSyscall {
+        pub root: PathBuf,
+        control_files: Vec<(&'static str, &'static str)>,
+        calls: Mutex<Vec<Call>>,
+        /// Calls that fail, with the error they get.
+        failing: Mutex<Vec<(Matcher, Errno)>>,
+    }
+
+    impl RecordingSyscall {
+        /// A fake acting under a new empty directory, its name unique to this process and `tag`.
+        pub fn new(tag: &str, control_files: &[(&'static str, &'static str)]) -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let root =
+                std::env::temp_dir().join(format!("wpod-sys-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).expect("a temporary directory");
+            RecordingSyscall {
+                root,
+                control_files: control_files.to_vec(),
+                calls: Mutex::new(Vec::new()),
+                failing: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Makes the calls `matches` picks fail with `errno` (recorded all the same).
+        pub fn fail_when(&self, matches: Matcher, errno: Errno) {
+            self.failing.lock().unwrap().push((matches, errno));
+        }
+
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        /// The path `relative` under the fake's root.
+        pub fn path(&self, relative: &str) -> PathBuf {
+            self.root.join(relative)
+        }
+
+        fn record(&self, call: Call) -> Result<(), Errno> {
+            let failing = self.failing.lock().unwrap();
+            let result = match failing.iter().find(|(m, _)| m(&call)) {
+                Some((_, errno)) => Err(*errno),
+                None => Ok(()),
+            };
+            self.calls.lock().unwrap().push(call);
+            result
+        }
+
+        fn populate(&self, dir: &Path) -> std::io::Result<()> {
+            for (file, content) in &self.control_files {
+                std::fs::write(dir.join(file), content)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for RecordingSyscall {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    impl super::Syscall for RecordingSyscall {
+        fn mount(
+            &self,
+            source: Option<&Path>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> nix::Result<()> {
+            self.record(Call::Mount {
+                source: source.map(Path::to_path_buf),
+                target: target.to_path_buf(),
+                fstype: fstype.map(str::to_string),
+                flags,
+                data: data.map(str::to_string),
+            })
+        }
+        fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+            self.record(Call::Umount2 {
+                target: target.to_path_buf(),
+                flags,
+            })
+        }
+        fn mkdir_all(&self, dir: &Path) -> std::io::Result<()> {
+            // Each level made is a cgroup with its files.
+            let mut missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+            missing.reverse();
+            for d in missing {
+                self.mkdir(d)?;
+            }
+            Ok(())
+        }
+        fn mkdir(&self, dir: &Path) -> std::io::Result<()> {
+            self.record(Call::Mkdir(dir.to_path_buf()))?;
+            std::fs::create_dir(dir)?;
+            self.populate(dir)
+        }
+        fn rmdir(&self, dir: &Path) -> std::io::Result<()> {
+            self.record(Call::Rmdir(dir.to_path_buf()))?;
+            // A cgroup's control files go with it; a sub-cgroup does not.
+            let has_subdirs = std::fs::read_dir(dir)?.flatten().any(|e| e.path().is_dir());
+            if has_subdirs {
+                return Err(Errno::EBUSY.into());
+            }
+            std::fs::remove_dir_all(dir)
+        }
+        fn write(&self, file: &Path, value: &str) -> std::io::Result<()> {
+            self.record(Call::Write(file.to_path_buf(), value.to_string()))?;
+            std::fs::write(file, value)
+        }
+        fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
+            self.record(Call::Kill(pid, signal))?;
+            // The process is gone from every cgroup.
+            let mut dirs = vec![self.root.clone()];
+            while let Some(dir) = dirs.pop() {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                    } else if e.file_name() == "cgroup.procs" {
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        let kept: Vec<&str> = text
+                            .lines()
+                            .filter(|l| l.trim().parse::<i32>().ok() != Some(pid))
+                            .collect();
+                        let _ = std::fs::write(&path, kept.join("\n"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
