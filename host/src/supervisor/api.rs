@@ -495,7 +495,9 @@ pub struct Answer<T> {
 }
 
 impl<T> Answer<T> {
-    pub fn of(result: Result<T, String>) -> Self {
+    /// The answer for `result`: its error in words, with its causes.
+    pub fn of<E: std::error::Error>(result: Result<T, E>) -> Self {
+        let result = result.map_err(|e| crate::error::chain(&e));
         match result {
             Ok(r) => Answer {
                 version: VERSION,

@@ -150,7 +150,6 @@ enum Reply {
 
 /// An answer line.
 fn answer_line<T: Serialize>(result: Result<T, ControlError>) -> String {
-    let result = result.map_err(|e| crate::error::chain(&e));
     match serde_json::to_string(&Answer::of(result)) {
         Ok(json) => format!("{json}\n"),
         Err(e) => format!(

@@ -63,8 +63,8 @@ pub fn start(
                 Ok(()) => {
                     let _ = events.send(ProbeEvent::StartupPassed);
                 }
-                Err(msg) => {
-                    let _ = events.send(ProbeEvent::StartupFailed(msg));
+                Err(e) => {
+                    let _ = events.send(ProbeEvent::StartupFailed(e.to_string()));
                     return;
                 }
             }
@@ -72,8 +72,8 @@ pub fn start(
         let ready =
             readiness.map(|p| tokio::spawn(readiness_loop(p, target.clone(), events.clone())));
         if let Some(p) = liveness {
-            if let Err(msg) = probe_until(&p, "liveness", &target, &events).await {
-                let _ = events.send(ProbeEvent::LivenessFailed(msg));
+            if let Err(e) = probe_until(&p, "liveness", &target, &events).await {
+                let _ = events.send(ProbeEvent::LivenessFailed(e.to_string()));
             }
         }
         if let Some(r) = ready {
@@ -83,6 +83,16 @@ pub fn start(
     Some(Probes { task: Some(task) })
 }
 
+/// A startup or liveness probe that gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("{probe} probe failed {failures} times: {last}")]
+pub struct ProbeGaveUp {
+    probe: &'static str,
+    failures: u32,
+    /// The last attempt's message (an exec probe's output, an HTTP status).
+    last: String,
+}
+
 /// Probes every period until `failureThreshold` failures in a row (`Err`), or, for a startup
 /// probe, until the first success (`Ok`). A liveness probe forgets failures on success.
 async fn probe_until(
@@ -90,7 +100,7 @@ async fn probe_until(
     probe: &'static str,
     target: &ActionTarget,
     events: &mpsc::UnboundedSender<ProbeEvent>,
-) -> Result<(), String> {
+) -> Result<(), ProbeGaveUp> {
     tokio::time::sleep(secs(p.initial_delay_seconds)).await;
     let mut failures = 0;
     loop {
@@ -105,7 +115,11 @@ async fn probe_until(
                     message: msg.clone(),
                 });
                 if failures >= p.failure_threshold {
-                    return Err(format!("{probe} probe failed {failures} times: {msg}"));
+                    return Err(ProbeGaveUp {
+                        probe,
+                        failures,
+                        last: msg,
+                    });
                 }
             }
         }

@@ -145,7 +145,7 @@ pub async fn query(resolv: &Resolv, name: &str) -> Result<Vec<IpAddr>, LookupErr
                 // One family failed: what the other found still counts (as glibc).
                 Some(_) if !found.is_empty() => {}
                 Some(e) => {
-                    last = LookupError::Temporary(format!("{server}: {e}"));
+                    last = LookupError::Temporary(format!("{server}: {}", crate::error::chain(&e)));
                     continue;
                 }
                 None => {}
@@ -166,13 +166,34 @@ enum Answer {
     NoData,
 }
 
+/// Why one question to one server got no answer.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("cannot encode the question")]
+    Encode(#[source] hickory_proto::ProtoError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no answer over TCP within {0:?}")]
+    TcpTimeout(Duration),
+    #[error("the server answered {0}")]
+    Refused(ResponseCode),
+    #[error("an answer to another question")]
+    OtherQuestion,
+    #[error("question too long")]
+    TooLong,
+    #[error("a malformed answer")]
+    Malformed(#[source] hickory_proto::ProtoError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// One question to one server: over UDP, again over TCP when the answer is truncated.
 async fn exchange(
     server: SocketAddr,
     name: &Name,
     kind: RecordType,
     timeout: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer, ExchangeError> {
     let id: u16 = rand_core::RngCore::next_u32(&mut rand_core::OsRng) as u16;
     let mut msg = Message::new();
     msg.set_id(id)
@@ -180,21 +201,21 @@ async fn exchange(
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
         .add_query(Query::query(name.clone(), kind));
-    let bytes = msg.to_vec().map_err(|e| e.to_string())?;
+    let bytes = msg.to_vec().map_err(ExchangeError::Encode)?;
     let reply = tokio::time::timeout(timeout, udp(server, &bytes))
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))??;
+        .map_err(|_| ExchangeError::Timeout(timeout))??;
     let reply = match reply.truncated() {
         true => tokio::time::timeout(timeout, tcp(server, &bytes))
             .await
-            .map_err(|_| format!("no answer over TCP within {timeout:?}"))??,
+            .map_err(|_| ExchangeError::TcpTimeout(timeout))??,
         false => reply,
     };
     check(&reply, id, name, kind)?;
     match reply.response_code() {
         ResponseCode::NoError => {}
         ResponseCode::NXDomain => return Ok(Answer::NoSuchName),
-        code => return Err(format!("the server answered {code}")),
+        code => return Err(ExchangeError::Refused(code)),
     }
     let addrs: Vec<IpAddr> = reply
         .answers()
@@ -212,31 +233,29 @@ async fn exchange(
 }
 
 /// A reply counts only for the question asked.
-fn check(reply: &Message, id: u16, name: &Name, kind: RecordType) -> Result<(), String> {
+fn check(reply: &Message, id: u16, name: &Name, kind: RecordType) -> Result<(), ExchangeError> {
     let asked = reply
         .queries()
         .first()
         .is_some_and(|q| q.name() == name && q.query_type() == kind);
     match reply.id() == id && reply.message_type() == MessageType::Response && asked {
         true => Ok(()),
-        false => Err("an answer to another question".into()),
+        false => Err(ExchangeError::OtherQuestion),
     }
 }
 
-async fn udp(server: SocketAddr, question: &[u8]) -> Result<Message, String> {
+async fn udp(server: SocketAddr, question: &[u8]) -> Result<Message, ExchangeError> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = tokio::net::UdpSocket::bind(local)
-        .await
-        .map_err(|e| e.to_string())?;
+    let socket = tokio::net::UdpSocket::bind(local).await?;
     // Connected: the kernel drops datagrams from anyone but the server.
-    socket.connect(server).await.map_err(|e| e.to_string())?;
-    socket.send(question).await.map_err(|e| e.to_string())?;
+    socket.connect(server).await?;
+    socket.send(question).await?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = socket.recv(&mut buf).await?;
         // Garbage is skipped: only a well-formed answer ends the wait.
         if let Ok(m) = Message::from_vec(&buf[..n]) {
             return Ok(m);
@@ -244,21 +263,16 @@ async fn udp(server: SocketAddr, question: &[u8]) -> Result<Message, String> {
     }
 }
 
-async fn tcp(server: SocketAddr, question: &[u8]) -> Result<Message, String> {
-    let mut stream = tokio::net::TcpStream::connect(server)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = u16::try_from(question.len()).map_err(|_| "question too long".to_string())?;
+async fn tcp(server: SocketAddr, question: &[u8]) -> Result<Message, ExchangeError> {
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    let len = u16::try_from(question.len()).map_err(|_| ExchangeError::TooLong)?;
     let mut framed = len.to_be_bytes().to_vec();
     framed.extend_from_slice(question);
-    stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-    let len = stream.read_u16().await.map_err(|e| e.to_string())? as usize;
+    stream.write_all(&framed).await?;
+    let len = stream.read_u16().await? as usize;
     let mut buf = vec![0u8; len.min(MAX_MESSAGE)];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| e.to_string())?;
-    Message::from_vec(&buf).map_err(|e| e.to_string())
+    stream.read_exact(&mut buf).await?;
+    Message::from_vec(&buf).map_err(ExchangeError::Malformed)
 }
 
 #[cfg(test)]

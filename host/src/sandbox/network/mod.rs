@@ -258,9 +258,27 @@ fn host_networks() -> Vec<(u32, u8)> {
     out
 }
 
+/// Why a network tool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{program}")]
+    Run {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and said no (its standard error).
+    #[error("{command}: {said}")]
+    Failed { command: String, said: String },
+}
+
 /// Runs one of the host's network tools (`ip`, `iptables`...) with the plugins' PATH, `stdin`
 /// as its input: its output, or why it failed (its own words).
-fn tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {
+fn tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ToolError> {
+    let run = |source| ToolError::Run {
+        program: program.to_string(),
+        source,
+    };
     let mut child = Command::new(program)
         .env("PATH", PLUGIN_PATH)
         .args(args)
@@ -272,20 +290,17 @@ fn tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, St
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(run)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let _ = pipe.write_all(input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{program}: {e}"))?;
+    let out = child.wait_with_output().map_err(run)?;
     match out.status.success() {
         true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        false => Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        false => Err(ToolError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            said: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
     }
 }
 

@@ -48,7 +48,7 @@ pub fn guard_localnet(bridge: &str) {
     };
     if iptables("-C").is_err() {
         if let Err(e) = iptables("-I") {
-            tracing::warn!(bridge, error = %e, "cannot add the rule that keeps pods off the host's 127.0.0.1");
+            tracing::warn!(bridge, error = %crate::error::chain(&e), "cannot add the rule that keeps pods off the host's 127.0.0.1");
         }
     }
 }
@@ -72,12 +72,12 @@ pub fn release(conflist: &Conflist) {
             Some(script.as_bytes()),
         );
         if let Err(e) = restored {
-            tracing::warn!(error = %e, "cannot remove the pod network's iptables rules");
+            tracing::warn!(error = %crate::error::chain(&e), "cannot remove the pod network's iptables rules");
         }
     }
     if !ip_json(&["link", "show", &bridge]).is_empty() {
         if let Err(e) = tool("ip", &["link", "del", &bridge], None) {
-            tracing::warn!(bridge, error = %e, "cannot remove the pods' bridge");
+            tracing::warn!(bridge, error = %crate::error::chain(&e), "cannot remove the pods' bridge");
         }
     }
     release_leases(conflist);
