@@ -229,19 +229,93 @@ impl Capability for Tls {
     }
 }
 
+/// Why an identity, a client configuration or a session could not be had. The guest gets it
+/// in words (WIT's `result<_, string>`), with its causes: [`TlsError::for_guest`].
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} over {} KiB", MAX_PEM / 1024)]
+    TooLarge { what: &'static str },
+    #[error("{what}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what}: no PEM certificate")]
+    NoCertificate { what: &'static str },
+    #[error(
+        "certificate chain: {bytes} bytes of certificates, over {} KiB (every handshake sends \
+         the chain whole; real ones are a few KiB)",
+        MAX_CHAIN / 1024
+    )]
+    ChainTooLong { bytes: usize },
+    #[error(
+        "private key: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+    )]
+    NoPrivateKey,
+    #[error("{what}")]
+    Rustls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("ALPN: at most {MAX_ALPN} protocols of 1 to 255 bytes each")]
+    Alpn,
+    #[error("the host has no trust roots ({0}): pass a CA bundle (trust bundle)")]
+    NoRoots(String),
+    #[error("a client certificate needs both its chain and its private key")]
+    HalfIdentity,
+    #[error("\"{0}\" is neither a DNS name nor an IP address")]
+    ServerName(String),
+    #[error("TLS handshake")]
+    Handshake(#[source] std::io::Error),
+    #[error("TLS handshake: the client said nothing within {}s", SILENCE_TIMEOUT.as_secs())]
+    Silent,
+    #[error("TLS handshake: not done within {}s", HANDSHAKE_TIMEOUT.as_secs())]
+    HandshakeTimeout,
+    #[error(
+        "{limit} TLS sessions are open already (three quarters of the sidecar's memory limit \
+         allows that many: one per {} KiB)",
+        SESSION_COST / 1024
+    )]
+    Sessions { limit: usize },
+    #[error(
+        "no TLS handshake slot within {}s: {most} are under way (a quarter of the sidecar's \
+         memory limit allows that many: one per {} KiB)",
+        HANDSHAKE_TIMEOUT.as_secs(),
+        HANDSHAKE_COST / 1024
+    )]
+    NoSlot { most: usize },
+    #[error("the handshake's result was taken already")]
+    Taken,
+}
+
+impl TlsError {
+    /// The words the guest gets.
+    fn for_guest(&self) -> String {
+        crate::error::chain(self)
+    }
+}
+
 /// A parsed certificate chain and key, ready to accept with.
 pub struct ServerIdentity(Arc<ServerConfig>);
 
 impl ServerIdentity {
-    fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, String> {
+    fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, TlsError> {
         let (certs, key) = parse_identity(chain, key)?;
         let config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(|source| TlsError::Rustls {
+                    what: "protocol versions",
+                    source,
+                })?
                 .with_no_client_auth()
                 .with_single_cert(certs, key)
-                .map_err(|e| format!("certificate and key: {e}"))?;
+                .map_err(|source| TlsError::Rustls {
+                    what: "certificate and key",
+                    source,
+                })?;
         Ok(ServerIdentity(Arc::new(config)))
     }
 }
@@ -250,41 +324,41 @@ impl ServerIdentity {
 fn parse_identity(
     chain: &[u8],
     key: &[u8],
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     if chain.len() > MAX_PEM || key.len() > MAX_PEM {
-        return Err(format!(
-            "certificate chain or key over {} KiB",
-            MAX_PEM / 1024
-        ));
+        return Err(TlsError::TooLarge {
+            what: "certificate chain or key",
+        });
     }
     let certs = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate chain: {e}"))?;
+        .map_err(|source| TlsError::Pem {
+            what: "certificate chain",
+            source,
+        })?;
     if certs.is_empty() {
-        return Err("certificate chain: no PEM certificate".into());
+        return Err(TlsError::NoCertificate {
+            what: "certificate chain",
+        });
     }
-    let chain_bytes: usize = certs.iter().map(|c| c.len()).sum();
-    if chain_bytes > MAX_CHAIN {
-        return Err(format!(
-            "certificate chain: {chain_bytes} bytes of certificates, over {} KiB (every \
-             handshake sends the chain whole; real ones are a few KiB)",
-            MAX_CHAIN / 1024
-        ));
+    let bytes: usize = certs.iter().map(|c| c.len()).sum();
+    if bytes > MAX_CHAIN {
+        return Err(TlsError::ChainTooLong { bytes });
     }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            "private key: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
-                .to_string()
-        }
-        other => format!("private key: {other}"),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey,
+        source => TlsError::Pem {
+            what: "private key",
+            source,
+        },
     })?;
     Ok((certs, key))
 }
 
 /// A handshake under way, then its outcome until the guest takes it.
 pub enum FutureStreams {
-    Handshaking(AbortOnDropJoinHandle<Result<DuplexStream, String>>),
-    Done(Result<DuplexStream, String>),
+    Handshaking(AbortOnDropJoinHandle<Result<DuplexStream, TlsError>>),
+    Done(Result<DuplexStream, TlsError>),
     Taken,
 }
 
@@ -313,10 +387,8 @@ impl FutureStreams {
         }
         let pipe = match std::mem::replace(self, FutureStreams::Taken) {
             FutureStreams::Done(Ok(pipe)) => pipe,
-            FutureStreams::Done(Err(e)) => return Ok(Some(Err(e))),
-            FutureStreams::Taken => {
-                return Ok(Some(Err("the handshake's result was taken already".into())));
-            }
+            FutureStreams::Done(Err(e)) => return Ok(Some(Err(e.for_guest()))),
+            FutureStreams::Taken => return Ok(Some(Err(TlsError::Taken.for_guest()))),
             FutureStreams::Handshaking(_) => unreachable!("finished just above"),
         };
         let (read, write) = tokio::io::split(pipe);
@@ -358,7 +430,7 @@ async fn handshake(
     mut transport: GuestTransport,
     idle: Option<Duration>,
     start: Handshake,
-) -> Result<DuplexStream, String> {
+) -> Result<DuplexStream, TlsError> {
     let Handshake {
         slot,
         sessions,
@@ -370,13 +442,8 @@ async fn handshake(
     // briefly.
     match tokio::time::timeout(SILENCE_TIMEOUT, transport.first_bytes()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "TLS handshake: the client said nothing within {}s",
-                SILENCE_TIMEOUT.as_secs()
-            ))
-        }
+        Ok(Err(e)) => return Err(TlsError::Handshake(e)),
+        Err(_) => return Err(TlsError::Silent),
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let accept = Metered {
@@ -386,13 +453,8 @@ async fn handshake(
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "TLS handshake: not done within {}s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ));
-        }
+        Ok(Err(e)) => return Err(TlsError::Handshake(e)),
+        Err(_) => return Err(TlsError::HandshakeTimeout),
     };
     drop(slot);
     open_session(tls, &sessions, limit, idle, ended)
@@ -406,16 +468,12 @@ fn open_session<S>(
     limit: usize,
     idle: Option<Duration>,
     ended: watch::Receiver<()>,
-) -> Result<DuplexStream, String>
+) -> Result<DuplexStream, TlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = sessions.clone().try_acquire_owned() else {
-        return Err(format!(
-            "{limit} TLS sessions are open already (three quarters of the sidecar's memory limit \
-             allows that many: one per {} KiB)",
-            SESSION_COST / 1024
-        ));
+        return Err(TlsError::Sessions { limit });
     };
     let (guest, host) = tokio::io::duplex(PIPE);
     let session = Session {
@@ -435,7 +493,7 @@ async fn client_handshake(
     transport: GuestTransport,
     idle: Option<Duration>,
     start: Handshake,
-) -> Result<DuplexStream, String> {
+) -> Result<DuplexStream, TlsError> {
     let Handshake {
         slot,
         sessions,
@@ -451,13 +509,8 @@ async fn client_handshake(
     };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "TLS handshake: not done within {}s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ));
-        }
+        Ok(Err(e)) => return Err(TlsError::Handshake(e)),
+        Err(_) => return Err(TlsError::HandshakeTimeout),
     };
     drop(slot);
     open_session(tls, &sessions, limit, idle, ended)
@@ -475,7 +528,7 @@ impl ClientConfig {
         chain: Option<Vec<u8>>,
         key: Option<Vec<u8>>,
         alpn: Vec<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         let (system, bundle) = match trust {
             tls::Trust::System => (true, None),
@@ -486,37 +539,40 @@ impl ClientConfig {
             let (certs, error) = system_roots();
             roots.add_parsable_certificates(certs.iter().cloned());
             if roots.is_empty() {
-                return Err(format!(
-                    "the host has no trust roots ({error}): pass a CA bundle (trust bundle)"
-                ));
+                return Err(TlsError::NoRoots(error.clone()));
             }
         }
         if let Some(bundle) = bundle {
             if bundle.len() > MAX_PEM {
-                return Err(format!("CA bundle over {} KiB", MAX_PEM / 1024));
+                return Err(TlsError::TooLarge { what: "CA bundle" });
             }
             let certs = CertificateDer::pem_slice_iter(&bundle)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("CA bundle: {e}"))?;
+                .map_err(|source| TlsError::Pem {
+                    what: "CA bundle",
+                    source,
+                })?;
             if certs.is_empty() {
-                return Err("CA bundle: no PEM certificate".into());
+                return Err(TlsError::NoCertificate { what: "CA bundle" });
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("CA bundle: a certificate that is not a CA: {e}"))?;
+                roots.add(c).map_err(|source| TlsError::Rustls {
+                    what: "CA bundle: a certificate that is not a CA",
+                    source,
+                })?;
             }
         }
         if alpn.len() > MAX_ALPN || alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
-            return Err(format!(
-                "ALPN: at most {MAX_ALPN} protocols of 1 to 255 bytes each"
-            ));
+            return Err(TlsError::Alpn);
         }
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?
         .with_root_certificates(roots);
         let mut config = match (chain, key) {
             (None, None) => builder.with_no_client_auth(),
@@ -524,11 +580,12 @@ impl ClientConfig {
                 let (certs, key) = parse_identity(&chain, &key)?;
                 builder
                     .with_client_auth_cert(certs, key)
-                    .map_err(|e| format!("client certificate and key: {e}"))?
+                    .map_err(|source| TlsError::Rustls {
+                        what: "client certificate and key",
+                        source,
+                    })?
             }
-            _ => {
-                return Err("a client certificate needs both its chain and its private key".into())
-            }
+            _ => return Err(TlsError::HalfIdentity),
         };
         config.alpn_protocols = alpn.into_iter().map(String::into_bytes).collect();
         Ok(ClientConfig(Arc::new(config)))
@@ -920,9 +977,7 @@ impl tls::Host for TlsView<'_> {
         let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
             Ok(name) => name,
             Err(_) => {
-                let failed = FutureStreams::Done(Err(format!(
-                    "\"{server_name}\" is neither a DNS name nor an IP address"
-                )));
+                let failed = FutureStreams::Done(Err(TlsError::ServerName(server_name)));
                 return Ok(self.table.push(FutureClientStreams(failed))?);
             }
         };
@@ -966,15 +1021,10 @@ impl tls::Host for TlsView<'_> {
 async fn handshake_slot(
     slots: Arc<Semaphore>,
     most: usize,
-) -> Result<OwnedSemaphorePermit, String> {
+) -> Result<OwnedSemaphorePermit, TlsError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.acquire_owned()).await {
         Ok(Ok(slot)) => Ok(slot),
-        _ => Err(format!(
-            "no TLS handshake slot within {}s: {most} are under way (a quarter of the \
-             sidecar's memory limit allows that many: one per {} KiB)",
-            HANDSHAKE_TIMEOUT.as_secs(),
-            HANDSHAKE_COST / 1024
-        )),
+        _ => Err(TlsError::NoSlot { most }),
     }
 }
 
@@ -997,7 +1047,7 @@ impl tls::HostClientConfig for TlsView<'_> {
                     self.ctx.identities += 1;
                     Ok(self.table.push(config)?)
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.for_guest()),
             },
         )
     }
@@ -1054,7 +1104,7 @@ impl tls::HostServerIdentity for TlsView<'_> {
                     self.ctx.identities += 1;
                     Ok(self.table.push(identity)?)
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.for_guest()),
             },
         )
     }
@@ -1120,7 +1170,8 @@ mod tests {
         let Err(e) = ServerIdentity::from_pem(chain.as_bytes(), b"") else {
             panic!("an 80 KiB chain was accepted");
         };
-        assert!(e.contains("over 64 KiB"), "{e}");
+        assert!(matches!(e, TlsError::ChainTooLong { .. }), "{e:?}");
+        assert!(e.for_guest().contains("over 64 KiB"), "{e}");
     }
 
     #[test]
