@@ -103,7 +103,7 @@ impl Capability for Network {
                             sidecar
                                 .pod
                                 .source
-                                .diag(format!("metadata.annotations.{key}"), e),
+                                .diag(format!("metadata.annotations.{key}"), e.to_string()),
                         );
                         None
                     }

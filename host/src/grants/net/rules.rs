@@ -154,43 +154,78 @@ impl Outbound {
     }
 }
 
+/// What is wrong with an outbound rule, and how to write it (shown after the annotation's
+/// location).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("lists no HOST:PORT entry: write one such as \"db.example.com:5432\", or remove the annotation")]
+    Empty,
+    #[error("entry \"{entry}\": {why}")]
+    Entry { entry: String, why: Box<RuleError> },
+    #[error(
+        "wpod rules are for TCP connections: write HOST:PORT (or tcp://HOST:PORT), not {0}://"
+    )]
+    Scheme(String),
+    #[error("no port: write HOST:PORT, HOST:8000-8099 or HOST:* (an IPv6 address in brackets: [2001:db8::1]:443)")]
+    NoPort,
+    #[error("\"{0}\" is not a port: write a number from 1 to 65535")]
+    Port(String),
+    #[error("write a port range as FIRST-LAST, both included (Spin's FIRST..END leaves END out)")]
+    DottedRange,
+    #[error("the range {0}-{1} is empty: write the lower port first")]
+    EmptyRange(u16, u16),
+    #[error("no host before the port")]
+    NoHost,
+    #[error("a bare * would allow every host: write 0.0.0.0/0:PORT (and [::]/0:PORT) to say so")]
+    AnyHost,
+    #[error("an IPv6 address opens a bracket it does not close")]
+    OpenBracket,
+    #[error("put an IPv6 address in brackets: [2001:db8::1]:443")]
+    Brackets,
+    #[error("a wildcard may only start a name: *.example.com")]
+    Wildcard,
+    #[error("\"/{0}\" is not a prefix length from 0 to {1}")]
+    PrefixLength(String, u8),
+    #[error("\"{0}\" is not an IP address")]
+    Address(String),
+    #[error("{text} has host bits set: the network is {network}")]
+    HostBits { text: String, network: IpNet },
+    #[error("\"{0}\" is an address, not a name")]
+    AddressNotName(String),
+    #[error("\"{0}\" is not a DNS name: write one such as db.example.com")]
+    Name(String),
+}
+
 /// Parses the annotation's value; the error says which entry is wrong and how to write it.
-pub fn parse(text: &str) -> Result<Vec<OutboundRule>, String> {
+pub fn parse(text: &str) -> Result<Vec<OutboundRule>, RuleError> {
     let entries: Vec<&str> = text
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|e| !e.is_empty())
         .collect();
     if entries.is_empty() {
-        return Err(
-            "lists no HOST:PORT entry: write one such as \"db.example.com:5432\", or remove the annotation"
-                .into(),
-        );
+        return Err(RuleError::Empty);
     }
     entries
         .into_iter()
-        .map(|e| parse_entry(e).map_err(|why| format!("entry \"{e}\": {why}")))
+        .map(|e| {
+            parse_entry(e).map_err(|why| RuleError::Entry {
+                entry: e.to_string(),
+                why: Box::new(why),
+            })
+        })
         .collect()
 }
 
-fn parse_entry(entry: &str) -> Result<OutboundRule, String> {
+fn parse_entry(entry: &str) -> Result<OutboundRule, RuleError> {
     let rest = match entry.split_once("://") {
         Some(("tcp", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(format!(
-                "wpod rules are for TCP connections: write HOST:PORT (or tcp://HOST:PORT), not {scheme}://"
-            ))
-        }
+        Some((scheme, _)) => return Err(RuleError::Scheme(scheme.to_string())),
         None => entry,
     };
     // The port follows the last colon outside brackets.
     let (host, port) = match rest.rfind(':') {
         Some(i) if !rest[i..].contains(']') => (&rest[..i], &rest[i + 1..]),
-        _ => {
-            return Err(
-                "no port: write HOST:PORT, HOST:8000-8099 or HOST:* (an IPv6 address in brackets: [2001:db8::1]:443)"
-                    .into(),
-            )
-        }
+        _ => return Err(RuleError::NoPort),
     };
     Ok(OutboundRule {
         host: parse_host(host)?,
@@ -198,31 +233,24 @@ fn parse_entry(entry: &str) -> Result<OutboundRule, String> {
     })
 }
 
-fn parse_ports(port: &str) -> Result<PortSpec, String> {
-    let number = |p: &str| -> Result<u16, String> {
+fn parse_ports(port: &str) -> Result<PortSpec, RuleError> {
+    let number = |p: &str| -> Result<u16, RuleError> {
         match p.parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "\"{p}\" is not a port: write a number from 1 to 65535"
-            )),
+            _ => Err(RuleError::Port(p.to_string())),
         }
     };
     if port == "*" {
         return Ok(PortSpec::Any);
     }
     if port.contains("..") {
-        return Err(
-            "write a port range as FIRST-LAST, both included (Spin's FIRST..END leaves END out)"
-                .into(),
-        );
+        return Err(RuleError::DottedRange);
     }
     match port.split_once('-') {
         Some((a, b)) => {
             let (a, b) = (number(a)?, number(b)?);
             if a > b {
-                return Err(format!(
-                    "the range {a}-{b} is empty: write the lower port first"
-                ));
+                return Err(RuleError::EmptyRange(a, b));
             }
             Ok(PortSpec::Range(a, b))
         }
@@ -233,27 +261,22 @@ fn parse_ports(port: &str) -> Result<PortSpec, String> {
     }
 }
 
-fn parse_host(host: &str) -> Result<HostPattern, String> {
+fn parse_host(host: &str) -> Result<HostPattern, RuleError> {
     if host.is_empty() {
-        return Err("no host before the port".into());
+        return Err(RuleError::NoHost);
     }
     if host == "*" {
-        return Err(
-            "a bare * would allow every host: write 0.0.0.0/0:PORT (and [::]/0:PORT) to say so"
-                .into(),
-        );
+        return Err(RuleError::AnyHost);
     }
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(HostPattern::Localhost);
     }
     if let Some(inner) = host.strip_prefix('[') {
-        let inner = inner
-            .strip_suffix(']')
-            .ok_or("an IPv6 address opens a bracket it does not close")?;
+        let inner = inner.strip_suffix(']').ok_or(RuleError::OpenBracket)?;
         return net::<Ipv6Addr>(inner, 128).map(HostPattern::Net);
     }
     if host.contains("::") || host.chars().filter(|c| *c == ':').count() > 1 {
-        return Err("put an IPv6 address in brackets: [2001:db8::1]:443".into());
+        return Err(RuleError::Brackets);
     }
     let first = host.chars().next().unwrap_or_default();
     if first.is_ascii_digit()
@@ -267,39 +290,40 @@ fn parse_host(host: &str) -> Result<HostPattern, String> {
         return Ok(HostPattern::Subdomains(format!(".{}", dns_name(domain)?)));
     }
     if host.contains('*') {
-        return Err("a wildcard may only start a name: *.example.com".into());
+        return Err(RuleError::Wildcard);
     }
     dns_name(host).map(HostPattern::Name)
 }
 
 /// An address or `ADDRESS/LEN` of one family (its host bits must be zero).
-fn net<A: std::str::FromStr + Into<IpAddr>>(text: &str, max: u8) -> Result<IpNet, String> {
+fn net<A: std::str::FromStr + Into<IpAddr>>(text: &str, max: u8) -> Result<IpNet, RuleError> {
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (
             a,
             l.parse::<u8>()
                 .ok()
                 .filter(|l| *l <= max)
-                .ok_or_else(|| format!("\"/{l}\" is not a prefix length from 0 to {max}"))?,
+                .ok_or_else(|| RuleError::PrefixLength(l.to_string(), max))?,
         ),
         None => (text, max),
     };
     let ip: IpAddr = addr
         .parse::<A>()
-        .map_err(|_| format!("\"{addr}\" is not an IP address"))?
+        .map_err(|_| RuleError::Address(addr.to_string()))?
         .into();
-    let net = IpNet::new(ip, len).map_err(|e| e.to_string())?;
+    // The length was checked against the family's.
+    let net = IpNet::new(ip, len).map_err(|_| RuleError::PrefixLength(len.to_string(), max))?;
     if net.trunc() != net {
-        return Err(format!(
-            "{text} has host bits set: the network is {}",
-            net.trunc()
-        ));
+        return Err(RuleError::HostBits {
+            text: text.to_string(),
+            network: net.trunc(),
+        });
     }
     Ok(net)
 }
 
 /// A DNS name as resolvers compare it: IDNA applied, lowercase, no trailing dot.
-pub fn dns_name(name: &str) -> Result<String, String> {
+pub fn dns_name(name: &str) -> Result<String, RuleError> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
     let valid = |d: &str| {
         !d.is_empty()
@@ -314,11 +338,9 @@ pub fn dns_name(name: &str) -> Result<String, String> {
     match url::Host::parse(trimmed) {
         Ok(url::Host::Domain(d)) if valid(&d) => Ok(d),
         Ok(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => {
-            Err(format!("\"{name}\" is an address, not a name"))
+            Err(RuleError::AddressNotName(name.to_string()))
         }
-        _ => Err(format!(
-            "\"{name}\" is not a DNS name: write one such as db.example.com"
-        )),
+        _ => Err(RuleError::Name(name.to_string())),
     }
 }
 
@@ -377,7 +399,7 @@ mod tests {
             ("300.1.1.1:80", "not an IP address"),
         ] {
             let err = parse(text).expect_err(text);
-            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.to_string().contains(want), "{text}: {err}");
         }
     }
 
