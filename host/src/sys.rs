@@ -12,6 +12,7 @@
 //! not behind this seam: what a fake recorded there would stay in the child.
 
 use std::fmt::Debug;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +30,16 @@ pub trait Syscall: Send + Sync + Debug {
         data: Option<&str>,
     ) -> nix::Result<()>;
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    /// move_mount(2): attaches the detached mount tree `from` on `to` (descriptors, empty paths).
+    fn move_mount(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()>;
+    /// mount_setattr(2): sets `attrs` (`MOUNT_ATTR_*`) on the mount `fd` is the root of and on
+    /// every mount below it, atomically (Linux 5.12).
+    fn mount_setattr(&self, fd: BorrowedFd<'_>, attrs: u64) -> nix::Result<()>;
+    /// chdir(2): the calling process's working directory (every thread's).
+    fn chdir(&self, dir: &Path) -> std::io::Result<()>;
+    /// pivot_root(".", "."): the working directory becomes the root, the old root stacked on
+    /// top of it (then detached with `umount2(".")`).
+    fn pivot_root_here(&self) -> nix::Result<()>;
     /// Creates a directory and its missing parents (a cgroup and the levels above it).
     fn mkdir_all(&self, dir: &Path) -> std::io::Result<()>;
     /// Creates one directory (a cgroup), failing if it exists.
@@ -58,6 +69,47 @@ impl Syscall for LinuxSyscall {
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
         nix::mount::umount2(target, flags)
     }
+    fn move_mount(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()> {
+        // SAFETY: move_mount between two open descriptors, with empty paths.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                from.as_raw_fd(),
+                c"".as_ptr(),
+                to.as_raw_fd(),
+                c"".as_ptr(),
+                (MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) as libc::c_uint,
+            )
+        };
+        nix::errno::Errno::result(rc).map(drop)
+    }
+    fn mount_setattr(&self, fd: BorrowedFd<'_>, attrs: u64) -> nix::Result<()> {
+        let attr = MountAttr {
+            attr_set: attrs,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: mount_setattr on an open descriptor, with an empty path (AT_EMPTY_PATH) and
+        // a struct of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        nix::errno::Errno::result(rc).map(drop)
+    }
+    fn chdir(&self, dir: &Path) -> std::io::Result<()> {
+        std::env::set_current_dir(dir)
+    }
+    fn pivot_root_here(&self) -> nix::Result<()> {
+        nix::unistd::pivot_root(".", ".")
+    }
     fn mkdir_all(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)
     }
@@ -73,6 +125,26 @@ impl Syscall for LinuxSyscall {
     fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
     }
+}
+
+/// move_mount(2) flags (linux/mount.h).
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// mount_setattr(2) attributes (linux/mount.h).
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 /// The cgroup filesystem's mount point on a host.
@@ -99,6 +171,7 @@ impl Host {
 pub mod fake {
     //! A `Syscall` that records every call in order and acts on a temporary directory.
 
+    use std::os::fd::{AsRawFd, BorrowedFd};
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
@@ -123,6 +196,16 @@ pub mod fake {
             target: PathBuf,
             flags: MntFlags,
         },
+        MoveMount {
+            from: PathBuf,
+            to: PathBuf,
+        },
+        MountSetattr {
+            target: PathBuf,
+            attrs: u64,
+        },
+        Chdir(PathBuf),
+        PivotRootHere,
         Mkdir(PathBuf),
         Rmdir(PathBuf),
         Write(PathBuf, String),
@@ -196,6 +279,19 @@ pub mod fake {
         }
     }
 
+    /// What a `/proc/self/fd/N` path (or a descriptor) names: recorded as the path, so that a
+    /// test compares paths, not descriptor numbers.
+    fn resolved(path: &Path) -> PathBuf {
+        match path.starts_with("/proc/self/fd") {
+            true => std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf()),
+            false => path.to_path_buf(),
+        }
+    }
+
+    fn of_fd(fd: BorrowedFd<'_>) -> PathBuf {
+        resolved(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
+    }
+
     impl super::Syscall for RecordingSyscall {
         fn mount(
             &self,
@@ -207,7 +303,7 @@ pub mod fake {
         ) -> nix::Result<()> {
             self.record(Call::Mount {
                 source: source.map(Path::to_path_buf),
-                target: target.to_path_buf(),
+                target: resolved(target),
                 fstype: fstype.map(str::to_string),
                 flags,
                 data: data.map(str::to_string),
@@ -215,9 +311,28 @@ pub mod fake {
         }
         fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
             self.record(Call::Umount2 {
-                target: target.to_path_buf(),
+                target: resolved(target),
                 flags,
             })
+        }
+        fn move_mount(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> nix::Result<()> {
+            self.record(Call::MoveMount {
+                from: of_fd(from),
+                to: of_fd(to),
+            })
+        }
+        fn mount_setattr(&self, fd: BorrowedFd<'_>, attrs: u64) -> nix::Result<()> {
+            self.record(Call::MountSetattr {
+                target: of_fd(fd),
+                attrs,
+            })
+        }
+        fn chdir(&self, dir: &Path) -> std::io::Result<()> {
+            // Recorded only: the test process's working directory is every test's.
+            Ok(self.record(Call::Chdir(dir.to_path_buf()))?)
+        }
+        fn pivot_root_here(&self) -> nix::Result<()> {
+            self.record(Call::PivotRootHere)
         }
         fn mkdir_all(&self, dir: &Path) -> std::io::Result<()> {
             // Each level made is a cgroup with its files.

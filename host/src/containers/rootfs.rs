@@ -7,19 +7,25 @@
 //! Every path inside the new root is resolved with `openat2(RESOLVE_IN_ROOT)`: a symlink in an
 //! image or a volume cannot redirect a mount to a place outside the container's root.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{mkdirat, Mode};
 
 use super::launch::{BindMount, RootfsSpec};
 use crate::helper::StepError;
+use crate::sys::{
+    Syscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW,
+    MOUNT_ATTR_RDONLY,
+};
 
 /// The assembled root, open so that paths inside it can be resolved safely.
 pub(super) struct Rootfs {
+    sys: Arc<dyn Syscall>,
     pub path: PathBuf,
     fd: OwnedFd,
 }
@@ -35,6 +41,7 @@ fn none() -> Option<&'static str> {
 }
 
 fn do_mount(
+    sys: &dyn Syscall,
     step: &str,
     source: Option<&str>,
     target: &Path,
@@ -42,7 +49,8 @@ fn do_mount(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), StepError> {
-    mount(source, target, fstype, flags, data).map_err(|e| StepError::sys(step, target, e))
+    sys.mount(source.map(Path::new), target, fstype, flags, data)
+        .map_err(|e| StepError::sys(step, target, e))
 }
 
 /// Builds the root filesystem under `spec.scratch`; the shim must already be in a new mount
@@ -88,18 +96,19 @@ pub(super) fn clone_volumes(mounts: &[BindMount]) -> Result<Vec<VolumeTree>, Ste
         .collect()
 }
 
-/// open_tree(2) and move_mount(2) flags (linux/mount.h).
+/// open_tree(2) flags (linux/mount.h).
 const OPEN_TREE_CLONE: u32 = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 
+/// Builds the root with `sys`'s mounts (the host's, or a test's recording fake).
 pub(super) fn prepare(
+    sys: Arc<dyn Syscall>,
     spec: &RootfsSpec,
     mounts: &[BindMount],
     trees: Vec<VolumeTree>,
 ) -> Result<Rootfs, StepError> {
     // Nothing mounted from here on may propagate back to the host.
     do_mount(
+        &*sys,
         "make / private",
         none(),
         Path::new("/"),
@@ -110,6 +119,7 @@ pub(super) fn prepare(
 
     let scratch = &spec.scratch;
     do_mount(
+        &*sys,
         "mount scratch tmpfs",
         Some("tmpfs"),
         scratch,
@@ -128,7 +138,7 @@ pub(super) fn prepare(
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lowerdir(&spec.lowers)?,
+        lowerdir(&*sys, &spec.lowers)?,
         escape_overlay(&upper),
         escape_overlay(&work)
     );
@@ -136,6 +146,7 @@ pub(super) fn prepare(
     // node it makes must not open. wpod has no device cgroup; no filesystem a container can write
     // to honours device nodes instead (the root, /dev, /tmp, /dev/shm and every volume).
     do_mount(
+        &*sys,
         "mount overlay root",
         Some("overlay"),
         &root,
@@ -150,12 +161,17 @@ pub(super) fn prepare(
         Mode::empty(),
     )
     .map_err(|e| StepError::sys("open root", &root, e))?;
-    let rootfs = Rootfs { path: root, fd };
+    let rootfs = Rootfs {
+        sys: sys.clone(),
+        path: root,
+        fd,
+    };
     rootfs.mount_dev()?;
     rootfs.mount_sys()?;
     if !spec.read_only {
         let tmp = rootfs.mountpoint("/tmp", Kind::Dir)?;
         do_mount(
+            &*sys,
             "mount /tmp",
             Some("tmpfs"),
             &fd_path(&tmp),
@@ -170,6 +186,7 @@ pub(super) fn prepare(
     if spec.read_only {
         // Only the root itself: /dev and the volumes keep their own modes.
         do_mount(
+            &*sys,
             "make the root filesystem read-only",
             none(),
             &rootfs.path,
@@ -181,61 +198,16 @@ pub(super) fn prepare(
     Ok(rootfs)
 }
 
-// mount_setattr(2) attributes (linux/mount.h).
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// Sets `attrs` on the mount `fd` is the root of and on every mount below it, atomically
-/// (Linux 5.12). Without the call the container does not start: wpod never falls back to a
-/// read-only flag that covers only the top mount.
-fn set_attrs_recursively(fd: &OwnedFd, attrs: u64) -> Result<(), Errno> {
-    let attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr on a descriptor we own, with an empty path (AT_EMPTY_PATH) and a
-    // struct of the size we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::last())
-    }
-}
-
 /// overlayfs splits options at `,` and layers at `:`; escape them in paths.
 /// overlayfs' `lowerdir`, topmost first. Mount options must fit in one page, so layers that
 /// share a directory (the image store's) are named relative to it after a chdir there, as
 /// containerd does: an image of ~60 layers then still fits.
-fn lowerdir(lowers: &[PathBuf]) -> Result<String, StepError> {
+fn lowerdir(sys: &dyn Syscall, lowers: &[PathBuf]) -> Result<String, StepError> {
     let parent = lowers.first().and_then(|l| l.parent());
     let shared = lowers.len() > 1 && lowers.iter().all(|l| l.parent() == parent);
     match parent {
         Some(dir) if shared => {
-            std::env::set_current_dir(dir)
+            sys.chdir(dir)
                 .map_err(|e| StepError::io("chdir to the image layers", dir, e))?;
             let names: Vec<String> = lowers
                 .iter()
@@ -329,6 +301,7 @@ impl Rootfs {
     fn mount_dev(&self) -> Result<(), StepError> {
         let dev = self.mountpoint("/dev", Kind::Dir)?;
         do_mount(
+            &*self.sys,
             "mount /dev",
             Some("tmpfs"),
             &fd_path(&dev),
@@ -342,6 +315,7 @@ impl Rootfs {
             let target = self.mountpoint(&format!("/dev/{name}"), Kind::File)?;
             let source = format!("/dev/{name}");
             do_mount(
+                &*self.sys,
                 &format!("bind {source}"),
                 Some(&source),
                 &fd_path(&target),
@@ -364,6 +338,7 @@ impl Rootfs {
         }
         let pts = self.mountpoint("/dev/pts", Kind::Dir)?;
         do_mount(
+            &*self.sys,
             "mount /dev/pts",
             Some("devpts"),
             &fd_path(&pts),
@@ -373,6 +348,7 @@ impl Rootfs {
         )?;
         let shm = self.mountpoint("/dev/shm", Kind::Dir)?;
         do_mount(
+            &*self.sys,
             "mount /dev/shm",
             Some("shm"),
             &fd_path(&shm),
@@ -382,8 +358,8 @@ impl Rootfs {
         )?;
         let mq = self.mountpoint("/dev/mqueue", Kind::Dir)?;
         // POSIX message queues of the pod's IPC namespace; not every kernel has them.
-        let _ = mount(
-            Some("mqueue"),
+        let _ = self.sys.mount(
+            Some(Path::new("mqueue")),
             &fd_path(&mq),
             Some("mqueue"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
@@ -406,11 +382,22 @@ impl Rootfs {
         let sys = self.mountpoint("/sys", Kind::Dir)?;
         let flags =
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if mount(Some("sysfs"), &fd_path(&sys), Some("sysfs"), flags, none()).is_ok() {
+        if self
+            .sys
+            .mount(
+                Some(Path::new("sysfs")),
+                &fd_path(&sys),
+                Some("sysfs"),
+                flags,
+                none(),
+            )
+            .is_ok()
+        {
             return Ok(());
         }
         // Some kernels refuse a new sysfs here; fall back to the host's, read-only.
         do_mount(
+            &*self.sys,
             "bind /sys",
             Some("/sys"),
             &fd_path(&sys),
@@ -420,6 +407,7 @@ impl Rootfs {
         )?;
         let mounted = self.mountpoint("/sys", Kind::Dir)?;
         do_mount(
+            &*self.sys,
             "make /sys read-only",
             none(),
             &fd_path(&mounted),
@@ -433,20 +421,9 @@ impl Rootfs {
         let kind = if tree.is_dir { Kind::Dir } else { Kind::File };
         let target = self.mountpoint(&m.target, kind)?;
         let step = format!("mount volume at {} (move_mount)", m.target);
-        // SAFETY: move_mount between two descriptors we own, with empty paths.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.fd.as_raw_fd(),
-                c"".as_ptr(),
-                target.as_raw_fd(),
-                c"".as_ptr(),
-                (MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) as libc::c_uint,
-            )
-        };
-        if rc != 0 {
-            return Err(StepError::sys(&step, &m.source, Errno::last()));
-        }
+        self.sys
+            .move_mount(tree.fd.as_fd(), target.as_fd())
+            .map_err(|e| StepError::sys(&step, &m.source, e))?;
         // The flags go on the bind and on every mount below it (Kubernetes' recursiveReadOnly:
         // a read-only hostPath `/` must not leave the host's /proc, /sys or cgroupfs writable
         // underneath). nosuid and nodev always, unless the volume is a device the pod asked for.
@@ -465,13 +442,15 @@ impl Rootfs {
             attrs |= MOUNT_ATTR_NOSYMFOLLOW;
         }
         if attrs != 0 {
-            set_attrs_recursively(&mounted, attrs).map_err(|e| {
-                StepError::sys(
-                    format!("set mount flags of {} (mount_setattr)", m.target),
-                    &m.source,
-                    e,
-                )
-            })?;
+            self.sys
+                .mount_setattr(mounted.as_fd(), attrs)
+                .map_err(|e| {
+                    StepError::sys(
+                        format!("set mount flags of {} (mount_setattr)", m.target),
+                        &m.source,
+                        e,
+                    )
+                })?;
         }
         Ok(())
     }
@@ -482,6 +461,7 @@ impl Rootfs {
         let proc_fd = self.mountpoint("/proc", Kind::Dir)?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         do_mount(
+            &*self.sys,
             "mount /proc",
             Some("proc"),
             &fd_path(&proc_fd),
@@ -501,15 +481,17 @@ impl Rootfs {
         // Not recursive: the masks of other containers are not under the pod's procfs (they
         // live in their own mount namespaces), and nothing else is.
         let target = fd_path(&proc_fd);
-        mount(Some(pod_proc), &target, none(), MsFlags::MS_BIND, none())
+        self.sys
+            .mount(Some(pod_proc), &target, none(), MsFlags::MS_BIND, none())
             .map_err(|e| StepError::sys("bind the pod's /proc", pod_proc, e))?;
         drop(proc_fd);
         let mounted = self.mountpoint("/proc", Kind::Dir)?;
-        set_attrs_recursively(
-            &mounted,
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-        )
-        .map_err(|e| StepError::sys("set mount flags of /proc (mount_setattr)", pod_proc, e))?;
+        self.sys
+            .mount_setattr(
+                mounted.as_fd(),
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            )
+            .map_err(|e| StepError::sys("set mount flags of /proc (mount_setattr)", pod_proc, e))?;
         drop(mounted);
         self.mask_proc()
     }
@@ -517,15 +499,20 @@ impl Rootfs {
     /// `pivot_root` into the new root, the old one detached: from here on the calling process
     /// sees only the container's files.
     pub(super) fn pivot(&self) -> Result<(), StepError> {
-        std::env::set_current_dir(&self.path)
+        self.sys
+            .chdir(&self.path)
             .map_err(|e| StepError::io("chdir to the new root", &self.path, e))?;
         // pivot_root(".", ".") stacks the old root on top of the new one; unmounting it leaves
         // only the new root, with no directory needed for the old one.
-        nix::unistd::pivot_root(".", ".")
+        self.sys
+            .pivot_root_here()
             .map_err(|e| StepError::sys("pivot_root", &self.path, e))?;
-        umount2(".", MntFlags::MNT_DETACH)
+        self.sys
+            .umount2(Path::new("."), MntFlags::MNT_DETACH)
             .map_err(|e| StepError::sys("detach the old root", Path::new("/"), e))?;
-        std::env::set_current_dir("/").map_err(|e| StepError::io("chdir /", Path::new("/"), e))?;
+        self.sys
+            .chdir(Path::new("/"))
+            .map_err(|e| StepError::io("chdir /", Path::new("/"), e))?;
         Ok(())
     }
 
@@ -547,14 +534,20 @@ impl Rootfs {
         let target = self.path.join(path.trim_start_matches('/'));
         let result = match std::fs::symlink_metadata(&target) {
             Err(_) => return Ok(()),
-            Ok(meta) if meta.is_dir() => mount(
-                Some("tmpfs"),
+            Ok(meta) if meta.is_dir() => self.sys.mount(
+                Some(Path::new("tmpfs")),
                 &target,
                 Some("tmpfs"),
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 Some("size=4k,mode=0555"),
             ),
-            Ok(_) => mount(Some("/dev/null"), &target, none(), MsFlags::MS_BIND, none()),
+            Ok(_) => self.sys.mount(
+                Some(Path::new("/dev/null")),
+                &target,
+                none(),
+                MsFlags::MS_BIND,
+                none(),
+            ),
         };
         match result {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
@@ -568,7 +561,7 @@ impl Rootfs {
             return Ok(());
         }
         let step = format!("make {path} read-only");
-        match mount(
+        match self.sys.mount(
             Some(&target),
             &target,
             none(),
@@ -585,7 +578,9 @@ impl Rootfs {
             | MsFlags::MS_NOSUID
             | MsFlags::MS_NODEV
             | MsFlags::MS_NOEXEC;
-        mount(none(), &target, none(), flags, none()).map_err(|e| StepError::sys(&step, &target, e))
+        self.sys
+            .mount(None, &target, none(), flags, none())
+            .map_err(|e| StepError::sys(&step, &target, e))
     }
 }
 
@@ -614,3 +609,284 @@ const READ_ONLY_PROC_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// The root built against the recording fake (`sys::fake`) in a temporary directory: which
+/// mounts, with which flags, in which order; no root needed (the paths inside are real
+/// directories, the mounts are only recorded).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, RecordingSyscall};
+
+    fn spec(fake: &RecordingSyscall, read_only: bool) -> RootfsSpec {
+        let layers = fake.path("layers");
+        for l in ["a", "b"] {
+            std::fs::create_dir_all(layers.join(l)).unwrap();
+        }
+        let scratch = fake.path("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        RootfsSpec {
+            lowers: vec![layers.join("a"), layers.join("b")],
+            scratch,
+            read_only,
+        }
+    }
+
+    fn mount(
+        source: Option<&str>,
+        target: PathBuf,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Call {
+        Call::Mount {
+            source: source.map(PathBuf::from),
+            target,
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        }
+    }
+
+    fn targets(calls: &[Call]) -> Vec<PathBuf> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, .. } => Some(target.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_only_root_is_built_in_order_and_sealed_last() {
+        let fake = Arc::new(RecordingSyscall::new("rootfs", &[]));
+        let spec = spec(&fake, true);
+        let rootfs = prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+        let calls = fake.calls();
+        let scratch = &spec.scratch;
+        let root = scratch.join("root");
+        assert_eq!(rootfs.path, root);
+        // Private first, then the scratch tmpfs, then the overlay with the layers named from
+        // their shared directory (the option must fit in a page).
+        assert_eq!(
+            calls[..4],
+            [
+                mount(
+                    None,
+                    "/".into(),
+                    None,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None
+                ),
+                mount(
+                    Some("tmpfs"),
+                    scratch.clone(),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID,
+                    Some("mode=700")
+                ),
+                Call::Chdir(fake.path("layers")),
+                mount(
+                    Some("overlay"),
+                    root.clone(),
+                    Some("overlay"),
+                    MsFlags::MS_NODEV,
+                    Some(&format!(
+                        "lowerdir=a:b,upperdir={},workdir={}",
+                        scratch.join("upper").display(),
+                        scratch.join("work").display()
+                    ))
+                ),
+            ]
+        );
+        let mounted = targets(&calls);
+        for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let bind = mount(
+                Some(&format!("/dev/{dev}")),
+                root.join("dev").join(dev),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            );
+            assert!(calls.contains(&bind), "no bind of /dev/{dev}: {calls:#?}");
+        }
+        assert!(calls.contains(&mount(
+            Some("sysfs"),
+            root.join("sys"),
+            Some("sysfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None
+        )));
+        assert!(
+            !mounted.contains(&root.join("tmp")),
+            "a read-only root gets no /tmp"
+        );
+        assert_eq!(
+            calls.last(),
+            Some(&mount(
+                None,
+                root.clone(),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None
+            )),
+            "the root is made read-only last"
+        );
+        // /dev's links are plain files of the fresh /dev, made by wpod.
+        assert_eq!(
+            std::fs::read_link(root.join("dev/ptmx")).unwrap(),
+            Path::new("pts/ptmx")
+        );
+    }
+
+    #[test]
+    fn sysfs_falls_back_to_a_read_only_bind_and_tmp_is_writable() {
+        let fake = Arc::new(RecordingSyscall::new("rootfs-sysfs", &[]));
+        fake.fail_when(
+            |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "sysfs"),
+            Errno::EPERM,
+        );
+        let spec = spec(&fake, false);
+        prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+        let calls = fake.calls();
+        let sys = spec.scratch.join("root/sys");
+        let bind = calls
+            .iter()
+            .position(|c| {
+                *c == mount(
+                    Some("/sys"),
+                    sys.clone(),
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )
+            })
+            .expect("the host's /sys bound");
+        assert_eq!(
+            calls[bind + 1],
+            mount(
+                None,
+                sys,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None
+            )
+        );
+        assert!(calls.contains(&mount(
+            Some("tmpfs"),
+            spec.scratch.join("root/tmp"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777")
+        )));
+    }
+
+    /// A volume is moved onto its mount point inside the root and sealed recursively; then
+    /// the container's /proc is masked and the root pivoted into.
+    #[test]
+    fn volumes_proc_masks_and_the_pivot() {
+        let fake = Arc::new(RecordingSyscall::new("rootfs-volume", &[]));
+        let spec = spec(&fake, false);
+        let volume = fake.path("volume");
+        std::fs::create_dir(&volume).unwrap();
+        let tree = VolumeTree {
+            fd: nix::fcntl::open(
+                &volume,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap(),
+            is_dir: true,
+        };
+        let m = BindMount {
+            source: volume.clone(),
+            target: "/data".into(),
+            read_only: true,
+            no_follow_symlinks: true,
+            device: false,
+        };
+        let rootfs = prepare(fake.clone(), &spec, &[m], vec![tree]).unwrap();
+        let root = spec.scratch.join("root");
+        let calls = fake.calls();
+        let moved = calls
+            .iter()
+            .position(|c| {
+                *c == Call::MoveMount {
+                    from: volume.clone(),
+                    to: root.join("data"),
+                }
+            })
+            .expect("the volume moved into the root");
+        assert_eq!(
+            calls[moved + 1],
+            Call::MountSetattr {
+                target: root.join("data"),
+                attrs: MOUNT_ATTR_NOSUID
+                    | MOUNT_ATTR_NODEV
+                    | MOUNT_ATTR_RDONLY
+                    | MOUNT_ATTR_NOSYMFOLLOW,
+            }
+        );
+
+        // What a fresh procfs would show, for the masks to find.
+        std::fs::create_dir_all(root.join("proc/acpi")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+        std::fs::write(root.join("proc/kcore"), "").unwrap();
+        let before = fake.calls().len();
+        rootfs.mount_own_proc().unwrap();
+        rootfs.pivot().unwrap();
+        let calls = fake.calls()[before..].to_vec();
+        let proc = root.join("proc");
+        let read_only = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        assert_eq!(
+            calls,
+            [
+                mount(
+                    Some("proc"),
+                    proc.clone(),
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None
+                ),
+                mount(
+                    Some("tmpfs"),
+                    proc.join("acpi"),
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                    Some("size=4k,mode=0555")
+                ),
+                mount(
+                    Some("/dev/null"),
+                    proc.join("kcore"),
+                    None,
+                    MsFlags::MS_BIND,
+                    None
+                ),
+                mount(
+                    Some(&proc.join("sys").to_string_lossy()),
+                    proc.join("sys"),
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None
+                ),
+                mount(None, proc.join("sys"), None, read_only, None),
+                Call::Chdir(root.clone()),
+                Call::PivotRootHere,
+                Call::Umount2 {
+                    target: ".".into(),
+                    flags: MntFlags::MNT_DETACH
+                },
+                Call::Chdir("/".into()),
+            ]
+        );
+    }
+}

@@ -118,7 +118,12 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     let volumes = rootfs::clone_volumes(&spec.mounts)?;
     unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
-    let root = rootfs::prepare(&spec.rootfs, &spec.mounts, volumes)?;
+    let root = rootfs::prepare(
+        std::sync::Arc::new(crate::sys::LinuxSyscall),
+        &spec.rootfs,
+        &spec.mounts,
+        volumes,
+    )?;
     let seccomp = security::seccomp_program(&spec.security)?;
     let confinement = match &ns.pid {
         Some(shared) => {
