@@ -460,9 +460,9 @@ impl ExecTarget {
 /// held a copy of it for an instant after the fork (it closes it first thing), and a PID taken
 /// on trust would lead exec probes into whatever process it names. `None`: the process has
 /// already ended and been reaped (a quick command), so there is nothing to exec into.
-fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, String> {
+fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, ChildError> {
     if pid <= 0 {
-        return Err(format!("the shim (pid {shim_pid}) reported pid {pid}"));
+        return Err(ChildError::Reported { pid, shim_pid });
     }
     // SAFETY: pidfd_open with plain integers; the descriptor is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -471,7 +471,7 @@ fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, String> {
         if e.raw_os_error() == Some(libc::ESRCH) {
             return Ok(None);
         }
-        return Err(format!("pidfd_open({pid}): {e}"));
+        return Err(ChildError::PidfdOpen { pid, source: e });
     }
     // SAFETY: a descriptor pidfd_open just returned.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -487,11 +487,24 @@ fn open_child(pid: i32, shim_pid: i32) -> Result<Option<OwnedFd>, String> {
         if exited(&pidfd) {
             return Ok(None);
         }
-        return Err(format!(
-            "the shim (pid {shim_pid}) reported pid {pid}, which is not its child"
-        ));
+        return Err(ChildError::NotItsChild { pid, shim_pid });
     }
     Ok(Some(pidfd))
+}
+
+/// Why the process a shim reported is not taken as the container's.
+#[derive(Debug, thiserror::Error)]
+enum ChildError {
+    #[error("the shim (pid {shim_pid}) reported pid {pid}")]
+    Reported { pid: i32, shim_pid: i32 },
+    #[error("pidfd_open({pid})")]
+    PidfdOpen {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shim (pid {shim_pid}) reported pid {pid}, which is not its child")]
+    NotItsChild { pid: i32, shim_pid: i32 },
 }
 
 /// Whether the process a pidfd names has ended (`pidfd_send_signal` with no signal: ESRCH).

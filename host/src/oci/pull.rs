@@ -285,13 +285,14 @@ impl Puller {
         let pinned = reference.clone_with_digest(top_digest.to_string());
         let scope = self.policy.scope_for(name);
         let verified = trust::check(origin, &pinned, &top_digest, name, &scope).await?;
-        let (manifest_bytes, manifest_digest) = match platform_manifest(&top).map_err(&invalid)? {
-            None => (top, top_digest.clone()),
-            Some(platform) => origin
-                .manifest(&pinned.clone_with_digest(platform))
-                .await
-                .map_err(fetch_err)?,
-        };
+        let (manifest_bytes, manifest_digest) =
+            match platform_manifest(&top).map_err(|e| invalid(crate::error::chain(&e)))? {
+                None => (top, top_digest.clone()),
+                Some(platform) => origin
+                    .manifest(&pinned.clone_with_digest(platform))
+                    .await
+                    .map_err(fetch_err)?,
+            };
         let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| invalid(format!("manifest: {e}")))?;
         let config_digest =
@@ -552,20 +553,31 @@ impl Puller {
 
 /// For an index (or a Docker manifest list), the digest of its linux/amd64 manifest; `None`
 /// for an image manifest.
-fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, String> {
+fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, IndexError> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(default)]
         manifests: Option<serde_json::Value>,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| format!("manifest: {e}"))?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(IndexError::Manifest)?;
     if probe.manifests.is_none() {
         return Ok(None);
     }
-    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| format!("index: {e}"))?;
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(IndexError::Index)?;
     linux_amd64_resolver(&index.manifests)
         .map(Some)
-        .ok_or_else(|| "the index has no linux/amd64 image".to_string())
+        .ok_or(IndexError::NoPlatform)
+}
+
+/// Why a manifest (or index) does not lead to an image.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error("manifest")]
+    Manifest(#[source] serde_json::Error),
+    #[error("index")]
+    Index(#[source] serde_json::Error),
+    #[error("the index has no linux/amd64 image")]
+    NoPlatform,
 }
 
 fn fetch_err(image: &str, e: FetchError) -> PullError {

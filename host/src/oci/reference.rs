@@ -88,7 +88,7 @@ impl ImageName {
             reason,
         };
         let named = parse(image).map_err(|r| bad(r.to_string()))?;
-        check_spelling(&named.domain).map_err(bad)?;
+        check_spelling(&named.domain).map_err(|e| bad(e.to_string()))?;
         Ok(ImageName {
             tag: match (&named.tag, &named.digest) {
                 (None, None) => Some("latest".to_string()),
@@ -297,12 +297,53 @@ fn check_registry(r: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Why a registry name is refused; the message says which spelling to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryNameError {
+    #[error("\"{registry}\": {reason}")]
+    Grammar {
+        registry: String,
+        reason: &'static str,
+    },
+    #[error(
+        "the registry \"{registry}\" is not a host name or IPv4 address the HTTP client can \
+         connect to ({reason}); write a dotted-quad address or a host name whose last label is \
+         not a number"
+    )]
+    NotAHost { registry: String, reason: String },
+    #[error(
+        "the registry \"{registry}\" is the unspecified address 0.0.0.0; write 127.0.0.1 or \
+         the registry's own address"
+    )]
+    Unspecified { registry: String },
+    #[error("the registry \"{registry}\" has port {port}, which is not between 1 and 65535")]
+    Port { registry: String, port: String },
+    #[error(
+        "the registry \"{registry}\" names port {port}, the default port of https (443) or \
+         plain HTTP (80), so the HTTP client reaches it as \"{host}\" too; write \"{host}\" (the \
+         trust policy and registries.conf compare registries as written)"
+    )]
+    DefaultPort {
+        registry: String,
+        port: u16,
+        host: String,
+    },
+    #[error(
+        "the registry \"{registry}\" is spelled \"{spelled}\" by the HTTP client; write that \
+         (the trust policy and registries.conf compare registries as written)"
+    )]
+    Spelling { registry: String, spelled: String },
+}
+
 /// Checks that `registry` (`host[:port]`) is written by the reference grammar and spelled as
 /// wpod's HTTP client spells it; the error says which spelling to write. For registries.conf
 /// entries and the trust policy's scopes and identities, which name registries outside an image
 /// reference.
-pub fn check_registry_name(registry: &str) -> Result<(), String> {
-    check_registry(registry).map_err(|e| format!("\"{registry}\": {e}"))?;
+pub fn check_registry_name(registry: &str) -> Result<(), RegistryNameError> {
+    check_registry(registry).map_err(|reason| RegistryNameError::Grammar {
+        registry: registry.to_string(),
+        reason,
+    })?;
     check_spelling(registry)
 }
 
@@ -312,23 +353,19 @@ pub fn check_registry_name(registry: &str) -> Result<(), String> {
 /// zeros and drops the scheme's default port. A registry is accepted only if that changes
 /// nothing; it is refused, not rewritten, so that wpod's names stay podman's for the same text.
 /// `registry` has passed `check_registry` (no IPv6, which the grammar refuses).
-fn check_spelling(registry: &str) -> Result<(), String> {
+fn check_spelling(registry: &str) -> Result<(), RegistryNameError> {
     let (host, port) = match registry.split_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (registry, None),
     };
-    let parsed = url::Host::<String>::parse(host).map_err(|e| {
-        format!(
-            "the registry \"{registry}\" is not a host name or IPv4 address the HTTP client can \
-             connect to ({e}); write a dotted-quad address or a host name whose last label is \
-             not a number"
-        )
+    let parsed = url::Host::<String>::parse(host).map_err(|e| RegistryNameError::NotAHost {
+        registry: registry.to_string(),
+        reason: e.to_string(),
     })?;
     if matches!(parsed, url::Host::Ipv4(a) if a.is_unspecified()) {
-        return Err(format!(
-            "the registry \"{registry}\" is the unspecified address 0.0.0.0; write 127.0.0.1 \
-             or the registry's own address"
-        ));
+        return Err(RegistryNameError::Unspecified {
+            registry: registry.to_string(),
+        });
     }
     let host_spelled = parsed.to_string();
     let port_spelled = match port {
@@ -341,20 +378,20 @@ fn check_spelling(registry: &str) -> Result<(), String> {
                 digits.parse::<u16>().ok().filter(|n| *n != 0)
             };
             let Some(number) = number else {
-                return Err(format!(
-                    "the registry \"{registry}\" has port {p}, which is not between 1 and 65535"
-                ));
+                return Err(RegistryNameError::Port {
+                    registry: registry.to_string(),
+                    port: p.to_string(),
+                });
             };
             // 443 is https's default, so the client drops it; 80 is http's, and a
             // registries.conf entry covering `reg` makes `reg:80` plain HTTP to the same
             // port: both are the bare host to the client, and another name to the policy.
             if number == 443 || number == 80 {
-                return Err(format!(
-                    "the registry \"{registry}\" names port {number}, the default port of https \
-                     (443) or plain HTTP (80), so the HTTP client reaches it as \"{host_spelled}\" \
-                     too; write \"{host_spelled}\" (the trust policy and registries.conf compare \
-                     registries as written)"
-                ));
+                return Err(RegistryNameError::DefaultPort {
+                    registry: registry.to_string(),
+                    port: number,
+                    host: host_spelled,
+                });
             }
             Some(number.to_string())
         }
@@ -364,10 +401,10 @@ fn check_spelling(registry: &str) -> Result<(), String> {
         None => host_spelled,
     };
     if spelled != registry {
-        return Err(format!(
-            "the registry \"{registry}\" is spelled \"{spelled}\" by the HTTP client; write \
-             that (the trust policy and registries.conf compare registries as written)"
-        ));
+        return Err(RegistryNameError::Spelling {
+            registry: registry.to_string(),
+            spelled,
+        });
     }
     Ok(())
 }
@@ -569,7 +606,7 @@ mod tests {
             ImageName::parse(&format!("{ok}/x")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let refused = |r: &str| {
-            let e = check_registry_name(r).expect_err(r);
+            let e = check_registry_name(r).expect_err(r).to_string();
             let image = ImageName::parse(&format!("{r}/x"))
                 .expect_err(r)
                 .to_string();
@@ -635,7 +672,7 @@ mod tests {
         assert!(ImageName::parse("[::1]:5000/x").is_err());
         // The exact message, naming the spelling to write.
         assert_eq!(
-            check_registry_name("127.1:5000").unwrap_err(),
+            check_registry_name("127.1:5000").unwrap_err().to_string(),
             "the registry \"127.1:5000\" is spelled \"127.0.0.1:5000\" by the HTTP client; \
              write that (the trust policy and registries.conf compare registries as written)"
         );

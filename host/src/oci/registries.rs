@@ -233,20 +233,27 @@ fn covers(prefix: &str, name: &str) -> bool {
     }
 }
 
+/// Why a prefix or location is refused.
+#[derive(Debug, thiserror::Error)]
+enum PlaceError {
+    #[error("URI schemes are not supported; write \"{0}\" (with insecure = true for plain HTTP)")]
+    Scheme(String),
+    #[error(transparent)]
+    Registry(#[from] super::reference::RegistryNameError),
+}
+
 /// A prefix or location, trailing `/` trimmed as containers/image trims it. A scheme is refused
 /// as containers/image refuses it ("URI schemes are not supported"): stripping it would make
 /// `http://` mean nothing while the user thinks it means plain HTTP. The registry part must be
 /// spelled as in image names, else the literal comparisons with image names (`covers`, the
 /// policy's scopes) miss it. A `*.domain` wildcard prefix checks its domain.
-fn parse_place(value: &str) -> Result<String, String> {
+fn parse_place(value: &str) -> Result<String, PlaceError> {
     let trimmed = value.trim_end_matches('/');
     if let Some(rest) = trimmed
         .strip_prefix("http://")
         .or_else(|| trimmed.strip_prefix("https://"))
     {
-        return Err(format!(
-            "URI schemes are not supported; write \"{rest}\" (with insecure = true for plain HTTP)"
-        ));
+        return Err(PlaceError::Scheme(rest.to_string()));
     }
     let registry = trimmed.split('/').next().unwrap_or(trimmed);
     let registry = registry.strip_prefix("*.").unwrap_or(registry);

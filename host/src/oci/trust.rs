@@ -416,20 +416,35 @@ fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
 /// by repository path components (`docker.io/library`), without tag or digest. containers/image
 /// also accepts a first component that is not a registry (`busybox`), which can never match a
 /// normalised name; wpod refuses it rather than let the rule silently do nothing.
-fn check_remap_prefix(prefix: &str) -> Result<(), String> {
-    const FORM: &str = "write a registry (reg.example, reg.example:5000) or a registry and \
-                        namespace (docker.io/library), without tag or digest";
+fn check_remap_prefix(prefix: &str) -> Result<(), PrefixError> {
     let (registry, path) = match prefix.split_once('/') {
         Some((r, p)) => (r, Some(p)),
         None => (prefix, None),
     };
     if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
-        return Err(format!("it does not start with a registry; {FORM}"));
+        return Err(PrefixError::NoRegistry);
     }
     if let Some(path) = path {
-        check_path(path).map_err(|e| format!("{e}; {FORM}"))?;
+        check_path(path).map_err(PrefixError::Path)?;
     }
-    check_registry_name(registry)
+    Ok(check_registry_name(registry)?)
+}
+
+/// Why a `remapIdentity` prefix is refused.
+#[derive(Debug, thiserror::Error)]
+enum PrefixError {
+    #[error(
+        "it does not start with a registry; write a registry (reg.example, reg.example:5000) or \
+         a registry and namespace (docker.io/library), without tag or digest"
+    )]
+    NoRegistry,
+    #[error(
+        "{0}; write a registry (reg.example, reg.example:5000) or a registry and namespace \
+         (docker.io/library), without tag or digest"
+    )]
+    Path(&'static str),
+    #[error(transparent)]
+    Registry(#[from] super::reference::RegistryNameError),
 }
 
 impl Policy {
