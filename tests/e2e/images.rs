@@ -325,7 +325,8 @@ spec:
         run.dump()
     );
 
-    // runAsNonRoot against an image whose user is root: refused at start, clearly.
+    // runAsNonRoot against an image whose user is root: refused once the image is pulled,
+    // located in the manifest, before anything of the pod exists.
     let run = env
         .pod(
             "img-nonroot",
@@ -344,7 +345,14 @@ spec:
         )
         .run(Duration::from_secs(60));
     assert_ne!(run.code, Some(0));
-    assert!(run.stdout.contains("would run as root"), "{}", run.dump());
+    assert!(
+        run.stderr.contains(
+            "pod.yaml:11:37: spec.containers[0].securityContext.runAsNonRoot: the container would run as root"
+        ),
+        "{}",
+        run.dump()
+    );
+    assert!(!run.stdout.contains("podStarted"), "{}", run.dump());
     env.assert_no_leftovers("img-nonroot");
 }
 

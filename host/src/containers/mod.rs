@@ -22,11 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::helper::{helper_command, inherit_fds, LIFELINE_FD};
 use crate::logs::{Logs, Stream};
-use crate::oci::{self, pull::StoredImage};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
 use crate::sandbox::PodSandbox;
-use crate::spec::SeccompProfile;
 use crate::status::ExitInfo;
 use launch::{BindMount, LaunchSpec, Report, RootfsSpec, SecuritySpec, REPORT_FD};
 
@@ -104,44 +102,22 @@ fn parse_signal(text: &str) -> Option<Signal> {
     name.parse().ok()
 }
 
-/// The environment every container starts with, before its own `env`.
-fn base_env(hostname: &str) -> Vec<(String, String)> {
-    vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("HOSTNAME".into(), hostname.into()),
-        ("HOME".into(), "/root".into()),
-    ]
-}
-
+/// The shim's launch description: the plan's process with the sandbox's paths (namespaces,
+/// volumes by descriptor, the container's cgroup).
 fn launch_spec(
     plan: &ContainerPlan,
-    image: Option<&StoredImage>,
     sandbox: &PodSandbox,
     cgroup: &ContainerCgroup,
     scratch: PathBuf,
 ) -> Result<LaunchSpec, ContainerError> {
     let c = &plan.spec;
     let setup_err = |step: &str, source: Cause| setup_error(&c.name, step, source);
-    let lowers = match (&plan.image, image) {
-        (Image::Host, _) => vec![PathBuf::from("/")],
-        (Image::Rootfs(dir), _) => vec![dir.clone()],
-        (Image::Registry { .. }, Some(image)) => image.layers.clone(),
-        (Image::Registry { name, .. }, None) => {
-            return Err(setup_err(
-                "start",
-                format!("image {} was not pulled", name.canonical()).into(),
-            ))
-        }
-        (Image::Wasm(_), _) => {
-            return Err(setup_err(
-                "start",
-                "a Wasm component is not a native container".into(),
-            ))
-        }
-    };
+    let process = plan.process.as_ref().ok_or_else(|| {
+        setup_err(
+            "start",
+            "its process was not planned (PodPlan::with_native_processes)".into(),
+        )
+    })?;
     let mut mounts = Vec::new();
     for m in &c.volume_mounts {
         let source = sandbox.volumes.source_for_helpers(&m.name).ok_or_else(|| {
@@ -174,77 +150,25 @@ fn launch_spec(
             });
         }
     }
-    let sc = c.security_context.clone().unwrap_or_default();
-    let pod_env: Vec<(String, String)> = c
-        .env
-        .iter()
-        .map(|e| (e.name.clone(), e.value.clone()))
-        .collect();
-    let image_process = image.map(|i| &i.process);
-    // Kubernetes' order: the runtime's defaults, the image's Env over them, the Pod's over all.
-    let mut env = base_env(&sandbox.hostname);
-    let layered = oci::process::env(
-        image_process.map(|p| p.env.as_slice()).unwrap_or_default(),
-        &pod_env,
-    );
-    for (k, v) in layered {
-        match env.iter_mut().find(|(name, _)| *name == k) {
-            Some(slot) => slot.1 = v,
-            None => env.push((k, v)),
-        }
-    }
-    let (argv, cwd) = match image_process {
-        Some(p) => (
-            oci::process::argv(&c.command, &c.args, p).map_err(|e| setup_err("start", e.into()))?,
-            Some(oci::process::working_dir(c.working_dir.as_deref(), p)),
-        ),
-        None => (
-            c.command.iter().chain(&c.args).cloned().collect(),
-            c.working_dir.clone(),
-        ),
-    };
-    // runAsUser wins; else the image's User; else root.
-    let (uid, image_gid) = match (sc.run_as_user, image) {
-        (Some(uid), _) => (uid, None),
-        (None, Some(img)) => match &img.process.user {
-            Some(user) => {
-                let (uid, gid) = oci::process::resolve_user(user, &img.layers)
-                    .map_err(|e| setup_err("resolve the image's user", e.into()))?;
-                (uid, Some(gid))
-            }
-            None => (0, None),
-        },
-        (None, None) => (0, None),
-    };
-    if sc.run_as_non_root == Some(true) && uid == 0 {
-        return Err(setup_err(
-            "check runAsNonRoot",
-            "the container would run as root (uid 0): the image's user is root or unset; set \
-             securityContext.runAsUser to a non-zero uid"
-                .into(),
-        ));
-    }
     Ok(LaunchSpec {
         pod: sandbox.pod.clone(),
         container: c.name.clone(),
-        argv,
-        env,
-        cwd,
+        argv: process.argv.clone(),
+        env: process.env.clone(),
+        cwd: process.cwd.clone(),
         namespaces: sandbox.namespaces.paths(),
         rootfs: RootfsSpec {
-            lowers,
+            lowers: process.lowers.clone(),
             scratch,
-            read_only: sc.read_only_root_filesystem,
+            read_only: process.read_only_root,
         },
         mounts,
         security: SecuritySpec {
-            uid,
-            gid: sc.run_as_group.or(image_gid).unwrap_or(0),
-            capabilities: security::capability_set(&sc.capabilities),
-            // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
-            no_new_privs: sc.allow_privilege_escalation != Some(true),
-            // RuntimeDefault unless the container asks to run unconfined.
-            seccomp: sc.seccomp_profile != Some(SeccompProfile::Unconfined),
+            uid: process.uid,
+            gid: process.gid,
+            capabilities: process.capabilities.clone(),
+            no_new_privs: process.no_new_privs,
+            seccomp: process.seccomp,
         },
         cgroup_procs: cgroup.procs_files(),
     })
@@ -255,7 +179,6 @@ impl NativeContainer {
     /// the step and the OS error).
     pub async fn start(
         plan: &ContainerPlan,
-        image: Option<&StoredImage>,
         sandbox: &PodSandbox,
         logs: &Arc<Logs>,
         pids_limit: u64,
@@ -281,7 +204,7 @@ impl NativeContainer {
                 e,
             )
         })?;
-        let spec = launch_spec(plan, image, sandbox, &cgroup, scratch)?;
+        let spec = launch_spec(plan, sandbox, &cgroup, scratch)?;
         let spec_path = dir.join("launch.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| setup_err("write the launch spec", e.into()))?;
@@ -330,8 +253,10 @@ impl NativeContainer {
             pidfd: None,
             cgroup,
             output,
-            stop_signal: image
-                .and_then(|i| i.process.stop_signal.as_deref())
+            stop_signal: plan
+                .process
+                .as_ref()
+                .and_then(|p| p.stop_signal.as_deref())
                 .and_then(parse_signal)
                 .unwrap_or(Signal::SIGTERM),
         };

@@ -9,47 +9,8 @@ use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
 
 use super::launch::SecuritySpec;
 use crate::helper::StepError;
-use crate::spec::{Capabilities, Capability as Cap};
 
-/// The capabilities container runtimes (containerd, CRI-O, podman) grant by default.
-pub const DEFAULT_CAPABILITIES: &[Cap] = &[
-    Cap::Named("CHOWN"),
-    Cap::Named("DAC_OVERRIDE"),
-    Cap::Named("FSETID"),
-    Cap::Named("FOWNER"),
-    Cap::Named("MKNOD"),
-    Cap::Named("NET_RAW"),
-    Cap::Named("SETGID"),
-    Cap::Named("SETUID"),
-    Cap::Named("SETFCAP"),
-    Cap::Named("SETPCAP"),
-    Cap::Named("NET_BIND_SERVICE"),
-    Cap::Named("SYS_CHROOT"),
-    Cap::KILL,
-    Cap::Named("AUDIT_WRITE"),
-];
-
-/// The bounding set for a container: the defaults, minus `drop` (`ALL` drops all), plus `add`;
-/// names as the kernel spells them (`CAP_KILL`).
-pub fn capability_set(caps: &Capabilities) -> Vec<String> {
-    let mut set: Vec<Cap> = if caps.drop.contains(&Cap::All) {
-        Vec::new()
-    } else {
-        DEFAULT_CAPABILITIES
-            .iter()
-            .copied()
-            .filter(|c| !caps.drop.contains(c))
-            .collect()
-    };
-    for c in &caps.add {
-        if !set.contains(c) {
-            set.push(*c);
-        }
-    }
-    let mut names: Vec<String> = set.into_iter().map(Cap::kernel_name).collect();
-    names.sort();
-    names
-}
+pub use crate::plan::native::{capability_set, DEFAULT_CAPABILITIES};
 
 /// The container's seccomp program, built before forking (it allocates), or `None` when the
 /// container runs unconfined.
@@ -125,6 +86,7 @@ fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{Capabilities, Capability as Cap};
 
     #[test]
     fn capability_set_follows_add_and_drop() {

@@ -5,6 +5,7 @@
 
 pub mod change;
 pub mod image;
+pub mod native;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +31,9 @@ pub struct ContainerPlan {
     pub spec: Container,
     /// What a Wasm sidecar is granted, decided once; `None` for a native container.
     pub grants: Option<Grants>,
+    /// A native container's process, decided once its image is known
+    /// ([`PodPlan::with_native_processes`]); `None` for a Wasm sidecar, and before that.
+    pub process: Option<native::NativeProcess>,
 }
 
 impl ContainerPlan {
@@ -187,6 +191,35 @@ impl PodPlan {
     }
 }
 
+impl PodPlan {
+    /// The plan with each native container's process decided on its image (`images`: the
+    /// pulled image of each container, by index; `None` for one that needs none). What cannot
+    /// be decided (a `runAsNonRoot` container whose image runs as root, an image with nothing
+    /// to run) is a located error, before anything of the pod exists.
+    pub fn with_native_processes(
+        &self,
+        images: &[Option<crate::oci::pull::StoredImage>],
+    ) -> Result<PodPlan, Diagnostics> {
+        let mut plan = self.clone();
+        let hostname = self.pod.hostname().to_string();
+        let mut diags = Vec::new();
+        for (i, c) in plan.containers.iter_mut().enumerate() {
+            if c.image.is_wasm() {
+                continue;
+            }
+            let image = images.get(i).and_then(Option::as_ref);
+            match native::process(c, &hostname, image) {
+                Ok(process) => c.process = Some(process),
+                Err((field, message)) => diags.push(self.pod.source.diag(field, message)),
+            }
+        }
+        match diags.is_empty() {
+            true => Ok(plan),
+            false => Err(Diagnostics(diags)),
+        }
+    }
+}
+
 /// `plan`, with the images of some containers (by path) already decided.
 fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
@@ -227,6 +260,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
             image,
             spec: c.clone(),
             grants,
+            process: None,
         });
     }
     check_sidecar_count(pod, &containers, &mut diags);

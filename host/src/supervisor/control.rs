@@ -375,7 +375,6 @@ impl Control {
             members.push(Arc::new(Member {
                 plan: prepared.plan.clone(),
                 prepared: Some(prepared),
-                image: None,
             }));
         }
         if dry_run {

@@ -32,7 +32,6 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::logs::Logs;
-use crate::oci::pull::StoredImage;
 use crate::plan::{PodPlan, Role};
 use crate::sandbox::runtime::{PodRuntime, RuntimeError, SIDECAR_WORKERS};
 use crate::sandbox::PodSandbox;
@@ -172,14 +171,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    // What a pod is made of, each passed once by `Pod::start`: a struct of them would only
-    // be taken apart here.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         plan: Arc<PodPlan>,
         sandbox: Arc<PodSandbox>,
         prepared: Vec<Option<PreparedSidecar>>,
-        images: Vec<Option<StoredImage>>,
         logs: Arc<Logs>,
         events: Arc<Events>,
         reports: Arc<crate::grants::report::Reporter>,
@@ -194,7 +189,7 @@ impl Supervisor {
             )?),
             false => None,
         };
-        let members = workload::members(&plan, prepared, images);
+        let members = workload::members(&plan, prepared);
         let launcher = PodLauncher {
             plan: plan.clone(),
             sandbox,
@@ -221,7 +216,7 @@ impl Supervisor {
         events: Arc<Events>,
         backoff_base: Duration,
     ) -> Self {
-        let members = workload::members(&plan, Vec::new(), Vec::new());
+        let members = workload::members(&plan, Vec::new());
         Self::build(plan, members, launcher, state, events, backoff_base)
     }
 

@@ -17,7 +17,7 @@ use super::images::{ImagesError, PulledImages};
 use super::{PodResult, Supervisor};
 use crate::grants::report::Reporter;
 use crate::logs::{Logs, OutputFormat};
-use crate::oci::store::StoreError;
+use crate::oci::store::{ImageRecord, StoreError};
 use crate::plan::{PodPlan, WasmComponent};
 use crate::sandbox::runtime::RuntimeError;
 use crate::sandbox::{PodSandbox, SandboxError};
@@ -91,6 +91,12 @@ impl Pod {
         // Images first, before anything of the pod exists: a pull that fails leaves nothing
         // behind.
         let (plan, images) = pull(&plan, &plan, BTreeMap::new(), &events).await?;
+        let records: Vec<ImageRecord> = images.records().cloned().collect();
+        // Native containers' processes on their images: a runAsNonRoot container whose image
+        // runs as root is refused here, located, before anything of the pod exists.
+        let plan = plan
+            .with_native_processes(&images.container_images())
+            .map_err(PodError::Invalid)?;
         // The sidecars' components come next: read, hashed and, when the cache lacks them,
         // compiled before anything of the pod exists (one that cannot compile fails the pod
         // here). Loading their cached code and linking it overlaps the sandbox's creation; if
@@ -108,7 +114,7 @@ impl Pod {
         })?;
         let sandbox = Arc::new(sandbox?);
         let prepared = prepared?;
-        crate::oci::store::pin_layers(&sandbox.state.path, images.records())
+        crate::oci::store::pin_layers(&sandbox.state.path, records.iter())
             .map_err(PodError::Pin)?;
         // Who holds the pod, for `wpod stop` from another shell.
         let pid_file = sandbox.state.path.join(crate::sandbox::state_dir::PID_FILE);
@@ -146,7 +152,6 @@ impl Pod {
             plan.clone(),
             sandbox.clone(),
             prepared,
-            images.container_images(),
             logs,
             events.clone(),
             reports.clone(),

@@ -440,7 +440,6 @@ spec:
         Arc::new(Member {
             plan,
             prepared: None,
-            image: None,
         })
     };
     let (reply, answer) = tokio::sync::oneshot::channel();

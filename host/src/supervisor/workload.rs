@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use super::actions::ActionTarget;
 use crate::containers::{ExecTarget, NativeContainer};
 use crate::logs::Logs;
-use crate::oci::pull::StoredImage;
 use crate::plan::{ContainerPlan, PodPlan};
 use crate::sandbox::runtime::PodRuntime;
 use crate::sandbox::PodSandbox;
@@ -41,16 +40,15 @@ pub trait Workload: Send {
     }
 }
 
-/// One container of the pod as the supervisor runs it: its plan, and what was made ready for
-/// it before it starts (a Wasm sidecar's compiled and linked component, a registry image). A
+/// One container of the pod as the supervisor runs it: its plan (a native container's carries
+/// its planned process), and what was made ready for it before it starts (a Wasm sidecar's
+/// compiled and linked component). A
 /// live `wpod apply` adds and replaces members while the pod runs; the plan of the pod itself
 /// (its pod-level fields) never changes.
 pub struct Member {
     pub plan: ContainerPlan,
     /// A Wasm sidecar's component, prepared; `None` for a native container.
     pub prepared: Option<PreparedSidecar>,
-    /// The pulled image of a native container from a registry.
-    pub image: Option<StoredImage>,
 }
 
 impl Member {
@@ -59,13 +57,9 @@ impl Member {
     }
 }
 
-/// The members of `plan`, in start order, from what was prepared and pulled for each container
-/// (by index).
-pub fn members(
-    plan: &PodPlan,
-    mut prepared: Vec<Option<PreparedSidecar>>,
-    mut images: Vec<Option<StoredImage>>,
-) -> Vec<Arc<Member>> {
+/// The members of `plan`, in start order, from what was prepared for each container (by
+/// index).
+pub fn members(plan: &PodPlan, mut prepared: Vec<Option<PreparedSidecar>>) -> Vec<Arc<Member>> {
     plan.containers
         .iter()
         .enumerate()
@@ -73,7 +67,6 @@ pub fn members(
             Arc::new(Member {
                 plan: c.clone(),
                 prepared: prepared.get_mut(i).and_then(Option::take),
-                image: images.get_mut(i).and_then(Option::take),
             })
         })
         .collect()
@@ -203,7 +196,6 @@ impl Launcher for PodLauncher {
                 }
                 None => NativeContainer::start(
                     &member.plan,
-                    member.image.as_ref(),
                     &self.sandbox,
                     &self.logs,
                     self.plan.settings.pids_limit,

@@ -1,0 +1,290 @@
+//! A native container's process, decided once its image is known (after the pull), as a Wasm
+//! sidecar's grants are: the command, the environment, the working directory, the user and
+//! group, the capability bounding set, `no_new_privs`, seccomp, the root's layers and the stop
+//! signal. Kubernetes' rules (containerd's `WithProcessArgs`, the kubelet's environment and
+//! working directory) are applied here once; the container runtime below only combines this
+//! with the sandbox's paths, and reads nothing of the manifest.
+
+use std::path::PathBuf;
+
+use super::{ContainerPlan, Image};
+use crate::oci::pull::StoredImage;
+use crate::spec::{Capabilities, Capability as Cap, SeccompProfile};
+
+/// A native container's process, as the shim starts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeProcess {
+    pub argv: Vec<String>,
+    /// The runtime's defaults, the image's `Env` over them, the Pod's over all.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    /// The capability bounding set, as the kernel names them (`CAP_KILL`).
+    pub capabilities: Vec<String>,
+    /// Kubernetes' `allowPrivilegeEscalation: false` (wpod's default).
+    pub no_new_privs: bool,
+    /// The RuntimeDefault seccomp filter, unless the container asks to run unconfined.
+    pub seccomp: bool,
+    pub read_only_root: bool,
+    /// The root's read-only layers, topmost first: `/` for a host container, the directory of
+    /// a rootfs image, or a pulled image's unpacked layers.
+    pub lowers: Vec<PathBuf>,
+    /// The polite stop, as the image's config spells it (`SIGQUIT`); SIGTERM when unset.
+    pub stop_signal: Option<String>,
+}
+
+/// The capabilities container runtimes (containerd, CRI-O, podman) grant by default.
+pub const DEFAULT_CAPABILITIES: &[Cap] = &[
+    Cap::Named("CHOWN"),
+    Cap::Named("DAC_OVERRIDE"),
+    Cap::Named("FSETID"),
+    Cap::Named("FOWNER"),
+    Cap::Named("MKNOD"),
+    Cap::Named("NET_RAW"),
+    Cap::Named("SETGID"),
+    Cap::Named("SETUID"),
+    Cap::Named("SETFCAP"),
+    Cap::Named("SETPCAP"),
+    Cap::Named("NET_BIND_SERVICE"),
+    Cap::Named("SYS_CHROOT"),
+    Cap::KILL,
+    Cap::Named("AUDIT_WRITE"),
+];
+
+/// The bounding set for a container: the defaults, minus `drop` (`ALL` drops all), plus `add`;
+/// names as the kernel spells them (`CAP_KILL`).
+pub fn capability_set(caps: &Capabilities) -> Vec<String> {
+    let mut set: Vec<Cap> = if caps.drop.contains(&Cap::All) {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| !caps.drop.contains(c))
+            .collect()
+    };
+    for c in &caps.add {
+        if !set.contains(c) {
+            set.push(*c);
+        }
+    }
+    let mut names: Vec<String> = set.into_iter().map(Cap::kernel_name).collect();
+    names.sort();
+    names
+}
+
+/// The environment every container starts with, before its image's and its own.
+fn base_env(hostname: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOSTNAME".into(), hostname.into()),
+        ("HOME".into(), "/root".into()),
+    ]
+}
+
+/// Why a native container's process cannot be planned: `(field, message)` for a located
+/// diagnostic.
+pub type Refusal = (String, String);
+
+/// Plans `c`'s process on `image` (its pulled image, for a registry image).
+pub fn process(
+    c: &ContainerPlan,
+    hostname: &str,
+    image: Option<&StoredImage>,
+) -> Result<NativeProcess, Refusal> {
+    let spec = &c.spec;
+    let lowers = match (&c.image, image) {
+        (Image::Host, _) => vec![PathBuf::from("/")],
+        (Image::Rootfs(dir), _) => vec![dir.clone()],
+        (Image::Registry { .. }, Some(image)) => image.layers.clone(),
+        (Image::Registry { name, .. }, None) => {
+            return Err((
+                format!("{}.image", c.path),
+                format!("image {} was not pulled", name.canonical()),
+            ))
+        }
+        (Image::Wasm(_), _) => {
+            return Err((
+                format!("{}.image", c.path),
+                "a Wasm component is not a native container".into(),
+            ))
+        }
+    };
+    let sc = spec.security_context.clone().unwrap_or_default();
+    let pod_env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let image_process = image.map(|i| &i.process);
+    let mut env = base_env(hostname);
+    let layered = crate::oci::process::env(
+        image_process.map(|p| p.env.as_slice()).unwrap_or_default(),
+        &pod_env,
+    );
+    for (k, v) in layered {
+        match env.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
+    let (argv, cwd) = match image_process {
+        Some(p) => (
+            crate::oci::process::argv(&spec.command, &spec.args, p)
+                .map_err(|e| (format!("{}.command", c.path), e.to_string()))?,
+            Some(crate::oci::process::working_dir(
+                spec.working_dir.as_deref(),
+                p,
+            )),
+        ),
+        None => (
+            spec.command.iter().chain(&spec.args).cloned().collect(),
+            spec.working_dir.clone(),
+        ),
+    };
+    // runAsUser wins; else the image's User; else root.
+    let (uid, image_gid) = match (sc.run_as_user, image) {
+        (Some(uid), _) => (uid, None),
+        (None, Some(img)) => match &img.process.user {
+            Some(user) => {
+                let (uid, gid) =
+                    crate::oci::process::resolve_user(user, &img.layers).map_err(|e| {
+                        (
+                            format!("{}.image", c.path),
+                            format!("the image's user: {}", crate::error::chain(&e)),
+                        )
+                    })?;
+                (uid, Some(gid))
+            }
+            None => (0, None),
+        },
+        (None, None) => (0, None),
+    };
+    if sc.run_as_non_root == Some(true) && uid == 0 {
+        return Err((
+            format!("{}.securityContext.runAsNonRoot", c.path),
+            "the container would run as root (uid 0): the image's user is root or unset; set \
+             securityContext.runAsUser to a non-zero uid"
+                .into(),
+        ));
+    }
+    Ok(NativeProcess {
+        argv,
+        env,
+        cwd,
+        uid,
+        gid: sc.run_as_group.or(image_gid).unwrap_or(0),
+        capabilities: capability_set(&sc.capabilities),
+        // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
+        no_new_privs: sc.allow_privilege_escalation != Some(true),
+        seccomp: sc.seccomp_profile != Some(SeccompProfile::Unconfined),
+        read_only_root: sc.read_only_root_filesystem,
+        lowers,
+        stop_signal: image.and_then(|i| i.process.stop_signal.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn plan(yaml: &str) -> super::super::PodPlan {
+        let (pods, diags) = crate::spec::parse_all(Path::new("pod.yaml"), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        super::super::plan(&pods[0]).expect("a valid pod")
+    }
+
+    #[test]
+    fn a_host_container_runs_its_command_as_the_manifest_says() {
+        let plan = plan(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  hostname: front
+  containers:
+  - name: main
+    image: /
+    command: [sh, -c]
+    args: [echo hi]
+    workingDir: /srv
+    env: [{name: HOME, value: /home/app}, {name: MODE, value: test}]
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 2000
+      allowPrivilegeEscalation: true
+      readOnlyRootFilesystem: true
+      seccompProfile: {type: Unconfined}
+      capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+"#,
+        )
+        .with_native_processes(&[])
+        .unwrap();
+        let p = plan.containers[0].process.as_ref().expect("planned");
+        assert_eq!(p.argv, ["sh", "-c", "echo hi"]);
+        assert_eq!(p.cwd.as_deref(), Some("/srv"));
+        assert_eq!(
+            p.env,
+            [
+                (
+                    "PATH".to_string(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()
+                ),
+                ("HOSTNAME".into(), "front".into()),
+                ("HOME".into(), "/home/app".into()),
+                ("MODE".into(), "test".into()),
+            ]
+        );
+        assert_eq!((p.uid, p.gid), (1000, 2000));
+        assert_eq!(p.capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert!(!p.no_new_privs && !p.seccomp && p.read_only_root);
+        assert_eq!(p.lowers, [PathBuf::from("/")]);
+    }
+
+    /// A registry image is planned on what was pulled; a plan that was not is refused,
+    /// located, rather than started on nothing.
+    #[test]
+    fn a_registry_image_needs_its_pull() {
+        let e = plan(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [id]
+"#,
+        )
+        .with_native_processes(&[])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "spec.containers[0].image: image docker.io/library/busybox:latest was not pulled"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_safe_side() {
+        let plan = plan(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: main, image: /, command: [id]}\n",
+        )
+        .with_native_processes(&[])
+        .unwrap();
+        let p = plan.containers[0].process.as_ref().unwrap();
+        assert!(p.no_new_privs && p.seccomp && !p.read_only_root);
+        assert_eq!((p.uid, p.gid), (0, 0));
+        assert_eq!(p.capabilities.len(), DEFAULT_CAPABILITIES.len());
+        assert_eq!(p.stop_signal, None);
+    }
+}
