@@ -675,3 +675,98 @@ spec:
     let _ = running.wait(LONG);
     assert_no_leftovers("port-echo");
 }
+
+/// `seccompProfile: {type: Localhost}`: the profile is read from the host's profile root
+/// (`$WPOD_SECCOMP_ROOT` here) in moby's format, and the container runs under it; the default
+/// profile stays on the container beside it; a profile that is missing or leaves the root is
+/// refused before the pod exists, located in the manifest.
+#[test]
+fn a_localhost_seccomp_profile_is_applied_and_a_missing_one_refused() {
+    require_root("a_localhost_seccomp_profile_is_applied");
+    let pod = TestPod::new(
+        "seccomp-local",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: seccomp-local}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: audited
+    command: [sh, -c, "mkdir /tmp/d 2>&1 || echo mkdir-refused; echo still-running"]
+    securityContext:
+      seccompProfile: {type: Localhost, localhostProfile: profiles/no-mkdir.json}
+  - name: default
+    command: [sh, -c, "mkdir /tmp/d && echo mkdir-allowed; unshare -m true 2>/dev/null || echo unshare-refused"]
+"#,
+    );
+    let root = pod.manifest.parent().unwrap().join("seccomp");
+    std::fs::create_dir_all(root.join("profiles")).unwrap();
+    // A denylist: everything allowed but mkdir and mkdirat, which fail with EACCES (13).
+    std::fs::write(
+        root.join("profiles/no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let mut pod = pod;
+    pod.env
+        .push(("WPOD_SECCOMP_ROOT".into(), root.display().to_string()));
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let audited = run.logs("audited").join("\n");
+    assert!(
+        audited.contains("Permission denied") && audited.contains("mkdir-refused"),
+        "{}",
+        run.dump()
+    );
+    assert!(audited.contains("still-running"), "{}", run.dump());
+    let default = run.logs("default").join("\n");
+    assert!(
+        default.contains("mkdir-allowed") && default.contains("unshare-refused"),
+        "{}",
+        run.dump()
+    );
+
+    // A profile that is not there, or a path out of the root: refused, located, nothing made.
+    for (profile, says) in [
+        ("profiles/absent.json", "absent.json"),
+        (
+            "../escape.json",
+            "must be a relative path under the profile root",
+        ),
+    ] {
+        let bad = TestPod::new(
+            "seccomp-missing",
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: seccomp-missing}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: ["true"]
+    securityContext:
+      seccompProfile: {{type: Localhost, localhostProfile: "{profile}"}}
+"#
+            ),
+        );
+        let mut bad = bad;
+        bad.env
+            .push(("WPOD_SECCOMP_ROOT".into(), root.display().to_string()));
+        let run = bad.run(LONG);
+        assert_ne!(run.code, Some(0), "{}", run.dump());
+        assert!(
+            run.stderr
+                .contains("spec.containers[0].securityContext.seccompProfile.localhostProfile: ")
+                && run.stderr.contains(says),
+            "{}",
+            run.dump()
+        );
+        assert!(!run.stdout.contains("podStarted"), "{}", run.dump());
+        crate::pods::assert_no_leftovers("seccomp-missing");
+    }
+    crate::pods::assert_no_leftovers("seccomp-local");
+}

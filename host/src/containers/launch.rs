@@ -67,8 +67,9 @@ pub struct SecuritySpec {
     /// The capability bounding set, e.g. `CAP_CHOWN`; everything else is dropped.
     pub capabilities: Vec<String>,
     pub no_new_privs: bool,
-    /// The RuntimeDefault seccomp filter (`securityContext.seccompProfile`, default on).
-    pub seccomp: bool,
+    /// The seccomp profile (`securityContext.seccompProfile`: RuntimeDefault unless
+    /// Unconfined or Localhost), resolved and compiled by the shim; `None`: unconfined.
+    pub seccomp: Option<crate::plan::seccomp::Profile>,
 }
 
 /// What a shim tells the runtime, one JSON object per line on [`REPORT_FD`].

@@ -168,7 +168,7 @@ fn launch_spec(
             gid: process.gid,
             capabilities: process.capabilities.clone(),
             no_new_privs: process.no_new_privs,
-            seccomp: process.seccomp,
+            seccomp: process.seccomp.clone(),
         },
         cgroup_procs: cgroup.procs_files(),
     })

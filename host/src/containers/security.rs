@@ -17,10 +17,10 @@ pub use crate::plan::native::{capability_set, DEFAULT_CAPABILITIES};
 pub(super) fn seccomp_program(
     sec: &SecuritySpec,
 ) -> Result<Option<seccompiler::BpfProgram>, StepError> {
-    if !sec.seccomp {
+    let Some(profile) = &sec.seccomp else {
         return Ok(None);
-    }
-    super::seccomp::runtime_default(&sec.capabilities)
+    };
+    super::seccomp::program(profile, &sec.capabilities)
         .map(Some)
         .map_err(|e| StepError::msg("build the seccomp filter", e))
 }

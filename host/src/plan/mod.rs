@@ -6,6 +6,7 @@
 pub mod change;
 pub mod image;
 pub mod native;
+pub mod seccomp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};

@@ -24,8 +24,9 @@ pub struct NativeProcess {
     pub capabilities: Vec<String>,
     /// Kubernetes' `allowPrivilegeEscalation: false` (wpod's default).
     pub no_new_privs: bool,
-    /// The RuntimeDefault seccomp filter, unless the container asks to run unconfined.
-    pub seccomp: bool,
+    /// The seccomp profile: RuntimeDefault unless the container asks to run unconfined
+    /// (`None`) or names a Localhost profile (read here, once).
+    pub seccomp: Option<super::seccomp::Profile>,
     pub read_only_root: bool,
     /// The root's read-only layers, topmost first: `/` for a host container, the directory of
     /// a rootfs image, or a pulled image's unpacked layers.
@@ -181,7 +182,21 @@ pub fn process(
         capabilities: capability_set(&sc.capabilities),
         // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
         no_new_privs: sc.allow_privilege_escalation != Some(true),
-        seccomp: sc.seccomp_profile != Some(SeccompProfile::Unconfined),
+        seccomp: match sc.seccomp_profile {
+            Some(SeccompProfile::Unconfined) => None,
+            Some(SeccompProfile::Localhost) => {
+                let relative = sc.seccomp_localhost_profile.as_deref().unwrap_or_default();
+                Some(super::seccomp::read_localhost(relative).map_err(|e| {
+                    (
+                        format!("{}.securityContext.seccompProfile.localhostProfile", c.path),
+                        e,
+                    )
+                })?)
+            }
+            Some(SeccompProfile::RuntimeDefault) | None => {
+                Some(super::seccomp::Profile::runtime_default())
+            }
+        },
         read_only_root: sc.read_only_root_filesystem,
         lowers,
         stop_signal: image.and_then(|i| i.process.stop_signal.clone()),
@@ -243,7 +258,7 @@ spec:
         );
         assert_eq!((p.uid, p.gid), (1000, 2000));
         assert_eq!(p.capabilities, ["CAP_NET_BIND_SERVICE"]);
-        assert!(!p.no_new_privs && !p.seccomp && p.read_only_root);
+        assert!(!p.no_new_privs && p.seccomp.is_none() && p.read_only_root);
         assert_eq!(p.lowers, [PathBuf::from("/")]);
     }
 
@@ -282,7 +297,7 @@ spec:
         .with_native_processes(&[])
         .unwrap();
         let p = plan.containers[0].process.as_ref().unwrap();
-        assert!(p.no_new_privs && p.seccomp && !p.read_only_root);
+        assert!(p.no_new_privs && p.seccomp.is_some() && !p.read_only_root);
         assert_eq!((p.uid, p.gid), (0, 0));
         assert_eq!(p.capabilities.len(), DEFAULT_CAPABILITIES.len());
         assert_eq!(p.stop_signal, None);

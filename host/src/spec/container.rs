@@ -394,8 +394,10 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: bool,
     pub privileged: bool,
     pub allow_privilege_escalation: Option<bool>,
-    /// `seccompProfile.type`: RuntimeDefault (wpod's default) or Unconfined.
+    /// `seccompProfile.type`: RuntimeDefault (wpod's default), Unconfined or Localhost.
     pub seccomp_profile: Option<SeccompProfile>,
+    /// `seccompProfile.localhostProfile`: set exactly when the type is Localhost.
+    pub seccomp_localhost_profile: Option<String>,
 }
 
 impl Decode for SecurityContext {
@@ -407,6 +409,7 @@ impl Decode for SecurityContext {
                 "seLinuxOptions",
                 "windowsOptions",
             ]);
+            let seccomp = f.opt::<SeccompProfileField>("seccompProfile");
             SecurityContext {
                 capabilities: f.opt("capabilities").unwrap_or_default(),
                 run_as_user: f.opt("runAsUser"),
@@ -415,9 +418,8 @@ impl Decode for SecurityContext {
                 read_only_root_filesystem: f.opt("readOnlyRootFilesystem").unwrap_or(false),
                 privileged: f.opt("privileged").unwrap_or(false),
                 allow_privilege_escalation: f.opt("allowPrivilegeEscalation"),
-                seccomp_profile: f
-                    .opt::<SeccompProfileField>("seccompProfile")
-                    .and_then(|p| p.kind),
+                seccomp_profile: seccomp.as_ref().and_then(|p| p.kind),
+                seccomp_localhost_profile: seccomp.and_then(|p| p.localhost_profile),
             }
         })
     }
@@ -426,16 +428,35 @@ impl Decode for SecurityContext {
 /// `securityContext.seccompProfile`.
 struct SeccompProfileField {
     kind: Option<SeccompProfile>,
+    localhost_profile: Option<String>,
 }
 
 impl Decode for SeccompProfileField {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
-        d.object(node, path, |f| {
-            f.unsupported(&["localhostProfile"]);
-            SeccompProfileField {
-                kind: f.req("type"),
-            }
-        })
+        let field = d.object(node, path, |f| SeccompProfileField {
+            kind: f.req("type"),
+            localhost_profile: f.opt("localhostProfile"),
+        })?;
+        // Kubernetes: localhostProfile is required with Localhost, and only then allowed.
+        let localhost = field.kind == Some(SeccompProfile::Localhost);
+        if localhost != field.localhost_profile.is_some() {
+            let at = format!("{path}.localhostProfile");
+            let loc = d.map.locate(&at);
+            let loc = if field.localhost_profile.is_some() {
+                loc
+            } else {
+                loc_of(node)
+            };
+            d.error_at(
+                loc,
+                &at,
+                match localhost {
+                    true => "type Localhost needs localhostProfile: the profile's path under the host's profile root, such as profiles/audit.json",
+                    false => "localhostProfile is only for type: Localhost",
+                },
+            );
+        }
+        Some(field)
     }
 }
 

@@ -213,16 +213,14 @@ spelled_enum! {
         /// The container runtime's default filter (wpod's default too).
         RuntimeDefault = "RuntimeDefault",
         Unconfined = "Unconfined",
+        /// A profile file of the host's (`localhostProfile`, under `/etc/wpod/seccomp`).
+        Localhost = "Localhost",
     }
 }
 
 impl SeccompProfile {
     fn unsupported(text: &str) -> String {
-        if text == "Localhost" {
-            "Localhost profiles are not supported by wpod; use RuntimeDefault (the default) or Unconfined".to_string()
-        } else {
-            format!("unsupported value \"{text}\": use RuntimeDefault or Unconfined")
-        }
+        format!("unsupported value \"{text}\": use RuntimeDefault, Unconfined or Localhost")
     }
 }
 
