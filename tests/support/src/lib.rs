@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod hostile_registry;
+pub mod layering;
 pub mod netns;
 pub mod tlsca;
 

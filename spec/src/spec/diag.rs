@@ -74,7 +74,7 @@ impl SourceMap {
         }
     }
 
-    pub(crate) fn record(&mut self, path: &str, loc: Loc) {
+    pub fn record(&mut self, path: &str, loc: Loc) {
         self.locs.entry(path.to_string()).or_insert(loc);
     }
 

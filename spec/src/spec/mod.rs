@@ -21,7 +21,7 @@ pub use container::{
     Lifecycle, Probe, ResourceList, Resources, SecurityContext, SleepAction, TcpSocketAction,
     VolumeMount,
 };
-pub(crate) use decode::did_you_mean;
+pub use decode::did_you_mean;
 pub use decode::IntOrString;
 pub use diag::{Diagnostic, Diagnostics, Loc, SourceMap};
 pub use enums::{
@@ -73,7 +73,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, SpecError> {
 
 /// Every Pod document that could be decoded (even with problems, so later checks such as image
 /// resolution can still run and report theirs) and every problem found, in file order.
-pub(crate) fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
+pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
     if let Some(diag) = too_deep(path, text) {
         return (Vec::new(), vec![diag]);
     }
@@ -156,7 +156,7 @@ fn too_deep(path: &Path, text: &str) -> Option<Diagnostic> {
 }
 
 /// File order; the same problem found twice is reported once.
-pub(crate) fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
+pub fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
     diags.sort_by_key(|d| d.loc);
     diags.dedup();
 }

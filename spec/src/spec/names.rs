@@ -51,7 +51,7 @@ impl AsRef<str> for PodName {
 }
 
 /// RFC 1123 label: what Kubernetes requires of container, volume and host names.
-pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -70,7 +70,7 @@ pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
 }
 
 /// RFC 1123 subdomain: what Kubernetes requires of object names.
-pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), String> {
+pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
     let ok = s.len() <= 253 && s.split('.').all(|l| dns1123_label(l).is_ok());
     if ok {
         Ok(())
@@ -98,7 +98,7 @@ fn suggest_name(s: &str) -> String {
 }
 
 /// IANA service name: what Kubernetes requires of port names.
-pub(crate) fn port_name(s: &str) -> Result<(), String> {
+pub fn port_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 15
         && s.bytes()

@@ -12,9 +12,9 @@ use saphyr::{MarkedYaml, Scalar, YamlData};
 
 use super::diag::{Diagnostic, Loc, SourceMap};
 
-pub(crate) type Node<'i> = MarkedYaml<'i>;
+pub type Node<'i> = MarkedYaml<'i>;
 
-pub(crate) fn loc_of(node: &Node) -> Loc {
+pub fn loc_of(node: &Node) -> Loc {
     // saphyr lines are 1-based and columns 0-based; editors and compilers use 1-based for both.
     Loc {
         line: node.span.start.line(),
@@ -23,13 +23,13 @@ pub(crate) fn loc_of(node: &Node) -> Loc {
 }
 
 /// Collects the typed values and the problems of one document.
-pub(crate) struct Decoder {
+pub struct Decoder {
     pub map: SourceMap,
     pub diags: Vec<Diagnostic>,
 }
 
 /// Something that can be read from a YAML node, reporting its own problems.
-pub(crate) trait Decode: Sized {
+pub trait Decode: Sized {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self>;
 }
 
@@ -116,7 +116,7 @@ struct Entry<'n, 'i> {
 }
 
 /// The fields of one YAML object while it is being decoded.
-pub(crate) struct Fields<'n, 'i> {
+pub struct Fields<'n, 'i> {
     pub d: &'n mut Decoder,
     path: &'n str,
     entries: Vec<Entry<'n, 'i>>,
@@ -196,7 +196,7 @@ impl Fields<'_, '_> {
 }
 
 /// The closest known field name, if it is close enough to be a likely typo.
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .iter()
@@ -211,7 +211,7 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         .map(|(_, c)| c)
 }
 
-pub(crate) fn kind_of(node: &Node) -> &'static str {
+pub fn kind_of(node: &Node) -> &'static str {
     match &node.data {
         YamlData::Value(Scalar::Null) => "null",
         YamlData::Value(Scalar::Boolean(_)) => "a boolean",

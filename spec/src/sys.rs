@@ -167,7 +167,7 @@ impl Host {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! A `Syscall` that records every call in order and acts on a temporary directory.
 

@@ -1,0 +1,36 @@
+//! wpod's lowest layers, a crate of their own so that the compiler keeps them below the rest:
+//!
+//! 1. `component`, `error`, `files`, `mounts`, `status`, `sys`: vocabulary with no wpod
+//!    dependencies (a component's imports and exports, printing error chains, reading files
+//!    and where wpod keeps its state, the mount table, the live pod status, the sandbox's
+//!    system calls); above them `helper`: helper processes and their step errors.
+//! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
+//!
+//! The `wpod` crate re-exports these modules under the same names (`wpod::spec`, ...).
+
+pub mod component;
+pub mod error;
+pub mod files;
+pub mod helper;
+pub mod mounts;
+pub mod spec;
+pub mod status;
+pub mod sys;
+
+#[cfg(test)]
+mod layering {
+    //! The layers point one way inside this crate too (`wpod_test_support::layering`).
+
+    const LAYERS: &[&[&str]] = &[
+        &["component", "error", "files", "mounts", "status", "sys"],
+        &["helper"],
+        &["spec"],
+    ];
+
+    #[test]
+    fn modules_import_only_lower_layers() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let wrong = wpod_test_support::layering::violations(&src, LAYERS, &[]);
+        assert!(wrong.is_empty(), "imports against the layers: {wrong:#?}");
+    }
+}
