@@ -7,6 +7,10 @@ mod images;
 mod manage;
 mod market;
 mod scaffold;
+#[cfg(feature = "author-tools")]
+mod wasm_tools;
+#[cfg(not(feature = "author-tools"))]
+#[path = "wasm_tools_disabled.rs"]
 mod wasm_tools;
 
 use std::path::Path;
