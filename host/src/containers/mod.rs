@@ -8,6 +8,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod security;
 pub mod shim;
+mod syscall_table;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;

@@ -14,11 +14,14 @@
 //! restrictive actions first, `ALLOW` last, the default action at the end.
 //!
 //! Differences from libseccomp, forced by the target or by `seccompiler`:
-//! - Only the native ABI is filtered. A call made through another ABI (x86 or x32 on x86_64,
-//!   arm on aarch64) kills the process (the architecture check `seccompiler` puts in front of
-//!   every program); x32 calls match no rule and get the default action.
-//! - Names this architecture lacks are skipped (`ABSENT` lists those of the default profile,
-//!   which a test keeps exact).
+//! - Only the native ABI is filtered. A call made through another ABI (x86 on x86_64, arm on
+//!   aarch64) kills the process (the architecture check `seccompiler` puts in front of every
+//!   program); an x32 call (x86_64's number with bit 30) gets the default action, or EPERM when
+//!   the default allows (`x32_guard`: under a deny list it would otherwise escape every rule).
+//! - Names are numbered from the kernel's whole table (libc's, `syscall_table.rs`). Names this
+//!   architecture lacks are skipped (`ABSENT` lists those of the default profile, which a test
+//!   keeps exact); any other unknown name in a rule stricter than the default refuses the
+//!   profile, rather than dropping the rule.
 //! - Argument checks on `socket` and `personality` compare the low 32 bits, because the kernel
 //!   reads those arguments as `int`/`unsigned int`. (A 64-bit compare, as libseccomp does,
 //!   would let `socket(AF_ALG | 1 << 32, ..)` through the `> AF_VSOCK` rule.)
@@ -147,7 +150,18 @@ const INT_ARGS: &[(&str, u8)] = &[
     ("socket", 0),
     ("socket", 1),
     ("socket", 2),
+    ("socketpair", 0),
+    ("socketpair", 1),
+    ("socketpair", 2),
     ("personality", 0),
+    ("ioctl", 1),
+    ("prctl", 0),
+    ("fcntl", 1),
+    ("setns", 1),
+    ("setsockopt", 1),
+    ("setsockopt", 2),
+    ("getsockopt", 1),
+    ("getsockopt", 2),
 ];
 
 /// The filter action of a profile's action.
@@ -257,6 +271,17 @@ fn compile_resolved(
         }
         for name in &rule.names {
             let Some(nr) = arch::number(name) else {
+                // A rule that denies more than the default must not be dropped for a name
+                // wpod cannot number: the call would get the default. Names this ABI lacks
+                // (32-bit calls, other architectures') are safe to skip; an Allow rule under
+                // a denying default too.
+                if rank(&act) < rank(&default) && !arch::ABSENT.contains(&name.as_str()) {
+                    return Err(SeccompError::Profile(format!(
+                        "a rule that is stricter than the default names \"{name}\", which wpod \
+                         does not know as a call of {}: remove the name or correct it",
+                        std::env::consts::ARCH
+                    )));
+                }
                 tracing::debug!(syscall = %name, "seccomp: not a call of this architecture");
                 continue;
             };
@@ -280,7 +305,7 @@ fn compile_resolved(
             code: (libc::BPF_RET | libc::BPF_K) as u16,
             jt: 0,
             jf: 0,
-            k: u32::from(default),
+            k: u32::from(default.clone()),
         }],
     };
     for (_, (act, allowed)) in groups.into_iter().rev() {
@@ -288,7 +313,51 @@ fn compile_resolved(
         let segment = compile(allowed.into_rules(), SeccompAction::Allow, act, arch)?;
         program = then_on_allow(segment, program);
     }
-    Ok(program)
+    Ok(x32_guard(program, &default, arch))
+}
+
+/// On x86_64, x32 calls carry the x86_64 architecture (`seccompiler`'s check lets them
+/// through) and their number with bit 30 set, which matches no rule: under a profile that
+/// allows by default they would escape every deny rule. They get the default action, or EPERM
+/// when the default lets calls through, before anything else. (Any process can make them:
+/// the ABI is chosen per call.)
+fn x32_guard(
+    program: BpfProgram,
+    default: &SeccompAction,
+    arch: seccompiler::TargetArch,
+) -> BpfProgram {
+    if !matches!(arch, seccompiler::TargetArch::x86_64) {
+        return program;
+    }
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let action = match rank(default) >= rank(&SeccompAction::Trace(0)) {
+        true => SeccompAction::Errno(EPERM),
+        false => default.clone(),
+    };
+    let mut out = vec![
+        // A = seccomp_data.nr
+        sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // nr >= X32_SYSCALL_BIT: the next instruction, else past it.
+        sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
+        sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: u32::from(action),
+        },
+    ];
+    out.extend(program);
+    out
 }
 
 fn condition(
@@ -399,6 +468,11 @@ fn lookup(name: &str, from_libc: &[(&str, i64)], by_number: &[(&str, i64)]) -> O
         .iter()
         .find(|(sys, _)| sys.strip_prefix("SYS_") == Some(name))
         .or_else(|| by_number.iter().find(|(n, _)| *n == name))
+        .or_else(|| {
+            super::syscall_table::KERNEL
+                .iter()
+                .find(|(n, _)| *n == name)
+        })
         .map(|&(_, nr)| nr)
 }
 
@@ -503,7 +577,6 @@ mod arch {
     /// Upstream's names with no such call on this architecture, left out of the filter:
     /// 32-bit-only calls (`*32`, `*64` on 32-bit ABIs, `*_time64`, `socketcall`, `ipc`, ...),
     /// legacy calls the architecture never had, and other architectures' calls.
-    #[cfg_attr(not(test), allow(dead_code))]
     #[rustfmt::skip]
     pub(super) const ABSENT: &[&str] = &[
         "_llseek", "_newselect", "riscv_hwprobe", "chown32", "clock_adjtime64", "clock_getres_time64",
@@ -620,7 +693,6 @@ mod arch {
     /// Upstream's names with no such call on this architecture, left out of the filter:
     /// 32-bit-only calls (`*32`, `*64` on 32-bit ABIs, `*_time64`, `socketcall`, `ipc`, ...),
     /// legacy calls the architecture never had, and other architectures' calls.
-    #[cfg_attr(not(test), allow(dead_code))]
     #[rustfmt::skip]
     pub(super) const ABSENT: &[&str] = &[
         "_llseek", "_newselect", "riscv_hwprobe", "access", "alarm", "arm_fadvise64_64", "arm_sync_file_range",
@@ -651,7 +723,6 @@ mod arch {
 
     pub(super) const TARGET: Option<TargetArch> = None;
     pub(super) const NAME: &str = std::env::consts::ARCH;
-    #[cfg(test)]
     pub(super) const ABSENT: &[&str] = &[];
 
     pub(super) fn number(_name: &str) -> Option<i64> {
@@ -1049,5 +1120,85 @@ mod tests {
             0
         });
         assert_eq!(code, 0, "check {code} failed in the CAP_SYS_ADMIN child");
+    }
+
+    /// A Localhost-style deny list (everything allowed but a few calls): its rules hold,
+    /// calls wpod knows only from the kernel's table included, and an x32 call (the same
+    /// number with bit 30) does not slip past them.
+    #[test]
+    fn a_deny_list_holds_for_every_call_it_names_and_through_x32() {
+        let profile = Profile::parse(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["mkdir", "mkdirat", "io_uring_setup"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+            ]}"#,
+        )
+        .expect("profile");
+        let program = program(&profile, &caps(DEFAULT_CAPS)).expect("program");
+        let code = in_child(|| unsafe {
+            // SAFETY (whole block): raw system calls with valid arguments.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return 10;
+            }
+            if install(&program).is_err() {
+                return 11;
+            }
+            let dir = c"/nonexistent-wpod-seccomp-test";
+            if libc::mkdir(dir.as_ptr(), 0o755) != -1 || errno() != libc::EACCES {
+                return 12;
+            }
+            if libc::syscall(libc::SYS_io_uring_setup, 1u32, ptr::null_mut::<u8>()) != -1
+                || errno() != libc::EACCES
+            {
+                return 13;
+            }
+            if libc::syscall(libc::SYS_getpid) != libc::c_long::from(libc::getpid()) {
+                return 14;
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let x32_mkdir = 0x4000_0000 | libc::SYS_mkdir;
+                if libc::syscall(x32_mkdir, dir.as_ptr(), 0o755) != -1 || errno() != libc::EPERM {
+                    return 15;
+                }
+            }
+            0
+        });
+        assert_eq!(code, 0, "check {code} failed in the filtered child");
+    }
+
+    /// A rule stricter than the default that names a call wpod cannot number is refused, not
+    /// dropped; an Allow rule's unknown name (under a denying default) is skipped.
+    #[test]
+    fn an_unknown_name_in_a_deny_rule_is_refused() {
+        let deny = Profile::parse(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["mkdir", "no_such_call_2099"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+            ]}"#,
+        )
+        .expect("profile");
+        let e = program(&deny, &[]).unwrap_err().to_string();
+        assert!(e.contains("\"no_such_call_2099\""), "{e}");
+        let allow = Profile::parse(
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                {"names": ["read", "no_such_call_2099"], "action": "SCMP_ACT_ALLOW"}
+            ]}"#,
+        )
+        .expect("profile");
+        assert!(program(&allow, &[]).is_ok());
+    }
+
+    /// The kernel's table and the profile's agree wherever both number a call.
+    #[test]
+    fn the_kernel_table_agrees_with_libc() {
+        for name in profile_names() {
+            if let (Some(nr), Some((_, kernel))) = (
+                arch::number(&name),
+                super::super::syscall_table::KERNEL
+                    .iter()
+                    .find(|(n, _)| *n == name),
+            ) {
+                assert_eq!(nr, *kernel, "{name}");
+            }
+        }
     }
 }

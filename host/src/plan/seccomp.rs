@@ -176,6 +176,14 @@ pub enum ProfileError {
     Names,
     #[error("minKernel \"{0}\" is not MAJOR.MINOR (such as 4.8)")]
     MinKernel(String),
+    /// ERRNO 0 makes a call return success without doing anything: a dropped setuid or
+    /// capset would leave the container its privileges.
+    #[error("{0}: SCMP_ACT_ERRNO with errnoRet 0 makes a call seem to succeed without doing anything; use SCMP_ACT_ALLOW, or an error number such as 1 (EPERM)")]
+    ErrnoZero(String),
+    #[error(
+        "{0}: an errno name without errnoRet; give the number (errnoRet), as the OCI format does"
+    )]
+    ErrnoName(String),
 }
 
 impl Profile {
@@ -197,10 +205,32 @@ impl Profile {
         if let Some(flags) = profile.flags.as_ref().filter(|f| !f.is_empty()) {
             return Err(ProfileError::Flags(flags.join(", ")));
         }
+        let errno = |what: &str, action: Action, number: Option<u32>, name: &Option<String>| {
+            if action == Action::Errno && number == Some(0) {
+                return Err(ProfileError::ErrnoZero(what.to_string()));
+            }
+            if name.is_some() && number.is_none() {
+                return Err(ProfileError::ErrnoName(what.to_string()));
+            }
+            Ok(())
+        };
+        errno(
+            "defaultAction",
+            profile.default_action,
+            profile.default_errno_ret,
+            &profile.default_errno,
+        )?;
         for r in profile.syscalls.iter().flatten() {
             if r.action == Action::Notify {
                 return Err(ProfileError::Notify);
             }
+            let what = r
+                .names
+                .as_ref()
+                .map(|n| n.join(", "))
+                .or_else(|| r.name.clone())
+                .unwrap_or_default();
+            errno(&what, r.action, r.errno_ret, &r.errno)?;
             if r.name.is_some() && r.names.as_ref().is_some_and(|n| !n.is_empty()) {
                 return Err(ProfileError::Names);
             }
@@ -406,6 +436,14 @@ mod tests {
                 "MAJOR.MINOR",
             ),
             (r#"{"defaultAction":"SCMP_ACT_MAYBE"}"#, "unknown variant"),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["setuid"],"action":"SCMP_ACT_ERRNO","errnoRet":0}]}"#,
+                "setuid: SCMP_ACT_ERRNO with errnoRet 0",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrno":"ENOSYS"}"#,
+                "errno name without errnoRet",
+            ),
         ] {
             let e = Profile::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
