@@ -687,6 +687,24 @@ mod tests {
         assert_eq!(v["version"], VERSION);
     }
 
+    /// A pod started by the wpod before these types (same protocol version) answers
+    /// `describe` in words this one reads: a wpod upgraded while detached pods run still
+    /// describes them.
+    #[test]
+    fn a_pod_run_by_the_previous_wpod_is_still_described() {
+        let old = r#"{"version":1,"ok":true,"result":{"pod":"p","phase":"Running","pid":7,
+            "gracePeriodSeconds":30,"shareProcessNamespace":false,
+            "hostPorts":[{"container":"web","hostIP":"127.0.0.1","hostPort":8080,"containerPort":80}],
+            "containers":[{"name":"tail","path":"spec.initContainers[0]","role":"sidecar",
+            "image":"/x/tail.wasm","restartPolicy":"Always","component":"sha256:ab",
+            "grants":["reads /logs"]}]}}"#;
+        let answer: Answer<PodDescription> = serde_json::from_str(old).unwrap();
+        let described = answer.result.unwrap();
+        assert_eq!(described.containers[0].role, Role::NativeSidecar);
+        assert_eq!(described.phase, SupervisorPhase::Running);
+        assert_eq!(described.host_ports[0].host_port, 8080);
+    }
+
     #[test]
     fn requests_carry_their_version_beside_the_operation() {
         let line = serde_json::to_string(&RequestLine {

@@ -232,6 +232,8 @@ pub enum Role {
     /// An init container: runs to completion before the next one starts.
     Init,
     /// An init container with `restartPolicy: Always`: starts in its place and keeps running.
+    /// (`sidecar` is how a pod run by an earlier wpod describes it over its control socket.)
+    #[serde(alias = "sidecar")]
     NativeSidecar,
     /// A regular container; the first one is the pod's main container.
     Regular,
