@@ -52,8 +52,126 @@ pub enum PolicyError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    #[error(
+        "{}: {error}; write the containers-policy.json(5) form: {{\"default\": [{{\"type\": \"insecureAcceptAnything\"}}], \"transports\": {{\"docker\": {{...}}}}}}",
+        path.display()
+    )]
+    Json {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    /// The file parses, but a requirement or a scope in it is one wpod refuses. (The fault is
+    /// part of the message, as every consumer prints it whole.)
+    #[error("{}: {fault}", path.display())]
+    Invalid {
+        path: PathBuf,
+        fault: Box<PolicyFault>,
+    },
+}
+
+/// What is wrong in a policy file, at `at` (the JSON path of the requirement: `default`,
+/// `transports.docker."SCOPE"`). Messages follow containers/image's where it has one.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFault {
+    #[error(
+        "{at} is null (containers/image reads it as the unknown match type \"\"); omit it for \
+         the default matchRepoDigestOrExact, or write {{\"type\": \"...\"}} with one of \
+         {IDENTITY_TYPES}"
+    )]
+    IdentityNull { at: String },
+    #[error("{at}: Duplicate key \"{key}\"")]
+    DuplicateKey { at: String, key: String },
+    #[error("{at}: Key \"{key}\" missing in a JSON object")]
+    MissingKey { at: String, key: String },
+    #[error("{at}.{key} is {value}, not a string")]
+    NotAString {
+        at: String,
+        key: String,
+        value: String,
+    },
+    #[error("{at}: Unknown policy reference match type \"{kind}\"; write one of {IDENTITY_TYPES}")]
+    UnknownMatchType { at: String, kind: String },
+    #[error("{at}: Unknown key \"{key}\" ({kind} has only {expected})")]
+    UnknownKey {
+        at: String,
+        key: String,
+        kind: String,
+        expected: String,
+    },
+    #[error("{at}: Invalid format of {key} \"{value}\": {reason}")]
+    InvalidReference {
+        at: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{at}.{key}: {source}")]
+    ReferenceRegistry {
+        at: String,
+        key: String,
+        source: super::reference::RegistryNameError,
+    },
+    #[error(
+        "{at}: dockerReference \"{value}\" contains neither a tag nor digest; write \
+         REPOSITORY:TAG or REPOSITORY@DIGEST, or use exactRepository"
+    )]
+    NameOnly { at: String, value: String },
+    #[error("{at}: {key} \"{value}\" is not valid: {source}")]
+    RemapPrefix {
+        at: String,
+        key: &'static str,
+        value: String,
+        source: PrefixError,
+    },
+    #[error(
+        "{at}: a scope is a registry, a repository under it (reg.example:5000/team/app, with \
+         :TAG or @DIGEST for one image), *.DOMAIN or \"\"; {source}"
+    )]
+    Scope {
+        at: String,
+        source: super::reference::RegistryNameError,
+    },
+    #[error(
+        "{at}: an empty list of requirements; write [{{\"type\": \"reject\"}}] or a requirement"
+    )]
+    NoRequirements { at: String },
+    #[error(
+        "{at}: signedBy (GPG signatures) is not supported by wpod; use sigstoreSigned with keyPath"
+    )]
+    SignedBy { at: String },
+    #[error(
+        "{at}: sigstoreSigned with fulcio (keyless) needs Fulcio and Rekor online; wpod verifies \
+         keyed signatures offline: use keyPath"
+    )]
+    Fulcio { at: String },
+    #[error(
+        "{at}: sigstoreSigned with rekorPublicKeyPath(s), rekorPublicKeyData(s) or pki is not \
+         supported by wpod (it checks keyed signatures offline); remove them to require the \
+         keyed signature alone"
+    )]
+    Rekor { at: String },
+    #[error(
+        "{at}: sigstoreSigned needs exactly one of keyPath, keyPaths, keyData and keyDatas \
+         (several are refused, as containers/image refuses them: put every key in keyPaths or \
+         keyDatas)"
+    )]
+    KeySources { at: String },
+    #[error("{at}: \"{list}\" contains no entries")]
+    NoKeys { at: String, list: &'static str },
+    #[error("{at}: keyPath {}: {source}", path.display())]
+    KeyPath {
+        at: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{at}: {field} is not base64 of a PEM public key")]
+    KeyData { at: String, field: String },
+    #[error("{at}: {key}: {source}")]
+    PublicKey {
+        at: String,
+        key: String,
+        source: super::signature::SignatureError,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,30 +447,34 @@ const IDENTITY_TYPES: &str =
 /// Validates `signedIdentity` as containers/image does (signature/policy_config.go): exactly
 /// the fields of its type, each a string, references that parse, and (wpod's own rule) their
 /// registries spelled as image names spell them, since they are compared as written.
-fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
+fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, PolicyFault> {
     let at = format!("{at}.signedIdentity");
     let entries = match raw {
         RawIdentity::Absent => return Ok(Identity::MatchRepoDigestOrExact),
-        RawIdentity::Null => {
-            return Err(format!(
-                "{at} is null (containers/image reads it as the unknown match type \"\"); omit it \
-                 for the default matchRepoDigestOrExact, or write {{\"type\": \"...\"}} with one of \
-                 {IDENTITY_TYPES}"
-            ))
-        }
+        RawIdentity::Null => return Err(PolicyFault::IdentityNull { at }),
         RawIdentity::Object(entries) => entries,
     };
     let mut fields = BTreeMap::new();
     for (key, value) in entries {
         if fields.insert(key.as_str(), value).is_some() {
-            return Err(format!("{at}: Duplicate key \"{key}\""));
+            return Err(PolicyFault::DuplicateKey {
+                at,
+                key: key.clone(),
+            });
         }
     }
-    let text = |key: &str| -> Result<String, String> {
+    let text = |key: &str| -> Result<String, PolicyFault> {
         match fields.get(key) {
-            None => Err(format!("{at}: Key \"{key}\" missing in a JSON object")),
+            None => Err(PolicyFault::MissingKey {
+                at: at.clone(),
+                key: key.to_string(),
+            }),
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!("{at}.{key} is {other}, not a string")),
+            Some(other) => Err(PolicyFault::NotAString {
+                at: at.clone(),
+                key: key.to_string(),
+                value: other.to_string(),
+            }),
         }
     };
     let kind = text("type")?;
@@ -361,23 +483,29 @@ fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
         "exactReference" => &["type", "dockerReference"],
         "exactRepository" => &["type", "dockerRepository"],
         "remapIdentity" => &["type", "prefix", "signedPrefix"],
-        _ => {
-            return Err(format!(
-            "{at}: Unknown policy reference match type \"{kind}\"; write one of {IDENTITY_TYPES}"
-        ))
-        }
+        _ => return Err(PolicyFault::UnknownMatchType { at, kind }),
     };
     if let Some(unknown) = fields.keys().find(|k| !expected.contains(k)) {
-        return Err(format!(
-            "{at}: Unknown key \"{unknown}\" ({kind} has only {})",
-            expected.join(", ")
-        ));
+        return Err(PolicyFault::UnknownKey {
+            at,
+            key: unknown.to_string(),
+            kind,
+            expected: expected.join(", "),
+        });
     }
-    let reference = |key: &str| -> Result<Named, String> {
+    let reference = |key: &str| -> Result<Named, PolicyFault> {
         let value = text(key)?;
-        let named = Named::parse(&value)
-            .map_err(|e| format!("{at}: Invalid format of {key} \"{value}\": {}", e.reason))?;
-        check_registry_name(&named.domain).map_err(|e| format!("{at}.{key}: {e}"))?;
+        let named = Named::parse(&value).map_err(|e| PolicyFault::InvalidReference {
+            at: at.clone(),
+            key: key.to_string(),
+            value: value.clone(),
+            reason: e.reason.to_string(),
+        })?;
+        check_registry_name(&named.domain).map_err(|source| PolicyFault::ReferenceRegistry {
+            at: at.clone(),
+            key: key.to_string(),
+            source,
+        })?;
         Ok(named)
     };
     Ok(match kind.as_str() {
@@ -387,11 +515,10 @@ fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
         "exactReference" => {
             let r = reference("dockerReference")?;
             if r.is_name_only() {
-                return Err(format!(
-                    "{at}: dockerReference \"{}\" contains neither a tag nor digest; write \
-                     REPOSITORY:TAG or REPOSITORY@DIGEST, or use exactRepository",
-                    text("dockerReference")?
-                ));
+                return Err(PolicyFault::NameOnly {
+                    value: text("dockerReference")?,
+                    at,
+                });
             }
             Identity::ExactReference(r)
         }
@@ -401,8 +528,12 @@ fn identity(raw: &RawIdentity, at: &str) -> Result<Identity, String> {
             let prefix = text("prefix")?;
             let signed_prefix = text("signedPrefix")?;
             for (key, value) in [("prefix", &prefix), ("signedPrefix", &signed_prefix)] {
-                check_remap_prefix(value)
-                    .map_err(|why| format!("{at}: {key} \"{value}\" is not valid: {why}"))?;
+                check_remap_prefix(value).map_err(|source| PolicyFault::RemapPrefix {
+                    at: at.clone(),
+                    key,
+                    value: value.clone(),
+                    source,
+                })?;
             }
             Identity::Remap {
                 prefix,
@@ -432,7 +563,7 @@ fn check_remap_prefix(prefix: &str) -> Result<(), PrefixError> {
 
 /// Why a `remapIdentity` prefix is refused.
 #[derive(Debug, thiserror::Error)]
-enum PrefixError {
+pub enum PrefixError {
     #[error(
         "it does not start with a registry; write a registry (reg.example, reg.example:5000) or \
          a registry and namespace (docker.io/library), without tag or digest"
@@ -459,14 +590,13 @@ impl Policy {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
-        let err = |message: String| PolicyError::Parse {
+        let err = |fault: PolicyFault| PolicyError::Invalid {
             path: path.to_path_buf(),
-            message,
+            fault: Box::new(fault),
         };
-        let file: File = serde_json::from_str(text).map_err(|e| {
-            err(format!(
-                "{e}; write the containers-policy.json(5) form: {{\"default\": [{{\"type\": \"insecureAcceptAnything\"}}], \"transports\": {{\"docker\": {{...}}}}}}"
-            ))
+        let file: File = serde_json::from_str(text).map_err(|error| PolicyError::Json {
+            path: path.to_path_buf(),
+            error,
         })?;
         let dir = path.parent().unwrap_or(Path::new("/"));
         let default = requirements(&file.default, "default", dir).map_err(&err)?;
@@ -479,7 +609,12 @@ impl Policy {
             }
             for (scope, raw) in scopes {
                 let at = format!("transports.docker.\"{scope}\"");
-                check_scope(&scope).map_err(|e| err(format!("{at}: {e}")))?;
+                check_scope(&scope).map_err(|source| {
+                    err(PolicyFault::Scope {
+                        at: at.clone(),
+                        source,
+                    })
+                })?;
                 let reqs = requirements(&raw, &at, dir).map_err(&err)?;
                 docker.insert(scope, reqs);
             }
@@ -545,7 +680,7 @@ impl Policy {
 /// A scope's registry must be spelled as image names spell it: `scope_for` looks scopes up by
 /// the image's name, literally, so a `reject` under `127.1:5000` would never apply (and
 /// `127.1:5000/x` is refused as an image name).
-fn check_scope(scope: &str) -> Result<(), String> {
+fn check_scope(scope: &str) -> Result<(), super::reference::RegistryNameError> {
     if scope.is_empty() {
         return Ok(());
     }
@@ -553,32 +688,26 @@ fn check_scope(scope: &str) -> Result<(), String> {
         Some(domain) => domain,
         None => scope.split('/').next().unwrap_or(scope),
     };
-    check_registry_name(registry).map_err(|e| {
-        format!(
-            "a scope is a registry, a repository under it (reg.example:5000/team/app, with \
-             :TAG or @DIGEST for one image), *.DOMAIN or \"\"; {e}"
-        )
-    })
+    check_registry_name(registry)
 }
 
-fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requirement>, String> {
+fn requirements(
+    raw: &[RawRequirement],
+    at: &str,
+    dir: &Path,
+) -> Result<Vec<Requirement>, PolicyFault> {
+    let at_ = || at.to_string();
     if raw.is_empty() {
-        return Err(format!(
-            "{at}: an empty list of requirements; write [{{\"type\": \"reject\"}}] or a requirement"
-        ));
+        return Err(PolicyFault::NoRequirements { at: at_() });
     }
     raw.iter()
         .map(|r| match r {
             RawRequirement::InsecureAcceptAnything {} => Ok(Requirement::AcceptAnything),
             RawRequirement::Reject {} => Ok(Requirement::Reject),
-            RawRequirement::SignedBy(_) => Err(format!(
-                "{at}: signedBy (GPG signatures) is not supported by wpod; use sigstoreSigned with keyPath"
-            )),
+            RawRequirement::SignedBy(_) => Err(PolicyFault::SignedBy { at: at_() }),
             RawRequirement::SigstoreSigned {
                 fulcio: Some(_), ..
-            } => Err(format!(
-                "{at}: sigstoreSigned with fulcio (keyless) needs Fulcio and Rekor online; wpod verifies keyed signatures offline: use keyPath"
-            )),
+            } => Err(PolicyFault::Fulcio { at: at_() }),
             RawRequirement::SigstoreSigned {
                 rekor_public_key_path,
                 rekor_public_key_paths,
@@ -590,9 +719,10 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
                 || rekor_public_key_paths.is_some()
                 || rekor_public_key_data.is_some()
                 || rekor_public_key_datas.is_some()
-                || pki.is_some() => Err(format!(
-                "{at}: sigstoreSigned with rekorPublicKeyPath(s), rekorPublicKeyData(s) or pki is not supported by wpod (it checks keyed signatures offline); remove them to require the keyed signature alone"
-            )),
+                || pki.is_some() =>
+            {
+                Err(PolicyFault::Rekor { at: at_() })
+            }
             RawRequirement::SigstoreSigned {
                 key_path,
                 key_paths,
@@ -609,23 +739,28 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
                     key_datas.is_some(),
                 ];
                 if sources.iter().filter(|s| **s).count() != 1 {
-                    return Err(format!(
-                        "{at}: sigstoreSigned needs exactly one of keyPath, keyPaths, keyData and keyDatas (several are refused, as containers/image refuses them: put every key in keyPaths or keyDatas)"
-                    ));
+                    return Err(PolicyFault::KeySources { at: at_() });
                 }
                 for (list, name) in [
                     (key_paths.as_ref().map(Vec::len), "keyPaths"),
                     (key_datas.as_ref().map(Vec::len), "keyDatas"),
                 ] {
                     if list == Some(0) {
-                        return Err(format!("{at}: \"{name}\" contains no entries"));
+                        return Err(PolicyFault::NoKeys {
+                            at: at_(),
+                            list: name,
+                        });
                     }
                 }
                 let mut keys = Vec::new();
                 for p in key_path.iter().chain(key_paths.iter().flatten()) {
                     let p = dir.join(p);
-                    let pem = std::fs::read_to_string(&p)
-                        .map_err(|e| format!("{at}: keyPath {}: {e}", p.display()))?;
+                    let pem =
+                        std::fs::read_to_string(&p).map_err(|source| PolicyFault::KeyPath {
+                            at: at_(),
+                            path: p.clone(),
+                            source,
+                        })?;
                     keys.push((p.display().to_string(), pem));
                 }
                 let datas = key_data.iter().map(|d| (d, "keyData".to_string())).chain(
@@ -640,12 +775,18 @@ fn requirements(raw: &[RawRequirement], at: &str, dir: &Path) -> Result<Vec<Requ
                         .decode(data.trim())
                         .ok()
                         .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| format!("{at}: {field} is not base64 of a PEM public key"))?;
+                        .ok_or_else(|| PolicyFault::KeyData {
+                            at: at_(),
+                            field: field.clone(),
+                        })?;
                     keys.push((format!("{at}.{field}"), pem));
                 }
                 for (name, pem) in &keys {
-                    signature::check_public_key(pem)
-                        .map_err(|e| format!("{at}: {name}: {e}"))?;
+                    signature::check_public_key(pem).map_err(|source| PolicyFault::PublicKey {
+                        at: at_(),
+                        key: name.clone(),
+                        source,
+                    })?;
                 }
                 let identity = identity(signed_identity, at)?;
                 Ok(Requirement::Sigstore { keys, identity })
