@@ -990,7 +990,7 @@ spec:
     assert_eq!(mode("/var/lib/wpod/pods"), 0o700);
     assert_eq!(mode("/var/lib/wpod/locks"), 0o700);
     assert_eq!(
-        mode("/var/lib/wpod/pods/rt-perms/containers/main/launch.json"),
+        mode("/var/lib/wpod/pods/rt-perms/containers/main/config.json"),
         0o600
     );
     assert_eq!(mode("/var/lib/wpod/logs"), 0o700);

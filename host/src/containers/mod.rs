@@ -103,16 +103,16 @@ fn parse_signal(text: &str) -> Option<Signal> {
     name.parse().ok()
 }
 
-/// The shim's launch description: the plan's process with the sandbox's paths (namespaces,
-/// volumes by descriptor, the container's cgroup).
+/// The shim's launch description (written as an OCI runtime config): the plan's process with
+/// the sandbox's paths (namespaces, volumes by descriptor, the container's cgroup).
 fn launch_spec(
     plan: &ContainerPlan,
     sandbox: &PodSandbox,
     cgroup: &ContainerCgroup,
     scratch: PathBuf,
 ) -> Result<LaunchSpec, ContainerError> {
-    let c = &plan.spec;
-    let setup_err = |step: &str, source: Cause| setup_error(&c.name, step, source);
+    let name = plan.name();
+    let setup_err = |step: &str, source: Cause| setup_error(name, step, source);
     let process = plan.process.as_ref().ok_or_else(|| {
         setup_err(
             "start",
@@ -120,26 +120,29 @@ fn launch_spec(
         )
     })?;
     let mut mounts = Vec::new();
-    for m in &c.volume_mounts {
-        let source = sandbox.volumes.source_for_helpers(&m.name).ok_or_else(|| {
-            setup_err(
-                "mount volumes",
-                format!("volume {} was not created", m.name).into(),
-            )
-        })?;
+    for m in &process.mounts {
+        let source = sandbox
+            .volumes
+            .source_for_helpers(&m.volume)
+            .ok_or_else(|| {
+                setup_err(
+                    "mount volumes",
+                    format!("volume {} was not created", m.volume).into(),
+                )
+            })?;
         mounts.push(BindMount {
             source,
-            target: m.mount_path.clone(),
+            target: m.target.clone(),
             read_only: m.read_only,
-            no_follow_symlinks: sandbox.nosymfollow_volumes.contains(&m.name),
-            device: sandbox.volumes.is_device(&m.name),
+            no_follow_symlinks: sandbox.nosymfollow_volumes.contains(&m.volume),
+            device: sandbox.volumes.is_device(&m.volume),
         });
     }
     // A container with an image of its own gets the pod's /etc/hosts and /etc/hostname (a
     // host container sees the host's, as it sees the rest of the host's files).
     if !matches!(plan.image, Image::Host) {
         for (source, target) in &sandbox.etc_files {
-            if c.volume_mounts.iter().any(|m| m.mount_path == *target) {
+            if process.mounts.iter().any(|m| m.target == *target) {
                 continue;
             }
             mounts.push(BindMount {
@@ -153,7 +156,7 @@ fn launch_spec(
     }
     Ok(LaunchSpec {
         pod: sandbox.pod.clone(),
-        container: c.name.clone(),
+        container: name.to_string(),
         argv: process.argv.clone(),
         env: process.env.clone(),
         cwd: process.cwd.clone(),
@@ -205,15 +208,17 @@ impl NativeContainer {
                 e,
             )
         })?;
-        let spec = launch_spec(plan, sandbox, &cgroup, scratch)?;
-        let spec_path = dir.join("launch.json");
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| setup_err("write the launch spec", e.into()))?;
+        let config = launch_spec(plan, sandbox, &cgroup, scratch)?
+            .to_oci()
+            .map_err(|e| setup_err("describe the container (OCI runtime config)", e.into()))?;
+        let spec_path = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| setup_err("write the launch config", e.into()))?;
         // It holds the container's environment: root's alone.
         write_private(&spec_path, &json).map_err(|e| {
             setup_error(
                 &name,
-                format!("write the launch spec ({})", spec_path.display()),
+                format!("write the launch config ({})", spec_path.display()),
                 e,
             )
         })?;

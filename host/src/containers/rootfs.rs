@@ -16,7 +16,7 @@ use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{mkdirat, Mode};
 
-use super::launch::{BindMount, RootfsSpec};
+use super::launch::{BindMount, RootfsSpec, DEVICES, MASKED_PATHS, READ_ONLY_PATHS};
 use crate::helper::StepError;
 use crate::sys::{
     Syscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW,
@@ -311,7 +311,7 @@ impl Rootfs {
             Some("mode=755,size=65536k"),
         )?;
         drop(dev);
-        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        for name in DEVICES {
             let target = self.mountpoint(&format!("/dev/{name}"), Kind::File)?;
             let source = format!("/dev/{name}");
             do_mount(
@@ -372,7 +372,7 @@ impl Rootfs {
     /// interfaces masked.
     fn mount_sys(&self) -> Result<(), StepError> {
         self.mount_sysfs()?;
-        for path in MASKED_SYS_PATHS {
+        for path in MASKED_PATHS.iter().filter(|p| p.starts_with("/sys/")) {
             self.mask(path)?;
         }
         Ok(())
@@ -521,10 +521,10 @@ impl Rootfs {
     /// read-only ones a read-only bind of themselves. A path this kernel lacks is skipped; any
     /// other failure stops the container.
     fn mask_proc(&self) -> Result<(), StepError> {
-        for path in MASKED_PROC_PATHS {
+        for path in MASKED_PATHS.iter().filter(|p| p.starts_with("/proc/")) {
             self.mask(path)?;
         }
-        for path in READ_ONLY_PROC_PATHS {
+        for path in READ_ONLY_PATHS {
             self.read_only(path)?;
         }
         Ok(())
@@ -583,32 +583,6 @@ impl Rootfs {
             .map_err(|e| StepError::sys(&step, &target, e))
     }
 }
-
-/// Paths of /proc and /sys a container never sees (runc's and containerd's masked paths).
-const MASKED_PROC_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-];
-
-/// The same for /sys (masked when /sys is mounted, in the shim).
-const MASKED_SYS_PATHS: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
-
-/// Paths of /proc a container sees read-only.
-const READ_ONLY_PROC_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// The root built against the recording fake (`sys::fake`) in a temporary directory: which
 /// mounts, with which flags, in which order; no root needed (the paths inside are real
@@ -888,5 +862,53 @@ mod tests {
                 Call::Chdir("/".into()),
             ]
         );
+    }
+
+    /// The launch config lists the standard mounts (`launch::standard_mounts`): each is one the
+    /// shim makes, at that place, of that type, in that order.
+    #[test]
+    fn the_config_lists_the_mounts_the_shim_makes() {
+        for read_only in [false, true] {
+            let fake = Arc::new(RecordingSyscall::new("rootfs-standard", &[]));
+            let spec = spec(&fake, read_only);
+            let rootfs = prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+            rootfs.mount_own_proc().unwrap();
+            let calls = fake.calls();
+            let root = spec.scratch.join("root");
+            let mut last = 0;
+            // /proc is mounted last, in the container's own PID namespace.
+            let mut standard = super::super::launch::standard_mounts(read_only, None);
+            standard.rotate_left(1);
+            for m in &standard {
+                let target = root.join(m.destination().strip_prefix("/").unwrap());
+                let typ = m.typ().as_deref().unwrap();
+                let source = m.source().clone().unwrap();
+                let at = calls
+                    .iter()
+                    .position(|c| match c {
+                        Call::Mount {
+                            source: s,
+                            target: t,
+                            fstype,
+                            ..
+                        } => {
+                            *t == target
+                                && match typ {
+                                    "bind" => fstype.is_none() && s.as_ref() == Some(&source),
+                                    _ => fstype.as_deref() == Some(typ),
+                                }
+                        }
+                        _ => false,
+                    })
+                    .unwrap_or_else(|| panic!("{} ({typ}) is not mounted", target.display()));
+                assert!(at > last, "{} mounted out of order", target.display());
+                last = at;
+            }
+            let tmp = root.join("tmp");
+            let has_tmp = calls
+                .iter()
+                .any(|c| matches!(c, Call::Mount { target, .. } if *target == tmp));
+            assert_eq!(has_tmp, !read_only);
+        }
     }
 }

@@ -9,9 +9,10 @@
 //! flags and `clone3` then failing with `ENOSYS` (so libc falls back to `clone`, whose flags
 //! the filter sees).
 //!
-//! [`program`] resolves a profile for the container (its capabilities, this architecture,
-//! this kernel) and compiles it with `seccompiler`, one filter per action, chained: the more
-//! restrictive actions first, `ALLOW` last, the default action at the end.
+//! The plan resolves a profile for the container (its capabilities, this architecture, this
+//! kernel: `plan::seccomp`) into the OCI runtime spec's `linux.seccomp`; [`program`] compiles
+//! that with `seccompiler`, one filter per action, chained: the more restrictive actions
+//! first, `ALLOW` last, the default action at the end.
 //!
 //! Differences from libseccomp, forced by the target or by `seccompiler`:
 //! - Only the native ABI is filtered. A call made through another ABI (x86 on x86_64, arm on
@@ -28,15 +29,14 @@
 //! - `SCMP_ACT_NOTIFY`, `listenerPath` and filter flags are refused when the profile is read.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::io;
+
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompOperator};
 
 use seccompiler::{
     sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp,
     SeccompCondition, SeccompFilter, SeccompRule,
 };
-
-use crate::plan::seccomp::{Action, Arg, Op, Profile, Resolved};
 
 /// Errors building or installing the filter; messages name the syscall (seccomp, prctl).
 #[derive(Debug, thiserror::Error)]
@@ -62,21 +62,17 @@ pub enum SeccompError {
     Prctl(io::Error),
 }
 
-/// Builds the RuntimeDefault BPF program for a container whose capability bounding set is
-/// `capabilities` (kernel spelling, e.g. "CAP_SYS_ADMIN").
-pub fn runtime_default(capabilities: &[String]) -> Result<seccompiler::BpfProgram, SeccompError> {
-    program(&Profile::runtime_default(), capabilities)
-}
-
-/// Builds `profile`'s BPF program for a container whose capability bounding set is
-/// `capabilities`, on this architecture and kernel.
-pub fn program(
-    profile: &Profile,
-    capabilities: &[String],
-) -> Result<seccompiler::BpfProgram, SeccompError> {
+/// Builds the BPF program of a container's resolved profile (`linux.seccomp` of its launch
+/// config), for this architecture.
+pub fn program(seccomp: &LinuxSeccomp) -> Result<seccompiler::BpfProgram, SeccompError> {
     let arch = arch::TARGET.ok_or(SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
-    let resolved = profile.resolve(arch::NAME, capabilities, kernel_release());
-    let program = compile_resolved(&resolved, arch)?;
+    if seccomp.listener_path().is_some() || seccomp.flags().as_ref().is_some_and(|f| !f.is_empty())
+    {
+        return Err(SeccompError::Profile(
+            "seccomp listeners and filter flags are not supported".into(),
+        ));
+    }
+    let program = compile_resolved(seccomp, arch)?;
     if program.is_empty() || program.len() > BPF_MAX_LEN {
         return Err(SeccompError::Length(program.len()));
     }
@@ -165,7 +161,7 @@ const INT_ARGS: &[(&str, u8)] = &[
 ];
 
 /// The filter action of a profile's action.
-fn action(a: Action, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
     let errno = match errno {
         Some(e) if e > 0xffff => {
             return Err(SeccompError::Profile(format!(
@@ -176,15 +172,17 @@ fn action(a: Action, errno: Option<u32>) -> Result<SeccompAction, SeccompError> 
         None => EPERM,
     };
     Ok(match a {
-        Action::Allow => SeccompAction::Allow,
-        Action::Errno => SeccompAction::Errno(errno),
+        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
+        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno),
         // libseccomp's KILL is the thread's, as runc maps it.
-        Action::Kill | Action::KillThread => SeccompAction::KillThread,
-        Action::KillProcess => SeccompAction::KillProcess,
-        Action::Trap => SeccompAction::Trap,
-        Action::Trace => SeccompAction::Trace(errno),
-        Action::Log => SeccompAction::Log,
-        Action::Notify => {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
+        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno),
+        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
+        LinuxSeccompAction::ScmpActNotify => {
             return Err(SeccompError::Profile(
                 "SCMP_ACT_NOTIFY needs a seccomp agent".into(),
             ))
@@ -208,41 +206,51 @@ fn rank(a: &SeccompAction) -> (u8, u32) {
 
 /// A rule's arguments as seccompiler rules: one rule of all of them (they must all hold), or,
 /// when two compare the same argument, one rule each (any may hold), as runc does.
-fn rules_of(name: &str, args: &[Arg]) -> Result<Vec<SeccompRule>, SeccompError> {
-    let condition_of = |a: &Arg| -> Result<SeccompCondition, SeccompError> {
-        let (op, value) = match a.op {
-            Op::Eq => (SeccompCmpOp::Eq, a.value),
-            Op::Ne => (SeccompCmpOp::Ne, a.value),
-            Op::Lt => (SeccompCmpOp::Lt, a.value),
-            Op::Le => (SeccompCmpOp::Le, a.value),
-            Op::Gt => (SeccompCmpOp::Gt, a.value),
-            Op::Ge => (SeccompCmpOp::Ge, a.value),
-            Op::MaskedEq => {
-                let compared = a.value_two.unwrap_or(0);
-                if compared & !a.value != 0 {
+fn rules_of(name: &str, args: &[LinuxSeccompArg]) -> Result<Vec<SeccompRule>, SeccompError> {
+    let condition_of = |a: &LinuxSeccompArg| -> Result<SeccompCondition, SeccompError> {
+        let mask = a.value();
+        let (op, value) = match a.op() {
+            LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, a.value()),
+            LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, a.value()),
+            LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, a.value()),
+            LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, a.value()),
+            LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, a.value()),
+            LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, a.value()),
+            LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                let compared = a.value_two().unwrap_or(0);
+                if compared & !mask != 0 {
                     return Err(SeccompError::Profile(format!(
-                        "{name}: SCMP_CMP_MASKED_EQ compares {compared:#x} with bits of mask {:#x}: it can never match",
-                        a.value
+                        "{name}: SCMP_CMP_MASKED_EQ compares {compared:#x} with bits of mask {mask:#x}: it can never match"
                     )));
                 }
-                (SeccompCmpOp::MaskedEq(a.value), compared)
+                (SeccompCmpOp::MaskedEq(mask), compared)
             }
         };
-        let fits = value <= u64::from(u32::MAX)
-            && (a.op != Op::MaskedEq || a.value <= u64::from(u32::MAX));
-        let len = match INT_ARGS.contains(&(name, a.index)) && fits {
+        let masked = a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq;
+        let fits = value <= u64::from(u32::MAX) && (!masked || mask <= u64::from(u32::MAX));
+        // A system call has six arguments.
+        let index = u8::try_from(a.index())
+            .ok()
+            .filter(|&i| i < 6)
+            .ok_or_else(|| {
+                SeccompError::Profile(format!(
+                    "{name}: argument index {} (a system call has arguments 0 to 5)",
+                    a.index()
+                ))
+            })?;
+        let len = match INT_ARGS.contains(&(name, index)) && fits {
             true => SeccompCmpArgLen::Dword,
             false => SeccompCmpArgLen::Qword,
         };
-        condition(a.index, len, op, value)
+        condition(index, len, op, value)
     };
     if args.is_empty() {
         return Ok(Vec::new());
     }
-    let mut indices: Vec<u8> = args.iter().map(|a| a.index).collect();
+    let mut indices: Vec<usize> = args.iter().map(|a| a.index()).collect();
     indices.sort_unstable();
     indices.dedup();
-    let groups: Vec<Vec<&Arg>> = match indices.len() == args.len() {
+    let groups: Vec<Vec<&LinuxSeccompArg>> = match indices.len() == args.len() {
         true => vec![args.iter().collect()],
         false => args.iter().map(|a| vec![a]).collect(),
     };
@@ -258,18 +266,18 @@ fn rules_of(name: &str, args: &[Arg]) -> Result<Vec<SeccompRule>, SeccompError> 
 /// The program of a resolved profile: one filter per action, the most restrictive first, each
 /// falling through to the next where it does not match; `ALLOW`'s last, then the default.
 fn compile_resolved(
-    profile: &Resolved,
+    profile: &LinuxSeccomp,
     arch: seccompiler::TargetArch,
 ) -> Result<BpfProgram, SeccompError> {
-    let default = action(profile.default_action, profile.default_errno_ret)?;
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
     let mut groups: BTreeMap<(u8, u32), (SeccompAction, Allowed)> = BTreeMap::new();
-    for rule in &profile.rules {
-        let act = action(rule.action, rule.errno_ret)?;
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret())?;
         // As runc: a rule that does what the default does adds nothing.
         if act == default {
             continue;
         }
-        for name in &rule.names {
+        for name in rule.names() {
             let Some(nr) = arch::number(name) else {
                 // A rule that denies more than the default must not be dropped for a name
                 // wpod cannot number: the call would get the default. Names this ABI lacks
@@ -285,7 +293,7 @@ fn compile_resolved(
                 tracing::debug!(syscall = %name, "seccomp: not a call of this architecture");
                 continue;
             };
-            let rules = rules_of(name, &rule.args)?;
+            let rules = rules_of(name, rule.args().as_deref().unwrap_or_default())?;
             let (_, allowed) = groups
                 .entry(rank(&act))
                 .or_insert_with(|| (act.clone(), Allowed::default()));
@@ -429,28 +437,6 @@ fn then_on_allow(first: BpfProgram, then: BpfProgram) -> BpfProgram {
     out
 }
 
-/// The running kernel's `(major, minor)`, `None` when uname cannot tell (then no rule that
-/// needs a minimum kernel applies, as upstream).
-fn kernel_release() -> Option<(u32, u32)> {
-    // SAFETY: utsname is plain bytes; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is a valid utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return None;
-    }
-    // SAFETY: uname NUL-terminates the field, which was zeroed besides.
-    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
-    parse_release(&release)
-}
-
-/// `"6.8.0-45-generic"` -> `(6, 8)`.
-fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Syscall numbers per architecture.
 // ---------------------------------------------------------------------------------------------
@@ -481,9 +467,6 @@ mod arch {
     use seccompiler::TargetArch;
 
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::x86_64);
-
-    /// libseccomp's name of this architecture, as profiles' `arches` spell it.
-    pub(super) const NAME: &str = "amd64";
 
     pub(super) fn number(name: &str) -> Option<i64> {
         super::lookup(name, FROM_LIBC, BY_NUMBER)
@@ -602,7 +585,6 @@ mod arch {
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::aarch64);
 
     /// libseccomp's name of this architecture, as profiles' `arches` spell it.
-    pub(super) const NAME: &str = "arm64";
 
     pub(super) fn number(name: &str) -> Option<i64> {
         super::lookup(name, FROM_LIBC, BY_NUMBER)
@@ -722,7 +704,6 @@ mod arch {
     use seccompiler::TargetArch;
 
     pub(super) const TARGET: Option<TargetArch> = None;
-    pub(super) const NAME: &str = std::env::consts::ARCH;
     pub(super) const ABSENT: &[&str] = &[];
 
     pub(super) fn number(_name: &str) -> Option<i64> {
@@ -733,8 +714,19 @@ mod arch {
 #[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use super::*;
+    use crate::plan::seccomp::{kernel_release, Profile, NATIVE_ARCH};
     use std::ffi::{c_void, CString};
     use std::ptr;
+
+    /// `profile` resolved for a container with `caps` on this machine, compiled.
+    fn program(profile: &Profile, caps: &[String]) -> Result<BpfProgram, SeccompError> {
+        super::program(&profile.resolve_here(caps))
+    }
+
+    /// The RuntimeDefault program for a container with `caps`.
+    fn runtime_default(caps: &[String]) -> Result<BpfProgram, SeccompError> {
+        program(&Profile::runtime_default(), caps)
+    }
 
     /// The bounding set container runtimes grant by default (security.rs).
     const DEFAULT_CAPS: &[&str] = &[
@@ -780,8 +772,13 @@ mod tests {
         let p = Profile::runtime_default();
         let mut v: Vec<String> = [vec![], profile_caps()]
             .iter()
-            .flat_map(|caps| p.resolve(arch::NAME, caps, Some((99, 0))).rules)
-            .flat_map(|r| r.names)
+            .flat_map(|caps| {
+                p.resolve(NATIVE_ARCH, caps, Some((99, 0)))
+                    .syscalls()
+                    .clone()
+                    .unwrap_or_default()
+            })
+            .flat_map(|r| r.names().clone())
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -791,11 +788,15 @@ mod tests {
     /// The calls the default profile allows for `caps` on this kernel: by number, `true` when
     /// only under conditions on their arguments.
     fn allowed(caps: &[String]) -> BTreeMap<i64, bool> {
-        let resolved = Profile::runtime_default().resolve(arch::NAME, caps, kernel_release());
+        let resolved = Profile::runtime_default().resolve(NATIVE_ARCH, caps, kernel_release());
         let mut out = BTreeMap::new();
-        for rule in resolved.rules.iter().filter(|r| r.action == Action::Allow) {
-            for nr in rule.names.iter().filter_map(|n| arch::number(n)) {
-                let conditional = !rule.args.is_empty();
+        let rules = resolved.syscalls().clone().unwrap_or_default();
+        for rule in rules
+            .iter()
+            .filter(|r| r.action() == LinuxSeccompAction::ScmpActAllow)
+        {
+            for nr in rule.names().iter().filter_map(|n| arch::number(n)) {
+                let conditional = rule.args().as_ref().is_some_and(|a| !a.is_empty());
                 let was = out.entry(nr).or_insert(conditional);
                 *was = *was && conditional;
             }
@@ -935,15 +936,6 @@ mod tests {
             std::env::consts::ARCH
         );
         assert!(plain > 300 && default == plain + 1 && admin > default && all > admin);
-    }
-
-    #[test]
-    fn parses_kernel_releases() {
-        assert_eq!(parse_release("6.8.0-45-generic"), Some((6, 8)));
-        assert_eq!(parse_release("4.19"), Some((4, 19)));
-        assert_eq!(parse_release("5"), None);
-        assert_eq!(parse_release(""), None);
-        assert!(kernel_release().is_some_and(|k| k >= (3, 0)));
     }
 
     extern "C" fn thread_main(_: *mut c_void) -> *mut c_void {

@@ -17,10 +17,10 @@ pub use crate::plan::native::{capability_set, DEFAULT_CAPABILITIES};
 pub(super) fn seccomp_program(
     sec: &SecuritySpec,
 ) -> Result<Option<seccompiler::BpfProgram>, StepError> {
-    let Some(profile) = &sec.seccomp else {
+    let Some(seccomp) = &sec.seccomp else {
         return Ok(None);
     };
-    super::seccomp::program(profile, &sec.capabilities)
+    super::seccomp::program(seccomp)
         .map(Some)
         .map_err(|e| StepError::msg("build the seccomp filter", e))
 }

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use oci_spec::runtime::LinuxSeccomp;
+
 use super::{ContainerPlan, Image};
 use crate::oci::pull::StoredImage;
 use crate::spec::{Capabilities, Capability as Cap, SeccompProfile};
@@ -24,15 +26,29 @@ pub struct NativeProcess {
     pub capabilities: Vec<String>,
     /// Kubernetes' `allowPrivilegeEscalation: false` (wpod's default).
     pub no_new_privs: bool,
-    /// The seccomp profile: RuntimeDefault unless the container asks to run unconfined
-    /// (`None`) or names a Localhost profile (read here, once).
-    pub seccomp: Option<super::seccomp::Profile>,
+    /// The seccomp profile, resolved for this container on this host (its capabilities,
+    /// this architecture and kernel): RuntimeDefault unless the container asks to run
+    /// unconfined (`None`) or names a Localhost profile (read here, once).
+    pub seccomp: Option<LinuxSeccomp>,
     pub read_only_root: bool,
     /// The root's read-only layers, topmost first: `/` for a host container, the directory of
     /// a rootfs image, or a pulled image's unpacked layers.
     pub lowers: Vec<PathBuf>,
     /// The polite stop, as the image's config spells it (`SIGQUIT`); SIGTERM when unset.
     pub stop_signal: Option<String>,
+    /// The container's volumes, in the manifest's order (a later mount may sit inside an
+    /// earlier one).
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A volume mounted into a native container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The pod's volume.
+    pub volume: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// The capabilities container runtimes (containerd, CRI-O, podman) grant by default.
@@ -173,33 +189,44 @@ pub fn process(
                 .into(),
         ));
     }
+    let capabilities = capability_set(&sc.capabilities);
+    let profile = match sc.seccomp_profile {
+        Some(SeccompProfile::Unconfined) => None,
+        Some(SeccompProfile::Localhost) => {
+            let relative = sc.seccomp_localhost_profile.as_deref().unwrap_or_default();
+            Some(super::seccomp::read_localhost(relative).map_err(|e| {
+                (
+                    format!("{}.securityContext.seccompProfile.localhostProfile", c.path),
+                    e.to_string(),
+                )
+            })?)
+        }
+        Some(SeccompProfile::RuntimeDefault) | None => {
+            Some(super::seccomp::Profile::runtime_default())
+        }
+    };
     Ok(NativeProcess {
         argv,
         env,
         cwd,
         uid,
         gid: sc.run_as_group.or(image_gid).unwrap_or(0),
-        capabilities: capability_set(&sc.capabilities),
+        seccomp: profile.map(|p| p.resolve_here(&capabilities)),
+        capabilities,
         // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.
         no_new_privs: sc.allow_privilege_escalation != Some(true),
-        seccomp: match sc.seccomp_profile {
-            Some(SeccompProfile::Unconfined) => None,
-            Some(SeccompProfile::Localhost) => {
-                let relative = sc.seccomp_localhost_profile.as_deref().unwrap_or_default();
-                Some(super::seccomp::read_localhost(relative).map_err(|e| {
-                    (
-                        format!("{}.securityContext.seccompProfile.localhostProfile", c.path),
-                        e,
-                    )
-                })?)
-            }
-            Some(SeccompProfile::RuntimeDefault) | None => {
-                Some(super::seccomp::Profile::runtime_default())
-            }
-        },
         read_only_root: sc.read_only_root_filesystem,
         lowers,
         stop_signal: image.and_then(|i| i.process.stop_signal.clone()),
+        mounts: spec
+            .volume_mounts
+            .iter()
+            .map(|m| VolumeMount {
+                volume: m.name.clone(),
+                target: m.mount_path.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
     })
 }
 

@@ -5,14 +5,19 @@
 //! `RuntimeDefault` is moby's default profile itself (`seccomp-default.json`, from
 //! github.com/moby/profiles, `seccomp/default.json` at tag `seccomp/v0.2.3`, Apache-2.0);
 //! `Localhost` profiles are read from [`localhost_root`]. [`Profile::resolve`] applies a
-//! profile to one container on this host, as moby's `setupSeccomp` does: what is left is a
-//! default action and plain rules, which `containers::seccomp` compiles.
+//! profile to one container on this host, as moby's `setupSeccomp` does: what is left is the
+//! OCI runtime spec's `linux.seccomp` (a default action and plain rules), which goes into the
+//! container's launch config and `containers::seccomp` compiles.
 //!
 //! Parsing is strict (unknown fields are refused): for a security filter a misspelt
 //! `exludes` must fail closed, not silently allow.
 
 use std::path::{Component, Path, PathBuf};
 
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator, LinuxSyscall,
+};
 use serde::{Deserialize, Serialize};
 
 /// moby's default profile.
@@ -145,21 +150,54 @@ pub struct Filter {
     pub min_kernel: Option<String>,
 }
 
-/// A profile applied to one container on this host: its default and the rules that apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
-    pub default_action: Action,
-    pub default_errno_ret: Option<u32>,
-    pub rules: Vec<ResolvedRule>,
+impl From<Action> for LinuxSeccompAction {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Allow => LinuxSeccompAction::ScmpActAllow,
+            Action::Errno => LinuxSeccompAction::ScmpActErrno,
+            Action::Kill => LinuxSeccompAction::ScmpActKill,
+            Action::KillThread => LinuxSeccompAction::ScmpActKillThread,
+            Action::KillProcess => LinuxSeccompAction::ScmpActKillProcess,
+            Action::Trap => LinuxSeccompAction::ScmpActTrap,
+            Action::Trace => LinuxSeccompAction::ScmpActTrace,
+            Action::Log => LinuxSeccompAction::ScmpActLog,
+            Action::Notify => LinuxSeccompAction::ScmpActNotify,
+        }
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedRule {
-    pub names: Vec<String>,
-    pub action: Action,
-    pub errno_ret: Option<u32>,
-    pub args: Vec<Arg>,
+impl From<&Arg> for LinuxSeccompArg {
+    fn from(a: &Arg) -> Self {
+        let op = match a.op {
+            Op::Ne => LinuxSeccompOperator::ScmpCmpNe,
+            Op::Lt => LinuxSeccompOperator::ScmpCmpLt,
+            Op::Le => LinuxSeccompOperator::ScmpCmpLe,
+            Op::Eq => LinuxSeccompOperator::ScmpCmpEq,
+            Op::Ge => LinuxSeccompOperator::ScmpCmpGe,
+            Op::Gt => LinuxSeccompOperator::ScmpCmpGt,
+            Op::MaskedEq => LinuxSeccompOperator::ScmpCmpMaskedEq,
+        };
+        let mut arg = LinuxSeccompArgBuilder::default()
+            .index(usize::from(a.index))
+            .value(a.value)
+            .op(op);
+        if let Some(two) = a.value_two {
+            arg = arg.value_two(two);
+        }
+        // The builder fails only on a missing field, and every field has a default.
+        arg.build()
+            .expect("every field of LinuxSeccompArg has a default")
+    }
 }
+
+/// libseccomp's name of this machine's architecture, as profiles' `arches` spell it.
+pub const NATIVE_ARCH: &str = if cfg!(target_arch = "x86_64") {
+    "amd64"
+} else if cfg!(target_arch = "aarch64") {
+    "arm64"
+} else {
+    std::env::consts::ARCH
+};
 
 /// What is wrong with a profile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -259,7 +297,7 @@ impl Profile {
         arch: &str,
         capabilities: &[String],
         kernel: Option<(u32, u32)>,
-    ) -> Resolved {
+    ) -> LinuxSeccomp {
         let has = |c: &String| capabilities.contains(c);
         // Checked by `parse`.
         let at_least = |v: &str| min_kernel(v).is_ok_and(|want| kernel.is_some_and(|k| k >= want));
@@ -287,19 +325,54 @@ impl Profile {
                 Some(one) => vec![one.clone()],
                 None => r.names.clone().unwrap_or_default(),
             };
-            rules.push(ResolvedRule {
-                names,
-                action: r.action,
-                errno_ret: r.errno_ret,
-                args: r.args.clone().unwrap_or_default(),
-            });
+            let mut rule = LinuxSyscall::default();
+            rule.set_names(names)
+                .set_action(r.action.into())
+                .set_errno_ret(r.errno_ret)
+                .set_args(
+                    r.args
+                        .as_ref()
+                        .filter(|a| !a.is_empty())
+                        .map(|a| a.iter().map(LinuxSeccompArg::from).collect()),
+                );
+            rules.push(rule);
         }
-        Resolved {
-            default_action: self.default_action,
-            default_errno_ret: self.default_errno_ret,
-            rules,
-        }
+        // Only the native ABI is filtered (`containers::seccomp`): no `architectures`, as
+        // runc reads an empty list.
+        let mut resolved = LinuxSeccomp::default();
+        resolved
+            .set_default_action(self.default_action.into())
+            .set_default_errno_ret(self.default_errno_ret)
+            .set_syscalls(Some(rules));
+        resolved
     }
+
+    /// [`Self::resolve`] for a container on this machine: its architecture, its kernel.
+    pub fn resolve_here(&self, capabilities: &[String]) -> LinuxSeccomp {
+        self.resolve(NATIVE_ARCH, capabilities, kernel_release())
+    }
+}
+
+/// The running kernel's `(major, minor)`, `None` when uname cannot tell (then no rule that
+/// needs a minimum kernel applies, as upstream).
+pub fn kernel_release() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain bytes; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates the field, which was zeroed besides.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
+    parse_release(&release)
+}
+
+/// `"6.8.0-45-generic"` -> `(6, 8)`.
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn min_kernel(v: &str) -> Result<(u32, u32), ProfileError> {
@@ -320,26 +393,50 @@ pub fn localhost_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/wpod/seccomp"))
 }
 
+/// Why a `Localhost` profile cannot be used; the message of the field's diagnostic.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalhostError {
+    #[error(
+        "\"{relative}\" must be a relative path under the profile root ({}) that does not \
+         leave it (no .. and not absolute)",
+        root.display()
+    )]
+    Outside { relative: String, root: PathBuf },
+    #[error("{}: {}", path.display(), crate::error::chain(source))]
+    Read {
+        path: PathBuf,
+        source: crate::files::ReadError,
+    },
+    #[error("{}: not UTF-8", path.display())]
+    NotText { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Profile { path: PathBuf, source: ProfileError },
+}
+
 /// Reads the `Localhost` profile `relative` (a path under [`localhost_root`] that only
-/// descends, as Kubernetes requires); the error is a diagnostic's message.
-pub fn read_localhost(relative: &str) -> Result<Profile, String> {
+/// descends, as Kubernetes requires).
+pub fn read_localhost(relative: &str) -> Result<Profile, LocalhostError> {
     let path = Path::new(relative);
     if relative.is_empty()
         || !path
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "\"{relative}\" must be a relative path under the profile root ({}) that does not \
-             leave it (no .. and not absolute)",
-            localhost_root().display()
-        ));
+        return Err(LocalhostError::Outside {
+            relative: relative.to_string(),
+            root: localhost_root(),
+        });
     }
     let full = localhost_root().join(path);
-    let bytes = crate::files::read_regular(&full, MAX_PROFILE_BYTES)
-        .map_err(|e| format!("{}: {}", full.display(), crate::error::chain(&e)))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", full.display()))?;
-    Profile::parse(&text).map_err(|e| format!("{}: {e}", full.display()))
+    let bytes = crate::files::read_regular(&full, MAX_PROFILE_BYTES).map_err(|source| {
+        LocalhostError::Read {
+            path: full.clone(),
+            source,
+        }
+    })?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| LocalhostError::NotText { path: full.clone() })?;
+    Profile::parse(&text).map_err(|source| LocalhostError::Profile { path: full, source })
 }
 
 #[cfg(test)]
@@ -350,11 +447,15 @@ mod tests {
         list.iter().map(|c| c.to_string()).collect()
     }
 
-    fn names(r: &Resolved) -> Vec<&str> {
-        r.rules
+    fn rules(r: &LinuxSeccomp) -> &[LinuxSyscall] {
+        r.syscalls().as_deref().unwrap_or_default()
+    }
+
+    fn names(r: &LinuxSeccomp) -> Vec<&str> {
+        rules(r)
             .iter()
-            .filter(|r| r.action == Action::Allow && r.args.is_empty())
-            .flat_map(|r| r.names.iter().map(String::as_str))
+            .filter(|r| r.action() == LinuxSeccompAction::ScmpActAllow && r.args().is_none())
+            .flat_map(|r| r.names().iter().map(String::as_str))
             .collect()
     }
 
@@ -379,27 +480,26 @@ mod tests {
             assert!(!allowed.contains(&name), "{name} allowed");
         }
         // Without CAP_SYS_ADMIN: clone only without namespace flags, clone3 ENOSYS.
-        assert!(plain.rules.iter().any(|r| r.names == ["clone3"]
-            && r.action == Action::Errno
-            && r.errno_ret == Some(38)));
-        assert!(plain.rules.iter().any(|r| r.names == ["clone"]
-            && r.args
-                == [Arg {
-                    index: 0,
-                    value: 0x7E02_0000,
-                    value_two: None,
-                    op: Op::MaskedEq
-                }]));
+        assert!(rules(&plain).iter().any(|r| r.names() == &["clone3"]
+            && r.action() == LinuxSeccompAction::ScmpActErrno
+            && r.errno_ret() == Some(38)));
+        let clone_flags = Arg {
+            index: 0,
+            value: 0x7E02_0000,
+            value_two: None,
+            op: Op::MaskedEq,
+        };
+        assert!(rules(&plain).iter().any(|r| r.names() == &["clone"]
+            && r.args().as_deref() == Some(&[LinuxSeccompArg::from(&clone_flags)][..])));
         // ptrace only from 4.8.
         assert!(!names(&p.resolve("amd64", &[], Some((4, 4)))).contains(&"ptrace"));
         assert!(!names(&p.resolve("amd64", &[], None)).contains(&"ptrace"));
         // With CAP_SYS_ADMIN: mount allowed, and neither clone rule nor clone3's ENOSYS.
         let admin = p.resolve("amd64", &caps(&["CAP_SYS_ADMIN"]), Some((6, 1)));
         assert!(names(&admin).contains(&"mount"));
-        assert!(!admin
-            .rules
+        assert!(!rules(&admin)
             .iter()
-            .any(|r| r.names == ["clone3"] && r.action == Action::Errno));
+            .any(|r| r.names() == &["clone3"] && r.action() == LinuxSeccompAction::ScmpActErrno));
         // Another architecture's rules only there.
         assert!(names(&p.resolve("arm64", &[], Some((6, 1)))).contains(&"sync_file_range2"));
         assert!(!names(&p.resolve("arm64", &[], Some((6, 1)))).contains(&"arch_prctl"));
@@ -454,10 +554,21 @@ mod tests {
     fn localhost_paths_stay_under_the_root() {
         for bad in ["", "/etc/passwd", "../x.json", "profiles/../../x.json"] {
             let e = read_localhost(bad).unwrap_err();
+            assert!(matches!(e, LocalhostError::Outside { .. }), "{bad}: {e}");
             assert!(
-                e.contains("relative path under the profile root"),
+                e.to_string()
+                    .contains("relative path under the profile root"),
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_release("6.8.0-45-generic"), Some((6, 8)));
+        assert_eq!(parse_release("4.19"), Some((4, 19)));
+        assert_eq!(parse_release("5"), None);
+        assert_eq!(parse_release(""), None);
+        assert!(kernel_release().is_some_and(|k| k >= (3, 0)));
     }
 }

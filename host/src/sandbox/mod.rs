@@ -161,7 +161,7 @@ impl PodSandbox {
         }
     }
 
-    /// Where a container keeps its launch spec and scratch space.
+    /// Where a container keeps its launch config (`config.json`) and scratch space.
     pub fn container_dir(&self, container: &str) -> PathBuf {
         self.state.path.join("containers").join(container)
     }

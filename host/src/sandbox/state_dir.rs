@@ -1,5 +1,5 @@
 //! The pod's directory on the host: `$WPOD_ROOT/pods/<pod>/` (default root `/var/lib/wpod`)
-//! holds launch specs, container scratch space, emptyDir volumes and logs. A lock file in
+//! holds launch configs (OCI runtime configs), container scratch space, emptyDir volumes and logs. A lock file in
 //! `$WPOD_ROOT/locks/` keeps two runs of the same pod apart (in its own directory, so no pod's
 //! state can collide with another pod's lock: pod names may contain dots); a state directory
 //! found without its lock held is what a killed runtime left, and is cleared before the pod
