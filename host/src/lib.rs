@@ -1,7 +1,9 @@
 //! wpod: run a Kubernetes Pod on one Linux host; the main container is a native process in real
 //! pod namespaces, its sidecars are WebAssembly components that get only what the pod grants.
 //!
-//! The modules are layers, and a module imports only lower ones (the `layering` test checks):
+//! The modules are layers, and a module imports only lower ones. Layers 1 to 4 are crates of
+//! their own (`wpod-spec`: 1 to 3; `wpod-grants` and `wpod-oci`: 4), so the compiler keeps them
+//! below the rest; above them the `layering` test checks:
 //!
 //! 1. `component`, `error`, `files`, `mounts`, `status`: vocabulary with no wpod dependencies
 //!    (a component's imports and exports, printing error chains, reading files and where wpod
@@ -18,39 +20,42 @@
 //! 8. `supervisor`: the pod's lifecycle; then the CLI (`main.rs`).
 
 pub mod containers;
-pub mod grants;
-pub mod logs;
-pub mod oci;
 pub mod plan;
 pub mod sandbox;
 pub mod sidecars;
 pub mod supervisor;
 
-// Layers 1 and 2 are the `wpod-spec` crate (`spec/`), under their own names here.
-pub use wpod_spec::{component, error, files, helper, mounts, spec, status, sys};
+// Layers 1 to 3 are the `wpod-spec` crate (`spec/`), layer 4 the `wpod-grants` (`grants/`) and
+// `wpod-oci` (`oci/`) crates, under their own names here.
+pub use wpod_grants as grants;
+pub use wpod_oci as oci;
+pub use wpod_spec::{component, error, files, helper, logs, mounts, spec, status, sys};
 
 #[cfg(test)]
 mod layering {
     //! The layers point one way inside this crate (`wpod_test_support::layering`); the
-    //! modules of `wpod-spec` sit below all of them, as the compiler keeps them.
+    //! crates `wpod-spec`, `wpod-grants` and `wpod-oci` sit below all of them, as the
+    //! compiler keeps them.
 
     /// Top-level modules by layer, lowest first. Modules of one layer never import each other.
     const LAYERS: &[&[&str]] = &[
-        &["logs"],
-        &["grants", "oci"],
         &["plan"],
         &["sandbox"],
         &["containers", "sidecars"],
         &["supervisor"],
     ];
 
-    /// `wpod-spec`'s modules, re-exported here.
+    /// The modules of the crates below (`wpod-spec`, `wpod-grants`, `wpod-oci`), re-exported
+    /// here.
     const BELOW: &[&str] = &[
         "component",
         "error",
         "files",
+        "grants",
         "helper",
+        "logs",
         "mounts",
+        "oci",
         "spec",
         "status",
         "sys",

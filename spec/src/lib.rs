@@ -5,6 +5,8 @@
 //!    and where wpod keeps its state, the mount table, the live pod status, the sandbox's
 //!    system calls); above them `helper`: helper processes and their step errors.
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
+//! 3. `logs`: container output (the CRI log format, its files and their rotation, and the
+//!    live streams sidecars and `wpod logs -f` follow).
 //!
 //! The `wpod` crate re-exports these modules under the same names (`wpod::spec`, ...).
 
@@ -12,6 +14,7 @@ pub mod component;
 pub mod error;
 pub mod files;
 pub mod helper;
+pub mod logs;
 pub mod mounts;
 pub mod spec;
 pub mod status;
@@ -25,6 +28,7 @@ mod layering {
         &["component", "error", "files", "mounts", "status", "sys"],
         &["helper"],
         &["spec"],
+        &["logs"],
     ];
 
     #[test]

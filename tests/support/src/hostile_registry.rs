@@ -27,7 +27,7 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-/// wpod's Wasm artifact (host/src/oci/artifact.rs): this config, one `application/wasm` layer.
+/// wpod's Wasm artifact (oci/src/artifact.rs): this config, one `application/wasm` layer.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER: &str = "application/wasm";
 /// The bearer token the token service hands out and the registry accepts.

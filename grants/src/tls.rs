@@ -83,7 +83,7 @@ pub struct TlsCtx {
     identities: usize,
     ended: watch::Sender<()>,
     /// Where `--audit` records the servers it connects to.
-    reports: Arc<crate::grants::report::Reporter>,
+    reports: Arc<crate::report::Reporter>,
     container: String,
 }
 
@@ -983,7 +983,7 @@ impl tls::Host for TlsView<'_> {
         };
         self.ctx.reports.used(
             &self.ctx.container,
-            crate::grants::report::Use {
+            crate::report::Use {
                 class: "tls-connect".into(),
                 target: server_name,
                 via: None,

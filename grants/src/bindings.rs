@@ -11,13 +11,13 @@ wasmtime::component::bindgen!({
     world: "wpod:sidecar/imports",
     imports: { default: async | trappable | tracing },
     with: {
-        "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
+        "wpod:sidecar/main-process.log-stream": crate::process::LogStream,
         "wasi:io/poll": wasmtime_wasi_io::bindings::wasi::io::poll,
         "wasi:io/streams": wasmtime_wasi_io::bindings::wasi::io::streams,
-        "wpod:sidecar/tls.server-identity": crate::grants::tls::ServerIdentity,
-        "wpod:sidecar/tls.future-server-streams": crate::grants::tls::FutureServerStreams,
-        "wpod:sidecar/tls.client-config": crate::grants::tls::ClientConfig,
-        "wpod:sidecar/tls.future-client-streams": crate::grants::tls::FutureClientStreams,
+        "wpod:sidecar/tls.server-identity": crate::tls::ServerIdentity,
+        "wpod:sidecar/tls.future-server-streams": crate::tls::FutureServerStreams,
+        "wpod:sidecar/tls.client-config": crate::tls::ClientConfig,
+        "wpod:sidecar/tls.future-client-streams": crate::tls::FutureClientStreams,
     },
 });
 
@@ -30,7 +30,7 @@ pub mod v0_1 {
         world: "wpod:sidecar/imports",
         imports: { default: async | trappable | tracing },
         with: {
-            "wpod:sidecar/main-process.log-stream": crate::grants::process::LogStream,
+            "wpod:sidecar/main-process.log-stream": crate::process::LogStream,
         },
     });
 

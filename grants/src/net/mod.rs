@@ -513,7 +513,7 @@ fn routable(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grants::report::ReportSink;
+    use crate::report::ReportSink;
 
     #[derive(Default)]
     struct Sink(Mutex<Vec<String>>);

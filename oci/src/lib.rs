@@ -4,6 +4,10 @@
 //! (`pull`), what else is done on a registry (`remote`: push, sign, inspect, search), container images' layers (`unpack`, `process`), Wasm
 //! sidecars as artifacts (`artifact`), the approvals of what they may do (`approvals`), and
 //! OCI layout directories for air-gapped hosts (`layout`: `wpod save` / `wpod load`).
+//!
+//! A crate of its own, above `wpod-spec` and beside `wpod-grants`, so that the compiler keeps it
+//! from reaching the plan, the sandbox or the pod's processes; `wpod` re-exports it as
+//! `wpod::oci`.
 
 pub mod approvals;
 pub mod artifact;
@@ -20,3 +24,6 @@ pub mod store;
 pub mod tar_stream;
 pub mod trust;
 pub mod unpack;
+
+// The layers below, under the names the modules use (`crate::spec`, ...).
+use wpod_spec::{component, error, files, spec};

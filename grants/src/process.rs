@@ -326,10 +326,10 @@ mod v0_1 {
     use wasmtime::component::Resource;
 
     use super::{LogStream, ProcessView};
-    use crate::grants::bindings::v0_1::main_process::{self as old, Error, Info, LogLine};
+    use crate::bindings::v0_1::main_process::{self as old, Error, Info, LogLine};
 
     fn result<T, U: Into<T>>(
-        r: Result<U, crate::grants::bindings::main_process::Error>,
+        r: Result<U, crate::bindings::main_process::Error>,
     ) -> Result<T, Error> {
         r.map(Into::into).map_err(Into::into)
     }

@@ -10,6 +10,10 @@
 //!
 //! The import table that `wpod inspect` prints and that refuses a component before the pod
 //! starts is built from the same modules that enforce it, so the two cannot drift.
+//!
+//! A crate of its own, above `wpod-spec` and beside `wpod-oci`, so that the compiler keeps it
+//! from reaching the plan, the sandbox or the pod's processes; `wpod` re-exports it as
+//! `wpod::grants`.
 
 pub mod bindings;
 pub mod calls;
@@ -23,6 +27,9 @@ pub mod procstat;
 pub mod report;
 pub mod tls;
 pub mod wasi;
+
+// The layers below, under the names the modules use (`crate::spec`, ...).
+use wpod_spec::{component, error, files, logs, mounts, spec, status};
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
