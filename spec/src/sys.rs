@@ -1,5 +1,6 @@
-//! The system calls the sandbox makes from wpod's own process, behind one trait (as youki's
-//! `Syscall`): mounts, cgroup directories and control files, signals. The real one
+//! The system calls the sandbox and the container setup make, behind one trait (as youki's
+//! `Syscall`): mounts, namespaces (`unshare`, `setns`, the hostname), cgroup directories and
+//! control files, signals. The real one
 //! ([`LinuxSyscall`]) makes them; the recording fake (`fake::RecordingSyscall`, tests only)
 //! writes down each call in order and acts on a temporary directory, so the decisions around
 //! the calls (which limits, which files, which order, what is torn down) are unit-tested
@@ -8,8 +9,9 @@
 //! [`Host`] carries the syscalls and the cgroup root together: tests pass a fake and a
 //! directory of fixture files where the real host passes `/sys/fs/cgroup`.
 //!
-//! What runs in the helper processes (the holder, the container shim) after their own fork is
-//! not behind this seam: what a fake recorded there would stay in the child.
+//! The helper processes (the holder, the container shim) make their calls through it too, up
+//! to their own forks; what runs in a forked child (the holder's PID 1, the container process
+//! before `exec`) stays direct, as a fake's record there would stay in the child.
 
 use std::fmt::Debug;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
 /// The system calls of the sandbox's setup and teardown.
@@ -49,6 +52,13 @@ pub trait Syscall: Send + Sync + Debug {
     /// Writes a control file (`memory.max`, `cgroup.procs`, `cgroup.subtree_control`).
     fn write(&self, file: &Path, value: &str) -> std::io::Result<()>;
     fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()>;
+    /// unshare(2): new namespaces of `flags` for the calling process.
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
+    /// setns(2): joins the namespaces `fd` refers to (a `/proc/PID/ns/*` file, or a pidfd
+    /// with several `kinds`).
+    fn setns(&self, fd: BorrowedFd<'_>, kinds: CloneFlags) -> nix::Result<()>;
+    /// sethostname(2), in the calling process's UTS namespace.
+    fn sethostname(&self, name: &str) -> nix::Result<()>;
 }
 
 /// The host's own system calls.
@@ -125,6 +135,15 @@ impl Syscall for LinuxSyscall {
     fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
     }
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::unshare(flags)
+    }
+    fn setns(&self, fd: BorrowedFd<'_>, kinds: CloneFlags) -> nix::Result<()> {
+        nix::sched::setns(fd, kinds)
+    }
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
 }
 
 /// move_mount(2) flags (linux/mount.h).
@@ -177,6 +196,7 @@ pub mod fake {
 
     use nix::errno::Errno;
     use nix::mount::{MntFlags, MsFlags};
+    use nix::sched::CloneFlags;
     use nix::sys::signal::Signal;
 
     /// Picks the calls that fail.
@@ -210,6 +230,13 @@ pub mod fake {
         Rmdir(PathBuf),
         Write(PathBuf, String),
         Kill(i32, Signal),
+        Unshare(CloneFlags),
+        /// The namespace file joined, as its descriptor names it.
+        Setns {
+            ns: PathBuf,
+            kinds: CloneFlags,
+        },
+        Sethostname(String),
     }
 
     /// Records calls; directories it makes get `control_files` (as the kernel gives a new
@@ -381,6 +408,18 @@ pub mod fake {
                 }
             }
             Ok(())
+        }
+        fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+            self.record(Call::Unshare(flags))
+        }
+        fn setns(&self, fd: BorrowedFd<'_>, kinds: CloneFlags) -> nix::Result<()> {
+            self.record(Call::Setns {
+                ns: of_fd(fd),
+                kinds,
+            })
+        }
+        fn sethostname(&self, name: &str) -> nix::Result<()> {
+            self.record(Call::Sethostname(name.to_string()))
         }
     }
 }

@@ -9,16 +9,17 @@
 //! capabilities, user, `no_new_privs`), outside that namespace, so the child is born holding no
 //! more than the container does, and only execs.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::sched::{setns, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
 use super::launch::{self, LaunchSpec, EXIT_SETUP_FAILED};
 use super::security;
 use crate::helper::StepError;
+use crate::sys::{LinuxSyscall, Syscall};
 
 /// The descriptor number at which `__exec` inherits the container's pidfd.
 pub const PIDFD_FD: i32 = 3;
@@ -47,7 +48,7 @@ fn enter(spec_path: &Path, pid: i32, pidfd: OwnedFd) -> Result<LaunchSpec, StepE
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS;
-    setns(&pidfd, kinds).map_err(|e| {
+    LinuxSyscall.setns(pidfd.as_fd(), kinds).map_err(|e| {
         StepError::msg(
             format!("join the container's namespaces (pid {pid}; is it running?)"),
             e.desc(),

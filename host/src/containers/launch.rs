@@ -307,12 +307,14 @@ impl BindMount {
     }
 }
 
+/// The capabilities the kernel names (`CAP_KILL`) as the runtime spec's values.
 fn capabilities(names: &[String]) -> Result<Capabilities, LaunchError> {
     names
         .iter()
         .map(|n| {
-            serde_json::from_value::<Capability>(serde_json::Value::String(n.clone()))
-                .map_err(|_| invalid("process.capabilities", format!("unknown capability {n}")))
+            n.strip_prefix("CAP_")
+                .and_then(|bare| bare.parse::<Capability>().ok())
+                .ok_or_else(|| invalid("process.capabilities", format!("unknown capability {n}")))
         })
         .collect()
 }

@@ -21,9 +21,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, raise, signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -32,6 +33,8 @@ use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
 use super::launch::{self, LaunchSpec, Report, EXIT_SETUP_FAILED, REPORT_FD};
 use super::{rootfs, security};
 use crate::helper::{StepError, LIFELINE_FD};
+use crate::sandbox::namespaces::NamespacePaths;
+use crate::sys::{LinuxSyscall, Syscall};
 
 /// Signals the shim passes on to the container.
 const FORWARDED: &[Signal] = &[
@@ -95,35 +98,41 @@ enum Confinement {
     InChild(rootfs::Rootfs),
 }
 
-fn join_namespace(path: &Path, kind: CloneFlags, what: &str) -> Result<(), StepError> {
+fn join_namespace(
+    sys: &dyn Syscall,
+    path: &Path,
+    kind: CloneFlags,
+    what: &str,
+) -> Result<(), StepError> {
     let file =
         File::open(path).map_err(|e| StepError::io(format!("open {what} namespace"), path, e))?;
-    setns(file.as_fd(), kind).map_err(|e| StepError::sys(format!("setns({what})"), path, e))
+    sys.setns(file.as_fd(), kind)
+        .map_err(|e| StepError::sys(format!("setns({what})"), path, e))
+}
+
+/// Joins the pod's network, UTS and IPC namespaces, and its shared PID namespace or a new one
+/// (which the container process, forked next, is PID 1 of).
+fn enter_namespaces(sys: &dyn Syscall, ns: &NamespacePaths) -> Result<(), StepError> {
+    join_namespace(sys, &ns.net, CloneFlags::CLONE_NEWNET, "network")?;
+    join_namespace(sys, &ns.uts, CloneFlags::CLONE_NEWUTS, "uts")?;
+    join_namespace(sys, &ns.ipc, CloneFlags::CLONE_NEWIPC, "ipc")?;
+    match &ns.pid {
+        Some(shared) => join_namespace(sys, &shared.ns, CloneFlags::CLONE_NEWPID, "pid"),
+        None => sys
+            .unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| StepError::sys("unshare(CLONE_NEWPID)", Path::new("-"), e)),
+    }
 }
 
 fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
+    let sys: Arc<dyn Syscall> = Arc::new(LinuxSyscall);
     spec.join_cgroups()?;
     let ns = &spec.namespaces;
-    join_namespace(&ns.net, CloneFlags::CLONE_NEWNET, "network")?;
-    join_namespace(&ns.uts, CloneFlags::CLONE_NEWUTS, "uts")?;
-    join_namespace(&ns.ipc, CloneFlags::CLONE_NEWIPC, "ipc")?;
-    // Both only affect children: the container process forked below lands in it.
-    match &ns.pid {
-        Some(shared) => join_namespace(&shared.ns, CloneFlags::CLONE_NEWPID, "pid")?,
-        None => unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(|e| StepError::sys("unshare(CLONE_NEWPID)", Path::new("-"), e))?,
-    }
-    // The volumes are cloned while still in the host's mount namespace (where wpod opened
-    // them), then attached in the container's own.
+    enter_namespaces(&*sys, ns)?;
     let volumes = rootfs::clone_volumes(&spec.mounts)?;
-    unshare(CloneFlags::CLONE_NEWNS)
+    sys.unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
-    let root = rootfs::prepare(
-        std::sync::Arc::new(crate::sys::LinuxSyscall),
-        &spec.rootfs,
-        &spec.mounts,
-        volumes,
-    )?;
+    let root = rootfs::prepare(sys.clone(), &spec.rootfs, &spec.mounts, volumes)?;
     let seccomp = security::seccomp_program(&spec.security)?;
     let confinement = match &ns.pid {
         Some(shared) => {
@@ -286,5 +295,75 @@ fn exit_like(status: WaitStatus) -> ! {
         }
         WaitStatus::Exited(_, code) => std::process::exit(code),
         _ => std::process::exit(EXIT_SETUP_FAILED),
+    }
+}
+
+/// The shim's namespace steps against the recording fake: no root needed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::namespaces::SharedPid;
+    use crate::sys::fake::{Call, RecordingSyscall};
+
+    fn paths(fake: &RecordingSyscall, shared_pid: bool) -> NamespacePaths {
+        // Stand-ins for /proc/PID/ns/*: the fake records which file was joined.
+        for name in ["net", "uts", "ipc", "pid"] {
+            std::fs::write(fake.path(name), "").unwrap();
+        }
+        NamespacePaths {
+            net: fake.path("net"),
+            uts: fake.path("uts"),
+            ipc: fake.path("ipc"),
+            pid: shared_pid.then(|| SharedPid {
+                ns: fake.path("pid"),
+                proc: fake.path("proc"),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_container_joins_the_pods_namespaces_in_order() {
+        let setns = |fake: &RecordingSyscall, name: &str, kinds| Call::Setns {
+            ns: fake.path(name),
+            kinds,
+        };
+        let fake = RecordingSyscall::new("shim-ns", &[]);
+        enter_namespaces(&fake, &paths(&fake, true)).unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                setns(&fake, "net", CloneFlags::CLONE_NEWNET),
+                setns(&fake, "uts", CloneFlags::CLONE_NEWUTS),
+                setns(&fake, "ipc", CloneFlags::CLONE_NEWIPC),
+                setns(&fake, "pid", CloneFlags::CLONE_NEWPID),
+            ]
+        );
+        // Without shareProcessNamespace: a PID namespace of its own.
+        let fake = RecordingSyscall::new("shim-ns-own-pid", &[]);
+        enter_namespaces(&fake, &paths(&fake, false)).unwrap();
+        assert_eq!(
+            fake.calls().last(),
+            Some(&Call::Unshare(CloneFlags::CLONE_NEWPID))
+        );
+    }
+
+    /// A namespace that is gone (the pod's holder died) stops the container before anything
+    /// else is joined, naming the step.
+    #[test]
+    fn a_missing_namespace_is_a_named_step() {
+        let fake = RecordingSyscall::new("shim-ns-gone", &[]);
+        let mut ns = paths(&fake, false);
+        ns.uts = fake.path("gone");
+        let e = enter_namespaces(&fake, &ns).unwrap_err();
+        assert_eq!(e.step, "open uts namespace");
+        assert_eq!(fake.calls().len(), 1, "{:?}", fake.calls());
+
+        let fake = RecordingSyscall::new("shim-ns-refused", &[]);
+        fake.fail_when(
+            |c| matches!(c, Call::Setns { kinds, .. } if *kinds == CloneFlags::CLONE_NEWIPC),
+            nix::errno::Errno::EPERM,
+        );
+        let e = enter_namespaces(&fake, &paths(&fake, false)).unwrap_err();
+        assert_eq!(e.step, "setns(ipc)");
     }
 }

@@ -23,14 +23,15 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use caps::CapSet;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MntFlags, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::{fork, sethostname, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 
 use crate::helper::{StepError, LIFELINE_FD};
+use crate::sys::{LinuxSyscall, Syscall};
 
 /// The user the holder and its PID 1 become, as Kubernetes' pause image runs (65535:65535).
 pub const PAUSE_ID: u32 = 65535;
@@ -78,29 +79,38 @@ fn create_namespaces(
     pod_proc: Option<&Path>,
     host_network: bool,
 ) -> Result<Option<Pid>, StepError> {
-    if host_network {
-        // The host's network and UTS namespaces (its hostname), as the kubelet gives a
-        // hostNetwork pod; an IPC namespace of its own.
-        unshare(CloneFlags::CLONE_NEWIPC)
-            .map_err(|e| StepError::errno("unshare(CLONE_NEWIPC)", e))?;
-    } else {
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-            .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
-        sethostname(hostname)
-            .map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
+    let sys = LinuxSyscall;
+    unshare_pod(&sys, hostname, host_network)?;
+    if !host_network {
         loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
     }
     // PID 1 first, while the holder is still in the host's mount namespace: PID 1 mounts the
     // pod's /proc there before it leaves.
-    let init = pod_proc.map(start_pid1).transpose()?;
-    enter_empty_root()?;
+    let init = pod_proc.map(|p| start_pid1(&sys, p)).transpose()?;
+    enter_empty_root(&sys)?;
     Ok(init)
+}
+
+/// The pod's network, UTS (with its hostname) and IPC namespaces; a hostNetwork pod keeps the
+/// host's network and UTS namespaces (its hostname), as the kubelet gives it, and gets an IPC
+/// namespace of its own.
+fn unshare_pod(sys: &dyn Syscall, hostname: &str, host_network: bool) -> Result<(), StepError> {
+    if host_network {
+        return sys
+            .unshare(CloneFlags::CLONE_NEWIPC)
+            .map_err(|e| StepError::errno("unshare(CLONE_NEWIPC)", e));
+    }
+    sys.unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| StepError::errno("unshare(CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)", e))?;
+    sys.sethostname(hostname)
+        .map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))
 }
 
 /// Creates the pod's PID namespace and its PID 1, and returns once PID 1 has mounted the pod's
 /// procfs on `pod_proc` and given up everything (or with the step that failed).
-fn start_pid1(pod_proc: &Path) -> Result<Pid, StepError> {
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| StepError::errno("unshare(CLONE_NEWPID)", e))?;
+fn start_pid1(sys: &dyn Syscall, pod_proc: &Path) -> Result<Pid, StepError> {
+    sys.unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| StepError::errno("unshare(CLONE_NEWPID)", e))?;
     let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| StepError::errno("pipe", e))?;
     // SAFETY: the holder is single-threaded.
@@ -129,42 +139,47 @@ fn start_pid1(pod_proc: &Path) -> Result<Pid, StepError> {
 
 /// A private mount namespace whose root is an empty, read-only tmpfs: `/proc/1/root` of the pod
 /// then shows nothing of the host.
-fn enter_empty_root() -> Result<(), StepError> {
-    let sys = |step: &'static str| move |e: nix::Error| StepError::errno(step, e);
-    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
+fn enter_empty_root(sys: &dyn Syscall) -> Result<(), StepError> {
+    let failed = |step: &'static str| move |e: nix::Error| StepError::errno(step, e);
+    sys.unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(failed("unshare(CLONE_NEWNS)"))?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
+        None,
     )
-    .map_err(sys("make / private"))?;
+    .map_err(failed("make / private"))?;
     // Any directory that surely exists will do as the mount point: /proc is one, and this
     // private namespace needs no /proc of its own.
     let empty = Path::new("/proc");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("tmpfs"),
+    sys.mount(
+        Some(Path::new("tmpfs")),
         empty,
         Some("tmpfs"),
         flags,
         Some("size=4k,mode=0555"),
     )
-    .map_err(sys("mount the empty root"))?;
-    std::env::set_current_dir(empty).map_err(|e| StepError::msg("chdir to the empty root", e))?;
+    .map_err(failed("mount the empty root"))?;
+    sys.chdir(empty)
+        .map_err(|e| StepError::msg("chdir to the empty root", e))?;
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new.
-    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root to the empty root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the host's root"))?;
-    std::env::set_current_dir("/").map_err(|e| StepError::msg("chdir /", e))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
+    sys.pivot_root_here()
+        .map_err(failed("pivot_root to the empty root"))?;
+    sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(failed("detach the host's root"))?;
+    sys.chdir(Path::new("/"))
+        .map_err(|e| StepError::msg("chdir /", e))?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags,
-        None::<&str>,
+        None,
     )
-    .map_err(sys("make the empty root read-only"))
+    .map_err(failed("make the empty root read-only"))
 }
 
 /// The pause user, no capability in any set, `no_new_privs`, not dumpable.
@@ -228,7 +243,7 @@ fn mount_pod_proc(dir: &Path) -> Result<(), StepError> {
 fn pid1(pod_proc: &Path, report: OwnedFd) -> ! {
     let setup = || -> Result<(), StepError> {
         mount_pod_proc(pod_proc)?;
-        enter_empty_root()?;
+        enter_empty_root(&LinuxSyscall)?;
         drop_everything()
     };
     if let Err(e) = setup() {
@@ -279,4 +294,85 @@ fn loopback_up() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The holder's namespace and root steps against the recording fake: no root needed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, RecordingSyscall};
+
+    #[test]
+    fn a_pod_gets_its_namespaces_and_hostname_and_a_host_network_pod_only_ipc() {
+        let fake = RecordingSyscall::new("holder-ns", &[]);
+        unshare_pod(&fake, "front", false).unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::Unshare(
+                    CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+                ),
+                Call::Sethostname("front".into()),
+            ]
+        );
+        let fake = RecordingSyscall::new("holder-hostnet", &[]);
+        unshare_pod(&fake, "front", true).unwrap();
+        assert_eq!(fake.calls(), [Call::Unshare(CloneFlags::CLONE_NEWIPC)]);
+    }
+
+    /// The holder keeps nothing of the host's files: a private mount namespace whose root is
+    /// an empty tmpfs, the host's root detached, then sealed read-only.
+    #[test]
+    fn the_holder_pivots_into_an_empty_read_only_root() {
+        let fake = RecordingSyscall::new("holder-root", &[]);
+        enter_empty_root(&fake).unwrap();
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let mount = |source: Option<&str>,
+                     target: &str,
+                     fstype: Option<&str>,
+                     flags,
+                     data: Option<&str>| {
+            Call::Mount {
+                source: source.map(Into::into),
+                target: target.into(),
+                fstype: fstype.map(Into::into),
+                flags,
+                data: data.map(Into::into),
+            }
+        };
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::Unshare(CloneFlags::CLONE_NEWNS),
+                mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+                mount(
+                    Some("tmpfs"),
+                    "/proc",
+                    Some("tmpfs"),
+                    flags,
+                    Some("size=4k,mode=0555")
+                ),
+                Call::Chdir("/proc".into()),
+                Call::PivotRootHere,
+                Call::Umount2 {
+                    target: ".".into(),
+                    flags: MntFlags::MNT_DETACH
+                },
+                Call::Chdir("/".into()),
+                mount(
+                    None,
+                    "/",
+                    None,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags,
+                    None
+                ),
+            ]
+        );
+        // A refused pivot stops there, named.
+        let fake = RecordingSyscall::new("holder-root-refused", &[]);
+        fake.fail_when(|c| *c == Call::PivotRootHere, nix::errno::Errno::EINVAL);
+        let e = enter_empty_root(&fake).unwrap_err();
+        assert_eq!(e.step, "pivot_root to the empty root");
+        assert_eq!(fake.calls().last(), Some(&Call::PivotRootHere));
+    }
 }
