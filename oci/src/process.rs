@@ -71,12 +71,18 @@ pub fn env(image: &[String], pod: &[(String, String)]) -> Vec<(String, String)> 
     out
 }
 
-/// `workingDir`, else the image's, else `/`.
+/// `workingDir`, else the image's, else `/`. An image's relative `WorkingDir` is taken from the
+/// root (the container starts in `/`), as Docker reads it; the manifest's is absolute
+/// (validated).
 pub fn working_dir(pod: Option<&str>, image: &ImageProcess) -> String {
-    pod.or(image.working_dir.as_deref())
+    let dir = pod
+        .or(image.working_dir.as_deref())
         .filter(|d| !d.is_empty())
-        .unwrap_or("/")
-        .to_string()
+        .unwrap_or("/");
+    match dir.starts_with('/') {
+        true => dir.to_string(),
+        false => format!("/{dir}"),
+    }
 }
 
 /// The image's `User` could not be turned into ids.
@@ -267,5 +273,10 @@ mod tests {
         assert_eq!(working_dir(Some("/srv"), &image), "/srv");
         assert_eq!(working_dir(None, &image), "/app");
         assert_eq!(working_dir(None, &ImageProcess::default()), "/");
+        let relative = ImageProcess {
+            working_dir: Some("app/bin".into()),
+            ..ImageProcess::default()
+        };
+        assert_eq!(working_dir(None, &relative), "/app/bin");
     }
 }

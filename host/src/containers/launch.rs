@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType,
-    LinuxSeccomp, Mount, Process, Root, Spec, User,
+    LinuxSeccomp, LinuxSeccompAction, Mount, Process, Root, Spec, User,
 };
 use serde::{Deserialize, Serialize};
 
@@ -331,6 +331,36 @@ fn annotation<T: serde::de::DeserializeOwned>(
 ) -> Result<T, LaunchError> {
     let text = annotations.get(key).ok_or(LaunchError::Missing(key))?;
     serde_json::from_str(text).map_err(|source| LaunchError::Annotation { key, source })
+}
+
+/// `linux.seccomp` as the shim compiles it: the native ABI only, no agent, no filter flags.
+fn checked_seccomp(seccomp: LinuxSeccomp) -> Result<LinuxSeccomp, LaunchError> {
+    let unsupported = |field: &str| Err(LaunchError::Unsupported(format!("linux.seccomp.{field}")));
+    if seccomp
+        .architectures()
+        .as_ref()
+        .is_some_and(|a| !a.is_empty())
+    {
+        // Calls through another ABI are killed (containers/seccomp.rs), whatever the list says.
+        return unsupported("architectures (the native ABI only is filtered)");
+    }
+    if seccomp.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+        return unsupported("flags");
+    }
+    if seccomp.listener_path().is_some() || seccomp.listener_metadata().is_some() {
+        return unsupported("listenerPath (a seccomp agent)");
+    }
+    let notify = LinuxSeccompAction::ScmpActNotify;
+    if seccomp.default_action() == notify
+        || seccomp
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|r| r.action() == notify)
+    {
+        return unsupported("SCMP_ACT_NOTIFY (a seccomp agent)");
+    }
+    Ok(seccomp)
 }
 
 impl LaunchSpec {
@@ -700,7 +730,7 @@ impl LaunchSpec {
                 gid,
                 capabilities,
                 no_new_privs: process.no_new_privileges().unwrap_or(false),
-                seccomp: linux.seccomp().clone(),
+                seccomp: linux.seccomp().clone().map(checked_seccomp).transpose()?,
             },
             cgroup_procs: annotation(&annotations, CGROUP_ANNOTATION)?,
         })
@@ -895,6 +925,14 @@ mod tests {
             p.set_capabilities(Some(caps));
         }
         assert!(refused(ambient).contains("process.capabilities.ambient"));
+
+        let mut agent = base();
+        if let Some(l) = agent.linux_mut() {
+            let mut seccomp = l.seccomp().clone().unwrap();
+            seccomp.set_listener_path(Some("/run/agent.sock".into()));
+            l.set_seccomp(Some(seccomp));
+        }
+        assert!(refused(agent).contains("linux.seccomp.listenerPath"));
 
         let mut unmasked = base();
         if let Some(l) = unmasked.linux_mut() {

@@ -584,8 +584,6 @@ mod arch {
 
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::aarch64);
 
-    /// libseccomp's name of this architecture, as profiles' `arches` spell it.
-
     pub(super) fn number(name: &str) -> Option<i64> {
         super::lookup(name, FROM_LIBC, BY_NUMBER)
     }
