@@ -143,7 +143,9 @@ pub enum ExitReason {
     StartError,
     /// Its postStart hook failed, so it was killed.
     FailedPostStartHook,
-    /// Its liveness probe failed, so it was restarted.
+    /// Written by wpod before 0.1 reported a container killed for a failed probe as Kubernetes
+    /// does (`Completed`/`Error` with its exit code, and an `unhealthy` event); read from the
+    /// journals of pods it ran.
     Unhealthy,
 }
 

@@ -388,11 +388,118 @@ spec:
     assert!(pos("ready") < pos("notReady"), "{kinds:?}");
     assert!(pos("notReady") < pos("unhealthy"), "{kinds:?}");
     assert!(pos("unhealthy") < pos("exited"), "{kinds:?}");
+    // As Kubernetes reports it: the exit as it was, the probe's verdict in the event. (python
+    // is PID 1 of its PID namespace, where SIGTERM has no default action: it is killed when the
+    // grace period of one second is spent, 137.)
     let exit = events_of(&run, "web", "exited");
-    assert_eq!(exit[0]["reason"], "Unhealthy", "{}", run.dump());
+    assert_eq!(exit[0]["reason"], "Error", "{}", run.dump());
+    assert_eq!(exit[0]["code"], 137, "{}", run.dump());
     running.signal(libc::SIGINT);
     let _ = running.wait(LONG);
     assert_no_leftovers("probes");
+}
+
+/// A container killed for a failed liveness probe gets its preStop hook first, then SIGTERM
+/// (issue 26: the kubelet's killContainer); one that then exits 0 ends `Completed`, and is
+/// restarted all the same (restartPolicy OnFailure: the kubelet decided so when it killed it).
+#[test]
+fn a_container_failing_its_liveness_probe_gets_pre_stop_then_sigterm() {
+    require_root("a_container_failing_its_liveness_probe_gets_pre_stop_then_sigterm");
+    let mut pod = TestPod::new(
+        "liveness-prestop",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness-prestop}
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      trap 'echo "TERM after preStop wrote: $(cat /tmp/pre-stop 2>/dev/null)"; exit 0' TERM
+      touch /tmp/up
+      echo up
+      while true; do sleep 0.1; done
+    livenessProbe:
+      # Passes until the container has set its trap, then fails.
+      exec: {command: [sh, -c, "test ! -f /tmp/up"]}
+      periodSeconds: 1
+      failureThreshold: 1
+    lifecycle:
+      preStop:
+        exec: {command: [sh, -c, "echo bye-from-pre-stop > /tmp/pre-stop"]}
+"#,
+    );
+    pod.args = vec!["--backoff-base".into(), "100ms".into()];
+    let running = pod.spawn();
+    let run = running.wait_for("a restart after the liveness kill", LONG, |r| {
+        r.events(Some("main"))
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count()
+            >= 2
+    });
+    run.assert_line("main", "TERM after preStop wrote: bye-from-pre-stop");
+    let exit = events_of(&run, "main", "exited");
+    assert_eq!(exit[0]["reason"], "Completed", "{}", run.dump());
+    assert_eq!(exit[0]["code"], 0, "{}", run.dump());
+    assert!(
+        !events_of(&run, "main", "unhealthy").is_empty(),
+        "{}",
+        run.dump()
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("liveness-prestop");
+}
+
+/// While a pod terminates, liveness stops: a probe that starts failing once the container
+/// handles SIGTERM neither restarts it nor changes how it ended (issue 26).
+#[test]
+fn liveness_stops_while_a_pod_terminates() {
+    require_root("liveness_stops_while_a_pod_terminates");
+    let pod = TestPod::new(
+        "liveness-stops",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness-stops}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      trap 'rm /tmp/healthy; echo draining; sleep 3; echo drained; exit 0' TERM
+      touch /tmp/healthy /tmp/started
+      echo up
+      while true; do sleep 0.1; done
+    livenessProbe:
+      # Healthy until SIGTERM (passes before the container has begun, too).
+      exec: {command: [sh, -c, "test -f /tmp/healthy || test ! -f /tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the container", LONG, |r| r.has_line("main", "up"));
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line("main", "drained");
+    let exit = events_of(&run, "main", "exited");
+    assert_eq!(exit.len(), 1, "{}", run.dump());
+    assert_eq!(exit[0]["reason"], "Completed", "{}", run.dump());
+    assert!(
+        events_of(&run, "main", "unhealthy").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_no_leftovers("liveness-stops");
 }
 
 #[test]

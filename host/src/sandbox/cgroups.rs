@@ -635,6 +635,28 @@ mod tests {
             fake
         }
 
+        /// `cpu: 700m` is a quota of exactly 70000 µs per 100000 µs period, from the manifest to
+        /// the cgroup file (a float parse gave 70100), and `4.03` cores 403000.
+        #[test]
+        fn cpu_quantities_reach_the_quota_exactly() {
+            for (cpu, want) in [("700m", "70000 100000"), ("\"4.03\"", "403000 100000")] {
+                let yaml = format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  \
+                     - name: main\n    image: /\n    command: [id]\n    resources: {{limits: {{cpu: {cpu}}}}}\n"
+                );
+                let (pods, diags) = crate::spec::parse_all(Path::new("pod.yaml"), &yaml);
+                assert!(diags.is_empty(), "{diags:?}");
+                let limits = &pods[0].spec.containers[0].resources.limits;
+                let fake = v2();
+                let pod = PodName::new("web").unwrap();
+                let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+                let (ctr, _) = cgroups.container("main", limits, 1024).unwrap();
+                let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+                assert_eq!(read(dir.join("cpu.max")), want, "cpu: {cpu}");
+                drop(ctr);
+            }
+        }
+
         #[test]
         fn v2_limits_are_written_and_controllers_enabled_from_the_top() {
             let fake = v2();

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::actions::{self, ActionTarget};
@@ -28,12 +29,28 @@ pub enum ProbeEvent {
 
 /// The probe tasks of one container instance; dropping it stops them.
 pub struct Probes {
-    task: Option<JoinHandle<()>>,
+    /// The startup probe, then liveness.
+    liveness: Option<JoinHandle<()>>,
+    /// Readiness, once the startup probe passed.
+    readiness: Option<JoinHandle<()>>,
+}
+
+impl Probes {
+    /// The container is terminating: its startup and liveness probes stop, as the kubelet
+    /// stops them (a failure could no longer restart it); readiness goes on.
+    pub fn stop_liveness(&mut self) {
+        if let Some(t) = self.liveness.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Drop for Probes {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
+        for t in [self.liveness.take(), self.readiness.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
     }
@@ -57,11 +74,23 @@ pub fn start(
         c.readiness_probe.clone(),
         c.liveness_probe.clone(),
     );
-    let task = tokio::spawn(async move {
+    // Readiness and liveness begin once the startup probe passed (at once without one).
+    let (started_tx, mut started) = watch::channel(startup.is_none());
+    let readiness = readiness.map(|p| {
+        let (target, events) = (target.clone(), events.clone());
+        tokio::spawn(async move {
+            // Never started (the startup probe gave up or was stopped): nothing to do.
+            if started.wait_for(|s| *s).await.is_ok() {
+                readiness_loop(p, target, events).await;
+            }
+        })
+    });
+    let liveness = tokio::spawn(async move {
         if let Some(p) = startup {
             match probe_until(&p, "startup", &target, &events).await {
                 Ok(()) => {
                     let _ = events.send(ProbeEvent::StartupPassed);
+                    started_tx.send_replace(true);
                 }
                 Err(e) => {
                     let _ = events.send(ProbeEvent::StartupFailed(e.to_string()));
@@ -69,18 +98,16 @@ pub fn start(
                 }
             }
         }
-        let ready =
-            readiness.map(|p| tokio::spawn(readiness_loop(p, target.clone(), events.clone())));
         if let Some(p) = liveness {
             if let Err(e) = probe_until(&p, "liveness", &target, &events).await {
                 let _ = events.send(ProbeEvent::LivenessFailed(e.to_string()));
             }
         }
-        if let Some(r) = ready {
-            let _ = r.await;
-        }
     });
-    Some(Probes { task: Some(task) })
+    Some(Probes {
+        liveness: Some(liveness),
+        readiness,
+    })
 }
 
 /// A startup or liveness probe that gave up.

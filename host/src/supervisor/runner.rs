@@ -3,6 +3,8 @@
 //! `stopping` event) and the kill at the deadline. The supervisor only sends [`Command`]s and
 //! watches [`Progress`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use super::events::{Event, Events};
 use super::probes::{self, ProbeEvent};
 use super::workload::{Launcher, Member, Workload};
 use crate::plan::{ContainerPlan, PodPlan};
+use crate::spec::RestartPolicy;
 use crate::status::{ExitInfo, ExitReason, PodState};
 
 /// What every runner of a pod shares.
@@ -72,7 +75,7 @@ pub async fn run(
         let started_at = Instant::now();
         // Before starting: a sidecar may call ready() the moment it runs.
         run.state.clear_ready(&name);
-        let (exit, stopped) = match run.launcher.start(&member).await {
+        let (exit, ended) = match run.launcher.start(&member).await {
             Ok(running) => {
                 live(
                     &run,
@@ -94,12 +97,12 @@ pub async fn run(
                     reason: ExitReason::StartError,
                 };
                 run.events.emit(Some(&name), Event::Exited(exit.clone()));
-                (exit, false)
+                (exit, Ended::Itself)
             }
         };
         run.state.exited(&name, exit.code);
         outcome.exit = Some(exit.clone());
-        if stopped || !policy.restarts(exit.code) {
+        if !ended.restarts(policy, exit.code) {
             break;
         }
         let delay = backoff.next_delay(started_at.elapsed());
@@ -134,7 +137,7 @@ async fn live(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     progress: &watch::Sender<Progress>,
     restarts: u32,
-) -> (ExitInfo, bool) {
+) -> (ExitInfo, Ended) {
     let plan = &member.plan;
     let name = plan.name();
     run.events.emit(
@@ -166,14 +169,14 @@ async fn live(
             let mut exit = running.exited().await;
             exit.reason = ExitReason::FailedPostStartHook;
             run.events.emit(Some(name), Event::Exited(exit.clone()));
-            return (exit, false);
+            return (exit, Ended::Itself);
         }
     }
 
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-    let _probes = target
+    let mut probes = target
         .clone()
-        .map(|target| probes::start(&plan.spec, target, probe_tx));
+        .and_then(|target| probes::start(&plan.spec, target, probe_tx));
     // What makes this container "started" for the ones ordered after it.
     let waits_for_ready = run.launcher.waits_for_ready(member);
     let has_startup_probe = plan.spec.startup_probe.is_some();
@@ -198,26 +201,37 @@ async fn live(
     // Asked to stop (Ctrl-C, `wpod stop`, a live change): it stays down, even when a failed
     // probe had already begun stopping it for a restart.
     let mut stop_requested = false;
-    let mut reason: Option<ExitReason> = None;
+    // Killed for a failed startup or liveness probe: restarted unless the policy is Never, as
+    // the kubelet decides when it kills it (whatever the exit code then).
+    let mut unhealthy = false;
+    // The preStop hook while it runs; SIGTERM follows it, and the deadline bounds both.
+    let mut hook: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
     let exit = loop {
+        // A stop begins (a command, or a probe that gave up) with this deadline.
+        let mut stop_by: Option<Instant> = None;
         tokio::select! {
             exit = running.exited() => break exit,
             command = commands.recv() => match command {
                 Some(Command::Stop { deadline: d }) => {
                     stop_requested = true;
-                    if deadline.is_none() {
-                        deadline = Some(d);
-                        if let Some(target) = &target {
-                            pre_stop(run, plan, target, d).await;
-                        }
-                        killed |= running.terminate(d);
-                    }
-                    // A second Ctrl-C brings the deadline forward, never back.
-                    deadline = deadline.map(|old| old.min(d));
+                    stop_by = Some(d);
                 }
                 None => break running.exited().await,
             },
+            () = async {
+                if let Some(h) = hook.as_mut() {
+                    h.await;
+                }
+            }, if hook.is_some() => {
+                hook = None;
+                if let Some(d) = deadline {
+                    killed |= running.terminate(d);
+                }
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !killed => {
+                // The grace period is spent, preStop or not (a shorter `wpod stop -t` cuts a
+                // running hook short too).
+                hook = None;
                 running.kill();
                 killed = true;
             }
@@ -240,31 +254,80 @@ async fn live(
                 }
                 ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
                 ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
-                ProbeEvent::Failed { probe, message } => run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message }),
+                ProbeEvent::Failed { probe, message } => {
+                    // A terminating container's startup and liveness probes are stopped; a
+                    // failure already on its way is no longer news.
+                    if deadline.is_none() || probe == "readiness" {
+                        run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message });
+                    }
+                }
                 ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
-                    // Kubernetes kills the container and restarts it per its policy.
-                    run.events.emit(Some(name), Event::Unhealthy { message });
-                    reason = Some(ExitReason::Unhealthy);
                     if deadline.is_none() {
-                        let d = Instant::now() + run.plan.grace_period;
-                        deadline = Some(d);
-                        killed |= running.terminate(d);
+                        // Kubernetes kills the container (preStop, then SIGTERM within its
+                        // grace period) and restarts it per its policy.
+                        run.events.emit(Some(name), Event::Unhealthy { message });
+                        unhealthy = true;
+                        stop_by = Some(Instant::now() + run.plan.grace_period);
                     }
                 }
             },
         }
+        let Some(d) = stop_by else { continue };
+        match deadline {
+            None => {
+                deadline = Some(d);
+                if let Some(p) = probes.as_mut() {
+                    p.stop_liveness();
+                }
+                match (&target, has_pre_stop(plan)) {
+                    (Some(target), true) => hook = Some(Box::pin(pre_stop(run, plan, target, d))),
+                    _ => killed |= running.terminate(d),
+                }
+            }
+            // A second Ctrl-C, or a shorter `wpod stop -t`, brings the deadline forward, never
+            // back.
+            Some(old) => deadline = Some(old.min(d)),
+        }
     };
-    let mut exit = exit;
-    if let Some(r) = reason {
-        exit.reason = r;
-    }
     if killed {
         run.events.emit(Some(name), Event::Killed);
     }
     run.events.emit(Some(name), Event::Exited(exit.clone()));
-    // Stopped by a command, not by a probe alone: the container stays down.
-    let stopped = stop_requested;
-    (exit, stopped)
+    let ended = match (stop_requested, unhealthy) {
+        // Stopped by a command, not by a probe alone: the container stays down.
+        (true, _) => Ended::Stopped,
+        (false, true) => Ended::Unhealthy,
+        (false, false) => Ended::Itself,
+    };
+    (exit, ended)
+}
+
+/// Why one life of a container ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Its process exited on its own (or was killed from outside).
+    Itself,
+    /// A stop command: it stays down.
+    Stopped,
+    /// Killed for a failed startup or liveness probe: restarted unless the policy is Never.
+    Unhealthy,
+}
+
+impl Ended {
+    fn restarts(self, policy: RestartPolicy, code: i32) -> bool {
+        match self {
+            Ended::Itself => policy.restarts(code),
+            Ended::Stopped => false,
+            Ended::Unhealthy => policy != RestartPolicy::Never,
+        }
+    }
+}
+
+fn has_pre_stop(plan: &ContainerPlan) -> bool {
+    plan.spec
+        .lifecycle
+        .as_ref()
+        .is_some_and(|l| l.pre_stop.is_some())
 }
 
 /// Runs the container's preStop hook, bounded by the stop deadline.
