@@ -636,10 +636,11 @@ mod tests {
         }
 
         /// `cpu: 700m` is a quota of exactly 70000 µs per 100000 µs period, from the manifest to
-        /// the cgroup file (a float parse gave 70100), and `4.03` cores 403000.
+        /// the cgroup file (a float parse gave 70100), and `0.15` cores 15000. (Below one core:
+        /// a limit of every CPU of the host is not written.)
         #[test]
         fn cpu_quantities_reach_the_quota_exactly() {
-            for (cpu, want) in [("700m", "70000 100000"), ("\"4.03\"", "403000 100000")] {
+            for (cpu, want) in [("700m", "70000 100000"), ("\"0.15\"", "15000 100000")] {
                 let yaml = format!(
                     "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  \
                      - name: main\n    image: /\n    command: [id]\n    resources: {{limits: {{cpu: {cpu}}}}}\n"
