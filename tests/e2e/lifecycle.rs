@@ -680,3 +680,49 @@ fn a_command_that_ends_at_once_is_never_a_start_error() {
         );
     }
 }
+
+/// Regular containers start one by one in their order, each once the one before it has run its
+/// postStart hook, as the kubelet starts them (issue 26: the next one started first).
+#[test]
+fn a_post_start_hook_holds_back_the_next_container() {
+    require_root("a_post_start_hook_holds_back_the_next_container");
+    let pod = TestPod::new(
+        "poststart-order",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: poststart-order}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: first
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "sleep 1; echo done > /shared/hooked"]}
+  - name: second
+    command: [sh, -c]
+    args: ['echo "the hook before me: $(cat /shared/hooked 2>/dev/null || echo missing)"']
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  volumes:
+  - {name: shared, emptyDir: {}}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the second container", LONG, |r| {
+        r.has_line("second", "the hook before me")
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line("second", "the hook before me: done");
+    let started: Vec<String> = run
+        .records
+        .iter()
+        .filter(|e| e["type"] == "event" && e["event"] == "started")
+        .filter_map(|e| e["container"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(started, ["first", "second"], "{}", run.dump());
+    assert_no_leftovers("poststart-order");
+}

@@ -682,9 +682,11 @@ async fn wait_started(
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let mut out = Vec::new();
     for (name, mut progress) in started {
-        let state =
-            tokio::time::timeout_at(deadline, progress.wait_for(|p| *p != Progress::Starting))
-                .await;
+        let state = tokio::time::timeout_at(
+            deadline,
+            progress.wait_for(|p| matches!(p, Progress::Started | Progress::Ended)),
+        )
+        .await;
         let state = match state {
             Ok(Ok(p)) if *p == Progress::Started => StartState::Started,
             Ok(_) => StartState::Ended,

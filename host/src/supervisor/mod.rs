@@ -339,7 +339,7 @@ impl Supervisor {
             let mut handle = self.spawn(member.clone());
             if member.plan.role == Role::NativeSidecar {
                 let started = tokio::select! {
-                    p = handle.progress.wait_for(|p| *p != Progress::Starting) => p.map(|p| *p == Progress::Started).unwrap_or(false),
+                    p = handle.progress.wait_for(|p| matches!(p, Progress::Started | Progress::Ended)) => p.map(|p| *p == Progress::Started).unwrap_or(false),
                     reason = signals.recv() => {
                         stop_reason = Some(reason);
                         false
@@ -376,14 +376,27 @@ impl Supervisor {
             }
         }
 
-        // Then all regular containers together, until each is done or the pod is told to stop;
-        // meanwhile `wpod apply` may change the Wasm sidecars.
+        // Then the regular containers in their order, each once the one before it was started
+        // and its postStart hook ran (as the kubelet starts them), and then run together until
+        // each is done or the pod is told to stop; meanwhile `wpod apply` may change the Wasm
+        // sidecars.
         let mut regular: JoinSet<(String, Option<Outcome>)> = JoinSet::new();
         let mut live: Vec<Regular> = Vec::new();
         if !failed && stop_reason.is_none() {
             for member in members.iter().filter(|m| m.plan.role == Role::Regular) {
-                live.push(self.spawn_regular(member.clone(), &mut regular));
+                let container = self.spawn_regular(member.clone(), &mut regular);
+                let mut launched = container.progress.clone();
+                live.push(container);
+                tokio::select! {
+                    _ = launched.wait_for(|p| *p != Progress::Starting) => {}
+                    reason = signals.recv() => {
+                        stop_reason = Some(reason);
+                        break;
+                    }
+                }
             }
+        }
+        if !failed && stop_reason.is_none() {
             self.phase.send_replace(Phase::Running);
             let mut control = self.control.take();
             loop {

@@ -39,6 +39,9 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
     Starting,
+    /// Its first start was tried and its `postStart` hook has run (or failed, or it has none):
+    /// the next container in the list may start, as the kubelet starts them one by one.
+    Launched,
     /// Started in Kubernetes' sense: its startup probe passed, or (a Wasm sidecar that imports
     /// `ready`) it called `lifecycle.ready()`, or it simply runs.
     Started,
@@ -97,6 +100,7 @@ pub async fn run(
                     reason: ExitReason::StartError,
                 };
                 run.events.emit(Some(&name), Event::Exited(exit.clone()));
+                launched(&progress);
                 (exit, Ended::Itself)
             }
         };
@@ -157,7 +161,9 @@ async fn live(
         .zip(target.as_ref());
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
-        if let Err(e) = actions::run(hook, target, limit).await {
+        let result = actions::run(hook, target, limit).await;
+        launched(progress);
+        if let Err(e) = result {
             run.events.emit(
                 Some(name),
                 Event::HookFailed {
@@ -173,6 +179,7 @@ async fn live(
         }
     }
 
+    launched(progress);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut probes = target
         .clone()
@@ -182,7 +189,7 @@ async fn live(
     let has_startup_probe = plan.spec.startup_probe.is_some();
     let has_readiness_probe = plan.spec.readiness_probe.is_some();
     let mark_started = |progress: &watch::Sender<Progress>| {
-        if *progress.borrow() == Progress::Starting {
+        if matches!(*progress.borrow(), Progress::Starting | Progress::Launched) {
             progress.send_replace(Progress::Started);
         }
     };
@@ -235,7 +242,7 @@ async fn live(
                 running.kill();
                 killed = true;
             }
-            changed = ready_watch.changed(), if waits_for_ready && *progress.borrow() == Progress::Starting => {
+            changed = ready_watch.changed(), if waits_for_ready && matches!(*progress.borrow(), Progress::Starting | Progress::Launched) => {
                 if changed.is_ok() && ready_watch.borrow().contains(name) {
                     // Said before the next container may start, so the events keep their order.
                     if !has_readiness_probe {
@@ -320,6 +327,13 @@ impl Ended {
             Ended::Stopped => false,
             Ended::Unhealthy => policy != RestartPolicy::Never,
         }
+    }
+}
+
+/// The first start was tried and its postStart hook ran: the next container may start.
+fn launched(progress: &watch::Sender<Progress>) {
+    if *progress.borrow() == Progress::Starting {
+        progress.send_replace(Progress::Launched);
     }
 }
 
