@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::pods::{assert_no_leftovers, processes_mentioning, PodRun, RunningPod, TestPod};
-use crate::{text, wpod};
+use crate::{text, wpod, wpod_output};
 use wpod_test_support::require_root;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -547,8 +547,9 @@ spec:
     assert_no_leftovers("rt-rotate");
 }
 
-/// Item 6: values Kubernetes accepts must not panic wpod: a CPU limit of 1e12 cores, the
-/// largest grace period, exa quantities.
+/// Item 6: values Kubernetes accepts must not panic wpod: the largest grace period here; a
+/// CPU limit of 1e12 cores and exa quantities are refused as requests no host satisfies (a
+/// limit stands for an unset request), with the arithmetic, as the next test shows.
 #[test]
 fn extreme_values_do_not_panic() {
     require_root("extreme_values_do_not_panic");
@@ -563,9 +564,6 @@ spec:
   containers:
   - name: main
     command: [sleep, "300"]
-    resources:
-      limits: {cpu: "1e12", memory: 8E}
-      requests: {memory: 1Ei}
 "#,
     );
     let running = pod.spawn();
@@ -589,6 +587,38 @@ spec:
         run.dump()
     );
     assert_no_leftovers("rt-extreme");
+}
+
+/// Quantities no host has (1e12 cores, exabytes) are refused before the pod exists, with the
+/// arithmetic, as the scheduler would leave the pod Pending (issue 26): no panic, no overflow.
+#[test]
+fn requests_no_host_satisfies_are_refused_with_the_arithmetic() {
+    let pod = TestPod::new(
+        "rt-too-big",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-too-big}
+spec:
+  containers:
+  - name: main
+    command: [sleep, "300"]
+    resources:
+      limits: {cpu: "1e12", memory: 8E}
+      requests: {memory: 1Ei}
+"#,
+    );
+    let out = wpod_output(&["validate", &pod.manifest.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("spec.containers[0].resources.requests.memory")
+            && stderr.contains("the pod requests 1Ei of memory at once (main 1Ei)")
+            && stderr.contains("spec.containers[0].resources.limits.cpu")
+            && stderr.contains("the pod requests 1000000000000 of cpu at once"),
+        "{stderr}"
+    );
 }
 
 /// Item 8: a read-only hostPath `/` is read-only all the way down (Kubernetes'

@@ -4,6 +4,7 @@
 //! validate` and `wpod run` refuse the same manifests with the same located errors.
 
 pub mod change;
+pub mod fit;
 pub mod image;
 pub mod native;
 pub mod seccomp;
@@ -268,6 +269,9 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
+    if let Some(host) = fit::Capacity::here() {
+        fit::check(pod, &containers, host, &mut diags);
+    }
     let settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,

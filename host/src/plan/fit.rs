@@ -1,0 +1,264 @@
+//! Whether the pod fits this host, as the Kubernetes scheduler decides it for a node: the pod's
+//! effective requests against the node's capacity. A pod that does not fit stays `Pending` on
+//! Kubernetes; here it is refused before anything of it exists, with the arithmetic.
+//!
+//! The effective request of a resource is the scheduler's (KEP-753, with native sidecars): the
+//! larger of the sum over the regular containers and native sidecars, and, for each init
+//! container, its own request plus the native sidecars declared before it. A container's
+//! request is its `resources.requests`, or its `limits` where the request is unset (Kubernetes
+//! copies the limit). Wasm sidecars count as the containers they are.
+
+use crate::spec::{Diagnostic, Pod, ResourceList};
+
+use super::{ContainerPlan, Role};
+
+/// What this host offers: its memory and its CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+}
+
+impl Capacity {
+    /// This machine: `MemTotal` of `/proc/meminfo`, and the CPUs this process may run on.
+    /// `None` when the memory cannot be read (then nothing is refused).
+    pub fn here() -> Option<Capacity> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        Some(Capacity {
+            memory_bytes: kib.saturating_mul(1024),
+            cpu_millis: cpus.saturating_mul(1000),
+        })
+    }
+}
+
+/// One resource: how it is named, read from a list, printed, and what the host has.
+struct Resource {
+    name: &'static str,
+    of: fn(&ResourceList) -> Option<u64>,
+    show: fn(u64) -> String,
+    capacity: u64,
+    source: &'static str,
+}
+
+/// Refuses a pod whose effective requests exceed `host`, located at the largest contributor.
+pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mut Vec<Diagnostic>) {
+    let resources = [
+        Resource {
+            name: "memory",
+            of: |l| l.memory_bytes,
+            show: bytes,
+            capacity: host.memory_bytes,
+            source: "MemTotal of /proc/meminfo",
+        },
+        Resource {
+            name: "cpu",
+            of: |l| l.cpu_millis,
+            show: millicores,
+            capacity: host.cpu_millis,
+            source: "the CPUs wpod may run on",
+        },
+    ];
+    for r in resources {
+        // A container's request, and the field it comes from.
+        let request = |c: &ContainerPlan| -> Option<(u64, &'static str)> {
+            let res = &c.spec.resources;
+            match ((r.of)(&res.requests), (r.of)(&res.limits)) {
+                (Some(n), _) => Some((n, "requests")),
+                (None, Some(n)) => Some((n, "limits")),
+                (None, None) => None,
+            }
+        };
+        // The sets of containers that run together: each init container with the native
+        // sidecars before it, then the regular containers with every native sidecar.
+        let mut moments: Vec<Vec<&ContainerPlan>> = Vec::new();
+        let mut sidecars_so_far: Vec<&ContainerPlan> = Vec::new();
+        let mut running: Vec<&ContainerPlan> = Vec::new();
+        for c in containers {
+            match c.role {
+                Role::Init => {
+                    let mut set = sidecars_so_far.clone();
+                    set.push(c);
+                    moments.push(set);
+                }
+                Role::NativeSidecar => {
+                    sidecars_so_far.push(c);
+                    running.push(c);
+                }
+                Role::Regular => running.push(c),
+            }
+        }
+        moments.push(running);
+        let sum = |set: &[&ContainerPlan]| {
+            set.iter()
+                .filter_map(|c| request(c))
+                .fold(0u64, |sum, (n, _)| sum.saturating_add(n))
+        };
+        let Some(worst) = moments.into_iter().max_by_key(|set| sum(set)) else {
+            continue;
+        };
+        let worst = (sum(&worst), worst);
+        let (total, set) = worst;
+        if total <= r.capacity {
+            continue;
+        }
+        let Some((largest, field)) = set
+            .iter()
+            .filter_map(|c| request(c).map(|(n, f)| (n, c, f)))
+            .max_by_key(|(n, _, _)| *n)
+            .map(|(_, c, f)| (c, f))
+        else {
+            continue;
+        };
+        let parts: Vec<String> = set
+            .iter()
+            .filter_map(|c| request(c).map(|(n, _)| format!("{} {}", c.name(), (r.show)(n))))
+            .collect();
+        diags.push(pod.source.diag(
+            format!("{}.resources.{field}.{}", largest.path, r.name),
+            format!(
+                "the pod requests {} of {} at once ({}), and this host has {} ({}): the \
+                 Kubernetes scheduler would leave it Pending on such a node; lower the requests \
+                 (a limit stands for an unset request)",
+                (r.show)(total),
+                r.name,
+                parts.join(" + "),
+                (r.show)(r.capacity),
+                r.source,
+            ),
+        ));
+    }
+}
+
+/// Bytes in the largest binary unit that keeps one decimal: `1000Gi`, `23.4Gi`, `512Mi`.
+fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("Ei", 1 << 60),
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let tenths = (u128::from(n) * 10 / u128::from(size)) as u64;
+            return match tenths % 10 {
+                0 => format!("{}{unit}", tenths / 10),
+                d => format!("{}.{d}{unit}", tenths / 10),
+            };
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// CPU as Kubernetes writes it: whole cores, else millicores.
+fn millicores(n: u64) -> String {
+    match n % 1000 {
+        0 => (n / 1000).to_string(),
+        _ => format!("{n}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const HOST: Capacity = Capacity {
+        memory_bytes: 24 << 30,
+        cpu_millis: 2000,
+    };
+
+    fn refused(containers_yaml: &str) -> Vec<String> {
+        let yaml =
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n{containers_yaml}");
+        let (pods, diags) = crate::spec::parse_all(Path::new("pod.yaml"), &yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        // The containers as the plan lists them (the plan itself checks against this machine).
+        let pod = &pods[0];
+        let containers: Vec<ContainerPlan> = pod
+            .containers_in_order()
+            .map(|(path, role, c)| ContainerPlan {
+                restart_policy: super::super::restart_policy(role, pod.spec.restart_policy),
+                path,
+                role,
+                image: super::super::Image::Host,
+                spec: c.clone(),
+                grants: None,
+                process: None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        check(pod, &containers, HOST, &mut out);
+        out.iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pod_larger_than_the_host_is_refused_with_the_arithmetic() {
+        let e = refused(
+            "  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 1000Gi}}}\n  - {name: tail, image: /, command: [id], resources: {limits: {memory: 64Mi}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.containers[0].resources.requests.memory")
+                && e[0].contains("the pod requests 1000Gi of memory at once (main 1000Gi + tail 64Mi), and this host has 24Gi"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn limits_stand_for_unset_requests_and_cpu_is_counted_too() {
+        let e = refused(
+            "  containers:\n  - {name: main, image: /, command: [id], resources: {limits: {cpu: 1500m}}}\n  - {name: side, image: /, command: [id], resources: {limits: {cpu: \"1\"}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.containers[0].resources.limits.cpu")
+                && e[0].contains("2500m of cpu at once (main 1500m + side 1), and this host has 2"),
+            "{e:?}"
+        );
+        // Exa quantities add up without overflow.
+        let e = refused(
+            "  containers:\n  - {name: a, image: /, command: [id], resources: {requests: {memory: 8Ei}}}\n  - {name: b, image: /, command: [id], resources: {requests: {memory: 8Ei}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+
+    /// Init containers run one at a time, beside the native sidecars declared before them;
+    /// what fits at each moment fits.
+    #[test]
+    fn init_containers_count_one_at_a_time_with_the_sidecars_before_them() {
+        let fits = refused(
+            "  initContainers:\n  - {name: migrate, image: /, command: [id], resources: {requests: {memory: 20Gi}}}\n  - {name: proxy, image: /, command: [id], restartPolicy: Always, resources: {requests: {memory: 2Gi}}}\n  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 20Gi}}}\n",
+        );
+        assert!(fits.is_empty(), "{fits:?}");
+        let e = refused(
+            "  initContainers:\n  - {name: proxy, image: /, command: [id], restartPolicy: Always, resources: {requests: {memory: 6Gi}}}\n  - {name: migrate, image: /, command: [id], resources: {requests: {memory: 20Gi}}}\n  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 1Gi}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.initContainers[1].resources.requests.memory")
+                && e[0].contains("(proxy 6Gi + migrate 20Gi)"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn sizes_print_as_kubernetes_writes_them() {
+        assert_eq!(bytes(1000 << 30), "1000Gi");
+        assert_eq!(bytes((23 << 30) + (1 << 29)), "23.5Gi");
+        assert_eq!(bytes(64 << 20), "64Mi");
+        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(millicores(2000), "2");
+        assert_eq!(millicores(700), "700m");
+    }
+}
