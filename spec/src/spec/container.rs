@@ -37,6 +37,7 @@ impl Decode for Container {
             f.unsupported(&[
                 "envFrom",
                 "resizePolicy",
+                "restartPolicyRules",
                 "stdin",
                 "stdinOnce",
                 "terminationMessagePath",

@@ -156,6 +156,11 @@ impl Fields<'_, '_> {
         value
     }
 
+    /// Whether the object has the field `name` (read or not).
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.key == name)
+    }
+
     /// Reads an optional list; absent means empty.
     pub fn list<T: Decode>(&mut self, name: &'static str) -> Vec<T> {
         self.opt::<Vec<T>>(name).unwrap_or_default()

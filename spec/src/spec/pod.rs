@@ -408,8 +408,9 @@ const UNSUPPORTED_VOLUME_TYPES: &[&str] = &[
 impl Decode for Volume {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         let loc = loc_of(node);
-        let (name, mut sources) = d.object(node, path, |f| {
+        let (name, mut sources, unsupported_type) = d.object(node, path, |f| {
             f.unsupported(UNSUPPORTED_VOLUME_TYPES);
+            let unsupported_type = UNSUPPORTED_VOLUME_TYPES.iter().any(|t| f.has(t));
             let mut sources = Vec::new();
             if let Some(e) = f.opt("emptyDir") {
                 sources.push(VolumeSource::EmptyDir(e));
@@ -417,8 +418,21 @@ impl Decode for Volume {
             if let Some(h) = f.opt("hostPath") {
                 sources.push(VolumeSource::HostPath(h));
             }
-            (f.req::<String>("name").unwrap_or_default(), sources)
+            (
+                f.req::<String>("name").unwrap_or_default(),
+                sources,
+                unsupported_type,
+            )
         })?;
+        if sources.is_empty() && unsupported_type {
+            // Its type was reported as not supported (the pod is refused for it). The volume
+            // stays defined, as an empty directory that never runs, so that its mounts are not
+            // reported again as mounts of an undefined volume.
+            return Some(Volume {
+                name,
+                source: VolumeSource::EmptyDir(EmptyDir::default()),
+            });
+        }
         if sources.len() != 1 {
             let what = if sources.is_empty() {
                 "no volume type"
