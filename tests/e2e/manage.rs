@@ -185,6 +185,49 @@ spec:
     crate::pods::assert_no_leftovers("mgmt-stop");
 }
 
+/// `wpod stop -t N` cuts a running preStop hook short, as `kubectl delete --grace-period=N`
+/// does (issue 26, item 5): a 50-second preStop sleep no longer runs to its end.
+#[test]
+fn stop_with_a_short_time_cuts_a_long_pre_stop_short() {
+    wpod_test_support::require_root("wpod stop -t with a preStop");
+    let pod = TestPod::new(
+        "mgmt-prestop",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mgmt-prestop}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: main
+    command: [sh, -c, "trap 'exit 0' TERM; echo up; while true; do sleep 0.2; done"]
+    lifecycle:
+      preStop:
+        sleep: {seconds: 50}
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("up", Duration::from_secs(30), |r| r.has_line("main", "up"));
+    let start = Instant::now();
+    let out = crate::wpod_output(&["stop", "-t", "1", "mgmt-prestop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "stop took {:?}: the preStop hook ran to its end",
+        start.elapsed()
+    );
+    let run = running.wait(Duration::from_secs(30));
+    assert!(
+        run.events(Some("main"))
+            .iter()
+            .any(|e| e["event"] == "killed"),
+        "{}",
+        run.dump()
+    );
+    crate::pods::assert_no_leftovers("mgmt-prestop");
+}
+
 fn detached_pod(name: &str) -> TestPod {
     TestPod::new(
         name,
