@@ -284,7 +284,8 @@ impl Event {
             Event::Ready => "ready".to_string(),
             Event::NotReady => "not ready".to_string(),
             Event::ProbeFailed { probe, message } => format!("{probe} probe failed: {message}"),
-            Event::Unhealthy { message } => format!("unhealthy, restarting: {message}"),
+            // Restarted or not, as its policy says: the events after it tell.
+            Event::Unhealthy { message } => format!("unhealthy, stopping it: {message}"),
             Event::HookFailed { hook, message } => format!("{hook} hook failed: {message}"),
             Event::BackOff {
                 restart_in_ms,

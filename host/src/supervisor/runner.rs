@@ -161,9 +161,9 @@ async fn live(
         .zip(target.as_ref());
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
-        let result = actions::run(hook, target, limit).await;
-        launched(progress);
-        if let Err(e) = result {
+        if let Err(e) = actions::run(hook, target, limit).await {
+            // Its postStart has run: the next container may start.
+            launched(progress);
             run.events.emit(
                 Some(name),
                 Event::HookFailed {
@@ -179,7 +179,6 @@ async fn live(
         }
     }
 
-    launched(progress);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut probes = target
         .clone()
@@ -202,6 +201,8 @@ async fn live(
         }
         mark_started(progress);
     }
+    // Its postStart has run (and its Ready, if any, was said): the next container may start.
+    launched(progress);
 
     let mut deadline: Option<Instant> = None;
     let mut killed = false;
@@ -252,6 +253,8 @@ async fn live(
                 }
             }
             Some(event) = probe_rx.recv() => match event {
+                // Already on its way when termination stopped the startup probe.
+                ProbeEvent::StartupPassed if deadline.is_some() => {}
                 ProbeEvent::StartupPassed => {
                     // Said before the next container may start, so the events keep their order.
                     if !has_readiness_probe {
