@@ -637,15 +637,7 @@ fn tmpfs_sizes(pod: &Pod, containers: &[ContainerPlan]) -> BTreeMap<String, Opti
 
 /// The size the kernel gives a tmpfs mounted without one: half of the host's memory.
 fn default_tmpfs_size() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(1 << 20);
-    total_kib.saturating_mul(1024) / 2
+    fit::Capacity::here().map_or(1 << 30, |host| host.memory_bytes) / 2
 }
 
 /// A component may import only what the pod grants it, and must be a runnable sidecar.

@@ -18,7 +18,7 @@ use crate::helper::LIFELINE_FD;
 use crate::helper::{helper_command, inherit_fds, Lifeline};
 
 /// The pod's namespaces, as /proc paths of processes that hold them.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespacePaths {
     pub net: PathBuf,
     pub uts: PathBuf,
@@ -29,7 +29,7 @@ pub struct NamespacePaths {
 }
 
 /// The pod's shared PID namespace, as a shim joins it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedPid {
     /// `/proc/<PID 1>/ns/pid`.
     pub ns: PathBuf,

@@ -17,7 +17,7 @@ use super::events::{Event, Events};
 use super::probes::{self, ProbeEvent};
 use super::workload::{Launcher, Member, Workload};
 use crate::plan::{ContainerPlan, PodPlan};
-use crate::spec::RestartPolicy;
+use crate::spec::{Handler, RestartPolicy};
 use crate::status::{ExitInfo, ExitReason, PodState};
 
 /// What every runner of a pod shares.
@@ -289,8 +289,10 @@ async fn live(
                 if let Some(p) = probes.as_mut() {
                     p.stop_liveness();
                 }
-                match (&target, has_pre_stop(plan)) {
-                    (Some(target), true) => hook = Some(Box::pin(pre_stop(run, plan, target, d))),
+                match (&target, pre_stop_hook(plan)) {
+                    (Some(target), Some(handler)) => {
+                        hook = Some(Box::pin(pre_stop(run, plan, handler, target, d)))
+                    }
                     _ => killed |= running.terminate(d),
                 }
             }
@@ -340,23 +342,22 @@ fn launched(progress: &watch::Sender<Progress>) {
     }
 }
 
-fn has_pre_stop(plan: &ContainerPlan) -> bool {
+/// The container's preStop hook, if it has one.
+fn pre_stop_hook(plan: &ContainerPlan) -> Option<&Handler> {
     plan.spec
         .lifecycle
         .as_ref()
-        .is_some_and(|l| l.pre_stop.is_some())
+        .and_then(|l| l.pre_stop.as_ref())
 }
 
 /// Runs the container's preStop hook, bounded by the stop deadline.
-async fn pre_stop(run: &PodRun, plan: &ContainerPlan, target: &ActionTarget, deadline: Instant) {
-    let Some(hook) = plan
-        .spec
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.pre_stop.as_ref())
-    else {
-        return;
-    };
+async fn pre_stop(
+    run: &PodRun,
+    plan: &ContainerPlan,
+    hook: &Handler,
+    target: &ActionTarget,
+    deadline: Instant,
+) {
     let left = deadline.saturating_duration_since(Instant::now());
     if let Err(e) = actions::run(hook, target, left).await {
         run.events.emit(
