@@ -191,7 +191,7 @@ impl NativeContainer {
         let setup_err = |step: &str, source: Cause| setup_error(&name, step, source);
         let (cgroup, warnings) = sandbox
             .cgroups
-            .container(&name, &plan.spec.resources.limits, pids_limit)
+            .container(&name, &plan.limits, pids_limit)
             .map_err(|source| ContainerError::Cgroup {
                 container: name.clone(),
                 source,

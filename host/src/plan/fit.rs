@@ -186,14 +186,15 @@ mod tests {
         let pod = &pods[0];
         let containers: Vec<ContainerPlan> = pod
             .containers_in_order()
-            .map(|(path, role, c)| ContainerPlan {
-                restart_policy: super::super::restart_policy(role, pod.spec.restart_policy),
-                path,
-                role,
-                image: super::super::Image::Host,
-                spec: c.clone(),
-                grants: None,
-                process: None,
+            .map(|(path, role, c)| {
+                ContainerPlan::new(
+                    path,
+                    role,
+                    pod.spec.restart_policy,
+                    super::super::Image::Host,
+                    c,
+                    None,
+                )
             })
             .collect();
         let mut out = Vec::new();

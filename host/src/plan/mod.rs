@@ -17,8 +17,9 @@ use std::time::Duration;
 use crate::grants::{self, Grants, Sidecar};
 pub use crate::spec::Role;
 use crate::spec::{
-    Annotations, Container, Diagnostic, Diagnostics, Handler, HostPathType, Pod, PodName, Protocol,
-    RestartPolicy, StorageMedium, VolumeSource,
+    Annotations, Container, ContainerPort, Diagnostic, Diagnostics, Handler, HostPathType,
+    Lifecycle, Pod, PodName, Probe, Protocol, ResourceList, RestartPolicy, StorageMedium, Volume,
+    VolumeSource,
 };
 pub use image::{Image, ImageError, WasmComponent};
 
@@ -30,7 +31,20 @@ pub struct ContainerPlan {
     /// When it starts again after it ends (Kubernetes' rules: see [`restart_policy`]).
     pub restart_policy: RestartPolicy,
     pub image: Image,
-    pub spec: Container,
+    /// The container as the manifest gives it: read by the plan only (the compiler keeps it
+    /// so). Everything the layers above need is one of the decisions below.
+    spec: Container,
+    /// The container's name.
+    pub name: String,
+    /// Its ports: where probes and hooks find a port given by name.
+    pub ports: Vec<ContainerPort>,
+    /// Its startup, readiness and liveness probes.
+    pub probes: ContainerProbes,
+    /// Its `postStart` and `preStop` hooks.
+    pub hooks: Lifecycle,
+    /// Its `resources.limits` (exact quantities): the cgroup's for a native container, the
+    /// store's memory bound for a Wasm sidecar.
+    pub limits: ResourceList,
     /// What a Wasm sidecar is granted, decided once; `None` for a native container.
     pub grants: Option<Grants>,
     /// A native container's process, decided once its image is known
@@ -38,16 +52,55 @@ pub struct ContainerPlan {
     pub process: Option<native::NativeProcess>,
 }
 
+/// A container's probes (Kubernetes' `startupProbe`, `readinessProbe`, `livenessProbe`).
+#[derive(Clone, Debug, Default)]
+pub struct ContainerProbes {
+    pub startup: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
+}
+
 impl ContainerPlan {
+    /// The plan of one container of the manifest (`path`: its field path), before its image
+    /// is known to be native or Wasm beyond what `image` says.
+    fn new(
+        path: String,
+        role: Role,
+        pod_policy: RestartPolicy,
+        image: Image,
+        c: &Container,
+        grants: Option<Grants>,
+    ) -> Self {
+        ContainerPlan {
+            restart_policy: restart_policy(role, pod_policy),
+            path,
+            role,
+            image,
+            name: c.name.clone(),
+            ports: c.ports.clone(),
+            probes: ContainerProbes {
+                startup: c.startup_probe.clone(),
+                readiness: c.readiness_probe.clone(),
+                liveness: c.liveness_probe.clone(),
+            },
+            hooks: c.lifecycle.clone().unwrap_or_default(),
+            limits: c.resources.limits.clone(),
+            spec: c.clone(),
+            grants,
+            process: None,
+        }
+    }
+
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.name
     }
 }
 
 /// A pod ready to be created: containers in start order, and what the sandbox must set up.
 #[derive(Clone, Debug)]
 pub struct PodPlan {
-    pub pod: Pod,
+    /// The manifest: read by the plan only (the compiler keeps it so).
+    pod: Pod,
     /// The pod's name, checked: it names the pod's state directory and cgroups.
     pub name: PodName,
     pub containers: Vec<ContainerPlan>,
@@ -74,6 +127,14 @@ pub struct PodPlan {
     pub dns: DnsPlan,
     /// `spec.hostAliases`, for the pod's /etc/hosts.
     pub host_aliases: Vec<(IpAddr, Vec<String>)>,
+    /// The pod's hostname: `spec.hostname`, else its name (as in Kubernetes).
+    pub hostname: String,
+    /// `metadata.namespace`, for the pod network (CNI's `K8S_POD_NAMESPACE`).
+    pub namespace: Option<String>,
+    /// `spec.shareProcessNamespace`: one PID namespace for all its containers.
+    pub share_process_namespace: bool,
+    /// The pod's volumes, checked (each supported type; hostPaths allowed by policy).
+    pub volumes: Vec<Volume>,
 }
 
 /// How a pod reaches the network.
@@ -255,15 +316,14 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 None
             }
         };
-        containers.push(ContainerPlan {
-            restart_policy: restart_policy(role, pod.spec.restart_policy),
+        containers.push(ContainerPlan::new(
             path,
             role,
+            pod.spec.restart_policy,
             image,
-            spec: c.clone(),
+            c,
             grants,
-            process: None,
-        });
+        ));
     }
     check_sidecar_count(pod, &containers, &mut diags);
     check_outbound_keys(pod, &containers, &mut diags);
@@ -321,6 +381,10 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     .iter()
                     .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
                     .collect(),
+                hostname: pod.hostname().to_string(),
+                namespace: pod.metadata.namespace.clone(),
+                share_process_namespace: pod.spec.share_process_namespace,
+                volumes: pod.spec.volumes.clone(),
                 pod: pod.clone(),
             })
         }

@@ -34,7 +34,7 @@ pub fn write_etc_files(
     plan: &PodPlan,
     ip: Option<IpAddr>,
 ) -> Result<EtcFiles, SandboxError> {
-    let hostname = plan.pod.hostname();
+    let hostname = plan.hostname.as_str();
     let mut warnings = Vec::new();
     let hosts = match plan.network {
         // On the host's network: the host's own file, with the aliases (as the kubelet).

@@ -86,19 +86,18 @@ impl PodSandbox {
     /// Creates the pod's namespaces, volumes, cgroups and published ports. Must run inside a
     /// tokio runtime (the port forwarders live on it).
     pub fn create(plan: &PodPlan) -> Result<Self, SandboxError> {
-        let pod = &plan.pod;
         let name = plan.name();
         let state = StateDir::acquire(&plan.name)?;
         let mut warnings = Vec::new();
         let lifeline =
             Lifeline::new().map_err(|e| SandboxError::step("create the lifeline pipe", e))?;
-        let pod_proc = match pod.spec.share_process_namespace {
+        let pod_proc = match plan.share_process_namespace {
             true => Some(state.pod_proc_dir()?),
             false => None,
         };
         let host_network = plan.network == crate::plan::Network::Host;
         let namespaces =
-            PodNamespaces::create(pod.hostname(), pod_proc.as_deref(), host_network, &lifeline)?;
+            PodNamespaces::create(&plan.hostname, pod_proc.as_deref(), host_network, &lifeline)?;
         // hostPorts first (a port in use fails the pod before anything is on the network),
         // then the network, whose portmap forwards them.
         let (ports, network) = match plan.network {
@@ -106,7 +105,7 @@ impl PodSandbox {
                 let ports = PortForwards::reserve(&plan.port_mappings)?;
                 let network = network::PodNetwork::attach(
                     name,
-                    pod.metadata.namespace.as_deref(),
+                    plan.namespace.as_deref(),
                     &namespaces.net_path(),
                     &plan.port_mappings,
                 )
@@ -128,7 +127,7 @@ impl PodSandbox {
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),
-            hostname: pod.hostname().to_string(),
+            hostname: plan.hostname.clone(),
             ports,
             _network: network,
             cgroups,

@@ -45,14 +45,13 @@ impl PodVolumes {
         plan: &PodPlan,
         root: &Path,
     ) -> Result<(Self, Vec<String>), SandboxError> {
-        let pod = &plan.pod;
         let mut vols = PodVolumes {
             sys,
             volumes: HashMap::new(),
             tmpfs: Vec::new(),
         };
         let mut warnings = Vec::new();
-        for v in &pod.spec.volumes {
+        for v in &plan.volumes {
             let step = |what: &str| format!("volume {}: {what}", v.name);
             let mut device = false;
             let path = match &v.source {

@@ -330,8 +330,8 @@ pub struct WasmSidecar {
 
 impl WasmSidecar {
     pub fn start(prepared: &PreparedSidecar, ctx: &PodContext<'_>) -> Result<Self, SidecarError> {
-        let c = &prepared.plan.spec;
-        let name = c.name.clone();
+        let plan = &prepared.plan;
+        let name = plan.name.clone();
         let (stopping, stopping_rx) = watch::channel(None);
         let mut builder = WasiCtxBuilder::new();
         let mut setup = InstanceSetup {
@@ -359,7 +359,7 @@ impl WasmSidecar {
             wasi: builder.build(),
             table,
             grants,
-            limits: limits::SidecarLimits::new(c.resources.limits.memory_bytes),
+            limits: limits::SidecarLimits::new(plan.limits.memory_bytes),
         };
         let engine = engine::shared()?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -289,7 +289,7 @@ impl Control {
             phase,
             pid: std::process::id(),
             grace_period_seconds: live.plan.grace_period.as_secs(),
-            share_process_namespace: live.plan.pod.spec.share_process_namespace,
+            share_process_namespace: live.plan.share_process_namespace,
             host_ports: self
                 .started_with
                 .published

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::actions::{self, ActionTarget};
-use crate::spec::{Container, Probe};
+use crate::plan::ContainerProbes;
+use crate::spec::Probe;
 
 #[derive(Debug)]
 pub enum ProbeEvent {
@@ -62,18 +63,18 @@ fn secs(n: u32) -> Duration {
 
 /// Starts the container's probes; `None` if it has none.
 pub fn start(
-    c: &Container,
+    probes: &ContainerProbes,
     target: ActionTarget,
     events: mpsc::UnboundedSender<ProbeEvent>,
 ) -> Option<Probes> {
-    if c.startup_probe.is_none() && c.readiness_probe.is_none() && c.liveness_probe.is_none() {
+    let ContainerProbes {
+        startup,
+        readiness,
+        liveness,
+    } = probes.clone();
+    if startup.is_none() && readiness.is_none() && liveness.is_none() {
         return None;
     }
-    let (startup, readiness, liveness) = (
-        c.startup_probe.clone(),
-        c.readiness_probe.clone(),
-        c.liveness_probe.clone(),
-    );
     // Readiness and liveness begin once the startup probe passed (at once without one).
     let (started_tx, mut started) = watch::channel(startup.is_none());
     let readiness = readiness.map(|p| {

@@ -153,12 +153,7 @@ async fn live(
     );
     run.state.started(name, running.pid().unwrap_or(0));
     let target = run.launcher.action_target(member, running.as_ref());
-    let post_start = plan
-        .spec
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.post_start.as_ref())
-        .zip(target.as_ref());
+    let post_start = plan.hooks.post_start.as_ref().zip(target.as_ref());
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
         if let Err(e) = actions::run(hook, target, limit).await {
@@ -182,11 +177,11 @@ async fn live(
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut probes = target
         .clone()
-        .and_then(|target| probes::start(&plan.spec, target, probe_tx));
+        .and_then(|target| probes::start(&plan.probes, target, probe_tx));
     // What makes this container "started" for the ones ordered after it.
     let waits_for_ready = run.launcher.waits_for_ready(member);
-    let has_startup_probe = plan.spec.startup_probe.is_some();
-    let has_readiness_probe = plan.spec.readiness_probe.is_some();
+    let has_startup_probe = plan.probes.startup.is_some();
+    let has_readiness_probe = plan.probes.readiness.is_some();
     let mark_started = |progress: &watch::Sender<Progress>| {
         if matches!(*progress.borrow(), Progress::Starting | Progress::Launched) {
             progress.send_replace(Progress::Started);
@@ -344,10 +339,7 @@ fn launched(progress: &watch::Sender<Progress>) {
 
 /// The container's preStop hook, if it has one.
 fn pre_stop_hook(plan: &ContainerPlan) -> Option<&Handler> {
-    plan.spec
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.pre_stop.as_ref())
+    plan.hooks.pre_stop.as_ref()
 }
 
 /// Runs the container's preStop hook, bounded by the stop deadline.

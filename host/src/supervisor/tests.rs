@@ -435,7 +435,7 @@ spec:
     // `extra` as a native sidecar.
     let side = plan.containers.iter().find(|c| c.name() == "side").unwrap();
     let mut extra = plan.containers[0].clone();
-    extra.spec.name = "extra".into();
+    extra.name = "extra".into();
     let member = |plan: crate::plan::ContainerPlan| {
         Arc::new(Member {
             plan,

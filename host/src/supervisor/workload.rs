@@ -210,7 +210,7 @@ impl Launcher for PodLauncher {
     fn action_target(&self, member: &Member, workload: &dyn Workload) -> Option<ActionTarget> {
         Some(ActionTarget {
             dialer: self.sandbox.dialer.clone(),
-            ports: member.plan.spec.ports.clone(),
+            ports: member.plan.ports.clone(),
             exec: workload.exec_target(),
         })
     }
