@@ -456,6 +456,76 @@ spec:
     assert_no_leftovers("liveness-prestop");
 }
 
+/// Pod termination with two native sidecars, as the kubelet does it (issue 26, item 2; KEP-753):
+/// their preStop hooks begin together, not one after the other; and though the main container
+/// spends the whole grace period (it ignores SIGTERM), each sidecar then still gets SIGTERM and
+/// two seconds, so both end 0/Completed rather than being killed.
+#[test]
+fn sidecars_hooks_run_together_and_sigterm_comes_even_after_the_grace_period() {
+    require_root("sidecars_hooks_run_together_and_sigterm_comes_even_after_the_grace_period");
+    let sidecar = |name: &str| {
+        format!(
+            r#"
+  - name: {name}
+    restartPolicy: Always
+    command: [sh, -c]
+    args:
+    - |
+      trap 'echo "{name} got TERM"; exit 0' TERM
+      echo up
+      while true; do
+        if [ -f /tmp/pre-stop ] && [ -z "$seen" ]; then echo "{name} preStop began"; seen=1; fi
+        sleep 0.1
+      done
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "touch /tmp/pre-stop; sleep 2"]}}"#
+        )
+    };
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: sidecar-stop}}
+spec:
+  terminationGracePeriodSeconds: 3
+  initContainers:{}{}
+  containers:
+  - name: main
+    command: [sh, -c]
+    args: ["trap '' TERM; echo up; while true; do sleep 0.1; done"]
+"#,
+        sidecar("agent"),
+        sidecar("proxy")
+    );
+    let pod = TestPod::new("sidecar-stop", &manifest);
+    let running = pod.spawn();
+    running.wait_for("the main container", LONG, |r| r.has_line("main", "up"));
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    let secs = |t: String| humantime::parse_rfc3339(&t).expect("rfc3339");
+    let agent = secs(line_time(&run, "agent", "agent preStop began"));
+    let proxy = secs(line_time(&run, "proxy", "proxy preStop began"));
+    let apart = agent
+        .duration_since(proxy)
+        .or_else(|_| proxy.duration_since(agent))
+        .unwrap_or_default();
+    assert!(
+        apart < Duration::from_secs(1),
+        "the preStop hooks began {apart:?} apart\n{}",
+        run.dump()
+    );
+    let main = events_of(&run, "main", "exited");
+    assert_eq!(main[0]["code"], 137, "{}", run.dump());
+    for sidecar in ["agent", "proxy"] {
+        run.assert_line(sidecar, &format!("{sidecar} got TERM"));
+        let exit = events_of(&run, sidecar, "exited");
+        assert_eq!(exit[0]["code"], 0, "{sidecar}\n{}", run.dump());
+        assert_eq!(exit[0]["reason"], "Completed", "{sidecar}\n{}", run.dump());
+    }
+    assert_no_leftovers("sidecar-stop");
+}
+
 /// While a pod terminates, liveness stops: a probe that starts failing once the container
 /// handles SIGTERM neither restarts it nor changes how it ended (issue 26).
 #[test]

@@ -137,12 +137,26 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(net: Arc<OwnedFd>) -> std::io::Result<Self> {
+        Self::spawn(Some(net))
+    }
+
+    /// A dialer in wpod's own network namespace: the supervisor's tests, which have no pod.
+    #[cfg(test)]
+    pub fn here() -> std::io::Result<Self> {
+        Self::spawn(None)
+    }
+
+    /// The dialer's thread, in `net` (`None`: where wpod is).
+    fn spawn(net: Option<Arc<OwnedFd>>) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel::<SocketRequest>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("wpod-dialer".into())
             .spawn(move || {
-                let joined = join_net(net.as_fd()).map_err(std::io::Error::from);
+                let joined = match &net {
+                    Some(net) => join_net(net.as_fd()).map_err(std::io::Error::from),
+                    None => Ok(()),
+                };
                 let failed = joined.as_ref().err().map(|e| e.to_string());
                 let _ = ready_tx.send(joined);
                 for (domain, reply) in rx {

@@ -2,9 +2,10 @@
 //! one, each to success; native sidecars (init containers with `restartPolicy: Always`) started
 //! in their place, the next container waiting until they have started; then all regular
 //! containers together. The pod ends when every regular container is done (per the restart
-//! policy) or on Ctrl-C/SIGTERM: regular containers stop first, then native sidecars in reverse
-//! start order, all by one deadline (`terminationGracePeriodSeconds`); a second Ctrl-C kills at
-//! once.
+//! policy) or on Ctrl-C/SIGTERM: every preStop hook begins at once, regular containers get
+//! SIGTERM first, then native sidecars in reverse start order, all by one deadline
+//! (`terminationGracePeriodSeconds`) and each with at least two seconds after SIGTERM (KEP-753);
+//! a second Ctrl-C kills at once.
 //!
 //! Each container lives in its own runner task (`runner.rs`: start, hooks, probes, restarts);
 //! the supervisor sends commands and collects outcomes.
@@ -110,7 +111,14 @@ struct Handle {
 
 impl Handle {
     fn stop(&self, deadline: Instant) {
-        let _ = self.commands.send(Command::Stop { deadline });
+        let _ = self.commands.send(Command::Stop {
+            deadline,
+            wait_turn: false,
+        });
+    }
+
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
     }
 }
 
@@ -424,7 +432,6 @@ impl Supervisor {
         // Requests still queued are refused: their senders see the channel closed.
         self.control = None;
 
-        // Termination: regular containers first, then native sidecars in reverse start order.
         let reason = match (stop_reason, failed) {
             (Some(r), _) => r,
             (None, true) => "a container failed",
@@ -439,10 +446,25 @@ impl Supervisor {
                 },
             );
         }
+        // As the kubelet (KEP-753): every container's preStop hook begins at once; regular
+        // containers then get SIGTERM, native sidecars only in their turn (reverse start order,
+        // once every regular container has ended), each with at least `MIN_TERM_WINDOW`
+        // before the kill even when the grace period is spent. A second request kills what is
+        // left at once.
         let deadline = Instant::now() + grace;
         for c in &live {
-            let _ = c.commands.send(Command::Stop { deadline });
+            let _ = c.commands.send(Command::Stop {
+                deadline,
+                wait_turn: false,
+            });
         }
+        for h in &sidecars {
+            h.send(Command::Stop {
+                deadline,
+                wait_turn: true,
+            });
+        }
+        let mut forced = false;
         while !regular.is_empty() {
             tokio::select! {
                 next = regular.join_next() => {
@@ -450,19 +472,23 @@ impl Supervisor {
                         self.record(&name, outcome);
                     }
                 }
-                _ = signals.recv() => {
+                _ = signals.recv(), if !forced => {
+                    forced = true;
                     for c in &live {
-                        let _ = c.commands.send(Command::Stop { deadline: Instant::now() });
+                        let _ = c.commands.send(Command::Kill);
                     }
+                    sidecars.iter().for_each(|h| h.send(Command::Kill));
                 }
             }
         }
         while let Some(mut handle) = sidecars.pop() {
-            handle.stop(deadline);
+            handle.send(Command::Turn);
             let outcome = tokio::select! {
                 outcome = &mut handle.done => outcome.ok(),
-                _ = signals.recv() => {
-                    handle.stop(Instant::now());
+                _ = signals.recv(), if !forced => {
+                    forced = true;
+                    handle.send(Command::Kill);
+                    sidecars.iter().for_each(|h| h.send(Command::Kill));
                     (&mut handle.done).await.ok()
                 }
             };
@@ -505,7 +531,10 @@ impl Supervisor {
         for name in &change.stop {
             if let Some(i) = pod.live.iter().position(|r| &r.name == name) {
                 let r = pod.live.remove(i);
-                let _ = r.commands.send(Command::Stop { deadline });
+                let _ = r.commands.send(Command::Stop {
+                    deadline,
+                    wait_turn: false,
+                });
                 ending.push(r);
             } else if let Some(i) = pod.sidecars.iter().position(|h| &h.name == name) {
                 let h = pod.sidecars.remove(i);

@@ -30,10 +30,23 @@ pub struct PodRun {
 }
 
 pub enum Command {
-    /// Stop gracefully (preStop, then SIGTERM or `stopping`); kill at the deadline. A later
-    /// command with an earlier deadline (a second Ctrl-C) brings the kill forward.
-    Stop { deadline: Instant },
+    /// Stop gracefully, as the kubelet kills a container: its preStop hook at once; then, for
+    /// a native sidecar at pod termination (`wait_turn`), its turn ([`Command::Turn`]); then
+    /// SIGTERM (or `stopping`); the kill at the deadline, but never sooner than
+    /// [`MIN_TERM_WINDOW`] after SIGTERM. A later stop with an earlier deadline brings the
+    /// deadline forward.
+    Stop { deadline: Instant, wait_turn: bool },
+    /// A native sidecar's turn to get SIGTERM: the containers it outlives have ended.
+    Turn,
+    /// Kill now (a second Ctrl-C, or `wpod stop -t N` spent): no hook, no window.
+    Kill,
 }
+
+/// The least time a container gets between SIGTERM and the kill, even when its preStop hook
+/// or its wait for its turn spent the grace period: the kubelet's
+/// `minimumGracePeriodInSeconds` (KEP-753), so a sidecar that stops quickly ends 0/Completed
+/// rather than 137.
+pub const MIN_TERM_WINDOW: Duration = Duration::from_secs(2);
 
 /// How far a container got, for the start order of init containers and native sidecars.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,9 +167,19 @@ async fn live(
     run.state.started(name, running.pid().unwrap_or(0));
     let target = run.launcher.action_target(member, running.as_ref());
     let post_start = plan.hooks.post_start.as_ref().zip(target.as_ref());
+    // A stop asked for while the postStart hook runs: it cuts the hook short (its deadline
+    // bounds everything the container does from then on).
+    let mut stop_first: Option<Command> = None;
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
-        if let Err(e) = actions::run(hook, target, limit).await {
+        let result = tokio::select! {
+            result = actions::run(hook, target, limit) => result,
+            command = commands.recv() => {
+                stop_first = Some(command.unwrap_or(Command::Kill));
+                Ok(String::new())
+            }
+        };
+        if let Err(e) = result {
             // Its postStart has run: the next container may start.
             launched(progress);
             run.events.emit(
@@ -177,6 +200,7 @@ async fn live(
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut probes = target
         .clone()
+        .filter(|_| stop_first.is_none())
         .and_then(|target| probes::start(&plan.probes, target, probe_tx));
     // What makes this container "started" for the ones ordered after it.
     let waits_for_ready = run.launcher.waits_for_ready(member);
@@ -199,7 +223,7 @@ async fn live(
     // Its postStart has run (and its Ready, if any, was said): the next container may start.
     launched(progress);
 
-    let mut deadline: Option<Instant> = None;
+    let mut stop: Option<Stopping> = None;
     let mut killed = false;
     // Asked to stop (Ctrl-C, `wpod stop`, a live change): it stays down, even when a failed
     // probe had already begun stopping it for a restart.
@@ -207,93 +231,141 @@ async fn live(
     // Killed for a failed startup or liveness probe: restarted unless the policy is Never, as
     // the kubelet decides when it kills it (whatever the exit code then).
     let mut unhealthy = false;
-    // The preStop hook while it runs; SIGTERM follows it, and the deadline bounds both.
+    // The preStop hook while it runs; SIGTERM follows it (and the container's turn), and the
+    // deadline bounds both.
     let mut hook: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
     let exit = loop {
-        // A stop begins (a command, or a probe that gave up) with this deadline.
-        let mut stop_by: Option<Instant> = None;
-        tokio::select! {
-            exit = running.exited() => break exit,
-            command = commands.recv() => match command {
-                Some(Command::Stop { deadline: d }) => {
-                    stop_requested = true;
-                    stop_by = Some(d);
+        // What this turn of the loop asks of the stop.
+        let mut step: Option<Step> = stop_first.take().map(Step::Command);
+        if step.is_none() {
+            tokio::select! {
+                exit = running.exited() => break exit,
+                command = commands.recv() => match command {
+                    Some(command) => step = Some(Step::Command(command)),
+                    None => break running.exited().await,
+                },
+                () = async {
+                    if let Some(h) = hook.as_mut() {
+                        h.await;
+                    }
+                }, if hook.is_some() => {
+                    hook = None;
+                    step = Some(Step::HookDone);
                 }
-                None => break running.exited().await,
-            },
-            () = async {
-                if let Some(h) = hook.as_mut() {
-                    h.await;
+                _ = tokio::time::sleep_until(stop.as_ref().map_or_else(far_future, Stopping::alarm)), if stop.is_some() && !killed => {
+                    step = Some(Step::Alarm);
                 }
-            }, if hook.is_some() => {
-                hook = None;
-                if let Some(d) = deadline {
-                    killed |= running.terminate(d);
+                changed = ready_watch.changed(), if waits_for_ready && matches!(*progress.borrow(), Progress::Starting | Progress::Launched) => {
+                    if changed.is_ok() && ready_watch.borrow().contains(name) {
+                        // Said before the next container may start, so the events keep their order.
+                        if !has_readiness_probe {
+                            run.events.emit(Some(name), Event::Ready);
+                        }
+                        mark_started(progress);
+                    }
                 }
+                Some(event) = probe_rx.recv() => match event {
+                    // Already on its way when termination stopped the startup probe.
+                    ProbeEvent::StartupPassed if stop.is_some() => {}
+                    ProbeEvent::StartupPassed => {
+                        // Said before the next container may start, so the events keep their order.
+                        if !has_readiness_probe {
+                            run.events.emit(Some(name), Event::Ready);
+                        }
+                        mark_started(progress);
+                    }
+                    ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
+                    ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
+                    ProbeEvent::Failed { probe, message } => {
+                        // A terminating container's startup and liveness probes are stopped; a
+                        // failure already on its way is no longer news.
+                        if stop.is_none() || probe == "readiness" {
+                            run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message });
+                        }
+                    }
+                    ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
+                        if stop.is_none() {
+                            // Kubernetes kills the container (preStop, then SIGTERM within its
+                            // grace period) and restarts it per its policy.
+                            run.events.emit(Some(name), Event::Unhealthy { message });
+                            unhealthy = true;
+                            step = Some(Step::Unhealthy);
+                        }
+                    }
+                },
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() && !killed => {
-                // The grace period is spent, preStop or not (a shorter `wpod stop -t` cuts a
-                // running hook short too).
-                hook = None;
-                running.kill();
-                killed = true;
-            }
-            changed = ready_watch.changed(), if waits_for_ready && matches!(*progress.borrow(), Progress::Starting | Progress::Launched) => {
-                if changed.is_ok() && ready_watch.borrow().contains(name) {
-                    // Said before the next container may start, so the events keep their order.
-                    if !has_readiness_probe {
-                        run.events.emit(Some(name), Event::Ready);
-                    }
-                    mark_started(progress);
-                }
-            }
-            Some(event) = probe_rx.recv() => match event {
-                // Already on its way when termination stopped the startup probe.
-                ProbeEvent::StartupPassed if deadline.is_some() => {}
-                ProbeEvent::StartupPassed => {
-                    // Said before the next container may start, so the events keep their order.
-                    if !has_readiness_probe {
-                        run.events.emit(Some(name), Event::Ready);
-                    }
-                    mark_started(progress);
-                }
-                ProbeEvent::Ready(true) => run.events.emit(Some(name), Event::Ready),
-                ProbeEvent::Ready(false) => run.events.emit(Some(name), Event::NotReady),
-                ProbeEvent::Failed { probe, message } => {
-                    // A terminating container's startup and liveness probes are stopped; a
-                    // failure already on its way is no longer news.
-                    if deadline.is_none() || probe == "readiness" {
-                        run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message });
-                    }
-                }
-                ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
-                    if deadline.is_none() {
-                        // Kubernetes kills the container (preStop, then SIGTERM within its
-                        // grace period) and restarts it per its policy.
-                        run.events.emit(Some(name), Event::Unhealthy { message });
-                        unhealthy = true;
-                        stop_by = Some(Instant::now() + run.plan.grace_period);
-                    }
-                }
-            },
         }
-        let Some(d) = stop_by else { continue };
-        match deadline {
-            None => {
-                deadline = Some(d);
-                if let Some(p) = probes.as_mut() {
-                    p.stop_liveness();
-                }
-                match (&target, pre_stop_hook(plan)) {
-                    (Some(target), Some(handler)) => {
-                        hook = Some(Box::pin(pre_stop(run, plan, handler, target, d)))
+        let Some(step) = step else { continue };
+        // Where the stop goes from here.
+        let mut term = false;
+        match step {
+            Step::Command(Command::Stop {
+                deadline,
+                wait_turn,
+            }) => {
+                stop_requested = true;
+                match stop.as_mut() {
+                    Some(s) => s.sooner(deadline),
+                    None => {
+                        stop = Some(Stopping::new(deadline, wait_turn));
+                        term = true;
                     }
-                    _ => killed |= running.terminate(d),
                 }
             }
-            // A second Ctrl-C, or a shorter `wpod stop -t`, brings the deadline forward, never
-            // back.
-            Some(old) => deadline = Some(old.min(d)),
+            Step::Unhealthy => {
+                stop = Some(Stopping::new(Instant::now() + run.plan.grace_period, false));
+                term = true;
+            }
+            Step::Command(Command::Turn) => {
+                if let Some(s) = stop.as_mut() {
+                    s.wait_turn = false;
+                    term = true;
+                }
+            }
+            Step::Command(Command::Kill) => {
+                stop_requested = true;
+                hook = None;
+                if !killed {
+                    running.kill();
+                    killed = true;
+                }
+            }
+            Step::HookDone => term = true,
+            Step::Alarm => {
+                // The grace period is spent, preStop or not (a shorter `wpod stop -t` cuts a
+                // running hook short too), or the window after SIGTERM is.
+                hook = None;
+                match stop.as_mut() {
+                    Some(s) if s.kill_at.is_none() => {
+                        s.wait_turn = false;
+                        term = true;
+                    }
+                    _ => {
+                        running.kill();
+                        killed = true;
+                    }
+                }
+            }
+        }
+        let Some(s) = stop.as_mut() else { continue };
+        if !term || killed || s.kill_at.is_some() {
+            continue;
+        }
+        if s.hook_pending {
+            // The first step of a stop: liveness ends, the preStop hook begins.
+            s.hook_pending = false;
+            if let Some(p) = probes.as_mut() {
+                p.stop_liveness();
+            }
+            if let (Some(target), Some(handler)) = (&target, pre_stop_hook(plan)) {
+                hook = Some(Box::pin(pre_stop(run, plan, handler, target, s.deadline)));
+                continue;
+            }
+        }
+        if hook.is_none() && !s.wait_turn {
+            let kill_at = s.deadline.max(Instant::now() + MIN_TERM_WINDOW);
+            s.kill_at = Some(kill_at);
+            killed |= running.terminate(kill_at);
         }
     };
     if killed {
@@ -359,6 +431,56 @@ async fn pre_stop(
                 message: e.message(),
             },
         );
+    }
+}
+
+/// What one turn of a container's loop brings to its stop.
+enum Step {
+    Command(Command),
+    /// A failed startup or liveness probe: the container is stopped to be restarted.
+    Unhealthy,
+    /// The preStop hook ended.
+    HookDone,
+    /// The deadline (before SIGTERM) or the kill time (after it) came.
+    Alarm,
+}
+
+/// A container being stopped.
+struct Stopping {
+    /// The grace period's end: the preStop hook and the wait for the container's turn end
+    /// there at the latest.
+    deadline: Instant,
+    /// Its preStop hook is still to begin.
+    hook_pending: bool,
+    /// SIGTERM waits for [`Command::Turn`] (a native sidecar at pod termination).
+    wait_turn: bool,
+    /// Once SIGTERM (or `stopping`) was sent: when it is killed.
+    kill_at: Option<Instant>,
+}
+
+impl Stopping {
+    fn new(deadline: Instant, wait_turn: bool) -> Self {
+        Stopping {
+            deadline,
+            hook_pending: true,
+            wait_turn,
+            kill_at: None,
+        }
+    }
+
+    /// A later stop with an earlier deadline (a shorter `wpod stop -t`, termination during a
+    /// probe's restart) brings it forward, never back.
+    fn sooner(&mut self, deadline: Instant) {
+        self.deadline = self.deadline.min(deadline);
+        self.kill_at = self
+            .kill_at
+            .map(|k| k.min(deadline.max(Instant::now() + MIN_TERM_WINDOW)));
+    }
+
+    /// When the stop moves on by itself: the kill time once SIGTERM was sent, the deadline
+    /// before.
+    fn alarm(&self) -> Instant {
+        self.kill_at.unwrap_or(self.deadline)
     }
 }
 

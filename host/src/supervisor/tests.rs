@@ -26,12 +26,16 @@ struct Script {
     code: i32,
     /// Ends at once on SIGTERM (143), or ignores it and waits for the kill.
     honours_term: bool,
+    /// Ends cleanly (0) this long after SIGTERM: a process that finishes its work first.
+    /// Overrides `honours_term`.
+    stops_in: Option<Duration>,
 }
 
 const RUNS: Script = Script {
     exits_after: None,
     code: 0,
     honours_term: true,
+    stops_in: None,
 };
 
 fn exits(after_secs: u64, code: i32) -> Script {
@@ -39,6 +43,7 @@ fn exits(after_secs: u64, code: i32) -> Script {
         exits_after: Some(Duration::from_secs(after_secs)),
         code,
         honours_term: true,
+        stops_in: None,
     }
 }
 
@@ -61,7 +66,7 @@ fn note(log: &Log, t0: Instant, what: String) {
 struct FakeWorkload {
     name: String,
     script: Script,
-    ended: watch::Sender<Option<ExitInfo>>,
+    ended: Arc<watch::Sender<Option<ExitInfo>>>,
     log: Log,
     t0: Instant,
 }
@@ -94,7 +99,13 @@ impl Workload for FakeWorkload {
 
     fn terminate(&self, _deadline: Instant) -> bool {
         note(&self.log, self.t0, format!("term {}", self.name));
-        if self.script.honours_term {
+        if let Some(after) = self.script.stops_in {
+            let ended = self.ended.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                ended.send_if_modified(|x| x.is_none() && x.replace(ExitInfo::exited(0)).is_none());
+            });
+        } else if self.script.honours_term {
             self.ended.send_replace(Some(ExitInfo {
                 code: 143,
                 signal: Some(15),
@@ -128,7 +139,7 @@ impl Launcher for FakeLauncher {
         let workload = FakeWorkload {
             name,
             script,
-            ended: watch::channel(None).0,
+            ended: Arc::new(watch::channel(None).0),
             log: self.log.clone(),
             t0: self.t0,
         };
@@ -136,7 +147,12 @@ impl Launcher for FakeLauncher {
     }
 
     fn action_target(&self, _member: &Member, _workload: &dyn Workload) -> Option<ActionTarget> {
-        None
+        // Hooks that `sleep` need no pod: a dialer where the test runs.
+        Some(ActionTarget {
+            dialer: crate::sandbox::namespaces::Dialer::here().expect("a dialer thread"),
+            ports: Vec::new(),
+            exec: None,
+        })
     }
 }
 
@@ -338,18 +354,14 @@ async fn a_stop_request_stops_regular_containers_first_and_kills_at_the_deadline
             (5, "term main".to_string()),
             // It ignored SIGTERM: killed when the grace period ends...
             (35, "kill main".to_string()),
-            // ...and the sidecar is asked to stop only after the main container is gone.
+            // ...and the sidecar is asked to stop only after the main container is gone,
+            // with its own short window though the pod's deadline is past: it ends on SIGTERM.
             (35, "term agent".to_string()),
         ]
     );
-    // The pod has one deadline, now past: the sidecar may be killed as it stops.
-    assert!(
-        log[5..]
-            .iter()
-            .all(|e| *e == (35, "kill agent".to_string())),
-        "{log:?}"
-    );
-    assert_eq!(result.summary[1].exit, Some(ExitInfo::killed()));
+    assert_eq!(log.len(), 5, "{log:?}");
+    let agent = result.summary.iter().find(|r| r.name == "agent").unwrap();
+    assert_eq!(agent.exit.as_ref().map(|x| x.code), Some(143));
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,21 +392,156 @@ async fn a_second_stop_request_kills_at_once() {
             (0, "start agent".to_string()),
             (0, "start main".to_string()),
             (5, "term main".to_string()),
+            // The second request reaches every container, native sidecars too.
             (7, "kill main".to_string()),
-            (7, "term agent".to_string()),
-            (8, "kill agent".to_string()),
+            (7, "kill agent".to_string()),
         ]
     );
     assert_ne!(result.exit_code, 0);
+}
+
+/// Sorted, for events of one instant whose order is the scheduler's.
+fn sorted(mut log: Vec<(u64, String)>) -> Vec<(u64, String)> {
+    log.sort();
+    log
+}
+
+/// KEP-753: at pod termination every preStop hook begins at once (not one sidecar after
+/// another), and a native sidecar gets SIGTERM once the regular containers and the sidecars
+/// started after it have ended, and its hook has run.
+#[tokio::test(start_paused = true)]
+async fn pre_stop_hooks_begin_together_and_sidecars_stop_in_reverse_after_main() {
+    let p = pod(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooks}
+spec:
+  terminationGracePeriodSeconds: 30
+  initContainers:
+  - {name: agent, command: [agent], restartPolicy: Always, lifecycle: {preStop: {sleep: {seconds: 4}}}}
+  - {name: proxy, command: [proxy], restartPolicy: Always, lifecycle: {preStop: {sleep: {seconds: 1}}}}
+  containers:
+  - {name: main, command: [main], lifecycle: {preStop: {sleep: {seconds: 2}}}}
+"#,
+        &[
+            ("agent", vec![RUNS]),
+            ("proxy", vec![RUNS]),
+            ("main", vec![RUNS]),
+        ],
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tx.send("interrupted").unwrap();
+        tx
+    });
+    p.supervisor.run_until(Stops(rx)).await;
+    drop(stop);
+    assert_eq!(
+        entries(&p.log)[3..],
+        [
+            // main's hook (2 s) ran from 5.
+            (7, "term main".to_string()),
+            // proxy's hook (1 s) ended at 6; its turn came when main ended.
+            (7, "term proxy".to_string()),
+            // agent's hook (4 s) began at 5 too, so it ends at 9, after its turn came at 7.
+            (9, "term agent".to_string()),
+        ]
+    );
+}
+
+/// KEP-753: when the grace period is spent, each remaining sidecar still gets SIGTERM and
+/// two seconds before the kill, so one that stops within a second ends 0, not 137.
+#[tokio::test(start_paused = true)]
+async fn sidecars_get_sigterm_and_two_seconds_after_the_grace_period() {
+    let stubborn = Script {
+        honours_term: false,
+        ..RUNS
+    };
+    let quick = Script {
+        stops_in: Some(Duration::from_secs(1)),
+        ..RUNS
+    };
+    let p = pod(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: late}
+spec:
+  terminationGracePeriodSeconds: 4
+  initContainers:
+  - {name: agent, command: [agent], restartPolicy: Always}
+  - {name: proxy, command: [proxy], restartPolicy: Always}
+  containers:
+  - {name: main, command: [main]}
+"#,
+        &[
+            ("agent", vec![quick]),
+            ("proxy", vec![quick]),
+            ("main", vec![stubborn]),
+        ],
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tx.send("interrupted").unwrap();
+        tx
+    });
+    let result = p.supervisor.run_until(Stops(rx)).await;
+    drop(stop);
+    assert_eq!(
+        sorted(entries(&p.log)[3..].to_vec()),
+        [
+            (5, "term main".to_string()),
+            (9, "kill main".to_string()),
+            // The deadline ends every wait for a turn: both get SIGTERM then.
+            (9, "term agent".to_string()),
+            (9, "term proxy".to_string()),
+        ]
+    );
+    for sidecar in ["agent", "proxy"] {
+        let row = result.summary.iter().find(|r| r.name == sidecar).unwrap();
+        assert_eq!(row.exit, Some(ExitInfo::exited(0)), "{sidecar}");
+    }
+}
+
+/// A stop while a postStart hook runs cuts it short: the container stops within its grace
+/// period instead of after the hook.
+#[tokio::test(start_paused = true)]
+async fn a_stop_cuts_a_running_post_start_hook_short() {
+    let p = pod(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow-start}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - {name: main, command: [main], lifecycle: {postStart: {sleep: {seconds: 20}}}}
+"#,
+        &[("main", vec![RUNS])],
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tx.send("interrupted").unwrap();
+        tx
+    });
+    p.supervisor.run_until(Stops(rx)).await;
+    drop(stop);
+    assert_eq!(
+        entries(&p.log),
+        [(0, "start main".to_string()), (3, "term main".to_string())]
+    );
 }
 
 /// Containers the fake launcher starts that ignore SIGTERM until the kill: what a replaced
 /// sidecar's grace period looks like.
 fn stubborn() -> Script {
     Script {
-        exits_after: None,
-        code: 0,
         honours_term: false,
+        ..RUNS
     }
 }
 
@@ -416,7 +563,9 @@ spec:
         &[
             ("agent", vec![RUNS]),
             ("main", vec![RUNS]),
-            ("side", vec![stubborn()]),
+            // The first `side` ignores SIGTERM (its replacement waits for the kill); the second
+            // stops on it.
+            ("side", vec![stubborn(), RUNS]),
             ("extra", vec![RUNS]),
         ],
     );
@@ -460,12 +609,7 @@ spec:
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop_tx.send("interrupted").unwrap();
     let result = pod.await.unwrap();
-    // (Whether `extra` and `agent` are also killed at 10 s, their deadline, depends on which of
-    // two ready branches tokio polls first: only their order is asserted.)
-    let log: Vec<(u64, String)> = entries(&p.log)
-        .into_iter()
-        .filter(|(t, w)| !(*t == 10 && (w == "kill extra" || w == "kill agent")))
-        .collect();
+    let log = entries(&p.log);
     assert_eq!(
         log,
         [
@@ -479,10 +623,10 @@ spec:
             (5, "start extra".to_string()),
             (6, "term main".to_string()),
             (6, "term side".to_string()),
-            (10, "kill side".to_string()),
-            // One deadline for the whole pod; `extra`, started after `agent`, stops first.
-            (10, "term extra".to_string()),
-            (10, "term agent".to_string()),
+            // Once the regular containers have ended, `extra`, started after `agent`, stops
+            // first.
+            (6, "term extra".to_string()),
+            (6, "term agent".to_string()),
         ]
     );
     assert!(result.summary.iter().any(|r| r.name == "extra"));
