@@ -81,6 +81,8 @@ pub struct Sidecar<'a> {
     /// Field path of the container, e.g. `spec.containers[1]`.
     pub path: &'a str,
     pub container: &'a Container,
+    /// What the downward API reads of the host.
+    pub host: &'a crate::spec::env::HostFacts<'a>,
 }
 
 impl Sidecar<'_> {
@@ -115,6 +117,8 @@ pub struct InstanceSetup<'a> {
     pub network: &'a Arc<net::PodNet>,
     /// Where refusals (and, under `--audit`, uses) are reported.
     pub reports: &'a Arc<report::Reporter>,
+    /// The sandbox's values of the downward API (the pod's IP): filled into argv and env.
+    pub facts: &'a crate::spec::env::RuntimeFacts,
 }
 
 /// A capability could not be set up for an instance.

@@ -94,20 +94,29 @@ impl Capability for Wasi {
     ];
 
     /// argv: `command` + `args`; with no `command`, the container's name stands as argv[0].
-    fn resolve(sidecar: &Sidecar<'_>, _diags: &mut Vec<Diagnostic>) -> WasiGrant {
+    /// The environment and the command line are the kubelet's (`envFrom`, `valueFrom`,
+    /// `$(VAR)`), as for a native container.
+    fn resolve(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) -> WasiGrant {
         let c = sidecar.container;
-        let head = if c.command.is_empty() {
+        let own = match crate::spec::env::resolve(sidecar.pod, c, sidecar.host) {
+            Ok(own) => own,
+            Err(problems) => {
+                diags.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| sidecar.diag(&p.field, p.message)),
+                );
+                Default::default()
+            }
+        };
+        let head = if own.command.is_empty() {
             vec![c.name.clone()]
         } else {
-            c.command.clone()
+            own.command
         };
         WasiGrant {
-            argv: head.into_iter().chain(c.args.iter().cloned()).collect(),
-            env: c
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect(),
+            argv: head.into_iter().chain(own.args).collect(),
+            env: own.env,
         }
     }
 
@@ -135,9 +144,10 @@ impl Capability for Wasi {
     }
 
     fn prepare(grant: &WasiGrant, setup: &mut InstanceSetup<'_>) -> Result<(), GrantError> {
-        setup.wasi.args(&grant.argv);
+        let argv: Vec<String> = grant.argv.iter().map(|a| setup.facts.fill(a)).collect();
+        setup.wasi.args(&argv);
         for (k, v) in &grant.env {
-            setup.wasi.env(k, v);
+            setup.wasi.env(k, setup.facts.fill(v));
         }
         let output = |stream| LogOutput {
             logs: setup.logs.clone(),

@@ -268,6 +268,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         max_handles: plan.settings.sidecar_max_handles,
         network: sandbox.pod_net.clone(),
         reports: wpod::grants::report::Reporter::discard(),
+        facts: sandbox.facts.clone(),
     };
 
     let mut timings = Vec::new();

@@ -287,6 +287,9 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
         match wpod::plan::load(file) {
             Ok(plans) => {
                 for p in &plans {
+                    for note in &p.ignored {
+                        eprintln!("{}", market::safe(&format!("warning: {note}")));
+                    }
                     let line = format!(
                         "{}: pod \"{}\" is valid ({} containers)",
                         file.display(),

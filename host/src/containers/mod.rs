@@ -157,8 +157,12 @@ fn launch_spec(
     Ok(LaunchSpec {
         pod: sandbox.pod.clone(),
         container: name.to_string(),
-        argv: process.argv.clone(),
-        env: process.env.clone(),
+        argv: process.argv.iter().map(|a| sandbox.facts.fill(a)).collect(),
+        env: process
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), sandbox.facts.fill(v)))
+            .collect(),
         cwd: process.cwd.clone(),
         namespaces: sandbox.namespaces.paths(),
         rootfs: RootfsSpec {

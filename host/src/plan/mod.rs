@@ -135,6 +135,9 @@ pub struct PodPlan {
     pub share_process_namespace: bool,
     /// The pod's volumes, checked (each supported type; hostPaths allowed by policy).
     pub volumes: Vec<Volume>,
+    /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
+    /// validate` prints them, `wpod run` says them as warnings.
+    pub ignored: Vec<Diagnostic>,
 }
 
 /// How a pod reaches the network.
@@ -264,14 +267,14 @@ impl PodPlan {
         images: &[Option<crate::oci::pull::StoredImage>],
     ) -> Result<PodPlan, Diagnostics> {
         let mut plan = self.clone();
-        let hostname = self.pod.hostname().to_string();
+        let host = HostInfo::here();
         let mut diags = Vec::new();
         for (i, c) in plan.containers.iter_mut().enumerate() {
             if c.image.is_wasm() {
                 continue;
             }
             let image = images.get(i).and_then(Option::as_ref);
-            match native::process(c, &hostname, image) {
+            match native::process(c, &self.pod, &host.facts(), image) {
                 Ok(process) => c.process = Some(process),
                 Err((field, message)) => diags.push(self.pod.source.diag(field, message)),
             }
@@ -283,9 +286,40 @@ impl PodPlan {
     }
 }
 
+/// What the downward API reads of this host: its name, and its capacity (a `resourceFieldRef`
+/// to a limit that is not set gives it).
+struct HostInfo {
+    node_name: String,
+    capacity: fit::Capacity,
+}
+
+impl HostInfo {
+    fn here() -> Self {
+        HostInfo {
+            node_name: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+            capacity: fit::Capacity::here().unwrap_or(fit::Capacity {
+                memory_bytes: 0,
+                cpu_millis: 1000,
+            }),
+        }
+    }
+
+    fn facts(&self) -> crate::spec::env::HostFacts<'_> {
+        crate::spec::env::HostFacts {
+            node_name: &self.node_name,
+            cpu_millis: self.capacity.cpu_millis,
+            memory_bytes: self.capacity.memory_bytes,
+        }
+    }
+}
+
 /// `plan`, with the images of some containers (by path) already decided.
 fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
+    let host = HostInfo::here();
     let mut containers = Vec::new();
     for (path, role, c) in pod.containers_in_order() {
         let resolved = match decided.get(&path) {
@@ -305,6 +339,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     pod,
                     path: &path,
                     container: c,
+                    host: &host.facts(),
                 };
                 check_wasm_container(&sidecar, &mut diags);
                 let grants = Grants::resolve(&sidecar, &mut diags);
@@ -313,6 +348,15 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
             }
             _ => {
                 check_native_container(pod, &path, c, &image, &mut diags);
+                // Its environment is made again with its image's once pulled; what the file
+                // gets wrong is said now.
+                if let Err(problems) = crate::spec::env::resolve(pod, c, &host.facts()) {
+                    diags.extend(
+                        problems
+                            .into_iter()
+                            .map(|p| pod.source.diag(format!("{path}.{}", p.field), p.message)),
+                    );
+                }
                 None
             }
         };
@@ -385,6 +429,12 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
                 volumes: pod.spec.volumes.clone(),
+                ignored: pod
+                    .spec
+                    .ignored
+                    .iter()
+                    .map(|i| pod.source.diag(&i.path, format!("ignored: {}", i.why)))
+                    .collect(),
                 pod: pod.clone(),
             })
         }

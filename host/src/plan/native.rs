@@ -11,13 +11,18 @@ use oci_spec::runtime::LinuxSeccomp;
 
 use super::{ContainerPlan, Image};
 use crate::oci::pull::StoredImage;
-use crate::spec::{Capabilities, Capability as Cap, SeccompProfile};
+use crate::spec::env::{EnvProblem, HostFacts};
+use crate::spec::{Capabilities, Capability as Cap, Pod, SeccompProfile};
 
 /// A native container's process, as the shim starts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NativeProcess {
+    /// `$(VAR)` references expanded; downward API values known only once the sandbox exists
+    /// (the pod's IP) are markers the container runtime fills in
+    /// ([`crate::spec::env::RuntimeFacts::fill`]).
     pub argv: Vec<String>,
-    /// The runtime's defaults, the image's `Env` over them, the Pod's over all.
+    /// The runtime's defaults, the image's `Env` over them, the Pod's over all (markers as in
+    /// `argv`).
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub uid: u32,
@@ -110,10 +115,12 @@ pub type Refusal = (String, String);
 /// Plans `c`'s process on `image` (its pulled image, for a registry image).
 pub fn process(
     c: &ContainerPlan,
-    hostname: &str,
+    pod: &Pod,
+    host: &HostFacts<'_>,
     image: Option<&StoredImage>,
 ) -> Result<NativeProcess, Refusal> {
     let spec = &c.spec;
+    let hostname = pod.hostname();
     let lowers = match (&c.image, image) {
         (Image::Host, _) => vec![PathBuf::from("/")],
         (Image::Rootfs(dir), _) => vec![dir.clone()],
@@ -132,16 +139,20 @@ pub fn process(
         }
     };
     let sc = spec.security_context.clone().unwrap_or_default();
-    let pod_env: Vec<(String, String)> = spec
-        .env
-        .iter()
-        .map(|e| (e.name.clone(), e.value.clone()))
-        .collect();
+    // The Pod's variables and command line as the kubelet makes them (checked when the pod
+    // was first planned, so the first problem stands for all).
+    let own = crate::spec::env::resolve(pod, spec, host).map_err(|problems| {
+        let p = problems.into_iter().next().unwrap_or(EnvProblem {
+            field: "env".into(),
+            message: "cannot be made".into(),
+        });
+        (format!("{}.{}", c.path, p.field), p.message)
+    })?;
     let image_process = image.map(|i| &i.process);
     let mut env = base_env(hostname);
     let layered = crate::oci::process::env(
         image_process.map(|p| p.env.as_slice()).unwrap_or_default(),
-        &pod_env,
+        &own.env,
     );
     for (k, v) in layered {
         match env.iter_mut().find(|(name, _)| *name == k) {
@@ -151,7 +162,7 @@ pub fn process(
     }
     let (argv, cwd) = match image_process {
         Some(p) => (
-            crate::oci::process::argv(&spec.command, &spec.args, p)
+            crate::oci::process::argv(&own.command, &own.args, p)
                 .map_err(|e| (format!("{}.command", c.path), e.to_string()))?,
             Some(crate::oci::process::working_dir(
                 spec.working_dir.as_deref(),
@@ -159,7 +170,7 @@ pub fn process(
             )),
         ),
         None => (
-            spec.command.iter().chain(&spec.args).cloned().collect(),
+            own.command.iter().chain(&own.args).cloned().collect(),
             spec.working_dir.clone(),
         ),
     };

@@ -78,6 +78,9 @@ pub struct PodSandbox {
     pub pod_net: std::sync::Arc<crate::grants::net::PodNet>,
     /// Volumes native containers mount `nosymfollow` (a Wasm sidecar writes to them).
     pub nosymfollow_volumes: std::collections::BTreeSet<String>,
+    /// The downward API's values that exist once the sandbox does: the pod's IP, the host's,
+    /// the pod's UID.
+    pub facts: std::sync::Arc<crate::spec::env::RuntimeFacts>,
     /// Things the host could not do as asked (e.g. a limit without a controller), said once.
     pub warnings: Vec<String>,
 }
@@ -138,6 +141,7 @@ impl PodSandbox {
             state,
             etc_files: etc.files,
             pod_net: std::sync::Arc::new(etc.net),
+            facts: std::sync::Arc::new(runtime_facts(plan.network, ip)),
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
@@ -167,5 +171,47 @@ impl PodSandbox {
 
     pub fn log_dir(&self) -> PathBuf {
         self.state.logs.clone()
+    }
+}
+
+/// The pod's IP (CNI's address; its loopback for a pod off the network; the host's on the
+/// host's network), the host's (its first address that is not a loopback one, as a node's
+/// InternalIP), and a new UID (a random UUID, as the API server gives a pod).
+fn runtime_facts(
+    network: crate::plan::Network,
+    ip: Option<std::net::IpAddr>,
+) -> crate::spec::env::RuntimeFacts {
+    let host_ip = nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                let ip = a.address?.as_sockaddr_in()?.ip();
+                (!ip.is_loopback()).then(|| ip.to_string())
+            })
+        })
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let pod_ip = match (network, ip) {
+        (_, Some(ip)) => ip.to_string(),
+        (crate::plan::Network::Host, None) => host_ip.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    // Version 4, variant 1 (RFC 9562).
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    crate::spec::env::RuntimeFacts {
+        pod_ip,
+        host_ip,
+        uid,
     }
 }

@@ -317,6 +317,8 @@ pub struct PodContext<'a> {
     pub network: Arc<grants::net::PodNet>,
     /// Where refusals and audited uses go.
     pub reports: Arc<grants::report::Reporter>,
+    /// The downward API's values the sandbox knows (the pod's IP).
+    pub facts: Arc<crate::spec::env::RuntimeFacts>,
 }
 
 /// A running sidecar.
@@ -343,6 +345,7 @@ impl WasmSidecar {
             stopping: stopping_rx,
             network: &ctx.network,
             reports: &ctx.reports,
+            facts: &ctx.facts,
         };
         let grants = prepared
             .grants

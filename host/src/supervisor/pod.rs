@@ -133,8 +133,13 @@ impl Pod {
                 ip: sandbox.pod_net.ips.first().map(|ip| ip.to_string()),
             },
         );
-        for w in &sandbox.warnings {
-            events.emit(None, Event::Warning { message: w.clone() });
+        for w in plan
+            .ignored
+            .iter()
+            .map(ToString::to_string)
+            .chain(sandbox.warnings.iter().cloned())
+        {
+            events.emit(None, Event::Warning { message: w });
         }
         let logs = Logs::new(sandbox.log_dir(), options.format, (&plan.settings).into());
         let plan = Arc::new(plan);

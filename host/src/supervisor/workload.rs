@@ -191,6 +191,7 @@ impl Launcher for PodLauncher {
                         max_handles: self.plan.settings.sidecar_max_handles,
                         network: self.sandbox.pod_net.clone(),
                         reports: self.reports.clone(),
+                        facts: self.sandbox.facts.clone(),
                     };
                     Ok(Box::new(WasmSidecar::start(prepared, &ctx)?) as Box<dyn Workload>)
                 }

@@ -19,6 +19,7 @@ pub struct Container {
     pub args: Vec<String>,
     pub working_dir: Option<String>,
     pub env: Vec<EnvVar>,
+    pub env_from: Vec<EnvFromSource>,
     pub ports: Vec<ContainerPort>,
     pub volume_mounts: Vec<VolumeMount>,
     pub resources: Resources,
@@ -35,7 +36,6 @@ impl Decode for Container {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
             f.unsupported(&[
-                "envFrom",
                 "resizePolicy",
                 "restartPolicyRules",
                 "stdin",
@@ -53,6 +53,7 @@ impl Decode for Container {
                 args: f.list("args"),
                 working_dir: f.opt("workingDir"),
                 env: f.list("env"),
+                env_from: f.list("envFrom"),
                 ports: f.list("ports"),
                 volume_mounts: f.list("volumeMounts"),
                 resources: f.opt("resources").unwrap_or_default(),
@@ -70,17 +71,248 @@ impl Decode for Container {
 #[derive(Clone, Debug, Serialize)]
 pub struct EnvVar {
     pub name: String,
-    pub value: String,
+    /// `value` (with `$(VAR)` references), or where `valueFrom` takes it.
+    pub value: EnvValue,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvValue {
+    Text(String),
+    /// `fieldRef.fieldPath`: `metadata.name`, `metadata.labels['k']`, `status.podIP`...
+    Field(String),
+    /// `resourceFieldRef`: a container's limit or request, in units of `divisor`.
+    Resource(ResourceFieldRef),
+    ConfigMapKey(KeyRef),
+    SecretKey(KeyRef),
+}
+
+/// A key of a ConfigMap or Secret (`configMapKeyRef`, `secretKeyRef`).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRef {
+    pub name: String,
+    pub key: String,
+    /// Absent object or key: the variable is left out instead of failing the pod.
+    pub optional: bool,
+}
+
+/// `resourceFieldRef`: `limits.cpu`, `limits.memory`, `requests.cpu`, `requests.memory`
+/// (and `limits.ephemeral-storage`, `requests.ephemeral-storage`) of a container.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldRef {
+    /// Required in a downwardAPI volume; in `env`, the container itself when absent.
+    pub container_name: Option<String>,
+    pub resource: String,
+    /// The unit: `1` by default (cores, bytes), `1m`, `1Mi`...
+    pub divisor: Option<String>,
 }
 
 impl Decode for EnvVar {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
-        d.object(node, path, |f| {
-            f.unsupported(&["valueFrom"]);
-            EnvVar {
-                name: f.req("name").unwrap_or_default(),
-                value: f.opt("value").unwrap_or_default(),
+        let loc = loc_of(node);
+        let (name, value, from) = d.object(node, path, |f| {
+            let name: String = f.req("name").unwrap_or_default();
+            let value: Option<String> = f.opt("value");
+            let from: Option<EnvVarSource> = f.opt("valueFrom");
+            (name, value, from)
+        })?;
+        let value = match (value, from) {
+            (Some(_), Some(_)) => {
+                d.error_at(loc, path, "has both value and valueFrom; give one of them");
+                return None;
             }
+            (Some(text), None) => EnvValue::Text(text),
+            (None, Some(EnvVarSource(v))) => v,
+            // Kubernetes: a variable without a value is set to the empty string.
+            (None, None) => EnvValue::Text(String::new()),
+        };
+        Some(EnvVar { name, value })
+    }
+}
+
+/// `valueFrom`: exactly one of its sources.
+struct EnvVarSource(EnvValue);
+
+impl Decode for EnvVarSource {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        const SOURCES: [&str; 4] = [
+            "fieldRef",
+            "resourceFieldRef",
+            "configMapKeyRef",
+            "secretKeyRef",
+        ];
+        d.object(node, path, |f| {
+            f.unsupported(&["fileKeyRef"]);
+            if SOURCES.iter().filter(|s| f.has(s)).count() != 1 {
+                let loc = f.d.map.locate(path);
+                f.d.error_at(
+                    loc,
+                    path,
+                    "give exactly one of fieldRef, resourceFieldRef, configMapKeyRef or secretKeyRef",
+                );
+                f.skip_rest();
+                return None;
+            }
+            // One of them: a problem inside it is its own.
+            if let Some(FieldRef(p)) = f.opt("fieldRef") {
+                return Some(EnvValue::Field(p));
+            }
+            if let Some(r) = f.opt("resourceFieldRef") {
+                return Some(EnvValue::Resource(r));
+            }
+            if let Some(r) = f.opt("configMapKeyRef") {
+                return Some(EnvValue::ConfigMapKey(r));
+            }
+            f.opt("secretKeyRef").map(EnvValue::SecretKey)
+        })?
+        .map(EnvVarSource)
+    }
+}
+
+/// The downward API fields a container's environment may read (Kubernetes' list).
+pub const ENV_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels['KEY']",
+    "metadata.annotations['KEY']",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+];
+
+/// `fieldRef`: its `fieldPath`, checked against [`ENV_FIELDS`].
+pub struct FieldRef(pub String);
+
+impl Decode for FieldRef {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let field_path = format!("{path}.fieldPath");
+        let p = d.object(node, path, |f| {
+            let _: Option<String> = f.opt("apiVersion");
+            f.req::<String>("fieldPath")
+        })??;
+        let keyed = |prefix: &str| {
+            p.strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix("['"))
+                .and_then(|r| r.strip_suffix("']"))
+                .is_some_and(|k| !k.is_empty())
+        };
+        let known = ENV_FIELDS.iter().any(|f| !f.contains('[') && *f == p)
+            || keyed("metadata.labels")
+            || keyed("metadata.annotations")
+            || p == "metadata.labels"
+            || p == "metadata.annotations";
+        if !known {
+            let loc = d.map.locate(&field_path);
+            d.error_at(
+                loc,
+                &field_path,
+                format!(
+                    "\"{p}\" is not a field the downward API gives; use one of {}",
+                    ENV_FIELDS.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(FieldRef(p))
+    }
+}
+
+impl Decode for ResourceFieldRef {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let resource_path = format!("{path}.resource");
+        let r = d.object(node, path, |f| ResourceFieldRef {
+            container_name: f.opt("containerName"),
+            resource: f.req("resource").unwrap_or_default(),
+            // A quantity written as a number (`divisor: 1`) is its text.
+            divisor: f.opt::<super::decode::Quantity>("divisor").map(|q| q.0),
+        })?;
+        const RESOURCES: &[&str] = &[
+            "limits.cpu",
+            "limits.memory",
+            "limits.ephemeral-storage",
+            "requests.cpu",
+            "requests.memory",
+            "requests.ephemeral-storage",
+        ];
+        if !RESOURCES.contains(&r.resource.as_str()) {
+            let loc = d.map.locate(&resource_path);
+            d.error_at(
+                loc,
+                &resource_path,
+                format!(
+                    "\"{}\" is not a resource; use one of {}",
+                    r.resource,
+                    RESOURCES.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(r)
+    }
+}
+
+impl Decode for KeyRef {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| KeyRef {
+            name: f.req("name").unwrap_or_default(),
+            key: f.req("key").unwrap_or_default(),
+            optional: f.opt("optional").unwrap_or(false),
+        })
+    }
+}
+
+/// `envFrom`: every key of a ConfigMap or Secret as a variable, after `prefix`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvFromSource {
+    pub prefix: String,
+    /// `true`: a Secret; `false`: a ConfigMap.
+    pub secret: bool,
+    pub name: String,
+    pub optional: bool,
+}
+
+impl Decode for EnvFromSource {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let loc = loc_of(node);
+        let (prefix, cm, secret) = d.object(node, path, |f| {
+            let prefix: Option<String> = f.opt("prefix");
+            let cm: Option<ObjectRef> = f.opt("configMapRef");
+            let secret: Option<ObjectRef> = f.opt("secretRef");
+            (prefix.unwrap_or_default(), cm, secret)
+        })?;
+        let (r, is_secret) = match (cm, secret) {
+            (Some(r), None) => (r, false),
+            (None, Some(r)) => (r, true),
+            _ => {
+                d.error_at(loc, path, "give exactly one of configMapRef or secretRef");
+                return None;
+            }
+        };
+        Some(EnvFromSource {
+            prefix,
+            secret: is_secret,
+            name: r.name,
+            optional: r.optional,
+        })
+    }
+}
+
+/// `configMapRef`/`secretRef` of `envFrom`.
+struct ObjectRef {
+    name: String,
+    optional: bool,
+}
+
+impl Decode for ObjectRef {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ObjectRef {
+            name: f.req("name").unwrap_or_default(),
+            optional: f.opt("optional").unwrap_or(false),
         })
     }
 }

@@ -166,6 +166,21 @@ impl Fields<'_, '_> {
         self.opt::<Vec<T>>(name).unwrap_or_default()
     }
 
+    /// Accepts field `name` whatever its value, which wpod does not use; whether it is
+    /// present.
+    pub fn ignore(&mut self, name: &'static str) -> bool {
+        self.known.push(name);
+        let path = self.child(name);
+        let Some(entry) = self.entries.iter_mut().find(|e| e.key == name) else {
+            return false;
+        };
+        entry.used = true;
+        // Said at the field's name: its value is not read.
+        let loc = entry.key_loc;
+        self.d.map.record(&path, loc);
+        true
+    }
+
     /// Accepts whatever fields are left unread (a document wpod will not run anyway).
     pub fn skip_rest(&mut self) {
         self.entries.iter_mut().for_each(|e| e.used = true);
@@ -357,6 +372,28 @@ impl Decode for BTreeMap<String, String> {
             }
         }
         Some(out)
+    }
+}
+
+/// A quantity as written, a string or a number (`divisor: 1`), as its text.
+pub struct Quantity(pub String);
+
+impl Decode for Quantity {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        match (&node.data, scalar_string(node)) {
+            (YamlData::Value(_), Some(text)) => Some(Quantity(text)),
+            _ => {
+                d.error_at(
+                    loc_of(node),
+                    path,
+                    format!(
+                        "expected a quantity such as \"1Mi\" or \"500m\", found {}",
+                        kind_of(node)
+                    ),
+                );
+                None
+            }
+        }
     }
 }
 

@@ -7,12 +7,15 @@ mod container;
 mod decode;
 mod diag;
 mod enums;
+pub mod env;
 mod names;
+pub mod objects;
 mod pod;
 pub mod quantity;
 mod validate;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
@@ -29,9 +32,11 @@ pub use enums::{
     StorageMedium, CAPABILITIES,
 };
 pub use names::PodName;
+pub use objects::{Claim, ConfigMap, Objects, Secret};
 pub use pod::{
-    Annotations, EmptyDir, HostAlias, HostPath, ObjectMeta, Pod, PodDnsConfig, PodDnsOption,
-    PodSpec, Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION, OUTBOUND_PREFIX,
+    Annotations, EmptyDir, HostAlias, HostPath, Ignored, ObjectMeta, Pod, PodDnsConfig,
+    PodDnsOption, PodSpec, Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION,
+    OUTBOUND_PREFIX,
 };
 
 use decode::{loc_of, Decoder};
@@ -94,15 +99,25 @@ pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
         }
     };
     let mut pods = Vec::new();
+    let mut objects = Objects::default();
     let mut diags = Vec::new();
     let is_empty = |d: &MarkedYaml| matches!(d.data, YamlData::Value(Scalar::Null));
     for doc in docs.iter().filter(|d| !is_empty(d)) {
         let mut d = Decoder::new(SourceMap::new(path, loc_of(doc)));
-        if let Some(pod) = decode_document(&mut d, doc) {
-            validate::check(&pod, &mut d.diags);
-            pods.push(pod);
+        match decode_document(&mut d, doc) {
+            Some(Document::Pod(pod)) => {
+                validate::check(&pod, &mut d.diags);
+                pods.push(*pod);
+            }
+            Some(Document::Object(object)) => objects.add(object, &mut d),
+            None => {}
         }
         diags.append(&mut d.diags);
+    }
+    // Every pod of the file sees the file's objects (a ConfigMap may serve several pods).
+    let objects = Arc::new(objects);
+    for pod in &mut pods {
+        pod.objects = objects.clone();
     }
     if docs.iter().all(is_empty) {
         diags.push(Diagnostic {
@@ -161,19 +176,29 @@ pub fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
     diags.dedup();
 }
 
-/// Decodes one YAML document; only `apiVersion: v1`, `kind: Pod` is a pod.
-fn decode_document(d: &mut Decoder, doc: &MarkedYaml) -> Option<Pod> {
-    let pod = d.object(doc, "", |f| {
+/// One document of a manifest file.
+enum Document {
+    Pod(Box<Pod>),
+    Object(objects::Object),
+}
+
+/// Decodes one YAML document: a `v1` Pod, or an object pods refer to ([`objects::KINDS`]).
+fn decode_document(d: &mut Decoder, doc: &MarkedYaml) -> Option<Document> {
+    let decoded = d.object(doc, "", |f| {
         f.unsupported(&["status"]);
         let api_version: Option<String> = f.req("apiVersion");
         let kind: Option<String> = f.req("kind");
-        if kind.as_deref().is_some_and(|k| k != "Pod") {
-            let k = kind.unwrap_or_default();
+        let kind = kind.unwrap_or_default();
+        if kind != "Pod" && !objects::KINDS.contains(&kind.as_str()) {
             let loc = f.d.map.locate("kind");
             f.d.error_at(
                 loc,
                 "kind",
-                format!("kind \"{k}\" is not supported: wpod runs `kind: Pod` documents only"),
+                format!(
+                    "kind \"{kind}\" is not supported: wpod runs `kind: Pod` documents, with the \
+                     {} they use",
+                    objects::KINDS.join(", ")
+                ),
             );
             f.skip_rest();
             return None;
@@ -183,18 +208,25 @@ fn decode_document(d: &mut Decoder, doc: &MarkedYaml) -> Option<Pod> {
             f.d.error_at(
                 loc,
                 "apiVersion",
-                format!("\"{v}\" is not a Pod API version; write apiVersion: v1"),
+                format!("\"{v}\" is not the API version of a {kind}; write apiVersion: v1"),
             );
+        }
+        if kind != "Pod" {
+            return objects::decode(f, &kind).map(Err);
         }
         let metadata = f.req("metadata");
         let spec = f.req("spec");
-        Some((metadata?, spec?))
+        Some(Ok((metadata?, spec?)))
     })??;
-    Some(Pod {
-        metadata: pod.0,
-        spec: pod.1,
-        source: d.map.clone(),
-    })
+    match decoded {
+        Ok((metadata, spec)) => Some(Document::Pod(Box::new(Pod {
+            metadata,
+            spec,
+            source: d.map.clone(),
+            objects: Arc::default(),
+        }))),
+        Err(object) => Some(Document::Object(object)),
+    }
 }
 
 impl Pod {

@@ -168,6 +168,9 @@ pub struct Pod {
     pub spec: PodSpec,
     #[serde(skip)]
     pub source: SourceMap,
+    /// The ConfigMaps, Secrets and PersistentVolumeClaims of the pod's file.
+    #[serde(skip)]
+    pub objects: std::sync::Arc<super::objects::Objects>,
 }
 
 impl Pod {
@@ -240,6 +243,12 @@ impl Decode for ObjectMeta {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// `serviceAccountName` (or the deprecated `serviceAccount`): given to the downward API;
+    /// a host has no API server to authenticate to, so no token is mounted.
+    pub service_account_name: Option<String>,
+    /// Fields that mean nothing on one host, present in the manifest: reported once as
+    /// ignored (as `podman kube play` tolerates them).
+    pub ignored: Vec<Ignored>,
     pub containers: Vec<Container>,
     pub init_containers: Vec<Container>,
     pub volumes: Vec<Volume>,
@@ -254,6 +263,43 @@ pub struct PodSpec {
     pub dns_config: Option<PodDnsConfig>,
     pub host_aliases: Vec<HostAlias>,
 }
+
+/// A field of the manifest wpod accepts and ignores, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ignored {
+    pub path: String,
+    pub why: &'static str,
+}
+
+/// Scheduling fields: on one host there is no node to choose.
+const IGNORED_ON_ONE_HOST: &[(&str, &str)] = &[
+    ("affinity", "there is one host: no node to choose"),
+    ("nodeSelector", "there is one host: no node to choose"),
+    ("nodeName", "the pod runs on this host"),
+    ("tolerations", "a host has no taints to tolerate"),
+    (
+        "topologySpreadConstraints",
+        "there is one host: nothing to spread across",
+    ),
+    ("schedulerName", "wpod places the pod itself, on this host"),
+    ("schedulingGates", "wpod places the pod at once"),
+    (
+        "priorityClassName",
+        "there is no scheduler queue or preemption on one host",
+    ),
+    (
+        "priority",
+        "there is no scheduler queue or preemption on one host",
+    ),
+    (
+        "preemptionPolicy",
+        "there is no scheduler queue or preemption on one host",
+    ),
+    (
+        "automountServiceAccountToken",
+        "there is no API server, so no token is mounted",
+    ),
+];
 
 /// `spec.dnsConfig`: added to (or, with `dnsPolicy: None`, making) the pod's resolv.conf.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -311,8 +357,6 @@ impl Decode for PodSpec {
         d.object(node, path, |f| {
             f.unsupported(&[
                 "activeDeadlineSeconds",
-                "affinity",
-                "automountServiceAccountToken",
                 "enableServiceLinks",
                 "ephemeralContainers",
                 "hostIPC",
@@ -320,28 +364,31 @@ impl Decode for PodSpec {
                 "hostUsers",
                 "hostnameOverride",
                 "imagePullSecrets",
-                "nodeName",
-                "nodeSelector",
                 "os",
                 "overhead",
-                "preemptionPolicy",
-                "priority",
-                "priorityClassName",
                 "readinessGates",
                 "resourceClaims",
                 "resources",
                 "runtimeClassName",
-                "schedulerName",
-                "schedulingGates",
                 "securityContext",
-                "serviceAccount",
-                "serviceAccountName",
                 "setHostnameAsFQDN",
                 "subdomain",
-                "tolerations",
-                "topologySpreadConstraints",
             ]);
+            let mut ignored = Vec::new();
+            for (field, why) in IGNORED_ON_ONE_HOST {
+                if f.ignore(field) {
+                    ignored.push(Ignored {
+                        path: f.child(field),
+                        why,
+                    });
+                }
+            }
+            let service_account_name = f
+                .opt::<String>("serviceAccountName")
+                .or_else(|| f.opt("serviceAccount"));
             PodSpec {
+                service_account_name,
+                ignored,
                 containers: f.req("containers").unwrap_or_default(),
                 init_containers: f.list("initContainers"),
                 volumes: f.list("volumes"),

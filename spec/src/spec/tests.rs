@@ -90,13 +90,29 @@ fn unknown_fields_suggest_the_closest_name() {
 
 #[test]
 fn kubernetes_fields_wpod_lacks_are_named() {
-    let text = GOOD.replace(
-        "  shareProcessNamespace: true",
-        "  nodeSelector: {disk: ssd}",
-    );
+    let text = GOOD.replace("  shareProcessNamespace: true", "  runtimeClassName: kata");
     assert_eq!(
         errors(&text),
-        ["pod.yaml:7:3: spec.nodeSelector: field \"nodeSelector\" is valid in Kubernetes but not supported by wpod yet; remove it"]
+        ["pod.yaml:7:3: spec.runtimeClassName: field \"runtimeClassName\" is valid in Kubernetes but not supported by wpod yet; remove it"]
+    );
+    // Scheduling fields mean nothing on one host: accepted, and listed as ignored with why.
+    let text = GOOD.replace(
+        "  shareProcessNamespace: true",
+        "  nodeSelector: {disk: ssd}\n  tolerations: [{operator: Exists}]",
+    );
+    let pods = super::parse(Path::new("pod.yaml"), &text).expect("accepted");
+    let ignored: Vec<String> = pods[0]
+        .spec
+        .ignored
+        .iter()
+        .map(|i| format!("{}: {}", i.path, i.why))
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            "spec.nodeSelector: there is one host: no node to choose",
+            "spec.tolerations: a host has no taints to tolerate",
+        ]
     );
 }
 
@@ -155,7 +171,7 @@ fn only_pods_run_and_documents_are_separate() {
     let text = format!("{GOOD}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\nspec: {{replicas: 2}}\n");
     assert_eq!(
         errors(&text),
-        ["pod.yaml:32:7: kind: kind \"Deployment\" is not supported: wpod runs `kind: Pod` documents only"]
+        ["pod.yaml:32:7: kind: kind \"Deployment\" is not supported: wpod runs `kind: Pod` documents, with the ConfigMap, Secret, PersistentVolumeClaim they use"]
     );
 }
 

@@ -246,7 +246,9 @@ impl Checker<'_> {
             }
         }
         for (i, e) in c.env.iter().enumerate() {
-            self.c_string(&format!("{path}.env[{i}].value"), &e.value);
+            if let super::container::EnvValue::Text(value) = &e.value {
+                self.c_string(&format!("{path}.env[{i}].value"), value);
+            }
         }
         match (c.restart_policy, role) {
             (None, _) | (Some(_), Role::NativeSidecar) => {}

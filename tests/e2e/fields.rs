@@ -1,0 +1,140 @@
+//! The Pod fields real manifests use (issue 26): the environment as the kubelet makes it
+//! (`envFrom`, `valueFrom`, `$(VAR)`), ConfigMaps and Secrets written beside the pod, and the
+//! scheduling fields one host ignores. Needs root.
+
+use std::time::Duration;
+
+use crate::pods::{assert_no_leftovers, TestPod};
+use wpod_test_support::require_root;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// One file holds a pod, a ConfigMap and a Secret; the native container and the Wasm sidecar
+/// both get their variables from them, from the downward API (the pod's IP filled in once the
+/// sandbox exists) and from resource limits, with `$(VAR)` expanded in values, command and args
+/// as the kubelet does.
+#[test]
+fn env_comes_from_config_maps_secrets_and_the_downward_api() {
+    require_root("env_comes_from_config_maps_secrets_and_the_downward_api");
+    let env = r#"
+    envFrom:
+    - configMapRef: {name: settings}
+    - prefix: DB_
+      secretRef: {name: creds}
+    env:
+    - {name: GREETING, value: "hello $(LEVEL), not $$(LEVEL)"}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: TEAM
+      valueFrom: {fieldRef: {fieldPath: "metadata.labels['team']"}}
+    - name: POD_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    - name: POD_UID
+      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
+    - name: MEM_MI
+      valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+    - {name: ADDRESS, value: "$(POD_IP):8080"}
+    resources: {limits: {memory: 64Mi}}"#;
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: env-sources, labels: {{team: storage}}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c, 'echo "argv $(POD_NAME) $0"; env | sort | grep -E "^(LEVEL|DB_|GREETING|POD_|TEAM|MEM_MI|ADDRESS)"', "$(LEVEL)"]{env}
+  - name: wasm
+    image: SIDECARS/hello.wasm
+    args: ["$(POD_NAME)"]{env}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data:
+  LEVEL: debug
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+type: Opaque
+data:
+  password: czNjcjN0
+stringData:
+  user: admin
+"#
+    );
+    let run = TestPod::new("env-sources", &manifest).run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    for (c, prefix) in [("main", ""), ("wasm", "env ")] {
+        for want in [
+            "LEVEL=debug",
+            "DB_password=s3cr3t",
+            "DB_user=admin",
+            "GREETING=hello debug, not $(LEVEL)",
+            "POD_NAME=env-sources",
+            "TEAM=storage",
+            "MEM_MI=64",
+        ] {
+            run.assert_line(c, &format!("{prefix}{want}"));
+        }
+        let value = |name: &str| {
+            run.logs(c)
+                .iter()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("{prefix}{name}="))
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| panic!("{c} has no {name}\n{}", run.dump()))
+        };
+        let ip: std::net::IpAddr = value("POD_IP")
+            .parse()
+            .unwrap_or_else(|e| panic!("{c}: POD_IP is not an address ({e})\n{}", run.dump()));
+        assert_eq!(value("ADDRESS"), format!("{ip}:8080"), "{}", run.dump());
+        let uid = value("POD_UID");
+        assert_eq!(uid.len(), 36, "{c}: POD_UID {uid:?}\n{}", run.dump());
+    }
+    run.assert_line("main", "argv env-sources debug");
+    run.assert_line("wasm", r#"argv = ["wasm", "env-sources"]"#);
+    // Both containers see the one pod: one UID.
+    let uids: Vec<String> = ["main", "wasm"]
+        .iter()
+        .map(|c| {
+            run.logs(c)
+                .iter()
+                .find_map(|l| l.rsplit_once("POD_UID=").map(|(_, v)| v.to_string()))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(uids[0], uids[1], "{}", run.dump());
+    assert_no_leftovers("env-sources");
+}
+
+/// Scheduling fields mean nothing on one host: the pod is accepted, and each is named once as
+/// ignored, with why (as `podman kube play` tolerates them).
+#[test]
+fn scheduling_fields_are_accepted_and_reported_as_ignored() {
+    let dir = std::env::temp_dir().join(format!("wpod-ignored-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let file = dir.join("pod.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: placed}\nspec:\n  nodeSelector: {disk: ssd}\n  \
+         tolerations: [{operator: Exists}]\n  priorityClassName: high\n  serviceAccountName: web\n  \
+         containers:\n  - name: main\n    command: [\"true\"]\n",
+    )
+    .expect("write the manifest");
+    let out = crate::wpod_output(&["validate", file.to_str().expect("a UTF-8 path")]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = crate::text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for want in [
+        "pod.yaml:5:3: spec.nodeSelector: ignored: there is one host: no node to choose",
+        "pod.yaml:6:3: spec.tolerations: ignored: a host has no taints to tolerate",
+        "pod.yaml:7:3: spec.priorityClassName: ignored: there is no scheduler queue",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    assert_eq!(err.lines().count(), 3, "{err}");
+}
