@@ -243,6 +243,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// The data of PersistentVolumeClaims, kept under wpod's state after their pods end.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Pod housekeeping.
     Pod {
         #[command(subcommand)]
@@ -355,6 +360,21 @@ pub enum PodCommand {
     /// Remove every pod that is not running: ended pods' kept logs and journal, and everything
     /// a killed run left (its network, mounts, cgroups, state).
     Prune,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List the claims' volumes: name, size, whether a running pod uses it.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove claims' volumes and their data (refused while a running pod uses one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

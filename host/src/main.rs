@@ -203,6 +203,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pod {
             command: cli::PodCommand::Prune,
         } => manage::pod_prune(),
+        Command::Volume {
+            command: cli::VolumeCommand::Ls { output },
+        } => manage::volume_list(output),
+        Command::Volume {
+            command: cli::VolumeCommand::Rm { names },
+        } => manage::volume_remove(&names),
         Command::Inspect {
             target,
             output,

@@ -672,6 +672,10 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
             for n in &result.removed {
                 println!("  {verb_rm} sidecar {}", safe(n));
             }
+            let verb_files = if dry_run { "would update" } else { "updated" };
+            for n in &result.refreshed {
+                println!("  {verb_files} the files of volume {}", safe(n));
+            }
         }
     }
     if !not_started.is_empty() {
@@ -853,4 +857,90 @@ mod tests {
             "a\\x1b[2Jb\\u{202e}\na\x1b[2Jb\n"
         );
     }
+}
+
+/// One claim's volume, as `wpod volume ls` shows it.
+#[derive(serde::Serialize)]
+struct VolumeRow {
+    name: String,
+    path: std::path::PathBuf,
+    bytes: u64,
+    in_use: bool,
+}
+
+/// `wpod volume ls`: the PersistentVolumeClaims' directories under `$WPOD_ROOT/volumes`.
+pub fn volume_list(output: Output) -> anyhow::Result<ExitCode> {
+    let root = wpod::files::state_root().join("volumes");
+    let mut rows = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            rows.push(VolumeRow {
+                in_use: wpod::sandbox::volumes::claim_in_use(&name),
+                bytes: dir_bytes(&entry.path()),
+                path: entry.path(),
+                name,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Text => {
+            println!("{:<32} {:>12}  {:<6}  PATH", "VOLUME", "SIZE", "IN USE");
+            for r in rows {
+                let line = format!(
+                    "{:<32} {:>12}  {:<6}  {}",
+                    r.name,
+                    r.bytes,
+                    if r.in_use { "yes" } else { "no" },
+                    r.path.display()
+                );
+                println!("{}", safe(&line));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bytes of the regular files under `dir` (symlinks not followed).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `wpod volume rm NAME...`: a claim's data, gone; refused while a running pod uses it.
+pub fn volume_remove(names: &[String]) -> anyhow::Result<ExitCode> {
+    let root = wpod::files::state_root().join("volumes");
+    for name in names {
+        wpod::spec::names::dns1123_subdomain(name)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", safe(name)))?;
+        let dir = root.join(name);
+        if !dir.is_dir() {
+            bail!("no volume \"{}\" (wpod volume ls lists them)", safe(name));
+        }
+        let _lock = wpod::sandbox::volumes::claim_lock_exclusive(name).map_err(|_| {
+            anyhow::anyhow!(
+                "volume \"{}\" is in use by a running pod; stop the pod first",
+                safe(name)
+            )
+        })?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", dir.display()))?;
+        let _ = std::fs::remove_file(root.join(format!("{name}.lock")));
+        println!("{}", safe(name));
+    }
+    Ok(ExitCode::SUCCESS)
 }

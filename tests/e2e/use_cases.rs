@@ -914,3 +914,108 @@ spec:
     );
     assert_no_leftovers("sink-down");
 }
+
+/// The example with a ConfigMap, a Secret and a PersistentVolumeClaim in one file (issue 26,
+/// item 13): nginx serves its ConfigMap's site, the Secret's file and the claim's page; `wpod
+/// apply` of a changed ConfigMap rewrites the volume in place, the Wasm reloader sees it and
+/// nginx reloads without a restart; the claim's data outlives the pod, and `wpod volume rm`
+/// refuses it while the pod runs.
+#[test]
+fn apply_of_a_changed_config_map_reloads_nginx_and_the_claim_outlives_the_pod() {
+    require_root("apply_of_a_changed_config_map_reloads_nginx_and_the_claim_outlives_the_pod");
+    let (pod, port) = TestPod::example("configmap-reload", "configmap-reload.yaml");
+    // A claim of this test's own, not the example's.
+    let claim = "e2e-configmap-content";
+    let yaml = std::fs::read_to_string(&pod.manifest)
+        .unwrap()
+        .replace("claimName: content", &format!("claimName: {claim}"))
+        .replace("  name: content\nspec:", &format!("  name: {claim}\nspec:"));
+    std::fs::write(&pod.manifest, &yaml).unwrap();
+    let volume_rm = |name: &str| crate::wpod_output(&["volume", "rm", name]);
+    let _ = volume_rm(claim);
+    let running = pod.spawn();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let dump = || running.output().dump();
+    assert_eq!(
+        curl(&url("/version"), LONG).as_deref(),
+        Some("version 1\n"),
+        "{}",
+        dump()
+    );
+    assert_eq!(
+        curl(&url("/user"), LONG).as_deref(),
+        Some("operator"),
+        "{}",
+        dump()
+    );
+    let page = curl(&url("/"), LONG).unwrap_or_default();
+    assert!(
+        page.starts_with("kept on the claim since"),
+        "{page}\n{}",
+        dump()
+    );
+    // The Secret's files live in memory: a tmpfs of the pod's own.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4)
+                .is_some_and(|m| m.ends_with("/pods/configmap-reload/volumes/credentials"))
+                && l.contains(" - tmpfs ")
+        }),
+        "the Secret's volume is not a tmpfs"
+    );
+    let out = volume_rm(claim);
+    assert!(!out.status.success(), "a claim in use was removed");
+    assert!(
+        crate::text(&out.stderr).contains("in use by a running pod"),
+        "{}",
+        crate::text(&out.stderr)
+    );
+
+    std::fs::write(&pod.manifest, yaml.replace("version 1", "version 2")).unwrap();
+    let out = crate::wpod_output(&["apply", pod.manifest.to_str().unwrap()]);
+    let said = crate::text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", crate::text(&out.stderr));
+    assert!(said.contains("updated the files of volume site"), "{said}");
+    let start = Instant::now();
+    let mut served = String::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        served = curl(&url("/version"), Duration::from_secs(2)).unwrap_or_default();
+        if served == "version 2\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served, "version 2\n", "{}", dump());
+    let run = running.output();
+    assert_eq!(
+        run.events(Some("nginx"))
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count(),
+        1,
+        "nginx restarted\n{}",
+        run.dump()
+    );
+    run.assert_line("reloader", "sent signal 1 to nginx");
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("configmap-reload");
+
+    // The claim outlives the pod, listed; then removed.
+    let root = std::env::var("WPOD_ROOT").unwrap_or_else(|_| "/var/lib/wpod".into());
+    let claim_dir = std::path::Path::new(&root).join("volumes").join(claim);
+    assert!(claim_dir.join("index.html").is_file());
+    let out = crate::wpod_output(&["volume", "ls"]);
+    let listed = crate::text(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(claim) && l.contains(" no ")),
+        "{listed}"
+    );
+    let out = volume_rm(claim);
+    assert!(out.status.success(), "{}", crate::text(&out.stderr));
+    assert!(!claim_dir.exists());
+}

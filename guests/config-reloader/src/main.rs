@@ -4,6 +4,9 @@
 //! reloads. Signalling needs `shareProcessNamespace: true` and, on this sidecar,
 //! `securityContext.capabilities.add: [KILL]`.
 //!
+//! The source may be a `configMap` volume: `wpod apply` of a changed ConfigMap rewrites it in
+//! place, and the change reaches the main container like any other.
+//!
 //! Configuration (env): `SOURCE` (default /source), `TARGET` (default /config), `CONTAINER`
 //! (default: the first main container), `SIGNAL` (number, default 1 = SIGHUP), `INTERVAL_MS`
 //! (default 1000). Files are synced by name (regular files at the top level; names starting
@@ -24,7 +27,9 @@ fn snapshot(dir: &str) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.file_type()?.is_file() {
+        // Followed, not taken as it is: a ConfigMap volume's files are links into its
+        // `..data` directory (the kubelet's layout), which the names starting with `.` are.
+        if name.starts_with('.') || !std::fs::metadata(entry.path())?.is_file() {
             continue;
         }
         files.insert(name, std::fs::read(entry.path())?);

@@ -20,11 +20,22 @@ pub struct PodChange {
     pub replaced: Vec<(String, Vec<String>)>,
     /// Sidecars gone from the manifest.
     pub removed: Vec<String>,
+    /// Projected volumes whose files changed (a ConfigMap or Secret of the file did): written
+    /// again in place while the pod runs, as the kubelet updates them.
+    pub refreshed: Vec<String>,
 }
 
 impl PodChange {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+        self.added.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+            && self.refreshed.is_empty()
+    }
+
+    /// Whether containers start or stop (a change of files alone touches none).
+    pub fn touches_containers(&self) -> bool {
+        !(self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty())
     }
 
     /// Names of the sidecars to start: added and replaced.
@@ -177,6 +188,17 @@ pub fn compare(
                     o.path
                 ),
             );
+        }
+    }
+    // ConfigMaps and Secrets may change while the pod runs: their volumes are written again.
+    for v in &new.volumes {
+        let (super::VolumeKind::Files(files), Some(old)) =
+            (&v.kind, old.volumes.iter().find(|o| o.name == v.name))
+        else {
+            continue;
+        };
+        if !matches!(&old.kind, super::VolumeKind::Files(f) if f == files) {
+            change.refreshed.push(v.name.clone());
         }
     }
     // Native containers mount the volumes a sidecar may write `nosymfollow`, decided when they

@@ -4,6 +4,7 @@
 //! validate` and `wpod run` refuse the same manifests with the same located errors.
 
 pub mod change;
+pub mod files;
 pub mod fit;
 pub mod image;
 pub mod native;
@@ -11,15 +12,15 @@ pub mod seccomp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::grants::{self, Grants, Sidecar};
 pub use crate::spec::Role;
 use crate::spec::{
-    Annotations, Container, ContainerPort, Diagnostic, Diagnostics, Handler, HostPathType,
-    Lifecycle, Pod, PodName, Probe, Protocol, ResourceList, RestartPolicy, StorageMedium, Volume,
-    VolumeSource,
+    Annotations, Container, ContainerPort, Diagnostic, Diagnostics, EmptyDir, Handler, HostPath,
+    HostPathType, Lifecycle, Pod, PodName, Probe, Protocol, ResourceList, RestartPolicy,
+    StorageMedium, VolumeSource,
 };
 pub use image::{Image, ImageError, WasmComponent};
 
@@ -133,11 +134,85 @@ pub struct PodPlan {
     pub namespace: Option<String>,
     /// `spec.shareProcessNamespace`: one PID namespace for all its containers.
     pub share_process_namespace: bool,
-    /// The pod's volumes, checked (each supported type; hostPaths allowed by policy).
-    pub volumes: Vec<Volume>,
+    /// The pod's volumes, checked (each supported type; hostPaths allowed by policy), in the
+    /// manifest's order.
+    pub volumes: Vec<VolumePlan>,
     /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
     /// validate` prints them, `wpod run` says them as warnings.
     pub ignored: Vec<Diagnostic>,
+}
+
+/// A volume of the pod, as the sandbox makes it.
+#[derive(Clone, Debug)]
+pub struct VolumePlan {
+    pub name: String,
+    pub kind: VolumeKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum VolumeKind {
+    EmptyDir(EmptyDir),
+    HostPath(HostPath),
+    /// Files written from ConfigMaps, Secrets and the downward API (`configMap`, `secret`,
+    /// `downwardAPI`, `projected`), mounted read-only.
+    Files(files::Files),
+    /// A PersistentVolumeClaim of the file: a directory under wpod's state
+    /// (`$WPOD_ROOT/volumes/NAME`), kept after the pod ends, as podman's named volumes.
+    Claim {
+        claim: String,
+        dir: PathBuf,
+    },
+}
+
+/// Where a PersistentVolumeClaim's data lives: `$WPOD_ROOT/volumes/NAME`.
+pub fn claim_dir(claim: &str) -> PathBuf {
+    crate::files::state_root().join("volumes").join(claim)
+}
+
+/// The pod's volumes as the sandbox makes them: a projected volume's files decided from the
+/// file's objects, a claim's directory. Problems are located.
+fn plan_volumes(pod: &Pod, host: &HostInfo, diags: &mut Vec<Diagnostic>) -> Vec<VolumePlan> {
+    let mut out = Vec::new();
+    for (i, v) in pod.spec.volumes.iter().enumerate() {
+        let path = format!("spec.volumes[{i}]");
+        let kind = match &v.source {
+            VolumeSource::EmptyDir(e) => VolumeKind::EmptyDir(e.clone()),
+            VolumeSource::HostPath(h) => VolumeKind::HostPath(h.clone()),
+            VolumeSource::Projected(p) => match files::project(pod, p, &host.facts()) {
+                Ok(f) => VolumeKind::Files(f),
+                Err(problems) => {
+                    diags.extend(
+                        problems
+                            .into_iter()
+                            .map(|(field, m)| pod.source.diag(format!("{path}.{field}"), m)),
+                    );
+                    continue;
+                }
+            },
+            VolumeSource::Claim(c) => {
+                if !pod.objects.claims.contains_key(&c.claim_name) {
+                    diags.push(pod.source.diag(
+                        format!("{path}.persistentVolumeClaim.claimName"),
+                        format!(
+                            "no PersistentVolumeClaim named \"{0}\" in this file; add a `kind: \
+                             PersistentVolumeClaim` document with metadata.name: {0}",
+                            c.claim_name
+                        ),
+                    ));
+                    continue;
+                }
+                VolumeKind::Claim {
+                    claim: c.claim_name.clone(),
+                    dir: claim_dir(&c.claim_name),
+                }
+            }
+        };
+        out.push(VolumePlan {
+            name: v.name.clone(),
+            kind,
+        });
+    }
+    out
 }
 
 /// How a pod reaches the network.
@@ -369,6 +444,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
             grants,
         ));
     }
+    let volumes = plan_volumes(pod, &host, &mut diags);
     check_sidecar_count(pod, &containers, &mut diags);
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
@@ -428,7 +504,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 hostname: pod.hostname().to_string(),
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
-                volumes: pod.spec.volumes.clone(),
+                volumes,
                 ignored: pod
                     .spec
                     .ignored

@@ -8,6 +8,7 @@ pub mod holder;
 pub mod namespaces;
 pub mod network;
 pub mod ports;
+pub mod projected;
 pub mod runtime;
 pub mod state_dir;
 pub mod volumes;
@@ -121,8 +122,9 @@ impl PodSandbox {
         let dialer = Dialer::new(namespaces.net_handle())
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
         let host = crate::sys::Host::real();
+        let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
         let (volumes, volume_warnings) =
-            PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"))?;
+            PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"), &facts)?;
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
@@ -141,7 +143,7 @@ impl PodSandbox {
             state,
             etc_files: etc.files,
             pod_net: std::sync::Arc::new(etc.net),
-            facts: std::sync::Arc::new(runtime_facts(plan.network, ip)),
+            facts,
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };

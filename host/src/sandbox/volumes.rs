@@ -20,8 +20,10 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
 use super::SandboxError;
-use crate::plan::PodPlan;
-use crate::spec::{HostPathType, StorageMedium, VolumeSource};
+use crate::plan::files::Files;
+use crate::plan::{PodPlan, VolumeKind};
+use crate::spec::env::RuntimeFacts;
+use crate::spec::{HostPathType, StorageMedium};
 use crate::sys::Syscall;
 
 /// One volume, open.
@@ -34,6 +36,9 @@ struct Volume {
 
 pub struct PodVolumes {
     sys: Arc<dyn Syscall>,
+    /// A shared lock on each claim the pod mounts, held while it runs: `wpod volume rm`
+    /// refuses a claim in use.
+    _claim_locks: Vec<std::fs::File>,
     volumes: HashMap<String, Volume>,
     tmpfs: Vec<PathBuf>,
 }
@@ -44,8 +49,10 @@ impl PodVolumes {
         sys: Arc<dyn Syscall>,
         plan: &PodPlan,
         root: &Path,
+        facts: &RuntimeFacts,
     ) -> Result<(Self, Vec<String>), SandboxError> {
         let mut vols = PodVolumes {
+            _claim_locks: Vec::new(),
             sys,
             volumes: HashMap::new(),
             tmpfs: Vec::new(),
@@ -54,8 +61,45 @@ impl PodVolumes {
         for v in &plan.volumes {
             let step = |what: &str| format!("volume {}: {what}", v.name);
             let mut device = false;
-            let path = match &v.source {
-                VolumeSource::EmptyDir(e) => {
+            let path = match &v.kind {
+                VolumeKind::Files(files) => {
+                    let dir = root.join(&v.name);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| SandboxError::io(step("create its directory"), &dir, e))?;
+                    if files.secret {
+                        // A Secret's values live in memory only, as the kubelet keeps them;
+                        // the pod's state directory above is root's alone.
+                        vols.sys
+                            .mount(
+                                Some(Path::new("tmpfs")),
+                                &dir,
+                                Some("tmpfs"),
+                                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                                Some("mode=0755"),
+                            )
+                            .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
+                        vols.tmpfs.push(dir.clone());
+                    }
+                    super::projected::write(&dir, files, facts)
+                        .map_err(|e| SandboxError::io(step("write its files"), &dir, e))?;
+                    dir
+                }
+                VolumeKind::Claim { dir, claim } => {
+                    let lock = claim_lock(claim, nix::fcntl::FlockArg::LockSharedNonblock)
+                        .map_err(|e| SandboxError::io(step("lock the claim"), dir, e))?;
+                    vols._claim_locks.push(lock);
+                    if !dir.exists() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            SandboxError::io(step("create the claim's directory"), dir, e)
+                        })?;
+                        // As an emptyDir: any container user may write it.
+                        use std::os::unix::fs::PermissionsExt;
+                        let _ =
+                            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777));
+                    }
+                    dir.clone()
+                }
+                VolumeKind::EmptyDir(e) => {
                     let dir = root.join(&v.name);
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| SandboxError::io(step("create emptyDir"), &dir, e))?;
@@ -90,7 +134,7 @@ impl PodVolumes {
                     }
                     dir
                 }
-                VolumeSource::HostPath(h) => {
+                VolumeKind::HostPath(h) => {
                     let p = PathBuf::from(&h.path);
                     device = h.kind.is_device();
                     match h.kind {
@@ -123,6 +167,22 @@ impl PodVolumes {
         Ok((vols, warnings))
     }
 
+    /// Writes a projected volume's files again: `wpod apply` brought new ConfigMaps or
+    /// Secrets. Readers see the old files or the new, never a mix.
+    pub fn refresh(
+        &self,
+        name: &str,
+        files: &Files,
+        facts: &RuntimeFacts,
+    ) -> Result<(), SandboxError> {
+        let v = self
+            .volumes
+            .get(name)
+            .ok_or_else(|| SandboxError::step(format!("volume {name}"), "not created"))?;
+        super::projected::write(&v.path, files, facts)
+            .map_err(|e| SandboxError::io(format!("volume {name}: write its files"), &v.path, e))
+    }
+
     /// The host path of a volume, as the manifest named it (for messages).
     pub fn host_path(&self, name: &str) -> Option<&Path> {
         self.volumes.get(name).map(|v| v.path.as_path())
@@ -149,6 +209,33 @@ impl PodVolumes {
     pub fn is_device(&self, name: &str) -> bool {
         self.volumes.get(name).is_some_and(|v| v.device)
     }
+}
+
+/// `$WPOD_ROOT/volumes/NAME.lock`, locked as `how` asks (without waiting).
+fn claim_lock(claim: &str, how: nix::fcntl::FlockArg) -> std::io::Result<std::fs::File> {
+    let path = crate::plan::claim_dir(claim).with_extension("lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)?;
+    #[allow(deprecated)]
+    nix::fcntl::flock(std::os::fd::AsRawFd::as_raw_fd(&file), how).map_err(std::io::Error::from)?;
+    Ok(file)
+}
+
+/// Whether a running pod mounts the claim `name`.
+pub fn claim_in_use(name: &str) -> bool {
+    claim_lock(name, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
+
+/// The claim `name` locked for its removal; an error while a running pod mounts it.
+pub fn claim_lock_exclusive(name: &str) -> std::io::Result<std::fs::File> {
+    claim_lock(name, nix::fcntl::FlockArg::LockExclusiveNonblock)
 }
 
 /// `FileOrCreate`: creates the file unless something is there, never through a symlink (a
@@ -229,7 +316,8 @@ spec:
 "#,
         );
         let root = fake.path("volumes");
-        let (volumes, warnings) = PodVolumes::create(fake.clone(), &plan, &root).unwrap();
+        let (volumes, warnings) =
+            PodVolumes::create(fake.clone(), &plan, &root, &RuntimeFacts::default()).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0]
             .starts_with("volume scratch: sizeLimit is enforced only for medium: Memory"));
@@ -277,7 +365,12 @@ spec:
 "#,
             missing.display()
         ));
-        let e = match PodVolumes::create(fake.clone(), &plan, &fake.path("volumes")) {
+        let e = match PodVolumes::create(
+            fake.clone(),
+            &plan,
+            &fake.path("volumes"),
+            &RuntimeFacts::default(),
+        ) {
             Ok(_) => panic!("a missing hostPath was accepted"),
             Err(e) => crate::error::chain(&e),
         };

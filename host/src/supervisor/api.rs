@@ -239,6 +239,9 @@ pub enum Event {
         added: Vec<String>,
         replaced: Vec<String>,
         removed: Vec<String>,
+        /// Projected volumes whose files were written again (new ConfigMaps or Secrets).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refreshed: Vec<String>,
     },
     #[serde(rename_all = "camelCase")]
     PodFinished {
@@ -372,6 +375,7 @@ impl Event {
                 added,
                 replaced,
                 removed,
+                refreshed,
             } => {
                 let part = |verb: &str, names: &[String]| {
                     (!names.is_empty()).then(|| format!("{verb} {}", names.join(", ")))
@@ -380,6 +384,7 @@ impl Event {
                     part("added", added),
                     part("replaced", replaced),
                     part("removed", removed),
+                    part("updated the files of volume", refreshed),
                 ]
                 .into_iter()
                 .flatten()
@@ -585,6 +590,9 @@ pub struct ApplyReport {
     pub added: Vec<Applied>,
     pub replaced: Vec<Applied>,
     pub removed: Vec<String>,
+    /// Projected volumes whose files were (or, in a dry run, would be) written again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refreshed: Vec<String>,
 }
 
 /// A sidecar an apply added or replaced.

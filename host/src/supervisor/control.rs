@@ -105,6 +105,8 @@ pub enum ControlError {
     /// What `plan::change` refuses, located in the manifest.
     #[error("{0}")]
     Refused(crate::spec::Diagnostics),
+    #[error("cannot write the pod's new ConfigMaps and Secrets into its volumes")]
+    Refresh(#[source] crate::sandbox::SandboxError),
     /// (Boxed: a pull's errors are large, and every answer would carry their size.)
     #[error(transparent)]
     Pod(Box<super::pod::PodError>),
@@ -381,6 +383,36 @@ impl Control {
             return Ok(report(&plan, &change, true, &[]));
         }
         let sandbox = self.sandbox.upgrade().ok_or(super::ChangeError::Stopping)?;
+        // New files first: a sidecar started by this change reads them.
+        for v in plan
+            .volumes
+            .iter()
+            .filter(|v| change.refreshed.contains(&v.name))
+        {
+            if let crate::plan::VolumeKind::Files(files) = &v.kind {
+                sandbox
+                    .volumes
+                    .refresh(&v.name, files, &sandbox.facts)
+                    .map_err(ControlError::Refresh)?;
+            }
+        }
+        if !change.touches_containers() {
+            *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+                plan: Arc::new(plan),
+                digests: live.digests.clone(),
+            });
+            self.events.emit(
+                None,
+                Event::PodChanged {
+                    added: Vec::new(),
+                    replaced: Vec::new(),
+                    removed: Vec::new(),
+                    refreshed: change.refreshed.clone(),
+                },
+            );
+            let now = self.live();
+            return Ok(report(&now.plan, &change, false, &[]));
+        }
         // What a new sidecar runs is kept from `wpod image prune` while the pod runs.
         crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
             .map_err(ControlError::Pin)?;
@@ -444,6 +476,7 @@ impl Control {
                 added: change.added.clone(),
                 replaced: change.replaced.iter().map(|(n, _)| n.clone()).collect(),
                 removed: change.removed.clone(),
+                refreshed: change.refreshed.clone(),
             },
         );
         let outcomes = wait_started(started).await;
@@ -729,6 +762,7 @@ fn report(
             })
             .collect(),
         removed: change.removed.clone(),
+        refreshed: change.refreshed.clone(),
     }
 }
 

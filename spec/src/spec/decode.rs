@@ -26,6 +26,8 @@ pub fn loc_of(node: &Node) -> Loc {
 pub struct Decoder {
     pub map: SourceMap,
     pub diags: Vec<Diagnostic>,
+    /// The manifest's text, for values whose spelling matters (a file mode's leading 0).
+    text: std::sync::Arc<str>,
 }
 
 /// Something that can be read from a YAML node, reporting its own problems.
@@ -38,7 +40,32 @@ impl Decoder {
         Decoder {
             map,
             diags: Vec::new(),
+            text: std::sync::Arc::from(""),
         }
+    }
+
+    /// A decoder that can read how a scalar was spelled in `text`.
+    pub fn with_text(map: SourceMap, text: std::sync::Arc<str>) -> Self {
+        Decoder {
+            map,
+            diags: Vec::new(),
+            text,
+        }
+    }
+
+    /// The scalar at `node` as written (digits and letters from its first character).
+    fn spelling(&self, node: &Node) -> String {
+        let (line, col) = (node.span.start.line(), node.span.start.col());
+        self.text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .map(|l| {
+                l.chars()
+                    .skip(col)
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn error_at(&mut self, loc: Loc, path: &str, message: impl Into<String>) {
@@ -372,6 +399,44 @@ impl Decode for BTreeMap<String, String> {
             }
         }
         Some(out)
+    }
+}
+
+/// A file mode, read as Kubernetes' YAML reads it: `0644` (a leading zero) and `0o644` are
+/// octal, `420` decimal; 0 to 0777.
+pub struct FileMode(pub u32);
+
+impl Decode for FileMode {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let YamlData::Value(Scalar::Integer(n)) = &node.data else {
+            d.error_at(
+                loc_of(node),
+                path,
+                format!("expected a file mode such as 0644, found {}", kind_of(node)),
+            );
+            return None;
+        };
+        let spelled = d.spelling(node);
+        let octal = spelled
+            .strip_prefix("0o")
+            .or_else(|| spelled.strip_prefix('0').filter(|r| !r.is_empty()));
+        let value = match octal {
+            Some(digits) => i64::from_str_radix(digits, 8).ok(),
+            None => Some(*n),
+        };
+        match value {
+            Some(m) if (0..=0o777).contains(&m) => Some(FileMode(m as u32)),
+            _ => {
+                d.error_at(
+                    loc_of(node),
+                    path,
+                    format!(
+                        "{spelled} is not a file mode; write one from 0 to 0777 (octal, e.g. 0644)"
+                    ),
+                );
+                None
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ mod decode;
 mod diag;
 mod enums;
 pub mod env;
-mod names;
+pub mod names;
 pub mod objects;
 mod pod;
 pub mod quantity;
@@ -34,9 +34,9 @@ pub use enums::{
 pub use names::PodName;
 pub use objects::{Claim, ConfigMap, Objects, Secret};
 pub use pod::{
-    Annotations, EmptyDir, HostAlias, HostPath, Ignored, ObjectMeta, Pod, PodDnsConfig,
-    PodDnsOption, PodSpec, Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION,
-    OUTBOUND_PREFIX,
+    Annotations, ClaimRef, DownwardFile, EmptyDir, HostAlias, HostPath, Ignored, KeyToPath,
+    ObjectMeta, ObjectProjection, Pod, PodDnsConfig, PodDnsOption, PodSpec, Projected, Projection,
+    Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION, OUTBOUND_PREFIX,
 };
 
 use decode::{loc_of, Decoder};
@@ -98,12 +98,13 @@ pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
             return (Vec::new(), vec![diag]);
         }
     };
+    let text: Arc<str> = Arc::from(text);
     let mut pods = Vec::new();
     let mut objects = Objects::default();
     let mut diags = Vec::new();
     let is_empty = |d: &MarkedYaml| matches!(d.data, YamlData::Value(Scalar::Null));
     for doc in docs.iter().filter(|d| !is_empty(d)) {
-        let mut d = Decoder::new(SourceMap::new(path, loc_of(doc)));
+        let mut d = Decoder::with_text(SourceMap::new(path, loc_of(doc)), text.clone());
         match decode_document(&mut d, doc) {
             Some(Document::Pod(pod)) => {
                 validate::check(&pod, &mut d.diags);
@@ -118,6 +119,7 @@ pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
     let objects = Arc::new(objects);
     for pod in &mut pods {
         pod.objects = objects.clone();
+        pod.mount_read_only_volumes();
     }
     if docs.iter().all(is_empty) {
         diags.push(Diagnostic {
@@ -230,6 +232,43 @@ fn decode_document(d: &mut Decoder, doc: &MarkedYaml) -> Option<Document> {
 }
 
 impl Pod {
+    /// Volumes whose files wpod writes (ConfigMaps, Secrets, the downward API) are mounted
+    /// read-only whatever a mount says, as the kubelet mounts them (their contents are the
+    /// pod's objects); so are claims the pod takes `readOnly` or that are `ReadOnlyMany`.
+    fn mount_read_only_volumes(&mut self) {
+        let objects = self.objects.clone();
+        let read_only = |source: &VolumeSource| match source {
+            VolumeSource::Projected(_) => true,
+            VolumeSource::Claim(c) => {
+                c.read_only
+                    || objects
+                        .claims
+                        .get(&c.claim_name)
+                        .is_some_and(|o| o.read_only)
+            }
+            _ => false,
+        };
+        let projected: Vec<String> = self
+            .spec
+            .volumes
+            .iter()
+            .filter(|v| read_only(&v.source))
+            .map(|v| v.name.clone())
+            .collect();
+        let spec = &mut self.spec;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut())
+        {
+            for m in c.volume_mounts.iter_mut() {
+                if projected.contains(&m.name) {
+                    m.read_only = true;
+                }
+            }
+        }
+    }
+
     /// The manifest's directory, against which relative image paths resolve.
     pub fn manifest_dir(&self) -> &Path {
         self.source.file.parent().unwrap_or(Path::new("."))

@@ -418,6 +418,75 @@ pub struct Volume {
 pub enum VolumeSource {
     EmptyDir(EmptyDir),
     HostPath(HostPath),
+    /// `configMap`, `secret`, `downwardAPI` and `projected`: files the kubelet writes from the
+    /// pod's objects and fields (each of the first three is a projection of one source).
+    Projected(Projected),
+    /// `persistentVolumeClaim`: a named volume kept under wpod's state.
+    Claim(ClaimRef),
+}
+
+impl VolumeSource {
+    /// Volumes whose files wpod writes: always mounted read-only, as the kubelet mounts them.
+    pub fn is_projected(&self) -> bool {
+        matches!(self, VolumeSource::Projected(_))
+    }
+}
+
+/// Files written from ConfigMaps, Secrets and the downward API.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Projected {
+    /// How the manifest wrote it (`configMap`, `secret`, `downwardAPI` or `projected`), so a
+    /// problem is located where it was written.
+    #[serde(skip)]
+    pub written_as: &'static str,
+    pub sources: Vec<Projection>,
+    /// The files' mode when an item gives none (Kubernetes' 0644).
+    pub default_mode: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Projection {
+    ConfigMap(ObjectProjection),
+    Secret(ObjectProjection),
+    DownwardApi(Vec<DownwardFile>),
+}
+
+/// The keys of a ConfigMap or Secret as files: every key by its name, or `items` alone.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectProjection {
+    pub name: String,
+    pub items: Vec<KeyToPath>,
+    /// An absent object (or key) leaves the files out instead of failing the pod.
+    pub optional: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyToPath {
+    pub key: String,
+    pub path: String,
+    pub mode: Option<u32>,
+}
+
+/// One file of the downward API: a field of the pod, or a container's resource.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardFile {
+    pub path: String,
+    pub field: Option<String>,
+    pub resource: Option<super::container::ResourceFieldRef>,
+    pub mode: Option<u32>,
+}
+
+/// `persistentVolumeClaim`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    pub claim_name: String,
+    pub read_only: bool,
 }
 
 /// Kubernetes volume types wpod does not implement; naming one says so.
@@ -427,9 +496,7 @@ const UNSUPPORTED_VOLUME_TYPES: &[&str] = &[
     "azureFile",
     "cephfs",
     "cinder",
-    "configMap",
     "csi",
-    "downwardAPI",
     "ephemeral",
     "fc",
     "flexVolume",
@@ -440,14 +507,11 @@ const UNSUPPORTED_VOLUME_TYPES: &[&str] = &[
     "image",
     "iscsi",
     "nfs",
-    "persistentVolumeClaim",
     "photonPersistentDisk",
     "portworxVolume",
-    "projected",
     "quobyte",
     "rbd",
     "scaleIO",
-    "secret",
     "storageos",
     "vsphereVolume",
 ];
@@ -464,6 +528,45 @@ impl Decode for Volume {
             }
             if let Some(h) = f.opt("hostPath") {
                 sources.push(VolumeSource::HostPath(h));
+            }
+            if let Some(ObjectVolume {
+                projection,
+                default_mode,
+            }) = f.opt("configMap")
+            {
+                sources.push(VolumeSource::Projected(Projected {
+                    written_as: "configMap",
+                    sources: vec![Projection::ConfigMap(projection)],
+                    default_mode,
+                }));
+            }
+            if let Some(SecretVolume(ObjectVolume {
+                projection,
+                default_mode,
+            })) = f.opt("secret")
+            {
+                sources.push(VolumeSource::Projected(Projected {
+                    written_as: "secret",
+                    sources: vec![Projection::Secret(projection)],
+                    default_mode,
+                }));
+            }
+            if let Some(DownwardVolume {
+                items,
+                default_mode,
+            }) = f.opt("downwardAPI")
+            {
+                sources.push(VolumeSource::Projected(Projected {
+                    written_as: "downwardAPI",
+                    sources: vec![Projection::DownwardApi(items)],
+                    default_mode,
+                }));
+            }
+            if let Some(p) = f.opt("projected") {
+                sources.push(VolumeSource::Projected(p));
+            }
+            if let Some(c) = f.opt("persistentVolumeClaim") {
+                sources.push(VolumeSource::Claim(c));
             }
             (
                 f.req::<String>("name").unwrap_or_default(),
@@ -489,7 +592,10 @@ impl Decode for Volume {
             d.error_at(
                 loc,
                 path,
-                format!("has {what}; give exactly one of emptyDir or hostPath"),
+                format!(
+                    "has {what}; give exactly one of emptyDir, hostPath, configMap, secret, \
+                     downwardAPI, projected or persistentVolumeClaim"
+                ),
             );
             return None;
         }
@@ -540,6 +646,228 @@ impl Decode for HostPath {
         d.object(node, path, |f| HostPath {
             path: f.req("path").unwrap_or_default(),
             kind: f.opt("type").unwrap_or(HostPathType::Unset),
+        })
+    }
+}
+
+/// Kubernetes' default mode of projected files (0644).
+const DEFAULT_MODE: u32 = 0o644;
+
+/// A file mode as Kubernetes takes it: 0 to 0777 (YAML writes octal `0644` or decimal `420`).
+fn mode(f: &mut super::decode::Fields<'_, '_>, name: &'static str) -> Option<u32> {
+    f.opt::<super::decode::FileMode>(name).map(|m| m.0)
+}
+
+/// A path inside a projected volume: relative, no `..` element, not starting with `..`
+/// (the kubelet keeps its own `..data` there).
+fn check_relative(d: &mut Decoder, path: &str, p: &str) {
+    let bad = p.is_empty()
+        || p.starts_with('/')
+        || p.starts_with("..")
+        || p.split('/').any(|e| e == ".." || e.is_empty());
+    if bad {
+        let loc = d.map.locate(path);
+        d.error_at(
+            loc,
+            path,
+            format!(
+                "\"{p}\" must be a relative path without \"..\" elements, not starting with \"..\""
+            ),
+        );
+    }
+}
+
+impl Decode for KeyToPath {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let item = d.object(node, path, |f| KeyToPath {
+            key: f.req("key").unwrap_or_default(),
+            path: f.req("path").unwrap_or_default(),
+            mode: mode(f, "mode"),
+        })?;
+        check_relative(d, &format!("{path}.path"), &item.path);
+        Some(item)
+    }
+}
+
+/// `configMap` (and, through [`SecretVolume`], `secret`) volumes, and their projected forms.
+struct ObjectVolume {
+    projection: ObjectProjection,
+    default_mode: u32,
+}
+
+fn object_volume(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    name_field: &'static str,
+) -> Option<ObjectVolume> {
+    d.object(node, path, |f| ObjectVolume {
+        projection: ObjectProjection {
+            name: f.req(name_field).unwrap_or_default(),
+            items: f.list("items"),
+            optional: f.opt("optional").unwrap_or(false),
+        },
+        default_mode: mode(f, "defaultMode").unwrap_or(DEFAULT_MODE),
+    })
+}
+
+impl Decode for ObjectVolume {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        object_volume(d, node, path, "name")
+    }
+}
+
+struct SecretVolume(ObjectVolume);
+
+impl Decode for SecretVolume {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        object_volume(d, node, path, "secretName").map(SecretVolume)
+    }
+}
+
+/// A projection's ConfigMap or Secret: `name`, `items`, `optional` (no mode of its own).
+impl Decode for ObjectProjection {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ObjectProjection {
+            name: f.req("name").unwrap_or_default(),
+            items: f.list("items"),
+            optional: f.opt("optional").unwrap_or(false),
+        })
+    }
+}
+
+struct DownwardVolume {
+    items: Vec<DownwardFile>,
+    default_mode: u32,
+}
+
+impl Decode for DownwardVolume {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| DownwardVolume {
+            items: f.list("items"),
+            default_mode: mode(f, "defaultMode").unwrap_or(DEFAULT_MODE),
+        })
+    }
+}
+
+/// Items of a `downwardAPI` volume: its fields (no `status.*`: they change) and resources.
+impl Decode for DownwardFile {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let loc = loc_of(node);
+        let file = d.object(node, path, |f| DownwardFile {
+            path: f.req("path").unwrap_or_default(),
+            field: f.opt::<super::container::FieldRef>("fieldRef").map(|r| r.0),
+            resource: f.opt("resourceFieldRef"),
+            mode: mode(f, "mode"),
+        })?;
+        check_relative(d, &format!("{path}.path"), &file.path);
+        match (&file.field, &file.resource) {
+            (Some(_), Some(_)) | (None, None) => {
+                d.error_at(
+                    loc,
+                    path,
+                    "give exactly one of fieldRef or resourceFieldRef",
+                );
+                return None;
+            }
+            (Some(field), None) if !field.starts_with("metadata.") => {
+                let p = format!("{path}.fieldRef.fieldPath");
+                let loc = d.map.locate(&p);
+                d.error_at(
+                    loc,
+                    &p,
+                    format!("a downwardAPI volume gives metadata fields only (Kubernetes' rule); \"{field}\" is for env"),
+                );
+                return None;
+            }
+            (None, Some(r)) if r.container_name.is_none() => {
+                let p = format!("{path}.resourceFieldRef.containerName");
+                let loc = d.map.locate(&format!("{path}.resourceFieldRef"));
+                d.error_at(
+                    loc,
+                    &p,
+                    "required in a volume: name the container whose resource it is",
+                );
+                return None;
+            }
+            _ => {}
+        }
+        Some(file)
+    }
+}
+
+impl Decode for Projected {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| Projected {
+            written_as: "projected",
+            sources: f
+                .list::<ProjectionSource>("sources")
+                .into_iter()
+                .map(|s| s.0)
+                .collect(),
+            default_mode: mode(f, "defaultMode").unwrap_or(DEFAULT_MODE),
+        })
+    }
+}
+
+struct ProjectionSource(Projection);
+
+impl Decode for ProjectionSource {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let loc = loc_of(node);
+        let mut found = d.object(node, path, |f| {
+            f.unsupported(&["clusterTrustBundle", "podCertificate"]);
+            if f.has("serviceAccountToken") {
+                let p = f.child("serviceAccountToken");
+                let _ = f.ignore("serviceAccountToken");
+                let loc = f.d.map.locate(&p);
+                f.d.error_at(
+                    loc,
+                    &p,
+                    "there is no API server on one host to issue a token; remove this source",
+                );
+            }
+            let mut found = Vec::new();
+            if let Some(c) = f.opt("configMap") {
+                found.push(Projection::ConfigMap(c));
+            }
+            if let Some(s) = f.opt("secret") {
+                found.push(Projection::Secret(s));
+            }
+            if let Some(DownwardItems(items)) = f.opt("downwardAPI") {
+                found.push(Projection::DownwardApi(items));
+            }
+            found
+        })?;
+        match found.len() {
+            1 => found.pop().map(ProjectionSource),
+            0 => None,
+            _ => {
+                d.error_at(
+                    loc,
+                    path,
+                    "give one source per entry: configMap, secret or downwardAPI",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A projection's `downwardAPI`: `items` only.
+struct DownwardItems(Vec<DownwardFile>);
+
+impl Decode for DownwardItems {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| DownwardItems(f.list("items")))
+    }
+}
+
+impl Decode for ClaimRef {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ClaimRef {
+            claim_name: f.req("claimName").unwrap_or_default(),
+            read_only: f.opt("readOnly").unwrap_or(false),
         })
     }
 }

@@ -188,7 +188,8 @@ impl Checker<'_> {
                 );
             }
             match &v.source {
-                VolumeSource::EmptyDir(_) => {}
+                VolumeSource::EmptyDir(_) | VolumeSource::Projected(_) | VolumeSource::Claim(_) => {
+                }
                 VolumeSource::HostPath(h) => {
                     if !h.path.starts_with('/') {
                         self.err(format!("{path}.hostPath.path"), "must be an absolute path");

@@ -1,0 +1,171 @@
+//! Writes a projected volume's files (ConfigMaps, Secrets, the downward API) as the kubelet's
+//! `AtomicWriter` does, so a reader sees the old set of files or the new one, never a mix:
+//!
+//! ```text
+//! VOLUME/..2026_12_05_13_50_00.123456789/   the files, with their directories
+//! VOLUME/..data -> ..2026_12_05_13_50_00.123456789
+//! VOLUME/KEY -> ..data/KEY                  one link per top-level name
+//! ```
+//!
+//! An update writes a new timestamped directory, swaps `..data` in one `rename`, then fixes the
+//! top-level links and removes the old directory. A config-reloader that watches `..data` (or
+//! re-reads the files) sees each change whole. The links are relative, so they resolve inside a
+//! container's bind mount and inside a Wasm sidecar's preopened directory alike.
+
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use crate::plan::files::Files;
+use crate::spec::env::RuntimeFacts;
+
+const DATA: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+
+/// Writes `files` into `dir` (which exists), replacing what an earlier write put there.
+pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
+    let stamp = timestamp_dir();
+    let new = dir.join(&stamp);
+    std::fs::create_dir(&new)?;
+    set_mode(&new, 0o755)?;
+    for (path, file) in &files.files {
+        let target = new.join(path);
+        if let Some(parent) = target.parent() {
+            if parent != new {
+                std::fs::create_dir_all(parent)?;
+                set_mode(parent, 0o755)?;
+            }
+        }
+        // The downward API's values the sandbox knows (the pod's UID) are filled in here.
+        let data = match std::str::from_utf8(&file.data) {
+            Ok(text) if text.contains('\0') => facts.fill(text).into_bytes(),
+            _ => file.data.clone(),
+        };
+        std::fs::write(&target, data)?;
+        set_mode(&target, file.mode)?;
+    }
+    let old = std::fs::read_link(dir.join(DATA)).ok();
+    let tmp = dir.join(DATA_TMP);
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&stamp, &tmp)?;
+    std::fs::rename(&tmp, dir.join(DATA))?;
+    // Top-level names: a link for each new one, none for a name that is gone.
+    let wanted: std::collections::BTreeSet<String> = files
+        .files
+        .keys()
+        .filter_map(|p| p.split('/').next().map(str::to_string))
+        .collect();
+    for name in &wanted {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new(DATA).join(name), &link)?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !wanted.contains(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    if let Some(old) = old.filter(|o| o.as_os_str() != stamp.as_str()) {
+        std::fs::remove_dir_all(dir.join(old))?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// `..2026_12_05_13_50_00.123456789`, as the kubelet names them.
+fn timestamp_dir() -> String {
+    let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    let stamp: String = now
+        .trim_end_matches('Z')
+        .chars()
+        .map(|c| match c {
+            '-' | 'T' | ':' => '_',
+            c => c,
+        })
+        .collect();
+    format!("..{stamp}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::files::File;
+    use std::collections::BTreeMap;
+
+    fn files(list: &[(&str, &str)]) -> Files {
+        Files {
+            files: list
+                .iter()
+                .map(|(p, d)| {
+                    (
+                        p.to_string(),
+                        File {
+                            data: d.as_bytes().to_vec(),
+                            mode: 0o640,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            secret: false,
+        }
+    }
+
+    #[test]
+    fn writes_the_kubelet_layout_and_swaps_it_whole() {
+        let dir = tempfile_dir();
+        let facts = RuntimeFacts {
+            uid: "the-uid".into(),
+            ..RuntimeFacts::default()
+        };
+        let uid = crate::spec::env::RuntimeField::Uid.marker();
+        write(
+            &dir,
+            &files(&[("a", "1"), ("conf/b", "2"), ("uid", uid)]),
+            &facts,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(dir.join("conf/b")).unwrap(), "2");
+        assert_eq!(std::fs::read_to_string(dir.join("uid")).unwrap(), "the-uid");
+        assert_eq!(
+            std::fs::read_link(dir.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+        let mode = std::fs::metadata(dir.join("a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        let first = std::fs::read_link(dir.join(DATA)).unwrap();
+
+        // An update: `a` changes, `conf` goes, `c` comes; the old directory is removed.
+        write(&dir, &files(&[("a", "one"), ("c", "3")]), &facts).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "3");
+        assert!(std::fs::symlink_metadata(dir.join("conf")).is_err());
+        assert!(!dir.join(&first).exists());
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("..2"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["..data", "a", "c"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let mut b = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        let dir = std::env::temp_dir().join(format!("wpod-projected-{}", hex::encode(b)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
