@@ -780,11 +780,20 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
         }
         if let Some(c) = v.containers.iter().find(|c| c.name == name) {
             let pid = c.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            let code = c
-                .exit_code
-                .map(|x| format!(" (exit code {x})"))
-                .unwrap_or_default();
+            let code = match (c.exit_code, &c.reason) {
+                (Some(x), Some(r)) => format!(" (exit code {x}, {r})"),
+                (Some(x), None) => format!(" (exit code {x})"),
+                _ => String::new(),
+            };
             safe_writeln!(out, "    State:     {}{pid}{code}", c.state)?;
+            if let Some(m) = &c.message {
+                // Kubernetes' `Message:` of a terminated state: the container's own words.
+                safe_writeln!(
+                    out,
+                    "    Message:   {}",
+                    m.trim_end().replace('\n', "\n               ")
+                )?;
+            }
             safe_writeln!(out, "    Ready:     {}", c.ready)?;
             safe_writeln!(out, "    Restarts:  {}", c.restarts)?;
         }
@@ -874,10 +883,11 @@ pub fn volume_list(output: Output) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `.locks` holds the claims' locks.
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
             rows.push(VolumeRow {
                 in_use: wpod::sandbox::volumes::claim_in_use(&name),
                 bytes: dir_bytes(&entry.path()),
@@ -939,7 +949,6 @@ pub fn volume_remove(names: &[String]) -> anyhow::Result<ExitCode> {
         })?;
         std::fs::remove_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", dir.display()))?;
-        let _ = std::fs::remove_file(root.join(format!("{name}.lock")));
         println!("{}", safe(name));
     }
     Ok(ExitCode::SUCCESS)

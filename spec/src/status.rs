@@ -177,6 +177,10 @@ pub struct ExitInfo {
     pub code: i32,
     pub signal: Option<i32>,
     pub reason: ExitReason,
+    /// Kubernetes' termination message: what the container wrote to its
+    /// `terminationMessagePath`, or (`FallbackToLogsOnError`, on an error) the end of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl ExitInfo {
@@ -190,6 +194,7 @@ impl ExitInfo {
             } else {
                 ExitReason::Error
             },
+            message: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl ExitInfo {
             code: 128 + libc::SIGKILL,
             signal: Some(libc::SIGKILL),
             reason: ExitReason::Error,
+            message: None,
         }
     }
 
@@ -217,6 +223,7 @@ impl ExitInfo {
             code,
             signal,
             reason,
+            message: None,
         }
     }
 }

@@ -138,3 +138,53 @@ fn scheduling_fields_are_accepted_and_reported_as_ignored() {
     }
     assert_eq!(err.lines().count(), 3, "{err}");
 }
+
+/// Termination messages as the kubelet reads them (issue 26, item 7): the file at
+/// `terminationMessagePath` (default `/dev/termination-log`, any path the container names), or
+/// with `FallbackToLogsOnError` the end of an erroring container's output; in the `exited`
+/// event (so `wpod describe` and `ps --output json` too).
+#[test]
+fn termination_messages_come_from_the_file_or_the_logs() {
+    require_root("termination_messages_come_from_the_file_or_the_logs");
+    let run = TestPod::new(
+        "termination-messages",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: termination-messages}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c, 'echo "disk full on /data" > /dev/termination-log; exit 3']
+  - name: fallback
+    # One stream: two pipes are read apart, so lines of stdout and stderr have no order.
+    command: [sh, -c, 'echo "line one" >&2; echo "last words" >&2; exit 4']
+    terminationMessagePolicy: FallbackToLogsOnError
+  - name: custom
+    command: [sh, -c, 'echo "done, cleanly" > /tmp/why']
+    terminationMessagePath: /tmp/why
+  - name: quiet
+    command: [sh, -c, 'echo "not a message"; exit 5']
+"#,
+    )
+    .run(LONG);
+    let message = |c: &str| {
+        run.events(Some(c))
+            .iter()
+            .find(|e| e["event"] == "exited")
+            .map(|e| e["message"].clone())
+            .unwrap_or_else(|| panic!("{c} never exited\n{}", run.dump()))
+    };
+    assert_eq!(message("main"), "disk full on /data\n", "{}", run.dump());
+    assert_eq!(
+        message("fallback"),
+        "line one\nlast words\n",
+        "{}",
+        run.dump()
+    );
+    assert_eq!(message("custom"), "done, cleanly\n", "{}", run.dump());
+    // The default policy (File) never takes the logs.
+    assert!(message("quiet").is_null(), "{}", run.dump());
+    assert_no_leftovers("termination-messages");
+}

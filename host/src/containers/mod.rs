@@ -11,7 +11,7 @@ pub mod shim;
 mod syscall_table;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +87,52 @@ pub struct NativeContainer {
     output: Vec<JoinHandle<()>>,
     /// The polite stop: SIGTERM, or the image's `StopSignal` (nginx's is SIGQUIT).
     pub stop_signal: Signal,
+    /// Its termination message: the host file mounted at `terminationMessagePath`, and its
+    /// log file when its output stands in for a message (`FallbackToLogsOnError`).
+    termination_log: PathBuf,
+    fallback_log: Option<PathBuf>,
+}
+
+/// The most of a termination message the kubelet keeps.
+const MAX_TERMINATION_MESSAGE: usize = 4096;
+/// What `FallbackToLogsOnError` takes of the output: the last 80 lines, at most 2 KiB.
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
+/// The termination message of a container that ended with `code`: its file, or the end of its
+/// output (`fallback_log`) after an error.
+fn termination_message(file: &Path, fallback_log: Option<&Path>, code: i32) -> Option<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+    {
+        let _ = f
+            .take(MAX_TERMINATION_MESSAGE as u64)
+            .read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if !text.is_empty() {
+        return Some(text);
+    }
+    let log = fallback_log.filter(|_| code != 0)?;
+    let (lines, _) = crate::logs::LogFiles::at(log.to_path_buf()).read_all(None);
+    let start = lines.len().saturating_sub(FALLBACK_LINES);
+    let mut tail: String = lines[start..]
+        .iter()
+        .map(|l| format!("{}\n", l.text))
+        .collect();
+    if tail.len() > FALLBACK_BYTES {
+        let mut cut = tail.len() - FALLBACK_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_string();
+    }
+    (!tail.is_empty()).then_some(tail)
 }
 
 /// A signal as an image config writes it: `SIGQUIT`, `QUIT` or `3`.
@@ -110,6 +156,7 @@ fn launch_spec(
     sandbox: &PodSandbox,
     cgroup: &ContainerCgroup,
     scratch: PathBuf,
+    termination_log: &Path,
 ) -> Result<LaunchSpec, ContainerError> {
     let name = plan.name();
     let setup_err = |step: &str, source: Cause| setup_error(name, step, source);
@@ -136,6 +183,18 @@ fn launch_spec(
             read_only: m.read_only,
             no_follow_symlinks: sandbox.nosymfollow_volumes.contains(&m.volume),
             device: sandbox.volumes.is_device(&m.volume),
+        });
+    }
+    // The kubelet mounts the termination log at `terminationMessagePath` (unless a volume is
+    // there already).
+    let tm = &plan.termination_message.path;
+    if !process.mounts.iter().any(|m| m.target == *tm) {
+        mounts.push(BindMount {
+            source: termination_log.to_path_buf(),
+            target: tm.clone(),
+            read_only: false,
+            no_follow_symlinks: false,
+            device: false,
         });
     }
     // A container with an image of its own gets the pod's /etc/hosts and /etc/hostname (a
@@ -212,10 +271,21 @@ impl NativeContainer {
                 e,
             )
         })?;
-        let config = launch_spec(plan, sandbox, &cgroup, scratch)?
+        // A fresh termination log for each instance, any user's to write (only this container
+        // reaches it, through its bind mount).
+        let termination_log = dir.join("termination-log");
+        std::fs::write(&termination_log, b"")
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &termination_log,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o666),
+                )
+            })
+            .map_err(|e| setup_error(&name, "create the termination log", e))?;
+        let config = launch_spec(plan, sandbox, &cgroup, scratch, &termination_log)?
             .to_oci()
             .map_err(|e| setup_err("describe the container (OCI runtime config)", e.into()))?;
-        let spec_path = dir.join("config.json");
+        let spec_path = sandbox.launch_config(&name);
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| setup_err("write the launch config", e.into()))?;
         // It holds the container's environment: root's alone.
@@ -269,6 +339,11 @@ impl NativeContainer {
                 .and_then(|p| p.stop_signal.as_deref())
                 .and_then(parse_signal)
                 .unwrap_or(Signal::SIGTERM),
+            termination_log,
+            fallback_log: plan
+                .termination_message
+                .fallback_to_logs
+                .then(|| logs.file(&name)),
         };
         match report {
             Some(Report::Started { pid }) => {
@@ -325,10 +400,16 @@ impl NativeContainer {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         let oom = self.cgroup.oom_kills() > 0;
-        match status {
+        let mut exit = match status {
             Ok(s) => ExitInfo::from_status(s, oom),
             Err(_) => ExitInfo::killed(),
-        }
+        };
+        exit.message = termination_message(
+            &self.termination_log,
+            self.fallback_log.as_deref(),
+            exit.code,
+        );
+        exit
     }
 
     /// Waits until the container has exited and its output is drained.

@@ -277,10 +277,7 @@ stringData: {password: s3cr3t, user: admin}
         assert!(!format!("{some:?}").contains("s3cr3t"));
         let mixed = project(&pod, &v[2], &HOST).unwrap();
         assert_eq!(mixed.files["level"].mode, 0o600);
-        assert_eq!(
-            mixed.files["labels"].data,
-            b"app=\"shop\"\ntier=\"front\"\n"
-        );
+        assert_eq!(mixed.files["labels"].data, b"app=\"shop\"\ntier=\"front\"");
         assert_eq!(mixed.files["mem"].data, b"64");
     }
 

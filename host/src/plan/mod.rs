@@ -43,6 +43,9 @@ pub struct ContainerPlan {
     pub probes: ContainerProbes,
     /// Its `postStart` and `preStop` hooks.
     pub hooks: Lifecycle,
+    /// Where its termination message is read from, and whether its output stands in for one
+    /// (`terminationMessagePath`, `terminationMessagePolicy`).
+    pub termination_message: TerminationMessage,
     /// Its `resources.limits` (exact quantities): the cgroup's for a native container, the
     /// store's memory bound for a Wasm sidecar.
     pub limits: ResourceList,
@@ -51,6 +54,15 @@ pub struct ContainerPlan {
     /// A native container's process, decided once its image is known
     /// ([`PodPlan::with_native_processes`]); `None` for a Wasm sidecar, and before that.
     pub process: Option<native::NativeProcess>,
+}
+
+/// Kubernetes' termination message: a file the kubelet mounts into the container (native
+/// containers: a Wasm sidecar has no such file), read when it ends, at most 4 KiB; with
+/// `fallback_to_logs`, an error exit without one takes the last 80 lines (2 KiB) of its output.
+#[derive(Clone, Debug, Default)]
+pub struct TerminationMessage {
+    pub path: String,
+    pub fallback_to_logs: bool,
 }
 
 /// A container's probes (Kubernetes' `startupProbe`, `readinessProbe`, `livenessProbe`).
@@ -86,6 +98,10 @@ impl ContainerPlan {
             },
             hooks: c.lifecycle.clone().unwrap_or_default(),
             limits: c.resources.limits.clone(),
+            termination_message: TerminationMessage {
+                path: c.termination_message_path.clone(),
+                fallback_to_logs: c.termination_message_fallback,
+            },
             spec: c.clone(),
             grants,
             process: None,

@@ -71,6 +71,9 @@ pub struct PodSandbox {
     /// Makes sockets in the pod's network namespace (hostPorts, probes).
     pub dialer: Dialer,
     pub lifeline: Lifeline,
+    /// Where the containers' launch configs are written: a tmpfs, since they hold the
+    /// environment (Secrets' values too), as containerd keeps its bundles under /run.
+    launch: LaunchDir,
     pub state: StateDir,
     /// The pod's `/etc/hosts` and `/etc/hostname`, as the kubelet writes them for every
     /// container with an image of its own (see [`PodSandbox::etc_files`]).
@@ -123,6 +126,7 @@ impl PodSandbox {
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
         let host = crate::sys::Host::real();
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
+        let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
         let (volumes, volume_warnings) =
             PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"), &facts)?;
         warnings.extend(volume_warnings);
@@ -140,6 +144,7 @@ impl PodSandbox {
             namespaces,
             dialer,
             lifeline,
+            launch,
             state,
             etc_files: etc.files,
             pod_net: std::sync::Arc::new(etc.net),
@@ -166,9 +171,16 @@ impl PodSandbox {
         }
     }
 
-    /// Where a container keeps its launch config (`config.json`) and scratch space.
+    /// Where a container keeps its scratch space (its overlay's upper layer) and its
+    /// termination log.
     pub fn container_dir(&self, container: &str) -> PathBuf {
         self.state.path.join("containers").join(container)
+    }
+
+    /// Where a container's launch config (the OCI runtime config, which holds its
+    /// environment) is written: in memory, root's alone.
+    pub fn launch_config(&self, container: &str) -> PathBuf {
+        self.launch.path.join(format!("{container}.json"))
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -215,5 +227,43 @@ fn runtime_facts(
         pod_ip,
         host_ip,
         uid,
+    }
+}
+
+/// A tmpfs of the pod's, root's alone, unmounted with the pod.
+struct LaunchDir {
+    sys: std::sync::Arc<dyn crate::sys::Syscall>,
+    path: PathBuf,
+}
+
+impl LaunchDir {
+    fn mount(
+        sys: std::sync::Arc<dyn crate::sys::Syscall>,
+        path: PathBuf,
+    ) -> Result<Self, SandboxError> {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| SandboxError::io("create the launch directory", &path, e))?;
+        sys.mount(
+            Some(std::path::Path::new("tmpfs")),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0700,size=16m"),
+        )
+        .map_err(|e| SandboxError::sys("mount the launch directory's tmpfs", &path, e))?;
+        Ok(LaunchDir { sys, path })
+    }
+}
+
+impl Drop for LaunchDir {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .sys
+            .umount2(&self.path, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(dir = %self.path.display(), error = %e, "cannot unmount the launch directory");
+        }
     }
 }

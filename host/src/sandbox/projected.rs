@@ -12,8 +12,8 @@
 //! re-reads the files) sees each change whole. The links are relative, so they resolve inside a
 //! container's bind mount and inside a Wasm sidecar's preopened directory alike.
 
-use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::plan::files::Files;
@@ -26,8 +26,19 @@ const DATA_TMP: &str = "..data_tmp";
 pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
     let stamp = timestamp_dir();
     let new = dir.join(&stamp);
-    std::fs::create_dir(&new)?;
-    set_mode(&new, 0o755)?;
+    // Closed (0700) while it fills: a reader in the pod sees it only whole, each file already
+    // with its mode (a Secret's 0400 is never 0644 for a moment).
+    std::fs::DirBuilder::new().mode(0o700).create(&new)?;
+    let written = fill(&new, files, facts).and_then(|()| set_mode(&new, 0o755));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&new);
+        return Err(e);
+    }
+    swap(dir, &stamp, files)
+}
+
+/// Writes the files into the new directory `new`.
+fn fill(new: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
     for (path, file) in &files.files {
         let target = new.join(path);
         if let Some(parent) = target.parent() {
@@ -41,13 +52,26 @@ pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> 
             Ok(text) if text.contains('\0') => facts.fill(text).into_bytes(),
             _ => file.data.clone(),
         };
-        std::fs::write(&target, data)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file.mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&target)?;
+        out.write_all(&data)?;
+        // The umask may have narrowed it.
         set_mode(&target, file.mode)?;
     }
+    Ok(())
+}
+
+/// Points `..data` at the new directory `stamp` in one rename, then fixes the top-level links
+/// and removes the old directory.
+fn swap(dir: &Path, stamp: &str, files: &Files) -> io::Result<()> {
     let old = std::fs::read_link(dir.join(DATA)).ok();
     let tmp = dir.join(DATA_TMP);
     let _ = std::fs::remove_file(&tmp);
-    symlink(&stamp, &tmp)?;
+    symlink(stamp, &tmp)?;
     std::fs::rename(&tmp, dir.join(DATA))?;
     // Top-level names: a link for each new one, none for a name that is gone.
     let wanted: std::collections::BTreeSet<String> = files
@@ -68,7 +92,7 @@ pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> 
             std::fs::remove_file(entry.path())?;
         }
     }
-    if let Some(old) = old.filter(|o| o.as_os_str() != stamp.as_str()) {
+    if let Some(old) = old.filter(|o| o.as_os_str() != stamp) {
         std::fs::remove_dir_all(dir.join(old))?;
     }
     Ok(())

@@ -85,7 +85,7 @@ impl PodVolumes {
                     dir
                 }
                 VolumeKind::Claim { dir, claim } => {
-                    let lock = claim_lock(claim, nix::fcntl::FlockArg::LockSharedNonblock)
+                    let lock = claim_shared(claim)
                         .map_err(|e| SandboxError::io(step("lock the claim"), dir, e))?;
                     vols._claim_locks.push(lock);
                     if !dir.exists() {
@@ -211,31 +211,45 @@ impl PodVolumes {
     }
 }
 
-/// `$WPOD_ROOT/volumes/NAME.lock`, locked as `how` asks (without waiting).
-fn claim_lock(claim: &str, how: nix::fcntl::FlockArg) -> std::io::Result<std::fs::File> {
-    let path = crate::plan::claim_dir(claim).with_extension("lock");
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)?;
+/// The lock of claim `name`: `$WPOD_ROOT/volumes/.locks/NAME` (a name that starts with `.`
+/// is never a claim's), never removed, so every process locks the same file.
+fn claim_lock_file(claim: &str) -> std::io::Result<std::fs::File> {
+    let dir = crate::plan::claim_dir(".locks");
+    std::fs::create_dir_all(&dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    crate::files::open_lock(&dir.join(claim))
+}
+
+fn flock(file: &std::fs::File, how: nix::fcntl::FlockArg) -> std::io::Result<()> {
     #[allow(deprecated)]
-    nix::fcntl::flock(std::os::fd::AsRawFd::as_raw_fd(&file), how).map_err(std::io::Error::from)?;
-    Ok(file)
+    nix::fcntl::flock(std::os::fd::AsRawFd::as_raw_fd(file), how).map_err(std::io::Error::from)
+}
+
+/// A shared lock on claim `name` for a pod that mounts it. A `wpod volume ls` or `rm` may
+/// hold it exclusively for a moment: the pod waits for that, a few seconds at most.
+fn claim_shared(claim: &str) -> std::io::Result<std::fs::File> {
+    let file = claim_lock_file(claim)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match flock(&file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(()) => return Ok(file),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
 }
 
 /// Whether a running pod mounts the claim `name`.
 pub fn claim_in_use(name: &str) -> bool {
-    claim_lock(name, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+    claim_lock_exclusive(name).is_err()
 }
 
 /// The claim `name` locked for its removal; an error while a running pod mounts it.
 pub fn claim_lock_exclusive(name: &str) -> std::io::Result<std::fs::File> {
-    claim_lock(name, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    let file = claim_lock_file(name)?;
+    flock(&file, nix::fcntl::FlockArg::LockExclusiveNonblock)?;
+    Ok(file)
 }
 
 /// `FileOrCreate`: creates the file unless something is there, never through a symlink (a

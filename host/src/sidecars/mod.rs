@@ -478,6 +478,7 @@ fn exit_info(
                 code: 1,
                 signal: None,
                 reason: ExitReason::Trapped,
+                message: Some(format!("wasm trap: {e:#}")),
             }
         }
     }

@@ -297,10 +297,20 @@ impl Event {
                 "back-off: restart {restarts} in {:.1}s",
                 *restart_in_ms as f64 / 1000.0
             ),
-            Event::Exited(x) => match x.signal {
-                Some(sig) => format!("exited with code {} (signal {sig}, {})", x.code, x.reason),
-                None => format!("exited with code {} ({})", x.code, x.reason),
-            },
+            Event::Exited(x) => {
+                let said = match x.signal {
+                    Some(sig) => format!("exited with code {} (signal {sig}, {})", x.code, x.reason),
+                    None => format!("exited with code {} ({})", x.code, x.reason),
+                };
+                match &x.message {
+                    // One line: the message's own lines joined, escaped, shortened.
+                    Some(m) => {
+                        let one: String = m.trim_end().chars().take(200).collect();
+                        format!("{said}: {:?}", one)
+                    }
+                    None => said,
+                }
+            }
             Event::FailedToStart { error } => format!("failed to start: {error}"),
             Event::PodStopping {
                 reason,
@@ -448,6 +458,11 @@ pub struct ContainerView {
     pub restarts: u32,
     pub pid: Option<i32>,
     pub exit_code: Option<i64>,
+    /// How it last ended (`Completed`, `Error`, `OOMKilled`...) and its termination message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub image: Option<String>,
 }
 

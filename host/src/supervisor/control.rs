@@ -383,6 +383,10 @@ impl Control {
             return Ok(report(&plan, &change, true, &[]));
         }
         let sandbox = self.sandbox.upgrade().ok_or(super::ChangeError::Stopping)?;
+        // What a new sidecar runs is kept from `wpod image prune` while the pod runs.
+        crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
+            .map_err(ControlError::Pin)?;
+
         // New files first: a sidecar started by this change reads them.
         for v in plan
             .volumes
@@ -413,9 +417,6 @@ impl Control {
             let now = self.live();
             return Ok(report(&now.plan, &change, false, &[]));
         }
-        // What a new sidecar runs is kept from `wpod image prune` while the pod runs.
-        crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
-            .map_err(ControlError::Pin)?;
 
         // The runtime's memory holds the old and the new sidecars for a moment: the larger
         // limit until the change is done.

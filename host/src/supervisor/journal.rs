@@ -152,6 +152,8 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 c.ready = false;
                 c.pid = None;
                 c.exit_code = Some(x.code.into());
+                c.reason = Some(x.reason.to_string());
+                c.message = x.message.clone();
             }
             Event::BackOff { .. } => c.state = ContainerState::Waiting,
             _ => {}

@@ -341,6 +341,10 @@ impl Supervisor {
         let mut sidecars: Vec<Handle> = Vec::new();
         let mut failed = false;
         let mut stop_reason: Option<&'static str> = None;
+        // The pod's one deadline, from its first stop request.
+        let mut deadline: Option<Instant> = None;
+        // A second request came: what is left is killed.
+        let mut forced = false;
 
         // Init containers in order; native sidecars start in their place and keep running.
         for member in members.iter().filter(|m| m.plan.role != Role::Regular) {
@@ -363,9 +367,23 @@ impl Supervisor {
             let outcome = tokio::select! {
                 outcome = &mut handle.done => outcome.ok(),
                 reason = signals.recv() => {
+                    // The init container stops, and the sidecars already running begin to:
+                    // all by one deadline, a second request killing what is left.
                     stop_reason = Some(reason);
-                    handle.stop(Instant::now() + grace);
-                    (&mut handle.done).await.ok()
+                    let by = *deadline.get_or_insert(Instant::now() + grace);
+                    handle.stop(by);
+                    for h in &sidecars {
+                        h.send(Command::Stop { deadline: by, wait_turn: true });
+                    }
+                    tokio::select! {
+                        outcome = &mut handle.done => outcome.ok(),
+                        _ = signals.recv() => {
+                            forced = true;
+                            handle.send(Command::Kill);
+                            sidecars.iter().for_each(|h| h.send(Command::Kill));
+                            (&mut handle.done).await.ok()
+                        }
+                    }
                 }
             };
             let ok = outcome
@@ -451,7 +469,7 @@ impl Supervisor {
         // once every regular container has ended), each with at least `MIN_TERM_WINDOW`
         // before the kill even when the grace period is spent. A second request kills what is
         // left at once.
-        let deadline = Instant::now() + grace;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + grace);
         for c in &live {
             let _ = c.commands.send(Command::Stop {
                 deadline,
@@ -464,7 +482,9 @@ impl Supervisor {
                 wait_turn: true,
             });
         }
-        let mut forced = false;
+        if forced {
+            sidecars.iter().for_each(|h| h.send(Command::Kill));
+        }
         while !regular.is_empty() {
             tokio::select! {
                 next = regular.join_next() => {

@@ -111,6 +111,7 @@ pub async fn run(
                     code: 128,
                     signal: None,
                     reason: ExitReason::StartError,
+                    message: None,
                 };
                 run.events.emit(Some(&name), Event::Exited(exit.clone()));
                 launched(&progress);

@@ -110,6 +110,7 @@ impl Workload for FakeWorkload {
                 code: 143,
                 signal: Some(15),
                 reason: crate::status::ExitReason::Error,
+                message: None,
             }));
         }
         false

@@ -30,6 +30,11 @@ pub struct Container {
     pub security_context: Option<SecurityContext>,
     /// Only on init containers, and only `Always`: makes it a native sidecar.
     pub restart_policy: Option<RestartPolicy>,
+    /// Where the container may write why it ended (`/dev/termination-log`).
+    pub termination_message_path: String,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: without a message, an error exit
+    /// takes the end of the container's output as its message.
+    pub termination_message_fallback: bool,
 }
 
 impl Decode for Container {
@@ -40,8 +45,6 @@ impl Decode for Container {
                 "restartPolicyRules",
                 "stdin",
                 "stdinOnce",
-                "terminationMessagePath",
-                "terminationMessagePolicy",
                 "tty",
                 "volumeDevices",
             ]);
@@ -63,6 +66,26 @@ impl Decode for Container {
                 lifecycle: f.opt("lifecycle"),
                 security_context: f.opt("securityContext"),
                 restart_policy: f.opt("restartPolicy"),
+                termination_message_path: f
+                    .opt("terminationMessagePath")
+                    .unwrap_or_else(|| "/dev/termination-log".into()),
+                termination_message_fallback: match f
+                    .opt::<String>("terminationMessagePolicy")
+                    .as_deref()
+                {
+                    None | Some("File") => false,
+                    Some("FallbackToLogsOnError") => true,
+                    Some(other) => {
+                        let p = f.child("terminationMessagePolicy");
+                        let loc = f.d.map.locate(&p);
+                        f.d.error_at(
+                            loc,
+                            &p,
+                            format!("unsupported value \"{other}\": write File or FallbackToLogsOnError"),
+                        );
+                        false
+                    }
+                },
             }
         })
     }

@@ -182,6 +182,18 @@ pub fn resolve(
         let field = |what: &str| format!("env[{i}].{what}");
         let value = match &var.value {
             EnvValue::Text(text) => Some(expand(text, |name| lookup(&vars, name))),
+            // The whole maps are for volumes (Kubernetes' rule): a variable takes one key.
+            EnvValue::Field(path)
+                if path == "metadata.labels" || path == "metadata.annotations" =>
+            {
+                problems.push(EnvProblem {
+                    field: field("valueFrom.fieldRef.fieldPath"),
+                    message: format!(
+                        "\"{path}\" is for a downwardAPI volume; a variable takes one key: {path}['KEY']"
+                    ),
+                });
+                None
+            }
             EnvValue::Field(path) => match field_value(pod, host, path) {
                 Ok(v) => Some(v),
                 Err(message) => {
@@ -344,11 +356,13 @@ pub fn field_value(pod: &Pod, host: &HostFacts<'_>, path: &str) -> Result<String
     })
 }
 
-/// Labels or annotations as the downward API writes them: `key="value"` lines, sorted.
+/// Labels or annotations as the downward API writes them (the kubelet's `FormatMap`):
+/// `key="value"` lines, sorted, without a newline after the last.
 fn key_values(map: &BTreeMap<String, String>) -> String {
     map.iter()
-        .map(|(k, v)| format!("{k}={v:?}\n"))
-        .collect::<String>()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A `resourceFieldRef`'s value: the limit or request in units of the divisor, rounded up

@@ -96,7 +96,7 @@ fn check_key(d: &mut Decoder, path: &str, key: &str) -> bool {
     let ok = !key.is_empty()
         && key.len() <= 253
         && key != "."
-        && key != ".."
+        && !key.starts_with("..")
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -106,7 +106,7 @@ fn check_key(d: &mut Decoder, path: &str, key: &str) -> bool {
         d.error_at(
             loc,
             &field,
-            "a key must consist of letters, digits, '-', '_' or '.' (and not be \".\" or \"..\")",
+            "a key must consist of letters, digits, '-', '_' or '.', at most 253, and not be \".\" or start with \"..\"",
         );
     }
     ok

@@ -662,16 +662,19 @@ fn mode(f: &mut super::decode::Fields<'_, '_>, name: &'static str) -> Option<u32
 /// (the kubelet keeps its own `..data` there).
 fn check_relative(d: &mut Decoder, path: &str, p: &str) {
     let bad = p.is_empty()
+        || p.len() > 4096
         || p.starts_with('/')
         || p.starts_with("..")
-        || p.split('/').any(|e| e == ".." || e.is_empty());
+        || p.split('/')
+            .any(|e| e == ".." || e == "." || e.is_empty() || e.len() > 255);
     if bad {
         let loc = d.map.locate(path);
         d.error_at(
             loc,
             path,
             format!(
-                "\"{p}\" must be a relative path without \"..\" elements, not starting with \"..\""
+                "\"{p}\" must be a relative path without \"..\" or \".\" elements, not starting \
+                 with \"..\" (at most 4096 characters, 255 per element)"
             ),
         );
     }
@@ -828,6 +831,11 @@ impl Decode for ProjectionSource {
                 );
             }
             let mut found = Vec::new();
+            if f.has("serviceAccountToken") {
+                // Refused above; it stands as an empty source, so the next ones keep their
+                // place in messages.
+                found.push(Projection::DownwardApi(Vec::new()));
+            }
             if let Some(c) = f.opt("configMap") {
                 found.push(Projection::ConfigMap(c));
             }

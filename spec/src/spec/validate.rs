@@ -235,6 +235,14 @@ impl Checker<'_> {
                 "required when image is omitted: a container without an image runs its command on the host filesystem",
             );
         }
+        let tm = &c.termination_message_path;
+        if !tm.starts_with('/') || tm.split('/').any(|s| s == "..") || tm == "/" {
+            self.err(
+                format!("{path}.terminationMessagePath"),
+                "must be an absolute path to a file, without \"..\"",
+            );
+        }
+        self.c_string(&format!("{path}.terminationMessagePath"), tm);
         if let Some(w) = &c.working_dir {
             if !w.starts_with('/') {
                 self.err(format!("{path}.workingDir"), "must be an absolute path");
