@@ -188,3 +188,101 @@ spec:
     assert!(message("quiet").is_null(), "{}", run.dump());
     assert_no_leftovers("termination-messages");
 }
+
+/// A pod-level `securityContext` (issue 26, item 10): its user and group under each
+/// container's (which wins), its `supplementalGroups` and `fsGroup` in every process's groups,
+/// its volumes given to the `fsGroup` (setgid, so new files are too; projected files readable
+/// by it), and its sysctls set in the pod's own namespaces.
+#[test]
+fn a_pod_security_context_sets_users_groups_volume_ownership_and_sysctls() {
+    require_root("a_pod_security_context_sets_users_groups_volume_ownership_and_sysctls");
+    let run = TestPod::new(
+        "pod-security",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-security}
+spec:
+  restartPolicy: Never
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+    supplementalGroups: [4000]
+    sysctls:
+    - {name: net.ipv4.ip_local_port_range, value: "32768 33000"}
+    - {name: kernel.shm_rmid_forced, value: "1"}
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      echo "uid $(id -u) gid $(id -g) groups $(id -G)"
+      touch /data/made
+      echo "data $(stat -c '%g %a' /data) made $(stat -c %g /data/made)"
+      echo "secret $(stat -L -c '%g %a' /config/token) reads $(cat /config/token)"
+      echo "ports $(cat /proc/sys/net/ipv4/ip_local_port_range | tr '\t' ' ')"
+      echo "shm $(cat /proc/sys/kernel/shm_rmid_forced)"
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: config, mountPath: /config}
+  - name: root-here
+    command: [sh, -c, 'echo "uid $(id -u)"']
+    securityContext: {runAsUser: 0}
+  volumes:
+  - {name: data, emptyDir: {}}
+  - name: config
+    secret: {secretName: creds, defaultMode: 0400}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {token: t0k3n}
+"#,
+    )
+    .run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let line = |c: &str, prefix: &str| {
+        run.logs(c)
+            .into_iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{c} printed no {prefix}\n{}", run.dump()))
+    };
+    let ids = line("main", "uid ");
+    assert!(ids.starts_with("uid 1000 gid 3000 groups "), "{ids}");
+    let groups: Vec<&str> = ids.rsplit("groups ").next().unwrap().split(' ').collect();
+    assert!(
+        groups.contains(&"2000") && groups.contains(&"4000"),
+        "{ids}"
+    );
+    // The emptyDir belongs to the fsGroup, setgid: what the pod makes there does too.
+    assert_eq!(
+        line("main", "data "),
+        "data 2000 2777 made 2000",
+        "{}",
+        run.dump()
+    );
+    // A 0400 Secret file is the group's to read (g+r), so uid 1000 reads it through fsGroup.
+    assert_eq!(
+        line("main", "secret "),
+        "secret 2000 440 reads t0k3n",
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        line("main", "ports "),
+        "ports 32768 33000",
+        "{}",
+        run.dump()
+    );
+    assert_eq!(line("main", "shm "), "shm 1", "{}", run.dump());
+    // The container's own runAsUser wins over the pod's.
+    assert_eq!(line("root-here", "uid "), "uid 0", "{}", run.dump());
+    // The host's own sysctl is untouched.
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    assert_ne!(
+        host.split_whitespace().collect::<Vec<_>>(),
+        ["32768", "33000"]
+    );
+    assert_no_leftovers("pod-security");
+}

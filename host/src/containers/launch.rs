@@ -6,7 +6,7 @@
 //! The shim implements a subset of the runtime spec, and [`LaunchSpec::from_oci`] checks a
 //! config against it before anything is set up: a field it would not honour is refused by
 //! name, never ignored. What the config holds, and how wpod's shim reads it:
-//! - `process`: `args`, `env`, `cwd`, `user` (uid and gid, no additional groups),
+//! - `process`: `args`, `env`, `cwd`, `user` (uid, gid and additional groups),
 //!   `capabilities` (the bounding set; effective and permitted are the same set for uid 0 and
 //!   empty otherwise, inheritable and ambient empty), `noNewPrivileges`.
 //! - `root`: `path` is the directory the shim assembles the root in: a private tmpfs holding
@@ -130,6 +130,8 @@ pub struct BindMount {
 pub struct SecuritySpec {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (the pod's `supplementalGroups` and `fsGroup`).
+    pub additional_gids: Vec<u32>,
     /// The capability bounding set, e.g. `CAP_CHOWN`; everything else is dropped.
     pub capabilities: Vec<String>,
     pub no_new_privs: bool,
@@ -398,6 +400,9 @@ impl LaunchSpec {
             .set_ambient(Some(none));
         let mut user = User::default();
         user.set_uid(self.security.uid).set_gid(self.security.gid);
+        if !self.security.additional_gids.is_empty() {
+            user.set_additional_gids(Some(self.security.additional_gids.clone()));
+        }
         let mut process = Process::default();
         process
             .set_terminal(None)
@@ -520,14 +525,6 @@ impl LaunchSpec {
             ),
             (process.user().umask().is_some(), "process.user.umask"),
             (process.user().username().is_some(), "process.user.username"),
-            (
-                process
-                    .user()
-                    .additional_gids()
-                    .as_ref()
-                    .is_some_and(|g| !g.is_empty()),
-                "process.user.additionalGids",
-            ),
         ] {
             if set {
                 return unsupported(field);
@@ -728,6 +725,7 @@ impl LaunchSpec {
             security: SecuritySpec {
                 uid,
                 gid,
+                additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
                 capabilities,
                 no_new_privs: process.no_new_privileges().unwrap_or(false),
                 seccomp: linux.seccomp().clone().map(checked_seccomp).transpose()?,
@@ -812,6 +810,7 @@ mod tests {
             security: SecuritySpec {
                 uid: 0,
                 gid: 0,
+                additional_gids: vec![10, 2000],
                 capabilities: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
                 no_new_privs: true,
                 seccomp: Some(crate::plan::seccomp::Profile::runtime_default().resolve(

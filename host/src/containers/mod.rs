@@ -233,6 +233,7 @@ fn launch_spec(
         security: SecuritySpec {
             uid: process.uid,
             gid: process.gid,
+            additional_gids: process.additional_gids.clone(),
             capabilities: process.capabilities.clone(),
             no_new_privs: process.no_new_privs,
             seccomp: process.seccomp.clone(),

@@ -58,7 +58,12 @@ fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
         .map_err(|e| StepError::msg("clear inheritable capabilities", e.to_string()))?;
     let _ = caps::clear(None, CapSet::Ambient); // absent on old kernels
 
-    setgroups(&[]).map_err(|e| StepError::msg("setgroups", e.to_string()))?;
+    let groups: Vec<Gid> = sec
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    setgroups(&groups).map_err(|e| StepError::msg("setgroups", e.to_string()))?;
     setgid(Gid::from_raw(sec.gid))
         .map_err(|e| StepError::msg(format!("setgid {}", sec.gid), e.to_string()))?;
     // For a non-root user the kernel clears the permitted and effective sets here.

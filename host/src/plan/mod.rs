@@ -153,6 +153,11 @@ pub struct PodPlan {
     /// The pod's volumes, checked (each supported type; hostPaths allowed by policy), in the
     /// manifest's order.
     pub volumes: Vec<VolumePlan>,
+    /// `securityContext.fsGroup`: the group that owns the pod's volumes (hostPaths aside),
+    /// and whether a volume whose root has it already is left as it is (`OnRootMismatch`).
+    pub fs_group: Option<(u32, bool)>,
+    /// `securityContext.sysctls`: set in the pod's namespaces before its containers start.
+    pub sysctls: Vec<(String, String)>,
     /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
     /// validate` prints them, `wpod run` says them as warnings.
     pub ignored: Vec<Diagnostic>,
@@ -461,6 +466,16 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
         ));
     }
     let volumes = plan_volumes(pod, &host, &mut diags);
+    if pod.spec.host_network {
+        for (i, (name, _)) in pod.spec.security_context.sysctls.iter().enumerate() {
+            if name.starts_with("net.") {
+                diags.push(pod.source.diag(
+                    format!("spec.securityContext.sysctls[{i}].name"),
+                    format!("{name} would be the host's own on the host's network (hostNetwork: true); remove it, or the pod's hostNetwork"),
+                ));
+            }
+        }
+    }
     check_sidecar_count(pod, &containers, &mut diags);
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
@@ -521,6 +536,12 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
                 volumes,
+                fs_group: pod
+                    .spec
+                    .security_context
+                    .fs_group
+                    .map(|g| (g, pod.spec.security_context.fs_group_on_root_mismatch)),
+                sysctls: pod.spec.security_context.sysctls.clone(),
                 ignored: pod
                     .spec
                     .ignored

@@ -27,6 +27,8 @@ pub struct NativeProcess {
     pub cwd: Option<String>,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups: the pod's `supplementalGroups` and `fsGroup`.
+    pub additional_gids: Vec<u32>,
     /// The capability bounding set, as the kernel names them (`CAP_KILL`).
     pub capabilities: Vec<String>,
     /// Kubernetes' `allowPrivilegeEscalation: false` (wpod's default).
@@ -222,6 +224,15 @@ pub fn process(
         cwd,
         uid,
         gid: sc.run_as_group.or(image_gid).unwrap_or(0),
+        additional_gids: {
+            // The pod's groups, as the kubelet gives every container's processes.
+            let psc = &pod.spec.security_context;
+            let mut gids = psc.supplemental_groups.clone();
+            gids.extend(psc.fs_group);
+            gids.sort_unstable();
+            gids.dedup();
+            gids
+        },
         seccomp: profile.map(|p| p.resolve_here(&capabilities)),
         capabilities,
         // Kubernetes' allowPrivilegeEscalation; wpod defaults to the safe side.

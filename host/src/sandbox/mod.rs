@@ -7,10 +7,12 @@ pub mod dns;
 pub mod holder;
 pub mod namespaces;
 pub mod network;
+pub mod ownership;
 pub mod ports;
 pub mod projected;
 pub mod runtime;
 pub mod state_dir;
+pub mod sysctls;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -127,6 +129,7 @@ impl PodSandbox {
         let host = crate::sys::Host::real();
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
         let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
+        sysctls::set(&namespaces.paths(), &plan.sysctls)?;
         let (volumes, volume_warnings) =
             PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"), &facts)?;
         warnings.extend(volume_warnings);

@@ -23,13 +23,26 @@ const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
 
 /// Writes `files` into `dir` (which exists), replacing what an earlier write put there.
-pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
+/// With `fs_group`, the files and directories belong to that group, readable by it (the
+/// kubelet's ownership of a read-only volume: `g+r`, directories `g+x` and setgid).
+pub fn write(
+    dir: &Path,
+    files: &Files,
+    facts: &RuntimeFacts,
+    fs_group: Option<u32>,
+) -> io::Result<()> {
     let stamp = timestamp_dir();
     let new = dir.join(&stamp);
     // Closed (0700) while it fills: a reader in the pod sees it only whole, each file already
     // with its mode (a Secret's 0400 is never 0644 for a moment).
     std::fs::DirBuilder::new().mode(0o700).create(&new)?;
-    let written = fill(&new, files, facts).and_then(|()| set_mode(&new, 0o755));
+    let written = fill(&new, files, facts, fs_group).and_then(|()| match fs_group {
+        Some(gid) => {
+            std::os::unix::fs::lchown(&new, None, Some(gid))?;
+            set_mode(&new, 0o755 | 0o2550)
+        }
+        None => set_mode(&new, 0o755),
+    });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&new);
         return Err(e);
@@ -38,13 +51,22 @@ pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> 
 }
 
 /// Writes the files into the new directory `new`.
-fn fill(new: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
+fn fill(new: &Path, files: &Files, facts: &RuntimeFacts, fs_group: Option<u32>) -> io::Result<()> {
     for (path, file) in &files.files {
         let target = new.join(path);
         if let Some(parent) = target.parent() {
             if parent != new {
                 std::fs::create_dir_all(parent)?;
                 set_mode(parent, 0o755)?;
+                if let Some(gid) = fs_group {
+                    // Every directory between the new one and the file.
+                    let mut d = parent;
+                    while d != new {
+                        std::os::unix::fs::lchown(d, None, Some(gid))?;
+                        set_mode(d, 0o755 | 0o2550)?;
+                        d = d.parent().unwrap_or(new);
+                    }
+                }
             }
         }
         // The downward API's values the sandbox knows (the pod's UID) are filled in here.
@@ -60,7 +82,13 @@ fn fill(new: &Path, files: &Files, facts: &RuntimeFacts) -> io::Result<()> {
             .open(&target)?;
         out.write_all(&data)?;
         // The umask may have narrowed it.
-        set_mode(&target, file.mode)?;
+        match fs_group {
+            Some(gid) => {
+                std::os::unix::fs::fchown(&out, None, Some(gid))?;
+                set_mode(&target, file.mode | 0o440)?;
+            }
+            None => set_mode(&target, file.mode)?,
+        }
     }
     Ok(())
 }
@@ -152,6 +180,7 @@ mod tests {
             &dir,
             &files(&[("a", "1"), ("conf/b", "2"), ("uid", uid)]),
             &facts,
+            None,
         )
         .unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
@@ -170,7 +199,7 @@ mod tests {
         let first = std::fs::read_link(dir.join(DATA)).unwrap();
 
         // An update: `a` changes, `conf` goes, `c` comes; the old directory is removed.
-        write(&dir, &files(&[("a", "one"), ("c", "3")]), &facts).unwrap();
+        write(&dir, &files(&[("a", "one"), ("c", "3")]), &facts, None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "one");
         assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(dir.join("conf")).is_err());

@@ -80,7 +80,7 @@ impl PodVolumes {
                             .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
                         vols.tmpfs.push(dir.clone());
                     }
-                    super::projected::write(&dir, files, facts)
+                    super::projected::write(&dir, files, facts, plan.fs_group.map(|g| g.0))
                         .map_err(|e| SandboxError::io(step("write its files"), &dir, e))?;
                     dir
                 }
@@ -159,6 +159,22 @@ impl PodVolumes {
                     p
                 }
             };
+            // fsGroup: the pod's group owns its emptyDirs and claims (a hostPath is the
+            // host's, as in Kubernetes; projected files get it as they are written).
+            if let (
+                Some((gid, on_root_mismatch)),
+                VolumeKind::EmptyDir(_) | VolumeKind::Claim { .. },
+            ) = (plan.fs_group, &v.kind)
+            {
+                let deep = super::ownership::give_group(&path, gid, false, on_root_mismatch)
+                    .map_err(|e| SandboxError::io(step("give it to the fsGroup"), &path, e))?;
+                if deep {
+                    warnings.push(format!(
+                        "volume {}: fsGroup was applied to its first 128 levels only",
+                        v.name
+                    ));
+                }
+            }
             let fd = open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
                 .map_err(|e| SandboxError::sys(step("open"), &path, e))?;
             vols.volumes
@@ -174,12 +190,13 @@ impl PodVolumes {
         name: &str,
         files: &Files,
         facts: &RuntimeFacts,
+        fs_group: Option<u32>,
     ) -> Result<(), SandboxError> {
         let v = self
             .volumes
             .get(name)
             .ok_or_else(|| SandboxError::step(format!("volume {name}"), "not created"))?;
-        super::projected::write(&v.path, files, facts)
+        super::projected::write(&v.path, files, facts, fs_group)
             .map_err(|e| SandboxError::io(format!("volume {name}: write its files"), &v.path, e))
     }
 

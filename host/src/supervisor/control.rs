@@ -387,18 +387,29 @@ impl Control {
         crate::oci::store::pin_more_layers(&sandbox.state.path, records.iter())
             .map_err(ControlError::Pin)?;
 
-        // New files first: a sidecar started by this change reads them.
-        for v in plan
+        // New files first, a sidecar this change starts reads them; and once nothing before
+        // the change itself can fail (a pod that stops meanwhile keeps them).
+        let refresh: Vec<(String, crate::plan::files::Files)> = plan
             .volumes
             .iter()
             .filter(|v| change.refreshed.contains(&v.name))
-        {
-            if let crate::plan::VolumeKind::Files(files) = &v.kind {
-                sandbox
-                    .volumes
-                    .refresh(&v.name, files, &sandbox.facts)
-                    .map_err(ControlError::Refresh)?;
-            }
+            .filter_map(|v| match &v.kind {
+                crate::plan::VolumeKind::Files(files) => Some((v.name.clone(), files.clone())),
+                _ => None,
+            })
+            .collect();
+        if !refresh.is_empty() {
+            let sandbox = sandbox.clone();
+            let fs_group = plan.fs_group.map(|g| g.0);
+            tokio::task::spawn_blocking(move || {
+                refresh.iter().try_for_each(|(name, files)| {
+                    sandbox
+                        .volumes
+                        .refresh(name, files, &sandbox.facts, fs_group)
+                })
+            })
+            .await?
+            .map_err(ControlError::Refresh)?;
         }
         if !change.touches_containers() {
             *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {

@@ -681,6 +681,129 @@ impl Decode for SecurityContext {
     }
 }
 
+/// A pod's `securityContext`: defaults for its containers' (which override them, as in
+/// Kubernetes), and what only a pod has: the groups of every container's processes and the
+/// ownership of its volumes (`fsGroup`), and namespaced sysctls.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: Option<bool>,
+    pub seccomp_profile: Option<SeccompProfile>,
+    pub seccomp_localhost_profile: Option<String>,
+    /// A group every container's processes belong to, and that owns the pod's volumes
+    /// (emptyDirs, projected volumes, claims; not hostPaths), group-writable, setgid.
+    pub fs_group: Option<u32>,
+    /// `OnRootMismatch`: a volume whose root already has the group and mode is not walked.
+    pub fs_group_on_root_mismatch: bool,
+    /// More groups for every container's processes.
+    pub supplemental_groups: Vec<u32>,
+    /// Namespaced sysctls of Kubernetes' safe set, set in the pod's namespaces.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// The sysctls Kubernetes deems safe (namespaced, and unable to affect other pods): a pod may
+/// set these without the kubelet's `--allowed-unsafe-sysctls`.
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+impl Decode for PodSecurityContext {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            f.unsupported(&[
+                "appArmorProfile",
+                "seLinuxChangePolicy",
+                "seLinuxOptions",
+                "supplementalGroupsPolicy",
+                "windowsOptions",
+            ]);
+            let seccomp = f.opt::<SeccompProfileField>("seccompProfile");
+            let policy_path = f.child("fsGroupChangePolicy");
+            let on_root_mismatch = match f.opt::<String>("fsGroupChangePolicy").as_deref() {
+                None | Some("Always") => false,
+                Some("OnRootMismatch") => true,
+                Some(other) => {
+                    let loc = f.d.map.locate(&policy_path);
+                    f.d.error_at(
+                        loc,
+                        &policy_path,
+                        format!("unsupported value \"{other}\": write Always or OnRootMismatch"),
+                    );
+                    false
+                }
+            };
+            let sysctls_path = f.child("sysctls");
+            let sysctls: Vec<Sysctl> = f.list("sysctls");
+            for (i, s) in sysctls.iter().enumerate() {
+                // Kubernetes writes either separator: `net.ipv4.x` or `net/ipv4/x`.
+                let name = s.name.replace('/', ".");
+                if !SAFE_SYSCTLS.contains(&name.as_str()) {
+                    let at = format!("{sysctls_path}[{i}].name");
+                    let loc = f.d.map.locate(&at);
+                    f.d.error_at(
+                        loc,
+                        &at,
+                        format!(
+                            "\"{}\" is not a safe sysctl (one the pod's own namespaces hold, as Kubernetes lists them); use one of {}",
+                            s.name,
+                            SAFE_SYSCTLS.join(", ")
+                        ),
+                    );
+                }
+            }
+            PodSecurityContext {
+                run_as_user: f.opt("runAsUser"),
+                run_as_group: f.opt("runAsGroup"),
+                run_as_non_root: f.opt("runAsNonRoot"),
+                seccomp_profile: seccomp.as_ref().and_then(|p| p.kind),
+                seccomp_localhost_profile: seccomp.and_then(|p| p.localhost_profile),
+                fs_group: f.opt("fsGroup"),
+                fs_group_on_root_mismatch: on_root_mismatch,
+                supplemental_groups: f.list("supplementalGroups"),
+                sysctls: sysctls
+                    .into_iter()
+                    .map(|s| (s.name.replace('/', "."), s.value))
+                    .collect(),
+            }
+        })
+    }
+}
+
+struct Sysctl {
+    name: String,
+    value: String,
+}
+
+impl Decode for Sysctl {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let s = d.object(node, path, |f| Sysctl {
+            name: f.req("name").unwrap_or_default(),
+            value: f.req("value").unwrap_or_default(),
+        })?;
+        // Written to a /proc/sys file: one line, no NUL.
+        if s.value.contains(['\n', '\0']) {
+            let at = format!("{path}.value");
+            let loc = d.map.locate(&at);
+            d.error_at(loc, &at, "must be one line without NUL characters");
+            return None;
+        }
+        Some(s)
+    }
+}
+
 /// `securityContext.seccompProfile`.
 struct SeccompProfileField {
     kind: Option<SeccompProfile>,

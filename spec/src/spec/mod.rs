@@ -21,8 +21,8 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 pub use container::{
     Capabilities, Container, ContainerPort, EnvVar, ExecAction, Handler, HttpGetAction, HttpHeader,
-    Lifecycle, Probe, ResourceList, Resources, SecurityContext, SleepAction, TcpSocketAction,
-    VolumeMount,
+    Lifecycle, PodSecurityContext, Probe, ResourceList, Resources, SecurityContext, SleepAction,
+    TcpSocketAction, VolumeMount, SAFE_SYSCTLS,
 };
 pub use decode::did_you_mean;
 pub use decode::IntOrString;
@@ -120,6 +120,7 @@ pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
     for pod in &mut pods {
         pod.objects = objects.clone();
         pod.mount_read_only_volumes();
+        pod.merge_security_context();
     }
     if docs.iter().all(is_empty) {
         diags.push(Diagnostic {
@@ -265,6 +266,35 @@ impl Pod {
                 if projected.contains(&m.name) {
                     m.read_only = true;
                 }
+            }
+        }
+    }
+
+    /// The pod's `securityContext` under each container's, as the kubelet merges them: a
+    /// container's `runAsUser`, `runAsGroup`, `runAsNonRoot` and `seccompProfile` win over the
+    /// pod's.
+    fn merge_security_context(&mut self) {
+        let pod = self.spec.security_context.clone();
+        let spec = &mut self.spec;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut())
+        {
+            let any = pod.run_as_user.is_some()
+                || pod.run_as_group.is_some()
+                || pod.run_as_non_root.is_some()
+                || pod.seccomp_profile.is_some();
+            if !any {
+                continue;
+            }
+            let sc = c.security_context.get_or_insert_with(Default::default);
+            sc.run_as_user = sc.run_as_user.or(pod.run_as_user);
+            sc.run_as_group = sc.run_as_group.or(pod.run_as_group);
+            sc.run_as_non_root = sc.run_as_non_root.or(pod.run_as_non_root);
+            if sc.seccomp_profile.is_none() {
+                sc.seccomp_profile = pod.seccomp_profile;
+                sc.seccomp_localhost_profile = pod.seccomp_localhost_profile.clone();
             }
         }
     }

@@ -243,6 +243,9 @@ impl Decode for ObjectMeta {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// `securityContext`: merged into each container's when the file is read (the
+    /// container's fields win), and the pod's groups, volume ownership and sysctls.
+    pub security_context: super::container::PodSecurityContext,
     /// `serviceAccountName` (or the deprecated `serviceAccount`): given to the downward API;
     /// a host has no API server to authenticate to, so no token is mounted.
     pub service_account_name: Option<String>,
@@ -370,7 +373,6 @@ impl Decode for PodSpec {
                 "resourceClaims",
                 "resources",
                 "runtimeClassName",
-                "securityContext",
                 "setHostnameAsFQDN",
                 "subdomain",
             ]);
@@ -387,6 +389,7 @@ impl Decode for PodSpec {
                 .opt::<String>("serviceAccountName")
                 .or_else(|| f.opt("serviceAccount"));
             PodSpec {
+                security_context: f.opt("securityContext").unwrap_or_default(),
                 service_account_name,
                 ignored,
                 containers: f.req("containers").unwrap_or_default(),
