@@ -26,6 +26,9 @@ pub struct FsMount {
     /// Where the guest sees it.
     pub guest: String,
     pub read_only: bool,
+    /// A directory inside the volume preopened in place of its root (`subPath`,
+    /// `subPathExpr` expanded; markers of the sandbox's values filled at start).
+    pub sub_path: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -63,14 +66,26 @@ impl Capability for Filesystem {
                 ));
             }
         }
+        // subPathExpr expands against the container's variables, as for a native container.
+        let env = match c.volume_mounts.iter().any(|m| m.sub_path_expr) {
+            true => crate::spec::env::resolve(sidecar.pod, c, sidecar.host)
+                .map(|e| e.env)
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
         FsGrant {
             mounts: c
                 .volume_mounts
                 .iter()
-                .map(|m| FsMount {
+                .enumerate()
+                .map(|(i, m)| FsMount {
                     volume: m.name.clone(),
                     guest: m.mount_path.clone(),
                     read_only: m.read_only,
+                    sub_path: crate::spec::env::sub_path(m, &env).unwrap_or_else(|e| {
+                        diags.push(sidecar.diag(&format!("volumeMounts[{i}].subPathExpr"), e));
+                        None
+                    }),
                 })
                 .collect(),
             cwd: c.working_dir.clone(),
@@ -108,8 +123,17 @@ impl Capability for Filesystem {
             } else {
                 FsPerms::ReadWrite
             };
-            // The directory wpod opened when the pod started, opened for reading and checked;
-            // wasmtime then opens that same directory through its descriptor.
+            // The directory wpod opened when the pod started (or a subPath beneath it, opened
+            // following nothing), opened for reading and checked; wasmtime then opens that
+            // same directory through its descriptor.
+            let beneath = match &m.sub_path {
+                Some(sub) => Some(
+                    crate::files::open_beneath(held, &setup.facts.fill(sub))
+                        .map_err(|e| fail(e.into()))?,
+                ),
+                None => None,
+            };
+            let held = beneath.as_ref().map_or(held, |fd| fd.as_fd());
             let dir = open_checked_dir(held).map_err(|e| fail(e.into()))?;
             let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
             setup

@@ -352,6 +352,82 @@ pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// Opens `sub` (a relative path, checked: no `..`, no `/` at the start) beneath the directory
+/// `dir`, as the kubelet opens a `subPath`: never through a symlink, never above `dir`
+/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`). A missing
+/// directory on the way, or at the end, is made (with its parent's mode and group, so a
+/// subdirectory of a world-writable emptyDir stays writable). Returns an `O_PATH` descriptor.
+pub fn open_beneath(
+    dir: std::os::fd::BorrowedFd<'_>,
+    sub: &str,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsFd;
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            )
+    };
+    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{sub:?} leaves the volume"),
+        ));
+    }
+    match openat2(dir, sub, how()) {
+        Err(nix::Error::ENOENT) => {}
+        other => return other.map_err(std::io::Error::from),
+    }
+    // Made one directory at a time, each beneath the one before.
+    let mut at: std::os::fd::OwnedFd = openat2(dir, ".", how())?;
+    for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        match openat2(at.as_fd(), part, how()) {
+            Ok(next) => at = next,
+            Err(nix::Error::ENOENT) => {
+                let parent = nix::sys::stat::fstat(at.as_fd())?;
+                // Made through the directory itself, opened again from its descriptor (no
+                // path is resolved twice).
+                let opened = openat2(
+                    at.as_fd(),
+                    ".",
+                    OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC),
+                )?;
+                nix::sys::stat::mkdirat(
+                    opened.as_fd(),
+                    part,
+                    nix::sys::stat::Mode::from_bits_truncate(parent.st_mode & 0o7777),
+                )
+                .or_else(|e| {
+                    if e == nix::Error::EEXIST {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                let next = openat2(at.as_fd(), part, how())?;
+                let _ = nix::unistd::fchownat(
+                    next.as_fd(),
+                    c"",
+                    None,
+                    Some(nix::unistd::Gid::from_raw(parent.st_gid)),
+                    nix::fcntl::AtFlags::AT_EMPTY_PATH,
+                );
+                let _ = std::fs::set_permissions(
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&next)),
+                    std::os::unix::fs::PermissionsExt::from_mode(parent.st_mode & 0o7777),
+                );
+                at = next;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

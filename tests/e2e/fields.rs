@@ -286,3 +286,68 @@ stringData: {token: t0k3n}
     );
     assert_no_leftovers("pod-security");
 }
+
+/// `subPath` and `subPathExpr` (issue 26, item 14): a directory or a file of a volume mounted
+/// in place of its root, for native containers and Wasm sidecars, made when missing; a subPath
+/// through a symlink a container planted is refused (the kubelet's protection), the
+/// container failing to start rather than reaching what the link names.
+#[test]
+fn sub_paths_mount_part_of_a_volume_and_never_follow_a_link() {
+    require_root("sub_paths_mount_part_of_a_volume_and_never_follow_a_link");
+    let run = TestPod::new(
+        "sub-paths",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sub-paths}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: prepare
+    command: [sh, -c, 'mkdir -p /data/app && echo hello > /data/app/greeting && echo "key: value" > /data/one.conf && ln -s /etc /data/escape']
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      echo "greeting $(cat /app/greeting)"
+      echo "conf $(cat /etc/app.conf)"
+      touch /made/x && echo "made $(ls /made)"
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts:
+    - {name: data, mountPath: /app, subPath: app}
+    - {name: data, mountPath: /etc/app.conf, subPath: one.conf}
+    - {name: data, mountPath: /made, subPathExpr: "pods/$(POD_NAME)"}
+  - name: wasm
+    image: SIDECARS/hello.wasm
+    args: ["/app"]
+    volumeMounts: [{name: data, mountPath: /app, subPath: app, readOnly: true}]
+  - name: escaper
+    command: [ls, /mnt]
+    volumeMounts: [{name: data, mountPath: /mnt, subPath: escape/ssh}]
+  volumes:
+  - {name: data, emptyDir: {}}
+"#,
+    )
+    .run(LONG);
+    run.assert_line("main", "greeting hello");
+    run.assert_line("main", "conf key: value");
+    run.assert_line("main", "made x");
+    run.assert_line("wasm", "/app: 1 entries");
+    let failed: Vec<String> = run
+        .events(Some("escaper"))
+        .iter()
+        .filter(|e| e["event"] == "failedToStart")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        failed.iter().any(|e| e.contains("subPath escape/ssh")),
+        "{failed:?}\n{}",
+        run.dump()
+    );
+    assert!(run.logs("escaper").is_empty(), "{}", run.dump());
+    assert_no_leftovers("sub-paths");
+}

@@ -157,6 +157,7 @@ fn launch_spec(
     cgroup: &ContainerCgroup,
     scratch: PathBuf,
     termination_log: &Path,
+    held: &mut Vec<OwnedFd>,
 ) -> Result<LaunchSpec, ContainerError> {
     let name = plan.name();
     let setup_err = |step: &str, source: Cause| setup_error(name, step, source);
@@ -168,15 +169,40 @@ fn launch_spec(
     })?;
     let mut mounts = Vec::new();
     for m in &process.mounts {
-        let source = sandbox
-            .volumes
-            .source_for_helpers(&m.volume)
-            .ok_or_else(|| {
-                setup_err(
-                    "mount volumes",
-                    format!("volume {} was not created", m.volume).into(),
-                )
-            })?;
+        let source = match &m.sub_path {
+            None => sandbox.volumes.source_for_helpers(&m.volume),
+            // A subPath is opened beneath the volume wpod opened, following nothing (the
+            // kubelet's protection against a container's symlinks), and handed to the shim
+            // by descriptor, held until it has mounted it.
+            Some(sub) => {
+                let volume = sandbox.volumes.fd(&m.volume).ok_or_else(|| {
+                    setup_err(
+                        "mount volumes",
+                        format!("volume {} was not created", m.volume).into(),
+                    )
+                })?;
+                let sub = sandbox.facts.fill(sub);
+                let fd = crate::files::open_beneath(volume, &sub).map_err(|e| {
+                    setup_err(
+                        &format!("open subPath {sub} of volume {}", m.volume),
+                        e.into(),
+                    )
+                })?;
+                let path = PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    fd.as_raw_fd()
+                ));
+                held.push(fd);
+                Some(path)
+            }
+        }
+        .ok_or_else(|| {
+            setup_err(
+                "mount volumes",
+                format!("volume {} was not created", m.volume).into(),
+            )
+        })?;
         mounts.push(BindMount {
             source,
             target: m.target.clone(),
@@ -283,7 +309,9 @@ impl NativeContainer {
                 )
             })
             .map_err(|e| setup_error(&name, "create the termination log", e))?;
-        let config = launch_spec(plan, sandbox, &cgroup, scratch, &termination_log)?
+        // subPaths, open until the shim has mounted them.
+        let mut held = Vec::new();
+        let config = launch_spec(plan, sandbox, &cgroup, scratch, &termination_log, &mut held)?
             .to_oci()
             .map_err(|e| setup_err("describe the container (OCI runtime config)", e.into()))?;
         let spec_path = sandbox.launch_config(&name);
@@ -326,6 +354,7 @@ impl NativeContainer {
             output.push(logs.follow(&name, Stream::Stderr, err));
         }
         let report = read_report(report_read).await;
+        drop(held);
         let mut container = NativeContainer {
             name: name.clone(),
             spec_path: spec_path.clone(),

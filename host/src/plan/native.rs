@@ -53,6 +53,9 @@ pub struct NativeProcess {
 pub struct VolumeMount {
     /// The pod's volume.
     pub volume: String,
+    /// A path inside it, mounted in place of its root (`subPath`, `subPathExpr` expanded;
+    /// markers of the sandbox's values, as in `env`).
+    pub sub_path: Option<String>,
     /// Absolute path inside the container.
     pub target: String,
     pub read_only: bool,
@@ -243,12 +246,17 @@ pub fn process(
         mounts: spec
             .volume_mounts
             .iter()
-            .map(|m| VolumeMount {
-                volume: m.name.clone(),
-                target: m.mount_path.clone(),
-                read_only: m.read_only,
+            .enumerate()
+            .map(|(i, m)| {
+                Ok(VolumeMount {
+                    volume: m.name.clone(),
+                    sub_path: crate::spec::env::sub_path(m, &own.env)
+                        .map_err(|e| (format!("{}.volumeMounts[{i}].subPathExpr", c.path), e))?,
+                    target: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
             })
-            .collect(),
+            .collect::<Result<_, Refusal>>()?,
     })
 }
 

@@ -369,21 +369,45 @@ pub struct VolumeMount {
     pub name: String,
     pub mount_path: String,
     pub read_only: bool,
+    /// `subPath` (or `subPathExpr`, its `$(VAR)` references still to expand): a path inside
+    /// the volume, mounted in place of its root.
+    pub sub_path: Option<String>,
+    /// Whether `sub_path` came from `subPathExpr`.
+    pub sub_path_expr: bool,
 }
 
 impl Decode for VolumeMount {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
-            f.unsupported(&[
-                "mountPropagation",
-                "recursiveReadOnly",
-                "subPath",
-                "subPathExpr",
-            ]);
+            f.unsupported(&["mountPropagation", "recursiveReadOnly"]);
+            let sub_path: Option<String> = f.opt("subPath");
+            let expr: Option<String> = f.opt("subPathExpr");
+            let both = sub_path.is_some() && expr.is_some();
+            if both {
+                let p = f.child("subPathExpr");
+                let loc = f.d.map.locate(&p);
+                f.d.error_at(loc, &p, "give subPath or subPathExpr, not both");
+            }
+            for (field, value) in [("subPath", &sub_path), ("subPathExpr", &expr)] {
+                let Some(v) = value else { continue };
+                if v.starts_with('/') || v.split('/').any(|c| c == "..") || v.contains('\0') {
+                    let p = f.child(field);
+                    let loc = f.d.map.locate(&p);
+                    f.d.error_at(
+                        loc,
+                        &p,
+                        format!(
+                            "\"{v}\" must be a relative path inside the volume, without \"..\""
+                        ),
+                    );
+                }
+            }
             VolumeMount {
                 name: f.req("name").unwrap_or_default(),
                 mount_path: f.req("mountPath").unwrap_or_default(),
                 read_only: f.opt("readOnly").unwrap_or(false),
+                sub_path_expr: expr.is_some() && !both,
+                sub_path: sub_path.or(expr).filter(|s| !s.is_empty()),
             }
         })
     }

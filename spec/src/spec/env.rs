@@ -281,6 +281,27 @@ pub fn resolve(
     })
 }
 
+/// A mount's `subPath`, its `subPathExpr` expanded against the container's variables (as
+/// the kubelet expands it); an expansion that leaves the volume is refused.
+pub fn sub_path(
+    mount: &super::container::VolumeMount,
+    env: &[(String, String)],
+) -> Result<Option<String>, String> {
+    let Some(path) = &mount.sub_path else {
+        return Ok(None);
+    };
+    if !mount.sub_path_expr {
+        return Ok(Some(path.clone()));
+    }
+    let expanded = expand(path, |name| lookup(env, name));
+    if expanded.starts_with('/') || expanded.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "subPathExpr \"{path}\" expands to \"{expanded}\", which leaves the volume"
+        ));
+    }
+    Ok(Some(expanded))
+}
+
 fn lookup(vars: &[(String, String)], name: &str) -> Option<String> {
     vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
 }
