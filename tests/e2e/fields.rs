@@ -351,3 +351,111 @@ spec:
     assert!(run.logs("escaper").is_empty(), "{}", run.dump());
     assert_no_leftovers("sub-paths");
 }
+
+/// Probes and stops (issue 26, item 17): an `httpGet` probe with `scheme: HTTPS` to a server
+/// with a self-signed certificate (not verified, as the kubelet's), and `lifecycle.stopSignal`
+/// (with `spec.os.name`) in place of SIGTERM.
+#[test]
+fn https_probes_and_a_stop_signal_of_the_containers_choosing() {
+    require_root("https_probes_and_a_stop_signal_of_the_containers_choosing");
+    let port = crate::free_port();
+    let pod = TestPod::new(
+        "https-probe",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: https-probe}}
+spec:
+  os: {{name: linux}}
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      cd /tmp
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem -out c.pem -subj /CN=pod -days 1 2>/dev/null
+      exec python3 -u -c '
+      import http.server, ssl, signal, sys
+      def bye(*a):
+          print("got SIGUSR1, stopping", flush=True); sys.exit(0)
+      signal.signal(signal.SIGUSR1, bye)
+      class H(http.server.BaseHTTPRequestHandler):
+          def do_GET(self):
+              print("probe " + self.path, flush=True)
+              self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+          def log_message(self, *a): pass
+      s = http.server.HTTPServer(("127.0.0.1", {port}), H)
+      ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain("c.pem", "k.pem")
+      s.socket = ctx.wrap_socket(s.socket, server_side=True)
+      print("serving", flush=True); s.serve_forever()'
+    readinessProbe:
+      httpGet: {{path: /ready, port: {port}, scheme: HTTPS}}
+      periodSeconds: 1
+    lifecycle:
+      stopSignal: SIGUSR1
+"#
+        ),
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("readiness over HTTPS", LONG, |r| {
+        r.events(Some("main")).iter().any(|e| e["event"] == "ready")
+    });
+    run.assert_line("main", "probe /ready");
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line("main", "got SIGUSR1, stopping");
+    let exit = run
+        .events(Some("main"))
+        .into_iter()
+        .find(|e| e["event"] == "exited")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(exit["code"], 0, "{}", run.dump());
+    assert_no_leftovers("https-probe");
+}
+
+/// A liveness probe's own `terminationGracePeriodSeconds` bounds the kill it decides, in place
+/// of the pod's (30 s here): a container that ignores SIGTERM is killed about 2 s after it is
+/// found unhealthy.
+#[test]
+fn a_probe_grace_period_shortens_the_kill_it_decides() {
+    require_root("a_probe_grace_period_shortens_the_kill_it_decides");
+    let pod = TestPod::new(
+        "probe-grace",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-grace}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: main
+    command: [sh, -c, 'trap "" TERM; touch /tmp/up; while true; do sleep 0.1; done']
+    livenessProbe:
+      exec: {command: [sh, -c, "test ! -f /tmp/up"]}
+      periodSeconds: 1
+      failureThreshold: 1
+      terminationGracePeriodSeconds: 2
+"#,
+    );
+    let run = pod.run(LONG);
+    let time = |kind: &str| {
+        run.events(Some("main"))
+            .iter()
+            .find(|e| e["event"] == kind)
+            .and_then(|e| humantime::parse_rfc3339(e["time"].as_str()?).ok())
+            .unwrap_or_else(|| panic!("no {kind} event\n{}", run.dump()))
+    };
+    let took = time("killed")
+        .duration_since(time("unhealthy"))
+        .unwrap_or_default();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "killed {took:?} after unhealthy\n{}",
+        run.dump()
+    );
+    assert_no_leftovers("probe-grace");
+}

@@ -900,6 +900,15 @@ fn check_component_grants(
 /// Fields that need a process make no sense for a Wasm sidecar; say so instead of ignoring them.
 fn check_wasm_container(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
     let c = sidecar.container;
+    if c.lifecycle
+        .as_ref()
+        .is_some_and(|l| l.stop_signal.is_some())
+    {
+        diags.push(sidecar.diag(
+            "lifecycle.stopSignal",
+            "a Wasm sidecar is asked to stop by its lifecycle `stopping` event, not a signal; remove stopSignal",
+        ));
+    }
     let handlers = [
         (
             "livenessProbe",

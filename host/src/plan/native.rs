@@ -242,7 +242,12 @@ pub fn process(
         no_new_privs: sc.allow_privilege_escalation != Some(true),
         read_only_root: sc.read_only_root_filesystem,
         lowers,
-        stop_signal: image.and_then(|i| i.process.stop_signal.clone()),
+        // lifecycle.stopSignal, else the image's StopSignal.
+        stop_signal: spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.stop_signal.clone())
+            .or_else(|| image.and_then(|i| i.process.stop_signal.clone())),
         mounts: spec
             .volume_mounts
             .iter()

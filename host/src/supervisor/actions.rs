@@ -39,6 +39,11 @@ pub enum ActionError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS handshake with {addr}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0} did not answer HTTP")]
     NotHttp(SocketAddr),
     #[error("HTTP probe failed with statuscode: {0}")]
@@ -143,15 +148,34 @@ async fn http_get(
     target: &ActionTarget,
     timeout: Duration,
 ) -> Result<String, ActionError> {
-    if get.scheme != "HTTP" {
-        return Err(ActionError::Scheme(get.scheme.clone()));
-    }
+    let tls = match get.scheme.as_str() {
+        "HTTP" => false,
+        "HTTPS" => true,
+        other => return Err(ActionError::Scheme(other.to_string())),
+    };
     let addr = target.addr(get.host.as_deref(), &get.port)?;
-    let mut stream = target
+    let stream = target
         .dialer
         .connect(addr, timeout)
         .await
         .map_err(|source| ActionError::Dial { addr, source })?;
+    if !tls {
+        return exchange(stream, get, addr).await;
+    }
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let stream = tls::connector()
+        .connect(name, stream)
+        .await
+        .map_err(|source| ActionError::Tls { addr, source })?;
+    exchange(stream, get, addr).await
+}
+
+/// The request and its answer, over TCP or TLS.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    get: &HttpGetAction,
+    addr: SocketAddr,
+) -> Result<String, ActionError> {
     let mut request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wpod-probe/1.0\r\nAccept: */*\r\nConnection: close\r\n", get.path);
     for h in &get.http_headers {
         request.push_str(&format!("{}: {}\r\n", h.name, h.value));
@@ -167,10 +191,13 @@ async fn http_get(
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|source| ActionError::Read { addr, source })?;
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS server that closes without close_notify (many do, and Go's client, the
+            // kubelet's, accepts it): the response ends there.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(source) => return Err(ActionError::Read { addr, source }),
+        };
         head.extend_from_slice(&chunk[..n]);
         if n == 0 || head.len() >= 10 * 1024 || response_complete(&head) {
             break;
@@ -234,6 +261,84 @@ async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, ActionEr
         None => Err(ActionError::Killed {
             argv: argv.to_vec(),
         }),
+    }
+}
+
+/// HTTPS for probes and hooks as the kubelet does it: the server's certificate is not verified
+/// (`InsecureSkipVerify`: a pod's certificate is rarely one the host trusts, and the connection
+/// never leaves the pod), but the handshake's signatures are.
+mod tls {
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// One client configuration for every probe of the process.
+    pub fn connector() -> tokio_rustls::TlsConnector {
+        static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+        let config = CONFIG.get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                        .with_no_client_auth()
+                });
+            // Not input: ring supports the default protocol versions.
+            Arc::new(config.expect("ring supports TLS 1.2 and 1.3"))
+        });
+        tokio_rustls::TlsConnector::from(config.clone())
     }
 }
 

@@ -284,13 +284,22 @@ async fn live(
                             run.events.emit(Some(name), Event::ProbeFailed { probe: probe.into(), message });
                         }
                     }
-                    ProbeEvent::StartupFailed(message) | ProbeEvent::LivenessFailed(message) => {
+                    ProbeEvent::StartupFailed(ref message) | ProbeEvent::LivenessFailed(ref message) => {
                         if stop.is_none() {
                             // Kubernetes kills the container (preStop, then SIGTERM within its
-                            // grace period) and restarts it per its policy.
-                            run.events.emit(Some(name), Event::Unhealthy { message });
+                            // grace period: the probe's own, else the pod's) and restarts it
+                            // per its policy.
+                            let probe = match event {
+                                ProbeEvent::StartupFailed(_) => &plan.probes.startup,
+                                _ => &plan.probes.liveness,
+                            };
+                            let grace = probe
+                                .as_ref()
+                                .and_then(|p| p.termination_grace_period_seconds)
+                                .map_or(run.plan.grace_period, Duration::from_secs);
+                            run.events.emit(Some(name), Event::Unhealthy { message: message.clone() });
                             unhealthy = true;
-                            step = Some(Step::Unhealthy);
+                            step = Some(Step::Unhealthy(grace));
                         }
                     }
                 },
@@ -313,8 +322,8 @@ async fn live(
                     }
                 }
             }
-            Step::Unhealthy => {
-                stop = Some(Stopping::new(Instant::now() + run.plan.grace_period, false));
+            Step::Unhealthy(grace) => {
+                stop = Some(Stopping::new(Instant::now() + grace, false));
                 term = true;
             }
             Step::Command(Command::Turn) => {
@@ -438,8 +447,9 @@ async fn pre_stop(
 /// What one turn of a container's loop brings to its stop.
 enum Step {
     Command(Command),
-    /// A failed startup or liveness probe: the container is stopped to be restarted.
-    Unhealthy,
+    /// A failed startup or liveness probe: the container is stopped to be restarted, within
+    /// this grace period.
+    Unhealthy(Duration),
     /// The preStop hook ended.
     HookDone,
     /// The deadline (before SIGTERM) or the kill time (after it) came.

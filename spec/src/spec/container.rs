@@ -475,6 +475,9 @@ pub struct Probe {
     pub timeout_seconds: u32,
     pub success_threshold: u32,
     pub failure_threshold: u32,
+    /// The grace period of a kill this probe decides (liveness and startup), in place of the
+    /// pod's.
+    pub termination_grace_period_seconds: Option<u64>,
 }
 
 impl Decode for Probe {
@@ -482,8 +485,14 @@ impl Decode for Probe {
         let loc = loc_of(node);
         let mut handlers = Vec::new();
         let probe = d.object(node, path, |f| {
-            f.unsupported(&["grpc", "terminationGracePeriodSeconds"]);
+            f.unsupported(&["grpc"]);
             handlers = read_handlers(f);
+            let grace_path = f.child("terminationGracePeriodSeconds");
+            let grace: Option<i64> = f.opt("terminationGracePeriodSeconds");
+            if grace.is_some_and(|g| g < 1) {
+                let loc = f.d.map.locate(&grace_path);
+                f.d.error_at(loc, &grace_path, "must be at least 1");
+            }
             // Kubernetes' defaults.
             Probe {
                 handler: Handler::TcpSocket(TcpSocketAction {
@@ -495,6 +504,7 @@ impl Decode for Probe {
                 timeout_seconds: f.opt("timeoutSeconds").unwrap_or(1),
                 success_threshold: f.opt("successThreshold").unwrap_or(1),
                 failure_threshold: f.opt("failureThreshold").unwrap_or(3),
+                termination_grace_period_seconds: grace.filter(|g| *g >= 1).map(|g| g as u64),
             }
         })?;
         let handler = one_handler(d, loc, path, handlers, "exec, httpGet or tcpSocket")?;
@@ -633,15 +643,39 @@ impl Decode for SleepAction {
 pub struct Lifecycle {
     pub post_start: Option<Handler>,
     pub pre_stop: Option<Handler>,
+    /// `stopSignal`: the polite stop's signal, in place of the image's `StopSignal` (needs
+    /// `spec.os.name`, as in Kubernetes).
+    pub stop_signal: Option<String>,
 }
+
+/// The signals `lifecycle.stopSignal` takes: those wpod's shim passes on to a container (a
+/// stop signal it did not pass on would never arrive). Kubernetes takes every Linux signal.
+pub const STOP_SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+];
 
 impl Decode for Lifecycle {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
-            f.unsupported(&["stopSignal"]);
+            let signal_path = f.child("stopSignal");
+            let stop_signal: Option<String> = f.opt("stopSignal");
+            if let Some(s) = &stop_signal {
+                if !STOP_SIGNALS.contains(&s.as_str()) {
+                    let loc = f.d.map.locate(&signal_path);
+                    f.d.error_at(
+                        loc,
+                        &signal_path,
+                        format!(
+                            "\"{s}\" is not a signal wpod passes on to a container; write one of {}",
+                            STOP_SIGNALS.join(", ")
+                        ),
+                    );
+                }
+            }
             Lifecycle {
                 post_start: f.opt::<Hook>("postStart").map(|h| h.0),
                 pre_stop: f.opt::<Hook>("preStop").map(|h| h.0),
+                stop_signal,
             }
         })
     }

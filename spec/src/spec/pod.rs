@@ -243,6 +243,8 @@ impl Decode for ObjectMeta {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// `os.name`: `linux` (the only one wpod runs); what `lifecycle.stopSignal` needs.
+    pub os: Option<String>,
     /// `securityContext`: merged into each container's when the file is read (the
     /// container's fields win), and the pod's groups, volume ownership and sysctls.
     pub security_context: super::container::PodSecurityContext,
@@ -367,7 +369,6 @@ impl Decode for PodSpec {
                 "hostUsers",
                 "hostnameOverride",
                 "imagePullSecrets",
-                "os",
                 "overhead",
                 "readinessGates",
                 "resourceClaims",
@@ -388,7 +389,21 @@ impl Decode for PodSpec {
             let service_account_name = f
                 .opt::<String>("serviceAccountName")
                 .or_else(|| f.opt("serviceAccount"));
+            let os_path = f.child("os");
+            let os: Option<PodOs> = f.opt("os");
+            if let Some(PodOs(name)) = &os {
+                if name != "linux" {
+                    let at = format!("{os_path}.name");
+                    let loc = f.d.map.locate(&at);
+                    f.d.error_at(
+                        loc,
+                        &at,
+                        format!("\"{name}\": wpod runs Linux pods; write linux"),
+                    );
+                }
+            }
             PodSpec {
+                os: os.map(|o| o.0),
                 security_context: f.opt("securityContext").unwrap_or_default(),
                 service_account_name,
                 ignored,
@@ -880,5 +895,14 @@ impl Decode for ClaimRef {
             claim_name: f.req("claimName").unwrap_or_default(),
             read_only: f.opt("readOnly").unwrap_or(false),
         })
+    }
+}
+
+/// `spec.os`: its `name`.
+struct PodOs(String);
+
+impl Decode for PodOs {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| PodOs(f.req("name").unwrap_or_default()))
     }
 }

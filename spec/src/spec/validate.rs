@@ -243,6 +243,16 @@ impl Checker<'_> {
             );
         }
         self.c_string(&format!("{path}.terminationMessagePath"), tm);
+        if c.lifecycle
+            .as_ref()
+            .is_some_and(|l| l.stop_signal.is_some())
+            && self.pod.spec.os.is_none()
+        {
+            self.err(
+                format!("{path}.lifecycle.stopSignal"),
+                "needs spec.os.name (Kubernetes' rule): add `os: {name: linux}` to the pod's spec",
+            );
+        }
         if let Some(w) = &c.working_dir {
             if !w.starts_with('/') {
                 self.err(format!("{path}.workingDir"), "must be an absolute path");
@@ -411,6 +421,12 @@ impl Checker<'_> {
                 self.err(format!("{path}.{name}"), "must be at least 1");
             }
         }
+        if field == "readinessProbe" && p.termination_grace_period_seconds.is_some() {
+            self.err(
+                format!("{path}.terminationGracePeriodSeconds"),
+                "a readiness probe kills nothing; set it on a liveness or startup probe",
+            );
+        }
         if field != "readinessProbe" && p.success_threshold > 1 {
             self.err(
                 format!("{path}.successThreshold"),
@@ -436,9 +452,11 @@ impl Checker<'_> {
                     }
                 }
                 match g.scheme.as_str() {
-                    "HTTP" => {}
-                    "HTTPS" => self.err(format!("{path}.httpGet.scheme"), "HTTPS probes and hooks are not supported by wpod yet; use HTTP or tcpSocket"),
-                    other => self.err(format!("{path}.httpGet.scheme"), format!("unsupported value \"{other}\": use HTTP")),
+                    "HTTP" | "HTTPS" => {}
+                    other => self.err(
+                        format!("{path}.httpGet.scheme"),
+                        format!("unsupported value \"{other}\": use HTTP or HTTPS"),
+                    ),
                 }
             }
             Handler::TcpSocket(t) => self.port_ref(&format!("{path}.tcpSocket.port"), &t.port, c),
