@@ -239,7 +239,8 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
     wpod::sidecars::engine::shared_for(density + 1).map_err(fail)?;
     // The sandbox comes from a plan with the real port once the listener exists.
     let sandbox_plan = bench_plan(component, 1, &probe_args)?;
-    let sandbox = PodSandbox::create(&sandbox_plan).map_err(fail)?;
+    let state = wpod::sandbox::state_dir::StateDir::acquire(&sandbox_plan.name).map_err(fail)?;
+    let sandbox = PodSandbox::create(&sandbox_plan, state).map_err(fail)?;
     let listener = pod_listener(&sandbox)?;
     let port = listener.local_addr().map_err(fail)?.port();
     listener.set_nonblocking(true).map_err(fail)?;

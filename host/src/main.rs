@@ -378,6 +378,11 @@ fn run(
         format,
         backoff,
         audit,
+        // `wpod run -d` returns once the pod waits for its images, or has started.
+        on_waiting: ready_fd.map(|fd| {
+            Arc::new(move |why: &str| manage::tell_ready_fd(fd, &format!("waiting {why}\n")))
+                as wpod::supervisor::pod::OnWaiting
+        }),
     };
     let code = runtime.block_on(async {
         raise_fd_limit();
@@ -390,7 +395,7 @@ fn run(
                 e => anyhow::Error::new(e).context(format!("pod {name} failed to start")),
             })?;
         if let Some(fd) = ready_fd {
-            manage::tell_started(fd);
+            manage::tell_ready_fd(fd, "started\n");
         }
         let result = pod.wait().await;
         print_summary(format, &name, &result.summary);

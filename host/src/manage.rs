@@ -124,10 +124,12 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                     safe(v.started.as_deref().unwrap_or("-"))
                 );
                 for c in &v.containers {
-                    let state = match c.exit_code {
-                        Some(code) if c.state == ContainerState::Exited => {
+                    let state = match (c.exit_code, &c.reason) {
+                        (Some(code), _) if c.state == ContainerState::Exited => {
                             format!("exited({code})")
                         }
+                        // Why it waits: ErrImagePull, ImagePullBackOff.
+                        (_, Some(reason)) if c.state == ContainerState::Waiting => reason.clone(),
                         _ => c.state.to_string(),
                     };
                     println!(
@@ -359,10 +361,22 @@ pub fn run_detached(
     }
     let mut child = cmd.spawn()?;
     drop(ready_write);
+    // The first line says how it stands: started, or waiting (an image pull backing off).
     let mut said = String::new();
-    let _ = std::fs::File::from(ready_read).read_to_string(&mut said);
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(std::fs::File::from(ready_read)),
+        &mut said,
+    );
     if said.trim() == "started" {
         println!("{name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(why) = said.trim().strip_prefix("waiting ") {
+        println!("{name}");
+        eprintln!(
+            "pod {name} is waiting: {} (it tries again with back-off; wpod events {name} follows it, wpod stop {name} ends it)",
+            safe(why)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     // It failed before the pod started: its errors are what the foreground would print.
@@ -406,10 +420,16 @@ fn without_colours(text: &str) -> Cow<'_, str> {
 }
 
 /// In a detached pod's supervisor: tells `wpod run -d` that the pod has started.
-pub fn tell_started(fd: i32) {
-    // SAFETY: the fd was handed to this process by its parent for this one message.
-    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let _ = f.write_all(b"started\n");
+/// Tells `wpod run -d` (the parent that reads `fd`) how the pod stands: `waiting ...` (it
+/// returns) or `started`. The descriptor stays open: a `started` may follow a `waiting`,
+/// written to a pipe nobody reads any more (an error, ignored: `wpod run` ignores SIGPIPE).
+pub fn tell_ready_fd(fd: i32, what: &str) {
+    // SAFETY: the fd was handed to this process by its parent for these messages; the
+    // ManuallyDrop keeps it open for the next one.
+    let mut f = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    let _ = f.write_all(what.as_bytes());
 }
 
 /// `wpod rm POD...`: a stopped pod's kept logs and journal, and whatever a killed run left

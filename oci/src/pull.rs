@@ -68,6 +68,18 @@ pub enum PullError {
     },
 }
 
+impl PullError {
+    /// The image whose pull may succeed if tried again later (the registry or the way to it
+    /// failed: the kubelet's `ErrImagePull`, retried with back-off); `None` for a refusal
+    /// that needs a person (policy, trust, configuration, a bad image, `Never`).
+    pub fn retryable_image(&self) -> Option<&str> {
+        match self {
+            PullError::Registry { image, .. } => Some(image),
+            _ => None,
+        }
+    }
+}
+
 /// Progress of a pull, for the pod's events and `wpod pull`'s output.
 #[derive(Clone, Debug)]
 pub enum PullEvent {

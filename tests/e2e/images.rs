@@ -398,46 +398,143 @@ fn pull_policies_follow_kubernetes() {
             run.dump()
         );
     }
-    // Always asks the registry: gone, the pod does not start.
+    // Always asks the registry: gone, the pod does not start; it backs off until stopped.
     let mut pod = TestPod::new("img-policy", &yaml("Always"));
     pod.env = vars;
-    let run = pod.run(Duration::from_secs(60));
-    assert_ne!(run.code, Some(0));
+    pod.args = vec!["--backoff-base".into(), "200ms".into()];
+    let running = pod.spawn();
+    let run = running.wait_for("a pull back-off", Duration::from_secs(60), |r| {
+        r.records.iter().any(|r| r["event"] == "imagePullBackOff")
+    });
     assert!(
-        run.records.iter().any(|r| r["event"] == "errImagePull"),
+        run.records.iter().any(|r| r["event"] == "errImagePull")
+            && !run.records.iter().any(|r| r["event"] == "podStarted"),
         "{}",
         run.dump()
     );
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(30));
+    assert_ne!(run.code, Some(0));
     env.assert_no_leftovers("img-policy");
 }
 
+/// A pull the registry refuses (an unknown image) or cannot answer (nothing listens) is the
+/// kubelet's `ErrImagePull`, in the registry's own words, then `ImagePullBackOff`: the pod
+/// waits and tries again (issue 26, item 6) until it is stopped, and then nothing of it is left.
 #[test]
-fn an_unknown_image_or_an_unreachable_registry_is_a_clear_error_and_leaves_nothing() {
+fn an_unknown_image_or_an_unreachable_registry_backs_off_and_leaves_nothing() {
     let env = ImageEnv::new("unknown");
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: img-unknown}\nspec:\n  containers:\n  - name: main\n    image: wpod-test/no-such-image:1.0\n";
-    let run = env.pod("img-unknown", yaml).run(Duration::from_secs(60));
-    assert_ne!(run.code, Some(0));
-    // The registry's own words, as the kubelet shows them.
-    assert!(
-        run.stderr.contains("docker.io/wpod-test/no-such-image:1.0")
-            && run.stderr.to_lowercase().contains("unknown"),
-        "{}",
-        run.dump()
-    );
-    env.assert_no_leftovers("img-unknown");
-
     let dead = ImageEnv::with_registry("unreachable", &format!("127.0.0.1:{}", free_port()));
-    let run = dead
-        .pod(
-            "img-unreachable",
-            &yaml.replace("img-unknown", "img-unreachable"),
-        )
-        .run(Duration::from_secs(60));
-    assert_ne!(run.code, Some(0));
-    assert!(run.stderr.contains("failed to start"), "{}", run.dump());
-    let event = run.records.iter().find(|r| r["event"] == "errImagePull");
-    assert!(event.is_some(), "{}", run.dump());
-    dead.assert_no_leftovers("img-unreachable");
+    for (env, name) in [(&env, "img-unknown"), (&dead, "img-unreachable")] {
+        let mut pod = env.pod(name, &yaml.replace("img-unknown", name));
+        pod.args = vec!["--backoff-base".into(), "200ms".into()];
+        let running = pod.spawn();
+        let run = running.wait_for("two pull back-offs", Duration::from_secs(60), |r| {
+            r.records
+                .iter()
+                .filter(|r| r["event"] == "imagePullBackOff")
+                .count()
+                >= 2
+        });
+        let failed = run
+            .records
+            .iter()
+            .find(|r| r["event"] == "errImagePull")
+            .unwrap_or_else(|| panic!("no errImagePull\n{}", run.dump()));
+        let message = failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            message.contains("docker.io/wpod-test/no-such-image:1.0"),
+            "{}",
+            run.dump()
+        );
+        if name == "img-unknown" {
+            // The registry's own words, as the kubelet shows them.
+            assert!(message.contains("unknown"), "{}", run.dump());
+        }
+        // Doubling: 200 ms, then 400 ms.
+        let delays: Vec<u64> = run
+            .records
+            .iter()
+            .filter(|r| r["event"] == "imagePullBackOff")
+            .filter_map(|r| r["retryInMs"].as_u64())
+            .collect();
+        assert_eq!(delays[..2], [200, 400], "{}", run.dump());
+        running.signal(libc::SIGINT);
+        let run = running.wait(Duration::from_secs(30));
+        assert_ne!(run.code, Some(0));
+        assert!(
+            run.stderr
+                .contains("stopped (interrupted) while waiting for its images"),
+            "{}",
+            run.dump()
+        );
+        env.assert_no_leftovers(name);
+    }
+}
+
+/// An image that appears on its registry while the pod backs off is pulled at the next try,
+/// and the pod starts; meanwhile `wpod run -d` has returned, and `wpod ps` shows why the
+/// container waits (issue 26, item 6).
+#[test]
+fn a_pod_waiting_for_its_image_starts_once_the_image_is_pushed() {
+    let env = ImageEnv::new("late");
+    let reg = &registry().addr;
+    let tag = format!("late-{}:1", std::process::id());
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: img-late}}\nspec:\n  containers:\n  - name: main\n    image: {reg}/wpod-test/{tag}\n    command: [sh, -c, 'echo arrived; sleep 3600']\n"
+    );
+    let pod = env.pod("img-late", &yaml);
+    let out = env.wpod(&[
+        "run",
+        "-d",
+        "--backoff-base",
+        "300ms",
+        pod.manifest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is waiting: ImagePullBackOff"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ps = env.wpod(&["ps"]);
+    assert!(
+        text(&ps.stdout).contains("ImagePullBackOff"),
+        "{}",
+        text(&ps.stdout)
+    );
+    // The image arrives.
+    let copied = Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{reg}/library/busybox:latest"),
+            &format!("docker://{reg}/wpod-test/{tag}"),
+        ])
+        .output()
+        .expect("skopeo");
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    let started = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = env.wpod(&["logs", "-c", "main", "img-late"]);
+        text(&logs.stdout).contains("arrived")
+    });
+    let events = text(&env.wpod(&["events", "img-late"]).stdout);
+    let stop = env.wpod(&["stop", "img-late"]);
+    assert!(
+        started,
+        "the pod never started once its image was there:\n{events}"
+    );
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    assert!(events.contains("ImagePullBackOff"), "{events}");
+    let _ = env.wpod(&["rm", "img-late"]);
+    env.assert_no_leftovers("img-late");
 }
 
 #[test]

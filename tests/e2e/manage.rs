@@ -316,7 +316,8 @@ fn detached_pods_outlive_the_command_and_are_managed_from_another_shell() {
         let out = crate::wpod_output(&["logs", name, "-c", "main"]);
         assert!(!out.status.success());
     }
-    // A pod that cannot start: `run -d` fails with the foreground's error, and nothing is left.
+    // A pod that cannot start (an image that is not stored, and imagePullPolicy Never: no
+    // back-off helps): `run -d` fails with the foreground's error, and nothing is left.
     let bad = TestPod::new(
         "mgmt-det-bad",
         r#"
@@ -327,6 +328,7 @@ spec:
   containers:
   - name: main
     image: 127.0.0.1:1/nothing:1
+    imagePullPolicy: Never
 "#,
     );
     let out = crate::wpod_output(&["run", "-d", bad.manifest.to_str().unwrap()]);

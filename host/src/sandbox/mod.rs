@@ -94,9 +94,9 @@ pub struct PodSandbox {
 impl PodSandbox {
     /// Creates the pod's namespaces, volumes, cgroups and published ports. Must run inside a
     /// tokio runtime (the port forwarders live on it).
-    pub fn create(plan: &PodPlan) -> Result<Self, SandboxError> {
+    /// `state`: the pod's state directory, acquired (see [`StateDir::acquire`]).
+    pub fn create(plan: &PodPlan, state: StateDir) -> Result<Self, SandboxError> {
         let name = plan.name();
-        let state = StateDir::acquire(&plan.name)?;
         let mut warnings = Vec::new();
         let lifeline =
             Lifeline::new().map_err(|e| SandboxError::step("create the lifeline pipe", e))?;

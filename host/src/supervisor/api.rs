@@ -200,6 +200,13 @@ pub enum Event {
         image: String,
         message: String,
     },
+    /// The kubelet's `ImagePullBackOff`: the pull is tried again in this long (10 s doubling
+    /// to 5 min), the pod waiting.
+    #[serde(rename_all = "camelCase")]
+    ImagePullBackOff {
+        image: String,
+        retry_in_ms: u64,
+    },
     Warning {
         message: String,
     },
@@ -260,6 +267,7 @@ impl Event {
                 | Event::AlreadyPresent { .. }
                 | Event::MirrorFailed { .. }
                 | Event::ErrImagePull { .. }
+                | Event::ImagePullBackOff { .. }
                 | Event::Warning { .. }
         )
     }
@@ -335,6 +343,10 @@ impl Event {
             Event::ErrImagePull { image, message } => {
                 format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
             }
+            Event::ImagePullBackOff { image, retry_in_ms } => format!(
+                "back-off pulling image \"{image}\" (ImagePullBackOff): next try in {:.1}s",
+                *retry_in_ms as f64 / 1000.0
+            ),
             Event::Warning { message } => format!("warning: {message}"),
             Event::Denied {
                 message,

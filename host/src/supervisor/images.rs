@@ -150,6 +150,16 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
     Ok(PulledImages(out))
 }
 
+impl ImagesError {
+    /// See [`crate::oci::pull::PullError::retryable_image`].
+    pub fn retryable_image(&self) -> Option<&str> {
+        match self {
+            ImagesError::Pull(e) => e.retryable_image(),
+            _ => None,
+        }
+    }
+}
+
 /// A container image from a repository whose reviews were of another kind (a sidecar's tag
 /// repointed at a container image) is refused, naming both.
 fn check_kind(name: &ImageName, pulled: &Pulled, approvals: &Approvals) -> Result<(), ImagesError> {

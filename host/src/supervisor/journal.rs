@@ -144,6 +144,18 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 c.pid = pid;
                 c.restarts = restarts;
                 c.exit_code = None;
+                c.reason = None;
+                c.message = None;
+            }
+            // Waiting for its image, as the kubelet reports it.
+            Event::ErrImagePull { message, .. } => {
+                c.state = ContainerState::Waiting;
+                c.reason = Some("ErrImagePull".into());
+                c.message = Some(message);
+            }
+            Event::ImagePullBackOff { .. } => {
+                c.state = ContainerState::Waiting;
+                c.reason = Some("ImagePullBackOff".into());
             }
             Event::Ready => c.ready = true,
             Event::NotReady => c.ready = false,

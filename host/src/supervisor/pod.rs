@@ -40,17 +40,26 @@ pub enum PodError {
     Pin(#[source] StoreError),
     #[error("cannot start the pod's sidecar runtime")]
     Runtime(#[from] RuntimeError),
+    /// Asked to stop (Ctrl-C, `wpod stop`) while it waited for an image.
+    #[error("stopped ({0}) while waiting for its images")]
+    Stopped(&'static str),
 }
 
 /// How a pod runs: what `wpod run`'s flags choose.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct PodOptions {
     pub format: OutputFormat,
-    /// The first restart delay (the kubelet's 10 s).
+    /// The first restart delay, and of image pulls tried again (the kubelet's 10 s).
     pub backoff: Duration,
     /// Report each sidecar's first use of each grant, and the narrowest grant at the end.
     pub audit: bool,
+    /// Told once when the pod waits (an image pull backing off), with why: `wpod run -d`
+    /// returns then, as `kubectl apply` does for a pending pod.
+    pub on_waiting: Option<OnWaiting>,
 }
+
+/// What [`PodOptions::on_waiting`] calls, with why the pod waits.
+pub type OnWaiting = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Pulls (or finds in the store) the registry images of `pull`'s containers and plans
 /// `plan`'s Wasm sidecars among them (grants resolved and checked, with located errors, as for
@@ -68,6 +77,67 @@ pub async fn pull(
         .with_pulled_sidecars(&known)
         .map_err(PodError::Invalid)?;
     Ok((plan, images))
+}
+
+/// [`pull`] for a pod that starts: a pull the registry (or the way to it) failed is tried
+/// again, as the kubelet tries it, after 10 s doubling to 5 min (scaled by `--backoff-base`),
+/// with an `ImagePullBackOff` event each time, until it succeeds or the pod is asked to stop.
+/// A refusal that needs a person (policy, trust, approval, `Never`) fails at once.
+async fn pull_with_back_off(
+    plan: &PodPlan,
+    events: &Events,
+    options: &PodOptions,
+) -> Result<(PodPlan, PulledImages), PodError> {
+    let mut backoff = super::backoff::BackOff::new(options.backoff);
+    let mut told = false;
+    let mut stops: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> = None;
+    loop {
+        let failed = match pull(plan, plan, BTreeMap::new(), events).await {
+            Err(PodError::Images(e)) => e,
+            other => return other,
+        };
+        let Some(image) = failed.retryable_image().map(str::to_string) else {
+            return Err(PodError::Images(failed));
+        };
+        let delay = backoff.next_delay(Duration::ZERO);
+        for c in &plan.containers {
+            if matches!(&c.image, crate::plan::Image::Registry { name, .. } if name.canonical() == image)
+            {
+                events.emit(
+                    Some(c.name()),
+                    Event::ImagePullBackOff {
+                        image: image.clone(),
+                        retry_in_ms: delay.as_millis() as u64,
+                    },
+                );
+            }
+        }
+        if let (false, Some(tell)) = (told, &options.on_waiting) {
+            tell(&format!(
+                "ImagePullBackOff: {}",
+                crate::error::chain(&failed)
+            ));
+            told = true;
+        }
+        // Ctrl-C or `wpod stop` (SIGTERM) ends the wait: nothing of the pod runs yet.
+        if stops.is_none() {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let (Ok(int), Ok(term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                stops = Some((int, term));
+            }
+        }
+        match stops.as_mut() {
+            Some((int, term)) => tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = int.recv() => return Err(PodError::Stopped("interrupted")),
+                _ = term.recv() => return Err(PodError::Stopped("terminated")),
+            },
+            None => tokio::time::sleep(delay).await,
+        }
+    }
 }
 
 /// A started pod.
@@ -88,9 +158,35 @@ impl Pod {
         options: PodOptions,
         events: Arc<Events>,
     ) -> Result<Pod, PodError> {
-        // Images first, before anything of the pod exists: a pull that fails leaves nothing
-        // behind.
-        let (plan, images) = pull(&plan, &plan, BTreeMap::new(), &events).await?;
+        // The pod's state directory first: the pod is this process's from now on (`wpod ps`
+        // lists it, `wpod stop` finds it), and its events go to its journal, while its images
+        // are pulled (a pull that fails for good leaves only the journal, as a failed pod's).
+        let state = crate::sandbox::state_dir::StateDir::acquire(&plan.name)?;
+        // Who holds the pod, for `wpod stop` from another shell.
+        let pid_file = state.path.join(crate::sandbox::state_dir::PID_FILE);
+        if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+            tracing::warn!(path = %pid_file.display(), error = %e, "cannot record wpod's pid; wpod stop will not find this pod");
+        }
+        let journal = state.logs.join(super::events::JOURNAL);
+        if let Err(e) = events.journal_to(&journal) {
+            tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
+        }
+        let started = Self::start_in(state, plan, options, events.clone()).await;
+        if started.is_err() {
+            // Its journal ends as a failed pod's (`wpod ps -a`: exited 1).
+            events.emit(None, Event::PodFinished { exit_code: 1 });
+        }
+        started
+    }
+
+    /// The rest of [`Pod::start`], in the pod's acquired state directory.
+    async fn start_in(
+        state: crate::sandbox::state_dir::StateDir,
+        plan: PodPlan,
+        options: PodOptions,
+        events: Arc<Events>,
+    ) -> Result<Pod, PodError> {
+        let (plan, images) = pull_with_back_off(&plan, &events, &options).await?;
         let records: Vec<ImageRecord> = images.records().cloned().collect();
         // Native containers' processes on their images: a runAsNonRoot container whose image
         // runs as root is refused here, located, before anything of the pod exists.
@@ -105,7 +201,7 @@ impl Pod {
             let preparation = Preparation::begin(&plan)?;
             Ok::<_, SidecarError>(std::thread::scope(|s| {
                 let finishing = s.spawn(|| preparation.finish());
-                let sandbox = PodSandbox::create(&plan);
+                let sandbox = PodSandbox::create(&plan, state);
                 let prepared = finishing
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -116,15 +212,6 @@ impl Pod {
         let prepared = prepared?;
         crate::oci::store::pin_layers(&sandbox.state.path, records.iter())
             .map_err(PodError::Pin)?;
-        // Who holds the pod, for `wpod stop` from another shell.
-        let pid_file = sandbox.state.path.join(crate::sandbox::state_dir::PID_FILE);
-        if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
-            tracing::warn!(path = %pid_file.display(), error = %e, "cannot record wpod's pid; wpod stop will not find this pod");
-        }
-        let journal = sandbox.log_dir().join(super::events::JOURNAL);
-        if let Err(e) = events.journal_to(&journal) {
-            tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
-        }
         events.emit(
             None,
             Event::PodStarted {
