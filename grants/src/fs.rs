@@ -128,8 +128,12 @@ impl Capability for Filesystem {
             // same directory through its descriptor.
             let beneath = match &m.sub_path {
                 Some(sub) => Some(
-                    crate::files::open_beneath(held, &setup.facts.fill(sub))
-                        .map_err(|e| fail(e.into()))?,
+                    crate::files::open_beneath(
+                        held,
+                        &setup.facts.fill(sub),
+                        setup.volumes.written_by_wpod(&m.volume),
+                    )
+                    .map_err(|e| fail(e.into()))?,
                 ),
                 None => None,
             };

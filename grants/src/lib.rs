@@ -102,6 +102,11 @@ impl Sidecar<'_> {
 pub trait OpenVolumes {
     /// The volume's host path (for messages) and the descriptor wpod holds for it.
     fn volume(&self, name: &str) -> Option<(&Path, BorrowedFd<'_>)>;
+    /// Whether wpod writes the volume (a ConfigMap's, a Secret's: its keys are links into
+    /// `..data` that no container can change), so a subPath may follow its links.
+    fn written_by_wpod(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// What preparing one instance of a sidecar is given: values, never ambient authority.

@@ -225,9 +225,9 @@ impl Puller {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or(PullError::Registry {
+        Err(last.unwrap_or(PullError::Invalid {
             image: canonical,
-            message: "no registry to pull from".into(),
+            what: "no registry to pull from (registries.conf lists none for it)".into(),
         }))
     }
 
@@ -264,7 +264,11 @@ impl Puller {
         pin: &std::sync::Mutex<Pin>,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<Pulled, PullError> {
-        let origin = Origin::registry(source).map_err(|e| fetch_err(&name.canonical(), e))?;
+        // A registry wpod cannot even address is its configuration's fault: no retry helps.
+        let origin = Origin::registry(source).map_err(|e| PullError::Invalid {
+            image: name.canonical(),
+            what: e.to_string(),
+        })?;
         let reference = name.at(&source.name);
         self.fetch(name, &origin, &reference, &source.name, pin, events)
             .await
@@ -592,10 +596,18 @@ enum IndexError {
     NoPlatform,
 }
 
+/// What the registry said (`Registry`: it may say otherwise later), or what is wrong with
+/// what it served (`Invalid`: served again, it would be refused again).
 fn fetch_err(image: &str, e: FetchError) -> PullError {
-    PullError::Registry {
-        image: image.to_string(),
-        message: e.to_string(),
+    match e {
+        FetchError::NotFound(_) | FetchError::Registry(_) => PullError::Registry {
+            image: image.to_string(),
+            message: e.to_string(),
+        },
+        FetchError::TooLarge { .. } | FetchError::Mismatch { .. } => PullError::Invalid {
+            image: image.to_string(),
+            what: e.to_string(),
+        },
     }
 }
 
@@ -676,9 +688,12 @@ async fn download(
             total: declared,
         });
         if ingest.size > declared {
-            return Err(registry_err(format!(
-                "blob {digest} is larger than the {declared} bytes its manifest says"
-            )));
+            return Err(PullError::Invalid {
+                image: f.canonical.to_string(),
+                what: format!(
+                    "blob {digest} is larger than the {declared} bytes its manifest says"
+                ),
+            });
         }
     }
     ingest.commit(digest)?;

@@ -353,79 +353,73 @@ pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
 }
 
 /// Opens `sub` (a relative path, checked: no `..`, no `/` at the start) beneath the directory
-/// `dir`, as the kubelet opens a `subPath`: never through a symlink, never above `dir`
-/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`). A missing
-/// directory on the way, or at the end, is made (with its parent's mode and group, so a
-/// subdirectory of a world-writable emptyDir stays writable). Returns an `O_PATH` descriptor.
+/// `dir`, as the kubelet opens a `subPath`: never above `dir` (`openat2` with
+/// `RESOLVE_BENEATH`), and never through a symlink unless `links_are_ours` (a volume wpod
+/// writes, whose every key is a link into `..data`, and which no container can write). A
+/// missing directory on the way, or at the end, is made, with its parent's group and mode
+/// (setuid never), so a subdirectory of a world-writable emptyDir stays writable. Returns an
+/// `O_PATH` descriptor.
 pub fn open_beneath(
     dir: std::os::fd::BorrowedFd<'_>,
     sub: &str,
+    links_are_ours: bool,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{fstat, Mode};
     use std::os::fd::AsFd;
-    let how = || {
+    let mut resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    if !links_are_ours {
+        resolve |= ResolveFlag::RESOLVE_NO_SYMLINKS;
+    }
+    let how = |flags: OFlag| {
         OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            )
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(resolve)
     };
+    let path = || how(OFlag::O_PATH);
     if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{sub:?} leaves the volume"),
         ));
     }
-    match openat2(dir, sub, how()) {
+    match openat2(dir, sub, path()) {
         Err(nix::Error::ENOENT) => {}
         other => return other.map_err(std::io::Error::from),
     }
-    // Made one directory at a time, each beneath the one before.
-    let mut at: std::os::fd::OwnedFd = openat2(dir, ".", how())?;
+    // Made one directory at a time, each beneath the one before, through descriptors only.
+    let directory = || how(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW);
+    let mut at: std::os::fd::OwnedFd = openat2(dir, ".", directory())?;
     for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
-        match openat2(at.as_fd(), part, how()) {
-            Ok(next) => at = next,
-            Err(nix::Error::ENOENT) => {
-                let parent = nix::sys::stat::fstat(at.as_fd())?;
-                // Made through the directory itself, opened again from its descriptor (no
-                // path is resolved twice).
-                let opened = openat2(
-                    at.as_fd(),
-                    ".",
-                    OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC),
-                )?;
-                nix::sys::stat::mkdirat(
-                    opened.as_fd(),
-                    part,
-                    nix::sys::stat::Mode::from_bits_truncate(parent.st_mode & 0o7777),
-                )
-                .or_else(|e| {
-                    if e == nix::Error::EEXIST {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })?;
-                let next = openat2(at.as_fd(), part, how())?;
-                let _ = nix::unistd::fchownat(
+        let made = match nix::sys::stat::mkdirat(at.as_fd(), part, Mode::from_bits_truncate(0o700))
+        {
+            Ok(()) => true,
+            Err(nix::Error::EEXIST) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let next = openat2(at.as_fd(), part, directory())?;
+        if made {
+            // What root just made, and only that (a name a container put there meanwhile is
+            // not root's, or not a directory): the parent's group and mode, no setuid.
+            let (parent, st) = (fstat(at.as_fd())?, fstat(next.as_fd())?);
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && st.st_uid == nix::unistd::geteuid().as_raw()
+            {
+                nix::unistd::fchown(
                     next.as_fd(),
-                    c"",
                     None,
                     Some(nix::unistd::Gid::from_raw(parent.st_gid)),
-                    nix::fcntl::AtFlags::AT_EMPTY_PATH,
-                );
-                let _ = std::fs::set_permissions(
-                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&next)),
-                    std::os::unix::fs::PermissionsExt::from_mode(parent.st_mode & 0o7777),
-                );
-                at = next;
+                )?;
+                nix::sys::stat::fchmod(
+                    next.as_fd(),
+                    Mode::from_bits_truncate(parent.st_mode & 0o3777),
+                )?;
             }
-            Err(e) => return Err(e.into()),
         }
+        at = next;
     }
-    Ok(at)
+    // The end, as an O_PATH descriptor like the one an existing path gives.
+    openat2(at.as_fd(), ".", path()).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

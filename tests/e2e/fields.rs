@@ -111,32 +111,53 @@ stringData:
     assert_no_leftovers("env-sources");
 }
 
-/// Scheduling fields mean nothing on one host: the pod is accepted, and each is named once as
-/// ignored, with why (as `podman kube play` tolerates them).
+/// Scheduling fields on one host (issue 26, item 16): those that mean nothing here are
+/// accepted and each named once as ignored, with why (as `podman kube play` tolerates them);
+/// a `nodeSelector` or required node affinity is checked against the host's labels (the
+/// kubelet's well-known ones and `$WPOD_NODE_LABELS`), and refused with what the host has
+/// when it could never be met.
 #[test]
-fn scheduling_fields_are_accepted_and_reported_as_ignored() {
+fn scheduling_fields_are_ignored_or_checked_against_the_hosts_labels() {
     let dir = std::env::temp_dir().join(format!("wpod-ignored-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let file = dir.join("pod.yaml");
+    let labels = dir.join("node-labels");
+    std::fs::write(&labels, "# this host\ndisk=ssd\n").expect("write the labels");
     std::fs::write(
         &file,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: placed}\nspec:\n  nodeSelector: {disk: ssd}\n  \
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: placed}\nspec:\n  nodeSelector: {disk: ssd, kubernetes.io/os: linux}\n  \
          tolerations: [{operator: Exists}]\n  priorityClassName: high\n  serviceAccountName: web\n  \
+         affinity:\n    podAntiAffinity: {}\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        \
+         nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/arch, operator: Exists}]}]\n  \
          containers:\n  - name: main\n    command: [\"true\"]\n",
     )
     .expect("write the manifest");
-    let out = crate::wpod_output(&["validate", file.to_str().expect("a UTF-8 path")]);
-    let _ = std::fs::remove_dir_all(&dir);
+    let validate = |labels_file: &std::path::Path| {
+        let mut cmd = crate::wpod();
+        cmd.args(["validate", file.to_str().expect("a UTF-8 path")])
+            .env("WPOD_NODE_LABELS", labels_file);
+        cmd.output().expect("run wpod")
+    };
+    let out = validate(&labels);
     let err = crate::text(&out.stderr);
     assert!(out.status.success(), "{err}");
     for want in [
-        "pod.yaml:5:3: spec.nodeSelector: ignored: there is one host: no node to choose",
         "pod.yaml:6:3: spec.tolerations: ignored: a host has no taints to tolerate",
         "pod.yaml:7:3: spec.priorityClassName: ignored: there is no scheduler queue",
+        "pod.yaml:10:5: spec.affinity.podAntiAffinity: ignored: there is one host",
     ] {
         assert!(err.contains(want), "{want}\n{err}");
     }
     assert_eq!(err.lines().count(), 3, "{err}");
+    // Without the label file the host has no disk=ssd: refused, saying what it has.
+    let out = validate(&dir.join("no-such-file"));
+    let err = crate::text(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("spec.nodeSelector.disk: the host has no label disk=ssd; this host has kubernetes.io/arch=amd64"),
+        "{err}"
+    );
 }
 
 /// Termination messages as the kubelet reads them (issue 26, item 7): the file at
@@ -314,6 +335,7 @@ spec:
       echo "greeting $(cat /app/greeting)"
       echo "conf $(cat /etc/app.conf)"
       touch /made/x && echo "made $(ls /made)"
+      echo "settings $(cat /etc/settings.conf)"
     env:
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -321,6 +343,8 @@ spec:
     - {name: data, mountPath: /app, subPath: app}
     - {name: data, mountPath: /etc/app.conf, subPath: one.conf}
     - {name: data, mountPath: /made, subPathExpr: "pods/$(POD_NAME)"}
+    # One key of a ConfigMap (a link into its ..data, wpod's own) as a file.
+    - {name: config, mountPath: /etc/settings.conf, subPath: settings.conf}
   - name: wasm
     image: SIDECARS/hello.wasm
     args: ["/app"]
@@ -330,10 +354,17 @@ spec:
     volumeMounts: [{name: data, mountPath: /mnt, subPath: escape/ssh}]
   volumes:
   - {name: data, emptyDir: {}}
+  - {name: config, configMap: {name: settings}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {settings.conf: "mode=fast"}
 "#,
     )
     .run(LONG);
     run.assert_line("main", "greeting hello");
+    run.assert_line("main", "settings mode=fast");
     run.assert_line("main", "conf key: value");
     run.assert_line("main", "made x");
     run.assert_line("wasm", "/app: 1 entries");

@@ -1019,10 +1019,9 @@ spec:
     };
     assert_eq!(mode("/var/lib/wpod/pods"), 0o700);
     assert_eq!(mode("/var/lib/wpod/locks"), 0o700);
-    assert_eq!(
-        mode("/var/lib/wpod/pods/rt-perms/containers/main/config.json"),
-        0o600
-    );
+    // The launch config holds the environment: root's alone, on the pod's tmpfs.
+    assert_eq!(mode("/var/lib/wpod/pods/rt-perms/launch"), 0o700);
+    assert_eq!(mode("/var/lib/wpod/pods/rt-perms/launch/main.json"), 0o600);
     assert_eq!(mode("/var/lib/wpod/logs"), 0o700);
     assert_eq!(mode("/var/lib/wpod/logs/rt-perms/main.log"), 0o600);
     let _ = stop(running);

@@ -182,7 +182,8 @@ fn launch_spec(
                     )
                 })?;
                 let sub = sandbox.facts.fill(sub);
-                let fd = crate::files::open_beneath(volume, &sub).map_err(|e| {
+                let ours = sandbox.volumes.is_written_by_wpod(&m.volume);
+                let fd = crate::files::open_beneath(volume, &sub, ours).map_err(|e| {
                     setup_err(
                         &format!("open subPath {sub} of volume {}", m.volume),
                         e.into(),

@@ -8,6 +8,7 @@ pub mod files;
 pub mod fit;
 pub mod image;
 pub mod native;
+pub mod node;
 pub mod seccomp;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -480,9 +481,10 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
-    if let Some(host) = fit::Capacity::here() {
-        fit::check(pod, &containers, host, &mut diags);
+    if let Some(capacity) = fit::Capacity::here() {
+        fit::check(pod, &containers, capacity, &mut diags);
     }
+    node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     let settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,

@@ -17,8 +17,11 @@ use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{fchownat, Gid};
 
-/// How deep a volume's tree is walked: deeper is left as it is (a warning says so).
+/// How deep a volume's tree is walked, and how many entries at most: past either, the rest is
+/// left as it is (a warning says so), so a claim a co-tenant filled cannot hold a pod's
+/// start for long.
 const MAX_DEPTH: usize = 128;
+const MAX_ENTRIES: usize = 1_000_000;
 
 /// Gives the volume at `root` to group `gid`. With `on_root_mismatch`, a root that already has
 /// the group and the setgid bit is taken as done (Kubernetes' `OnRootMismatch`).
@@ -40,9 +43,12 @@ pub fn give_group(
             return Ok(false);
         }
     }
-    let mut deep = false;
-    walk(fd, gid, mask(read_only), 0, &mut deep)?;
-    Ok(deep)
+    let mut walk_state = Walk {
+        left: MAX_ENTRIES,
+        cut: false,
+    };
+    walk(fd, gid, mask(read_only), 0, &mut walk_state)?;
+    Ok(walk_state.cut)
 }
 
 /// The bits the group gets: rw on a writable volume, r on a read-only one.
@@ -54,11 +60,18 @@ fn mask(read_only: bool) -> u32 {
     }
 }
 
+/// How far a walk may still go.
+struct Walk {
+    left: usize,
+    /// It stopped at a bound.
+    cut: bool,
+}
+
 /// Changes the directory `dir` (open for reading) and everything below it.
-fn walk(dir: OwnedFd, gid: u32, mask: u32, depth: usize, deep: &mut bool) -> io::Result<()> {
+fn walk(dir: OwnedFd, gid: u32, mask: u32, depth: usize, state: &mut Walk) -> io::Result<()> {
     change(&dir, gid, mask | 0o110 | libc::S_ISGID)?;
-    if depth >= MAX_DEPTH {
-        *deep = true;
+    if depth >= MAX_DEPTH || state.left == 0 {
+        state.cut = true;
         return Ok(());
     }
     let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir.as_fd())?)?;
@@ -69,6 +82,11 @@ fn walk(dir: OwnedFd, gid: u32, mask: u32, depth: usize, deep: &mut bool) -> io:
         .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
         .collect();
     for name in names {
+        if state.left == 0 {
+            state.cut = true;
+            return Ok(());
+        }
+        state.left -= 1;
         let Ok(entry) = openat(
             dir.as_fd(),
             name.as_c_str(),
@@ -89,7 +107,7 @@ fn walk(dir: OwnedFd, gid: u32, mask: u32, depth: usize, deep: &mut bool) -> io:
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 ) {
-                    walk(sub, gid, mask, depth + 1, deep)?;
+                    walk(sub, gid, mask, depth + 1, state)?;
                 }
             }
             // Symlinks, devices, FIFOs, sockets: left alone.
@@ -108,8 +126,14 @@ fn change(fd: &OwnedFd, gid: u32, bits: u32) -> io::Result<()> {
         Some(Gid::from_raw(gid)),
         AtFlags::AT_EMPTY_PATH,
     )?;
+    // Read after the chown (which cleared any setuid bit): only bits the group lacks are
+    // added, and a mode that has them is not written (a container's own chmod meanwhile is
+    // not undone).
     let st = fstat(fd.as_fd())?;
     let mode = (st.st_mode & 0o7777) | bits;
+    if mode == st.st_mode & 0o7777 {
+        return Ok(());
+    }
     // chmod has no AT_EMPTY_PATH before fchmodat2: through the descriptor's /proc link, which
     // names this very file (an O_PATH descriptor cannot fchmod).
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());

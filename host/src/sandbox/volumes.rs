@@ -32,6 +32,8 @@ struct Volume {
     fd: OwnedFd,
     /// A hostPath of type CharDevice or BlockDevice.
     device: bool,
+    /// Files wpod writes (configMap, secret, downwardAPI, projected).
+    projected: bool,
 }
 
 pub struct PodVolumes {
@@ -170,15 +172,23 @@ impl PodVolumes {
                     .map_err(|e| SandboxError::io(step("give it to the fsGroup"), &path, e))?;
                 if deep {
                     warnings.push(format!(
-                        "volume {}: fsGroup was applied to its first 128 levels only",
+                        "volume {}: fsGroup was applied to part of it only (at most 128 levels and a million entries)",
                         v.name
                     ));
                 }
             }
             let fd = open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
                 .map_err(|e| SandboxError::sys(step("open"), &path, e))?;
-            vols.volumes
-                .insert(v.name.clone(), Volume { path, fd, device });
+            let projected = matches!(v.kind, VolumeKind::Files(_));
+            vols.volumes.insert(
+                v.name.clone(),
+                Volume {
+                    path,
+                    fd,
+                    device,
+                    projected,
+                },
+            );
         }
         Ok((vols, warnings))
     }
@@ -220,6 +230,11 @@ impl PodVolumes {
                 v.fd.as_raw_fd()
             ))
         })
+    }
+
+    /// Whether wpod writes the volume's files (projected volumes): no container can.
+    pub fn is_written_by_wpod(&self, name: &str) -> bool {
+        self.volumes.get(name).is_some_and(|v| v.projected)
     }
 
     /// Whether the volume is a device the pod asked for (its node must open).
@@ -307,6 +322,10 @@ impl Drop for PodVolumes {
 impl crate::grants::OpenVolumes for PodVolumes {
     fn volume(&self, name: &str) -> Option<(&Path, BorrowedFd<'_>)> {
         self.host_path(name).zip(self.fd(name))
+    }
+
+    fn written_by_wpod(&self, name: &str) -> bool {
+        self.is_written_by_wpod(name)
     }
 }
 

@@ -87,10 +87,12 @@ async fn pull_with_back_off(
     plan: &PodPlan,
     events: &Events,
     options: &PodOptions,
+    mut signals: Option<&mut super::StopSignals>,
 ) -> Result<(PodPlan, PulledImages), PodError> {
-    let mut backoff = super::backoff::BackOff::new(options.backoff);
+    // Never faster than this, whatever `--backoff-base` says: a registry is not hammered.
+    const FASTEST: Duration = Duration::from_millis(100);
+    let mut backoff = super::backoff::BackOff::new(options.backoff.max(FASTEST));
     let mut told = false;
-    let mut stops: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> = None;
     loop {
         let failed = match pull(plan, plan, BTreeMap::new(), events).await {
             Err(PodError::Images(e)) => e,
@@ -120,20 +122,10 @@ async fn pull_with_back_off(
             told = true;
         }
         // Ctrl-C or `wpod stop` (SIGTERM) ends the wait: nothing of the pod runs yet.
-        if stops.is_none() {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let (Ok(int), Ok(term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                stops = Some((int, term));
-            }
-        }
-        match stops.as_mut() {
-            Some((int, term)) => tokio::select! {
+        match signals.as_deref_mut() {
+            Some(s) => tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = int.recv() => return Err(PodError::Stopped("interrupted")),
-                _ = term.recv() => return Err(PodError::Stopped("terminated")),
+                reason = s.recv() => return Err(PodError::Stopped(reason)),
             },
             None => tokio::time::sleep(delay).await,
         }
@@ -148,6 +140,9 @@ pub struct Pod {
     events: Arc<Events>,
     reports: Arc<Reporter>,
     options: PodOptions,
+    /// Ctrl-C and SIGTERM, heard from the start of [`Pod::start`] (while images are pulled
+    /// and the sandbox made, a request waits here for the supervisor).
+    signals: Option<super::StopSignals>,
 }
 
 impl Pod {
@@ -171,7 +166,16 @@ impl Pod {
         if let Err(e) = events.journal_to(&journal) {
             tracing::warn!(path = %journal.display(), error = %e, "cannot keep the event journal; wpod ps will not see this pod");
         }
-        let started = Self::start_in(state, plan, options, events.clone()).await;
+        // Stop requests are heard from now on: none is lost, whether it comes while an image
+        // backs off or while the sandbox is made (the supervisor then stops at once).
+        let signals = match super::StopSignals::install() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch Ctrl-C/SIGTERM yet");
+                None
+            }
+        };
+        let started = Self::start_in(state, plan, options, events.clone(), signals).await;
         if started.is_err() {
             // Its journal ends as a failed pod's (`wpod ps -a`: exited 1).
             events.emit(None, Event::PodFinished { exit_code: 1 });
@@ -185,8 +189,9 @@ impl Pod {
         plan: PodPlan,
         options: PodOptions,
         events: Arc<Events>,
+        mut signals: Option<super::StopSignals>,
     ) -> Result<Pod, PodError> {
-        let (plan, images) = pull_with_back_off(&plan, &events, &options).await?;
+        let (plan, images) = pull_with_back_off(&plan, &events, &options, signals.as_mut()).await?;
         let records: Vec<ImageRecord> = images.records().cloned().collect();
         // Native containers' processes on their images: a runAsNonRoot container whose image
         // runs as root is refused here, located, before anything of the pod exists.
@@ -273,6 +278,7 @@ impl Pod {
             events,
             reports,
             options,
+            signals,
         })
     }
 
@@ -283,7 +289,10 @@ impl Pod {
     /// Runs the pod's containers until the pod ends (by itself, or on Ctrl-C/SIGTERM), then
     /// tears everything down.
     pub async fn wait(self) -> PodResult {
-        let result = self.supervisor.run().await;
+        let result = match self.signals {
+            Some(signals) => self.supervisor.run_until(signals).await,
+            None => self.supervisor.run().await,
+        };
         if self.options.audit {
             super::events::audit_summary(&self.events, &self.plan, &self.reports);
         }

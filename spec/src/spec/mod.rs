@@ -35,8 +35,9 @@ pub use names::PodName;
 pub use objects::{Claim, ConfigMap, Objects, Secret};
 pub use pod::{
     Annotations, ClaimRef, DownwardFile, EmptyDir, HostAlias, HostPath, Ignored, KeyToPath,
-    ObjectMeta, ObjectProjection, Pod, PodDnsConfig, PodDnsOption, PodSpec, Projected, Projection,
-    Volume, VolumeSource, MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION, OUTBOUND_PREFIX,
+    NodeRequirement, NodeSelectorTerm, ObjectMeta, ObjectProjection, Pod, PodDnsConfig,
+    PodDnsOption, PodSpec, Projected, Projection, Volume, VolumeSource, MIN_SIDECAR_HANDLES,
+    NETWORK_ANNOTATION, OUTBOUND_PREFIX,
 };
 
 use decode::{loc_of, Decoder};

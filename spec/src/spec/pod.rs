@@ -243,6 +243,11 @@ impl Decode for ObjectMeta {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// `nodeSelector`: labels the host must have (see the plan's node check).
+    pub node_selector: BTreeMap<String, String>,
+    /// `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms`:
+    /// the host must meet one of them.
+    pub required_node_terms: Vec<NodeSelectorTerm>,
     /// `os.name`: `linux` (the only one wpod runs); what `lifecycle.stopSignal` needs.
     pub os: Option<String>,
     /// `securityContext`: merged into each container's when the file is read (the
@@ -278,8 +283,6 @@ pub struct Ignored {
 
 /// Scheduling fields: on one host there is no node to choose.
 const IGNORED_ON_ONE_HOST: &[(&str, &str)] = &[
-    ("affinity", "there is one host: no node to choose"),
-    ("nodeSelector", "there is one host: no node to choose"),
     ("nodeName", "the pod runs on this host"),
     ("tolerations", "a host has no taints to tolerate"),
     (
@@ -386,6 +389,20 @@ impl Decode for PodSpec {
                     });
                 }
             }
+            // Node placement: on one host, a requirement the host's labels meet is met, one
+            // they do not is refused (the plan checks); preferences and pod (anti-)affinity
+            // have no other node to weigh.
+            let node_selector: BTreeMap<String, String> = f.opt("nodeSelector").unwrap_or_default();
+            let affinity: Option<Affinity> = f.opt("affinity");
+            let affinity_path = f.child("affinity");
+            let (required_node_terms, affinity_ignored) = match affinity {
+                Some(a) => (a.required, a.ignored),
+                None => (Vec::new(), Vec::new()),
+            };
+            ignored.extend(affinity_ignored.into_iter().map(|(field, why)| Ignored {
+                path: format!("{affinity_path}.{field}"),
+                why,
+            }));
             let service_account_name = f
                 .opt::<String>("serviceAccountName")
                 .or_else(|| f.opt("serviceAccount"));
@@ -403,6 +420,8 @@ impl Decode for PodSpec {
                 }
             }
             PodSpec {
+                node_selector,
+                required_node_terms,
                 os: os.map(|o| o.0),
                 security_context: f.opt("securityContext").unwrap_or_default(),
                 service_account_name,
@@ -904,5 +923,149 @@ struct PodOs(String);
 impl Decode for PodOs {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| PodOs(f.req("name").unwrap_or_default()))
+    }
+}
+
+/// `affinity`: the node requirement wpod checks against the host, and what it ignores.
+struct Affinity {
+    required: Vec<NodeSelectorTerm>,
+    ignored: Vec<(String, &'static str)>,
+}
+
+impl Decode for Affinity {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            let mut ignored = Vec::new();
+            for (field, why) in [
+                ("podAffinity", "there is one host: every pod of it is on it"),
+                (
+                    "podAntiAffinity",
+                    "there is one host: no other node to keep apart on",
+                ),
+            ] {
+                if f.ignore(field) {
+                    ignored.push((field.to_string(), why));
+                }
+            }
+            let node: Option<NodeAffinity> = f.opt("nodeAffinity");
+            let mut required = Vec::new();
+            if let Some(n) = node {
+                required = n.required;
+                if n.preferred {
+                    ignored.push((
+                        "nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution".into(),
+                        "there is one host: no other node to prefer",
+                    ));
+                }
+            }
+            Affinity { required, ignored }
+        })
+    }
+}
+
+struct NodeAffinity {
+    required: Vec<NodeSelectorTerm>,
+    preferred: bool,
+}
+
+impl Decode for NodeAffinity {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            let preferred = f.ignore("preferredDuringSchedulingIgnoredDuringExecution");
+            let required: Option<RequiredNodes> =
+                f.opt("requiredDuringSchedulingIgnoredDuringExecution");
+            NodeAffinity {
+                required: required.map(|r| r.0).unwrap_or_default(),
+                preferred,
+            }
+        })
+    }
+}
+
+struct RequiredNodes(Vec<NodeSelectorTerm>);
+
+impl Decode for RequiredNodes {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| {
+            RequiredNodes(f.req("nodeSelectorTerms").unwrap_or_default())
+        })
+    }
+}
+
+/// One of `nodeSelectorTerms`: all its requirements must hold.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    /// On the node's labels.
+    pub match_expressions: Vec<NodeRequirement>,
+    /// On the node's fields (`metadata.name`).
+    pub match_fields: Vec<NodeRequirement>,
+}
+
+impl Decode for NodeSelectorTerm {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| NodeSelectorTerm {
+            match_expressions: f.list("matchExpressions"),
+            match_fields: f.list("matchFields"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRequirement {
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt`, `Lt`.
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
+impl NodeRequirement {
+    /// Whether the node's value of `key` (`None`: it has none) meets this requirement.
+    pub fn holds(&self, value: Option<&str>) -> bool {
+        let number = |s: &str| s.parse::<i64>().ok();
+        match self.operator.as_str() {
+            "In" => value.is_some_and(|v| self.values.iter().any(|w| w == v)),
+            "NotIn" => !value.is_some_and(|v| self.values.iter().any(|w| w == v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            "Gt" | "Lt" => {
+                let (Some(have), Some(want)) = (
+                    value.and_then(number),
+                    self.values.first().and_then(|w| number(w)),
+                ) else {
+                    return false;
+                };
+                if self.operator == "Gt" {
+                    have > want
+                } else {
+                    have < want
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Decode for NodeRequirement {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let r = d.object(node, path, |f| NodeRequirement {
+            key: f.req("key").unwrap_or_default(),
+            operator: f.req("operator").unwrap_or_default(),
+            values: f.list("values"),
+        })?;
+        let op_path = format!("{path}.operator");
+        let bad = match r.operator.as_str() {
+            "In" | "NotIn" => r.values.is_empty().then_some("needs values"),
+            "Exists" | "DoesNotExist" => (!r.values.is_empty()).then_some("takes no values"),
+            "Gt" | "Lt" => (r.values.len() != 1 || r.values[0].parse::<i64>().is_err())
+                .then_some("needs one integer value"),
+            _ => Some("is not an operator: write In, NotIn, Exists, DoesNotExist, Gt or Lt"),
+        };
+        if let Some(why) = bad {
+            let loc = d.map.locate(&op_path);
+            d.error_at(loc, &op_path, format!("{} {why}", r.operator));
+            return None;
+        }
+        Some(r)
     }
 }
