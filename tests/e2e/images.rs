@@ -790,3 +790,49 @@ fn concurrent_pulls_of_one_image_share_the_store_safely() {
     let images: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
     assert_eq!(images.as_array().map(Vec::len), Some(1), "{listed}");
 }
+
+/// An `image` volume (issue 26, item 15; KEP-4639): an image from the registry, pulled with the
+/// pod's images, mounted read-only for a native container and a Wasm sidecar alike.
+#[test]
+fn an_image_volume_gives_an_images_files_read_only() {
+    let env = ImageEnv::new("imgvol");
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: img-volume}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      test -x /data/bin/busybox && echo "has busybox"
+      touch /data/x 2>/dev/null && echo "wrote" || echo "read-only"
+      test -x /web/usr/sbin/nginx && test -x /web/bin/busybox && echo "both layers of nginx"
+    volumeMounts: [{name: data, mountPath: /data}, {name: web, mountPath: /web}]
+  - name: wasm
+    image: SIDECARS/hello.wasm
+    args: ["/data/bin"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    image: {reference: "busybox:latest", pullPolicy: IfNotPresent}
+  # Two layers (busybox's, then nginx's): an overlay of them.
+  - name: web
+    image: {reference: "nginx:latest"}
+"#;
+    let run = env.pod("img-volume", yaml).run(Duration::from_secs(90));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("main", "has busybox");
+    run.assert_line("main", "read-only");
+    run.assert_line("main", "both layers of nginx");
+    assert!(
+        run.logs("wasm")
+            .iter()
+            .any(|l| l.starts_with("/data/bin: ") && !l.contains("error")),
+        "{}",
+        run.dump()
+    );
+    env.assert_no_leftovers("img-volume");
+}

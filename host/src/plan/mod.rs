@@ -184,6 +184,13 @@ pub enum VolumeKind {
         claim: String,
         dir: PathBuf,
     },
+    /// An `image` volume: a registry image, pulled with the pod's images; `layers` (topmost
+    /// first) once pulled ([`PodPlan::with_volume_images`]), mounted read-only.
+    Image {
+        name: crate::oci::reference::ImageName,
+        policy: crate::spec::PullPolicy,
+        layers: Vec<PathBuf>,
+    },
 }
 
 /// Where a PersistentVolumeClaim's data lives: `$WPOD_ROOT/volumes/NAME`.
@@ -211,6 +218,30 @@ fn plan_volumes(pod: &Pod, host: &HostInfo, diags: &mut Vec<Diagnostic>) -> Vec<
                     continue;
                 }
             },
+            VolumeSource::Image(i) => {
+                match image::resolve(Some(&i.reference), i.pull_policy, pod.manifest_dir()) {
+                    Ok(Image::Registry { name, policy }) => VolumeKind::Image {
+                        name,
+                        policy,
+                        layers: Vec::new(),
+                    },
+                    Ok(_) => {
+                        diags.push(pod.source.diag(
+                            format!("{path}.image.reference"),
+                            "an image volume takes a registry image reference (such as \
+                             registry.example/team/data:1), not a file or directory",
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        diags.push(
+                            pod.source
+                                .diag(format!("{path}.image.reference"), e.to_string()),
+                        );
+                        continue;
+                    }
+                }
+            }
             VolumeSource::Claim(c) => {
                 if !pod.objects.claims.contains_key(&c.claim_name) {
                     diags.push(pod.source.diag(
@@ -351,6 +382,20 @@ impl PodPlan {
             .map(|(path, component)| (path.clone(), Image::Wasm(component.clone())))
             .collect();
         plan_with(&self.pod, &images)
+    }
+}
+
+impl PodPlan {
+    /// The plan with each `image` volume's layers (by volume name), once pulled.
+    pub fn with_volume_images(mut self, layers: &BTreeMap<String, Vec<PathBuf>>) -> PodPlan {
+        for v in &mut self.volumes {
+            if let (VolumeKind::Image { layers: l, .. }, Some(pulled)) =
+                (&mut v.kind, layers.get(&v.name))
+            {
+                *l = pulled.clone();
+            }
+        }
+        self
     }
 }
 

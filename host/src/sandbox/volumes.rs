@@ -38,6 +38,7 @@ struct Volume {
 
 pub struct PodVolumes {
     sys: Arc<dyn Syscall>,
+    /// (`tmpfs`: every mount the volumes made, tmpfs or not, unmounted with the pod.)
     /// A shared lock on each claim the pod mounts, held while it runs: `wpod volume rm`
     /// refuses a claim in use.
     _claim_locks: Vec<std::fs::File>,
@@ -64,6 +65,63 @@ impl PodVolumes {
             let step = |what: &str| format!("volume {}: {what}", v.name);
             let mut device = false;
             let path = match &v.kind {
+                VolumeKind::Image { name, layers, .. } => {
+                    // The image's layers, read-only: an overlay of them (a single layer is
+                    // bound), as the container runtime mounts an image volume.
+                    let dir = root.join(&v.name);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| SandboxError::io(step("create its directory"), &dir, e))?;
+                    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                    match layers.as_slice() {
+                        [] => {
+                            return Err(SandboxError::step(
+                                step("mount the image"),
+                                format!("image {} was not pulled", name.canonical()),
+                            ))
+                        }
+                        [one] => {
+                            vols.sys
+                                .mount(Some(one), &dir, None, MsFlags::MS_BIND, None)
+                                .map_err(|e| {
+                                    SandboxError::sys(step("bind the image's layer"), &dir, e)
+                                })?;
+                            vols.tmpfs.push(dir.clone());
+                            vols.sys
+                                .mount(
+                                    None,
+                                    &dir,
+                                    None,
+                                    flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                                    None,
+                                )
+                                .map_err(|e| {
+                                    SandboxError::sys(step("make the image read-only"), &dir, e)
+                                })?;
+                        }
+                        many => {
+                            let lower: Vec<String> =
+                                many.iter().map(|l| l.display().to_string()).collect();
+                            let data = format!("lowerdir={}", lower.join(":"));
+                            vols.sys
+                                .mount(
+                                    Some(Path::new("overlay")),
+                                    &dir,
+                                    Some("overlay"),
+                                    flags,
+                                    Some(data.as_str()),
+                                )
+                                .map_err(|e| {
+                                    SandboxError::sys(
+                                        step("mount the image's layers (overlay)"),
+                                        &dir,
+                                        e,
+                                    )
+                                })?;
+                            vols.tmpfs.push(dir.clone());
+                        }
+                    }
+                    dir
+                }
                 VolumeKind::Files(files) => {
                     let dir = root.join(&v.name);
                     std::fs::create_dir_all(&dir)

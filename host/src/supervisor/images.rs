@@ -57,7 +57,7 @@ pub enum ImagesError {
 }
 
 /// What the pull found for each container, by container index.
-pub struct PulledImages(Vec<Option<Pulled>>);
+pub struct PulledImages(Vec<Option<Pulled>>, BTreeMap<String, StoredImage>);
 
 impl PulledImages {
     /// The component of each container whose registry image is a Wasm sidecar, by container
@@ -80,7 +80,19 @@ impl PulledImages {
     }
 
     pub fn records(&self) -> impl Iterator<Item = &ImageRecord> {
-        self.0.iter().flatten().map(Pulled::record)
+        self.0
+            .iter()
+            .flatten()
+            .map(Pulled::record)
+            .chain(self.1.values().map(|i| &i.record))
+    }
+
+    /// Each `image` volume's layers, by volume name.
+    pub fn volume_layers(&self) -> BTreeMap<String, Vec<std::path::PathBuf>> {
+        self.1
+            .iter()
+            .map(|(v, i)| (v.clone(), i.layers.clone()))
+            .collect()
     }
 
     /// The container images, by container index (native containers run on them).
@@ -113,7 +125,7 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
             ))?),
         };
         let container = c.name();
-        let report = |e: PullEvent| report_pull(events, container, e);
+        let report = |e: PullEvent| report_pull(events, Some(container), e);
         let pulled = puller
             .ensure(name, *policy, &report)
             .await
@@ -147,7 +159,44 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
             }
         }
     }
-    Ok(PulledImages(out))
+    // `image` volumes: container images, pulled and checked as a container's are.
+    let mut volumes = BTreeMap::new();
+    for v in &plan.volumes {
+        let crate::plan::VolumeKind::Image { name, policy, .. } = &v.kind else {
+            continue;
+        };
+        let puller = match &mut puller {
+            Some(p) => p,
+            None => puller.insert(Puller::new(Arc::new(
+                Store::open().map_err(PullError::from)?,
+            ))?),
+        };
+        let report = |e: PullEvent| report_pull(events, None, e);
+        let pulled = match puller.ensure(name, *policy, &report).await {
+            Ok(Pulled::Container(image)) => Ok(image),
+            Ok(Pulled::Sidecar(_)) => Err(ImagesError::Pull(PullError::Invalid {
+                image: name.canonical(),
+                what: "is a Wasm sidecar, not an image a volume can hold".into(),
+            })),
+            Err(e) => Err(ImagesError::from(e)),
+        };
+        match pulled {
+            Ok(image) => {
+                volumes.insert(v.name.clone(), image);
+            }
+            Err(e) => {
+                events.emit(
+                    None,
+                    Event::ErrImagePull {
+                        image: name.canonical(),
+                        message: crate::error::chain(&e),
+                    },
+                );
+                return Err(e);
+            }
+        }
+    }
+    Ok(PulledImages(out, volumes))
 }
 
 impl ImagesError {
@@ -183,7 +232,9 @@ fn check_kind(name: &ImageName, pulled: &Pulled, approvals: &Approvals) -> Resul
 }
 
 /// A pull's progress as the pod's event (kubelet's `Pulling`, `Pulled`, ...).
-fn report_pull(events: &Events, container: &str, e: PullEvent) {
+/// A pull's progress as the pod's events: of a container, or (`None`) of the pod (an `image`
+/// volume's, which no container stands for).
+fn report_pull(events: &Events, container: Option<&str>, e: PullEvent) {
     let event = match e {
         PullEvent::Pulling { image, from } => Event::Pulling { image, from },
         PullEvent::Pulled {
@@ -201,7 +252,7 @@ fn report_pull(events: &Events, container: &str, e: PullEvent) {
         PullEvent::MirrorFailed { mirror, message } => Event::MirrorFailed { mirror, message },
         PullEvent::Layer { .. } | PullEvent::Progress { .. } => return,
     };
-    events.emit(Some(container), event);
+    events.emit(container, event);
 }
 
 /// What a `wpod __pull` helper is asked to pull: `wpod apply`'s images, pulled by a process of
@@ -252,7 +303,7 @@ pub async fn pull_only(request: &PullRequest, events: &Events) -> Result<(), Ima
             "Never" => PullPolicy::Never,
             _ => PullPolicy::IfNotPresent,
         };
-        let report = |e: PullEvent| report_pull(events, container, e);
+        let report = |e: PullEvent| report_pull(events, Some(container), e);
         if let Err(e) = puller.ensure(&name, policy, &report).await {
             events.emit(
                 Some(container),

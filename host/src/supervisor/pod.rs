@@ -102,17 +102,24 @@ async fn pull_with_back_off(
             return Err(PodError::Images(failed));
         };
         let delay = backoff.next_delay(Duration::ZERO);
-        for c in &plan.containers {
-            if matches!(&c.image, crate::plan::Image::Registry { name, .. } if name.canonical() == image)
-            {
-                events.emit(
-                    Some(c.name()),
-                    Event::ImagePullBackOff {
-                        image: image.clone(),
-                        retry_in_ms: delay.as_millis() as u64,
-                    },
-                );
-            }
+        // Each container that waits for it; an `image` volume's is the pod's.
+        let waiting: Vec<&str> = plan
+            .containers
+            .iter()
+            .filter(|c| {
+                matches!(&c.image, crate::plan::Image::Registry { name, .. } if name.canonical() == image)
+            })
+            .map(|c| c.name())
+            .collect();
+        let back_off = || Event::ImagePullBackOff {
+            image: image.clone(),
+            retry_in_ms: delay.as_millis() as u64,
+        };
+        if waiting.is_empty() {
+            events.emit(None, back_off());
+        }
+        for c in waiting {
+            events.emit(Some(c), back_off());
         }
         if let (false, Some(tell)) = (told, &options.on_waiting) {
             tell(&format!(
@@ -196,6 +203,7 @@ impl Pod {
         // Native containers' processes on their images: a runAsNonRoot container whose image
         // runs as root is refused here, located, before anything of the pod exists.
         let plan = plan
+            .with_volume_images(&images.volume_layers())
             .with_native_processes(&images.container_images())
             .map_err(PodError::Invalid)?;
         // The sidecars' components come next: read, hashed and, when the cache lacks them,

@@ -34,8 +34,8 @@ pub use enums::{
 pub use names::PodName;
 pub use objects::{Claim, ConfigMap, Objects, Secret};
 pub use pod::{
-    Annotations, ClaimRef, DownwardFile, EmptyDir, HostAlias, HostPath, Ignored, KeyToPath,
-    NodeRequirement, NodeSelectorTerm, ObjectMeta, ObjectProjection, Pod, PodDnsConfig,
+    Annotations, ClaimRef, DownwardFile, EmptyDir, HostAlias, HostPath, Ignored, ImageVolume,
+    KeyToPath, NodeRequirement, NodeSelectorTerm, ObjectMeta, ObjectProjection, Pod, PodDnsConfig,
     PodDnsOption, PodSpec, Projected, Projection, Volume, VolumeSource, MIN_SIDECAR_HANDLES,
     NETWORK_ANNOTATION, OUTBOUND_PREFIX,
 };
@@ -240,7 +240,7 @@ impl Pod {
     fn mount_read_only_volumes(&mut self) {
         let objects = self.objects.clone();
         let read_only = |source: &VolumeSource| match source {
-            VolumeSource::Projected(_) => true,
+            VolumeSource::Projected(_) | VolumeSource::Image(_) => true,
             VolumeSource::Claim(c) => {
                 c.read_only
                     || objects

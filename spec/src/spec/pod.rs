@@ -460,6 +460,25 @@ pub enum VolumeSource {
     Projected(Projected),
     /// `persistentVolumeClaim`: a named volume kept under wpod's state.
     Claim(ClaimRef),
+    /// `image` (KEP-4639): an OCI image's files, read-only.
+    Image(ImageVolume),
+}
+
+/// An `image` volume: `reference` pulled as a container image is, per `pullPolicy`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageVolume {
+    pub reference: String,
+    pub pull_policy: Option<super::enums::PullPolicy>,
+}
+
+impl Decode for ImageVolume {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| ImageVolume {
+            reference: f.req("reference").unwrap_or_default(),
+            pull_policy: f.opt("pullPolicy"),
+        })
+    }
 }
 
 impl VolumeSource {
@@ -541,7 +560,6 @@ const UNSUPPORTED_VOLUME_TYPES: &[&str] = &[
     "gcePersistentDisk",
     "gitRepo",
     "glusterfs",
-    "image",
     "iscsi",
     "nfs",
     "photonPersistentDisk",
@@ -605,6 +623,9 @@ impl Decode for Volume {
             if let Some(c) = f.opt("persistentVolumeClaim") {
                 sources.push(VolumeSource::Claim(c));
             }
+            if let Some(i) = f.opt("image") {
+                sources.push(VolumeSource::Image(i));
+            }
             (
                 f.req::<String>("name").unwrap_or_default(),
                 sources,
@@ -631,7 +652,7 @@ impl Decode for Volume {
                 path,
                 format!(
                     "has {what}; give exactly one of emptyDir, hostPath, configMap, secret, \
-                     downwardAPI, projected or persistentVolumeClaim"
+                     downwardAPI, projected, persistentVolumeClaim or image"
                 ),
             );
             return None;

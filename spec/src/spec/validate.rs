@@ -188,8 +188,10 @@ impl Checker<'_> {
                 );
             }
             match &v.source {
-                VolumeSource::EmptyDir(_) | VolumeSource::Projected(_) | VolumeSource::Claim(_) => {
-                }
+                VolumeSource::EmptyDir(_)
+                | VolumeSource::Projected(_)
+                | VolumeSource::Claim(_)
+                | VolumeSource::Image(_) => {}
                 VolumeSource::HostPath(h) => {
                     if !h.path.starts_with('/') {
                         self.err(format!("{path}.hostPath.path"), "must be an absolute path");
