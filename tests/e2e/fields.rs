@@ -490,3 +490,45 @@ spec:
     );
     assert_no_leftovers("probe-grace");
 }
+
+/// An AppArmor profile the host cannot apply is refused, not ignored (issue 26, item 9), as
+/// the kubelet refuses the pod: a container's own profile, the pod's it inherits, the older
+/// annotation; `Unconfined` holds. (What is said depends on whether this host has AppArmor.)
+#[test]
+fn apparmor_profiles_the_host_cannot_apply_are_refused() {
+    let file = wpod_test_support::repo_root().join("tests/manifests/host/apparmor.yaml");
+    let out = crate::wpod_output(&["validate", file.to_str().expect("a UTF-8 path")]);
+    let err = crate::text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let why = if std::path::Path::new("/sys/kernel/security/apparmor").is_dir() {
+        "wpod does not apply AppArmor profiles yet"
+    } else {
+        "AppArmor is not enabled on this host"
+    };
+    for (at, profile) in [
+        (
+            "metadata.annotations.container.apparmor.security.beta.kubernetes.io/legacy",
+            "localhost/k8s-apparmor-example",
+        ),
+        (
+            "spec.securityContext.appArmorProfile.type",
+            "RuntimeDefault",
+        ),
+        (
+            "spec.containers[0].securityContext.appArmorProfile.type",
+            "Localhost k8s-apparmor-example-deny-write",
+        ),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{at}: AppArmor profile {profile}: {why}"))),
+            "{at}\n{err}"
+        );
+    }
+    assert!(
+        err.contains("spec.containers[4].securityContext.appArmorProfile.type: type Localhost needs localhostProfile"),
+        "{err}"
+    );
+    // The pod-level line stands for the container that inherits it; `free` holds.
+    assert_eq!(err.lines().count(), 4, "{err}");
+}

@@ -428,6 +428,69 @@ impl PodPlan {
     }
 }
 
+/// The annotation older manifests give a container's AppArmor profile by (Kubernetes < 1.30).
+const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// A container's AppArmor profile (`securityContext.appArmorProfile`, the pod's, or the older
+/// annotation) against this host: `Unconfined` always holds; any other is refused where it
+/// cannot be applied, as the kubelet refuses the pod, rather than the container running
+/// without the confinement its manifest asked for. wpod applies no AppArmor profile yet, so a
+/// host with AppArmor is told that; one without is told it lacks AppArmor.
+fn check_app_armor(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnostic>) {
+    let from_field = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.app_armor.as_ref());
+    let annotation = format!("{APPARMOR_ANNOTATION}{}", c.name);
+    // The container's own field, then its annotation, then the pod's field.
+    let own_written = pod
+        .source
+        .has(&format!("{path}.securityContext.appArmorProfile"));
+    let from_field =
+        from_field.filter(|_| own_written || !pod.metadata.annotations.contains_key(&annotation));
+    let (field, wanted) = match (from_field, pod.metadata.annotations.get(&annotation)) {
+        (Some(p), _) => {
+            // The container's own, or the pod's it inherited.
+            let own = format!("{path}.securityContext.appArmorProfile");
+            let inherited = pod.spec.security_context.app_armor.as_ref() == Some(p);
+            if pod.source.has(&own) && inherited {
+                // Its own was refused when read: said there already.
+                return;
+            }
+            let field = match pod.source.has(&own) {
+                true => format!("{own}.type"),
+                false => "spec.securityContext.appArmorProfile.type".to_string(),
+            };
+            let name = match &p.localhost_profile {
+                Some(l) => format!("{} {l}", p.kind),
+                None => p.kind.clone(),
+            };
+            (field, name)
+        }
+        (None, Some(value)) => (format!("metadata.annotations.{annotation}"), value.clone()),
+        (None, None) => return,
+    };
+    if matches!(wanted.as_str(), "Unconfined" | "unconfined") {
+        return;
+    }
+    let host = std::path::Path::new("/sys/kernel/security/apparmor");
+    let message = if host.is_dir() {
+        format!(
+            "AppArmor profile {wanted}: wpod does not apply AppArmor profiles yet, and a container \
+             must not run without the confinement its manifest asks for; set type: Unconfined \
+             (or remove it) to run it without"
+        )
+    } else {
+        format!(
+            "AppArmor profile {wanted}: AppArmor is not enabled on this host ({} is missing), \
+             so the profile cannot be applied (the kubelet refuses such a pod too); set type: \
+             Unconfined (or remove it) to run it without",
+            host.display()
+        )
+    };
+    diags.push(pod.source.diag(field, message));
+}
+
 /// What the downward API reads of this host: its name, and its capacity (a `resourceFieldRef`
 /// to a limit that is not set gives it).
 struct HostInfo {
@@ -512,6 +575,9 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
         ));
     }
     let volumes = plan_volumes(pod, &host, &mut diags);
+    for (path, _, c) in pod.containers_in_order() {
+        check_app_armor(pod, &path, c, &mut diags);
+    }
     if pod.spec.host_network {
         for (i, (name, _)) in pod.spec.security_context.sysctls.iter().enumerate() {
             if name.starts_with("net.") {

@@ -712,19 +712,51 @@ pub struct SecurityContext {
     pub seccomp_profile: Option<SeccompProfile>,
     /// `seccompProfile.localhostProfile`: set exactly when the type is Localhost.
     pub seccomp_localhost_profile: Option<String>,
+    /// `appArmorProfile`: checked against the host (the plan refuses what it cannot apply).
+    pub app_armor: Option<AppArmorProfile>,
+}
+
+/// `appArmorProfile`: `RuntimeDefault`, `Unconfined` or `Localhost` (with its profile's name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppArmorProfile {
+    pub kind: String,
+    pub localhost_profile: Option<String>,
+}
+
+impl Decode for AppArmorProfile {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let p = d.object(node, path, |f| AppArmorProfile {
+            kind: f.req("type").unwrap_or_default(),
+            localhost_profile: f.opt("localhostProfile"),
+        })?;
+        let type_path = format!("{path}.type");
+        let problem = match (p.kind.as_str(), &p.localhost_profile) {
+            ("Localhost", None) => {
+                Some("type Localhost needs localhostProfile: the loaded profile's name")
+            }
+            ("RuntimeDefault" | "Unconfined", Some(_)) => {
+                Some("localhostProfile is only for type: Localhost")
+            }
+            ("Localhost" | "RuntimeDefault" | "Unconfined", _) => None,
+            _ => Some("unsupported value: write RuntimeDefault, Unconfined or Localhost"),
+        };
+        if let Some(why) = problem {
+            let loc = d.map.locate(&type_path);
+            d.error_at(loc, &type_path, why);
+            return None;
+        }
+        Some(p)
+    }
 }
 
 impl Decode for SecurityContext {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
-            f.unsupported(&[
-                "appArmorProfile",
-                "procMount",
-                "seLinuxOptions",
-                "windowsOptions",
-            ]);
+            f.unsupported(&["procMount", "seLinuxOptions", "windowsOptions"]);
             let seccomp = f.opt::<SeccompProfileField>("seccompProfile");
+            let app_armor = f.opt::<AppArmorProfile>("appArmorProfile");
             SecurityContext {
+                app_armor,
                 capabilities: f.opt("capabilities").unwrap_or_default(),
                 run_as_user: f.opt("runAsUser"),
                 run_as_group: f.opt("runAsGroup"),
@@ -745,6 +777,8 @@ impl Decode for SecurityContext {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityContext {
+    /// `appArmorProfile`: each container's unless its own sets one.
+    pub app_armor: Option<AppArmorProfile>,
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
     pub run_as_non_root: Option<bool>,
@@ -782,7 +816,6 @@ impl Decode for PodSecurityContext {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
             f.unsupported(&[
-                "appArmorProfile",
                 "seLinuxChangePolicy",
                 "seLinuxOptions",
                 "supplementalGroupsPolicy",
@@ -823,6 +856,7 @@ impl Decode for PodSecurityContext {
                 }
             }
             PodSecurityContext {
+                app_armor: f.opt("appArmorProfile"),
                 run_as_user: f.opt("runAsUser"),
                 run_as_group: f.opt("runAsGroup"),
                 run_as_non_root: f.opt("runAsNonRoot"),

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 pub use container::{
-    Capabilities, Container, ContainerPort, EnvVar, ExecAction, Handler, HttpGetAction, HttpHeader,
-    Lifecycle, PodSecurityContext, Probe, ResourceList, Resources, SecurityContext, SleepAction,
-    TcpSocketAction, VolumeMount, SAFE_SYSCTLS,
+    AppArmorProfile, Capabilities, Container, ContainerPort, EnvVar, ExecAction, Handler,
+    HttpGetAction, HttpHeader, Lifecycle, PodSecurityContext, Probe, ResourceList, Resources,
+    SecurityContext, SleepAction, TcpSocketAction, VolumeMount, SAFE_SYSCTLS,
 };
 pub use decode::did_you_mean;
 pub use decode::IntOrString;
@@ -285,7 +285,8 @@ impl Pod {
             let any = pod.run_as_user.is_some()
                 || pod.run_as_group.is_some()
                 || pod.run_as_non_root.is_some()
-                || pod.seccomp_profile.is_some();
+                || pod.seccomp_profile.is_some()
+                || pod.app_armor.is_some();
             if !any {
                 continue;
             }
@@ -293,6 +294,9 @@ impl Pod {
             sc.run_as_user = sc.run_as_user.or(pod.run_as_user);
             sc.run_as_group = sc.run_as_group.or(pod.run_as_group);
             sc.run_as_non_root = sc.run_as_non_root.or(pod.run_as_non_root);
+            if sc.app_armor.is_none() {
+                sc.app_armor = pod.app_armor.clone();
+            }
             if sc.seccomp_profile.is_none() {
                 sc.seccomp_profile = pod.seccomp_profile;
                 sc.seccomp_localhost_profile = pod.seccomp_localhost_profile.clone();
