@@ -240,7 +240,18 @@ async fn live(
         let mut step: Option<Step> = stop_first.take().map(Step::Command);
         if step.is_none() {
             tokio::select! {
-                exit = running.exited() => break exit,
+                exit = running.exited() => {
+                    // A sidecar that called ready() and ended at once: started all the same
+                    // (its ready may have raced its end here), so those after it may start.
+                    let starting = matches!(*progress.borrow(), Progress::Starting | Progress::Launched);
+                    if waits_for_ready && starting && ready_watch.borrow().contains(name) {
+                        if !has_readiness_probe {
+                            run.events.emit(Some(name), Event::Ready);
+                        }
+                        mark_started(progress);
+                    }
+                    break exit;
+                }
                 command = commands.recv() => match command {
                     Some(command) => step = Some(Step::Command(command)),
                     None => break running.exited().await,
