@@ -394,10 +394,23 @@ fn run(
                 PodError::Invalid(d) => anyhow::Error::new(SpecError::Invalid(d)),
                 e => anyhow::Error::new(e).context(format!("pod {name} failed to start")),
             })?;
+        // `wpod run -d` returns once every container has started or failed (podman's `kube
+        // play` does so), or the pod ended first.
+        if let Some(fd) = ready_fd {
+            let mut phase = pod.phase();
+            tokio::spawn(async move {
+                let _ = phase
+                    .wait_for(|p| *p != wpod::supervisor::Phase::Starting)
+                    .await;
+                manage::tell_ready_fd(fd, "started\n");
+            });
+        }
+        let result = pod.wait().await;
+        // A pod that ended before its phase was seen has started all the same (a second line
+        // is never read).
         if let Some(fd) = ready_fd {
             manage::tell_ready_fd(fd, "started\n");
         }
-        let result = pod.wait().await;
         print_summary(format, &name, &result.summary);
         anyhow::Ok(result.exit_code)
     })?;

@@ -73,7 +73,21 @@ struct Listed<'a> {
     supervised: bool,
 }
 
+/// Reading the pods' state needs root: it is root's alone (their environment, logs, volumes).
+/// Said plainly rather than as an empty table or "no pod".
+fn need_root(command: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "wpod {command} reads the pods' state under {}, which is root's alone: run it as root (sudo wpod {command} ...)",
+            wpod::files::state_root().display()
+        );
+    }
+    Ok(())
+}
+
 pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
+    need_root("ps")?;
     let mut names = state_dir::pods();
     if all {
         names.extend(state_dir::logged_pods());
@@ -181,6 +195,7 @@ pub fn logs(
     since: Option<SystemTime>,
     raw: bool,
 ) -> anyhow::Result<ExitCode> {
+    need_root("logs")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = state_dir::log_dir(pod.as_str());
     if !dir.is_dir() {
@@ -248,6 +263,7 @@ fn log_line(out: &mut impl Write, line: &str, escape: bool) -> std::io::Result<(
 /// termination, as Ctrl-C), a second request after SECONDS (kill what is left), then waits until
 /// the pod is gone.
 pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
+    need_root("stop")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = pod_dir(pod.as_str());
     if !dir.is_dir() || !state_dir::in_use(pod.as_str()) {
@@ -435,6 +451,7 @@ pub fn tell_ready_fd(fd: i32, what: &str) {
 /// `wpod rm POD...`: a stopped pod's kept logs and journal, and whatever a killed run left
 /// (its state directory, mounts and cgroups). A running pod is refused: stop it first.
 pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
+    need_root("rm")?;
     let mut failed = false;
     for pod in pods {
         let name = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
@@ -491,6 +508,7 @@ pub fn pod_prune() -> anyhow::Result<ExitCode> {
 /// `wpod events [-f] POD`: the pod's event journal, as `wpod run` printed it (`--output json`:
 /// the same JSON lines); `-f` follows it while the pod runs.
 pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCode> {
+    need_root("events")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let path = state_dir::log_dir(pod.as_str()).join(wpod::supervisor::events::JOURNAL);
     if !path.exists() {
@@ -715,6 +733,7 @@ fn state_word(state: Option<StartState>) -> String {
 /// `wpod describe POD`: as `kubectl describe pod`, from the pod's journal and, while it runs,
 /// its control socket (the plan it runs now and each sidecar's grants).
 pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
+    need_root("describe")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let pod = pod.as_str();
     let (v, standing) = view(pod)?;

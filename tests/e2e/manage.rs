@@ -389,3 +389,76 @@ fn kube_play_events_and_kube_down_as_podman_users_type_them() {
     assert!(ps_all("mgmt-kube").is_null(), "{}", ps_all("mgmt-kube"));
     crate::pods::assert_no_leftovers("mgmt-kube");
 }
+
+/// `wpod run -d` returns once every container has started (issue 27, item 7), as `podman kube
+/// play` does: right after it, `ps` lists both containers running and `logs` of the one that
+/// started last has its output, though a native sidecar held them back for two seconds.
+#[test]
+fn run_detached_returns_once_every_container_has_started() {
+    wpod_test_support::require_root("run -d");
+    let pod = TestPod::new(
+        "mgmt-det-wait",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: mgmt-det-wait}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: gate
+    restartPolicy: Always
+    command: [sh, -c, 'sleep 2; touch /tmp/up; exec sleep 300']
+    startupProbe:
+      exec: {command: [test, -f, /tmp/up]}
+      periodSeconds: 1
+      failureThreshold: 30
+  containers:
+  - name: first
+    command: [sh, -c, 'echo first here; exec sleep 300']
+  - name: second
+    command: [sh, -c, 'echo second here; exec sleep 300']
+"#,
+    );
+    let started = std::time::Instant::now();
+    let out = crate::wpod_output(&["run", "-d", pod.manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "returned after {:?}, before the gate opened",
+        started.elapsed()
+    );
+    let p = ps("mgmt-det-wait");
+    for name in ["gate", "first", "second"] {
+        assert_eq!(container(&p, name)["state"], "running", "{name}: {p}");
+    }
+    let logs = crate::wpod_output(&["logs", "-c", "second", "mgmt-det-wait"]);
+    let _ = crate::wpod_output(&["stop", "mgmt-det-wait"]);
+    let _ = crate::wpod_output(&["rm", "mgmt-det-wait"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    crate::pods::assert_no_leftovers("mgmt-det-wait");
+}
+
+/// Reading pods needs root (their state is root's alone): an ordinary user is told so, not
+/// shown an empty table or "no pod" (issue 27, item 12).
+#[test]
+fn an_ordinary_user_is_told_reading_pods_needs_root() {
+    wpod_test_support::require_root("an ordinary user's wpod ps");
+    for args in [
+        &["ps", "-a"][..],
+        &["logs", "some-pod"],
+        &["events", "some-pod"],
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::wpod_bin())
+            .args(args)
+            .output()
+            .expect("setpriv");
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("which is root's alone: run it as root"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::control::Control;
 use super::events::{Event, Events, ReportEvents};
 use super::images::{ImagesError, PulledImages};
@@ -150,6 +152,7 @@ pub struct Pod {
     /// Ctrl-C and SIGTERM, heard from the start of [`Pod::start`] (while images are pulled
     /// and the sandbox made, a request waits here for the supervisor).
     signals: Option<super::StopSignals>,
+    phase: watch::Receiver<super::Phase>,
 }
 
 impl Pod {
@@ -263,12 +266,14 @@ impl Pod {
             options.backoff,
         )?;
         // `wpod describe` and `wpod apply` from another shell.
+        let (changes, phase) = supervisor.control();
+        let running = phase.clone();
         let control = Control::new(
             plan.clone(),
             digests,
             events.clone(),
             &sandbox,
-            supervisor.control(),
+            (changes, phase),
         );
         let socket = sandbox.state.path.join(super::control::SOCKET);
         match Control::bind(&socket) {
@@ -287,7 +292,14 @@ impl Pod {
             reports,
             options,
             signals,
+            phase: running,
         })
+    }
+
+    /// Where the pod is: `Running` once every container has started (or failed), as
+    /// `podman kube play` returns then; `Stopping` if it ended first.
+    pub fn phase(&self) -> watch::Receiver<super::Phase> {
+        self.phase.clone()
     }
 
     pub fn name(&self) -> &str {
