@@ -647,6 +647,12 @@ impl Decode for Volume {
             } else {
                 "more than one volume type"
             };
+            // The pod is refused for it; the volume stays defined (as an empty directory that
+            // never runs), so its mounts are not reported again as mounts of an undefined one.
+            let placeholder = Volume {
+                name: name.clone(),
+                source: VolumeSource::EmptyDir(EmptyDir::default()),
+            };
             d.error_at(
                 loc,
                 path,
@@ -655,7 +661,7 @@ impl Decode for Volume {
                      downwardAPI, projected, persistentVolumeClaim or image"
                 ),
             );
-            return None;
+            return Some(placeholder);
         }
         sources.pop().map(|source| Volume { name, source })
     }

@@ -35,6 +35,16 @@ impl Checker<'_> {
         })
     }
 
+    /// Whether a field of the object at `path` was reported as a misspelling of `field`: then
+    /// what follows from `field` missing is not said again (the root cause is said once).
+    fn misspelled(&self, path: &str, field: &str) -> bool {
+        let prefix = format!("{path}.");
+        let hint = format!("did you mean \"{field}\"?");
+        self.out
+            .iter()
+            .any(|d| d.path.starts_with(&prefix) && d.message.ends_with(&hint))
+    }
+
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let d = self.pod.source.diag(path, message);
         self.out.push(d);
@@ -231,6 +241,8 @@ impl Checker<'_> {
             && c.command.is_empty()
             && c.args.is_empty()
             && !self.reported(&format!("{path}.command"))
+            && !self.misspelled(path, "command")
+            && !self.misspelled(path, "args")
         {
             self.err(
                 format!("{path}.command"),
@@ -341,9 +353,12 @@ impl Checker<'_> {
             .map(|v| v.name.as_str())
             .collect();
         let mut paths = HashSet::new();
+        // A volume whose name could not be read is said once, at the volume, not again at
+        // each mount of it.
+        let volume_refused = self.pod.spec.volumes.iter().any(|v| v.name.is_empty());
         for (i, m) in c.volume_mounts.iter().enumerate() {
             let mpath = format!("{path}.volumeMounts[{i}]");
-            if !m.name.is_empty() && !volumes.contains(&m.name.as_str()) {
+            if !m.name.is_empty() && !volumes.contains(&m.name.as_str()) && !volume_refused {
                 let hint = match did_you_mean(&m.name, &volumes) {
                     Some(s) => format!("; did you mean \"{s}\"?"),
                     None if volumes.is_empty() => "; define it under spec.volumes".to_string(),
