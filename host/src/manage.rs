@@ -219,7 +219,16 @@ pub fn logs(
     };
     let file = dir.join(format!("{container}.log"));
     if !file.exists() && !v.containers.iter().any(|c| c.name == container) {
-        bail!("pod {pod} has no container \"{container}\"");
+        let names: Vec<&str> = v.containers.iter().map(|c| c.name.as_str()).collect();
+        let hint = match wpod::spec::did_you_mean(&container, &names) {
+            Some(s) => format!("; did you mean \"{s}\"?"),
+            None => format!(" (it has {})", names.join(", ")),
+        };
+        bail!(
+            "pod {pod} has no container \"{}\"{}",
+            safe(&container),
+            safe(&hint)
+        );
     }
     let files = wpod::logs::LogFiles::at(file);
     let (lines, mut offset) = files.read_all(since);
@@ -267,7 +276,13 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = pod_dir(pod.as_str());
     if !dir.is_dir() || !state_dir::in_use(pod.as_str()) {
-        bail!("pod {pod} is not running on this host (wpod ps lists the pods)");
+        // Stopped already: nothing to do, as `podman stop` says of a stopped container.
+        if state_dir::log_dir(pod.as_str()).is_dir() {
+            eprintln!("pod {pod} was not running");
+            println!("{pod}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
     let pid_text = std::fs::read_to_string(dir.join(PID_FILE)).unwrap_or_default();
     let Ok(pid) = pid_text.trim().parse::<i32>() else {

@@ -291,7 +291,8 @@ impl Puller {
             image: canonical.clone(),
             from: from.to_string(),
         });
-        let fetch_err = |e: FetchError| fetch_err(&canonical, e);
+        let host = from.split('/').next().unwrap_or(from).to_string();
+        let fetch_err = |e: FetchError| fetch_err(&canonical, &host, e);
         let invalid = |what: String| PullError::Invalid {
             image: canonical.clone(),
             what,
@@ -597,13 +598,59 @@ enum IndexError {
 }
 
 /// What the registry said (`Registry`: it may say otherwise later), or what is wrong with
-/// what it served (`Invalid`: served again, it would be refused again).
-fn fetch_err(image: &str, e: FetchError) -> PullError {
+/// what it served (`Invalid`: served again, it would be refused again). `registry`: the host it
+/// was asked of. The registry's own words stay, after what they mean and what to do.
+fn fetch_err(image: &str, registry: &str, e: FetchError) -> PullError {
     match e {
-        FetchError::NotFound(_) | FetchError::Registry(_) => PullError::Registry {
+        FetchError::NotFound(raw) => PullError::Registry {
             image: image.to_string(),
-            message: e.to_string(),
+            message: format!(
+                "image not found on {registry}: it has no such tag or digest (check the name and \
+                 the tag; the registry said: {raw})"
+            ),
         },
+        FetchError::Registry(raw) => {
+            let lower = raw.to_lowercase();
+            let message = if [
+                "connection refused",
+                "(connect)",
+                "dns error",
+                "timed out",
+                "no route to host",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+            {
+                format!(
+                    "registry unreachable: {registry} (check that it runs and that registries.conf \
+                     names it rightly; {raw})"
+                )
+            } else if [
+                "invalidcontenttype",
+                "corrupt message",
+                "wrong version number",
+                "http/0.9",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+            {
+                format!(
+                    "{raw} (if {registry} speaks plain HTTP, mark it `insecure = true` in \
+                     registries.conf)"
+                )
+            } else if lower.contains("unauthorized") || lower.contains("denied") {
+                format!(
+                    "{registry} refused access: {raw} (log in to it: an auth.json as podman \
+                     writes it, or ~/.docker/config.json)"
+                )
+            } else {
+                raw
+            };
+            PullError::Registry {
+                image: image.to_string(),
+                message,
+            }
+        }
         FetchError::TooLarge { .. } | FetchError::Mismatch { .. } => PullError::Invalid {
             image: image.to_string(),
             what: e.to_string(),
@@ -677,7 +724,7 @@ async fn download(
         .origin
         .blob(f.reference, digest, declared)
         .await
-        .map_err(|e| fetch_err(f.canonical, e))?;
+        .map_err(|e| fetch_err(f.canonical, f.reference.registry(), e))?;
     let mut ingest = f.store.ingest()?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| registry_err(format!("download {digest}: {e}")))?;

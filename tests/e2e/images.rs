@@ -451,9 +451,16 @@ fn an_unknown_image_or_an_unreachable_registry_backs_off_and_leaves_nothing() {
             "{}",
             run.dump()
         );
+        // What it means first (issue 27, item 11), then the registry's own words.
         if name == "img-unknown" {
-            // The registry's own words, as the kubelet shows them.
+            assert!(message.contains("image not found on"), "{}", run.dump());
             assert!(message.contains("unknown"), "{}", run.dump());
+        } else {
+            assert!(
+                message.contains("registry unreachable: 127.0.0.1:"),
+                "{}",
+                run.dump()
+            );
         }
         // Doubling: 200 ms, then 400 ms.
         let delays: Vec<u64> = run

@@ -175,10 +175,19 @@ spec:
         .any(|r| r["event"] == "podStopping" && r["reason"] == "terminated");
     assert!(stopping, "{}", run.dump());
     assert!(ps("mgmt-stop").is_null(), "{}", ps("mgmt-stop"));
+    // Stopping a stopped pod is done already, as podman says (issue 27, item 13); a pod that
+    // never was is an error.
     let out = crate::wpod_output(&["stop", "mgmt-stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("was not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = crate::wpod_output(&["stop", "mgmt-never-was"]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("is not running"),
+        text(&out.stderr).contains("no pod"),
         "{}",
         text(&out.stderr)
     );

@@ -463,6 +463,13 @@ spec:
         );
     }
     assert!(run.logs("main").is_empty(), "nothing ran: {}", run.dump());
+    // Recorded as what it was: a refusal, not a failed pull (issue 27, item 11).
+    assert!(
+        run.records.iter().any(|r| r["event"] == "imageRefused")
+            && !run.records.iter().any(|r| r["event"] == "errImagePull"),
+        "{}",
+        run.dump()
+    );
     m.env.assert_no_leftovers("mkt-upgrade");
     // `wpod pull` shows the same diff and waits for an approval.
     let refused = m.fails(&["pull", &reference]);

@@ -200,6 +200,12 @@ pub enum Event {
         image: String,
         message: String,
     },
+    /// A pulled image that wpod's review refused (a sidecar not approved, a kind changed):
+    /// not a pull failure, and no retry helps.
+    ImageRefused {
+        image: String,
+        message: String,
+    },
     /// The kubelet's `ImagePullBackOff`: the pull is tried again in this long (10 s doubling
     /// to 5 min), the pod waiting.
     #[serde(rename_all = "camelCase")]
@@ -268,6 +274,7 @@ impl Event {
                 | Event::MirrorFailed { .. }
                 | Event::ErrImagePull { .. }
                 | Event::ImagePullBackOff { .. }
+                | Event::ImageRefused { .. }
                 | Event::Warning { .. }
         )
     }
@@ -342,6 +349,9 @@ impl Event {
             }
             Event::ErrImagePull { image, message } => {
                 format!("failed to pull image \"{image}\" (ErrImagePull): {message}")
+            }
+            Event::ImageRefused { image, message } => {
+                format!("image \"{image}\" refused: {message}")
             }
             Event::ImagePullBackOff { image, retry_in_ms } => format!(
                 "back-off pulling image \"{image}\" (ImagePullBackOff): next try in {:.1}s",

@@ -148,13 +148,13 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
         match pulled {
             Ok(p) => out.push(Some(p)),
             Err(e) => {
-                events.emit(
-                    Some(container),
-                    Event::ErrImagePull {
-                        image: name.canonical(),
-                        message: crate::error::chain(&e),
-                    },
-                );
+                let (image, message) = (name.canonical(), crate::error::chain(&e));
+                // A pull that failed, or an image the review refused: said as what it was.
+                let event = match e {
+                    ImagesError::Pull(_) => Event::ErrImagePull { image, message },
+                    _ => Event::ImageRefused { image, message },
+                };
+                events.emit(Some(container), event);
                 return Err(e);
             }
         }
