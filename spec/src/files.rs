@@ -358,12 +358,31 @@ pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
 /// writes, whose every key is a link into `..data`, and which no container can write). A
 /// missing directory on the way, or at the end, is made, with its parent's group and mode
 /// (setuid never), so a subdirectory of a world-writable emptyDir stays writable. Returns an
-/// `O_PATH` descriptor.
+/// `O_PATH` descriptor; an error says what it means for a subPath.
 pub fn open_beneath(
     dir: std::os::fd::BorrowedFd<'_>,
     sub: &str,
     links_are_ours: bool,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
+    open_beneath_raw(dir, sub, links_are_ours).map_err(|e| {
+        let why = match e {
+            nix::Error::ELOOP => {
+                "a symlink is on its way, and a subPath follows none: name the real directory"
+            }
+            nix::Error::EXDEV => "it leads out of the volume: a subPath stays inside it",
+            nix::Error::ENOTDIR => "a file is on its way where a directory should be",
+            _ => return std::io::Error::from(e),
+        };
+        std::io::Error::other(format!("{why} ({e})"))
+    })
+}
+
+/// [`open_beneath`], with the system's errors.
+fn open_beneath_raw(
+    dir: std::os::fd::BorrowedFd<'_>,
+    sub: &str,
+    links_are_ours: bool,
+) -> Result<std::os::fd::OwnedFd, nix::Error> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use nix::sys::stat::{fstat, Mode};
     use std::os::fd::AsFd;
@@ -378,14 +397,11 @@ pub fn open_beneath(
     };
     let path = || how(OFlag::O_PATH);
     if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{sub:?} leaves the volume"),
-        ));
+        return Err(nix::Error::EXDEV);
     }
     match openat2(dir, sub, path()) {
         Err(nix::Error::ENOENT) => {}
-        other => return other.map_err(std::io::Error::from),
+        other => return other,
     }
     // Made one directory at a time, each beneath the one before, through descriptors only.
     let directory = || how(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW);
@@ -395,7 +411,7 @@ pub fn open_beneath(
         {
             Ok(()) => true,
             Err(nix::Error::EEXIST) => false,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let next = openat2(at.as_fd(), part, directory())?;
         if made {
@@ -419,7 +435,7 @@ pub fn open_beneath(
         at = next;
     }
     // The end, as an O_PATH descriptor like the one an existing path gives.
-    openat2(at.as_fd(), ".", path()).map_err(std::io::Error::from)
+    openat2(at.as_fd(), ".", path())
 }
 
 #[cfg(test)]

@@ -248,8 +248,10 @@ spec:
     - {name: data, mountPath: /data}
     - {name: config, mountPath: /config}
   - name: root-here
-    command: [sh, -c, 'echo "uid $(id -u)"']
+    command: [sh, -c, 'echo "uid $(id -u)"; touch /config/planted 2>/dev/null && echo "config wrote" || echo "config read-only"']
     securityContext: {runAsUser: 0}
+    # Mounted without readOnly: a Secret's volume is read-only all the same, even for root.
+    volumeMounts: [{name: config, mountPath: /config}]
   volumes:
   - {name: data, emptyDir: {}}
   - name: config
@@ -287,6 +289,13 @@ stringData: {token: t0k3n}
     assert_eq!(
         line("main", "secret "),
         "secret 2000 440 reads t0k3n",
+        "{}",
+        run.dump()
+    );
+    // A Secret's volume is mounted read-only, whatever the mount says.
+    assert_eq!(
+        line("root-here", "config "),
+        "config read-only",
         "{}",
         run.dump()
     );
@@ -352,6 +361,11 @@ spec:
   - name: escaper
     command: [ls, /mnt]
     volumeMounts: [{name: data, mountPath: /mnt, subPath: escape/ssh}]
+  # A Wasm sidecar's preopen is held to the same: the link is not followed.
+  - name: wasm-escaper
+    image: SIDECARS/hello.wasm
+    args: ["/mnt"]
+    volumeMounts: [{name: data, mountPath: /mnt, subPath: escape}]
   volumes:
   - {name: data, emptyDir: {}}
   - {name: config, configMap: {name: settings}}
@@ -375,10 +389,18 @@ data: {settings.conf: "mode=fast"}
         .map(|e| e["error"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(
-        failed.iter().any(|e| e.contains("subPath escape/ssh")),
+        failed
+            .iter()
+            .any(|e| e.contains("subPath escape/ssh") && e.contains("a symlink is on its way")),
         "{failed:?}\n{}",
         run.dump()
     );
+    let wasm_failed = run
+        .events(Some("wasm-escaper"))
+        .iter()
+        .any(|e| e["event"] == "failedToStart");
+    assert!(wasm_failed, "{}", run.dump());
+    assert!(run.logs("wasm-escaper").is_empty(), "{}", run.dump());
     assert!(run.logs("escaper").is_empty(), "{}", run.dump());
     assert_no_leftovers("sub-paths");
 }

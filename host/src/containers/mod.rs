@@ -104,12 +104,8 @@ const FALLBACK_BYTES: usize = 2048;
 fn termination_message(file: &Path, fallback_log: Option<&Path>, code: i32) -> Option<String> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(file)
-    {
+    // Truncated as the kubelet truncates it (not refused when larger).
+    if let Ok(f) = crate::files::open_regular(file) {
         let _ = f
             .take(MAX_TERMINATION_MESSAGE as u64)
             .read_to_end(&mut bytes);

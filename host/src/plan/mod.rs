@@ -495,7 +495,9 @@ fn check_app_armor(pod: &Pod, path: &str, c: &Container, diags: &mut Vec<Diagnos
 /// to a limit that is not set gives it).
 struct HostInfo {
     node_name: String,
-    capacity: fit::Capacity,
+    /// `None` when it cannot be read (then the fit check is skipped, and an unset limit
+    /// reads as one core and no memory).
+    capacity: Option<fit::Capacity>,
 }
 
 impl HostInfo {
@@ -505,18 +507,15 @@ impl HostInfo {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into()),
-            capacity: fit::Capacity::here().unwrap_or(fit::Capacity {
-                memory_bytes: 0,
-                cpu_millis: 1000,
-            }),
+            capacity: fit::Capacity::here(),
         }
     }
 
     fn facts(&self) -> crate::spec::env::HostFacts<'_> {
         crate::spec::env::HostFacts {
             node_name: &self.node_name,
-            cpu_millis: self.capacity.cpu_millis,
-            memory_bytes: self.capacity.memory_bytes,
+            cpu_millis: self.capacity.map_or(1000, |c| c.cpu_millis),
+            memory_bytes: self.capacity.map_or(0, |c| c.memory_bytes),
         }
     }
 }
@@ -592,7 +591,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     check_outbound_keys(pod, &containers, &mut diags);
     check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
-    if let Some(capacity) = fit::Capacity::here() {
+    if let Some(capacity) = host.capacity {
         fit::check(pod, &containers, capacity, &mut diags);
     }
     node::check(pod, &node::Node::here(&host.node_name), &mut diags);

@@ -212,18 +212,15 @@ fn runtime_facts(
         (crate::plan::Network::Host, None) => host_ip.clone(),
         _ => "127.0.0.1".into(),
     };
-    let mut b = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-    // Version 4, variant 1 (RFC 9562).
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
+    // Version 4, variant 1 (RFC 9562): the rest random.
+    let h = crate::files::random_hex(16);
+    let variant = ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)];
     let uid = format!(
-        "{}-{}-{}-{}-{}",
+        "{}-{}-4{}-{variant}{}-{}",
         &h[..8],
         &h[8..12],
-        &h[12..16],
-        &h[16..20],
+        &h[13..16],
+        &h[17..20],
         &h[20..]
     );
     crate::spec::env::RuntimeFacts {

@@ -152,9 +152,8 @@ mod tests {
             nix::unistd::geteuid().is_root(),
             "this test gives files to another group (chown): run it as root, as `bash .ci/test` does"
         );
-        let mut b = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        let root = std::env::temp_dir().join(format!("wpod-ownership-{}", hex::encode(b)));
+        let root =
+            std::env::temp_dir().join(format!("wpod-ownership-{}", crate::files::random_hex(8)));
         let outside = root.with_extension("outside");
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::write(root.join("sub/file"), "x").unwrap();

@@ -215,9 +215,8 @@ mod tests {
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        let mut b = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        let dir = std::env::temp_dir().join(format!("wpod-projected-{}", hex::encode(b)));
+        let dir =
+            std::env::temp_dir().join(format!("wpod-projected-{}", crate::files::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

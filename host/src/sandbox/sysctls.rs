@@ -22,7 +22,7 @@ pub fn set(paths: &NamespacePaths, sysctls: &[(String, String)]) -> Result<(), S
     let thread = std::thread::Builder::new()
         .name("wpod-sysctls".into())
         .spawn(move || -> Result<(), SandboxError> {
-            setns(net.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            super::namespaces::join_net(net.as_fd()).map_err(|e| {
                 SandboxError::sys(
                     "join the pod's network namespace",
                     std::path::Path::new("net"),

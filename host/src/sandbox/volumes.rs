@@ -304,10 +304,7 @@ impl PodVolumes {
 /// The lock of claim `name`: `$WPOD_ROOT/volumes/.locks/NAME` (a name that starts with `.`
 /// is never a claim's), never removed, so every process locks the same file.
 fn claim_lock_file(claim: &str) -> std::io::Result<std::fs::File> {
-    let dir = crate::plan::claim_dir(".locks");
-    std::fs::create_dir_all(&dir)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let dir = crate::files::private_state_dir("volumes/.locks").map_err(std::io::Error::other)?;
     crate::files::open_lock(&dir.join(claim))
 }
 

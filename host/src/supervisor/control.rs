@@ -412,20 +412,7 @@ impl Control {
             .map_err(ControlError::Refresh)?;
         }
         if !change.touches_containers() {
-            *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
-                plan: Arc::new(plan),
-                digests: live.digests.clone(),
-            });
-            self.events.emit(
-                None,
-                Event::PodChanged {
-                    added: Vec::new(),
-                    replaced: Vec::new(),
-                    removed: Vec::new(),
-                    refreshed: change.refreshed.clone(),
-                },
-            );
-            let now = self.live();
+            let now = self.commit(plan, live.digests.clone(), &change, &events);
             return Ok(report(&now.plan, &change, false, &[]));
         }
 
@@ -466,22 +453,37 @@ impl Control {
             }
         };
         limit(plan.runtime_memory_limit);
-        let mut now = Live {
-            plan: Arc::new(plan),
-            digests: live.digests.clone(),
-        };
+        let mut digests = live.digests.clone();
         for name in &change.removed {
-            now.digests.remove(name);
+            digests.remove(name);
         }
         for m in &members {
             if let Some(p) = &m.prepared {
-                now.digests
-                    .insert(m.name().to_string(), p.digest().to_string());
+                digests.insert(m.name().to_string(), p.digest().to_string());
             }
         }
-        let now = Arc::new(now);
+        let now = self.commit(plan, digests, &change, &events);
+        let outcomes = wait_started(started).await;
+        Ok(report(&now.plan, &change, false, &outcomes))
+    }
+}
+
+impl Control {
+    /// The change is made: `plan` is the running one from now on, and the journal says so
+    /// (the events held while it was made, then `podChanged`).
+    fn commit(
+        &self,
+        plan: PodPlan,
+        digests: BTreeMap<String, String>,
+        change: &PodChange,
+        held: &Events,
+    ) -> Arc<Live> {
+        let now = Arc::new(Live {
+            plan: Arc::new(plan),
+            digests,
+        });
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = now.clone();
-        self.events.replay(events.take_captured());
+        self.events.replay(held.take_captured());
         self.events.emit(
             None,
             Event::PodChanged {
@@ -491,8 +493,7 @@ impl Control {
                 refreshed: change.refreshed.clone(),
             },
         );
-        let outcomes = wait_started(started).await;
-        Ok(report(&now.plan, &change, false, &outcomes))
+        now
     }
 }
 

@@ -118,12 +118,7 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
             out.push(None);
             continue;
         };
-        let puller = match &mut puller {
-            Some(p) => p,
-            None => puller.insert(Puller::new(Arc::new(
-                Store::open().map_err(PullError::from)?,
-            ))?),
-        };
+        let puller = open_puller(&mut puller)?;
         let container = c.name();
         let report = |e: PullEvent| report_pull(events, Some(container), e);
         let pulled = puller
@@ -165,12 +160,7 @@ pub async fn pull_images(plan: &PodPlan, events: &Events) -> Result<PulledImages
         let crate::plan::VolumeKind::Image { name, policy, .. } = &v.kind else {
             continue;
         };
-        let puller = match &mut puller {
-            Some(p) => p,
-            None => puller.insert(Puller::new(Arc::new(
-                Store::open().map_err(PullError::from)?,
-            ))?),
-        };
+        let puller = open_puller(&mut puller)?;
         let report = |e: PullEvent| report_pull(events, None, e);
         let pulled = match puller.ensure(name, *policy, &report).await {
             Ok(Pulled::Container(image)) => Ok(image),
@@ -206,6 +196,16 @@ impl ImagesError {
             ImagesError::Pull(e) => e.retryable_image(),
             _ => None,
         }
+    }
+}
+
+/// The pod's one puller, opened (with the store) when its first image is pulled.
+fn open_puller(slot: &mut Option<Puller>) -> Result<&mut Puller, ImagesError> {
+    match slot {
+        Some(p) => Ok(p),
+        None => Ok(slot.insert(Puller::new(Arc::new(
+            Store::open().map_err(PullError::from)?,
+        ))?)),
     }
 }
 
