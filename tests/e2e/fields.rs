@@ -469,6 +469,102 @@ spec:
     assert_no_leftovers("https-probe");
 }
 
+/// `grpc` probes (issue 26, item 17) against a real gRPC server (Debian's grpcio): the standard
+/// health protocol's `SERVING` makes the container ready, a service that answers `NOT_SERVING`
+/// fails liveness with the kubelet's words, and a server without the health service says so.
+#[test]
+fn grpc_probes_speak_the_standard_health_protocol() {
+    require_root("grpc_probes_speak_the_standard_health_protocol");
+    let (port, bare) = (crate::free_port(), crate::free_port());
+    let pod = TestPod::new(
+        "grpc-probe",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: grpc-probe}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [/usr/bin/python3, -u, -c]
+    args:
+    - |
+      import grpc, signal, sys
+      from concurrent import futures
+      signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+      def check(request, context):
+          print("check [" + request.hex() + "]", flush=True)
+          return b"\x08\x02" if request == b"\x0a\x02db" else b"\x08\x01"
+      health = grpc.method_handlers_generic_handler(
+          "grpc.health.v1.Health", {{"Check": grpc.unary_unary_rpc_method_handler(check)}})
+      server = grpc.server(futures.ThreadPoolExecutor(2))
+      server.add_generic_rpc_handlers((health,))
+      server.add_insecure_port("127.0.0.1:{port}")
+      server.start()
+      other = grpc.server(futures.ThreadPoolExecutor(1))
+      other.add_insecure_port("127.0.0.1:{bare}")
+      other.start()
+      print("serving", flush=True)
+      server.wait_for_termination()
+    readinessProbe:
+      grpc: {{port: {port}}}
+      periodSeconds: 1
+  - name: db-watch
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 0.1; done']
+    livenessProbe:
+      grpc: {{port: {port}, service: db}}
+      initialDelaySeconds: 2
+      periodSeconds: 1
+      failureThreshold: 2
+  - name: no-health
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 0.1; done']
+    readinessProbe:
+      grpc: {{port: {bare}}}
+      initialDelaySeconds: 2
+      periodSeconds: 1
+"#
+        ),
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the three probe outcomes", LONG, |r| {
+        let has = |c: &str, kind: &str| r.events(Some(c)).iter().any(|e| e["event"] == kind);
+        has("main", "ready") && has("db-watch", "unhealthy") && has("no-health", "probeFailed")
+    });
+    // The whole server's check carries an empty service name; the other names "db".
+    run.assert_line("main", "check []");
+    run.assert_line("main", "check [0a026462]");
+    let message = |c: &str, kind: &str| {
+        run.events(Some(c))
+            .iter()
+            .find(|e| e["event"] == kind)
+            .and_then(|e| e["message"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let unhealthy = message("db-watch", "unhealthy");
+    assert!(
+        unhealthy.contains(r#"service unhealthy (responded with "NOT_SERVING")"#),
+        "{unhealthy}\n{}",
+        run.dump()
+    );
+    let bare_failure = message("no-health", "probeFailed");
+    assert!(
+        bare_failure.contains("does not implement the grpc health protocol"),
+        "{bare_failure}\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.events(Some("no-health"))
+            .iter()
+            .any(|e| e["event"] == "ready"),
+        "{}",
+        run.dump()
+    );
+    running.signal(libc::SIGINT);
+    running.wait(LONG);
+    assert_no_leftovers("grpc-probe");
+}
+
 /// A liveness probe's own `terminationGracePeriodSeconds` bounds the kill it decides, in place
 /// of the pod's (30 s here): a container that ignores SIGTERM is killed about 2 s after it is
 /// found unhealthy.

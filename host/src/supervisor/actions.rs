@@ -1,5 +1,5 @@
-//! The actions probes and lifecycle hooks perform (`httpGet`, `tcpSocket`, `exec`, `sleep`),
-//! each bounded by a timeout. Network actions connect from inside the pod's network namespace
+//! The actions probes and lifecycle hooks perform (`httpGet`, `tcpSocket`, `exec`, `sleep`, and
+//! for probes `grpc`), each bounded by a timeout. Network actions connect from inside the pod's network namespace
 //! to the pod's loopback (wpod's pod has no other address), as the kubelet connects to the pod.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::containers::ExecTarget;
 use crate::error::chain;
 use crate::sandbox::namespaces::Dialer;
-use crate::spec::{ContainerPort, Handler, HttpGetAction, IntOrString};
+use crate::spec::{ContainerPort, GrpcAction, Handler, HttpGetAction, IntOrString};
 
 /// Why an action failed; shown to the user as its whole chain ([`chain`]), as the kubelet
 /// words probe failures.
@@ -48,6 +48,19 @@ pub enum ActionError {
     NotHttp(SocketAddr),
     #[error("HTTP probe failed with statuscode: {0}")]
     HttpStatus(u16),
+    #[error("gRPC exchange with {addr}")]
+    Grpc { addr: SocketAddr, source: h2::Error },
+    #[error("{addr} did not answer gRPC: {why}")]
+    NotGrpc { addr: SocketAddr, why: String },
+    // The kubelet's words for the health protocol's outcomes (pkg/probe/grpc).
+    #[error(
+        "this server does not implement the grpc health protocol (grpc.health.v1.Health): {0}"
+    )]
+    GrpcUnimplemented(String),
+    #[error("health rpc probe failed: grpc-status {code}: {message}")]
+    GrpcStatus { code: u32, message: String },
+    #[error("service unhealthy (responded with \"{0}\")")]
+    Unhealthy(&'static str),
     #[error("exec needs a process (a native container)")]
     ExecNeedsProcess,
     /// The exec helper could not be prepared.
@@ -131,6 +144,7 @@ pub async fn run(
                     .map_err(|source| ActionError::Dial { addr, source })
             }
             Handler::Exec(e) => exec(&e.command, target).await,
+            Handler::Grpc(g) => grpc_health(g, target, timeout).await,
             Handler::Sleep(s) => {
                 tokio::time::sleep(Duration::from_secs(s.seconds.into())).await;
                 Ok(format!("slept {}s", s.seconds))
@@ -230,6 +244,194 @@ fn response_complete(bytes: &[u8]) -> bool {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok());
     length.is_some_and(|n| bytes.len() >= end + 4 + n)
+}
+
+/// The standard gRPC health check (`grpc.health.v1.Health/Check`) over plaintext HTTP/2, as
+/// the kubelet's `grpc` probe makes it: healthy only when the server answers `SERVING`.
+async fn grpc_health(
+    g: &GrpcAction,
+    target: &ActionTarget,
+    timeout: Duration,
+) -> Result<String, ActionError> {
+    let addr = target.addr(None, &IntOrString::Int(g.port))?;
+    let stream = target
+        .dialer
+        .connect(addr, timeout)
+        .await
+        .map_err(|source| ActionError::Dial { addr, source })?;
+    let h2 = |source| ActionError::Grpc { addr, source };
+    let not_grpc = |why: &str| ActionError::NotGrpc {
+        addr,
+        why: why.to_string(),
+    };
+    let (client, connection) = h2::client::handshake(stream).await.map_err(h2)?;
+    // The connection is driven beside the call and ends with it (the guard aborts it even
+    // when the caller's timeout drops this future).
+    let connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let mut client = client.ready().await.map_err(h2)?;
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "wpod-probe/1.0")
+        .body(())
+        .map_err(|e| not_grpc(&e.to_string()))?;
+    let (response, mut send) = client.send_request(request, false).map_err(h2)?;
+    send.send_data(grpc::frame(&grpc::check_request(&g.service)), true)
+        .map_err(h2)?;
+    let (head, mut body) = response.await.map_err(h2)?.into_parts();
+    if head.status != http::StatusCode::OK {
+        return Err(not_grpc(&format!("HTTP status {}", head.status)));
+    }
+    let mut message = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(h2)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(&chunk);
+        if message.len() > grpc::MAX_RESPONSE {
+            return Err(not_grpc("the health response is too long"));
+        }
+    }
+    // The status is in the trailers, or in the headers of a trailers-only answer (an error).
+    let trailers = body.trailers().await.map_err(h2)?;
+    let status = trailers
+        .as_ref()
+        .and_then(grpc::Status::from_headers)
+        .or_else(|| grpc::Status::from_headers(&head.headers))
+        .ok_or_else(|| not_grpc("no grpc-status"))?;
+    drop(connection);
+    match status.code {
+        0 => {}
+        grpc::UNIMPLEMENTED => return Err(ActionError::GrpcUnimplemented(status.message)),
+        code => {
+            return Err(ActionError::GrpcStatus {
+                code,
+                message: status.message,
+            })
+        }
+    }
+    match grpc::serving_status(&message).map_err(not_grpc)? {
+        "SERVING" => Ok("service healthy".to_string()),
+        other => Err(ActionError::Unhealthy(other)),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The two messages of the gRPC health protocol and their framing, encoded by hand: a string
+/// field out, an enum field back (a protobuf library would be the larger part of the probe).
+mod grpc {
+    /// Far above any health response (a 2-byte message in a 5-byte frame).
+    pub const MAX_RESPONSE: usize = 64 * 1024;
+    /// gRPC's status code for a method the server does not have.
+    pub const UNIMPLEMENTED: u32 = 12;
+
+    /// `HealthCheckRequest { string service = 1; }`.
+    pub fn check_request(service: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !service.is_empty() {
+            out.push(0x0a); // field 1, length-delimited
+            varint(service.len() as u64, &mut out);
+            out.extend_from_slice(service.as_bytes());
+        }
+        out
+    }
+
+    /// A length-prefixed gRPC message, uncompressed.
+    pub fn frame(message: &[u8]) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(5 + message.len());
+        out.push(0);
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out.into()
+    }
+
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    /// The `status` of a framed `HealthCheckResponse`, by its name in the protocol.
+    pub fn serving_status(framed: &[u8]) -> Result<&'static str, &'static str> {
+        let (head, mut message) = framed
+            .split_at_checked(5)
+            .ok_or("the health response is not a gRPC message")?;
+        if head[0] != 0 {
+            return Err("the health response is compressed");
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len != message.len() {
+            return Err("the health response's length does not match its frame");
+        }
+        // proto3: a field left out has its default, UNKNOWN.
+        let mut status = 0;
+        while !message.is_empty() {
+            let key = read_varint(&mut message).ok_or("a malformed health response")?;
+            let skip = match key & 7 {
+                0 => {
+                    let v = read_varint(&mut message).ok_or("a malformed health response")?;
+                    if key >> 3 == 1 {
+                        status = v;
+                    }
+                    0
+                }
+                1 => 8,
+                2 => read_varint(&mut message).ok_or("a malformed health response")? as usize,
+                5 => 4,
+                _ => return Err("a malformed health response"),
+            };
+            message = message.get(skip..).ok_or("a malformed health response")?;
+        }
+        Ok(match status {
+            0 => "UNKNOWN",
+            1 => "SERVING",
+            2 => "NOT_SERVING",
+            3 => "SERVICE_UNKNOWN",
+            _ => "an unknown status",
+        })
+    }
+
+    /// `grpc-status` and `grpc-message` of an answer.
+    pub struct Status {
+        pub code: u32,
+        pub message: String,
+    }
+
+    impl Status {
+        pub fn from_headers(headers: &http::HeaderMap) -> Option<Status> {
+            let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+            let message = headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            Some(Status { code, message })
+        }
+    }
 }
 
 async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, ActionError> {
@@ -344,7 +546,28 @@ mod tls {
 
 #[cfg(test)]
 mod tests {
-    use super::response_complete;
+    use super::{grpc, response_complete};
+
+    #[test]
+    fn encodes_and_decodes_the_health_protocol() {
+        assert_eq!(grpc::check_request(""), b"");
+        assert_eq!(grpc::check_request("db"), b"\x0a\x02db");
+        assert_eq!(&grpc::frame(b"\x0a\x02db")[..], b"\0\0\0\0\x04\x0a\x02db");
+        assert_eq!(grpc::serving_status(b"\0\0\0\0\x02\x08\x01"), Ok("SERVING"));
+        assert_eq!(
+            grpc::serving_status(b"\0\0\0\0\x02\x08\x02"),
+            Ok("NOT_SERVING")
+        );
+        // No field: proto3's default; an unknown field before the status is skipped.
+        assert_eq!(grpc::serving_status(b"\0\0\0\0\0"), Ok("UNKNOWN"));
+        assert_eq!(
+            grpc::serving_status(b"\0\0\0\0\x05\x12\x01x\x08\x01"),
+            Ok("SERVING")
+        );
+        assert!(grpc::serving_status(b"\0\0\0\0\x03\x08\x01").is_err());
+        assert!(grpc::serving_status(b"\0\0\0\0\x02\x12\x09").is_err());
+        assert!(grpc::serving_status(b"\x01\0\0\0\x02\x08\x01").is_err());
+    }
 
     #[test]
     fn knows_when_a_response_is_whole() {

@@ -485,8 +485,11 @@ impl Decode for Probe {
         let loc = loc_of(node);
         let mut handlers = Vec::new();
         let probe = d.object(node, path, |f| {
-            f.unsupported(&["grpc"]);
             handlers = read_handlers(f);
+            // gRPC is a probe action only (Kubernetes has no gRPC hook).
+            if let Some(g) = f.opt("grpc") {
+                handlers.push(Handler::Grpc(g));
+            }
             let grace_path = f.child("terminationGracePeriodSeconds");
             let grace: Option<i64> = f.opt("terminationGracePeriodSeconds");
             if grace.is_some_and(|g| g < 1) {
@@ -507,7 +510,7 @@ impl Decode for Probe {
                 termination_grace_period_seconds: grace.filter(|g| *g >= 1).map(|g| g as u64),
             }
         })?;
-        let handler = one_handler(d, loc, path, handlers, "exec, httpGet or tcpSocket")?;
+        let handler = one_handler(d, loc, path, handlers, "exec, grpc, httpGet or tcpSocket")?;
         Some(Probe { handler, ..probe })
     }
 }
@@ -520,6 +523,8 @@ pub enum Handler {
     HttpGet(HttpGetAction),
     TcpSocket(TcpSocketAction),
     Sleep(SleepAction),
+    /// Probes only: the standard gRPC health protocol (`grpc.health.v1.Health/Check`).
+    Grpc(GrpcAction),
 }
 
 fn read_handlers(f: &mut super::decode::Fields<'_, '_>) -> Vec<Handler> {
@@ -621,6 +626,23 @@ impl Decode for TcpSocketAction {
         d.object(node, path, |f| TcpSocketAction {
             port: f.req("port").unwrap_or(IntOrString::Int(0)),
             host: f.opt("host"),
+        })
+    }
+}
+
+/// A gRPC health check of the pod's loopback. Kubernetes takes a port number only (no name).
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpcAction {
+    pub port: i64,
+    /// The service name sent in the check; empty asks about the server as a whole.
+    pub service: String,
+}
+
+impl Decode for GrpcAction {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        d.object(node, path, |f| GrpcAction {
+            port: f.req("port").unwrap_or_default(),
+            service: f.opt("service").unwrap_or_default(),
         })
     }
 }

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 pub use container::{
-    AppArmorProfile, Capabilities, Container, ContainerPort, EnvVar, ExecAction, Handler,
-    HttpGetAction, HttpHeader, Lifecycle, PodSecurityContext, Probe, ResourceList, Resources,
-    SecurityContext, SleepAction, TcpSocketAction, VolumeMount, SAFE_SYSCTLS,
+    AppArmorProfile, Capabilities, Container, ContainerPort, EnvVar, ExecAction, GrpcAction,
+    Handler, HttpGetAction, HttpHeader, Lifecycle, PodSecurityContext, Probe, ResourceList,
+    Resources, SecurityContext, SleepAction, TcpSocketAction, VolumeMount, SAFE_SYSCTLS,
 };
 pub use decode::did_you_mean;
 pub use decode::IntOrString;

@@ -488,6 +488,19 @@ impl Checker<'_> {
                 }
             }
             Handler::Sleep(_) => {}
+            Handler::Grpc(g) => {
+                let port = format!("{path}.grpc.port");
+                if !self.reported(&port) {
+                    self.port_ref(&port, &IntOrString::Int(g.port), c);
+                }
+                // Sent as protobuf bytes, not text, but a NUL has no place in a service name.
+                if g.service.contains('\0') {
+                    self.err(
+                        format!("{path}.grpc.service"),
+                        "must not contain NUL characters",
+                    );
+                }
+            }
         }
     }
 
