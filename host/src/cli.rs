@@ -33,6 +33,8 @@ pub enum Command {
     Run {
         /// Pod manifest (Kubernetes v1 Pod YAML).
         file: PathBuf,
+        #[command(flatten)]
+        objects: ObjectFiles,
         /// How to print pod events.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -59,6 +61,8 @@ pub enum Command {
         /// Pod manifests.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        objects: ObjectFiles,
     },
     /// Show a Wasm sidecar's imports and exports, and the Pod field that grants each import:
     /// of a component file, or of a sidecar on a registry (from its config, before download).
@@ -143,6 +147,8 @@ pub enum Command {
     Apply {
         /// Pod manifest (Kubernetes v1 Pod YAML).
         file: PathBuf,
+        #[command(flatten)]
+        objects: ObjectFiles,
         /// Check and prepare everything, say what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -339,7 +345,11 @@ pub enum ComponentCommand {
 #[derive(Debug, Subcommand)]
 pub enum KubeCommand {
     /// The same as `wpod run -d FILE`.
-    Play { file: PathBuf },
+    Play {
+        file: PathBuf,
+        #[command(flatten)]
+        objects: ObjectFiles,
+    },
     /// Stop the file's pods and remove what they kept.
     Down { file: PathBuf },
 }
@@ -387,4 +397,36 @@ pub enum ImageCommand {
 pub enum Output {
     Text,
     Json,
+}
+
+/// ConfigMaps, Secrets and PersistentVolumeClaims kept in files of their own, beside the Pod
+/// manifest (podman kube play's `--configmap`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ObjectFiles {
+    /// A file of ConfigMap, Secret or PersistentVolumeClaim documents the pod uses (repeat the
+    /// flag, or separate files with commas).
+    #[arg(long = "configmap", value_name = "FILE", value_delimiter = ',')]
+    pub config_maps: Vec<PathBuf>,
+}
+
+impl ObjectFiles {
+    /// The manifest `file` with these objects.
+    pub fn with(&self, file: &std::path::Path) -> wpod::plan::ManifestFiles {
+        wpod::plan::ManifestFiles {
+            manifest: file.to_path_buf(),
+            objects: self.config_maps.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the definition (unique names, valid defaults) only when a command is parsed:
+    /// every command at once, here.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -113,7 +113,7 @@ impl std::io::Write for EscapingStderr {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { files } => validate(&files),
+        Command::Validate { files, objects } => validate(&files, &objects),
         Command::Pull {
             image,
             output,
@@ -146,8 +146,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
         } => manage::events(&pod, follow, output),
         Command::Kube {
-            command: cli::KubeCommand::Play { file },
-        } => manage::run_detached(&file, cli::DEFAULT_BACKOFF.parse()?, false),
+            command: cli::KubeCommand::Play { file, objects },
+        } => manage::run_detached(&objects.with(&file), cli::DEFAULT_BACKOFF.parse()?, false),
         Command::Kube {
             command: cli::KubeCommand::Down { file },
         } => manage::kube_down(&file),
@@ -172,9 +172,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         ),
         Command::Apply {
             file,
+            objects,
             dry_run,
             output,
-        } => manage::apply(&file, dry_run, output),
+        } => manage::apply(&objects.with(&file), dry_run, output),
         Command::Describe { pod, output } => manage::describe(&pod, output),
         Command::New { name, lang } => scaffold::new(&name, lang),
         Command::Save {
@@ -225,19 +226,27 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run {
             file,
+            objects,
             backoff_base,
             detach: true,
             audit,
             ..
-        } => manage::run_detached(&file, backoff_base, audit),
+        } => manage::run_detached(&objects.with(&file), backoff_base, audit),
         Command::Run {
             file,
+            objects,
             output,
             backoff_base,
             ready_fd,
             audit,
             ..
-        } => run(&file, output, backoff_base.into(), ready_fd, audit),
+        } => run(
+            &objects.with(&file),
+            output,
+            backoff_base.into(),
+            ready_fd,
+            audit,
+        ),
         Command::Bench {
             component,
             runs,
@@ -287,10 +296,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
+fn validate(files: &[std::path::PathBuf], objects: &cli::ObjectFiles) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for file in files {
-        match wpod::plan::load(file) {
+        match wpod::plan::load(&objects.with(file)) {
             Ok(plans) => {
                 for p in &plans {
                     for note in &p.ignored {
@@ -349,13 +358,13 @@ fn raise_fd_limit() {
 }
 
 fn run(
-    file: &Path,
+    files: &wpod::plan::ManifestFiles,
     output: cli::Output,
     backoff: std::time::Duration,
     ready_fd: Option<i32>,
     audit: bool,
 ) -> anyhow::Result<ExitCode> {
-    let plan = manage::one_pod(file, "wpod run runs")?;
+    let plan = manage::one_pod(files, "wpod run runs")?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

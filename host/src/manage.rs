@@ -7,12 +7,14 @@
 //! are left (`$WPOD_ROOT/logs/POD`, until `wpod rm` or its next run).
 
 use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
+use wpod::plan::ManifestFiles;
 use wpod::sandbox::state_dir;
 use wpod::supervisor::api::{
     Answer, ApplyReport, ContainerState, Event, EventRecord, PodDescription, PodPhase, PodView,
@@ -329,12 +331,12 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
 /// and returns once it says the pod has started, or with its errors once it has failed. Its
 /// stdout and stderr go to `$WPOD_ROOT/detached/POD.log`.
 /// The one pod of `file`, checked and planned; `doing` says who wants one ("wpod run runs").
-pub fn one_pod(file: &Path, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> {
-    let mut plans = wpod::plan::load(file)?;
+pub fn one_pod(files: &ManifestFiles, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> {
+    let mut plans = wpod::plan::load(files)?;
     if plans.len() != 1 {
         bail!(
             "{}: {doing} one pod, but the file holds {} Pod documents; put each pod in a file of its own",
-            file.display(),
+            files.manifest.display(),
             plans.len()
         );
     }
@@ -342,13 +344,13 @@ pub fn one_pod(file: &Path, doing: &str) -> anyhow::Result<wpod::plan::PodPlan> 
 }
 
 pub fn run_detached(
-    file: &Path,
+    files: &ManifestFiles,
     backoff: humantime::Duration,
     audit: bool,
 ) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let name = one_pod(file, "wpod run runs")?.name().to_string();
+    let name = one_pod(files, "wpod run runs")?.name().to_string();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -363,7 +365,7 @@ pub fn run_detached(
     let log = std::fs::File::create(&log_path)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let write_fd = ready_write.as_raw_fd();
-    let file = std::path::absolute(file)?;
+    let files = files.absolute()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("run")
         .arg("--ready-fd")
@@ -371,7 +373,13 @@ pub fn run_detached(
         .arg("--backoff-base")
         .arg(backoff.to_string())
         .args(audit.then_some("--audit"))
-        .arg(&file)
+        .args(
+            files
+                .objects
+                .iter()
+                .flat_map(|f| [OsStr::new("--configmap"), f.as_os_str()]),
+        )
+        .arg(&files.manifest)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -584,10 +592,22 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
 /// `wpod kube down FILE`: stops the file's pods and removes what they kept, as `podman kube
 /// down` does.
 pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
-    let plans = wpod::plan::load(file)?;
+    // Only the pods' names are needed: the objects they use may be in files not named here.
+    let bytes = wpod::files::read_regular(file, wpod::files::MAX_MANIFEST_BYTES)
+        .map_err(wpod::spec::SpecError::from)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (pods, diags) = wpod::spec::parse_all(file, &text);
+    // Only valid names become paths.
+    let names: Vec<&str> = pods
+        .iter()
+        .map(|p| p.metadata.name.as_str())
+        .filter(|n| wpod::spec::PodName::new(n).is_ok())
+        .collect();
+    if names.is_empty() {
+        return Err(wpod::spec::SpecError::Invalid(wpod::spec::Diagnostics(diags)).into());
+    }
     let mut code = ExitCode::SUCCESS;
-    for plan in &plans {
-        let name = plan.name();
+    for name in names {
         if state_dir::in_use(name) && stop(name, None)? != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
         }
@@ -655,8 +675,8 @@ fn control<T: serde::de::DeserializeOwned>(
 /// `wpod apply FILE`: the running pod's Wasm sidecars changed to match the manifest (the pod's
 /// own `wpod run` does it: `supervisor::control`); a pod that is not running is started
 /// detached, as `kubectl apply` creates what is missing.
-pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
-    let name = one_pod(file, "wpod apply applies")?.name().to_string();
+pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
+    let name = one_pod(files, "wpod apply applies")?.name().to_string();
     if !state_dir::in_use(&name) {
         if dry_run {
             match output {
@@ -675,14 +695,21 @@ pub fn apply(file: &Path, dry_run: bool, output: Output) -> anyhow::Result<ExitC
             }
             return Ok(ExitCode::SUCCESS);
         }
-        return run_detached(file, crate::cli::DEFAULT_BACKOFF.parse()?, false);
+        return run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false);
     }
-    let file =
-        std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let canonical =
+        |f: &Path| std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()));
+    let file = canonical(&files.manifest)?;
+    let objects = files
+        .objects
+        .iter()
+        .map(|f| canonical(f))
+        .collect::<anyhow::Result<_>>()?;
     let result: ApplyReport = control(
         &name,
         &control::Request::Apply {
             file: file.clone(),
+            objects,
             dry_run,
         },
     )

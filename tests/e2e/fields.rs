@@ -469,6 +469,89 @@ spec:
     assert_no_leftovers("https-probe");
 }
 
+/// ConfigMaps and Secrets in files of their own (issue 26, item 13), named with
+/// `--configmap` as `podman kube play` names them: without them the pod is refused naming
+/// what is missing, a Pod in such a file is refused, and `wpod apply --configmap` of a changed
+/// ConfigMap rewrites the mounted file of the running pod.
+#[test]
+fn config_maps_and_secrets_come_from_files_named_beside_the_manifest() {
+    require_root("config_maps_and_secrets_come_from_files_named_beside_the_manifest");
+    let mut pod = TestPod::new(
+        "cm-files",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cm-files}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do echo "level=$(cat /etc/settings/level) token=$TOKEN"; sleep 0.3; done']
+    env:
+    - name: TOKEN
+      valueFrom: {secretKeyRef: {name: creds, key: token}}
+    volumeMounts:
+    - {name: settings, mountPath: /etc/settings}
+  volumes:
+  - name: settings
+    configMap: {name: settings}
+"#,
+    );
+    let dir = pod.manifest.parent().unwrap().to_path_buf();
+    let settings = dir.join("settings.yaml");
+    let creds = dir.join("creds.yaml");
+    let config_map = |level: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{level: {level}}}\n")
+    };
+    std::fs::write(&settings, config_map("info")).unwrap();
+    std::fs::write(
+        &creds,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {token: s3cret}\n",
+    )
+    .unwrap();
+    let manifest = pod.manifest.to_str().unwrap().to_string();
+    let both = format!("{},{}", settings.display(), creds.display());
+
+    let out = crate::wpod_output(&["validate", &manifest]);
+    let err = crate::text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no ConfigMap named \"settings\""), "{err}");
+    assert!(err.contains("no Secret named \"creds\""), "{err}");
+    let out = crate::wpod_output(&["validate", "--configmap", &manifest, &manifest]);
+    let err = crate::text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("a Pod in a --configmap file"), "{err}");
+    let out = crate::wpod_output(&["validate", "--configmap", &both, &manifest]);
+    assert!(out.status.success(), "{}", crate::text(&out.stderr));
+
+    pod.args = vec!["--configmap".into(), both];
+    let running = pod.spawn();
+    running.wait_for("the ConfigMap's file and the Secret's value", LONG, |r| {
+        r.has_line("main", "level=info token=s3cret")
+    });
+    std::fs::write(&settings, config_map("debug")).unwrap();
+    let out = crate::wpod_output(&[
+        "apply",
+        "--configmap",
+        settings.to_str().unwrap(),
+        "--configmap",
+        creds.to_str().unwrap(),
+        &manifest,
+    ]);
+    let said = crate::text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", crate::text(&out.stderr));
+    assert!(
+        said.contains("updated the files of volume settings"),
+        "{said}"
+    );
+    running.wait_for("the changed ConfigMap", LONG, |r| {
+        r.has_line("main", "level=debug token=s3cret")
+    });
+    running.signal(libc::SIGINT);
+    running.wait(LONG);
+    assert_no_leftovers("cm-files");
+}
+
 /// `grpc` probes (issue 26, item 17) against a real gRPC server (Debian's grpcio): the standard
 /// health protocol's `SERVING` makes the container ready, a service that answers `NOT_SERVING`
 /// fails liveness with the kubelet's words, and a server without the health service says so.

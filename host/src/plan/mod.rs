@@ -1251,20 +1251,59 @@ fn check_host_paths(pod: &Pod, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// The files a pod comes from: its manifest, and files of ConfigMaps, Secrets and claims named
+/// beside it (`--configmap`, as `podman kube play` names them).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestFiles {
+    pub manifest: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<std::path::PathBuf>,
+}
+
+impl ManifestFiles {
+    /// A manifest alone.
+    pub fn new(manifest: impl Into<std::path::PathBuf>) -> Self {
+        ManifestFiles {
+            manifest: manifest.into(),
+            objects: Vec::new(),
+        }
+    }
+
+    /// The same files named from anywhere (a detached pod's supervisor runs elsewhere).
+    pub fn absolute(&self) -> std::io::Result<Self> {
+        Ok(ManifestFiles {
+            manifest: std::path::absolute(&self.manifest)?,
+            objects: self
+                .objects
+                .iter()
+                .map(std::path::absolute)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
-/// anything, and what `wpod validate` checks. All problems of the file come back at once.
-pub fn load(path: &std::path::Path) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
+/// anything, and what `wpod validate` checks. All problems of the files come back at once.
+pub fn load(files: &ManifestFiles) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
     use crate::spec::{Diagnostic, Diagnostics, Loc, SpecError};
-    let bytes = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        SpecError::Invalid(Diagnostics(vec![Diagnostic {
-            file: path.to_path_buf(),
-            loc: Loc { line: 1, col: 1 },
-            path: String::new(),
-            message: "the file is not UTF-8 text; a manifest is YAML in UTF-8".to_string(),
-        }]))
-    })?;
-    let (pods, mut diags) = crate::spec::parse_all(path, &text);
+    let read = |path: &std::path::Path| -> Result<String, SpecError> {
+        let bytes = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)?;
+        String::from_utf8(bytes).map_err(|_| {
+            SpecError::Invalid(Diagnostics(vec![Diagnostic {
+                file: path.to_path_buf(),
+                loc: Loc { line: 1, col: 1 },
+                path: String::new(),
+                message: "the file is not UTF-8 text; a manifest is YAML in UTF-8".to_string(),
+            }]))
+        })
+    };
+    let text = read(&files.manifest)?;
+    let objects = files
+        .objects
+        .iter()
+        .map(|path| Ok((path.clone(), read(path)?)))
+        .collect::<Result<Vec<_>, SpecError>>()?;
+    let (pods, mut diags) = crate::spec::parse_with_objects(&files.manifest, &text, &objects);
     let mut plans = Vec::new();
     for pod in &pods {
         match plan(pod) {

@@ -512,6 +512,9 @@ pub enum Request {
     Describe {},
     Apply {
         file: PathBuf,
+        /// Files of ConfigMaps, Secrets and claims beside the manifest (`--configmap`).
+        #[serde(default, rename = "configMaps", skip_serializing_if = "Vec::is_empty")]
+        objects: Vec<PathBuf>,
         #[serde(default, rename = "dryRun")]
         dry_run: bool,
     },
@@ -757,6 +760,7 @@ mod tests {
             version: VERSION,
             request: Request::Apply {
                 file: "/p.yaml".into(),
+                objects: Vec::new(),
                 dry_run: true,
             },
         })

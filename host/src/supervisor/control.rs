@@ -273,7 +273,17 @@ impl Control {
         tracing::debug!(?request, "control request");
         match request {
             Request::Describe {} => Ok(Reply::Describe(self.describe())),
-            Request::Apply { file, dry_run } => self.apply(&file, dry_run).await.map(Reply::Apply),
+            Request::Apply {
+                file,
+                objects,
+                dry_run,
+            } => {
+                let files = crate::plan::ManifestFiles {
+                    manifest: file,
+                    objects,
+                };
+                self.apply(&files, dry_run).await.map(Reply::Apply)
+            }
         }
     }
 
@@ -321,9 +331,16 @@ impl Control {
     }
 
     /// `wpod apply`: see the module's documentation.
-    async fn apply(&self, file: &Path, dry_run: bool) -> Result<ApplyReport, ControlError> {
-        if !file.is_absolute() {
-            return Err(ControlError::NotAbsolute(file.to_path_buf()));
+    async fn apply(
+        &self,
+        files: &crate::plan::ManifestFiles,
+        dry_run: bool,
+    ) -> Result<ApplyReport, ControlError> {
+        if let Some(file) = std::iter::once(&files.manifest)
+            .chain(&files.objects)
+            .find(|f| !f.is_absolute())
+        {
+            return Err(ControlError::NotAbsolute(file.clone()));
         }
         let _one_at_a_time = self.applying.lock().await;
         match *self.phase.borrow() {
@@ -341,7 +358,7 @@ impl Control {
             .map(|s| s.cgroups.outside_procs())
             .unwrap_or_default();
         let (plan, records) =
-            new_plan(file, &live.plan, &self.started_with, &events, &outside).await?;
+            new_plan(files, &live.plan, &self.started_with, &events, &outside).await?;
         let mut change = change::compare(&live.plan, &plan, &self.started_with)
             .map_err(ControlError::Refused)?;
         let digests = component_digests(&plan, &change).await?;
@@ -542,17 +559,17 @@ fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
 /// into `outside`, the cgroups wpod came from, so that nothing a registry sends is charged to
 /// the running pod's wpod; the pod then reads what was pulled from the store.
 async fn new_plan(
-    file: &Path,
+    files: &crate::plan::ManifestFiles,
     running: &PodPlan,
     started_with: &change::StartedWith,
     events: &Arc<Events>,
     outside: &[std::path::PathBuf],
 ) -> Result<(PodPlan, Vec<crate::oci::store::ImageRecord>), ControlError> {
-    let file_owned = file.to_path_buf();
-    let mut plans = tokio::task::spawn_blocking(move || crate::plan::load(&file_owned)).await??;
+    let owned = files.clone();
+    let mut plans = tokio::task::spawn_blocking(move || crate::plan::load(&owned)).await??;
     if plans.len() != 1 {
         return Err(ControlError::Documents {
-            file: file.to_path_buf(),
+            file: files.manifest.clone(),
             count: plans.len(),
         });
     }

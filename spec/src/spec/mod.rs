@@ -14,7 +14,7 @@ mod pod;
 pub mod quantity;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
@@ -80,33 +80,89 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, SpecError> {
 /// Every Pod document that could be decoded (even with problems, so later checks such as image
 /// resolution can still run and report theirs) and every problem found, in file order.
 pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
+    parse_with_objects(path, text, &[])
+}
+
+/// Like [`parse_all`], with more ConfigMaps, Secrets and claims from files of their own (what
+/// `podman kube play --configmap FILE` reads): every pod sees the objects of every file, and a
+/// name is unique across them. Such a file holds no Pod.
+pub fn parse_with_objects(
+    path: &Path,
+    text: &str,
+    object_files: &[(PathBuf, String)],
+) -> (Vec<Pod>, Vec<Diagnostic>) {
+    let mut objects = Objects::default();
+    let mut diags = Vec::new();
+    let mut pods = read_documents(path, text, FileRole::Manifest, &mut objects, &mut diags);
+    for (file, text) in object_files {
+        read_documents(file, text, FileRole::Objects, &mut objects, &mut diags);
+    }
+    // Every pod sees every object (a ConfigMap may serve several pods).
+    let objects = Arc::new(objects);
+    for pod in &mut pods {
+        pod.objects = objects.clone();
+        pod.mount_read_only_volumes();
+        pod.merge_security_context();
+    }
+    sort_diagnostics(&mut diags);
+    (pods, diags)
+}
+
+/// What a file given to [`parse_with_objects`] may hold.
+#[derive(Clone, Copy, PartialEq)]
+enum FileRole {
+    /// Pods, and the objects they use.
+    Manifest,
+    /// Objects only (`--configmap`).
+    Objects,
+}
+
+/// Decodes the documents of one file: its pods are returned, its objects added to `objects`.
+fn read_documents(
+    path: &Path,
+    text: &str,
+    role: FileRole,
+    objects: &mut Objects,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Pod> {
+    let at_start = |message: String| Diagnostic {
+        file: path.to_path_buf(),
+        loc: Loc { line: 1, col: 1 },
+        path: String::new(),
+        message,
+    };
     if let Some(diag) = too_deep(path, text) {
-        return (Vec::new(), vec![diag]);
+        diags.push(diag);
+        return Vec::new();
     }
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(docs) => docs,
         Err(e) => {
             let m = e.marker();
-            let diag = Diagnostic {
-                file: path.to_path_buf(),
+            diags.push(Diagnostic {
                 loc: Loc {
                     line: m.line(),
                     col: m.col() + 1,
                 },
-                path: String::new(),
-                message: format!("invalid YAML: {}", e.info()),
-            };
-            return (Vec::new(), vec![diag]);
+                ..at_start(format!("invalid YAML: {}", e.info()))
+            });
+            return Vec::new();
         }
     };
     let text: Arc<str> = Arc::from(text);
     let mut pods = Vec::new();
-    let mut objects = Objects::default();
-    let mut diags = Vec::new();
     let is_empty = |d: &MarkedYaml| matches!(d.data, YamlData::Value(Scalar::Null));
     for doc in docs.iter().filter(|d| !is_empty(d)) {
         let mut d = Decoder::with_text(SourceMap::new(path, loc_of(doc)), text.clone());
         match decode_document(&mut d, doc) {
+            Some(Document::Pod(_)) if role == FileRole::Objects => d.error_at(
+                loc_of(doc),
+                "kind",
+                format!(
+                    "a Pod in a --configmap file, which holds only the objects pods use ({});                      give the pod's file as the manifest",
+                    objects::KINDS.join(", ")
+                ),
+            ),
             Some(Document::Pod(pod)) => {
                 validate::check(&pod, &mut d.diags);
                 pods.push(*pod);
@@ -116,23 +172,18 @@ pub fn parse_all(path: &Path, text: &str) -> (Vec<Pod>, Vec<Diagnostic>) {
         }
         diags.append(&mut d.diags);
     }
-    // Every pod of the file sees the file's objects (a ConfigMap may serve several pods).
-    let objects = Arc::new(objects);
-    for pod in &mut pods {
-        pod.objects = objects.clone();
-        pod.mount_read_only_volumes();
-        pod.merge_security_context();
-    }
     if docs.iter().all(is_empty) {
-        diags.push(Diagnostic {
-            file: path.to_path_buf(),
-            loc: Loc { line: 1, col: 1 },
-            path: String::new(),
-            message: "the file holds no manifest; write a `kind: Pod` document".to_string(),
-        });
+        diags.push(at_start(match role {
+            FileRole::Manifest => {
+                "the file holds no manifest; write a `kind: Pod` document".to_string()
+            }
+            FileRole::Objects => format!(
+                "the file holds no document; a --configmap file holds {}",
+                objects::KINDS.join(", ")
+            ),
+        }));
     }
-    sort_diagnostics(&mut diags);
-    (pods, diags)
+    pods
 }
 
 /// How deeply collections may nest. A Pod nests about ten levels; the YAML tree is built and

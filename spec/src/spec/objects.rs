@@ -190,7 +190,7 @@ impl Objects {
             d.error_at(
                 loc,
                 "metadata.name",
-                format!("a second {kind} named \"{name}\"; names of one kind are unique in a file"),
+                format!("a second {kind} named \"{name}\"; names of one kind are unique among the objects pods see (this file and any --configmap file)"),
             );
         }
     }
