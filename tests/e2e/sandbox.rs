@@ -1,6 +1,7 @@
 //! The pod sandbox with real namespaces, volumes, cgroups and port publishing (issue 3).
 //! Needs root, and Debian's curl, python3, procps and nginx (installed by .ci/setup).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::pods::{assert_no_leftovers, curl, host_can_connect, TestPod};
@@ -225,6 +226,89 @@ spec:
     assert_eq!(run.code, Some(137));
     assert!(!run.has_line("hog", "survived"));
     assert_no_leftovers("oom");
+}
+
+/// Pod-level `resources` (KEP-2837; issue 26, item 17): the limits go on the pod's cgroup,
+/// above its containers; a container without limits of its own is bounded by the pod's (a hog
+/// is OOM-killed) and reads them through the downward API.
+#[test]
+fn pod_level_limits_bound_the_pod_as_a_whole() {
+    require_root("pod_level_limits_bound_the_pod_as_a_whole");
+    let pod = TestPod::new(
+        "pod-limits",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-limits}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 5
+  resources:
+    limits: {cpu: 500m, memory: 96Mi}
+  containers:
+  - name: main
+    command: [sh, -c, 'echo "memory=$MEM_MI cpu=$CPU_M"; trap "exit 0" TERM; while true; do sleep 0.1; done']
+    env:
+    - name: MEM_MI
+      valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+    - name: CPU_M
+      valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
+  - name: hog
+    command: [python3, -c, "b = bytearray(256 * 1024 * 1024); print('survived')"]
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the hog's end", LONG, |r| {
+        r.has_line("main", "memory=")
+            && r.events(Some("hog")).iter().any(|e| e["event"] == "exited")
+    });
+    run.assert_line("main", "memory=96 cpu=500");
+    let exit = run.exit("hog");
+    assert_eq!(exit["reason"], "OOMKilled", "{}", run.dump());
+    assert!(!run.has_line("hog", "survived"));
+    // The pod's directory (the parent of main's) holds the limits, in whichever hierarchy.
+    let pid = run
+        .events(Some("main"))
+        .iter()
+        .find_map(|e| e["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no pid\n{}", run.dump()));
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let pod_dir = |controller: &str| -> std::path::PathBuf {
+        let (hierarchy, path) = cgroups
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let v1 = names.split(',').any(|n| n == controller);
+                let dir = if v1 { controller } else { "" };
+                (v1 || names.is_empty())
+                    .then(|| (dir.to_string(), path.trim_start_matches('/').to_string()))
+            })
+            .unwrap_or_else(|| panic!("no {controller} cgroup: {cgroups}"));
+        let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(path);
+        assert!(
+            dir.ends_with("pod-pod-limits/ctr-main"),
+            "{}",
+            dir.display()
+        );
+        dir.parent().unwrap().to_path_buf()
+    };
+    let read = |dir: &Path, files: &[&str]| {
+        files
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .unwrap_or_default()
+    };
+    let memory = read(&pod_dir("memory"), &["memory.limit_in_bytes", "memory.max"]);
+    assert_eq!(memory.trim(), (96u64 << 20).to_string());
+    let cpu = read(&pod_dir("cpu"), &["cpu.cfs_quota_us", "cpu.max"]);
+    assert!(
+        cpu.trim() == "50000" || cpu.trim() == "50000 100000",
+        "{cpu}"
+    );
+    running.signal(libc::SIGINT);
+    running.wait(LONG);
+    assert_no_leftovers("pod-limits");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! request is its `resources.requests`, or its `limits` where the request is unset (Kubernetes
 //! copies the limit). Wasm sidecars count as the containers they are.
 
+use crate::spec::quantity::{show_bytes, show_cpu};
 use crate::spec::{Diagnostic, Pod, ResourceList};
 
 use super::{ContainerPlan, Role};
@@ -55,14 +56,14 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
         Resource {
             name: "memory",
             of: |l| l.memory_bytes,
-            show: bytes,
+            show: show_bytes,
             capacity: host.memory_bytes,
             source: "MemTotal of /proc/meminfo",
         },
         Resource {
             name: "cpu",
             of: |l| l.cpu_millis,
-            show: millicores,
+            show: show_cpu,
             capacity: host.cpu_millis,
             source: "the CPUs wpod may run on",
         },
@@ -105,8 +106,51 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
         let Some(worst) = moments.into_iter().max_by_key(|set| sum(set)) else {
             continue;
         };
-        let worst = (sum(&worst), worst);
-        let (total, set) = worst;
+        let (total, set) = (sum(&worst), worst);
+        let parts = || -> String {
+            set.iter()
+                .filter_map(|c| request(c).map(|(n, _)| format!("{} {}", c.name(), (r.show)(n))))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        // Pod-level resources (KEP-2837): the pod's request, or its limit where the request is
+        // unset, is what the scheduler weighs, and the containers' must fit in it.
+        let pod_level = &pod.spec.resources;
+        let pod_request = match ((r.of)(&pod_level.requests), (r.of)(&pod_level.limits)) {
+            (Some(n), _) => Some((n, "requests")),
+            (None, Some(n)) => Some((n, "limits")),
+            (None, None) => None,
+        };
+        if let Some((request, field)) = pod_request {
+            let path = format!("spec.resources.{field}.{}", r.name);
+            if total > request {
+                diags.push(pod.source.diag(
+                    &path,
+                    format!(
+                        "the containers request {} of {} at once ({}), more than the pod's {}: \
+                         Kubernetes refuses this; raise the pod's {field} or lower the \
+                         containers' requests",
+                        (r.show)(total),
+                        r.name,
+                        parts(),
+                        (r.show)(request),
+                    ),
+                ));
+            } else if request > r.capacity {
+                diags.push(pod.source.diag(
+                    &path,
+                    format!(
+                        "the pod requests {} of {}, and this host has {} ({}): the Kubernetes \
+                         scheduler would leave it Pending on such a node; lower the request",
+                        (r.show)(request),
+                        r.name,
+                        (r.show)(r.capacity),
+                        r.source,
+                    ),
+                ));
+            }
+            continue;
+        }
         if total <= r.capacity {
             continue;
         }
@@ -118,10 +162,6 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
         else {
             continue;
         };
-        let parts: Vec<String> = set
-            .iter()
-            .filter_map(|c| request(c).map(|(n, _)| format!("{} {}", c.name(), (r.show)(n))))
-            .collect();
         diags.push(pod.source.diag(
             format!("{}.resources.{field}.{}", largest.path, r.name),
             format!(
@@ -130,41 +170,11 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
                  (a limit stands for an unset request)",
                 (r.show)(total),
                 r.name,
-                parts.join(" + "),
+                parts(),
                 (r.show)(r.capacity),
                 r.source,
             ),
         ));
-    }
-}
-
-/// Bytes in the largest binary unit that keeps one decimal: `1000Gi`, `23.4Gi`, `512Mi`.
-fn bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 6] = [
-        ("Ei", 1 << 60),
-        ("Pi", 1 << 50),
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if n >= size {
-            let tenths = (u128::from(n) * 10 / u128::from(size)) as u64;
-            return match tenths % 10 {
-                0 => format!("{}{unit}", tenths / 10),
-                d => format!("{}.{d}{unit}", tenths / 10),
-            };
-        }
-    }
-    format!("{n} bytes")
-}
-
-/// CPU as Kubernetes writes it: whole cores, else millicores.
-fn millicores(n: u64) -> String {
-    match n % 1000 {
-        0 => (n / 1000).to_string(),
-        _ => format!("{n}m"),
     }
 }
 
@@ -216,6 +226,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_level_request_is_what_the_host_must_hold() {
+        // The pod's limit stands for its unset request; the containers' own fit inside it.
+        let e = refused(
+            "  resources: {limits: {memory: 1000Gi, cpu: 1}}\n  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 1Gi}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.resources.limits.memory")
+                && e[0].contains("the pod requests 1000Gi of memory, and this host has 24Gi"),
+            "{e:?}"
+        );
+        // Containers whose requests together would not fit the host alone are judged by the
+        // pod's request when there is one, and that request holds theirs.
+        let e = refused(
+            "  resources: {requests: {cpu: 1500m}}\n  containers:\n  - {name: a, image: /, command: [id], resources: {requests: {cpu: 1}}}\n  - {name: b, image: /, command: [id], resources: {requests: {cpu: 700m}}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("spec.resources.requests.cpu")
+                && e[0].contains("the containers request 1700m of cpu at once (a 1 + b 700m), more than the pod's 1500m"),
+            "{e:?}"
+        );
+        assert!(refused(
+            "  resources: {requests: {cpu: 1800m}}\n  containers:\n  - {name: a, image: /, command: [id], resources: {requests: {cpu: 1}}}\n  - {name: b, image: /, command: [id], resources: {requests: {cpu: 700m}}}\n",
+        )
+        .is_empty());
+    }
+
+    #[test]
     fn limits_stand_for_unset_requests_and_cpu_is_counted_too() {
         let e = refused(
             "  containers:\n  - {name: main, image: /, command: [id], resources: {limits: {cpu: 1500m}}}\n  - {name: side, image: /, command: [id], resources: {limits: {cpu: \"1\"}}}\n",
@@ -254,11 +293,11 @@ mod tests {
 
     #[test]
     fn sizes_print_as_kubernetes_writes_them() {
-        assert_eq!(bytes(1000 << 30), "1000Gi");
-        assert_eq!(bytes((23 << 30) + (1 << 29)), "23.5Gi");
-        assert_eq!(bytes(64 << 20), "64Mi");
-        assert_eq!(bytes(512), "512 bytes");
-        assert_eq!(millicores(2000), "2");
-        assert_eq!(millicores(700), "700m");
+        assert_eq!(show_bytes(1000 << 30), "1000Gi");
+        assert_eq!(show_bytes((23 << 30) + (1 << 29)), "23.5Gi");
+        assert_eq!(show_bytes(64 << 20), "64Mi");
+        assert_eq!(show_bytes(512), "512 bytes");
+        assert_eq!(show_cpu(2000), "2");
+        assert_eq!(show_cpu(700), "700m");
     }
 }

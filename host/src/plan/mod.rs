@@ -159,6 +159,9 @@ pub struct PodPlan {
     pub fs_group: Option<(u32, bool)>,
     /// `securityContext.sysctls`: set in the pod's namespaces before its containers start.
     pub sysctls: Vec<(String, String)>,
+    /// Pod-level `resources.limits`: the pod's cgroup as a whole (its containers and the wpod
+    /// process that hosts its Wasm sidecars).
+    pub limits: crate::spec::ResourceList,
     /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
     /// validate` prints them, `wpod run` says them as warnings.
     pub ignored: Vec<Diagnostic>,
@@ -409,7 +412,7 @@ impl PodPlan {
         images: &[Option<crate::oci::pull::StoredImage>],
     ) -> Result<PodPlan, Diagnostics> {
         let mut plan = self.clone();
-        let host = HostInfo::here();
+        let host = HostInfo::here(&self.pod);
         let mut diags = Vec::new();
         for (i, c) in plan.containers.iter_mut().enumerate() {
             if c.image.is_wasm() {
@@ -498,11 +501,15 @@ struct HostInfo {
     /// `None` when it cannot be read (then the fit check is skipped, and an unset limit
     /// reads as one core and no memory).
     capacity: Option<fit::Capacity>,
+    /// The pod's own limits (pod-level `resources`): what an unset container limit reads as
+    /// before the host's capacity, as the kubelet gives them.
+    pod_limits: crate::spec::ResourceList,
 }
 
 impl HostInfo {
-    fn here() -> Self {
+    fn here(pod: &Pod) -> Self {
         HostInfo {
+            pod_limits: pod.spec.resources.limits.clone(),
             node_name: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -514,8 +521,14 @@ impl HostInfo {
     fn facts(&self) -> crate::spec::env::HostFacts<'_> {
         crate::spec::env::HostFacts {
             node_name: &self.node_name,
-            cpu_millis: self.capacity.map_or(1000, |c| c.cpu_millis),
-            memory_bytes: self.capacity.map_or(0, |c| c.memory_bytes),
+            cpu_millis: self
+                .pod_limits
+                .cpu_millis
+                .unwrap_or_else(|| self.capacity.map_or(1000, |c| c.cpu_millis)),
+            memory_bytes: self
+                .pod_limits
+                .memory_bytes
+                .unwrap_or_else(|| self.capacity.map_or(0, |c| c.memory_bytes)),
         }
     }
 }
@@ -523,7 +536,7 @@ impl HostInfo {
 /// `plan`, with the images of some containers (by path) already decided.
 fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Diagnostics> {
     let mut diags = Vec::new();
-    let host = HostInfo::here();
+    let host = HostInfo::here(pod);
     let mut containers = Vec::new();
     for (path, role, c) in pod.containers_in_order() {
         let resolved = match decided.get(&path) {
@@ -564,14 +577,14 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 None
             }
         };
-        containers.push(ContainerPlan::new(
-            path,
-            role,
-            pod.spec.restart_policy,
-            image,
-            c,
-            grants,
-        ));
+        let mut planned = ContainerPlan::new(path, role, pod.spec.restart_policy, image, c, grants);
+        // A container without a limit of its own is bounded by the pod's (pod-level
+        // `resources`): a native one by the pod's cgroup as well, a Wasm sidecar only this way.
+        let pod_limits = &pod.spec.resources.limits;
+        let limits = &mut planned.limits;
+        limits.cpu_millis = limits.cpu_millis.or(pod_limits.cpu_millis);
+        limits.memory_bytes = limits.memory_bytes.or(pod_limits.memory_bytes);
+        containers.push(planned);
     }
     let volumes = plan_volumes(pod, &host, &mut diags);
     for (path, _, c) in pod.containers_in_order() {
@@ -654,6 +667,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     .fs_group
                     .map(|g| (g, pod.spec.security_context.fs_group_on_root_mismatch)),
                 sysctls: pod.spec.security_context.sysctls.clone(),
+                limits: pod.spec.resources.limits.clone(),
                 ignored: pod
                     .spec
                     .ignored
@@ -875,10 +889,14 @@ fn dns_plan(pod: &Pod) -> DnsPlan {
     }
 }
 
-/// The pod's memory limit as the kubelet computes it, when every container has one: the larger
+/// The pod's memory limit: its pod-level one, else as the kubelet computes it when every
+/// container has one: the larger
 /// of the regular containers plus native sidecars, and of each init container plus the native
 /// sidecars started before it.
 fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    if let Some(limit) = pod.spec.resources.limits.memory_bytes {
+        return Some(limit);
+    }
     let mut sidecars = 0u64;
     let mut peak = 0u64;
     for c in &pod.spec.init_containers {
@@ -908,7 +926,7 @@ fn runtime_memory_limit(
         .saturating_add(RUNTIME_MEMORY_PER_CONTAINER.saturating_mul(containers.len() as u64));
     let mut written = std::collections::BTreeSet::new();
     for c in containers.iter().filter(|c| c.image.is_wasm()) {
-        limit = limit.saturating_add(c.spec.resources.limits.memory_bytes?);
+        limit = limit.saturating_add(c.limits.memory_bytes?);
         written.extend(
             c.spec
                 .volume_mounts
@@ -963,7 +981,7 @@ fn tmpfs_sizes(pod: &Pod, containers: &[ContainerPlan]) -> BTreeMap<String, Opti
                 if size.is_none() && writers.iter().any(|c| c.image.is_wasm()) {
                     let limits: Option<u64> = writers
                         .iter()
-                        .map(|c| c.spec.resources.limits.memory_bytes)
+                        .map(|c| c.limits.memory_bytes)
                         .try_fold(0u64, |sum, l| Some(sum.saturating_add(l?)));
                     size = Some(limits.unwrap_or_else(default_tmpfs_size).max(1 << 20));
                 }

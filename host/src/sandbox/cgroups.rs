@@ -220,6 +220,44 @@ impl PodCgroups {
             .collect()
     }
 
+    /// Applies pod-level `limits` to the pod's cgroup, which holds its containers and the wpod
+    /// process hosting its Wasm sidecars. Returns warnings for limits that could not be applied.
+    pub fn limit_pod(&self, limits: &ResourceList) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let (mem, cpu, _) = self.by_controller(&self.pod_dirs);
+        for w in limit_writes(&self.layout, &mem, &cpu, limits) {
+            let what = format!("pod's {}", w.what);
+            write_limit(
+                &*self.sys,
+                w.dir.as_deref(),
+                &what,
+                w.file,
+                w.value,
+                &mut warnings,
+            );
+        }
+        warnings
+    }
+
+    /// Of one directory per hierarchy (`dirs`), the memory, cpu and pids controllers' ones.
+    fn by_controller(
+        &self,
+        dirs: &[PathBuf],
+    ) -> (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>) {
+        let find = |hier: &Option<PathBuf>| -> Option<PathBuf> {
+            let h = hier.as_ref()?;
+            dirs.iter().find(|d| d.starts_with(h)).cloned()
+        };
+        match &self.layout {
+            Layout::V2 { .. } => (
+                dirs.first().cloned(),
+                dirs.first().cloned(),
+                dirs.first().cloned(),
+            ),
+            Layout::V1 { memory, cpu, pids } => (find(memory), find(cpu), find(pids)),
+        }
+    }
+
     /// Creates the container's cgroup with `limits` applied. Returns warnings for limits that
     /// could not be applied here.
     pub fn container(
@@ -242,64 +280,26 @@ impl PodCgroups {
             }
             self.sys.mkdir(d).map_err(io("create cgroup", d))?;
         }
-        let find = |hier: &Option<PathBuf>| -> Option<PathBuf> {
-            let h = hier.as_ref()?;
-            dirs.iter().find(|d| d.starts_with(h)).cloned()
+        let (mem, cpu, pids) = self.by_controller(&dirs);
+        let pids = LimitWrite {
+            dir: pids,
+            what: "pids",
+            file: "pids.max",
+            value: pids_max.to_string(),
         };
-        let (mem, cpu, pids) = match &self.layout {
-            Layout::V2 { .. } => (
-                dirs.first().cloned(),
-                dirs.first().cloned(),
-                dirs.first().cloned(),
-            ),
-            Layout::V1 { memory, cpu, pids } => (find(memory), find(cpu), find(pids)),
-        };
-        let v2 = matches!(self.layout, Layout::V2 { .. });
-        let sys = &*self.sys;
-        let mut apply = |dir: &Option<PathBuf>, what: &str, file: &str, value: String| {
-            match dir {
-            Some(d) if d.join(file).exists() => {
-                if let Err(e) = sys.write(&d.join(file), &value) {
-                    warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
-                }
-            }
-            _ => warnings.push(format!("cannot apply the {what} limit: this host has no {what} cgroup controller for wpod ({file} missing)")),
+        for w in limit_writes(&self.layout, &mem, &cpu, limits)
+            .into_iter()
+            .chain([pids])
+        {
+            write_limit(
+                &*self.sys,
+                w.dir.as_deref(),
+                w.what,
+                w.file,
+                w.value,
+                &mut warnings,
+            );
         }
-        };
-        if let Some(bytes) = limits.memory_bytes {
-            if v2 {
-                apply(&mem, "memory", "memory.max", bytes.to_string());
-                // Without swap the limit means what it says: over it, the OOM killer acts.
-                if mem
-                    .as_ref()
-                    .is_some_and(|d| d.join("memory.swap.max").exists())
-                {
-                    apply(&mem, "memory", "memory.swap.max", "0".to_string());
-                }
-            } else {
-                apply(&mem, "memory", "memory.limit_in_bytes", bytes.to_string());
-                if mem
-                    .as_ref()
-                    .is_some_and(|d| d.join("memory.memsw.limit_in_bytes").exists())
-                {
-                    apply(
-                        &mem,
-                        "memory",
-                        "memory.memsw.limit_in_bytes",
-                        bytes.to_string(),
-                    );
-                }
-            }
-        }
-        if let Some(quota) = limits.cpu_millis.and_then(cfs_quota_us) {
-            if v2 {
-                apply(&cpu, "cpu", "cpu.max", format!("{quota} {CPU_PERIOD_US}"));
-            } else {
-                apply(&cpu, "cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string());
-                apply(&cpu, "cpu", "cpu.cfs_quota_us", quota.to_string());
-            }
-        }
-        apply(&pids, "pids", "pids.max", pids_max.to_string());
         let mut procs = Vec::new();
         let mut kill = Vec::new();
         for d in &dirs {
@@ -324,6 +324,85 @@ impl PodCgroups {
             warnings,
         ))
     }
+}
+
+/// Writes one limit file, or says why it could not be applied.
+fn write_limit(
+    sys: &dyn Syscall,
+    dir: Option<&Path>,
+    what: &str,
+    file: &str,
+    value: String,
+    warnings: &mut Vec<String>,
+) {
+    match dir {
+        Some(d) if d.join(file).exists() => {
+            if let Err(e) = sys.write(&d.join(file), &value) {
+                warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
+            }
+        }
+        _ => warnings.push(format!(
+            "cannot apply the {what} limit: this host has no {what} cgroup controller for wpod ({file} missing)"
+        )),
+    }
+}
+
+/// One limit file to write: in which directory (`None`: the host lacks the controller), for
+/// which resource, and what.
+struct LimitWrite {
+    dir: Option<PathBuf>,
+    what: &'static str,
+    file: &'static str,
+    value: String,
+}
+
+/// The writes that apply the memory and CPU of `limits` to a container's cgroup or the pod's
+/// (`mem` and `cpu`: its directories in those controllers' hierarchies).
+fn limit_writes(
+    layout: &Layout,
+    mem: &Option<PathBuf>,
+    cpu: &Option<PathBuf>,
+    limits: &ResourceList,
+) -> Vec<LimitWrite> {
+    let v2 = matches!(layout, Layout::V2 { .. });
+    let has = |file: &str| mem.as_ref().is_some_and(|d| d.join(file).exists());
+    let mut writes = Vec::new();
+    let mut add = |dir: &Option<PathBuf>, what, file, value: String| {
+        writes.push(LimitWrite {
+            dir: dir.clone(),
+            what,
+            file,
+            value,
+        })
+    };
+    if let Some(bytes) = limits.memory_bytes {
+        if v2 {
+            add(mem, "memory", "memory.max", bytes.to_string());
+            // Without swap the limit means what it says: over it, the OOM killer acts.
+            if has("memory.swap.max") {
+                add(mem, "memory", "memory.swap.max", "0".to_string());
+            }
+        } else {
+            add(mem, "memory", "memory.limit_in_bytes", bytes.to_string());
+            if has("memory.memsw.limit_in_bytes") {
+                add(
+                    mem,
+                    "memory",
+                    "memory.memsw.limit_in_bytes",
+                    bytes.to_string(),
+                );
+            }
+        }
+    }
+    if let Some(quota) = limits.cpu_millis.and_then(cfs_quota_us) {
+        if v2 {
+            add(cpu, "cpu", "cpu.max", format!("{quota} {CPU_PERIOD_US}"));
+        } else {
+            add(cpu, "cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string());
+            add(cpu, "cpu", "cpu.cfs_quota_us", quota.to_string());
+        }
+    }
+    writes
 }
 
 /// The CFS quota for a CPU limit, or `None` when the limit is at least every CPU of the host
@@ -737,6 +816,39 @@ mod tests {
                     Call::Write(cpu.join("cpu.cfs_period_us"), "100000".into()),
                     Call::Write(cpu.join("cpu.cfs_quota_us"), "50000".into()),
                 ]
+            );
+        }
+
+        /// Pod-level `resources.limits` go on the pod's own directory, above its containers'
+        /// (and wpod's `_runtime`), in each hierarchy that has the controller.
+        #[test]
+        fn pod_level_limits_go_on_the_pods_directory() {
+            let fake = v2();
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let warnings = cgroups.limit_pod(&limits());
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let dir = pod_dir(&fake.root, &pod);
+            assert_eq!(read(dir.join("memory.max")), "536870912");
+            assert_eq!(read(dir.join("memory.swap.max")), "0");
+            assert_eq!(read(dir.join("cpu.max")), "50000 100000");
+            // No pod-level limits: nothing is written.
+            let fake = v2();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let before = fake.calls().len();
+            assert!(cgroups.limit_pod(&ResourceList::default()).is_empty());
+            assert_eq!(fake.calls().len(), before);
+
+            let fake = Arc::new(RecordingSyscall::new("cgroup-v1", V1_FILES));
+            std::fs::create_dir(fake.path("memory")).unwrap();
+            std::fs::write(fake.path("memory").join("cgroup.procs"), "").unwrap();
+            let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let warnings = cgroups.limit_pod(&limits());
+            let memory = pod_dir(&fake.path("memory"), &pod);
+            assert_eq!(read(memory.join("memory.limit_in_bytes")), "536870912");
+            assert!(
+                warnings.len() == 2 && warnings[0].contains("pod's cpu limit"),
+                "{warnings:?}"
             );
         }
 

@@ -136,6 +136,7 @@ impl PodSandbox {
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
         let mut cgroups = PodCgroups::create_in(&host, &plan.name)?;
+        warnings.extend(cgroups.limit_pod(&plan.limits));
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),

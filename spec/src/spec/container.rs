@@ -551,6 +551,12 @@ fn one_handler(
     if handlers.len() == 1 {
         return handlers.pop();
     }
+    // An action that could not be read (an unknown or misspelled one, a bad value) was said
+    // already: "no action" would only repeat it.
+    let under = format!("{path}.");
+    if handlers.is_empty() && d.diags.iter().any(|x| x.path.starts_with(&under)) {
+        return None;
+    }
     let what = if handlers.is_empty() {
         "no action"
     } else {

@@ -272,6 +272,9 @@ pub struct PodSpec {
     pub dns_policy: DnsPolicy,
     pub dns_config: Option<PodDnsConfig>,
     pub host_aliases: Vec<HostAlias>,
+    /// Pod-level `resources` (KEP-2837): limits on the pod's cgroup as a whole (containers
+    /// without their own are bounded by it), and the requests the scheduler weighs.
+    pub resources: super::container::Resources,
 }
 
 /// A field of the manifest wpod accepts and ignores, and why.
@@ -375,7 +378,6 @@ impl Decode for PodSpec {
                 "overhead",
                 "readinessGates",
                 "resourceClaims",
-                "resources",
                 "runtimeClassName",
                 "setHostnameAsFQDN",
                 "subdomain",
@@ -438,6 +440,7 @@ impl Decode for PodSpec {
                 host_network: f.opt("hostNetwork").unwrap_or(false),
                 dns_policy: f.opt("dnsPolicy").unwrap_or(DnsPolicy::ClusterFirst),
                 dns_config: f.opt("dnsConfig"),
+                resources: f.opt("resources").unwrap_or_default(),
                 host_aliases: f.list("hostAliases"),
             }
         })

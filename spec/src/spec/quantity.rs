@@ -157,6 +157,36 @@ pub fn bytes(text: &str) -> Result<u64, QuantityError> {
     scaled(text, 0)
 }
 
+/// Bytes in the largest binary unit that keeps one decimal: `1000Gi`, `23.4Gi`, `512Mi`.
+pub fn show_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("Ei", 1 << 60),
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let tenths = (u128::from(n) * 10 / u128::from(size)) as u64;
+            return match tenths % 10 {
+                0 => format!("{}{unit}", tenths / 10),
+                d => format!("{}.{d}{unit}", tenths / 10),
+            };
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// CPU as Kubernetes writes it: whole cores, else millicores.
+pub fn show_cpu(millis: u64) -> String {
+    match millis % 1000 {
+        0 => (millis / 1000).to_string(),
+        _ => format!("{millis}m"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

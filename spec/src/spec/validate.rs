@@ -17,6 +17,7 @@ pub(super) fn check(pod: &Pod, out: &mut Vec<Diagnostic>) {
     c.volumes();
     c.containers();
     c.ports();
+    c.pod_resources();
 }
 
 struct Checker<'a> {
@@ -490,8 +491,14 @@ impl Checker<'_> {
             Handler::Sleep(_) => {}
             Handler::Grpc(g) => {
                 let port = format!("{path}.grpc.port");
-                if !self.reported(&port) {
-                    self.port_ref(&port, &IntOrString::Int(g.port), c);
+                if !self.reported(&port) && !(1..=65535).contains(&g.port) {
+                    self.err(
+                        port,
+                        format!(
+                            "{} is not a valid port: use 1-65535 (a gRPC probe takes a number, not a port name)",
+                            g.port
+                        ),
+                    );
                 }
                 // Sent as protobuf bytes, not text, but a NUL has no place in a service name.
                 if g.service.contains('\0') {
@@ -522,6 +529,49 @@ impl Checker<'_> {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// Pod-level `resources` as the API server checks them (KEP-2837): the pod's requests are
+    /// at most its limits, and no container's limit is above the pod's. (That the containers'
+    /// requests fit in the pod's is the plan's fit check: it knows which run at once.)
+    fn pod_resources(&mut self) {
+        use super::quantity::{show_bytes, show_cpu};
+        type Of = fn(&super::ResourceList) -> Option<u64>;
+        type Show = fn(u64) -> String;
+        let pod = self.pod;
+        let level = &pod.spec.resources;
+        let resources: [(&str, Of, Show); 2] = [
+            ("cpu", |l| l.cpu_millis, show_cpu),
+            ("memory", |l| l.memory_bytes, show_bytes),
+        ];
+        for (name, of, show) in resources {
+            let Some(limit) = of(&level.limits) else {
+                continue;
+            };
+            if let Some(request) = of(&level.requests).filter(|r| *r > limit) {
+                self.err(
+                    format!("spec.resources.requests.{name}"),
+                    format!(
+                        "{} is more than the pod's {name} limit of {}; a request is at most its limit",
+                        show(request),
+                        show(limit)
+                    ),
+                );
+            }
+            for (cpath, c) in pod.all_containers() {
+                if let Some(own) = of(&c.resources.limits).filter(|l| *l > limit) {
+                    self.err(
+                        format!("{cpath}.resources.limits.{name}"),
+                        format!(
+                            "{} is more than the pod's {name} limit of {} (spec.resources.limits); \
+                             a container's limit must fit in the pod's",
+                            show(own),
+                            show(limit)
+                        ),
+                    );
+                }
+            }
         }
     }
 
