@@ -199,6 +199,17 @@ impl ExitInfo {
     }
 
     /// Killed with SIGKILL (a forced stop).
+    /// Ended by a stop request it could not handle, as a process without a SIGTERM handler
+    /// ends on SIGTERM: 143.
+    pub fn terminated() -> Self {
+        ExitInfo {
+            code: 128 + libc::SIGTERM,
+            signal: Some(libc::SIGTERM),
+            reason: ExitReason::Error,
+            message: None,
+        }
+    }
+
     pub fn killed() -> Self {
         ExitInfo {
             code: 128 + libc::SIGKILL,

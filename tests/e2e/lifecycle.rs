@@ -796,3 +796,52 @@ spec:
     assert_eq!(started, ["first", "second"], "{}", run.dump());
     assert_no_leftovers("poststart-order");
 }
+
+/// A Wasm sidecar that does not listen for the `stopping` event is stopped as soon as its turn
+/// comes, as SIGTERM ends a process without a handler: it ends 143 with an event that says
+/// so, not 137 "killed at the end of the grace period" (issue 27, item 6).
+#[test]
+fn a_sidecar_that_cannot_hear_stopping_is_stopped_at_once_and_told_so() {
+    require_root("a_sidecar_that_cannot_hear_stopping_is_stopped_at_once_and_told_so");
+    let pod = TestPod::new(
+        "deaf-sidecar",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: deaf-sidecar}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 20
+  initContainers:
+  - name: deaf
+    restartPolicy: Always
+    image: SIDECARS/redis-exporter.wasm
+    env: [{name: LISTEN, value: "127.0.0.1:9411"}]
+    ports: [{containerPort: 9411}]
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 1; echo main done"]
+"#,
+    );
+    let started = std::time::Instant::now();
+    let run = pod.run(Duration::from_secs(60));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the pod took {:?}: the sidecar waited for the grace period\n{}",
+        started.elapsed(),
+        run.dump()
+    );
+    let exit = events_of(&run, "deaf", "exited");
+    assert!(
+        !events_of(&run, "deaf", "stoppedAtOnce").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        events_of(&run, "deaf", "killed").is_empty(),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(exit[0]["code"], 143, "{}", run.dump());
+    assert_no_leftovers("deaf-sidecar");
+}

@@ -83,7 +83,7 @@ pub enum ImageError {
     Read(crate::files::ReadError),
     #[error(
         "{} is a core Wasm module, not a component: build the sidecar for wasm32-wasip2 \
-         (or wrap it with `wasm-tools component new`)",
+         (or make it one: `wpod component new MODULE -o COMPONENT`)",
         .0.display()
     )]
     CoreModule(PathBuf),

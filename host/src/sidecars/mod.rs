@@ -328,6 +328,9 @@ pub struct WasmSidecar {
     stop: Arc<AtomicBool>,
     stopping: watch::Sender<Option<tokio::time::Instant>>,
     hears_stopping: bool,
+    /// Stopped at once because it cannot hear `stopping`: it ends as a process ends on a
+    /// SIGTERM it does not handle (143), not as one killed at the end of the grace period.
+    stopped_unheard: AtomicBool,
 }
 
 impl WasmSidecar {
@@ -403,6 +406,7 @@ impl WasmSidecar {
             stop,
             stopping,
             hears_stopping: prepared.component.hears_stopping,
+            stopped_unheard: AtomicBool::new(false),
         })
     }
 
@@ -417,11 +421,15 @@ impl WasmSidecar {
 
     /// Waits for the sidecar to end. Cancel-safe.
     pub async fn exited(&mut self) -> ExitInfo {
-        match (&mut self.task).await {
+        let exit = match (&mut self.task).await {
             Ok(exit) => exit,
             // Aborted: stopped by force while waiting in the host.
             Err(_) => ExitInfo::killed(),
+        };
+        if self.stopped_unheard.load(Ordering::SeqCst) && exit.signal == Some(libc::SIGKILL) {
+            return ExitInfo::terminated();
         }
+        exit
     }
 
     /// Asks the sidecar to stop by `deadline` (its `lifecycle` `stopping` event); one that
@@ -429,6 +437,7 @@ impl WasmSidecar {
     /// Whether it was stopped by force.
     pub fn stopping(&self, deadline: tokio::time::Instant) -> bool {
         if !self.hears_stopping {
+            self.stopped_unheard.store(true, Ordering::SeqCst);
             self.kill();
             return true;
         }

@@ -173,6 +173,9 @@ pub enum Event {
         grace_seconds: i64,
     },
     Killed,
+    /// A Wasm sidecar that cannot hear the `stopping` event was stopped as soon as its turn
+    /// to stop came, as SIGTERM ends a process without a handler for it.
+    StoppedAtOnce,
     /// Pulling the container's image (kubelet's `Pulling`).
     Pulling {
         image: String,
@@ -332,6 +335,10 @@ impl Event {
                 grace_seconds,
             } => format!("stopping ({reason}; grace period {grace_seconds}s)"),
             Event::Killed => "killed at the end of the grace period".to_string(),
+            Event::StoppedAtOnce => "stopped at once: it does not listen for the stopping event \
+                (wpod:sidecar/lifecycle next-event), as a process without a SIGTERM handler ends \
+                on SIGTERM"
+                .to_string(),
             Event::Pulling { image, from } => format!("pulling image \"{image}\" from {from}"),
             Event::Pulled {
                 image,

@@ -386,7 +386,9 @@ async fn live(
         if hook.is_none() && !s.wait_turn {
             let kill_at = s.deadline.max(Instant::now() + MIN_TERM_WINDOW);
             s.kill_at = Some(kill_at);
-            killed |= running.terminate(kill_at);
+            if running.terminate(kill_at) {
+                run.events.emit(Some(name), Event::StoppedAtOnce);
+            }
         }
     };
     if killed {
