@@ -75,6 +75,15 @@ pub enum Command {
         #[arg(long, hide = true)]
         json: bool,
     },
+    /// Compile Wasm components into wpod's cache ahead of their first run (a Python or
+    /// JavaScript sidecar takes ten seconds or more; `wpod pull` does this for a sidecar).
+    Compile {
+        /// Wasm component files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Pull an image or a Wasm sidecar from its registry (or the mirror registries.conf names)
     /// into the store. For a sidecar, show what it may do and ask to approve it.
     Pull {

@@ -114,6 +114,7 @@ impl std::io::Write for EscapingStderr {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { files, objects } => validate(&files, &objects),
+        Command::Compile { files, output } => compile(&files, output),
         Command::Pull {
             image,
             output,
@@ -329,6 +330,103 @@ fn validate(files: &[std::path::PathBuf], objects: &cli::ObjectFiles) -> anyhow:
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `wpod compile FILE...`: each component into the cache, as its first run would put it.
+fn compile(files: &[std::path::PathBuf], output: cli::Output) -> anyhow::Result<ExitCode> {
+    use wpod::sidecars::Compiled;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "wpod compile writes wpod's cache under {}, which is root's alone: run it as root",
+            wpod::files::state_root().display()
+        );
+    }
+    let observer = CompileProgress::new(output == cli::Output::Text);
+    let mut failed = false;
+    for file in files {
+        let path = file.display().to_string();
+        let shown = market::safe(&path);
+        let result = wpod::plan::image::check_component(&path, file)
+            .map_err(anyhow::Error::new)
+            .and_then(|()| wpod::sidecars::compile(file, &observer).map_err(anyhow::Error::new));
+        let record = match &result {
+            Ok(Compiled::Cached) => {
+                serde_json::json!({"file": file, "cached": true})
+            }
+            Ok(Compiled::Now { bytes, took }) => serde_json::json!({
+                "file": file, "cached": false, "sizeBytes": bytes, "seconds": took.as_secs_f64()
+            }),
+            Err(e) => {
+                failed = true;
+                serde_json::json!({"file": file, "error": format!("{e:#}")})
+            }
+        };
+        match (output, result) {
+            (cli::Output::Json, _) => println!("{record}"),
+            (cli::Output::Text, Ok(Compiled::Cached)) => {
+                println!("{shown}: already compiled (in the cache)")
+            }
+            (cli::Output::Text, Ok(Compiled::Now { bytes, took })) => println!(
+                "{shown}: compiled ({}) in {:.1}s",
+                wpod::spec::quantity::show_bytes(bytes),
+                took.as_secs_f64()
+            ),
+            (cli::Output::Text, Err(e)) => {
+                eprintln!("wpod: error: {}", market::safe(&format!("{e:#}")))
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A spinner counting the seconds of a compilation on a terminal.
+pub(crate) struct CompileProgress {
+    spinner: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    show: bool,
+}
+
+impl CompileProgress {
+    pub(crate) fn new(text: bool) -> Self {
+        use std::io::IsTerminal;
+        CompileProgress {
+            spinner: Default::default(),
+            show: text && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl wpod::sidecars::CompileObserver for CompileProgress {
+    fn compiling(&self, name: &str, _: &Path, bytes: u64) {
+        if !self.show {
+            return;
+        }
+        let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+            "compiling {} ({})",
+            market::safe(name),
+            wpod::spec::quantity::show_bytes(bytes)
+        ));
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            spinner.set_style(style);
+        }
+        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+        *self.spinner.lock().unwrap_or_else(|p| p.into_inner()) = Some(spinner);
+    }
+
+    fn compiled(&self, _: &str, _: &Path, _: std::time::Duration) {
+        if let Some(s) = self
+            .spinner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            s.finish_and_clear();
+        }
+    }
 }
 
 fn inspect(component: &Path, output: cli::Output) -> anyhow::Result<ExitCode> {

@@ -546,9 +546,20 @@ pub fn review(
     }
     let started = std::time::Instant::now();
     let engine = wpod::sidecars::engine::shared()?;
+    // A spinner on a terminal: a Python or JavaScript sidecar takes ten seconds or more.
+    let progress = crate::CompileProgress::new(opts.output == Output::Text);
     let (_, source) =
         wpod::sidecars::cache::locate(engine, &s.component, Some(&s.sidecar.component))
-            .and_then(|located| located.load(engine))
+            .and_then(|located| {
+                use wpod::sidecars::CompileObserver;
+                if located.is_cached() {
+                    return located.load(engine);
+                }
+                progress.compiling(&name.canonical(), &s.component, located.size());
+                let loaded = located.load(engine);
+                progress.compiled(&name.canonical(), &s.component, started.elapsed());
+                loaded
+            })
             .with_context(|| format!("cannot compile {}", name.canonical()))?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let message = match source {

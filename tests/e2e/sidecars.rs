@@ -493,6 +493,14 @@ spec:
     };
     let first = pod.run(LONG);
     assert_ok(&first, "probe", "env:X", "from-the-pod");
+    // The first run says it compiles, and how long it took (issue 27, item 4).
+    let compiling = first.events(Some("probe"));
+    let compiling: Vec<&str> = compiling
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|k| k.starts_with("compil"))
+        .collect();
+    assert_eq!(compiling, ["compiling", "compiled"], "{}", first.dump());
     let cached = entries();
     assert_eq!(cached.len(), 1, "one compiled component cached: {cached:?}");
     let compiled = std::fs::read(&cached[0]).unwrap();
@@ -519,6 +527,80 @@ spec:
     let third = pod.run(LONG);
     assert_ok(&third, "probe", "env:X", "from-the-pod");
     assert!(!third.stderr.contains("recompiling"), "{}", third.dump());
+    assert!(
+        !third
+            .events(Some("probe"))
+            .iter()
+            .any(|e| e["event"] == "compiling"),
+        "{}",
+        third.dump()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `wpod compile` puts a component's compiled code in the cache before its first run, which
+/// then compiles nothing (issue 27, item 4); a file that is no component is named as such.
+#[test]
+fn wpod_compile_warms_the_cache_ahead_of_the_first_run() {
+    require_root("wpod_compile_warms_the_cache");
+    let root = std::env::temp_dir().join("wpod-e2e-compile-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let component = wpod_test_support::sidecar("probe");
+    let compile = |args: &[&str]| {
+        crate::wpod()
+            .arg("compile")
+            .args(args)
+            .env("WPOD_ROOT", &root)
+            .output()
+            .unwrap()
+    };
+    let out = compile(&[component.to_str().unwrap()]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains(": compiled (") && said.contains(" in "),
+        "{said}"
+    );
+    let out = compile(&[component.to_str().unwrap()]);
+    assert!(
+        text(&out.stdout).contains("already compiled"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = compile(&["Cargo.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Cargo.toml is not a Wasm component"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut pod = TestPod::new(
+        "wasm-precompiled",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-precompiled}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: probe
+    image: SIDECARS/probe.wasm
+    args: [env:X]
+    env: [{name: X, value: precompiled}]
+"#,
+    );
+    pod.env
+        .push(("WPOD_ROOT".into(), root.display().to_string()));
+    let run = pod.run(LONG);
+    assert_ok(&run, "probe", "env:X", "precompiled");
+    assert!(
+        !run.events(Some("probe"))
+            .iter()
+            .any(|e| e["event"] == "compiling"),
+        "{}",
+        run.dump()
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 

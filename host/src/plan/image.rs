@@ -126,7 +126,9 @@ pub fn resolve(
     })
 }
 
-fn check_component(image: &str, path: &Path) -> Result<(), ImageError> {
+/// Whether `path` is a Wasm component (by its header), with what to do if it is not; `image`
+/// is how the user named it.
+pub fn check_component(image: &str, path: &Path) -> Result<(), ImageError> {
     let mut head = [0u8; 8];
     // Only a regular file: a FIFO or a device named as an image must not hang validation.
     let read = crate::files::open_regular(path).and_then(|mut f| {

@@ -94,6 +94,11 @@ pub fn locate(
 }
 
 impl Located {
+    /// The component's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.wasm.len() as u64
+    }
+
     /// Whether a compiled entry exists (loading it may still find it damaged and recompile).
     pub fn is_cached(&self) -> bool {
         self.entry.is_file() && mac_path(&self.entry).is_file()

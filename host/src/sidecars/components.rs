@@ -116,6 +116,14 @@ pub enum Loading {
 }
 
 impl Loading {
+    /// The component's size in bytes; `None` when it was loaded already.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Loading::Done(_) => None,
+            Loading::Located { located, .. } => Some(located.size()),
+        }
+    }
+
     /// Whether finishing needs no compilation (an entry of the cache, or already loaded).
     pub fn is_cached(&self) -> bool {
         match self {

@@ -11,6 +11,7 @@ pub mod components;
 pub mod engine;
 pub mod limits;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -195,7 +196,59 @@ impl From<wasmtime::Error> for ComponentError {
 /// pod, before anything of the pod exists: a component that cannot run fails here. By
 /// container index; `None` for native containers.
 pub fn prepare_all(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
-    Preparation::begin(plan)?.finish()
+    Preparation::begin(plan, &Unobserved)?.finish()
+}
+
+/// Told when a component is compiled rather than loaded from the cache: the first run of a
+/// new component takes seconds (a Python or JavaScript one, ten or more), which a user should
+/// not wait through in silence.
+pub trait CompileObserver: Sync {
+    /// `path` (of `bytes`), for `container`, is about to be compiled.
+    fn compiling(&self, container: &str, path: &Path, bytes: u64);
+    /// It was compiled (and cached) in `took`.
+    fn compiled(&self, container: &str, path: &Path, took: std::time::Duration);
+}
+
+/// Nobody to tell.
+pub struct Unobserved;
+
+impl CompileObserver for Unobserved {
+    fn compiling(&self, _: &str, _: &Path, _: u64) {}
+    fn compiled(&self, _: &str, _: &Path, _: std::time::Duration) {}
+}
+
+/// What `wpod compile` did for one component.
+pub enum Compiled {
+    /// The cache had it.
+    Cached,
+    /// Compiled now (and cached), `bytes` of component in `took`.
+    Now {
+        bytes: u64,
+        took: std::time::Duration,
+    },
+}
+
+/// Puts `path`'s compiled code in the cache ahead of its first run (`wpod compile`, `wpod
+/// pull`), with the engine pods use; `observer` is told before and after a compilation.
+pub fn compile(path: &Path, observer: &dyn CompileObserver) -> Result<Compiled, SidecarError> {
+    let engine = engine::shared()?;
+    let located = cache::locate(engine, path, None)?;
+    if located.is_cached() {
+        return Ok(Compiled::Cached);
+    }
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    observer.compiling(&name, path, located.size());
+    let started = std::time::Instant::now();
+    located.load(engine)?;
+    let took = started.elapsed();
+    observer.compiled(&name, path, took);
+    Ok(Compiled::Now {
+        bytes: located.size(),
+        took,
+    })
 }
 
 /// The pod's sidecars on their way to being prepared, in two steps so that the second can
@@ -211,7 +264,7 @@ impl<'a> Preparation<'a> {
     /// Reads and hashes every component, and compiles those the cache lacks: before anything
     /// of the pod exists, so that a component that does not compile leaves nothing behind and
     /// the compiler's memory is not charged to the pod's cgroup.
-    pub fn begin(plan: &'a PodPlan) -> Result<Self, SidecarError> {
+    pub fn begin(plan: &'a PodPlan, observer: &dyn CompileObserver) -> Result<Self, SidecarError> {
         let mut groups: Vec<(&WasmComponent, Vec<usize>)> = Vec::new();
         for (i, c) in plan.containers.iter().enumerate() {
             if c.grants.is_none() {
@@ -235,12 +288,15 @@ impl<'a> Preparation<'a> {
             let container = plan.containers[members[0]].name();
             let loading = components::locate(engine, &wasm.path, wasm.digest.as_ref())?;
             if loading.is_cached() {
-                Ok(loading)
-            } else {
-                loading
-                    .finish(engine, container)
-                    .map(components::Loading::Done)
+                return Ok(loading);
             }
+            observer.compiling(container, &wasm.path, loading.size().unwrap_or(0));
+            let started = std::time::Instant::now();
+            let done = loading
+                .finish(engine, container)
+                .map(components::Loading::Done)?;
+            observer.compiled(container, &wasm.path, started.elapsed());
+            Ok(done)
         })?;
         Ok(Preparation {
             plan,

@@ -176,6 +176,19 @@ pub enum Event {
     /// A Wasm sidecar that cannot hear the `stopping` event was stopped as soon as its turn
     /// to stop came, as SIGTERM ends a process without a handler for it.
     StoppedAtOnce,
+    /// A Wasm sidecar's component is compiled (it is not in the cache yet): the first run of
+    /// a new component waits for this.
+    #[serde(rename_all = "camelCase")]
+    Compiling {
+        component: String,
+        size_bytes: u64,
+    },
+    /// It was compiled, and cached for later runs.
+    #[serde(rename_all = "camelCase")]
+    Compiled {
+        component: String,
+        seconds: f64,
+    },
     /// Pulling the container's image (kubelet's `Pulling`).
     Pulling {
         image: String,
@@ -339,6 +352,17 @@ impl Event {
                 (wpod:sidecar/lifecycle next-event), as a process without a SIGTERM handler ends \
                 on SIGTERM"
                 .to_string(),
+            Event::Compiling {
+                component,
+                size_bytes,
+            } => format!(
+                "compiling {component} ({}), first run only: later runs load it from the cache \
+                 (`wpod compile` does this ahead of time)",
+                crate::spec::quantity::show_bytes(*size_bytes)
+            ),
+            Event::Compiled { component, seconds } => {
+                format!("compiled {component} in {seconds:.1}s")
+            }
             Event::Pulling { image, from } => format!("pulling image \"{image}\" from {from}"),
             Event::Pulled {
                 image,

@@ -146,6 +146,12 @@ impl Events {
         Ok(())
     }
 
+    /// Whether events are printed as text to a terminal (where a spinner may show progress).
+    pub fn to_terminal(&self) -> bool {
+        use std::io::IsTerminal;
+        self.format == OutputFormat::Text && std::io::stderr().is_terminal()
+    }
+
     pub fn emit(&self, container: Option<&str>, event: Event) {
         if let Some(c) = &self.captured {
             let mut held = c.lock().unwrap_or_else(|p| p.into_inner());

@@ -214,7 +214,7 @@ impl Pod {
         // here). Loading their cached code and linking it overlaps the sandbox's creation; if
         // it fails, the sandbox is dropped, which tears it down.
         let (sandbox, prepared) = tokio::task::block_in_place(|| {
-            let preparation = Preparation::begin(&plan)?;
+            let preparation = Preparation::begin(&plan, &CompileEvents::new(&events))?;
             Ok::<_, SidecarError>(std::thread::scope(|s| {
                 let finishing = s.spawn(|| preparation.finish());
                 let sandbox = PodSandbox::create(&plan, state);
@@ -321,5 +321,75 @@ impl Pod {
         // runtime, as the last reference goes.
         drop(self.sandbox);
         result
+    }
+}
+
+/// Compilations of the pod's components as events ("compiling site.wasm (14 MiB), first run
+/// only"), with a spinner counting the seconds while events go to a terminal.
+pub(crate) struct CompileEvents<'a> {
+    events: &'a Events,
+    spinners: std::sync::Mutex<Vec<(std::path::PathBuf, indicatif::ProgressBar)>>,
+}
+
+impl<'a> CompileEvents<'a> {
+    pub(crate) fn new(events: &'a Events) -> Self {
+        CompileEvents {
+            events,
+            spinners: Default::default(),
+        }
+    }
+}
+
+/// The name a component is shown by: its file name (a pulled one's is its digest).
+fn component_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+impl crate::sidecars::CompileObserver for CompileEvents<'_> {
+    fn compiling(&self, container: &str, path: &std::path::Path, bytes: u64) {
+        let component = component_name(path);
+        self.events.emit(
+            Some(container),
+            Event::Compiling {
+                component: component.clone(),
+                size_bytes: bytes,
+            },
+        );
+        if self.events.to_terminal() {
+            let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+                "compiling {}",
+                crate::logs::escape_controls(&component)
+            ));
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            {
+                spinner.set_style(style);
+            }
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let mut spinners = self.spinners.lock().unwrap_or_else(|p| p.into_inner());
+            spinners.push((path.to_path_buf(), spinner));
+        }
+    }
+
+    fn compiled(&self, container: &str, path: &std::path::Path, took: std::time::Duration) {
+        {
+            let mut spinners = self.spinners.lock().unwrap_or_else(|p| p.into_inner());
+            spinners.retain(|(p, s)| {
+                let done = p == path;
+                if done {
+                    s.finish_and_clear();
+                }
+                !done
+            });
+        }
+        self.events.emit(
+            Some(container),
+            Event::Compiled {
+                component: component_name(path),
+                seconds: took.as_secs_f64(),
+            },
+        );
     }
 }
