@@ -166,8 +166,9 @@ pub enum Command {
     },
     /// Make a sidecar project that builds with one command into a component wpod runs.
     New {
-        /// The sidecar's name (its directory, crate and container name).
-        name: String,
+        /// The sidecar's directory (made, with its parents); its last part is the sidecar's
+        /// name (its crate and container name): `my-sidecar`, `sidecars/my-sidecar`.
+        name: PathBuf,
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
     },

@@ -50,9 +50,10 @@ const RUST: &[(&str, &str)] = &[
         "src/main.rs",
         include_str!("../../templates/rust/src/main.rs"),
     ),
+    ("Makefile", include_str!("../../templates/rust/Makefile")),
     ("pod.yaml", include_str!("../../templates/rust/pod.yaml")),
     ("README.md", include_str!("../../templates/rust/README.md")),
-    (".gitignore", "/target\n"),
+    (".gitignore", "/target\n*.wasm\n"),
     ("wpod-sidecar/Cargo.toml", RUST_SDK_MANIFEST),
     (
         "wpod-sidecar/src/lib.rs",
@@ -147,33 +148,46 @@ fn wit_version() -> &'static str {
         .unwrap_or("0.2.0")
 }
 
-pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
+/// `wpod new PATH`: the project in directory `PATH` (made, with its parents, as `cargo new`
+/// makes them), named after its last component.
+pub fn new(path: &Path, lang: Lang) -> anyhow::Result<ExitCode> {
+    let name = match path.file_name().and_then(|n| n.to_str()) {
+        Some(n) => n,
+        None => bail!(
+            "{}: name the sidecar's directory, e.g. wpod new sidecars/my-sidecar",
+            path.display()
+        ),
+    };
     check_name(name, lang)?;
-    let dir = Path::new(name);
+    let dir = path;
+    let shown = dir.display();
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     // Made here, or refused: never into a directory that was already there.
     if let Err(e) = std::fs::create_dir(dir) {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            bail!("{name} already exists; choose another name or remove it");
+            bail!("{shown} already exists; choose another name or remove it");
         }
-        return Err(e).with_context(|| format!("cannot create {name}"));
+        return Err(e).with_context(|| format!("cannot create {shown}"));
     }
     if let Err(e) = write_project(dir, name, lang) {
         let _ = std::fs::remove_dir_all(dir);
         return Err(e);
     }
     let build = match lang {
-        Lang::Rust => "cargo build --release --target wasm32-wasip2".to_string(),
         Lang::Python => {
             format!(
                 "componentize-py -d wit -w wpod:sidecar/sidecar componentize app -o {name}.wasm"
             )
         }
         Lang::Js => "npm install && npm run build".to_string(),
-        Lang::C | Lang::Go => "make".to_string(),
+        Lang::Rust | Lang::C | Lang::Go => "make".to_string(),
     };
-    println!("Created sidecar {name} ({lang}) in ./{name}");
-    println!("  build: cd {name} && {build}");
-    println!("  run:   wpod run {name}/pod.yaml   (as root)");
+    println!("Created sidecar {name} ({lang}) in {shown}");
+    println!("  build: cd {shown} && {build}   (-> {name}.wasm beside pod.yaml)");
+    println!("  run:   wpod run {shown}/pod.yaml   (as root)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -311,6 +325,24 @@ mod tests {
             assert!(check_name(reserved, Lang::Js).is_ok(), "{reserved}");
         }
         assert!(wit_version().starts_with("0."), "{}", wit_version());
+    }
+
+    /// `wpod new sidecars/x` makes the parents and names the sidecar `x`; every language's
+    /// pod runs the component its build writes beside pod.yaml.
+    #[test]
+    fn a_path_names_the_directory_and_its_last_part_the_sidecar() {
+        let base = std::env::temp_dir().join(format!("wpod-scaffold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::Go] {
+            let dir = base.join(format!("sidecars/{lang}")).join("my-car");
+            new(&dir, lang).expect("made");
+            let pod = std::fs::read_to_string(dir.join("pod.yaml")).expect("pod.yaml");
+            assert!(pod.contains("name: my-car"), "{lang}: {pod}");
+            assert!(pod.contains("image: my-car.wasm"), "{lang}: {pod}");
+            assert!(new(&dir, lang).is_err(), "{lang}: made twice");
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(new(Path::new("/"), Lang::Rust).is_err());
     }
 
     #[test]

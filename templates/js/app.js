@@ -1,30 +1,33 @@
-// {{name}}: a wpod sidecar in JavaScript. It reads the main container's first line of output
-// and its live statistics, tells the pod it is ready, and stops cleanly when the pod stops: a
-// starting point. wpod-sidecar.js lists what else it can do.
+// {{name}}: a wpod sidecar in JavaScript, a small server beside the main container. It reads its
+// settings from its env, writes a file into the volume it shares with the main container,
+// answers on a port of the pod's loopback, tells the pod it is ready, and stops cleanly when the
+// pod stops: a starting point. wpod-sidecar.js lists what else it can do (connect to a service,
+// read files, wait on several things at once); wpod-main.js reads the main container's state,
+// statistics and output.
 import * as wpod from './wpod-sidecar.js';
 
 export const run = {
   run() {
+    const greeting = wpod.getenv('GREETING', 'hello');
+    const port = Number(wpod.getenv('PORT', '8080'));
+    wpod.writeFile('/shared/greeting.txt', `${greeting}\n`);
+    console.log(`{{name}}: /shared holds ${wpod.listDir('/shared').join(', ')}`);
+    const server = wpod.listen(port);
     wpod.ready();
-    console.log('{{name}}: ready');
-    const mains = wpod.containers();
-    if (mains.length === 0) {
-      console.log('{{name}}: the pod has no main container to watch');
-      return;
+    console.log(`{{name}}: ready, answering on port ${port}`);
+    let answered = 0;
+    // accept() returns null once the pod is stopping.
+    for (let conn; (conn = server.accept()) !== null; conn.close()) {
+      try {
+        const asked = conn.readLine();
+        answered += 1;
+        conn.write(`${greeting} (answer ${answered})\n`);
+        console.log(`{{name}}: answered ${conn.peer}, who said ${JSON.stringify(asked)}`);
+      } catch (e) {
+        console.log(`{{name}}: ${e.message}`);
+      }
     }
-    const main = mains[0].name;
-    for (const line of wpod.mainLogs(main)) {
-      console.log(`{{name}}: ${main} said ${JSON.stringify(line.text)}`);
-      break;
-    }
-    wpod.waitRunning(main);
-    try {
-      const s = wpod.stats(main);
-      console.log(`{{name}}: ${main} uses ${s.rssBytes / 1024n} KiB of memory and ${s.threads} threads`);
-    } catch (e) {
-      console.log(`{{name}}: no statistics for ${main}: ${JSON.stringify(e.payload ?? String(e))}`);
-    }
-    const ms = wpod.waitStopping();
-    console.log(`{{name}}: stopping (${ms} ms left)`);
+    server.close();
+    console.log(`{{name}}: stopping (${wpod.stopping()} ms left) after ${answered} answers`);
   },
 };

@@ -182,17 +182,12 @@ fn wpod_new_rust_builds_with_one_command_and_runs() {
     // Its dependencies compiled once per clone, beside the guests'.
     let target = wpod_test_support::repo_root().join("target/scaffold");
     let name = "new-rs";
+    // `make` puts the component beside pod.yaml, wherever CARGO_TARGET_DIR is (issue 27,
+    // item 5).
     scaffold_builds_and_runs(
         name,
         "rust",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "cargo build --release --target wasm32-wasip2 && mkdir -p target/wasm32-wasip2/release && cp {0}/wasm32-wasip2/release/{name}.wasm target/wasm32-wasip2/release/",
-                target.display()
-            ),
-        ],
+        &["make"],
         &[("CARGO_TARGET_DIR", target.display().to_string())],
     );
 }
