@@ -260,10 +260,14 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&images)?),
         Output::Text => {
-            println!(
-                "{:<50} {:<7} {:<19} {:>12}  LAST USED",
-                "IMAGE", "KIND", "DIGEST", "SIZE"
-            );
+            use crate::table::{human_size, Align::*, Table};
+            let mut table = Table::new(&[
+                ("IMAGE", Left),
+                ("KIND", Left),
+                ("DIGEST", Left),
+                ("SIZE", Right),
+                ("LAST USED", Left),
+            ]);
             for i in images {
                 let kind = if i.sidecar.is_some() {
                     "sidecar"
@@ -273,13 +277,15 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
                 let used = humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.last_used),
                 );
-                println!(
-                    "{:<50} {kind:<7} {:<19} {:>12}  {used}",
-                    safe(&i.name),
-                    &i.digest.as_str()[..19],
-                    i.size
-                );
+                table.row([
+                    i.name.clone(),
+                    kind.to_string(),
+                    i.digest.as_str()[..19].to_string(),
+                    human_size(i.size),
+                    used.to_string(),
+                ]);
             }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ mod images;
 mod manage;
 mod market;
 mod scaffold;
+mod table;
 #[cfg(feature = "author-tools")]
 mod wasm_tools;
 #[cfg(not(feature = "author-tools"))]

@@ -112,12 +112,20 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Output::Text => {
-            println!(
-                "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30} STARTED",
-                "POD", "CONTAINER", "STATE", "READY", "RESTARTS", "IP", "IMAGE"
-            );
+            use crate::table::{Align::*, Table};
+            let mut table = Table::new(&[
+                ("POD", Left),
+                ("CONTAINER", Left),
+                ("STATE", Left),
+                ("READY", Left),
+                ("RESTARTS", Right),
+                ("IP", Left),
+                ("IMAGE", Left),
+                ("STARTED", Left),
+            ]);
+            let mut lost = Vec::new();
             // Names, states and images are read from disk (the pod's directory and journal):
-            // each escaped, then padded.
+            // the table escapes every cell.
             for (v, standing) in &pods {
                 let phase = match (standing, v.exit_code) {
                     (Standing::Exited, Some(code)) => format!("Exited({code})"),
@@ -128,47 +136,48 @@ pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
                     (None, Some(wpod::plan::Network::Host)) => "host",
                     _ => "-",
                 };
-                println!(
-                    "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30} {}",
-                    safe(&v.name),
-                    "",
-                    safe(&phase),
-                    "",
-                    "",
-                    safe(ip),
-                    "",
-                    safe(v.started.as_deref().unwrap_or("-"))
-                );
+                let started = v.started.as_deref().unwrap_or("-");
+                table.row([v.name.as_str(), "", &phase, "", "", ip, "", started]);
                 for c in &v.containers {
-                    let state = match (c.exit_code, &c.reason) {
-                        (Some(code), _) if c.state == ContainerState::Exited => {
-                            format!("exited({code})")
-                        }
-                        // Why it waits: ErrImagePull, ImagePullBackOff.
-                        (_, Some(reason)) if c.state == ContainerState::Waiting => reason.clone(),
-                        _ => c.state.to_string(),
-                    };
-                    println!(
-                        "{:<24} {:<20} {:<10} {:<6} {:>8}  {:<15} {:<30}",
+                    let restarts = c.restarts.to_string();
+                    table.row([
                         "",
-                        safe(&c.name),
-                        safe(&state),
+                        &c.name,
+                        &container_state(c),
                         if c.ready { "yes" } else { "no" },
-                        c.restarts,
+                        &restarts,
                         "",
-                        safe(c.image.as_deref().unwrap_or("-"))
-                    );
+                        c.image.as_deref().unwrap_or("-"),
+                        "",
+                    ]);
                 }
                 if *standing == Standing::Lost {
-                    println!(
-                        "  (no wpod holds this pod: its run was killed; `wpod rm {}` clears what it left)",
-                        safe(&v.name)
-                    );
+                    lost.push(v.name.clone());
                 }
+            }
+            table.print();
+            for name in lost {
+                println!(
+                    "  ({0}: no wpod holds this pod, its run was killed; `wpod rm {0}` clears what it left)",
+                    safe(&name)
+                );
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A container's state in kubectl's words: `Running`, how it ended (`Completed`, `Error`,
+/// `OOMKilled`), or why it waits (`PodInitializing`, `ContainerCreating`, `CrashLoopBackOff`,
+/// `ImagePullBackOff`, `ErrImagePull`).
+fn container_state(c: &wpod::supervisor::api::ContainerView) -> String {
+    match (c.state, &c.reason, c.exit_code) {
+        (ContainerState::Running, _, _) => "Running".into(),
+        (ContainerState::Exited, Some(reason), _) => reason.clone(),
+        (ContainerState::Exited, None, Some(code)) => format!("Exited({code})"),
+        (ContainerState::Waiting, Some(reason), _) => reason.clone(),
+        (state, _, _) => state.to_string(),
+    }
 }
 
 /// `--since`: a duration before now (`10m`), or an RFC 3339 time, as podman logs takes.
@@ -981,17 +990,22 @@ pub fn volume_list(output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Text => {
-            println!("{:<32} {:>12}  {:<6}  PATH", "VOLUME", "SIZE", "IN USE");
+            use crate::table::{human_size, Align::*, Table};
+            let mut table = Table::new(&[
+                ("VOLUME", Left),
+                ("SIZE", Right),
+                ("IN USE", Left),
+                ("PATH", Left),
+            ]);
             for r in rows {
-                let line = format!(
-                    "{:<32} {:>12}  {:<6}  {}",
-                    r.name,
-                    r.bytes,
-                    if r.in_use { "yes" } else { "no" },
-                    r.path.display()
-                );
-                println!("{}", safe(&line));
+                table.row([
+                    r.name.clone(),
+                    human_size(r.bytes),
+                    if r.in_use { "yes" } else { "no" }.to_string(),
+                    r.path.display().to_string(),
+                ]);
             }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)

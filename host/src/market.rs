@@ -311,10 +311,14 @@ pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&found)?),
         Output::Text => {
-            println!(
-                "{:<40} {:<10} {:<30} {:<24} DESCRIPTION",
-                "NAME", "VERSION", "SIGNER", "NEEDS"
-            );
+            use crate::table::{Align::*, Table};
+            let mut table = Table::new(&[
+                ("NAME", Left),
+                ("VERSION", Left),
+                ("SIGNER", Left),
+                ("NEEDS", Left),
+                ("DESCRIPTION", Left),
+            ]);
             for f in &found {
                 let needs = if f.needs.is_empty() {
                     "-".to_string()
@@ -322,16 +326,10 @@ pub fn search(query: &str, output: Output) -> anyhow::Result<ExitCode> {
                     f.needs.join(",")
                 };
                 // Names, tags, descriptions and the imports in `needs` are the registry's:
-                // escaped first, then padded.
-                println!(
-                    "{:<40} {:<10} {:<30} {:<24} {}",
-                    safe(&f.name),
-                    safe(&f.version),
-                    safe(&f.signer),
-                    safe(&needs),
-                    safe(&f.description)
-                );
+                // the table escapes them before it pads them.
+                table.row([&f.name, &f.version, &f.signer, &needs, &f.description]);
             }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -308,7 +308,16 @@ export function remove(path) {
 
 let net = null;
 function network() {
-  if (net === null) net = instanceNetwork();
+  if (net === null) {
+    // componentize-js 0.23.0 writes a class only for a resource with methods, so none for
+    // wasi:sockets/network's `network`, and instanceNetwork() then fails with "ReferenceError:
+    // import_network_0_2_12$Network is not defined". Its bindings run in a realm of their own:
+    // define the class in that realm's global. The network lives as long as the instance.
+    const bindings = instanceNetwork.constructor('return globalThis')();
+    const missing = 'import_network_0_2_12$Network';
+    if (!(missing in bindings)) bindings[missing] = class Network {};
+    net = instanceNetwork();
+  }
   return net;
 }
 

@@ -50,6 +50,9 @@ pub struct ContainerPlan {
     /// Its `resources.limits` (exact quantities): the cgroup's for a native container, the
     /// store's memory bound for a Wasm sidecar.
     pub limits: ResourceList,
+    /// Its image as `ps` and `describe` show it: `host`, the file name of a local component,
+    /// the rootfs directory as written, a registry reference (`REF@DIGEST` once pulled).
+    pub shown_image: String,
     /// What a Wasm sidecar is granted, decided once; `None` for a native container.
     pub grants: Option<Grants>,
     /// A native container's process, decided once its image is known
@@ -74,6 +77,22 @@ pub struct ContainerProbes {
     pub liveness: Option<Probe>,
 }
 
+/// How an image is shown ([`ContainerPlan::shown_image`]): `written` is the manifest's `image`.
+fn shown_image(written: Option<&str>, image: &Image) -> String {
+    match image {
+        Image::Host => "host".to_string(),
+        Image::Rootfs(_) => written.unwrap_or_default().to_string(),
+        Image::Wasm(WasmComponent {
+            digest: Some(d), ..
+        }) => format!("{}@{d}", written.unwrap_or_default()),
+        Image::Wasm(w) => w.path.file_name().map_or_else(
+            || w.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        Image::Registry { name, .. } => name.canonical(),
+    }
+}
+
 impl ContainerPlan {
     /// The plan of one container of the manifest (`path`: its field path), before its image
     /// is known to be native or Wasm beyond what `image` says.
@@ -86,6 +105,7 @@ impl ContainerPlan {
         grants: Option<Grants>,
     ) -> Self {
         ContainerPlan {
+            shown_image: shown_image(c.image.as_deref(), &image),
             restart_policy: restart_policy(role, pod_policy),
             path,
             role,
@@ -419,6 +439,9 @@ impl PodPlan {
                 continue;
             }
             let image = images.get(i).and_then(Option::as_ref);
+            if let (Image::Registry { name, .. }, Some(pulled)) = (&c.image, image) {
+                c.shown_image = format!("{}@{}", name.canonical(), pulled.record.digest);
+            }
             match native::process(c, &self.pod, &host.facts(), image) {
                 Ok(process) => c.process = Some(process),
                 Err((field, message)) => diags.push(self.pod.source.diag(field, message)),

@@ -127,6 +127,11 @@ impl ContainerSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum Event {
+    /// The pod's containers, in the order they start, before anything of it runs (its images
+    /// may still be pulled): `wpod ps` lists every one from then on.
+    PodPlanned {
+        containers: Vec<PlannedContainer>,
+    },
     /// The pod's sandbox exists; containers are about to start.
     PodStarted {
         hostname: String,
@@ -140,6 +145,9 @@ pub enum Event {
     Started {
         pid: Option<i32>,
         restarts: u32,
+        /// Its image as shown: `host`, a component's file name, `REF@DIGEST` once pulled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     Ready,
     NotReady,
@@ -298,6 +306,20 @@ impl Event {
     /// The event in words (not escaped: see [`EventRecord::text`]).
     pub fn text(&self) -> String {
         match self {
+            Event::PodPlanned { containers } => {
+                let list: Vec<String> = containers
+                    .iter()
+                    .map(|c| {
+                        let role = match c.role {
+                            crate::spec::Role::Init => "init, ",
+                            crate::spec::Role::NativeSidecar => "sidecar, ",
+                            crate::spec::Role::Regular => "",
+                        };
+                        format!("{} ({role}{})", c.name, c.image)
+                    })
+                    .collect();
+                format!("containers: {}", list.join(", "))
+            }
             Event::PodStarted {
                 hostname,
                 network,
@@ -307,7 +329,7 @@ impl Event {
                 (Network::Host, None) => "sandbox ready (on the host's network)".to_string(),
                 (_, None) => format!("sandbox ready (hostname {hostname}, loopback only)"),
             },
-            Event::Started { pid, restarts } => {
+            Event::Started { pid, restarts, .. } => {
                 let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
                 let again = match restarts {
                     0 => String::new(),
@@ -519,6 +541,15 @@ pub struct ContainerView {
     pub image: Option<String>,
 }
 
+/// One container as the pod plans it ([`Event::PodPlanned`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PlannedContainer {
+    pub name: String,
+    pub role: crate::spec::Role,
+    /// As `ps` shows it ([`crate::plan::ContainerPlan::shown_image`]).
+    pub image: String,
+}
+
 /// A pod as its events tell it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -706,6 +737,13 @@ mod tests {
     #[test]
     fn records_read_back_as_written() {
         let events = [
+            Event::PodPlanned {
+                containers: vec![PlannedContainer {
+                    name: "web".into(),
+                    role: crate::spec::Role::Regular,
+                    image: "nginx:1.25".into(),
+                }],
+            },
             Event::PodStarted {
                 hostname: "web".into(),
                 network: Network::Cni,
@@ -714,6 +752,7 @@ mod tests {
             Event::Started {
                 pid: Some(42),
                 restarts: 1,
+                image: Some("nginx:1.25@sha256:ab".into()),
             },
             Event::Exited(ExitInfo::exited(3)),
             Event::Pulled {

@@ -321,7 +321,7 @@ impl Control {
                     name: c.name().to_string(),
                     path: c.path.clone(),
                     role: c.role,
-                    image: image(&c.image),
+                    image: described_image(c),
                     restart_policy: c.restart_policy,
                     component: live.digests.get(c.name()).cloned(),
                     grants: c.grants.as_ref().map(|g| g.describe()),
@@ -828,12 +828,13 @@ pub fn parse(line: &str) -> Result<Request, ControlError> {
         .map_err(ControlError::BadRequest)
 }
 
-fn image(image: &Image) -> String {
-    match image {
-        Image::Host => "host".into(),
+/// A container's image in `describe`: as `ps` shows it, but a local component or rootfs by its
+/// whole path (a pulled one by its reference and digest, never its place in the store).
+fn described_image(c: &crate::plan::ContainerPlan) -> String {
+    match &c.image {
         Image::Rootfs(p) => p.display().to_string(),
-        Image::Wasm(w) => w.path.display().to_string(),
-        Image::Registry { name, .. } => name.canonical(),
+        Image::Wasm(w) if w.digest.is_none() => w.path.display().to_string(),
+        _ => c.shown_image.clone(),
     }
 }
 

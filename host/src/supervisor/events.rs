@@ -322,6 +322,7 @@ mod tests {
             Event::Started {
                 pid: Some(1),
                 restarts: 0,
+                image: None,
             },
         );
         let done = std::sync::atomic::AtomicBool::new(false);

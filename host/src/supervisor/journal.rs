@@ -87,6 +87,9 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
     };
     let mut containers: BTreeMap<String, ContainerView> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
+    // The run-to-completion init containers: until each has ended well, the others wait in
+    // `PodInitializing`, as the kubelet reports them.
+    let mut inits: Vec<String> = Vec::new();
     for record in records(path)? {
         let e = match record {
             Record::Snapshot(s) => {
@@ -105,6 +108,21 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
         };
         let Some(container) = e.container else {
             match e.event {
+                Event::PodPlanned {
+                    containers: planned,
+                } => {
+                    for p in planned {
+                        if p.role == crate::spec::Role::Init {
+                            inits.push(p.name.clone());
+                        }
+                        if !containers.contains_key(&p.name) {
+                            order.push(p.name.clone());
+                        }
+                        let c = containers.entry(p.name.clone()).or_default();
+                        c.name = p.name;
+                        c.image = Some(p.image);
+                    }
+                }
                 Event::PodStarted { network, ip, .. } => {
                     pod.started = Some(e.time);
                     pod.ip = ip;
@@ -139,10 +157,17 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
             Event::Pulled { image, .. }
             | Event::AlreadyPresent { image }
             | Event::Pulling { image, .. } => c.image = Some(image),
-            Event::Started { pid, restarts } => {
+            Event::Started {
+                pid,
+                restarts,
+                image,
+            } => {
                 c.state = ContainerState::Running;
                 c.pid = pid;
                 c.restarts = restarts;
+                if image.is_some() {
+                    c.image = image;
+                }
                 c.exit_code = None;
                 c.reason = None;
                 c.message = None;
@@ -167,8 +192,31 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 c.reason = Some(x.reason.to_string());
                 c.message = x.message.clone();
             }
-            Event::BackOff { .. } => c.state = ContainerState::Waiting,
+            // Waiting out its restart back-off (kubectl's CrashLoopBackOff).
+            Event::BackOff { .. } => {
+                c.state = ContainerState::Waiting;
+                c.reason = Some("CrashLoopBackOff".into());
+            }
             _ => {}
+        }
+    }
+    // Why a container that never ran waits: its image (said above), the init containers
+    // before it, or its creation.
+    let initialized = inits.iter().all(|n| {
+        containers
+            .get(n)
+            .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code == Some(0))
+    });
+    for c in containers.values_mut() {
+        if c.state == ContainerState::Waiting && c.reason.is_none() && c.exit_code.is_none() {
+            c.reason = Some(
+                if initialized {
+                    "ContainerCreating"
+                } else {
+                    "PodInitializing"
+                }
+                .into(),
+            );
         }
     }
     pod.containers = order
@@ -176,4 +224,85 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
         .filter_map(|n| containers.remove(&n))
         .collect();
     Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::api::PlannedContainer;
+    use super::super::events::{Events, JOURNAL};
+    use super::*;
+    use crate::logs::OutputFormat;
+    use crate::spec::Role;
+    use crate::status::ExitInfo;
+
+    /// `wpod ps` lists every planned container from the start, with kubectl's reasons for
+    /// those that wait: behind an init container, in their restart back-off, or being created.
+    #[test]
+    fn every_planned_container_is_listed_with_why_it_waits() {
+        let dir = std::env::temp_dir().join(format!("wpod-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(JOURNAL);
+        let events = Events::new("p", OutputFormat::Silent);
+        events.journal_to(&path).unwrap();
+        let planned = |name: &str, role| PlannedContainer {
+            name: name.into(),
+            role,
+            image: format!("{name}.wasm"),
+        };
+        events.emit(
+            None,
+            Event::PodPlanned {
+                containers: vec![
+                    planned("setup", Role::Init),
+                    planned("tail", Role::NativeSidecar),
+                    planned("web", Role::Regular),
+                ],
+            },
+        );
+        let started = |n: &str| {
+            events.emit(
+                Some(n),
+                Event::Started {
+                    pid: Some(1),
+                    restarts: 0,
+                    image: None,
+                },
+            )
+        };
+        started("setup");
+        let state = |v: &PodView, n: &str| {
+            let c = v.containers.iter().find(|c| c.name == n).unwrap();
+            (c.state, c.reason.clone(), c.image.clone())
+        };
+        let v = read("p", &path).unwrap();
+        assert_eq!(
+            v.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["setup", "tail", "web"]
+        );
+        assert_eq!(state(&v, "setup").0, ContainerState::Running);
+        assert_eq!(
+            state(&v, "web"),
+            (
+                ContainerState::Waiting,
+                Some("PodInitializing".into()),
+                Some("web.wasm".into())
+            )
+        );
+        events.emit(Some("setup"), Event::Exited(ExitInfo::exited(0)));
+        started("tail");
+        events.emit(Some("tail"), Event::Exited(ExitInfo::exited(1)));
+        events.emit(
+            Some("tail"),
+            Event::BackOff {
+                restart_in_ms: 10_000,
+                restarts: 1,
+            },
+        );
+        let v = read("p", &path).unwrap();
+        assert_eq!(state(&v, "setup").1.as_deref(), Some("Completed"));
+        assert_eq!(state(&v, "tail").1.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(state(&v, "web").1.as_deref(), Some("ContainerCreating"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -185,6 +185,20 @@ impl Pod {
                 None
             }
         };
+        events.emit(
+            None,
+            Event::PodPlanned {
+                containers: plan
+                    .containers
+                    .iter()
+                    .map(|c| super::api::PlannedContainer {
+                        name: c.name().to_string(),
+                        role: c.role,
+                        image: c.shown_image.clone(),
+                    })
+                    .collect(),
+            },
+        );
         let started = Self::start_in(state, plan, options, events.clone(), signals).await;
         if started.is_err() {
             // Its journal ends as a failed pod's (`wpod ps -a`: exited 1).

@@ -163,6 +163,7 @@ async fn live(
         Event::Started {
             pid: running.pid(),
             restarts,
+            image: Some(plan.shown_image.clone()),
         },
     );
     run.state.started(name, running.pid().unwrap_or(0));
