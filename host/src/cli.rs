@@ -161,6 +161,11 @@ pub enum Command {
         /// Check and prepare everything, say what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// For a change a running pod cannot take (a pod-level field, a native container):
+        /// stop the pod (its grace period, as wpod stop) and run it again from the file, as
+        /// `podman kube play --replace`; what it will do is said first.
+        #[arg(long)]
+        replace: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

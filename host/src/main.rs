@@ -176,8 +176,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             objects,
             dry_run,
+            replace,
             output,
-        } => manage::apply(&objects.with(&file), dry_run, output),
+        } => match replace {
+            true => manage::replace(&objects.with(&file), dry_run),
+            false => manage::apply(&objects.with(&file), dry_run, output),
+        },
         Command::Describe { pod, output } => manage::describe(&pod, output),
         Command::New { name, lang } => scaffold::new(&name, lang),
         Command::Save {

@@ -722,7 +722,27 @@ pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Re
             dry_run,
         },
     )
-    .map_err(|e| anyhow::anyhow!("{}: pod {name} unchanged: {e:#}", file.display()))?;
+    .map_err(|e| {
+        // A change only a new pod can take: say at once how to make one.
+        let text = format!("{e:#}");
+        let pod_level = text.match_indices("set spec.").any(|(i, _)| {
+            let rest = &text[i + "set spec.".len()..];
+            !rest.starts_with("containers") && !rest.starts_with("initContainers")
+        });
+        let hint = if text.contains("run it again") || pod_level {
+            format!(
+                "\n(wpod apply --replace {} stops the pod and runs it again from the file)",
+                files.manifest.display()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!(
+            "{}: pod {name} unchanged: {text}{}",
+            file.display(),
+            safe(&hint)
+        )
+    })?;
     let not_started: Vec<String> = result
         .added
         .iter()
@@ -775,6 +795,36 @@ pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Re
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wpod apply --replace FILE`: the pod stopped and run again from the file (the file checked
+/// first, so a manifest with errors stops nothing), for what a running pod cannot take.
+pub fn replace(files: &ManifestFiles, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let plan = one_pod(files, "wpod apply --replace replaces")?;
+    let name = plan.name().to_string();
+    let file = files.manifest.display().to_string();
+    let running = state_dir::in_use(&name);
+    let dry = if dry_run { " (dry run)" } else { "" };
+    if running {
+        need_root("apply --replace")?;
+        eprintln!(
+            "pod {name}: stopping it (its containers get up to {}s, as wpod stop), then running it again from {}{dry}",
+            plan.grace_period.as_secs(),
+            safe(&file)
+        );
+    } else {
+        eprintln!(
+            "pod {name} is not running: starting it from {}{dry}",
+            safe(&file)
+        );
+    }
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if running && stop(&name, None)? != ExitCode::SUCCESS {
+        bail!("pod {name} did not stop; nothing was started");
+    }
+    run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false)
 }
 
 fn state_word(state: Option<StartState>) -> String {

@@ -6,28 +6,26 @@
 // statistics and output.
 import * as wpod from './wpod-sidecar.js';
 
-export const run = {
-  run() {
-    const greeting = wpod.getenv('GREETING', 'hello');
-    const port = Number(wpod.getenv('PORT', '8080'));
-    wpod.writeFile('/shared/greeting.txt', `${greeting}\n`);
-    console.log(`{{name}}: /shared holds ${wpod.listDir('/shared').join(', ')}`);
-    const server = wpod.listen(port);
-    wpod.ready();
-    console.log(`{{name}}: ready, answering on port ${port}`);
-    let answered = 0;
-    // accept() returns null once the pod is stopping.
-    for (let conn; (conn = server.accept()) !== null; conn.close()) {
-      try {
-        const asked = conn.readLine();
-        answered += 1;
-        conn.write(`${greeting} (answer ${answered})\n`);
-        console.log(`{{name}}: answered ${conn.peer}, who said ${JSON.stringify(asked)}`);
-      } catch (e) {
-        console.log(`{{name}}: ${e.message}`);
-      }
+export const run = wpod.main(() => {
+  const greeting = wpod.getenv('GREETING', 'hello');
+  const port = Number(wpod.getenv('PORT', '8080'));
+  wpod.writeFile('/shared/greeting.txt', `${greeting}\n`);
+  console.log(`{{name}}: /shared holds ${wpod.listDir('/shared').join(', ')}`);
+  const server = wpod.listen(port);
+  wpod.ready();
+  console.log(`{{name}}: ready, answering on port ${port}`);
+  let answered = 0;
+  // accept() returns null once the pod is stopping.
+  for (let conn; (conn = server.accept()) !== null; conn.close()) {
+    try {
+      const question = conn.readLine();
+      answered += 1;
+      conn.write(`${greeting} (answer ${answered})\n`);
+      if (answered === 1) console.log(`{{name}}: ${conn.peer} asked ${JSON.stringify(question)}`);
+    } catch (e) {
+      console.log(`{{name}}: ${conn.peer}: ${e.message}`);
     }
-    server.close();
-    console.log(`{{name}}: stopping (${wpod.stopping()} ms left) after ${answered} answers`);
-  },
-};
+  }
+  server.close();
+  console.log(`{{name}}: stopping (${wpod.stopping()} ms left) after ${answered} answers`);
+});

@@ -3,6 +3,7 @@
 // StarlingMonkey, the engine componentize-js builds on, has no `fs`, `net` or `process.env`:
 // these helpers give them over WASI 0.2, reaching only what the pod grants the sidecar.
 //
+// - main(fn): the `run` export: `export const run = main(() => {...})`; an exception is printed;
 // The pod (wpod:sidecar/lifecycle@{{wit_version}}, always granted):
 // - ready(): tell the pod this sidecar is ready (a native sidecar counts as started then);
 // - nextEvent(timeoutMs), tryNextEvent(), events(), waitStopping(): the pod's events;
@@ -51,6 +52,21 @@ import { createTcpSocket } from 'wasi:sockets/tcp-create-socket@0.2.12';
 import { resolveAddresses } from 'wasi:sockets/ip-name-lookup@0.2.12';
 
 // ---- the pod ----
+
+// The component's `wasi:cli/run` export, running `fn`: `export const run = main(() => {...})`.
+// An exception it throws is printed (componentize-js would only exit 1) and the sidecar exits 1.
+export function main(fn) {
+  return {
+    run() {
+      try {
+        fn();
+      } catch (e) {
+        console.error(e && e.stack ? `${e}\n${e.stack}` : `${e}`);
+        throw e;
+      }
+    },
+  };
+}
 
 export function ready() { lifecycle.ready(); }
 export function nextEvent(timeoutMs) { return lifecycle.nextEvent(BigInt(timeoutMs)); }

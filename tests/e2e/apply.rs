@@ -345,6 +345,8 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
     let err = text(&out.stderr);
     assert!(err.contains("spec.containers[0].command"), "{err}");
     assert!(err.contains("native container"), "{err}");
+    // ... and says at once how to take it: a new pod (issue 27, item 9).
+    assert!(err.contains("wpod apply --replace"), "{err}");
 
     // nginx served throughout, and is the same process: never restarted or signalled.
     let (ok, failed) = client.finish();
@@ -369,6 +371,43 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
         .filter(|l| l.contains("\"container\":\"web\"") && l.contains("\"event\":\"started\""))
         .count();
     assert_eq!(web_starts, 1);
+
+    // --replace: said first (a dry run changes nothing), then the pod stops and runs again
+    // from the file, with a change the running pod would refuse.
+    let native = write(
+        "native2.yaml",
+        manifest(
+            &component("redis-exporter.wasm"),
+            None,
+            " error_log stderr;",
+        ),
+    );
+    let out = apply(&["--replace", "--dry-run", &native]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("stopping it") && text(&out.stderr).contains("running it again"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        container("web").and_then(|c| c["pid"].as_i64()),
+        Some(master)
+    );
+    let out = apply(&["--replace", &native]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let new_master = container("web").and_then(|c| c["pid"].as_i64());
+    assert!(
+        new_master.is_some() && new_master != Some(master),
+        "{:?}",
+        containers()
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", new_master.unwrap_or_default()))
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("error_log stderr"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
 
     let out = crate::wpod_output(&["stop", "mgmt-apply"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -277,7 +277,10 @@ mod tests {
         };
         let v = read("p", &path).unwrap();
         assert_eq!(
-            v.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            v.containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
             ["setup", "tail", "web"]
         );
         assert_eq!(state(&v, "setup").0, ContainerState::Running);
