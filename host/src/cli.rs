@@ -97,6 +97,9 @@ pub enum Command {
         /// Approve a sidecar even if it imports what no Pod field grants (no pod can run it).
         #[arg(long)]
         allow_ungrantable: bool,
+        /// List every import in the review, the always-granted ones too (folded otherwise).
+        #[arg(long)]
+        all: bool,
     },
     /// Publish a Wasm component to a registry as an OCI artifact; prints REF@sha256:...
     Push {
@@ -140,6 +143,9 @@ pub enum Command {
         yes: bool,
         #[arg(long)]
         allow_ungrantable: bool,
+        /// List every import in the reviews, the always-granted ones too.
+        #[arg(long)]
+        all: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

@@ -121,11 +121,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
             yes,
             allow_ungrantable,
+            all,
         } => images::pull(
             &image,
             &market::ReviewOptions {
                 yes,
                 allow_ungrantable,
+                all,
                 output,
             },
         ),
@@ -193,12 +195,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             yes,
             allow_ungrantable,
+            all,
             output,
         } => images::load(
             &dir,
             &market::ReviewOptions {
                 yes,
                 allow_ungrantable,
+                all,
                 output,
             },
         ),

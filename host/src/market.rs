@@ -395,7 +395,50 @@ fn latest_version(tags: &[String]) -> Option<String> {
 pub struct ReviewOptions {
     pub yes: bool,
     pub allow_ungrantable: bool,
+    /// Every import listed, the always-granted ones too.
+    pub all: bool,
     pub output: Output,
+}
+
+/// The review's import lines: the ones no Pod field grants, then those a field must grant or
+/// scopes; those every sidecar has folded into one line unless `all`.
+fn review_lines(report: &ComponentReport, all: bool) -> Vec<String> {
+    use wpod::grants::ImportRule;
+    let rank = |r: &ImportRule| match r {
+        ImportRule::Never => 0,
+        ImportRule::Requires { .. } => 1,
+        ImportRule::Scoped { .. } => 2,
+        ImportRule::Always { .. } => 3,
+    };
+    let mut imports: Vec<_> = report.imports.iter().collect();
+    imports.sort_by_key(|i| rank(&i.rule));
+    let (always, rest): (Vec<_>, Vec<_>) = imports
+        .into_iter()
+        .partition(|i| matches!(i.rule, ImportRule::Always { .. }));
+    let mut lines: Vec<String> = rest
+        .iter()
+        .map(|i| format!("  {:<40} {}", i.name, i.rule))
+        .collect();
+    if all || always.len() <= 1 {
+        lines.extend(
+            always
+                .iter()
+                .map(|i| format!("  {:<40} {}", i.name, i.rule)),
+        );
+    } else {
+        let mut packages: Vec<&str> = always
+            .iter()
+            .map(|i| i.name.split('/').next().unwrap_or(&i.name))
+            .collect();
+        packages.sort_unstable();
+        packages.dedup();
+        lines.push(format!(
+            "  and {} interfaces every sidecar has ({}: clocks, random, I/O, its own stdio, env and lifecycle); --all lists them",
+            always.len(),
+            packages.join(", ")
+        ));
+    }
+    lines
 }
 
 /// The permission review of a pulled sidecar: what each import lets it do and the Pod field
@@ -463,10 +506,9 @@ pub fn review(
                         .unwrap_or("(the trust policy asks for no signature)")
                 )
             );
-            eprintln!("what it may do (from the component's own bytes):");
-            for i in &report.imports {
-                eprintln!("  {:<40} {}", safe(&i.name), i.rule);
-            }
+            // What matters first: the change since the last approval, then what no field
+            // grants, what a Pod field must grant, what a field scopes; the imports every
+            // sidecar has are one line (`--all` lists them).
             if let Some((from, d)) = &diff {
                 eprintln!("compared with the approved {from}:");
                 if d.is_empty() {
@@ -475,6 +517,10 @@ pub fn review(
                 for line in ComponentReport::diff_lines(d) {
                     eprintln!("{}", safe(&line));
                 }
+            }
+            eprintln!("what it may do (from the component's own bytes):");
+            for line in review_lines(&report, opts.all) {
+                eprintln!("{}", safe(&line));
             }
         }
     }

@@ -1,46 +1,47 @@
 // wpod-sidecar.js: write wpod sidecars in JavaScript (componentize-js).
 //
 // StarlingMonkey, the engine componentize-js builds on, has no `fs`, `net` or `process.env`:
-// these helpers give them over WASI 0.2, reaching only what the pod grants the sidecar.
+// these helpers give them over WASI 0.2, and reach only what the pod grants the sidecar.
 //
-// - main(fn): the `run` export: `export const run = main(() => {...})`; an exception is printed;
+// - main(fn): the component's `run` export, `export const run = main(() => {...})`: an exception
+//   `fn` throws is printed with its stack (componentize-js alone exits 1 in silence).
 // The pod (wpod:sidecar/lifecycle@{{wit_version}}, always granted):
 // - ready(): tell the pod this sidecar is ready (a native sidecar counts as started then);
 // - nextEvent(timeoutMs), tryNextEvent(), events(), waitStopping(): the pod's events;
-//   stopping(): the milliseconds left once the pod is stopping, else null, without waiting.
+// - stopping(): the milliseconds left once the pod is stopping, else null; never waits.
 // Environment (always granted: the container's `env`, `command` and `args`):
 // - env(): every variable, as an object; getenv(name, fallback); args(): argv.
-// Files (granted by the container's `volumeMounts`: each mount is a preopened directory, read-only
-// when `readOnly: true`; nothing else of the host). A path is absolute (or relative to
-// `workingDir`) and must lie in a mount:
-// - readFile(path) -> string (UTF-8), readFileBytes(path) -> Uint8Array;
-// - writeFile(path, data), appendFile(path, data): data a string or a Uint8Array; writeFile
-//   creates or truncates;
-// - listDir(path) -> names (sorted), stat(path) -> {type, size} or null if there is none,
-//   mkdir(path) (with its parents), remove(path) (a file or an empty directory).
+// Files (granted by the container's `volumeMounts`: each mount is a preopened directory,
+// read-only with `readOnly: true`; nothing else of the host). A path is absolute, or relative to
+// the container's `workingDir`, and lies in a mount:
+// - readFile(path) -> string (UTF-8); readFileBytes(path) -> Uint8Array;
+// - writeFile(path, data) (creates or truncates), appendFile(path, data): a string or bytes;
+// - listDir(path) -> sorted names; stat(path) -> {type, size}, or null if there is nothing;
+//   mkdir(path) (and its parents); remove(path) (a file or an empty directory).
 // TCP (wasi:sockets, in the pod's network namespace):
-// - connect(host, port, {timeoutMs}) -> Connection: to the pod's loopback (`127.0.0.1`,
-//   `localhost`) always; elsewhere as the pod's `wpod.dev/allowed-outbound.<container>`
+// - connect(host, port, {timeoutMs}) -> Connection: to the pod's loopback (127.0.0.1,
+//   localhost) always; elsewhere where the pod's `wpod.dev/allowed-outbound.<container>`
 //   annotation allows (a name is looked up only if a rule allows it);
-// - listen(port, {host, backlog}) -> Listener: only on a `containerPort` the container declares;
-//   host '0.0.0.0' (every address of the pod) unless given;
+// - listen(port, {host, backlog}) -> Listener: on a `containerPort` the container declares
+//   (`ports`), on every address of the pod ('0.0.0.0') unless `host` says otherwise;
 // - Listener: accept(timeoutMs) -> Connection, or null once timeoutMs passed or the pod is
 //   stopping; port; subscribe(); close();
-// - Connection: read(max) -> Uint8Array (empty at the end), readText(max), readLine() -> string
-//   without its line end, or null at the end; readAll(), readAllText(); write(data) (a string or
-//   a Uint8Array, all of it, blocking); end() (no more writes); subscribe(); close().
-// A refusal (a file outside the mounts, a write to a read-only volume, a port not declared, a
-// destination not allowed) is thrown as a WasiError: `e.code` is WASI's error code
-// ('no-entry', 'read-only', 'access-denied', 'connection-refused', ...), `e.message` says
-// what was tried; the pod's events name the Pod field that would allow it.
-// subscribeEvents(), a Listener's and a Connection's subscribe() return wasi:io/poll pollables:
-// pass them to one poll([...]) to wait on all at once (dispose(p) each when done).
+// - Connection: read(max) -> Uint8Array (empty at the end); readText(max); readLine() -> the
+//   next line without its end, null at the end; readAll(), readAllText(); write(data) (a string
+//   as UTF-8, or bytes; all of it); end() (no more writes); peer; subscribe(); close().
+// A refusal is thrown as a WasiError: `e.code` is WASI's error code ('no-entry',
+// 'not-permitted', 'access-denied', 'connection-refused', 'timeout', ...), `e.message` says what
+// was tried. wpod also reports each denial as a pod event naming the Pod field that would allow it.
+// - poll(pollables, timeoutMs) -> the indices of those ready: wait on several things at once,
+//   such as subscribeEvents(), a Listener's or a Connection's subscribe() (a pollable may wake
+//   with nothing to read yet: read again); dispose(p) each when done.
 //
-// The main container's state, statistics and output are in wpod-main.js: import it only if the
-// sidecar uses them (it needs the world `sidecar` and the pod's `shareProcessNamespace: true`).
+// The main container's state, statistics and output are in wpod-main.js. Import it only if the
+// sidecar uses them: the component then imports main-process, which needs the world `sidecar`
+// (package.json) and the pod's `shareProcessNamespace: true`.
 //
-// Call these in `run` (or in what it calls), not at the top level of a module: componentize-js
-// runs the top level once at build time, on the build machine, and keeps the result.
+// Call these from `run` (or what it calls), not at the top level of a module: componentize-js
+// runs the top level once at build time, on the build machine, and keeps what it made.
 
 import * as lifecycle from 'wpod:sidecar/lifecycle@{{wit_version}}';
 import { poll as wasiPoll } from 'wasi:io/poll@0.2.12';
@@ -563,7 +564,7 @@ export class Connection {
   // No more writes: the peer reads the end.
   end() { attempt(`end ${this.peer}`, () => this.socket.shutdown('send')); }
 
-  // Ready when read() has something (or the peer closed).
+  // Ready when read() may have something (or the peer closed).
   subscribe() { return this.input.subscribe(); }
 
   close() {

@@ -388,13 +388,19 @@ fn an_author_publishes_and_signs_and_a_user_finds_reviews_and_runs_the_sidecar()
         refused.contains("what it may do"),
         "the review is shown first: {refused}"
     );
+    // The interfaces every sidecar has are one line (issue 27, item 10); --all lists them.
+    assert!(
+        refused.contains("interfaces every sidecar has") && !refused.contains("always granted:"),
+        "{refused}"
+    );
     assert!(
         refused.contains(public.to_str().unwrap()),
         "the signer is shown: {refused}"
     );
-    let pulled = m.wpod(&["pull", "--yes", &reference]);
+    let pulled = m.wpod(&["pull", "--yes", "--all", &reference]);
     let review = text(&pulled.stderr);
     assert!(pulled.status.success(), "{review}");
+    assert!(review.contains("always granted:"), "{review}");
     assert!(
         review.contains("approved") && review.contains("compiled into the cache"),
         "{review}"
