@@ -36,7 +36,7 @@ pub enum Command {
         #[command(flatten)]
         objects: ObjectFiles,
         /// How to print pod events.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// First restart delay of kubelet's back-off (doubling up to 30x, reset after 60x of
         /// running): lower it to see restarts sooner, e.g. `1s`.
@@ -63,13 +63,15 @@ pub enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         objects: ObjectFiles,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Show a Wasm sidecar's imports and exports, and the Pod field that grants each import:
     /// of a component file, or of a sidecar on a registry (from its config, before download).
     Inspect {
         /// A Wasm component (a path) or a sidecar reference (registry.example:5000/team/app:1.0).
         target: String,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// The same as --output json.
         #[arg(long, hide = true)]
@@ -81,7 +83,7 @@ pub enum Command {
         /// Wasm component files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Pull an image or a Wasm sidecar from its registry (or the mirror registries.conf names)
@@ -89,7 +91,7 @@ pub enum Command {
     Pull {
         /// An image reference: nginx, nginx:1.25, registry.example:5000/team/app@sha256:...
         image: String,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Approve the sidecar without asking (for scripts and CI).
         #[arg(long, short)]
@@ -110,7 +112,7 @@ pub enum Command {
         /// An annotation on the manifest, e.g. org.opencontainers.image.description="Redis metrics".
         #[arg(long = "annotation", value_name = "KEY=VALUE")]
         annotations: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Sign an image or sidecar on its registry (cosign-compatible; the signature is stored at
@@ -120,7 +122,7 @@ pub enum Command {
         /// The private key (from `wpod key generate`, or cosign's).
         #[arg(long)]
         key: PathBuf,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Copy images and sidecars with their signatures from their registries into an OCI
@@ -128,10 +130,10 @@ pub enum Command {
     Save {
         #[arg(required = true)]
         images: Vec<String>,
-        /// The directory to write (new or empty).
-        #[arg(short, long)]
+        /// The directory to write (new or empty). (`-o` is `--output`, as everywhere.)
+        #[arg(short, long = "dir", visible_alias = "output-dir", value_name = "DIR")]
         output_dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Load what `wpod save` wrote into the store, checked as a pull (trust policy, digests,
@@ -146,7 +148,7 @@ pub enum Command {
         /// List every import in the reviews, the always-granted ones too.
         #[arg(long)]
         all: bool,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// List the pods on this host and their containers: state, ready, restarts, image.
@@ -154,7 +156,7 @@ pub enum Command {
         /// Also the pods that have ended (their logs are kept until `wpod rm`).
         #[arg(short, long)]
         all: bool,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Change a running pod's Wasm sidecars to match the manifest (add, replace, remove) without
@@ -172,7 +174,7 @@ pub enum Command {
         /// `podman kube play --replace`; what it will do is said first.
         #[arg(long)]
         replace: bool,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Make a sidecar project that builds with one command into a component wpod runs.
@@ -192,7 +194,7 @@ pub enum Command {
     #[command(alias = "inspect-pod")]
     Describe {
         pod: String,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Print a pod's events (the same as `wpod run` prints): -f follows them while it runs.
@@ -200,7 +202,7 @@ pub enum Command {
         pod: String,
         #[arg(short, long)]
         follow: bool,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// podman's names: `kube play FILE` runs the pod detached, `kube down FILE` stops and
@@ -211,8 +213,16 @@ pub enum Command {
     },
     /// Remove ended pods: their kept logs and journal, and what a killed run left.
     Rm {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         pods: Vec<String>,
+        /// Every pod that has ended (with --force, running ones too).
+        #[arg(short, long)]
+        all: bool,
+        /// Stop a running pod first (as wpod stop), then remove it, as podman rm -f.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Stop a running pod from another shell: the same ordered termination as Ctrl-C.
     Stop {
@@ -221,6 +231,8 @@ pub enum Command {
         /// -t; without it, the pod's terminationGracePeriodSeconds applies.
         #[arg(short, long, value_name = "SECONDS")]
         time: Option<u64>,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Print a container's output (from its log file): -f follows it while the pod runs.
     Logs {
@@ -241,6 +253,9 @@ pub enum Command {
         /// they always go as stored).
         #[arg(long)]
         raw: bool,
+        /// `json`: one JSON object per line (time, stream, line), as the log file holds it.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Signing keys.
     Key {
@@ -252,18 +267,20 @@ pub enum Command {
     Search {
         /// REGISTRY/TERM, e.g. 127.0.0.1:5000/exporter (REGISTRY/ lists all).
         query: String,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// List the images in the store: name, digest, size, last use.
     Images {
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Remove images from the store (their layers go once no image uses them).
     Rmi {
         #[arg(required = true)]
         images: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Image housekeeping.
     Image {
@@ -291,8 +308,10 @@ pub enum Command {
         /// Idle sidecars for the memory figure.
         #[arg(long, default_value_t = 50)]
         density: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// The same as --output json.
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Internal: the pod's namespace holder (started by `wpod run`).
@@ -381,7 +400,7 @@ pub enum KeyCommand {
     /// COSIGN_PASSWORD) and NAME.pub (for policy.json's keyPath).
     Generate {
         name: String,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
 }
@@ -398,7 +417,7 @@ pub enum VolumeCommand {
     /// List the claims' volumes: name, size, whether a running pod uses it.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Remove claims' volumes and their data (refused while a running pod uses one).

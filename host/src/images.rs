@@ -291,24 +291,41 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn remove(names: &[String]) -> anyhow::Result<ExitCode> {
+pub fn remove(names: &[String], output: Output) -> anyhow::Result<ExitCode> {
     let store = store()?;
     let locked = store.lock()?;
     let mut missing = Vec::new();
+    let mut untagged = Vec::new();
     for n in names {
         let canonical = ImageName::parse(n)
             .map(|i| i.canonical())
             .unwrap_or_else(|_| n.clone());
         match locked.forget(&canonical)? {
-            Some(image) => println!("untagged {}", safe(&image.name)),
+            Some(image) => untagged.push(image.name),
             None => missing.push(n.clone()),
         }
     }
     let report = locked.prune(&[])?;
-    println!(
-        "removed {} blobs and {} layers ({} bytes)",
-        report.blobs, report.layers, report.bytes
-    );
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "untagged": untagged, "missing": missing, "blobs": report.blobs,
+                "layers": report.layers, "bytes": report.bytes, "failed": report.failed,
+            })
+        ),
+        Output::Text => {
+            for name in &untagged {
+                println!("untagged {}", safe(name));
+            }
+            println!(
+                "removed {} blobs and {} layers ({})",
+                report.blobs,
+                report.layers,
+                crate::table::human_size(report.bytes)
+            );
+        }
+    }
     if !report.failed.is_empty() {
         for f in &report.failed {
             eprintln!("wpod: cannot remove {}", safe(f));

@@ -114,7 +114,11 @@ impl std::io::Write for EscapingStderr {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { files, objects } => validate(&files, &objects),
+        Command::Validate {
+            files,
+            objects,
+            output,
+        } => validate(&files, &objects, output),
         Command::Compile { files, output } => compile(&files, output),
         Command::Pull {
             image,
@@ -143,7 +147,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => market::key_generate(&name, output),
         Command::Search { query, output } => market::search(&query, output),
         Command::Ps { all, output } => manage::ps(all, output),
-        Command::Rm { pods } => manage::rm(&pods),
+        Command::Rm {
+            pods,
+            all,
+            force,
+            output,
+        } => manage::rm_command(&pods, all, force, output),
         Command::Events {
             pod,
             follow,
@@ -158,7 +167,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Component {
             command: cli::ComponentCommand::New { module, output },
         } => scaffold::component_new(&module, &output),
-        Command::Stop { pod, time } => manage::stop(&pod, time),
+        Command::Stop { pod, time, output } => manage::stop_command(&pod, time, output),
         Command::Logs {
             pod,
             container,
@@ -166,6 +175,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tail,
             since,
             raw,
+            output,
         } => manage::logs(
             &pod,
             container.as_deref(),
@@ -173,6 +183,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tail,
             since.as_deref().map(manage::since).transpose()?,
             raw,
+            output,
         ),
         Command::Apply {
             file,
@@ -207,7 +218,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Images { output } => images::list(output),
-        Command::Rmi { images: names } => images::remove(&names),
+        Command::Rmi {
+            images: names,
+            output,
+        } => images::remove(&names, output),
         Command::Image {
             command: cli::ImageCommand::Prune,
         } => images::prune(),
@@ -261,6 +275,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             component,
             runs,
             density,
+            output,
             json,
         } => {
             // SAFETY: geteuid cannot fail.
@@ -276,7 +291,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let report = runtime.block_on(bench::run(&component, runs, density));
             drop(runtime);
             let _ = std::fs::remove_dir_all(&root);
-            bench::print(&report?, json);
+            bench::print(&report?, json || output == cli::Output::Json);
             Ok(ExitCode::SUCCESS)
         }
         Command::PullForPod { request } => {
@@ -306,10 +321,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn validate(files: &[std::path::PathBuf], objects: &cli::ObjectFiles) -> anyhow::Result<ExitCode> {
+fn validate(
+    files: &[std::path::PathBuf],
+    objects: &cli::ObjectFiles,
+    output: cli::Output,
+) -> anyhow::Result<ExitCode> {
     let mut failed = false;
+    let mut report = Vec::new();
     for file in files {
-        match wpod::plan::load(&objects.with(file)) {
+        let result = wpod::plan::load(&objects.with(file));
+        if output == cli::Output::Json {
+            report.push(match &result {
+                Ok(plans) => serde_json::json!({
+                    "file": file,
+                    "valid": true,
+                    "pods": plans.iter().map(|p| serde_json::json!({
+                        "name": p.name(),
+                        "containers": p.containers.len(),
+                        "ignored": p.ignored.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(SpecError::Invalid(d)) => serde_json::json!({
+                    "file": file,
+                    "valid": false,
+                    "problems": d.0.iter().map(|p| serde_json::json!({
+                        "file": p.file, "line": p.loc.line, "column": p.loc.col,
+                        "field": p.path, "message": p.message,
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(e) => serde_json::json!({"file": file, "valid": false, "error": e.to_string()}),
+            });
+            failed |= result.is_err();
+            continue;
+        }
+        match result {
             Ok(plans) => {
                 for p in &plans {
                     for note in &p.ignored {
@@ -333,6 +378,9 @@ fn validate(files: &[std::path::PathBuf], objects: &cli::ObjectFiles) -> anyhow:
                 failed = true;
             }
         }
+    }
+    if output == cli::Output::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(if failed {
         ExitCode::FAILURE

@@ -205,6 +205,7 @@ pub fn logs(
     tail: Option<usize>,
     since: Option<SystemTime>,
     raw: bool,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
     need_root("logs")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
@@ -245,9 +246,13 @@ pub fn logs(
     let (lines, mut offset) = files.read_all(since);
     let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
     let escape = !raw && std::io::stdout().is_terminal();
+    let print = |out: &mut std::io::StdoutLock<'_>, l: &wpod::logs::CriLine| match output {
+        Output::Json => json_log_line(out, &container, l),
+        Output::Text => log_line(out, &l.text, escape),
+    };
     let mut out = std::io::stdout().lock();
     for l in &lines[skip..] {
-        log_line(&mut out, &l.text, escape)?;
+        print(&mut out, l)?;
     }
     out.flush()?;
     if !follow {
@@ -260,7 +265,7 @@ pub fn logs(
         let (more, next) = files.read_new(offset);
         offset = next;
         for l in &more {
-            log_line(&mut out, &l.text, escape)?;
+            print(&mut out, l)?;
         }
         out.flush()?;
         if !running {
@@ -268,6 +273,26 @@ pub fn logs(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `wpod logs --output json`: its time, stream and text, as the log file holds them
+/// (JSON escapes what a terminal must not see).
+fn json_log_line(
+    out: &mut impl Write,
+    container: &str,
+    l: &wpod::logs::CriLine,
+) -> std::io::Result<()> {
+    let time = l
+        .time
+        .map(|t| humantime::format_rfc3339_nanos(t).to_string());
+    let stream = l.stream.map(|s| match s {
+        wpod::logs::Stream::Stdout => "stdout",
+        wpod::logs::Stream::Stderr => "stderr",
+    });
+    let record = serde_json::json!({
+        "container": container, "time": time, "stream": stream, "line": l.text,
+    });
+    writeln!(out, "{record}")
 }
 
 /// One line of `wpod logs`: escaped when `escape` (on a terminal), else as stored.
@@ -282,16 +307,33 @@ fn log_line(out: &mut impl Write, line: &str, escape: bool) -> std::io::Result<(
 /// `wpod stop [-t SECONDS] POD`: SIGTERM to the `wpod run` that holds the pod (its ordered
 /// termination, as Ctrl-C), a second request after SECONDS (kill what is left), then waits until
 /// the pod is gone.
-pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
+pub fn stop_command(pod: &str, time: Option<u64>, output: Output) -> anyhow::Result<ExitCode> {
     need_root("stop")?;
+    let was_running = stop(pod, time)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"pod": pod, "wasRunning": was_running})
+        ),
+        Output::Text => {
+            if !was_running {
+                // As `podman stop` says of a stopped container: nothing to do, and success.
+                eprintln!("pod {} was not running", safe(pod));
+            }
+            println!("{}", safe(pod));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the pod (see [`stop_command`]); whether it was running. A pod this host does not know
+/// is an error.
+pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<bool> {
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = pod_dir(pod.as_str());
     if !dir.is_dir() || !state_dir::in_use(pod.as_str()) {
-        // Stopped already: nothing to do, as `podman stop` says of a stopped container.
         if state_dir::log_dir(pod.as_str()).is_dir() {
-            eprintln!("pod {pod} was not running");
-            println!("{pod}");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(false);
         }
         bail!("no pod \"{pod}\" on this host (wpod ps -a lists them)");
     }
@@ -331,8 +373,7 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("{pod}");
-    Ok(ExitCode::SUCCESS)
+    Ok(true)
 }
 
 /// `wpod run -d FILE`: checks the manifest here (its errors as in the foreground), then starts
@@ -482,13 +523,55 @@ pub fn tell_ready_fd(fd: i32, what: &str) {
 
 /// `wpod rm POD...`: a stopped pod's kept logs and journal, and whatever a killed run left
 /// (its state directory, mounts and cgroups). A running pod is refused: stop it first.
-pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
+/// `wpod rm [-a] [-f] POD...`: with `all`, every pod that has ended (and, with `force`, the
+/// running ones); with `force`, a running pod is stopped first, as `podman rm -f`.
+pub fn rm_command(
+    pods: &[String],
+    all: bool,
+    force: bool,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     need_root("rm")?;
+    let mut names: Vec<String> = pods.to_vec();
+    if all {
+        names = state_dir::logged_pods();
+        names.extend(state_dir::pods());
+        names.sort();
+        names.dedup();
+        names.retain(|n| force || !state_dir::in_use(n));
+    }
+    let mut stopped = Vec::new();
+    if force {
+        for name in &names {
+            if wpod::spec::PodName::new(name).is_ok() && state_dir::in_use(name) {
+                stop(name, None)?;
+                stopped.push(name.clone());
+            }
+        }
+    }
+    let (removed, code) = rm(&names)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"removed": removed, "stopped": stopped})
+        ),
+        Output::Text => {
+            for name in &removed {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Removes each ended pod's kept state; the names removed, and whether all were.
+fn rm(pods: &[String]) -> anyhow::Result<(Vec<String>, ExitCode)> {
+    let mut removed = Vec::new();
     let mut failed = false;
     for pod in pods {
         let name = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
         if state_dir::in_use(name.as_str()) {
-            eprintln!("wpod: error: pod {name} is running; stop it first (wpod stop {name})");
+            eprintln!("wpod: error: pod {name} is running; stop it first (wpod stop {name}), or remove it with wpod rm -f {name}");
             failed = true;
             continue;
         }
@@ -510,13 +593,14 @@ pub fn rm(pods: &[String]) -> anyhow::Result<ExitCode> {
                 .join("detached")
                 .join(format!("{name}.log")),
         );
-        println!("{name}");
+        removed.push(name.to_string());
     }
-    Ok(if failed {
+    let code = if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((removed, code))
 }
 
 /// `wpod pod prune`: every pod that is not running goes, as `wpod rm` removes one (podman's
@@ -534,7 +618,11 @@ pub fn pod_prune() -> anyhow::Result<ExitCode> {
     if idle.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    rm(&idle)
+    let (removed, code) = rm(&idle)?;
+    for name in removed {
+        println!("{name}");
+    }
+    Ok(code)
 }
 
 /// `wpod events [-f] POD`: the pod's event journal, as `wpod run` printed it (`--output json`:
@@ -601,6 +689,7 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
 /// `wpod kube down FILE`: stops the file's pods and removes what they kept, as `podman kube
 /// down` does.
 pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
+    need_root("kube down")?;
     // Only the pods' names are needed: the objects they use may be in files not named here.
     let bytes = wpod::files::read_regular(file, wpod::files::MAX_MANIFEST_BYTES)
         .map_err(wpod::spec::SpecError::from)?;
@@ -617,11 +706,17 @@ pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
     }
     let mut code = ExitCode::SUCCESS;
     for name in names {
-        if state_dir::in_use(name) && stop(name, None)? != ExitCode::SUCCESS {
-            code = ExitCode::FAILURE;
+        if state_dir::in_use(name) {
+            stop(name, None)?;
         }
         if state_dir::log_dir(name).is_dir() || pod_dir(name).is_dir() {
-            rm(&[name.to_string()])?;
+            let (removed, removed_all) = rm(&[name.to_string()])?;
+            if removed_all != ExitCode::SUCCESS {
+                code = ExitCode::FAILURE;
+            }
+            for name in removed {
+                println!("{name}");
+            }
         }
     }
     Ok(code)
@@ -821,8 +916,8 @@ pub fn replace(files: &ManifestFiles, dry_run: bool) -> anyhow::Result<ExitCode>
     if dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    if running && stop(&name, None)? != ExitCode::SUCCESS {
-        bail!("pod {name} did not stop; nothing was started");
+    if running {
+        stop(&name, None)?;
     }
     run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false)
 }

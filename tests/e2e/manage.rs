@@ -471,3 +471,76 @@ fn an_ordinary_user_is_told_reading_pods_needs_root() {
         );
     }
 }
+
+/// `rm --all` removes the pods that ended and only those, `rm -f` stops a running pod first
+/// (podman's flags), and stop, rm, logs and validate answer in JSON with `-o json` (issue 27,
+/// item 13). Under a state root of its own: `--all` sees no other test's pods.
+#[test]
+fn rm_all_and_force_and_json_answers() {
+    wpod_test_support::require_root("wpod rm --all");
+    let root = std::env::temp_dir().join("wpod-e2e-rm-all-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let wpod = |args: &[&str]| {
+        crate::wpod()
+            .args(args)
+            .env("WPOD_ROOT", &root)
+            .output()
+            .expect("wpod")
+    };
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    };
+    let ended = TestPod::new(
+        "mgmt-rm-ended",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: mgmt-rm-ended}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: main, command: [sh, -c, 'echo done here']}\n",
+    );
+    let long = detached_pod("mgmt-rm-long");
+    let out = wpod(&["validate", "-o", "json", ended.manifest.to_str().unwrap()]);
+    let checked = json(&out);
+    assert_eq!(checked[0]["valid"], true, "{checked}");
+    assert_eq!(checked[0]["pods"][0]["name"], "mgmt-rm-ended", "{checked}");
+    for pod in [&ended, &long] {
+        let out = wpod(&["run", "-d", pod.manifest.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // The ended one is ended once its journal says so.
+    let start = Instant::now();
+    while !text(&wpod(&["ps", "-a"]).stdout).contains("Exited(0)") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mgmt-rm-ended never ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = wpod(&["logs", "-o", "json", "mgmt-rm-ended"]);
+    let line: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    assert_eq!(line["line"], "done here", "{line}");
+    assert_eq!(line["stream"], "stdout", "{line}");
+    let out = wpod(&["stop", "-o", "json", "mgmt-rm-ended"]);
+    assert_eq!(json(&out)["wasRunning"], false);
+
+    let removed = json(&wpod(&["rm", "--all", "-o", "json"]));
+    assert_eq!(
+        removed["removed"],
+        serde_json::json!(["mgmt-rm-ended"]),
+        "{removed}"
+    );
+    let removed = json(&wpod(&["rm", "-f", "-o", "json", "mgmt-rm-long"]));
+    assert_eq!(
+        removed["stopped"],
+        serde_json::json!(["mgmt-rm-long"]),
+        "{removed}"
+    );
+    assert_eq!(
+        removed["removed"],
+        serde_json::json!(["mgmt-rm-long"]),
+        "{removed}"
+    );
+    let listed = text(&wpod(&["ps", "-a"]).stdout);
+    assert!(!listed.contains("mgmt-rm"), "{listed}");
+    crate::pods::assert_no_leftovers("mgmt-rm-long");
+    let _ = std::fs::remove_dir_all(&root);
+}
