@@ -131,7 +131,12 @@ pub enum Command {
         #[arg(required = true)]
         images: Vec<String>,
         /// The directory to write (new or empty). (`-o` is `--output`, as everywhere.)
-        #[arg(short, long = "dir", visible_alias = "output-dir", value_name = "DIR")]
+        #[arg(
+            short = 'd',
+            long = "dir",
+            visible_alias = "output-dir",
+            value_name = "DIR"
+        )]
         output_dir: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -314,6 +319,15 @@ pub enum Command {
         #[arg(long, hide = true)]
         json: bool,
     },
+    /// Print a shell completion script: `source <(wpod completion bash)`, or save it where
+    /// your shell loads completions (e.g. /usr/share/bash-completion/completions/wpod).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write wpod's manual pages (wpod.1, wpod-run.1, ...) into DIR, e.g.
+    /// /usr/local/share/man/man1.
+    Man { dir: PathBuf },
     /// Internal: the pod's namespace holder (started by `wpod run`).
     #[command(name = "__holder", hide = true)]
     Holder {

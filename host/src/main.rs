@@ -120,6 +120,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
         } => validate(&files, &objects, output),
         Command::Compile { files, output } => compile(&files, output),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut cli::Cli::command(),
+                "wpod",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Pull {
             image,
             output,
@@ -389,6 +400,32 @@ fn validate(
     })
 }
 
+/// `wpod man DIR`: a page for wpod and one per command (`wpod-run.1`), as `git help` has
+/// them; internal commands have none.
+fn man_pages(dir: &Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let top = cli::Cli::command();
+    let mut pages = vec![("wpod".to_string(), top.clone())];
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("wpod-{}", sub.get_name());
+        // The page's title is its display name; its synopsis, how it is typed.
+        let cmd = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("wpod {}", sub.get_name()));
+        pages.push((name, cmd));
+    }
+    for (name, cmd) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `wpod compile FILE...`: each component into the cache, as its first run would put it.
 fn compile(files: &[std::path::PathBuf], output: cli::Output) -> anyhow::Result<ExitCode> {
     use wpod::sidecars::Compiled;
@@ -579,4 +616,35 @@ fn run(
         anyhow::Ok(result.exit_code)
     })?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Completions for each shell, and a manual page per visible command (none for the
+    /// internal ones), from the CLI's definition.
+    #[test]
+    fn completions_and_manual_pages_come_from_the_cli() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut crate::cli::Cli::command(), "wpod", &mut out);
+            let script = String::from_utf8_lossy(&out);
+            assert!(
+                script.contains("apply") && script.contains("configmap"),
+                "{shell}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("wpod-man-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        super::man_pages(&dir).expect("pages");
+        let run = std::fs::read_to_string(dir.join("wpod-run.1")).expect("wpod-run.1");
+        assert!(run.contains(r"\-\-configmap"), "{run}");
+        assert!(dir.join("wpod.1").is_file());
+        assert!(!dir.join("wpod-__holder.1").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

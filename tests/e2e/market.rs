@@ -1109,7 +1109,7 @@ fn save_and_load_move_signed_sidecars_to_a_host_no_registry_reaches() {
     online.push("hello", &reference, &[]);
     online.ok(&["sign", &reference, "--key", key.to_str().unwrap()]);
     let dir = online.dir().join("layout");
-    let saved = online.ok(&["save", &reference, "-o", dir.to_str().unwrap()]);
+    let saved = online.ok(&["save", &reference, "--dir", dir.to_str().unwrap()]);
     assert!(saved.contains("1 signatures"), "{saved}");
     // The air-gapped host: its registries.conf points at nothing, its approvals file is the
     // team's checked-in one.
