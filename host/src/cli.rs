@@ -410,10 +410,14 @@ pub enum KubeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Write NAME.key (cosign's encrypted format; password from WPOD_KEY_PASSWORD or
-    /// COSIGN_PASSWORD) and NAME.pub (for policy.json's keyPath).
+    /// Write NAME.key (cosign's encrypted format) and NAME.pub (for policy.json's keyPath).
+    /// The password comes from COSIGN_PASSWORD (or WPOD_KEY_PASSWORD), else it is asked for
+    /// twice on the terminal, as cosign asks.
     Generate {
         name: String,
+        /// Write the key without a password (anyone who reads NAME.key can sign).
+        #[arg(long)]
+        no_password: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

@@ -154,8 +154,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => market::push(&component, &image, &annotations, output),
         Command::Sign { image, key, output } => market::sign(&image, &key, output),
         Command::Key {
-            command: cli::KeyCommand::Generate { name, output },
-        } => market::key_generate(&name, output),
+            command:
+                cli::KeyCommand::Generate {
+                    name,
+                    no_password,
+                    output,
+                },
+        } => market::key_generate(&name, no_password, output),
         Command::Search { query, output } => market::search(&query, output),
         Command::Ps { all, output } => manage::ps(all, output),
         Command::Rm {

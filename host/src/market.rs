@@ -76,11 +76,53 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The password of a private key: `$WPOD_KEY_PASSWORD`, else cosign's `$COSIGN_PASSWORD`, else
 /// none.
-fn key_password() -> Vec<u8> {
+/// A key's password from the environment, as cosign reads it (`COSIGN_PASSWORD`, or wpod's
+/// `WPOD_KEY_PASSWORD`); set but empty means no password.
+fn password_from_env() -> Option<Vec<u8>> {
     std::env::var_os("WPOD_KEY_PASSWORD")
         .or_else(|| std::env::var_os("COSIGN_PASSWORD"))
         .map(|p| p.into_encoded_bytes())
-        .unwrap_or_default()
+}
+
+/// The password that opens the signing key: from the environment, else asked for on the
+/// terminal (as cosign asks), else none (a key written with `--no-password`).
+fn key_password() -> anyhow::Result<Vec<u8>> {
+    if let Some(p) = password_from_env() {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("Enter password for private key: ")
+            .context("cannot read the password from the terminal")?;
+        return Ok(p.into_bytes());
+    }
+    Ok(Vec::new())
+}
+
+/// The password a new key is encrypted with: from the environment, or asked for twice on the
+/// terminal; none only when asked for (`--no-password`).
+fn new_key_password(no_password: bool) -> anyhow::Result<Vec<u8>> {
+    if no_password {
+        return Ok(Vec::new());
+    }
+    if let Some(p) = password_from_env() {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the key needs a password: set COSIGN_PASSWORD (or WPOD_KEY_PASSWORD), run this on a \
+             terminal to be asked for one, or pass --no-password for a key anyone who reads it can \
+             use"
+        );
+    }
+    let read = |prompt: &str| {
+        rpassword::prompt_password(prompt).context("cannot read the password from the terminal")
+    };
+    let first = read("Enter password for private key: ")?;
+    let again = read("Enter password for private key again: ")?;
+    if first != again {
+        bail!("the passwords do not match; nothing was written");
+    }
+    Ok(first.into_bytes())
 }
 
 pub fn push(
@@ -133,12 +175,13 @@ pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode>
     let name = ImageName::parse(image)?;
     let pem = std::fs::read_to_string(key)
         .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let password = key_password()?;
     let remote = Remote::new(&name)?;
     let rt = runtime()?;
     let (digest, tag) = about_image(
         rt.block_on(async {
             let digest = remote.resolve().await?;
-            let tag = remote.sign(&digest, &pem, &key_password()).await?;
+            let tag = remote.sign(&digest, &pem, &password).await?;
             Ok::<_, wpod::oci::remote::RemoteError>((digest, tag))
         }),
         "sign",
@@ -157,7 +200,7 @@ pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn key_generate(name: &str, output: Output) -> anyhow::Result<ExitCode> {
+pub fn key_generate(name: &str, no_password: bool, output: Output) -> anyhow::Result<ExitCode> {
     let private = format!("{name}.key");
     let public = format!("{name}.pub");
     for p in [&private, &public] {
@@ -165,12 +208,12 @@ pub fn key_generate(name: &str, output: Output) -> anyhow::Result<ExitCode> {
             bail!("{p} exists; remove it or choose another name (wpod never overwrites a key)");
         }
     }
-    let password = key_password();
+    let password = new_key_password(no_password)?;
     let (key, pubkey) = signature::generate_key(&password)?;
     write_new(&private, &key, 0o600)?;
     write_new(&public, &pubkey, 0o644)?;
     if password.is_empty() {
-        eprintln!("warning: {private} is not protected by a password; set WPOD_KEY_PASSWORD (or COSIGN_PASSWORD) to encrypt it");
+        eprintln!("warning: {private} has no password: anyone who reads it can sign as you");
     }
     match output {
         Output::Json => println!(

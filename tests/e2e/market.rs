@@ -18,6 +18,9 @@ struct Market {
     addr: String,
 }
 
+/// The password of the tests' signing keys (cosign's COSIGN_PASSWORD).
+const KEY_PASSWORD: &str = "e2e key password";
+
 impl Market {
     fn new(test: &str) -> Self {
         let env = ImageEnv::new(&format!("market-{test}"));
@@ -44,6 +47,9 @@ impl Market {
         let mut cmd = Command::new(crate::wpod_bin());
         cmd.args(args)
             .envs(self.env.vars())
+            // Keys are written and opened with a password, as cosign's are.
+            .env("COSIGN_PASSWORD", KEY_PASSWORD)
+            .env_remove("WPOD_KEY_PASSWORD")
             .env("WPOD_POLICY", self.policy_path())
             .current_dir(self.dir())
             .stdin(Stdio::null());
@@ -332,6 +338,27 @@ fn an_author_publishes_and_signs_and_a_user_finds_reviews_and_runs_the_sidecar()
     );
     let signed = m.ok(&["sign", &reference, "--key", key.to_str().unwrap()]);
     assert!(signed.contains(&digest), "{signed}");
+    // The key is cosign's encrypted format: the wrong password does not open it (issue 27,
+    // item 15), and without a password nor a terminal a new key is refused unless asked for
+    // without one.
+    let wrong = m
+        .cmd(&["sign", &reference, "--key", key.to_str().unwrap()])
+        .env("COSIGN_PASSWORD", "not the password")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "signed with the wrong password");
+    let bare = |args: &[&str]| m.cmd(args).env_remove("COSIGN_PASSWORD").output().unwrap();
+    let refused = bare(&["key", "generate", "nopass"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("set COSIGN_PASSWORD"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!m.dir().join("nopass.key").exists());
+    let open = bare(&["key", "generate", "--no-password", "nopass"]);
+    assert!(open.status.success(), "{}", text(&open.stderr));
+    assert!(text(&open.stderr).contains("has no password"));
     // The bytes are what the CNCF layout says, at the digest push printed (an independent client).
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
