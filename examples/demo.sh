@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
 cargo build -p wpod -p wpod-test-support   # wpod, and (through tests/support) the guests
+# wpod on PATH, as every example and scaffold calls it (the README's install command does the
+# same with a release build).
+install -m 0755 target/debug/wpod /usr/local/bin/wpod
+echo "== installed /usr/local/bin/wpod ($(wpod --version))"
 echo "== wpod run examples/sample-logs.yaml   (curl http://127.0.0.1:8080/ from another terminal)"
 if [[ -n "${DEMO_SECONDS:-}" ]]; then
-  ./target/debug/wpod run examples/sample-logs.yaml &
+  wpod run examples/sample-logs.yaml &
   pid=$!
   sleep "$DEMO_SECONDS"
   echo "== curl -A wpod-demo http://127.0.0.1:8080/   (watch for it among the shipped access lines)"
@@ -18,5 +22,5 @@ if [[ -n "${DEMO_SECONDS:-}" ]]; then
   kill -INT "$pid"
   wait "$pid"
 else
-  exec ./target/debug/wpod run examples/sample-logs.yaml
+  exec wpod run examples/sample-logs.yaml
 fi

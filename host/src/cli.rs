@@ -202,7 +202,8 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Print a pod's events (the same as `wpod run` prints): -f follows them while it runs.
+    /// Print a pod's events, as `wpod run` prints them (`-o json`: as `wpod run --output json`
+    /// does): -f follows them while it runs.
     Events {
         pod: String,
         #[arg(short, long)]
