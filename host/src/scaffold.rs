@@ -2,7 +2,7 @@
 //! component wpod runs, as `cargo new` or `spin new` make one. Each project carries what it
 //! needs to build offline: wpod's interfaces (`wit/`, the version this wpod links) and the
 //! language's SDK (`guests/wpod-sidecar` for Rust, `wpod_sidecar.py` for Python,
-//! `wpod-sidecar.js` for JavaScript, `wpod_sidecar.{h,c}` and the generated bindings for C, `wpod/wpod.go` for Go); the
+//! `wpod-sidecar.js` and `wpod-main.js` for JavaScript, `wpod_sidecar.{h,c}` and the generated bindings for C, `wpod/wpod.go` for Go); the
 //! templates live in `templates/`.
 
 use std::path::Path;
@@ -85,6 +85,11 @@ const JS: &[(&str, &str)] = &[
     (
         "wpod-sidecar.js",
         include_str!("../../templates/js/wpod-sidecar.js"),
+    ),
+    // The main-process helpers, apart: an app that imports them builds against world `sidecar`.
+    (
+        "wpod-main.js",
+        include_str!("../../templates/js/wpod-main.js"),
     ),
     (
         "package.json",

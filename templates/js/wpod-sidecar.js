@@ -41,7 +41,8 @@
 // (package.json) and the pod's `shareProcessNamespace: true`.
 //
 // Call these from `run` (or what it calls), not at the top level of a module: componentize-js
-// runs the top level once at build time, on the build machine, and keeps what it made.
+// runs the top level once at build time, where they fail the build ("attempted to call an
+// unknown imported function ... during Wizer initialization").
 
 import * as lifecycle from 'wpod:sidecar/lifecycle@{{wit_version}}';
 import { poll as wasiPoll } from 'wasi:io/poll@0.2.12';
@@ -245,7 +246,9 @@ export function writeFile(path, data) {
     let at = 0;
     while (at < bytes.length) {
       const chunk = bytes.subarray(at, at + 1048576);
-      at += Number(attempt(`write ${path}`, () => file.write(chunk, BigInt(at))));
+      const wrote = Number(attempt(`write ${path}`, () => file.write(chunk, BigInt(at))));
+      if (wrote === 0) throw new WasiError(`write ${path}`, 'no-space');
+      at += wrote;
     }
   } finally {
     dispose(file);

@@ -213,6 +213,127 @@ fn wpod_new_python_builds_with_one_command_and_runs() {
     );
 }
 
+/// A Python sidecar built for `sidecar-basic` (no `main-process`, so its pod needs no
+/// `shareProcessNamespace`) with the scaffold's SDK: the standard library's networking works
+/// (`http.client` by name, `create_server`/`accept` on a declared port), and an uncaught
+/// exception prints its Python traceback, source lines included, and ends the sidecar with
+/// exit code 1, not a trap (issue 27, items 1 and 3).
+#[test]
+fn a_python_sidecar_uses_stdlib_sockets_and_fails_with_a_traceback() {
+    wpod_test_support::require_root("a Python sidecar's networking and traceback");
+    let name = "new-py-net";
+    let app = r#"
+import http.client
+import socket
+import time
+
+import wpod_sidecar
+from wit_world import exports
+
+
+def fetch(port):
+    for _ in range(100):
+        try:
+            conn = http.client.HTTPConnection("localhost", port, timeout=5)
+            conn.request("GET", "/")
+            return conn.getresponse().status
+        except ConnectionRefusedError:
+            time.sleep(0.1)
+    raise TimeoutError("no server")
+
+
+def fail(status):
+    raise ValueError(f"failing on purpose after HTTP {status}")
+
+
+class Run(exports.Run):
+    @wpod_sidecar.entrypoint
+    def run(self) -> None:
+        print(f"GET / answered {fetch(8099)}", flush=True)
+        with socket.create_server(("0.0.0.0", 8100)) as srv:
+            with socket.create_connection(("127.0.0.1", 8100), timeout=5) as c:
+                peer, _ = srv.accept()
+                c.sendall(b"ping")
+                print(f"echo {peer.recv(4)!r}", flush=True)
+                peer.close()
+        fail(200)
+"#;
+    let build = format!(
+        "printf %s \"$APP_PY\" > app.py && componentize-py -d wit -w wpod:sidecar/sidecar-basic componentize app -o {name}.wasm"
+    );
+    let (parent, dir) = scaffold_and_build(
+        name,
+        "python",
+        &["sh", "-c", &build],
+        &[("APP_PY", app.to_string())],
+    );
+    let pod = TestPod::new(
+        name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sh, -c, "trap 'exit 0' TERM; python3 -m http.server 8099 --bind 127.0.0.1 & wait"]
+    workingDir: /tmp
+  - name: {name}
+    image: {wasm}
+    ports: [{{containerPort: 8100}}]
+"#,
+            wasm = dir.join(format!("{name}.wasm")).display()
+        ),
+    );
+    let running = pod.spawn();
+    running.wait_for("the sidecar's exit", Duration::from_secs(120), |r| {
+        r.events(Some(name)).iter().any(|e| e["event"] == "exited")
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line(name, "GET / answered 200");
+    run.assert_line(name, "echo b'ping'");
+    run.assert_line(name, "Traceback (most recent call last):");
+    // The source line, though the component holds no .py file at run time.
+    run.assert_line(name, "raise ValueError(f\"failing on purpose");
+    run.assert_line(name, "ValueError: failing on purpose after HTTP 200");
+    for noise in ["panicked", "wasm trap", "unknown encoding", "wrapper"] {
+        assert!(!run.has_line(name, noise), "{noise}\n{}", run.dump());
+    }
+    let exit = run.exit(name);
+    assert_eq!(exit["code"], 1, "{}", run.dump());
+    assert_eq!(exit["reason"], "Error", "{}", run.dump());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+/// The scaffold README's least-privilege build: the same app built for `sidecar-basic` runs
+/// in its pod without `shareProcessNamespace` (issue 27, item 3).
+#[test]
+fn wpod_new_python_builds_for_sidecar_basic_and_runs_without_the_grant() {
+    wpod_test_support::require_root("a scaffolded Python sidecar on sidecar-basic");
+    let name = "new-py-basic";
+    let build = format!(
+        "componentize-py -d wit -w wpod:sidecar/sidecar-basic componentize app -o {name}.wasm && sed -i '/shareProcessNamespace: true/d' pod.yaml"
+    );
+    let (parent, dir) = scaffold_and_build(name, "python", &["sh", "-c", &build], &[]);
+    let yaml = std::fs::read_to_string(dir.join("pod.yaml")).unwrap();
+    assert!(!yaml.contains("shareProcessNamespace: true"), "{yaml}");
+    let pod = TestPod::from_file(name, &dir.join("pod.yaml"));
+    let running = pod.spawn();
+    running.wait_for("the sidecar, ready", Duration::from_secs(120), |r| {
+        r.has_line(name, "not watching the main container")
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line(name, &format!("{name}: ready"));
+    run.assert_line(name, &format!("{name}: stopping ("));
+    assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
 #[test]
 fn wpod_new_c_builds_with_one_command_and_runs() {
     wpod_test_support::require_root("a scaffolded C sidecar");
@@ -263,11 +384,16 @@ fn wpod_new_go_builds_with_one_command_and_runs() {
     let _ = std::fs::remove_dir_all(&parent);
 }
 
+/// `wpod new NAME --lang js`, built with its README's one command, and its own pod.yaml run:
+/// the sidecar reads its env, writes a file into the shared volume, answers the main container
+/// on a port of the pod's loopback and stops on `stopping`, in a pod that grants only that
+/// (issue 27, items 2 and 3: no shareProcessNamespace, no main-process import).
 #[test]
 fn wpod_new_js_builds_with_one_command_and_runs() {
     wpod_test_support::require_root("a scaffolded JavaScript sidecar");
-    scaffold_builds_and_runs(
-        "new-js",
+    let name = "new-js";
+    let (parent, dir) = scaffold_and_build(
+        name,
         "js",
         &[
             "sh",
@@ -276,6 +402,87 @@ fn wpod_new_js_builds_with_one_command_and_runs() {
         ],
         &[],
     );
+    let manifest = std::fs::read_to_string(dir.join("pod.yaml")).unwrap();
+    assert!(
+        !manifest.contains("shareProcessNamespace: true"),
+        "{manifest}"
+    );
+    let inspect = crate::wpod()
+        .arg("inspect")
+        .arg(dir.join(format!("{name}.wasm")))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{}", crate::text(&inspect.stderr));
+    let imports = crate::text(&inspect.stdout);
+    assert!(imports.contains("wpod:sidecar/lifecycle@"), "{imports}");
+    assert!(!imports.contains("main-process"), "{imports}");
+    let pod = TestPod::from_file(name, &dir.join("pod.yaml"));
+    let running = pod.spawn();
+    running.wait_for(
+        "the scaffolded sidecar answering the main container",
+        Duration::from_secs(120),
+        |r| {
+            r.has_line(name, &format!("{name}: ready, answering on port 8080"))
+                && r.has_line("main", &format!("main read hello from {name}"))
+                && r.has_line("main", &format!("main got: hello from {name} (answer 2)"))
+        },
+    );
+    running.signal(libc::SIGINT);
+    let run = running.wait(LONG);
+    run.assert_line(name, &format!("{name}: /shared holds greeting.txt"));
+    run.assert_line(name, "asked \"how are you?\"");
+    run.assert_line(name, &format!("{name}: stopping ("));
+    assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
+    assert_eq!(run.exit("main")["code"], 0, "{}", run.dump());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+/// The JavaScript SDK's env, file and TCP helpers reach what the pod grants (env, args, a
+/// volume, a read-only one, a declared port, the loopback, a native server on it) and are
+/// refused the rest with WASI's codes; `wpod.main` prints an uncaught refusal with its stack
+/// (issue 27, item 2).
+#[test]
+fn the_js_sdk_reaches_the_env_files_and_sockets_its_pod_grants() {
+    wpod_test_support::require_root("the JavaScript SDK's helpers");
+    let name = "new-js-sdk";
+    let (parent, dir) = scaffold_and_build(
+        name,
+        "js",
+        &["npm", "install", "--no-audit", "--no-fund"],
+        &[],
+    );
+    std::fs::write(dir.join("app.js"), JS_SDK_CHECKER.replace("NAME", name)).unwrap();
+    std::fs::write(dir.join("pod.yaml"), JS_SDK_POD.replace("NAME", name)).unwrap();
+    std::fs::write(
+        dir.join("throw.yaml"),
+        JS_SDK_THROW_POD.replace("NAME", name),
+    )
+    .unwrap();
+    let built = std::process::Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}{}",
+        crate::text(&built.stdout),
+        crate::text(&built.stderr)
+    );
+    let run = TestPod::from_file(name, &dir.join("pod.yaml")).run(Duration::from_secs(180));
+    run.assert_line(name, "DONE");
+    let failed: Vec<String> = run
+        .logs(name)
+        .into_iter()
+        .filter(|l| l.starts_with("FAIL"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", run.dump());
+    assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
+    let thrown = TestPod::from_file(&format!("{name}-throw"), &dir.join("throw.yaml")).run(LONG);
+    thrown.assert_line("thrower", "WasiError: read /data/missing: no-entry");
+    thrown.assert_line("thrower", "readFile@wpod-sidecar.js");
+    assert_eq!(thrown.exit("thrower")["code"], 1, "{}", thrown.dump());
+    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -336,3 +543,12 @@ spec:
     running.signal(libc::SIGINT);
     let _ = running.wait(LONG);
 }
+
+/// What the JavaScript SDK's helpers reach and what they are refused: PASS or FAIL a line,
+/// then DONE (`NAME` is the sidecar's name).
+const JS_SDK_CHECKER: &str = include_str!("fixtures/js-sdk-checker.js");
+/// Its pod: a native server on the loopback, env, args, a workingDir, a writable and a
+/// read-only volume, one declared port.
+const JS_SDK_POD: &str = include_str!("fixtures/js-sdk-pod.yaml");
+/// The checker told to throw.
+const JS_SDK_THROW_POD: &str = include_str!("fixtures/js-sdk-throw.yaml");
