@@ -40,14 +40,21 @@ pub struct Container {
 impl Decode for Container {
     fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
         d.object(node, path, |f| {
-            f.unsupported(&[
-                "resizePolicy",
-                "restartPolicyRules",
-                "stdin",
-                "stdinOnce",
-                "tty",
-                "volumeDevices",
-            ]);
+            f.unsupported(&["resizePolicy", "restartPolicyRules", "volumeDevices"]);
+            // `false` is what Kubernetes defaults them to (generated manifests write it); a
+            // terminal or an open stdin is what wpod does not give a container.
+            for field in ["stdin", "stdinOnce", "tty"] {
+                let at = f.child(field);
+                if f.opt::<bool>(field) == Some(true) {
+                    let loc = f.d.map.locate(&at);
+                    f.d.error_at(
+                        loc,
+                        &at,
+                        "wpod gives a container no terminal and no stdin to attach to (its stdin \
+                         is /dev/null); remove it (wpod logs -f follows the container's output)",
+                    );
+                }
+            }
             Container {
                 name: f.req("name").unwrap_or_default(),
                 image: f.opt("image"),
