@@ -239,7 +239,8 @@ mod tests {
     /// those that wait: behind an init container, in their restart back-off, or being created.
     #[test]
     fn every_planned_container_is_listed_with_why_it_waits() {
-        let dir = std::env::temp_dir().join(format!("wpod-journal-{}", std::process::id()));
+        // A directory of its own: other tests of this process write journals at once.
+        let dir = std::env::temp_dir().join(format!("wpod-journal-planned-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(JOURNAL);
