@@ -208,7 +208,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             replace,
             output,
         } => match replace {
-            true => manage::replace(&objects.with(&file), dry_run),
+            true => manage::replace(&objects.with(&file), dry_run, output),
             false => manage::apply(&objects.with(&file), dry_run, output),
         },
         Command::Describe { pod, output } => manage::describe(&pod, output),
@@ -495,6 +495,19 @@ impl CompileProgress {
         CompileProgress {
             spinner: Default::default(),
             show: text && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Drop for CompileProgress {
+    /// A compilation that failed never says it finished: its spinner goes with the observer.
+    fn drop(&mut self) {
+        let spinner = self
+            .spinner
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = spinner.take() {
+            s.finish_and_clear();
         }
     }
 }

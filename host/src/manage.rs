@@ -832,11 +832,8 @@ pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Re
         } else {
             String::new()
         };
-        anyhow::anyhow!(
-            "{}: pod {name} unchanged: {text}{}",
-            file.display(),
-            safe(&hint)
-        )
+        // Printed line by line, escaped (main's error printing): the hint keeps its line.
+        anyhow::anyhow!("{}: pod {name} unchanged: {text}{hint}", file.display())
     })?;
     let not_started: Vec<String> = result
         .added
@@ -894,7 +891,7 @@ pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Re
 
 /// `wpod apply --replace FILE`: the pod stopped and run again from the file (the file checked
 /// first, so a manifest with errors stops nothing), for what a running pod cannot take.
-pub fn replace(files: &ManifestFiles, dry_run: bool) -> anyhow::Result<ExitCode> {
+pub fn replace(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
     let plan = one_pod(files, "wpod apply --replace replaces")?;
     let name = plan.name().to_string();
     let file = files.manifest.display().to_string();
@@ -902,9 +899,13 @@ pub fn replace(files: &ManifestFiles, dry_run: bool) -> anyhow::Result<ExitCode>
     let dry = if dry_run { " (dry run)" } else { "" };
     if running {
         need_root("apply --replace")?;
+        // The running pod's grace period is the one its stop takes (not the file's).
+        let grace =
+            control::<wpod::supervisor::api::PodDescription>(&name, &control::Request::Describe {})
+                .map(|d| format!("up to {}s", d.grace_period_seconds))
+                .unwrap_or_else(|_| "their grace period".to_string());
         eprintln!(
-            "pod {name}: stopping it (its containers get up to {}s, as wpod stop), then running it again from {}{dry}",
-            plan.grace_period.as_secs(),
+            "pod {name}: stopping it (its containers get {grace}, as wpod stop), then running it again from {}{dry}",
             safe(&file)
         );
     } else {
@@ -913,13 +914,24 @@ pub fn replace(files: &ManifestFiles, dry_run: bool) -> anyhow::Result<ExitCode>
             safe(&file)
         );
     }
+    let report = |started: bool| {
+        if output == Output::Json {
+            println!(
+                "{}",
+                serde_json::json!({"pod": name, "dryRun": dry_run, "wasRunning": running, "started": started})
+            );
+        }
+    };
     if dry_run {
+        report(false);
         return Ok(ExitCode::SUCCESS);
     }
     if running {
         stop(&name, None)?;
     }
-    run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false)
+    let code = run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false)?;
+    report(code == ExitCode::SUCCESS);
+    Ok(code)
 }
 
 fn state_word(state: Option<StartState>) -> String {

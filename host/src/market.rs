@@ -84,9 +84,12 @@ fn password_from_env() -> Option<Vec<u8>> {
         .map(|p| p.into_encoded_bytes())
 }
 
-/// The password that opens the signing key: from the environment, else asked for on the
-/// terminal (as cosign asks), else none (a key written with `--no-password`).
-fn key_password() -> anyhow::Result<Vec<u8>> {
+/// The password that opens the signing key `pem`, as cosign finds it: none for a key that is
+/// not encrypted; else from the environment, asked for on a terminal, or read from stdin.
+fn key_password(pem: &str) -> anyhow::Result<Vec<u8>> {
+    if !pem.contains("ENCRYPTED") {
+        return Ok(Vec::new());
+    }
     if let Some(p) = password_from_env() {
         return Ok(p);
     }
@@ -95,7 +98,13 @@ fn key_password() -> anyhow::Result<Vec<u8>> {
             .context("cannot read the password from the terminal")?;
         return Ok(p.into_bytes());
     }
-    Ok(Vec::new())
+    let mut piped = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin(), 4096), &mut piped)
+        .context("cannot read the password from stdin")?;
+    while piped.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        piped.pop();
+    }
+    Ok(piped)
 }
 
 /// The password a new key is encrypted with: from the environment, or asked for twice on the
@@ -175,7 +184,7 @@ pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode>
     let name = ImageName::parse(image)?;
     let pem = std::fs::read_to_string(key)
         .with_context(|| format!("cannot read the private key {}", key.display()))?;
-    let password = key_password()?;
+    let password = key_password(&pem)?;
     let remote = Remote::new(&name)?;
     let rt = runtime()?;
     let (digest, tag) = about_image(

@@ -198,7 +198,6 @@ impl ExitInfo {
         }
     }
 
-    /// Killed with SIGKILL (a forced stop).
     /// Ended by a stop request it could not handle, as a process without a SIGTERM handler
     /// ends on SIGTERM: 143.
     pub fn terminated() -> Self {
@@ -210,6 +209,7 @@ impl ExitInfo {
         }
     }
 
+    /// Killed with SIGKILL (a forced stop).
     pub fn killed() -> Self {
         ExitInfo {
             code: 128 + libc::SIGKILL,

@@ -228,9 +228,10 @@ spec:
     assert_no_leftovers("oom");
 }
 
-/// Pod-level `resources` (KEP-2837; issue 26, item 17): the limits go on the pod's cgroup,
-/// above its containers; a container without limits of its own is bounded by the pod's (a hog
-/// is OOM-killed) and reads them through the downward API.
+/// Pod-level `resources` (KEP-2837; issue 26, item 17): the limits go on the cgroup of the
+/// pod's containers together, so two containers that each fit in it but not both are held to
+/// it (one is OOM-killed), while wpod's own `_runtime` cgroup stays outside it; a container
+/// without limits of its own reads the pod's through the downward API.
 #[test]
 fn pod_level_limits_bound_the_pod_as_a_whole() {
     require_root("pod_level_limits_bound_the_pod_as_a_whole");
@@ -253,27 +254,39 @@ spec:
       valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
     - name: CPU_M
       valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
-  - name: hog
-    command: [python3, -c, "b = bytearray(256 * 1024 * 1024); print('survived')"]
+  - name: hog-a
+    command: [python3, -c, "import time; b = bytearray(60 << 20); open('/shared/a', 'w').close(); print('a holds 60Mi', flush=True); time.sleep(60)"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: hog-b
+    command: [python3, -c, "import os, time\nwhile not os.path.exists('/shared/a'): time.sleep(0.05)\nb = bytearray(60 << 20); print('b holds 60Mi too', flush=True); time.sleep(60)"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  volumes:
+  - {name: shared, emptyDir: {}}
 "#,
     );
     let running = pod.spawn();
-    let run = running.wait_for("the hog's end", LONG, |r| {
-        r.has_line("main", "memory=")
-            && r.events(Some("hog")).iter().any(|e| e["event"] == "exited")
+    let oom_killed = |r: &crate::pods::PodRun| {
+        ["hog-a", "hog-b"].into_iter().find(|c| {
+            r.events(Some(c))
+                .iter()
+                .any(|e| e["event"] == "exited" && e["reason"] == "OOMKilled")
+        })
+    };
+    let run = running.wait_for("a hog OOM-killed", LONG, |r| {
+        r.has_line("main", "memory=") && oom_killed(r).is_some()
     });
     run.assert_line("main", "memory=96 cpu=500");
-    let exit = run.exit("hog");
-    assert_eq!(exit["reason"], "OOMKilled", "{}", run.dump());
-    assert!(!run.has_line("hog", "survived"));
-    // The pod's directory (the parent of main's) holds the limits, in whichever hierarchy.
+    // 60 MiB each fits the 96 MiB limit alone, 120 MiB together does not.
+    assert!(oom_killed(&run).is_some(), "{}", run.dump());
+    // The containers' cgroup (the parent of main's) holds the limits, in whichever hierarchy;
+    // wpod's own cgroup is beside it, not under it.
     let pid = run
         .events(Some("main"))
         .iter()
         .find_map(|e| e["pid"].as_i64())
         .unwrap_or_else(|| panic!("no pid\n{}", run.dump()));
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let pod_dir = |controller: &str| -> std::path::PathBuf {
+    let cgroup_of = |pid: i64, controller: &str| -> std::path::PathBuf {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         let (hierarchy, path) = cgroups
             .lines()
             .find_map(|l| {
@@ -285,9 +298,12 @@ spec:
                     .then(|| (dir.to_string(), path.trim_start_matches('/').to_string()))
             })
             .unwrap_or_else(|| panic!("no {controller} cgroup: {cgroups}"));
-        let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(path);
+        Path::new("/sys/fs/cgroup").join(hierarchy).join(path)
+    };
+    let containers = |controller: &str| -> std::path::PathBuf {
+        let dir = cgroup_of(pid, controller);
         assert!(
-            dir.ends_with("pod-pod-limits/ctr-main"),
+            dir.ends_with("pod-pod-limits/containers/ctr-main"),
             "{}",
             dir.display()
         );
@@ -299,12 +315,21 @@ spec:
             .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
             .unwrap_or_default()
     };
-    let memory = read(&pod_dir("memory"), &["memory.limit_in_bytes", "memory.max"]);
+    let memory = read(
+        &containers("memory"),
+        &["memory.limit_in_bytes", "memory.max"],
+    );
     assert_eq!(memory.trim(), (96u64 << 20).to_string());
-    let cpu = read(&pod_dir("cpu"), &["cpu.cfs_quota_us", "cpu.max"]);
+    let cpu = read(&containers("cpu"), &["cpu.cfs_quota_us", "cpu.max"]);
     assert!(
         cpu.trim() == "50000" || cpu.trim() == "50000 100000",
         "{cpu}"
+    );
+    let runtime = cgroup_of(i64::from(running.pid()), "memory");
+    assert!(
+        runtime.ends_with("pod-pod-limits/_runtime"),
+        "{}",
+        runtime.display()
     );
     running.signal(libc::SIGINT);
     running.wait(LONG);

@@ -113,13 +113,16 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
                 .collect::<Vec<_>>()
                 .join(" + ")
         };
-        // Pod-level resources (KEP-2837): the pod's request, or its limit where the request is
-        // unset, is what the scheduler weighs, and the containers' must fit in it.
+        // Pod-level resources (KEP-2837): the pod's request is what the scheduler weighs, and
+        // the containers' must fit in it. Unset, it defaults as the API server defaults it: to
+        // the containers' requests when any container has one (then they stand, as below),
+        // else to the pod's limit.
         let pod_level = &pod.spec.resources;
+        let containers_request = containers.iter().any(|c| request(c).is_some());
         let pod_request = match ((r.of)(&pod_level.requests), (r.of)(&pod_level.limits)) {
             (Some(n), _) => Some((n, "requests")),
-            (None, Some(n)) => Some((n, "limits")),
-            (None, None) => None,
+            (None, Some(n)) if !containers_request => Some((n, "limits")),
+            _ => None,
         };
         if let Some((request, field)) = pod_request {
             let path = format!("spec.resources.{field}.{}", r.name);
@@ -149,6 +152,22 @@ pub fn check(pod: &Pod, containers: &[ContainerPlan], host: Capacity, diags: &mu
                     ),
                 ));
             }
+            continue;
+        }
+        // Requests default to the containers' then, and a request is at most its limit.
+        if let Some(limit) = (r.of)(&pod_level.limits).filter(|l| total > *l) {
+            diags.push(pod.source.diag(
+                format!("spec.resources.limits.{}", r.name),
+                format!(
+                    "the containers request {} of {} at once ({}), more than the pod's limit of \
+                     {}: Kubernetes refuses this; raise the pod's limit or lower the containers' \
+                     requests",
+                    (r.show)(total),
+                    r.name,
+                    parts(),
+                    (r.show)(limit),
+                ),
+            ));
             continue;
         }
         if total <= r.capacity {
@@ -227,14 +246,32 @@ mod tests {
 
     #[test]
     fn a_pod_level_request_is_what_the_host_must_hold() {
-        // The pod's limit stands for its unset request; the containers' own fit inside it.
+        // The pod's limit stands for its unset request when no container requests any.
         let e = refused(
-            "  resources: {limits: {memory: 1000Gi, cpu: 1}}\n  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 1Gi}}}\n",
+            "  resources: {limits: {memory: 1000Gi, cpu: 1}}\n  containers:\n  - {name: main, image: /, command: [id]}\n",
         );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].contains("spec.resources.limits.memory")
                 && e[0].contains("the pod requests 1000Gi of memory, and this host has 24Gi"),
+            "{e:?}"
+        );
+        // When one does, the containers' requests are the pod's (the API server's default):
+        // a large pod limit over a small request fits, as Kubernetes schedules it.
+        assert!(refused(
+            "  resources: {limits: {memory: 1000Gi}}\n  containers:\n  - {name: main, image: /, command: [id], resources: {requests: {memory: 1Gi}}}\n",
+        )
+        .is_empty());
+        // ... and they must be within the pod's limit.
+        let e = refused(
+            "  resources: {limits: {memory: 1Gi}}\n  containers:\n  - {name: a, image: /, command: [id], resources: {requests: {memory: 768Mi}}}\n  - {name: b, image: /, command: [id], resources: {requests: {memory: 512Mi}}}\n",
+        );
+        assert!(
+            e.len() == 1
+                && e[0].contains("spec.resources.limits.memory")
+                && e[0].contains(
+                    "1.2Gi of memory at once (a 768Mi + b 512Mi), more than the pod's limit of 1Gi"
+                ),
             "{e:?}"
         );
         // Containers whose requests together would not fit the host alone are judged by the

@@ -41,14 +41,32 @@ pub enum Image {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WasmComponent {
     pub path: PathBuf,
+    /// The component's layer digest, for a pulled sidecar.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
+    /// A pulled sidecar's reference pinned to its manifest digest (`REF@sha256:...`, what
+    /// `wpod push` printed and what `ps` shows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 impl WasmComponent {
     /// A component file beside the manifest: whatever it holds is what the user named.
     pub fn file(path: PathBuf) -> Self {
-        WasmComponent { path, digest: None }
+        WasmComponent {
+            path,
+            digest: None,
+            reference: None,
+        }
+    }
+}
+
+/// `name` pinned to `digest`, unless it names a digest already.
+pub fn pinned(name: &str, digest: &str) -> String {
+    if name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}@{digest}")
     }
 }
 

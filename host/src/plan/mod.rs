@@ -83,8 +83,8 @@ fn shown_image(written: Option<&str>, image: &Image) -> String {
         Image::Host => "host".to_string(),
         Image::Rootfs(_) => written.unwrap_or_default().to_string(),
         Image::Wasm(WasmComponent {
-            digest: Some(d), ..
-        }) => format!("{}@{d}", written.unwrap_or_default()),
+            reference: Some(r), ..
+        }) => r.clone(),
         Image::Wasm(w) => w.path.file_name().map_or_else(
             || w.path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -440,7 +440,7 @@ impl PodPlan {
             }
             let image = images.get(i).and_then(Option::as_ref);
             if let (Image::Registry { name, .. }, Some(pulled)) = (&c.image, image) {
-                c.shown_image = format!("{}@{}", name.canonical(), pulled.record.digest);
+                c.shown_image = image::pinned(&name.canonical(), pulled.record.digest.as_str());
             }
             match native::process(c, &self.pod, &host.facts(), image) {
                 Ok(process) => c.process = Some(process),

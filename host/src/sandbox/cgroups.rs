@@ -1,7 +1,10 @@
-//! A cgroup per container under `wpod/<root-id>/pod-<pod>/ctr-<container>`, for limits (memory, cpu, pids), for OOM
-//! reporting, and to find and kill every process of a container; and `_runtime` beside them for
-//! the `wpod` process itself, which hosts the pod's Wasm sidecars, so that what they cost the
-//! host is charged and bounded too. `<root-id>` names the state root (`$WPOD_ROOT`): two roots
+//! A cgroup per container under `wpod/<root-id>/pod-<pod>/containers/ctr-<container>`, for
+//! limits (memory, cpu, pids), for OOM reporting, and to find and kill every process of a
+//! container; `containers` itself holds the pod-level limits (`spec.resources`), so they bound
+//! the containers together; and `_runtime` beside it for the `wpod` process itself, which hosts
+//! the pod's Wasm sidecars, so that what they cost the host is charged and bounded too, apart:
+//! a container that exhausts the pod's memory meets the OOM killer among containers, never
+//! wpod's supervisor. `<root-id>` names the state root (`$WPOD_ROOT`): two roots
 //! never touch each other's pods. Pure cgroup v2 hosts and hybrid v1/v2 hosts (controllers on
 //! v1) are both supported; a limit that cannot be applied is said.
 
@@ -64,6 +67,8 @@ fn detect(root: &Path) -> Layout {
 /// The cgroup of the `wpod` process while it runs a pod (container names are DNS labels, so
 /// none can be called this).
 const RUNTIME: &str = "_runtime";
+/// The cgroup that holds the pod's containers' cgroups and the pod-level limits.
+const CONTAINERS: &str = "containers";
 
 /// The pod's cgroups: `wpod/<root-id>/<pod>` in every hierarchy used.
 pub struct PodCgroups {
@@ -133,6 +138,12 @@ impl PodCgroups {
                 {
                     enable_v2_controllers(&*sys, level);
                 }
+            }
+            let containers = dir.join(CONTAINERS);
+            sys.mkdir_all(&containers)
+                .map_err(io("create cgroup", &containers))?;
+            if matches!(layout, Layout::V2 { .. }) {
+                enable_v2_controllers(&*sys, &containers);
             }
             cgroups.pod_dirs.push(dir);
         }
@@ -220,21 +231,30 @@ impl PodCgroups {
             .collect()
     }
 
-    /// Applies pod-level `limits` to the pod's cgroup, which holds its containers and the wpod
-    /// process hosting its Wasm sidecars. Returns warnings for limits that could not be applied.
+    /// The directories that hold the containers' cgroups, one per hierarchy.
+    fn containers_dirs(&self) -> Vec<PathBuf> {
+        self.pod_dirs.iter().map(|d| d.join(CONTAINERS)).collect()
+    }
+
+    /// Applies pod-level `limits` to the cgroup of the pod's containers (together). The wpod
+    /// process, which hosts the Wasm sidecars, is not under it: each sidecar is held to its
+    /// own memory cap (the pod's when it has none), and the supervisor is never the one a
+    /// runaway container's OOM kills. Returns warnings for limits that could not be applied.
     pub fn limit_pod(&self, limits: &ResourceList) -> Vec<String> {
         let mut warnings = Vec::new();
-        let (mem, cpu, _) = self.by_controller(&self.pod_dirs);
+        let (mem, cpu, _) = self.by_controller(&self.containers_dirs());
         for w in limit_writes(&self.layout, &mem, &cpu, limits) {
-            let what = format!("pod's {}", w.what);
             write_limit(
                 &*self.sys,
                 w.dir.as_deref(),
-                &what,
+                w.what,
                 w.file,
                 w.value,
                 &mut warnings,
             );
+        }
+        for w in &mut warnings {
+            *w = format!("spec.resources (pod-level): {w}");
         }
         warnings
     }
@@ -268,7 +288,7 @@ impl PodCgroups {
     ) -> Result<(ContainerCgroup, Vec<String>), CgroupError> {
         let mut warnings = Vec::new();
         let dirs: Vec<PathBuf> = self
-            .pod_dirs
+            .containers_dirs()
             .iter()
             .map(|d| d.join(format!("ctr-{name}")))
             .collect();
@@ -550,6 +570,16 @@ fn kill_procs(sys: &dyn Syscall, dir: &Path) {
 }
 
 /// Removes a cgroup directory once its processes are gone (rmdir fails while any is left).
+/// Removes the cgroup `dir` and every cgroup under it, children first.
+fn remove_tree(sys: &dyn Syscall, dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove_tree(sys, &e.path());
+        }
+    }
+    remove_dir(sys, dir);
+}
+
 fn remove_dir(sys: &dyn Syscall, dir: &Path) {
     for _ in 0..100 {
         match sys.rmdir(dir) {
@@ -585,13 +615,9 @@ impl Drop for PodCgroups {
             }
         }
         for d in &self.pod_dirs {
-            // Containers remove their own; anything left here is a leftover to clear.
-            if let Ok(entries) = std::fs::read_dir(d) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    remove_dir(&*self.sys, &e.path());
-                }
-            }
-            remove_dir(&*self.sys, d);
+            // Containers remove their own; anything left here is a leftover to clear, deepest
+            // first (a cgroup with children cannot go).
+            remove_tree(&*self.sys, d);
             // The shared parents (`wpod/<root-id>`, `wpod`) go too once no other pod uses them.
             for parent in d.ancestors().skip(1).take(2) {
                 let _ = self.sys.rmdir(parent);
@@ -730,7 +756,7 @@ mod tests {
                 let pod = PodName::new("web").unwrap();
                 let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
                 let (ctr, _) = cgroups.container("main", limits, 1024).unwrap();
-                let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+                let dir = pod_dir(&fake.root, &pod).join("containers/ctr-main");
                 assert_eq!(read(dir.join("cpu.max")), want, "cpu: {cpu}");
                 drop(ctr);
             }
@@ -757,12 +783,13 @@ mod tests {
                 fake.path("wpod"),
                 shared.clone(),
                 pod_dir.clone(),
+                pod_dir.join("containers"),
             ];
             assert_eq!(enabled, levels);
 
             let (ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
             assert!(warnings.is_empty(), "{warnings:?}");
-            let dir = pod_dir.join("ctr-main");
+            let dir = pod_dir.join("containers/ctr-main");
             assert_eq!(read(dir.join("memory.max")), "536870912");
             assert_eq!(
                 read(dir.join("memory.swap.max")),
@@ -783,7 +810,16 @@ mod tests {
                     _ => None,
                 })
                 .collect();
-            assert_eq!(removed, [dir, pod_dir, shared, fake.path("wpod")]);
+            assert_eq!(
+                removed,
+                [
+                    dir,
+                    pod_dir.join("containers"),
+                    pod_dir,
+                    shared,
+                    fake.path("wpod")
+                ]
+            );
             assert!(!fake.path("wpod").exists());
         }
 
@@ -801,8 +837,8 @@ mod tests {
                 warnings.len() == 1 && warnings[0].contains("no pids cgroup controller"),
                 "{warnings:?}"
             );
-            let memory = pod_dir(&fake.path("memory"), &pod).join("ctr-main");
-            let cpu = pod_dir(&fake.path("cpu"), &pod).join("ctr-main");
+            let memory = pod_dir(&fake.path("memory"), &pod).join("containers/ctr-main");
+            let cpu = pod_dir(&fake.path("cpu"), &pod).join("containers/ctr-main");
             assert_eq!(read(memory.join("memory.limit_in_bytes")), "536870912");
             // The period before the quota: a quota is checked against the period in force.
             let writes: Vec<Call> = fake
@@ -819,19 +855,21 @@ mod tests {
             );
         }
 
-        /// Pod-level `resources.limits` go on the pod's own directory, above its containers'
-        /// (and wpod's `_runtime`), in each hierarchy that has the controller.
+        /// Pod-level `resources.limits` go on the directory of the pod's containers, above
+        /// each container's and beside wpod's `_runtime` (never above it), in each hierarchy
+        /// that has the controller.
         #[test]
-        fn pod_level_limits_go_on_the_pods_directory() {
+        fn pod_level_limits_bound_the_containers_not_wpod() {
             let fake = v2();
             let pod = PodName::new("web").unwrap();
             let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
             let warnings = cgroups.limit_pod(&limits());
             assert!(warnings.is_empty(), "{warnings:?}");
-            let dir = pod_dir(&fake.root, &pod);
+            let dir = pod_dir(&fake.root, &pod).join("containers");
             assert_eq!(read(dir.join("memory.max")), "536870912");
             assert_eq!(read(dir.join("memory.swap.max")), "0");
             assert_eq!(read(dir.join("cpu.max")), "50000 100000");
+            assert_eq!(read(pod_dir(&fake.root, &pod).join("memory.max")), "max");
             // No pod-level limits: nothing is written.
             let fake = v2();
             let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
@@ -844,10 +882,12 @@ mod tests {
             std::fs::write(fake.path("memory").join("cgroup.procs"), "").unwrap();
             let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
             let warnings = cgroups.limit_pod(&limits());
-            let memory = pod_dir(&fake.path("memory"), &pod);
+            let memory = pod_dir(&fake.path("memory"), &pod).join("containers");
             assert_eq!(read(memory.join("memory.limit_in_bytes")), "536870912");
             assert!(
-                warnings.len() == 2 && warnings[0].contains("pod's cpu limit"),
+                warnings.len() == 2
+                    && warnings[0]
+                        .starts_with("spec.resources (pod-level): cannot apply the cpu limit"),
                 "{warnings:?}"
             );
         }
@@ -858,7 +898,7 @@ mod tests {
             let pod = PodName::new("web").unwrap();
             let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
             let (ctr, _) = cgroups.container("main", &limits(), 1024).unwrap();
-            let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+            let dir = pod_dir(&fake.root, &pod).join("containers/ctr-main");
             // (Fake PIDs: only the fake is ever asked to signal them.)
             std::fs::write(dir.join("cgroup.procs"), "4000012\n4000007\n4000012\n").unwrap();
             std::fs::write(dir.join("memory.events"), "low 0\noom 3\noom_kill 3\n").unwrap();
@@ -902,7 +942,7 @@ mod tests {
             let fake = v2();
             let pod = PodName::new("web").unwrap();
             let cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
-            let dir = pod_dir(&fake.root, &pod).join("ctr-main");
+            let dir = pod_dir(&fake.root, &pod).join("containers/ctr-main");
             std::fs::create_dir(&dir).unwrap();
             std::fs::write(dir.join("cgroup.procs"), "4000099\n").unwrap();
             let (_ctr, _) = cgroups.container("main", &limits(), 1024).unwrap();

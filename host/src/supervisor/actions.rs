@@ -264,7 +264,12 @@ async fn grpc_health(
         addr,
         why: why.to_string(),
     };
-    let (client, connection) = h2::client::handshake(stream).await.map_err(h2)?;
+    // A health answer is a few bytes: the server's headers are held to 16 KiB.
+    let (client, connection) = h2::client::Builder::new()
+        .max_header_list_size(16 * 1024)
+        .handshake(stream)
+        .await
+        .map_err(h2)?;
     // The connection is driven beside the call and ends with it (the guard aborts it even
     // when the caller's timeout drops this future).
     let connection = AbortOnDrop(tokio::spawn(async move {
@@ -427,10 +432,35 @@ mod grpc {
             let message = headers
                 .get("grpc-message")
                 .and_then(|m| m.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+                .map(percent_decoded)
+                .unwrap_or_default();
             Some(Status { code, message })
         }
+    }
+
+    /// `grpc-message` is percent-encoded (gRPC over HTTP/2); decoded as the kubelet shows
+    /// it, and cut at 200 characters (it goes into every probe-failure event).
+    fn percent_decoded(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).chars().take(200).collect()
     }
 }
 
@@ -567,6 +597,17 @@ mod tests {
         assert!(grpc::serving_status(b"\0\0\0\0\x03\x08\x01").is_err());
         assert!(grpc::serving_status(b"\0\0\0\0\x02\x12\x09").is_err());
         assert!(grpc::serving_status(b"\x01\0\0\0\x02\x08\x01").is_err());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("12"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("unknown%20service%3A%20x%ZZ"),
+        );
+        let status = grpc::Status::from_headers(&headers).expect("a status");
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (12, "unknown service: x%ZZ")
+        );
     }
 
     #[test]

@@ -565,6 +565,10 @@ pub struct PodView {
     pub phase: PodPhase,
     pub exit_code: Option<i64>,
     pub containers: Vec<ContainerView>,
+    /// Its run-to-completion init containers, by name: until each has ended well, the others
+    /// wait in `PodInitializing` (kept through the journal's rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<String>,
 }
 
 /// A control request.

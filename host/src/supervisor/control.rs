@@ -596,6 +596,7 @@ async fn new_plan(
                 c.image = Image::Wasm(crate::plan::WasmComponent {
                     path: std::path::PathBuf::from("(not pulled yet)"),
                     digest: None,
+                    reference: None,
                 })
             }
             _ => {}

@@ -72,6 +72,10 @@ impl PulledImages {
                     WasmComponent {
                         path: s.component.clone(),
                         digest: Some(s.sidecar.component.clone()),
+                        reference: Some(crate::plan::image::pinned(
+                            &s.record.name,
+                            s.record.digest.as_str(),
+                        )),
                     },
                 )),
                 _ => None,

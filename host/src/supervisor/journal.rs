@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 pub use super::api::{ContainerState, ContainerView, PodPhase, PodView};
 use super::api::{Event, EventRecord, Record, VERSION};
 
+/// Why a container that never ran waits, as kubectl says it (derived when the journal is read).
+const WAIT_INITIALIZING: &str = "PodInitializing";
+const WAIT_CREATING: &str = "ContainerCreating";
+
 /// The size past which the journal is rotated.
 pub const MAX_JOURNAL_BYTES: u64 = 1 << 20;
 
@@ -87,16 +91,19 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
     };
     let mut containers: BTreeMap<String, ContainerView> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    // The run-to-completion init containers: until each has ended well, the others wait in
-    // `PodInitializing`, as the kubelet reports them.
-    let mut inits: Vec<String> = Vec::new();
     for record in records(path)? {
         let e = match record {
             Record::Snapshot(s) => {
                 let view = s.view;
                 containers.clear();
                 order = view.containers.iter().map(|c| c.name.clone()).collect();
-                containers.extend(view.containers.into_iter().map(|c| (c.name.clone(), c)));
+                containers.extend(view.containers.into_iter().map(|mut c| {
+                    // Why a container waits is derived at the end, from what follows.
+                    if matches!(c.reason.as_deref(), Some(WAIT_INITIALIZING | WAIT_CREATING)) {
+                        c.reason = None;
+                    }
+                    (c.name.clone(), c)
+                }));
                 pod = PodView {
                     containers: Vec::new(),
                     ..view
@@ -113,7 +120,7 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 } => {
                     for p in planned {
                         if p.role == crate::spec::Role::Init {
-                            inits.push(p.name.clone());
+                            pod.init_containers.push(p.name.clone());
                         }
                         if !containers.contains_key(&p.name) {
                             order.push(p.name.clone());
@@ -202,7 +209,7 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
     }
     // Why a container that never ran waits: its image (said above), the init containers
     // before it, or its creation.
-    let initialized = inits.iter().all(|n| {
+    let initialized = pod.init_containers.iter().all(|n| {
         containers
             .get(n)
             .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code == Some(0))
@@ -211,9 +218,9 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
         if c.state == ContainerState::Waiting && c.reason.is_none() && c.exit_code.is_none() {
             c.reason = Some(
                 if initialized {
-                    "ContainerCreating"
+                    WAIT_CREATING
                 } else {
-                    "PodInitializing"
+                    WAIT_INITIALIZING
                 }
                 .into(),
             );

@@ -362,6 +362,19 @@ fn component_name(path: &std::path::Path) -> String {
     )
 }
 
+impl Drop for CompileEvents<'_> {
+    /// A compilation that failed never says it finished: its spinner goes with the observer.
+    fn drop(&mut self) {
+        let spinners = self
+            .spinners
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, s) in spinners.drain(..) {
+            s.finish_and_clear();
+        }
+    }
+}
+
 impl crate::sidecars::CompileObserver for CompileEvents<'_> {
     fn compiling(&self, container: &str, path: &std::path::Path, bytes: u64) {
         let component = component_name(path);

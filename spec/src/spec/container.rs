@@ -558,10 +558,18 @@ fn one_handler(
     if handlers.len() == 1 {
         return handlers.pop();
     }
-    // An action that could not be read (an unknown or misspelled one, a bad value) was said
-    // already: "no action" would only repeat it.
+    // An action that could not be read (an unknown or misspelled field, a bad value in one)
+    // was said already: "no action" would only repeat it. (A bad period is no such excuse.)
     let under = format!("{path}.");
-    if handlers.is_empty() && d.diags.iter().any(|x| x.path.starts_with(&under)) {
+    let unreadable_action = d.diags.iter().any(|x| {
+        x.path.strip_prefix(&under).is_some_and(|rest| {
+            let field = rest.split(['.', '[']).next().unwrap_or_default();
+            ["exec", "httpGet", "tcpSocket", "grpc", "sleep"].contains(&field)
+                || x.message.starts_with("unknown field")
+                || x.message.contains("not supported by wpod")
+        })
+    });
+    if handlers.is_empty() && unreadable_action {
         return None;
     }
     let what = if handlers.is_empty() {

@@ -159,7 +159,8 @@ fn read_documents(
                 loc_of(doc),
                 "kind",
                 format!(
-                    "a Pod in a --configmap file, which holds only the objects pods use ({});                      give the pod's file as the manifest",
+                    "a Pod in a --configmap file, which holds only the objects pods use ({}); \
+                     give the pod's file as the manifest",
                     objects::KINDS.join(", ")
                 ),
             ),
