@@ -539,6 +539,10 @@ pub struct ContainerView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub image: Option<String>,
+    /// How its last run ended (`Error`, `OOMKilled`...), also while it waits to restart
+    /// (kubectl's `lastState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_reason: Option<String>,
 }
 
 /// One container as the pod plans it ([`Event::PodPlanned`]).

@@ -147,6 +147,14 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 Event::PodFinished { exit_code } => {
                     pod.phase = PodPhase::Finished;
                     pod.exit_code = Some(exit_code.into());
+                    // A container waiting out its back-off when the pod ended will not run
+                    // again: it is shown as it last ended, not as CrashLoopBackOff.
+                    for c in containers.values_mut() {
+                        if c.state == ContainerState::Waiting && c.exit_code.is_some() {
+                            c.state = ContainerState::Exited;
+                            c.reason = c.last_exit_reason.clone();
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -197,6 +205,7 @@ pub fn read(name: &str, path: &Path) -> Result<PodView, JournalError> {
                 c.pid = None;
                 c.exit_code = Some(x.code.into());
                 c.reason = Some(x.reason.to_string());
+                c.last_exit_reason = c.reason.clone();
                 c.message = x.message.clone();
             }
             // Waiting out its restart back-off (kubectl's CrashLoopBackOff).
@@ -314,6 +323,13 @@ mod tests {
         assert_eq!(state(&v, "setup").1.as_deref(), Some("Completed"));
         assert_eq!(state(&v, "tail").1.as_deref(), Some("CrashLoopBackOff"));
         assert_eq!(state(&v, "web").1.as_deref(), Some("ContainerCreating"));
+        // The pod ends while tail waits to restart: it is shown as it last ended.
+        events.emit(None, Event::PodFinished { exit_code: 0 });
+        let v = read("p", &path).unwrap();
+        assert_eq!(
+            (state(&v, "tail").0, state(&v, "tail").1.as_deref()),
+            (ContainerState::Exited, Some("Error"))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
