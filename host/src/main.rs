@@ -425,7 +425,19 @@ fn man_pages(dir: &Path) -> anyhow::Result<ExitCode> {
         let path = dir.join(format!("{name}.1"));
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut out)?;
-        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        // Written beside, then renamed over the page: a link or a FIFO planted at the page's
+        // name in a shared directory is replaced, never written through.
+        let tmp = dir.join(format!(".{name}.1.{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &out))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
         println!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -398,6 +398,17 @@ pub fn run_detached(
     backoff: humantime::Duration,
     audit: bool,
 ) -> anyhow::Result<ExitCode> {
+    start_detached(files, backoff, audit, true)
+}
+
+/// [`run_detached`]; `announce`: print the pod's name on stdout once it started (as `podman
+/// kube play` does), which a caller answering in JSON does not want.
+fn start_detached(
+    files: &ManifestFiles,
+    backoff: humantime::Duration,
+    audit: bool,
+    announce: bool,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let name = one_pod(files, "wpod run runs")?.name().to_string();
@@ -457,11 +468,15 @@ pub fn run_detached(
         &mut said,
     );
     if said.trim() == "started" {
-        println!("{name}");
+        if announce {
+            println!("{name}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(why) = said.trim().strip_prefix("waiting ") {
-        println!("{name}");
+        if announce {
+            println!("{name}");
+        }
         eprintln!(
             "pod {name} is waiting: {} (it tries again with back-off; wpod events {name} follows it, wpod stop {name} ends it)",
             safe(why)
@@ -929,7 +944,12 @@ pub fn replace(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::
     if running {
         stop(&name, None)?;
     }
-    let code = run_detached(files, crate::cli::DEFAULT_BACKOFF.parse()?, false)?;
+    let code = start_detached(
+        files,
+        crate::cli::DEFAULT_BACKOFF.parse()?,
+        false,
+        output == Output::Text,
+    )?;
     report(code == ExitCode::SUCCESS);
     Ok(code)
 }

@@ -43,7 +43,13 @@ where
 /// goes through it before it is printed as text (JSON output is escaped by serde); a table pads
 /// what this returns, so its widths are those of what is printed.
 pub fn safe(text: &str) -> Cow<'_, str> {
-    wpod::logs::escape_controls(text)
+    let escaped = wpod::logs::escape_controls(text);
+    // A tab is harmless in a container's output, but in a name it breaks a table's columns.
+    if escaped.contains('\t') {
+        Cow::Owned(escaped.replace('\t', "\\t"))
+    } else {
+        escaped
+    }
 }
 
 /// The same for text of several lines (an error and its causes, a report): each line escaped,

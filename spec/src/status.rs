@@ -223,7 +223,9 @@ impl ExitInfo {
         use std::os::unix::process::ExitStatusExt;
         let signal = status.signal();
         let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
-        let reason = if oom_killed {
+        // An OOM kill in the container's cgroup counts as its end only if it ended in failure:
+        // an exec probe or hook killed there does not make a clean exit `OOMKilled`.
+        let reason = if oom_killed && code != 0 {
             ExitReason::OOMKilled
         } else if code == 0 {
             ExitReason::Completed

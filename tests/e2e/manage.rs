@@ -541,6 +541,7 @@ fn rm_all_and_force_and_json_answers() {
     );
     let listed = text(&wpod(&["ps", "-a"]).stdout);
     assert!(!listed.contains("mgmt-rm"), "{listed}");
-    crate::pods::assert_no_leftovers("mgmt-rm-long");
+    crate::pods::assert_no_leftovers_in(&root, "mgmt-rm-long");
+    crate::pods::assert_no_leftovers_in(&root, "mgmt-rm-ended");
     let _ = std::fs::remove_dir_all(&root);
 }

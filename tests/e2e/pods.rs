@@ -375,7 +375,13 @@ impl PodRun {
 
 /// Nothing of the pod is left: no state directory, cgroup, mount, namespace holder or shim.
 pub fn assert_no_leftovers(pod: &str) {
-    let state = Path::new("/var/lib/wpod/pods").join(pod);
+    let root = std::env::var_os("WPOD_ROOT").unwrap_or_else(|| "/var/lib/wpod".into());
+    assert_no_leftovers_in(Path::new(&root), pod);
+}
+
+/// [`assert_no_leftovers`] for a pod of the state root `root` (a test's own `WPOD_ROOT`).
+pub fn assert_no_leftovers_in(root: &Path, pod: &str) {
+    let state = root.join("pods").join(pod);
     assert!(
         !state.exists(),
         "state directory {} is left",

@@ -179,8 +179,9 @@ pub struct PodPlan {
     pub fs_group: Option<(u32, bool)>,
     /// `securityContext.sysctls`: set in the pod's namespaces before its containers start.
     pub sysctls: Vec<(String, String)>,
-    /// Pod-level `resources.limits`: the pod's cgroup as a whole (its containers and the wpod
-    /// process that hosts its Wasm sidecars).
+    /// Pod-level `resources.limits` as the cgroup of the native containers together takes
+    /// them: the pod's memory less what its Wasm sidecars may take (they run in wpod's process,
+    /// outside that cgroup, each held to its own limit), the pod's CPU ([`share_pod_limits`]).
     pub limits: crate::spec::ResourceList,
     /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
     /// validate` prints them, `wpod run` says them as warnings.
@@ -600,15 +601,16 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                 None
             }
         };
-        let mut planned = ContainerPlan::new(path, role, pod.spec.restart_policy, image, c, grants);
-        // A container without a limit of its own is bounded by the pod's (pod-level
-        // `resources`): a native one by the pod's cgroup as well, a Wasm sidecar only this way.
-        let pod_limits = &pod.spec.resources.limits;
-        let limits = &mut planned.limits;
-        limits.cpu_millis = limits.cpu_millis.or(pod_limits.cpu_millis);
-        limits.memory_bytes = limits.memory_bytes.or(pod_limits.memory_bytes);
-        containers.push(planned);
+        containers.push(ContainerPlan::new(
+            path,
+            role,
+            pod.spec.restart_policy,
+            image,
+            c,
+            grants,
+        ));
     }
+    let containers_limits = share_pod_limits(pod, &mut containers, &mut diags);
     let volumes = plan_volumes(pod, &host, &mut diags);
     for (path, _, c) in pod.containers_in_order() {
         check_app_armor(pod, &path, c, &mut diags);
@@ -690,7 +692,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     .fs_group
                     .map(|g| (g, pod.spec.security_context.fs_group_on_root_mismatch)),
                 sysctls: pod.spec.security_context.sysctls.clone(),
-                limits: pod.spec.resources.limits.clone(),
+                limits: containers_limits,
                 ignored: pod
                     .spec
                     .ignored
@@ -910,6 +912,57 @@ fn dns_plan(pod: &Pod) -> DnsPlan {
             })
             .collect(),
     }
+}
+
+/// Pod-level `resources.limits` (KEP-2837) shared out: they bound the pod's containers
+/// together. Its native containers share one cgroup; its Wasm sidecars run in wpod's process,
+/// outside it, so each needs a memory limit of its own, carved out of the pod's: the native
+/// containers' cgroup gets what is left. A container without a limit of its own is bounded by
+/// its share (the downward API reads the pod's, as the kubelet gives it). Returns the limits
+/// of the native containers' cgroup.
+fn share_pod_limits(
+    pod: &Pod,
+    containers: &mut [ContainerPlan],
+    diags: &mut Vec<Diagnostic>,
+) -> crate::spec::ResourceList {
+    let pod_limits = &pod.spec.resources.limits;
+    let mut shared = pod_limits.clone();
+    if let Some(pod_memory) = pod_limits.memory_bytes {
+        let mut sidecars = 0u64;
+        for c in containers.iter().filter(|c| c.image.is_wasm()) {
+            match c.limits.memory_bytes {
+                Some(own) => sidecars = sidecars.saturating_add(own),
+                None => diags.push(pod.source.diag(
+                    format!("{}.resources", c.path),
+                    format!(
+                        "a Wasm sidecar in a pod with a pod-level memory limit needs a memory \
+                         limit of its own: sidecars run in wpod's process, outside the \
+                         containers' cgroup, so their share of the pod's {} is carved out of it; \
+                         add resources.limits.memory",
+                        crate::spec::quantity::show_bytes(pod_memory)
+                    ),
+                )),
+            }
+        }
+        if sidecars > 0 && sidecars >= pod_memory {
+            diags.push(pod.source.diag(
+                "spec.resources.limits.memory",
+                format!(
+                    "the Wasm sidecars' memory limits ({}) leave nothing of the pod's {} to its \
+                     other containers; raise the pod's limit or lower the sidecars'",
+                    crate::spec::quantity::show_bytes(sidecars),
+                    crate::spec::quantity::show_bytes(pod_memory)
+                ),
+            ));
+        }
+        shared.memory_bytes = Some(pod_memory.saturating_sub(sidecars).max(1));
+    }
+    for c in containers.iter_mut().filter(|c| !c.image.is_wasm()) {
+        let limits = &mut c.limits;
+        limits.cpu_millis = limits.cpu_millis.or(shared.cpu_millis);
+        limits.memory_bytes = limits.memory_bytes.or(shared.memory_bytes);
+    }
+    shared
 }
 
 /// The pod's memory limit: its pod-level one, else as the kubelet computes it when every

@@ -33,7 +33,9 @@ impl fmt::Display for Diagnostic {
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
-        f.write_str(&self.message)
+        // One line per problem: a value quoted from the manifest (an image path with a line
+        // break) must not start a line that reads as another diagnostic.
+        f.write_str(&crate::logs::escape_controls(&self.message))
     }
 }
 
