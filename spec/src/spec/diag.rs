@@ -34,8 +34,13 @@ impl fmt::Display for Diagnostic {
             write!(f, "{}: ", self.path)?;
         }
         // One line per problem: a value quoted from the manifest (an image path with a line
-        // break) must not start a line that reads as another diagnostic.
-        f.write_str(&crate::logs::escape_controls(&self.message))
+        // break) must not start a line that reads as another diagnostic. (The CLI escapes the
+        // other control characters as it prints each line.)
+        if self.message.contains(['\n', '\r']) {
+            f.write_str(&self.message.replace('\n', "\\n").replace('\r', "\\r"))
+        } else {
+            f.write_str(&self.message)
+        }
     }
 }
 
