@@ -458,9 +458,13 @@ fn compile(files: &[std::path::PathBuf], output: cli::Output) -> anyhow::Result<
     for file in files {
         let path = file.display().to_string();
         let shown = market::safe(&path);
-        let result = wpod::plan::image::check_component(&path, file)
-            .map_err(anyhow::Error::new)
-            .and_then(|()| wpod::sidecars::compile(file, &observer).map_err(anyhow::Error::new));
+        // Named as given here (the plan's message speaks of paths relative to a manifest).
+        let result = match file.exists() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("{path}: no such file")),
+        }
+        .and_then(|()| wpod::plan::image::check_component(&path, file).map_err(anyhow::Error::new))
+        .and_then(|()| wpod::sidecars::compile(file, &observer).map_err(anyhow::Error::new));
         let record = match &result {
             Ok(Compiled::Cached) => {
                 serde_json::json!({"file": file, "cached": true})

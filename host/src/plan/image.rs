@@ -61,6 +61,14 @@ impl WasmComponent {
     }
 }
 
+/// How a component file is named to the user (`ps`, compile events): its file name.
+pub fn file_label(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// `name` pinned to `digest`, unless it names a digest already.
 pub fn pinned(name: &str, digest: &str) -> String {
     if name.contains('@') {

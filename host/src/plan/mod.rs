@@ -85,10 +85,7 @@ fn shown_image(written: Option<&str>, image: &Image) -> String {
         Image::Wasm(WasmComponent {
             reference: Some(r), ..
         }) => r.clone(),
-        Image::Wasm(w) => w.path.file_name().map_or_else(
-            || w.path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        ),
+        Image::Wasm(w) => image::file_label(&w.path),
         Image::Registry { name, .. } => name.canonical(),
     }
 }

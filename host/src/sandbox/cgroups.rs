@@ -238,20 +238,13 @@ impl PodCgroups {
 
     /// Applies pod-level `limits` to the cgroup of the pod's containers (together). The wpod
     /// process, which hosts the Wasm sidecars, is not under it: each sidecar is held to its
-    /// own memory cap (the pod's when it has none), and the supervisor is never the one a
+    /// own memory limit (carved out of the pod's by the plan), and the supervisor is never the one a
     /// runaway container's OOM kills. Returns warnings for limits that could not be applied.
     pub fn limit_pod(&self, limits: &ResourceList) -> Vec<String> {
         let mut warnings = Vec::new();
         let (mem, cpu, _) = self.by_controller(&self.containers_dirs());
         for w in limit_writes(&self.layout, &mem, &cpu, limits) {
-            write_limit(
-                &*self.sys,
-                w.dir.as_deref(),
-                w.what,
-                w.file,
-                w.value,
-                &mut warnings,
-            );
+            w.apply(&*self.sys, &mut warnings);
         }
         for w in &mut warnings {
             *w = format!("spec.resources (pod-level): {w}");
@@ -311,14 +304,7 @@ impl PodCgroups {
             .into_iter()
             .chain([pids])
         {
-            write_limit(
-                &*self.sys,
-                w.dir.as_deref(),
-                w.what,
-                w.file,
-                w.value,
-                &mut warnings,
-            );
+            w.apply(&*self.sys, &mut warnings);
         }
         let mut procs = Vec::new();
         let mut kill = Vec::new();
@@ -346,27 +332,6 @@ impl PodCgroups {
     }
 }
 
-/// Writes one limit file, or says why it could not be applied.
-fn write_limit(
-    sys: &dyn Syscall,
-    dir: Option<&Path>,
-    what: &str,
-    file: &str,
-    value: String,
-    warnings: &mut Vec<String>,
-) {
-    match dir {
-        Some(d) if d.join(file).exists() => {
-            if let Err(e) = sys.write(&d.join(file), &value) {
-                warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
-            }
-        }
-        _ => warnings.push(format!(
-            "cannot apply the {what} limit: this host has no {what} cgroup controller for wpod ({file} missing)"
-        )),
-    }
-}
-
 /// One limit file to write: in which directory (`None`: the host lacks the controller), for
 /// which resource, and what.
 struct LimitWrite {
@@ -374,6 +339,23 @@ struct LimitWrite {
     what: &'static str,
     file: &'static str,
     value: String,
+}
+
+impl LimitWrite {
+    /// Writes the file, or says why the limit could not be applied.
+    fn apply(&self, sys: &dyn Syscall, warnings: &mut Vec<String>) {
+        let (what, file, value) = (self.what, self.file, &self.value);
+        match &self.dir {
+            Some(d) if d.join(file).exists() => {
+                if let Err(e) = sys.write(&d.join(file), value) {
+                    warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
+                }
+            }
+            _ => warnings.push(format!(
+                "cannot apply the {what} limit: this host has no {what} cgroup controller for wpod ({file} missing)"
+            )),
+        }
+    }
 }
 
 /// The writes that apply the memory and CPU of `limits` to a container's cgroup or the pod's

@@ -236,10 +236,7 @@ pub fn compile(path: &Path, observer: &dyn CompileObserver) -> Result<Compiled, 
     if located.is_cached() {
         return Ok(Compiled::Cached);
     }
-    let name = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = crate::plan::image::file_label(path);
     observer.compiling(&name, path, located.size());
     let started = std::time::Instant::now();
     located.load(engine)?;

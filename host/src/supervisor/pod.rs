@@ -354,14 +354,6 @@ impl<'a> CompileEvents<'a> {
     }
 }
 
-/// The name a component is shown by: its file name (a pulled one's is its digest).
-fn component_name(path: &std::path::Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
 impl Drop for CompileEvents<'_> {
     /// A compilation that failed never says it finished: its spinner goes with the observer.
     fn drop(&mut self) {
@@ -377,7 +369,7 @@ impl Drop for CompileEvents<'_> {
 
 impl crate::sidecars::CompileObserver for CompileEvents<'_> {
     fn compiling(&self, container: &str, path: &std::path::Path, bytes: u64) {
-        let component = component_name(path);
+        let component = crate::plan::image::file_label(path);
         self.events.emit(
             Some(container),
             Event::Compiling {
@@ -414,7 +406,7 @@ impl crate::sidecars::CompileObserver for CompileEvents<'_> {
         self.events.emit(
             Some(container),
             Event::Compiled {
-                component: component_name(path),
+                component: crate::plan::image::file_label(path),
                 seconds: took.as_secs_f64(),
             },
         );
