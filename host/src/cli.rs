@@ -217,6 +217,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KubeCommand,
     },
+    /// One Wasm sidecar as the process of a container already inside a pod (on Kubernetes:
+    /// the runner container `wpod kube generate` writes), with the grants its Pod manifest
+    /// gives it.
+    Sidecar {
+        #[command(subcommand)]
+        command: SidecarCommand,
+    },
     /// Remove ended pods: their kept logs and journal, and what a killed run left.
     Rm {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -394,6 +401,45 @@ pub enum ComponentCommand {
         /// Where to write the component.
         #[arg(short, long)]
         output: PathBuf,
+    },
+}
+
+/// Where `wpod sidecar` keeps its readiness file and compile cache unless told.
+pub const SIDECAR_STATE_DIR: &str = "/var/run/wpod";
+
+#[derive(Debug, Subcommand)]
+pub enum SidecarCommand {
+    /// Run the container NAME of the pod in --manifest, a Wasm sidecar, from --component: its
+    /// grants are planned from the manifest as `wpod run` plans them, and a grant this
+    /// container does not back (a volumeMount not mounted at its mountPath) is refused at
+    /// start. Exits as the sidecar does (143 on SIGTERM unheard, 137 killed, 128 refused).
+    Run {
+        /// The Pod manifest the grants come from.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        #[command(flatten)]
+        objects: ObjectFiles,
+        /// The sidecar's container name in the manifest.
+        #[arg(long, value_name = "NAME")]
+        container: String,
+        /// The Wasm component to run.
+        #[arg(long, value_name = "FILE")]
+        component: PathBuf,
+        /// The component's sha256 (`sha256:<hex>`): another file is refused before it runs.
+        #[arg(long, value_name = "DIGEST")]
+        component_digest: Option<String>,
+        /// A writable directory of this container's (an emptyDir): the readiness file and the
+        /// compile cache.
+        #[arg(long, value_name = "DIR", default_value = SIDECAR_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Where the termination message goes, if the container has that file.
+        #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
+    },
+    /// Exit 0 once the sidecar this container runs has called ready() (its startupProbe).
+    Probe {
+        #[arg(long, value_name = "DIR", default_value = SIDECAR_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 

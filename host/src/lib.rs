@@ -17,9 +17,12 @@
 //! 5. `plan`: Pod → PodPlan, every decision made once (roles, restart policies, grants, ports).
 //! 6. `sandbox`: namespaces, volumes, cgroups, ports, the state directory.
 //! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.
-//! 8. `supervisor`: the pod's lifecycle; then the CLI (`main.rs`).
+//! 8. `supervisor`: the pod's lifecycle.
+//! 9. `kube`: the same pods on Kubernetes (`wpod sidecar`, a Wasm sidecar as a container's
+//!    process); then the CLI (`main.rs`).
 
 pub mod containers;
+pub mod kube;
 pub mod plan;
 pub mod sandbox;
 pub mod sidecars;
@@ -43,6 +46,7 @@ mod layering {
         &["sandbox"],
         &["containers", "sidecars"],
         &["supervisor"],
+        &["kube"],
     ];
 
     /// The modules of the crates below (`wpod-spec`, `wpod-grants`, `wpod-oci`), re-exported

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
         } => wpod::containers::exec::main(launch_spec, *pid, argv),
         // `wpod run` hosts sockets and pipes of its pod: a peer going away must be an error
         // there, never a signal that kills the pod's supervisor (Rust's default: ignored).
-        Command::Run { .. } | Command::Bench { .. } | Command::Kube { .. } => {}
+        Command::Run { .. }
+        | Command::Bench { .. }
+        | Command::Kube { .. }
+        | Command::Sidecar { .. } => {}
         // The other commands print and end, as Unix tools do: `wpod ps | head` stops quietly
         // when head has read enough, instead of panicking on a closed stdout.
         _ => {
@@ -174,6 +177,37 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             follow,
             output,
         } => manage::events(&pod, follow, output),
+        Command::Sidecar {
+            command:
+                cli::SidecarCommand::Run {
+                    manifest,
+                    objects,
+                    container,
+                    component,
+                    component_digest,
+                    state_dir,
+                    termination_log,
+                },
+        } => sidecar_run(wpod::kube::sidecar::RunOptions {
+            files: objects.with(&manifest),
+            container,
+            component,
+            component_digest,
+            state_dir,
+            termination_log,
+        }),
+        Command::Sidecar {
+            command: cli::SidecarCommand::Probe { state_dir },
+        } => match wpod::kube::sidecar::probe(&state_dir) {
+            Ok(r) => {
+                println!("ready: {} ({})", r.container, r.digest);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(why) => {
+                println!("not ready: {why}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Kube {
             command: cli::KubeCommand::Play { file, objects },
         } => manage::run_detached(&objects.with(&file), cli::DEFAULT_BACKOFF.parse()?, false),
@@ -581,6 +615,33 @@ fn raise_fd_limit() {
             tracing::warn!(error = %e, "cannot raise the open files limit");
         }
     }
+}
+
+/// `wpod sidecar run`: the container's exit code; a sidecar refused at start says why on
+/// stderr and in the termination message, and exits 128.
+fn sidecar_run(options: wpod::kube::sidecar::RunOptions) -> anyhow::Result<ExitCode> {
+    use wpod::kube::sidecar::{RunnerError, REFUSED};
+    // The compile cache lives in the state directory: set before any thread starts.
+    std::env::set_var("WPOD_ROOT", &options.state_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(wpod::sandbox::runtime::MAX_BLOCKING_THREADS)
+        .thread_name("wpod-sidecar")
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = match runtime.block_on(wpod::kube::sidecar::run(&options)) {
+        Ok(code) => code,
+        Err(e) => {
+            let message = match &e {
+                RunnerError::Manifest(SpecError::Invalid(d)) => d.to_string(),
+                e => format!("wpod sidecar: {}", wpod::error::chain(e)),
+            };
+            eprintln!("{}", market::safe_lines(&message));
+            wpod::kube::sidecar::write_termination_log(&options.termination_log, &message);
+            REFUSED
+        }
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 fn run(

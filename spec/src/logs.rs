@@ -377,12 +377,12 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(path: PathBuf) -> Self {
+    fn new(file: LogFiles) -> Self {
         Feed {
             history: VecDeque::new(),
             history_bytes: 0,
             live: broadcast::channel(LIVE_LINES).0,
-            file: LogFiles::open(path),
+            file,
         }
     }
 
@@ -406,6 +406,8 @@ pub struct Logs {
     /// One writer at a time, so lines of different containers never interleave mid-line.
     out: Mutex<()>,
     feeds: Mutex<HashMap<String, Feed>>,
+    /// The output as it is, on wpod's own stdout and stderr, with no files ([`Logs::stdio`]).
+    plain: bool,
 }
 
 /// A line of container output in `wpod run --output json` (`"type": "log"`; read back as
@@ -435,6 +437,21 @@ impl Logs {
             limits,
             out: Mutex::new(()),
             feeds: Mutex::new(HashMap::new()),
+            plain: false,
+        })
+    }
+
+    /// One container's output as it is, on wpod's own stdout and stderr (no `[name]` prefix,
+    /// no files): for `wpod sidecar`, whose container runtime keeps the logs as it keeps any
+    /// container's. The rate limit still holds.
+    pub fn stdio(limits: LogLimits) -> Arc<Self> {
+        Arc::new(Logs {
+            dir: PathBuf::new(),
+            format: OutputFormat::Text,
+            limits,
+            out: Mutex::new(()),
+            feeds: Mutex::new(HashMap::new()),
+            plain: true,
         })
     }
 
@@ -500,7 +517,11 @@ impl Logs {
     fn feed<'a>(&self, feeds: &'a mut HashMap<String, Feed>, container: &str) -> &'a mut Feed {
         feeds
             .entry(container.to_string())
-            .or_insert_with(|| Feed::new(self.file(container)))
+            .or_insert_with(|| match self.plain {
+                // A reader's handle writes nothing.
+                true => Feed::new(LogFiles::at(PathBuf::new())),
+                false => Feed::new(LogFiles::open(self.file(container))),
+            })
     }
 
     /// Records a message of wpod's about a container (e.g. a trap), split like output.
@@ -534,6 +555,14 @@ impl Logs {
             let _ = feed.live.send(line);
         }
         let _guard = self.out.lock();
+        if self.plain {
+            let end = if partial { "" } else { "\n" };
+            let _ = match stream {
+                Stream::Stdout => write!(std::io::stdout().lock(), "{text}{end}"),
+                Stream::Stderr => write!(std::io::stderr().lock(), "{text}{end}"),
+            };
+            return;
+        }
         match self.format {
             OutputFormat::Silent => {}
             OutputFormat::Json => {
@@ -758,7 +787,7 @@ mod tests {
     fn history_is_bounded_by_bytes_and_lines() {
         let dir = std::env::temp_dir().join(format!("wpod-logs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut feed = Feed::new(dir.join("c.log"));
+        let mut feed = Feed::new(LogFiles::open(dir.join("c.log")));
         for _ in 0..200 {
             feed.remember(Arc::new(Line {
                 stream: Stream::Stdout,

@@ -4,6 +4,7 @@
 mod apply;
 mod fields;
 mod images;
+mod kube;
 mod lifecycle;
 mod manage;
 mod manifests;

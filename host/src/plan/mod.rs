@@ -7,6 +7,7 @@ pub mod change;
 pub mod files;
 pub mod fit;
 pub mod image;
+pub mod in_container;
 pub mod native;
 pub mod node;
 pub mod seccomp;
@@ -579,10 +580,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     container: c,
                     host: &host.facts(),
                 };
-                check_wasm_container(&sidecar, &mut diags);
-                let grants = Grants::resolve(&sidecar, &mut diags);
-                check_component_grants(&sidecar, &component.path, &grants, &mut diags);
-                Some(grants)
+                Some(wasm_grants(&sidecar, &component.path, &mut diags))
             }
             _ => {
                 check_native_container(pod, &path, c, &image, &mut diags);
@@ -1071,6 +1069,15 @@ fn default_tmpfs_size() -> u64 {
 }
 
 /// A component may import only what the pod grants it, and must be a runnable sidecar.
+/// A Wasm sidecar's grants, resolved from its Pod fields and checked against what its
+/// component imports: the one decision `wpod run` and `wpod sidecar` share.
+fn wasm_grants(sidecar: &Sidecar<'_>, component: &Path, diags: &mut Vec<Diagnostic>) -> Grants {
+    check_wasm_container(sidecar, diags);
+    let grants = Grants::resolve(sidecar, diags);
+    check_component_grants(sidecar, component, &grants, diags);
+    grants
+}
+
 fn check_component_grants(
     sidecar: &Sidecar<'_>,
     component: &Path,
@@ -1376,7 +1383,26 @@ impl ManifestFiles {
 /// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
 /// anything, and what `wpod validate` checks. All problems of the files come back at once.
 pub fn load(files: &ManifestFiles) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
-    use crate::spec::{Diagnostic, Diagnostics, Loc, SpecError};
+    let (pods, mut diags) = read(files)?;
+    let mut plans = Vec::new();
+    for pod in &pods {
+        match plan(pod) {
+            Ok(p) => plans.push(p),
+            Err(mut d) => diags.append(&mut d.0),
+        }
+    }
+    if diags.is_empty() {
+        Ok(plans)
+    } else {
+        crate::spec::sort_diagnostics(&mut diags);
+        Err(crate::spec::SpecError::Invalid(Diagnostics(diags)))
+    }
+}
+
+/// The pods of a manifest (with the objects of the files beside it), and the problems found
+/// reading them; an unreadable file is an error at once.
+fn read(files: &ManifestFiles) -> Result<(Vec<Pod>, Vec<Diagnostic>), crate::spec::SpecError> {
+    use crate::spec::{Loc, SpecError};
     let read = |path: &std::path::Path| -> Result<String, SpecError> {
         let bytes = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)?;
         String::from_utf8(bytes).map_err(|_| {
@@ -1394,18 +1420,9 @@ pub fn load(files: &ManifestFiles) -> Result<Vec<PodPlan>, crate::spec::SpecErro
         .iter()
         .map(|path| Ok((path.clone(), read(path)?)))
         .collect::<Result<Vec<_>, SpecError>>()?;
-    let (pods, mut diags) = crate::spec::parse_with_objects(&files.manifest, &text, &objects);
-    let mut plans = Vec::new();
-    for pod in &pods {
-        match plan(pod) {
-            Ok(p) => plans.push(p),
-            Err(mut d) => diags.append(&mut d.0),
-        }
-    }
-    if diags.is_empty() {
-        Ok(plans)
-    } else {
-        crate::spec::sort_diagnostics(&mut diags);
-        Err(SpecError::Invalid(Diagnostics(diags)))
-    }
+    Ok(crate::spec::parse_with_objects(
+        &files.manifest,
+        &text,
+        &objects,
+    ))
 }

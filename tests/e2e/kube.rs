@@ -1,0 +1,389 @@
+//! `wpod sidecar run`: one Wasm sidecar as the process of a container already inside a pod, with
+//! the grants of its Pod manifest. The container is made here as a container runtime makes
+//! one: a network namespace with the pod's address (198.51.100.2 on a veth pair), a private
+//! mount namespace whose volumeMounts are tmpfs mounts at their mountPaths, an unprivileged
+//! user (65534) with no_new_privs. Needs root (namespaces, mounts), `unshare` and `setpriv`
+//! (util-linux).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wpod_test_support::netns::NetNs;
+use wpod_test_support::{require_root, sidecar};
+
+use crate::{text, wpod_bin};
+
+/// The runner's user in the container: nobody.
+const RUNNER_UID: u32 = 65534;
+
+/// A container of a test's own, for a runner: its network namespace and its directory (the
+/// manifest, and the state directory the runner owns).
+struct TestContainer {
+    net: NetNs,
+    dir: PathBuf,
+}
+
+impl TestContainer {
+    fn new(tag: &str, manifest: &str) -> Self {
+        let net = NetNs::new(tag);
+        // The pod's own address, as a CNI plugin gives it.
+        net.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        net.ip(&["addr", "add", "198.51.100.2/28", "dev", "eth0"]);
+        net.ip(&["link", "set", "peer0", "up"]);
+        net.ip(&["link", "set", "eth0", "up"]);
+        let dir = std::env::temp_dir().join(format!("wpod-kube-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state")).expect("test dir");
+        std::fs::write(dir.join("pod.yaml"), manifest).expect("manifest");
+        std::os::unix::fs::chown(dir.join("state"), Some(RUNNER_UID), Some(RUNNER_UID))
+            .expect("chown state");
+        TestContainer { net, dir }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// `wpod sidecar run` in this container: each of `mounts` (mountPath, read-only) is a
+    /// tmpfs mounted there (under /mnt, itself a fresh tmpfs), then the runner runs as nobody.
+    fn runner(&self, mounts: &[(&str, bool)], component: &Path, extra: &[&str]) -> Command {
+        self.runner_of("probe", mounts, component, extra)
+    }
+
+    /// [`TestContainer::runner`] for the manifest's container `name`.
+    fn runner_of(
+        &self,
+        name: &str,
+        mounts: &[(&str, bool)],
+        component: &Path,
+        extra: &[&str],
+    ) -> Command {
+        // Every mountPath of the manifest exists; only those in `mounts` are mounts.
+        let mut script =
+            String::from("set -e\nmount -t tmpfs tmpfs /mnt\nmkdir -p /mnt/data /mnt/conf\n");
+        for (path, read_only) in mounts {
+            let ro = if *read_only { ",ro" } else { "" };
+            script.push_str(&format!(
+                "mkdir -p {path}\nmount -t tmpfs -o mode=0777{ro} tmpfs {path}\n"
+            ));
+        }
+        script.push_str(
+            "exec setpriv --reuid 65534 --regid 65534 --clear-groups --no-new-privs \"$@\"\n",
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(script)
+            .arg("sh")
+            .arg(wpod_bin())
+            .args(["sidecar", "run", "--manifest"])
+            .arg(self.dir.join("pod.yaml"))
+            .args(["--container", name, "--component"])
+            .arg(component)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(extra);
+        self.net.enter(&mut cmd);
+        cmd
+    }
+
+    /// `wpod sidecar probe` on this container's state directory.
+    fn probe(&self) -> Output {
+        Command::new(wpod_bin())
+            .args(["sidecar", "probe", "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .expect("wpod sidecar probe")
+    }
+
+    /// Waits until the probe passes (the guest called ready()), or fails the test.
+    fn wait_ready(&self, child: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.probe().status.success() {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the runner ended before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "the sidecar never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills a runner left running by a failed assertion (by its PID, which is the runner's:
+/// unshare, sh and setpriv each exec the next).
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a running child")
+    }
+
+    /// The child, to wait for: no longer killed on drop.
+    fn take(&mut self) -> Child {
+        self.0.take().expect("a running child")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: a signal to a child of ours, by PID, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// The outcome the probe guest printed for `action` (`ok: ...`, `err: ...`).
+fn outcome<'a>(stdout: &'a str, action: &str) -> &'a str {
+    let prefix = format!("{action} ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no outcome for {action} in:\n{stdout}"))
+}
+
+const PROBE_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: nginx
+  - name: probe
+    image: registry.example/probe:1
+    args:
+    - connect:127.0.0.1:9
+    - connect:198.51.100.2:9
+    - connect:198.51.100.1:80
+    - listen:8080
+    - listen:8081
+    - write:/mnt/data/x:hello
+    - read:/mnt/data/x
+    - read:/etc/passwd
+    - read:/mnt/data/../../etc/passwd
+    - symlink:/etc/passwd:/mnt/data/link
+    - read:/mnt/data/link
+    - write:/mnt/conf/y:no
+    - alloc:4
+    - alloc:128
+    - ready
+    - wait-stopping
+    ports:
+    - containerPort: 8080
+    resources:
+      limits:
+        memory: 64Mi
+    volumeMounts:
+    - name: data
+      mountPath: /mnt/data
+    - name: conf
+      mountPath: /mnt/conf
+      readOnly: true
+  volumes:
+  - name: data
+    emptyDir: {}
+  - name: conf
+    emptyDir: {}
+"#;
+
+/// The grants of the manifest hold inside a container: the pod's loopback and own address are
+/// reachable, another address is not; only the declared port is listened on; the volumeMounts
+/// are the only files (read-only honoured, `..` and symlinks kept inside); the memory limit
+/// holds. Readiness reaches `wpod sidecar probe`; SIGTERM is the guest's `stopping` event.
+#[test]
+fn a_sidecar_in_a_container_gets_exactly_its_manifest_grants() {
+    require_root("a_sidecar_in_a_container_gets_exactly_its_manifest_grants");
+    let c = TestContainer::new("grants", PROBE_POD);
+    assert!(
+        !c.probe().status.success(),
+        "the probe passes before any runner ran"
+    );
+    let mut child = Running(Some(
+        c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &[],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the runner"),
+    ));
+    c.wait_ready(child.child());
+    let probe = c.probe();
+    assert!(
+        text(&probe.stdout).contains("ready: probe (sha256:"),
+        "{}",
+        text(&probe.stdout)
+    );
+    sigterm(child.child());
+    let out = child
+        .take()
+        .wait_with_output()
+        .expect("the runner's output");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    // Allowed: the kernel answers (nothing listens), wpod does not refuse.
+    assert!(
+        outcome(&stdout, "connect:127.0.0.1:9").contains("refused"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "connect:198.51.100.2:9").contains("refused"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "connect:198.51.100.1:80").starts_with("err: Permission denied"),
+        "{all}"
+    );
+    assert!(outcome(&stdout, "listen:8080").starts_with("ok"), "{all}");
+    assert!(outcome(&stdout, "listen:8081").starts_with("err"), "{all}");
+    assert_eq!(outcome(&stdout, "read:/mnt/data/x"), "ok: hello", "{all}");
+    assert!(
+        outcome(&stdout, "read:/etc/passwd").starts_with("err"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "read:/mnt/data/../../etc/passwd").starts_with("err"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "read:/mnt/data/link").starts_with("err"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "write:/mnt/conf/y:no").starts_with("err"),
+        "{all}"
+    );
+    assert_eq!(outcome(&stdout, "alloc:4"), "ok: 4 MiB", "{all}");
+    assert!(outcome(&stdout, "alloc:128").starts_with("err"), "{all}");
+    assert!(
+        outcome(&stdout, "wait-stopping").starts_with("ok: stopping with"),
+        "{all}"
+    );
+    // Each refusal is an event on stderr, naming the field that would grant it.
+    for denial in [
+        "denied connect to 198.51.100.1:80: not in metadata.annotations[wpod.dev/allowed-outbound.probe]",
+        "denied listen on 0.0.0.0:8081: not in spec.containers[1].ports",
+        "denied write to /mnt/conf/y",
+    ] {
+        assert!(stderr.contains(denial), "missing {denial:?}\n{all}");
+    }
+    assert!(stderr.contains("probe ready"), "{all}");
+    // Its readiness went with it.
+    let after = c.probe();
+    assert!(!after.status.success(), "{}", text(&after.stdout));
+}
+
+/// A grant the container does not back, a component that is not the one named, a view this
+/// runner cannot give: refused before anything runs, exit 128, with the reason on stderr.
+#[test]
+fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
+    require_root("a_sidecar_in_a_container_is_refused_what_its_container_does_not_back");
+    let c = TestContainer::new("refused", PROBE_POD);
+    let refused = |cmd: &mut Command, expect: &str| {
+        let out = cmd.output().expect("run the runner");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(128), "{stderr}");
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+        assert!(
+            text(&out.stdout).is_empty(),
+            "the guest ran: {}",
+            text(&out.stdout)
+        );
+    };
+    // /mnt/conf is a directory of the container's own filesystem, not a mount.
+    refused(
+        &mut c.runner(&[("/mnt/data", false)], &sidecar("probe"), &[]),
+        "volumeMount /mnt/conf: nothing is mounted there in this container",
+    );
+    // Another component than the digest named.
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &["--component-digest", &format!("sha256:{}", "0".repeat(64))],
+        ),
+        "is sha256:",
+    );
+    // The main-process view is not given in a container yet.
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("main-probe"),
+            &[],
+        ),
+        "imports wpod:sidecar/main-process",
+    );
+    // A container the manifest does not have, with the manifest's own location.
+    refused(
+        &mut c.runner_of("nosuch", &[], &sidecar("probe"), &[]),
+        "the pod has no container named \"nosuch\" (it has: main, probe)",
+    );
+}
+
+/// A guest that does not end within the grace period after SIGTERM is stopped by force (137),
+/// and a second start of the same component loads its compiled code from the state directory.
+#[test]
+fn a_sidecar_in_a_container_is_killed_after_its_grace_period_and_starts_warm() {
+    require_root("a_sidecar_in_a_container_is_killed_after_its_grace_period_and_starts_warm");
+    let manifest = PROBE_POD
+        .replace(
+            "terminationGracePeriodSeconds: 5",
+            "terminationGracePeriodSeconds: 1",
+        )
+        .replace("    - wait-stopping\n", "    - sleep:60000\n");
+    let c = TestContainer::new("grace", &manifest);
+    let mounts = [("/mnt/data", false), ("/mnt/conf", true)];
+    let mut compiled = Vec::new();
+    for _ in 0..2 {
+        let mut child = Running(Some(
+            c.runner(&mounts, &sidecar("probe"), &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the runner"),
+        ));
+        c.wait_ready(child.child());
+        let started = Instant::now();
+        sigterm(child.child());
+        let mut ended = child.take();
+        let status = ended.wait().expect("wait");
+        let stderr: Vec<String> = BufReader::new(ended.stderr.take().expect("stderr"))
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let stderr = stderr.join("\n");
+        assert_eq!(status.code(), Some(137), "{stderr}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "stopped before its grace period ended: {stderr}"
+        );
+        assert!(
+            stderr.contains("killed at the end of the grace period"),
+            "{stderr}"
+        );
+        compiled.push(stderr.contains("compiled the component"));
+    }
+    assert_eq!(compiled, [true, false], "the second start compiled again");
+}
