@@ -435,6 +435,11 @@ pub enum SidecarCommand {
         /// Where the termination message goes, if the container has that file.
         #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
         termination_log: PathBuf,
+        /// After `--`: the guest's argv as the container runtime expanded it; the guest's
+        /// environment is then this container's (less WPOD_* settings). Without `--`, both
+        /// come from the manifest.
+        #[arg(last = true, value_name = "ARGV")]
+        argv: Option<Vec<String>>,
     },
     /// Exit 0 once the sidecar this container runs has called ready() (its startupProbe).
     Probe {

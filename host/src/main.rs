@@ -187,6 +187,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     component_digest,
                     state_dir,
                     termination_log,
+                    argv,
                 },
         } => sidecar_run(wpod::kube::sidecar::RunOptions {
             files: objects.with(&manifest),
@@ -195,6 +196,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             component_digest,
             state_dir,
             termination_log,
+            argv,
         }),
         Command::Sidecar {
             command: cli::SidecarCommand::Probe { state_dir },

@@ -387,3 +387,44 @@ fn a_sidecar_in_a_container_is_killed_after_its_grace_period_and_starts_warm() {
     }
     assert_eq!(compiled, [true, false], "the second start compiled again");
 }
+
+/// After `--`, the guest's argv is the runner's (as the kubelet expanded it) and its
+/// environment the container's (as the kubelet resolved it), less the runner's own `WPOD_*`
+/// settings and the PATH every container gets; the manifest's args and env are not used.
+#[test]
+fn a_sidecar_in_a_container_takes_argv_and_env_from_its_container_runtime() {
+    require_root("a_sidecar_in_a_container_takes_argv_and_env_from_its_container_runtime");
+    let c = TestContainer::new("argv", PROBE_POD);
+    let out = c
+        .runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &[
+                "--",
+                "probe",
+                "env:GREETING",
+                "env:WPOD_HOST_IP",
+                "env:PATH",
+                "exit:0",
+            ],
+        )
+        .env("GREETING", "from the kubelet")
+        .env("WPOD_HOST_IP", "203.0.113.9")
+        .output()
+        .expect("run the runner");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(
+        outcome(&stdout, "env:GREETING"),
+        "ok: from the kubelet",
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "env:WPOD_HOST_IP").starts_with("err"),
+        "{all}"
+    );
+    assert!(outcome(&stdout, "env:PATH").starts_with("err"), "{all}");
+    // Not the manifest's args.
+    assert!(!stdout.contains("connect:"), "{all}");
+}

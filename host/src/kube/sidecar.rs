@@ -21,7 +21,7 @@ use super::context::{pod_net, ContainerVolumes, ContextError};
 use crate::grants::report::Reporter;
 use crate::logs::Logs;
 use crate::oci::store::Digest;
-use crate::plan::in_container::InContainerPlan;
+use crate::plan::in_container::{FromRuntime, InContainerPlan};
 use crate::plan::{Image, ManifestFiles, WasmComponent};
 use crate::sidecars::{PodContext, PreparedSidecar, SidecarError, WasmSidecar};
 use crate::spec::env::RuntimeFacts;
@@ -56,6 +56,10 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Where the container's termination message goes (Kubernetes' `terminationMessagePath`).
     pub termination_log: PathBuf,
+    /// The guest's argv as the container runtime expanded it (what follows `--`); with it, the
+    /// guest's environment is the runner's own (less its `WPOD_*` settings). Without it, both
+    /// come from the manifest, as `wpod run` makes them.
+    pub argv: Option<Vec<String>>,
 }
 
 /// Why the sidecar did not start.
@@ -113,7 +117,14 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         digest,
         ..WasmComponent::file(options.component.clone())
     };
-    let plan = crate::plan::in_container::load(&options.files, &options.container, component)?;
+    let given = options.argv.as_ref().map(|argv| FromRuntime {
+        argv: argv.clone(),
+        env: std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
+    });
+    let plan =
+        crate::plan::in_container::load(&options.files, &options.container, component, given)?;
     prepare_state_dir(&options.state_dir)?;
     let ready_file = readiness_file(&options.state_dir);
     let _ = std::fs::remove_file(&ready_file);

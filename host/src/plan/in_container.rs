@@ -32,13 +32,53 @@ pub struct InContainerPlan {
     pub host_aliases: Vec<(IpAddr, Vec<String>)>,
 }
 
-/// Plans the container `name` of `pod` as a Wasm sidecar running `component`.
+/// The guest's command line and environment as the container runtime resolved them for the
+/// runner's container (on Kubernetes: the kubelet's `valueFrom`, `envFrom` and `$(VAR)`
+/// expansion, done as for any container), in place of resolving them from the manifest, whose
+/// ConfigMaps and Secrets the runner does not have.
+#[derive(Clone, Debug, Default)]
+pub struct FromRuntime {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Plans the container `name` of `pod` as a Wasm sidecar running `component`; its argv and
+/// environment come from the manifest, or `given` by the container runtime.
 pub fn plan(
     pod: &Pod,
     name: &str,
     component: WasmComponent,
+    given: Option<FromRuntime>,
 ) -> Result<InContainerPlan, Diagnostics> {
     let mut diags: Vec<Diagnostic> = Vec::new();
+    // The variables the manifest gives by name (envFrom's cannot be told from the runtime's).
+    let declared: Vec<String> = pod
+        .containers_in_order()
+        .filter(|(_, _, c)| c.name == name)
+        .flat_map(|(_, _, c)| c.env.iter().map(|v| v.name.clone()))
+        .collect();
+    let without_env;
+    let pod = match &given {
+        // What the runtime resolved is not resolved again (nor are the objects it needs).
+        Some(_) => {
+            let mut p = pod.clone();
+            for c in p
+                .spec
+                .init_containers
+                .iter_mut()
+                .chain(p.spec.containers.iter_mut())
+                .filter(|c| c.name == name)
+            {
+                c.env.clear();
+                c.env_from.clear();
+                c.command.clear();
+                c.args.clear();
+            }
+            without_env = p;
+            &without_env
+        }
+        None => pod,
+    };
     let Some((path, role, c)) = pod.containers_in_order().find(|(_, _, c)| c.name == name) else {
         let names: Vec<String> = pod
             .containers_in_order()
@@ -61,6 +101,12 @@ pub fn plan(
         host: &host.facts(),
     };
     let mut grants = wasm_grants(&sidecar, &component.path, &mut diags);
+    if let Some(given) = given {
+        if !given.argv.is_empty() {
+            grants.wasi.argv = given.argv;
+        }
+        grants.wasi.env = guest_env(given.env, &declared);
+    }
     // The runtime mounted each volumeMount at its mountPath, subPath applied: that directory
     // is the sidecar's volume.
     for m in &mut grants.fs.mounts {
@@ -102,6 +148,7 @@ pub fn load(
     files: &super::ManifestFiles,
     name: &str,
     component: WasmComponent,
+    given: Option<FromRuntime>,
 ) -> Result<InContainerPlan, SpecError> {
     let (pods, mut diags) = super::read(files)?;
     if !diags.is_empty() {
@@ -120,5 +167,22 @@ pub fn load(
             ),
         }])));
     };
-    plan(pod, name, component).map_err(SpecError::Invalid)
+    plan(pod, name, component, given).map_err(SpecError::Invalid)
+}
+
+/// Variables a container runtime sets in every container (the image's PATH, containerd's
+/// HOSTNAME, HOME): the guest does not get them unless its manifest names them, as in a wpod
+/// pod, where a sidecar's environment is its manifest's.
+const RUNTIME_ADDED: &[&str] = &["PATH", "HOSTNAME", "HOME"];
+
+/// The prefix of the runner's own settings (`WPOD_HOST_IP`, ...): never the guest's.
+pub const RUNNER_PREFIX: &str = "WPOD_";
+
+/// The runner's environment as the guest's: less the runner's own variables, and less what
+/// the runtime adds to every container unless `declared` by the manifest.
+fn guest_env(env: Vec<(String, String)>, declared: &[String]) -> Vec<(String, String)> {
+    env.into_iter()
+        .filter(|(k, _)| !k.starts_with(RUNNER_PREFIX))
+        .filter(|(k, _)| !RUNTIME_ADDED.contains(&k.as_str()) || declared.contains(k))
+        .collect()
 }
