@@ -458,6 +458,34 @@ pub enum KubeCommand {
     },
     /// Stop the file's pods and remove what they kept.
     Down { file: PathBuf },
+    /// Write the pod as plain Kubernetes YAML for a cluster: each Wasm sidecar a runner
+    /// container (`wpod sidecar run` in the real pod, with the manifest's grants, least
+    /// privileged), the manifest the runners read as an immutable ConfigMap. What cannot map is
+    /// refused by name.
+    Generate {
+        file: PathBuf,
+        #[command(flatten)]
+        objects: ObjectFiles,
+        /// The runner image of a Wasm sidecar, digest-pinned: NAME=REGISTRY/REPO@sha256:...
+        /// (repeat for each sidecar).
+        #[arg(long = "image", value_name = "NAME=IMAGE", value_parser = parse_image)]
+        images: Vec<(String, String)>,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `NAME=IMAGE` of `--image`.
+fn parse_image(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, image)) if !name.is_empty() && !image.is_empty() => {
+            Ok((name.to_string(), image.to_string()))
+        }
+        _ => Err(format!(
+            "{text:?}: give the container's name and its runner image, NAME=REGISTRY/REPO@sha256:..."
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -216,6 +216,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Kube {
             command: cli::KubeCommand::Down { file },
         } => manage::kube_down(&file),
+        Command::Kube {
+            command:
+                cli::KubeCommand::Generate {
+                    file,
+                    objects,
+                    images,
+                    output,
+                },
+        } => {
+            let options = wpod::kube::generate::GenerateOptions {
+                files: objects.with(&file),
+                images: images.into_iter().collect(),
+            };
+            let yaml = wpod::kube::generate::generate(&options).map_err(|e| match e {
+                wpod::kube::generate::GenerateError::Manifest(e) => anyhow::Error::new(e),
+                e => anyhow::Error::new(e),
+            })?;
+            match output {
+                Some(path) => std::fs::write(&path, yaml)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{yaml}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Component {
             command: cli::ComponentCommand::New { module, output },
         } => scaffold::component_new(&module, &output),

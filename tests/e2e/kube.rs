@@ -428,3 +428,118 @@ fn a_sidecar_in_a_container_takes_argv_and_env_from_its_container_runtime() {
     // Not the manifest's args.
     assert!(!stdout.contains("connect:"), "{all}");
 }
+
+/// The input and golden output of `wpod kube generate` (tests/kube), in a directory of the
+/// test's own with the probe component beside the manifest.
+struct GenerateDir(PathBuf);
+
+impl GenerateDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wpod-generate-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let repo = wpod_test_support::repo_root();
+        std::fs::copy(repo.join("tests/kube/pod.yaml"), dir.join("pod.yaml")).expect("manifest");
+        std::fs::copy(sidecar("probe"), dir.join("probe.wasm")).expect("component");
+        GenerateDir(dir)
+    }
+
+    fn generate(&self, args: &[&str]) -> Output {
+        Command::new(wpod_bin())
+            .args(["kube", "generate"])
+            .arg(self.0.join("pod.yaml"))
+            .args(args)
+            .output()
+            .expect("wpod kube generate")
+    }
+}
+
+impl Drop for GenerateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const RUNNER_IMAGE: &str =
+    "registry.example/web/probe@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// The generated YAML is the golden file's (the component's digest aside: the guests are
+/// rebuilt by each toolchain), and reads back through Kubernetes' types unchanged. Set
+/// WPOD_BLESS=1 to rewrite the golden file (then review the diff).
+#[test]
+fn kube_generate_writes_the_golden_yaml() {
+    let dir = GenerateDir::new("golden");
+    let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let digest = wpod_test_support::hostile_registry::sha256_digest(
+        &std::fs::read(sidecar("probe")).expect("probe"),
+    );
+    assert!(
+        stdout.contains(&digest),
+        "the component's digest is pinned:\n{stdout}"
+    );
+    let got = stdout.replace(&digest, "sha256:COMPONENT");
+    let golden = wpod_test_support::repo_root().join("tests/kube/generated.yaml");
+    if std::env::var_os("WPOD_BLESS").is_some() {
+        std::fs::write(&golden, &got).expect("bless");
+    }
+    let want = std::fs::read_to_string(&golden).expect("tests/kube/generated.yaml");
+    assert_eq!(
+        got, want,
+        "wpod kube generate's output changed (WPOD_BLESS=1 to accept)"
+    );
+    wpod::kube::generate::round_trip(&stdout).expect("a strict round-trip");
+}
+
+/// What cannot map is refused by name, with the fix: a sidecar without its runner image, an
+/// image not pinned by digest, --image for a native container, a native container whose image
+/// is a directory of this machine, a sidecar that needs the main-process view.
+#[test]
+fn kube_generate_refuses_what_cannot_map() {
+    let dir = GenerateDir::new("refused");
+    let refused = |out: Output, expect: &str| {
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "generated:\n{}", text(&out.stdout));
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    };
+    refused(
+        dir.generate(&[]),
+        "give it with --image probe=REGISTRY/NAME@sha256:",
+    );
+    refused(
+        dir.generate(&["--image", "probe=registry.example/web/probe:1.0"]),
+        "name the runner image by its digest",
+    );
+    refused(
+        dir.generate(&[
+            "--image",
+            &format!("probe={RUNNER_IMAGE}"),
+            "--image",
+            &format!("nginx={RUNNER_IMAGE}"),
+        ]),
+        "the pod has no Wasm sidecar named nginx",
+    );
+    let manifest = dir.0.join("pod.yaml");
+    let original = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        original.replace("    image: docker.io/library/busybox:1.36\n", ""),
+    )
+    .expect("manifest");
+    refused(
+        dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]),
+        "container log-init: its image is none (it runs from the host's own root), which no node",
+    );
+    std::fs::copy(sidecar("main-probe"), dir.0.join("probe.wasm")).expect("component");
+    std::fs::write(
+        &manifest,
+        original.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n"),
+    )
+    .expect("manifest");
+    refused(
+        dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]),
+        "imports wpod:sidecar/main-process",
+    );
+}

@@ -4,9 +4,12 @@
 //! process is wpod hosting that one component inside the real pod: `wpod sidecar run`
 //! ([`sidecar`]). Its grants are planned from the Pod manifest by the code `wpod run` uses
 //! (`plan::in_container`); what its pod gives it (the network namespace, the volumes mounted at
-//! their mountPaths) is found in the container ([`context`]).
+//! their mountPaths) is found in the container ([`context`]). `wpod kube generate`
+//! ([`generate`]) writes the pod as plain Kubernetes YAML with a runner container per sidecar.
 //!
 //! Above the supervisor (it reports with the supervisor's events) and below the CLI.
 
 pub mod context;
+pub mod generate;
 pub mod sidecar;
+pub mod yaml;

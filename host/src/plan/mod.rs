@@ -184,6 +184,8 @@ pub struct PodPlan {
     /// Fields accepted and ignored on one host (scheduling), located, with why: `wpod
     /// validate` prints them, `wpod run` says them as warnings.
     pub ignored: Vec<Diagnostic>,
+    /// Where it runs: what a re-plan (once images are pulled) checks.
+    pub target: Target,
 }
 
 /// A volume of the pod, as the sandbox makes it.
@@ -385,7 +387,16 @@ pub fn restart_policy(role: Role, pod: RestartPolicy) -> RestartPolicy {
 
 /// Resolves images and grants, and checks what depends on them and on the host.
 pub fn plan(pod: &Pod) -> Result<PodPlan, Diagnostics> {
-    plan_with(pod, &BTreeMap::new())
+    plan_with(pod, &BTreeMap::new(), Target::ThisHost)
+}
+
+/// Where a plan is for: this host (`wpod run`), or a node of a cluster (`wpod kube
+/// generate`), whose capacity, kernel, hostPath policy and AppArmor this host cannot tell: those
+/// checks are left to the node's kubelet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    ThisHost,
+    Cluster,
 }
 
 impl PodPlan {
@@ -403,7 +414,7 @@ impl PodPlan {
             .iter()
             .map(|(path, component)| (path.clone(), Image::Wasm(component.clone())))
             .collect();
-        plan_with(&self.pod, &images)
+        plan_with(&self.pod, &images, self.target)
     }
 }
 
@@ -556,7 +567,12 @@ impl HostInfo {
 }
 
 /// `plan`, with the images of some containers (by path) already decided.
-fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Diagnostics> {
+fn plan_with(
+    pod: &Pod,
+    decided: &BTreeMap<String, Image>,
+    target: Target,
+) -> Result<PodPlan, Diagnostics> {
+    let here = target == Target::ThisHost;
     let mut diags = Vec::new();
     let host = HostInfo::here(pod);
     let mut containers = Vec::new();
@@ -607,7 +623,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     }
     let containers_limits = share_pod_limits(pod, &mut containers, &mut diags);
     let volumes = plan_volumes(pod, &host, &mut diags);
-    for (path, _, c) in pod.containers_in_order() {
+    for (path, _, c) in pod.containers_in_order().filter(|_| here) {
         check_app_armor(pod, &path, c, &mut diags);
     }
     if pod.spec.host_network {
@@ -622,12 +638,14 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
     }
     check_sidecar_count(pod, &containers, &mut diags);
     check_outbound_keys(pod, &containers, &mut diags);
-    check_host_paths(pod, &mut diags);
     check_volume_nesting(pod, &containers, &mut diags);
-    if let Some(capacity) = host.capacity {
-        fit::check(pod, &containers, capacity, &mut diags);
+    if here {
+        check_host_paths(pod, &mut diags);
+        if let Some(capacity) = host.capacity {
+            fit::check(pod, &containers, capacity, &mut diags);
+        }
+        node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     }
-    node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     let settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,
@@ -695,6 +713,7 @@ fn plan_with(pod: &Pod, decided: &BTreeMap<String, Image>) -> Result<PodPlan, Di
                     .map(|i| pod.source.diag(&i.path, format!("ignored: {}", i.why)))
                     .collect(),
                 pod: pod.clone(),
+                target,
             })
         }
         _ => {
@@ -1383,10 +1402,18 @@ impl ManifestFiles {
 /// Loads, validates and plans every pod of a manifest: what `wpod run` does before starting
 /// anything, and what `wpod validate` checks. All problems of the files come back at once.
 pub fn load(files: &ManifestFiles) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
+    load_for(files, Target::ThisHost)
+}
+
+/// [`load`], for where the pods will run.
+pub fn load_for(
+    files: &ManifestFiles,
+    target: Target,
+) -> Result<Vec<PodPlan>, crate::spec::SpecError> {
     let (pods, mut diags) = read(files)?;
     let mut plans = Vec::new();
     for pod in &pods {
-        match plan(pod) {
+        match plan_with(pod, &BTreeMap::new(), target) {
             Ok(p) => plans.push(p),
             Err(mut d) => diags.append(&mut d.0),
         }

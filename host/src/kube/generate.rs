@@ -1,0 +1,613 @@
+//! `wpod kube generate`: the pod as plain Kubernetes YAML, each Wasm sidecar a runner container
+//! (`wpod sidecar run` hosting that one component in the real pod, with the grants of the
+//! manifest), nothing installed on the nodes.
+//!
+//! The pod is planned as `wpod run` plans it, for a node of a cluster (this host's capacity,
+//! kernel and hostPath policy are not the node's). The Pod is then rewritten through Kubernetes'
+//! own types (k8s-openapi): native containers as they are; each Wasm sidecar becomes a
+//! container of its runner image (digest-pinned) whose command runs `wpod sidecar run` on the
+//! pod's manifest (an immutable ConfigMap named by its content) and whose args are the
+//! sidecar's argv, so that the kubelet expands `$(VAR)` and resolves its environment as for
+//! any container. The runner is least-privileged: not root, read-only root filesystem, no
+//! capabilities, RuntimeDefault seccomp, no ServiceAccount token. What cannot map is refused by
+//! name. The output is checked by a strict round-trip through the same types before it is
+//! written: a field k8s-openapi does not know would be lost on the way, and is refused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use super::yaml;
+use crate::plan::{ContainerPlan, Image, ManifestFiles, Target};
+use crate::sidecars::{PreparedSidecar, SidecarError};
+use crate::spec::SpecError;
+
+/// Where the runner image holds wpod, and the component.
+pub const RUNNER_BIN: &str = "/wpod";
+pub const COMPONENT_PATH: &str = "/wpod/component.wasm";
+/// Where the runner container finds the pod's manifest (the ConfigMap), and its state.
+pub const MANIFEST_DIR: &str = "/etc/wpod";
+pub const STATE_DIR: &str = "/var/run/wpod";
+/// The runner's own memory beside its guest's: its runtime, the engine and the loaded code of
+/// one component (measured idle at 9 to 12 MiB; see BENCHMARKS.md), with headroom.
+pub const RUNNER_MEMORY: u64 = 32 << 20;
+/// The runner's user: not root, and not any image's usual user.
+pub const RUNNER_UID: i64 = 65532;
+/// A runner's startupProbe: every second for up to five minutes (a component compiled at
+/// start may take a while), until the guest has called `ready()`.
+const STARTUP_PERIOD_SECONDS: i32 = 1;
+const STARTUP_FAILURES: i32 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Manifest(#[from] SpecError),
+    #[error("{file}: {source}")]
+    Yaml {
+        file: PathBuf,
+        #[source]
+        source: yaml::YamlError,
+    },
+    #[error("{file}: {what} does not read as a Kubernetes {kind}: {message}")]
+    Types {
+        file: PathBuf,
+        what: String,
+        kind: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Unmappable(String),
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    #[error(
+        "the generated YAML does not survive a strict round-trip through Kubernetes' types \
+         ({0}); this is a bug of wpod's, please report it"
+    )]
+    RoundTrip(String),
+}
+
+/// What `wpod kube generate` is told.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    pub files: ManifestFiles,
+    /// The runner image of each Wasm sidecar, by container name (`REF@sha256:...`: the image
+    /// `wpod kube build` makes of the runner and the component).
+    pub images: BTreeMap<String, String>,
+}
+
+/// The pod's YAML for a cluster.
+pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
+    let files = &options.files;
+    let mut plans = crate::plan::load_for(files, Target::Cluster)?;
+    if plans.len() != 1 {
+        return Err(GenerateError::Unmappable(format!(
+            "{}: wpod kube generate writes one pod, but the file holds {} Pod documents; put \
+             each pod in a file of its own",
+            files.manifest.display(),
+            plans.len()
+        )));
+    }
+    let plan = plans.remove(0);
+    let (pod_value, mut passed) = read_documents(&files.manifest)?;
+    for path in &files.objects {
+        let (pods, objects) = read_documents(path)?;
+        passed.extend(objects);
+        passed.extend(pods);
+    }
+    let pod_value = pod_value.ok_or_else(|| {
+        GenerateError::Unmappable(format!("{}: no Pod document", files.manifest.display()))
+    })?;
+    let original: core::Pod = typed(&files.manifest, "the Pod", pod_value)?;
+    for name in options.images.keys() {
+        let wasm = plan
+            .containers
+            .iter()
+            .any(|c| c.name() == name && c.image.is_wasm());
+        if !wasm {
+            return Err(GenerateError::Unmappable(format!(
+                "--image {name}=...: the pod has no Wasm sidecar named {name}; a native \
+                 container keeps the image its manifest names"
+            )));
+        }
+    }
+    let mut pod = original.clone();
+    // The runners' copy of the manifest: what they plan from. A sidecar's command line and
+    // environment are its container's (resolved by the kubelet), so they are not in it.
+    let mut for_runners = original.clone();
+    let mut states = Vec::new();
+    for c in &plan.containers {
+        refuse_native_unmappable(c)?;
+        let Image::Wasm(_) = &c.image else { continue };
+        let image = options.images.get(c.name()).ok_or_else(|| {
+            GenerateError::Unmappable(format!(
+                "container {}: a Wasm sidecar runs on Kubernetes from an image of the runner \
+                 and its component; give it with --image {}=REGISTRY/NAME@sha256:... (the \
+                 image `wpod kube build` makes and pushes)",
+                c.name(),
+                c.name()
+            ))
+        })?;
+        check_pinned(c.name(), image)?;
+        refuse_sidecar_unmappable(c)?;
+        let prepared = PreparedSidecar::prepare(c)?;
+        let state = format!("wpod-state-{}", states.len());
+        let spec = pod_spec(&mut pod)?;
+        let container = find_container(spec, c.name())?;
+        *container = runner_container(
+            container.clone(),
+            image,
+            prepared.digest(),
+            &state,
+            prepared.component.signals_readiness,
+        );
+        let copy = find_container(pod_spec(&mut for_runners)?, c.name())?;
+        copy.env = None;
+        copy.env_from = None;
+        copy.command = None;
+        copy.args = None;
+        states.push(state);
+    }
+    if states.is_empty() {
+        return write_checked(&[passed, vec![to_value(&pod)?]].concat());
+    }
+    let manifest =
+        yaml::write(&[to_value(&for_runners)?]).map_err(|source| GenerateError::Yaml {
+            file: files.manifest.clone(),
+            source,
+        })?;
+    let config_map = manifest_config_map(plan.name.as_ref(), &manifest, &pod)?;
+    let config_name = config_map.metadata.name.clone().unwrap_or_default();
+    add_runner_volumes(&mut pod, &config_name, &states)?;
+    let mut docs = vec![to_value(&config_map)?];
+    docs.extend(passed);
+    docs.push(to_value(&pod)?);
+    write_checked(&docs)
+}
+
+/// The Pod document of a file (if any) and its other documents, as values.
+fn read_documents(path: &std::path::Path) -> Result<(Option<Value>, Vec<Value>), GenerateError> {
+    let bytes = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)
+        .map_err(SpecError::from)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let docs = yaml::documents(&text).map_err(|source| GenerateError::Yaml {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let mut pod = None;
+    let mut others = Vec::new();
+    for doc in docs {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("Pod") if pod.is_none() => pod = Some(normalize(doc)),
+            _ => others.push(doc),
+        }
+    }
+    Ok((pod, others))
+}
+
+/// Quantities written as YAML numbers (`cpu: 1`, `memory: 1000`) as the strings Kubernetes'
+/// types hold them in (the API server accepts either).
+fn normalize(mut value: Value) -> Value {
+    fn walk(v: &mut Value, quantities: bool) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    let q = matches!(k.as_str(), "limits" | "requests" | "overhead");
+                    if k == "sizeLimit" {
+                        if let Value::Number(n) = child {
+                            *child = Value::String(n.to_string());
+                        }
+                    }
+                    walk(child, q);
+                }
+                if quantities {
+                    for child in map.values_mut() {
+                        if let Value::Number(n) = child {
+                            *child = Value::String(n.to_string());
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, false)),
+            _ => {}
+        }
+    }
+    walk(&mut value, false);
+    value
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    file: &std::path::Path,
+    what: &str,
+    value: Value,
+) -> Result<T, GenerateError> {
+    serde_json::from_value(value).map_err(|e| GenerateError::Types {
+        file: file.to_path_buf(),
+        what: what.to_string(),
+        kind: std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("object"),
+        message: e.to_string(),
+    })
+}
+
+fn to_value<T: serde::Serialize>(object: &T) -> Result<Value, GenerateError> {
+    serde_json::to_value(object).map_err(|e| GenerateError::RoundTrip(e.to_string()))
+}
+
+fn pod_spec(pod: &mut core::Pod) -> Result<&mut core::PodSpec, GenerateError> {
+    pod.spec
+        .as_mut()
+        .ok_or_else(|| GenerateError::Unmappable("the Pod has no spec".into()))
+}
+
+fn find_container<'a>(
+    spec: &'a mut core::PodSpec,
+    name: &str,
+) -> Result<&'a mut core::Container, GenerateError> {
+    spec.init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+        .find(|c| c.name == name)
+        .ok_or_else(|| GenerateError::Unmappable(format!("no container named {name}")))
+}
+
+/// A native container whose image is of this machine (a directory, the host's own root) has
+/// nothing a node could pull.
+fn refuse_native_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
+    let what = match &c.image {
+        Image::Host => "none (it runs from the host's own root)",
+        Image::Rootfs(_) => "a directory of this machine",
+        _ => return Ok(()),
+    };
+    Err(GenerateError::Unmappable(format!(
+        "container {}: its image is {what}, which no node of a cluster can pull; push it to a \
+         registry and name it by reference",
+        c.name()
+    )))
+}
+
+/// What a Wasm sidecar is granted that `wpod sidecar` does not give in a container yet.
+fn refuse_sidecar_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
+    let Image::Wasm(w) = &c.image else {
+        return Ok(());
+    };
+    let report = crate::grants::inspect::inspect(&w.path)
+        .map_err(|e| GenerateError::Unmappable(format!("container {}: {e}", c.name())))?;
+    let main_process = report
+        .imports
+        .iter()
+        .any(|i| crate::component::unversioned(&i.name) == "wpod:sidecar/main-process");
+    if main_process {
+        return Err(GenerateError::Unmappable(format!(
+            "container {}: its component imports wpod:sidecar/main-process (the main \
+             containers' state, output and signals), which a runner container does not give \
+             yet; run this pod with `wpod run`, or build the sidecar without the main-process \
+             view",
+            c.name()
+        )));
+    }
+    let reserved = c
+        .grants
+        .as_ref()
+        .into_iter()
+        .flat_map(|g| g.wasi.env.iter())
+        .find(|(k, _)| k.starts_with(crate::plan::in_container::RUNNER_PREFIX));
+    if let Some((k, _)) = reserved {
+        return Err(GenerateError::Unmappable(format!(
+            "container {}: its variable {k} is named like the runner's own settings \
+             ({}*), which its guest never sees; rename it",
+            c.name(),
+            crate::plan::in_container::RUNNER_PREFIX
+        )));
+    }
+    Ok(())
+}
+
+/// A reference pinned to a digest (`REF@sha256:<64 hex>`): what runs is what was reviewed.
+fn check_pinned(container: &str, image: &str) -> Result<(), GenerateError> {
+    let pinned = image.rsplit_once("@sha256:").is_some_and(|(name, hex)| {
+        !name.is_empty() && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    match pinned {
+        true => Ok(()),
+        false => Err(GenerateError::Unmappable(format!(
+            "--image {container}={image}: name the runner image by its digest \
+             (REGISTRY/NAME@sha256:<64 hex digits>, as `wpod kube build` prints it), so that \
+             the node runs the image that was built"
+        ))),
+    }
+}
+
+/// The Wasm sidecar's container `c` as its runner's.
+fn runner_container(
+    mut c: core::Container,
+    image: &str,
+    digest: &str,
+    state_volume: &str,
+    signals_readiness: bool,
+) -> core::Container {
+    // wpod's argv: `command` + `args`, the container's name standing as argv[0] without one.
+    let mut argv = c.command.take().unwrap_or_else(|| vec![c.name.clone()]);
+    argv.extend(c.args.take().unwrap_or_default());
+    let command = [
+        RUNNER_BIN,
+        "sidecar",
+        "run",
+        "--manifest",
+        &format!("{MANIFEST_DIR}/pod.yaml"),
+        "--container",
+        &c.name,
+        "--component",
+        COMPONENT_PATH,
+        "--component-digest",
+        digest,
+        "--state-dir",
+        STATE_DIR,
+        "--",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut env = c.env.take().unwrap_or_default();
+    for (name, path) in [
+        ("WPOD_HOST_IP", "status.hostIP"),
+        ("WPOD_POD_UID", "metadata.uid"),
+    ] {
+        env.push(core::EnvVar {
+            name: name.into(),
+            value_from: Some(core::EnvVarSource {
+                field_ref: Some(core::ObjectFieldSelector {
+                    field_path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let mut mounts = c.volume_mounts.take().unwrap_or_default();
+    mounts.push(core::VolumeMount {
+        name: "wpod-pod".into(),
+        mount_path: MANIFEST_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    mounts.push(core::VolumeMount {
+        name: state_volume.into(),
+        mount_path: STATE_DIR.into(),
+        ..Default::default()
+    });
+    let startup_probe = c.startup_probe.take().or_else(|| {
+        signals_readiness.then(|| core::Probe {
+            exec: Some(core::ExecAction {
+                command: Some(
+                    [RUNNER_BIN, "sidecar", "probe", "--state-dir", STATE_DIR]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            }),
+            period_seconds: Some(STARTUP_PERIOD_SECONDS),
+            failure_threshold: Some(STARTUP_FAILURES),
+            ..Default::default()
+        })
+    });
+    core::Container {
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(command),
+        args: Some(argv),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        startup_probe,
+        // The guest's working directory is its plan's; the runner's is its image's.
+        working_dir: None,
+        resources: c.resources.take().map(with_runner_memory),
+        security_context: Some(runner_security_context()),
+        ..c
+    }
+}
+
+/// The sidecar's memory limit and request, plus the runner's own.
+fn with_runner_memory(mut r: core::ResourceRequirements) -> core::ResourceRequirements {
+    for list in [r.limits.as_mut(), r.requests.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = list.get_mut("memory") {
+            if let Ok(bytes) = crate::spec::quantity::bytes(&q.0) {
+                *q = Quantity(mebibytes(bytes.saturating_add(RUNNER_MEMORY)));
+            }
+        }
+    }
+    r
+}
+
+/// `n` bytes as a quantity: in Mi when whole, else in bytes.
+fn mebibytes(n: u64) -> String {
+    match n % (1 << 20) {
+        0 => format!("{}Mi", n >> 20),
+        _ => n.to_string(),
+    }
+}
+
+/// Least privilege for the runner: what a broken-out guest would have is one unprivileged
+/// process with nothing to write but its state directory.
+fn runner_security_context() -> core::SecurityContext {
+    core::SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUNNER_UID),
+        run_as_group: Some(RUNNER_UID),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(core::Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(core::SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The immutable ConfigMap of the runners' manifest, named by its content (a changed pod gets
+/// a new one, as kustomize's generators name theirs).
+fn manifest_config_map(
+    pod: &str,
+    manifest: &str,
+    for_pod: &core::Pod,
+) -> Result<core::ConfigMap, GenerateError> {
+    let hash = crate::oci::store::Digest::of(manifest.as_bytes());
+    let name = format!("{pod}-wpod-{}", &hash.hex()[..10]);
+    if name.len() > 253 {
+        return Err(GenerateError::Unmappable(format!(
+            "the pod's name is too long for its manifest's ConfigMap ({name}: more than 253 \
+             characters)"
+        )));
+    }
+    Ok(core::ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: for_pod.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "wpod".to_string(),
+            )])),
+            ..Default::default()
+        },
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            "pod.yaml".to_string(),
+            manifest.to_string(),
+        )])),
+        ..Default::default()
+    })
+}
+
+/// The runners' volumes (the manifest, a state directory each), and no ServiceAccount token
+/// unless the manifest asks for one.
+fn add_runner_volumes(
+    pod: &mut core::Pod,
+    config_map: &str,
+    states: &[String],
+) -> Result<(), GenerateError> {
+    let spec = pod_spec(pod)?;
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    let ours: Vec<&str> = std::iter::once("wpod-pod")
+        .chain(states.iter().map(String::as_str))
+        .collect();
+    if let Some(v) = volumes.iter().find(|v| ours.contains(&v.name.as_str())) {
+        return Err(GenerateError::Unmappable(format!(
+            "volume {}: the name is the runners' own; rename the volume",
+            v.name
+        )));
+    }
+    volumes.push(core::Volume {
+        name: "wpod-pod".into(),
+        config_map: Some(core::ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    for state in states {
+        volumes.push(core::Volume {
+            name: state.clone(),
+            empty_dir: Some(core::EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    spec.automount_service_account_token.get_or_insert(false);
+    Ok(())
+}
+
+/// The documents as YAML, once they have read back through Kubernetes' types unchanged.
+fn write_checked(docs: &[Value]) -> Result<String, GenerateError> {
+    let text = yaml::write(docs).map_err(|e| GenerateError::RoundTrip(e.to_string()))?;
+    round_trip(&text).map_err(GenerateError::RoundTrip)?;
+    Ok(text)
+}
+
+/// Reads `text` back: each document through its Kubernetes type and out again must be the same
+/// value (a field the type does not know, a value of the wrong type, would differ).
+pub fn round_trip(text: &str) -> Result<(), String> {
+    let docs = yaml::documents(text).map_err(|e| e.to_string())?;
+    for doc in docs {
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let back = match kind {
+            "Pod" => through::<core::Pod>(&doc),
+            "ConfigMap" => through::<core::ConfigMap>(&doc),
+            "Secret" => through::<core::Secret>(&doc),
+            "PersistentVolumeClaim" => through::<core::PersistentVolumeClaim>(&doc),
+            other => return Err(format!("a document of kind {other:?}")),
+        }?;
+        if back != doc {
+            return Err(format!(
+                "the {kind} differs once read through its type:\n{}\nread back as\n{}",
+                doc, back
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn through<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: &Value,
+) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    - name: c\n      image: nginx\n";
+
+    /// A field Kubernetes' types do not know, or a value of the wrong type, does not survive
+    /// the round-trip: the check refuses it instead of writing YAML that loses it.
+    #[test]
+    fn the_round_trip_refuses_what_kubernetes_types_would_lose() {
+        round_trip(POD).expect("a plain pod");
+        let unknown = POD.replace(
+            "      image: nginx\n",
+            "      image: nginx\n      imageSize: 3\n",
+        );
+        assert!(round_trip(&unknown).unwrap_err().contains("differs"));
+        let wrong = POD.replace(
+            "      image: nginx\n",
+            "      image: nginx\n      tty: \"yes\"\n",
+        );
+        assert!(round_trip(&wrong).is_err());
+        let kind = POD.replace("kind: Pod", "kind: Service");
+        assert!(round_trip(&kind).unwrap_err().contains("Service"));
+    }
+
+    /// The runner's memory is added to the sidecar's limit and request, in Mi when whole.
+    #[test]
+    fn the_runner_memory_is_added_to_the_sidecars() {
+        let r = with_runner_memory(core::ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            requests: Some(BTreeMap::from([
+                ("memory".into(), Quantity("1000".into())),
+                ("cpu".into(), Quantity("100m".into())),
+            ])),
+            ..Default::default()
+        });
+        let limits = r.limits.expect("limits");
+        let requests = r.requests.expect("requests");
+        assert_eq!(limits["memory"].0, "96Mi");
+        assert_eq!(requests["memory"].0, (1000 + RUNNER_MEMORY).to_string());
+        assert_eq!(requests["cpu"].0, "100m");
+    }
+}
