@@ -27,7 +27,7 @@ use crate::sidecars::{PreparedSidecar, SidecarError};
 use crate::spec::SpecError;
 
 /// Where the runner image holds wpod, and the component.
-pub const RUNNER_BIN: &str = "/wpod";
+pub const RUNNER_BIN: &str = "/usr/local/bin/wpod";
 pub const COMPONENT_PATH: &str = "/wpod/component.wasm";
 /// Where the runner container finds the pod's manifest (the ConfigMap), and its state.
 pub const MANIFEST_DIR: &str = "/etc/wpod";

@@ -1,0 +1,538 @@
+//! The pod `wpod kube generate` writes, run on a real container runtime as the kubelet runs it:
+//! Debian's containerd (1.6, runc, the CNI bridge plugin) driven through the Kubernetes CRI API
+//! (`tests/cri`: a private containerd in a network namespace of its own, a small CRI client,
+//! offline images). The test plays the kubelet's part for this pod: volumes as host
+//! directories, the environment (`fieldRef`, `$(VAR)`) resolved, the securityContext and the
+//! memory limit passed on, the startupProbe run through `ExecSync`, the stop through
+//! `StopContainer`. The runtime, the shim, the sandbox, the mounts and the network are real.
+//!
+//! Needs root and Debian's containerd, runc, containernetworking-plugins, python3-grpcio,
+//! python3-protobuf, protobuf-compiler, gcc, busybox-static and nginx-light (`.ci/setup`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1 as core;
+use serde_json::{json, Value};
+use wpod_test_support::{repo_root, require_root, sidecar};
+
+use crate::{text, wpod_bin};
+
+/// A private containerd (tests/cri/setup.sh), torn down with everything it made when dropped.
+struct Harness {
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+impl Harness {
+    fn start(dir: &Path) -> Self {
+        let out = Command::new(repo_root().join("tests/cri/setup.sh"))
+            .arg(dir)
+            .output()
+            .expect("tests/cri/setup.sh");
+        assert!(
+            out.status.success(),
+            "the containerd harness did not start: {}\n(needs Debian's containerd, runc, \
+             containernetworking-plugins, python3-grpcio, python3-protobuf, protobuf-compiler, \
+             gcc and busybox-static: bash .ci/setup)",
+            text(&out.stderr)
+        );
+        let env: BTreeMap<String, String> = serde_json::from_slice(
+            &std::fs::read(dir.join("env.json")).expect("the harness's env.json"),
+        )
+        .expect("env.json");
+        Harness {
+            dir: dir.to_path_buf(),
+            env,
+        }
+    }
+
+    /// `cri.py ARGS`: its JSON answer, which must be a success.
+    fn cri(&self, args: &[&str]) -> Value {
+        let out = Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/cri/cri.py"))
+            .args(args)
+            .envs(&self.env)
+            .output()
+            .expect("cri.py");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "cri.py {args:?}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        });
+        assert!(out.status.success(), "cri.py {args:?}: {answer}");
+        answer
+    }
+
+    /// Imports an image (`tests/cri/image.sh`); its digest-pinned reference.
+    fn import(&self, name: &str, args: &[&str]) -> String {
+        let out = Command::new(repo_root().join("tests/cri/image.sh"))
+            .arg(&self.dir)
+            .arg(name)
+            .args(args)
+            .output()
+            .expect("tests/cri/image.sh");
+        assert!(out.status.success(), "image {name}: {}", text(&out.stderr));
+        pinned(name, &text(&out.stdout))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let out = Command::new(repo_root().join("tests/cri/teardown.sh"))
+            .arg(&self.dir)
+            .output();
+        if let Ok(out) = out {
+            if !out.status.success() {
+                eprintln!("teardown left something: {}", text(&out.stderr));
+            }
+        }
+    }
+}
+
+/// `REPO@DIGEST` from an image's name and mkimage.py's JSON line.
+fn pinned(name: &str, json_line: &str) -> String {
+    let v: Value = serde_json::from_str(json_line.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("not mkimage.py's line: {json_line}"));
+    let digest = v["manifest_digest"].as_str().expect("manifest_digest");
+    let repo = match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => name,
+    };
+    format!("{repo}@{digest}")
+}
+
+/// What the kubelet knows of the pod while it runs it.
+struct Kubelet<'a> {
+    harness: &'a Harness,
+    pod: core::Pod,
+    /// Each volume's host directory.
+    volumes: BTreeMap<String, PathBuf>,
+    pod_id: String,
+    pod_ip: String,
+}
+
+const POD_UID: &str = "6b3e1f0e-0000-4000-8000-000000000001";
+
+impl<'a> Kubelet<'a> {
+    /// Makes the pod's volumes (emptyDir: a directory anyone in the pod may write; configMap:
+    /// its keys as files) and its sandbox.
+    fn run_pod(harness: &'a Harness, pod: core::Pod, config_maps: &[core::ConfigMap]) -> Self {
+        let spec = pod.spec.clone().expect("a spec");
+        let mut volumes = BTreeMap::new();
+        for v in spec.volumes.iter().flatten() {
+            let dir = harness.dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&dir).expect("volume dir");
+            if let Some(source) = &v.config_map {
+                let cm = config_maps
+                    .iter()
+                    .find(|c| c.metadata.name.as_deref() == Some(source.name.as_str()))
+                    .unwrap_or_else(|| panic!("no ConfigMap {}", source.name));
+                for (key, value) in cm.data.iter().flatten() {
+                    std::fs::write(dir.join(key), value).expect("configMap file");
+                }
+                chmod(&dir, 0o755);
+            } else {
+                assert!(
+                    v.empty_dir.is_some(),
+                    "volume {} is not an emptyDir",
+                    v.name
+                );
+                chmod(&dir, 0o777);
+            }
+            volumes.insert(v.name.clone(), dir);
+        }
+        let name = pod.metadata.name.clone().expect("a name");
+        let sandbox = json!({
+            "metadata": {"name": name, "namespace": "default", "uid": POD_UID, "attempt": 0},
+            "hostname": name,
+            "linux": {"security_context": {"namespace_options": namespaces(&spec)}},
+        });
+        let sandbox_file = harness.dir.join("sandbox.json");
+        std::fs::write(&sandbox_file, sandbox.to_string()).expect("sandbox.json");
+        let pod_id = harness.cri(&["run-pod", path(&sandbox_file)])["pod_id"]
+            .as_str()
+            .expect("pod_id")
+            .to_string();
+        let pod_ip = harness.cri(&["pod-status", &pod_id])["ip"]
+            .as_str()
+            .expect("the pod's IP")
+            .to_string();
+        Kubelet {
+            harness,
+            pod,
+            volumes,
+            pod_id,
+            pod_ip,
+        }
+    }
+
+    /// The container `name` of the pod as the kubelet hands it to the runtime; started.
+    fn start(&self, name: &str) -> String {
+        let c = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+            .clone();
+        let config = self.container_config(&c);
+        let file = self.harness.dir.join(format!("container-{name}.json"));
+        std::fs::write(&file, config.to_string()).expect("container json");
+        let sandbox_file = self.harness.dir.join("sandbox.json");
+        self.harness
+            .cri(&["run", &self.pod_id, path(&sandbox_file), path(&file)])["container_id"]
+            .as_str()
+            .expect("container_id")
+            .to_string()
+    }
+
+    fn container_config(&self, c: &core::Container) -> Value {
+        // The environment in order, each value expanded against the ones before (`$(VAR)`).
+        let mut env: Vec<(String, String)> = Vec::new();
+        for var in c.env.iter().flatten() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(v), _) => expand(v, &env),
+                (None, Some(from)) => {
+                    let field = &from
+                        .field_ref
+                        .as_ref()
+                        .expect("only fieldRef here")
+                        .field_path;
+                    match field.as_str() {
+                        "metadata.name" => self.pod.metadata.name.clone().unwrap_or_default(),
+                        "metadata.namespace" => "default".into(),
+                        "metadata.uid" => POD_UID.into(),
+                        "status.podIP" => self.pod_ip.clone(),
+                        "status.hostIP" => "198.51.100.1".into(),
+                        other => panic!("fieldRef {other} is not given by this kubelet"),
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            env.push((var.name.clone(), value));
+        }
+        let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
+            list.iter().flatten().map(|a| expand(a, &env)).collect()
+        };
+        let mounts: Vec<Value> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| {
+                json!({
+                    "container_path": m.mount_path,
+                    "host_path": path(&self.volumes[&m.name]),
+                    "readonly": m.read_only.unwrap_or(false),
+                })
+            })
+            .collect();
+        let memory = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .map(|q| wpod::spec::quantity::bytes(&q.0).expect("a quantity"));
+        let sc = c.security_context.clone().unwrap_or_default();
+        let mut security = json!({
+            "namespace_options": namespaces(self.pod.spec.as_ref().expect("spec")),
+            "readonly_rootfs": sc.read_only_root_filesystem.unwrap_or(false),
+            "no_new_privs": sc.allow_privilege_escalation == Some(false),
+        });
+        if let Some(uid) = sc.run_as_user {
+            security["run_as_user"] = json!({"value": uid});
+        }
+        if let Some(gid) = sc.run_as_group {
+            security["run_as_group"] = json!({"value": gid});
+        }
+        if let Some(caps) = &sc.capabilities {
+            security["capabilities"] = json!({
+                "drop_capabilities": caps.drop.clone().unwrap_or_default(),
+                "add_capabilities": caps.add.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(seccomp) = &sc.seccomp_profile {
+            security["seccomp"] = json!({"profile_type": seccomp.type_});
+        }
+        let mut linux = json!({"security_context": security});
+        if let Some(bytes) = memory {
+            linux["resources"] = json!({"memory_limit_in_bytes": bytes});
+        }
+        json!({
+            "metadata": {"name": c.name, "attempt": 0},
+            "image": {"image": c.image.clone().expect("an image")},
+            "command": expand_all(&c.command),
+            "args": expand_all(&c.args),
+            "envs": env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            "mounts": mounts,
+            "log_path": format!("{}.log", c.name),
+            "linux": linux,
+        })
+    }
+}
+
+fn namespaces(spec: &core::PodSpec) -> Value {
+    let pid = match spec.share_process_namespace {
+        Some(true) => "POD",
+        _ => "CONTAINER",
+    };
+    json!({"network": "POD", "pid": pid, "ipc": "POD"})
+}
+
+fn expand(text: &str, env: &[(String, String)]) -> String {
+    wpod::spec::env::expand(text, |name| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// The outcome the probe guest printed for `action` in the container's log.
+fn outcome<'a>(stdout: &'a str, action: &str) -> &'a str {
+    let prefix = format!("{action} ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no outcome for {action} in:\n{stdout}"))
+}
+
+/// The test's own directory, removed when dropped (after the harness's teardown).
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: nginx
+    image: NGINX_IMAGE
+    ports:
+    - containerPort: 8080
+  - name: probe
+    image: ./probe.wasm
+    args:
+    - ready
+    - connect:127.0.0.1:8080
+    - connect:$(POD_IP):8080
+    - connect:198.51.100.1:80
+    - listen:9090
+    - listen:9999
+    - write:/data/hello:$(GREETING)
+    - read:/etc/passwd
+    - read:/data/../../etc/passwd
+    - read:/etc/wpod/pod.yaml
+    - alloc:4
+    - alloc:128
+    - wait-stopping
+    env:
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: GREETING
+      value: hello-from-$(POD_IP)
+    ports:
+    - containerPort: 9090
+    resources:
+      limits:
+        memory: 64Mi
+    volumeMounts:
+    - name: data
+      mountPath: /data
+  volumes:
+  - name: data
+    emptyDir: {}
+"#;
+
+/// nginx as the main container and the probe sidecar as a runner container, from `wpod kube
+/// generate`'s YAML, on containerd: the startupProbe passes through ExecSync once the guest
+/// called ready(); the guest reaches nginx on the pod's loopback and the pod's own address,
+/// listens on its declared port only, writes its volume, and is refused an address outside
+/// the pod, an undeclared port, files outside its mounts (the runner's own among them) and
+/// memory past its limit; the container's memory limit is the sidecar's plus the runner's;
+/// StopContainer's SIGTERM is the guest's `stopping`.
+#[test]
+fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
+    require_root("a_generated_pod_runs_on_containerd_with_its_sidecars_grants");
+    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(&work.0).expect("work dir");
+    let harness = Harness::start(&work.0.join("cri"));
+
+    // The images, offline: nginx from Debian's binary, the runner of the probe component.
+    let nginx = {
+        let out = Command::new(repo_root().join("tests/cri/nginx-image.sh"))
+            .arg(&harness.dir)
+            .arg("localhost/wpod-test/nginx:1")
+            .output()
+            .expect("tests/cri/nginx-image.sh");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        pinned("localhost/wpod-test/nginx:1", &text(&out.stdout))
+    };
+    let archive = work.0.join("runner.tar");
+    let built = Command::new(repo_root().join("runner/build-image.sh"))
+        .args(["--wpod", path(&wpod_bin())])
+        .args(["--component", path(&sidecar("probe"))])
+        .args(["--name", "localhost/wpod-test/probe-runner:1"])
+        .args(["--out", path(&archive)])
+        .output()
+        .expect("runner/build-image.sh");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    std::fs::write(work.0.join("runner.tar.json"), &built.stdout).expect("json");
+    let runner = harness.import(
+        "localhost/wpod-test/probe-runner:1",
+        &["--archive", path(&archive)],
+    );
+
+    // The generated YAML, read through Kubernetes' types.
+    std::fs::write(work.0.join("pod.yaml"), POD.replace("NGINX_IMAGE", &nginx)).expect("pod");
+    std::fs::copy(sidecar("probe"), work.0.join("probe.wasm")).expect("component");
+    let generated = Command::new(wpod_bin())
+        .args(["kube", "generate"])
+        .arg(work.0.join("pod.yaml"))
+        .args(["--image", &format!("probe={runner}")])
+        .output()
+        .expect("wpod kube generate");
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let docs = wpod::kube::yaml::documents(&text(&generated.stdout)).expect("YAML");
+    let mut config_maps: Vec<core::ConfigMap> = Vec::new();
+    let mut pod: Option<core::Pod> = None;
+    for doc in docs {
+        match doc["kind"].as_str() {
+            Some("ConfigMap") => config_maps.push(serde_json::from_value(doc).expect("ConfigMap")),
+            Some("Pod") => pod = Some(serde_json::from_value(doc).expect("Pod")),
+            other => panic!("an unexpected document: {other:?}"),
+        }
+    }
+    let kubelet = Kubelet::run_pod(&harness, pod.expect("a Pod"), &config_maps);
+    let started = Instant::now();
+    let nginx_id = kubelet.start("nginx");
+    let runner_id = kubelet.start("probe");
+
+    // The startupProbe, as the kubelet runs it: ExecSync in the runner's container.
+    let probe_cmd: Vec<String> = kubelet
+        .pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .find(|c| c.name == "probe")
+        .and_then(|c| c.startup_probe.as_ref())
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("the runner's startupProbe");
+    let mut exec = vec!["exec", &runner_id, "--timeout", "5", "--"];
+    exec.extend(probe_cmd.iter().map(String::as_str));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready_after = loop {
+        let answer = harness.cri(&exec);
+        if answer["exit_code"] == 0 {
+            assert!(
+                answer["stdout"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("ready: probe"),
+                "{answer}"
+            );
+            break started.elapsed();
+        }
+        let status = harness.cri(&["status", &runner_id]);
+        assert_ne!(
+            status["state"],
+            "CONTAINER_EXITED",
+            "the runner ended: {status}\n{}",
+            harness.cri(&["logs", &runner_id])
+        );
+        assert!(Instant::now() < deadline, "never ready: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "runner ready {} ms after its pod's containers were created",
+        ready_after.as_millis()
+    );
+
+    // The container's memory limit: the sidecar's 64Mi and the runner's 32Mi.
+    let status = harness.cri(&["status", &runner_id]);
+    let limit = &status["info"]["info"]["runtimeSpec"]["linux"]["resources"]["memory"]["limit"];
+    assert_eq!(limit, &json!(96u64 << 20), "{status}");
+
+    // SIGTERM (StopContainer, as the kubelet stops a container) is the guest's `stopping`.
+    harness.cri(&["stop", &runner_id, "--timeout", "10"]);
+    let ended = harness.cri(&["status", &runner_id]);
+    let logs = harness.cri(&["logs", &runner_id]);
+    let stdout = logs["stdout"].as_str().unwrap_or_default().to_string();
+    let stderr = logs["stderr"].as_str().unwrap_or_default().to_string();
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nstatus: {ended}");
+    assert_eq!(ended["exit_code"], 0, "{all}");
+    assert!(
+        outcome(&stdout, "wait-stopping").starts_with("ok: stopping with"),
+        "{all}"
+    );
+    let ip = &kubelet.pod_ip;
+    assert!(
+        outcome(&stdout, "connect:127.0.0.1:8080").starts_with("ok: HTTP/1.1 400"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, &format!("connect:{ip}:8080")).starts_with("ok: HTTP/1.1 400"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "connect:198.51.100.1:80").starts_with("err: Permission denied"),
+        "{all}"
+    );
+    assert!(outcome(&stdout, "listen:9090").starts_with("ok"), "{all}");
+    assert!(outcome(&stdout, "listen:9999").starts_with("err"), "{all}");
+    assert!(
+        outcome(&stdout, &format!("write:/data/hello:hello-from-{ip}")).starts_with("ok"),
+        "{all}"
+    );
+    for refused in [
+        "read:/etc/passwd",
+        "read:/data/../../etc/passwd",
+        "read:/etc/wpod/pod.yaml",
+        "alloc:128",
+    ] {
+        assert!(
+            outcome(&stdout, refused).starts_with("err"),
+            "{refused}: {all}"
+        );
+    }
+    assert_eq!(outcome(&stdout, "alloc:4"), "ok: 4 MiB", "{all}");
+    for denial in [
+        "denied connect to 198.51.100.1:80: not in metadata.annotations[wpod.dev/allowed-outbound.probe]",
+        "denied listen on 0.0.0.0:9999: not in spec.containers[1].ports",
+    ] {
+        assert!(stderr.contains(denial), "missing {denial:?}: {all}");
+    }
+    // What the guest wrote is in the pod's volume, as the runtime mounted it.
+    let written = std::fs::read_to_string(kubelet.volumes["data"].join("hello")).expect("hello");
+    assert_eq!(written, format!("hello-from-{ip}"));
+    // The main container was there all along.
+    assert_eq!(
+        harness.cri(&["status", &nginx_id])["state"],
+        "CONTAINER_RUNNING"
+    );
+}
