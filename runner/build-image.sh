@@ -1,7 +1,8 @@
 #!/bin/bash
 # The runner image of a Wasm sidecar on Kubernetes, offline: wpod (debug info stripped) and the
-# shared libraries it links (no shell, nothing else), the component at /wpod/component.wasm, the
-# mount points `wpod kube generate` gives the runner container, user 65532. Written as an OCI
+# shared libraries it links (no shell, nothing else), the component at /wpod/component.wasm and
+# its compiled code at /wpod/precompiled, the mount points `wpod kube generate` gives the
+# runner container, user 65532. Written as an OCI
 # image archive (an OCI layout in a tar: `ctr images import`, `skopeo copy oci-archive:...`),
 # reproducibly: the same inputs give the same digests.
 #
@@ -30,6 +31,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Debug info is most of a debug build and none of what runs.
 objcopy --strip-debug "$wpod" "$work/wpod"
+# The component compiled by this wpod, so that the container starts without compiling (an
+# entry another CPU cannot load is compiled at start instead). The image is read-only: its
+# MAC key may be readable by the runner's user.
+WPOD_ROOT=$work/root "$wpod" compile "$component" >&2
 args=(
   --add "$work/wpod:/usr/local/bin/wpod:0755"
   --add "$component:/wpod/component.wasm:0644"
@@ -38,6 +43,9 @@ args=(
   --user 65532:65532
   --label org.opencontainers.image.title=wpod-sidecar-runner
 )
+for f in "$work"/root/cache/*; do
+  args+=(--add "$f:/wpod/precompiled/${f##*/}:0644")
+done
 # The dynamic loader and the libraries, at the paths the binary names them by.
 for lib in $(ldd "$wpod" | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
   args+=(--add "$(readlink -f "$lib"):$lib:0755")

@@ -435,6 +435,10 @@ pub enum SidecarCommand {
         /// Where the termination message goes, if the container has that file.
         #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
         termination_log: PathBuf,
+        /// Compiled code shipped with the component (runner/build-image.sh puts it in the
+        /// image), tried before the cache; ignored where missing.
+        #[arg(long, value_name = "DIR", default_value = "/wpod/precompiled")]
+        precompiled: PathBuf,
         /// After `--`: the guest's argv as the container runtime expanded it; the guest's
         /// environment is then this container's (less WPOD_* settings). Without `--`, both
         /// come from the manifest.

@@ -187,6 +187,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     component_digest,
                     state_dir,
                     termination_log,
+                    precompiled,
                     argv,
                 },
         } => sidecar_run(wpod::kube::sidecar::RunOptions {
@@ -196,6 +197,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             component_digest,
             state_dir,
             termination_log,
+            precompiled: Some(precompiled).filter(|d| d.is_dir()),
             argv,
         }),
         Command::Sidecar {

@@ -527,6 +527,8 @@ fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
     ] {
         assert!(stderr.contains(denial), "missing {denial:?}: {all}");
     }
+    // The image's precompiled code was used: nothing was compiled at start.
+    assert!(!stderr.contains("compiled the component"), "{all}");
     // What the guest wrote is in the pod's volume, as the runtime mounted it.
     let written = std::fs::read_to_string(kubelet.volumes["data"].join("hello")).expect("hello");
     assert_eq!(written, format!("hello-from-{ip}"));

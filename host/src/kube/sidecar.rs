@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Where the container's termination message goes (Kubernetes' `terminationMessagePath`).
     pub termination_log: PathBuf,
+    /// Compiled entries shipped with the component (a runner image's), tried before the
+    /// cache in the state directory; ignored when missing.
+    pub precompiled: Option<PathBuf>,
     /// The guest's argv as the container runtime expanded it (what follows `--`); with it, the
     /// guest's environment is the runner's own (less its `WPOD_*` settings). Without it, both
     /// come from the manifest, as `wpod run` makes them.
@@ -139,8 +142,11 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
 
     let name = plan.container.name().to_string();
     let events = Arc::new(Events::new(&name, crate::logs::OutputFormat::Text));
+    if let Some(dir) = &options.precompiled {
+        crate::sidecars::cache::use_precompiled(dir);
+    }
     // One sidecar in this process: a pool of one slot.
-    crate::sidecars::engine::shared_for(1).map_err(SidecarError::from)?;
+    crate::sidecars::engine::shared_with_slots(1).map_err(SidecarError::from)?;
     let prepared = PreparedSidecar::prepare(&plan.container)?;
     if !prepared.component.cached {
         tracing::info!(container = %name, "compiled the component (no cached code for it in the state directory)");

@@ -48,6 +48,24 @@ pub fn dir() -> PathBuf {
     crate::files::state_root().join("cache")
 }
 
+/// Where entries compiled ahead of time may be found, read-only, before the cache: a runner
+/// image's (`wpod sidecar run --precompiled`), built with its component so that the container
+/// starts without compiling. Set once, by that command alone.
+static PRECOMPILED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Look for entries in `dir` first, for the rest of the process.
+pub fn use_precompiled(dir: &Path) {
+    let _ = PRECOMPILED.set(dir.to_path_buf());
+}
+
+/// `name`'s entry among the precompiled ones, if it is there. Its MAC is checked as any
+/// entry's, under the key beside it; one that does not load (another CPU's code) is compiled
+/// again into the cache.
+fn precompiled(name: &str) -> Option<PathBuf> {
+    let entry = PRECOMPILED.get()?.join(name);
+    (entry.is_file() && mac_path(&entry).is_file()).then_some(entry)
+}
+
 /// How a component was obtained, for benchmarks and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -84,7 +102,8 @@ pub fn locate(
             });
         }
     }
-    let entry = dir().join(format!("{}.cwasm", key(engine, &sha)));
+    let name = format!("{}.cwasm", key(engine, &sha));
+    let entry = precompiled(&name).unwrap_or_else(|| dir().join(&name));
     Ok(Located {
         path: path.to_path_buf(),
         wasm,
@@ -114,8 +133,13 @@ impl Located {
             path: self.path.clone(),
             message: format!("{e:#}"),
         })?;
-        if let Err(e) = store_entry(&component, &self.entry) {
-            tracing::warn!(entry = %self.entry.display(), error = %e, "cannot cache the compiled component");
+        // Into the cache, even when the entry that did not load was a precompiled one.
+        let entry = match self.entry.file_name() {
+            Some(name) if !self.entry.starts_with(dir()) => dir().join(name),
+            _ => self.entry.clone(),
+        };
+        if let Err(e) = store_entry(&component, &entry) {
+            tracing::warn!(entry = %entry.display(), error = %e, "cannot cache the compiled component");
         }
         Ok((component, Source::Compiled))
     }
