@@ -462,6 +462,25 @@ pub enum KubeCommand {
     },
     /// Stop the file's pods and remove what they kept.
     Down { file: PathBuf },
+    /// Build the runner image of a Wasm sidecar (this wpod, its libraries, the component and
+    /// its compiled code; no shell; user 65532) and push it to a registry as `wpod push` does,
+    /// or write it as an OCI archive; prints the digest-pinned reference for `kube generate`.
+    Build {
+        /// The sidecar's component.
+        component: PathBuf,
+        /// The image's name, REGISTRY/REPO:TAG.
+        #[arg(short, long, value_name = "NAME")]
+        tag: String,
+        /// Write an OCI archive (`ctr images import`, `skopeo copy oci-archive:`) instead of
+        /// pushing.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+        /// The wpod binary to put in the image (default: this one).
+        #[arg(long, value_name = "BIN")]
+        wpod: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Write the pod as plain Kubernetes YAML for a cluster: each Wasm sidecar a runner
     /// container (`wpod sidecar run` in the real pod, with the manifest's grants, least
     /// privileged), the manifest the runners read as an immutable ConfigMap. What cannot map is

@@ -220,6 +220,22 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => manage::kube_down(&file),
         Command::Kube {
             command:
+                cli::KubeCommand::Build {
+                    component,
+                    tag,
+                    archive,
+                    wpod,
+                    output,
+                },
+        } => market::kube_build(
+            &component,
+            &tag,
+            archive.as_deref(),
+            wpod.as_deref(),
+            output,
+        ),
+        Command::Kube {
+            command:
                 cli::KubeCommand::Generate {
                     file,
                     objects,

@@ -186,6 +186,51 @@ pub fn push(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `wpod kube build`: the runner image of `component`, pushed to `image` (or written to
+/// `archive`); prints `IMAGE@DIGEST`.
+pub fn kube_build(
+    component: &Path,
+    image: &str,
+    archive: Option<&Path>,
+    wpod: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let name = ImageName::parse(image)?;
+    if name.digest.is_some() {
+        bail!(
+            "build to a tag ({}:TAG), not to a digest: the digest is the content's",
+            name.repository_name()
+        );
+    }
+    let own = std::env::current_exe().context("cannot find this wpod binary")?;
+    let built = wpod::kube::build::build(wpod.unwrap_or(&own), component)
+        .with_context(|| format!("cannot build the runner image of {}", component.display()))?;
+    match archive {
+        Some(path) => wpod::kube::build::write_archive(&built, &name, path)?,
+        None => {
+            let remote = Remote::new(&name)?;
+            let blobs = vec![
+                (built.layer.clone(), built.layer_digest.clone()),
+                (built.config.clone(), built.config_digest.clone()),
+            ];
+            about_image(
+                runtime()?.block_on(remote.push_image(blobs, built.manifest.clone())),
+                "push",
+                &name.canonical(),
+            )?;
+        }
+    }
+    let pinned = format!("{}@{}", name.canonical(), built.digest);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": "built", "image": name.canonical(), "digest": built.digest.to_string(), "reference": pinned, "component": built.component_digest, "bytes": built.layer.len(), "archive": archive})
+        ),
+        Output::Text => println!("{pinned}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn sign(image: &str, key: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let name = ImageName::parse(image)?;
     let pem = std::fs::read_to_string(key)

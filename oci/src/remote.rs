@@ -148,12 +148,28 @@ impl Remote {
         artifact: &Artifact,
         component: Vec<u8>,
     ) -> Result<(), RemoteError> {
+        self.push_image(
+            vec![
+                (component, artifact.layer_digest.clone()),
+                (artifact.config.clone(), artifact.config_digest.clone()),
+            ],
+            artifact.manifest.clone(),
+        )
+        .await
+    }
+
+    /// Publishes an OCI image manifest and its blobs (each with its digest; those the
+    /// registry has already are not sent again) under the name's tag (or digest).
+    pub async fn push_image(
+        &self,
+        blobs: Vec<(Vec<u8>, Digest)>,
+        manifest: Vec<u8>,
+    ) -> Result<(), RemoteError> {
         self.login(RegistryOperation::Push).await?;
-        self.put_blob(component, &artifact.layer_digest).await?;
-        self.put_blob(artifact.config.clone(), &artifact.config_digest)
-            .await?;
-        self.put_manifest(&self.reference, artifact.manifest.clone())
-            .await
+        for (bytes, digest) in blobs {
+            self.put_blob(bytes, &digest).await?;
+        }
+        self.put_manifest(&self.reference, manifest).await
     }
 
     /// What the name's tag points to now (or its digest, when it has one).

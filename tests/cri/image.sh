@@ -4,7 +4,7 @@
 # lists it. Prints mkimage.py's JSON line (name and digests).
 #
 #   tests/cri/image.sh DIR NAME [mkimage.py options...]
-#   tests/cri/image.sh DIR NAME --archive TAR     (TAR.json: mkimage.py's line for it)
+#   tests/cri/image.sh DIR NAME --archive TAR     (an OCI archive: wpod kube build --archive)
 #   e.g. tests/cri/image.sh /tmp/crit localhost/crit/runner:dev \
 #          --add ./wpod:/wpod:0755 --add ./app.wasm:/app/app.wasm:0644 --dir /tmp:1777 \
 #          --entrypoint '["/wpod","sidecar"]' --user 65534:65534
@@ -18,11 +18,16 @@ DIR=$(realpath -m "$1"); NAME=$2; shift 2
 safe=$(printf '%s' "$NAME" | tr -c 'A-Za-z0-9._-' '_')
 out=$DIR/images/$safe.tar
 if [[ ${1:-} == --archive ]]; then
-  # An archive built already (runner/build-image.sh), with its JSON line beside it.
-  [[ -f ${2:-} && -f $2.json ]] || { echo "image.sh: --archive needs TAR and TAR.json" >&2; exit 64; }
-  cp "$2" "$out"; cp "$2.json" "$out.json"
+  # An OCI archive built already (`wpod kube build --archive`): its line made from its index.
+  [[ -f ${2:-} ]] || { echo "image.sh: --archive needs an OCI archive" >&2; exit 64; }
+  cp "$2" "$out"
+  /usr/bin/python3 - "$out" "$NAME" > "$out.json" <<'PY'
+import json, sys, tarfile
+index = json.load(tarfile.open(sys.argv[1]).extractfile("index.json"))
+print(json.dumps({"name": sys.argv[2], "manifest_digest": index["manifests"][0]["digest"], "out": sys.argv[1]}))
+PY
 else
-  /usr/bin/python3 "$HERE/../../runner/mkimage.py" --out "$out" --name "$NAME" "$@" > "$out.json"
+  /usr/bin/python3 "$HERE/mkimage.py" --out "$out" --name "$NAME" "$@" > "$out.json"
 fi
 ctr --address "$CRI_SOCKET" --namespace k8s.io images import "$out" > "$out.import.log" 2>&1 ||
   { echo "image.sh: ctr import failed: $(cat "$out.import.log")" >&2; exit 1; }

@@ -392,19 +392,34 @@ fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         pinned("localhost/wpod-test/nginx:1", &text(&out.stdout))
     };
+    // The runner image, as `wpod kube build` makes it (of this wpod, its debug info
+    // stripped as a release build's is).
+    let stripped = work.0.join("wpod");
+    let strip = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(wpod_bin())
+        .arg(&stripped)
+        .status()
+        .expect("objcopy (binutils)");
+    assert!(strip.success());
     let archive = work.0.join("runner.tar");
-    let built = Command::new(repo_root().join("runner/build-image.sh"))
-        .args(["--wpod", path(&wpod_bin())])
-        .args(["--component", path(&sidecar("probe"))])
-        .args(["--name", "localhost/wpod-test/probe-runner:1"])
-        .args(["--out", path(&archive)])
+    let built = Command::new(wpod_bin())
+        .args(["kube", "build", path(&sidecar("probe"))])
+        .args(["--tag", "localhost/wpod-test/probe-runner:1"])
+        .args(["--archive", path(&archive)])
+        .args(["--wpod", path(&stripped)])
         .output()
-        .expect("runner/build-image.sh");
+        .expect("wpod kube build");
     assert!(built.status.success(), "{}", text(&built.stderr));
-    std::fs::write(work.0.join("runner.tar.json"), &built.stdout).expect("json");
     let runner = harness.import(
         "localhost/wpod-test/probe-runner:1",
         &["--archive", path(&archive)],
+    );
+    let digest = runner.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    assert_eq!(
+        text(&built.stdout).trim(),
+        format!("localhost/wpod-test/probe-runner:1@{digest}"),
+        "the pinned reference kube build printed"
     );
 
     // The generated YAML, read through Kubernetes' types.

@@ -543,3 +543,105 @@ fn kube_generate_refuses_what_cannot_map() {
         "imports wpod:sidecar/main-process",
     );
 }
+
+/// `wpod kube build` pushes the runner image to a real registry (Debian's docker-registry on
+/// loopback) at the digest it prints; an independent client (skopeo) reads back an ordinary
+/// image: the runner's user, wpod as its entrypoint, the component's digest as a label, one
+/// layer holding wpod, the component and its compiled code, and no shell.
+#[test]
+fn kube_build_pushes_a_runner_image_a_registry_serves() {
+    require_root("kube_build_pushes_a_runner_image_a_registry_serves");
+    let env = crate::images::ImageEnv::new("kube-build");
+    let addr = &crate::images::registry().addr;
+    let image = format!("{addr}/wpod-test/probe-runner:1.0");
+    let out = Command::new(wpod_bin())
+        .args([
+            "kube",
+            "build",
+            path_str(&sidecar("probe")),
+            "--tag",
+            &image,
+        ])
+        .envs(env.vars())
+        .output()
+        .expect("wpod kube build");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pinned = text(&out.stdout).trim().to_string();
+    let digest = pinned
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .expect("REF@DIGEST");
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .args(args)
+            .arg(format!("docker://{addr}/wpod-test/probe-runner@{digest}"))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let config = skopeo(&["--config"]);
+    assert_eq!(config["config"]["User"], "65532:65532", "{config}");
+    assert_eq!(config["config"]["Entrypoint"][0], "/usr/local/bin/wpod");
+    let component = wpod_test_support::hostile_registry::sha256_digest(
+        &std::fs::read(sidecar("probe")).expect("probe"),
+    );
+    assert_eq!(
+        config["config"]["Labels"]["dev.wpod.component.digest"],
+        component.as_str()
+    );
+    let manifest = skopeo(&["--raw"]);
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(1),
+        "{manifest}"
+    );
+    // The layer's files, through the registry.
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer digest")
+        .to_string();
+    let blob = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://{addr}/v2/wpod-test/probe-runner/blobs/{layer}"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(blob.status.success());
+    let mut files: Vec<String> = tar_names(&blob.stdout);
+    files.sort();
+    for want in [
+        "usr/local/bin/wpod",
+        "wpod/component.wasm",
+        "wpod/precompiled/mac.key",
+        "etc/wpod/",
+        "var/run/wpod/",
+    ] {
+        assert!(files.iter().any(|f| f == want), "no {want} in {files:?}");
+    }
+    assert!(files.iter().any(|f| f.ends_with(".cwasm")), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with("/sh") || f.ends_with("busybox")),
+        "{files:?}"
+    );
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// The names of a tar's entries.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(bytes)
+        .entries()
+        .expect("a tar")
+        .map(|e| {
+            let e = e.expect("an entry");
+            e.path().expect("a path").to_string_lossy().into_owned()
+        })
+        .collect()
+}

@@ -9,6 +9,7 @@
 //!
 //! Above the supervisor (it reports with the supervisor's events) and below the CLI.
 
+pub mod build;
 pub mod context;
 pub mod generate;
 pub mod sidecar;

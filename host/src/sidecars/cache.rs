@@ -48,6 +48,23 @@ pub fn dir() -> PathBuf {
     crate::files::state_root().join("cache")
 }
 
+/// Compiles `path` (or takes it from the cache) into `dir`, an empty directory, as an entry
+/// of its own under a new MAC key (the cache's key is this host's secret and never leaves
+/// it): what a runner image ships as its precompiled code.
+pub fn precompile_into(engine: &Engine, path: &Path, dir: &Path) -> Result<(), CacheError> {
+    let located = locate(engine, path, None)?;
+    let (component, _) = located.load(engine)?;
+    let name = located
+        .entry
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("component.cwasm"));
+    store_entry(&component, &dir.join(name)).map_err(|e| CacheError::Compile {
+        path: path.to_path_buf(),
+        message: format!("cannot write its compiled code into {}: {e}", dir.display()),
+    })
+}
+
 /// Where entries compiled ahead of time may be found, read-only, before the cache: a runner
 /// image's (`wpod sidecar run --precompiled`), built with its component so that the container
 /// starts without compiling. Set once, by that command alone.
