@@ -493,6 +493,10 @@ pub enum KubeCommand {
         /// (repeat for each sidecar).
         #[arg(long = "image", value_name = "NAME=IMAGE", value_parser = parse_image)]
         images: Vec<(String, String)>,
+        /// A trust policy (containers-policy.json) to write as sigstore policy-controller
+        /// ClusterImagePolicy documents for the pod's images.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
         /// Write to this file instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,

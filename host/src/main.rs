@@ -240,16 +240,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     file,
                     objects,
                     images,
+                    policy,
                     output,
                 },
         } => {
             let options = wpod::kube::generate::GenerateOptions {
                 files: objects.with(&file),
                 images: images.into_iter().collect(),
+                policy,
             };
+            // A manifest's problems print as `wpod validate` prints them.
             let yaml = wpod::kube::generate::generate(&options).map_err(|e| match e {
-                wpod::kube::generate::GenerateError::Manifest(e) => anyhow::Error::new(e),
-                e => anyhow::Error::new(e),
+                wpod::kube::generate::GenerateError::Manifest(spec) => anyhow::Error::new(spec),
+                other => anyhow::Error::new(other),
             })?;
             match output {
                 Some(path) => std::fs::write(&path, yaml)
@@ -673,7 +676,10 @@ fn sidecar_run(options: wpod::kube::sidecar::RunOptions) -> anyhow::Result<ExitC
         .thread_name("wpod-sidecar")
         .build()
         .context("cannot start the async runtime")?;
-    let code = match runtime.block_on(wpod::kube::sidecar::run(&options)) {
+    let result = runtime.block_on(wpod::kube::sidecar::run(&options));
+    // A compile a SIGTERM interrupted is not waited for.
+    runtime.shutdown_background();
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             let message = match &e {

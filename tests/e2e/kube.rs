@@ -82,10 +82,11 @@ impl TestContainer {
             .args(["sidecar", "run", "--manifest"])
             .arg(self.dir.join("pod.yaml"))
             .args(["--container", name, "--component"])
-            .arg(component)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(extra);
+            .arg(component);
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(self.state_dir());
+        }
+        cmd.args(extra);
         self.net.enter(&mut cmd);
         cmd
     }
@@ -335,6 +336,47 @@ fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
         ),
         "imports wpod:sidecar/main-process",
     );
+    // A mount of the container's own below a volume (as the kubelet's /etc/hosts would be
+    // below a volume at /etc): the guest would reach it through the volume.
+    refused(
+        &mut c.runner(
+            &[
+                ("/mnt/data", false),
+                ("/mnt/conf", true),
+                ("/mnt/data/inner", false),
+            ],
+            &sidecar("probe"),
+            &[],
+        ),
+        "volumeMount /mnt/data: /mnt/data/inner is mounted inside it",
+    );
+    // A readOnly volume the container mounted read-write.
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", false)],
+            &sidecar("probe"),
+            &[],
+        ),
+        "volumeMount /mnt/conf: the manifest says readOnly, but it is mounted read-write",
+    );
+    // The runner's own state (its readiness file, its compile cache) inside a volume, and
+    // precompiled code from a volume (whose writer could sign its own native code).
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &["--state-dir", "/mnt/data/state"],
+        ),
+        "the runner's own state directory /mnt/data/state lies inside it",
+    );
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &["--precompiled", "/mnt/conf"],
+        ),
+        "the runner's own precompiled code /mnt/conf lies inside it",
+    );
     // A container the manifest does not have, with the manifest's own location.
     refused(
         &mut c.runner_of("nosuch", &[], &sidecar("probe"), &[]),
@@ -542,6 +584,95 @@ fn kube_generate_refuses_what_cannot_map() {
         dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]),
         "imports wpod:sidecar/main-process",
     );
+    std::fs::copy(sidecar("probe"), dir.0.join("probe.wasm")).expect("component");
+    let image = format!("probe={RUNNER_IMAGE}");
+    let with = |from: &str, to: &str| {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&manifest, original.replace(from, to)).expect("manifest");
+        dir.generate(&["--image", &image])
+    };
+    // A variable the runner's dynamic loader would read before wpod runs.
+    refused(
+        with(
+            "    - {name: GREETING, value: \"hello $(POD_NAME)\"}\n",
+            "    - {name: LD_PRELOAD, value: /logs/evil.so}\n",
+        ),
+        "its variable LD_PRELOAD would be read by the runner's dynamic loader",
+    );
+    // A volume over the runner's own files (its state directory here).
+    refused(
+        with("mountPath: /logs, readOnly: true", "mountPath: /var/run"),
+        "volumeMount /var/run is at, above or under /var/run/wpod",
+    );
+    // Off the network on one host; on Kubernetes every pod is on the cluster's.
+    refused(
+        with(
+            "  labels:\n",
+            "  annotations:\n    wpod.dev/network: none\n  labels:\n",
+        ),
+        "wpod.dev/network: none keeps a pod off the network on one host",
+    );
+    // A ConfigMap of the file that the API server would refuse (a value that is not a
+    // string) is blamed on the file, not on wpod.
+    let mut with_object = original.replace(
+        "  volumes:\n",
+        "  volumes:\n  - name: conf\n    configMap: {name: conf}\n",
+    );
+    with_object.push_str(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: conf}\ndata: {PORT: 8080}\n",
+    );
+    std::fs::write(&manifest, with_object).expect("manifest");
+    refused(
+        dir.generate(&["--image", &image]),
+        "the ConfigMap conf does not read as a Kubernetes object",
+    );
+}
+
+/// A Wasm init container that runs to completion gets no startupProbe (Kubernetes allows one
+/// only on regular containers and native sidecars); the runner container never gets the
+/// pod's ServiceAccount token (an empty directory is mounted where the kubelet would put it),
+/// whatever the other containers need.
+#[test]
+fn kube_generate_gives_init_runners_no_startup_probe_and_no_runner_a_token() {
+    let dir = GenerateDir::new("init");
+    let manifest = dir.0.join("pod.yaml");
+    let original = std::fs::read_to_string(&manifest).expect("manifest");
+    // The probe sidecar moved to the init containers, run to completion.
+    let sidecar_start = original.find("  - name: probe\n").expect("the sidecar");
+    let sidecar_end = original.find("  volumes:\n").expect("volumes");
+    let block = &original[sidecar_start..sidecar_end];
+    let moved = original
+        .replace(block, "")
+        .replace(
+            "  initContainers:\n",
+            &format!("  initContainers:\n{block}"),
+        )
+        .replace("spec:\n", "spec:\n  serviceAccountName: controller\n");
+    std::fs::write(&manifest, moved).expect("manifest");
+    let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs = wpod::kube::yaml::documents(&text(&out.stdout)).expect("YAML");
+    let pod = docs.iter().find(|d| d["kind"] == "Pod").expect("a Pod");
+    let init = &pod["spec"]["initContainers"];
+    let runner = init
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "probe"))
+        .unwrap_or_else(|| panic!("the runner among the init containers: {pod}"));
+    assert!(runner.get("startupProbe").is_none(), "{runner}");
+    let mounts = runner["volumeMounts"].as_array().expect("mounts");
+    assert!(
+        mounts.iter().any(
+            |m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                && m["readOnly"] == true
+        ),
+        "{runner}"
+    );
+    // The pod's own token setting is left to the manifest.
+    assert!(
+        pod["spec"].get("automountServiceAccountToken").is_none(),
+        "{pod}"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "controller");
 }
 
 /// `wpod kube build` pushes the runner image to a real registry (Debian's docker-registry on
@@ -644,4 +775,148 @@ fn tar_names(bytes: &[u8]) -> Vec<String> {
             e.path().expect("a path").to_string_lossy().into_owned()
         })
         .collect()
+}
+
+/// `--policy`: the trust policy's requirements for the pod's images become sigstore
+/// policy-controller ClusterImagePolicy documents: the runner images' scope checked with its
+/// key, a rejected scope refused, a scope that accepts anything left out.
+#[test]
+fn kube_generate_writes_the_trust_policy_as_cluster_image_policies() {
+    let dir = GenerateDir::new("policy");
+    let key = Command::new(wpod_bin())
+        .args(["key", "generate", "--no-password", "team"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("wpod key generate");
+    assert!(key.status.success(), "{}", text(&key.stderr));
+    let public = std::fs::read_to_string(dir.0.join("team.pub")).expect("team.pub");
+    let policy = dir.0.join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default": [{{"type": "insecureAcceptAnything"}}],
+                "transports": {{"docker": {{
+                  "registry.example/web": [{{"type": "sigstoreSigned", "keyPath": "{}"}}],
+                  "docker.io/library/busybox": [{{"type": "reject"}}]}}}}}}"#,
+            dir.0.join("team.pub").display()
+        ),
+    )
+    .expect("policy.json");
+    let out = dir.generate(&[
+        "--image",
+        &format!("probe={RUNNER_IMAGE}"),
+        "--policy",
+        path_str(&policy),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let docs = wpod::kube::yaml::documents(&stdout).expect("YAML");
+    let policies: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterImagePolicy")
+        .collect();
+    assert_eq!(policies.len(), 2, "{stdout}");
+    let signed = policies
+        .iter()
+        .find(|p| p["spec"]["images"][0]["glob"] == "registry.example/web:*")
+        .unwrap_or_else(|| panic!("no policy for the runner's scope:\n{stdout}"));
+    assert_eq!(signed["apiVersion"], "policy.sigstore.dev/v1beta1");
+    assert_eq!(
+        signed["spec"]["authorities"][0]["key"]["data"],
+        public.as_str()
+    );
+    let rejected = policies
+        .iter()
+        .find(|p| p["spec"]["images"][0]["glob"] == "docker.io/library/busybox:*")
+        .unwrap_or_else(|| panic!("no policy for busybox:\n{stdout}"));
+    assert_eq!(
+        rejected["spec"]["authorities"][0]["static"]["action"],
+        "fail"
+    );
+    // nginx's scope accepts anything: nothing to enforce.
+    assert!(!stdout.contains("docker.io/library/nginx:*"), "{stdout}");
+    wpod::kube::generate::round_trip(&stdout).expect("a strict round-trip");
+}
+
+/// On the host's network the container's addresses are the node's: none is the pod's own, as
+/// in a wpod pod, so connecting to one needs an outbound rule.
+#[test]
+fn a_sidecar_in_a_host_network_container_has_no_own_address() {
+    require_root("a_sidecar_in_a_host_network_container_has_no_own_address");
+    let manifest = PROBE_POD
+        .replace("spec:\n", "spec:\n  hostNetwork: true\n")
+        .replace(
+            "    - connect:198.51.100.1:80\n",
+            "    - connect:198.51.100.1:80\n    - exit:0\n",
+        );
+    let c = TestContainer::new("hostnet", &manifest);
+    let out = c
+        .runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &[],
+        )
+        .output()
+        .expect("run the runner");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        outcome(&stdout, "connect:127.0.0.1:9").contains("refused"),
+        "{all}"
+    );
+    assert!(
+        outcome(&stdout, "connect:198.51.100.2:9").starts_with("err: Permission denied"),
+        "{all}"
+    );
+}
+
+/// A SIGTERM while the component compiles (the runner is its container's PID 1, which ignores
+/// a signal it has no handler for) ends the container at once, as a process without a handler
+/// ends (143), without starting the guest.
+#[test]
+fn a_sidecar_in_a_container_stops_on_sigterm_while_it_compiles() {
+    require_root("a_sidecar_in_a_container_stops_on_sigterm_while_it_compiles");
+    let c = TestContainer::new("compiling", PROBE_POD);
+    // A Python component: its compile takes seconds (nothing cached in a new state directory).
+    let cmd = c.runner(
+        &[("/mnt/data", false), ("/mnt/conf", true)],
+        &sidecar("health-check-py"),
+        &[],
+    );
+    // As PID 1 of a PID namespace of its own, as in a container.
+    let mut pid1 = Command::new("unshare");
+    pid1.args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    c.net.enter(&mut pid1);
+    let mut child = Running(Some(
+        pid1.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runner"),
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    // The runner is the child of `unshare --fork`: signal it through its PID namespace.
+    let runner = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.child().id()))
+        .expect("unshare's children");
+    let runner: i32 = runner.trim().parse().expect("one child");
+    // SAFETY: a signal to a process of ours, by PID, while its parent waits for it.
+    unsafe { libc::kill(runner, libc::SIGTERM) };
+    let out = child
+        .take()
+        .wait_with_output()
+        .expect("the runner's output");
+    let all = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(143), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{all}");
+    assert!(
+        !text(&out.stderr).contains("started"),
+        "the guest started: {all}"
+    );
 }

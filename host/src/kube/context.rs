@@ -30,6 +30,30 @@ pub enum ContextError {
          the volume at {path}, as `wpod kube generate` writes it"
     )]
     NotAMount { path: String },
+    #[error(
+        "volumeMount {path}: {inside} is mounted inside it, and the sidecar would reach it \
+         through its volume ({what}); mount the volume where nothing else of the container is \
+         mounted below it"
+    )]
+    MountBelow {
+        path: String,
+        inside: String,
+        what: String,
+    },
+    #[error(
+        "volumeMount {path}: the runner's own {what} {inside} lies inside it, where the \
+         sidecar could read or replace it; mount the volume elsewhere"
+    )]
+    RunnerFile {
+        path: String,
+        what: &'static str,
+        inside: String,
+    },
+    #[error(
+        "volumeMount {path}: the manifest says readOnly, but it is mounted read-write in this \
+         container; mount it read-only (as the kubelet does for readOnly: true)"
+    )]
+    Writable { path: String },
     #[error("volumeMount {path}: cannot read the container's mount table: {source}")]
     Mounts {
         path: String,
@@ -45,7 +69,14 @@ pub struct ContainerVolumes {
 }
 
 impl ContainerVolumes {
-    pub fn open(mounts: &[FsMount]) -> Result<Self, ContextError> {
+    /// Opens and checks each volume. None may hold, below its mountPath, a mount that is not
+    /// itself one of the sidecar's volumes (the container's /etc/hosts, a ServiceAccount
+    /// token, the runner's state directory: cap-std crosses mounts, and the guest would reach
+    /// them), nor any of the runner's own files in `protected` (what it is, and its path).
+    pub fn open(
+        mounts: &[FsMount],
+        protected: &[(&'static str, &Path)],
+    ) -> Result<Self, ContextError> {
         let table = crate::mounts::table().map_err(|source| ContextError::Mounts {
             path: mounts.first().map(|m| m.guest.clone()).unwrap_or_default(),
             source,
@@ -70,7 +101,50 @@ impl ContainerVolumes {
             if !mounted_here {
                 return Err(ContextError::NotAMount { path });
             }
+            // `readOnly: true` must be the kernel's too: a sidecar whose read-write volume holds
+            // this one could otherwise write here through it.
+            if m.read_only {
+                let flags = nix::sys::statvfs::fstatvfs(&fd).map(|v| v.flags());
+                if !flags.is_ok_and(|f| f.contains(nix::sys::statvfs::FsFlags::ST_RDONLY)) {
+                    return Err(ContextError::Writable { path });
+                }
+            }
+            // A kernel filesystem as the volume itself: /proc would be the runner's memory.
+            if let Some(k) = table.iter().find(|t| {
+                t.id == id && crate::mounts::KERNEL_FILESYSTEMS.contains(&t.fstype.as_str())
+            }) {
+                return Err(ContextError::MountBelow {
+                    path: path.clone(),
+                    inside: path,
+                    what: format!("the kernel filesystem {}", k.fstype),
+                });
+            }
             dirs.push((PathBuf::from(path), fd));
+        }
+        let volumes: Vec<&Path> = dirs.iter().map(|(p, _)| p.as_path()).collect();
+        for v in &volumes {
+            let below = table.iter().find(|t| {
+                t.mount_point.starts_with(v)
+                    && t.mount_point != *v
+                    && !volumes.contains(&t.mount_point.as_path())
+            });
+            if let Some(t) = below {
+                return Err(ContextError::MountBelow {
+                    path: v.display().to_string(),
+                    inside: t.mount_point.display().to_string(),
+                    what: t.fstype.clone(),
+                });
+            }
+            for (what, file) in protected {
+                let real = crate::files::resolve_existing(file);
+                if real.starts_with(v) || file.starts_with(v) {
+                    return Err(ContextError::RunnerFile {
+                        path: v.display().to_string(),
+                        what,
+                        inside: file.display().to_string(),
+                    });
+                }
+            }
         }
         Ok(ContainerVolumes { dirs })
     }
@@ -99,11 +173,15 @@ impl crate::grants::OpenVolumes for ContainerVolumes {
 }
 
 /// The pod's network as this container sees it: its addresses (every up, non-loopback address
-/// of its interfaces: the pod's IPs), the resolv.conf its runtime wrote, the pod's host
-/// aliases, and its hostname.
-pub fn pod_net(aliases: Vec<(IpAddr, Vec<String>)>) -> PodNet {
+/// of its interfaces: the pod's IPs; none on the host's network, whose addresses are the
+/// node's, as in a wpod pod), the resolv.conf its runtime wrote, the pod's host aliases, and
+/// its hostname.
+pub fn pod_net(aliases: Vec<(IpAddr, Vec<String>)>, host_network: bool) -> PodNet {
     PodNet {
-        ips: pod_ips(),
+        ips: match host_network {
+            true => Vec::new(),
+            false => pod_ips(),
+        },
         resolv: parse_resolv(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
         aliases,
         hostname: nix::unistd::gethostname()

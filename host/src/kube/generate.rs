@@ -11,7 +11,7 @@
 //! any container. The runner is least-privileged: not root, read-only root filesystem, no
 //! capabilities, RuntimeDefault seccomp, no ServiceAccount token. What cannot map is refused by
 //! name. The output is checked by a strict round-trip through the same types before it is
-//! written: a field k8s-openapi does not know would be lost on the way, and is refused.
+//! written (the Pod it starts from was read by wpod's strict parser).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,6 +32,24 @@ pub const COMPONENT_PATH: &str = "/wpod/component.wasm";
 /// Where the runner container finds the pod's manifest (the ConfigMap), and its state.
 pub const MANIFEST_DIR: &str = "/etc/wpod";
 pub const STATE_DIR: &str = "/var/run/wpod";
+/// Where the kubelet mounts a ServiceAccount token; a runner mounts an empty directory there.
+pub const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const NO_TOKEN_VOLUME: &str = "wpod-no-token";
+/// Paths of the runner's own (and the kubelet's) that no volumeMount of a sidecar may be at,
+/// above or under: the guest would reach them through its volume.
+const RUNNER_PATHS: &[&str] = &[
+    MANIFEST_DIR,
+    STATE_DIR,
+    "/wpod",
+    "/usr/local/bin",
+    "/var/run/secrets",
+    "/dev/termination-log",
+];
+/// A ConfigMap holds at most 1 MiB.
+const MAX_CONFIG_MAP_BYTES: usize = 1 << 20;
+/// Variables the dynamic loader and libc read as the runner starts: a sidecar's would be the
+/// runner's own, before wpod runs.
+const LOADER_VARIABLES: &[&str] = &["LD_", "GLIBC_TUNABLES", "MALLOC_", "GCONV_PATH", "LOCPATH"];
 /// The runner's own memory beside its guest's: its runtime, the engine and the loaded code of
 /// one component (measured idle at 9 to 12 MiB; see BENCHMARKS.md), with headroom.
 pub const RUNNER_MEMORY: u64 = 32 << 20;
@@ -77,6 +95,9 @@ pub struct GenerateOptions {
     /// The runner image of each Wasm sidecar, by container name (`REF@sha256:...`: the image
     /// `wpod kube build` makes of the runner and the component).
     pub images: BTreeMap<String, String>,
+    /// A trust policy (containers-policy.json) to write as sigstore policy-controller
+    /// `ClusterImagePolicy` documents for the pod's images.
+    pub policy: Option<PathBuf>,
 }
 
 /// The pod's YAML for a cluster.
@@ -92,11 +113,17 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         )));
     }
     let plan = plans.remove(0);
+    if plan.settings.network_none {
+        return Err(GenerateError::Unmappable(format!(
+            "{}: the annotation wpod.dev/network: none keeps a pod off the network on one \
+             host; on Kubernetes every pod is on the cluster's network (a NetworkPolicy \
+             isolates one): remove the annotation",
+            files.manifest.display()
+        )));
+    }
     let (pod_value, mut passed) = read_documents(&files.manifest)?;
     for path in &files.objects {
-        let (pods, objects) = read_documents(path)?;
-        passed.extend(objects);
-        passed.extend(pods);
+        passed.extend(read_documents(path)?.1);
     }
     let pod_value = pod_value.ok_or_else(|| {
         GenerateError::Unmappable(format!("{}: no Pod document", files.manifest.display()))
@@ -115,9 +142,32 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         }
     }
     let mut pod = original.clone();
-    // The runners' copy of the manifest: what they plan from. A sidecar's command line and
-    // environment are its container's (resolved by the kubelet), so they are not in it.
+    // The runners' copy of the manifest: what they plan from. Every container's command line
+    // and environment are the kubelet's to give (a sidecar's to its runner), so none is in it:
+    // no value of a variable (a Secret's, a password written in the manifest) lands in a
+    // ConfigMap. A sidecar keeps its variables' names, which say what the runner passes on.
     let mut for_runners = original.clone();
+    for c in containers_mut(pod_spec(&mut for_runners)?) {
+        let sidecar = plan
+            .containers
+            .iter()
+            .any(|p| p.name() == c.name && p.image.is_wasm());
+        c.env = match sidecar {
+            true => c.env.take().map(|env| {
+                env.into_iter()
+                    .map(|v| core::EnvVar {
+                        name: v.name,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            false => None,
+        };
+        c.env_from = None;
+        c.command = None;
+        c.args = None;
+        c.lifecycle = None;
+    }
     let mut states = Vec::new();
     for c in &plan.containers {
         refuse_native_unmappable(c)?;
@@ -142,13 +192,9 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
             image,
             prepared.digest(),
             &state,
+            c.role,
             prepared.component.signals_readiness,
         );
-        let copy = find_container(pod_spec(&mut for_runners)?, c.name())?;
-        copy.env = None;
-        copy.env_from = None;
-        copy.command = None;
-        copy.args = None;
         states.push(state);
     }
     if states.is_empty() {
@@ -163,9 +209,165 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     let config_name = config_map.metadata.name.clone().unwrap_or_default();
     add_runner_volumes(&mut pod, &config_name, &states)?;
     let mut docs = vec![to_value(&config_map)?];
+    docs.extend(image_policies(options, plan.name.as_ref(), &pod)?);
     docs.extend(passed);
     docs.push(to_value(&pod)?);
     write_checked(&docs)
+}
+
+/// Every container of the pod, init containers first.
+fn containers_mut(spec: &mut core::PodSpec) -> impl Iterator<Item = &mut core::Container> {
+    spec.init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+}
+
+/// sigstore policy-controller's admission policy for images (`policy.sigstore.dev/v1beta1`):
+/// the fields wpod writes, read back strictly.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClusterImagePolicy {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ImagePolicySpec,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ImagePolicySpec {
+    images: Vec<ImageGlob>,
+    authorities: Vec<Authority>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ImageGlob {
+    glob: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Authority {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<KeyAuthority>,
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    static_: Option<StaticAuthority>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeyAuthority {
+    data: String,
+    hash_algorithm: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct StaticAuthority {
+    action: String,
+}
+
+/// The trust policy's requirements for the pod's images, as `ClusterImagePolicy` documents:
+/// one per scope that asks for more than "accept anything", its images globbed as the scope
+/// reaches them (the repository, its tags and digests, the namespaces under it). A
+/// `sigstoreSigned` requirement becomes one key authority per key (any of them verifies, as
+/// "one of the keys" does), `reject` a failing static authority. What admission cannot say
+/// the same way is refused: two signature requirements that must both hold.
+fn image_policies(
+    options: &GenerateOptions,
+    pod: &str,
+    generated: &core::Pod,
+) -> Result<Vec<Value>, GenerateError> {
+    use crate::oci::trust::{Policy, Requirement};
+    let Some(path) = &options.policy else {
+        return Ok(Vec::new());
+    };
+    let text = crate::files::read_regular(path, crate::files::MAX_MANIFEST_BYTES)
+        .map_err(SpecError::from)?;
+    let policy = Policy::parse(path, &String::from_utf8_lossy(&text))
+        .map_err(|e| GenerateError::Unmappable(e.to_string()))?;
+    let images = generated
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .filter_map(|c| c.image.clone());
+    // By scope: its requirements (the same for every image it covers).
+    let mut scopes: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    for image in images {
+        let name = crate::oci::reference::ImageName::parse(&image)
+            .map_err(|e| GenerateError::Unmappable(format!("image {image}: {e}")))?;
+        let scope = policy.scope_for(&name);
+        scopes
+            .entry(scope.name.clone())
+            .or_insert_with(|| scope.requirements.to_vec());
+    }
+    let mut docs = Vec::new();
+    for (scope, requirements) in scopes {
+        let signatures = requirements
+            .iter()
+            .filter(|r| matches!(r, Requirement::Sigstore { .. }))
+            .count();
+        if signatures > 1 {
+            return Err(GenerateError::Unmappable(format!(
+                "{}: scope {scope:?} asks for {signatures} signatures that must all verify;                  an admission policy admits an image that any one of its authorities verifies:                  give the scope one sigstoreSigned requirement (with keyPaths for several keys)",
+                path.display()
+            )));
+        }
+        let mut authorities = Vec::new();
+        for r in &requirements {
+            match r {
+                Requirement::AcceptAnything => {}
+                Requirement::Reject => authorities.push(Authority {
+                    name: "reject".into(),
+                    key: None,
+                    static_: Some(StaticAuthority {
+                        action: "fail".into(),
+                    }),
+                }),
+                Requirement::Sigstore { keys, .. } => {
+                    for (i, (_, pem)) in keys.iter().enumerate() {
+                        authorities.push(Authority {
+                            name: format!("key-{i}"),
+                            key: Some(KeyAuthority {
+                                data: pem.clone(),
+                                hash_algorithm: "sha256".into(),
+                            }),
+                            static_: None,
+                        });
+                    }
+                }
+            }
+        }
+        if authorities.is_empty() {
+            continue;
+        }
+        let globs = match scope.as_str() {
+            // The transport's "" and the policy's default: every image.
+            "" | "default" => vec!["**".to_string()],
+            s => vec![format!("{s}:*"), format!("{s}@*"), format!("{s}/**")],
+        };
+        let doc = ClusterImagePolicy {
+            api_version: "policy.sigstore.dev/v1beta1".into(),
+            kind: "ClusterImagePolicy".into(),
+            metadata: ObjectMeta {
+                name: Some(format!("{pod}-wpod-{}", docs.len())),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "wpod".to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: ImagePolicySpec {
+                images: globs.into_iter().map(|glob| ImageGlob { glob }).collect(),
+                authorities,
+            },
+        };
+        docs.push(to_value(&doc)?);
+    }
+    Ok(docs)
 }
 
 /// The Pod document of a file (if any) and its other documents, as values.
@@ -180,9 +382,28 @@ fn read_documents(path: &std::path::Path) -> Result<(Option<Value>, Vec<Value>),
     let mut pod = None;
     let mut others = Vec::new();
     for doc in docs {
-        match doc.get("kind").and_then(Value::as_str) {
-            Some("Pod") if pod.is_none() => pod = Some(normalize(doc)),
-            _ => others.push(doc),
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        // Written out as they are: each must read as its Kubernetes type (a ConfigMap value
+        // must be a string, as the API server says too).
+        let check = |what: String| -> Result<(), GenerateError> {
+            round_trip_one(&doc).map_err(|message| GenerateError::Types {
+                file: path.to_path_buf(),
+                what,
+                kind: "object",
+                message,
+            })
+        };
+        match kind {
+            "Pod" if pod.is_none() => pod = Some(normalize(doc)),
+            _ => {
+                check(format!("the {kind} {name}"))?;
+                others.push(doc);
+            }
         }
     }
     Ok((pod, others))
@@ -272,39 +493,46 @@ fn refuse_native_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
     )))
 }
 
-/// What a Wasm sidecar is granted that `wpod sidecar` does not give in a container yet.
+/// What a Wasm sidecar asks for that a runner container cannot give (yet) or must not.
 fn refuse_sidecar_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
     let Image::Wasm(w) = &c.image else {
         return Ok(());
     };
-    let report = crate::grants::inspect::inspect(&w.path)
-        .map_err(|e| GenerateError::Unmappable(format!("container {}: {e}", c.name())))?;
-    let main_process = report
-        .imports
-        .iter()
-        .any(|i| crate::component::unversioned(&i.name) == "wpod:sidecar/main-process");
-    if main_process {
-        return Err(GenerateError::Unmappable(format!(
-            "container {}: its component imports wpod:sidecar/main-process (the main \
-             containers' state, output and signals), which a runner container does not give \
-             yet; run this pod with `wpod run`, or build the sidecar without the main-process \
-             view",
-            c.name()
-        )));
+    super::sidecar::refuse_main_process(c.name(), &w.path).map_err(GenerateError::Unmappable)?;
+    let Some(grants) = &c.grants else {
+        return Ok(());
+    };
+    for (k, _) in &grants.wasi.env {
+        if k.starts_with(crate::plan::in_container::RUNNER_PREFIX) {
+            return Err(GenerateError::Unmappable(format!(
+                "container {}: its variable {k} is named like the runner's own settings \
+                 ({}*), which its guest never sees; rename it",
+                c.name(),
+                crate::plan::in_container::RUNNER_PREFIX
+            )));
+        }
+        if LOADER_VARIABLES.iter().any(|p| k.starts_with(p)) {
+            return Err(GenerateError::Unmappable(format!(
+                "container {}: its variable {k} would be read by the runner's dynamic loader \
+                 or libc as the container starts, before wpod runs (the guest's environment \
+                 is the runner container's); rename it",
+                c.name()
+            )));
+        }
     }
-    let reserved = c
-        .grants
-        .as_ref()
-        .into_iter()
-        .flat_map(|g| g.wasi.env.iter())
-        .find(|(k, _)| k.starts_with(crate::plan::in_container::RUNNER_PREFIX));
-    if let Some((k, _)) = reserved {
-        return Err(GenerateError::Unmappable(format!(
-            "container {}: its variable {k} is named like the runner's own settings \
-             ({}*), which its guest never sees; rename it",
-            c.name(),
-            crate::plan::in_container::RUNNER_PREFIX
-        )));
+    for m in &grants.fs.mounts {
+        let at = std::path::Path::new(&m.guest);
+        if let Some(own) = RUNNER_PATHS
+            .iter()
+            .find(|p| at.starts_with(p) || std::path::Path::new(p).starts_with(at))
+        {
+            return Err(GenerateError::Unmappable(format!(
+                "container {}: volumeMount {} is at, above or under {own}, the runner \
+                 container's own, which its guest must not reach; mount the volume elsewhere",
+                c.name(),
+                m.guest
+            )));
+        }
     }
     Ok(())
 }
@@ -330,6 +558,7 @@ fn runner_container(
     image: &str,
     digest: &str,
     state_volume: &str,
+    role: crate::plan::Role,
     signals_readiness: bool,
 ) -> core::Container {
     // wpod's argv: `command` + `args`, the container's name standing as argv[0] without one.
@@ -349,10 +578,15 @@ fn runner_container(
         digest,
         "--state-dir",
         STATE_DIR,
-        "--",
     ]
     .map(String::from)
     .to_vec();
+    let mut command = command;
+    // Its termination message where the manifest asked for it.
+    if let Some(path) = &c.termination_message_path {
+        command.extend(["--termination-log".to_string(), path.clone()]);
+    }
+    command.push("--".into());
     let mut env = c.env.take().unwrap_or_default();
     for (name, path) in [
         ("WPOD_HOST_IP", "status.hostIP"),
@@ -382,8 +616,21 @@ fn runner_container(
         mount_path: STATE_DIR.into(),
         ..Default::default()
     });
+    // Over the ServiceAccount token's path, so the kubelet mounts no token in the runner,
+    // whatever the pod's other containers need.
+    mounts.push(core::VolumeMount {
+        name: NO_TOKEN_VOLUME.into(),
+        mount_path: TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    // Kubernetes allows a startupProbe on regular containers and native sidecars only.
+    let probed = matches!(
+        role,
+        crate::plan::Role::Regular | crate::plan::Role::NativeSidecar
+    );
     let startup_probe = c.startup_probe.take().or_else(|| {
-        signals_readiness.then(|| core::Probe {
+        (signals_readiness && probed).then(|| core::Probe {
             exec: Some(core::ExecAction {
                 command: Some(
                     [RUNNER_BIN, "sidecar", "probe", "--state-dir", STATE_DIR]
@@ -464,6 +711,13 @@ fn manifest_config_map(
     manifest: &str,
     for_pod: &core::Pod,
 ) -> Result<core::ConfigMap, GenerateError> {
+    if manifest.len() > MAX_CONFIG_MAP_BYTES {
+        return Err(GenerateError::Unmappable(format!(
+            "the pod's manifest is {} bytes, more than a ConfigMap holds (1 MiB); move long \
+             values out of the Pod (into ConfigMaps its containers mount)",
+            manifest.len()
+        )));
+    }
     let hash = crate::oci::store::Digest::of(manifest.as_bytes());
     let name = format!("{pod}-wpod-{}", &hash.hex()[..10]);
     if name.len() > 253 {
@@ -500,7 +754,8 @@ fn add_runner_volumes(
 ) -> Result<(), GenerateError> {
     let spec = pod_spec(pod)?;
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let ours: Vec<&str> = std::iter::once("wpod-pod")
+    let ours: Vec<&str> = ["wpod-pod", NO_TOKEN_VOLUME]
+        .into_iter()
         .chain(states.iter().map(String::as_str))
         .collect();
     if let Some(v) = volumes.iter().find(|v| ours.contains(&v.name.as_str())) {
@@ -527,7 +782,28 @@ fn add_runner_volumes(
             ..Default::default()
         });
     }
-    spec.automount_service_account_token.get_or_insert(false);
+    volumes.push(core::Volume {
+        name: NO_TOKEN_VOLUME.into(),
+        empty_dir: Some(core::EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity("1Ki".into())),
+        }),
+        ..Default::default()
+    });
+    // The runners' memory is the pod's too (pod-level resources, KEP-2837).
+    if let Some(r) = spec.resources.as_mut() {
+        let extra = RUNNER_MEMORY.saturating_mul(states.len() as u64);
+        for list in [r.limits.as_mut(), r.requests.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(q) = list.get_mut("memory") {
+                if let Ok(bytes) = crate::spec::quantity::bytes(&q.0) {
+                    *q = Quantity(mebibytes(bytes.saturating_add(extra)));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -539,24 +815,27 @@ fn write_checked(docs: &[Value]) -> Result<String, GenerateError> {
 }
 
 /// Reads `text` back: each document through its Kubernetes type and out again must be the same
-/// value (a field the type does not know, a value of the wrong type, would differ).
+/// value (a field the type does not know, a value of the wrong type, would differ). What wpod
+/// writes is checked so; the Pod it starts from was read by wpod's own strict parser first.
 pub fn round_trip(text: &str) -> Result<(), String> {
     let docs = yaml::documents(text).map_err(|e| e.to_string())?;
-    for doc in docs {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let back = match kind {
-            "Pod" => through::<core::Pod>(&doc),
-            "ConfigMap" => through::<core::ConfigMap>(&doc),
-            "Secret" => through::<core::Secret>(&doc),
-            "PersistentVolumeClaim" => through::<core::PersistentVolumeClaim>(&doc),
-            other => return Err(format!("a document of kind {other:?}")),
-        }?;
-        if back != doc {
-            return Err(format!(
-                "the {kind} differs once read through its type:\n{}\nread back as\n{}",
-                doc, back
-            ));
-        }
+    docs.iter().try_for_each(round_trip_one)
+}
+
+fn round_trip_one(doc: &Value) -> Result<(), String> {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let back = match kind {
+        "Pod" => through::<core::Pod>(doc),
+        "ConfigMap" => through::<core::ConfigMap>(doc),
+        "Secret" => through::<core::Secret>(doc),
+        "PersistentVolumeClaim" => through::<core::PersistentVolumeClaim>(doc),
+        "ClusterImagePolicy" => through::<ClusterImagePolicy>(doc),
+        other => return Err(format!("a document of kind {other:?}")),
+    }?;
+    if &back != doc {
+        return Err(format!(
+            "the {kind} differs once read through its type:\n{doc}\nread back as\n{back}"
+        ));
     }
     Ok(())
 }

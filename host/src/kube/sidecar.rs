@@ -111,6 +111,16 @@ pub fn readiness_file(state_dir: &Path) -> PathBuf {
 /// Plans and checks everything, then runs the sidecar until it ends; the container's exit code.
 /// Must run inside a Tokio runtime; `WPOD_ROOT` must already be the state directory.
 pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
+    // First of all: as a container's PID 1, a SIGTERM without a handler would be ignored, and
+    // one that comes while the sidecar is prepared must end it, not be lost.
+    let (Ok(mut term), Ok(int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return Err(RunnerError::Refused(
+            "cannot handle SIGTERM, so the sidecar could not be stopped politely".into(),
+        ));
+    };
     let digest = options
         .component_digest
         .as_deref()
@@ -128,30 +138,56 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
     });
     let plan =
         crate::plan::in_container::load(&options.files, &options.container, component, given)?;
-    prepare_state_dir(&options.state_dir)?;
-    let ready_file = readiness_file(&options.state_dir);
-    let _ = std::fs::remove_file(&ready_file);
     refuse_unbacked(&plan)?;
     let grants = plan
         .container
         .grants
         .as_ref()
         .ok_or_else(|| RunnerError::Refused("not a Wasm sidecar".into()))?;
-    let volumes = ContainerVolumes::open(&grants.fs.mounts)?;
+    // The runner's own files stay out of the guest's reach: none may lie in one of its volumes.
+    let binary = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let mut protected: Vec<(&'static str, &Path)> = vec![
+        ("state directory", &options.state_dir),
+        ("manifest", &options.files.manifest),
+        ("component", &options.component),
+        ("termination log", &options.termination_log),
+        ("binary", &binary),
+    ];
+    if let Some(dir) = &options.precompiled {
+        protected.push(("precompiled code", dir));
+    }
+    let volumes = ContainerVolumes::open(&grants.fs.mounts, &protected)?;
     check_descriptors(plan.settings.sidecar_max_handles)?;
+    prepare_state_dir(&options.state_dir)?;
+    let ready_file = readiness_file(&options.state_dir);
+    let _ = std::fs::remove_file(&ready_file);
 
     let name = plan.container.name().to_string();
     let events = Arc::new(Events::new(&name, crate::logs::OutputFormat::Text));
-    if let Some(dir) = &options.precompiled {
+    if let Some(dir) = options
+        .precompiled
+        .as_deref()
+        .filter(|d| on_image(d, &binary))
+    {
         crate::sidecars::cache::use_precompiled(dir);
     }
-    // One sidecar in this process: a pool of one slot.
-    crate::sidecars::engine::shared_with_slots(1).map_err(SidecarError::from)?;
-    let prepared = PreparedSidecar::prepare(&plan.container)?;
+    crate::sidecars::engine::shared_for(1).map_err(SidecarError::from)?;
+    // Compiling may take seconds: a SIGTERM meanwhile ends the container as a process without
+    // a handler ends (143), without starting the guest.
+    let to_prepare = plan.container.clone();
+    let preparing = tokio::task::spawn_blocking(move || PreparedSidecar::prepare(&to_prepare));
+    let prepared = tokio::select! {
+        prepared = preparing => prepared
+            .map_err(|e| RunnerError::Refused(format!("preparing the sidecar failed: {e}")))??,
+        _ = term.recv() => {
+            events.emit(Some(&name), Event::Exited(ExitInfo::terminated()));
+            return Ok(ExitInfo::terminated().code);
+        }
+    };
     if !prepared.component.cached {
-        tracing::info!(container = %name, "compiled the component (no cached code for it in the state directory)");
+        tracing::info!(container = %name, "compiled the component (no precompiled code for this CPU, nor any in the state directory)");
     }
-    let network = Arc::new(pod_net(plan.host_aliases.clone()));
+    let network = Arc::new(pod_net(plan.host_aliases.clone(), plan.host_network));
     let facts = Arc::new(RuntimeFacts {
         pod_ip: network
             .ips
@@ -182,7 +218,17 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
             image: Some(plan.container.shown_image.clone()),
         },
     );
-    let exit = supervise(&mut sidecar, &plan, &state, &events, &ready_file, &prepared).await;
+    let signals = Signals { term, int };
+    let exit = supervise(
+        &mut sidecar,
+        &plan,
+        &state,
+        &events,
+        &ready_file,
+        &prepared,
+        signals,
+    )
+    .await;
     let _ = std::fs::remove_file(&ready_file);
     if let Some(message) = &exit.message {
         write_termination_log(&options.termination_log, message);
@@ -200,18 +246,12 @@ async fn supervise(
     events: &Events,
     ready_file: &Path,
     prepared: &PreparedSidecar,
+    signals: Signals,
 ) -> ExitInfo {
     let name = plan.container.name().to_string();
     let mut ready = state.watch_ready();
     let mut told_ready = false;
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot handle SIGTERM: the sidecar is stopped now");
-        sidecar.kill();
-        return sidecar.exited().await;
-    };
+    let Signals { mut term, mut int } = signals;
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let grace_over = async {
@@ -261,6 +301,27 @@ async fn supervise(
     }
 }
 
+/// The signals the runner handles, installed before anything else.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// Whether `dir` lies on the same mount as the runner's binary (the image's root): only such
+/// precompiled code is trusted, never a volume's, whose writer could sign its own.
+fn on_image(dir: &Path, binary: &Path) -> bool {
+    let id = |p: &Path| {
+        std::fs::File::open(p)
+            .ok()
+            .and_then(|f| crate::mounts::mount_id(std::os::fd::AsFd::as_fd(&f)).ok())
+    };
+    let same = matches!((id(dir), id(binary)), (Some(a), Some(b)) if a == b);
+    if !same {
+        tracing::warn!(dir = %dir.display(), "precompiled code not on the image's own filesystem: not used");
+    }
+    same
+}
+
 /// Stops the sidecar by force before its grace period ends, saying why.
 fn stop_now(sidecar: &WasmSidecar, events: &Events, name: &str, why: &str) {
     sidecar.kill();
@@ -278,22 +339,26 @@ fn refuse_unbacked(plan: &InContainerPlan) -> Result<(), RunnerError> {
     let Image::Wasm(w) = &plan.container.image else {
         return Err(RunnerError::Refused("not a Wasm sidecar".into()));
     };
-    let report = crate::grants::inspect::inspect(&w.path)
-        .map_err(|e| RunnerError::Refused(e.to_string()))?;
-    if report
+    refuse_main_process(plan.container.name(), &w.path).map_err(RunnerError::Refused)
+}
+
+/// Refuses a component that imports the main-process view (`wpod kube generate` and the
+/// runner say the same).
+pub fn refuse_main_process(container: &str, component: &Path) -> Result<(), String> {
+    let report = crate::grants::inspect::inspect(component).map_err(|e| e.to_string())?;
+    let imports = report
         .imports
         .iter()
-        .any(|i| crate::component::unversioned(&i.name) == MAIN_PROCESS)
-    {
-        return Err(RunnerError::Refused(format!(
-            "container {}: its component imports {MAIN_PROCESS} (the main containers' state, \
-             output and signals), which `wpod sidecar` does not give yet: on Kubernetes it \
-             would need the pod's PID namespace and the Kubernetes API; run this pod with \
-             `wpod run`, or build the sidecar without the main-process view",
-            plan.container.name()
-        )));
+        .any(|i| crate::component::unversioned(&i.name) == MAIN_PROCESS);
+    match imports {
+        false => Ok(()),
+        true => Err(format!(
+            "container {container}: its component imports {MAIN_PROCESS} (the main containers' \
+             state, output and signals), which a runner container does not give yet: on \
+             Kubernetes it would need the pod's PID namespace and the Kubernetes API; run this \
+             pod with `wpod run`, or build the sidecar without the main-process view"
+        )),
     }
-    Ok(())
 }
 
 /// The guest's handles and the runner's own descriptors must fit the open files limit (raised

@@ -1,9 +1,7 @@
 //! YAML documents as JSON values and back, for Kubernetes objects: what `wpod kube generate`
 //! reads through and writes out of Kubernetes' own types (k8s-openapi, serde).
 
-use std::borrow::Cow;
-
-use saphyr::{LoadableYamlNode, Mapping, Scalar, Yaml, YamlEmitter};
+use saphyr::{LoadableYamlNode, Scalar, Yaml};
 use serde_json::Value;
 
 /// Why a YAML text is not a list of JSON-shaped documents.
@@ -15,8 +13,6 @@ pub enum YamlError {
     Key(String),
     #[error("{0}: YAML anchors, aliases and tags are not used in Kubernetes objects")]
     Unsupported(&'static str),
-    #[error("cannot write YAML: {0}")]
-    Emit(String),
 }
 
 /// Every document of `text`, as JSON values.
@@ -63,44 +59,130 @@ fn scalar(s: &Scalar<'_>) -> Value {
     }
 }
 
-fn from_json(value: &Value) -> Yaml<'static> {
-    match value {
-        Value::Null => Yaml::Value(Scalar::Null),
-        Value::Bool(b) => Yaml::Value(Scalar::Boolean(*b)),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => Yaml::Value(Scalar::Integer(i)),
-            (None, Some(f)) => Yaml::Value(Scalar::FloatingPoint(f.into())),
-            (None, None) => Yaml::Value(Scalar::String(Cow::Owned(n.to_string()))),
-        },
-        Value::String(s) => Yaml::Value(Scalar::String(Cow::Owned(s.clone()))),
-        Value::Array(items) => Yaml::Sequence(items.iter().map(from_json).collect()),
-        Value::Object(map) => {
-            let mut out = Mapping::new();
-            for (k, v) in map {
-                out.insert(
-                    Yaml::Value(Scalar::String(Cow::Owned(k.clone()))),
-                    from_json(v),
-                );
+/// The documents as one YAML stream (`---` before each), in block style. Every string is
+/// double-quoted (JSON's escapes are YAML's), and every key that a YAML 1.1 reader could take
+/// for something else: kubectl reads YAML 1.1, where `y`, `on` or `0b101` unquoted are not
+/// strings.
+pub fn write(docs: &[Value]) -> Result<String, YamlError> {
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        match doc {
+            Value::Object(map) if !map.is_empty() => block_map(map, 0, &mut out),
+            Value::Array(items) if !items.is_empty() => block_seq(items, 0, &mut out),
+            other => {
+                out.push_str(&scalar_text(other));
+                out.push('\n');
             }
-            Yaml::Mapping(out)
+        }
+    }
+    Ok(out)
+}
+
+fn indent(n: usize, out: &mut String) {
+    out.extend(std::iter::repeat_n(' ', n));
+}
+
+fn block_map(map: &serde_json::Map<String, Value>, at: usize, out: &mut String) {
+    for (k, v) in map {
+        indent(at, out);
+        out.push_str(&key_text(k));
+        out.push(':');
+        value_after(v, at + 2, out);
+    }
+}
+
+fn block_seq(items: &[Value], at: usize, out: &mut String) {
+    for v in items {
+        indent(at, out);
+        out.push('-');
+        match v {
+            // A mapping in a sequence starts on the dash's line.
+            Value::Object(map) if !map.is_empty() => {
+                let mut inner = String::new();
+                block_map(map, at + 2, &mut inner);
+                out.push(' ');
+                out.push_str(&inner[at + 2..]);
+            }
+            _ => value_after(v, at + 2, out),
         }
     }
 }
 
-/// The documents as one YAML stream (`---` before each).
-pub fn write(docs: &[Value]) -> Result<String, YamlError> {
-    let mut out = String::new();
-    for doc in docs {
-        let mut text = String::new();
-        let mut emitter = YamlEmitter::new(&mut text);
-        emitter.multiline(true);
-        emitter
-            .dump(&from_json(doc))
-            .map_err(|e| YamlError::Emit(e.to_string()))?;
-        out.push_str(&text);
-        out.push('\n');
+/// A value after `key:` or `-`: on the same line when it is a scalar or empty, else below.
+fn value_after(v: &Value, at: usize, out: &mut String) {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            block_map(map, at, out);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            block_seq(items, at, out);
+        }
+        Value::String(text) if literal_block(text) => {
+            // A block scalar: a string in every YAML version, and readable (a manifest in a
+            // ConfigMap). Chomping keeps the final line breaks exactly.
+            let breaks = text.len() - text.trim_end_matches('\n').len();
+            out.push_str(match breaks {
+                0 => " |-\n",
+                1 => " |\n",
+                _ => " |+\n",
+            });
+            for line in text.trim_end_matches('\n').split('\n') {
+                if !line.is_empty() {
+                    indent(at, out);
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+            for _ in 1..breaks {
+                out.push('\n');
+            }
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&scalar_text(other));
+            out.push('\n');
+        }
     }
-    Ok(out)
+}
+
+/// Whether `text` can be written as a literal block scalar: several lines, nothing a block
+/// cannot hold (other control characters, a first line starting with a space, which would
+/// need an indentation indicator).
+fn literal_block(text: &str) -> bool {
+    text.contains('\n')
+        && !text.starts_with([' ', '\n'])
+        && !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        && !text.contains(['\u{feff}', '\u{2028}', '\u{2029}', '\u{85}'])
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        // JSON's forms of strings and numbers are YAML's too.
+        other => other.to_string(),
+    }
+}
+
+/// A key as it is when no YAML reader can take it for anything but that string, else quoted.
+fn key_text(k: &str) -> String {
+    let plain = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+        && !matches!(
+            k.to_ascii_lowercase().as_str(),
+            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+        );
+    match plain {
+        true => k.to_string(),
+        false => Value::String(k.to_string()).to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +196,10 @@ mod tests {
         let docs = vec![
             serde_json::json!({"a": "1", "b": 1, "c": "true", "d": true, "e": "null",
                 "f": "line one\nline two\n", "g": [], "h": {}, "i": "-x", "j": "a: b",
-                "k": 2.5, "l": "", "m": "0x1F", "n": "~", "o": "8080"}),
+                "k": 2.5, "l": "", "m": "0x1F", "n": "~", "o": "8080", "y": "y", "N": "N",
+                "p": "1_000", "q": "0b101", "r": "2001-12-14", "on": "off", "a b": "\u{7}\t",
+                "s": [{"t": ["u", {"v": "w"}], "x": {}}, [], ["z"]],
+                "b1": "a\n b\n\nc", "b2": "x\n\n\n", "b3": "  lead\nx\n", "b4": "tab\tin\n"}),
             serde_json::json!({"kind": "Pod", "items": [{"name": "x"}, "y"]}),
         ];
         let text = write(&docs).expect("written");

@@ -30,6 +30,8 @@ pub struct InContainerPlan {
     pub grace_period: Duration,
     /// `spec.hostAliases`, answered by the sidecar's resolver as the pod's /etc/hosts has them.
     pub host_aliases: Vec<(IpAddr, Vec<String>)>,
+    /// `spec.hostNetwork`: the container's addresses are the node's, not the pod's own.
+    pub host_network: bool,
 }
 
 /// The guest's command line and environment as the container runtime resolved them for the
@@ -139,6 +141,7 @@ pub fn plan(
             .iter()
             .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
             .collect(),
+        host_network: pod.spec.host_network,
     })
 }
 

@@ -90,16 +90,6 @@ pub fn shared_for(sidecars: usize) -> Result<&'static Engine, EngineError> {
     Ok(&ENGINE.get_or_init(|| created).0)
 }
 
-/// The process-wide engine with a pool of exactly `slots` (`wpod sidecar`, which hosts one
-/// sidecar and never adds any), if it is created here.
-pub fn shared_with_slots(slots: usize) -> Result<&'static Engine, EngineError> {
-    if let Some((e, _)) = ENGINE.get() {
-        return Ok(e);
-    }
-    let created = new_engine(slots.max(1))?;
-    Ok(&ENGINE.get_or_init(|| created).0)
-}
-
 /// The process-wide engine (a pool of [`MIN_SIDECARS`] if it is created here).
 pub fn shared() -> Result<&'static Engine, EngineError> {
     shared_for(0)
