@@ -17,7 +17,7 @@ probe could see first. Memory: one second after that, the proportional set size 
 /proc/PID/smaps_rollup) of every process in the container's cgroup (the shim is outside it, the
 same for both), and the cgroup's own usage (memory.usage_in_bytes, page cache included).
 Then the container is stopped (SIGTERM, 10 s) and removed. Then `wpod bench --runs 10
---density 20` gives the same component's warm start and idle PSS per sidecar in a wpod pod.
+--density 10` gives the same component's warm start and idle PSS per sidecar in a wpod pod.
 One JSON object per run on stdout (the suite's format), a summary on stderr.
 """
 import argparse
@@ -182,10 +182,14 @@ def main():
         client.rm_pod(pod_id)
         client.close()
         # The same component in a wpod pod.
-        bench = subprocess.run([wpod, "bench", "--component", probe, "--runs", "10", "--density", "20", "-o", "json"],
-                               check=True, capture_output=True, text=True,
-                               env={**os.environ, "WPOD_ROOT": os.path.join(work, "wpodroot")}).stdout
-        report = json.loads(bench)
+        # In wpod's own environment, not the harness's (its TMPDIR, its sockets).
+        clean = {k: v for k, v in os.environ.items() if k not in env}
+        bench = subprocess.run([wpod, "bench", "--component", probe, "--runs", "10", "--density", "10", "-o", "json"],
+                               capture_output=True, text=True,
+                               env={**clean, "WPOD_ROOT": os.path.join(work, "wpodroot")})
+        if bench.returncode != 0:
+            raise RuntimeError(f"wpod bench failed: {bench.stderr}")
+        report = json.loads(bench.stdout)
         warm = next(t for t in report["timings"] if t["kind"] == "warm")
         log("\n| container | start to first line (median [min-max]) | idle PSS (median) | idle cgroup usage (median) |")
         log("|---|---|---|---|")
