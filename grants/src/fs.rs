@@ -37,6 +37,10 @@ pub struct FsGrant {
     pub cwd: Option<String>,
     /// `spec.containers[i].volumeMounts`, for refusals.
     pub field: String,
+    /// No symlinks may be made: the sidecar runs in a container of its own (`wpod sidecar`),
+    /// whose volumes the pod's other containers mount without `nosymfollow`, so a link it
+    /// made would lead them anywhere in their own filesystems.
+    pub no_symlinks: bool,
 }
 
 impl Capability for Filesystem {
@@ -90,6 +94,7 @@ impl Capability for Filesystem {
                 .collect(),
             cwd: c.working_dir.clone(),
             field: format!("{}.volumeMounts", sidecar.path),
+            no_symlinks: false,
         }
     }
 
@@ -148,12 +153,14 @@ impl Capability for Filesystem {
         if let Some(cwd) = &grant.cwd {
             setup.wasi.initial_cwd(cwd);
         }
-        Ok(FsState::new(
+        let mut state = FsState::new(
             setup.name,
             grant.mounts.clone(),
             grant.field.clone(),
             setup.reports.clone(),
-        ))
+        );
+        state.no_symlinks = grant.no_symlinks;
+        Ok(state)
     }
 }
 

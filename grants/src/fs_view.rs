@@ -32,6 +32,8 @@ pub struct FsState {
     /// Descriptor (by rep) -> its mount (by index) and its path as the guest sees it. Bounded
     /// by the resource table: entries go with their descriptors.
     origin: HashMap<u32, (usize, String)>,
+    /// Refuse every symlink the guest would make (`FsGrant::no_symlinks`).
+    pub no_symlinks: bool,
 }
 
 impl FsState {
@@ -47,6 +49,7 @@ impl FsState {
             field,
             reports,
             origin: HashMap::new(),
+            no_symlinks: false,
         }
     }
 
@@ -340,6 +343,27 @@ impl HostDescriptor for FsView<'_> {
         dest_path: String,
     ) -> FsResult<()> {
         let rep = fd.rep();
+        if self.state.no_symlinks {
+            let target = match self.state.origin.get(&rep) {
+                Some((_, dir)) => format!("{}/{dest_path}", dir.trim_end_matches('/')),
+                None => dest_path,
+            };
+            self.state.reports.deny(
+                &self.state.container,
+                Denial {
+                    action: Action::Write,
+                    target,
+                    field: self.state.field.clone(),
+                    reason: Some(
+                        "a sidecar in a container of its own makes no symlinks: the pod's \
+                         other containers mount its volumes without nosymfollow, and would \
+                         follow them"
+                            .into(),
+                    ),
+                },
+            );
+            return Err(ErrorCode::NotPermitted.into());
+        }
         let r = <Inner<'_> as HostDescriptor>::symlink_at(
             &mut self.inner,
             fd,

@@ -407,6 +407,8 @@ pub enum ComponentCommand {
 /// Where `wpod sidecar` keeps its readiness file and compile cache unless told.
 pub const SIDECAR_STATE_DIR: &str = "/var/run/wpod";
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SidecarCommand {
     /// Run the container NAME of the pod in --manifest, a Wasm sidecar, from --component: its
@@ -428,6 +430,9 @@ pub enum SidecarCommand {
         /// The component's sha256 (`sha256:<hex>`): another file is refused before it runs.
         #[arg(long, value_name = "DIGEST")]
         component_digest: Option<String>,
+        /// The manifest's sha256: another manifest is refused before anything is planned.
+        #[arg(long, value_name = "DIGEST")]
+        manifest_digest: Option<String>,
         /// A writable directory of this container's (an emptyDir): the readiness file and the
         /// compile cache.
         #[arg(long, value_name = "DIR", default_value = SIDECAR_STATE_DIR)]

@@ -183,6 +183,7 @@ spec:
     - read:/mnt/data/../../etc/passwd
     - symlink:/etc/passwd:/mnt/data/link
     - read:/mnt/data/link
+    - symlink:x:/mnt/data/relative
     - write:/mnt/conf/y:no
     - alloc:4
     - alloc:128
@@ -272,6 +273,12 @@ fn a_sidecar_in_a_container_gets_exactly_its_manifest_grants() {
         outcome(&stdout, "read:/mnt/data/link").starts_with("err"),
         "{all}"
     );
+    // No link at all: the pod's other containers would follow it (they mount the volume
+    // without nosymfollow on Kubernetes).
+    assert!(
+        outcome(&stdout, "symlink:x:/mnt/data/relative").starts_with("err"),
+        "{all}"
+    );
     assert!(
         outcome(&stdout, "write:/mnt/conf/y:no").starts_with("err"),
         "{all}"
@@ -287,6 +294,7 @@ fn a_sidecar_in_a_container_gets_exactly_its_manifest_grants() {
         "denied connect to 198.51.100.1:80: not in metadata.annotations[wpod.dev/allowed-outbound.probe]",
         "denied listen on 0.0.0.0:8081: not in spec.containers[1].ports",
         "denied write to /mnt/conf/y",
+        "denied write to /mnt/data/relative: a sidecar in a container of its own makes no symlinks",
     ] {
         assert!(stderr.contains(denial), "missing {denial:?}\n{all}");
     }
@@ -317,6 +325,15 @@ fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
     refused(
         &mut c.runner(&[("/mnt/data", false)], &sidecar("probe"), &[]),
         "volumeMount /mnt/conf: nothing is mounted there in this container",
+    );
+    // Another manifest than the digest named (a ConfigMap someone else made).
+    refused(
+        &mut c.runner(
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &["--manifest-digest", &format!("sha256:{}", "0".repeat(64))],
+        ),
+        "another ConfigMap stands in its place",
     );
     // Another component than the digest named.
     refused(
@@ -818,7 +835,7 @@ fn kube_generate_writes_the_trust_policy_as_cluster_image_policies() {
     assert_eq!(policies.len(), 2, "{stdout}");
     let signed = policies
         .iter()
-        .find(|p| p["spec"]["images"][0]["glob"] == "registry.example/web:*")
+        .find(|p| p["spec"]["images"][0]["glob"] == "registry.example/web/probe*")
         .unwrap_or_else(|| panic!("no policy for the runner's scope:\n{stdout}"));
     assert_eq!(signed["apiVersion"], "policy.sigstore.dev/v1beta1");
     assert_eq!(
@@ -827,14 +844,19 @@ fn kube_generate_writes_the_trust_policy_as_cluster_image_policies() {
     );
     let rejected = policies
         .iter()
-        .find(|p| p["spec"]["images"][0]["glob"] == "docker.io/library/busybox:*")
+        .find(|p| p["spec"]["images"][0]["glob"] == "index.docker.io/library/busybox*")
         .unwrap_or_else(|| panic!("no policy for busybox:\n{stdout}"));
     assert_eq!(
         rejected["spec"]["authorities"][0]["static"]["action"],
         "fail"
     );
     // nginx's scope accepts anything: nothing to enforce.
-    assert!(!stdout.contains("docker.io/library/nginx:*"), "{stdout}");
+    assert!(!stdout.contains("library/nginx*"), "{stdout}");
+    // A glob never holds `@` (policy-controller refuses one that does).
+    for p in &policies {
+        let glob = p["spec"]["images"][0]["glob"].as_str().unwrap_or_default();
+        assert!(!glob.contains('@'), "{glob}");
+    }
     wpod::kube::generate::round_trip(&stdout).expect("a strict round-trip");
 }
 

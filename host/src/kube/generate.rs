@@ -44,6 +44,10 @@ const RUNNER_PATHS: &[&str] = &[
     "/usr/local/bin",
     "/var/run/secrets",
     "/dev/termination-log",
+    // The runner's dynamic loader and libraries.
+    "/lib",
+    "/lib64",
+    "/usr/lib",
 ];
 /// A ConfigMap holds at most 1 MiB.
 const MAX_CONFIG_MAP_BYTES: usize = 1 << 20;
@@ -167,7 +171,21 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         c.command = None;
         c.args = None;
         c.lifecycle = None;
+        // An exec probe's command line may hold a password (`redis-cli -a ...`).
+        if !sidecar {
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+        }
     }
+    let manifest =
+        yaml::write(&[to_value(&for_runners)?]).map_err(|source| GenerateError::Yaml {
+            file: files.manifest.clone(),
+            source,
+        })?;
+    // Pinned in each runner's command: a ConfigMap of that name made by someone else (its name
+    // can be computed) is refused, not obeyed.
+    let manifest_digest = crate::oci::store::Digest::of(manifest.as_bytes()).to_string();
     let mut states = Vec::new();
     for c in &plan.containers {
         refuse_native_unmappable(c)?;
@@ -183,28 +201,28 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         })?;
         check_pinned(c.name(), image)?;
         refuse_sidecar_unmappable(c)?;
+        refuse_loader_prefixes(c.name(), find_container(pod_spec(&mut pod)?, c.name())?)?;
         let prepared = PreparedSidecar::prepare(c)?;
         let state = format!("wpod-state-{}", states.len());
         let spec = pod_spec(&mut pod)?;
         let container = find_container(spec, c.name())?;
         *container = runner_container(
             container.clone(),
-            image,
-            prepared.digest(),
-            &state,
-            c.role,
-            prepared.component.signals_readiness,
+            Runner {
+                image,
+                component_digest: prepared.digest(),
+                manifest_digest: &manifest_digest,
+                state_volume: &state,
+                role: c.role,
+                signals_readiness: prepared.component.signals_readiness,
+            },
         );
         states.push(state);
     }
     if states.is_empty() {
         return write_checked(&[passed, vec![to_value(&pod)?]].concat());
     }
-    let manifest =
-        yaml::write(&[to_value(&for_runners)?]).map_err(|source| GenerateError::Yaml {
-            file: files.manifest.clone(),
-            source,
-        })?;
+
     let config_map = manifest_config_map(plan.name.as_ref(), &manifest, &pod)?;
     let config_name = config_map.metadata.name.clone().unwrap_or_default();
     add_runner_volumes(&mut pod, &config_name, &states)?;
@@ -270,18 +288,24 @@ struct StaticAuthority {
     action: String,
 }
 
-/// The trust policy's requirements for the pod's images, as `ClusterImagePolicy` documents:
-/// one per scope that asks for more than "accept anything", its images globbed as the scope
-/// reaches them (the repository, its tags and digests, the namespaces under it). A
-/// `sigstoreSigned` requirement becomes one key authority per key (any of them verifies, as
-/// "one of the keys" does), `reject` a failing static authority. What admission cannot say
-/// the same way is refused: two signature requirements that must both hold.
+/// The trust policy's requirements for the pod's images, as `ClusterImagePolicy` documents.
+///
+/// policy-controller applies every policy whose glob matches an image (all must pass), where
+/// containers-policy.json applies the most specific scope alone; so the policies cover the
+/// pod's own repositories only, each with the requirements of the scope that applies to it,
+/// never a scope's whole namespace. A repository is globbed as `REPOSITORY*` (its tags and
+/// digests; a glob may not hold `@`), Docker Hub's as policy-controller names them
+/// (`index.docker.io/...`). `reject` becomes a failing static authority, and wins over any
+/// signature the scope also asks for; `sigstoreSigned` one key authority per key (any one
+/// verifies, as "one of the keys" does). Refused by name: two signature requirements that must
+/// all hold, a `signedIdentity` other than the default (policy-controller checks the key, not
+/// the signature's docker-reference), a repository two scopes govern differently.
 fn image_policies(
     options: &GenerateOptions,
     pod: &str,
     generated: &core::Pod,
 ) -> Result<Vec<Value>, GenerateError> {
-    use crate::oci::trust::{Policy, Requirement};
+    use crate::oci::trust::{Identity, Policy, Requirement};
     let Some(path) = &options.policy else {
         return Ok(Vec::new());
     };
@@ -289,45 +313,55 @@ fn image_policies(
         .map_err(SpecError::from)?;
     let policy = Policy::parse(path, &String::from_utf8_lossy(&text))
         .map_err(|e| GenerateError::Unmappable(e.to_string()))?;
+    let refuse = |why: String| GenerateError::Unmappable(format!("{}: {why}", path.display()));
     let images = generated
         .spec
         .iter()
         .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
         .filter_map(|c| c.image.clone());
-    // By scope: its requirements (the same for every image it covers).
-    let mut scopes: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
+    // By repository (as policy-controller names it): the scope and its authorities.
+    let mut repositories: BTreeMap<String, (String, Vec<Authority>)> = BTreeMap::new();
     for image in images {
         let name = crate::oci::reference::ImageName::parse(&image)
             .map_err(|e| GenerateError::Unmappable(format!("image {image}: {e}")))?;
         let scope = policy.scope_for(&name);
-        scopes
-            .entry(scope.name.clone())
-            .or_insert_with(|| scope.requirements.to_vec());
-    }
-    let mut docs = Vec::new();
-    for (scope, requirements) in scopes {
-        let signatures = requirements
+        let signatures = scope
+            .requirements
             .iter()
             .filter(|r| matches!(r, Requirement::Sigstore { .. }))
             .count();
         if signatures > 1 {
-            return Err(GenerateError::Unmappable(format!(
-                "{}: scope {scope:?} asks for {signatures} signatures that must all verify;                  an admission policy admits an image that any one of its authorities verifies:                  give the scope one sigstoreSigned requirement (with keyPaths for several keys)",
-                path.display()
+            return Err(refuse(format!(
+                "scope {:?} asks for {signatures} signatures that must all verify; an \
+                 admission policy admits an image that any one of its authorities verifies: \
+                 give the scope one sigstoreSigned requirement (with keyPaths for several keys)",
+                scope.name
             )));
         }
         let mut authorities = Vec::new();
-        for r in &requirements {
-            match r {
-                Requirement::AcceptAnything => {}
-                Requirement::Reject => authorities.push(Authority {
-                    name: "reject".into(),
-                    key: None,
-                    static_: Some(StaticAuthority {
-                        action: "fail".into(),
-                    }),
+        if scope
+            .requirements
+            .iter()
+            .any(|r| matches!(r, Requirement::Reject))
+        {
+            authorities.push(Authority {
+                name: "reject".into(),
+                key: None,
+                static_: Some(StaticAuthority {
+                    action: "fail".into(),
                 }),
-                Requirement::Sigstore { keys, .. } => {
+            });
+        } else {
+            for r in scope.requirements {
+                if let Requirement::Sigstore { keys, identity } = r {
+                    if *identity != Identity::MatchRepoDigestOrExact {
+                        return Err(refuse(format!(
+                            "scope {:?} sets signedIdentity, which an admission policy with \
+                             keys does not check (it checks the key, not the signature's \
+                             docker-reference): remove it, or keep this image off Kubernetes",
+                            scope.name
+                        )));
+                    }
                     for (i, (_, pem)) in keys.iter().enumerate() {
                         authorities.push(Authority {
                             name: format!("key-{i}"),
@@ -344,16 +378,34 @@ fn image_policies(
         if authorities.is_empty() {
             continue;
         }
-        let globs = match scope.as_str() {
-            // The transport's "" and the policy's default: every image.
-            "" | "default" => vec!["**".to_string()],
-            s => vec![format!("{s}:*"), format!("{s}@*"), format!("{s}/**")],
+        let repository = match name.repository_name() {
+            r if r.starts_with("docker.io/") => format!("index.{r}"),
+            r => r,
         };
+        match repositories.get(&repository) {
+            Some((other, _)) if *other != scope.name => {
+                return Err(refuse(format!(
+                    "images of {repository} fall under two scopes ({other:?} and {:?}); an \
+                     admission policy governs a repository as a whole: make one scope govern it",
+                    scope.name
+                )))
+            }
+            _ => {
+                repositories.insert(repository, (scope.name.clone(), authorities));
+            }
+        }
+    }
+    let namespace = generated.metadata.namespace.as_deref().unwrap_or("default");
+    let mut docs = Vec::new();
+    for (repository, (_, authorities)) in repositories {
+        // Cluster-wide objects: named by the pod's namespace, name and the repository.
+        let hash =
+            crate::oci::store::Digest::of(format!("{namespace}/{pod}/{repository}").as_bytes());
         let doc = ClusterImagePolicy {
             api_version: "policy.sigstore.dev/v1beta1".into(),
             kind: "ClusterImagePolicy".into(),
             metadata: ObjectMeta {
-                name: Some(format!("{pod}-wpod-{}", docs.len())),
+                name: Some(format!("{pod}-wpod-{}", &hash.hex()[..10])),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/managed-by".to_string(),
                     "wpod".to_string(),
@@ -361,7 +413,9 @@ fn image_policies(
                 ..Default::default()
             },
             spec: ImagePolicySpec {
-                images: globs.into_iter().map(|glob| ImageGlob { glob }).collect(),
+                images: vec![ImageGlob {
+                    glob: format!("{repository}*"),
+                }],
                 authorities,
             },
         };
@@ -537,6 +591,25 @@ fn refuse_sidecar_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
     Ok(())
 }
 
+/// An `envFrom` prefix that makes loader variables of whatever keys its source has.
+fn refuse_loader_prefixes(name: &str, c: &core::Container) -> Result<(), GenerateError> {
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        if !prefix.is_empty()
+            && LOADER_VARIABLES
+                .iter()
+                .any(|p| p.starts_with(prefix) || prefix.starts_with(p))
+        {
+            return Err(GenerateError::Unmappable(format!(
+                "container {name}: its envFrom prefix {prefix:?} could make variables the \
+                 runner's dynamic loader or libc reads as the container starts; use another \
+                 prefix"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A reference pinned to a digest (`REF@sha256:<64 hex>`): what runs is what was reviewed.
 fn check_pinned(container: &str, image: &str) -> Result<(), GenerateError> {
     let pinned = image.rsplit_once("@sha256:").is_some_and(|(name, hex)| {
@@ -553,14 +626,25 @@ fn check_pinned(container: &str, image: &str) -> Result<(), GenerateError> {
 }
 
 /// The Wasm sidecar's container `c` as its runner's.
-fn runner_container(
-    mut c: core::Container,
-    image: &str,
-    digest: &str,
-    state_volume: &str,
+/// What a runner container is made of, besides the sidecar's own container.
+struct Runner<'a> {
+    image: &'a str,
+    component_digest: &'a str,
+    manifest_digest: &'a str,
+    state_volume: &'a str,
     role: crate::plan::Role,
     signals_readiness: bool,
-) -> core::Container {
+}
+
+fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Container {
+    let Runner {
+        image,
+        component_digest: digest,
+        manifest_digest,
+        state_volume,
+        role,
+        signals_readiness,
+    } = runner;
     // wpod's argv: `command` + `args`, the container's name standing as argv[0] without one.
     let mut argv = c.command.take().unwrap_or_else(|| vec![c.name.clone()]);
     argv.extend(c.args.take().unwrap_or_default());
@@ -570,6 +654,8 @@ fn runner_container(
         "run",
         "--manifest",
         &format!("{MANIFEST_DIR}/pod.yaml"),
+        "--manifest-digest",
+        manifest_digest,
         "--container",
         &c.name,
         "--component",

@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub component: PathBuf,
     /// The sha256 the component must have (`sha256:<hex>`): checked before it is compiled.
     pub component_digest: Option<String>,
+    /// The sha256 the manifest must have: a ConfigMap of the same name made by someone else
+    /// is refused, not obeyed.
+    pub manifest_digest: Option<String>,
     /// A directory of the container's own, writable: the readiness file and the compile cache.
     pub state_dir: PathBuf,
     /// Where the container's termination message goes (Kubernetes' `terminationMessagePath`).
@@ -136,6 +139,19 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect(),
     });
+    if let Some(expected) = &options.manifest_digest {
+        let bytes =
+            crate::files::read_regular(&options.files.manifest, crate::files::MAX_MANIFEST_BYTES)
+                .map_err(|e| RunnerError::Manifest(SpecError::from(e)))?;
+        let actual = Digest::of(&bytes).to_string();
+        if actual != *expected {
+            return Err(RunnerError::Refused(format!(
+                "the manifest {} is {actual}, not the {expected} `wpod kube generate` pinned: \
+                 another ConfigMap stands in its place; apply the generated YAML again",
+                options.files.manifest.display()
+            )));
+        }
+    }
     let plan =
         crate::plan::in_container::load(&options.files, &options.container, component, given)?;
     refuse_unbacked(&plan)?;
@@ -144,18 +160,28 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         .grants
         .as_ref()
         .ok_or_else(|| RunnerError::Refused("not a Wasm sidecar".into()))?;
-    // The runner's own files stay out of the guest's reach: none may lie in one of its volumes.
+    // The runner's own files stay out of the guest's reach: none may lie in one of its volumes
+    // (named from anywhere: relative paths made absolute first).
     let binary = std::fs::read_link("/proc/self/exe").unwrap_or_default();
-    let mut protected: Vec<(&'static str, &Path)> = vec![
-        ("state directory", &options.state_dir),
-        ("manifest", &options.files.manifest),
-        ("component", &options.component),
-        ("termination log", &options.termination_log),
-        ("binary", &binary),
-    ];
-    if let Some(dir) = &options.precompiled {
-        protected.push(("precompiled code", dir));
-    }
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let owned: Vec<(&'static str, PathBuf)> = [
+        ("state directory", absolute(&options.state_dir)),
+        ("manifest", absolute(&options.files.manifest)),
+        ("component", absolute(&options.component)),
+        ("termination log", absolute(&options.termination_log)),
+        ("binary", binary.clone()),
+    ]
+    .into_iter()
+    .chain(
+        options
+            .precompiled
+            .iter()
+            .map(|d| ("precompiled code", absolute(d))),
+    )
+    .chain(mapped_files().into_iter().map(|f| ("library", f)))
+    .collect();
+    let protected: Vec<(&'static str, &Path)> =
+        owned.iter().map(|(w, p)| (*w, p.as_path())).collect();
     let volumes = ContainerVolumes::open(&grants.fs.mounts, &protected)?;
     check_descriptors(plan.settings.sidecar_max_handles)?;
     prepare_state_dir(&options.state_dir)?;
@@ -307,19 +333,37 @@ struct Signals {
     int: tokio::signal::unix::Signal,
 }
 
-/// Whether `dir` lies on the same mount as the runner's binary (the image's root): only such
-/// precompiled code is trusted, never a volume's, whose writer could sign its own.
+/// Whether `dir` lies on the same mount as the runner's binary (the image's root), and that
+/// mount is read-only: only such precompiled code is trusted, never a volume's, whose writer
+/// could sign its own.
 fn on_image(dir: &Path, binary: &Path) -> bool {
     let id = |p: &Path| {
         std::fs::File::open(p)
             .ok()
             .and_then(|f| crate::mounts::mount_id(std::os::fd::AsFd::as_fd(&f)).ok())
     };
+    let read_only = nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
     let same = matches!((id(dir), id(binary)), (Some(a), Some(b)) if a == b);
-    if !same {
-        tracing::warn!(dir = %dir.display(), "precompiled code not on the image's own filesystem: not used");
+    if !(same && read_only) {
+        tracing::warn!(dir = %dir.display(), "precompiled code not on the image's own read-only filesystem: not used");
     }
-    same
+    same && read_only
+}
+
+/// The files mapped into the runner (its libraries, its loader): a guest that could write one
+/// would run its code in the runner at its next start.
+fn mapped_files() -> Vec<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut files: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Stops the sidecar by force before its grace period ends, saying why.

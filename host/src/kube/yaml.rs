@@ -153,11 +153,10 @@ fn value_after(v: &Value, at: usize, out: &mut String) {
 /// need an indentation indicator).
 fn literal_block(text: &str) -> bool {
     text.contains('\n')
-        && !text.starts_with([' ', '\n'])
-        && !text
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t')
-        && !text.contains(['\u{feff}', '\u{2028}', '\u{2029}', '\u{85}'])
+        // A first line starting with a space or a tab would set (or break) the indentation.
+        && !text.starts_with([' ', '\t', '\n'])
+        && !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+        && !text.contains(['\u{feff}', '\u{fffe}', '\u{ffff}', '\u{2028}', '\u{2029}', '\u{85}'])
 }
 
 fn scalar_text(v: &Value) -> String {
@@ -165,9 +164,37 @@ fn scalar_text(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Object(_) => "{}".into(),
         Value::Array(_) => "[]".into(),
-        // JSON's forms of strings and numbers are YAML's too.
+        Value::String(text) => quoted(text),
+        // JSON's forms of numbers and booleans are YAML's too.
         other => other.to_string(),
     }
+}
+
+/// `text` double-quoted, with every character a YAML reader would not keep as it is escaped:
+/// control characters (C0, DEL, C1), YAML's line breaks (U+0085, U+2028, U+2029), the byte
+/// order mark and the non-characters U+FFFE and U+FFFF (YAML 1.1 readers refuse them raw).
+fn quoted(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{85}' => out.push_str("\\N"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            c if c.is_control() || matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}') => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A key as it is when no YAML reader can take it for anything but that string, else quoted.
@@ -181,7 +208,7 @@ fn key_text(k: &str) -> String {
         );
     match plain {
         true => k.to_string(),
-        false => Value::String(k.to_string()).to_string(),
+        false => quoted(k),
     }
 }
 
@@ -199,10 +226,20 @@ mod tests {
                 "k": 2.5, "l": "", "m": "0x1F", "n": "~", "o": "8080", "y": "y", "N": "N",
                 "p": "1_000", "q": "0b101", "r": "2001-12-14", "on": "off", "a b": "\u{7}\t",
                 "s": [{"t": ["u", {"v": "w"}], "x": {}}, [], ["z"]],
-                "b1": "a\n b\n\nc", "b2": "x\n\n\n", "b3": "  lead\nx\n", "b4": "tab\tin\n"}),
+                "b1": "a\n b\n\nc", "b2": "x\n\n\n", "b3": "  lead\nx\n", "b4": "tab\tin\n",
+                "c1": "a\u{85}b", "c2": "a \u{2028} b\u{2029}",
+                "c3": "\u{7f}\u{80}\u{fffe}\u{ffff}\u{feff}", "c4": "\tfirst\nsecond",
+                "k\u{85}": "v", "c5": "\\ \" '"}),
             serde_json::json!({"kind": "Pod", "items": [{"name": "x"}, "y"]}),
         ];
         let text = write(&docs).expect("written");
         assert_eq!(documents(&text).expect("read"), docs, "{text}");
+        // What a YAML 1.1 reader (kubectl) would change or refuse is never written raw.
+        for raw in [
+            '\u{85}', '\u{2028}', '\u{2029}', '\u{7f}', '\u{80}', '\u{fffe}', '\u{feff}',
+        ] {
+            assert!(!text.contains(raw), "{raw:?} written raw:\n{text}");
+        }
+        assert!(text.contains("c4: \"\\tfirst\\nsecond\""), "{text}");
     }
 }

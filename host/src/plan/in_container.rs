@@ -115,6 +115,9 @@ pub fn plan(
         m.volume = m.guest.clone();
         m.sub_path = None;
     }
+    // The pod's other containers mount these volumes without nosymfollow (a wpod pod mounts
+    // them so): a link the guest made would lead them anywhere in their own filesystems.
+    grants.fs.no_symlinks = true;
     let mut containers = [ContainerPlan::new(
         path,
         role,
