@@ -942,3 +942,84 @@ fn a_sidecar_in_a_container_stops_on_sigterm_while_it_compiles() {
         "the guest started: {all}"
     );
 }
+
+/// A sidecar pulled from a registry (and so reviewed) is a Wasm sidecar to `kube generate`
+/// too: `wpod kube build REF` makes its runner image from the stored component, and the
+/// generated runner pins that component's digest. A registry image not in the store is taken
+/// for a container image.
+#[test]
+fn kube_generate_and_build_take_a_pulled_sidecar_from_the_store() {
+    require_root("kube_generate_and_build_take_a_pulled_sidecar_from_the_store");
+    let env = crate::images::ImageEnv::new("kube-pulled");
+    let addr = &crate::images::registry().addr;
+    let reference = format!("{addr}/wpod-test/kube-probe:1.0");
+    let wpod = |args: &[&str]| {
+        let out = Command::new(wpod_bin())
+            .args(args)
+            .envs(env.vars())
+            .stdin(Stdio::null())
+            .output()
+            .expect("wpod");
+        assert!(out.status.success(), "wpod {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    wpod(&["push", path_str(&sidecar("probe")), &reference]);
+    wpod(&["pull", &reference, "--yes"]);
+    let archive = env.dir.join("runner.tar");
+    let runner = wpod(&[
+        "kube",
+        "build",
+        &reference,
+        "--tag",
+        "localhost/wpod-test/kube-probe-runner:1.0",
+        "--archive",
+        path_str(&archive),
+    ]);
+    let runner = runner.trim();
+    assert!(runner.contains("@sha256:"), "{runner}");
+    let manifest = env.dir.join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  \
+             - name: main\n    image: docker.io/library/nginx:1.27\n  - name: probe\n    \
+             image: {reference}\n    args: [ready, wait-stopping]\n"
+        ),
+    )
+    .expect("manifest");
+    let yaml = wpod(&[
+        "kube",
+        "generate",
+        path_str(&manifest),
+        "--image",
+        &format!("probe={runner}"),
+    ]);
+    let component = wpod_test_support::hostile_registry::sha256_digest(
+        &std::fs::read(sidecar("probe")).expect("probe"),
+    );
+    assert!(
+        yaml.contains(&format!("\"{component}\"")),
+        "the stored component's digest is pinned:\n{yaml}"
+    );
+    assert!(yaml.contains(&format!("image: \"{runner}\"")), "{yaml}");
+    // Another registry image, not in the store: a container image, which --image cannot name.
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(&manifest)
+            .expect("manifest")
+            .replace("kube-probe:1.0", "kube-probe:2.0"),
+    )
+    .expect("manifest");
+    let out = Command::new(wpod_bin())
+        .args(["kube", "generate", path_str(&manifest), "--image"])
+        .arg(format!("probe={runner}"))
+        .envs(env.vars())
+        .output()
+        .expect("wpod kube generate");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the pod has no Wasm sidecar named probe"),
+        "{}",
+        text(&out.stderr)
+    );
+}
