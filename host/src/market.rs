@@ -203,7 +203,28 @@ pub fn kube_build(
         );
     }
     let own = std::env::current_exe().context("cannot find this wpod binary")?;
-    let built = wpod::kube::build::build(wpod.unwrap_or(&own), component)
+    // A component file, or a sidecar pulled (and so reviewed) into the store by reference.
+    let stored = match component.exists() {
+        true => None,
+        false => {
+            let store = wpod::oci::store::Store::open()?;
+            let name = component.to_str().and_then(|r| ImageName::parse(r).ok());
+            let found = match name {
+                Some(n) => {
+                    wpod::kube::generate::stored_sidecar(&store, &n).map_err(anyhow::Error::msg)?
+                }
+                None => None,
+            };
+            Some(found.with_context(|| {
+                format!(
+                    "{}: no such file, nor a Wasm sidecar in wpod's store (pull it first: wpod pull REF)",
+                    component.display()
+                )
+            })?)
+        }
+    };
+    let file = stored.as_ref().map_or(component, |s| s.path.as_path());
+    let built = wpod::kube::build::build(wpod.unwrap_or(&own), file)
         .with_context(|| format!("cannot build the runner image of {}", component.display()))?;
     match archive {
         Some(path) => wpod::kube::build::write_archive(&built, &name, path)?,

@@ -116,7 +116,7 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
             plans.len()
         )));
     }
-    let plan = plans.remove(0);
+    let plan = with_stored_sidecars(plans.remove(0))?;
     if plan.settings.network_none {
         return Err(GenerateError::Unmappable(format!(
             "{}: the annotation wpod.dev/network: none keeps a pod off the network on one \
@@ -151,6 +151,10 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     // no value of a variable (a Secret's, a password written in the manifest) lands in a
     // ConfigMap. A sidecar keeps its variables' names, which say what the runner passes on.
     let mut for_runners = original.clone();
+    // kubectl's copy of a whole earlier manifest, values and all.
+    if let Some(a) = for_runners.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
     for c in containers_mut(pod_spec(&mut for_runners)?) {
         let sidecar = plan
             .containers
@@ -220,7 +224,8 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         states.push(state);
     }
     if states.is_empty() {
-        return write_checked(&[passed, vec![to_value(&pod)?]].concat());
+        let policies = image_policies(options, plan.name.as_ref(), &pod)?;
+        return write_checked(&[policies, passed, vec![to_value(&pod)?]].concat());
     }
 
     let config_map = manifest_config_map(plan.name.as_ref(), &manifest, &pod)?;
@@ -231,6 +236,81 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     docs.extend(passed);
     docs.push(to_value(&pod)?);
     write_checked(&docs)
+}
+
+/// The plan with each registry image that is a Wasm sidecar in wpod's store, and approved,
+/// planned as the sidecar it is: its grants checked against the component's imports as `wpod
+/// run` checks them. A registry image not in the store is taken for a container image, as the
+/// node's runtime will take it. (No store yet: nothing pulled, nothing made.)
+fn with_stored_sidecars(plan: crate::plan::PodPlan) -> Result<crate::plan::PodPlan, GenerateError> {
+    let registry: Vec<&ContainerPlan> = plan
+        .containers
+        .iter()
+        .filter(|c| matches!(c.image, Image::Registry { .. }))
+        .collect();
+    if registry.is_empty() || !crate::files::state_root().join("images").exists() {
+        return Ok(plan);
+    }
+    let store = crate::oci::store::Store::open()
+        .map_err(|e| GenerateError::Unmappable(format!("cannot read wpod's image store: {e}")))?;
+    let mut sidecars = BTreeMap::new();
+    for c in registry {
+        let Image::Registry { name, .. } = &c.image else {
+            continue;
+        };
+        if let Some(component) = stored_sidecar(&store, name).map_err(GenerateError::Unmappable)? {
+            sidecars.insert(c.path.clone(), component);
+        }
+    }
+    plan.with_pulled_sidecars(&sidecars)
+        .map_err(|d| GenerateError::Manifest(SpecError::Invalid(d)))
+}
+
+/// The stored Wasm sidecar of the image `name`, as a component to plan and run, once its
+/// digest is approved as `wpod run` requires (approved, or a moved tag that imports nothing
+/// more); `None` when the store has no such sidecar.
+pub fn stored_sidecar(
+    store: &crate::oci::store::Store,
+    name: &crate::oci::reference::ImageName,
+) -> Result<Option<crate::plan::WasmComponent>, String> {
+    use crate::oci::approvals::{Approvals, Decision};
+    let Some(record) = store.image(&name.canonical()).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let Some(sidecar) = record.sidecar.as_ref() else {
+        return Ok(None);
+    };
+    let approvals = Approvals::load().map_err(|e| e.to_string())?;
+    let decision = approvals.decide(
+        &name.repository_name(),
+        name.tag.as_deref(),
+        &record.digest,
+        &sidecar.imports,
+        crate::grants::always_granted,
+    );
+    match decision {
+        Decision::Approved(_)
+        | Decision::Upgrade {
+            increases: false, ..
+        } => {}
+        Decision::New | Decision::Upgrade { .. } => {
+            return Err(format!(
+                "the sidecar {} ({}) in wpod's store is not approved at this digest: review it \
+                 with `wpod pull {}` first",
+                name.canonical(),
+                record.digest,
+                name.canonical()
+            ))
+        }
+    }
+    Ok(Some(crate::plan::WasmComponent {
+        path: store.blob_path(&sidecar.component),
+        digest: Some(sidecar.component.clone()),
+        reference: Some(crate::plan::image::pinned(
+            &record.name,
+            record.digest.as_str(),
+        )),
+    }))
 }
 
 /// Every container of the pod, init containers first.
@@ -269,10 +349,7 @@ struct ImageGlob {
 #[serde(deny_unknown_fields)]
 struct Authority {
     name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    key: Option<KeyAuthority>,
-    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
-    static_: Option<StaticAuthority>,
+    key: KeyAuthority,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -282,24 +359,19 @@ struct KeyAuthority {
     hash_algorithm: String,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct StaticAuthority {
-    action: String,
-}
-
 /// The trust policy's requirements for the pod's images, as `ClusterImagePolicy` documents.
 ///
 /// policy-controller applies every policy whose glob matches an image (all must pass), where
 /// containers-policy.json applies the most specific scope alone; so the policies cover the
-/// pod's own repositories only, each with the requirements of the scope that applies to it,
-/// never a scope's whole namespace. A repository is globbed as `REPOSITORY*` (its tags and
-/// digests; a glob may not hold `@`), Docker Hub's as policy-controller names them
-/// (`index.docker.io/...`). `reject` becomes a failing static authority, and wins over any
-/// signature the scope also asks for; `sigstoreSigned` one key authority per key (any one
-/// verifies, as "one of the keys" does). Refused by name: two signature requirements that must
-/// all hold, a `signedIdentity` other than the default (policy-controller checks the key, not
-/// the signature's docker-reference), a repository two scopes govern differently.
+/// pod's own repositories, each with the requirements of the scope that applies to it, never a
+/// scope's whole namespace. A repository is globbed as `REPOSITORY*` (its tags and digests; a
+/// glob may not hold `@`, and `*` also reaches sibling repositories named with the same
+/// prefix: they then need the same signature), Docker Hub's as policy-controller names them
+/// (`index.docker.io/...`). `sigstoreSigned` becomes one key authority per key (any one
+/// verifies, as "one of the keys" does). Refused by name: an image of the pod the policy
+/// rejects (the pod could never be admitted), two signature requirements that must all hold, a
+/// `signedIdentity` other than the default (policy-controller checks the key, not the
+/// signature's docker-reference), a repository two scopes govern differently.
 fn image_policies(
     options: &GenerateOptions,
     pod: &str,
@@ -344,34 +416,30 @@ fn image_policies(
             .iter()
             .any(|r| matches!(r, Requirement::Reject))
         {
-            authorities.push(Authority {
-                name: "reject".into(),
-                key: None,
-                static_: Some(StaticAuthority {
-                    action: "fail".into(),
-                }),
-            });
-        } else {
-            for r in scope.requirements {
-                if let Requirement::Sigstore { keys, identity } = r {
-                    if *identity != Identity::MatchRepoDigestOrExact {
-                        return Err(refuse(format!(
-                            "scope {:?} sets signedIdentity, which an admission policy with \
+            return Err(refuse(format!(
+                "the policy rejects {image} (scope {:?}), an image of this pod: the pod could \
+                 never be admitted; change the image or the policy",
+                scope.name
+            )));
+        }
+        for r in scope.requirements {
+            if let Requirement::Sigstore { keys, identity } = r {
+                if *identity != Identity::MatchRepoDigestOrExact {
+                    return Err(refuse(format!(
+                        "scope {:?} sets signedIdentity, which an admission policy with \
                              keys does not check (it checks the key, not the signature's \
                              docker-reference): remove it, or keep this image off Kubernetes",
-                            scope.name
-                        )));
-                    }
-                    for (i, (_, pem)) in keys.iter().enumerate() {
-                        authorities.push(Authority {
-                            name: format!("key-{i}"),
-                            key: Some(KeyAuthority {
-                                data: pem.clone(),
-                                hash_algorithm: "sha256".into(),
-                            }),
-                            static_: None,
-                        });
-                    }
+                        scope.name
+                    )));
+                }
+                for (i, (_, pem)) in keys.iter().enumerate() {
+                    authorities.push(Authority {
+                        name: format!("key-{i}"),
+                        key: KeyAuthority {
+                            data: pem.clone(),
+                            hash_algorithm: "sha256".into(),
+                        },
+                    });
                 }
             }
         }
@@ -896,6 +964,12 @@ fn add_runner_volumes(
 /// The documents as YAML, once they have read back through Kubernetes' types unchanged.
 fn write_checked(docs: &[Value]) -> Result<String, GenerateError> {
     let text = yaml::write(docs).map_err(|e| GenerateError::RoundTrip(e.to_string()))?;
+    let read = yaml::documents(&text).map_err(|e| GenerateError::RoundTrip(e.to_string()))?;
+    if read != docs {
+        return Err(GenerateError::RoundTrip(
+            "the YAML written does not read back as the values it was written from".into(),
+        ));
+    }
     round_trip(&text).map_err(GenerateError::RoundTrip)?;
     Ok(text)
 }
