@@ -35,6 +35,9 @@ pub struct Mount {
     pub id: u64,
     pub mount_point: PathBuf,
     pub fstype: String,
+    /// It receives mounts made elsewhere (a `shared:` or `master:` peer group): what is
+    /// mounted under it later, outside, appears in it.
+    pub receives_mounts: bool,
 }
 
 /// The calling process's mounts, in mount order.
@@ -52,6 +55,11 @@ fn parse(text: &str) -> Vec<Mount> {
                 id: fields.first()?.parse().ok()?,
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fstype: fields.get(sep + 1)?.to_string(),
+                receives_mounts: fields
+                    .get(6..sep)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|f| f.starts_with("shared:") || f.starts_with("master:")),
             })
         })
         .collect()
@@ -157,6 +165,10 @@ mod tests {
     #[test]
     fn finds_kernel_filesystems_at_and_below_a_directory() {
         let t = parse(SAMPLE);
+        assert!(t[0].receives_mounts, "shared:1");
+        assert!(!t[4].receives_mounts);
+        let slave = parse("30 22 0:27 / /mnt rw master:4 - tmpfs tmpfs rw\n");
+        assert!(slave[0].receives_mounts);
         assert_eq!(t[5].mount_point, Path::new("/srv/with space"));
         let kinds = |dir: &str| -> Vec<String> {
             kernel_filesystems(&t, Path::new(dir), None)

@@ -62,6 +62,19 @@ impl TestContainer {
         component: &Path,
         extra: &[&str],
     ) -> Command {
+        self.runner_after(name, mounts, component, extra, "")
+    }
+
+    /// [`TestContainer::runner_of`], running the shell commands `setup` (as root, in the
+    /// container's mount namespace) just before the runner.
+    fn runner_after(
+        &self,
+        name: &str,
+        mounts: &[(&str, bool)],
+        component: &Path,
+        extra: &[&str],
+        setup: &str,
+    ) -> Command {
         // Every mountPath of the manifest exists; only those in `mounts` are mounts.
         let mut script =
             String::from("set -e\nmount -t tmpfs tmpfs /mnt\nmkdir -p /mnt/data /mnt/conf\n");
@@ -71,6 +84,7 @@ impl TestContainer {
                 "mkdir -p {path}\nmount -t tmpfs -o mode=0777{ro} tmpfs {path}\n"
             ));
         }
+        script.push_str(setup);
         script.push_str(
             "exec setpriv --reuid 65534 --regid 65534 --clear-groups --no-new-privs \"$@\"\n",
         );
@@ -311,7 +325,26 @@ fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
     require_root("a_sidecar_in_a_container_is_refused_what_its_container_does_not_back");
     let c = TestContainer::new("refused", PROBE_POD);
     let refused = |cmd: &mut Command, expect: &str| {
-        let out = cmd.output().expect("run the runner");
+        // A runner that starts instead (its guest waits for `stopping`) fails the test, in
+        // time, rather than hanging it.
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the runner");
+        let mut child = Running(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.child().try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the runner started: {expect:?} was not refused"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child
+            .take()
+            .wait_with_output()
+            .expect("the runner's output");
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(128), "{stderr}");
         assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
@@ -366,6 +399,17 @@ fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
             &[],
         ),
         "volumeMount /mnt/data: /mnt/data/inner is mounted inside it",
+    );
+    // A volume that receives mounts made outside the container later (shared propagation).
+    refused(
+        &mut c.runner_after(
+            "probe",
+            &[("/mnt/data", false), ("/mnt/conf", true)],
+            &sidecar("probe"),
+            &[],
+            "mount --make-shared /mnt/data\n",
+        ),
+        "volumeMount /mnt/data: it is mounted with shared or slave propagation",
     );
     // A readOnly volume the container mounted read-write.
     refused(

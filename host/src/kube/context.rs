@@ -54,6 +54,12 @@ pub enum ContextError {
          container; mount it read-only (as the kubelet does for readOnly: true)"
     )]
     Writable { path: String },
+    #[error(
+        "volumeMount {path}: it is mounted with shared or slave propagation, so what is \
+         mounted under it outside the container later would appear in it; mount it private (as \
+         the kubelet does unless mountPropagation asks otherwise)"
+    )]
+    Propagation { path: String },
     #[error("volumeMount {path}: cannot read the container's mount table: {source}")]
     Mounts {
         path: String,
@@ -108,6 +114,11 @@ impl ContainerVolumes {
                 if !flags.is_ok_and(|f| f.contains(nix::sys::statvfs::FsFlags::ST_RDONLY)) {
                     return Err(ContextError::Writable { path });
                 }
+            }
+            // Checked once, at start: a volume that receives mounts made outside would show the
+            // guest what is mounted there later.
+            if table.iter().any(|t| t.id == id && t.receives_mounts) {
+                return Err(ContextError::Propagation { path });
             }
             // A kernel filesystem as the volume itself: /proc would be the runner's memory.
             if let Some(k) = table.iter().find(|t| {
