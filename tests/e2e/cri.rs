@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 use wpod_test_support::{repo_root, require_root, sidecar};
 
+use crate::kube::outcome;
 use crate::{text, wpod_bin};
 
 /// A private containerd (tests/cri/setup.sh), torn down with everything it made when dropped.
@@ -300,15 +301,6 @@ fn chmod(path: &Path, mode: u32) {
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
-}
-
-/// The outcome the probe guest printed for `action` in the container's log.
-fn outcome<'a>(stdout: &'a str, action: &str) -> &'a str {
-    let prefix = format!("{action} ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no outcome for {action} in:\n{stdout}"))
 }
 
 /// The test's own directory, removed when dropped (after the harness's teardown).

@@ -166,7 +166,7 @@ fn sigterm(child: &Child) {
 }
 
 /// The outcome the probe guest printed for `action` (`ok: ...`, `err: ...`).
-fn outcome<'a>(stdout: &'a str, action: &str) -> &'a str {
+pub fn outcome<'a>(stdout: &'a str, action: &str) -> &'a str {
     let prefix = format!("{action} ");
     stdout
         .lines()

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use super::yaml;
-use crate::plan::{ContainerPlan, Image, ManifestFiles, Target};
+use crate::plan::{ContainerPlan, Image, ManifestFiles, PodPlan, Target};
 use crate::sidecars::{PreparedSidecar, SidecarError};
 use crate::spec::SpecError;
 
@@ -118,12 +118,14 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     }
     let plan = with_stored_sidecars(plans.remove(0))?;
     if plan.settings.network_none {
-        return Err(GenerateError::Unmappable(format!(
-            "{}: the annotation wpod.dev/network: none keeps a pod off the network on one \
-             host; on Kubernetes every pod is on the cluster's network (a NetworkPolicy \
-             isolates one): remove the annotation",
-            files.manifest.display()
-        )));
+        return Err(located(
+            &plan,
+            format!("metadata.annotations.{}", crate::spec::NETWORK_ANNOTATION),
+            "the annotation wpod.dev/network: none keeps a pod off the network on one host; on \
+             Kubernetes every pod is on the cluster's network (a NetworkPolicy isolates one): \
+             remove the annotation"
+                .into(),
+        ));
     }
     let (pod_value, mut passed) = read_documents(&files.manifest)?;
     for path in &files.objects {
@@ -192,20 +194,24 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     let manifest_digest = crate::oci::store::Digest::of(manifest.as_bytes()).to_string();
     let mut states = Vec::new();
     for c in &plan.containers {
-        refuse_native_unmappable(c)?;
+        refuse_native_unmappable(&plan, c)?;
         let Image::Wasm(_) = &c.image else { continue };
         let image = options.images.get(c.name()).ok_or_else(|| {
-            GenerateError::Unmappable(format!(
-                "container {}: a Wasm sidecar runs on Kubernetes from an image of the runner \
-                 and its component; give it with --image {}=REGISTRY/NAME@sha256:... (the \
-                 image `wpod kube build` makes and pushes)",
-                c.name(),
-                c.name()
-            ))
+            located(
+                &plan,
+                format!("{}.image", c.path),
+                format!(
+                    "container {}: a Wasm sidecar runs on Kubernetes from an image of the \
+                     runner and its component; give it with --image {}=REGISTRY/NAME@sha256:... \
+                     (the image `wpod kube build` makes and pushes)",
+                    c.name(),
+                    c.name()
+                ),
+            )
         })?;
         check_pinned(c.name(), image)?;
-        refuse_sidecar_unmappable(c)?;
-        refuse_loader_prefixes(c.name(), find_container(pod_spec(&mut pod)?, c.name())?)?;
+        refuse_sidecar_unmappable(&plan, c)?;
+        refuse_loader_prefixes(&plan, c, find_container(pod_spec(&mut pod)?, c.name())?)?;
         let prepared = PreparedSidecar::prepare(c)?;
         let state = format!("wpod-state-{}", states.len());
         let spec = pod_spec(&mut pod)?;
@@ -602,77 +608,112 @@ fn find_container<'a>(
 
 /// A native container whose image is of this machine (a directory, the host's own root) has
 /// nothing a node could pull.
-fn refuse_native_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
+/// A problem of the manifest, located at `field` (`spec.containers[1].image`) as `wpod
+/// validate` prints it: file, line and column, field, message.
+fn located(plan: &PodPlan, field: String, message: String) -> GenerateError {
+    GenerateError::Manifest(SpecError::Invalid(crate::spec::Diagnostics(vec![
+        plan.diag(field, message)
+    ])))
+}
+
+fn refuse_native_unmappable(plan: &PodPlan, c: &ContainerPlan) -> Result<(), GenerateError> {
     let what = match &c.image {
         Image::Host => "none (it runs from the host's own root)",
         Image::Rootfs(_) => "a directory of this machine",
         _ => return Ok(()),
     };
-    Err(GenerateError::Unmappable(format!(
-        "container {}: its image is {what}, which no node of a cluster can pull; push it to a \
-         registry and name it by reference",
-        c.name()
-    )))
+    Err(located(
+        plan,
+        format!("{}.image", c.path),
+        format!(
+            "container {}: its image is {what}, which no node of a cluster can pull; push it \
+             to a registry and name it by reference",
+            c.name()
+        ),
+    ))
 }
 
 /// What a Wasm sidecar asks for that a runner container cannot give (yet) or must not.
-fn refuse_sidecar_unmappable(c: &ContainerPlan) -> Result<(), GenerateError> {
+fn refuse_sidecar_unmappable(plan: &PodPlan, c: &ContainerPlan) -> Result<(), GenerateError> {
     let Image::Wasm(w) = &c.image else {
         return Ok(());
     };
-    super::sidecar::refuse_main_process(c.name(), &w.path).map_err(GenerateError::Unmappable)?;
+    super::sidecar::refuse_main_process(c.name(), &w.path)
+        .map_err(|why| located(plan, format!("{}.image", c.path), why))?;
     let Some(grants) = &c.grants else {
         return Ok(());
     };
     for (k, _) in &grants.wasi.env {
+        let env = || format!("{}.env", c.path);
         if k.starts_with(crate::plan::in_container::RUNNER_PREFIX) {
-            return Err(GenerateError::Unmappable(format!(
-                "container {}: its variable {k} is named like the runner's own settings \
-                 ({}*), which its guest never sees; rename it",
-                c.name(),
-                crate::plan::in_container::RUNNER_PREFIX
-            )));
+            return Err(located(
+                plan,
+                env(),
+                format!(
+                    "container {}: its variable {k} is named like the runner's own settings \
+                     ({}*), which its guest never sees; rename it",
+                    c.name(),
+                    crate::plan::in_container::RUNNER_PREFIX
+                ),
+            ));
         }
         if LOADER_VARIABLES.iter().any(|p| k.starts_with(p)) {
-            return Err(GenerateError::Unmappable(format!(
-                "container {}: its variable {k} would be read by the runner's dynamic loader \
-                 or libc as the container starts, before wpod runs (the guest's environment \
-                 is the runner container's); rename it",
-                c.name()
-            )));
+            return Err(located(
+                plan,
+                env(),
+                format!(
+                    "container {}: its variable {k} would be read by the runner's dynamic \
+                     loader or libc as the container starts, before wpod runs (the guest's \
+                     environment is the runner container's); rename it",
+                    c.name()
+                ),
+            ));
         }
     }
-    for m in &grants.fs.mounts {
+    for (i, m) in grants.fs.mounts.iter().enumerate() {
         let at = std::path::Path::new(&m.guest);
         if let Some(own) = RUNNER_PATHS
             .iter()
             .find(|p| at.starts_with(p) || std::path::Path::new(p).starts_with(at))
         {
-            return Err(GenerateError::Unmappable(format!(
-                "container {}: volumeMount {} is at, above or under {own}, the runner \
-                 container's own, which its guest must not reach; mount the volume elsewhere",
-                c.name(),
-                m.guest
-            )));
+            return Err(located(
+                plan,
+                format!("{}.volumeMounts[{i}].mountPath", c.path),
+                format!(
+                    "container {}: volumeMount {} is at, above or under {own}, the runner \
+                     container's own, which its guest must not reach; mount the volume elsewhere",
+                    c.name(),
+                    m.guest
+                ),
+            ));
         }
     }
     Ok(())
 }
 
 /// An `envFrom` prefix that makes loader variables of whatever keys its source has.
-fn refuse_loader_prefixes(name: &str, c: &core::Container) -> Result<(), GenerateError> {
-    for from in c.env_from.iter().flatten() {
+fn refuse_loader_prefixes(
+    plan: &PodPlan,
+    sidecar: &ContainerPlan,
+    c: &core::Container,
+) -> Result<(), GenerateError> {
+    let name = sidecar.name();
+    for (i, from) in c.env_from.iter().flatten().enumerate() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
         if !prefix.is_empty()
             && LOADER_VARIABLES
                 .iter()
                 .any(|p| p.starts_with(prefix) || prefix.starts_with(p))
         {
-            return Err(GenerateError::Unmappable(format!(
-                "container {name}: its envFrom prefix {prefix:?} could make variables the \
-                 runner's dynamic loader or libc reads as the container starts; use another \
-                 prefix"
-            )));
+            return Err(located(
+                plan,
+                format!("{}.envFrom[{i}].prefix", sidecar.path),
+                format!(
+                    "container {name}: its envFrom prefix {prefix:?} could make variables the \
+                     runner's dynamic loader or libc reads as the container starts; use another \
+                     prefix"
+                ),
+            ));
         }
     }
     Ok(())
@@ -815,17 +856,22 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
 
 /// The sidecar's memory limit and request, plus the runner's own.
 fn with_runner_memory(mut r: core::ResourceRequirements) -> core::ResourceRequirements {
+    add_memory(&mut r, RUNNER_MEMORY);
+    r
+}
+
+/// `extra` bytes added to the memory limit and request that `r` sets.
+fn add_memory(r: &mut core::ResourceRequirements, extra: u64) {
     for list in [r.limits.as_mut(), r.requests.as_mut()]
         .into_iter()
         .flatten()
     {
         if let Some(q) = list.get_mut("memory") {
             if let Ok(bytes) = crate::spec::quantity::bytes(&q.0) {
-                *q = Quantity(mebibytes(bytes.saturating_add(RUNNER_MEMORY)));
+                *q = Quantity(mebibytes(bytes.saturating_add(extra)));
             }
         }
     }
-    r
 }
 
 /// `n` bytes as a quantity: in Mi when whole, else in bytes.
@@ -946,17 +992,7 @@ fn add_runner_volumes(
     });
     // The runners' memory is the pod's too (pod-level resources, KEP-2837).
     if let Some(r) = spec.resources.as_mut() {
-        let extra = RUNNER_MEMORY.saturating_mul(states.len() as u64);
-        for list in [r.limits.as_mut(), r.requests.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(q) = list.get_mut("memory") {
-                if let Ok(bytes) = crate::spec::quantity::bytes(&q.0) {
-                    *q = Quantity(mebibytes(bytes.saturating_add(extra)));
-                }
-            }
-        }
+        add_memory(r, RUNNER_MEMORY.saturating_mul(states.len() as u64));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{wasm_grants, ContainerPlan, HostInfo, Image, WasmComponent, MAX_GRACE};
+use super::{wasm_grants, ContainerPlan, HostInfo, Image, WasmComponent};
 use crate::grants::Sidecar;
 use crate::spec::{Annotations, Diagnostic, Diagnostics, Pod, SpecError};
 
@@ -25,7 +25,7 @@ pub struct InContainerPlan {
     pub container: ContainerPlan,
     /// wpod's settings from the pod's annotations (handles, log rate), defaults applied.
     pub settings: Annotations,
-    /// The pod's `terminationGracePeriodSeconds`, at most [`MAX_GRACE`]: how long the sidecar
+    /// The pod's `terminationGracePeriodSeconds`, at most [`super::MAX_GRACE`]: how long the sidecar
     /// has after `stopping` (the kubelet's SIGKILL may come first).
     pub grace_period: Duration,
     /// `spec.hostAliases`, answered by the sidecar's resolver as the pod's /etc/hosts has them.
@@ -133,17 +133,11 @@ pub fn plan(
         return Err(Diagnostics(diags));
     }
     let [container] = containers;
-    let grace_seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
     Ok(InContainerPlan {
         container,
         settings: pod.annotations(),
-        grace_period: Duration::from_secs(grace_seconds).min(MAX_GRACE),
-        host_aliases: pod
-            .spec
-            .host_aliases
-            .iter()
-            .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
-            .collect(),
+        grace_period: super::grace_period(pod),
+        host_aliases: super::host_aliases(pod),
         host_network: pod.spec.host_network,
     })
 }

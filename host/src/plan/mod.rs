@@ -676,12 +676,11 @@ fn plan_with(
     match name {
         Ok(name) if diags.is_empty() => {
             let tmpfs_sizes = tmpfs_sizes(pod, &containers);
-            let grace_seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
             Ok(PodPlan {
                 name,
                 runtime_memory_limit: runtime_memory_limit(&containers, &tmpfs_sizes),
                 nosymfollow_volumes: sidecar_writable_volumes(&containers),
-                grace_period: Duration::from_secs(grace_seconds).min(MAX_GRACE),
+                grace_period: grace_period(pod),
                 containers,
                 settings,
                 port_mappings,
@@ -689,12 +688,7 @@ fn plan_with(
                 fd_budget,
                 network,
                 dns: dns_plan(pod),
-                host_aliases: pod
-                    .spec
-                    .host_aliases
-                    .iter()
-                    .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
-                    .collect(),
+                host_aliases: host_aliases(pod),
                 hostname: pod.hostname().to_string(),
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
@@ -720,6 +714,28 @@ fn plan_with(
             diags.sort_by_key(|d| d.loc);
             Err(Diagnostics(diags))
         }
+    }
+}
+
+/// `terminationGracePeriodSeconds`, at most [`MAX_GRACE`].
+fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod.spec.termination_grace_period_seconds.max(0) as u64;
+    Duration::from_secs(seconds).min(MAX_GRACE)
+}
+
+/// `spec.hostAliases`, as the pod's /etc/hosts has them (validation checked each address).
+fn host_aliases(pod: &Pod) -> Vec<(IpAddr, Vec<String>)> {
+    pod.spec
+        .host_aliases
+        .iter()
+        .filter_map(|a| Some((a.ip.parse().ok()?, a.hostnames.clone())))
+        .collect()
+}
+
+/// A located problem with `field` of this plan's manifest (`spec.containers[1].image`).
+impl PodPlan {
+    pub fn diag(&self, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+        self.pod.source.diag(field, message)
     }
 }
 
