@@ -24,6 +24,9 @@ pub struct MainProcess;
 pub struct ProcessGrant {
     pub read: bool,
     pub signal: bool,
+    /// Whether the main containers' output can be given: a wpod pod holds it; a runner
+    /// container on Kubernetes does not (the kubelet keeps it), so its plan turns this off.
+    pub output: bool,
 }
 
 impl Capability for MainProcess {
@@ -48,6 +51,7 @@ impl Capability for MainProcess {
         ProcessGrant {
             read,
             signal: read && kill_cap,
+            output: read,
         }
     }
 
@@ -241,6 +245,14 @@ impl main_process::Host for ProcessView<'_> {
         }
         if self.ctx.pod.main(&name).is_none() {
             return Ok(Err(Error::NoSuchContainer(name)));
+        }
+        if !self.ctx.grant.output {
+            return Ok(Err(Error::Denied(
+                "the main containers' output is not visible here: a sidecar in a container of \
+                 its own (wpod sidecar run) sees their processes, not what they write (on \
+                 Kubernetes the kubelet keeps it: kubectl logs)"
+                    .into(),
+            )));
         }
         if self.ctx.open_streams >= MAX_LOG_STREAMS {
             return Ok(Err(Error::Io(format!(

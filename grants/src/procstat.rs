@@ -42,7 +42,14 @@ pub fn read(pid: i32) -> io::Result<Stats> {
             })
             .unwrap_or(0)
     };
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u32;
+    // The descriptors (and the io counters above) need ptrace's access to the process, which
+    // wpod in a pod has and a runner container watching another container's process has not:
+    // then they read 0, and the rest (readable by any process of the namespace) stays true.
+    let open_fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds.count() as u32,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => 0,
+        Err(e) => return Err(e),
+    };
     let uptime_host = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())

@@ -444,6 +444,10 @@ pub enum SidecarCommand {
         /// image), tried before the cache; ignored where missing.
         #[arg(long, value_name = "DIR", default_value = "/wpod/precompiled")]
         precompiled: PathBuf,
+        /// A main container of the pod (repeat for each): what the sidecar's main-process view
+        /// shows, found through /proc when the pod shares its PID namespace.
+        #[arg(long = "main", value_name = "NAME")]
+        mains: Vec<String>,
         /// After `--`: the guest's argv as the container runtime expanded it; the guest's
         /// environment is then this container's (less WPOD_* settings). Without `--`, both
         /// come from the manifest.

@@ -189,6 +189,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     state_dir,
                     termination_log,
                     precompiled,
+                    mains,
                     argv,
                 },
         } => sidecar_run(wpod::kube::sidecar::RunOptions {
@@ -201,6 +202,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             termination_log,
             precompiled: Some(precompiled).filter(|d| d.is_dir()),
             argv,
+            mains,
         }),
         Command::Sidecar {
             command: cli::SidecarCommand::Probe { state_dir },

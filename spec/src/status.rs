@@ -27,6 +27,10 @@ pub struct MainStatus {
     pub restarts: u32,
 }
 
+/// The exit code a `main-exited` event carries when the code cannot be known
+/// ([`PodState::vanished`]).
+pub const UNKNOWN_EXIT: i32 = -1;
+
 #[derive(Clone, Debug)]
 pub enum PodEvent {
     MainStarted(String),
@@ -105,6 +109,22 @@ impl PodState {
             let _ = self
                 .events
                 .send(PodEvent::MainExited(name.to_string(), code));
+        }
+    }
+
+    /// A main container's process is gone and how it ended cannot be known (a runner
+    /// container on Kubernetes sees the process, not its exit status): its state is `Exited`
+    /// without an exit code, and the event carries [`UNKNOWN_EXIT`].
+    pub fn vanished(&self, name: &str) {
+        let done = |m: &mut MainStatus| {
+            m.pid = 0;
+            m.state = MainState::Exited;
+            m.exit_code = None;
+        };
+        if self.update(name, done) {
+            let _ = self
+                .events
+                .send(PodEvent::MainExited(name.to_string(), UNKNOWN_EXIT));
         }
     }
 

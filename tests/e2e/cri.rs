@@ -221,7 +221,7 @@ impl<'a> Kubelet<'a> {
         let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
             list.iter().flatten().map(|a| expand(a, &env)).collect()
         };
-        let mounts: Vec<Value> = c
+        let mut mounts: Vec<Value> = c
             .volume_mounts
             .iter()
             .flatten()
@@ -233,6 +233,7 @@ impl<'a> Kubelet<'a> {
                 })
             })
             .collect();
+        mounts.push(self.termination_log(c));
         let memory = c
             .resources
             .as_ref()
@@ -274,6 +275,33 @@ impl<'a> Kubelet<'a> {
             "log_path": format!("{}.log", c.name),
             "linux": linux,
         })
+    }
+}
+
+impl Kubelet<'_> {
+    /// The container's termination message file, as the kubelet makes it: a new file in the
+    /// container's directory (`<root>/pods/<pod uid>/containers/<name>/<8 hex digits>`),
+    /// bind-mounted at its terminationMessagePath (the API server's default
+    /// /dev/termination-log), writable by any user.
+    fn termination_log(&self, c: &core::Container) -> Value {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0x5eed_0000);
+        let dir = self
+            .harness
+            .dir
+            .join("kubelet/pods")
+            .join(POD_UID)
+            .join("containers")
+            .join(&c.name);
+        std::fs::create_dir_all(&dir).expect("the container's directory");
+        let file = dir.join(format!("{:08x}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&file, b"").expect("termination log");
+        chmod(&file, 0o666);
+        let at = c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into());
+        json!({"container_path": at, "host_path": path(&file)})
     }
 }
 
@@ -366,63 +394,64 @@ spec:
 /// the pod, an undeclared port, files outside its mounts (the runner's own among them) and
 /// memory past its limit; the container's memory limit is the sidecar's plus the runner's;
 /// StopContainer's SIGTERM is the guest's `stopping`.
-#[test]
-fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
-    require_root("a_generated_pod_runs_on_containerd_with_its_sidecars_grants");
-    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&work.0);
-    std::fs::create_dir_all(&work.0).expect("work dir");
-    let harness = Harness::start(&work.0.join("cri"));
+/// Debian's nginx as an offline image; its digest-pinned reference.
+fn nginx_image(harness: &Harness) -> String {
+    let out = Command::new(repo_root().join("tests/cri/nginx-image.sh"))
+        .arg(&harness.dir)
+        .arg("localhost/wpod-test/nginx:1")
+        .output()
+        .expect("tests/cri/nginx-image.sh");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    pinned("localhost/wpod-test/nginx:1", &text(&out.stdout))
+}
 
-    // The images, offline: nginx from Debian's binary, the runner of the probe component.
-    let nginx = {
-        let out = Command::new(repo_root().join("tests/cri/nginx-image.sh"))
-            .arg(&harness.dir)
-            .arg("localhost/wpod-test/nginx:1")
-            .output()
-            .expect("tests/cri/nginx-image.sh");
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        pinned("localhost/wpod-test/nginx:1", &text(&out.stdout))
-    };
-    // The runner image, as `wpod kube build` makes it (of this wpod, its debug info
-    // stripped as a release build's is).
-    let stripped = work.0.join("wpod");
-    let strip = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(wpod_bin())
-        .arg(&stripped)
-        .status()
-        .expect("objcopy (binutils)");
-    assert!(strip.success());
-    let archive = work.0.join("runner.tar");
+/// The runner image of the test sidecar `component`, as `wpod kube build` makes it (of this
+/// wpod, its debug info stripped as a release build's is), imported; its pinned reference.
+fn runner_image(harness: &Harness, work: &Path, component: &str) -> String {
+    let stripped = work.join("wpod");
+    if !stripped.exists() {
+        let strip = Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(wpod_bin())
+            .arg(&stripped)
+            .status()
+            .expect("objcopy (binutils)");
+        assert!(strip.success());
+    }
+    let archive = work.join(format!("{component}-runner.tar"));
+    let tag = format!("localhost/wpod-test/{component}-runner:1");
     let built = Command::new(wpod_bin())
-        .args(["kube", "build", path(&sidecar("probe"))])
-        .args(["--tag", "localhost/wpod-test/probe-runner:1"])
+        .args(["kube", "build", path(&sidecar(component))])
+        .args(["--tag", &tag])
         .args(["--archive", path(&archive)])
         .args(["--wpod", path(&stripped)])
         .output()
         .expect("wpod kube build");
     assert!(built.status.success(), "{}", text(&built.stderr));
-    let runner = harness.import(
-        "localhost/wpod-test/probe-runner:1",
-        &["--archive", path(&archive)],
-    );
+    let runner = harness.import(&tag, &["--archive", path(&archive)]);
     let digest = runner.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
     assert_eq!(
         text(&built.stdout).trim(),
-        format!("localhost/wpod-test/probe-runner:1@{digest}"),
+        format!("{tag}@{digest}"),
         "the pinned reference kube build printed"
     );
+    runner
+}
 
-    // The generated YAML, read through Kubernetes' types.
-    std::fs::write(work.0.join("pod.yaml"), POD.replace("NGINX_IMAGE", &nginx)).expect("pod");
-    std::fs::copy(sidecar("probe"), work.0.join("probe.wasm")).expect("component");
-    let generated = Command::new(wpod_bin())
-        .args(["kube", "generate"])
-        .arg(work.0.join("pod.yaml"))
-        .args(["--image", &format!("probe={runner}")])
-        .output()
-        .expect("wpod kube generate");
+/// `wpod kube generate` of `manifest` (written in `work`, beside its components) with
+/// `--image` for each of `images`, read through Kubernetes' types.
+fn generate(
+    work: &Path,
+    manifest: &str,
+    images: &[(&str, &str)],
+) -> (core::Pod, Vec<core::ConfigMap>) {
+    std::fs::write(work.join("pod.yaml"), manifest).expect("pod");
+    let mut cmd = Command::new(wpod_bin());
+    cmd.args(["kube", "generate"]).arg(work.join("pod.yaml"));
+    for (name, image) in images {
+        cmd.args(["--image", &format!("{name}={image}")]);
+    }
+    let generated = cmd.output().expect("wpod kube generate");
     assert!(generated.status.success(), "{}", text(&generated.stderr));
     let docs = wpod::kube::yaml::documents(&text(&generated.stdout)).expect("YAML");
     let mut config_maps: Vec<core::ConfigMap> = Vec::new();
@@ -434,50 +463,88 @@ fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
             other => panic!("an unexpected document: {other:?}"),
         }
     }
-    let kubelet = Kubelet::run_pod(&harness, pod.expect("a Pod"), &config_maps);
+    (pod.expect("a Pod"), config_maps)
+}
+
+impl Kubelet<'_> {
+    /// Runs the container `name`'s startupProbe as the kubelet does (ExecSync in the runner's
+    /// container) until it passes; fails the test if the runner ends first or in a minute.
+    fn wait_started(&self, name: &str, id: &str) {
+        let probe_cmd: Vec<String> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .find(|c| c.name == name)
+            .and_then(|c| c.startup_probe.as_ref())
+            .and_then(|p| p.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .expect("the runner's startupProbe");
+        let mut exec = vec!["exec", id, "--timeout", "5", "--"];
+        exec.extend(probe_cmd.iter().map(String::as_str));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = self.harness.cri(&exec);
+            if answer["exit_code"] == 0 {
+                let said = answer["stdout"].as_str().unwrap_or_default();
+                assert!(said.starts_with(&format!("ready: {name}")), "{answer}");
+                return;
+            }
+            let status = self.harness.cri(&["status", id]);
+            assert_ne!(
+                status["state"],
+                "CONTAINER_EXITED",
+                "the runner ended: {status}\n{}",
+                self.harness.cri(&["logs", id])
+            );
+            assert!(Instant::now() < deadline, "never ready: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A container's stdout and stderr, and both with its status for a failure message.
+    fn output(&self, id: &str) -> (String, String, String) {
+        let status = self.harness.cri(&["status", id]);
+        let logs = self.harness.cri(&["logs", id]);
+        let stdout = logs["stdout"].as_str().unwrap_or_default().to_string();
+        let stderr = logs["stderr"].as_str().unwrap_or_default().to_string();
+        let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nstatus: {status}");
+        (stdout, stderr, all)
+    }
+}
+
+/// nginx as the main container and the probe sidecar as a runner container, from `wpod kube
+/// generate`'s YAML, on containerd: the startupProbe passes through ExecSync once the guest
+/// called ready(); the guest reaches nginx on the pod's loopback and the pod's own address,
+/// listens on its declared port only, writes its volume, and is refused an address outside
+/// the pod, an undeclared port, files outside its mounts (the runner's own among them) and
+/// memory past its limit; the container's memory limit is the sidecar's plus the runner's;
+/// StopContainer's SIGTERM is the guest's `stopping`.
+#[test]
+fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
+    require_root("a_generated_pod_runs_on_containerd_with_its_sidecars_grants");
+    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(&work.0).expect("work dir");
+    let harness = Harness::start(&work.0.join("cri"));
+
+    // The images, offline: nginx from Debian's binary, the runner of the probe component.
+    let nginx = nginx_image(&harness);
+    let runner = runner_image(&harness, &work.0, "probe");
+    std::fs::copy(sidecar("probe"), work.0.join("probe.wasm")).expect("component");
+    let (pod, config_maps) = generate(
+        &work.0,
+        &POD.replace("NGINX_IMAGE", &nginx),
+        &[("probe", &runner)],
+    );
+    let kubelet = Kubelet::run_pod(&harness, pod, &config_maps);
     let started = Instant::now();
     let nginx_id = kubelet.start("nginx");
     let runner_id = kubelet.start("probe");
-
-    // The startupProbe, as the kubelet runs it: ExecSync in the runner's container.
-    let probe_cmd: Vec<String> = kubelet
-        .pod
-        .spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .find(|c| c.name == "probe")
-        .and_then(|c| c.startup_probe.as_ref())
-        .and_then(|p| p.exec.as_ref())
-        .and_then(|e| e.command.clone())
-        .expect("the runner's startupProbe");
-    let mut exec = vec!["exec", &runner_id, "--timeout", "5", "--"];
-    exec.extend(probe_cmd.iter().map(String::as_str));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ready_after = loop {
-        let answer = harness.cri(&exec);
-        if answer["exit_code"] == 0 {
-            assert!(
-                answer["stdout"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("ready: probe"),
-                "{answer}"
-            );
-            break started.elapsed();
-        }
-        let status = harness.cri(&["status", &runner_id]);
-        assert_ne!(
-            status["state"],
-            "CONTAINER_EXITED",
-            "the runner ended: {status}\n{}",
-            harness.cri(&["logs", &runner_id])
-        );
-        assert!(Instant::now() < deadline, "never ready: {answer}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    kubelet.wait_started("probe", &runner_id);
     eprintln!(
         "runner ready {} ms after its pod's containers were created",
-        ready_after.as_millis()
+        started.elapsed().as_millis()
     );
 
     // The container's memory limit: the sidecar's 64Mi and the runner's 32Mi.
@@ -488,10 +555,7 @@ fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
     // SIGTERM (StopContainer, as the kubelet stops a container) is the guest's `stopping`.
     harness.cri(&["stop", &runner_id, "--timeout", "10"]);
     let ended = harness.cri(&["status", &runner_id]);
-    let logs = harness.cri(&["logs", &runner_id]);
-    let stdout = logs["stdout"].as_str().unwrap_or_default().to_string();
-    let stderr = logs["stderr"].as_str().unwrap_or_default().to_string();
-    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nstatus: {ended}");
+    let (stdout, stderr, all) = kubelet.output(&runner_id);
     assert_eq!(ended["exit_code"], 0, "{all}");
     assert!(
         outcome(&stdout, "wait-stopping").starts_with("ok: stopping with"),
@@ -544,4 +608,158 @@ fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
         harness.cri(&["status", &nginx_id])["state"],
         "CONTAINER_RUNNING"
     );
+}
+
+const VIEW_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: view
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: nginx
+    image: NGINX_IMAGE
+  - name: watcher
+    image: ./main-probe.wasm
+    args: [ready, procs, "stats:nginx", "logs:nginx:1", "signal:nginx:15", wait-stopping]
+  - name: killer
+    image: ./main-probe.wasm
+    args: [ready, procs, "signal:nginx:15", "sleep:1500", procs, wait-stopping]
+    securityContext:
+      capabilities:
+        add: [KILL]
+"#;
+
+/// The main-process view of runner containers in a pod that shares its PID namespace, on
+/// containerd: a sidecar finds nginx (the kubelet's container directory among its mounts)
+/// with its PID as the pod sees it, and reads its statistics; it is told that the output is
+/// not visible from its container, and, without KILL, refused signals. A sidecar granted KILL
+/// (its runner user 0 with that one capability) stops nginx with SIGTERM, which nginx logs,
+/// and then sees it exited. Neither runner gets a ServiceAccount token.
+#[test]
+fn the_main_process_view_works_in_runner_containers_through_the_shared_pid_namespace() {
+    require_root(
+        "the_main_process_view_works_in_runner_containers_through_the_shared_pid_namespace",
+    );
+    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-view-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(&work.0).expect("work dir");
+    let harness = Harness::start(&work.0.join("cri"));
+    let nginx = nginx_image(&harness);
+    let runner = runner_image(&harness, &work.0, "main-probe");
+    std::fs::copy(sidecar("main-probe"), work.0.join("main-probe.wasm")).expect("component");
+    let (pod, config_maps) = generate(
+        &work.0,
+        &VIEW_POD.replace("NGINX_IMAGE", &nginx),
+        &[("watcher", &runner), ("killer", &runner)],
+    );
+    let kubelet = Kubelet::run_pod(&harness, pod, &config_maps);
+    let nginx_id = kubelet.start("nginx");
+    let watcher_id = kubelet.start("watcher");
+    kubelet.wait_started("watcher", &watcher_id);
+    // nginx's PID on the node (its status), and in the pod's PID namespace.
+    let running = harness.cri(&["status", &nginx_id]);
+    assert_eq!(running["state"], "CONTAINER_RUNNING", "{running}");
+    let pod_pid = ns_pid(running["pid"].as_i64().unwrap_or_default());
+    let killer_id = kubelet.start("killer");
+    kubelet.wait_started("killer", &killer_id);
+
+    // nginx ends, by the killer's SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let nginx_status = loop {
+        let status = harness.cri(&["status", &nginx_id]);
+        if status["state"] == "CONTAINER_EXITED" {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx still runs: {status}\n{}",
+            kubelet.output(&killer_id).2
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(2000));
+    harness.cri(&["stop", &watcher_id, "--timeout", "10"]);
+    harness.cri(&["stop", &killer_id, "--timeout", "10"]);
+    let (watched, _, watcher_all) = kubelet.output(&watcher_id);
+    let (killed, _, killer_all) = kubelet.output(&killer_id);
+    let (_, nginx_err, nginx_all) = kubelet.output(&nginx_id);
+
+    // The watcher saw nginx running, with its PID in the pod's namespace.
+    assert_eq!(
+        outcome(&watched, "procs"),
+        format!("ok: nginx=State::Running/{pod_pid}"),
+        "{watcher_all}"
+    );
+    let stats = outcome(&watched, "stats:nginx");
+    assert!(stats.starts_with("ok: rss="), "{watcher_all}");
+    let rss: u64 = stats
+        .trim_start_matches("ok: rss=")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(rss > 1 << 20, "nginx's resident memory: {stats}");
+    assert!(
+        outcome(&watched, "logs:nginx:1").contains("output is not visible here"),
+        "{watcher_all}"
+    );
+    assert!(
+        outcome(&watched, "signal:nginx:15").contains("capabilities.add: [KILL]"),
+        "{watcher_all}"
+    );
+    // The killer: nginx running, signalled, then seen gone (no exit code from here).
+    assert!(
+        outcome(&killed, "procs").starts_with("ok: nginx=State::Running/"),
+        "{killer_all}"
+    );
+    assert_eq!(
+        outcome(&killed, "signal:nginx:15"),
+        "ok: sent",
+        "{killer_all}"
+    );
+    let after: Vec<&str> = killed
+        .lines()
+        .filter_map(|l| l.strip_prefix("procs "))
+        .collect();
+    assert_eq!(
+        after.last(),
+        Some(&"ok: nginx=State::Exited/0"),
+        "{killer_all}"
+    );
+    // nginx heard SIGTERM (nothing else in the pod sent one) and ended as it does on it.
+    assert!(
+        nginx_err.contains("signal 15 (SIGTERM) received"),
+        "{nginx_all}"
+    );
+    assert_eq!(nginx_status["exit_code"], 0, "{nginx_all}");
+
+    // The runners' securityContexts as the runtime ran them: user 0 with KILL alone for the
+    // killer, the unprivileged user with nothing for the watcher.
+    let caps = |id: &str| {
+        let status = harness.cri(&["status", id]);
+        let process = &status["info"]["info"]["runtimeSpec"]["process"];
+        (
+            process["user"]["uid"].clone(),
+            process["capabilities"]["effective"].clone(),
+        )
+    };
+    assert_eq!(caps(&killer_id), (json!(0), json!(["CAP_KILL"])));
+    let (uid, effective) = caps(&watcher_id);
+    assert_eq!(uid, json!(65532));
+    assert!(
+        effective.as_array().is_none_or(|a| a.is_empty()),
+        "{effective}"
+    );
+}
+
+/// A process's PID in its innermost PID namespace (the last of `NSpid` in its status).
+fn ns_pid(host_pid: i64) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|f| f.split_whitespace().last().map(str::to_string))
+        .unwrap_or_else(|| panic!("no NSpid for {host_pid}"))
 }

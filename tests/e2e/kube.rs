@@ -377,14 +377,14 @@ fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
         ),
         "is sha256:",
     );
-    // The main-process view is not given in a container yet.
+    // The main-process view without shareProcessNamespace: not granted, as in a wpod pod.
     refused(
         &mut c.runner(
             &[("/mnt/data", false), ("/mnt/conf", true)],
             &sidecar("main-probe"),
             &[],
         ),
-        "imports wpod:sidecar/main-process",
+        "spec.shareProcessNamespace: true",
     );
     // A mount of the container's own below a volume (as the kubelet's /etc/hosts would be
     // below a volume at /etc): the guest would reach it through the volume.
@@ -597,7 +597,7 @@ fn kube_generate_writes_the_golden_yaml() {
 
 /// What cannot map is refused by name, with the fix: a sidecar without its runner image, an
 /// image not pinned by digest, --image for a native container, a native container whose image
-/// is a directory of this machine, a sidecar that needs the main-process view.
+/// is a directory of this machine.
 #[test]
 fn kube_generate_refuses_what_cannot_map() {
     let dir = GenerateDir::new("refused");
@@ -635,17 +635,6 @@ fn kube_generate_refuses_what_cannot_map() {
         dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]),
         "container log-init: its image is none (it runs from the host's own root), which no node",
     );
-    std::fs::copy(sidecar("main-probe"), dir.0.join("probe.wasm")).expect("component");
-    std::fs::write(
-        &manifest,
-        original.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n"),
-    )
-    .expect("manifest");
-    refused(
-        dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]),
-        "imports wpod:sidecar/main-process",
-    );
-    std::fs::copy(sidecar("probe"), dir.0.join("probe.wasm")).expect("component");
     let image = format!("probe={RUNNER_IMAGE}");
     let with = |from: &str, to: &str| {
         assert!(original.contains(from), "{from}");
@@ -734,6 +723,83 @@ fn kube_generate_gives_init_runners_no_startup_probe_and_no_runner_a_token() {
         "{pod}"
     );
     assert_eq!(pod["spec"]["serviceAccountName"], "controller");
+}
+
+/// A sidecar with the main-process view: its runner is told the pod's main containers (the
+/// regular native ones; not the native init containers, not itself); granted signals too,
+/// it runs as user 0 with KILL as its one capability (Kubernetes gives a non-root container
+/// no added capability), and without, as the unprivileged user with none. No ServiceAccount
+/// token either way: the view reads /proc of the shared PID namespace.
+#[test]
+fn kube_generate_gives_the_main_process_view_names_and_kill_only_when_granted() {
+    let dir = GenerateDir::new("view");
+    std::fs::copy(sidecar("main-probe"), dir.0.join("probe.wasm")).expect("component");
+    let manifest = dir.0.join("pod.yaml");
+    let original = std::fs::read_to_string(&manifest).expect("manifest");
+    let shared = original.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n");
+    let runner_of = |yaml: &str| -> serde_json::Value {
+        std::fs::write(&manifest, yaml).expect("manifest");
+        let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let docs = wpod::kube::yaml::documents(&text(&out.stdout)).expect("YAML");
+        let pod = docs.iter().find(|d| d["kind"] == "Pod").expect("a Pod");
+        pod["spec"]["containers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "probe"))
+            .cloned()
+            .unwrap_or_else(|| panic!("the runner: {pod}"))
+    };
+    let command = |runner: &serde_json::Value| -> Vec<String> {
+        runner["command"]
+            .as_array()
+            .expect("a command")
+            .iter()
+            .map(|a| a.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let watcher = runner_of(&shared);
+    let argv = command(&watcher);
+    let mains: Vec<&str> = argv
+        .windows(2)
+        .filter(|w| w[0] == "--main")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(mains, ["nginx"], "{argv:?}");
+    let sc = &watcher["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532, "{sc}");
+    assert_eq!(sc["runAsNonRoot"], true, "{sc}");
+    assert!(sc["capabilities"].get("add").is_none(), "{sc}");
+
+    let killer = runner_of(&shared.replace(
+        "    command: [probe]\n",
+        "    command: [probe]\n    securityContext:\n      capabilities: {add: [KILL]}\n",
+    ));
+    let sc = &killer["securityContext"];
+    assert_eq!(sc["runAsUser"], 0, "{sc}");
+    assert_eq!(sc["runAsNonRoot"], false, "{sc}");
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["KILL"]),
+        "{sc}"
+    );
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{sc}"
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    assert!(command(&killer).contains(&"--main".to_string()));
+
+    // Without shareProcessNamespace the view is not granted, and the pod not written.
+    std::fs::write(&manifest, &original).expect("manifest");
+    let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("spec.shareProcessNamespace: true"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `wpod kube build` pushes the runner image to a real registry (Debian's docker-registry on
@@ -956,6 +1022,60 @@ fn a_sidecar_in_a_host_network_container_has_no_own_address() {
     assert!(
         outcome(&stdout, "connect:198.51.100.2:9").starts_with("err: Permission denied"),
         "{all}"
+    );
+}
+
+/// The main-process view a container does not back is refused at start: the main containers
+/// not named (`--main`, which kube generate writes), a name that is not a main container, a
+/// PID namespace of the container's own (the runner is its PID 1), signals (`KILL`) without
+/// CAP_KILL. The view itself, on a real runtime, is in tests/e2e/cri.rs.
+#[test]
+fn a_sidecar_in_a_container_is_refused_a_main_process_view_it_cannot_have() {
+    require_root("a_sidecar_in_a_container_is_refused_a_main_process_view_it_cannot_have");
+    let shared = PROBE_POD.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n");
+    let c = TestContainer::new("view", &shared);
+    let mounts = [("/mnt/data", false), ("/mnt/conf", true)];
+    let run = |mut cmd: Command, expect: &str| {
+        let out = cmd.output().expect("run the runner");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(128), "{stderr}");
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+        assert!(
+            text(&out.stdout).is_empty(),
+            "the guest ran: {}",
+            text(&out.stdout)
+        );
+    };
+    run(
+        c.runner(&mounts, &sidecar("main-probe"), &[]),
+        "needs the pod's main containers named: give --main NAME",
+    );
+    run(
+        c.runner(&mounts, &sidecar("main-probe"), &["--main", "probe"]),
+        "--main probe: not a main container of the pod",
+    );
+    // As PID 1 of a PID namespace of its own: the runtime did not share the pod's.
+    let cmd = c.runner(&mounts, &sidecar("main-probe"), &["--main", "main"]);
+    let mut pid1 = Command::new("unshare");
+    pid1.args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    c.net.enter(&mut pid1);
+    run(
+        pid1,
+        "has a PID namespace of its own (the runner is its PID 1)",
+    );
+    // Signals granted, and the runner (nobody, no capability) without CAP_KILL.
+    let killer = shared.replace(
+        "  - name: probe\n    image: registry.example/probe:1\n",
+        "  - name: probe\n    image: registry.example/probe:1\n    securityContext:\n      \
+         capabilities:\n        add: [KILL]\n",
+    );
+    assert_ne!(killer, shared);
+    std::fs::write(c.dir.join("pod.yaml"), killer).expect("manifest");
+    run(
+        c.runner(&mounts, &sidecar("main-probe"), &["--main", "main"]),
+        "but the runner has no CAP_KILL",
     );
 }
 

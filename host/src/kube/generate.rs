@@ -9,7 +9,9 @@
 //! pod's manifest (an immutable ConfigMap named by its content) and whose args are the
 //! sidecar's argv, so that the kubelet expands `$(VAR)` and resolves its environment as for
 //! any container. The runner is least-privileged: not root, read-only root filesystem, no
-//! capabilities, RuntimeDefault seccomp, no ServiceAccount token. What cannot map is refused by
+//! capabilities, RuntimeDefault seccomp, no ServiceAccount token (a sidecar granted signals to
+//! the main containers runs as user 0 with `KILL` alone; its main-process view reads /proc of
+//! the pod's shared PID namespace, never the Kubernetes API). What cannot map is refused by
 //! name. The output is checked by a strict round-trip through the same types before it is
 //! written (the Pod it starts from was read by wpod's strict parser).
 
@@ -225,6 +227,7 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
                 state_volume: &state,
                 role: c.role,
                 signals_readiness: prepared.component.signals_readiness,
+                view: MainView::of(&plan, c),
             },
         );
         states.push(state);
@@ -635,11 +638,6 @@ fn refuse_native_unmappable(plan: &PodPlan, c: &ContainerPlan) -> Result<(), Gen
 
 /// What a Wasm sidecar asks for that a runner container cannot give (yet) or must not.
 fn refuse_sidecar_unmappable(plan: &PodPlan, c: &ContainerPlan) -> Result<(), GenerateError> {
-    let Image::Wasm(w) = &c.image else {
-        return Ok(());
-    };
-    super::sidecar::refuse_main_process(c.name(), &w.path)
-        .map_err(|why| located(plan, format!("{}.image", c.path), why))?;
     let Some(grants) = &c.grants else {
         return Ok(());
     };
@@ -743,6 +741,29 @@ struct Runner<'a> {
     state_volume: &'a str,
     role: crate::plan::Role,
     signals_readiness: bool,
+    view: MainView,
+}
+
+/// The sidecar's main-process view, as its runner gives it.
+#[derive(Default)]
+struct MainView {
+    /// The main containers it shows (none without the grant).
+    mains: Vec<String>,
+    /// Whether it may signal them: the runner then needs CAP_KILL, which Kubernetes gives only
+    /// to a container running as user 0.
+    signals: bool,
+}
+
+impl MainView {
+    fn of(plan: &PodPlan, c: &ContainerPlan) -> MainView {
+        match &c.grants {
+            Some(g) if g.process.read => MainView {
+                mains: plan.main_containers(),
+                signals: g.process.signal,
+            },
+            _ => MainView::default(),
+        }
+    }
 }
 
 fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Container {
@@ -753,6 +774,7 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
         state_volume,
         role,
         signals_readiness,
+        view,
     } = runner;
     // wpod's argv: `command` + `args`, the container's name standing as argv[0] without one.
     let mut argv = c.command.take().unwrap_or_else(|| vec![c.name.clone()]);
@@ -780,6 +802,9 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
     // Its termination message where the manifest asked for it.
     if let Some(path) = &c.termination_message_path {
         command.extend(["--termination-log".to_string(), path.clone()]);
+    }
+    for main in &view.mains {
+        command.extend(["--main".to_string(), main.clone()]);
     }
     command.push("--".into());
     let mut env = c.env.take().unwrap_or_default();
@@ -849,7 +874,7 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
         // The guest's working directory is its plan's; the runner's is its image's.
         working_dir: None,
         resources: c.resources.take().map(with_runner_memory),
-        security_context: Some(runner_security_context()),
+        security_context: Some(runner_security_context(view.signals)),
         ..c
     }
 }
@@ -883,18 +908,24 @@ fn mebibytes(n: u64) -> String {
 }
 
 /// Least privilege for the runner: what a broken-out guest would have is one unprivileged
-/// process with nothing to write but its state directory.
-fn runner_security_context() -> core::SecurityContext {
+/// process with nothing to write but its state directory. With the signals grant, user 0 with
+/// `KILL` as its one capability: Kubernetes gives no added capability to a non-root container
+/// (no ambient capabilities), and the main containers' processes may be anyone's.
+fn runner_security_context(signals: bool) -> core::SecurityContext {
+    let (uid, add) = match signals {
+        true => (0, Some(vec!["KILL".to_string()])),
+        false => (RUNNER_UID, None),
+    };
     core::SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(RUNNER_UID),
+        run_as_non_root: Some(!signals),
+        run_as_user: Some(uid),
         run_as_group: Some(RUNNER_UID),
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         capabilities: Some(core::Capabilities {
             drop: Some(vec!["ALL".into()]),
-            add: None,
+            add,
         }),
         seccomp_profile: Some(core::SeccompProfile {
             type_: "RuntimeDefault".into(),

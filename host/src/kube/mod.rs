@@ -4,7 +4,8 @@
 //! process is wpod hosting that one component inside the real pod: `wpod sidecar run`
 //! ([`sidecar`]). Its grants are planned from the Pod manifest by the code `wpod run` uses
 //! (`plan::in_container`); what its pod gives it (the network namespace, the volumes mounted at
-//! their mountPaths) is found in the container ([`context`]). `wpod kube generate`
+//! their mountPaths) is found in the container ([`context`]), and so are the main containers'
+//! processes when the pod shares its PID namespace ([`main_view`]). `wpod kube generate`
 //! ([`generate`]) writes the pod as plain Kubernetes YAML with a runner container per sidecar.
 //!
 //! Above the supervisor (it reports with the supervisor's events) and below the CLI.
@@ -12,5 +13,6 @@
 pub mod build;
 pub mod context;
 pub mod generate;
+pub mod main_view;
 pub mod sidecar;
 pub mod yaml;

@@ -22,7 +22,7 @@ use crate::grants::report::Reporter;
 use crate::logs::Logs;
 use crate::oci::store::Digest;
 use crate::plan::in_container::{FromRuntime, InContainerPlan};
-use crate::plan::{Image, ManifestFiles, WasmComponent};
+use crate::plan::{ManifestFiles, WasmComponent};
 use crate::sidecars::{PodContext, PreparedSidecar, SidecarError, WasmSidecar};
 use crate::spec::env::RuntimeFacts;
 use crate::spec::SpecError;
@@ -37,9 +37,6 @@ pub const REFUSED: i32 = 128;
 /// Descriptors the runner keeps for itself beyond the guest's handles (its runtime, the
 /// engine, stdio, the volumes it holds).
 const OWN_DESCRIPTORS: u64 = 256;
-
-/// The interface of the main-process view, which `wpod sidecar` does not give yet.
-const MAIN_PROCESS: &str = "wpod:sidecar/main-process";
 
 /// What `wpod sidecar run` is told.
 #[derive(Clone, Debug)]
@@ -66,6 +63,8 @@ pub struct RunOptions {
     /// guest's environment is the runner's own (less its `WPOD_*` settings). Without it, both
     /// come from the manifest, as `wpod run` makes them.
     pub argv: Option<Vec<String>>,
+    /// The pod's main containers, which the main-process view shows (`--main`).
+    pub mains: Vec<String>,
 }
 
 /// Why the sidecar did not start.
@@ -152,14 +151,19 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
             )));
         }
     }
-    let plan =
-        crate::plan::in_container::load(&options.files, &options.container, component, given)?;
-    refuse_unbacked(&plan)?;
+    let plan = crate::plan::in_container::load(
+        &options.files,
+        &options.container,
+        component,
+        given,
+        &options.mains,
+    )?;
     let grants = plan
         .container
         .grants
         .as_ref()
         .ok_or_else(|| RunnerError::Refused("not a Wasm sidecar".into()))?;
+    super::main_view::check_backed(&grants.process).map_err(RunnerError::Refused)?;
     // The runner's own files stay out of the guest's reach: none may lie in one of its volumes
     // (named from anywhere: relative paths made absolute first).
     let binary = std::fs::read_link("/proc/self/exe").unwrap_or_default();
@@ -223,7 +227,14 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         host_ip: std::env::var("WPOD_HOST_IP").unwrap_or_default(),
         uid: std::env::var("WPOD_POD_UID").unwrap_or_default(),
     });
-    let state = PodState::new(Vec::<String>::new());
+    let state = PodState::new(plan.main_containers.clone());
+    if grants.process.read {
+        // Looked at once before the guest starts, so that its first question has an answer.
+        let mut watch =
+            super::main_view::MainWatch::new(plan.main_containers.clone(), Some(facts.uid.clone()));
+        watch.update(&state);
+        tokio::spawn(watch.run(state.clone()));
+    }
     let logs = Logs::stdio((&plan.settings).into());
     let ctx = PodContext {
         runtime: tokio::runtime::Handle::current(),
@@ -377,34 +388,6 @@ fn stop_now(sidecar: &WasmSidecar, events: &Events, name: &str, why: &str) {
     );
 }
 
-/// The grants this slice of `wpod sidecar` cannot back yet are refused by name, never run
-/// without: the main-process view needs the pod's PID namespace and the Kubernetes API.
-fn refuse_unbacked(plan: &InContainerPlan) -> Result<(), RunnerError> {
-    let Image::Wasm(w) = &plan.container.image else {
-        return Err(RunnerError::Refused("not a Wasm sidecar".into()));
-    };
-    refuse_main_process(plan.container.name(), &w.path).map_err(RunnerError::Refused)
-}
-
-/// Refuses a component that imports the main-process view (`wpod kube generate` and the
-/// runner say the same).
-pub fn refuse_main_process(container: &str, component: &Path) -> Result<(), String> {
-    let report = crate::grants::inspect::inspect(component).map_err(|e| e.to_string())?;
-    let imports = report
-        .imports
-        .iter()
-        .any(|i| crate::component::unversioned(&i.name) == MAIN_PROCESS);
-    match imports {
-        false => Ok(()),
-        true => Err(format!(
-            "container {container}: its component imports {MAIN_PROCESS} (the main containers' \
-             state, output and signals), which a runner container does not give yet: on \
-             Kubernetes it would need the pod's PID namespace and the Kubernetes API; run this \
-             pod with `wpod run`, or build the sidecar without the main-process view"
-        )),
-    }
-}
-
 /// The guest's handles and the runner's own descriptors must fit the open files limit (raised
 /// to its hard limit first): a guest refused a socket for want of descriptors would fail far
 /// from the cause.
@@ -470,17 +453,9 @@ fn write_readiness(path: &Path, container: &str, digest: &str) -> std::io::Resul
 
 /// A process's start time in clock ticks after boot (`/proc/PID/stat`, field 22).
 fn start_ticks(pid: i32) -> std::io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))?;
-    after
-        .split_whitespace()
-        .nth(19)
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))
+    super::main_view::Stat::of(pid)
+        .map(|s| s.start)
+        .ok_or_else(|| std::io::Error::other(format!("no readable /proc/{pid}/stat")))
 }
 
 /// Writes the termination message where the container runtime reads it, if it gave the

@@ -32,6 +32,10 @@ pub struct InContainerPlan {
     pub host_aliases: Vec<(IpAddr, Vec<String>)>,
     /// `spec.hostNetwork`: the container's addresses are the node's, not the pod's own.
     pub host_network: bool,
+    /// The pod's main containers, as the main-process view shows them (the regular native
+    /// ones, named by whoever made the pod: `wpod kube generate` knows which containers are
+    /// Wasm sidecars, the manifest alone does not); empty without that grant.
+    pub main_containers: Vec<String>,
 }
 
 /// The guest's command line and environment as the container runtime resolved them for the
@@ -45,12 +49,14 @@ pub struct FromRuntime {
 }
 
 /// Plans the container `name` of `pod` as a Wasm sidecar running `component`; its argv and
-/// environment come from the manifest, or `given` by the container runtime.
+/// environment come from the manifest, or `given` by the container runtime. `mains` are the
+/// pod's main containers, which the main-process view shows.
 pub fn plan(
     pod: &Pod,
     name: &str,
     component: WasmComponent,
     given: Option<FromRuntime>,
+    mains: &[String],
 ) -> Result<InContainerPlan, Diagnostics> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     // The variables the manifest gives by name (envFrom's cannot be told from the runtime's).
@@ -118,6 +124,13 @@ pub fn plan(
     // The pod's other containers mount these volumes without nosymfollow (a wpod pod mounts
     // them so): a link the guest made would lead them anywhere in their own filesystems.
     grants.fs.no_symlinks = true;
+    // The main-process view from a container of its own: the processes of the shared PID
+    // namespace, not the output the runtime keeps.
+    grants.process.output = false;
+    let main_containers = match grants.process.read {
+        true => main_containers(pod, name, mains, &mut diags),
+        false => Vec::new(),
+    };
     let mut containers = [ContainerPlan::new(
         path,
         role,
@@ -139,7 +152,41 @@ pub fn plan(
         grace_period: super::grace_period(pod),
         host_aliases: super::host_aliases(pod),
         host_network: pod.spec.host_network,
+        main_containers,
     })
+}
+
+/// Checks the names given as the pod's main containers: each one a regular container of the
+/// pod other than the sidecar itself, and at least one, since the view has nothing to show
+/// otherwise.
+fn main_containers(
+    pod: &Pod,
+    sidecar: &str,
+    mains: &[String],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<String> {
+    if mains.is_empty() {
+        diags.push(pod.source.diag(
+            "spec.shareProcessNamespace",
+            "the sidecar's main-process view needs the pod's main containers named: give \
+             --main NAME for each (`wpod kube generate` writes them)",
+        ));
+    }
+    for m in mains {
+        let regular = pod
+            .containers_in_order()
+            .any(|(_, role, c)| c.name == *m && role == crate::spec::Role::Regular);
+        if !regular || m == sidecar {
+            diags.push(pod.source.diag(
+                "spec.containers",
+                format!(
+                    "--main {m}: not a main container of the pod (one of spec.containers other \
+                     than the sidecar {sidecar})"
+                ),
+            ));
+        }
+    }
+    mains.to_vec()
 }
 
 /// Reads `files` (one Pod, and the objects beside it) and plans its container `name` as
@@ -149,6 +196,7 @@ pub fn load(
     name: &str,
     component: WasmComponent,
     given: Option<FromRuntime>,
+    mains: &[String],
 ) -> Result<InContainerPlan, SpecError> {
     let (pods, mut diags) = super::read(files)?;
     if !diags.is_empty() {
@@ -167,7 +215,7 @@ pub fn load(
             ),
         }])));
     };
-    plan(pod, name, component, given).map_err(SpecError::Invalid)
+    plan(pod, name, component, given, mains).map_err(SpecError::Invalid)
 }
 
 /// Variables a container runtime sets in every container (the image's PATH, containerd's

@@ -362,6 +362,16 @@ impl PodPlan {
     pub fn name(&self) -> &str {
         self.name.as_str()
     }
+
+    /// The pod's main containers, which a sidecar's main-process view shows: the regular
+    /// native ones, in manifest order.
+    pub fn main_containers(&self) -> Vec<String> {
+        self.containers
+            .iter()
+            .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
+            .map(|c| c.name().to_string())
+            .collect()
+    }
 }
 
 /// One published port: the host listens on `host_ip:host_port` and forwards to the pod's

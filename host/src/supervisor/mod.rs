@@ -658,10 +658,5 @@ async fn recv(control: &mut Option<mpsc::Receiver<Change>>) -> Option<Change> {
 /// The pod's status, tracking the main containers a sidecar's `main-process` sees: the
 /// regular native ones.
 fn main_containers(plan: &PodPlan) -> Arc<PodState> {
-    PodState::new(
-        plan.containers
-            .iter()
-            .filter(|c| c.role == Role::Regular && !c.image.is_wasm())
-            .map(|c| c.name().to_string()),
-    )
+    PodState::new(plan.main_containers())
 }
