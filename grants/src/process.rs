@@ -2,6 +2,7 @@
 //! containers (state, live stats from /proc, their stdout/stderr); with
 //! `securityContext.capabilities.add: [KILL]` as well it may signal them, and only them.
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +182,7 @@ fn pod_pid(host_pid: i32) -> u32 {
 }
 
 impl ProcessCtx {
-    fn running_pid(&self, name: &str) -> Result<i32, Error> {
+    fn running(&self, name: &str) -> Result<MainStatus, Error> {
         if !self.grant.read {
             return Err(denied("reading the main process"));
         }
@@ -192,7 +193,45 @@ impl ProcessCtx {
         if m.state != MainState::Running || m.pid <= 0 {
             return Err(Error::NotRunning);
         }
-        Ok(m.pid)
+        Ok(m)
+    }
+
+    fn running_pid(&self, name: &str) -> Result<i32, Error> {
+        self.running(name).map(|m| m.pid)
+    }
+}
+
+/// Signals the main container's process `m`. A process wpod started is its child, and its PID
+/// stays its own until wpod reaps it. A process found (a runner container's view) is no
+/// one's child here: it is pinned by a pidfd and checked to be the one found (its start
+/// time) before the signal goes through that pidfd, so a PID reused meanwhile is never hit.
+fn send_signal(m: &MainStatus, sig: Signal) -> Result<(), Error> {
+    let Some(start) = m.start else {
+        return kill(Pid::from_raw(m.pid), sig).map_err(|e| Error::Io(e.desc().to_string()));
+    };
+    // SAFETY: pidfd_open with plain integers; the descriptor is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, m.pid, 0) };
+    if fd < 0 {
+        return Err(Error::NotRunning);
+    }
+    // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    if super::procstat::Stat::of(m.pid).map(|s| s.start) != Some(start) {
+        return Err(Error::NotRunning);
+    }
+    // SAFETY: pidfd_send_signal on the descriptor above, without siginfo.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as i32,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match sent {
+        0 => Ok(()),
+        _ => Err(Error::Io(std::io::Error::last_os_error().to_string())),
     }
 }
 
@@ -272,8 +311,8 @@ impl main_process::Host for ProcessView<'_> {
     }
 
     async fn signal(&mut self, name: String, signal: u32) -> wasmtime::Result<Result<(), Error>> {
-        let pid = match self.ctx.running_pid(&name) {
-            Ok(pid) => pid,
+        let main = match self.ctx.running(&name) {
+            Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };
         if !self.ctx.grant.signal {
@@ -288,7 +327,7 @@ impl main_process::Host for ProcessView<'_> {
             Some(s) => s,
             None => return Ok(Err(Error::Io(format!("{signal} is not a signal number")))),
         };
-        Ok(kill(Pid::from_raw(pid), sig).map_err(|e| Error::Io(e.desc().to_string())))
+        Ok(send_signal(&main, sig))
     }
 }
 
@@ -443,4 +482,49 @@ fn drain(s: &mut LogStream, max: u32) -> Vec<LogLine> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(pid: i32, start: u64) -> MainStatus {
+        MainStatus {
+            name: "main".into(),
+            pid,
+            state: MainState::Running,
+            exit_code: None,
+            restarts: 0,
+            start: Some(start),
+        }
+    }
+
+    /// A process found (not started) is signalled only while it is the one found: a start time
+    /// that differs (its PID reused by a later process) is `not-running`, and nothing is sent.
+    #[test]
+    fn a_found_process_is_signalled_only_if_it_is_still_the_one_found() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let start = crate::procstat::Stat::of(pid).expect("stat").start;
+        assert!(matches!(
+            send_signal(&found(pid, start + 1), Signal::SIGTERM),
+            Err(Error::NotRunning)
+        ));
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "nothing was sent"
+        );
+        send_signal(&found(pid, start), Signal::SIGTERM).expect("sent");
+        let status = child.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Gone (reaped): not running, not an error of the host.
+        assert!(matches!(
+            send_signal(&found(pid, start), Signal::SIGTERM),
+            Err(Error::NotRunning)
+        ));
+    }
 }

@@ -68,6 +68,34 @@ pub fn read(pid: i32) -> io::Result<Stats> {
     })
 }
 
+/// A process's parent and start time, from `/proc/PID/stat`: what names one process (a PID
+/// alone may be reused).
+#[derive(Debug, PartialEq)]
+pub struct Stat {
+    pub ppid: i32,
+    /// Start time in clock ticks after boot (field 22): with the PID, names one process.
+    pub start: u64,
+}
+
+impl Stat {
+    pub fn parse(text: &str) -> Option<Stat> {
+        // The command name (field 2) is in parentheses and may hold anything: count after it.
+        let fields: Vec<&str> = text
+            .get(text.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        // `fields[0]` is field 3 (state): field N is fields[N - 3].
+        Some(Stat {
+            ppid: fields.get(1)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    pub fn of(pid: i32) -> Option<Stat> {
+        Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+}
+
 /// `/proc/PID/status` of one process (`self` for wpod): the one reader of that file.
 pub struct Status(String);
 

@@ -25,6 +25,10 @@ pub struct MainStatus {
     pub state: MainState,
     pub exit_code: Option<i32>,
     pub restarts: u32,
+    /// The process's start time (clock ticks after boot) when the process was found rather
+    /// than started (a runner container's view): with a PID that the tracker does not reap,
+    /// the PID alone could name a later process, so a signal checks both.
+    pub start: Option<u64>,
 }
 
 /// The exit code a `main-exited` event carries when the code cannot be known
@@ -53,6 +57,7 @@ impl PodState {
                 state: MainState::Waiting,
                 exit_code: None,
                 restarts: 0,
+                start: None,
             })
             .collect();
         Arc::new(PodState {
@@ -86,11 +91,18 @@ impl PodState {
 
     /// A container started; only main containers are tracked and announced.
     pub fn started(&self, name: &str, pid: i32) {
+        self.found(name, pid, None)
+    }
+
+    /// A container's process found running, by its PID and `start` time (see
+    /// [`MainStatus::start`]); as [`PodState::started`] otherwise.
+    pub fn found(&self, name: &str, pid: i32, start: Option<u64>) {
         let restarted = |m: &mut MainStatus| {
             if m.state == MainState::Exited {
                 m.restarts += 1;
             }
             m.pid = pid;
+            m.start = start;
             m.state = MainState::Running;
             m.exit_code = None;
         };
@@ -102,6 +114,7 @@ impl PodState {
     pub fn exited(&self, name: &str, code: i32) {
         let done = |m: &mut MainStatus| {
             m.pid = 0;
+            m.start = None;
             m.state = MainState::Exited;
             m.exit_code = Some(code);
         };
@@ -118,6 +131,7 @@ impl PodState {
     pub fn vanished(&self, name: &str) {
         let done = |m: &mut MainStatus| {
             m.pid = 0;
+            m.start = None;
             m.state = MainState::Exited;
             m.exit_code = None;
         };

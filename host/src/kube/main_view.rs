@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grants::process::ProcessGrant;
+pub use crate::grants::procstat::Stat;
 use crate::status::PodState;
 
 /// How often the runner looks at the main containers' processes (a start or an end is seen
@@ -105,7 +106,7 @@ impl MainWatch {
             }
             tracing::info!(container = %name, pid, "main container's process found");
             self.seen.insert(name.clone(), (pid, start));
-            state.started(&name, pid);
+            state.found(&name, pid, Some(start));
         }
     }
 
@@ -161,33 +162,6 @@ impl MainWatch {
     fn stat(&self, pid: i32) -> Option<Stat> {
         let text = std::fs::read_to_string(self.proc.join(format!("{pid}/stat"))).ok()?;
         Stat::parse(&text)
-    }
-}
-
-/// What the view needs of `/proc/PID/stat`.
-#[derive(Debug, PartialEq)]
-pub struct Stat {
-    pub ppid: i32,
-    /// Start time in clock ticks after boot (field 22): with the PID, names one process.
-    pub start: u64,
-}
-
-impl Stat {
-    pub fn parse(text: &str) -> Option<Stat> {
-        // The command name (field 2) is in parentheses and may hold anything: count after it.
-        let fields: Vec<&str> = text
-            .get(text.rfind(')')? + 1..)?
-            .split_whitespace()
-            .collect();
-        // `fields[0]` is field 3 (state): field N is fields[N - 3].
-        Some(Stat {
-            ppid: fields.get(1)?.parse().ok()?,
-            start: fields.get(19)?.parse().ok()?,
-        })
-    }
-
-    pub fn of(pid: i32) -> Option<Stat> {
-        Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
     }
 }
 
