@@ -448,6 +448,14 @@ pub enum SidecarCommand {
         /// shows, found through /proc when the pod shares its PID namespace.
         #[arg(long = "main", value_name = "NAME")]
         mains: Vec<String>,
+        /// The registry artifact the component came from (REPO[:TAG]@sha256:...): the sidecar
+        /// runs only while --approvals approves it.
+        #[arg(long, value_name = "REF", requires = "approvals")]
+        artifact: Option<String>,
+        /// The approvals file (wpod's approvals.json format; on Kubernetes a ConfigMap) that
+        /// --artifact is checked against at each start.
+        #[arg(long, value_name = "FILE")]
+        approvals: Option<PathBuf>,
         /// After `--`: the guest's argv as the container runtime expanded it; the guest's
         /// environment is then this container's (less WPOD_* settings). Without `--`, both
         /// come from the manifest.
@@ -506,6 +514,11 @@ pub enum KubeCommand {
         /// ClusterImagePolicy documents for the pod's images.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// The approvals (wpod's approvals.json) that a sidecar pulled from a registry must
+        /// have, here and in the ConfigMap its runner checks at each start; default
+        /// $WPOD_APPROVALS, else the state directory's.
+        #[arg(long, value_name = "FILE")]
+        approvals: Option<PathBuf>,
         /// Write to this file instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,

@@ -190,6 +190,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     termination_log,
                     precompiled,
                     mains,
+                    artifact,
+                    approvals,
                     argv,
                 },
         } => sidecar_run(wpod::kube::sidecar::RunOptions {
@@ -203,6 +205,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             precompiled: Some(precompiled).filter(|d| d.is_dir()),
             argv,
             mains,
+            artifact,
+            approvals,
         }),
         Command::Sidecar {
             command: cli::SidecarCommand::Probe { state_dir },
@@ -245,6 +249,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     objects,
                     images,
                     policy,
+                    approvals,
                     output,
                 },
         } => {
@@ -252,6 +257,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 files: objects.with(&file),
                 images: images.into_iter().collect(),
                 policy,
+                approvals,
             };
             // A manifest's problems print as `wpod validate` prints them.
             let yaml = wpod::kube::generate::generate(&options).map_err(|e| match e {

@@ -211,7 +211,9 @@ pub fn kube_build(
             let name = component.to_str().and_then(|r| ImageName::parse(r).ok());
             let found = match name {
                 Some(n) => {
-                    wpod::kube::generate::stored_sidecar(&store, &n).map_err(anyhow::Error::msg)?
+                    let approvals = wpod::oci::approvals::Approvals::load()?;
+                    wpod::kube::generate::stored_sidecar(&store, &n, &approvals)
+                        .map_err(anyhow::Error::msg)?
                 }
                 None => None,
             };

@@ -198,6 +198,22 @@ impl Approvals {
             .find(|a| a.repository == repository && &a.digest == digest)
     }
 
+    /// An approvals file (this format) holding only the approvals of `repositories`: what a
+    /// pod's runners on a cluster check (`wpod kube generate`).
+    pub fn only(&self, repositories: &[String]) -> String {
+        let file = File {
+            version: VERSION,
+            approvals: self
+                .file
+                .approvals
+                .iter()
+                .filter(|a| repositories.contains(&a.repository))
+                .cloned()
+                .collect(),
+        };
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+
     /// The repository's most recent approval: what an upgrade is compared with.
     pub fn latest(&self, repository: &str) -> Option<&Approval> {
         self.file

@@ -1025,6 +1025,84 @@ fn a_sidecar_in_a_host_network_container_has_no_own_address() {
     );
 }
 
+/// A sidecar from a registry (`--artifact`, which kube generate writes for a pulled one) runs
+/// only while the approvals file (on a cluster, a ConfigMap) approves it: approved, it starts
+/// and becomes ready; withdrawn (or another digest that may do more than the approved one),
+/// it is refused at start, exit 128, naming the file.
+#[test]
+fn a_sidecar_from_a_registry_runs_in_a_container_only_while_approved() {
+    require_root("a_sidecar_from_a_registry_runs_in_a_container_only_while_approved");
+    let c = TestContainer::new("approved", PROBE_POD);
+    let mounts = [("/mnt/data", false), ("/mnt/conf", true)];
+    let approvals = c.dir.join("approvals.json");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let artifact = format!("registry.example/probe:1@{digest}");
+    let approval = |digest: &str, imports: &str| {
+        format!(
+            r#"{{"version": 1, "approvals": [{{"repository": "registry.example/probe",
+            "digest": "{digest}", "kind": "sidecar", "tag": "1", "imports": [{imports}],
+            "approvedAt": "2026-12-05T00:00:00Z"}}]}}"#
+        )
+    };
+    let args = ["--artifact", &artifact, "--approvals", path_str(&approvals)];
+    // Approved at this digest: it runs.
+    std::fs::write(&approvals, approval(&digest, "")).expect("approvals");
+    let mut child = Running(Some(
+        c.runner(&mounts, &sidecar("probe"), &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the runner"),
+    ));
+    c.wait_ready(child.child());
+    sigterm(child.child());
+    let out = child
+        .take()
+        .wait_with_output()
+        .expect("the runner's output");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let refused = |expect: &str| {
+        // A runner that starts instead fails the test in time rather than hanging it.
+        let mut child = Running(Some(
+            c.runner(&mounts, &sidecar("probe"), &args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run the runner"),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.child().try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "the runner started: {expect:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child
+            .take()
+            .wait_with_output()
+            .expect("the runner's output");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(128), "{stderr}");
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+        assert!(
+            text(&out.stdout).is_empty(),
+            "the guest ran: {}",
+            text(&out.stdout)
+        );
+    };
+    // Withdrawn: the approvals hold nothing of it.
+    std::fs::write(&approvals, r#"{"version": 1, "approvals": []}"#).expect("approvals");
+    refused(&format!(
+        "--artifact {artifact}: not approved by {}",
+        approvals.display()
+    ));
+    // Another digest approved, which imported nothing: this one may do more.
+    let other = format!("sha256:{}", "b".repeat(64));
+    std::fs::write(&approvals, approval(&other, "")).expect("approvals");
+    refused("not approved by");
+    // An approvals file that is not one: refused, naming it.
+    std::fs::write(&approvals, "{").expect("approvals");
+    refused("not a wpod approvals file");
+}
+
 /// The main-process view a container does not back is refused at start: the main containers
 /// not named (`--main`, which kube generate writes), a name that is not a main container, a
 /// PID namespace of the container's own (the runner is its PID 1), signals (`KILL`) without
@@ -1188,10 +1266,69 @@ fn kube_generate_and_build_take_a_pulled_sidecar_from_the_store() {
         "the stored component's digest is pinned:\n{yaml}"
     );
     assert!(yaml.contains(&format!("image: \"{runner}\"")), "{yaml}");
+    // Its runner checks the approvals at each start: the artifact and the approvals
+    // ConfigMap (only this pod's repository's, in wpod's format) are in the YAML.
+    let docs = wpod::kube::yaml::documents(&yaml).expect("YAML");
+    let approvals_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "pulled-wpod-approvals")
+        .unwrap_or_else(|| panic!("the approvals ConfigMap:\n{yaml}"));
+    assert!(approvals_map.get("immutable").is_none(), "{approvals_map}");
+    let written: serde_json::Value = serde_json::from_str(
+        approvals_map["data"]["approvals.json"]
+            .as_str()
+            .expect("approvals.json"),
+    )
+    .expect("an approvals file");
+    let repository = format!("{addr}/wpod-test/kube-probe");
+    assert_eq!(written["approvals"][0]["repository"], repository.as_str());
+    let pod = docs.iter().find(|d| d["kind"] == "Pod").expect("a Pod");
+    let probe = pod["spec"]["containers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "probe"))
+        .expect("the runner");
+    let command: Vec<&str> = probe["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let artifact = command
+        .windows(2)
+        .find(|w| w[0] == "--artifact")
+        .map(|w| w[1])
+        .unwrap_or_else(|| panic!("--artifact in {command:?}"));
+    assert!(
+        artifact.starts_with(&format!("{reference}@sha256:")),
+        "{artifact}"
+    );
+    assert_eq!(
+        written["approvals"][0]["digest"].as_str(),
+        artifact.rsplit_once('@').map(|(_, d)| d)
+    );
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w == ["--approvals", "/etc/wpod-approvals/approvals.json"]),
+        "{command:?}"
+    );
     // In the store but not approved (its approval revoked): refused, as `wpod run` refuses it.
     let approvals = env.root().join("approvals.json");
     let kept = std::fs::read(&approvals).expect("the approval the pull recorded");
-    std::fs::remove_file(&approvals).expect("revoke");
+    // Approvals named with --approvals are the ones checked.
+    let elsewhere = env.dir.join("team-approvals.json");
+    std::fs::write(&elsewhere, &kept).expect("approvals");
+    std::fs::remove_file(&approvals).expect("move");
+    wpod(&[
+        "kube",
+        "generate",
+        path_str(&manifest),
+        "--image",
+        &format!("probe={runner}"),
+        "--approvals",
+        path_str(&elsewhere),
+    ]);
+    std::fs::remove_file(&elsewhere).expect("revoke");
     let unapproved = Command::new(wpod_bin())
         .args(["kube", "generate", path_str(&manifest), "--image"])
         .arg(format!("probe={runner}"))

@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use super::yaml;
+use crate::oci::approvals::Approvals;
 use crate::plan::{ContainerPlan, Image, ManifestFiles, PodPlan, Target};
 use crate::sidecars::{PreparedSidecar, SidecarError};
 use crate::spec::SpecError;
@@ -34,6 +35,9 @@ pub const COMPONENT_PATH: &str = "/wpod/component.wasm";
 /// Where the runner container finds the pod's manifest (the ConfigMap), and its state.
 pub const MANIFEST_DIR: &str = "/etc/wpod";
 pub const STATE_DIR: &str = "/var/run/wpod";
+/// Where a runner of a sidecar from a registry finds the approvals it checks.
+pub const APPROVALS_DIR: &str = "/etc/wpod-approvals";
+const APPROVALS_VOLUME: &str = "wpod-approvals";
 /// Where the kubelet mounts a ServiceAccount token; a runner mounts an empty directory there.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const NO_TOKEN_VOLUME: &str = "wpod-no-token";
@@ -42,6 +46,7 @@ const NO_TOKEN_VOLUME: &str = "wpod-no-token";
 const RUNNER_PATHS: &[&str] = &[
     MANIFEST_DIR,
     STATE_DIR,
+    APPROVALS_DIR,
     "/wpod",
     "/usr/local/bin",
     "/var/run/secrets",
@@ -104,6 +109,9 @@ pub struct GenerateOptions {
     /// A trust policy (containers-policy.json) to write as sigstore policy-controller
     /// `ClusterImagePolicy` documents for the pod's images.
     pub policy: Option<PathBuf>,
+    /// The approvals file a sidecar from a registry must be approved in (else wpod's own):
+    /// checked here, and written as the ConfigMap its runner checks at each start.
+    pub approvals: Option<PathBuf>,
 }
 
 /// The pod's YAML for a cluster.
@@ -118,7 +126,12 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
             plans.len()
         )));
     }
-    let plan = with_stored_sidecars(plans.remove(0))?;
+    let approvals = match &options.approvals {
+        Some(file) => Approvals::load_from(file.clone()),
+        None => Approvals::load(),
+    }
+    .map_err(|e| GenerateError::Unmappable(e.to_string()))?;
+    let plan = with_stored_sidecars(plans.remove(0), &approvals)?;
     if plan.settings.network_none {
         return Err(located(
             &plan,
@@ -195,9 +208,17 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     // can be computed) is refused, not obeyed.
     let manifest_digest = crate::oci::store::Digest::of(manifest.as_bytes()).to_string();
     let mut states = Vec::new();
+    // The repositories of the sidecars from a registry, whose approvals the runners check.
+    let mut approved: Vec<String> = Vec::new();
     for c in &plan.containers {
         refuse_native_unmappable(&plan, c)?;
-        let Image::Wasm(_) = &c.image else { continue };
+        let Image::Wasm(w) = &c.image else { continue };
+        let artifact = w.reference.clone();
+        if let Some(r) = &artifact {
+            if let Ok(n) = crate::oci::reference::ImageName::parse(r) {
+                approved.push(n.repository_name());
+            }
+        }
         let image = options.images.get(c.name()).ok_or_else(|| {
             located(
                 &plan,
@@ -228,6 +249,7 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
                 role: c.role,
                 signals_readiness: prepared.component.signals_readiness,
                 view: MainView::of(&plan, c),
+                artifact: artifact.as_deref(),
             },
         );
         states.push(state);
@@ -239,8 +261,26 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
 
     let config_map = manifest_config_map(plan.name.as_ref(), &manifest, &pod)?;
     let config_name = config_map.metadata.name.clone().unwrap_or_default();
-    add_runner_volumes(&mut pod, &config_name, &states)?;
+    let approvals_map = match approved.is_empty() {
+        true => None,
+        false => Some(approvals_config_map(
+            plan.name.as_ref(),
+            &approvals.only(&approved),
+            &pod,
+        )),
+    };
+    add_runner_volumes(
+        &mut pod,
+        &config_name,
+        &states,
+        approvals_map
+            .as_ref()
+            .and_then(|m| m.metadata.name.as_deref()),
+    )?;
     let mut docs = vec![to_value(&config_map)?];
+    if let Some(m) = &approvals_map {
+        docs.push(to_value(m)?);
+    }
     docs.extend(image_policies(options, plan.name.as_ref(), &pod)?);
     docs.extend(passed);
     docs.push(to_value(&pod)?);
@@ -251,7 +291,10 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
 /// planned as the sidecar it is: its grants checked against the component's imports as `wpod
 /// run` checks them. A registry image not in the store is taken for a container image, as the
 /// node's runtime will take it. (No store yet: nothing pulled, nothing made.)
-fn with_stored_sidecars(plan: crate::plan::PodPlan) -> Result<crate::plan::PodPlan, GenerateError> {
+fn with_stored_sidecars(
+    plan: crate::plan::PodPlan,
+    approvals: &Approvals,
+) -> Result<crate::plan::PodPlan, GenerateError> {
     let registry: Vec<&ContainerPlan> = plan
         .containers
         .iter()
@@ -267,7 +310,9 @@ fn with_stored_sidecars(plan: crate::plan::PodPlan) -> Result<crate::plan::PodPl
         let Image::Registry { name, .. } = &c.image else {
             continue;
         };
-        if let Some(component) = stored_sidecar(&store, name).map_err(GenerateError::Unmappable)? {
+        if let Some(component) =
+            stored_sidecar(&store, name, approvals).map_err(GenerateError::Unmappable)?
+        {
             sidecars.insert(c.path.clone(), component);
         }
     }
@@ -281,15 +326,15 @@ fn with_stored_sidecars(plan: crate::plan::PodPlan) -> Result<crate::plan::PodPl
 pub fn stored_sidecar(
     store: &crate::oci::store::Store,
     name: &crate::oci::reference::ImageName,
+    approvals: &Approvals,
 ) -> Result<Option<crate::plan::WasmComponent>, String> {
-    use crate::oci::approvals::{Approvals, Decision};
+    use crate::oci::approvals::Decision;
     let Some(record) = store.image(&name.canonical()).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     let Some(sidecar) = record.sidecar.as_ref() else {
         return Ok(None);
     };
-    let approvals = Approvals::load().map_err(|e| e.to_string())?;
     let decision = approvals.decide(
         &name.repository_name(),
         name.tag.as_deref(),
@@ -304,10 +349,11 @@ pub fn stored_sidecar(
         } => {}
         Decision::New | Decision::Upgrade { .. } => {
             return Err(format!(
-                "the sidecar {} ({}) in wpod's store is not approved at this digest: review it \
-                 with `wpod pull {}` first",
+                "the sidecar {} ({}) in wpod's store is not approved at this digest in {}: \
+                 review it with `wpod pull {}` first",
                 name.canonical(),
                 record.digest,
+                approvals.path.display(),
                 name.canonical()
             ))
         }
@@ -742,6 +788,9 @@ struct Runner<'a> {
     role: crate::plan::Role,
     signals_readiness: bool,
     view: MainView,
+    /// The registry artifact of a sidecar pulled into the store: its runner checks the
+    /// approvals ConfigMap at each start.
+    artifact: Option<&'a str>,
 }
 
 /// The sidecar's main-process view, as its runner gives it.
@@ -775,6 +824,7 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
         role,
         signals_readiness,
         view,
+        artifact,
     } = runner;
     // wpod's argv: `command` + `args`, the container's name standing as argv[0] without one.
     let mut argv = c.command.take().unwrap_or_else(|| vec![c.name.clone()]);
@@ -806,6 +856,14 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
     for main in &view.mains {
         command.extend(["--main".to_string(), main.clone()]);
     }
+    if let Some(artifact) = artifact {
+        command.extend([
+            "--artifact".to_string(),
+            artifact.to_string(),
+            "--approvals".to_string(),
+            format!("{APPROVALS_DIR}/approvals.json"),
+        ]);
+    }
     command.push("--".into());
     let mut env = c.env.take().unwrap_or_default();
     for (name, path) in [
@@ -836,6 +894,14 @@ fn runner_container(mut c: core::Container, runner: Runner<'_>) -> core::Contain
         mount_path: STATE_DIR.into(),
         ..Default::default()
     });
+    if artifact.is_some() {
+        mounts.push(core::VolumeMount {
+            name: APPROVALS_VOLUME.into(),
+            mount_path: APPROVALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     // Over the ServiceAccount token's path, so the kubelet mounts no token in the runner,
     // whatever the pod's other containers need.
     mounts.push(core::VolumeMount {
@@ -976,16 +1042,39 @@ fn manifest_config_map(
     })
 }
 
+/// The approvals of the pod's sidecars from registries, as the ConfigMap their runners check
+/// at each start: named after the pod, and not immutable, so that whoever keeps the cluster's
+/// approvals can withdraw one (the runner then refuses to start that sidecar again).
+fn approvals_config_map(pod: &str, approvals: &str, for_pod: &core::Pod) -> core::ConfigMap {
+    core::ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(format!("{pod}-wpod-approvals")),
+            namespace: for_pod.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "wpod".to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "approvals.json".to_string(),
+            approvals.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// The runners' volumes (the manifest, a state directory each), and no ServiceAccount token
 /// unless the manifest asks for one.
 fn add_runner_volumes(
     pod: &mut core::Pod,
     config_map: &str,
     states: &[String],
+    approvals: Option<&str>,
 ) -> Result<(), GenerateError> {
     let spec = pod_spec(pod)?;
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let ours: Vec<&str> = ["wpod-pod", NO_TOKEN_VOLUME]
+    let ours: Vec<&str> = ["wpod-pod", NO_TOKEN_VOLUME, APPROVALS_VOLUME]
         .into_iter()
         .chain(states.iter().map(String::as_str))
         .collect();
@@ -1003,6 +1092,16 @@ fn add_runner_volumes(
         }),
         ..Default::default()
     });
+    if let Some(name) = approvals {
+        volumes.push(core::Volume {
+            name: APPROVALS_VOLUME.into(),
+            config_map: Some(core::ConfigMapVolumeSource {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     for state in states {
         volumes.push(core::Volume {
             name: state.clone(),

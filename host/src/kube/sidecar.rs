@@ -65,6 +65,12 @@ pub struct RunOptions {
     pub argv: Option<Vec<String>>,
     /// The pod's main containers, which the main-process view shows (`--main`).
     pub mains: Vec<String>,
+    /// The registry artifact the component came from (`REPO[:TAG]@sha256:...`), for a sidecar
+    /// pulled into wpod's store: it runs only while `approvals` approves it.
+    pub artifact: Option<String>,
+    /// The approvals file the runner checks `artifact` against at each start (a ConfigMap the
+    /// cluster's admins keep): a digest taken out of it stops the sidecar's next start.
+    pub approvals: Option<PathBuf>,
 }
 
 /// Why the sidecar did not start.
@@ -164,6 +170,7 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         .as_ref()
         .ok_or_else(|| RunnerError::Refused("not a Wasm sidecar".into()))?;
     super::main_view::check_backed(&grants.process).map_err(RunnerError::Refused)?;
+    check_approved(options)?;
     // The runner's own files stay out of the guest's reach: none may lie in one of its volumes
     // (named from anywhere: relative paths made absolute first).
     let binary = std::fs::read_link("/proc/self/exe").unwrap_or_default();
@@ -176,6 +183,7 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         ("binary", binary.clone()),
     ]
     .into_iter()
+    .chain(options.approvals.iter().map(|f| ("approvals", absolute(f))))
     .chain(
         options
             .precompiled
@@ -386,6 +394,53 @@ fn stop_now(sidecar: &WasmSidecar, events: &Events, name: &str, why: &str) {
             message: format!("stopped at once ({why})"),
         },
     );
+}
+
+/// A sidecar from a registry runs only while the approvals file approves its artifact, as
+/// `wpod run` requires: that digest approved, or a later one of the same repository that
+/// imports nothing more than the last approved (its imports recomputed from the component's
+/// bytes). A missing file approves nothing.
+fn check_approved(options: &RunOptions) -> Result<(), RunnerError> {
+    use crate::oci::approvals::{Approvals, Decision};
+    let Some(artifact) = &options.artifact else {
+        return Ok(());
+    };
+    let refused = |why: String| RunnerError::Refused(format!("--artifact {artifact}: {why}"));
+    let name =
+        crate::oci::reference::ImageName::parse(artifact).map_err(|e| refused(e.to_string()))?;
+    let digest = name
+        .digest
+        .as_deref()
+        .and_then(|d| Digest::parse(d).ok())
+        .ok_or_else(|| refused("name it by its digest (REPO@sha256:...)".into()))?;
+    let file = options.approvals.clone().ok_or_else(|| {
+        refused("a sidecar from a registry needs --approvals FILE, which approves it".into())
+    })?;
+    let approvals = Approvals::load_from(file.clone()).map_err(|e| refused(e.to_string()))?;
+    let imports: Vec<String> = crate::grants::inspect::inspect(&options.component)
+        .map_err(|e| refused(e.to_string()))?
+        .imports
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let decision = approvals.decide(
+        &name.repository_name(),
+        name.tag.as_deref(),
+        &digest,
+        &imports,
+        crate::grants::always_granted,
+    );
+    match decision {
+        Decision::Approved(_)
+        | Decision::Upgrade {
+            increases: false, ..
+        } => Ok(()),
+        Decision::New | Decision::Upgrade { .. } => Err(refused(format!(
+            "not approved by {} (withdrawn, or never given): review it with `wpod pull` and \
+             apply the approvals again",
+            file.display()
+        ))),
+    }
 }
 
 /// The guest's handles and the runner's own descriptors must fit the open files limit (raised
