@@ -195,10 +195,6 @@ impl ProcessCtx {
         }
         Ok(m)
     }
-
-    fn running_pid(&self, name: &str) -> Result<i32, Error> {
-        self.running(name).map(|m| m.pid)
-    }
 }
 
 /// Signals the main container's process `m`. A process wpod started is its child, and its PID
@@ -267,11 +263,19 @@ impl main_process::Host for ProcessView<'_> {
     }
 
     async fn stats(&mut self, name: String) -> wasmtime::Result<Result<Stats, Error>> {
-        let pid = match self.ctx.running_pid(&name) {
-            Ok(pid) => pid,
+        let main = match self.ctx.running(&name) {
+            Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(super::procstat::read(pid).map_err(|e| Error::Io(e.to_string())))
+        let stats = super::procstat::read(main.pid).map_err(|e| Error::Io(e.to_string()));
+        // A process found (not started) may have ended and its PID gone to another since it
+        // was seen: the statistics count only if it is still the one found.
+        if let Some(start) = main.start {
+            if super::procstat::Stat::of(main.pid).map(|s| s.start) != Some(start) {
+                return Ok(Err(Error::NotRunning));
+            }
+        }
+        Ok(stats)
     }
 
     async fn logs(

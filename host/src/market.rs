@@ -244,10 +244,18 @@ pub fn kube_build(
         }
     }
     let pinned = format!("{}@{}", name.canonical(), built.digest);
+    if built.shared_libraries > 0 && output == Output::Text {
+        eprintln!(
+            "note: {} is dynamically linked: the image holds it with its {} shared libraries; \
+             runner/build.sh builds the static wpod a runner image is meant to hold (--wpod)",
+            wpod.unwrap_or(&own).display(),
+            built.shared_libraries
+        );
+    }
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::json!({"event": "built", "image": name.canonical(), "digest": built.digest.to_string(), "reference": pinned, "component": built.component_digest, "bytes": built.layer.len(), "archive": archive})
+            serde_json::json!({"event": "built", "image": name.canonical(), "digest": built.digest.to_string(), "reference": pinned, "component": built.component_digest, "bytes": built.layer.len(), "sharedLibraries": built.shared_libraries, "archive": archive})
         ),
         Output::Text => println!("{pinned}"),
     }

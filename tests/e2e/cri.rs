@@ -405,29 +405,26 @@ fn nginx_image(harness: &Harness) -> String {
     pinned("localhost/wpod-test/nginx:1", &text(&out.stdout))
 }
 
-/// The runner image of the test sidecar `component`, as `wpod kube build` makes it (of this
-/// wpod, its debug info stripped as a release build's is), imported; its pinned reference.
+/// The runner image of the test sidecar `component`, as `wpod kube build` makes it of the
+/// static wpod `runner/build.sh` builds, imported; its pinned reference.
 fn runner_image(harness: &Harness, work: &Path, component: &str) -> String {
-    let stripped = work.join("wpod");
-    if !stripped.exists() {
-        let strip = Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(wpod_bin())
-            .arg(&stripped)
-            .status()
-            .expect("objcopy (binutils)");
-        assert!(strip.success());
-    }
+    let runner_wpod = wpod_test_support::static_runner();
     let archive = work.join(format!("{component}-runner.tar"));
     let tag = format!("localhost/wpod-test/{component}-runner:1");
     let built = Command::new(wpod_bin())
         .args(["kube", "build", path(&sidecar(component))])
         .args(["--tag", &tag])
         .args(["--archive", path(&archive)])
-        .args(["--wpod", path(&stripped)])
+        .args(["--wpod", path(&runner_wpod)])
         .output()
         .expect("wpod kube build");
     assert!(built.status.success(), "{}", text(&built.stderr));
+    // Static: no library beside it (kube build says when there are).
+    assert!(
+        !text(&built.stderr).contains("dynamically linked"),
+        "{}",
+        text(&built.stderr)
+    );
     let runner = harness.import(&tag, &["--archive", path(&archive)]);
     let digest = runner.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
     assert_eq!(

@@ -791,6 +791,25 @@ fn kube_generate_gives_the_main_process_view_names_and_kill_only_when_granted() 
     assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
     assert!(command(&killer).contains(&"--main".to_string()));
 
+    // Signals make the runner user 0: not over a host directory it may write.
+    let over_host = shared
+        .replace(
+            "    command: [probe]\n",
+            "    command: [probe]\n    securityContext:\n      capabilities: {add: [KILL]}\n",
+        )
+        .replace(
+            "    - {name: logs, mountPath: /logs, readOnly: true}\n",
+            "    - {name: logs, mountPath: /logs}\n",
+        )
+        .replace("    emptyDir: {}\n", "    hostPath: {path: /var/log/web}\n");
+    std::fs::write(&manifest, &over_host).expect("manifest");
+    let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("mounts the hostPath volume logs writable at /logs"),
+        "{}",
+        text(&out.stderr)
+    );
     // Without shareProcessNamespace the view is not granted, and the pod not written.
     std::fs::write(&manifest, &original).expect("manifest");
     let out = dir.generate(&["--image", &format!("probe={RUNNER_IMAGE}")]);
@@ -1131,6 +1150,11 @@ fn a_sidecar_in_a_container_is_refused_a_main_process_view_it_cannot_have() {
     run(
         c.runner(&mounts, &sidecar("main-probe"), &["--main", "probe"]),
         "--main probe: not a main container of the pod",
+    );
+    // Not in a container the kubelet made: no directory of it to recognise the others by.
+    run(
+        c.runner(&mounts, &sidecar("main-probe"), &["--main", "main"]),
+        "and container probe shows none",
     );
     // As PID 1 of a PID namespace of its own: the runtime did not share the pod's.
     let cmd = c.runner(&mounts, &sidecar("main-probe"), &["--main", "main"]);

@@ -59,6 +59,9 @@ pub struct RunnerImage {
     pub digest: Digest,
     /// The component's sha256 (`sha256:<hex>`).
     pub component_digest: String,
+    /// The shared libraries (and loader) put beside a dynamically linked wpod: none for the
+    /// static one `runner/build.sh` builds.
+    pub shared_libraries: usize,
 }
 
 /// One file or directory of the layer.
@@ -99,7 +102,9 @@ pub fn build(wpod: &Path, component: &Path) -> Result<RunnerImage, BuildError> {
             mode: 0o755,
         },
     );
-    for lib in libraries(wpod)? {
+    let libs = libraries(wpod)?;
+    let shared_libraries = libs.len();
+    for lib in libs {
         let bytes = read(&lib)?;
         add(&lib.to_string_lossy(), Entry::File { bytes, mode: 0o755 });
     }
@@ -177,6 +182,7 @@ pub fn build(wpod: &Path, component: &Path) -> Result<RunnerImage, BuildError> {
     });
     let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
     Ok(RunnerImage {
+        shared_libraries,
         digest: Digest::of(&manifest),
         layer,
         layer_digest,

@@ -687,6 +687,42 @@ fn refuse_sidecar_unmappable(plan: &PodPlan, c: &ContainerPlan) -> Result<(), Ge
     let Some(grants) = &c.grants else {
         return Ok(());
     };
+    if grants.process.read && plan.main_containers().is_empty() {
+        return Err(located(
+            plan,
+            "spec.shareProcessNamespace".into(),
+            format!(
+                "container {}: its main-process view shows the pod's native main containers, \
+                 and this pod has none (every regular container is a Wasm sidecar); give the \
+                 pod its main container, or build the sidecar without the view",
+                c.name()
+            ),
+        ));
+    }
+    // Signals make the runner user 0: over a host directory it could write, that would be
+    // root's files of the node.
+    if grants.process.signal {
+        let host_path = grants.fs.mounts.iter().find(|m| {
+            !m.read_only
+                && plan.volumes.iter().any(|v| {
+                    v.name == m.volume && matches!(v.kind, crate::plan::VolumeKind::HostPath(_))
+                })
+        });
+        if let Some(m) = host_path {
+            return Err(located(
+                plan,
+                format!("{}.volumeMounts", c.path),
+                format!(
+                    "container {}: granted signals (KILL), its runner runs as user 0, and it \
+                     mounts the hostPath volume {} writable at {}: the node's files as root; \
+                     mount it readOnly, or drop KILL",
+                    c.name(),
+                    m.volume,
+                    m.guest
+                ),
+            ));
+        }
+    }
     for (k, _) in &grants.wasi.env {
         let env = || format!("{}.env", c.path);
         if k.starts_with(crate::plan::in_container::RUNNER_PREFIX) {
@@ -985,6 +1021,9 @@ fn runner_security_context(signals: bool) -> core::SecurityContext {
     core::SecurityContext {
         run_as_non_root: Some(!signals),
         run_as_user: Some(uid),
+        // Group 65532 even for user 0: ptrace's access check (and so another process's /proc
+        // files beyond stat) wants the group to match as well, so a user 0 runner with only
+        // KILL still cannot read or trace a root main container's process.
         run_as_group: Some(RUNNER_UID),
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),

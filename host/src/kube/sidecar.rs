@@ -119,6 +119,11 @@ pub fn readiness_file(state_dir: &Path) -> PathBuf {
 /// Plans and checks everything, then runs the sidecar until it ends; the container's exit code.
 /// Must run inside a Tokio runtime; `WPOD_ROOT` must already be the state directory.
 pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
+    // Not dumpable: another container's process of the same user (a distroless image's 65532,
+    // or one that can setgid to it) cannot read the runner's /proc (its descriptors, the
+    // guest's environment) nor ptrace it.
+    // SAFETY: prctl with plain integers.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // First of all: as a container's PID 1, a SIGTERM without a handler would be ignored, and
     // one that comes while the sidecar is prepared must end it, not be lost.
     let (Ok(mut term), Ok(int)) = (
@@ -170,6 +175,13 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         .as_ref()
         .ok_or_else(|| RunnerError::Refused("not a Wasm sidecar".into()))?;
     super::main_view::check_backed(&grants.process).map_err(RunnerError::Refused)?;
+    let main_watch = match grants.process.read {
+        true => Some(
+            super::main_view::MainWatch::new(plan.main_containers.clone(), plan.container.name())
+                .map_err(RunnerError::Refused)?,
+        ),
+        false => None,
+    };
     check_approved(options)?;
     // The runner's own files stay out of the guest's reach: none may lie in one of its volumes
     // (named from anywhere: relative paths made absolute first).
@@ -236,12 +248,12 @@ pub async fn run(options: &RunOptions) -> Result<i32, RunnerError> {
         uid: std::env::var("WPOD_POD_UID").unwrap_or_default(),
     });
     let state = PodState::new(plan.main_containers.clone());
-    if grants.process.read {
+    if let Some(mut watch) = main_watch {
         // Looked at once before the guest starts, so that its first question has an answer.
-        let mut watch =
-            super::main_view::MainWatch::new(plan.main_containers.clone(), Some(facts.uid.clone()));
         watch.update(&state);
-        tokio::spawn(watch.run(state.clone()));
+        watch.spawn(state.clone()).map_err(|e| {
+            RunnerError::Refused(format!("cannot start watching the main containers: {e}"))
+        })?;
     }
     let logs = Logs::stdio((&plan.settings).into());
     let ctx = PodContext {

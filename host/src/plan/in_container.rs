@@ -172,7 +172,12 @@ fn main_containers(
              --main NAME for each (`wpod kube generate` writes them)",
         ));
     }
+    let mut names: Vec<String> = Vec::new();
     for m in mains {
+        if names.contains(m) {
+            continue;
+        }
+        names.push(m.clone());
         let regular = pod
             .containers_in_order()
             .any(|(_, role, c)| c.name == *m && role == crate::spec::Role::Regular);
@@ -186,7 +191,7 @@ fn main_containers(
             ));
         }
     }
-    mains.to_vec()
+    names
 }
 
 /// Reads `files` (one Pod, and the objects beside it) and plans its container `name` as

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the wpod that runner images hold (`wpod kube build --wpod ...`): statically linked
+# (glibc's static-pie: no shared library, no loader, nothing else in the image it needs),
+# release, without the author tools (`wpod new`'s bindings generators, which a runner never
+# runs). Offline once the crates are fetched (pass --offline). Prints the binary's path.
+#
+#   wpod kube build logtail.wasm --tag REGISTRY/NAME:TAG --wpod "$(runner/build.sh)"
+#
+# Its own target directory (target/runner): the flags differ from the workspace's build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+host=$(rustc -vV | sed -n 's/^host: //p')
+case "$host" in
+  *-linux-gnu) ;;
+  *) echo "runner/build.sh: builds on a *-linux-gnu host (this is $host)" >&2; exit 1 ;;
+esac
+dir=${CARGO_TARGET_DIR:-$PWD/target}/runner
+# --target keeps the flags off build scripts and proc macros, which run on this host.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
+  --target "$host" --no-default-features -p wpod --bin wpod --target-dir "$dir" "$@" >&2
+bin="$dir/$host/release/wpod"
+# Static, or it is not what a runner image should hold.
+if ! ldd "$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
+  echo "runner/build.sh: $bin is not statically linked" >&2
+  exit 1
+fi
+echo "$bin"
