@@ -8,20 +8,24 @@
 #
 # Its own target directory (target/runner): the flags differ from the workspace's build.
 set -euo pipefail
+# A relative CARGO_TARGET_DIR is the caller's, before the cd below.
+target=${CARGO_TARGET_DIR:-}
+[ -z "$target" ] || [ "${target#/}" != "$target" ] || target=$PWD/$target
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
 case "$host" in
   *-linux-gnu) ;;
   *) echo "runner/build.sh: builds on a *-linux-gnu host (this is $host)" >&2; exit 1 ;;
 esac
-dir=${CARGO_TARGET_DIR:-$PWD/target}/runner
+dir=${target:-$PWD/target}/runner
 # --target keeps the flags off build scripts and proc macros, which run on this host.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
   --target "$host" --no-default-features -p wpod --bin wpod --target-dir "$dir" "$@" >&2
 bin="$dir/$host/release/wpod"
 # Static, or it is not what a runner image should hold.
-if ! ldd "$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
-  echo "runner/build.sh: $bin is not statically linked" >&2
-  exit 1
-fi
+linked=$(ldd "$bin" 2>&1 || true)
+case "$linked" in
+  *'statically linked'* | *'not a dynamic executable'*) ;;
+  *) echo "runner/build.sh: $bin is not statically linked: $linked" >&2; exit 1 ;;
+esac
 echo "$bin"

@@ -214,6 +214,7 @@ pub fn kube_build(
                     let approvals = wpod::oci::approvals::Approvals::load()?;
                     wpod::kube::generate::stored_sidecar(&store, &n, &approvals)
                         .map_err(anyhow::Error::msg)?
+                        .map(|s| s.component)
                 }
                 None => None,
             };

@@ -198,18 +198,12 @@ impl Approvals {
             .find(|a| a.repository == repository && &a.digest == digest)
     }
 
-    /// An approvals file (this format) holding only the approvals of `repositories`: what a
-    /// pod's runners on a cluster check (`wpod kube generate`).
-    pub fn only(&self, repositories: &[String]) -> String {
+    /// An approvals file (this format) holding `approvals`: what a pod's runners on a cluster
+    /// check (`wpod kube generate` writes the exact approval of each of its sidecars).
+    pub fn file_of(approvals: Vec<Approval>) -> String {
         let file = File {
             version: VERSION,
-            approvals: self
-                .file
-                .approvals
-                .iter()
-                .filter(|a| repositories.contains(&a.repository))
-                .cloned()
-                .collect(),
+            approvals,
         };
         serde_json::to_string_pretty(&file).unwrap_or_default()
     }

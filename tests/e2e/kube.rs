@@ -1045,9 +1045,10 @@ fn a_sidecar_in_a_host_network_container_has_no_own_address() {
 }
 
 /// A sidecar from a registry (`--artifact`, which kube generate writes for a pulled one) runs
-/// only while the approvals file (on a cluster, a ConfigMap) approves it: approved, it starts
-/// and becomes ready; withdrawn (or another digest that may do more than the approved one),
-/// it is refused at start, exit 128, naming the file.
+/// only while the approvals file (on a cluster, a ConfigMap) approves that very digest as a
+/// Wasm sidecar with the component's imports: then it starts and becomes ready; withdrawn,
+/// approved only at another digest, approved as a container image, or with fewer imports
+/// than the component has, it is refused at start, exit 128, naming the file.
 #[test]
 fn a_sidecar_from_a_registry_runs_in_a_container_only_while_approved() {
     require_root("a_sidecar_from_a_registry_runs_in_a_container_only_while_approved");
@@ -1056,16 +1057,21 @@ fn a_sidecar_from_a_registry_runs_in_a_container_only_while_approved() {
     let approvals = c.dir.join("approvals.json");
     let digest = format!("sha256:{}", "a".repeat(64));
     let artifact = format!("registry.example/probe:1@{digest}");
-    let approval = |digest: &str, imports: &str| {
-        format!(
-            r#"{{"version": 1, "approvals": [{{"repository": "registry.example/probe",
-            "digest": "{digest}", "kind": "sidecar", "tag": "1", "imports": [{imports}],
-            "approvedAt": "2026-12-05T00:00:00Z"}}]}}"#
-        )
+    let approval = |digest: &str, kind: &str, imports: &[String]| {
+        serde_json::json!({"version": 1, "approvals": [{
+            "repository": "registry.example/probe", "digest": digest, "kind": kind,
+            "tag": "1", "imports": imports, "approvedAt": "2026-12-05T00:00:00Z"}]})
+        .to_string()
     };
+    let imports: Vec<String> = wpod::grants::inspect::inspect(&sidecar("probe"))
+        .expect("the probe's imports")
+        .imports
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     let args = ["--artifact", &artifact, "--approvals", path_str(&approvals)];
-    // Approved at this digest: it runs.
-    std::fs::write(&approvals, approval(&digest, "")).expect("approvals");
+    // Approved at this digest, with the component's imports: it runs.
+    std::fs::write(&approvals, approval(&digest, "sidecar", &imports)).expect("approvals");
     let mut child = Running(Some(
         c.runner(&mounts, &sidecar("probe"), &args)
             .stdout(Stdio::piped())
@@ -1113,10 +1119,16 @@ fn a_sidecar_from_a_registry_runs_in_a_container_only_while_approved() {
         "--artifact {artifact}: not approved by {}",
         approvals.display()
     ));
-    // Another digest approved, which imported nothing: this one may do more.
+    // Only another digest approved (even one that imported as much): not this one.
     let other = format!("sha256:{}", "b".repeat(64));
-    std::fs::write(&approvals, approval(&other, "")).expect("approvals");
+    std::fs::write(&approvals, approval(&other, "sidecar", &imports)).expect("approvals");
     refused("not approved by");
+    // This digest approved as a container image, or with fewer imports than the component
+    // has: not the component that was reviewed.
+    std::fs::write(&approvals, approval(&digest, "container", &imports)).expect("approvals");
+    refused("approves it as a container image, not as a Wasm sidecar");
+    std::fs::write(&approvals, approval(&digest, "sidecar", &[])).expect("approvals");
+    refused("beyond what");
     // An approvals file that is not one: refused, naming it.
     std::fs::write(&approvals, "{").expect("approvals");
     refused("not a wpod approvals file");
@@ -1306,6 +1318,11 @@ fn kube_generate_and_build_take_a_pulled_sidecar_from_the_store() {
     .expect("an approvals file");
     let repository = format!("{addr}/wpod-test/kube-probe");
     assert_eq!(written["approvals"][0]["repository"], repository.as_str());
+    assert_eq!(
+        written["approvals"].as_array().map(Vec::len),
+        Some(1),
+        "the exact approval of the pod's one sidecar: {written}"
+    );
     let pod = docs.iter().find(|d| d["kind"] == "Pod").expect("a Pod");
     let probe = pod["spec"]["containers"]
         .as_array()

@@ -206,7 +206,11 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // A static binary needs none.
-        if text.contains("not a dynamic executable") || out.stderr.is_empty() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if text.contains("not a dynamic executable")
+            || stderr.contains("not a dynamic executable")
+            || out.stderr.is_empty()
+        {
             return Ok(Vec::new());
         }
         return Err(fail(

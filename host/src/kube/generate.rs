@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use super::yaml;
-use crate::oci::approvals::Approvals;
+use crate::oci::approvals::{Approval, Approvals};
 use crate::plan::{ContainerPlan, Image, ManifestFiles, PodPlan, Target};
 use crate::sidecars::{PreparedSidecar, SidecarError};
 use crate::spec::SpecError;
@@ -126,12 +126,7 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
             plans.len()
         )));
     }
-    let approvals = match &options.approvals {
-        Some(file) => Approvals::load_from(file.clone()),
-        None => Approvals::load(),
-    }
-    .map_err(|e| GenerateError::Unmappable(e.to_string()))?;
-    let plan = with_stored_sidecars(plans.remove(0), &approvals)?;
+    let (plan, approved) = with_stored_sidecars(plans.remove(0), options.approvals.as_deref())?;
     if plan.settings.network_none {
         return Err(located(
             &plan,
@@ -208,17 +203,10 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     // can be computed) is refused, not obeyed.
     let manifest_digest = crate::oci::store::Digest::of(manifest.as_bytes()).to_string();
     let mut states = Vec::new();
-    // The repositories of the sidecars from a registry, whose approvals the runners check.
-    let mut approved: Vec<String> = Vec::new();
     for c in &plan.containers {
         refuse_native_unmappable(&plan, c)?;
         let Image::Wasm(w) = &c.image else { continue };
         let artifact = w.reference.clone();
-        if let Some(r) = &artifact {
-            if let Ok(n) = crate::oci::reference::ImageName::parse(r) {
-                approved.push(n.repository_name());
-            }
-        }
         let image = options.images.get(c.name()).ok_or_else(|| {
             located(
                 &plan,
@@ -265,7 +253,7 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
         true => None,
         false => Some(approvals_config_map(
             plan.name.as_ref(),
-            &approvals.only(&approved),
+            &Approvals::file_of(approved.into_values().collect()),
             &pod,
         )),
     };
@@ -287,37 +275,59 @@ pub fn generate(options: &GenerateOptions) -> Result<String, GenerateError> {
     write_checked(&docs)
 }
 
-/// The plan with each registry image that is a Wasm sidecar in wpod's store, and approved,
-/// planned as the sidecar it is: its grants checked against the component's imports as `wpod
-/// run` checks them. A registry image not in the store is taken for a container image, as the
-/// node's runtime will take it. (No store yet: nothing pulled, nothing made.)
+/// The plan with each registry image that is a Wasm sidecar in wpod's store, and approved
+/// (in `approvals`, else wpod's own file), planned as the sidecar it is: its grants checked
+/// against the component's imports as `wpod run` checks them; and the exact approval of each,
+/// by its pinned reference, for the ConfigMap its runner checks. A registry image not in the
+/// store is taken for a container image, as the node's runtime will take it. (No store yet:
+/// nothing pulled, nothing made, no approvals read.)
 fn with_stored_sidecars(
     plan: crate::plan::PodPlan,
-    approvals: &Approvals,
-) -> Result<crate::plan::PodPlan, GenerateError> {
+    approvals: Option<&std::path::Path>,
+) -> Result<(crate::plan::PodPlan, BTreeMap<String, Approval>), GenerateError> {
     let registry: Vec<&ContainerPlan> = plan
         .containers
         .iter()
         .filter(|c| matches!(c.image, Image::Registry { .. }))
         .collect();
     if registry.is_empty() || !crate::files::state_root().join("images").exists() {
-        return Ok(plan);
+        return Ok((plan, BTreeMap::new()));
     }
+    let approvals = match approvals {
+        Some(file) => Approvals::load_from(file.to_path_buf()),
+        None => Approvals::load(),
+    }
+    .map_err(|e| GenerateError::Unmappable(e.to_string()))?;
     let store = crate::oci::store::Store::open()
         .map_err(|e| GenerateError::Unmappable(format!("cannot read wpod's image store: {e}")))?;
     let mut sidecars = BTreeMap::new();
+    let mut approved = BTreeMap::new();
     for c in registry {
         let Image::Registry { name, .. } = &c.image else {
             continue;
         };
-        if let Some(component) =
-            stored_sidecar(&store, name, approvals).map_err(GenerateError::Unmappable)?
+        if let Some(stored) =
+            stored_sidecar(&store, name, &approvals).map_err(GenerateError::Unmappable)?
         {
-            sidecars.insert(c.path.clone(), component);
+            if let Some(reference) = &stored.component.reference {
+                approved.insert(reference.clone(), stored.approval);
+            }
+            sidecars.insert(c.path.clone(), stored.component);
         }
     }
-    plan.with_pulled_sidecars(&sidecars)
-        .map_err(|d| GenerateError::Manifest(SpecError::Invalid(d)))
+    let plan = plan
+        .with_pulled_sidecars(&sidecars)
+        .map_err(|d| GenerateError::Manifest(SpecError::Invalid(d)))?;
+    Ok((plan, approved))
+}
+
+/// A Wasm sidecar in wpod's store, approved.
+pub struct StoredSidecar {
+    /// Its component, to plan and run (`reference`: the artifact, pinned).
+    pub component: crate::plan::WasmComponent,
+    /// The approval of its very digest: the one recorded, or, for a moved tag that imports
+    /// nothing more than the approval it is compared with, that approval carried over to it.
+    pub approval: Approval,
 }
 
 /// The stored Wasm sidecar of the image `name`, as a component to plan and run, once its
@@ -327,8 +337,8 @@ pub fn stored_sidecar(
     store: &crate::oci::store::Store,
     name: &crate::oci::reference::ImageName,
     approvals: &Approvals,
-) -> Result<Option<crate::plan::WasmComponent>, String> {
-    use crate::oci::approvals::Decision;
+) -> Result<Option<StoredSidecar>, String> {
+    use crate::oci::approvals::{ArtifactKind, Decision};
     let Some(record) = store.image(&name.canonical()).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -342,12 +352,34 @@ pub fn stored_sidecar(
         &sidecar.imports,
         crate::grants::always_granted,
     );
-    match decision {
-        Decision::Approved(_)
-        | Decision::Upgrade {
-            increases: false, ..
-        } => {}
-        Decision::New | Decision::Upgrade { .. } => {
+    let approval = match decision {
+        Decision::Approved(a) if a.kind == ArtifactKind::Sidecar => a.clone(),
+        Decision::Upgrade {
+            increases: false,
+            from,
+            ..
+        } if from.kind == ArtifactKind::Sidecar => Approval {
+            repository: name.repository_name(),
+            digest: record.digest.clone(),
+            kind: ArtifactKind::Sidecar,
+            tag: name.tag.clone(),
+            imports: sidecar.imports.clone(),
+            approved_at: from.approved_at.clone(),
+        },
+        Decision::Approved(a) | Decision::Upgrade { from: a, .. }
+            if a.kind != ArtifactKind::Sidecar =>
+        {
+            return Err(format!(
+                "the sidecar {} ({}) was approved in {} as {}, not as a Wasm sidecar: review \
+                 it with `wpod pull {}` first",
+                name.canonical(),
+                record.digest,
+                approvals.path.display(),
+                a.kind,
+                name.canonical()
+            ))
+        }
+        Decision::Approved(_) | Decision::New | Decision::Upgrade { .. } => {
             return Err(format!(
                 "the sidecar {} ({}) in wpod's store is not approved at this digest in {}: \
                  review it with `wpod pull {}` first",
@@ -357,14 +389,17 @@ pub fn stored_sidecar(
                 name.canonical()
             ))
         }
-    }
-    Ok(Some(crate::plan::WasmComponent {
-        path: store.blob_path(&sidecar.component),
-        digest: Some(sidecar.component.clone()),
-        reference: Some(crate::plan::image::pinned(
-            &record.name,
-            record.digest.as_str(),
-        )),
+    };
+    Ok(Some(StoredSidecar {
+        component: crate::plan::WasmComponent {
+            path: store.blob_path(&sidecar.component),
+            digest: Some(sidecar.component.clone()),
+            reference: Some(crate::plan::image::pinned(
+                &record.name,
+                record.digest.as_str(),
+            )),
+        },
+        approval,
     }))
 }
 

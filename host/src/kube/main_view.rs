@@ -222,14 +222,21 @@ impl MainWatch {
                 ignored.insert(key);
                 continue;
             }
-            let found = (stat.ppid == 0)
-                .then(|| self.container_of(pid))
-                .flatten()
-                .filter(|(name, _)| self.names.contains(name));
-            let Some((name, id)) = found else {
+            // A process with its parent in the namespace never becomes a container's first;
+            // one recognised as another container's stays that container's. One whose parent
+            // is outside but shows no kubelet directory yet may be a container being set up
+            // (the runtime's init joins the namespace before it mounts): looked at again.
+            if stat.ppid != 0 {
                 ignored.insert(key);
                 continue;
+            }
+            let Some((name, id)) = self.container_of(pid) else {
+                continue;
             };
+            if !self.names.contains(&name) {
+                ignored.insert(key);
+                continue;
+            }
             let oldest = instances.entry(name).or_default().entry(id).or_insert(key);
             if stat.start < oldest.1 {
                 *oldest = key;

@@ -408,12 +408,13 @@ fn stop_now(sidecar: &WasmSidecar, events: &Events, name: &str, why: &str) {
     );
 }
 
-/// A sidecar from a registry runs only while the approvals file approves its artifact, as
-/// `wpod run` requires: that digest approved, or a later one of the same repository that
-/// imports nothing more than the last approved (its imports recomputed from the component's
-/// bytes). A missing file approves nothing.
+/// A sidecar from a registry runs only while the approvals file approves its artifact: that
+/// very digest, approved as a Wasm sidecar, with imports (read again from the component's
+/// bytes) that add nothing to what was approved. `kube generate` writes the exact approval of
+/// each sidecar it takes, so withdrawing that entry stops the next start. A missing file
+/// approves nothing.
 fn check_approved(options: &RunOptions) -> Result<(), RunnerError> {
-    use crate::oci::approvals::{Approvals, Decision};
+    use crate::oci::approvals::{Approvals, ArtifactKind};
     let Some(artifact) = &options.artifact else {
         return Ok(());
     };
@@ -429,30 +430,36 @@ fn check_approved(options: &RunOptions) -> Result<(), RunnerError> {
         refused("a sidecar from a registry needs --approvals FILE, which approves it".into())
     })?;
     let approvals = Approvals::load_from(file.clone()).map_err(|e| refused(e.to_string()))?;
+    let Some(approval) = approvals.of(&name.repository_name(), &digest) else {
+        return Err(refused(format!(
+            "not approved by {} (withdrawn, or never given): review it with `wpod pull` and \
+             apply the approvals again",
+            file.display()
+        )));
+    };
+    if approval.kind != ArtifactKind::Sidecar {
+        return Err(refused(format!(
+            "{} approves it as {}, not as a Wasm sidecar",
+            file.display(),
+            approval.kind
+        )));
+    }
     let imports: Vec<String> = crate::grants::inspect::inspect(&options.component)
         .map_err(|e| refused(e.to_string()))?
         .imports
         .into_iter()
         .map(|i| i.name)
         .collect();
-    let decision = approvals.decide(
-        &name.repository_name(),
-        name.tag.as_deref(),
-        &digest,
-        &imports,
-        crate::grants::always_granted,
-    );
-    match decision {
-        Decision::Approved(_)
-        | Decision::Upgrade {
-            increases: false, ..
-        } => Ok(()),
-        Decision::New | Decision::Upgrade { .. } => Err(refused(format!(
-            "not approved by {} (withdrawn, or never given): review it with `wpod pull` and \
-             apply the approvals again",
+    let diff = crate::component::ImportDiff::between(&approval.imports, &imports);
+    if diff.increases(crate::grants::always_granted) {
+        return Err(refused(format!(
+            "its component imports {} beyond what {} approves: not the component that was \
+             reviewed",
+            diff.added.join(", "),
             file.display()
-        ))),
+        )));
     }
+    Ok(())
 }
 
 /// The guest's handles and the runner's own descriptors must fit the open files limit (raised
