@@ -334,6 +334,16 @@ fn path(p: &Path) -> &str {
 /// The test's own directory, removed when dropped (after the harness's teardown).
 struct WorkDir(PathBuf);
 
+impl WorkDir {
+    /// A new, empty directory of the test's own (`wpod-cri-TAG-PID` under the temp dir).
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wpod-cri-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("work dir");
+        WorkDir(dir)
+    }
+}
+
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -520,9 +530,7 @@ impl Kubelet<'_> {
 #[test]
 fn a_generated_pod_runs_on_containerd_with_its_sidecars_grants() {
     require_root("a_generated_pod_runs_on_containerd_with_its_sidecars_grants");
-    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&work.0);
-    std::fs::create_dir_all(&work.0).expect("work dir");
+    let work = WorkDir::new("grants");
     let harness = Harness::start(&work.0.join("cri"));
 
     // The images, offline: nginx from Debian's binary, the runner of the probe component.
@@ -639,9 +647,7 @@ fn the_main_process_view_works_in_runner_containers_through_the_shared_pid_names
     require_root(
         "the_main_process_view_works_in_runner_containers_through_the_shared_pid_namespace",
     );
-    let work = WorkDir(std::env::temp_dir().join(format!("wpod-cri-view-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&work.0);
-    std::fs::create_dir_all(&work.0).expect("work dir");
+    let work = WorkDir::new("view");
     let harness = Harness::start(&work.0.join("cri"));
     let nginx = nginx_image(&harness);
     let runner = runner_image(&harness, &work.0, "main-probe");

@@ -318,42 +318,45 @@ fn a_sidecar_in_a_container_gets_exactly_its_manifest_grants() {
     assert!(!after.status.success(), "{}", text(&after.stdout));
 }
 
+/// Runs `cmd`, a runner that must be refused at start: exit 128, `expect` on stderr, nothing
+/// from the guest. A runner that starts instead (its guest waits for `stopping`) fails the
+/// test in time rather than hanging it.
+fn assert_refused(cmd: &mut Command, expect: &str) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the runner");
+    let mut child = Running(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.child().try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner started: {expect:?} was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child
+        .take()
+        .wait_with_output()
+        .expect("the runner's output");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(128), "{stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+    assert!(
+        text(&out.stdout).is_empty(),
+        "the guest ran: {}",
+        text(&out.stdout)
+    );
+}
+
 /// A grant the container does not back, a component that is not the one named, a view this
 /// runner cannot give: refused before anything runs, exit 128, with the reason on stderr.
 #[test]
 fn a_sidecar_in_a_container_is_refused_what_its_container_does_not_back() {
     require_root("a_sidecar_in_a_container_is_refused_what_its_container_does_not_back");
     let c = TestContainer::new("refused", PROBE_POD);
-    let refused = |cmd: &mut Command, expect: &str| {
-        // A runner that starts instead (its guest waits for `stopping`) fails the test, in
-        // time, rather than hanging it.
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the runner");
-        let mut child = Running(Some(child));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.child().try_wait().expect("wait").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the runner started: {expect:?} was not refused"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child
-            .take()
-            .wait_with_output()
-            .expect("the runner's output");
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(128), "{stderr}");
-        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
-        assert!(
-            text(&out.stdout).is_empty(),
-            "the guest ran: {}",
-            text(&out.stdout)
-        );
-    };
+    let refused = assert_refused;
     // /mnt/conf is a directory of the container's own filesystem, not a mount.
     refused(
         &mut c.runner(&[("/mnt/data", false)], &sidecar("probe"), &[]),
@@ -1086,33 +1089,8 @@ fn a_sidecar_from_a_registry_runs_in_a_container_only_while_approved() {
         .wait_with_output()
         .expect("the runner's output");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let refused = |expect: &str| {
-        // A runner that starts instead fails the test in time rather than hanging it.
-        let mut child = Running(Some(
-            c.runner(&mounts, &sidecar("probe"), &args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run the runner"),
-        ));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.child().try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "the runner started: {expect:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child
-            .take()
-            .wait_with_output()
-            .expect("the runner's output");
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(128), "{stderr}");
-        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
-        assert!(
-            text(&out.stdout).is_empty(),
-            "the guest ran: {}",
-            text(&out.stdout)
-        );
-    };
+    let refused =
+        |expect: &str| assert_refused(&mut c.runner(&mounts, &sidecar("probe"), &args), expect);
     // Withdrawn: the approvals hold nothing of it.
     std::fs::write(&approvals, r#"{"version": 1, "approvals": []}"#).expect("approvals");
     refused(&format!(
@@ -1144,17 +1122,7 @@ fn a_sidecar_in_a_container_is_refused_a_main_process_view_it_cannot_have() {
     let shared = PROBE_POD.replace("spec:\n", "spec:\n  shareProcessNamespace: true\n");
     let c = TestContainer::new("view", &shared);
     let mounts = [("/mnt/data", false), ("/mnt/conf", true)];
-    let run = |mut cmd: Command, expect: &str| {
-        let out = cmd.output().expect("run the runner");
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(128), "{stderr}");
-        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
-        assert!(
-            text(&out.stdout).is_empty(),
-            "the guest ran: {}",
-            text(&out.stdout)
-        );
-    };
+    let run = |mut cmd: Command, expect: &str| assert_refused(&mut cmd, expect);
     run(
         c.runner(&mounts, &sidecar("main-probe"), &[]),
         "needs the pod's main containers named: give --main NAME",

@@ -1098,6 +1098,15 @@ fn manifest_config_map(
         )));
     }
     Ok(core::ConfigMap {
+        immutable: Some(true),
+        ..runner_config_map(name, for_pod, "pod.yaml", manifest)
+    })
+}
+
+/// A ConfigMap of the runners' (`managed-by: wpod`) in the pod's namespace, holding `text` as
+/// its one key `key`.
+fn runner_config_map(name: String, for_pod: &core::Pod, key: &str, text: &str) -> core::ConfigMap {
+    core::ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: for_pod.metadata.namespace.clone(),
@@ -1107,35 +1116,21 @@ fn manifest_config_map(
             )])),
             ..Default::default()
         },
-        immutable: Some(true),
-        data: Some(BTreeMap::from([(
-            "pod.yaml".to_string(),
-            manifest.to_string(),
-        )])),
+        data: Some(BTreeMap::from([(key.to_string(), text.to_string())])),
         ..Default::default()
-    })
+    }
 }
 
 /// The approvals of the pod's sidecars from registries, as the ConfigMap their runners check
 /// at each start: named after the pod, and not immutable, so that whoever keeps the cluster's
 /// approvals can withdraw one (the runner then refuses to start that sidecar again).
 fn approvals_config_map(pod: &str, approvals: &str, for_pod: &core::Pod) -> core::ConfigMap {
-    core::ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(format!("{pod}-wpod-approvals")),
-            namespace: for_pod.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                "wpod".to_string(),
-            )])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "approvals.json".to_string(),
-            approvals.to_string(),
-        )])),
-        ..Default::default()
-    }
+    runner_config_map(
+        format!("{pod}-wpod-approvals"),
+        for_pod,
+        "approvals.json",
+        approvals,
+    )
 }
 
 /// The runners' volumes (the manifest, a state directory each), and no ServiceAccount token
