@@ -3,6 +3,7 @@
 //! `probe` and `main-probe` guests (guests/probe), which run the actions named in their args.
 //! Needs root and Debian's python3.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::pods::{assert_no_leftovers, TestPod};
@@ -97,6 +98,149 @@ spec:
     running.signal(libc::SIGINT);
     let _ = running.wait(LONG);
     assert_no_leftovers("wasm-net");
+}
+
+/// A TCP socket of a process, as the test sees it through a copy of its descriptor.
+#[derive(Debug)]
+struct Socket {
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    listening: bool,
+    nodelay: bool,
+}
+
+/// The TCP sockets of `pid` and its children, read through copies of their descriptors
+/// (`pidfd_getfd`, which root may take from any process).
+fn tcp_sockets(pid: i32) -> Vec<Socket> {
+    use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockaddrStorage};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let inet = |a: nix::Result<SockaddrStorage>| -> Option<SocketAddr> {
+        let a = a.ok()?;
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::V4((*v4).into()))
+            .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+    };
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1));
+        if ppid == Some(pid.to_string().as_str()) {
+            pids.extend(
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<i32>().ok()),
+            );
+        }
+    }
+    let mut found = Vec::new();
+    for p in pids {
+        // SAFETY: pidfd_open takes a PID and flags, and returns a new descriptor or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        if pidfd < 0 {
+            continue;
+        }
+        // SAFETY: just made, owned here alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        for entry in std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+            let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            // SAFETY: pidfd_getfd takes a pidfd, a descriptor number of that process and flags,
+            // and returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: just made, owned here alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            let (Some(local), Ok(nodelay)) = (
+                inet(getsockname(fd.as_raw_fd())),
+                getsockopt(&fd, sockopt::TcpNoDelay),
+            ) else {
+                continue;
+            };
+            found.push(Socket {
+                local,
+                peer: inet(getpeername(fd.as_raw_fd())),
+                listening: getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false),
+                nodelay,
+            });
+        }
+    }
+    found
+}
+
+/// Issue 29: WASI 0.2 cannot turn off Nagle's algorithm, so the host does: the socket a sidecar
+/// listens on, the one it accepts from it and the one it connects all have TCP_NODELAY (a
+/// response written in pieces no longer waits 40 ms for the peer's delayed ACK).
+#[test]
+fn a_sidecars_listening_accepted_and_connected_sockets_have_tcp_nodelay() {
+    require_root("TCP_NODELAY");
+    let pod = TestPod::new(
+        "wasm-nodelay",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-nodelay}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    command: [sleep, "600"]
+  - name: server
+    image: SIDECARS/probe.wasm
+    args: ["park:18420:60000"]
+    ports: [{containerPort: 18420}]
+  - name: client
+    image: SIDECARS/probe.wasm
+    args: ["hold:127.0.0.1:18420:60000"]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("the client connected", LONG, |r| {
+        r.has_line("client", "hold:127.0.0.1:18420 connected")
+    });
+    // The guest's connect returns before the host has set the option on the socket it found:
+    // look until all three have it, or a while has passed.
+    let start = std::time::Instant::now();
+    let (listener, accepted, connected) = loop {
+        let sockets = tcp_sockets(running.pid());
+        let pick = |f: &dyn Fn(&Socket) -> bool| sockets.iter().find(|s| f(s)).map(|s| s.nodelay);
+        let port = |a: &SocketAddr| a.port() == 18420;
+        let seen = (
+            pick(&|s| s.listening && port(&s.local)),
+            pick(&|s| !s.listening && port(&s.local) && s.peer.is_some()),
+            pick(&|s| s.peer.as_ref().is_some_and(port)),
+        );
+        if seen == (Some(true), Some(true), Some(true)) || start.elapsed() > Duration::from_secs(10)
+        {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let all = format!("{:#?}", tcp_sockets(running.pid()));
+    assert_eq!(listener, Some(true), "the listener: {all}");
+    assert_eq!(accepted, Some(true), "the accepted socket: {all}");
+    assert_eq!(connected, Some(true), "the connected socket: {all}");
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("wasm-nodelay");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod lookup;
+pub mod nodelay;
 pub mod rules;
 
 use std::collections::{HashMap, VecDeque};
@@ -124,7 +125,11 @@ impl Capability for Network {
 
     fn add_to_linker<T: GrantHost>(l: &mut Linker<T>) -> wasmtime::Result<()> {
         let options = sockets::network::LinkOptions::default();
-        sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        // wasmtime-wasi's TCP, with TCP_NODELAY on what a sidecar listens on and connects.
+        fn no_delay<T: GrantHost>(t: &mut T) -> nodelay::NoDelay<'_> {
+            nodelay::NoDelay(T::sockets(t))
+        }
+        sockets::tcp::add_to_linker::<T, nodelay::HasNoDelay>(l, no_delay)?;
         sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
         sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
         sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use wpod_sidecar::{lifecycle, main_process};
 
-pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT blast:ADDR:MIB listen:PORT serve:PORT:TEXT read:PATH \
+pub const USAGE: &str = "actions: connect:ADDR send:ADDR:TEXT blast:ADDR:MIB hold:ADDR:MS listen:PORT serve:PORT:TEXT park:PORT:MS read:PATH \
      write:PATH:TEXT symlink:TARGET:LINK ls:DIR resolve:HOST alloc:MIB spin trap ready sleep:MS \
      wait-main-started wait-stopping exit:CODE env:NAME; main-probe adds procs stats:NAME logs:NAME:N signal:NAME:SIG";
 
@@ -70,6 +70,36 @@ fn run(verb: &str, rest: &str) -> Result<String, String> {
                 let _ = conn.write_all(format!("{text}\n").as_bytes());
             }
             Ok("done".into())
+        }
+        "hold" => {
+            // hold:ADDR:MS: connect (retrying for 10 s while refused: the server may start
+            // after this) and keep the connection open MS ms (a socket to look at).
+            let (addr, ms) = split2(rest)?;
+            let ms: u64 = ms.parse().map_err(|_| "bad time")?;
+            let start = std::time::Instant::now();
+            let s = loop {
+                match TcpStream::connect(addr) {
+                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused && start.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    other => break other.map_err(e)?,
+                }
+            };
+            println!("hold:{addr} connected");
+            std::thread::sleep(Duration::from_millis(ms));
+            drop(s);
+            Ok("held".into())
+        }
+        "park" => {
+            // park:PORT:MS: accept one connection and keep it open MS ms.
+            let (port, ms) = split2(rest)?;
+            let ms: u64 = ms.parse().map_err(|_| "bad time")?;
+            let listener = TcpListener::bind(("0.0.0.0", port.parse::<u16>().map_err(|e| e.to_string())?)).map_err(e)?;
+            println!("park:{port} listening");
+            let (conn, _) = listener.accept().map_err(e)?;
+            std::thread::sleep(Duration::from_millis(ms));
+            drop(conn);
+            Ok("parked".into())
         }
         "read" => std::fs::read_to_string(rest).map(|s| s.trim_end().to_string()).map_err(e),
         "write" => {
