@@ -671,6 +671,79 @@ spec:
     assert_no_leftovers("rotation");
 }
 
+/// Issue 29: a shipper that starts before its sink says what WASI said (`connection-refused`,
+/// not wasi-libc's number for it, which reads as EFAULT), keeps trying from a few milliseconds
+/// on, and delivers every line once the sink is up.
+#[test]
+fn a_shipper_started_before_its_sink_names_the_error_and_delivers_when_it_comes_up() {
+    require_root("a_shipper_started_before_its_sink");
+    let pod = TestPod::new(
+        "sink-later",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sink-later}
+spec:
+  terminationGracePeriodSeconds: 3
+  initContainers:
+  - name: lines
+    command: [sh, -c, "seq 1 500 | sed 's/^/line /' > /logs/app.log"]
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  containers:
+  - name: shipper
+    image: SIDECARS/log-shipper.wasm
+    env:
+    - {name: FILES, value: "app=/logs/app.log"}
+    - {name: SINK, value: "tcp://127.0.0.1:18702"}
+    volumeMounts: [{name: logs, mountPath: /logs}]
+  - name: collector
+    # Up a second after the shipper has started failing to reach it.
+    command: [python3, -u, -c]
+    args:
+    - |
+      import socketserver, time
+      time.sleep(1)
+      class H(socketserver.StreamRequestHandler):
+          def handle(self):
+              for line in self.rfile:
+                  print("got " + line.decode().rstrip("\n"), flush=True)
+      socketserver.ThreadingTCPServer(("127.0.0.1", 18702), H).serve_forever()
+  volumes:
+  - {name: logs, emptyDir: {}}
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("all 500 lines at the collector", LONG, |r| {
+        r.has_line("collector", "got app line 500")
+    });
+    let got: Vec<String> = run
+        .logs("collector")
+        .into_iter()
+        .filter(|l| l.starts_with("got "))
+        .collect();
+    assert_eq!(got.len(), 500, "every line once: {}", run.dump());
+    let refusals: Vec<String> = run
+        .logs("shipper")
+        .into_iter()
+        .filter(|l| l.starts_with("sink 127.0.0.1:18702: "))
+        .collect();
+    assert!(
+        refusals
+            .first()
+            .is_some_and(|l| l.ends_with(": connection-refused")),
+        "the shipper should name WASI's error: {}",
+        run.dump()
+    );
+    assert!(
+        !run.logs("shipper").iter().any(|l| l.contains("os error")),
+        "{}",
+        run.dump()
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("sink-later");
+}
+
 #[test]
 fn a_python_sidecar_gates_the_main_container_on_health() {
     require_root("a_python_sidecar_gates_the_main_container");

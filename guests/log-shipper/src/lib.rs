@@ -34,7 +34,7 @@ use std::time::Duration;
 use memchr::memmem::Finder;
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, MetadataHashValue, OpenFlags, PathFlags};
 
-pub use wpod_sidecar::{lifecycle, main_process};
+pub use wpod_sidecar::{io_error, lifecycle, main_process};
 
 /// How much one file read asks for: large enough that the cost of a call into the host is
 /// spread over ~1000 lines, small enough to stay in cache.
@@ -130,7 +130,7 @@ impl Sink {
             }
             Sink::Tcp { addr, conn } => {
                 if conn.is_none() {
-                    *conn = TcpStream::connect(addr.as_str()).map_err(|e| eprintln!("sink {addr}: {e}")).ok();
+                    *conn = TcpStream::connect(addr.as_str()).map_err(|e| eprintln!("sink {addr}: {}", io_error(&e))).ok();
                 }
                 let Some(c) = conn else { return false };
                 match c.write_all(data) {
@@ -138,7 +138,7 @@ impl Sink {
                     Err(e) => {
                         // Part of the batch may be lost with the connection: all of it is sent
                         // again on the next one (lines may then arrive twice, none is missing).
-                        eprintln!("sink {addr}: {e}");
+                        eprintln!("sink {addr}: {}", io_error(&e));
                         *conn = None;
                         false
                     }
@@ -154,7 +154,7 @@ impl Sink {
                 match c.write_all(data).and_then(|()| c.flush()) {
                     Ok(()) => true,
                     Err(e) => {
-                        eprintln!("sink tls://{addr}: {e}");
+                        eprintln!("sink tls://{addr}: {}", io_error(&e));
                         *conn = None;
                         false
                     }
@@ -172,12 +172,13 @@ impl Sink {
 }
 
 fn post(addr: &str, path: &str, body: &[u8]) -> Result<(), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let e = |e: std::io::Error| io_error(&e);
+    let mut s = TcpStream::connect(addr).map_err(e)?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(e)?;
     let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(|e| e.to_string())?;
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(e)?;
     let mut head = [0u8; 32];
-    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let n = s.read(&mut head).map_err(e)?;
     let status = String::from_utf8_lossy(&head[..n]);
     match status.split_whitespace().nth(1) {
         Some(code) if code.starts_with('2') => Ok(()),
@@ -191,13 +192,16 @@ pub struct Outbox {
     filter: Filter,
     sink: Sink,
     pending: Vec<u8>,
-    /// After a failed delivery the sink is tried again after this long (doubling up to
-    /// [`MAX_BACKOFF`]), not at every poll: a sink that is down or refused costs a line of
-    /// log and a connection attempt now and then, not twenty a second.
+    /// After a failed delivery the sink is tried again after this long (from [`MIN_BACKOFF`],
+    /// doubling up to [`MAX_BACKOFF`]), not at every poll: a sink that is down or refused costs
+    /// a line of log and a connection attempt now and then, not twenty a second; one that is
+    /// starting (a collector started after the shipper) is reached within milliseconds.
     backoff: Duration,
     retry_at: Option<std::time::Instant>,
 }
 
+/// The first wait after a failed delivery: a sink that is coming up is reached as soon as it is.
+const MIN_BACKOFF: Duration = Duration::from_millis(2);
 /// The longest wait between two delivery attempts to a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -262,10 +266,15 @@ impl Outbox {
             self.backoff = Duration::ZERO;
             self.retry_at = None;
         } else {
-            self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+            self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
             self.retry_at = Some(std::time::Instant::now() + self.backoff);
         }
         self.pending.is_empty()
+    }
+
+    /// How long until a failed delivery is tried again, if one waits.
+    pub fn retry_in(&self) -> Option<Duration> {
+        self.retry_at.map(|at| at.saturating_duration_since(std::time::Instant::now()))
     }
 }
 
@@ -569,6 +578,9 @@ pub fn run(mut extra: impl FnMut(&mut Outbox) -> bool) {
         if stopping {
             return;
         }
-        stopping = is_stopping(lifecycle::next_event(interval));
+        // Files are polled every interval; a sink that failed is tried again when its back-off
+        // ends, which may be sooner.
+        let wait = out.retry_in().map_or(interval, |d| interval.min(d.as_millis() as u64));
+        stopping = is_stopping(lifecycle::next_event(wait));
     }
 }

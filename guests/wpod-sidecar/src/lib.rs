@@ -35,6 +35,44 @@ pub use wpod::sidecar::{lifecycle, main_process};
 pub use lifecycle::Event;
 pub use main_process::{Error, Info, LogLine, LogStart, ProcessStats, State, StreamKind};
 
+/// An I/O error as WASI names it (`connection-refused`), for messages. Rust's own text for an
+/// error from WASI ends in `(os error 14)`: wasi-libc's number for it, which reads as `EFAULT` to
+/// anyone who knows Linux's numbers. Errors that are not WASI's keep their text.
+pub fn io_error(e: &std::io::Error) -> String {
+    let Some(code) = e.raw_os_error() else { return e.to_string() };
+    // wasi-libc's errno values (WASI preview 1's), as WASI 0.2 names the error behind each.
+    let name = match code {
+        2 => "access-denied",
+        3 => "address-in-use",
+        4 => "address-not-bindable",
+        6 => "would-block",
+        7 => "concurrency-conflict",
+        13 => "connection-aborted",
+        14 => "connection-refused",
+        15 => "connection-reset",
+        20 => "exist",
+        23 => "remote-unreachable",
+        28 => "invalid-argument",
+        29 => "io",
+        31 => "is-directory",
+        33 => "new-socket-limit",
+        35 => "datagram-too-large",
+        40 => "remote-unreachable",
+        44 => "no-entry",
+        48 => "out-of-memory",
+        51 => "insufficient-space",
+        53 => "invalid-state",
+        54 => "not-directory",
+        58 => "not-supported",
+        63 | 76 => "not-permitted",
+        64 => "pipe",
+        69 => "read-only",
+        73 => "timeout",
+        _ => return format!("{} (WASI errno {code})", e.kind()),
+    };
+    name.to_string()
+}
+
 /// Tells the pod this sidecar is ready: containers ordered after it may start.
 pub fn ready() {
     lifecycle::ready()
