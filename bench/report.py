@@ -6,7 +6,8 @@
 Reads the JSON lines the per-measure scripts print (one object per run: tool, measure, value,
 unit, run, better = "lower"|"higher", optional ref = true on the wpod variant the others are
 compared with), and writes OUTDIR/results.json (every run, then per measure and tool: n, median,
-min, max, and the ratio wpod/tool of the medians) and OUTDIR/<measure>.svg: horizontal bars of
+min, max, the ratio wpod/tool of the medians, and its spread: the lowest and highest ratio of
+one round, the scripts interleaving their tools round by round) and OUTDIR/<measure>.svg: horizontal bars of
 the medians with min-max whiskers, a log axis when the values span more than 50x, and each
 bar's ratio annotated. Prints the summary table (plain text, or markdown with --markdown).
 
@@ -95,8 +96,9 @@ def summarize(rows):
         m = measures.setdefault(r["measure"], {"measure": r["measure"], "unit": r.get("unit", ""),
                                                "better": r.get("better", "lower"), "tools": {},
                                                "source": r.get("source")})
-        t = m["tools"].setdefault(r["tool"], {"tool": r["tool"], "values": [], "ref": False})
+        t = m["tools"].setdefault(r["tool"], {"tool": r["tool"], "values": [], "by_run": {}, "ref": False})
         t["values"].append(r["value"])
+        t["by_run"].setdefault(r.get("run"), []).append(r["value"])
         t["ref"] |= bool(r.get("ref"))
     out = []
     for m in measures.values():
@@ -109,12 +111,37 @@ def summarize(rows):
             t["ref"] = t is ref
             ok = ref and ref["median"] > 0 and t["median"] > 0  # a ratio of a negative difference means nothing
             t["ratio_ref_over_tool"] = (ref["median"] / t["median"]) if ok else None
+            t["ratio_min"], t["ratio_max"] = ratio_spread(ref, t) if ok else (None, None)
+        for t in tools:
+            t.pop("by_run")
         m["ref"] = ref["tool"] if ref else None
         # The reference first, then the other wpod variants, then the peers (each in the order the
         # tools first appear in the rows, the same in every measure whatever a round's order was).
         m["tools"] = sorted(tools, key=lambda t: (not t["ref"], not t["tool"].startswith("wpod"), seen[t["tool"]]))
         out.append(m)
     return out
+
+
+def ratio_spread(ref, t):
+    """The lowest and highest ratio ref/tool of one run: the scripts interleave their tools round
+    by round, so a round's figures were taken under the same conditions. Rounds missing on
+    either side are left out; (None, None) when no round has both."""
+    ratios = []
+    for run, values in t["by_run"].items():
+        mine = ref["by_run"].get(run)
+        tool, refv = statistics.median(values), statistics.median(mine) if mine else 0
+        if run is not None and refv > 0 and tool > 0:
+            ratios.append(refv / tool)
+    return (min(ratios), max(ratios)) if ratios else (None, None)
+
+
+def ratio_cell(t):
+    if t["ref"]:
+        return "ref"
+    if t["ratio_ref_over_tool"] is None:
+        return "-"
+    spread = "" if t["ratio_min"] is None else f' ({t["ratio_min"]:.2f}-{t["ratio_max"]:.2f})'
+    return f'{t["ratio_ref_over_tool"]:.2f}{spread}'
 
 
 def fmt(x):
@@ -196,7 +223,7 @@ def svg(m):
             s.append(f'<line x1="{x(t["min"]):.1f}" y1="{cy}" x2="{x(t["max"]):.1f}" y2="{cy}" stroke="black"/>')
             for v in (t["min"], t["max"]):
                 s.append(f'<line x1="{x(v):.1f}" y1="{y + 3}" x2="{x(v):.1f}" y2="{y + bar_h - 3}" stroke="black"/>')
-        ratio = "" if t["ref"] or t["ratio_ref_over_tool"] is None else f'  ratio {t["ratio_ref_over_tool"]:.2f}'
+        ratio = "" if t["ref"] or t["ratio_ref_over_tool"] is None else f'  ratio {ratio_cell(t)}'
         s.append(f'<text x="{label_w + plot_w + 8}" y="{y + bar_h - 5}">{fmt(t["median"])} '
                  f'({fmt(t["min"])}-{fmt(t["max"])}), n={t["n"]}{ratio}</text>')
     s.append("</svg>")
@@ -206,16 +233,17 @@ def svg(m):
 def table(summary, markdown):
     lines = []
     if markdown:
-        lines += ["| measure | tool | median (min-max) | unit | n | ratio wpod/tool |", "|---|---|---:|---|---:|---:|"]
+        lines += ["| measure | tool | median (min-max) | unit | n | ratio wpod/tool (per-round min-max) |",
+                  "|---|---|---:|---|---:|---:|"]
     for m in summary:
         for t in m["tools"]:
-            ratio = "ref" if t["ref"] else ("-" if t["ratio_ref_over_tool"] is None else f'{t["ratio_ref_over_tool"]:.2f}')
+            ratio = ratio_cell(t)
             cell = f'{fmt(t["median"])} ({fmt(t["min"])}-{fmt(t["max"])})'
             tool = f'**{t["tool"]}**' if markdown and t["ref"] else t["tool"]
             if markdown:
                 lines.append(f'| {m["measure"]} | {tool} | {cell} | {m["unit"]} | {t["n"]} | {ratio} |')
             else:
-                lines.append(f'{m["measure"][:58]:<58} {tool[:38]:<38} {cell:>26} {m["unit"]:<7} {t["n"]:>3} {ratio:>6}')
+                lines.append(f'{m["measure"][:58]:<58} {tool[:38]:<38} {cell:>26} {m["unit"]:<7} {t["n"]:>3} {ratio:>16}')
     return "\n".join(lines)
 
 

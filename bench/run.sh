@@ -2,9 +2,10 @@
 # The benchmark suite: every comparison of wpod against the same peers, in one command (as root,
 # from anywhere):
 #
-#   bench/run.sh [-q] [-o OUTDIR] [-s SCRIPTS] [WPOD]
+#   bench/run.sh [-q] [-f] [-o OUTDIR] [-s SCRIPTS] [WPOD]
 #
 #   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
+#   -f          write the results even when the machine was busy (they are marked noisy)
 #   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
 #               (comma-separated: start-peers,pod-ready,density,ports,net,tls,logship,exporters)
 #   WPOD        the wpod binary (default target/release/wpod of this repository)
@@ -22,16 +23,21 @@
 #   tls.sh          the tls-proxy sidecar vs nginx and haproxy terminating TLS
 #   logship.sh      the log-shipper sidecar vs `tail -F | socat` and rsyslog     (when present)
 #   exporters.sh    the exporter sidecars vs prometheus-*-exporter               (when present)
-# Each script's JSON lines go to OUTDIR/NAME.jsonl and its human output to OUTDIR/NAME.log;
+# Each script runs under bench/load.py, which notes the CPU that processes outside the measure
+# used meanwhile (OUTDIR/NAME.load.json): past $WPOD_BENCH_MAX_OTHER_CPU percent of the machine
+# (default 10) the measure is noisy, and the suite refuses to write results (exit 1; -f writes
+# them, marked). Each script's JSON lines go to OUTDIR/NAME.jsonl and its human output to OUTDIR/NAME.log;
 # bench/report.py turns them into OUTDIR/results.json (every run, medians, ranges, ratios),
 # OUTDIR/*.svg (one bar chart per measure) and OUTDIR/summary.md, and prints the table.
 # A script that fails, or runs past 10 min (quick) / 30 min (full), is reported and the others
 # still run; the exit code is then 1.
 set -euo pipefail
-quick=0 outdir= only=
-while getopts "qo:s:" opt; do
-  case $opt in q) quick=1 ;; o) outdir=$OPTARG ;; s) only=$OPTARG ;; *) exit 2 ;; esac
+quick=0 outdir= only= force=0
+while getopts "qfo:s:" opt; do
+  case $opt in q) quick=1 ;; f) force=1 ;; o) outdir=$OPTARG ;; s) only=$OPTARG ;; *) exit 2 ;; esac
 done
+max_other=${WPOD_BENCH_MAX_OTHER_CPU:-10}
+[[ $max_other =~ ^[0-9]+$ ]] || { echo "$0: WPOD_BENCH_MAX_OTHER_CPU=$max_other: a whole percentage" >&2; exit 2; }
 shift $((OPTIND - 1))
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
@@ -53,6 +59,7 @@ if [ -z "${WPOD_BENCH_ISOLATED:-}" ]; then
   export WPOD_BENCH_ISOLATED=1 WPOD_CNI_CONF_DIR=$outdir/net.d
   again=(-o "$outdir")
   ((quick)) && again+=(-q)
+  ((force)) && again+=(-f)
   [ -n "$only" ] && again+=(-s "$only")
   exec unshare --net -- sh -c 'ip link set lo up && exec "$@"' sh bash "$0" "${again[@]}" "$wpod"
 fi
@@ -92,7 +99,7 @@ fi
 export SIDECARS=${SIDECARS:-$root/target/sidecars}
 meta+=("sidecars=$SIDECARS")
 limit=$( ((quick)) && echo 600 || echo 1800)
-failed=()
+failed=() noisy=()
 run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
   local name=$1 script=$root/bench/$1.sh t0
   if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then return 0; fi
@@ -110,7 +117,26 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
   t0=$(date +%s)
   local rc=0
   # A script that hangs is stopped (SIGTERM: its traps clean up) after $limit seconds.
-  eval timeout -k 30 "$limit" bash "$script" "$a" > "$outdir/$name.jsonl" 2> "$outdir/$name.log" || rc=$?
+  # bench/load.py notes what the rest of the machine used meanwhile.
+  eval timeout -k 30 "$limit" python3 "$root/bench/load.py" -o "$outdir/$name.load.json" -- \
+    bash "$script" "$a" > "$outdir/$name.jsonl" 2> "$outdir/$name.log" || rc=$?
+  local load
+  load=$(python3 - "$outdir/$name.load.json" "$max_other" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print("unknown - load not recorded"); sys.exit()
+share = 100 * d["others_share"]
+top = ", ".join(f"{c} {s:.1f} s" for c, _, s in d["top_others"][:3]) or "none"
+print(f'{"noisy" if share > float(sys.argv[2]) else "quiet"} {share:.1f}% of {d["cpus"]} CPUs to other processes over {d["wall_s"]:.0f} s (top: {top}); load {d["loadavg_start"]} -> {d["loadavg_end"]}')
+PY
+)
+  meta+=("load_$name=${load#* }")
+  if [[ $load == noisy* ]]; then
+    say "   NOISY: ${load#* } (over $max_other%)"
+    noisy+=("$name")
+  fi
   if ((rc == 0)); then
     say "   done in $(($(date +%s) - t0)) s, $(grep -c '^{' "$outdir/$name.jsonl") rows"
   else
@@ -121,7 +147,13 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
 }
 for m in start-peers pod-ready density ports net tls logship exporters; do run_measure "$m"; done
 
-meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}")
+meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}" "noisy=${noisy[*]:-}"
+  "max_other_cpu_percent=$max_other")
+if ((${#noisy[@]})) && ! ((force)); then
+  say "results not written: other processes used more than $max_other% of the CPU during: ${noisy[*]}"
+  say "  (their runs and loads are in $outdir: *.jsonl, *.load.json; rerun on a quiet machine, or -f to write them marked noisy)"
+  exit 1
+fi
 meta_args=()
 for kv in "${meta[@]}"; do meta_args+=(--meta "$kv"); done
 shopt -s nullglob
