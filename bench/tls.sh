@@ -175,8 +175,9 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: $pod
-  # tls-proxy holds about 10 handles per connection (sockets, streams, pollables).
-  annotations: {wpod.dev/sidecar-max-handles: "16384"}
+  # tls-proxy holds about 10 handles per connection (sockets, streams, pollables): 100
+  # connections take about 1,000; two sidecars of 4,096 fit under a hard limit of 20,000 files.
+  annotations: {wpod.dev/sidecar-max-handles: "4096"}
 spec:
   terminationGracePeriodSeconds: 2
   containers:
