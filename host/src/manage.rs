@@ -795,8 +795,15 @@ fn control<T: serde::de::DeserializeOwned>(
 /// own `wpod run` does it: `supervisor::control`); a pod that is not running is started
 /// detached, as `kubectl apply` creates what is missing.
 pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Result<ExitCode> {
-    let name = one_pod(files, "wpod apply applies")?.name().to_string();
+    // The running pod plans the file itself (and says what is wrong with it): here only its
+    // name is read. A file whose pod has no readable name is planned here, for the error.
+    let name = match wpod::plan::pod_name(files) {
+        Some(name) => name.as_str().to_string(),
+        None => one_pod(files, "wpod apply applies")?.name().to_string(),
+    };
     if !state_dir::in_use(&name) {
+        // Not running: the file is planned here, and any error said before anything starts.
+        one_pod(files, "wpod apply applies")?;
         if dry_run {
             match output {
                 Output::Json => println!(

@@ -1452,6 +1452,18 @@ pub fn load_for(
     }
 }
 
+/// The name of a manifest's one pod, read without planning it, when the file holds exactly one
+/// pod whose name is valid; `None` otherwise (planning it then says what is wrong). For a
+/// command that hands the manifest to the running pod, which plans it there (`wpod apply`):
+/// planning reads images and components, and did it twice.
+pub fn pod_name(files: &ManifestFiles) -> Option<PodName> {
+    let (pods, _) = read(files).ok()?;
+    match pods.as_slice() {
+        [pod] => PodName::new(&pod.metadata.name).ok(),
+        _ => None,
+    }
+}
+
 /// The pods of a manifest (with the objects of the files beside it), and the problems found
 /// reading them; an unreadable file is an error at once.
 fn read(files: &ManifestFiles) -> Result<(Vec<Pod>, Vec<Diagnostic>), crate::spec::SpecError> {

@@ -174,6 +174,12 @@ impl Loading {
     }
 }
 
+/// The digest of the component this process loaded from this very file (same identity), if
+/// any: what hashing the file again would give, without reading it.
+pub fn known_digest(path: &Path) -> Option<String> {
+    remembered(identity(path)).map(|c| c.digest.clone())
+}
+
 /// Starts loading `path`: nothing to do when this process has it already; else the file is
 /// read and hashed (and checked against `expected`, the digest a pulled sidecar was reviewed at).
 pub fn locate(
