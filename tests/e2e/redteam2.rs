@@ -506,8 +506,8 @@ fn pod_names_wpod_cannot_hold_are_refused_at_validation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Finding D: sidecars whose handle quotas together exceed what wpod may open are refused with
-/// the arithmetic, before anything starts.
+/// Finding D: sidecars whose handle quotas (as the manifest sets them) together exceed what
+/// wpod may open are refused with the arithmetic, before anything starts.
 #[test]
 fn sidecar_quotas_must_fit_what_wpod_may_open() {
     require_root("sidecar_quotas_must_fit_what_wpod_may_open");
@@ -517,7 +517,7 @@ fn sidecar_quotas_must_fit_what_wpod_may_open() {
     let mut pod = TestPod::new(
         "rt2-fdbudget",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: rt2-fdbudget}}\nspec:\n  containers:\n  - {{name: main, command: [sleep, \"1\"]}}\n{sidecars}"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: rt2-fdbudget, annotations: {{wpod.dev/sidecar-max-handles: \"1024\"}}}}\nspec:\n  containers:\n  - {{name: main, command: [sleep, \"1\"]}}\n{sidecars}"
         ),
     );
     pod.nofile = Some(8192);
@@ -533,6 +533,65 @@ fn sidecar_quotas_must_fit_what_wpod_may_open() {
         run.dump()
     );
     assert_no_leftovers("rt2-fdbudget");
+}
+
+/// Issue 29: without the annotation, the same pod starts: each sidecar's quota is a share of
+/// what wpod may open (8192 here: (8192 - 256 - 8 x 21) / 20 = 388 handles, not the default
+/// 1024), and a sidecar that hoards handles is held to that share. The running pod keeps that
+/// quota: an apply that adds sidecars it would not fit is refused, with the arithmetic.
+#[test]
+fn without_a_set_quota_sidecars_share_what_wpod_may_open() {
+    require_root("without_a_set_quota_sidecars_share_what_wpod_may_open");
+    let yaml = |n: usize| {
+        let sidecars: String = (0..n)
+            .map(|i| format!("  - {{name: s{i}, image: SIDECARS/hello.wasm}}\n"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: rt2-fdshare}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: main, command: [sleep, \"60\"]}}\n  - {{name: hoarder, image: SIDECARS/hostile.wasm, args: [\"sockets:100000\"]}}\n{sidecars}"
+        )
+    };
+    let mut pod = TestPod::new("rt2-fdshare", &yaml(19));
+    pod.nofile = Some(8192);
+    let running = pod.spawn();
+    let run = running.wait_for("the hoarder to stop", LONG, |r| {
+        r.events(Some("hoarder"))
+            .iter()
+            .any(|e| e["event"] == "exited")
+    });
+    let held: Vec<String> = run
+        .logs("hoarder")
+        .into_iter()
+        .filter(|l| l.starts_with("holding"))
+        .collect();
+    assert!(
+        held.iter().any(|l| l == "holding 256 sockets")
+            && !held.iter().any(|l| l == "holding 512 sockets"),
+        "the hoarder should get its share (388), no more: {held:?}\n{}",
+        run.dump()
+    );
+    assert_eq!(run.exit("hoarder")["reason"], "Trapped", "{}", run.dump());
+
+    // Eight more at 388 each no longer fit: refused, and the pod runs on unchanged.
+    let more = pod.manifest.with_file_name("more.yaml");
+    std::fs::write(
+        &more,
+        yaml(27).replace(
+            "SIDECARS/",
+            &format!("{}/", wpod_test_support::sidecars_dir().display()),
+        ),
+    )
+    .unwrap();
+    let out = crate::wpod_output(&["apply", more.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("pod rt2-fdshare unchanged")
+            && err.contains("28 Wasm sidecars x 388 handles"),
+        "{err}"
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("rt2-fdshare");
 }
 
 /// Findings D and E: within what fits, a sidecar hoarding every handle it may and a client

@@ -656,7 +656,7 @@ fn plan_with(
         }
         node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     }
-    let settings = pod.annotations();
+    let mut settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,
         (false, true) => Network::Loopback,
@@ -673,11 +673,19 @@ fn plan_with(
         Network::Loopback => port_mappings.len() as u64,
         _ => 0,
     };
+    let ports = (port_mappings.len() as u64, forwarded);
+    if !pod
+        .metadata
+        .annotations
+        .contains_key(crate::spec::MAX_HANDLES_ANNOTATION)
+    {
+        settings.sidecar_max_handles = shared_handles(&containers, ports, open_files_limit());
+    }
     let fd_budget = fd_budget(
         pod,
         &containers,
         settings.sidecar_max_handles,
-        (port_mappings.len() as u64, forwarded),
+        ports,
         open_files_limit(),
         &mut diags,
     );
@@ -843,14 +851,7 @@ fn fd_budget(
 ) -> FdBudget {
     let sidecars = pool_slots(containers).count() as u64;
     let quotas = sidecars.saturating_mul(per_sidecar);
-    let fixed = RESERVED_FDS
-        .saturating_add(FDS_PER_CONTAINER.saturating_mul(containers.len() as u64))
-        .saturating_add(host_ports);
-    let min_forwarded = if ports > 0 {
-        MIN_FORWARDED * FDS_PER_FORWARDED
-    } else {
-        0
-    };
+    let (fixed, min_forwarded) = fixed_fds(containers, (host_ports, ports));
     let needed = fixed.saturating_add(quotas).saturating_add(min_forwarded);
     if needed > limit {
         let room = limit.saturating_sub(fixed + min_forwarded);
@@ -885,6 +886,71 @@ fn fd_budget(
         forwarded_connections: (spare / FDS_PER_FORWARDED)
             .min(ports.saturating_mul(MAX_FORWARDED_PER_PORT))
             .max(MIN_FORWARDED.min(ports * MAX_FORWARDED_PER_PORT)),
+    }
+}
+
+/// What [`fd_budget`] sets aside before the sidecars' quotas: wpod's reserve, each container's
+/// and a socket per hostPort; and the connections wpod forwards itself, at the least.
+fn fixed_fds(containers: &[ContainerPlan], (host_ports, ports): (u64, u64)) -> (u64, u64) {
+    let fixed = RESERVED_FDS
+        .saturating_add(FDS_PER_CONTAINER.saturating_mul(containers.len() as u64))
+        .saturating_add(host_ports);
+    let min_forwarded = if ports > 0 {
+        MIN_FORWARDED * FDS_PER_FORWARDED
+    } else {
+        0
+    };
+    (fixed, min_forwarded)
+}
+
+/// The handle quota of a pod that does not set `wpod.dev/sidecar-max-handles`: wpod's default
+/// (1024), or, when that many for every Wasm sidecar would not fit the `limit` descriptors wpod
+/// may open here, an equal share of what is left (at least the annotation's floor, below which
+/// the budget refuses the pod). So a pod of a hundred small sidecars starts on a host whose hard
+/// limit is 20,000, as `ulimit -n` is a default, not a demand; a quota written in the manifest
+/// is taken as written, and refused when it does not fit.
+fn shared_handles(containers: &[ContainerPlan], ports: (u64, u64), limit: u64) -> u64 {
+    let default = crate::spec::Annotations::default().sidecar_max_handles;
+    let sidecars = pool_slots(containers).count() as u64;
+    let (fixed, min_forwarded) = fixed_fds(containers, ports);
+    let room = limit.saturating_sub(fixed.saturating_add(min_forwarded));
+    (room / sidecars.max(1)).clamp(crate::spec::MIN_SIDECAR_HANDLES, default)
+}
+
+impl PodPlan {
+    /// Holds the pod's Wasm sidecars to `per_sidecar` handles each, unless its manifest sets
+    /// the quota: a running pod keeps the quota it started with (`wpod apply`; a share of the
+    /// descriptors would shrink as sidecars are added, under the ones already running). The
+    /// budget is checked again with it.
+    pub fn keep_handle_quota(&mut self, per_sidecar: u64) -> Result<(), crate::spec::SpecError> {
+        if self
+            .pod
+            .metadata
+            .annotations
+            .contains_key(crate::spec::MAX_HANDLES_ANNOTATION)
+        {
+            return Ok(());
+        }
+        let host_ports = self.port_mappings.len() as u64;
+        let forwarded = match self.network {
+            Network::Loopback => host_ports,
+            _ => 0,
+        };
+        let mut diags = Vec::new();
+        self.fd_budget = fd_budget(
+            &self.pod,
+            &self.containers,
+            per_sidecar,
+            (host_ports, forwarded),
+            open_files_limit(),
+            &mut diags,
+        );
+        self.settings.sidecar_max_handles = per_sidecar;
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::spec::SpecError::Invalid(Diagnostics(diags)))
+        }
     }
 }
 

@@ -573,7 +573,9 @@ async fn new_plan(
             count: plans.len(),
         });
     }
-    let plan = plans.remove(0);
+    let mut plan = plans.remove(0);
+    // The sidecars keep the handle quota the pod started with, and it must still fit.
+    plan.keep_handle_quota(running.settings.sidecar_max_handles)?;
     let unchanged =
         |c: &crate::plan::ContainerPlan| running.containers.iter().any(|o| change::unchanged(o, c));
     // Unchanged registry sidecars run what they ran.

@@ -36,8 +36,8 @@ pub use objects::{Claim, ConfigMap, Objects, Secret};
 pub use pod::{
     Annotations, ClaimRef, DownwardFile, EmptyDir, HostAlias, HostPath, Ignored, ImageVolume,
     KeyToPath, NodeRequirement, NodeSelectorTerm, ObjectMeta, ObjectProjection, Pod, PodDnsConfig,
-    PodDnsOption, PodSpec, Projected, Projection, Volume, VolumeSource, MIN_SIDECAR_HANDLES,
-    NETWORK_ANNOTATION, OUTBOUND_PREFIX,
+    PodDnsOption, PodSpec, Projected, Projection, Volume, VolumeSource, MAX_HANDLES_ANNOTATION,
+    MIN_SIDECAR_HANDLES, NETWORK_ANNOTATION, OUTBOUND_PREFIX,
 };
 
 use decode::{loc_of, Decoder};

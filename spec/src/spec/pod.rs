@@ -77,6 +77,9 @@ fn bytes_at_least(min: u64, shown: &'static str) -> impl Fn(&str) -> Result<u64,
     }
 }
 
+/// The annotation that sets each Wasm sidecar's handle quota.
+pub const MAX_HANDLES_ANNOTATION: &str = "wpod.dev/sidecar-max-handles";
+
 /// The fewest handles a Wasm sidecar may be given (`wpod.dev/sidecar-max-handles`).
 pub const MIN_SIDECAR_HANDLES: u64 = 32;
 
@@ -88,7 +91,7 @@ const SETTINGS: &[Setting] = &[
         set: |a, n| a.pids_limit = n,
     },
     Setting {
-        key: "wpod.dev/sidecar-max-handles",
+        key: MAX_HANDLES_ANNOTATION,
         // A std guest needs a few handles for its stdio and preopens before doing anything;
         // wasmtime's own bound on a resource table is a million.
         parse: |v| count_between(MIN_SIDECAR_HANDLES, 1_000_000)(v),
