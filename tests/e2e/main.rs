@@ -2,6 +2,7 @@
 //! Each module says what it needs (root, Debian packages); CI runs them all as root.
 
 mod apply;
+mod bench;
 mod cri;
 mod fields;
 mod images;
