@@ -7,7 +7,7 @@
 #   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
 #   -f          write the results even when the machine was busy (they are marked noisy)
 #   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
-#               (comma-separated: start-peers,pod-ready,density,ports,net,tls,logship,exporters)
+#               (comma-separated: start-peers,pod-ready,pods,density,ports,net,tls,logship,exporters)
 #   WPOD        the wpod binary (default target/release/wpod of this repository)
 #
 # Installs the Debian packages of the peers that are missing (crun runc podman nginx-light
@@ -17,6 +17,7 @@
 # bench/SUITE.md):
 #   start-peers.sh  spawn to first connect: process, runc, crun, podman, wpod apply/run/bench
 #   pod-ready.sh    pod start to all 4 containers ready: 3 Wasm vs 3 native sidecars, unshare floor
+#   pods.sh         many pods on one host (up to 200): start, PSS, ps and stop per pod
 #   density.sh      PSS per idle sidecar (N = 1, 10, 100): wpod vs crun vs podman
 #   ports.sh        hostPort (kernel DNAT) vs direct to the pod IP vs the userspace forwarder
 #   net.sh          pod to pod vs a bare veth pair, network setup vs podman, sidecar egress
@@ -85,12 +86,12 @@ printf '%s\n' "${meta[@]}" | sed 's/^/  /' >&2
 # name, then the arguments of each mode.
 if ((quick)); then
   declare -A args=(
-    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
+    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [pods]="-r 1 -n '10 50'" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
     [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [exporters]="-r 2 -n 50 -w 5"
   )
 else
   declare -A args=(
-    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
+    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [pods]="-r 2 -n '10 50 100 200'" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
     [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [exporters]="-r 3"
   )
 fi
@@ -145,7 +146,7 @@ PY
     failed+=("$name")
   fi
 }
-for m in start-peers pod-ready density ports net tls logship exporters; do run_measure "$m"; done
+for m in start-peers pod-ready pods density ports net tls logship exporters; do run_measure "$m"; done
 
 meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}" "noisy=${noisy[*]:-}"
   "max_other_cpu_percent=$max_other")

@@ -329,6 +329,7 @@ pub fn stop_command(pod: &str, time: Option<u64>, output: Output) -> anyhow::Res
 /// Stops the pod (see [`stop_command`]); whether it was running. A pod this host does not know
 /// is an error.
 pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<bool> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = pod_dir(pod.as_str());
     if !dir.is_dir() || !state_dir::in_use(pod.as_str()) {
@@ -344,6 +345,12 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<bool> {
             dir.display()
         );
     };
+    // Opened before the check below, so that it names the process checked (`None`: it has
+    // ended already); waited on for the pod's end, which then is seen at once.
+    // SAFETY: pidfd_open with plain integers; the descriptor is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a descriptor pidfd_open just returned.
+    let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
     // The pid must still be a `wpod run` (not a reused number).
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
@@ -357,6 +364,7 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<bool> {
     terminate();
     let started = std::time::Instant::now();
     let mut killed = false;
+    let mut ended = pidfd.is_none();
     while state_dir::in_use(pod.as_str()) {
         if let Some(t) = time {
             if !killed && started.elapsed() >= Duration::from_secs(t) {
@@ -371,7 +379,25 @@ pub fn stop(pod: &str, time: Option<u64>) -> anyhow::Result<bool> {
                 bail!("pod {pod} did not stop within {} seconds", t + 30);
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        match &pidfd {
+            // Until `wpod run` ends (it releases the pod's lock as it does), or until the
+            // time to kill it comes.
+            Some(fd) if !ended => {
+                let until_kill = time
+                    .filter(|_| !killed)
+                    .map(|t| Duration::from_secs(t).saturating_sub(started.elapsed()));
+                let wait = until_kill.unwrap_or(Duration::from_secs(1));
+                let wait = nix::poll::PollTimeout::try_from(wait.max(Duration::from_millis(1)))
+                    .unwrap_or(nix::poll::PollTimeout::MAX);
+                let mut fds = [nix::poll::PollFd::new(
+                    fd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                ended = matches!(nix::poll::poll(&mut fds, wait), Ok(n) if n > 0);
+            }
+            // Ended and the lock still held a moment, or no pidfd: look again shortly.
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
     Ok(true)
 }
