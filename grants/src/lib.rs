@@ -153,6 +153,14 @@ pub trait GrantHost: WasiView + Send + 'static {
         wasmtime_wasi::filesystem::WasiFilesystemCtxView<'_>,
         &mut GrantStates,
     );
+    /// wasmtime-wasi's sockets host and the capabilities' states at once (the network
+    /// capability wraps TCP: `net::nodelay`).
+    fn sockets_parts(
+        &mut self,
+    ) -> (
+        wasmtime_wasi::sockets::WasiSocketsCtxView<'_>,
+        &mut GrantStates,
+    );
 }
 
 /// One capability a sidecar can be granted.

@@ -127,10 +127,14 @@ impl Capability for Network {
         let options = sockets::network::LinkOptions::default();
         // wasmtime-wasi's TCP, with TCP_NODELAY on what a sidecar listens on and connects.
         fn no_delay<T: GrantHost>(t: &mut T) -> nodelay::NoDelay<'_> {
-            nodelay::NoDelay(T::sockets(t))
+            let (inner, states) = t.sockets_parts();
+            nodelay::NoDelay {
+                inner,
+                done: &mut states.net.nodelay,
+            }
         }
         sockets::tcp::add_to_linker::<T, nodelay::HasNoDelay>(l, no_delay)?;
-        sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+        sockets::tcp_create_socket::add_to_linker::<T, nodelay::HasNoDelay>(l, no_delay)?;
         sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
         sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
         sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
@@ -162,6 +166,7 @@ impl Capability for Network {
         Ok(NetState {
             policy,
             lookups: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
+            nodelay: Default::default(),
         })
     }
 }
@@ -170,6 +175,8 @@ impl Capability for Network {
 pub struct NetState {
     policy: Arc<Policy>,
     lookups: Arc<Semaphore>,
+    /// The TCP sockets (by rep) that got `TCP_NODELAY` when they were made (`nodelay`).
+    nodelay: std::collections::HashSet<u32>,
 }
 
 /// What one instance may do on the network, and what its lookups bound.

@@ -6,32 +6,48 @@
 //! its body) waits for the peer's delayed ACK, 40 ms on Linux, once per response. Servers and
 //! proxies (nginx, envoy, Go's net package) all turn it off; so does wpod, for its sidecars.
 //!
-//! wasmtime-wasi keeps its sockets' descriptors private, so the descriptor is found by its
-//! addresses, which the guest's resource answers: the listener by its local address once it
-//! listens (the accepted sockets inherit the option from it: Linux copies `nonagle` into each
-//! one), a connected socket by its local and remote addresses once the connect is done. A
-//! socket is found before the guest can use it (the guest is inside this call), and no other
-//! socket of this process has the same addresses.
+//! wasmtime-wasi keeps its sockets' descriptors private, so the descriptor is found another way:
+//! - **When the socket is made** (almost always): the kernel gives a new descriptor the lowest
+//!   free number, so the number an `open` gets just before is the one the socket gets, unless
+//!   another thread takes it in between. The socket there is checked to be a fresh TCP socket
+//!   (a stream, unbound, without the option) and gets the option, which it keeps through bind,
+//!   listen and connect; accepted sockets inherit it from their listener (Linux copies
+//!   `nonagle` into each one). An `open`, a `close` and a few `getsockopt`s.
+//! - **Else, by its addresses**, which the guest's resource answers: the listener by its local
+//!   address once it listens, a connected socket by its local and remote addresses once the
+//!   connect is done: a scan of this process's descriptors (25 µs at 200, growing with their
+//!   number). A socket is found before the guest can use it (the guest is inside this call),
+//!   and no other socket of this process has the same addresses.
+//!
+//! Were the check at creation to pass on another thread's fresh socket instead, that one gets
+//! the option (any TCP socket of wpod may have it: the guests', the TLS client's, the probes'),
+//! and the guest's runs with Nagle's algorithm: latency lost, nothing else.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    getpeername, getsockname, getsockopt, setsockopt, sockopt, SockaddrStorage,
+    getpeername, getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrStorage,
 };
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::bindings::sockets::network::{
     self, ErrorCode, IpAddressFamily, IpSocketAddress, Network,
 };
 use wasmtime_wasi::p2::bindings::sockets::tcp::{self, HostTcpSocket, ShutdownType};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, SocketError, SocketResult};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
 type TcpSocket = wasmtime_wasi::p2::TcpSocket;
 
 /// wasmtime-wasi's TCP host, setting `TCP_NODELAY` on what it listens on and connects.
-pub struct NoDelay<'a>(pub WasiSocketsCtxView<'a>);
+pub struct NoDelay<'a> {
+    pub inner: WasiSocketsCtxView<'a>,
+    /// The sockets (by rep) that got the option when they were made.
+    pub done: &'a mut HashSet<u32>,
+}
 
 pub struct HasNoDelay;
 
@@ -43,23 +59,40 @@ type Inner<'a> = WasiSocketsCtxView<'a>;
 
 impl tcp::Host for NoDelay<'_> {}
 
+impl tcp_create_socket::Host for NoDelay<'_> {
+    fn create_tcp_socket(
+        &mut self,
+        address_family: IpAddressFamily,
+    ) -> SocketResult<Resource<TcpSocket>> {
+        let next = lowest_free_fd();
+        let socket = <Inner<'_> as tcp_create_socket::Host>::create_tcp_socket(
+            &mut self.inner,
+            address_family,
+        )?;
+        if next.is_some_and(set_on_fresh) {
+            self.done.insert(socket.rep());
+        }
+        Ok(socket)
+    }
+}
+
 /// The error conversion `tcp`'s functions need, as wasmtime's.
 impl network::Host for NoDelay<'_> {
     fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
-        <Inner<'_> as network::Host>::convert_error_code(&mut self.0, error)
+        <Inner<'_> as network::Host>::convert_error_code(&mut self.inner, error)
     }
 
     fn network_error_code(
         &mut self,
         err: Resource<wasmtime::Error>,
     ) -> wasmtime::Result<Option<ErrorCode>> {
-        <Inner<'_> as network::Host>::network_error_code(&mut self.0, err)
+        <Inner<'_> as network::Host>::network_error_code(&mut self.inner, err)
     }
 }
 
 impl network::HostNetwork for NoDelay<'_> {
     fn drop(&mut self, this: Resource<Network>) -> wasmtime::Result<()> {
-        <Inner<'_> as network::HostNetwork>::drop(&mut self.0, this)
+        <Inner<'_> as network::HostNetwork>::drop(&mut self.inner, this)
     }
 }
 
@@ -68,7 +101,7 @@ macro_rules! forward {
     ($(fn $name:ident(&mut self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
         $(
             fn $name(&mut self $(, $arg: $ty)*) -> $ret {
-                <Inner<'_> as HostTcpSocket>::$name(&mut self.0 $(, $arg)*)
+                <Inner<'_> as HostTcpSocket>::$name(&mut self.inner $(, $arg)*)
             }
         )*
     };
@@ -81,12 +114,16 @@ impl HostTcpSocket for NoDelay<'_> {
         network: Resource<Network>,
         local_address: IpSocketAddress,
     ) -> SocketResult<()> {
-        <Inner<'_> as HostTcpSocket>::start_bind(&mut self.0, this, network, local_address).await
+        <Inner<'_> as HostTcpSocket>::start_bind(&mut self.inner, this, network, local_address)
+            .await
     }
 
     async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
         let rep = this.rep();
-        <Inner<'_> as HostTcpSocket>::start_listen(&mut self.0, this).await?;
+        <Inner<'_> as HostTcpSocket>::start_listen(&mut self.inner, this).await?;
+        if self.done.contains(&rep) {
+            return Ok(());
+        }
         if let Ok(local) = self.local_address(Resource::new_borrow(rep)) {
             let local = SocketAddr::from(local);
             set_nodelay_on(&local, None);
@@ -99,7 +136,10 @@ impl HostTcpSocket for NoDelay<'_> {
         this: Resource<TcpSocket>,
     ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
         let rep = this.rep();
-        let streams = <Inner<'_> as HostTcpSocket>::finish_connect(&mut self.0, this)?;
+        let streams = <Inner<'_> as HostTcpSocket>::finish_connect(&mut self.inner, this)?;
+        if self.done.contains(&rep) {
+            return Ok(streams);
+        }
         let local = self.local_address(Resource::new_borrow(rep));
         let remote = self.remote_address(Resource::new_borrow(rep));
         if let (Ok(local), Ok(remote)) = (local, remote) {
@@ -134,8 +174,40 @@ impl HostTcpSocket for NoDelay<'_> {
         fn set_send_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
         fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>>;
         fn shutdown(&mut self, this: Resource<TcpSocket>, shutdown_type: ShutdownType) -> SocketResult<()>;
-        fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()>;
     }
+
+    fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {
+        // Reps are reused: the next resource under this one is another socket.
+        self.done.remove(&this.rep());
+        <Inner<'_> as HostTcpSocket>::drop(&mut self.inner, this)
+    }
+}
+
+/// The number the next descriptor this process makes gets, if no other thread makes one first.
+fn lowest_free_fd() -> Option<RawFd> {
+    use nix::fcntl::{open, OFlag};
+    use std::os::fd::AsRawFd;
+    let fd = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    Some(fd.as_raw_fd())
+}
+
+/// Sets `TCP_NODELAY` on `fd` if it is a fresh TCP socket: a stream of the internet families,
+/// not bound yet, without the option (so not one a scan or another creation already set).
+/// Returns whether it did.
+fn set_on_fresh(fd: RawFd) -> bool {
+    // SAFETY: see `find_socket`; only a socket that checks out as a fresh TCP socket is changed.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let unbound =
+        |a: Option<SocketAddr>| a.is_some_and(|a| a.port() == 0 && a.ip().is_unspecified());
+    let fresh = getsockopt(&b, sockopt::SockType).is_ok_and(|t| t == SockType::Stream)
+        && addr(getsockname(fd)).is_ok_and(unbound)
+        && getsockopt(&b, sockopt::TcpNoDelay).is_ok_and(|on| !on);
+    fresh && setsockopt(&b, sockopt::TcpNoDelay, &true).is_ok()
 }
 
 /// Sets `TCP_NODELAY` on this process's TCP socket bound to `local`: the one connected to
@@ -222,6 +294,40 @@ mod tests {
 
     fn nodelay(fd: &impl AsFd) -> bool {
         getsockopt(fd, sockopt::TcpNoDelay).expect("getsockopt TCP_NODELAY")
+    }
+
+    fn tcp_socket() -> OwnedFd {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag};
+        socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket")
+    }
+
+    #[test]
+    fn a_socket_gets_the_option_when_it_is_made_and_only_a_fresh_one() {
+        use std::os::fd::AsRawFd;
+        // Another test's thread may take the number in between; the next try will do.
+        let made = (0..100).find_map(|_| {
+            let next = lowest_free_fd().expect("a free number");
+            let s = tcp_socket();
+            (s.as_raw_fd() == next).then_some((next, s))
+        });
+        let (fd, s) = made.expect("a socket under the number predicted, in 100 tries");
+        assert!(!nodelay(&s));
+        assert!(set_on_fresh(fd));
+        assert!(nodelay(&s));
+        assert!(!set_on_fresh(fd), "one that has the option is not fresh");
+        // Bound, listening or connected: not fresh; a file: not a socket.
+        let bound = tcp_socket();
+        let at = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0);
+        nix::sys::socket::bind(bound.as_raw_fd(), &at).expect("bind");
+        assert!(!set_on_fresh(bound.as_raw_fd()) && !nodelay(&bound));
+        let file = std::fs::File::open("/proc/self/stat").expect("a file");
+        assert!(!set_on_fresh(file.as_raw_fd()));
     }
 
     #[test]

@@ -73,6 +73,21 @@ impl GrantHost for SidecarState {
             &mut self.grants,
         )
     }
+
+    fn sockets_parts(
+        &mut self,
+    ) -> (
+        wasmtime_wasi::sockets::WasiSocketsCtxView<'_>,
+        &mut GrantStates,
+    ) {
+        (
+            wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            &mut self.grants,
+        )
+    }
 }
 
 impl WasiView for SidecarState {
