@@ -136,6 +136,9 @@ def main():
         time.sleep(a.every)
         ledger.sample()
         samples += 1
+    # Once more after the end: what the others used since the last sample counts too.
+    ledger.sample()
+    samples += 1
     # Orphans the measure left below this subreaper are reaped (not waited for: they are the
     # measure's to stop, and a stuck one must not hold up the suite).
     try:

@@ -17,18 +17,24 @@ fn load_py_counts_the_measures_cpu_apart_from_another_processs() {
     let dir = std::env::temp_dir().join(format!("wpod-e2e-loadpy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let other_done = dir.join("other-done");
-    // Another process, not below load.py: it spins 0.6 s of CPU, says so, then waits to be
-    // killed (it must not end before load.py's last sample).
+    let (go, other_done, child_done) = (
+        dir.join("go"),
+        dir.join("other-done"),
+        dir.join("child-done"),
+    );
+    let path = |p: &std::path::Path| format!("{:?}", p.to_str().unwrap_or_default());
+    // Another process, not below load.py: once the measure says go (so after load.py's first
+    // sample), it spins 0.6 s of CPU, says so, then waits to be killed.
     let mut other = Command::new("python3")
         .args([
             "-c",
-            &spin(
-                0.6,
-                &format!(
-                    "open({:?}, 'w').close()\ntime.sleep(600)",
-                    other_done.to_str().unwrap()
-                ),
+            &format!(
+                "import time, os\nwhile not os.path.exists({}): time.sleep(0.01)\n{}",
+                path(&go),
+                spin(
+                    0.6,
+                    &format!("open({}, 'w').close()\ntime.sleep(600)", path(&other_done))
+                )
             ),
         ])
         .stdin(Stdio::null())
@@ -36,20 +42,31 @@ fn load_py_counts_the_measures_cpu_apart_from_another_processs() {
         .expect("python3");
     let out = dir.join("load.json");
     let root = wpod_test_support::repo_root();
-    // The measure: 0.4 s of its own CPU, in a child that daemonizes (double fork) to show
-    // that what a measure starts stays its own; it ends once the other process has spun.
+    // The measure: 0.4 s of its own CPU in a child that daemonizes (double fork), to show that
+    // what a measure starts stays its own; it ends once that child and the other process have
+    // spun.
+    let grandchild = spin(
+        0.4,
+        &format!("open({}, 'w').write(str(os.getpid()))", path(&child_done)),
+    )
+    .lines()
+    .map(|l| format!("        {l}\n"))
+    .collect::<String>();
+    // Until the daemonized child has ended (a zombie of load.py's, or reaped), so that
+    // load.py finds it to reap with its whole CPU time.
+    let gone = format!(
+        "pid = open({}).read()\nwhile True:\n    try:\n        if open('/proc/' + pid + '/stat').read().rsplit(')', 1)[1].split()[0] == 'Z': break\n    except OSError: break\n    time.sleep(0.01)\n",
+        path(&child_done)
+    );
     let measure = format!(
-        "if os.fork() == 0:\n    if os.fork() == 0:\n{}    os._exit(0)\nos.wait()\nwhile not os.path.exists({:?}): time.sleep(0.05)\ntime.sleep(0.6)\n",
-        spin(0.4, "")
-            .lines()
-            .map(|l| format!("        {l}\n"))
-            .collect::<String>(),
-        other_done.to_str().unwrap()
+        "import time, os\nopen({go}, 'w').close()\nif os.fork() == 0:\n    if os.fork() == 0:\n{grandchild}    os._exit(0)\nos.wait()\nwhile not (os.path.exists({od}) and os.path.exists({cd})): time.sleep(0.05)\n{gone}",
+        go = path(&go),
+        od = path(&other_done),
+        cd = path(&child_done),
     );
     let status = Command::new("python3")
         .arg(root.join("bench/load.py"))
-        .args(["-o", out.to_str().unwrap(), "--", "python3", "-c"])
-        .arg(format!("import time, os\n{measure}"))
+        .args(["-o", out.to_str().unwrap(), "--", "python3", "-c", &measure])
         .status()
         .expect("bench/load.py");
     let _ = other.kill();

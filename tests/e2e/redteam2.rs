@@ -547,7 +547,7 @@ fn without_a_set_quota_sidecars_share_what_wpod_may_open() {
             .map(|i| format!("  - {{name: s{i}, image: SIDECARS/hello.wasm}}\n"))
             .collect();
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: rt2-fdshare}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: main, command: [sleep, \"60\"]}}\n  - {{name: hoarder, image: SIDECARS/hostile.wasm, args: [\"sockets:100000\"]}}\n{sidecars}"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: rt2-fdshare}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: main, command: [sleep, \"600\"]}}\n  - {{name: hoarder, image: SIDECARS/hostile.wasm, args: [\"sockets:100000\"]}}\n{sidecars}"
         )
     };
     let mut pod = TestPod::new("rt2-fdshare", &yaml(19));

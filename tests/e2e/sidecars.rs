@@ -205,19 +205,19 @@ spec:
     command: [sleep, "600"]
   - name: server
     image: SIDECARS/probe.wasm
-    args: ["park:18420:60000"]
+    args: ["park:18420:300000"]
     ports: [{containerPort: 18420}]
   - name: client
     image: SIDECARS/probe.wasm
-    args: ["hold:127.0.0.1:18420:60000"]
+    args: ["hold:127.0.0.1:18420:300000"]
 "#,
     );
     let running = pod.spawn();
     running.wait_for("the client connected", LONG, |r| {
         r.has_line("client", "hold:127.0.0.1:18420 connected")
     });
-    // The guest's connect returns before the host has set the option on the socket it found:
-    // look until all three have it, or a while has passed.
+    // The server's accept may come after the client's connect returns: look until all three
+    // are there with the option, or a while has passed.
     let start = std::time::Instant::now();
     let (listener, accepted, connected) = loop {
         let sockets = tcp_sockets(running.pid());
@@ -228,8 +228,7 @@ spec:
             pick(&|s| !s.listening && port(&s.local) && s.peer.is_some()),
             pick(&|s| s.peer.as_ref().is_some_and(port)),
         );
-        if seen == (Some(true), Some(true), Some(true)) || start.elapsed() > Duration::from_secs(10)
-        {
+        if seen == (Some(true), Some(true), Some(true)) || start.elapsed() > LONG {
             break seen;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -677,42 +677,57 @@ spec:
 #[test]
 fn a_shipper_started_before_its_sink_names_the_error_and_delivers_when_it_comes_up() {
     require_root("a_shipper_started_before_its_sink");
+    // The collector listens only once the test has seen the shipper fail to reach it.
+    let ctl = std::env::temp_dir().join("wpod-e2e-sink-later");
+    let _ = std::fs::remove_dir_all(&ctl);
+    std::fs::create_dir_all(&ctl).unwrap();
     let pod = TestPod::new(
         "sink-later",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: sink-later}
+metadata: {{name: sink-later}}
 spec:
   terminationGracePeriodSeconds: 3
   initContainers:
   - name: lines
     command: [sh, -c, "seq 1 500 | sed 's/^/line /' > /logs/app.log"]
-    volumeMounts: [{name: logs, mountPath: /logs}]
+    volumeMounts: [{{name: logs, mountPath: /logs}}]
   containers:
   - name: shipper
     image: SIDECARS/log-shipper.wasm
     env:
-    - {name: FILES, value: "app=/logs/app.log"}
-    - {name: SINK, value: "tcp://127.0.0.1:18702"}
-    volumeMounts: [{name: logs, mountPath: /logs}]
+    - {{name: FILES, value: "app=/logs/app.log"}}
+    - {{name: SINK, value: "tcp://127.0.0.1:18702"}}
+    volumeMounts: [{{name: logs, mountPath: /logs}}]
   - name: collector
-    # Up a second after the shipper has started failing to reach it.
     command: [python3, -u, -c]
     args:
     - |
-      import socketserver, time
-      time.sleep(1)
+      import os, socketserver, time
+      while not os.path.exists("/ctl/go"):
+          time.sleep(0.02)
       class H(socketserver.StreamRequestHandler):
           def handle(self):
               for line in self.rfile:
                   print("got " + line.decode().rstrip("\n"), flush=True)
       socketserver.ThreadingTCPServer(("127.0.0.1", 18702), H).serve_forever()
+    volumeMounts: [{{name: ctl, mountPath: /ctl}}]
   volumes:
-  - {name: logs, emptyDir: {}}
+  - {{name: logs, emptyDir: {{}}}}
+  - {{name: ctl, hostPath: {{path: {ctl}, type: Directory}}}}
 "#,
+            ctl = ctl.display()
+        ),
     );
     let running = pod.spawn();
+    running.wait_for("the shipper to fail to reach the sink", LONG, |r| {
+        r.logs("shipper")
+            .iter()
+            .any(|l| l.starts_with("sink 127.0.0.1:18702: "))
+    });
+    std::fs::write(ctl.join("go"), "").unwrap();
     let run = running.wait_for("all 500 lines at the collector", LONG, |r| {
         r.has_line("collector", "got app line 500")
     });
@@ -742,6 +757,7 @@ spec:
     running.signal(libc::SIGINT);
     let _ = running.wait(LONG);
     assert_no_leftovers("sink-later");
+    let _ = std::fs::remove_dir_all(&ctl);
 }
 
 #[test]
