@@ -13,9 +13,10 @@
 //!   (a stream, unbound, without the option) and gets the option, which it keeps through bind,
 //!   listen and connect; accepted sockets inherit it from their listener (Linux copies
 //!   `nonagle` into each one). An `open`, a `close` and a few `getsockopt`s.
-//! - **Else, by its addresses**, which the guest's resource answers: the listener by its local
-//!   address once it listens, a connected socket by its local and remote addresses once the
-//!   connect is done: a scan of this process's descriptors (25 µs at 200, growing with their
+//! - **Else, by its addresses**, which the guest's resource answers: a listener by its local
+//!   address just before it listens (after, a connection could complete its handshake, and be
+//!   copied from the listener, before the option is set: CI caught one), a connected socket by
+//!   its local and remote addresses once the connect is done: a scan of this process's descriptors (25 µs at 200, growing with their
 //!   number). A socket is found before the guest can use it (the guest is inside this call),
 //!   and no other socket of this process has the same addresses.
 //!
@@ -120,15 +121,14 @@ impl HostTcpSocket for NoDelay<'_> {
 
     async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
         let rep = this.rep();
-        <Inner<'_> as HostTcpSocket>::start_listen(&mut self.inner, this).await?;
-        if self.done.contains(&rep) {
-            return Ok(());
+        // Before it listens, bound: each connection it accepts is a copy made when the
+        // connection's handshake completes, with the options it has then.
+        if !self.done.contains(&rep) {
+            if let Ok(local) = self.local_address(Resource::new_borrow(rep)) {
+                set_nodelay_on(&SocketAddr::from(local), None);
+            }
         }
-        if let Ok(local) = self.local_address(Resource::new_borrow(rep)) {
-            let local = SocketAddr::from(local);
-            set_nodelay_on(&local, None);
-        }
-        Ok(())
+        <Inner<'_> as HostTcpSocket>::start_listen(&mut self.inner, this).await
     }
 
     fn finish_connect(
@@ -211,7 +211,8 @@ fn set_on_fresh(fd: RawFd) -> bool {
 }
 
 /// Sets `TCP_NODELAY` on this process's TCP socket bound to `local`: the one connected to
-/// `remote`, or with `None`, the one listening. Returns whether it found the socket.
+/// `remote`, or with `None`, the one connected to nothing (bound, or listening: the kernel
+/// lets only one socket hold an address so). Returns whether it found the socket.
 ///
 /// Failing to find it costs only the latency the option saves, so it is logged, not an error.
 pub fn set_nodelay_on(local: &SocketAddr, remote: Option<&SocketAddr>) -> bool {
@@ -223,7 +224,10 @@ pub fn set_nodelay_on(local: &SocketAddr, remote: Option<&SocketAddr>) -> bool {
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         Ok(match remote {
             Some(remote) => addr(getpeername(fd))? == Some(*remote),
-            None => getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false),
+            None => {
+                getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false)
+                    || getpeername::<SockaddrStorage>(fd) == Err(Errno::ENOTCONN)
+            }
         })
     };
     let set = find_socket(is_it).is_some_and(|fd| {
@@ -359,8 +363,25 @@ mod tests {
         assert!(!set_nodelay_on(&gone, Some(&remote)));
         assert!(
             !set_nodelay_on(&local, None),
-            "a connected socket is not a listener"
+            "a connected socket is not connected to nothing"
         );
+
+        // Bound, before it listens (a scan's case): what it accepts later has the option.
+        let bound = tcp_socket();
+        let any = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0);
+        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&bound), &any).expect("bind");
+        let bound_at: SocketAddr = addr(getsockname(std::os::fd::AsRawFd::as_raw_fd(&bound)))
+            .expect("a socket")
+            .expect("an address");
+        assert!(set_nodelay_on(&bound_at, None) && nodelay(&bound));
+        nix::sys::socket::listen(&bound, nix::sys::socket::Backlog::new(8).expect("backlog"))
+            .expect("listen");
+        let _client3 = TcpStream::connect(bound_at).expect("connect");
+        let accepted =
+            nix::sys::socket::accept(std::os::fd::AsRawFd::as_raw_fd(&bound)).expect("accept");
+        // SAFETY: accept just returned it, owned here alone.
+        let accepted = unsafe { OwnedFd::from_raw_fd(accepted) };
+        assert!(nodelay(&accepted));
 
         // Past a hole of more free numbers than the quick scan tries: found by the listing.
         let far = TcpStream::connect(at).expect("connect");
