@@ -55,6 +55,12 @@ def busy_seconds():
     return (sum(v[:8]) - idle) / TICK
 
 
+def own_cpu():
+    """CPU seconds of this process and of the descendants it and they have waited for."""
+    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)
+               for f in ("ru_utime", "ru_stime"))
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -126,8 +132,7 @@ def main():
     ledger = Ledger(os.getpid())
     ledger.sample()
     t0, busy0, load0 = time.monotonic(), busy_seconds(), loadavg()
-    rusage0 = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)
-                  for f in ("ru_utime", "ru_stime"))
+    rusage0 = own_cpu()
     child = subprocess.Popen(cmd)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: child.send_signal(s))
@@ -150,8 +155,7 @@ def main():
     ours, others, top = ledger.totals()
     # What the measure's processes that ended used, in full (the samples miss their last half
     # second): the kernel's count of waited-for descendants, and this process's own.
-    ended = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)
-                for f in ("ru_utime", "ru_stime"))
+    ended = own_cpu()
     ours = max(ours, ended - rusage0)
     cpus = os.cpu_count() or 1
     out = {

@@ -828,9 +828,10 @@ pub fn apply(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::Re
         None => one_pod(files, "wpod apply applies")?.name().to_string(),
     };
     if !state_dir::in_use(&name) {
-        // Not running: the file is planned here, and any error said before anything starts.
-        one_pod(files, "wpod apply applies")?;
         if dry_run {
+            // Not running: the file is planned here (`run_detached` does it otherwise), and
+            // any error said.
+            one_pod(files, "wpod apply applies")?;
             match output {
                 Output::Json => println!(
                     "{}",

@@ -312,6 +312,14 @@ impl PodRun {
             .collect()
     }
 
+    /// A container's lines that start with `prefix`, in order.
+    pub fn lines_starting(&self, container: &str, prefix: &str) -> Vec<String> {
+        self.logs(container)
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
     /// What a probe sidecar printed for `action`: `ok: …` or `err: …`.
     pub fn outcome(&self, container: &str, action: &str) -> String {
         let prefix = format!("{action} ");

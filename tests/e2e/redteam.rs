@@ -305,11 +305,7 @@ spec:
     });
     let got = run.outcome("witness", "connect:127.0.0.1:18450");
     assert!(got.contains("still-here"), "{got}\n{}", run.dump());
-    let held: Vec<String> = run
-        .logs("hoarder")
-        .into_iter()
-        .filter(|l| l.starts_with("holding"))
-        .collect();
+    let held = run.lines_starting("hoarder", "holding");
     assert!(
         !held
             .iter()

@@ -558,11 +558,7 @@ fn without_a_set_quota_sidecars_share_what_wpod_may_open() {
             .iter()
             .any(|e| e["event"] == "exited")
     });
-    let held: Vec<String> = run
-        .logs("hoarder")
-        .into_iter()
-        .filter(|l| l.starts_with("holding"))
-        .collect();
+    let held = run.lines_starting("hoarder", "holding");
     assert!(
         held.iter().any(|l| l == "holding 256 sockets")
             && !held.iter().any(|l| l == "holding 512 sockets"),

@@ -731,17 +731,9 @@ spec:
     let run = running.wait_for("all 500 lines at the collector", LONG, |r| {
         r.has_line("collector", "got app line 500")
     });
-    let got: Vec<String> = run
-        .logs("collector")
-        .into_iter()
-        .filter(|l| l.starts_with("got "))
-        .collect();
+    let got = run.lines_starting("collector", "got ");
     assert_eq!(got.len(), 500, "every line once: {}", run.dump());
-    let refusals: Vec<String> = run
-        .logs("shipper")
-        .into_iter()
-        .filter(|l| l.starts_with("sink 127.0.0.1:18702: "))
-        .collect();
+    let refusals = run.lines_starting("shipper", "sink 127.0.0.1:18702: ");
     assert!(
         refusals
             .first()

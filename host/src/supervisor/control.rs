@@ -721,13 +721,12 @@ async fn component_digests(
         let mut out = BTreeMap::new();
         for (name, image) in files {
             let Image::Wasm(w) = image else { continue };
-            // A file this process loaded and that has not changed since is not read again
-            // (hashing a 2 MiB component took most of a warm apply).
-            let known = crate::sidecars::components::known_digest(&w.path);
-            let digest = match (&w.digest, known) {
-                (Some(d), _) => d.to_string(),
-                (None, Some(d)) => d,
-                (None, None) => {
+            // A file this process loaded and that has not changed since is not read and
+            // hashed again at every apply.
+            let known = || crate::sidecars::components::known_digest(&w.path);
+            let digest = match w.digest.as_ref().map(|d| d.to_string()).or_else(known) {
+                Some(d) => d,
+                None => {
                     use sha2::Digest as _;
                     let bytes =
                         crate::files::read_regular(&w.path, crate::files::MAX_COMPONENT_BYTES)
