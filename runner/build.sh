@@ -18,6 +18,16 @@ case "$host" in
   *) echo "runner/build.sh: builds on a *-linux-gnu host (this is $host)" >&2; exit 1 ;;
 esac
 dir=${target:-$PWD/target}/runner
+# What an outer cargo set for the crate it runs (a test calling this script has
+# CARGO_MANIFEST_DIR, ...; build scripts such as ring's re-run when it changes, and everything
+# above them is compiled again) and a lint run's wrapper (.ci/test's clippy-driver) are not
+# this build's.
+while IFS= read -r var; do
+  case "$var" in
+    CARGO_HOME | RUSTUP_HOME | RUSTUP_TOOLCHAIN) ;;
+    CARGO_* | RUST* | CLIPPY_ARGS | OUT_DIR) unset "$var" ;;
+  esac
+done < <(compgen -e)
 # --target keeps the flags off build scripts and proc macros, which run on this host.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
   --target "$host" --no-default-features -p wpod --bin wpod --target-dir "$dir" "$@" >&2
