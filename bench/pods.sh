@@ -6,8 +6,9 @@
 # For each N, N pods (private $WPOD_ROOT, each a native main container that sleeps and
 # nothing else; the main container ends on SIGTERM, so a stop waits for no grace period) are
 # started, on the default CNI network and, alternately, with `wpod.dev/network: none` (the pod's
-# loopback only: wpod's own cost without the CNI plugins'), one after another with `wpod run -d`,
-# then listed, measured, stopped and removed:
+# loopback only: wpod's own cost without the CNI plugins') and, third, off the network in a user
+# namespace of their own (`hostUsers: false`: what the pod's own IDs cost beside the second),
+# one after another with `wpod run -d`, then listed, measured, stopped and removed:
 #   start   wall time of the N `wpod run -d` (each returns once its pod has started) / N
 #   memory  PSS of wpod's own processes of all N pods / N, from /proc/PID/smaps_rollup: the
 #           supervisors (the processes whose environment has this run's WPOD_ROOT) and every
@@ -15,7 +16,8 @@
 #   ps      one `wpod ps` with the N pods running
 #   stop    wall time of `wpod stop` and `wpod rm` of each pod / N
 # ROUNDS rounds (default 3) of each N. One JSON object per figure on stdout (tool "wpod, CNI
-# network" or "wpod, wpod.dev/network: none", measure "pods: ... (N pods)"); progress on
+# network", "wpod, wpod.dev/network: none" or "wpod, network: none, hostUsers: false", measure
+# "pods: ... (N pods)"); progress on
 # stderr. The issue 29 goal: per pod <= 2 MiB PSS and <= 5 ms to start, up to 200 pods.
 set -euo pipefail
 rounds=3 sizes="10 50 100 200"
@@ -51,7 +53,8 @@ root = f"{work}/wpodroot"
 env = {**os.environ, "WPOD_ROOT": root}
 log = open(f"{work}/run.log", "ab")
 
-KINDS = {"cni": "wpod, CNI network", "none": "wpod, wpod.dev/network: none"}
+KINDS = {"cni": "wpod, CNI network", "none": "wpod, wpod.dev/network: none",
+         "userns": "wpod, network: none, hostUsers: false"}
 
 def emit(kind, measure, value, unit, run, n):
     print(json.dumps({"tool": KINDS[kind], "measure": f"pods: {measure} ({n} pods)", "value": round(value, 3),
@@ -108,9 +111,10 @@ def pss_kib(pid):
 
 def manifest(i, kind):
     path = f"{work}/pod{i}.yaml"
-    none = ", annotations: {wpod.dev/network: none}" if kind == "none" else ""
+    none = ", annotations: {wpod.dev/network: none}" if kind != "cni" else ""
+    users = "  hostUsers: false\n" if kind == "userns" else ""
     with open(path, "w") as f:
-        f.write(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: many-{i}{none}}}\nspec:\n"
+        f.write(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: many-{i}{none}}}\nspec:\n{users}"
                 "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: main\n"
                 "    command: [sh, -c, 'trap \"exit 0\" TERM; sleep infinity & wait']\n")
     return path
@@ -144,6 +148,6 @@ def measure(rnd, n, kind):
 for rnd in range(rounds):
     for n in sizes:
         kinds = list(KINDS)
-        for kind in kinds[rnd % 2:] + kinds[:rnd % 2]:
+        for kind in kinds[rnd % 3:] + kinds[:rnd % 3]:
             measure(rnd, n, kind)
 PY

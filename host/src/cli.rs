@@ -347,6 +347,11 @@ pub enum Command {
         /// Stay in the host's network and UTS namespaces (`hostNetwork: true`).
         #[arg(long)]
         host_network: bool,
+        /// A user namespace of the pod's own, owning its other namespaces: the holder says
+        /// `userns` once it exists and waits for `mapped` on stdin (the runtime writes its
+        /// ID maps).
+        #[arg(long)]
+        userns: bool,
     },
     /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
     #[command(name = "__cleanup", hide = true)]

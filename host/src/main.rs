@@ -36,7 +36,8 @@ fn main() -> ExitCode {
             hostname,
             pod_proc,
             host_network,
-        } => wpod::sandbox::holder::main(hostname, pod_proc.as_deref(), *host_network),
+            userns,
+        } => wpod::sandbox::holder::main(hostname, pod_proc.as_deref(), *host_network, *userns),
         Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
         Command::Exec {
             launch_spec,

@@ -1045,6 +1045,17 @@ pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
     if let Some(p) = &plan {
         safe_writeln!(out, "Supervisor:  wpod run, pid {}", p.pid)?;
         safe_writeln!(out, "Grace:       {}s", p.grace_period_seconds)?;
+        if let Some(ids) = &p.user_namespace {
+            safe_writeln!(
+                out,
+                "Users:       own namespace: IDs 0-{} are the host's {}-{} (groups {}-{})",
+                ids.size - 1,
+                ids.host_uid,
+                ids.host_uid + (ids.size - 1),
+                ids.host_gid,
+                ids.host_gid + (ids.size - 1)
+            )?;
+        }
         for port in &p.host_ports {
             safe_writeln!(
                 out,

@@ -14,7 +14,7 @@
 //! before `exec`) stays direct, as a fake's record there would stay in the child.
 
 use std::fmt::Debug;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,6 +38,13 @@ pub trait Syscall: Send + Sync + Debug {
     /// mount_setattr(2): sets `attrs` (`MOUNT_ATTR_*`) on the mount `fd` is the root of and on
     /// every mount below it, atomically (Linux 5.12).
     fn mount_setattr(&self, fd: BorrowedFd<'_>, attrs: u64) -> nix::Result<()>;
+    /// A detached copy of the mount at `path` (not what is mounted below it), ID-mapped
+    /// through the user namespace `userns`: a file of the host's ID N shows as that namespace's
+    /// N, and one it writes as N is the host's N (open_tree(2), then mount_setattr(2) with
+    /// `MOUNT_ATTR_IDMAP`; Linux 5.12, and a filesystem that supports it).
+    fn idmap_tree(&self, path: &Path, userns: BorrowedFd<'_>) -> nix::Result<OwnedFd>;
+    /// lchown(2): gives `path` to the host's `uid` and `gid`.
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
     /// chdir(2): the calling process's working directory (every thread's).
     fn chdir(&self, dir: &Path) -> std::io::Result<()>;
     /// pivot_root(".", "."): the working directory becomes the root, the old root stacked on
@@ -114,6 +121,45 @@ impl Syscall for LinuxSyscall {
         };
         nix::errno::Errno::result(rc).map(drop)
     }
+    fn idmap_tree(&self, path: &Path, userns: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| nix::errno::Errno::EINVAL)?;
+        // SAFETY: open_tree with a valid C string; the descriptor is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                (OPEN_TREE_CLONE | libc::O_CLOEXEC as u32) as libc::c_uint,
+            )
+        };
+        let fd = nix::errno::Errno::result(fd)?;
+        // SAFETY: a descriptor open_tree just returned, owned by nothing else.
+        let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        // SAFETY: mount_setattr on the descriptor just opened, with an empty path and a struct
+        // of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        nix::errno::Errno::result(rc)?;
+        Ok(tree)
+    }
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
     fn chdir(&self, dir: &Path) -> std::io::Result<()> {
         std::env::set_current_dir(dir)
     }
@@ -146,6 +192,9 @@ impl Syscall for LinuxSyscall {
     }
 }
 
+/// open_tree(2) flags (linux/mount.h).
+const OPEN_TREE_CLONE: u32 = 1;
+
 /// move_mount(2) flags (linux/mount.h).
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
@@ -156,6 +205,7 @@ pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
@@ -190,7 +240,7 @@ impl Host {
 pub mod fake {
     //! A `Syscall` that records every call in order and acts on a temporary directory.
 
-    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
@@ -223,6 +273,16 @@ pub mod fake {
         MountSetattr {
             target: PathBuf,
             attrs: u64,
+        },
+        /// An ID-mapped copy of the mount at `source`, through the user namespace `userns`.
+        IdmapTree {
+            source: PathBuf,
+            userns: PathBuf,
+        },
+        Chown {
+            path: PathBuf,
+            uid: u32,
+            gid: u32,
         },
         Chdir(PathBuf),
         PivotRootHere,
@@ -353,6 +413,25 @@ pub mod fake {
                 target: of_fd(fd),
                 attrs,
             })
+        }
+        fn idmap_tree(&self, path: &Path, userns: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+            self.record(Call::IdmapTree {
+                source: path.to_path_buf(),
+                userns: of_fd(userns),
+            })?;
+            // The directory itself stands for its copy: a move_mount of it records its path.
+            nix::fcntl::open(
+                path,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        }
+        fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+            Ok(self.record(Call::Chown {
+                path: path.to_path_buf(),
+                uid,
+                gid,
+            })?)
         }
         fn chdir(&self, dir: &Path) -> std::io::Result<()> {
             // Recorded only: the test process's working directory is every test's.

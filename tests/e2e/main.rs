@@ -21,6 +21,7 @@ mod sdk;
 mod sidecars;
 mod tls;
 mod use_cases;
+mod userns;
 
 use std::path::Path;
 use std::process::{Command, Output};

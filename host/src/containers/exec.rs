@@ -43,17 +43,26 @@ fn enter(spec_path: &Path, pid: i32, pidfd: OwnedFd) -> Result<LaunchSpec, StepE
     spec.join_cgroups()?;
     // All five at once, from the process itself (Linux 5.8): after the mount namespace, /proc
     // would be the container's.
-    let kinds = CloneFlags::CLONE_NEWIPC
+    let mut kinds = CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS;
+    // The pod's own user namespace too (the kernel joins it first, and checks the others with
+    // the host root's capabilities this helper still has).
+    let userns = spec.namespaces.user.is_some();
+    if userns {
+        kinds |= CloneFlags::CLONE_NEWUSER;
+    }
     LinuxSyscall.setns(pidfd.as_fd(), kinds).map_err(|e| {
         StepError::msg(
             format!("join the container's namespaces (pid {pid}; is it running?)"),
             e.desc(),
         )
     })?;
+    if userns {
+        security::become_root_of_user_namespace()?;
+    }
     Ok(spec)
 }
 

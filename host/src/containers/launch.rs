@@ -30,13 +30,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType,
-    LinuxSeccomp, LinuxSeccompAction, Mount, Process, Root, Spec, User,
+    Capabilities, Capability, Linux, LinuxCapabilities, LinuxIdMapping, LinuxNamespace,
+    LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction, Mount, Process, Root, Spec, User,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::helper::StepError;
-use crate::sandbox::namespaces::{NamespacePaths, SharedPid};
+use crate::sandbox::namespaces::{NamespacePaths, PodUserNs, SharedPid};
+use crate::sandbox::userns::IdMap;
 
 /// File descriptor number of the shim's report pipe (the lifeline is `helper::LIFELINE_FD`).
 pub const REPORT_FD: i32 = 4;
@@ -365,6 +366,37 @@ fn checked_seccomp(seccomp: LinuxSeccomp) -> Result<LinuxSeccomp, LaunchError> {
     Ok(seccomp)
 }
 
+/// The pod's ID maps, as wpod writes them: one line each for users and groups, from the
+/// pod's 0, of the same size (the user namespace exists already; the shim only checks that
+/// the config says what it is).
+fn id_map(
+    uids: &Option<Vec<LinuxIdMapping>>,
+    gids: &Option<Vec<LinuxIdMapping>>,
+) -> Result<IdMap, LaunchError> {
+    let one = |maps: &Option<Vec<LinuxIdMapping>>, field: &str| match maps.as_deref() {
+        Some([m]) if m.container_id() == 0 && m.size() > 0 => Ok(*m),
+        _ => Err(invalid(
+            field,
+            "one mapping from the pod's ID 0, as the pod's user namespace has",
+        )),
+    };
+    let (u, g) = (
+        one(uids, "linux.uidMappings")?,
+        one(gids, "linux.gidMappings")?,
+    );
+    if u.size() != g.size() {
+        return Err(invalid(
+            "linux.gidMappings",
+            "as many groups as users (the pod's user namespace maps both alike)",
+        ));
+    }
+    Ok(IdMap {
+        host_uid: u.host_id(),
+        host_gid: g.host_id(),
+        size: u.size(),
+    })
+}
+
 impl LaunchSpec {
     /// The launch config the runtime wrote for a helper (the shim, or `__exec`), checked.
     pub fn read(path: &Path) -> Result<Self, StepError> {
@@ -425,19 +457,35 @@ impl LaunchSpec {
         let mut mounts = standard_mounts(self.rootfs.read_only, pod_proc);
         mounts.extend(self.mounts.iter().map(BindMount::to_oci));
 
+        let mut namespaces = vec![
+            namespace(LinuxNamespaceType::Network, Some(&ns.net)),
+            namespace(LinuxNamespaceType::Uts, Some(&ns.uts)),
+            namespace(LinuxNamespaceType::Ipc, Some(&ns.ipc)),
+            namespace(
+                LinuxNamespaceType::Pid,
+                ns.pid.as_ref().map(|p| p.ns.as_path()),
+            ),
+            namespace(LinuxNamespaceType::Mount, None),
+        ];
         let mut linux = Linux::default();
+        if let Some(user) = &ns.user {
+            namespaces.push(namespace(LinuxNamespaceType::User, Some(&user.ns)));
+            let mapping = |host: u32| {
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(0u32)
+                    .host_id(host)
+                    .size(user.ids.size)
+                    .build()
+                    .map(|m| vec![m])
+                    .map_err(|e| invalid("linux.uidMappings", e.to_string()))
+            };
+            linux
+                .set_uid_mappings(Some(mapping(user.ids.host_uid)?))
+                .set_gid_mappings(Some(mapping(user.ids.host_gid)?));
+        }
         linux
             .set_resources(None)
-            .set_namespaces(Some(vec![
-                namespace(LinuxNamespaceType::Network, Some(&ns.net)),
-                namespace(LinuxNamespaceType::Uts, Some(&ns.uts)),
-                namespace(LinuxNamespaceType::Ipc, Some(&ns.ipc)),
-                namespace(
-                    LinuxNamespaceType::Pid,
-                    ns.pid.as_ref().map(|p| p.ns.as_path()),
-                ),
-                namespace(LinuxNamespaceType::Mount, None),
-            ]))
+            .set_namespaces(Some(namespaces))
             .set_masked_paths(Some(strings(MASKED_PATHS)))
             .set_readonly_paths(Some(strings(READ_ONLY_PATHS)))
             .set_rootfs_propagation(Some("private".into()))
@@ -604,14 +652,6 @@ impl LaunchSpec {
                 linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()),
                 "linux.sysctl",
             ),
-            (
-                linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
-                "linux.uidMappings",
-            ),
-            (
-                linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
-                "linux.gidMappings",
-            ),
             (linux.net_devices().is_some(), "linux.netDevices"),
             (linux.intel_rdt().is_some(), "linux.intelRdt"),
             (linux.memory_policy().is_some(), "linux.memoryPolicy"),
@@ -639,6 +679,7 @@ impl LaunchSpec {
             ));
         }
         let (mut net, mut uts, mut ipc, mut pid, mut mnt) = (None, None, None, None, false);
+        let mut user = None;
         for ns in linux.namespaces().iter().flatten() {
             let path = ns.path().clone();
             let field = format!("linux.namespaces[{}]", ns.typ());
@@ -654,6 +695,7 @@ impl LaunchSpec {
                 LinuxNamespaceType::Network => joined(&mut net)?,
                 LinuxNamespaceType::Uts => joined(&mut uts)?,
                 LinuxNamespaceType::Ipc => joined(&mut ipc)?,
+                LinuxNamespaceType::User => joined(&mut user)?,
                 LinuxNamespaceType::Pid if pid.is_none() => pid = Some(path),
                 LinuxNamespaceType::Mount if !mnt && path.is_none() => mnt = true,
                 LinuxNamespaceType::Pid | LinuxNamespaceType::Mount => {
@@ -669,6 +711,23 @@ impl LaunchSpec {
         let pid = pid.ok_or(missing("linux.namespaces[pid]"))?;
         if !mnt {
             return Err(missing("linux.namespaces[mount]"));
+        }
+        let user = user
+            .map(|ns| {
+                Ok::<_, LaunchError>(PodUserNs {
+                    ns,
+                    ids: id_map(linux.uid_mappings(), linux.gid_mappings())?,
+                })
+            })
+            .transpose()?;
+        if user.is_none()
+            && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+                || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()))
+        {
+            return Err(invalid(
+                "linux.uidMappings, linux.gidMappings",
+                "only with the pod's user namespace (linux.namespaces[user])",
+            ));
         }
 
         let mounts = spec.mounts().clone().unwrap_or_default();
@@ -715,6 +774,7 @@ impl LaunchSpec {
                 uts,
                 ipc,
                 pid: shared,
+                user,
             },
             rootfs: RootfsSpec {
                 lowers: annotation(&annotations, LOWERS_ANNOTATION)?,
@@ -785,6 +845,7 @@ mod tests {
                     ns: "/proc/9/ns/pid".into(),
                     proc: "/run/wpod/web/proc".into(),
                 }),
+                user: None,
             },
             rootfs: RootfsSpec {
                 lowers: vec!["/store/a".into(), "/store/b".into()],
@@ -839,6 +900,26 @@ mod tests {
         user.security.uid = 1000;
         user.security.gid = 1000;
         assert_eq!(round_trip(&user).unwrap(), user);
+        // The pod's own user namespace: joined by path, its maps the runtime spec's.
+        let mut own = launch(true, false);
+        own.namespaces.user = Some(PodUserNs {
+            ns: "/proc/7/ns/user".into(),
+            ids: IdMap {
+                host_uid: 1 << 30,
+                host_gid: (1 << 30) + 65536,
+                size: 65536,
+            },
+        });
+        assert_eq!(round_trip(&own).unwrap(), own);
+        let v = serde_json::to_value(own.to_oci().unwrap()).unwrap();
+        assert_eq!(
+            v["linux"]["uidMappings"],
+            serde_json::json!([{"hostID": 1 << 30, "containerID": 0, "size": 65536}])
+        );
+        let namespaces = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(
+            namespaces.contains(&serde_json::json!({"type": "user", "path": "/proc/7/ns/user"}))
+        );
     }
 
     /// The config is a plain OCI runtime config: another runtime reads the same fields.
@@ -897,6 +978,23 @@ mod tests {
             l.set_namespaces(Some(ns));
         }
         assert!(refused(user_ns).contains("linux.namespaces[user]"));
+        // Joined by path, but without the maps it has: refused.
+        let mut unmapped = base();
+        if let Some(l) = unmapped.linux_mut() {
+            let mut ns = l.namespaces().clone().unwrap();
+            ns.push(namespace(
+                LinuxNamespaceType::User,
+                Some(Path::new("/proc/7/ns/user")),
+            ));
+            l.set_namespaces(Some(ns));
+        }
+        assert!(refused(unmapped).contains("linux.uidMappings"));
+        // Maps without the namespace: refused.
+        let mut maps_only = base();
+        if let Some(l) = maps_only.linux_mut() {
+            l.set_uid_mappings(Some(vec![LinuxIdMapping::default()]));
+        }
+        assert!(refused(maps_only).contains("only with the pod's user namespace"));
 
         let mut no_net = base();
         if let Some(l) = no_net.linux_mut() {

@@ -7,7 +7,7 @@
 //! Every path inside the new root is resolved with `openat2(RESOLVE_IN_ROOT)`: a symlink in an
 //! image or a volume cannot redirect a mount to a place outside the container's root.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use nix::sys::stat::{mkdirat, Mode};
 
 use super::launch::{BindMount, RootfsSpec, DEVICES, MASKED_PATHS, READ_ONLY_PATHS};
 use crate::helper::StepError;
+use crate::sandbox::userns::IdMap;
 use crate::sys::{
     Syscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW,
     MOUNT_ATTR_RDONLY,
@@ -28,6 +29,14 @@ pub(super) struct Rootfs {
     sys: Arc<dyn Syscall>,
     pub path: PathBuf,
     fd: OwnedFd,
+    /// The pod's own user namespace's IDs: its root owns the filesystems made for it.
+    ids: Option<IdMap>,
+}
+
+/// The pod's own user namespace, as the root is built for it.
+pub(super) struct UserNs<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub ids: IdMap,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,12 +108,15 @@ pub(super) fn clone_volumes(mounts: &[BindMount]) -> Result<Vec<VolumeTree>, Ste
 /// open_tree(2) flags (linux/mount.h).
 const OPEN_TREE_CLONE: u32 = 1;
 
-/// Builds the root with `sys`'s mounts (the host's, or a test's recording fake).
+/// Builds the root with `sys`'s mounts (the host's, or a test's recording fake). With
+/// `userns` (the pod's own user namespace), the image's layers are ID-mapped through it, so the
+/// image's root is the pod's root without a file of the image changing owner.
 pub(super) fn prepare(
     sys: Arc<dyn Syscall>,
     spec: &RootfsSpec,
     mounts: &[BindMount],
     trees: Vec<VolumeTree>,
+    userns: Option<UserNs<'_>>,
 ) -> Result<Rootfs, StepError> {
     // Nothing mounted from here on may propagate back to the host.
     do_mount(
@@ -136,9 +148,21 @@ pub(super) fn prepare(
         std::fs::create_dir(dir)
             .map_err(|e| StepError::io("create overlay directories", dir, e))?;
     }
+    let ids = userns.as_ref().map(|u| u.ids);
+    let lowers = match &userns {
+        Some(userns) => {
+            // The root of the overlay is its upper directory: the pod's root's.
+            sys.chown(&upper, userns.ids.host_uid, userns.ids.host_gid)
+                .map_err(|e| {
+                    StepError::io("give the writable layer to the pod's root", &upper, e)
+                })?;
+            idmapped_lowers(&*sys, &spec.lowers, &scratch.join("lower"), userns)?
+        }
+        None => spec.lowers.clone(),
+    };
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lowerdir(&*sys, &spec.lowers)?,
+        lowerdir(&*sys, &lowers)?,
         escape_overlay(&upper),
         escape_overlay(&work)
     );
@@ -165,6 +189,7 @@ pub(super) fn prepare(
         sys: sys.clone(),
         path: root,
         fd,
+        ids,
     };
     rootfs.mount_dev()?;
     rootfs.mount_sys()?;
@@ -177,7 +202,7 @@ pub(super) fn prepare(
             &fd_path(&tmp),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
+            Some(&rootfs.tmpfs_options("mode=1777")),
         )?;
     }
     for (m, tree) in mounts.iter().zip(trees) {
@@ -196,6 +221,50 @@ pub(super) fn prepare(
         )?;
     }
     Ok(rootfs)
+}
+
+/// Each lower layer, ID-mapped through the pod's user namespace and attached on `dir/N`
+/// (topmost first, as given): the layers to build the overlay of.
+fn idmapped_lowers(
+    sys: &dyn Syscall,
+    lowers: &[PathBuf],
+    dir: &Path,
+    userns: &UserNs<'_>,
+) -> Result<Vec<PathBuf>, StepError> {
+    std::fs::create_dir(dir).map_err(|e| StepError::io("create overlay directories", dir, e))?;
+    lowers
+        .iter()
+        .enumerate()
+        .map(|(i, lower)| {
+            let at = dir.join(i.to_string());
+            std::fs::create_dir(&at)
+                .map_err(|e| StepError::io("create overlay directories", &at, e))?;
+            let tree = sys.idmap_tree(lower, userns.fd).map_err(|e| match e {
+                // The kernel's answer when the filesystem cannot be ID-mapped.
+                Errno::EINVAL | Errno::EPERM | Errno::ENOSYS => StepError::msg(
+                    format!(
+                        "ID-map the image layer {} (hostUsers: false)",
+                        lower.display()
+                    ),
+                    format!(
+                        "{e}: its filesystem does not support ID-mapped mounts (Linux 5.12 or \
+                         later, and ext4, xfs, btrfs or tmpfs among others): keep wpod's \
+                         state ($WPOD_ROOT) on one that does, or run the pod with hostUsers: true"
+                    ),
+                ),
+                e => StepError::sys("ID-map an image layer (open_tree, mount_setattr)", lower, e),
+            })?;
+            let target = nix::fcntl::open(
+                &at,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| StepError::sys("open a layer's mount point", &at, e))?;
+            sys.move_mount(tree.as_fd(), target.as_fd())
+                .map_err(|e| StepError::sys("attach an ID-mapped layer (move_mount)", &at, e))?;
+            Ok(at)
+        })
+        .collect()
 }
 
 /// overlayfs splits options at `,` and layers at `:`; escape them in paths.
@@ -236,6 +305,15 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
 }
 
 impl Rootfs {
+    /// A tmpfs's mount options: `base`, and in the pod's own user namespace its root as the
+    /// owner (the host's root would show as `nobody` there, and its root could not write).
+    fn tmpfs_options(&self, base: &str) -> String {
+        match self.ids {
+            Some(ids) => format!("{base},uid={},gid={}", ids.host_uid, ids.host_gid),
+            None => base.to_string(),
+        }
+    }
+
     /// Opens `path` (absolute, inside the container) without leaving the root, creating it and
     /// its missing parents as directories (or the last one as a file).
     fn mountpoint(&self, path: &str, kind: Kind) -> Result<OwnedFd, StepError> {
@@ -308,7 +386,7 @@ impl Rootfs {
             Some("tmpfs"),
             // The device nodes below are binds of the host's, with the host's mount flags.
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
+            Some(&self.tmpfs_options("mode=755,size=65536k")),
         )?;
         drop(dev);
         for name in DEVICES {
@@ -354,7 +432,7 @@ impl Rootfs {
             &fd_path(&shm),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
+            Some(&self.tmpfs_options("mode=1777,size=65536k")),
         )?;
         let mq = self.mountpoint("/dev/mqueue", Kind::Dir)?;
         // POSIX message queues of the pod's IPC namespace; not every kernel has them.
@@ -636,7 +714,7 @@ mod tests {
     fn a_read_only_root_is_built_in_order_and_sealed_last() {
         let fake = Arc::new(RecordingSyscall::new("rootfs", &[]));
         let spec = spec(&fake, true);
-        let rootfs = prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+        let rootfs = prepare(fake.clone(), &spec, &[], Vec::new(), None).unwrap();
         let calls = fake.calls();
         let scratch = &spec.scratch;
         let root = scratch.join("root");
@@ -714,6 +792,84 @@ mod tests {
         );
     }
 
+    /// In the pod's own user namespace: each layer is an ID-mapped copy through it, attached
+    /// under the scratch space, and the overlay is made of those; the writable layer and the
+    /// container's tmpfs belong to the pod's root.
+    #[test]
+    fn in_a_user_namespace_the_layers_are_id_mapped_and_the_pods_root_owns_the_rest() {
+        let fake = Arc::new(RecordingSyscall::new("rootfs-userns", &[]));
+        let spec = spec(&fake, false);
+        let userns_file = fake.path("userns");
+        std::fs::write(&userns_file, "").unwrap();
+        let userns_fd = std::fs::File::open(&userns_file).unwrap();
+        let ids = IdMap {
+            host_uid: 1 << 30,
+            host_gid: (1 << 30) + 7,
+            size: 65536,
+        };
+        let userns = UserNs {
+            fd: userns_fd.as_fd(),
+            ids,
+        };
+        prepare(fake.clone(), &spec, &[], Vec::new(), Some(userns)).unwrap();
+        let calls = fake.calls();
+        let scratch = &spec.scratch;
+        let lower = scratch.join("lower");
+        let layers = fake.path("layers");
+        assert_eq!(
+            calls[2..9],
+            [
+                Call::Chown {
+                    path: scratch.join("upper"),
+                    uid: 1 << 30,
+                    gid: (1 << 30) + 7
+                },
+                Call::IdmapTree {
+                    source: layers.join("a"),
+                    userns: userns_file.clone()
+                },
+                Call::MoveMount {
+                    from: layers.join("a"),
+                    to: lower.join("0")
+                },
+                Call::IdmapTree {
+                    source: layers.join("b"),
+                    userns: userns_file.clone()
+                },
+                Call::MoveMount {
+                    from: layers.join("b"),
+                    to: lower.join("1")
+                },
+                Call::Chdir(lower.clone()),
+                mount(
+                    Some("overlay"),
+                    scratch.join("root"),
+                    Some("overlay"),
+                    MsFlags::MS_NODEV,
+                    Some(&format!(
+                        "lowerdir=0:1,upperdir={},workdir={}",
+                        scratch.join("upper").display(),
+                        scratch.join("work").display()
+                    ))
+                ),
+            ]
+        );
+        let owned = format!(",uid={},gid={}", 1u32 << 30, (1u32 << 30) + 7);
+        for (target, base) in [
+            ("dev", "mode=755,size=65536k"),
+            ("dev/shm", "mode=1777,size=65536k"),
+            ("tmp", "mode=1777"),
+        ] {
+            let data = calls.iter().find_map(|c| match c {
+                Call::Mount {
+                    target: t, data, ..
+                } if *t == scratch.join("root").join(target) => data.clone(),
+                _ => None,
+            });
+            assert_eq!(data, Some(format!("{base}{owned}")), "/{target}");
+        }
+    }
+
     #[test]
     fn sysfs_falls_back_to_a_read_only_bind_and_tmp_is_writable() {
         let fake = Arc::new(RecordingSyscall::new("rootfs-sysfs", &[]));
@@ -722,7 +878,7 @@ mod tests {
             Errno::EPERM,
         );
         let spec = spec(&fake, false);
-        prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+        prepare(fake.clone(), &spec, &[], Vec::new(), None).unwrap();
         let calls = fake.calls();
         let sys = spec.scratch.join("root/sys");
         let bind = calls
@@ -780,7 +936,7 @@ mod tests {
             no_follow_symlinks: true,
             device: false,
         };
-        let rootfs = prepare(fake.clone(), &spec, &[m], vec![tree]).unwrap();
+        let rootfs = prepare(fake.clone(), &spec, &[m], vec![tree], None).unwrap();
         let root = spec.scratch.join("root");
         let calls = fake.calls();
         let moved = calls
@@ -871,7 +1027,7 @@ mod tests {
         for read_only in [false, true] {
             let fake = Arc::new(RecordingSyscall::new("rootfs-standard", &[]));
             let spec = spec(&fake, read_only);
-            let rootfs = prepare(fake.clone(), &spec, &[], Vec::new()).unwrap();
+            let rootfs = prepare(fake.clone(), &spec, &[], Vec::new(), None).unwrap();
             rootfs.mount_own_proc().unwrap();
             let calls = fake.calls();
             let root = spec.scratch.join("root");

@@ -4,8 +4,11 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
+use std::os::fd::BorrowedFd;
+
 use caps::{CapSet, Capability};
-use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+use nix::sched::CloneFlags;
+use nix::unistd::{setgid, setgroups, setresgid, setresuid, setuid, Gid, Uid};
 
 use super::launch::SecuritySpec;
 use crate::helper::StepError;
@@ -23,6 +26,25 @@ pub(super) fn seccomp_program(
     super::seccomp::program(seccomp)
         .map(Some)
         .map_err(|e| StepError::msg("build the seccomp filter", e))
+}
+
+/// Joins the pod's own user namespace (`hostUsers: false`) and becomes its root: from here on
+/// every capability the process holds counts there only, and the container's user and groups
+/// are the pod's IDs.
+pub(super) fn join_user_namespace(userns: BorrowedFd<'_>) -> Result<(), StepError> {
+    nix::sched::setns(userns, CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| StepError::msg("join the pod's user namespace (setns)", e.desc()))?;
+    become_root_of_user_namespace()
+}
+
+/// After joining a user namespace, the process is still the host's root, which that namespace
+/// does not map. Becoming its root first makes the change to the container's user follow the
+/// usual rule: leaving root (0) clears the capabilities, as it would on the host.
+pub(crate) fn become_root_of_user_namespace() -> Result<(), StepError> {
+    let root =
+        |e: nix::Error| StepError::msg("become the root of the pod's user namespace", e.desc());
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(root)?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(root)
 }
 
 /// Installs the seccomp filter, then applies the rest of `sec`. The filter goes first, while
@@ -74,6 +96,12 @@ fn apply(sec: &SecuritySpec) -> Result<(), StepError> {
             .map_err(|e| StepError::msg("set effective capabilities", e.to_string()))?;
         caps::set(None, CapSet::Permitted, &keep)
             .map_err(|e| StepError::msg("set permitted capabilities", e.to_string()))?;
+    } else {
+        // The kernel has cleared them (the change from root did); said, not assumed.
+        caps::clear(None, CapSet::Effective)
+            .map_err(|e| StepError::msg("clear effective capabilities", e.to_string()))?;
+        caps::clear(None, CapSet::Permitted)
+            .map_err(|e| StepError::msg("clear permitted capabilities", e.to_string()))?;
     }
     if sec.no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.

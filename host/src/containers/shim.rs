@@ -94,8 +94,9 @@ struct Child {
 enum Confinement {
     /// The shim did, before forking (the pod's shared PID namespace).
     Done,
-    /// The child does, alone in its PID namespace: /proc, pivot_root, then privileges.
-    InChild(rootfs::Rootfs),
+    /// The child does, alone in its PID namespace: /proc, pivot_root, then privileges (in the
+    /// pod's user namespace, if it has one).
+    InChild(rootfs::Rootfs, Option<OwnedFd>),
 }
 
 fn join_namespace(
@@ -128,24 +129,46 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     let sys: Arc<dyn Syscall> = Arc::new(LinuxSyscall);
     spec.join_cgroups()?;
     let ns = &spec.namespaces;
+    // The pod's user namespace is joined last, just before the container's privileges are
+    // taken: everything before (the mounts, the pivot) is done as the host's root, in a mount
+    // namespace the pod's root has no power over. Opened now, while /proc is the host's.
+    let userns = ns
+        .user
+        .as_ref()
+        .map(|u| {
+            File::open(&u.ns)
+                .map(OwnedFd::from)
+                .map_err(|e| StepError::io("open user namespace", &u.ns, e))
+        })
+        .transpose()?;
     enter_namespaces(&*sys, ns)?;
     let volumes = rootfs::clone_volumes(&spec.mounts)?;
     sys.unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| StepError::sys("unshare(CLONE_NEWNS)", Path::new("-"), e))?;
-    let root = rootfs::prepare(sys.clone(), &spec.rootfs, &spec.mounts, volumes)?;
+    let pod_users = match (&userns, &ns.user) {
+        (Some(fd), Some(user)) => Some(rootfs::UserNs {
+            fd: fd.as_fd(),
+            ids: user.ids,
+        }),
+        _ => None,
+    };
+    let root = rootfs::prepare(sys.clone(), &spec.rootfs, &spec.mounts, volumes, pod_users)?;
     let seccomp = security::seccomp_program(&spec.security)?;
     let confinement = match &ns.pid {
         Some(shared) => {
             root.bind_pod_proc(&shared.proc)?;
             root.pivot()?;
             drop(root);
+            if let Some(fd) = &userns {
+                security::join_user_namespace(fd.as_fd())?;
+            }
             security::confine(&spec.security, seccomp.as_ref())?;
             // A change of user makes the shim non-dumpable again; dropping capabilities alone
             // would not.
             crate::helper::set_undumpable();
             Confinement::Done
         }
-        None => Confinement::InChild(root),
+        None => Confinement::InChild(root, userns),
     };
 
     // Signals are blocked from here and read through a signalfd; the child unblocks them.
@@ -207,9 +230,12 @@ fn container_main(
         // SAFETY: prctl with integer arguments. The container dies with its shim.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         setsid().map_err(|e| StepError::msg("setsid", e))?;
-        if let Confinement::InChild(root) = confinement {
+        if let Confinement::InChild(root, userns) = confinement {
             root.mount_own_proc()?;
             root.pivot()?;
+            if let Some(fd) = userns {
+                security::join_user_namespace(fd.as_fd())?;
+            }
             security::confine(&spec.security, seccomp)?;
         }
         let cwd = spec.cwd.as_deref().unwrap_or("/");
@@ -318,6 +344,7 @@ mod tests {
                 ns: fake.path("pid"),
                 proc: fake.path("proc"),
             }),
+            user: None,
         }
     }
 

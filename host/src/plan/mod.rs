@@ -11,6 +11,7 @@ pub mod in_container;
 pub mod native;
 pub mod node;
 pub mod seccomp;
+pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -169,6 +170,9 @@ pub struct PodPlan {
     pub namespace: Option<String>,
     /// `spec.shareProcessNamespace`: one PID namespace for all its containers.
     pub share_process_namespace: bool,
+    /// A user namespace of the pod's own (`spec.hostUsers: false`, or the host's default;
+    /// [`users`]): its IDs 0-65535 are a range of the host's the sandbox leases.
+    pub user_namespace: bool,
     /// The pod's volumes, checked (each supported type; hostPaths allowed by policy), in the
     /// manifest's order.
     pub volumes: Vec<VolumePlan>,
@@ -656,6 +660,7 @@ fn plan_with(
         }
         node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     }
+    let user_namespace = users::user_namespace(pod, users::host_default(), &mut diags);
     let mut settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,
@@ -710,6 +715,7 @@ fn plan_with(
                 hostname: pod.hostname().to_string(),
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
+                user_namespace,
                 volumes,
                 fs_group: pod
                     .spec

@@ -37,12 +37,17 @@ use crate::sys::{LinuxSyscall, Syscall};
 pub const PAUSE_ID: u32 = 65535;
 
 /// Entry point of `wpod __holder`. Prints `ready <pid-1 host pid or 0>` or `error <message>`.
-/// With `pod_proc`, the pod shares one PID namespace, whose procfs is mounted there.
-pub fn main(hostname: &str, pod_proc: Option<&Path>, host_network: bool) -> ! {
+/// With `pod_proc`, the pod shares one PID namespace, whose procfs is mounted there. With
+/// `userns`, the pod's namespaces belong to a user namespace of its own (see [`await_map`]).
+pub fn main(hostname: &str, pod_proc: Option<&Path>, host_network: bool, userns: bool) -> ! {
     crate::helper::set_undumpable();
     // SAFETY: the runtime passes the lifeline as fd 3 to every holder.
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
-    let init = match create_namespaces(hostname, pod_proc, host_network) {
+    let made = match userns {
+        true => create_namespaces_in_userns(hostname, pod_proc),
+        false => create_namespaces(hostname, pod_proc, host_network),
+    };
+    let init = match made {
         Ok(init) => init,
         Err(e) => {
             println!("error {e}");
@@ -91,6 +96,58 @@ fn create_namespaces(
     Ok(init)
 }
 
+/// The pod's namespaces owned by a user namespace of its own (`hostUsers: false`), so that the
+/// capabilities its containers hold count in the pod's namespaces only.
+///
+/// The PID namespace is made first, by the holder still root on the host: the pod's procfs is
+/// mounted in the host's mount namespace, which only the host's root may do. So PID 1 is born
+/// there, mounts it, and waits; the holder then makes the user namespace together with the
+/// network, UTS and IPC ones it owns, and once the runtime has written its ID maps, PID 1 joins
+/// them all before it gives everything up. The PID namespace itself stays owned by the host's
+/// user namespace: a container's root cannot mount another procfs of it.
+fn create_namespaces_in_userns(
+    hostname: &str,
+    pod_proc: Option<&Path>,
+) -> Result<Option<Pid>, StepError> {
+    let sys = LinuxSyscall;
+    let init = pod_proc.map(|p| fork_pid1(&sys, p, true)).transpose()?;
+    sys.unshare(
+        CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC,
+    )
+    .map_err(|e| {
+        StepError::errno(
+            "unshare(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWUTS|CLONE_NEWIPC)",
+            e,
+        )
+    })?;
+    await_map()?;
+    sys.sethostname(hostname)
+        .map_err(|e| StepError::errno(format!("sethostname({hostname})"), e))?;
+    loopback_up().map_err(|e| StepError::msg("bring up lo", e))?;
+    let init = init.map(Pid1::finish).transpose()?;
+    enter_empty_root(&sys)?;
+    Ok(init)
+}
+
+/// Says `userns` on stdout and waits for the runtime's `mapped` on stdin: only a process of
+/// the parent user namespace may write the new one's ID maps.
+fn await_map() -> Result<(), StepError> {
+    println!("userns");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    match line.trim() {
+        "mapped" => Ok(()),
+        other => Err(StepError::msg(
+            "wait for the user namespace's ID maps",
+            format!("the runtime said {other:?}"),
+        )),
+    }
+}
+
 /// The pod's network, UTS (with its hostname) and IPC namespaces; a hostNetwork pod keeps the
 /// host's network and UTS namespaces (its hostname), as the kubelet gives it, and gets an IPC
 /// namespace of its own.
@@ -109,32 +166,89 @@ fn unshare_pod(sys: &dyn Syscall, hostname: &str, host_network: bool) -> Result<
 /// Creates the pod's PID namespace and its PID 1, and returns once PID 1 has mounted the pod's
 /// procfs on `pod_proc` and given up everything (or with the step that failed).
 fn start_pid1(sys: &dyn Syscall, pod_proc: &Path) -> Result<Pid, StepError> {
+    fork_pid1(sys, pod_proc, false)?.finish()
+}
+
+/// The pod's PID 1, forked; [`Pid1::finish`] waits until it is set up.
+struct Pid1 {
+    pid: Pid,
+    report: OwnedFd,
+    /// Closed to let PID 1 join the holder's namespaces (`join_later`).
+    go: Option<OwnedFd>,
+}
+
+/// Forks the pod's PID 1 in a new PID namespace. With `join_later`, it waits after mounting the
+/// pod's procfs until [`Pid1::finish`], then joins the holder's user, network, UTS and IPC
+/// namespaces.
+fn fork_pid1(sys: &dyn Syscall, pod_proc: &Path, join_later: bool) -> Result<Pid1, StepError> {
     sys.unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| StepError::errno("unshare(CLONE_NEWPID)", e))?;
-    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StepError::errno("pipe", e))?;
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StepError::errno("pipe", e))
+    };
+    let (report_read, report_write) = pipe()?;
+    let (go_read, go_write) = match join_later {
+        true => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
+    // As PID 1 finds it in the host's /proc (its own getppid() says 0: the holder is outside
+    // its PID namespace).
+    let holder = std::process::id();
     // SAFETY: the holder is single-threaded.
     match unsafe { fork() }.map_err(|e| StepError::errno("fork the pod's PID 1", e))? {
         ForkResult::Child => {
             drop(report_read);
-            pid1(pod_proc, report_write)
+            drop(go_write);
+            pid1(pod_proc, report_write, go_read.map(|go| (go, holder)))
         }
-        ForkResult::Parent { child } => {
-            drop(report_write);
-            let mut failure = String::new();
-            let _ =
-                std::io::Read::read_to_string(&mut std::fs::File::from(report_read), &mut failure);
-            if failure.is_empty() {
-                return Ok(child);
-            }
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            let _ = waitpid(child, None);
-            let (step, error) = failure
-                .split_once('\n')
-                .unwrap_or(("start the pod's PID 1", ""));
-            Err(StepError::msg(step, error))
-        }
+        ForkResult::Parent { child } => Ok(Pid1 {
+            pid: child,
+            report: report_read,
+            go: go_write,
+        }),
     }
+}
+
+impl Pid1 {
+    /// Lets PID 1 go on (if it waits), and returns once it has given up everything.
+    fn finish(self) -> Result<Pid, StepError> {
+        drop(self.go);
+        let mut failure = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(self.report), &mut failure);
+        if failure.is_empty() {
+            return Ok(self.pid);
+        }
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+        let (step, error) = failure
+            .split_once('\n')
+            .unwrap_or(("start the pod's PID 1", ""));
+        Err(StepError::msg(step, error))
+    }
+}
+
+/// PID 1 joins the namespaces of its parent, the holder, once they exist (`hostUsers: false`):
+/// the network, UTS and IPC ones first, while it is still root on the host, the user one last.
+fn join_holders_namespaces(go: OwnedFd, holder: u32) -> Result<(), StepError> {
+    let mut byte = [0u8; 1];
+    // EOF: the holder is done (or gone: then its namespaces cannot be opened, and PID 1 ends).
+    let _ = nix::unistd::read(go.as_fd(), &mut byte);
+    for (kind, flag) in [
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("user", CloneFlags::CLONE_NEWUSER),
+    ] {
+        let path = format!("/proc/{holder}/ns/{kind}");
+        let ns = std::fs::File::open(&path)
+            .map_err(|e| StepError::msg(format!("open the pod's {kind} namespace ({path})"), e))?;
+        nix::sched::setns(ns.as_fd(), flag)
+            .map_err(|e| StepError::errno(format!("setns({path})"), e))?;
+    }
+    Ok(())
 }
 
 /// A private mount namespace whose root is an empty, read-only tmpfs: `/proc/1/root` of the pod
@@ -240,9 +354,12 @@ fn mount_pod_proc(dir: &Path) -> Result<(), StepError> {
 
 /// The pod's PID 1: mounts the pod's procfs, gives up everything, then reaps every orphan of
 /// the shared PID namespace until the holder dies. `report` gets the failed step, or closes.
-fn pid1(pod_proc: &Path, report: OwnedFd) -> ! {
+fn pid1(pod_proc: &Path, report: OwnedFd, join: Option<(OwnedFd, u32)>) -> ! {
     let setup = || -> Result<(), StepError> {
         mount_pod_proc(pod_proc)?;
+        if let Some((go, holder)) = join {
+            join_holders_namespaces(go, holder)?;
+        }
         enter_empty_root(&LinuxSyscall)?;
         drop_everything()
     };

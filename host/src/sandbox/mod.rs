@@ -13,6 +13,7 @@ pub mod projected;
 pub mod runtime;
 pub mod state_dir;
 pub mod sysctls;
+pub mod userns;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,9 @@ pub struct PodSandbox {
     /// environment (Secrets' values too), as containerd keeps its bundles under /run.
     launch: LaunchDir,
     pub state: StateDir,
+    /// The pod's range of host IDs (`hostUsers: false`), given back last, once every process
+    /// of the pod is gone.
+    userns: Option<userns::IdLease>,
     /// The pod's `/etc/hosts` and `/etc/hostname`, as the kubelet writes them for every
     /// container with an image of its own (see [`PodSandbox::etc_files`]).
     pub etc_files: Vec<(PathBuf, &'static str)>,
@@ -105,8 +109,23 @@ impl PodSandbox {
             false => None,
         };
         let host_network = plan.network == crate::plan::Network::Host;
-        let namespaces =
-            PodNamespaces::create(&plan.hostname, pod_proc.as_deref(), host_network, &lifeline)?;
+        let userns = match plan.user_namespace {
+            true => Some(userns::lease(name).map_err(|e| {
+                SandboxError::step(
+                    "give the pod a user namespace of its own (hostUsers: false)",
+                    e,
+                )
+            })?),
+            false => None,
+        };
+        let ids = userns.as_ref().map(|l| l.map);
+        let namespaces = PodNamespaces::create(
+            &plan.hostname,
+            pod_proc.as_deref(),
+            host_network,
+            ids,
+            &lifeline,
+        )?;
         // hostPorts first (a port in use fails the pod before anything is on the network),
         // then the network, whose portmap forwards them.
         let (ports, network) = match plan.network {
@@ -130,8 +149,13 @@ impl PodSandbox {
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
         let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
         sysctls::set(&namespaces.paths(), &plan.sysctls)?;
-        let (volumes, volume_warnings) =
-            PodVolumes::create(host.sys.clone(), plan, &state.path.join("volumes"), &facts)?;
+        let (volumes, volume_warnings) = PodVolumes::create(
+            host.sys.clone(),
+            plan,
+            &state.path.join("volumes"),
+            &facts,
+            ids,
+        )?;
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
@@ -150,6 +174,7 @@ impl PodSandbox {
             lifeline,
             launch,
             state,
+            userns,
             etc_files: etc.files,
             pod_net: std::sync::Arc::new(etc.net),
             facts,
@@ -189,6 +214,11 @@ impl PodSandbox {
 
     pub fn log_dir(&self) -> PathBuf {
         self.state.logs.clone()
+    }
+
+    /// The host IDs of the pod's own user namespace; `None`: the pod has the host's.
+    pub fn ids(&self) -> Option<userns::IdMap> {
+        self.userns.as_ref().map(|l| l.map)
     }
 }
 

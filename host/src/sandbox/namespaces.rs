@@ -26,6 +26,17 @@ pub struct NamespacePaths {
     /// The pod's shared PID namespace (`shareProcessNamespace: true`) and the procfs of it that
     /// the pod's PID 1 mounted; otherwise the container gets a PID namespace of its own.
     pub pid: Option<SharedPid>,
+    /// The pod's own user namespace (`hostUsers: false`), which owns its network, UTS and IPC
+    /// namespaces; `None`: the host's.
+    pub user: Option<PodUserNs>,
+}
+
+/// The pod's user namespace, as a shim joins it, and the host IDs it maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUserNs {
+    /// `/proc/<holder>/ns/user`.
+    pub ns: PathBuf,
+    pub ids: super::userns::IdMap,
 }
 
 /// The pod's shared PID namespace, as a shim joins it.
@@ -44,15 +55,19 @@ pub struct PodNamespaces {
     /// the pod's procfs.
     init: Option<(i32, PathBuf)>,
     net: Arc<OwnedFd>,
+    /// The host IDs of the pod's own user namespace.
+    ids: Option<super::userns::IdMap>,
 }
 
 impl PodNamespaces {
     /// Starts the holder and waits until the namespaces exist. With `pod_proc` (an empty
     /// directory), the pod's containers share one PID namespace whose procfs is mounted there.
+    /// With `ids`, they belong to a user namespace of the pod's own that maps its IDs so.
     pub fn create(
         hostname: &str,
         pod_proc: Option<&Path>,
         host_network: bool,
+        ids: Option<super::userns::IdMap>,
         lifeline: &Lifeline,
     ) -> Result<Self, SandboxError> {
         let fail = |e: std::io::Error| SandboxError::step("start the namespace holder", e);
@@ -64,15 +79,29 @@ impl PodNamespaces {
         if host_network {
             cmd.arg("--host-network");
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        if ids.is_some() {
+            cmd.arg("--userns").stdin(Stdio::piped());
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         inherit_fds(&mut cmd, &[(lifeline.read_fd(), LIFELINE_FD)]);
         let mut holder = cmd.spawn().map_err(fail)?;
 
         let mut line = String::new();
         if let Some(out) = holder.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
+            let mut out = BufReader::new(out);
+            let _ = out.read_line(&mut line);
+            if let (Some(ids), "userns") = (ids, line.trim()) {
+                line = match map_ids(&mut holder, ids) {
+                    Ok(()) => {
+                        line.clear();
+                        let _ = out.read_line(&mut line);
+                        line
+                    }
+                    Err(e) => format!("error {e}"),
+                };
+            }
         }
         let init_pid = match line.trim().split_once(' ') {
             Some(("ready", pid)) => pid.parse::<i32>().ok().filter(|p| *p > 0),
@@ -94,7 +123,12 @@ impl PodNamespaces {
             (Some(pid), Some(dir)) => Some((pid, dir.to_path_buf())),
             _ => None,
         };
-        Ok(PodNamespaces { holder, init, net })
+        Ok(PodNamespaces {
+            holder,
+            init,
+            net,
+            ids,
+        })
     }
 
     /// Where the shims find the namespaces to join.
@@ -108,6 +142,10 @@ impl PodNamespaces {
                 ns: PathBuf::from(format!("/proc/{pid}/ns/pid")),
                 proc: proc.clone(),
             }),
+            user: self.ids.map(|ids| PodUserNs {
+                ns: ns("user"),
+                ids,
+            }),
         }
     }
 
@@ -120,6 +158,21 @@ impl PodNamespaces {
     pub fn net_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
+}
+
+/// Writes the holder's new user namespace's ID maps (as only a process of the parent user
+/// namespace may), then lets it go on.
+fn map_ids(holder: &mut Child, ids: super::userns::IdMap) -> Result<(), String> {
+    let proc = PathBuf::from(format!("/proc/{}", holder.id()));
+    for (file, line) in [("uid_map", ids.uid_map()), ("gid_map", ids.gid_map())] {
+        std::fs::write(proc.join(file), &line)
+            .map_err(|e| format!("write {}/{file} ({}): {e}", proc.display(), line.trim()))?;
+    }
+    let stdin = holder.stdin.as_mut().ok_or("the holder has no stdin")?;
+    std::io::Write::write_all(stdin, b"mapped\n").map_err(|e| format!("tell the holder: {e}"))?;
+    // Nothing more to say: the holder reads no further.
+    drop(holder.stdin.take());
+    Ok(())
 }
 
 type SocketRequest = (

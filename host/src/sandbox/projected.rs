@@ -22,27 +22,56 @@ use crate::spec::env::RuntimeFacts;
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
 
-/// Writes `files` into `dir` (which exists), replacing what an earlier write put there.
-/// With `fs_group`, the files and directories belong to that group, readable by it (the
-/// kubelet's ownership of a read-only volume: `g+r`, directories `g+x` and setgid).
-pub fn write(
-    dir: &Path,
-    files: &Files,
-    facts: &RuntimeFacts,
-    fs_group: Option<u32>,
-) -> io::Result<()> {
+/// Who a projected volume's files and directories belong to, as host IDs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Their user: the pod's root in a user namespace of its own; `None`: the host's root.
+    pub uid: Option<u32>,
+    /// Their group: the fsGroup, or the pod's root group in its own user namespace.
+    pub gid: Option<u32>,
+    /// The group is the pod's fsGroup: files `g+r`, directories `g+x` and setgid (the
+    /// kubelet's ownership of a read-only volume).
+    pub fs_group: bool,
+}
+
+impl Owner {
+    /// The owner of a pod's files: its `fs_group` (a pod ID), mapped to the host's IDs by the
+    /// pod's own user namespace, if it has one.
+    pub fn of(fs_group: Option<u32>, ids: Option<super::userns::IdMap>) -> Owner {
+        let gid = match (fs_group, ids) {
+            (Some(g), Some(ids)) => ids.gid(g),
+            (Some(g), None) => Some(g),
+            (None, ids) => ids.map(|ids| ids.host_gid),
+        };
+        Owner {
+            uid: ids.map(|ids| ids.host_uid),
+            gid,
+            fs_group: fs_group.is_some(),
+        }
+    }
+
+    fn is_root(&self) -> bool {
+        self.uid.is_none() && self.gid.is_none()
+    }
+
+    /// Gives the directory `path` to the owner.
+    fn dir(&self, path: &Path) -> io::Result<()> {
+        if !self.is_root() {
+            std::os::unix::fs::lchown(path, self.uid, self.gid)?;
+        }
+        set_mode(path, if self.fs_group { 0o755 | 0o2550 } else { 0o755 })
+    }
+}
+
+/// Writes `files` into `dir` (which exists), replacing what an earlier write put there, owned
+/// by `owner`.
+pub fn write(dir: &Path, files: &Files, facts: &RuntimeFacts, owner: Owner) -> io::Result<()> {
     let stamp = timestamp_dir();
     let new = dir.join(&stamp);
     // Closed (0700) while it fills: a reader in the pod sees it only whole, each file already
     // with its mode (a Secret's 0400 is never 0644 for a moment).
     std::fs::DirBuilder::new().mode(0o700).create(&new)?;
-    let written = fill(&new, files, facts, fs_group).and_then(|()| match fs_group {
-        Some(gid) => {
-            std::os::unix::fs::lchown(&new, None, Some(gid))?;
-            set_mode(&new, 0o755 | 0o2550)
-        }
-        None => set_mode(&new, 0o755),
-    });
+    let written = fill(&new, files, facts, owner).and_then(|()| owner.dir(&new));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&new);
         return Err(e);
@@ -51,21 +80,17 @@ pub fn write(
 }
 
 /// Writes the files into the new directory `new`.
-fn fill(new: &Path, files: &Files, facts: &RuntimeFacts, fs_group: Option<u32>) -> io::Result<()> {
+fn fill(new: &Path, files: &Files, facts: &RuntimeFacts, owner: Owner) -> io::Result<()> {
     for (path, file) in &files.files {
         let target = new.join(path);
         if let Some(parent) = target.parent() {
             if parent != new {
                 std::fs::create_dir_all(parent)?;
-                set_mode(parent, 0o755)?;
-                if let Some(gid) = fs_group {
-                    // Every directory between the new one and the file.
-                    let mut d = parent;
-                    while d != new {
-                        std::os::unix::fs::lchown(d, None, Some(gid))?;
-                        set_mode(d, 0o755 | 0o2550)?;
-                        d = d.parent().unwrap_or(new);
-                    }
+                // Every directory between the new one and the file.
+                let mut d = parent;
+                while d != new {
+                    owner.dir(d)?;
+                    d = d.parent().unwrap_or(new);
                 }
             }
         }
@@ -81,13 +106,13 @@ fn fill(new: &Path, files: &Files, facts: &RuntimeFacts, fs_group: Option<u32>) 
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&target)?;
         out.write_all(&data)?;
+        if !owner.is_root() {
+            std::os::unix::fs::fchown(&out, owner.uid, owner.gid)?;
+        }
         // The umask may have narrowed it.
-        match fs_group {
-            Some(gid) => {
-                std::os::unix::fs::fchown(&out, None, Some(gid))?;
-                set_mode(&target, file.mode | 0o440)?;
-            }
-            None => set_mode(&target, file.mode)?,
+        match owner.fs_group {
+            true => set_mode(&target, file.mode | 0o440)?,
+            false => set_mode(&target, file.mode)?,
         }
     }
     Ok(())
@@ -180,7 +205,7 @@ mod tests {
             &dir,
             &files(&[("a", "1"), ("conf/b", "2"), ("uid", uid)]),
             &facts,
-            None,
+            Owner::default(),
         )
         .unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
@@ -199,7 +224,13 @@ mod tests {
         let first = std::fs::read_link(dir.join(DATA)).unwrap();
 
         // An update: `a` changes, `conf` goes, `c` comes; the old directory is removed.
-        write(&dir, &files(&[("a", "one"), ("c", "3")]), &facts, None).unwrap();
+        write(
+            &dir,
+            &files(&[("a", "one"), ("c", "3")]),
+            &facts,
+            Owner::default(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "one");
         assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(dir.join("conf")).is_err());
@@ -219,5 +250,49 @@ mod tests {
             std::env::temp_dir().join(format!("wpod-projected-{}", crate::files::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// In a pod's own user namespace, the files belong to the pod's root (or its fsGroup) as
+    /// the host numbers them: a Secret's 0400 file is then readable by the pod's root.
+    #[test]
+    fn a_pod_with_its_own_users_owns_its_files_as_the_host_numbers_them() {
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test needs root: it gives files to other users; run the tests as root"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let ids = crate::sandbox::userns::IdMap {
+            host_uid: 300_000,
+            host_gid: 400_000,
+            size: 65536,
+        };
+        let facts = RuntimeFacts::default();
+        for (fs_group, gid, mode) in [(None, 400_000, 0o400), (Some(7), 400_007, 0o440)] {
+            let dir = tempfile_dir();
+            let mut f = files(&[("conf/key", "secret")]);
+            if let Some(file) = f.files.get_mut("conf/key") {
+                file.mode = 0o400;
+            }
+            write(&dir, &f, &facts, Owner::of(fs_group, Some(ids))).unwrap();
+            for path in ["conf/key", "conf", "..data/"] {
+                let meta = std::fs::metadata(dir.join(path)).unwrap();
+                assert_eq!((meta.uid(), meta.gid()), (300_000, gid), "{path}");
+            }
+            let meta = std::fs::metadata(dir.join("conf/key")).unwrap();
+            assert_eq!(meta.mode() & 0o777, mode);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        // Without a user namespace nothing changes hands but the fsGroup.
+        assert_eq!(Owner::of(None, None), Owner::default());
+        assert_eq!(
+            Owner::of(Some(7), None),
+            Owner {
+                uid: None,
+                gid: Some(7),
+                fs_group: true
+            }
+        );
     }
 }

@@ -44,22 +44,29 @@ pub struct PodVolumes {
     _claim_locks: Vec<std::fs::File>,
     volumes: HashMap<String, Volume>,
     tmpfs: Vec<PathBuf>,
+    /// The pod's own user namespace's IDs: what its projected files and fsGroup are on the
+    /// host.
+    ids: Option<super::userns::IdMap>,
 }
 
 impl PodVolumes {
-    /// The pod's volumes, under `root` (emptyDirs) and where hostPaths say, mounted with `sys`.
+    /// The pod's volumes, under `root` (emptyDirs) and where hostPaths say, mounted with `sys`;
+    /// `ids`: the pod's own user namespace's.
     pub fn create(
         sys: Arc<dyn Syscall>,
         plan: &PodPlan,
         root: &Path,
         facts: &RuntimeFacts,
+        ids: Option<super::userns::IdMap>,
     ) -> Result<(Self, Vec<String>), SandboxError> {
         let mut vols = PodVolumes {
             _claim_locks: Vec::new(),
             sys,
             volumes: HashMap::new(),
             tmpfs: Vec::new(),
+            ids,
         };
+        let owner = super::projected::Owner::of(plan.fs_group.map(|g| g.0), ids);
         let mut warnings = Vec::new();
         for v in &plan.volumes {
             let step = |what: &str| format!("volume {}: {what}", v.name);
@@ -140,7 +147,7 @@ impl PodVolumes {
                             .map_err(|e| SandboxError::sys(step("mount tmpfs"), &dir, e))?;
                         vols.tmpfs.push(dir.clone());
                     }
-                    super::projected::write(&dir, files, facts, plan.fs_group.map(|g| g.0))
+                    super::projected::write(&dir, files, facts, owner)
                         .map_err(|e| SandboxError::io(step("write its files"), &dir, e))?;
                     dir
                 }
@@ -226,6 +233,8 @@ impl PodVolumes {
                 VolumeKind::EmptyDir(_) | VolumeKind::Claim { .. },
             ) = (plan.fs_group, &v.kind)
             {
+                // The group as the host numbers it (checked to be in the pod's range).
+                let gid = owner.gid.unwrap_or(gid);
                 let deep = super::ownership::give_group(&path, gid, false, on_root_mismatch)
                     .map_err(|e| SandboxError::io(step("give it to the fsGroup"), &path, e))?;
                 if deep {
@@ -264,7 +273,8 @@ impl PodVolumes {
             .volumes
             .get(name)
             .ok_or_else(|| SandboxError::step(format!("volume {name}"), "not created"))?;
-        super::projected::write(&v.path, files, facts, fs_group)
+        let owner = super::projected::Owner::of(fs_group, self.ids);
+        super::projected::write(&v.path, files, facts, owner)
             .map_err(|e| SandboxError::io(format!("volume {name}: write its files"), &v.path, e))
     }
 
@@ -422,7 +432,7 @@ spec:
         );
         let root = fake.path("volumes");
         let (volumes, warnings) =
-            PodVolumes::create(fake.clone(), &plan, &root, &RuntimeFacts::default()).unwrap();
+            PodVolumes::create(fake.clone(), &plan, &root, &RuntimeFacts::default(), None).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0]
             .starts_with("volume scratch: sizeLimit is enforced only for medium: Memory"));
@@ -475,6 +485,7 @@ spec:
             &plan,
             &fake.path("volumes"),
             &RuntimeFacts::default(),
+            None,
         ) {
             Ok(_) => panic!("a missing hostPath was accepted"),
             Err(e) => crate::error::chain(&e),

@@ -656,6 +656,9 @@ pub struct PodDescription {
     pub pid: u32,
     pub grace_period_seconds: u64,
     pub share_process_namespace: bool,
+    /// The host IDs of the pod's own user namespace (`hostUsers: false`); absent: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_namespace: Option<crate::sandbox::userns::IdMap>,
     pub host_ports: Vec<HostPortView>,
     pub containers: Vec<ContainerDescription>,
 }

@@ -302,6 +302,7 @@ impl Control {
             pid: std::process::id(),
             grace_period_seconds: live.plan.grace_period.as_secs(),
             share_process_namespace: live.plan.share_process_namespace,
+            user_namespace: self.sandbox.upgrade().and_then(|s| s.ids()),
             host_ports: self
                 .started_with
                 .published

@@ -272,6 +272,9 @@ pub struct PodSpec {
     pub hostname: Option<String>,
     /// The host's network (and UTS) namespace instead of the pod's own.
     pub host_network: bool,
+    /// `hostUsers`: `Some(false)` gives the pod a user namespace of its own (its root is an
+    /// unprivileged ID range on the host); `None` leaves it to the host's default.
+    pub host_users: Option<bool>,
     pub dns_policy: DnsPolicy,
     pub dns_config: Option<PodDnsConfig>,
     pub host_aliases: Vec<HostAlias>,
@@ -375,7 +378,6 @@ impl Decode for PodSpec {
                 "ephemeralContainers",
                 "hostIPC",
                 "hostPID",
-                "hostUsers",
                 "hostnameOverride",
                 "imagePullSecrets",
                 "overhead",
@@ -441,6 +443,7 @@ impl Decode for PodSpec {
                 share_process_namespace: f.opt("shareProcessNamespace").unwrap_or(false),
                 hostname: f.opt("hostname"),
                 host_network: f.opt("hostNetwork").unwrap_or(false),
+                host_users: f.opt("hostUsers"),
                 dns_policy: f.opt("dnsPolicy").unwrap_or(DnsPolicy::ClusterFirst),
                 dns_config: f.opt("dnsConfig"),
                 resources: f.opt("resources").unwrap_or_default(),

@@ -94,6 +94,14 @@ impl Checker<'_> {
         }
         self.dns();
         self.host_aliases();
+        if spec.host_network && spec.host_users == Some(false) {
+            // As the API server: the host's network namespace belongs to the host's users.
+            self.err(
+                "spec.hostUsers",
+                "a pod in a user namespace of its own cannot use the host's network \
+                 (hostNetwork: true); remove one of them",
+            );
+        }
         if spec.host_network && self.pod.annotations().network_none {
             self.err(
                 "spec.hostNetwork",

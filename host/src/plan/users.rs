@@ -1,0 +1,177 @@
+//! `spec.hostUsers`: whether the pod runs in the host's user namespace (its root is the host's
+//! root, with a bounded set of capabilities) or in one of its own, where its IDs 0-65535 are an
+//! unprivileged range of the host's (the sandbox leases it: `sandbox::userns`).
+//!
+//! The pod's own field wins; a pod that does not set it takes the host's default: the word
+//! `false` or `true` in `$WPOD_HOST_USERS`, else in `/etc/wpod/host-users`, else `true` (the
+//! host's users, as Kubernetes' own default). A pod on the host's network keeps the host's
+//! users whatever the default says: the API server refuses `hostUsers: false` with it.
+
+use std::path::PathBuf;
+
+use crate::spec::{Diagnostic, Pod};
+
+/// How many IDs a pod's user namespace maps: 0-65535, as the kubelet gives a pod.
+pub const IDS_PER_POD: u32 = 65536;
+
+/// The file of the host's default.
+pub fn default_file() -> PathBuf {
+    PathBuf::from("/etc/wpod/host-users")
+}
+
+/// The host's default for pods that do not set `hostUsers`, and where it was read (for
+/// messages); a value that is neither `true` nor `false` is an error naming where it is.
+pub fn host_default() -> Result<(bool, String), String> {
+    let (text, source) = match std::env::var("WPOD_HOST_USERS") {
+        Ok(v) => (v, "$WPOD_HOST_USERS".to_string()),
+        Err(_) => {
+            let file = default_file();
+            match std::fs::read_to_string(&file) {
+                Ok(v) => (v, file.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok((true, "the built-in default".into()))
+                }
+                Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+            }
+        }
+    };
+    let word = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    match word {
+        "true" => Ok((true, source)),
+        "false" => Ok((false, source)),
+        other => Err(format!(
+            "{source} says {other:?}: write true (pods share the host's users) or false \
+             (each pod gets a user namespace of its own)"
+        )),
+    }
+}
+
+/// Whether the pod gets a user namespace of its own, with its IDs checked against the range
+/// it will map (each located in `diags`).
+pub fn user_namespace(
+    pod: &Pod,
+    default: Result<(bool, String), String>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let own = match pod.spec.host_users {
+        Some(host_users) => !host_users,
+        None if pod.spec.host_network => false,
+        None => match default {
+            Ok((host_users, _)) => !host_users,
+            Err(e) => {
+                diags.push(pod.source.diag("spec.hostUsers", e));
+                return false;
+            }
+        },
+    };
+    if own {
+        check_ids(pod, diags);
+    }
+    own
+}
+
+/// Every ID the manifest names must be inside the pod's range (as the kubelet refuses a
+/// `runAsUser` it cannot map).
+fn check_ids(pod: &Pod, diags: &mut Vec<Diagnostic>) {
+    let mut check = |path: String, id: Option<u32>| {
+        if let Some(id) = id.filter(|id| *id >= IDS_PER_POD) {
+            diags.push(pod.source.diag(
+                path,
+                format!(
+                    "{id} is outside the pod's user namespace, which maps IDs 0-{} \
+                     (hostUsers: false); use an ID below {IDS_PER_POD}, or hostUsers: true",
+                    IDS_PER_POD - 1
+                ),
+            ));
+        }
+    };
+    let sc = &pod.spec.security_context;
+    check("spec.securityContext.runAsUser".into(), sc.run_as_user);
+    check("spec.securityContext.runAsGroup".into(), sc.run_as_group);
+    check("spec.securityContext.fsGroup".into(), sc.fs_group);
+    for (i, g) in sc.supplemental_groups.iter().enumerate() {
+        check(
+            format!("spec.securityContext.supplementalGroups[{i}]"),
+            Some(*g),
+        );
+    }
+    for (path, _, c) in pod.containers_in_order() {
+        if let Some(sc) = &c.security_context {
+            check(format!("{path}.securityContext.runAsUser"), sc.run_as_user);
+            check(
+                format!("{path}.securityContext.runAsGroup"),
+                sc.run_as_group,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        let mut pods =
+            crate::spec::parse(std::path::Path::new("pod.yaml"), yaml).expect("a valid pod");
+        pods.remove(0)
+    }
+
+    const BASE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n";
+
+    #[test]
+    fn the_pods_field_wins_over_the_hosts_default() {
+        let mut diags = Vec::new();
+        let own = pod(&format!(
+            "{BASE}  hostUsers: false\n  containers: [{{name: a, image: x}}]\n"
+        ));
+        assert!(user_namespace(&own, Ok((true, "t".into())), &mut diags));
+        let host = pod(&format!(
+            "{BASE}  hostUsers: true\n  containers: [{{name: a, image: x}}]\n"
+        ));
+        assert!(!user_namespace(&host, Ok((false, "t".into())), &mut diags));
+        let unset = pod(&format!("{BASE}  containers: [{{name: a, image: x}}]\n"));
+        assert!(user_namespace(&unset, Ok((false, "t".into())), &mut diags));
+        assert!(!user_namespace(&unset, Ok((true, "t".into())), &mut diags));
+        // The host's network keeps the host's users, whatever the default.
+        let host_net = pod(&format!(
+            "{BASE}  hostNetwork: true\n  containers: [{{name: a, image: x}}]\n"
+        ));
+        assert!(!user_namespace(
+            &host_net,
+            Ok((false, "t".into())),
+            &mut diags
+        ));
+        assert!(diags.is_empty(), "{diags:?}");
+        // A default that is neither word is refused, naming where it was read.
+        assert!(!user_namespace(
+            &unset,
+            Err("/etc/x says \"no\"".into()),
+            &mut diags
+        ));
+        assert_eq!(diags.len(), 1);
+        assert!(diags[0].message.contains("/etc/x"), "{diags:?}");
+    }
+
+    #[test]
+    fn ids_outside_the_range_are_refused_where_they_are_written() {
+        let p = pod(&format!(
+            "{BASE}  hostUsers: false\n  securityContext: {{fsGroup: 70000, supplementalGroups: [5, 65536]}}\n  containers:\n  - name: a\n    image: x\n    securityContext: {{runAsUser: 65535, runAsGroup: 100000}}\n"
+        ));
+        let mut diags = Vec::new();
+        assert!(user_namespace(&p, Ok((true, "t".into())), &mut diags));
+        let paths: Vec<&str> = diags.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.securityContext.fsGroup",
+                "spec.securityContext.supplementalGroups[1]",
+                "spec.containers[0].securityContext.runAsGroup",
+            ]
+        );
+        assert!(diags[0].message.contains("0-65535"), "{diags:?}");
+    }
+}
