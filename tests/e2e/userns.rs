@@ -140,32 +140,63 @@ spec:
     assert_no_leftovers("userns");
 }
 
-/// Two pods running at once: disjoint ranges, both away from the host's own IDs.
+/// Two pods running at once: disjoint ranges, both away from the host's own IDs. The first
+/// runs an exec hook (wpod's `__exec` joins the pod's user namespace too), the second shares
+/// its PID namespace (its PID 1, the holder's, is the pod's pause user 65535).
 #[test]
 fn two_pods_at_once_get_disjoint_ranges() {
     require_root("two_pods_at_once_get_disjoint_ranges");
-    let start = |name: &str| -> (TestPod, RunningPod) {
-        let pod = TestPod::new(
-            name,
-            &format!(
-                r#"
+    let start = |name: &str, yaml: &str| -> (TestPod, RunningPod) {
+        let pod = TestPod::new(name, yaml);
+        let running = pod.spawn();
+        (pod, running)
+    };
+    let (_a, run_a) = start(
+        "userns-a",
+        r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: {name}}}
+metadata: {name: userns-a}
 spec:
   hostUsers: false
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
-    command: [sh, -c, 'echo "uid_map $(cat /proc/self/uid_map)"; exec sleep 300']
-"#
-            ),
-        );
-        let running = pod.spawn();
-        (pod, running)
-    };
-    let (_a, run_a) = start("userns-a");
-    let (_b, run_b) = start("userns-b");
+    command:
+    - sh
+    - -c
+    - |
+      echo "uid_map $(cat /proc/self/uid_map)"
+      until [ -s /tmp/hook-map ]; do sleep 0.1; done
+      echo "hook $(cat /tmp/hook-map)"
+      exec sleep 300
+    lifecycle:
+      postStart:
+        exec:
+          command: [sh, -c, "cat /proc/self/uid_map > /tmp/hook-map.new && mv /tmp/hook-map.new /tmp/hook-map"]
+"#,
+    );
+    let (_b, run_b) = start(
+        "userns-b",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: userns-b}
+spec:
+  hostUsers: false
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command:
+    - sh
+    - -c
+    - |
+      echo "uid_map $(cat /proc/self/uid_map)"
+      echo "pid1 $(grep Uid: /proc/1/status)"
+      exec sleep 300
+"#,
+    );
     let seen = |running: &RunningPod| {
         let run = running.wait_for("the uid map", LONG, |r| {
             !r.lines_starting("main", "uid_map ").is_empty()
@@ -177,6 +208,18 @@ spec:
         a + a_len <= b || b + b_len <= a,
         "two running pods share host IDs: {a}+{a_len} and {b}+{b_len}"
     );
+    // The hook ran in the container's user namespace, as the container does.
+    let hooked = run_a.wait_for("the hook's uid map", LONG, |r| {
+        !r.lines_starting("main", "hook ").is_empty()
+    });
+    assert_eq!(mapped_range(&hooked, "main", "hook "), (0, a, a_len));
+    // The shared PID namespace's PID 1 is the pod's pause user, mapped like the rest.
+    let paused = run_b.wait_for("PID 1's user", LONG, |r| {
+        !r.lines_starting("main", "pid1 ").is_empty()
+    });
+    let pid1 = paused.lines_starting("main", "pid1 ").remove(0);
+    let ids: Vec<&str> = pid1.split_whitespace().skip(2).collect();
+    assert_eq!(ids, ["65535"; 4], "{pid1}");
     // `wpod describe` says which range a running pod holds.
     let described = crate::wpod_output(&["describe", "userns-a"]);
     let text = crate::text(&described.stdout);

@@ -240,8 +240,8 @@ fn idmapped_lowers(
             std::fs::create_dir(&at)
                 .map_err(|e| StepError::io("create overlay directories", &at, e))?;
             let tree = sys.idmap_tree(lower, userns.fd).map_err(|e| match e {
-                // The kernel's answer when the filesystem cannot be ID-mapped.
-                Errno::EINVAL | Errno::EPERM | Errno::ENOSYS => StepError::msg(
+                // The kernel's answer when the filesystem (or the kernel) cannot ID-map.
+                Errno::EINVAL | Errno::ENOSYS => StepError::msg(
                     format!(
                         "ID-map the image layer {} (hostUsers: false)",
                         lower.display()
@@ -868,6 +868,36 @@ mod tests {
             });
             assert_eq!(data, Some(format!("{base}{owned}")), "/{target}");
         }
+    }
+
+    /// A layer on a filesystem that cannot be ID-mapped is named, with the way out.
+    #[test]
+    fn a_layer_that_cannot_be_id_mapped_is_named_with_the_way_out() {
+        let refused = Arc::new(RecordingSyscall::new("rootfs-userns-refused", &[]));
+        refused.fail_when(|c| matches!(c, Call::IdmapTree { .. }), Errno::EINVAL);
+        let spec = spec(&refused, false);
+        let userns_file = refused.path("userns");
+        std::fs::write(&userns_file, "").unwrap();
+        let userns_fd = std::fs::File::open(&userns_file).unwrap();
+        let userns = UserNs {
+            fd: userns_fd.as_fd(),
+            ids: IdMap {
+                host_uid: 1 << 30,
+                host_gid: 1 << 30,
+                size: 65536,
+            },
+        };
+        let e = match prepare(refused.clone(), &spec, &[], Vec::new(), Some(userns)) {
+            Ok(_) => panic!("an unmappable layer was used"),
+            Err(e) => e,
+        };
+        assert!(
+            e.step
+                .contains(&refused.path("layers/a").display().to_string()),
+            "{e}"
+        );
+        assert!(e.error.contains("does not support ID-mapped mounts"), "{e}");
+        assert!(e.error.contains("hostUsers: true"), "{e}");
     }
 
     #[test]
