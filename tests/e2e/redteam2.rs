@@ -112,17 +112,30 @@ impl Drop for LocalUser {
 #[test]
 fn a_ptrace_container_never_sees_a_privileged_helper() {
     require_root("a_ptrace_container_never_sees_a_privileged_helper");
-    let marker = format!("wpod-rt2-escape-{}", std::process::id());
+    ptrace_race("rt2-race", "");
+}
+
+/// Finding A again, in a pod of its own users (`hostUsers: false`, issue 30): the helpers join
+/// the pod's user namespace only as they take the container's privileges, and the watcher's
+/// `SYS_PTRACE` counts in the pod's user namespace only.
+#[test]
+fn a_ptrace_container_of_its_own_users_never_sees_a_privileged_helper() {
+    require_root("a_ptrace_container_of_its_own_users_never_sees_a_privileged_helper");
+    ptrace_race("rt2-race-userns", "\n  hostUsers: false");
+}
+
+fn ptrace_race(name: &str, spec: &str) {
+    let marker = format!("wpod-rt2-escape-{name}-{}", std::process::id());
     let host_marker = Path::new("/tmp").join(&marker);
     let _ = std::fs::remove_file(&host_marker);
     let mut pod = TestPod::new(
-        "rt2-race",
+        name,
         &format!(
             r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: rt2-race}}
-spec:
+metadata: {{name: {name}}}
+spec:{spec}
   shareProcessNamespace: true
   terminationGracePeriodSeconds: 1
   containers:
@@ -203,7 +216,7 @@ spec:
         verdict.contains(" privileged 0 ") && verdict.contains(" attached 0 "),
         "a container saw or attached to a helper holding CAP_SYS_ADMIN: {verdict}"
     );
-    assert_no_leftovers("rt2-race");
+    assert_no_leftovers(name);
 }
 
 /// Finding C: PID 1 of the pod and every other helper run with an empty environment: the
