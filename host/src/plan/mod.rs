@@ -660,7 +660,12 @@ fn plan_with(
         }
         node::check(pod, &node::Node::here(&host.node_name), &mut diags);
     }
-    let user_namespace = users::user_namespace(pod, users::host_default(), &mut diags);
+    // This host's default is this host's: a pod planned for Kubernetes takes the cluster's.
+    let default = match here {
+        true => users::host_default(),
+        false => Ok((true, "Kubernetes' default".to_string())),
+    };
+    let user_namespace = users::user_namespace(pod, default, &mut diags);
     let mut settings = pod.annotations();
     let network = match (pod.spec.host_network, settings.network_none) {
         (true, _) => Network::Host,
