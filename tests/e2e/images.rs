@@ -843,3 +843,41 @@ spec:
     );
     env.assert_no_leftovers("img-volume");
 }
+
+/// The same volumes in a pod of its own users (`hostUsers: false`, issue 30): each layer is
+/// ID-mapped through the pod's user namespace, so the image's files are the pod's root's (not
+/// `nobody`'s), a single layer and an overlay of two alike, and still read-only.
+#[test]
+fn an_image_volume_in_a_pod_of_its_own_users_belongs_to_the_pods_root() {
+    let env = ImageEnv::new("imgvol-userns");
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: img-volume-userns}
+spec:
+  hostUsers: false
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [sh, -c]
+    args:
+    - |
+      echo "busybox $(stat -c %u:%g /data/bin/busybox)"
+      echo "nginx $(stat -c %u:%g /web/usr/sbin/nginx)"
+      touch /data/x 2>/dev/null && echo "wrote" || echo "read-only"
+    volumeMounts: [{name: data, mountPath: /data}, {name: web, mountPath: /web}]
+  volumes:
+  - name: data
+    image: {reference: "busybox:latest", pullPolicy: IfNotPresent}
+  - name: web
+    image: {reference: "nginx:latest"}
+"#;
+    let run = env
+        .pod("img-volume-userns", yaml)
+        .run(Duration::from_secs(90));
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_line("main", "busybox 0:0");
+    run.assert_line("main", "nginx 0:0");
+    run.assert_line("main", "read-only");
+    env.assert_no_leftovers("img-volume-userns");
+}

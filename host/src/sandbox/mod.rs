@@ -149,12 +149,13 @@ impl PodSandbox {
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
         let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
         sysctls::set(&namespaces.paths(), &plan.sysctls)?;
+        let users = namespaces.paths().user;
         let (volumes, volume_warnings) = PodVolumes::create(
             host.sys.clone(),
             plan,
             &state.path.join("volumes"),
             &facts,
-            ids,
+            users.as_ref(),
         )?;
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;

@@ -51,14 +51,22 @@ pub struct PodVolumes {
 
 impl PodVolumes {
     /// The pod's volumes, under `root` (emptyDirs) and where hostPaths say, mounted with `sys`;
-    /// `ids`: the pod's own user namespace's.
+    /// `users`: the pod's own user namespace.
     pub fn create(
         sys: Arc<dyn Syscall>,
         plan: &PodPlan,
         root: &Path,
         facts: &RuntimeFacts,
-        ids: Option<super::userns::IdMap>,
+        users: Option<&super::namespaces::PodUserNs>,
     ) -> Result<(Self, Vec<String>), SandboxError> {
+        let ids = users.map(|u| u.ids);
+        // Image volumes' layers are ID-mapped through it, as containers' images are.
+        let userns = users
+            .map(|u| {
+                std::fs::File::open(&u.ns)
+                    .map_err(|e| SandboxError::io("open the pod's user namespace", &u.ns, e))
+            })
+            .transpose()?;
         let mut vols = PodVolumes {
             _claim_locks: Vec::new(),
             sys,
@@ -79,6 +87,24 @@ impl PodVolumes {
                     std::fs::create_dir_all(&dir)
                         .map_err(|e| SandboxError::io(step("create its directory"), &dir, e))?;
                     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                    // In the pod's own user namespace, each layer is first an ID-mapped copy,
+                    // attached under NAME.layers/ (the image's root is then the pod's root).
+                    let mapped;
+                    let layers = match &userns {
+                        Some(userns) => {
+                            mapped = vols
+                                .idmapped_layers(
+                                    layers,
+                                    &root.join(format!("{}.layers", v.name)),
+                                    userns.as_fd(),
+                                )
+                                .map_err(|e| {
+                                    SandboxError::step(step("ID-map the image's layers"), e)
+                                })?;
+                            &mapped
+                        }
+                        None => layers,
+                    };
                     match layers.as_slice() {
                         [] => {
                             return Err(SandboxError::step(
@@ -373,12 +399,44 @@ fn create_file(path: &Path) -> std::io::Result<()> {
         })
 }
 
+impl PodVolumes {
+    /// Each layer, ID-mapped through `userns` and attached on `dir/N` (unmounted with the pod).
+    fn idmapped_layers(
+        &mut self,
+        layers: &[PathBuf],
+        dir: &Path,
+        userns: BorrowedFd<'_>,
+    ) -> Result<Vec<PathBuf>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let mut out = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let at = dir.join(i.to_string());
+            std::fs::create_dir_all(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
+            let tree = self.sys.idmap_tree(layer, userns).map_err(|e| {
+                format!("ID-map {} (open_tree, mount_setattr): {e}", layer.display())
+            })?;
+            let target = open(
+                &at,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("open {}: {e}", at.display()))?;
+            self.sys
+                .move_mount(tree.as_fd(), target.as_fd())
+                .map_err(|e| format!("attach {} (move_mount): {e}", at.display()))?;
+            self.tmpfs.push(at.clone());
+            out.push(at);
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for PodVolumes {
     fn drop(&mut self) {
         self.volumes.clear();
         for dir in &self.tmpfs {
             if let Err(e) = self.sys.umount2(dir, MntFlags::MNT_DETACH) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount emptyDir tmpfs");
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a volume");
             }
         }
     }
