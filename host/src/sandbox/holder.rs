@@ -169,11 +169,14 @@ fn start_pid1(sys: &dyn Syscall, pod_proc: &Path) -> Result<Pid, StepError> {
     fork_pid1(sys, pod_proc, false)?.finish()
 }
 
-/// The pod's PID 1, forked; [`Pid1::finish`] waits until it is set up.
+/// The pod's PID 1, forked; [`Pid1::finish`] waits until it is set up. Dropped unfinished (the
+/// holder failed on the way), it is killed: it must not outlive a holder it could not join.
 struct Pid1 {
     pid: Pid,
-    report: OwnedFd,
-    /// Closed to let PID 1 join the holder's namespaces (`join_later`).
+    /// `None` once finished.
+    report: Option<OwnedFd>,
+    /// Written to let PID 1 join the holder's namespaces (`join_later`); closed unwritten, it
+    /// gives up.
     go: Option<OwnedFd>,
 }
 
@@ -206,7 +209,7 @@ fn fork_pid1(sys: &dyn Syscall, pod_proc: &Path, join_later: bool) -> Result<Pid
         }
         ForkResult::Parent { child } => Ok(Pid1 {
             pid: child,
-            report: report_read,
+            report: Some(report_read),
             go: go_write,
         }),
     }
@@ -214,10 +217,14 @@ fn fork_pid1(sys: &dyn Syscall, pod_proc: &Path, join_later: bool) -> Result<Pid
 
 impl Pid1 {
     /// Lets PID 1 go on (if it waits), and returns once it has given up everything.
-    fn finish(self) -> Result<Pid, StepError> {
-        drop(self.go);
+    fn finish(mut self) -> Result<Pid, StepError> {
+        if let Some(go) = self.go.take() {
+            let _ = nix::unistd::write(&go, b"g");
+        }
         let mut failure = String::new();
-        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(self.report), &mut failure);
+        if let Some(report) = self.report.take() {
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report), &mut failure);
+        }
         if failure.is_empty() {
             return Ok(self.pid);
         }
@@ -230,12 +237,26 @@ impl Pid1 {
     }
 }
 
+impl Drop for Pid1 {
+    fn drop(&mut self) {
+        if self.report.is_some() {
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
 /// PID 1 joins the namespaces of its parent, the holder, once they exist (`hostUsers: false`):
 /// the network, UTS and IPC ones first, while it is still root on the host, the user one last.
 fn join_holders_namespaces(go: OwnedFd, holder: u32) -> Result<(), StepError> {
     let mut byte = [0u8; 1];
-    // EOF: the holder is done (or gone: then its namespaces cannot be opened, and PID 1 ends).
-    let _ = nix::unistd::read(go.as_fd(), &mut byte);
+    // The holder's word that its namespaces exist; an end without it: the holder gave up.
+    if !matches!(nix::unistd::read(go.as_fd(), &mut byte), Ok(1)) {
+        return Err(StepError::msg(
+            "wait for the pod's namespaces",
+            "the holder gave up before making them",
+        ));
+    }
     for (kind, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
         ("uts", CloneFlags::CLONE_NEWUTS),
