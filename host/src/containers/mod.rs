@@ -163,28 +163,6 @@ fn launch_spec(
             "its process was not planned (PodPlan::with_native_processes)".into(),
         )
     })?;
-    // The image's USER may name IDs the manifest did not: the pod's user namespace maps
-    // 0-65535 only, and setuid to an unmapped ID would fail deep in the shim.
-    if let Some(ids) = sandbox.ids() {
-        let outside = std::iter::once(("user", process.uid))
-            .chain(std::iter::once(("group", process.gid)))
-            .chain(process.additional_gids.iter().map(|g| ("group", *g)))
-            .find(|(_, id)| *id >= ids.size);
-        if let Some((what, id)) = outside {
-            return Err(setup_err(
-                "start",
-                format!(
-                    "it runs as {what} {id}, outside the pod's user namespace (IDs 0-{}, \
-                     hostUsers: false): set securityContext.runAs{} below {}, or use \
-                     hostUsers: true",
-                    ids.size - 1,
-                    if what == "user" { "User" } else { "Group" },
-                    ids.size
-                )
-                .into(),
-            ));
-        }
-    }
     let mut mounts = Vec::new();
     for m in &process.mounts {
         let source = match &m.sub_path {

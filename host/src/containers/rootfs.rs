@@ -231,37 +231,13 @@ fn idmapped_lowers(
     dir: &Path,
     userns: &UserNs<'_>,
 ) -> Result<Vec<PathBuf>, StepError> {
-    std::fs::create_dir(dir).map_err(|e| StepError::io("create overlay directories", dir, e))?;
     lowers
         .iter()
         .enumerate()
         .map(|(i, lower)| {
             let at = dir.join(i.to_string());
-            std::fs::create_dir(&at)
-                .map_err(|e| StepError::io("create overlay directories", &at, e))?;
-            let tree = sys.idmap_tree(lower, userns.fd).map_err(|e| match e {
-                // The kernel's answer when the filesystem (or the kernel) cannot ID-map.
-                Errno::EINVAL | Errno::ENOSYS => StepError::msg(
-                    format!(
-                        "ID-map the image layer {} (hostUsers: false)",
-                        lower.display()
-                    ),
-                    format!(
-                        "{e}: its filesystem does not support ID-mapped mounts (Linux 5.12 or \
-                         later, and ext4, xfs, btrfs or tmpfs among others): keep wpod's \
-                         state ($WPOD_ROOT) on one that does, or run the pod with hostUsers: true"
-                    ),
-                ),
-                e => StepError::sys("ID-map an image layer (open_tree, mount_setattr)", lower, e),
-            })?;
-            let target = nix::fcntl::open(
-                &at,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| StepError::sys("open a layer's mount point", &at, e))?;
-            sys.move_mount(tree.as_fd(), target.as_fd())
-                .map_err(|e| StepError::sys("attach an ID-mapped layer (move_mount)", &at, e))?;
+            crate::sandbox::userns::idmap_onto(sys, lower, &at, userns.fd)
+                .map_err(|e| StepError::msg(e.step, e.why))?;
             Ok(at)
         })
         .collect()

@@ -466,7 +466,14 @@ impl PodPlan {
             if let (Image::Registry { name, .. }, Some(pulled)) = (&c.image, image) {
                 c.shown_image = image::pinned(&name.canonical(), pulled.record.digest.as_str());
             }
-            match native::process(c, &self.pod, &host.facts(), image) {
+            let process = native::process(c, &self.pod, &host.facts(), image).and_then(|p| {
+                // The image's USER may name IDs the manifest does not.
+                match self.user_namespace {
+                    true => users::check_process(&c.path, &p).map(|()| p),
+                    false => Ok(p),
+                }
+            });
+            match process {
                 Ok(process) => c.process = Some(process),
                 Err((field, message)) => diags.push(self.pod.source.diag(field, message)),
             }

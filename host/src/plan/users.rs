@@ -110,6 +110,29 @@ fn check_ids(pod: &Pod, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// A container's IDs once its image's `USER` is resolved (the manifest's were checked by
+/// [`user_namespace`]): refused, located at the field that would fix it, when the pod's user
+/// namespace does not map them.
+pub fn check_process(
+    path: &str,
+    p: &super::native::NativeProcess,
+) -> Result<(), super::native::Refusal> {
+    for (id, field) in [(p.uid, "runAsUser"), (p.gid, "runAsGroup")] {
+        if id >= IDS_PER_POD {
+            return Err((
+                format!("{path}.securityContext.{field}"),
+                format!(
+                    "the image's user runs as {id}, outside the pod's user namespace, which \
+                     maps IDs 0-{} (hostUsers: false): set {field} below {IDS_PER_POD}, or use \
+                     hostUsers: true",
+                    IDS_PER_POD - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +196,34 @@ mod tests {
             ]
         );
         assert!(diags[0].message.contains("0-65535"), "{diags:?}");
+    }
+
+    /// An image's USER outside the range is refused at the field that fixes it.
+    #[test]
+    fn an_images_user_outside_the_range_is_refused_at_run_as_user() {
+        let pods = crate::spec::parse(
+            std::path::Path::new("pod.yaml"),
+            &format!(
+                "{BASE}  hostUsers: false\n  containers: [{{name: a, image: /, command: [sh]}}]\n"
+            ),
+        )
+        .expect("a valid pod");
+        let plan = crate::plan::plan(&pods[0])
+            .expect("a valid pod")
+            .with_native_processes(&[])
+            .expect("planned");
+        let mut p = plan.containers[0].process.clone().expect("a process");
+        assert_eq!(check_process("spec.containers[0]", &p), Ok(()));
+        p.uid = 70000;
+        let (field, why) = check_process("spec.containers[0]", &p).unwrap_err();
+        assert_eq!(field, "spec.containers[0].securityContext.runAsUser");
+        assert!(
+            why.contains("70000") && why.contains("hostUsers: true"),
+            "{why}"
+        );
+        p.uid = 0;
+        p.gid = 65536;
+        let (field, _) = check_process("spec.containers[0]", &p).unwrap_err();
+        assert_eq!(field, "spec.containers[0].securityContext.runAsGroup");
     }
 }

@@ -78,9 +78,9 @@ pub struct PodSandbox {
     /// environment (Secrets' values too), as containerd keeps its bundles under /run.
     launch: LaunchDir,
     pub state: StateDir,
-    /// The pod's range of host IDs (`hostUsers: false`), given back last, once every process
-    /// of the pod is gone.
-    userns: Option<userns::IdLease>,
+    /// The pod's range of host IDs (`hostUsers: false`; the namespaces map it), given back
+    /// last, once every process of the pod is gone.
+    _id_lease: Option<userns::IdLease>,
     /// The pod's `/etc/hosts` and `/etc/hostname`, as the kubelet writes them for every
     /// container with an image of its own (see [`PodSandbox::etc_files`]).
     pub etc_files: Vec<(PathBuf, &'static str)>,
@@ -109,7 +109,7 @@ impl PodSandbox {
             false => None,
         };
         let host_network = plan.network == crate::plan::Network::Host;
-        let userns = match plan.user_namespace {
+        let id_lease = match plan.user_namespace {
             true => Some(userns::lease(name).map_err(|e| {
                 SandboxError::step(
                     "give the pod a user namespace of its own (hostUsers: false)",
@@ -118,7 +118,7 @@ impl PodSandbox {
             })?),
             false => None,
         };
-        let ids = userns.as_ref().map(|l| l.map);
+        let ids = id_lease.as_ref().map(|l| l.map);
         let namespaces = PodNamespaces::create(
             &plan.hostname,
             pod_proc.as_deref(),
@@ -175,7 +175,7 @@ impl PodSandbox {
             lifeline,
             launch,
             state,
-            userns,
+            _id_lease: id_lease,
             etc_files: etc.files,
             pod_net: std::sync::Arc::new(etc.net),
             facts,
@@ -219,7 +219,7 @@ impl PodSandbox {
 
     /// The host IDs of the pod's own user namespace; `None`: the pod has the host's.
     pub fn ids(&self) -> Option<userns::IdMap> {
-        self.userns.as_ref().map(|l| l.map)
+        self.namespaces.ids()
     }
 }
 

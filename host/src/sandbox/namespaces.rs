@@ -149,6 +149,11 @@ impl PodNamespaces {
         }
     }
 
+    /// The host IDs of the pod's own user namespace; `None`: the host's.
+    pub fn ids(&self) -> Option<super::userns::IdMap> {
+        self.ids
+    }
+
     /// A shared handle on the pod's network namespace, for threads that must join it later.
     pub fn net_handle(&self) -> Arc<OwnedFd> {
         self.net.clone()

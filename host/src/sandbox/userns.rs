@@ -14,7 +14,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::sys::Syscall;
 
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +196,59 @@ fn blocks(text: &str, uid: Option<u32>) -> Option<Vec<u32>> {
         }
     }
     out
+}
+
+/// Why a layer could not be ID-mapped: the step, naming the layer or its mount point, and why
+/// (with the way out when the filesystem is what cannot).
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {why}")]
+pub struct IdmapError {
+    pub step: String,
+    pub why: String,
+}
+
+/// Attaches an ID-mapped copy of the mount at `layer` (an image layer) on `at` (created if
+/// missing), mapped through `userns`: the image's root is then the pod's root, and no file of
+/// the layer changes owner. The layers of a container's root and of an image volume alike.
+pub fn idmap_onto(
+    sys: &dyn Syscall,
+    layer: &Path,
+    at: &Path,
+    userns: BorrowedFd<'_>,
+) -> Result<(), IdmapError> {
+    let failed = |step: &str, path: &Path, why: String| IdmapError {
+        step: format!("{step} ({})", path.display()),
+        why,
+    };
+    std::fs::create_dir_all(at)
+        .map_err(|e| failed("create a layer's mount point", at, e.to_string()))?;
+    let tree = sys.idmap_tree(layer, userns).map_err(|e| match e {
+        // The kernel's answer when the filesystem (or the kernel) cannot ID-map.
+        Errno::EINVAL | Errno::ENOSYS => IdmapError {
+            step: format!(
+                "ID-map the image layer {} (hostUsers: false)",
+                layer.display()
+            ),
+            why: format!(
+                "{e}: its filesystem does not support ID-mapped mounts (Linux 5.12 or later, \
+                 and ext4, xfs, btrfs or tmpfs among others): keep wpod's state ($WPOD_ROOT) \
+                 on one that does, or run the pod with hostUsers: true"
+            ),
+        },
+        e => failed(
+            "ID-map an image layer (open_tree, mount_setattr)",
+            layer,
+            e.to_string(),
+        ),
+    })?;
+    let target = nix::fcntl::open(
+        at,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| failed("open a layer's mount point", at, e.to_string()))?;
+    sys.move_mount(tree.as_fd(), target.as_fd())
+        .map_err(|e| failed("attach an ID-mapped layer (move_mount)", at, e.to_string()))
 }
 
 /// A range held for one running pod; dropping it gives the range back.

@@ -400,30 +400,18 @@ fn create_file(path: &Path) -> std::io::Result<()> {
 }
 
 impl PodVolumes {
-    /// Each layer, ID-mapped through `userns` and attached on `dir/N` (unmounted with the pod).
+    /// Each layer, ID-mapped through `userns` and attached on `dir/N` (unmounted with the pod,
+    /// each as soon as it is attached).
     fn idmapped_layers(
         &mut self,
         layers: &[PathBuf],
         dir: &Path,
         userns: BorrowedFd<'_>,
-    ) -> Result<Vec<PathBuf>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    ) -> Result<Vec<PathBuf>, super::userns::IdmapError> {
         let mut out = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             let at = dir.join(i.to_string());
-            std::fs::create_dir_all(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
-            let tree = self.sys.idmap_tree(layer, userns).map_err(|e| {
-                format!("ID-map {} (open_tree, mount_setattr): {e}", layer.display())
-            })?;
-            let target = open(
-                &at,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("open {}: {e}", at.display()))?;
-            self.sys
-                .move_mount(tree.as_fd(), target.as_fd())
-                .map_err(|e| format!("attach {} (move_mount): {e}", at.display()))?;
+            super::userns::idmap_onto(&*self.sys, layer, &at, userns)?;
             self.tmpfs.push(at.clone());
             out.push(at);
         }
