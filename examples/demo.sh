@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
 cargo build -p wpod -p wpod-test-support   # wpod, and (through tests/support) the guests
-# wpod on PATH, as every example and scaffold calls it (the README's install command does the
-# same with a release build).
-install -m 0755 target/debug/wpod /usr/local/bin/wpod
+# wpod on PATH, as every example and scaffold calls it, with its pods' helper binary beside it
+# (the README's install command does the same with a release build).
+install -m 0755 target/debug/wpod target/debug/wpod-helper /usr/local/bin/
 echo "== installed /usr/local/bin/wpod ($(wpod --version))"
 echo "== wpod run examples/sample-logs.yaml   (curl http://127.0.0.1:8080/ from another terminal)"
 if [[ -n "${DEMO_SECONDS:-}" ]]; then

@@ -336,37 +336,9 @@ pub enum Command {
     /// Write wpod's manual pages (wpod.1, wpod-run.1, ...) into DIR, e.g.
     /// /usr/local/share/man/man1.
     Man { dir: PathBuf },
-    /// Internal: the pod's namespace holder (started by `wpod run`).
-    #[command(name = "__holder", hide = true)]
-    Holder {
-        #[arg(long)]
-        hostname: String,
-        /// Share one PID namespace among the pod's containers, its procfs mounted here.
-        #[arg(long)]
-        pod_proc: Option<PathBuf>,
-        /// Stay in the host's network and UTS namespaces (`hostNetwork: true`).
-        #[arg(long)]
-        host_network: bool,
-        /// A user namespace of the pod's own, owning its other namespaces: the holder says
-        /// `userns` once it exists and waits for `mapped` on stdin (the runtime writes its
-        /// ID maps).
-        #[arg(long)]
-        userns: bool,
-    },
     /// Internal: clear what a killed `wpod run` of this pod left (state, mounts, cgroups).
     #[command(name = "__cleanup", hide = true)]
     Cleanup { pod: String },
-    /// Internal: run a command inside a running container (probes and hooks).
-    #[command(name = "__exec", hide = true)]
-    Exec {
-        launch_spec: PathBuf,
-        pid: i32,
-        #[arg(last = true)]
-        argv: Vec<String>,
-    },
-    /// Internal: a native container's shim (started by `wpod run`).
-    #[command(name = "__container", hide = true)]
-    ContainerShim { launch_spec: PathBuf },
     /// Internal: `wpod apply`'s pulls, run by the pod's wpod as a process of their own outside
     /// the pod's cgroup (a JSON `PullRequest`); events as JSON lines on stdout.
     #[command(name = "__pull", hide = true)]

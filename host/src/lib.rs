@@ -19,9 +19,11 @@
 //! 7. `containers` (native processes) | `sidecars` (Wasm components), side by side.
 //! 8. `supervisor`: the pod's lifecycle.
 //! 9. `kube`: the same pods on Kubernetes (`wpod sidecar`, a Wasm sidecar as a container's
-//!    process); then the CLI (`main.rs`).
+//!    process); `helper_main`: the helper processes' entry point (`wpod-helper`); then the CLI
+//!    (`main.rs`).
 
 pub mod containers;
+pub mod helper_main;
 pub mod kube;
 pub mod plan;
 pub mod sandbox;
@@ -46,7 +48,7 @@ mod layering {
         &["sandbox"],
         &["containers", "sidecars"],
         &["supervisor"],
-        &["kube"],
+        &["kube", "helper_main"],
     ];
 
     /// The modules of the crates below (`wpod-spec`, `wpod-grants`, `wpod-oci`), re-exported

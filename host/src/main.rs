@@ -29,21 +29,18 @@ use wpod::supervisor::events::{print_summary, Events};
 use wpod::supervisor::pod::{Pod, PodError, PodOptions};
 
 fn main() -> ExitCode {
+    // Helper processes (when no `wpod-helper` of this build is installed beside wpod): fresh
+    // single-threaded processes that never return, their arguments read as `wpod-helper`
+    // reads them.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| wpod::helper::HelperCall::is_helper_subcommand(a))
+    {
+        wpod::helper_main::run(&args)
+    }
     let cli = Cli::parse();
-    // Helper processes: fresh single-threaded processes that never return.
     match &cli.command {
-        Command::Holder {
-            hostname,
-            pod_proc,
-            host_network,
-            userns,
-        } => wpod::sandbox::holder::main(hostname, pod_proc.as_deref(), *host_network, *userns),
-        Command::ContainerShim { launch_spec } => wpod::containers::shim::main(launch_spec),
-        Command::Exec {
-            launch_spec,
-            pid,
-            argv,
-        } => wpod::containers::exec::main(launch_spec, *pid, argv),
         // `wpod run` hosts sockets and pipes of its pod: a peer going away must be an error
         // there, never a signal that kills the pod's supervisor (Rust's default: ignored).
         Command::Run { .. }
@@ -422,9 +419,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&state.logs);
             drop(state);
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Holder { .. } | Command::ContainerShim { .. } | Command::Exec { .. } => {
-            unreachable!("handled in main")
         }
     }
 }

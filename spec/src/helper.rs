@@ -1,5 +1,12 @@
-//! Helper processes: `wpod` re-executes itself as the namespace holder and the container shims,
-//! so that namespace setup happens in fresh single-threaded processes, never in the runtime.
+//! Helper processes: the namespace holder, the container shims and `__exec` run as fresh
+//! single-threaded processes, so that namespace setup never happens in the runtime. They run
+//! the `wpod-helper` binary installed beside `wpod`: the same library's helper code without the
+//! rest (Wasm, registries, the CLI), so each helper process relocates and keeps a small
+//! fraction of what `wpod` would cost it (about 1.1 MiB of relocated data less per process,
+//! and ~1.3 ms less per start). Both binaries carry their build ID in an ELF section
+//! ([`BUILD_ID_SECTION`]), which `wpod` reads from the helper binary without running it. A
+//! `wpod-helper` of another build, or none at all: `wpod` runs its helpers from itself, as
+//! before, and says so once.
 //!
 //! Helpers run from a sealed view of the wpod binary, as runc does since CVE-2019-5736: a helper
 //! is briefly (a shim's child before exec, an exec probe's child) or always (the pod's PID 1)
@@ -13,17 +20,158 @@
 //! costs a copy of the whole binary (tens of MiB, ~100 ms with debug line tables) per `wpod run`
 //! and its memory for the pod's life. Either is made once per wpod process.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt::Display;
 use std::fs::File;
 use std::io::Seek;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 /// File descriptor number at which every helper inherits the lifeline's read end.
 pub const LIFELINE_FD: i32 = 3;
+
+/// The helpers' binary, installed in the same directory as `wpod`.
+pub const HELPER_BINARY: &str = "wpod-helper";
+
+/// The argument that asks a helper binary to print its build ID (for people; `wpod` reads the
+/// section).
+pub const BUILD_ID_ARG: &str = "--build-id";
+
+/// The ELF section in which `wpod` and `wpod-helper` carry their build ID.
+pub const BUILD_ID_SECTION: &str = ".wpod_build";
+
+/// What a helper process is started to do: the arguments `wpod` writes and the helper reads
+/// back, in one type so the two never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperCall {
+    /// The pod's namespace holder (`__holder`). With `pod_proc`, the pod shares one PID
+    /// namespace, its procfs mounted there; `host_network` stays in the host's network and
+    /// UTS namespaces; `userns` makes a user namespace of the pod's own (the holder says
+    /// `userns` and waits for `mapped` on stdin while the runtime writes its ID maps).
+    Holder {
+        hostname: String,
+        pod_proc: Option<PathBuf>,
+        host_network: bool,
+        userns: bool,
+    },
+    /// A native container's shim (`__container LAUNCH.json`).
+    Container { launch_spec: PathBuf },
+    /// A command inside a running container, for probes and hooks
+    /// (`__exec LAUNCH.json PID -- COMMAND...`).
+    Exec {
+        launch_spec: PathBuf,
+        pid: i32,
+        argv: Vec<String>,
+    },
+}
+
+impl HelperCall {
+    /// Whether `arg` (a binary's first argument) names a helper's job.
+    pub fn is_helper_subcommand(arg: &OsStr) -> bool {
+        matches!(arg.to_str(), Some("__holder" | "__container" | "__exec"))
+    }
+
+    /// The helper's arguments, its subcommand first.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match self {
+            HelperCall::Holder {
+                hostname,
+                pod_proc,
+                host_network,
+                userns,
+            } => {
+                args.extend(["__holder".into(), "--hostname".into(), hostname.into()]);
+                if let Some(dir) = pod_proc {
+                    args.extend(["--pod-proc".into(), dir.into()]);
+                }
+                if *host_network {
+                    args.push("--host-network".into());
+                }
+                if *userns {
+                    args.push("--userns".into());
+                }
+            }
+            HelperCall::Container { launch_spec } => {
+                args.extend(["__container".into(), launch_spec.into()]);
+            }
+            HelperCall::Exec {
+                launch_spec,
+                pid,
+                argv,
+            } => {
+                args.extend([
+                    "__exec".into(),
+                    launch_spec.into(),
+                    pid.to_string().into(),
+                    "--".into(),
+                ]);
+                args.extend(argv.iter().map(OsString::from));
+            }
+        }
+        args
+    }
+
+    /// Reads back what [`HelperCall::args`] wrote (the subcommand first).
+    pub fn parse(args: &[OsString]) -> Result<Self, String> {
+        let text = |a: &OsString| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("{} is not UTF-8", a.to_string_lossy()))
+        };
+        let Some((sub, rest)) = args.split_first() else {
+            return Err("no helper subcommand".into());
+        };
+        match sub.to_str() {
+            Some("__holder") => {
+                let mut hostname = None;
+                let mut pod_proc = None;
+                let (mut host_network, mut userns) = (false, false);
+                let mut it = rest.iter();
+                while let Some(arg) = it.next() {
+                    match arg.to_str() {
+                        Some("--hostname") => {
+                            hostname = Some(text(it.next().ok_or("--hostname needs a value")?)?)
+                        }
+                        Some("--pod-proc") => {
+                            pod_proc =
+                                Some(PathBuf::from(it.next().ok_or("--pod-proc needs a value")?))
+                        }
+                        Some("--host-network") => host_network = true,
+                        Some("--userns") => userns = true,
+                        _ => return Err(format!("__holder: unknown argument {arg:?}")),
+                    }
+                }
+                Ok(HelperCall::Holder {
+                    hostname: hostname.ok_or("__holder needs --hostname")?,
+                    pod_proc,
+                    host_network,
+                    userns,
+                })
+            }
+            Some("__container") => match rest {
+                [spec] => Ok(HelperCall::Container {
+                    launch_spec: spec.into(),
+                }),
+                _ => Err("usage: __container LAUNCH.json".into()),
+            },
+            Some("__exec") => match rest {
+                [spec, pid, dashes, argv @ ..] if dashes == "--" => Ok(HelperCall::Exec {
+                    launch_spec: spec.into(),
+                    pid: text(pid)?
+                        .parse()
+                        .map_err(|_| format!("__exec: bad pid {pid:?}"))?,
+                    argv: argv.iter().map(text).collect::<Result<_, _>>()?,
+                }),
+                _ => Err("usage: __exec LAUNCH.json PID -- COMMAND...".into()),
+            },
+            _ => Err(format!("unknown helper subcommand {sub:?}")),
+        }
+    }
+}
 
 /// A setup step of a helper that failed, with the OS error: what `wpod run` reports for a pod
 /// that fails to start (`step: error`). The holder and the container shims both report these.
@@ -84,24 +232,102 @@ impl Lifeline {
     }
 }
 
-/// A command that runs this same `wpod` binary with a hidden subcommand, in a process group of
-/// its own: a Ctrl-C at the terminal (or any signal to wpod's group) reaches `wpod run` alone,
-/// which then stops the pod in order. Were the holder signalled with it, a shared PID
-/// namespace would lose its PID 1, and the kernel would SIGKILL every container in it.
-pub fn helper_command(subcommand: &str) -> std::io::Result<Command> {
-    let exe = sealed_self()?;
-    // The copy is close-on-exec: the kernel opens it before the exec closes it, so the helper
+/// A command that runs a helper ([`HelperCall`]) from this build's helper binary (`build_id`
+/// is the ID it must answer; see the module's comment), in a process group of its own: a
+/// Ctrl-C at the terminal (or any signal to wpod's group) reaches `wpod run` alone, which then
+/// stops the pod in order. Were the holder signalled with it, a shared PID namespace would lose
+/// its PID 1, and the kernel would SIGKILL every container in it.
+pub fn helper_command(call: &HelperCall, build_id: &str) -> std::io::Result<Command> {
+    let helper = sealed_helper(build_id)?;
+    // The view is close-on-exec: the kernel opens it before the exec closes it, so the helper
     // runs it without inheriting the descriptor.
-    let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", helper.fd.as_raw_fd()));
     // No environment: a helper's is readable through /proc/PID/environ by a container granted
     // SYS_PTRACE (the pod's PID 1 is a helper, and the others are briefly in the pod's PID
     // namespace), and the `wpod run` caller's may hold registry tokens or signing passwords.
     // Helpers take everything they need as arguments and launch specs.
-    cmd.arg0("wpod")
-        .arg(subcommand)
+    cmd.arg0(helper.name)
+        .args(call.args())
         .env_clear()
         .process_group(0);
     Ok(cmd)
+}
+
+/// The executable helpers run from, sealed, and the name they run under.
+struct SealedHelper {
+    fd: OwnedFd,
+    name: &'static str,
+}
+
+/// The sealed helper binary, chosen on first use: `wpod-helper` beside `wpod` if it is this
+/// build's, else this process's own executable.
+fn sealed_helper(build_id: &str) -> std::io::Result<&'static SealedHelper> {
+    static SEALED: OnceLock<SealedHelper> = OnceLock::new();
+    if let Some(helper) = SEALED.get() {
+        return Ok(helper);
+    }
+    let helper = match helper_binary(build_id) {
+        Ok(fd) => SealedHelper {
+            fd,
+            name: HELPER_BINARY,
+        },
+        Err(why) => {
+            tracing::warn!(
+                "running pod helpers from wpod itself ({why}): each holder and shim then costs \
+                 about 1 MiB more; install {HELPER_BINARY} beside wpod (cargo install --path \
+                 host installs both)"
+            );
+            SealedHelper {
+                fd: sealed_self()?,
+                name: "wpod",
+            }
+        }
+    };
+    Ok(SEALED.get_or_init(|| helper))
+}
+
+/// `wpod-helper` from this binary's directory, sealed (a read-only view, else a sealed copy),
+/// if its [`BUILD_ID_SECTION`] holds this build's ID. The ID is read from the sealed file
+/// itself, so what was checked is what runs.
+fn helper_binary(build_id: &str) -> Result<OwnedFd, String> {
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let path = dir.join(HELPER_BINARY);
+    if !path.exists() {
+        return Err(format!("no {}", path.display()));
+    }
+    let fd = match read_only_overlay_of(dir, OsStr::new(HELPER_BINARY)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "no read-only overlay of {HELPER_BINARY}; a sealed copy");
+            seal_copy_of(&path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let theirs = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| e.to_string())
+        .and_then(|file| build_id_of(&file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if theirs != build_id {
+        return Err(format!(
+            "{} is from another build ({:?}, this wpod is {build_id})",
+            path.display(),
+            theirs.chars().take(80).collect::<String>(),
+        ));
+    }
+    Ok(fd)
+}
+
+/// The build ID an executable carries in its [`BUILD_ID_SECTION`] (a few small reads: the ELF
+/// header, the section headers and their names).
+fn build_id_of(file: &File) -> Result<String, String> {
+    use object::{Object, ObjectSection};
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).map_err(|e| format!("not an ELF executable ({e})"))?;
+    let section = elf
+        .section_by_name(BUILD_ID_SECTION)
+        .ok_or_else(|| format!("no {BUILD_ID_SECTION} section (not a wpod-helper?)"))?;
+    let data = section.data().map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(data).into_owned())
 }
 
 /// Makes the calling helper non-dumpable: no core file of it, and `/proc/PID/{mem,environ,fd}`
@@ -112,26 +338,19 @@ pub fn set_undumpable() {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
 
-/// The sealed view of this process's executable, made on first use.
-fn sealed_self() -> std::io::Result<&'static OwnedFd> {
-    static SEALED: OnceLock<OwnedFd> = OnceLock::new();
-    if let Some(fd) = SEALED.get() {
-        return Ok(fd);
-    }
-    let fd = match read_only_overlay_of_self() {
-        Ok(fd) => fd,
+/// A sealed view of this process's executable.
+fn sealed_self() -> std::io::Result<OwnedFd> {
+    match read_only_overlay_of_self() {
+        Ok(fd) => Ok(fd),
         Err(e) => {
             tracing::debug!(error = %e, "no read-only overlay of wpod's binary; running helpers from a sealed copy");
-            seal_copy_of("/proc/self/exe")?
+            seal_copy_of(Path::new("/proc/self/exe"))
         }
-    };
-    Ok(SEALED.get_or_init(|| fd))
+    }
 }
 
-/// This binary opened (`O_PATH`) through a read-only overlayfs of its directory that is mounted
-/// nowhere: writes to it fail with EROFS whoever tries, and nothing can remount it. Overlayfs
-/// runs lower-only (read-only) with two lower layers; the second is an empty directory of
-/// wpod's state, below the binary's directory so it can hide nothing.
+/// This binary through [`read_only_overlay_of`] its directory, checked to be the very file
+/// this process runs.
 fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
@@ -140,6 +359,34 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
             exe.display()
         )));
     };
+    let view = read_only_overlay_of(dir, name)?;
+    // The name may lead to another binary than the one running (wpod upgraded since it
+    // started): helpers must be this same wpod. Overlayfs shows the file's own size and times.
+    let seen = nix::sys::stat::fstat(&view).map_err(std::io::Error::from)?;
+    let running = nix::sys::stat::stat("/proc/self/exe").map_err(std::io::Error::from)?;
+    let same = |s: &libc::stat| {
+        (
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_ctime,
+            s.st_ctime_nsec,
+        )
+    };
+    if same(&seen) != same(&running) {
+        return Err(std::io::Error::other(format!(
+            "{} is no longer the binary this process runs",
+            exe.display()
+        )));
+    }
+    Ok(view)
+}
+
+/// The file `name` of `dir` opened (`O_PATH`) through a read-only overlayfs of `dir` that is
+/// mounted nowhere: writes to it fail with EROFS whoever tries, and nothing can remount it.
+/// Overlayfs runs lower-only (read-only) with two lower layers; the second is an empty
+/// directory of wpod's state, below `dir` so it can hide nothing.
+fn read_only_overlay_of(dir: &Path, name: &OsStr) -> std::io::Result<OwnedFd> {
     let empty = crate::files::private_state_dir("empty").map_err(std::io::Error::other)?;
     if std::fs::read_dir(&empty)?.next().is_some() {
         return Err(std::io::Error::other(format!(
@@ -180,8 +427,8 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
         }
     })?;
     let name = std::ffi::CString::new(name.as_encoded_bytes())
-        .map_err(|_| std::io::Error::other("wpod's file name holds a NUL"))?;
-    let view = syscall_fd("open wpod through the overlay", || {
+        .map_err(|_| std::io::Error::other("the binary's file name holds a NUL"))?;
+    let view = syscall_fd("open the binary through the overlay", || {
         // SAFETY: openat relative to the mount we own, with a valid C string.
         unsafe {
             libc::openat(
@@ -192,25 +439,6 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
             .into()
         }
     })?;
-    // The name may lead to another binary than the one running (wpod upgraded since it
-    // started): helpers must be this same wpod. Overlayfs shows the file's own size and times.
-    let seen = nix::sys::stat::fstat(&view).map_err(std::io::Error::from)?;
-    let running = nix::sys::stat::stat("/proc/self/exe").map_err(std::io::Error::from)?;
-    let same = |s: &libc::stat| {
-        (
-            s.st_size,
-            s.st_mtime,
-            s.st_mtime_nsec,
-            s.st_ctime,
-            s.st_ctime_nsec,
-        )
-    };
-    if same(&seen) != same(&running) {
-        return Err(std::io::Error::other(format!(
-            "{} is no longer the binary this process runs",
-            exe.display()
-        )));
-    }
     Ok(view)
 }
 
@@ -277,7 +505,7 @@ fn syscall_fd(step: &str, call: impl FnOnce() -> libc::c_long) -> std::io::Resul
 }
 
 /// Copies `path` into a memfd and seals it against every change.
-fn seal_copy_of(path: &str) -> std::io::Result<OwnedFd> {
+fn seal_copy_of(path: &Path) -> std::io::Result<OwnedFd> {
     let name = c"wpod";
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: memfd_create with a valid C string; the result is owned below. MFD_EXEC asks for
@@ -303,7 +531,7 @@ fn seal_copy_of(path: &str) -> std::io::Result<OwnedFd> {
     // SAFETY: fcntl on a descriptor we own.
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(std::io::Error::other(format!(
-            "seal the copy of wpod: {}",
+            "seal the copy of the binary: {}",
             std::io::Error::last_os_error()
         )));
     }
@@ -366,8 +594,62 @@ mod tests {
     }
 
     #[test]
+    fn a_helper_reads_back_the_call_it_was_given() {
+        let calls = [
+            HelperCall::Holder {
+                hostname: "web".into(),
+                pod_proc: None,
+                host_network: false,
+                userns: false,
+            },
+            HelperCall::Holder {
+                hostname: "web-0".into(),
+                pod_proc: Some("/run/wpod/pods/web/proc dir".into()),
+                host_network: true,
+                userns: true,
+            },
+            HelperCall::Container {
+                launch_spec: "/run/wpod/pods/web/launch/main.json".into(),
+            },
+            HelperCall::Exec {
+                launch_spec: "/run/wpod/pods/web/launch/main.json".into(),
+                pid: 4242,
+                // A command whose own arguments look like the helper's.
+                argv: vec!["sh".into(), "-c".into(), "--".into(), "--userns".into()],
+            },
+            HelperCall::Exec {
+                launch_spec: "l.json".into(),
+                pid: 1,
+                argv: vec![],
+            },
+        ];
+        for call in calls {
+            let args = call.args();
+            assert!(HelperCall::is_helper_subcommand(&args[0]), "{args:?}");
+            assert_eq!(HelperCall::parse(&args), Ok(call));
+        }
+    }
+
+    #[test]
+    fn a_helper_refuses_arguments_wpod_never_writes() {
+        let parse = |args: &[&str]| {
+            HelperCall::parse(&args.iter().map(OsString::from).collect::<Vec<_>>()).unwrap_err()
+        };
+        assert_eq!(parse(&[]), "no helper subcommand");
+        assert!(parse(&["run", "pod.yaml"]).contains("unknown helper subcommand"));
+        assert_eq!(parse(&["__holder"]), "__holder needs --hostname");
+        assert!(parse(&["__holder", "--hostname"]).contains("needs a value"));
+        assert!(parse(&["__holder", "--hostname", "a", "--pid"]).contains("unknown argument"));
+        assert!(parse(&["__container"]).starts_with("usage"));
+        assert!(parse(&["__container", "a", "b"]).starts_with("usage"));
+        assert!(parse(&["__exec", "l.json", "12", "sh"]).starts_with("usage"));
+        assert!(parse(&["__exec", "l.json", "x", "--", "sh"]).contains("bad pid"));
+        assert!(!HelperCall::is_helper_subcommand(OsStr::new("run")));
+    }
+
+    #[test]
     fn the_copy_cannot_be_changed() {
-        let fd = seal_copy_of("/proc/self/exe").unwrap();
+        let fd = seal_copy_of(Path::new("/proc/self/exe")).unwrap();
         let original = std::fs::metadata("/proc/self/exe").unwrap().len();
         let mut file = File::from(fd);
         assert_eq!(file.metadata().unwrap().len(), original);

@@ -5,6 +5,7 @@ mod apply;
 mod bench;
 mod cri;
 mod fields;
+mod helpers;
 mod images;
 mod kube;
 mod lifecycle;

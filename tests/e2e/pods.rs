@@ -24,6 +24,8 @@ pub struct TestPod {
     pub nofile: Option<u64>,
     /// A network namespace (a test's own "host") to run `wpod run` in.
     pub netns: Option<PathBuf>,
+    /// Another `wpod` binary to run the pod with (default: the one under test).
+    pub bin: Option<PathBuf>,
 }
 
 impl TestPod {
@@ -44,6 +46,7 @@ impl TestPod {
             args: Vec::new(),
             nofile: None,
             netns: None,
+            bin: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl TestPod {
             args: Vec::new(),
             nofile: None,
             netns: None,
+            bin: None,
         }
     }
 
@@ -96,7 +100,7 @@ impl TestPod {
         wpod_test_support::require_isolated_network();
         let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
         let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
-        let mut cmd = Command::new(crate::wpod_bin());
+        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(crate::wpod_bin));
         cmd.args(["run", "--output", "json"])
             .args(&self.args)
             .arg(&self.manifest)

@@ -99,10 +99,11 @@ spec:
     ] {
         run.assert_line("debug", expected);
     }
-    // wpod seen through its detached read-only overlay (or, without one, its sealed copy):
-    // nothing that names or leads to the host's binary.
+    // wpod's helper binary seen through its detached read-only overlay (or, without one, its
+    // sealed copy): nothing that names or leads to the host's binary.
     assert!(
-        run.has_line("debug", "exe=/wpod") || run.has_line("debug", "exe=/memfd:wpod (deleted)"),
+        run.has_line("debug", "exe=/wpod-helper")
+            || run.has_line("debug", "exe=/memfd:wpod (deleted)"),
         "{}",
         run.dump()
     );
@@ -794,7 +795,7 @@ spec:
 }
 
 /// Item 12: runc's masked paths are masked, the RuntimeDefault seccomp profile applies (and
-/// `seccompProfile: Unconfined` lifts it), and helpers run from a sealed copy of wpod.
+/// `seccompProfile: Unconfined` lifts it), and helpers run from a sealed view of wpod-helper.
 #[test]
 fn containers_get_masked_paths_and_the_default_seccomp_profile() {
     require_root("masked_paths_and_seccomp");
@@ -836,14 +837,20 @@ spec:
     // and on a read-only mount (the overlay) or a sealed memfd (the fallback).
     let holders = processes_mentioning(&["--hostname\0rt-confine\0"]);
     assert!(!holders.is_empty(), "no holder found");
-    let binary = std::fs::metadata(crate::wpod_bin()).unwrap();
+    let wpod = crate::wpod_bin();
+    let binaries = [
+        std::fs::metadata(&wpod).unwrap(),
+        std::fs::metadata(wpod.with_file_name("wpod-helper")).unwrap(),
+    ];
     for (pid, _) in holders {
         use std::os::unix::fs::MetadataExt;
         let exe_path = format!("/proc/{pid}/exe");
         let exe = std::fs::metadata(&exe_path).unwrap();
         assert!(
-            (exe.dev(), exe.ino()) != (binary.dev(), binary.ino()),
-            "helper {pid} runs the wpod binary itself"
+            binaries
+                .iter()
+                .all(|b| (exe.dev(), exe.ino()) != (b.dev(), b.ino())),
+            "helper {pid} runs the host's wpod or wpod-helper file itself"
         );
         let file = std::fs::File::open(&exe_path).unwrap();
         let read_only = nix::sys::statvfs::fstatvfs(&file)

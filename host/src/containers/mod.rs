@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 
-use crate::helper::{helper_command, inherit_fds, LIFELINE_FD};
+use crate::helper::{helper_command, inherit_fds, HelperCall, LIFELINE_FD};
 use crate::logs::{Logs, Stream};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
@@ -325,10 +325,12 @@ impl NativeContainer {
 
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| setup_err("create the report pipe", e.into()))?;
-        let mut cmd = helper_command("__container")
+        let call = HelperCall::Container {
+            launch_spec: spec_path.clone(),
+        };
+        let mut cmd = helper_command(&call, crate::sandbox::build_id())
             .map_err(|e| setup_err("find the wpod binary", e.into()))?;
-        cmd.arg(&spec_path)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         inherit_fds(
@@ -483,11 +485,12 @@ impl ExecTarget {
             .pidfd
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the container has no process"))?;
-        let mut cmd = helper_command("__exec")?;
-        cmd.arg(&self.spec_path)
-            .arg(self.pid.to_string())
-            .arg("--")
-            .args(argv);
+        let call = HelperCall::Exec {
+            launch_spec: self.spec_path.clone(),
+            pid: self.pid,
+            argv: argv.to_vec(),
+        };
+        let mut cmd = helper_command(&call, crate::sandbox::build_id())?;
         inherit_fds(&mut cmd, &[(pidfd.as_raw_fd(), exec::PIDFD_FD)]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -26,6 +26,30 @@ use ports::PortForwards;
 use state_dir::StateDir;
 use volumes::PodVolumes;
 
+/// Which build this is (`build.rs`), as [`build_id`] reads it.
+const BUILD_ID_TEXT: &str = env!("WPOD_BUILD_ID");
+
+/// The build ID in the ELF section both `wpod` and `wpod-helper` carry
+/// (`helper::BUILD_ID_SECTION`): `wpod` runs the pod's helpers (the holder here, the shims and
+/// exec helpers in `containers`) from a `wpod-helper` only if its section holds the same.
+#[used]
+#[unsafe(link_section = ".wpod_build")]
+static BUILD_NOTE: [u8; BUILD_ID_TEXT.len()] = {
+    let text = BUILD_ID_TEXT.as_bytes();
+    let mut note = [0u8; BUILD_ID_TEXT.len()];
+    let mut i = 0;
+    while i < note.len() {
+        note[i] = text[i];
+        i += 1;
+    }
+    note
+};
+
+/// This build's ID, read from its section (so every binary that asks carries the section).
+pub fn build_id() -> &'static str {
+    std::str::from_utf8(&BUILD_NOTE).unwrap_or(BUILD_ID_TEXT)
+}
+
 /// What caused a step to fail: a typed error, kept as the step's `source` (printed after it by
 /// `error::chain` and anyhow), or a message when the cause is one (a helper's report).
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;

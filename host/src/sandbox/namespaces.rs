@@ -15,7 +15,7 @@ use nix::sched::{setns, CloneFlags};
 
 use super::SandboxError;
 use crate::helper::LIFELINE_FD;
-use crate::helper::{helper_command, inherit_fds, Lifeline};
+use crate::helper::{helper_command, inherit_fds, HelperCall, Lifeline};
 
 /// The pod's namespaces, as /proc paths of processes that hold them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,19 +71,17 @@ impl PodNamespaces {
         lifeline: &Lifeline,
     ) -> Result<Self, SandboxError> {
         let fail = |e: std::io::Error| SandboxError::step("start the namespace holder", e);
-        let mut cmd = helper_command("__holder").map_err(fail)?;
-        cmd.args(["--hostname", hostname]);
-        if let Some(dir) = pod_proc {
-            cmd.arg("--pod-proc").arg(dir);
-        }
-        if host_network {
-            cmd.arg("--host-network");
-        }
-        if ids.is_some() {
-            cmd.arg("--userns").stdin(Stdio::piped());
-        } else {
-            cmd.stdin(Stdio::null());
-        }
+        let call = HelperCall::Holder {
+            hostname: hostname.to_string(),
+            pod_proc: pod_proc.map(Path::to_path_buf),
+            host_network,
+            userns: ids.is_some(),
+        };
+        let mut cmd = helper_command(&call, super::build_id()).map_err(fail)?;
+        cmd.stdin(match ids {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         inherit_fds(&mut cmd, &[(lifeline.read_fd(), LIFELINE_FD)]);
         let mut holder = cmd.spawn().map_err(fail)?;
