@@ -233,7 +233,7 @@ impl Lifeline {
 }
 
 /// A command that runs a helper ([`HelperCall`]) from this build's helper binary (`build_id`
-/// is the ID it must answer; see the module's comment), in a process group of its own: a
+/// is the ID it must carry; see the module's comment), in a process group of its own: a
 /// Ctrl-C at the terminal (or any signal to wpod's group) reaches `wpod run` alone, which then
 /// stops the pod in order. Were the holder signalled with it, a shared PID namespace would lose
 /// its PID 1, and the kernel would SIGKILL every container in it.
