@@ -1,11 +1,12 @@
 //! `WPOD_BUILD_ID` (`sandbox::build_id()`, kept in an ELF section of its own): which build of
 //! wpod this is, so that `wpod` runs its helpers from a `wpod-helper` binary only if that binary
 //! speaks the same protocol (helper arguments, launch specs, the holder's words). Both
-//! binaries link this crate's library, so they carry the same ID; a `wpod-helper` left from another build answers another one. The ID
-//! is the version and a hash of the sources that define the protocol: this crate's and
-//! `wpod-spec`'s (`helper.rs` lives there). The same sources give the same ID (reproducible
-//! builds); any change to them gives another. (Here, not in `wpod-spec`: a change to this
-//! crate's sources then recompiles only this crate, as it would anyway.)
+//! binaries link this crate's library, so they carry the same ID; a `wpod-helper` left from
+//! another build carries another one. The ID is the version and a hash of the sources that
+//! define the protocol: this crate's and `wpod-spec`'s (`helper.rs` lives there). The same
+//! sources give the same ID (reproducible builds); any change to them gives another. (Here,
+//! not in `wpod-spec`: a change to this crate's sources then recompiles only this crate, as it
+//! would anyway.)
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
