@@ -345,6 +345,29 @@ pub enum Command {
     PullForPod { request: String },
 }
 
+impl Command {
+    /// Whether the command does what takes root (namespaces, mounts, chowns of pulled layers,
+    /// removing a pod's files): an ordinary user's wpod runs it in a user namespace of its own
+    /// (`wpod::sandbox::rootless`). The others read state and files the user owns.
+    pub fn needs_user_namespace(&self) -> bool {
+        matches!(
+            self,
+            Command::Run { .. }
+                | Command::Pull { .. }
+                | Command::Load { .. }
+                | Command::Rm { .. }
+                | Command::Stop { .. }
+                | Command::Rmi { .. }
+                | Command::Image { .. }
+                | Command::Volume { .. }
+                | Command::Pod { .. }
+                | Command::Kube { .. }
+                | Command::Cleanup { .. }
+                | Command::PullForPod { .. }
+        )
+    }
+}
+
 /// The languages `wpod new` scaffolds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Lang {

@@ -40,6 +40,14 @@ fn main() -> ExitCode {
         wpod::helper_main::run(&args)
     }
     let cli = Cli::parse();
+    // An ordinary user's wpod: into a user namespace of its own first, while it has one
+    // thread (the kernel's condition).
+    if cli.command.needs_user_namespace() && wpod::sandbox::rootless::needed() {
+        if let Err(e) = wpod::sandbox::rootless::enter() {
+            eprintln!("wpod: error: rootless wpod: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match &cli.command {
         // `wpod run` hosts sockets and pipes of its pod: a peer going away must be an error
         // there, never a signal that kills the pod's supervisor (Rust's default: ignored).
@@ -532,12 +540,19 @@ fn man_pages(dir: &Path) -> anyhow::Result<ExitCode> {
 /// `wpod compile FILE...`: each component into the cache, as its first run would put it.
 fn compile(files: &[std::path::PathBuf], output: cli::Output) -> anyhow::Result<ExitCode> {
     use wpod::sidecars::Compiled;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "wpod compile writes wpod's cache under {}, which is root's alone: run it as root",
-            wpod::files::state_root().display()
-        );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let root = wpod::files::state_root();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if let Some(meta) = std::fs::metadata(&root).ok().filter(|m| m.uid() != me) {
+            bail!(
+                "wpod compile writes wpod's cache under {}, which is uid {}'s alone: run it as \
+                 that user, or unset WPOD_ROOT to fill your own cache",
+                root.display(),
+                meta.uid()
+            );
+        }
     }
     let observer = CompileProgress::new(output == cli::Output::Text);
     let mut failed = false;

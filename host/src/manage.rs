@@ -75,21 +75,32 @@ struct Listed<'a> {
     supervised: bool,
 }
 
-/// Reading the pods' state needs root: it is root's alone (their environment, logs, volumes).
-/// Said plainly rather than as an empty table or "no pod".
-fn need_root(command: &str) -> anyhow::Result<()> {
+/// Reading the pods' state needs its owner: a state root is its user's alone (their pods'
+/// environment, logs, volumes), root's `/var/lib/wpod` or an ordinary user's own (rootless).
+/// Said plainly rather than as an empty table or "no pod"; a root that does not exist yet holds
+/// no pod.
+fn need_owner(command: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = wpod::files::state_root();
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "wpod {command} reads the pods' state under {}, which is root's alone: run it as root (sudo wpod {command} ...)",
-            wpod::files::state_root().display()
-        );
+    let me = unsafe { libc::geteuid() };
+    match std::fs::metadata(&root) {
+        Ok(meta) if meta.uid() != me => bail!(
+            "wpod {command} reads the pods' state under {}, which is uid {}'s alone: run it as \
+             that user ({}), or unset WPOD_ROOT to see your own pods",
+            root.display(),
+            meta.uid(),
+            match meta.uid() {
+                0 => format!("sudo wpod {command} ..."),
+                _ => "sudo -u THAT-USER".to_string(),
+            }
+        ),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {
-    need_root("ps")?;
+    need_owner("ps")?;
     let mut names = state_dir::pods();
     if all {
         names.extend(state_dir::logged_pods());
@@ -207,7 +218,7 @@ pub fn logs(
     raw: bool,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    need_root("logs")?;
+    need_owner("logs")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let dir = state_dir::log_dir(pod.as_str());
     if !dir.is_dir() {
@@ -308,7 +319,7 @@ fn log_line(out: &mut impl Write, line: &str, escape: bool) -> std::io::Result<(
 /// termination, as Ctrl-C), a second request after SECONDS (kill what is left), then waits until
 /// the pod is gone.
 pub fn stop_command(pod: &str, time: Option<u64>, output: Output) -> anyhow::Result<ExitCode> {
-    need_root("stop")?;
+    need_owner("stop")?;
     let was_running = stop(pod, time)?;
     match output {
         Output::Json => println!(
@@ -572,7 +583,7 @@ pub fn rm_command(
     force: bool,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    need_root("rm")?;
+    need_owner("rm")?;
     let mut names: Vec<String> = pods.to_vec();
     if all {
         names = state_dir::logged_pods();
@@ -669,7 +680,7 @@ pub fn pod_prune() -> anyhow::Result<ExitCode> {
 /// `wpod events [-f] POD`: the pod's event journal, as `wpod run` printed it (`--output json`:
 /// the same JSON lines); `-f` follows it while the pod runs.
 pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCode> {
-    need_root("events")?;
+    need_owner("events")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let path = state_dir::log_dir(pod.as_str()).join(wpod::supervisor::events::JOURNAL);
     if !path.exists() {
@@ -730,7 +741,7 @@ pub fn events(pod: &str, follow: bool, output: Output) -> anyhow::Result<ExitCod
 /// `wpod kube down FILE`: stops the file's pods and removes what they kept, as `podman kube
 /// down` does.
 pub fn kube_down(file: &Path) -> anyhow::Result<ExitCode> {
-    need_root("kube down")?;
+    need_owner("kube down")?;
     // Only the pods' names are needed: the objects they use may be in files not named here.
     let bytes = wpod::files::read_regular(file, wpod::files::MAX_MANIFEST_BYTES)
         .map_err(wpod::spec::SpecError::from)?;
@@ -947,7 +958,7 @@ pub fn replace(files: &ManifestFiles, dry_run: bool, output: Output) -> anyhow::
     let running = state_dir::in_use(&name);
     let dry = if dry_run { " (dry run)" } else { "" };
     if running {
-        need_root("apply --replace")?;
+        need_owner("apply --replace")?;
         // The running pod's grace period is the one its stop takes (not the file's).
         let grace =
             control::<wpod::supervisor::api::PodDescription>(&name, &control::Request::Describe {})
@@ -995,7 +1006,7 @@ fn state_word(state: Option<StartState>) -> String {
 /// `wpod describe POD`: as `kubectl describe pod`, from the pod's journal and, while it runs,
 /// its control socket (the plan it runs now and each sidecar's grants).
 pub fn describe(pod: &str, output: Output) -> anyhow::Result<ExitCode> {
-    need_root("describe")?;
+    need_owner("describe")?;
     let pod = wpod::spec::PodName::new(pod).map_err(anyhow::Error::msg)?;
     let pod = pod.as_str();
     let (v, standing) = view(pod)?;

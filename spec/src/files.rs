@@ -7,12 +7,42 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Where wpod keeps its state (`$WPOD_ROOT`, default `/var/lib/wpod`), always absolute.
+/// Where wpod keeps its state (`$WPOD_ROOT`), always absolute. Default: `/var/lib/wpod` for
+/// root; for an ordinary user (rootless), `$XDG_DATA_HOME/wpod`, else `~/.local/share/wpod`, as
+/// podman keeps a user's storage, so no user ever sees another's pods (or root's).
 pub fn state_root() -> PathBuf {
     let root = std::env::var_os("WPOD_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/wpod"));
+        .unwrap_or_else(default_state_root);
     std::path::absolute(&root).unwrap_or(root)
+}
+
+fn default_state_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/wpod");
+    }
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    match (absolute("XDG_DATA_HOME"), absolute("HOME")) {
+        (Some(data), _) => data.join("wpod"),
+        (None, Some(home)) => home.join(".local/share/wpod"),
+        // No home: a directory of this user's own name (private_state_dir refuses one that
+        // another user made first).
+        (None, None) => PathBuf::from(format!("/tmp/wpod-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// Set (to the user's host UID) in a rootless wpod once it runs in its own user namespace
+/// (`wpod::sandbox::rootless`), and inherited by what it starts: its pods then take their
+/// network from pasta and run without cgroups unless delegated.
+pub const ROOTLESS_ENV: &str = "WPOD_ROOTLESS_UID";
+
+/// The host UID of the ordinary user whose rootless wpod this is; `None`: wpod runs as root.
+pub fn rootless_uid() -> Option<u32> {
+    std::env::var(ROOTLESS_ENV).ok()?.parse().ok()
 }
 
 /// The file that marks a directory as a wpod state root (see [`private_state_dir`]).

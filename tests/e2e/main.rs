@@ -17,6 +17,7 @@ mod pods;
 mod redteam;
 mod redteam2;
 mod redteam_registry;
+mod rootless;
 mod sandbox;
 mod sdk;
 mod sidecars;

@@ -447,29 +447,42 @@ spec:
     crate::pods::assert_no_leftovers("mgmt-det-wait");
 }
 
-/// Reading pods needs root (their state is root's alone): an ordinary user is told so, not
-/// shown an empty table or "no pod" (issue 27, item 12).
+/// Reading root's pods needs root (their state is root's alone): an ordinary user pointed at
+/// it is told so, not shown an empty table or "no pod" (issue 27, item 12). The user's own
+/// state root (rootless, issue 30), which holds no pod yet, lists none.
 #[test]
 fn an_ordinary_user_is_told_reading_pods_needs_root() {
     wpod_test_support::require_root("an ordinary user's wpod ps");
+    let roots = std::env::temp_dir().join(format!("wpod-e2e-ps-user-{}", std::process::id()));
+    let (roots_, own) = (roots.join("root's"), roots.join("own"));
+    std::fs::create_dir_all(&roots_).unwrap();
+    std::fs::create_dir_all(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+    let as_nobody = |root: &std::path::Path, args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::wpod_bin())
+            .args(args)
+            .env("WPOD_ROOT", root)
+            .output()
+            .expect("setpriv")
+    };
     for args in [
         &["ps", "-a"][..],
         &["logs", "some-pod"],
         &["events", "some-pod"],
     ] {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(crate::wpod_bin())
-            .args(args)
-            .output()
-            .expect("setpriv");
+        let out = as_nobody(&roots_, args);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{args:?}: {err}");
         assert!(
-            err.contains("which is root's alone: run it as root"),
+            err.contains("which is uid 0's alone: run it as that user (sudo wpod"),
             "{args:?}: {err}"
         );
     }
+    let out = as_nobody(&own, &["ps"]);
+    let _ = std::fs::remove_dir_all(&roots);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 /// `rm --all` removes the pods that ended and only those, `rm -f` stops a running pod first

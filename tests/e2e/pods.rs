@@ -26,6 +26,8 @@ pub struct TestPod {
     pub netns: Option<PathBuf>,
     /// Another `wpod` binary to run the pod with (default: the one under test).
     pub bin: Option<PathBuf>,
+    /// An ordinary user (UID, GID) to run `wpod` as (a rootless pod), instead of root.
+    pub user: Option<(u32, u32)>,
 }
 
 impl TestPod {
@@ -47,6 +49,7 @@ impl TestPod {
             nofile: None,
             netns: None,
             bin: None,
+            user: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl TestPod {
             nofile: None,
             netns: None,
             bin: None,
+            user: None,
         }
     }
 
@@ -125,6 +129,10 @@ impl TestPod {
         if let Some(ns) = &self.netns {
             wpod_test_support::netns::enter(ns, &mut cmd);
         }
+        // After the namespace is joined (which takes root): pre_exec closures run in order.
+        if let Some(user) = self.user {
+            become_user(&mut cmd, user);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
@@ -138,7 +146,25 @@ impl TestPod {
             err,
             env: self.env.clone(),
             netns: self.netns.clone(),
+            user: self.user,
         }
+    }
+}
+
+/// Makes `cmd` drop to an ordinary user (UID, GID, no supplementary groups) between fork and
+/// exec, after whatever was set up before it as root.
+fn become_user(cmd: &mut Command, (uid, gid): (u32, u32)) {
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -154,6 +180,9 @@ impl Drop for TestPod {
         if let Some(ns) = &self.netns {
             wpod_test_support::netns::enter(ns, &mut cmd);
         }
+        if let Some(user) = self.user {
+            become_user(&mut cmd, user);
+        }
         let _ = cmd.status();
     }
 }
@@ -166,6 +195,7 @@ pub struct RunningPod {
     err: PathBuf,
     env: Vec<(String, String)>,
     netns: Option<PathBuf>,
+    user: Option<(u32, u32)>,
 }
 
 impl RunningPod {
@@ -271,6 +301,9 @@ impl Drop for RunningPod {
                 .envs(self.env.iter().map(|(k, v)| (k, v)));
             if let Some(ns) = &self.netns {
                 wpod_test_support::netns::enter(ns, &mut cmd);
+            }
+            if let Some(user) = self.user {
+                become_user(&mut cmd, user);
             }
             let _ = cmd.output();
         }

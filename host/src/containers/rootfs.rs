@@ -169,15 +169,21 @@ pub(super) fn prepare(
     // nodev: a container may hold CAP_MKNOD (as with every container runtime), but a device
     // node it makes must not open. wpod has no device cgroup; no filesystem a container can write
     // to honours device nodes instead (the root, /dev, /tmp, /dev/shm and every volume).
-    do_mount(
-        &*sys,
-        "mount overlay root",
-        Some("overlay"),
+    let mounted = sys.mount(
+        Some(Path::new("overlay")),
         &root,
         Some("overlay"),
         MsFlags::MS_NODEV,
         Some(&options),
-    )?;
+    );
+    match mounted {
+        Ok(()) => {}
+        // The host's root, where the kernel will not overlay it: in a user namespace (a
+        // rootless wpod) the host's mounts are locked to it, and an overlay would show what
+        // they cover.
+        Err(Errno::EINVAL) if lowers == [Path::new("/")] => host_view(&*sys, scratch, &root)?,
+        Err(e) => return Err(StepError::sys("mount overlay root", &root, e)),
+    }
 
     let fd = nix::fcntl::open(
         &root,
@@ -221,6 +227,100 @@ pub(super) fn prepare(
         )?;
     }
     Ok(rootfs)
+}
+
+/// Top-level directories of the host's root a container's view leaves empty: wpod mounts its
+/// own there (`/dev`, `/sys`, `/tmp`; the container's `/proc`).
+const OWN_MOUNTS: [&str; 4] = ["dev", "proc", "sys", "tmp"];
+
+/// The host's root for a container, built where `/` cannot be one overlay: `root` (on the
+/// scratch tmpfs, so its top level is the container's to write) holds the host's top-level
+/// symlinks, and an overlay of each top-level directory, writes going to the scratch space as
+/// with the whole root's overlay. A directory that is a mount of its own is left empty, as the
+/// root's overlay shows it; one whose submounts the kernel will not let an overlay cover is
+/// bound read-only instead.
+fn host_view(sys: &dyn Syscall, scratch: &Path, root: &Path) -> Result<(), StepError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let host = Path::new("/");
+    let root_dev = std::fs::metadata(host)
+        .map_err(|e| StepError::io("stat", host, e))?
+        .dev();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| StepError::io("open up the container's root", root, e))?;
+    // pivot_root wants a mount point.
+    do_mount(
+        sys,
+        "bind the container's root onto itself",
+        root.to_str(),
+        root,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    let entries = std::fs::read_dir(host).map_err(|e| StepError::io("list", host, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StepError::io("list", host, e))?;
+        let name = entry.file_name();
+        let (from, at) = (host.join(&name), root.join(&name));
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| StepError::io("stat", &from, e))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&from).map_err(|e| StepError::io("read", &from, e))?;
+            std::os::unix::fs::symlink(&target, &at)
+                .map_err(|e| StepError::io("create symlink", &at, e))?;
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&at).map_err(|e| StepError::io("create", &at, e))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(|e| StepError::io("chmod", &at, e))?;
+        let own = OWN_MOUNTS.iter().any(|m| name == *m);
+        if own || meta.dev() != root_dev {
+            continue;
+        }
+        // Apart from the failed whole-root overlay's directories (it leaves `work/work`).
+        let layers = scratch.join("host").join(&name);
+        let (upper, work) = (layers.join("upper"), layers.join("work"));
+        for dir in [&upper, &work] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StepError::io("create overlay directories", dir, e))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            escape_overlay(&from),
+            escape_overlay(&upper),
+            escape_overlay(&work)
+        );
+        let overlay = sys.mount(
+            Some(Path::new("overlay")),
+            &at,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(&options),
+        );
+        if overlay.is_err() {
+            do_mount(
+                sys,
+                "bind the host's directory",
+                from.to_str(),
+                &at,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            do_mount(
+                sys,
+                "make the host's directory read-only",
+                none(),
+                &at,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Each lower layer, ID-mapped through the pod's user namespace and attached on `dir/N`

@@ -173,6 +173,9 @@ pub struct PodPlan {
     /// A user namespace of the pod's own (`spec.hostUsers: false`, or the host's default;
     /// [`users`]): its IDs 0-65535 are a range of the host's the sandbox leases.
     pub user_namespace: bool,
+    /// Run by an ordinary user's wpod, in its user namespace (`sandbox::rootless`): no cgroup
+    /// of its own (limits are said not to apply), the network through pasta.
+    pub rootless: bool,
     /// The pod's volumes, checked (each supported type; hostPaths allowed by policy), in the
     /// manifest's order.
     pub volumes: Vec<VolumePlan>,
@@ -309,6 +312,11 @@ pub enum Network {
     /// The host's network (and UTS) namespace (`spec.hostNetwork`): containers listen on the
     /// host itself.
     Host,
+    /// A rootless pod's (`sandbox::rootless`): its own network namespace joined to the host's
+    /// network by pasta (Debian's `passt`), which gives it the host's address and routes and
+    /// makes its connections from the user's own sockets; the gateway's address reaches the
+    /// host's loopback. hostPorts forwarded by wpod, as for `Loopback`.
+    Pasta,
 }
 
 /// What the pod's resolv.conf holds: the host's resolvers (`dnsPolicy` Default, and
@@ -672,12 +680,22 @@ fn plan_with(
         true => users::host_default(),
         false => Ok((true, "Kubernetes' default".to_string())),
     };
+    // An ordinary user's wpod (`sandbox::rootless`): its pods are in its user namespace.
+    let rootless = here && crate::files::rootless_uid().is_some();
+    let default = match rootless {
+        true => Ok((true, "a rootless wpod's".to_string())),
+        false => default,
+    };
     let user_namespace = users::user_namespace(pod, default, &mut diags);
+    if rootless {
+        users::check_rootless(pod, user_namespace, &mut diags);
+    }
     let mut settings = pod.annotations();
-    let network = match (pod.spec.host_network, settings.network_none) {
-        (true, _) => Network::Host,
-        (false, true) => Network::Loopback,
-        (false, false) => Network::Cni,
+    let network = match (pod.spec.host_network, settings.network_none, rootless) {
+        (true, _, _) => Network::Host,
+        (false, true, _) => Network::Loopback,
+        (false, false, true) => Network::Pasta,
+        (false, false, false) => Network::Cni,
     };
     // On the host's network a container listens on the host itself: nothing is published.
     let port_mappings = match network {
@@ -687,7 +705,7 @@ fn plan_with(
     // Each hostPort holds a socket; only wpod's own forwarder (a pod off the network) holds
     // descriptors per connection too: portmap's are the kernel's.
     let forwarded = match network {
-        Network::Loopback => port_mappings.len() as u64,
+        Network::Loopback | Network::Pasta => port_mappings.len() as u64,
         _ => 0,
     };
     let ports = (port_mappings.len() as u64, forwarded);
@@ -728,6 +746,7 @@ fn plan_with(
                 namespace: pod.metadata.namespace.clone(),
                 share_process_namespace: pod.spec.share_process_namespace,
                 user_namespace,
+                rootless,
                 volumes,
                 fs_group: pod
                     .spec
@@ -951,7 +970,7 @@ impl PodPlan {
         }
         let host_ports = self.port_mappings.len() as u64;
         let forwarded = match self.network {
-            Network::Loopback => host_ports,
+            Network::Loopback | Network::Pasta => host_ports,
             _ => 0,
         };
         let mut diags = Vec::new();

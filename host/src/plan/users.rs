@@ -69,21 +69,45 @@ pub fn user_namespace(
         },
     };
     if own {
-        check_ids(pod, diags);
+        check_ids(pod, false, diags);
     }
     own
 }
 
+/// A rootless wpod's pod: it runs in the user's own user namespace, whose IDs 0-65536 are the
+/// user and the user's subordinate range (`sandbox::rootless`), so it cannot have one of its own
+/// (`hostUsers: false`), and every ID it names must be in that namespace.
+pub fn check_rootless(pod: &Pod, own: bool, diags: &mut Vec<Diagnostic>) {
+    match own {
+        true => diags.push(pod.source.diag(
+            "spec.hostUsers",
+            "a rootless wpod cannot give a pod a user namespace of its own: its pods already \
+             run in the user's, where their root is the user and their other IDs the user's \
+             subordinate ones; remove hostUsers: false, or run the pod as root",
+        )),
+        false => check_ids(pod, true, diags),
+    }
+}
+
 /// Every ID the manifest names must be inside the pod's range (as the kubelet refuses a
 /// `runAsUser` it cannot map).
-fn check_ids(pod: &Pod, diags: &mut Vec<Diagnostic>) {
+/// `rootless`: the namespace is a rootless wpod's, not the pod's own.
+fn check_ids(pod: &Pod, rootless: bool, diags: &mut Vec<Diagnostic>) {
+    let (whose, fix) = match rootless {
+        false => ("the pod's user namespace", " (hostUsers: false)"),
+        true => ("the user namespace of a rootless wpod", ""),
+    };
+    let other = match rootless {
+        false => "hostUsers: true",
+        true => "run the pod as root",
+    };
     let mut check = |path: String, id: Option<u32>| {
         if let Some(id) = id.filter(|id| *id >= IDS_PER_POD) {
             diags.push(pod.source.diag(
                 path,
                 format!(
-                    "{id} is outside the pod's user namespace, which maps IDs 0-{} \
-                     (hostUsers: false); use an ID below {IDS_PER_POD}, or hostUsers: true",
+                    "{id} is outside {whose}, which maps IDs 0-{}{fix}; use an ID below \
+                     {IDS_PER_POD}, or {other}",
                     IDS_PER_POD - 1
                 ),
             ));
@@ -177,6 +201,32 @@ mod tests {
         ));
         assert_eq!(diags.len(), 1);
         assert!(diags[0].message.contains("/etc/x"), "{diags:?}");
+    }
+
+    #[test]
+    fn a_rootless_wpod_refuses_a_user_namespace_of_the_pods_own_and_unmapped_ids() {
+        let own = pod(&format!(
+            "{BASE}  hostUsers: false\n  containers: [{{name: a, image: x}}]\n"
+        ));
+        let mut diags = Vec::new();
+        check_rootless(&own, true, &mut diags);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].path, "spec.hostUsers");
+        assert!(
+            diags[0].message.contains("remove hostUsers: false"),
+            "{diags:?}"
+        );
+        let far = pod(&format!(
+            "{BASE}  containers:\n  - name: a\n    image: x\n    securityContext: {{runAsUser: 70000}}\n"
+        ));
+        let mut diags = Vec::new();
+        check_rootless(&far, false, &mut diags);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(
+            diags[0].message,
+            "70000 is outside the user namespace of a rootless wpod, which maps IDs 0-65535; \
+             use an ID below 65536, or run the pod as root"
+        );
     }
 
     #[test]

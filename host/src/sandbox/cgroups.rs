@@ -114,6 +114,26 @@ impl PodCgroups {
         Self::create_in(&Host::real(), pod)
     }
 
+    /// No cgroup at all (a rootless pod's): every limit is said not to apply, and a container
+    /// is found and killed through its own PID namespace alone.
+    pub fn none(sys: Arc<dyn Syscall>) -> Self {
+        PodCgroups {
+            sys,
+            layout: Layout::V1 {
+                memory: None,
+                cpu: None,
+                pids: None,
+            },
+            pod_dirs: Vec::new(),
+            runtime_origin: Vec::new(),
+        }
+    }
+
+    /// Whether the pod has no cgroup ([`PodCgroups::none`]).
+    pub fn is_none(&self) -> bool {
+        self.pod_dirs.is_empty()
+    }
+
     /// The pod's cgroups under `host`'s cgroup root, made with its syscalls.
     pub fn create_in(host: &Host, pod: &PodName) -> Result<Self, CgroupError> {
         let layout = detect(&host.cgroup_root);
@@ -241,6 +261,9 @@ impl PodCgroups {
     /// own memory limit (carved out of the pod's by the plan), and the supervisor is never the one a
     /// runaway container's OOM kills. Returns warnings for limits that could not be applied.
     pub fn limit_pod(&self, limits: &ResourceList) -> Vec<String> {
+        if self.is_none() {
+            return Vec::new();
+        }
         let mut warnings = Vec::new();
         let (mem, cpu, _) = self.by_controller(&self.containers_dirs());
         for w in limit_writes(&self.layout, &mem, &cpu, limits) {
@@ -280,6 +303,18 @@ impl PodCgroups {
         pids_max: u64,
     ) -> Result<(ContainerCgroup, Vec<String>), CgroupError> {
         let mut warnings = Vec::new();
+        if self.is_none() {
+            // Said once for the pod (`PodCgroups::none`'s caller), not per container.
+            let none = ContainerCgroup {
+                sys: self.sys.clone(),
+                layout: self.layout.clone(),
+                dirs: Vec::new(),
+                memory_dir: None,
+                procs: Vec::new(),
+                kill: Vec::new(),
+            };
+            return Ok((none, warnings));
+        }
         let dirs: Vec<PathBuf> = self
             .containers_dirs()
             .iter()

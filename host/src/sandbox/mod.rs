@@ -8,8 +8,10 @@ pub mod holder;
 pub mod namespaces;
 pub mod network;
 pub mod ownership;
+pub mod pasta;
 pub mod ports;
 pub mod projected;
+pub mod rootless;
 pub mod runtime;
 pub mod state_dir;
 pub mod sysctls;
@@ -92,6 +94,8 @@ pub struct PodSandbox {
     ports: Option<PortForwards>,
     /// The pod on its CNI network (DEL when dropped).
     _network: Option<network::PodNetwork>,
+    /// A rootless pod's pasta (stopped when dropped).
+    _pasta: Option<pasta::Pasta>,
     pub cgroups: PodCgroups,
     pub volumes: PodVolumes,
     pub namespaces: PodNamespaces,
@@ -166,7 +170,18 @@ impl PodSandbox {
             }
             _ => (None, None),
         };
-        let ip = network.as_ref().and_then(|n| n.ip);
+        let pasta = match plan.network {
+            crate::plan::Network::Pasta => Some(
+                pasta::Pasta::attach(&namespaces.net_path(), &state.path).map_err(|e| {
+                    SandboxError::step("join the pod to the host's network (pasta)", e)
+                })?,
+            ),
+            _ => None,
+        };
+        let ip = match &pasta {
+            Some(_) => pasta::address(&namespaces.net_handle()),
+            None => network.as_ref().and_then(|n| n.ip),
+        };
         let dialer = Dialer::new(namespaces.net_handle())
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
         let host = crate::sys::Host::real();
@@ -184,7 +199,14 @@ impl PodSandbox {
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
-        let mut cgroups = PodCgroups::create_in(&host, &plan.name)?;
+        let mut cgroups = match plan.rootless {
+            // No cgroup is this user's to write (wpod does not use systemd's delegation yet).
+            true => {
+                warnings.extend(rootless_limits_warning(plan));
+                PodCgroups::none(host.sys.clone())
+            }
+            false => PodCgroups::create_in(&host, &plan.name)?,
+        };
         warnings.extend(cgroups.limit_pod(&plan.limits));
         warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
@@ -192,6 +214,7 @@ impl PodSandbox {
             hostname: plan.hostname.clone(),
             ports,
             _network: network,
+            _pasta: pasta,
             cgroups,
             volumes,
             namespaces,
@@ -206,7 +229,10 @@ impl PodSandbox {
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
         };
-        if plan.network == crate::plan::Network::Loopback {
+        if matches!(
+            plan.network,
+            crate::plan::Network::Loopback | crate::plan::Network::Pasta
+        ) {
             sandbox.ports = Some(PortForwards::publish(
                 name,
                 &plan.port_mappings,
@@ -265,7 +291,8 @@ fn runtime_facts(
         .unwrap_or_else(|| "127.0.0.1".into());
     let pod_ip = match (network, ip) {
         (_, Some(ip)) => ip.to_string(),
-        (crate::plan::Network::Host, None) => host_ip.clone(),
+        // pasta gives the pod the host's address.
+        (crate::plan::Network::Host | crate::plan::Network::Pasta, None) => host_ip.clone(),
         _ => "127.0.0.1".into(),
     };
     // Version 4, variant 1 (RFC 9562): the rest random.
@@ -284,6 +311,24 @@ fn runtime_facts(
         host_ip,
         uid,
     }
+}
+
+/// What a rootless pod's manifest limits that nothing will hold: without a cgroup, no memory,
+/// CPU or PID limit of a native container (or of the pod) applies. Wasm sidecars' memory and
+/// CPU limits still do: wasmtime holds them.
+fn rootless_limits_warning(plan: &PodPlan) -> Option<String> {
+    let set = |l: &crate::spec::ResourceList| l.cpu_millis.is_some() || l.memory_bytes.is_some();
+    let limited = set(&plan.limits)
+        || plan
+            .containers
+            .iter()
+            .any(|c| c.grants.is_none() && set(&c.limits));
+    limited.then(|| {
+        "rootless: this user has no cgroup of its own to write, so the native containers' \
+         resource limits (memory, cpu, pids) are not applied; Wasm sidecars' limits are (wasmtime \
+         holds them). Run the pod as root for them"
+            .to_string()
+    })
 }
 
 /// A tmpfs of the pod's, root's alone, unmounted with the pod.

@@ -327,6 +327,9 @@ impl Event {
             } => match (network, ip) {
                 (_, Some(ip)) => format!("sandbox ready (hostname {hostname}, IP {ip})"),
                 (Network::Host, None) => "sandbox ready (on the host's network)".to_string(),
+                (Network::Pasta, None) => {
+                    format!("sandbox ready (hostname {hostname}, the host's network through pasta)")
+                }
                 (_, None) => format!("sandbox ready (hostname {hostname}, loopback only)"),
             },
             Event::Started { pid, restarts, .. } => {

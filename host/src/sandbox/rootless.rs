@@ -1,0 +1,310 @@
+//! Rootless wpod: an ordinary user's `wpod` moves itself into a user namespace of its own before
+//! it does anything privileged, as podman's rootless mode does. In it the user is root: wpod
+//! makes its pods' namespaces, mounts their overlays and chowns pulled layers exactly as it does
+//! as root, and the kernel allows all of it only over what that namespace owns.
+//!
+//! The namespace maps ID 0 to the user's own UID and GID, and IDs 1-65536 to the user's first
+//! subordinate range of at least that size (`/etc/subuid`, `/etc/subgid`; `useradd` gives every
+//! user one). Only the setuid tools `newuidmap` and `newgidmap` (Debian's `uidmap`) may write
+//! such maps, and only from outside the namespace: so the process forks a helper first, moves
+//! itself into the new namespace, and the helper maps it. The process keeps its PID, its terminal
+//! and its signals; nothing stays behind to wait for it.
+//!
+//! It then takes a mount namespace of its own, so that what it mounts for its pods is seen by
+//! them alone (and goes when they do).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Gid, Uid};
+
+use crate::files::ROOTLESS_ENV;
+
+/// IDs mapped besides the user's own: 1-65536, so that every ID a Kubernetes pod uses
+/// (0-65535, and the pause user 65535 wpod's holder runs as) exists in the namespace.
+pub const SUBORDINATE_IDS: u32 = 65536;
+
+/// Where the map tools are looked for (never `$PATH`: they run setuid for this user).
+const TOOL_DIRS: [&str; 4] = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootlessError {
+    #[error(
+        "{}: no range of {SUBORDINATE_IDS} or more subordinate IDs for user {user} (uid \
+         {uid}): a rootless wpod maps its pods' IDs 1-{SUBORDINATE_IDS} to one; as root, add \
+         one (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}), or run \
+         wpod as root",
+        file.display()
+    )]
+    NoRange {
+        file: PathBuf,
+        user: String,
+        uid: u32,
+    },
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{tool} is not installed (looked in /usr/bin, /bin, /usr/sbin, /sbin): a rootless wpod \
+         maps its user namespace with it; install Debian's package uidmap (apt install uidmap), \
+         or run wpod as root"
+    )]
+    NoTool { tool: &'static str },
+    #[error("{tool} {args}: {message}")]
+    Map {
+        tool: &'static str,
+        args: String,
+        message: String,
+    },
+    #[error(
+        "{call}: {source}{}",
+        if *source == nix::Error::EPERM || *source == nix::Error::ENOSPC {
+            " (does this kernel allow user namespaces to ordinary users? see \
+             /proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone)"
+        } else {
+            ""
+        }
+    )]
+    Sys {
+        call: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn sys(call: &'static str) -> impl FnOnce(nix::Error) -> RootlessError {
+    move |source| RootlessError::Sys { call, source }
+}
+
+/// A range of subordinate IDs: host IDs `first..first + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// The user's first range in `text` (`/etc/subuid` format: `name-or-id:first:count` per line)
+/// of at least [`SUBORDINATE_IDS`] IDs.
+pub fn find_range(text: &str, user: &str, id: u32) -> Option<Range> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let (owner, first, count) = (fields.next()?, fields.next()?, fields.next()?);
+        if owner != user && owner.parse::<u32>().ok() != Some(id) {
+            return None;
+        }
+        let range = Range {
+            first: first.parse().ok()?,
+            count: count.parse().ok()?,
+        };
+        (range.count >= SUBORDINATE_IDS).then_some(range)
+    })
+}
+
+fn read_range(file: &Path, user: &str, id: u32) -> Result<Range, RootlessError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(RootlessError::Read {
+                file: file.to_path_buf(),
+                source,
+            })
+        }
+    };
+    find_range(&text, user, id).ok_or_else(|| RootlessError::NoRange {
+        file: file.to_path_buf(),
+        user: user.to_string(),
+        uid: id,
+    })
+}
+
+fn tool(name: &'static str) -> Result<PathBuf, RootlessError> {
+    TOOL_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .ok_or(RootlessError::NoTool { tool: name })
+}
+
+/// The map a tool writes for process `pid`: `0 -> own`, `1.. -> range`.
+fn map_args(pid: i32, own: u32, range: Range) -> Vec<String> {
+    [pid as u32, 0, own, 1, 1, range.first, SUBORDINATE_IDS]
+        .iter()
+        .map(u32::to_string)
+        .collect()
+}
+
+/// Whether this process is an ordinary user's wpod that has not entered its namespace yet.
+pub fn needed() -> bool {
+    !nix::unistd::geteuid().is_root()
+}
+
+/// Moves this process into a user namespace of its own (and a mount namespace), as described
+/// above; afterwards it is root there and [`crate::files::rootless_uid`] says whose wpod it is.
+/// Must be called while the process has one thread: the kernel refuses a new user namespace to
+/// a threaded process.
+pub fn enter() -> Result<(), RootlessError> {
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    let uids = read_range(Path::new("/etc/subuid"), &user, uid.as_raw())?;
+    let gids = read_range(Path::new("/etc/subgid"), &user, uid.as_raw())?;
+    let newuidmap = tool("newuidmap")?;
+    let newgidmap = tool("newgidmap")?;
+    // The state root is the user's (worked out now, while HOME and the UID are the user's):
+    // everything started inside is told it.
+    let root = crate::files::state_root();
+    let me = nix::unistd::getpid().as_raw();
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let (done_r, done_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    // SAFETY: the process has one thread (the caller's promise), so the child may allocate and
+    // spawn as any process does; it leaves through `_exit`, never returning into main.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(done_r);
+            let mut go = [0u8; 1];
+            let mut from_parent = std::fs::File::from(go_r);
+            let answer = match from_parent.read(&mut go) {
+                // The parent is in its namespace: map it.
+                Ok(1) => map(&newuidmap, "newuidmap", me, uid.as_raw(), uids)
+                    .and_then(|()| map(&newgidmap, "newgidmap", me, gid.as_raw(), gids))
+                    .err()
+                    .unwrap_or_else(|| MAPPED.to_string()),
+                _ => "the process to map went away".to_string(),
+            };
+            let _ = std::fs::File::from(done_w).write_all(answer.as_bytes());
+            // SAFETY: ends the forked helper without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(done_w);
+            let unshared = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(sys(
+                "unshare(CLONE_NEWUSER) (a user namespace for rootless wpod)",
+            ));
+            if unshared.is_ok() {
+                let _ = std::fs::File::from(go_w).write_all(b"1");
+            } else {
+                drop(go_w);
+            }
+            let mut answer = String::new();
+            let _ = std::fs::File::from(done_r).read_to_string(&mut answer);
+            let _ = nix::sys::wait::waitpid(child, None);
+            unshared?;
+            if answer != MAPPED {
+                return Err(answer_error(&answer));
+            }
+        }
+    }
+    // Root of the namespace now (the user's UID maps to 0): take it for real and for the
+    // files this process makes.
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(sys("setresgid(0)"))?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(sys("setresuid(0)"))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+    // Nothing mounted for the pods propagates back to the user's own mount namespace.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(sys("mount / MS_REC|MS_SLAVE"))?;
+    // SAFETY: the process still has one thread.
+    std::env::set_var("WPOD_ROOT", &root);
+    std::env::set_var(ROOTLESS_ENV, uid.as_raw().to_string());
+    Ok(())
+}
+
+/// The helper's answer when both maps are written.
+const MAPPED: &str = "mapped";
+
+/// Runs one map tool for `pid`; the error is the tool's own words.
+fn map(tool: &Path, name: &'static str, pid: i32, own: u32, range: Range) -> Result<(), String> {
+    let args = map_args(pid, own, range);
+    let out = Command::new(tool)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{name}\n{}\n{e}", args.join(" ")))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "{name}\n{}\n{} ({})",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        )),
+    }
+}
+
+/// The helper's answer (`tool\nargs\nmessage`) as an error.
+fn answer_error(answer: &str) -> RootlessError {
+    if answer.is_empty() {
+        return RootlessError::Map {
+            tool: "newuidmap",
+            args: String::new(),
+            message: "the helper that runs it ended without an answer".into(),
+        };
+    }
+    let mut parts = answer.splitn(3, '\n');
+    let tool = match parts.next() {
+        Some("newgidmap") => "newgidmap",
+        _ => "newuidmap",
+    };
+    RootlessError::Map {
+        tool,
+        args: parts.next().unwrap_or_default().to_string(),
+        message: parts.next().unwrap_or(answer).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_users_first_range_big_enough() {
+        let text = "alice:100000:65536\nbob:165536:1000\nbob:200000:65536\n1003:300000:70000\n";
+        let range = |user, id| find_range(text, user, id);
+        assert_eq!(
+            range("alice", 1001),
+            Some(Range {
+                first: 100000,
+                count: 65536
+            })
+        );
+        // bob's first range is too small for a pod's IDs: his second one is taken.
+        assert_eq!(range("bob", 1002).map(|r| r.first), Some(200000));
+        // By UID as well as by name.
+        assert_eq!(range("carol", 1003).map(|r| r.first), Some(300000));
+        assert_eq!(range("dave", 1004), None);
+        assert_eq!(find_range("alice:x:65536\nalice:1", "alice", 1), None);
+    }
+
+    #[test]
+    fn maps_root_to_the_user_and_the_rest_to_the_range() {
+        let args = map_args(
+            42,
+            1001,
+            Range {
+                first: 100000,
+                count: 70000,
+            },
+        );
+        assert_eq!(args, ["42", "0", "1001", "1", "1", "100000", "65536"]);
+    }
+}

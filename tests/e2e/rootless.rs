@@ -1,0 +1,380 @@
+//! Rootless pods (issue 30): an ordinary user, made by the test, runs a pod with `wpod run`:
+//! nginx from an image pulled from the test registry, a Wasm log tail, a hostPort, egress through
+//! pasta, and a hostPath where what the pod's root writes belongs to the user. The user's wpod
+//! keeps its state under the user's home, and neither sees root's pods nor is seen by root's
+//! `wpod ps`. Needs root (to make the user), and Debian's uidmap and passt (`.ci/setup`).
+//!
+//! wpod runs in a "node" of the test's own: a network namespace whose default route leads to a
+//! test host on 198.51.100.0/24 (pasta takes its addresses and routes from there), so nothing
+//! the pod sends reaches the real network.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wpod_test_support::netns::{NetNs, RemoteHost};
+use wpod_test_support::require_root;
+
+use crate::images::ImageEnv;
+use crate::pods::{assert_no_leftovers_in, processes_mentioning};
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// An ordinary user of the test's own, with a home and a range of subordinate IDs; deleted
+/// (with its home and its ranges) when dropped.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn new(name: &str) -> Self {
+        let _ = Command::new("userdel").args(["-r", name]).output();
+        let out = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", name])
+            .output()
+            .expect("useradd (Debian's passwd package)");
+        assert!(
+            out.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let user = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .expect("the new user");
+        let user = TestUser {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        };
+        // useradd gives a new user subordinate IDs when the system is set to; else here.
+        if subordinate_range(&user.name).is_none() {
+            let out = Command::new("usermod")
+                .args([
+                    "--add-subuids",
+                    "300000-365535",
+                    "--add-subgids",
+                    "300000-365535",
+                    name,
+                ])
+                .output()
+                .expect("usermod");
+            assert!(out.status.success(), "{out:?}");
+        }
+        user
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}
+
+/// The first host ID of `user`'s subordinate UIDs.
+fn subordinate_range(user: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/subuid")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{user}:"))?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Serves `HTTP/1.0 200` with `body` to every connection on `ip` in the network namespace `ns`
+/// (from a thread that joins it), on a free port; returns the port.
+fn serve_in(ns: &Path, ip: &str, body: &'static str) -> u16 {
+    let ns = std::fs::File::open(ns).expect("the namespace");
+    let ip = ip.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let listener = TcpListener::bind((ip.as_str(), 0)).expect("bind");
+        tx.send(listener.local_addr().expect("addr").port()).ok();
+        for mut conn in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    rx.recv().expect("the server's port")
+}
+
+fn as_user(user: &TestUser, cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.uid(user.uid)
+        .gid(user.gid)
+        .env("HOME", &user.home)
+        .env_remove("WPOD_ROOT")
+        .env_remove("XDG_DATA_HOME");
+}
+
+#[test]
+fn an_ordinary_user_runs_the_demo_pod_rootless() {
+    require_root("an_ordinary_user_runs_the_demo_pod_rootless (it makes a user)");
+    assert!(
+        Path::new("/usr/bin/newuidmap").exists() && Path::new("/usr/bin/pasta").exists(),
+        "rootless pods need newuidmap (Debian's uidmap) and pasta (passt): .ci/setup installs them"
+    );
+    let user = TestUser::new("wpod-e2e-rl");
+    let first = subordinate_range(&user.name).expect("the user's subordinate range");
+    let images = ImageEnv::new("rootless");
+    // The node, and a test host its default route leads to (pasta copies both into the pod).
+    let node = NetNs::new("rootless");
+    let remote = RemoteHost::new(Some(&node));
+    node.ip(&["route", "add", "default", "via", &remote.addr.to_string()]);
+    remote.assert_routed();
+    // A second test host joined to the node: what the pod reaches through pasta's sockets.
+    let far = RemoteHost::new(Some(&node));
+    far.assert_routed();
+    // The gateway's address is the node's loopback to the pod.
+    let on_node = serve_in(&node.path(), "127.0.0.1", "from-the-node");
+    let on_far = serve_in(&far.ns.path(), &far.addr.to_string(), "from-the-far-host");
+
+    let host_port = crate::free_port();
+    let mut pod = images.pod(
+        "rootless",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: rootless}}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: log-tail
+    restartPolicy: Always
+    image: SIDECARS/log-tail.wasm
+    env:
+    - {{name: FOLLOW, value: nginx}}
+    - {{name: SINK, value: stdout}}
+  containers:
+  - name: nginx
+    image: nginx
+    imagePullPolicy: IfNotPresent
+    ports:
+    - {{containerPort: 80, hostPort: {host_port}}}
+  - name: client
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    args:
+    - /bin/sh
+    - -c
+    - |
+      echo "uid_map $(cat /proc/self/uid_map | tr -s ' ' | tr '\n' ' ')"
+      echo made-by-root > /out/by-root
+      echo made-by-1000 > /out/by-1000 && chown 1000:1000 /out/by-1000
+      until wget -qO- http://localhost:80/ >/dev/null; do sleep 0.1; done
+      echo "node $(wget -qO- http://{gateway}:{on_node}/)"
+      echo "far $(wget -qO- http://{far}:{on_far}/)"
+      echo client-done
+      sleep 3600
+    volumeMounts:
+    - {{name: out, mountPath: /out}}
+  volumes:
+  - name: out
+    hostPath: {{path: OUTDIR, type: Directory}}
+"#,
+            gateway = remote.addr,
+            far = far.addr,
+        ),
+    );
+    // The hostPath is the user's, as a directory of theirs would be.
+    let out_dir = pod.manifest.parent().unwrap().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(user.uid), Some(user.gid)).unwrap();
+    let yaml = std::fs::read_to_string(&pod.manifest).unwrap();
+    std::fs::write(
+        &pod.manifest,
+        yaml.replace("OUTDIR", &out_dir.display().to_string()),
+    )
+    .unwrap();
+    // Only the registries' file from the image tests' settings: the state is the user's own.
+    pod.env = vec![
+        (
+            "WPOD_REGISTRIES_CONF".into(),
+            images.dir.join("registries.conf").display().to_string(),
+        ),
+        ("HOME".into(), user.home.display().to_string()),
+    ];
+    // The registry is on this namespace's loopback, not the node's: the user pulls first.
+    for image in ["nginx", "busybox"] {
+        let mut pull = Command::new(crate::wpod_bin());
+        as_user(&user, &mut pull);
+        let out = pull
+            .args(["pull", image])
+            .envs(pod.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("wpod pull");
+        assert!(out.status.success(), "wpod pull {image}: {out:?}");
+    }
+    pod.user = Some((user.uid, user.gid));
+    pod.netns = Some(node.path());
+    let running = pod.spawn();
+    let run = running.wait_for("the client and nginx's lines in the sidecar", LONG, |r| {
+        r.has_line("client", "client-done")
+            && r.logs("log-tail")
+                .iter()
+                .any(|l| l.starts_with("nginx ") && l.contains("\"GET / HTTP/1.1\" 200"))
+    });
+    // The pod's root is the user; its other IDs the user's subordinate range.
+    let map = run
+        .lines_starting("client", "uid_map ")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no uid_map line\n{}", run.dump()));
+    let fields: Vec<&str> = map["uid_map ".len()..].split_whitespace().collect();
+    assert_eq!(
+        fields,
+        [
+            "0".to_string(),
+            user.uid.to_string(),
+            "1".into(),
+            "1".into(),
+            first.to_string(),
+            "65536".into()
+        ],
+        "{}",
+        run.dump()
+    );
+    // Egress through pasta: the node's loopback through the gateway's address, and a test
+    // host.
+    run.assert_line("client", "node from-the-node");
+    run.assert_line("client", "far from-the-far-host");
+    // The hostPort answers on the node.
+    let page = node.sh(&format!(
+        "curl -s --max-time 5 http://127.0.0.1:{host_port}/"
+    ));
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Welcome to nginx"),
+        "{page:?}\n{}",
+        run.dump()
+    );
+    // What the pod's root wrote is the user's on the host; its UID 1000 the range's.
+    let by_root = std::fs::metadata(out_dir.join("by-root")).unwrap();
+    assert_eq!((by_root.uid(), by_root.gid()), (user.uid, user.gid));
+    let by_1000 = std::fs::metadata(out_dir.join("by-1000")).unwrap();
+    assert_eq!(by_1000.uid(), first + 999);
+
+    // The user's pods are the user's: their `wpod ps` lists it, root's does not.
+    let ps = |cmd: &mut Command| {
+        let out = cmd.args(["ps"]).output().expect("wpod ps");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut users_ps = Command::new(crate::wpod_bin());
+    as_user(&user, &mut users_ps);
+    assert!(ps(&mut users_ps).contains("rootless"), "the user's ps");
+    assert!(
+        !ps(&mut Command::new(crate::wpod_bin())).contains("rootless"),
+        "root's ps lists the user's pod"
+    );
+    let mut logs = Command::new(crate::wpod_bin());
+    as_user(&user, &mut logs);
+    let logs = logs
+        .args(["logs", "rootless", "-c", "client"])
+        .output()
+        .expect("wpod logs");
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("client-done"),
+        "{logs:?}"
+    );
+    // describe asks the pod's wpod, through its control socket: the user may.
+    let mut describe = Command::new(crate::wpod_bin());
+    as_user(&user, &mut describe);
+    let described = describe
+        .args(["describe", "rootless"])
+        .output()
+        .expect("wpod describe");
+    assert!(
+        String::from_utf8_lossy(&described.stdout).contains("Status:      Running"),
+        "{described:?}"
+    );
+    let state = user.home.join(".local/share/wpod");
+    assert!(
+        state.join("pods/rootless").is_dir(),
+        "no state under the user's home"
+    );
+    // Pulled layers are the user's and the range's, never the host root's.
+    let root_owned = files_owned_by(&state, 0);
+    assert!(root_owned.is_empty(), "host root owns {root_owned:?}");
+
+    // The user stops it (`wpod stop`, from another process of theirs).
+    let mut stop = Command::new(crate::wpod_bin());
+    as_user(&user, &mut stop);
+    let stopped = stop.args(["stop", "rootless"]).output().expect("wpod stop");
+    assert!(stopped.status.success(), "{stopped:?}");
+    let run = running.wait(LONG);
+    assert!(run.has_line("nginx", "GET / HTTP/1.1"), "{}", run.dump());
+    assert_no_leftovers_in(&state, "rootless");
+    assert!(
+        processes_mentioning(&[&state
+            .join("pods/rootless/pasta-netns")
+            .display()
+            .to_string()])
+        .is_empty(),
+        "pasta is left"
+    );
+}
+
+/// Files under `dir` owned by host UID `uid`.
+fn files_owned_by(dir: &Path, uid: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.uid() == uid {
+                found.push(path.clone());
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_user_without_subordinate_ids_is_told_how_to_get_them() {
+    require_root("a_user_without_subordinate_ids_is_told_how_to_get_them (it runs as nobody)");
+    use std::os::unix::process::CommandExt;
+    // `nobody` has no range in /etc/subuid.
+    let dir = std::env::temp_dir().join(format!("wpod-e2e-rl-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let out = Command::new(crate::wpod_bin())
+        .args(["run", "no-such.yaml"])
+        .uid(65534)
+        .gid(65534)
+        .env("HOME", &dir)
+        .env_remove("WPOD_ROOT")
+        .output()
+        .expect("wpod run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/etc/subuid: no range of 65536 or more subordinate IDs for user nobody")
+            && err.contains("usermod --add-subuids"),
+        "{err}"
+    );
+}
