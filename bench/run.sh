@@ -18,6 +18,7 @@
 #   start-peers.sh  spawn to first connect: process, runc, crun, podman, wpod apply/run/bench
 #   pod-ready.sh    pod start to all 4 containers ready: 3 Wasm vs 3 native sidecars, unshare floor
 #   pods.sh         many pods on one host (up to 200): start, PSS, ps and stop per pod
+#                   (rootless ones too with WPOD_BENCH_USER=USER, an ordinary user with subuids)
 #   density.sh      PSS per idle sidecar (N = 1, 10, 100): wpod vs crun vs podman
 #   ports.sh        hostPort (kernel DNAT) vs direct to the pod IP vs the userspace forwarder
 #   net.sh          pod to pod vs a bare veth pair, network setup vs podman, sidecar egress
@@ -112,6 +113,7 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
   case $name in
     logship) a="$a -w $wpod -s wpod=$SIDECARS/log-shipper.wasm" ;;  # -w WPOD, no positional argument
     tls) a="$a -o $outdir/tls-full.json $wpod" ;;                     # its own JSON (every figure)
+    pods) a="$a ${WPOD_BENCH_USER:+-u $WPOD_BENCH_USER} $wpod" ;;     # rootless pods too, as that user
     *) a="$a $wpod" ;;
   esac
   say "== $name: bench/$name.sh $a"
