@@ -181,16 +181,41 @@ pub fn random_hex(bytes: usize) -> String {
 /// Where wpod's host-wide configuration lives by default (`registries.conf`, `policy.json`).
 pub const CONFIG_DIR: &str = "/etc/wpod";
 
+/// An ordinary user's own configuration directory (a rootless wpod's): `$XDG_CONFIG_HOME/wpod`,
+/// else `~/.config/wpod`, read before [`CONFIG_DIR`] as podman reads `~/.config/containers`
+/// first. `None` for root's wpod.
+pub fn user_config_dir() -> Option<PathBuf> {
+    if rootless_uid().is_none() && nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CONFIG_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".config")))
+        .map(|dir| dir.join("wpod"))
+}
+
 /// A configuration file as podman's are found: the file `$VAR` names (which must exist), else
+/// the user's own of the same name (rootless: [`user_config_dir`]) if there is one, else
 /// `default`, whose absence means "no configuration" (`Ok(None)`). The path comes back with
 /// the text, for messages.
 pub fn read_config(
     var: &str,
     default: &str,
 ) -> Result<Option<(PathBuf, String)>, (PathBuf, std::io::Error)> {
+    let users = || {
+        let name = Path::new(default).file_name()?;
+        Some(user_config_dir()?.join(name)).filter(|p| p.exists())
+    };
     let (path, explicit) = match std::env::var_os(var) {
         Some(p) => (PathBuf::from(p), true),
-        None => (PathBuf::from(default), false),
+        None => match users() {
+            Some(p) => (p, true),
+            None => (PathBuf::from(default), false),
+        },
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some((path, text))),

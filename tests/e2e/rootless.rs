@@ -205,14 +205,19 @@ spec:
         yaml.replace("OUTDIR", &out_dir.display().to_string()),
     )
     .unwrap();
-    // Only the registries' file from the image tests' settings: the state is the user's own.
-    pod.env = vec![
-        (
-            "WPOD_REGISTRIES_CONF".into(),
-            images.dir.join("registries.conf").display().to_string(),
-        ),
-        ("HOME".into(), user.home.display().to_string()),
-    ];
+    // The image tests' registries, as the user's own configuration (~/.config/wpod, read
+    // before /etc/wpod); the state is the user's own too.
+    let config = user.home.join(".config/wpod");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::copy(
+        images.dir.join("registries.conf"),
+        config.join("registries.conf"),
+    )
+    .unwrap();
+    for dir in [user.home.join(".config"), config.clone()] {
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    pod.env = vec![("HOME".into(), user.home.display().to_string())];
     // The registry is on this namespace's loopback, not the node's: the user pulls first.
     for image in ["nginx", "busybox"] {
         let mut pull = Command::new(crate::wpod_bin());

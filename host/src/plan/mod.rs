@@ -1341,6 +1341,9 @@ fn own_paths() -> Vec<(&'static str, std::path::PathBuf)> {
             .iter()
             .map(|d| ("CNI plugins", resolve(d))),
     );
+    if let Some(dir) = crate::files::user_config_dir() {
+        out.push(("configuration", resolve(&dir)));
+    }
     for var in ["WPOD_POLICY", "WPOD_REGISTRIES_CONF", "WPOD_APPROVALS"] {
         if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
             out.push(("configuration", resolve(Path::new(&p))));
