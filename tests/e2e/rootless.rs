@@ -383,3 +383,55 @@ fn a_user_without_subordinate_ids_is_told_how_to_get_them() {
         "{err}"
     );
 }
+
+/// A machine without the tools a rootless pod needs says which, and how to get it: run in a
+/// mount namespace of the test's own where the tool is hidden (an empty file bound over it).
+#[test]
+fn a_missing_map_tool_or_pasta_is_named_with_its_package() {
+    require_root("a_missing_map_tool_or_pasta_is_named_with_its_package (it makes a user)");
+    let user = TestUser::new("wpod-e2e-rl2");
+    let dir = std::env::temp_dir().join(format!("wpod-e2e-rl-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: rl-tools}\nspec:\n  restartPolicy: Never\n  \
+         containers:\n  - name: main\n    command: [\"true\"]\n",
+    )
+    .unwrap();
+    let run_without = |tool: &str| {
+        let script = format!(
+            "mount --bind /dev/null {tool} && exec setpriv --reuid={} --regid={} --clear-groups \
+             env HOME={} {} run {}",
+            user.uid,
+            user.gid,
+            user.home.display(),
+            crate::wpod_bin().display(),
+            manifest.display()
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env_remove("WPOD_ROOT");
+        // The pod needs a network namespace without a way out, as every test's.
+        let node = NetNs::new("rl-tools");
+        node.enter(&mut cmd);
+        let out = cmd.output().expect("unshare");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run_without("/usr/bin/newuidmap");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("newuidmap is not installed") && err.contains("apt install uidmap"),
+        "{err}"
+    );
+    let (code, err) = run_without("/usr/bin/pasta");
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("pasta is not installed") && err.contains("apt install passt"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
