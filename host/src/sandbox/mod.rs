@@ -314,8 +314,8 @@ fn runtime_facts(
 }
 
 /// What a rootless pod's manifest limits that nothing will hold: without a cgroup, no memory,
-/// CPU or PID limit of a native container (or of the pod) applies. Wasm sidecars' memory and
-/// CPU limits still do: wasmtime holds them.
+/// CPU or PID limit of a native container (or of the pod) applies. Each Wasm sidecar's memory
+/// limit still does: wasmtime holds it.
 fn rootless_limits_warning(plan: &PodPlan) -> Option<String> {
     let set = |l: &crate::spec::ResourceList| l.cpu_millis.is_some() || l.memory_bytes.is_some();
     let limited = set(&plan.limits)
@@ -325,8 +325,8 @@ fn rootless_limits_warning(plan: &PodPlan) -> Option<String> {
             .any(|c| c.grants.is_none() && set(&c.limits));
     limited.then(|| {
         "rootless: this user has no cgroup of its own to write, so the native containers' \
-         resource limits (memory, cpu, pids) are not applied; Wasm sidecars' limits are (wasmtime \
-         holds them). Run the pod as root for them"
+         resource limits (memory, cpu, pids) are not applied; each Wasm sidecar's memory limit \
+         is (wasmtime holds it). Run the pod as root for them"
             .to_string()
     })
 }
