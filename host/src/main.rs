@@ -540,19 +540,12 @@ fn man_pages(dir: &Path) -> anyhow::Result<ExitCode> {
 /// `wpod compile FILE...`: each component into the cache, as its first run would put it.
 fn compile(files: &[std::path::PathBuf], output: cli::Output) -> anyhow::Result<ExitCode> {
     use wpod::sidecars::Compiled;
-    {
-        use std::os::unix::fs::MetadataExt;
-        let root = wpod::files::state_root();
-        // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if let Some(meta) = std::fs::metadata(&root).ok().filter(|m| m.uid() != me) {
-            bail!(
-                "wpod compile writes wpod's cache under {}, which is uid {}'s alone: run it as \
-                 that user, or unset WPOD_ROOT to fill your own cache",
-                root.display(),
-                meta.uid()
-            );
-        }
+    if let Some((root, owner)) = manage::foreign_state_root() {
+        bail!(
+            "wpod compile writes wpod's cache under {}, which is uid {owner}'s alone: run it as \
+             that user, or unset WPOD_ROOT to fill your own cache",
+            root.display()
+        );
     }
     let observer = CompileProgress::new(output == cli::Output::Text);
     let mut failed = false;

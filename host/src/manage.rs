@@ -80,23 +80,28 @@ struct Listed<'a> {
 /// Said plainly rather than as an empty table or "no pod"; a root that does not exist yet holds
 /// no pod.
 fn need_owner(command: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let root = wpod::files::state_root();
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    match std::fs::metadata(&root) {
-        Ok(meta) if meta.uid() != me => bail!(
-            "wpod {command} reads the pods' state under {}, which is uid {}'s alone: run it as \
-             that user ({}), or unset WPOD_ROOT to see your own pods",
+    match foreign_state_root() {
+        Some((root, owner)) => bail!(
+            "wpod {command} reads the pods' state under {}, which is uid {owner}'s alone: run it \
+             as that user ({}), or unset WPOD_ROOT to see your own pods",
             root.display(),
-            meta.uid(),
-            match meta.uid() {
+            match owner {
                 0 => format!("sudo wpod {command} ..."),
                 _ => "sudo -u THAT-USER".to_string(),
             }
         ),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// The state root and its owner, when it exists and is not this user's.
+pub fn foreign_state_root() -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let root = wpod::files::state_root();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = std::fs::metadata(&root).ok()?.uid();
+    (owner != me).then_some((root, owner))
 }
 
 pub fn ps(all: bool, output: Output) -> anyhow::Result<ExitCode> {

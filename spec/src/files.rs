@@ -21,18 +21,20 @@ fn default_state_root() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/wpod");
     }
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    match (absolute("XDG_DATA_HOME"), absolute("HOME")) {
+    match (env_dir("XDG_DATA_HOME"), env_dir("HOME")) {
         (Some(data), _) => data.join("wpod"),
         (None, Some(home)) => home.join(".local/share/wpod"),
         // No home: a directory of this user's own name (private_state_dir refuses one that
         // another user made first).
         (None, None) => PathBuf::from(format!("/tmp/wpod-{}", nix::unistd::geteuid())),
     }
+}
+
+/// The directory `$VAR` names, if absolute (the XDG rule: a relative one is ignored).
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
 }
 
 /// Set (to the user's host UID) in a rootless wpod once it runs in its own user namespace
@@ -188,13 +190,8 @@ pub fn user_config_dir() -> Option<PathBuf> {
     if rootless_uid().is_none() && nix::unistd::geteuid().is_root() {
         return None;
     }
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    absolute("XDG_CONFIG_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".config")))
+    env_dir("XDG_CONFIG_HOME")
+        .or_else(|| env_dir("HOME").map(|home| home.join(".config")))
         .map(|dir| dir.join("wpod"))
 }
 

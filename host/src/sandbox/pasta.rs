@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 
-/// Where pasta is looked for.
-const DIRS: [&str; 3] = ["/usr/bin", "/usr/local/bin", "/bin"];
 /// How long pasta may take to configure the namespace.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of pasta's error output kept for a message.
@@ -29,8 +27,8 @@ const MAX_MESSAGE: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum PastaError {
     #[error(
-        "pasta is not installed (looked in /usr/bin, /usr/local/bin, /bin): a rootless pod's \
-         network needs it; install Debian's package passt (apt install passt), or keep the pod \
+        "pasta is not installed (looked in /usr/bin, /bin, /usr/sbin, /sbin, /usr/local/bin): a \
+         rootless pod's network needs it; install Debian's package passt (apt install passt), or keep the pod \
          off the network (metadata.annotations[wpod.dev/network]: none)"
     )]
     NotInstalled,
@@ -54,7 +52,11 @@ pub enum PastaError {
 
 /// What to do about the failures pasta reports in words that do not say it.
 fn hint(message: &str) -> &'static str {
-    if message.contains("tun") {
+    if message.contains("External interface not usable") {
+        "; pasta copies the host's address and routes, and this host has no interface with a \
+         default route: give it one, or keep the pod off the network \
+         (metadata.annotations[wpod.dev/network]: none)"
+    } else if message.contains("tun socket") || message.contains("/dev/net/tun") {
         "; pasta opens /dev/net/tun as this user: it must be usable by every user (crw-rw-rw-, \
          as Debian's udev makes it): chmod 0666 /dev/net/tun"
     } else {
@@ -74,11 +76,7 @@ impl Pasta {
     /// namespace is configured. `dir`: the pod's state directory, for the bind mount and
     /// pasta's PID file and error output.
     pub fn attach(netns: &Path, dir: &Path) -> Result<Self, PastaError> {
-        let program = DIRS
-            .iter()
-            .map(|d| Path::new(d).join("pasta"))
-            .find(|p| p.is_file())
-            .ok_or(PastaError::NotInstalled)?;
+        let program = super::rootless::installed("pasta").ok_or(PastaError::NotInstalled)?;
         let io = |step, path: &Path| {
             let path = path.to_path_buf();
             move |source| PastaError::Io { step, path, source }

@@ -26,8 +26,17 @@ use crate::files::ROOTLESS_ENV;
 /// (0-65535, and the pause user 65535 wpod's holder runs as) exists in the namespace.
 pub const SUBORDINATE_IDS: u32 = 65536;
 
-/// Where the map tools are looked for (never `$PATH`: they run setuid for this user).
-const TOOL_DIRS: [&str; 4] = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"];
+/// Where the programs a rootless wpod runs (the map tools, pasta) are looked for: never
+/// `$PATH`, as the map tools run setuid for this user.
+const SYSTEM_DIRS: [&str; 5] = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"];
+
+/// The program `name` in [`SYSTEM_DIRS`], if installed.
+pub fn installed(name: &str) -> Option<PathBuf> {
+    SYSTEM_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootlessError {
@@ -50,7 +59,8 @@ pub enum RootlessError {
         source: std::io::Error,
     },
     #[error(
-        "{tool} is not installed (looked in /usr/bin, /bin, /usr/sbin, /sbin): a rootless wpod \
+        "{tool} is not installed (looked in /usr/bin, /bin, /usr/sbin, /sbin, /usr/local/bin): a \
+         rootless wpod \
          maps its user namespace with it; install Debian's package uidmap (apt install uidmap), \
          or run wpod as root"
     )]
@@ -124,11 +134,7 @@ fn read_range(file: &Path, user: &str, id: u32) -> Result<Range, RootlessError> 
 }
 
 fn tool(name: &'static str) -> Result<PathBuf, RootlessError> {
-    TOOL_DIRS
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-        .ok_or(RootlessError::NoTool { tool: name })
+    installed(name).ok_or(RootlessError::NoTool { tool: name })
 }
 
 /// The map a tool writes for process `pid`: `0 -> own`, `1.. -> range`.
