@@ -349,6 +349,17 @@ impl Command {
     /// Whether the command does what takes root (namespaces, mounts, chowns of pulled layers,
     /// removing a pod's files): an ordinary user's wpod runs it in a user namespace of its own
     /// (`wpod::sandbox::rootless`). The others read state and files the user owns.
+    /// Whether the command runs pods (whose cgroups a rootless wpod asks systemd for).
+    pub fn runs_pods(&self) -> bool {
+        matches!(
+            self,
+            Command::Run { .. }
+                | Command::Kube {
+                    command: KubeCommand::Play { .. }
+                }
+        )
+    }
+
     pub fn needs_user_namespace(&self) -> bool {
         matches!(
             self,

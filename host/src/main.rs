@@ -40,6 +40,12 @@ fn main() -> ExitCode {
         wpod::helper_main::run(&args)
     }
     let cli = Cli::parse();
+    // An ordinary user's pods: in a delegated scope of the user's systemd when it runs, for
+    // their cgroups (asked for while the process has one thread, before its namespaces).
+    let mut scope_warning = None;
+    if cli.command.runs_pods() && wpod::sandbox::rootless::needed() {
+        scope_warning = wpod::sandbox::rootless::enter_systemd_scope();
+    }
     // An ordinary user's wpod: into a user namespace of its own first, while it has one
     // thread (the kernel's condition).
     if cli.command.needs_user_namespace() && wpod::sandbox::rootless::needed() {
@@ -64,6 +70,9 @@ fn main() -> ExitCode {
     }
     let audit = matches!(cli.command, Command::Run { audit: true, .. });
     init_tracing(&cli.log_level, audit);
+    if let Some(warning) = scope_warning {
+        tracing::warn!("{warning}");
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {

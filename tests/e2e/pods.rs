@@ -28,6 +28,8 @@ pub struct TestPod {
     pub bin: Option<PathBuf>,
     /// An ordinary user (UID, GID) to run `wpod` as (a rootless pod), instead of root.
     pub user: Option<(u32, u32)>,
+    /// Cgroups (their `cgroup.procs` files) `wpod run` is moved into before it starts.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl TestPod {
@@ -50,6 +52,7 @@ impl TestPod {
             netns: None,
             bin: None,
             user: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -64,6 +67,7 @@ impl TestPod {
             netns: None,
             bin: None,
             user: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -129,6 +133,9 @@ impl TestPod {
         if let Some(ns) = &self.netns {
             wpod_test_support::netns::enter(ns, &mut cmd);
         }
+        if !self.cgroups.is_empty() {
+            join_cgroups(&mut cmd, &self.cgroups);
+        }
         // After the namespace is joined (which takes root): pre_exec closures run in order.
         if let Some(user) = self.user {
             become_user(&mut cmd, user);
@@ -148,6 +155,45 @@ impl TestPod {
             netns: self.netns.clone(),
             user: self.user,
         }
+    }
+}
+
+/// Moves `cmd`'s process into the cgroups whose `cgroup.procs` files are `files`, between fork
+/// and exec.
+fn join_cgroups(cmd: &mut Command, files: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    let files: Vec<std::ffi::CString> = files
+        .iter()
+        .map(|f| std::ffi::CString::new(f.as_os_str().as_bytes()).expect("a path"))
+        .collect();
+    // SAFETY: open, write and close are async-signal-safe; the paths were made before the fork,
+    // and the PID is formatted into a stack buffer.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut pid = [0u8; 12];
+            let mut n = libc::getpid() as u32;
+            let mut at = pid.len();
+            loop {
+                at -= 1;
+                pid[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for file in &files {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, pid[at..].as_ptr().cast(), pid.len() - at);
+                libc::close(fd);
+                if written < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 

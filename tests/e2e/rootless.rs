@@ -435,3 +435,344 @@ fn a_missing_map_tool_or_pasta_is_named_with_its_package() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The cgroup hierarchies of a hybrid host (this project's test machines): v1 controllers,
+/// the unified hierarchy (no controllers) and systemd's named one.
+const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const SYSTEMD_HIERARCHIES: [&str; 2] = ["unified", "systemd"];
+
+/// Cgroups a test delegates to a user, as systemd or an administrator does: in each hierarchy
+/// a directory of the test's own whose directory and `cgroup.procs` the user owns; in the
+/// unified and named systemd hierarchies also a root-owned `session` child, where a login
+/// session's processes are (not the user's to write, as a real `session-N.scope`). Dropped:
+/// every process left in them is killed and all of it removed.
+struct DelegatedCgroups {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl DelegatedCgroups {
+    fn new(user: &TestUser) -> Self {
+        assert!(
+            Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+                && Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists(),
+            "this test delegates cgroups on a hybrid cgroup v1/v2 host (the project's test \
+             machines), and this host is not one"
+        );
+        let name = format!("wpod-e2e-rl-cg-{}", std::process::id());
+        let mut cgroups = DelegatedCgroups {
+            name: name.clone(),
+            dirs: Vec::new(),
+        };
+        for hierarchy in V1_CONTROLLERS.iter().chain(&SYSTEMD_HIERARCHIES) {
+            let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(&name);
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            cgroups.dirs.push(dir.clone());
+            for owned in [
+                "",
+                "cgroup.procs",
+                "tasks",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+            ] {
+                let path = dir.join(owned);
+                if path.exists() {
+                    std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+                }
+            }
+            if SYSTEMD_HIERARCHIES.contains(hierarchy) {
+                std::fs::create_dir(dir.join("session")).unwrap();
+            }
+        }
+        cgroups
+    }
+
+    /// The test's directory in `hierarchy`.
+    fn dir(&self, hierarchy: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup").join(hierarchy).join(&self.name)
+    }
+
+    /// The `cgroup.procs` files a process of the user's session is in: the session's in
+    /// systemd's hierarchies, the delegated ones of the v1 controllers.
+    fn session_procs(&self) -> Vec<PathBuf> {
+        let session = SYSTEMD_HIERARCHIES
+            .iter()
+            .map(|h| self.dir(h).join("session/cgroup.procs"));
+        let delegated = V1_CONTROLLERS
+            .iter()
+            .map(|h| self.dir(h).join("cgroup.procs"));
+        session.chain(delegated).collect()
+    }
+
+    /// The cgroups under the test's directories, deepest first.
+    fn tree(&self) -> Vec<PathBuf> {
+        let mut all = Vec::new();
+        let mut todo = self.dirs.clone();
+        while let Some(dir) = todo.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    todo.push(entry.path());
+                }
+            }
+            all.push(dir);
+        }
+        all.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        all
+    }
+}
+
+impl Drop for DelegatedCgroups {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let tree = self.tree();
+            for dir in &tree {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: a process the test's cgroups hold (the test's user manager, the
+                    // pod's), never the test itself (it never joins them).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let _ = std::fs::remove_dir(dir);
+            }
+            if self.dirs.iter().all(|d| !d.exists()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("cannot remove the test's cgroups: {:?}", self.tree());
+    }
+}
+
+/// The user's own systemd manager (`systemd --user`), as a login starts it, in the delegated
+/// cgroups: run in a mount namespace of its own where `/run/systemd/system` says the host booted
+/// with systemd (this machine's PID 1 is not systemd). Stopped when dropped.
+struct UserManager {
+    child: std::process::Child,
+    runtime_dir: PathBuf,
+}
+
+impl UserManager {
+    fn start(user: &TestUser, cgroups: &DelegatedCgroups) -> Self {
+        let systemd = Path::new("/lib/systemd/systemd");
+        assert!(
+            systemd.exists(),
+            "no {}: Debian's systemd package (.ci/setup installs it)",
+            systemd.display()
+        );
+        let runtime_dir = std::env::temp_dir().join(format!("wpod-e2e-rl-run-{}", user.uid));
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+        std::fs::create_dir(&runtime_dir).unwrap();
+        std::os::unix::fs::chown(&runtime_dir, Some(user.uid), Some(user.gid)).unwrap();
+        std::fs::set_permissions(
+            &runtime_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let procs: Vec<String> = SYSTEMD_HIERARCHIES
+            .iter()
+            .chain(&V1_CONTROLLERS)
+            .map(|h| cgroups.dir(h).join("cgroup.procs").display().to_string())
+            .collect();
+        let log = std::fs::File::create(runtime_dir.with_extension("log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && \
+                 for f in \"$@\"; do echo $$ > \"$f\" || exit 1; done && \
+                 exec setpriv --reuid={uid} --regid={gid} --init-groups env -i HOME={home} \
+                 USER={name} XDG_RUNTIME_DIR={run} {systemd} --user",
+                uid = user.uid,
+                gid = user.gid,
+                home = user.home.display(),
+                name = user.name,
+                run = runtime_dir.display(),
+                systemd = systemd.display(),
+            ))
+            .arg("sh")
+            .args(&procs)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("unshare");
+        let manager = UserManager { child, runtime_dir };
+        // Its private socket, and the user's D-Bus (socket-activated by the manager), which
+        // wpod asks it through.
+        let sockets = ["systemd/private", "bus"].map(|s| manager.runtime_dir.join(s));
+        let start = std::time::Instant::now();
+        while !sockets.iter().all(|s| s.exists()) {
+            assert!(
+                start.elapsed() < LONG,
+                "the user's systemd manager did not start: {}",
+                std::fs::read_to_string(manager.runtime_dir.with_extension("log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        manager
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        // SAFETY: signalling the test's own child (the manager, which exec'd in its place).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && start.elapsed() < LONG {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        let _ = std::fs::remove_file(self.runtime_dir.with_extension("log"));
+    }
+}
+
+/// Whether `run` warned of something containing `needle`.
+fn warned(run: &crate::pods::PodRun, needle: &str) -> bool {
+    run.stderr.contains(needle)
+        || run.records.iter().any(|r| {
+            r["event"] == "warning" && r["message"].as_str().unwrap_or("").contains(needle)
+        })
+}
+
+/// A rootless pod's limits: without a delegated cgroup they are said not to apply (and do not:
+/// a memory hog survives); from the user's session, wpod asks the user's systemd manager for a
+/// delegated scope and puts the pod's cgroups under the user's delegated ones, where the memory
+/// limit OOM-kills the hog and the CPU limit is the container's quota; nothing of them is left.
+#[test]
+fn a_rootless_pods_limits_hold_in_cgroups_delegated_to_the_user() {
+    require_root("a_rootless_pods_limits_hold_in_cgroups_delegated_to_the_user (it makes a user)");
+    let user = TestUser::new("wpod-e2e-rl3");
+    let pod_yaml = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  annotations: {{wpod.dev/network: none}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    command: [python3, -c, "b = bytearray(256 * 1024 * 1024); print('survived')"]
+    resources: {{limits: {{memory: 32Mi}}}}
+  - name: steady
+    command: [sh, -c, "cat /proc/self/cgroup; echo listed; until [ -e /sync/go ]; do sleep 0.1; done"]
+    resources: {{limits: {{cpu: 250m}}}}
+    volumeMounts: [{{name: sync, mountPath: /sync}}]
+  volumes:
+  - name: sync
+    hostPath: {{path: SYNC, type: Directory}}
+"#
+        )
+    };
+    let pod_for = |name: &str| {
+        let mut pod = crate::pods::TestPod::new(name, &pod_yaml(name));
+        let sync = pod.manifest.parent().unwrap().join("sync");
+        std::fs::create_dir_all(&sync).unwrap();
+        std::os::unix::fs::chown(&sync, Some(user.uid), Some(user.gid)).unwrap();
+        let yaml = std::fs::read_to_string(&pod.manifest).unwrap();
+        std::fs::write(
+            &pod.manifest,
+            yaml.replace("SYNC", &sync.display().to_string()),
+        )
+        .unwrap();
+        pod.env = vec![("HOME".into(), user.home.display().to_string())];
+        pod.user = Some((user.uid, user.gid));
+        (pod, sync)
+    };
+
+    let cgroups = DelegatedCgroups::new(&user);
+    let manager = UserManager::start(&user, &cgroups);
+    let runtime_dir = (
+        "XDG_RUNTIME_DIR".to_string(),
+        manager.runtime_dir.display().to_string(),
+    );
+
+    // Started outside the user's cgroups (in the test's, the host root's): the user's systemd
+    // cannot move wpod into a scope, and no cgroup is the user's. Both are said, and the
+    // limits do not hold.
+    let (mut pod, sync) = pod_for("rl-nolimits");
+    pod.env.push(runtime_dir.clone());
+    std::fs::write(sync.join("go"), "").unwrap();
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    for said in [
+        "cannot get a delegated scope from the user's systemd",
+        "no cgroup is delegated to this user",
+    ] {
+        assert!(warned(&run, said), "{said}\n{}", run.dump());
+    }
+    run.assert_line("hog", "survived");
+
+    // From the user's session, under the user's systemd manager, with cgroups delegated to
+    // the user.
+    let (mut pod, sync) = pod_for("rl-limits");
+    pod.env.push(runtime_dir);
+    pod.cgroups = cgroups.session_procs();
+    let running = pod.spawn();
+    let run = running.wait_for("steady's cgroups and hog's end", LONG, |r| {
+        r.has_line("steady", "listed")
+            && r.events(Some("hog")).iter().any(|e| e["event"] == "exited")
+    });
+    let cgroup_of = |hierarchy: &str| {
+        run.logs("steady")
+            .iter()
+            .find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (names, path) = rest.split_once(':')?;
+                (names == hierarchy).then(|| path.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {hierarchy} line\n{}", run.dump()))
+    };
+    // wpod asked the user's manager (over the user's D-Bus) for a scope of its own, with its
+    // PID in the unit's name.
+    let scope = format!("/{}/app.slice/wpod-{}.scope", cgroups.name, running.pid());
+    assert_eq!(cgroup_of(""), scope, "{}", run.dump());
+    assert_eq!(cgroup_of("name=systemd"), scope, "{}", run.dump());
+    // The containers' cgroups are under the delegated ones: the memory hierarchy's is the
+    // scope's (the manager made it there), the cpu hierarchy's the test's directory.
+    let ends = "/pod-rl-limits/containers/ctr-steady";
+    let memory = cgroup_of("memory");
+    assert!(
+        memory.starts_with(&format!("{scope}/wpod/")) && memory.ends_with(ends),
+        "{memory}"
+    );
+    let cpu = cgroup_of("cpu");
+    assert!(
+        cpu.starts_with(&format!("/{}/wpod/", cgroups.name)) && cpu.ends_with(ends),
+        "{cpu}"
+    );
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us"))
+        .expect("the container's cpu cgroup");
+    assert_eq!(quota.trim(), "25000", "250m of a 100 ms period");
+    let pids = cgroup_of("pids");
+    assert!(pids.ends_with(ends), "{pids}");
+    let pids_max = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{pids}/pids.max")).unwrap();
+    assert!(
+        pids_max.trim().parse::<u64>().is_ok(),
+        "pids.max {pids_max}"
+    );
+    std::fs::write(sync.join("go"), "").unwrap();
+    let run = running.wait(LONG);
+    let exit = run.exit("hog");
+    assert_eq!(exit["reason"], "OOMKilled", "{}", run.dump());
+    assert!(!run.has_line("hog", "survived"), "{}", run.dump());
+    assert!(!warned(&run, "not applied"), "{}", run.dump());
+    assert!(!warned(&run, "cannot apply"), "{}", run.dump());
+    // Nothing of the pod is left in the user's cgroups, and the scope is gone.
+    let left: Vec<PathBuf> = cgroups
+        .tree()
+        .into_iter()
+        .filter(|d| {
+            d.iter().any(|c| {
+                let c = c.to_string_lossy();
+                c == "wpod" || (c.starts_with("wpod-") && c.ends_with(".scope"))
+            })
+        })
+        .collect();
+    assert!(left.is_empty(), "left in the user's cgroups: {left:?}");
+    drop(manager);
+}

@@ -7,6 +7,11 @@
 //! wpod's supervisor. `<root-id>` names the state root (`$WPOD_ROOT`): two roots
 //! never touch each other's pods. Pure cgroup v2 hosts and hybrid v1/v2 hosts (controllers on
 //! v1) are both supported; a limit that cannot be applied is said.
+//!
+//! A rootless wpod may write no cgroup of the host's but those delegated to its user (by
+//! systemd's `Delegate=yes`, or an administrator's `chown`): in each hierarchy the tree above
+//! is rooted at the process's own cgroup instead of the hierarchy's root, when the user may
+//! write it ([`PodCgroups::delegated`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,7 +78,13 @@ const CONTAINERS: &str = "containers";
 /// The pod's cgroups: `wpod/<root-id>/<pod>` in every hierarchy used.
 pub struct PodCgroups {
     sys: Arc<dyn Syscall>,
+    /// Where the hierarchies are mounted (`/sys/fs/cgroup`).
+    mount_root: PathBuf,
+    /// Where wpod's tree starts in each hierarchy used: the hierarchy's root, or (rootless)
+    /// the cgroup delegated to the user there.
     layout: Layout,
+    /// Whether `layout` is a user's delegated cgroups (a rootless pod's).
+    delegated: bool,
     pod_dirs: Vec<PathBuf>,
     /// Where the wpod process was before it joined `_runtime`, to go back before removing it.
     runtime_origin: Vec<PathBuf>,
@@ -119,13 +130,26 @@ impl PodCgroups {
     pub fn none(sys: Arc<dyn Syscall>) -> Self {
         PodCgroups {
             sys,
+            mount_root: PathBuf::new(),
             layout: Layout::V1 {
                 memory: None,
                 cpu: None,
                 pids: None,
             },
+            delegated: true,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
+        }
+    }
+
+    /// A rootless pod's cgroups, under the cgroups delegated to this user (see the module's
+    /// comment); `None` when no hierarchy has one, so that no limit can be applied.
+    pub fn delegated(host: &Host, pod: &PodName) -> Result<Option<Self>, CgroupError> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+        match delegated_layout(&host.cgroup_root, &own, &writable) {
+            Some(layout) => Self::create_with(host, layout, true, pod).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -136,17 +160,31 @@ impl PodCgroups {
 
     /// The pod's cgroups under `host`'s cgroup root, made with its syscalls.
     pub fn create_in(host: &Host, pod: &PodName) -> Result<Self, CgroupError> {
-        let layout = detect(&host.cgroup_root);
+        Self::create_with(host, detect(&host.cgroup_root), false, pod)
+    }
+
+    /// The pod's cgroups under `layout`'s roots (`delegated`: a user's delegated cgroups).
+    fn create_with(
+        host: &Host,
+        layout: Layout,
+        delegated: bool,
+        pod: &PodName,
+    ) -> Result<Self, CgroupError> {
         let sys = host.sys.clone();
         let mut cgroups = PodCgroups {
             sys: sys.clone(),
+            mount_root: host.cgroup_root.clone(),
             layout: layout.clone(),
+            delegated,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
         };
         for root in roots(&layout) {
             let dir = pod_dir(&root, pod);
             sys.mkdir_all(&dir).map_err(io("create cgroup", &dir))?;
+            if delegated && matches!(layout, Layout::V2 { .. }) {
+                vacate(&*sys, &root)?;
+            }
             if matches!(layout, Layout::V2 { .. }) {
                 // Limits in a child need the controllers enabled on every level above it.
                 for level in dir
@@ -232,7 +270,7 @@ impl PodCgroups {
                     warnings.push(crate::error::chain(&e));
                 }
             }
-            let origin = current_cgroup(&own, &root, &self.layout);
+            let origin = self.own_cgroup(&own, &root);
             let procs = dir.join("cgroup.procs");
             self.sys
                 .write(&procs, &me)
@@ -240,6 +278,24 @@ impl PodCgroups {
             self.runtime_origin.push(origin);
         }
         Ok(warnings)
+    }
+
+    /// The calling process's cgroup (`own`: its `/proc/self/cgroup`) in the hierarchy whose
+    /// tree wpod roots at `base`.
+    fn own_cgroup(&self, own: &str, base: &Path) -> PathBuf {
+        match &self.layout {
+            Layout::V2 { .. } => current_cgroup(own, &self.mount_root, None),
+            Layout::V1 { memory, cpu, .. } => {
+                let name = if memory.as_deref() == Some(base) {
+                    "memory"
+                } else if cpu.as_deref() == Some(base) {
+                    "cpu"
+                } else {
+                    "pids"
+                };
+                current_cgroup(own, &self.mount_root.join(name), Some(name))
+            }
+        }
     }
 
     /// The `cgroup.procs` files of the cgroups wpod was in before it joined the pod's
@@ -267,7 +323,7 @@ impl PodCgroups {
         let mut warnings = Vec::new();
         let (mem, cpu, _) = self.by_controller(&self.containers_dirs());
         for w in limit_writes(&self.layout, &mem, &cpu, limits) {
-            w.apply(&*self.sys, &mut warnings);
+            w.apply(&*self.sys, self.delegated, &mut warnings);
         }
         for w in &mut warnings {
             *w = format!("spec.resources (pod-level): {w}");
@@ -339,7 +395,7 @@ impl PodCgroups {
             .into_iter()
             .chain([pids])
         {
-            w.apply(&*self.sys, &mut warnings);
+            w.apply(&*self.sys, self.delegated, &mut warnings);
         }
         let mut procs = Vec::new();
         let mut kill = Vec::new();
@@ -377,8 +433,9 @@ struct LimitWrite {
 }
 
 impl LimitWrite {
-    /// Writes the file, or says why the limit could not be applied.
-    fn apply(&self, sys: &dyn Syscall, warnings: &mut Vec<String>) {
+    /// Writes the file, or says why the limit could not be applied (`delegated`: the cgroups
+    /// are a user's delegated ones, a rootless pod's).
+    fn apply(&self, sys: &dyn Syscall, delegated: bool, warnings: &mut Vec<String>) {
         let (what, file, value) = (self.what, self.file, &self.value);
         match &self.dir {
             Some(d) if d.join(file).exists() => {
@@ -386,6 +443,10 @@ impl LimitWrite {
                     warnings.push(format!("cannot apply the {what} limit ({file} = {value}): {e}"));
                 }
             }
+            _ if delegated => warnings.push(format!(
+                "cannot apply the {what} limit: no {what} cgroup is delegated to this user ({file} \
+                 missing); the README's \"Rootless and user namespaces\" says how to delegate one"
+            )),
             _ => warnings.push(format!(
                 "cannot apply the {what} limit: this host has no {what} cgroup controller for wpod ({file} missing)"
             )),
@@ -453,22 +514,75 @@ fn cfs_quota_us(millis: u64) -> Option<u64> {
     Some((millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000))
 }
 
-/// The calling process's cgroup in hierarchy `root`, from `/proc/self/cgroup`.
-fn current_cgroup(own: &str, root: &Path, layout: &Layout) -> PathBuf {
-    let controller = root
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+/// The calling process's cgroup (`own`: its `/proc/self/cgroup`) in the hierarchy mounted at
+/// `mount`: the v1 one of `controller`, or (`None`) the unified one.
+fn current_cgroup(own: &str, mount: &Path, controller: Option<&str>) -> PathBuf {
     let relative = own.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
         let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let matches = match layout {
-            Layout::V2 { .. } => names.is_empty(),
-            Layout::V1 { .. } => names.split(',').any(|n| n == controller),
+        let matches = match controller {
+            None => names.is_empty(),
+            Some(c) => names.split(',').any(|n| n == c),
         };
         matches.then(|| path.trim_start_matches('/').to_string())
     });
-    root.join(relative.unwrap_or_default())
+    mount.join(relative.unwrap_or_default())
+}
+
+/// The cgroups delegated to the calling process's user under `root` (`own`: its
+/// `/proc/self/cgroup`): in each hierarchy wpod uses, its own cgroup when `writable` says the
+/// user may make cgroups in it and move processes into it. systemd's `Delegate=yes` chowns
+/// exactly that to the user (on v2, with `cgroup.subtree_control`, which wpod needs to give
+/// the pod's cgroups their controllers). `None` when no hierarchy has one.
+fn delegated_layout(root: &Path, own: &str, writable: &dyn Fn(&Path) -> bool) -> Option<Layout> {
+    let ours = |dir: PathBuf, files: &[&str]| {
+        (writable(&dir) && files.iter().all(|f| writable(&dir.join(f)))).then_some(dir)
+    };
+    match detect(root) {
+        Layout::V2 { root } => ours(
+            current_cgroup(own, &root, None),
+            &["cgroup.procs", "cgroup.subtree_control"],
+        )
+        .map(|root| Layout::V2 { root }),
+        Layout::V1 { memory, cpu, pids } => {
+            let mine = |hierarchy: Option<PathBuf>, name: &str| {
+                ours(
+                    current_cgroup(own, &hierarchy?, Some(name)),
+                    &["cgroup.procs"],
+                )
+            };
+            let layout = Layout::V1 {
+                memory: mine(memory, "memory"),
+                cpu: mine(cpu, "cpu"),
+                pids: mine(pids, "pids"),
+            };
+            (!roots(&layout).is_empty()).then_some(layout)
+        }
+    }
+}
+
+/// Empties a delegated v2 cgroup of its processes (wpod's own, and whatever else the user runs
+/// in it) into its child `init`, as podman does: cgroup v2 enables controllers for a cgroup's
+/// children only while it holds no process itself. A no-op once done.
+fn vacate(sys: &dyn Syscall, dir: &Path) -> Result<(), CgroupError> {
+    let pids = read_pids(dir);
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let init = dir.join("init");
+    if !init.exists() {
+        sys.mkdir(&init).map_err(io("create cgroup", &init))?;
+    }
+    let procs = init.join("cgroup.procs");
+    for pid in pids {
+        // A process that ended meanwhile is not an error.
+        if let Err(e) = sys.write(&procs, &pid.to_string()) {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(io("move a process into", &procs)(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn enable_v2_controllers(sys: &dyn Syscall, dir: &Path) {
@@ -646,11 +760,22 @@ impl Drop for PodCgroups {
 /// Removes the cgroups of this pod (of this state root) left behind by a runtime that was
 /// killed. The caller holds the pod's lock, so no live run of it can own them.
 pub fn remove_stale(pod: &PodName) {
-    remove_stale_in(&Host::real(), pod)
+    let host = Host::real();
+    match crate::files::rootless_uid() {
+        // A rootless pod's are under the cgroups delegated to the user (when any).
+        Some(_) => {
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let writable =
+                |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+            if let Some(layout) = delegated_layout(&host.cgroup_root, &own, &writable) {
+                remove_stale_in(&host, layout, true, pod);
+            }
+        }
+        None => remove_stale_in(&host, detect(&host.cgroup_root), false, pod),
+    }
 }
 
-fn remove_stale_in(host: &Host, pod: &PodName) {
-    let layout = detect(&host.cgroup_root);
+fn remove_stale_in(host: &Host, layout: Layout, delegated: bool, pod: &PodName) {
     let pod_dirs: Vec<PathBuf> = roots(&layout)
         .iter()
         .map(|r| pod_dir(r, pod))
@@ -662,7 +787,9 @@ fn remove_stale_in(host: &Host, pod: &PodName) {
     // Dropping removes what is there: containers' cgroups, then the pod's.
     drop(PodCgroups {
         sys: host.sys.clone(),
+        mount_root: host.cgroup_root.clone(),
         layout,
+        delegated,
         pod_dirs,
         runtime_origin: Vec::new(),
     });
@@ -683,24 +810,16 @@ mod tests {
     #[test]
     fn finds_own_cgroup_per_hierarchy() {
         let own = "4:memory:/session/a\n1:cpu,cpuacct:/\n0::/user.slice\n";
-        let v1 = Layout::V1 {
-            memory: None,
-            cpu: None,
-            pids: None,
-        };
         assert_eq!(
-            current_cgroup(own, Path::new("/sys/fs/cgroup/memory"), &v1),
+            current_cgroup(own, Path::new("/sys/fs/cgroup/memory"), Some("memory")),
             Path::new("/sys/fs/cgroup/memory/session/a")
         );
         assert_eq!(
-            current_cgroup(own, Path::new("/sys/fs/cgroup/cpu"), &v1),
+            current_cgroup(own, Path::new("/sys/fs/cgroup/cpu"), Some("cpu")),
             Path::new("/sys/fs/cgroup/cpu/")
         );
-        let v2 = Layout::V2 {
-            root: PathBuf::from("/sys/fs/cgroup"),
-        };
         assert_eq!(
-            current_cgroup(own, Path::new("/sys/fs/cgroup"), &v2),
+            current_cgroup(own, Path::new("/sys/fs/cgroup"), None),
             Path::new("/sys/fs/cgroup/user.slice")
         );
     }
@@ -906,6 +1025,92 @@ mod tests {
                     && warnings[0]
                         .starts_with("spec.resources (pod-level): cannot apply the cpu limit"),
                 "{warnings:?}"
+            );
+        }
+
+        /// A rootless pod's cgroups on a v2 host: under the cgroup systemd delegated to the
+        /// user (wpod's own), emptied first into its `init` child so that controllers can be
+        /// enabled below it; nothing is written above it.
+        #[test]
+        fn a_rootless_pod_goes_under_the_users_delegated_v2_cgroup() {
+            let fake = v2();
+            let scope = fake.path("user.slice/user@1000.service/app.slice/wpod-7.scope");
+            std::fs::create_dir_all(&scope).unwrap();
+            for (file, content) in V2_FILES {
+                std::fs::write(scope.join(file), content).unwrap();
+            }
+            std::fs::write(scope.join("cgroup.procs"), "4000007\n4000008\n").unwrap();
+            let own = "0::/user.slice/user@1000.service/app.slice/wpod-7.scope\n";
+            // The scope is the user's; nothing above it is.
+            let mine = |p: &Path| p.starts_with(&scope);
+            let layout = delegated_layout(&fake.root, own, &mine).expect("delegated");
+            assert!(
+                matches!(&layout, Layout::V2 { root } if *root == scope),
+                "{layout:?}"
+            );
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_with(&host(&fake), layout, true, &pod).unwrap();
+            let pod_dir = pod_dir(&scope, &pod);
+            let calls = fake.calls();
+            let at = |wanted: &Call| calls.iter().position(|c| c == wanted);
+            let init = scope.join("init/cgroup.procs");
+            let moved = at(&Call::Write(init.clone(), "4000008".into())).expect("moved");
+            let enabled = at(&Call::Write(
+                scope.join("cgroup.subtree_control"),
+                "+memory".into(),
+            ))
+            .expect("enabled");
+            assert!(moved < enabled, "{calls:#?}");
+            assert!(
+                calls.iter().all(|c| match c {
+                    Call::Write(p, _) | Call::Mkdir(p) => p.starts_with(&scope),
+                    _ => true,
+                }),
+                "{calls:#?}"
+            );
+            let (_ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let dir = pod_dir.join("containers/ctr-main");
+            assert_eq!(read(dir.join("memory.max")), "536870912");
+            assert_eq!(read(dir.join("pids.max")), "1024");
+
+            // Not the user's: no delegated layout at all.
+            assert!(delegated_layout(&fake.root, own, &|_: &Path| false).is_none());
+        }
+
+        /// On a hybrid host each v1 hierarchy counts alone: a limit whose hierarchy has no
+        /// cgroup delegated to the user is a warning saying so.
+        #[test]
+        fn a_rootless_pod_uses_each_delegated_v1_hierarchy_and_names_the_missing_one() {
+            let fake = Arc::new(RecordingSyscall::new("cgroup-v1", V1_FILES));
+            let own = "9:pids:/\n4:memory:/delegated/alice\n1:cpu:/delegated/alice\n";
+            for hierarchy in ["memory", "cpu", "pids"] {
+                let mine = fake.path(hierarchy).join("delegated/alice");
+                std::fs::create_dir_all(&mine).unwrap();
+                for dir in [fake.path(hierarchy), mine] {
+                    std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+                }
+            }
+            let mine = |p: &Path| p.components().any(|c| c.as_os_str() == "alice");
+            let layout = delegated_layout(&fake.root, own, &mine).expect("delegated");
+            let pod = PodName::new("web").unwrap();
+            let cgroups = PodCgroups::create_with(&host(&fake), layout, true, &pod).unwrap();
+            let (_ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();
+            let memory = pod_dir(&fake.path("memory/delegated/alice"), &pod);
+            assert_eq!(
+                read(memory.join("containers/ctr-main/memory.limit_in_bytes")),
+                "536870912"
+            );
+            assert!(
+                warnings.len() == 1
+                    && warnings[0].contains("no pids cgroup is delegated to this user"),
+                "{warnings:?}"
+            );
+            // wpod's own cgroup before it joins the pod's: the delegated one, found in its
+            // hierarchy (not the hierarchy's root).
+            assert_eq!(
+                cgroups.own_cgroup(own, &fake.path("memory/delegated/alice")),
+                fake.path("memory/delegated/alice")
             );
         }
 

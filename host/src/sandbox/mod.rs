@@ -200,11 +200,14 @@ impl PodSandbox {
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
         let mut cgroups = match plan.rootless {
-            // No cgroup is this user's to write (wpod does not use systemd's delegation yet).
-            true => {
-                warnings.extend(rootless_limits_warning(plan));
-                PodCgroups::none(host.sys.clone())
-            }
+            // Only the cgroups delegated to the user are the user's to write.
+            true => match PodCgroups::delegated(&host, &plan.name)? {
+                Some(cgroups) => cgroups,
+                None => {
+                    warnings.extend(rootless_limits_warning(plan));
+                    PodCgroups::none(host.sys.clone())
+                }
+            },
             false => PodCgroups::create_in(&host, &plan.name)?,
         };
         warnings.extend(cgroups.limit_pod(&plan.limits));
@@ -324,9 +327,10 @@ fn rootless_limits_warning(plan: &PodPlan) -> Option<String> {
             .iter()
             .any(|c| c.grants.is_none() && set(&c.limits));
     limited.then(|| {
-        "rootless: this user has no cgroup of its own to write, so the native containers' \
-         resource limits (memory, cpu, pids) are not applied; each Wasm sidecar's memory limit \
-         is (wasmtime holds it). Run the pod as root for them"
+        "rootless: no cgroup is delegated to this user, so the native containers' resource \
+         limits (memory, cpu, pids) are not applied; each Wasm sidecar's memory limit is \
+         (wasmtime holds it). Run wpod under a systemd user manager (it asks for a delegated \
+         scope), in a cgroup delegated to the user, or as root, for them"
             .to_string()
     })
 }

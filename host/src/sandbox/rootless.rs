@@ -235,6 +235,138 @@ pub fn enter() -> Result<(), RootlessError> {
     Ok(())
 }
 
+/// Set by the user (to anything), it keeps wpod from asking systemd for a scope.
+pub const SCOPE_ENV: &str = "WPOD_SYSTEMD_SCOPE";
+
+/// How long the user's systemd has to answer, and then to move wpod into the scope.
+const SCOPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An ordinary user's `wpod run`, when the user's systemd manager answers on the user's D-Bus
+/// and the process's cgroup is not the user's: asks the manager for a transient scope with
+/// `Delegate=yes` holding this process (`StartTransientUnit`, through `busctl`, as podman's
+/// rootless pods ask through D-Bus), and waits until it is in it. The scope's cgroup is then
+/// the user's, and the pod's cgroups and limits go under it. Returns what to warn of when the
+/// manager was asked and it did not work (the pod then runs without limits); `None` when wpod is
+/// in the scope, or did not ask.
+pub fn enter_systemd_scope() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let bus = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        || std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("bus").exists());
+    let pid = std::process::id();
+    let args = systemd_scope_call(
+        std::env::var_os(SCOPE_ENV).is_some(),
+        bus,
+        installed("busctl"),
+        unified_hierarchy(),
+        &cgroup,
+        &|p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok(),
+        pid,
+    )?;
+    let asked = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let failed = |why: String| {
+        Some(format!(
+            "cannot get a delegated scope from the user's systemd ({why}): no cgroup is this \
+             user's (WPOD_SYSTEMD_SCOPE=0 keeps wpod from asking)"
+        ))
+    };
+    match asked {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return failed(format!(
+                "busctl: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => return failed(format!("busctl: {e}")),
+    }
+    // The manager moves the process when it runs the job: wait for it.
+    let scope = format!("/wpod-{pid}.scope");
+    let start = std::time::Instant::now();
+    while start.elapsed() < SCOPE_TIMEOUT {
+        let now = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        if now
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&scope))
+        {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    failed(format!(
+        "wpod was not moved into wpod-{pid}.scope within {SCOPE_TIMEOUT:?}"
+    ))
+}
+
+/// The `busctl` call that asks the user's systemd manager for a scope `wpod-PID.scope` with
+/// `Delegate=yes` holding process `pid`, or `None` when wpod should not ask: `opted_out` (the
+/// user said not to), no user `bus`, no `busctl`, or the process's cgroup in the `unified`
+/// hierarchy (`own_cgroup`: its `/proc/self/cgroup`) is already the user's (`writable`).
+fn systemd_scope_call(
+    opted_out: bool,
+    bus: bool,
+    busctl: Option<PathBuf>,
+    unified: Option<&Path>,
+    own_cgroup: &str,
+    writable: &dyn Fn(&Path) -> bool,
+    pid: u32,
+) -> Option<Vec<std::ffi::OsString>> {
+    if opted_out || !bus {
+        return None;
+    }
+    let busctl = busctl?;
+    let own = own_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_start_matches('/'));
+    if let (Some(unified), Some(own)) = (unified, own) {
+        if writable(&unified.join(own).join("cgroup.procs")) {
+            return None;
+        }
+    }
+    let mut args: Vec<std::ffi::OsString> = vec![busctl.into()];
+    args.extend(
+        [
+            "--user",
+            "--quiet",
+            &format!("--timeout={}", SCOPE_TIMEOUT.as_secs()),
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            &format!("wpod-{pid}.scope"),
+            "fail",
+            "3",
+            "PIDs",
+            "au",
+            "1",
+            &pid.to_string(),
+            "Delegate",
+            "b",
+            "true",
+            "Description",
+            "s",
+            "wpod run",
+            "0",
+        ]
+        .map(std::ffi::OsString::from),
+    );
+    Some(args)
+}
+
+/// Where the unified cgroup hierarchy is mounted, in which systemd keeps its units (on a hybrid
+/// host, beside the v1 controllers).
+fn unified_hierarchy() -> Option<&'static Path> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|m| m.join("cgroup.procs").exists() && m.join("cgroup.subtree_control").exists())
+}
+
 /// The helper's answer when both maps are written.
 const MAPPED: &str = "mapped";
 
@@ -312,5 +444,43 @@ mod tests {
             },
         );
         assert_eq!(args, ["42", "0", "1001", "1", "1", "100000", "65536"]);
+    }
+
+    /// A user's `wpod run` asks the user's systemd for a delegated scope only when it can
+    /// (a user bus, busctl), unless told not to, and when its cgroup is not the user's already.
+    #[test]
+    fn asks_systemd_for_a_scope_only_when_it_helps() {
+        let busctl = Some(PathBuf::from("/usr/bin/busctl"));
+        let unified = Some(Path::new("/sys/fs/cgroup/unified"));
+        let own = "1:memory:/x\n0::/user.slice/session-2.scope\n";
+        let nothing_is_mine = |_: &Path| false;
+        let ask = |opted_out, bus, busctl: &Option<PathBuf>, writable: &dyn Fn(&Path) -> bool| {
+            systemd_scope_call(opted_out, bus, busctl.clone(), unified, own, writable, 42)
+        };
+        assert_eq!(
+            ask(true, true, &busctl, &nothing_is_mine),
+            None,
+            "opted out"
+        );
+        assert_eq!(ask(false, false, &busctl, &nothing_is_mine), None, "no bus");
+        assert_eq!(ask(false, true, &None, &nothing_is_mine), None, "no busctl");
+        let session = Path::new("/sys/fs/cgroup/unified/user.slice/session-2.scope/cgroup.procs");
+        assert_eq!(
+            ask(false, true, &busctl, &|p: &Path| p == session),
+            None,
+            "in a cgroup of the user's already"
+        );
+        let args = ask(false, true, &busctl, &nothing_is_mine).expect("a scope to ask for");
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "/usr/bin/busctl --user --quiet --timeout=5 call org.freedesktop.systemd1 \
+             /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StartTransientUnit \
+             ssa(sv)a(sa(sv)) wpod-42.scope fail 3 PIDs au 1 42 Delegate b true Description s \
+             wpod run 0"
+        );
     }
 }
