@@ -776,3 +776,73 @@ spec:
     assert!(left.is_empty(), "left in the user's cgroups: {left:?}");
     drop(manager);
 }
+
+/// A rootless wpod accepts its user's commands from outside its user namespace (`wpod
+/// describe`, `apply`), but not from a container of its pods, though it is the same user. A
+/// container without an image sees the user's home, the pod's control socket among it, but
+/// through an overlay, whose socket file leads to no listener; were it reached, wpod refuses a
+/// peer outside its mount namespace.
+#[test]
+fn a_rootless_pods_container_cannot_control_its_pod() {
+    require_root("a_rootless_pods_container_cannot_control_its_pod (it makes a user)");
+    let user = TestUser::new("wpod-e2e-rl4");
+    let socket = user
+        .home
+        .join(".local/share/wpod/pods/rl-peer/control.sock");
+    let script = format!(
+        "import socket, time\ntime.sleep(0.3)\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    \
+         s.connect('{}')\n    s.sendall(b'{{\"version\":1,\"op\":\"describe\"}}\\n')\n    \
+         print('answer', s.recv(100000).decode())\nexcept OSError as e:\n    print('refused', e)\n",
+        socket.display()
+    );
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: rl-peer\n  annotations: {{wpod.dev/network: \
+         none}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    \
+         command: [python3, -u, -c, {}]\n",
+        // The pod stays up for the test's own try.
+        serde_json::to_string(&format!("{script}time.sleep(3600)\n")).unwrap()
+    );
+    let mut pod = crate::pods::TestPod::new("rl-peer", &yaml);
+    pod.env = vec![("HOME".into(), user.home.display().to_string())];
+    pod.user = Some((user.uid, user.gid));
+    let running = pod.spawn();
+    let run = running.wait_for("the container's try", LONG, |r| !r.logs("main").is_empty());
+    let out = run.logs("main").join("\n");
+    assert!(
+        out.starts_with("refused") || out.contains("not from inside a container"),
+        "{}",
+        run.dump()
+    );
+    assert!(!out.contains("\"ok\":true"), "{}", run.dump());
+    // The socket itself, from a process in wpod's user namespace (so the same user, with the
+    // same rights over it as a container's) but in a mount namespace of its own, as a
+    // container's: refused by wpod's check.
+    let out = Command::new("nsenter")
+        .args(["--user", "--target", &running.pid().to_string(), "--"])
+        .args(["unshare", "--mount", "--", "python3", "-c", &script])
+        .output()
+        .expect("nsenter");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("not from inside a container"), "{out:?}");
+    // From outside it, the user is answered (`wpod describe`).
+    let mut describe = Command::new(crate::wpod_bin());
+    as_user(&user, &mut describe);
+    let described = describe
+        .args(["describe", "rl-peer"])
+        .output()
+        .expect("wpod describe");
+    assert!(
+        String::from_utf8_lossy(&described.stdout).contains("rl-peer"),
+        "{described:?}"
+    );
+    // Stopped, the container (the first process of its PID namespace, so deaf to SIGTERM) is
+    // killed at the end of its grace period, with no cgroup to find it by.
+    running.signal(libc::SIGTERM);
+    let run = running.wait(LONG);
+    assert_eq!(run.exit("main")["code"], 137, "{}", run.dump());
+    let socket = socket.display().to_string();
+    assert!(
+        processes_mentioning(&[&socket]).is_empty(),
+        "the container's process is left"
+    );
+}

@@ -456,7 +456,30 @@ impl NativeContainer {
 
     /// SIGKILLs every process of the container (the end of a grace period).
     pub fn kill_all(&self) {
+        if self.cgroup.is_none() {
+            self.kill_tree();
+        }
         self.cgroup.kill_all();
+    }
+
+    /// Without a cgroup (a rootless pod with none delegated) the container's processes are
+    /// found from its first one: its descendants through `/proc`, then it, through its pidfd
+    /// (never a reused PID). Whatever else is left in its PID namespace (a daemon that left
+    /// its parent) the kernel ends with the namespace's first process, or, when the pod shares
+    /// one namespace, with the pod.
+    fn kill_tree(&self) {
+        let Some(pidfd) = &self.pidfd else {
+            return;
+        };
+        for _ in 0..3 {
+            let tree = descendants(self.pid);
+            if pidfd_signal(pidfd, libc::SIGKILL).is_err() && tree.is_empty() {
+                return;
+            }
+            for pid in tree {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
     }
 
     /// What it takes to run commands inside this container, detached from it (probes run
@@ -555,17 +578,46 @@ enum ChildError {
 
 /// Whether the process a pidfd names has ended (`pidfd_send_signal` with no signal: ESRCH).
 fn exited(pidfd: &OwnedFd) -> bool {
-    // SAFETY: a pidfd we own, signal 0 (only the existence check), no siginfo.
+    pidfd_signal(pidfd, 0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+}
+
+/// Sends `signal` (0: none, only the check) to the process a pidfd names.
+fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: a pidfd we own, a plain signal number, no siginfo.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            0,
+            signal,
             std::ptr::null::<libc::siginfo_t>(),
             0,
         )
     };
-    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    match r < 0 {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
+    }
+}
+
+/// Every descendant of process `pid` still alive, from `/proc/PID/task/TID/children`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(parent) = todo.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children"));
+            for child in children.unwrap_or_default().split_whitespace() {
+                if let Ok(child) = child.parse::<i32>() {
+                    if !found.contains(&child) {
+                        found.push(child);
+                        todo.push(child);
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// The parent PID in a `/proc/PID/stat` line (the field after the command name, which may

@@ -597,6 +597,12 @@ fn enable_v2_controllers(sys: &dyn Syscall, dir: &Path) {
 }
 
 impl ContainerCgroup {
+    /// Whether the container has no cgroup (its pod's is [`PodCgroups::none`]): its processes
+    /// cannot be found or killed through one.
+    pub fn is_none(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
     /// The `cgroup.procs` files a process writes its PID to in order to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
