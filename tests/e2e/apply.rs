@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -414,13 +415,22 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
     crate::pods::assert_no_leftovers("mgmt-apply");
 }
 
+/// A Python script that asks the control socket `socket` to describe its pod and prints
+/// `answer ...`, or `refused ERROR` when it cannot connect.
+pub fn control_socket_try(socket: &Path) -> String {
+    format!(
+        "import socket, time\ntime.sleep(0.3)\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    \
+         s.connect('{}')\n    s.sendall(b'{{\"version\":1,\"op\":\"describe\"}}\\n')\n    \
+         print('answer', s.recv(100000).decode())\nexcept OSError as e:\n    print('refused', e)\n",
+        socket.display()
+    )
+}
+
 #[test]
 fn a_container_cannot_control_its_own_pod() {
     wpod_test_support::require_root("the control socket from inside a container");
     let root = std::env::var("WPOD_ROOT").unwrap_or_else(|_| "/var/lib/wpod".into());
-    let script = format!(
-        "import socket, time\ntime.sleep(0.3)\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{root}/pods/mgmt-peer/control.sock')\n    s.sendall(b'{{\"version\":1,\"op\":\"describe\"}}\\n')\n    print('answer', s.recv(100000).decode())\nexcept OSError as e:\n    print('refused', e)\n"
-    );
+    let script = control_socket_try(Path::new(&format!("{root}/pods/mgmt-peer/control.sock")));
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: mgmt-peer}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    command: [python3, -c, {}]\n",
         serde_json::to_string(&script).unwrap()

@@ -789,12 +789,7 @@ fn a_rootless_pods_container_cannot_control_its_pod() {
     let socket = user
         .home
         .join(".local/share/wpod/pods/rl-peer/control.sock");
-    let script = format!(
-        "import socket, time\ntime.sleep(0.3)\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    \
-         s.connect('{}')\n    s.sendall(b'{{\"version\":1,\"op\":\"describe\"}}\\n')\n    \
-         print('answer', s.recv(100000).decode())\nexcept OSError as e:\n    print('refused', e)\n",
-        socket.display()
-    );
+    let script = crate::apply::control_socket_try(&socket);
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: rl-peer\n  annotations: {{wpod.dev/network: \
          none}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    \
