@@ -700,7 +700,8 @@ spec:
     let run = pod.run(LONG);
     assert_eq!(run.code, Some(0), "{}", run.dump());
     for said in [
-        "cannot get a delegated scope from the user's systemd",
+        "cannot get a delegated scope from the user's systemd (systemd's job ended without \
+         moving wpod",
         "no cgroup is delegated to this user",
     ] {
         assert!(warned(&run, said), "{said}\n{}", run.dump());

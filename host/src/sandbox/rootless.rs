@@ -272,8 +272,12 @@ pub fn enter_systemd_scope() -> Option<String> {
              user's (WPOD_SYSTEMD_SCOPE=0 keeps wpod from asking)"
         ))
     };
-    match asked {
-        Ok(out) if out.status.success() => {}
+    let job = match asked {
+        // `o "/org/freedesktop/systemd1/job/N"`: the job that makes the scope.
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .split('"')
+            .nth(1)
+            .map(str::to_string),
         Ok(out) => {
             return failed(format!(
                 "busctl: {}",
@@ -281,23 +285,51 @@ pub fn enter_systemd_scope() -> Option<String> {
             ))
         }
         Err(e) => return failed(format!("busctl: {e}")),
-    }
-    // The manager moves the process when it runs the job: wait for it.
+    };
+    // The manager moves the process when it runs the job: wait for that, or for the job to
+    // end without it (systemd could not move it: the job is gone, wpod is where it was).
     let scope = format!("/wpod-{pid}.scope");
-    let start = std::time::Instant::now();
-    while start.elapsed() < SCOPE_TIMEOUT {
-        let now = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        if now
+    let in_scope = || {
+        std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
             .lines()
             .any(|l| l.starts_with("0::") && l.ends_with(&scope))
-        {
+    };
+    let start = std::time::Instant::now();
+    let mut job_checked = start;
+    while start.elapsed() < SCOPE_TIMEOUT {
+        if in_scope() {
             return None;
+        }
+        if let Some(job) = job.as_deref() {
+            if job_checked.elapsed() > std::time::Duration::from_millis(50) {
+                job_checked = std::time::Instant::now();
+                if !job_pending(&args[0], job) && !in_scope() {
+                    return failed(format!(
+                        "systemd's job ended without moving wpod into wpod-{pid}.scope; \
+                         journalctl --user -u wpod-{pid}.scope may say why"
+                    ));
+                }
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     failed(format!(
         "wpod was not moved into wpod-{pid}.scope within {SCOPE_TIMEOUT:?}"
     ))
+}
+
+/// Whether the user's systemd still has the job `job` (an object path) to run: a job's
+/// object goes when the job ends.
+fn job_pending(busctl: &std::ffi::OsStr, job: &str) -> bool {
+    Command::new(busctl)
+        .args(["--user", "get-property", "org.freedesktop.systemd1", job])
+        .args(["org.freedesktop.systemd1.Job", "State"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The `busctl` call that asks the user's systemd manager for a scope `wpod-PID.scope` with
@@ -330,7 +362,6 @@ fn systemd_scope_call(
     args.extend(
         [
             "--user",
-            "--quiet",
             &format!("--timeout={}", SCOPE_TIMEOUT.as_secs()),
             "call",
             "org.freedesktop.systemd1",
@@ -477,7 +508,7 @@ mod tests {
             .collect();
         assert_eq!(
             args.join(" "),
-            "/usr/bin/busctl --user --quiet --timeout=5 call org.freedesktop.systemd1 \
+            "/usr/bin/busctl --user --timeout=5 call org.freedesktop.systemd1 \
              /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StartTransientUnit \
              ssa(sv)a(sa(sv)) wpod-42.scope fail 3 PIDs au 1 42 Delegate b true Description s \
              wpod run 0"
