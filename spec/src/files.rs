@@ -43,8 +43,19 @@ fn env_dir(var: &str) -> Option<PathBuf> {
 pub const ROOTLESS_ENV: &str = "WPOD_ROOTLESS_UID";
 
 /// The host UID of the ordinary user whose rootless wpod this is; `None`: wpod runs as root.
+/// The variable counts only inside a user namespace: a root wpod that inherited it (`sudo
+/// -E`) is root's, and takes none of the rootless paths.
 pub fn rootless_uid() -> Option<u32> {
-    std::env::var(ROOTLESS_ENV).ok()?.parse().ok()
+    let uid = std::env::var(ROOTLESS_ENV).ok()?.parse().ok()?;
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    (!is_initial_uid_map(&map)).then_some(uid)
+}
+
+/// Whether `map` (a `/proc/PID/uid_map`) is the initial user namespace's: all IDs to
+/// themselves.
+fn is_initial_uid_map(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// The file that marks a directory as a wpod state root (see [`private_state_dir`]).
@@ -492,6 +503,15 @@ fn open_beneath_raw(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_user_namespace_of_its_own_makes_wpod_rootless() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map(
+            "         0       1000          1\n         1     100000      65536\n"
+        ));
+        assert!(!is_initial_uid_map(""));
+    }
+
     use super::*;
 
     #[test]

@@ -109,6 +109,12 @@ impl TestPod {
         let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
         let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
         let mut cmd = Command::new(self.bin.clone().unwrap_or_else(crate::wpod_bin));
+        if self.user.is_some() {
+            // An ordinary user's session is the user's: never the test runner's (root's) D-Bus
+            // or runtime directory (a test gives its own in `env`).
+            cmd.env_remove("DBUS_SESSION_BUS_ADDRESS")
+                .env_remove("XDG_RUNTIME_DIR");
+        }
         cmd.args(["run", "--output", "json"])
             .args(&self.args)
             .arg(&self.manifest)
@@ -187,9 +193,10 @@ fn join_cgroups(cmd: &mut Command, files: &[PathBuf]) {
                     return Err(std::io::Error::last_os_error());
                 }
                 let written = libc::write(fd, pid[at..].as_ptr().cast(), pid.len() - at);
+                let error = std::io::Error::last_os_error();
                 libc::close(fd);
                 if written < 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return Err(error);
                 }
             }
             Ok(())

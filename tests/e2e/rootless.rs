@@ -121,7 +121,9 @@ fn as_user(user: &TestUser, cmd: &mut Command) {
         .gid(user.gid)
         .env("HOME", &user.home)
         .env_remove("WPOD_ROOT")
-        .env_remove("XDG_DATA_HOME");
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("XDG_RUNTIME_DIR");
 }
 
 #[test]
@@ -763,18 +765,29 @@ spec:
     assert!(!run.has_line("hog", "survived"), "{}", run.dump());
     assert!(!warned(&run, "not applied"), "{}", run.dump());
     assert!(!warned(&run, "cannot apply"), "{}", run.dump());
-    // Nothing of the pod is left in the user's cgroups, and the scope is gone.
-    let left: Vec<PathBuf> = cgroups
-        .tree()
-        .into_iter()
-        .filter(|d| {
-            d.iter().any(|c| {
-                let c = c.to_string_lossy();
-                c == "wpod" || (c.starts_with("wpod-") && c.ends_with(".scope"))
+    // Nothing of the pod is left in the user's cgroups, and the scope goes (systemd removes
+    // it once it is empty, in its own time).
+    let left = || -> Vec<PathBuf> {
+        cgroups
+            .tree()
+            .into_iter()
+            .filter(|d| {
+                d.iter().any(|c| {
+                    let c = c.to_string_lossy();
+                    c == "wpod" || (c.starts_with("wpod-") && c.ends_with(".scope"))
+                })
             })
-        })
-        .collect();
-    assert!(left.is_empty(), "left in the user's cgroups: {left:?}");
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while !left().is_empty() && start.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        left().is_empty(),
+        "left in the user's cgroups: {:?}",
+        left()
+    );
     drop(manager);
 }
 

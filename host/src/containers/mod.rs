@@ -473,12 +473,17 @@ impl NativeContainer {
         };
         for _ in 0..3 {
             let tree = descendants(self.pid);
-            if pidfd_signal(pidfd, libc::SIGKILL).is_err() && tree.is_empty() {
+            // Read while the first process was still there (a zombie keeps its PID): else the
+            // PID, and the tree read from it, may be another process's.
+            if pidfd_signal(pidfd, 0).is_err() {
                 return;
             }
+            let _ = pidfd_signal(pidfd, libc::SIGKILL);
             for pid in tree {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            // What a dying process forked meanwhile, on the next round.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

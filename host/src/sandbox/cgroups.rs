@@ -146,8 +146,7 @@ impl PodCgroups {
     /// comment); `None` when no hierarchy has one, so that no limit can be applied.
     pub fn delegated(host: &Host, pod: &PodName) -> Result<Option<Self>, CgroupError> {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-        match delegated_layout(&host.cgroup_root, &own, &writable) {
+        match delegated_layout(&host.cgroup_root, &own, &Ownership::real()) {
             Some(layout) => Self::create_with(host, layout, true, pod).map(Some),
             None => Ok(None),
         }
@@ -182,6 +181,8 @@ impl PodCgroups {
         for root in roots(&layout) {
             let dir = pod_dir(&root, pod);
             sys.mkdir_all(&dir).map_err(io("create cgroup", &dir))?;
+            // From here an error drops `cgroups`, which removes what was made.
+            cgroups.pod_dirs.push(dir.clone());
             if delegated && matches!(layout, Layout::V2 { .. }) {
                 vacate(&*sys, &root)?;
             }
@@ -203,7 +204,6 @@ impl PodCgroups {
             if matches!(layout, Layout::V2 { .. }) {
                 enable_v2_controllers(&*sys, &containers);
             }
-            cgroups.pod_dirs.push(dir);
         }
         Ok(cgroups)
     }
@@ -529,27 +529,79 @@ fn current_cgroup(own: &str, mount: &Path, controller: Option<&str>) -> PathBuf 
     mount.join(relative.unwrap_or_default())
 }
 
-/// The cgroups delegated to the calling process's user under `root` (`own`: its
-/// `/proc/self/cgroup`): in each hierarchy wpod uses, its own cgroup when `writable` says the
-/// user may make cgroups in it and move processes into it. systemd's `Delegate=yes` chowns
-/// exactly that to the user (on v2, with `cgroup.subtree_control`, which wpod needs to give
-/// the pod's cgroups their controllers). `None` when no hierarchy has one.
-fn delegated_layout(root: &Path, own: &str, writable: &dyn Fn(&Path) -> bool) -> Option<Layout> {
-    let ours = |dir: PathBuf, files: &[&str]| {
-        (writable(&dir) && files.iter().all(|f| writable(&dir.join(f)))).then_some(dir)
+/// What wpod may learn of a cgroup: whether this user may write a path, and whether systemd
+/// marked a directory delegated (`user.delegate` = 1, which systemd sets on a unit's cgroup
+/// with `Delegate=yes` since version 253). Closures, so that tests can say.
+pub struct Ownership<'a> {
+    pub writable: &'a dyn Fn(&Path) -> bool,
+    pub marked: &'a dyn Fn(&Path) -> bool,
+}
+
+impl Ownership<'static> {
+    /// This process's view of the host.
+    pub fn real() -> Self {
+        Ownership {
+            writable: &|p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok(),
+            marked: &delegate_mark,
+        }
+    }
+}
+
+/// Whether the cgroup `dir` carries systemd's delegation mark (`user.delegate` = 1).
+fn delegate_mark(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
     };
-    match detect(root) {
-        Layout::V2 { root } => ours(
-            current_cgroup(own, &root, None),
-            &["cgroup.procs", "cgroup.subtree_control"],
+    let mut value = [0u8; 8];
+    // SAFETY: a NUL-terminated path and attribute name, and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"user.delegate".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
         )
-        .map(|root| Layout::V2 { root }),
+    };
+    n == 1 && value[0] == b'1'
+}
+
+/// Whether the v2 cgroup `dir` is delegated to this user: the user may write it (its
+/// directory, `cgroup.procs` and `cgroup.subtree_control`), and it is a delegated unit's (the
+/// scope wpod asked the user's systemd for, `wpod-PID.scope`, or a cgroup systemd marked
+/// delegated). A writable cgroup alone is not: every unit of the user's own systemd is the
+/// user's, and a terminal's scope is for systemd to manage, not wpod.
+pub fn delegated_v2(dir: &Path, ownership: &Ownership) -> bool {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let asked_for = name.starts_with("wpod-") && name.ends_with(".scope");
+    (asked_for || (ownership.marked)(dir))
+        && ["", "cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|f| (ownership.writable)(&dir.join(f)))
+}
+
+/// The cgroups delegated to the calling process's user under `root` (`own`: its
+/// `/proc/self/cgroup`): in each hierarchy wpod uses, its own cgroup when delegated. On v2
+/// see [`delegated_v2`] (wpod's own `init` child of one, where it moved the processes, counts
+/// as the one above it). On v1, where systemd delegates nothing to users, one the user may make
+/// cgroups in and move processes into (an administrator's `chown`, `cgcreate -a -t`). `None`
+/// when no hierarchy has one.
+fn delegated_layout(root: &Path, own: &str, ownership: &Ownership) -> Option<Layout> {
+    let writable = ownership.writable;
+    match detect(root) {
+        Layout::V2 { root } => {
+            let mut dir = current_cgroup(own, &root, None);
+            if dir.file_name().is_some_and(|n| n == "init") {
+                if let Some(parent) = dir.parent().filter(|p| delegated_v2(p, ownership)) {
+                    dir = parent.to_path_buf();
+                }
+            }
+            delegated_v2(&dir, ownership).then_some(Layout::V2 { root: dir })
+        }
         Layout::V1 { memory, cpu, pids } => {
             let mine = |hierarchy: Option<PathBuf>, name: &str| {
-                ours(
-                    current_cgroup(own, &hierarchy?, Some(name)),
-                    &["cgroup.procs"],
-                )
+                let dir = current_cgroup(own, &hierarchy?, Some(name));
+                (writable(&dir) && writable(&dir.join("cgroup.procs"))).then_some(dir)
             };
             let layout = Layout::V1 {
                 memory: mine(memory, "memory"),
@@ -763,6 +815,28 @@ impl Drop for PodCgroups {
     }
 }
 
+/// Where an earlier run may have made a pod's cgroups, given this run's tree root `base`: the
+/// same, and when `base` is a scope wpod asked systemd for (each run gets its own,
+/// `wpod-PID.scope`), every such scope beside it (a scope stays while a process of a killed
+/// run's pod is left in it).
+fn earlier_scopes(base: &Path) -> Vec<PathBuf> {
+    let is_scope = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("wpod-") && n.ends_with(".scope"))
+    };
+    let mut found = vec![base.to_path_buf()];
+    if let (true, Some(parent)) = (is_scope(base), base.parent()) {
+        let siblings = std::fs::read_dir(parent).into_iter().flatten().flatten();
+        found.extend(
+            siblings
+                .map(|e| e.path())
+                .filter(|p| p != base && is_scope(p)),
+        );
+    }
+    found
+}
+
 /// Removes the cgroups of this pod (of this state root) left behind by a runtime that was
 /// killed. The caller holds the pod's lock, so no live run of it can own them.
 pub fn remove_stale(pod: &PodName) {
@@ -771,9 +845,7 @@ pub fn remove_stale(pod: &PodName) {
         // A rootless pod's are under the cgroups delegated to the user (when any).
         Some(_) => {
             let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-            let writable =
-                |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-            if let Some(layout) = delegated_layout(&host.cgroup_root, &own, &writable) {
+            if let Some(layout) = delegated_layout(&host.cgroup_root, &own, &Ownership::real()) {
                 remove_stale_in(&host, layout, true, pod);
             }
         }
@@ -784,7 +856,8 @@ pub fn remove_stale(pod: &PodName) {
 fn remove_stale_in(host: &Host, layout: Layout, delegated: bool, pod: &PodName) {
     let pod_dirs: Vec<PathBuf> = roots(&layout)
         .iter()
-        .map(|r| pod_dir(r, pod))
+        .flat_map(|r| earlier_scopes(r))
+        .map(|r| pod_dir(&r, pod))
         .filter(|d| d.exists())
         .collect();
     if pod_dirs.is_empty() {
@@ -811,6 +884,25 @@ mod tests {
         assert_eq!(cfs_quota_us(1), Some(1000));
         assert_eq!(cfs_quota_us(u64::MAX), None);
         assert_eq!(cfs_quota_us(1_000_000_000_000_000), None);
+    }
+
+    /// A killed run's pod cgroups are found in its own scope, beside this run's.
+    #[test]
+    fn a_later_run_looks_in_earlier_runs_scopes() {
+        let dir = std::env::temp_dir().join(format!("wpod-unit-scopes-{}", std::process::id()));
+        let slice = dir.join("app.slice");
+        for unit in ["wpod-1.scope", "wpod-2.scope", "app-term-3.scope"] {
+            std::fs::create_dir_all(slice.join(unit)).unwrap();
+        }
+        let mut found = earlier_scopes(&slice.join("wpod-1.scope"));
+        found.sort();
+        assert_eq!(
+            found,
+            [slice.join("wpod-1.scope"), slice.join("wpod-2.scope")]
+        );
+        // A tree rooted elsewhere (root's, or a cgroup delegated by hand) is that alone.
+        assert_eq!(earlier_scopes(&slice), [slice.clone()]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1049,7 +1141,11 @@ mod tests {
             let own = "0::/user.slice/user@1000.service/app.slice/wpod-7.scope\n";
             // The scope is the user's; nothing above it is.
             let mine = |p: &Path| p.starts_with(&scope);
-            let layout = delegated_layout(&fake.root, own, &mine).expect("delegated");
+            let ownership = Ownership {
+                writable: &mine,
+                marked: &|_: &Path| false,
+            };
+            let layout = delegated_layout(&fake.root, own, &ownership).expect("delegated");
             assert!(
                 matches!(&layout, Layout::V2 { root } if *root == scope),
                 "{layout:?}"
@@ -1080,8 +1176,35 @@ mod tests {
             assert_eq!(read(dir.join("memory.max")), "536870912");
             assert_eq!(read(dir.join("pids.max")), "1024");
 
+            // Once wpod moved itself into `init`, the scope still counts.
+            let in_init = "0::/user.slice/user@1000.service/app.slice/wpod-7.scope/init\n";
+            let again = delegated_layout(&fake.root, in_init, &ownership);
+            assert!(
+                matches!(&again, Some(Layout::V2 { root }) if *root == scope),
+                "{again:?}"
+            );
             // Not the user's: no delegated layout at all.
-            assert!(delegated_layout(&fake.root, own, &|_: &Path| false).is_none());
+            let nothing = Ownership {
+                writable: &|_: &Path| false,
+                marked: &|_: &Path| true,
+            };
+            assert!(delegated_layout(&fake.root, own, &nothing).is_none());
+            // The user's, but a unit systemd manages (a terminal's scope): not delegated,
+            // unless systemd marked it so.
+            let terminal = fake.path("user.slice/user@1000.service/app.slice/app-term-1.scope");
+            std::fs::create_dir_all(&terminal).unwrap();
+            let own = "0::/user.slice/user@1000.service/app.slice/app-term-1.scope\n";
+            let users = |p: &Path| p.starts_with(&terminal);
+            let unmarked = Ownership {
+                writable: &users,
+                marked: &|_: &Path| false,
+            };
+            assert!(delegated_layout(&fake.root, own, &unmarked).is_none());
+            let marked = Ownership {
+                writable: &users,
+                marked: &|p: &Path| p == terminal,
+            };
+            assert!(delegated_layout(&fake.root, own, &marked).is_some());
         }
 
         /// On a hybrid host each v1 hierarchy counts alone: a limit whose hierarchy has no
@@ -1098,7 +1221,11 @@ mod tests {
                 }
             }
             let mine = |p: &Path| p.components().any(|c| c.as_os_str() == "alice");
-            let layout = delegated_layout(&fake.root, own, &mine).expect("delegated");
+            let ownership = Ownership {
+                writable: &mine,
+                marked: &|_: &Path| false,
+            };
+            let layout = delegated_layout(&fake.root, own, &ownership).expect("delegated");
             let pod = PodName::new("web").unwrap();
             let cgroups = PodCgroups::create_with(&host(&fake), layout, true, &pod).unwrap();
             let (_ctr, warnings) = cgroups.container("main", &limits(), 1024).unwrap();

@@ -201,9 +201,17 @@ impl PodSandbox {
         warnings.extend(etc.warnings);
         let mut cgroups = match plan.rootless {
             // Only the cgroups delegated to the user are the user's to write.
-            true => match PodCgroups::delegated(&host, &plan.name)? {
-                Some(cgroups) => cgroups,
-                None => {
+            true => match PodCgroups::delegated(&host, &plan.name) {
+                Ok(Some(cgroups)) => cgroups,
+                failed => {
+                    // The user's cgroups are the user's to break: the pod runs on, as
+                    // without any.
+                    if let Err(e) = failed {
+                        warnings.push(format!(
+                            "rootless: cannot use the cgroups delegated to this user: {}",
+                            crate::error::chain(&e)
+                        ));
+                    }
                     warnings.extend(rootless_limits_warning(plan));
                     PodCgroups::none(host.sys.clone())
                 }

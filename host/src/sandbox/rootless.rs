@@ -235,7 +235,7 @@ pub fn enter() -> Result<(), RootlessError> {
     Ok(())
 }
 
-/// Set by the user (to anything), it keeps wpod from asking systemd for a scope.
+/// Set by the user to `0` (or `false`, `no`), it keeps wpod from asking systemd for a scope.
 pub const SCOPE_ENV: &str = "WPOD_SYSTEMD_SCOPE";
 
 /// How long the user's systemd has to answer, and then to move wpod into the scope.
@@ -253,15 +253,19 @@ pub fn enter_systemd_scope() -> Option<String> {
     let bus = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
         || std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("bus").exists());
     let pid = std::process::id();
+    let opted_out = std::env::var(SCOPE_ENV)
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"));
     let args = systemd_scope_call(
-        std::env::var_os(SCOPE_ENV).is_some(),
+        opted_out,
         bus,
         installed("busctl"),
         unified_hierarchy(),
         &cgroup,
-        &|p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok(),
+        &super::cgroups::Ownership::real(),
         pid,
     )?;
+    // One bound for the call and the move, however systemd answers.
+    let deadline = std::time::Instant::now() + SCOPE_TIMEOUT;
     let asked = Command::new(&args[0])
         .args(&args[1..])
         .stdin(std::process::Stdio::null())
@@ -288,16 +292,16 @@ pub fn enter_systemd_scope() -> Option<String> {
     };
     // The manager moves the process when it runs the job: wait for that, or for the job to
     // end without it (systemd could not move it: the job is gone, wpod is where it was).
+    // (In any hierarchy systemd keeps units in: the unified one, or on a v1 host its own.)
     let scope = format!("/wpod-{pid}.scope");
     let in_scope = || {
         std::fs::read_to_string("/proc/self/cgroup")
             .unwrap_or_default()
             .lines()
-            .any(|l| l.starts_with("0::") && l.ends_with(&scope))
+            .any(|l| l.ends_with(&scope))
     };
-    let start = std::time::Instant::now();
-    let mut job_checked = start;
-    while start.elapsed() < SCOPE_TIMEOUT {
+    let mut job_checked = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
         if in_scope() {
             return None;
         }
@@ -323,7 +327,13 @@ pub fn enter_systemd_scope() -> Option<String> {
 /// object goes when the job ends.
 fn job_pending(busctl: &std::ffi::OsStr, job: &str) -> bool {
     Command::new(busctl)
-        .args(["--user", "get-property", "org.freedesktop.systemd1", job])
+        .args([
+            "--user",
+            "--timeout=1",
+            "get-property",
+            "org.freedesktop.systemd1",
+            job,
+        ])
         .args(["org.freedesktop.systemd1.Job", "State"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -333,16 +343,17 @@ fn job_pending(busctl: &std::ffi::OsStr, job: &str) -> bool {
 }
 
 /// The `busctl` call that asks the user's systemd manager for a scope `wpod-PID.scope` with
-/// `Delegate=yes` holding process `pid`, or `None` when wpod should not ask: `opted_out` (the
-/// user said not to), no user `bus`, no `busctl`, or the process's cgroup in the `unified`
-/// hierarchy (`own_cgroup`: its `/proc/self/cgroup`) is already the user's (`writable`).
+/// `Delegate=yes` holding process `pid` (collected even when it fails), or `None` when wpod
+/// should not ask: `opted_out` (the user said not to), no user `bus`, no `busctl`, or the
+/// process's cgroup in the `unified` hierarchy (`own_cgroup`: its `/proc/self/cgroup`) is
+/// delegated to the user already ([`super::cgroups::delegated_v2`]).
 fn systemd_scope_call(
     opted_out: bool,
     bus: bool,
     busctl: Option<PathBuf>,
     unified: Option<&Path>,
     own_cgroup: &str,
-    writable: &dyn Fn(&Path) -> bool,
+    ownership: &super::cgroups::Ownership,
     pid: u32,
 ) -> Option<Vec<std::ffi::OsString>> {
     if opted_out || !bus {
@@ -354,7 +365,7 @@ fn systemd_scope_call(
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| p.trim_start_matches('/'));
     if let (Some(unified), Some(own)) = (unified, own) {
-        if writable(&unified.join(own).join("cgroup.procs")) {
+        if super::cgroups::delegated_v2(&unified.join(own), ownership) {
             return None;
         }
     }
@@ -371,7 +382,7 @@ fn systemd_scope_call(
             "ssa(sv)a(sa(sv))",
             &format!("wpod-{pid}.scope"),
             "fail",
-            "3",
+            "4",
             "PIDs",
             "au",
             "1",
@@ -382,6 +393,9 @@ fn systemd_scope_call(
             "Description",
             "s",
             "wpod run",
+            "CollectMode",
+            "s",
+            "inactive-or-failed",
             "0",
         ]
         .map(std::ffi::OsString::from),
@@ -486,7 +500,11 @@ mod tests {
         let own = "1:memory:/x\n0::/user.slice/session-2.scope\n";
         let nothing_is_mine = |_: &Path| false;
         let ask = |opted_out, bus, busctl: &Option<PathBuf>, writable: &dyn Fn(&Path) -> bool| {
-            systemd_scope_call(opted_out, bus, busctl.clone(), unified, own, writable, 42)
+            let ownership = super::super::cgroups::Ownership {
+                writable,
+                marked: &|p: &Path| p.ends_with("session-2.scope"),
+            };
+            systemd_scope_call(opted_out, bus, busctl.clone(), unified, own, &ownership, 42)
         };
         assert_eq!(
             ask(true, true, &busctl, &nothing_is_mine),
@@ -495,11 +513,11 @@ mod tests {
         );
         assert_eq!(ask(false, false, &busctl, &nothing_is_mine), None, "no bus");
         assert_eq!(ask(false, true, &None, &nothing_is_mine), None, "no busctl");
-        let session = Path::new("/sys/fs/cgroup/unified/user.slice/session-2.scope/cgroup.procs");
+        let session = Path::new("/sys/fs/cgroup/unified/user.slice/session-2.scope");
         assert_eq!(
-            ask(false, true, &busctl, &|p: &Path| p == session),
+            ask(false, true, &busctl, &|p: &Path| p.starts_with(session)),
             None,
-            "in a cgroup of the user's already"
+            "in a cgroup delegated to the user already (systemd marked it)"
         );
         let args = ask(false, true, &busctl, &nothing_is_mine).expect("a scope to ask for");
         let args: Vec<String> = args
@@ -510,8 +528,8 @@ mod tests {
             args.join(" "),
             "/usr/bin/busctl --user --timeout=5 call org.freedesktop.systemd1 \
              /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StartTransientUnit \
-             ssa(sv)a(sa(sv)) wpod-42.scope fail 3 PIDs au 1 42 Delegate b true Description s \
-             wpod run 0"
+             ssa(sv)a(sa(sv)) wpod-42.scope fail 4 PIDs au 1 42 Delegate b true Description s \
+             wpod run CollectMode s inactive-or-failed 0"
         );
     }
 }
