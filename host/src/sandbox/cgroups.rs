@@ -901,7 +901,7 @@ mod tests {
             [slice.join("wpod-1.scope"), slice.join("wpod-2.scope")]
         );
         // A tree rooted elsewhere (root's, or a cgroup delegated by hand) is that alone.
-        assert_eq!(earlier_scopes(&slice), [slice.clone()]);
+        assert_eq!(earlier_scopes(&slice), std::slice::from_ref(&slice));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
