@@ -170,13 +170,29 @@ impl HostDescriptor for FsView<'_> {
         async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorType>;
         async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()>;
         async fn set_times(&mut self, fd: Resource<Descriptor>, atim: types::NewTimestamp, mtim: types::NewTimestamp) -> FsResult<()>;
-        async fn read(&mut self, fd: Resource<Descriptor>, len: types::Filesize, offset: types::Filesize) -> FsResult<(Vec<u8>, bool)>;
         async fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: types::Filesize) -> FsResult<types::Filesize>;
         async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>>;
         async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()>;
         async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat>;
         async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool>;
         async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<types::MetadataHashValue>;
+    }
+
+    /// Bytes the page cache holds come back on this thread (`fs_cached`); the rest the usual
+    /// way, through wasmtime's blocking pool.
+    async fn read(
+        &mut self,
+        fd: Resource<Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        if let Ok(Descriptor::File(f)) = self.inner.table.get(&fd) {
+            if let Some(bytes) = super::fs_cached::read_now(&f.file, len, offset) {
+                let end = bytes.is_empty();
+                return Ok((bytes, end));
+            }
+        }
+        <Inner<'_> as HostDescriptor>::read(&mut self.inner, fd, len, offset).await
     }
 
     async fn create_directory_at(

@@ -18,6 +18,7 @@
 pub mod bindings;
 pub mod calls;
 pub mod fs;
+pub mod fs_cached;
 pub mod fs_view;
 pub mod inspect;
 pub mod lifecycle;
