@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Log shipping throughput: a file backlog shipped to a TCP receiver (as root).
 #
-#   bench/logship.sh [-r RUNS] [-m MIB] [-w WPOD] [-s NAME=SHIPPER.wasm]... [-t TOOLS]
+#   bench/logship.sh [-r RUNS] [-m MIB] [-w WPOD] [-s NAME=SHIPPER.wasm]... [-t TOOLS] [-a MS]
 #
 # Writes a MIB MiB file of 100-byte numbered lines, then RUNS times, interleaved, ships it to a
 # receiver on 127.0.0.1 that counts bytes and lines and checks them against the file:
@@ -12,18 +12,22 @@
 #               file in a hostPath volume, each line shipped as "a LINE" (2 bytes more a line)
 # Each -s adds a wpod variant (default: wpod=guests/target/wasm32-wasip2/release/log-shipper.wasm),
 # so a before/after pair runs interleaved. -t limits the tools (comma-separated names).
+# -a MS starts the receiver MS milliseconds after the shipper instead of before it: the shipper
+# meets a refused connection first and must try again (socat with `forever,interval=0.01`, a
+# retry every 10 ms; wpod's shipper backs off from 2 ms, doubling); rsyslog is left out.
 #
-# Per run, one JSON line on stdout: tool, mib, seconds (tool start to last byte received; for
-# wpod the start is the shipper sidecar's "started" event, after the pod and receiver are up),
+# Per run, one JSON line on stdout: tool, mib, sink ("before" or "after"), seconds (tool start to
+# last byte received; for wpod the start is the shipper sidecar's "started" event, after the pod
+# and receiver are up; with -a, for every tool, from the receiver listening),
 # mib_per_s (mib / seconds), stream_s (first to last byte), peak_rss_kib (VmHWM: tail + socat,
 # rsyslogd, the wpod process that runs the sidecar), cpu_s (user + system of those processes,
 # start-up included), ok (byte and line counts exact). A table of medians goes to stderr.
 set -euo pipefail
-runs=3 mib=300 wpod=/tmp/wpod-base tools="" shippers=()
-while getopts "r:m:w:s:t:" opt; do
+runs=3 mib=300 wpod=/tmp/wpod-base tools="" shippers=() after=0
+while getopts "r:m:w:s:t:a:" opt; do
   case $opt in
     r) runs=$OPTARG ;; m) mib=$OPTARG ;; w) wpod=$OPTARG ;; s) shippers+=("$OPTARG") ;;
-    t) tools=$OPTARG ;; *) exit 2 ;;
+    t) tools=$OPTARG ;; a) after=$OPTARG ;; *) exit 2 ;;
   esac
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,7 +67,8 @@ srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", port))
 srv.listen(8)
-open(out + ".listening", "w").close()
+with open(out + ".listening", "w") as f:
+    f.write(repr(time.time()))  # when the sink could first be reached (-a measures from here)
 # Every connection at once: a shipper may open a new one before the old one is closed
 # (rsyslog does).
 sel = selectors.DefaultSelector()
@@ -126,12 +131,14 @@ hz=$(getconf CLK_TCK)
 
 # Prints one JSON line from the receiver's result and the tool's measures.
 report() { # tool, start, result file, rss kib, cpu ticks
-  python3 - "$@" "$mib" "$hz" <<'PY'
+  python3 - "$@" "$mib" "$hz" "$after" <<'PY'
 import json, sys
-tool, start, path, rss, ticks, mib, hz = sys.argv[1:8]
+tool, start, path, rss, ticks, mib, hz, after = sys.argv[1:9]
 r = json.load(open(path))
+if int(after):
+    start = open(path + ".listening").read()
 secs = r["last"] - float(start)
-print(json.dumps({"tool": tool, "mib": int(mib), "seconds": round(secs, 3), "mib_per_s": round(int(mib) / secs, 1),
+print(json.dumps({"tool": tool, "mib": int(mib), "sink": "after" if int(after) else "before", "seconds": round(secs, 3), "mib_per_s": round(int(mib) / secs, 1),
                   "stream_s": round(r["last"] - r["first"], 3), "peak_rss_kib": int(rss),
                   "cpu_s": round(int(ticks) / int(hz), 2), "lines": r["lines"], "bytes": r["bytes"],
                   "conns": r["conns"], "ok": r["ok"]}))
@@ -139,16 +146,25 @@ PY
 }
 
 run_tail_socat() {
-  local res=$work/res-tail start tpid spid rss ticks
+  local res=$work/res-tail start tpid spid rss ticks rpid retry=""
   rm -f "$res"*
-  python3 "$work/pod/recv.py" "$port" "$lines" "$size" "$res" & local rpid=$!
-  pids+=("$rpid")
-  wait_file "$res.listening" 10 "$rpid"
+  if ((after == 0)); then
+    python3 "$work/pod/recv.py" "$port" "$lines" "$size" "$res" & rpid=$!
+    pids+=("$rpid")
+    wait_file "$res.listening" 10 "$rpid"
+  else
+    retry=,forever,interval=0.01
+  fi
   rm -f "$work/fifo" && mkfifo "$work/fifo"
   start=$(now)
   tail -n +1 -F "$file" > "$work/fifo" 2>/dev/null & tpid=$!
-  socat -u - TCP:127.0.0.1:$port < "$work/fifo" & spid=$!
+  socat -u - "TCP:127.0.0.1:$port$retry" < "$work/fifo" 2>/dev/null & spid=$!
   pids+=("$tpid" "$spid")
+  if ((after > 0)); then
+    sleep "$(awk -v ms="$after" 'BEGIN { print ms / 1000 }')"
+    python3 "$work/pod/recv.py" "$port" "$lines" "$size" "$res" & rpid=$!
+    pids+=("$rpid")
+  fi
   wait_file "$res" 600 "$spid"
   rss=$(($(hwm "$tpid") + $(hwm "$spid")))
   ticks=$(($(cpu_ticks "$tpid") + $(cpu_ticks "$spid")))
@@ -188,6 +204,30 @@ run_wpod() { # name, shipper.wasm, run number
   pod=logship-$$-$name-$3 res=$work/pod/res
   pod=${pod//[^a-z0-9-]/-}
   rm -f "$res"* "$work/pod/done"
+  # Init sidecars start in order: the receiver first, or with -a the shipper first and the
+  # receiver AFTER ms later.
+  local receiver shipper
+  receiver=$(cat <<YAML
+  - name: receiver
+    restartPolicy: Always
+    command: [sh, -c, 'sleep $(awk -v ms="$after" 'BEGIN { print ms / 1000 }'); exec python3 /bench/recv.py $port $lines $((size + 2 * lines)) /bench/res --stay']
+    volumeMounts: [{name: bench, mountPath: /bench}]
+YAML
+)
+  # Before: the main container starts once the receiver listens, so that nothing of the pod
+  # starts while the shipper runs. After: it starts during the receiver's sleep, for the same.
+  ((after > 0)) || receiver+=$'\n    startupProbe:\n      exec: {command: [test, -e, /bench/res.listening]}\n      periodSeconds: 1'
+  shipper=$(cat <<YAML
+  - name: shipper
+    restartPolicy: Always
+    image: $wasm
+    env:
+    - {name: FILES, value: "a=/data/app.log"}
+    - {name: SINK, value: "tcp://127.0.0.1:$port"}
+    volumeMounts: [{name: data, mountPath: /data, readOnly: true}]
+YAML
+)
+  if ((after > 0)); then local first=$shipper; shipper=$receiver; receiver=$first; fi
   cat > "$work/pod.yaml" <<YAML
 apiVersion: v1
 kind: Pod
@@ -196,20 +236,8 @@ spec:
   restartPolicy: Never
   terminationGracePeriodSeconds: 2
   initContainers:
-  - name: receiver
-    restartPolicy: Always
-    command: [python3, /bench/recv.py, "$port", "$lines", "$((size + 2 * lines))", /bench/res, --stay]
-    volumeMounts: [{name: bench, mountPath: /bench}]
-    startupProbe:
-      exec: {command: [test, -e, /bench/res.listening]}
-      periodSeconds: 1
-  - name: shipper
-    restartPolicy: Always
-    image: $wasm
-    env:
-    - {name: FILES, value: "a=/data/app.log"}
-    - {name: SINK, value: "tcp://127.0.0.1:$port"}
-    volumeMounts: [{name: data, mountPath: /data, readOnly: true}]
+$receiver
+$shipper
   containers:
   - name: main
     command: [sh, -c, "while [ ! -e /bench/done ]; do sleep 0.05; done"]
@@ -276,7 +304,7 @@ for ((i = 1; i <= runs; i++)); do
   for t in "${all[@]}"; do
     case $t in # not in a pipe: the cleanup must see the PIDs and pods a run adds
       tail-socat) run_tail_socat > "$work/row" ;;
-      rsyslog) run_rsyslog > "$work/row" ;;
+      rsyslog) ((after == 0)) || continue; run_rsyslog > "$work/row" ;;
       *) run_wpod "$t" "${wasm_of[$t]}" "$i" > "$work/row" ;;
     esac
     tee -a "$results" < "$work/row"

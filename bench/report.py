@@ -43,9 +43,11 @@ def adapt(row, source, counters):
              ("peak_rss_kib", "log shipping: peak RSS", "KiB", "lower"),
              ("cpu_s", "log shipping: CPU time", "s", "lower")]
     if "mib_per_s" in row:
+        # bench/logship.sh -a: the receiver started after the shipper, a measure of its own.
+        after = " (sink started after)" if row.get("sink") == "after" else ""
         for key, measure, unit, better in known:
             if isinstance(row.get(key), (int, float)):
-                out.append({"tool": tool, "measure": measure, "value": row[key], "unit": unit, "run": run,
+                out.append({"tool": tool, "measure": measure + after, "value": row[key], "unit": unit, "run": run,
                             "better": better, "ref": tool.startswith("wpod"), "source": source,
                             "ok": row.get("ok", True)})
         return out

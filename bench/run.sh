@@ -7,7 +7,7 @@
 #   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
 #   -f          write the results even when the machine was busy (they are marked noisy)
 #   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
-#               (comma-separated: start-peers,pod-ready,pods,density,ports,net,tls,logship,exporters)
+#               (comma-separated: start-peers,pod-ready,pods,density,ports,net,tls,logship,logship-after,exporters)
 #   WPOD        the wpod binary (default target/release/wpod of this repository)
 #
 # Installs the Debian packages of the peers that are missing (crun runc podman nginx-light
@@ -24,6 +24,7 @@
 #   net.sh          pod to pod vs a bare veth pair, network setup vs podman, sidecar egress
 #   tls.sh          the tls-proxy sidecar vs nginx and haproxy terminating TLS
 #   logship.sh      the log-shipper sidecar vs `tail -F | socat` and rsyslog     (when present)
+#   logship.sh -a   the same with the receiver started after the shipper (measure logship-after)
 #   exporters.sh    the exporter sidecars vs prometheus-*-exporter               (when present)
 # Each script runs under bench/load.py, which notes the CPU that processes outside the measure
 # used meanwhile (OUTDIR/NAME.load.json): past $WPOD_BENCH_MAX_OTHER_CPU percent of the machine
@@ -88,12 +89,12 @@ printf '%s\n' "${meta[@]}" | sed 's/^/  /' >&2
 if ((quick)); then
   declare -A args=(
     [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [pods]="-r 1 -n '10 50'" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
-    [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [exporters]="-r 2 -n 50 -w 5"
+    [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [logship-after]="-r 1 -m 20 -a 500" [exporters]="-r 2 -n 50 -w 5"
   )
 else
   declare -A args=(
     [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [pods]="-r 2 -n '10 50 100 200'" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
-    [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [exporters]="-r 3"
+    [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [logship-after]="-r 3 -m 100 -a 500" [exporters]="-r 3"
   )
 fi
 # The sidecars measured: the built guests of target/sidecars (cargo build -p wpod-test-support),
@@ -103,7 +104,8 @@ meta+=("sidecars=$SIDECARS")
 limit=$( ((quick)) && echo 600 || echo 1800)
 failed=() noisy=()
 run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
-  local name=$1 script=$root/bench/$1.sh t0
+  # logship-after: bench/logship.sh with the receiver started after the shipper (-a).
+  local name=$1 script=$root/bench/${1%-after}.sh t0
   if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then return 0; fi
   if [ ! -f "$script" ]; then
     say "== $name: bench/$name.sh is not there, skipped"
@@ -111,12 +113,12 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
   fi
   local a=${args[$name]}
   case $name in
-    logship) a="$a -w $wpod -s wpod=$SIDECARS/log-shipper.wasm" ;;  # -w WPOD, no positional argument
+    logship*) a="$a -w $wpod -s wpod=$SIDECARS/log-shipper.wasm" ;; # -w WPOD, no positional argument
     tls) a="$a -o $outdir/tls-full.json $wpod" ;;                     # its own JSON (every figure)
     pods) a="$a ${WPOD_BENCH_USER:+-u $WPOD_BENCH_USER} $wpod" ;;     # rootless pods too, as that user
     *) a="$a $wpod" ;;
   esac
-  say "== $name: bench/$name.sh $a"
+  say "== $name: ${script#"$root"/} $a"
   t0=$(date +%s)
   local rc=0
   # A script that hangs is stopped (SIGTERM: its traps clean up) after $limit seconds.
@@ -148,7 +150,7 @@ PY
     failed+=("$name")
   fi
 }
-for m in start-peers pod-ready pods density ports net tls logship exporters; do run_measure "$m"; done
+for m in start-peers pod-ready pods density ports net tls logship logship-after exporters; do run_measure "$m"; done
 
 meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}" "noisy=${noisy[*]:-}"
   "max_other_cpu_percent=$max_other")

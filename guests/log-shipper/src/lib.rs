@@ -118,56 +118,66 @@ impl Sink {
         Err(format!("SINK={spec}: use stdout, tcp://HOST:PORT, tls://HOST:PORT or http://HOST:PORT/PATH"))
     }
 
-    /// Delivers `data` (whole lines); false when the sink failed (the batch is retried later).
-    fn deliver(&mut self, data: &[u8]) -> bool {
+    /// Delivers `data` (whole lines); on failure the batch is retried later.
+    fn deliver(&mut self, data: &[u8]) -> Result<(), Failure> {
         match self {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
                     eprintln!("stdout: {e}");
                 }
-                true
+                Ok(())
             }
             Sink::Tcp { addr, conn } => {
                 if conn.is_none() {
-                    *conn = TcpStream::connect(addr.as_str()).map_err(|e| eprintln!("sink {addr}: {}", io_error(&e))).ok();
+                    let c = TcpStream::connect(addr.as_str()).map_err(|e| Failure::io(format!("sink {addr}"), &e))?;
+                    *conn = Some(c);
                 }
-                let Some(c) = conn else { return false };
-                match c.write_all(data) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        // Part of the batch may be lost with the connection: all of it is sent
-                        // again on the next one (lines may then arrive twice, none is missing).
-                        eprintln!("sink {addr}: {}", io_error(&e));
-                        *conn = None;
-                        false
-                    }
-                }
+                let Some(c) = conn else { return Ok(()) };
+                c.write_all(data).map_err(|e| {
+                    // Part of the batch may be lost with the connection: all of it is sent
+                    // again on the next one (lines may then arrive twice, none is missing).
+                    *conn = None;
+                    Failure::io(format!("sink {addr}"), &e)
+                })
             }
             Sink::Tls { addr, server_name, config, conn } => {
                 if conn.is_none() {
-                    *conn = wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None)
-                        .map_err(|e| eprintln!("sink tls://{addr}: {e}"))
-                        .ok();
+                    let c = wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None)
+                        .map_err(|e| Failure::other(format!("sink tls://{addr}: {e}")))?;
+                    *conn = Some(c);
                 }
-                let Some(c) = conn else { return false };
-                match c.write_all(data).and_then(|()| c.flush()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        eprintln!("sink tls://{addr}: {}", io_error(&e));
-                        *conn = None;
-                        false
-                    }
-                }
+                let Some(c) = conn else { return Ok(()) };
+                c.write_all(data).and_then(|()| c.flush()).map_err(|e| {
+                    *conn = None;
+                    Failure::io(format!("sink tls://{addr}"), &e)
+                })
             }
-            Sink::Http { addr, path } => match post(addr, path, data) {
-                Ok(()) => true,
-                Err(e) => {
-                    eprintln!("sink http://{addr}{path}: {e}");
-                    false
-                }
-            },
+            Sink::Http { addr, path } => post(addr, path, data).map_err(|e| Failure {
+                refused: e == "connection-refused",
+                text: format!("sink http://{addr}{path}: {e}"),
+            }),
         }
+    }
+}
+
+/// Why a delivery failed, as the shipper reports it.
+#[derive(Debug, PartialEq)]
+struct Failure {
+    text: String,
+    /// Nothing listens at the sink's address: most often a collector still starting, which a
+    /// try costs nothing to find (a refused connection is one round trip, answered at once).
+    refused: bool,
+}
+
+impl Failure {
+    fn io(what: String, e: &std::io::Error) -> Failure {
+        let name = io_error(e);
+        Failure { refused: name == "connection-refused", text: format!("{what}: {name}") }
+    }
+
+    fn other(text: String) -> Failure {
+        Failure { text, refused: false }
     }
 }
 
@@ -198,16 +208,33 @@ pub struct Outbox {
     /// starting (a collector started after the shipper) is reached within milliseconds.
     backoff: Duration,
     retry_at: Option<std::time::Instant>,
+    /// The failure last reported, when, and how many like it were not reported since.
+    failing: Option<(String, std::time::Instant, u32)>,
 }
 
 /// The first wait after a failed delivery: a sink that is coming up is reached as soon as it is.
 const MIN_BACKOFF: Duration = Duration::from_millis(2);
 /// The longest wait between two delivery attempts to a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait while the sink refuses connections (nothing listens yet): a collector that
+/// comes up after the shipper is reached within this long, where doubling up to
+/// [`MAX_BACKOFF`] could leave it idle for a second or more after it is up. A refused try is
+/// one round trip answered at once, so fifty a second cost the sink's host next to nothing
+/// (socat's `retry` is commonly set to a tenth of a second or less).
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_millis(20);
+/// A failure that repeats is reported at most this often, with how many tries it stands for.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 impl Outbox {
     pub fn new(filter: Filter, sink: Sink) -> Self {
-        Outbox { filter, sink, pending: Vec::with_capacity(BATCH + 4096), backoff: Duration::ZERO, retry_at: None }
+        Outbox {
+            filter,
+            sink,
+            pending: Vec::with_capacity(BATCH + 4096),
+            backoff: Duration::ZERO,
+            retry_at: None,
+            failing: None,
+        }
     }
 
     /// Whether sources should add lines; false while a full batch waits for the sink.
@@ -261,15 +288,39 @@ impl Outbox {
         if self.retry_at.is_some_and(|at| std::time::Instant::now() < at) {
             return false;
         }
-        if self.sink.deliver(&self.pending) {
-            self.pending.clear();
-            self.backoff = Duration::ZERO;
-            self.retry_at = None;
-        } else {
-            self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
-            self.retry_at = Some(std::time::Instant::now() + self.backoff);
+        match self.sink.deliver(&self.pending) {
+            Ok(()) => {
+                self.pending.clear();
+                self.backoff = Duration::ZERO;
+                self.retry_at = None;
+                self.failing = None;
+            }
+            Err(f) => {
+                let cap = if f.refused { MAX_REFUSED_BACKOFF } else { MAX_BACKOFF };
+                self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, cap);
+                let now = std::time::Instant::now();
+                self.retry_at = Some(now + self.backoff);
+                self.report(f, now);
+            }
         }
         self.pending.is_empty()
+    }
+
+    /// One line on stderr for a new failure, then at most one per [`REPORT_EVERY`] while it
+    /// repeats (a refused sink is tried fifty times a second).
+    fn report(&mut self, f: Failure, now: std::time::Instant) {
+        match &mut self.failing {
+            Some((text, at, unreported)) if *text == f.text && now.duration_since(*at) < REPORT_EVERY => {
+                *unreported += 1;
+            }
+            _ => {
+                match self.failing.as_ref().map_or(0, |(_, _, n)| *n) {
+                    0 => eprintln!("{}", f.text),
+                    n => eprintln!("{} (and {n} more tries since the last report)", f.text),
+                }
+                self.failing = Some((f.text, now, 0));
+            }
+        }
     }
 
     /// How long until a failed delivery is tried again, if one waits.
@@ -536,8 +587,13 @@ fn ship_round(followers: &mut [Follower], extra: &mut impl FnMut(&mut Outbox) ->
         let mut progressed = false;
         for f in followers.iter_mut() {
             progressed |= f.pump(out);
-            if !out.has_room() && !out.flush() {
-                return stopping;
+            if !out.has_room() {
+                if !out.flush() {
+                    return stopping;
+                }
+                // A full batch went out (the first after the sink came back, perhaps): there
+                // is room again, so this is progress, not a reason to sleep a whole interval.
+                progressed = true;
             }
         }
         progressed |= extra(out);
