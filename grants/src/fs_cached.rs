@@ -7,13 +7,23 @@
 //! read wait on the runtime thread, which a native container can turn into a stalled pod by
 //! putting a FIFO or a hung mount where a sidecar reads.
 //!
+//! Both ways a guest reads a file come here: `descriptor.read` (`pread`, [`read_now`]) and the
+//! file's input stream (`read-via-stream`, [`FileReader`]), which wasi-libc's `read()` uses.
+//!
 //! Here the read asks the kernel not to wait (`preadv2` with `RWF_NOWAIT`): the bytes already
 //! in the page cache come back at once, copied straight into the buffer the guest gets. When
 //! the kernel would have to wait (not cached, a FIFO, a device, a filesystem without the flag),
-//! the caller hands the read to wasmtime unchanged, pool and all. So nothing waits on a runtime
+//! the read goes to the blocking pool exactly as wasmtime's would. So nothing waits on a runtime
 //! thread, and the common case of a log being read just after it was written costs one syscall.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use wasmtime_wasi::runtime::{spawn_blocking, AbortOnDropJoinHandle};
+use wasmtime_wasi_io::poll::Pollable;
+use wasmtime_wasi_io::streams::{InputStream, StreamError, StreamResult};
 
 /// The most one read returns: wasmtime's own reads stop at 64 KiB; a log shipper asks for more
 /// to spread the call's cost over more lines. The buffer is the host's only for the length of
@@ -40,6 +50,132 @@ pub fn read_now(file: &std::fs::File, len: u64, offset: u64) -> Option<Vec<u8>> 
     // SAFETY: the kernel initialised the first `n` bytes, `n <= want <= capacity`.
     unsafe { buf.set_len(n.min(want)) };
     Some(buf)
+}
+
+/// The most one read on the blocking pool returns, as wasmtime's own (each allocates it whole).
+const POOL_READ: usize = 64 * 1024;
+/// What a poll for readiness reads ahead when the guest has not asked for a size yet (as
+/// wasmtime's stream does).
+const READY_READ: usize = 4096;
+
+/// `read-via-stream` of a file: wasmtime-wasi's file input stream, state for state, except that
+/// a read first asks the kernel for cached bytes ([`read_now`]) and goes to the blocking pool
+/// only when that would wait. wasi-libc's `read()` (so Rust's `std::fs`, Python's and C's file
+/// reads) comes through here.
+pub struct FileReader {
+    file: Arc<std::fs::File>,
+    /// Where the next read starts: bytes held in `Data` are counted once they are handed over.
+    position: u64,
+    state: ReadState,
+}
+
+enum ReadState {
+    Idle,
+    /// A read the kernel could not answer at once, on the blocking pool.
+    Waiting(AbortOnDropJoinHandle<ReadState>),
+    Data(Bytes),
+    Error(std::io::Error),
+    Closed,
+}
+
+impl FileReader {
+    pub fn new(file: Arc<std::fs::File>, position: u64) -> Self {
+        FileReader {
+            file,
+            position,
+            state: ReadState::Idle,
+        }
+    }
+
+    /// From `Idle`: the next `size` bytes now if cached, else a read started on the pool.
+    fn fetch(&mut self, size: usize) {
+        let p = self.position;
+        self.state = match read_now(&self.file, size as u64, p) {
+            Some(bytes) if bytes.is_empty() => ReadState::Closed,
+            Some(bytes) => ReadState::Data(Bytes::from(bytes)),
+            None => {
+                let file = self.file.clone();
+                ReadState::Waiting(spawn_blocking(move || pool_read(&file, p, size)))
+            }
+        };
+    }
+
+    async fn wait_ready(&mut self) {
+        if let ReadState::Waiting(task) = &mut self.state {
+            self.state = task.await;
+        }
+    }
+}
+
+/// A read on the blocking pool, which may wait.
+fn pool_read(file: &std::fs::File, offset: u64, size: usize) -> ReadState {
+    let mut buf = BytesMut::zeroed(size.min(POOL_READ));
+    loop {
+        match file.read_at(&mut buf, offset) {
+            Ok(0) => return ReadState::Closed,
+            Ok(n) => {
+                buf.truncate(n);
+                return ReadState::Data(buf.freeze());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return ReadState::Error(e),
+        }
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl InputStream for FileReader {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if let ReadState::Idle = self.state {
+            if size == 0 {
+                return Ok(Bytes::new());
+            }
+            self.fetch(size);
+        }
+        match &mut self.state {
+            ReadState::Idle | ReadState::Waiting(_) => Ok(Bytes::new()),
+            ReadState::Data(b) => {
+                let chunk = b.split_to(b.len().min(size));
+                if b.is_empty() {
+                    self.state = ReadState::Idle;
+                }
+                self.position += chunk.len() as u64;
+                Ok(chunk)
+            }
+            ReadState::Error(_) => match std::mem::replace(&mut self.state, ReadState::Closed) {
+                ReadState::Error(e) => Err(StreamError::LastOperationFailed(e.into())),
+                _ => Err(StreamError::Closed),
+            },
+            ReadState::Closed => Err(StreamError::Closed),
+        }
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.wait_ready().await;
+        if let ReadState::Idle = self.state {
+            self.fetch(size.max(1));
+            self.wait_ready().await;
+        }
+        self.read(size)
+    }
+
+    async fn cancel(&mut self) {
+        // A read already running on the pool cannot be stopped; it is waited for (wasmtime's
+        // stream does the same), so that no read outlives its stream.
+        if let ReadState::Waiting(task) = std::mem::replace(&mut self.state, ReadState::Closed) {
+            task.cancel().await;
+        }
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl Pollable for FileReader {
+    async fn ready(&mut self) {
+        if let ReadState::Idle = self.state {
+            self.fetch(READY_READ);
+        }
+        self.wait_ready().await
+    }
 }
 
 #[cfg(test)]
@@ -69,27 +205,94 @@ mod tests {
 
     #[test]
     fn bytes_not_in_the_page_cache_are_left_to_wasmtimes_read() {
-        // On the build's own disk (ext4, xfs or btrfs: filesystems that honour both the flag
-        // and dropping a file's clean pages), not /tmp, which may be a tmpfs.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target")
-            .join(format!("wpod-fs-uncached-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cold");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(&vec![b'x'; 1 << 16]).unwrap();
-        f.sync_all().unwrap();
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: plain syscall on a descriptor we own.
-        let dropped =
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(dropped, 0, "posix_fadvise(DONTNEED)");
+        // On the build's own disk, not /tmp, which may be a tmpfs (which keeps its pages).
+        let (dir, f) = disk_file("uncached", &[b'x'; 1 << 16], true);
         let got = read_now(&f, 4096, 0);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             got, None,
             "a read that would wait on the disk is not done here"
         );
+    }
+
+    /// A file on the build's own disk, written and synced; `cold`: its pages dropped from the
+    /// page cache (ext4, xfs and btrfs drop a file's clean pages on `POSIX_FADV_DONTNEED`).
+    fn disk_file(name: &str, bytes: &[u8], cold: bool) -> (std::path::PathBuf, std::fs::File) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("wpod-fs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("file");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        if cold {
+            // SAFETY: plain syscall on a descriptor we own.
+            let dropped =
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(dropped, 0, "posix_fadvise(DONTNEED)");
+        }
+        (dir, f)
+    }
+
+    #[test]
+    fn a_stream_of_a_cached_file_answers_at_once_then_closes() {
+        let (dir, f) = disk_file("stream-warm", b"0123456789", false);
+        // No runtime here: a read that went to the pool would panic.
+        let mut r = FileReader::new(Arc::new(f), 2);
+        assert_eq!(&r.read(3).unwrap()[..], b"234");
+        assert_eq!(&r.read(100).unwrap()[..], b"56789");
+        assert!(matches!(r.read(100), Err(StreamError::Closed)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stream_reads_what_is_not_cached_on_the_pool() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (dir, f) = disk_file("stream-cold", &data, true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let mut r = FileReader::new(Arc::new(f), 0);
+            assert!(
+                r.read(4096).unwrap().is_empty(),
+                "not cached: the pool reads it"
+            );
+            let mut got = Vec::new();
+            loop {
+                match r.blocking_read(100_000).await {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(StreamError::Closed) => break got,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            got, data,
+            "every byte once, in order, whichever way it came"
+        );
+    }
+
+    #[test]
+    fn a_stream_of_a_pipe_fails_as_wasmtimes_does() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(b"data").unwrap();
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(r));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut s = FileReader::new(Arc::new(file), 0);
+            // A pipe has no offsets: pread fails (ESPIPE), on the pool as in wasmtime's stream.
+            assert!(matches!(
+                s.blocking_read(4).await,
+                Err(StreamError::LastOperationFailed(_))
+            ));
+            assert!(matches!(s.read(4), Err(StreamError::Closed)));
+        });
     }
 
     #[test]

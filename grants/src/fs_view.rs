@@ -405,12 +405,20 @@ impl HostDescriptor for FsView<'_> {
         r
     }
 
+    /// wasmtime's file stream with cached reads done at once (`fs_cached::FileReader`).
     fn read_via_stream(
         &mut self,
         fd: Resource<Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynInputStream>> {
-        <Inner<'_> as HostDescriptor>::read_via_stream(&mut self.inner, fd, offset)
+        // As wasmtime: a descriptor that is not in the table traps, a directory is
+        // is-directory (POSIX EISDIR on read).
+        let file = match self.inner.table.get(&fd)? {
+            Descriptor::File(f) => f.file.clone(),
+            Descriptor::Dir(_) => return Err(ErrorCode::IsDirectory.into()),
+        };
+        let reader: DynInputStream = Box::new(super::fs_cached::FileReader::new(file, offset));
+        Ok(self.inner.table.push(reader)?)
     }
 
     fn write_via_stream(
