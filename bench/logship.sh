@@ -14,7 +14,7 @@
 # so a before/after pair runs interleaved. -t limits the tools (comma-separated names).
 # -a MS starts the receiver MS milliseconds after the shipper instead of before it: the shipper
 # meets a refused connection first and must try again (socat with `forever,interval=0.01`, a
-# retry every 10 ms; wpod's shipper backs off from 2 ms, doubling); rsyslog is left out.
+# retry every 10 ms; wpod's shipper tries after 2 ms, doubling to 20 ms); rsyslog is left out.
 #
 # Per run, one JSON line on stdout: tool, mib, sink ("before" or "after"), seconds (tool start to
 # last byte received; for wpod the start is the shipper sidecar's "started" event, after the pod
@@ -30,6 +30,7 @@ while getopts "r:m:w:s:t:a:" opt; do
     t) tools=$OPTARG ;; a) after=$OPTARG ;; *) exit 2 ;;
   esac
 done
+[[ $after =~ ^[0-9]+$ ]] || { echo "$0: -a takes milliseconds (a whole number), not '$after'" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 ((${#shippers[@]})) || shippers=("wpod=$root/guests/target/wasm32-wasip2/release/log-shipper.wasm")
 [[ $(id -u) == 0 ]] || { echo "$0: run as root (wpod pods)" >&2; exit 2; }
@@ -158,14 +159,21 @@ run_tail_socat() {
   rm -f "$work/fifo" && mkfifo "$work/fifo"
   start=$(now)
   tail -n +1 -F "$file" > "$work/fifo" 2>/dev/null & tpid=$!
-  socat -u - "TCP:127.0.0.1:$port$retry" < "$work/fifo" 2>/dev/null & spid=$!
+  # With -a, socat's refused tries are expected; their messages would fill the terminal.
+  if ((after > 0)); then
+    socat -u - "TCP:127.0.0.1:$port$retry" < "$work/fifo" 2>/dev/null & spid=$!
+  else
+    socat -u - "TCP:127.0.0.1:$port" < "$work/fifo" & spid=$!
+  fi
   pids+=("$tpid" "$spid")
   if ((after > 0)); then
     sleep "$(awk -v ms="$after" 'BEGIN { print ms / 1000 }')"
     python3 "$work/pod/recv.py" "$port" "$lines" "$size" "$res" & rpid=$!
     pids+=("$rpid")
   fi
-  wait_file "$res" 600 "$spid"
+  # The process that ends first if something goes wrong: socat (before), the receiver (after:
+  # socat retries forever).
+  wait_file "$res" 600 "$( ((after > 0)) && echo "$rpid" || echo "$spid")"
   rss=$(($(hwm "$tpid") + $(hwm "$spid")))
   ticks=$(($(cpu_ticks "$tpid") + $(cpu_ticks "$spid")))
   kill "$tpid" "$spid" 2>/dev/null || true

@@ -108,7 +108,7 @@ run_measure() { # NAME: runs bench/NAME.sh with its mode's arguments
   local name=$1 script=$root/bench/${1%-after}.sh t0
   if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then return 0; fi
   if [ ! -f "$script" ]; then
-    say "== $name: bench/$name.sh is not there, skipped"
+    say "== $name: ${script#"$root"/} is not there, skipped"
     return 0
   fi
   local a=${args[$name]}

@@ -14,7 +14,14 @@
 //! in the page cache come back at once, copied straight into the buffer the guest gets. When
 //! the kernel would have to wait (not cached, a FIFO, a device, a filesystem without the flag),
 //! the read goes to the blocking pool exactly as wasmtime's would. So nothing waits on a runtime
-//! thread, and the common case of a log being read just after it was written costs one syscall.
+//! thread for data, and the common case of a log being read just after it was written costs
+//! one syscall. Only regular files take this path: a device that honours the flag (`/dev/zero`,
+//! `/dev/urandom` in a hostPath) would otherwise have its work done on the runtime thread.
+//!
+//! What the flag does not cover: the file's access time, which the kernel updates after the read
+//! (with `relatime`, once after each write to the file); on a journalling filesystem that may
+//! wait briefly for the journal. A host that cannot afford that wait mounts the filesystem of
+//! its volumes `noatime` or `lazytime`.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -25,17 +32,32 @@ use wasmtime_wasi::runtime::{spawn_blocking, AbortOnDropJoinHandle};
 use wasmtime_wasi_io::poll::Pollable;
 use wasmtime_wasi_io::streams::{InputStream, StreamError, StreamResult};
 
-/// The most one read returns: wasmtime's own reads stop at 64 KiB; a log shipper asks for more
-/// to spread the call's cost over more lines. The buffer is the host's only for the length of
-/// the call (the guest's memory holds the copy), and at most one per runtime thread is live.
-pub const MAX_READ: usize = 1 << 20;
+/// The most one read returns: wasmtime's own reads stop at 64 KiB; a log shipper asks for 128
+/// KiB to spread the call's cost over more lines. The buffer is the host's only for the length
+/// of the call (the guest's memory holds the copy), and at most one per runtime thread is live;
+/// the copy is done on that thread, so this also bounds how long one call holds it.
+pub const MAX_READ: usize = 256 * 1024;
 
-/// Up to `len` bytes of `file` at `offset`, if the kernel has them without waiting; `None`
-/// when it would wait or refuses the flag (then the read goes the usual way). An empty vector
-/// is the end of the file, as for any read.
+/// Whether `file` may be read with [`read_now`]: a regular file (see the module's comment).
+pub fn is_regular(file: &std::fs::File) -> bool {
+    file.metadata().is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Up to `len` bytes of `file` (a regular file, [`is_regular`]) at `offset`, if the kernel has
+/// them without waiting; `None` when it would wait or refuses the flag (then the read goes the
+/// usual way). An empty vector is the end of the file, as for any read.
 pub fn read_now(file: &std::fs::File, len: u64, offset: u64) -> Option<Vec<u8>> {
+    // EAGAIN (would wait), EOPNOTSUPP (no RWF_NOWAIT here), ESPIPE (a FIFO), or the file's own
+    // error: wasmtime's read answers each as it always has.
+    try_now(file, len, offset).ok()
+}
+
+/// [`read_now`], saying why not.
+fn try_now(file: &std::fs::File, len: u64, offset: u64) -> std::io::Result<Vec<u8>> {
     let want = usize::try_from(len).unwrap_or(usize::MAX).min(MAX_READ);
-    let offset = libc::off_t::try_from(offset).ok()?;
+    // Past i64::MAX the pool's read fails as wasmtime's does (EINVAL).
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf: Vec<u8> = Vec::with_capacity(want);
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -44,12 +66,10 @@ pub fn read_now(file: &std::fs::File, len: u64, offset: u64) -> Option<Vec<u8>> 
     // SAFETY: the one iovec covers `buf`'s allocated capacity, which outlives the call; the
     // kernel writes at most `want` bytes there and says how many.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    // EAGAIN (would wait), EOPNOTSUPP (no RWF_NOWAIT here), ESPIPE (a FIFO), or the file's own
-    // error: wasmtime's read answers each as it always has.
-    let n = usize::try_from(n).ok()?;
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
     // SAFETY: the kernel initialised the first `n` bytes, `n <= want <= capacity`.
     unsafe { buf.set_len(n.min(want)) };
-    Some(buf)
+    Ok(buf)
 }
 
 /// The most one read on the blocking pool returns, as wasmtime's own (each allocates it whole).
@@ -64,6 +84,8 @@ const READY_READ: usize = 4096;
 /// reads) comes through here.
 pub struct FileReader {
     file: Arc<std::fs::File>,
+    /// A regular file whose reads the kernel has not refused the flag for: try [`read_now`].
+    fast: bool,
     /// Where the next read starts: bytes held in `Data` are counted once they are handed over.
     position: u64,
     state: ReadState,
@@ -81,6 +103,7 @@ enum ReadState {
 impl FileReader {
     pub fn new(file: Arc<std::fs::File>, position: u64) -> Self {
         FileReader {
+            fast: is_regular(&file),
             file,
             position,
             state: ReadState::Idle,
@@ -90,10 +113,18 @@ impl FileReader {
     /// From `Idle`: the next `size` bytes now if cached, else a read started on the pool.
     fn fetch(&mut self, size: usize) {
         let p = self.position;
-        self.state = match read_now(&self.file, size as u64, p) {
-            Some(bytes) if bytes.is_empty() => ReadState::Closed,
-            Some(bytes) => ReadState::Data(Bytes::from(bytes)),
-            None => {
+        let now = match self.fast {
+            true => try_now(&self.file, size as u64, p),
+            false => Err(std::io::Error::from_raw_os_error(libc::EAGAIN)),
+        };
+        self.state = match now {
+            Ok(bytes) if bytes.is_empty() => ReadState::Closed,
+            Ok(bytes) => ReadState::Data(Bytes::from(bytes)),
+            Err(e) => {
+                // A filesystem without the flag (procfs, NFS) says so every time: stop asking.
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    self.fast = false;
+                }
                 let file = self.file.clone();
                 ReadState::Waiting(spawn_blocking(move || pool_read(&file, p, size)))
             }
@@ -185,13 +216,10 @@ mod tests {
 
     #[test]
     fn a_cached_file_is_read_at_once_up_to_its_end() {
-        let dir = std::env::temp_dir().join(format!("wpod-fs-cached-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(b"one\ntwo\nthree\n").unwrap();
-        let f = std::fs::File::open(&path).unwrap();
-        // Just written, so in the page cache.
+        // Just written, so in the page cache. (The build's own disk, as below: a filesystem
+        // with RWF_NOWAIT for reads, as ext4, xfs and btrfs have.)
+        let (dir, f) = disk_file("cached", b"one\ntwo\nthree\n", false);
+        assert!(is_regular(&f));
         assert_eq!(read_now(&f, 4, 4).as_deref(), Some(&b"two\n"[..]));
         assert_eq!(read_now(&f, 100, 8).as_deref(), Some(&b"three\n"[..]));
         assert_eq!(
@@ -201,6 +229,16 @@ mod tests {
         );
         assert_eq!(read_now(&f, 0, 0).as_deref(), Some(&b""[..]));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_device_is_never_read_on_the_runtime_thread() {
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        assert!(
+            !is_regular(&zero),
+            "/dev/zero would be read here, up to MAX_READ a call"
+        );
+        assert!(!FileReader::new(Arc::new(zero), 0).fast);
     }
 
     #[test]
@@ -305,11 +343,7 @@ mod tests {
 
     #[test]
     fn a_read_is_capped() {
-        let dir = std::env::temp_dir().join(format!("wpod-fs-cap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("big");
-        std::fs::write(&path, vec![b'x'; MAX_READ + 4096]).unwrap();
-        let f = std::fs::File::open(&path).unwrap();
+        let (dir, f) = disk_file("cap", &vec![b'x'; MAX_READ + 4096], false);
         let got = read_now(&f, u64::MAX, 0).expect("cached");
         assert_eq!(got.len(), MAX_READ);
         std::fs::remove_dir_all(&dir).unwrap();

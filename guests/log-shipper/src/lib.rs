@@ -129,11 +129,10 @@ impl Sink {
                 Ok(())
             }
             Sink::Tcp { addr, conn } => {
-                if conn.is_none() {
-                    let c = TcpStream::connect(addr.as_str()).map_err(|e| Failure::io(format!("sink {addr}"), &e))?;
-                    *conn = Some(c);
-                }
-                let Some(c) = conn else { return Ok(()) };
+                let c = match conn {
+                    Some(c) => c,
+                    None => conn.insert(TcpStream::connect(addr.as_str()).map_err(|e| Failure::io(format!("sink {addr}"), &e))?),
+                };
                 c.write_all(data).map_err(|e| {
                     // Part of the batch may be lost with the connection: all of it is sent
                     // again on the next one (lines may then arrive twice, none is missing).
@@ -142,12 +141,15 @@ impl Sink {
                 })
             }
             Sink::Tls { addr, server_name, config, conn } => {
-                if conn.is_none() {
-                    let c = wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None)
-                        .map_err(|e| Failure::other(format!("sink tls://{addr}: {e}")))?;
-                    *conn = Some(c);
-                }
-                let Some(c) = conn else { return Ok(()) };
+                let c = match conn {
+                    Some(c) => c,
+                    None => conn.insert(
+                        wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None).map_err(|e| Failure {
+                            refused: e.contains("connection-refused"),
+                            text: format!("sink tls://{addr}: {e}"),
+                        })?,
+                    ),
+                };
                 c.write_all(data).and_then(|()| c.flush()).map_err(|e| {
                     *conn = None;
                     Failure::io(format!("sink tls://{addr}"), &e)
@@ -175,10 +177,6 @@ impl Failure {
         let name = io_error(e);
         Failure { refused: name == "connection-refused", text: format!("{what}: {name}") }
     }
-
-    fn other(text: String) -> Failure {
-        Failure { text, refused: false }
-    }
 }
 
 fn post(addr: &str, path: &str, body: &[u8]) -> Result<(), String> {
@@ -203,25 +201,30 @@ pub struct Outbox {
     sink: Sink,
     pending: Vec<u8>,
     /// After a failed delivery the sink is tried again after this long (from [`MIN_BACKOFF`],
-    /// doubling up to [`MAX_BACKOFF`]), not at every poll: a sink that is down or refused costs
-    /// a line of log and a connection attempt now and then, not twenty a second; one that is
+    /// doubling up to [`MAX_BACKOFF`], or [`MAX_REFUSED_BACKOFF`] while it refuses), not at
+    /// every poll: a sink that is down costs a connection attempt now and then; one that is
     /// starting (a collector started after the shipper) is reached within milliseconds.
     backoff: Duration,
     retry_at: Option<std::time::Instant>,
     /// The failure last reported, when, and how many like it were not reported since.
     failing: Option<(String, std::time::Instant, u32)>,
+    /// Since when the sink has refused every try (for [`REFUSED_FAST_FOR`]).
+    refused_since: Option<std::time::Instant>,
 }
 
 /// The first wait after a failed delivery: a sink that is coming up is reached as soon as it is.
 const MIN_BACKOFF: Duration = Duration::from_millis(2);
 /// The longest wait between two delivery attempts to a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// The longest wait while the sink refuses connections (nothing listens yet): a collector that
-/// comes up after the shipper is reached within this long, where doubling up to
-/// [`MAX_BACKOFF`] could leave it idle for a second or more after it is up. A refused try is
-/// one round trip answered at once, so fifty a second cost the sink's host next to nothing
-/// (socat's `retry` is commonly set to a tenth of a second or less).
+/// The longest wait while the sink refuses connections (nothing listens yet), for the first
+/// [`REFUSED_FAST_FOR`]: a collector that comes up after the shipper is reached within this
+/// long, where doubling up to [`MAX_BACKOFF`] could leave it idle for a second or more after it
+/// is up. A refused try is one round trip answered at once.
 const MAX_REFUSED_BACKOFF: Duration = Duration::from_millis(20);
+/// How long refusals are tried at [`MAX_REFUSED_BACKOFF`] at most: a collector starting takes
+/// seconds, not minutes; one missing for good (or a wrong port) is then tried as any failing
+/// sink, up to every [`MAX_BACKOFF`], rather than fifty times a second forever.
+const REFUSED_FAST_FOR: Duration = Duration::from_secs(30);
 /// A failure that repeats is reported at most this often, with how many tries it stands for.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
@@ -234,6 +237,7 @@ impl Outbox {
             backoff: Duration::ZERO,
             retry_at: None,
             failing: None,
+            refused_since: None,
         }
     }
 
@@ -293,12 +297,21 @@ impl Outbox {
                 self.pending.clear();
                 self.backoff = Duration::ZERO;
                 self.retry_at = None;
-                self.failing = None;
+                self.refused_since = None;
+                if let Some((text, _, n)) = self.failing.take() {
+                    if n > 0 {
+                        eprintln!("{text} (and {n} more tries since the last report); delivering again");
+                    }
+                }
             }
             Err(f) => {
-                let cap = if f.refused { MAX_REFUSED_BACKOFF } else { MAX_BACKOFF };
-                self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, cap);
                 let now = std::time::Instant::now();
+                if !f.refused {
+                    self.refused_since = None;
+                }
+                let fast = f.refused && now.duration_since(*self.refused_since.get_or_insert(now)) < REFUSED_FAST_FOR;
+                let cap = if fast { MAX_REFUSED_BACKOFF } else { MAX_BACKOFF };
+                self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, cap);
                 self.retry_at = Some(now + self.backoff);
                 self.report(f, now);
             }
@@ -307,17 +320,24 @@ impl Outbox {
     }
 
     /// One line on stderr for a new failure, then at most one per [`REPORT_EVERY`] while it
-    /// repeats (a refused sink is tried fifty times a second).
+    /// repeats (a refused sink is tried up to fifty times a second), with how many tries went
+    /// unreported; a failure of another kind first closes the count of the last one.
     fn report(&mut self, f: Failure, now: std::time::Instant) {
         match &mut self.failing {
             Some((text, at, unreported)) if *text == f.text && now.duration_since(*at) < REPORT_EVERY => {
                 *unreported += 1;
             }
-            _ => {
-                match self.failing.as_ref().map_or(0, |(_, _, n)| *n) {
-                    0 => eprintln!("{}", f.text),
-                    n => eprintln!("{} (and {n} more tries since the last report)", f.text),
+            Some((text, _, unreported)) if *text == f.text => {
+                eprintln!("{} (and {unreported} more tries since the last report)", f.text);
+                self.failing = Some((f.text, now, 0));
+            }
+            previous => {
+                if let Some((text, _, n)) = previous.take() {
+                    if n > 0 {
+                        eprintln!("{text} (and {n} more tries since the last report)");
+                    }
                 }
+                eprintln!("{}", f.text);
                 self.failing = Some((f.text, now, 0));
             }
         }
@@ -636,7 +656,8 @@ pub fn run(mut extra: impl FnMut(&mut Outbox) -> bool) {
         }
         // Files are polled every interval; a sink that failed is tried again when its back-off
         // ends, which may be sooner.
-        let wait = out.retry_in().map_or(interval, |d| interval.min(d.as_millis() as u64));
+        // Rounded up: a wait rounded down to 0 ms would poll in a loop until the retry is due.
+        let wait = out.retry_in().map_or(interval, |d| interval.min(d.as_micros().div_ceil(1000) as u64));
         stopping = is_stopping(lifecycle::next_event(wait));
     }
 }
