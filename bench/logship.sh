@@ -31,6 +31,7 @@ while getopts "r:m:w:s:t:a:" opt; do
   esac
 done
 [[ $after =~ ^[0-9]+$ ]] || { echo "$0: -a takes milliseconds (a whole number), not '$after'" >&2; exit 2; }
+after_s=$(awk -v ms="$after" 'BEGIN { print ms / 1000 }') # for sleep
 root=$(cd "$(dirname "$0")/.." && pwd)
 ((${#shippers[@]})) || shippers=("wpod=$root/guests/target/wasm32-wasip2/release/log-shipper.wasm")
 [[ $(id -u) == 0 ]] || { echo "$0: run as root (wpod pods)" >&2; exit 2; }
@@ -167,7 +168,7 @@ run_tail_socat() {
   fi
   pids+=("$tpid" "$spid")
   if ((after > 0)); then
-    sleep "$(awk -v ms="$after" 'BEGIN { print ms / 1000 }')"
+    sleep "$after_s"
     python3 "$work/pod/recv.py" "$port" "$lines" "$size" "$res" & rpid=$!
     pids+=("$rpid")
   fi
@@ -218,7 +219,7 @@ run_wpod() { # name, shipper.wasm, run number
   receiver=$(cat <<YAML
   - name: receiver
     restartPolicy: Always
-    command: [sh, -c, 'sleep $(awk -v ms="$after" 'BEGIN { print ms / 1000 }'); exec python3 /bench/recv.py $port $lines $((size + 2 * lines)) /bench/res --stay']
+    command: [sh, -c, 'sleep $after_s; exec python3 /bench/recv.py $port $lines $((size + 2 * lines)) /bench/res --stay']
     volumeMounts: [{name: bench, mountPath: /bench}]
 YAML
 )

@@ -80,7 +80,8 @@ const READY_READ: usize = 4096;
 
 /// `read-via-stream` of a file: wasmtime-wasi's file input stream, state for state, except that
 /// a read first asks the kernel for cached bytes ([`read_now`]) and goes to the blocking pool
-/// only when that would wait. wasi-libc's `read()` (so Rust's `std::fs`, Python's and C's file
+/// only when that would wait. (A copy rather than a wrapper: wasmtime's keeps its state, and so
+/// whether it holds bytes already read, to itself.) wasi-libc's `read()` (so Rust's `std::fs`, Python's and C's file
 /// reads) comes through here.
 pub struct FileReader {
     file: Arc<std::fs::File>,
@@ -113,22 +114,22 @@ impl FileReader {
     /// From `Idle`: the next `size` bytes now if cached, else a read started on the pool.
     fn fetch(&mut self, size: usize) {
         let p = self.position;
-        let now = match self.fast {
-            true => try_now(&self.file, size as u64, p),
-            false => Err(std::io::Error::from_raw_os_error(libc::EAGAIN)),
-        };
-        self.state = match now {
-            Ok(bytes) if bytes.is_empty() => ReadState::Closed,
-            Ok(bytes) => ReadState::Data(Bytes::from(bytes)),
-            Err(e) => {
-                // A filesystem without the flag (procfs, NFS) says so every time: stop asking.
-                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                    self.fast = false;
+        if self.fast {
+            match try_now(&self.file, size as u64, p) {
+                Ok(bytes) => {
+                    self.state = match bytes.is_empty() {
+                        true => ReadState::Closed,
+                        false => ReadState::Data(Bytes::from(bytes)),
+                    };
+                    return;
                 }
-                let file = self.file.clone();
-                ReadState::Waiting(spawn_blocking(move || pool_read(&file, p, size)))
+                // A filesystem without the flag (procfs, NFS) says so every time: stop asking.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.fast = false,
+                Err(_) => {}
             }
-        };
+        }
+        let file = self.file.clone();
+        self.state = ReadState::Waiting(spawn_blocking(move || pool_read(&file, p, size)));
     }
 
     async fn wait_ready(&mut self) {

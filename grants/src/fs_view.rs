@@ -187,11 +187,9 @@ impl HostDescriptor for FsView<'_> {
         offset: types::Filesize,
     ) -> FsResult<(Vec<u8>, bool)> {
         if let Ok(Descriptor::File(f)) = self.inner.table.get(&fd) {
-            let now = match super::fs_cached::is_regular(&f.file) {
-                true => super::fs_cached::read_now(&f.file, len, offset),
-                false => None,
-            };
-            if let Some(bytes) = now {
+            let now = super::fs_cached::is_regular(&f.file)
+                .then(|| super::fs_cached::read_now(&f.file, len, offset));
+            if let Some(bytes) = now.flatten() {
                 let end = bytes.is_empty();
                 return Ok((bytes, end));
             }

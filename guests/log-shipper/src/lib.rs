@@ -144,10 +144,8 @@ impl Sink {
                 let c = match conn {
                     Some(c) => c,
                     None => conn.insert(
-                        wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None).map_err(|e| Failure {
-                            refused: e.contains("connection-refused"),
-                            text: format!("sink tls://{addr}: {e}"),
-                        })?,
+                        wpod_sidecar::tls::connect(addr, server_name.as_deref(), config, None)
+                            .map_err(|e| Failure::new(format!("sink tls://{addr}"), e))?,
                     ),
                 };
                 c.write_all(data).and_then(|()| c.flush()).map_err(|e| {
@@ -155,16 +153,12 @@ impl Sink {
                     Failure::io(format!("sink tls://{addr}"), &e)
                 })
             }
-            Sink::Http { addr, path } => post(addr, path, data).map_err(|e| Failure {
-                refused: e == "connection-refused",
-                text: format!("sink http://{addr}{path}: {e}"),
-            }),
+            Sink::Http { addr, path } => post(addr, path, data).map_err(|e| Failure::new(format!("sink http://{addr}{path}"), e)),
         }
     }
 }
 
 /// Why a delivery failed, as the shipper reports it.
-#[derive(Debug, PartialEq)]
 struct Failure {
     text: String,
     /// Nothing listens at the sink's address: most often a collector still starting, which a
@@ -173,9 +167,13 @@ struct Failure {
 }
 
 impl Failure {
+    /// `error` names WASI's error code (`io_error`, or inside the TLS sink's longer messages).
+    fn new(what: String, error: String) -> Failure {
+        Failure { refused: error.contains("connection-refused"), text: format!("{what}: {error}") }
+    }
+
     fn io(what: String, e: &std::io::Error) -> Failure {
-        let name = io_error(e);
-        Failure { refused: name == "connection-refused", text: format!("{what}: {name}") }
+        Failure::new(what, io_error(e))
     }
 }
 
@@ -298,18 +296,17 @@ impl Outbox {
                 self.backoff = Duration::ZERO;
                 self.retry_at = None;
                 self.refused_since = None;
-                if let Some((text, _, n)) = self.failing.take() {
-                    if n > 0 {
-                        eprintln!("{text} (and {n} more tries since the last report); delivering again");
-                    }
-                }
+                self.end_report("; delivering again");
             }
             Err(f) => {
                 let now = std::time::Instant::now();
-                if !f.refused {
-                    self.refused_since = None;
-                }
-                let fast = f.refused && now.duration_since(*self.refused_since.get_or_insert(now)) < REFUSED_FAST_FOR;
+                let fast = match f.refused {
+                    true => now.duration_since(*self.refused_since.get_or_insert(now)) < REFUSED_FAST_FOR,
+                    false => {
+                        self.refused_since = None;
+                        false
+                    }
+                };
                 let cap = if fast { MAX_REFUSED_BACKOFF } else { MAX_BACKOFF };
                 self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, cap);
                 self.retry_at = Some(now + self.backoff);
@@ -323,23 +320,29 @@ impl Outbox {
     /// repeats (a refused sink is tried up to fifty times a second), with how many tries went
     /// unreported; a failure of another kind first closes the count of the last one.
     fn report(&mut self, f: Failure, now: std::time::Instant) {
-        match &mut self.failing {
-            Some((text, at, unreported)) if *text == f.text && now.duration_since(*at) < REPORT_EVERY => {
+        if let Some((text, at, unreported)) = &mut self.failing {
+            if *text == f.text && now.duration_since(*at) < REPORT_EVERY {
                 *unreported += 1;
+                return;
             }
-            Some((text, _, unreported)) if *text == f.text => {
-                eprintln!("{} (and {unreported} more tries since the last report)", f.text);
-                self.failing = Some((f.text, now, 0));
+        }
+        // A repeat past REPORT_EVERY is said by its count; anything else by a line of its own.
+        let repeat = self.failing.as_ref().is_some_and(|(text, ..)| *text == f.text);
+        if !(self.end_report("") && repeat) {
+            eprintln!("{}", f.text);
+        }
+        self.failing = Some((f.text, now, 0));
+    }
+
+    /// Ends the count of the failure last reported: a line if tries went unreported since
+    /// (`then` ends it); returns whether there was one.
+    fn end_report(&mut self, then: &str) -> bool {
+        match self.failing.take() {
+            Some((text, _, n)) if n > 0 => {
+                eprintln!("{text} (and {n} more tries since the last report){then}");
+                true
             }
-            previous => {
-                if let Some((text, _, n)) = previous.take() {
-                    if n > 0 {
-                        eprintln!("{text} (and {n} more tries since the last report)");
-                    }
-                }
-                eprintln!("{}", f.text);
-                self.failing = Some((f.text, now, 0));
-            }
+            _ => false,
         }
     }
 
