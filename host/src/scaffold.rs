@@ -381,6 +381,21 @@ mod tests {
         }
     }
 
+    /// A wpod built without the author tools (runner/build.sh's) names the feature, called as
+    /// the commands above call the real ones.
+    #[test]
+    #[cfg(feature = "author-tools")]
+    fn without_the_author_tools_both_commands_name_the_feature() {
+        use crate::wasm_tools_disabled as disabled;
+        let c = disabled::c_bindings(WIT).map(drop).unwrap_err();
+        let component = disabled::component_new(b"\0asm\x01\0\0\0", WIT)
+            .map(drop)
+            .unwrap_err();
+        for e in [c, component] {
+            assert!(e.to_string().contains("cargo feature author-tools"), "{e}");
+        }
+    }
+
     /// Every file of wit/ goes into a project (a new WASI deps file would otherwise be missing).
     #[test]
     fn every_wit_file_is_copied() {

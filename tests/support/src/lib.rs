@@ -33,27 +33,6 @@ pub fn sidecar(name: &str) -> PathBuf {
     path
 }
 
-/// The static wpod that runner images hold, as `runner/build.sh` builds it (once per test
-/// run; `.ci/test` builds it before the tests, so this only checks it is up to date).
-pub fn static_runner() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = std::process::Command::new(repo_root().join("runner/build.sh"))
-                .arg("--offline")
-                .output()
-                .expect("runner/build.sh");
-            assert!(
-                out.status.success(),
-                "runner/build.sh failed (run it once with the network to fetch the crates): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            PathBuf::from(path)
-        })
-        .clone()
-}
-
 /// Fails the test, saying why, unless it runs as root: privileged tests never skip silently.
 /// Pods get networks (CNI), so it also requires a network namespace without a way out.
 pub fn require_root(test: &str) {
