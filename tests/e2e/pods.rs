@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -30,6 +31,20 @@ pub struct TestPod {
     pub user: Option<(u32, u32)>,
     /// Cgroups (their `cgroup.procs` files) `wpod run` is moved into before it starts.
     pub cgroups: Vec<PathBuf>,
+    /// The directory `new` wrote the manifest into, held by its runs too.
+    dir: Option<Arc<TestDir>>,
+}
+
+/// A test's directory: removed when its last holder is dropped, unless the test failed (then it
+/// stays, to be looked at).
+pub struct TestDir(pub PathBuf);
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 impl TestPod {
@@ -43,17 +58,9 @@ impl TestPod {
         let yaml = yaml.replace("SIDECARS/", &format!("{}/", sidecars.display()));
         let manifest = dir.join("pod.yaml");
         std::fs::write(&manifest, yaml).expect("write manifest");
-        TestPod {
-            name: name.to_string(),
-            manifest,
-            env: Vec::new(),
-            args: Vec::new(),
-            nofile: None,
-            netns: None,
-            bin: None,
-            user: None,
-            cgroups: Vec::new(),
-        }
+        let mut pod = TestPod::from_file(name, &manifest);
+        pod.dir = Some(Arc::new(TestDir(dir)));
+        pod
     }
 
     /// A pod from an existing manifest (an example).
@@ -68,6 +75,7 @@ impl TestPod {
             bin: None,
             user: None,
             cgroups: Vec::new(),
+            dir: None,
         }
     }
 
@@ -106,8 +114,13 @@ impl TestPod {
     pub fn spawn(&self) -> RunningPod {
         // Pods get networks: never where their traffic could reach the real network.
         wpod_test_support::require_isolated_network();
-        let out = std::env::temp_dir().join(format!("wpod-e2e-{}.out", self.name));
-        let err = std::env::temp_dir().join(format!("wpod-e2e-{}.err", self.name));
+        // Each run's own files (a test may run the same pod again while the first run is
+        // still being dropped).
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            |ext: &str| std::env::temp_dir().join(format!("wpod-e2e-{}.{run}.{ext}", self.name));
+        let (out, err) = (log("out"), log("err"));
         let mut cmd = Command::new(self.bin.clone().unwrap_or_else(crate::wpod_bin));
         if self.user.is_some() {
             // An ordinary user's session is the user's: never the test runner's (root's) D-Bus
@@ -160,6 +173,7 @@ impl TestPod {
             env: self.env.clone(),
             netns: self.netns.clone(),
             user: self.user,
+            _dir: self.dir.clone(),
         }
     }
 }
@@ -249,6 +263,8 @@ pub struct RunningPod {
     env: Vec<(String, String)>,
     netns: Option<PathBuf>,
     user: Option<(u32, u32)>,
+    /// The pod's directory stays while it runs, even if its `TestPod` goes first.
+    _dir: Option<Arc<TestDir>>,
 }
 
 impl RunningPod {
@@ -359,6 +375,11 @@ impl Drop for RunningPod {
                 become_user(&mut cmd, user);
             }
             let _ = cmd.output();
+        }
+        // wpod's output, kept where a failed test can be looked at.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.out);
+            let _ = std::fs::remove_file(&self.err);
         }
     }
 }

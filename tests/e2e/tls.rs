@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::pods::TestPod;
+use crate::pods::{TestDir, TestPod};
 use crate::text;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -19,6 +19,7 @@ const LONG: Duration = Duration::from_secs(60);
 /// site (`site/`) holding a 1 MiB file of random bytes.
 struct Fixture {
     dir: PathBuf,
+    _cleanup: TestDir,
 }
 
 impl Fixture {
@@ -50,7 +51,10 @@ impl Fixture {
             .expect("random bytes");
         std::fs::write(dir.join("site/big.bin"), &big).expect("big.bin");
         std::fs::write(dir.join("site/small.txt"), "small and plain\n").expect("small.txt");
-        Fixture { dir }
+        Fixture {
+            _cleanup: TestDir(dir.clone()),
+            dir,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -329,6 +333,7 @@ fn handshake_cpu_is_held_to_the_sidecars_cpu_limit_and_silence_to_seconds() {
     let dir = std::env::temp_dir().join("wpod-e2e-tls-cpu-files");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("site")).unwrap();
+    let _cleanup = TestDir(dir.clone());
     std::fs::write(dir.join("site/small.txt"), "small and plain\n").unwrap();
     let made = Command::new("openssl")
         .args([
