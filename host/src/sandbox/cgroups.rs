@@ -90,6 +90,43 @@ pub struct PodCgroups {
     runtime_origin: Vec<PathBuf>,
 }
 
+/// Starts, on a thread, the wait the kernel makes the first cgroup move after a quiet spell pay,
+/// so that the pod's moves that follow do not pay it on its start path.
+///
+/// Moving a process between cgroups takes the kernel's lock for moves
+/// (`cgroup_threadgroup_rwsem`, one for every hierarchy). Taking it after a quiet spell waits
+/// for an RCU grace period: 5-20 ms on a 2-core machine, against 0.1 ms for a move made within
+/// about 15 ms of the last one (BENCHMARKS.md, issue 29's "The first cgroup move"). A pod's start
+/// moves wpod into its `_runtime` cgroup, then each native container into its own; the first
+/// of those used to pay the whole wait.
+///
+/// This thread moves wpod into the cgroup it is already in: nothing changes, but the lock is
+/// taken, while the pod's namespaces and network are made. The caller joins it before moving
+/// wpod anywhere: its write names the cgroup wpod is in now. Failing (no cgroup wpod may write,
+/// a rootless one), it only costs the time it saved.
+pub fn prime_moves(host: &Host) -> Option<std::thread::JoinHandle<()>> {
+    let sys = host.sys.clone();
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let dir = match detect(&host.cgroup_root) {
+        Layout::V2 { root } => current_cgroup(&own, &root, None),
+        Layout::V1 { memory, cpu, pids } => {
+            let (mount, name) = [(memory, "memory"), (cpu, "cpu"), (pids, "pids")]
+                .into_iter()
+                .find_map(|(mount, name)| Some((mount?, name)))?;
+            current_cgroup(&own, &mount, Some(name))
+        }
+    };
+    let procs = dir.join("cgroup.procs");
+    std::thread::Builder::new()
+        .name("wpod-cgroup-prime".into())
+        .spawn(move || {
+            if let Err(e) = sys.write(&procs, &std::process::id().to_string()) {
+                tracing::debug!(file = %procs.display(), error = %e, "cannot prime cgroup moves");
+            }
+        })
+        .ok()
+}
+
 /// The pod's directory in hierarchy `root`. Pod and container names are prefixed: a name can
 /// be that of a cgroup control file (`tasks`, `cpu.shares` are valid Kubernetes names).
 fn pod_dir(root: &Path, pod: &PodName) -> PathBuf {

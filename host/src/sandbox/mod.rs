@@ -147,6 +147,9 @@ impl PodSandbox {
             false => None,
         };
         let ids = id_lease.as_ref().map(|l| l.map);
+        let host = crate::sys::Host::real();
+        // Joined before wpod moves (below, where the cgroups are made).
+        let primed = cgroups::prime_moves(&host);
         let namespaces = PodNamespaces::create(
             &plan.hostname,
             pod_proc.as_deref(),
@@ -184,7 +187,6 @@ impl PodSandbox {
         };
         let dialer = Dialer::new(namespaces.net_handle())
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
-        let host = crate::sys::Host::real();
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
         let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
         sysctls::set(&namespaces.paths(), &plan.sysctls)?;
@@ -199,6 +201,10 @@ impl PodSandbox {
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
+        // Before wpod moves anywhere (a rootless wpod may move out of its delegated cgroup).
+        if let Some(primed) = primed {
+            let _ = primed.join();
+        }
         let mut cgroups = match plan.rootless {
             // Only the cgroups delegated to the user are the user's to write.
             true => match PodCgroups::delegated(&host, &plan.name) {
