@@ -728,6 +728,8 @@ fn run(
     ready_fd: Option<i32>,
     audit: bool,
 ) -> anyhow::Result<ExitCode> {
+    // The kernel's wait before wpod's first cgroup move, while the pod is planned.
+    wpod::sandbox::cgroups::prime_moves(&wpod::sys::Host::real());
     let plan = manage::one_pod(files, "wpod run runs")?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {

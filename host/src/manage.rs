@@ -453,6 +453,9 @@ fn start_detached(
 ) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
+    // The kernel's wait before a cgroup move is one for every process: started here, while
+    // the manifest is planned and the supervisor starts, its moves pass at once.
+    wpod::sandbox::cgroups::prime_moves(&wpod::sys::Host::real());
     let name = one_pod(files, "wpod run runs")?.name().to_string();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {

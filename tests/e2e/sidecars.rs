@@ -472,6 +472,7 @@ spec:
 fn a_component_importing_main_process_is_refused_without_share_process_namespace() {
     let dir = std::env::temp_dir().join("wpod-e2e-refused");
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = crate::pods::TestDir(dir.clone());
     let manifest = dir.join("pod.yaml");
     let sidecar = wpod_test_support::sidecar("main-probe");
     std::fs::write(

@@ -90,41 +90,59 @@ pub struct PodCgroups {
     runtime_origin: Vec<PathBuf>,
 }
 
+/// Held while wpod moves itself between cgroups (into `_runtime` and back, out of a delegated
+/// root), so that [`prime_moves`]'s no-op move never lands between another's reading of where
+/// wpod is and its write.
+static SELF_MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn self_moves() -> std::sync::MutexGuard<'static, ()> {
+    SELF_MOVES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts, on a thread, the wait the kernel makes the first cgroup move after a quiet spell pay,
 /// so that the pod's moves that follow do not pay it on its start path.
 ///
 /// Moving a process between cgroups takes the kernel's lock for moves
-/// (`cgroup_threadgroup_rwsem`, one for every hierarchy). Taking it after a quiet spell waits
-/// for an RCU grace period: 5-20 ms on a 2-core machine, against 0.1 ms for a move made within
-/// about 15 ms of the last one (BENCHMARKS.md, issue 29's "The first cgroup move"). A pod's start
-/// moves wpod into its `_runtime` cgroup, then each native container into its own; the first
-/// of those used to pay the whole wait.
+/// (`cgroup_threadgroup_rwsem`, one for every hierarchy and every process). Taking it after a
+/// quiet spell waits for an RCU grace period: 5-20 ms on a 2-core machine, against 0.1 ms for
+/// a move made within about 15 ms of the last one (BENCHMARKS.md, issue 29's "The first cgroup
+/// move"). A pod's start moves wpod into its `_runtime` cgroup, then each native container
+/// into its own; the first of those used to pay the whole wait.
 ///
-/// This thread moves wpod into the cgroup it is already in: nothing changes, but the lock is
-/// taken, while the pod's namespaces and network are made. The caller joins it before moving
-/// wpod anywhere: its write names the cgroup wpod is in now. Failing (no cgroup wpod may write,
-/// a rootless one), it only costs the time it saved.
-pub fn prime_moves(host: &Host) -> Option<std::thread::JoinHandle<()>> {
+/// The thread moves wpod into the cgroup it is in: nothing changes, but the lock is taken while
+/// wpod goes on with other work (planning, the pod's namespaces). It reads where wpod is and
+/// writes it under [`SELF_MOVES`], which wpod's real moves of itself hold too. Failing (no
+/// cgroup wpod may write: a rootless one), it only costs the time it would have saved.
+pub fn prime_moves(host: &Host) {
     let sys = host.sys.clone();
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let dir = match detect(&host.cgroup_root) {
-        Layout::V2 { root } => current_cgroup(&own, &root, None),
-        Layout::V1 { memory, cpu, pids } => {
-            let (mount, name) = [(memory, "memory"), (cpu, "cpu"), (pids, "pids")]
-                .into_iter()
-                .find_map(|(mount, name)| Some((mount?, name)))?;
-            current_cgroup(&own, &mount, Some(name))
-        }
-    };
-    let procs = dir.join("cgroup.procs");
-    std::thread::Builder::new()
+    let layout = detect(&host.cgroup_root);
+    let spawned = std::thread::Builder::new()
         .name("wpod-cgroup-prime".into())
         .spawn(move || {
+            let _moving = self_moves();
+            let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
+                return;
+            };
+            let dir = match layout {
+                Layout::V2 { root } => current_cgroup(&own, &root, None),
+                Layout::V1 { memory, cpu, pids } => {
+                    let first = [(memory, "memory"), (cpu, "cpu"), (pids, "pids")]
+                        .into_iter()
+                        .find_map(|(mount, name)| Some((mount?, name)));
+                    let Some((mount, name)) = first else { return };
+                    current_cgroup(&own, &mount, Some(name))
+                }
+            };
+            let procs = dir.join("cgroup.procs");
             if let Err(e) = sys.write(&procs, &std::process::id().to_string()) {
                 tracing::debug!(file = %procs.display(), error = %e, "cannot prime cgroup moves");
             }
-        })
-        .ok()
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start the thread that primes cgroup moves");
+    }
 }
 
 /// The pod's directory in hierarchy `root`. Pod and container names are prefixed: a name can
@@ -294,6 +312,7 @@ impl PodCgroups {
     /// and what they write to a memory-backed volume are then charged there; past the limit the
     /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
+        let _moving = self_moves();
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
@@ -654,6 +673,8 @@ fn delegated_layout(root: &Path, own: &str, ownership: &Ownership) -> Option<Lay
 /// in it) into its child `init`, as podman does: cgroup v2 enables controllers for a cgroup's
 /// children only while it holds no process itself. A no-op once done.
 fn vacate(sys: &dyn Syscall, dir: &Path) -> Result<(), CgroupError> {
+    // wpod may be among them.
+    let _moving = self_moves();
     let pids = read_pids(dir);
     if pids.is_empty() {
         return Ok(());
@@ -834,12 +855,14 @@ impl Drop for ContainerCgroup {
 impl Drop for PodCgroups {
     fn drop(&mut self) {
         // wpod leaves its `_runtime` cgroup first (a cgroup with a process in it cannot go).
+        let moving = self_moves();
         let me = std::process::id().to_string();
         for origin in &self.runtime_origin {
             if let Err(e) = self.sys.write(&origin.join("cgroup.procs"), &me) {
                 tracing::warn!(cgroup = %origin.display(), error = %e, "cannot move wpod back to its cgroup");
             }
         }
+        drop(moving);
         for d in &self.pod_dirs {
             // Containers remove their own; anything left here is a leftover to clear, deepest
             // first (a cgroup with children cannot go).
@@ -1092,6 +1115,38 @@ mod tests {
                 ]
             );
             assert!(!fake.path("wpod").exists());
+        }
+
+        /// The primed move names the cgroup wpod is in, never another: a move that changes
+        /// nothing, which the kernel still locks for.
+        #[test]
+        fn priming_moves_wpod_into_the_cgroup_it_is_in() {
+            let fake = Arc::new(RecordingSyscall::new("cgroup-prime", V1_FILES));
+            std::fs::create_dir(fake.path("memory")).unwrap();
+            std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+            let here = current_cgroup(&own, &fake.path("memory"), Some("memory"));
+            std::fs::create_dir_all(&here).unwrap();
+            prime_moves(&host(&fake));
+            let start = std::time::Instant::now();
+            let writes = loop {
+                let writes: Vec<Call> = fake
+                    .calls()
+                    .into_iter()
+                    .filter(|c| matches!(c, Call::Write(..)))
+                    .collect();
+                if !writes.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                    break writes;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            assert_eq!(
+                writes,
+                [Call::Write(
+                    here.join("cgroup.procs"),
+                    std::process::id().to_string()
+                )]
+            );
         }
 
         #[test]

@@ -148,8 +148,9 @@ impl PodSandbox {
         };
         let ids = id_lease.as_ref().map(|l| l.map);
         let host = crate::sys::Host::real();
-        // Joined before wpod moves (below, where the cgroups are made).
-        let primed = cgroups::prime_moves(&host);
+        // Again (`wpod run` did when it started): an image pull may have taken longer than
+        // the kernel keeps moves fast.
+        cgroups::prime_moves(&host);
         let namespaces = PodNamespaces::create(
             &plan.hostname,
             pod_proc.as_deref(),
@@ -201,10 +202,6 @@ impl PodSandbox {
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
-        // Before wpod moves anywhere (a rootless wpod may move out of its delegated cgroup).
-        if let Some(primed) = primed {
-            let _ = primed.join();
-        }
         let mut cgroups = match plan.rootless {
             // Only the cgroups delegated to the user are the user's to write.
             true => match PodCgroups::delegated(&host, &plan.name) {
