@@ -19,7 +19,6 @@ const LONG: Duration = Duration::from_secs(60);
 /// site (`site/`) holding a 1 MiB file of random bytes.
 struct Fixture {
     dir: PathBuf,
-    _cleanup: TestDir,
 }
 
 impl Fixture {
@@ -51,10 +50,7 @@ impl Fixture {
             .expect("random bytes");
         std::fs::write(dir.join("site/big.bin"), &big).expect("big.bin");
         std::fs::write(dir.join("site/small.txt"), "small and plain\n").expect("small.txt");
-        Fixture {
-            _cleanup: TestDir(dir.clone()),
-            dir,
-        }
+        Fixture { dir }
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -90,17 +90,6 @@ pub struct PodCgroups {
     runtime_origin: Vec<PathBuf>,
 }
 
-/// Held while wpod moves itself between cgroups (into `_runtime` and back, out of a delegated
-/// root), so that [`prime_moves`]'s no-op move never lands between another's reading of where
-/// wpod is and its write.
-static SELF_MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn self_moves() -> std::sync::MutexGuard<'static, ()> {
-    SELF_MOVES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Starts, on a thread, the wait the kernel makes the first cgroup move after a quiet spell pay,
 /// so that the pod's moves that follow do not pay it on its start path.
 ///
@@ -111,33 +100,32 @@ fn self_moves() -> std::sync::MutexGuard<'static, ()> {
 /// move"). A pod's start moves wpod into its `_runtime` cgroup, then each native container
 /// into its own; the first of those used to pay the whole wait.
 ///
-/// The thread moves wpod into the cgroup it is in: nothing changes, but the lock is taken while
-/// wpod goes on with other work (planning, the pod's namespaces). It reads where wpod is and
-/// writes it under [`SELF_MOVES`], which wpod's real moves of itself hold too. Failing (no
-/// cgroup wpod may write: a rootless one), it only costs the time it would have saved.
+/// The thread moves itself, alone (its thread ID into `tasks` on v1, `cgroup.threads` on v2),
+/// into the cgroup it is in, and ends: the kernel takes the lock, nothing else moves, and no
+/// move of wpod's own can be undone by it (a PID that does not exist would move nothing, but the
+/// kernel looks it up before it takes the lock). Failing (no cgroup wpod may write: a rootless
+/// one), it only costs the time it would have saved.
 pub fn prime_moves(host: &Host) {
     let sys = host.sys.clone();
     let layout = detect(&host.cgroup_root);
     let spawned = std::thread::Builder::new()
         .name("wpod-cgroup-prime".into())
         .spawn(move || {
-            let _moving = self_moves();
-            let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
+            let Ok(own) = std::fs::read_to_string("/proc/thread-self/cgroup") else {
                 return;
             };
-            let dir = match layout {
-                Layout::V2 { root } => current_cgroup(&own, &root, None),
+            let file = match layout {
+                Layout::V2 { root } => current_cgroup(&own, &root, None).join("cgroup.threads"),
                 Layout::V1 { memory, cpu, pids } => {
                     let first = [(memory, "memory"), (cpu, "cpu"), (pids, "pids")]
                         .into_iter()
                         .find_map(|(mount, name)| Some((mount?, name)));
                     let Some((mount, name)) = first else { return };
-                    current_cgroup(&own, &mount, Some(name))
+                    current_cgroup(&own, &mount, Some(name)).join("tasks")
                 }
             };
-            let procs = dir.join("cgroup.procs");
-            if let Err(e) = sys.write(&procs, &std::process::id().to_string()) {
-                tracing::debug!(file = %procs.display(), error = %e, "cannot prime cgroup moves");
+            if let Err(e) = sys.write(&file, &nix::unistd::gettid().to_string()) {
+                tracing::debug!(file = %file.display(), error = %e, "cannot prime cgroup moves");
             }
         });
     if let Err(e) = spawned {
@@ -312,7 +300,6 @@ impl PodCgroups {
     /// and what they write to a memory-backed volume are then charged there; past the limit the
     /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
-        let _moving = self_moves();
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
@@ -673,8 +660,6 @@ fn delegated_layout(root: &Path, own: &str, ownership: &Ownership) -> Option<Lay
 /// in it) into its child `init`, as podman does: cgroup v2 enables controllers for a cgroup's
 /// children only while it holds no process itself. A no-op once done.
 fn vacate(sys: &dyn Syscall, dir: &Path) -> Result<(), CgroupError> {
-    // wpod may be among them.
-    let _moving = self_moves();
     let pids = read_pids(dir);
     if pids.is_empty() {
         return Ok(());
@@ -855,14 +840,12 @@ impl Drop for ContainerCgroup {
 impl Drop for PodCgroups {
     fn drop(&mut self) {
         // wpod leaves its `_runtime` cgroup first (a cgroup with a process in it cannot go).
-        let moving = self_moves();
         let me = std::process::id().to_string();
         for origin in &self.runtime_origin {
             if let Err(e) = self.sys.write(&origin.join("cgroup.procs"), &me) {
                 tracing::warn!(cgroup = %origin.display(), error = %e, "cannot move wpod back to its cgroup");
             }
         }
-        drop(moving);
         for d in &self.pod_dirs {
             // Containers remove their own; anything left here is a leftover to clear, deepest
             // first (a cgroup with children cannot go).
@@ -1117,36 +1100,54 @@ mod tests {
             assert!(!fake.path("wpod").exists());
         }
 
-        /// The primed move names the cgroup wpod is in, never another: a move that changes
-        /// nothing, which the kernel still locks for.
+        /// The primer moves only its own thread, into the cgroup it is in: a move that changes
+        /// nothing, which the kernel still locks for. On v1 through `tasks`, on v2 through
+        /// `cgroup.threads`; never wpod's process through `cgroup.procs`.
         #[test]
-        fn priming_moves_wpod_into_the_cgroup_it_is_in() {
-            let fake = Arc::new(RecordingSyscall::new("cgroup-prime", V1_FILES));
-            std::fs::create_dir(fake.path("memory")).unwrap();
-            std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+        fn priming_moves_only_its_own_thread_into_its_own_cgroup() {
             let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-            let here = current_cgroup(&own, &fake.path("memory"), Some("memory"));
-            std::fs::create_dir_all(&here).unwrap();
-            prime_moves(&host(&fake));
-            let start = std::time::Instant::now();
-            let writes = loop {
-                let writes: Vec<Call> = fake
-                    .calls()
-                    .into_iter()
-                    .filter(|c| matches!(c, Call::Write(..)))
-                    .collect();
-                if !writes.is_empty() || start.elapsed() > Duration::from_secs(10) {
-                    break writes;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            assert_eq!(
-                writes,
-                [Call::Write(
-                    here.join("cgroup.procs"),
-                    std::process::id().to_string()
-                )]
-            );
+            for (tag, files) in [("v1", V1_FILES), ("v2", V2_FILES)] {
+                let fake = Arc::new(RecordingSyscall::new(&format!("prime-{tag}"), files));
+                let file = if tag == "v1" {
+                    std::fs::create_dir(fake.path("memory")).unwrap();
+                    std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+                    current_cgroup(&own, &fake.path("memory"), Some("memory")).join("tasks")
+                } else {
+                    std::fs::write(fake.path("cgroup.controllers"), "cpu memory pids").unwrap();
+                    current_cgroup(&own, &fake.root, None).join("cgroup.threads")
+                };
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                prime_moves(&host(&fake));
+                let start = std::time::Instant::now();
+                let writes = loop {
+                    let writes: Vec<(PathBuf, String)> = fake
+                        .calls()
+                        .into_iter()
+                        .filter_map(|c| match c {
+                            Call::Write(path, value) => Some((path, value)),
+                            _ => None,
+                        })
+                        .collect();
+                    if !writes.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                        break writes;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                assert_eq!(writes.len(), 1, "{tag}: {writes:?}");
+                let (path, tid) = &writes[0];
+                assert_eq!(path, &file, "{tag}");
+                let tid: u32 = tid.parse().unwrap();
+                assert_ne!(
+                    tid,
+                    std::process::id(),
+                    "{tag}: the thread, not the process"
+                );
+                assert_ne!(
+                    tid,
+                    nix::unistd::gettid().as_raw() as u32,
+                    "{tag}: its own thread"
+                );
+            }
         }
 
         #[test]
