@@ -81,8 +81,8 @@ const READY_READ: usize = 4096;
 /// `read-via-stream` of a file: wasmtime-wasi's file input stream, state for state, except that
 /// a read first asks the kernel for cached bytes ([`read_now`]) and goes to the blocking pool
 /// only when that would wait. (A copy rather than a wrapper: wasmtime's keeps its state, and so
-/// whether it holds bytes already read, to itself.) wasi-libc's `read()` (so Rust's `std::fs`, Python's and C's file
-/// reads) comes through here.
+/// whether it holds bytes already read, to itself.) wasi-libc's `read()` (so Rust's `std::fs`,
+/// Python's and C's file reads) comes through here.
 pub struct FileReader {
     file: Arc<std::fs::File>,
     /// A regular file whose reads the kernel has not refused the flag for: try [`read_now`].

@@ -419,7 +419,7 @@ fn nginx_image(harness: &Harness) -> String {
 /// once per test run: 79 MB instead of 248). It is linked dynamically, so `wpod kube build`
 /// puts its shared libraries and loader beside it. The static wpod of `runner/build.sh` would
 /// take a second full release compile, a third of CI's time; the only code it leaves out is
-/// the author tools, whose stand-in is tested in `host/src/main.rs`.
+/// the author tools, whose stand-in is tested in `host/src/scaffold.rs`.
 fn runner_wpod() -> PathBuf {
     static STRIPPED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     STRIPPED

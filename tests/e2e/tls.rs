@@ -19,6 +19,7 @@ const LONG: Duration = Duration::from_secs(60);
 /// site (`site/`) holding a 1 MiB file of random bytes.
 struct Fixture {
     dir: PathBuf,
+    _cleanup: TestDir,
 }
 
 impl Fixture {
@@ -50,17 +51,14 @@ impl Fixture {
             .expect("random bytes");
         std::fs::write(dir.join("site/big.bin"), &big).expect("big.bin");
         std::fs::write(dir.join("site/small.txt"), "small and plain\n").expect("small.txt");
-        Fixture { dir }
+        Fixture {
+            _cleanup: TestDir(dir.clone()),
+            dir,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
