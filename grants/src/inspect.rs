@@ -29,10 +29,17 @@ pub struct ComponentReport {
     pub exports: Vec<String>,
 }
 
-/// The top-level imports and exports of the component at `path`.
+/// The top-level imports and exports of the component at `path` (read once per file by a
+/// process: see `component::read_file`).
 pub fn inspect(path: &Path) -> Result<ComponentReport, InspectError> {
-    let bytes = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
-    inspect_bytes(path, &bytes)
+    match crate::component::read_file(path) {
+        Ok(file) => Ok(ComponentReport::of(file.interface)),
+        Err(crate::component::ComponentFileError::Read(e)) => Err(InspectError::Read(e)),
+        Err(crate::component::ComponentFileError::Interface(e)) => Err(InspectError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// The same for a component already in memory (`path` names it in errors).

@@ -58,6 +58,59 @@ pub fn interface(bytes: &[u8]) -> Result<Interface, InterfaceError> {
     Ok(out)
 }
 
+/// A component file as one read of it found it: what it imports and exports, and its bytes'
+/// sha256 (what wpod's compile cache and `wpod apply` know a component by).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentFile {
+    pub interface: Interface,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentFileError {
+    #[error(transparent)]
+    Read(crate::files::ReadError),
+    #[error(transparent)]
+    Interface(InterfaceError),
+}
+
+/// What this process read of each settled component file: a pod's supervisor plans every
+/// apply from the whole manifest again, and loads what it planned, so without this each
+/// unchanged component would be read and parsed at each `wpod apply`, and hashed again to
+/// find its compiled code.
+static FILES: crate::files::Remembered<ComponentFile> = crate::files::Remembered::new();
+
+/// Reads the component at `path` (at most `MAX_COMPONENT_BYTES`), or recalls it: a file this
+/// process read before and that has the same identity (see `files::FileId`) is not read again.
+pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileError> {
+    if let Some(known) = known(path) {
+        return Ok(known);
+    }
+    let (bytes, id) =
+        crate::files::read_regular_identified(path, crate::files::MAX_COMPONENT_BYTES)
+            .map_err(ComponentFileError::Read)?;
+    let file = ComponentFile {
+        interface: interface(&bytes).map_err(ComponentFileError::Interface)?,
+        digest: sha256_digest(&bytes),
+        size: bytes.len() as u64,
+    };
+    FILES.put(id, file.clone());
+    Ok(file)
+}
+
+/// What [`read_file`] found in the file `path` names, if this process read it as it is now.
+pub fn known(path: &std::path::Path) -> Option<ComponentFile> {
+    FILES.get(crate::files::FileId::of_path(path)?)
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
 /// `wasi:http/types@0.2.0` without its version: `wasi:http/types`.
 pub fn unversioned(import: &str) -> &str {
     import.split_once('@').map_or(import, |(name, _)| name)
@@ -107,6 +160,28 @@ impl ImportDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A settled component file is read once; rewritten, it is read again.
+    #[test]
+    fn a_component_file_is_read_once_until_it_changes() {
+        let dir = std::env::temp_dir().join(format!("wpod-component-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.wasm");
+        std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
+        let first = read_file(&path).unwrap();
+        assert_eq!(first.digest, sha256_digest(&COMPONENT_PREAMBLE));
+        assert_eq!(known(&path), None, "not remembered before it settled");
+        std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
+        assert_eq!(read_file(&path).unwrap(), first);
+        assert_eq!(known(&path), Some(first.clone()));
+        // Another component (a custom section added) in the same file.
+        let mut other = COMPONENT_PREAMBLE.to_vec();
+        other.extend_from_slice(&[0, 4, 1, b'x', b'y', b'z']);
+        std::fs::write(&path, &other).unwrap();
+        assert_eq!(known(&path), None, "the file changed");
+        assert_eq!(read_file(&path).unwrap().digest, sha256_digest(&other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_core_module_is_not_a_component() {

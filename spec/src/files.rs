@@ -295,8 +295,20 @@ pub fn open_regular(path: &Path) -> Result<File, ReadError> {
 
 /// Reads a regular file of at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    read_regular_identified(path, max).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular`], with the identity the file had when it was opened (before it was read).
+pub fn read_regular_identified(path: &Path, max: u64) -> Result<(Vec<u8>, FileId), ReadError> {
     let file = open_regular(path)?;
-    let mut bytes = Vec::new();
+    let meta = file.metadata().map_err(|error| ReadError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let id = FileId::of(&meta);
+    // Sized at once: `Take` gives `read_to_end` no size hint, and growing from 32 bytes took a
+    // dozen reads and reallocations for a 200 KB component.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(max) + 1).unwrap_or(0));
     // One byte more than allowed tells a file that is too large (or still growing).
     file.take(max + 1)
         .read_to_end(&mut bytes)
@@ -310,7 +322,107 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
             max,
         });
     }
-    Ok(bytes)
+    Ok((bytes, id))
+}
+
+/// How long a file must have been unchanged before its identity stands for its content.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What tells one file from another, and a changed file from what it was: device, inode, size,
+/// and modification and change times. A rebuilt or replaced file is another file.
+///
+/// A file changed within the clock tick it was read in could keep the same times (the kernel's
+/// file timestamps are coarse). As git does with its index, only a file unchanged for
+/// [`SETTLE`] is [`settled`](FileId::settled): only then may its identity stand for what it
+/// holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of the file `path` names now (following symlinks), if it can be had.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| FileId::of(&m))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the file was last changed long enough ago that a later change gets other times.
+    pub fn settled(&self) -> bool {
+        use std::time::{Duration, SystemTime};
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(self.ctime.0).unwrap_or(0),
+                u32::try_from(self.ctime.1).unwrap_or(0),
+            );
+        SystemTime::now()
+            .duration_since(changed)
+            .is_ok_and(|age| age >= SETTLE)
+    }
+}
+
+/// What a long-lived wpod process learnt from reading files (a component's digest and
+/// interface, that a cache entry carries wpod's MAC), remembered by the files' identities so
+/// that the next start or `wpod apply` need not read them again. Only settled files are
+/// remembered, and at most [`Remembered::CAP`] of them (the oldest forgotten first).
+pub struct Remembered<V> {
+    entries: std::sync::Mutex<std::collections::VecDeque<(FileId, V)>>,
+}
+
+impl<V: Clone> Remembered<V> {
+    pub const CAP: usize = 64;
+
+    pub const fn new() -> Self {
+        Remembered {
+            entries: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// What was remembered of the file with this very identity.
+    pub fn get(&self, id: FileId) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Remembers `value` of the file `id`, if the file had settled.
+    pub fn put(&self, id: FileId, value: V) {
+        if !id.settled() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(i, _)| *i != id);
+        if entries.len() >= Self::CAP {
+            entries.pop_front();
+        }
+        entries.push_back((id, value));
+    }
+}
+
+impl<V: Clone> Default for Remembered<V> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// What [`remove_tree`] does on meeting another wpod state root inside the tree.
@@ -513,6 +625,54 @@ mod tests {
     }
 
     use super::*;
+
+    fn id(ino: u64, ctime: i64) -> FileId {
+        FileId {
+            dev: 1,
+            ino,
+            size: 10,
+            mtime: (ctime, 0),
+            ctime: (ctime, 0),
+        }
+    }
+
+    #[test]
+    fn remembered_keeps_only_settled_files_and_forgets_the_oldest() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let memo = Remembered::new();
+        memo.put(id(1, now), "fresh");
+        assert_eq!(memo.get(id(1, now)), None, "a file changed just now");
+        memo.put(id(1, now - 60), "old");
+        assert_eq!(memo.get(id(1, now - 60)), Some("old"));
+        assert_eq!(
+            memo.get(id(1, now - 59)),
+            None,
+            "the same inode, changed since"
+        );
+        for ino in 2..=Remembered::<&str>::CAP as u64 + 1 {
+            memo.put(id(ino, 1), "many");
+        }
+        assert_eq!(memo.get(id(1, now - 60)), None, "the oldest forgotten");
+        assert_eq!(memo.get(id(2, 1)), Some("many"));
+    }
+
+    #[test]
+    fn a_read_file_is_identified_as_it_was_opened() {
+        let dir = std::env::temp_dir().join(format!("wpod-files-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let (bytes, id) = read_regular_identified(&path, 100).unwrap();
+        assert_eq!(bytes, b"0123456789");
+        assert_eq!(Some(id), FileId::of_path(&path));
+        assert_eq!(id.size(), 10);
+        std::fs::write(&path, b"01234").unwrap();
+        assert_ne!(Some(id), FileId::of_path(&path), "rewritten shorter");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_tree_deeper_than_the_descriptor_limit_is_removed() {

@@ -24,6 +24,14 @@ impl Capacity {
     /// This machine: `MemTotal` of `/proc/meminfo`, and the CPUs this process may run on.
     /// `None` when the memory cannot be read (then nothing is refused).
     pub fn here() -> Option<Capacity> {
+        // Read once per process, as the kubelet reads its node's capacity when it starts: a
+        // pod's supervisor plans each `wpod apply` again, and finding the CPUs a cgroup quota
+        // leaves (`available_parallelism`) reads four files.
+        static HERE: std::sync::OnceLock<Option<Capacity>> = std::sync::OnceLock::new();
+        *HERE.get_or_init(Self::read)
+    }
+
+    fn read() -> Option<Capacity> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let kib: u64 = meminfo
             .lines()

@@ -41,6 +41,11 @@ pub enum CacheError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "Wasm component {} changed while wpod was loading it; run or apply the pod again",
+        path.display()
+    )]
+    Changed { path: PathBuf },
 }
 
 /// Where compiled components are kept.
@@ -90,10 +95,12 @@ pub enum Source {
     Compiled,
 }
 
-/// A component read and hashed, with the cache entry its digest names.
+/// A component hashed, with the cache entry its digest names.
 pub struct Located {
     path: PathBuf,
-    wasm: Vec<u8>,
+    /// Its bytes, when they were read to hash them (else read only to compile them).
+    wasm: Option<Vec<u8>>,
+    size: u64,
     /// `sha256:<hex>` of the component's bytes: what `wpod apply` compares to tell a rebuilt
     /// component.
     pub digest: String,
@@ -107,9 +114,18 @@ pub fn locate(
     path: &Path,
     expected: Option<&Digest>,
 ) -> Result<Located, CacheError> {
-    let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
-    let sha = Sha256::digest(&wasm);
-    let digest = format!("sha256:{}", hex::encode(sha));
+    // A file this process read as it is now (planning the pod read it): its digest is known,
+    // and its bytes are read only if its entry must be compiled.
+    let (wasm, digest, size) = match crate::component::known(path) {
+        Some(file) => (None, file.digest, file.size),
+        None => {
+            let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
+            let digest = crate::component::sha256_digest(&wasm);
+            let size = wasm.len() as u64;
+            (Some(wasm), digest, size)
+        }
+    };
+    let sha = hex::decode(digest.trim_start_matches("sha256:")).unwrap_or_default();
     if let Some(expected) = expected {
         if digest != expected.as_str() {
             return Err(CacheError::Altered {
@@ -124,6 +140,7 @@ pub fn locate(
     Ok(Located {
         path: path.to_path_buf(),
         wasm,
+        size,
         digest,
         entry,
     })
@@ -132,7 +149,7 @@ pub fn locate(
 impl Located {
     /// The component's size in bytes.
     pub fn size(&self) -> u64 {
-        self.wasm.len() as u64
+        self.size
     }
 
     /// Whether a compiled entry exists (loading it may still find it damaged and recompile).
@@ -146,7 +163,22 @@ impl Located {
         if let Some(component) = load_entry(engine, &self.entry) {
             return Ok((component, Source::Cache));
         }
-        let component = Component::new(engine, &self.wasm).map_err(|e| CacheError::Compile {
+        let read;
+        let wasm = match &self.wasm {
+            Some(wasm) => wasm,
+            None => {
+                read = crate::files::read_regular(&self.path, crate::files::MAX_COMPONENT_BYTES)?;
+                // What is compiled must be what the entry's name says.
+                let digest = crate::component::sha256_digest(&read);
+                if digest != self.digest {
+                    return Err(CacheError::Changed {
+                        path: self.path.clone(),
+                    });
+                }
+                &read
+            }
+        };
+        let component = Component::new(engine, wasm).map_err(|e| CacheError::Compile {
             path: self.path.clone(),
             message: format!("{e:#}"),
         })?;
@@ -256,11 +288,46 @@ fn mac(key: &[u8; 32], entry: &Path, bytes: &[u8]) -> String {
     format!("{} {}", bytes.len(), hasher.finalize().to_hex())
 }
 
+/// The entries whose MAC this process checked: by name and identity (a renamed or rewritten
+/// file is checked again), so a pod's supervisor reads and hashes an entry once, not at every
+/// `wpod apply` that starts its component again.
+static CHECKED: crate::files::Remembered<PathBuf> = crate::files::Remembered::new();
+
 fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
-    let key = mac_key(entry.parent()?).ok()?;
     // One open file for the check and the mapping, so what is mapped is what was checked.
-    let mut file = std::fs::File::open(entry).ok()?;
-    let mut bytes = Vec::new();
+    let file = std::fs::File::open(entry).ok()?;
+    let id = crate::files::FileId::of(&file.metadata().ok()?);
+    if CHECKED.get(id).as_deref() != Some(entry) {
+        check_mac(&file, entry)?;
+        CHECKED.put(id, entry.to_path_buf());
+    }
+    let checked = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ));
+    // Mapped from the file rather than copied: the compiled code and the initial memory images
+    // are then pages of the page cache, shared by every wpod process that runs this component
+    // (not a private copy per process), and the first instantiation need not build a memfd.
+    // SAFETY: the file holds exactly what `store_entry` wrote from `Component::serialize` of
+    // an engine with this configuration: its MAC, under wpod's key and this entry's name, says
+    // so (checked when this process first opened this file under this name), and the key says this name is for this component and configuration; wasmtime checks
+    // its own header and settings again. Entries are only ever replaced by rename, never
+    // rewritten in place, so the mapped file does not change under the mapping (the directory
+    // is root's alone).
+    match unsafe { Component::deserialize_file(engine, &checked) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");
+            None
+        }
+    }
+}
+
+/// Whether `file`, opened from `entry`, carries wpod's MAC under the entry's name (logged when
+/// it does not).
+fn check_mac(mut file: &std::fs::File, entry: &Path) -> Option<()> {
+    let key = mac_key(entry.parent()?).ok()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(file.metadata().ok()?.len()).ok()?);
     std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
     let expected = std::fs::read_to_string(mac_path(entry)).ok()?;
     // Compared as BLAKE3 hashes compare: in constant time.
@@ -278,27 +345,7 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
         tracing::warn!(entry = %entry.display(), "cache entry does not carry wpod's MAC; recompiling");
         return None;
     }
-    drop(bytes);
-    let checked = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&file)
-    ));
-    // Mapped from the file rather than copied: the compiled code and the initial memory images
-    // are then pages of the page cache, shared by every wpod process that runs this component
-    // (not a private copy per process), and the first instantiation need not build a memfd.
-    // SAFETY: the file holds exactly what `store_entry` wrote from `Component::serialize` of
-    // an engine with this configuration: its MAC, under wpod's key and this entry's name, says
-    // so, and the key says this name is for this component and configuration; wasmtime checks
-    // its own header and settings again. Entries are only ever replaced by rename, never
-    // rewritten in place, so the mapped file does not change under the mapping (the directory
-    // is root's alone).
-    match unsafe { Component::deserialize_file(engine, &checked) } {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");
-            None
-        }
-    }
+    Some(())
 }
 
 fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
@@ -398,6 +445,57 @@ mod tests {
         )
         .unwrap();
         assert!(load_entry(&engine, &a).is_none(), "a MAC under another key");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An entry whose MAC this process checked is not checked again while it is the same file
+    /// under the same name; swapped or rewritten, it is, and refused.
+    #[test]
+    fn a_checked_entry_is_checked_again_once_swapped_or_rewritten() {
+        let dir = std::env::temp_dir().join(format!("wpod-cache-checked-{}", std::process::id()));
+        let engine = Engine::default();
+        let one = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
+        let mut two = wasm_encoder::Component::new();
+        two.section(&wasm_encoder::CustomSection {
+            name: "two".into(),
+            data: b"2".into(),
+        });
+        let two = Component::new(&engine, two.finish()).unwrap();
+        let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
+        store_entry(&one, &a).unwrap();
+        store_entry(&two, &b).unwrap();
+        // Only settled files are remembered.
+        std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
+        let id = |p: &Path| crate::files::FileId::of_path(p).unwrap();
+        assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
+        assert_eq!(CHECKED.get(id(&a)), Some(a.clone()), "a's check remembered");
+        for ext in ["cwasm", "mac"] {
+            let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
+            let tmp = dir.join("swap");
+            std::fs::rename(&pa, &tmp).unwrap();
+            std::fs::rename(&pb, &pa).unwrap();
+            std::fs::rename(&tmp, &pb).unwrap();
+        }
+        assert!(
+            load_entry(&engine, &a).is_none(),
+            "b's checked entry under a's name"
+        );
+        assert!(
+            load_entry(&engine, &b).is_none(),
+            "a's checked entry under b's name"
+        );
+        // Back under their own names, then one damaged in place.
+        store_entry(&one, &a).unwrap();
+        std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
+        assert!(load_entry(&engine, &a).is_some());
+        let mut bytes = std::fs::read(&a).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&a, &bytes).unwrap();
+        assert!(
+            load_entry(&engine, &a).is_none(),
+            "a flipped bit in a checked entry"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,24 +8,20 @@
 //! map holds its components weakly: one that no container uses any more is freed.
 //!
 //! A file changed within the clock tick it was read in could keep the same times (the kernel's
-//! file timestamps are coarse). As git does with its index, a file changed in the last
-//! [`SETTLE`] is loaded but not remembered.
+//! file timestamps are coarse). As git does with its index, a file that has not settled (see
+//! `files::FileId::settled`) is loaded but not remembered.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
 
 use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::{cache, linker, SidecarError, SidecarState};
+use crate::files::FileId;
 use crate::grants;
 use crate::oci::store::Digest;
-
-/// How long a file must have been unchanged before its identity stands for its content.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// A component compiled, linked and pre-instantiated, shared by every container that runs it.
 pub struct LoadedComponent {
@@ -42,40 +38,6 @@ pub struct LoadedComponent {
     pub hears_stopping: bool,
 }
 
-/// What tells one file from another, and a changed file from what it was.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileId {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-
-    /// Whether the file was last changed long enough ago that a later change gets other times.
-    fn settled(&self) -> bool {
-        let changed = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                u64::try_from(self.ctime.0).unwrap_or(0),
-                u32::try_from(self.ctime.1).unwrap_or(0),
-            );
-        SystemTime::now()
-            .duration_since(changed)
-            .is_ok_and(|age| age >= SETTLE)
-    }
-}
-
 type Loaded = Mutex<HashMap<FileId, Weak<LoadedComponent>>>;
 
 fn loaded() -> &'static Loaded {
@@ -85,7 +47,7 @@ fn loaded() -> &'static Loaded {
 
 /// The file's identity, or `None` when it cannot be had (reading it then says why).
 fn identity(path: &Path) -> Option<FileId> {
-    std::fs::metadata(path).ok().map(|m| FileId::of(&m))
+    FileId::of_path(path)
 }
 
 /// The component already loaded from this very file, if any.
@@ -174,10 +136,13 @@ impl Loading {
     }
 }
 
-/// The digest of the component this process loaded from this very file (same identity), if
-/// any: what hashing the file again would give, without reading it.
+/// The digest of the component this process loaded or read from this very file (same
+/// identity), if any: what hashing the file again would give, without reading it.
 pub fn known_digest(path: &Path) -> Option<String> {
-    remembered(identity(path)).map(|c| c.digest.clone())
+    let id = identity(path);
+    remembered(id)
+        .map(|c| c.digest.clone())
+        .or_else(|| crate::component::known(path).map(|f| f.digest))
 }
 
 /// Starts loading `path`: nothing to do when this process has it already; else the file is

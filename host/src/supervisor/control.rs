@@ -436,16 +436,22 @@ impl Control {
 
         // The runtime's memory holds the old and the new sidecars for a moment: the larger
         // limit until the change is done.
-        let limit = |bytes: Option<u64>| {
-            if let Err(e) = sandbox.cgroups.limit_runtime_memory(bytes) {
+        // Written only when it changes: a write of the limit costs the kernel a check of the
+        // cgroup's usage, on the way to the new sidecar's start.
+        let limit = |from: Option<u64>, to: Option<u64>| {
+            if from == to {
+                return;
+            }
+            if let Err(e) = sandbox.cgroups.limit_runtime_memory(to) {
                 tracing::warn!("{}", crate::error::chain(&e));
             }
         };
-        let during = match (live.plan.runtime_memory_limit, plan.runtime_memory_limit) {
+        let before = live.plan.runtime_memory_limit;
+        let during = match (before, plan.runtime_memory_limit) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
-        limit(during);
+        limit(before, during);
         let (reply, answer) = oneshot::channel();
         let sidecar_order = plan
             .containers
@@ -466,11 +472,11 @@ impl Control {
         let started = match started {
             Ok(started) => started,
             Err(e) => {
-                limit(live.plan.runtime_memory_limit);
+                limit(during, before);
                 return Err(e.into());
             }
         };
-        limit(plan.runtime_memory_limit);
+        limit(during, plan.runtime_memory_limit);
         let mut digests = live.digests.clone();
         for name in &change.removed {
             digests.remove(name);
@@ -727,6 +733,9 @@ async fn component_digests(
         .filter(|c| c.image.is_wasm() && !starting.iter().any(|n| n == c.name()))
         .map(|c| (c.name().to_string(), c.image.clone()))
         .collect();
+    if files.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     tokio::task::spawn_blocking(move || {
         let mut out = BTreeMap::new();
         for (name, image) in files {
