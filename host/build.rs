@@ -36,23 +36,6 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         hasher.finish()
     );
-    pack_relative_relocations();
-}
-
-/// Every start of `wpod` (each CLI command, each pod's supervisor) has the loader apply its
-/// 72,000 relative relocations (ASLR: the binary is position-independent). Packed (`DT_RELR`,
-/// glibc 2.36 and binutils 2.38 on), their table shrinks from 1.7 MB to 19 KB, and a start
-/// reads it in a few pages instead of 420 (`wpod --version`: 3.2 -> 2.8 ms, BENCHMARKS.md).
-/// Not for a static build (`runner/build.sh`), whose self-relocation is left as it is.
-fn pack_relative_relocations() {
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
-    let static_crt = var("CARGO_CFG_TARGET_FEATURE")
-        .split(',')
-        .any(|f| f == "crt-static");
-    if var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu" && !static_crt
-    {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    }
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) {

@@ -65,6 +65,8 @@ pub struct ComponentFile {
     pub interface: Interface,
     /// `sha256:<hex>` of the file's bytes.
     pub digest: String,
+    /// The same sha256, as bytes.
+    pub sha256: [u8; 32],
     pub size: u64,
 }
 
@@ -85,30 +87,39 @@ static FILES: crate::files::Remembered<ComponentFile> = crate::files::Remembered
 /// Reads the component at `path` (at most `MAX_COMPONENT_BYTES`), or recalls it: a file this
 /// process read before and that has the same identity (see `files::FileId`) is not read again.
 pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileError> {
-    if let Some(known) = known(path) {
+    if let Some((_, known)) = known(path) {
         return Ok(known);
     }
-    let (bytes, id) =
+    let (bytes, id, seen) =
         crate::files::read_regular_identified(path, crate::files::MAX_COMPONENT_BYTES)
             .map_err(ComponentFileError::Read)?;
+    let sha256 = sha256(&bytes);
     let file = ComponentFile {
         interface: interface(&bytes).map_err(ComponentFileError::Interface)?,
-        digest: sha256_digest(&bytes),
+        digest: format!("sha256:{}", hex::encode(sha256)),
+        sha256,
         size: bytes.len() as u64,
     };
-    FILES.put(id, file.clone());
+    FILES.put(id, seen, file.clone());
     Ok(file)
 }
 
-/// What [`read_file`] found in the file `path` names, if this process read it as it is now.
-pub fn known(path: &std::path::Path) -> Option<ComponentFile> {
-    FILES.get(crate::files::FileId::of_path(path)?)
+/// What [`read_file`] found in the file `path` names, if this process read it as it is now,
+/// with the identity it was found under (one `stat`: pair nothing else with it).
+pub fn known(path: &std::path::Path) -> Option<(crate::files::FileId, ComponentFile)> {
+    let id = crate::files::FileId::of_path(path)?;
+    FILES.get(id).map(|file| (id, file))
+}
+
+/// The sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    format!("sha256:{}", hex::encode(sha256(bytes)))
 }
 
 /// `wasi:http/types@0.2.0` without its version: `wasi:http/types`.
@@ -170,15 +181,15 @@ mod tests {
         std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
         let first = read_file(&path).unwrap();
         assert_eq!(first.digest, sha256_digest(&COMPONENT_PREAMBLE));
-        assert_eq!(known(&path), None, "not remembered before it settled");
+        assert!(known(&path).is_none(), "not remembered before it settled");
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
         assert_eq!(read_file(&path).unwrap(), first);
-        assert_eq!(known(&path), Some(first.clone()));
+        assert_eq!(known(&path).map(|(_, f)| f), Some(first.clone()));
         // Another component (a custom section added) in the same file.
         let mut other = COMPONENT_PREAMBLE.to_vec();
         other.extend_from_slice(&[0, 4, 1, b'x', b'y', b'z']);
         std::fs::write(&path, &other).unwrap();
-        assert_eq!(known(&path), None, "the file changed");
+        assert!(known(&path).is_none(), "the file changed");
         assert_eq!(read_file(&path).unwrap().digest, sha256_digest(&other));
         std::fs::remove_dir_all(&dir).unwrap();
     }

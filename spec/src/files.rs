@@ -295,11 +295,16 @@ pub fn open_regular(path: &Path) -> Result<File, ReadError> {
 
 /// Reads a regular file of at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
-    read_regular_identified(path, max).map(|(bytes, _)| bytes)
+    read_regular_identified(path, max).map(|(bytes, ..)| bytes)
 }
 
-/// [`read_regular`], with the identity the file had when it was opened (before it was read).
-pub fn read_regular_identified(path: &Path, max: u64) -> Result<(Vec<u8>, FileId), ReadError> {
+/// [`read_regular`], with the identity the file had when it was opened (before it was read)
+/// and a time taken before that, for [`Remembered::put`].
+pub fn read_regular_identified(
+    path: &Path,
+    max: u64,
+) -> Result<(Vec<u8>, FileId, std::time::SystemTime), ReadError> {
+    let seen = std::time::SystemTime::now();
     let file = open_regular(path)?;
     let meta = file.metadata().map_err(|error| ReadError::Io {
         path: path.to_path_buf(),
@@ -322,7 +327,7 @@ pub fn read_regular_identified(path: &Path, max: u64) -> Result<(Vec<u8>, FileId
             max,
         });
     }
-    Ok((bytes, id))
+    Ok((bytes, id, seen))
 }
 
 /// How long a file must have been unchanged before its identity stands for its content.
@@ -367,15 +372,18 @@ impl FileId {
 
     /// Whether the file was last changed long enough ago that a later change gets other times.
     pub fn settled(&self) -> bool {
+        self.settled_at(std::time::SystemTime::now())
+    }
+
+    /// Whether it had settled at `when` (a time taken before this identity was).
+    pub fn settled_at(&self, when: std::time::SystemTime) -> bool {
         use std::time::{Duration, SystemTime};
         let changed = SystemTime::UNIX_EPOCH
             + Duration::new(
                 u64::try_from(self.ctime.0).unwrap_or(0),
                 u32::try_from(self.ctime.1).unwrap_or(0),
             );
-        SystemTime::now()
-            .duration_since(changed)
-            .is_ok_and(|age| age >= SETTLE)
+        when.duration_since(changed).is_ok_and(|age| age >= SETTLE)
     }
 }
 
@@ -405,9 +413,11 @@ impl<V: Clone> Remembered<V> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Remembers `value` of the file `id`, if the file had settled.
-    pub fn put(&self, id: FileId, value: V) {
-        if !id.settled() {
+    /// Remembers `value` of the file `id`, if the file had settled at `seen`: a time taken
+    /// before the identity was (after, a change made in the tick it was taken in could go
+    /// unseen, however long the file then took to read).
+    pub fn put(&self, id: FileId, seen: std::time::SystemTime, value: V) {
+        if !id.settled_at(seen) {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -643,9 +653,13 @@ mod tests {
             .unwrap()
             .as_secs() as i64;
         let memo = Remembered::new();
-        memo.put(id(1, now), "fresh");
+        let seen = std::time::SystemTime::now();
+        memo.put(id(1, now), seen, "fresh");
         assert_eq!(memo.get(id(1, now)), None, "a file changed just now");
-        memo.put(id(1, now - 60), "old");
+        // Judged at the time the caller gives (when it took the identity), not now.
+        memo.put(id(1, now), seen + SETTLE * 2, "read late");
+        assert_eq!(memo.get(id(1, now)), Some("read late"));
+        memo.put(id(1, now - 60), seen, "old");
         assert_eq!(memo.get(id(1, now - 60)), Some("old"));
         assert_eq!(
             memo.get(id(1, now - 59)),
@@ -653,7 +667,7 @@ mod tests {
             "the same inode, changed since"
         );
         for ino in 2..=Remembered::<&str>::CAP as u64 + 1 {
-            memo.put(id(ino, 1), "many");
+            memo.put(id(ino, 1), seen, "many");
         }
         assert_eq!(memo.get(id(1, now - 60)), None, "the oldest forgotten");
         assert_eq!(memo.get(id(2, 1)), Some("many"));
@@ -665,7 +679,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f");
         std::fs::write(&path, b"0123456789").unwrap();
-        let (bytes, id) = read_regular_identified(&path, 100).unwrap();
+        let (bytes, id, _) = read_regular_identified(&path, 100).unwrap();
         assert_eq!(bytes, b"0123456789");
         assert_eq!(Some(id), FileId::of_path(&path));
         assert_eq!(id.size(), 10);

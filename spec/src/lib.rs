@@ -1,9 +1,10 @@
 //! wpod's lowest layers, a crate of their own so that the compiler keeps them below the rest:
 //!
-//! 1. `component`, `error`, `files`, `mounts`, `status`, `sys`: vocabulary with no wpod
-//!    dependencies (a component's imports and exports, printing error chains, reading files
-//!    and where wpod keeps its state, the mount table, the live pod status, the sandbox's
-//!    system calls); above them `helper`: helper processes and their step errors.
+//! 1. `error`, `files`, `mounts`, `status`, `sys`: vocabulary with no wpod dependencies
+//!    (printing error chains, reading files and where wpod keeps its state, the mount table,
+//!    the live pod status, the sandbox's system calls); above them `component` (a component
+//!    file's imports, exports and digest, read once per process) and `helper` (helper
+//!    processes and their step errors).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output (the CRI log format, its files and their rotation, and the
 //!    live streams sidecars and `wpod logs -f` follow).
@@ -25,8 +26,8 @@ mod layering {
     //! The layers point one way inside this crate too (`wpod_test_support::layering`).
 
     const LAYERS: &[&[&str]] = &[
-        &["component", "error", "files", "mounts", "status", "sys"],
-        &["helper"],
+        &["error", "files", "mounts", "status", "sys"],
+        &["component", "helper"],
         &["spec"],
         &["logs"],
     ];

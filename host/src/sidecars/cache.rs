@@ -98,34 +98,40 @@ pub enum Source {
 /// A component hashed, with the cache entry its digest names.
 pub struct Located {
     path: PathBuf,
+    /// The identity the file had when it was hashed (or when its known digest was found), and
+    /// a time taken before it (see `files::Remembered::put`).
+    pub identity: (crate::files::FileId, std::time::SystemTime),
     /// Its bytes, when they were read to hash them (else read only to compile them).
     wasm: Option<Vec<u8>>,
     size: u64,
     /// `sha256:<hex>` of the component's bytes: what `wpod apply` compares to tell a rebuilt
     /// component.
     pub digest: String,
+    /// The digest it was pulled and reviewed at, if it was.
+    expected: Option<String>,
     entry: PathBuf,
 }
 
-/// Reads and hashes `path`. A component pulled and reviewed at `expected` must still be those
-/// bytes: checked here, before anything is compiled or loaded.
+/// Hashes `path`, or finds its digest known (the file unchanged since this process read it:
+/// see `component::read_file`); its bytes are then read only if they must be compiled. A
+/// component pulled and reviewed at `expected` must still be those bytes: checked here, before
+/// anything is compiled or loaded.
 pub fn locate(
     engine: &Engine,
     path: &Path,
     expected: Option<&Digest>,
 ) -> Result<Located, CacheError> {
-    // A file this process read as it is now (planning the pod read it): its digest is known,
-    // and its bytes are read only if its entry must be compiled.
-    let (wasm, digest, size) = match crate::component::known(path) {
-        Some(file) => (None, file.digest, file.size),
+    let seen = std::time::SystemTime::now();
+    let (identity, wasm, sha, size) = match crate::component::known(path) {
+        Some((id, file)) => ((id, seen), None, file.sha256, file.size),
         None => {
-            let wasm = crate::files::read_regular(path, crate::files::MAX_COMPONENT_BYTES)?;
-            let digest = crate::component::sha256_digest(&wasm);
-            let size = wasm.len() as u64;
-            (Some(wasm), digest, size)
+            let (wasm, id, seen) =
+                crate::files::read_regular_identified(path, crate::files::MAX_COMPONENT_BYTES)?;
+            let (size, sha) = (wasm.len() as u64, crate::component::sha256(&wasm));
+            ((id, seen), Some(wasm), sha, size)
         }
     };
-    let sha = hex::decode(digest.trim_start_matches("sha256:")).unwrap_or_default();
+    let digest = format!("sha256:{}", hex::encode(sha));
     if let Some(expected) = expected {
         if digest != expected.as_str() {
             return Err(CacheError::Altered {
@@ -139,9 +145,11 @@ pub fn locate(
     let entry = precompiled(&name).unwrap_or_else(|| dir().join(&name));
     Ok(Located {
         path: path.to_path_buf(),
+        identity,
         wasm,
         size,
         digest,
+        expected: expected.map(|d| d.to_string()),
         entry,
     })
 }
@@ -168,11 +176,19 @@ impl Located {
             Some(wasm) => wasm,
             None => {
                 read = crate::files::read_regular(&self.path, crate::files::MAX_COMPONENT_BYTES)?;
-                // What is compiled must be what the entry's name says.
+                // What is compiled must be what the entry's name says (and, for a pulled
+                // sidecar, what was reviewed).
                 let digest = crate::component::sha256_digest(&read);
                 if digest != self.digest {
-                    return Err(CacheError::Changed {
-                        path: self.path.clone(),
+                    return Err(match &self.expected {
+                        Some(expected) => CacheError::Altered {
+                            path: self.path.clone(),
+                            expected: expected.clone(),
+                            actual: digest,
+                        },
+                        None => CacheError::Changed {
+                            path: self.path.clone(),
+                        },
                     });
                 }
                 &read
@@ -294,12 +310,14 @@ fn mac(key: &[u8; 32], entry: &Path, bytes: &[u8]) -> String {
 static CHECKED: crate::files::Remembered<PathBuf> = crate::files::Remembered::new();
 
 fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
-    // One open file for the check and the mapping, so what is mapped is what was checked.
+    // One open file for the check (or the identity of the file checked before under this
+    // name) and the mapping, so what is mapped is what was checked.
+    let seen = std::time::SystemTime::now();
     let file = std::fs::File::open(entry).ok()?;
     let id = crate::files::FileId::of(&file.metadata().ok()?);
     if CHECKED.get(id).as_deref() != Some(entry) {
         check_mac(&file, entry)?;
-        CHECKED.put(id, entry.to_path_buf());
+        CHECKED.put(id, seen, entry.to_path_buf());
     }
     let checked = PathBuf::from(format!(
         "/proc/self/fd/{}",
@@ -317,7 +335,11 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     match unsafe { Component::deserialize_file(engine, &checked) } {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(entry = %entry.display(), error = %e, "cannot load cache entry; recompiling");
+            tracing::warn!(
+                entry = %entry.display(),
+                error = %e,
+                "cannot load cache entry; recompiling"
+            );
             None
         }
     }
@@ -455,20 +477,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wpod-cache-checked-{}", std::process::id()));
         let engine = Engine::default();
         let one = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
+        // Compiled code of its own (a custom section alone compiles to the same entry bytes).
         let mut two = wasm_encoder::Component::new();
-        two.section(&wasm_encoder::CustomSection {
-            name: "two".into(),
-            data: b"2".into(),
-        });
+        two.section(&wasm_encoder::ModuleSection(&wasm_encoder::Module::new()));
         let two = Component::new(&engine, two.finish()).unwrap();
         let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
         store_entry(&one, &a).unwrap();
         store_entry(&two, &b).unwrap();
+        assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         // Only settled files are remembered.
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
         let id = |p: &Path| crate::files::FileId::of_path(p).unwrap();
         assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
         assert_eq!(CHECKED.get(id(&a)), Some(a.clone()), "a's check remembered");
+        // b's checked file reached under a's name through a symlink (b's times unchanged), a's
+        // MAC file kept: remembered is b's check under b's name, so a's is made, and fails.
+        std::fs::remove_file(&a).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        assert_eq!(
+            CHECKED.get(id(&a)),
+            Some(b.clone()),
+            "b's file, checked as b"
+        );
+        assert!(
+            load_entry(&engine, &a).is_none(),
+            "b's checked entry through a's name"
+        );
+        std::fs::remove_file(&a).unwrap();
+        store_entry(&one, &a).unwrap();
         for ext in ["cwasm", "mac"] {
             let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
             let tmp = dir.join("swap");

@@ -45,14 +45,8 @@ fn loaded() -> &'static Loaded {
     LOADED.get_or_init(Default::default)
 }
 
-/// The file's identity, or `None` when it cannot be had (reading it then says why).
-fn identity(path: &Path) -> Option<FileId> {
-    FileId::of_path(path)
-}
-
 /// The component already loaded from this very file, if any.
-fn remembered(id: Option<FileId>) -> Option<Arc<LoadedComponent>> {
-    let id = id?;
+fn remembered(id: FileId) -> Option<Arc<LoadedComponent>> {
     let map = loaded().lock().unwrap_or_else(|p| p.into_inner());
     map.get(&id).and_then(Weak::upgrade)
 }
@@ -67,8 +61,8 @@ fn remember(id: Option<FileId>, component: &Arc<LoadedComponent>) {
     map.insert(id, Arc::downgrade(component));
 }
 
-/// Where loading a component stands: done (this process had it already), or read and hashed
-/// with its compiled code still to load.
+/// Where loading a component stands: done (this process had it already), or hashed (or its
+/// digest known) with its compiled code still to load.
 pub enum Loading {
     Done(Arc<LoadedComponent>),
     Located {
@@ -139,21 +133,21 @@ impl Loading {
 /// The digest of the component this process loaded or read from this very file (same
 /// identity), if any: what hashing the file again would give, without reading it.
 pub fn known_digest(path: &Path) -> Option<String> {
-    let id = identity(path);
+    let id = FileId::of_path(path)?;
     remembered(id)
         .map(|c| c.digest.clone())
-        .or_else(|| crate::component::known(path).map(|f| f.digest))
+        .or_else(|| crate::component::known(path).map(|(_, f)| f.digest))
 }
 
 /// Starts loading `path`: nothing to do when this process has it already; else the file is
-/// read and hashed (and checked against `expected`, the digest a pulled sidecar was reviewed at).
+/// hashed, or its digest found known (and checked against `expected`, the digest a pulled
+/// sidecar was reviewed at).
 pub fn locate(
     engine: &Engine,
     path: &Path,
     expected: Option<&Digest>,
 ) -> Result<Loading, SidecarError> {
-    let id = identity(path);
-    if let Some(component) = remembered(id) {
+    if let Some(component) = FileId::of_path(path).and_then(remembered) {
         if let Some(expected) = expected {
             if component.digest != expected.as_str() {
                 return Err(cache::CacheError::Altered {
@@ -167,10 +161,11 @@ pub fn locate(
         return Ok(Loading::Done(component));
     }
     let located = cache::locate(engine, path, expected)?;
-    // Identity taken before reading, and kept only if the file had settled by then: a change
-    // made while or after reading gives the file new times.
+    // The identity the digest was found under (taken before reading), kept only if the file
+    // had settled by then: a change made while or after reading gives the file new times.
+    let (id, seen) = located.identity;
     Ok(Loading::Located {
-        id: id.filter(FileId::settled),
+        id: Some(id).filter(|id| id.settled_at(seen)),
         located: Box::new(located),
     })
 }

@@ -436,13 +436,8 @@ impl Control {
 
         // The runtime's memory holds the old and the new sidecars for a moment: the larger
         // limit until the change is done.
-        // Written only when it changes: a write of the limit costs the kernel a check of the
-        // cgroup's usage, on the way to the new sidecar's start.
-        let limit = |from: Option<u64>, to: Option<u64>| {
-            if from == to {
-                return;
-            }
-            if let Err(e) = sandbox.cgroups.limit_runtime_memory(to) {
+        let limit = |bytes: Option<u64>| {
+            if let Err(e) = sandbox.cgroups.limit_runtime_memory(bytes) {
                 tracing::warn!("{}", crate::error::chain(&e));
             }
         };
@@ -451,7 +446,12 @@ impl Control {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
-        limit(before, during);
+        // Not rewritten on the way to the new sidecar's start when it stays (a write costs the
+        // kernel a check of the cgroup's usage); the limit after the change is always written,
+        // so one that failed to be set before is set now.
+        if during != before {
+            limit(during);
+        }
         let (reply, answer) = oneshot::channel();
         let sidecar_order = plan
             .containers
@@ -472,11 +472,11 @@ impl Control {
         let started = match started {
             Ok(started) => started,
             Err(e) => {
-                limit(during, before);
+                limit(before);
                 return Err(e.into());
             }
         };
-        limit(during, plan.runtime_memory_limit);
+        limit(plan.runtime_memory_limit);
         let mut digests = live.digests.clone();
         for name in &change.removed {
             digests.remove(name);
@@ -746,14 +746,13 @@ async fn component_digests(
             let digest = match w.digest.as_ref().map(|d| d.to_string()).or_else(known) {
                 Some(d) => d,
                 None => {
-                    use sha2::Digest as _;
                     let bytes =
                         crate::files::read_regular(&w.path, crate::files::MAX_COMPONENT_BYTES)
                             .map_err(|source| ControlError::Component {
                                 path: w.path.clone(),
                                 source,
                             })?;
-                    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+                    crate::component::sha256_digest(&bytes)
                 }
             };
             out.insert(name, digest);
