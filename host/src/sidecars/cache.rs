@@ -397,6 +397,31 @@ impl From<crate::files::ReadError> for CacheError {
 mod tests {
     use super::*;
 
+    /// Two sound entries, `a.cwasm` and `b.cwasm` in `dir`, of two components whose compiled
+    /// code differs (a custom section alone compiles to the same entry bytes).
+    fn two_entries(engine: &Engine, dir: &Path) -> (Component, PathBuf, PathBuf) {
+        let one = Component::new(engine, wasm_encoder::Component::new().finish()).unwrap();
+        let mut two = wasm_encoder::Component::new();
+        two.section(&wasm_encoder::ModuleSection(&wasm_encoder::Module::new()));
+        let two = Component::new(engine, two.finish()).unwrap();
+        let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
+        store_entry(&one, &a).unwrap();
+        store_entry(&two, &b).unwrap();
+        assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        (one, a, b)
+    }
+
+    /// Swaps the two entries' files, each with its MAC file.
+    fn swap(a: &Path, b: &Path) {
+        for ext in ["cwasm", "mac"] {
+            let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
+            let tmp = pa.with_extension("swap");
+            std::fs::rename(&pa, &tmp).unwrap();
+            std::fs::rename(&pb, &pa).unwrap();
+            std::fs::rename(&tmp, &pb).unwrap();
+        }
+    }
+
     #[test]
     fn keys_differ_by_content_and_engine_settings() {
         let a = Engine::default();
@@ -433,24 +458,9 @@ mod tests {
     fn swapped_entries_are_not_loaded() {
         let dir = std::env::temp_dir().join(format!("wpod-cache-swap-{}", std::process::id()));
         let engine = Engine::default();
-        let one = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
-        let mut two = wasm_encoder::Component::new();
-        two.section(&wasm_encoder::CustomSection {
-            name: "two".into(),
-            data: b"2".into(),
-        });
-        let two = Component::new(&engine, two.finish()).unwrap();
-        let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
-        store_entry(&one, &a).unwrap();
-        store_entry(&two, &b).unwrap();
+        let (one, a, b) = two_entries(&engine, &dir);
         assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
-        for ext in ["cwasm", "mac"] {
-            let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
-            let tmp = dir.join("swap");
-            std::fs::rename(&pa, &tmp).unwrap();
-            std::fs::rename(&pb, &pa).unwrap();
-            std::fs::rename(&tmp, &pb).unwrap();
-        }
+        swap(&a, &b);
         assert!(
             load_entry(&engine, &a).is_none(),
             "b's entry under a's name"
@@ -476,15 +486,7 @@ mod tests {
     fn a_checked_entry_is_checked_again_once_swapped_or_rewritten() {
         let dir = std::env::temp_dir().join(format!("wpod-cache-checked-{}", std::process::id()));
         let engine = Engine::default();
-        let one = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
-        // Compiled code of its own (a custom section alone compiles to the same entry bytes).
-        let mut two = wasm_encoder::Component::new();
-        two.section(&wasm_encoder::ModuleSection(&wasm_encoder::Module::new()));
-        let two = Component::new(&engine, two.finish()).unwrap();
-        let (a, b) = (dir.join("a.cwasm"), dir.join("b.cwasm"));
-        store_entry(&one, &a).unwrap();
-        store_entry(&two, &b).unwrap();
-        assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let (one, a, b) = two_entries(&engine, &dir);
         // Only settled files are remembered.
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
         let id = |p: &Path| crate::files::FileId::of_path(p).unwrap();
@@ -505,13 +507,7 @@ mod tests {
         );
         std::fs::remove_file(&a).unwrap();
         store_entry(&one, &a).unwrap();
-        for ext in ["cwasm", "mac"] {
-            let (pa, pb) = (a.with_extension(ext), b.with_extension(ext));
-            let tmp = dir.join("swap");
-            std::fs::rename(&pa, &tmp).unwrap();
-            std::fs::rename(&pb, &pa).unwrap();
-            std::fs::rename(&tmp, &pb).unwrap();
-        }
+        swap(&a, &b);
         assert!(
             load_entry(&engine, &a).is_none(),
             "b's checked entry under a's name"
