@@ -648,12 +648,12 @@ mod tests {
 
     #[test]
     fn remembered_keeps_only_settled_files_and_forgets_the_oldest() {
-        let now = std::time::SystemTime::now()
+        let seen = std::time::SystemTime::now();
+        let now = seen
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
         let memo = Remembered::new();
-        let seen = std::time::SystemTime::now();
         memo.put(id(1, now), seen, "fresh");
         assert_eq!(memo.get(id(1, now)), None, "a file changed just now");
         // Judged at the time the caller gives (when it took the identity), not now.

@@ -88,6 +88,9 @@ pub struct PodCgroups {
     pod_dirs: Vec<PathBuf>,
     /// Where the wpod process was before it joined `_runtime`, to go back before removing it.
     runtime_origin: Vec<PathBuf>,
+    /// The runtime's memory limit as last written in every hierarchy (`Some(None)`: unbounded);
+    /// `None` when not known (a write failed), so the next one is made whatever it is.
+    runtime_limit: std::sync::Mutex<Option<Option<u64>>>,
 }
 
 /// Starts, on a thread, the wait the kernel makes the first cgroup move after a quiet spell pay,
@@ -182,6 +185,7 @@ impl PodCgroups {
             delegated: true,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
+            runtime_limit: Default::default(),
         }
     }
 
@@ -220,6 +224,7 @@ impl PodCgroups {
             delegated,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
+            runtime_limit: Default::default(),
         };
         for root in roots(&layout) {
             let dir = pod_dir(&root, pod);
@@ -253,10 +258,18 @@ impl PodCgroups {
 
     /// Sets the memory limit of the wpod process's own cgroup (`None`: unbounded), when the pod's
     /// Wasm sidecars change live: their memory is wpod's.
+    /// A limit already in place is not written again (a write costs the kernel a check of the
+    /// cgroup's usage, on the way to a sidecar `wpod apply` starts).
     pub fn limit_runtime_memory(&self, memory: Option<u64>) -> Result<(), CgroupError> {
+        let mut written = self.runtime_limit.lock().unwrap_or_else(|p| p.into_inner());
+        if *written == Some(memory) {
+            return Ok(());
+        }
+        *written = None;
         for (_, pod_dir) in self.runtime_hierarchies() {
             self.write_memory_limit(&pod_dir.join(RUNTIME), memory)?;
         }
+        *written = Some(memory);
         Ok(())
     }
 
@@ -303,14 +316,19 @@ impl PodCgroups {
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
+        let mut known = true;
         for (root, pod_dir) in self.runtime_hierarchies() {
             let dir = pod_dir.join(RUNTIME);
-            if !dir.exists() {
+            // One made before (a supervisor's restart) may hold any limit.
+            if dir.exists() {
+                known &= memory.is_some();
+            } else {
                 self.sys.mkdir(&dir).map_err(io("create cgroup", &dir))?;
             }
             if let Some(bytes) = memory {
                 if let Err(e) = self.write_memory_limit(&dir, Some(bytes)) {
                     warnings.push(crate::error::chain(&e));
+                    known = false;
                 }
             }
             let origin = self.own_cgroup(&own, &root);
@@ -320,6 +338,10 @@ impl PodCgroups {
                 .map_err(io("join cgroup", &procs))?;
             self.runtime_origin.push(origin);
         }
+        *self
+            .runtime_limit
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner()) = known.then_some(memory);
         Ok(warnings)
     }
 
@@ -914,6 +936,7 @@ fn remove_stale_in(host: &Host, layout: Layout, delegated: bool, pod: &PodName) 
         delegated,
         pod_dirs,
         runtime_origin: Vec::new(),
+        runtime_limit: Default::default(),
     });
 }
 
@@ -1366,6 +1389,45 @@ mod tests {
                 ]
             );
             assert!(ctr.pids().is_empty());
+        }
+
+        /// The runtime's memory limit is written when it changes, not again while it stays;
+        /// after a write failed, it is written whatever it is.
+        #[test]
+        fn the_runtime_limit_is_written_when_it_changes() {
+            let fake = v2();
+            fake.fail_when(
+                |c| matches!(c, Call::Write(p, v) if p.ends_with("memory.max") && v == "1048576"),
+                Errno::EBUSY,
+            );
+            let pod = PodName::new("web").unwrap();
+            let mut cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+            let warnings = cgroups.join_runtime(Some(64 << 20)).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            let file = pod_dir(&fake.root, &pod).join(RUNTIME).join("memory.max");
+            let writes = |value: &str| {
+                let calls = fake.calls();
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::Write(p, v) if *p == file && v == value))
+                    .count()
+            };
+            assert_eq!(writes("67108864"), 1);
+            cgroups.limit_runtime_memory(Some(64 << 20)).unwrap();
+            assert_eq!(
+                writes("67108864"),
+                1,
+                "the limit in place, not written again"
+            );
+            cgroups.limit_runtime_memory(None).unwrap();
+            cgroups.limit_runtime_memory(None).unwrap();
+            assert_eq!((writes("max"), read(file.clone())), (1, "max".into()));
+            // Refused (below the usage, say): tried again next time, though the same.
+            assert!(cgroups.limit_runtime_memory(Some(1 << 20)).is_err());
+            assert!(cgroups.limit_runtime_memory(Some(1 << 20)).is_err());
+            assert_eq!(writes("1048576"), 2);
+            cgroups.limit_runtime_memory(None).unwrap();
+            assert_eq!(writes("max"), 2, "unknown after the failure: written");
         }
 
         #[test]

@@ -328,10 +328,10 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     // (not a private copy per process), and the first instantiation need not build a memfd.
     // SAFETY: the file holds exactly what `store_entry` wrote from `Component::serialize` of
     // an engine with this configuration: its MAC, under wpod's key and this entry's name, says
-    // so (checked when this process first opened this file under this name), and the key says this name is for this component and configuration; wasmtime checks
-    // its own header and settings again. Entries are only ever replaced by rename, never
-    // rewritten in place, so the mapped file does not change under the mapping (the directory
-    // is root's alone).
+    // so (checked when this process first opened this file under this name), and the key says
+    // this name is for this component and configuration; wasmtime checks its own header and
+    // settings again. Entries are only ever replaced by rename, never rewritten in place, so
+    // the mapped file does not change under the mapping (the directory is root's alone).
     match unsafe { Component::deserialize_file(engine, &checked) } {
         Ok(c) => Some(c),
         Err(e) => {
@@ -349,7 +349,10 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
 /// it does not).
 fn check_mac(mut file: &std::fs::File, entry: &Path) -> Option<()> {
     let key = mac_key(entry.parent()?).ok()?;
-    let mut bytes = Vec::with_capacity(usize::try_from(file.metadata().ok()?.len()).ok()?);
+    // Sized for the file, up to what an entry of a large component takes: a huge file under an
+    // entry's name then grows the buffer as it is read, rather than failing one allocation.
+    let size = file.metadata().ok()?.len().min(256 << 20);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).ok()?);
     std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
     let expected = std::fs::read_to_string(mac_path(entry)).ok()?;
     // Compared as BLAKE3 hashes compare: in constant time.

@@ -446,12 +446,7 @@ impl Control {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
-        // Not rewritten on the way to the new sidecar's start when it stays (a write costs the
-        // kernel a check of the cgroup's usage); the limit after the change is always written,
-        // so one that failed to be set before is set now.
-        if during != before {
-            limit(during);
-        }
+        limit(during);
         let (reply, answer) = oneshot::channel();
         let sidecar_order = plan
             .containers
