@@ -267,10 +267,10 @@ mod tests {
         f.sync_all().unwrap();
         let f = std::fs::File::open(&path).unwrap();
         if cold {
-            // The kernel skips a page someone holds a reference to at that moment (DAMON's
-            // scans take such references, and this machine runs kdamond): once, on a busy
-            // machine, pages stayed and two tests failed. What the tests need is the file out
-            // of the page cache: asked again until `mincore` says so.
+            // The kernel skips a page someone holds a reference to at that moment (a memory
+            // scanner's, e.g. DAMON's): once, on a busy machine, pages stayed and two tests
+            // failed. What the tests need is the file out of the page cache: asked again until
+            // `mincore` says so.
             let mut tries = 0;
             loop {
                 // SAFETY: plain syscall on a descriptor we own.

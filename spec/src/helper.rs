@@ -384,25 +384,25 @@ fn read_only_overlay_of_self() -> std::io::Result<OwnedFd> {
 
 /// The file `name` of `dir` opened (`O_PATH`) through a read-only overlayfs of `dir` that is
 /// mounted nowhere: writes to it fail with EROFS whoever tries, and nothing can remount it.
-/// Overlayfs runs lower-only (read-only) with two lower layers; the second is an empty
-/// directory of wpod's state, below `dir` so it can hide nothing.
+/// Overlayfs runs lower-only (read-only) with two lower layers: `dir` first, so its entries
+/// win, then an empty one that can hide nothing (see [`overlay_with_empty`]).
 fn read_only_overlay_of(dir: &Path, name: &OsStr) -> std::io::Result<OwnedFd> {
-    let empty = crate::files::private_state_dir("empty").map_err(std::io::Error::other)?;
-    overlay_with_empty(dir, name, &empty)
+    let empty = crate::files::private_state_dir("empty").map_err(std::io::Error::other);
+    overlay_with_empty(dir, name, empty)
 }
 
-/// [`read_only_overlay_of`] with `empty` as the second layer, else an empty tmpfs mounted
-/// nowhere. Overlayfs refuses layers that lie inside one another (ELOOP): wpod's state inside
-/// the binary's directory (`/tmp/wpod` with `WPOD_ROOT=/tmp/x`) would otherwise leave only the
-/// sealed copy, a copy of the whole binary per pod (50 ms more per start here).
-fn overlay_with_empty(dir: &Path, name: &OsStr, empty: &Path) -> std::io::Result<OwnedFd> {
-    if std::fs::read_dir(empty)?.next().is_some() {
-        return Err(std::io::Error::other(format!(
-            "{} is not empty",
-            empty.display()
-        )));
-    }
-    let first = match overlay_view(dir, name, &overlay_escape(empty)) {
+/// The view with `empty` (a directory of wpod's state) as the second layer, else with an
+/// empty tmpfs mounted nowhere. Overlayfs refuses layers that lie inside one another (ELOOP):
+/// wpod's state inside the binary's directory (`/tmp/wpod` with `WPOD_ROOT=/tmp/x`) would
+/// otherwise leave only the sealed copy, a copy of the whole binary per pod (50 ms more per
+/// start here). Overlayfs takes a layer mounted nowhere from Linux 6.15 on; before, that fails
+/// too and the sealed copy remains.
+fn overlay_with_empty(
+    dir: &Path,
+    name: &OsStr,
+    empty: std::io::Result<PathBuf>,
+) -> std::io::Result<OwnedFd> {
+    let first = match empty.and_then(|empty| view_over_empty_dir(dir, name, &empty)) {
         Ok(view) => return Ok(view),
         Err(e) => e,
     };
@@ -411,11 +411,36 @@ fn overlay_with_empty(dir: &Path, name: &OsStr, empty: &Path) -> std::io::Result
     overlay_view(dir, name, &format!("/proc/self/fd/{}", tmpfs.as_raw_fd())).map_err(then)
 }
 
+/// The view with the directory `empty` as the second layer, if it is empty.
+fn view_over_empty_dir(dir: &Path, name: &OsStr, empty: &Path) -> std::io::Result<OwnedFd> {
+    if std::fs::read_dir(empty)?.next().is_some() {
+        return Err(std::io::Error::other(format!(
+            "{} is not empty",
+            empty.display()
+        )));
+    }
+    overlay_view(dir, name, &overlay_escape(empty))
+}
+
 /// An empty tmpfs, read-only, mounted nowhere (its descriptor is its only way in).
 fn empty_tmpfs() -> std::io::Result<OwnedFd> {
     let context = syscall_fd("fsopen tmpfs", || {
         // SAFETY: fsopen with a valid C string and flags; the result is owned below.
         unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) }
+    })?;
+    // Read-only as a filesystem too, not only as this mount.
+    syscall_ok("fsconfig tmpfs ro", || {
+        // SAFETY: fsconfig on the context we own, with a valid C string and no value.
+        unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                c"ro".as_ptr(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        }
     })?;
     fs_create(&context, "fsconfig create tmpfs")?;
     syscall_fd("fsmount tmpfs", || {
@@ -491,6 +516,7 @@ fn overlay_view(dir: &Path, name: &OsStr, second: &str) -> std::io::Result<Owned
 }
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
@@ -655,9 +681,24 @@ mod tests {
         let empty = dir.join("state/empty");
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(dir.join("wpod"), b"the binary").unwrap();
-        let nested = overlay_view(&dir, OsStr::new("wpod"), &overlay_escape(&empty));
-        assert!(nested.is_err(), "overlayfs took nested layers");
-        let fd = overlay_with_empty(&dir, OsStr::new("wpod"), &empty).expect("a view");
+        let nested = view_over_empty_dir(&dir, OsStr::new("wpod"), &empty).map(|_| ());
+        let nested = nested
+            .expect_err("overlayfs took nested layers")
+            .to_string();
+        assert!(nested.contains("os error 40"), "not ELOOP: {nested}");
+        let view = overlay_with_empty(&dir, OsStr::new("wpod"), Ok(empty));
+        // A layer mounted nowhere is taken from Linux 6.15 on; before, wpod copies the binary.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut version = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+        if (major, minor) < (6, 15) {
+            assert!(view.is_err(), "Linux {release} took a detached layer");
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
+        let fd = view.expect("a view over an empty tmpfs");
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         assert_eq!(std::fs::read(&path).unwrap(), b"the binary");
         let err = std::fs::OpenOptions::new()
