@@ -22,6 +22,8 @@
 #                      container is the listener (a sidecar may reach only its pod's loopback);
 #                      warm (its compiled cache entry exists) and cold (a copy of the component
 #                      with a custom section of its own: other bytes, so compiled afresh)
+#   control socket     the same warm change asked of the pod's control socket by this script,
+#     apply            a client that keeps running (no process spawned; docs/operators.md)
 #   wpod run           a whole pod: the listener as a native sidecar (its postStart hook waits
 #                      until it is bound, so the client starts after it), the client a Wasm
 #                      sidecar (warm, cold) or a native container (bash); reported as spawn of

@@ -157,12 +157,44 @@ def write(path, text):
     return path
 
 
-def wpod_apply(component):
-    """`wpod apply` adding the Wasm client to the running pod: ms from spawning it to the accept."""
+class ControlApply:
+    """The same change asked of the pod's control socket by a client that keeps running (a
+    controller, an operator's tool): one request per connection, one JSON line each way
+    (docs/operators.md, "The control socket"); no process is spawned. Behaves as Popen."""
+
+    def __init__(self, file):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(60)
+        self.sock.connect(f"{WORK}/wpodroot/pods/startbench/control.sock")
+        line = json.dumps({"version": 1, "op": "apply", "file": file, "dryRun": False}) + "\n"
+        self.sock.sendall(line.encode())
+        self.returncode = None
+
+    def wait(self, timeout=None):
+        answer = b""
+        while chunk := self.sock.recv(65536):
+            answer += chunk
+        self.sock.close()
+        reply = json.loads(answer)
+        if not reply.get("ok"):
+            print(f"control socket: {reply.get('error')}", file=sys.stderr)
+        self.returncode = 0 if reply.get("ok") else 1
+        return self.returncode
+
+    def kill(self):
+        self.sock.close()
+
+
+def wpod_apply(component, socket_client=False):
+    """`wpod apply` adding the Wasm client to the running pod: ms from spawning it (or from
+    connecting to the control socket) to the accept."""
     before = len(read_lines(f"{WORK}/b/apply"))
     with_client = write(f"{WORK}/pods/apply-with.yaml", apply_pod(component, True))
     t0 = time.time_ns()
-    p = subprocess.Popen([WPOD, "apply", with_client], env=ENV, stdout=subprocess.DEVNULL, stderr=LOG)
+    if socket_client:
+        p = ControlApply(with_client)
+    else:
+        p = subprocess.Popen([WPOD, "apply", with_client], env=ENV, stdout=subprocess.DEVNULL, stderr=LOG)
     deadline = time.monotonic() + 60
     while len(accepts := read_lines(f"{WORK}/b/apply")) <= before:
         if time.monotonic() > deadline:
@@ -179,6 +211,10 @@ def wpod_apply(component):
 
 def tool_apply_warm():
     return wpod_apply(cfg["probe"])
+
+
+def tool_apply_socket():
+    return wpod_apply(cfg["probe"], socket_client=True)
 
 
 def tool_apply_cold():
@@ -268,6 +304,7 @@ TOOLS = [
     simple("crun run", tool_crun),
     simple("podman run (runc)", tool_podman),
     simple("wpod apply, Wasm sidecar (warm)", tool_apply_warm, ref=True),
+    simple("control socket apply, Wasm sidecar (warm)", tool_apply_socket),
     simple("wpod apply, Wasm sidecar (cold)", tool_apply_cold),
     pod_tool("warm"),
     pod_tool("cold"),
@@ -289,7 +326,7 @@ def main():
     else:
         raise RuntimeError("the apply pod's listener did not bind")
     # Warm-up, not recorded: page cache, podman's storage, the compiled cache entry.
-    for t in (tool_process, tool_runc, tool_crun, tool_podman, tool_apply_warm):
+    for t in (tool_process, tool_runc, tool_crun, tool_podman, tool_apply_warm, tool_apply_socket):
         t()
     whole_pod(wasm_client(cfg["probe"]), "warmup")
     for rnd in range(ROUNDS):

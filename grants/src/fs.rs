@@ -169,7 +169,10 @@ impl Capability for Filesystem {
 /// (`/proc/self`) and the host's devices and settings, even read-only: refused. (The check is
 /// made again on the opened directory when the sidecar starts.)
 fn check_volumes(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
-    let table = crate::mounts::table().unwrap_or_default();
+    // Read once, and only for a sidecar that mounts a hostPath (most mount none: a warm
+    // `wpod apply` read the whole table for each of its sidecars).
+    let table = std::cell::OnceCell::new();
+    let table = || table.get_or_init(|| crate::mounts::table().unwrap_or_default());
     for (i, m) in sidecar.container.volume_mounts.iter().enumerate() {
         let source = sidecar.pod.spec.volumes.iter().find(|v| v.name == m.name);
         let Some(VolumeSource::HostPath(h)) = source.map(|v| &v.source) else {
@@ -199,7 +202,7 @@ fn check_volumes(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
             ));
             continue;
         }
-        if let Some(k) = crate::mounts::kernel_filesystems(&table, &real, None).first() {
+        if let Some(k) = crate::mounts::kernel_filesystems(table(), &real, None).first() {
             let how = if real.starts_with(&k.mount_point) {
                 "is on"
             } else {

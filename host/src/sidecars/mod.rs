@@ -132,6 +132,37 @@ impl PreparedSidecar {
         Self::with_component(plan, component)
     }
 
+    /// Loads the component `plan` runs from its compiled cache entry, ahead of the change
+    /// that starts it: `wpod apply` loads the new sidecars' components with the manifest, on
+    /// the thread that read it, and prepares them with [`PreparedSidecar::preloaded`]. Nothing
+    /// is compiled (a change that is then refused would have paid for it). `None` when there is
+    /// no entry, the component is a pulled one (its digest is checked as [`Self::prepare`]
+    /// loads it), or anything fails (the prepare then loads it again and says why).
+    pub fn preload(plan: &ContainerPlan) -> Option<Preloaded> {
+        let wasm = wasm_image(plan).ok().filter(|w| w.digest.is_none())?;
+        let engine = engine::shared().ok()?;
+        let loading = components::locate(engine, &wasm.path, None).ok()?;
+        if !loading.is_cached() {
+            return None;
+        }
+        let component = loading.finish(engine, plan.name()).ok()?;
+        Some(Preloaded {
+            wasm: wasm.clone(),
+            component,
+        })
+    }
+
+    /// `plan` prepared with a component `preloaded` for its very file, if there is one: no
+    /// I/O, so it needs no thread of its own.
+    pub fn preloaded(
+        plan: &ContainerPlan,
+        preloaded: &[Preloaded],
+    ) -> Option<Result<Self, SidecarError>> {
+        let wasm = wasm_image(plan).ok()?;
+        let found = preloaded.iter().find(|p| p.wasm == *wasm)?;
+        Some(Self::with_component(plan, found.component.clone()))
+    }
+
     fn with_component(
         plan: &ContainerPlan,
         component: Arc<LoadedComponent>,
@@ -166,6 +197,12 @@ fn wasm_image(plan: &ContainerPlan) -> Result<&crate::plan::WasmComponent, Sidec
         (Image::Wasm(wasm), Some(_)) => Ok(wasm),
         _ => Err(not_wasm(plan)),
     }
+}
+
+/// A component loaded by [`PreparedSidecar::preload`] for the file `wasm` names.
+pub struct Preloaded {
+    wasm: crate::plan::WasmComponent,
+    component: Arc<LoadedComponent>,
 }
 
 /// Everything wpod does with a component's bytes before a pod may run it, without the pod:
