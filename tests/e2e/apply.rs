@@ -317,6 +317,30 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
         text(&bad.stderr)
     );
 
+    // A program that keeps running (a controller) asks the control socket itself: the
+    // protocol docs/operators.md gives, one JSON line each way. extra comes back (its
+    // compiled component, cached by its first start, loaded while the change is checked),
+    // then goes again.
+    let ask = |file: &str| -> serde_json::Value {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        let request = serde_json::json!({"version": 1, "op": "apply", "file": file});
+        s.write_all(format!("{request}\n").as_bytes())
+            .expect("request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("an answer");
+        serde_json::from_str(&answer).expect("JSON answer")
+    };
+    let answer = ask(&v3);
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["version"], 1, "{answer}");
+    assert_eq!(answer["result"]["added"][0]["name"], "extra", "{answer}");
+    assert_eq!(answer["result"]["added"][0]["state"], "started", "{answer}");
+    assert!(container("extra").is_some(), "{:?}", containers());
+    let answer = ask(&v2);
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["result"]["removed"][0], "extra", "{answer}");
+    assert!(container("extra").is_none(), "{:?}", containers());
+
     // A new version that cannot run leaves the old one serving.
     std::fs::write(dir.join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
     let broken = write(
