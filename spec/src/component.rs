@@ -108,7 +108,13 @@ pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileE
 /// with the identity it was found under (one `stat`: pair nothing else with it).
 pub fn known(path: &std::path::Path) -> Option<(crate::files::FileId, ComponentFile)> {
     let id = crate::files::FileId::of_path(path)?;
-    FILES.get(id).map(|file| (id, file))
+    known_by(id).map(|file| (id, file))
+}
+
+/// What [`read_file`] found in the file of identity `id`, if it read it: for a caller that
+/// has the identity already (one `stat`, not two).
+pub fn known_by(id: crate::files::FileId) -> Option<ComponentFile> {
+    FILES.get(id)
 }
 
 /// The sha256 of `bytes`.

@@ -402,6 +402,12 @@ mod tests {
 
     /// Two sound entries, `a.cwasm` and `b.cwasm` in `dir`, of two components whose compiled
     /// code differs (a custom section alone compiles to the same entry bytes).
+    /// Entries swapped under each other's names: each refused.
+    fn assert_neither_loads(engine: &Engine, a: &Path, b: &Path, what: &str) {
+        assert!(load_entry(engine, a).is_none(), "b's {what} under a's name");
+        assert!(load_entry(engine, b).is_none(), "a's {what} under b's name");
+    }
+
     fn two_entries(engine: &Engine, dir: &Path) -> (Component, PathBuf, PathBuf) {
         let one = Component::new(engine, wasm_encoder::Component::new().finish()).unwrap();
         let mut two = wasm_encoder::Component::new();
@@ -464,14 +470,7 @@ mod tests {
         let (one, a, b) = two_entries(&engine, &dir);
         assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
         swap(&a, &b);
-        assert!(
-            load_entry(&engine, &a).is_none(),
-            "b's entry under a's name"
-        );
-        assert!(
-            load_entry(&engine, &b).is_none(),
-            "a's entry under b's name"
-        );
+        assert_neither_loads(&engine, &a, &b, "entry");
         // An entry whose MAC was computed with another key (written by anything but wpod).
         store_entry(&one, &a).unwrap();
         std::fs::write(
@@ -511,14 +510,7 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         store_entry(&one, &a).unwrap();
         swap(&a, &b);
-        assert!(
-            load_entry(&engine, &a).is_none(),
-            "b's checked entry under a's name"
-        );
-        assert!(
-            load_entry(&engine, &b).is_none(),
-            "a's checked entry under b's name"
-        );
+        assert_neither_loads(&engine, &a, &b, "checked entry");
         // Back under their own names, then one damaged in place.
         store_entry(&one, &a).unwrap();
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));

@@ -136,7 +136,7 @@ pub fn known_digest(path: &Path) -> Option<String> {
     let id = FileId::of_path(path)?;
     remembered(id)
         .map(|c| c.digest.clone())
-        .or_else(|| crate::component::known(path).map(|(_, f)| f.digest))
+        .or_else(|| crate::component::known_by(id).map(|f| f.digest))
 }
 
 /// Starts loading `path`: nothing to do when this process has it already; else the file is
