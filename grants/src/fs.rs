@@ -171,8 +171,8 @@ impl Capability for Filesystem {
 fn check_volumes(sidecar: &Sidecar<'_>, diags: &mut Vec<Diagnostic>) {
     // Read once, and only for a sidecar that mounts a hostPath (most mount none: a warm
     // `wpod apply` read the whole table for each of its sidecars).
-    let table = std::cell::OnceCell::new();
-    let table = || table.get_or_init(|| crate::mounts::table().unwrap_or_default());
+    let read = std::cell::OnceCell::new();
+    let table = || read.get_or_init(|| crate::mounts::table().unwrap_or_default());
     for (i, m) in sidecar.container.volume_mounts.iter().enumerate() {
         let source = sidecar.pod.spec.volumes.iter().find(|v| v.name == m.name);
         let Some(VolumeSource::HostPath(h)) = source.map(|v| &v.source) else {

@@ -319,8 +319,8 @@ fn apply_adds_replaces_and_removes_sidecars_while_nginx_serves() {
 
     // A program that keeps running (a controller) asks the control socket itself: the
     // protocol docs/operators.md gives, one JSON line each way. extra comes back (its
-    // compiled component, cached by its first start, loaded while the change is checked),
-    // then goes again.
+    // compiled component, cached by its first start, loaded as the manifest is read), then
+    // goes again.
     let ask = |file: &str| -> serde_json::Value {
         let mut s = UnixStream::connect(&socket).expect("connect");
         let request = serde_json::json!({"version": 1, "op": "apply", "file": file});

@@ -165,6 +165,12 @@ impl Located {
         self.entry.is_file() && mac_path(&self.entry).is_file()
     }
 
+    /// The compiled component from its cache entry, if the entry is there and sound; nothing
+    /// is compiled.
+    pub fn load_cached(&self, engine: &Engine) -> Option<Component> {
+        load_entry(engine, &self.entry)
+    }
+
     /// The compiled component: from the cache when its entry is sound, else compiled now and
     /// cached.
     pub fn load(&self, engine: &Engine) -> Result<(Component, Source), CacheError> {
@@ -400,14 +406,14 @@ impl From<crate::files::ReadError> for CacheError {
 mod tests {
     use super::*;
 
-    /// Two sound entries, `a.cwasm` and `b.cwasm` in `dir`, of two components whose compiled
-    /// code differs (a custom section alone compiles to the same entry bytes).
     /// Entries swapped under each other's names: each refused.
     fn assert_neither_loads(engine: &Engine, a: &Path, b: &Path, what: &str) {
         assert!(load_entry(engine, a).is_none(), "b's {what} under a's name");
         assert!(load_entry(engine, b).is_none(), "a's {what} under b's name");
     }
 
+    /// Two sound entries, `a.cwasm` and `b.cwasm` in `dir`, of two components whose compiled
+    /// code differs (a custom section alone compiles to the same entry bytes).
     fn two_entries(engine: &Engine, dir: &Path) -> (Component, PathBuf, PathBuf) {
         let one = Component::new(engine, wasm_encoder::Component::new().finish()).unwrap();
         let mut two = wasm_encoder::Component::new();
@@ -440,6 +446,43 @@ mod tests {
         assert_ne!(key(&a, b"one"), key(&a, b"two"));
         assert_ne!(key(&a, b"one"), key(&b, b"one"));
         assert_eq!(key(&a, b"one"), key(&a, b"one"));
+    }
+
+    #[test]
+    fn loading_from_the_cache_alone_compiles_nothing() {
+        let dir = std::env::temp_dir().join(format!("wpod-cache-only-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let engine = Engine::default();
+        let bytes = wasm_encoder::Component::new().finish();
+        let path = dir.join("c.wasm");
+        std::fs::write(&path, &bytes).unwrap();
+        let entry = dir.join("e.cwasm");
+        let located = Located {
+            identity: (
+                crate::files::FileId::of_path(&path).unwrap(),
+                std::time::SystemTime::now(),
+            ),
+            size: bytes.len() as u64,
+            digest: crate::component::sha256_digest(&bytes),
+            wasm: Some(bytes),
+            path,
+            expected: None,
+            entry: entry.clone(),
+        };
+        assert!(located.load_cached(&engine).is_none(), "no entry");
+        assert!(!entry.exists(), "compiled and stored");
+        let component = Component::new(&engine, located.wasm.as_deref().unwrap()).unwrap();
+        store_entry(&component, &entry).unwrap();
+        assert!(located.load_cached(&engine).is_some(), "a sound entry");
+        // A damaged entry is refused, and left as it is (`load` would compile and replace it).
+        let mut damaged = std::fs::read(&entry).unwrap();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        std::fs::write(&entry, &damaged).unwrap();
+        assert!(located.load_cached(&engine).is_none(), "a damaged entry");
+        assert_eq!(std::fs::read(&entry).unwrap(), damaged);
+        drop(component);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -100,34 +100,69 @@ impl Loading {
             Loading::Located { id, located } => (id, located),
         };
         let (component, source) = located.load(engine)?;
-        // The initial memory images now, not at the first start: this runs before the pod (or
-        // beside the sandbox's creation), a start is what the pod waits for.
-        if let Err(e) = component.initialize_copy_on_write_image() {
-            tracing::debug!(container, error = %e, "no copy-on-write memory image");
-        }
-        let link_err = |message: String| SidecarError::Link {
-            container: container.to_string(),
-            message,
-        };
-        let linker = linker(engine).map_err(|e| link_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| link_err(format!("cannot link the component: {e:#}")))?;
-        let pre = CommandPre::new(pre).map_err(|e| {
-            link_err(format!(
-                "not a command component (no wasi:cli/run export): {e:#}"
-            ))
-        })?;
-        let loaded = Arc::new(LoadedComponent {
-            pre,
-            digest: located.digest.clone(),
-            cached: source == cache::Source::Cache,
-            signals_readiness: grants::lifecycle::signals_readiness(engine, &component),
-            hears_stopping: grants::lifecycle::hears_stopping(engine, &component),
-        });
-        remember(id, &loaded);
-        Ok(loaded)
+        link(id, &located, component, source, engine, container)
     }
+
+    /// [`Loading::finish`] from the compiled cache alone: `None` when its entry is missing or
+    /// does not load (nothing is compiled), or the component does not link.
+    pub fn finish_from_cache(
+        self,
+        engine: &Engine,
+        container: &str,
+    ) -> Option<Arc<LoadedComponent>> {
+        let (id, located) = match self {
+            Loading::Done(c) => return Some(c),
+            Loading::Located { id, located } => (id, located),
+        };
+        let component = located.load_cached(engine)?;
+        link(
+            id,
+            &located,
+            component,
+            cache::Source::Cache,
+            engine,
+            container,
+        )
+        .ok()
+    }
+}
+
+/// The compiled `component` of `located` linked, pre-instantiated and remembered (by `id`).
+fn link(
+    id: Option<FileId>,
+    located: &cache::Located,
+    component: wasmtime::component::Component,
+    source: cache::Source,
+    engine: &Engine,
+    container: &str,
+) -> Result<Arc<LoadedComponent>, SidecarError> {
+    // The initial memory images now, not at the first start: this runs before the pod (or
+    // beside the sandbox's creation), a start is what the pod waits for.
+    if let Err(e) = component.initialize_copy_on_write_image() {
+        tracing::debug!(container, error = %e, "no copy-on-write memory image");
+    }
+    let link_err = |message: String| SidecarError::Link {
+        container: container.to_string(),
+        message,
+    };
+    let linker = linker(engine).map_err(|e| link_err(format!("{e:#}")))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| link_err(format!("cannot link the component: {e:#}")))?;
+    let pre = CommandPre::new(pre).map_err(|e| {
+        link_err(format!(
+            "not a command component (no wasi:cli/run export): {e:#}"
+        ))
+    })?;
+    let loaded = Arc::new(LoadedComponent {
+        pre,
+        digest: located.digest.clone(),
+        cached: source == cache::Source::Cache,
+        signals_readiness: grants::lifecycle::signals_readiness(engine, &component),
+        hears_stopping: grants::lifecycle::hears_stopping(engine, &component),
+    });
+    remember(id, &loaded);
+    Ok(loaded)
 }
 
 /// The digest of the component this process loaded or read from this very file (same

@@ -95,6 +95,12 @@ pub fn shared() -> Result<&'static Engine, EngineError> {
     shared_for(0)
 }
 
+/// The process-wide engine if something made it already (it is not made here: its pool and
+/// epoch thread are for a process that runs sidecars).
+pub fn existing() -> Option<&'static Engine> {
+    ENGINE.get().map(|(e, _)| e)
+}
+
 /// How many sidecars the process's pool holds at once; `None` when there is no engine yet or it
 /// allocates on demand.
 pub fn capacity() -> Option<usize> {

@@ -133,19 +133,19 @@ impl PreparedSidecar {
     }
 
     /// Loads the component `plan` runs from its compiled cache entry, ahead of the change
-    /// that starts it: `wpod apply` loads the new sidecars' components with the manifest, on
-    /// the thread that read it, and prepares them with [`PreparedSidecar::preloaded`]. Nothing
-    /// is compiled (a change that is then refused would have paid for it). `None` when there is
-    /// no entry, the component is a pulled one (its digest is checked as [`Self::prepare`]
-    /// loads it), or anything fails (the prepare then loads it again and says why).
+    /// that starts it: `wpod apply` loads the new sidecars' components as it reads the
+    /// manifest, on the same thread, and prepares them with [`PreparedSidecar::preloaded`].
+    /// Only a sound cache entry is loaded, and only in a process that runs sidecars already
+    /// (has the engine): a change that is then refused pays for no compile and leaves no
+    /// engine behind. `None` otherwise, for a pulled component (its digest is checked as
+    /// [`Self::prepare`] loads it), or when anything fails (the prepare then loads it and says
+    /// why).
     pub fn preload(plan: &ContainerPlan) -> Option<Preloaded> {
         let wasm = wasm_image(plan).ok().filter(|w| w.digest.is_none())?;
-        let engine = engine::shared().ok()?;
-        let loading = components::locate(engine, &wasm.path, None).ok()?;
-        if !loading.is_cached() {
-            return None;
-        }
-        let component = loading.finish(engine, plan.name()).ok()?;
+        let engine = engine::existing()?;
+        let component = components::locate(engine, &wasm.path, None)
+            .ok()?
+            .finish_from_cache(engine, plan.name())?;
         Some(Preloaded {
             wasm: wasm.clone(),
             component,

@@ -575,7 +575,9 @@ fn check_peer(stream: &UnixStream) -> Result<(), ControlError> {
 /// The change is checked before anything is pulled (with every new registry image presumed a
 /// sidecar, as only sidecars may be added); then the pulls run in a `wpod __pull` process moved
 /// into `outside`, the cgroups wpod came from, so that nothing a registry sends is charged to
-/// the running pod's wpod; the pod then reads what was pulled from the store.
+/// the running pod's wpod; the pod then reads what was pulled from the store. The components
+/// of new and changed local sidecars are loaded from the compiled cache as the manifest is read
+/// ([`PreparedSidecar::preload`]).
 async fn new_plan(
     files: &crate::plan::ManifestFiles,
     running: &PodPlan,
@@ -583,18 +585,20 @@ async fn new_plan(
     events: &Arc<Events>,
     outside: &[std::path::PathBuf],
 ) -> Result<NewPlan, ControlError> {
+    let unchanged =
+        |c: &crate::plan::ContainerPlan| running.containers.iter().any(|o| change::unchanged(o, c));
     // The manifest is read and planned, and the components of new and changed sidecars
-    // loaded from the cache, on this thread, one after the other: each hand-off to another
-    // thread (and back) costs a wake-up, 0.1-0.2 ms on a virtual machine whose other CPU
-    // idles, and a warm apply made four of them here.
+    // loaded from the cache, on this thread, one after the other: the request waited for
+    // each hand-off to a thread of the blocking pool and back, 0.1-0.2 ms each on a virtual
+    // machine whose other CPU idles (four of them in a warm apply). (`block_in_place` needs
+    // the multi-threaded runtime `wpod run` serves the control socket on.)
     let (mut plans, preloaded) = tokio::task::block_in_place(|| {
         let plans = crate::plan::load(files)?;
         let preloaded: Vec<Preloaded> = match plans.as_slice() {
             [plan] => plan
                 .containers
                 .iter()
-                .filter(|c| c.grants.is_some())
-                .filter(|c| !running.containers.iter().any(|o| change::unchanged(o, c)))
+                .filter(|c| c.grants.is_some() && !unchanged(c))
                 .filter_map(PreparedSidecar::preload)
                 .collect(),
             _ => Vec::new(),
@@ -610,8 +614,6 @@ async fn new_plan(
     let mut plan = plans.remove(0);
     // The sidecars keep the handle quota the pod started with, and it must still fit.
     plan.keep_handle_quota(running.settings.sidecar_max_handles)?;
-    let unchanged =
-        |c: &crate::plan::ContainerPlan| running.containers.iter().any(|o| change::unchanged(o, c));
     // Unchanged registry sidecars run what they ran.
     let mut components: BTreeMap<String, crate::plan::WasmComponent> = BTreeMap::new();
     for c in plan.containers.iter().filter(|c| unchanged(c)) {
