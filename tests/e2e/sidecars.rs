@@ -603,6 +603,126 @@ spec:
     assert_no_leftovers("wasm-spin");
 }
 
+/// The epoch ticker stops while no guest runs Wasm (`sidecars/engine.rs`); guests that start
+/// computing after the pod has idled must wake it, or they would never yield: two spinners on
+/// the pod's two runtime threads would then keep the third sidecar from running at all, and
+/// could not be stopped.
+#[test]
+fn guests_that_spin_after_the_pod_idled_still_yield_and_stop() {
+    require_root("guests_that_spin_after_the_pod_idled");
+    let pod = TestPod::new(
+        "wasm-spin-late",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-spin-late}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: one
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [ready, sleep:600, spin]
+  - name: two
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [ready, sleep:600, spin]
+  - name: other
+    restartPolicy: Always
+    image: SIDECARS/probe.wasm
+    args: [ready, sleep:900, env:MARK, sleep:300, env:MARK]
+    env: [{name: MARK, value: still-running}]
+  containers:
+  - name: main
+    command: [sh, -c, "sleep 3; echo main done"]
+"#,
+    );
+    let started = std::time::Instant::now();
+    let run = pod.run(LONG);
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert!(run.has_line("one", "spin started") && run.has_line("two", "spin started"));
+    assert_eq!(
+        run.logs("other")
+            .iter()
+            .filter(|l| l.ends_with("ok: still-running"))
+            .count(),
+        2,
+        "{}",
+        run.dump()
+    );
+    for spinner in ["one", "two"] {
+        assert_eq!(run.exit(spinner)["code"], 137, "{}", run.dump());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the pod took {:?}",
+        started.elapsed()
+    );
+    assert_no_leftovers("wasm-spin-late");
+}
+
+/// A pod whose sidecars all wait (here in `lifecycle.next-event`) costs no wake-ups of the
+/// epoch ticker: it ticked 100 times a second for every pod with sidecars.
+#[test]
+fn an_idle_pods_epoch_ticker_sleeps() {
+    require_root("an_idle_pods_epoch_ticker_sleeps");
+    let pod = TestPod::new(
+        "wasm-idle",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-idle}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, "60"]
+  - name: a
+    image: SIDECARS/probe.wasm
+    args: [ready, wait-stopping]
+  - name: b
+    image: SIDECARS/probe.wasm
+    args: [ready, wait-stopping]
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("both sidecars ready", LONG, |r| {
+        r.has_line("a", "told the pod") && r.has_line("b", "told the pod")
+    });
+    let tasks = format!("/proc/{}/task", running.pid());
+    let ticker = std::fs::read_dir(&tasks)
+        .expect("the pod's threads")
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "wpod-epoch")
+        })
+        .map(|t| t.path())
+        .expect("an epoch ticker thread in the pod's wpod");
+    let wake_ups = || {
+        let status = std::fs::read_to_string(ticker.join("status")).expect("ticker status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("voluntary_ctxt_switches")
+    };
+    // Past the ticks the sidecars' start took, and the ones that follow before it parks.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = wake_ups();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = wake_ups();
+    assert!(
+        after - before <= 2,
+        "the epoch ticker woke {} times in 2 s of an idle pod",
+        after - before
+    );
+    running.signal(libc::SIGTERM);
+    let run = running.wait(LONG);
+    assert!(run.has_line("a", "stopping with"), "{}", run.dump());
+    assert_no_leftovers("wasm-idle");
+}
+
 #[test]
 fn compiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
     require_root("compiled_components_are_cached");

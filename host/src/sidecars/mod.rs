@@ -482,6 +482,7 @@ impl WasmSidecar {
             async move {
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limits);
+                engine::keep_ticking_while_running(&mut store);
                 // Every tick a computing guest yields to the others, or stops if asked to.
                 let interrupted = stopped.clone();
                 store.epoch_deadline_callback(move |_| {
