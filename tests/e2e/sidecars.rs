@@ -623,19 +623,19 @@ spec:
   - name: one
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [ready, sleep:600, spin]
+    args: [ready, sleep:1500, spin]
   - name: two
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [ready, sleep:600, spin]
+    args: [ready, sleep:1500, spin]
   - name: other
     restartPolicy: Always
     image: SIDECARS/probe.wasm
-    args: [ready, sleep:900, env:MARK, sleep:300, env:MARK]
+    args: [ready, sleep:1800, env:MARK, sleep:300, env:MARK]
     env: [{name: MARK, value: still-running}]
   containers:
   - name: main
-    command: [sh, -c, "sleep 3; echo main done"]
+    command: [sh, -c, "sleep 4; echo main done"]
 "#,
     );
     let started = std::time::Instant::now();
@@ -687,8 +687,13 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("both sidecars ready", LONG, |r| {
-        r.has_line("a", "told the pod") && r.has_line("b", "told the pod")
+    // Ready, and told that main started (an event that brings them back into Wasm once).
+    running.wait_for("both sidecars ready and main started", LONG, |r| {
+        r.has_line("a", "told the pod")
+            && r.has_line("b", "told the pod")
+            && r.events(Some("main"))
+                .iter()
+                .any(|e| e["event"] == "started")
     });
     let tasks = format!("/proc/{}/task", running.pid());
     let ticker = std::fs::read_dir(&tasks)

@@ -89,17 +89,26 @@ fn new_engine(slots: usize) -> Result<(Engine, Option<usize>), EngineError> {
 /// again: an idle pod's wpod no longer wakes 100 times a second (0.5% of a core per pod,
 /// measured; 200 idle pods kept one core busy). A guest that computes is still interrupted
 /// within a tick: it re-enters Wasm after every yield, which keeps the ticker going, and a guest
-/// that enters while the ticker stopped wakes it as it enters ([`keep_ticking_while_running`]).
+/// that enters while the ticker stopped wakes it as it enters ([`new_store`]).
 pub const IDLE_TICKS: u32 = 10;
 
 static TICKS: Ticks = Ticks::new();
 static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
 
-/// Every store that runs guest code must be given this, or a guest that enters Wasm while the
-/// ticker is stopped would never be interrupted (neither yield to the others nor stop when
-/// asked). The hook runs at each entry into Wasm (a call, or a return from the host): a load of
-/// one shared flag, and a store and a wake-up only for the first entry after a tick.
-pub fn keep_ticking_while_running<T>(store: &mut wasmtime::Store<T>) {
+/// A store for a guest that runs: the only way wpod makes one. Its guest keeps the epoch
+/// ticking while it runs Wasm ([`keep_ticking_while_running`]); a store without that would let
+/// a guest that enters Wasm while the ticker sleeps run uninterrupted (never yield to the
+/// others, never stop when asked).
+pub fn new_store<T: 'static>(engine: &Engine, data: T) -> wasmtime::Store<T> {
+    let mut store = wasmtime::Store::new(engine, data);
+    keep_ticking_while_running(&mut store);
+    store
+}
+
+/// Wakes the ticker when `store`'s guest enters Wasm after a tick without any entry. The hook
+/// runs at each entry into Wasm (a call, or a return from the host): a load of one shared flag,
+/// and a store and a wake-up only for the first entry after a tick.
+fn keep_ticking_while_running<T>(store: &mut wasmtime::Store<T>) {
     store.call_hook(|_, hook| {
         if hook.exiting_host() && TICKS.entered() {
             if let Some(ticker) = TICKER.get() {
@@ -139,8 +148,10 @@ impl Ticks {
     /// A guest enters Wasm. True when the ticker must be woken.
     fn entered(&self) -> bool {
         // Read first: a flag already set is not written again, so that guests on several
-        // threads entering many times a tick share the line rather than bounce it.
-        if self.entered.load(Ordering::Relaxed) {
+        // threads entering many times a tick share the line rather than bounce it. (Read in
+        // sequence with the ticker's swap, so a `true` it cleared is not seen; a plain load
+        // on x86.)
+        if self.entered.load(Ordering::SeqCst) {
             return false;
         }
         self.entered.store(true, Ordering::SeqCst);
@@ -183,6 +194,13 @@ static ENGINE: OnceLock<(Engine, Option<usize>)> = OnceLock::new();
 /// The process-wide engine, created on first use with a pool for a pod of `sidecars` Wasm
 /// containers at once ([`capacity_for`]); later calls get the same engine.
 pub fn shared_for(sidecars: usize) -> Result<&'static Engine, EngineError> {
+    if let Some((e, _)) = ENGINE.get() {
+        return Ok(e);
+    }
+    // One creator at a time: two would each start a ticker, and the guests' hook could then
+    // wake the one whose engine was dropped, leaving the real one asleep.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CREATING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((e, _)) = ENGINE.get() {
         return Ok(e);
     }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -480,9 +480,8 @@ impl WasmSidecar {
         let stopped = stop.clone();
         let task = ctx.runtime.spawn(
             async move {
-                let mut store = Store::new(engine, state);
+                let mut store = engine::new_store(engine, state);
                 store.limiter(|s| &mut s.limits);
-                engine::keep_ticking_while_running(&mut store);
                 // Every tick a computing guest yields to the others, or stops if asked to.
                 let interrupted = stopped.clone();
                 store.epoch_deadline_callback(move |_| {
