@@ -15,7 +15,10 @@
 //! the kernel would have to wait (not cached, a FIFO, a device, a filesystem without the flag),
 //! the read goes to the blocking pool exactly as wasmtime's would. So nothing waits on a runtime
 //! thread for data, and the common case of a log being read just after it was written costs
-//! one syscall. Only regular files take this path: a device that honours the flag (`/dev/zero`,
+//! one syscall. (Bytes not cached may come back too: the kernel starts its read-ahead, which does
+//! not wait, and a disk that answers within the call, a virtual one whose host has them cached,
+//! fills the page before the kernel looks again.) Only regular files take this path: a device
+//! that honours the flag (`/dev/zero`,
 //! `/dev/urandom` in a hostPath) would otherwise have its work done on the runtime thread.
 //!
 //! What the flag does not cover: the file's access time, which the kernel updates after the read
@@ -243,14 +246,20 @@ mod tests {
     }
 
     #[test]
-    fn bytes_not_in_the_page_cache_are_left_to_wasmtimes_read() {
+    fn bytes_not_in_the_page_cache_are_left_to_wasmtimes_read_or_read_ahead_unwaited() {
         // On the build's own disk, not /tmp, which may be a tmpfs (which keeps its pages).
         let (dir, f) = disk_file("uncached", &[b'x'; 1 << 16], true);
         let got = read_now(&f, 4096, 0);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            got, None,
-            "a read that would wait on the disk is not done here"
+        // Declined (the pool reads it), or the right bytes: `RWF_NOWAIT` starts the kernel's
+        // read-ahead, which does not wait, and a disk that answers within the call (this
+        // virtual machine's did in 27 of 300 tries) has the page filled before the kernel
+        // looks again. Never other bytes, never an error. (That nothing waits is the kernel's
+        // promise for the flag; a FIFO's read, which would, is declined: the pipe test.)
+        assert!(
+            got.as_deref().is_none_or(|b| b == [b'x'; 4096]),
+            "{:?}",
+            got.map(|b| b.len())
         );
     }
 
@@ -267,10 +276,8 @@ mod tests {
         f.sync_all().unwrap();
         let f = std::fs::File::open(&path).unwrap();
         if cold {
-            // The kernel skips a page someone holds a reference to at that moment (a memory
-            // scanner's, e.g. DAMON's): once, on a busy machine, pages stayed and two tests
-            // failed. What the tests need is the file out of the page cache: asked again until
-            // `mincore` says so.
+            // The kernel skips a page someone holds a reference to at that moment: asked again
+            // until `mincore` says the file is out of the page cache.
             let mut tries = 0;
             loop {
                 // SAFETY: plain syscall on a descriptor we own.
@@ -337,11 +344,9 @@ mod tests {
             .unwrap();
         let got = rt.block_on(async {
             let mut r = FileReader::new(Arc::new(f), 0);
-            assert!(
-                r.read(4096).unwrap().is_empty(),
-                "not cached: the pool reads it"
-            );
-            let mut got = Vec::new();
+            // Not cached: the pool reads it (or, read ahead within the call, it comes at once:
+            // see the test above).
+            let mut got = r.read(4096).unwrap().to_vec();
             loop {
                 match r.blocking_read(100_000).await {
                     Ok(b) => got.extend_from_slice(&b),
