@@ -572,11 +572,29 @@ spec:
     command: [sh, -c, "sleep 3; echo main done"]
 "#,
     );
+    // Two sidecars on a 2-thread runtime, one spinning forever: the other still ran to its end.
+    let run = run_spinners(&pod, &["spinner"]);
+    assert!(
+        run.events(Some("spinner"))
+            .iter()
+            .any(|e| e["event"] == "killed"),
+        "{}",
+        run.dump()
+    );
+    assert_no_leftovers("wasm-spin");
+}
+
+/// Runs `pod`, whose `spinners` spin until stopped and whose sidecar `other` prints
+/// `ok: still-running` twice, and asserts that the pod ended well within 10 s, every spinner
+/// spun and was stopped (137), and `other` still ran to its end.
+fn run_spinners(pod: &TestPod, spinners: &[&str]) -> crate::pods::PodRun {
     let started = std::time::Instant::now();
     let run = pod.run(LONG);
     assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert!(run.has_line("spinner", "spin started"));
-    // Two sidecars on a 2-thread runtime, one spinning forever: the other still ran to its end.
+    for spinner in spinners {
+        assert!(run.has_line(spinner, "spin started"), "{}", run.dump());
+        assert_eq!(run.exit(spinner)["code"], 137, "{}", run.dump());
+    }
     assert_eq!(
         run.logs("other")
             .iter()
@@ -586,21 +604,12 @@ spec:
         "{}",
         run.dump()
     );
-    let spinner = run.exit("spinner");
-    assert_eq!(spinner["code"], 137, "{}", run.dump());
-    assert!(
-        run.events(Some("spinner"))
-            .iter()
-            .any(|e| e["event"] == "killed"),
-        "{}",
-        run.dump()
-    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the pod took {:?}",
         started.elapsed()
     );
-    assert_no_leftovers("wasm-spin");
+    run
 }
 
 /// The epoch ticker stops while no guest runs Wasm (`sidecars/engine.rs`); guests that start
@@ -638,27 +647,7 @@ spec:
     command: [sh, -c, "sleep 4; echo main done"]
 "#,
     );
-    let started = std::time::Instant::now();
-    let run = pod.run(LONG);
-    assert_eq!(run.code, Some(0), "{}", run.dump());
-    assert!(run.has_line("one", "spin started") && run.has_line("two", "spin started"));
-    assert_eq!(
-        run.logs("other")
-            .iter()
-            .filter(|l| l.ends_with("ok: still-running"))
-            .count(),
-        2,
-        "{}",
-        run.dump()
-    );
-    for spinner in ["one", "two"] {
-        assert_eq!(run.exit(spinner)["code"], 137, "{}", run.dump());
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the pod took {:?}",
-        started.elapsed()
-    );
+    run_spinners(&pod, &["one", "two"]);
     assert_no_leftovers("wasm-spin-late");
 }
 
