@@ -372,7 +372,9 @@ fn rotated(path: &Path, n: u64) -> PathBuf {
 struct Feed {
     history: VecDeque<Arc<Line>>,
     history_bytes: usize,
-    live: broadcast::Sender<Arc<Line>>,
+    /// Made when the first reader follows: a channel holds [`LIVE_LINES`] slots from the start
+    /// (8 KiB), most of an idle sidecar's log state, and most containers are never followed.
+    live: Option<broadcast::Sender<Arc<Line>>>,
     file: LogFiles,
 }
 
@@ -381,7 +383,7 @@ impl Feed {
         Feed {
             history: VecDeque::new(),
             history_bytes: 0,
-            live: broadcast::channel(LIVE_LINES).0,
+            live: None,
             file,
         }
     }
@@ -510,7 +512,10 @@ impl Logs {
         } else {
             Vec::new()
         };
-        (past, feed.live.subscribe())
+        let live = feed
+            .live
+            .get_or_insert_with(|| broadcast::channel(LIVE_LINES).0);
+        (past, live.subscribe())
     }
 
     /// The container's feed, made (and its log file opened) on first use.
@@ -552,7 +557,10 @@ impl Logs {
             let feed = self.feed(&mut feeds, container);
             feed.file.write(&now, stream, partial, text, &self.limits);
             feed.remember(line.clone());
-            let _ = feed.live.send(line);
+            // The last reader gone, the channel goes too (a reader subscribes under this lock).
+            if feed.live.as_ref().is_some_and(|l| l.send(line).is_err()) {
+                feed.live = None;
+            }
         }
         let _guard = self.out.lock();
         if self.plain {
@@ -806,6 +814,29 @@ mod tests {
             }));
         }
         assert_eq!(feed.history.len(), HISTORY_LINES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_feed_exists_only_while_someone_follows() {
+        let dir = std::env::temp_dir().join(format!("wpod-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = LogLimits::from(&crate::spec::Annotations::default());
+        let logs = Logs::new(dir.clone(), OutputFormat::Silent, limits);
+        let live = |logs: &Logs| logs.feeds.lock().unwrap()["c"].live.is_some();
+        logs.record("c", Stream::Stdout, b"before", false);
+        assert!(!live(&logs), "a container nobody follows has no channel");
+        let (past, mut rx) = logs.subscribe("c", true);
+        assert_eq!(past.len(), 1);
+        logs.record("c", Stream::Stdout, b"followed", false);
+        assert_eq!(rx.try_recv().unwrap().text, "followed");
+        drop(rx);
+        logs.record("c", Stream::Stdout, b"after", false);
+        assert!(!live(&logs), "the last reader gone, the channel goes");
+        let (past, mut rx) = logs.subscribe("c", false);
+        assert!(past.is_empty());
+        logs.record("c", Stream::Stdout, b"again", false);
+        assert_eq!(rx.try_recv().unwrap().text, "again");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
