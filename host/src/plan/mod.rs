@@ -79,6 +79,13 @@ pub struct ContainerProbes {
     pub liveness: Option<Probe>,
 }
 
+impl ContainerProbes {
+    /// Whether the container has any probe.
+    pub fn any(&self) -> bool {
+        self.startup.is_some() || self.readiness.is_some() || self.liveness.is_some()
+    }
+}
+
 /// How an image is shown ([`ContainerPlan::shown_image`]): `written` is the manifest's `image`.
 fn shown_image(written: Option<&str>, image: &Image) -> String {
     match image {

@@ -23,7 +23,7 @@ use wasmtime::{Engine, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::grants::{self, GrantHost, GrantStates, Grants, InstanceSetup, OpenVolumes};
+use crate::grants::{self, GrantHost, GrantStates, InstanceSetup, OpenVolumes};
 use crate::logs::{Logs, Stream};
 use crate::plan::{ContainerPlan, Image, PodPlan, WasmComponent};
 use crate::status::{ExitInfo, ExitReason, PodState};
@@ -114,9 +114,9 @@ fn linker(engine: &Engine) -> wasmtime::Result<&'static Linker<SidecarState>> {
 /// compiled, linked and pre-instantiated (shared with every container that runs the same file).
 #[derive(Clone)]
 pub struct PreparedSidecar {
-    pub plan: ContainerPlan,
-    /// What the plan granted it.
-    grants: Grants,
+    /// Shared with the supervisor's member for the container: a pod of many sidecars holds
+    /// one copy of each plan (about 3 KiB), not one here and one there.
+    pub plan: Arc<ContainerPlan>,
     pub component: Arc<LoadedComponent>,
 }
 
@@ -167,10 +167,9 @@ impl PreparedSidecar {
         plan: &ContainerPlan,
         component: Arc<LoadedComponent>,
     ) -> Result<Self, SidecarError> {
-        let grants = plan.grants.clone().ok_or_else(|| not_wasm(plan))?;
+        wasm_image(plan)?;
         Ok(PreparedSidecar {
-            plan: plan.clone(),
-            grants,
+            plan: Arc::new(plan.clone()),
             component,
         })
     }
@@ -455,8 +454,10 @@ impl WasmSidecar {
             reports: &ctx.reports,
             facts: &ctx.facts,
         };
-        let grants = prepared
+        let grants = plan
             .grants
+            .as_ref()
+            .ok_or_else(|| not_wasm(plan))?
             .prepare(&mut setup)
             .map_err(|source| SidecarError::Grant {
                 container: name.clone(),

@@ -67,14 +67,14 @@ pub fn start(
     target: ActionTarget,
     events: mpsc::UnboundedSender<ProbeEvent>,
 ) -> Option<Probes> {
+    if !probes.any() {
+        return None;
+    }
     let ContainerProbes {
         startup,
         readiness,
         liveness,
     } = probes.clone();
-    if startup.is_none() && readiness.is_none() && liveness.is_none() {
-        return None;
-    }
     // Readiness and liveness begin once the startup probe passed (at once without one).
     let (started_tx, mut started) = watch::channel(startup.is_none());
     let readiness = readiness.map(|p| {

@@ -174,8 +174,10 @@ async fn live(
     let mut stop_first: Option<Command> = None;
     if let Some((hook, target)) = post_start {
         let limit = run.plan.grace_period.max(Duration::from_secs(1));
+        // Boxed: the hook's future (an HTTP client, an exec) is kilobytes, and held inline it
+        // would size every container's task for its whole life, hook or not.
         let result = tokio::select! {
-            result = actions::run(hook, target, limit) => result,
+            result = Box::pin(actions::run(hook, target, limit)) => result,
             command = commands.recv() => {
                 stop_first = Some(command.unwrap_or(Command::Kill));
                 Ok(String::new())
@@ -199,11 +201,17 @@ async fn live(
         }
     }
 
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    // The probes' channel only for a container that has probes: a channel allocates its
+    // first block of slots at once (1 KiB), on every container's task for its whole life.
+    let mut probe_rx = None;
     let mut probes = target
         .clone()
-        .filter(|_| stop_first.is_none())
-        .and_then(|target| probes::start(&plan.probes, target, probe_tx));
+        .filter(|_| stop_first.is_none() && plan.probes.any())
+        .and_then(|target| {
+            let (probe_tx, rx) = mpsc::unbounded_channel();
+            probe_rx = Some(rx);
+            probes::start(&plan.probes, target, probe_tx)
+        });
     // What makes this container "started" for the ones ordered after it.
     let waits_for_ready = run.launcher.waits_for_ready(member);
     let has_startup_probe = plan.probes.startup.is_some();
@@ -277,7 +285,7 @@ async fn live(
                         mark_started(progress);
                     }
                 }
-                Some(event) = probe_rx.recv() => match event {
+                Some(event) = next_probe_event(&mut probe_rx) => match event {
                     // Already on its way when termination stopped the startup probe.
                     ProbeEvent::StartupPassed if stop.is_some() => {}
                     ProbeEvent::StartupPassed => {
@@ -436,6 +444,16 @@ fn launched(progress: &watch::Sender<Progress>) {
 /// The container's preStop hook, if it has one.
 fn pre_stop_hook(plan: &ContainerPlan) -> Option<&Handler> {
     plan.hooks.pre_stop.as_ref()
+}
+
+/// The next of the probes' events; never, for a container without probes.
+async fn next_probe_event(
+    rx: &mut Option<mpsc::UnboundedReceiver<ProbeEvent>>,
+) -> Option<ProbeEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the container's preStop hook, bounded by the stop deadline.

@@ -588,7 +588,7 @@ spec:
     extra.name = "extra".into();
     let member = |plan: crate::plan::ContainerPlan| {
         Arc::new(Member {
-            plan,
+            plan: Arc::new(plan),
             prepared: None,
         })
     };

@@ -46,7 +46,8 @@ pub trait Workload: Send {
 /// live `wpod apply` adds and replaces members while the pod runs; the plan of the pod itself
 /// (its pod-level fields) never changes.
 pub struct Member {
-    pub plan: ContainerPlan,
+    /// The same plan as its prepared sidecar's, when it has one.
+    pub plan: Arc<ContainerPlan>,
     /// A Wasm sidecar's component, prepared; `None` for a native container.
     pub prepared: Option<PreparedSidecar>,
 }
@@ -64,9 +65,13 @@ pub fn members(plan: &PodPlan, mut prepared: Vec<Option<PreparedSidecar>>) -> Ve
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let prepared = prepared.get_mut(i).and_then(Option::take);
             Arc::new(Member {
-                plan: c.clone(),
-                prepared: prepared.get_mut(i).and_then(Option::take),
+                plan: match &prepared {
+                    Some(p) => p.plan.clone(),
+                    None => Arc::new(c.clone()),
+                },
+                prepared,
             })
         })
         .collect()
