@@ -40,10 +40,15 @@ fn config(pool_slots: Option<u32>) -> Config {
     if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots);
-        // A std guest has one core instance and memory, adapters and runtimes a few more.
+        // Core instances are only counted. Memories and tables have slots, and each slot costs
+        // the pool's bookkeeping (28-56 bytes of malloc'd state, paid by the first sidecar of a
+        // pod for the whole pool) and address space. Every component in `guests/` has one
+        // memory and at most two tables (componentize-py's Python, 14 core modules, too), and
+        // a pool holds twice the pod's sidecars: 2 memories and 4 tables a slot leave each
+        // running sidecar 4 and 8. (Were 4 and 10: 70 KiB more for the first sidecar.)
         pool.total_core_instances(slots * 10);
-        pool.total_memories(slots * 4);
-        pool.total_tables(slots * 10);
+        pool.total_memories(slots * 2);
+        pool.total_tables(slots * 4);
         pool.total_stacks(slots);
         pool.max_memories_per_component(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
