@@ -11,6 +11,8 @@
 #            wait-stopping`); every process of the pod: the supervisor (which hosts wasmtime
 #            and the sidecars), the holder, the shims, the main container; minus the same pod
 #            with 0 sidecars, measured in the same run
+#            At N = 1 also the anonymous memory (smaps_rollup's Anonymous) of the supervisor
+#            alone, minus the 0-sidecar pod's: what the first sidecar costs wpod itself
 #   crun     N `crun run -d` of an OCI bundle (busybox `sleep`, each its own namespaces, network
 #            included; crun in a private mount namespace without the cgroup2 hierarchy, see
 #            bench/lib.sh): the container processes (crun leaves nothing else running)
@@ -82,6 +84,10 @@ def pss_kib(pids):
                     total += int(line.split()[1])
     return total
 
+def anon_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("Anonymous:"))
+
 def tree(pid):
     kids = {}
     for p in os.listdir("/proc"):
@@ -145,14 +151,21 @@ def wpod_down(name):
 
 def measure_wpod(n, run):
     sup0, _ = wpod_up("densitybench", 0)
-    base = pss_kib(tree(sup0))
+    base, anon0 = pss_kib(tree(sup0)), anon_kib(sup0)
     wpod_down("densitybench")
     sup, running = wpod_up("densitybench", n)
-    total = pss_kib(tree(sup))
+    total, anon = pss_kib(tree(sup)), anon_kib(sup)
     sup_only = pss_kib([sup])
     wpod_down("densitybench")
     emit("wpod (Wasm sidecars)", n, (total - base) / running, run, running=running, pss_kib=total,
          pss_kib_0=base, supervisor_pss_kib=sup_only)
+    if n == 1 and running == 1:
+        # Issue 29's other density goal: what the first sidecar costs the pod's wpod process
+        # (the engine, its pool, the runtime's threads, the component), in anonymous memory.
+        print(json.dumps({"tool": "wpod (Wasm sidecars)", "measure": "density: anonymous memory the first sidecar adds to wpod",
+                          "value": anon - anon0, "unit": "KiB", "run": run, "better": "lower", "ref": True,
+                          "anonymous_kib": anon, "anonymous_kib_0": anon0}), flush=True)
+        print(f"  run {run}: the first sidecar adds {anon - anon0} KiB of anonymous memory to wpod", file=sys.stderr, flush=True)
 
 def in_mntns():
     import ctypes
