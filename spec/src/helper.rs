@@ -319,14 +319,20 @@ fn helper_binary(build_id: &str) -> Result<OwnedFd, String> {
 
 /// The build ID an executable carries in its [`BUILD_ID_SECTION`] (a few small reads: the ELF
 /// header, the section headers and their names).
+///
+/// Through the ELF header's section table alone: `object::File::parse` also reads the symbol
+/// table, 850 KB of `wpod-helper`'s, copied into memory at every pod's start.
 fn build_id_of(file: &File) -> Result<String, String> {
-    use object::{Object, ObjectSection};
+    use object::read::elf::{FileHeader, SectionHeader};
     let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).map_err(|e| format!("not an ELF executable ({e})"))?;
-    let section = elf
-        .section_by_name(BUILD_ID_SECTION)
+    let not_elf = |e: object::read::Error| format!("not an ELF executable ({e})");
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&cache).map_err(not_elf)?;
+    let endian = header.endian().map_err(not_elf)?;
+    let sections = header.sections(endian, &cache).map_err(not_elf)?;
+    let (_, section) = sections
+        .section_by_name(endian, BUILD_ID_SECTION.as_bytes())
         .ok_or_else(|| format!("no {BUILD_ID_SECTION} section (not a wpod-helper?)"))?;
-    let data = section.data().map_err(|e| e.to_string())?;
+    let data = section.data(endian, &cache).map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(data).into_owned())
 }
 
