@@ -283,7 +283,30 @@ fn sealed_helper(build_id: &str) -> std::io::Result<&'static SealedHelper> {
             }
         }
     };
+    let helper = SealedHelper {
+        fd: above_inherited(helper.fd)?,
+        ..helper
+    };
     Ok(SEALED.get_or_init(|| helper))
+}
+
+/// Descriptors from this number up are never a target of [`inherit_fds`] (whose targets are
+/// 3 and 4), which also moves its sources here before placing them.
+const FIRST_UNINHERITED_FD: RawFd = 64;
+
+/// `fd`, moved to [`FIRST_UNINHERITED_FD`] or above. A helper is executed through
+/// `/proc/self/fd/N` after the child placed its inherited descriptors: were N one of their
+/// numbers, the child would execute the pipe it just put there. (It did: "start the namespace
+/// holder: Permission denied" once in a full test run, when the view had been opened as
+/// descriptor 3, the lifeline's.)
+fn above_inherited(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor we own; the duplicate is ours, and the original closes.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_UNINHERITED_FD) };
+    if high < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor fcntl just returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
 /// `wpod-helper` from this binary's directory, sealed (a read-only view, else a sealed copy),
@@ -619,8 +642,9 @@ fn seal_copy_of(path: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Makes the child inherit `fds` at the given numbers (everything else the runtime opens is
-/// close-on-exec).
+/// close-on-exec), each below [`FIRST_UNINHERITED_FD`].
 pub fn inherit_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
+    debug_assert!(fds.iter().all(|(_, t)| *t < FIRST_UNINHERITED_FD));
     let fds = fds.to_vec();
     // SAFETY: between fork and exec this only calls fcntl and dup2, which are async-signal-safe,
     // and allocates nothing.
@@ -630,7 +654,7 @@ pub fn inherit_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
             // source; the temporaries are close-on-exec.
             let mut temps = [0 as RawFd; 8];
             for (i, (src, _)) in fds.iter().enumerate().take(8) {
-                let t = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+                let t = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, FIRST_UNINHERITED_FD);
                 if t < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -650,6 +674,32 @@ pub fn inherit_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn helpers_run_from_a_descriptor_no_inherited_one_is_placed_on() {
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (fsopen of overlayfs): run the tests as root, as CI does"
+        );
+        let call = HelperCall::Holder {
+            hostname: "h".into(),
+            pod_proc: None,
+            host_network: true,
+            userns: false,
+        };
+        let cmd = helper_command(&call, "not this build").expect("a sealed helper");
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let fd: RawFd = program
+            .strip_prefix("/proc/self/fd/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{program}: not a descriptor"));
+        assert!(
+            fd >= FIRST_UNINHERITED_FD,
+            "{program}: inherit_fds may place a descriptor there"
+        );
+    }
 
     #[test]
     fn the_overlay_view_is_this_binary_and_cannot_be_written() {
