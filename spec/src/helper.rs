@@ -346,17 +346,31 @@ fn helper_binary(build_id: &str) -> Result<OwnedFd, String> {
 /// Through the ELF header's section table alone: `object::File::parse` also reads the symbol
 /// table, 850 KB of `wpod-helper`'s, copied into memory at every pod's start.
 fn build_id_of(file: &File) -> Result<String, String> {
-    use object::read::elf::{FileHeader, SectionHeader};
+    use object::elf::{FileHeader32, FileHeader64};
     let cache = object::ReadCache::new(file);
+    match object::FileKind::parse(&cache) {
+        Ok(object::FileKind::Elf64) => build_id_in::<FileHeader64<object::Endianness>, _>(&cache),
+        Ok(object::FileKind::Elf32) => build_id_in::<FileHeader32<object::Endianness>, _>(&cache),
+        Ok(kind) => Err(format!("not an ELF executable ({kind:?})")),
+        Err(e) => Err(format!("not an ELF executable ({e})")),
+    }
+}
+
+fn build_id_in<'data, Elf, R>(data: R) -> Result<String, String>
+where
+    Elf: object::read::elf::FileHeader<Endian = object::Endianness>,
+    R: object::ReadRef<'data>,
+{
+    use object::read::elf::SectionHeader;
     let not_elf = |e: object::read::Error| format!("not an ELF executable ({e})");
-    let header = object::elf::FileHeader64::<object::Endianness>::parse(&cache).map_err(not_elf)?;
+    let header = Elf::parse(data).map_err(not_elf)?;
     let endian = header.endian().map_err(not_elf)?;
-    let sections = header.sections(endian, &cache).map_err(not_elf)?;
+    let sections = header.sections(endian, data).map_err(not_elf)?;
     let (_, section) = sections
         .section_by_name(endian, BUILD_ID_SECTION.as_bytes())
         .ok_or_else(|| format!("no {BUILD_ID_SECTION} section (not a wpod-helper?)"))?;
-    let data = section.data(endian, &cache).map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(data).into_owned())
+    let bytes = section.data(endian, data).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// Makes the calling helper non-dumpable: no core file of it, and `/proc/PID/{mem,environ,fd}`
@@ -674,6 +688,32 @@ pub fn inherit_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_build_id_is_read_from_an_elf_executables_sections_only() {
+        // This test binary is an ELF executable without the section (wpod-helper's own is
+        // read end to end by the helpers tests).
+        let exe = File::open("/proc/self/exe").unwrap();
+        let err = build_id_of(&exe).unwrap_err();
+        assert!(err.contains("no .wpod_build section"), "{err}");
+        let mut text = tempfile_in_tmp();
+        text.write_all(b"#!/bin/sh\necho not elf\n").unwrap();
+        let err = build_id_of(&text).unwrap_err();
+        assert!(err.starts_with("not an ELF executable"), "{err}");
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!("wpod-buildid-{}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
 
     #[test]
     fn helpers_run_from_a_descriptor_no_inherited_one_is_placed_on() {

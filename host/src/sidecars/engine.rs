@@ -17,6 +17,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const MAX_SIDECARS: usize = crate::plan::MAX_WASM_CONTAINERS * 3 / 2;
 /// The smallest pool: room for `wpod apply` to add sidecars to a pod that started with few.
 pub const MIN_SIDECARS: usize = 128;
+/// Linear memories and tables the pool holds for each of its slots.
+pub const MEMORIES_PER_SLOT: u32 = 2;
+pub const TABLES_PER_SLOT: u32 = 4;
 
 /// Slots for a pod that runs `sidecars` Wasm containers at once: twice that (room to add and
 /// replace), at least [`MIN_SIDECARS`], at most [`MAX_SIDECARS`]. A slot reserves address space
@@ -43,12 +46,15 @@ fn config(pool_slots: Option<u32>) -> Config {
         // Core instances are only counted. Memories and tables have slots, and each slot costs
         // the pool's bookkeeping (28-56 bytes of malloc'd state, paid by the first sidecar of a
         // pod for the whole pool) and address space. Every component in `guests/` has one
-        // memory and at most two tables (componentize-py's Python, 14 core modules, too), and
-        // a pool holds twice the pod's sidecars: 2 memories and 4 tables a slot leave each
-        // running sidecar 4 and 8. (Were 4 and 10: 70 KiB more for the first sidecar.)
+        // memory and at most two tables (componentize-py's Python, 14 core modules, too). A
+        // pool holds twice the pod's sidecars, so each running sidecar has 4 memories and 8
+        // tables on average up to 768 sidecars; at the 1536-slot cap, 3 and 6 for a pod of 1024,
+        // 2 and 4 while an apply fills it. Only the slots are checked before a start: a pod of
+        // components that need more than that on average has its last ones fail to start, and
+        // say which resource ran out. (Were 4 and 10: 70 KiB more for the first sidecar.)
         pool.total_core_instances(slots * 10);
-        pool.total_memories(slots * 2);
-        pool.total_tables(slots * 4);
+        pool.total_memories(slots * MEMORIES_PER_SLOT);
+        pool.total_tables(slots * TABLES_PER_SLOT);
         pool.total_stacks(slots);
         pool.max_memories_per_component(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

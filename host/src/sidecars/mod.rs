@@ -110,12 +110,12 @@ fn linker(engine: &Engine) -> wasmtime::Result<&'static Linker<SidecarState>> {
     Ok(LINKER.get_or_init(|| linker))
 }
 
-/// A sidecar ready to start (and restart) quickly: its plan and grants, and its component
+/// A sidecar ready to start (and restart) quickly: its plan (with its grants), and its component
 /// compiled, linked and pre-instantiated (shared with every container that runs the same file).
 #[derive(Clone)]
 pub struct PreparedSidecar {
-    /// Shared with the supervisor's member for the container: a pod of many sidecars holds
-    /// one copy of each plan (about 3 KiB), not one here and one there.
+    /// Shared with the supervisor's member for the container (about 3 KiB a copy; the pod's
+    /// plan holds another).
     pub plan: Arc<ContainerPlan>,
     pub component: Arc<LoadedComponent>,
 }
@@ -576,13 +576,18 @@ fn exit_info(
                 return ExitInfo::killed();
             }
             if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-                // Planning and `wpod apply` keep a pod within its pool: this is the last line.
+                // Planning and `wpod apply` keep a pod's sidecars within its slots; memories and
+                // tables are held to the pool's share a slot on average only (`engine`).
                 logs.line(
                     name,
                     Stream::Stderr,
                     &format!(
-                        "cannot start: every slot of this pod's sidecar pool is taken ({full}); \
-                         it was sized for the pod as it started: restart the pod to grow it"
+                        "cannot start: this pod's sidecar pool is full ({full}). It was sized \
+                         when the pod started, with {} linear memories and {} tables a slot: \
+                         restarting the pod sizes it for the sidecars it then has; components \
+                         that need more memories or tables than that belong in a pod of their own",
+                        engine::MEMORIES_PER_SLOT,
+                        engine::TABLES_PER_SLOT
                     ),
                 );
                 return ExitInfo::exited(1);
