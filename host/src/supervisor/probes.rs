@@ -61,15 +61,17 @@ fn secs(n: u32) -> Duration {
     Duration::from_secs(n.into())
 }
 
-/// Starts the container's probes; `None` if it has none.
+/// Starts the container's probes, and the channel of what they find; `None` if it has none
+/// (no channel either: one allocates its first block of slots at once, 1 KiB, and would sit in
+/// every container's task for its whole life).
 pub fn start(
     probes: &ContainerProbes,
     target: ActionTarget,
-    events: mpsc::UnboundedSender<ProbeEvent>,
-) -> Option<Probes> {
+) -> Option<(Probes, mpsc::UnboundedReceiver<ProbeEvent>)> {
     if !probes.any() {
         return None;
     }
+    let (events, found) = mpsc::unbounded_channel();
     let ContainerProbes {
         startup,
         readiness,
@@ -105,10 +107,11 @@ pub fn start(
             }
         }
     });
-    Some(Probes {
+    let probes = Probes {
         liveness: Some(liveness),
         readiness,
-    })
+    };
+    Some((probes, found))
 }
 
 /// A startup or liveness probe that gave up.

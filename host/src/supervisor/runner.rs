@@ -201,17 +201,11 @@ async fn live(
         }
     }
 
-    // The probes' channel only for a container that has probes: a channel allocates its
-    // first block of slots at once (1 KiB), on every container's task for its whole life.
-    let mut probe_rx = None;
-    let mut probes = target
+    let (mut probes, mut probe_rx) = target
         .clone()
-        .filter(|_| stop_first.is_none() && plan.probes.any())
-        .and_then(|target| {
-            let (probe_tx, rx) = mpsc::unbounded_channel();
-            probe_rx = Some(rx);
-            probes::start(&plan.probes, target, probe_tx)
-        });
+        .filter(|_| stop_first.is_none())
+        .and_then(|target| probes::start(&plan.probes, target))
+        .unzip();
     // What makes this container "started" for the ones ordered after it.
     let waits_for_ready = run.launcher.waits_for_ready(member);
     let has_startup_probe = plan.probes.startup.is_some();
