@@ -20,8 +20,9 @@
 //!
 //! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),
 //! tokio-rustls accepts on it, and a task relays between the TLS stream and an in-memory
-//! duplex pipe whose other end the guest gets back as a plaintext input and output stream.
-//! When the guest drops both, the relay sends close_notify and ends.
+//! duplex pipe whose other end the guest gets back as a plaintext input and output stream
+//! ([`PlainInput`], [`PlainOutput`]: read and written in the guest's own calls, with no task
+//! of their own). When the guest drops both, the relay sends close_notify and ends.
 
 use std::future::Future;
 use std::io;
@@ -36,12 +37,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf,
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf,
 };
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime_wasi::p2::pipe::AsyncWriteStream;
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, StreamError, StreamResult};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, InputStream, OutputStream, StreamError, StreamResult,
+};
 use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 
 use super::bindings::tls;
@@ -397,7 +399,11 @@ impl FutureStreams {
             held: BytesMut::new(),
             closed: false,
         });
-        let output: DynOutputStream = Box::new(AsyncWriteStream::new(PIPE, write));
+        let output: DynOutputStream = Box::new(PlainOutput {
+            pipe: write,
+            held: Bytes::new(),
+            closed: false,
+        });
         Ok(Some(Ok((table.push(input)?, table.push(output)?))))
     }
 }
@@ -911,6 +917,84 @@ impl wasmtime_wasi_io::poll::Pollable for PlainInput {
 }
 
 /// The `tls` host: this capability's state and the instance's resource table.
+/// The guest's plaintext output: the session's pipe, written when the guest asks (no task of
+/// its own: wasmtime-wasi's `AsyncWriteStream` hands every write to a worker task, one more
+/// wake-up per answer), holding at most one write the pipe had no room for.
+struct PlainOutput {
+    pipe: WriteHalf<DuplexStream>,
+    held: Bytes,
+    /// The relay has ended: nothing written reaches the client any more.
+    closed: bool,
+}
+
+impl PlainOutput {
+    /// Moves what it holds into the pipe; ready once it holds nothing (or the pipe is gone).
+    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.held.is_empty() && !self.closed {
+            match Pin::new(&mut self.pipe).poll_write(cx, &self.held) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.closed = true,
+                Poll::Ready(Ok(n)) => {
+                    let _ = self.held.split_to(n);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    fn push_now(&mut self) {
+        let _ = self.poll_push(&mut Context::from_waker(std::task::Waker::noop()));
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl OutputStream for PlainOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        if !self.held.is_empty() {
+            // `check-write` said 0: WASI makes this a trap, as wasmtime-wasi's streams do.
+            return Err(StreamError::trap(
+                "write without permission from check-write",
+            ));
+        }
+        self.held = bytes;
+        self.push_now();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        // The relay sends whatever reaches the pipe at once; a flush is done when the pipe has
+        // taken everything, which `check-write` reports.
+        self.push_now();
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.push_now();
+        match (self.closed, self.held.is_empty()) {
+            (true, _) => Err(StreamError::Closed),
+            (false, true) => Ok(PIPE),
+            (false, false) => Ok(0),
+        }
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for PlainOutput {
+    async fn ready(&mut self) {
+        std::future::poll_fn(|cx| self.poll_push(cx)).await
+    }
+}
+
+impl Drop for PlainOutput {
+    fn drop(&mut self) {
+        // What the guest wrote last still goes, if the pipe has room for it.
+        self.push_now();
+    }
+}
+
 pub struct TlsView<'a> {
     ctx: &'a mut TlsCtx,
     table: &'a mut ResourceTable,
@@ -1193,6 +1277,53 @@ mod tests {
                 );
                 tokio::time::advance(wait).await;
                 assert_eq!(cpu.wait(), None, "paid back by waiting");
+            });
+    }
+
+    #[test]
+    fn the_plaintext_output_holds_one_write_and_waits_for_the_pipe() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use wasmtime_wasi_io::poll::Pollable;
+                let (guest, host) = tokio::io::duplex(PIPE);
+                let (_keep, write) = tokio::io::split(guest);
+                let mut out = PlainOutput {
+                    pipe: write,
+                    held: Bytes::new(),
+                    closed: false,
+                };
+                // A full pipe's worth, then one more write the pipe has no room for.
+                assert_eq!(out.check_write().unwrap(), PIPE);
+                out.write(Bytes::from(vec![1u8; PIPE])).unwrap();
+                assert_eq!(out.check_write().unwrap(), PIPE, "the pipe took it all");
+                out.write(Bytes::from(vec![2u8; 100])).unwrap();
+                assert_eq!(out.check_write().unwrap(), 0, "one write held, none more");
+                assert!(
+                    out.write(Bytes::from_static(b"x")).is_err(),
+                    "a write past check-write's permit is refused"
+                );
+                let pending = std::pin::pin!(out.ready())
+                    .as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                    .is_pending();
+                assert!(pending, "not ready while the pipe is full");
+                // The relay reads: the held write moves on, and the stream is ready again.
+                let (mut relay, _relay_write) = tokio::io::split(host);
+                let mut got = vec![0u8; PIPE + 100];
+                relay.read_exact(&mut got[..PIPE]).await.unwrap();
+                out.ready().await;
+                assert_eq!(out.check_write().unwrap(), PIPE);
+                relay.read_exact(&mut got[PIPE..]).await.unwrap();
+                assert!(got[..PIPE].iter().all(|&b| b == 1));
+                assert!(got[PIPE..].iter().all(|&b| b == 2));
+                // The relay gone: the guest sees its output closed, not a write into nothing.
+                drop((relay, _relay_write));
+                let _ = out.check_write();
+                out.write(Bytes::from_static(b"late")).ok();
+                assert!(matches!(out.check_write(), Err(StreamError::Closed)));
+                out.ready().await;
             });
     }
 }
