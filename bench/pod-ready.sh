@@ -2,7 +2,13 @@
 # Pod start to all containers ready: a native main + 3 Wasm sidecars against a native main + 3
 # native sidecars (as root):
 #
-#   bench/pod-ready.sh [-r ROUNDS] WPOD
+#   bench/pod-ready.sh [-r ROUNDS] [-N] [-g MS] WPOD
+#
+# -N: the pods are on no network (`wpod.dev/network: none`: the namespaces, no CNI plugin),
+# as the floor is; without it they are on the default CNI network.
+# -g MS: a quiet spell of MS before each run (default 0, back to back). A cgroup move the
+# kernel locks for waits for an RCU grace period unless another passed within the last one,
+# so back-to-back runs can ride on the previous run's moves; a spell shows a start on its own.
 #
 # Pods (private $WPOD_ROOT, terminationGracePeriodSeconds 0), all four containers regular ones
 # (they start together):
@@ -16,12 +22,17 @@
 # One warm-up of each (the compiled cache entry), then ROUNDS rounds (default 11), the order
 # rotating. One JSON object per run on stdout; progress on stderr.
 set -euo pipefail
-rounds=11
-while getopts "r:" opt; do
-  case $opt in r) rounds=$OPTARG ;; *) exit 2 ;; esac
+rounds=11 metadata="{name: readybench}" suffix= gap=0
+while getopts "r:Ng:" opt; do
+  case $opt in
+    r) rounds=$OPTARG ;;
+    g) gap=$OPTARG ;;
+    N) metadata="{name: readybench, annotations: {wpod.dev/network: none}}" suffix=" (network: none)" ;;
+    *) exit 2 ;;
+  esac
 done
 shift $((OPTIND - 1))
-(($# == 1)) || { echo "usage: $0 [-r ROUNDS] WPOD" >&2; exit 2; }
+(($# == 1)) || { echo "usage: $0 [-r ROUNDS] [-N] [-g MS] WPOD" >&2; exit 2; }
 ((EUID == 0)) || { echo "$0: needs root" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
@@ -43,7 +54,7 @@ trap 'exit 130' INT TERM
 pod() { # pod KIND: the manifest
   echo "apiVersion: v1
 kind: Pod
-metadata: {name: readybench}
+metadata: $metadata
 spec:
   terminationGracePeriodSeconds: 0
   containers:
@@ -60,13 +71,14 @@ pod wasm > "$work/wasm.yaml"
 pod native > "$work/native.yaml"
 
 say "pod-ready: $rounds rounds, work $work"
-python3 - "$wpod" "$work" "$rounds" <<'PY'
+python3 - "$wpod" "$work" "$rounds" "$suffix" "$gap" <<'PY'
 import json, os, signal, subprocess, sys, time
-wpod, work, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+wpod, work, rounds, suffix, gap = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]) / 1000
 log = open(f"{work}/run.log", "ab")
 env = {**os.environ, "WPOD_ROOT": f"{work}/wpodroot"}
 
 def emit(tool, measure, value, run, ref=False):
+    measure += suffix
     print(json.dumps({"tool": tool, "measure": measure, "value": round(value, 3), "unit": "ms", "run": run,
                       "better": "lower", "ref": ref}), flush=True)
     print(f"  round {run}: {tool}: {measure}: {value:.1f} ms", file=sys.stderr, flush=True)
@@ -112,6 +124,7 @@ def floor():
 
 NAMES = {"wasm": "wpod: native main + 3 Wasm sidecars", "native": "wpod: native main + 3 native sidecars"}
 def measure(kind, rnd):
+    time.sleep(gap)
     if kind == "floor":
         emit("unshare -n -u -i -p -f --mount-proc true (floor)", "pod: spawn to all 4 containers ready", floor(), rnd)
         return
