@@ -259,6 +259,7 @@ pub async fn run(component: &Path, runs: usize, density: usize) -> Result<Report
         "wpod-bench",
         sandbox.namespaces.net_handle(),
         wpod::sandbox::runtime::SIDECAR_WORKERS,
+        &sandbox.cgroups.runtime_thread_dirs(),
     )
     .map_err(fail)?;
     let ctx = PodContext {

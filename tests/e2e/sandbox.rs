@@ -336,6 +336,20 @@ spec:
         "{}",
         runtime.display()
     );
+    // And so are the threads that run the sidecars (on v1 wpod moves its main thread alone, and
+    // the sidecars' runtime makes its threads there: kernel memory is charged per thread).
+    let sidecar_threads: Vec<i64> = std::fs::read_dir(format!("/proc/{}/task", running.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("wpod-pod-"))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect();
+    assert!(!sidecar_threads.is_empty(), "no sidecar runtime thread");
+    for tid in sidecar_threads {
+        assert_eq!(cgroup_of(tid, "memory"), runtime, "thread {tid}");
+    }
     running.signal(libc::SIGINT);
     running.wait(LONG);
     assert_no_leftovers("pod-limits");

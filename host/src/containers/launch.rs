@@ -36,8 +36,10 @@ use oci_spec::runtime::{
 use serde::{Deserialize, Serialize};
 
 use crate::helper::StepError;
+use crate::sandbox::cgroups;
 use crate::sandbox::namespaces::{NamespacePaths, PodUserNs, SharedPid};
 use crate::sandbox::userns::IdMap;
+use crate::sys::LinuxSyscall;
 
 /// File descriptor number of the shim's report pipe (the lifeline is `helper::LIFELINE_FD`).
 pub const REPORT_FD: i32 = 4;
@@ -795,11 +797,14 @@ impl LaunchSpec {
     }
 
     /// Moves the calling process into the container's cgroups, so it is counted and limited
-    /// from its next instruction.
+    /// from its next instruction. The shim and `__exec` have one thread: on v1 hierarchies
+    /// that thread moves alone, without the kernel's lock for moves and its wait
+    /// ([`cgroups::join_process`]).
     pub fn join_cgroups(&self) -> Result<(), StepError> {
-        let me = std::process::id().to_string();
+        let single_threaded = cgroups::single_threaded();
         for procs in &self.cgroup_procs {
-            std::fs::write(procs, &me).map_err(|e| StepError::io("join cgroup", procs, e))?;
+            cgroups::join_process(&LinuxSyscall, procs, single_threaded)
+                .map_err(|e| StepError::io("join cgroup", procs, e))?;
         }
         Ok(())
     }

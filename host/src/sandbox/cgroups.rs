@@ -8,6 +8,10 @@
 //! never touch each other's pods. Pure cgroup v2 hosts and hybrid v1/v2 hosts (controllers on
 //! v1) are both supported; a limit that cannot be applied is said.
 //!
+//! Moves: on v1 hierarchies every move on a pod's start path is a thread moving itself alone
+//! ([`move_this_thread`]), which the kernel does without its global lock for moves; on v2 the
+//! processes move whole, and [`prime_moves`] pays the lock's first wait ahead.
+//!
 //! A rootless wpod may write no cgroup of the host's but those delegated to its user (by
 //! systemd's `Delegate=yes`, or an administrator's `chown`): in each hierarchy the tree above
 //! is rooted at the process's own cgroup instead of the hierarchy's root, when the user may
@@ -88,6 +92,9 @@ pub struct PodCgroups {
     pod_dirs: Vec<PathBuf>,
     /// Where the wpod process was before it joined `_runtime`, to go back before removing it.
     runtime_origin: Vec<PathBuf>,
+    /// wpod joined `_runtime` by its main thread alone (v1), so the threads that run sidecars
+    /// join it as they are made.
+    runtime_by_thread: bool,
     /// The runtime's memory limit as last written in every hierarchy (`Some(None)`: unbounded);
     /// `None` when not known (a write failed), so the next one is made whatever it is.
     runtime_limit: std::sync::Mutex<Option<Option<u64>>>,
@@ -111,6 +118,11 @@ pub struct PodCgroups {
 pub fn prime_moves(host: &Host) {
     let sys = host.sys.clone();
     let layout = detect(&host.cgroup_root);
+    if matches!(layout, Layout::V1 { .. }) {
+        // wpod's moves on v1 hierarchies take no lock ([`move_this_thread`]), and a primer
+        // would make them wait: the kernel holds its cgroup mutex through the primer's wait.
+        return;
+    }
     let spawned = std::thread::Builder::new()
         .name("wpod-cgroup-prime".into())
         .spawn(move || {
@@ -133,6 +145,39 @@ pub fn prime_moves(host: &Host) {
         });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cannot start the thread that primes cgroup moves");
+    }
+}
+
+/// Moves the calling thread alone into the v1 cgroup `dir` (`0` into its `tasks`). The kernel
+/// takes its lock for moves, and waits for an RCU grace period first after a quiet spell (7-15
+/// ms on a 2-core machine, against 0.1-0.2 ms without: BENCHMARKS.md, issue 29's "The first
+/// cgroup move"), for every move but this one: a thread moving itself alone cannot exit or
+/// `exec` under the move, so since Linux 5.17 ("cgroup: Optimize single thread migration") the
+/// lock is skipped (before, it is taken as for any move). Memory is charged to the cgroup of a
+/// process's main thread, and a thread starts in the cgroups of the thread that made it.
+pub fn move_this_thread(sys: &dyn Syscall, dir: &Path) -> std::io::Result<()> {
+    sys.write(&dir.join("tasks"), "0")
+}
+
+/// Whether the calling process has no thread but the calling one (from `/proc/self/status`;
+/// false when it cannot be read).
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .any(|l| l.strip_prefix("Threads:").map(str::trim) == Some("1"))
+    })
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`. A process with
+/// one thread, in a v1 hierarchy, moves that thread alone ([`move_this_thread`]): the same
+/// move without the kernel's lock. Else, or if `tasks` may not be written (a delegated
+/// cgroup whose owner was given `cgroup.procs` alone), its PID goes into `cgroup.procs`.
+pub fn join_process(sys: &dyn Syscall, procs: &Path, single_threaded: bool) -> std::io::Result<()> {
+    match procs.parent() {
+        Some(dir) if single_threaded && dir.join("tasks").exists() => move_this_thread(sys, dir)
+            .or_else(|_| sys.write(procs, &std::process::id().to_string())),
+        _ => sys.write(procs, &std::process::id().to_string()),
     }
 }
 
@@ -185,6 +230,7 @@ impl PodCgroups {
             delegated: true,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
+            runtime_by_thread: false,
             runtime_limit: Default::default(),
         }
     }
@@ -224,6 +270,7 @@ impl PodCgroups {
             delegated,
             pod_dirs: Vec::new(),
             runtime_origin: Vec::new(),
+            runtime_by_thread: false,
             runtime_limit: Default::default(),
         };
         for root in roots(&layout) {
@@ -312,7 +359,22 @@ impl PodCgroups {
     /// `_runtime` cgroup, limited to `memory` bytes when given. Its threads, the sidecars' memory
     /// and what they write to a memory-backed volume are then charged there; past the limit the
     /// kernel stops the pod rather than the host. Returns warnings for what the host cannot do.
+    ///
+    /// On v1 hierarchies, called on the process's main thread (a pod's start is), it moves that
+    /// thread alone ([`move_this_thread`]: no wait for the kernel's lock on the pod's start
+    /// path): the process's memory is charged by its main thread's cgroup, and the sidecars'
+    /// threads are made in `_runtime` ([`PodCgroups::runtime_thread_dirs`]). wpod's other
+    /// threads, made before, stay where they were; they run no sidecar.
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
+        let main_thread = nix::unistd::gettid() == nix::unistd::getpid();
+        self.join_runtime_from(memory, main_thread)
+    }
+
+    fn join_runtime_from(
+        &mut self,
+        memory: Option<u64>,
+        main_thread: bool,
+    ) -> Result<Vec<String>, CgroupError> {
         let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
@@ -332,10 +394,17 @@ impl PodCgroups {
                 }
             }
             let origin = self.own_cgroup(&own, &root);
-            let procs = dir.join("cgroup.procs");
-            self.sys
-                .write(&procs, &me)
-                .map_err(io("join cgroup", &procs))?;
+            // A delegated cgroup's owner may have been given `cgroup.procs` alone.
+            let alone = matches!(self.layout, Layout::V1 { .. })
+                && main_thread
+                && move_this_thread(&*self.sys, &dir).is_ok();
+            self.runtime_by_thread = alone;
+            if !alone {
+                let procs = dir.join("cgroup.procs");
+                self.sys
+                    .write(&procs, &me)
+                    .map_err(io("join cgroup", &procs))?;
+            }
             self.runtime_origin.push(origin);
         }
         *self
@@ -360,6 +429,20 @@ impl PodCgroups {
                 };
                 current_cgroup(own, &self.mount_root.join(name), Some(name))
             }
+        }
+    }
+
+    /// The v1 `_runtime` cgroups the threads that run the pod's sidecars join as they are made
+    /// ([`move_this_thread`]; a runtime made on another thread than the main one would
+    /// otherwise start them where that thread is). None when wpod moved whole (v2).
+    pub fn runtime_thread_dirs(&self) -> Vec<PathBuf> {
+        match self.runtime_by_thread {
+            true => self
+                .runtime_hierarchies()
+                .into_iter()
+                .map(|(_, pod_dir)| pod_dir.join(RUNTIME))
+                .collect(),
+            false => Vec::new(),
         }
     }
 
@@ -936,6 +1019,7 @@ fn remove_stale_in(host: &Host, layout: Layout, delegated: bool, pod: &PodName) 
         delegated,
         pod_dirs,
         runtime_origin: Vec::new(),
+        runtime_by_thread: false,
         runtime_limit: Default::default(),
     });
 }
@@ -1124,12 +1208,17 @@ mod tests {
         }
 
         /// The primer moves only its own thread, into the cgroup it is in: a move that changes
-        /// nothing, which the kernel still locks for. On v1 through `tasks`, on v2 through
-        /// `cgroup.threads`; never wpod's process through `cgroup.procs`.
+        /// nothing, which the kernel still locks for, through `cgroup.threads`; never wpod's
+        /// process through `cgroup.procs`. Only on v2: on v1 wpod's moves take no lock.
         #[test]
         fn priming_moves_only_its_own_thread_into_its_own_cgroup() {
             let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-            for (tag, files) in [("v1", V1_FILES), ("v2", V2_FILES)] {
+            let fake = Arc::new(RecordingSyscall::new("prime-v1-none", V1_FILES));
+            std::fs::create_dir(fake.path("memory")).unwrap();
+            std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+            prime_moves(&host(&fake));
+            assert!(fake.calls().is_empty(), "v1 primed: {:?}", fake.calls());
+            for (tag, files) in [("v2", V2_FILES)] {
                 let fake = Arc::new(RecordingSyscall::new(&format!("prime-{tag}"), files));
                 let file = if tag == "v1" {
                     std::fs::create_dir(fake.path("memory")).unwrap();
@@ -1170,6 +1259,81 @@ mod tests {
                     nix::unistd::gettid().as_raw() as u32,
                     "{tag}: its own thread"
                 );
+            }
+        }
+
+        /// A process with one thread joins a v1 cgroup by moving that thread alone (`0` into
+        /// `tasks`: no kernel lock); one with more threads, or a v2 cgroup, by its PID.
+        #[test]
+        fn a_single_threaded_process_joins_a_v1_cgroup_through_tasks() {
+            let fake = Arc::new(RecordingSyscall::new("join-process", V1_FILES));
+            let v1 = fake.path("memory/ctr");
+            let v2 = fake.path("unified/ctr");
+            for dir in [&v1, &v2] {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+            }
+            std::fs::write(v1.join("tasks"), "").unwrap();
+            let me = std::process::id().to_string();
+            for (procs, single, expected) in [
+                (
+                    v1.join("cgroup.procs"),
+                    true,
+                    (v1.join("tasks"), "0".to_string()),
+                ),
+                (
+                    v1.join("cgroup.procs"),
+                    false,
+                    (v1.join("cgroup.procs"), me.clone()),
+                ),
+                (
+                    v2.join("cgroup.procs"),
+                    true,
+                    (v2.join("cgroup.procs"), me.clone()),
+                ),
+            ] {
+                let before = fake.calls().len();
+                join_process(&*fake, &procs, single).unwrap();
+                assert_eq!(
+                    fake.calls()[before..],
+                    [Call::Write(expected.0, expected.1)],
+                    "{} single-threaded: {single}",
+                    procs.display()
+                );
+            }
+            // This test runs beside others: never a single thread.
+            assert!(!single_threaded());
+        }
+
+        /// wpod joins `_runtime` on v1 by moving its main thread alone when it is on it (the
+        /// pod's start), else by PID; the sidecars' runtime then makes its threads there.
+        #[test]
+        fn wpod_joins_its_v1_runtime_cgroup_by_its_main_thread() {
+            let me = std::process::id().to_string();
+            for main_thread in [true, false] {
+                let fake = Arc::new(RecordingSyscall::new("join-runtime-v1", V1_FILES));
+                std::fs::create_dir(fake.path("memory")).unwrap();
+                std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+                let pod = PodName::new("web").unwrap();
+                let mut cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+                assert!(cgroups.runtime_thread_dirs().is_empty(), "not joined yet");
+                cgroups.join_runtime_from(None, main_thread).unwrap();
+                let runtime = pod_dir(&fake.path("memory"), &pod).join(RUNTIME);
+                let joined: Vec<Call> = fake
+                    .calls()
+                    .into_iter()
+                    .filter(|c| matches!(c, Call::Write(p, _) if p.starts_with(&runtime)))
+                    .collect();
+                let expected = match main_thread {
+                    true => Call::Write(runtime.join("tasks"), "0".into()),
+                    false => Call::Write(runtime.join("cgroup.procs"), me.clone()),
+                };
+                assert_eq!(joined, [expected], "main thread: {main_thread}");
+                let threads = match main_thread {
+                    true => vec![runtime],
+                    false => vec![],
+                };
+                assert_eq!(cgroups.runtime_thread_dirs(), threads, "moved whole: none");
             }
         }
 

@@ -92,7 +92,7 @@ impl PortForwards {
             listeners.push((listener, target));
         }
         let forwarders = |e| SandboxError::step("start the hostPort forwarders", e);
-        let runtime = PodRuntime::new(pod, net, FORWARDER_THREADS).map_err(forwarders)?;
+        let runtime = PodRuntime::new(pod, net, FORWARDER_THREADS, &[]).map_err(forwarders)?;
         let handle = runtime.handle().map_err(forwarders)?;
         // One budget for all the pod's ports.
         let slots = Arc::new(Semaphore::new(

@@ -6,10 +6,12 @@
 //! Two pods never share one.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::namespaces::join_net;
+use crate::sys::LinuxSyscall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -17,6 +19,8 @@ pub enum RuntimeError {
     Build(std::io::Error),
     #[error("a thread of the pod's runtime could not join the pod's network namespace")]
     NotInPod,
+    #[error("cannot start the pod's runtime in its cgroup {dir}: {1}", dir = .0.display())]
+    Cgroup(PathBuf, std::io::Error),
 }
 
 /// Worker threads of a pod's sidecar runtime.
@@ -32,8 +36,34 @@ pub struct PodRuntime {
 
 impl PodRuntime {
     /// A runtime of `workers` threads (and a bounded blocking pool) in the pod's network
-    /// namespace `net`.
-    pub fn new(pod: &str, net: Arc<OwnedFd>, workers: usize) -> Result<Self, RuntimeError> {
+    /// namespace `net`, whose threads start in the v1 cgroups `cgroups` (the pod's `_runtime`:
+    /// [`super::cgroups::PodCgroups::runtime_thread_dirs`]; none on v2, where wpod moved whole).
+    pub fn new(
+        pod: &str,
+        net: Arc<OwnedFd>,
+        workers: usize,
+        cgroups: &[PathBuf],
+    ) -> Result<Self, RuntimeError> {
+        if cgroups.is_empty() {
+            return Self::build(pod, net, workers);
+        }
+        // A thread starts in the cgroups of the thread that makes it: the workers are made by
+        // a thread that joined first, and the blocking pool's by the workers.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    for dir in cgroups {
+                        super::cgroups::move_this_thread(&LinuxSyscall, dir)
+                            .map_err(|e| RuntimeError::Cgroup(dir.clone(), e))?;
+                    }
+                    Self::build(pod, net, workers)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn build(pod: &str, net: Arc<OwnedFd>, workers: usize) -> Result<Self, RuntimeError> {
         let join_failed = Arc::new(AtomicBool::new(false));
         let failed = join_failed.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()

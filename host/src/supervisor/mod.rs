@@ -194,6 +194,7 @@ impl Supervisor {
                 plan.name(),
                 sandbox.namespaces.net_handle(),
                 SIDECAR_WORKERS,
+                &sandbox.cgroups.runtime_thread_dirs(),
             )?),
             false => None,
         };

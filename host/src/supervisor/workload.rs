@@ -129,6 +129,7 @@ impl PodLauncher {
                 self.plan.name(),
                 self.sandbox.namespaces.net_handle(),
                 crate::sandbox::runtime::SIDECAR_WORKERS,
+                &self.sandbox.cgroups.runtime_thread_dirs(),
             )?),
         };
         Ok(runtime.handle()?)
