@@ -27,7 +27,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -36,9 +36,8 @@ use bytes::{Bytes, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{
@@ -358,9 +357,9 @@ fn parse_identity(
 }
 
 /// A handshake under way, then its outcome until the guest takes it.
-pub enum FutureStreams {
-    Handshaking(AbortOnDropJoinHandle<Result<DuplexStream, TlsError>>),
-    Done(Result<DuplexStream, TlsError>),
+enum FutureStreams {
+    Handshaking(AbortOnDropJoinHandle<Result<GuestEnds, TlsError>>),
+    Done(Result<GuestEnds, TlsError>),
     Taken,
 }
 
@@ -387,22 +386,20 @@ impl FutureStreams {
             let outcome = task.await;
             *self = FutureStreams::Done(outcome);
         }
-        let pipe = match std::mem::replace(self, FutureStreams::Taken) {
-            FutureStreams::Done(Ok(pipe)) => pipe,
+        let ends = match std::mem::replace(self, FutureStreams::Taken) {
+            FutureStreams::Done(Ok(ends)) => ends,
             FutureStreams::Done(Err(e)) => return Ok(Some(Err(e.for_guest()))),
             FutureStreams::Taken => return Ok(Some(Err(TlsError::Taken.for_guest()))),
             FutureStreams::Handshaking(_) => unreachable!("finished just above"),
         };
-        let (read, write) = tokio::io::split(pipe);
         let input: DynInputStream = Box::new(PlainInput {
-            pipe: read,
+            pipe: ends.input,
             held: BytesMut::new(),
             closed: false,
         });
         let output: DynOutputStream = Box::new(PlainOutput {
-            pipe: write,
-            held: Bytes::new(),
-            closed: false,
+            sent: ends.output,
+            budget: ends.budget,
         });
         Ok(Some(Ok((table.push(input)?, table.push(output)?))))
     }
@@ -436,7 +433,7 @@ async fn handshake(
     mut transport: GuestTransport,
     idle: Option<Duration>,
     start: Handshake,
-) -> Result<DuplexStream, TlsError> {
+) -> Result<GuestEnds, TlsError> {
     let Handshake {
         slot,
         sessions,
@@ -466,29 +463,35 @@ async fn handshake(
     open_session(tls, &sessions, limit, idle, ended)
 }
 
-/// Takes a session slot and relays between the TLS stream and a pipe whose other end it
-/// returns for the guest.
+/// Takes a session slot and relays between the TLS stream and the guest's ends, which it
+/// returns.
 fn open_session<S>(
     tls: S,
     sessions: &Arc<Semaphore>,
     limit: usize,
     idle: Option<Duration>,
     ended: watch::Receiver<()>,
-) -> Result<DuplexStream, TlsError>
+) -> Result<GuestEnds, TlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = sessions.clone().try_acquire_owned() else {
         return Err(TlsError::Sessions { limit });
     };
-    let (guest, host) = tokio::io::duplex(PIPE);
+    let (input, host) = tokio::io::duplex(PIPE);
+    let (output, from_guest) = tokio::sync::mpsc::unbounded_channel();
+    let budget = Arc::new(OutputBudget::default());
     let session = Session {
         _permit: permit,
         ended,
     };
-    // Detached: it ends when the guest drops its end, or the peer goes away.
-    tokio::spawn(relay(tls, host, idle, session));
-    Ok(guest)
+    // Detached: it ends when the guest drops its ends, or the peer goes away.
+    tokio::spawn(relay(tls, host, from_guest, budget.clone(), idle, session));
+    Ok(GuestEnds {
+        input,
+        output,
+        budget,
+    })
 }
 
 /// The client side: the handshake (holding a handshake slot, metered against the instance's
@@ -499,7 +502,7 @@ async fn client_handshake(
     transport: GuestTransport,
     idle: Option<Duration>,
     start: Handshake,
-) -> Result<DuplexStream, TlsError> {
+) -> Result<GuestEnds, TlsError> {
     let Handshake {
         slot,
         sessions,
@@ -634,10 +637,18 @@ struct Session {
 /// Moves plaintext between the TLS session and the guest's pipe. The client's end of input
 /// shows up as the guest's; the guest dropping its streams ends the session with close_notify.
 /// `idle` with nothing moved either way, or the end of the instance, ends it at once.
-async fn relay<S>(tls: S, pipe: DuplexStream, idle: Option<Duration>, mut session: Session)
-where
+async fn relay<S>(
+    tls: S,
+    pipe: DuplexStream,
+    from_guest: UnboundedReceiver<Bytes>,
+    budget: Arc<OutputBudget>,
+    idle: Option<Duration>,
+    mut session: Session,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // A guest waiting for room learns that the session is gone.
+    let _wake = WakeOnDrop(budget.clone());
     let (mut tls_read, mut tls_write) = tokio::io::split(tls);
     let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
     let start = tokio::time::Instant::now();
@@ -662,24 +673,33 @@ where
         std::future::pending::<()>().await
     };
     let to_client = async {
-        let mut buf = vec![0u8; PIPE];
-        loop {
-            match pipe_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    touch();
-                    if tls_write.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    // The guest's write is a message to the client now, not when more comes.
-                    if tls_write.flush().await.is_err() {
-                        return;
-                    }
-                    // A client still taking a large answer in is not idle.
-                    touch();
-                }
+        // Moved in, so it goes with this future, before `_wake` wakes a guest waiting for room
+        // (which then finds its output closed).
+        let mut from_guest = from_guest;
+        while let Some(first) = from_guest.recv().await {
+            touch();
+            let mut cost = OutputBudget::cost(first.len());
+            let mut sent = tls_write.write_all(&first).await.is_ok();
+            // What the guest wrote meanwhile goes with it, in one flush.
+            while sent {
+                let Ok(more) = from_guest.try_recv() else {
+                    break;
+                };
+                cost += OutputBudget::cost(more.len());
+                sent = tls_write.write_all(&more).await.is_ok();
             }
+            // The guest's writes are a message to the client now, not when more comes.
+            let flushed = sent && tls_write.flush().await.is_ok();
+            budget.sent(cost);
+            if !flushed {
+                return;
+            }
+            // A client still taking a large answer in is not idle.
+            touch();
         }
+        // The guest dropped its output; the session lasts until it drops its input too (the
+        // pipe's end: the guest never writes to it).
+        let _ = pipe_read.read(&mut [0u8; 1]).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, tls_write.shutdown()).await;
     };
     let idle_out = async {
@@ -868,7 +888,7 @@ impl AsyncWrite for GuestTransport {
 /// The guest's plaintext input: the session's pipe, read when the guest asks (no task of its
 /// own), holding at most one chunk.
 struct PlainInput {
-    pipe: ReadHalf<DuplexStream>,
+    pipe: DuplexStream,
     held: BytesMut,
     closed: bool,
 }
@@ -916,67 +936,100 @@ impl wasmtime_wasi_io::poll::Pollable for PlainInput {
     }
 }
 
-/// The `tls` host: this capability's state and the instance's resource table.
-/// The guest's plaintext output: the session's pipe, written when the guest asks (no task of
-/// its own: wasmtime-wasi's `AsyncWriteStream` hands every write to a worker task, one more
-/// wake-up per answer), holding at most one write the pipe had no room for.
-struct PlainOutput {
-    pipe: WriteHalf<DuplexStream>,
-    held: Bytes,
-    /// The relay has ended: nothing written reaches the client any more.
-    closed: bool,
+/// What a session gives the guest: the pipe its plaintext input comes through, and where its
+/// output goes.
+struct GuestEnds {
+    input: DuplexStream,
+    output: UnboundedSender<Bytes>,
+    budget: Arc<OutputBudget>,
 }
 
-impl PlainOutput {
-    /// Moves what it holds into the pipe; ready once it holds nothing (or the pipe is gone).
-    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while !self.held.is_empty() && !self.closed {
-            match Pin::new(&mut self.pipe).poll_write(cx, &self.held) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.closed = true,
-                Poll::Ready(Ok(n)) => {
-                    let _ = self.held.split_to(n);
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(())
+/// What the guest's output the relay has not sent to the client yet holds in the host (at most
+/// [`PIPE`]: its bytes, and [`WRITE_OVERHEAD`] for each write, so that many small writes cost
+/// what they hold), and the guest's wait for room.
+#[derive(Default)]
+struct OutputBudget {
+    in_flight: AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+/// What a queued write holds beside its bytes: its place in the channel, its allocation.
+const WRITE_OVERHEAD: usize = 128;
+
+impl OutputBudget {
+    /// The largest write that fits now.
+    fn room(&self) -> usize {
+        PIPE.saturating_sub(self.in_flight.load(Ordering::Acquire))
+            .saturating_sub(WRITE_OVERHEAD)
     }
 
-    fn push_now(&mut self) {
-        let _ = self.poll_push(&mut Context::from_waker(std::task::Waker::noop()));
+    fn cost(len: usize) -> usize {
+        len + WRITE_OVERHEAD
     }
+
+    /// The relay has sent writes of this cost on.
+    fn sent(&self, cost: usize) {
+        self.in_flight.fetch_sub(cost, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+}
+
+/// Wakes a guest waiting for room once the relay is gone.
+struct WakeOnDrop(Arc<OutputBudget>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.room.notify_waiters();
+    }
+}
+
+/// The guest's plaintext output: each write goes to the relay whole, at once, in the guest's own
+/// call (no worker task as wasmtime-wasi's `AsyncWriteStream` has, one more wake-up per
+/// answer; and nothing held back for a later call, which a guest that writes its last bytes
+/// and then waits on something else would never make). `check-write` grants what the relay
+/// has room for, [`PIPE`] bytes not yet sent, and a write past it traps, as WASI says.
+struct PlainOutput {
+    sent: UnboundedSender<Bytes>,
+    budget: Arc<OutputBudget>,
 }
 
 #[wasmtime_wasi_io::async_trait]
 impl OutputStream for PlainOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if self.closed {
+        if self.sent.is_closed() {
             return Err(StreamError::Closed);
         }
-        if !self.held.is_empty() {
-            // `check-write` said 0: WASI makes this a trap, as wasmtime-wasi's streams do.
+        if bytes.len() > self.budget.room() {
+            // Past what `check-write` granted: a trap, as wasmtime-wasi's streams make it.
             return Err(StreamError::trap(
-                "write without permission from check-write",
+                "write exceeded the budget check-write gave",
             ));
         }
-        self.held = bytes;
-        self.push_now();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let cost = OutputBudget::cost(bytes.len());
+        self.budget.in_flight.fetch_add(cost, Ordering::AcqRel);
+        if self.sent.send(bytes).is_err() {
+            self.budget.in_flight.fetch_sub(cost, Ordering::AcqRel);
+            return Err(StreamError::Closed);
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        // The relay sends whatever reaches the pipe at once; a flush is done when the pipe has
-        // taken everything, which `check-write` reports.
-        self.push_now();
-        Ok(())
+        // The relay sends each write on as it comes. A flush is said to be done once there is
+        // room again, not once all is sent: as before, where it meant the pipe had the bytes.
+        match self.sent.is_closed() {
+            true => Err(StreamError::Closed),
+            false => Ok(()),
+        }
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        self.push_now();
-        match (self.closed, self.held.is_empty()) {
-            (true, _) => Err(StreamError::Closed),
-            (false, true) => Ok(PIPE),
-            (false, false) => Ok(0),
+        match self.sent.is_closed() {
+            true => Err(StreamError::Closed),
+            false => Ok(self.budget.room()),
         }
     }
 }
@@ -984,17 +1037,20 @@ impl OutputStream for PlainOutput {
 #[wasmtime_wasi_io::async_trait]
 impl wasmtime_wasi_io::poll::Pollable for PlainOutput {
     async fn ready(&mut self) {
-        std::future::poll_fn(|cx| self.poll_push(cx)).await
+        loop {
+            // Registered before the check, so a `sent` in between is not missed.
+            let room = self.budget.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            if self.sent.is_closed() || self.budget.room() > 0 {
+                return;
+            }
+            room.await;
+        }
     }
 }
 
-impl Drop for PlainOutput {
-    fn drop(&mut self) {
-        // What the guest wrote last still goes, if the pipe has room for it.
-        self.push_now();
-    }
-}
-
+/// The `tls` host: this capability's state and the instance's resource table.
 pub struct TlsView<'a> {
     ctx: &'a mut TlsCtx,
     table: &'a mut ResourceTable,
@@ -1281,49 +1337,92 @@ mod tests {
     }
 
     #[test]
-    fn the_plaintext_output_holds_one_write_and_waits_for_the_pipe() {
+    fn the_plaintext_output_hands_each_write_on_at_once_within_its_budget() {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(async {
                 use wasmtime_wasi_io::poll::Pollable;
-                let (guest, host) = tokio::io::duplex(PIPE);
-                let (_keep, write) = tokio::io::split(guest);
+                let (sent, mut relay) = tokio::sync::mpsc::unbounded_channel();
+                let budget = Arc::new(OutputBudget::default());
                 let mut out = PlainOutput {
-                    pipe: write,
-                    held: Bytes::new(),
-                    closed: false,
+                    sent,
+                    budget: budget.clone(),
                 };
-                // A full pipe's worth, then one more write the pipe has no room for.
-                assert_eq!(out.check_write().unwrap(), PIPE);
-                out.write(Bytes::from(vec![1u8; PIPE])).unwrap();
-                assert_eq!(out.check_write().unwrap(), PIPE, "the pipe took it all");
-                out.write(Bytes::from(vec![2u8; 100])).unwrap();
-                assert_eq!(out.check_write().unwrap(), 0, "one write held, none more");
+                // Each write costs its bytes and WRITE_OVERHEAD.
+                let each = WRITE_OVERHEAD;
+                assert_eq!(out.check_write().unwrap(), PIPE - each);
+                out.write(Bytes::from(vec![1u8; PIPE - 100 - 2 * each]))
+                    .unwrap();
+                assert_eq!(out.check_write().unwrap(), 100);
                 assert!(
-                    out.write(Bytes::from_static(b"x")).is_err(),
-                    "a write past check-write's permit is refused"
+                    out.write(Bytes::from(vec![2u8; 101])).is_err(),
+                    "a write past check-write's budget traps"
+                );
+                out.write(Bytes::from(vec![2u8; 100])).unwrap();
+                assert_eq!(
+                    out.check_write().unwrap(),
+                    0,
+                    "the relay holds a pipe's worth"
                 );
                 let pending = std::pin::pin!(out.ready())
                     .as_mut()
                     .poll(&mut Context::from_waker(std::task::Waker::noop()))
                     .is_pending();
-                assert!(pending, "not ready while the pipe is full");
-                // The relay reads: the held write moves on, and the stream is ready again.
-                let (mut relay, _relay_write) = tokio::io::split(host);
-                let mut got = vec![0u8; PIPE + 100];
-                relay.read_exact(&mut got[..PIPE]).await.unwrap();
+                assert!(pending, "not ready while the relay has no room");
+                // Both writes reached the relay at once: none waits for another call of the
+                // guest's (a guest that wrote its last bytes may wait on something else).
+                let first = relay.try_recv().unwrap();
+                let second = relay.try_recv().unwrap();
+                assert_eq!((first.len(), second.len()), (PIPE - 100 - 2 * each, 100));
+                budget.sent(OutputBudget::cost(first.len()));
                 out.ready().await;
-                assert_eq!(out.check_write().unwrap(), PIPE);
-                relay.read_exact(&mut got[PIPE..]).await.unwrap();
-                assert!(got[..PIPE].iter().all(|&b| b == 1));
-                assert!(got[PIPE..].iter().all(|&b| b == 2));
-                // The relay gone: the guest sees its output closed, not a write into nothing.
-                drop((relay, _relay_write));
-                let _ = out.check_write();
-                out.write(Bytes::from_static(b"late")).ok();
+                assert_eq!(out.check_write().unwrap(), PIPE - 100 - 2 * each);
+                // The relay gone: the guest sees its output closed, and a wait ends.
+                drop(relay);
                 assert!(matches!(out.check_write(), Err(StreamError::Closed)));
+                assert!(matches!(
+                    out.write(Bytes::from_static(b"late")),
+                    Err(StreamError::Closed)
+                ));
+                assert!(matches!(out.flush(), Err(StreamError::Closed)));
                 out.ready().await;
+            });
+    }
+
+    #[test]
+    fn a_guest_waiting_for_room_is_woken_when_its_session_ends() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(async {
+                use wasmtime_wasi_io::poll::Pollable;
+                // A client that never reads: the relay blocks sending to it.
+                let (tls, _client) = tokio::io::duplex(1024);
+                let (_input, host) = tokio::io::duplex(PIPE);
+                let (sent, from_guest) = tokio::sync::mpsc::unbounded_channel();
+                let budget = Arc::new(OutputBudget::default());
+                let sessions = Arc::new(Semaphore::new(1));
+                let (_instance, ended) = watch::channel(());
+                let session = Session {
+                    _permit: sessions.clone().try_acquire_owned().unwrap(),
+                    ended,
+                };
+                let idle = Some(Duration::from_secs(60));
+                tokio::spawn(relay(tls, host, from_guest, budget.clone(), idle, session));
+                let mut out = PlainOutput { sent, budget };
+                out.write(Bytes::from(vec![0u8; PIPE - WRITE_OVERHEAD]))
+                    .unwrap();
+                assert_eq!(out.check_write().unwrap(), 0);
+                // Nothing moves for 60 s: the session ends, and the guest waiting for room is
+                // woken to find its output closed.
+                tokio::time::timeout(Duration::from_secs(600), out.ready())
+                    .await
+                    .expect("the waiting guest was not woken");
+                assert!(matches!(out.check_write(), Err(StreamError::Closed)));
+                assert_eq!(sessions.available_permits(), 1, "its place is given back");
             });
     }
 }

@@ -8,8 +8,9 @@
 //! never touch each other's pods. Pure cgroup v2 hosts and hybrid v1/v2 hosts (controllers on
 //! v1) are both supported; a limit that cannot be applied is said.
 //!
-//! Moves: on v1 hierarchies every move on a pod's start path is a thread moving itself alone
-//! ([`move_this_thread`]), which the kernel does without its global lock for moves; on v2 the
+//! Moves: on v1 hierarchies the moves on a pod's start path are threads moving themselves alone
+//! ([`move_this_thread`]), which Linux 5.17 and later do without the global lock for moves and
+//! its wait; on v2 (and should a thread move fail, or an older kernel take the lock anyway) the
 //! processes move whole, and [`prime_moves`] pays the lock's first wait ahead.
 //!
 //! A rootless wpod may write no cgroup of the host's but those delegated to its user (by
@@ -110,6 +111,9 @@ pub struct PodCgroups {
 /// move"). A pod's start moves wpod into its `_runtime` cgroup, then each native container
 /// into its own; the first of those used to pay the whole wait.
 ///
+/// Only where wpod's moves take that lock: on v2, and on v1 before Linux 5.17 (from it, the
+/// moves of a pod's start on v1 do not, [`move_this_thread`]).
+///
 /// The thread moves itself, alone (its thread ID into `tasks` on v1, `cgroup.threads` on v2),
 /// into the cgroup it is in, and ends: the kernel takes the lock, nothing else moves, and no
 /// move of wpod's own can be undone by it (a PID that does not exist would move nothing, but the
@@ -118,9 +122,9 @@ pub struct PodCgroups {
 pub fn prime_moves(host: &Host) {
     let sys = host.sys.clone();
     let layout = detect(&host.cgroup_root);
-    if matches!(layout, Layout::V1 { .. }) {
-        // wpod's moves on v1 hierarchies take no lock ([`move_this_thread`]), and a primer
-        // would make them wait: the kernel holds its cgroup mutex through the primer's wait.
+    if matches!(layout, Layout::V1 { .. }) && thread_moves_skip_the_lock() {
+        // wpod's moves on v1 hierarchies take no lock there ([`move_this_thread`]), and a
+        // primer would make them wait: the kernel holds its cgroup mutex through its wait.
         return;
     }
     let spawned = std::thread::Builder::new()
@@ -157,6 +161,25 @@ pub fn prime_moves(host: &Host) {
 /// process's main thread, and a thread starts in the cgroups of the thread that made it.
 pub fn move_this_thread(sys: &dyn Syscall, dir: &Path) -> std::io::Result<()> {
     sys.write(&dir.join("tasks"), "0")
+}
+
+/// Whether this kernel moves a thread that moves itself alone without its lock for moves
+/// (Linux 5.17 and later; see [`move_this_thread`]).
+fn thread_moves_skip_the_lock() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .is_ok_and(|release| kernel_at_least(&release, (5, 17)))
+}
+
+/// Whether a kernel release (`6.18.44-fc`) is `major.minor` or later.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// Whether the calling process has no thread but the calling one (from `/proc/self/status`;
@@ -379,7 +402,9 @@ impl PodCgroups {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
         let mut known = true;
-        for (root, pod_dir) in self.runtime_hierarchies() {
+        let hierarchies = self.runtime_hierarchies();
+        let mut by_thread = !hierarchies.is_empty();
+        for (root, pod_dir) in hierarchies {
             let dir = pod_dir.join(RUNTIME);
             // One made before (a supervisor's restart) may hold any limit.
             if dir.exists() {
@@ -398,7 +423,7 @@ impl PodCgroups {
             let alone = matches!(self.layout, Layout::V1 { .. })
                 && main_thread
                 && move_this_thread(&*self.sys, &dir).is_ok();
-            self.runtime_by_thread = alone;
+            by_thread &= alone;
             if !alone {
                 let procs = dir.join("cgroup.procs");
                 self.sys
@@ -407,6 +432,7 @@ impl PodCgroups {
             }
             self.runtime_origin.push(origin);
         }
+        self.runtime_by_thread = by_thread;
         *self
             .runtime_limit
             .get_mut()
@@ -1217,7 +1243,9 @@ mod tests {
             std::fs::create_dir(fake.path("memory")).unwrap();
             std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
             prime_moves(&host(&fake));
-            assert!(fake.calls().is_empty(), "v1 primed: {:?}", fake.calls());
+            if thread_moves_skip_the_lock() {
+                assert!(fake.calls().is_empty(), "v1 primed: {:?}", fake.calls());
+            }
             for (tag, files) in [("v2", V2_FILES)] {
                 let fake = Arc::new(RecordingSyscall::new(&format!("prime-{tag}"), files));
                 let file = if tag == "v1" {
@@ -1260,6 +1288,15 @@ mod tests {
                     "{tag}: its own thread"
                 );
             }
+        }
+
+        #[test]
+        fn kernel_releases_compare_by_major_and_minor() {
+            assert!(kernel_at_least("6.18.44-fc-v1300\n", (5, 17)));
+            assert!(kernel_at_least("5.17.0", (5, 17)));
+            assert!(!kernel_at_least("5.16.20-arch1", (5, 17)));
+            assert!(!kernel_at_least("4.18.0-553.el8_10.x86_64", (5, 17)));
+            assert!(!kernel_at_least("weird", (5, 17)));
         }
 
         /// A process with one thread joins a v1 cgroup by moving that thread alone (`0` into

@@ -19,8 +19,6 @@ pub enum RuntimeError {
     Build(std::io::Error),
     #[error("a thread of the pod's runtime could not join the pod's network namespace")]
     NotInPod,
-    #[error("cannot start the pod's runtime in its cgroup {dir}: {1}", dir = .0.display())]
-    Cgroup(PathBuf, std::io::Error),
 }
 
 /// Worker threads of a pod's sidecar runtime.
@@ -48,13 +46,18 @@ impl PodRuntime {
             return Self::build(pod, net, workers);
         }
         // A thread starts in the cgroups of the thread that makes it: the workers are made by
-        // a thread that joined first, and the blocking pool's by the workers.
+        // a thread that joined first, and the blocking pool's threads by whichever thread calls
+        // `spawn_blocking` first: the workers, where the sidecars' file I/O is started. (Not
+        // a move in `on_thread_start`: a thread made while the pod stops would join `_runtime`
+        // after wpod left it, and keep the cgroup from being removed.)
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     for dir in cgroups {
-                        super::cgroups::move_this_thread(&LinuxSyscall, dir)
-                            .map_err(|e| RuntimeError::Cgroup(dir.clone(), e))?;
+                        if let Err(e) = super::cgroups::move_this_thread(&LinuxSyscall, dir) {
+                            // Accounting, not containment: their memory is still wpod's.
+                            tracing::warn!(cgroup = %dir.display(), error = %e, "the pod's sidecar threads start outside its runtime cgroup: their kernel memory is not counted there");
+                        }
                     }
                     Self::build(pod, net, workers)
                 })
