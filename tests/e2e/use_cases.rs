@@ -9,6 +9,23 @@ use std::time::{Duration, Instant};
 use crate::pods::{assert_no_leftovers, curl, TestPod};
 use wpod_test_support::require_root;
 
+/// A host directory an example mounts by `hostPath`, made empty for the test and removed after
+/// it, passed or failed.
+struct HostDir(&'static str);
+
+impl HostDir {
+    fn fresh(path: &'static str) -> Self {
+        let _ = std::fs::remove_dir_all(path);
+        HostDir(path)
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 const LONG: Duration = Duration::from_secs(90);
 
 /// `promtool check metrics` on `text`; its complaints, if any.
@@ -465,8 +482,8 @@ fn children(pid: i64) -> Vec<i64> {
 #[test]
 fn config_reloader_makes_nginx_reload_without_a_restart() {
     require_root("config_reloader_makes_nginx_reload");
-    let source = std::path::Path::new("/tmp/wpod-config-source");
-    let _ = std::fs::remove_dir_all(source);
+    let source = HostDir::fresh("/tmp/wpod-config-source");
+    let source = std::path::Path::new(source.0);
     std::fs::create_dir_all(source).unwrap();
     let site =
         |v: &str| format!("server {{ listen 8090; location / {{ return 200 \"{v}\\n\"; }} }}\n");
@@ -805,7 +822,7 @@ spec:
 fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
     require_root("tls_proxy_terminates_tls");
     // A fresh Secret-like hostPath: the example's init container writes a self-signed pair.
-    let _ = std::fs::remove_dir_all("/tmp/wpod-tls");
+    let _tls = HostDir::fresh("/tmp/wpod-tls");
     let (pod, port) = TestPod::example("tls-proxy", "tls-proxy.yaml");
     let url = format!("https://localhost:{port}/");
     let running = pod.spawn();
