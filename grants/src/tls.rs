@@ -19,10 +19,11 @@
 //! Sessions end with the instance that opened them.
 //!
 //! One session: the guest's two streams become a tokio transport ([`GuestTransport`]),
-//! tokio-rustls accepts on it, and a task relays between the TLS stream and an in-memory
-//! duplex pipe whose other end the guest gets back as a plaintext input and output stream
-//! ([`PlainInput`], [`PlainOutput`]: read and written in the guest's own calls, with no task
-//! of their own). When the guest drops both, the relay sends close_notify and ends.
+//! tokio-rustls accepts on it, and a task relays between the TLS stream and the guest's
+//! plaintext streams: its input is the other end of an in-memory pipe ([`PlainInput`]), its
+//! output a channel to the relay with a byte budget ([`PlainOutput`]); both are read and
+//! written in the guest's own calls, with no task of their own. When the guest drops both, the
+//! relay sends close_notify and ends.
 
 use std::future::Future;
 use std::io;
@@ -397,10 +398,7 @@ impl FutureStreams {
             held: BytesMut::new(),
             closed: false,
         });
-        let output: DynOutputStream = Box::new(PlainOutput {
-            sent: ends.output,
-            budget: ends.budget,
-        });
+        let output: DynOutputStream = Box::new(ends.output);
         Ok(Some(Ok((table.push(input)?, table.push(output)?))))
     }
 }
@@ -479,7 +477,7 @@ where
         return Err(TlsError::Sessions { limit });
     };
     let (input, host) = tokio::io::duplex(PIPE);
-    let (output, from_guest) = tokio::sync::mpsc::unbounded_channel();
+    let (sent, from_guest) = tokio::sync::mpsc::unbounded_channel();
     let budget = Arc::new(OutputBudget::default());
     let session = Session {
         _permit: permit,
@@ -489,8 +487,7 @@ where
     tokio::spawn(relay(tls, host, from_guest, budget.clone(), idle, session));
     Ok(GuestEnds {
         input,
-        output,
-        budget,
+        output: PlainOutput { sent, budget },
     })
 }
 
@@ -940,8 +937,7 @@ impl wasmtime_wasi_io::poll::Pollable for PlainInput {
 /// output goes.
 struct GuestEnds {
     input: DuplexStream,
-    output: UnboundedSender<Bytes>,
-    budget: Arc<OutputBudget>,
+    output: PlainOutput,
 }
 
 /// What the guest's output the relay has not sent to the client yet holds in the host (at most
@@ -967,7 +963,12 @@ impl OutputBudget {
         len + WRITE_OVERHEAD
     }
 
-    /// The relay has sent writes of this cost on.
+    /// The guest has queued a write of this cost.
+    fn queued(&self, cost: usize) {
+        self.in_flight.fetch_add(cost, Ordering::AcqRel);
+    }
+
+    /// The relay has sent writes of this cost on (or a queued one never left).
     fn sent(&self, cost: usize) {
         self.in_flight.fetch_sub(cost, Ordering::AcqRel);
         self.room.notify_waiters();
@@ -1009,9 +1010,9 @@ impl OutputStream for PlainOutput {
             return Ok(());
         }
         let cost = OutputBudget::cost(bytes.len());
-        self.budget.in_flight.fetch_add(cost, Ordering::AcqRel);
+        self.budget.queued(cost);
         if self.sent.send(bytes).is_err() {
-            self.budget.in_flight.fetch_sub(cost, Ordering::AcqRel);
+            self.budget.sent(cost);
             return Err(StreamError::Closed);
         }
         Ok(())
@@ -1314,26 +1315,30 @@ mod tests {
         assert!(e.for_guest().contains("over 64 KiB"), "{e}");
     }
 
-    #[test]
-    fn handshake_cpu_is_a_bucket_of_the_cpu_limit() {
+    /// A runtime on one thread whose clock moves only when everything waits.
+    fn paused_runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .unwrap()
-            .block_on(async {
-                // 100m: 100 ms of CPU per second, at most one second's worth held.
-                let cpu = HandshakeCpu::new(100);
-                assert_eq!(cpu.wait(), None, "a full bucket");
-                cpu.charge(300_000_000);
-                let wait = cpu.wait().expect("in debt after 300 ms of CPU");
-                assert!(
-                    (Duration::from_secs(1)..=Duration::from_secs(3)).contains(&wait),
-                    "{wait:?}"
-                );
-                tokio::time::advance(wait).await;
-                assert_eq!(cpu.wait(), None, "paid back by waiting");
-            });
+    }
+
+    #[test]
+    fn handshake_cpu_is_a_bucket_of_the_cpu_limit() {
+        paused_runtime().block_on(async {
+            // 100m: 100 ms of CPU per second, at most one second's worth held.
+            let cpu = HandshakeCpu::new(100);
+            assert_eq!(cpu.wait(), None, "a full bucket");
+            cpu.charge(300_000_000);
+            let wait = cpu.wait().expect("in debt after 300 ms of CPU");
+            assert!(
+                (Duration::from_secs(1)..=Duration::from_secs(3)).contains(&wait),
+                "{wait:?}"
+            );
+            tokio::time::advance(wait).await;
+            assert_eq!(cpu.wait(), None, "paid back by waiting");
+        });
     }
 
     #[test]
@@ -1392,37 +1397,32 @@ mod tests {
 
     #[test]
     fn a_guest_waiting_for_room_is_woken_when_its_session_ends() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-            .block_on(async {
-                use wasmtime_wasi_io::poll::Pollable;
-                // A client that never reads: the relay blocks sending to it.
-                let (tls, _client) = tokio::io::duplex(1024);
-                let (_input, host) = tokio::io::duplex(PIPE);
-                let (sent, from_guest) = tokio::sync::mpsc::unbounded_channel();
-                let budget = Arc::new(OutputBudget::default());
-                let sessions = Arc::new(Semaphore::new(1));
-                let (_instance, ended) = watch::channel(());
-                let session = Session {
-                    _permit: sessions.clone().try_acquire_owned().unwrap(),
-                    ended,
-                };
-                let idle = Some(Duration::from_secs(60));
-                tokio::spawn(relay(tls, host, from_guest, budget.clone(), idle, session));
-                let mut out = PlainOutput { sent, budget };
-                out.write(Bytes::from(vec![0u8; PIPE - WRITE_OVERHEAD]))
-                    .unwrap();
-                assert_eq!(out.check_write().unwrap(), 0);
-                // Nothing moves for 60 s: the session ends, and the guest waiting for room is
-                // woken to find its output closed.
-                tokio::time::timeout(Duration::from_secs(600), out.ready())
-                    .await
-                    .expect("the waiting guest was not woken");
-                assert!(matches!(out.check_write(), Err(StreamError::Closed)));
-                assert_eq!(sessions.available_permits(), 1, "its place is given back");
-            });
+        paused_runtime().block_on(async {
+            use wasmtime_wasi_io::poll::Pollable;
+            // A client that never reads: the relay blocks sending to it.
+            let (tls, _client) = tokio::io::duplex(1024);
+            let (_input, host) = tokio::io::duplex(PIPE);
+            let (sent, from_guest) = tokio::sync::mpsc::unbounded_channel();
+            let budget = Arc::new(OutputBudget::default());
+            let sessions = Arc::new(Semaphore::new(1));
+            let (_instance, ended) = watch::channel(());
+            let session = Session {
+                _permit: sessions.clone().try_acquire_owned().unwrap(),
+                ended,
+            };
+            let idle = Some(Duration::from_secs(60));
+            tokio::spawn(relay(tls, host, from_guest, budget.clone(), idle, session));
+            let mut out = PlainOutput { sent, budget };
+            out.write(Bytes::from(vec![0u8; PIPE - WRITE_OVERHEAD]))
+                .unwrap();
+            assert_eq!(out.check_write().unwrap(), 0);
+            // Nothing moves for 60 s: the session ends, and the guest waiting for room is
+            // woken to find its output closed.
+            tokio::time::timeout(Duration::from_secs(600), out.ready())
+                .await
+                .expect("the waiting guest was not woken");
+            assert!(matches!(out.check_write(), Err(StreamError::Closed)));
+            assert_eq!(sessions.available_permits(), 1, "its place is given back");
+        });
     }
 }

@@ -300,13 +300,16 @@ const FIRST_UNINHERITED_FD: RawFd = 64;
 /// holder: Permission denied" once in a full test run, when the view had been opened as
 /// descriptor 3, the lifeline's.)
 fn above_inherited(fd: OwnedFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: fcntl on a descriptor we own; the duplicate is ours, and the original closes.
-    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_UNINHERITED_FD) };
-    if high < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor fcntl just returned.
-    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+    // The original closes when `fd` drops.
+    syscall_fd(
+        "move the helper's descriptor above the inherited ones",
+        || {
+            // SAFETY: fcntl on a descriptor we own; the duplicate is owned by syscall_fd.
+            libc::c_long::from(unsafe {
+                libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_UNINHERITED_FD)
+            })
+        },
+    )
 }
 
 /// `wpod-helper` from this binary's directory, sealed (a read-only view, else a sealed copy),

@@ -192,16 +192,29 @@ pub fn single_threaded() -> bool {
     })
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`. A process with
-/// one thread, in a v1 hierarchy, moves that thread alone ([`move_this_thread`]): the same
-/// move without the kernel's lock. Else, or if `tasks` may not be written (a delegated
-/// cgroup whose owner was given `cgroup.procs` alone), its PID goes into `cgroup.procs`.
-pub fn join_process(sys: &dyn Syscall, procs: &Path, single_threaded: bool) -> std::io::Result<()> {
-    match procs.parent() {
-        Some(dir) if single_threaded && dir.join("tasks").exists() => move_this_thread(sys, dir)
-            .or_else(|_| sys.write(procs, &std::process::id().to_string())),
-        _ => sys.write(procs, &std::process::id().to_string()),
+/// How [`join_process`] moved the calling process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// Its calling thread alone, without the kernel's lock.
+    ThreadAlone,
+    /// Its PID, through `cgroup.procs`: every thread.
+    WholeProcess,
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`. With `alone`
+/// (its calling thread may stand for it: its only thread, or the one its memory is charged
+/// by), in a v1 hierarchy, that thread moves alone ([`move_this_thread`]): no kernel lock.
+/// Else, or if `tasks` may not be written (a delegated cgroup whose owner was given
+/// `cgroup.procs` alone), its PID goes into `cgroup.procs`.
+pub fn join_process(sys: &dyn Syscall, procs: &Path, alone: bool) -> std::io::Result<Joined> {
+    let v1 = procs.parent().filter(|dir| dir.join("tasks").exists());
+    if let Some(dir) = v1.filter(|_| alone) {
+        if move_this_thread(sys, dir).is_ok() {
+            return Ok(Joined::ThreadAlone);
+        }
     }
+    sys.write(procs, &std::process::id().to_string())
+        .map(|()| Joined::WholeProcess)
 }
 
 /// The pod's directory in hierarchy `root`. Pod and container names are prefixed: a name can
@@ -398,7 +411,6 @@ impl PodCgroups {
         memory: Option<u64>,
         main_thread: bool,
     ) -> Result<Vec<String>, CgroupError> {
-        let me = std::process::id().to_string();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mut warnings = Vec::new();
         let mut known = true;
@@ -419,17 +431,10 @@ impl PodCgroups {
                 }
             }
             let origin = self.own_cgroup(&own, &root);
-            // A delegated cgroup's owner may have been given `cgroup.procs` alone.
-            let alone = matches!(self.layout, Layout::V1 { .. })
-                && main_thread
-                && move_this_thread(&*self.sys, &dir).is_ok();
-            by_thread &= alone;
-            if !alone {
-                let procs = dir.join("cgroup.procs");
-                self.sys
-                    .write(&procs, &me)
-                    .map_err(io("join cgroup", &procs))?;
-            }
+            let procs = dir.join("cgroup.procs");
+            let joined =
+                join_process(&*self.sys, &procs, main_thread).map_err(io("join cgroup", &procs))?;
+            by_thread &= joined == Joined::ThreadAlone;
             self.runtime_origin.push(origin);
         }
         self.runtime_by_thread = by_thread;
@@ -1120,6 +1125,7 @@ mod tests {
         /// A hybrid host's v1 hierarchies' files (both hierarchies get all of them).
         const V1_FILES: &[(&str, &str)] = &[
             ("cgroup.procs", ""),
+            ("tasks", ""),
             ("memory.limit_in_bytes", "-1"),
             ("memory.oom_control", "oom_kill 0"),
             ("cpu.cfs_period_us", "100000"),
@@ -1330,7 +1336,7 @@ mod tests {
                 ),
             ] {
                 let before = fake.calls().len();
-                join_process(&*fake, &procs, single).unwrap();
+                let _ = join_process(&*fake, &procs, single).unwrap();
                 assert_eq!(
                     fake.calls()[before..],
                     [Call::Write(expected.0, expected.1)],
