@@ -253,6 +253,235 @@ pub fn helper_command(call: &HelperCall, build_id: &str) -> std::io::Result<Comm
     Ok(cmd)
 }
 
+/// What a spawned helper's standard descriptor is ([`spawn_helper`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelperIo {
+    /// `/dev/null`.
+    Null,
+    /// A pipe whose other end the [`HelperChild`] holds.
+    Piped,
+    /// wpod's own.
+    Inherit,
+}
+
+/// Starts a helper ([`HelperCall`]) as [`helper_command`] does (no environment, a process
+/// group of its own, `fds` placed as [`inherit_fds`] places them), but through `posix_spawn`:
+/// the child shares wpod's memory until it execs (glibc's `CLONE_VM | CLONE_VFORK`), where a
+/// `fork` copies the page tables of the whole runtime (wasmtime's too) only for `exec` to
+/// throw them away. `stdio`: stdin, stdout, stderr.
+pub fn spawn_helper(
+    call: &HelperCall,
+    build_id: &str,
+    stdio: [HelperIo; 3],
+    fds: &[(RawFd, RawFd)],
+) -> std::io::Result<HelperChild> {
+    spawn_sealed(sealed_helper(build_id)?, &call.args(), stdio, fds)
+}
+
+/// [`spawn_helper`] of the executable `helper`, with `args`.
+fn spawn_sealed(
+    helper: &SealedHelper,
+    args: &[OsString],
+    stdio: [HelperIo; 3],
+    fds: &[(RawFd, RawFd)],
+) -> std::io::Result<HelperChild> {
+    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    debug_assert!(fds.iter().all(|(_, t)| *t < FIRST_UNINHERITED_FD));
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| std::io::Error::other("a helper argument holds a NUL"))
+    };
+    let path = cstring(format!("/proc/self/fd/{}", helper.fd.as_raw_fd()).as_bytes())?;
+    let mut argv = vec![cstring(helper.name.as_bytes())?];
+    for arg in args {
+        argv.push(cstring(arg.as_bytes())?);
+    }
+    let env: [CString; 0] = [];
+
+    // Every source goes to a temporary first, above every source and the helper's own
+    // descriptor (which the exec opens through /proc/self/fd), so that no placement clobbers
+    // another's source or the executable; then each temporary to its target, then closed.
+    let mut placed: Vec<(RawFd, RawFd)> = fds.to_vec();
+    let mut ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut child_ends = Vec::new();
+    for (target, io) in stdio.iter().enumerate() {
+        if *io == HelperIo::Null {
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            placed.push((null.as_raw_fd(), target as RawFd));
+            child_ends.push(OwnedFd::from(null));
+        }
+        if *io == HelperIo::Piped {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let (child, parent) = match target {
+                0 => (read, write),
+                _ => (write, read),
+            };
+            placed.push((child.as_raw_fd(), target as RawFd));
+            child_ends.push(child);
+            ends[target] = Some(parent);
+        }
+    }
+    let above = placed
+        .iter()
+        .map(|(src, _)| *src)
+        .chain([helper.fd.as_raw_fd()])
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut actions = PosixSpawnFileActions::init()?;
+    for (i, (src, _)) in placed.iter().enumerate() {
+        actions.add_dup2(*src, above + i as RawFd)?;
+    }
+    for (i, (_, target)) in placed.iter().enumerate() {
+        actions.add_dup2(above + i as RawFd, *target)?;
+    }
+    for i in 0..placed.len() {
+        actions.add_close(above + i as RawFd)?;
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    // As `Command` does: signals unblocked, and SIGPIPE (which Rust ignores) back to its
+    // default, with every other signal.
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    attr.set_pgroup(nix::unistd::Pid::from_raw(0))?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    attr.set_sigdefault(&nix::sys::signal::SigSet::all())?;
+    let pid = nix::spawn::posix_spawn(path.as_c_str(), &actions, &attr, &argv, &env)?;
+    drop(child_ends);
+    Ok(HelperChild::new(pid, ends.map(|e| e.map(File::from))))
+}
+
+/// A helper process [`spawn_helper`] started. Until it is reaped, its PID is its own (a child's
+/// PID is not reused before its parent reaps it). Dropped, it is not killed (the lifeline ends
+/// it with wpod), and it is reaped once it ends, as tokio's `Child` is.
+pub struct HelperChild {
+    pid: nix::unistd::Pid,
+    /// How it ended, once reaped.
+    status: Option<std::process::ExitStatus>,
+    /// Its pidfd, readable once it has ended ([`HelperChild::exited`]), made on first use.
+    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    /// The copy a dropped child's reaper holds (see `Drop`).
+    orphan: bool,
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+impl HelperChild {
+    fn new(pid: nix::unistd::Pid, [stdin, stdout, stderr]: [Option<File>; 3]) -> Self {
+        HelperChild {
+            pid,
+            status: None,
+            pidfd: None,
+            orphan: false,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Its PID on the host.
+    pub fn id(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Sends it `signal` (once reaped: nothing, its PID may be another's).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        match self.status {
+            Some(_) => Ok(()),
+            None => Ok(nix::sys::signal::kill(self.pid, signal)?),
+        }
+    }
+
+    /// SIGKILLs it (once reaped: nothing).
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// Waits for it to end, blocking the thread, and reaps it.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.reap(None)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Waits for it to end without holding a thread (its pidfd turns readable then), and reaps
+    /// it. Cancel-safe: it may be dropped and called again, as in `select!`.
+    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.reap(Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+                return Ok(status);
+            }
+            if self.pidfd.is_none() {
+                let pid = self.pid.as_raw();
+                let fd = syscall_fd("pidfd_open of a helper", || {
+                    // SAFETY: pidfd_open of our own unreaped child; syscall_fd owns the result.
+                    unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }
+                })?;
+                // SAFETY: the AsyncFd owns the pidfd, which nothing replaces or closes while
+                // it is registered.
+                self.pidfd = Some(unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )?
+                });
+            }
+            if let Some(pidfd) = &self.pidfd {
+                // Readable stays set once it has ended: the reap above then finds it.
+                let mut ready = pidfd.readable().await?;
+                ready.clear_ready();
+            }
+        }
+    }
+
+    /// One `waitpid`: its status if it has ended (kept: asked again, it says the same).
+    fn reap(
+        &mut self,
+        flags: Option<nix::sys::wait::WaitPidFlag>,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        let raw = match waitpid(self.pid, flags) {
+            Ok(WaitStatus::Exited(_, code)) => (code & 0xff) << 8,
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                signal as i32 | if core { 0x80 } else { 0 }
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let status = std::process::ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        Ok(Some(status))
+    }
+}
+
+impl Drop for HelperChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.reap(Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            // Still running (the lifeline ends it with wpod): reaped when it ends, by a task
+            // of the runtime if there is one, as tokio reaps a dropped child. That task's own
+            // copy is never handed on again.
+            if let (false, Ok(runtime)) = (self.orphan, tokio::runtime::Handle::try_current()) {
+                let mut orphan = HelperChild::new(self.pid, [None, None, None]);
+                orphan.orphan = true;
+                runtime.spawn(async move {
+                    let _ = orphan.exited().await;
+                });
+            }
+        }
+    }
+}
+
 /// The executable helpers run from, sealed, and the name they run under.
 struct SealedHelper {
     fd: OwnedFd,
@@ -703,6 +932,114 @@ mod tests {
         text.write_all(b"#!/bin/sh\necho not elf\n").unwrap();
         let err = build_id_of(&text).unwrap_err();
         assert!(err.starts_with("not an ELF executable"), "{err}");
+    }
+
+    /// The sealed `/bin/sh`, as a helper is run.
+    fn sealed_sh() -> SealedHelper {
+        SealedHelper {
+            fd: above_inherited(OwnedFd::from(File::open("/bin/sh").unwrap())).unwrap(),
+            name: "sh",
+        }
+    }
+
+    #[test]
+    fn a_spawned_helper_gets_the_descriptors_asked_at_their_numbers_and_no_other() {
+        use std::io::Read;
+        // fd 3 reads what the test wrote; fd 4 gets the helper's answer; stdout lists every
+        // descriptor the helper (the shell) holds.
+        let (three_read, three_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (four_read, four_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        File::from(three_write).write_all(b"three\n").unwrap();
+        let script = "read line <&3; echo \"got $line\" >&4; ls /proc/$$/fd";
+        let mut child = spawn_sealed(
+            &sealed_sh(),
+            &["-c".into(), script.into()],
+            [HelperIo::Null, HelperIo::Piped, HelperIo::Inherit],
+            // In the order that would clobber were each placed directly: fd 4's source first.
+            &[(four_write.as_raw_fd(), 4), (three_read.as_raw_fd(), 3)],
+        )
+        .unwrap();
+        drop(four_write);
+        let mut listed = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut listed)
+            .unwrap();
+        let mut answer = String::new();
+        File::from(four_read).read_to_string(&mut answer).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(answer, "got three\n");
+        // Besides these, only what this process itself lets every child inherit (a test
+        // runner's descriptors without close-on-exec) and dash's own 10: none of the sources,
+        // the temporaries or the executable's descriptor.
+        let inherited = |fd: RawFd| {
+            // SAFETY: F_GETFD on a number, open or not.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        };
+        let held: Vec<RawFd> = listed
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        for fd in [0, 1, 2, 3, 4] {
+            assert!(held.contains(&fd), "fd {fd} missing: {listed}");
+        }
+        let strays: Vec<_> = held
+            .iter()
+            .filter(|fd| **fd > 4 && **fd != 10 && !inherited(**fd))
+            .collect();
+        assert!(strays.is_empty(), "the helper held {strays:?}: {listed}");
+    }
+
+    #[test]
+    fn a_spawned_helper_is_reaped_once_and_says_how_it_ended() {
+        use std::os::unix::process::ExitStatusExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
+        let mut exits =
+            spawn_sealed(&sealed_sh(), &["-c".into(), "exit 7".into()], io, &[]).unwrap();
+        let status = runtime.block_on(exits.exited()).unwrap();
+        assert_eq!(status.code(), Some(7));
+        // Asked again, the same (the PID is not waited for twice).
+        assert_eq!(exits.wait().unwrap().code(), Some(7));
+        let mut sleeps =
+            spawn_sealed(&sealed_sh(), &["-c".into(), "sleep 60".into()], io, &[]).unwrap();
+        sleeps.kill().unwrap();
+        let status = runtime.block_on(sleeps.exited()).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: a signal now goes nowhere (the PID may be another process's).
+        sleeps.kill().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_helper_is_reaped_when_it_ends() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
+        runtime.block_on(async {
+            let child =
+                spawn_sealed(&sealed_sh(), &["-c".into(), "sleep 0.1".into()], io, &[]).unwrap();
+            let pid = child.pid;
+            drop(child);
+            // Still running when dropped: not reaped yet, and not killed.
+            assert!(matches!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            ));
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            // Reaped by the runtime's task: no zombie is left.
+            assert_eq!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Err(nix::errno::Errno::ECHILD)
+            );
+        });
     }
 
     fn tempfile_in_tmp() -> File {

@@ -21,7 +21,9 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 
-use crate::helper::{helper_command, inherit_fds, HelperCall, LIFELINE_FD};
+use crate::helper::{
+    helper_command, inherit_fds, spawn_helper, HelperCall, HelperChild, HelperIo, LIFELINE_FD,
+};
 use crate::logs::{Logs, Stream};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
@@ -77,7 +79,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct NativeContainer {
     name: String,
     spec_path: PathBuf,
-    shim: tokio::process::Child,
+    shim: HelperChild,
     /// Host PID of the container's process.
     pub pid: i32,
     /// The container's process, by pidfd: exec probes and hooks join its namespaces through
@@ -328,29 +330,28 @@ impl NativeContainer {
         let call = HelperCall::Container {
             launch_spec: spec_path.clone(),
         };
-        let mut cmd = helper_command(&call, crate::sandbox::build_id())
-            .map_err(|e| setup_err("find the wpod binary", e.into()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        inherit_fds(
-            &mut cmd,
+        let mut shim = spawn_helper(
+            &call,
+            crate::sandbox::build_id(),
+            [HelperIo::Null, HelperIo::Piped, HelperIo::Piped],
             &[
                 (sandbox.lifeline.read_fd(), LIFELINE_FD),
                 (report_write.as_raw_fd(), REPORT_FD),
             ],
-        );
-        let mut shim = tokio::process::Command::from(cmd)
-            .spawn()
-            .map_err(|e| setup_err("start the container shim", e.into()))?;
+        )
+        .map_err(|e| setup_err("start the container shim", e.into()))?;
         drop(report_write);
 
         let mut output = Vec::new();
-        if let Some(out) = shim.stdout.take() {
-            output.push(logs.follow(&name, Stream::Stdout, out));
-        }
-        if let Some(err) = shim.stderr.take() {
-            output.push(logs.follow(&name, Stream::Stderr, err));
+        for (pipe, stream) in [
+            (shim.stdout.take(), Stream::Stdout),
+            (shim.stderr.take(), Stream::Stderr),
+        ] {
+            if let Some(pipe) = pipe {
+                let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))
+                    .map_err(|e| setup_err("read the container's output", e.into()))?;
+                output.push(logs.follow(&name, stream, pipe));
+            }
         }
         let report = read_report(report_read).await;
         drop(held);
@@ -376,7 +377,7 @@ impl NativeContainer {
         };
         match report {
             Some(Report::Started { pid }) => {
-                let shim_pid = container.shim.id().map_or(0, |p| p as i32);
+                let shim_pid = container.shim.id() as i32;
                 match open_child(pid, shim_pid) {
                     Ok(pidfd) => {
                         container.pid = pid;
@@ -417,7 +418,7 @@ impl NativeContainer {
     /// Waits for the container's process to end. Cancel-safe: use it in `select!`, then
     /// [`Self::finish`].
     pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.shim.wait().await
+        self.shim.exited().await
     }
 
     /// After [`Self::exited`]: empties the cgroup, drains the output, tells how it ended.
@@ -449,9 +450,7 @@ impl NativeContainer {
 
     /// Sends `signal` to the container's process (through the shim, which forwards it).
     pub fn signal(&self, signal: Signal) {
-        if let Some(pid) = self.shim.id() {
-            let _ = kill(Pid::from_raw(pid as i32), signal);
-        }
+        let _ = self.shim.signal(signal);
     }
 
     /// SIGKILLs every process of the container (the end of a grace period).

@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use nix::sched::{setns, CloneFlags};
 
 use super::SandboxError;
 use crate::helper::LIFELINE_FD;
-use crate::helper::{helper_command, inherit_fds, HelperCall, Lifeline};
+use crate::helper::{spawn_helper, HelperCall, HelperChild, HelperIo, Lifeline};
 
 /// The pod's namespaces, as /proc paths of processes that hold them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +49,7 @@ pub struct SharedPid {
 }
 
 pub struct PodNamespaces {
-    holder: Child,
+    holder: HelperChild,
     /// Host PID of the pod's PID 1 with `shareProcessNamespace: true`, and where it mounted
     /// the pod's procfs.
     init: Option<(i32, PathBuf)>,
@@ -77,14 +76,17 @@ impl PodNamespaces {
             host_network,
             userns: ids.is_some(),
         };
-        let mut cmd = helper_command(&call, super::build_id()).map_err(fail)?;
-        cmd.stdin(match ids {
-            Some(_) => Stdio::piped(),
-            None => Stdio::null(),
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        inherit_fds(&mut cmd, &[(lifeline.read_fd(), LIFELINE_FD)]);
-        let mut holder = cmd.spawn().map_err(fail)?;
+        let stdin = match ids {
+            Some(_) => HelperIo::Piped,
+            None => HelperIo::Null,
+        };
+        let mut holder = spawn_helper(
+            &call,
+            super::build_id(),
+            [stdin, HelperIo::Piped, HelperIo::Inherit],
+            &[(lifeline.read_fd(), LIFELINE_FD)],
+        )
+        .map_err(fail)?;
 
         let mut line = String::new();
         if let Some(out) = holder.stdout.take() {
@@ -165,7 +167,7 @@ impl PodNamespaces {
 
 /// Writes the holder's new user namespace's ID maps (as only a process of the parent user
 /// namespace may), then lets it go on.
-fn map_ids(holder: &mut Child, ids: super::userns::IdMap) -> Result<(), String> {
+fn map_ids(holder: &mut HelperChild, ids: super::userns::IdMap) -> Result<(), String> {
     let proc = PathBuf::from(format!("/proc/{}", holder.id()));
     for (file, line) in [("uid_map", ids.uid_map()), ("gid_map", ids.gid_map())] {
         std::fs::write(proc.join(file), &line)
