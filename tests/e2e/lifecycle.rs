@@ -845,3 +845,53 @@ spec:
     assert_eq!(exit[0]["code"], 143, "{}", run.dump());
     assert_no_leftovers("deaf-sidecar");
 }
+
+/// An exec probe that outlasts its `timeoutSeconds` fails as timed out, and its command is
+/// killed at the deadline (the exec helper is killed when the probe stops waiting; the command,
+/// its child, dies with it): timed-out commands never pile up in the container.
+#[test]
+fn an_exec_probe_past_its_timeout_fails_and_its_command_is_killed() {
+    require_root("an_exec_probe_past_its_timeout");
+    let pod = TestPod::new(
+        "slowprobe",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slowprobe}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, infinity]
+    readinessProbe:
+      exec: {command: [sleep, "4711"]}
+      periodSeconds: 1
+      timeoutSeconds: 1
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("three timed-out probes", LONG, |r| {
+        events_of(r, "main", "probeFailed").len() >= 3
+    });
+    for failed in events_of(&run, "main", "probeFailed") {
+        let message = failed["message"].as_str().unwrap_or_default();
+        assert!(message.contains("timed out"), "{failed}\n{}", run.dump());
+    }
+    // At most the probe in flight: each earlier one was killed at its deadline. (The exec
+    // helper's command line names the command too; the command's own starts with it.)
+    let commands = || {
+        crate::pods::processes_mentioning(&["sleep\u{0}4711"])
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with("sleep 4711"))
+            .collect::<Vec<_>>()
+    };
+    let sleeping = commands();
+    assert!(
+        sleeping.len() <= 1,
+        "timed-out probe commands left: {sleeping:?}"
+    );
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert!(commands().is_empty(), "{:?}", commands());
+    assert_no_leftovers("slowprobe");
+}

@@ -12,7 +12,6 @@ mod syscall_table;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +20,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 
-use crate::helper::{
-    helper_command, inherit_fds, spawn_helper, HelperCall, HelperChild, HelperIo, LIFELINE_FD,
-};
+use crate::helper::{spawn_helper, HelperCall, HelperChild, HelperIo, LIFELINE_FD};
 use crate::logs::{Logs, Stream};
 use crate::plan::{ContainerPlan, Image};
 use crate::sandbox::cgroups::ContainerCgroup;
@@ -506,8 +503,10 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
-    /// A command that runs `argv` inside the container (`wpod __exec`); killed when dropped.
-    pub fn command(&self, argv: &[String]) -> std::io::Result<tokio::process::Command> {
+    /// Runs `argv` inside the container (`wpod __exec`) to its end, with its output; the
+    /// command is killed if this is dropped first (a probe's or hook's deadline).
+    pub async fn output(&self, argv: &[String]) -> std::io::Result<std::process::Output> {
+        use tokio::io::AsyncReadExt;
         let pidfd = self
             .pidfd
             .as_ref()
@@ -517,14 +516,30 @@ impl ExecTarget {
             pid: self.pid,
             argv: argv.to_vec(),
         };
-        let mut cmd = helper_command(&call, crate::sandbox::build_id())?;
-        inherit_fds(&mut cmd, &[(pidfd.as_raw_fd(), exec::PIDFD_FD)]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        Ok(cmd)
+        let mut child = spawn_helper(
+            &call,
+            crate::sandbox::build_id(),
+            [HelperIo::Null, HelperIo::Piped, HelperIo::Piped],
+            &[(pidfd.as_raw_fd(), exec::PIDFD_FD)],
+        )?;
+        child.kill_on_drop();
+        let read = |pipe: Option<std::fs::File>| async move {
+            let mut bytes = Vec::new();
+            if let Some(pipe) = pipe {
+                tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))?
+                    .read_to_end(&mut bytes)
+                    .await?;
+            }
+            Ok::<_, std::io::Error>(bytes)
+        };
+        let (stdout, stderr) =
+            tokio::try_join!(read(child.stdout.take()), read(child.stderr.take()))?;
+        let status = child.exited().await?;
+        Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 

@@ -63,9 +63,6 @@ pub enum ActionError {
     Unhealthy(&'static str),
     #[error("exec needs a process (a native container)")]
     ExecNeedsProcess,
-    /// The exec helper could not be prepared.
-    #[error(transparent)]
-    Helper(std::io::Error),
     #[error("exec {argv:?}")]
     Exec {
         argv: Vec<String>,
@@ -468,11 +465,13 @@ async fn exec(argv: &[String], target: &ActionTarget) -> Result<String, ActionEr
     let Some(exec) = &target.exec else {
         return Err(ActionError::ExecNeedsProcess);
     };
-    let mut cmd = exec.command(argv).map_err(ActionError::Helper)?;
-    let out = cmd.output().await.map_err(|source| ActionError::Exec {
-        argv: argv.to_vec(),
-        source,
-    })?;
+    let out = exec
+        .output(argv)
+        .await
+        .map_err(|source| ActionError::Exec {
+            argv: argv.to_vec(),
+            source,
+        })?;
     let output = String::from_utf8_lossy(&out.stdout)
         .trim()
         .chars()
