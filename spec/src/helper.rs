@@ -970,22 +970,42 @@ mod tests {
         assert!(strays.is_empty(), "the helper held {strays:?}: {listed}");
     }
 
+    /// `sh -c script`, spawned as a helper is, with no standard descriptors.
+    fn sh(script: &str) -> HelperChild {
+        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
+        spawn_sealed(&sealed_sh(), &["-c".into(), script.into()], io, &[]).unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Waits (on the runtime, whose tasks reap dropped helpers) until `pid` is no child of
+    /// this process any more: reaped. False after 10 s.
+    async fn reaped_soon(pid: nix::unistd::Pid) -> bool {
+        use nix::sys::wait::{waitpid, WaitPidFlag};
+        for _ in 0..1000 {
+            if waitpid(pid, Some(WaitPidFlag::WNOHANG)) == Err(nix::errno::Errno::ECHILD) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     #[test]
     fn a_spawned_helper_is_reaped_once_and_says_how_it_ended() {
         use std::os::unix::process::ExitStatusExt;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
-        let mut exits =
-            spawn_sealed(&sealed_sh(), &["-c".into(), "exit 7".into()], io, &[]).unwrap();
+        let runtime = runtime();
+        let mut exits = sh("exit 7");
         let status = runtime.block_on(exits.exited()).unwrap();
         assert_eq!(status.code(), Some(7));
         // Asked again, the same (the PID is not waited for twice).
         assert_eq!(exits.wait().unwrap().code(), Some(7));
-        let mut sleeps =
-            spawn_sealed(&sealed_sh(), &["-c".into(), "sleep 60".into()], io, &[]).unwrap();
+        let mut sleeps = sh("sleep 60");
         sleeps.kill().unwrap();
         let status = runtime.block_on(sleeps.exited()).unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -995,52 +1015,39 @@ mod tests {
 
     #[test]
     fn a_dropped_helper_is_reaped_when_it_ends() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        runtime().block_on(async {
+            // Ends once the test has dropped it: the shell waits for a line on a pipe.
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let child = spawn_sealed(
+                &sealed_sh(),
+                &["-c".into(), "read line <&3".into()],
+                [HelperIo::Null, HelperIo::Null, HelperIo::Null],
+                &[(read.as_raw_fd(), 3)],
+            )
             .unwrap();
-        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
-        runtime.block_on(async {
-            let child =
-                spawn_sealed(&sealed_sh(), &["-c".into(), "sleep 0.1".into()], io, &[]).unwrap();
             let pid = child.pid;
             drop(child);
-            // Still running when dropped: not reaped yet, and not killed.
-            assert!(matches!(
-                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-                Ok(nix::sys::wait::WaitStatus::StillAlive)
-            ));
-            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-            // Reaped by the runtime's task: no zombie is left.
+            // Still running when dropped: neither reaped nor killed.
             assert_eq!(
                 nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-                Err(nix::errno::Errno::ECHILD)
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
             );
+            File::from(write).write_all(b"end\n").unwrap();
+            assert!(reaped_soon(pid).await, "a zombie was left");
         });
     }
 
     #[test]
     fn a_helper_killed_on_drop_does_not_outlive_its_caller() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let io = [HelperIo::Null, HelperIo::Null, HelperIo::Null];
-        runtime.block_on(async {
-            let mut child =
-                spawn_sealed(&sealed_sh(), &["-c".into(), "sleep 60".into()], io, &[]).unwrap();
+        runtime().block_on(async {
+            let mut child = sh("sleep 60");
             child.kill_on_drop();
             let pid = child.pid;
             // A caller that gave up waiting (a probe's timeout).
             let waited = tokio::time::timeout(std::time::Duration::from_millis(50), child.exited());
             assert!(waited.await.is_err());
             drop(child);
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            assert_eq!(
-                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-                Err(nix::errno::Errno::ECHILD),
-                "killed and reaped"
-            );
+            assert!(reaped_soon(pid).await, "not killed, or not reaped");
         });
     }
 
