@@ -244,8 +244,9 @@ pub enum HelperIo {
 
 /// Starts a helper ([`HelperCall`]) from this build's helper binary (`build_id` is the ID it
 /// must carry; see the module's comment), with its `stdio` (stdin, stdout, stderr) and `fds`
-/// (source, target: each target below [`FIRST_UNINHERITED_FD`]; everything else wpod opens is
-/// close-on-exec).
+/// (source, target: each target below [`FIRST_UNINHERITED_FD`]). What else it inherits is
+/// what wpod opened without close-on-exec (std and nix open with it; a `dup` does not): each
+/// helper's child closes everything above its stdio before it execs a container's command.
 ///
 /// - **Through `posix_spawn`**: the child shares wpod's memory until it execs (glibc's
 ///   `CLONE_VM | CLONE_VFORK`), where a `fork` (what `std::process::Command` does once it is
@@ -358,8 +359,8 @@ pub struct HelperChild {
     status: Option<std::process::ExitStatus>,
     /// Its pidfd, readable once it has ended ([`HelperChild::exited`]), made on first use.
     pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
-    /// The copy a dropped child's reaper holds (see `Drop`).
-    orphan: bool,
+    /// Reaped by someone else (`waitpid` said ECHILD): never signalled again.
+    gone: bool,
     /// Killed if dropped before it ended ([`HelperChild::kill_on_drop`]).
     kill_on_drop: bool,
     pub stdin: Option<File>,
@@ -373,7 +374,7 @@ impl HelperChild {
             pid,
             status: None,
             pidfd: None,
-            orphan: false,
+            gone: false,
             kill_on_drop: false,
             stdin,
             stdout,
@@ -388,9 +389,9 @@ impl HelperChild {
 
     /// Sends it `signal` (once reaped: nothing, its PID may be another's).
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
-        match self.status {
-            Some(_) => Ok(()),
-            None => Ok(nix::sys::signal::kill(self.pid, signal)?),
+        match self.status.is_some() || self.gone {
+            true => Ok(()),
+            false => Ok(nix::sys::signal::kill(self.pid, signal)?),
         }
     }
 
@@ -407,8 +408,10 @@ impl HelperChild {
 
     /// Waits for it to end, blocking the thread, and reaps it.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        // As std's and tokio's: a helper reading its stdin to the end would wait forever.
+        drop(self.stdin.take());
         loop {
-            if let Some(status) = self.reap(None)? {
+            if let Some(status) = self.reap(false)? {
                 return Ok(status);
             }
         }
@@ -418,7 +421,7 @@ impl HelperChild {
     /// it. Cancel-safe: it may be dropped and called again, as in `select!`.
     pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
         loop {
-            if let Some(status) = self.reap(Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+            if let Some(status) = self.reap(true)? {
                 return Ok(status);
             }
             if self.pidfd.is_none() {
@@ -445,45 +448,60 @@ impl HelperChild {
     }
 
     /// One `waitpid`: its status if it has ended (kept: asked again, it says the same).
-    fn reap(
-        &mut self,
-        flags: Option<nix::sys::wait::WaitPidFlag>,
-    ) -> std::io::Result<Option<std::process::ExitStatus>> {
-        use nix::sys::wait::{waitpid, WaitStatus};
+    /// The raw status is kept whole (any signal, the core flag): decoding it first could fail
+    /// after the kernel had reaped the child, and lose it.
+    fn reap(&mut self, nohang: bool) -> std::io::Result<Option<std::process::ExitStatus>> {
         use std::os::unix::process::ExitStatusExt;
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
-        let raw = match waitpid(self.pid, flags) {
-            Ok(WaitStatus::Exited(_, code)) => (code & 0xff) << 8,
-            Ok(WaitStatus::Signaled(_, signal, core)) => {
-                signal as i32 | if core { 0x80 } else { 0 }
+        if self.gone {
+            return Err(std::io::Error::from_raw_os_error(libc::ECHILD));
+        }
+        let mut raw = 0;
+        let flags = if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: waitpid of our own child, its status into a local.
+        let r = unsafe { libc::waitpid(self.pid.as_raw(), &mut raw, flags) };
+        if r == self.pid.as_raw() {
+            let status = std::process::ExitStatus::from_raw(raw);
+            self.status = Some(status);
+            return Ok(Some(status));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => Ok(None),
+            Some(libc::ECHILD) => {
+                // Not ours to wait for any more: never signalled again either.
+                self.gone = true;
+                Err(e)
             }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let status = std::process::ExitStatus::from_raw(raw);
-        self.status = Some(status);
-        Ok(Some(status))
+            _ => Err(e),
+        }
     }
 }
 
 impl Drop for HelperChild {
     fn drop(&mut self) {
-        if let Ok(None) = self.reap(Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        if let Ok(None) = self.reap(true) {
             if self.kill_on_drop {
                 let _ = self.kill();
             }
-            // Still running (the lifeline ends it with wpod): reaped when it ends, by a task
-            // of the runtime if there is one, as tokio reaps a dropped child. That task's own
-            // copy is never handed on again.
-            if let (false, Ok(runtime)) = (self.orphan, tokio::runtime::Handle::try_current()) {
-                let mut orphan = HelperChild::new(self.pid, [None, None, None]);
-                orphan.orphan = true;
-                runtime.spawn(async move {
-                    let _ = orphan.exited().await;
+            // Still running (the lifeline ends it with wpod): reaped when it ends, by a thread
+            // of its own (with or without an async runtime, even one shutting down).
+            let pid = self.pid.as_raw();
+            let _ = std::thread::Builder::new()
+                .name("wpod-reaper".into())
+                .spawn(move || {
+                    let mut raw = 0;
+                    // SAFETY: waitpid of a child no one else waits for, into a local.
+                    while unsafe { libc::waitpid(pid, &mut raw, 0) } < 0
+                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                    {
+                    }
                 });
-            }
         }
     }
 }
@@ -983,12 +1001,21 @@ mod tests {
             .unwrap()
     }
 
-    /// Waits (on the runtime, whose tasks reap dropped helpers) until `pid` is no child of
-    /// this process any more: reaped. False after 10 s.
+    /// Waits until `pid` is no child of this process any more: reaped (by the dropped
+    /// helper's reaper; this check reaps nothing itself: `WNOWAIT`). False after 10 s.
     async fn reaped_soon(pid: nix::unistd::Pid) -> bool {
-        use nix::sys::wait::{waitpid, WaitPidFlag};
         for _ in 0..1000 {
-            if waitpid(pid, Some(WaitPidFlag::WNOHANG)) == Err(nix::errno::Errno::ECHILD) {
+            // SAFETY: waitid into a zeroed siginfo of ours.
+            let r = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(
+                    libc::P_PID,
+                    pid.as_raw() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -895,3 +895,47 @@ spec:
     assert!(commands().is_empty(), "{:?}", commands());
     assert_no_leftovers("slowprobe");
 }
+
+/// An exec probe's command that prints without end costs wpod no memory: of each stream the
+/// first 10 KiB are kept (the kubelet's limit), the rest read and dropped.
+#[test]
+fn an_exec_probe_printing_hundreds_of_megabytes_costs_wpod_no_memory() {
+    require_root("an_exec_probe_printing_hundreds_of_megabytes");
+    let pod = TestPod::new(
+        "loudprobe",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loudprobe}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, infinity]
+    readinessProbe:
+      exec: {command: [head, -c, "300000000", /dev/zero]}
+      periodSeconds: 1
+      timeoutSeconds: 30
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the probe's success", LONG, |r| {
+        !events_of(r, "main", "ready").is_empty()
+    });
+    assert!(
+        events_of(&run, "main", "probeFailed").is_empty(),
+        "{}",
+        run.dump()
+    );
+    // The largest wpod's resident memory has been, in KiB.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid())).unwrap();
+    let peak: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak < 100 * 1024, "wpod's peak resident memory: {peak} KiB");
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("loudprobe");
+}

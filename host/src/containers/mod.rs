@@ -344,10 +344,15 @@ impl NativeContainer {
             (shim.stdout.take(), Stream::Stdout),
             (shim.stderr.take(), Stream::Stderr),
         ] {
-            if let Some(pipe) = pipe {
-                let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))
-                    .map_err(|e| setup_err("read the container's output", e.into()))?;
-                output.push(logs.follow(&name, stream, pipe));
+            let Some(pipe) = pipe else { continue };
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe)) {
+                Ok(pipe) => output.push(logs.follow(&name, stream, pipe)),
+                Err(e) => {
+                    // Nothing would read the container's output: it does not start.
+                    let _ = shim.kill();
+                    let _ = shim.exited().await;
+                    return Err(setup_err("read the container's output", e.into()));
+                }
             }
         }
         let report = read_report(report_read).await;
@@ -494,6 +499,10 @@ impl NativeContainer {
     }
 }
 
+/// What [`ExecTarget::output`] keeps of each stream of a command: the kubelet's limit for an
+/// exec probe's output (`maxReadLength`, 10 KiB).
+const MAX_EXEC_OUTPUT: u64 = 10 * 1024;
+
 /// A running container commands can be executed in.
 #[derive(Clone, Debug)]
 pub struct ExecTarget {
@@ -523,12 +532,19 @@ impl ExecTarget {
             &[(pidfd.as_raw_fd(), exec::PIDFD_FD)],
         )?;
         child.kill_on_drop();
+        // The first 10 KiB of each stream are kept, as the kubelet keeps of an exec probe's
+        // output; the rest is read and dropped, so a command that prints without end costs
+        // wpod no memory.
         let read = |pipe: Option<std::fs::File>| async move {
             let mut bytes = Vec::new();
             if let Some(pipe) = pipe {
-                tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))?
+                let mut pipe =
+                    tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))?;
+                (&mut pipe)
+                    .take(MAX_EXEC_OUTPUT)
                     .read_to_end(&mut bytes)
                     .await?;
+                tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await?;
             }
             Ok::<_, std::io::Error>(bytes)
         };

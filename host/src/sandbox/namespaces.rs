@@ -116,8 +116,18 @@ impl PodNamespaces {
             }
         };
         let net_path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
-        let net = std::fs::File::open(&net_path)
-            .map_err(|e| SandboxError::io("open the pod's network namespace", &net_path, e))?;
+        let net = match std::fs::File::open(&net_path) {
+            Ok(net) => net,
+            Err(e) => {
+                let _ = holder.kill();
+                let _ = holder.wait();
+                return Err(SandboxError::io(
+                    "open the pod's network namespace",
+                    &net_path,
+                    e,
+                ));
+            }
+        };
         let net = Arc::new(OwnedFd::from(net));
         let init = match (init_pid, pod_proc) {
             (Some(pid), Some(dir)) => Some((pid, dir.to_path_buf())),
