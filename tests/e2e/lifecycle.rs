@@ -939,3 +939,46 @@ spec:
     let _ = running.wait(LONG);
     assert_no_leftovers("loudprobe");
 }
+
+/// An exec probe's command holds no descriptor of wpod's: its stdio only (the exec helper's
+/// own, such as the container's pidfd it joins the namespaces through, stay behind).
+#[test]
+fn an_exec_probes_command_inherits_nothing_but_its_stdio() {
+    require_root("an_exec_probes_command_inherits_nothing_but_its_stdio");
+    let pod = TestPod::new(
+        "fdprobe",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: fdprobe}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, infinity]
+    readinessProbe:
+      exec: {command: [sh, -c, "echo fds; ls /proc/$$/fd; exit 1"]}
+      periodSeconds: 1
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("a failed probe", LONG, |r| {
+        !events_of(r, "main", "probeFailed").is_empty()
+    });
+    let failed = &events_of(&run, "main", "probeFailed")[0];
+    let message = failed["message"].as_str().unwrap_or_default();
+    let listed: Vec<&str> = message
+        .rsplit_once("fds")
+        .map(|(_, fds)| fds.split_whitespace().collect())
+        .unwrap_or_default();
+    assert!(!listed.is_empty(), "{failed}");
+    // Beyond stdio, only the shell's own (dash keeps a descriptor at 10).
+    let strays: Vec<_> = listed
+        .iter()
+        .filter(|fd| !["0", "1", "2", "10"].contains(fd))
+        .collect();
+    assert!(strays.is_empty(), "the command held {strays:?}: {failed}");
+    running.signal(libc::SIGINT);
+    let _ = running.wait(LONG);
+    assert_no_leftovers("fdprobe");
+}
