@@ -81,18 +81,6 @@ fn run(spec: &LaunchSpec, argv: &[String]) -> ! {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             let _ = std::env::set_current_dir(spec.cwd.as_deref().unwrap_or("/"));
-            // The command sees no descriptor of wpod's beyond its stdio (the container's pidfd
-            // at 3, and whatever wpod leaked without close-on-exec), as a container's own
-            // process does.
-            // SAFETY: close_range only marks descriptors close-on-exec.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                )
-            };
             let (code, err) = launch::exec(argv, &spec.env);
             eprintln!("wpod exec: {err}");
             std::process::exit(code)

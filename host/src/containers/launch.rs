@@ -817,6 +817,18 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> (i32, StepError) {
     let Some((program, args)) = argv.split_first() else {
         return (EXIT_SETUP_FAILED, StepError::msg("exec", "empty command"));
     };
+    // The command sees no descriptor of the host's or wpod's beyond its stdio (a container's
+    // process and an exec probe's or hook's command alike): whatever a helper inherited or
+    // opened without close-on-exec stays behind. A failed exec still finds them open.
+    // SAFETY: close_range only marks descriptors close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let err = std::process::Command::new(program)
         .args(args)
         .env_clear()

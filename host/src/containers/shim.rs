@@ -241,16 +241,6 @@ fn container_main(
         let cwd = spec.cwd.as_deref().unwrap_or("/");
         std::env::set_current_dir(cwd)
             .map_err(|e| StepError::io("chdir to workingDir", Path::new(cwd), e))?;
-        // The container sees no descriptor of the host beyond its stdio.
-        // SAFETY: close_range only marks descriptors close-on-exec.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(|e| StepError::msg("unblock signals", e))?;
         Ok(())
