@@ -424,26 +424,26 @@ impl HelperChild {
             if let Some(status) = self.reap(true)? {
                 return Ok(status);
             }
-            if self.pidfd.is_none() {
-                let pid = self.pid.as_raw();
-                let fd = syscall_fd("pidfd_open of a helper", || {
-                    // SAFETY: pidfd_open of our own unreaped child; syscall_fd owns the result.
-                    unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }
-                })?;
-                // SAFETY: the AsyncFd owns the pidfd, which nothing replaces or closes while
-                // it is registered.
-                self.pidfd = Some(unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )?
-                });
-            }
-            if let Some(pidfd) = &self.pidfd {
-                // Readable stays set once it has ended: the reap above then finds it.
-                let mut ready = pidfd.readable().await?;
-                ready.clear_ready();
-            }
+            let pidfd = match &mut self.pidfd {
+                Some(pidfd) => pidfd,
+                none => {
+                    let pid = self.pid.as_raw();
+                    let fd = syscall_fd("pidfd_open of a helper", || {
+                        // SAFETY: pidfd_open of our own unreaped child; syscall_fd owns it.
+                        unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }
+                    })?;
+                    // SAFETY: the AsyncFd owns the pidfd, which nothing replaces or closes
+                    // while it is registered.
+                    none.insert(unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            fd,
+                            tokio::io::Interest::READABLE,
+                        )?
+                    })
+                }
+            };
+            // Readable stays set once it has ended: the reap above then finds it.
+            pidfd.readable().await?.clear_ready();
         }
     }
 

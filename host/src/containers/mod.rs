@@ -345,7 +345,7 @@ impl NativeContainer {
             (shim.stderr.take(), Stream::Stderr),
         ] {
             let Some(pipe) = pipe else { continue };
-            match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe)) {
+            match async_pipe(pipe) {
                 Ok(pipe) => output.push(logs.follow(&name, stream, pipe)),
                 Err(e) => {
                     // Nothing would read the container's output: it does not start.
@@ -499,6 +499,11 @@ impl NativeContainer {
     }
 }
 
+/// A helper's output pipe as the runtime reads it (non-blocking, on its reactor).
+fn async_pipe(pipe: std::fs::File) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))
+}
+
 /// What [`ExecTarget::output`] keeps of each stream of a command: the kubelet's limit for an
 /// exec probe's output (`maxReadLength`, 10 KiB).
 const MAX_EXEC_OUTPUT: u64 = 10 * 1024;
@@ -538,8 +543,7 @@ impl ExecTarget {
         let read = |pipe: Option<std::fs::File>| async move {
             let mut bytes = Vec::new();
             if let Some(pipe) = pipe {
-                let mut pipe =
-                    tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(pipe))?;
+                let mut pipe = async_pipe(pipe)?;
                 (&mut pipe)
                     .take(MAX_EXEC_OUTPUT)
                     .read_to_end(&mut bytes)
