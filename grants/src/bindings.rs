@@ -1,7 +1,7 @@
 //! The `bindgen!`s of wpod's own interfaces; WASI comes from wasmtime-wasi.
 //!
-//! `wit/sidecar.wit` is `wpod:sidecar@0.2.1`, what the capabilities implement (0.2.0 guests
-//! link to it: a minor version adds, as the TLS client did). A component
+//! `wit/sidecar.wit` is `wpod:sidecar@0.2.2`, what the capabilities implement (0.2.0 and 0.2.1
+//! guests link to it: a minor version adds, as the TLS client and the relay did). A component
 //! built against 0.1.0 (`wit/v0.1.0`) keeps running: its version is linked too, each function
 //! a conversion of the 0.1.0 types around its 0.2.0 twin (`v0_1`). (0.1 and 0.2 are different
 //! versions to the component model, which links a 0.x import only to the same minor version.)
@@ -18,10 +18,11 @@ wasmtime::component::bindgen!({
         "wpod:sidecar/tls.future-server-streams": crate::tls::FutureServerStreams,
         "wpod:sidecar/tls.client-config": crate::tls::ClientConfig,
         "wpod:sidecar/tls.future-client-streams": crate::tls::FutureClientStreams,
+        "wpod:sidecar/relay.transfer": crate::relay::Transfer,
     },
 });
 
-pub use self::wpod::sidecar::{lifecycle, main_process, tls};
+pub use self::wpod::sidecar::{lifecycle, main_process, relay, tls};
 
 /// wpod:sidecar@0.1.0, linked beside 0.2 for the components built against it.
 pub mod v0_1 {

@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod procstat;
+pub mod relay;
 pub mod report;
 pub mod tls;
 pub mod wasi;
@@ -246,6 +247,7 @@ capabilities! {
     process: process::MainProcess,
     lifecycle: lifecycle::Lifecycle,
     tls: tls::Tls,
+    relay: relay::Relay,
 }
 
 impl Grants {

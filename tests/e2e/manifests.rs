@@ -103,7 +103,7 @@ fn inspect_lists_the_hello_guests_imports_and_their_grants() {
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(
-            "wpod:sidecar/main-process@0.2.1          needs spec.shareProcessNamespace: true"
+            "wpod:sidecar/main-process@0.2.2          needs spec.shareProcessNamespace: true"
         ),
         "{stdout}"
     );

@@ -484,7 +484,7 @@ fn a_component_importing_main_process_is_refused_without_share_process_namespace
     )
     .unwrap();
     let expected = format!(
-        "{}:9:12: spec.containers[1].image: sidecar \"watcher\" imports wpod:sidecar/main-process@0.2.1, which this pod does not grant: set spec.shareProcessNamespace: true to grant it\n",
+        "{}:9:12: spec.containers[1].image: sidecar \"watcher\" imports wpod:sidecar/main-process@0.2.2, which this pod does not grant: set spec.shareProcessNamespace: true to grant it\n",
         manifest.display()
     );
     for cmd in ["validate", "run"] {

@@ -1,6 +1,6 @@
 //! wpod-sidecar: write wpod sidecars in Rust.
 //!
-//! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.1`):
+//! Typed wrappers over wpod's own interfaces (`wit/sidecar.wit`, `wpod:sidecar@0.2.2`):
 //!
 //! - [`ready`]: tell the pod this sidecar is ready (a native sidecar counts as started then);
 //! - [`containers`], [`stats`], [`wait_running`]: the main containers and their live statistics (the pod grants
@@ -10,6 +10,8 @@
 //! - [`next_event`], [`try_next_event`]: the pod's events, `stopping` among them.
 //! - [`tls`]: TLS run by the host at native speed, as a server on a connection the sidecar
 //!   accepted or as a client ([`tls::connect`]) to a server its outbound rules allow.
+//! - [`relay`]: bytes moved by the host from one stream to another until the first ends (a
+//!   proxy's two directions), with no call into the sidecar per chunk.
 //!
 //! With the `async` feature, on [wstd](https://docs.rs/wstd)'s reactor, [`events`] and
 //! [`MainLogs::next`] wait in the same poll as wstd's sockets and timers, so one sidecar serves
@@ -196,6 +198,21 @@ impl Events {
             }
             self.ready.wait_for().await;
         }
+    }
+}
+
+/// Transfers the host runs between the sidecar's own streams (`wpod:sidecar/relay`).
+pub mod relay {
+    pub use crate::wpod::sidecar::relay::Transfer;
+    use wasip2::io::streams::{InputStream, OutputStream};
+
+    /// Starts moving everything `from` gives to `to` until `from` ends (then `to` is
+    /// flushed) or either fails; the host takes both streams. Wait on
+    /// [`Transfer::subscribe`], then [`Transfer::get`] says how many bytes moved or why it
+    /// stopped. Dropping the transfer stops it. Fails when the sidecar already has as many
+    /// transfers as its memory limit allows.
+    pub fn start(from: InputStream, to: OutputStream) -> Result<Transfer, String> {
+        crate::wpod::sidecar::relay::start(from, to)
     }
 }
 

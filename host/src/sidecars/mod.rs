@@ -632,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn components_built_against_an_earlier_0_2_link_to_0_2_1() {
+    fn components_built_against_an_earlier_0_2_link_to_0_2_2() {
         let engine = engine::shared().unwrap();
         let linker = linker(engine).unwrap();
         let link = |interface: &str| {
@@ -640,8 +640,9 @@ mod tests {
             let component = wasmtime::component::Component::new(engine, &bytes).unwrap();
             linker.instantiate_pre(&component).map(|_| ())
         };
-        link("wpod:sidecar/lifecycle@0.2.0").expect("0.2.0 links to 0.2.1");
-        link("wpod:sidecar/lifecycle@0.2.1").expect("0.2.1");
+        link("wpod:sidecar/lifecycle@0.2.0").expect("0.2.0 links to 0.2.2");
+        link("wpod:sidecar/lifecycle@0.2.1").expect("0.2.1 links to 0.2.2");
+        link("wpod:sidecar/lifecycle@0.2.2").expect("0.2.2");
         link("wpod:sidecar/lifecycle@0.1.0").expect("0.1.0 has its own bindings");
         assert!(
             link("wpod:sidecar/lifecycle@0.3.0").is_err(),
