@@ -321,6 +321,58 @@ spec:
     assert_no_leftovers("rt-fds");
 }
 
+/// Host transfers (`wpod:sidecar/relay`) cost the host a slot each, and a sidecar has as many
+/// as an eighth of its memory limit allows (16 MiB: 64 of 32 KiB): one that starts transfers
+/// that never end is refused past them, and a slot comes back when it drops one.
+#[test]
+fn a_sidecars_host_transfers_are_held_to_its_memory_limit() {
+    require_root("a_sidecars_host_transfers_are_held_to_its_memory_limit");
+    let pod = TestPod::new(
+        "rt-transfers",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-transfers}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep, "300"]
+  - name: relayer
+    image: SIDECARS/hostile.wasm
+    args: [transfers:18461:200, sleep:300000]
+    ports: [{containerPort: 18461}]
+    resources:
+      limits: {memory: 16Mi}
+"#,
+    );
+    let running = pod.spawn();
+    let run = running.wait_for("the relayer to be refused", LONG, |r| {
+        r.has_line("relayer", "transfers:18461:200 ")
+    });
+    let refused = run.lines_starting("relayer", "transfers: refused after");
+    assert_eq!(
+        refused.len(),
+        1,
+        "the 65th transfer is refused\n{}",
+        run.dump()
+    );
+    assert!(
+        refused[0].starts_with(
+            "transfers: refused after 64: 64 transfers are already under way, this sidecar's most"
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run.outcome("relayer", "transfers:18461:200"),
+        "err: stopped after 64 transfers; one dropped, one more started",
+        "{}",
+        run.dump()
+    );
+    let _ = stop(running);
+    assert_no_leftovers("rt-transfers");
+}
+
 // Item 4's second half (a sidecar whose quota is set above what the process may hold) is now
 // refused before the pod starts: the quotas must fit what wpod may open (issue 23, finding D,
 // `redteam2::sidecar_quotas_must_fit_what_wpod_may_open`).

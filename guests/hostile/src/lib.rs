@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-pub const USAGE: &str = "attacks: sockets:N files:PATH:N line:MIB flood:MIB fill:PATH; \
+pub const USAGE: &str = "attacks: sockets:N files:PATH:N line:MIB flood:MIB fill:PATH transfers:PORT:N; \
      hostile-main adds logs-open:NAME:N logs-churn:NAME:N logs-hoard:NAME:SECONDS";
 
 /// The attacks every hostile guest knows; `None` when `verb` is not one of them.
@@ -18,6 +18,7 @@ pub fn attack(verb: &str, rest: &str) -> Option<Result<String, String>> {
         "line" => line(rest),
         "flood" => flood(rest),
         "fill" => fill(rest),
+        "transfers" => transfers(rest),
         _ => return None,
     };
     Some(result)
@@ -43,6 +44,62 @@ fn sockets(rest: &str) -> Result<String, String> {
         }
     }
     Ok(format!("holding {n} sockets"))
+}
+
+/// Starts host transfers (`wpod:sidecar/relay`) that never end until the host refuses one:
+/// `N` connections to itself on `PORT` (a port it declares), each client's input relayed to
+/// its server side's output, and nothing ever sent. Then it drops one and starts another, to
+/// show the slot came back.
+fn transfers(rest: &str) -> Result<String, String> {
+    use wasi::sockets::instance_network::instance_network;
+    use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasi::sockets::tcp::TcpSocket;
+    use wasi::sockets::tcp_create_socket::create_tcp_socket;
+    let (port, n) = probe::split2(rest)?;
+    let port: u16 = port.parse().map_err(|_| format!("{port} is not a port"))?;
+    let n = count(n)?;
+    fn e<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> String {
+        move |e| format!("{what}: {e:?}")
+    }
+    let network = instance_network();
+    let address = |port| IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address: (127, 0, 0, 1) });
+    let listener = create_tcp_socket(IpAddressFamily::Ipv4).map_err(e("socket"))?;
+    listener.start_bind(&network, address(port)).map_err(e("bind"))?;
+    listener.finish_bind().map_err(e("bind"))?;
+    listener.start_listen().map_err(e("listen"))?;
+    listener.finish_listen().map_err(e("listen"))?;
+    // Everything the transfers use stays open: sockets, and the streams the host did not take.
+    let mut held: Vec<TcpSocket> = Vec::new();
+    let mut unused = Vec::new();
+    let mut transfers = Vec::new();
+    let mut connection = || -> Result<_, String> {
+        let client = create_tcp_socket(IpAddressFamily::Ipv4).map_err(e("socket"))?;
+        client.start_connect(&network, address(port)).map_err(e("connect"))?;
+        client.subscribe().block();
+        let (from, client_out) = client.finish_connect().map_err(e("connect"))?;
+        listener.subscribe().block();
+        let (server, server_in, to) = listener.accept().map_err(e("accept"))?;
+        held.push(client);
+        held.push(server);
+        unused.push((client_out, server_in));
+        Ok((from, to))
+    };
+    for i in 0..n {
+        let (from, to) = connection()?;
+        match wpod_sidecar::relay::start(from, to) {
+            Ok(t) => transfers.push(t),
+            Err(refused) => {
+                println!("transfers: refused after {i}: {refused}");
+                transfers.pop();
+                let (from, to) = connection()?;
+                return match wpod_sidecar::relay::start(from, to) {
+                    Ok(_) => Err(format!("stopped after {i} transfers; one dropped, one more started")),
+                    Err(e) => Err(format!("stopped after {i} transfers; one dropped, still refused: {e}")),
+                };
+            }
+        }
+    }
+    Ok(format!("holding {n} transfers"))
 }
 
 /// Opens the same file `N` times and keeps every handle.

@@ -7,7 +7,8 @@
 //! 50). Here one `poll` returns every ready pollable and each is handled before the next.
 //!
 //! A connection: the TLS handshake in the host (`wpod:sidecar/tls`), a connection to the
-//! backend, then two pipes (client -> backend, backend -> client), each spliced in the host.
+//! backend, then two pipes (client -> backend, backend -> client), each a transfer the host
+//! runs on its own (`wpod:sidecar/relay`): the sidecar wakes only when one ends.
 //! The client's end of input becomes a half-close to the backend, which then has `IDLE` to
 //! finish; the backend's end of output ends the connection (close_notify to the client). An
 //! idle session is ended by the host after `IDLE`.
@@ -16,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use wstd::wasip2::clocks::monotonic_clock;
 use wstd::wasip2::io::poll::{poll, Pollable};
-use wstd::wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use wstd::wasip2::io::streams::{InputStream, OutputStream};
 use wstd::wasip2::sockets::instance_network::instance_network;
 use wstd::wasip2::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
 use wstd::wasip2::sockets::tcp::{ShutdownType, TcpSocket};
 use wstd::wasip2::sockets::tcp_create_socket::create_tcp_socket;
 
+use wpod_sidecar::relay::{self, Transfer};
 use wpod_sidecar::tls::{FutureServerStreams, ServerIdentity};
 
 /// How long a connection may idle (the host's session timeout), and how long a backend has to
@@ -35,84 +37,27 @@ pub struct Backend {
     pub address: IpSocketAddress,
 }
 
-/// One direction of a relayed connection.
+/// One direction of a relayed connection: a transfer the host runs (`wpod:sidecar/relay`),
+/// bytes moved with no call into the sidecar until it ends.
 struct Pipe {
-    // Pollables first: a pollable must be dropped before the stream it watches.
-    readable: Pollable,
-    /// Made when the pipe first waits to write (most never do): each pollable is a handle.
-    writable: Option<Pollable>,
-    from: InputStream,
-    to: OutputStream,
-    state: PipeState,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum PipeState {
-    /// Waiting for input.
-    Reading,
-    /// Holding input the output has no room for.
-    Writing,
-    /// The input ended; waiting for the output to flush what was written.
-    Flushing,
-    Done,
+    // The pollable first: a pollable must be dropped before the resource it watches.
+    ended: Pollable,
+    transfer: Transfer,
 }
 
 impl Pipe {
-    fn new(from: InputStream, to: OutputStream) -> Self {
-        Pipe {
-            readable: from.subscribe(),
-            writable: None,
-            from,
-            to,
-            state: PipeState::Reading,
-        }
+    fn start(from: InputStream, to: OutputStream) -> Result<Self, String> {
+        let transfer = relay::start(from, to)?;
+        Ok(Pipe {
+            ended: transfer.subscribe(),
+            transfer,
+        })
     }
 
-    /// Makes the pollable its state waits on, if it has none yet.
-    fn prepare(&mut self) {
-        if matches!(self.state, PipeState::Writing | PipeState::Flushing) && self.writable.is_none()
-        {
-            self.writable = Some(self.to.subscribe());
-        }
-    }
-
-    /// What it waits on now (after `prepare`).
-    fn pollable(&self) -> Option<&Pollable> {
-        match self.state {
-            PipeState::Reading => Some(&self.readable),
-            PipeState::Writing | PipeState::Flushing => self.writable.as_ref(),
-            PipeState::Done => None,
-        }
-    }
-
-    /// Moves on after its pollable was ready: bytes spliced in the host, never through Wasm.
-    fn step(&mut self) {
-        match self.state {
-            PipeState::Reading | PipeState::Writing => match self.to.splice(&self.from, 1 << 20) {
-                // Nothing moved: no room in the output, or no input after all.
-                Ok(0) => {
-                    self.state = match self.to.check_write() {
-                        Ok(0) => PipeState::Writing,
-                        _ => PipeState::Reading,
-                    }
-                }
-                Ok(_) => self.state = PipeState::Reading,
-                Err(StreamError::Closed) => {
-                    // What was written is not sent until flushed.
-                    self.state = match self.to.flush() {
-                        Ok(()) => PipeState::Flushing,
-                        Err(_) => PipeState::Done,
-                    }
-                }
-                Err(StreamError::LastOperationFailed(_)) => self.state = PipeState::Done,
-            },
-            PipeState::Flushing => {
-                if !matches!(self.to.check_write(), Ok(0)) {
-                    self.state = PipeState::Done;
-                }
-            }
-            PipeState::Done => {}
-        }
+    /// Whether it has ended, either way (a client or backend that resets its connection is
+    /// part of a proxy's day, not worth a line each).
+    fn ended(&self) -> bool {
+        self.transfer.get().is_some()
     }
 }
 
@@ -129,10 +74,11 @@ enum Stage {
         socket: TcpSocket,
     },
     Relay {
-        up: Pipe,
+        /// Client to backend, until the client has sent all it will.
+        up: Option<Pipe>,
+        /// Backend to client: the connection ends with it.
         down: Pipe,
         upstream: TcpSocket,
-        half_closed: bool,
     },
     Closed,
 }
@@ -146,21 +92,14 @@ struct Conn {
 }
 
 impl Conn {
-    fn prepare(&mut self) {
-        if let Stage::Relay { up, down, .. } = &mut self.stage {
-            up.prepare();
-            down.prepare();
-        }
-    }
-
     /// Its pollables now, each with which part of it waits (0 or 1).
     fn pollables(&self) -> Vec<(&Pollable, u8)> {
         match &self.stage {
             Stage::Handshake { ready, .. } | Stage::Connect { ready, .. } => vec![(ready, 0)],
             Stage::Relay { up, down, .. } => {
                 let mut out = Vec::with_capacity(2);
-                out.extend(up.pollable().map(|p| (p, 0)));
-                out.extend(down.pollable().map(|p| (p, 1)));
+                out.extend(up.as_ref().map(|p| (&p.ended, 0)));
+                out.push((&down.ended, 1));
                 out
             }
             Stage::Closed => Vec::new(),
@@ -207,11 +146,18 @@ impl Conn {
                     };
                     drop(ready);
                     self.deadline = None;
-                    self.stage = Stage::Relay {
-                        up: Pipe::new(plain_in, output),
-                        down: Pipe::new(input, plain_out),
-                        upstream: socket,
-                        half_closed: false,
+                    let pipes = Pipe::start(plain_in, output)
+                        .and_then(|up| Ok((up, Pipe::start(input, plain_out)?)));
+                    self.stage = match pipes {
+                        Ok((up, down)) => Stage::Relay {
+                            up: Some(up),
+                            down,
+                            upstream: socket,
+                        },
+                        Err(e) => {
+                            eprintln!("connection: relay: {e}");
+                            Stage::Closed
+                        }
                     };
                 }
                 Err(e) => {
@@ -219,25 +165,16 @@ impl Conn {
                     self.stage = Stage::Closed;
                 }
             },
-            Stage::Relay {
-                up,
-                down,
-                upstream,
-                half_closed,
-            } => {
+            Stage::Relay { up, down, upstream } => {
                 if part == 0 {
-                    up.step();
-                    if up.state == PipeState::Done && !*half_closed {
+                    if up.as_ref().is_some_and(|p| p.ended()) {
                         // The client is done: so is the request; the backend gets IDLE to answer.
+                        *up = None;
                         let _ = upstream.shutdown(ShutdownType::Send);
-                        *half_closed = true;
                         self.deadline = Some(Instant::now() + IDLE);
                     }
-                } else {
-                    down.step();
-                    if down.state == PipeState::Done {
-                        self.stage = Stage::Closed;
-                    }
+                } else if down.ended() {
+                    self.stage = Stage::Closed;
                 }
             }
             Stage::Closed => {}
@@ -282,9 +219,6 @@ pub fn run(listener: TcpSocket, identity: ServerIdentity, backend: Backend, max:
             if conns.is_empty() || now >= deadline {
                 std::process::exit(0);
             }
-        }
-        for c in &mut conns {
-            c.prepare();
         }
         let next = conns
             .iter()
