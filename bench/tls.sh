@@ -9,7 +9,8 @@
 # with openssl), TLS 1.3 only and the same cipher-suite order where it can be set:
 #
 #   tls-proxy   :8443  the Wasm sidecar (target/sidecars/tls-proxy.wasm), TLS run by the host
-#                      through wpod:sidecar/tls, plaintext relayed with host-side splice
+#                      through wpod:sidecar/tls, plaintext relayed by host transfers
+#                      (wpod:sidecar/relay)
 #   tls-proxy-wasm :8446  the same sidecar with TLS_ENGINE=guest: rustls (pure-Rust crypto)
 #                      inside Wasm, one request per connection: how it ran before
 #   nginx       :8444  a native container: nginx, worker_processes 1, proxy_pass with keep-alive

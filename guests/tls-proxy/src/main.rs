@@ -5,8 +5,8 @@
 //! Two TLS engines (`TLS_ENGINE`):
 //! - `host` (the default): the host runs the handshakes and records at native speed through
 //!   `wpod:sidecar/tls`; the sidecar only relays bytes both ways between the client's plaintext
-//!   and a backend connection, each direction spliced in the host (no copy through Wasm
-//!   memory). Like stunnel or a TCP-mode proxy: HTTP keep-alive and anything else the backend
+//!   and a backend connection, each direction a transfer the host runs (`wpod:sidecar/relay`:
+//!   no copy through Wasm memory, no call into the sidecar per chunk). Like stunnel or a TCP-mode proxy: HTTP keep-alive and anything else the backend
 //!   speaks pass through. A connection idle for 60 s ends (the host's session timeout).
 //! - `guest`: rustls with a pure-Rust (RustCrypto) provider inside Wasm, one HTTP request per
 //!   connection (sent upstream with `Connection: close`), each connection 60 s in all: a
