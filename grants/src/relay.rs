@@ -9,20 +9,26 @@
 //! It reaches nothing new: both streams are the sidecar's own (its sockets', its host TLS
 //! sessions', its files'), taken from its resource table, and the transfer drops them when it
 //! ends; the socket a stream belongs to stays the sidecar's. What it can cost the host is
-//! bounded: a transfer reads at most what the output has room for, and at most [`CHUNK`], and
-//! writes it before it reads again, so it holds one chunk at a time ([`TRANSFER_COST`] with the
-//! output's own buffer); transfers at once are limited by the sidecar's memory limit
-//! ([`RelayGrant`]). Its CPU is the host's time to move bytes the sidecar could move itself
-//! with `splice`; each chunk and each wait count against the runtime's budget for a task's
-//! turn, so a transfer never holds a thread.
+//! bounded:
+//! - handles: the transfer keeps the two table entries its streams had ([`Held`]), so what
+//!   the streams hold (descriptors) stays within the sidecar's handle quota;
+//! - memory: a transfer reads at most what the output has room for, and at most [`CHUNK`],
+//!   and writes it before it reads again (a short read copied out of its buffer), so it holds
+//!   what it read and what its output still holds of the chunk before ([`TRANSFER_COST`]);
+//!   transfers at once are limited by the sidecar's memory limit ([`RelayGrant`]);
+//! - CPU and threads: the instance's transfers take turns ([`MOVERS`] at once) to move a chunk,
+//!   so however many it starts they use the pod runtime's threads as two tasks would; each
+//!   chunk and each wait count against the runtime's budget for a task's turn;
+//! - work in flight: a transfer that ends, or is dropped, ends its streams' pending work (a
+//!   file read on the blocking pool) first, as wasmtime does when a guest drops a stream.
 //!
-//! A transfer ends with its resource: dropping it, or the instance ending (its resource table
-//! is dropped with its store), aborts the task.
+//! A transfer the guest drops stops before the drop returns; the instance ending (its table is
+//! dropped with its store) aborts it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
 use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
@@ -40,6 +46,9 @@ pub const TRANSFER_COST: u64 = 2 * CHUNK as u64;
 pub const MAX_TRANSFERS: usize = 8192;
 /// Transfers an instance may have at once, however small its memory limit.
 pub const MIN_TRANSFERS: usize = 16;
+/// Transfers of one instance moving a chunk at the same moment: its transfers take the pod
+/// runtime's threads (two) as that many tasks would, however many it has.
+pub const MOVERS: usize = 2;
 
 pub struct Relay;
 
@@ -63,9 +72,10 @@ impl RelayGrant {
     }
 }
 
-/// One instance's relay state: the transfer slots it has left.
+/// One instance's relay state: the transfer slots it has left, and its turns to move a chunk.
 pub struct RelayCtx {
     slots: Arc<Semaphore>,
+    movers: Arc<Semaphore>,
     grant: RelayGrant,
 }
 
@@ -98,6 +108,7 @@ impl Capability for Relay {
     fn prepare(grant: &RelayGrant, _setup: &mut InstanceSetup<'_>) -> Result<RelayCtx, GrantError> {
         Ok(RelayCtx {
             slots: Arc::new(Semaphore::new(grant.transfers)),
+            movers: Arc::new(Semaphore::new(MOVERS)),
             grant: *grant,
         })
     }
@@ -113,10 +124,19 @@ enum State {
     Taken,
 }
 
+/// An entry of the instance's resource table kept for a stream a transfer took: the
+/// transfer holds what the stream held (a socket's descriptor, a TLS session), so the
+/// sidecar's handle quota, which bounds its descriptors, counts it as before.
+pub struct Held;
+
 /// The `transfer` resource. It holds its slot until the guest drops it, not only while it
 /// runs: a slot comes back at a point the guest sees (its `drop`), never later.
 pub struct Transfer {
     state: State,
+    /// Dropped to tell a running transfer to stop: it then ends its streams' pending work
+    /// before it ends.
+    stop: Option<oneshot::Sender<()>>,
+    held: Option<[Resource<Held>; 2]>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -157,28 +177,67 @@ fn why(side: &str, moved: u64, e: StreamError) -> String {
     }
 }
 
-/// Moves what `from` gives to `to` until `from` ends, then flushes `to`.
-async fn pump(mut from: DynInputStream, mut to: DynOutputStream) -> Outcome {
+/// Moves what `from` gives to `to` until `from` ends (then flushes `to`), either fails, or
+/// `stop` says the guest dropped the transfer; then ends both streams' pending work (a file
+/// read on the blocking pool, a write in flight), as wasmtime does when a guest drops a stream
+/// itself, so none of it outlives the transfer.
+async fn pump(
+    mut from: DynInputStream,
+    mut to: DynOutputStream,
+    movers: Arc<Semaphore>,
+    stop: oneshot::Receiver<()>,
+) -> Outcome {
+    let outcome = tokio::select! {
+        outcome = moves(&mut from, &mut to, &movers) => outcome,
+        _ = stop => Err("stopped: the transfer was dropped".to_string()),
+    };
+    from.cancel().await;
+    to.cancel().await;
+    outcome
+}
+
+async fn moves(from: &mut DynInputStream, to: &mut DynOutputStream, movers: &Semaphore) -> Outcome {
     let mut moved: u64 = 0;
     loop {
+        // One of the instance's few turns: however many transfers it has, they move chunks on
+        // the runtime's threads as [`MOVERS`] tasks would (a guest is one), never more.
+        let Ok(turn) = movers.acquire().await else {
+            return Err("the instance has ended".into());
+        };
         // Room in the output first: what is read is written at once, never held.
-        let room = loop {
-            match to.check_write() {
-                Ok(0) => wait(&mut to).await,
-                Ok(n) => break n,
-                Err(e) => return Err(why("the output", moved, e)),
+        let room = match to.check_write() {
+            Ok(0) => {
+                drop(turn);
+                wait(to).await;
+                continue;
             }
+            Ok(n) => n,
+            Err(e) => return Err(why("the output", moved, e)),
         };
-        let data: Bytes = loop {
-            match from.read(room.min(CHUNK)) {
-                Ok(data) if data.is_empty() => wait(&mut from).await,
-                Ok(data) => break data,
-                Err(StreamError::Closed) => return finish(to, moved).await,
-                Err(e) => return Err(why("the input", moved, e)),
+        let data = match from.read(room.min(CHUNK)) {
+            Ok(data) if data.is_empty() => {
+                drop(turn);
+                wait(from).await;
+                continue;
             }
+            Ok(data) => data,
+            Err(StreamError::Closed) => {
+                drop(turn);
+                return finish(to, moved).await;
+            }
+            Err(e) => return Err(why("the input", moved, e)),
         };
-        moved += data.len() as u64;
+        // A short read keeps the whole buffer it was read into (a TCP stream reads into one
+        // of the size asked for), and outputs count what they queue by its length: copied, it
+        // holds what it says.
+        let data = match data.len() < CHUNK / 4 {
+            true => Bytes::copy_from_slice(&data),
+            false => data,
+        };
+        let len = data.len() as u64;
         to.write(data).map_err(|e| why("the output", moved, e))?;
+        moved += len;
+        drop(turn);
         // Others on this runtime get their turn between chunks of a long transfer.
         tokio::task::consume_budget().await;
     }
@@ -192,11 +251,11 @@ async fn wait<P: wasmtime_wasi_io::poll::Pollable>(stream: &mut P) {
 }
 
 /// The input ended: flushes the output and waits for it to take everything.
-async fn finish(mut to: DynOutputStream, moved: u64) -> Outcome {
+async fn finish(to: &mut DynOutputStream, moved: u64) -> Outcome {
     to.flush().map_err(|e| why("the output", moved, e))?;
     loop {
         match to.check_write() {
-            Ok(0) => wait(&mut to).await,
+            Ok(0) => wait(to).await,
             Ok(_) => return Ok(moved),
             Err(e) => return Err(why("the output", moved, e)),
         }
@@ -221,20 +280,29 @@ impl relay::Host for RelayView<'_> {
         from: Resource<DynInputStream>,
         to: Resource<DynOutputStream>,
     ) -> wasmtime::Result<Result<Resource<Transfer>, String>> {
-        // The streams are the transfer's either way: refused, it drops them, as a failed
-        // `tls.accept` does.
-        let from = self.table.delete(from)?;
-        let to = self.table.delete(to)?;
+        let mut from = self.table.delete(from)?;
+        let mut to = self.table.delete(to)?;
         let Ok(slot) = self.ctx.slots.clone().try_acquire_owned() else {
+            // Refused, the streams are dropped as the guest's own drop would: their pending
+            // work ended first.
+            from.cancel().await;
+            to.cancel().await;
             return Ok(Err(format!(
-                "{} transfers are already under way, this sidecar's most (an eighth of limits.memory, {} KiB each)",
+                "{} transfers are already under way, this sidecar's most ({} KiB each from an \
+                 eighth of its limits.memory, at least {MIN_TRANSFERS}, at most {MAX_TRANSFERS})",
                 self.ctx.grant.transfers,
                 TRANSFER_COST / 1024
             )));
         };
-        let task = wasmtime_wasi::runtime::spawn(pump(from, to));
+        // The two entries the streams had: past the quota, the guest traps, as for any handle.
+        let held = [self.table.push(Held)?, self.table.push(Held)?];
+        let (stop, stopped) = oneshot::channel();
+        let movers = self.ctx.movers.clone();
+        let task = wasmtime_wasi::runtime::spawn(pump(from, to, movers, stopped));
         let transfer = Transfer {
             state: State::Running(task),
+            stop: Some(stop),
+            held: Some(held),
             _slot: slot,
         };
         Ok(Ok(self.table.push(transfer)?))
@@ -254,9 +322,16 @@ impl relay::HostTransfer for RelayView<'_> {
     }
 
     async fn drop(&mut self, this: Resource<Transfer>) -> wasmtime::Result<()> {
-        // A transfer still running is aborted with its task, which drops both streams; its
-        // slot is free from here.
-        self.table.delete(this)?;
+        let mut transfer = self.table.delete(this)?;
+        for held in transfer.held.take().into_iter().flatten() {
+            self.table.delete(held)?;
+        }
+        // A transfer still running stops, and its streams' pending work ends, before the drop
+        // returns (as a guest's drop of a stream waits for it); its slot is free then.
+        drop(transfer.stop.take());
+        if let State::Running(task) = &mut transfer.state {
+            let _ = task.await;
+        }
         Ok(())
     }
 }
@@ -267,13 +342,23 @@ mod tests {
     use std::time::Duration;
     use wasmtime_wasi::p2::pipe::{AsyncReadStream, AsyncWriteStream, MemoryInputPipe};
 
+    /// A transfer's task as `start` makes it, with its stop signal and a turn of its own.
+    fn spawn(
+        from: DynInputStream,
+        to: DynOutputStream,
+    ) -> (tokio::task::JoinHandle<Outcome>, oneshot::Sender<()>) {
+        let (stop, stopped) = oneshot::channel();
+        let movers = Arc::new(Semaphore::new(MOVERS));
+        (tokio::spawn(pump(from, to, movers, stopped)), stop)
+    }
+
     #[tokio::test]
     async fn a_transfer_moves_everything_in_order_then_says_how_much() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let from: DynInputStream = Box::new(MemoryInputPipe::new(data.clone()));
         let (writer, mut reader) = tokio::io::duplex(4096);
         let to: DynOutputStream = Box::new(AsyncWriteStream::new(4096, writer));
-        let task = tokio::spawn(pump(from, to));
+        let (task, _stop) = spawn(from, to);
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut got)
             .await
@@ -282,13 +367,81 @@ mod tests {
         assert!(got == data, "the bytes arrived changed or reordered");
     }
 
+    /// An output that takes 1 KiB at a time, counts the writes under way at once, and makes
+    /// each last a millisecond of its thread.
+    struct Counting {
+        active: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        written: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[wasmtime_wasi_io::async_trait]
+    impl wasmtime_wasi_io::poll::Pollable for Counting {
+        async fn ready(&mut self) {}
+    }
+
+    impl wasmtime_wasi::p2::OutputStream for Counting {
+        fn write(&mut self, bytes: Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.active.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            self.written.fetch_add(bytes.len(), SeqCst);
+            self.active.fetch_sub(1, SeqCst);
+            Ok(())
+        }
+        fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+            Ok(())
+        }
+        fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+            Ok(1024)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_instances_transfers_share_its_turns_and_all_finish() {
+        // Eight transfers of one instance with one turn, on four threads: one moves a chunk
+        // at a time, and every one of them finishes.
+        let movers = Arc::new(Semaphore::new(1));
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        let mut stops = Vec::new();
+        for _ in 0..8 {
+            let from: DynInputStream = Box::new(MemoryInputPipe::new(vec![1u8; 20 * 1024]));
+            let to: DynOutputStream = Box::new(Counting {
+                active: active.clone(),
+                most: most.clone(),
+                written: written.clone(),
+            });
+            let (stop, stopped) = oneshot::channel();
+            stops.push(stop);
+            tasks.push(tokio::spawn(pump(from, to, movers.clone(), stopped)));
+        }
+        for task in tasks {
+            let outcome = tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("every transfer gets turns")
+                .unwrap();
+            assert_eq!(outcome, Ok(20 * 1024));
+        }
+        let (most, written) = (
+            most.load(std::sync::atomic::Ordering::SeqCst),
+            written.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        assert_eq!(written, 8 * 20 * 1024);
+        assert_eq!(most, 1, "{most} chunks were moved at once with one turn");
+        assert_eq!(movers.available_permits(), 1, "every turn is given back");
+    }
+
     #[tokio::test]
     async fn a_transfer_holds_one_chunk_while_its_output_has_no_room() {
         // The input has 1 MiB ready; nobody reads the output.
         let from: DynInputStream = Box::new(MemoryInputPipe::new(vec![7u8; 1 << 20]));
         let (writer, reader) = tokio::io::duplex(1024);
         let to: DynOutputStream = Box::new(AsyncWriteStream::new(1024, writer));
-        let task = tokio::spawn(pump(from, to));
+        let (task, _stop) = spawn(from, to);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             !task.is_finished(),
@@ -312,8 +465,8 @@ mod tests {
             .parse()
             .unwrap();
         assert!(
-            moved <= 2 * 1024 + CHUNK as u64,
-            "moved {moved} into 1 KiB of room: {e}"
+            moved <= 3 * 1024,
+            "moved {moved} into 1 KiB of room and 1 KiB of pipe: {e}"
         );
     }
 
@@ -334,23 +487,69 @@ mod tests {
         let from: DynInputStream = Box::new(AsyncReadStream::new(Broken));
         let (writer, _reader) = tokio::io::duplex(1024);
         let to: DynOutputStream = Box::new(AsyncWriteStream::new(1024, writer));
-        let outcome = tokio::time::timeout(Duration::from_secs(5), pump(from, to))
+        let (task, _stop) = spawn(from, to);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
             .await
-            .expect("a failed input ends the transfer");
+            .expect("a failed input ends the transfer")
+            .unwrap();
         let e = outcome.expect_err("the input failed");
         assert!(e.starts_with("the input failed after 0 bytes"), "{e}");
     }
 
-    #[tokio::test]
-    async fn a_dropped_transfer_stops_and_drops_its_streams() {
-        // An input that never ends and an output whose reader waits for its end.
-        let (_never, idle) = tokio::io::duplex(64);
+    /// An input that never ends and an output whose reader waits for its end.
+    fn endless() -> (
+        DynInputStream,
+        DynOutputStream,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (never, idle) = tokio::io::duplex(64);
         let from: DynInputStream = Box::new(AsyncReadStream::new(idle));
-        let (writer, mut reader) = tokio::io::duplex(1024);
+        let (writer, reader) = tokio::io::duplex(1024);
         let to: DynOutputStream = Box::new(AsyncWriteStream::new(1024, writer));
+        (from, to, never, reader)
+    }
+
+    async fn sees_the_end(reader: &mut tokio::io::DuplexStream) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(reader, &mut rest),
+        )
+        .await
+        .expect("the output is dropped with the transfer: its reader sees the end");
+        assert_eq!(read.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_transfer_ends_and_drops_its_streams() {
+        let (from, to, _never, mut reader) = endless();
+        let (task, stop) = spawn(from, to);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        drop(stop);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a stopped transfer ends")
+            .unwrap();
+        assert!(outcome.unwrap_err().starts_with("stopped"));
+        sees_the_end(&mut reader).await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_transfer_gives_its_slot_back_and_drops_its_streams() {
+        // The instance ending drops the transfer without a `drop` call: its task is aborted.
+        let (from, to, _never, mut reader) = endless();
         let slots = Arc::new(Semaphore::new(1));
+        let (stop, stopped) = oneshot::channel();
+        let movers = Arc::new(Semaphore::new(MOVERS));
+        let mut table = ResourceTable::new();
         let transfer = Transfer {
-            state: State::Running(wasmtime_wasi::runtime::spawn(pump(from, to))),
+            state: State::Running(wasmtime_wasi::runtime::spawn(pump(
+                from, to, movers, stopped,
+            ))),
+            stop: Some(stop),
+            held: Some([table.push(Held).unwrap(), table.push(Held).unwrap()]),
             _slot: slots.clone().try_acquire_owned().unwrap(),
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -359,16 +558,74 @@ mod tests {
         assert_eq!(
             slots.available_permits(),
             1,
-            "the slot is free once the guest drops it"
+            "the slot is free once it is dropped"
         );
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest),
-        )
-        .await
-        .expect("the output is dropped with the transfer: its reader sees the end");
-        assert_eq!(read.unwrap(), 0);
+        sees_the_end(&mut reader).await;
+    }
+
+    #[tokio::test]
+    async fn a_transfer_keeps_the_table_entries_of_the_streams_it_took() {
+        // A table with room for exactly the two streams: the transfer takes them and needs
+        // their two entries and one of its own.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(3);
+        let (from, to, _never, _reader) = endless();
+        let from = table.push(from).unwrap();
+        let to = table.push(to).unwrap();
+        let mut ctx = RelayCtx {
+            slots: Arc::new(Semaphore::new(4)),
+            movers: Arc::new(Semaphore::new(MOVERS)),
+            grant: RelayGrant { transfers: 4 },
+        };
+        let mut view = RelayView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        let transfer = relay::Host::start(&mut view, from, to)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            view.table.push(Held).is_err(),
+            "the transfer holds what the streams held: the table is as full as before"
+        );
+        relay::HostTransfer::drop(&mut view, transfer)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            view.table
+                .push(Held)
+                .expect("all three entries are free again");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_past_the_slots_is_refused_in_words_and_drops_the_streams() {
+        let mut table = ResourceTable::new();
+        let mut ctx = RelayCtx {
+            slots: Arc::new(Semaphore::new(1)),
+            movers: Arc::new(Semaphore::new(MOVERS)),
+            grant: RelayGrant { transfers: 1 },
+        };
+        let mut view = RelayView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        let (from, to, _never, _reader) = endless();
+        let (from, to) = (view.table.push(from).unwrap(), view.table.push(to).unwrap());
+        let _first = relay::Host::start(&mut view, from, to)
+            .await
+            .unwrap()
+            .unwrap();
+        let (from, to, _never2, mut reader2) = endless();
+        let (from, to) = (view.table.push(from).unwrap(), view.table.push(to).unwrap());
+        let refused = relay::Host::start(&mut view, from, to).await.unwrap();
+        let e = refused.expect_err("one slot, two transfers");
+        assert!(
+            e.starts_with("1 transfers are already under way, this sidecar's most"),
+            "{e}"
+        );
+        sees_the_end(&mut reader2).await;
     }
 
     #[test]
