@@ -79,6 +79,16 @@ pub struct RelayCtx {
     grant: RelayGrant,
 }
 
+impl RelayCtx {
+    fn new(grant: RelayGrant) -> Self {
+        RelayCtx {
+            slots: Arc::new(Semaphore::new(grant.transfers)),
+            movers: Arc::new(Semaphore::new(MOVERS)),
+            grant,
+        }
+    }
+}
+
 impl Capability for Relay {
     type Grant = RelayGrant;
     type State = RelayCtx;
@@ -106,11 +116,7 @@ impl Capability for Relay {
     }
 
     fn prepare(grant: &RelayGrant, _setup: &mut InstanceSetup<'_>) -> Result<RelayCtx, GrantError> {
-        Ok(RelayCtx {
-            slots: Arc::new(Semaphore::new(grant.transfers)),
-            movers: Arc::new(Semaphore::new(MOVERS)),
-            grant: *grant,
-        })
+        Ok(RelayCtx::new(*grant))
     }
 }
 
@@ -572,11 +578,7 @@ mod tests {
         let (from, to, _never, _reader) = endless();
         let from = table.push(from).unwrap();
         let to = table.push(to).unwrap();
-        let mut ctx = RelayCtx {
-            slots: Arc::new(Semaphore::new(4)),
-            movers: Arc::new(Semaphore::new(MOVERS)),
-            grant: RelayGrant { transfers: 4 },
-        };
+        let mut ctx = RelayCtx::new(RelayGrant { transfers: 4 });
         let mut view = RelayView {
             ctx: &mut ctx,
             table: &mut table,
@@ -602,11 +604,7 @@ mod tests {
     #[tokio::test]
     async fn a_start_past_the_slots_is_refused_in_words_and_drops_the_streams() {
         let mut table = ResourceTable::new();
-        let mut ctx = RelayCtx {
-            slots: Arc::new(Semaphore::new(1)),
-            movers: Arc::new(Semaphore::new(MOVERS)),
-            grant: RelayGrant { transfers: 1 },
-        };
+        let mut ctx = RelayCtx::new(RelayGrant { transfers: 1 });
         let mut view = RelayView {
             ctx: &mut ctx,
             table: &mut table,
