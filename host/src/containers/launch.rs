@@ -404,9 +404,10 @@ impl LaunchSpec {
     pub fn read(path: &Path) -> Result<Self, StepError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StepError::io("read launch config", path, e))?;
-        let spec: Spec =
-            serde_json::from_str(&text).map_err(|e| StepError::msg("parse launch config", e))?;
-        Self::from_oci(spec).map_err(|e| {
+        // Not `serde_json::from_str::<Spec>`: see `launch_read` (the same `Spec`, without
+        // linking the regex crate into every helper).
+        let checked = super::launch_read::spec(&text).and_then(|spec| Ok(Self::from_oci(spec)?));
+        checked.map_err(|e| {
             StepError::msg(
                 format!("launch config {}", path.display()),
                 crate::error::chain(&e),
@@ -904,7 +905,7 @@ mod tests {
     /// Written as JSON and read back (as the shim does), the config gives the same container.
     fn round_trip(l: &LaunchSpec) -> Result<LaunchSpec, LaunchError> {
         let json = serde_json::to_string(&l.to_oci()?).unwrap();
-        LaunchSpec::from_oci(serde_json::from_str(&json).unwrap())
+        LaunchSpec::from_oci(super::super::launch_read::spec(&json).unwrap())
     }
 
     #[test]

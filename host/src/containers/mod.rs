@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod launch;
+mod launch_read;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
