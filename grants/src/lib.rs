@@ -23,6 +23,7 @@ pub mod fs_view;
 pub mod inspect;
 pub mod lifecycle;
 pub mod net;
+pub mod outcome;
 pub mod process;
 pub mod procstat;
 pub mod relay;

@@ -31,9 +31,9 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
-use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 
 use super::bindings::relay;
+use super::outcome::TaskOutcome;
 use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
 use crate::spec::Diagnostic;
 
@@ -123,13 +123,6 @@ impl Capability for Relay {
 /// How a transfer ended: the bytes moved, or why it stopped (said to the guest in words).
 type Outcome = Result<u64, String>;
 
-/// A transfer's task, then its outcome until the guest takes it.
-enum State {
-    Running(AbortOnDropJoinHandle<Outcome>),
-    Done(Outcome),
-    Taken,
-}
-
 /// An entry of the instance's resource table kept for a stream a transfer took: the
 /// transfer holds what the stream held (a socket's descriptor, a TLS session), so the
 /// sidecar's handle quota, which bounds its descriptors, counts it as before.
@@ -138,7 +131,7 @@ pub struct Held;
 /// The `transfer` resource. It holds its slot until the guest drops it, not only while it
 /// runs: a slot comes back at a point the guest sees (its `drop`), never later.
 pub struct Transfer {
-    state: State,
+    state: TaskOutcome<Outcome>,
     /// Dropped to tell a running transfer to stop: it then ends its streams' pending work
     /// before it ends.
     stop: Option<oneshot::Sender<()>>,
@@ -146,31 +139,10 @@ pub struct Transfer {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Transfer {
-    /// The outcome once the task has ended (`None` before), once.
-    async fn get(&mut self) -> Option<Outcome> {
-        if let State::Running(task) = &mut self.state {
-            if !task.is_finished() {
-                return None;
-            }
-            let outcome = task.await;
-            self.state = State::Done(outcome);
-        }
-        match std::mem::replace(&mut self.state, State::Taken) {
-            State::Done(outcome) => Some(outcome),
-            State::Taken => Some(Err("the transfer's outcome was already taken".into())),
-            State::Running(_) => unreachable!("finished just above"),
-        }
-    }
-}
-
 #[wasmtime_wasi_io::async_trait]
 impl wasmtime_wasi_io::poll::Pollable for Transfer {
     async fn ready(&mut self) {
-        if let State::Running(task) = &mut self.state {
-            let outcome = task.await;
-            self.state = State::Done(outcome);
-        }
+        self.state.ready().await
     }
 }
 
@@ -295,7 +267,8 @@ impl relay::Host for RelayView<'_> {
             to.cancel().await;
             return Ok(Err(format!(
                 "{} transfers are already under way, this sidecar's most ({} KiB each from an \
-                 eighth of its limits.memory, at least {MIN_TRANSFERS}, at most {MAX_TRANSFERS})",
+                 eighth of its limits.memory, at least {MIN_TRANSFERS}, at most {MAX_TRANSFERS}): \
+                 drop one that has ended, or raise the container's resources.limits.memory",
                 self.ctx.grant.transfers,
                 TRANSFER_COST / 1024
             )));
@@ -304,9 +277,8 @@ impl relay::Host for RelayView<'_> {
         let held = [self.table.push(Held)?, self.table.push(Held)?];
         let (stop, stopped) = oneshot::channel();
         let movers = self.ctx.movers.clone();
-        let task = wasmtime_wasi::runtime::spawn(pump(from, to, movers, stopped));
         let transfer = Transfer {
-            state: State::Running(task),
+            state: TaskOutcome::spawn(pump(from, to, movers, stopped)),
             stop: Some(stop),
             held: Some(held),
             _slot: slot,
@@ -324,7 +296,10 @@ impl relay::HostTransfer for RelayView<'_> {
     }
 
     async fn get(&mut self, this: Resource<Transfer>) -> wasmtime::Result<Option<Outcome>> {
-        Ok(self.table.get_mut(&this)?.get().await)
+        let taken = self.table.get_mut(&this)?.state.take().await;
+        Ok(taken.map(|outcome| {
+            outcome.unwrap_or_else(|| Err("the transfer's outcome was already taken".into()))
+        }))
     }
 
     async fn drop(&mut self, this: Resource<Transfer>) -> wasmtime::Result<()> {
@@ -335,9 +310,7 @@ impl relay::HostTransfer for RelayView<'_> {
         // A transfer still running stops, and its streams' pending work ends, before the drop
         // returns (as a guest's drop of a stream waits for it); its slot is free then.
         drop(transfer.stop.take());
-        if let State::Running(task) = &mut transfer.state {
-            let _ = task.await;
-        }
+        transfer.state.ready().await;
         Ok(())
     }
 }
@@ -356,6 +329,14 @@ mod tests {
         let (stop, stopped) = oneshot::channel();
         let movers = Arc::new(Semaphore::new(MOVERS));
         (tokio::spawn(pump(from, to, movers, stopped)), stop)
+    }
+
+    /// A transfer's outcome, which must come within `secs` seconds (`why` it should).
+    async fn ended(task: tokio::task::JoinHandle<Outcome>, secs: u64, why: &str) -> Outcome {
+        tokio::time::timeout(Duration::from_secs(secs), task)
+            .await
+            .expect(why)
+            .expect("the transfer's task panicked")
     }
 
     #[tokio::test]
@@ -426,10 +407,7 @@ mod tests {
             tasks.push(tokio::spawn(pump(from, to, movers.clone(), stopped)));
         }
         for task in tasks {
-            let outcome = tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("every transfer gets turns")
-                .unwrap();
+            let outcome = ended(task, 20, "every transfer gets turns").await;
             assert_eq!(outcome, Ok(20 * 1024));
         }
         let (most, written) = (
@@ -455,10 +433,7 @@ mod tests {
         );
         // Its reader gone, the output fails: the transfer says so, with how far it got.
         drop(reader);
-        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("a failed output ends the transfer")
-            .unwrap();
+        let outcome = ended(task, 5, "a failed output ends the transfer").await;
         let e = outcome.expect_err("the output failed");
         assert!(e.starts_with("the output "), "{e}");
         let moved: u64 = e
@@ -494,10 +469,7 @@ mod tests {
         let (writer, _reader) = tokio::io::duplex(1024);
         let to: DynOutputStream = Box::new(AsyncWriteStream::new(1024, writer));
         let (task, _stop) = spawn(from, to);
-        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("a failed input ends the transfer")
-            .unwrap();
+        let outcome = ended(task, 5, "a failed input ends the transfer").await;
         let e = outcome.expect_err("the input failed");
         assert!(e.starts_with("the input failed after 0 bytes"), "{e}");
     }
@@ -534,10 +506,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!task.is_finished());
         drop(stop);
-        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("a stopped transfer ends")
-            .unwrap();
+        let outcome = ended(task, 5, "a stopped transfer ends").await;
         assert!(outcome.unwrap_err().starts_with("stopped"));
         sees_the_end(&mut reader).await;
     }
@@ -551,9 +520,7 @@ mod tests {
         let movers = Arc::new(Semaphore::new(MOVERS));
         let mut table = ResourceTable::new();
         let transfer = Transfer {
-            state: State::Running(wasmtime_wasi::runtime::spawn(pump(
-                from, to, movers, stopped,
-            ))),
+            state: TaskOutcome::spawn(pump(from, to, movers, stopped)),
             stop: Some(stop),
             held: Some([table.push(Held).unwrap(), table.push(Held).unwrap()]),
             _slot: slots.clone().try_acquire_owned().unwrap(),

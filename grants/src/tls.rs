@@ -44,9 +44,9 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, InputStream, OutputStream, StreamError, StreamResult,
 };
-use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 
 use super::bindings::tls;
+use super::outcome::TaskOutcome;
 use super::{Capability, GrantError, GrantHost, Import, ImportRule, InstanceSetup, Sidecar};
 use crate::spec::Diagnostic;
 
@@ -358,49 +358,31 @@ fn parse_identity(
 }
 
 /// A handshake under way, then its outcome until the guest takes it.
-enum FutureStreams {
-    Handshaking(AbortOnDropJoinHandle<Result<GuestEnds, TlsError>>),
-    Done(Result<GuestEnds, TlsError>),
-    Taken,
-}
+type FutureStreams = TaskOutcome<Result<GuestEnds, TlsError>>;
 
-impl FutureStreams {
-    async fn ready(&mut self) {
-        if let FutureStreams::Handshaking(task) = self {
-            let outcome = task.await;
-            *self = FutureStreams::Done(outcome);
-        }
-    }
+/// `get`'s answer: the plaintext streams (input from the peer, output to it), or why not.
+type PlaintextStreams =
+    Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>;
 
-    /// The plaintext streams once the handshake is done (`None` before), once.
-    async fn get(
-        &mut self,
-        table: &mut ResourceTable,
-    ) -> wasmtime::Result<
-        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
-    > {
-        // Finished but not yet seen by a `ready`: take the outcome without waiting.
-        if let FutureStreams::Handshaking(task) = self {
-            if !task.is_finished() {
-                return Ok(None);
-            }
-            let outcome = task.await;
-            *self = FutureStreams::Done(outcome);
-        }
-        let ends = match std::mem::replace(self, FutureStreams::Taken) {
-            FutureStreams::Done(Ok(ends)) => ends,
-            FutureStreams::Done(Err(e)) => return Ok(Some(Err(e.for_guest()))),
-            FutureStreams::Taken => return Ok(Some(Err(TlsError::Taken.for_guest()))),
-            FutureStreams::Handshaking(_) => unreachable!("finished just above"),
-        };
-        let input: DynInputStream = Box::new(PlainInput {
-            pipe: ends.input,
-            held: BytesMut::new(),
-            closed: false,
-        });
-        let output: DynOutputStream = Box::new(ends.output);
-        Ok(Some(Ok((table.push(input)?, table.push(output)?))))
-    }
+/// What `get` answers for a handshake's outcome, taken ([`TaskOutcome::take`]): the plaintext
+/// streams, put in the instance's table, once the handshake is done (`None` before), once.
+fn plaintext_streams(
+    taken: Option<Option<Result<GuestEnds, TlsError>>>,
+    table: &mut ResourceTable,
+) -> wasmtime::Result<PlaintextStreams> {
+    let ends = match taken {
+        None => return Ok(None),
+        Some(Some(Ok(ends))) => ends,
+        Some(Some(Err(e))) => return Ok(Some(Err(e.for_guest()))),
+        Some(None) => return Ok(Some(Err(TlsError::Taken.for_guest()))),
+    };
+    let input: DynInputStream = Box::new(PlainInput {
+        pipe: ends.input,
+        held: BytesMut::new(),
+        closed: false,
+    });
+    let output: DynOutputStream = Box::new(ends.output);
+    Ok(Some(Ok((table.push(input)?, table.push(output)?))))
 }
 
 /// A server handshake (`accept`) and its outcome.
@@ -1089,7 +1071,7 @@ impl tls::Host for TlsView<'_> {
         let ended = self.ctx.ended.subscribe();
         // A handshake waits for a slot (the ones under way end within seconds: silent clients
         // after SILENCE_TIMEOUT), holding nothing but the connection's streams meanwhile.
-        let outcome = FutureStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
+        let outcome = TaskOutcome::spawn(async move {
             let slot = handshake_slot(slots, most).await?;
             let start = Handshake {
                 slot,
@@ -1099,7 +1081,7 @@ impl tls::Host for TlsView<'_> {
                 ended,
             };
             handshake(config, transport, idle, start).await
-        }));
+        });
         Ok(self.table.push(FutureServerStreams(outcome))?)
     }
 
@@ -1118,7 +1100,7 @@ impl tls::Host for TlsView<'_> {
         let name = match rustls::pki_types::ServerName::try_from(server_name.clone()) {
             Ok(name) => name,
             Err(_) => {
-                let failed = FutureStreams::Done(Err(TlsError::ServerName(server_name)));
+                let failed = TaskOutcome::Done(Err(TlsError::ServerName(server_name)));
                 return Ok(self.table.push(FutureClientStreams(failed))?);
             }
         };
@@ -1142,7 +1124,7 @@ impl tls::Host for TlsView<'_> {
         let limit = self.ctx.grant.sessions;
         let cpu = self.ctx.cpu.clone();
         let ended = self.ctx.ended.subscribe();
-        let outcome = FutureStreams::Handshaking(wasmtime_wasi::runtime::spawn(async move {
+        let outcome = TaskOutcome::spawn(async move {
             let slot = handshake_slot(slots, most).await?;
             let start = Handshake {
                 slot,
@@ -1152,7 +1134,7 @@ impl tls::Host for TlsView<'_> {
                 ended,
             };
             client_handshake(config, name, transport, idle, start).await
-        }));
+        });
         Ok(self.table.push(FutureClientStreams(outcome))?)
     }
 }
@@ -1211,14 +1193,9 @@ impl tls::HostFutureClientStreams for TlsView<'_> {
     async fn get(
         &mut self,
         this: Resource<FutureClientStreams>,
-    ) -> wasmtime::Result<
-        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
-    > {
-        // The future leaves the table while it is read: `get` pushes the streams into it.
-        let mut future = std::mem::replace(&mut self.table.get_mut(&this)?.0, FutureStreams::Taken);
-        let out = future.get(self.table).await;
-        self.table.get_mut(&this)?.0 = future;
-        out
+    ) -> wasmtime::Result<PlaintextStreams> {
+        let taken = self.table.get_mut(&this)?.0.take().await;
+        plaintext_streams(taken, self.table)
     }
 
     async fn drop(&mut self, this: Resource<FutureClientStreams>) -> wasmtime::Result<()> {
@@ -1268,13 +1245,9 @@ impl tls::HostFutureServerStreams for TlsView<'_> {
     async fn get(
         &mut self,
         this: Resource<FutureServerStreams>,
-    ) -> wasmtime::Result<
-        Option<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), String>>,
-    > {
-        let mut future = std::mem::replace(&mut self.table.get_mut(&this)?.0, FutureStreams::Taken);
-        let out = future.get(self.table).await;
-        self.table.get_mut(&this)?.0 = future;
-        out
+    ) -> wasmtime::Result<PlaintextStreams> {
+        let taken = self.table.get_mut(&this)?.0.take().await;
+        plaintext_streams(taken, self.table)
     }
 
     async fn drop(&mut self, this: Resource<FutureServerStreams>) -> wasmtime::Result<()> {

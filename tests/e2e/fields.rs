@@ -456,8 +456,7 @@ spec:
         r.events(Some("main")).iter().any(|e| e["event"] == "ready")
     });
     run.assert_line("main", "probe /ready");
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line("main", "got SIGUSR1, stopping");
     let exit = run
         .events(Some("main"))
@@ -547,8 +546,7 @@ spec:
     running.wait_for("the changed ConfigMap", LONG, |r| {
         r.has_line("main", "level=debug token=s3cret")
     });
-    running.signal(libc::SIGINT);
-    running.wait(LONG);
+    running.stop(LONG);
     assert_no_leftovers("cm-files");
 }
 
@@ -643,8 +641,7 @@ spec:
         "{}",
         run.dump()
     );
-    running.signal(libc::SIGINT);
-    running.wait(LONG);
+    running.stop(LONG);
     assert_no_leftovers("grpc-probe");
 }
 

@@ -41,11 +41,6 @@ fn probed(pod: &TestPod) -> (RunningPod, PodRun) {
     (running, run)
 }
 
-fn stop(running: RunningPod) -> PodRun {
-    running.signal(libc::SIGINT);
-    running.wait(LONG)
-}
-
 /// What a process of `binary` maps: the sum of its ELF load segments' sizes (the file's own
 /// size counts debug information, which is never loaded).
 fn loaded_size(binary: &Path) -> u64 {
@@ -108,7 +103,7 @@ fn a_pods_helpers_run_the_small_helper_binary() {
             "the helper maps {size} bytes, not much less than wpod's {wpod_size}"
         );
     }
-    let run = stop(running);
+    let run = running.stop(LONG);
     assert!(
         !run.stderr.contains("running pod helpers from wpod itself"),
         "{}",
@@ -207,7 +202,7 @@ fn without_a_helper_binary_of_its_build_wpod_runs_helpers_itself() {
                 "{name}: a helper runs {exe}"
             );
         }
-        let run = stop(running);
+        let run = running.stop(LONG);
         assert_eq!(run.code, Some(0), "{}", run.dump());
         let warned = run
             .stderr

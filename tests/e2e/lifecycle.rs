@@ -158,8 +158,7 @@ spec:
         r.has_line("main", "main up") && r.has_line("first-sidecar", "first-sidecar up")
     });
     let interrupted = std::time::Instant::now();
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     let took = interrupted.elapsed();
     // main got SIGTERM before any sidecar; the sidecars after it, in reverse start order.
     let main_term = line_time(&run, "main", "main got TERM");
@@ -285,8 +284,7 @@ spec:
         gap(0),
         gap(2)
     );
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     let summary = run
         .records
         .iter()
@@ -394,8 +392,7 @@ spec:
     let exit = events_of(&run, "web", "exited");
     assert_eq!(exit[0]["reason"], "Error", "{}", run.dump());
     assert_eq!(exit[0]["code"], 137, "{}", run.dump());
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("probes");
 }
 
@@ -451,8 +448,7 @@ spec:
         "{}",
         run.dump()
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("liveness-prestop");
 }
 
@@ -501,8 +497,7 @@ spec:
     let pod = TestPod::new("sidecar-stop", &manifest);
     let running = pod.spawn();
     running.wait_for("the main container", LONG, |r| r.has_line("main", "up"));
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     let secs = |t: String| humantime::parse_rfc3339(&t).expect("rfc3339");
     let agent = secs(line_time(&run, "agent", "agent preStop began"));
     let proxy = secs(line_time(&run, "proxy", "proxy preStop began"));
@@ -557,8 +552,7 @@ spec:
     );
     let running = pod.spawn();
     running.wait_for("the container", LONG, |r| r.has_line("main", "up"));
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line("main", "drained");
     let exit = events_of(&run, "main", "exited");
     assert_eq!(exit.len(), 1, "{}", run.dump());
@@ -604,8 +598,7 @@ spec:
     );
     let running = pod.spawn();
     running.wait_for("postStart", LONG, |r| r.has_line("main", "postStart wrote"));
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     // postStart ran inside the container (its /tmp), preStop before the SIGTERM.
     run.assert_line("main", "postStart wrote: hello-from-post-start");
     run.assert_line("main", "TERM after preStop wrote: bye-from-pre-stop");
@@ -664,8 +657,7 @@ spec:
             .any(|e| e["event"] == "ready")
     });
     run.assert_line("main", "main saw GET /post-start-of-wasm");
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line("main", "main saw GET /pre-stop-of-wasm");
     // preStop came before the sidecar was told to stop (it was then stopped, in place of SIGTERM).
     assert!(
@@ -784,8 +776,7 @@ spec:
     running.wait_for("the second container", LONG, |r| {
         r.has_line("second", "the hook before me")
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line("second", "the hook before me: done");
     let started: Vec<String> = run
         .records
@@ -890,8 +881,7 @@ spec:
         sleeping.len() <= 1,
         "timed-out probe commands left: {sleeping:?}"
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert!(commands().is_empty(), "{:?}", commands());
     assert_no_leftovers("slowprobe");
 }
@@ -935,8 +925,7 @@ spec:
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
     assert!(peak < 100 * 1024, "wpod's peak resident memory: {peak} KiB");
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("loudprobe");
 }
 
@@ -978,7 +967,6 @@ spec:
         .filter(|fd| !["0", "1", "2", "10"].contains(fd))
         .collect();
     assert!(strays.is_empty(), "the command held {strays:?}: {failed}");
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("fdprobe");
 }

@@ -820,8 +820,7 @@ spec:
     assert!(describe.contains("Denied:    "), "{describe}");
 
     // --audit: the uses, then the narrowest grant when the pod ends.
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     let audited: Vec<String> = run
         .events(Some("probe"))
         .iter()

@@ -304,6 +304,12 @@ impl RunningPod {
         unsafe { libc::kill(self.pid(), sig) };
     }
 
+    /// Ctrl-C: SIGINT to `wpod run`, then waits for it to end, as [`RunningPod::wait`] does.
+    pub fn stop(self, limit: Duration) -> PodRun {
+        self.signal(libc::SIGINT);
+        self.wait(limit)
+    }
+
     /// A person's second Ctrl-C (SIGINT to `wpod run`), after a first one: sent once wpod took
     /// the first (its `podStopping` event is out) and more than its window for one request
     /// (250 ms, `SAME_REQUEST` in host/src/supervisor/mod.rs, which merges the signals

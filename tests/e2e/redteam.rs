@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::pods::{assert_no_leftovers, processes_mentioning, PodRun, RunningPod, TestPod};
+use crate::pods::{assert_no_leftovers, processes_mentioning, PodRun, TestPod};
 use crate::{text, wpod, wpod_output};
 use wpod_test_support::require_root;
 
@@ -47,11 +47,6 @@ fn started(run: &PodRun, container: &str) -> bool {
     run.events(Some(container))
         .iter()
         .any(|e| e["event"] == "started")
-}
-
-fn stop(running: RunningPod) -> PodRun {
-    running.signal(libc::SIGINT);
-    running.wait(LONG)
 }
 
 /// Item 1: with `shareProcessNamespace`, PID 1 of the pod is wpod's holder. A container granted
@@ -184,7 +179,7 @@ fn pods_named_like_another_pods_lock_run_side_by_side() {
         ob.dump()
     );
     assert!(started(&ra.output(), "main"), "rt-a did not start");
-    let (oa, ob) = (stop(ra), stop(rb));
+    let (oa, ob) = (ra.stop(LONG), rb.stop(LONG));
     for (name, run) in [("rt-a", oa), ("rt-a.lock", ob)] {
         assert!(!run.stderr.contains("panicked"), "{name}\n{}", run.dump());
         assert_no_leftovers(name);
@@ -220,7 +215,7 @@ fn two_state_roots_do_not_kill_each_others_pods() {
             .any(|e| e["event"] == "exited"),
         "the first pod's main exited"
     );
-    let (_o1, _o2) = (stop(r1), stop(r2));
+    let (_o1, _o2) = (r1.stop(LONG), r2.stop(LONG));
     assert_no_leftovers("rt-roots");
     let _ = std::fs::remove_dir_all(&other_root);
 }
@@ -317,7 +312,7 @@ spec:
     assert_eq!(exit["reason"], "Trapped", "{}", run.dump());
     let fds = fd_count(running.pid());
     assert!(fds < 400, "wpod holds {fds} descriptors");
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-fds");
 }
 
@@ -369,7 +364,7 @@ spec:
         "{}",
         run.dump()
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-transfers");
 }
 
@@ -423,7 +418,7 @@ spec:
         "wpod grew by {} MiB for a 48 MiB line: it held the line",
         growth_kib / 1024
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-line");
 }
 
@@ -469,7 +464,7 @@ spec:
         "wpod grew by {} MiB serving 300 full-history streams",
         growth_kib / 1024
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-streams");
 }
 
@@ -538,7 +533,7 @@ spec:
         .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
         .unwrap();
     assert_eq!(limit.trim(), ((256 + 8 + 16 + 64) << 20u64).to_string());
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-tmpfs");
 }
 
@@ -592,7 +587,7 @@ spec:
         .and_then(|r| r.trim_end_matches(" ms").parse().ok())
         .unwrap_or_else(|| panic!("{flood}"));
     assert!(ms >= 2500, "4 MiB at 1 MiB/s took only {ms} ms");
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-rotate");
 }
 
@@ -757,7 +752,7 @@ spec:
         clients.len()
     );
     drop(clients);
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-threads");
 }
 
@@ -917,7 +912,7 @@ spec:
             std::fs::read_link(&exe_path).unwrap().display()
         );
     }
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-confine");
 }
 
@@ -1036,7 +1031,7 @@ spec:
         wasm.iter().all(|l| l.ends_with("ok: original")),
         "a Wasm restart followed the swapped path: {wasm:?}"
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-swap");
     let _ = std::fs::remove_dir_all(&base);
 }
@@ -1079,7 +1074,7 @@ spec:
     assert_eq!(mode("/var/lib/wpod/pods/rt-perms/launch/main.json"), 0o600);
     assert_eq!(mode("/var/lib/wpod/logs"), 0o700);
     assert_eq!(mode("/var/lib/wpod/logs/rt-perms/main.log"), 0o600);
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-perms");
 }
 
@@ -1121,7 +1116,7 @@ spec:
         "wpod grew by {} MiB holding lines nobody read",
         growth_kib / 1024
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-hoard");
 }
 
@@ -1163,7 +1158,7 @@ spec:
         "wpod grew by {} MiB for a sidecar limited to 64 MiB",
         growth_kib / 1024
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-memories");
 }
 
@@ -1256,6 +1251,6 @@ spec:
         last.2 <= first.2 + 32 * 1024,
         "resident memory grew by more than 32 MiB: {first:?} -> {last:?}"
     );
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt-soak");
 }

@@ -11,16 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pods::{assert_no_leftovers, PodRun, RunningPod, TestPod};
+use crate::pods::{assert_no_leftovers, TestPod};
 use crate::text;
 use wpod_test_support::require_root;
 
 const LONG: Duration = Duration::from_secs(90);
-
-fn stop(running: RunningPod) -> PodRun {
-    running.signal(libc::SIGINT);
-    running.wait(LONG)
-}
 
 /// A state root of its own for one test, removed when dropped.
 struct Root(PathBuf);
@@ -200,7 +195,7 @@ spec:{spec}
         .iter()
         .filter(|e| e["event"] == "started")
         .count();
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     let escaped = host_marker.exists();
     let _ = std::fs::remove_file(&host_marker);
     assert!(
@@ -266,7 +261,7 @@ spec:
         .into_iter()
         .find(|l| l.starts_with("pid1-environ"))
         .unwrap();
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert_eq!(line, "pid1-environ 0 found []", "{}", run.dump());
     assert_no_leftovers("rt2-environ");
 }
@@ -598,8 +593,7 @@ fn without_a_set_quota_sidecars_share_what_wpod_may_open() {
             && err.contains("28 Wasm sidecars x 388 handles"),
         "{err}"
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("rt2-fdshare");
 }
 
@@ -686,7 +680,7 @@ spec:
         .map(|d| d.count())
         .unwrap_or(0);
     drop(clients);
-    let run_end = stop(running);
+    let run_end = running.stop(LONG);
     assert!(
         run.stderr.matches("accept failed").count() <= 2,
         "accept failures are said more than once per interval: {}",
@@ -809,7 +803,7 @@ spec:
     let took = start.elapsed();
     let _ = peers.kill();
     let _ = peers.wait();
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         took < Duration::from_secs(2),
@@ -878,7 +872,7 @@ spec:
             lost = Some(ps);
         }
     }
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     if let Some(ps) = lost {
         panic!("ps lost the steady container around a rotation: {ps}");
     }
@@ -954,7 +948,7 @@ spec:
     let ps = crate::wpod_output(&["ps", "--output", "json"]);
     let ps = text(&ps.stdout);
     let journal = std::fs::read_to_string("/var/lib/wpod/logs/rt2-apply/events.jsonl").unwrap();
-    let _ = stop(running);
+    let _ = running.stop(LONG);
     assert!(
         !ps.contains("phantom"),
         "a refused apply left a container in ps: {ps}"

@@ -82,8 +82,7 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(got, "via-host-port\n");
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     // `sleep` as PID 1 of its namespace ignores SIGTERM: killed when the 2s grace period ends.
     assert_eq!(run.code, Some(137), "{}", run.dump());
     assert!(
@@ -350,8 +349,7 @@ spec:
     for tid in sidecar_threads {
         assert_eq!(cgroup_of(tid, "memory"), runtime, "thread {tid}");
     }
-    running.signal(libc::SIGINT);
-    running.wait(LONG);
+    running.stop(LONG);
     assert_no_leftovers("pod-limits");
 }
 
@@ -372,8 +370,7 @@ fn nginx_example_serves_through_its_host_port_and_stops_within_the_grace_period(
         "nginx's own port 80 must not be reachable from the host"
     );
     let stop = std::time::Instant::now();
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     assert!(
         stop.elapsed() < Duration::from_secs(10),
         "stopping took {:?}",
@@ -497,8 +494,7 @@ spec:
     let run = again.spawn();
     let out = run.wait_for("the second run", LONG, |r| r.has_line("main", "second run"));
     assert!(out.has_line("main", "second run"));
-    run.signal(libc::SIGINT);
-    let _ = run.wait(LONG);
+    let _ = run.stop(LONG);
     assert_no_leftovers(name);
 }
 
@@ -799,8 +795,7 @@ spec:
         r.has_line("main", "echoed ")
     });
     run.assert_line("main", &format!("echoed {}", sent.len()));
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("port-echo");
 }
 

@@ -58,8 +58,7 @@ spec:
     running.wait_for("more lines followed after serving", LONG, |r| {
         r.logs("peek").len() > before + 5
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     // It heard `stopping` through its pollable and ended by itself, well before its grace.
     run.assert_line("peek", "stopping with");
     assert_eq!(run.exit("peek")["code"], 0, "{}", run.dump());
@@ -98,8 +97,7 @@ spec:
     running.wait_for("main after the 0.1.0 sidecar", LONG, |r| {
         r.has_line("main", "main up")
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line("old", "compat 0.1.0: ready");
     run.assert_line("old", "compat 0.1.0: stopping with");
     assert_eq!(run.exit("old")["code"], 0, "{}", run.dump());
@@ -122,8 +120,7 @@ fn scaffold_builds_and_runs(name: &str, lang: &str, build: &[&str], env: &[(&str
                 && r.has_line(name, "KiB of memory")
         },
     );
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line(name, &format!("{tag}main said"));
     run.assert_line(name, "hello from main");
     run.assert_line(name, &format!("{tag}stopping ("));
@@ -292,8 +289,7 @@ spec:
     running.wait_for("the sidecar's exit", Duration::from_secs(120), |r| {
         r.events(Some(name)).iter().any(|e| e["event"] == "exited")
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line(name, "GET / answered 200");
     run.assert_line(name, "echo b'ping'");
     run.assert_line(name, "Traceback (most recent call last):");
@@ -326,8 +322,7 @@ fn wpod_new_python_builds_for_sidecar_basic_and_runs_without_the_grant() {
     running.wait_for("the sidecar, ready", Duration::from_secs(120), |r| {
         r.has_line(name, "not watching the main container")
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line(name, &format!("{name}: ready"));
     run.assert_line(name, &format!("{name}: stopping ("));
     assert_eq!(run.exit(name)["code"], 0, "{}", run.dump());
@@ -368,8 +363,7 @@ fn wpod_new_go_builds_with_one_command_and_runs() {
     running.wait_for("main reading the Go sidecar's file", LONG, |r| {
         r.logs("main").iter().any(|l| l.contains("main read 20"))
     });
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line(name, &format!("{name}: ready"));
     // The journal's times are RFC 3339 in one format: they sort as strings.
     let at = |container: &str, event: &str| {
@@ -427,8 +421,7 @@ fn wpod_new_js_builds_with_one_command_and_runs() {
                 && r.has_line("main", &format!("main got: hello from {name} (answer 2)"))
         },
     );
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     run.assert_line(name, &format!("{name}: /shared holds greeting.txt"));
     run.assert_line(name, "asked \"how are you?\"");
     run.assert_line(name, &format!("{name}: stopping ("));
@@ -540,8 +533,7 @@ spec:
     assert!(crate::text(&out.stdout).contains("process_resident_memory_bytes"));
     assert!(took < Duration::from_secs(1), "{took:?}");
     drop(idle);
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
 }
 
 /// What the JavaScript SDK's helpers reach and what they are refused: PASS or FAIL a line,

@@ -95,8 +95,7 @@ spec:
     assert_err(&run, "probe", "resolve:db.example.test");
     assert_ok(&run, "probe", "resolve:localhost", "127.0.0.1:80");
     drop(host_server);
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("wasm-net");
 }
 
@@ -237,8 +236,7 @@ spec:
     assert_eq!(listener, Some(true), "the listener: {all}");
     assert_eq!(accepted, Some(true), "the accepted socket: {all}");
     assert_eq!(connected, Some(true), "the connected socket: {all}");
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("wasm-nodelay");
 }
 
@@ -463,8 +461,7 @@ spec:
     assert!(run
         .outcome("watcher", "stats:nobody")
         .contains("NoSuchContainer"));
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("wasm-proc");
 }
 

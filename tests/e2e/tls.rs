@@ -237,8 +237,7 @@ spec:
         text(&out.stderr)
     );
 
-    running.signal(libc::SIGINT);
-    let run = running.wait(LONG);
+    let run = running.stop(LONG);
     for proxy in ["tls", "tls-guest"] {
         assert_eq!(run.exit(proxy)["code"], 0, "{proxy}: {}", run.dump());
         // Started once: it never trapped (out of handles) and restarted.

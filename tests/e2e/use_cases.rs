@@ -341,8 +341,7 @@ fn redis_exporter_serves_valid_metrics_that_prometheus_scrapes() {
     let target_up = prometheus.query(web, "up%7Bjob%3D%22wpod%22%7D", LONG);
     assert_eq!(target_up.as_deref(), Some("1"));
     drop(prometheus);
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("redis");
 }
 
@@ -463,8 +462,7 @@ fn proc_monitor_reports_the_main_process_as_proc_sees_it() {
         Some(&1.0),
         "{text}"
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("legacy-app");
 }
 
@@ -547,8 +545,7 @@ fn config_reloader_makes_nginx_reload_without_a_restart() {
         run.dump()
     );
     run.assert_line("reloader", "sent signal 1 to nginx");
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("config-reload");
 }
 
@@ -592,8 +589,7 @@ fn sample_logs_pod_ships_access_and_error_lines_apart() {
             .any(|l| l.starts_with("access ") && l.contains("open()")),
         "error lines among access lines: {lines:#?}"
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("sample-logs");
 }
 
@@ -763,8 +759,7 @@ spec:
         "{}",
         run.dump()
     );
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("sink-later");
     let _ = std::fs::remove_dir_all(&ctl);
 }
@@ -916,8 +911,7 @@ fn tls_proxy_terminates_tls_in_front_of_a_localhost_only_service() {
     assert!(diag.contains("verify return:1"), "{diag}");
     // The legacy service's plain HTTP is not reachable from outside the pod.
     assert!(!crate::pods::host_can_connect("127.0.0.1:8000"));
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("tls-proxy");
 }
 
@@ -1097,8 +1091,7 @@ fn apply_of_a_changed_config_map_reloads_nginx_and_the_claim_outlives_the_pod() 
         run.dump()
     );
     run.assert_line("reloader", "sent signal 1 to nginx");
-    running.signal(libc::SIGINT);
-    let _ = running.wait(LONG);
+    let _ = running.stop(LONG);
     assert_no_leftovers("configmap-reload");
 
     // The claim outlives the pod, listed; then removed.
