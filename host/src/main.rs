@@ -92,12 +92,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str, audit: bool) {
+fn init_tracing(filter: &tracing_subscriber::filter::Targets, audit: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // wpod's own log lines carry strings from registries and containers (errors, names): no
     // colour codes of ours, and every control character in them escaped, so none reaches the
     // terminal (or a log file someone `cat`s) as a sequence.
@@ -105,7 +103,7 @@ fn init_tracing(level: &str, audit: bool) {
         .with_writer(|| EscapingStderr)
         .with_ansi(false)
         .with_target(false)
-        .with_filter(filter);
+        .with_filter(filter.clone());
     // `--audit`: which host interfaces each sidecar calls (the bindings' spans).
     let calls = audit.then(wpod::grants::calls::layer);
     tracing_subscriber::registry().with(log).with(calls).init();
