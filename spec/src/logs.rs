@@ -38,6 +38,10 @@ pub const HISTORY_LINES: usize = 10_000;
 pub const HISTORY_BYTES: usize = 1 << 20;
 /// Lines a live reader may fall behind before it skips ahead.
 const LIVE_LINES: usize = 256;
+/// The first read of a container's stream, in bytes, and the most it grows to (a pipe's
+/// default capacity).
+const FIRST_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
 /// One line (or, when `partial`, one chunk of a longer line) a container wrote. Shared by the
 /// history and every reader.
@@ -478,7 +482,10 @@ impl Logs {
         tokio::spawn(async move {
             let mut splitter = LineSplitter::default();
             let mut rate = logs.rate_limit();
-            let mut buf = vec![0u8; 64 * 1024];
+            // A quiet container's stream holds one page for its whole life; one that fills
+            // the buffer doubles it, up to a pipe's capacity, so bulk output still takes one
+            // read per pipeful. (64 KiB from the start cost 128 KiB a container, zeroed.)
+            let mut buf = vec![0u8; FIRST_READ];
             loop {
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -486,6 +493,9 @@ impl Logs {
                         splitter.push(&buf[..n], |line, partial| {
                             logs.record(&container, stream, line, partial)
                         });
+                        if n == buf.len() && buf.len() < MAX_READ {
+                            buf.resize(buf.len() * 2, 0);
+                        }
                         // Reading no faster than the rate leaves the rest in the pipe, where
                         // it makes the container wait.
                         if let Some(wait) = rate.spend(n) {
@@ -751,6 +761,40 @@ mod tests {
         });
         assert_eq!(out[0].0.len(), MAX_LINE_BYTES - 1);
         assert_eq!(out[1].0, "é");
+    }
+
+    /// A stream read in growing chunks (4 KiB first, each full read doubles it up to 64 KiB)
+    /// gives the lines it carried, whole and in order.
+    #[tokio::test]
+    async fn a_followed_stream_gives_its_lines_whatever_the_reads() {
+        let dir = std::env::temp_dir().join(format!("wpod-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let limits = LogLimits {
+            max_file_bytes: 64 << 20,
+            max_files: 1,
+            rate_bytes: u64::MAX,
+        };
+        let logs = Logs::new(dir.clone(), OutputFormat::Silent, limits);
+        // Lines of up to 7 KiB, 730 KiB in all (within the history kept).
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("{i}:{}", "x".repeat(i * 37 % 9000)))
+            .collect();
+        let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        assert!(text.len() > 512 << 10 && text.len() < HISTORY_BYTES);
+        logs.follow("c", Stream::Stdout, std::io::Cursor::new(text.into_bytes()))
+            .await
+            .expect("followed");
+        let (seen, _) = logs.subscribe("c", true);
+        let seen: Vec<&str> = seen.iter().map(|l| l.text.as_str()).collect();
+        let lengths = |l: &[&str]| l.iter().map(|l| l.len()).collect::<Vec<_>>();
+        let want: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert!(
+            seen == want,
+            "lengths {:?}, not {:?}",
+            lengths(&seen),
+            lengths(&want)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
