@@ -34,7 +34,7 @@ pub mod supervisor;
 // `wpod-oci` (`oci/`) crates, under their own names here.
 pub use wpod_grants as grants;
 pub use wpod_oci as oci;
-pub use wpod_spec::{component, error, files, helper, logs, mounts, spec, status, sys};
+pub use wpod_spec::{component, error, files, helper, logs, memory, mounts, spec, status, sys};
 
 #[cfg(test)]
 mod layering {

@@ -757,41 +757,69 @@ fn run(
                 as wpod::supervisor::pod::OnWaiting
         }),
     };
-    let code = runtime.block_on(async {
+    let start_up = wpod::memory::StartUp::begin();
+    let pod = runtime.block_on(async {
         raise_fd_limit();
         let events = Arc::new(Events::new(&name, format));
-        let pod = Pod::start(plan, options, events)
+        Pod::start(plan, options, events)
             .await
             .map_err(|e| match e {
                 // Located diagnostics print as `wpod validate` prints them.
                 PodError::Invalid(d) => anyhow::Error::new(SpecError::Invalid(d)),
                 e => anyhow::Error::new(e).context(format!("pod {name} failed to start")),
-            })?;
-        // `wpod run -d` returns once every container has started or failed (podman's `kube
-        // play` does so), or the pod ended first.
-        if let Some(fd) = ready_fd {
-            let mut phase = pod.phase();
-            tokio::spawn(async move {
-                let _ = phase
-                    .wait_for(|p| *p != wpod::supervisor::Phase::Starting)
-                    .await;
-                manage::tell_ready_fd(fd, "started\n");
-            });
-        }
-        let result = pod.wait().await;
-        // A pod that ended before its phase was seen has started all the same (a second line
-        // is never read).
-        if let Some(fd) = ready_fd {
-            manage::tell_ready_fd(fd, "started\n");
-        }
-        print_summary(format, &name, &result.summary);
-        anyhow::Ok(result.exit_code)
+            })
     })?;
+    let mut phase = pod.phase();
+    // On the heap, so that it can wait across two `block_on`s.
+    let mut ended = Box::pin(pod.wait());
+    let ended_first = runtime.block_on(async {
+        tokio::select! {
+            result = &mut ended => Some(result),
+            _ = phase.wait_for(|p| *p != wpod::supervisor::Phase::Starting) => None,
+        }
+    });
+    // `wpod run -d` returns once every container has started or failed (podman's `kube play`
+    // does so), or the pod ended first.
+    if let Some(fd) = ready_fd {
+        manage::tell_ready_fd(fd, "started\n");
+    }
+    let result = match ended_first {
+        Some(result) => result,
+        None => {
+            // Here, out of the runtime's polls, the main thread's stack is at its shallowest:
+            // what the start-up touched below goes back. The pod now mostly waits, for as long
+            // as it runs.
+            start_up.done();
+            runtime.block_on(ended)
+        }
+    };
+    print_summary(format, &name, &result.summary);
+    let code = result.exit_code;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 #[cfg(test)]
 mod tests {
+    /// `--log-level` takes a level or levels by target, and refuses what is neither.
+    #[test]
+    fn log_levels_are_levels_or_levels_by_target() {
+        use clap::Parser;
+        use tracing::Level;
+        let parse =
+            |level: &str| crate::cli::Cli::try_parse_from(["wpod", "--log-level", level, "ps"]);
+        let cli = parse("warn,wpod::sidecars=debug").expect("a filter");
+        assert!(cli
+            .log_level
+            .would_enable("wpod::sidecars::engine", &Level::DEBUG));
+        assert!(!cli.log_level.would_enable("wpod::plan", &Level::INFO));
+        assert!(parse("debug")
+            .expect("a level")
+            .log_level
+            .would_enable("wpod", &Level::DEBUG));
+        let wrong = parse("wpod=loud").expect_err("not a level").to_string();
+        assert!(wrong.contains("--log-level"), "{wrong}");
+    }
+
     /// Completions for each shell, and a manual page per visible command (none for the
     /// internal ones), from the CLI's definition.
     #[test]

@@ -1,8 +1,9 @@
 //! wpod's lowest layers, a crate of their own so that the compiler keeps them below the rest:
 //!
-//! 1. `error`, `files`, `mounts`, `status`, `sys`: vocabulary with no wpod dependencies
-//!    (printing error chains, reading files and where wpod keeps its state, the mount table,
-//!    the live pod status, the sandbox's system calls); above them `component` (a component
+//! 1. `error`, `files`, `memory`, `mounts`, `status`, `sys`: vocabulary with no wpod
+//!    dependencies (printing error chains, reading files and where wpod keeps its state, the
+//!    memory a started process gives back, the mount table, the live pod status, the sandbox's
+//!    system calls); above them `component` (a component
 //!    file's imports, exports and digest, read once per process) and `helper` (helper
 //!    processes and their step errors).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod helper;
 pub mod logs;
+pub mod memory;
 pub mod mounts;
 pub mod spec;
 pub mod status;
@@ -26,7 +28,7 @@ mod layering {
     //! The layers point one way inside this crate too (`wpod_test_support::layering`).
 
     const LAYERS: &[&[&str]] = &[
-        &["error", "files", "mounts", "status", "sys"],
+        &["error", "files", "memory", "mounts", "status", "sys"],
         &["component", "helper"],
         &["spec"],
         &["logs"],

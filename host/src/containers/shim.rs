@@ -50,6 +50,7 @@ const FORWARDED: &[Signal] = &[
 /// Entry point of `wpod __container`; never returns.
 pub fn main(spec_path: &Path) -> ! {
     crate::helper::set_undumpable();
+    let start_up = crate::memory::StartUp::begin();
     // SAFETY: the runtime passes these descriptors to every shim; nothing else owns them.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
@@ -75,6 +76,9 @@ pub fn main(spec_path: &Path) -> ! {
         },
     );
     drop(report);
+    // The launch config, the mounts' setup and the seccomp program are behind it: the shim now
+    // only waits, for as long as the container runs.
+    start_up.done();
     let status = supervise(child.pid, &child.signals, lifeline.as_fd());
     exit_like(status)
 }
