@@ -19,12 +19,12 @@ pub const DEFAULT_BACKOFF: &str = "10s";
 #[derive(Debug, Parser)]
 #[command(name = "wpod", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace), or levels by target such as
+    /// Log level (error, warn, info, debug, trace, off), or levels by target such as
     /// `info,wpod::sidecars=debug`.
     // `Targets`, not `EnvFilter`: the same `target=level` directives without span and field
     // matching, whose regex engine put 190 KiB of relocated Unicode tables in every wpod
     // process (a detached pod's supervisor is one).
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL", value_parser = log_levels)]
     pub log_level: tracing_subscriber::filter::Targets,
 
     #[command(subcommand)]
@@ -619,6 +619,41 @@ impl ObjectFiles {
             objects: self.config_maps.clone(),
         }
     }
+}
+
+/// The levels `--log-level` may name.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `--log-level`: a level, or levels by target, each part checked. tracing's own reading takes
+/// an empty part (`info,`) as every target at trace, and a misspelt level (`warning`) as a
+/// target, which silences everything else.
+fn log_levels(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    let mut parts = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (target, level) = match part.split_once('=') {
+            Some((target, level)) => (Some(target.trim()), level.trim()),
+            None => (None, part),
+        };
+        if part.is_empty() {
+            return Err("an empty part: separate levels with single commas".into());
+        }
+        let level = level.to_ascii_lowercase();
+        if !LEVELS.contains(&level.as_str()) {
+            return Err(format!("`{level}` is not a level ({})", LEVELS.join(", ")));
+        }
+        if let Some(target) = target {
+            let module_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+            if target.is_empty() || !target.chars().all(module_path) {
+                return Err(format!(
+                    "`{target}` is not a target: a module path such as wpod::sidecars"
+                ));
+            }
+            parts.push(format!("{target}={level}"));
+        } else {
+            parts.push(level);
+        }
+    }
+    parts.join(",").parse().map_err(|e| format!("{e}"))
 }
 
 #[cfg(test)]

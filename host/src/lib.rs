@@ -60,6 +60,7 @@ mod layering {
         "grants",
         "helper",
         "logs",
+        "memory",
         "mounts",
         "oci",
         "spec",

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     }
     let audit = matches!(cli.command, Command::Run { audit: true, .. });
     init_tracing(&cli.log_level, audit);
+    manage::pass_on_log_level(&cli.log_level);
     if let Some(warning) = scope_warning {
         tracing::warn!("{warning}");
     }
@@ -816,8 +817,22 @@ mod tests {
             .expect("a level")
             .log_level
             .would_enable("wpod", &Level::DEBUG));
-        let wrong = parse("wpod=loud").expect_err("not a level").to_string();
-        assert!(wrong.contains("--log-level"), "{wrong}");
+        for (wrong, says) in [
+            ("wpod=loud", "`loud` is not a level"),
+            // tracing would read these as everything at trace, and as a target.
+            ("info,", "an empty part"),
+            ("", "an empty part"),
+            ("warning", "`warning` is not a level"),
+            ("wpod[span]=debug", "is not a target"),
+        ] {
+            let error = parse(wrong).expect_err(wrong).to_string();
+            assert!(
+                error.contains("--log-level") && error.contains(says),
+                "{error}"
+            );
+        }
+        let spaced = parse(" info , wpod=DEBUG").expect("spaces and case");
+        assert!(spaced.log_level.would_enable("wpod", &Level::DEBUG));
     }
 
     /// Completions for each shell, and a manual page per visible command (none for the

@@ -435,6 +435,15 @@ pub fn one_pod(files: &ManifestFiles, doing: &str) -> anyhow::Result<wpod::plan:
     Ok(plans.remove(0))
 }
 
+/// The level this wpod logs at (`--log-level`), passed on to the supervisor of a pod it
+/// detaches, whose log file then says as much as this command would have.
+static LOG_LEVEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Notes this process's `--log-level` for the pods it detaches.
+pub fn pass_on_log_level(level: &tracing_subscriber::filter::Targets) {
+    let _ = LOG_LEVEL.set(level.to_string());
+}
+
 pub fn run_detached(
     files: &ManifestFiles,
     backoff: humantime::Duration,
@@ -473,22 +482,29 @@ fn start_detached(
     let write_fd = ready_write.as_raw_fd();
     let files = files.absolute()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("run")
-        .arg("--ready-fd")
-        .arg("3")
-        .arg("--backoff-base")
-        .arg(backoff.to_string())
-        .args(audit.then_some("--audit"))
-        .args(
-            files
-                .objects
-                .iter()
-                .flat_map(|f| [OsStr::new("--configmap"), f.as_os_str()]),
-        )
-        .arg(&files.manifest)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args(
+        LOG_LEVEL
+            .get()
+            .map(|level| ["--log-level", level])
+            .into_iter()
+            .flatten(),
+    )
+    .arg("run")
+    .arg("--ready-fd")
+    .arg("3")
+    .arg("--backoff-base")
+    .arg(backoff.to_string())
+    .args(audit.then_some("--audit"))
+    .args(
+        files
+            .objects
+            .iter()
+            .flat_map(|f| [OsStr::new("--configmap"), f.as_os_str()]),
+    )
+    .arg(&files.manifest)
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     // SAFETY: between fork and exec only async-signal-safe calls: setsid, dup2, fcntl.
     unsafe {
         cmd.pre_exec(move || {

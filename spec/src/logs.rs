@@ -763,6 +763,23 @@ mod tests {
         assert_eq!(out[1].0, "é");
     }
 
+    /// A reader that notes how much each read asks for.
+    struct Asking {
+        inner: std::io::Cursor<Vec<u8>>,
+        asked: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Asking {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.asked.lock().unwrap().push(buf.remaining());
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
     /// A stream read in growing chunks (4 KiB first, each full read doubles it up to 64 KiB)
     /// gives the lines it carried, whole and in order.
     #[tokio::test]
@@ -781,9 +798,18 @@ mod tests {
             .collect();
         let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
         assert!(text.len() > 512 << 10 && text.len() < HISTORY_BYTES);
-        logs.follow("c", Stream::Stdout, std::io::Cursor::new(text.into_bytes()))
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let pipe = Asking {
+            inner: std::io::Cursor::new(text.into_bytes()),
+            asked: asked.clone(),
+        };
+        logs.follow("c", Stream::Stdout, pipe)
             .await
             .expect("followed");
+        // 4 KiB asked first, doubling while reads fill it, never more than 64 KiB.
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked[..5], [4096, 8192, 16384, 32768, 65536], "{asked:?}");
+        assert!(asked.iter().all(|n| *n <= 65536), "{asked:?}");
         let (seen, _) = logs.subscribe("c", true);
         let seen: Vec<&str> = seen.iter().map(|l| l.text.as_str()).collect();
         let lengths = |l: &[&str]| l.iter().map(|l| l.len()).collect::<Vec<_>>();

@@ -22,8 +22,8 @@ pub struct GivenBack {
     pub stack: usize,
 }
 
-/// A thread's start-up, from [`StartUp::begin`] to [`StartUp::done`]. Its stack is read at
-/// both ends: at the end the shim's `/proc` is no longer the host's.
+/// A thread's start-up, from [`StartUp::begin`] (where its stack is read, while `/proc` is the
+/// host's) to [`StartUp::done`].
 #[derive(Debug)]
 pub struct StartUp {
     thread: libc::pthread_t,
@@ -31,7 +31,8 @@ pub struct StartUp {
 }
 
 impl StartUp {
-    /// Notes the calling thread and its stack.
+    /// Notes the calling thread and its stack: call it first thing, before anything can change
+    /// what `/proc` is.
     pub fn begin() -> StartUp {
         StartUp {
             // SAFETY: pthread_self cannot fail.
@@ -52,13 +53,12 @@ impl StartUp {
         let frame = std::hint::black_box(&marker) as *const u8 as usize;
         // SAFETY: pthread_self cannot fail, pthread_equal compares.
         let same_thread = unsafe { libc::pthread_equal(self.thread, libc::pthread_self()) } != 0;
-        // The stack as it is now if it can be read (the main thread's may have grown), else as
-        // it was at the beginning.
-        let dead = match same_thread {
-            true => thread_stack()
-                .or(self.stack)
-                .and_then(|stack| below_frame(stack, frame, page_size())),
-            false => None,
+        // The stack as it was at the beginning, never read again: by now the shim's `/proc` may
+        // be one its container mounted. A stack mapping only grows, so that range is still in
+        // it (pages it grew into since are kept).
+        let dead = match (same_thread, self.stack) {
+            (true, Some(stack)) => below_frame(stack, frame, page_size()),
+            _ => None,
         };
         let stack = match dead {
             Some(dead) => {
@@ -86,9 +86,8 @@ impl StartUp {
 }
 
 /// The calling thread's stack mapping, lowest address first. The main thread's is its
-/// `[stack]` mapping as it is now (it grows on demand: pages it grows into later are not
-/// counted, and no other mapping can be among those counted); another thread's is the
-/// mapping it was created with.
+/// `[stack]` mapping as it is now (it grows on demand, so no other mapping can ever be in that
+/// range); another thread's is the mapping it was created with, without its guard.
 fn thread_stack() -> Option<Range<usize>> {
     // SAFETY: getpid and gettid cannot fail.
     if unsafe { libc::getpid() == libc::gettid() } {

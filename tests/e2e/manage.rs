@@ -280,8 +280,13 @@ fn detached_pods_outlive_the_command_and_are_managed_from_another_shell() {
     let a = detached_pod("mgmt-det-a");
     let b = detached_pod("mgmt-det-b");
     // Two detached pods at once; each `run -d` returns with the pod's name once it started.
-    for (pod, name) in [(&a, "mgmt-det-a"), (&b, "mgmt-det-b")] {
-        let out = crate::wpod_output(&["run", "-d", pod.manifest.to_str().unwrap()]);
+    // The first with a log level, which its supervisor is given.
+    for (pod, name, level) in [
+        (&a, "mgmt-det-a", "info,wpod_spec::memory=debug"),
+        (&b, "mgmt-det-b", "info"),
+    ] {
+        let manifest = pod.manifest.to_str().unwrap();
+        let out = crate::wpod_output(&["--log-level", level, "run", "-d", manifest]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), name);
         assert_eq!(ps(name)["supervised"], true, "{}", ps(name));
@@ -291,6 +296,27 @@ fn detached_pods_outlive_the_command_and_are_managed_from_another_shell() {
         wait_for_log(name, "hello", "hello from a Wasm sidecar");
         assert_eq!(ps(name)["phase"], "Running", "{}", ps(name));
     }
+    // The supervisor's own log (at the level it was given): once the pod started, it gave back
+    // the stack its start-up had used.
+    let root = std::env::var_os("WPOD_ROOT").unwrap_or_else(|| "/var/lib/wpod".into());
+    let log = std::path::Path::new(&root).join("detached/mgmt-det-a.log");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let given = said
+        .lines()
+        .find(|l| l.contains("gave back start-up memory"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no debug line of the memory given back: {said}",
+                log.display()
+            )
+        });
+    let stack = given
+        .split("stack=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no stack=N in {given}"));
+    assert!(stack >= 16 * 1024, "{given}");
     // The same pod twice is refused, naming what to do.
     let again = crate::wpod_output(&["run", "-d", a.manifest.to_str().unwrap()]);
     assert!(!again.status.success());

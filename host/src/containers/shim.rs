@@ -54,7 +54,7 @@ pub fn main(spec_path: &Path) -> ! {
     // SAFETY: the runtime passes these descriptors to every shim; nothing else owns them.
     let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
     let lifeline = unsafe { OwnedFd::from_raw_fd(LIFELINE_FD) };
-    let outcome = LaunchSpec::read(spec_path).and_then(|spec| setup_and_fork(&spec));
+    let outcome = LaunchSpec::read(spec_path).and_then(|spec| setup_and_fork(&spec, start_up));
     let child = match outcome {
         Ok(child) => child,
         Err(e) => {
@@ -76,9 +76,6 @@ pub fn main(spec_path: &Path) -> ! {
         },
     );
     drop(report);
-    // The launch config, the mounts' setup and the seccomp program are behind it: the shim now
-    // only waits, for as long as the container runs.
-    start_up.done();
     let status = supervise(child.pid, &child.signals, lifeline.as_fd());
     exit_like(status)
 }
@@ -129,7 +126,7 @@ fn enter_namespaces(sys: &dyn Syscall, ns: &NamespacePaths) -> Result<(), StepEr
     }
 }
 
-fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
+fn setup_and_fork(spec: &LaunchSpec, start_up: crate::memory::StartUp) -> Result<Child, StepError> {
     let sys: Arc<dyn Syscall> = Arc::new(LinuxSyscall);
     spec.join_cgroups()?;
     let ns = &spec.namespaces;
@@ -158,6 +155,12 @@ fn setup_and_fork(spec: &LaunchSpec) -> Result<Child, StepError> {
     };
     let root = rootfs::prepare(sys.clone(), &spec.rootfs, &spec.mounts, volumes, pod_users)?;
     let seccomp = security::seccomp_program(&spec.security)?;
+    // The deep part (the launch config, the root filesystem, the seccomp program) is behind:
+    // from here the shim mostly waits, for as long as the container runs. Given back now, while
+    // `/proc` and the system calls allowed are still the shim's own, before the container's
+    // seccomp filter applies to it (shared PID namespace) and before any container process
+    // shares its mount namespace.
+    start_up.done();
     let confinement = match &ns.pid {
         Some(shared) => {
             root.bind_pod_proc(&shared.proc)?;
