@@ -189,12 +189,12 @@ def tls_params(port):
     }
 
 
-def perf_cell(body):
-    data = f"{cfg['out'].rsplit('.json', 1)[0]}.perf-{body}.data"
+def perf_cell(body, mode, conns):
+    data = f"{cfg['out'].rsplit('.json', 1)[0]}.perf-{body}-{mode}-{conns}.data"
     perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(cfg["sup"]), "-o", data,
                              "--", "sleep", str(DURATION)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.2)
-    r = run_one("tls-proxy", 8443, body, 100, "keep-alive", max(DURATION - 1, 1))
+    r = run_one("tls-proxy", 8443, body, conns, mode, max(DURATION - 1, 1))
     perf.wait()
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
                           "-g", "none"], capture_output=True, text=True)
@@ -204,7 +204,7 @@ def perf_cell(body):
     dso = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
                          capture_output=True, text=True)
     by_dso = [re.sub(r"(\s+-)*\s*$", "", l) for l in dso.stdout.splitlines() if l.strip() and not l.startswith("#")][:8]
-    return {"body": body, "conns": 100, "mode": "keep-alive", "data": data, "req_s": r["req_s"],
+    return {"body": body, "conns": conns, "mode": mode, "data": data, "req_s": r["req_s"],
             "top": top, "by_dso": by_dso}
 
 
@@ -253,7 +253,8 @@ def main():
                     emit_row(r)
                 print(f"[{len(runs)}/{total}] round {rnd + 1} {BODY_NAMES[body]} {mode} c={conns} {name}: "
                       f"{r['req_s']:.0f} req/s, {r['mib_s']:.1f} MiB/s", file=sys.stderr, flush=True)
-    perf = [perf_cell("1k"), perf_cell("1m")] if PERF else []
+    perf = ([perf_cell("1k", "keep-alive", 100), perf_cell("1m", "keep-alive", 100),
+             perf_cell("1k", "close", 10)] if PERF else [])
     ps = json.loads(subprocess.run([WPOD, "ps", "--output", "json"], capture_output=True, text=True,
                                    env={**os.environ, "WPOD_ROOT": f"{WORK}/wpodroot"}).stdout or "[]")
     restarts = {c["name"]: c["restarts"] for p in ps if p["name"] == POD for c in p["containers"]}
@@ -347,7 +348,7 @@ def main():
             print(f"- {name} logged {sum(msgs.values())} lines during the runs: {top}")
     print(f"- load average at start {' '.join(load0)}, at end {' '.join(result['loadavg_end'])}")
     for p in perf:
-        print(f"\n## perf: tls-proxy, {BODY_NAMES[p['body']]}, keep-alive, 100 connections "
+        print(f"\n## perf: tls-proxy, {BODY_NAMES[p['body']]}, {p['mode']}, {p['conns']} connections "
               f"({p['req_s']:.0f} req/s while recorded; {p['data']})\n")
         print("JIT-compiled guest code has no symbols (wasmtime writes no perf map): it shows as raw addresses.\n")
         print("```\n" + "\n".join(p["top"]) + "\n```")

@@ -6,7 +6,7 @@
 # One pod (private $WPOD_ROOT): its main container is an nginx backend on 127.0.0.1:8080 (plain
 # HTTP, one worker) serving a 1 KiB and a 1 MiB file; in front of it, on the pod's loopback, three
 # TLS-terminating reverse proxies with the same certificate (ECDSA P-256, self-signed, made here
-# with openssl), TLS 1.3 only and the same cipher-suite order where it can be set:
+# with openssl), TLS 1.3 only and the same cipher-suite order, the server's (AES-128-GCM first):
 #
 #   tls-proxy   :8443  the Wasm sidecar (target/sidecars/tls-proxy.wasm), TLS run by the host
 #                      through wpod:sidecar/tls, plaintext relayed by host transfers
@@ -27,8 +27,9 @@
 # master and worker, haproxy's process, and for tls-proxy the pod's `wpod run` supervisor, which
 # hosts wasmtime, all its threads); ratios tls-proxy/nginx and tls-proxy/haproxy. JSON goes to
 # FILE (default /tmp/wpod-tlsbench-TIME.json), a markdown table to stdout (bench/tls.py).
-# -p: `perf record -g` on the supervisor during one 100-connection keep-alive 1 KiB run and one
-# 1 MiB run of tls-proxy, and the top of `perf report --no-children --sort symbol` for each.
+# -p: `perf record -g` on the supervisor during three runs of tls-proxy (1 KiB and 1 MiB
+# keep-alive with 100 connections, 1 KiB with a new connection per request and 10), and the top
+# of `perf report --no-children --sort symbol` (and `--sort dso`) for each.
 # -j (--json): for bench/run.sh, one JSON object per run on stdout (tool, measure, value, unit,
 # run: req/s for 1 KiB cells, MiB/s for 1 MiB ones), and the markdown above on stderr instead.
 set -euo pipefail
@@ -87,10 +88,12 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$b/tls/tls.crt" "$b/tls/tls.key" > "$b/tls/haproxy.pem"
 head -c 1024 /dev/urandom > "$b/site/1k"
 head -c $((1 << 20)) /dev/urandom > "$b/site/1m"
-# OpenSSL's own TLS 1.3 order, which wrk (OpenSSL) offers as client; rustls follows the client's
-# order (its suites cannot be set from the pod), so all three should agree on the first one.
-# The script checks what each negotiates (s_client) and records it.
-suites=TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256
+# The server's order, which each proxy follows rather than the client's (wrk, as OpenSSL, offers
+# AES-256 first): wpod's host TLS puts AES-128-GCM first on a CPU with AES instructions (ChaCha20
+# without), and nginx and haproxy are given the same order and told to prefer it, so all three
+# should agree. (The guest's own rustls, tls-proxy-wasm, follows the client.) The script checks
+# what each negotiates (s_client) and records it.
+suites=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 
 cat > "$b/conf/backend.conf" <<'EOF'
 worker_processes 1;
@@ -122,6 +125,7 @@ http {
   }
   ssl_protocols TLSv1.3;
   ssl_conf_command Ciphersuites $suites;
+  ssl_prefer_server_ciphers on;
   ssl_session_cache shared:SSL:10m;
   ssl_session_timeout 1h;
   keepalive_requests 1000000;
@@ -143,6 +147,7 @@ global
   maxconn 4096
   ssl-default-bind-options ssl-min-ver TLSv1.3
   ssl-default-bind-ciphersuites $suites
+  # (haproxy prefers the server's order unless a bind says prefer-client-ciphers.)
 defaults
   mode http
   timeout connect 5s

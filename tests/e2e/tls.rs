@@ -170,6 +170,36 @@ spec:
         "the second request should reuse the connection: {answer:?}"
     );
 
+    // The host picks the suite, not the client: offered OpenSSL's order (AES-256 first), it
+    // answers with AES-128-GCM on a CPU with AES instructions, ChaCha20 without.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let expected = match flags.contains(&"aes") && flags.contains(&"pclmulqdq") {
+        true => "TLS_AES_128_GCM_SHA256",
+        false => "TLS_CHACHA20_POLY1305_SHA256",
+    };
+    let out = curl(
+        &fixture.dir,
+        host_tls,
+        &[
+            "-v",
+            "--tls13-ciphers",
+            "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "-o",
+            "/dev/null",
+            &url,
+        ],
+    );
+    let said = text(&out.stderr);
+    assert!(
+        out.status.success() && said.contains(&format!("TLSv1.3 / {expected}")),
+        "expected {expected}: {said}"
+    );
+
     // 120 clients at once, past the proxy's MAX_CONNECTIONS (64) and what its handle budget
     // would hold: the rest wait in the listen backlog until a connection ends, none fails, the
     // sidecar never traps. (`Connection: close`: curl keeps idle connections, and their slots,
