@@ -76,6 +76,11 @@ pub fn main(spec_path: &Path) -> ! {
         },
     );
     drop(report);
+    // The launch config and the root filesystem's setup are behind: the shim now only waits,
+    // for as long as the container runs.
+    if let Some(start_up) = child.start_up {
+        start_up.done();
+    }
     let status = supervise(child.pid, &child.signals, lifeline.as_fd());
     exit_like(status)
 }
@@ -89,6 +94,8 @@ fn send(report: &mut File, r: &Report) {
 struct Child {
     pid: Pid,
     signals: SignalFd,
+    /// Start-up's memory, still to give back (the shim did not confine itself).
+    start_up: Option<crate::memory::StartUp>,
 }
 
 /// Who confines the container process: see the module's comment.
@@ -155,17 +162,15 @@ fn setup_and_fork(spec: &LaunchSpec, start_up: crate::memory::StartUp) -> Result
     };
     let root = rootfs::prepare(sys.clone(), &spec.rootfs, &spec.mounts, volumes, pod_users)?;
     let seccomp = security::seccomp_program(&spec.security)?;
-    // The deep part (the launch config, the root filesystem, the seccomp program) is behind:
-    // from here the shim mostly waits, for as long as the container runs. Given back now, while
-    // `/proc` and the system calls allowed are still the shim's own, before the container's
-    // seccomp filter applies to it (shared PID namespace) and before any container process
-    // shares its mount namespace.
-    start_up.done();
-    let confinement = match &ns.pid {
+    // What start-up used goes back once the shim only waits (with its container's report),
+    // or, when the shim confines itself, before the container's seccomp filter applies to it,
+    // which may not allow the calls that give memory back.
+    let (confinement, start_up) = match &ns.pid {
         Some(shared) => {
             root.bind_pod_proc(&shared.proc)?;
             root.pivot()?;
             drop(root);
+            start_up.done();
             if let Some(fd) = &userns {
                 security::join_user_namespace(fd.as_fd())?;
             }
@@ -173,9 +178,9 @@ fn setup_and_fork(spec: &LaunchSpec, start_up: crate::memory::StartUp) -> Result
             // A change of user makes the shim non-dumpable again; dropping capabilities alone
             // would not.
             crate::helper::set_undumpable();
-            Confinement::Done
+            (Confinement::Done, None)
         }
-        None => Confinement::InChild(root, userns),
+        None => (Confinement::InChild(root, userns), Some(start_up)),
     };
 
     // Signals are blocked from here and read through a signalfd; the child unblocks them.
@@ -208,6 +213,7 @@ fn setup_and_fork(spec: &LaunchSpec, start_up: crate::memory::StartUp) -> Result
                 return Ok(Child {
                     pid: child,
                     signals,
+                    start_up,
                 });
             }
             let _ = waitpid(child, None);
