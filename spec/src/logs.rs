@@ -724,6 +724,31 @@ impl Drop for LogWriter {
 mod tests {
     use super::*;
 
+    /// A directory of a test's own, removed when the test ends, passed or failed.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("wpod-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a test directory");
+            TestDir(dir)
+        }
+    }
+
+    impl std::ops::Deref for TestDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     fn split(input: &[&[u8]]) -> Vec<(usize, bool)> {
         let mut s = LineSplitter::default();
         let mut out = Vec::new();
@@ -784,14 +809,13 @@ mod tests {
     /// gives the lines it carried, whole and in order.
     #[tokio::test]
     async fn a_followed_stream_gives_its_lines_whatever_the_reads() {
-        let dir = std::env::temp_dir().join(format!("wpod-follow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = TestDir::new("follow");
         let limits = LogLimits {
             max_file_bytes: 64 << 20,
             max_files: 1,
             rate_bytes: u64::MAX,
         };
-        let logs = Logs::new(dir.clone(), OutputFormat::Silent, limits);
+        let logs = Logs::new(dir.to_path_buf(), OutputFormat::Silent, limits);
         // Lines of up to 7 KiB, 730 KiB in all (within the history kept).
         let lines: Vec<String> = (0..200)
             .map(|i| format!("{i}:{}", "x".repeat(i * 37 % 9000)))
@@ -820,7 +844,6 @@ mod tests {
             lengths(&seen),
             lengths(&want)
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -863,8 +886,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded_by_bytes_and_lines() {
-        let dir = std::env::temp_dir().join(format!("wpod-logs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("logs");
         let mut feed = Feed::new(LogFiles::open(dir.join("c.log")));
         for _ in 0..200 {
             feed.remember(Arc::new(Line {
@@ -884,15 +906,13 @@ mod tests {
             }));
         }
         assert_eq!(feed.history.len(), HISTORY_LINES);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_live_feed_exists_only_while_someone_follows() {
-        let dir = std::env::temp_dir().join(format!("wpod-live-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("live");
         let limits = LogLimits::from(&crate::spec::Annotations::default());
-        let logs = Logs::new(dir.clone(), OutputFormat::Silent, limits);
+        let logs = Logs::new(dir.to_path_buf(), OutputFormat::Silent, limits);
         let live = |logs: &Logs| logs.feeds.lock().unwrap()["c"].live.is_some();
         logs.record("c", Stream::Stdout, b"before", false);
         assert!(!live(&logs), "a container nobody follows has no channel");
@@ -907,13 +927,11 @@ mod tests {
         assert!(past.is_empty());
         logs.record("c", Stream::Stdout, b"again", false);
         assert_eq!(rx.try_recv().unwrap().text, "again");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn log_files_rotate_by_size() {
-        let dir = std::env::temp_dir().join(format!("wpod-rotate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("rotate");
         let limits = LogLimits {
             max_file_bytes: 1000,
             max_files: 3,
@@ -947,14 +965,12 @@ mod tests {
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
         assert_eq!(numbers.last(), Some(&99));
         assert_eq!(offset, std::fs::metadata(&path).unwrap().len());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// `wpod logs` once read `.1` to `.9` only, though a pod may keep up to 100 files.
     #[test]
     fn every_rotated_file_is_read_and_partial_lines_are_joined() {
-        let dir = std::env::temp_dir().join(format!("wpod-rotate12-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("rotate12");
         let limits = LogLimits {
             max_file_bytes: 160,
             max_files: 30,
@@ -984,6 +1000,5 @@ mod tests {
             assert_eq!(l.text, format!("{i}-{i:0>59}"));
             assert_eq!(l.stream, Some(Stream::Stderr));
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
