@@ -621,37 +621,32 @@ impl ObjectFiles {
     }
 }
 
-/// The levels `--log-level` may name.
-const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
-
 /// `--log-level`: a level, or levels by target, each part checked. tracing's own reading takes
 /// an empty part (`info,`) as every target at trace, and a misspelt level (`warning`) as a
 /// target, which silences everything else.
 fn log_levels(text: &str) -> Result<tracing_subscriber::filter::Targets, String> {
     let mut parts = Vec::new();
     for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err("an empty part: separate levels with single commas".into());
+        }
         let (target, level) = match part.split_once('=') {
             Some((target, level)) => (Some(target.trim()), level.trim()),
             None => (None, part),
         };
-        if part.is_empty() {
-            return Err("an empty part: separate levels with single commas".into());
-        }
-        let level = level.to_ascii_lowercase();
-        if !LEVELS.contains(&level.as_str()) {
-            return Err(format!("`{level}` is not a level ({})", LEVELS.join(", ")));
-        }
-        if let Some(target) = target {
-            let module_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-            if target.is_empty() || !target.chars().all(module_path) {
+        let level: tracing_subscriber::filter::LevelFilter = level
+            .parse()
+            .map_err(|e| format!("`{level}` is not a level: {e}"))?;
+        let module_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        parts.push(match target {
+            Some(target) if target.is_empty() || !target.chars().all(module_path) => {
                 return Err(format!(
                     "`{target}` is not a target: a module path such as wpod::sidecars"
-                ));
+                ))
             }
-            parts.push(format!("{target}={level}"));
-        } else {
-            parts.push(level);
-        }
+            Some(target) => format!("{target}={level}"),
+            None => level.to_string(),
+        });
     }
     parts.join(",").parse().map_err(|e| format!("{e}"))
 }

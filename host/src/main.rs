@@ -795,8 +795,7 @@ fn run(
         }
     };
     print_summary(format, &name, &result.summary);
-    let code = result.exit_code;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok(ExitCode::from(u8::try_from(result.exit_code).unwrap_or(1)))
 }
 
 #[cfg(test)]

@@ -482,29 +482,25 @@ fn start_detached(
     let write_fd = ready_write.as_raw_fd();
     let files = files.absolute()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(
-        LOG_LEVEL
-            .get()
-            .map(|level| ["--log-level", level])
-            .into_iter()
-            .flatten(),
-    )
-    .arg("run")
-    .arg("--ready-fd")
-    .arg("3")
-    .arg("--backoff-base")
-    .arg(backoff.to_string())
-    .args(audit.then_some("--audit"))
-    .args(
-        files
-            .objects
-            .iter()
-            .flat_map(|f| [OsStr::new("--configmap"), f.as_os_str()]),
-    )
-    .arg(&files.manifest)
-    .stdin(std::process::Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log);
+    if let Some(level) = LOG_LEVEL.get() {
+        cmd.arg("--log-level").arg(level);
+    }
+    cmd.arg("run")
+        .arg("--ready-fd")
+        .arg("3")
+        .arg("--backoff-base")
+        .arg(backoff.to_string())
+        .args(audit.then_some("--audit"))
+        .args(
+            files
+                .objects
+                .iter()
+                .flat_map(|f| [OsStr::new("--configmap"), f.as_os_str()]),
+        )
+        .arg(&files.manifest)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     // SAFETY: between fork and exec only async-signal-safe calls: setsid, dup2, fcntl.
     unsafe {
         cmd.pre_exec(move || {

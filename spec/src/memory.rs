@@ -60,26 +60,13 @@ impl StartUp {
             (true, Some(stack)) => below_frame(stack, frame, page_size()),
             _ => None,
         };
-        let stack = match dead {
-            Some(dead) => {
-                // SAFETY: every byte of `dead` is in this thread's stack mapping and below this
-                // frame by more than STACK_MARGIN: no live frame, local or red zone is there.
-                // The mapping stays; its pages fault back in zeroed.
-                let r = unsafe {
-                    libc::madvise(
-                        dead.start as *mut libc::c_void,
-                        dead.len(),
-                        libc::MADV_DONTNEED,
-                    )
-                };
-                if r == 0 {
-                    dead.len()
-                } else {
-                    0
-                }
-            }
-            None => 0,
+        // SAFETY: every byte of `dead` is in this thread's stack mapping and below this frame
+        // by more than STACK_MARGIN: no live frame, local or red zone is there. The mapping
+        // stays; its pages fault back in zeroed.
+        let madvise = |d: &Range<usize>| unsafe {
+            libc::madvise(d.start as *mut libc::c_void, d.len(), libc::MADV_DONTNEED) == 0
         };
+        let stack = dead.filter(madvise).map_or(0, |d| d.len());
         tracing::debug!(heap, stack, "gave back start-up memory");
         GivenBack { heap, stack }
     }
