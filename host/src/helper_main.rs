@@ -16,7 +16,11 @@ pub fn run(args: &[OsString]) -> ! {
         println!("{}", crate::sandbox::build_id());
         std::process::exit(0);
     }
-    match HelperCall::parse(args) {
+    let call = HelperCall::parse(args);
+    if let Ok(call) = &call {
+        crate::helper::set_process_name(call.process_name());
+    }
+    match call {
         Ok(HelperCall::Holder {
             hostname,
             pod_proc,

@@ -68,6 +68,18 @@ pub enum HelperCall {
 }
 
 impl HelperCall {
+    /// The name the helper's process goes by (`comm`: what `ps`, `top` and `/proc/PID/stat`
+    /// show), set by [`set_process_name`]. Helpers are run through `/proc/self/fd/N` (a sealed
+    /// view of the binary), and the kernel names a process after the last part of the path it
+    /// executed: every holder and shim was called `64`.
+    pub fn process_name(&self) -> &'static std::ffi::CStr {
+        match self {
+            HelperCall::Holder { .. } => c"wpod-holder",
+            HelperCall::Container { .. } => c"wpod-shim",
+            HelperCall::Exec { .. } => c"wpod-exec",
+        }
+    }
+
     /// Whether `arg` (a binary's first argument) names a helper's job.
     pub fn is_helper_subcommand(arg: &OsStr) -> bool {
         matches!(arg.to_str(), Some("__holder" | "__container" | "__exec"))
@@ -635,6 +647,13 @@ where
 pub fn set_undumpable() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
+
+/// Names the calling process (its `comm`, 15 bytes at most; longer names are cut by the
+/// kernel). Its threads and children keep the name until they `exec`.
+pub fn set_process_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string from the pointer, which outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
 /// A sealed view of this process's executable.

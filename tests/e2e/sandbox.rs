@@ -507,6 +507,62 @@ fn killing_wpod_with_sigkill_takes_every_process_of_the_pod_along() {
     sigkill_pod("sigkill-shared", true);
 }
 
+/// The (pid, comm) of every child of `parent`, from `/proc/*/stat`.
+fn children_of(parent: i32) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // comm is in parentheses and may hold spaces; the ppid is the second field after it.
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid: i32 = rest.split(' ').nth(1)?.parse().ok()?;
+            (ppid == parent).then(|| (pid, comm.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn helper_processes_are_named_for_their_job() {
+    require_root("helper_processes_are_named");
+    // Helpers run through /proc/self/fd/N, which the kernel would make their name ("64").
+    let pod = TestPod::new(
+        "helper-names",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: helper-names}
+spec:
+  containers:
+  - name: main
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 0.1; done']
+"#,
+    );
+    let running = pod.spawn();
+    running.wait_for("main to start", LONG, |r| {
+        r.events(Some("main"))
+            .iter()
+            .any(|e| e["event"] == "started")
+    });
+    let helpers = children_of(running.pid());
+    let names = |want: &str| helpers.iter().filter(|(_, c)| c == want).count();
+    assert_eq!(names("wpod-holder"), 1, "{helpers:?}");
+    assert_eq!(names("wpod-shim"), 1, "{helpers:?}");
+    assert!(
+        helpers
+            .iter()
+            .all(|(_, c)| !c.bytes().all(|b| b.is_ascii_digit())),
+        "{helpers:?}"
+    );
+    // The shim's child is the container, named by what it runs.
+    let shim = helpers.iter().find(|(_, c)| c == "wpod-shim").unwrap().0;
+    let container = children_of(shim);
+    assert!(container.iter().any(|(_, c)| c == "sh"), "{container:?}");
+    running.stop(LONG);
+    assert_no_leftovers("helper-names");
+}
+
 /// Capability bit numbers (linux/capability.h) for reading /proc/self/status masks.
 const CAP_KILL: u32 = 5;
 const CAP_NET_ADMIN: u32 = 12;
