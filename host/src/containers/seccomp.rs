@@ -447,19 +447,26 @@ macro_rules! from_libc {
     ($($sys:ident)*) => { &[$((stringify!($sys), libc::$sys)),*] };
 }
 
-/// Looks `name` up in a table built by `from_libc!` and in one of numbers.
+/// Every call's number by name: libc's names first, then the table of numbers, then the
+/// kernel's whole table (the first to name a call wins). Built once per process and looked up
+/// by hash: a profile names some 350 calls, and searching the tables for each took a container's
+/// shim about 0.1 ms at every start.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn lookup(name: &str, from_libc: &[(&str, i64)], by_number: &[(&str, i64)]) -> Option<i64> {
-    from_libc
+fn numbers(
+    from_libc: &[(&'static str, i64)],
+    by_number: &[(&'static str, i64)],
+) -> std::collections::HashMap<&'static str, i64> {
+    let libc_names = from_libc
         .iter()
-        .find(|(sys, _)| sys.strip_prefix("SYS_") == Some(name))
-        .or_else(|| by_number.iter().find(|(n, _)| *n == name))
-        .or_else(|| {
-            super::syscall_table::KERNEL
-                .iter()
-                .find(|(n, _)| *n == name)
-        })
-        .map(|&(_, nr)| nr)
+        .filter_map(|&(sys, nr)| Some((sys.strip_prefix("SYS_")?, nr)));
+    let mut numbers = std::collections::HashMap::new();
+    for (name, nr) in libc_names
+        .chain(by_number.iter().copied())
+        .chain(super::syscall_table::KERNEL.iter().copied())
+    {
+        numbers.entry(name).or_insert(nr);
+    }
+    numbers
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -469,7 +476,10 @@ mod arch {
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::x86_64);
 
     pub(super) fn number(name: &str) -> Option<i64> {
-        super::lookup(name, FROM_LIBC, BY_NUMBER)
+        static NUMBERS: std::sync::OnceLock<std::collections::HashMap<&str, i64>> =
+            std::sync::OnceLock::new();
+        let numbers = NUMBERS.get_or_init(|| super::numbers(FROM_LIBC, BY_NUMBER));
+        numbers.get(name).copied()
     }
 
     /// Upstream's names that libc (0.2.191) defines for this target.
@@ -585,7 +595,10 @@ mod arch {
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::aarch64);
 
     pub(super) fn number(name: &str) -> Option<i64> {
-        super::lookup(name, FROM_LIBC, BY_NUMBER)
+        static NUMBERS: std::sync::OnceLock<std::collections::HashMap<&str, i64>> =
+            std::sync::OnceLock::new();
+        let numbers = NUMBERS.get_or_init(|| super::numbers(FROM_LIBC, BY_NUMBER));
+        numbers.get(name).copied()
     }
 
     /// Upstream's names that libc (0.2.191) defines for this target.
