@@ -464,7 +464,9 @@ pub fn remove_tree(path: &Path, roots: OtherRoots) -> std::io::Result<()> {
     }
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let list = |dir: &std::os::fd::OwnedFd| -> std::io::Result<Vec<(OsString, bool)>> {
-        let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir)?)?;
+        // A duplicate with close-on-exec (`dup` would drop it, and a helper spawned meanwhile
+        // would inherit the directory).
+        let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?)?;
         let mut names = Vec::new();
         for entry in listing.iter() {
             let entry = entry?;
@@ -703,7 +705,9 @@ mod tests {
                 let f = nix::fcntl::openat(
                     fd,
                     "f",
-                    nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+                    nix::fcntl::OFlag::O_CREAT
+                        | nix::fcntl::OFlag::O_WRONLY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
                     nix::sys::stat::Mode::from_bits_truncate(0o644),
                 )
                 .unwrap();
@@ -712,7 +716,9 @@ mod tests {
             let next = nix::fcntl::openat(
                 fd,
                 "d",
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
             .unwrap();

@@ -74,7 +74,9 @@ fn walk(dir: OwnedFd, gid: u32, mask: u32, depth: usize, state: &mut Walk) -> io
         state.cut = true;
         return Ok(());
     }
-    let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir.as_fd())?)?;
+    // A duplicate with close-on-exec (`dup` drops it: a helper spawned meanwhile would inherit
+    // the volume's directory).
+    let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?)?;
     let names: Vec<std::ffi::CString> = listing
         .iter()
         .filter_map(Result::ok)
