@@ -370,6 +370,24 @@ impl FileId {
         self.size
     }
 
+    /// Every part of the identity, as bytes: what a MAC that must change with it covers.
+    pub fn to_bytes(&self) -> [u8; 56] {
+        let mut out = [0u8; 56];
+        let parts = [
+            self.dev.to_le_bytes(),
+            self.ino.to_le_bytes(),
+            self.size.to_le_bytes(),
+            self.mtime.0.to_le_bytes(),
+            self.mtime.1.to_le_bytes(),
+            self.ctime.0.to_le_bytes(),
+            self.ctime.1.to_le_bytes(),
+        ];
+        for (chunk, part) in out.chunks_exact_mut(8).zip(parts) {
+            chunk.copy_from_slice(&part);
+        }
+        out
+    }
+
     /// Whether the file was last changed long enough ago that a later change gets other times.
     pub fn settled(&self) -> bool {
         self.settled_at(std::time::SystemTime::now())

@@ -322,7 +322,11 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     let file = std::fs::File::open(entry).ok()?;
     let id = crate::files::FileId::of(&file.metadata().ok()?);
     if CHECKED.get(id).as_deref() != Some(entry) {
-        check_mac(&file, entry)?;
+        let key = mac_key(entry.parent()?).ok()?;
+        if !checked_before(&key, entry, id) {
+            check_mac(&key, &file, entry)?;
+            remember_checked(&key, entry, id, seen);
+        }
         CHECKED.put(id, seen, entry.to_path_buf());
     }
     let checked = PathBuf::from(format!(
@@ -353,17 +357,12 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
 
 /// Whether `file`, opened from `entry`, carries wpod's MAC under the entry's name (logged when
 /// it does not).
-fn check_mac(mut file: &std::fs::File, entry: &Path) -> Option<()> {
-    let key = mac_key(entry.parent()?).ok()?;
-    // Sized for the file, up to what an entry of a large component takes: a huge file under an
-    // entry's name then grows the buffer as it is read, rather than failing one allocation.
-    let size = file.metadata().ok()?.len().min(256 << 20);
-    let mut bytes = Vec::with_capacity(usize::try_from(size).ok()?);
-    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+fn check_mac(key: &[u8; 32], file: &std::fs::File, entry: &Path) -> Option<()> {
     let expected = std::fs::read_to_string(mac_path(entry)).ok()?;
+    let mapped = Mapped::of(file).ok()?;
     // Compared as BLAKE3 hashes compare: in constant time.
     let sound = match (
-        mac(&key, entry, &bytes).split_once(' '),
+        mac(key, entry, mapped.bytes()).split_once(' '),
         expected.trim().split_once(' '),
     ) {
         (Some((len, ours)), Some((their_len, theirs))) => {
@@ -377,6 +376,120 @@ fn check_mac(mut file: &std::fs::File, entry: &Path) -> Option<()> {
         return None;
     }
     Some(())
+}
+
+/// An entry whose MAC a wpod process checked is remembered for the next ones, beside it
+/// (`NAME.checked`): a MAC of the entry's name and of the identity its file had then (device,
+/// inode, size, modification and change times: `files::FileId`). An entry replaced, rewritten,
+/// linked or renamed since has another identity (the kernel sets the change time, and no call
+/// short of setting the clock sets it back) and is checked in full again; a record copied
+/// from another entry names that one. Only a settled file is remembered (changed at least
+/// `files::SETTLE` before the check began), as within a process. Hashing a Python sidecar's
+/// 36 MB entry took 13 ms of every pod's start; each pod has a supervisor of its own.
+fn checked_path(entry: &Path) -> PathBuf {
+    entry.with_extension("checked")
+}
+
+/// The record of `entry` checked with the identity `id`.
+fn checked_record(key: &[u8; 32], entry: &Path, id: crate::files::FileId) -> String {
+    let name = entry
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    // Apart from an entry's own MAC (its name's length, its name, its bytes) by the prefix.
+    hasher.update(b"wpod checked entry\0");
+    hasher.update(&(name.len() as u64).to_le_bytes());
+    hasher.update(name);
+    hasher.update(&id.to_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Whether a wpod process checked `entry`'s MAC while its file had the identity `id`.
+fn checked_before(key: &[u8; 32], entry: &Path, id: crate::files::FileId) -> bool {
+    let Ok(found) = std::fs::read_to_string(checked_path(entry)) else {
+        return false;
+    };
+    // Compared as BLAKE3 hashes compare: in constant time.
+    let ours = blake3::Hash::from_hex(checked_record(key, entry, id));
+    ours.is_ok() && ours.ok() == blake3::Hash::from_hex(found.trim()).ok()
+}
+
+/// Records that `entry`, of identity `id`, carried its MAC, if the file had settled at `seen`
+/// (a time taken before the identity was). Written beside the entry and renamed into place;
+/// a record that cannot be written only costs the next process a full check.
+fn remember_checked(
+    key: &[u8; 32],
+    entry: &Path,
+    id: crate::files::FileId,
+    seen: std::time::SystemTime,
+) {
+    if !id.settled_at(seen) {
+        return;
+    }
+    let path = checked_path(entry);
+    let tmp = path.with_extension(format!("checked.tmp.{}", std::process::id()));
+    let written = std::fs::write(&tmp, checked_record(key, entry, id))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::debug!(entry = %entry.display(), error = %e, "cannot record the entry's check");
+    }
+}
+
+/// A file's bytes, mapped read-only. An entry is hashed from its pages in the page cache, the
+/// pages `deserialize_file` then maps: a copy on the heap (the entry's size in fresh pages,
+/// 0.7 MB for a small component) cost each pod's start its page faults and left malloc's
+/// thresholds raised for the pod's life.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn of(file: &std::fs::File) -> std::io::Result<Mapped> {
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Ok(Mapped {
+                ptr: std::ptr::null_mut(),
+                len,
+            });
+        }
+        // SAFETY: a new private read-only mapping of an open file; nothing else refers to it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `len` readable bytes are mapped at `ptr` until `drop`. The file is a cache
+        // entry: root's alone, only ever replaced by rename, never rewritten or truncated in
+        // place (what `deserialize_file` relies on too), so the bytes do not change under us.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmaps exactly the mapping made in `of`; `bytes` borrows end before this.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
 }
 
 fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
@@ -501,6 +614,35 @@ mod tests {
         bytes.truncate(last);
         std::fs::write(&entry, &bytes).unwrap();
         assert!(load_entry(&engine, &entry).is_none(), "a truncated entry");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A check is remembered beside the entry for the next process, for that file and name
+    /// alone: beside another entry, for the entry replaced (even by its own bytes) or under
+    /// another key, the record says nothing; a file changed too recently to be told apart from
+    /// a later change is not recorded.
+    #[test]
+    fn a_checked_entry_is_remembered_for_its_file_and_name_alone() {
+        let dir = std::env::temp_dir().join(format!("wpod-cache-record-{}", std::process::id()));
+        let engine = Engine::default();
+        let (_, a, b) = two_entries(&engine, &dir);
+        let key = mac_key(&dir).unwrap();
+        let id = |p: &Path| crate::files::FileId::of_path(p).unwrap();
+        assert!(load_entry(&engine, &a).is_some());
+        assert!(!checked_path(&a).exists(), "recorded before it settled");
+        std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(100));
+        assert!(load_entry(&engine, &a).is_some());
+        assert!(checked_before(&key, &a, id(&a)), "not recorded by the load");
+        assert!(!checked_before(&[7; 32], &a, id(&a)), "under another key");
+        std::fs::copy(checked_path(&a), checked_path(&b)).unwrap();
+        assert!(!checked_before(&key, &b, id(&b)), "a's record beside b");
+        let copy = a.with_extension("copy");
+        std::fs::copy(&a, &copy).unwrap();
+        std::fs::rename(&copy, &a).unwrap();
+        assert!(
+            !checked_before(&key, &a, id(&a)),
+            "a replaced by its own bytes"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
