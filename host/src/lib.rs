@@ -34,7 +34,9 @@ pub mod supervisor;
 // `wpod-oci` (`oci/`) crates, under their own names here.
 pub use wpod_grants as grants;
 pub use wpod_oci as oci;
-pub use wpod_spec::{component, error, files, helper, logs, memory, mounts, spec, status, sys};
+pub use wpod_spec::{
+    component, error, files, helper, logs, memory, mounts, records, spec, status, sys,
+};
 
 #[cfg(test)]
 mod layering {
@@ -63,6 +65,7 @@ mod layering {
         "memory",
         "mounts",
         "oci",
+        "records",
         "spec",
         "status",
         "sys",

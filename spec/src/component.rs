@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 
 use wasmparser::{Parser, Payload};
 
+use crate::records::Records;
+
 /// The first bytes of a Wasm component (a core module has version 1, layer 0).
 pub const COMPONENT_PREAMBLE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 /// The first bytes of a core Wasm module.
@@ -85,9 +87,22 @@ pub enum ComponentFileError {
 static FILES: crate::files::Remembered<ComponentFile> = crate::files::Remembered::new();
 
 /// Reads the component at `path` (at most `MAX_COMPONENT_BYTES`), or recalls it: a file this
-/// process read before and that has the same identity (see `files::FileId`) is not read again.
+/// process, or one before it, read under this path with the same identity (see
+/// `files::FileId`, `records`) is not read again.
 pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileError> {
-    if let Some((_, known)) = known(path) {
+    read_file_with(path, records().as_ref())
+}
+
+/// The records of the state root (none when it cannot be had: nothing is then recalled).
+fn records() -> Option<Records> {
+    Records::in_dir(&crate::files::cache_dir()).ok()
+}
+
+fn read_file_with(
+    path: &std::path::Path,
+    records: Option<&Records>,
+) -> Result<ComponentFile, ComponentFileError> {
+    if let Some((_, known)) = known_with(path, records) {
         return Ok(known);
     }
     let (bytes, id, seen) =
@@ -101,14 +116,84 @@ pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileE
         size: bytes.len() as u64,
     };
     FILES.put(id, seen, file.clone());
+    if let Some(records) = records {
+        records.record(
+            COMPONENT_FILE,
+            path,
+            id,
+            seen,
+            &Recorded::of(&file).to_text(),
+        );
+    }
     Ok(file)
 }
 
-/// What [`read_file`] found in the file `path` names, if this process read it as it is now,
-/// with the identity it was found under (one `stat`: pair nothing else with it).
+/// What [`read_file`] found in the file `path` names, if this process (or, under this path,
+/// one before it) read it as it is now, with the identity it was found under (one `stat`:
+/// pair nothing else with it).
 pub fn known(path: &std::path::Path) -> Option<(crate::files::FileId, ComponentFile)> {
+    known_with(path, records().as_ref())
+}
+
+fn known_with(
+    path: &std::path::Path,
+    records: Option<&Records>,
+) -> Option<(crate::files::FileId, ComponentFile)> {
+    let seen = std::time::SystemTime::now();
     let id = crate::files::FileId::of_path(path)?;
-    known_by(id).map(|file| (id, file))
+    if let Some(file) = known_by(id) {
+        return Some((id, file));
+    }
+    let file = Recorded::from_text(&records?.recall(COMPONENT_FILE, path, id)?)?;
+    FILES.put(id, seen, file.clone());
+    Some((id, file))
+}
+
+/// The kind of record (`records`) of what [`read_file`] found in a component file. Each pod
+/// has a supervisor of its own, and `wpod run -d` plans the pod in the CLI and again in the
+/// supervisor: a Python sidecar's 20 MB were read and hashed twice per start.
+const COMPONENT_FILE: &str = "component-file";
+
+/// A [`ComponentFile`] as its record holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    digest: String,
+    size: u64,
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+impl Recorded {
+    fn of(file: &ComponentFile) -> Recorded {
+        Recorded {
+            digest: file.digest.clone(),
+            size: file.size,
+            imports: file.interface.imports.clone(),
+            exports: file.interface.exports.clone(),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The component file a record describes; `None` for anything else.
+    fn from_text(text: &str) -> Option<ComponentFile> {
+        let r: Recorded = serde_json::from_str(text).ok()?;
+        let sha256: [u8; 32] = hex::decode(r.digest.strip_prefix("sha256:")?)
+            .ok()?
+            .try_into()
+            .ok()?;
+        Some(ComponentFile {
+            interface: Interface {
+                imports: r.imports,
+                exports: r.exports,
+            },
+            digest: r.digest,
+            sha256,
+            size: r.size,
+        })
+    }
 }
 
 /// What [`read_file`] found in the file of identity `id`, if it read it: for a caller that
@@ -186,21 +271,68 @@ mod tests {
         let path = dir.join("c.wasm");
         let written = std::time::Instant::now();
         std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
-        let first = read_file(&path).unwrap();
+        let first = read_file_with(&path, None).unwrap();
         assert_eq!(first.digest, sha256_digest(&COMPONENT_PREAMBLE));
         // (Unless this machine took longer than that to read it.)
         if written.elapsed() < crate::files::SETTLE {
-            assert!(known(&path).is_none(), "not remembered before it settled");
+            assert!(
+                known_with(&path, None).is_none(),
+                "not remembered before it settled"
+            );
         }
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
-        assert_eq!(read_file(&path).unwrap(), first);
-        assert_eq!(known(&path).map(|(_, f)| f), Some(first.clone()));
+        assert_eq!(read_file_with(&path, None).unwrap(), first);
+        assert_eq!(known_with(&path, None).map(|(_, f)| f), Some(first.clone()));
         // Another component (a custom section added) in the same file.
         let mut other = COMPONENT_PREAMBLE.to_vec();
         other.extend_from_slice(&[0, 4, 1, b'x', b'y', b'z']);
         std::fs::write(&path, &other).unwrap();
-        assert!(known(&path).is_none(), "the file changed");
-        assert_eq!(read_file(&path).unwrap().digest, sha256_digest(&other));
+        assert!(known_with(&path, None).is_none(), "the file changed");
+        assert_eq!(
+            read_file_with(&path, None).unwrap().digest,
+            sha256_digest(&other)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a process read of a settled component file is recalled by the next one (a
+    /// record under the path), until the file changes.
+    #[test]
+    fn a_component_file_read_by_another_process_is_recalled() {
+        let dir =
+            std::env::temp_dir().join(format!("wpod-component-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let records = Records::in_dir(&dir).unwrap();
+        let path = dir.join("c.wasm");
+        std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
+        std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(100));
+        // Read and recorded; this process's own memory is not asked below (`known_by` would
+        // answer first), the record is.
+        let first = read_file_with(&path, Some(&records)).unwrap();
+        let id = crate::files::FileId::of_path(&path).unwrap();
+        let recorded = records.recall(COMPONENT_FILE, &path, id).expect("a record");
+        assert_eq!(Recorded::from_text(&recorded), Some(first.clone()));
+        // A file this process never read, recorded (as by another process): recalled, not read.
+        let twin = dir.join("twin.wasm");
+        std::fs::write(&twin, b"not even a component").unwrap();
+        let twin_id = crate::files::FileId::of_path(&twin).unwrap();
+        let later = std::time::SystemTime::now() + crate::files::SETTLE * 2;
+        records.record(COMPONENT_FILE, &twin, twin_id, later, &recorded);
+        assert_eq!(
+            known_with(&twin, Some(&records)).map(|(_, f)| f),
+            Some(first.clone())
+        );
+        // Another component in the same file: the record is not believed.
+        let mut other = COMPONENT_PREAMBLE.to_vec();
+        other.extend_from_slice(&[0, 4, 1, b'x', b'y', b'z']);
+        std::fs::write(&path, &other).unwrap();
+        let id = crate::files::FileId::of_path(&path).unwrap();
+        assert_eq!(records.recall(COMPONENT_FILE, &path, id), None);
+        assert_eq!(
+            read_file_with(&path, Some(&records)).unwrap().digest,
+            sha256_digest(&other)
+        );
+        assert_eq!(Recorded::from_text("{}"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -17,6 +17,12 @@ pub fn state_root() -> PathBuf {
     std::path::absolute(&root).unwrap_or(root)
 }
 
+/// Where compiled components, their MACs' key and the records of what wpod learnt of files
+/// are kept (`records`).
+pub fn cache_dir() -> PathBuf {
+    state_root().join("cache")
+}
+
 fn default_state_root() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/wpod");
@@ -250,6 +256,9 @@ pub enum ReadError {
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{} is larger than {max} bytes", path.display())]
     TooLarge { path: PathBuf, max: u64 },
+    /// A file of wpod's own state that anything but wpod (or root) could have written.
+    #[error("{} {why}: only wpod's own files are trusted; remove it (wpod makes it again)", path.display())]
+    NotOwn { path: PathBuf, why: String },
 }
 
 impl ReadError {
@@ -257,6 +266,43 @@ impl ReadError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ReadError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
     }
+}
+
+/// Opens one of wpod's own state files that wpod trusts (a compiled entry it maps and runs, a
+/// MAC key), with its metadata, if nothing but wpod or root could have written it or can write
+/// it now: not a symlink, a regular file with one link, owned by root or by wpod's user, and
+/// writable by no one else. (A key another user could have put in place is one they know; an
+/// entry checked once must not be writable by anyone who could change it after.)
+pub fn open_own(path: &Path) -> Result<(File, std::fs::Metadata), ReadError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |error| ReadError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let not_own = |why: String| ReadError::NotOwn {
+        path: path.to_path_buf(),
+        why,
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err(not_own("is not a regular file".into()));
+    }
+    if meta.uid() != 0 && meta.uid() != uid {
+        return Err(not_own(format!("belongs to user {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(not_own(format!("has mode {:o}", meta.mode() & 0o7777)));
+    }
+    if meta.nlink() != 1 {
+        return Err(not_own(format!("has {} links", meta.nlink())));
+    }
+    Ok((file, meta))
 }
 
 /// Opens `path` for reading if it is a regular file. `O_NONBLOCK` makes opening a FIFO return at
@@ -645,6 +691,39 @@ fn open_beneath_raw(
 
 #[cfg(test)]
 mod tests {
+    /// wpod's own files are opened only as themselves: not through a symlink, not with a
+    /// second link, not writable by others, not a FIFO.
+    #[test]
+    fn own_files_are_regular_single_and_written_by_wpod_alone() {
+        use super::*;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("wpod-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = dir.join("own");
+        std::fs::write(&own, b"x").unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open_own(&own).is_ok());
+        let refused = |path: &Path, why: &str| match open_own(path) {
+            Err(ReadError::NotOwn { why: w, .. }) => assert!(w.contains(why), "{w}"),
+            Err(ReadError::Io { error, .. }) => assert!(why == "symlink", "{error}"),
+            other => panic!("{} opened: {:?}", path.display(), other.map(|_| ())),
+        };
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        refused(&link, "symlink");
+        let hard = dir.join("hard");
+        std::fs::hard_link(&own, &hard).unwrap();
+        refused(&own, "2 links");
+        std::fs::remove_file(&hard).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o664)).unwrap();
+        refused(&own, "mode 664");
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        refused(&fifo, "not a regular file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn only_a_user_namespace_of_its_own_makes_wpod_rootless() {
         assert!(is_initial_uid_map("         0          0 4294967295\n"));

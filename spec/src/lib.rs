@@ -3,9 +3,10 @@
 //! 1. `error`, `files`, `memory`, `mounts`, `status`, `sys`: vocabulary with no wpod
 //!    dependencies (printing error chains, reading files and where wpod keeps its state, the
 //!    memory a started process gives back, the mount table, the live pod status, the sandbox's
-//!    system calls); above them `component` (a component
-//!    file's imports, exports and digest, read once per process) and `helper` (helper
-//!    processes and their step errors).
+//!    system calls); above them `records` (what one wpod process learnt of a settled file,
+//!    kept for the next ones under a key), then `component` (a component file's imports,
+//!    exports and digest, read once per file and identity) and `helper` (helper processes and
+//!    their step errors).
 //! 2. `spec`: manifest → typed, validated Pod, every string enum decoded once.
 //! 3. `logs`: container output (the CRI log format, its files and their rotation, and the
 //!    live streams sidecars and `wpod logs -f` follow).
@@ -19,6 +20,7 @@ pub mod helper;
 pub mod logs;
 pub mod memory;
 pub mod mounts;
+pub mod records;
 pub mod spec;
 pub mod status;
 pub mod sys;
@@ -29,6 +31,7 @@ mod layering {
 
     const LAYERS: &[&[&str]] = &[
         &["error", "files", "memory", "mounts", "status", "sys"],
+        &["records"],
         &["component", "helper"],
         &["spec"],
         &["logs"],

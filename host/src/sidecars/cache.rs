@@ -50,7 +50,7 @@ pub enum CacheError {
 
 /// Where compiled components are kept.
 pub fn dir() -> PathBuf {
-    crate::files::state_root().join("cache")
+    crate::files::cache_dir()
 }
 
 /// Compiles `path` (or takes it from the cache) into `dir`, an empty directory, as an entry
@@ -245,57 +245,6 @@ fn mac_path(entry: &Path) -> PathBuf {
     entry.with_extension("mac")
 }
 
-/// The cache's MAC key: 32 random bytes in `cache/mac.key`, made on first use, readable by
-/// wpod alone. Read once per process.
-fn mac_key(dir: &Path) -> std::io::Result<[u8; 32]> {
-    static KEY: std::sync::Mutex<Option<(PathBuf, [u8; 32])>> = std::sync::Mutex::new(None);
-    let mut held = KEY.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, key)) = held.as_ref().filter(|(d, _)| d == dir) {
-        return Ok(*key);
-    }
-    let path = dir.join("mac.key");
-    let key = match std::fs::read(&path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| std::io::Error::other(format!("{} is not 32 bytes", path.display())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_key(dir, &path)?,
-        Err(e) => return Err(e),
-    };
-    *held = Some((dir.to_path_buf(), key));
-    Ok(key)
-}
-
-/// Writes a fresh key, unless another wpod process won the race (then reads theirs).
-fn new_key(dir: &Path, path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut key = [0u8; 32];
-    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut key)
-        .map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    // A hard link fails if the key exists: the first writer's key is everyone's.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(key),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path)?
-            .try_into()
-            .map_err(|_| std::io::Error::other(format!("{} is not 32 bytes", path.display()))),
-        Err(e) => Err(e),
-    }
-}
-
 /// `LENGTH MAC` of an entry: keyed BLAKE3 over the entry's file name and its bytes, so an
 /// entry is only ever valid under its own name.
 fn mac(key: &[u8; 32], entry: &Path, bytes: &[u8]) -> String {
@@ -319,13 +268,20 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     // One open file for the check (or the identity of the file checked before under this
     // name) and the mapping, so what is mapped is what was checked.
     let seen = std::time::SystemTime::now();
-    let file = std::fs::File::open(entry).ok()?;
-    let id = crate::files::FileId::of(&file.metadata().ok()?);
+    let (file, meta) = match crate::files::open_own(entry) {
+        Ok(opened) => opened,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cache entry refused; recompiling");
+            return None;
+        }
+    };
+    let id = crate::files::FileId::of(&meta);
     if CHECKED.get(id).as_deref() != Some(entry) {
-        let key = mac_key(entry.parent()?).ok()?;
-        if !checked_before(&key, entry, id) {
-            check_mac(&key, &file, entry)?;
-            remember_checked(&key, entry, id, seen);
+        let records = crate::records::Records::in_dir(entry.parent()?).ok()?;
+        if records.recall(ENTRY_CHECKED, entry, id).is_none() {
+            check_mac(records.key(), &file, entry)?;
+            records.record(ENTRY_CHECKED, entry, id, seen, "");
         }
         CHECKED.put(id, seen, entry.to_path_buf());
     }
@@ -358,7 +314,8 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
 /// Whether `file`, opened from `entry`, carries wpod's MAC under the entry's name (logged when
 /// it does not).
 fn check_mac(key: &[u8; 32], file: &std::fs::File, entry: &Path) -> Option<()> {
-    let expected = std::fs::read_to_string(mac_path(entry)).ok()?;
+    let expected = crate::files::read_regular(&mac_path(entry), MAX_MAC_FILE).ok()?;
+    let expected = String::from_utf8(expected).ok()?;
     let mapped = Mapped::of(file).ok()?;
     // Compared as BLAKE3 hashes compare: in constant time.
     let sound = match (
@@ -378,64 +335,10 @@ fn check_mac(key: &[u8; 32], file: &std::fs::File, entry: &Path) -> Option<()> {
     Some(())
 }
 
-/// An entry whose MAC a wpod process checked is remembered for the next ones, beside it
-/// (`NAME.checked`): a MAC of the entry's name and of the identity its file had then (device,
-/// inode, size, modification and change times: `files::FileId`). An entry replaced, rewritten,
-/// linked or renamed since has another identity (the kernel sets the change time, and no call
-/// short of setting the clock sets it back) and is checked in full again; a record copied
-/// from another entry names that one. Only a settled file is remembered (changed at least
-/// `files::SETTLE` before the check began), as within a process. Hashing a Python sidecar's
-/// 36 MB entry took 13 ms of every pod's start; each pod has a supervisor of its own.
-fn checked_path(entry: &Path) -> PathBuf {
-    entry.with_extension("checked")
-}
-
-/// The record of `entry` checked with the identity `id`.
-fn checked_record(key: &[u8; 32], entry: &Path, id: crate::files::FileId) -> String {
-    let name = entry
-        .file_name()
-        .map(|n| n.as_encoded_bytes())
-        .unwrap_or_default();
-    let mut hasher = blake3::Hasher::new_keyed(key);
-    // Apart from an entry's own MAC (its name's length, its name, its bytes) by the prefix.
-    hasher.update(b"wpod checked entry\0");
-    hasher.update(&(name.len() as u64).to_le_bytes());
-    hasher.update(name);
-    hasher.update(&id.to_bytes());
-    hasher.finalize().to_hex().to_string()
-}
-
-/// Whether a wpod process checked `entry`'s MAC while its file had the identity `id`.
-fn checked_before(key: &[u8; 32], entry: &Path, id: crate::files::FileId) -> bool {
-    let Ok(found) = std::fs::read_to_string(checked_path(entry)) else {
-        return false;
-    };
-    // Compared as BLAKE3 hashes compare: in constant time.
-    let ours = blake3::Hash::from_hex(checked_record(key, entry, id));
-    ours.is_ok() && ours.ok() == blake3::Hash::from_hex(found.trim()).ok()
-}
-
-/// Records that `entry`, of identity `id`, carried its MAC, if the file had settled at `seen`
-/// (a time taken before the identity was). Written beside the entry and renamed into place;
-/// a record that cannot be written only costs the next process a full check.
-fn remember_checked(
-    key: &[u8; 32],
-    entry: &Path,
-    id: crate::files::FileId,
-    seen: std::time::SystemTime,
-) {
-    if !id.settled_at(seen) {
-        return;
-    }
-    let path = checked_path(entry);
-    let tmp = path.with_extension(format!("checked.tmp.{}", std::process::id()));
-    let written = std::fs::write(&tmp, checked_record(key, entry, id))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        tracing::debug!(entry = %entry.display(), error = %e, "cannot record the entry's check");
-    }
-}
+/// The kind of record (`records`) that says an entry carried its MAC: the next wpod process
+/// maps the same file under the same name without hashing it. Each pod has a supervisor of
+/// its own: hashing a Python sidecar's 36 MB entry took 13 ms of every start.
+const ENTRY_CHECKED: &str = "entry-checked";
 
 /// A file's bytes, mapped read-only. An entry is hashed from its pages in the page cache, the
 /// pages `deserialize_file` then maps: a copy on the heap (the entry's size in fresh pages,
@@ -502,12 +405,26 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
     let bytes = component
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    let key = mac_key(dir)?;
-    let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::write(mac_path(entry), mac(&key, entry, &bytes))?;
-    std::fs::rename(&tmp, entry)
+    let key = crate::records::key(dir)?;
+    // Each written aside as a new file (never through a symlink or into a file someone made
+    // there first, who could write it after) and renamed into place: the MAC first.
+    let put = |path: &Path, bytes: &[u8]| {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp.{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let written = crate::records::write_new(&tmp, bytes, 0o644)
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    };
+    put(&mac_path(entry), mac(&key, entry, &bytes).as_bytes())?;
+    put(entry, &bytes)
 }
+
+/// The largest MAC file read: `LENGTH MAC` is under 90 bytes.
+const MAX_MAC_FILE: u64 = 256;
 
 impl From<crate::files::ReadError> for CacheError {
     fn from(e: crate::files::ReadError) -> Self {
@@ -617,31 +534,62 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A check is remembered beside the entry for the next process, for that file and name
-    /// alone: beside another entry, for the entry replaced (even by its own bytes) or under
-    /// another key, the record says nothing; a file changed too recently to be told apart from
-    /// a later change is not recorded.
+    /// An entry anyone but wpod could write, or could have, is not loaded (a check would not
+    /// hold past it); an entry is stored as new files, never through a symlink planted where
+    /// it is written aside.
     #[test]
-    fn a_checked_entry_is_remembered_for_its_file_and_name_alone() {
+    fn entries_are_wpods_own_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("wpod-cache-own-{}", std::process::id()));
+        let engine = Engine::default();
+        let (one, a, _) = two_entries(&engine, &dir);
+        assert!(load_entry(&engine, &a).is_some());
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(load_entry(&engine, &a).is_none(), "writable by anyone");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let other = dir.join("elsewhere");
+        std::fs::hard_link(&a, &other).unwrap();
+        assert!(load_entry(&engine, &a).is_none(), "linked elsewhere too");
+        std::fs::remove_file(&other).unwrap();
+        assert!(load_entry(&engine, &a).is_some());
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let aside = dir.join(format!("c.cwasm.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &aside).unwrap();
+        assert!(store_entry(&one, &dir.join("c.cwasm")).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A settled entry's check is recorded for the next process by the load (`records`), and
+    /// the record says nothing of the entry rewritten in place: damaged, it is refused.
+    #[test]
+    fn a_load_records_its_check_for_that_file_alone() {
         let dir = std::env::temp_dir().join(format!("wpod-cache-record-{}", std::process::id()));
         let engine = Engine::default();
-        let (_, a, b) = two_entries(&engine, &dir);
-        let key = mac_key(&dir).unwrap();
+        let (_, a, _) = two_entries(&engine, &dir);
+        let records = crate::records::Records::in_dir(&dir).unwrap();
         let id = |p: &Path| crate::files::FileId::of_path(p).unwrap();
         assert!(load_entry(&engine, &a).is_some());
-        assert!(!checked_path(&a).exists(), "recorded before it settled");
+        assert_eq!(
+            records.recall(ENTRY_CHECKED, &a, id(&a)),
+            None,
+            "recorded before it settled"
+        );
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(100));
         assert!(load_entry(&engine, &a).is_some());
-        assert!(checked_before(&key, &a, id(&a)), "not recorded by the load");
-        assert!(!checked_before(&[7; 32], &a, id(&a)), "under another key");
-        std::fs::copy(checked_path(&a), checked_path(&b)).unwrap();
-        assert!(!checked_before(&key, &b, id(&b)), "a's record beside b");
-        let copy = a.with_extension("copy");
-        std::fs::copy(&a, &copy).unwrap();
-        std::fs::rename(&copy, &a).unwrap();
         assert!(
-            !checked_before(&key, &a, id(&a)),
-            "a replaced by its own bytes"
+            records.recall(ENTRY_CHECKED, &a, id(&a)).is_some(),
+            "not recorded by the load"
+        );
+        let mut bytes = std::fs::read(&a).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&a, &bytes).unwrap();
+        assert_eq!(records.recall(ENTRY_CHECKED, &a, id(&a)), None);
+        assert!(
+            load_entry(&engine, &a).is_none(),
+            "a damaged recorded entry"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

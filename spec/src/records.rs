@@ -1,0 +1,308 @@
+//! What a wpod process learnt of a settled file, kept for the wpod processes after it: a
+//! component file's digest and interface, that a compiled entry carries its MAC. Each pod has a
+//! supervisor of its own, so what `files::Remembered` keeps within one process was learnt again
+//! at every pod's start: hashing a Python sidecar's 20 MB component and its 36 MB compiled
+//! entry took most of that start.
+//!
+//! A record is a file in `DIR/records/`, named for its kind and the path it is about, holding
+//! the fact and a MAC (keyed BLAKE3; the key is `DIR/mac.key`, which only wpod reads) of the
+//! kind, the path, the file's identity when the fact was learnt (`files::FileId`: device,
+//! inode, size, modification and change times) and the fact. It is believed only for a file of
+//! that very identity under that path: a file replaced, rewritten, renamed or linked since has
+//! another change time (the kernel sets it, and only setting the clock sets it back), and a
+//! record written by anything without the key, or copied from another path or kind, fails its
+//! MAC. Only files that had settled (`files::SETTLE`) are recorded, as within a process.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::files::FileId;
+
+/// The records of one directory, with its key.
+pub struct Records {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+impl Records {
+    /// The records kept for `dir` (in `dir/records/`, under `dir/mac.key`, made on first use).
+    pub fn in_dir(dir: &Path) -> io::Result<Records> {
+        Ok(Records {
+            dir: dir.join("records"),
+            key: key(dir)?,
+        })
+    }
+
+    /// The directory's key (what its compiled entries' MACs are made with, too).
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// The fact of `kind` recorded for the file at `path`, if it was learnt of this very file
+    /// (identity `id`).
+    pub fn recall(&self, kind: &str, path: &Path, id: FileId) -> Option<String> {
+        // A regular file of bounded size (not a FIFO that blocks, nor `/dev/zero`); what it
+        // says is believed only under its MAC.
+        let bytes = crate::files::read_regular(&self.path_of(kind, path), MAX_RECORD).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (mac, fact) = text.split_once('\n')?;
+        // Compared as BLAKE3 hashes compare: in constant time.
+        let sound = blake3::Hash::from_hex(mac).ok()? == self.mac(kind, path, id, fact);
+        sound.then(|| fact.to_string())
+    }
+
+    /// Records `fact` of `kind` for the file at `path`, of identity `id`, if the file had
+    /// settled at `seen` (a time taken before the identity was). Written aside and renamed into
+    /// place; a record that cannot be written only costs the next process the work.
+    pub fn record(&self, kind: &str, path: &Path, id: FileId, seen: SystemTime, fact: &str) {
+        if !id.settled_at(seen) {
+            return;
+        }
+        let record = self.path_of(kind, path);
+        let tmp = record.with_extension(format!("tmp.{}", std::process::id()));
+        let text = format!("{}\n{fact}", self.mac(kind, path, id, fact).to_hex());
+        let written = make_private_dir(&self.dir)
+            .and_then(|()| write_new(&tmp, text.as_bytes(), 0o600))
+            .and_then(|()| std::fs::rename(&tmp, &record));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(path = %path.display(), kind, error = %e, "cannot keep a record");
+        }
+    }
+
+    /// One file per kind and path (so a path's records do not pile up as its file changes).
+    fn path_of(&self, kind: &str, path: &Path) -> PathBuf {
+        let name = blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex();
+        self.dir.join(format!("{kind}-{}", &name[..32]))
+    }
+
+    fn mac(&self, kind: &str, path: &Path, id: FileId, fact: &str) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        // Apart from a compiled entry's own MAC (its name's length first) by this prefix.
+        hasher.update(b"wpod record\0");
+        let id = id.to_bytes();
+        let parts: [&[u8]; 4] = [
+            kind.as_bytes(),
+            path.as_os_str().as_encoded_bytes(),
+            &id,
+            fact.as_bytes(),
+        ];
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize()
+    }
+}
+
+/// The largest record read: a component's imports and exports are a few KiB.
+const MAX_RECORD: u64 = 256 << 10;
+
+/// Writes `bytes` to a new file `path` (`O_EXCL`: never through a symlink or into a file
+/// someone made there first) with `mode`.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// `dir`'s key: 32 random bytes in `dir/mac.key`, made on first use, readable by wpod alone.
+/// Read once per process.
+pub fn key(dir: &Path) -> io::Result<[u8; 32]> {
+    static KEY: std::sync::Mutex<Option<(PathBuf, [u8; 32])>> = std::sync::Mutex::new(None);
+    let mut held = KEY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, key)) = held.as_ref().filter(|(d, _)| d == dir) {
+        return Ok(*key);
+    }
+    let path = dir.join("mac.key");
+    let key = match read_key(&path) {
+        Err(crate::files::ReadError::Io { error, .. })
+            if error.kind() == io::ErrorKind::NotFound =>
+        {
+            new_key(dir, &path)?
+        }
+        read => read.map_err(io::Error::other)?,
+    };
+    *held = Some((dir.to_path_buf(), key));
+    Ok(key)
+}
+
+/// The key in `path`: wpod's own file (see `files::open_own`: a key anyone else could have
+/// written is one they know), of 32 bytes.
+fn read_key(path: &Path) -> Result<[u8; 32], crate::files::ReadError> {
+    use std::io::Read;
+    let (file, _) = crate::files::open_own(path)?;
+    let mut bytes = Vec::with_capacity(33);
+    file.take(33)
+        .read_to_end(&mut bytes)
+        .map_err(|error| crate::files::ReadError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    bytes
+        .try_into()
+        .map_err(|_| crate::files::ReadError::NotOwn {
+            path: path.to_path_buf(),
+            why: "is not 32 bytes".into(),
+        })
+}
+
+/// Writes a fresh key, unless another wpod process won the race (then reads theirs).
+fn new_key(dir: &Path, path: &Path) -> io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    make_private_dir(dir)?;
+    let mut key = [0u8; 32];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut key)
+        .map_err(io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    // Moved into place unless a key exists: the first writer's key is everyone's. (Not a hard
+    // link and an unlink: between the two the key has two links, and `read_key` refuses it.)
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let moved = renameat2(
+        AT_FDCWD,
+        &tmp,
+        AT_FDCWD,
+        path,
+        RenameFlags::RENAME_NOREPLACE,
+    );
+    if moved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    match moved {
+        Ok(()) => Ok(key),
+        Err(nix::errno::Errno::EEXIST) => read_key(path).map_err(io::Error::other),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct TestDir(PathBuf);
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A record is believed for its kind, path, file and key alone, and only a settled file
+    /// is recorded.
+    #[test]
+    fn a_record_holds_for_its_kind_path_and_file_alone() {
+        let dir =
+            TestDir(std::env::temp_dir().join(format!("wpod-records-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (a, b) = (dir.0.join("a"), dir.0.join("b"));
+        std::fs::write(&a, b"one").unwrap();
+        std::fs::write(&b, b"one").unwrap();
+        let id = |p: &Path| FileId::of_path(p).unwrap();
+        let records = Records::in_dir(&dir.0).unwrap();
+        records.record("k", &a, id(&a), SystemTime::now(), "fact");
+        assert_eq!(
+            records.recall("k", &a, id(&a)),
+            None,
+            "recorded before it settled"
+        );
+        // As if the work began after the file had settled.
+        let later = SystemTime::now() + crate::files::SETTLE + Duration::from_secs(1);
+        records.record("k", &a, id(&a), later, "fact\nof two lines");
+        assert_eq!(
+            records.recall("k", &a, id(&a)).as_deref(),
+            Some("fact\nof two lines")
+        );
+        assert_eq!(records.recall("other", &a, id(&a)), None, "another kind");
+        assert_eq!(
+            records.recall("k", &a, id(&b)),
+            None,
+            "another file's identity"
+        );
+        // a's record where b's would be: a's MAC is of a's path.
+        std::fs::copy(records.path_of("k", &a), records.path_of("k", &b)).unwrap();
+        assert_eq!(records.recall("k", &b, id(&b)), None, "a's record as b's");
+        // The fact changed without the key.
+        let path = records.path_of("k", &a);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("two", "three")).unwrap();
+        assert_eq!(records.recall("k", &a, id(&a)), None, "a changed fact");
+        // Another key (another directory's) knows nothing of it.
+        records.record("k", &a, id(&a), later, "fact");
+        let other = Records {
+            dir: records.dir.clone(),
+            key: [7; 32],
+        };
+        assert_eq!(other.recall("k", &a, id(&a)), None, "under another key");
+        // a replaced by a copy of itself: another inode, so another identity.
+        let copy = dir.0.join("copy");
+        std::fs::copy(&a, &copy).unwrap();
+        std::fs::rename(&copy, &a).unwrap();
+        assert_eq!(records.recall("k", &a, id(&a)), None, "a replaced");
+    }
+
+    /// A record is written as a new file: a symlink planted where it is written aside is not
+    /// followed (the file it names is left as it was), and nothing is recorded.
+    #[test]
+    fn a_record_is_never_written_through_a_symlink() {
+        let dir =
+            TestDir(std::env::temp_dir().join(format!("wpod-records-ln-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let records = Records::in_dir(&dir.0).unwrap();
+        let (a, victim) = (dir.0.join("a"), dir.0.join("victim"));
+        std::fs::write(&a, b"one").unwrap();
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::create_dir_all(&records.dir).unwrap();
+        let aside = records
+            .path_of("k", &a)
+            .with_extension(format!("tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &aside).unwrap();
+        let id = FileId::of_path(&a).unwrap();
+        let later = SystemTime::now() + crate::files::SETTLE * 2;
+        records.record("k", &a, id, later, "fact");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(records.recall("k", &a, id), None);
+    }
+
+    /// A key that another user, or anyone, could have written is not used: it may be known.
+    #[test]
+    fn a_key_others_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            TestDir(std::env::temp_dir().join(format!("wpod-records-key-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("mac.key");
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = key(&dir.0).expect_err("a key anyone can write");
+        assert!(err.to_string().contains("mode 666"), "{err}");
+        assert!(Records::in_dir(&dir.0).is_err());
+        // Made by wpod (absent), it is its own, and read back the same.
+        let fresh = TestDir(dir.0.join("fresh"));
+        let made = key(&fresh.0).unwrap();
+        assert_eq!(read_key(&fresh.0.join("mac.key")).unwrap(), made);
+    }
+}
