@@ -93,9 +93,10 @@ pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileE
     read_file_with(path, records().as_ref())
 }
 
-/// The records of the state root (none when it cannot be had: nothing is then recalled).
+/// The records of the state root's cache (none when it cannot be had: nothing is then
+/// recalled); the state root is made, and checked to be wpod's own, as for any of its files.
 fn records() -> Option<Records> {
-    Records::in_dir(&crate::files::cache_dir()).ok()
+    Records::in_dir(&crate::files::private_state_dir("cache").ok()?).ok()
 }
 
 fn read_file_with(

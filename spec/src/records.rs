@@ -59,22 +59,57 @@ impl Records {
         if !id.settled_at(seen) {
             return;
         }
-        let record = self.path_of(kind, path);
-        let tmp = record.with_extension(format!("tmp.{}", std::process::id()));
         let text = format!("{}\n{fact}", self.mac(kind, path, id, fact).to_hex());
-        let written = make_private_dir(&self.dir)
-            .and_then(|()| write_new(&tmp, text.as_bytes(), 0o600))
-            .and_then(|()| std::fs::rename(&tmp, &record));
+        let written = self.own_dir().and_then(|dir| {
+            // Through the directory's descriptor: a `records` swapped for a symlink after the
+            // check does not lead root's writes elsewhere.
+            use std::os::fd::AsRawFd;
+            let at =
+                |name: &str| PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+            let name = self.name_of(kind, path);
+            let tmp = at(&format!("{name}.tmp.{}", crate::files::random_hex(8)));
+            let written = write_new(&tmp, text.as_bytes(), 0o600)
+                .and_then(|()| std::fs::rename(&tmp, at(&name)));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        });
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
             tracing::debug!(path = %path.display(), kind, error = %e, "cannot keep a record");
         }
     }
 
+    /// The records' directory (made if absent), opened if it is wpod's own: a directory, not a
+    /// symlink, owned by root or wpod's user, writable by no one else.
+    fn own_dir(&self) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        make_private_dir(&self.dir)?;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.dir)?;
+        let meta = dir.metadata()?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if (meta.uid() != 0 && meta.uid() != uid) || meta.mode() & 0o022 != 0 {
+            return Err(io::Error::other(format!(
+                "{} is not wpod's own directory (owner {}, mode {:o}): remove it",
+                self.dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(dir)
+    }
+
     /// One file per kind and path (so a path's records do not pile up as its file changes).
-    fn path_of(&self, kind: &str, path: &Path) -> PathBuf {
+    fn name_of(&self, kind: &str, path: &Path) -> String {
         let name = blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex();
-        self.dir.join(format!("{kind}-{}", &name[..32]))
+        format!("{kind}-{}", &name[..32])
+    }
+
+    fn path_of(&self, kind: &str, path: &Path) -> PathBuf {
+        self.dir.join(self.name_of(kind, path))
     }
 
     fn mac(&self, kind: &str, path: &Path, id: FileId, fact: &str) -> blake3::Hash {
@@ -164,36 +199,32 @@ fn read_key(path: &Path) -> Result<[u8; 32], crate::files::ReadError> {
 
 /// Writes a fresh key, unless another wpod process won the race (then reads theirs).
 fn new_key(dir: &Path, path: &Path) -> io::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     make_private_dir(dir)?;
     let mut key = [0u8; 32];
     rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut key)
-        .map_err(io::Error::other)?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    // Moved into place unless a key exists: the first writer's key is everyone's. (Not a hard
-    // link and an unlink: between the two the key has two links, and `read_key` refuses it.)
-    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    let moved = renameat2(
-        AT_FDCWD,
-        &tmp,
-        AT_FDCWD,
-        path,
-        RenameFlags::RENAME_NOREPLACE,
-    );
-    if moved.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    match moved {
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = path.with_extension(format!("tmp.{}", crate::files::random_hex(8)));
+    let placed = write_new(&tmp, &key, 0o600)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| place_key(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
         Ok(()) => Ok(key),
-        Err(nix::errno::Errno::EEXIST) => read_key(path).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            read_key(path).map_err(io::Error::other)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves the new key `tmp` to `path` unless a key is there (the first writer's key is
+/// everyone's): `RENAME_NOREPLACE`, not a hard link and an unlink, between which the key has two
+/// links and `read_key` refuses it; a link where the filesystem lacks that flag (NFS, 9p).
+fn place_key(tmp: &Path, path: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => std::fs::hard_link(tmp, path),
         Err(e) => Err(io::Error::from(e)),
     }
 }
@@ -264,27 +295,34 @@ mod tests {
         assert_eq!(records.recall("k", &a, id(&a)), None, "a replaced");
     }
 
-    /// A record is written as a new file: a symlink planted where it is written aside is not
-    /// followed (the file it names is left as it was), and nothing is recorded.
+    /// Records are written only into a directory of wpod's own: `records` swapped for a
+    /// symlink to another directory gets nothing written there, and nothing is recorded.
     #[test]
-    fn a_record_is_never_written_through_a_symlink() {
+    fn records_are_never_written_through_a_symlinked_directory() {
         let dir =
             TestDir(std::env::temp_dir().join(format!("wpod-records-ln-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let elsewhere = dir.0.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
         let records = Records::in_dir(&dir.0).unwrap();
-        let (a, victim) = (dir.0.join("a"), dir.0.join("victim"));
+        std::os::unix::fs::symlink(&elsewhere, &records.dir).unwrap();
+        let a = dir.0.join("a");
         std::fs::write(&a, b"one").unwrap();
-        std::fs::write(&victim, b"precious").unwrap();
-        std::fs::create_dir_all(&records.dir).unwrap();
-        let aside = records
-            .path_of("k", &a)
-            .with_extension(format!("tmp.{}", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &aside).unwrap();
         let id = FileId::of_path(&a).unwrap();
         let later = SystemTime::now() + crate::files::SETTLE * 2;
         records.record("k", &a, id, later, "fact");
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         assert_eq!(records.recall("k", &a, id), None);
+        // Its own directory again: recorded.
+        std::fs::remove_file(&records.dir).unwrap();
+        records.record("k", &a, id, later, "fact");
+        assert_eq!(records.recall("k", &a, id).as_deref(), Some("fact"));
+        // A file planted under a temporary name is never written through: new files only.
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let planted = records.dir.join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(write_new(&planted, b"x", 0o600).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     /// A key that another user, or anyone, could have written is not used: it may be known.

@@ -112,8 +112,9 @@ pub struct Located {
     entry: PathBuf,
 }
 
-/// Hashes `path`, or finds its digest known (the file unchanged since this process read it:
-/// see `component::read_file`); its bytes are then read only if they must be compiled. A
+/// Hashes `path`, or finds its digest known (the file unchanged since this process, or one
+/// before it, read it: see `component::read_file`); its bytes are then read only if they must
+/// be compiled. A
 /// component pulled and reviewed at `expected` must still be those bytes: checked here, before
 /// anything is compiled or loaded.
 pub fn locate(
@@ -410,7 +411,7 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
     // there first, who could write it after) and renamed into place: the MAC first.
     let put = |path: &Path, bytes: &[u8]| {
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp.{}", std::process::id()));
+        tmp.push(format!(".tmp.{}", crate::files::random_hex(8)));
         let tmp = PathBuf::from(tmp);
         let written = crate::records::write_new(&tmp, bytes, 0o644)
             .and_then(|()| std::fs::rename(&tmp, path));
@@ -535,8 +536,7 @@ mod tests {
     }
 
     /// An entry anyone but wpod could write, or could have, is not loaded (a check would not
-    /// hold past it); an entry is stored as new files, never through a symlink planted where
-    /// it is written aside.
+    /// hold past it); an entry is stored as new files, never through a symlink.
     #[test]
     fn entries_are_wpods_own_files() {
         use std::os::unix::fs::PermissionsExt;
@@ -552,12 +552,16 @@ mod tests {
         assert!(load_entry(&engine, &a).is_none(), "linked elsewhere too");
         std::fs::remove_file(&other).unwrap();
         assert!(load_entry(&engine, &a).is_some());
+        // Written as a new file: a symlink in its place is not followed.
         let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").unwrap();
-        let aside = dir.join(format!("c.cwasm.tmp.{}", std::process::id()));
+        let aside = dir.join("c.cwasm.tmp");
         std::os::unix::fs::symlink(&victim, &aside).unwrap();
-        assert!(store_entry(&one, &dir.join("c.cwasm")).is_err());
+        assert!(crate::records::write_new(&aside, b"x", 0o644).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // And stored under a name of its own each time (none to plant ahead).
+        store_entry(&one, &dir.join("c.cwasm")).unwrap();
+        assert!(load_entry(&engine, &dir.join("c.cwasm")).is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
