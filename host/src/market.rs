@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -320,15 +320,9 @@ pub fn key_generate(name: &str, no_password: bool, output: Output) -> anyhow::Re
 }
 
 fn write_new(path: &str, text: &str, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+    wpod::files::write_new(std::path::Path::new(path), text.as_bytes(), mode)
         .with_context(|| format!("cannot create {path}"))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {path}"))
+    Ok(())
 }
 
 /// `wpod inspect REF`: a sidecar on its registry, from its manifest and config (nothing is

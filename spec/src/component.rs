@@ -90,20 +90,21 @@ static FILES: crate::files::Remembered<ComponentFile> = crate::files::Remembered
 /// process, or one before it, read under this path with the same identity (see
 /// `files::FileId`, `records`) is not read again.
 pub fn read_file(path: &std::path::Path) -> Result<ComponentFile, ComponentFileError> {
-    read_file_with(path, records().as_ref())
+    read_file_with(path, records)
 }
 
 /// The records of the state root's cache (none when it cannot be had: nothing is then
 /// recalled); the state root is made, and checked to be wpod's own, as for any of its files.
+/// Asked only when this process's own memory has no answer: a recall or a read follows.
 fn records() -> Option<Records> {
     Records::in_dir(&crate::files::private_state_dir("cache").ok()?).ok()
 }
 
 fn read_file_with(
     path: &std::path::Path,
-    records: Option<&Records>,
+    records: impl Fn() -> Option<Records>,
 ) -> Result<ComponentFile, ComponentFileError> {
-    if let Some((_, known)) = known_with(path, records) {
+    if let Some((_, known)) = known_with(path, &records) {
         return Ok(known);
     }
     let (bytes, id, seen) =
@@ -117,7 +118,7 @@ fn read_file_with(
         size: bytes.len() as u64,
     };
     FILES.put(id, seen, file.clone());
-    if let Some(records) = records {
+    if let Some(records) = records() {
         records.record(
             COMPONENT_FILE,
             path,
@@ -133,19 +134,19 @@ fn read_file_with(
 /// one before it) read it as it is now, with the identity it was found under (one `stat`:
 /// pair nothing else with it).
 pub fn known(path: &std::path::Path) -> Option<(crate::files::FileId, ComponentFile)> {
-    known_with(path, records().as_ref())
+    known_with(path, records)
 }
 
 fn known_with(
     path: &std::path::Path,
-    records: Option<&Records>,
+    records: impl FnOnce() -> Option<Records>,
 ) -> Option<(crate::files::FileId, ComponentFile)> {
     let seen = std::time::SystemTime::now();
     let id = crate::files::FileId::of_path(path)?;
     if let Some(file) = known_by(id) {
         return Some((id, file));
     }
-    let file = Recorded::from_text(&records?.recall(COMPONENT_FILE, path, id)?)?;
+    let file = Recorded::from_text(&records()?.recall(COMPONENT_FILE, path, id)?)?;
     FILES.put(id, seen, file.clone());
     Some((id, file))
 }
@@ -272,25 +273,28 @@ mod tests {
         let path = dir.join("c.wasm");
         let written = std::time::Instant::now();
         std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
-        let first = read_file_with(&path, None).unwrap();
+        let first = read_file_with(&path, || None).unwrap();
         assert_eq!(first.digest, sha256_digest(&COMPONENT_PREAMBLE));
         // (Unless this machine took longer than that to read it.)
         if written.elapsed() < crate::files::SETTLE {
             assert!(
-                known_with(&path, None).is_none(),
+                known_with(&path, || None).is_none(),
                 "not remembered before it settled"
             );
         }
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(200));
-        assert_eq!(read_file_with(&path, None).unwrap(), first);
-        assert_eq!(known_with(&path, None).map(|(_, f)| f), Some(first.clone()));
+        assert_eq!(read_file_with(&path, || None).unwrap(), first);
+        assert_eq!(
+            known_with(&path, || None).map(|(_, f)| f),
+            Some(first.clone())
+        );
         // Another component (a custom section added) in the same file.
         let mut other = COMPONENT_PREAMBLE.to_vec();
         other.extend_from_slice(&[0, 4, 1, b'x', b'y', b'z']);
         std::fs::write(&path, &other).unwrap();
-        assert!(known_with(&path, None).is_none(), "the file changed");
+        assert!(known_with(&path, || None).is_none(), "the file changed");
         assert_eq!(
-            read_file_with(&path, None).unwrap().digest,
+            read_file_with(&path, || None).unwrap().digest,
             sha256_digest(&other)
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -309,7 +313,7 @@ mod tests {
         std::thread::sleep(crate::files::SETTLE + std::time::Duration::from_millis(100));
         // Read and recorded; this process's own memory is not asked below (`known_by` would
         // answer first), the record is.
-        let first = read_file_with(&path, Some(&records)).unwrap();
+        let first = read_file_with(&path, || Records::in_dir(&dir).ok()).unwrap();
         let id = crate::files::FileId::of_path(&path).unwrap();
         let recorded = records.recall(COMPONENT_FILE, &path, id).expect("a record");
         assert_eq!(Recorded::from_text(&recorded), Some(first.clone()));
@@ -320,7 +324,7 @@ mod tests {
         let later = std::time::SystemTime::now() + crate::files::SETTLE * 2;
         records.record(COMPONENT_FILE, &twin, twin_id, later, &recorded);
         assert_eq!(
-            known_with(&twin, Some(&records)).map(|(_, f)| f),
+            known_with(&twin, || Records::in_dir(&dir).ok()).map(|(_, f)| f),
             Some(first.clone())
         );
         // Another component in the same file: the record is not believed.
@@ -330,7 +334,9 @@ mod tests {
         let id = crate::files::FileId::of_path(&path).unwrap();
         assert_eq!(records.recall(COMPONENT_FILE, &path, id), None);
         assert_eq!(
-            read_file_with(&path, Some(&records)).unwrap().digest,
+            read_file_with(&path, || Records::in_dir(&dir).ok())
+                .unwrap()
+                .digest,
             sha256_digest(&other)
         );
         assert_eq!(Recorded::from_text("{}"), None);

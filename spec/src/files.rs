@@ -268,6 +268,34 @@ impl ReadError {
     }
 }
 
+/// Writes `bytes` to a new file `path` with `mode` (`O_EXCL`: never through a symlink or into
+/// a file someone made there first, who could write it after), and gives the file back.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<File> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
+/// Replaces `path` with `bytes` at once: written as a new file ([`write_new`]) under a random
+/// name beside it, then renamed over it (removed again if that fails).
+pub fn replace_with_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", random_hex(8)));
+    let tmp = PathBuf::from(tmp);
+    let written = write_new(&tmp, bytes, mode).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Opens one of wpod's own state files that wpod trusts (a compiled entry it maps and runs, a
 /// MAC key), with its metadata, if nothing but wpod or root could have written it or can write
 /// it now: not a symlink, a regular file with one link, owned by root or by wpod's user, and

@@ -649,8 +649,9 @@ pub fn set_undumpable() {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
 
-/// Names the calling process (its `comm`, 15 bytes at most; longer names are cut by the
-/// kernel). Its threads and children keep the name until they `exec`.
+/// Names the calling thread (its `comm`, 15 bytes at most; longer names are cut by the
+/// kernel): the process's name when called, as helpers do, from its main thread before any
+/// other. Threads and children made after keep the name until they `exec`.
 pub fn set_process_name(name: &std::ffi::CStr) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string from the pointer, which outlives the call.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };

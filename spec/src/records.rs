@@ -66,14 +66,7 @@ impl Records {
             use std::os::fd::AsRawFd;
             let at =
                 |name: &str| PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
-            let name = self.name_of(kind, path);
-            let tmp = at(&format!("{name}.tmp.{}", crate::files::random_hex(8)));
-            let written = write_new(&tmp, text.as_bytes(), 0o600)
-                .and_then(|()| std::fs::rename(&tmp, at(&name)));
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written
+            crate::files::replace_with_new(&at(&self.name_of(kind, path)), text.as_bytes(), 0o600)
         });
         if let Err(e) = written {
             tracing::debug!(path = %path.display(), kind, error = %e, "cannot keep a record");
@@ -134,20 +127,6 @@ impl Records {
 /// The largest record read: a component's imports and exports are a few KiB.
 const MAX_RECORD: u64 = 256 << 10;
 
-/// Writes `bytes` to a new file `path` (`O_EXCL`: never through a symlink or into a file
-/// someone made there first) with `mode`.
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
-    file.write_all(bytes)
-}
-
 fn make_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -204,8 +183,8 @@ fn new_key(dir: &Path, path: &Path) -> io::Result<[u8; 32]> {
     rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut key)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let tmp = path.with_extension(format!("tmp.{}", crate::files::random_hex(8)));
-    let placed = write_new(&tmp, &key, 0o600)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+    let placed = crate::files::write_new(&tmp, &key, 0o600)
+        .and_then(|file| file.sync_all())
         .and_then(|()| place_key(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     match placed {
@@ -321,7 +300,7 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         let planted = records.dir.join("planted");
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        assert!(write_new(&planted, b"x", 0o600).is_err());
+        assert!(crate::files::write_new(&planted, b"x", 0o600).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 

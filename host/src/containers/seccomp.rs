@@ -452,6 +452,19 @@ macro_rules! from_libc {
 /// by hash: a profile names some 350 calls, and searching the tables for each took a container's
 /// shim about 0.1 ms at every start.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn lookup(
+    name: &str,
+    from_libc: &[(&'static str, i64)],
+    by_number: &[(&'static str, i64)],
+) -> Option<i64> {
+    // One map: a build has one target architecture, whose tables its `arch::number` passes.
+    static NUMBERS: std::sync::OnceLock<std::collections::HashMap<&str, i64>> =
+        std::sync::OnceLock::new();
+    let numbers = NUMBERS.get_or_init(|| numbers(from_libc, by_number));
+    numbers.get(name).copied()
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn numbers(
     from_libc: &[(&'static str, i64)],
     by_number: &[(&'static str, i64)],
@@ -476,10 +489,7 @@ mod arch {
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::x86_64);
 
     pub(super) fn number(name: &str) -> Option<i64> {
-        static NUMBERS: std::sync::OnceLock<std::collections::HashMap<&str, i64>> =
-            std::sync::OnceLock::new();
-        let numbers = NUMBERS.get_or_init(|| super::numbers(FROM_LIBC, BY_NUMBER));
-        numbers.get(name).copied()
+        super::lookup(name, FROM_LIBC, BY_NUMBER)
     }
 
     /// Upstream's names that libc (0.2.191) defines for this target.
@@ -595,10 +605,7 @@ mod arch {
     pub(super) const TARGET: Option<TargetArch> = Some(TargetArch::aarch64);
 
     pub(super) fn number(name: &str) -> Option<i64> {
-        static NUMBERS: std::sync::OnceLock<std::collections::HashMap<&str, i64>> =
-            std::sync::OnceLock::new();
-        let numbers = NUMBERS.get_or_init(|| super::numbers(FROM_LIBC, BY_NUMBER));
-        numbers.get(name).copied()
+        super::lookup(name, FROM_LIBC, BY_NUMBER)
     }
 
     /// Upstream's names that libc (0.2.191) defines for this target.

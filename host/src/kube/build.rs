@@ -122,12 +122,12 @@ pub fn build(wpod: &Path, component: &Path) -> Result<RunnerImage, BuildError> {
     let key = Digest::of(format!("wpod runner image {component_digest}").as_bytes());
     let key_bytes = hex::decode(key.hex()).unwrap_or_default();
     // wpod's own file whatever the umask (a key others could write is refused).
-    crate::records::write_new(&compiled.0.join("mac.key"), &key_bytes, 0o600).map_err(
-        |source| BuildError::Write {
+    crate::files::write_new(&compiled.0.join("mac.key"), &key_bytes, 0o600).map_err(|source| {
+        BuildError::Write {
             path: compiled.0.join("mac.key"),
             source,
-        },
-    )?;
+        }
+    })?;
     let engine = crate::sidecars::engine::shared().map_err(crate::sidecars::SidecarError::from)?;
     crate::sidecars::cache::precompile_into(engine, component, &compiled.0)?;
     let mut names: Vec<PathBuf> = std::fs::read_dir(&compiled.0)

@@ -114,9 +114,8 @@ pub struct Located {
 
 /// Hashes `path`, or finds its digest known (the file unchanged since this process, or one
 /// before it, read it: see `component::read_file`); its bytes are then read only if they must
-/// be compiled. A
-/// component pulled and reviewed at `expected` must still be those bytes: checked here, before
-/// anything is compiled or loaded.
+/// be compiled. A component pulled and reviewed at `expected` must still be those bytes:
+/// checked here, before anything is compiled or loaded.
 pub fn locate(
     engine: &Engine,
     path: &Path,
@@ -281,7 +280,7 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
     if CHECKED.get(id).as_deref() != Some(entry) {
         let records = crate::records::Records::in_dir(entry.parent()?).ok()?;
         if records.recall(ENTRY_CHECKED, entry, id).is_none() {
-            check_mac(records.key(), &file, entry)?;
+            check_mac(records.key(), &file, id.size(), entry)?;
             records.record(ENTRY_CHECKED, entry, id, seen, "");
         }
         CHECKED.put(id, seen, entry.to_path_buf());
@@ -314,10 +313,10 @@ fn load_entry(engine: &Engine, entry: &Path) -> Option<Component> {
 
 /// Whether `file`, opened from `entry`, carries wpod's MAC under the entry's name (logged when
 /// it does not).
-fn check_mac(key: &[u8; 32], file: &std::fs::File, entry: &Path) -> Option<()> {
+fn check_mac(key: &[u8; 32], file: &std::fs::File, size: u64, entry: &Path) -> Option<()> {
     let expected = crate::files::read_regular(&mac_path(entry), MAX_MAC_FILE).ok()?;
     let expected = String::from_utf8(expected).ok()?;
-    let mapped = Mapped::of(file).ok()?;
+    let mapped = Mapped::of(file, size).ok()?;
     // Compared as BLAKE3 hashes compare: in constant time.
     let sound = match (
         mac(key, entry, mapped.bytes()).split_once(' '),
@@ -351,8 +350,9 @@ struct Mapped {
 }
 
 impl Mapped {
-    fn of(file: &std::fs::File) -> std::io::Result<Mapped> {
-        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    /// The first `size` bytes of `file` (its size when it was opened: what its identity says).
+    fn of(file: &std::fs::File, size: u64) -> std::io::Result<Mapped> {
+        let len = usize::try_from(size).map_err(std::io::Error::other)?;
         if len == 0 {
             return Ok(Mapped {
                 ptr: std::ptr::null_mut(),
@@ -381,8 +381,9 @@ impl Mapped {
             return &[];
         }
         // SAFETY: `len` readable bytes are mapped at `ptr` until `drop`. The file is a cache
-        // entry: root's alone, only ever replaced by rename, never rewritten or truncated in
-        // place (what `deserialize_file` relies on too), so the bytes do not change under us.
+        // entry that only wpod or root can write (`files::open_own`), only ever replaced by
+        // rename, never rewritten or truncated in place (what `deserialize_file` relies on too),
+        // so the bytes do not change under us.
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
     }
 }
@@ -407,21 +408,10 @@ fn store_entry(component: &Component, entry: &Path) -> std::io::Result<()> {
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     let key = crate::records::key(dir)?;
-    // Each written aside as a new file (never through a symlink or into a file someone made
-    // there first, who could write it after) and renamed into place: the MAC first.
-    let put = |path: &Path, bytes: &[u8]| {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp.{}", crate::files::random_hex(8)));
-        let tmp = PathBuf::from(tmp);
-        let written = crate::records::write_new(&tmp, bytes, 0o644)
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    };
-    put(&mac_path(entry), mac(&key, entry, &bytes).as_bytes())?;
-    put(entry, &bytes)
+    // Each a new file renamed into place (never written through a symlink or into a file
+    // someone made there first), the MAC first.
+    crate::files::replace_with_new(&mac_path(entry), mac(&key, entry, &bytes).as_bytes(), 0o644)?;
+    crate::files::replace_with_new(entry, &bytes, 0o644)
 }
 
 /// The largest MAC file read: `LENGTH MAC` is under 90 bytes.
@@ -557,7 +547,7 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         let aside = dir.join("c.cwasm.tmp");
         std::os::unix::fs::symlink(&victim, &aside).unwrap();
-        assert!(crate::records::write_new(&aside, b"x", 0o644).is_err());
+        assert!(crate::files::write_new(&aside, b"x", 0o644).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         // And stored under a name of its own each time (none to plant ahead).
         store_entry(&one, &dir.join("c.cwasm")).unwrap();
