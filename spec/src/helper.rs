@@ -528,6 +528,13 @@ struct SealedHelper {
 /// build's, else this process's own executable.
 fn sealed_helper(build_id: &str) -> std::io::Result<&'static SealedHelper> {
     static SEALED: OnceLock<SealedHelper> = OnceLock::new();
+    // Sealed once per process, though [`seal_helper_early`]'s thread and a first spawn may
+    // both ask: the second waits for the first.
+    static SEALING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(helper) = SEALED.get() {
+        return Ok(helper);
+    }
+    let _sealing = SEALING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(helper) = SEALED.get() {
         return Ok(helper);
     }
@@ -553,6 +560,23 @@ fn sealed_helper(build_id: &str) -> std::io::Result<&'static SealedHelper> {
         ..helper
     };
     Ok(SEALED.get_or_init(|| helper))
+}
+
+/// Seals the helper executable on a thread of its own, ahead of the first [`spawn_helper`]: its
+/// read-only view (an overlay mount) and the check of its build ID take about half a
+/// millisecond, which a pod's start would otherwise wait for before its first helper. A
+/// failure here is only logged: the spawn tries again, and reports it.
+pub fn seal_helper_early(build_id: &'static str) {
+    let spawned = std::thread::Builder::new()
+        .name("wpod-seal".into())
+        .spawn(move || {
+            if let Err(e) = sealed_helper(build_id) {
+                tracing::debug!(error = %e, "cannot seal the helper ahead of its first use");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start the thread that seals the helper");
+    }
 }
 
 /// Descriptors from this number up are never a target of [`spawn_helper`]'s placements (whose

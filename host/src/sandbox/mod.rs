@@ -123,13 +123,42 @@ pub struct PodSandbox {
     pub warnings: Vec<String>,
 }
 
+/// A sandbox on its way ([`PodSandbox::start`]): the pod's namespace holder started, making the
+/// namespaces while wpod does what needs none (its sidecars' components read, the pod's
+/// cgroups made); [`StartingSandbox::finish`] makes the rest. Dropped, it ends the holder (the
+/// lifeline) and gives back what it holds.
+pub struct StartingSandbox {
+    // Dropped in this order: the holder before its lifeline, the state directory last.
+    namespaces: namespaces::StartingNamespaces,
+    lifeline: Lifeline,
+    /// The pod's range of host IDs (`hostUsers: false`).
+    id_lease: Option<userns::IdLease>,
+    state: StateDir,
+}
+
 impl PodSandbox {
     /// Creates the pod's namespaces, volumes, cgroups and published ports. Must run inside a
     /// tokio runtime (the port forwarders live on it).
     /// `state`: the pod's state directory, acquired (see [`StateDir::acquire`]).
     pub fn create(plan: &PodPlan, state: StateDir) -> Result<Self, SandboxError> {
+        let mut sandbox = Self::start(plan, state)?.finish(plan)?;
+        sandbox.join_runtime(plan)?;
+        Ok(sandbox)
+    }
+
+    /// Moves wpod's runtime into the pod's `_runtime` cgroup (on the thread that made the
+    /// sandbox: see [`PodCgroups::join_runtime`]), under the memory limit the plan gives it:
+    /// last, so that what ran before (CNI plugins, pasta, a compile) is not charged to the pod.
+    pub fn join_runtime(&mut self, plan: &PodPlan) -> Result<(), SandboxError> {
+        let warnings = self.cgroups.join_runtime(plan.runtime_memory_limit)?;
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    /// Starts the pod's namespace holder: its exec and the kernel's namespaces take a couple
+    /// of milliseconds, which a pod's start would otherwise wait through.
+    pub fn start(plan: &PodPlan, state: StateDir) -> Result<StartingSandbox, SandboxError> {
         let name = plan.name();
-        let mut warnings = Vec::new();
         let lifeline =
             Lifeline::new().map_err(|e| SandboxError::step("create the lifeline pipe", e))?;
         let pod_proc = match plan.share_process_namespace {
@@ -147,17 +176,61 @@ impl PodSandbox {
             false => None,
         };
         let ids = id_lease.as_ref().map(|l| l.map);
-        let host = crate::sys::Host::real();
         // Again (`wpod run` did when it started): an image pull may have taken longer than
         // the kernel keeps moves fast.
-        cgroups::prime_moves(&host);
-        let namespaces = PodNamespaces::create(
+        cgroups::prime_moves(&crate::sys::Host::real());
+        let namespaces = PodNamespaces::start(
             &plan.hostname,
             pod_proc.as_deref(),
             host_network,
             ids,
             &lifeline,
         )?;
+        Ok(StartingSandbox {
+            namespaces,
+            lifeline,
+            id_lease,
+            state,
+        })
+    }
+}
+
+impl StartingSandbox {
+    /// Makes the rest of the sandbox: first what needs no namespace (the launch directory,
+    /// the pod's cgroups) while the holder makes them, then the network, volumes and the files
+    /// of `/etc`. wpod's runtime has not joined the pod's cgroup yet
+    /// ([`PodSandbox::join_runtime`]).
+    pub fn finish(self, plan: &PodPlan) -> Result<PodSandbox, SandboxError> {
+        // Declared so that an error drops them in reverse: the state directory last.
+        let state = self.state;
+        let id_lease = self.id_lease;
+        let lifeline = self.lifeline;
+        let starting = self.namespaces;
+        let name = plan.name();
+        let mut warnings = Vec::new();
+        let host = crate::sys::Host::real();
+        let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
+        let cgroups = match plan.rootless {
+            // Only the cgroups delegated to the user are the user's to write.
+            true => match PodCgroups::delegated(&host, &plan.name) {
+                Ok(Some(cgroups)) => cgroups,
+                failed => {
+                    // The user's cgroups are the user's to break: the pod runs on, as
+                    // without any.
+                    if let Err(e) = failed {
+                        warnings.push(format!(
+                            "rootless: cannot use the cgroups delegated to this user: {}",
+                            crate::error::chain(&e)
+                        ));
+                    }
+                    warnings.extend(rootless_limits_warning(plan));
+                    PodCgroups::none(host.sys.clone())
+                }
+            },
+            false => PodCgroups::create_in(&host, &plan.name)?,
+        };
+        warnings.extend(cgroups.limit_pod(&plan.limits));
+        let namespaces = starting.ready()?;
         // hostPorts first (a port in use fails the pod before anything is on the network),
         // then the network, whose portmap forwards them.
         let (ports, network) = match plan.network {
@@ -189,7 +262,6 @@ impl PodSandbox {
         let dialer = Dialer::new(namespaces.net_handle())
             .map_err(|e| SandboxError::step("start the pod's dialer", e))?;
         let facts = std::sync::Arc::new(runtime_facts(plan.network, ip));
-        let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
         sysctls::set(&namespaces.paths(), &plan.sysctls)?;
         let users = namespaces.paths().user;
         let (volumes, volume_warnings) = PodVolumes::create(
@@ -202,27 +274,6 @@ impl PodSandbox {
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
-        let mut cgroups = match plan.rootless {
-            // Only the cgroups delegated to the user are the user's to write.
-            true => match PodCgroups::delegated(&host, &plan.name) {
-                Ok(Some(cgroups)) => cgroups,
-                failed => {
-                    // The user's cgroups are the user's to break: the pod runs on, as
-                    // without any.
-                    if let Err(e) = failed {
-                        warnings.push(format!(
-                            "rootless: cannot use the cgroups delegated to this user: {}",
-                            crate::error::chain(&e)
-                        ));
-                    }
-                    warnings.extend(rootless_limits_warning(plan));
-                    PodCgroups::none(host.sys.clone())
-                }
-            },
-            false => PodCgroups::create_in(&host, &plan.name)?,
-        };
-        warnings.extend(cgroups.limit_pod(&plan.limits));
-        warnings.extend(cgroups.join_runtime(plan.runtime_memory_limit)?);
         let mut sandbox = PodSandbox {
             pod: name.to_string(),
             hostname: plan.hostname.clone(),
@@ -256,7 +307,9 @@ impl PodSandbox {
         }
         Ok(sandbox)
     }
+}
 
+impl PodSandbox {
     /// Stops publishing the pod's hostPorts and waits until every forwarded connection is
     /// closed (their descriptors are free again for the teardown).
     pub async fn close_ports(&self) {

@@ -58,17 +58,27 @@ pub struct PodNamespaces {
     ids: Option<super::userns::IdMap>,
 }
 
+/// The holder, started and making the pod's namespaces ([`PodNamespaces::start`]): wpod does
+/// what needs no namespace meanwhile, then waits for them ([`StartingNamespaces::ready`]).
+/// Dropped unready, the holder ends with the pod's lifeline.
+pub struct StartingNamespaces {
+    holder: HelperChild,
+    pod_proc: Option<PathBuf>,
+    ids: Option<super::userns::IdMap>,
+}
+
 impl PodNamespaces {
-    /// Starts the holder and waits until the namespaces exist. With `pod_proc` (an empty
-    /// directory), the pod's containers share one PID namespace whose procfs is mounted there.
-    /// With `ids`, they belong to a user namespace of the pod's own that maps its IDs so.
-    pub fn create(
+    /// Starts the holder, which makes the namespaces while the caller goes on. With `pod_proc`
+    /// (an empty directory), the pod's containers share one PID namespace whose procfs is
+    /// mounted there. With `ids`, they belong to a user namespace of the pod's own that maps
+    /// its IDs so.
+    pub fn start(
         hostname: &str,
         pod_proc: Option<&Path>,
         host_network: bool,
         ids: Option<super::userns::IdMap>,
         lifeline: &Lifeline,
-    ) -> Result<Self, SandboxError> {
+    ) -> Result<StartingNamespaces, SandboxError> {
         let fail = |e: std::io::Error| SandboxError::step("start the namespace holder", e);
         let call = HelperCall::Holder {
             hostname: hostname.to_string(),
@@ -80,14 +90,30 @@ impl PodNamespaces {
             Some(_) => HelperIo::Piped,
             None => HelperIo::Null,
         };
-        let mut holder = spawn_helper(
+        let holder = spawn_helper(
             &call,
             super::build_id(),
             [stdin, HelperIo::Piped, HelperIo::Inherit],
             &[(lifeline.read_fd(), LIFELINE_FD)],
         )
         .map_err(fail)?;
+        Ok(StartingNamespaces {
+            holder,
+            pod_proc: pod_proc.map(Path::to_path_buf),
+            ids,
+        })
+    }
+}
 
+impl StartingNamespaces {
+    /// Waits until the holder has made the namespaces (and, with a user namespace of the
+    /// pod's own, maps its IDs). A holder that fails is ended here.
+    pub fn ready(self) -> Result<PodNamespaces, SandboxError> {
+        let StartingNamespaces {
+            mut holder,
+            pod_proc,
+            ids,
+        } = self;
         let mut line = String::new();
         if let Some(out) = holder.stdout.take() {
             let mut out = BufReader::new(out);
@@ -130,7 +156,7 @@ impl PodNamespaces {
         };
         let net = Arc::new(OwnedFd::from(net));
         let init = match (init_pid, pod_proc) {
-            (Some(pid), Some(dir)) => Some((pid, dir.to_path_buf())),
+            (Some(pid), Some(dir)) => Some((pid, dir)),
             _ => None,
         };
         Ok(PodNamespaces {
@@ -140,7 +166,9 @@ impl PodNamespaces {
             ids,
         })
     }
+}
 
+impl PodNamespaces {
     /// Where the shims find the namespaces to join.
     pub fn paths(&self) -> NamespacePaths {
         let ns = |kind: &str| PathBuf::from(format!("/proc/{}/ns/{kind}", self.holder.id()));

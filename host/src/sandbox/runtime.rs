@@ -66,6 +66,21 @@ impl PodRuntime {
         })
     }
 
+    /// [`PodRuntime::new`] on a thread of its own: its threads' `setns` and cgroup moves take
+    /// a few hundred microseconds, which a pod's start spends on its first native container
+    /// meanwhile. [`StartingRuntime::wait`] gives the runtime.
+    pub fn start(
+        pod: String,
+        net: Arc<OwnedFd>,
+        workers: usize,
+        cgroups: Vec<PathBuf>,
+    ) -> StartingRuntime {
+        let making = std::thread::Builder::new()
+            .name("wpod-runtime-start".into())
+            .spawn(move || Self::new(&pod, net, workers, &cgroups));
+        StartingRuntime(making)
+    }
+
     fn build(pod: &str, net: Arc<OwnedFd>, workers: usize) -> Result<Self, RuntimeError> {
         let join_failed = Arc::new(AtomicBool::new(false));
         let failed = join_failed.clone();
@@ -100,6 +115,23 @@ impl PodRuntime {
         match &self.runtime {
             Some(rt) => Ok(rt.handle().clone()),
             None => Err(RuntimeError::NotInPod),
+        }
+    }
+}
+
+/// A pod's runtime on its way ([`PodRuntime::start`]).
+pub struct StartingRuntime(
+    std::io::Result<std::thread::JoinHandle<Result<PodRuntime, RuntimeError>>>,
+);
+
+impl StartingRuntime {
+    /// Waits for the runtime.
+    pub fn wait(self) -> Result<PodRuntime, RuntimeError> {
+        match self.0 {
+            Ok(making) => making
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(RuntimeError::Build(e)),
         }
     }
 }

@@ -247,7 +247,17 @@ impl From<wasmtime::Error> for ComponentError {
 /// pod, before anything of the pod exists: a component that cannot run fails here. By
 /// container index; `None` for native containers.
 pub fn prepare_all(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
-    Preparation::begin(plan, &Unobserved)?.finish()
+    prepare(plan, &Unobserved)
+}
+
+/// [`prepare_all`], telling `observer` of each compile. `wpod run` calls it beside the
+/// sandbox's creation, before its runtime joins the pod's cgroup (a compile's memory is not the
+/// pod's).
+pub fn prepare(
+    plan: &PodPlan,
+    observer: &dyn CompileObserver,
+) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
+    Preparation::begin(plan, observer)?.finish()
 }
 
 /// Told when a component is compiled rather than loaded from the cache: the first run of a
@@ -299,20 +309,19 @@ pub fn compile(path: &Path, observer: &dyn CompileObserver) -> Result<Compiled, 
     })
 }
 
-/// The pod's sidecars on their way to being prepared, in two steps so that the second can
-/// overlap the sandbox's creation. Each distinct component (file and reviewed digest) is
-/// loaded once, distinct ones on threads of their own.
-pub struct Preparation<'a> {
+/// The pod's sidecars on their way to being prepared: every component read, hashed and, when
+/// the cache lacks it, compiled; then their code loaded, linked and pre-instantiated. Each
+/// distinct component (file and reviewed digest) is loaded once, distinct ones on threads of
+/// their own.
+struct Preparation<'a> {
     plan: &'a PodPlan,
     /// Per distinct component: the containers (by index) that run it, and its loading.
     components: Vec<(Vec<usize>, components::Loading)>,
 }
 
 impl<'a> Preparation<'a> {
-    /// Reads and hashes every component, and compiles those the cache lacks: before anything
-    /// of the pod exists, so that a component that does not compile leaves nothing behind and
-    /// the compiler's memory is not charged to the pod's cgroup.
-    pub fn begin(plan: &'a PodPlan, observer: &dyn CompileObserver) -> Result<Self, SidecarError> {
+    /// Reads and hashes every component, and compiles those the cache lacks.
+    fn begin(plan: &'a PodPlan, observer: &dyn CompileObserver) -> Result<Self, SidecarError> {
         let mut groups: Vec<(&WasmComponent, Vec<usize>)> = Vec::new();
         for (i, c) in plan.containers.iter().enumerate() {
             if c.grants.is_none() {
@@ -354,7 +363,7 @@ impl<'a> Preparation<'a> {
 
     /// Loads the cached code, links and pre-instantiates; by container index, `None` for
     /// native containers.
-    pub fn finish(self) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
+    fn finish(self) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
         let plan = self.plan;
         if self.components.is_empty() {
             return Ok(vec![None; plan.containers.len()]);

@@ -42,7 +42,7 @@ use events::{ContainerSummary, Event, Events};
 pub use runner::Progress;
 use runner::{Command, Outcome, PodRun};
 pub use workload::Member;
-use workload::{BoxFuture, Launcher, PodLauncher};
+use workload::{BoxFuture, Launcher, PodLauncher, SidecarRuntime};
 
 /// How the pod ended.
 pub struct PodResult {
@@ -189,14 +189,15 @@ impl Supervisor {
         backoff_base: Duration,
     ) -> Result<Self, RuntimeError> {
         let state = main_containers(&plan);
+        // Started now, on a thread of its own; the first sidecar waits for it.
         let runtime = match prepared.iter().any(Option::is_some) {
-            true => Some(PodRuntime::new(
-                plan.name(),
+            true => SidecarRuntime::starting(PodRuntime::start(
+                plan.name().to_string(),
                 sandbox.namespaces.net_handle(),
                 SIDECAR_WORKERS,
-                &sandbox.cgroups.runtime_thread_dirs(),
-            )?),
-            false => None,
+                sandbox.cgroups.runtime_thread_dirs(),
+            )),
+            false => SidecarRuntime::default(),
         };
         let members = workload::members(&plan, prepared);
         let launcher = PodLauncher {

@@ -23,7 +23,7 @@ use crate::oci::store::{ImageRecord, StoreError};
 use crate::plan::{PodPlan, WasmComponent};
 use crate::sandbox::runtime::RuntimeError;
 use crate::sandbox::{PodSandbox, SandboxError};
-use crate::sidecars::{Preparation, SidecarError};
+use crate::sidecars::SidecarError;
 use crate::spec::Diagnostics;
 
 /// Why a pod did not start (nothing of it is left).
@@ -163,6 +163,9 @@ impl Pod {
         options: PodOptions,
         events: Arc<Events>,
     ) -> Result<Pod, PodError> {
+        // The pod's helpers (its holder first) run from a sealed view of `wpod-helper`, made
+        // meanwhile.
+        crate::helper::seal_helper_early(crate::sandbox::build_id());
         // The pod's state directory first: the pod is this process's from now on (`wpod ps`
         // lists it, `wpod stop` finds it), and its events go to its journal, while its images
         // are pulled (a pull that fails for good leaves only the journal, as a failed pod's).
@@ -223,23 +226,29 @@ impl Pod {
             .with_volume_images(&images.volume_layers())
             .with_native_processes(&images.container_images())
             .map_err(PodError::Invalid)?;
-        // The sidecars' components come next: read, hashed and, when the cache lacks them,
-        // compiled before anything of the pod exists (one that cannot compile fails the pod
-        // here). Loading their cached code and linking it overlaps the sandbox's creation; if
-        // it fails, the sandbox is dropped, which tears it down.
+        // The pod's namespace holder starts first: its exec and the kernel's namespaces take
+        // a couple of milliseconds, which the rest overlaps. The sidecars are prepared on a
+        // thread of their own meanwhile: their components read and hashed, compiled when the
+        // cache lacks them, their code loaded and linked. If either side fails, the other is
+        // dropped, which tears it down. wpod's runtime joins the pod's cgroup only once both
+        // are done: a compile's memory is not the pod's.
         let (sandbox, prepared) = tokio::task::block_in_place(|| {
-            let preparation = Preparation::begin(&plan, &CompileEvents::new(&events))?;
-            Ok::<_, SidecarError>(std::thread::scope(|s| {
-                let finishing = s.spawn(|| preparation.finish());
-                let sandbox = PodSandbox::create(&plan, state);
-                let prepared = finishing
+            let starting = PodSandbox::start(&plan, state)?;
+            let observer = CompileEvents::new(&events);
+            Ok::<_, SandboxError>(std::thread::scope(|s| {
+                let preparing = s.spawn(|| crate::sidecars::prepare(&plan, &observer));
+                let sandbox = starting.finish(&plan);
+                let prepared = preparing
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
                 (sandbox, prepared)
             }))
         })?;
-        let sandbox = Arc::new(sandbox?);
+        // A sidecar that cannot be prepared is the manifest's to fix: said first.
         let prepared = prepared?;
+        let mut sandbox = sandbox?;
+        sandbox.join_runtime(&plan)?;
+        let sandbox = Arc::new(sandbox);
         crate::oci::store::pin_layers(&sandbox.state.path, records.iter())
             .map_err(PodError::Pin)?;
         events.emit(

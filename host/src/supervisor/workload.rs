@@ -108,13 +108,14 @@ pub trait Launcher: Send + Sync {
 /// The pod's real launcher: native containers in the sandbox, Wasm sidecars on the pod's
 /// runtime.
 pub struct PodLauncher {
+    /// The runtime Wasm sidecars run on: started with the pod when it has any (its first
+    /// sidecar waits for it), else made at the first `wpod apply` that adds one. Dropped
+    /// before the sandbox (fields drop in order): its threads are in the pod's cgroups.
+    pub runtime: std::sync::Mutex<SidecarRuntime>,
     pub plan: Arc<PodPlan>,
     pub sandbox: Arc<PodSandbox>,
     pub logs: Arc<Logs>,
     pub state: Arc<PodState>,
-    /// The runtime Wasm sidecars run on, made with the first one (at the start, or at the
-    /// first `wpod apply` that adds one to a pod that had none).
-    pub runtime: std::sync::Mutex<Option<PodRuntime>>,
     /// Where sidecars' refusals and audited uses go.
     pub reports: Arc<crate::grants::report::Reporter>,
 }
@@ -122,17 +123,60 @@ pub struct PodLauncher {
 impl PodLauncher {
     /// A handle on the pod's sidecar runtime, made on first use.
     fn runtime(&self) -> Result<tokio::runtime::Handle, StartError> {
-        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-        let runtime = match &mut *runtime {
-            Some(r) => r,
-            none => none.insert(PodRuntime::new(
+        let mut slot = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let runtime = slot.ready(|| {
+            PodRuntime::new(
                 self.plan.name(),
                 self.sandbox.namespaces.net_handle(),
                 crate::sandbox::runtime::SIDECAR_WORKERS,
                 &self.sandbox.cgroups.runtime_thread_dirs(),
-            )?),
-        };
+            )
+        })?;
         Ok(runtime.handle()?)
+    }
+}
+
+/// The pod's sidecar runtime, as [`PodLauncher`] holds it: started with the pod when it has
+/// sidecars, or made when the first one needs it.
+#[derive(Default)]
+pub struct SidecarRuntime {
+    starting: Option<crate::sandbox::runtime::StartingRuntime>,
+    ready: Option<PodRuntime>,
+}
+
+impl Drop for SidecarRuntime {
+    /// A runtime still starting is waited for: its thread moves into the pod's `_runtime`
+    /// cgroups, and must have done so before the sandbox's teardown moves wpod out of them
+    /// (a thread left there would keep them from being removed).
+    fn drop(&mut self) {
+        if let Some(starting) = self.starting.take() {
+            let _ = starting.wait();
+        }
+    }
+}
+
+impl SidecarRuntime {
+    /// The runtime `starting` makes.
+    pub fn starting(starting: crate::sandbox::runtime::StartingRuntime) -> Self {
+        SidecarRuntime {
+            starting: Some(starting),
+            ready: None,
+        }
+    }
+
+    /// The runtime: the one started, or else one `make` makes now. A start that failed is
+    /// told once; the next sidecar tries again.
+    fn ready(
+        &mut self,
+        make: impl FnOnce() -> Result<PodRuntime, crate::sandbox::runtime::RuntimeError>,
+    ) -> Result<&PodRuntime, crate::sandbox::runtime::RuntimeError> {
+        if let Some(starting) = self.starting.take() {
+            self.ready = Some(starting.wait()?);
+        }
+        match &mut self.ready {
+            Some(runtime) => Ok(runtime),
+            none => Ok(none.insert(make()?)),
+        }
     }
 }
 
