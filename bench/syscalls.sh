@@ -5,7 +5,8 @@
 #
 # A static C program makes 1,000,000 calls each of getppid (x86_64 110), getrandom of one byte
 # (318) and clock_getres (229), through syscall(2), and prints the nanoseconds per call. It
-# runs on the host (no filter), and as the main container of a `network: none` pod under the
+# runs on the host (no filter), and as the main container of a `network: none` pod (the
+# program from a read-only hostPath volume: a container's /tmp is its own) under the
 # RuntimeDefault profile (moby's, wpod's default) and Unconfined. A filter tests a call's
 # number before the kernel runs it: its cost is the difference with Unconfined.
 # One JSON object per call and run on stdout; progress on stderr.
@@ -24,6 +25,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
 wpod=$(realpath "$1")
 install_peers gcc
+# gcc only recommends libc6-dev, whose libc.a the static program needs.
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] ||
+  install_peers libc6-dev
 
 work=$(mktemp -d /tmp/wpod-syscalls.XXXXXX)
 export WPOD_ROOT=$work/wpodroot
@@ -70,16 +74,23 @@ kind: Pod
 metadata: {name: $1, annotations: {wpod.dev/network: none}}
 spec:
   restartPolicy: Never
+  volumes:
+  - {name: bench, hostPath: {path: $work, type: Directory}}
   containers:
   - name: main
-    command: [$work/sysbench]
+    command: [/bench/sysbench]
+    volumeMounts: [{name: bench, mountPath: /bench, readOnly: true}]
     securityContext: {seccompProfile: {type: $2}}
 EOF
 }
 pod syscalls-default RuntimeDefault
 pod syscalls-unconfined Unconfined
 
-report() { # report TOOL OUTPUT RUN
+report() { # report TOOL OUTPUT RUN: the program's three lines, else a failed run
+  if [ "$(grep -cE '^[a-z_]+ [0-9.]+$' <<< "$2")" != 3 ]; then
+    say "$1: no figures (see $work/run.log): $2"
+    exit 1
+  fi
   while read -r call ns; do
     emit tool="$1" measure="ns per $call call" value="$ns" unit=ns run="$3" better=lower \
       ref="$([ "$1" = "wpod: RuntimeDefault" ] && echo true || echo false)"
@@ -88,7 +99,7 @@ report() { # report TOOL OUTPUT RUN
 
 in_pod() { # in_pod NAME: the program's output, run as the pod's main container
   "$wpod" run --output text "$work/$1.yaml" > /dev/null 2>> "$work/run.log"
-  "$wpod" logs "$1" main
+  "$wpod" logs "$1"
   "$wpod" rm "$1" > /dev/null 2>> "$work/run.log"
 }
 

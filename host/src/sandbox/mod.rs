@@ -149,9 +149,22 @@ impl PodSandbox {
     /// Moves wpod's runtime into the pod's `_runtime` cgroup (on the thread that made the
     /// sandbox: see [`PodCgroups::join_runtime`]), under the memory limit the plan gives it:
     /// last, so that what ran before (CNI plugins, pasta, a compile) is not charged to the pod.
+    /// Then the hostPorts wpod forwards itself open: their forwarders' threads start in the
+    /// pod's cgroup, and no connection is taken before the pod's sidecars are ready to start.
     pub fn join_runtime(&mut self, plan: &PodPlan) -> Result<(), SandboxError> {
         let warnings = self.cgroups.join_runtime(plan.runtime_memory_limit)?;
         self.warnings.extend(warnings);
+        if matches!(
+            plan.network,
+            crate::plan::Network::Loopback | crate::plan::Network::Pasta
+        ) {
+            self.ports = Some(PortForwards::publish(
+                plan.name(),
+                &plan.port_mappings,
+                plan.fd_budget.forwarded_connections,
+                self.namespaces.net_handle(),
+            )?);
+        }
         Ok(())
     }
 
@@ -197,8 +210,9 @@ impl PodSandbox {
 
 impl StartingSandbox {
     /// Makes the rest of the sandbox: first what needs no namespace (the launch directory,
-    /// the pod's cgroups) while the holder makes them, then the network, volumes and the files
-    /// of `/etc`. wpod's runtime has not joined the pod's cgroup yet
+    /// the pod's cgroups; a rootless pod's once the holder is ready) while the holder makes
+    /// them, then the network, volumes and the files of `/etc`. wpod's runtime has not joined
+    /// the pod's cgroup yet, nor are the hostPorts it forwards open
     /// ([`PodSandbox::join_runtime`]).
     pub fn finish(self, plan: &PodPlan) -> Result<PodSandbox, SandboxError> {
         // Declared so that an error drops them in reverse: the state directory last.
@@ -210,27 +224,21 @@ impl StartingSandbox {
         let mut warnings = Vec::new();
         let host = crate::sys::Host::real();
         let launch = LaunchDir::mount(host.sys.clone(), state.path.join("launch"))?;
-        let cgroups = match plan.rootless {
-            // Only the cgroups delegated to the user are the user's to write.
-            true => match PodCgroups::delegated(&host, &plan.name) {
-                Ok(Some(cgroups)) => cgroups,
-                failed => {
-                    // The user's cgroups are the user's to break: the pod runs on, as
-                    // without any.
-                    if let Err(e) = failed {
-                        warnings.push(format!(
-                            "rootless: cannot use the cgroups delegated to this user: {}",
-                            crate::error::chain(&e)
-                        ));
-                    }
-                    warnings.extend(rootless_limits_warning(plan));
-                    PodCgroups::none(host.sys.clone())
-                }
-            },
-            false => PodCgroups::create_in(&host, &plan.name)?,
+        let (namespaces, cgroups) = match plan.rootless {
+            // The pod's cgroups while the holder makes the namespaces.
+            false => {
+                let cgroups = PodCgroups::create_in(&host, &plan.name)?;
+                (starting.ready()?, cgroups)
+            }
+            // A user's delegated cgroup is emptied of wpod's processes into a leaf first
+            // (`PodCgroups::delegated`): once the holder is ready, whose fork of the pod's PID 1
+            // it would race.
+            true => {
+                let namespaces = starting.ready()?;
+                (namespaces, delegated_cgroups(&host, plan, &mut warnings))
+            }
         };
         warnings.extend(cgroups.limit_pod(&plan.limits));
-        let namespaces = starting.ready()?;
         // hostPorts first (a port in use fails the pod before anything is on the network),
         // then the network, whose portmap forwards them.
         let (ports, network) = match plan.network {
@@ -274,7 +282,7 @@ impl StartingSandbox {
         warnings.extend(volume_warnings);
         let etc = dns::write_etc_files(&state.path, plan, ip)?;
         warnings.extend(etc.warnings);
-        let mut sandbox = PodSandbox {
+        Ok(PodSandbox {
             pod: name.to_string(),
             hostname: plan.hostname.clone(),
             ports,
@@ -293,19 +301,7 @@ impl StartingSandbox {
             facts,
             warnings,
             nosymfollow_volumes: plan.nosymfollow_volumes.clone(),
-        };
-        if matches!(
-            plan.network,
-            crate::plan::Network::Loopback | crate::plan::Network::Pasta
-        ) {
-            sandbox.ports = Some(PortForwards::publish(
-                name,
-                &plan.port_mappings,
-                plan.fd_budget.forwarded_connections,
-                sandbox.namespaces.net_handle(),
-            )?);
-        }
-        Ok(sandbox)
+        })
     }
 }
 
@@ -337,6 +333,28 @@ impl PodSandbox {
     /// The host IDs of the pod's own user namespace; `None`: the pod has the host's.
     pub fn ids(&self) -> Option<userns::IdMap> {
         self.namespaces.ids()
+    }
+}
+
+/// A rootless pod's cgroups: those delegated to the user, which are the user's to break; when
+/// there are none (or they cannot be used), none, and the pod runs without its limits (said).
+fn delegated_cgroups(
+    host: &crate::sys::Host,
+    plan: &PodPlan,
+    warnings: &mut Vec<String>,
+) -> PodCgroups {
+    match PodCgroups::delegated(host, &plan.name) {
+        Ok(Some(cgroups)) => cgroups,
+        failed => {
+            if let Err(e) = failed {
+                warnings.push(format!(
+                    "rootless: cannot use the cgroups delegated to this user: {}",
+                    crate::error::chain(&e)
+                ));
+            }
+            warnings.extend(rootless_limits_warning(plan));
+            PodCgroups::none(host.sys.clone())
+        }
     }
 }
 

@@ -60,11 +60,22 @@ pub struct PodNamespaces {
 
 /// The holder, started and making the pod's namespaces ([`PodNamespaces::start`]): wpod does
 /// what needs no namespace meanwhile, then waits for them ([`StartingNamespaces::ready`]).
-/// Dropped unready, the holder ends with the pod's lifeline.
+/// Dropped unready (a step between failed), the holder is killed and waited for, as a ready
+/// one is: its PID 1 may be mounting the pod's procfs in the state directory, which goes next.
 pub struct StartingNamespaces {
-    holder: HelperChild,
+    /// `None` once [`StartingNamespaces::ready`] took it.
+    holder: Option<HelperChild>,
     pod_proc: Option<PathBuf>,
     ids: Option<super::userns::IdMap>,
+}
+
+impl Drop for StartingNamespaces {
+    fn drop(&mut self) {
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+    }
 }
 
 impl PodNamespaces {
@@ -98,7 +109,7 @@ impl PodNamespaces {
         )
         .map_err(fail)?;
         Ok(StartingNamespaces {
-            holder,
+            holder: Some(holder),
             pod_proc: pod_proc.map(Path::to_path_buf),
             ids,
         })
@@ -108,12 +119,14 @@ impl PodNamespaces {
 impl StartingNamespaces {
     /// Waits until the holder has made the namespaces (and, with a user namespace of the
     /// pod's own, maps its IDs). A holder that fails is ended here.
-    pub fn ready(self) -> Result<PodNamespaces, SandboxError> {
-        let StartingNamespaces {
-            mut holder,
-            pod_proc,
-            ids,
-        } = self;
+    pub fn ready(mut self) -> Result<PodNamespaces, SandboxError> {
+        let (pod_proc, ids) = (self.pod_proc.take(), self.ids);
+        let Some(mut holder) = self.holder.take() else {
+            return Err(SandboxError::step(
+                "create the pod namespaces",
+                "the holder is gone",
+            ));
+        };
         let mut line = String::new();
         if let Some(out) = holder.stdout.take() {
             let mut out = BufReader::new(out);

@@ -125,6 +125,14 @@ pub struct StartingRuntime(
 );
 
 impl StartingRuntime {
+    /// Waits for the runtime's thread and drops what it made, whatever that is (in a `Drop`,
+    /// where a panic passed on would abort).
+    pub fn abandon(self) {
+        if let Ok(making) = self.0 {
+            let _ = making.join();
+        }
+    }
+
     /// Waits for the runtime.
     pub fn wait(self) -> Result<PodRuntime, RuntimeError> {
         match self.0 {

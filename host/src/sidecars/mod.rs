@@ -244,8 +244,8 @@ impl From<wasmtime::Error> for ComponentError {
 }
 
 /// Compiles (or loads from the cache), links and pre-instantiates every Wasm container of the
-/// pod, before anything of the pod exists: a component that cannot run fails here. By
-/// container index; `None` for native containers.
+/// pod: a component that cannot run fails here. By container index; `None` for native
+/// containers.
 pub fn prepare_all(plan: &PodPlan) -> Result<Vec<Option<PreparedSidecar>>, SidecarError> {
     prepare(plan, &Unobserved)
 }

@@ -164,7 +164,7 @@ impl Pod {
         events: Arc<Events>,
     ) -> Result<Pod, PodError> {
         // The pod's helpers (its holder first) run from a sealed view of `wpod-helper`, made
-        // meanwhile.
+        // meanwhile on a thread.
         crate::helper::seal_helper_early(crate::sandbox::build_id());
         // The pod's state directory first: the pod is this process's from now on (`wpod ps`
         // lists it, `wpod stop` finds it), and its events go to its journal, while its images
@@ -244,8 +244,15 @@ impl Pod {
                 (sandbox, prepared)
             }))
         })?;
-        // A sidecar that cannot be prepared is the manifest's to fix: said first.
-        let prepared = prepared?;
+        // A sidecar that cannot be prepared is the manifest's to fix: said first (a sandbox
+        // that failed too is logged).
+        let prepared = match (prepared, &sandbox) {
+            (Err(e), Err(also)) => {
+                tracing::warn!(error = %crate::error::chain(also), "the pod's sandbox failed too");
+                return Err(e.into());
+            }
+            (prepared, _) => prepared?,
+        };
         let mut sandbox = sandbox?;
         sandbox.join_runtime(&plan)?;
         let sandbox = Arc::new(sandbox);
