@@ -268,8 +268,7 @@ mod tests {
     /// A settled component file is read once; rewritten, it is read again.
     #[test]
     fn a_component_file_is_read_once_until_it_changes() {
-        let dir = std::env::temp_dir().join(format!("wpod-component-file-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("component-file");
         let path = dir.join("c.wasm");
         let written = std::time::Instant::now();
         std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
@@ -297,16 +296,13 @@ mod tests {
             read_file_with(&path, || None).unwrap().digest,
             sha256_digest(&other)
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// What a process read of a settled component file is recalled by the next one (a
     /// record under the path), until the file changes.
     #[test]
     fn a_component_file_read_by_another_process_is_recalled() {
-        let dir =
-            std::env::temp_dir().join(format!("wpod-component-record-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("component-record");
         let records = Records::in_dir(&dir).unwrap();
         let path = dir.join("c.wasm");
         std::fs::write(&path, COMPONENT_PREAMBLE).unwrap();
@@ -340,7 +336,6 @@ mod tests {
             sha256_digest(&other)
         );
         assert_eq!(Recorded::from_text("{}"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -725,9 +725,7 @@ mod tests {
     fn own_files_are_regular_single_and_written_by_wpod_alone() {
         use super::*;
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("wpod-own-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("own");
         let own = dir.join("own");
         std::fs::write(&own, b"x").unwrap();
         std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -749,7 +747,6 @@ mod tests {
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         refused(&fifo, "not a regular file");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -802,8 +799,7 @@ mod tests {
 
     #[test]
     fn a_read_file_is_identified_as_it_was_opened() {
-        let dir = std::env::temp_dir().join(format!("wpod-files-id-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("files-id");
         let path = dir.join("f");
         std::fs::write(&path, b"0123456789").unwrap();
         let (bytes, id, _) = read_regular_identified(&path, 100).unwrap();
@@ -812,7 +808,6 @@ mod tests {
         assert_eq!(id.size(), 10);
         std::fs::write(&path, b"01234").unwrap();
         assert_ne!(Some(id), FileId::of_path(&path), "rewritten shorter");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -864,8 +859,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_small_regular_file() {
-        let dir = std::env::temp_dir().join(format!("wpod-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("files");
         let fifo = dir.join("fifo.wasm");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(matches!(
@@ -886,6 +880,5 @@ mod tests {
         assert!(read_regular(&dir.join("gone"), 1)
             .unwrap_err()
             .is_not_found());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -86,3 +86,31 @@ pub fn require_isolated_network() {
          `ip link set lo up`)"
     );
 }
+
+/// A test's own directory under the system's temporary one, `wpod-NAME-PID`, made empty and
+/// removed when dropped: also when the test fails half-way.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("wpod-{name}-{}", std::process::id()));
+        // One a killed run of this PID left.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
