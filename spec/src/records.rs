@@ -213,26 +213,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    struct TestDir(PathBuf);
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use wpod_test_support::TempDir;
 
     /// A record is believed for its kind, path, file and key alone, and only a settled file
     /// is recorded.
     #[test]
     fn a_record_holds_for_its_kind_path_and_file_alone() {
-        let dir =
-            TestDir(std::env::temp_dir().join(format!("wpod-records-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let (a, b) = (dir.0.join("a"), dir.0.join("b"));
+        let dir = TempDir::new("records");
+        let (a, b) = (dir.join("a"), dir.join("b"));
         std::fs::write(&a, b"one").unwrap();
         std::fs::write(&b, b"one").unwrap();
         let id = |p: &Path| FileId::of_path(p).unwrap();
-        let records = Records::in_dir(&dir.0).unwrap();
+        let records = Records::in_dir(&dir).unwrap();
         records.record("k", &a, id(&a), SystemTime::now(), "fact");
         assert_eq!(
             records.recall("k", &a, id(&a)),
@@ -268,7 +260,7 @@ mod tests {
         };
         assert_eq!(other.recall("k", &a, id(&a)), None, "under another key");
         // a replaced by a copy of itself: another inode, so another identity.
-        let copy = dir.0.join("copy");
+        let copy = dir.join("copy");
         std::fs::copy(&a, &copy).unwrap();
         std::fs::rename(&copy, &a).unwrap();
         assert_eq!(records.recall("k", &a, id(&a)), None, "a replaced");
@@ -278,13 +270,12 @@ mod tests {
     /// symlink to another directory gets nothing written there, and nothing is recorded.
     #[test]
     fn records_are_never_written_through_a_symlinked_directory() {
-        let dir =
-            TestDir(std::env::temp_dir().join(format!("wpod-records-ln-{}", std::process::id())));
-        let elsewhere = dir.0.join("elsewhere");
+        let dir = TempDir::new("records-ln");
+        let elsewhere = dir.join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
-        let records = Records::in_dir(&dir.0).unwrap();
+        let records = Records::in_dir(&dir).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &records.dir).unwrap();
-        let a = dir.0.join("a");
+        let a = dir.join("a");
         std::fs::write(&a, b"one").unwrap();
         let id = FileId::of_path(&a).unwrap();
         let later = SystemTime::now() + crate::files::SETTLE * 2;
@@ -296,7 +287,7 @@ mod tests {
         records.record("k", &a, id, later, "fact");
         assert_eq!(records.recall("k", &a, id).as_deref(), Some("fact"));
         // A file planted under a temporary name is never written through: new files only.
-        let victim = dir.0.join("victim");
+        let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").unwrap();
         let planted = records.dir.join("planted");
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
@@ -308,18 +299,17 @@ mod tests {
     #[test]
     fn a_key_others_could_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir =
-            TestDir(std::env::temp_dir().join(format!("wpod-records-key-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let path = dir.0.join("mac.key");
+        let dir = TempDir::new("records-key");
+        let path = dir.join("mac.key");
         std::fs::write(&path, [7u8; 32]).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let err = key(&dir.0).expect_err("a key anyone can write");
+        let err = key(&dir).expect_err("a key anyone can write");
         assert!(err.to_string().contains("mode 666"), "{err}");
-        assert!(Records::in_dir(&dir.0).is_err());
+        assert!(Records::in_dir(&dir).is_err());
         // Made by wpod (absent), it is its own, and read back the same.
-        let fresh = TestDir(dir.0.join("fresh"));
-        let made = key(&fresh.0).unwrap();
-        assert_eq!(read_key(&fresh.0.join("mac.key")).unwrap(), made);
+        // (Inside `dir`, which goes with it.)
+        let fresh = dir.join("fresh");
+        let made = key(&fresh).unwrap();
+        assert_eq!(read_key(&fresh.join("mac.key")).unwrap(), made);
     }
 }

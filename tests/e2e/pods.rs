@@ -292,6 +292,13 @@ impl RunningPod {
         }
     }
 
+    /// Waits until `container` has started.
+    pub fn wait_started(&self, container: &str, limit: Duration) -> PodRun {
+        self.wait_for(&format!("{container} to start"), limit, |r| {
+            r.started(container)
+        })
+    }
+
     /// Sends a signal to `wpod run`'s whole process group, as a terminal's Ctrl-C does.
     pub fn signal_group(&self, sig: i32) {
         // SAFETY: kill on the process group our own child leads.
@@ -458,6 +465,13 @@ impl PodRun {
 
     pub fn has_line(&self, container: &str, needle: &str) -> bool {
         self.logs(container).iter().any(|l| l.contains(needle))
+    }
+
+    /// Whether `container` has started (at least once).
+    pub fn started(&self, container: &str) -> bool {
+        self.events(Some(container))
+            .iter()
+            .any(|e| e["event"] == "started")
     }
 
     /// Events about a container (or the pod, with `None`), in order.

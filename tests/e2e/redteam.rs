@@ -42,13 +42,6 @@ fn peak_growth_kib(pid: i32, done: impl FnOnce()) -> u64 {
     status_field(pid, "VmHWM:").saturating_sub(base)
 }
 
-/// Whether `container` has started (at least once).
-fn started(run: &PodRun, container: &str) -> bool {
-    run.events(Some(container))
-        .iter()
-        .any(|e| e["event"] == "started")
-}
-
 /// Item 1: with `shareProcessNamespace`, PID 1 of the pod is wpod's holder. A container granted
 /// SYS_PTRACE must find nothing there: an empty read-only root, no descriptors, no capabilities,
 /// the pause user, and an executable that is not the host's wpod binary.
@@ -171,14 +164,10 @@ fn pods_named_like_another_pods_lock_run_side_by_side() {
     });
     let rb = b.spawn();
     let ob = rb.wait_for("rt-a.lock to start or fail", LONG, |r| {
-        started(r, "main") || r.code.is_some() || r.stderr.contains("error")
+        r.started("main") || r.code.is_some() || r.stderr.contains("error")
     });
-    assert!(
-        started(&ob, "main"),
-        "rt-a.lock did not start\n{}",
-        ob.dump()
-    );
-    assert!(started(&ra.output(), "main"), "rt-a did not start");
+    assert!(ob.started("main"), "rt-a.lock did not start\n{}", ob.dump());
+    assert!(ra.output().started("main"), "rt-a did not start");
     let (oa, ob) = (ra.stop(LONG), rb.stop(LONG));
     for (name, run) in [("rt-a", oa), ("rt-a.lock", ob)] {
         assert!(!run.stderr.contains("panicked"), "{name}\n{}", run.dump());
@@ -199,10 +188,10 @@ fn two_state_roots_do_not_kill_each_others_pods() {
         other_root.to_string_lossy().into_owned(),
     ));
     let r1 = first.spawn();
-    let o1 = r1.wait_for("the first pod to start", LONG, |r| started(r, "main"));
+    let o1 = r1.wait_for("the first pod to start", LONG, |r| r.started("main"));
     let pid = started_pid(&o1, "main");
     let r2 = second.spawn();
-    r2.wait_for("the second pod to start", LONG, |r| started(r, "main"));
+    r2.wait_for("the second pod to start", LONG, |r| r.started("main"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -396,7 +385,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the talker to start", LONG, |r| started(r, "talker"));
+    running.wait_for("the talker to start", LONG, |r| r.started("talker"));
     let growth_kib = peak_growth_kib(running.pid(), || {
         running.wait_for("the long line", LONG, |r| {
             r.has_line("talker", "line:48 ok")
@@ -612,10 +601,7 @@ spec:
     );
     let running = pod.spawn();
     running.wait_for("main to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-            || r.code.is_some()
+        r.started("main") || r.code.is_some()
     });
     // `sleep` is PID 1 of its container and ignores SIGTERM: with this grace period only a
     // second Ctrl-C ends it (which must not overflow the deadline either).
@@ -1103,7 +1089,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the hoarder to start", LONG, |r| started(r, "hoarder"));
+    running.wait_for("the hoarder to start", LONG, |r| r.started("hoarder"));
     let growth_kib = peak_growth_kib(running.pid(), || {
         running.wait_for("the hoard", LONG, |r| {
             r.logs("hoarder")
@@ -1144,7 +1130,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("the hog to start", LONG, |r| started(r, "hog"));
+    running.wait_for("the hog to start", LONG, |r| r.started("hog"));
     let mut run = None;
     let growth_kib = peak_growth_kib(running.pid(), || {
         run = Some(running.wait_for("the hog to end", LONG, |r| {

@@ -771,11 +771,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("main to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_started("main", LONG);
     let socket = Path::new("/var/lib/wpod/pods/rt2-control/control.sock");
     let mut peers = Command::new("unshare")
         .args(["-m", "python3", "-c"])
@@ -911,11 +907,7 @@ spec:
         registries.display().to_string(),
     )];
     let running = pod.spawn();
-    running.wait_for("main to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_started("main", LONG);
     let apply = |yaml: &str| {
         let file = dir.join("change.yaml");
         std::fs::write(&file, yaml).unwrap();

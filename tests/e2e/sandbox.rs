@@ -462,11 +462,7 @@ spec:
     );
     let pod = TestPod::new(name, &yaml);
     let running = pod.spawn();
-    running.wait_for("main to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_started("main", LONG);
     let sleeps =
         || crate::pods::processes_mentioning(&["sleep\x003001", "sleep\x003002", "sleep\x003003"]);
     // `started` is said once the shell runs; its sleeps follow a moment later.
@@ -540,11 +536,7 @@ spec:
 "#,
     );
     let running = pod.spawn();
-    running.wait_for("main to start", LONG, |r| {
-        r.events(Some("main"))
-            .iter()
-            .any(|e| e["event"] == "started")
-    });
+    running.wait_started("main", LONG);
     let helpers = children_of(running.pid());
     let names = |want: &str| helpers.iter().filter(|(_, c)| c == want).count();
     assert_eq!(names("wpod-holder"), 1, "{helpers:?}");

@@ -675,11 +675,7 @@ spec:
     let running = pod.spawn();
     // Ready, and told that main started (an event that brings them back into Wasm once).
     running.wait_for("both sidecars ready and main started", LONG, |r| {
-        r.has_line("a", "told the pod")
-            && r.has_line("b", "told the pod")
-            && r.events(Some("main"))
-                .iter()
-                .any(|e| e["event"] == "started")
+        r.has_line("a", "told the pod") && r.has_line("b", "told the pod") && r.started("main")
     });
     let tasks = format!("/proc/{}/task", running.pid());
     let ticker = std::fs::read_dir(&tasks)

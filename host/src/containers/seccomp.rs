@@ -338,12 +338,10 @@ fn compile_with(
             arch,
         )?,
         // Nothing is allowed but by default: the default action, whatever the call.
-        None => vec![sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: u32::from(default.clone()),
-        }],
+        None => vec![stmt(
+            libc::BPF_RET | libc::BPF_K,
+            u32::from(default.clone()),
+        )],
     };
     for (_, (act, allowed)) in groups.into_iter().rev() {
         // `ALLOW` stands for "not this one": rewritten as a jump to what follows.
@@ -394,17 +392,15 @@ fn fast_allow(nrs: &BTreeSet<i64>, audit: u32) -> Option<BpfProgram> {
     // Each range is a node: nr >= start, else its left (lower) ranges; nr > end, its right
     // ones; otherwise ALLOW. Classic BPF jumps only forward: a node, then its right subtree,
     // then its left one.
-    fn node(ranges: &[(u32, u32)], out: &mut Vec<(u16, u32, Target, Target)>) -> Target {
+    fn node(ranges: &[(u32, u32)], out: &mut Vec<(u32, u32, Target, Target)>) -> Target {
         if ranges.is_empty() {
             return Target::Miss;
         }
         let mid = ranges.len() / 2;
         let (start, end) = ranges[mid];
         let at = out.len();
-        const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-        const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
-        out.push((JGE, start, Target::Insn(at + 1), Target::Miss));
-        out.push((JGT, end, Target::Miss, Target::Allow));
+        out.push((libc::BPF_JGE, start, Target::Insn(at + 1), Target::Miss));
+        out.push((libc::BPF_JGT, end, Target::Miss, Target::Allow));
         let right = node(&ranges[mid + 1..], out);
         let left = node(&ranges[..mid], out);
         out[at].3 = left;
@@ -426,40 +422,36 @@ fn fast_allow(nrs: &BTreeSet<i64>, audit: u32) -> Option<BpfProgram> {
         u8::try_from(to.checked_sub(from + 1)?).ok()
     };
     let mut out = vec![
-        sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: 4,
-        },
-        sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: offset(1, Target::Miss)?,
-            k: audit,
-        },
-        sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+        jump(libc::BPF_JEQ, audit, 0, offset(1, Target::Miss)?),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
     ];
-    for (i, (code, k, jt, jf)) in search.into_iter().enumerate() {
-        out.push(sock_filter {
-            code,
-            jt: offset(HEAD + i, jt)?,
-            jf: offset(HEAD + i, jf)?,
-            k,
-        });
+    for (i, (op, k, jt, jf)) in search.into_iter().enumerate() {
+        out.push(jump(op, k, offset(HEAD + i, jt)?, offset(HEAD + i, jf)?));
     }
-    out.push(sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
+    out.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+    Some(out)
+}
+
+/// A classic BPF instruction that does not jump (`code` is `BPF_*` classes and modes, ORed).
+fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
         jt: 0,
         jf: 0,
-        k: libc::SECCOMP_RET_ALLOW,
-    });
-    Some(out)
+        k,
+    }
+}
+
+/// A conditional jump of classic BPF comparing A with `k` (`op`: `BPF_JEQ`, `BPF_JGE`, ...):
+/// `jt` or `jf` instructions forward from the next one.
+fn jump(op: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
+        code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    }
 }
 
 /// On x86_64, x32 calls carry the x86_64 architecture (`seccompiler`'s check lets them
@@ -482,25 +474,10 @@ fn x32_guard(
     };
     let mut out = vec![
         // A = seccomp_data.nr
-        sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
         // nr >= X32_SYSCALL_BIT: the next instruction, else past it.
-        sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: X32_SYSCALL_BIT,
-        },
-        sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: u32::from(action),
-        },
+        jump(libc::BPF_JGE, X32_SYSCALL_BIT, 0, 1),
+        stmt(libc::BPF_RET | libc::BPF_K, u32::from(action)),
     ];
     out.extend(program);
     out
@@ -567,19 +544,13 @@ fn compile(
 /// relative to the next instruction, so both programs' own jumps stay valid.
 fn then_on_allow(first: BpfProgram, then: BpfProgram) -> BpfProgram {
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
     let len = first.len();
     let mut out = Vec::with_capacity(len + then.len());
     for (i, insn) in first.into_iter().enumerate() {
         if insn.code == RET_K && insn.k == libc::SECCOMP_RET_ALLOW {
             // Jump to the start of `then`, at index `len`.
             let k = u32::try_from(len - i - 1).unwrap_or(u32::MAX);
-            out.push(sock_filter {
-                code: JA,
-                jt: 0,
-                jf: 0,
-                k,
-            });
+            out.push(stmt(libc::BPF_JMP | libc::BPF_JA, k));
         } else {
             out.push(insn);
         }

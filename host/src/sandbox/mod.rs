@@ -142,16 +142,17 @@ impl PodSandbox {
     /// `state`: the pod's state directory, acquired (see [`StateDir::acquire`]).
     pub fn create(plan: &PodPlan, state: StateDir) -> Result<Self, SandboxError> {
         let mut sandbox = Self::start(plan, state)?.finish(plan)?;
-        sandbox.join_runtime(plan)?;
+        sandbox.complete(plan)?;
         Ok(sandbox)
     }
 
-    /// Moves wpod's runtime into the pod's `_runtime` cgroup (on the thread that made the
-    /// sandbox: see [`PodCgroups::join_runtime`]), under the memory limit the plan gives it:
+    /// The sandbox's last steps, once the pod's sidecars are prepared. wpod's runtime joins
+    /// the pod's `_runtime` cgroup (on the thread that made the sandbox: see
+    /// [`PodCgroups::join_runtime`]), under the memory limit the plan gives it:
     /// last, so that what ran before (CNI plugins, pasta, a compile) is not charged to the pod.
     /// Then the hostPorts wpod forwards itself open: their forwarders' threads start in the
     /// pod's cgroup, and no connection is taken before the pod's sidecars are ready to start.
-    pub fn join_runtime(&mut self, plan: &PodPlan) -> Result<(), SandboxError> {
+    pub fn complete(&mut self, plan: &PodPlan) -> Result<(), SandboxError> {
         let warnings = self.cgroups.join_runtime(plan.runtime_memory_limit)?;
         self.warnings.extend(warnings);
         if matches!(
@@ -213,7 +214,7 @@ impl StartingSandbox {
     /// the pod's cgroups; a rootless pod's once the holder is ready) while the holder makes
     /// them, then the network, volumes and the files of `/etc`. wpod's runtime has not joined
     /// the pod's cgroup yet, nor are the hostPorts it forwards open
-    /// ([`PodSandbox::join_runtime`]).
+    /// ([`PodSandbox::complete`]).
     pub fn finish(self, plan: &PodPlan) -> Result<PodSandbox, SandboxError> {
         // Declared so that an error drops them in reverse: the state directory last.
         let state = self.state;

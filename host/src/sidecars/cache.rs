@@ -471,8 +471,7 @@ mod tests {
 
     #[test]
     fn loading_from_the_cache_alone_compiles_nothing() {
-        let dir = std::env::temp_dir().join(format!("wpod-cache-only-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = wpod_test_support::TempDir::new("cache-only");
         let engine = Engine::default();
         let bytes = wasm_encoder::Component::new().finish();
         let path = dir.join("c.wasm");
@@ -503,12 +502,11 @@ mod tests {
         assert!(located.load_cached(&engine).is_none(), "a damaged entry");
         assert_eq!(std::fs::read(&entry).unwrap(), damaged);
         drop(component);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_damaged_entry_is_not_loaded() {
-        let dir = std::env::temp_dir().join(format!("wpod-cache-test-{}", std::process::id()));
+        let dir = wpod_test_support::TempDir::new("cache-test");
         let engine = Engine::default();
         let component = Component::new(&engine, wasm_encoder::Component::new().finish()).unwrap();
         let entry = dir.join("e.cwasm");
@@ -522,7 +520,6 @@ mod tests {
         bytes.truncate(last);
         std::fs::write(&entry, &bytes).unwrap();
         assert!(load_entry(&engine, &entry).is_none(), "a truncated entry");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An entry anyone but wpod could write, or could have, is not loaded (a check would not
@@ -530,7 +527,7 @@ mod tests {
     #[test]
     fn entries_are_wpods_own_files() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("wpod-cache-own-{}", std::process::id()));
+        let dir = wpod_test_support::TempDir::new("cache-own");
         let engine = Engine::default();
         let (one, a, _) = two_entries(&engine, &dir);
         assert!(load_entry(&engine, &a).is_some());
@@ -552,14 +549,13 @@ mod tests {
         // And stored under a name of its own each time (none to plant ahead).
         store_entry(&one, &dir.join("c.cwasm")).unwrap();
         assert!(load_entry(&engine, &dir.join("c.cwasm")).is_some());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A settled entry's check is recorded for the next process by the load (`records`), and
     /// the record says nothing of the entry rewritten in place: damaged, it is refused.
     #[test]
     fn a_load_records_its_check_for_that_file_alone() {
-        let dir = std::env::temp_dir().join(format!("wpod-cache-record-{}", std::process::id()));
+        let dir = wpod_test_support::TempDir::new("cache-record");
         let engine = Engine::default();
         let (_, a, _) = two_entries(&engine, &dir);
         let records = crate::records::Records::in_dir(&dir).unwrap();
@@ -585,14 +581,13 @@ mod tests {
             load_entry(&engine, &a).is_none(),
             "a damaged recorded entry"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Two sound entries swapped, each with its MAC file (what a sidecar that could write the
     /// cache did): neither loads under the other's name.
     #[test]
     fn swapped_entries_are_not_loaded() {
-        let dir = std::env::temp_dir().join(format!("wpod-cache-swap-{}", std::process::id()));
+        let dir = wpod_test_support::TempDir::new("cache-swap");
         let engine = Engine::default();
         let (one, a, b) = two_entries(&engine, &dir);
         assert!(load_entry(&engine, &a).is_some() && load_entry(&engine, &b).is_some());
@@ -606,14 +601,13 @@ mod tests {
         )
         .unwrap();
         assert!(load_entry(&engine, &a).is_none(), "a MAC under another key");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An entry whose MAC this process checked is not checked again while it is the same file
     /// under the same name; swapped or rewritten, it is, and refused.
     #[test]
     fn a_checked_entry_is_checked_again_once_swapped_or_rewritten() {
-        let dir = std::env::temp_dir().join(format!("wpod-cache-checked-{}", std::process::id()));
+        let dir = wpod_test_support::TempDir::new("cache-checked");
         let engine = Engine::default();
         let (one, a, b) = two_entries(&engine, &dir);
         // Only settled files are remembered.
@@ -650,6 +644,5 @@ mod tests {
             load_entry(&engine, &a).is_none(),
             "a flipped bit in a checked entry"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

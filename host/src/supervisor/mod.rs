@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::logs::Logs;
 use crate::plan::{PodPlan, Role};
-use crate::sandbox::runtime::{PodRuntime, RuntimeError, SIDECAR_WORKERS};
+use crate::sandbox::runtime::{PodRuntime, SIDECAR_WORKERS};
 use crate::sandbox::PodSandbox;
 use crate::sidecars::PreparedSidecar;
 use crate::status::PodState;
@@ -187,7 +187,7 @@ impl Supervisor {
         events: Arc<Events>,
         reports: Arc<crate::grants::report::Reporter>,
         backoff_base: Duration,
-    ) -> Result<Self, RuntimeError> {
+    ) -> Self {
         let state = main_containers(&plan);
         // Started now, on a thread of its own; the first sidecar waits for it.
         let runtime = match prepared.iter().any(Option::is_some) {
@@ -208,14 +208,14 @@ impl Supervisor {
             runtime: std::sync::Mutex::new(runtime),
             reports,
         };
-        Ok(Self::build(
+        Self::build(
             plan,
             members,
             Box::new(launcher),
             state,
             events,
             backoff_base,
-        ))
+        )
     }
 
     /// A supervisor for `plan` whose containers `launcher` starts.

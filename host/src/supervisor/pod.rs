@@ -21,7 +21,6 @@ use crate::grants::report::Reporter;
 use crate::logs::{Logs, OutputFormat};
 use crate::oci::store::{ImageRecord, StoreError};
 use crate::plan::{PodPlan, WasmComponent};
-use crate::sandbox::runtime::RuntimeError;
 use crate::sandbox::{PodSandbox, SandboxError};
 use crate::sidecars::SidecarError;
 use crate::spec::Diagnostics;
@@ -40,8 +39,6 @@ pub enum PodError {
     Sandbox(#[from] SandboxError),
     #[error("cannot keep the pod's image layers from `wpod image prune`")]
     Pin(#[source] StoreError),
-    #[error("cannot start the pod's sidecar runtime")]
-    Runtime(#[from] RuntimeError),
     /// Asked to stop (Ctrl-C, `wpod stop`) while it waited for an image.
     #[error("stopped ({0}) while waiting for its images")]
     Stopped(&'static str),
@@ -254,7 +251,7 @@ impl Pod {
             (prepared, _) => prepared?,
         };
         let mut sandbox = sandbox?;
-        sandbox.join_runtime(&plan)?;
+        sandbox.complete(&plan)?;
         let sandbox = Arc::new(sandbox);
         crate::oci::store::pin_layers(&sandbox.state.path, records.iter())
             .map_err(PodError::Pin)?;
@@ -294,7 +291,7 @@ impl Pod {
             events.clone(),
             reports.clone(),
             options.backoff,
-        )?;
+        );
         // `wpod describe` and `wpod apply` from another shell.
         let (changes, phase) = supervisor.control();
         let running = phase.clone();
