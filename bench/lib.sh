@@ -45,6 +45,7 @@ declare -A PEER_PACKAGE=(
   [rsyslogd]=rsyslog [socat]=socat [prometheus-redis-exporter]=prometheus-redis-exporter
   [prometheus-process-exporter]=prometheus-process-exporter [busybox]=busybox-static
   [redis-server]=redis-server [openssl]=openssl [curl]=curl [nsenter]=util-linux [python3]=python3
+  [perf]=linux-perf
 )
 
 # install_peers CMD...: apt-get install the packages of the commands that are missing. Services

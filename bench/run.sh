@@ -7,11 +7,11 @@
 #   -q          quick: fewer rounds and shorter runs, a smoke run of a few minutes (full: ~20 min)
 #   -f          write the results even when the machine was busy (they are marked noisy)
 #   -o OUTDIR   where the results go (default /tmp/wpod-bench-TIME); -s: only these measures
-#               (comma-separated: start-peers,pod-ready,pod-ready-none,syscalls,pods,density,ports,net,tls,logship,logship-after,exporters)
+#               (comma-separated: start-peers,pod-ready,pod-ready-none,start-path,syscalls,pods,density,ports,net,tls,logship,logship-after,exporters)
 #   WPOD        the wpod binary (default target/release/wpod of this repository)
 #
 # Installs the Debian packages of the peers that are missing (crun runc podman nginx-light
-# haproxy wrk rsyslog socat prometheus-redis-exporter prometheus-process-exporter busybox-static:
+# haproxy wrk rsyslog socat prometheus-redis-exporter prometheus-process-exporter busybox-static, linux-perf:
 # bench/lib.sh, services kept from starting), notes the machine, then runs each per-measure
 # script in turn (each interleaves its tools round by round; methods in their headers and
 # bench/SUITE.md):
@@ -19,6 +19,8 @@
 #   pod-ready.sh    pod start to all 4 containers ready: 3 Wasm vs 3 native sidecars, unshare floor
 #                   (pod-ready-none: the same pods on no network, -N, as the floor is, each run
 #                   after half a second of quiet, -g 500)
+#   start-path.sh   the same Wasm pod's start step by step, from the kernel's exec events (perf):
+#                   wpod's exec to the holder's, the shim's, the main's exec and to all ready
 #   syscalls.sh     a native container's system calls under RuntimeDefault seccomp vs Unconfined
 #                   vs the host
 #   pods.sh         many pods on one host (up to 200): start, PSS, ps and stop per pod
@@ -92,12 +94,12 @@ printf '%s\n' "${meta[@]}" | sed 's/^/  /' >&2
 # name, then the arguments of each mode.
 if ((quick)); then
   declare -A args=(
-    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [pod-ready-none]="-r 3 -N -g 500" [syscalls]="-r 2" [pods]="-r 1 -n '10 50'" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
+    [start-peers]="-r 3 -n 5" [pod-ready]="-r 3" [pod-ready-none]="-r 3 -N -g 500" [start-path]="-r 5" [syscalls]="-r 2" [pods]="-r 1 -n '10 50'" [density]="-r 1 -n '1 10'" [ports]="-r 2 -d 1" [net]="-r 2 -d 1"
     [tls]="-r 1 -d 1 --json" [logship]="-r 1 -m 20" [logship-after]="-r 1 -m 20 -a 500" [exporters]="-r 2 -n 50 -w 5"
   )
 else
   declare -A args=(
-    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [pod-ready-none]="-r 11 -N -g 500" [syscalls]="-r 5" [pods]="-r 2 -n '10 50 100 200'" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
+    [start-peers]="-r 11 -n 10" [pod-ready]="-r 11" [pod-ready-none]="-r 11 -N -g 500" [start-path]="-r 15" [syscalls]="-r 5" [pods]="-r 2 -n '10 50 100 200'" [density]="-r 3 -n '1 10 100' -L" [ports]="-r 3 -d 3" [net]="-r 5 -d 3"
     [tls]="-r 2 -d 3 --json" [logship]="-r 3 -m 100" [logship-after]="-r 3 -m 100 -a 500" [exporters]="-r 3"
   )
 fi
@@ -155,7 +157,7 @@ PY
     failed+=("$name")
   fi
 }
-for m in start-peers pod-ready pod-ready-none syscalls pods density ports net tls logship logship-after exporters; do run_measure "$m"; done
+for m in start-peers pod-ready pod-ready-none start-path syscalls pods density ports net tls logship logship-after exporters; do run_measure "$m"; done
 
 meta+=("loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "failed=${failed[*]:-}" "noisy=${noisy[*]:-}"
   "max_other_cpu_percent=$max_other")
