@@ -44,6 +44,8 @@ fn main() -> ExitCode {
     {
         wpod::helper_main::run(&args)
     }
+    // Before any thread exists: growing it later waits for an RCU grace period.
+    wpod::helper::grow_descriptor_table();
     let cli = Cli::parse();
     // An ordinary user's pods: in a delegated scope of the user's systemd when it runs, for
     // their cgroups (asked for while the process has one thread, before its namespaces).

@@ -583,6 +583,37 @@ pub fn seal_helper_early(build_id: &'static str) {
 /// targets are 3 and 4).
 const FIRST_UNINHERITED_FD: RawFd = 64;
 
+/// The descriptors [`grow_descriptor_table`] makes room for.
+pub const GROWN_DESCRIPTOR_TABLE: RawFd = 512;
+
+/// Grows this process's descriptor table to [`GROWN_DESCRIPTOR_TABLE`] entries; to be called
+/// while the process has one thread. The kernel grows the table as higher descriptors are
+/// taken, and while threads share it, each growth waits for an RCU grace period first
+/// (`expand_files` calls `synchronize_rcu`). The first descriptor at or above 64 was the sealed
+/// helper's ([`FIRST_UNINHERITED_FD`]), taken on a thread at each pod's start, and the holder's
+/// spawn waited for that grace period: 0.1 to 20 ms (`perf`, kernel stacks of the sealing
+/// thread). One high descriptor taken and closed while single-threaded grows the table at no
+/// such cost, and a table never shrinks. 512 entries: a pod of a hundred sidecars does not
+/// outgrow it; 4 KiB of kernel memory. Failures are ignored (an open-files limit below 512):
+/// growing later only costs that wait.
+pub fn grow_descriptor_table() {
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    // SAFETY: fcntl on a descriptor we own; the duplicate, if any, is owned (and closed) below.
+    let high = unsafe {
+        libc::fcntl(
+            null.as_raw_fd(),
+            libc::F_DUPFD_CLOEXEC,
+            GROWN_DESCRIPTOR_TABLE - 1,
+        )
+    };
+    if high >= 0 {
+        // SAFETY: `high` is the new descriptor fcntl just returned, owned by nothing else.
+        drop(unsafe { OwnedFd::from_raw_fd(high) });
+    }
+}
+
 /// `fd`, moved to [`FIRST_UNINHERITED_FD`] or above. A helper is executed through
 /// `/proc/self/fd/N` after the child placed its inherited descriptors: were N one of their
 /// numbers, the child would execute the pipe it just put there. (It did: "start the namespace
@@ -959,6 +990,29 @@ fn seal_copy_of(path: &Path) -> std::io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The table the kernel gives this process (`FDSize` in /proc/self/status).
+    fn descriptor_table_size() -> usize {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("/proc/self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("FDSize")
+    }
+
+    #[test]
+    fn the_descriptor_table_is_grown_and_no_descriptor_is_left_open() {
+        grow_descriptor_table();
+        assert!(
+            descriptor_table_size() >= GROWN_DESCRIPTOR_TABLE as usize,
+            "FDSize {}",
+            descriptor_table_size()
+        );
+        // The descriptor that grew it is closed again.
+        let high = format!("/proc/self/fd/{}", GROWN_DESCRIPTOR_TABLE - 1);
+        assert!(std::fs::symlink_metadata(&high).is_err(), "{high} is open");
+    }
 
     #[test]
     fn a_build_id_is_read_from_an_elf_executables_sections_only() {

@@ -925,6 +925,15 @@ spec:
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
     assert!(peak < 100 * 1024, "wpod's peak resident memory: {peak} KiB");
+    // Its descriptor table was grown while it had one thread (a pod this small takes fewer
+    // than 64 descriptors; the sealed helper's, at 64, alone grows it to 256): growing it later
+    // waits for an RCU grace period.
+    let table: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize");
+    assert!(table >= 512, "wpod's descriptor table: {table} entries");
     let _ = running.stop(LONG);
     assert_no_leftovers("loudprobe");
 }
