@@ -973,15 +973,59 @@ impl Drop for ContainerCgroup {
     }
 }
 
-impl Drop for PodCgroups {
-    fn drop(&mut self) {
-        // wpod leaves its `_runtime` cgroup first (a cgroup with a process in it cannot go).
+impl PodCgroups {
+    /// wpod leaves its `_runtime` cgroups (a cgroup with a process in it cannot go). Joined by
+    /// its main thread alone (v1), it leaves the same way when that thread calls this
+    /// (`main_thread`) and no other thread of wpod is left there: without the kernel's lock for
+    /// moves, whose wait for an RCU grace period took 14 ms of each pod's stop on a busy
+    /// machine (`perf`, kernel stacks). Otherwise the whole process moves back.
+    fn leave_runtime(&mut self, main_thread: bool) {
         let me = std::process::id().to_string();
-        for origin in &self.runtime_origin {
+        let alone = self.runtime_by_thread && main_thread;
+        let runtimes = self
+            .runtime_hierarchies()
+            .into_iter()
+            .map(|(_, pod_dir)| pod_dir.join(RUNTIME));
+        for (origin, runtime) in std::mem::take(&mut self.runtime_origin)
+            .iter()
+            .zip(runtimes)
+        {
+            let left = alone
+                && move_this_thread(&*self.sys, origin).is_ok()
+                && emptied(&runtime.join("tasks"));
+            if left {
+                continue;
+            }
             if let Err(e) = self.sys.write(&origin.join("cgroup.procs"), &me) {
                 tracing::warn!(cgroup = %origin.display(), error = %e, "cannot move wpod back to its cgroup");
             }
         }
+    }
+}
+
+/// Whether the v1 `tasks` file lists no thread, within [`THREADS_EXIT_WITHIN`]: the sidecars'
+/// runtime, shut down just before, has joined its threads, but a joined thread is listed until
+/// it has exited.
+fn emptied(tasks: &Path) -> bool {
+    let deadline = std::time::Instant::now() + THREADS_EXIT_WITHIN;
+    loop {
+        match std::fs::read_to_string(tasks) {
+            Ok(threads) if threads.trim().is_empty() => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(250))
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// How long [`emptied`] waits for exiting threads: well below the grace period a whole move
+/// may wait for.
+const THREADS_EXIT_WITHIN: Duration = Duration::from_millis(3);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        self.leave_runtime(nix::unistd::gettid() == nix::unistd::getpid());
         for d in &self.pod_dirs {
             // Containers remove their own; anything left here is a leftover to clear, deepest
             // first (a cgroup with children cannot go).
@@ -1377,6 +1421,57 @@ mod tests {
                     false => vec![],
                 };
                 assert_eq!(cgroups.runtime_thread_dirs(), threads, "moved whole: none");
+            }
+        }
+
+        /// The main thread that joined `_runtime` alone leaves it alone, unless a thread of wpod
+        /// is still there; wpod moves whole otherwise.
+        #[test]
+        fn wpod_leaves_its_v1_runtime_cgroup_as_it_joined() {
+            let me = std::process::id().to_string();
+            for (joined_alone, leaves_on_main, others_left) in [
+                (true, true, false),
+                (true, true, true),
+                (true, false, false),
+                (false, true, false),
+            ] {
+                let case = format!("joined alone {joined_alone}, leaving on the main thread {leaves_on_main}, a thread left {others_left}");
+                let fake = Arc::new(RecordingSyscall::new("leave-runtime-v1", V1_FILES));
+                std::fs::create_dir(fake.path("memory")).unwrap();
+                std::fs::write(fake.path("memory/cgroup.procs"), "").unwrap();
+                let pod = PodName::new("web").unwrap();
+                let mut cgroups = PodCgroups::create_in(&host(&fake), &pod).unwrap();
+                cgroups.join_runtime_from(None, joined_alone).unwrap();
+                let runtime = pod_dir(&fake.path("memory"), &pod).join(RUNTIME);
+                let threads = if others_left { "4242\n" } else { "" };
+                std::fs::write(runtime.join("tasks"), threads).unwrap();
+                // Where this test process is, under the fake's hierarchy.
+                let origin = cgroups.runtime_origin[0].clone();
+                std::fs::create_dir_all(&origin).unwrap();
+                let before = fake.calls().len();
+                cgroups.leave_runtime(leaves_on_main);
+                let left: Vec<Call> = fake.calls()[before..]
+                    .iter()
+                    .filter(|c| matches!(c, Call::Write(p, _) if p.parent() == Some(&origin)))
+                    .cloned()
+                    .collect();
+                let alone = Call::Write(origin.join("tasks"), "0".into());
+                let whole = Call::Write(origin.join("cgroup.procs"), me.clone());
+                let expected = match (joined_alone && leaves_on_main, others_left) {
+                    (true, false) => vec![alone],
+                    (true, true) => vec![alone, whole],
+                    (false, _) => vec![whole],
+                };
+                assert_eq!(left, expected, "{case}");
+                // Left once: the drop moves nothing again.
+                let before = fake.calls().len();
+                drop(cgroups);
+                assert!(
+                    !fake.calls()[before..]
+                        .iter()
+                        .any(|c| matches!(c, Call::Write(p, _) if p.parent() == Some(&origin))),
+                    "{case}"
+                );
             }
         }
 
