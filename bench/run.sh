@@ -59,7 +59,7 @@ mkdir -p "$outdir"
 outdir=$(realpath "$outdir")
 
 install_peers crun runc podman nginx haproxy wrk rsyslogd socat prometheus-redis-exporter \
-  prometheus-process-exporter busybox nsenter unshare curl openssl python3
+  prometheus-process-exporter busybox nsenter unshare curl openssl python3 perf
 
 # Every measure runs in a network namespace of its own (loopback only, no route out): the pods'
 # CNI bridge, NAT rules and test hosts go with it, and wpod writes its network configuration

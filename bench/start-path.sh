@@ -35,8 +35,8 @@ wpod=$(realpath "$1")
 probe=$root/target/sidecars/probe.wasm
 [ -f "$probe" ] || { echo "$probe is missing: build the guests (cargo build -p wpod-test-support)" >&2; exit 2; }
 install_peers python3 perf
-perf record -q -o /dev/null -a -e sched:sched_process_exec -- true 2>/dev/null ||
-  { echo "$0: perf cannot record sched:sched_process_exec here (tracefs, perf_event_paranoid)" >&2; exit 2; }
+perf record -q -o /dev/null -a -e sched:sched_process_exec -- true ||
+  { echo "$0: perf cannot record sched:sched_process_exec here (above: why; tracefs, perf_event_paranoid)" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/wpod-startpath.XXXXXX)
 export WPOD_ROOT=$work/wpodroot
@@ -72,13 +72,14 @@ def quiet(*cmd):
     subprocess.run([wpod, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 def execs():
-    """(time in s, filename) of each exec perf saw, in order."""
-    out = subprocess.run(["perf", "script", "-i", data, "--ns", "-F", "time,trace"],
+    """(time in s, filename, pid) of each exec perf saw, in order."""
+    out = subprocess.run(["perf", "script", "-i", data, "--ns", "-F", "pid,time,trace"],
                          capture_output=True, text=True, check=True).stdout
     seen = []
     for line in out.splitlines():
         if "filename=" in line:
-            seen.append((float(line.split()[0].rstrip(":")), line.split("filename=")[1].split()[0]))
+            pid, t = line.split()[:2]
+            seen.append((float(t.rstrip(":")), line.split("filename=")[1].split()[0], int(pid)))
     return sorted(seen)
 
 def one():
@@ -89,7 +90,7 @@ def one():
                           # command: wpod starts once it is done.
                           'sleep 0.1; exec "$0" run --output json "$1"', wpod, f"{work}/pod.yaml"],
                          env=env, stdout=subprocess.PIPE, stderr=log)
-    ready, at_ready = set(), None
+    ready, at_ready, main_pid = set(), None, None
     for line in p.stdout:
         t = time.monotonic_ns() / 1e9
         try:
@@ -98,7 +99,9 @@ def one():
             continue
         if e.get("type") != "event":
             continue
-        if e["event"] == "ready":
+        if e["event"] == "started" and e.get("container") == "main":
+            main_pid = e.get("pid")
+        elif e["event"] == "ready":
             ready.add(e["container"])
             if len(ready) == 4:
                 at_ready = t
@@ -113,10 +116,11 @@ def one():
     if at_ready is None:
         raise RuntimeError(f"not all containers became ready ({sorted(ready)}); see {work}/run.log")
     seen = execs()
-    start = next(t for t, f in seen if f == wpod)
+    start = next(t for t, f, _ in seen if f == wpod)
     # The helpers run from the sealed view's descriptor: the holder first, then the main's shim.
-    helpers = [t for t, f in seen if t >= start and f.startswith("/proc/self/fd/")]
-    main = next(t for t, f in seen if t >= start and f.endswith("/sleep"))
+    helpers = [t for t, f, _ in seen if t >= start and f.startswith("/proc/self/fd/")]
+    # The main's `sleep`: the PID its `started` event gave (no other `sleep` on the machine).
+    main = next(t for t, f, pid in seen if pid == main_pid and f.endswith("/sleep"))
     if len(helpers) < 2:
         raise RuntimeError(f"expected the holder's and the shim's exec, saw {seen}")
     return [(t - start) * 1000 for t in (helpers[0], helpers[1], main, at_ready)]

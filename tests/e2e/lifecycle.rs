@@ -925,9 +925,9 @@ spec:
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
     assert!(peak < 100 * 1024, "wpod's peak resident memory: {peak} KiB");
-    // Its descriptor table was grown while it had one thread (a pod this small takes fewer
-    // than 64 descriptors; the sealed helper's, at 64, alone grows it to 256): growing it later
-    // waits for an RCU grace period.
+    // Its descriptor table was grown to 512 entries while it had one thread: growing it later
+    // waits for an RCU grace period. (Without that, a small pod's wpod had 256, grown by the
+    // sealed helper's descriptor at 64.)
     let table: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("FDSize:"))
