@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::pods::{assert_no_leftovers, PodRun, TestPod};
+use crate::status_field;
 use wpod_test_support::require_root;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -918,21 +919,12 @@ spec:
         run.dump()
     );
     // The largest wpod's resident memory has been, in KiB.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid())).unwrap();
-    let peak: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let peak = status_field(running.pid(), "VmHWM:");
     assert!(peak < 100 * 1024, "wpod's peak resident memory: {peak} KiB");
     // Its descriptor table was grown to 512 entries while it had one thread: growing it later
     // waits for an RCU grace period. (Without that, a small pod's wpod had 256, grown by the
     // sealed helper's descriptor at 64.)
-    let table: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("FDSize");
+    let table = status_field(running.pid(), "FDSize:");
     assert!(table >= 512, "wpod's descriptor table: {table} entries");
     let _ = running.stop(LONG);
     assert_no_leftovers("loudprobe");

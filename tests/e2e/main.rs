@@ -75,6 +75,16 @@ pub fn free_port() -> u16 {
     panic!("no free TCP port in {LOW}..{ephemeral}");
 }
 
+/// A field of /proc/PID/status, in its first unit (kB for memory).
+pub fn status_field(pid: i32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

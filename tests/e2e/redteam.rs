@@ -12,20 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::pods::{assert_no_leftovers, processes_mentioning, PodRun, TestPod};
-use crate::{text, wpod, wpod_output};
+use crate::{status_field, text, wpod, wpod_output};
 use wpod_test_support::require_root;
 
 const LONG: Duration = Duration::from_secs(90);
-
-/// A field of /proc/PID/status, in its first unit (kB for memory).
-fn status_field(pid: i32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
 
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -163,6 +163,12 @@ pub fn move_this_thread(sys: &dyn Syscall, dir: &Path) -> std::io::Result<()> {
     sys.write(&dir.join("tasks"), "0")
 }
 
+/// Whether the calling thread is the process's main one, whose cgroup charges the process's
+/// memory.
+fn on_main_thread() -> bool {
+    nix::unistd::gettid() == nix::unistd::getpid()
+}
+
 /// Whether this kernel moves a thread that moves itself alone without its lock for moves
 /// (Linux 5.17 and later; see [`move_this_thread`]).
 fn thread_moves_skip_the_lock() -> bool {
@@ -402,8 +408,7 @@ impl PodCgroups {
     /// threads are made in `_runtime` ([`PodCgroups::runtime_thread_dirs`]). wpod's other
     /// threads, made before, stay where they were; they run no sidecar.
     pub fn join_runtime(&mut self, memory: Option<u64>) -> Result<Vec<String>, CgroupError> {
-        let main_thread = nix::unistd::gettid() == nix::unistd::getpid();
-        self.join_runtime_from(memory, main_thread)
+        self.join_runtime_from(memory, on_main_thread())
     }
 
     fn join_runtime_from(
@@ -1025,7 +1030,7 @@ const THREADS_EXIT_WITHIN: Duration = Duration::from_millis(3);
 
 impl Drop for PodCgroups {
     fn drop(&mut self) {
-        self.leave_runtime(nix::unistd::gettid() == nix::unistd::getpid());
+        self.leave_runtime(on_main_thread());
         for d in &self.pod_dirs {
             // Containers remove their own; anything left here is a leftover to clear, deepest
             // first (a cgroup with children cannot go).
